@@ -1,0 +1,1 @@
+"""Loopback emulators of Cliniko, Cal.com and Stripe for the demo clinic, tests and benchmarks."""
