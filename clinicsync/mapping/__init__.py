@@ -1,0 +1,1 @@
+"""Declarative field maps, transforms and validation: pure and Qt-free."""

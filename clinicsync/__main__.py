@@ -1,0 +1,5 @@
+import sys
+
+from clinicsync.cli import main
+
+sys.exit(main())

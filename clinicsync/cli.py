@@ -1,0 +1,275 @@
+"""The `clinicsync` command: the desktop app by default, and headless commands for servers and scripts.
+
+Exit codes (also in the README): 0 ok; 1 finished with record errors or review items; 2 usage or configuration
+error; 3 authentication or permission; 4 another sync is running; 5 a service unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_ATTENTION = 1
+EXIT_CONFIG = 2
+EXIT_AUTH = 3
+EXIT_LOCKED = 4
+EXIT_UNREACHABLE = 5
+
+_EXIT_OF_STOP = {
+    "auth": EXIT_AUTH,
+    "permission": EXIT_AUTH,
+    "source_auth": EXIT_AUTH,
+    "source_permission": EXIT_AUTH,
+    "unavailable": EXIT_UNREACHABLE,
+    "source_unavailable": EXIT_UNREACHABLE,
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def out(text: str = "") -> None:
+    from clinicsync.logging_setup import redact
+
+    print(redact(text))
+
+
+def err(text: str) -> None:
+    from clinicsync.logging_setup import redact
+
+    print(redact(text), file=sys.stderr)
+
+
+# --- sync ------------------------------------------------------------------------------------------------
+def cmd_sync(args: argparse.Namespace) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.sync.service import describe, run_sync
+
+    ctx = bootstrap()
+    streams = [args.stream] if args.stream else None
+    results = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=streams, trigger="cli", dry_run=args.dry_run)
+    code = EXIT_OK
+    for result in results:
+        counts = ", ".join(f"{count} {action}" for action, count in result.counts.items())
+        out(f"{result.stream}: {result.outcome} — {counts}")
+        if result.message:
+            out(f"  {result.message}")
+        if result.plan is not None:
+            out("  plan: " + json.dumps(result.plan, ensure_ascii=False, indent=2).replace("\n", "\n  "))
+        if args.json:
+            out(json.dumps(describe(result)))
+        code = max(code, _exit_for(result.outcome, result.stop_kind))
+    return code
+
+
+def _exit_for(outcome: str, stop_kind: str | None) -> int:
+    if stop_kind in _EXIT_OF_STOP:
+        return _EXIT_OF_STOP[stop_kind]
+    return EXIT_OK if outcome == "ok" else EXIT_ATTENTION
+
+
+# --- status ----------------------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.store import queries
+
+    bootstrap()
+    rows = queries.stream_status()
+    if not rows:
+        out("No sync has run yet. Run `clinicsync sync --once`, or try the sandbox: `clinicsync sandbox`.")
+        return EXIT_OK
+    for row in rows:
+        out(f"{row['stream']}  [{row['pair']}]")
+        out(f"  last run:   {row['last_run'] or 'never'}  {row['last_outcome'] or ''}")
+        if row["last_counts"]:
+            out("  counts:     " + ", ".join(f"{n} {a}" for a, n in row["last_counts"].items()))
+        out(f"  cursor:     {row['cursor'] or '(full read next time)'}")
+        out(f"  queued:     {row['queued']} write(s) waiting for Stripe")
+        out(f"  review:     {row['review']} record(s) need a decision")
+    return EXIT_OK
+
+
+# --- review ----------------------------------------------------------------------------------------------
+def cmd_review(args: argparse.Namespace) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.store import queries
+
+    bootstrap()
+    if args.action == "list":
+        items = queries.open_reviews()
+        if not items:
+            out("Nothing needs review.")
+        for item in items:
+            candidates = ", ".join(item.candidates) or "-"
+            out(f"#{item.id}  {item.stream}  {item.source_id}  {item.display_name}")
+            out(f"     {item.reason}: {item.detail}")
+            out(f"     candidates: {candidates}")
+        return EXIT_OK
+    try:
+        item = queries.resolve_review(int(args.id), args.action, getattr(args, "stripe_id", None))
+    except queries.ReviewError as exc:
+        err(str(exc))
+        return EXIT_CONFIG
+    out(f"Review #{item.id} ({item.display_name}): {args.action} — the next sync carries it out.")
+    return EXIT_OK
+
+
+# --- config ----------------------------------------------------------------------------------------------
+def cmd_config(args: argparse.Namespace) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.secrets import SECRET_NAMES
+    from clinicsync.store.settings import SettingError
+
+    ctx = bootstrap()
+    try:
+        if args.action == "list":
+            for item in ctx.settings.all():
+                out(f"{item.key} = {json.dumps(item.value)}  ({item.source})")
+            for name in SECRET_NAMES:
+                source = _secret_source(ctx, name)
+                out(f"secret {name}: {'set in the ' + source if source else 'not set'}")
+        elif args.action == "get":
+            item = ctx.settings.lookup(args.key)
+            out(f"{json.dumps(item.value)}  ({item.source})")
+        elif args.action == "set":
+            value = ctx.settings.set(args.key, args.value)
+            note = ""
+            if ctx.settings.lookup(args.key).source == "environment":
+                note = " (the environment overrides it while its variable is set)"
+            out(f"{args.key} = {json.dumps(value)}{note}")
+        elif args.action == "unset":
+            ctx.settings.unset(args.key)
+            out(f"{args.key} reset to its default")
+        elif args.action == "set-secret":
+            return _set_secret(ctx, args.name, SECRET_NAMES)
+    except SettingError as exc:
+        err(str(exc))
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def _secret_source(ctx: Any, name: str) -> str | None:
+    from clinicsync.secrets import SecretStoreError
+
+    try:
+        return ctx.secrets.source(name)
+    except SecretStoreError:
+        return None
+
+
+def _set_secret(ctx: Any, name: str, known: Sequence[str]) -> int:
+    if name not in known:
+        err(f"Unknown secret {name!r}; known: {', '.join(known)}")
+        return EXIT_CONFIG
+    value = getpass.getpass(f"{name} (input hidden): ").strip() if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if not value:
+        err("Nothing entered; the secret was not changed.")
+        return EXIT_CONFIG
+    ctx.secrets.set(name, value)
+    out(f"{name} saved in the system keyring ({ctx.secrets.backend_name}).")
+    return EXIT_OK
+
+
+# --- sandbox and GUI -------------------------------------------------------------------------------------
+def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
+    from clinicsync.sandbox.launcher import main as sandbox_main
+
+    return sandbox_main(rest) or EXIT_OK
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        from clinicsync.ui.main import run_gui
+    except ImportError:
+        out("The desktop window is not part of this build yet. Headless use: `clinicsync sync --once`,")
+        out("`clinicsync status`; a demo clinic: `clinicsync sandbox` (see README.md).")
+        return EXIT_OK
+    return run_gui()
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clinicsync", description="Keep Cliniko and Stripe in agreement.")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("gui", help="open the desktop app (the default)")
+
+    sync = sub.add_parser("sync", help="run a sync")
+    sync.add_argument("--once", action="store_true", help="run each stream once and exit")
+    sync.add_argument("--stream", help="only this stream, e.g. cliniko.patients")
+    sync.add_argument("--dry-run", action="store_true", help="compute and save the plan; change nothing")
+    sync.add_argument("--json", action="store_true", help="also print each run's counts as JSON")
+
+    sub.add_parser("status", help="per stream: last run, counts, cursor, queue, review items")
+
+    review = sub.add_parser("review", help="records waiting for a person's decision")
+    review_sub = review.add_subparsers(dest="action", required=True)
+    review_sub.add_parser("list")
+    link = review_sub.add_parser("link", help="link the record to this Stripe object")
+    link.add_argument("id")
+    link.add_argument("stripe_id")
+    review_sub.add_parser("create", help="create a new Stripe object for the record").add_argument("id")
+    review_sub.add_parser("ignore", help="never sync this record").add_argument("id")
+
+    config = sub.add_parser("config", help="settings (secrets go to the system keyring)")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    config_sub.add_parser("list")
+    config_sub.add_parser("get").add_argument("key")
+    config_set = config_sub.add_parser("set")
+    config_set.add_argument("key")
+    config_set.add_argument("value")
+    config_sub.add_parser("unset").add_argument("key")
+    config_sub.add_parser("set-secret", help="prompt for an API key and store it in the keyring").add_argument("name")
+
+    sub.add_parser("sandbox", help="start the built-in sandbox clinic (Cliniko and Stripe emulators)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:  # the sandbox parses its own options
+        return cmd_sandbox(argparse.Namespace(), argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_CONFIG if exc.code else EXIT_OK
+    if args.command == "sync" and not args.once:
+        err("Scheduled syncing runs in the desktop app; use `clinicsync sync --once` for a single headless run.")
+        return EXIT_CONFIG
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from clinicsync.secrets import SecretStoreError
+    from clinicsync.sources.errors import SourceAuthError, SourceConfigError, SourcePermissionError, SourceUnavailable
+    from clinicsync.store.settings import SettingError
+    from clinicsync.stripe_gateway import StripeFailure
+    from clinicsync.sync.lock import SyncLocked
+    from clinicsync.sync.service import ConfigProblem
+
+    handlers = {"sync": cmd_sync, "status": cmd_status, "review": cmd_review, "config": cmd_config}
+    try:
+        return handlers.get(args.command, cmd_gui)(args)
+    except SyncLocked as exc:
+        err(str(exc))
+        return EXIT_LOCKED
+    except (ConfigProblem, SourceConfigError, SettingError, SecretStoreError) as exc:
+        err(str(exc))
+        return EXIT_CONFIG
+    except (SourceAuthError, SourcePermissionError) as exc:
+        err(str(exc))
+        return EXIT_AUTH
+    except SourceUnavailable as exc:
+        err(str(exc))
+        return EXIT_UNREACHABLE
+    except StripeFailure as exc:
+        err(exc.message)
+        if exc.kind in ("auth", "permission"):
+            return EXIT_AUTH
+        return EXIT_UNREACHABLE if exc.kind == "transient" else EXIT_ATTENTION

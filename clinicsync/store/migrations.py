@@ -1,0 +1,52 @@
+"""Numbered schema migrations. Each step runs once, inside a transaction, and records the new version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from peewee import SqliteDatabase
+
+from clinicsync.store import models
+from clinicsync.store.db import backup_before_migration
+
+
+def _v1_initial(db: SqliteDatabase) -> None:
+    db.create_tables(models.ALL_MODELS)
+    # At most one pending write per record: a second one could race the first and create a duplicate.
+    db.execute_sql(
+        "CREATE UNIQUE INDEX outbox_one_pending_per_record ON outbox_entry (pair_id, stream, source_id) "
+        "WHERE status = 'pending'"
+    )
+    db.execute_sql(
+        "CREATE UNIQUE INDEX review_one_open_per_record ON review_item (pair_id, stream, source_id) "
+        "WHERE status IN ('open', 'resolved')"
+    )
+
+
+MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (_v1_initial,)
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def current_version(db: SqliteDatabase) -> int:
+    if "schema_version" not in db.get_tables():
+        return 0
+    row = models.SchemaVersion.select().order_by(models.SchemaVersion.version.desc()).first()
+    return row.version if row else 0
+
+
+def migrate(db: SqliteDatabase, backup_dir: Path | None = None) -> int:
+    """Bring the schema to LATEST_VERSION; refuse a database written by a newer ClinicSync."""
+    version = current_version(db)
+    if version > LATEST_VERSION:
+        raise RuntimeError(
+            f"This database was written by a newer ClinicSync (schema {version}, this version knows "
+            f"{LATEST_VERSION}). Update ClinicSync instead of opening it with an older one."
+        )
+    if version and version < LATEST_VERSION and backup_dir is not None:
+        backup_before_migration(Path(db.database), version)
+    for number in range(version + 1, LATEST_VERSION + 1):
+        with db.atomic():
+            MIGRATIONS[number - 1](db)
+            models.SchemaVersion.create(version=number)
+    return LATEST_VERSION

@@ -1,0 +1,240 @@
+"""peewee models. Every piece of sync state belongs to one AccountPair (source account ↔ Stripe account + mode).
+
+Only ids, hashes and display names of source records are stored; outbox rows hold a request's parameters only
+while it is pending, and drop them once it is done or failed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from peewee import (
+    AutoField,
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from clinicsync.store.db import database_proxy
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JSONField(TextField):
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    version = IntegerField()
+
+
+class Setting(BaseModel):
+    key = CharField(primary_key=True)
+    value = JSONField()
+
+
+class AccountPair(BaseModel):
+    """The pair of accounts a piece of state belongs to: a source account and a Stripe account in one mode."""
+
+    id = AutoField()
+    uuid = CharField(unique=True)
+    source_system = CharField()  # "cliniko", "calcom"
+    source_account = CharField()
+    source_region = CharField(default="")  # Cliniko shard, Cal.com base URL host
+    source_name = CharField(default="")
+    stripe_account = CharField()
+    stripe_livemode = BooleanField()
+    stripe_name = CharField(default="")
+    created_at = DateTimeField(default=utcnow)
+    last_used_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("source_system", "source_account", "source_region", "stripe_account", "stripe_livemode"), True),)
+
+    @property
+    def label(self) -> str:
+        mode = "live" if self.stripe_livemode else "test"
+        return f"{self.source_system}:{self.source_region}:{self.source_account} → stripe:{self.stripe_account}:{mode}"
+
+
+class StreamState(BaseModel):
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    cursor = CharField(null=True)  # ISO-8601 UTC; the next incremental read starts here
+    stripe_index_built_at = DateTimeField(null=True)
+    last_run_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("pair", "stream"), True),)
+
+
+class RecordLink(BaseModel):
+    """A source record seen by a stream and, once linked, the Stripe object it maps to."""
+
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    source_id = CharField()
+    stripe_object = CharField()
+    stripe_id = CharField(null=True)
+    payload_hash = CharField(null=True)  # of the last payload Stripe accepted for this record
+    email_hash = CharField(null=True, index=True)
+    display_name = CharField(default="")
+    archived = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = (
+            (("pair", "stream", "source_id"), True),
+            (("pair", "stream", "stripe_id"), True),
+        )
+
+
+class StripeIndexEntry(BaseModel):
+    """An existing Stripe object found by the one-time listing, keyed by a hash of its casefolded email."""
+
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stripe_object = CharField()
+    stripe_id = CharField()
+    email_hash = CharField(null=True)
+    source_ref = CharField(null=True)  # the cross-reference metadata, if an earlier install set it
+    display_name = CharField(default="")
+
+    class Meta:
+        indexes = (
+            (("pair", "stripe_object", "stripe_id"), True),
+            (("pair", "stripe_object", "source_ref"), False),
+            (("pair", "stripe_object", "email_hash"), False),
+        )
+
+
+class SyncRun(BaseModel):
+    id = AutoField()
+    pair = ForeignKeyField(AccountPair, null=True, on_delete="CASCADE")
+    stream = CharField()
+    trigger = CharField(default="manual")  # manual, schedule, cli, retry
+    dry_run = BooleanField(default=False)
+    started_at = DateTimeField(default=utcnow)
+    finished_at = DateTimeField(null=True)
+    outcome = CharField(default="running")  # running, ok, attention, failed, cancelled
+    created = IntegerField(default=0)
+    linked = IntegerField(default=0)
+    updated = IntegerField(default=0)
+    unchanged = IntegerField(default=0)
+    skipped = IntegerField(default=0)
+    failed = IntegerField(default=0)
+    review = IntegerField(default=0)
+    message = TextField(default="")
+
+
+class SyncEvent(BaseModel):
+    """One history row: what happened to one record in one run."""
+
+    run = ForeignKeyField(SyncRun, backref="events", on_delete="CASCADE")
+    stream = CharField()
+    source_id = CharField(index=True)
+    display_name = CharField(default="")
+    stripe_id = CharField(null=True, index=True)
+    action = CharField()  # created, linked, updated, unchanged, skipped, failed, review, note
+    message = TextField(default="")
+    created_at = DateTimeField(default=utcnow)
+
+
+class OutboxEntry(BaseModel):
+    """A Stripe write, stored with its exact request before it is sent, so a crash replays the same request."""
+
+    id = AutoField()
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    source_id = CharField()
+    op = CharField()  # create, update
+    stripe_object = CharField()
+    stripe_id = CharField(null=True)
+    params = JSONField(null=True)  # dropped once the row is done or failed
+    payload_hash = CharField()
+    email_hash = CharField(null=True)
+    display_name = CharField(default="")
+    archived = BooleanField(default=False)
+    notes = TextField(default="")  # what mapping changed to fit Stripe, for the history row
+    idempotency_key = CharField(null=True, unique=True)
+    status = CharField(default="pending")  # pending, done, failed, superseded
+    attempts = IntegerField(default=0)
+    last_error = TextField(default="")
+    created_at = DateTimeField(default=utcnow)
+    finished_at = DateTimeField(null=True)
+
+
+class ReviewItem(BaseModel):
+    """A record a person must decide about; the next sync carries out the decision."""
+
+    id = AutoField()
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    source_id = CharField()
+    display_name = CharField(default="")
+    reason = CharField()  # ambiguous_email, email_match, stripe_object_deleted
+    detail = TextField(default="")
+    candidates = JSONField(default=list)  # Stripe ids
+    status = CharField(default="open")  # open, resolved, done, ignored
+    resolution = CharField(null=True)  # link, create, ignore
+    resolution_stripe_id = CharField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    resolved_at = DateTimeField(null=True)
+
+
+class RetryRecord(BaseModel):
+    """A source record to read again by id at the start of the next run (a change must never be lost)."""
+
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    source_id = CharField()
+    reason = TextField(default="")
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("pair", "stream", "source_id"), True),)
+
+
+class SyncPlan(BaseModel):
+    """The saved result of a dry run: what a sync would do, for review and approval."""
+
+    id = AutoField()
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    created_at = DateTimeField(default=utcnow)
+    summary = JSONField()
+    approved_at = DateTimeField(null=True)
+
+
+ALL_MODELS: tuple[type[BaseModel], ...] = (
+    SchemaVersion,
+    Setting,
+    AccountPair,
+    StreamState,
+    RecordLink,
+    StripeIndexEntry,
+    SyncRun,
+    SyncEvent,
+    OutboxEntry,
+    ReviewItem,
+    RetryRecord,
+    SyncPlan,
+)

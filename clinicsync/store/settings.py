@@ -1,0 +1,191 @@
+"""Declarative, validated settings. One list says every non-secret setting, its type, default and label.
+
+A value in the environment (`CLINICSYNC_` + the key in upper case with dots as underscores) wins over the stored
+one and is never written to the database, so a headless run can be configured entirely from outside.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clinicsync.store.models import Setting
+
+ENV_PREFIX = "CLINICSYNC_"
+
+
+class SettingError(ValueError):
+    """A setting's key or value is not acceptable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    key: str
+    type: type
+    default: Any
+    label: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    check: Callable[[Any], str | None] | None = None  # returns an error message or None
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.key.upper().replace(".", "_")
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_SHARD = re.compile(r"^[a-z]{2}\d{1,2}$")
+
+
+def _contact_email(value: str) -> str | None:
+    return None if value == "" or _EMAIL.match(value) else f"{value!r} is not an email address"
+
+
+def _shard(value: str) -> str | None:
+    return None if _SHARD.match(value) else f"{value!r} is not a Cliniko shard (such as au1, au2, uk1)"
+
+
+def _base_url(value: str) -> str | None:
+    if value == "":
+        return None
+    from clinicsync.sources.errors import SourceConfigError
+    from clinicsync.sources.urls import validate_base_url
+
+    try:
+        validate_base_url(value, "this service")
+    except SourceConfigError as exc:
+        return str(exc)
+    return None
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("contact_email", str, "", "Contact email sent to Cliniko in the User-Agent", check=_contact_email),
+    SettingSpec("cliniko.shard", str, "au1", "Cliniko shard for API keys without a suffix", check=_shard),
+    SettingSpec("cliniko.base_url", str, "", "Cliniko API base URL (blank: from the shard)", check=_base_url),
+    SettingSpec(
+        "cliniko.requests_per_minute",
+        int,
+        150,
+        "Cliniko requests per minute (0: no client-side limit, for the sandbox)",
+        minimum=0,
+        maximum=200,
+    ),
+    SettingSpec("stripe.base_url", str, "", "Stripe API origin (blank: https://api.stripe.com)", check=_base_url),
+    SettingSpec(
+        "stripe.requests_per_second",
+        float,
+        0.0,
+        "Stripe requests per second (0: 90% of Stripe's limit for the key's mode)",
+        minimum=0,
+    ),
+    SettingSpec("stripe.workers", int, 4, "Stripe writes sent in parallel", minimum=1, maximum=16),
+    SettingSpec("stripe.timeout_seconds", float, 30.0, "Stripe request timeout (seconds)", minimum=1, maximum=120),
+    SettingSpec("calcom.base_url", str, "", "Cal.com API base URL (blank: https://api.cal.com/v2)", check=_base_url),
+    SettingSpec(
+        "sync.email_match",
+        str,
+        "auto_link",
+        "What to do with a single unambiguous email match",
+        choices=("auto_link", "review"),
+    ),
+    SettingSpec("sync.cursor_overlap_seconds", int, 120, "Overlap of incremental reads (seconds)", minimum=0),
+    SettingSpec("sync.paused", bool, False, "Pause all syncing"),
+    SettingSpec("retry.max_attempts", int, 6, "Attempts per request before giving up for this run", minimum=1),
+    SettingSpec("retry.base_delay_seconds", float, 0.5, "First retry delay (seconds)", minimum=0),
+    SettingSpec("retry.max_delay_seconds", float, 60.0, "Longest retry delay (seconds)", minimum=0),
+    SettingSpec(
+        "stripe.search_settle_seconds",
+        float,
+        90.0,
+        "How long Stripe's search index may lag behind a write (seconds)",
+        minimum=0,
+    ),
+)
+SPECS_BY_KEY: dict[str, SettingSpec] = {spec.key: spec for spec in SPECS}
+
+
+def spec_for(key: str) -> SettingSpec:
+    try:
+        return SPECS_BY_KEY[key]
+    except KeyError:
+        known = ", ".join(sorted(SPECS_BY_KEY))
+        raise SettingError(f"Unknown setting {key!r}. Known settings: {known}") from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(spec: SettingSpec, raw: Any) -> Any:
+    """Turn a raw value (text from the command line or environment, or JSON) into a checked, typed value."""
+    value = _coerce(spec, raw)
+    if spec.choices and value not in spec.choices:
+        raise SettingError(f"{spec.key} must be one of {', '.join(spec.choices)}, not {value!r}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise SettingError(f"{spec.key} must be at least {spec.minimum}, not {value!r}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise SettingError(f"{spec.key} must be at most {spec.maximum}, not {value!r}")
+    if spec.check is not None and (problem := spec.check(value)):
+        raise SettingError(f"{spec.key}: {problem}")
+    return value
+
+
+def _coerce(spec: SettingSpec, raw: Any) -> Any:
+    if spec.type is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise SettingError(f"{spec.key} must be true or false, not {raw!r}")
+    try:
+        return spec.type(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError):
+        raise SettingError(f"{spec.key} must be a {spec.type.__name__}, not {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class SettingValue:
+    key: str
+    value: Any
+    source: str  # "environment", "stored", "default"
+
+
+class Settings:
+    """Typed access to settings: environment first, then the database, then the default."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def lookup(self, key: str) -> SettingValue:
+        spec = spec_for(key)
+        if spec.env_name in self._env:
+            return SettingValue(key, parse_value(spec, self._env[spec.env_name]), "environment")
+        row = Setting.get_or_none(Setting.key == key)
+        if row is not None:
+            try:
+                return SettingValue(key, parse_value(spec, row.value), "stored")
+            except SettingError:
+                pass  # a stored value that no longer validates falls back to the default
+        return SettingValue(key, spec.default, "default")
+
+    def get(self, key: str) -> Any:
+        return self.lookup(key).value
+
+    def set(self, key: str, raw: Any) -> Any:
+        spec = spec_for(key)
+        value = parse_value(spec, raw)
+        Setting.insert(key=key, value=value).on_conflict_replace().execute()
+        return value
+
+    def unset(self, key: str) -> None:
+        spec_for(key)
+        Setting.delete().where(Setting.key == key).execute()
+
+    def all(self) -> list[SettingValue]:
+        return [self.lookup(spec.key) for spec in SPECS]

@@ -1,0 +1,217 @@
+"""The one module that calls Stripe, through the official SDK's StripeClient.
+
+The gateway makes single attempts and classifies failures; the sync engine owns retries (the SDK's client makes
+none by default, and an app-level retry can honour our rate budget and cancellation). Parameters are checked
+against Stripe's limits before they are sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import stripe
+
+from clinicsync import stripe_limits
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_ORIGIN = "https://api.stripe.com"
+
+
+class Budget(Protocol):
+    def acquire(self) -> None: ...
+
+
+class StripeFailure(Exception):
+    """A Stripe call failed. `kind` tells the engine what to do about it.
+
+    kinds: transient (retry later), auth (key rejected: stop), permission (restricted key lacks a permission:
+    stop), not_found, invalid (this request will never succeed), unknown_outcome (a saved 500 is being replayed:
+    the write may or may not have happened).
+    """
+
+    def __init__(self, kind: str, message: str, *, retry_after_s: float | None = None, param: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.param = param
+
+
+@dataclass(frozen=True)
+class StripeAccount:
+    id: str
+    livemode: bool
+    name: str
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    object: dict[str, Any]
+    replayed: bool
+
+
+def livemode_of_key(api_key: str) -> bool:
+    return api_key.startswith(("sk_live_", "rk_live_"))
+
+
+def validate_params(params: dict[str, Any]) -> None:
+    """Refuse parameters Stripe would refuse, before sending them (raises StripeFailure kind=invalid)."""
+    metadata = params.get("metadata")
+    if isinstance(metadata, dict):
+        if len(metadata) > stripe_limits.METADATA_MAX_KEYS:
+            raise StripeFailure("invalid", f"{len(metadata)} metadata keys; Stripe allows 50", param="metadata")
+        for key, value in metadata.items():
+            if len(key) > stripe_limits.METADATA_KEY_MAX_CHARS or any(
+                ch in key for ch in stripe_limits.METADATA_KEY_FORBIDDEN_CHARS
+            ):
+                raise StripeFailure("invalid", f"metadata key {key!r} is not allowed", param=f"metadata[{key}]")
+            if len(str(value)) > stripe_limits.METADATA_VALUE_MAX_CHARS:
+                raise StripeFailure("invalid", f"metadata {key} is too long", param=f"metadata[{key}]")
+    for dotted, limit in stripe_limits.CUSTOMER_FIELD_MAX_CHARS.items():
+        head, _, rest = dotted.partition(".")
+        value = params.get(head)
+        if rest:
+            value = value.get(rest) if isinstance(value, dict) else None
+        if isinstance(value, str) and len(value) > limit:
+            raise StripeFailure("invalid", f"{dotted} is longer than Stripe's {limit} characters", param=dotted)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = _header(headers, "Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def classify(exc: stripe.StripeError) -> StripeFailure:
+    """Turn an SDK exception into a StripeFailure with a message a practice manager can act on."""
+    headers = exc.headers
+    should_retry = _header(headers, "Stripe-Should-Retry")
+    message = exc.user_message or str(exc)
+    param = getattr(exc.error, "param", None) if exc.error else None
+    if isinstance(exc, stripe.AuthenticationError):
+        return StripeFailure(
+            "auth", "Stripe rejected the API key (HTTP 401): it is wrong, expired or revoked. " + message
+        )
+    if isinstance(exc, stripe.PermissionError):
+        return StripeFailure("permission", "The Stripe key lacks a permission ClinicSync needs: " + message)
+    if _header(headers, "Idempotent-Replayed") == "true" and (exc.http_status or 0) >= 500:
+        return StripeFailure("unknown_outcome", "Stripe saved an error for this request: " + message)
+    if should_retry == "false":
+        return StripeFailure("invalid", message, param=param)
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or should_retry == "true":
+        return StripeFailure("transient", message, retry_after_s=_retry_after(headers))
+    status = exc.http_status or 0
+    if status == 409 or status >= 500:
+        return StripeFailure("transient", message, retry_after_s=_retry_after(headers))
+    if status == 404:
+        return StripeFailure("not_found", message, param=param)
+    return StripeFailure("invalid", message, param=param)
+
+
+class StripeGateway:
+    """Typed single-attempt calls to Stripe for one API key."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        timeout_s: float = 30.0,
+        budget: Budget | None = None,
+    ) -> None:
+        self.livemode = livemode_of_key(api_key)
+        self._budget = budget
+        http_client = stripe.HTTPXClient(timeout=timeout_s, allow_sync_methods=True)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": base_url or DEFAULT_API_ORIGIN},
+            max_network_retries=0,
+            http_client=http_client,
+        )
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._budget is not None:
+            self._budget.acquire()
+        try:
+            return fn(*args, **kwargs)
+        except stripe.StripeError as exc:
+            raise classify(exc) from None
+
+    def account(self) -> StripeAccount:
+        account = self._call(self._client.v1.accounts.retrieve_current)
+        profile = account.get("business_profile") or {}
+        settings = account.get("settings") or {}
+        dashboard = settings.get("dashboard") or {}
+        name = profile.get("name") or dashboard.get("display_name") or account.get("email") or account.id
+        return StripeAccount(id=account.id, livemode=self.livemode, name=str(name))
+
+    def iter_objects(self, stripe_object: str) -> Iterator[dict[str, Any]]:
+        """Every object of one kind, newest first, a page of 100 at a time."""
+        service = self._service(stripe_object)
+        params: dict[str, Any] = {"limit": stripe_limits.LIST_MAX_LIMIT}
+        while True:
+            page = self._call(service.list, params=params)
+            for item in page.data:
+                yield item.to_dict()
+            if not page.has_more or not page.data:
+                return
+            params = {"limit": stripe_limits.LIST_MAX_LIMIT, "starting_after": page.data[-1].id}
+
+    def list_by_email(self, stripe_object: str, email: str) -> list[dict[str, Any]]:
+        """Objects whose email is exactly `email` (Stripe compares case-sensitively); read-after-write safe."""
+        service = self._service(stripe_object)
+        page = self._call(service.list, params={"email": email, "limit": stripe_limits.LIST_MAX_LIMIT})
+        return [item.to_dict() for item in page.data]
+
+    def search(self, stripe_object: str, query: str) -> list[dict[str, Any]]:
+        """Stripe Search: lags behind writes, so only for objects older than the index delay."""
+        page = self._call(self._service(stripe_object).search, params={"query": query, "limit": 100})
+        return [item.to_dict() for item in page.data]
+
+    def retrieve(self, stripe_object: str, stripe_id: str) -> dict[str, Any] | None:
+        """The object, or None if it does not exist or was deleted."""
+        try:
+            obj = self._call(self._service(stripe_object).retrieve, stripe_id)
+        except StripeFailure as failure:
+            if failure.kind == "not_found":
+                return None
+            raise
+        data = obj.to_dict()
+        return None if data.get("deleted") else data
+
+    def write(
+        self, op: str, stripe_object: str, stripe_id: str | None, params: dict[str, Any], idempotency_key: str
+    ) -> WriteResult:
+        validate_params(params)
+        service = self._service(stripe_object)
+        options = {"idempotency_key": idempotency_key}
+        if op == "create":
+            obj = self._call(service.create, params=params, options=options)
+        elif op == "update" and stripe_id:
+            obj = self._call(service.update, stripe_id, params=params, options=options)
+        else:
+            raise ValueError(f"unsupported Stripe write {op!r} on {stripe_object}")
+        replayed = _header(obj.last_response.headers if obj.last_response else None, "Idempotent-Replayed")
+        return WriteResult(object=obj.to_dict(), replayed=replayed == "true")
+
+    def _service(self, stripe_object: str) -> Any:
+        services = {"customer": self._client.v1.customers}
+        try:
+            return services[stripe_object]
+        except KeyError:
+            raise ValueError(f"ClinicSync does not write Stripe {stripe_object} objects yet") from None

@@ -1,0 +1,454 @@
+"""One run of one stream: replay queued writes, read what changed at the source, decide per record, write.
+
+Decisions per record, in order: a person's review decision → the local link (update if the mapped payload
+changed) → archived and never linked (not created) → an existing Stripe object naming this record in its
+metadata → a single unambiguous email match (decided once the whole read is done, when it is known how many
+records share the email) → create.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params
+from clinicsync.store.db import database_proxy
+from clinicsync.store.models import (
+    AccountPair,
+    OutboxEntry,
+    RecordLink,
+    RetryRecord,
+    ReviewItem,
+    StreamState,
+    SyncEvent,
+    SyncPlan,
+    SyncRun,
+    utcnow,
+)
+from clinicsync.stripe_gateway import StripeGateway
+from clinicsync.sync.matching import (
+    build_index,
+    candidates_by_email,
+    candidates_by_reference,
+    email_hash,
+    records_sharing_email,
+)
+from clinicsync.sync.outbox import OutboxWriter, StripeStopped, open_review
+from clinicsync.sync.pool import WritePool
+from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
+from clinicsync.sync.streams import Record, StreamDef
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("created", "linked", "updated", "unchanged", "skipped", "failed", "review")
+PLAN_SAMPLE_SIZE = 20
+Progress = Callable[[str, int, int | None, str], None]  # (stream, records done, total or None, step)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    trigger: str = "cli"
+    dry_run: bool = False
+    overlap_s: int = 120
+    email_match: str = "auto_link"  # or "review"
+    search_settle_s: float = 90.0
+    workers: int = 4
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    stream: str
+    outcome: str  # ok, attention, failed, cancelled
+    counts: dict[str, int]
+    message: str = ""
+    stop_kind: str | None = None  # why a run stopped early: unavailable, auth, permission, source_*
+    plan: dict[str, Any] | None = None
+
+
+class RunRecorder:
+    """Counts outcomes and writes history rows; safe to call from write threads."""
+
+    def __init__(self, run: SyncRun, *, dry_run: bool) -> None:
+        self._run = run
+        self._dry_run = dry_run
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(ACTIONS, 0)
+        self.samples: dict[str, list[dict[str, Any]]] = {action: [] for action in ACTIONS}
+
+    def record(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str = "") -> None:
+        with self._lock:
+            self.counts[action] += 1
+            if len(self.samples[action]) < PLAN_SAMPLE_SIZE:
+                self.samples[action].append(
+                    {"source_id": source_id, "name": display_name, "stripe_id": stripe_id, "message": message}
+                )
+        if action != "unchanged" and not self._dry_run:
+            SyncEvent.create(
+                run=self._run,
+                stream=self._run.stream,
+                source_id=source_id,
+                display_name=display_name,
+                stripe_id=stripe_id,
+                action=action,
+                message=message,
+            )
+
+
+class StreamRun:
+    def __init__(
+        self,
+        stream: StreamDef,
+        pair: AccountPair,
+        source: Any,
+        gateway: StripeGateway,
+        options: RunOptions,
+        *,
+        cancel: CancelToken | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.stream = stream
+        self.mapping = stream.mapping
+        self.pair = pair
+        self.source = source
+        self.gateway = gateway
+        self.options = options
+        self.cancel = cancel or CancelToken()
+        self._progress = progress or (lambda *_: None)
+        self._seen: dict[str, str] = {}  # source id → payload hash handled this run (ids only)
+        self._deferred: list[tuple[MappedRecord, str]] = []
+        self._claimed: set[str] = set()  # Stripe ids this run is linking, not yet committed
+        self._reviews: dict[str, ReviewItem] = {}
+        self._done = 0
+
+    # --- the run --------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        run = SyncRun.create(
+            pair=self.pair, stream=self.stream.name, trigger=self.options.trigger, dry_run=self.options.dry_run
+        )
+        self.recorder = RunRecorder(run, dry_run=self.options.dry_run)
+        result = RunResult(run_id=run.id, stream=self.stream.name, outcome="ok", counts=self.recorder.counts)
+        try:
+            if self.options.dry_run:
+                result.plan = self._dry_run(run)
+            else:
+                self._execute()
+        except StripeStopped as stop:
+            result.outcome, result.stop_kind, result.message = "failed", stop.kind, str(stop)
+        except Cancelled:
+            result.outcome, result.message = "cancelled", "The sync was cancelled; nothing queued is lost."
+        except Exception as exc:
+            if _is_source_error(exc):
+                result.outcome, result.stop_kind, result.message = "failed", _source_kind(exc), str(exc)
+            else:
+                log.exception("sync of %s failed", self.stream.name)
+                result.outcome, result.stop_kind = "failed", "internal"
+                result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
+        if result.outcome == "ok" and (result.counts["failed"] or result.counts["review"]):
+            result.outcome = "attention"
+        self._finish(run, result)
+        return result
+
+    def _finish(self, run: SyncRun, result: RunResult) -> None:
+        with database_proxy.atomic():
+            for action in ACTIONS:
+                setattr(run, action, result.counts[action])
+            run.outcome = result.outcome
+            run.message = result.message
+            run.finished_at = utcnow()
+            run.save()
+
+    def _dry_run(self, run: SyncRun) -> dict[str, Any]:
+        """Compute the plan inside a transaction that is rolled back: nothing but the plan is kept."""
+        pending = len(self._writer().pending())
+        with database_proxy.atomic() as transaction:
+            self._read_and_decide(pool=WritePool(0), writer=None)
+            transaction.rollback()
+        plan = {
+            "stream": self.stream.name,
+            "counts": dict(self.recorder.counts),
+            "samples": {action: rows for action, rows in self.recorder.samples.items() if rows},
+            "fields": [rule.target for rule in self.mapping.rules],
+            "queued_writes": pending,
+            "stripe_mode": "live" if self.pair.stripe_livemode else "test",
+        }
+        SyncPlan.create(pair=self.pair, stream=self.stream.name, summary=plan)
+        run.message = "dry run: nothing was written"
+        return plan
+
+    def _writer(self) -> OutboxWriter:
+        return OutboxWriter(
+            gateway=self.gateway,
+            pair=self.pair,
+            mapping=self.mapping,
+            policy=self.options.policy,
+            recorder=self.recorder,
+            sleep=self.cancel.sleep,
+            search_settle_s=self.options.search_settle_s,
+        )
+
+    def _execute(self) -> None:
+        writer = self._writer()
+        pool = WritePool(self.options.workers)
+        try:
+            self._progress(self.stream.name, 0, None, "Sending queued changes")
+            for row in writer.pending():
+                pool.submit(row.source_id, lambda row=row: writer.deliver(row))
+            pool.drain()
+            self._read_and_decide(pool=pool, writer=writer)
+        finally:
+            pool.close()
+
+    def _read_and_decide(self, *, pool: WritePool, writer: OutboxWriter | None) -> None:
+        state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
+        if state.stripe_index_built_at is None:
+            self._progress(self.stream.name, 0, None, "Reading existing Stripe customers")
+            build_index(self.pair, self.mapping, state, self.gateway.iter_objects(self.mapping.stripe_object))
+        self._reviews = _latest_reviews(self.pair, self.stream.name)
+        server_now = self.source.probe()
+        next_cursor = server_now - timedelta(seconds=self.options.overlap_s)
+        self._progress(self.stream.name, 0, None, f"Reading {self.mapping.source_type} records")
+        for source_id in self._revisit_ids():
+            record = self.stream.read_one(self.source, source_id)
+            if record is not None:
+                self._handle(record, pool, writer)
+        for record in self.stream.read_changed(self.source, _parse_cursor(state.cursor)):
+            self.cancel.raise_if_cancelled()
+            self._handle(record, pool, writer)
+        pool.drain()
+        self._resolve_deferred(pool, writer)
+        pool.drain()
+        state.cursor = next_cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        state.last_run_at = utcnow()
+        state.save()
+        RetryRecord.delete().where((RetryRecord.pair == self.pair) & (RetryRecord.stream == self.stream.name)).execute()
+
+    def _revisit_ids(self) -> list[str]:
+        """Records to read by id first: a person decided about them, or asked for a retry."""
+        resolved = [sid for sid, review in self._reviews.items() if review.status == "resolved"]
+        retries = [
+            row.source_id
+            for row in RetryRecord.select().where(
+                (RetryRecord.pair == self.pair) & (RetryRecord.stream == self.stream.name)
+            )
+        ]
+        return list(dict.fromkeys(resolved + retries))
+
+    # --- one record -----------------------------------------------------------------------------------
+    def _handle(self, record: Record, pool: WritePool, writer: OutboxWriter | None) -> None:
+        archived_value = self.stream.archived_value(record)
+        mapped = map_record(self.mapping, record, archived_value=archived_value)
+        sid = mapped.source_id
+        if self._seen.get(sid) == mapped.payload_hash:
+            return  # the same version again (second pass or a page that shifted): already handled
+        self._seen[sid] = mapped.payload_hash
+        self._done += 1
+        self._progress(self.stream.name, self._done, getattr(self.source, "last_total_entries", None), "")
+        if mapped.error:
+            self.recorder.record("failed", sid or "?", mapped.display_name, None, mapped.error)
+            return
+        hashed = email_hash(self.pair, mapped.match_value)
+        pool.wait_for(sid)
+        link = self._remember(mapped, hashed)
+        if self._has_pending_write(sid):
+            self.recorder.record(
+                "skipped",
+                sid,
+                mapped.display_name,
+                link.stripe_id,
+                "an earlier change to this record is still waiting to be confirmed by Stripe",
+            )
+            return
+        review = self._reviews.get(sid)
+        if review is not None and self._follow_review(review, mapped, hashed, pool, writer):
+            return
+        if link.stripe_id:
+            if link.payload_hash == mapped.payload_hash:
+                self.recorder.record("unchanged", sid, mapped.display_name, link.stripe_id)
+            else:
+                self._submit("update", mapped, link.stripe_id, hashed, pool, writer)
+            return
+        if mapped.archived:
+            reason = mapped.payload.get(f"metadata.{self.mapping.archived_marker}")
+            self.recorder.record(
+                "skipped",
+                sid,
+                mapped.display_name,
+                None,
+                f"not created in Stripe: {reason} at the source and never synced before",
+            )
+            return
+        by_reference = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
+        if len(by_reference) == 1:
+            self._submit("link", mapped, by_reference[0], hashed, pool, writer)
+        elif len(by_reference) > 1:
+            self._review(
+                mapped,
+                "ambiguous_reference",
+                by_reference,
+                pool,
+                writer,
+                f"{len(by_reference)} Stripe customers already name this record in their metadata",
+            )
+        elif hashed and candidates_by_email(self.pair, self.mapping, hashed):
+            self._deferred.append((mapped, hashed))
+        else:
+            self._submit("create", mapped, None, hashed, pool, writer)
+
+    def _follow_review(
+        self,
+        review: ReviewItem,
+        mapped: MappedRecord,
+        hashed: str | None,
+        pool: WritePool,
+        writer: OutboxWriter | None,
+    ) -> bool:
+        """Carry out a person's decision; True when the record needs nothing more this run."""
+        sid = mapped.source_id
+        if review.status == "open":
+            self.recorder.record("review", sid, mapped.display_name, None, f"waiting for review: {review.detail}")
+            return True
+        if review.status == "ignored":
+            self.recorder.record("skipped", sid, mapped.display_name, None, "ignored by a person in review")
+            return True
+        if review.status == "resolved" and review.resolution == "link" and review.resolution_stripe_id:
+            self._submit("link", mapped, review.resolution_stripe_id, hashed, pool, writer)
+            return True
+        if review.status == "resolved" and review.resolution == "create":
+            self._submit("create", mapped, None, hashed, pool, writer)
+            return True
+        return False
+
+    def _resolve_deferred(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        for mapped, hashed in self._deferred:
+            candidates = [c for c in candidates_by_email(self.pair, self.mapping, hashed) if c not in self._claimed]
+            sharing = records_sharing_email(self.pair, self.mapping, hashed)
+            if not candidates:
+                self._submit("create", mapped, None, hashed, pool, writer)
+            elif len(candidates) == 1 and sharing == 1 and self.options.email_match == "auto_link":
+                self._submit("link", mapped, candidates[0], hashed, pool, writer)
+            elif len(candidates) == 1 and sharing == 1:
+                self._review(
+                    mapped,
+                    "email_match",
+                    candidates,
+                    pool,
+                    writer,
+                    "one Stripe customer has this email; linking is set to need a person's approval",
+                )
+            else:
+                self._review(
+                    mapped,
+                    "ambiguous_email",
+                    candidates,
+                    pool,
+                    writer,
+                    f"{len(candidates)} unlinked Stripe customer(s) and {sharing} record(s) share this "
+                    "email; choose which customer this record is",
+                )
+
+    # --- effects --------------------------------------------------------------------------------------
+    def _submit(
+        self,
+        op: str,
+        mapped: MappedRecord,
+        stripe_id: str | None,
+        hashed: str | None,
+        pool: WritePool,
+        writer: OutboxWriter | None,
+    ) -> None:
+        params = create_params(mapped.payload) if op == "create" else update_params(mapped.payload)
+        if stripe_id and op == "link":
+            self._claimed.add(stripe_id)
+        if writer is None:  # dry run: the plan records what would be sent
+            action = {"create": "created", "link": "linked", "update": "updated"}[op]
+            self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, "\n".join(mapped.notes))
+            return
+        row = writer.enqueue(mapped, op, params, stripe_id, hashed)
+        pool.submit(mapped.source_id, lambda: writer.deliver(row))
+
+    def _review(
+        self,
+        mapped: MappedRecord,
+        reason: str,
+        candidates: list[str],
+        pool: WritePool,
+        writer: OutboxWriter | None,
+        detail: str,
+    ) -> None:
+        if writer is not None:
+            open_review(self.pair, self.stream.name, mapped.source_id, mapped.display_name, reason, detail, candidates)
+        self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
+
+    def _remember(self, mapped: MappedRecord, hashed: str | None) -> RecordLink:
+        """Keep the record's id, email hash, name and archived state (never its other fields)."""
+        link, created = RecordLink.get_or_create(
+            pair=self.pair,
+            stream=self.stream.name,
+            source_id=mapped.source_id,
+            defaults={
+                "stripe_object": self.mapping.stripe_object,
+                "email_hash": hashed,
+                "display_name": mapped.display_name,
+                "archived": mapped.archived,
+            },
+        )
+        if not created and (link.email_hash, link.display_name, link.archived) != (
+            hashed,
+            mapped.display_name,
+            mapped.archived,
+        ):
+            RecordLink.update(
+                email_hash=hashed, display_name=mapped.display_name, archived=mapped.archived, updated_at=utcnow()
+            ).where(RecordLink.id == link.id).execute()
+        return link
+
+    def _has_pending_write(self, source_id: str) -> bool:
+        return (
+            OutboxEntry.select()
+            .where(
+                (OutboxEntry.pair == self.pair)
+                & (OutboxEntry.stream == self.stream.name)
+                & (OutboxEntry.source_id == source_id)
+                & (OutboxEntry.status == "pending")
+            )
+            .exists()
+        )
+
+
+def _latest_reviews(pair: AccountPair, stream: str) -> dict[str, ReviewItem]:
+    rows = (
+        ReviewItem.select()
+        .where((ReviewItem.pair == pair) & (ReviewItem.stream == stream) & (ReviewItem.status != "done"))
+        .order_by(ReviewItem.id)
+    )
+    return {row.source_id: row for row in rows}
+
+
+def _parse_cursor(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _is_source_error(exc: Exception) -> bool:
+    from clinicsync.sources.errors import SourceError
+
+    return isinstance(exc, SourceError)
+
+
+def _source_kind(exc: Exception) -> str:
+    from clinicsync.sources import errors
+
+    if isinstance(exc, errors.SourceAuthError):
+        return "source_auth"
+    if isinstance(exc, errors.SourcePermissionError):
+        return "source_permission"
+    if isinstance(exc, errors.SourceUnavailable):
+        return "source_unavailable"
+    return "source_error"

@@ -1,0 +1,298 @@
+"""The outbox: every Stripe write is stored with its exact request and an idempotency key naming that row before
+it is sent, then marked done together with the link in one transaction.
+
+So a crash at any point replays exactly the request Stripe may already have executed (same key, same params),
+an edit after a crash becomes a new row (a new key), and an A→B→A edit is never mistaken for a replay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from clinicsync.mapping.apply import MappedRecord
+from clinicsync.mapping.spec import StreamMapping
+from clinicsync.store.db import database_proxy
+from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, utcnow
+from clinicsync.stripe_gateway import StripeFailure, StripeGateway
+from clinicsync.sync.crash import crashpoint
+from clinicsync.sync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
+
+log = logging.getLogger(__name__)
+
+ACTION_OF_OP = {"create": "created", "link": "linked", "update": "updated"}
+# Stripe prunes idempotency keys after 24 hours; older creates look for their object before being replayed.
+IDEMPOTENCY_WINDOW = timedelta(hours=23)
+MAX_SUPERSEDES = 3
+
+
+class StripeStopped(Exception):
+    """Stripe cannot take writes now (unreachable, key rejected, permission missing). Queued writes wait."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Recorder(Protocol):
+    def record(
+        self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str = ""
+    ) -> None: ...
+
+
+def idempotency_key(pair: AccountPair, stream: str, source_id: str, op: str, row_id: int) -> str:
+    return f"cs:{pair.uuid[:12]}:{stream}:{source_id}:{op}:{row_id}"
+
+
+def _normalised(params: dict[str, Any]) -> dict[str, Any]:
+    # What is sent is exactly what a replay will send: both come from the same JSON text.
+    loaded: dict[str, Any] = json.loads(json.dumps(params, sort_keys=True, ensure_ascii=False))
+    return loaded
+
+
+def _retry_decision(exc: BaseException) -> RetryDecision:
+    if isinstance(exc, StripeFailure) and exc.kind == "transient":
+        return RetryDecision(retry=True, hint_s=exc.retry_after_s)
+    return PERMANENT
+
+
+@dataclass
+class OutboxWriter:
+    gateway: StripeGateway
+    pair: AccountPair
+    mapping: StreamMapping
+    policy: RetryPolicy
+    recorder: Recorder
+    sleep: Callable[[float], object]
+    search_settle_s: float
+    now: Callable[[], datetime] = utcnow
+
+    # --- queueing -------------------------------------------------------------------------------------
+    def enqueue(
+        self, mapped: MappedRecord, op: str, params: dict[str, Any], stripe_id: str | None, email_hash: str | None
+    ) -> OutboxEntry:
+        with database_proxy.atomic():
+            row = OutboxEntry.create(
+                pair=self.pair,
+                stream=self.mapping.stream,
+                source_id=mapped.source_id,
+                op=op,
+                stripe_object=self.mapping.stripe_object,
+                stripe_id=stripe_id,
+                params=_normalised(params),
+                payload_hash=mapped.payload_hash,
+                email_hash=email_hash,
+                display_name=mapped.display_name,
+                archived=mapped.archived,
+                notes="\n".join(mapped.notes),
+            )
+            row.idempotency_key = idempotency_key(self.pair, self.mapping.stream, mapped.source_id, op, row.id)
+            row.save()
+        crashpoint("after_outbox_insert")
+        return row
+
+    def pending(self) -> list[OutboxEntry]:
+        return list(
+            OutboxEntry.select()
+            .where(
+                (OutboxEntry.pair == self.pair)
+                & (OutboxEntry.stream == self.mapping.stream)
+                & (OutboxEntry.status == "pending")
+            )
+            .order_by(OutboxEntry.id)
+        )
+
+    # --- delivery -------------------------------------------------------------------------------------
+    def deliver(self, row: OutboxEntry, supersedes: int = 0) -> None:
+        """Send one queued write and settle it. Raises StripeStopped when the run must stop."""
+        if row.op == "create" and self.now() - row.created_at > IDEMPOTENCY_WINDOW:
+            found = self._find_created(row)
+            if found is not None:
+                self._complete(row, found, replayed=True)
+                return
+        try:
+            result = call_with_retries(
+                lambda: self.gateway.write(row.op, row.stripe_object, row.stripe_id, row.params, row.idempotency_key),
+                policy=self.policy,
+                classify=_retry_decision,
+                sleep=self.sleep,
+                on_retry=lambda attempt, exc, delay: log.info(
+                    "Stripe write for %s %s failed (%s); retry %d in %.2fs",
+                    self.mapping.source_type,
+                    row.source_id,
+                    exc,
+                    attempt,
+                    delay,
+                ),
+            )
+        except StripeFailure as failure:
+            self._settle_failure(row, failure, supersedes)
+            return
+        crashpoint("after_stripe_ok")
+        self._complete(row, result.object, replayed=result.replayed)
+        crashpoint("after_link_saved")
+
+    def _settle_failure(self, row: OutboxEntry, failure: StripeFailure, supersedes: int) -> None:
+        if failure.kind == "transient":
+            self._note_attempt(row, failure.message)
+            raise StripeStopped(
+                "unavailable",
+                f"Stripe could not be reached or kept failing ({failure.message}). The change is queued and "
+                "will be sent on the next sync.",
+            )
+        if failure.kind in ("auth", "permission"):
+            self._note_attempt(row, failure.message)
+            raise StripeStopped(failure.kind, failure.message)
+        if failure.kind == "unknown_outcome":
+            self._resolve_unknown(row, failure, supersedes)
+        elif failure.kind == "not_found" and row.op in ("update", "link"):
+            self._object_gone(row)
+        else:
+            self._fail(row, failure.message)
+
+    def _resolve_unknown(self, row: OutboxEntry, failure: StripeFailure, supersedes: int) -> None:
+        """Stripe saved a 500 under this key, so replaying it can never succeed: find out what happened."""
+        if row.op == "create":
+            found = self._find_created(row)
+            if found is not None:
+                self._complete(row, found, replayed=True)
+                return
+            if not self._absence_is_certain(row):
+                self._note_attempt(row, "waiting to confirm whether Stripe created this customer")
+                return
+        if supersedes >= MAX_SUPERSEDES:
+            self._fail(row, f"Stripe kept failing this write: {failure.message}")
+            return
+        self.deliver(self._supersede(row), supersedes + 1)
+
+    def _find_created(self, row: OutboxEntry) -> dict[str, Any] | None:
+        """The object an earlier attempt of this create made, if any: by exact email (read-after-write safe),
+        else by Search on the cross-reference (only trusted once its index has caught up)."""
+        key = self.mapping.cross_ref_key
+        email = (row.params or {}).get("email")
+        if email:
+            found = self.gateway.list_by_email(row.stripe_object, email)
+        else:
+            found = self.gateway.search(row.stripe_object, f"metadata['{key}']:'{row.source_id}'")
+        matches = [obj for obj in found if (obj.get("metadata") or {}).get(key) == row.source_id]
+        return min(matches, key=lambda obj: obj.get("created", 0)) if matches else None
+
+    def _absence_is_certain(self, row: OutboxEntry) -> bool:
+        if (row.params or {}).get("email"):
+            return True
+        return (self.now() - row.created_at).total_seconds() >= self.search_settle_s
+
+    def _supersede(self, row: OutboxEntry) -> OutboxEntry:
+        with database_proxy.atomic():
+            row.status = "superseded"
+            row.finished_at = self.now()
+            row.save()
+            fresh = OutboxEntry.create(
+                pair=row.pair_id,
+                stream=row.stream,
+                source_id=row.source_id,
+                op=row.op,
+                stripe_object=row.stripe_object,
+                stripe_id=row.stripe_id,
+                params=row.params,
+                payload_hash=row.payload_hash,
+                email_hash=row.email_hash,
+                display_name=row.display_name,
+                archived=row.archived,
+                notes=row.notes,
+            )
+            fresh.idempotency_key = idempotency_key(self.pair, row.stream, row.source_id, row.op, fresh.id)
+            fresh.save()
+            row.params = None
+            row.save()
+        return fresh
+
+    # --- settling -------------------------------------------------------------------------------------
+    def _complete(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
+        stripe_id = str(obj["id"])
+        with database_proxy.atomic():
+            row.status = "done"
+            row.stripe_id = stripe_id
+            row.params = None
+            row.finished_at = self.now()
+            row.attempts += 1
+            row.save()
+            link, _ = RecordLink.get_or_create(
+                pair=self.pair,
+                stream=row.stream,
+                source_id=row.source_id,
+                defaults={"stripe_object": row.stripe_object},
+            )
+            link.stripe_id = stripe_id
+            link.payload_hash = row.payload_hash
+            link.email_hash = row.email_hash
+            link.display_name = row.display_name
+            link.archived = row.archived
+            link.updated_at = self.now()
+            link.save()
+            ReviewItem.update(status="done").where(
+                (ReviewItem.pair == self.pair)
+                & (ReviewItem.stream == row.stream)
+                & (ReviewItem.source_id == row.source_id)
+                & (ReviewItem.status == "resolved")
+            ).execute()
+            message = row.notes + ("\n(replayed after an interruption)" if replayed else "")
+            self.recorder.record(ACTION_OF_OP[row.op], row.source_id, row.display_name, stripe_id, message.strip())
+
+    def _fail(self, row: OutboxEntry, message: str) -> None:
+        with database_proxy.atomic():
+            row.status = "failed"
+            row.params = None
+            row.last_error = message
+            row.finished_at = self.now()
+            row.save()
+            self.recorder.record("failed", row.source_id, row.display_name, row.stripe_id, f"Stripe refused: {message}")
+
+    def _object_gone(self, row: OutboxEntry) -> None:
+        """The linked Stripe object was deleted: a person decides whether to re-create it, never us silently."""
+        detail = f"The Stripe {row.stripe_object} {row.stripe_id} linked to this record no longer exists."
+        with database_proxy.atomic():
+            row.status = "failed"
+            row.params = None
+            row.last_error = detail
+            row.finished_at = self.now()
+            row.save()
+            open_review(self.pair, row.stream, row.source_id, row.display_name, "stripe_object_deleted", detail, [])
+            self.recorder.record("review", row.source_id, row.display_name, row.stripe_id, detail)
+
+    def _note_attempt(self, row: OutboxEntry, message: str) -> None:
+        OutboxEntry.update(attempts=OutboxEntry.attempts + 1, last_error=message[:2000]).where(
+            OutboxEntry.id == row.id
+        ).execute()
+
+
+def open_review(
+    pair: AccountPair,
+    stream: str,
+    source_id: str,
+    display_name: str,
+    reason: str,
+    detail: str,
+    candidates: list[str],
+) -> ReviewItem:
+    existing = ReviewItem.get_or_none(
+        (ReviewItem.pair == pair)
+        & (ReviewItem.stream == stream)
+        & (ReviewItem.source_id == source_id)
+        & (ReviewItem.status.in_(("open", "resolved")))
+    )
+    if existing is not None:
+        return existing
+    return ReviewItem.create(
+        pair=pair,
+        stream=stream,
+        source_id=source_id,
+        display_name=display_name,
+        reason=reason,
+        detail=detail,
+        candidates=candidates,
+    )

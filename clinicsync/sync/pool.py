@@ -1,0 +1,69 @@
+"""Concurrent Stripe writes, at most one in flight per record, with back-pressure.
+
+Different records go out in parallel under one shared rate budget (the gateway's); writes for the same record
+are kept in order by waiting for the earlier one. `workers=0` runs each write inline on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+
+class WritePool:
+    def __init__(self, workers: int, *, max_in_flight: int | None = None) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-write") if workers else None
+        self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * 2)
+        self._in_flight: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def submit(self, key: str, work: Callable[[], None]) -> None:
+        """Run `work` for record `key` after any earlier write for that record. Raises a failed write's error."""
+        self.wait_for(key)
+        self._raise_if_failed()
+        if self._executor is None:
+            work()
+            return
+        self._slots.acquire()
+        future = self._executor.submit(work)
+        with self._lock:
+            self._in_flight[key] = future
+        future.add_done_callback(lambda done, key=key: self._finished(key, done))
+
+    def wait_for(self, key: str) -> None:
+        with self._lock:
+            future = self._in_flight.get(key)
+        if future is not None:
+            future.exception()  # waits; the error itself is kept by _finished
+
+    def drain(self) -> None:
+        """Wait for every write in flight, then raise the first error any of them hit."""
+        while True:
+            with self._lock:
+                pending = list(self._in_flight.values())
+            if not pending:
+                break
+            for future in pending:
+                future.exception()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _finished(self, key: str, future: Future[None]) -> None:
+        with self._lock:
+            if self._in_flight.get(key) is future:
+                del self._in_flight[key]
+            error = future.exception()
+            if error is not None and self._error is None:
+                self._error = error
+        self._slots.release()
+
+    def _raise_if_failed(self) -> None:
+        with self._lock:
+            error = self._error
+        if error is not None:
+            raise error

@@ -1,0 +1,157 @@
+"""Builds the clients a sync needs from settings and secrets, resolves the account pair, and runs streams.
+
+Used by the CLI and (through the runner) by the desktop app; Qt-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clinicsync import secrets as secret_names
+from clinicsync import stripe_limits
+from clinicsync.paths import AppPaths
+from clinicsync.secrets import SecretStore
+from clinicsync.sources.cliniko import ClinikoClient
+from clinicsync.sources.errors import SourceConfigError
+from clinicsync.sources.ratelimit import RequestBudget
+from clinicsync.sources.urls import validate_base_url
+from clinicsync.store.models import AccountPair, utcnow
+from clinicsync.store.settings import Settings
+from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
+from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
+from clinicsync.sync.lock import ProfileLock
+from clinicsync.sync.retry import CancelToken, RetryPolicy
+from clinicsync.sync.streams import STREAMS
+
+log = logging.getLogger(__name__)
+
+STRIPE_BUDGET_FRACTION = 0.9  # leave Stripe headroom for the clinic's other integrations and the dashboard
+
+
+class ConfigProblem(Exception):
+    """Something the user must set before a sync can run (a missing key, an invalid address)."""
+
+
+@dataclass(frozen=True)
+class Connected:
+    cliniko: ClinikoClient
+    gateway: StripeGateway
+    pair: AccountPair
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    base = settings.get("retry.base_delay_seconds")
+    return RetryPolicy(
+        max_attempts=settings.get("retry.max_attempts"),
+        base_delay_s=base,
+        max_delay_s=max(base, settings.get("retry.max_delay_seconds")),
+    )
+
+
+def _require(secrets: SecretStore, name: str, what: str) -> str:
+    value = secrets.get(name)
+    if not value:
+        raise ConfigProblem(
+            f"No {what} API key is set. Add it in Connections, or run `clinicsync config set-secret {name}`."
+        )
+    return value
+
+
+def cliniko_client(settings: Settings, secrets: SecretStore, cancel: CancelToken) -> ClinikoClient:
+    try:
+        return ClinikoClient(
+            _require(secrets, secret_names.CLINIKO_API_KEY, "Cliniko"),
+            contact_email=settings.get("contact_email"),
+            shard=settings.get("cliniko.shard"),
+            base_url=settings.get("cliniko.base_url") or None,
+            requests_per_minute=settings.get("cliniko.requests_per_minute") or None,
+            retry=retry_policy(settings),
+            sleep=cancel.sleep,
+        )
+    except SourceConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
+def stripe_gateway(settings: Settings, secrets: SecretStore) -> StripeGateway:
+    key = _require(secrets, secret_names.STRIPE_API_KEY, "Stripe")
+    base_url = settings.get("stripe.base_url") or None
+    if base_url:
+        try:
+            base_url = validate_base_url(base_url, "Stripe")
+        except SourceConfigError as exc:
+            raise ConfigProblem(str(exc)) from None
+    per_second = settings.get("stripe.requests_per_second") or (
+        stripe_limits.RATE_LIMIT_PER_SECOND["live" if livemode_of_key(key) else "test"] * STRIPE_BUDGET_FRACTION
+    )
+    budget = RequestBudget(limit=per_second, per_seconds=1.0, burst=max(1, int(per_second / 5)))
+    return StripeGateway(key, base_url=base_url, timeout_s=settings.get("stripe.timeout_seconds"), budget=budget)
+
+
+def resolve_pair(cliniko: ClinikoClient, gateway: StripeGateway) -> AccountPair:
+    """The state scope for these two accounts; a new pair (another clinic, or Stripe test vs live) starts clean."""
+    clinic = cliniko.get_account()
+    stripe_account = gateway.account()
+    pair, created = AccountPair.get_or_create(
+        source_system="cliniko",
+        source_account=clinic.id,
+        source_region=cliniko.shard,
+        stripe_account=stripe_account.id,
+        stripe_livemode=stripe_account.livemode,
+        defaults={"uuid": uuid.uuid4().hex, "source_name": clinic.name, "stripe_name": stripe_account.name},
+    )
+    if not created:
+        AccountPair.update(last_used_at=utcnow(), source_name=clinic.name, stripe_name=stripe_account.name).where(
+            AccountPair.id == pair.id
+        ).execute()
+    return pair
+
+
+def run_options(settings: Settings, *, trigger: str, dry_run: bool) -> RunOptions:
+    return RunOptions(
+        trigger=trigger,
+        dry_run=dry_run,
+        overlap_s=settings.get("sync.cursor_overlap_seconds"),
+        email_match=settings.get("sync.email_match"),
+        search_settle_s=settings.get("stripe.search_settle_seconds"),
+        workers=settings.get("stripe.workers"),
+        policy=retry_policy(settings),
+    )
+
+
+def run_sync(
+    paths: AppPaths,
+    settings: Settings,
+    secrets: SecretStore,
+    *,
+    streams: Sequence[str] | None = None,
+    trigger: str = "cli",
+    dry_run: bool = False,
+    cancel: CancelToken | None = None,
+    progress: Progress | None = None,
+) -> list[RunResult]:
+    """Run the given streams once, holding the profile's sync lock (raises SyncLocked if another sync runs)."""
+    cancel = cancel or CancelToken()
+    names = list(streams or STREAMS)
+    unknown = [name for name in names if name not in STREAMS]
+    if unknown:
+        raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
+    with ProfileLock(paths.lock_file):
+        cliniko = cliniko_client(settings, secrets, cancel)
+        try:
+            gateway = stripe_gateway(settings, secrets)
+            pair = resolve_pair(cliniko, gateway)
+            options = run_options(settings, trigger=trigger, dry_run=dry_run)
+            return [
+                StreamRun(STREAMS[name], pair, cliniko, gateway, options, cancel=cancel, progress=progress).run()
+                for name in names
+            ]
+        finally:
+            cliniko.close()
+
+
+def describe(result: RunResult) -> dict[str, Any]:
+    return {"run": result.run_id, "stream": result.stream, "outcome": result.outcome, **result.counts}
