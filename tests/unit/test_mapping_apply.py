@@ -1,0 +1,141 @@
+"""The declarative patient mapping: what each Cliniko field becomes in Stripe, and how bad values are handled."""
+
+from __future__ import annotations
+
+from clinicsync import stripe_limits
+from clinicsync.mapping.apply import TRUNCATION_MARKER, create_params, map_record, update_params
+from clinicsync.mapping.defaults import CLINIKO_PATIENTS
+
+
+def patient(**fields):
+    base = {
+        "id": "1000000000000000001",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "email": "ada@example.com",
+        "patient_phone_numbers": [
+            {"number": "03 9000 0000", "phone_type": "Home", "normalized_number": "+61390000000"},
+            {"number": "0412 345 678", "phone_type": "Mobile", "normalized_number": "+61412345678"},
+        ],
+        "address_1": "1 Example St",
+        "address_2": "Unit 4",
+        "address_3": "Rear",
+        "city": "Fitzroy",
+        "state": "VIC",
+        "post_code": "3065",
+        "country_code": "AU",
+        "notes": "clinical note that must never leave",
+        "medicare": "1234567890",
+    }
+    base.update(fields)
+    return base
+
+
+def test_default_patient_mapping_builds_the_customer_fields():
+    mapped = map_record(CLINIKO_PATIENTS, patient())
+    assert mapped.error is None
+    assert create_params(mapped.payload) == {
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "phone": "0412 345 678",
+        "address": {
+            "line1": "1 Example St",
+            "line2": "Unit 4, Rear",
+            "city": "Fitzroy",
+            "state": "VIC",
+            "postal_code": "3065",
+            "country": "AU",
+        },
+        "metadata": {"cliniko_patient_id": "1000000000000000001"},
+    }
+
+
+def test_unmapped_clinical_fields_never_appear_in_the_payload():
+    mapped = map_record(CLINIKO_PATIENTS, patient())
+    text = repr(create_params(mapped.payload)) + repr(update_params(mapped.payload))
+    assert "clinical note" not in text
+    assert "1234567890" not in text
+
+
+def test_first_phone_is_used_when_there_is_no_mobile():
+    mapped = map_record(CLINIKO_PATIENTS, patient(patient_phone_numbers=[{"number": "03 1111 2222", "phone_type": "Home"}]))
+    assert mapped.payload["phone"] == "03 1111 2222"
+
+
+def test_empty_fields_are_left_out_of_a_create_and_unset_in_an_update():
+    mapped = map_record(
+        CLINIKO_PATIENTS,
+        patient(email=None, patient_phone_numbers=[], address_1=None, address_2=None, address_3=None, city=None,
+                state=None, post_code=None, country_code=None),
+    )
+    params = create_params(mapped.payload)
+    assert "email" not in params and "phone" not in params and "address" not in params
+    update = update_params(mapped.payload)
+    assert update["email"] == "" and update["phone"] == ""
+    assert update["address"] == ""  # an address with no parts is unset as a whole
+    assert update["metadata"] == {"cliniko_patient_id": "1000000000000000001", "cliniko_archived": ""}
+
+
+def test_archived_marker_is_set_and_changes_the_hash():
+    live = map_record(CLINIKO_PATIENTS, patient())
+    archived = map_record(CLINIKO_PATIENTS, patient(), archived_value="archived 2026-01-02T03:04:05Z")
+    assert archived.archived and not live.archived
+    assert create_params(archived.payload)["metadata"]["cliniko_archived"] == "archived 2026-01-02T03:04:05Z"
+    assert live.payload_hash != archived.payload_hash
+
+
+def test_payload_hash_ignores_unmapped_fields_but_not_mapped_ones():
+    base = map_record(CLINIKO_PATIENTS, patient())
+    assert base.payload_hash == map_record(CLINIKO_PATIENTS, patient(notes="changed")).payload_hash
+    assert base.payload_hash != map_record(CLINIKO_PATIENTS, patient(city="Carlton")).payload_hash
+
+
+def test_an_overlong_name_is_shortened_with_a_marker_and_a_note():
+    mapped = map_record(CLINIKO_PATIENTS, patient(first_name="A" * 255, last_name="B" * 255))
+    limit = stripe_limits.CUSTOMER_FIELD_MAX_CHARS["name"]
+    assert mapped.error is None
+    assert len(mapped.payload["name"]) == limit
+    assert mapped.payload["name"].endswith(TRUNCATION_MARKER)
+    assert any("shortened from 511" in note for note in mapped.notes)
+
+
+def test_an_invalid_email_rejects_the_record_with_a_specific_message():
+    mapped = map_record(CLINIKO_PATIENTS, patient(email="not-an-email"))
+    assert mapped.error is not None and "not a valid email address" in mapped.error
+
+
+def test_an_overlong_email_is_rejected_not_cut():
+    mapped = map_record(CLINIKO_PATIENTS, patient(email="a" * 600 + "@example.com"))
+    assert mapped.error is not None and "over Stripe's limit of 512" in mapped.error
+
+
+def test_an_overlong_address_line_rejects_the_record():
+    mapped = map_record(CLINIKO_PATIENTS, patient(address_1="x" * 6000))
+    assert mapped.error is not None and "address.line1" in mapped.error
+
+
+def test_control_characters_are_removed_with_a_note():
+    mapped = map_record(CLINIKO_PATIENTS, patient(first_name="Ad\x00a\x07", city="Fitz\u0000roy"))
+    assert mapped.payload["name"] == "Ada Lovelace"
+    assert mapped.payload["address.city"] == "Fitzroy"
+    assert any("control character" in note for note in mapped.notes)
+
+
+def test_unicode_and_rtl_names_pass_through_unchanged():
+    mapped = map_record(CLINIKO_PATIENTS, patient(first_name="Zoë 李", last_name="محمد 😀"))
+    assert mapped.error is None
+    assert mapped.payload["name"] == "Zoë 李 محمد 😀"
+
+
+def test_nulls_everywhere_do_not_crash():
+    record = {key: None for key in patient()}
+    record["id"] = "1000000000000000009"
+    mapped = map_record(CLINIKO_PATIENTS, record)
+    assert mapped.error is None
+    assert mapped.display_name.startswith("(no name")
+    assert create_params(mapped.payload) == {"metadata": {"cliniko_patient_id": "1000000000000000009"}}
+
+
+def test_a_record_without_id_is_rejected():
+    mapped = map_record(CLINIKO_PATIENTS, patient(id=None))
+    assert mapped.error == "the record has no id"
