@@ -1,0 +1,1019 @@
+"""An in-memory emulator of Cliniko's API v1 (patients, settings, user, businesses) behind `server.serve`.
+
+It agrees with Cliniko's OpenAPI document (tests/integration/test_cliniko_emulator_spec.py checks it) and, where
+Cliniko documents nothing (error bodies, edge cases), makes the choices listed in docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import re
+import threading
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import urlencode
+
+from clinicsync.sandbox import seed as seedmod
+from clinicsync.sandbox.http import RateLimit, Request, Response
+
+API_PREFIX = "/v1"
+DEFAULT_API_KEY = "cliniko_sandbox_key-au1"
+DEFAULT_LIMITED_KEY = "cliniko_sandbox_key_limited-au1"
+RATE_LIMIT_PER_MINUTE = 200
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 50
+
+_SHARD_SUFFIX = re.compile(r"-([a-z]{2}\d{1,2})$", re.IGNORECASE)
+_UA_CONTACT = re.compile(r"\([^()\s]+@[^()\s]+\.[^()\s]+\)")
+# The spec's email pattern, applied case-insensitively (its character classes are upper-case only).
+EMAIL_PATTERN = re.compile(r"^[A-Z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Z0-9.-]+\.[A-Z]{2,63}$", re.IGNORECASE)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+ACCOUNT_ID = "700000000000000001"
+BUSINESS_ID = "700000000000000101"
+USER_ID = "700000000000000201"
+LIMITED_USER_ID = "700000000000000202"
+
+# Error bodies Cliniko does not document; docs/sandbox.md lists them.
+MSG_USER_AGENT = "Requires a user agent with contact details"
+MSG_UNAUTHORISED = "HTTP Basic: Access denied.\n"
+MSG_FORBIDDEN = "You do not have permission to access this resource."
+MSG_NOT_FOUND = "Not found"
+MSG_NOT_SEARCHABLE = "This column is not searchable."
+MSG_NOT_SORTABLE = "This column is not sortable."
+MSG_RATE_LIMITED = "Too many requests. Retry after the time in the X-RateLimit-Reset header."
+
+# Filterable patient columns and their type, from the spec's q[] table for /patients.
+PATIENT_FILTERS: dict[str, str] = {
+    "accepted_privacy_policy": "boolean",
+    "archived_at": "datetime",
+    "created_at": "datetime",
+    "date_of_birth": "date",
+    "email": "string",
+    "first_name": "string",
+    "id": "int",
+    "last_name": "string",
+    "old_reference_id": "string",
+    "preferred_first_name": "string",
+    "updated_at": "datetime",
+}
+OPERATORS: dict[str, tuple[str, ...]] = {
+    "datetime": (">=", ">", "<=", "<", "?", "!?", "*"),
+    "date": ("=", ">=", ">", "<=", "<", "?", "!?"),
+    "int": ("=", "!=", ">=", ">", "<=", "<", "?", "!?"),
+    "string": ("=", "!=", "~~", "~", "?", "!?"),
+    "boolean": ("=", "!="),
+}
+# Longest first, so ">=" is not read as ">" followed by "=...".
+_ALL_OPS = ("!?", ">=", "<=", "!=", "~~", "?", "*", ">", "<", "=", "~")
+SORTABLE = frozenset(PATIENT_FILTERS) | {"label"}
+
+# Fields a POST/PATCH may set (the spec's Patient request body), grouped by how they are validated.
+_STR_255 = (
+    "title",
+    "preferred_first_name",
+    "occupation",
+    "emergency_contact",
+    "address_1",
+    "address_2",
+    "address_3",
+    "city",
+    "old_reference_id",
+    "medicare",
+    "medicare_reference_number",
+    "referral_source",
+)
+_STR_FREE = (
+    "sex",
+    "gender_identity",
+    "state",
+    "post_code",
+    "country",
+    "country_code",
+    "notes",
+    "appointment_notes",
+    "dva_card_number",
+    "invoice_default_to",
+    "invoice_extra_information",
+    "time_zone",
+)
+_BOOLS = (
+    "accepted_privacy_policy",
+    "accepted_email_marketing",
+    "receives_confirmation_emails",
+    "receives_cancellation_emails",
+)
+REMINDER_TYPES = ("None", "SMS", "Email", "SMS & Email")
+PHONE_TYPES = ("Fax", "Home", "Mobile", "Other", "Work")
+_PRONOUN_KEYS = ("accusative", "nominative", "predicative_possessive", "pronominal_possessive", "reflexive")
+
+CUSTOM_FIELD_DEFINITIONS: list[dict[str, Any]] = [
+    {
+        "name": "Clinic sync",
+        "token": seedmod.CUSTOM_SECTION_TOKEN,
+        "archived": False,
+        "fields": [
+            {
+                "name": "Stripe customer ID",
+                "token": seedmod.CUSTOM_FIELD_STRIPE_ID_TOKEN,
+                "type": "text",
+                "archived": False,
+            },
+            {"name": "Health fund", "token": seedmod.CUSTOM_FIELD_HEALTH_FUND_TOKEN, "type": "text", "archived": False},
+            {"name": "First visit", "token": seedmod.CUSTOM_FIELD_FIRST_VISIT_TOKEN, "type": "date", "archived": False},
+        ],
+    }
+]
+_CUSTOM_FIELDS = {f["token"]: f for s in CUSTOM_FIELD_DEFINITIONS for f in s["fields"]}
+
+
+class ApiError(Exception):
+    """Ends a request with an error response."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.response = Response(status, body, headers or {})
+
+
+def _message(status: int, message: str) -> ApiError:
+    return ApiError(status, {"message": message})
+
+
+def _validation(errors: dict[str, str]) -> ApiError:
+    return ApiError(422, {"message": "Validation Failed", "errors": errors})
+
+
+class ClinikoEmulator:
+    """Cliniko API v1 for one invented clinic; thread-safe; state lives in memory."""
+
+    name = "cliniko"
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        limited_key: str | None = DEFAULT_LIMITED_KEY,
+        seed: int = 1,
+    ) -> None:
+        self.api_key = api_key
+        self.limited_key = limited_key
+        self._seed = seed
+        self._lock = threading.RLock()
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self._lock:
+            self.patients: dict[str, dict[str, Any]] = {}
+            self.revoked: set[str] = set()
+            self.clock_offset = timedelta(0)
+            self.rng = random.Random(self._seed)
+            self._gen = seedmod._Gen(self._seed + 7919)  # ids and people for POSTs and edits
+
+    def now(self) -> datetime:
+        """The emulator's clock: real UTC time (plus any admin offset), whole seconds like Cliniko's."""
+        return (datetime.now(UTC) + self.clock_offset).replace(microsecond=0)
+
+    def now_text(self) -> str:
+        return seedmod.fmt_time(self.now())
+
+    def load(self, patients: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for record in patients:
+                full = seedmod.blank_patient()
+                full.update(record)
+                self.patients[full["id"]] = full
+                self._gen._ids.add(full["id"])
+
+    # -- server hooks --------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        with self._lock:
+            try:
+                response = self._route(request)
+            except ApiError as exc:
+                response = exc.response
+            return self._finish(response)
+
+    def _finish(self, response: Response) -> Response:
+        # The Date header comes from the same clock as updated_at, so an edit made after a response is
+        # never stamped earlier than that response's Date.
+        response.headers.setdefault("Date", formatdate(self.now().timestamp(), usegmt=True))
+        if response.body is not None and not isinstance(response.body, bytes | str):
+            response.headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        return response
+
+    def rate_limit(self, request: Request) -> RateLimit | None:
+        user = self._user_for(request)
+        if user is None:
+            return None  # unauthenticated requests get their 401 instead
+        return RateLimit(key=f"cliniko:{user}", limit=RATE_LIMIT_PER_MINUTE, per_seconds=60.0)
+
+    def rate_limited_response(self, request: Request, reset_epoch: float) -> Response:
+        headers = {"X-RateLimit-Reset": str(int(reset_epoch))}
+        return self._finish(Response(429, {"message": MSG_RATE_LIMITED}, headers))
+
+    def fault_response(self, request: Request, status: int) -> Response:
+        if status == 429:
+            return self.rate_limited_response(request, self.now().timestamp() + 1)
+        if status == 500:
+            return self._finish(Response(500, {"message": "Internal Server Error"}))
+        # Gateways in front of Cliniko answer 502/503 with HTML, not JSON.
+        title = {502: "502 Bad Gateway", 503: "503 Service Unavailable"}.get(status, f"{status} Error")
+        html = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
+        return self._finish(Response(status, html, {"Content-Type": "text/html; charset=utf-8"}))
+
+    def fault_eligible(self, request: Request) -> bool:
+        return request.path.startswith(API_PREFIX + "/")
+
+    # -- auth ----------------------------------------------------------------------------------------
+
+    def _user_for(self, request: Request) -> str | None:
+        """'admin' or 'limited' for a valid, unrevoked key; None otherwise."""
+        key = _basic_username(request.headers.get("authorization", ""))
+        if key is None:
+            return None
+        for role, configured in (("admin", self.api_key), ("limited", self.limited_key)):
+            if configured and _same_key(key, configured) and role not in self.revoked:
+                return role
+        return None
+
+    def _authenticate(self, request: Request) -> str:
+        if not _UA_CONTACT.search(request.headers.get("user-agent", "")):
+            raise _message(403, MSG_USER_AGENT)
+        user = self._user_for(request)
+        if user is None:
+            raise ApiError(
+                401,
+                MSG_UNAUTHORISED,
+                {"WWW-Authenticate": 'Basic realm="Application"', "Content-Type": "text/plain; charset=utf-8"},
+            )
+        return user
+
+    # -- routing -------------------------------------------------------------------------------------
+
+    def _route(self, request: Request) -> Response:
+        if not request.path.startswith(API_PREFIX + "/"):
+            raise _message(404, MSG_NOT_FOUND)
+        user = self._authenticate(request)
+        parts = request.path[len(API_PREFIX) + 1 :].strip("/").split("/")
+        method = request.method
+        handler = self._resolve(method, parts, user)
+        return handler(request)
+
+    def _resolve(self, method: str, parts: list[str], user: str) -> Callable[[Request], Response]:
+        head, rest = parts[0], parts[1:]
+        if head == "patients":
+            return self._resolve_patients(method, rest)
+        if method == "GET" and parts == ["settings", "public"]:
+            return lambda r: Response(200, self._public_settings())
+        if method == "GET" and parts == ["settings"]:
+            if user != "admin":
+                raise _message(403, MSG_FORBIDDEN)
+            return lambda r: Response(200, self._settings())
+        if method == "GET" and parts == ["user"]:
+            return lambda r: Response(200, self._user(r, user))
+        if method == "GET" and parts == ["businesses"]:
+            return self._list_businesses
+        raise _message(404, MSG_NOT_FOUND)
+
+    def _resolve_patients(self, method: str, rest: list[str]) -> Callable[[Request], Response]:
+        if not rest:
+            if method == "GET":
+                return self._list_patients
+            if method == "POST":
+                return self._create_patient
+        elif len(rest) == 1:
+            pid = rest[0]
+            if method == "GET":
+                return lambda r: self._get_patient(r, pid)
+            if method == "PATCH":
+                return lambda r: self._update_patient(r, pid)
+            if method == "DELETE":  # deprecated; the spec summarises it as "Archive patient"
+                return lambda r: self._archive(r, pid)
+        elif len(rest) == 2 and method == "POST" and rest[1] in ("archive", "unarchive"):
+            pid, action = rest
+            return (lambda r: self._archive(r, pid)) if action == "archive" else (lambda r: self._unarchive(r, pid))
+        raise _message(404, MSG_NOT_FOUND)
+
+    # -- patients: reads -----------------------------------------------------------------------------
+
+    def _list_patients(self, request: Request) -> Response:
+        filters = [parse_filter(text) for text in request.query_values("q[]")]
+        touches_archived = any(f.column == "archived_at" for f in filters)
+        rows = [
+            p
+            for p in self.patients.values()
+            if p["deleted_at"] is None
+            and (touches_archived or p["archived_at"] is None)
+            and all(f.matches(p) for f in filters)
+        ]
+        rows = sort_patients(rows, request.query_value("sort"), request.query_value("order"))
+        return Response(200, self._page(request, "patients", rows, self.render_patient))
+
+    def _page(
+        self,
+        request: Request,
+        name: str,
+        rows: list[dict[str, Any]],
+        render: Callable[[Request, dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        page, per_page = _paging(request)
+        start = (page - 1) * per_page
+        chunk = rows[start : start + per_page]
+        links = {"self": _page_url(request, page, per_page)}
+        if start + per_page < len(rows):
+            links["next"] = _page_url(request, page + 1, per_page)
+        if page > 1:
+            links["previous"] = _page_url(request, page - 1, per_page)
+        return {name: [render(request, row) for row in chunk], "total_entries": len(rows), "links": links}
+
+    def _get_patient(self, request: Request, pid: str) -> Response:
+        record = self._find(pid)
+        # Archived records are hidden unless the request filters on archived_at (e.g. q[]=archived_at:*),
+        # the reading of the spec that lists archived_at as a filter on GET /patients/{id}.
+        filters = [parse_filter(text, allowed={"archived_at": "datetime"}) for text in request.query_values("q[]")]
+        if record["archived_at"] is not None and not filters:
+            raise _message(404, MSG_NOT_FOUND)
+        if not all(f.matches(record) for f in filters):
+            raise _message(404, MSG_NOT_FOUND)
+        return Response(200, self.render_patient(request, record))
+
+    def _find(self, pid: str) -> dict[str, Any]:
+        record = self.patients.get(pid)
+        if record is None or record["deleted_at"] is not None:
+            raise _message(404, MSG_NOT_FOUND)
+        return record
+
+    # -- patients: writes ----------------------------------------------------------------------------
+
+    def _create_patient(self, request: Request) -> Response:
+        body = _json_body(request)
+        record = seedmod.blank_patient()
+        record["id"] = self._gen.new_id()
+        changes = validate_patient_body(body, creating=True)
+        record.update(changes)
+        record["created_at"] = record["updated_at"] = self.now_text()
+        self.patients[record["id"]] = record
+        rendered = self.render_patient(request, record)
+        return Response(201, rendered, {"Location": rendered["links"]["self"]}, mutated=True)
+
+    def _update_patient(self, request: Request, pid: str) -> Response:
+        record = self._find(pid)
+        changes = validate_patient_body(_json_body(request), creating=False)
+        if changes.get("custom_fields"):
+            changes["custom_fields"] = {**(record["custom_fields"] or {}), **changes["custom_fields"]}
+        changed = self._apply(record, changes)
+        return Response(200, self.render_patient(request, record), mutated=changed)
+
+    def _apply(self, record: dict[str, Any], changes: dict[str, Any]) -> bool:
+        """Write changes; like Rails, updated_at moves only when a value really changed."""
+        changed = {k: v for k, v in changes.items() if record.get(k) != v}
+        if not changed:
+            return False
+        record.update(changed)
+        record["updated_at"] = max(self.now_text(), record["updated_at"])
+        return True
+
+    def _archive(self, request: Request, pid: str) -> Response:
+        record = self._find(pid)
+        changed = record["archived_at"] is None
+        if changed:
+            now = self.now_text()
+            record["archived_at"] = record["updated_at"] = now
+        return Response(204, None, mutated=changed)
+
+    def _unarchive(self, request: Request, pid: str) -> Response:
+        record = self._find(pid)
+        if record["merged_at"] is not None:
+            raise _validation({"base": "A merged patient cannot be unarchived"})
+        changed = self._apply(record, {"archived_at": None})
+        return Response(200, self.render_patient(request, record), mutated=changed)
+
+    # -- rendering -----------------------------------------------------------------------------------
+
+    def render_patient(self, request: Request, p: dict[str, Any]) -> dict[str, Any]:
+        """A Patient exactly as the spec's schema has it; every field present, null where empty."""
+        base = f"{request.base_url}{API_PREFIX}"
+        own = f"{base}/patients/{p['id']}"
+        out: dict[str, Any] = {k: p[k] for k in _RENDERED_SCALARS}
+        out["label"] = " ".join(part for part in (p["first_name"], p["last_name"]) if part) or None
+        out["gender"] = p.get("gender")
+        out["patient_phone_numbers"] = _render_phones(p["patient_phone_numbers"], p["country_code"])
+        out["custom_fields"] = _render_custom_fields(p["custom_fields"])
+        for rel in ("appointments", "attendees", "invoices", "medical_alerts", "patient_attachments", "relationships"):
+            out[rel] = {"links": {"self": f"{own}/{rel}"}}
+        # Belongs-to links appear only when there is something to point at.
+        if p.get("merged_with_patient_id"):
+            out["merged_with_patient"] = {"links": {"self": f"{base}/patients/{p['merged_with_patient_id']}"}}
+        out["links"] = {"self": own}
+        return out
+
+    def _public_settings(self) -> dict[str, Any]:
+        return {
+            "account": {
+                "id": ACCOUNT_ID,
+                "name": "Sandbox Allied Health",
+                "subdomain": "sandbox-allied-health",
+                "country": "Australia",
+                "country_code": "AU",
+                "currency_symbol": "$",
+                "time_zone_support": False,
+                "has_time_travelers": False,
+            },
+            "patient_custom_fields_definition": {"sections": CUSTOM_FIELD_DEFINITIONS},
+            "reminders": {"default_reminder_type": "SMS & Email"},
+            "terminology": {"patient": "patient", "titles": ["Mr", "Mrs", "Ms", "Miss", "Dr"]},
+            "online_payments": {"activated": False},
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        public = self._public_settings()
+        public["account"] = {
+            **public["account"],
+            "email_from": "reception@example.com",
+            "first_name": "Sandy",
+            "last_name": "Box",
+        }
+        return public
+
+    def _user(self, request: Request, user: str) -> dict[str, Any]:
+        uid = USER_ID if user == "admin" else LIMITED_USER_ID
+        return {
+            "id": uid,
+            "title": None,
+            "first_name": "Sandy" if user == "admin" else "Robin",
+            "last_name": "Box" if user == "admin" else "Reception",
+            "email": "sandy.box@example.com" if user == "admin" else "robin.reception@example.com",
+            "role": "administrator" if user == "admin" else "receptionist",
+            "active": True,
+            "user_active": True,
+            "phone_numbers": [],
+            "time_zone": "Melbourne",
+            "time_zone_identifier": "Australia/Melbourne",
+            "created_at": "2020-06-01T00:00:00Z",
+            "updated_at": "2020-06-01T00:00:00Z",
+            "links": {"self": f"{request.base_url}{API_PREFIX}/users/{uid}"},
+        }
+
+    def _list_businesses(self, request: Request) -> Response:
+        business = {"id": BUSINESS_ID}
+        return Response(200, self._page(request, "businesses", [business], self._render_business))
+
+    def _render_business(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        own = f"{request.base_url}{API_PREFIX}/businesses/{row['id']}"
+        return {
+            "id": row["id"],
+            "business_name": "Sandbox Allied Health Fitzroy",
+            "display_name": "Sandbox Allied Health",
+            "label": "Sandbox Allied Health Fitzroy",
+            "address_1": "100 Smith Street",
+            "address_2": None,
+            "city": "Fitzroy",
+            "state": "VIC",
+            "post_code": "3065",
+            "country": "Australia",
+            "country_code": "AU",
+            "time_zone": "Melbourne",
+            "time_zone_identifier": "Australia/Melbourne",
+            "email_reply_to": "reception@example.com",
+            "website_address": None,
+            "contact_information": None,
+            "additional_information": None,
+            "additional_invoice_information": None,
+            "business_registration_name": "ABN",
+            "business_registration_value": "00 000 000 000",
+            "show_in_online_bookings": True,
+            "appointment_reminders_enabled": True,
+            "appointment_type_ids": [],
+            "archived_at": None,
+            "deleted_at": None,
+            "created_at": "2020-06-01T00:00:00Z",
+            "updated_at": "2020-06-01T00:00:00Z",
+            "appointments": {"links": {"self": f"{own}/appointments"}},
+            "practitioners": {"links": {"self": f"{own}/practitioners"}},
+            "links": {"self": own},
+        }
+
+    # -- admin ---------------------------------------------------------------------------------------
+
+    def admin(self, action: str, params: dict[str, Any]) -> Response | None:
+        handler = _ADMIN_ACTIONS.get(action)
+        if handler is None:
+            return None
+        with self._lock:
+            try:
+                return Response(200, handler(self, params))
+            except (ValueError, KeyError, TypeError) as exc:
+                return Response(400, {"error": f"{action}: {exc}"})
+
+    def _admin_reset(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.reset()
+        return {"ok": True}
+
+    def _admin_seed(self, params: dict[str, Any]) -> dict[str, Any]:
+        result = seedmod.seed_profile(
+            str(params.get("profile", "clean")), int(params.get("patients", 50)), int(params.get("seed", 1))
+        )
+        if params.get("replace", True):
+            self.patients.clear()
+        self.load(result.patients)
+        return {
+            "ids": [p["id"] for p in result.patients],
+            "cases": result.cases,
+            "stripe_customers": result.stripe_customers,
+        }
+
+    def _admin_edit(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = self._pick_live(params)
+        fields = params.get("fields")
+        changes: dict[str, dict[str, Any]] = {}
+        for pid in ids:
+            change = validate_patient_body(fields, creating=False) if fields else self._random_edit(self.patients[pid])
+            self._apply(self.patients[pid], change)
+            changes[pid] = change
+        return {"ids": ids, "changes": changes}
+
+    def _pick_live(self, params: dict[str, Any]) -> list[str]:
+        if params.get("ids"):
+            ids = [str(i) for i in params["ids"]]
+            for pid in ids:
+                self._find_any(pid)
+            return ids
+        live = sorted(pid for pid, p in self.patients.items() if p["archived_at"] is None and p["deleted_at"] is None)
+        return self.rng.sample(live, min(int(params.get("count", 1)), len(live)))
+
+    def _random_edit(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Change one mapped field group (name, phone, address or email), as staff would."""
+        kind = self.rng.choice(("name", "phone", "address", "email"))
+        if kind == "name":
+            return {"last_name": f"{record['last_name']}-{self.rng.choice(seedmod.LAST_NAMES)}"}
+        if kind == "phone":
+            return {"patient_phone_numbers": [{"number": self._gen.mobile(), "phone_type": "Mobile"}]}
+        if kind == "address":
+            suburb, state, post_code = self.rng.choice(seedmod.SUBURBS)
+            street = f"{self.rng.randint(1, 400)} {self.rng.choice(seedmod.STREETS)}"
+            return {"address_1": street, "city": suburb, "state": state, "post_code": post_code}
+        return {"email": self._gen.unique_email(record["first_name"] or "patient", f"{record['last_name']}.new")}
+
+    def _find_any(self, pid: str) -> dict[str, Any]:
+        if pid not in self.patients:
+            raise KeyError(f"no patient {pid}")
+        return self.patients[pid]
+
+    def _admin_archive(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in params.get("ids", [])]
+        for pid in ids:
+            if self._find_any(pid)["archived_at"] is None:
+                self._apply(self.patients[pid], {"archived_at": self.now_text()})
+        return {"ids": ids}
+
+    def _admin_unarchive(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in params.get("ids", [])]
+        for pid in ids:
+            self._apply(self._find_any(pid), {"archived_at": None, "merged_at": None, "merged_with_patient_id": None})
+        return {"ids": ids}
+
+    def _admin_merge(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Merge each of `ids` into `into` (default: the oldest other live patient)."""
+        ids = [str(i) for i in params.get("ids", [])]
+        merged: dict[str, str] = {}
+        for pid in ids:
+            record = self._find_any(pid)
+            into = str(params["into"]) if params.get("into") else self._oldest_live(exclude=set(ids))
+            self._find_any(into)
+            now = self.now_text()
+            self._apply(record, {"archived_at": now, "merged_at": now, "merged_with_patient_id": into})
+            merged[pid] = into
+        for into in set(merged.values()):  # the survivor gains the merged records' history
+            self.patients[into]["updated_at"] = max(self.now_text(), self.patients[into]["updated_at"])
+        return {"merged": merged}
+
+    def _oldest_live(self, exclude: set[str]) -> str:
+        live = [p for p in self.patients.values() if p["archived_at"] is None and p["deleted_at"] is None]
+        live = [p for p in live if p["id"] not in exclude]
+        if not live:
+            raise ValueError("no live patient to merge into")
+        return min(live, key=lambda p: (p["created_at"], int(p["id"])))["id"]
+
+    def _admin_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in params.get("ids", [])]
+        for pid in ids:
+            self._apply(self._find_any(pid), {"deleted_at": self.now_text()})
+        return {"ids": ids}
+
+    def _admin_revoke_key(self, params: dict[str, Any]) -> dict[str, Any]:
+        role = str(params.get("key", "admin"))
+        if role not in ("admin", "limited"):
+            raise ValueError("key must be 'admin' or 'limited'")
+        self.revoked.add(role)
+        return {"revoked": sorted(self.revoked)}
+
+    def _admin_restore_key(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.revoked.discard(str(params.get("key", "admin")))
+        return {"revoked": sorted(self.revoked)}
+
+    def _admin_clock(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.clock_offset += timedelta(seconds=float(params.get("advance_s", 0)))
+        return {"now": self.now_text(), "offset_s": self.clock_offset.total_seconds()}
+
+    def _admin_dump(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"patients": [dict(p) for p in self.patients.values()], "now": self.now_text()}
+
+
+_ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, Any]]] = {
+    "reset": ClinikoEmulator._admin_reset,
+    "seed": ClinikoEmulator._admin_seed,
+    "edit": ClinikoEmulator._admin_edit,
+    "archive": ClinikoEmulator._admin_archive,
+    "unarchive": ClinikoEmulator._admin_unarchive,
+    "merge": ClinikoEmulator._admin_merge,
+    "delete": ClinikoEmulator._admin_delete,
+    "revoke_key": ClinikoEmulator._admin_revoke_key,
+    "restore_key": ClinikoEmulator._admin_restore_key,
+    "clock": ClinikoEmulator._admin_clock,
+    "dump": ClinikoEmulator._admin_dump,
+}
+
+_RENDERED_SCALARS = tuple(
+    k
+    for k in seedmod.blank_patient()
+    if k not in ("patient_phone_numbers", "custom_fields", "merged_with_patient_id", "gender")
+)
+
+
+# -- helpers: auth, paging, bodies ---------------------------------------------------------------------
+
+
+def _basic_username(header: str) -> str | None:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    username, _, _password = decoded.partition(":")
+    return username or None
+
+
+def _same_key(given: str, configured: str) -> bool:
+    """The configured key matches with its shard suffix or without it (Cliniko routes by host, not suffix)."""
+    bare = _SHARD_SUFFIX.sub("", configured)
+    return given in (configured, bare)
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    try:
+        page = int(request.query_value("page", "1") or "1")
+        per_page = int(request.query_value("per_page", str(DEFAULT_PER_PAGE)) or DEFAULT_PER_PAGE)
+    except ValueError as exc:
+        raise _message(400, "page and per_page must be integers") from exc
+    if page < 1:
+        raise _message(400, "page must be 1 or more")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise _message(400, f"per_page must be between 1 and {MAX_PER_PAGE}")
+    return page, per_page
+
+
+def _page_url(request: Request, page: int, per_page: int) -> str:
+    kept = [(k, v) for k, v in request.query if k not in ("page", "per_page")]
+    query = urlencode([*kept, ("page", str(page)), ("per_page", str(per_page))])
+    return f"{request.base_url}{request.path}?{query}"
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _message(400, "The request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise _message(400, "The request body must be a JSON object")
+    # Rails' wrap_parameters also accepts {"patient": {...}}.
+    if set(body) == {"patient"} and isinstance(body["patient"], dict):
+        return body["patient"]
+    return body
+
+
+# -- helpers: rendering --------------------------------------------------------------------------------
+
+
+def normalize_phone(number: str, country_code: str | None) -> str:
+    """E.164 for Australian numbers ("0491 570 156" → "+61491570156"); other digits kept with a '+'."""
+    digits = re.sub(r"\D", "", number or "")
+    if number.strip().startswith("+"):
+        return f"+{digits}"
+    if digits.startswith("0") and (country_code or "AU") == "AU":
+        return f"+61{digits[1:]}"
+    return f"+{digits}" if digits else ""
+
+
+def _render_phones(phones: list[dict[str, Any]] | None, country_code: str | None) -> list[dict[str, Any]] | None:
+    if phones is None:
+        return None
+    return [
+        {
+            "number": ph["number"],
+            "phone_type": ph["phone_type"],
+            "normalized_number": normalize_phone(ph["number"], country_code),
+        }
+        for ph in phones
+    ]
+
+
+def _render_custom_fields(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not values:
+        return None
+    sections = []
+    for section in CUSTOM_FIELD_DEFINITIONS:
+        fields = [
+            {"name": f["name"], "token": f["token"], "type": f["type"], "archived": False, "value": values[f["token"]]}
+            for f in section["fields"]
+            if values.get(f["token"]) not in (None, "")
+        ]
+        if fields:
+            sections.append({"name": section["name"], "token": section["token"], "archived": False, "fields": fields})
+    return {"sections": sections}
+
+
+# -- helpers: validation -------------------------------------------------------------------------------
+
+
+def validate_patient_body(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+    """Check a POST/PATCH body like Cliniko would; return internal changes or raise a 422."""
+    errors: dict[str, str] = {}
+    changes: dict[str, Any] = {}
+    for name in ("first_name", "last_name"):
+        if name in body or creating:
+            value = body.get(name)
+            if not isinstance(value, str) or not value.strip():
+                errors[name] = "can't be blank"
+            elif len(value) > 255:
+                errors[name] = "is too long (maximum is 255 characters)"
+            else:
+                changes[name] = value
+    for name, check in _FIELD_CHECKS.items():
+        if name in body:
+            problem = check(body[name])
+            if problem:
+                errors[name] = problem
+            else:
+                changes[name] = body[name]
+    if "patient_phone_numbers" in body:
+        problem, phones = _check_phones(body["patient_phone_numbers"])
+        _record(errors, changes, "patient_phone_numbers", problem, phones)
+    if "custom_fields" in body:
+        problem, values = _check_custom_fields(body["custom_fields"])
+        _record(errors, changes, "custom_fields", problem, values)
+    if errors:
+        raise _validation(errors)
+    return changes
+
+
+def _record(errors: dict[str, str], changes: dict[str, Any], name: str, problem: str | None, value: Any) -> None:
+    if problem:
+        errors[name] = problem
+    else:
+        changes[name] = value
+
+
+def _check_str(limit: int | None) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            return "must be a string"
+        if limit is not None and len(value) > limit:
+            return f"is too long (maximum is {limit} characters)"
+        return None
+
+    return check
+
+
+def _check_bool(value: Any) -> str | None:
+    return None if value is None or isinstance(value, bool) else "must be true, false or null"
+
+
+def _check_email(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 255 or not EMAIL_PATTERN.match(value):
+        return "is invalid"
+    return None
+
+
+def _check_date(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DATE.match(value):
+        return "is not a date (YYYY-MM-DD)"
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return "is not a date (YYYY-MM-DD)"
+    return None
+
+
+def _check_reminder(value: Any) -> str | None:
+    return None if value is None or value in REMINDER_TYPES else f"must be one of {', '.join(REMINDER_TYPES)}"
+
+
+def _check_pronouns(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(_PRONOUN_KEYS):
+        return f"must have exactly {', '.join(_PRONOUN_KEYS)}"
+    if any(not isinstance(v, str) or len(v) > 50 for v in value.values()):
+        return "values must be strings of at most 50 characters"
+    return None
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    **{name: _check_str(255) for name in _STR_255},
+    **{name: _check_str(None) for name in _STR_FREE},
+    **{name: _check_bool for name in _BOOLS},
+    "email": _check_email,
+    "invoice_email": _check_email,
+    "date_of_birth": _check_date,
+    "reminder_type": _check_reminder,
+    "pronouns": _check_pronouns,
+}
+
+
+def _check_phones(value: Any) -> tuple[str | None, list[dict[str, str]]]:
+    if value is None:
+        return None, []
+    if not isinstance(value, list):
+        return "must be a list", []
+    phones = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("number"), str) or not item["number"].strip():
+            return "each phone number needs a number", []
+        if item.get("phone_type") not in PHONE_TYPES:
+            return f"phone_type must be one of {', '.join(PHONE_TYPES)}", []
+        phones.append({"number": item["number"], "phone_type": item["phone_type"]})
+    return None, phones
+
+
+def _check_custom_fields(value: Any) -> tuple[str | None, dict[str, Any]]:
+    """Only tokens and values count (names and types are ignored), as Cliniko documents."""
+    if value is None:
+        return None, {}
+    sections = value.get("sections") if isinstance(value, dict) else None
+    if not isinstance(sections, list):
+        return "must be an object with a sections list", {}
+    values: dict[str, Any] = {}
+    for section in sections:
+        for item in section.get("fields", []) if isinstance(section, dict) else []:
+            token = item.get("token") if isinstance(item, dict) else None
+            definition = _CUSTOM_FIELDS.get(token) if isinstance(token, str) else None
+            if definition is None:
+                return f"unknown custom field token {token!r}", {}
+            field_value = item.get("value")
+            if not isinstance(field_value, str) or not field_value:
+                return f"value for {token} can't be blank (leave the field out instead)", {}
+            if definition["type"] == "date" and _check_date(field_value):
+                return f"value for {token} is not a date (YYYY-MM-DD)", {}
+            values[token] = field_value
+    return None, values
+
+
+# -- helpers: filtering and sorting --------------------------------------------------------------------
+
+
+class PatientFilter:
+    """One `q[]` term, `COLUMN:OPERATOR VALUE`, checked against the column's type."""
+
+    def __init__(self, column: str, kind: str, op: str, value: str) -> None:
+        self.column, self.kind, self.op, self.value = column, kind, op, value
+        self._test = _build_test(kind, op, value)
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        return self._test(record.get(self.column))
+
+
+def parse_filter(text: str, allowed: dict[str, str] | None = None) -> PatientFilter:
+    columns = PATIENT_FILTERS if allowed is None else allowed
+    column, sep, rest = text.partition(":")
+    if not sep or column not in columns:
+        raise _message(400, MSG_NOT_SEARCHABLE)
+    kind = columns[column]
+    op = next((o for o in _ALL_OPS if rest.startswith(o)), None)
+    if op is None or op not in OPERATORS[kind]:
+        raise _message(400, f"The operator is not supported for the {kind} column {column}.")
+    return PatientFilter(column, kind, op, rest[len(op) :])
+
+
+def _build_test(kind: str, op: str, raw: str) -> Callable[[Any], bool]:
+    if op == "*":
+        return lambda v: True
+    if op == "?":
+        return lambda v: v is not None
+    if op == "!?":
+        return lambda v: v is None
+    parse = _VALUE_PARSERS[kind]
+    if kind == "string":
+        return _string_test(op, raw)
+    if kind == "date" and op == "=" and "*" in raw:
+        pattern = re.compile("^" + re.escape(raw).replace(r"\*", r"\d") + "$")
+        return lambda v: v is not None and bool(pattern.match(v))
+    if kind == "int" and op == "=":
+        wanted = {parse(part) for part in raw.split(",")}
+        return lambda v: v is not None and parse(v) in wanted
+    target = parse(raw)
+    compare = _COMPARISONS[op]
+    return lambda v: v is not None and compare(parse(v), target)
+
+
+def _string_test(op: str, raw: str) -> Callable[[Any], bool]:
+    if op == "=":
+        return lambda v: v == raw
+    if op == "!=":
+        return lambda v: v != raw
+    if op == "~":
+        needle = raw.casefold()
+        return lambda v: v is not None and needle in v.casefold()
+    pattern = re.compile("^" + ".*".join(re.escape(part) for part in raw.split("%")) + "$", re.IGNORECASE | re.DOTALL)
+    return lambda v: v is not None and bool(pattern.match(v))
+
+
+def _parse_datetime(value: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _message(400, f"Invalid date-time {value!r}: use UTC like 2024-01-31T09:30:00Z") from exc
+    if moment.tzinfo is None:
+        raise _message(400, f"Invalid date-time {value!r}: use UTC like 2024-01-31T09:30:00Z")
+    return moment
+
+
+def _parse_date(value: Any) -> date:
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError as exc:
+        raise _message(400, f"Invalid date {value!r}: use YYYY-MM-DD") from exc
+
+
+def _parse_int(value: Any) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError as exc:
+        raise _message(400, f"Invalid number {value!r}") from exc
+
+
+def _parse_bool(value: Any) -> bool | None:
+    if isinstance(value, bool) or value is None:
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise _message(400, f"Invalid boolean {value!r}: use true or false")
+
+
+_VALUE_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": _parse_datetime,
+    "date": _parse_date,
+    "int": _parse_int,
+    "string": str,
+    "boolean": _parse_bool,
+}
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+}
+
+
+def sort_patients(rows: list[dict[str, Any]], sort: str | None, order: str | None) -> list[dict[str, Any]]:
+    """Sort by `sort` (default created_at), then id; nulls last ascending, first descending (PostgreSQL)."""
+    default_desc = (order or "asc").lower() == "desc"
+    keys: list[tuple[str, bool]] = []
+    for term in (sort or "created_at").split(","):
+        column, _, direction = term.strip().partition(":")
+        if column not in SORTABLE:
+            raise _message(400, MSG_NOT_SORTABLE)
+        keys.append((column, direction.lower() == "desc" if direction else default_desc))
+    ordered = sorted(rows, key=lambda p: int(p["id"]))
+    for column, desc in reversed(keys):
+        ordered.sort(key=lambda p, c=column: _sort_key(p, c), reverse=desc)
+    return ordered
+
+
+def _sort_key(record: dict[str, Any], column: str) -> tuple[bool, Any]:
+    if column == "label":
+        value: Any = f"{record['first_name']} {record['last_name']}"
+    else:
+        value = record.get(column)
+    if value is None:
+        return (True, "")
+    if column == "id":
+        return (False, int(value))
+    return (False, value)
