@@ -1,0 +1,1365 @@
+"""A loopback emulator of the slice of Stripe's v1 API that ClinicSync uses: the account and customers.
+
+It speaks what the official `stripe` SDK sends (form-encoded bodies, `Authorization: Bearer`, an
+`Idempotency-Key` on every POST) and answers with objects shaped like Stripe's own examples
+(`../specs/stripe-fixtures3.json`). The behaviour the app's reliability rests on is reproduced on purpose:
+idempotent replay (including a saved 500), 400/409 idempotency errors, a Search index that lags behind
+writes, restricted keys, revoked keys, and per-(account, mode) data separation. See docs/sandbox-stripe.md.
+
+The emulator knows nothing about sockets: `handle(Request) -> Response` (see `sandbox/http.py`); the
+server adds latency, rate limiting (through `rate_limit`/`rate_limited_response`) and faults around it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import string
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from clinicsync import stripe_limits as limits
+from clinicsync.sandbox.http import RateLimit, Request, Response
+
+ACCOUNT_A = "acct_sandbox_clinic_a"
+ACCOUNT_B = "acct_sandbox_clinic_b"
+
+_ALNUM = string.ascii_letters + string.digits
+_ADDRESS_FIELDS = ("city", "country", "line1", "line2", "postal_code", "state")
+_TAX_EXEMPT = ("none", "exempt", "reverse")
+_IDEMPOTENT_METHODS = frozenset({"POST", "DELETE"})
+# Expansions that name fields the emulator always renders as null: accepted and harmless, as on Stripe.
+_EXPANDABLE = frozenset({"default_source", "test_clock", "invoice_settings.default_payment_method", "discount"})
+_SUPPORT = "Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
+_GENERIC_500 = (
+    "Sorry, something went wrong. We've already been notified of the problem, but if you need any help, "
+    "you can reach us at https://support.stripe.com/contact/."
+)
+_LOCK_TIMEOUT = (
+    "This object cannot be accessed right now because another API request or Stripe process is currently "
+    "accessing it. If you see this error intermittently, retry the request. If you see this error frequently "
+    "and are making multiple concurrent requests to a single object, make your requests serially or at a "
+    "lower rate."
+)
+
+
+# -- keys ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One fake key: which account and mode it opens, and what a restricted key may do."""
+
+    secret: str
+    account: str
+    livemode: bool
+    can_write: bool = True
+    can_read_account: bool = True
+
+    @property
+    def mode(self) -> str:
+        return "live" if self.livemode else "test"
+
+
+KEYS: dict[str, ApiKey] = {
+    k.secret: k
+    for k in (
+        ApiKey("sk_test_sandbox_clinic_a", ACCOUNT_A, livemode=False),
+        ApiKey("sk_test_sandbox_clinic_b", ACCOUNT_B, livemode=False),
+        ApiKey("sk_live_sandbox_clinic_a", ACCOUNT_A, livemode=True),
+        ApiKey("sk_live_sandbox_clinic_b", ACCOUNT_B, livemode=True),
+        ApiKey("rk_test_sandbox_readonly_a", ACCOUNT_A, livemode=False, can_write=False),
+        ApiKey("rk_test_sandbox_noaccount_a", ACCOUNT_A, livemode=False, can_read_account=False),
+    )
+}
+
+_ACCOUNT_PROFILES = {
+    ACCOUNT_A: ("Harbourside Physio (sandbox)", "accounts@harbourside.example"),
+    ACCOUNT_B: ("Northside Allied Health (sandbox)", "admin@northside.example"),
+}
+
+
+def mask_key(key: str) -> str:
+    """Mask a key the way Stripe's error messages do: the prefix and the last four characters survive."""
+    match = re.match(r"^((?:sk|rk|pk)_(?:test|live)_)(.*)$", key)
+    prefix, rest = (match.group(1), match.group(2)) if match else ("", key)
+    if len(rest) <= 4:
+        return prefix + "*" * len(rest)
+    return prefix + "*" * (len(rest) - 4) + rest[-4:]
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+
+class StripeApiError(Exception):
+    """An error answer; raised anywhere inside a request and turned into Stripe's error body by `handle`."""
+
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self, request_id: str, livemode: bool | None) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.type}
+        if self.code:
+            error["code"] = self.code
+            error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+        error["message"] = self.message
+        if self.param:
+            error["param"] = self.param
+        if livemode is not None:  # only once a key told us which dashboard the request belongs to
+            error["request_log_url"] = _log_url(request_id, livemode)
+        return {"error": error}
+
+
+def _log_url(request_id: str, livemode: bool) -> str:
+    return f"https://dashboard.stripe.com/{'' if livemode else 'test/'}logs/{request_id}"
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> StripeApiError:
+    return StripeApiError(400, "invalid_request_error", message, param=param, code=code)
+
+
+def unknown_param(name: str) -> StripeApiError:
+    return invalid(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
+
+
+def no_such_customer(customer_id: str, param: str = "id", status: int = 404) -> StripeApiError:
+    return StripeApiError(
+        status,
+        "invalid_request_error",
+        f"No such customer: '{customer_id}'",
+        param=param,
+        code="resource_missing",
+    )
+
+
+# -- form decoding ------------------------------------------------------------------------------------
+
+_BRACKETS = re.compile(r"(?:\[[^\[\]]*\])*")
+_SEGMENT = re.compile(r"\[([^\[\]]*)\]")
+
+
+def parse_form(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Turn Stripe's form pairs (`address[line1]`, `expand[0]`, `metadata[k]`) into nested dicts/lists.
+
+    Indexed arrays stay dicts keyed "0", "1", ... here; `as_list` turns them into lists where a list is
+    expected, so a metadata key that happens to be "0" is never mistaken for an array index.
+    """
+    params: dict[str, Any] = {}
+    for raw_key, value in pairs:
+        _reject_nul(raw_key, raw_key)
+        _reject_nul(value, raw_key)
+        name, segments = _split_key(raw_key)
+        _assign(params, raw_key, name, segments, value)
+    return params
+
+
+def _split_key(raw_key: str) -> tuple[str, list[str]]:
+    name, bracket, rest = raw_key.partition("[")
+    if not bracket:
+        return raw_key, []
+    rest = "[" + rest
+    if name == "metadata":
+        # A metadata key may itself contain brackets (which Stripe then rejects with a clear message), so the
+        # key is everything between the first "[" and the last "]" rather than a parsed path.
+        if not rest.endswith("]"):
+            raise unknown_param(raw_key)
+        return name, [rest[1:-1]]
+    if not _BRACKETS.fullmatch(rest):
+        raise unknown_param(raw_key)
+    return name, _SEGMENT.findall(rest)
+
+
+def _assign(params: dict[str, Any], raw_key: str, name: str, segments: list[str], value: str) -> None:
+    node: dict[str, Any] = params
+    key = name
+    for position, segment in enumerate(segments):
+        if segment == "" and name != "metadata":  # "expand[]=x" appends to a list
+            if position != len(segments) - 1:
+                raise invalid(f"Invalid array: {raw_key}", param=raw_key)
+            existing = node.setdefault(key, [])
+            if not isinstance(existing, list):
+                raise invalid(f"Invalid array: {raw_key}", param=raw_key)
+            existing.append(value)
+            return
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise invalid(f"Invalid hash: {raw_key} conflicts with {key}", param=raw_key)
+        node, key = child, segment
+    if isinstance(node.get(key), dict | list):
+        raise invalid(f"Invalid value for {raw_key}: a hash was also given", param=raw_key)
+    node[key] = value
+
+
+def as_list(value: Any, param: str) -> list[Any]:
+    """A list parameter: `x[]=a`, `x[0]=a&x[1]=b`, or `x=""` (empty list)."""
+    if value == "":
+        return []
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and all(k.isdigit() for k in value):
+        return [value[k] for k in sorted(value, key=int)]
+    raise invalid(f"Invalid array: {param}", param=param)
+
+
+def _reject_nul(text: str, param: str) -> None:
+    if "\x00" in text:
+        raise invalid(f"Invalid string: {_preview(text)}; must not contain null bytes", param=param)
+
+
+def _preview(text: str) -> str:
+    shown = text.replace("\x00", "\\u0000")
+    return shown if len(shown) <= 10 else shown[:10] + "..."
+
+
+# -- field validation ---------------------------------------------------------------------------------
+
+_EMAIL = re.compile(r"^[^\s@]+@[^\s@.]+(?:\.[^\s@.]+)+$")
+
+
+def _string(value: Any, param: str, cap_name: str | None = None) -> str:
+    if not isinstance(value, str):
+        raise invalid(f"Invalid string: {json.dumps(value)}", param=param)
+    cap = limits.CUSTOMER_FIELD_MAX_CHARS.get(cap_name or param)
+    if cap is not None and len(value) > cap:
+        raise invalid(f"Invalid string: {_preview(value)}; must be at most {cap} characters", param=param)
+    return value
+
+
+def _optional_string(value: Any, param: str, cap_name: str | None = None) -> str | None:
+    """Stripe's convention: an empty string unsets the field."""
+    text = _string(value, param, cap_name)
+    return text or None
+
+
+def _email(value: Any) -> str | None:
+    email = _optional_string(value, "email")
+    if email is not None and not _EMAIL.match(email):
+        raise invalid(f"Invalid email address: {email}", param="email", code="email_invalid")
+    return email
+
+
+def _integer(value: Any, param: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    if not isinstance(value, str) or not re.fullmatch(r"-?\d+", value):
+        raise invalid(f"Invalid integer: {value if isinstance(value, str) else json.dumps(value)}", param=param)
+    number = int(value)
+    if minimum is not None and number < minimum:
+        raise invalid(f"This value must be greater than or equal to {minimum}.", param=param)
+    if maximum is not None and number > maximum:
+        raise invalid(f"This value must be less than or equal to {maximum}.", param=param)
+    return number
+
+
+def _address(value: Any, param: str) -> dict[str, str | None] | None:
+    if value == "":
+        return None
+    if not isinstance(value, dict):
+        raise invalid(f"Invalid hash: {param}", param=param)
+    for sub in value:
+        if sub not in _ADDRESS_FIELDS:
+            raise unknown_param(f"{param}[{sub}]")
+    # The whole address is replaced (unsent subfields become null) — the conservative reading of Stripe.
+    return {
+        sub: _optional_string(value[sub], f"{param}[{sub}]", f"address.{sub}") if sub in value else None
+        for sub in _ADDRESS_FIELDS
+    }
+
+
+def _shipping(value: Any) -> dict[str, Any] | None:
+    if value == "":
+        return None
+    if not isinstance(value, dict):
+        raise invalid("Invalid hash: shipping", param="shipping")
+    for sub in value:
+        if sub not in ("name", "phone", "address"):
+            raise unknown_param(f"shipping[{sub}]")
+    for required in ("name", "address"):
+        if not value.get(required):
+            raise invalid(f"Missing required param: shipping[{required}].", param=f"shipping[{required}]")
+    return {
+        "address": _address(value["address"], "shipping[address]"),
+        "name": _string(value["name"], "shipping[name]", "name"),
+        "phone": _optional_string(value["phone"], "shipping[phone]", "phone") if "phone" in value else None,
+    }
+
+
+def _metadata_update(value: Any) -> dict[str, str | None] | None:
+    """Parsed `metadata` param: None = clear all; else key -> new value, or None to delete that key."""
+    if value == "":
+        return None
+    if not isinstance(value, dict):
+        raise invalid("Invalid hash: metadata", param="metadata")
+    update: dict[str, str | None] = {}
+    for key, item in value.items():
+        param = f"metadata[{key}]"
+        if not key:
+            raise invalid("Metadata keys must not be empty.", param=param)
+        if any(ch in key for ch in limits.METADATA_KEY_FORBIDDEN_CHARS):
+            raise invalid(f"Metadata keys can't contain square brackets ('[' or ']'): {key}", param=param)
+        if len(key) > limits.METADATA_KEY_MAX_CHARS:
+            raise invalid(
+                f"Metadata keys can have up to {limits.METADATA_KEY_MAX_CHARS} characters, "
+                f"but you passed in a key with {len(key)} characters.",
+                param=param,
+            )
+        if not isinstance(item, str):
+            raise invalid(f"Invalid string: {json.dumps(item)}; metadata values must be strings", param=param)
+        if len(item) > limits.METADATA_VALUE_MAX_CHARS:
+            raise invalid(
+                f"Metadata values can have up to {limits.METADATA_VALUE_MAX_CHARS} characters, "
+                f"but you passed in a value with {len(item)} characters.",
+                param=param,
+            )
+        update[key] = item or None
+    return update
+
+
+def apply_metadata(current: dict[str, str], update: dict[str, str | None] | None) -> dict[str, str]:
+    if update is None:
+        return {}
+    merged = dict(current)
+    for key, item in update.items():
+        if item is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = item
+    if len(merged) > limits.METADATA_MAX_KEYS:
+        raise invalid(
+            f"Metadata can have up to {limits.METADATA_MAX_KEYS} keys, but this request would leave {len(merged)}.",
+            param="metadata",
+        )
+    return merged
+
+
+def _expand(params: dict[str, Any], allowed: frozenset[str]) -> list[str]:
+    if "expand" not in params:
+        return []
+    fields = as_list(params["expand"], "expand")
+    for item in fields:
+        if not isinstance(item, str) or item not in allowed:
+            raise invalid(f"This property cannot be expanded ({item}).", param="expand")
+    return fields
+
+
+def _reject_unknown(params: dict[str, Any], allowed: Iterable[str]) -> None:
+    allowed_set = set(allowed)
+    for name in params:
+        if name not in allowed_set:
+            raise unknown_param(name)
+
+
+# Each writable customer parameter -> a parser giving the field's new value ("" already means unset).
+_CUSTOMER_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "address": lambda v: _address(v, "address"),
+    "balance": lambda v: _integer(v, "balance"),
+    "description": lambda v: _optional_string(v, "description"),
+    "email": _email,
+    "invoice_prefix": lambda v: _invoice_prefix(v),
+    "metadata": _metadata_update,
+    "name": lambda v: _optional_string(v, "name"),
+    "next_invoice_sequence": lambda v: _integer(v, "next_invoice_sequence", minimum=1),
+    "phone": lambda v: _optional_string(v, "phone"),
+    "preferred_locales": lambda v: [_string(x, "preferred_locales") for x in as_list(v, "preferred_locales")],
+    "shipping": _shipping,
+    "tax_exempt": lambda v: _tax_exempt(v),
+}
+
+
+def _invoice_prefix(value: Any) -> str:
+    prefix = _string(value, "invoice_prefix")
+    if not re.fullmatch(r"[A-Z0-9]{3,12}", prefix):
+        raise invalid("Invoice prefix must be 3 to 12 uppercase letters or numbers.", param="invoice_prefix")
+    return prefix
+
+
+def _tax_exempt(value: Any) -> str:
+    text = _string(value, "tax_exempt")
+    if text not in _TAX_EXEMPT:
+        raise invalid(f"Invalid tax_exempt: must be one of {', '.join(_TAX_EXEMPT)}", param="tax_exempt")
+    return text
+
+
+def customer_changes(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate create/update params; the result maps customer fields to new values (metadata as an update)."""
+    _reject_unknown(params, [*_CUSTOMER_FIELDS, "expand"])
+    _expand(params, _EXPANDABLE)
+    return {name: parse(params[name]) for name, parse in _CUSTOMER_FIELDS.items() if name in params}
+
+
+# -- the data -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Customer:
+    """One version of a customer. Versions are immutable so the lagging Search index can keep old ones."""
+
+    id: str
+    livemode: bool
+    created: int
+    invoice_prefix: str
+    changed_at: float  # when this version became current (drives Search visibility)
+    email: str | None = None
+    name: str | None = None
+    phone: str | None = None
+    description: str | None = None
+    address: dict[str, str | None] | None = None
+    shipping: dict[str, Any] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    preferred_locales: list[str] = field(default_factory=list)
+    tax_exempt: str = "none"
+    balance: int = 0
+    next_invoice_sequence: int = 1
+    deleted: bool = False
+
+    def render(self) -> dict[str, Any]:
+        """The full customer object, keyed like Stripe's fixture; fresh containers so callers can't alias."""
+        return {
+            "id": self.id,
+            "object": "customer",
+            "address": dict(self.address) if self.address is not None else None,
+            "balance": self.balance,
+            "created": self.created,
+            "currency": None,
+            "default_source": None,
+            "delinquent": False,
+            "description": self.description,
+            "discount": None,
+            "email": self.email,
+            "invoice_prefix": self.invoice_prefix,
+            "invoice_settings": {
+                "custom_fields": None,
+                "default_payment_method": None,
+                "footer": None,
+                "rendering_options": None,
+            },
+            "livemode": self.livemode,
+            "metadata": dict(self.metadata),
+            "name": self.name,
+            "next_invoice_sequence": self.next_invoice_sequence,
+            "phone": self.phone,
+            "preferred_locales": list(self.preferred_locales),
+            "shipping": _copy_shipping(self.shipping),
+            "tax_exempt": self.tax_exempt,
+            "test_clock": None,
+        }
+
+    def render_deleted(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "customer", "deleted": True}
+
+
+def _copy_shipping(shipping: dict[str, Any] | None) -> dict[str, Any] | None:
+    if shipping is None:
+        return None
+    address = shipping.get("address")
+    return {**shipping, "address": dict(address) if address is not None else None}
+
+
+class _Record:
+    """A customer's versions (oldest first, pruned as Search catches up) and its creation position."""
+
+    __slots__ = ("seq", "versions")
+
+    def __init__(self, seq: int, first: Customer) -> None:
+        self.seq = seq
+        self.versions = [first]
+
+    @property
+    def current(self) -> Customer:
+        return self.versions[-1]
+
+    def push(self, version: Customer, index_horizon: float) -> None:
+        self.versions.append(version)
+        # Keep only what Search can still see: the newest version at/before the horizon and anything newer.
+        while len(self.versions) > 1 and self.versions[1].changed_at <= index_horizon:
+            self.versions.pop(0)
+
+    def visible_at(self, horizon: float) -> Customer | None:
+        for version in reversed(self.versions):
+            if version.changed_at <= horizon:
+                return None if version.deleted else version
+        return None
+
+
+@dataclass
+class _Saved:
+    fingerprint: str
+    status: int
+    body: str  # JSON text: compact, and immune to later mutation of the live objects
+    headers: dict[str, str]
+    saved_at: float
+
+
+@dataclass
+class _Scope:
+    """Everything one (account, livemode) owns: Stripe keeps test and live data, and accounts, apart."""
+
+    account: str
+    livemode: bool
+    records: dict[str, _Record] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # ids in creation order; order[record.seq] == id
+    by_email: dict[str, list[str]] = field(default_factory=dict)  # exact email -> live ids by creation
+    prefixes: set[str] = field(default_factory=set)
+    saved: OrderedDict[str, _Saved] = field(default_factory=OrderedDict)  # idempotency key -> response
+    in_flight: set[str] = field(default_factory=set)
+
+    def seq_of(self, customer_id: str) -> int:
+        return self.records[customer_id].seq
+
+    def index_email(self, customer_id: str, email: str | None) -> None:
+        if email is not None:
+            bisect.insort(self.by_email.setdefault(email, []), customer_id, key=self.seq_of)
+
+    def unindex_email(self, customer_id: str, email: str | None) -> None:
+        ids = self.by_email.get(email or "")
+        if ids and customer_id in ids:
+            ids.remove(customer_id)
+            if not ids:
+                del self.by_email[email or ""]
+
+
+# -- search query language ----------------------------------------------------------------------------
+
+_STRING_FIELDS = frozenset({"email", "name", "phone"})
+_SEARCH_MAX_CLAUSES = 10
+_CLAUSE = re.compile(
+    r"""(?P<neg>-)?
+        (?:metadata\[(?P<mq>['"])(?P<mkey>(?:(?!(?P=mq)).)*)(?P=mq)\]|(?P<field>[A-Za-z_][A-Za-z0-9_.]*))
+        (?P<op>>=|<=|:|~|>|<)
+        (?:(?P<q>['"])(?P<sval>(?:\\.|(?!(?P=q)).)*)(?P=q)|(?P<num>-?\d+))""",
+    re.VERBOSE,
+)
+_CONJUNCTION = re.compile(r"\s+(?:(AND|OR)\s+)?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Clause:
+    field: str  # "email", "name", "phone", "created" or "metadata"
+    op: str
+    value: str
+    negate: bool = False
+    metadata_key: str | None = None
+
+    def matches(self, customer: Customer) -> bool:
+        return self._test(customer) != self.negate
+
+    def _test(self, customer: Customer) -> bool:
+        if self.field == "created":
+            return _compare(customer.created, self.op, int(self.value))
+        if self.field == "metadata":
+            return customer.metadata.get(self.metadata_key or "") == self.value
+        actual = getattr(customer, self.field)
+        if actual is None:
+            return False
+        # Stripe's string fields match case-insensitively; `~` is a substring match.
+        if self.op == "~":
+            return self.value.casefold() in actual.casefold()
+        return actual.casefold() == self.value.casefold()
+
+
+def _compare(actual: int, op: str, wanted: int) -> bool:
+    return {
+        ":": actual == wanted,
+        ">": actual > wanted,
+        "<": actual < wanted,
+        ">=": actual >= wanted,
+        "<=": actual <= wanted,
+    }[op]
+
+
+def _query_error(detail: str) -> StripeApiError:
+    return invalid(f"Invalid search query: {detail}", param="query")
+
+
+def parse_search_query(query: str) -> tuple[str, list[Clause]]:
+    """Parse Stripe's Search query language (the customer subset); returns ("AND"|"OR", clauses)."""
+    text = query.strip()
+    if not text:
+        raise _query_error("the query is empty.")
+    clauses: list[Clause] = []
+    joins: set[str] = set()
+    pos = 0
+    while True:
+        match = _CLAUSE.match(text, pos)
+        if match is None:
+            raise _query_error(f"could not parse the query at position {pos}: {text[pos : pos + 30]!r}.")
+        clauses.append(_clause(match))
+        pos = match.end()
+        if pos == len(text):
+            break
+        join = _CONJUNCTION.match(text, pos)
+        if join is None or join.end() == len(text):
+            raise _query_error(f"expected AND, OR or a space at position {pos}.")
+        joins.add((join.group(1) or "AND").upper())
+        pos = join.end()
+    if len(joins) > 1:
+        raise _query_error("AND and OR operators are mutually exclusive; use only one of them in a query.")
+    if len(clauses) > _SEARCH_MAX_CLAUSES:
+        raise _query_error(f"a query can have at most {_SEARCH_MAX_CLAUSES} clauses.")
+    return (joins.pop() if joins else "AND"), clauses
+
+
+def _clause(match: re.Match[str]) -> Clause:
+    op = match.group("op")
+    negate = bool(match.group("neg"))
+    string_value = match.group("sval")
+    if string_value is not None:
+        string_value = re.sub(r"\\(.)", r"\1", string_value)
+    if match.group("mkey") is not None:
+        if op != ":" or string_value is None:
+            raise _query_error("metadata supports only exact matching with ':' and a quoted value.")
+        return Clause("metadata", op, string_value, negate, match.group("mkey"))
+    name = match.group("field")
+    if name == "created":
+        if op == "~" or match.group("num") is None:
+            raise _query_error("created takes a number with ':', '>', '<', '>=' or '<='.")
+        return Clause(name, op, match.group("num"), negate)
+    if name not in _STRING_FIELDS:
+        raise _query_error(f"field `{name}` is an unsupported search field for resource `customers`.")
+    if op not in (":", "~") or string_value is None:
+        raise _query_error(f"{name} takes a quoted string with ':' or '~'.")
+    if op == "~" and len(string_value) < 3:
+        raise _query_error("substring matching ('~') needs at least 3 characters.")
+    return Clause(name, op, string_value, negate)
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
+
+
+def _page_offset(token: str) -> int:
+    try:
+        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    label, _, number = decoded.partition(":")
+    if label != "offset" or not number.isdigit():
+        raise invalid(f"Invalid page: {token}", param="page")
+    return int(number)
+
+
+# -- the emulator -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    """What a route handler gets: the authenticated key, its data, the parsed params and the path id."""
+
+    key: ApiKey
+    scope: _Scope
+    pairs: list[tuple[str, str]]  # the raw form/query pairs, for the idempotency fingerprint
+    params: dict[str, Any]
+    ident: str | None
+    request: Request
+
+
+Handler = Callable[["StripeEmulator", _Call], Response]
+
+
+class StripeEmulator:
+    """Stripe customers + account, in memory, thread-safe. See the module docstring and docs/sandbox-stripe.md."""
+
+    name = "stripe"
+
+    def __init__(
+        self,
+        mode: str = "test",
+        search_delay_s: float = 60.0,
+        idempotency_ttl_s: float = 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if mode not in limits.RATE_LIMIT_PER_SECOND:
+            raise ValueError(f"mode must be one of {sorted(limits.RATE_LIMIT_PER_SECOND)}, not {mode!r}")
+        self.mode = mode
+        self.initial_search_delay_s = search_delay_s
+        self.search_delay_s = search_delay_s
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.clock = clock
+        self.faults: Any = None  # the server sets its FaultPlan here; only "stored500" is rolled
+        self._lock = threading.RLock()
+        self._rng = random.Random()
+        self._scopes: dict[tuple[str, bool], _Scope] = {}
+        self._revoked: set[str] = set()
+
+    @property
+    def default_key(self) -> str:
+        """The secret key a launcher should print for this emulator's mode."""
+        return f"sk_{self.mode}_sandbox_clinic_a"
+
+    # -- the HTTP entry point ------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        request_id = "req_" + self._random(14)
+        headers = {"Request-Id": request_id}
+        if "stripe-version" in request.headers:
+            headers["Stripe-Version"] = request.headers["stripe-version"]
+        idem_key = request.headers.get("idempotency-key") or None
+        if idem_key is not None and request.method in _IDEMPOTENT_METHODS:
+            headers["Idempotency-Key"] = idem_key
+        key: ApiKey | None = None
+        try:
+            key = self._authenticate(request)
+            handler, ident = self._route(request)
+            self._authorize(key, request, handler)
+            pairs = self._pairs(request)
+            call = _Call(key, self._scope(key.account, key.livemode), pairs, parse_form(pairs), ident, request)
+            if idem_key is not None and request.method in _IDEMPOTENT_METHODS:
+                return self._idempotent(call, handler, idem_key, headers, request_id)
+            response = self._execute(handler, call)
+        except StripeApiError as exc:
+            return self._error_response(exc, headers, request_id, key)
+        response.headers.update(headers)
+        return response
+
+    def _error_response(
+        self, exc: StripeApiError, headers: dict[str, str], request_id: str, key: ApiKey | None
+    ) -> Response:
+        body = exc.body(request_id, key.livemode if key is not None else None)
+        return Response(exc.status, body, {**headers, **exc.headers})
+
+    def _execute(self, handler: Handler, call: _Call) -> Response:
+        """Run one route handler under the state lock (tests override this to hold a request in flight)."""
+        with self._lock:
+            return handler(self, call)
+
+    # -- authentication and routing ------------------------------------------------------------------
+
+    def _authenticate(self, request: Request) -> ApiKey:
+        secret = _bearer_or_basic(request.headers.get("authorization", ""))
+        if not secret:
+            raise StripeApiError(
+                401,
+                "authentication_error",
+                "You did not provide an API key. You need to provide your API key in the Authorization header, "
+                "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). " + _SUPPORT,
+            )
+        key = KEYS.get(secret)
+        if key is None:
+            raise StripeApiError(
+                401, "authentication_error", f"Invalid API Key provided: {mask_key(secret)}", code="api_key_invalid"
+            )
+        with self._lock:
+            revoked = secret in self._revoked
+        if revoked:
+            raise StripeApiError(
+                401,
+                "authentication_error",
+                f"Expired API Key provided: {mask_key(secret)}. This API key has expired/been revoked.",
+                code="api_key_expired",
+            )
+        on_behalf = request.headers.get("stripe-account")
+        if on_behalf and on_behalf != key.account:
+            raise StripeApiError(
+                403,
+                "permission_error",
+                f"The provided key '{mask_key(secret)}' does not have access to account '{on_behalf}' "
+                "(or that account does not exist). Application access may have been revoked.",
+            )
+        return key
+
+    def _route(self, request: Request) -> tuple[Handler, str | None]:
+        method, path = request.method.upper(), request.path
+        fixed: dict[tuple[str, str], Handler] = {
+            ("GET", "/v1/account"): StripeEmulator._get_account,
+            ("GET", "/v1/customers"): StripeEmulator._list_customers,
+            ("POST", "/v1/customers"): StripeEmulator._create_customer,
+            ("GET", "/v1/customers/search"): StripeEmulator._search_customers,
+        }
+        if (method, path) in fixed:
+            return fixed[(method, path)], None
+        match = re.fullmatch(r"/v1/customers/([^/]+)", path)
+        per_id: dict[str, Handler] = {
+            "GET": StripeEmulator._retrieve_customer,
+            "POST": StripeEmulator._update_customer,
+            "DELETE": StripeEmulator._delete_customer,
+        }
+        if match and method in per_id:
+            return per_id[method], match.group(1)
+        raise StripeApiError(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}). {_SUPPORT}")
+
+    def _authorize(self, key: ApiKey, request: Request, handler: Handler) -> None:
+        """Restricted keys: the message names the missing permission, as Stripe's does."""
+        if handler is StripeEmulator._get_account:
+            needed = None if key.can_read_account else "rak_account_read"
+        elif request.method.upper() != "GET":
+            needed = None if key.can_write else "rak_customer_write"
+        else:
+            needed = None
+        if needed is not None:
+            raise StripeApiError(
+                403,
+                "permission_error",
+                f"The provided key '{mask_key(key.secret)}' does not have the required permissions for this "
+                f"endpoint on account '{key.account}'. Having the '{needed}' permission would allow this "
+                "request to continue.",
+            )
+
+    def _pairs(self, request: Request) -> list[tuple[str, str]]:
+        pairs = list(request.query)
+        if request.method.upper() == "POST":
+            try:
+                pairs += request.form()
+            except UnicodeDecodeError as exc:
+                raise invalid("Invalid request body: it is not UTF-8 form data.") from exc
+        return pairs
+
+    # -- idempotency ---------------------------------------------------------------------------------
+
+    def _idempotent(
+        self, call: _Call, handler: Handler, idem_key: str, headers: dict[str, str], request_id: str
+    ) -> Response:
+        if len(idem_key) > limits.IDEMPOTENCY_KEY_MAX_CHARS:
+            raise invalid(
+                f"Invalid Idempotency-Key: keys can be at most {limits.IDEMPOTENCY_KEY_MAX_CHARS} characters long, "
+                f"but this one has {len(idem_key)}."
+            )
+        scope = call.scope
+        fingerprint = _fingerprint(call.request.method, call.request.path, call.pairs)
+        with self._lock:
+            saved = self._saved(scope, idem_key)
+            if saved is not None:
+                return self._replay(saved, idem_key, fingerprint)
+            if idem_key in scope.in_flight:
+                raise StripeApiError(
+                    409,
+                    "idempotency_error",
+                    "There is currently another in-progress request using this Idempotent Key (that probably "
+                    "means you submitted twice, and the other request is still going through): "
+                    f"{idem_key}. Please try again later.",
+                    headers={"Stripe-Should-Retry": "true"},
+                )
+            scope.in_flight.add(idem_key)
+        try:
+            response = self._execute(handler, call)
+            response.headers.update(headers)
+            if response.mutated and self._roll_stored500():
+                # The change stays committed, but the saved answer is a 500 that every replay repeats.
+                body = StripeApiError(500, "api_error", _GENERIC_500).body(request_id, call.key.livemode)
+                response = Response(500, body, dict(headers), mutated=True)
+            if 200 <= response.status < 300 or response.status >= 500:
+                with self._lock:
+                    self._save(scope, idem_key, fingerprint, response)
+            return response
+        finally:
+            with self._lock:
+                scope.in_flight.discard(idem_key)
+
+    def _saved(self, scope: _Scope, idem_key: str) -> _Saved | None:
+        saved = scope.saved.get(idem_key)
+        if saved is not None and saved.saved_at + self.idempotency_ttl_s <= self.clock():
+            del scope.saved[idem_key]
+            return None
+        return saved
+
+    def _replay(self, saved: _Saved, idem_key: str, fingerprint: str) -> Response:
+        if saved.fingerprint != fingerprint:
+            raise StripeApiError(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters they were first used "
+                f"with. Try using a key other than '{idem_key}' if you meant to execute a different request.",
+            )
+        headers = {**saved.headers, "Idempotent-Replayed": "true", "Idempotency-Key": idem_key}
+        return Response(saved.status, json.loads(saved.body), headers, replayed=True)
+
+    def _save(self, scope: _Scope, idem_key: str, fingerprint: str, response: Response) -> None:
+        now = self.clock()
+        # Keys are saved in time order, so expired ones sit at the front: prune them here, O(1) amortised.
+        while scope.saved:
+            oldest = next(iter(scope.saved.values()))
+            if oldest.saved_at + self.idempotency_ttl_s > now:
+                break
+            scope.saved.popitem(last=False)
+        kept = {k: v for k, v in response.headers.items() if k in ("Request-Id", "Stripe-Version")}
+        body = json.dumps(response.body, separators=(",", ":"))
+        scope.saved[idem_key] = _Saved(fingerprint, response.status, body, kept, now)
+
+    def _roll_stored500(self) -> bool:
+        return self.faults is not None and bool(self.faults.roll("stored500"))
+
+    # -- account -------------------------------------------------------------------------------------
+
+    def _get_account(self, call: _Call) -> Response:
+        _reject_unknown(call.params, ["expand"])
+        _expand(call.params, frozenset())
+        return Response(200, account_object(call.key.account))
+
+    # -- customers -----------------------------------------------------------------------------------
+
+    def _create_customer(self, call: _Call) -> Response:
+        changes = customer_changes(call.params)
+        customer = self._insert(call.scope, changes, self.clock(), created=None)
+        return Response(200, customer.render(), mutated=True)
+
+    def _retrieve_customer(self, call: _Call) -> Response:
+        _reject_unknown(call.params, ["expand"])
+        _expand(call.params, _EXPANDABLE)
+        customer = self._find(call.scope, call.ident or "")
+        return Response(200, customer.render_deleted() if customer.deleted else customer.render())
+
+    def _update_customer(self, call: _Call) -> Response:
+        changes = customer_changes(call.params)
+        customer = self._find(call.scope, call.ident or "")
+        if customer.deleted:
+            raise no_such_customer(customer.id)
+        updated = self._change(call.scope, customer, changes, self.clock())
+        return Response(200, updated.render(), mutated=True)
+
+    def _delete_customer(self, call: _Call) -> Response:
+        _reject_unknown(call.params, [])
+        customer = self._find(call.scope, call.ident or "")
+        if customer.deleted:
+            raise no_such_customer(customer.id)
+        self._remove(call.scope, customer, self.clock())
+        return Response(200, customer.render_deleted(), mutated=True)
+
+    def _find(self, scope: _Scope, customer_id: str) -> Customer:
+        record = scope.records.get(customer_id)
+        if record is not None:
+            return record.current
+        other = self._scopes.get((scope.account, not scope.livemode))
+        if other is not None and customer_id in other.records:
+            used, exists = ("live", "test") if scope.livemode else ("test", "live")
+            raise StripeApiError(
+                404,
+                "invalid_request_error",
+                f"No such customer: '{customer_id}'; a similar object exists in {exists} mode, "
+                f"but a {used} mode key was used to make this request.",
+                param="id",
+                code="resource_missing",
+            )
+        raise no_such_customer(customer_id)
+
+    def _insert(self, scope: _Scope, changes: dict[str, Any], changed_at: float, created: int | None) -> Customer:
+        metadata = apply_metadata({}, changes.pop("metadata", {}))
+        prefix = changes.pop("invoice_prefix", None) or self._new_prefix(scope)
+        customer_id = self._new_customer_id(scope)
+        customer = Customer(
+            id=customer_id,
+            livemode=scope.livemode,
+            created=int(self.clock()) if created is None else created,
+            invoice_prefix=prefix,
+            changed_at=changed_at,
+            metadata=metadata,
+            **changes,
+        )
+        scope.prefixes.add(prefix)
+        scope.records[customer_id] = _Record(len(scope.order), customer)
+        scope.order.append(customer_id)
+        scope.index_email(customer_id, customer.email)
+        return customer
+
+    def _change(self, scope: _Scope, customer: Customer, changes: dict[str, Any], now: float) -> Customer:
+        if "metadata" in changes:
+            changes["metadata"] = apply_metadata(customer.metadata, changes["metadata"])
+        updated = dataclasses.replace(customer, changed_at=now, **changes)
+        scope.records[customer.id].push(updated, now - self.search_delay_s)
+        if updated.email != customer.email:
+            scope.unindex_email(customer.id, customer.email)
+            scope.index_email(customer.id, updated.email)
+        return updated
+
+    def _remove(self, scope: _Scope, customer: Customer, now: float) -> None:
+        gone = dataclasses.replace(customer, changed_at=now, deleted=True)
+        scope.records[customer.id].push(gone, now - self.search_delay_s)
+        scope.unindex_email(customer.id, customer.email)
+
+    # -- listing -------------------------------------------------------------------------------------
+
+    def _list_customers(self, call: _Call) -> Response:
+        params = call.params
+        _reject_unknown(params, ["limit", "starting_after", "ending_before", "email", "created", "expand"])
+        _expand(params, frozenset(f"data.{name}" for name in _EXPANDABLE))
+        limit = _limit(params)
+        created = _created_filter(params.get("created"))
+        scope = call.scope
+        if "starting_after" in params and "ending_before" in params:
+            raise invalid(
+                "You may only specify one of these parameters: ending_before, starting_after.", param="ending_before"
+            )
+        if "email" in params:
+            email = _string(params["email"], "email")
+            candidates = scope.by_email.get(email, [])
+        else:
+            candidates = scope.order
+
+        def keep(customer_id: str) -> bool:
+            customer = scope.records[customer_id].current
+            return not customer.deleted and created(customer.created)
+
+        if "ending_before" in params:
+            cursor = self._cursor(scope, params["ending_before"], "ending_before")
+            start = bisect.bisect_right(candidates, cursor, key=scope.seq_of)
+            found = _take(candidates, range(start, len(candidates)), keep, limit + 1)
+            page, has_more = list(reversed(found[:limit])), len(found) > limit
+        else:
+            end = len(candidates)
+            if "starting_after" in params:
+                cursor = self._cursor(scope, params["starting_after"], "starting_after")
+                end = bisect.bisect_left(candidates, cursor, key=scope.seq_of)
+            found = _take(candidates, range(end - 1, -1, -1), keep, limit + 1)
+            page, has_more = found[:limit], len(found) > limit
+        data = [scope.records[customer_id].current.render() for customer_id in page]
+        return Response(200, {"object": "list", "data": data, "has_more": has_more, "url": "/v1/customers"})
+
+    def _cursor(self, scope: _Scope, value: Any, param: str) -> int:
+        customer_id = _string(value, param)
+        record = scope.records.get(customer_id)
+        if record is None:
+            raise no_such_customer(customer_id, param=param, status=400)
+        return record.seq
+
+    # -- search --------------------------------------------------------------------------------------
+
+    def _search_customers(self, call: _Call) -> Response:
+        params = call.params
+        _reject_unknown(params, ["query", "limit", "page", "expand"])
+        expand = _expand(params, frozenset({"total_count", *(f"data.{name}" for name in _EXPANDABLE)}))
+        if "query" not in params:
+            raise invalid("Missing required param: query.", param="query", code="parameter_missing")
+        join, clauses = parse_search_query(_string(params["query"], "query"))
+        limit = _limit(params)
+        offset = _page_offset(_string(params["page"], "page")) if "page" in params else 0
+        test = all if join == "AND" else any
+        # The index lags: a version is searchable only once it is older than the delay.
+        horizon = self.clock() - self.search_delay_s
+        hits: list[Customer] = []
+        for customer_id in reversed(call.scope.order):
+            version = call.scope.records[customer_id].visible_at(horizon)
+            if version is not None and test(clause.matches(version) for clause in clauses):
+                hits.append(version)
+        page = hits[offset : offset + limit]
+        has_more = offset + limit < len(hits)
+        body: dict[str, Any] = {
+            "object": "search_result",
+            "data": [customer.render() for customer in page],
+            "has_more": has_more,
+            "next_page": _page_token(offset + limit) if has_more else None,
+            "url": "/v1/customers/search",
+        }
+        if "total_count" in expand:
+            body["total_count"] = len(hits)
+        return Response(200, body)
+
+    # -- server hooks --------------------------------------------------------------------------------
+
+    def rate_limit(self, request: Request) -> RateLimit | None:
+        """Per (account, mode) bucket; Search has its own. Unknown keys share one bucket at this mode's rate."""
+        if not request.path.startswith("/v1/"):
+            return None
+        key = KEYS.get(_bearer_or_basic(request.headers.get("authorization", "")) or "")
+        if key is None:
+            return RateLimit("anonymous", limits.RATE_LIMIT_PER_SECOND[self.mode], 1)
+        if request.path == "/v1/customers/search":
+            return RateLimit(f"{key.account}:{key.mode}:search", limits.SEARCH_RATE_LIMIT_PER_SECOND, 1)
+        return RateLimit(f"{key.account}:{key.mode}", limits.RATE_LIMIT_PER_SECOND[key.mode], 1)
+
+    def rate_limited_response(self, request: Request, reset_epoch: float) -> Response:
+        exc = StripeApiError(
+            429,
+            "rate_limit_error",
+            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+            code="rate_limit",
+        )
+        return self._fault(request, exc, {"Stripe-Should-Retry": "true", "Retry-After": "1"})
+
+    def fault_response(self, request: Request, status: int) -> Response:
+        """An answer given *instead of* executing (the server's before-faults): nothing is saved."""
+        if status == 429:
+            exc = StripeApiError(429, "rate_limit_error", _LOCK_TIMEOUT, code="lock_timeout")
+        else:
+            exc = StripeApiError(status, "api_error", _GENERIC_500)
+        return self._fault(request, exc, {"Stripe-Should-Retry": "true"})
+
+    def _fault(self, request: Request, exc: StripeApiError, extra: dict[str, str]) -> Response:
+        request_id = "req_" + self._random(14)
+        key = KEYS.get(_bearer_or_basic(request.headers.get("authorization", "")) or "")
+        headers = {"Request-Id": request_id, **extra}
+        idem_key = request.headers.get("idempotency-key")
+        if idem_key and request.method.upper() in _IDEMPOTENT_METHODS:
+            headers["Idempotency-Key"] = idem_key
+        return Response(exc.status, exc.body(request_id, key.livemode if key else None), headers)
+
+    def fault_eligible(self, request: Request) -> bool:
+        return request.path.startswith("/v1/")
+
+    def endpoint_name(self, request: Request) -> str:
+        path = request.path
+        if path.startswith("/v1/customers/") and path != "/v1/customers/search":
+            path = "/v1/customers/{id}"
+        return f"{request.method.upper()} {path}"
+
+    # -- admin ---------------------------------------------------------------------------------------
+
+    def admin(self, action: str, params: dict[str, Any]) -> Response | None:
+        actions: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "reset": self._admin_reset,
+            "seed": self._admin_seed,
+            "dump": self._admin_dump,
+            "set_search_delay": self._admin_set_search_delay,
+            "expire_idempotency": self._admin_expire_idempotency,
+            "revoke": self._admin_revoke,
+            "delete": self._admin_delete,
+            "keys": self._admin_keys,
+        }
+        run = actions.get(action)
+        if run is None:
+            return None
+        try:
+            with self._lock:
+                return Response(200, run(params))
+        except StripeApiError as exc:
+            return Response(exc.status, exc.body("req_admin", None))
+        except (TypeError, ValueError) as exc:
+            return Response(400, invalid(f"Bad admin parameters for {action}: {exc}").body("req_admin", None))
+
+    def _admin_reset(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._scopes.clear()
+        self._revoked.clear()
+        self.search_delay_s = self.initial_search_delay_s
+        return {"ok": True}
+
+    def _admin_seed(self, params: dict[str, Any]) -> dict[str, Any]:
+        scope = self._admin_scope(params)
+        ids: list[str] = []
+        ignored: set[str] = set()
+        for position, entry in enumerate(params.get("customers") or []):
+            if not isinstance(entry, dict):
+                raise invalid(f"customers[{position}] must be an object")
+            # Seed files annotate entries (e.g. "expected"); only customer fields are sent, the rest reported.
+            ignored.update(k for k in entry if k not in _CUSTOMER_FIELDS and k != "created")
+            fields = {k: _form_value(v) for k, v in entry.items() if v is not None and k in _CUSTOMER_FIELDS}
+            created = int(entry["created"]) if entry.get("created") is not None else None
+            # Seeded customers model data that already existed, so Search sees them at once.
+            customer = self._insert(scope, customer_changes(fields), float("-inf"), created)
+            ids.append(customer.id)
+        return {"ids": ids, "ignored_fields": sorted(ignored)}
+
+    def _admin_dump(self, params: dict[str, Any]) -> dict[str, Any]:
+        scope = self._admin_scope(params)
+        data = []
+        for customer_id in scope.order:
+            customer = scope.records[customer_id].current
+            data.append({**customer.render(), "deleted": customer.deleted})
+        return {"object": "list", "account": scope.account, "livemode": scope.livemode, "data": data}
+
+    def _admin_set_search_delay(self, params: dict[str, Any]) -> dict[str, Any]:
+        seconds = float(params["seconds"])
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        self.search_delay_s = seconds
+        return {"search_delay_s": seconds}
+
+    def _admin_expire_idempotency(self, params: dict[str, Any]) -> dict[str, Any]:
+        expired = sum(len(scope.saved) for scope in self._scopes.values())
+        for scope in self._scopes.values():
+            scope.saved.clear()
+        return {"expired": expired}
+
+    def _admin_revoke(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._revoked.add(str(params["key"]))
+        return {"revoked": mask_key(str(params["key"]))}
+
+    def _admin_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = params.get("ids") or []
+        if isinstance(ids, str):
+            ids = [ids]
+        deleted, missing = [], []
+        now = self.clock()
+        for customer_id in ids:
+            scope = next((s for s in self._scopes.values() if customer_id in s.records), None)
+            customer = scope.records[customer_id].current if scope is not None else None
+            if scope is None or customer is None or customer.deleted:
+                missing.append(customer_id)
+                continue
+            self._remove(scope, customer, now)
+            deleted.append(customer_id)
+        return {"deleted": deleted, "missing": missing}
+
+    def _admin_keys(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "default": self.default_key,
+            "keys": [
+                {
+                    "key": k.secret,
+                    "account": k.account,
+                    "livemode": k.livemode,
+                    "can_write": k.can_write,
+                    "can_read_account": k.can_read_account,
+                    "revoked": k.secret in self._revoked,
+                }
+                for k in KEYS.values()
+            ],
+        }
+
+    def _admin_scope(self, params: dict[str, Any]) -> _Scope:
+        account = str(params.get("account") or ACCOUNT_A)
+        if account not in _ACCOUNT_PROFILES:
+            raise invalid(f"Unknown sandbox account: {account}", param="account")
+        livemode = params.get("livemode", False)
+        if isinstance(livemode, str):
+            livemode = livemode.lower() in ("1", "true", "yes")
+        return self._scope(account, bool(livemode))
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _scope(self, account: str, livemode: bool) -> _Scope:
+        with self._lock:
+            scope = self._scopes.get((account, livemode))
+            if scope is None:
+                scope = self._scopes[(account, livemode)] = _Scope(account, livemode)
+            return scope
+
+    def _random(self, length: int, alphabet: str = _ALNUM) -> str:
+        with self._lock:
+            return "".join(self._rng.choices(alphabet, k=length))
+
+    def _new_customer_id(self, scope: _Scope) -> str:
+        while True:
+            customer_id = "cus_" + self._random(14)
+            if customer_id not in scope.records:
+                return customer_id
+
+    def _new_prefix(self, scope: _Scope) -> str:
+        while True:
+            prefix = self._random(8, "0123456789ABCDEF")
+            if prefix not in scope.prefixes:
+                return prefix
+
+
+# -- small pure helpers -------------------------------------------------------------------------------
+
+
+def account_object(account: str) -> dict[str, Any]:
+    """The account, with the fixture's top-level keys; AUD and AU because the clinics are Australian."""
+    display, email = _ACCOUNT_PROFILES[account]
+    return {
+        "id": account,
+        "object": "account",
+        "business_profile": {"name": display, "support_email": email, "url": None, "mcc": None},
+        "business_type": "company",
+        "capabilities": {"card_payments": "active", "transfers": "active"},
+        "charges_enabled": True,
+        "controller": {"type": "account"},
+        "country": "AU",
+        "created": 1_700_000_000,
+        "default_currency": "aud",
+        "details_submitted": True,
+        "email": email,
+        "external_accounts": {
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "url": f"/v1/accounts/{account}/external_accounts",
+        },
+        "future_requirements": _no_requirements(),
+        "metadata": {},
+        "payouts_enabled": True,
+        "requirements": _no_requirements(),
+        "settings": {"dashboard": {"display_name": display, "timezone": "Australia/Sydney"}},
+        "tos_acceptance": {"date": None, "ip": None, "user_agent": None},
+        "type": "standard",
+    }
+
+
+def _no_requirements() -> dict[str, Any]:
+    return {
+        "alternatives": [],
+        "current_deadline": None,
+        "currently_due": [],
+        "disabled_reason": None,
+        "errors": [],
+        "eventually_due": [],
+        "past_due": [],
+        "pending_verification": [],
+    }
+
+
+def _bearer_or_basic(header: str) -> str:
+    """The key from `Bearer <key>` (the SDK) or `Basic base64(<key>:)` (curl -u)."""
+    scheme, _, credential = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return credential.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credential.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[0]
+    return ""
+
+
+def _fingerprint(method: str, path: str, pairs: list[tuple[str, str]]) -> str:
+    """Method, path and parameters; order-insensitive because Stripe compares parameters, not bytes."""
+    material = json.dumps([method.upper(), path, sorted(pairs)], separators=(",", ":"))
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+def _limit(params: dict[str, Any]) -> int:
+    if "limit" not in params:
+        return 10
+    return _integer(params["limit"], "limit", minimum=1, maximum=limits.LIST_MAX_LIMIT)
+
+
+def _created_filter(value: Any) -> Callable[[int], bool]:
+    """`created=N` or `created[gt|gte|lt|lte]=N` as a predicate on a customer's `created`."""
+    if value is None:
+        return lambda _created: True
+    if isinstance(value, str):
+        exact = _integer(value, "created")
+        return lambda created: created == exact
+    if not isinstance(value, dict):
+        raise invalid("Invalid created filter", param="created")
+    bounds: list[tuple[str, int]] = []
+    for op, raw in value.items():
+        if op not in ("gt", "gte", "lt", "lte"):
+            raise unknown_param(f"created[{op}]")
+        bounds.append((op, _integer(raw, f"created[{op}]")))
+    tests = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
+    return lambda created: all(tests[op](created, bound) for op, bound in bounds)
+
+
+def _take(ids: list[str], positions: Iterable[int], keep: Callable[[str], bool], count: int) -> list[str]:
+    found: list[str] = []
+    for position in positions:
+        if keep(ids[position]):
+            found.append(ids[position])
+            if len(found) == count:
+                break
+    return found
+
+
+def _form_value(value: Any) -> Any:
+    """Admin seed JSON -> the strings a form request would carry, so one validator serves both."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _form_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_form_value(v) for v in value]
+    return value
