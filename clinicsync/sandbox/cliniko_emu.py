@@ -357,6 +357,8 @@ class ClinikoEmulator:
         body = _json_body(request)
         record = seedmod.blank_patient()
         record["id"] = self._gen.new_id()
+        # New patients take the account's default reminder type; the spec's enum has no null.
+        record["reminder_type"] = self._public_settings()["reminders"]["default_reminder_type"]
         changes = validate_patient_body(body, creating=True)
         record.update(changes)
         record["created_at"] = record["updated_at"] = self.now_text()
@@ -821,7 +823,7 @@ def _check_date(value: Any) -> str | None:
 
 
 def _check_reminder(value: Any) -> str | None:
-    return None if value is None or value in REMINDER_TYPES else f"must be one of {', '.join(REMINDER_TYPES)}"
+    return None if value in REMINDER_TYPES else f"must be one of {', '.join(REMINDER_TYPES)}"
 
 
 def _check_pronouns(value: Any) -> str | None:

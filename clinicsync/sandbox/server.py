@@ -63,6 +63,7 @@ class ServerStats:
             self.faulted: Counter[str] = Counter()
             self.rate_limited = 0
             self.errors = 0
+            self.connections = 0
 
     def record_request(self, endpoint: str) -> None:
         with self._lock:
@@ -86,6 +87,10 @@ class ServerStats:
         with self._lock:
             self.rate_limited += 1
 
+    def record_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
+
     def record_error(self) -> None:
         with self._lock:
             self.errors += 1
@@ -105,6 +110,7 @@ class ServerStats:
                 "faulted_total": sum(self.faulted.values()),
                 "rate_limited": self.rate_limited,
                 "errors": self.errors,
+                "connections": self.connections,  # TCP connections accepted: shows keep-alive working
             }
 
 
@@ -148,6 +154,7 @@ class _Server(ThreadingHTTPServer):
         # Without TCP_NODELAY, Nagle + delayed ACK add ~40 ms to every request on a kept-alive connection.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sandbox._track(conn)
+        self.sandbox.stats.record_connection()
         return conn, addr
 
     def shutdown_request(self, request: Any) -> None:

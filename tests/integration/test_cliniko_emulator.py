@@ -1,0 +1,418 @@
+"""The Cliniko emulator over real HTTP: auth, paging, filters, sorting, edits, archive/merge, rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from clinicsync.sandbox import seed as seedmod
+from clinicsync.sandbox.cliniko_emu import DEFAULT_API_KEY, DEFAULT_LIMITED_KEY, ClinikoEmulator, normalize_phone
+from clinicsync.sandbox.server import RunningServer, serve
+
+USER_AGENT = "ClinicSync tests (dev@example.com)"
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    with serve(ClinikoEmulator()) as srv:
+        yield srv
+
+
+@pytest.fixture
+def seeded(server: RunningServer) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}/_sandbox/seed", json={"profile": "hard", "patients": 25, "seed": 3})
+    assert response.status_code == 200
+    return response.json()
+
+
+def api(server: RunningServer, key: str = DEFAULT_API_KEY, **kwargs: Any) -> httpx.Client:
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **kwargs.pop("headers", {})}
+    return httpx.Client(base_url=f"{server.url}/v1", auth=(key, ""), headers=headers, timeout=5, **kwargs)
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with api(server) as c:
+        yield c
+
+
+def admin(server: RunningServer, action: str, **params: Any) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}/_sandbox/{action}", json=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def case_id(seeded: dict[str, Any], case: str) -> str:
+    return next(pid for pid, name in seeded["cases"].items() if name == case)
+
+
+def all_pages(client: httpx.Client, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Follow links.next like the real client does."""
+    response = client.get("/patients", params=params)
+    rows: list[dict[str, Any]] = []
+    while True:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        rows.extend(body["patients"])
+        if "next" not in body["links"]:
+            return rows
+        response = client.get(body["links"]["next"])
+
+
+# -- auth ----------------------------------------------------------------------------------------------
+
+
+def test_bad_or_missing_key_is_401(server: RunningServer, seeded: dict[str, Any]) -> None:
+    with api(server, key="wrong-key-au1") as bad:
+        response = bad.get("/patients")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Basic")
+    no_key = httpx.get(f"{server.url}/v1/patients", headers={"User-Agent": USER_AGENT})
+    assert no_key.status_code == 401
+
+
+def test_key_works_with_or_without_its_shard_suffix(server: RunningServer, seeded: dict[str, Any]) -> None:
+    bare = DEFAULT_API_KEY.rsplit("-", 1)[0]
+    for key in (DEFAULT_API_KEY, bare):
+        with api(server, key=key) as c:
+            assert c.get("/patients").status_code == 200
+
+
+def test_user_agent_needs_contact_email(server: RunningServer) -> None:
+    for agent in ("python-httpx/0.28", "ClinicSync (no email here)", ""):
+        response = httpx.get(f"{server.url}/v1/patients", auth=(DEFAULT_API_KEY, ""), headers={"User-Agent": agent})
+        assert response.status_code == 403
+        assert response.json() == {"message": "Requires a user agent with contact details"}
+
+
+def test_limited_role_cannot_read_settings_but_can_read_public_settings(server: RunningServer) -> None:
+    with api(server, key=DEFAULT_LIMITED_KEY) as limited:
+        assert limited.get("/settings").status_code == 403
+        assert limited.get("/settings/public").json()["account"]["country_code"] == "AU"
+        assert limited.get("/user").json()["role"] == "receptionist"
+
+
+def test_revoked_key_gets_401(server: RunningServer, client: httpx.Client) -> None:
+    assert client.get("/user").status_code == 200
+    admin(server, "revoke_key")
+    assert client.get("/user").status_code == 401
+    admin(server, "restore_key")
+    assert client.get("/user").status_code == 200
+
+
+def test_unknown_route_is_404(client: httpx.Client) -> None:
+    assert client.get("/nonsense").status_code == 404
+    assert client.get("/patients/123").status_code == 404
+
+
+# -- lists, paging, sorting ----------------------------------------------------------------------------
+
+
+def test_pagination_follows_links_next_and_covers_every_live_patient(
+    client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    first = client.get("/patients", params={"per_page": 7}).json()
+    hidden = {case_id(seeded, "archived"), case_id(seeded, "merged_away")}
+    assert first["total_entries"] == len(seeded["ids"]) - len(hidden)
+    assert len(first["patients"]) == 7
+    assert "previous" not in first["links"]
+    assert first["links"]["self"].endswith("/v1/patients?per_page=7&page=1") or "page=1" in first["links"]["self"]
+    rows = all_pages(client, [("per_page", "7")])
+    ids = [p["id"] for p in rows]
+    assert len(ids) == len(set(ids)) == first["total_entries"]
+    assert set(ids) == set(seeded["ids"]) - hidden
+    second = client.get("/patients", params={"per_page": 7, "page": 2}).json()
+    assert "page=1" in second["links"]["previous"]
+
+
+def test_per_page_is_capped_at_100(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    assert client.get("/patients", params={"per_page": 100}).status_code == 200
+    for bad in ("101", "0", "ten"):
+        response = client.get("/patients", params={"per_page": bad})
+        assert response.status_code == 400
+        assert "per_page" in response.json()["message"]
+
+
+def test_default_order_is_created_at_then_id(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    rows = all_pages(client, [("per_page", "100")])
+    keys = [(p["created_at"], int(p["id"])) for p in rows]
+    assert keys == sorted(keys)
+
+
+def test_sort_by_updated_at_both_ways(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    asc = [p["updated_at"] for p in all_pages(client, [("sort", "updated_at:asc"), ("per_page", "100")])]
+    desc = [p["updated_at"] for p in all_pages(client, [("sort", "updated_at:desc"), ("per_page", "100")])]
+    assert asc == sorted(asc)
+    assert desc == sorted(desc, reverse=True)
+    assert client.get("/patients", params={"sort": "medicare"}).status_code == 400
+
+
+def test_links_keep_filters_and_sort(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    body = client.get("/patients", params=[("q[]", "created_at:>2000-01-01T00:00:00Z"), ("per_page", "3")]).json()
+    assert "q%5B%5D=created_at%3A%3E2000-01-01T00%3A00%3A00Z" in body["links"]["next"]
+
+
+# -- filters -------------------------------------------------------------------------------------------
+
+
+def test_updated_at_filter_finds_edits(server: RunningServer, client: httpx.Client, seeded: dict[str, Any]) -> None:
+    watermark = max(p["updated_at"] for p in all_pages(client, [("per_page", "100")]))
+    assert all_pages(client, [("q[]", f"updated_at:>{watermark}")]) == []
+    edited = admin(server, "edit", count=3)["ids"]
+    rows = all_pages(client, [("q[]", f"updated_at:>={watermark}"), ("sort", "updated_at:asc")])
+    assert set(edited) <= {p["id"] for p in rows}
+    assert {p["id"] for p in all_pages(client, [("q[]", f"updated_at:>{watermark}")])} == set(edited)
+
+
+def test_archived_at_any_value_includes_archived_and_merged(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    live = {p["id"] for p in all_pages(client, [("per_page", "100")])}
+    everyone = {p["id"] for p in all_pages(client, [("q[]", "archived_at:*"), ("per_page", "100")])}
+    archived = {p["id"]: p for p in all_pages(client, [("q[]", "archived_at:?")])}
+    assert everyone == live | set(archived)
+    assert set(archived) == {case_id(seeded, "archived"), case_id(seeded, "merged_away")}
+    merged = archived[case_id(seeded, "merged_away")]
+    assert merged["merged_at"] is not None
+    assert merged["merged_with_patient"]["links"]["self"].endswith(f"/patients/{case_id(seeded, 'merge_survivor')}")
+    assert "merged_with_patient" not in archived[case_id(seeded, "archived")]
+
+
+def test_string_int_and_boolean_filters(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    target = case_id(seeded, "plus_addressed_email")
+    by_email = all_pages(client, [("q[]", "email:=mia.kowalski+physio@example.com")])
+    assert [p["id"] for p in by_email] == [target]
+    contains = all_pages(client, [("q[]", "email:~KOWALSKI+PHYSIO")])
+    assert [p["id"] for p in contains] == [target]
+    wildcard = all_pages(client, [("q[]", "last_name:~~ashw%th")])
+    assert len(wildcard) == 3
+    two = [case_id(seeded, "no_email"), target]
+    by_ids = all_pages(client, [("q[]", f"id:={','.join(two)}")])
+    assert {p["id"] for p in by_ids} == set(two)
+    no_email = all_pages(client, [("q[]", "email:!?")])
+    assert case_id(seeded, "no_email") in {p["id"] for p in no_email}
+    anded = all_pages(client, [("q[]", "last_name:=Ashworth"), ("q[]", "first_name:=Ivy")])
+    assert [p["first_name"] for p in anded] == ["Ivy"]
+    assert client.get("/patients", params=[("q[]", "accepted_privacy_policy:=true")]).status_code == 200
+
+
+def test_bad_filters_are_400(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    for term in ("medicare:=1", "deleted_at:*", "nonsense"):
+        response = client.get("/patients", params=[("q[]", term)])
+        assert response.status_code == 400
+        assert response.json() == {"message": "This column is not searchable."}
+    # DateTime has no "=", and values must be UTC date-times.
+    assert client.get("/patients", params=[("q[]", "updated_at:=2024-01-01T00:00:00Z")]).status_code == 400
+    assert client.get("/patients", params=[("q[]", "updated_at:>yesterday")]).status_code == 400
+
+
+# -- single records, writes, clock ---------------------------------------------------------------------
+
+
+def test_every_response_has_a_date_header_and_edits_are_not_older(
+    server: RunningServer, client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    listing = client.get("/patients")
+    date_header = parsedate_to_datetime(listing.headers["date"])
+    assert abs((date_header - datetime.now(UTC)).total_seconds()) < 5
+    assert "date" in httpx.get(f"{server.url}/v1/patients").headers  # even on a 401
+    pid = listing.json()["patients"][0]["id"]
+    patched = client.patch(f"/patients/{pid}", json={"old_reference_id": "cus_SandboxRef1"})
+    assert patched.status_code == 200
+    updated = datetime.strptime(patched.json()["updated_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert updated >= date_header
+
+
+def test_patch_bumps_updated_at_only_on_real_change(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    pid = case_id(seeded, "upper_case_email")
+    before = client.get(f"/patients/{pid}").json()
+    same = client.patch(f"/patients/{pid}", json={"first_name": before["first_name"]}).json()
+    assert same["updated_at"] == before["updated_at"]
+    changed = client.patch(f"/patients/{pid}", json={"preferred_first_name": "Noz"}).json()
+    assert changed["updated_at"] > before["updated_at"]
+    assert changed["preferred_first_name"] == "Noz"
+    assert changed["email"] == before["email"]  # read-modify-write: untouched fields stay
+
+
+def test_admin_edit_changes_mapped_fields_and_bumps_updated_at(
+    server: RunningServer, client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    pid = case_id(seeded, "no_email")
+    before = client.get(f"/patients/{pid}").json()
+    result = admin(server, "edit", ids=[pid], fields={"email": "now.has.email@example.com"})
+    after = client.get(f"/patients/{pid}").json()
+    assert result["ids"] == [pid]
+    assert after["email"] == "now.has.email@example.com"
+    assert after["updated_at"] > before["updated_at"]
+    random_edit = admin(server, "edit", count=4)
+    assert len(random_edit["ids"]) == 4 and all(random_edit["changes"].values())
+
+
+def test_custom_fields_are_written_by_token_and_merged(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    pid = case_id(seeded, "unicode_cjk")
+    body = {
+        "custom_fields": {
+            "sections": [
+                {"token": "ignored", "fields": [{"token": seedmod.CUSTOM_FIELD_STRIPE_ID_TOKEN, "value": "cus_X1"}]}
+            ]
+        }
+    }
+    patched = client.patch(f"/patients/{pid}", json=body).json()
+    values = {f["token"]: f["value"] for s in patched["custom_fields"]["sections"] for f in s["fields"]}
+    assert values[seedmod.CUSTOM_FIELD_STRIPE_ID_TOKEN] == "cus_X1"
+    assert seedmod.CUSTOM_FIELD_HEALTH_FUND_TOKEN in values  # the other field kept its value
+    empty = {
+        "custom_fields": {"sections": [{"fields": [{"token": seedmod.CUSTOM_FIELD_STRIPE_ID_TOKEN, "value": ""}]}]}
+    }
+    assert client.patch(f"/patients/{pid}", json=empty).status_code == 422
+
+
+def test_validation_errors_are_422_with_cliniko_body(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    pid = seeded["ids"][0]
+    response = client.patch(f"/patients/{pid}", json={"email": "not-an-email", "last_name": ""})
+    assert response.status_code == 422
+    assert response.json() == {
+        "message": "Validation Failed",
+        "errors": {"email": "is invalid", "last_name": "can't be blank"},
+    }
+    assert client.post("/patients", json={"first_name": "Only"}).status_code == 422
+
+
+def test_create_patient_returns_201_with_location(client: httpx.Client) -> None:
+    body = {
+        "first_name": "Nell",
+        "last_name": "Created",
+        "email": "nell.created@example.com",
+        "patient_phone_numbers": [{"number": "0491 570 110", "phone_type": "Mobile"}],
+    }
+    response = client.post("/patients", json=body)
+    assert response.status_code == 201
+    created = response.json()
+    assert response.headers["location"] == created["links"]["self"]
+    assert 18 <= len(created["id"]) <= 19 and created["id"].isdigit()
+    assert created["created_at"] == created["updated_at"]
+    assert created["patient_phone_numbers"][0]["normalized_number"] == "+61491570110"
+    assert client.get(f"/patients/{created['id']}").json()["email"] == "nell.created@example.com"
+
+
+def test_archive_unarchive_cycle(client: httpx.Client, seeded: dict[str, Any]) -> None:
+    pid = case_id(seeded, "home_phone_only")
+    assert client.post(f"/patients/{pid}/archive").status_code == 204
+    assert pid not in {p["id"] for p in all_pages(client, [("per_page", "100")])}
+    assert client.get(f"/patients/{pid}").status_code == 404  # hidden unless asked for archived records
+    archived = client.get(f"/patients/{pid}", params=[("q[]", "archived_at:*")]).json()
+    assert archived["archived_at"] is not None
+    restored = client.post(f"/patients/{pid}/unarchive")
+    assert restored.status_code == 200
+    assert restored.json()["archived_at"] is None
+    assert restored.json()["updated_at"] >= archived["updated_at"]
+    assert pid in {p["id"] for p in all_pages(client, [("per_page", "100")])}
+
+
+def test_admin_merge_archive_and_delete(server: RunningServer, client: httpx.Client, seeded: dict[str, Any]) -> None:
+    loser, survivor = case_id(seeded, "family_shared_email_2"), case_id(seeded, "family_shared_email_1")
+    assert admin(server, "merge", ids=[loser], into=survivor)["merged"] == {loser: survivor}
+    merged = client.get(f"/patients/{loser}", params=[("q[]", "archived_at:*")]).json()
+    assert merged["merged_at"] is not None and merged["archived_at"] is not None
+    assert merged["merged_with_patient"]["links"]["self"].endswith(f"/patients/{survivor}")
+    assert client.post(f"/patients/{loser}/unarchive").status_code == 422
+
+    gone = case_id(seeded, "unicode_rtl")
+    admin(server, "delete", ids=[gone])
+    assert client.get(f"/patients/{gone}").status_code == 404
+    assert client.get(f"/patients/{gone}", params=[("q[]", "archived_at:*")]).status_code == 404
+    assert gone not in {p["id"] for p in all_pages(client, [("q[]", "archived_at:*"), ("per_page", "100")])}
+
+    admin(server, "archive", ids=[survivor])
+    assert client.get(f"/patients/{survivor}").status_code == 404
+    admin(server, "unarchive", ids=[survivor])
+    assert client.get(f"/patients/{survivor}").status_code == 200
+
+    dump = admin(server, "dump")["patients"]
+    assert {p["id"] for p in dump} == set(seeded["ids"])
+    assert next(p for p in dump if p["id"] == gone)["deleted_at"] is not None
+
+
+def test_settings_user_and_businesses(client: httpx.Client) -> None:
+    settings = client.get("/settings").json()
+    assert settings["account"]["country_code"] == "AU" and settings["account"]["currency_symbol"] == "$"
+    tokens = [f["token"] for s in settings["patient_custom_fields_definition"]["sections"] for f in s["fields"]]
+    assert seedmod.CUSTOM_FIELD_STRIPE_ID_TOKEN in tokens
+    businesses = client.get("/businesses").json()
+    assert businesses["total_entries"] == 1
+    assert businesses["businesses"][0]["time_zone_identifier"] == "Australia/Melbourne"
+    assert client.get("/user").json()["role"] == "administrator"
+
+
+# -- rate limit, faults --------------------------------------------------------------------------------
+
+
+def test_rate_limit_is_200_per_minute_per_key_with_reset_header() -> None:
+    with serve(ClinikoEmulator(), rate_limits=True) as srv, api(srv) as client:
+        codes = [client.get("/user").status_code for _ in range(200)]
+        assert set(codes) == {200}
+        limited = client.get("/user")
+        assert limited.status_code == 429
+        reset = int(limited.headers["x-ratelimit-reset"])
+        assert datetime.now(UTC).timestamp() < reset <= datetime.now(UTC).timestamp() + 61
+        with api(srv, key=DEFAULT_LIMITED_KEY) as other_user:  # a different user has its own budget
+            assert other_user.get("/user").status_code == 200
+        with api(srv, key="wrong") as stranger:  # unauthenticated requests get 401, not 429
+            assert stranger.get("/user").status_code == 401
+
+
+def test_fault_responses_look_like_cliniko(server: RunningServer, client: httpx.Client) -> None:
+    httpx.post(f"{server.url}/_sandbox/faults", json={"spec": "before:429=1"})
+    limited = client.get("/user")
+    assert limited.status_code == 429 and int(limited.headers["x-ratelimit-reset"]) > 0
+    httpx.post(f"{server.url}/_sandbox/faults", json={"spec": "before:502=1"})
+    gateway = client.get("/user")
+    assert gateway.status_code == 502 and gateway.headers["content-type"].startswith("text/html")
+
+
+def test_phone_normalisation() -> None:
+    assert normalize_phone("0491 570 156", "AU") == "+61491570156"
+    assert normalize_phone("+61491570156", "AU") == "+61491570156"
+    assert normalize_phone("(03) 7010 4821", None) == "+61370104821"
+
+
+def test_seed_is_deterministic_and_admin_seed_reports_cases(server: RunningServer) -> None:
+    a = seedmod.seed_profile("hard", 25, 3)
+    b = seedmod.seed_profile("hard", 25, 3)
+    assert a == b
+    assert set(a.cases.values()) == set(seedmod.HARD_CASES)
+    hostile = admin(server, "seed", profile="hostile", patients=20, seed=2)
+    assert set(hostile["cases"].values()) == set(seedmod.HOSTILE_CASES)
+    assert len(hostile["ids"]) == 20
+    with pytest.raises(ValueError, match="unknown seed profile"):
+        seedmod.seed_profile("nope")
+
+
+def test_hostile_records_are_served_without_errors(server: RunningServer, client: httpx.Client) -> None:
+    admin(server, "seed", profile="hostile", patients=15, seed=4)
+    rows = all_pages(client, [("per_page", "100")])
+    assert len(rows) == 15
+    names = {p["first_name"] for p in rows}
+    assert "Bo\x00b" in names and "N" * 5000 in names
+    assert server.stats.snapshot()["errors"] == 0
+
+
+def test_emulator_ids_are_long_strings(seeded: dict[str, Any]) -> None:
+    assert all(pid.isdigit() and 18 <= len(pid) <= 19 for pid in seeded["ids"])
+
+
+def test_clock_advance_moves_date_header_and_edits(server: RunningServer, client: httpx.Client) -> None:
+    before = parsedate_to_datetime(client.get("/user").headers["date"])
+    admin(server, "clock", advance_s=3600)
+    after = parsedate_to_datetime(client.get("/user").headers["date"])
+    assert (after - before).total_seconds() >= 3599
+
+
+def test_emulator_class_can_be_used_directly() -> None:
+    emulator = ClinikoEmulator()
+    assert emulator.admin("unknown", {}) is None
+    assert emulator.admin("seed", {"profile": "clean", "patients": 3}).status == 200
+    assert len(emulator.patients) == 3

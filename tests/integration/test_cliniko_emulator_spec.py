@@ -1,0 +1,158 @@
+"""The Cliniko emulator's responses validate against Cliniko's official OpenAPI document.
+
+Every integration test trusts the emulator, so the emulator must agree with the spec: list envelopes, Patient,
+PublicSettings, Settings, User, Business and the 422 ValidationError body, for the clean and hard profiles.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
+
+from clinicsync.sandbox.cliniko_emu import DEFAULT_API_KEY, ClinikoEmulator
+from clinicsync.sandbox.server import RunningServer, serve
+
+SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "specs" / "cliniko-openapi.yaml"
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+# Belongs-to links the emulator leaves out when there is nothing to point at (see docs/sandbox.md).
+OPTIONAL_PATIENT_LINKS = {"concession_type", "referring_doctor", "latest_booking", "merged_with_patient"}
+
+
+@cache
+def spec() -> dict[str, Any]:
+    if not SPEC_PATH.exists():
+        pytest.skip(f"Cliniko spec not found at {SPEC_PATH}")
+    document = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+    _case_insensitive_email_patterns(document)
+    return document
+
+
+def _case_insensitive_email_patterns(node: Any) -> None:
+    """The spec's email patterns list only upper-case letters ([A-Z0-9...]); Cliniko's own validator is
+    case-insensitive (every real address is lower-case), so the patterns are checked with (?i)."""
+    if isinstance(node, dict):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and "@" in pattern and "[A-Z" in pattern:
+            node["pattern"] = "(?i)" + pattern
+        for value in node.values():
+            _case_insensitive_email_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _case_insensitive_email_patterns(value)
+
+
+def validate(schema: dict[str, Any], instance: Any) -> None:
+    """Validate with `$ref`s to #/components/... resolved against the whole document."""
+    root = {**copy.deepcopy(schema), "components": spec()["components"]}
+    validator = OAS30Validator(root, format_checker=oas30_format_checker)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message[:300]}" for e in errors[:10])
+
+
+def response_schema(path: str, method: str, status: str) -> dict[str, Any]:
+    operation = spec()["paths"][path][method]
+    response = operation["responses"][status]
+    if "$ref" in response:
+        response = spec()["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    return response["content"]["application/json"]["schema"]
+
+
+def component(name: str) -> dict[str, Any]:
+    return spec()["components"]["schemas"][name]
+
+
+@pytest.fixture(params=["clean", "hard"])
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    with serve(ClinikoEmulator()) as srv:
+        response = httpx.post(f"{srv.url}/_sandbox/seed", json={"profile": request.param, "patients": 25, "seed": 5})
+        assert response.status_code == 200
+        srv.seeded = response.json()  # type: ignore[attr-defined]
+        yield srv
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    headers = {"User-Agent": "ClinicSync spec tests (dev@example.com)", "Accept": "application/json"}
+    with httpx.Client(base_url=f"{server.url}/v1", auth=(DEFAULT_API_KEY, ""), headers=headers, timeout=5) as c:
+        yield c
+
+
+def every_patient(client: httpx.Client) -> list[dict[str, Any]]:
+    """All patients including archived and merged ones, each list page validated on the way."""
+    schema = response_schema("/patients", "get", "200")
+    url: str | None = "/patients?per_page=10&q%5B%5D=archived_at:*"
+    patients: list[dict[str, Any]] = []
+    while url:
+        body = client.get(url).json()
+        validate(schema, body)
+        patients.extend(body["patients"])
+        url = body["links"].get("next")
+    return patients
+
+
+def test_patient_list_pages_match_the_spec(client: httpx.Client, server: RunningServer) -> None:
+    patients = every_patient(client)
+    assert len(patients) == len(server.seeded["ids"])  # type: ignore[attr-defined]
+
+
+def test_each_patient_has_every_spec_field_and_nothing_else(client: httpx.Client) -> None:
+    properties = set(component("Patient")["properties"])
+    for patient in every_patient(client):
+        validate(component("Patient"), patient)
+        keys = set(patient)
+        assert keys <= properties, f"fields the spec lacks: {keys - properties}"
+        assert properties - OPTIONAL_PATIENT_LINKS <= keys, f"missing: {properties - OPTIONAL_PATIENT_LINKS - keys}"
+        assert patient["id"].isdigit() and 18 <= len(patient["id"]) <= 19
+        for name in ("created_at", "updated_at", "archived_at", "deleted_at", "merged_at"):
+            assert patient[name] is None or TIMESTAMP.match(patient[name]), (name, patient[name])
+        assert patient["links"]["self"].endswith(f"/v1/patients/{patient['id']}")
+
+
+def test_single_patient_matches_the_spec(client: httpx.Client) -> None:
+    first = client.get("/patients", params={"per_page": 1}).json()["patients"][0]
+    validate(response_schema("/patients/{id}", "get", "200"), client.get(f"/patients/{first['id']}").json())
+
+
+def test_created_and_patched_patients_match_the_spec(client: httpx.Client) -> None:
+    created = client.post("/patients", json={"first_name": "Spec", "last_name": "Check", "email": "spec@example.com"})
+    assert created.status_code == 201
+    validate(response_schema("/patients", "post", "201"), created.json())
+    patched = client.patch(f"/patients/{created.json()['id']}", json={"old_reference_id": "cus_SpecRef"})
+    validate(response_schema("/patients/{id}", "patch", "200"), patched.json())
+    unarchived = client.post(f"/patients/{created.json()['id']}/unarchive")
+    validate(response_schema("/patients/{id}/unarchive", "post", "200"), unarchived.json())
+
+
+def test_patch_validation_error_matches_the_spec(client: httpx.Client) -> None:
+    first = client.get("/patients", params={"per_page": 1}).json()["patients"][0]
+    response = client.patch(f"/patients/{first['id']}", json={"email": "not-an-email"})
+    assert response.status_code == 422
+    validate(response_schema("/patients/{id}", "patch", "422"), response.json())
+    assert response.json()["errors"]["email"]
+
+
+def test_settings_user_and_businesses_match_the_spec(client: httpx.Client) -> None:
+    validate(response_schema("/settings/public", "get", "200"), client.get("/settings/public").json())
+    validate(response_schema("/settings", "get", "200"), client.get("/settings").json())
+    validate(response_schema("/user", "get", "200"), client.get("/user").json())
+    businesses = client.get("/businesses").json()
+    validate(response_schema("/businesses", "get", "200"), businesses)
+    business_fields = set(component("Business")["properties"])
+    assert set(businesses["businesses"][0]) <= business_fields
+
+
+def test_the_case_insensitive_email_check_still_rejects_junk() -> None:
+    """Guard for the (?i) adjustment above: it must not make the email pattern accept anything."""
+    email_schema = component("Patient")["properties"]["email"]
+    validate(email_schema, "Mixed.Case+tag@Example.com")
+    with pytest.raises(AssertionError):
+        validate(email_schema, "not-an-email")
