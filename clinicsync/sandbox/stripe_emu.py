@@ -758,9 +758,7 @@ class StripeEmulator:
             )
         key = KEYS.get(secret)
         if key is None:
-            raise StripeApiError(
-                401, "authentication_error", f"Invalid API Key provided: {mask_key(secret)}", code="api_key_invalid"
-            )
+            raise StripeApiError(401, "authentication_error", f"Invalid API Key provided: {mask_key(secret)}")
         with self._lock:
             revoked = secret in self._revoked
         if revoked:

@@ -217,3 +217,19 @@ def test_validation_errors_through_the_sdk(server: RunningServer) -> None:
         sdk.v1.customers.create(params={"nickname": "x"})  # type: ignore[typeddict-unknown-key]
     assert unknown.value.param == "nickname"
     assert stats(server)["mutations_total"] == 0
+
+
+def test_client_timeout_surfaces_as_a_retryable_connection_error(server: RunningServer) -> None:
+    # The SDK's default timeout is 80 s; the app passes its own RequestsClient with a short one.
+    sdk = stripe.StripeClient(
+        KEY_A,
+        base_addresses={"api": server.url},
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=0.3),
+    )
+    server.set_faults(FaultPlan.parse("before:timeout=1,timeout_s=1"))
+    with pytest.raises(stripe.APIConnectionError) as timed_out:
+        sdk.v1.customers.create(params={"name": "Slow"}, options={"idempotency_key": "t1"})
+    assert timed_out.value.http_status is None and timed_out.value.should_retry is True
+    server.set_faults(FaultPlan())
+    assert admin(server, "dump")["data"] == []
