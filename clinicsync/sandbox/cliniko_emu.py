@@ -555,7 +555,9 @@ class ClinikoEmulator:
         """Change one mapped field group (name, phone, address or email), as staff would."""
         kind = self.rng.choice(("name", "phone", "address", "email"))
         if kind == "name":
-            return {"last_name": f"{record['last_name']}-{self.rng.choice(seedmod.LAST_NAMES)}"}
+            other = self.rng.choice(seedmod.LAST_NAMES)
+            double_barrelled = f"{record['last_name']}-{other}"
+            return {"last_name": double_barrelled if len(double_barrelled) <= 255 else other}
         if kind == "phone":
             return {"patient_phone_numbers": [{"number": self._gen.mobile(), "phone_type": "Mobile"}]}
         if kind == "address":

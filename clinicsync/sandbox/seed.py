@@ -80,7 +80,8 @@ HARD_CASES: dict[str, str] = {
     "plus_addressed_email": "plus-addressed email kept as-is, matched casefolded",
     "upper_case_email": "UPPER-CASE email matched casefolded",
     "archived": "archived before the first sync: hidden from default lists, never linked or created",
-    "merged_away": "merged into merge_survivor (archived + merged_at): never created; the survivor is",
+    "merged_away": "merged into merge_survivor (archived, merged_at, merged_with_patient link): never created;"
+    " only the survivor has a customer",
     "merge_survivor": "the patient merged_away was merged into: synced normally",
     "home_phone_only": "only a Home phone: that number becomes the Stripe phone",
     "mobile_and_home": "Mobile and Home phones: the Mobile number wins",
@@ -96,9 +97,9 @@ HOSTILE_CASES: dict[str, str] = {
     "email_600_chars": "600-char email (over Stripe's 512): as above",
     "email_padded_whitespace": "email with surrounding spaces: trimmed or reported",
     "name_5000_chars": "5000-char first_name: cut to Stripe's name limit",
-    "emoji_and_rtl": "emoji and Hebrew/Arabic text mixed in names and address",
-    "control_characters": "ESC/BEL and other control characters in names and address",
-    "nul_bytes": "NUL bytes inside the name and address",
+    "emoji_and_rtl": "emoji and Hebrew/Arabic text in names and address: kept exactly",
+    "control_characters": "ESC/BEL/CR/TAB in names and address: cleaned before Stripe, never a crash",
+    "nul_bytes": "NUL bytes inside name and address (Stripe rejects NUL): removed before sending, never a crash",
     "all_nulls": "every nullable field null and first_name empty: a customer named from last_name only",
     "address_6000_chars": "6000-char address_1: cut to Stripe's line1 limit",
     "markup_and_sql": "HTML and SQL-looking text in names: stored verbatim, never interpreted",
@@ -151,7 +152,9 @@ class _Gen:
         return fmt_time(created), fmt_time(updated)
 
     def unique_email(self, first: str, last: str) -> str:
-        base = "".join(ch for ch in f"{first}.{last}".lower() if ch.isalnum() or ch == ".")
+        # ASCII only: an address built from a CJK or Arabic name would not be a valid Cliniko email.
+        base = "".join(ch for ch in f"{first}.{last}".lower() if (ch.isascii() and ch.isalnum()) or ch == ".")
+        base = base.strip(".").replace("..", ".") or "patient"
         domain = self.rng.choice(EMAIL_DOMAINS)
         email, n = f"{base}@{domain}", 1
         while email in self._emails:

@@ -435,7 +435,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if headers.get("transfer-encoding", "").lower() == "chunked":
             return self._read_chunked()
-        length = int(headers.get("content-length") or 0)
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            length = 0  # a garbled length reads as no body; the emulator then rejects the request
         return self.rfile.read(length) if length > 0 else b""
 
     def _read_chunked(self) -> bytes:

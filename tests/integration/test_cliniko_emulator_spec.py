@@ -156,3 +156,10 @@ def test_the_case_insensitive_email_check_still_rejects_junk() -> None:
     validate(email_schema, "Mixed.Case+tag@Example.com")
     with pytest.raises(AssertionError):
         validate(email_schema, "not-an-email")
+
+
+def test_patients_still_match_the_spec_after_admin_edits(client: httpx.Client, server: RunningServer) -> None:
+    response = httpx.post(f"{server.url}/_sandbox/edit", json={"count": 100})
+    assert response.status_code == 200 and response.json()["ids"]
+    for patient in every_patient(client):
+        validate(component("Patient"), patient)
