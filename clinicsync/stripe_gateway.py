@@ -8,6 +8,7 @@ against Stripe's limits before they are sent.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +18,9 @@ import stripe
 from clinicsync import stripe_limits
 
 log = logging.getLogger(__name__)
+
+# The SDK's HTTPXClient hands httpx an encoded form string as `data=`; httpx warns on every call. Harmless.
+warnings.filterwarnings("ignore", message=r"Use 'content=<\.\.\.>'", category=DeprecationWarning)
 
 DEFAULT_API_ORIGIN = "https://api.stripe.com"
 
@@ -153,12 +157,12 @@ class StripeGateway:
             raise classify(exc) from None
 
     def account(self) -> StripeAccount:
-        account = self._call(self._client.v1.accounts.retrieve_current)
+        account = self._call(self._client.v1.accounts.retrieve_current).to_dict()
         profile = account.get("business_profile") or {}
         settings = account.get("settings") or {}
         dashboard = settings.get("dashboard") or {}
-        name = profile.get("name") or dashboard.get("display_name") or account.get("email") or account.id
-        return StripeAccount(id=account.id, livemode=self.livemode, name=str(name))
+        name = profile.get("name") or dashboard.get("display_name") or account.get("email") or account["id"]
+        return StripeAccount(id=account["id"], livemode=self.livemode, name=str(name))
 
     def iter_objects(self, stripe_object: str) -> Iterator[dict[str, Any]]:
         """Every object of one kind, newest first, a page of 100 at a time."""
@@ -202,7 +206,7 @@ class StripeGateway:
         options = {"idempotency_key": idempotency_key}
         if op == "create":
             obj = self._call(service.create, params=params, options=options)
-        elif op == "update" and stripe_id:
+        elif op in ("update", "link") and stripe_id:
             obj = self._call(service.update, stripe_id, params=params, options=options)
         else:
             raise ValueError(f"unsupported Stripe write {op!r} on {stripe_object}")

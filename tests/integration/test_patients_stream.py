@@ -1,0 +1,278 @@
+"""The first stream end to end: Cliniko patients → Stripe customers, over real HTTP to the sandbox.
+
+"writes" are executed mutations in the Stripe sandbox's stats (replays and rejected requests not counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clinicsync.mapping.apply import TRUNCATION_MARKER
+from clinicsync.store import queries
+from clinicsync.store.models import SyncEvent
+from tests.support import admin, context, executed_writes, stats, sync_once
+
+
+def customers(sandbox, *, livemode: bool = False, account: str | None = None) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"livemode": livemode}
+    if account:
+        params["account"] = account
+    return [c for c in admin(sandbox.stripe_url, "dump", **params)["data"] if not c["deleted"]]
+
+
+def patients(sandbox) -> dict[str, dict[str, Any]]:
+    dump = admin(sandbox.cliniko_url, "dump")
+    return {p["id"]: p for p in dump["patients"]}
+
+
+def by_patient_id(custs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = {}
+    for customer in custs:
+        pid = customer["metadata"].get("cliniko_patient_id")
+        if pid:
+            assert pid not in result, f"two customers for patient {pid}"
+            result[pid] = customer
+    return result
+
+
+def events(run_id: int, action: str | None = None) -> list[SyncEvent]:
+    rows = queries.run_events(run_id)
+    return [row for row in rows if action is None or row.action == action]
+
+
+def expected_customer_fields(patient: dict[str, Any]) -> dict[str, Any]:
+    phones = patient.get("patient_phone_numbers") or []
+    mobile = next((p for p in phones if p["phone_type"] == "Mobile"), phones[0] if phones else None)
+    line2 = ", ".join(part for part in (patient.get("address_2"), patient.get("address_3")) if part) or None
+    return {
+        "name": f"{patient['first_name']} {patient['last_name']}".strip(),
+        "email": patient.get("email"),
+        "phone": mobile["number"] if mobile else None,
+        "line1": patient.get("address_1"),
+        "line2": line2,
+        "city": patient.get("city"),
+        "state": patient.get("state"),
+        "postal_code": patient.get("post_code"),
+        "country": patient.get("country_code"),
+    }
+
+
+def actual_customer_fields(customer: dict[str, Any]) -> dict[str, Any]:
+    address = customer.get("address") or {}
+    return {
+        "name": customer["name"],
+        "email": customer["email"],
+        "phone": customer["phone"],
+        **{key: address.get(key) for key in ("line1", "line2", "city", "state", "postal_code", "country")},
+    }
+
+
+def test_clean_500_then_no_writes_then_exactly_the_edits(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=500)
+    env = env_for(sandbox)
+
+    first = sync_once(env)
+    assert first.outcome == "ok", first.message
+    assert first.counts["created"] == 500
+    assert stats(sandbox.stripe_url)["mutations"] == {"POST /v1/customers": 500}
+    custs = by_patient_id(customers(sandbox))
+    source = patients(sandbox)
+    assert set(custs) == set(source)
+    for pid, patient in source.items():
+        assert actual_customer_fields(custs[pid]) == expected_customer_fields(patient), pid
+
+    second = sync_once(env)
+    assert second.outcome == "ok"
+    assert executed_writes(sandbox.stripe_url) == 500, "an unchanged source must cause no Stripe write"
+
+    edited = admin(sandbox.cliniko_url, "edit", count=7)["ids"]
+    third = sync_once(env)
+    assert third.counts["updated"] == 7 and third.counts["created"] == 0
+    assert stats(sandbox.stripe_url)["mutations"] == {"POST /v1/customers": 500, "POST /v1/customers/{id}": 7}
+    assert sorted(e.source_id for e in events(third.run_id, "updated")) == sorted(edited)
+    custs = by_patient_id(customers(sandbox))
+    source = patients(sandbox)
+    for pid in edited:
+        assert actual_customer_fields(custs[pid]) == expected_customer_fields(source[pid])
+
+
+def test_archived_patient_is_marked_not_deleted_and_unmarked_when_unarchived(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=20)
+    env = env_for(sandbox)
+    sync_once(env)
+    pid = next(iter(patients(sandbox)))
+
+    admin(sandbox.cliniko_url, "archive", ids=[pid])
+    archived_run = sync_once(env)
+    assert archived_run.counts["updated"] == 1
+    customer = by_patient_id(customers(sandbox))[pid]
+    assert customer["metadata"]["cliniko_archived"].startswith("archived ")
+    assert stats(sandbox.stripe_url)["mutations"].get("DELETE /v1/customers/{id}") is None
+
+    admin(sandbox.cliniko_url, "unarchive", ids=[pid])
+    unarchived_run = sync_once(env)
+    assert unarchived_run.counts["updated"] == 1
+    customer = by_patient_id(customers(sandbox))[pid]
+    assert "cliniko_archived" not in customer["metadata"]
+    assert customer["metadata"]["cliniko_patient_id"] == pid
+
+
+def test_hard_profile_outcomes_record_by_record(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="hard", patients=30)
+    env = env_for(sandbox)
+    cases = {case: pid for pid, case in sandbox.seeded["cases"].items()}
+    result = sync_once(env)
+
+    history = {e.source_id: e for e in events(result.run_id)}
+    action = {case: history[pid].action for case, pid in cases.items() if pid in history}
+    expected = {
+        "no_email": "created",
+        "family_shared_email_1": "created",
+        "family_shared_email_2": "created",
+        "family_shared_email_3": "created",
+        "unicode_accents": "created",
+        "unicode_cjk": "created",
+        "unicode_rtl": "created",
+        "long_names_255": "created",
+        "plus_addressed_email": "created",
+        "upper_case_email": "created",
+        "archived": "skipped",
+        "merged_away": "skipped",
+        "merge_survivor": "created",
+        "home_phone_only": "created",
+        "mobile_and_home": "created",
+        "address_lines_2_and_3": "created",
+        "stripe_email_case_match": "linked",
+        "stripe_duplicate_email": "review",
+    }
+    assert action == expected
+    ordinary = len(patients(sandbox)) - len(cases)
+    live_cases = sum(1 for value in expected.values() if value == "created")
+    assert result.counts == {
+        "created": live_cases + ordinary,
+        "linked": 1,
+        "updated": 0,
+        "unchanged": 0,
+        "skipped": 2,
+        "failed": 0,
+        "review": 1,
+    }
+    assert result.outcome == "attention"  # a review item needs a person
+
+    custs = by_patient_id(customers(sandbox))
+    family = [custs[cases[f"family_shared_email_{n}"]]["id"] for n in (1, 2, 3)]
+    assert len(set(family)) == 3, "family members sharing an email get one customer each"
+    assert custs[cases["no_email"]]["email"] is None
+    assert custs[cases["unicode_rtl"]]["name"] == "ليلى حداد"
+    long_name = custs[cases["long_names_255"]]["name"]
+    assert len(long_name) == 256 and long_name.endswith(TRUNCATION_MARKER)
+    assert "shortened" in history[cases["long_names_255"]].message
+    assert custs[cases["home_phone_only"]]["phone"]
+    assert cases["archived"] not in custs and cases["merged_away"] not in custs
+    assert custs[cases["stripe_email_case_match"]]["email"] == "olivia.nguyen@example.com"  # the source wins
+    assert cases["stripe_duplicate_email"] not in custs
+    # Every Stripe customer is either one the sandbox seeded or one per synced patient: no duplicates.
+    assert len(customers(sandbox)) == len(custs) + 3  # 2 duplicates left for review + 1 unrelated
+
+
+def test_existing_customer_with_same_email_is_linked_and_a_review_link_is_carried_out(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="hard", patients=20)
+    env = env_for(sandbox)
+    cases = {case: pid for pid, case in sandbox.seeded["cases"].items()}
+    before = {c["id"]: c for c in customers(sandbox)}
+    sync_once(env)
+
+    linked = by_patient_id(customers(sandbox))[cases["stripe_email_case_match"]]
+    assert linked["id"] in before, "linked to the existing customer, not a new one"
+
+    context(env)
+    (item,) = queries.open_reviews()
+    assert item.source_id == cases["stripe_duplicate_email"] and len(item.candidates) == 2
+    chosen = item.candidates[1]
+    queries.resolve_review(item.id, "link", chosen)
+
+    after = sync_once(env)
+    assert after.counts["linked"] == 1 and after.counts["review"] == 0
+    assert by_patient_id(customers(sandbox))[cases["stripe_duplicate_email"]]["id"] == chosen
+    context(env)
+    assert queries.open_reviews() == []
+
+
+def test_linked_customer_deleted_in_stripe_becomes_review_not_a_silent_recreate(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=5)
+    env = env_for(sandbox)
+    sync_once(env)
+    pid, customer = next(iter(by_patient_id(customers(sandbox)).items()))
+    admin(sandbox.stripe_url, "delete", ids=[customer["id"]])
+    admin(sandbox.cliniko_url, "edit", ids=[pid])
+
+    result = sync_once(env)
+    assert result.counts["review"] == 1 and result.counts["created"] == 0
+    assert pid not in by_patient_id(customers(sandbox))
+    context(env)
+    (item,) = queries.open_reviews()
+    assert item.reason == "stripe_object_deleted"
+
+    queries.resolve_review(item.id, "create")
+    recreated = sync_once(env)
+    assert recreated.counts["created"] == 1
+    assert pid in by_patient_id(customers(sandbox))
+
+
+def test_switching_stripe_account_starts_with_fresh_state(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=10)
+    env = env_for(sandbox)
+    sync_once(env)
+    other = dict(env, CLINICSYNC_STRIPE_API_KEY="sk_test_sandbox_clinic_b")
+    result = sync_once(other)
+    assert result.counts["created"] == 10, "no link from account A may be reused for account B"
+    assert len(customers(sandbox, account="acct_sandbox_clinic_b")) == 10
+    assert len(customers(sandbox)) == 10
+    back = sync_once(env)
+    assert back.counts["created"] == 0
+
+
+def test_dry_run_plans_and_changes_nothing(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="hard", patients=20)
+    env = env_for(sandbox)
+    plan_run = sync_once(env, dry_run=True)
+    assert executed_writes(sandbox.stripe_url) == 0
+    assert plan_run.plan is not None
+    assert plan_run.plan["counts"]["linked"] == 1 and plan_run.plan["counts"]["review"] == 1
+    assert "email" in plan_run.plan["fields"]
+    context(env)
+    assert queries.open_reviews() == []
+
+    real = sync_once(env)
+    for action in ("created", "linked", "review", "skipped"):
+        assert real.counts[action] == plan_run.plan["counts"][action], action
+
+
+def test_hostile_records_each_get_a_specific_outcome_and_the_rest_sync(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="hostile", patients=30)
+    env = env_for(sandbox)
+    cases = {case: pid for pid, case in sandbox.seeded["cases"].items()}
+    result = sync_once(env)
+    history = {e.source_id: e for e in events(result.run_id)}
+
+    for case in ("email_not_an_email", "email_a_at_b", "email_double_at"):
+        assert history[cases[case]].action == "failed"
+        assert "not a valid email address" in history[cases[case]].message
+    assert history[cases["email_600_chars"]].action == "failed"
+    assert "over Stripe's limit of 512" in history[cases["email_600_chars"]].message
+    assert history[cases["address_6000_chars"]].action == "failed"
+    assert "address.line1" in history[cases["address_6000_chars"]].message
+    assert history[cases["name_5000_chars"]].action == "created"
+    assert "shortened from" in history[cases["name_5000_chars"]].message
+    for case in ("control_characters", "nul_bytes"):
+        assert history[cases[case]].action == "created"
+        assert "control character" in history[cases[case]].message
+    for case in ("emoji_and_rtl", "markup_and_sql", "all_nulls", "email_padded_whitespace"):
+        assert history[cases[case]].action == "created", case
+
+    custs = by_patient_id(customers(sandbox))
+    assert custs[cases["email_padded_whitespace"]]["email"] == "padded.email@example.com"
+    rejected = {"email_not_an_email", "email_a_at_b", "email_double_at", "email_600_chars", "address_6000_chars"}
+    assert result.counts["failed"] == len(rejected)
+    assert len(custs) == len(patients(sandbox)) - len(rejected)
+    assert stats(sandbox.stripe_url)["rejected_total"] == 0, "nothing Stripe would refuse was sent"

@@ -1,0 +1,65 @@
+"""Shared helpers for tests that run real syncs against the loopback sandbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from clinicsync.app import AppContext, bootstrap
+from clinicsync.sync.engine import RunResult
+from clinicsync.sync.service import run_sync
+
+# Tests run the sandbox without latency or rate limits and with tiny backoff delays.
+FAST_SETTINGS = {
+    "CLINICSYNC_RETRY_BASE_DELAY_SECONDS": "0.001",
+    "CLINICSYNC_RETRY_MAX_DELAY_SECONDS": "0.01",
+    "CLINICSYNC_RETRY_MAX_ATTEMPTS": "8",
+    "CLINICSYNC_CLINIKO_REQUESTS_PER_MINUTE": "0",
+    "CLINICSYNC_STRIPE_REQUESTS_PER_SECOND": "100000",
+    "CLINICSYNC_STRIPE_TIMEOUT_SECONDS": "5",
+    "CLINICSYNC_SYNC_CURSOR_OVERLAP_SECONDS": "5",
+}
+
+
+def origin(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
+
+
+def admin(url: str, action: str, **params: Any) -> Any:
+    response = httpx.post(f"{origin(url)}/_sandbox/{action}", json=params, timeout=30)
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
+def stats(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{origin(url)}/_sandbox/stats", timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def executed_writes(url: str) -> int:
+    return sum(stats(url)["mutations"].values())
+
+
+def profile_env(home: Path, sandbox_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CLINICSYNC_")}
+    env.update(FAST_SETTINGS)
+    env.update(sandbox_env)
+    env["CLINICSYNC_HOME"] = str(home)
+    env.update(overrides)
+    return env
+
+
+def sync_once(env: Mapping[str, str], *, dry_run: bool = False, trigger: str = "test") -> RunResult:
+    ctx = bootstrap(env)
+    (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger=trigger, dry_run=dry_run)
+    return result
+
+
+def context(env: Mapping[str, str]) -> AppContext:
+    return bootstrap(env)
