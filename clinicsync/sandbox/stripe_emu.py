@@ -721,6 +721,7 @@ class StripeEmulator:
             headers["Idempotency-Key"] = idem_key
         key: ApiKey | None = None
         try:
+            _require_complete_body(request)
             key = self._authenticate(request)
             handler, ident = self._route(request)
             self._authorize(key, request, handler)
@@ -1294,6 +1295,14 @@ def _no_requirements() -> dict[str, Any]:
         "past_due": [],
         "pending_verification": [],
     }
+
+
+def _require_complete_body(request: Request) -> None:
+    """A client killed mid-request leaves a body shorter than its Content-Length. Stripe never acts on such a
+    request; executing it would create an object from partial parameters that no client ever saw."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) != len(request.body):
+        raise invalid(f"Incomplete request body: {len(request.body)} of {int(declared)} bytes arrived.")
 
 
 def _bearer_or_basic(header: str) -> str:

@@ -7,6 +7,8 @@ response's headers are read (`obj.last_response.headers`) and how an error expos
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -232,4 +234,18 @@ def test_client_timeout_surfaces_as_a_retryable_connection_error(server: Running
         sdk.v1.customers.create(params={"name": "Slow"}, options={"idempotency_key": "t1"})
     assert timed_out.value.http_status is None and timed_out.value.should_retry is True
     server.set_faults(FaultPlan())
+    assert admin(server, "dump")["data"] == []
+
+
+def test_a_client_dying_mid_body_creates_nothing(server: RunningServer) -> None:
+    body = b"name=Half&email=half%40example.com&metadata[cliniko_patient_id]=7"
+    head = (
+        f"POST /v1/customers HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY_A}\r\n"
+        f"Idempotency-Key: cut-1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head + body[:10])  # then the process "dies": the socket closes
+    time.sleep(0.3)
     assert admin(server, "dump")["data"] == []

@@ -715,3 +715,14 @@ def test_concurrent_creates_are_all_kept() -> None:
         t.join()
     dump = emu.admin("dump", {}).body["data"]
     assert len(dump) == 800 and len({c["id"] for c in dump}) == 800
+
+
+def test_a_truncated_body_is_never_executed(emu: StripeEmulator) -> None:
+    # What a client killed mid-send leaves behind: headers promise more body than arrived.
+    full = req("POST", "/v1/customers", {"name": "Whole", "email": "whole@example.com"}, idem="k-cut")
+    cut = Request("POST", full.path, [], {**full.headers, "content-length": str(len(full.body))}, full.body[:5])
+    response = emu.handle(cut)
+    assert response.status == 400 and not response.mutated
+    assert emu.admin("dump", {}).body["data"] == []
+    whole = Request("POST", full.path, [], {**full.headers, "content-length": str(len(full.body))}, full.body)
+    assert emu.handle(whole).status == 200  # the key was not burnt by the truncated attempt
