@@ -241,6 +241,10 @@ def serve(
 # -- request pipeline ----------------------------------------------------------------------------------
 
 
+class _TruncatedBody(Exception):
+    """Fewer body bytes arrived than Content-Length announced."""
+
+
 class _Drop(Exception):
     """Raised inside the pipeline to end the connection without a response."""
 
@@ -409,7 +413,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_GET
 
     def _dispatch(self) -> None:
-        request = self._read_request()
+        try:
+            request = self._read_request()
+        except _TruncatedBody:
+            # The client died mid-request (e.g. a killed sync). A real server never acts on half a request.
+            self.close_connection = True
+            return
         srv = self.sandbox
         try:
             response = handle_admin(srv, request) if request.path.startswith(ADMIN_PREFIX) else process(srv, request)
@@ -439,7 +448,10 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(headers.get("content-length") or 0)
         except ValueError:
             length = 0  # a garbled length reads as no body; the emulator then rejects the request
-        return self.rfile.read(length) if length > 0 else b""
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            raise _TruncatedBody()
+        return body
 
     def _read_chunked(self) -> bytes:
         chunks = []
