@@ -120,6 +120,41 @@ def cmd_review(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- plan ------------------------------------------------------------------------------------------------
+def cmd_plan(args: argparse.Namespace) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.store import queries
+
+    bootstrap()
+    stream = args.stream or "cliniko.patients"
+    if args.action == "approve":
+        try:
+            plan = queries.approve_latest_plan(stream)
+        except queries.PlanError as exc:
+            err(str(exc))
+            return EXIT_CONFIG
+        out(f"Plan #{plan.id} for {stream} approved; the next sync writes to Stripe.")
+        return EXIT_OK
+    plan = queries.latest_plan(stream)
+    if plan is None:
+        out(f"No plan for {stream} yet; run `clinicsync sync --once --dry-run`.")
+        return EXIT_OK
+    summary = plan.summary
+    state = f"approved {plan.approved_at:%Y-%m-%d %H:%M} UTC" if plan.approved_at else "not approved"
+    out(
+        f"Plan #{plan.id} for {stream} ({summary.get('stripe_mode', '?')} mode), made "
+        f"{plan.created_at:%Y-%m-%d %H:%M} UTC, {state}"
+    )
+    out("  " + ", ".join(f"{count} {action}" for action, count in summary["counts"].items()))
+    out("  fields sent to Stripe: " + ", ".join(summary.get("fields", [])))
+    for action, rows in summary.get("samples", {}).items():
+        out(f"  {action}:")
+        for row in rows:
+            target = f" → {row['stripe_id']}" if row.get("stripe_id") else ""
+            out(f"    {row['source_id']}  {row['name']}{target}  {row.get('message') or ''}".rstrip())
+    return EXIT_OK
+
+
 # --- config ----------------------------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     from clinicsync.app import bootstrap
@@ -205,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true", help="compute and save the plan; change nothing")
     sync.add_argument("--json", action="store_true", help="also print each run's counts as JSON")
 
+    plan = sub.add_parser("plan", help="the saved plan of the last dry run; approve it before a first live sync")
+    plan.add_argument("action", choices=("show", "approve"))
+    plan.add_argument("--stream", help="default: cliniko.patients")
+
     sub.add_parser("status", help="per stream: last run, counts, cursor, queue, review items")
 
     review = sub.add_parser("review", help="records waiting for a person's decision")
@@ -253,7 +292,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clinicsync.sync.lock import SyncLocked
     from clinicsync.sync.service import ConfigProblem
 
-    handlers = {"sync": cmd_sync, "status": cmd_status, "review": cmd_review, "config": cmd_config}
+    handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
     try:
         return handlers.get(args.command, cmd_gui)(args)
     except SyncLocked as exc:

@@ -184,6 +184,7 @@ class ClinikoClient:
             budget = RequestBudget(requests_per_minute or None, clock=clock, sleep=sleep, wall_clock=wall_clock)
         self.budget = budget
         self.last_response_date: datetime | None = None
+        self.last_total_entries: int | None = None
         self._http = httpx.Client(
             auth=httpx.BasicAuth(api_key, ""),
             headers={"User-Agent": f"{APP_NAME} ({contact_email})", "Accept": "application/json"},
@@ -262,6 +263,7 @@ class ClinikoClient:
         while url is not None:
             response = self._request("GET", url, params=query, what=f"the {key.replace('_', ' ')} list")
             page = self._parse_page(response, key)
+            self.last_total_entries = page.total_entries  # for progress ("patients 140/500")
             seen.add(str(response.request.url))
             url = self._checked_next(page.next_url, seen)  # checked before yielding: fail before any work
             query = []  # `next` links are absolute and carry the query themselves

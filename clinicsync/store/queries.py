@@ -14,6 +14,7 @@ from clinicsync.store.models import (
     ReviewItem,
     StreamState,
     SyncEvent,
+    SyncPlan,
     SyncRun,
     utcnow,
 )
@@ -106,3 +107,28 @@ def recent_runs(limit: int = 50) -> list[SyncRun]:
 def event_counts(run_id: int) -> dict[str, int]:
     query = SyncEvent.select(SyncEvent.action, fn.COUNT(SyncEvent.id).alias("n")).where(SyncEvent.run == run_id)
     return {row.action: row.n for row in query.group_by(SyncEvent.action)}
+
+
+class PlanError(ValueError):
+    pass
+
+
+def latest_plan(stream: str) -> SyncPlan | None:
+    """The newest saved plan for a stream, on the account pair used most recently."""
+    return (
+        SyncPlan.select(SyncPlan, AccountPair)
+        .join(AccountPair)
+        .where(SyncPlan.stream == stream)
+        .order_by(AccountPair.last_used_at.desc(), SyncPlan.id.desc())
+        .first()
+    )
+
+
+def approve_latest_plan(stream: str) -> SyncPlan:
+    plan = latest_plan(stream)
+    if plan is None:
+        raise PlanError(f"There is no plan for {stream} yet; run `clinicsync sync --once --dry-run` first.")
+    if plan.approved_at is None:
+        plan.approved_at = utcnow()
+        plan.save()
+    return plan

@@ -19,7 +19,7 @@ from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
-from clinicsync.store.models import AccountPair, utcnow
+from clinicsync.store.models import AccountPair, SyncPlan, SyncRun, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
 from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
@@ -144,13 +144,40 @@ def run_sync(
         try:
             gateway = stripe_gateway(settings, secrets)
             pair = resolve_pair(cliniko, gateway)
-            options = run_options(settings, trigger=trigger, dry_run=dry_run)
-            return [
-                StreamRun(STREAMS[name], pair, cliniko, gateway, options, cancel=cancel, progress=progress).run()
-                for name in names
-            ]
+            results = []
+            for name in names:
+                # Live Stripe is nobody's staging area: a stream's first live sync only plans until approved.
+                plan_only = dry_run or needs_approval(pair, name)
+                options = run_options(settings, trigger=trigger, dry_run=plan_only)
+                result = StreamRun(
+                    STREAMS[name], pair, cliniko, gateway, options, cancel=cancel, progress=progress
+                ).run()
+                if plan_only and not dry_run and result.outcome != "failed":
+                    result.outcome = "needs_approval"
+                    result.message = APPROVAL_MESSAGE
+                    SyncRun.update(outcome=result.outcome, message=result.message).where(
+                        SyncRun.id == result.run_id
+                    ).execute()
+                results.append(result)
+            return results
         finally:
             cliniko.close()
+
+
+APPROVAL_MESSAGE = (
+    "This is the first sync to a LIVE Stripe account, so nothing was written: review the plan "
+    "(`clinicsync plan show`) and approve it (`clinicsync plan approve`), then sync again."
+)
+
+
+def needs_approval(pair: AccountPair, stream: str) -> bool:
+    """True until a person has approved a plan for this stream on this live-mode account pair."""
+    if not pair.stripe_livemode:
+        return False
+    approved = SyncPlan.select().where(
+        (SyncPlan.pair == pair) & (SyncPlan.stream == stream) & SyncPlan.approved_at.is_null(False)
+    )
+    return not approved.exists()
 
 
 def describe(result: RunResult) -> dict[str, Any]:

@@ -276,3 +276,32 @@ def test_hostile_records_each_get_a_specific_outcome_and_the_rest_sync(make_sand
     assert result.counts["failed"] == len(rejected)
     assert len(custs) == len(patients(sandbox)) - len(rejected)
     assert stats(sandbox.stripe_url)["rejected_total"] == 0, "nothing Stripe would refuse was sent"
+
+
+def test_first_live_sync_stops_at_a_plan_and_writes_exactly_it_once_approved(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="hard", patients=20, stripe_mode="live")
+    env = env_for(sandbox)
+    first = sync_once(env)
+    assert first.outcome == "needs_approval"
+    assert "plan approve" in first.message
+    assert executed_writes(sandbox.stripe_url) == 0
+    planned = first.plan
+    assert planned is not None and planned["stripe_mode"] == "live"
+
+    context(env)
+    queries.approve_latest_plan("cliniko.patients")
+    approved = sync_once(env)
+    assert approved.outcome == "attention"  # the hard profile's review item
+    for action in ("created", "linked", "updated", "review", "skipped", "failed"):
+        assert approved.counts[action] == planned["counts"][action], action
+    assert executed_writes(sandbox.stripe_url) == planned["counts"]["created"] + planned["counts"]["linked"]
+    for action in ("created", "linked"):
+        planned_ids = {row["source_id"] for row in planned["samples"][action]}
+        assert planned_ids == {e.source_id for e in events(approved.run_id, action)}, action
+    assert sync_once(env).outcome in ("ok", "attention"), "approval is once per stream and account pair"
+
+
+def test_test_mode_needs_no_approval(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=3)
+    assert sync_once(env_for(sandbox)).outcome == "ok"
+    assert executed_writes(sandbox.stripe_url) == 3
