@@ -284,31 +284,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _dispatch(args)
 
 
+_EXIT_OF_FAILURE = {
+    "locked": EXIT_LOCKED,
+    "config": EXIT_CONFIG,
+    "auth": EXIT_AUTH,
+    "unreachable": EXIT_UNREACHABLE,
+    "error": EXIT_ATTENTION,
+}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    from clinicsync.secrets import SecretStoreError
-    from clinicsync.sources.errors import SourceAuthError, SourceConfigError, SourcePermissionError, SourceUnavailable
-    from clinicsync.store.settings import SettingError
-    from clinicsync.stripe_gateway import StripeFailure
-    from clinicsync.sync.lock import SyncLocked
-    from clinicsync.sync.service import ConfigProblem
+    from clinicsync.sync.service import failure_of
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
     try:
         return handlers.get(args.command, cmd_gui)(args)
-    except SyncLocked as exc:
-        err(str(exc))
-        return EXIT_LOCKED
-    except (ConfigProblem, SourceConfigError, SettingError, SecretStoreError) as exc:
-        err(str(exc))
-        return EXIT_CONFIG
-    except (SourceAuthError, SourcePermissionError) as exc:
-        err(str(exc))
-        return EXIT_AUTH
-    except SourceUnavailable as exc:
-        err(str(exc))
-        return EXIT_UNREACHABLE
-    except StripeFailure as exc:
-        err(exc.message)
-        if exc.kind in ("auth", "permission"):
-            return EXIT_AUTH
-        return EXIT_UNREACHABLE if exc.kind == "transient" else EXIT_ATTENTION
+    except Exception as exc:
+        failure = failure_of(exc)
+        if failure is None:
+            raise
+        kind, message = failure
+        err(message)
+        return _EXIT_OF_FAILURE[kind]

@@ -182,3 +182,32 @@ def needs_approval(pair: AccountPair, stream: str) -> bool:
 
 def describe(result: RunResult) -> dict[str, Any]:
     return {"run": result.run_id, "stream": result.stream, "outcome": result.outcome, **result.counts}
+
+
+def failure_of(exc: BaseException) -> tuple[str, str] | None:
+    """(kind, message) for an error that stops a sync before or between streams; None if it is a bug.
+
+    kinds: config (something to set), auth (a key rejected or lacking a permission), locked (another sync
+    runs), unreachable (a service could not be reached), error (a service answered with something unusable).
+    """
+    from clinicsync.secrets import SecretStoreError
+    from clinicsync.sources import errors
+    from clinicsync.store.settings import SettingError
+    from clinicsync.stripe_gateway import StripeFailure
+    from clinicsync.sync.lock import SyncLocked
+
+    if isinstance(exc, SyncLocked):
+        return "locked", str(exc)
+    if isinstance(exc, ConfigProblem | errors.SourceConfigError | SettingError | SecretStoreError):
+        return "config", str(exc)
+    if isinstance(exc, errors.SourceAuthError | errors.SourcePermissionError):
+        return "auth", str(exc)
+    if isinstance(exc, errors.SourceUnavailable | errors.SourceRateLimited):
+        return "unreachable", str(exc)
+    if isinstance(exc, errors.SourceError):
+        return "error", str(exc)
+    if isinstance(exc, StripeFailure):
+        if exc.kind in ("auth", "permission"):
+            return "auth", exc.message
+        return ("unreachable" if exc.kind == "transient" else "error"), exc.message
+    return None

@@ -1,0 +1,168 @@
+"""The Qt-free sync runner: owns the one worker thread that runs syncs, one at a time, in request order.
+
+Callers (the window, the tray, the scheduler) only submit jobs. Secrets are read by the caller, on its own thread,
+before a job is queued (some keyrings must not be used from worker threads). Results and progress go to a
+listener, called on the worker thread; the desktop app's bridge turns those calls into Qt signals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from clinicsync.paths import AppPaths
+from clinicsync.secrets import MemorySecretStore, SecretStore
+from clinicsync.store.settings import Settings
+from clinicsync.sync.engine import RunResult
+from clinicsync.sync.retry import CancelToken
+from clinicsync.sync.service import failure_of, run_sync
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    trigger: str  # manual, schedule, retry, first_run
+    streams: tuple[str, ...] | None = None
+    dry_run: bool = False
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job: Job
+    results: tuple[RunResult, ...] = ()
+    failure_kind: str | None = None  # config, auth, locked, unreachable, error, internal
+    message: str = ""
+
+    @property
+    def needs_attention(self) -> bool:
+        """True when a person must act: a key, a review item, failed records, an approval."""
+        if self.failure_kind in ("config", "auth", "internal"):
+            return True
+        return any(r.outcome in ("attention", "needs_approval") or r.stop_kind for r in self.results)
+
+
+class RunnerListener(Protocol):
+    def job_started(self, job: Job) -> None: ...
+
+    def job_progress(self, job: Job, stream: str, done: int, total: int | None, step: str) -> None: ...
+
+    def job_finished(self, outcome: JobOutcome) -> None: ...
+
+
+def read_credentials(secrets: SecretStore, names: Sequence[str]) -> dict[str, str]:
+    """Read the keys a sync needs, on the calling thread."""
+    return {name: value for name in names if (value := secrets.get(name))}
+
+
+_STOP = object()
+
+
+class SyncRunner:
+    def __init__(self, paths: AppPaths, settings: Settings, listener: RunnerListener) -> None:
+        self._paths = paths
+        self._settings = settings
+        self._listener = listener
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._current: Job | None = None
+        self._cancel = CancelToken()
+        self._thread = threading.Thread(target=self._work, name="sync-runner", daemon=True)
+        self._thread.start()
+
+    # --- what callers use -----------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._current is not None or self._queued > 0
+
+    @property
+    def current(self) -> Job | None:
+        with self._lock:
+            return self._current
+
+    def paused(self) -> bool:
+        return bool(self._settings.get("sync.paused"))
+
+    def submit(
+        self,
+        *,
+        trigger: str,
+        credentials: Mapping[str, str],
+        streams: Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> Job | None:
+        """Queue a sync. Returns None (and queues nothing) while syncing is paused or a sync is already waiting:
+        two waiting syncs would do the same work twice."""
+        if self.paused():
+            return None
+        with self._lock:
+            if self._queued:
+                return None
+            self._queued += 1
+            job = Job(next(self._ids), trigger, tuple(streams) if streams else None, dry_run, dict(credentials))
+        self._queue.put(job)
+        return job
+
+    def cancel(self) -> None:
+        """Stop the running sync at its next safe point; queued writes stay queued."""
+        self._cancel.cancel()
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Cancel, stop the worker and wait for it; True if it ended within `timeout`."""
+        self.cancel()
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- the worker thread ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, Job)
+            with self._lock:
+                self._queued -= 1
+                self._current = item
+                self._cancel = CancelToken()
+                cancel = self._cancel
+            try:
+                self._listener.job_started(item)
+                outcome = self._run(item, cancel)
+            finally:
+                with self._lock:
+                    self._current = None
+            self._listener.job_finished(outcome)
+
+    def _run(self, job: Job, cancel: CancelToken) -> JobOutcome:
+        def progress(stream: str, done: int, total: int | None, step: str) -> None:
+            self._listener.job_progress(job, stream, done, total, step)
+
+        try:
+            results = run_sync(
+                self._paths,
+                self._settings,
+                MemorySecretStore(job.credentials),
+                streams=job.streams,
+                trigger=job.trigger,
+                dry_run=job.dry_run,
+                cancel=cancel,
+                progress=progress,
+            )
+        except Exception as exc:
+            failure = failure_of(exc)
+            if failure is None:
+                log.exception("sync job %s failed unexpectedly", job.id)
+                return JobOutcome(job, failure_kind="internal", message=f"Unexpected problem: {type(exc).__name__}")
+            return JobOutcome(job, failure_kind=failure[0], message=failure[1])
+        return JobOutcome(job, results=tuple(results))
