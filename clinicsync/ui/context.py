@@ -1,0 +1,30 @@
+"""What every part of the window is given: the app context, the runner and the bridge. Tabs take a UiContext in
+their constructor instead of reaching for globals or `window()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clinicsync.app import AppContext
+from clinicsync.secrets import CLINIKO_API_KEY, STRIPE_API_KEY
+from clinicsync.sync.runner import Job, SyncRunner, read_credentials
+from clinicsync.ui.bridge import RunnerBridge
+
+SYNC_SECRETS = (CLINIKO_API_KEY, STRIPE_API_KEY)
+
+
+@dataclass
+class UiContext:
+    app: AppContext
+    runner: SyncRunner
+    bridge: RunnerBridge
+    tray_available: bool
+    sandbox: object | None = None  # the running sandbox (clinicsync.sandbox.launcher.Sandbox) in demo mode
+
+    def sync_now(self, trigger: str = "manual", *, dry_run: bool = False) -> Job | None:
+        """Read the keys here, on the GUI thread, then queue the sync."""
+        credentials = read_credentials(self.app.secrets, SYNC_SECRETS)
+        return self.app_runner_submit(trigger, credentials, dry_run)
+
+    def app_runner_submit(self, trigger: str, credentials: dict[str, str], dry_run: bool) -> Job | None:
+        return self.runner.submit(trigger=trigger, credentials=credentials, dry_run=dry_run)
