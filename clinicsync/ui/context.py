@@ -24,7 +24,4 @@ class UiContext:
     def sync_now(self, trigger: str = "manual", *, dry_run: bool = False) -> Job | None:
         """Read the keys here, on the GUI thread, then queue the sync."""
         credentials = read_credentials(self.app.secrets, SYNC_SECRETS)
-        return self.app_runner_submit(trigger, credentials, dry_run)
-
-    def app_runner_submit(self, trigger: str, credentials: dict[str, str], dry_run: bool) -> Job | None:
         return self.runner.submit(trigger=trigger, credentials=credentials, dry_run=dry_run)
