@@ -41,6 +41,14 @@ def stream_status() -> list[dict[str, Any]]:
             {
                 "stream": state.stream,
                 "pair": state.pair.label,
+                # For the window: the pair's identity and mode, and the raw (naive UTC) run times.
+                "pair_id": state.pair.id,
+                "stripe_livemode": state.pair.stripe_livemode,
+                "source_name": state.pair.source_name,
+                "stripe_name": state.pair.stripe_name,
+                "last_run_at": last.started_at if last else None,
+                "last_finished_at": last.finished_at if last else None,
+                "last_message": last.message if last else "",
                 "cursor": state.cursor,
                 "last_run": last.started_at.strftime("%Y-%m-%d %H:%M:%S UTC") if last else None,
                 "last_outcome": last.outcome if last else None,

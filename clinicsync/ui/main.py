@@ -1,0 +1,236 @@
+"""The desktop app's composition root: QApplication → one instance per profile → bootstrap (paths, logging,
+database) → runner + bridge → status, window, tray, notifications → event loop → clean shutdown.
+
+`run_gui()` is what `clinicsync` (no command) runs. `build_app()` builds everything after the QApplication, so
+tests, screenshots and benchmarks get the real app on a profile of their choosing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
+
+from clinicsync.app import bootstrap
+from clinicsync.paths import APP_NAME, AppPaths
+from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
+from clinicsync.sync.runner import SyncRunner
+from clinicsync.ui import icons
+from clinicsync.ui.bridge import BridgeListener, RunnerBridge
+from clinicsync.ui.context import UiContext
+from clinicsync.ui.main_window import MainWindow, confirm_quit_dialog
+from clinicsync.ui.notifications import Notice, Notifier
+from clinicsync.ui.single_instance import InstanceServer, claim_instance
+from clinicsync.ui.status import StatusTracker, request_sync
+from clinicsync.ui.tray import TrayActions, TrayController
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 30.0
+TRAY_HINT = "ClinicSync keeps running here and keeps syncing. Quit it from this icon's menu."
+
+
+@dataclass(eq=False)
+class GuiApp:
+    """Everything the running app owns; `shutdown()` stops it in order and joins the sync worker."""
+
+    ui: UiContext
+    window: MainWindow
+    tray: TrayController | None
+    notifier: Notifier
+    instance: InstanceServer | None = None
+    last_notice: Notice | None = None
+    shut_down: bool = field(default=False, init=False)
+    on_quit: Callable[[], None] = field(default=lambda: None, init=False, repr=False)
+
+    @property
+    def tracker(self) -> StatusTracker:
+        assert self.ui.status is not None
+        return self.ui.status
+
+    def sync_now(self) -> None:
+        _, why_not = request_sync(self.ui, "manual")
+        if why_not and self.tray is not None:
+            self.tray.show_message("ClinicSync", why_not)
+
+    def open_window(self) -> None:
+        self.window.bring_to_front()
+
+    def notify(self, notice: Notice) -> None:
+        log.info("notification: %s: %s", notice.title, notice.message)
+        self.last_notice = notice
+        if self.tray is not None:
+            self.tray.show_message(notice.title, notice.message, critical=notice.critical)
+        else:
+            QApplication.alert(self.window)  # no tray: at least flash the taskbar entry; the banner says why
+
+    def went_to_tray(self, first_time: bool) -> None:
+        if first_time and self.tray is not None:
+            self.tray.show_message(APP_NAME, TRAY_HINT)
+
+    def notice_clicked(self) -> None:
+        self.window.show_tab(self.last_notice.tab if self.last_notice is not None else "overview")
+
+    def quit(self) -> None:
+        """Quit from the tray or a confirmed close: stop everything, then leave the event loop."""
+        self.shutdown()
+        self.on_quit()
+
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> bool:
+        """Idempotent. Cancels a running sync at its next safe point and joins the worker thread."""
+        if self.shut_down:
+            return True
+        self.shut_down = True
+        self.window.prepare_quit()
+        self.window.hide()
+        if self.tray is not None:
+            self.tray.hide()
+        if self.instance is not None:
+            self.instance.close()
+        joined = self.ui.runner.shutdown(timeout)
+        if not joined:  # a request stuck past its timeout; the outbox makes an abandoned write safe to replay
+            log.warning("the sync worker did not stop within %.0f s; exiting anyway", timeout)
+        self.window.close()
+        log.info("ClinicSync stopped (worker joined: %s)", joined)
+        return joined
+
+
+def build_app(
+    env: Mapping[str, str] | None = None,
+    *,
+    tray_available: bool | None = None,
+    sandbox: object | None = None,
+    instance: InstanceServer | None = None,
+    confirm_quit: Callable[[QWidget, bool], bool] = confirm_quit_dialog,
+) -> GuiApp:
+    """Build the whole app on the profile `env` names (default: this process's environment). A QApplication
+    must exist. `tray_available` None asks the desktop; tests pass True or False."""
+    if QApplication.instance() is None:
+        raise RuntimeError("build_app needs a QApplication (run_gui creates one; tests get pytest-qt's)")
+    ctx = bootstrap(env)
+    bridge = RunnerBridge()
+    runner = SyncRunner(ctx.paths, ctx.settings, BridgeListener(bridge))
+    if tray_available is None:
+        tray_available = QSystemTrayIcon.isSystemTrayAvailable()
+    ui = UiContext(app=ctx, runner=runner, bridge=bridge, tray_available=tray_available, sandbox=sandbox)
+    # The bridge and the tracker live as long as the app; parent them to the bridge so Qt owns them together.
+    ui.status = StatusTracker(runner, bridge, ctx.settings, bridge)
+    window = MainWindow(ui, confirm_quit=confirm_quit)
+    gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(bridge, None, bridge), instance=instance)
+    gui.notifier.sink = gui.notify
+    if tray_available:
+        gui.tray = TrayController(
+            ui.status,
+            TrayActions(
+                sync_now=gui.sync_now,
+                cancel=runner.cancel,
+                set_paused=ui.status.set_paused,
+                open_window=gui.open_window,
+                quit=gui.quit,
+            ),
+            bridge,
+        )
+        gui.tray.message_clicked.connect(gui.notice_clicked)
+        gui.tray.show()
+        window.went_to_tray.connect(gui.went_to_tray)
+    window.quit_requested.connect(gui.quit)
+    if instance is not None:
+        instance.show_requested.connect(gui.open_window)
+    return gui
+
+
+# --- the process ----------------------------------------------------------------------------------------------
+def _install_signal_handlers(quit_now: Callable[[], None]) -> QTimer:
+    """SIGTERM/SIGINT (logout, Ctrl+C) quit cleanly. Python runs signal handlers only between bytecodes, so a
+    cheap timer lets the interpreter in while Qt's loop waits."""
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("signal %s: quitting", signum)
+        quit_now()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    timer = QTimer()
+    timer.start(500)
+    timer.timeout.connect(lambda: None)
+    return timer
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    # An exception in a slot must not kill the tray app silently; the log keeps the trace (keys redacted).
+    log.critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _read_key_mode(gui: GuiApp) -> None:
+    """Read the Stripe key once (on the GUI thread, like every secret) so TEST MODE shows before a first sync."""
+    try:
+        gui.tracker.note_stripe_key(gui.ui.app.secrets.get(STRIPE_API_KEY))
+    except SecretStoreError as exc:  # no usable keyring: Connections explains; the badge just stays unknown
+        log.warning("could not read the Stripe key to show its mode: %s", exc)
+
+
+def _start_first_run(gui: GuiApp) -> None:
+    """Hand over to the welcome flow when nothing is connected yet (clinicsync.ui.first_run, if in this build)."""
+    try:
+        first_run = importlib.import_module("clinicsync.ui.first_run")
+    except ModuleNotFoundError as exc:
+        if exc.name != "clinicsync.ui.first_run":
+            raise
+        return
+    start = getattr(first_run, "start_if_needed", None)
+    if callable(start):
+        start(gui.ui, gui.window)
+
+
+def run_gui(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[:1] if argv is None else argv) or ["clinicsync"]
+    QApplication.setApplicationName(APP_NAME)
+    QApplication.setOrganizationName(APP_NAME)
+    QApplication.setDesktopFileName("clinicsync")
+    app = QApplication.instance() or QApplication(argv)
+    assert isinstance(app, QApplication)
+    app.setWindowIcon(icons.icon(icons.APP))
+
+    env = dict(os.environ)
+    paths = AppPaths.resolve(env).ensure()
+    instance = claim_instance(paths.instance_socket_name, paths.state_dir / "instance.lock")
+    if instance is None:
+        print("ClinicSync is already running for this profile; its window has been brought forward.")
+        return 0
+
+    gui = build_app(env, instance=instance)
+    # With a tray, closing the last window keeps the app alive; quitting is explicit (tray menu, confirmed close).
+    app.setQuitOnLastWindowClosed(False)
+    # exit(), not quit(): Qt 6's quit() first asks every window to close, and the main window's close means
+    # "hide to the tray" (or asks to confirm), which would veto quitting.
+    gui.on_quit = lambda: app.exit(0)
+    app.aboutToQuit.connect(gui.shutdown)
+    sys.excepthook = _log_uncaught
+    keepalive = _install_signal_handlers(gui.quit)
+    gui.window.show()
+    log.info("ClinicSync window shown (profile %s, tray %s)", paths.profile_id, gui.ui.tray_available)
+    QTimer.singleShot(0, lambda: _read_key_mode(gui))
+    QTimer.singleShot(0, lambda: _start_first_run(gui))
+    code = app.exec()
+    keepalive.stop()
+    gui.shutdown()
+    return code
+
+
+def main() -> int:  # `python -m clinicsync.ui.main`
+    return run_gui()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["GuiApp", "build_app", "run_gui"]

@@ -1,0 +1,357 @@
+"""Overview: is everything in sync? Per stream its state, last run and counts, next run, queued writes, review
+items and errors; a big Sync now with progress and Cancel; a banner when a connection is broken; and a
+SANDBOX / TEST MODE badge whenever the accounts are not live.
+
+Reads are small queries on the GUI thread (a handful of rows); the sync itself runs on the runner's thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont, QShowEvent
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from clinicsync.store import queries
+from clinicsync.sync.runner import Job, JobOutcome
+from clinicsync.sync.streams import STREAMS
+from clinicsync.ui.context import UiContext
+from clinicsync.ui.status import (
+    LIVE,
+    SANDBOX,
+    Progress,
+    StatusTracker,
+    current_mode,
+    current_pair_rows,
+    local_time,
+    request_sync,
+    stream_label,
+)
+
+STREAM_TITLES = {"cliniko.patients": "Cliniko patients → Stripe customers"}
+STATE_WORDS = {
+    "ok": "Up to date",
+    "attention": "Needs attention",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+    "needs_approval": "Waiting for your approval",
+    "running": "Interrupted (resumes on the next sync)",
+}
+COUNT_ORDER = ("created", "linked", "updated", "unchanged", "skipped", "failed", "review")
+
+# Explicit colour pairs (background, text) so both the light and the dark Fusion palette stay readable.
+BADGE_STYLE = {
+    SANDBOX: ("#f59e0b", "#1f2937"),
+    "TEST MODE": ("#f59e0b", "#1f2937"),
+    LIVE: ("#15803d", "#ffffff"),
+}
+BANNER_STYLE = "QFrame#banner { background: #fee2e2; border: 1px solid #b91c1c; border-radius: 6px; }"
+BANNER_TEXT = "color: #7f1d1d;"
+PAUSED_STYLE = "QFrame#paused { background: #fef3c7; border: 1px solid #b45309; border-radius: 6px; }"
+PAUSED_TEXT = "color: #78350f;"
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """The words of one stream card."""
+
+    title: str
+    state: str
+    last_run: str
+    counts: str
+    next_run: str
+    queued: str
+    review: str
+    errors: str
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    parts = [f"{counts[name]} {name}" for name in COUNT_ORDER if counts.get(name)]
+    return ", ".join(parts) if parts else "no changes"
+
+
+def stream_view(stream: str, row: dict[str, Any] | None, progress: Progress | None, now: datetime) -> StreamView:
+    title = STREAM_TITLES.get(stream, stream)
+    if progress is not None and progress.stream == stream:
+        state = "Syncing…"
+    elif row is None or row.get("last_outcome") is None:
+        state = "Never synced"
+    else:
+        state = STATE_WORDS.get(row["last_outcome"], row["last_outcome"])
+    if row is None or row.get("last_run_at") is None:
+        return StreamView(title, state, "never", "—", "manual (press Sync now)", "none", "none", "none")
+    started = local_time(row["last_run_at"])
+    assert started is not None
+    when = started.strftime("%H:%M today") if started.date() == now.date() else f"{started.day} {started:%b %Y %H:%M}"
+    failed = row["last_counts"].get("failed", 0)
+    return StreamView(
+        title=title,
+        state=state,
+        last_run=when,
+        counts=counts_text(row["last_counts"]),
+        next_run="manual (press Sync now)",
+        queued=f"{row['queued']} write{'s' if row['queued'] != 1 else ''} waiting for Stripe"
+        if row["queued"]
+        else "none",
+        review=f"{row['review']} record{'s' if row['review'] != 1 else ''} to review" if row["review"] else "none",
+        errors=f"{failed} record{'s' if failed != 1 else ''} failed in the last run" if failed else "none",
+    )
+
+
+class StreamCard(QGroupBox):
+    FIELDS = (
+        ("state", "State"),
+        ("last_run", "Last run"),
+        ("counts", "Result"),
+        ("next_run", "Next run"),
+        ("queued", "Waiting to send"),
+        ("review", "Review"),
+        ("errors", "Errors"),
+    )
+
+    def __init__(self, stream: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.stream = stream
+        self.setObjectName(f"stream-{stream}")
+        form = QFormLayout(self)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.labels: dict[str, QLabel] = {}
+        for key, text in self.FIELDS:
+            label = QLabel()
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            label.setWordWrap(True)
+            self.labels[key] = label
+            form.addRow(text + ":", label)
+
+    def show_view(self, view: StreamView) -> None:
+        self.setTitle(view.title)
+        for key, _ in self.FIELDS:
+            self.labels[key].setText(getattr(view, key))
+        bold = QFont(self.labels["state"].font())
+        bold.setBold(view.state not in ("Up to date", "Never synced"))
+        self.labels["state"].setFont(bold)
+
+
+class OverviewTab(QWidget):
+    open_connections_requested = Signal()
+
+    def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ui = ui
+        self.tracker = ui.status or StatusTracker(ui.runner, ui.bridge, ui.app.settings, self)
+        self.cards: dict[str, StreamCard] = {}
+        self._build()
+        self.tracker.changed.connect(self.refresh)
+        # Bound methods of this widget: Qt delivers the worker's signals here on the GUI thread.
+        ui.bridge.job_started.connect(self._on_started)
+        ui.bridge.job_progress.connect(self._on_progress)
+        ui.bridge.job_finished.connect(self._on_finished)
+        self.refresh()
+
+    # --- layout ---------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        header = QHBoxLayout()
+        self.accounts_label = QLabel()
+        self.accounts_label.setWordWrap(True)
+        self.mode_badge = QLabel()
+        self.mode_badge.setObjectName("mode-badge")
+        self.mode_badge.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        header.addWidget(self.accounts_label, 1)
+        header.addWidget(self.mode_badge)
+        outer.addLayout(header)
+
+        self.banner = QFrame(objectName="banner")
+        self.banner.setStyleSheet(BANNER_STYLE)
+        banner_row = QHBoxLayout(self.banner)
+        self.banner_text = QLabel(wordWrap=True)
+        self.banner_text.setStyleSheet(BANNER_TEXT)
+        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.connections_button = QPushButton("Open Connections")
+        self.connections_button.clicked.connect(self.open_connections_requested)
+        banner_row.addWidget(self.banner_text, 1)
+        banner_row.addWidget(self.connections_button)
+        outer.addWidget(self.banner)
+
+        self.paused_strip = QFrame(objectName="paused")
+        self.paused_strip.setStyleSheet(PAUSED_STYLE)
+        paused_row = QHBoxLayout(self.paused_strip)
+        paused_text = QLabel("Syncing is paused: nothing is sent to Stripe until you resume.")
+        paused_text.setStyleSheet(PAUSED_TEXT)
+        self.resume_button = QPushButton("Resume syncing")
+        self.resume_button.clicked.connect(lambda: self.tracker.set_paused(False))
+        paused_row.addWidget(paused_text, 1)
+        paused_row.addWidget(self.resume_button)
+        outer.addWidget(self.paused_strip)
+
+        controls = QHBoxLayout()
+        self.sync_button = QPushButton("Sync now")
+        self.sync_button.setObjectName("sync-now")
+        self.sync_button.setMinimumSize(180, 52)
+        big = QFont(self.sync_button.font())
+        big.setPointSizeF(big.pointSizeF() * 1.35)
+        big.setBold(True)
+        self.sync_button.setFont(big)
+        self.sync_button.clicked.connect(self.sync_now)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setMinimumHeight(52)
+        self.cancel_button.clicked.connect(self.cancel)
+        progress_column = QVBoxLayout()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.step_label = QLabel()
+        self.step_label.setWordWrap(True)
+        progress_column.addWidget(self.progress_bar)
+        progress_column.addWidget(self.step_label)
+        controls.addWidget(self.sync_button)
+        controls.addWidget(self.cancel_button)
+        controls.addLayout(progress_column, 1)
+        outer.addLayout(controls)
+
+        self.message_label = QLabel(wordWrap=True)  # why a click did nothing, or how the last sync went
+        outer.addWidget(self.message_label)
+
+        self.cards_holder = QWidget()
+        self.cards_layout = QVBoxLayout(self.cards_holder)
+        self.cards_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(self.cards_holder)
+        scroll.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        outer.addWidget(scroll, 1)
+
+    # --- actions --------------------------------------------------------------------------------------
+    def sync_now(self) -> None:
+        job, why_not = request_sync(self.ui, "manual")
+        self.message_label.setText(why_not)
+        if job is not None:
+            self._show_syncing(True)
+            self.step_label.setText("Waiting to start…")
+
+    def cancel(self) -> None:
+        self.ui.runner.cancel()
+        self.cancel_button.setEnabled(False)
+        self.step_label.setText("Cancelling at the next safe point…")
+
+    # --- state ----------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        rows = current_pair_rows(queries.stream_status())
+        by_stream = {row["stream"]: row for row in rows}
+        now = datetime.now().astimezone()
+        syncing = self.tracker.syncing
+        progress = self.tracker.progress if syncing else None
+        for stream in list(STREAMS) + [s for s in by_stream if s not in STREAMS]:
+            card = self.cards.get(stream)
+            if card is None:
+                card = self.cards[stream] = StreamCard(stream, self.cards_holder)
+                self.cards_layout.insertWidget(self.cards_layout.count() - 1, card)
+            card.show_view(stream_view(stream, by_stream.get(stream), progress, now))
+        self._show_accounts(rows)
+        self._show_problem()
+        paused = self.tracker.paused()
+        self.paused_strip.setVisible(paused)
+        self.sync_button.setToolTip("Syncing is paused" if paused else "Send changes to Stripe now")
+        self._show_syncing(syncing)
+
+    def _show_accounts(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            source = rows[0].get("source_name") or "your clinic"
+            stripe = rows[0].get("stripe_name") or "Stripe"
+            self.accounts_label.setText(f"<b>{source}</b> → <b>{stripe}</b>")
+        else:
+            self.accounts_label.setText("<b>Not synced yet.</b> Press Sync now to send your patients to Stripe.")
+        mode = current_mode(self.ui, rows)
+        self.mode_badge.setVisible(mode is not None)
+        if mode is not None:
+            background, text = BADGE_STYLE.get(mode, BADGE_STYLE[SANDBOX])
+            self.mode_badge.setText(mode)
+            self.mode_badge.setToolTip(
+                "Live Stripe account: real customers" if mode == LIVE else "Not a live account: nothing here is real"
+            )
+            self.mode_badge.setStyleSheet(
+                f"QLabel#mode-badge {{ background: {background}; color: {text}; font-weight: bold;"
+                " padding: 6px 14px; border-radius: 6px; letter-spacing: 1px; }"
+            )
+
+    def _show_problem(self) -> None:
+        problem = self.tracker.problem
+        self.banner.setVisible(problem is not None)
+        if problem is not None:
+            lead = {
+                "auth": "A key was refused.",
+                "config": "ClinicSync needs a setting.",
+                "unreachable": "Cliniko or Stripe could not be reached.",
+            }.get(problem.kind, "A connection is broken.")
+            self.banner_text.setText(f"<b>{lead}</b> {problem.message}")
+
+    def _show_syncing(self, syncing: bool) -> None:
+        self.sync_button.setEnabled(not syncing and not self.tracker.paused())
+        self.cancel_button.setVisible(syncing)
+        self.cancel_button.setEnabled(syncing)
+        self.progress_bar.setVisible(syncing)
+        if not syncing:
+            self.step_label.setText("")
+
+    def _on_started(self, job: Job) -> None:
+        self.message_label.setText("")
+        self.progress_bar.setRange(0, 0)  # busy until the first count arrives
+        self.step_label.setText("Starting…")
+        self._show_syncing(True)
+
+    def _on_progress(self, job: Job, stream: str, done: int, total: int | None, step: str) -> None:
+        if total:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(min(done, total))
+        else:
+            self.progress_bar.setRange(0, 0)
+        what = stream_label(stream).capitalize()
+        if step:
+            self.step_label.setText(f"{what}: {step}")
+        elif total:
+            self.step_label.setText(f"{what}: {done} of {total}")
+        else:
+            self.step_label.setText(f"{what}: {done} done")
+
+    def _on_finished(self, outcome: JobOutcome) -> None:
+        self.message_label.setText(finished_text(outcome))
+        # The tracker's `changed` refreshes the cards; this only resets the controls if it has not yet.
+        self._show_syncing(self.tracker.syncing)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.refresh()
+
+
+def finished_text(outcome: JobOutcome) -> str:
+    """One line about the sync that just ended."""
+    if outcome.failure_kind == "locked":
+        return "Another sync (for example from the command line) is running for this clinic; try again shortly."
+    if outcome.failure_kind is not None:
+        return f"The sync did not run: {outcome.message}"
+    parts = []
+    for result in outcome.results:
+        word = {"cancelled": "cancelled", "needs_approval": "waiting for approval", "failed": "failed"}.get(
+            result.outcome, "done"
+        )
+        parts.append(f"{stream_label(result.stream).capitalize()} {word}: {counts_text(result.counts)}")
+    return "; ".join(parts) or "Nothing to sync."
