@@ -55,7 +55,7 @@ def _base_url(value: str) -> str | None:
     from clinicsync.sources.urls import validate_base_url
 
     try:
-        validate_base_url(value, "this service")
+        validate_base_url(value, "service")
     except SourceConfigError as exc:
         return str(exc)
     return None
