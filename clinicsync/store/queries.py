@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from peewee import fn
@@ -11,6 +13,7 @@ from clinicsync.store.models import (
     AccountPair,
     OutboxEntry,
     RecordLink,
+    RetryRecord,
     ReviewItem,
     StreamState,
     SyncEvent,
@@ -140,3 +143,262 @@ def approve_latest_plan(stream: str) -> SyncPlan:
         plan.approved_at = utcnow()
         plan.save()
     return plan
+
+
+# --- Sync history screen ------------------------------------------------------------------------------
+# Rows are plain frozen dataclasses, not peewee objects: the GUI keeps up to 100,000 of them and must never
+# trigger a lazy query by touching an attribute.
+
+PINNED_ACTIONS = ("failed", "review")  # shown above every other row of a run, in this order
+HISTORY_PAGE_SIZE = 200
+NO_SOURCE_ID = "?"  # what the engine records when a record failed before its id could be read
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    id: int
+    stream: str
+    trigger: str
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    created: int
+    linked: int
+    updated: int
+    unchanged: int
+    skipped: int
+    failed: int
+    review: int
+    message: str
+    pair_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    run_id: int
+    stream: str
+    source_id: str
+    display_name: str
+    stripe_id: str | None
+    action: str
+    message: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventCursor:
+    """Where the next page of a run's history starts: the segment (failed, review, the rest) and the id below
+    which to continue, newest first. Keyset paging: page 500 costs the same as page 1."""
+
+    segment: int = 0
+    before_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    run_id: int | None  # None: every run (only sensible with a search)
+    search: str = ""
+
+
+def _run_row(run: SyncRun) -> RunRow:
+    return RunRow(
+        id=run.id,
+        stream=run.stream,
+        trigger=run.trigger,
+        dry_run=run.dry_run,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        outcome=run.outcome,
+        created=run.created,
+        linked=run.linked,
+        updated=run.updated,
+        unchanged=run.unchanged,
+        skipped=run.skipped,
+        failed=run.failed,
+        review=run.review,
+        message=run.message,
+        pair_id=run.pair_id,
+    )
+
+
+def history_runs(
+    *, before_id: int | None = None, after_id: int | None = None, limit: int = HISTORY_PAGE_SIZE
+) -> list[RunRow]:
+    """Runs newest first (primary-key order). `before_id` pages back; `after_id` fetches only newer runs."""
+    query = SyncRun.select()
+    if before_id is not None:
+        query = query.where(SyncRun.id < before_id)
+    if after_id is not None:
+        query = query.where(SyncRun.id > after_id)
+    return [_run_row(run) for run in query.order_by(SyncRun.id.desc()).limit(limit)]
+
+
+def history_run(run_id: int) -> RunRow | None:
+    run = SyncRun.get_or_none(SyncRun.id == run_id)
+    return None if run is None else _run_row(run)
+
+
+def _run_id_range(run_id: int) -> tuple[int, int] | None:
+    """The first and last event id of a run. One sync runs per profile at a time, so a run's events are one
+    contiguous id range; scanning that slice of the table is far cheaper than an index lookup per row when
+    most rows of the run are not wanted (its few failures among 100,000 events)."""
+    first = SyncEvent.select(SyncEvent.id).where(SyncEvent.run == run_id).order_by(SyncEvent.id).limit(1).scalar()
+    if first is None:
+        return None
+    last = SyncEvent.select(SyncEvent.id).where(SyncEvent.run == run_id).order_by(SyncEvent.id.desc()).limit(1)
+    return first, last.scalar()
+
+
+def _search_terms(search: str) -> tuple[str, list[str], list[str]]:
+    """(LIKE pattern, source ids, Stripe ids) for a search. Emails are not stored, only keyed hashes of them, so a
+    full address is found by hashing it per account pair and looking the hash up."""
+    text = search.strip()
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    source_ids: list[str] = []
+    stripe_ids: list[str] = []
+    if "@" in text:
+        from clinicsync.store.models import StripeIndexEntry
+        from clinicsync.sync.matching import email_hash  # the engine's own hash, so the two always agree
+
+        for pair in AccountPair.select():
+            hashed = email_hash(pair, text)
+            source_ids += [
+                row.source_id
+                for row in RecordLink.select(RecordLink.source_id).where(
+                    (RecordLink.pair == pair) & (RecordLink.email_hash == hashed)
+                )
+            ]
+            stripe_ids += [
+                row.stripe_id
+                for row in StripeIndexEntry.select(StripeIndexEntry.stripe_id).where(
+                    (StripeIndexEntry.pair == pair) & (StripeIndexEntry.email_hash == hashed)
+                )
+            ]
+    return f"%{escaped}%", source_ids, stripe_ids
+
+
+_SEGMENTS: tuple[str, ...] = ("action = 'failed'", "action = 'review'", "action NOT IN ('failed', 'review')")
+
+
+def history_events(
+    query: EventQuery, cursor: EventCursor | None = None, limit: int = HISTORY_PAGE_SIZE
+) -> tuple[list[EventRow], EventCursor | None]:
+    """One page of history rows: failed first, then review, then the rest, each newest first. Returns the rows and
+    the cursor of the next page (None when there is no more)."""
+    cursor = cursor or EventCursor()
+    scope_sql, scope_args, rest_sql, rest_args = _event_scope(query)
+    if scope_sql is None:
+        return [], None
+    match_sql, match_args = _event_match(query.search)
+    empty = _empty_segments(query.run_id)
+    rows: list[EventRow] = []
+    segment, before = cursor.segment, cursor.before_id
+    while segment < len(_SEGMENTS) and len(rows) < limit:
+        if segment in empty:
+            segment, before = segment + 1, None
+            continue
+        # Unfiltered "rest" rows come straight off the run_id index; everything else scans the run's id range.
+        use_index = segment == len(_SEGMENTS) - 1 and not match_sql
+        where = [rest_sql if use_index else scope_sql, _SEGMENTS[segment]]
+        args = list(rest_args if use_index else scope_args)
+        if match_sql:
+            where.append(match_sql)
+            args += match_args
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        sql = (
+            "SELECT id, run_id, stream, source_id, display_name, stripe_id, action, message, created_at "
+            f"FROM sync_event WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        )
+        found = [_event_row(values) for values in database_proxy.execute_sql(sql, [*args, limit - len(rows)])]
+        rows += found
+        if len(rows) >= limit and found:
+            return rows, EventCursor(segment, found[-1].id)
+        segment, before = segment + 1, None
+    return rows, None
+
+
+def _empty_segments(run_id: int | None) -> set[int]:
+    """Pinned segments a finished run's counts say are empty: each failed or review record wrote one row, so
+    there is nothing to scan for (most runs have no failures)."""
+    if run_id is None:
+        return set()
+    run = SyncRun.select(SyncRun.finished_at, SyncRun.failed, SyncRun.review).where(SyncRun.id == run_id).first()
+    if run is None or run.finished_at is None:
+        return set()
+    return {segment for segment, count in enumerate((run.failed, run.review)) if count == 0}
+
+
+def _event_scope(query: EventQuery) -> tuple[str | None, list[Any], str, list[Any]]:
+    """SQL restricting rows to the run: (range scan form, its args, index form, its args); None if it has none."""
+    if query.run_id is None:
+        return "1", [], "1", []
+    bounds = _run_id_range(query.run_id)
+    if bounds is None:
+        return None, [], "", []
+    # "+run_id" keeps SQLite from choosing the run_id index here, so it walks the primary-key range instead.
+    return "id BETWEEN ? AND ? AND +run_id = ?", [*bounds, query.run_id], "run_id = ?", [query.run_id]
+
+
+def _event_match(search: str) -> tuple[str, list[Any]]:
+    if not search.strip():
+        return "", []
+    pattern, source_ids, stripe_ids = _search_terms(search)
+    clauses = ["display_name LIKE ? ESCAPE '\\'", "source_id LIKE ? ESCAPE '\\'", "stripe_id LIKE ? ESCAPE '\\'"]
+    args: list[Any] = [pattern, pattern, pattern]
+    if source_ids:
+        clauses.append(f"source_id IN ({', '.join('?' * len(source_ids))})")
+        args += source_ids
+    if stripe_ids:
+        clauses.append(f"stripe_id IN ({', '.join('?' * len(stripe_ids))})")
+        args += stripe_ids
+    return f"({' OR '.join(clauses)})", args
+
+
+def _event_row(values: tuple[Any, ...]) -> EventRow:
+    event_id, run_id, stream, source_id, name, stripe_id, action, message, created_at = values
+    return EventRow(
+        id=event_id,
+        run_id=run_id,
+        stream=stream,
+        source_id=source_id,
+        display_name=name,
+        stripe_id=stripe_id,
+        action=action,
+        message=message,
+        created_at=SyncEvent.created_at.python_value(created_at),
+    )
+
+
+def history_event_count(run_id: int) -> int:
+    """How many history rows a run has (answered from the run_id index alone)."""
+    return SyncEvent.select().where(SyncEvent.run == run_id).count()
+
+
+def failed_source_ids(run_id: int) -> list[str]:
+    """The distinct source ids that failed in a run, oldest failure first."""
+    bounds = _run_id_range(run_id)
+    if bounds is None:
+        return []
+    cursor = database_proxy.execute_sql(
+        "SELECT source_id FROM sync_event WHERE id BETWEEN ? AND ? AND +run_id = ? AND action = 'failed' ORDER BY id",
+        [*bounds, run_id],
+    )
+    return [sid for sid in dict.fromkeys(row[0] for row in cursor) if sid and sid != NO_SOURCE_ID]
+
+
+def queue_retry_of_failed(run_id: int, reason: str = "retry requested from the sync history") -> int:
+    """Ask the next sync to read this run's failed records again by id. Returns how many records were queued
+    (already-queued ones count too: the request is idempotent)."""
+    run = SyncRun.get_or_none(SyncRun.id == run_id)
+    if run is None or run.pair_id is None:
+        return 0
+    ids = failed_source_ids(run_id)
+    rows = [{"pair": run.pair_id, "stream": run.stream, "source_id": sid, "reason": reason} for sid in ids]
+    with database_proxy.atomic():
+        for start in range(0, len(rows), 200):
+            RetryRecord.insert_many(rows[start : start + 200]).on_conflict_ignore().execute()
+    return len(ids)

@@ -1,0 +1,414 @@
+"""Qt item models for the sync history: runs, the per-record rows of a run, and the proxy that pins problems.
+
+Rows come from `clinicsync.store.queries` a page at a time (`canFetchMore`/`fetchMore`), so a run with 100,000
+records costs one page until someone scrolls. Presentation only: no SQL here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QColor, QGuiApplication, QPalette
+
+from clinicsync.store import queries
+from clinicsync.store.queries import EventCursor, EventQuery, EventRow, RunRow
+
+Index = QModelIndex | QPersistentModelIndex
+RowT = TypeVar("RowT")
+CursorT = TypeVar("CursorT")
+
+# A page loader: (cursor of the next page or None for the first, page size) -> (rows, next cursor or None).
+PageLoader = Callable[[CursorT | None, int], tuple[list[RowT], CursorT | None]]
+
+ROW_ID_ROLE = Qt.ItemDataRole.UserRole + 1  # the run or event id
+ACTION_ROLE = Qt.ItemDataRole.UserRole + 2  # an event's action / a run's outcome
+
+DISPLAY_LIMIT = 160  # a 5,000-character name must not make one cell the width of ten screens
+TOOLTIP_LIMIT = 1_000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value: str | None, limit: int = DISPLAY_LIMIT) -> str:
+    """Make source data safe to show: no control or bidi-override characters, one line, bounded length."""
+    if not value:
+        return ""
+    text = _CONTROL.sub("", value.replace("\r\n", " · ").replace("\n", " · ").replace("\t", " "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def local_time(value: datetime | None) -> datetime | None:
+    """The store keeps naive UTC; people read their own clock."""
+    return None if value is None else value.replace(tzinfo=UTC).astimezone()
+
+
+def format_when(value: datetime | None, now: datetime | None = None) -> str:
+    moment = local_time(value)
+    if moment is None:
+        return ""
+    now = now or datetime.now().astimezone()
+    if moment.date() == now.date():
+        return moment.strftime("Today %H:%M:%S")
+    if moment.year == now.year:
+        return moment.strftime("%d %b %H:%M")
+    return moment.strftime("%d %b %Y %H:%M")
+
+
+def format_duration(run: RunRow) -> str:
+    if run.finished_at is None:
+        return "running…" if run.outcome == "running" else ""
+    seconds = max(0.0, (run.finished_at - run.started_at).total_seconds())
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+TRIGGERS = {
+    "manual": "Sync now",
+    "schedule": "Scheduled",
+    "cli": "Command line",
+    "retry": "Retry failed",
+    "first_run": "First run",
+}
+OUTCOMES = {
+    "ok": "OK",
+    "attention": "Needs attention",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+    "running": "Running",
+    "needs_approval": "Waiting for approval",
+}
+ACTIONS = {
+    "created": "Created",
+    "linked": "Linked",
+    "updated": "Updated",
+    "unchanged": "Unchanged",
+    "skipped": "Skipped",
+    "failed": "Failed",
+    "review": "Needs review",
+    "note": "Note",
+}
+
+
+def stream_label(stream: str) -> str:
+    return stream.replace("cliniko.", "Cliniko ").replace("calcom.", "Cal.com ").replace("_", " ")
+
+
+def outcome_label(run: RunRow) -> str:
+    if run.dry_run and run.outcome == "ok":
+        return "Plan only (nothing written)"
+    return OUTCOMES.get(run.outcome, run.outcome)
+
+
+def _is_dark() -> bool:
+    palette = QGuiApplication.palette()
+    return palette.color(QPalette.ColorRole.Base).lightness() < 128
+
+
+def severity_color(kind: str) -> QColor | None:
+    """Text colour for a problem, readable on both the light and the dark palette."""
+    dark = _is_dark()
+    if kind in ("failed",):
+        return QColor("#ff6b6b") if dark else QColor("#b3261e")
+    if kind in ("attention", "review", "needs_approval"):
+        return QColor("#f0b429") if dark else QColor("#8a5a00")
+    if kind == "cancelled":
+        return QColor("#9aa0a6") if dark else QColor("#5f6368")
+    return None
+
+
+def severity_tint(kind: str) -> QColor | None:
+    """A faint row background for problems; translucent so it suits either palette."""
+    if kind == "failed":
+        return QColor(220, 53, 69, 48)
+    if kind == "review":
+        return QColor(240, 180, 41, 48)
+    return None
+
+
+class PagedTableModel(QAbstractTableModel, Generic[RowT, CursorT]):
+    """A read-only table filled a page at a time from a loader; views ask for more as they scroll."""
+
+    columns: Sequence[str] = ()
+
+    def __init__(self, loader: PageLoader[CursorT, RowT] | None = None, page_size: int = 200, parent: Any = None):
+        super().__init__(parent)
+        self._loader = loader
+        self._page_size = page_size
+        self._rows: list[RowT] = []
+        self._cursor: CursorT | None = None
+        self._more = False
+
+    # --- loading ----------------------------------------------------------------------------------------
+    def set_loader(self, loader: PageLoader[CursorT, RowT] | None) -> None:
+        """Start over with another loader (another run, another search): the first page loads at once."""
+        self.beginResetModel()
+        self._loader = loader
+        self._rows, self._cursor, self._more = [], None, loader is not None
+        if loader is not None:
+            self._rows, self._cursor = loader(None, self._page_size)
+            self._more = self._cursor is not None
+        self.endResetModel()
+
+    def reload(self) -> None:
+        self.set_loader(self._loader)
+
+    def canFetchMore(self, parent: Index = QModelIndex()) -> bool:  # noqa: B008 - Qt's own default
+        return not parent.isValid() and self._more
+
+    def fetchMore(self, parent: Index = QModelIndex()) -> None:  # noqa: B008
+        if parent.isValid() or not self._more or self._loader is None:
+            return
+        rows, cursor = self._loader(self._cursor, self._page_size)
+        self._cursor, self._more = cursor, cursor is not None
+        if rows:
+            first = len(self._rows)
+            self.beginInsertRows(QModelIndex(), first, first + len(rows) - 1)
+            self._rows.extend(rows)
+            self.endInsertRows()
+
+    # --- reading ----------------------------------------------------------------------------------------
+    def row_at(self, row: int) -> RowT:
+        return self._rows[row]
+
+    @property
+    def loaded(self) -> int:
+        return len(self._rows)
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.columns)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.columns[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return None
+        return self.cell(self._rows[index.row()], index.column(), role)
+
+    def cell(self, row: RowT, column: int, role: int) -> Any:
+        raise NotImplementedError
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+
+
+class RunsModel(PagedTableModel[RunRow, int]):
+    """Sync runs, newest first. `refresh()` adds new runs at the top and updates ones that were still running,
+    so a selection survives a sync finishing."""
+
+    columns = (
+        "Started",
+        "Stream",
+        "Trigger",
+        "Duration",
+        "Created",
+        "Linked",
+        "Updated",
+        "Unchanged",
+        "Skipped",
+        "Failed",
+        "Review",
+        "Outcome",
+    )
+    COUNT_COLUMNS: ClassVar[dict[int, str]] = {
+        4: "created",
+        5: "linked",
+        6: "updated",
+        7: "unchanged",
+        8: "skipped",
+        9: "failed",
+        10: "review",
+    }
+    OUTCOME_COLUMN = 11
+
+    def __init__(self, page_size: int = 200, parent: Any = None) -> None:
+        super().__init__(None, page_size, parent)
+
+    def load(self) -> None:
+        self.set_loader(_load_runs)
+
+    def refresh(self) -> list[int]:
+        """Pick up runs added or finished since the last look; returns the ids of new runs."""
+        if self._loader is None or not self._rows:
+            self.load()
+            return [row.id for row in self._rows]
+        newer = queries.history_runs(after_id=self._rows[0].id, limit=10_000)
+        if newer:
+            self.beginInsertRows(QModelIndex(), 0, len(newer) - 1)
+            self._rows[0:0] = newer
+            self.endInsertRows()
+        for position, run in enumerate(self._rows):
+            if run.finished_at is None:  # it was running: read its final counts and outcome
+                fresh = queries.history_run(run.id)
+                if fresh is not None and fresh != run:
+                    self._rows[position] = fresh
+                    self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.columns) - 1))
+        return [row.id for row in newer]
+
+    def row_of(self, run_id: int) -> int | None:
+        return next((position for position, run in enumerate(self._rows) if run.id == run_id), None)
+
+    def cell(self, run: RunRow, column: int, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(run, column)
+        if role == ROW_ID_ROLE:
+            return run.id
+        if role == ACTION_ROLE:
+            return run.outcome
+        if role == Qt.ItemDataRole.TextAlignmentRole and column in self.COUNT_COLUMNS:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            return self._colour(run, column)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(run)
+        return None
+
+    def _display(self, run: RunRow, column: int) -> str:
+        if column in self.COUNT_COLUMNS:
+            value = getattr(run, self.COUNT_COLUMNS[column])
+            return f"{value:,}" if value else "–"
+        return {
+            0: lambda: format_when(run.started_at),
+            1: lambda: stream_label(run.stream),
+            2: lambda: TRIGGERS.get(run.trigger, run.trigger.replace("_", " ").capitalize()),
+            3: lambda: format_duration(run),
+            self.OUTCOME_COLUMN: lambda: outcome_label(run),
+        }[column]()
+
+    def _colour(self, run: RunRow, column: int) -> QColor | None:
+        if column == self.OUTCOME_COLUMN:
+            return severity_color(run.outcome)
+        if column == 9 and run.failed:
+            return severity_color("failed")
+        if column == 10 and run.review:
+            return severity_color("review")
+        return None
+
+    def _tooltip(self, run: RunRow) -> str:
+        started = local_time(run.started_at)
+        lines = [f"Run #{run.id} · started {started:%Y-%m-%d %H:%M:%S}" if started else f"Run #{run.id}"]
+        if run.message:
+            lines.append(clean_text(run.message, TOOLTIP_LIMIT))
+        return "\n".join(lines)
+
+
+def _load_runs(cursor: int | None, limit: int) -> tuple[list[RunRow], int | None]:
+    rows = queries.history_runs(before_id=cursor, limit=limit)
+    return rows, (rows[-1].id if len(rows) == limit else None)
+
+
+# --- per-record rows ----------------------------------------------------------------------------------
+
+
+class EventsModel(PagedTableModel[EventRow, EventCursor]):
+    """The per-record rows of one run (or of every run, for a search), failures first, then newest first."""
+
+    columns = ("Run", "Time", "Record id", "Name", "Stripe id", "Action", "Message")
+    RUN, TIME, SOURCE, NAME, STRIPE, ACTION, MESSAGE = range(7)
+
+    def __init__(self, page_size: int = 200, parent: Any = None) -> None:
+        super().__init__(None, page_size, parent)
+        self._query: EventQuery | None = None
+
+    @property
+    def query(self) -> EventQuery | None:
+        return self._query
+
+    def show(self, query: EventQuery | None) -> None:
+        """Show a run's rows (or a search's); None empties the table."""
+        self._query = query
+        self.set_loader(None if query is None else _event_loader(query))
+
+    def set_rows(self, rows: Sequence[EventRow]) -> None:
+        """Show fixed rows (tests, previews)."""
+        self._query = None
+        self.set_loader(lambda _cursor, _limit: (list(rows), None))
+
+    def sort_key(self, row: int) -> tuple[int, int]:
+        """The pinned order: failed, then review, then everything else; newest (highest id) first in each."""
+        event = self._rows[row]
+        return pin_rank(event.action), -event.id
+
+    def cell(self, event: EventRow, column: int, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(event, column)
+        if role == ROW_ID_ROLE:
+            return event.id
+        if role == ACTION_ROLE:
+            return event.action
+        if role == Qt.ItemDataRole.ToolTipRole and column in (self.NAME, self.MESSAGE, self.SOURCE):
+            text = {self.NAME: event.display_name, self.MESSAGE: event.message, self.SOURCE: event.source_id}[column]
+            return clean_text(text, TOOLTIP_LIMIT) or None
+        if role == Qt.ItemDataRole.ForegroundRole and column == self.ACTION:
+            return severity_color(event.action)
+        if role == Qt.ItemDataRole.BackgroundRole:
+            return severity_tint(event.action)
+        return None
+
+    def _display(self, event: EventRow, column: int) -> str:
+        values = {
+            self.RUN: lambda: f"#{event.run_id}",
+            self.TIME: lambda: format_when(event.created_at),
+            self.SOURCE: lambda: clean_text(event.source_id, 40),
+            self.NAME: lambda: clean_text(event.display_name) or "(no name)",
+            self.STRIPE: lambda: event.stripe_id or "",
+            self.ACTION: lambda: ACTIONS.get(event.action, event.action),
+            self.MESSAGE: lambda: clean_text(event.message),
+        }
+        return values[column]()
+
+
+def pin_rank(action: str) -> int:
+    try:
+        return queries.PINNED_ACTIONS.index(action)
+    except ValueError:
+        return len(queries.PINNED_ACTIONS)
+
+
+def _event_loader(query: EventQuery) -> PageLoader[EventCursor, EventRow]:
+    def load(cursor: EventCursor | None, limit: int) -> tuple[list[EventRow], EventCursor | None]:
+        return queries.history_events(query, cursor, limit)
+
+    return load
+
+
+class PinnedProblemsProxy(QSortFilterProxyModel):
+    """Failed rows above review rows above the rest, then newest first (Nextcloud's SortedActivityListModel).
+
+    The source already loads pages in this order; the proxy keeps the promise however rows arrive (a page added
+    later, rows set directly) and is what the view shows. It compares the source's precomputed keys instead of
+    going through data(), because every page inserted costs a few thousand comparisons."""
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.setDynamicSortFilter(True)
+
+    def setSourceModel(self, model: Any) -> None:
+        super().setSourceModel(model)
+        self.sort(0, Qt.SortOrder.AscendingOrder)
+
+    def lessThan(self, left: Index, right: Index) -> bool:
+        source = self.sourceModel()
+        if isinstance(source, EventsModel):
+            return source.sort_key(left.row()) < source.sort_key(right.row())
+        left_key = (pin_rank(str(left.data(ACTION_ROLE))), -int(left.data(ROW_ID_ROLE) or 0))
+        return left_key < (pin_rank(str(right.data(ACTION_ROLE))), -int(right.data(ROW_ID_ROLE) or 0))

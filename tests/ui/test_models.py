@@ -1,0 +1,302 @@
+"""The history item models and queries: rows, columns, data, the pinned order, search, lazy paging, retry."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QTableView
+
+from clinicsync.app import bootstrap
+from clinicsync.store import queries
+from clinicsync.store.models import AccountPair, RecordLink, RetryRecord, SyncEvent, SyncRun
+from clinicsync.store.queries import EventQuery, EventRow
+from clinicsync.sync.matching import email_hash
+from clinicsync.ui.models import (
+    ACTION_ROLE,
+    EventsModel,
+    PinnedProblemsProxy,
+    RunsModel,
+    clean_text,
+    format_duration,
+)
+
+STREAM = "cliniko.patients"
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    """A fresh, empty profile database bound to the models."""
+    ctx = bootstrap({"CLINICSYNC_HOME": str(tmp_path / "home")})
+    yield ctx.db
+    ctx.db.close()
+
+
+@pytest.fixture
+def pair(db) -> AccountPair:
+    return AccountPair.create(
+        uuid="pair-uuid", source_system="cliniko", source_account="1", stripe_account="acct_1", stripe_livemode=False
+    )
+
+
+def make_run(pair: AccountPair | None = None, **fields: object) -> SyncRun:
+    values: dict[str, object] = {"stream": STREAM, "trigger": "manual", "outcome": "ok"}
+    values.update(fields)
+    return SyncRun.create(pair=pair, **values)
+
+
+def add_events(run: SyncRun, actions: list[str], name: str = "Patient {i}") -> list[int]:
+    rows = [
+        {
+            "run": run.id,
+            "stream": STREAM,
+            "source_id": f"{run.id}{i:06d}",
+            "display_name": name.format(i=i),
+            "stripe_id": None if action in ("failed", "review") else f"cus_{run.id}x{i:06d}",
+            "action": action,
+            "message": "bad email" if action == "failed" else "",
+        }
+        for i, action in enumerate(actions)
+    ]
+    with SyncEvent._meta.database.atomic():
+        for start in range(0, len(rows), 500):
+            SyncEvent.insert_many(rows[start : start + 500]).execute()
+    return [e.id for e in SyncEvent.select(SyncEvent.id).where(SyncEvent.run == run.id).order_by(SyncEvent.id)]
+
+
+def proxy_column(proxy: PinnedProblemsProxy, column: int, role: int = Qt.ItemDataRole.DisplayRole) -> list[object]:
+    return [proxy.index(row, column).data(role) for row in range(proxy.rowCount())]
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+
+
+def test_runs_model_lists_runs_newest_first_with_their_counts_and_outcome(qtbot, db, pair):
+    started = datetime(2026, 3, 1, 9, 0, 0)
+    make_run(pair, started_at=started, finished_at=started + timedelta(seconds=12.5), created=3)
+    make_run(
+        pair,
+        trigger="retry",
+        started_at=started + timedelta(hours=1),
+        finished_at=started + timedelta(hours=1, minutes=2, seconds=5),
+        outcome="attention",
+        updated=1200,
+        failed=2,
+        review=1,
+    )
+    model = RunsModel()
+    model.load()
+
+    assert model.rowCount() == 2
+    assert model.columnCount() == len(RunsModel.columns) == 12
+    headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
+    assert headers[:4] == ["Started", "Stream", "Trigger", "Duration"]
+    assert headers[-1] == "Outcome" and "Failed" in headers and "Review" in headers and "Unchanged" in headers
+    newest = [model.index(0, c).data() for c in range(model.columnCount())]
+    assert newest[1:4] == ["Cliniko patients", "Retry failed", "2 min 05 s"]
+    assert newest[headers.index("Updated")] == "1,200"
+    assert newest[headers.index("Failed")] == "2"
+    assert newest[headers.index("Created")] == "–"
+    assert newest[-1] == "Needs attention"
+    assert model.index(0, 11).data(Qt.ItemDataRole.ForegroundRole) is not None  # attention is coloured
+    assert model.index(1, 3).data() == "12.5 s"
+    assert model.index(1, 11).data() == "OK"
+
+
+def test_runs_model_refresh_adds_new_runs_on_top_and_finishes_running_ones(qtbot, db, pair):
+    running = make_run(pair, outcome="running")
+    model = RunsModel()
+    model.load()
+    assert model.index(0, 3).data() == "running…"
+
+    SyncRun.update(outcome="ok", finished_at=running.started_at + timedelta(seconds=2), created=7).where(
+        SyncRun.id == running.id
+    ).execute()
+    newer = make_run(pair, trigger="retry")
+    with qtbot.waitSignal(model.rowsInserted), qtbot.waitSignal(model.dataChanged):
+        new_ids = model.refresh()
+
+    assert new_ids == [newer.id]
+    assert [model.row_at(r).id for r in range(model.rowCount())] == [newer.id, running.id]
+    assert model.index(1, 4).data() == "7" and model.index(1, 11).data() == "OK"
+
+
+def test_runs_model_pages_lazily(qtbot, db):
+    for _ in range(25):
+        make_run()
+    model = RunsModel(page_size=10)
+    model.load()
+    assert model.rowCount() == 10 and model.canFetchMore()
+    model.fetchMore()
+    model.fetchMore()
+    assert model.rowCount() == 25 and not model.canFetchMore()
+    ids = [model.row_at(r).id for r in range(25)]
+    assert ids == sorted(ids, reverse=True)
+
+
+# --- records of a run ---------------------------------------------------------------------------------
+
+
+def test_events_model_columns_and_cleaned_data(qtbot, db, pair):
+    run = make_run(pair)
+    SyncEvent.create(
+        run=run,
+        stream=STREAM,
+        source_id="42",
+        display_name="Ann\x07e \u202eevil\u202c " + "N" * 5000,
+        stripe_id="cus_A",
+        action="created",
+        message="phone shortened\nname trimmed",
+    )
+    model = EventsModel()
+    model.show(EventQuery(run.id))
+
+    assert model.columns == ("Run", "Time", "Record id", "Name", "Stripe id", "Action", "Message")
+    row = [model.index(0, c).data() for c in range(model.columnCount())]
+    assert row[0] == f"#{run.id}"
+    assert row[2] == "42" and row[4] == "cus_A" and row[5] == "Created"
+    assert row[3].startswith("Anne evil NNN") and row[3].endswith("…") and len(row[3]) <= 160
+    assert "\x07" not in row[3] and "\u202e" not in row[3]
+    assert row[6] == "phone shortened · name trimmed"
+    assert model.index(0, EventsModel.NAME).data(Qt.ItemDataRole.ToolTipRole).startswith("Anne evil")
+    assert model.index(0, 0).data(ACTION_ROLE) == "created"
+
+
+def test_proxy_pins_failed_then_review_then_newest_first(qtbot):
+    when = datetime(2026, 1, 1)
+    actions = ["created", "failed", "updated", "review", "linked", "failed", "review", "created"]
+    rows = [EventRow(i + 1, 1, STREAM, str(i + 1), f"P{i + 1}", None, a, "", when) for i, a in enumerate(actions)]
+    model = EventsModel()
+    proxy = PinnedProblemsProxy()
+    proxy.setSourceModel(model)
+    model.set_rows(rows)
+
+    assert proxy_column(proxy, EventsModel.SOURCE) == ["6", "2", "7", "4", "8", "5", "3", "1"]
+    assert proxy_column(proxy, EventsModel.ACTION)[:4] == ["Failed", "Failed", "Needs review", "Needs review"]
+    assert proxy.index(0, 0).data(Qt.ItemDataRole.BackgroundRole) is not None  # failed rows are tinted
+
+
+def test_lazy_fetch_loads_page_after_page_in_the_pinned_order(qtbot, db, pair):
+    run = make_run(pair)
+    actions = ["created"] * 450
+    for position in (3, 120, 333, 449):
+        actions[position] = "failed"
+    actions[200] = "review"
+    ids = add_events(run, actions)
+    model = EventsModel(page_size=200)
+    proxy = PinnedProblemsProxy()
+    proxy.setSourceModel(model)
+    model.show(EventQuery(run.id))
+    assert model.rowCount() == 200 and model.canFetchMore()
+
+    view = QTableView()
+    qtbot.addWidget(view)
+    view.setModel(proxy)
+    view.resize(400, 300)
+    view.show()
+    while proxy.canFetchMore(proxy.index(-1, -1)):  # what a view does as it is scrolled to the bottom
+        view.scrollToBottom()
+        qtbot.waitUntil(lambda: True)
+        proxy.fetchMore(proxy.index(-1, -1))
+    assert proxy.rowCount() == 450
+    expected = [ids[p] for p in (449, 333, 120, 3)] + [ids[200]]
+    shown = proxy_column(proxy, 0, Qt.ItemDataRole.UserRole + 1)
+    assert shown[:5] == expected
+    assert shown[5:] == sorted(shown[5:], reverse=True)
+
+
+def test_a_view_scrolled_to_the_bottom_fetches_the_next_page(qtbot, db, pair):
+    run = make_run(pair)
+    add_events(run, ["created"] * 300)
+    model = EventsModel(page_size=100)
+    model.show(EventQuery(run.id))
+    view = QTableView()
+    qtbot.addWidget(view)
+    view.setModel(model)
+    view.resize(400, 300)
+    view.show()
+    qtbot.waitExposed(view)
+    view.scrollToBottom()
+    qtbot.waitUntil(lambda: model.rowCount() > 100)
+
+
+def test_search_by_name_record_id_stripe_id_and_full_email(qtbot, db, pair):
+    run = make_run(pair)
+    add_events(run, ["created", "failed", "updated", "created"], name="Patient {i}")
+    SyncEvent.create(run=run, stream=STREAM, source_id="777", display_name="Zoë O'Hara", action="linked")
+    RecordLink.create(
+        pair=pair,
+        stream=STREAM,
+        source_id="777",
+        stripe_object="customer",
+        email_hash=email_hash(pair, "zoe.ohara@example.com"),
+    )
+
+    def names(search: str, run_id: int | None = run.id) -> list[str]:
+        rows, _ = queries.history_events(EventQuery(run_id, search))
+        return sorted(row.display_name for row in rows)
+
+    assert names("patient 1") == ["Patient 1"]  # case-insensitive, part of a name
+    assert names("o'hara") == ["Zoë O'Hara"]
+    assert names(f"{run.id}000002") == ["Patient 2"]  # a Cliniko id
+    assert names(f"cus_{run.id}x000003") == ["Patient 3"]  # a Stripe id
+    assert names("ZOE.OHARA@example.com ") == ["Zoë O'Hara"]  # full email, through its keyed hash
+    assert names("ohara@example") == []  # part of an email cannot be matched: none is stored
+    assert names("%") == [] and names("t_1") == []  # LIKE wildcards are literal ("t_1" is not "t 1")
+    other = make_run(pair)
+    add_events(other, ["created"], name="Patient {i} again")
+    assert names("patient 0", run_id=None) == ["Patient 0", "Patient 0 again"]
+
+
+def test_retry_of_failed_queues_each_failed_record_once(qtbot, db, pair):
+    run = make_run(pair, failed=3)
+    add_events(run, ["failed", "created", "failed"])
+    SyncEvent.create(run=run, stream=STREAM, source_id=f"{run.id}000000", action="failed", message="again")
+    SyncEvent.create(run=run, stream=STREAM, source_id="?", action="failed", message="no id")
+    assert queries.queue_retry_of_failed(run.id) == 2
+    assert queries.queue_retry_of_failed(run.id) == 2  # asking twice is harmless
+    assert sorted(r.source_id for r in RetryRecord.select()) == [f"{run.id}000000", f"{run.id}000002"]
+    assert queries.queue_retry_of_failed(make_run(None).id) == 0  # a run that never reached an account
+
+
+def test_history_stays_fast_with_100000_records(qtbot, db, pair):
+    run = make_run(pair, failed=5)
+    actions = ["updated"] * 100_000
+    for position in (10, 25_000, 50_000, 75_000, 99_990):
+        actions[position] = "failed"
+    add_events(run, actions)
+    model = EventsModel(page_size=200)
+    proxy = PinnedProblemsProxy()
+    proxy.setSourceModel(model)
+
+    started = time.perf_counter()
+    model.show(EventQuery(run.id))
+    first_page = time.perf_counter() - started
+    assert proxy_column(proxy, EventsModel.ACTION)[:6] == ["Failed"] * 5 + ["Updated"]
+
+    started = time.perf_counter()
+    for _ in range(20):
+        model.fetchMore()
+    twenty_pages = time.perf_counter() - started
+    assert proxy.rowCount() == 4_200
+
+    started = time.perf_counter()
+    rows, _ = queries.history_events(EventQuery(run.id, "Patient 99999"))
+    search = time.perf_counter() - started
+    assert [r.display_name for r in rows] == ["Patient 99999"]
+    # Loose bounds (CI machines vary); the point is no full load: 100,000 rows would take seconds.
+    assert first_page < 0.1, first_page
+    assert twenty_pages < 1.0, twenty_pages
+    assert search < 0.5, search
+
+
+def test_helpers_format_for_people():
+    assert clean_text("a\tb\r\nc\x00") == "a b · c"
+    assert clean_text(None) == ""
+    started = datetime(2026, 1, 1)
+    row = queries.RunRow(1, STREAM, "manual", False, started, started + timedelta(hours=2, minutes=3), "ok",
+                         *([0] * 7), "", None)  # fmt: skip
+    assert format_duration(row) == "2 h 03 min"
