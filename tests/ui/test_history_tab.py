@@ -198,16 +198,21 @@ def test_the_tab_pages_through_a_long_run(qtbot, make_sandbox, env_for, make_ui)
     )
 
 
-def test_in_the_real_window_sync_now_updates_the_history_tab(qtbot, sandbox_gui):
-    gui, _sandbox = sandbox_gui(profile="hard", patients=30)
-    tab = gui.window.tab("history")
-    assert isinstance(tab, HistoryTab)
-    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
-        gui.sync_now()
-    gui.window.show_tab("history")
-    run = tab.selected_run()
-    assert run is not None and run.trigger == "manual" and run.outcome in ("ok", "attention")
-    assert tab.runs_model.index(0, 4).data() == (f"{run.created:,}" if run.created else "–")
-    assert len(shown(tab, EventsModel.NAME)) == sum(
-        (run.created, run.linked, run.updated, run.skipped, run.failed, run.review)
-    )
+def test_in_the_real_window_sync_now_updates_the_history_tab(qtbot, make_sandbox, env_for):
+    from clinicsync.ui.main import build_app
+
+    sandbox = make_sandbox(profile="hard", patients=30)
+    gui = build_app(env_for(sandbox), tray_available=False, confirm_quit=lambda *_: True)
+    try:
+        tab = gui.window.tab("history")
+        assert isinstance(tab, HistoryTab)
+        with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+            gui.sync_now()
+        gui.window.show_tab("history")
+        run = tab.selected_run()
+        assert run is not None and run.trigger == "manual" and run.outcome in ("ok", "attention")
+        assert tab.runs_model.index(0, 4).data() == (f"{run.created:,}" if run.created else "–")
+        written = (run.created, run.linked, run.updated, run.skipped, run.failed, run.review)
+        assert len(shown(tab, EventsModel.NAME)) == sum(written)
+    finally:
+        assert gui.shutdown(15)
