@@ -48,8 +48,9 @@ class GuiApp:
     notifier: Notifier
     instance: InstanceServer | None = None
     last_notice: Notice | None = None
+    first_run_dialog: QWidget | None = None
     shut_down: bool = field(default=False, init=False)
-    on_quit: Callable[[], None] = field(default=lambda: None, init=False, repr=False)
+    on_quit: Callable[[], None] | None = field(default=None, init=False, repr=False)  # leaves the event loop
 
     @property
     def tracker(self) -> StatusTracker:
@@ -79,10 +80,21 @@ class GuiApp:
     def notice_clicked(self) -> None:
         self.window.show_tab(self.last_notice.tab if self.last_notice is not None else "overview")
 
+    def switch_profile(self, env: Mapping[str, str], sandbox: object) -> UiContext:
+        """Move the running app onto another profile (the first-run sandbox trial): the same UiContext, bridge,
+        window and tray, with a new runner and database; the status tracker and every tab follow."""
+        from clinicsync.ui.first_run import switch_in_place
+
+        ui = switch_in_place(self.ui, env, sandbox)  # type: ignore[arg-type]
+        self.tracker.rebind(ui.runner, ui.app.settings)
+        self.window.refresh_all()
+        return ui
+
     def quit(self) -> None:
         """Quit from the tray or a confirmed close: stop everything, then leave the event loop."""
         self.shutdown()
-        self.on_quit()
+        if self.on_quit is not None:
+            self.on_quit()
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> bool:
         """Idempotent. Cancels a running sync at its next safe point and joins the worker thread."""
@@ -131,7 +143,7 @@ def build_app(
             ui.status,
             TrayActions(
                 sync_now=gui.sync_now,
-                cancel=runner.cancel,
+                cancel=lambda: ui.runner.cancel(),  # through ui: the runner changes on a profile switch
                 set_paused=ui.status.set_paused,
                 open_window=gui.open_window,
                 quit=gui.quit,
@@ -187,7 +199,7 @@ def _start_first_run(gui: GuiApp) -> None:
         return
     start = getattr(first_run, "start_if_needed", None)
     if callable(start):
-        start(gui.ui, gui.window)
+        gui.first_run_dialog = start(gui.ui, gui.window, on_switch_profile=gui.switch_profile)
 
 
 def run_gui(argv: Sequence[str] | None = None) -> int:

@@ -161,6 +161,13 @@ class MainWindow(QMainWindow):
         current = self.tab_widget.currentWidget()
         return next(name for name, widget in self.tabs.items() if widget is current)
 
+    def refresh_all(self) -> None:
+        """After a profile switch: every tab that can, re-reads what it shows."""
+        for widget in self.tabs.values():
+            refresh = getattr(widget, "refresh", None)
+            if callable(refresh):
+                refresh()
+
     def _tab_changed(self, index: int) -> None:
         refresh = getattr(self.tab_widget.widget(index), "refresh", None)
         if callable(refresh):
@@ -192,7 +199,8 @@ class MainWindow(QMainWindow):
             dialog: QWidget = self._fallback_approval(stream, plan)
         else:
             dialog = ApprovalDialog(self.ui, plan, self)
-            dialog.accepted.connect(lambda: self._approved(stream))
+            if not getattr(dialog, "STARTS_SYNC", False):  # a dialog that syncs itself must not get a second sync
+                dialog.accepted.connect(lambda: self._approved(stream))
         dialog.finished.connect(self._approval_closed)
         self.approval_dialog = dialog
         dialog.open()  # window-modal but not blocking: the bridge keeps delivering meanwhile

@@ -89,10 +89,19 @@ def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(parts) if parts else "no changes"
 
 
-def stream_view(stream: str, row: dict[str, Any] | None, progress: Progress | None, now: datetime) -> StreamView:
+def stream_view(
+    stream: str,
+    row: dict[str, Any] | None,
+    progress: Progress | None,
+    now: datetime,
+    *,
+    awaiting_approval: bool = False,
+) -> StreamView:
     title = STREAM_TITLES.get(stream, stream)
     if progress is not None and progress.stream == stream:
         state = "Syncing…"
+    elif awaiting_approval:
+        state = STATE_WORDS["needs_approval"]
     elif row is None or row.get("last_outcome") is None:
         state = "Never synced"
     else:
@@ -265,7 +274,8 @@ class OverviewTab(QWidget):
             if card is None:
                 card = self.cards[stream] = StreamCard(stream, self.cards_holder)
                 self.cards_layout.insertWidget(self.cards_layout.count() - 1, card)
-            card.show_view(stream_view(stream, by_stream.get(stream), progress, now))
+            waiting = awaiting_approval(stream, by_stream.get(stream))
+            card.show_view(stream_view(stream, by_stream.get(stream), progress, now, awaiting_approval=waiting))
         self._show_accounts(rows)
         self._show_problem()
         paused = self.tracker.paused()
@@ -340,6 +350,16 @@ class OverviewTab(QWidget):
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         self.refresh()
+
+
+def awaiting_approval(stream: str, row: dict[str, Any] | None) -> bool:
+    """A live-mode plan nobody has approved yet, newer than the stream's last real run (plans are dry runs,
+    which stream_status leaves out)."""
+    plan = queries.latest_plan(stream)
+    if plan is None or plan.approved_at is not None or not plan.pair.stripe_livemode:
+        return False
+    last = row.get("last_run_at") if row else None
+    return last is None or plan.created_at >= last
 
 
 def finished_text(outcome: JobOutcome) -> str:

@@ -130,6 +130,17 @@ class StatusTracker(QObject):
             self.key_livemode = mode
             self.changed.emit()
 
+    def rebind(self, runner: SyncRunner, settings: Settings) -> None:
+        """Follow a switch to another profile (the sandbox trial): new runner and settings, nothing carried over."""
+        self._runner = runner
+        self._settings = settings
+        self.progress = None
+        self.current_job = None
+        self.last_outcome = None
+        self.problem = None
+        self.key_livemode = None
+        self.changed.emit()
+
     def connections_changed(self) -> None:
         """Call after keys or addresses change: forget the broken-connection state and the key's mode."""
         self.problem = None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
@@ -94,6 +94,11 @@ class TrayController(QObject):
         self.icon.activated.connect(self._activated)
         self.icon.messageClicked.connect(self.message_clicked)
         tracker.changed.connect(self.refresh)
+        # While syncing, the tooltip follows the progress once a second (not per record: on Linux every
+        # tooltip change is a D-Bus message to the panel).
+        self._ticker = QTimer(self)
+        self._ticker.setInterval(1000)
+        self._ticker.timeout.connect(self.refresh)
         self.state = IDLE
         self.rebuild_menu()
         self.refresh()
@@ -102,6 +107,7 @@ class TrayController(QObject):
         self.icon.show()
 
     def hide(self) -> None:
+        self._ticker.stop()
         self.icon.hide()
 
     def refresh(self) -> None:
@@ -110,6 +116,10 @@ class TrayController(QObject):
         if state != self.state:
             self.state = state
             self.icon.setIcon(icons.icon(ICON_OF_STATE[state]))
+        if state == SYNCING and not self._ticker.isActive():
+            self._ticker.start()
+        elif state != SYNCING:
+            self._ticker.stop()
         self.icon.setToolTip(f"ClinicSync — {status_line(snapshot)}")
 
     def rebuild_menu(self) -> None:

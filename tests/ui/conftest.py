@@ -1,0 +1,108 @@
+"""Fixtures for the desktop app tests (pytest-qt, offscreen).
+
+`build_gui` builds the real app (`clinicsync.ui.main.build_app`) on a temporary CLINICSYNC_HOME whose keys come
+from the environment (the sandbox's, or dummies), so no test reads or writes the real keyring or a real profile.
+Every app built is shut down after its test, and the test fails if the sync worker was not joined.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from PySide6.QtWidgets import QWidget
+
+from clinicsync.sandbox.launcher import Sandbox
+from clinicsync.ui.main import GuiApp, build_app
+from tests.support import profile_env
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT_MS = 60_000
+# Keys that satisfy "a key is set" without reaching anything: for tests that never sync.
+DUMMY_KEYS = {
+    "CLINICSYNC_CLINIKO_API_KEY": "dummy-cliniko-key",
+    "CLINICSYNC_STRIPE_API_KEY": "sk_test_dummy",
+    "CLINICSYNC_CONTACT_EMAIL": "tests@example.com",
+}
+
+
+def never_confirm(_parent: QWidget, _syncing: bool) -> bool:
+    raise AssertionError("the quit confirmation was shown unexpectedly")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def offline_env(home: Path) -> dict[str, str]:
+    """A profile with dummy keys: everything but an actual sync works."""
+    return profile_env(home, DUMMY_KEYS)
+
+
+@pytest.fixture
+def build_gui(qtbot) -> Iterator[Callable[..., GuiApp]]:
+    built: list[GuiApp] = []
+
+    def build(env: Mapping[str, str], *, tray: bool = False, **kwargs: object) -> GuiApp:
+        kwargs.setdefault("confirm_quit", never_confirm)
+        gui = build_app(env, tray_available=tray, **kwargs)  # type: ignore[arg-type]
+        built.append(gui)  # not qtbot.addWidget: pytest-qt would close the window before shutdown() runs
+        return gui
+
+    yield build
+    for gui in built:
+        assert gui.shutdown(15), "the sync worker was not joined"
+        assert not gui.ui.runner.busy
+
+
+@pytest.fixture
+def sandbox_gui(make_sandbox, env_for, build_gui) -> Callable[..., tuple[GuiApp, Sandbox]]:
+    """The app on a fresh profile pointed at a new in-process sandbox."""
+
+    def make(*, tray: bool = False, env: Mapping[str, str] | None = None, **sandbox_options: object):
+        sandbox = make_sandbox(**sandbox_options)
+        gui = build_gui(env_for(sandbox, **(env or {})), tray=tray)
+        return gui, sandbox
+
+    return make
+
+
+@pytest.fixture
+def sandbox_process(tmp_path: Path) -> Iterator[Callable[..., dict]]:
+    """Start `python -m clinicsync.sandbox.launcher` in its own process; returns its port-file contents."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> dict:
+        port_file = tmp_path / f"sandbox-{len(procs)}.json"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clinicsync.sandbox.launcher", *args, "--port-file", str(port_file)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 30
+        while not port_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert port_file.exists(), f"sandbox did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
+        return json.loads(port_file.read_text())
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

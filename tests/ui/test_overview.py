@@ -1,0 +1,151 @@
+"""The Overview tab: the words of each stream card, the SANDBOX / TEST MODE badge, and real syncs against the
+in-process sandbox: counts after Sync now, progress and Cancel, the broken-connection banner, and a GUI thread
+that keeps answering during a 500-patient sync."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime, timedelta
+
+from PySide6.QtCore import Qt, QTimer
+
+from clinicsync.ui.overview_tab import OverviewTab, counts_text, stream_view
+from clinicsync.ui.status import LIVE, SANDBOX, TEST_MODE, Progress, current_mode, is_loopback, mode_label
+from tests.support import admin, executed_writes
+from tests.ui.conftest import WAIT_MS
+
+STREAM = "cliniko.patients"
+NOW = datetime.now().astimezone()
+
+
+def row(**fields: object) -> dict:
+    values: dict = {
+        "stream": STREAM,
+        "last_outcome": "ok",
+        "last_run_at": (NOW - timedelta(minutes=5)).astimezone(tz=None).replace(tzinfo=None),
+        "last_counts": {"created": 3, "linked": 1, "updated": 0, "unchanged": 10, "failed": 0, "review": 0},
+        "queued": 0,
+        "review": 0,
+    }
+    values.update(fields)
+    return values
+
+
+def utc_naive(moment: datetime) -> datetime:
+    from datetime import UTC
+
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+# --- pure ----------------------------------------------------------------------------------------------------
+def test_stream_card_words() -> None:
+    never = stream_view(STREAM, None, None, NOW)
+    assert (never.state, never.last_run, never.next_run) == ("Never synced", "never", "manual (press Sync now)")
+
+    done = stream_view(STREAM, row(last_run_at=utc_naive(NOW - timedelta(minutes=5))), None, NOW)
+    assert done.state == "Up to date"
+    assert done.counts == "3 created, 1 linked, 10 unchanged"
+    assert done.last_run.endswith("today")
+    assert (done.queued, done.review, done.errors) == ("none", "none", "none")
+
+    busy = stream_view(
+        STREAM,
+        row(last_outcome="attention", queued=2, review=1, last_counts={"failed": 4}),
+        Progress(STREAM, 1, 2, ""),
+        NOW,
+    )
+    assert busy.state == "Syncing…"
+    assert busy.queued == "2 writes waiting for Stripe"
+    assert busy.review == "1 record to review"
+    assert busy.errors == "4 records failed in the last run"
+    assert stream_view(STREAM, row(last_outcome="needs_approval"), None, NOW).state == "Waiting for your approval"
+    assert counts_text({}) == "no changes"
+
+
+def test_mode_label() -> None:
+    assert mode_label(sandbox=True, livemode=True) == SANDBOX
+    assert mode_label(sandbox=False, livemode=False) == TEST_MODE
+    assert mode_label(sandbox=False, livemode=True) == LIVE
+    assert mode_label(sandbox=False, livemode=None) is None
+    assert is_loopback("http://127.0.0.1:5000") and is_loopback("http://localhost:1")
+    assert not is_loopback("https://api.stripe.com") and not is_loopback("")
+
+
+def test_test_mode_badge_from_the_key_before_any_sync(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    assert current_mode(gui.ui, []) is None  # unknown until the key is read (run_gui reads it at start)
+    gui.tracker.note_stripe_key("sk_test_abc")
+    overview = gui.window.tab("overview")
+    assert overview.mode_badge.text() == TEST_MODE and not overview.mode_badge.isHidden()
+    gui.tracker.note_stripe_key("rk_live_abc")
+    assert overview.mode_badge.text() == LIVE
+
+
+# --- against the sandbox -------------------------------------------------------------------------------------
+def test_sync_now_updates_the_cards_and_says_sandbox(qtbot, sandbox_gui) -> None:
+    gui, _ = sandbox_gui(profile="clean", patients=40)
+    overview: OverviewTab = gui.window.tab("overview")
+    gui.window.show()
+    assert overview.mode_badge.text() == SANDBOX  # loopback addresses: never a real account
+    assert overview.cards[STREAM].labels["state"].text() == "Never synced"
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        qtbot.mouseClick(overview.sync_button, Qt.MouseButton.LeftButton)
+        assert not overview.sync_button.isEnabled()  # one click, one sync
+    qtbot.waitUntil(lambda: overview.cards[STREAM].labels["counts"].text() == "40 created")
+    card = overview.cards[STREAM].labels
+    assert card["state"].text() == "Up to date"
+    assert card["last_run"].text().endswith("today")
+    assert overview.message_label.text() == "Patients done: 40 created"
+    assert "→" in overview.accounts_label.text()  # the clinic and the Stripe account it syncs to
+    assert overview.sync_button.isEnabled() and overview.progress_bar.isHidden()
+
+
+def test_progress_cancel_and_a_responsive_gui_during_a_500_patient_sync(qtbot, sandbox_gui) -> None:
+    gui, sandbox = sandbox_gui(profile="clean", patients=500)
+    overview: OverviewTab = gui.window.tab("overview")
+    gui.window.show()
+    # The GUI thread's heartbeat: a 20 ms timer; the longest gap between its ticks is the longest stall.
+    ticks: list[float] = []
+    heartbeat = QTimer()
+    heartbeat.setInterval(20)
+    heartbeat.timeout.connect(lambda: ticks.append(time.monotonic()))
+    heartbeat.start()
+    steps: list[str] = []
+    gui.ui.bridge.job_progress.connect(lambda *_: steps.append(overview.step_label.text()))
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as finished:
+        overview.sync_now()
+    heartbeat.stop()
+    outcome = finished.args[0]
+    assert outcome.results[0].counts["created"] == 500
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) > 10 and max(gaps) < 1.0, f"GUI thread stalled {max(gaps):.3f} s"
+    assert "Patients: 500 of 500" in steps  # the progress text followed the records
+    assert any(step.startswith("Patients: Reading") for step in steps)
+
+    # Cancel: slow Stripe down, change every patient, start, cancel after the first progress.
+    admin(sandbox.stripe_url, "config", latency_ms=20)
+    admin(sandbox.cliniko_url, "edit", count=500)
+    gui.ui.app.settings.set("stripe.workers", 1)
+    with qtbot.waitSignal(gui.ui.bridge.job_progress, timeout=WAIT_MS):
+        overview.sync_now()
+    assert overview.cancel_button.isVisible() and overview.progress_bar.isVisible()
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as finished:
+        qtbot.mouseClick(overview.cancel_button, Qt.MouseButton.LeftButton)
+    assert finished.args[0].results[0].outcome == "cancelled"
+    assert overview.cards[STREAM].labels["state"].text() == "Cancelled"
+    assert overview.cancel_button.isHidden()
+
+
+def test_a_refused_key_shows_the_banner_which_opens_connections(qtbot, sandbox_gui) -> None:
+    gui, sandbox = sandbox_gui(profile="clean", patients=3, env={"CLINICSYNC_STRIPE_API_KEY": "sk_test_sandbox_wrong"})
+    overview: OverviewTab = gui.window.tab("overview")
+    gui.window.show()
+    assert overview.banner.isHidden()
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        overview.sync_now()
+    assert overview.banner.isVisible()
+    assert "A key was refused." in overview.banner_text.text() and "401" in overview.banner_text.text()
+    assert executed_writes(sandbox.stripe_url) == 0
+    qtbot.mouseClick(overview.connections_button, Qt.MouseButton.LeftButton)
+    assert gui.window.current_tab_name() == "connections"

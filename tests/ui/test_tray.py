@@ -1,0 +1,180 @@
+"""The tray: the status line and icon in every state (pure functions), the menu rebuilt when it opens, pause from
+the menu, and the notification policy (a message only when a person must act, never twice for one situation)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from clinicsync.sync.engine import RunResult
+from clinicsync.sync.runner import Job, JobOutcome
+from clinicsync.ui.notifications import Notifier, decide
+from clinicsync.ui.status import ConnectionProblem, Progress, StatusSnapshot
+from clinicsync.ui.tray import ATTENTION, IDLE, SYNCING, icon_state, status_line
+
+AEST = timezone(timedelta(hours=10))
+NOW = datetime(2026, 11, 22, 15, 0, tzinfo=AEST)
+STREAM = "cliniko.patients"
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "line", "icon"),
+    [
+        (StatusSnapshot(), "Not synced yet", IDLE),
+        (
+            StatusSnapshot(last_sync=NOW.replace(hour=10, minute=42), never_synced=False),
+            "Last sync 10:42",
+            IDLE,
+        ),
+        (
+            StatusSnapshot(last_sync=datetime(2026, 3, 3, 9, 5, tzinfo=AEST), never_synced=False),
+            "Last sync 3 Mar 09:05",
+            IDLE,
+        ),
+        (
+            StatusSnapshot(
+                last_sync=NOW.replace(hour=10, minute=42), next_sync=NOW.replace(hour=10, minute=57), never_synced=False
+            ),
+            "Last sync 10:42, next 10:57",
+            IDLE,
+        ),
+        (StatusSnapshot(syncing=True, progress=Progress(STREAM, 140, 500, "")), "Syncing patients 140/500", SYNCING),
+        (StatusSnapshot(syncing=True, progress=Progress(STREAM, 140, None, "")), "Syncing patients 140", SYNCING),
+        (StatusSnapshot(syncing=True, progress=Progress(STREAM, 0, None, "Reading")), "Syncing patients…", SYNCING),
+        (StatusSnapshot(syncing=True), "Syncing…", SYNCING),
+        # A sync running outranks everything; pause outranks attention (the person chose it and knows).
+        (
+            StatusSnapshot(syncing=True, paused=True, review_items=2, progress=Progress(STREAM, 1, 2, "")),
+            "Syncing patients 1/2",
+            SYNCING,
+        ),
+        (StatusSnapshot(paused=True), "Sync paused", IDLE),
+        (StatusSnapshot(paused=True, review_items=2), "Sync paused", ATTENTION),
+        (StatusSnapshot(review_items=2), "Needs attention: 2 records to review", ATTENTION),
+        (StatusSnapshot(review_items=1), "Needs attention: 1 record to review", ATTENTION),
+        (StatusSnapshot(failed_records=3), "Needs attention: 3 records failed", ATTENTION),
+        (StatusSnapshot(problem=ConnectionProblem("auth", "401")), "Needs attention: a key was refused", ATTENTION),
+        (
+            StatusSnapshot(problem=ConnectionProblem("unreachable", "timeout"), review_items=4),
+            "Needs attention: can't reach Cliniko or Stripe",
+            ATTENTION,
+        ),
+    ],
+)
+def test_status_line_and_icon_in_each_state(snapshot: StatusSnapshot, line: str, icon: str) -> None:
+    assert status_line(snapshot, NOW) == line
+    assert icon_state(snapshot) == icon
+
+
+# --- the real tray controller -------------------------------------------------------------------------------
+def test_menu_is_rebuilt_when_it_opens_and_pause_from_the_menu_persists(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env, tray=True)
+    tray = gui.tray
+    assert tray is not None
+    assert tray.menu_texts() == ["Not synced yet", "Sync now", "Pause syncing", "Open ClinicSync", "Quit"]
+    assert not tray.menu.actions()[0].isEnabled()  # the status line is information, not a button
+    assert tray.state == IDLE
+
+    tray.action("Pause syncing").trigger()
+    assert gui.ui.app.settings.lookup("sync.paused").source == "stored"
+    assert gui.ui.app.settings.get("sync.paused") is True
+    tray.menu.aboutToShow.emit()  # what Qt does each time the menu opens
+    assert tray.menu_texts()[0] == "Sync paused"
+    assert tray.action("Pause syncing").isChecked()
+    assert not tray.action("Sync now").isEnabled()
+    # Every trigger honours it: the runner refuses the job too.
+    assert gui.ui.sync_now() is None
+
+    tray.action("Pause syncing").trigger()
+    tray.menu.aboutToShow.emit()
+    assert tray.action("Sync now").isEnabled()
+
+
+def test_menu_while_syncing_offers_cancel_and_shows_progress(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env, tray=True)
+    job = Job(1, "manual")
+    gui.ui.bridge.job_started.emit(job)  # as the runner's bridge would, without a sync
+    gui.ui.bridge.job_progress.emit(job, STREAM, 140, 500, "")
+    gui.tray.menu.aboutToShow.emit()
+    assert gui.tray.menu_texts()[:2] == ["Syncing patients 140/500", "Cancel sync"]
+    assert gui.tray.state == SYNCING
+    gui.tray.refresh()  # a timer does this every second while syncing
+    assert gui.tray.icon.toolTip() == "ClinicSync — Syncing patients 140/500"
+    gui.ui.bridge.job_finished.emit(JobOutcome(job, failure_kind="auth", message="Stripe said 401"))
+    gui.tray.menu.aboutToShow.emit()
+    assert gui.tray.menu_texts()[:2] == ["Needs attention: a key was refused", "Sync now"]
+    assert gui.tray.state == ATTENTION
+
+
+def test_open_from_the_tray_brings_the_window_back(build_gui, offline_env, qtbot) -> None:
+    gui = build_gui(offline_env, tray=True)
+    gui.window.hide()
+    gui.tray.action("Open ClinicSync").trigger()
+    assert gui.window.isVisible()
+
+
+# --- notifications -------------------------------------------------------------------------------------------
+def outcome(*results: RunResult, failure: str | None = None, message: str = "", trigger: str = "manual"):
+    return JobOutcome(Job(1, trigger), results=results, failure_kind=failure, message=message)
+
+
+def run(outcome_: str = "ok", stop: str | None = None, message: str = "", **counts: int) -> RunResult:
+    return RunResult(1, STREAM, outcome_, counts, message=message, stop_kind=stop)
+
+
+def test_routine_success_is_never_announced() -> None:
+    assert decide(None, outcome(run(created=500))) is None
+    assert decide(outcome(run(created=500)), outcome(run(unchanged=500))) is None
+    assert decide(None, outcome(run("cancelled", created=3))) is None
+    assert decide(None, outcome(failure="locked", message="another sync")) is None
+
+
+def test_broken_keys_and_settings_are_announced_and_lead_to_connections() -> None:
+    notice = decide(None, outcome(failure="auth", message="Stripe refused the key (401)"))
+    assert notice is not None and notice.tab == "connections" and notice.critical
+    assert "401" in notice.message
+    assert decide(None, outcome(failure="config", message="No Stripe API key")).tab == "connections"
+    assert decide(None, outcome(run("failed", stop="permission", message="needs customers write"))).key == "broken:auth"
+
+
+def test_new_review_items_are_announced_but_the_same_ones_again_are_not() -> None:
+    first = decide(None, outcome(run("attention", created=10, review=2)))
+    assert first is not None and first.tab == "review" and "2 records" in first.message
+    assert decide(outcome(run("attention", review=2)), outcome(run("attention", review=2))) is None
+    more = decide(outcome(run("attention", review=2)), outcome(run("attention", review=3)))
+    assert more is not None and "1 record " in more.message
+
+
+def test_a_live_sync_waiting_for_approval_is_announced() -> None:
+    notice = decide(None, outcome(run("needs_approval", created=40)))
+    assert notice is not None and "approve" in notice.message
+
+
+def test_one_failure_is_a_blip_two_in_a_row_are_announced() -> None:
+    down = outcome(failure="unreachable", message="Cliniko could not be reached")
+    assert decide(None, down) is None
+    assert decide(outcome(run(created=1)), down) is None
+    repeated = decide(down, down)
+    assert repeated is not None and repeated.critical
+    failed = outcome(run("failed", message="Stripe 500s"))
+    assert decide(outcome(run()), failed) is None
+    assert decide(failed, failed).title == "Syncing patients keeps failing"
+
+
+def test_new_failed_records_are_announced() -> None:
+    notice = decide(outcome(run(failed=1)), outcome(run("attention", failed=3)))
+    assert notice is not None and notice.tab == "history" and "2 records" in notice.message
+
+
+def test_the_notifier_shows_each_situation_once(qtbot, build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    shown = []
+    notifier = Notifier(gui.ui.bridge, shown.append)
+    auth = outcome(failure="auth", message="401")
+    for _ in range(3):
+        notifier.on_finished(auth)  # a key that stays broken: once, not on every run
+    assert [n.key for n in shown] == ["broken:auth"]
+    notifier.on_finished(outcome(run()))  # fixed
+    notifier.on_finished(auth)  # broken again: news again
+    assert [n.key for n in shown] == ["broken:auth", "broken:auth"]
