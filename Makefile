@@ -28,5 +28,19 @@ sandbox: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/initial_sync.py
 
+# Renders every tab and the first-run and approval dialogs on sandbox data to docs/screenshots/ (light + dark).
+# Without a desktop session there is no keyring, and Connections would show that error instead of the usual
+# screen; so, like CI, such a run gets a private D-Bus session with a throwaway unlocked keyring (nothing is
+# stored in it: the screenshot profiles take their sandbox keys from the environment).
+SCREENSHOTS := QT_QPA_PLATFORM=offscreen $(BIN)/python -m clinicsync.ui.screenshots --out docs/screenshots
+screenshots: $(STAMP)
+	@if [ -z "$$DBUS_SESSION_BUS_ADDRESS" ] && command -v dbus-run-session >/dev/null \
+	    && command -v gnome-keyring-daemon >/dev/null; then \
+	  dbus-run-session -- sh -c 'export XDG_DATA_HOME=$$(mktemp -d); \
+	    printf screenshots | gnome-keyring-daemon --unlock --components=secrets >/dev/null; $(SCREENSHOTS)'; \
+	else \
+	  $(SCREENSHOTS); \
+	fi
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
