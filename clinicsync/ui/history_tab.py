@@ -112,6 +112,7 @@ class HistoryTab(QWidget):
     # --- data -------------------------------------------------------------------------------------------
     def reload(self) -> None:
         """Read the history again from the database and select the newest run."""
+        self._loaded_app = self._ui.app
         self.runs_model.load()
         self._follow_latest = True
         self._select_run_row(0 if self.runs_model.rowCount() else None)
@@ -222,6 +223,9 @@ class HistoryTab(QWidget):
     def refresh(self) -> None:
         """Pick up runs that finished since the last look (the window calls this when the tab comes to the front;
         a sync from the command line or a scheduler in another process shows up too)."""
+        if self._ui.app is not self._loaded_app:  # the app moved to another profile (the first-run sandbox trial)
+            self.reload()
+            return
         selected = self.selected_run()
         new_ids = self.runs_model.refresh()
         if new_ids and (self._follow_latest or selected is None):

@@ -216,3 +216,22 @@ def test_in_the_real_window_sync_now_updates_the_history_tab(qtbot, make_sandbox
         assert len(shown(tab, EventsModel.NAME)) == sum(written)
     finally:
         assert gui.shutdown(15)
+
+
+def test_after_a_profile_switch_refresh_shows_the_new_profiles_history(qtbot, make_sandbox, env_for, make_ui):
+    from clinicsync.ui.first_run import switch_in_place
+
+    first, second = make_sandbox(profile="clean", patients=3), make_sandbox(profile="clean", patients=7)
+    ui = make_ui(env_for(first, "first"))
+    tab = make_tab(qtbot, ui)
+    sync(qtbot, ui)
+    sync(qtbot, ui)
+    assert tab.runs_model.rowCount() == 2
+    second_env = env_for(second, "second")
+    switch_in_place(ui, second_env, second)  # what the first-run sandbox trial does to the running app
+    sync(qtbot, ui)
+
+    tab.refresh()
+
+    assert tab.runs_model.rowCount() == 1  # only the new profile's run, not the old profile's two
+    assert tab.selected_run().created == 7 and len(shown(tab, EventsModel.NAME)) == 7
