@@ -168,6 +168,7 @@ class OverviewTab(QWidget):
         self.ui = ui
         self.tracker = ui.status or StatusTracker(ui.runner, ui.bridge, ui.app.settings, self)
         self.cards: dict[str, StreamCard] = {}
+        self._progress_stream = ""
         self._build()
         self.tracker.changed.connect(self.refresh)
         # Bound methods of this widget: Qt delivers the worker's signals here on the GUI thread.
@@ -316,6 +317,8 @@ class OverviewTab(QWidget):
 
     def _show_syncing(self, syncing: bool) -> None:
         self.sync_button.setEnabled(not syncing and not self.tracker.paused())
+        # The words change too, so the state reads the same in any palette (disabled colours vary by theme).
+        self.sync_button.setText("Syncing…" if syncing else "Sync now")
         self.cancel_button.setVisible(syncing)
         self.cancel_button.setEnabled(syncing)
         self.progress_bar.setVisible(syncing)
@@ -323,12 +326,16 @@ class OverviewTab(QWidget):
             self.step_label.setText("")
 
     def _on_started(self, job: Job) -> None:
+        self._progress_stream = ""
         self.message_label.setText("")
         self.progress_bar.setRange(0, 0)  # busy until the first count arrives
         self.step_label.setText("Starting…")
         self._show_syncing(True)
 
     def _on_progress(self, job: Job, stream: str, done: int, total: int | None, step: str) -> None:
+        if stream != self._progress_stream:  # once per stream, not per record: its card now says "Syncing…"
+            self._progress_stream = stream
+            self.refresh()
         if total:
             self.progress_bar.setRange(0, total)
             self.progress_bar.setValue(min(done, total))

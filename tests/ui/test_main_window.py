@@ -155,3 +155,21 @@ def test_emitting_a_signal_does_not_leak_a_reference(qtbot) -> None:
     for _ in range(50):
         probe.ping.emit()
     assert sys.getrefcount(True) >= before
+
+
+def test_switching_to_the_sandbox_profile_moves_the_whole_app(qtbot, build_gui, offline_env, make_sandbox, env_for):
+    # What the first-run "Try it with a sandbox clinic" does through GuiApp.switch_profile.
+    gui = build_gui(offline_env, tray=True)
+    old_runner = gui.ui.runner
+    sandbox = make_sandbox(profile="clean", patients=12)
+    env = env_for(sandbox, "sandbox-profile")
+    gui.switch_profile(env, sandbox)
+    assert not old_runner._thread.is_alive()  # the old profile's worker was joined before the switch
+    assert gui.ui.app.paths.home != old_runner._paths.home
+    overview = gui.window.tab("overview")
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        overview.sync_now()
+    qtbot.waitUntil(lambda: overview.cards[STREAM].labels["counts"].text() == "12 created")
+    assert overview.mode_badge.text() == SANDBOX
+    gui.tray.menu.aboutToShow.emit()
+    assert gui.tray.menu_texts()[0].startswith("Last sync ")

@@ -130,6 +130,8 @@ def test_progress_cancel_and_a_responsive_gui_during_a_500_patient_sync(qtbot, s
     with qtbot.waitSignal(gui.ui.bridge.job_progress, timeout=WAIT_MS):
         overview.sync_now()
     assert overview.cancel_button.isVisible() and overview.progress_bar.isVisible()
+    assert overview.sync_button.text() == "Syncing…" and not overview.sync_button.isEnabled()
+    assert overview.cards[STREAM].labels["state"].text() == "Syncing…"
     with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as finished:
         qtbot.mouseClick(overview.cancel_button, Qt.MouseButton.LeftButton)
     assert finished.args[0].results[0].outcome == "cancelled"
