@@ -1,7 +1,7 @@
 """Apply a StreamMapping to one source record, fit the result to Stripe's limits, and say what was changed.
 
-A field Stripe would refuse is either shortened where that keeps its meaning (the display name, with a visible
-marker and a note) or the record is rejected with a specific message. Nothing is cut silently.
+A field Stripe would refuse is either shortened where its rule allows it (overflow "truncate": a visible marker
+and a note) or the record is rejected with a specific message. Nothing is cut silently.
 """
 
 from __future__ import annotations
@@ -10,19 +10,48 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clinicsync import stripe_limits
-from clinicsync.mapping.spec import StreamMapping
-from clinicsync.mapping.transforms import TRANSFORMS
+from clinicsync.mapping.fields import target_limit, target_spec
+from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
+from clinicsync.mapping.transforms import (
+    DEFAULT_CONTEXT,
+    TRANSFORMS,
+    TRUNCATION_MARKER,
+    TransformContext,
+    TransformError,
+    Value,
+    truncate_text,
+)
 
-TRUNCATION_MARKER = "…"
+__all__ = [
+    "TRUNCATION_MARKER",
+    "MappedRecord",
+    "MappingError",
+    "create_params",
+    "map_record",
+    "source_value",
+    "update_params",
+]
+
 # Plausible address: something@something.tld with no spaces; Stripe refuses anything less.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 
-Payload = dict[str, Any]  # flat: dotted target → str | None
+Payload = dict[str, Value]  # flat: dotted target → str | int | None
+
+
+def payload_hash(payload: Payload) -> str:
+    """A hash of what ClinicSync asserts in Stripe: the non-empty mapped values.
+
+    Empty values are left out on purpose: a mapped-but-empty field and an unmapped one both mean "nothing of ours
+    there", so removing a rule re-sends only the records that had a value for it (to unset it), and changing a
+    rule re-sends only the records whose value changed.
+    """
+    present = {target: value for target, value in payload.items() if value is not None}
+    canonical = json.dumps(present, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -37,87 +66,131 @@ class MappedRecord:
 
     @property
     def payload_hash(self) -> str:
-        canonical = json.dumps(self.payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return payload_hash(self.payload)
 
 
 class MappingError(ValueError):
     """The record cannot be sent to Stripe; the message says which field and why."""
 
 
+def custom_field_value(record: Mapping[str, Any], token: str) -> str | None:
+    """A Cliniko custom field's value by token: `value` for text/date fields, the selected options' names for
+    checkboxes and radio buttons (", "-joined), with an enabled "other" answer after them."""
+    sections = (record.get("custom_fields") or {}).get("sections") if isinstance(record, Mapping) else None
+    for section in sections or []:
+        for item in (section or {}).get("fields") or []:
+            if not isinstance(item, Mapping) or item.get("token") != token:
+                continue
+            if "options" in item:
+                chosen = [str(o.get("name")) for o in item.get("options") or [] if o.get("selected")]
+                other = item.get("other") or {}
+                if other.get("enabled") and other.get("selected") and other.get("value"):
+                    chosen.append(str(other["value"]))
+                return ", ".join(chosen) or None
+            value = item.get("value")
+            return None if value in (None, "") else str(value)
+    return None
+
+
 def source_value(record: Mapping[str, Any], path: str) -> Any:
+    if path.startswith(CUSTOM_FIELD_PREFIX):
+        return custom_field_value(record, path.removeprefix(CUSTOM_FIELD_PREFIX))
     value: Any = record
     for part in path.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
     return value
 
 
-def map_record(mapping: StreamMapping, record: Mapping[str, Any], *, archived_value: str | None = None) -> MappedRecord:
+def map_record(
+    mapping: StreamMapping,
+    record: Mapping[str, Any],
+    *,
+    archived_value: str | None = None,
+    context: TransformContext = DEFAULT_CONTEXT,
+) -> MappedRecord:
     """Map one source record. `archived_value` (e.g. the archive date) marks a linked object as archived."""
     source_id = str(record.get("id") or "")
     payload: Payload = {}
     notes: list[str] = []
-    for field_rule in mapping.rules:
-        values = [source_value(record, name) for name in field_rule.sources]
-        payload[field_rule.target] = TRANSFORMS[field_rule.transform](values, field_rule.options)
-    payload[f"metadata.{mapping.archived_marker}"] = archived_value
-    result = MappedRecord(
-        source_id=source_id,
-        payload=payload,
-        display_name="",
-        match_value=None,
-        archived=archived_value is not None,
-        notes=notes,
-    )
+    result = MappedRecord(source_id=source_id, payload=payload, display_name="", match_value=None, archived=False)
     try:
-        if not source_id:
-            raise MappingError("the record has no id")
-        _clean_control_characters(payload, notes)
-        _fit_display_name(mapping, payload, notes)
-        _check_match_key(mapping, payload)
-        _check_lengths(payload)
-        _check_metadata(payload)
+        for field_rule in mapping.rules:
+            values = [source_value(record, name) for name in field_rule.sources]
+            try:
+                value = TRANSFORMS[field_rule.transform](values, field_rule.options, context)
+            except TransformError as exc:
+                raise MappingError(f"{field_rule.target}: {exc}") from None
+            payload[field_rule.target] = _as_stripe_value(mapping, field_rule.target, value)
     except MappingError as exc:
         result.error = str(exc)
+    payload[f"metadata.{mapping.archived_marker}"] = archived_value
+    result.archived = archived_value is not None
+    result.notes = notes
+    if result.error is None:
+        try:
+            if not source_id:
+                raise MappingError("the record has no id")
+            _clean_control_characters(payload, notes)
+            _fit_truncatable(mapping, payload, notes)
+            _check_match_key(mapping, payload)
+            _check_lengths(mapping, payload)
+        except MappingError as exc:
+            result.error = str(exc)
     result.display_name = _display_name(mapping, payload, source_id)
-    result.match_value = payload.get(mapping.match_target)
+    match_value = payload.get(mapping.match_target) if _has_role(mapping, "match_key") else None
+    result.match_value = match_value if isinstance(match_value, str) else None
     return result
 
 
+def _has_role(mapping: StreamMapping, role: str) -> bool:
+    return any(item.role == role for item in mapping.rules)
+
+
+def _as_stripe_value(mapping: StreamMapping, target: str, value: Value) -> Value:
+    """Stripe metadata and text fields take strings; integer fields (amounts) keep integers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        spec = target_spec(mapping.stripe_object, target)
+        return value if spec is not None and spec.kind == "integer" else str(value)
+    return value
+
+
 def _display_name(mapping: StreamMapping, payload: Payload, source_id: str) -> str:
-    name = payload.get(mapping.display_target) or f"(no name, id {source_id})"
-    return name[:120]
+    name = payload.get(mapping.display_target)
+    return str(name)[:120] if name not in (None, "") else f"(no name, id {source_id})"
 
 
 def _clean_control_characters(payload: Payload, notes: list[str]) -> None:
     for target, value in payload.items():
-        if value is None:
+        if not isinstance(value, str):
             continue
-        cleaned = "".join(ch for ch in value if unicodedata.category(ch) != "Cc").strip()
-        if cleaned != value.strip():
-            removed = len(value) - len("".join(ch for ch in value if unicodedata.category(ch) != "Cc"))
-            notes.append(f"{target}: removed {removed} control character(s) Stripe would refuse")
-        payload[target] = cleaned or None
+        kept = "".join(ch for ch in value if unicodedata.category(ch) != "Cc")
+        if kept != value:
+            notes.append(f"{target}: removed {len(value) - len(kept)} control character(s) Stripe would refuse")
+        payload[target] = kept.strip() or None
 
 
-def _fit_display_name(mapping: StreamMapping, payload: Payload, notes: list[str]) -> None:
-    target = mapping.display_target
-    value = payload.get(target)
-    limit = stripe_limits.CUSTOMER_FIELD_MAX_CHARS.get(target)
-    if value is None or limit is None or len(value) <= limit:
-        return
-    payload[target] = value[: limit - len(TRUNCATION_MARKER)].rstrip() + TRUNCATION_MARKER
-    notes.append(
-        f"{target}: shortened from {len(value)} to {limit} characters (Stripe's limit), marked with "
-        f"'{TRUNCATION_MARKER}'"
-    )
+def _fit_truncatable(mapping: StreamMapping, payload: Payload, notes: list[str]) -> None:
+    for field_rule in mapping.rules:
+        if field_rule.overflow != "truncate":
+            continue
+        value = payload.get(field_rule.target)
+        limit = target_limit(mapping.stripe_object, field_rule.target)
+        if not isinstance(value, str) or limit is None or len(value) <= limit:
+            continue
+        payload[field_rule.target] = truncate_text(value, limit)
+        notes.append(
+            f"{field_rule.target}: shortened from {len(value)} to {limit} characters (Stripe's limit), marked with "
+            f"'{TRUNCATION_MARKER}'"
+        )
 
 
 def _check_match_key(mapping: StreamMapping, payload: Payload) -> None:
-    value = payload.get(mapping.match_target)
-    if value is None:
+    if not _has_role(mapping, "match_key"):
         return
-    limit = stripe_limits.CUSTOMER_FIELD_MAX_CHARS.get(mapping.match_target)
+    value = payload.get(mapping.match_target)
+    if not isinstance(value, str):
+        return
+    limit = target_limit(mapping.stripe_object, mapping.match_target)
     if limit is not None and len(value) > limit:
         raise MappingError(
             f"{mapping.match_target} is {len(value)} characters long, over Stripe's limit of {limit}; "
@@ -128,31 +201,20 @@ def _check_match_key(mapping: StreamMapping, payload: Payload) -> None:
         raise MappingError(f"{mapping.match_target} {shown!r} is not a valid email address; correct it in the source")
 
 
-def _check_lengths(payload: Payload) -> None:
+def _check_lengths(mapping: StreamMapping, payload: Payload) -> None:
     for target, value in payload.items():
-        limit = stripe_limits.CUSTOMER_FIELD_MAX_CHARS.get(target)
-        if value is not None and limit is not None and len(value) > limit:
+        limit = target_limit(mapping.stripe_object, target)
+        if not isinstance(value, str) or limit is None or len(value) <= limit:
+            continue
+        if target.startswith("metadata."):
             raise MappingError(
-                f"{target} is {len(value)} characters long, over Stripe's limit of {limit}; "
-                "shortening it would change its meaning, so correct it in the source"
+                f"metadata {target.removeprefix('metadata.')} is {len(value)} characters long, over Stripe's limit of "
+                f"{limit}; set the rule's overflow to 'truncate' to send it shortened"
             )
-
-
-def _check_metadata(payload: Payload) -> None:
-    keys = [target.removeprefix("metadata.") for target in payload if target.startswith("metadata.")]
-    if len(keys) > stripe_limits.METADATA_MAX_KEYS:
-        raise MappingError(f"{len(keys)} metadata keys, over Stripe's limit of {stripe_limits.METADATA_MAX_KEYS}")
-    for key in keys:
-        if len(key) > stripe_limits.METADATA_KEY_MAX_CHARS or any(
-            ch in key for ch in stripe_limits.METADATA_KEY_FORBIDDEN_CHARS
-        ):
-            raise MappingError(f"metadata key {key!r} is not allowed by Stripe (≤40 characters, no brackets)")
-        value = payload[f"metadata.{key}"]
-        if value is not None and len(value) > stripe_limits.METADATA_VALUE_MAX_CHARS:
-            raise MappingError(
-                f"metadata {key} is {len(value)} characters long, over Stripe's limit of "
-                f"{stripe_limits.METADATA_VALUE_MAX_CHARS}"
-            )
+        raise MappingError(
+            f"{target} is {len(value)} characters long, over Stripe's limit of {limit}; "
+            "shortening it would change its meaning, so correct it in the source"
+        )
 
 
 def create_params(payload: Payload) -> dict[str, Any]:
@@ -164,21 +226,39 @@ def create_params(payload: Payload) -> dict[str, Any]:
     return params
 
 
-def update_params(payload: Payload) -> dict[str, Any]:
-    """Stripe update parameters: every mapped field is sent, and an empty one as "" (which unsets it)."""
+def update_params(payload: Payload, retired: Iterable[str] = ()) -> dict[str, Any]:
+    """Stripe update parameters: every mapped field is sent, and an empty one as "" (which unsets it).
+
+    `retired`: targets an earlier mapping wrote to this object and the current one no longer maps. They are
+    unset too, so a field removed from the mapping does not stay behind in Stripe.
+    """
     params: dict[str, Any] = {}
+    for target in retired:
+        if target not in payload:
+            _put(params, target, "")
     for target, value in payload.items():
         _put(params, target, "" if value is None else value)
     # An address with no parts left is unset as a whole; Stripe has no empty address object.
-    address = params.get("address")
-    if isinstance(address, dict) and all(part == "" for part in address.values()):
-        params["address"] = ""
+    for key in ("address", "shipping"):
+        part = params.get(key)
+        if isinstance(part, dict) and _all_empty(part):
+            params[key] = ""
     return params
 
 
-def _put(params: dict[str, Any], target: str, value: str) -> None:
-    head, _, rest = target.partition(".")
-    if rest:
-        params.setdefault(head, {})[rest] = value
-    else:
-        params[head] = value
+def _all_empty(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_all_empty(item) for item in value.values())
+    return value == ""
+
+
+def _put(params: dict[str, Any], target: str, value: Value) -> None:
+    # A metadata key may itself contain dots ("metadata.a.b" is the key "a.b"); other targets nest at each dot.
+    *parents, leaf = target.split(".", 1) if target.startswith("metadata.") else target.split(".")
+    node = params
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value

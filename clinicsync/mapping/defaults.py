@@ -1,4 +1,8 @@
-"""Default field mappings, as design.md's stream table describes them."""
+"""Default field mappings, as design.md's stream table describes them.
+
+A stream's mapping lives in the database once a person saves one (mapping/store.py); until then, and whenever they
+"reset to defaults", it is the one here.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ CLINIKO_PATIENTS = StreamMapping(
     source_type="patient",
     stripe_object="customer",
     rules=(
-        rule("name", "first_name", "last_name", transform="join", separator=" "),
+        # A name over Stripe's limit is still the patient's name when shortened with a visible marker.
+        rule("name", "first_name", "last_name", transform="join", separator=" ", overflow="truncate"),
         rule("email", "email", transform="email", role="match_key"),
         rule("phone", "patient_phone_numbers", transform="preferred_phone", prefer="Mobile"),
         rule("address.line1", "address_1"),
@@ -25,4 +30,31 @@ CLINIKO_PATIENTS = StreamMapping(
     archived_marker="cliniko_archived",
 )
 
+# The invoices stream to come, in the same declarative form (not yet run: the Stripe gateway does not write
+# invoices). It exercises what that stream needs: a cross-reference, status through a lookup table, a pure date
+# that must not shift, a date-time shown as the clinic-local date, and a decimal amount as integer cents.
+CLINIKO_INVOICES_DRAFT = StreamMapping(
+    stream="cliniko.invoices",
+    source_system="cliniko",
+    source_type="invoice",
+    stripe_object="invoice",
+    rules=(
+        rule("metadata.cliniko_invoice_id", "id", role="cross_ref"),
+        rule("description", transform="template", template="Cliniko invoice {number}"),
+        rule(
+            "metadata.cliniko_status",
+            "status",
+            transform="lookup",
+            table={"10": "open", "20": "paid", "30": "closed", "40": "open_credit"},
+        ),
+        rule("metadata.issue_date", "issue_date", transform="local_date"),
+        rule("metadata.closed_on", "closed_at", transform="local_date"),
+        rule("metadata.total_cents", "total_amount", transform="minor_units"),
+        rule("metadata.cliniko_patient_id", "patient", transform="link_id"),
+    ),
+    display_target="description",
+    archived_marker="cliniko_archived",
+)
+
 DEFAULT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_PATIENTS.stream: CLINIKO_PATIENTS}
+DRAFT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_INVOICES_DRAFT.stream: CLINIKO_INVOICES_DRAFT}

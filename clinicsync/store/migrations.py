@@ -24,7 +24,17 @@ def _v1_initial(db: SqliteDatabase) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (_v1_initial,)
+def _v2_mapping(db: SqliteDatabase) -> None:
+    """Stored field mappings, clinical-field allowances, write-back progress, and the mapping version a link and
+    an outbox row were written with. Idempotent: step 1 builds tables from the current models, so on a new
+    database the new columns already exist."""
+    db.create_tables(models.MAPPING_MODELS, safe=True)
+    for table in ("record_link", "outbox_entry"):
+        if "mapping_version" not in {column.name for column in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN mapping_version INTEGER")
+
+
+MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (_v1_initial, _v2_mapping)
 LATEST_VERSION = len(MIGRATIONS)
 
 

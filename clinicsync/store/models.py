@@ -100,6 +100,9 @@ class RecordLink(BaseModel):
     archived = BooleanField(default=False)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # The stream mapping revision the object was last written with: its targets minus the current mapping's are
+    # the fields to unset in Stripe (schema v2).
+    mapping_version = IntegerField(null=True)
 
     class Meta:
         indexes = (
@@ -176,6 +179,7 @@ class OutboxEntry(BaseModel):
     notes = TextField(default="")  # what mapping changed to fit Stripe, for the history row
     idempotency_key = CharField(null=True, unique=True)
     status = CharField(default="pending")  # pending, done, failed, superseded
+    mapping_version = IntegerField(null=True)  # the mapping revision the params were built with (schema v2)
     attempts = IntegerField(default=0)
     last_error = TextField(default="")
     created_at = DateTimeField(default=utcnow)
@@ -222,6 +226,67 @@ class SyncPlan(BaseModel):
     created_at = DateTimeField(default=utcnow)
     summary = JSONField()
     approved_at = DateTimeField(null=True)
+
+
+class StreamMappingRow(BaseModel):
+    """The current field mapping of one stream (schema v2): the JSON document of mapping/spec.py."""
+
+    stream = CharField(primary_key=True)
+    version = IntegerField()  # increases with every save; RecordLink.mapping_version refers to it
+    body = JSONField()
+    saved_at = DateTimeField(default=utcnow)
+    saved_by = CharField(default="")
+
+    class Meta:
+        table_name = "stream_mapping"
+
+
+class MappingRevision(BaseModel):
+    """Every saved version of a stream's mapping, so the fields an earlier version wrote can be unset."""
+
+    stream = CharField()
+    version = IntegerField()
+    body = JSONField()
+    saved_at = DateTimeField(default=utcnow)
+    saved_by = CharField(default="")
+
+    class Meta:
+        indexes = ((("stream", "version"), True),)
+
+
+class FieldAllowance(BaseModel):
+    """A person's decision to allow (or withdraw) one clinical source field for one stream, with the warning they
+    were shown. Append-only: the newest row per (stream, field) is in force."""
+
+    id = AutoField()
+    stream = CharField()
+    source_field = CharField()
+    decision = CharField()  # allowed, withdrawn
+    decided_by = CharField()  # the OS user
+    via = CharField(default="cli")  # cli, gui
+    warning = TextField(default="")
+    decided_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("stream", "source_field"), False),)
+
+
+class WritebackMark(BaseModel):
+    """A source record that carries its Stripe id in the write-back field: the backfill's persisted progress."""
+
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    source_id = CharField()
+    stripe_id = CharField()
+    field_token = CharField()
+    written_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("pair", "stream", "source_id"), True),)
+
+
+# Tables added by schema v2 (migrations._v2_mapping); kept out of ALL_MODELS, which step 1 creates.
+MAPPING_MODELS: tuple[type[BaseModel], ...] = (StreamMappingRow, MappingRevision, FieldAllowance, WritebackMark)
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (

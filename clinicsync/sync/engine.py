@@ -8,14 +8,20 @@ records share the email) → create.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params
+from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
+from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
+from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE, TransformContext
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import (
     AccountPair,
@@ -40,7 +46,9 @@ from clinicsync.sync.matching import (
 from clinicsync.sync.outbox import OutboxWriter, StripeStopped, open_review
 from clinicsync.sync.pool import WritePool
 from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
-from clinicsync.sync.streams import Record, StreamDef
+from clinicsync.sync.streams import Record, StreamDef, StreamNotReady
+from clinicsync.sync.writeback import BackfillResult, backfill, without_writeback_field
+from clinicsync.sync.writeback import progress as writeback_progress
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +121,8 @@ class StreamRun:
         progress: Progress | None = None,
     ) -> None:
         self.stream = stream
-        self.mapping = stream.mapping
+        self.mapping = mapping_store.load(stream.name)  # the stored mapping (or the default), read once per run
+        self.context = TransformContext()
         self.pair = pair
         self.source = source
         self.gateway = gateway
@@ -125,6 +134,11 @@ class StreamRun:
         self._claimed: set[str] = set()  # Stripe ids this run is linking, not yet committed
         self._reviews: dict[str, ReviewItem] = {}
         self._done = 0
+        self._active: set[str] | None = None  # scope "recent_activity": the source ids in scope this run
+        self._since: datetime | None = None  # scope "since": records changed on or after this moment (UTC)
+        self._out_of_scope = 0
+        self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.writeback_result: BackfillResult | None = None
 
     # --- the run --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -134,10 +148,14 @@ class StreamRun:
         self.recorder = RunRecorder(run, dry_run=self.options.dry_run)
         result = RunResult(run_id=run.id, stream=self.stream.name, outcome="ok", counts=self.recorder.counts)
         try:
+            self._prepare()
             if self.options.dry_run:
                 result.plan = self._dry_run(run)
             else:
                 self._execute()
+                result.message = self._writeback_summary()
+        except StreamNotReady as exc:
+            result.outcome, result.stop_kind, result.message = "failed", "mapping", str(exc)
         except StripeStopped as stop:
             result.outcome, result.stop_kind, result.message = "failed", stop.kind, str(stop)
         except Cancelled:
@@ -174,6 +192,12 @@ class StreamRun:
             "counts": dict(self.recorder.counts),
             "samples": {action: rows for action, rows in self.recorder.samples.items() if rows},
             "fields": [rule.target for rule in self.mapping.rules],
+            # What leaves the clinic, field by field, and which records at all: shown for approval.
+            "sent": [{"target": rule.target, "sources": list(rule.sources)} for rule in self.mapping.rules],
+            "scope": self.mapping.scope.describe(),
+            "out_of_scope": self._out_of_scope,
+            "mapping_version": self.mapping.version,
+            "writeback": self._writeback_plan(),
             "queued_writes": pending,
             "stripe_mode": "live" if self.pair.stripe_livemode else "test",
         }
@@ -203,6 +227,90 @@ class StreamRun:
             self._read_and_decide(pool=pool, writer=writer)
         finally:
             pool.close()
+        if self.mapping.writeback.enabled:
+            self._write_back()
+
+    # --- the mapping, the scope and write-back ---------------------------------------------------------
+    def _prepare(self) -> None:
+        """Check the stored mapping (validation and the clinical allow-list) and learn what its transforms and
+        scope need from the source, before anything is read or sent."""
+        mapping = self.mapping
+        custom = any(name.startswith(CUSTOM_FIELD_PREFIX) for name in mapping.source_fields)
+        settings = self.stream.source_settings(self.source) if custom or mapping.writeback.enabled else None
+        catalogue = FieldCatalogue.for_source(
+            mapping.source_system, mapping.source_type, custom_field_entries(settings)
+        )
+        problems = mapping_store.check(mapping, catalogue)
+        if problems:
+            raise StreamNotReady(
+                f"The field mapping of {mapping.stream} cannot be used, so nothing was sent:\n"
+                + "\n".join(f"  {problem}" for problem in problems)
+                + "\nFix it in Field mapping, or with `clinicsync mapping`."
+            )
+        zone = mapping.time_zone or (self.stream.time_zone(self.source) if _needs_zone(mapping) else None)
+        self.context = TransformContext(time_zone=zone or DEFAULT_TIME_ZONE)
+        scope = mapping.scope
+        if scope.kind == "since" and scope.since is not None:
+            local_midnight = datetime.combine(scope.since, time(), tzinfo=ZoneInfo(self.context.time_zone))
+            self._since = local_midnight.astimezone(UTC)
+        elif scope.kind == "recent_activity":
+            if self.stream.active_ids is None:
+                raise StreamNotReady(f"{mapping.stream} cannot be limited to records with recent activity.")
+            today = datetime.now(ZoneInfo(self.context.time_zone)).date()
+            self._active = self.stream.active_ids(
+                self.source, months_before(today, scope.months), self.context.time_zone
+            )
+
+    def _in_scope(self, record: Record) -> bool:
+        if self._active is not None:
+            return str(record.get("id") or "") in self._active
+        if self._since is not None:
+            changed = _parse_time(self.stream.changed_at(record))
+            return changed is None or changed >= self._since
+        return True
+
+    def _target_changes(self, written_with: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(retired, added) targets between the mapping a Stripe object was written with and the current one."""
+        if written_with not in self._target_diffs:
+            self._target_diffs[written_with] = (
+                mapping_store.retired_targets(self.stream.name, written_with, self.mapping),
+                mapping_store.added_targets(self.stream.name, written_with, self.mapping),
+            )
+        return self._target_diffs[written_with]
+
+    def _write_back(self) -> None:
+        from clinicsync.sources.errors import SourceError
+
+        step = "Writing Stripe ids back to the source"
+        self._progress(self.stream.name, 0, None, step)
+        try:
+            self.writeback_result = backfill(
+                self.source,
+                self.pair,
+                self.stream.name,
+                self.mapping.writeback.field_token,
+                check_cancel=self.cancel.raise_if_cancelled,
+                report=lambda done, total: self._progress(self.stream.name, done, total, step),
+            )
+        except SourceError as exc:  # the sync itself is done; the backfill continues on the next one
+            log.warning("write-back stopped: %s", exc)
+            self.writeback_result = BackfillResult(message=f"write-back stopped: {exc}")
+
+    def _writeback_summary(self) -> str:
+        result = self.writeback_result
+        if result is None:
+            return ""
+        if result.message:
+            return result.message
+        summary = f"write-back: {result.written} written, {result.total - result.remaining} of {result.total} done"
+        return summary + (f", {result.failed} refused" if result.failed else "")
+
+    def _writeback_plan(self) -> dict[str, Any]:
+        config = self.mapping.writeback
+        if not config.enabled:
+            return {"enabled": False}
+        done, total = writeback_progress(self.pair, self.stream.name, config.field_token)
+        return {"enabled": True, "field_token": config.field_token, "done": done, "total": total}
 
     def _read_and_decide(self, *, pool: WritePool, writer: OutboxWriter | None) -> None:
         state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
@@ -213,11 +321,14 @@ class StreamRun:
         server_now = self.source.probe()
         next_cursor = server_now - timedelta(seconds=self.options.overlap_s)
         self._progress(self.stream.name, 0, None, f"Reading {self.mapping.source_type} records")
-        for source_id in self._revisit_ids():
+        cursor = _parse_cursor(state.cursor)
+        for source_id in self._revisit_ids(full_read=cursor is None):
             record = self.stream.read_one(self.source, source_id)
             if record is not None:
                 self._handle(record, pool, writer)
-        for record in self.stream.read_changed(self.source, _parse_cursor(state.cursor)):
+        if self._since is not None:  # scope "since": nothing older needs reading at all
+            cursor = max(cursor or self._since, self._since)
+        for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
             self._handle(record, pool, writer)
         pool.drain()
@@ -228,8 +339,10 @@ class StreamRun:
         state.save()
         RetryRecord.delete().where((RetryRecord.pair == self.pair) & (RetryRecord.stream == self.stream.name)).execute()
 
-    def _revisit_ids(self) -> list[str]:
-        """Records to read by id first: a person decided about them, or asked for a retry."""
+    def _revisit_ids(self, *, full_read: bool = False) -> list[str]:
+        """Records to read by id first: a person decided about them, or asked for a retry; with the
+        "recent activity" scope, also records that came into scope without changing (a new appointment does not
+        touch the patient) and were never synced — unless this run reads everything anyway."""
         resolved = [sid for sid, review in self._reviews.items() if review.status == "resolved"]
         retries = [
             row.source_id
@@ -237,12 +350,28 @@ class StreamRun:
                 (RetryRecord.pair == self.pair) & (RetryRecord.stream == self.stream.name)
             )
         ]
-        return list(dict.fromkeys(resolved + retries))
+        newly_active: list[str] = []
+        if self._active is not None and not full_read:
+            synced = {
+                row.source_id
+                for row in RecordLink.select(RecordLink.source_id).where(
+                    (RecordLink.pair == self.pair)
+                    & (RecordLink.stream == self.stream.name)
+                    & RecordLink.stripe_id.is_null(False)
+                )
+            }
+            newly_active = sorted(self._active - synced)
+        return list(dict.fromkeys(resolved + retries + newly_active))
 
     # --- one record -----------------------------------------------------------------------------------
     def _handle(self, record: Record, pool: WritePool, writer: OutboxWriter | None) -> None:
+        if self.mapping.writeback.enabled:  # the echo rule: what we wrote into the source never flows back
+            record = without_writeback_field(record, self.mapping.writeback.field_token)
+        if not self._in_scope(record):
+            self._out_of_scope += 1
+            return
         archived_value = self.stream.archived_value(record)
-        mapped = map_record(self.mapping, record, archived_value=archived_value)
+        mapped = map_record(self.mapping, record, archived_value=archived_value, context=self.context)
         sid = mapped.source_id
         if self._seen.get(sid) == mapped.payload_hash:
             return  # the same version again (second pass or a page that shifted): already handled
@@ -268,10 +397,13 @@ class StreamRun:
         if review is not None and self._follow_review(review, mapped, hashed, pool, writer):
             return
         if link.stripe_id:
-            if link.payload_hash == mapped.payload_hash:
+            retired, added = self._target_changes(link.mapping_version)
+            if link.payload_hash == mapped.payload_hash and not added:
                 self.recorder.record("unchanged", sid, mapped.display_name, link.stripe_id)
+                if link.mapping_version != self.mapping.version:  # nothing to unset: now current
+                    RecordLink.update(mapping_version=self.mapping.version).where(RecordLink.id == link.id).execute()
             else:
-                self._submit("update", mapped, link.stripe_id, hashed, pool, writer)
+                self._submit("update", mapped, link.stripe_id, hashed, pool, writer, retired=retired)
             return
         if mapped.archived:
             reason = mapped.payload.get(f"metadata.{self.mapping.archived_marker}")
@@ -361,8 +493,11 @@ class StreamRun:
         hashed: str | None,
         pool: WritePool,
         writer: OutboxWriter | None,
+        *,
+        retired: tuple[str, ...] = (),
     ) -> None:
-        params = create_params(mapped.payload) if op == "create" else update_params(mapped.payload)
+        # `retired`: fields an earlier mapping wrote to this object and the current one no longer maps: unset.
+        params = create_params(mapped.payload) if op == "create" else update_params(mapped.payload, retired)
         if stripe_id and op == "link":
             self._claimed.add(stripe_id)
         if writer is None:  # dry run: the plan records what would be sent
@@ -428,6 +563,28 @@ def _latest_reviews(pair: AccountPair, stream: str) -> dict[str, ReviewItem]:
         .order_by(ReviewItem.id)
     )
     return {row.source_id: row for row in rows}
+
+
+def _needs_zone(mapping: StreamMapping) -> bool:
+    """Whether the clinic's time zone matters: a local-date rule without its own zone, or the activity scope."""
+    local = any(rule.transform == "local_date" and not rule.options.get("time_zone") for rule in mapping.rules)
+    return local or mapping.scope.kind in ("recent_activity", "since")
+
+
+def months_before(day: date, months: int) -> date:
+    """The same day `months` earlier, clamped to the month's end (31 May minus 3 months is 28/29 February)."""
+    year, month0 = divmod(day.year * 12 + day.month - 1 - months, 12)
+    return date(year, month0 + 1, min(day.day, calendar.monthrange(year, month0 + 1)[1]))
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parse_cursor(value: str | None) -> datetime | None:

@@ -89,6 +89,7 @@ class OutboxWriter:
                 display_name=mapped.display_name,
                 archived=mapped.archived,
                 notes="\n".join(mapped.notes),
+                mapping_version=self.mapping.version,
             )
             row.idempotency_key = idempotency_key(self.pair, self.mapping.stream, mapped.source_id, op, row.id)
             row.save()
@@ -204,6 +205,7 @@ class OutboxWriter:
                 display_name=row.display_name,
                 archived=row.archived,
                 notes=row.notes,
+                mapping_version=row.mapping_version,
             )
             fresh.idempotency_key = idempotency_key(self.pair, row.stream, row.source_id, row.op, fresh.id)
             fresh.save()
@@ -232,6 +234,7 @@ class OutboxWriter:
             link.email_hash = row.email_hash
             link.display_name = row.display_name
             link.archived = row.archived
+            link.mapping_version = row.mapping_version  # which fields Stripe now holds from us
             link.updated_at = self.now()
             link.save()
             ReviewItem.update(status="done").where(

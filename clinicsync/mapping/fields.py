@@ -1,0 +1,264 @@
+"""What can be mapped: each source type's real fields with their privacy class, and each Stripe object's writable
+fields with their limits.
+
+The privacy class is an allow-list, not a block-list: a field is mappable without a person's explicit decision only
+if it is listed here as identity, contact, billing or system. Clinical fields, every custom field (ClinicSync
+cannot know what a clinic keeps in one) and anything not listed need an explicit, recorded allowance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clinicsync import stripe_limits
+from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX
+
+IDENTITY, CONTACT, BILLING, CLINICAL, SYSTEM = "identity", "contact", "billing", "clinical", "system"
+CLASSES = (IDENTITY, CONTACT, BILLING, CLINICAL, SYSTEM)
+NEEDS_ALLOWANCE = frozenset({CLINICAL})
+
+
+@dataclass(frozen=True)
+class SourceField:
+    name: str  # the path a rule names: "first_name", "patient_phone_numbers", "custom_fields.<token>"
+    cls: str
+    label: str
+    kind: str = "text"  # text, date, datetime, decimal, integer, boolean, object, list, link
+
+    @property
+    def needs_allowance(self) -> bool:
+        return self.cls in NEEDS_ALLOWANCE
+
+
+def _fields(cls: str, *entries: tuple[str, str] | tuple[str, str, str]) -> list[SourceField]:
+    return [SourceField(entry[0], cls, entry[1], *(entry[2:])) for entry in entries]
+
+
+# Cliniko patients (docs/cliniko-api.md §5.1, from Cliniko's OpenAPI Patient schema).
+CLINIKO_PATIENT_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cliniko patient id"),
+        ("created_at", "Created at", "datetime"),
+        ("updated_at", "Updated at", "datetime"),
+        ("archived_at", "Archived at", "datetime"),
+        ("deleted_at", "Deleted at", "datetime"),
+        ("merged_at", "Merged at", "datetime"),
+        ("merged_with_patient", "Merged into patient", "link"),
+    ),
+    *_fields(
+        IDENTITY,
+        ("title", "Title"),
+        ("first_name", "First name"),
+        ("last_name", "Last name"),
+        ("preferred_first_name", "Preferred first name"),
+        ("label", "Full name (label)"),
+        ("pronouns", "Pronouns", "object"),
+        ("occupation", "Occupation"),
+    ),
+    *_fields(
+        CONTACT,
+        ("email", "Email"),
+        ("patient_phone_numbers", "Phone numbers", "list"),
+        ("address_1", "Address line 1"),
+        ("address_2", "Address line 2"),
+        ("address_3", "Address line 3"),
+        ("city", "City / suburb"),
+        ("state", "State"),
+        ("post_code", "Post code"),
+        ("country", "Country (deprecated)"),
+        ("country_code", "Country code"),
+        ("time_zone", "Time zone"),
+        ("emergency_contact", "Emergency contact"),
+        ("reminder_type", "Reminder type"),
+        ("receives_confirmation_emails", "Receives confirmation emails", "boolean"),
+        ("receives_cancellation_emails", "Receives cancellation emails", "boolean"),
+        ("accepted_privacy_policy", "Accepted privacy policy", "boolean"),
+        ("accepted_email_marketing", "Accepted email marketing", "boolean"),
+        ("accepted_sms_marketing", "Accepted SMS marketing", "boolean"),
+    ),
+    *_fields(
+        BILLING,
+        ("invoice_default_to", "Invoice to"),
+        ("invoice_email", "Invoice email"),
+        ("invoice_extra_information", "Invoice extra information"),
+        ("old_reference_id", "Old reference id"),
+        ("concession_type", "Concession type", "link"),
+    ),
+    # Health information, or information a clinic holds because of a patient's health (Privacy Act "sensitive").
+    *_fields(
+        CLINICAL,
+        ("notes", "Notes"),
+        ("appointment_notes", "Appointment notes"),
+        ("medical_alerts", "Medical alerts", "link"),
+        ("medicare", "Medicare number"),
+        ("medicare_reference_number", "Medicare reference number (IRN)"),
+        ("dva_card_number", "DVA card number"),
+        ("date_of_birth", "Date of birth", "date"),
+        ("sex", "Sex"),
+        ("gender_identity", "Gender identity"),
+        ("gender", "Gender (deprecated)"),
+        ("referral_source", "Referral source"),
+        ("referring_doctor", "Referring doctor", "link"),
+        ("appointments", "Appointments", "link"),
+        ("attendees", "Attendances", "link"),
+        ("invoices", "Invoices", "link"),
+        ("latest_booking", "Latest booking", "link"),
+        ("patient_attachments", "Attachments", "link"),
+        ("relationships", "Relationships", "link"),
+    ),
+)
+
+# Cliniko invoices (§5.2), for the invoices stream to come.
+CLINIKO_INVOICE_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cliniko invoice id"),
+        ("created_at", "Created at", "datetime"),
+        ("updated_at", "Updated at", "datetime"),
+        ("archived_at", "Archived at", "datetime"),
+        ("deleted_at", "Deleted at", "datetime"),
+        ("business", "Business", "link"),
+        ("practitioner", "Practitioner", "link"),
+    ),
+    *_fields(IDENTITY, ("patient", "Patient", "link")),
+    *_fields(
+        BILLING,
+        ("number", "Invoice number", "integer"),
+        ("issue_date", "Issue date", "date"),
+        ("closed_at", "Closed at", "datetime"),
+        ("status", "Status", "integer"),
+        ("status_description", "Status description"),
+        ("total_amount", "Total", "decimal"),
+        ("net_amount", "Net", "decimal"),
+        ("tax_amount", "Tax", "decimal"),
+        ("discounted_amount", "Discount", "decimal"),
+        ("calculation_method", "Calculation method", "integer"),
+        ("invoice_to", "Invoice to"),
+        ("online_payment_url", "Online payment URL"),
+        ("original_invoice", "Original invoice", "link"),
+    ),
+    *_fields(
+        CLINICAL,
+        ("notes", "Notes"),
+        ("patient_extra_information", "Patient extra information"),
+        ("appointment", "Appointment", "link"),
+        ("attendee", "Attendee", "link"),
+        ("invoice_items", "Invoice items (services given)", "link"),
+    ),
+)
+
+SOURCE_FIELDS: dict[tuple[str, str], tuple[SourceField, ...]] = {
+    ("cliniko", "patient"): CLINIKO_PATIENT_FIELDS,
+    ("cliniko", "invoice"): CLINIKO_INVOICE_FIELDS,
+}
+
+
+def custom_field_entries(settings: Mapping[str, Any] | None) -> list[SourceField]:
+    """Cliniko patient custom fields from `GET /settings` (`patient_custom_fields_definition`), by token.
+
+    Every custom field is classed clinical: clinics keep health funds, injuries and consent answers in them, and
+    nothing in the definition says which is which.
+    """
+    definition = (settings or {}).get("patient_custom_fields_definition") or {}
+    entries = []
+    for section in definition.get("sections") or []:
+        if not isinstance(section, Mapping) or section.get("archived"):
+            continue
+        for item in section.get("fields") or []:
+            if isinstance(item, Mapping) and item.get("token") and not item.get("archived"):
+                label = f"{section.get('name') or 'Custom'} › {item.get('name') or item['token']}"
+                kind = "date" if item.get("type") == "date" else "text"
+                entries.append(SourceField(CUSTOM_FIELD_PREFIX + str(item["token"]), CLINICAL, label, kind))
+    return entries
+
+
+@dataclass(frozen=True)
+class FieldCatalogue:
+    """The source fields of one stream: the built-in list plus the clinic's custom fields when known."""
+
+    fields: tuple[SourceField, ...]
+
+    @classmethod
+    def for_source(cls, source_system: str, source_type: str, custom: Iterable[SourceField] = ()) -> FieldCatalogue:
+        return cls((*SOURCE_FIELDS.get((source_system, source_type), ()), *custom))
+
+    def get(self, name: str) -> SourceField | None:
+        for entry in self.fields:
+            if entry.name == name:
+                return entry
+        # A custom field while the clinic's custom field definitions are unknown (its settings were not read):
+        # accepted, and clinical like every custom field. Once the definitions are known, an unknown token is not.
+        if name.startswith(CUSTOM_FIELD_PREFIX) and not self.knows_custom_fields():
+            return SourceField(name, CLINICAL, f"Custom field {name.removeprefix(CUSTOM_FIELD_PREFIX)}")
+        return None
+
+    def knows_custom_fields(self) -> bool:
+        return any(entry.name.startswith(CUSTOM_FIELD_PREFIX) for entry in self.fields)
+
+    def class_of(self, name: str) -> str:
+        """The privacy class; anything unknown counts as clinical (allow-list)."""
+        entry = self.get(name)
+        return entry.cls if entry is not None else CLINICAL
+
+
+# --- Stripe targets --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetSpec:
+    max_chars: int | None
+    kind: str = "text"  # text, integer, email, country
+
+
+# Writable fields per Stripe object (Stripe API reference, create/update parameters). Metadata keys are free
+# (`metadata.<key>`, checked against Stripe's metadata limits) and are not listed.
+STRIPE_TARGETS: dict[str, dict[str, TargetSpec]] = {
+    "customer": {
+        **{
+            name: TargetSpec(limit, "email" if name == "email" else "text")
+            for name, limit in stripe_limits.CUSTOMER_FIELD_MAX_CHARS.items()
+        },
+        "shipping.name": TargetSpec(stripe_limits.CUSTOMER_FIELD_MAX_CHARS["name"]),
+        "shipping.phone": TargetSpec(stripe_limits.CUSTOMER_FIELD_MAX_CHARS["phone"]),
+        **{
+            f"shipping.address.{part}": TargetSpec(stripe_limits.CUSTOMER_FIELD_MAX_CHARS[f"address.{part}"])
+            for part in ("line1", "line2", "city", "state", "postal_code", "country")
+        },
+    },
+    # For the product and invoice streams to come; the gateway does not write these objects yet.
+    "product": {
+        "name": TargetSpec(250),
+        "description": TargetSpec(40000),
+        "statement_descriptor": TargetSpec(22),
+        "unit_label": TargetSpec(12),
+    },
+    "invoice": {
+        "description": TargetSpec(1500),
+        "footer": TargetSpec(5000),
+        "due_date": TargetSpec(None, "integer"),
+        "custom_fields.0.value": TargetSpec(140),
+    },
+    "invoiceitem": {
+        "description": TargetSpec(500),
+        "amount": TargetSpec(None, "integer"),
+        "unit_amount": TargetSpec(None, "integer"),
+        "quantity": TargetSpec(None, "integer"),
+    },
+}
+
+
+# The Stripe field records are matched on, per object; objects without one are matched by cross-reference only.
+MATCH_KEY_TARGETS: dict[str, str] = {"customer": "email"}
+
+
+def target_spec(stripe_object: str, target: str) -> TargetSpec | None:
+    """The spec of a writable target; metadata keys get the metadata value limit."""
+    if target.startswith("metadata."):
+        return TargetSpec(stripe_limits.METADATA_VALUE_MAX_CHARS)
+    return STRIPE_TARGETS.get(stripe_object, {}).get(target)
+
+
+def target_limit(stripe_object: str, target: str) -> int | None:
+    spec = target_spec(stripe_object, target)
+    return spec.max_chars if spec is not None else None
