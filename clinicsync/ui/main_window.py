@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDialog, QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
 from clinicsync.store import queries
 from clinicsync.sync.runner import JobOutcome
@@ -125,7 +125,7 @@ class MainWindow(QMainWindow):
         if hasattr(overview, "open_connections_requested"):
             overview.open_connections_requested.connect(lambda: self.show_tab("connections"))
         ui.bridge.job_finished.connect(self._on_finished)
-        self.approval_dialog: QWidget | None = None
+        self.approval_dialog: QDialog | None = None
         self._quitting = False
         if not self.restoreGeometry(self.state.value("geometry", b"")):
             self.resize(1100, 720)
@@ -196,7 +196,7 @@ class MainWindow(QMainWindow):
         except ModuleNotFoundError as exc:
             if exc.name != "clinicsync.ui.approval":
                 raise
-            dialog: QWidget = self._fallback_approval(stream, plan)
+            dialog: QDialog = self._fallback_approval(stream, plan)
         else:
             dialog = ApprovalDialog(self.ui, plan, self)
             if not getattr(dialog, "STARTS_SYNC", False):  # a dialog that syncs itself must not get a second sync

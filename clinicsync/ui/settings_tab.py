@@ -30,11 +30,11 @@ class SettingsTab(QWidget):
         sync_form.addRow(login)
         layout.addWidget(sync_box)
 
-        paths = ui.app.paths
         where = QGroupBox("Where ClinicSync keeps its files")
         where_form = QFormLayout(where)
-        for label, path in (("Database", paths.db_path), ("Logs", paths.log_file)):
-            value = QLabel(str(path))
+        self.path_labels: dict[str, QLabel] = {}
+        for label in ("Database", "Logs"):
+            value = self.path_labels[label] = QLabel()
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             where_form.addRow(label + ":", value)
         where_form.addRow(QLabel("API keys are kept in the system keyring, never in these files.", wordWrap=True))
@@ -45,6 +45,9 @@ class SettingsTab(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
+        paths = self.ui.app.paths  # read each time: the first-run sandbox trial switches profiles
+        self.path_labels["Database"].setText(str(paths.db_path))
+        self.path_labels["Logs"].setText(str(paths.log_file))
         item = self.ui.app.settings.lookup("sync.paused")
         self.pause_box.blockSignals(True)
         self.pause_box.setChecked(bool(item.value))

@@ -33,6 +33,16 @@ DUMMY_KEYS = {
 }
 
 
+def wait_for_progress(qtbot, gui: GuiApp) -> None:
+    """Wait until the GUI has received a progress step of the running sync.
+
+    Not qtbot.waitSignal(job_progress): that signal arrives hundreds of times from the worker thread, and the
+    copies still queued when the blocker disconnects are delivered to it after it is gone (a segfault in
+    pytest-qt's slot). The tracker is the app's own receiver, so polling it is safe.
+    """
+    qtbot.waitUntil(lambda: gui.tracker.progress is not None and bool(gui.tracker.progress.stream), timeout=WAIT_MS)
+
+
 def never_confirm(_parent: QWidget, _syncing: bool) -> bool:
     raise AssertionError("the quit confirmation was shown unexpectedly")
 

@@ -14,7 +14,7 @@ from clinicsync.store import queries
 from clinicsync.ui.main_window import TAB_NAMES, TABS, PlaceholderTab, load_tab_class
 from clinicsync.ui.status import PAUSED_MESSAGE, SANDBOX, request_sync
 from tests.support import admin, executed_writes, profile_env
-from tests.ui.conftest import WAIT_MS
+from tests.ui.conftest import WAIT_MS, wait_for_progress
 
 STREAM = "cliniko.patients"
 
@@ -132,8 +132,8 @@ def test_a_live_first_sync_stops_at_approval_and_writes_after_it(qtbot, sandbox_
 def test_shutdown_cancels_a_running_sync_and_joins_the_worker(qtbot, sandbox_gui) -> None:
     gui, sandbox = sandbox_gui(profile="clean", patients=200, env={"CLINICSYNC_STRIPE_WORKERS": "1"})
     admin(sandbox.stripe_url, "config", latency_ms=20)
-    with qtbot.waitSignal(gui.ui.bridge.job_progress, timeout=WAIT_MS):
-        gui.sync_now()
+    gui.sync_now()
+    wait_for_progress(qtbot, gui)
     assert gui.ui.runner.busy
     assert gui.shutdown(15)
     assert not any(t.name == "sync-runner" and t.is_alive() for t in threading.enumerate())

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt, QTimer
 from clinicsync.ui.overview_tab import OverviewTab, counts_text, stream_view
 from clinicsync.ui.status import LIVE, SANDBOX, TEST_MODE, Progress, current_mode, is_loopback, mode_label
 from tests.support import admin, executed_writes
-from tests.ui.conftest import WAIT_MS
+from tests.ui.conftest import WAIT_MS, wait_for_progress
 
 STREAM = "cliniko.patients"
 NOW = datetime.now().astimezone()
@@ -127,8 +127,8 @@ def test_progress_cancel_and_a_responsive_gui_during_a_500_patient_sync(qtbot, s
     admin(sandbox.stripe_url, "config", latency_ms=20)
     admin(sandbox.cliniko_url, "edit", count=500)
     gui.ui.app.settings.set("stripe.workers", 1)
-    with qtbot.waitSignal(gui.ui.bridge.job_progress, timeout=WAIT_MS):
-        overview.sync_now()
+    overview.sync_now()
+    wait_for_progress(qtbot, gui)
     assert overview.cancel_button.isVisible() and overview.progress_bar.isVisible()
     assert overview.sync_button.text() == "Syncing…" and not overview.sync_button.isEnabled()
     assert overview.cards[STREAM].labels["state"].text() == "Syncing…"
