@@ -1,0 +1,221 @@
+"""Helpers for the reliability tests: the sandbox as a separate process, the sync as a subprocess, and one check
+that Stripe mirrors Cliniko exactly (no duplicates, nothing missing, no orphans, every field current).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support import admin
+
+ARCHIVED_MARKER = "cliniko_archived"
+CROSS_REF = "cliniko_patient_id"
+
+
+# --- Cliniko and Stripe state, read through the sandbox admin API ------------------------------------------
+def live_customers(stripe_url: str) -> list[dict[str, Any]]:
+    return [c for c in admin(stripe_url, "dump")["data"] if not c["deleted"]]
+
+
+def all_patients(cliniko_url: str) -> dict[str, dict[str, Any]]:
+    """Every patient the emulator holds (archived, merged and deleted ones too), by id."""
+    return {p["id"]: p for p in admin(cliniko_url, "dump")["patients"]}
+
+
+def is_live(patient: Mapping[str, Any]) -> bool:
+    return not (patient.get("archived_at") or patient.get("deleted_at") or patient.get("merged_at"))
+
+
+def expected_customer_fields(patient: Mapping[str, Any]) -> dict[str, Any]:
+    """The patient's mapped values as Stripe should hold them (same rules as tests/integration)."""
+    phones = patient.get("patient_phone_numbers") or []
+    mobile = next((p for p in phones if p["phone_type"] == "Mobile"), phones[0] if phones else None)
+    line2 = ", ".join(part for part in (patient.get("address_2"), patient.get("address_3")) if part) or None
+    return {
+        "name": f"{patient['first_name']} {patient['last_name']}".strip(),
+        "email": patient.get("email"),
+        "phone": mobile["number"] if mobile else None,
+        "line1": patient.get("address_1"),
+        "line2": line2,
+        "city": patient.get("city"),
+        "state": patient.get("state"),
+        "postal_code": patient.get("post_code"),
+        "country": patient.get("country_code"),
+        "archived": not is_live(patient),
+    }
+
+
+def actual_customer_fields(customer: Mapping[str, Any]) -> dict[str, Any]:
+    address = customer.get("address") or {}
+    return {
+        "name": customer["name"],
+        "email": customer["email"],
+        "phone": customer["phone"],
+        **{key: address.get(key) for key in ("line1", "line2", "city", "state", "postal_code", "country")},
+        "archived": bool((customer.get("metadata") or {}).get(ARCHIVED_MARKER)),
+    }
+
+
+@dataclass
+class MirrorReport:
+    duplicated: dict[str, list[str]] = field(default_factory=dict)  # patient id → its customer ids
+    missing: list[str] = field(default_factory=list)  # live patients without a customer
+    orphans: list[dict[str, Any]] = field(default_factory=list)  # customers naming no known patient
+    stale: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # pid → field → (want, have)
+    customers: int = 0
+    live_patients: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicated or self.missing or self.orphans or self.stale)
+
+    def describe(self, limit: int = 10) -> str:
+        def head(items: Any) -> str:
+            items = list(items.items()) if isinstance(items, dict) else list(items)
+            more = f" … and {len(items) - limit} more" if len(items) > limit else ""
+            return f"{items[:limit]}{more}"
+
+        return (
+            f"{self.live_patients} live patients, {self.customers} customers; "
+            f"duplicated ({len(self.duplicated)}): {head(self.duplicated)}; "
+            f"missing ({len(self.missing)}): {head(self.missing)}; "
+            f"orphans ({len(self.orphans)}): {head(self.orphans)}; "
+            f"stale ({len(self.stale)}): {head(self.stale)}"
+        )
+
+
+def mirror_report(cliniko_url: str, stripe_url: str) -> MirrorReport:
+    """Compare both sides in full: every live patient has exactly one customer, every customer names a patient,
+    and every customer's mapped fields (and archived marker) equal the patient's latest values."""
+    patients = all_patients(cliniko_url)
+    customers = live_customers(stripe_url)
+    report = MirrorReport(customers=len(customers), live_patients=sum(1 for p in patients.values() if is_live(p)))
+    by_pid: dict[str, list[dict[str, Any]]] = {}
+    for customer in customers:
+        pid = (customer.get("metadata") or {}).get(CROSS_REF)
+        if not pid or pid not in patients or patients[pid].get("deleted_at"):
+            report.orphans.append({key: customer.get(key) for key in ("id", "name", "email", "metadata", "created")})
+            continue
+        by_pid.setdefault(pid, []).append(customer)
+    for pid, found in by_pid.items():
+        if len(found) > 1:
+            report.duplicated[pid] = [c["id"] for c in found]
+    for pid, patient in patients.items():
+        if is_live(patient) and pid not in by_pid:
+            report.missing.append(pid)
+    for pid, found in by_pid.items():
+        want = expected_customer_fields(patients[pid])
+        for customer in found:
+            have = actual_customer_fields(customer)
+            diff = {key: (want[key], have[key]) for key in want if want[key] != have[key]}
+            if diff:
+                report.stale[pid] = diff
+    return report
+
+
+# --- the profile's own database (read directly, so the test process never binds the app's models) ---------
+def db_path(home: Path) -> Path:
+    return home / "data" / "clinicsync.sqlite3"
+
+
+def outbox_status(home: Path) -> Counter[str]:
+    path = db_path(home)
+    if not path.exists():
+        return Counter()
+    with sqlite3.connect(path, timeout=10) as con:
+        return Counter(dict(con.execute("SELECT status, COUNT(*) FROM outbox_entry GROUP BY status").fetchall()))
+
+
+def pending_source_ids(home: Path) -> list[str]:
+    """Records with a write stored in the outbox but not confirmed: the ones a crash left mid-write."""
+    path = db_path(home)
+    if not path.exists():
+        return []
+    with sqlite3.connect(path, timeout=10) as con:
+        rows = con.execute("SELECT DISTINCT source_id FROM outbox_entry WHERE status = 'pending' ORDER BY id")
+        return [row[0] for row in rows.fetchall()]
+
+
+def log_tail(home: Path, lines: int = 30) -> str:
+    path = home / "logs" / "clinicsync.log"
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+# --- the sandbox in another process --------------------------------------------------------------------------
+@dataclass
+class SandboxProcess:
+    process: subprocess.Popen[bytes]
+    info: dict[str, Any]
+    output: Path
+
+    @property
+    def cliniko_url(self) -> str:
+        return str(self.info["cliniko_url"])
+
+    @property
+    def stripe_url(self) -> str:
+        return str(self.info["stripe_url"])
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.info["env"])
+
+    def stop(self) -> int | None:
+        """SIGTERM, as a user's Ctrl+C or a service manager would; SIGKILL only if it ignores that."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+def start_sandbox_process(
+    workdir: Path, *, profile: str = "clean", patients: int = 50, seed: int = 1, faults: str = "", timeout_s: float = 30
+) -> SandboxProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file = workdir / "sandbox.json"
+    output = workdir / "sandbox.out"
+    command = [
+        sys.executable,
+        "-m",
+        "clinicsync.sandbox.launcher",
+        "--profile",
+        profile,
+        "--patients",
+        str(patients),
+        "--seed",
+        str(seed),
+        "--port-file",
+        str(port_file),
+    ]
+    if faults:
+        command += ["--faults", faults]
+    with output.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(timeout=5)
+            raise RuntimeError(f"the sandbox did not start: {output.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.02)
+    return SandboxProcess(process=process, info=json.loads(port_file.read_text(encoding="utf-8")), output=output)
+
+
+def sync_command() -> list[str]:
+    return [sys.executable, "-m", "clinicsync", "sync", "--once"]
