@@ -8,14 +8,16 @@ against Stripe's limits before they are sent.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import stripe
 
 from clinicsync import stripe_limits
+from clinicsync.sync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ class StripeFailure(Exception):
         self.message = message
         self.retry_after_s = retry_after_s
         self.param = param
+        # Filled in by classify(): the HTTP status (None: no answer at all) and Stripe's error code, e.g.
+        # api_key_expired for a revoked key, so a connection test can say which problem it is.
+        self.status: int | None = None
+        self.code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,13 @@ class StripeAccount:
 class WriteResult:
     object: dict[str, Any]
     replayed: bool
+
+
+def retry_decision(exc: BaseException) -> RetryDecision:
+    """Retry transient Stripe failures, honouring the server's hint; everything else is final."""
+    if isinstance(exc, StripeFailure) and exc.kind == "transient":
+        return RetryDecision(retry=True, hint_s=exc.retry_after_s)
+    return PERMANENT
 
 
 def livemode_of_key(api_key: str) -> bool:
@@ -103,6 +116,14 @@ def _retry_after(headers: Any) -> float | None:
 
 def classify(exc: stripe.StripeError) -> StripeFailure:
     """Turn an SDK exception into a StripeFailure with a message a practice manager can act on."""
+    failure = _classify(exc)
+    failure.status = exc.http_status
+    # The SDK fills exc.code only for some exception classes; the parsed error object always has the body's.
+    failure.code = getattr(exc.error, "code", None) if exc.error else None
+    return failure
+
+
+def _classify(exc: stripe.StripeError) -> StripeFailure:
     headers = exc.headers
     should_retry = _header(headers, "Stripe-Should-Retry")
     message = exc.user_message or str(exc)
@@ -137,9 +158,15 @@ class StripeGateway:
         base_url: str | None = None,
         timeout_s: float = 30.0,
         budget: Budget | None = None,
+        read_retry: RetryPolicy | None = None,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
+        """Reads are retried here with `read_retry` (they are safe to repeat); writes are single attempts,
+        because the outbox decides how a write is retried or settled."""
         self.livemode = livemode_of_key(api_key)
         self._budget = budget
+        self._read_retry = read_retry
+        self._sleep = sleep
         http_client = stripe.HTTPXClient(timeout=timeout_s, allow_sync_methods=True)
         self._client = stripe.StripeClient(
             api_key,
@@ -156,8 +183,18 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise classify(exc) from None
 
+    def _read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._read_retry is None:
+            return self._call(fn, *args, **kwargs)
+        return call_with_retries(
+            lambda: self._call(fn, *args, **kwargs),
+            policy=self._read_retry,
+            classify=retry_decision,
+            sleep=self._sleep,
+        )
+
     def account(self) -> StripeAccount:
-        account = self._call(self._client.v1.accounts.retrieve_current).to_dict()
+        account = self._read(self._client.v1.accounts.retrieve_current).to_dict()
         profile = account.get("business_profile") or {}
         settings = account.get("settings") or {}
         dashboard = settings.get("dashboard") or {}
@@ -169,7 +206,7 @@ class StripeGateway:
         service = self._service(stripe_object)
         params: dict[str, Any] = {"limit": stripe_limits.LIST_MAX_LIMIT}
         while True:
-            page = self._call(service.list, params=params)
+            page = self._read(service.list, params=params)
             for item in page.data:
                 yield item.to_dict()
             if not page.has_more or not page.data:
@@ -179,18 +216,18 @@ class StripeGateway:
     def list_by_email(self, stripe_object: str, email: str) -> list[dict[str, Any]]:
         """Objects whose email is exactly `email` (Stripe compares case-sensitively); read-after-write safe."""
         service = self._service(stripe_object)
-        page = self._call(service.list, params={"email": email, "limit": stripe_limits.LIST_MAX_LIMIT})
+        page = self._read(service.list, params={"email": email, "limit": stripe_limits.LIST_MAX_LIMIT})
         return [item.to_dict() for item in page.data]
 
     def search(self, stripe_object: str, query: str) -> list[dict[str, Any]]:
         """Stripe Search: lags behind writes, so only for objects older than the index delay."""
-        page = self._call(self._service(stripe_object).search, params={"query": query, "limit": 100})
+        page = self._read(self._service(stripe_object).search, params={"query": query, "limit": 100})
         return [item.to_dict() for item in page.data]
 
     def retrieve(self, stripe_object: str, stripe_id: str) -> dict[str, Any] | None:
         """The object, or None if it does not exist or was deleted."""
         try:
-            obj = self._call(self._service(stripe_object).retrieve, stripe_id)
+            obj = self._read(self._service(stripe_object).retrieve, stripe_id)
         except StripeFailure as failure:
             if failure.kind == "not_found":
                 return None

@@ -35,7 +35,7 @@ from clinicsync.store.models import (
     SyncRun,
     utcnow,
 )
-from clinicsync.stripe_gateway import StripeGateway
+from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.matching import (
     build_index,
     candidates_by_email,
@@ -158,6 +158,9 @@ class StreamRun:
             result.outcome, result.stop_kind, result.message = "failed", "mapping", str(exc)
         except StripeStopped as stop:
             result.outcome, result.stop_kind, result.message = "failed", stop.kind, str(stop)
+        except StripeFailure as failure:  # a read that kept failing, or a key rejected mid-run
+            kind = {"transient": "unavailable", "auth": "auth", "permission": "permission"}.get(failure.kind)
+            result.outcome, result.stop_kind, result.message = "failed", kind or "stripe_error", failure.message
         except Cancelled:
             result.outcome, result.message = "cancelled", "The sync was cancelled; nothing queued is lost."
         except Exception as exc:
@@ -313,6 +316,7 @@ class StreamRun:
         return {"enabled": True, "field_token": config.field_token, "done": done, "total": total}
 
     def _read_and_decide(self, *, pool: WritePool, writer: OutboxWriter | None) -> None:
+        started = utcnow()
         state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
         if state.stripe_index_built_at is None:
             self._progress(self.stream.name, 0, None, "Reading existing Stripe customers")
@@ -337,7 +341,12 @@ class StreamRun:
         state.cursor = next_cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         state.last_run_at = utcnow()
         state.save()
-        RetryRecord.delete().where((RetryRecord.pair == self.pair) & (RetryRecord.stream == self.stream.name)).execute()
+        # Revisits this run has done; ones queued during it (records it had to skip) wait for the next run.
+        RetryRecord.delete().where(
+            (RetryRecord.pair == self.pair)
+            & (RetryRecord.stream == self.stream.name)
+            & (RetryRecord.created_at < started)
+        ).execute()
 
     def _revisit_ids(self, *, full_read: bool = False) -> list[str]:
         """Records to read by id first: a person decided about them, or asked for a retry; with the
@@ -385,6 +394,8 @@ class StreamRun:
         pool.wait_for(sid)
         link = self._remember(mapped, hashed)
         if self._has_pending_write(sid):
+            # The cursor will move past this version: read the record again once Stripe has confirmed.
+            self._revisit_later(sid, "an earlier write is waiting for Stripe's confirmation")
             self.recorder.record(
                 "skipped",
                 sid,
@@ -542,6 +553,14 @@ class StreamRun:
                 email_hash=hashed, display_name=mapped.display_name, archived=mapped.archived, updated_at=utcnow()
             ).where(RecordLink.id == link.id).execute()
         return link
+
+    def _revisit_later(self, source_id: str, reason: str) -> None:
+        RetryRecord.insert(
+            pair=self.pair, stream=self.stream.name, source_id=source_id, reason=reason, created_at=utcnow()
+        ).on_conflict(
+            conflict_target=[RetryRecord.pair, RetryRecord.stream, RetryRecord.source_id],
+            update={RetryRecord.created_at: utcnow(), RetryRecord.reason: reason},
+        ).execute()
 
     def _has_pending_write(self, source_id: str) -> bool:
         return (

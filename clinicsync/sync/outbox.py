@@ -18,9 +18,9 @@ from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, utcnow
-from clinicsync.stripe_gateway import StripeFailure, StripeGateway
+from clinicsync.stripe_gateway import StripeFailure, StripeGateway, retry_decision
 from clinicsync.sync.crash import crashpoint
-from clinicsync.sync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
+from clinicsync.sync.retry import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,6 @@ def _normalised(params: dict[str, Any]) -> dict[str, Any]:
     # What is sent is exactly what a replay will send: both come from the same JSON text.
     loaded: dict[str, Any] = json.loads(json.dumps(params, sort_keys=True, ensure_ascii=False))
     return loaded
-
-
-def _retry_decision(exc: BaseException) -> RetryDecision:
-    if isinstance(exc, StripeFailure) and exc.kind == "transient":
-        return RetryDecision(retry=True, hint_s=exc.retry_after_s)
-    return PERMANENT
 
 
 @dataclass
@@ -119,7 +113,7 @@ class OutboxWriter:
             result = call_with_retries(
                 lambda: self.gateway.write(row.op, row.stripe_object, row.stripe_id, row.params, row.idempotency_key),
                 policy=self.policy,
-                classify=_retry_decision,
+                classify=retry_decision,
                 sleep=self.sleep,
                 on_retry=lambda attempt, exc, delay: log.info(
                     "Stripe write for %s %s failed (%s); retry %d in %.2fs",

@@ -76,7 +76,7 @@ def cliniko_client(settings: Settings, secrets: SecretStore, cancel: CancelToken
         raise ConfigProblem(str(exc)) from None
 
 
-def stripe_gateway(settings: Settings, secrets: SecretStore) -> StripeGateway:
+def stripe_gateway(settings: Settings, secrets: SecretStore, cancel: CancelToken | None = None) -> StripeGateway:
     key = _require(secrets, secret_names.STRIPE_API_KEY, "Stripe")
     base_url = settings.get("stripe.base_url") or None
     if base_url:
@@ -88,7 +88,14 @@ def stripe_gateway(settings: Settings, secrets: SecretStore) -> StripeGateway:
         stripe_limits.RATE_LIMIT_PER_SECOND["live" if livemode_of_key(key) else "test"] * STRIPE_BUDGET_FRACTION
     )
     budget = RequestBudget(limit=per_second, per_seconds=1.0, burst=max(1, int(per_second / 5)))
-    return StripeGateway(key, base_url=base_url, timeout_s=settings.get("stripe.timeout_seconds"), budget=budget)
+    return StripeGateway(
+        key,
+        base_url=base_url,
+        timeout_s=settings.get("stripe.timeout_seconds"),
+        budget=budget,
+        read_retry=retry_policy(settings),
+        sleep=(cancel or CancelToken()).sleep,
+    )
 
 
 def resolve_pair(cliniko: ClinikoClient, gateway: StripeGateway) -> AccountPair:
@@ -142,7 +149,7 @@ def run_sync(
     with ProfileLock(paths.lock_file):
         cliniko = cliniko_client(settings, secrets, cancel)
         try:
-            gateway = stripe_gateway(settings, secrets)
+            gateway = stripe_gateway(settings, secrets, cancel)
             pair = resolve_pair(cliniko, gateway)
             results = []
             for name in names:
