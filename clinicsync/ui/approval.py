@@ -1,0 +1,186 @@
+"""Approve before going live: the plan of a stream's first sync to a LIVE Stripe account, and its approval.
+
+The plan is the saved result of a dry run (`SyncPlan.summary`: counts, up to 20 sample records per action, the
+Stripe fields the mapping sends). Nothing has been written when this dialog shows. Approve records the approval
+(`queries.approve_latest_plan`, the same as `clinicsync plan approve`) and starts the sync (`ui.sync_now()`),
+which then writes exactly what the plan says; Cancel writes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QModelIndex, Qt
+from PySide6.QtGui import QShowEvent, QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QHeaderView,
+    QLabel,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from clinicsync.secrets import SecretStoreError
+from clinicsync.store import queries
+from clinicsync.store.models import SyncPlan
+from clinicsync.sync.runner import Job, JobOutcome
+from clinicsync.ui.context import UiContext
+
+# In the order a person reads the plan: what changes in Stripe first, then what is left alone.
+ACTIONS: tuple[tuple[str, str], ...] = (
+    ("created", "New Stripe customers will be created"),
+    ("linked", "Linked to existing Stripe customers"),
+    ("updated", "Linked customers will be updated"),
+    ("review", "Left for you to review (nothing sent)"),
+    ("failed", "Can't be sent (reported, nothing sent)"),
+    ("skipped", "Skipped: archived, merged or not syncable"),
+    ("unchanged", "Already up to date"),
+)
+COLUMNS = ("What", "Cliniko id", "Stripe customer", "Note")
+ACTION_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+def streams_needing_approval(outcome: JobOutcome) -> list[str]:
+    """The streams a finished sync stopped at the approval step (open an ApprovalDialog for each)."""
+    return [result.stream for result in outcome.results if result.outcome == "needs_approval"]
+
+
+def plan_model(summary: dict[str, Any]) -> QStandardItemModel:
+    """One row per action with its count; under it, the records behind the number (the plan's samples)."""
+    model = QStandardItemModel()
+    model.setHorizontalHeaderLabels(list(COLUMNS))
+    counts: dict[str, int] = summary.get("counts", {})
+    samples: dict[str, list[dict[str, Any]]] = summary.get("samples", {})
+    for action, label in ACTIONS:
+        count = int(counts.get(action, 0))
+        if count == 0 and action in ("failed", "skipped", "unchanged", "updated"):
+            continue  # rows about nothing only add noise; the four that shape the decision always show
+        parent = QStandardItem(f"{count}  {label}")
+        parent.setData(action, ACTION_ROLE)
+        font = parent.font()
+        font.setBold(True)
+        parent.setFont(font)
+        row = [parent, *(_cell("") for _ in COLUMNS[1:])]
+        rows = samples.get(action, [])
+        for sample in rows:
+            parent.appendRow(
+                [
+                    _cell(sample.get("name") or "(no name)"),
+                    _cell(sample.get("source_id")),
+                    _cell(sample.get("stripe_id")),
+                    _cell(sample.get("message")),
+                ]
+            )
+        if count > len(rows):
+            parent.appendRow([_cell(f"… and {count - len(rows)} more"), *(_cell("") for _ in COLUMNS[1:])])
+        model.appendRow(row)
+    return model
+
+
+def _cell(value: object) -> QStandardItem:
+    text = "" if value is None else " ".join(str(value).split())  # one line per cell
+    item = QStandardItem(text)
+    item.setEditable(False)
+    if len(text) > 40:
+        item.setToolTip(text)  # notes and long names are elided in the cell
+    return item
+
+
+class ApprovalDialog(QDialog):
+    """Shows a plan; Approve records the approval and starts the sync, Cancel writes nothing.
+
+    It starts the sync itself, so a caller must not start another on `accepted` (one would only repeat it).
+    """
+
+    STARTS_SYNC = True
+
+    def __init__(self, ui: UiContext, plan: SyncPlan, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ui = ui
+        self.plan = plan
+        self.job: Job | None = None
+        self.summary: dict[str, Any] = dict(plan.summary or {})
+        self.setWindowTitle("Approve the first live sync")
+        self.setMinimumSize(760, 520)
+        self.model = plan_model(self.summary)
+        self._build()
+
+    def _build(self) -> None:
+        pair = self.plan.pair
+        mode = str(self.summary.get("stripe_mode", "live")).upper()
+        self.heading = heading = QLabel(
+            f"<h3>First sync of {self.plan.stream} to a {mode} Stripe account</h3>"
+            f"<p>{_escape(pair.source_name) or 'Cliniko'} → {_escape(pair.stripe_name) or pair.stripe_account} "
+            f"({mode} mode). <b>Nothing has been written yet.</b> This is what the sync will do:</p>"
+        )
+        heading.setWordWrap(True)
+        self.tree = QTreeView()
+        self.tree.setModel(self.model)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setAlternatingRowColors(True)
+        header = self.tree.header()
+        header.setStretchLastSection(True)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        for column in (1, 2):  # ids are read whole, never elided
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.resizeSection(0, 300)
+        for row in range(self.model.rowCount()):  # an action's line reads across the whole width
+            self.tree.setFirstColumnSpanned(row, QModelIndex(), True)
+        self.tree.expandToDepth(0)
+        fields = ", ".join(self.summary.get("fields", [])) or "none"
+        self.fields_label = QLabel(f"Fields sent to Stripe: {fields}. Nothing else leaves the clinic.")
+        self.fields_label.setWordWrap(True)
+        queued = int(self.summary.get("queued_writes", 0) or 0)
+        self.queued_label = QLabel(f"{queued} earlier change(s) are also waiting to be sent." if queued else "")
+        self.queued_label.setVisible(bool(queued))
+        self.message_label = QLabel(wordWrap=True)
+        self.message_label.setStyleSheet("color: #b91c1c; font-weight: bold;")
+        self.message_label.hide()
+        self.buttons = QDialogButtonBox()
+        self.approve_button = self.buttons.addButton("Approve and sync", QDialogButtonBox.ButtonRole.AcceptRole)
+        self.cancel_button = self.buttons.addButton("Cancel", QDialogButtonBox.ButtonRole.RejectRole)
+        self.cancel_button.setDefault(True)  # a stray Enter must not write to a live account
+        self.approve_button.clicked.connect(self.approve)
+        self.cancel_button.clicked.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(heading)
+        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.fields_label)
+        layout.addWidget(self.queued_label)
+        layout.addWidget(self.message_label)
+        layout.addWidget(self.buttons)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.cancel_button.setFocus()  # Space or Enter on a just-opened dialog must not write to a live account
+
+    def approve(self) -> None:
+        latest = queries.latest_plan(self.plan.stream)
+        if latest is None or latest.id != self.plan.id:
+            # approve_latest_plan approves the newest plan: never one the person has not seen.
+            self._show_problem("A newer plan was made since this one was shown. Close this and open the new one.")
+            return
+        queries.approve_latest_plan(self.plan.stream)
+        try:
+            self.job = self.ui.sync_now()
+        except SecretStoreError as exc:
+            self._show_problem(f"Approved, but the sync could not start: {exc}")
+            return
+        if self.job is None:
+            reason = "syncing is paused" if self.ui.runner.paused() else "a sync is already waiting to start"
+            self._show_problem(f"Approved. The sync did not start now because {reason}; it will write the plan then.")
+            self.approve_button.setEnabled(False)
+            self.cancel_button.setText("Close")
+            return
+        self.accept()
+
+    def _show_problem(self, text: str) -> None:
+        self.message_label.setText(text)
+        self.message_label.show()
+
+
+def _escape(text: str | None) -> str:
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

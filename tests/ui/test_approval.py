@@ -1,0 +1,99 @@
+"""Approval before the first live sync: the dialog lists the plan and the records behind each number; Cancel writes
+nothing; Approve leads to a sync that writes exactly the plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from clinicsync.store import queries
+from clinicsync.store.models import SyncEvent
+from clinicsync.ui.approval import ACTION_ROLE, ApprovalDialog, streams_needing_approval
+from tests.support import executed_writes
+from tests.ui.connections_support import build_ui, close_ui
+
+TIMEOUT_MS = 30_000
+STREAM = "cliniko.patients"
+
+
+@pytest.fixture
+def live(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="hard", patients=30, stripe_mode="live")
+    ui = build_ui(env_for(sandbox))
+    yield sandbox, ui
+    close_ui(ui)
+
+
+def sync(qtbot, ui, *, start=None):
+    with qtbot.waitSignal(ui.bridge.job_finished, timeout=TIMEOUT_MS) as finished:
+        job = start() if start else ui.sync_now()
+        assert job is not None
+    return finished.args[0]
+
+
+def action_rows(dialog: ApprovalDialog) -> dict[str, tuple[str, list[tuple[str, str, str]]]]:
+    """action -> (the row's text, [(name, Cliniko id, Stripe id) of each record under it])."""
+    model = dialog.model
+    rows = {}
+    for row in range(model.rowCount()):
+        parent = model.item(row, 0)
+        children = [tuple(parent.child(i, column).text() for column in range(3)) for i in range(parent.rowCount())]
+        rows[parent.data(ACTION_ROLE)] = (parent.text(), children)
+    return rows
+
+
+def test_a_live_sync_stops_at_the_plan_and_approving_writes_exactly_it(qtbot, live):
+    sandbox, ui = live
+    first = sync(qtbot, ui)
+    assert streams_needing_approval(first) == [STREAM]
+    assert executed_writes(sandbox.stripe_url) == 0
+    plan = queries.latest_plan(STREAM)
+    assert plan is not None and plan.approved_at is None
+    counts, samples = plan.summary["counts"], plan.summary["samples"]
+
+    dialog = ApprovalDialog(ui, plan)
+    qtbot.addWidget(dialog)
+    rows = action_rows(dialog)
+    for action in ("created", "linked", "review"):
+        text, records = rows[action]
+        assert text.startswith(f"{counts[action]} "), (action, text)
+        listed = {source_id for _, source_id, _ in records if source_id}
+        assert listed == {s["source_id"] for s in samples.get(action, [])}, action
+    assert counts["created"] > 20 and counts["linked"] >= 1 and counts["review"] >= 1
+    linked_record = rows["linked"][1][0]
+    assert linked_record[2].startswith("cus_"), "a link shows the existing customer it links to"
+    assert any("more" in name for name, _, _ in rows["created"][1]), "records beyond the samples are counted"
+    for target in ("name", "email", "metadata.cliniko_patient_id"):
+        assert target in dialog.fields_label.text()
+    assert "LIVE" in dialog.heading.text() and "Nothing has been written yet" in dialog.heading.text()
+    assert dialog.cancel_button.isDefault(), "Enter must not approve a live write"
+
+    dialog.cancel_button.click()
+    assert queries.latest_plan(STREAM).approved_at is None and dialog.job is None
+    assert executed_writes(sandbox.stripe_url) == 0, "Cancel writes nothing"
+
+    dialog = ApprovalDialog(ui, plan)
+    qtbot.addWidget(dialog)
+    outcome = sync(qtbot, ui, start=lambda: (dialog.approve_button.click(), dialog.job)[1])
+    assert queries.latest_plan(STREAM).approved_at is not None
+    (result,) = outcome.results
+    for action in ("created", "linked", "updated", "review", "skipped", "failed"):
+        assert result.counts[action] == counts[action], action
+    assert executed_writes(sandbox.stripe_url) == counts["created"] + counts["linked"]
+    for action in ("created", "linked"):
+        written = {
+            e.source_id for e in SyncEvent.select().where(SyncEvent.run == result.run_id, SyncEvent.action == action)
+        }
+        assert {s["source_id"] for s in samples[action]} <= written, action
+
+
+def test_an_outdated_plan_is_not_approved(qtbot, live):
+    _, ui = live
+    sync(qtbot, ui)
+    old = queries.latest_plan(STREAM)
+    sync(qtbot, ui)  # still unapproved: another plan is made
+    assert queries.latest_plan(STREAM).id != old.id
+    dialog = ApprovalDialog(ui, old)
+    qtbot.addWidget(dialog)
+    dialog.approve_button.click()
+    assert "newer plan" in dialog.message_label.text() and dialog.job is None
+    assert queries.latest_plan(STREAM).approved_at is None

@@ -1,0 +1,282 @@
+"""The Connections tab: keys go to the keyring only and are shown masked; Test connection runs off the GUI thread
+and shows the right message for a good key, a wrong key, a restricted key lacking a permission and an unreachable
+host."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import keyring
+import keyring.backends.null
+import pytest
+
+from clinicsync.connections import CALCOM_REGIONS
+from clinicsync.secrets import CLINIKO_API_KEY, STRIPE_API_KEY, service_for
+from clinicsync.ui.connections_tab import ConnectionsTab
+from clinicsync.ui.context import UiContext
+from tests.support import admin
+from tests.ui.connections_support import build_ui, close_ui, memory_keyring
+
+KEY_VARS = ("CLINICSYNC_CLINIKO_API_KEY", "CLINICSYNC_STRIPE_API_KEY")
+TEST_TIMEOUT_MS = 20_000
+
+
+@pytest.fixture
+def keyring_backend():
+    with memory_keyring() as backend:
+        yield backend
+
+
+@pytest.fixture
+def open_ui() -> Iterator:
+    opened: list[UiContext] = []
+
+    def make(env) -> UiContext:
+        ui = build_ui(env)
+        opened.append(ui)
+        return ui
+
+    yield make
+    for ui in opened:
+        close_ui(ui)
+
+
+def keyless(env: dict[str, str]) -> dict[str, str]:
+    """The sandbox profile without keys in the environment, so they must come from the keyring."""
+    return {name: value for name, value in env.items() if name not in KEY_VARS}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def encodings(secret: str) -> set[bytes]:
+    """The key as it could appear in a file: plain, and base64 at each byte alignment (alone or inside a Basic
+    auth header); the first and last block of each are dropped because they depend on the neighbours."""
+    raw = secret.encode()
+    forms = {raw}
+    for payload in (raw, raw + b":"):
+        for offset in range(3):
+            encoded = base64.b64encode(b"\0" * offset + payload)
+            forms.add(encoded[4:-4] if offset else encoded[:-4])
+    return forms
+
+
+def files_containing(home: Path, secret: str) -> list[str]:
+    forms = encodings(secret)
+    found = []
+    for path in home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if any(form in data for form in forms):
+                found.append(str(path.relative_to(home)))
+    return found
+
+
+def click_test(qtbot, box) -> object:
+    with qtbot.waitSignal(box.tested, timeout=TEST_TIMEOUT_MS) as blocker:
+        box.test_button.click()
+    return blocker.args[0]
+
+
+def test_saving_keys_writes_them_to_the_keyring_and_nowhere_else(
+    qtbot, make_sandbox, env_for, keyring_backend, open_ui
+):
+    sandbox = make_sandbox(profile="clean", patients=5)
+    env = keyless(env_for(sandbox))
+    ui = open_ui(env)
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    assert "No key saved" in tab.stripe.key_state_label.text()
+
+    for box, key in ((tab.cliniko, sandbox.cliniko_key), (tab.stripe, sandbox.stripe_key)):
+        qtbot.keyClicks(box.key_edit, key)
+        box.save_button.click()
+        assert box.key_edit.text() == "", "the key is never left in (or echoed back into) the field"
+        assert key not in box.key_state_label.text() and "…" in box.key_state_label.text()
+        assert "Saved in the OS keyring" in box.key_state_label.text()
+        assert click_test(qtbot, box).ok
+
+    service = service_for(ui.app.paths)
+    assert keyring_backend.passwords == {
+        (service, CLINIKO_API_KEY): sandbox.cliniko_key,
+        (service, STRIPE_API_KEY): sandbox.stripe_key,
+    }
+    # Use the keys for a real sync too, so the database, the history and the log have had every chance to leak.
+    with qtbot.waitSignal(ui.bridge.job_finished, timeout=30_000) as finished:
+        assert ui.sync_now() is not None
+    assert finished.args[0].failure_kind is None and finished.args[0].results[0].counts["created"] == 5
+    close_ui(ui)
+    home = Path(env["CLINICSYNC_HOME"])
+    assert any(home.rglob("*.sqlite3")) and any(home.rglob("*.log")), "the profile's files exist to be checked"
+    for key in (sandbox.cliniko_key, sandbox.stripe_key):
+        assert files_containing(home, key) == [], f"{key[:8]}… leaked into the profile"
+
+
+def test_test_connection_messages_for_stripe(qtbot, make_sandbox, env_for, keyring_backend, open_ui):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    ui = open_ui(keyless(env_for(sandbox)))
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    box = tab.stripe
+
+    qtbot.keyClicks(box.key_edit, sandbox.stripe_key)
+    good = click_test(qtbot, box)
+    assert good.ok and good.account_name in box.result_label.text()
+    assert box.badge.isVisibleTo(tab) and box.badge.text() == "TEST MODE"
+
+    box.key_edit.setText("sk_live_sandbox_clinic_a")
+    assert click_test(qtbot, box).ok and box.badge.text() == "LIVE"
+
+    box.key_edit.setText("sk_test_sandbox_not_a_key")
+    bad = click_test(qtbot, box)
+    assert not bad.ok and "401" in box.result_label.text() and "rejected" in box.result_label.text()
+    assert not box.badge.isVisibleTo(tab) or box.badge.text() == "TEST MODE"
+
+    box.key_edit.setText("rk_test_sandbox_readonly_a")
+    restricted = click_test(qtbot, box)
+    assert not restricted.ok and "rak_customer_write" in box.result_label.text()
+    assert "403" in box.result_label.text()
+    assert keyring_backend.passwords == {}, "testing a typed key does not save it"
+
+
+def test_test_connection_for_an_unreachable_host(qtbot, make_sandbox, env_for, keyring_backend, open_ui):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    port = closed_port()
+    env = env_for(
+        sandbox,
+        CLINICSYNC_STRIPE_BASE_URL=f"http://127.0.0.1:{port}",
+        CLINICSYNC_CLINIKO_BASE_URL=f"http://127.0.0.1:{port}/v1",
+    )
+    ui = open_ui(env)
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    for box in (tab.stripe, tab.cliniko):
+        report = click_test(qtbot, box)
+        assert not report.ok and report.problem == "unreachable"
+        assert "could not be reached" in box.result_label.text() and f"127.0.0.1:{port}" in box.result_label.text()
+
+
+def test_cliniko_good_and_wrong_key(qtbot, make_sandbox, env_for, keyring_backend, open_ui):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    ui = open_ui(keyless(env_for(sandbox)))
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    box = tab.cliniko
+    qtbot.keyClicks(box.key_edit, sandbox.cliniko_key)
+    good = click_test(qtbot, box)
+    assert good.ok and "au1" in box.result_label.text() and good.account_name in box.result_label.text()
+    assert not box.badge.isVisibleTo(tab), "the TEST/LIVE badge is Stripe's"
+    box.key_edit.setText("wrong_key-au1")
+    assert not click_test(qtbot, box).ok and "401" in box.result_label.text()
+
+
+def test_a_slow_host_does_not_freeze_the_window(qtbot, make_sandbox, env_for, keyring_backend, open_ui):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    admin(sandbox.stripe_url, "config", latency_ms=700)
+    ui = open_ui(env_for(sandbox))
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    started = time.monotonic()
+    with qtbot.waitSignal(tab.stripe.tested, timeout=TEST_TIMEOUT_MS):
+        tab.stripe.test_button.click()
+        assert time.monotonic() - started < 0.3, "the click returned at once; the requests run elsewhere"
+        assert "Testing" in tab.stripe.result_label.text() and not tab.stripe.test_button.isEnabled()
+    assert tab.stripe.test_button.isEnabled()
+
+
+def test_keys_from_the_environment_are_shown_but_not_editable(qtbot, make_sandbox, env_for, keyring_backend, open_ui):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    ui = open_ui(env_for(sandbox))
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    text = tab.stripe.key_state_label.text()
+    assert "Set by the environment (CLINICSYNC_STRIPE_API_KEY)" in text and sandbox.stripe_key not in text
+    assert not tab.stripe.key_edit.isEnabled() and not tab.stripe.remove_button.isEnabled()
+    assert not tab.cliniko.key_edit.isEnabled()
+    assert "The key's ending sets the shard: au1" in tab.cliniko.shard_note.text()
+    assert not tab.cliniko.email_edit.isEnabled(), "CLINICSYNC_CONTACT_EMAIL wins over a stored value"
+    assert keyring_backend.passwords == {}
+
+
+@contextlib.contextmanager
+def null_keyring() -> Iterator[None]:
+    previous = keyring.get_keyring()
+    keyring.set_keyring(keyring.backends.null.Keyring())
+    try:
+        yield
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_an_unusable_keyring_is_shown_with_what_to_install_and_nothing_is_written(
+    qtbot, make_sandbox, env_for, open_ui
+):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = keyless(env_for(sandbox))
+    with null_keyring():
+        ui = open_ui(env)
+        tab = ConnectionsTab(ui)
+        qtbot.addWidget(tab)
+        assert "will not store API keys" in tab.stripe.key_state_label.text()
+        qtbot.keyClicks(tab.stripe.key_edit, sandbox.stripe_key)
+        tab.stripe.save_button.click()
+        shown = tab.stripe.result_label.text()
+        assert "null backend" in shown and "install" in shown.lower()
+    close_ui(ui)
+    assert files_containing(Path(env["CLINICSYNC_HOME"]), sandbox.stripe_key) == []
+
+
+def test_cliniko_settings_are_saved_and_the_shard_is_only_for_keys_without_one(
+    qtbot, make_sandbox, env_for, keyring_backend, open_ui
+):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = {k: v for k, v in keyless(env_for(sandbox)).items() if k != "CLINICSYNC_CONTACT_EMAIL"}
+    ui = open_ui(env)
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    box = tab.cliniko
+    assert box.shard_combo.isEnabled() and box.email_edit.isEnabled()
+    qtbot.keyClicks(box.key_edit, "some_key-uk2")
+    assert not box.shard_combo.isEnabled() and "uk2" in box.shard_note.text()
+    box.key_edit.clear()
+    box.shard_combo.setCurrentText("au3")
+    box.email_edit.setText("manager@example.com")
+    box.save_button.click()
+    assert ui.app.settings.get("cliniko.shard") == "au3"
+    assert ui.app.settings.get("contact_email") == "manager@example.com"
+    box.email_edit.setText("not an email")
+    box.save_button.click()
+    assert "not an email address" in box.result_label.text()
+    assert ui.app.settings.get("contact_email") == "manager@example.com"
+
+
+def test_calcom_region_and_self_hosted_address(qtbot, make_sandbox, env_for, keyring_backend, open_ui):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    ui = open_ui(keyless(env_for(sandbox)))
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    box = tab.calcom
+    assert box.region_combo.currentData() == "cloud" and not box.url_edit.isEnabled()
+    box.region_combo.setCurrentIndex(box.region_combo.findData("eu"))
+    box.save_button.click()
+    assert ui.app.settings.get("calcom.base_url") == CALCOM_REGIONS["eu"]
+
+    box.region_combo.setCurrentIndex(box.region_combo.findData("self_hosted"))
+    assert box.url_edit.isEnabled()
+    box.save_button.click()
+    assert "/v2" in box.result_label.text(), "a self-hosted choice needs an address"
+    port = closed_port()
+    box.url_edit.setText(f"http://127.0.0.1:{port}/v2")
+    qtbot.keyClicks(box.key_edit, "cal_sandbox_example_key")
+    box.save_button.click()
+    assert ui.app.settings.get("calcom.base_url") == f"http://127.0.0.1:{port}/v2"
+    report = click_test(qtbot, box)
+    assert report.problem == "unreachable" and "Cal.com could not be reached" in box.result_label.text()

@@ -1,0 +1,128 @@
+"""The Review tab: open items in an item model, candidates fetched from Stripe off the GUI thread, and Link / Create
+new / Ignore doing what `clinicsync review` does (the next sync carries the decision out)."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtWidgets import QTableView
+
+from clinicsync.store.models import RecordLink, ReviewItem
+from clinicsync.ui.review_tab import ReviewModel, ReviewTab
+from tests.support import admin
+from tests.ui.connections_support import build_ui, close_ui
+
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def review_setup(make_sandbox, env_for):
+    """The hard clinic with email matches sent to review: Olivia (one matching customer) and Ethan (two customers
+    share his email) wait for a decision after the first sync."""
+    sandbox = make_sandbox(profile="hard", patients=20)
+    ui = build_ui(env_for(sandbox, CLINICSYNC_SYNC_EMAIL_MATCH="review"))
+    yield sandbox, ui
+    close_ui(ui)
+
+
+def sync(qtbot, ui):
+    with qtbot.waitSignal(ui.bridge.job_finished, timeout=TIMEOUT_MS) as finished:
+        assert ui.sync_now() is not None
+    outcome = finished.args[0]
+    assert outcome.failure_kind is None, outcome.message
+    return outcome.results[0]
+
+
+def select(qtbot, tab: ReviewTab, name: str) -> None:
+    row = next(i for i, r in enumerate(tab.model.rows) if r.display_name == name)
+    tab.items_view.selectRow(row)
+    wait_for_candidates(qtbot, tab)
+
+
+def wait_for_candidates(qtbot, tab: ReviewTab) -> None:
+    qtbot.waitUntil(lambda: all(c.loaded for c in tab.candidate_model.rows), timeout=TIMEOUT_MS)
+
+
+def cell(view: QTableView, row: int, column: int) -> str:
+    return view.model().index(row, column).data()
+
+
+def link_of(source_id: str) -> str | None:
+    return RecordLink.get(RecordLink.source_id == source_id).stripe_id
+
+
+def test_link_create_and_ignore_resolve_review_items(qtbot, review_setup):
+    sandbox, ui = review_setup
+    sync(qtbot, ui)
+    tab = ReviewTab(ui)
+    qtbot.addWidget(tab)
+    assert isinstance(tab.model, ReviewModel) and tab.items_view.model() is tab.model
+    assert sorted(r.display_name for r in tab.model.rows) == ["Ethan Brooks", "Olivia Nguyen"]
+
+    # Ethan: two Stripe customers share his email; their details come from Stripe, side by side.
+    select(qtbot, tab, "Ethan Brooks")
+    ethan = tab.current_item()
+    assert ethan is not None and len(ethan.candidates) == 2
+    emails = {cell(tab.candidates_view, row, 2).casefold() for row in range(2)}
+    assert len(emails) == 1 and "@" in emails.pop(), "both candidates carry the shared email"
+    assert all(cell(tab.candidates_view, row, 1) for row in range(2)), "each candidate's name is shown"
+    chosen = ethan.candidates[1]
+    tab.candidates_view.selectRow(1)
+    with qtbot.waitSignal(tab.resolved, timeout=1000) as resolved:
+        tab.link_button.click()
+    assert resolved.args == [ethan.id, "link"]
+    item = ReviewItem.get_by_id(ethan.id)
+    assert (item.status, item.resolution, item.resolution_stripe_id) == ("resolved", "link", chosen)
+    assert [r.display_name for r in tab.model.rows] == ["Olivia Nguyen"]
+
+    # Olivia: ignored, so she is never synced.
+    select(qtbot, tab, "Olivia Nguyen")
+    olivia = tab.current_item()
+    assert olivia is not None
+    tab.ignore_button.click()
+    assert ReviewItem.get_by_id(olivia.id).status == "ignored"
+    assert tab.model.rows == [] and tab.empty_label.isVisibleTo(tab)
+    assert not tab.link_button.isEnabled() and not tab.create_button.isEnabled()
+
+    # The next sync carries both decisions out.
+    second = sync(qtbot, ui)
+    assert link_of(ethan.source_id) == chosen
+    assert link_of(olivia.source_id) is None and second.counts["linked"] == 1
+
+    # A customer deleted in Stripe comes back as a review item; "Create new" makes a fresh one.
+    victim = RecordLink.select().where(RecordLink.stripe_id.is_null(False)).first()
+    admin(sandbox.stripe_url, "delete", ids=[victim.stripe_id])
+    admin(sandbox.cliniko_url, "edit", ids=[victim.source_id], fields={"city": "Ballarat"})
+    sync(qtbot, ui)  # the tab reloads itself when a sync finishes
+    (gone,) = tab.model.rows
+    assert gone.source_id == victim.source_id and gone.reason == "stripe_object_deleted"
+    tab.items_view.selectRow(0)
+    assert not tab.link_button.isEnabled(), "nothing to link to"
+    tab.create_button.click()
+    assert ReviewItem.get_by_id(gone.id).resolution == "create"
+    third = sync(qtbot, ui)
+    assert third.counts["created"] == 1
+    new_id = link_of(victim.source_id)
+    assert new_id and new_id != victim.stripe_id
+
+
+def test_a_deleted_candidate_cannot_be_linked(qtbot, review_setup):
+    sandbox, ui = review_setup
+    sync(qtbot, ui)
+    olivia = ReviewItem.get(ReviewItem.display_name == "Olivia Nguyen")
+    admin(sandbox.stripe_url, "delete", ids=list(olivia.candidates))
+    tab = ReviewTab(ui)
+    qtbot.addWidget(tab)
+    select(qtbot, tab, "Olivia Nguyen")
+    assert cell(tab.candidates_view, 0, 1) == "(deleted in Stripe)"
+    assert not tab.link_button.isEnabled() and tab.create_button.isEnabled()
+
+
+def test_a_stripe_problem_is_shown_not_raised(qtbot, review_setup):
+    sandbox, ui = review_setup
+    sync(qtbot, ui)
+    admin(sandbox.stripe_url, "revoke", key=sandbox.stripe_key)
+    tab = ReviewTab(ui)
+    qtbot.addWidget(tab)
+    qtbot.waitUntil(lambda: "Could not load the candidates" in tab.status_label.text(), timeout=TIMEOUT_MS)
+    assert "401" in tab.status_label.text()
+    assert tab.create_button.isEnabled(), "a decision can still be made without the details"
