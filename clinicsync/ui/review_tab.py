@@ -281,6 +281,12 @@ class ReviewTab(QWidget):
         else:
             self._show_item(None)
 
+    def refresh(self) -> None:
+        """What the window calls when the tab is shown or the profile changed: re-read the items and fetch the
+        candidates afresh (after a profile switch they belong to another Stripe account)."""
+        self._customers.clear()
+        self.reload()
+
     def current_item(self) -> ReviewRow | None:
         indexes = self.items_view.selectionModel().selectedRows() if self.items_view.selectionModel() else []
         return self.model.row_at(indexes[0]) if indexes else None
