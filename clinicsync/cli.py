@@ -147,6 +147,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     out("  " + ", ".join(f"{count} {action}" for action, count in summary["counts"].items()))
     out("  fields sent to Stripe: " + ", ".join(summary.get("fields", [])))
+    if summary.get("scope"):
+        out(f"  records synced: {summary['scope']} ({summary.get('out_of_scope', 0)} left out)")
     for action, rows in summary.get("samples", {}).items():
         out(f"  {action}:")
         for row in rows:
@@ -211,6 +213,13 @@ def _set_secret(ctx: Any, name: str, known: Sequence[str]) -> int:
     return EXIT_OK
 
 
+# --- mapping ---------------------------------------------------------------------------------------------
+def cmd_mapping(args: argparse.Namespace) -> int:
+    from clinicsync.mapping.commands import run
+
+    return run(args, out, err)
+
+
 # --- sandbox and GUI -------------------------------------------------------------------------------------
 def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
     from clinicsync.sandbox.launcher import main as sandbox_main
@@ -266,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("set-secret", help="prompt for an API key and store it in the keyring").add_argument("name")
 
     sub.add_parser("sandbox", help="start the built-in sandbox clinic (Cliniko and Stripe emulators)", add_help=False)
+
+    from clinicsync.mapping.commands import add_parser as add_mapping_parser
+
+    add_mapping_parser(sub)
     return parser
 
 
@@ -297,6 +310,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import failure_of
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
+    handlers["mapping"] = cmd_mapping
     try:
         return handlers.get(args.command, cmd_gui)(args)
     except Exception as exc:

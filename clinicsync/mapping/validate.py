@@ -38,10 +38,14 @@ class MappingInvalid(ValueError):
 
 def allowance_warning(field_label: str, field_name: str, targets: Collection[str], stripe_object: str) -> str:
     """What a person must read before allowing a clinical field: what leaves the clinic, and where it goes."""
-    where = ", ".join(sorted(targets)) or "the Stripe field you map it to"
+    where = (
+        f"as the {stripe_object} field {', '.join(sorted(targets))}"
+        if targets
+        else f"in whichever {stripe_object} field you map it to"
+    )
     return (
         f"'{field_label}' ({field_name}) is clinical or sensitive information. Allowing it lets ClinicSync send "
-        f"every synced record's value to Stripe as the {stripe_object} field {where}. Anyone with access to the "
+        f"every synced record's value to Stripe {where}. Anyone with access to the "
         "Stripe account — staff, connected apps and Stripe itself — can then read it, and it stays in Stripe "
         "(and its logs) even if you remove the field from the mapping later. Allow it only if the clinic's privacy "
         "policy and the patients' consent cover sending it to Stripe."

@@ -703,6 +703,8 @@ class StripeEmulator:
         self._rng = random.Random()
         self._scopes: dict[tuple[str, bool], _Scope] = {}
         self._revoked: set[str] = set()
+        # Opt-in (admin `request_log`): every request exactly as received, so a test can prove what never left.
+        self._request_log: list[dict[str, Any]] | None = None
 
     @property
     def default_key(self) -> str:
@@ -712,6 +714,16 @@ class StripeEmulator:
     # -- the HTTP entry point ------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
+        if self._request_log is not None:
+            with self._lock:
+                self._request_log.append(
+                    {
+                        "method": request.method,
+                        "path": request.path,
+                        "query": [list(pair) for pair in request.query],
+                        "body": request.body.decode("utf-8", errors="replace"),
+                    }
+                )
         request_id = "req_" + self._random(14)
         headers = {"Request-Id": request_id}
         if "stripe-version" in request.headers:
@@ -1123,6 +1135,7 @@ class StripeEmulator:
             "revoke": self._admin_revoke,
             "delete": self._admin_delete,
             "keys": self._admin_keys,
+            "request_log": self._admin_request_log,
         }
         run = actions.get(action)
         if run is None:
@@ -1213,6 +1226,14 @@ class StripeEmulator:
                 for k in KEYS.values()
             ],
         }
+
+    def _admin_request_log(self, params: dict[str, Any]) -> dict[str, Any]:
+        """`{"enabled": true}` starts a fresh log, `{"enabled": false}` stops it; either way (or with `{}`) the
+        answer holds the requests logged so far (raw method, path, query pairs and body text)."""
+        entries = list(self._request_log or [])
+        if "enabled" in params:
+            self._request_log = [] if params["enabled"] else None
+        return {"enabled": self._request_log is not None, "requests": entries}
 
     def _admin_scope(self, params: dict[str, Any]) -> _Scope:
         account = str(params.get("account") or ACCOUNT_A)
