@@ -216,10 +216,10 @@ def fetch_preview(connection: Connection, mapping: StreamMapping, record_id: str
 
 def sample_records(connection: Connection, mapping: StreamMapping, limit: int = 20) -> list[tuple[str, str]]:
     """A few (id, display name) pairs to preview on: the first records the stream reads (one page)."""
-    samples = []
+    samples: dict[str, str] = {}  # by id: a stream may read a record twice (Cliniko's archived pass lists all)
     for record in connection.stream.read_changed(connection.source, None):
         mapped = map_record(mapping, record)
-        samples.append((mapped.source_id, mapped.display_name))
+        samples.setdefault(mapped.source_id, mapped.display_name)
         if len(samples) >= limit:
             break
-    return samples
+    return list(samples.items())

@@ -40,13 +40,7 @@ class TabSpec:
 TABS: tuple[TabSpec, ...] = (
     TabSpec("overview", "Overview", "clinicsync.ui.overview_tab", "OverviewTab"),
     TabSpec("connections", "Connections", "clinicsync.ui.connections_tab", "ConnectionsTab"),
-    TabSpec(
-        "mapping",
-        "Field mapping",
-        None,
-        placeholder="Choose which fields go to Stripe, with a live preview on a real record. Coming soon; "
-        "today ClinicSync sends name, email, phone and address, and never clinical fields.",
-    ),
+    TabSpec("mapping", "Field mapping", "clinicsync.ui.mapping_tab", "MappingTab"),
     TabSpec("history", "Sync history", "clinicsync.ui.history_tab", "HistoryTab"),
     TabSpec("review", "Review", "clinicsync.ui.review_tab", "ReviewTab"),
     TabSpec(
