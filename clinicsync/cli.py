@@ -27,6 +27,7 @@ _EXIT_OF_STOP = {
     "source_permission": EXIT_AUTH,
     "unavailable": EXIT_UNREACHABLE,
     "source_unavailable": EXIT_UNREACHABLE,
+    "mapping": EXIT_CONFIG,  # the stream's stored field mapping cannot be used (the message says which row)
 }
 
 

@@ -60,13 +60,21 @@ def _cliniko_settings(client: Any) -> Mapping[str, Any] | None:
 
 
 def _cliniko_time_zone(client: Any) -> str | None:
-    """The first business's IANA zone (docs/cliniko-api.md §5.6); a clinic's businesses share one in practice."""
-    for page in client.iter_pages("/businesses", [("per_page", "1")]):
-        for business in page.records:
-            zone = business.get("time_zone_identifier")
-            if isinstance(zone, str) and zone:
-                return zone
-        break
+    """The first business's IANA zone (docs/cliniko-api.md §5.6); a clinic's businesses share one in practice.
+
+    None (so the default zone is used) when the key's role may not list businesses: a local date a few hours off
+    at midnight is better than no sync at all."""
+    from clinicsync.sources.errors import SourceNotFound, SourcePermissionError
+
+    try:
+        for page in client.iter_pages("/businesses", [("per_page", "1")]):
+            for business in page.records:
+                zone = business.get("time_zone_identifier")
+                if isinstance(zone, str) and zone:
+                    return zone
+            break
+    except (SourcePermissionError, SourceNotFound):
+        return None
     return None
 
 

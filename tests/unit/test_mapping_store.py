@@ -268,3 +268,12 @@ def test_read_modify_write_keeps_other_custom_fields():
     }
     settings = {"patient_custom_fields_definition": {"sections": [{"token": "s1", "fields": [{"token": "stripe"}]}]}}
     assert section_token_for(settings, "stripe") == "s1" and section_token_for(settings, "x") is None
+
+
+def test_months_before_clamps_to_the_end_of_the_month():
+    from clinicsync.sync.engine import months_before
+
+    assert months_before(date(2026, 5, 31), 3) == date(2026, 2, 28)
+    assert months_before(date(2024, 3, 31), 1) == date(2024, 2, 29)
+    assert months_before(date(2026, 1, 15), 24) == date(2024, 1, 15)
+    assert months_before(date(2026, 11, 22), 11) == date(2025, 12, 22)
