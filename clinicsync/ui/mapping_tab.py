@@ -225,7 +225,8 @@ class MappingTab(QWidget):
         preview_layout.addLayout(picker)
         preview_layout.addWidget(self.preview_status)
         preview_layout.addWidget(self.payload_view, 3)
-        preview_layout.addWidget(QLabel("Differences from the linked Stripe customer:"))
+        self.diff_label = QLabel("Differences from the linked Stripe customer:")
+        preview_layout.addWidget(self.diff_label)
         preview_layout.addWidget(self.diff_table, 2)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -630,6 +631,7 @@ class MappingTab(QWidget):
             self.record_box.addItem(f"{name} — {record_id}", record_id)
         if keep:
             self.record_box.setEditText(keep)
+        self.record_box.lineEdit().setCursorPosition(0)
         token = self.current_mapping().writeback.field_token
         self._loading = True
         try:
@@ -696,6 +698,11 @@ class MappingTab(QWidget):
         self.preview_status.setText("\n".join(lines))
         self.payload_view.setPlainText(json.dumps(preview.params, ensure_ascii=False, indent=2))
         changed = [d for d in preview.diff if d.changed] if preview.stripe_id else []
+        if not preview.stripe_id:
+            self.diff_label.setText("Not linked to a Stripe customer yet: the sync would create (or link) one.")
+        else:
+            count = f"{len(changed)} field(s) would change" if changed else "nothing would change"
+            self.diff_label.setText(f"Differences from the linked Stripe customer: {count}.")
         self.diff_table.setRowCount(len(changed))
         for row, diff in enumerate(changed):
             for column, value in enumerate((diff.target, diff.current, diff.new)):
