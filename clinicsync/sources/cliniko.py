@@ -274,12 +274,12 @@ class ClinikoClient:
 
         `>=` (DateTime filters have no `=`) so a run that overlaps the previous one's window misses nothing.
         """
-        yield from self._records("/patients", self._changed_since_query(cursor))
+        yield from self._changed_records("/patients", [], cursor)
 
     def iter_archived_patients_changed_since(self, cursor: datetime | None) -> Iterator[dict[str, Any]]:
         """The archived pass: `q[]=archived_at:*` makes Cliniko include archived patients, which the normal
         list hides. Callers should look at each record's `archived_at` (the filter means "any value")."""
-        yield from self._records("/patients", [("q[]", "archived_at:*"), *self._changed_since_query(cursor)])
+        yield from self._changed_records("/patients", [("q[]", "archived_at:*")], cursor)
 
     def get_patient(self, patient_id: str) -> dict[str, Any] | None:
         """One patient, archived or not; None when Cliniko says 404 (unknown or deleted)."""
@@ -480,12 +480,38 @@ class ClinikoClient:
         for page in self.iter_pages(path, query):
             yield from page.records
 
-    @staticmethod
-    def _changed_since_query(cursor: datetime | None) -> list[tuple[str, str]]:
-        query = [("sort", "updated_at:asc")]
-        if cursor is not None:
-            query.insert(0, ("q[]", f"updated_at:>={format_cursor(cursor)}"))
-        return query
+    def _changed_records(
+        self, path: str, filters: list[tuple[str, str]], cursor: datetime | None
+    ) -> Iterator[dict[str, Any]]:
+        """Records updated at or after `cursor`, oldest change first, by keyset paging on `updated_at`.
+
+        Page-offset paging over a list sorted by `updated_at` loses records: an edit moves a record to the end,
+        so the next page's first records slide onto a page already read. Instead each page after the first is
+        asked for as "updated at or after the last timestamp seen", skipping the ids already yielded at exactly
+        that timestamp. Edits only move records later, so nothing can slide behind the boundary. Only when a
+        whole page shares one timestamp (a bulk import) does it follow `links.next` as offset paging.
+        """
+        since = format_cursor(cursor) if cursor is not None else None
+        boundary: set[str] = set()  # ids already yielded whose updated_at equals `since`
+        while True:
+            query = [*filters]
+            if since is not None:
+                query.append(("q[]", f"updated_at:>={since}"))
+            query.append(("sort", "updated_at:asc"))
+            restart_at: str | None = None
+            for page in self.iter_pages(path, query):
+                yield from (record for record in page.records if record["id"] not in boundary)
+                last = page.records[-1].get("updated_at") if page.records else None
+                if page.next_url is None or not isinstance(last, str):
+                    return
+                if last != since:
+                    restart_at = last
+                    boundary = {r["id"] for r in page.records if r.get("updated_at") == last}
+                    break
+                boundary.update(record["id"] for record in page.records)  # a page all at one timestamp
+            if restart_at is None:
+                return
+            since = restart_at
 
     def _excerpt(self, text: str) -> str:
         return self._scrub(excerpt(text))

@@ -1,10 +1,10 @@
 """Records edited while a sync pages through them.
 
 Cliniko lists patients with page-offset paging sorted by `updated_at`, and pages are computed per request. A
-record edited mid-run jumps to the end of the list, so every record after it shifts one place towards the
-start: the first record of the next page slides onto a page already read, and the run never sees it. An
-unedited record that slid away keeps its old `updated_at`, so no later incremental read (cursor = the server's
-Date at the start of the run, minus the overlap) would find it either. These tests edit records between two
+record edited mid-run jumps to the end of the list, so with plain offset paging every record after it shifts one
+place towards the start: the first record of the next page slides onto a page already read, and the run never
+sees it (an unedited record keeps its old `updated_at`, so no later incremental read finds it either). The client
+therefore pages by keyset on `updated_at`. These tests edit records between two
 page requests of a real sync (in a background thread, over HTTP to the sandbox) and check that nothing is lost.
 
 The edits are placed between page requests deterministically: a wrapper around `ClinikoClient.iter_pages`
@@ -77,12 +77,15 @@ class PageGate:
 def gate_pages(monkeypatch) -> Iterator[Any]:
     gates: list[PageGate] = []
     original = ClinikoClient.iter_pages
+    # Pages are counted per pass, across calls: keyset paging starts a new listing call for each page.
+    counters = {"active": 0, "archived": 0}
 
     def gated(self, path, params=None, *, records_key=None):
         kind = "archived" if any(value == "archived_at:*" for _, value in params or []) else "active"
-        for number, page in enumerate(original(self, path, params, records_key=records_key), start=1):
+        for page in original(self, path, params, records_key=records_key):
+            counters[kind] += 1
             for gate in gates:
-                gate.after_page(kind, number, [record["id"] for record in page.records])
+                gate.after_page(kind, counters[kind], [record["id"] for record in page.records])
             yield page
 
     monkeypatch.setattr(ClinikoClient, "iter_pages", gated)

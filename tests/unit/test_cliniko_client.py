@@ -25,7 +25,7 @@ from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
 from clinicsync.sync.retry import RetryPolicy
 
-KEY = "MS0xMjM0NTY3ODkwYWJjZGVmZ2hpamtsbW5vcA-au2"
+KEY = "fake_cliniko_key_for_tests-au2"
 EMAIL = "manager@clinic.example"
 BASE = "https://api.au2.cliniko.com/v1"
 FAST = RetryPolicy(max_attempts=4, base_delay_s=0.001, max_delay_s=0.005)
@@ -500,3 +500,37 @@ def test_get_account():
 )
 def test_link_id(obj, expected):
     assert link_id(obj) == expected
+
+
+# -- keyset paging of changed records ------------------------------------------------------------------------
+
+
+def patient(pid: str, updated: str) -> dict:
+    return {"id": pid, "updated_at": updated}
+
+
+def test_changed_records_page_by_keyset_and_skip_the_boundary_ids_already_read():
+    rec = Recorder(
+        page([patient("1", "2024-01-01T00:00:00Z"), patient("2", "2024-01-02T00:00:00Z")], f"{BASE}/patients?page=2"),
+        page([patient("2", "2024-01-02T00:00:00Z"), patient("3", "2024-01-03T00:00:00Z")]),
+    )
+    client = make_client(rec)
+    ids = [p["id"] for p in client.iter_patients_changed_since(NOW - timedelta(days=1000))]
+    assert ids == ["1", "2", "3"], "the boundary record is not read twice"
+    second = rec.requests[1].url
+    # Not `page=2`: the next page is asked for as "updated at or after the last timestamp seen".
+    assert second.params.get("page") is None
+    assert second.params.get_list("q[]")[-1] == "updated_at:>=2024-01-02T00:00:00Z"
+    assert second.params.get("sort") == "updated_at:asc"
+
+
+def test_a_page_all_at_one_timestamp_falls_back_to_following_next():
+    same = "2024-01-01T00:00:00Z"
+    rec = Recorder(
+        page([patient("1", same), patient("2", same)], f"{BASE}/patients?page=2&per_page=2"),
+        page([patient("3", same), patient("4", "2024-01-05T00:00:00Z")]),
+    )
+    client = make_client(rec)
+    since = datetime(2024, 1, 1, tzinfo=UTC)  # the page's one timestamp is the cursor itself
+    assert [p["id"] for p in client.iter_patients_changed_since(since)] == ["1", "2", "3", "4"]
+    assert rec.requests[1].url.params.get("page") == "2"

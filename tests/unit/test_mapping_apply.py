@@ -58,15 +58,26 @@ def test_unmapped_clinical_fields_never_appear_in_the_payload():
 
 
 def test_first_phone_is_used_when_there_is_no_mobile():
-    mapped = map_record(CLINIKO_PATIENTS, patient(patient_phone_numbers=[{"number": "03 1111 2222", "phone_type": "Home"}]))
+    mapped = map_record(
+        CLINIKO_PATIENTS, patient(patient_phone_numbers=[{"number": "03 1111 2222", "phone_type": "Home"}])
+    )
     assert mapped.payload["phone"] == "03 1111 2222"
 
 
 def test_empty_fields_are_left_out_of_a_create_and_unset_in_an_update():
     mapped = map_record(
         CLINIKO_PATIENTS,
-        patient(email=None, patient_phone_numbers=[], address_1=None, address_2=None, address_3=None, city=None,
-                state=None, post_code=None, country_code=None),
+        patient(
+            email=None,
+            patient_phone_numbers=[],
+            address_1=None,
+            address_2=None,
+            address_3=None,
+            city=None,
+            state=None,
+            post_code=None,
+            country_code=None,
+        ),
     )
     params = create_params(mapped.payload)
     assert "email" not in params and "phone" not in params and "address" not in params

@@ -56,7 +56,7 @@ def test_limits_are_checked_before_sending():
         validate_params({"metadata": {"bad[key]": "v"}})
     with pytest.raises(StripeFailure, match="too long"):
         validate_params({"metadata": {"k": "v" * 501}})
-    with pytest.raises(StripeFailure, match="address.line1"):
+    with pytest.raises(StripeFailure, match=r"address\.line1"):
         validate_params({"address": {"line1": "x" * 201}})
     validate_params({"name": "Ada", "metadata": {"cliniko_patient_id": "1"}, "address": ""})
 
