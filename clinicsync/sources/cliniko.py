@@ -493,6 +493,7 @@ class ClinikoClient:
         """
         since = format_cursor(cursor) if cursor is not None else None
         boundary: set[str] = set()  # ids already yielded whose updated_at equals `since`
+        pass_total: int | None = None
         while True:
             query = [*filters]
             if since is not None:
@@ -500,6 +501,9 @@ class ClinikoClient:
             query.append(("sort", "updated_at:asc"))
             restart_at: str | None = None
             for page in self.iter_pages(path, query):
+                # Progress counts against the whole pass, not the rest of it that a restarted listing reports.
+                pass_total = page.total_entries if pass_total is None else pass_total
+                self.last_total_entries = pass_total
                 yield from (record for record in page.records if record["id"] not in boundary)
                 last = page.records[-1].get("updated_at") if page.records else None
                 if page.next_url is None or not isinstance(last, str):

@@ -34,7 +34,12 @@ def _v2_mapping(db: SqliteDatabase) -> None:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN mapping_version INTEGER")
 
 
-MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (_v1_initial, _v2_mapping)
+def _v3_history_index(db: SqliteDatabase) -> None:
+    # The history tab pins a run's failed and review rows on top: find them without scanning the whole run.
+    db.execute_sql("CREATE INDEX IF NOT EXISTS sync_event_run_action ON sync_event (run_id, action)")
+
+
+MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (_v1_initial, _v2_mapping, _v3_history_index)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -7,6 +7,7 @@ tests, screenshots and benchmarks get the real app on a profile of their choosin
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -231,6 +232,9 @@ def run_gui(argv: Sequence[str] | None = None) -> int:
     log.info("ClinicSync window shown (profile %s, tray %s)", paths.profile_id, gui.ui.tray_available)
     QTimer.singleShot(0, lambda: _read_key_mode(gui))
     QTimer.singleShot(0, lambda: _start_first_run(gui))
+    # Everything built so far lives as long as the app: keep it out of the garbage collector's full passes,
+    # which otherwise run on a sync's worker thread and hold the interpreter lock long enough to stall the GUI.
+    gc.freeze()
     code = app.exec()
     keepalive.stop()
     gui.shutdown()

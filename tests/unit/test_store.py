@@ -201,3 +201,9 @@ def test_stream_state_is_unique_per_pair_and_stream(db: SqliteDatabase) -> None:
         StreamState.create(pair=pair, stream="cliniko.patients")
     StreamState.create(pair=make_pair(stripe_livemode=True), stream="cliniko.patients")
     assert StreamState.select().count() == 2
+
+
+def test_history_events_are_indexed_by_run_and_action(tmp_path):
+    db = open_database(tmp_path / "db.sqlite3")
+    indexes = {row[1] for row in db.execute_sql("PRAGMA index_list(sync_event)").fetchall()}
+    assert "sync_event_run_action" in indexes
