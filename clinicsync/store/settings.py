@@ -81,7 +81,7 @@ SPECS: tuple[SettingSpec, ...] = (
         "Stripe requests per second (0: 90% of Stripe's limit for the key's mode)",
         minimum=0,
     ),
-    SettingSpec("stripe.workers", int, 4, "Stripe writes sent in parallel", minimum=1, maximum=16),
+    SettingSpec("stripe.workers", int, 8, "Stripe writes sent in parallel", minimum=1, maximum=16),
     SettingSpec("stripe.timeout_seconds", float, 30.0, "Stripe request timeout (seconds)", minimum=1, maximum=120),
     SettingSpec("calcom.base_url", str, "", "Cal.com API base URL (blank: https://api.cal.com/v2)", check=_base_url),
     SettingSpec(

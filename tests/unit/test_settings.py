@@ -23,7 +23,7 @@ EXPECTED_DEFAULTS = {
     "cliniko.requests_per_minute": 150,
     "stripe.base_url": "",
     "stripe.requests_per_second": 0.0,
-    "stripe.workers": 4,
+    "stripe.workers": 8,
     "stripe.timeout_seconds": 30.0,
     "calcom.base_url": "",
     "sync.email_match": "auto_link",
@@ -243,12 +243,12 @@ def test_base_url_message_names_the_service_in_plain_words() -> None:
 
 def test_set_stores_the_typed_value_and_lookup_reports_stored(db: SqliteDatabase) -> None:
     settings = Settings({})
-    assert settings.set("stripe.workers", "8") == 8
-    assert stored("stripe.workers") == 8  # JSON number, not the text typed
+    assert settings.set("stripe.workers", "6") == 6
+    assert stored("stripe.workers") == 6  # JSON number, not the text typed
     assert settings.set("sync.paused", "yes") is True
     assert stored("sync.paused") is True
     item = settings.lookup("stripe.workers")
-    assert (item.value, item.source) == (8, "stored")
+    assert (item.value, item.source) == (6, "stored")
     assert settings.get("sync.paused") is True
 
 
