@@ -63,3 +63,31 @@ def sync_once(env: Mapping[str, str], *, dry_run: bool = False, trigger: str = "
 
 def context(env: Mapping[str, str]) -> AppContext:
     return bootstrap(env)
+
+
+def expected_customer_fields(patient: Mapping[str, Any]) -> dict[str, Any]:
+    """The patient's values as the default mapping puts them on the Stripe customer."""
+    phones = patient.get("patient_phone_numbers") or []
+    mobile = next((p for p in phones if p["phone_type"] == "Mobile"), phones[0] if phones else None)
+    line2 = ", ".join(part for part in (patient.get("address_2"), patient.get("address_3")) if part) or None
+    return {
+        "name": f"{patient['first_name']} {patient['last_name']}".strip(),
+        "email": patient.get("email"),
+        "phone": mobile["number"] if mobile else None,
+        "line1": patient.get("address_1"),
+        "line2": line2,
+        "city": patient.get("city"),
+        "state": patient.get("state"),
+        "postal_code": patient.get("post_code"),
+        "country": patient.get("country_code"),
+    }
+
+
+def actual_customer_fields(customer: Mapping[str, Any]) -> dict[str, Any]:
+    address = customer.get("address") or {}
+    return {
+        "name": customer["name"],
+        "email": customer["email"],
+        "phone": customer["phone"],
+        **{key: address.get(key) for key in ("line1", "line2", "city", "state", "postal_code", "country")},
+    }

@@ -30,8 +30,15 @@ from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import StreamRun
 from clinicsync.sync.service import run_options
 from clinicsync.sync.streams import CLINIKO_PATIENTS_STREAM
-from tests.integration.test_patients_stream import actual_customer_fields, expected_customer_fields
-from tests.support import admin, context, executed_writes, stats, sync_once
+from tests.support import (
+    actual_customer_fields,
+    admin,
+    context,
+    executed_writes,
+    expected_customer_fields,
+    stats,
+    sync_once,
+)
 
 PATIENTS = 400
 

@@ -10,7 +10,15 @@ from typing import Any
 from clinicsync.mapping.apply import TRUNCATION_MARKER
 from clinicsync.store import queries
 from clinicsync.store.models import SyncEvent
-from tests.support import admin, context, executed_writes, stats, sync_once
+from tests.support import (
+    actual_customer_fields,
+    admin,
+    context,
+    executed_writes,
+    expected_customer_fields,
+    stats,
+    sync_once,
+)
 
 
 def customers(sandbox, *, livemode: bool = False, account: str | None = None) -> list[dict[str, Any]]:
@@ -38,33 +46,6 @@ def by_patient_id(custs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def events(run_id: int, action: str | None = None) -> list[SyncEvent]:
     rows = queries.run_events(run_id)
     return [row for row in rows if action is None or row.action == action]
-
-
-def expected_customer_fields(patient: dict[str, Any]) -> dict[str, Any]:
-    phones = patient.get("patient_phone_numbers") or []
-    mobile = next((p for p in phones if p["phone_type"] == "Mobile"), phones[0] if phones else None)
-    line2 = ", ".join(part for part in (patient.get("address_2"), patient.get("address_3")) if part) or None
-    return {
-        "name": f"{patient['first_name']} {patient['last_name']}".strip(),
-        "email": patient.get("email"),
-        "phone": mobile["number"] if mobile else None,
-        "line1": patient.get("address_1"),
-        "line2": line2,
-        "city": patient.get("city"),
-        "state": patient.get("state"),
-        "postal_code": patient.get("post_code"),
-        "country": patient.get("country_code"),
-    }
-
-
-def actual_customer_fields(customer: dict[str, Any]) -> dict[str, Any]:
-    address = customer.get("address") or {}
-    return {
-        "name": customer["name"],
-        "email": customer["email"],
-        "phone": customer["phone"],
-        **{key: address.get(key) for key in ("line1", "line2", "city", "state", "postal_code", "country")},
-    }
 
 
 def test_clean_500_then_no_writes_then_exactly_the_edits(make_sandbox, env_for):

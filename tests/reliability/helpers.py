@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import support
 from tests.support import admin
 
 ARCHIVED_MARKER = "cliniko_archived"
@@ -37,33 +38,13 @@ def is_live(patient: Mapping[str, Any]) -> bool:
 
 
 def expected_customer_fields(patient: Mapping[str, Any]) -> dict[str, Any]:
-    """The patient's mapped values as Stripe should hold them (same rules as tests/integration)."""
-    phones = patient.get("patient_phone_numbers") or []
-    mobile = next((p for p in phones if p["phone_type"] == "Mobile"), phones[0] if phones else None)
-    line2 = ", ".join(part for part in (patient.get("address_2"), patient.get("address_3")) if part) or None
-    return {
-        "name": f"{patient['first_name']} {patient['last_name']}".strip(),
-        "email": patient.get("email"),
-        "phone": mobile["number"] if mobile else None,
-        "line1": patient.get("address_1"),
-        "line2": line2,
-        "city": patient.get("city"),
-        "state": patient.get("state"),
-        "postal_code": patient.get("post_code"),
-        "country": patient.get("country_code"),
-        "archived": not is_live(patient),
-    }
+    """The patient's mapped values as Stripe should hold them, and whether it should be marked archived."""
+    return {**support.expected_customer_fields(patient), "archived": not is_live(patient)}
 
 
 def actual_customer_fields(customer: Mapping[str, Any]) -> dict[str, Any]:
-    address = customer.get("address") or {}
-    return {
-        "name": customer["name"],
-        "email": customer["email"],
-        "phone": customer["phone"],
-        **{key: address.get(key) for key in ("line1", "line2", "city", "state", "postal_code", "country")},
-        "archived": bool((customer.get("metadata") or {}).get(ARCHIVED_MARKER)),
-    }
+    archived = bool((customer.get("metadata") or {}).get(ARCHIVED_MARKER))
+    return {**support.actual_customer_fields(customer), "archived": archived}
 
 
 @dataclass
