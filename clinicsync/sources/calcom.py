@@ -29,6 +29,7 @@ from clinicsync.sources.errors import (
     excerpt,
     redact,
 )
+from clinicsync.sources.http import ClosingClient, api_client
 from clinicsync.sources.urls import validate_base_url
 
 SERVICE = "Cal.com"
@@ -67,7 +68,7 @@ class CalcomUser:
         return self.name or self.username or self.email or self.id
 
 
-class CalcomClient:
+class CalcomClient(ClosingClient):
     """A Cal.com API v2 client for one key. Close it (or use `with`) to release its connection."""
 
     def __init__(
@@ -83,21 +84,11 @@ class CalcomClient:
             raise SourceConfigError("No Cal.com API key is set. Add it in Connections.", service=SERVICE)
         self._api_key = api_key
         self.base_url = validate_base_url(base_url or CLOUD_BASE_URL, SERVICE)
-        self._http = httpx.Client(
+        self._http = api_client(
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            timeout_s=timeout_s,
             transport=transport,
-            follow_redirects=False,  # a redirect could carry the key to another host
         )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> CalcomClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:  # never show the key
         return f"CalcomClient(base_url={self.base_url!r})"

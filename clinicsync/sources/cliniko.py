@@ -39,6 +39,7 @@ from clinicsync.sources.errors import (
     excerpt,
     redact,
 )
+from clinicsync.sources.http import ClosingClient, api_client
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import same_origin, validate_base_url
 from clinicsync.sync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
@@ -142,7 +143,7 @@ def _float_header(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-class ClinikoClient:
+class ClinikoClient(ClosingClient):
     """A Cliniko API client for one API key. Close it (or use `with`) to release its connections."""
 
     def __init__(
@@ -185,24 +186,12 @@ class ClinikoClient:
         self.budget = budget
         self.last_response_date: datetime | None = None
         self.last_total_entries: int | None = None
-        self._http = httpx.Client(
+        self._http = api_client(
             auth=httpx.BasicAuth(api_key, ""),
             headers={"User-Agent": f"{APP_NAME} ({contact_email})", "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            timeout_s=timeout_s,
             transport=transport,
-            follow_redirects=False,  # a redirect could carry the key to another host
         )
-
-    # -- lifecycle -------------------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> ClinikoClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:  # never show the key
         return f"ClinikoClient(shard={self.shard!r}, base_url={self.base_url!r})"
