@@ -1,4 +1,5 @@
-"""An in-memory emulator of Cliniko's API v1 (patients, settings, user, businesses) behind `server.serve`.
+"""An in-memory emulator of Cliniko's API v1 (patients, invoices, individual appointments, settings, user,
+businesses) behind `server.serve`.
 
 It agrees with Cliniko's OpenAPI document (tests/integration/test_cliniko_emulator_spec.py checks it) and, where
 Cliniko documents nothing (error bodies, edge cases), makes the choices listed in docs/sandbox.md.
@@ -72,6 +73,44 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 # Longest first, so ">=" is not read as ">" followed by "=...".
 _ALL_OPS = ("!?", ">=", "<=", "!=", "~~", "?", "*", ">", "<", "=", "~")
 SORTABLE = frozenset(PATIENT_FILTERS) | {"label"}
+# The spec's q[] tables for /invoices and /individual_appointments ("integer" and "int64" are both int here).
+INVOICE_FILTERS: dict[str, str] = {
+    "appointment_id": "int",
+    "archived_at": "datetime",
+    "attendee_id": "int",
+    "business_id": "int",
+    "closed_at": "datetime",
+    "created_at": "datetime",
+    "deleted_at": "datetime",
+    "id": "int",
+    "issue_date": "date",
+    "number": "int",
+    "original_invoice_id": "int",
+    "patient_id": "int",
+    "practitioner_id": "int",
+    "status": "int",
+    "updated_at": "datetime",
+}
+APPOINTMENT_FILTERS: dict[str, str] = {
+    "appointment_type_id": "int",
+    "archived_at": "datetime",
+    "business_id": "int",
+    "cancelled_at": "datetime",
+    "created_at": "datetime",
+    "deleted_at": "datetime",
+    "did_not_arrive": "boolean",
+    "ends_at": "datetime",
+    "id": "int",
+    "patient_id": "int",
+    "practitioner_id": "int",
+    "repeated_from_id": "int",
+    "starts_at": "datetime",
+    "updated_at": "datetime",
+}
+# Ids of related records are digit strings, sorted as numbers.
+_ID_COLUMNS = frozenset(c for c in (*INVOICE_FILTERS, *APPOINTMENT_FILTERS) if c.endswith("_id"))
+INVOICE_STATUSES = {10: "Open", 20: "Paid", 30: "Closed", 40: "Open credit"}
+CALCULATION_METHODS = {1: "Legacy", 2: "Tax exclusive", 3: "Tax inclusive"}
 
 # Fields a POST/PATCH may set (the spec's Patient request body), grouped by how they are validated.
 _STR_255 = (
@@ -171,6 +210,8 @@ class ClinikoEmulator:
     def reset(self) -> None:
         with self._lock:
             self.patients: dict[str, dict[str, Any]] = {}
+            self.invoices: dict[str, dict[str, Any]] = {}
+            self.appointments: dict[str, dict[str, Any]] = {}
             self.revoked: set[str] = set()
             self.clock_offset = timedelta(0)
             self.rng = random.Random(self._seed)
@@ -190,6 +231,16 @@ class ClinikoEmulator:
                 full.update(record)
                 self.patients[full["id"]] = full
                 self._gen._ids.add(full["id"])
+
+    def load_activity(self, invoices: list[dict[str, Any]], appointments: list[dict[str, Any]]) -> None:
+        """Invoices and individual appointments in seed.py's internal form (ids of related records as `*_id`)."""
+        with self._lock:
+            for invoice in invoices:
+                self.invoices[invoice["id"]] = {"business_id": BUSINESS_ID, **invoice}
+                self._gen._ids.add(invoice["id"])
+            for appointment in appointments:
+                self.appointments[appointment["id"]] = {"business_id": BUSINESS_ID, **appointment}
+                self._gen._ids.add(appointment["id"])
 
     # -- server hooks --------------------------------------------------------------------------------
 
@@ -271,6 +322,8 @@ class ClinikoEmulator:
         head, rest = parts[0], parts[1:]
         if head == "patients":
             return self._resolve_patients(method, rest)
+        if head in ("invoices", "individual_appointments") and method == "GET" and len(rest) <= 1:
+            return self._resolve_activity(head, rest)
         if method == "GET" and parts == ["settings", "public"]:
             return lambda r: Response(200, self._public_settings())
         if method == "GET" and parts == ["settings"]:
@@ -302,6 +355,129 @@ class ClinikoEmulator:
             return (lambda r: self._archive(r, pid)) if action == "archive" else (lambda r: self._unarchive(r, pid))
         raise _message(404, MSG_NOT_FOUND)
 
+    def _resolve_activity(self, head: str, rest: list[str]) -> Callable[[Request], Response]:
+        table, columns, render = (
+            (self.invoices, INVOICE_FILTERS, self.render_invoice)
+            if head == "invoices"
+            else (self.appointments, APPOINTMENT_FILTERS, self.render_appointment)
+        )
+        if not rest:
+            return lambda r: self._list_activity(r, head, table, columns, render)
+        rid = rest[0]
+
+        def get_one(request: Request) -> Response:
+            record = table.get(rid)
+            if record is None or record["deleted_at"] is not None or record["archived_at"] is not None:
+                raise _message(404, MSG_NOT_FOUND)
+            return Response(200, render(request, record))
+
+        return get_one
+
+    # -- invoices and individual appointments: reads -----------------------------------------------------
+
+    def _list_activity(
+        self,
+        request: Request,
+        name: str,
+        table: dict[str, dict[str, Any]],
+        columns: dict[str, str],
+        render: Callable[[Request, dict[str, Any]], dict[str, Any]],
+    ) -> Response:
+        """Like /patients: archived and deleted records are hidden unless a filter names that column."""
+        filters = [parse_filter(text, allowed=columns) for text in request.query_values("q[]")]
+        named = {f.column for f in filters}
+        rows = [
+            row
+            for row in table.values()
+            if ("deleted_at" in named or row["deleted_at"] is None)
+            and ("archived_at" in named or row["archived_at"] is None)
+            and all(f.matches(row) for f in filters)
+        ]
+        rows = sort_records(rows, request.query_value("sort"), request.query_value("order"), frozenset(columns))
+        return Response(200, self._page(request, name, rows, render))
+
+    def render_invoice(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        """An Invoice exactly as the spec's schema has it (belongs-to links only when there is a target)."""
+        base = f"{request.base_url}{API_PREFIX}"
+        own = f"{base}/invoices/{row['id']}"
+        out: dict[str, Any] = {
+            key: row.get(key)
+            for key in (
+                "id",
+                "number",
+                "issue_date",
+                "status",
+                "invoice_to",
+                "notes",
+                "patient_extra_information",
+                "calculation_method",
+                "net_amount",
+                "tax_amount",
+                "discounted_amount",
+                "total_amount",
+                "closed_at",
+                "created_at",
+                "updated_at",
+                "archived_at",
+                "deleted_at",
+            )
+        }
+        out["status_description"] = INVOICE_STATUSES.get(row.get("status"))  # type: ignore[arg-type]
+        out["calculation_method_description"] = CALCULATION_METHODS.get(row.get("calculation_method"))  # type: ignore[arg-type]
+        out["online_payment_url"] = None
+        out["patient"] = _link(f"{base}/patients/{row['patient_id']}")
+        out["practitioner"] = _link(f"{base}/practitioners/{row['practitioner_id']}")
+        out["business"] = _link(f"{base}/businesses/{row['business_id']}")
+        if row.get("appointment_id"):
+            out["appointment"] = _link(f"{base}/appointments/{row['appointment_id']}")
+        out["invoice_items"] = _link(f"{own}/invoice_items")
+        out["reversed_invoices"] = _link(f"{base}/invoices?q%5B%5D=invoice_id%3A%3D{row['id']}")
+        out["links"] = {"self": own}
+        return out
+
+    def render_appointment(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        """An IndividualAppointment exactly as the spec's schema has it (one-off: no repeat rule)."""
+        base = f"{request.base_url}{API_PREFIX}"
+        own = f"{base}/individual_appointments/{row['id']}"
+        out: dict[str, Any] = {
+            key: row.get(key)
+            for key in (
+                "id",
+                "starts_at",
+                "ends_at",
+                "patient_name",
+                "cancelled_at",
+                "cancellation_reason",
+                "cancellation_reason_description",
+                "cancellation_note",
+                "did_not_arrive",
+                "patient_arrived",
+                "email_reminder_sent",
+                "sms_reminder_sent",
+                "notes",
+                "has_patient_appointment_notes",
+                "online_booking_policy_accepted",
+                "booking_ip_address",
+                "invoice_status",
+                "treatment_note_status",
+                "telehealth_url",
+                "created_at",
+                "updated_at",
+                "archived_at",
+                "deleted_at",
+            )
+        }
+        out["patient"] = _link(f"{base}/patients/{row['patient_id']}")
+        out["practitioner"] = _link(f"{base}/practitioners/{row['practitioner_id']}")
+        out["business"] = _link(f"{base}/businesses/{row['business_id']}")
+        out["appointment_type"] = _link(f"{base}/appointment_types/{row['appointment_type_id']}")
+        out["attendees"] = _link(f"{own}/attendees")
+        out["conflicts"] = _link(f"{own}/conflicts")
+        out["repeat_rule"] = None
+        out["repeats"] = None
+        out["links"] = {"self": own}
+        return out
+
     # -- patients: reads -----------------------------------------------------------------------------
 
     def _list_patients(self, request: Request) -> Response:
@@ -314,7 +490,7 @@ class ClinikoEmulator:
             and (touches_archived or p["archived_at"] is None)
             and all(f.matches(p) for f in filters)
         ]
-        rows = sort_patients(rows, request.query_value("sort"), request.query_value("order"))
+        rows = sort_records(rows, request.query_value("sort"), request.query_value("order"), SORTABLE)
         return Response(200, self._page(request, "patients", rows, self.render_patient))
 
     def _page(
@@ -521,16 +697,38 @@ class ClinikoEmulator:
 
     def _admin_seed(self, params: dict[str, Any]) -> dict[str, Any]:
         result = seedmod.seed_profile(
-            str(params.get("profile", "clean")), int(params.get("patients", 50)), int(params.get("seed", 1))
+            str(params.get("profile", "clean")),
+            int(params.get("patients", 50)),
+            int(params.get("seed", 1)),
+            now=self.now(),
         )
         if params.get("replace", True):
             self.patients.clear()
+            self.invoices.clear()
+            self.appointments.clear()
         self.load(result.patients)
+        self.load_activity(result.invoices, result.appointments)
         return {
             "ids": [p["id"] for p in result.patients],
             "cases": result.cases,
             "stripe_customers": result.stripe_customers,
+            "inactive_ids": result.inactive_ids,
+            "invoices": len(result.invoices),
+            "appointments": len(result.appointments),
         }
+
+    def _admin_book(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A new individual appointment for `patient_id`, starting `starts_at` (default: an hour from now).
+
+        Booking does not touch the patient record (its updated_at stays), as on Cliniko."""
+        patient = self._find_any(str(params["patient_id"]))
+        now = self.now()
+        start = _parse_datetime(params["starts_at"]) if params.get("starts_at") else now + timedelta(hours=1)
+        appointment = seedmod._appointment(self._gen, self.rng, patient, start, now)
+        appointment.update(cancelled_at=None, cancellation_reason=None, cancellation_reason_description=None)
+        appointment["created_at"] = appointment["updated_at"] = seedmod.fmt_time(now)
+        self.load_activity([], [appointment])
+        return {"id": appointment["id"], "starts_at": appointment["starts_at"]}
 
     def _admin_edit(self, params: dict[str, Any]) -> dict[str, Any]:
         ids = self._pick_live(params)
@@ -628,12 +826,18 @@ class ClinikoEmulator:
         return {"now": self.now_text(), "offset_s": self.clock_offset.total_seconds()}
 
     def _admin_dump(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"patients": [dict(p) for p in self.patients.values()], "now": self.now_text()}
+        return {
+            "patients": [dict(p) for p in self.patients.values()],
+            "invoices": [dict(i) for i in self.invoices.values()],
+            "appointments": [dict(a) for a in self.appointments.values()],
+            "now": self.now_text(),
+        }
 
 
 _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, Any]]] = {
     "reset": ClinikoEmulator._admin_reset,
     "seed": ClinikoEmulator._admin_seed,
+    "book": ClinikoEmulator._admin_book,
     "edit": ClinikoEmulator._admin_edit,
     "archive": ClinikoEmulator._admin_archive,
     "unarchive": ClinikoEmulator._admin_unarchive,
@@ -706,6 +910,10 @@ def _json_body(request: Request) -> dict[str, Any]:
 
 
 # -- helpers: rendering --------------------------------------------------------------------------------
+
+
+def _link(url: str) -> dict[str, Any]:
+    return {"links": {"self": url}}
 
 
 def normalize_phone(number: str, country_code: str | None) -> str:
@@ -996,13 +1204,15 @@ _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def sort_patients(rows: list[dict[str, Any]], sort: str | None, order: str | None) -> list[dict[str, Any]]:
+def sort_records(
+    rows: list[dict[str, Any]], sort: str | None, order: str | None, sortable: frozenset[str]
+) -> list[dict[str, Any]]:
     """Sort by `sort` (default created_at), then id; nulls last ascending, first descending (PostgreSQL)."""
     default_desc = (order or "asc").lower() == "desc"
     keys: list[tuple[str, bool]] = []
     for term in (sort or "created_at").split(","):
         column, _, direction = term.strip().partition(":")
-        if column not in SORTABLE:
+        if column not in sortable:
             raise _message(400, MSG_NOT_SORTABLE)
         keys.append((column, direction.lower() == "desc" if direction else default_desc))
     ordered = sorted(rows, key=lambda p: int(p["id"]))
@@ -1012,12 +1222,12 @@ def sort_patients(rows: list[dict[str, Any]], sort: str | None, order: str | Non
 
 
 def _sort_key(record: dict[str, Any], column: str) -> tuple[bool, Any]:
-    if column == "label":
+    if column == "label":  # patients only
         value: Any = f"{record['first_name']} {record['last_name']}"
     else:
         value = record.get(column)
     if value is None:
         return (True, "")
-    if column == "id":
+    if column == "id" or column in _ID_COLUMNS:
         return (False, int(value))
     return (False, value)

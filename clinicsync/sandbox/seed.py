@@ -18,12 +18,14 @@ reserved example.com/.net/.org domains.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 PROFILES = ("clean", "hard", "hostile")
+_MELBOURNE = ZoneInfo("Australia/Melbourne")
 
 # Seeded records are dated inside this window, so anything the emulator stamps "now" is strictly newer.
 _EPOCH_START = datetime(2021, 1, 4, tzinfo=UTC)
@@ -111,10 +113,15 @@ class SeedResult:
     patients: list[dict[str, Any]]
     cases: dict[str, str] = field(default_factory=dict)  # patient id -> case name
     stripe_customers: list[dict[str, Any]] = field(default_factory=list)
+    # Activity, dated relative to the `now` given to seed_profile (see seed_activity).
+    invoices: list[dict[str, Any]] = field(default_factory=list)
+    appointments: list[dict[str, Any]] = field(default_factory=list)
+    inactive_ids: list[str] = field(default_factory=list)  # no invoice or appointment in the last 24 months
 
 
-def seed_profile(profile: str, n: int = 50, seed: int = 1) -> SeedResult:
-    """Build the named profile with at least `n` patients (hard/hostile may need a few more for their cases)."""
+def seed_profile(profile: str, n: int = 50, seed: int = 1, now: datetime | None = None) -> SeedResult:
+    """Build the named profile with at least `n` patients (hard/hostile may need a few more for their cases), and
+    their invoices and appointments over the ~4 years before `now` (default: the real clock)."""
     builders: dict[str, Callable[[_Gen, int], SeedResult]] = {
         "clean": _clean,
         "hard": _hard,
@@ -124,7 +131,11 @@ def seed_profile(profile: str, n: int = 50, seed: int = 1) -> SeedResult:
         raise ValueError(f"unknown seed profile {profile!r} (choose from {', '.join(PROFILES)})")
     if n < 0:
         raise ValueError("patient count must not be negative")
-    return builders[profile](_Gen(seed), n)
+    result = builders[profile](_Gen(seed), n)
+    activity = seed_activity(result.patients, now or datetime.now(UTC), seed, keep_active=set(result.cases))
+    result.invoices, result.appointments = activity.invoices, activity.appointments
+    result.inactive_ids = activity.inactive_ids
+    return result
 
 
 # -- generator -----------------------------------------------------------------------------------------
@@ -415,3 +426,136 @@ def _restamp_in_order(gen: _Gen, patients: list[dict[str, Any]]) -> None:
         for key in ("archived_at", "merged_at"):
             if record.get(key) is not None:
                 record[key] = updated
+
+
+# -- activity: invoices and individual appointments ------------------------------------------------------
+
+PRACTITIONER_IDS = ("700000000000000301", "700000000000000302", "700000000000000303")
+APPOINTMENT_TYPE_IDS = ("700000000000000401", "700000000000000402")
+ACTIVITY_MONTHS = 24  # the default "recent activity" window; seeded activity keeps clear of its edge
+_RECENT_DAYS = (0, 690)  # recent activity: this many days before the clock (24 months is at least 730 days)
+_OLD_DAYS = (770, 1450)  # old activity: clearly outside 24 months, within ~4 years
+_FEES = ("85.00", "95.00", "120.00", "65.50", "150.00", "81.818")
+
+
+@dataclass
+class Activity:
+    invoices: list[dict[str, Any]]
+    appointments: list[dict[str, Any]]
+    inactive_ids: list[str]  # patients with no invoice or appointment in the last ACTIVITY_MONTHS months
+
+
+def seed_activity(
+    patients: list[dict[str, Any]], now: datetime, seed: int = 1, *, keep_active: Collection[str] = ()
+) -> Activity:
+    """Invoices and individual appointments for most patients, dated over the ~4 years before `now` (the
+    emulator's clock), deterministic by `seed` and independent of the patients' own random draws.
+
+    About one patient in five has no activity in the last 24 months (half of those none at all, half only older
+    than that); patients in `keep_active` (the named cases) always have recent activity. Every recent
+    appointment is at least 40 days from the 24-month edge, so a test run minutes later sees the same split.
+    """
+    rng = random.Random(seed * 7_368_787 + 1_299_709)
+    ids = _Gen(seed * 104_729 + 3)
+    invoices: list[dict[str, Any]] = []
+    appointments: list[dict[str, Any]] = []
+    inactive: list[str] = []
+    number = 1000
+    for patient in patients:
+        pid = patient["id"]
+        roll = rng.random()
+        kind = "recent" if pid in keep_active else ("none" if roll < 0.1 else "old" if roll < 0.2 else "recent")
+        if kind != "recent":
+            inactive.append(pid)
+        if kind == "none":
+            continue
+        visits = [rng.randint(*_OLD_DAYS) for _ in range(rng.randint(0 if kind == "recent" else 1, 3))]
+        if kind == "recent":
+            visits += [rng.randint(*_RECENT_DAYS) for _ in range(rng.randint(1, 3))]
+        for days_ago in sorted(visits, reverse=True):
+            start = (now - timedelta(days=days_ago)).replace(
+                hour=rng.randint(21, 30) % 24, minute=rng.choice((0, 15, 30, 45)), second=0, microsecond=0
+            )
+            appointment = _appointment(ids, rng, patient, start, now)
+            appointments.append(appointment)
+            # Most visits are invoiced on the day; a recent patient sometimes only has the appointment, or only
+            # the invoice (e.g. a product sale), so both sources of activity matter.
+            if appointment["cancelled_at"] is None and rng.random() < 0.8:
+                number += 1
+                invoices.append(_invoice(ids, rng, patient, appointment, number, now))
+                if rng.random() < 0.1 and kind == "recent":  # a product sale: an invoice without a visit
+                    appointments.pop()
+                    invoices[-1]["appointment_id"] = None
+    return Activity(invoices=invoices, appointments=appointments, inactive_ids=inactive)
+
+
+def _appointment(
+    ids: _Gen, rng: random.Random, patient: dict[str, Any], start: datetime, now: datetime
+) -> dict[str, Any]:
+    created = start - timedelta(days=rng.randint(1, 30), seconds=rng.randrange(86400))
+    cancelled = rng.random() < 0.08
+    updated = min(start + timedelta(hours=rng.randint(1, 48)), now)
+    name = " ".join(part for part in (patient.get("first_name"), patient.get("last_name")) if part) or None
+    return {
+        "id": ids.new_id(),
+        "patient_id": patient["id"],
+        "patient_name": name,
+        "practitioner_id": rng.choice(PRACTITIONER_IDS),
+        "appointment_type_id": rng.choice(APPOINTMENT_TYPE_IDS),
+        "starts_at": fmt_time(start),
+        "ends_at": fmt_time(start + timedelta(minutes=rng.choice((30, 45, 60)))),
+        "cancelled_at": fmt_time(created + timedelta(days=1)) if cancelled else None,
+        "cancellation_reason": 50 if cancelled else None,
+        "cancellation_reason_description": "Other" if cancelled else None,
+        "cancellation_note": None,
+        "did_not_arrive": False,
+        "patient_arrived": not cancelled,
+        "email_reminder_sent": patient.get("reminder_type") in ("Email", "SMS & Email"),
+        "sms_reminder_sent": patient.get("reminder_type") in ("SMS", "SMS & Email"),
+        "notes": None,
+        "has_patient_appointment_notes": False,
+        "online_booking_policy_accepted": None,
+        "booking_ip_address": None,
+        "invoice_status": None,
+        "treatment_note_status": None,
+        "telehealth_url": None,
+        "created_at": fmt_time(created),
+        "updated_at": fmt_time(updated),
+        "archived_at": None,
+        "deleted_at": None,
+    }
+
+
+def _invoice(
+    ids: _Gen, rng: random.Random, patient: dict[str, Any], appointment: dict[str, Any], number: int, now: datetime
+) -> dict[str, Any]:
+    from decimal import Decimal
+
+    start = datetime.fromisoformat(appointment["starts_at"].replace("Z", "+00:00"))
+    local_day = start.astimezone(_MELBOURNE).date()  # issue_date is the clinic's local date of the visit
+    total = Decimal(rng.choice(_FEES)).quantize(Decimal("0.01"))
+    paid = rng.random() < 0.85
+    stamp = fmt_time(min(start + timedelta(hours=1), now))
+    name = " ".join(part for part in (patient.get("first_name"), patient.get("last_name")) if part) or None
+    return {
+        "id": ids.new_id(),
+        "number": number,
+        "patient_id": patient["id"],
+        "practitioner_id": appointment["practitioner_id"],
+        "appointment_id": appointment["id"],
+        "issue_date": local_day.isoformat(),
+        "status": 20 if paid else 10,
+        "invoice_to": name,
+        "notes": None,
+        "patient_extra_information": None,
+        "calculation_method": 3,
+        "net_amount": str(total),
+        "tax_amount": "0.00",
+        "discounted_amount": "0.00",
+        "total_amount": str(total),
+        "closed_at": stamp if paid else None,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "archived_at": None,
+        "deleted_at": None,
+    }

@@ -136,7 +136,7 @@ class StreamRun:
         self._done = 0
         self._active: set[str] | None = None  # scope "recent_activity": the source ids in scope this run
         self._since: datetime | None = None  # scope "since": records changed on or after this moment (UTC)
-        self._out_of_scope = 0
+        self._out_of_scope: set[str] = set()  # ids, as the archived pass reads live records a second time
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
 
@@ -198,7 +198,7 @@ class StreamRun:
             # What leaves the clinic, field by field, and which records at all: shown for approval.
             "sent": [{"target": rule.target, "sources": list(rule.sources)} for rule in self.mapping.rules],
             "scope": self.mapping.scope.describe(),
-            "out_of_scope": self._out_of_scope,
+            "out_of_scope": len(self._out_of_scope),
             "mapping_version": self.mapping.version,
             "writeback": self._writeback_plan(),
             "queued_writes": pending,
@@ -377,7 +377,7 @@ class StreamRun:
         if self.mapping.writeback.enabled:  # the echo rule: what we wrote into the source never flows back
             record = without_writeback_field(record, self.mapping.writeback.field_token)
         if not self._in_scope(record):
-            self._out_of_scope += 1
+            self._out_of_scope.add(str(record.get("id") or ""))
             return
         archived_value = self.stream.archived_value(record)
         mapped = map_record(self.mapping, record, archived_value=archived_value, context=self.context)

@@ -100,8 +100,7 @@ def _patients_with_recent_activity(client: Any, since: date, time_zone: str) -> 
     except SourceNotFound:
         raise StreamNotReady(
             "The sync scope 'patients with recent activity' reads Cliniko's invoices and appointments, and this "
-            "Cliniko (e.g. the sandbox, which has no invoices or appointments endpoint yet) does not serve them. "
-            "Choose the scope 'all' or 'since a date' in the field mapping."
+            "Cliniko does not serve them. Choose the scope 'all' or 'since a date' in the field mapping."
         ) from None
     return ids
 

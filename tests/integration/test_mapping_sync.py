@@ -235,20 +235,44 @@ def test_scope_since_a_date_syncs_only_records_changed_since(make_sandbox, env_f
     assert set(by_patient_id(customers(sandbox))) == set(edited)
 
 
-def test_scope_recent_activity_says_what_the_sandbox_lacks_and_sends_nothing(make_sandbox, env_for):
-    sandbox = make_sandbox(profile="clean", patients=5)
+def test_scope_recent_activity_syncs_exactly_the_patients_with_an_invoice_or_appointment(make_sandbox, env_for):
+    """Scope "recent activity, 24 months" against the sandbox's /invoices and /individual_appointments: exactly the
+    patients with activity are synced; a patient who books an appointment (the patient record untouched) comes
+    into scope on the next run; the approval plan shows the scope and how many records it leaves out."""
+    sandbox = make_sandbox(profile="clean", patients=40)
     env = env_for(sandbox)
+    source = patients(sandbox)
+    inactive = set(sandbox.seeded["inactive_ids"])
+    assert 0 < len(inactive) < 40, "the seed leaves some patients without activity in the last 24 months"
+    active = set(source) - inactive
     save(env, replace(CLINIKO_PATIENTS, scope=SyncScope(kind="recent_activity", months=24)))
-    result = sync_once(env)
-    assert result.outcome == "failed" and result.stop_kind == "mapping"
-    assert "invoices and appointments" in result.message
+
+    plan = sync_once(env, dry_run=True).plan
+    assert plan is not None
+    assert plan["scope"] == "patients with an invoice or appointment in the last 24 months"
+    assert plan["out_of_scope"] == len(inactive) and plan["counts"]["created"] == len(active)
     assert executed_writes(sandbox.stripe_url) == 0
+
+    first = sync_once(env)
+    assert first.outcome == "ok", first.message
+    assert first.counts["created"] == len(active)
+    assert set(by_patient_id(customers(sandbox))) == active
+    requests = stats(sandbox.cliniko_url)["by_endpoint"]
+    assert requests.get("GET /v1/invoices") and requests.get("GET /v1/individual_appointments")
+
+    newcomer = sorted(inactive)[0]
+    updated_at = source[newcomer]["updated_at"]
+    admin(sandbox.cliniko_url, "book", patient_id=newcomer)
+    assert patients(sandbox)[newcomer]["updated_at"] == updated_at, "booking does not touch the patient"
+    second = sync_once(env)
+    assert second.counts["created"] == 1 and second.counts["updated"] == 0
+    assert set(by_patient_id(customers(sandbox))) == active | {newcomer}
+    assert [e.source_id for e in events(second.run_id, "created")] == [newcomer]
 
 
 def test_scope_recent_activity_engine_side_with_a_source_that_knows_activity(make_sandbox, env_for):
-    """The engine half of the activity scope, with the activity lookup replaced (the sandbox has no invoices or
-    appointments): only active patients are created, and a patient who becomes active without being edited is
-    picked up by the next incremental run."""
+    """The engine half of the activity scope, with the activity lookup replaced: only active patients are created,
+    and a patient who becomes active without being edited is picked up by the next incremental run."""
     from clinicsync.sync import service
     from clinicsync.sync.engine import StreamRun
     from clinicsync.sync.retry import CancelToken
