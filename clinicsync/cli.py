@@ -150,6 +150,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out("  fields sent to Stripe: " + ", ".join(summary.get("fields", [])))
     if summary.get("scope"):
         out(f"  records synced: {summary['scope']} ({summary.get('out_of_scope', 0)} left out)")
+        if summary.get("scope_note"):
+            out(f"    ({summary['scope_note']})")
     for action, rows in summary.get("samples", {}).items():
         out(f"  {action}:")
         for row in rows:

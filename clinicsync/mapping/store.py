@@ -12,7 +12,7 @@ from typing import Any
 
 from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
 from clinicsync.mapping.fields import FieldCatalogue
-from clinicsync.mapping.spec import DocumentError, StreamMapping, from_document, to_document
+from clinicsync.mapping.spec import DocumentError, StreamMapping, SyncScope, from_document, to_document
 from clinicsync.mapping.validate import MappingInvalid, Problem, allowance_warning, validate_mapping
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import FieldAllowance, MappingRevision, StreamMappingRow, StreamState, utcnow
@@ -45,6 +45,36 @@ def load(stream: str) -> StreamMapping:
     if row is None:
         return base
     return replace(from_document(row.body, base), version=row.version)
+
+
+# The scope a new LIVE connection starts with (data minimisation): patients seen in the last two years.
+LIVE_DEFAULT_SCOPE = SyncScope(kind="recent_activity", months=24)
+LIVE_DEFAULT_NOTE = (
+    "the default for a new live connection; change it in Field mapping or with `clinicsync mapping import`"
+)
+
+
+def default_scope_for_pair(stream: str, *, livemode: bool) -> SyncScope:
+    """The sync scope `stream` uses with an account pair while its mapping is the built-in default (never saved
+    by a person): for a LIVE Stripe account, only Cliniko patients with an invoice or appointment in the last
+    24 months; in test mode (the sandbox's default too) every record, as the built-in mapping says.
+
+    Stored mappings are per stream, not per pair, so this default is not saved: it is applied at each run for
+    the pair, until a person saves a mapping (any scope, "all" included) in Field mapping or with
+    `clinicsync mapping import`."""
+    base = default_mapping(stream)
+    if livemode and (base.source_system, base.source_type) == ("cliniko", "patient"):
+        return LIVE_DEFAULT_SCOPE
+    return base.scope
+
+
+def load_for_pair(stream: str, *, livemode: bool) -> tuple[StreamMapping, bool]:
+    """The mapping a run for an account pair uses, and whether its scope is the pair's default (not saved)."""
+    mapping = load(stream)
+    if mapping.version:
+        return mapping, False
+    scope = default_scope_for_pair(stream, livemode=livemode)
+    return replace(mapping, scope=scope), scope != mapping.scope
 
 
 def revision(stream: str, version: int | None) -> StreamMapping:
@@ -165,7 +195,9 @@ def save(mapping: StreamMapping, catalogue: FieldCatalogue, *, who: str | None =
         raise MappingInvalid(problems)
     current = load(mapping.stream)
     document = to_document(mapping)
-    if document == to_document(current):
+    # Saving over the built-in default is kept even when equal: it records a person's choice (e.g. scope "all"
+    # for a live connection, whose unsaved default is recent activity; see default_scope_for_pair).
+    if document == to_document(current) and current.version:
         return SaveResult(current, changed=False, cursor_reset=False)
     who = who or current_user()
     with database_proxy.atomic():
@@ -180,7 +212,7 @@ def save(mapping: StreamMapping, catalogue: FieldCatalogue, *, who: str | None =
         StreamMappingRow.insert(
             stream=mapping.stream, version=version, body=document, saved_at=utcnow(), saved_by=who
         ).on_conflict_replace().execute()
-        reset = _affects_records(current, mapping)
+        reset = _affects_records(current, mapping) or not current.version  # a live pair's default scope may differ
         if reset:
             StreamState.update(cursor=None).where(StreamState.stream == mapping.stream).execute()
     return SaveResult(replace(mapping, version=version), changed=True, cursor_reset=reset)

@@ -451,8 +451,8 @@ def seed_activity(
     """Invoices and individual appointments for most patients, dated over the ~4 years before `now` (the
     emulator's clock), deterministic by `seed` and independent of the patients' own random draws.
 
-    About one patient in five has no activity in the last 24 months (half of those none at all, half only older
-    than that); patients in `keep_active` (the named cases) always have recent activity. Every recent
+    One patient in five (at least one) has no activity in the last 24 months (half of those none at all, half only
+    older than that); patients in `keep_active` (the named cases) always have recent activity. Every recent
     appointment is at least 40 days from the 24-month edge, so a test run minutes later sees the same split.
     """
     rng = random.Random(seed * 7_368_787 + 1_299_709)
@@ -461,10 +461,12 @@ def seed_activity(
     appointments: list[dict[str, Any]] = []
     inactive: list[str] = []
     number = 1000
+    candidates = [p["id"] for p in patients if p["id"] not in keep_active]
+    chosen = rng.sample(candidates, max(1, round(len(candidates) / 5)) if candidates else 0)
+    quiet = {pid: ("none" if n % 2 == 0 else "old") for n, pid in enumerate(chosen)}
     for patient in patients:
         pid = patient["id"]
-        roll = rng.random()
-        kind = "recent" if pid in keep_active else ("none" if roll < 0.1 else "old" if roll < 0.2 else "recent")
+        kind = quiet.get(pid, "recent")
         if kind != "recent":
             inactive.append(pid)
         if kind == "none":

@@ -121,7 +121,8 @@ class StreamRun:
         progress: Progress | None = None,
     ) -> None:
         self.stream = stream
-        self.mapping = mapping_store.load(stream.name)  # the stored mapping (or the default), read once per run
+        # The stored mapping (or the default, with the pair's default scope), read once per run.
+        self.mapping, self.scope_is_default = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)
         self.context = TransformContext()
         self.pair = pair
         self.source = source
@@ -198,6 +199,7 @@ class StreamRun:
             # What leaves the clinic, field by field, and which records at all: shown for approval.
             "sent": [{"target": rule.target, "sources": list(rule.sources)} for rule in self.mapping.rules],
             "scope": self.mapping.scope.describe(),
+            "scope_note": mapping_store.LIVE_DEFAULT_NOTE if self.scope_is_default else "",
             "out_of_scope": len(self._out_of_scope),
             "mapping_version": self.mapping.version,
             "writeback": self._writeback_plan(),

@@ -88,6 +88,18 @@ def _cell(value: object) -> QStandardItem:
     return item
 
 
+def scope_text(summary: dict[str, Any]) -> str:
+    """Which records the plan syncs at all, how many it leaves out, and whether that is the live default."""
+    scope = summary.get("scope")
+    if not scope:
+        return ""
+    left_out = int(summary.get("out_of_scope", 0) or 0)
+    text = f"Records synced: {scope}; {left_out} other record(s) are left out and nothing of them is sent."
+    if summary.get("scope_note"):
+        text += f" This is {summary['scope_note']}."
+    return text
+
+
 class ApprovalDialog(QDialog):
     """Shows a plan; Approve records the approval and starts the sync, Cancel writes nothing.
 
@@ -132,6 +144,9 @@ class ApprovalDialog(QDialog):
         fields = ", ".join(self.summary.get("fields", [])) or "none"
         self.fields_label = QLabel(f"Fields sent to Stripe: {fields}. Nothing else leaves the clinic.")
         self.fields_label.setWordWrap(True)
+        self.scope_label = QLabel(scope_text(self.summary))
+        self.scope_label.setWordWrap(True)
+        self.scope_label.setVisible(bool(self.summary.get("scope")))
         queued = int(self.summary.get("queued_writes", 0) or 0)
         self.queued_label = QLabel(f"{queued} earlier change(s) are also waiting to be sent." if queued else "")
         self.queued_label.setVisible(bool(queued))
@@ -148,6 +163,7 @@ class ApprovalDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(heading)
         layout.addWidget(self.tree, 1)
+        layout.addWidget(self.scope_label)
         layout.addWidget(self.fields_label)
         layout.addWidget(self.queued_label)
         layout.addWidget(self.message_label)

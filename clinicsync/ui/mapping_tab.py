@@ -190,6 +190,7 @@ class MappingTab(QWidget):
         options_layout.addWidget(self.writeback_check)
         options_layout.addWidget(self.writeback_field, 1)
 
+        self.scope_hint = QLabel(wordWrap=True)
         self.message = QLabel(wordWrap=True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
@@ -200,6 +201,7 @@ class MappingTab(QWidget):
         editor_layout.addWidget(self.table, 1)
         editor_layout.addLayout(rows)
         editor_layout.addWidget(options)
+        editor_layout.addWidget(self.scope_hint)
         editor_layout.addWidget(self.message)
 
         # Preview.
@@ -461,6 +463,15 @@ class MappingTab(QWidget):
 
     def _update_version(self) -> None:
         origin = f"version {self._base.version}" if self._base.version else "built-in default"
+        # Not saved yet: a live Stripe connection syncs a narrower set (see default_scope_for_pair).
+        live_scope = mapping_store.default_scope_for_pair(self.stream, livemode=True)
+        unsaved_live_default = not self._base.version and live_scope != self._base.scope
+        self.scope_hint.setText(
+            f"Not saved yet: a LIVE Stripe account syncs only {live_scope.describe()} until you save a choice here."
+            if unsaved_live_default
+            else ""
+        )
+        self.scope_hint.setVisible(unsaved_live_default)
         self.version_label.setText(f"→ Stripe {self._base.stripe_object}s · {origin}")
 
     def _update_buttons(self) -> None:

@@ -268,6 +268,14 @@ def test_first_live_sync_stops_at_a_plan_and_writes_exactly_it_once_approved(mak
     assert executed_writes(sandbox.stripe_url) == 0
     planned = first.plan
     assert planned is not None and planned["stripe_mode"] == "live"
+    # A new live connection whose mapping nobody has saved syncs only patients seen in the last 24 months.
+    inactive = set(sandbox.seeded["inactive_ids"])
+    assert inactive, "the seed leaves some patients without recent activity"
+    assert planned["scope"] == "patients with an invoice or appointment in the last 24 months"
+    assert "default for a new live connection" in planned["scope_note"]
+    assert planned["out_of_scope"] == len(inactive)
+    planned_ids = {row["source_id"] for rows in planned["samples"].values() for row in rows}
+    assert planned_ids.isdisjoint(inactive)
 
     context(env)
     queries.approve_latest_plan("cliniko.patients")
@@ -280,9 +288,27 @@ def test_first_live_sync_stops_at_a_plan_and_writes_exactly_it_once_approved(mak
         planned_ids = {row["source_id"] for row in planned["samples"][action]}
         assert planned_ids == {e.source_id for e in events(approved.run_id, action)}, action
     assert sync_once(env).outcome in ("ok", "attention"), "approval is once per stream and account pair"
+    custs = by_patient_id(customers(sandbox, livemode=True))
+    assert custs and set(custs).isdisjoint(inactive), "patients without recent activity are never sent"
 
 
-def test_test_mode_needs_no_approval(make_sandbox, env_for):
-    sandbox = make_sandbox(profile="clean", patients=3)
+def test_test_mode_needs_no_approval_and_keeps_every_patient_in_scope(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=12)
+    assert sandbox.seeded["inactive_ids"], "some patients have no recent activity, and test mode syncs them too"
     assert sync_once(env_for(sandbox)).outcome == "ok"
-    assert executed_writes(sandbox.stripe_url) == 3
+    assert executed_writes(sandbox.stripe_url) == 12
+
+
+def test_a_live_connection_keeps_the_scope_a_person_saved(make_sandbox, env_for):
+    """Choosing "all" for the live connection (saving the mapping, even unchanged) replaces the default."""
+    from clinicsync.mapping import store as mapping_store
+    from clinicsync.mapping.defaults import CLINIKO_PATIENTS
+    from clinicsync.mapping.fields import FieldCatalogue
+
+    sandbox = make_sandbox(profile="clean", patients=12, stripe_mode="live")
+    env = env_for(sandbox)
+    context(env)
+    mapping_store.save(CLINIKO_PATIENTS, FieldCatalogue.for_source("cliniko", "patient"), who="test")
+    planned = sync_once(env).plan
+    assert planned is not None and planned["scope"] == "all records" and not planned["scope_note"]
+    assert planned["out_of_scope"] == 0 and planned["counts"]["created"] == 12

@@ -58,7 +58,13 @@ def test_a_live_sync_stops_at_the_plan_and_approving_writes_exactly_it(qtbot, li
         assert text.startswith(f"{counts[action]} "), (action, text)
         listed = {source_id for _, source_id, _ in records if source_id}
         assert listed == {s["source_id"] for s in samples.get(action, [])}, action
-    assert counts["created"] > 20 and counts["linked"] >= 1 and counts["review"] >= 1
+    assert counts["created"] > 15 and counts["linked"] >= 1 and counts["review"] >= 1
+    # The new live connection's default scope, and what it leaves out, are part of what is approved.
+    inactive = sandbox.seeded["inactive_ids"]
+    assert plan.summary["out_of_scope"] == len(inactive) > 0
+    scope_text = dialog.scope_label.text()
+    assert "invoice or appointment in the last 24 months" in scope_text and f"{len(inactive)} other" in scope_text
+    assert "default for a new live connection" in scope_text and "Field mapping" in scope_text
     linked_record = rows["linked"][1][0]
     assert linked_record[2].startswith("cus_"), "a link shows the existing customer it links to"
     assert any("more" in name for name, _, _ in rows["created"][1]), "records beyond the samples are counted"

@@ -124,8 +124,11 @@ def test_a_live_first_sync_stops_at_approval_and_writes_after_it(qtbot, sandbox_
     dialog = gui.window.approval_dialog
     with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as second:
         getattr(dialog, "approve", dialog.accept)()  # the approval dialog's own button, or the fallback's
-    assert second.args[0].results[0].counts["created"] == 8
-    assert executed_writes(sandbox.stripe_url) == 8
+    # A new live connection syncs only patients with an invoice or appointment in the last 24 months.
+    active = 8 - len(sandbox.seeded["inactive_ids"])
+    assert 0 < active < 8
+    assert second.args[0].results[0].counts["created"] == active
+    assert executed_writes(sandbox.stripe_url) == active
     assert queries.latest_plan(STREAM).approved_at is not None
 
 

@@ -44,6 +44,9 @@ def test_edit_validate_preview_save_and_reload_against_the_sandbox(qtbot, make_s
     assert tab.diff_table.rowCount() == 0, "the stored mapping changes nothing in Stripe"
     assert tab.rules() == CLINIKO_PATIENTS.rules and tab.problems == []
     assert tab.row_status(0) == "✓"
+    hint = tab.scope_hint.text()
+    assert "LIVE Stripe account syncs only patients with an invoice or appointment in the last 24 months" in hint
+    assert "until you save" in hint, "the unsaved default says what a live connection syncs"
     health_fund = f"custom_fields.{seed.CUSTOM_FIELD_HEALTH_FUND_TOKEN}"
     assert combo(tab, 0, COL_SOURCES).findData(health_fund) >= 0, "custom fields from Cliniko's /settings"
     assert tab.writeback_field.findData(seed.CUSTOM_FIELD_STRIPE_ID_TOKEN) >= 0
@@ -118,7 +121,7 @@ def test_edit_validate_preview_save_and_reload_against_the_sandbox(qtbot, make_s
     assert len(tab.rules()) == len(stored.rules) - 1
     tab.reload(force=True)  # ...and Revert brings back the stored mapping
     assert tab.rules() == stored.rules and not tab.dirty
-    assert "version 1" in tab.version_label.text()
+    assert "version 1" in tab.version_label.text() and tab.scope_hint.isHidden()
 
     run = sync_once(env)
     assert run.counts["updated"] == 8

@@ -156,9 +156,6 @@ def test_save_validates_versions_and_resets_the_cursor_only_when_records_change(
         mapping_store.save(CLINIKO_PATIENTS.with_rules(()), CATALOGUE)
     assert mapping_store.load(STREAM).version == 0
 
-    same = mapping_store.save(CLINIKO_PATIENTS, CATALOGUE)
-    assert not same.changed and not same.cursor_reset
-
     templated = CLINIKO_PATIENTS.with_rules(
         (rule("name", transform="template", template="{first_name} {last_name}"), *CLINIKO_PATIENTS.rules[1:])
     )
@@ -166,6 +163,9 @@ def test_save_validates_versions_and_resets_the_cursor_only_when_records_change(
     assert first.changed and first.cursor_reset and first.mapping.version == 1
     assert StreamState.get().cursor is None
     assert mapping_store.load(STREAM).rules[0].transform == "template"
+    StreamState.update(cursor="2026-01-15T00:00:00Z").execute()
+    same = mapping_store.save(templated, CATALOGUE, who="ana")
+    assert not same.changed and not same.cursor_reset and same.mapping.version == 1
 
     StreamState.update(cursor="2026-02-01T00:00:00Z").execute()
     wb = mapping_store.save(replace(templated, writeback=WritebackConfig(True, "tok")), CATALOGUE)
@@ -277,3 +277,25 @@ def test_months_before_clamps_to_the_end_of_the_month():
     assert months_before(date(2024, 3, 31), 1) == date(2024, 2, 29)
     assert months_before(date(2026, 1, 15), 24) == date(2024, 1, 15)
     assert months_before(date(2026, 11, 22), 11) == date(2025, 12, 22)
+
+
+def test_a_new_live_connection_defaults_to_recent_activity_until_a_person_saves_a_mapping(db):
+    """The default scope is decided per account pair (one function), applied while the mapping is the built-in
+    default, and never stored: saving any mapping, even the built-in one with scope "all", is a person's choice."""
+    assert mapping_store.default_scope_for_pair(STREAM, livemode=True) == SyncScope(kind="recent_activity", months=24)
+    assert mapping_store.default_scope_for_pair(STREAM, livemode=False) == SyncScope(kind="all")
+    live, defaulted = mapping_store.load_for_pair(STREAM, livemode=True)
+    assert defaulted and live.scope.kind == "recent_activity" and live.scope.months == 24 and live.version == 0
+    test_mode, defaulted = mapping_store.load_for_pair(STREAM, livemode=False)
+    assert not defaulted and test_mode.scope == SyncScope(kind="all")
+    assert mapping_store.load(STREAM).scope == SyncScope(kind="all"), "nothing is stored"
+
+    pair = AccountPair.create(
+        uuid="u", source_system="cliniko", source_account="1", stripe_account="acct", stripe_livemode=True
+    )
+    StreamState.create(pair=pair, stream=STREAM, cursor="2026-01-01T00:00:00Z")
+    chosen = mapping_store.save(CLINIKO_PATIENTS, CATALOGUE, who="ana")  # "all", chosen by a person
+    assert chosen.changed and chosen.cursor_reset and chosen.mapping.version == 1
+    assert StreamState.get().cursor is None, "the live pair's records in scope change: re-read everything"
+    live, defaulted = mapping_store.load_for_pair(STREAM, livemode=True)
+    assert not defaulted and live.scope == SyncScope(kind="all") and live.version == 1
