@@ -38,10 +38,11 @@ TOOLTIP_LIMIT = 1_000
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
-def clean_text(value: str | None, limit: int = DISPLAY_LIMIT) -> str:
+def clean_text(value: object, limit: int = DISPLAY_LIMIT) -> str:
     """Make source data safe to show: no control or bidi-override characters, one line, bounded length."""
-    if not value:
+    if value is None or value == "":
         return ""
+    value = str(value)
     text = _CONTROL.sub("", value.replace("\r\n", " · ").replace("\n", " · ").replace("\t", " "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -137,6 +138,42 @@ def severity_tint(kind: str) -> QColor | None:
     if kind == "review":
         return QColor(240, 180, 41, 48)
     return None
+
+
+class RowsTableModel(QAbstractTableModel, Generic[RowT]):
+    """A read-only table over a list of rows set at once; subclasses say `columns` and `cell()`."""
+
+    columns: Sequence[str] = ()
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.rows: list[RowT] = []
+
+    def set_rows(self, rows: Sequence[RowT]) -> None:
+        self.beginResetModel()
+        self.rows = list(rows)
+        self.endResetModel()
+
+    def row_for(self, index: Index) -> RowT | None:
+        return self.rows[index.row()] if index.isValid() and index.row() < len(self.rows) else None
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's own default
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.columns)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.columns[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        row = self.row_for(index)
+        return None if row is None else self.cell(row, index.column(), role)
+
+    def cell(self, row: RowT, column: int, role: int) -> Any:
+        raise NotImplementedError
 
 
 class PagedTableModel(QAbstractTableModel, Generic[RowT, CursorT]):

@@ -8,7 +8,6 @@ emails are fetched from Stripe (the gateway's `retrieve`) off the GUI thread, wi
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.urls import validate_base_url
@@ -43,6 +43,8 @@ from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.runner import JobOutcome
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import UiContext
+from clinicsync.ui.models import RowsTableModel
+from clinicsync.ui.models import clean_text as clean
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -52,14 +54,7 @@ REASONS = {
     "ambiguous_reference": "Several Stripe customers already name this record in their metadata",
     "stripe_object_deleted": "Its Stripe customer was deleted in Stripe",
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
-_DISPLAY_LIMIT = 160
-
-
-def clean(value: object) -> str:
-    """Source data made safe for one table cell: no control or bidi-override characters, bounded length."""
-    text = _CONTROL.sub(" ", "" if value is None else str(value)).strip()
-    return text if len(text) <= _DISPLAY_LIMIT else text[: _DISPLAY_LIMIT - 1] + "…"
+CROSS_REF_KEY = CLINIKO_PATIENTS.cross_ref_key  # the metadata key naming the patient on a customer
 
 
 @dataclass(frozen=True)
@@ -104,77 +99,30 @@ class Candidate:
         return self.customer is not None
 
 
-class ReviewModel(QAbstractTableModel):
-    HEADERS = ("#", "Record", "Why", "Candidates")
+class ReviewModel(RowsTableModel[ReviewRow]):
+    columns = ("#", "Record", "Why", "Candidates")
 
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.rows: list[ReviewRow] = []
-
-    def set_rows(self, rows: list[ReviewRow]) -> None:
-        self.beginResetModel()
-        self.rows = rows
-        self.endResetModel()
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's own default
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        row = self.rows[index.row()]
+    def cell(self, row: ReviewRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
             values = (str(row.id), clean(row.display_name) or row.source_id, row.reason_text, str(len(row.candidates)))
-            return values[index.column()]
+            return values[column]
         if role == Qt.ItemDataRole.ToolTipRole:
             return clean(row.detail) or None
         return None
 
-    def row_at(self, index: Index) -> ReviewRow | None:
-        return self.rows[index.row()] if index.isValid() and index.row() < len(self.rows) else None
 
+class CandidateModel(RowsTableModel[Candidate]):
+    columns = ("Stripe customer", "Name", "Email", "Phone", "Created", f"Cliniko id ({CROSS_REF_KEY})")
 
-class CandidateModel(QAbstractTableModel):
-    HEADERS = ("Stripe customer", "Name", "Email", "Phone", "Created", "Cliniko id (metadata)")
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.rows: list[Candidate] = []
-
-    def set_rows(self, rows: list[Candidate]) -> None:
-        self.beginResetModel()
-        self.rows = rows
-        self.endResetModel()
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or role != Qt.ItemDataRole.DisplayRole:
+    def cell(self, candidate: Candidate, column: int, role: int) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole:
             return None
-        candidate = self.rows[index.row()]
-        if index.column() == 0:
+        if column == 0:
             return candidate.stripe_id
         if not candidate.loaded:
-            return "loading…" if index.column() == 1 else ""
+            return "loading…" if column == 1 else ""
         if candidate.customer is None:
-            return "(deleted in Stripe)" if index.column() == 1 else ""
+            return "(deleted in Stripe)" if column == 1 else ""
         customer = candidate.customer
         metadata = customer.get("metadata") or {}
         values = (
@@ -182,12 +130,9 @@ class CandidateModel(QAbstractTableModel):
             clean(customer.get("email")),
             clean(customer.get("phone")),
             _date(customer.get("created")),
-            clean(metadata.get("cliniko_patient_id")),
+            clean(metadata.get(CROSS_REF_KEY)),
         )
-        return values[index.column() - 1]
-
-    def candidate_at(self, index: Index) -> Candidate | None:
-        return self.rows[index.row()] if index.isValid() and index.row() < len(self.rows) else None
+        return values[column - 1]
 
 
 def _date(epoch: object) -> str:
@@ -289,11 +234,11 @@ class ReviewTab(QWidget):
 
     def current_item(self) -> ReviewRow | None:
         indexes = self.items_view.selectionModel().selectedRows() if self.items_view.selectionModel() else []
-        return self.model.row_at(indexes[0]) if indexes else None
+        return self.model.row_for(indexes[0]) if indexes else None
 
     def current_candidate(self) -> Candidate | None:
         indexes = self.candidates_view.selectionModel().selectedRows()
-        return self.candidate_model.candidate_at(indexes[0]) if indexes else None
+        return self.candidate_model.row_for(indexes[0]) if indexes else None
 
     def _selection_changed(self, selected: QItemSelection, deselected: QItemSelection) -> None:
         self._show_item(self.current_item())
