@@ -49,6 +49,9 @@ def test_sync_now_against_a_sandbox_in_another_process(qtbot, build_gui, home, s
     assert executed_writes(info["stripe_url"]) == 60
     (run,) = queries.recent_runs()
     assert (run.trigger, run.created) == ("manual", 60)
+    history = gui.window.show_tab("history")
+    qtbot.waitUntil(lambda: history.selected_run() is not None and history.selected_run().created == 60)
+    assert history.runs_model.index(0, 4).data() == "60"
 
 
 def test_closing_keeps_running_in_the_tray_and_says_so_once_ever(qtbot, build_gui, offline_env) -> None:
