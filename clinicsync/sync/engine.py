@@ -22,6 +22,8 @@ from clinicsync.mapping.apply import MappedRecord, create_params, map_record, up
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
 from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE, TransformContext
+from clinicsync.sources import errors
+from clinicsync.sources.errors import SourceError
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import (
     AccountPair,
@@ -43,7 +45,7 @@ from clinicsync.sync.matching import (
     email_hash,
     records_sharing_email,
 )
-from clinicsync.sync.outbox import OutboxWriter, StripeStopped, open_review
+from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review
 from clinicsync.sync.pool import WritePool
 from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sync.streams import Record, StreamDef, StreamNotReady
@@ -164,13 +166,12 @@ class StreamRun:
             result.outcome, result.stop_kind, result.message = "failed", kind or "stripe_error", failure.message
         except Cancelled:
             result.outcome, result.message = "cancelled", "The sync was cancelled; nothing queued is lost."
+        except SourceError as exc:
+            result.outcome, result.stop_kind, result.message = "failed", _source_kind(exc), str(exc)
         except Exception as exc:
-            if _is_source_error(exc):
-                result.outcome, result.stop_kind, result.message = "failed", _source_kind(exc), str(exc)
-            else:
-                log.exception("sync of %s failed", self.stream.name)
-                result.outcome, result.stop_kind = "failed", "internal"
-                result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
+            log.exception("sync of %s failed", self.stream.name)
+            result.outcome, result.stop_kind = "failed", "internal"
+            result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
         if result.outcome == "ok" and (result.counts["failed"] or result.counts["review"]):
             result.outcome = "attention"
         self._finish(run, result)
@@ -284,8 +285,6 @@ class StreamRun:
         return self._target_diffs[written_with]
 
     def _write_back(self) -> None:
-        from clinicsync.sources.errors import SourceError
-
         step = "Writing Stripe ids back to the source"
         self._progress(self.stream.name, 0, None, step)
         try:
@@ -514,7 +513,7 @@ class StreamRun:
         if stripe_id and op == "link":
             self._claimed.add(stripe_id)
         if writer is None:  # dry run: the plan records what would be sent
-            action = {"create": "created", "link": "linked", "update": "updated"}[op]
+            action = ACTION_OF_OP[op]
             self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, "\n".join(mapped.notes))
             return
         row = writer.enqueue(mapped, op, params, stripe_id, hashed)
@@ -614,15 +613,7 @@ def _parse_cursor(value: str | None) -> datetime | None:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def _is_source_error(exc: Exception) -> bool:
-    from clinicsync.sources.errors import SourceError
-
-    return isinstance(exc, SourceError)
-
-
-def _source_kind(exc: Exception) -> str:
-    from clinicsync.sources import errors
-
+def _source_kind(exc: SourceError) -> str:
     if isinstance(exc, errors.SourceAuthError):
         return "source_auth"
     if isinstance(exc, errors.SourcePermissionError):
