@@ -176,16 +176,13 @@ class RowsTableModel(QAbstractTableModel, Generic[RowT]):
         raise NotImplementedError
 
 
-class PagedTableModel(QAbstractTableModel, Generic[RowT, CursorT]):
+class PagedTableModel(RowsTableModel[RowT], Generic[RowT, CursorT]):
     """A read-only table filled a page at a time from a loader; views ask for more as they scroll."""
-
-    columns: Sequence[str] = ()
 
     def __init__(self, loader: PageLoader[CursorT, RowT] | None = None, page_size: int = 200, parent: Any = None):
         super().__init__(parent)
         self._loader = loader
         self._page_size = page_size
-        self._rows: list[RowT] = []
         self._cursor: CursorT | None = None
         self._more = False
 
@@ -194,9 +191,9 @@ class PagedTableModel(QAbstractTableModel, Generic[RowT, CursorT]):
         """Start over with another loader (another run, another search): the first page loads at once."""
         self.beginResetModel()
         self._loader = loader
-        self._rows, self._cursor, self._more = [], None, loader is not None
+        self.rows, self._cursor, self._more = [], None, loader is not None
         if loader is not None:
-            self._rows, self._cursor = loader(None, self._page_size)
+            self.rows, self._cursor = loader(None, self._page_size)
             self._more = self._cursor is not None
         self.endResetModel()
 
@@ -212,37 +209,18 @@ class PagedTableModel(QAbstractTableModel, Generic[RowT, CursorT]):
         rows, cursor = self._loader(self._cursor, self._page_size)
         self._cursor, self._more = cursor, cursor is not None
         if rows:
-            first = len(self._rows)
+            first = len(self.rows)
             self.beginInsertRows(QModelIndex(), first, first + len(rows) - 1)
-            self._rows.extend(rows)
+            self.rows.extend(rows)
             self.endInsertRows()
 
     # --- reading ----------------------------------------------------------------------------------------
     def row_at(self, row: int) -> RowT:
-        return self._rows[row]
+        return self.rows[row]
 
     @property
     def loaded(self) -> int:
-        return len(self._rows)
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.columns)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.columns[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
-            return None
-        return self.cell(self._rows[index.row()], index.column(), role)
-
-    def cell(self, row: RowT, column: int, role: int) -> Any:
-        raise NotImplementedError
+        return len(self.rows)
 
 
 # --- runs ---------------------------------------------------------------------------------------------
@@ -285,24 +263,24 @@ class RunsModel(PagedTableModel[RunRow, int]):
 
     def refresh(self) -> list[int]:
         """Pick up runs added or finished since the last look; returns the ids of new runs."""
-        if self._loader is None or not self._rows:
+        if self._loader is None or not self.rows:
             self.load()
-            return [row.id for row in self._rows]
-        newer = queries.history_runs(after_id=self._rows[0].id, limit=10_000)
+            return [row.id for row in self.rows]
+        newer = queries.history_runs(after_id=self.rows[0].id, limit=10_000)
         if newer:
             self.beginInsertRows(QModelIndex(), 0, len(newer) - 1)
-            self._rows[0:0] = newer
+            self.rows[0:0] = newer
             self.endInsertRows()
-        for position, run in enumerate(self._rows):
+        for position, run in enumerate(self.rows):
             if run.finished_at is None:  # it was running: read its final counts and outcome
                 fresh = queries.history_run(run.id)
                 if fresh is not None and fresh != run:
-                    self._rows[position] = fresh
+                    self.rows[position] = fresh
                     self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.columns) - 1))
         return [row.id for row in newer]
 
     def row_of(self, run_id: int) -> int | None:
-        return next((position for position, run in enumerate(self._rows) if run.id == run_id), None)
+        return next((position for position, run in enumerate(self.rows) if run.id == run_id), None)
 
     def cell(self, run: RunRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
@@ -382,7 +360,7 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
 
     def sort_key(self, row: int) -> tuple[int, int]:
         """The pinned order: failed, then review, then everything else; newest (highest id) first in each."""
-        event = self._rows[row]
+        event = self.rows[row]
         return pin_rank(event.action), -event.id
 
     def cell(self, event: EventRow, column: int, role: int) -> Any:
