@@ -618,6 +618,7 @@ def _source_kind(exc: SourceError) -> str:
         return "source_auth"
     if isinstance(exc, errors.SourcePermissionError):
         return "source_permission"
-    if isinstance(exc, errors.SourceUnavailable):
+    # A 429 that outlasts the retries is as transient as an outage: the next sync carries on, nobody must act.
+    if isinstance(exc, errors.SourceUnavailable | errors.SourceRateLimited):
         return "source_unavailable"
     return "source_error"

@@ -519,6 +519,23 @@ def test_one_stripe_5xx_while_listing_customers_is_retried_not_an_internal_error
     assert len(customers(sandbox)) == 3
 
 
+def test_cliniko_rate_limiting_that_outlasts_the_retries_exits_5_and_the_next_sync_carries_on(make_sandbox, cli_env):
+    """A 429 that outlasts the retries is transient, like an outage: exit 5 ("unreachable"), not a record error
+    (before, it stopped the stream as "source_error" and the CLI exited 1)."""
+    spec = "before:429=0.6,seed=42,max=3"
+    plan = FaultPlan.parse(spec)
+    assert [plan.choose() for _ in range(4)] == [None, "before:429", "before:429", "before:429"]
+    sandbox = make_sandbox(profile="clean", patients=3)
+    env = cli_env(sandbox, CLINICSYNC_RETRY_MAX_ATTEMPTS="3")
+    admin(sandbox.cliniko_url, "faults", spec=spec)  # the settings read passes, the patient listing is limited
+    limited = expect(cli(env, "sync", "--once"), 5)
+    assert "kept limiting how fast" in limited.text, limited
+    assert stats(sandbox.cliniko_url)["faulted"] == {"before:429": 3}
+
+    assert cli(env, "sync", "--once").code == 0
+    assert len(customers(sandbox)) == 3
+
+
 # --- configuration problems --------------------------------------------------------------------------------
 
 
