@@ -201,17 +201,20 @@ class StripeGateway:
         name = profile.get("name") or dashboard.get("display_name") or account.get("email") or account["id"]
         return StripeAccount(id=account["id"], livemode=self.livemode, name=str(name))
 
-    def iter_objects(self, stripe_object: str) -> Iterator[dict[str, Any]]:
-        """Every object of one kind, newest first, a page of 100 at a time."""
+    def iter_objects(self, stripe_object: str, created_since: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every object of one kind (or those `created` at or after `created_since`), newest first, by 100."""
         service = self._service(stripe_object)
-        params: dict[str, Any] = {"limit": stripe_limits.LIST_MAX_LIMIT}
+        base: dict[str, Any] = {"limit": stripe_limits.LIST_MAX_LIMIT}
+        if created_since is not None:
+            base["created"] = {"gte": created_since}
+        params = base
         while True:
             page = self._read(service.list, params=params)
             for item in page.data:
                 yield item.to_dict()
             if not page.has_more or not page.data:
                 return
-            params = {"limit": stripe_limits.LIST_MAX_LIMIT, "starting_after": page.data[-1].id}
+            params = base | {"starting_after": page.data[-1].id}
 
     def list_by_email(self, stripe_object: str, email: str) -> list[dict[str, Any]]:
         """Objects whose email is exactly `email` (Stripe compares case-sensitively); read-after-write safe."""

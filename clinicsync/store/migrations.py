@@ -39,7 +39,18 @@ def _v3_history_index(db: SqliteDatabase) -> None:
     db.execute_sql("CREATE INDEX IF NOT EXISTS sync_event_run_action ON sync_event (run_id, action)")
 
 
-MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (_v1_initial, _v2_mapping, _v3_history_index)
+def _v4_index_high_water(db: SqliteDatabase) -> None:
+    """The newest Stripe `created` the customer index has seen (idempotent, as step 1 uses the current models)."""
+    if "stripe_index_high_water" not in {column.name for column in db.get_columns("stream_state")}:
+        db.execute_sql("ALTER TABLE stream_state ADD COLUMN stripe_index_high_water INTEGER")
+
+
+MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
+    _v1_initial,
+    _v2_mapping,
+    _v3_history_index,
+    _v4_index_high_water,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 

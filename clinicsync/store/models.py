@@ -80,6 +80,9 @@ class StreamState(BaseModel):
     stream = CharField()
     cursor = CharField(null=True)  # ISO-8601 UTC; the next incremental read starts here
     stripe_index_built_at = DateTimeField(null=True)
+    # Stripe's own `created` (epoch s) of the newest object the index has seen: each run lists what is newer,
+    # so customers staff add in Stripe later are matched by email too instead of being duplicated.
+    stripe_index_high_water = IntegerField(null=True)
     last_run_at = DateTimeField(null=True)
 
     class Meta:
@@ -112,7 +115,7 @@ class RecordLink(BaseModel):
 
 
 class StripeIndexEntry(BaseModel):
-    """An existing Stripe object found by the one-time listing, keyed by a hash of its casefolded email."""
+    """An existing Stripe object (from the first listing or a later top-up), keyed by its casefolded email's hash."""
 
     pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
     stripe_object = CharField()

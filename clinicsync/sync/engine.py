@@ -44,6 +44,8 @@ from clinicsync.sync.matching import (
     candidates_by_reference,
     email_hash,
     records_sharing_email,
+    refresh_index,
+    refresh_since,
 )
 from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review
 from clinicsync.sync.pool import WritePool
@@ -319,9 +321,13 @@ class StreamRun:
     def _read_and_decide(self, *, pool: WritePool, writer: OutboxWriter | None) -> None:
         started = utcnow()
         state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
+        stripe_object = self.mapping.stripe_object
         if state.stripe_index_built_at is None:
             self._progress(self.stream.name, 0, None, "Reading existing Stripe customers")
-            build_index(self.pair, self.mapping, state, self.gateway.iter_objects(self.mapping.stripe_object))
+            build_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object))
+        else:
+            since = refresh_since(state)
+            refresh_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, since))
         self._reviews = _latest_reviews(self.pair, self.stream.name)
         server_now = self.source.probe()
         next_cursor = server_now - timedelta(seconds=self.options.overlap_s)

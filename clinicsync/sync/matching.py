@@ -1,5 +1,6 @@
-"""Matching source records to existing Stripe objects: the local link, then the one-time index of the Stripe
-account (by cross-reference, then by casefolded email), never Search (it lags behind writes).
+"""Matching source records to existing Stripe objects: the local link, then the index of the Stripe account
+(listed in full once, then topped up each run with the objects created since) by cross-reference, then by
+casefolded email; never Search (it lags behind writes).
 
 Emails are kept only as keyed hashes, so the local database holds no contact details.
 """
@@ -9,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from datetime import UTC
 from typing import Any
 
 from peewee import chunked
 
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.store.models import AccountPair, RecordLink, StreamState, StripeIndexEntry, utcnow
+
+CLOCK_MARGIN_S = 600  # how far this PC's clock may be ahead of Stripe's without a refresh missing an object
 
 
 def email_hash(pair: AccountPair, email: str | None) -> str | None:
@@ -31,12 +35,51 @@ def build_index(
     StripeIndexEntry.delete().where(
         (StripeIndexEntry.pair == pair) & (StripeIndexEntry.stripe_object == mapping.stripe_object)
     ).execute()
+    count, newest = _add_to_index(pair, mapping, objects)
+    state.stripe_index_built_at = utcnow()
+    state.stripe_index_high_water = newest
+    state.save()
+    return count
+
+
+def refresh_since(state: StreamState) -> int:
+    """Stripe `created` time from which the next refresh lists objects (inclusive: several share a second).
+
+    An index built before the high-water mark existed starts from its build time, less a margin for the
+    difference between this PC's clock and Stripe's.
+    """
+    if state.stripe_index_high_water is not None:
+        return state.stripe_index_high_water
+    assert state.stripe_index_built_at is not None, "refresh needs a built index"
+    return int(state.stripe_index_built_at.replace(tzinfo=UTC).timestamp()) - CLOCK_MARGIN_S
+
+
+def refresh_index(
+    pair: AccountPair, mapping: StreamMapping, state: StreamState, objects: Iterable[dict[str, Any]]
+) -> int:
+    """Add objects made since the last build or refresh (e.g. by staff in the Stripe dashboard), so a patient
+    with the same email links to them instead of getting a second customer. Known objects are left as they are."""
+    count, newest = _add_to_index(pair, mapping, objects)
+    if newest is not None:
+        state.stripe_index_high_water = max(newest, state.stripe_index_high_water or newest)
+        state.save()
+    return count
+
+
+def _add_to_index(
+    pair: AccountPair, mapping: StreamMapping, objects: Iterable[dict[str, Any]]
+) -> tuple[int, int | None]:
+    """Insert index rows for `objects` (ignoring ones already there): how many were seen, and the newest `created`."""
     count = 0
+    newest: int | None = None
 
     def rows() -> Iterable[dict[str, Any]]:
-        nonlocal count
+        nonlocal count, newest
         for obj in objects:
             count += 1
+            created = obj.get("created")
+            if isinstance(created, int):
+                newest = created if newest is None else max(newest, created)
             metadata = obj.get("metadata") or {}
             yield {
                 "pair": pair.id,
@@ -49,9 +92,7 @@ def build_index(
 
     for batch in chunked(rows(), 200):
         StripeIndexEntry.insert_many(batch).on_conflict_ignore().execute()
-    state.stripe_index_built_at = utcnow()
-    state.save()
-    return count
+    return count, newest
 
 
 def _unlinked(pair: AccountPair, mapping: StreamMapping, query: Any) -> list[str]:

@@ -282,7 +282,7 @@ class FakeClinic:
 
 
 class EmptyStripe:
-    def iter_objects(self, stripe_object: str) -> Iterator[dict[str, Any]]:
+    def iter_objects(self, stripe_object: str, created_since: int | None = None) -> Iterator[dict[str, Any]]:
         return iter(())
 
 

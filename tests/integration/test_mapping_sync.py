@@ -209,7 +209,7 @@ def test_fields_outside_the_mapping_never_reach_stripe(make_sandbox, env_for):
     mapped = {"name", "email", "phone", "metadata[cliniko_patient_id]", "metadata[cliniko_archived]"}
     mapped |= {f"address[{part}]" for part in ("line1", "line2", "city", "state", "postal_code", "country")}
     mapped.add("address")  # an address unset as a whole
-    listing = {"limit", "starting_after", "email", "query"}  # the index listing and lookups, not record data
+    listing = {"limit", "starting_after", "email", "query", "created[gte]"}  # listings and lookups, not record data
     assert {name for name, _ in pairs} <= mapped | listing
     clinical = ("notes", "appointment_notes", "medicare", "medicare_reference_number", "dva_card_number")
     for patient in patients(sandbox).values():

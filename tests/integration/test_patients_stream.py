@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from clinicsync.mapping.apply import TRUNCATION_MARKER
 from clinicsync.store import queries
 from clinicsync.store.models import SyncEvent
@@ -198,6 +200,31 @@ def test_linked_customer_deleted_in_stripe_becomes_review_not_a_silent_recreate(
     recreated = sync_once(env)
     assert recreated.counts["created"] == 1
     assert pid in by_patient_id(customers(sandbox))
+
+
+def test_a_customer_staff_add_in_stripe_after_the_first_sync_is_linked_not_duplicated(make_sandbox, env_for):
+    """The index of existing customers is listed once, then topped up each run with what Stripe created since
+    (before, a customer typed into the dashboard after the first sync was invisible and the patient got a second)."""
+    sandbox = make_sandbox(profile="clean", patients=5)
+    env = env_for(sandbox)
+    sync_once(env)
+    staff_made = httpx.post(
+        f"{sandbox.stripe_url}/v1/customers",
+        auth=(sandbox.stripe_key, ""),
+        data={"name": "Maya Okafor", "email": "Maya.Okafor@Example.org"},
+    ).json()
+    (new_patient,) = admin(sandbox.cliniko_url, "seed", profile="clean", patients=1, seed=77, replace=False)["ids"]
+    admin(sandbox.cliniko_url, "edit", ids=[new_patient], fields={"email": "maya.okafor@example.org"})
+
+    result = sync_once(env)
+    assert result.counts["linked"] == 1 and result.counts["created"] == 0, result.counts
+    assert by_patient_id(customers(sandbox))[new_patient]["id"] == staff_made["id"]
+    assert len(customers(sandbox)) == 6
+
+    listed = stats(sandbox.stripe_url)["by_endpoint"]["GET /v1/customers"]
+    again = sync_once(env)
+    assert again.counts["created"] == again.counts["linked"] == 0
+    assert stats(sandbox.stripe_url)["by_endpoint"]["GET /v1/customers"] == listed + 1, "one listing call a run"
 
 
 def test_switching_stripe_account_starts_with_fresh_state(make_sandbox, env_for):

@@ -130,12 +130,14 @@ def test_a_v1_database_is_upgraded_in_place(tmp_path: Path):
     migrations._v1_initial(old)
     old.execute_sql("ALTER TABLE record_link DROP COLUMN mapping_version")  # as v1 of an older ClinicSync made it
     old.execute_sql("ALTER TABLE outbox_entry DROP COLUMN mapping_version")
+    old.execute_sql("ALTER TABLE stream_state DROP COLUMN stripe_index_high_water")  # added by step 4
     old.execute_sql("INSERT INTO schema_version (version) VALUES (1)")
     old.close()
     db = open_database(path)
     try:
         assert migrations.current_version(db) == migrations.LATEST_VERSION
         assert "mapping_version" in {c.name for c in db.get_columns("record_link")}
+        assert "stripe_index_high_water" in {c.name for c in db.get_columns("stream_state")}
     finally:
         db.close()
     assert any(p.name.endswith(".before-v1.bak") for p in tmp_path.iterdir()), "backed up before migrating"
