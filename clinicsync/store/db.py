@@ -6,11 +6,17 @@ peewee keeps one connection per thread (thread_safe=True), so worker threads and
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from peewee import DatabaseProxy, SqliteDatabase
 
 database_proxy = DatabaseProxy()
+
+SNAPSHOT_NAME = "dry-run-snapshot.sqlite3"
 
 PRAGMAS = (
     ("journal_mode", "wal"),
@@ -21,12 +27,58 @@ PRAGMAS = (
 )
 
 
+class ProfileDatabase(SqliteDatabase):
+    """The profile's database, where one thread at a time may work on a private copy (see `private_snapshot`)."""
+
+    def __init__(self, path: str, **kwargs: object) -> None:
+        super().__init__(path, **kwargs)
+        self._snapshot = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        snapshot = getattr(self._snapshot, "path", None)
+        if snapshot is None:
+            return super()._connect()
+        conn = sqlite3.connect(snapshot, timeout=self._timeout, isolation_level=None, **self.connect_params)
+        try:
+            self._add_conn_hooks(conn)
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def private_snapshot(self) -> Iterator[None]:
+        """Point the calling thread at a throw-away copy of the database until the block ends.
+
+        A dry run decides exactly as a real run (it records links, retries, the index) but must keep nothing.
+        Rolling one long transaction back held SQLite's write lock for the whole read — minutes on a big
+        clinic — so the window's own writes waited and then failed. On a copy, other threads write freely.
+        Only one sync runs per profile (the profile lock), so one snapshot file name is enough.
+        """
+        target = Path(self.database).with_name(SNAPSHOT_NAME)
+        _remove_database_files(target)  # left behind by a run that was killed
+        self.execute_sql("VACUUM INTO ?", (str(target),))  # a consistent copy; a reader, so nobody waits
+        self.close()  # this thread's connection; its next query opens the copy
+        self._snapshot.path = str(target)
+        try:
+            yield
+        finally:
+            self.close()
+            self._snapshot.path = None
+            _remove_database_files(target)
+
+
+def _remove_database_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
 def open_database(path: Path) -> SqliteDatabase:
     """Open (creating if needed) and migrate the profile's database, and bind the models to it."""
     from clinicsync.store.migrations import migrate
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = SqliteDatabase(str(path), pragmas=PRAGMAS, lock_type="IMMEDIATE", thread_safe=True)
+    db = ProfileDatabase(str(path), pragmas=PRAGMAS, lock_type="IMMEDIATE", thread_safe=True)
     database_proxy.initialize(db)
     db.connect(reuse_if_open=True)
     migrate(db, backup_dir=path.parent)

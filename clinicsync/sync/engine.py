@@ -189,11 +189,10 @@ class StreamRun:
             run.save()
 
     def _dry_run(self, run: SyncRun) -> dict[str, Any]:
-        """Compute the plan inside a transaction that is rolled back: nothing but the plan is kept."""
+        """Compute the plan on a private copy of the database: nothing but the plan is kept."""
         pending = len(self._writer().pending())
-        with database_proxy.atomic() as transaction:
+        with database_proxy.private_snapshot():
             self._read_and_decide(pool=WritePool(0), writer=None)
-            transaction.rollback()
         plan = {
             "stream": self.stream.name,
             "counts": dict(self.recorder.counts),

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from typing import Any
 
 import httpx
@@ -12,6 +14,7 @@ import httpx
 from clinicsync.mapping.apply import TRUNCATION_MARKER
 from clinicsync.store import queries
 from clinicsync.store.models import SyncEvent
+from clinicsync.sync.service import run_sync
 from tests.support import (
     actual_customer_fields,
     admin,
@@ -254,6 +257,41 @@ def test_dry_run_plans_and_changes_nothing(make_sandbox, env_for):
     real = sync_once(env)
     for action in ("created", "linked", "review", "skipped"):
         assert real.counts[action] == plan_run.plan["counts"][action], action
+
+
+def test_a_dry_run_leaves_the_database_free_for_other_writers_and_no_copy_behind(make_sandbox, env_for):
+    """The plan is computed on a private copy. Before, one rolled-back transaction held SQLite's write lock for
+    the whole read, so the window's own writes (pause, a review decision) waited 10 s and then failed."""
+    sandbox = make_sandbox(profile="hard", patients=20)
+    env = env_for(sandbox)
+    ctx = context(env)
+    db_path = ctx.paths.db_path
+    outcomes: list[str] = []
+
+    def write_from_another_thread() -> None:
+        conn = sqlite3.connect(db_path, timeout=0, isolation_level=None)  # no waiting: locked means failed
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE schema_version SET version = version")
+            conn.execute("COMMIT")
+            outcomes.append("written")
+        except sqlite3.OperationalError as exc:
+            outcomes.append(str(exc))
+        finally:
+            conn.close()
+
+    def on_progress(stream: str, done: int, total: int | None, step: str) -> None:
+        if done:  # mid-read, after the run has recorded what it saw of some records
+            writer = threading.Thread(target=write_from_another_thread)
+            writer.start()
+            writer.join()
+
+    (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, dry_run=True, progress=on_progress)
+    assert planned.outcome in ("ok", "attention") and planned.plan is not None, planned.message
+    assert len(outcomes) >= 20 and set(outcomes) == {"written"}, outcomes[:3]
+    assert sorted(p.name for p in db_path.parent.iterdir() if "snapshot" in p.name) == []
+    context(env)
+    assert queries.open_reviews() == [], "nothing the dry run decided was kept"
 
 
 def test_hostile_records_each_get_a_specific_outcome_and_the_rest_sync(make_sandbox, env_for):

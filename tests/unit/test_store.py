@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from peewee import IntegrityError, SqliteDatabase
 
 from clinicsync.store import migrations
-from clinicsync.store.db import open_database
+from clinicsync.store.db import SNAPSHOT_NAME, open_database
 from clinicsync.store.models import ALL_MODELS, AccountPair, OutboxEntry, ReviewItem, SchemaVersion, StreamState
 
 
@@ -207,3 +208,22 @@ def test_history_events_are_indexed_by_run_and_action(tmp_path):
     db = open_database(tmp_path / "db.sqlite3")
     indexes = {row[1] for row in db.execute_sql("PRAGMA index_list(sync_event)").fetchall()}
     assert "sync_event_run_action" in indexes
+
+
+# --- the dry run's private snapshot --------------------------------------------------------------------------
+
+
+def test_a_private_snapshot_keeps_the_threads_writes_to_itself_and_leaves_nothing_behind(db, db_file: Path) -> None:
+    pair = make_pair()
+    snapshot_file = db_file.with_name(SNAPSHOT_NAME)
+    snapshot_file.write_bytes(b"left behind by a killed run")
+    seen_elsewhere: list[int] = []
+    with db.private_snapshot():
+        StreamState.create(pair=pair, stream="cliniko.patients", cursor="2026-11-01T00:00:00Z")
+        assert StreamState.select().count() == 1, "this thread sees its own writes"
+        reader = threading.Thread(target=lambda: seen_elsewhere.append(StreamState.select().count()))
+        reader.start()
+        reader.join()
+    assert seen_elsewhere == [0], "another thread reads the real database meanwhile"
+    assert StreamState.select().count() == 0, "nothing written in the snapshot reaches the real database"
+    assert not snapshot_file.exists()
