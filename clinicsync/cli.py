@@ -28,6 +28,7 @@ _EXIT_OF_STOP = {
     "unavailable": EXIT_UNREACHABLE,
     "source_unavailable": EXIT_UNREACHABLE,
     "mapping": EXIT_CONFIG,  # the stream's stored field mapping cannot be used (the message says which row)
+    "storage": EXIT_CONFIG,  # the disk would not take a write: something to fix on this machine
 }
 
 
@@ -303,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _EXIT_OF_FAILURE = {
     "locked": EXIT_LOCKED,
     "config": EXIT_CONFIG,
+    "storage": EXIT_CONFIG,
     "auth": EXIT_AUTH,
     "unreachable": EXIT_UNREACHABLE,
     "error": EXIT_ATTENTION,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from peewee import DatabaseProxy, SqliteDatabase
+from peewee import DatabaseProxy, OperationalError, SqliteDatabase
 
 database_proxy = DatabaseProxy()
 
@@ -66,6 +66,45 @@ class ProfileDatabase(SqliteDatabase):
             self.close()
             self._snapshot.path = None
             _remove_database_files(target)
+
+
+# SQLite's words for "the write could not be stored" (SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY, SQLITE_CANTOPEN).
+_STORAGE_ERRORS = (
+    "database or disk is full",
+    "disk i/o error",
+    "attempt to write a readonly database",
+    "unable to open database file",
+)
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """A message a person can act on when `exc` means the profile's disk would not take a write, else None.
+
+    Nothing is lost when this happens: a Stripe write is queued before it is sent and marked done after, and
+    the cursor only moves at the end of a run, so the next sync redoes exactly what could not be recorded.
+    """
+    # On SQLITE_FULL SQLite rolls the transaction back itself, so peewee's own rollback then fails ("no
+    # transaction is active") and that error hides the real one in its context: look along the chain.
+    cause: BaseException | None = exc
+    for _ in range(10):  # a chain is short; the bound only guards against a cycle
+        if cause is None or _is_storage_error(cause):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or not _is_storage_error(cause):
+        return None
+    text = str(cause).casefold()
+    folder = Path(database_proxy.database).parent if database_proxy.obj is not None else None
+    where = f" ({folder})" if folder else ""
+    reason = "the disk is full" if "full" in text else f"the disk refused the write: {cause}"
+    return (
+        f"ClinicSync could not save its records{where}: {reason}. Free some space or fix the folder's "
+        "permissions; nothing was lost, and the next sync carries on where this one stopped."
+    )
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    text = str(exc).casefold()
+    return isinstance(exc, sqlite3.Error | OperationalError) and any(e in text for e in _STORAGE_ERRORS)
 
 
 def _remove_database_files(path: Path) -> None:

@@ -24,7 +24,7 @@ from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
 from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE, TransformContext
 from clinicsync.sources import errors
 from clinicsync.sources.errors import SourceError
-from clinicsync.store.db import database_proxy
+from clinicsync.store.db import database_proxy, storage_problem
 from clinicsync.store.models import (
     AccountPair,
     OutboxEntry,
@@ -171,12 +171,21 @@ class StreamRun:
         except SourceError as exc:
             result.outcome, result.stop_kind, result.message = "failed", _source_kind(exc), str(exc)
         except Exception as exc:
-            log.exception("sync of %s failed", self.stream.name)
-            result.outcome, result.stop_kind = "failed", "internal"
-            result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
+            if (storage := storage_problem(exc)) is not None:
+                log.error("sync of %s stopped: %s", self.stream.name, exc)
+                result.outcome, result.stop_kind, result.message = "failed", "storage", storage
+            else:
+                log.exception("sync of %s failed", self.stream.name)
+                result.outcome, result.stop_kind = "failed", "internal"
+                result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
         if result.outcome == "ok" and (result.counts["failed"] or result.counts["review"]):
             result.outcome = "attention"
-        self._finish(run, result)
+        try:
+            self._finish(run, result)
+        except Exception as exc:  # the run's own history row may not fit on a full disk either
+            if storage_problem(exc) is None:
+                raise
+            log.error("could not record the end of run %s: %s", run.id, exc)
         return result
 
     def _finish(self, run: SyncRun, result: RunResult) -> None:

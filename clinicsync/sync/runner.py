@@ -38,13 +38,13 @@ class Job:
 class JobOutcome:
     job: Job
     results: tuple[RunResult, ...] = ()
-    failure_kind: str | None = None  # config, auth, locked, unreachable, error, internal
+    failure_kind: str | None = None  # config, auth, locked, unreachable, error, storage, internal
     message: str = ""
 
     @property
     def needs_attention(self) -> bool:
         """True when a person must act: a key, a review item, failed records, an approval."""
-        if self.failure_kind in ("config", "auth", "internal"):
+        if self.failure_kind in ("config", "auth", "storage", "internal"):
             return True
         return any(r.outcome in ("attention", "needs_approval") or r.stop_kind for r in self.results)
 

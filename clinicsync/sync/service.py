@@ -195,14 +195,18 @@ def failure_of(exc: BaseException) -> tuple[str, str] | None:
     """(kind, message) for an error that stops a sync before or between streams; None if it is a bug.
 
     kinds: config (something to set), auth (a key rejected or lacking a permission), locked (another sync
-    runs), unreachable (a service could not be reached), error (a service answered with something unusable).
+    runs), unreachable (a service could not be reached), error (a service answered with something unusable),
+    storage (the disk would not take a write).
     """
     from clinicsync.secrets import SecretStoreError
     from clinicsync.sources import errors
+    from clinicsync.store.db import storage_problem
     from clinicsync.store.settings import SettingError
     from clinicsync.stripe_gateway import StripeFailure
     from clinicsync.sync.lock import SyncLocked
 
+    if (storage := storage_problem(exc)) is not None:
+        return "storage", storage
     if isinstance(exc, SyncLocked):
         return "locked", str(exc)
     if isinstance(exc, ConfigProblem | errors.SourceConfigError | SettingError | SecretStoreError):

@@ -56,6 +56,9 @@ def decide(previous: JobOutcome | None, new: JobOutcome) -> Notice | None:
             "connections",
             critical=True,
         )
+    storage = next((r.message for r in new.results if r.stop_kind == "storage"), None)
+    if new.failure_kind == "storage" or storage:
+        return Notice("storage", "ClinicSync can't save its records", new.message or storage or "", "overview", True)
     if new.failure_kind == "internal":
         return Notice("internal", "ClinicSync hit a problem", new.message, "overview", critical=True)
     for result in new.results:

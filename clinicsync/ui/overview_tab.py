@@ -312,6 +312,7 @@ class OverviewTab(QWidget):
                 "auth": "A key was refused.",
                 "config": "ClinicSync needs a setting.",
                 "unreachable": "Cliniko or Stripe could not be reached.",
+                "storage": "ClinicSync can't save its records.",
             }.get(problem.kind, "A connection is broken.")
             self.banner_text.setText(f"<b>{lead}</b> {problem.message}")
 

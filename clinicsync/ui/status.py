@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Failures that mean a connection itself is broken (a key, a setting, a host), as opposed to a bad record.
-BROKEN_KINDS = ("auth", "config", "unreachable")
+BROKEN_KINDS = ("auth", "config", "unreachable", "storage")
 # A run that stopped part-way because Stripe or the source refused the key.
 BROKEN_STOPS = {"auth": "auth", "permission": "auth", "source_auth": "auth", "source_permission": "auth"}
 
@@ -89,6 +89,8 @@ def problem_of(outcome: JobOutcome) -> ConnectionProblem | None:
     for result in outcome.results:
         if result.stop_kind in BROKEN_STOPS:
             return ConnectionProblem(BROKEN_STOPS[result.stop_kind], result.message)
+        if result.stop_kind == "storage":
+            return ConnectionProblem("storage", result.message)
     return None
 
 

@@ -162,6 +162,22 @@ def test_one_failure_is_a_blip_two_in_a_row_are_announced() -> None:
     assert decide(failed, failed).title == "Syncing patients keeps failing"
 
 
+def test_a_full_disk_is_announced_at_once_and_shown_in_the_tray(qtbot, build_gui, offline_env) -> None:
+    message = "ClinicSync could not save its records (/home/pm/data): the disk is full. Free some space…"
+    for finished in (
+        outcome(failure="storage", message=message),
+        outcome(run("failed", stop="storage", message=message)),
+    ):
+        notice = decide(None, finished)
+        assert notice is not None and notice.critical and notice.key == "storage"
+        assert notice.tab == "overview" and "disk is full" in notice.message
+    gui = build_gui(offline_env, tray=True)
+    gui.ui.bridge.job_finished.emit(outcome(run("failed", stop="storage", message=message)))
+    gui.tray.menu.aboutToShow.emit()
+    assert gui.tray.menu_texts()[0] == "Needs attention: the disk is full"
+    assert gui.tray.state == ATTENTION
+
+
 def test_new_failed_records_are_announced() -> None:
     notice = decide(outcome(run(failed=1)), outcome(run("attention", failed=3)))
     assert notice is not None and notice.tab == "history" and "2 records" in notice.message

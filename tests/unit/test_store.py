@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peewee import IntegrityError, SqliteDatabase
+from peewee import IntegrityError, OperationalError, SqliteDatabase
 
 from clinicsync.store import migrations
-from clinicsync.store.db import SNAPSHOT_NAME, open_database
+from clinicsync.store.db import SNAPSHOT_NAME, open_database, storage_problem
 from clinicsync.store.models import ALL_MODELS, AccountPair, OutboxEntry, ReviewItem, SchemaVersion, StreamState
 
 
@@ -227,3 +227,26 @@ def test_a_private_snapshot_keeps_the_threads_writes_to_itself_and_leaves_nothin
     assert seen_elsewhere == [0], "another thread reads the real database meanwhile"
     assert StreamState.select().count() == 0, "nothing written in the snapshot reaches the real database"
     assert not snapshot_file.exists()
+
+
+# --- a disk that will not take a write -----------------------------------------------------------------------
+
+
+def test_a_full_disk_is_named_with_the_folder_even_when_a_failed_rollback_hides_it(db, db_file: Path) -> None:
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError:
+            raise OperationalError("cannot rollback - no transaction is active") from None
+    except OperationalError as hidden:
+        hidden.__context__ = sqlite3.OperationalError("database or disk is full")  # as peewee's atomic leaves it
+        message = storage_problem(hidden)
+    assert message is not None
+    assert "the disk is full" in message and str(db_file.parent) in message and "nothing was lost" in message
+
+
+def test_other_database_errors_are_not_called_a_full_disk(db) -> None:
+    assert storage_problem(OperationalError("no such table: widget")) is None
+    assert storage_problem(ValueError("database or disk is full")) is None, "only SQLite's own errors"
+    readonly = storage_problem(sqlite3.OperationalError("attempt to write a readonly database"))
+    assert readonly is not None and "refused the write" in readonly
