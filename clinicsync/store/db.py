@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from peewee import DatabaseProxy, OperationalError, SqliteDatabase
+from peewee import DatabaseError, DatabaseProxy, SqliteDatabase
 
 database_proxy = DatabaseProxy()
 
@@ -68,19 +68,20 @@ class ProfileDatabase(SqliteDatabase):
             _remove_database_files(target)
 
 
-# SQLite's words for "the write could not be stored" (SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY, SQLITE_CANTOPEN).
-_STORAGE_ERRORS = (
-    "database or disk is full",
-    "disk i/o error",
-    "attempt to write a readonly database",
-    "unable to open database file",
-)
+# SQLite's words for "ClinicSync's own file would not take a write or cannot be read" (SQLITE_FULL; SQLITE_IOERR,
+# SQLITE_READONLY, SQLITE_CANTOPEN; SQLITE_NOTADB, SQLITE_CORRUPT).
+_DISK_FULL = ("database or disk is full",)
+_WRITE_REFUSED = ("disk i/o error", "attempt to write a readonly database", "unable to open database file")
+_DAMAGED = ("file is not a database", "database disk image is malformed")
+_STORAGE_ERRORS = _DISK_FULL + _WRITE_REFUSED + _DAMAGED
+_NOTHING_LOST = "nothing was lost, and the next sync carries on where this one stopped"
 
 
 def storage_problem(exc: BaseException) -> str | None:
-    """A message a person can act on when `exc` means the profile's disk would not take a write, else None.
+    """A message a person can act on when `exc` means the profile's database could not be written or read
+    (a full or read-only disk, a damaged file), else None.
 
-    Nothing is lost when this happens: a Stripe write is queued before it is sent and marked done after, and
+    Nothing is lost when a write fails: a Stripe write is queued before it is sent and marked done after, and
     the cursor only moves at the end of a run, so the next sync redoes exactly what could not be recorded.
     """
     # On SQLITE_FULL SQLite rolls the transaction back itself, so peewee's own rollback then fails ("no
@@ -93,18 +94,26 @@ def storage_problem(exc: BaseException) -> str | None:
     if cause is None or not _is_storage_error(cause):
         return None
     text = str(cause).casefold()
-    folder = Path(database_proxy.database).parent if database_proxy.obj is not None else None
-    where = f" ({folder})" if folder else ""
-    reason = "the disk is full" if "full" in text else f"the disk refused the write: {cause}"
+    file = Path(database_proxy.database) if database_proxy.obj is not None else None
+    if any(words in text for words in _DAMAGED):
+        return (
+            f"ClinicSync's database{f' ({file})' if file else ''} is damaged ({cause}). Restore it from a backup, "
+            "or move it aside and start ClinicSync again: that resets the sync history, the field mapping and "
+            "the settings, and the existing Stripe customers are found again by the Cliniko id in their "
+            "metadata, so none is created twice."
+        )
+    where = f" ({file.parent})" if file else ""
+    if any(words in text for words in _DISK_FULL):
+        return f"ClinicSync could not save its records{where}: the disk is full. Free some space; {_NOTHING_LOST}."
     return (
-        f"ClinicSync could not save its records{where}: {reason}. Free some space or fix the folder's "
-        "permissions; nothing was lost, and the next sync carries on where this one stopped."
+        f"ClinicSync could not save its records{where}: the disk refused the write ({cause}). Check the "
+        f"folder's permissions and the disk; {_NOTHING_LOST}."
     )
 
 
 def _is_storage_error(exc: BaseException) -> bool:
     text = str(exc).casefold()
-    return isinstance(exc, sqlite3.Error | OperationalError) and any(e in text for e in _STORAGE_ERRORS)
+    return isinstance(exc, sqlite3.Error | DatabaseError) and any(e in text for e in _STORAGE_ERRORS)
 
 
 def _remove_database_files(path: Path) -> None:

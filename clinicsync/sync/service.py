@@ -196,7 +196,7 @@ def failure_of(exc: BaseException) -> tuple[str, str] | None:
 
     kinds: config (something to set), auth (a key rejected or lacking a permission), locked (another sync
     runs), unreachable (a service could not be reached), error (a service answered with something unusable),
-    storage (the disk would not take a write).
+    storage (ClinicSync's own database could not be written or read: a full disk, a damaged file).
     """
     from clinicsync.secrets import SecretStoreError
     from clinicsync.sources import errors

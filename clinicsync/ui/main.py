@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
+from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon, QWidget
 
 from clinicsync.app import bootstrap
 from clinicsync.paths import APP_NAME, AppPaths
@@ -219,7 +219,16 @@ def run_gui(argv: Sequence[str] | None = None) -> int:
         print("ClinicSync is already running for this profile; its window has been brought forward.")
         return 0
 
-    gui = build_app(env, instance=instance)
+    try:
+        gui = build_app(env, instance=instance)
+    except Exception as exc:
+        message = startup_problem(exc)
+        if message is None:
+            raise
+        log.error("ClinicSync could not start: %s", exc)
+        instance.close()
+        show_startup_problem(message)
+        return 2
     # With a tray, closing the last window keeps the app alive; quitting is explicit (tray menu, confirmed close).
     app.setQuitOnLastWindowClosed(False)
     # exit(), not quit(): Qt 6's quit() first asks every window to close, and the main window's close means
@@ -239,6 +248,20 @@ def run_gui(argv: Sequence[str] | None = None) -> int:
     keepalive.stop()
     gui.shutdown()
     return code
+
+
+def startup_problem(exc: BaseException) -> str | None:
+    """What to tell a person when the app cannot start for a reason they can fix (a damaged or full disk's
+    database, a broken setting); None for a bug, which keeps its traceback."""
+    from clinicsync.sync.service import failure_of
+
+    failure = failure_of(exc)
+    return None if failure is None else failure[1]
+
+
+def show_startup_problem(message: str) -> None:
+    """A modal box: there is no window yet to put a banner in."""
+    QMessageBox.critical(None, "ClinicSync can't start", message)
 
 
 def main() -> int:  # `python -m clinicsync.ui.main`

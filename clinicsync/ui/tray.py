@@ -23,7 +23,7 @@ _PROBLEM_WORDS = {
     "auth": "a key was refused",
     "config": "check Connections",
     "unreachable": "can't reach Cliniko or Stripe",
-    "storage": "the disk is full",
+    "storage": "can't save its records",
 }
 
 

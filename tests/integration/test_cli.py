@@ -539,6 +539,19 @@ def test_cliniko_rate_limiting_that_outlasts_the_retries_exits_5_and_the_next_sy
 # --- configuration problems --------------------------------------------------------------------------------
 
 
+def test_a_damaged_database_exits_2_saying_how_to_recover_without_a_traceback(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox)
+    db_file = AppPaths.resolve(env).db_path
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    db_file.write_bytes(b"\x00not a database\xff" * 512)
+    for command in (("status",), ("sync", "--once")):
+        failed = expect(cli(env, *command), 2)
+        assert "is damaged" in failed.err and str(db_file) in failed.err, failed
+        assert "Traceback" not in failed.text
+    assert stats(sandbox.cliniko_url)["requests"] == 0
+
+
 def test_no_keys_at_all_exits_2_naming_the_missing_key(make_sandbox, cli_env):
     sandbox = make_sandbox(profile="clean", patients=1)
     env = without(cli_env(sandbox), "CLINICSYNC_CLINIKO_API_KEY", "CLINICSYNC_STRIPE_API_KEY")

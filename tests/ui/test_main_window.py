@@ -179,3 +179,27 @@ def test_switching_to_the_sandbox_profile_moves_the_whole_app(qtbot, build_gui, 
     assert overview.mode_badge.text() == SANDBOX
     gui.tray.menu.aboutToShow.emit()
     assert gui.tray.menu_texts()[0].startswith("Last sync ")
+
+
+# --- a profile the app cannot open -----------------------------------------------------------------------------
+def test_a_damaged_database_is_explained_at_start_not_a_crash(qtbot, tmp_path, monkeypatch) -> None:
+    from clinicsync.ui import main as ui_main
+
+    home = tmp_path / "profile"
+    (home / "data").mkdir(parents=True)
+    damaged = home / "data" / "clinicsync.sqlite3"
+    damaged.write_bytes(b"\x00not a database\xff" * 512)
+    monkeypatch.setenv("CLINICSYNC_HOME", str(home))
+    shown: list[str] = []
+    monkeypatch.setattr(ui_main, "show_startup_problem", shown.append)
+
+    assert ui_main.run_gui(["clinicsync"]) == 2
+    (message,) = shown
+    assert f"({damaged})" in message and "is damaged" in message and "Restore it from a backup" in message
+    assert damaged.read_bytes().startswith(b"\x00not a database"), "the damaged file is left as it was"
+
+
+def test_a_bug_at_start_keeps_its_traceback() -> None:
+    from clinicsync.ui import main as ui_main
+
+    assert ui_main.startup_problem(KeyError("settings")) is None

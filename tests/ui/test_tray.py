@@ -174,7 +174,7 @@ def test_a_full_disk_is_announced_at_once_and_shown_in_the_tray(qtbot, build_gui
     gui = build_gui(offline_env, tray=True)
     gui.ui.bridge.job_finished.emit(outcome(run("failed", stop="storage", message=message)))
     gui.tray.menu.aboutToShow.emit()
-    assert gui.tray.menu_texts()[0] == "Needs attention: the disk is full"
+    assert gui.tray.menu_texts()[0] == "Needs attention: can't save its records"
     assert gui.tray.state == ATTENTION
 
 

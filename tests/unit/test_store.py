@@ -249,4 +249,10 @@ def test_other_database_errors_are_not_called_a_full_disk(db) -> None:
     assert storage_problem(OperationalError("no such table: widget")) is None
     assert storage_problem(ValueError("database or disk is full")) is None, "only SQLite's own errors"
     readonly = storage_problem(sqlite3.OperationalError("attempt to write a readonly database"))
-    assert readonly is not None and "refused the write" in readonly
+    assert readonly is not None and "refused the write" in readonly and "permissions" in readonly
+
+
+def test_a_damaged_database_file_says_how_to_recover(db, db_file: Path) -> None:
+    message = storage_problem(sqlite3.DatabaseError("file is not a database"))
+    assert message is not None and f"({db_file})" in message and "is damaged" in message
+    assert "Restore it from a backup" in message and "none is created twice" in message
