@@ -230,6 +230,20 @@ def test_a_customer_staff_add_in_stripe_after_the_first_sync_is_linked_not_dupli
     assert stats(sandbox.stripe_url)["by_endpoint"]["GET /v1/customers"] == listed + 1, "one listing call a run"
 
 
+def test_a_profile_started_afresh_finds_its_customers_again_by_cliniko_id(make_sandbox, env_for):
+    """What the "database is damaged" message promises: moving the database aside creates nobody twice."""
+    sandbox = make_sandbox(profile="clean", patients=12)
+    env = env_for(sandbox)
+    sync_once(env)
+    db_file = context(env).paths.db_path
+    for suffix in ("", "-wal", "-shm"):
+        db_file.with_name(db_file.name + suffix).unlink(missing_ok=True)
+
+    fresh = sync_once(env)
+    assert fresh.counts["created"] == 0 and fresh.counts["linked"] == 12, fresh.counts
+    assert len(customers(sandbox)) == 12
+
+
 def test_switching_stripe_account_starts_with_fresh_state(make_sandbox, env_for):
     sandbox = make_sandbox(profile="clean", patients=10)
     env = env_for(sandbox)
