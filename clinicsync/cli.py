@@ -28,7 +28,7 @@ _EXIT_OF_STOP = {
     "unavailable": EXIT_UNREACHABLE,
     "source_unavailable": EXIT_UNREACHABLE,
     "mapping": EXIT_CONFIG,  # the stream's stored field mapping cannot be used (the message says which row)
-    "storage": EXIT_CONFIG,  # the disk would not take a write: something to fix on this machine
+    "storage": EXIT_CONFIG,  # the database could not be written or read: something to fix on this machine
 }
 
 

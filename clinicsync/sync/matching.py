@@ -19,6 +19,8 @@ from clinicsync.mapping.spec import StreamMapping
 from clinicsync.store.models import AccountPair, RecordLink, StreamState, StripeIndexEntry, utcnow
 
 CLOCK_MARGIN_S = 600  # how far this PC's clock may be ahead of Stripe's without a refresh missing an object
+# Stripe stamps `created` on many servers; re-listing the last minute costs little and forgives a late stamp.
+REFRESH_OVERLAP_S = 60
 
 
 def email_hash(pair: AccountPair, email: str | None) -> str | None:
@@ -49,7 +51,7 @@ def refresh_since(state: StreamState) -> int:
     difference between this PC's clock and Stripe's.
     """
     if state.stripe_index_high_water is not None:
-        return state.stripe_index_high_water
+        return state.stripe_index_high_water - REFRESH_OVERLAP_S
     assert state.stripe_index_built_at is not None, "refresh needs a built index"
     return int(state.stripe_index_built_at.replace(tzinfo=UTC).timestamp()) - CLOCK_MARGIN_S
 

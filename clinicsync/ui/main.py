@@ -251,8 +251,8 @@ def run_gui(argv: Sequence[str] | None = None) -> int:
 
 
 def startup_problem(exc: BaseException) -> str | None:
-    """What to tell a person when the app cannot start for a reason they can fix (a damaged or full disk's
-    database, a broken setting); None for a bug, which keeps its traceback."""
+    """What to tell a person when the app cannot start for a reason they can fix (a damaged database, a full
+    disk, a broken setting); None for a bug, which keeps its traceback."""
     from clinicsync.sync.service import failure_of
 
     failure = failure_of(exc)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Failures that mean a connection itself is broken (a key, a setting, a host), as opposed to a bad record.
+# Failures that mean a connection itself is broken (a key, a setting, a host) or ClinicSync cannot keep its own
+# records (a full disk, a damaged database), as opposed to a bad record.
 BROKEN_KINDS = ("auth", "config", "unreachable", "storage")
 # A run that stopped part-way because Stripe or the source refused the key.
 BROKEN_STOPS = {"auth": "auth", "permission": "auth", "source_auth": "auth", "source_permission": "auth"}
