@@ -68,6 +68,12 @@ def default_scope_for_pair(stream: str, *, livemode: bool) -> SyncScope:
     return base.scope
 
 
+def default_for_connection(stream: str, *, livemode: bool | None) -> StreamMapping:
+    """The built-in mapping with the scope a new connection of this kind gets ("Reset to defaults"). With the
+    mode not known yet, the narrower live scope: resetting must never widen what a live account receives."""
+    return replace(default_mapping(stream), scope=default_scope_for_pair(stream, livemode=livemode is not False))
+
+
 def load_for_pair(stream: str, *, livemode: bool) -> tuple[StreamMapping, bool]:
     """The mapping a run for an account pair uses, and whether its scope is the pair's default (not saved)."""
     mapping = load(stream)

@@ -327,8 +327,10 @@ class MappingTab(QWidget):
         self._changed(rebuild=True)
 
     def reset_to_defaults(self) -> None:
-        """The built-in default in the editor (saved only with Save)."""
-        default = mapping_store.default_mapping(self.stream)
+        """The built-in default in the editor, with the scope the connected Stripe mode starts with (saved only
+        with Save). Before, it put scope "all" in, and saving that widened a live account's 24-month default."""
+        livemode = self.ui.status.key_livemode if self.ui.status is not None else None
+        default = mapping_store.default_for_connection(self.stream, livemode=livemode)
         self._apply_mapping(replace(default, version=self._base.version))
         self.dirty = True
         self.validate()

@@ -127,6 +127,20 @@ def test_edit_validate_preview_save_and_reload_against_the_sandbox(qtbot, make_s
     assert run.counts["updated"] == 8
 
 
+def test_reset_to_defaults_never_widens_a_live_accounts_scope(qtbot, offline_env, build_gui):
+    gui = build_gui(offline_env)
+    tab = mapping_tab(gui)
+    for key, kind in (("sk_live_sandbox_reset", "recent_activity"), (None, "recent_activity"), ("sk_test_x", "all")):
+        gui.ui.status.note_stripe_key(key)
+        tab.scope_box.setCurrentIndex(tab.scope_box.findData("since"))
+        tab.reset_to_defaults()
+        assert tab.current_mapping().scope.kind == kind, key
+        assert tab.scope_box.currentData() == kind
+    gui.ui.status.note_stripe_key("sk_live_sandbox_reset")
+    tab.reset_to_defaults()
+    assert tab.current_mapping().scope.months == 24 and tab.rules() == CLINIKO_PATIENTS.rules
+
+
 def test_reset_import_export_and_scope(qtbot, tmp_path: Path, offline_env, build_gui):
     gui = build_gui(offline_env)
     tab = mapping_tab(gui)
