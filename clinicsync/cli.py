@@ -241,6 +241,35 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return run_gui()
 
 
+# --- doctor ----------------------------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check everything a sync depends on; reads only. Not through bootstrap: a damaged database is a finding."""
+    import logging
+    import os
+
+    from clinicsync import doctor
+    from clinicsync.logging_setup import register_secret, setup_logging
+    from clinicsync.paths import AppPaths
+    from clinicsync.secrets import open_secrets
+    from clinicsync.store.settings import Settings
+
+    env = dict(os.environ)
+    paths = AppPaths.resolve(env).ensure()
+    setup_logging(paths, level=logging.INFO)
+    secrets = open_secrets(paths, env, on_secret=register_secret)
+    checks = []
+    for check in doctor.run_checks(paths, secrets, Settings(env), offline=args.offline):
+        out(check.line())
+        checks.append(check)
+    problems = sum(check.status == "problem" for check in checks)
+    warnings = sum(check.status == "warning" for check in checks)
+    if problems:
+        out(f"\n{problems} problem(s) to fix" + (f", {warnings} warning(s)." if warnings else "."))
+    else:
+        out("\nEverything a sync needs is in place" + (f" ({warnings} warning(s))." if warnings else "."))
+    return doctor.worst_exit_code(checks)
+
+
 # --- parsing ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinicsync", description="Keep Cliniko and Stripe in agreement.")
@@ -280,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("sandbox", help="start the built-in sandbox clinic (Cliniko and Stripe emulators)", add_help=False)
 
+    doctor = sub.add_parser("doctor", help="check the folder, database, keyring, keys and connections (reads only)")
+    doctor.add_argument("--offline", action="store_true", help="skip the connection tests")
+
     from clinicsync.mapping.commands import add_parser as add_mapping_parser
 
     add_mapping_parser(sub)
@@ -315,7 +347,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import failure_of
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
-    handlers["mapping"] = cmd_mapping
+    handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor}
     try:
         return handlers.get(args.command, cmd_gui)(args)
     except Exception as exc:

@@ -666,3 +666,52 @@ def test_keys_from_the_environment_never_open_the_keyring(make_sandbox, cli_env,
     # The trap works: a run that does need the keyring opens it.
     cli(without(env, "CLINICSYNC_STRIPE_API_KEY"), "sync", "--once")
     assert trap.exists()
+
+
+# --- doctor ------------------------------------------------------------------------------------------------
+
+
+def test_doctor_on_a_working_profile_exits_0_names_the_accounts_and_never_prints_a_key(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=4)
+    env = cli_env(sandbox)
+    expect(cli(env, "sync", "--once"), 0)
+    doctor = expect(cli(env, "doctor"), 0)
+    lines = doctor.out.splitlines()
+    assert any(line.startswith("✓ Database:") and "integrity ok" in line for line in lines), doctor
+    assert any(line.startswith("✓ Stripe connection:") and "TEST" in line for line in lines), doctor
+    assert any(line.startswith("✓ Cliniko connection:") for line in lines), doctor
+    assert any(line.startswith("✓ cliniko.patients:") and "0 write(s) queued" in line for line in lines), doctor
+    assert "Everything a sync needs is in place" in doctor.out
+    for key in (sandbox.stripe_key, sandbox.cliniko_key):
+        assert key not in doctor.text
+
+
+def test_doctor_names_a_revoked_key_with_exit_3_and_a_missing_service_with_exit_5(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox)
+    admin(sandbox.stripe_url, "revoke", key=sandbox.stripe_key)
+    revoked = expect(cli(env, "doctor"), 3)
+    assert "✗ Stripe connection:" in revoked.out and "revoked" in revoked.out
+    nothing_there = f"http://127.0.0.1:{_free_port()}/v1"
+    unreachable = expect(cli(env | {"CLINICSYNC_CLINIKO_BASE_URL": nothing_there}, "doctor"), 5)
+    assert "✗ Cliniko connection:" in unreachable.out and "✗ Stripe connection:" in unreachable.out
+    offline = expect(cli(env, "doctor", "--offline"), 0)
+    assert "connection:" not in offline.out, "--offline sends no request"
+
+
+def test_doctor_reports_a_damaged_database_and_carries_on_with_the_other_checks(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox)
+    db_file = AppPaths.resolve(env).db_path
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    db_file.write_bytes(b"\x00not a database\xff" * 512)
+    doctor = expect(cli(env, "doctor"), 2)
+    assert "✗ Database:" in doctor.out and "is damaged" in doctor.out and "Traceback" not in doctor.text
+    assert "✓ Stripe key: set (from the environment)" in doctor.out, "the checks that need no database still run"
+    assert stats(sandbox.stripe_url)["requests"] == 0, "no connection test without a usable database"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
