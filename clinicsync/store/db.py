@@ -74,10 +74,11 @@ _DISK_FULL = ("database or disk is full",)
 _WRITE_REFUSED = ("disk i/o error", "attempt to write a readonly database", "unable to open database file")
 _DAMAGED = ("file is not a database", "database disk image is malformed")
 _STORAGE_ERRORS = _DISK_FULL + _WRITE_REFUSED + _DAMAGED
-_NOTHING_LOST = "nothing was lost, and the next sync carries on where this one stopped"
+NOTHING_LOST = "nothing was lost, and the next sync carries on where this one stopped"
+CHANGE_NOT_SAVED = "the change you just made was not saved, so make it again afterwards"
 
 
-def storage_problem(exc: BaseException) -> str | None:
+def storage_problem(exc: BaseException, *, consequence: str = NOTHING_LOST) -> str | None:
     """A message a person can act on when `exc` means the profile's database could not be written or read
     (a full or read-only disk, a damaged file), else None.
 
@@ -104,10 +105,10 @@ def storage_problem(exc: BaseException) -> str | None:
         )
     where = f" ({file.parent})" if file else ""
     if any(words in text for words in _DISK_FULL):
-        return f"ClinicSync could not save its records{where}: the disk is full. Free some space; {_NOTHING_LOST}."
+        return f"ClinicSync could not save its records{where}: the disk is full. Free some space; {consequence}."
     return (
         f"ClinicSync could not save its records{where}: the disk refused the write ({cause}). Check the "
-        f"folder's permissions and the disk; {_NOTHING_LOST}."
+        f"folder's permissions and the disk; {consequence}."
     )
 
 

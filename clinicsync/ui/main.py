@@ -23,6 +23,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon, QWidge
 from clinicsync.app import bootstrap
 from clinicsync.paths import APP_NAME, AppPaths
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
+from clinicsync.store.db import CHANGE_NOT_SAVED, storage_problem
 from clinicsync.sync.runner import SyncRunner
 from clinicsync.ui import icons
 from clinicsync.ui.bridge import BridgeListener, RunnerBridge
@@ -179,7 +180,25 @@ def _install_signal_handlers(quit_now: Callable[[], None]) -> QTimer:
 
 def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     # An exception in a slot must not kill the tray app silently; the log keeps the trace (keys redacted).
-    log.critical("uncaught exception", exc_info=(kind, value, tb))
+    message = storage_problem(value, consequence=CHANGE_NOT_SAVED)
+    if message is None:
+        log.critical("uncaught exception", exc_info=(kind, value, tb))
+        return
+    # A click whose change could not be stored (a full disk, a damaged database): the person must know.
+    log.error("a change could not be saved: %s", value)
+    if not _telling_storage_problem:
+        _telling_storage_problem.append(message)
+        try:
+            show_storage_problem(message)
+        finally:
+            _telling_storage_problem.clear()
+
+
+_telling_storage_problem: list[str] = []  # one box at a time, however many clicks fail meanwhile
+
+
+def show_storage_problem(message: str) -> None:
+    QMessageBox.warning(None, "ClinicSync can't save its records", message)
 
 
 def _read_key_mode(gui: GuiApp) -> None:

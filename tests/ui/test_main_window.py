@@ -203,3 +203,20 @@ def test_a_bug_at_start_keeps_its_traceback() -> None:
     from clinicsync.ui import main as ui_main
 
     assert ui_main.startup_problem(KeyError("settings")) is None
+
+
+def test_a_change_the_full_disk_refused_is_told_to_the_person_and_a_bug_only_logged(monkeypatch, caplog) -> None:
+    import sqlite3
+
+    from clinicsync.ui import main as ui_main
+
+    shown: list[str] = []
+    monkeypatch.setattr(ui_main, "show_storage_problem", shown.append)
+    full = sqlite3.OperationalError("database or disk is full")
+    ui_main._log_uncaught(type(full), full, None)
+    (message,) = shown
+    assert "the disk is full" in message and "was not saved" in message and "nothing was lost" not in message
+
+    bug = KeyError("row")
+    ui_main._log_uncaught(type(bug), bug, None)
+    assert len(shown) == 1 and "uncaught exception" in caplog.text
