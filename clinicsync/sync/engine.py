@@ -8,14 +8,12 @@ records share the email) → create.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params
@@ -50,6 +48,7 @@ from clinicsync.sync.matching import (
 from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review
 from clinicsync.sync.pool import WritePool
 from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
+from clinicsync.sync.scope import ScopeFilter
 from clinicsync.sync.streams import Record, StreamDef, StreamNotReady
 from clinicsync.sync.writeback import BackfillResult, backfill, without_writeback_field
 from clinicsync.sync.writeback import progress as writeback_progress
@@ -139,9 +138,7 @@ class StreamRun:
         self._claimed: set[str] = set()  # Stripe ids this run is linking, not yet committed
         self._reviews: dict[str, ReviewItem] = {}
         self._done = 0
-        self._active: set[str] | None = None  # scope "recent_activity": the source ids in scope this run
-        self._since: datetime | None = None  # scope "since": records changed on or after this moment (UTC)
-        self._out_of_scope: set[str] = set()  # ids, as the archived pass reads live records a second time
+        self._scope = ScopeFilter()  # set by _prepare from the mapping's scope
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
 
@@ -211,7 +208,7 @@ class StreamRun:
             "sent": [{"target": rule.target, "sources": list(rule.sources)} for rule in self.mapping.rules],
             "scope": self.mapping.scope.describe(),
             "scope_note": mapping_store.LIVE_DEFAULT_NOTE if self.scope_is_default else "",
-            "out_of_scope": len(self._out_of_scope),
+            "out_of_scope": len(self._scope.left_out),
             "mapping_version": self.mapping.version,
             "writeback": self._writeback_plan(),
             "queued_writes": pending,
@@ -265,25 +262,7 @@ class StreamRun:
             )
         zone = mapping.time_zone or (self.stream.time_zone(self.source) if _needs_zone(mapping) else None)
         self.context = TransformContext(time_zone=zone or DEFAULT_TIME_ZONE)
-        scope = mapping.scope
-        if scope.kind == "since" and scope.since is not None:
-            local_midnight = datetime.combine(scope.since, time(), tzinfo=ZoneInfo(self.context.time_zone))
-            self._since = local_midnight.astimezone(UTC)
-        elif scope.kind == "recent_activity":
-            if self.stream.active_ids is None:
-                raise StreamNotReady(f"{mapping.stream} cannot be limited to records with recent activity.")
-            today = datetime.now(ZoneInfo(self.context.time_zone)).date()
-            self._active = self.stream.active_ids(
-                self.source, months_before(today, scope.months), self.context.time_zone
-            )
-
-    def _in_scope(self, record: Record) -> bool:
-        if self._active is not None:
-            return str(record.get("id") or "") in self._active
-        if self._since is not None:
-            changed = _parse_time(self.stream.changed_at(record))
-            return changed is None or changed >= self._since
-        return True
+        self._scope = ScopeFilter.for_run(mapping.scope, self.stream, self.source, self.context.time_zone)
 
     def _target_changes(self, written_with: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(retired, added) targets between the mapping a Stripe object was written with and the current one."""
@@ -345,8 +324,7 @@ class StreamRun:
             record = self.stream.read_one(self.source, source_id)
             if record is not None:
                 self._handle(record, pool, writer)
-        if self._since is not None:  # scope "since": nothing older needs reading at all
-            cursor = max(cursor or self._since, self._since)
+        cursor = self._scope.first_cursor(cursor)
         for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
             self._handle(record, pool, writer)
@@ -375,7 +353,7 @@ class StreamRun:
             )
         ]
         newly_active: list[str] = []
-        if self._active is not None and not full_read:
+        if self._scope.active is not None and not full_read:
             synced = {
                 row.source_id
                 for row in RecordLink.select(RecordLink.source_id).where(
@@ -384,15 +362,14 @@ class StreamRun:
                     & RecordLink.stripe_id.is_null(False)
                 )
             }
-            newly_active = sorted(self._active - synced)
+            newly_active = sorted(self._scope.active - synced)
         return list(dict.fromkeys(resolved + retries + newly_active))
 
     # --- one record -----------------------------------------------------------------------------------
     def _handle(self, record: Record, pool: WritePool, writer: OutboxWriter | None) -> None:
         if self.mapping.writeback.enabled:  # the echo rule: what we wrote into the source never flows back
             record = without_writeback_field(record, self.mapping.writeback.field_token)
-        if not self._in_scope(record):
-            self._out_of_scope.add(str(record.get("id") or ""))
+        if not self._scope.admits(record):
             return
         archived_value = self.stream.archived_value(record)
         mapped = map_record(self.mapping, record, archived_value=archived_value, context=self.context)
@@ -603,22 +580,6 @@ def _needs_zone(mapping: StreamMapping) -> bool:
     """Whether the clinic's time zone matters: a local-date rule without its own zone, or the activity scope."""
     local = any(rule.transform == "local_date" and not rule.options.get("time_zone") for rule in mapping.rules)
     return local or mapping.scope.kind in ("recent_activity", "since")
-
-
-def months_before(day: date, months: int) -> date:
-    """The same day `months` earlier, clamped to the month's end (31 May minus 3 months is 28/29 February)."""
-    year, month0 = divmod(day.year * 12 + day.month - 1 - months, 12)
-    return date(year, month0 + 1, min(day.day, calendar.monthrange(year, month0 + 1)[1]))
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parse_cursor(value: str | None) -> datetime | None:

@@ -273,7 +273,7 @@ def test_read_modify_write_keeps_other_custom_fields():
 
 
 def test_months_before_clamps_to_the_end_of_the_month():
-    from clinicsync.sync.engine import months_before
+    from clinicsync.sync.scope import months_before
 
     assert months_before(date(2026, 5, 31), 3) == date(2026, 2, 28)
     assert months_before(date(2024, 3, 31), 1) == date(2024, 2, 29)
