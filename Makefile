@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sandbox bench screenshots clean
+.PHONY: run test lint sandbox bench screenshots package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ screenshots: $(STAMP)
 	else \
 	  $(SCREENSHOTS); \
 	fi
+
+# A onedir desktop build in dist/clinicsync/ (see packaging/README.md); PyInstaller's scratch goes to build/.
+package: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[package]'
+	$(BIN)/pyinstaller packaging/clinicsync.spec --noconfirm --distpath dist --workpath build/pyinstaller
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
