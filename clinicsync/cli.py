@@ -234,10 +234,10 @@ def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_gui(args: argparse.Namespace) -> int:
     try:
         from clinicsync.ui.main import run_gui
-    except ImportError:
-        out("The desktop window is not part of this build yet. Headless use: `clinicsync sync --once`,")
-        out("`clinicsync status`; a demo clinic: `clinicsync sandbox` (see README.md).")
-        return EXIT_OK
+    except ImportError as exc:  # a broken install or bundle: say so, and fail, rather than exit as if all is well
+        err(f"The desktop window cannot start: {exc}. Reinstall ClinicSync (`make run` from a checkout does it).")
+        err("Headless use still works: `clinicsync sync --once`, `clinicsync status`, `clinicsync doctor`.")
+        return EXIT_CONFIG
     return run_gui()
 
 
