@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -114,7 +115,7 @@ def cmd_review(args: argparse.Namespace) -> int:
             out(f"     candidates: {candidates}")
         return EXIT_OK
     try:
-        item = queries.resolve_review(int(args.id), args.action, getattr(args, "stripe_id", None))
+        item = queries.resolve_review(args.id, args.action, getattr(args, "stripe_id", None))
     except queries.ReviewError as exc:
         err(str(exc))
         return EXIT_CONFIG
@@ -245,7 +246,6 @@ def cmd_gui(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check everything a sync depends on; reads only. Not through bootstrap: a damaged database is a finding."""
     import logging
-    import os
 
     from clinicsync import doctor
     from clinicsync.logging_setup import register_secret, setup_logging
@@ -271,6 +271,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # --- parsing ---------------------------------------------------------------------------------------------
+def _review_id(text: str) -> int:
+    try:
+        return int(text.strip().removeprefix("#"))  # `review list` prints them as "#3"
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a review item number; `clinicsync review list` shows them"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinicsync", description="Keep Cliniko and Stripe in agreement.")
     sub = parser.add_subparsers(dest="command")
@@ -292,10 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     review_sub = review.add_subparsers(dest="action", required=True)
     review_sub.add_parser("list")
     link = review_sub.add_parser("link", help="link the record to this Stripe object")
-    link.add_argument("id")
+    link.add_argument("id", type=_review_id)
     link.add_argument("stripe_id")
-    review_sub.add_parser("create", help="create a new Stripe object for the record").add_argument("id")
-    review_sub.add_parser("ignore", help="never sync this record").add_argument("id")
+    review_sub.add_parser("create", help="create a new Stripe object for the record").add_argument(
+        "id", type=_review_id
+    )
+    review_sub.add_parser("ignore", help="never sync this record").add_argument("id", type=_review_id)
 
     config = sub.add_parser("config", help="settings (secrets go to the system keyring)")
     config_sub = config.add_subparsers(dest="action", required=True)
@@ -330,7 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sync" and not args.once:
         err("Scheduled syncing runs in the desktop app; use `clinicsync sync --once` for a single headless run.")
         return EXIT_CONFIG
-    return _dispatch(args)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # The reader went away (`clinicsync mapping show | head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 _EXIT_OF_FAILURE = {

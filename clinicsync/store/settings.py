@@ -133,6 +133,9 @@ def parse_value(spec: SettingSpec, raw: Any) -> Any:
     return value
 
 
+_KIND_WORDS = {int: "a whole number", float: "a number"}  # what a person calls them
+
+
 def _coerce(spec: SettingSpec, raw: Any) -> Any:
     if spec.type is bool:
         if isinstance(raw, bool):
@@ -146,7 +149,8 @@ def _coerce(spec: SettingSpec, raw: Any) -> Any:
     try:
         return spec.type(raw.strip() if isinstance(raw, str) else raw)
     except (TypeError, ValueError):
-        raise SettingError(f"{spec.key} must be a {spec.type.__name__}, not {raw!r}") from None
+        kind = _KIND_WORDS.get(spec.type, spec.type.__name__)
+        raise SettingError(f"{spec.key} must be {kind}, not {raw!r}") from None
 
 
 @dataclass(frozen=True)

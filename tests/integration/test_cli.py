@@ -595,6 +595,9 @@ def test_usage_errors_exit_2(make_sandbox, cli_env):
     assert "sync --once" in expect(cli(env, "sync"), 2).err
     expect(cli(env, "frobnicate"), 2)
     expect(cli(env, "review", "link", "1"), 2)
+    not_a_number = expect(cli(env, "review", "link", "first", "cus_1"), 2)
+    assert "'first' is not a review item number" in not_a_number.err and "Traceback" not in not_a_number.err
+    assert "no open review item #7" in expect(cli(env, "review", "ignore", "#7"), 2).err, "as `review list` prints it"
     assert "Unknown stream" in expect(cli(env, "sync", "--once", "--stream", "cliniko.nope"), 2).err
     assert "usage: clinicsync" in expect(cli(env, "--help"), 0).out
     assert stats(sandbox.cliniko_url)["requests"] == 0
@@ -715,3 +718,25 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly(make_sandbox, cli_env):
+    """`clinicsync mapping show | head -1`: no BrokenPipeError traceback. The pipe's reading end is closed before
+    the command starts, so its first write already finds nobody reading (deterministic, unlike a real `head`)."""
+    env = cli_env(make_sandbox(profile="clean", patients=1))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "clinicsync", "mapping", "show"],
+            env=dict(env),
+            cwd=REPO,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
