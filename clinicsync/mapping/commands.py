@@ -141,13 +141,21 @@ def _export(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> i
     if args.file == "-":
         sys.stdout.write(text)
     else:
-        Path(args.file).write_text(text, encoding="utf-8")
+        try:
+            Path(args.file).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            err(f"Could not write {args.file}: {exc.strerror or exc}")
+            return 2
         out(f"Wrote the {args.stream} mapping (version {mapping.version}) to {args.file}")
     return 0
 
 
 def _import(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int:
-    raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    try:
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        err(f"Could not read {args.file}: {getattr(exc, 'strerror', None) or exc}")
+        return 2
     try:
         document = json.loads(raw)
     except json.JSONDecodeError as exc:

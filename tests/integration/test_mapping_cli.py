@@ -101,3 +101,16 @@ def test_show_export_import_allow_preview_headless(make_sandbox, env_for, tmp_pa
     assert clinicsync(env, "mapping", "reset").returncode == 0
     assert clinicsync(env, "mapping", "disallow", field).returncode == 0
     assert clinicsync(env, "mapping", "show", "--stream", "cliniko.nothing").returncode == 2
+
+
+def test_files_that_cannot_be_read_or_written_are_named_not_a_traceback(make_sandbox, env_for, tmp_path: Path):
+    env = env_for(make_sandbox(profile="clean", patients=1))
+    missing = clinicsync(env, "mapping", "import", str(tmp_path / "nowhere.json"))
+    assert missing.returncode == 2 and "Could not read" in missing.stderr and "nowhere.json" in missing.stderr
+    binary = tmp_path / "photo.json"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    assert "Could not read" in clinicsync(env, "mapping", "import", str(binary)).stderr
+    unwritable = clinicsync(env, "mapping", "export", str(tmp_path / "no-such-folder" / "out.json"))
+    assert unwritable.returncode == 2 and "Could not write" in unwritable.stderr
+    for ran in (missing, unwritable):
+        assert "Traceback" not in ran.stderr
