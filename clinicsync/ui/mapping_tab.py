@@ -349,7 +349,11 @@ class MappingTab(QWidget):
 
     def export_file(self, path: Path) -> None:
         document = {**to_document(self.current_mapping()), "version": self._base.version}
-        Path(path).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        try:
+            Path(path).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            self._say(f"Could not export to {Path(path).name}: {exc.strerror or exc}", True)
+            return
         self._say(f"Exported to {Path(path).name}.", False)
 
     def save(self) -> bool:

@@ -152,6 +152,8 @@ def test_reset_import_export_and_scope(qtbot, tmp_path: Path, offline_env, build
 
     tab.scope_box.setCurrentIndex(tab.scope_box.findData("since"))
     assert tab.since_edit.isVisibleTo(tab) and not tab.months_spin.isVisibleTo(tab)
+    tab.export_file(tmp_path / "missing-folder" / "out.json")
+    assert "Could not export to out.json" in tab.message.text()
     exported = tmp_path / "out.json"
     tab.export_file(exported)
     document = json.loads(exported.read_text())
