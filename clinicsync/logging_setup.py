@@ -27,6 +27,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s
 
 # Shorter "secrets" would blank out ordinary words all over the log; real API keys are far longer.
 MIN_REGISTERED_SECRET_LENGTH = 8
+_SHARD_SUFFIX = re.compile(r"-[a-z]{2}\d{1,2}$", re.IGNORECASE)  # Cliniko's `-au1` key suffix
 
 # Stripe secret/restricted/publishable keys and webhook signing secrets. The look-behind (instead of \b)
 # also catches keys glued to an identifier, e.g. "api_key_sk_test_...".
@@ -87,14 +88,25 @@ def _b64(data: str) -> str:
     return base64.b64encode(data.encode("utf-8")).decode("ascii")
 
 
+def key_variants(value: str) -> set[str]:
+    """The key as given and, for a Cliniko key, without its `-au1` shard suffix: Cliniko accepts both."""
+    variants = {value}
+    base = _SHARD_SUFFIX.sub("", value)
+    if len(base) >= MIN_REGISTERED_SECRET_LENGTH:  # never a tiny fragment: that would mangle ordinary words
+        variants.add(base)
+    return variants
+
+
 def secret_forms(value: str) -> set[str]:
     """The spellings of ``value`` that can show up in logs: as is, URL-encoded, and base64 (Basic auth)."""
-    forms = {value, quote(value, safe=""), quote_plus(value)}
-    # Basic auth is base64("user:password"); API keys go in as the user (Cliniko, Stripe) or on their own.
-    for encoded in (_b64(value + ":"), _b64(value), _b64(":" + value)):
-        forms.add(encoded)
-        forms.add(encoded.rstrip("="))
-        forms.add(encoded.replace("+", "-").replace("/", "_"))  # the URL-safe alphabet
+    forms: set[str] = set()
+    for variant in key_variants(value):
+        forms |= {variant, quote(variant, safe=""), quote_plus(variant)}
+        # Basic auth is base64("user:password"); API keys go in as the user (Cliniko, Stripe) or on their own.
+        for encoded in (_b64(variant + ":"), _b64(variant), _b64(":" + variant)):
+            forms.add(encoded)
+            forms.add(encoded.rstrip("="))
+            forms.add(encoded.replace("+", "-").replace("/", "_"))  # the URL-safe alphabet
     return {form for form in forms if form}
 
 

@@ -26,8 +26,7 @@ from clinicsync.sources.errors import (
     SourceRateLimited,
     SourceRequestRejected,
     SourceUnavailable,
-    excerpt,
-    redact,
+    scrubbed_excerpt,
 )
 from clinicsync.sources.http import ClosingClient, api_client
 from clinicsync.sources.urls import validate_base_url
@@ -171,7 +170,7 @@ class CalcomClient(ClosingClient):
         return self._excerpt(str(message)) if message else ""
 
     def _excerpt(self, text: str) -> str:
-        return redact(excerpt(text), self._api_key)
+        return scrubbed_excerpt(text, self._api_key)
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

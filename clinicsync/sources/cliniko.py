@@ -26,6 +26,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from clinicsync.sources.errors import (
+    EXCERPT_LIMIT,
+    FIELD_ERROR_LIMIT,
+    REJECTION_LIMIT,
     SourceAuthError,
     SourceBadResponse,
     SourceConfigError,
@@ -36,8 +39,8 @@ from clinicsync.sources.errors import (
     SourceRequestRejected,
     SourceUnavailable,
     describe_validation_errors,
-    excerpt,
     redact,
+    scrubbed_excerpt,
 )
 from clinicsync.sources.http import ClosingClient, api_client
 from clinicsync.sources.ratelimit import RequestBudget
@@ -80,6 +83,9 @@ class PageOf:
     total_entries: int | None
     url: str
     next_url: str | None
+    # The page's last `updated_at` as sent, even if that record was unusable and left out of `records`:
+    # keyset paging restarts from it.
+    last_updated_at: str | None = None
 
 
 def shard_for_key(api_key: str, shard: str | None = None) -> str:
@@ -396,13 +402,15 @@ class ClinikoClient(ClosingClient):
             message = str(body.get("message") or "").strip()
             errors = body.get("errors")
             if isinstance(errors, Mapping):
-                field_errors = {str(k): self._scrub(describe_validation_errors(v)) for k, v in errors.items()}
+                field_errors = {
+                    str(k)[:100]: self._excerpt(describe_validation_errors(v), FIELD_ERROR_LIMIT)
+                    for k, v in errors.items()
+                }
             described = describe_validation_errors(errors)
             detail = f"{message} — {described}" if message and described else (message or described)
-        if not detail:
-            detail = excerpt(text)
+        detail = self._excerpt(detail or text, REJECTION_LIMIT)
         prefix = f"Cliniko rejected the request (HTTP {status})"
-        message = self._scrub(f"{prefix}: {detail}" if detail else f"{prefix}.")
+        message = f"{prefix}: {detail}" if detail else f"{prefix}."
         return SourceRequestRejected(message, service=SERVICE, status=status, field_errors=field_errors)
 
     def _rate_limit_wait(self, response: httpx.Response) -> float | None:
@@ -445,11 +453,21 @@ class ClinikoClient(ClosingClient):
         if next_url is not None and not isinstance(next_url, str):
             raise SourceBadResponse.malformed(SERVICE, "a page's 'next' link was not a web address.")
         total = body.get("total_entries")
+        last = records[-1].get("updated_at") if records else None
+        usable = [_normalise_id(r) for r in records if _usable_id(r.get("id"))]
+        if len(usable) < len(records):  # nothing can be matched or linked without an id: skip it, keep the rest
+            log.warning(
+                "Cliniko sent %d %s record(s) without a usable id on %s; they were skipped",
+                len(records) - len(usable),
+                key,
+                response.request.url.path,
+            )
         return PageOf(
-            records=[_normalise_id(r) for r in records],
+            records=usable,
             total_entries=total if isinstance(total, int) and not isinstance(total, bool) else None,
             url=str(response.request.url),
             next_url=next_url or None,
+            last_updated_at=last if isinstance(last, str) else None,
         )
 
     def _checked_next(self, next_url: str | None, seen: set[str]) -> str | None:
@@ -494,8 +512,8 @@ class ClinikoClient(ClosingClient):
                 pass_total = page.total_entries if pass_total is None else pass_total
                 self.last_total_entries = pass_total
                 yield from (record for record in page.records if record["id"] not in boundary)
-                last = page.records[-1].get("updated_at") if page.records else None
-                if page.next_url is None or not isinstance(last, str):
+                last = page.last_updated_at
+                if page.next_url is None or last is None:
                     return
                 if last != since:
                     restart_at = last
@@ -506,8 +524,8 @@ class ClinikoClient(ClosingClient):
                 return
             since = restart_at
 
-    def _excerpt(self, text: str) -> str:
-        return self._scrub(excerpt(text))
+    def _excerpt(self, text: str, limit: int = EXCERPT_LIMIT) -> str:
+        return scrubbed_excerpt(text, self._api_key, limit=limit)
 
     def _scrub(self, text: str) -> str:
         return redact(text, self._api_key)
@@ -571,6 +589,10 @@ def _checked_id(record_id: str) -> str:
     if not _ID.match(text):
         raise ValueError(f"not a Cliniko id: {record_id!r}")
     return text
+
+
+def _usable_id(value: object) -> bool:
+    return (isinstance(value, str) and value.strip() != "") or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _normalise_id(record: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-_EXCERPT_LIMIT = 200
+EXCERPT_LIMIT = 200  # a body quoted in an error message
+REJECTION_LIMIT = 1_000  # a service's own words for a refused request (a 422 can list many fields)
+FIELD_ERROR_LIMIT = 300
 
 
 class SourceError(Exception):
@@ -163,7 +165,7 @@ class SourceBadResponse(SourceError):
         return cls(message, service=service, status=status)
 
 
-def excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
+def excerpt(text: str, limit: int = EXCERPT_LIMIT) -> str:
     """A short, single-line excerpt of a response body for an error message."""
     collapsed = " ".join(text.split())
     if len(collapsed) <= limit:
@@ -171,22 +173,31 @@ def excerpt(text: str, limit: int = _EXCERPT_LIMIT) -> str:
     return collapsed[: limit - 1].rstrip() + "…"
 
 
+def scrubbed_excerpt(text: str, *secrets: str | None, limit: int = EXCERPT_LIMIT) -> str:
+    """A short single-line excerpt of a server's words with every secret removed.
+
+    Redacts before cutting: a cut first could split a key so that the piece left no longer matches it. Only a
+    generous head is redacted (a hostile body can be megabytes); the rest is cut off anyway.
+    """
+    head = " ".join(text.split())[: limit * 4 + 256]
+    return excerpt(redact(head, *secrets), limit)
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    """Remove every secret (and the secret without its shard suffix) from `text`, case-insensitively.
+    """Remove every secret from `text` in every spelling it can take (with or without a Cliniko shard suffix,
+    URL-encoded, base64 as in a Basic auth header), case-insensitively.
 
     Servers rarely echo credentials, but an error message may end up in a log, a crash report or on screen, so
     anything built from a server's words passes through here first.
     """
-    for secret in secrets:
-        if not secret:
-            continue
-        variants = {secret}
-        base = re.sub(r"-[a-z]{2}\d{1,2}$", "", secret, flags=re.IGNORECASE)
-        if len(base) >= 8:  # never redact tiny fragments: that would mangle ordinary words
-            variants.add(base)
-        for variant in sorted(variants, key=len, reverse=True):
-            text = re.sub(re.escape(variant), "[redacted]", text, flags=re.IGNORECASE)
-    return text
+    from clinicsync.logging_setup import secret_forms
+
+    forms = {form for secret in secrets if secret for form in secret_forms(secret)}
+    if not forms:
+        return text
+    # One pass over the text (bodies can be megabytes); longest first so no tail of a longer form is left.
+    alternation = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(alternation, "[redacted]", text, flags=re.IGNORECASE)
 
 
 def describe_validation_errors(errors: object) -> str:

@@ -534,3 +534,47 @@ def test_a_page_all_at_one_timestamp_falls_back_to_following_next():
     since = datetime(2024, 1, 1, tzinfo=UTC)  # the page's one timestamp is the cursor itself
     assert [p["id"] for p in client.iter_patients_changed_since(since)] == ["1", "2", "3", "4"]
     assert rec.requests[1].url.params.get("page") == "2"
+
+
+# -- what a server says never carries the key, and never floods a message -----------------------------------
+
+
+@pytest.mark.parametrize("at", [180, 980])  # where a 200-character excerpt and the 1,000-character message cut
+def test_a_key_echoed_where_the_excerpt_is_cut_is_still_redacted_whole(at: int):
+    bare = KEY.rsplit("-", 1)[0]
+    for echoed in (KEY, bare):
+        body = "x" * at + f" {echoed} " + "and more words after it " * 60
+        rec = Recorder(httpx.Response(400, text=body))
+        with pytest.raises(SourceRequestRejected) as raised:
+            list(make_client(rec).iter_pages("/patients"))
+        message = str(raised.value)
+        assert echoed[:12] not in message and "[redacted]" in message, message[-80:]
+
+
+def test_a_page_echoing_the_basic_auth_header_does_not_leak_the_encoded_key():
+    encoded = base64.b64encode(f"{KEY}:".encode()).decode()
+    rec = Recorder(httpx.Response(400, text=f"Bad request. Request headers: Authorization: Basic {encoded}"))
+    with pytest.raises(SourceError) as raised:
+        list(make_client(rec).iter_pages("/patients"))
+    assert encoded.rstrip("=") not in str(raised.value) and "Bad request" in str(raised.value)
+
+
+def test_a_huge_422_message_is_shortened_for_people_and_logs():
+    body = {"message": "Validation Failed " + "y" * 5_000_000, "errors": {"email": ["z" * 1_000_000]}}
+    rec = Recorder(httpx.Response(422, json=body))
+    with pytest.raises(SourceRequestRejected) as raised:
+        make_client(rec).update_patient("5", {"email": "nope"})
+    assert len(str(raised.value)) <= 1_100 and str(raised.value).endswith("…")
+    assert len(raised.value.field_errors["email"]) <= 300
+
+
+def test_records_without_a_usable_id_are_skipped_and_paging_goes_on():
+    later = "2024-05-06T07:00:00Z"
+    first = page(
+        [{"id": "1", "updated_at": "2024-05-06T06:00:00Z"}, {"name": "no id"}, {"id": ["x"], "updated_at": later}],
+        f"{BASE}/patients?page=2",
+    )
+    rec = Recorder(first, page([{"id": "2", "updated_at": "2024-05-06T08:00:00Z"}]))
+    ids = [record["id"] for record in make_client(rec).iter_patients_changed_since(None)]
+    assert ids == ["1", "2"], "the unusable records are left out; the next page is still read"
+    assert "updated_at%3A%3E%3D2024-05-06T07%3A00%3A00Z" in str(rec.requests[1].url), "keyset resumes after them"

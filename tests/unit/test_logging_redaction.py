@@ -266,3 +266,13 @@ def test_rotation_happens_and_rotated_files_are_redacted(paths: AppPaths) -> Non
         assert REDACTED in text
         assert FAKE_STRIPE not in text
         assert FAKE_CLINIKO not in text
+
+
+def test_a_registered_cliniko_key_is_redacted_without_its_shard_suffix_in_every_form() -> None:
+    """Cliniko accepts its keys with or without the `-au1` suffix, so the bare key is a credential too."""
+    key = "lowercaseonlyclinikokeyvalue-au1"  # not key-shaped: only registration can catch it
+    bare = key.removesuffix("-au1")
+    redactor = Redactor()
+    redactor.register_secret(key)
+    for form in (bare, b64(bare + ":"), b64(bare + ":").rstrip("="), quote(bare, safe="")):
+        assert redactor.redact(f"key={form}&x=1") == f"key={REDACTED}&x=1", form
