@@ -328,7 +328,7 @@ def test_config_set_get_unset_and_it_changes_what_the_sync_does(make_sandbox, cl
         (("cliniko.shard", "zz999"), "cliniko.shard: 'zz999' is not a Cliniko shard"),
         (("cliniko.base_url", "http://example.com"), "cliniko.base_url: The service address must start with https://"),
         (("stripe.workers", "0"), "stripe.workers must be at least 1"),
-        (("stripe.workers", "lots"), "stripe.workers must be a int"),
+        (("stripe.workers", "lots"), "stripe.workers must be a whole number"),
         (("sync.nope", "1"), "Unknown setting 'sync.nope'. Known settings: "),
     ],
 )
