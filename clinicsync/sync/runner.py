@@ -38,7 +38,8 @@ class Job:
 class JobOutcome:
     job: Job
     results: tuple[RunResult, ...] = ()
-    failure_kind: str | None = None  # config, auth, locked, unreachable, error, storage, internal
+    # config, auth, locked, unreachable, error, storage, internal; cancelled: dropped unrun at shutdown
+    failure_kind: str | None = None
     message: str = ""
 
     @property
@@ -63,6 +64,7 @@ def read_credentials(secrets: SecretStore, names: Sequence[str]) -> dict[str, st
 
 
 _STOP = object()
+SHUTDOWN_MESSAGE = "Not started: ClinicSync was shutting down."
 
 
 class SyncRunner:
@@ -74,6 +76,7 @@ class SyncRunner:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._queued = 0
+        self._stopping = False  # set once by shutdown(): nothing new starts after it
         self._current: Job | None = None
         self._cancel = CancelToken()
         self._thread = threading.Thread(target=self._work, name="sync-runner", daemon=True)
@@ -101,16 +104,17 @@ class SyncRunner:
         streams: Sequence[str] | None = None,
         dry_run: bool = False,
     ) -> Job | None:
-        """Queue a sync. Returns None (and queues nothing) while syncing is paused or a sync is already waiting:
-        two waiting syncs would do the same work twice."""
+        """Queue a sync. Returns None (and queues nothing) while syncing is paused, a sync is already waiting
+        (two waiting syncs would do the same work twice) or the runner is shutting down."""
         if self.paused():
             return None
         with self._lock:
-            if self._queued:
+            if self._stopping or self._queued:
                 return None
             self._queued += 1
             job = Job(next(self._ids), trigger, tuple(streams) if streams else None, dry_run, dict(credentials))
-        self._queue.put(job)
+            # Queued under the lock, so a job accepted before shutdown() is always ahead of its stop marker.
+            self._queue.put(job)
         return job
 
     def cancel(self) -> None:
@@ -118,8 +122,11 @@ class SyncRunner:
         self._cancel.cancel()
 
     def shutdown(self, timeout: float = 30.0) -> bool:
-        """Cancel, stop the worker and wait for it; True if it ended within `timeout`."""
-        self.cancel()
+        """Cancel the running sync, drop the waiting one (reported cancelled, never started), stop the worker
+        and wait for it; True if it ended within `timeout`. Refuses new jobs from then on."""
+        with self._lock:
+            self._stopping = True
+            self._cancel.cancel()  # under the lock: the token of whichever job the worker has just taken
         self._queue.put(_STOP)
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -133,9 +140,14 @@ class SyncRunner:
             assert isinstance(item, Job)
             with self._lock:
                 self._queued -= 1
-                self._current = item
-                self._cancel = CancelToken()
-                cancel = self._cancel
+                dropped = self._stopping
+                if not dropped:
+                    self._current = item
+                    self._cancel = CancelToken()
+                    cancel = self._cancel
+            if dropped:  # it waited behind a sync that shutdown() cancelled: it must not start afresh
+                self._listener.job_finished(JobOutcome(item, failure_kind="cancelled", message=SHUTDOWN_MESSAGE))
+                continue
             try:
                 self._listener.job_started(item)
                 outcome = self._run(item, cancel)
