@@ -197,8 +197,7 @@ class ServiceBox(QGroupBox):
             self.key_edit.clear()
         self.refresh()
         self.show_result("Saved." + (" Use Test connection to check it." if key else ""), ok=True)
-        if self.ui.status is not None:
-            self.ui.status.connections_changed()
+        self.tell_status()
         self.saved.emit(self.secret_name)
 
     def remove_key(self) -> None:
@@ -209,9 +208,14 @@ class ServiceBox(QGroupBox):
             return
         self.refresh()
         self.show_result("The key was removed from the OS keyring.", ok=True)
+        self.tell_status()
+        self.saved.emit(self.secret_name)
+
+    def tell_status(self) -> None:
+        """After a save or a removal (and the refresh that read the key now in effect): the status tracker
+        forgets a broken connection, so the banner and the tray stop blaming the old key."""
         if self.ui.status is not None:
             self.ui.status.connections_changed()
-        self.saved.emit(self.secret_name)
 
     def test_connection(self) -> None:
         """Test the typed key, or the saved one; the requests run on a worker thread."""
@@ -338,6 +342,13 @@ class StripeBox(ServiceBox):
     def make_test(self, key: str) -> Callable[[], ConnectionReport]:
         base_url = self.ui.app.settings.get("stripe.base_url") or None
         return lambda: connections.test_stripe(key, base_url=base_url)
+
+    def tell_status(self) -> None:
+        """The key's prefix decides TEST or LIVE: the Overview's badge follows the key now in effect (None when
+        there is none) at once, not only after the next sync or a restart."""
+        if self.ui.status is not None:
+            self.ui.status.note_stripe_key(self._stored_key)
+        super().tell_status()
 
 
 class CalcomBox(ServiceBox):

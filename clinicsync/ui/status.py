@@ -145,9 +145,9 @@ class StatusTracker(QObject):
         self.changed.emit()
 
     def connections_changed(self) -> None:
-        """Call after keys or addresses change: forget the broken-connection state and the key's mode."""
+        """Call after keys or addresses change: forget the broken-connection state. The Stripe key's mode is
+        not guessed here: whoever changes that key tells its new mode (`note_stripe_key`)."""
         self.problem = None
-        self.key_livemode = None
         self.changed.emit()
 
     # --- bridge slots (GUI thread) ---------------------------------------------------------------------

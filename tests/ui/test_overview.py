@@ -10,10 +10,12 @@ from datetime import datetime, timedelta
 
 from PySide6.QtCore import Qt, QTimer
 
+from clinicsync.store import queries
 from clinicsync.ui.overview_tab import OverviewTab, counts_text, stream_view
 from clinicsync.ui.status import LIVE, SANDBOX, TEST_MODE, Progress, current_mode, is_loopback, mode_label
-from tests.support import admin, executed_writes
+from tests.support import admin, executed_writes, profile_env
 from tests.ui.conftest import WAIT_MS, wait_for_progress
+from tests.ui.connections_support import memory_keyring
 
 STREAM = "cliniko.patients"
 NOW = datetime.now().astimezone()
@@ -80,6 +82,36 @@ def test_test_mode_badge_from_the_key_before_any_sync(build_gui, offline_env) ->
     assert overview.mode_badge.text() == TEST_MODE and not overview.mode_badge.isHidden()
     gui.tracker.note_stripe_key("rk_live_abc")
     assert overview.mode_badge.text() == LIVE
+
+
+def test_saving_or_removing_the_stripe_key_updates_the_badge_at_once(build_gui, home, monkeypatch) -> None:
+    """The badge follows a key saved in Connections without a restart or a sync, even over a stored TEST pair."""
+    stored_test_pair = row(pair_id=1, stripe_livemode=False, source_name="Clinic", stripe_name="Acct")
+    monkeypatch.setattr(queries, "stream_status", lambda: [dict(stored_test_pair)])
+    env = profile_env(home, {"CLINICSYNC_CONTACT_EMAIL": "t@example.com", "CLINICSYNC_CLINIKO_API_KEY": "dummy"})
+    with memory_keyring():
+        gui = build_gui(env)
+        overview = gui.window.tab("overview")
+        stripe = gui.window.tab("connections").stripe
+        assert overview.mode_badge.text() == TEST_MODE  # from the stored pair: no key read yet
+
+        stripe.key_edit.setText("sk_live_sandbox_" + "b" * 24)
+        stripe.save()
+        assert overview.mode_badge.text() == LIVE and not overview.mode_badge.isHidden()
+
+        stripe.key_edit.setText("sk_test_sandbox_" + "a" * 24)
+        stripe.save()
+        assert overview.mode_badge.text() == TEST_MODE
+
+        stripe.key_edit.setText("rk_live_sandbox_" + "c" * 24)
+        stripe.save()
+        assert overview.mode_badge.text() == LIVE
+        gui.window.tab("connections").cliniko.save()  # another service's settings: the Stripe mode stands
+        assert overview.mode_badge.text() == LIVE
+
+        stripe.remove_key()
+        assert gui.tracker.key_livemode is None  # no key: the stored pair says
+        assert overview.mode_badge.text() == TEST_MODE
 
 
 # --- against the sandbox -------------------------------------------------------------------------------------
