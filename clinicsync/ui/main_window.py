@@ -118,6 +118,7 @@ class MainWindow(QMainWindow):
         overview = self.tabs["overview"]
         if hasattr(overview, "open_connections_requested"):
             overview.open_connections_requested.connect(lambda: self.show_tab("connections"))
+        self._follow_stored_changes()
         ui.bridge.job_finished.connect(self._on_finished)
         self.approval_dialog: QDialog | None = None
         self._quitting = False
@@ -166,6 +167,17 @@ class MainWindow(QMainWindow):
         refresh = getattr(self.tab_widget.widget(index), "refresh", None)
         if callable(refresh):
             refresh()
+
+    def _follow_stored_changes(self) -> None:
+        """Tabs that change stored state (a review decision, a retry queued) tell the status tracker, so the tray
+        and the Overview re-read it at once; the tracker otherwise refreshes only when a sync starts or ends."""
+        status = self.ui.status
+        if status is None:
+            return
+        for name, signal_name in (("review", "resolved"), ("history", "retry_requested")):
+            signal = getattr(self.tabs[name], signal_name, None)  # None: a placeholder stands in for the tab
+            if signal is not None:
+                signal.connect(status.stored_changed)
 
     def bring_to_front(self) -> None:
         if self.isMinimized():

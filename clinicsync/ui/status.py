@@ -150,6 +150,12 @@ class StatusTracker(QObject):
         self.problem = None
         self.changed.emit()
 
+    def stored_changed(self) -> None:
+        """Call after the window changed what the database holds (a review decision, failed records queued for a
+        retry): everything following `changed` re-reads the stored parts (`snapshot()` queries them afresh), so
+        the tray and the Overview stop reporting what was just dealt with instead of waiting for the next sync."""
+        self.changed.emit()
+
     # --- bridge slots (GUI thread) ---------------------------------------------------------------------
     def _started(self, job: Job) -> None:
         self.current_job = job

@@ -9,9 +9,11 @@ import pytest
 
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.runner import Job, JobOutcome
+from clinicsync.ui.background import wait_for_background
 from clinicsync.ui.notifications import Notifier, decide
 from clinicsync.ui.status import ConnectionProblem, Progress, StatusSnapshot
 from clinicsync.ui.tray import ATTENTION, IDLE, SYNCING, icon_state, status_line
+from tests.ui.conftest import WAIT_MS
 
 AEST = timezone(timedelta(hours=10))
 NOW = datetime(2026, 11, 22, 15, 0, tzinfo=AEST)
@@ -112,6 +114,30 @@ def test_open_from_the_tray_brings_the_window_back(build_gui, offline_env, qtbot
     gui.window.hide()
     gui.tray.action("Open ClinicSync").trigger()
     assert gui.window.isVisible()
+
+
+def test_the_tray_stops_asking_for_attention_once_every_review_item_is_resolved(qtbot, sandbox_gui) -> None:
+    gui, _ = sandbox_gui(tray=True, env={"CLINICSYNC_SYNC_EMAIL_MATCH": "review"}, profile="hard", patients=20)
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        gui.sync_now()
+    qtbot.waitUntil(lambda: gui.tray.icon.toolTip() == "ClinicSync — Needs attention: 2 records to review")
+    assert gui.tray.state == ATTENTION
+    review = gui.window.show_tab("review")
+    try:
+        while review.model.rows:
+            review.items_view.selectRow(0)
+            review.resolve("ignore")
+        # No sync ran since: the decisions alone must clear the tray (icon and tooltip), not the next sync.
+        assert gui.tray.state == IDLE
+        assert gui.tray.icon.toolTip().startswith("ClinicSync — Last sync ")
+    finally:
+        assert wait_for_background(), "a candidate look-up outlived the test"
+
+
+def test_retry_failed_in_history_refreshes_the_status(qtbot, build_gui, offline_env) -> None:
+    gui = build_gui(offline_env, tray=True)
+    with qtbot.waitSignal(gui.tracker.changed, timeout=1_000):
+        gui.window.tab("history").retry_requested.emit(1, 3)  # as HistoryTab.retry_failed does after queueing
 
 
 # --- notifications -------------------------------------------------------------------------------------------
