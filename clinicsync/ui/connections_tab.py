@@ -407,6 +407,7 @@ class ConnectionsTab(QWidget):
     def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ui = ui
+        self._loaded_app = ui.app  # whose settings the fields show (each box loaded them as it was built)
         self.cliniko = ClinikoBox(ui)
         self.calcom = CalcomBox(ui)
         self.stripe = StripeBox(ui)
@@ -434,8 +435,14 @@ class ConnectionsTab(QWidget):
         return (self.cliniko, self.calcom, self.stripe)
 
     def refresh(self) -> None:
+        """What the window calls when the tab comes to the front, and after a profile switch. Coming to the front
+        only re-reads the keys' state (a key may have changed from the CLI meanwhile): settings being edited here
+        are left alone, or switching tabs would throw the edits away. After a profile switch (the first-run
+        sandbox trial) the fields are reloaded too: they belong to the other profile."""
+        switched = self.ui.app is not self._loaded_app
+        self._loaded_app = self.ui.app
         for box in self.boxes():
-            box.refresh()
+            box.refresh(fields=switched)
 
     def showEvent(self, event: QShowEvent) -> None:
         # A key may have changed from the CLI meanwhile; settings being edited here are left alone.

@@ -19,7 +19,7 @@ from clinicsync.connections import CALCOM_REGIONS
 from clinicsync.secrets import CLINIKO_API_KEY, STRIPE_API_KEY, service_for
 from clinicsync.ui.connections_tab import ConnectionsTab
 from clinicsync.ui.context import UiContext
-from tests.support import admin
+from tests.support import admin, profile_env
 from tests.ui.connections_support import build_ui, close_ui, memory_keyring
 
 KEY_VARS = ("CLINICSYNC_CLINIKO_API_KEY", "CLINICSYNC_STRIPE_API_KEY")
@@ -280,3 +280,32 @@ def test_calcom_region_and_self_hosted_address(qtbot, make_sandbox, env_for, key
     assert ui.app.settings.get("calcom.base_url") == f"http://127.0.0.1:{port}/v2"
     report = click_test(qtbot, box)
     assert report.problem == "unreachable" and "Cal.com could not be reached" in box.result_label.text()
+
+
+def test_unsaved_edits_survive_a_tab_switch_and_a_profile_switch_reloads_them(
+    qtbot, build_gui, home, make_sandbox, env_for, keyring_backend
+):
+    env = profile_env(
+        home, {"CLINICSYNC_CLINIKO_API_KEY": "dummy-cliniko-key", "CLINICSYNC_STRIPE_API_KEY": "sk_test_x"}
+    )
+    gui = build_gui(env)
+    tab = gui.window.show_tab("connections")
+    tab.cliniko.email_edit.setText("new-manager@clinic.example")
+    tab.calcom.region_combo.setCurrentIndex(tab.calcom.region_combo.findData("self_hosted"))
+    tab.calcom.url_edit.setText("https://cal.clinic.example/api/v2")
+    tab.calcom.key_edit.setText("cal_typed_not_saved_yet")
+
+    gui.window.show_tab("overview")
+    gui.window.show_tab("connections")  # the window refreshes the tab it brings to the front
+    assert tab.cliniko.email_edit.text() == "new-manager@clinic.example", "an unsaved edit was thrown away"
+    assert tab.calcom.region_combo.currentData() == "self_hosted"
+    assert tab.calcom.url_edit.text() == "https://cal.clinic.example/api/v2"
+    assert tab.calcom.key_edit.text() == "cal_typed_not_saved_yet"
+    assert "No key saved" in tab.calcom.key_state_label.text()  # the key state itself is read afresh
+
+    # After a profile switch (the sandbox trial) the fields show the new profile's settings.
+    sandbox = make_sandbox(profile="clean", patients=1)
+    gui.switch_profile(env_for(sandbox, "sandbox-profile"), sandbox)
+    assert tab.cliniko.email_edit.text() == sandbox.env()["CLINICSYNC_CONTACT_EMAIL"]
+    assert tab.cliniko.address_label.text() == f"Address: {sandbox.cliniko_url}"
+    assert tab.calcom.region_combo.currentData() == "cloud" and tab.calcom.url_edit.text() == ""
