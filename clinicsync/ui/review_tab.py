@@ -45,6 +45,7 @@ from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import RowsTableModel
 from clinicsync.ui.models import clean_text as clean
+from clinicsync.ui.status import StatusTracker, request_sync
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -156,13 +157,17 @@ class ReviewTab(QWidget):
     def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ui = ui
+        self.tracker = ui.status or StatusTracker(ui.runner, ui.bridge, ui.app.settings, self)
         self._customers: dict[str, dict[str, Any] | None] = {}  # fetched this session; refreshed on each sync
         self._loading: set[str] = set()
         self.model = ReviewModel(self)
         self.candidate_model = CandidateModel(self)
         self._build()
         ui.bridge.job_finished.connect(self._sync_finished)
+        # Sync now is offered exactly when the Overview's is: not while syncing, not while paused.
+        self.tracker.changed.connect(self._update_sync_button)
         self.reload()
+        self._update_sync_button()
 
     # --- layout -------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -332,13 +337,19 @@ class ReviewTab(QWidget):
         self.resolved.emit(item.id, action)
 
     def _sync_now(self) -> None:
-        try:
-            job = self.ui.sync_now()
-        except SecretStoreError as exc:
-            self.status_label.setText(str(exc))
-            return
+        """The Overview's request path: the same checks and the same words when the sync can't start."""
+        job, why_not = request_sync(self.ui, "manual")
         if job is None:
-            self.status_label.setText("The sync did not start: syncing is paused, or a sync is already waiting.")
+            self.status_label.setText(why_not)
+        self._update_sync_button()  # queued: disabled now, before the runner reports it started
+
+    def _update_sync_button(self) -> None:
+        syncing = self.tracker.syncing
+        paused = self.tracker.paused()
+        self.sync_button.setEnabled(not syncing and not paused)
+        # The words change too, so the state reads the same in any palette (disabled colours vary by theme).
+        self.sync_button.setText("Syncing…" if syncing else "Sync now")
+        self.sync_button.setToolTip("Syncing is paused" if paused else "Send changes to Stripe now")
 
     def _sync_finished(self, outcome: JobOutcome) -> None:
         # A sync may open or close items and change the customers in Stripe: read both afresh.

@@ -7,7 +7,9 @@ import pytest
 from PySide6.QtWidgets import QTableView
 
 from clinicsync.store.models import RecordLink, ReviewItem
+from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.review_tab import ReviewModel, ReviewTab
+from clinicsync.ui.status import PAUSED_MESSAGE
 from tests.support import admin
 from tests.ui.connections_support import build_ui, close_ui
 
@@ -126,3 +128,32 @@ def test_a_stripe_problem_is_shown_not_raised(qtbot, review_setup):
     qtbot.waitUntil(lambda: "Could not load the candidates" in tab.status_label.text(), timeout=TIMEOUT_MS)
     assert "401" in tab.status_label.text()
     assert tab.create_button.isEnabled(), "a decision can still be made without the details"
+
+
+def test_sync_now_follows_pause_and_a_running_sync_like_the_overviews(qtbot, build_gui, offline_env):
+    gui = build_gui(offline_env)
+    review, overview = gui.window.tab("review"), gui.window.tab("overview")
+    assert review.sync_button.isEnabled()
+
+    gui.tracker.set_paused(True)
+    assert not review.sync_button.isEnabled() and not overview.sync_button.isEnabled()
+    review.sync_button.clicked.emit()  # a click that got through anyway says why, in the Overview's words
+    assert review.status_label.text() == PAUSED_MESSAGE and not gui.ui.runner.busy
+    gui.tracker.set_paused(False)
+    assert review.sync_button.isEnabled()
+
+    job = Job(1, "manual")
+    gui.ui.bridge.job_started.emit(job)  # as the runner's bridge would, without a sync
+    assert not review.sync_button.isEnabled() and review.sync_button.text() == "Syncing…"
+    gui.ui.bridge.job_finished.emit(JobOutcome(job))
+    assert review.sync_button.isEnabled() and review.sync_button.text() == "Sync now"
+
+
+def test_sync_now_from_the_review_tab_disables_it_until_the_sync_ends(qtbot, sandbox_gui):
+    gui, _ = sandbox_gui(profile="clean", patients=3)
+    review = gui.window.show_tab("review")
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=TIMEOUT_MS) as finished:
+        review.sync_button.click()
+        assert not review.sync_button.isEnabled(), "one click, one sync"
+    assert finished.args[0].failure_kind is None
+    qtbot.waitUntil(review.sync_button.isEnabled)
