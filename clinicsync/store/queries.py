@@ -98,6 +98,17 @@ def resolve_review(item_id: int, action: str, stripe_id: str | None = None) -> R
                 f"{stripe_id} is already linked to {taken.display_name or taken.source_id}; each Stripe customer "
                 "belongs to one record."
             )
+        chosen = ReviewItem.get_or_none(
+            (ReviewItem.pair == item.pair)
+            & (ReviewItem.stream == item.stream)
+            & (ReviewItem.status == "resolved")
+            & (ReviewItem.resolution_stripe_id == stripe_id)
+        )
+        if chosen is not None:
+            raise ReviewError(
+                f"{stripe_id} is already chosen for {chosen.display_name or chosen.source_id} (review item "
+                f"#{chosen.id}); each Stripe customer belongs to one record."
+            )
     with database_proxy.atomic():
         item.status = "ignored" if action == "ignore" else "resolved"
         item.resolution = action

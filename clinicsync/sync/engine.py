@@ -134,7 +134,9 @@ class StreamRun:
         self.cancel = cancel or CancelToken()
         self._progress = progress or (lambda *_: None)
         self._seen: dict[str, str] = {}  # source id → payload hash handled this run (ids only)
-        self._deferred: list[tuple[MappedRecord, str]] = []
+        # Records whose email matches an unlinked Stripe object, decided once every record is known. Keyed by
+        # source id: a record read twice in one run (edited mid-sync) must be decided once, by its last version.
+        self._deferred: dict[str, tuple[MappedRecord, str]] = {}
         self._claimed: set[str] = set()  # Stripe ids this run is linking, not yet committed
         self._reviews: dict[str, ReviewItem] = {}
         self._done = 0
@@ -431,7 +433,7 @@ class StreamRun:
                 f"{len(by_reference)} Stripe customers already name this record in their metadata",
             )
         elif hashed and candidates_by_email(self.pair, self.mapping, hashed):
-            self._deferred.append((mapped, hashed))
+            self._deferred[sid] = (mapped, hashed)
         else:
             self._submit("create", mapped, None, hashed, pool, writer)
 
@@ -451,16 +453,48 @@ class StreamRun:
         if review.status == "ignored":
             self.recorder.record("skipped", sid, mapped.display_name, None, "ignored by a person in review")
             return True
-        if review.status == "resolved" and review.resolution == "link" and review.resolution_stripe_id:
-            self._submit("link", mapped, review.resolution_stripe_id, hashed, pool, writer)
+        if review.status != "resolved" or review.resolution not in ("link", "create"):
+            return False
+        # Carried out once: a second version of the record in this run follows the link this one makes.
+        del self._reviews[sid]
+        target = review.resolution_stripe_id
+        if review.resolution == "link" and target:
+            owner = self._owner_of(target)
+            if target in self._claimed or (owner is not None and owner != sid):
+                self._reopen_review(review, mapped, target, writer)
+                return True
+            self._submit("link", mapped, target, hashed, pool, writer)
             return True
-        if review.status == "resolved" and review.resolution == "create":
+        if review.resolution == "create":
             self._submit("create", mapped, None, hashed, pool, writer)
             return True
         return False
 
+    def _owner_of(self, stripe_id: str) -> str | None:
+        """The source record already linked to this Stripe object, if any."""
+        link = RecordLink.get_or_none(
+            (RecordLink.pair == self.pair)
+            & (RecordLink.stream == self.stream.name)
+            & (RecordLink.stripe_id == stripe_id)
+        )
+        return link.source_id if link is not None else None
+
+    def _reopen_review(
+        self, review: ReviewItem, mapped: MappedRecord, target: str, writer: OutboxWriter | None
+    ) -> None:
+        """A person chose a Stripe object that another record took meanwhile: ask again rather than overwrite it."""
+        detail = f"{target} was chosen for this record, but another record is linked to it now; choose again."
+        if writer is not None:
+            with database_proxy.atomic():
+                ReviewItem.update(status="done").where(ReviewItem.id == review.id).execute()
+                candidates = [c for c in review.candidates if c != target]
+                open_review(
+                    self.pair, self.stream.name, mapped.source_id, mapped.display_name, "link_taken", detail, candidates
+                )
+        self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
+
     def _resolve_deferred(self, pool: WritePool, writer: OutboxWriter | None) -> None:
-        for mapped, hashed in self._deferred:
+        for mapped, hashed in self._deferred.values():
             candidates = [c for c in candidates_by_email(self.pair, self.mapping, hashed) if c not in self._claimed]
             sharing = records_sharing_email(self.pair, self.mapping, hashed)
             if not candidates:
@@ -507,6 +541,7 @@ class StreamRun:
             action = ACTION_OF_OP[op]
             self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, "\n".join(mapped.notes))
             return
+        pool.wait_for(mapped.source_id)  # one write in flight per record: the queue allows one pending row
         row = writer.enqueue(mapped, op, params, stripe_id, hashed)
         pool.submit(mapped.source_id, lambda: writer.deliver(row))
 

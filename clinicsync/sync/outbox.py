@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from peewee import IntegrityError
+
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.store.db import database_proxy
@@ -210,6 +212,12 @@ class OutboxWriter:
     # --- settling -------------------------------------------------------------------------------------
     def _complete(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
         stripe_id = str(obj["id"])
+        try:
+            self._save_link(row, stripe_id, replayed=replayed)
+        except IntegrityError:  # another record is linked to this object: never a crash that blocks the queue
+            self._link_taken(row, stripe_id)
+
+    def _save_link(self, row: OutboxEntry, stripe_id: str, *, replayed: bool) -> None:
         with database_proxy.atomic():
             row.status = "done"
             row.stripe_id = stripe_id
@@ -252,13 +260,37 @@ class OutboxWriter:
     def _object_gone(self, row: OutboxEntry) -> None:
         """The linked Stripe object was deleted: a person decides whether to re-create it, never us silently."""
         detail = f"The Stripe {row.stripe_object} {row.stripe_id} linked to this record no longer exists."
+        self._back_to_review(row, "stripe_object_deleted", detail)
+
+    def _link_taken(self, row: OutboxEntry, stripe_id: str) -> None:
+        """Stripe took the write, but its object is linked to another record here (two decisions chose one
+        customer). That record's data must go back to it: forget its pushed hash so the next sync re-sends it."""
+        owner = RecordLink.get_or_none(
+            (RecordLink.pair == self.pair) & (RecordLink.stream == row.stream) & (RecordLink.stripe_id == stripe_id)
+        )
+        name = (owner.display_name or owner.source_id) if owner is not None else "another record"
+        detail = f"Stripe {row.stripe_object} {stripe_id} is already linked to {name}; choose another for this record."
+        with database_proxy.atomic():
+            if owner is not None:
+                RecordLink.update(payload_hash=None).where(RecordLink.id == owner.id).execute()
+            self._back_to_review(row, "link_taken", detail)
+
+    def _back_to_review(self, row: OutboxEntry, reason: str, detail: str) -> None:
+        """Fail the row and ask a person. A decision already taken for the record is closed: it led here, so
+        reusing it would repeat the same write every run with nobody able to change it."""
         with database_proxy.atomic():
             row.status = "failed"
             row.params = None
             row.last_error = detail
             row.finished_at = self.now()
             row.save()
-            open_review(self.pair, row.stream, row.source_id, row.display_name, "stripe_object_deleted", detail, [])
+            ReviewItem.update(status="done").where(
+                (ReviewItem.pair == self.pair)
+                & (ReviewItem.stream == row.stream)
+                & (ReviewItem.source_id == row.source_id)
+                & (ReviewItem.status == "resolved")
+            ).execute()
+            open_review(self.pair, row.stream, row.source_id, row.display_name, reason, detail, [])
             self.recorder.record("review", row.source_id, row.display_name, row.stripe_id, detail)
 
     def _note_attempt(self, row: OutboxEntry, message: str) -> None:

@@ -1,0 +1,217 @@
+"""Decisions about matching, carried out exactly once, even when a record changes while the sync reads it.
+
+Each test reproduces a bug a review found (duplicates, a stream blocked for good, a decision that looped with
+nobody able to change it). Staff edits during a sync are made through the Cliniko sandbox's admin API from a
+wrapped stream reader, at the moment the bug needs, so the timing is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from clinicsync.store.models import OutboxEntry, RecordLink, ReviewItem
+from clinicsync.store.queries import ReviewError, resolve_review
+from clinicsync.sync import engine, service
+from clinicsync.sync.streams import STREAMS
+from tests.integration.test_patients_stream import customers
+from tests.support import admin, context, sync_once
+
+STREAM = "cliniko.patients"
+
+
+def patients(sandbox) -> list[dict]:
+    return admin(sandbox.cliniko_url, "dump")["patients"]
+
+
+def naming(sandbox, patient_id: str) -> list[dict]:
+    return [c for c in customers(sandbox) if c["metadata"].get("cliniko_patient_id") == patient_id]
+
+
+def edit_while_reading(monkeypatch, sandbox, patient_id: str, *, when: str, fields: dict) -> None:
+    """Staff change a patient once, right after the sync has read it (`when`: "listing" or "by id")."""
+    original = STREAMS[STREAM]
+    done: list[bool] = []
+
+    def edit_once() -> None:
+        if not done:
+            done.append(True)
+            admin(sandbox.cliniko_url, "edit", ids=[patient_id], fields=fields)
+
+    def read_changed(client, cursor):
+        for record in original.read_changed(client, cursor):
+            yield record
+            if str(record["id"]) == patient_id:
+                edit_once()
+
+    def read_one(client, source_id):
+        record = original.read_one(client, source_id)
+        if source_id == patient_id:
+            edit_once()
+        return record
+
+    changed = {"read_changed": read_changed} if when == "listing" else {"read_one": read_one}
+    monkeypatch.setitem(service.STREAMS, STREAM, dataclasses.replace(original, **changed))
+
+
+@pytest.mark.parametrize("link_first", [False, True])
+def test_a_record_read_twice_while_its_email_matches_a_customer_is_linked_once(
+    make_sandbox, env_for, monkeypatch, link_first: bool
+):
+    """Before: the run crashed (IntegrityError, a second pending write) or, when the first link had finished,
+    the second version found the customer taken and created a duplicate."""
+    sandbox = make_sandbox(profile="clean", patients=5)
+    env = env_for(sandbox)
+    patient = patients(sandbox)[0]
+    pid = str(patient["id"])
+    (made_by_hand,) = admin(sandbox.stripe_url, "seed", customers=[{"email": patient["email"], "name": "By hand"}])[
+        "ids"
+    ]
+    edit_while_reading(monkeypatch, sandbox, pid, when="listing", fields={"first_name": "Mia-Rose"})
+    if link_first:  # the first link settles before the second version is decided (a busy PC)
+        real = engine.records_sharing_email
+        monkeypatch.setattr(engine, "records_sharing_email", lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1])
+
+    result = sync_once(env)
+    assert result.outcome == "ok", (result.stop_kind, result.message)
+    (customer,) = [c for c in customers(sandbox) if c["email"] == patient["email"]]
+    assert customer["id"] == made_by_hand and customer["metadata"]["cliniko_patient_id"] == pid
+    assert customer["name"].startswith("Mia-Rose"), "decided once, by the version read last"
+    monkeypatch.undo()
+    again = sync_once(env)
+    assert again.counts["created"] == again.counts["updated"] == 0
+
+
+def test_a_create_decided_in_review_creates_once_when_the_record_changes_during_the_sync(
+    make_sandbox, env_for, monkeypatch
+):
+    sandbox = make_sandbox(profile="clean", patients=3)
+    env = env_for(sandbox)
+    patient = patients(sandbox)[0]
+    pid = str(patient["id"])
+    admin(sandbox.stripe_url, "seed", customers=[{"email": patient["email"], "name": n} for n in ("A", "B")])
+    assert sync_once(env).counts["review"] == 1
+    context(env)
+    resolve_review(ReviewItem.get(ReviewItem.source_id == pid).id, "create")
+
+    edit_while_reading(monkeypatch, sandbox, pid, when="by id", fields={"first_name": "Edited"})
+    result = sync_once(env)
+    assert result.counts["created"] == 1, result.counts
+    (customer,) = naming(sandbox, pid)
+    assert customer["name"].startswith("Edited"), "the second version updated the customer the first created"
+
+
+def test_two_decisions_for_one_customer_never_overwrite_it_nor_block_the_stream(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=4)
+    env = env_for(sandbox)
+    first, second = (str(p["id"]) for p in patients(sandbox)[:2])
+    email = patients(sandbox)[0]["email"]
+    admin(sandbox.cliniko_url, "edit", ids=[second], fields={"email": email})  # family members share it
+    (family,) = admin(sandbox.stripe_url, "seed", customers=[{"email": email, "name": "Family account"}])["ids"]
+    assert sync_once(env).counts["review"] == 2
+    context(env)
+    reviews = {r.source_id: r for r in ReviewItem.select().where(ReviewItem.status == "open")}
+    resolve_review(reviews[first].id, "link", family)
+    with pytest.raises(ReviewError, match="already chosen for"):
+        resolve_review(reviews[second].id, "link", family)
+    # As an older ClinicSync could leave it: both decisions point at the same customer.
+    ReviewItem.update(status="resolved", resolution="link", resolution_stripe_id=family).where(
+        ReviewItem.id == reviews[second].id
+    ).execute()
+
+    result = sync_once(env)
+    assert result.outcome == "attention" and result.counts["linked"] == 1, (result.stop_kind, result.counts)
+    context(env)
+    (owner,) = RecordLink.select().where(RecordLink.stripe_id == family)
+    assert owner.source_id == first
+    assert naming(sandbox, first)[0]["id"] == family and naming(sandbox, second) == []
+    (asked_again,) = ReviewItem.select().where((ReviewItem.source_id == second) & (ReviewItem.status == "open"))
+    assert asked_again.reason == "link_taken" and family not in asked_again.candidates
+    assert OutboxEntry.select().where(OutboxEntry.status == "pending").count() == 0, "nothing left to block the queue"
+
+    resolve_review(asked_again.id, "create")
+    after = sync_once(env)
+    assert after.outcome == "ok" and after.counts["created"] == 1
+    assert naming(sandbox, first)[0]["id"] == family and len(naming(sandbox, second)) == 1
+
+
+def test_a_decision_to_link_a_customer_that_is_then_deleted_goes_back_to_a_person(make_sandbox, env_for):
+    """Before: the resolved decision was reused, so every sync re-sent the link to the deleted customer and
+    nobody could change it."""
+    sandbox = make_sandbox(profile="clean", patients=3)
+    env = env_for(sandbox)
+    patient = patients(sandbox)[0]
+    pid = str(patient["id"])
+    chosen, _other = admin(
+        sandbox.stripe_url, "seed", customers=[{"email": patient["email"], "name": n} for n in ("A", "B")]
+    )["ids"]
+    sync_once(env)
+    context(env)
+    resolve_review(ReviewItem.get(ReviewItem.source_id == pid).id, "link", chosen)
+    admin(sandbox.stripe_url, "delete", ids=[chosen])
+
+    assert sync_once(env).counts["review"] == 1
+    context(env)
+    (again,) = ReviewItem.select().where((ReviewItem.source_id == pid) & (ReviewItem.status == "open"))
+    assert again.reason == "stripe_object_deleted"
+    sent = OutboxEntry.select().where(OutboxEntry.source_id == pid).count()
+    sync_once(env)
+    context(env)
+    assert OutboxEntry.select().where(OutboxEntry.source_id == pid).count() == sent, "the link is not sent again"
+    assert ReviewItem.get_by_id(again.id).status == "open", "still waiting for the person"
+
+    resolve_review(again.id, "create")
+    assert sync_once(env).counts["created"] == 1
+    assert len(naming(sandbox, pid)) == 1
+
+
+def test_a_write_whose_customer_turns_out_linked_elsewhere_goes_to_review_and_the_queue_moves_on(tmp_path):
+    """The backstop under the engine's own check: the link is refused by the one-record-per-customer rule at
+    the moment it is saved. Before, that IntegrityError left the row pending and replayed first in every run."""
+    from clinicsync.mapping.defaults import CLINIKO_PATIENTS
+    from clinicsync.store.db import open_database
+    from clinicsync.store.models import AccountPair
+    from clinicsync.sync.outbox import OutboxWriter
+    from clinicsync.sync.retry import RetryPolicy
+
+    open_database(tmp_path / "db.sqlite3")
+    pair = AccountPair.create(
+        uuid="p", source_system="cliniko", source_account="1", stripe_account="acct_1", stripe_livemode=False
+    )
+    RecordLink.create(
+        pair=pair, stream=STREAM, source_id="A", stripe_object="customer", stripe_id="cus_X", payload_hash="a1"
+    )
+    row = OutboxEntry.create(
+        pair=pair,
+        stream=STREAM,
+        source_id="B",
+        op="link",
+        stripe_object="customer",
+        stripe_id="cus_X",
+        params={},
+        payload_hash="b1",
+    )
+    recorded: list[tuple[str, str]] = []
+
+    class Recorder:
+        def record(self, action, source_id, display_name, stripe_id, message=""):
+            recorded.append((action, source_id))
+
+    writer = OutboxWriter(
+        gateway=None,  # type: ignore[arg-type]  # nothing is sent: Stripe already answered
+        pair=pair,
+        mapping=CLINIKO_PATIENTS,
+        policy=RetryPolicy(),
+        recorder=Recorder(),
+        sleep=lambda s: None,
+        search_settle_s=0,
+    )
+    writer._complete(row, {"id": "cus_X"}, replayed=False)
+
+    assert OutboxEntry.get_by_id(row.id).status == "failed"
+    (review,) = ReviewItem.select().where(ReviewItem.source_id == "B")
+    assert (review.status, review.reason) == ("open", "link_taken") and "already linked to A" in review.detail
+    assert RecordLink.get(RecordLink.source_id == "A").payload_hash is None, "A's data is sent to cus_X again"
+    assert recorded == [("review", "B")]
