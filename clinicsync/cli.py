@@ -353,6 +353,7 @@ _EXIT_OF_FAILURE = {
     "locked": EXIT_LOCKED,
     "config": EXIT_CONFIG,
     "storage": EXIT_CONFIG,
+    "cancelled": EXIT_ATTENTION,
     "auth": EXIT_AUTH,
     "unreachable": EXIT_UNREACHABLE,
     "error": EXIT_ATTENTION,

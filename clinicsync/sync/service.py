@@ -24,7 +24,7 @@ from clinicsync.store.settings import Settings
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
 from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
 from clinicsync.sync.lock import ProfileLock
-from clinicsync.sync.retry import CancelToken, RetryPolicy
+from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sync.streams import STREAMS
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,8 @@ def failure_of(exc: BaseException) -> tuple[str, str] | None:
 
     kinds: config (something to set), auth (a key rejected or lacking a permission), locked (another sync
     runs), unreachable (a service could not be reached), error (a service answered with something unusable),
-    storage (ClinicSync's own database could not be written or read: a full disk, a damaged file).
+    storage (ClinicSync's own database could not be written or read: a full disk, a damaged file),
+    cancelled (a person stopped it before the streams ran).
     """
     from clinicsync.secrets import SecretStoreError
     from clinicsync.sources import errors
@@ -207,6 +208,8 @@ def failure_of(exc: BaseException) -> tuple[str, str] | None:
 
     if (storage := storage_problem(exc)) is not None:
         return "storage", storage
+    if isinstance(exc, Cancelled):  # a person pressed Cancel, Pause or Quit while ClinicSync was connecting
+        return "cancelled", "The sync was cancelled; nothing queued is lost."
     if isinstance(exc, SyncLocked):
         return "locked", str(exc)
     if isinstance(exc, ConfigProblem | errors.SourceConfigError | SettingError | SecretStoreError):
