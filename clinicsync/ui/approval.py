@@ -27,6 +27,7 @@ from clinicsync.store import queries
 from clinicsync.store.models import SyncPlan
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.context import UiContext
+from clinicsync.ui.models import clean_text, escape_html
 
 # In the order a person reads the plan: what changes in Stripe first, then what is left alone.
 ACTIONS: tuple[tuple[str, str], ...] = (
@@ -123,9 +124,10 @@ class ApprovalDialog(QDialog):
         pair = self.plan.pair
         mode = str(self.summary.get("stripe_mode", "live")).upper()
         self.heading = heading = QLabel(
-            f"<h3>First sync of {self.plan.stream} to a {mode} Stripe account</h3>"
-            f"<p>{_escape(pair.source_name) or 'Cliniko'} → {_escape(pair.stripe_name) or pair.stripe_account} "
-            f"({mode} mode). <b>Nothing has been written yet.</b> This is what the sync will do:</p>"
+            f"<h3>First sync of {escape_html(self.plan.stream)} to a {escape_html(mode)} Stripe account</h3>"
+            f"<p>{escape_html(clean_text(pair.source_name)) or 'Cliniko'} → "
+            f"{escape_html(clean_text(pair.stripe_name)) or escape_html(pair.stripe_account)} "
+            f"({escape_html(mode)} mode). <b>Nothing has been written yet.</b> This is what the sync will do:</p>"
         )
         heading.setWordWrap(True)
         self.tree = QTreeView()
@@ -146,11 +148,14 @@ class ApprovalDialog(QDialog):
         self.fields_label.setWordWrap(True)
         self.scope_label = QLabel(scope_text(self.summary))
         self.scope_label.setWordWrap(True)
+        # Plain text: field names, the scope and problem messages are shown as written, never as markup.
+        for label in (self.fields_label, self.scope_label):
+            label.setTextFormat(Qt.TextFormat.PlainText)
         self.scope_label.setVisible(bool(self.summary.get("scope")))
         queued = int(self.summary.get("queued_writes", 0) or 0)
         self.queued_label = QLabel(f"{queued} earlier change(s) are also waiting to be sent." if queued else "")
         self.queued_label.setVisible(bool(queued))
-        self.message_label = QLabel(wordWrap=True)
+        self.message_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.message_label.setStyleSheet("color: #b91c1c; font-weight: bold;")
         self.message_label.hide()
         self.buttons = QDialogButtonBox()
@@ -196,7 +201,3 @@ class ApprovalDialog(QDialog):
     def _show_problem(self, text: str) -> None:
         self.message_label.setText(text)
         self.message_label.show()
-
-
-def _escape(text: str | None) -> str:
-    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

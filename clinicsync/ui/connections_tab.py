@@ -102,7 +102,7 @@ class ServiceBox(QGroupBox):
         self.key_edit = QLineEdit()
         self.key_edit.setEchoMode(QLineEdit.EchoMode.Password)  # shoulder-surfing; also never shows a saved key
         self.key_edit.setClearButtonEnabled(True)
-        self.key_state_label = QLabel(wordWrap=True)
+        self.key_state_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.key_state_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.form.addRow("API key", self.key_edit)
         self.form.addRow("", self.key_state_label)
@@ -124,7 +124,8 @@ class ServiceBox(QGroupBox):
         self.badge.setObjectName("mode-badge")
         self.badge.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.badge.hide()
-        self.result_label = QLabel(wordWrap=True)
+        # Plain text: a test's report names the remote account and quotes the service's own error messages.
+        self.result_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         result_row = QHBoxLayout()
         result_row.addWidget(self.badge, 0, Qt.AlignmentFlag.AlignTop)
@@ -276,10 +277,10 @@ class ClinikoBox(ServiceBox):
         self.shard_combo = QComboBox()
         self.shard_combo.setEditable(True)  # a new shard must not need a new ClinicSync
         self.shard_combo.addItems(connections.KNOWN_SHARDS)
-        self.shard_note = QLabel(wordWrap=True)
+        self.shard_note = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.email_edit = QLineEdit()
         self.email_edit.setPlaceholderText("manager@yourclinic.com.au")
-        self.address_label = QLabel(wordWrap=True)
+        self.address_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.form.addRow("Shard", self.shard_combo)
         self.form.addRow("", self.shard_note)
         self.form.addRow("Contact email", self.email_edit)
@@ -328,7 +329,7 @@ class StripeBox(ServiceBox):
     key_hint = "Secret key (sk_…) or restricted key (rk_…): Stripe Dashboard → Developers → API keys"
 
     def add_fields(self) -> None:
-        self.address_label = QLabel(wordWrap=True)
+        self.address_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.form.addRow(
             "", QLabel("A restricted key needs Customers: Write. The key's prefix decides TEST or LIVE mode.")
         )

@@ -247,7 +247,7 @@ class FirstRunDialog(QDialog):
         choices.addStretch(1)
         choices.addWidget(self.later_button)
 
-        self.status_label = QLabel(wordWrap=True)
+        self.status_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress = QProgressBar()
         self.progress.hide()

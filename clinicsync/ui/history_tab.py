@@ -84,7 +84,8 @@ class HistoryTab(QWidget):
         self.retry_button.clicked.connect(self.retry_failed)
 
         self.events_view = _table(self, "eventsView", self.events_proxy, EVENT_WIDTHS)
-        self.events_status = QLabel(self, objectName="eventsStatus")
+        # Plain text: it quotes the search as typed.
+        self.events_status = QLabel(self, objectName="eventsStatus", textFormat=Qt.TextFormat.PlainText)
         self.events_model.rowsInserted.connect(lambda *_: self._update_events_status())  # a page was fetched
         self.hint = QLabel(SEARCH_HINT, self, objectName="searchHint", wordWrap=True)
         self.hint.setEnabled(False)  # greyed: a hint, not a message

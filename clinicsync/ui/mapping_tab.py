@@ -191,7 +191,7 @@ class MappingTab(QWidget):
         options_layout.addWidget(self.writeback_field, 1)
 
         self.scope_hint = QLabel(wordWrap=True)
-        self.message = QLabel(wordWrap=True)
+        self.message = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         editor = QWidget()
@@ -210,7 +210,10 @@ class MappingTab(QWidget):
         self.record_box.lineEdit().setPlaceholderText("Cliniko patient id")
         self.preview_button = QPushButton("Preview")
         self.preview_button.clicked.connect(lambda: self.preview(self.record_id()))
-        self.preview_status = QLabel("Dry run on a real record: nothing is written.", wordWrap=True)
+        # Plain text: the preview names the record (the clinic's data) and quotes errors.
+        self.preview_status = QLabel(
+            "Dry run on a real record: nothing is written.", wordWrap=True, textFormat=Qt.TextFormat.PlainText
+        )
         self.payload_view = QPlainTextEdit(readOnly=True)
         self.payload_view.setPlaceholderText("The exact Stripe request appears here.")
         self.diff_table = QTableWidget(0, 3)

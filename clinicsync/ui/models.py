@@ -6,6 +6,7 @@ records costs one page until someone scrolls. Presentation only: no SQL here.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -45,6 +46,12 @@ def clean_text(value: object, limit: int = DISPLAY_LIMIT) -> str:
     value = str(value)
     text = _CONTROL.sub("", value.replace("\r\n", " · ").replace("\n", " · ").replace("\t", " "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def escape_html(value: object) -> str:
+    """Text for a rich-text label (source data, a message): shown as written, never read as markup, so
+    "Smith <Allied> & Sons" keeps its words and "<h1>" stays text instead of becoming a heading."""
+    return "" if value is None else html.escape(str(value))
 
 
 def local_time(value: datetime | None) -> datetime | None:

@@ -31,6 +31,7 @@ from clinicsync.store import queries
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.sync.streams import STREAMS
 from clinicsync.ui.context import UiContext
+from clinicsync.ui.models import clean_text, escape_html
 from clinicsync.ui.status import (
     LIVE,
     SANDBOX,
@@ -145,7 +146,7 @@ class StreamCard(QGroupBox):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.labels: dict[str, QLabel] = {}
         for key, text in self.FIELDS:
-            label = QLabel()
+            label = QLabel(textFormat=Qt.TextFormat.PlainText)
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             label.setWordWrap(True)
             self.labels[key] = label
@@ -181,7 +182,7 @@ class OverviewTab(QWidget):
     def _build(self) -> None:
         outer = QVBoxLayout(self)
         header = QHBoxLayout()
-        self.accounts_label = QLabel()
+        self.accounts_label = QLabel()  # rich text: names go in through escape_html
         self.accounts_label.setWordWrap(True)
         self.mode_badge = QLabel()
         self.mode_badge.setObjectName("mode-badge")
@@ -193,7 +194,7 @@ class OverviewTab(QWidget):
         self.banner = QFrame(objectName="banner")
         self.banner.setStyleSheet(BANNER_STYLE)
         banner_row = QHBoxLayout(self.banner)
-        self.banner_text = QLabel(wordWrap=True)
+        self.banner_text = QLabel(wordWrap=True)  # rich text: the message goes in through escape_html
         self.banner_text.setStyleSheet(BANNER_TEXT)
         self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.connections_button = QPushButton("Open Connections")
@@ -228,7 +229,7 @@ class OverviewTab(QWidget):
         progress_column = QVBoxLayout()
         self.progress_bar = QProgressBar()
         self.progress_bar.setTextVisible(True)
-        self.step_label = QLabel()
+        self.step_label = QLabel(textFormat=Qt.TextFormat.PlainText)
         self.step_label.setWordWrap(True)
         progress_column.addWidget(self.progress_bar)
         progress_column.addWidget(self.step_label)
@@ -237,7 +238,8 @@ class OverviewTab(QWidget):
         controls.addLayout(progress_column, 1)
         outer.addLayout(controls)
 
-        self.message_label = QLabel(wordWrap=True)  # why a click did nothing, or how the last sync went
+        # Why a click did nothing, or how the last sync went (its messages quote the services): plain text.
+        self.message_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         outer.addWidget(self.message_label)
 
         self.cards_holder = QWidget()
@@ -286,8 +288,9 @@ class OverviewTab(QWidget):
 
     def _show_accounts(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            source = rows[0].get("source_name") or "your clinic"
-            stripe = rows[0].get("stripe_name") or "Stripe"
+            # The names come from Cliniko and Stripe: shown as written (cleaned, escaped), never as markup.
+            source = escape_html(clean_text(rows[0].get("source_name"))) or "your clinic"
+            stripe = escape_html(clean_text(rows[0].get("stripe_name"))) or "Stripe"
             self.accounts_label.setText(f"<b>{source}</b> → <b>{stripe}</b>")
         else:
             self.accounts_label.setText("<b>Not synced yet.</b> Press Sync now to send your patients to Stripe.")
@@ -314,7 +317,7 @@ class OverviewTab(QWidget):
                 "unreachable": "Cliniko or Stripe could not be reached.",
                 "storage": "ClinicSync can't save its records.",
             }.get(problem.kind, "A connection is broken.")
-            self.banner_text.setText(f"<b>{lead}</b> {problem.message}")
+            self.banner_text.setText(f"<b>{lead}</b> {escape_html(problem.message)}")
 
     def _show_syncing(self, syncing: bool) -> None:
         self.sync_button.setEnabled(not syncing and not self.tracker.paused())

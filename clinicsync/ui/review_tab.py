@@ -180,7 +180,8 @@ class ReviewTab(QWidget):
         left_layout.addWidget(self.items_view, 1)
         left_layout.addWidget(self.empty_label)
 
-        self.record_label = QLabel(wordWrap=True)
+        # Plain text: the record's name and id come from the clinic's data and are shown as written.
+        self.record_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.record_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.candidates_view = _table(self.candidate_model)
         self.candidates_view.selectionModel().selectionChanged.connect(self._update_buttons)
@@ -208,7 +209,7 @@ class ReviewTab(QWidget):
         splitter.setStretchFactor(1, 2)
         splitter.setSizes([420, 680])  # the list's reasons are read too, not only the names
 
-        self.status_label = QLabel(wordWrap=True)
+        self.status_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.sync_button = QPushButton("Sync now")
         self.sync_button.clicked.connect(self._sync_now)

@@ -9,10 +9,20 @@ import time
 from datetime import datetime, timedelta
 
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QTextDocument
 
 from clinicsync.store import queries
 from clinicsync.ui.overview_tab import OverviewTab, counts_text, stream_view
-from clinicsync.ui.status import LIVE, SANDBOX, TEST_MODE, Progress, current_mode, is_loopback, mode_label
+from clinicsync.ui.status import (
+    LIVE,
+    SANDBOX,
+    TEST_MODE,
+    ConnectionProblem,
+    Progress,
+    current_mode,
+    is_loopback,
+    mode_label,
+)
 from tests.support import admin, executed_writes, profile_env
 from tests.ui.conftest import WAIT_MS, wait_for_progress
 from tests.ui.connections_support import memory_keyring
@@ -112,6 +122,29 @@ def test_saving_or_removing_the_stripe_key_updates_the_badge_at_once(build_gui, 
         stripe.remove_key()
         assert gui.tracker.key_livemode is None  # no key: the stored pair says
         assert overview.mode_badge.text() == TEST_MODE
+
+
+def shown(label) -> str:
+    """What a label displays, whichever text format it renders in."""
+    if label.textFormat() == Qt.TextFormat.PlainText:
+        return label.text()
+    document = QTextDocument()
+    document.setHtml(label.text())
+    return document.toPlainText()
+
+
+def test_account_names_and_problem_messages_show_as_written_not_as_markup(build_gui, offline_env, monkeypatch) -> None:
+    names = row(
+        pair_id=1, stripe_livemode=False, source_name="Smith <Allied> & Sons <h1>Physio</h1>", stripe_name="<i>Acct"
+    )
+    monkeypatch.setattr(queries, "stream_status", lambda: [dict(names)])
+    gui = build_gui(offline_env)
+    overview = gui.window.tab("overview")
+    gui.tracker.problem = ConnectionProblem("auth", "Stripe said <b>no</b> & <h1>go away</h1>")
+    overview.refresh()
+    assert shown(overview.accounts_label) == "Smith <Allied> & Sons <h1>Physio</h1> → <i>Acct"
+    assert "<b>Smith &lt;Allied&gt; &amp; Sons" in overview.accounts_label.text()  # still bold, escaped inside
+    assert shown(overview.banner_text) == "A key was refused. Stripe said <b>no</b> & <h1>go away</h1>"
 
 
 # --- against the sandbox -------------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ new / Ignore doing what `clinicsync review` does (the next sync carries the deci
 from __future__ import annotations
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QTableView
 
 from clinicsync.store.models import RecordLink, ReviewItem
 from clinicsync.sync.runner import Job, JobOutcome
-from clinicsync.ui.review_tab import ReviewModel, ReviewTab
+from clinicsync.ui.review_tab import ReviewModel, ReviewRow, ReviewTab
 from clinicsync.ui.status import PAUSED_MESSAGE
 from tests.support import admin
 from tests.ui.connections_support import build_ui, close_ui
@@ -157,3 +158,12 @@ def test_sync_now_from_the_review_tab_disables_it_until_the_sync_ends(qtbot, san
         assert not review.sync_button.isEnabled(), "one click, one sync"
     assert finished.args[0].failure_kind is None
     qtbot.waitUntil(review.sync_button.isEnabled)
+
+
+def test_the_record_and_status_labels_show_source_data_as_written(qtbot, build_gui, offline_env):
+    review = build_gui(offline_env).window.tab("review")
+    name = "Smith <Allied> & Sons <h1>Physio</h1>"
+    review._show_item(ReviewRow(7, "cliniko.patients", "42", name, "email_match", "", ()))
+    assert review.record_label.textFormat() == Qt.TextFormat.PlainText
+    assert review.record_label.text().startswith(name + " — cliniko.patients record 42")
+    assert review.status_label.textFormat() == Qt.TextFormat.PlainText  # it repeats the name after a decision
