@@ -267,7 +267,9 @@ class ClinikoEmulator:
         return RateLimit(key=f"cliniko:{user}", limit=RATE_LIMIT_PER_MINUTE, per_seconds=60.0)
 
     def rate_limited_response(self, request: Request, reset_epoch: float) -> Response:
-        headers = {"X-RateLimit-Reset": str(int(reset_epoch))}
+        # The limiter counts in real time; the reset is stated on this emulator's clock, like the Date header
+        # beside it (the admin `clock` action can move it), as Cliniko states both from one clock.
+        headers = {"X-RateLimit-Reset": str(int(reset_epoch + self.clock_offset.total_seconds()))}
         return self._finish(Response(429, {"message": MSG_RATE_LIMITED}, headers))
 
     def fault_response(self, request: Request, status: int) -> Response:
@@ -431,7 +433,7 @@ class ClinikoEmulator:
         if row.get("appointment_id"):
             out["appointment"] = _link(f"{base}/appointments/{row['appointment_id']}")
         out["invoice_items"] = _link(f"{own}/invoice_items")
-        out["reversed_invoices"] = _link(f"{base}/invoices?q%5B%5D=invoice_id%3A%3D{row['id']}")
+        out["reversed_invoices"] = _link(f"{base}/invoices?q%5B%5D=original_invoice_id%3A%3D{row['id']}")
         out["links"] = {"self": own}
         return out
 
@@ -897,6 +899,10 @@ def _page_url(request: Request, page: int, per_page: int) -> str:
 
 
 def _json_body(request: Request) -> dict[str, Any]:
+    # Cliniko (Rails) reads a body only as JSON when it says so; otherwise the change would be silently lost.
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.body and media_type != "application/json":
+        raise _message(415, "Send the request body as JSON, with the header Content-Type: application/json")
     try:
         body = json.loads(request.body or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
