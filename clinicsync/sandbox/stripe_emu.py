@@ -37,7 +37,8 @@ ACCOUNT_B = "acct_sandbox_clinic_b"
 _ALNUM = string.ascii_letters + string.digits
 _ADDRESS_FIELDS = ("city", "country", "line1", "line2", "postal_code", "state")
 _TAX_EXEMPT = ("none", "exempt", "reverse")
-_IDEMPOTENT_METHODS = frozenset({"POST", "DELETE"})
+# Stripe: keys on GET and DELETE "have no effect" (those are idempotent by definition); only POST is saved.
+_IDEMPOTENT_METHODS = frozenset({"POST"})
 # Expansions that name fields the emulator always renders as null: accepted and harmless, as on Stripe.
 _EXPANDABLE = frozenset({"default_source", "test_clock", "invoice_settings.default_payment_method", "discount"})
 _SUPPORT = "Please see https://stripe.com/docs or we can help at https://support.stripe.com/."

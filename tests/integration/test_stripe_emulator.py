@@ -109,6 +109,17 @@ def test_idempotent_replay_and_its_header(server: RunningServer) -> None:
     assert len(admin(server, "dump")["data"]) == 1
 
 
+def test_a_key_on_a_delete_has_no_effect_as_on_stripe(server: RunningServer) -> None:
+    """Stripe saves idempotent results for POST only: a second DELETE is a new request, not a replay."""
+    sdk = client(server)
+    customer = sdk.v1.customers.create(params={"name": "Gone soon"})
+    sdk.v1.customers.delete(customer.id, options={"idempotency_key": "del-1"})
+    with pytest.raises(stripe.InvalidRequestError) as again:
+        sdk.v1.customers.delete(customer.id, options={"idempotency_key": "del-1"})
+    assert again.value.http_status == 404
+    assert stats(server)["replays_total"] == 0
+
+
 def test_stored_500_is_committed_then_replayed(server: RunningServer) -> None:
     sdk = client(server)
     server.set_faults(FaultPlan.parse("stored500=1,max=1"))
