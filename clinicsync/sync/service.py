@@ -159,7 +159,7 @@ def run_sync(
                 result = StreamRun(
                     STREAMS[name], pair, cliniko, gateway, options, cancel=cancel, progress=progress
                 ).run()
-                if plan_only and not dry_run and result.outcome != "failed":
+                if plan_only and not dry_run and result.outcome not in ("failed", "cancelled"):
                     result.outcome = "needs_approval"
                     result.message = APPROVAL_MESSAGE
                     SyncRun.update(outcome=result.outcome, message=result.message).where(

@@ -371,6 +371,20 @@ def test_first_live_sync_stops_at_a_plan_and_writes_exactly_it_once_approved(mak
     assert custs and set(custs).isdisjoint(inactive), "patients without recent activity are never sent"
 
 
+def test_a_first_live_sync_cancelled_while_planning_is_cancelled_not_waiting_for_approval(make_sandbox, env_for):
+    """No plan was saved, so "approve the plan" would send the person looking for one that is not there."""
+    from clinicsync.sync.retry import CancelToken
+
+    sandbox = make_sandbox(profile="clean", patients=20, stripe_mode="live")
+    env = env_for(sandbox)
+    ctx = context(env)
+    token = CancelToken()
+    (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, cancel=token, progress=lambda *_: token.cancel())
+    assert result.outcome == "cancelled", (result.outcome, result.message)
+    assert "plan approve" not in result.message
+    assert executed_writes(sandbox.stripe_url) == 0
+
+
 def test_test_mode_needs_no_approval_and_keeps_every_patient_in_scope(make_sandbox, env_for):
     sandbox = make_sandbox(profile="clean", patients=12)
     assert sandbox.seeded["inactive_ids"], "some patients have no recent activity, and test mode syncs them too"
