@@ -27,7 +27,7 @@ from clinicsync.store import queries
 from clinicsync.store.models import SyncPlan
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.context import UiContext
-from clinicsync.ui.models import clean_text, escape_html
+from clinicsync.ui.models import TOOLTIP_LIMIT, clean_text, escape_html
 
 # In the order a person reads the plan: what changes in Stripe first, then what is left alone.
 ACTIONS: tuple[tuple[str, str], ...] = (
@@ -81,7 +81,7 @@ def plan_model(summary: dict[str, Any]) -> QStandardItemModel:
 
 
 def _cell(value: object) -> QStandardItem:
-    text = "" if value is None else " ".join(str(value).split())  # one line per cell
+    text = clean_text(value, TOOLTIP_LIMIT)  # one line per cell, no bidi tricks, bounded
     item = QStandardItem(text)
     item.setEditable(False)
     if len(text) > 40:

@@ -36,15 +36,18 @@ ACTION_ROLE = Qt.ItemDataRole.UserRole + 2  # an event's action / a run's outcom
 
 DISPLAY_LIMIT = 160  # a 5,000-character name must not make one cell the width of ten screens
 TOOLTIP_LIMIT = 1_000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+# Everything Qt (or Unicode) breaks a line at: CR LF, LF, CR, VT, FF, NEL, LINE and PARAGRAPH SEPARATOR.
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\x0b\x0c\x85\u2028\u2029]")
+# C0 and C1 controls, and the invisible direction marks, embeddings, overrides and isolates (LRM, RLM, ALM,
+# LRE…RLO, LRI…PDI) that reorder the text after them.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_text(value: object, limit: int = DISPLAY_LIMIT) -> str:
-    """Make source data safe to show: no control or bidi-override characters, one line, bounded length."""
+    """Make source data safe to show: no control or bidi characters, one line, at most `limit` characters."""
     if value is None or value == "":
         return ""
-    value = str(value)
-    text = _CONTROL.sub("", value.replace("\r\n", " · ").replace("\n", " · ").replace("\t", " "))
+    text = _CONTROL.sub("", _LINE_BREAK.sub(" · ", str(value)).replace("\t", " "))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -392,7 +395,7 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
             self.TIME: lambda: format_when(event.created_at),
             self.SOURCE: lambda: clean_text(event.source_id, 40),
             self.NAME: lambda: clean_text(event.display_name) or "(no name)",
-            self.STRIPE: lambda: event.stripe_id or "",
+            self.STRIPE: lambda: clean_text(event.stripe_id),
             self.ACTION: lambda: ACTIONS.get(event.action, event.action),
             self.MESSAGE: lambda: clean_text(event.message),
         }

@@ -83,6 +83,11 @@ class ReviewRow:
         )
 
     @property
+    def title(self) -> str:
+        """The record's name, or its id when it has none; both cleaned (one line, bounded, no bidi tricks)."""
+        return clean(self.display_name) or clean(self.source_id)
+
+    @property
     def reason_text(self) -> str:
         return REASONS.get(self.reason, self.reason.replace("_", " "))
 
@@ -105,7 +110,7 @@ class ReviewModel(RowsTableModel[ReviewRow]):
 
     def cell(self, row: ReviewRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
-            values = (str(row.id), clean(row.display_name) or row.source_id, row.reason_text, str(len(row.candidates)))
+            values = (str(row.id), row.title, row.reason_text, str(len(row.candidates)))
             return values[column]
         if role == Qt.ItemDataRole.ToolTipRole:
             return clean(row.detail) or None
@@ -119,7 +124,7 @@ class CandidateModel(RowsTableModel[Candidate]):
         if role != Qt.ItemDataRole.DisplayRole:
             return None
         if column == 0:
-            return candidate.stripe_id
+            return clean(candidate.stripe_id)
         if not candidate.loaded:
             return "loading…" if column == 1 else ""
         if candidate.customer is None:
@@ -257,7 +262,7 @@ class ReviewTab(QWidget):
             return
         name = clean(item.display_name) or "(no name)"
         self.record_label.setText(
-            f"{name} — {item.stream} record {item.source_id}\n{item.reason_text}"
+            f"{name} — {item.stream} record {clean(item.source_id)}\n{item.reason_text}"
             + (f"\n{clean(item.detail)}" if item.detail else "")
         )
         self._show_candidates(item)
@@ -331,9 +336,7 @@ class ReviewTab(QWidget):
             self.status_label.setText(str(exc))
             return
         what = {"link": f"link to {stripe_id}", "create": "create a new customer", "ignore": "ignore"}[action]
-        self.status_label.setText(
-            f"#{item.id} {clean(item.display_name) or item.source_id}: {what}. The next sync carries it out."
-        )
+        self.status_label.setText(f"#{item.id} {item.title}: {what}. The next sync carries it out.")
         self.reload()
         self.resolved.emit(item.id, action)
 

@@ -7,7 +7,7 @@ import pytest
 
 from clinicsync.store import queries
 from clinicsync.store.models import SyncEvent
-from clinicsync.ui.approval import ACTION_ROLE, ApprovalDialog, streams_needing_approval
+from clinicsync.ui.approval import ACTION_ROLE, ApprovalDialog, plan_model, streams_needing_approval
 from tests.support import executed_writes
 from tests.ui.connections_support import build_ui, close_ui
 
@@ -103,3 +103,12 @@ def test_an_outdated_plan_is_not_approved(qtbot, live):
     dialog.approve_button.click()
     assert "newer plan" in dialog.message_label.text() and dialog.job is None
     assert queries.latest_plan(STREAM).approved_at is None
+
+
+def test_the_plans_records_are_cleaned_like_every_other_table(qtbot):
+    sample = {"name": "\u202eAnn\u2028Lee", "source_id": "\u200f42", "stripe_id": "cus_1", "message": "x" * 5000}
+    model = plan_model({"counts": {"created": 1}, "samples": {"created": [sample]}})
+    created = next(model.item(r, 0) for r in range(model.rowCount()) if model.item(r, 0).data(ACTION_ROLE) == "created")
+    name, source_id, _, message = (created.child(0, column).text() for column in range(4))
+    assert (name, source_id) == ("Ann · Lee", "42")
+    assert len(message) <= 1_000 and message.endswith("…")

@@ -300,3 +300,26 @@ def test_helpers_format_for_people():
     row = queries.RunRow(1, STREAM, "manual", False, started, started + timedelta(hours=2, minutes=3), "ok",
                          *([0] * 7), "", None)  # fmt: skip
     assert format_duration(row) == "2 h 03 min"
+
+
+def test_clean_text_keeps_every_cell_on_one_line_and_drops_invisible_direction_marks():
+    # Unicode line and paragraph separators and NEL break a line just as \n does; C1 controls draw as boxes.
+    assert clean_text("line\u2028sep\u2029para\x85end") == "line · sep · para · end"
+    assert clean_text("a\x9bb\x80c\x9fd") == "abcd"
+    # Direction marks (LRM, RLM, ALM) and overrides/isolates reorder what follows without being seen.
+    assert clean_text("\u200fcus\u200e_\u061cA\u202e\u2067B") == "cus_AB"
+    assert clean_text("مرحبا עברית \U0001f600 e\u0301") == "مرحبا עברית \U0001f600 e\u0301"  # real text is kept
+
+
+def test_every_events_column_is_cleaned_including_the_stripe_id(qtbot):
+    hostile = "\u202e\x00cus_\u2028" + "9" * 100_000
+    model = EventsModel()
+    model.set_rows([EventRow(1, 1, STREAM, hostile, hostile, hostile, "failed", hostile, datetime(2026, 1, 1))])
+    for column in range(model.columnCount()):
+        for role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
+            value = model.index(0, column).data(role)
+            if isinstance(value, str):
+                assert not set(value) & {"\u202e", "\x00", "\u2028"}, (model.columns[column], role)
+                assert len(value) <= 1_000, (model.columns[column], role)
+    stripe_id = model.index(0, EventsModel.STRIPE).data()
+    assert stripe_id.startswith("cus_ · 999") and len(stripe_id) <= 160

@@ -167,3 +167,15 @@ def test_the_record_and_status_labels_show_source_data_as_written(qtbot, build_g
     assert review.record_label.textFormat() == Qt.TextFormat.PlainText
     assert review.record_label.text().startswith(name + " — cliniko.patients record 42")
     assert review.status_label.textFormat() == Qt.TextFormat.PlainText  # it repeats the name after a decision
+
+
+def test_a_record_without_a_name_shows_its_id_cleaned_and_shortened(qtbot, build_gui, offline_env):
+    source_id = "\u202e" + "9" * 5000  # a hostile id: a right-to-left override and 5,000 digits
+    item = ReviewRow(3, "cliniko.patients", source_id, "", "email_match", "", ())
+    model = ReviewModel()
+    model.set_rows([item])
+    shown = model.index(0, 1).data()
+    assert "\u202e" not in shown and shown.startswith("999") and len(shown) <= 160
+    review = build_gui(offline_env).window.tab("review")
+    review._show_item(item)
+    assert "\u202e" not in review.record_label.text() and len(review.record_label.text()) < 500
