@@ -65,6 +65,8 @@ def read_credentials(secrets: SecretStore, names: Sequence[str]) -> dict[str, st
 
 _STOP = object()
 SHUTDOWN_MESSAGE = "Not started: ClinicSync was shutting down."
+CANCELLED_MESSAGE = "Not started: the sync before it was cancelled."
+PAUSED_MESSAGE = "Not started: syncing is paused."
 
 
 class SyncRunner:
@@ -77,6 +79,8 @@ class SyncRunner:
         self._lock = threading.Lock()
         self._queued = 0
         self._stopping = False  # set once by shutdown(): nothing new starts after it
+        self._cancelled_through = 0  # jobs with ids up to this one were waiting when Cancel was pressed
+        self._last_id = 0
         self._current: Job | None = None
         self._cancel = CancelToken()
         self._thread = threading.Thread(target=self._work, name="sync-runner", daemon=True)
@@ -113,13 +117,17 @@ class SyncRunner:
                 return None
             self._queued += 1
             job = Job(next(self._ids), trigger, tuple(streams) if streams else None, dry_run, dict(credentials))
+            self._last_id = job.id
             # Queued under the lock, so a job accepted before shutdown() is always ahead of its stop marker.
             self._queue.put(job)
         return job
 
     def cancel(self) -> None:
-        """Stop the running sync at its next safe point; queued writes stay queued."""
-        self._cancel.cancel()
+        """Stop the running sync at its next safe point, and the one waiting behind it (reported cancelled,
+        never started): Cancel means "stop syncing now". Queued Stripe writes stay queued."""
+        with self._lock:
+            self._cancel.cancel()
+            self._cancelled_through = self._last_id
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Cancel the running sync, drop the waiting one (reported cancelled, never started), stop the worker
@@ -140,13 +148,13 @@ class SyncRunner:
             assert isinstance(item, Job)
             with self._lock:
                 self._queued -= 1
-                dropped = self._stopping
-                if not dropped:
+                why_not = self._why_not_start(item)
+                if why_not is None:
                     self._current = item
                     self._cancel = CancelToken()
                     cancel = self._cancel
-            if dropped:  # it waited behind a sync that shutdown() cancelled: it must not start afresh
-                self._listener.job_finished(JobOutcome(item, failure_kind="cancelled", message=SHUTDOWN_MESSAGE))
+            if why_not is not None:  # it waited behind a sync that was stopped: it must not start afresh
+                self._listener.job_finished(JobOutcome(item, failure_kind="cancelled", message=why_not))
                 continue
             try:
                 self._listener.job_started(item)
@@ -155,6 +163,16 @@ class SyncRunner:
                 with self._lock:
                     self._current = None
             self._listener.job_finished(outcome)
+
+    def _why_not_start(self, job: Job) -> str | None:
+        """Why a job taken off the queue must not run (called under the lock), or None."""
+        if self._stopping:
+            return SHUTDOWN_MESSAGE
+        if job.id <= self._cancelled_through:
+            return CANCELLED_MESSAGE
+        if self.paused():  # paused after it was queued: "nothing is sent to Stripe" must hold
+            return PAUSED_MESSAGE
+        return None
 
     def _run(self, job: Job, cancel: CancelToken) -> JobOutcome:
         def progress(stream: str, done: int, total: int | None, step: str) -> None:

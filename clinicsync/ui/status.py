@@ -174,8 +174,9 @@ class StatusTracker(QObject):
         self.current_job = None
         self.progress = None
         self.last_outcome = outcome
-        # "locked": another sync (the CLI) holds the profile; that says nothing about the connections.
-        if outcome.failure_kind != "locked":
+        # "locked": another sync (the CLI) holds the profile; "cancelled": a person stopped it. Neither says
+        # anything about the connections.
+        if outcome.failure_kind not in ("locked", "cancelled"):
             self.problem = problem_of(outcome)
         self.changed.emit()
 

@@ -121,3 +121,65 @@ def test_shutdown_drops_a_waiting_job_and_reports_it_cancelled(tmp_path, monkeyp
     assert dropped.failure_kind == "cancelled" and not dropped.results and not dropped.needs_attention
     assert not runner.busy
     assert runner.submit(trigger="manual", credentials={}) is None, "a stopping runner accepted a new job"
+
+
+def _one_running_one_waiting(tmp_path, monkeypatch):
+    """A runner whose first sync keeps running until cancelled, and a second sync waiting behind it."""
+    ran: list[str] = []
+    first_started = threading.Event()
+
+    def fake_run_sync(paths, settings, secrets, *, streams, trigger, dry_run, cancel, progress):
+        ran.append(trigger)
+        if len(ran) == 1:
+            first_started.set()
+            deadline = time.monotonic() + 10
+            while not cancel.cancelled and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return []
+
+    monkeypatch.setattr(runner_module, "run_sync", fake_run_sync)
+    ctx = context(profile_env(tmp_path / "home", {}))
+    listener = Recorder()
+    runner = SyncRunner(ctx.paths, ctx.settings, listener)
+    running = runner.submit(trigger="manual", credentials={})
+    assert running is not None and first_started.wait(10)
+    waiting = runner.submit(trigger="retry", credentials={})
+    assert waiting is not None
+    return ctx, runner, listener, ran, waiting
+
+
+def _wait_for_finished(listener: Recorder, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(listener.finished) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_cancel_also_stops_the_sync_waiting_behind_the_running_one(tmp_path, monkeypatch):
+    """Cancel means "stop syncing now": before, the waiting sync started as soon as the running one stopped."""
+    _, runner, listener, ran, waiting = _one_running_one_waiting(tmp_path, monkeypatch)
+    try:
+        runner.cancel()
+        _wait_for_finished(listener, 2)
+        assert ran == ["manual"]
+        dropped = listener.finished[1]
+        assert dropped.job.id == waiting.id and dropped.failure_kind == "cancelled"
+        assert "cancelled" in dropped.message and not dropped.needs_attention
+        assert runner.submit(trigger="manual", credentials={}) is not None, "a later Sync now runs again"
+        _wait_for_finished(listener, 3)
+        assert ran == ["manual", "manual"]
+    finally:
+        runner.shutdown(10)
+
+
+def test_pausing_stops_a_sync_that_was_waiting_from_starting(tmp_path, monkeypatch):
+    """The paused strip says nothing is sent to Stripe until you resume; a queued sync must honour it."""
+    ctx, runner, listener, ran, waiting = _one_running_one_waiting(tmp_path, monkeypatch)
+    try:
+        ctx.settings.set("sync.paused", True)
+        runner._cancel.cancel()  # the running sync reaches its end (as a real one would, later)
+        _wait_for_finished(listener, 2)
+        assert ran == ["manual"]
+        dropped = listener.finished[1]
+        assert dropped.job.id == waiting.id and dropped.failure_kind == "cancelled" and "paused" in dropped.message
+    finally:
+        runner.shutdown(10)
