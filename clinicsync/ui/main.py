@@ -26,6 +26,7 @@ from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store.db import CHANGE_NOT_SAVED, storage_problem
 from clinicsync.sync.runner import SyncRunner
 from clinicsync.ui import icons
+from clinicsync.ui.background import wait_for_background
 from clinicsync.ui.bridge import BridgeListener, RunnerBridge
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.main_window import MainWindow, confirm_quit_dialog
@@ -37,6 +38,7 @@ from clinicsync.ui.tray import TrayActions, TrayController
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 30.0
+BACKGROUND_WAIT_S = 5.0  # connection tests and previews time out on their own; don't hold Quit for long
 TRAY_HINT = "ClinicSync keeps running here and keeps syncing. Quit it from this icon's menu."
 
 
@@ -112,6 +114,9 @@ class GuiApp:
         joined = self.ui.runner.shutdown(timeout)
         if not joined:  # a request stuck past its timeout; the outbox makes an abandoned write safe to replay
             log.warning("the sync worker did not stop within %.0f s; exiting anyway", timeout)
+        # Background calls (a connection test, a preview, starting the sandbox) must not outlive the app.
+        if not wait_for_background(int(BACKGROUND_WAIT_S * 1000)):
+            log.warning("a background call was still running after %.0f s; exiting anyway", BACKGROUND_WAIT_S)
         self.window.close()
         log.info("ClinicSync stopped (worker joined: %s)", joined)
         return joined

@@ -220,3 +220,25 @@ def test_a_change_the_full_disk_refused_is_told_to_the_person_and_a_bug_only_log
     bug = KeyError("row")
     ui_main._log_uncaught(type(bug), bug, None)
     assert len(shown) == 1 and "uncaught exception" in caplog.text
+
+
+def test_quitting_waits_for_a_background_call_instead_of_leaving_it_running(qtbot, build_gui, offline_env) -> None:
+    import threading
+
+    from clinicsync.ui import background
+
+    gui = build_gui(offline_env)
+    release = threading.Event()
+    started = threading.Event()
+    finished: list[bool] = []
+
+    def slow_call() -> None:  # e.g. a connection test that takes a moment
+        started.set()
+        release.wait(3)
+        finished.append(True)
+
+    background.run_in_background(slow_call, lambda outcome: None, owner=gui.window)
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    gui.shutdown(5)
+    assert finished == [True] and background.pool().activeThreadCount() == 0
