@@ -239,23 +239,30 @@ class OutboxWriter:
             link.mapping_version = row.mapping_version  # which fields Stripe now holds from us
             link.updated_at = self.now()
             link.save()
-            ReviewItem.update(status="done").where(
-                (ReviewItem.pair == self.pair)
-                & (ReviewItem.stream == row.stream)
-                & (ReviewItem.source_id == row.source_id)
-                & (ReviewItem.status == "resolved")
-            ).execute()
+            self._close_decisions(row)  # carried out
             message = row.notes + ("\n(replayed after an interruption)" if replayed else "")
             self.recorder.record(ACTION_OF_OP[row.op], row.source_id, row.display_name, stripe_id, message.strip())
 
     def _fail(self, row: OutboxEntry, message: str) -> None:
         with database_proxy.atomic():
-            row.status = "failed"
-            row.params = None
-            row.last_error = message
-            row.finished_at = self.now()
-            row.save()
+            self._mark_failed(row, message)
             self.recorder.record("failed", row.source_id, row.display_name, row.stripe_id, f"Stripe refused: {message}")
+
+    def _mark_failed(self, row: OutboxEntry, message: str) -> None:
+        row.status = "failed"
+        row.params = None
+        row.last_error = message
+        row.finished_at = self.now()
+        row.save()
+
+    def _close_decisions(self, row: OutboxEntry) -> None:
+        """A person's decision about this record is settled (carried out, or it led to a failure)."""
+        ReviewItem.update(status="done").where(
+            (ReviewItem.pair == self.pair)
+            & (ReviewItem.stream == row.stream)
+            & (ReviewItem.source_id == row.source_id)
+            & (ReviewItem.status == "resolved")
+        ).execute()
 
     def _object_gone(self, row: OutboxEntry) -> None:
         """The linked Stripe object was deleted: a person decides whether to re-create it, never us silently."""
@@ -279,17 +286,8 @@ class OutboxWriter:
         """Fail the row and ask a person. A decision already taken for the record is closed: it led here, so
         reusing it would repeat the same write every run with nobody able to change it."""
         with database_proxy.atomic():
-            row.status = "failed"
-            row.params = None
-            row.last_error = detail
-            row.finished_at = self.now()
-            row.save()
-            ReviewItem.update(status="done").where(
-                (ReviewItem.pair == self.pair)
-                & (ReviewItem.stream == row.stream)
-                & (ReviewItem.source_id == row.source_id)
-                & (ReviewItem.status == "resolved")
-            ).execute()
+            self._mark_failed(row, detail)
+            self._close_decisions(row)
             open_review(self.pair, row.stream, row.source_id, row.display_name, reason, detail, [])
             self.recorder.record("review", row.source_id, row.display_name, row.stripe_id, detail)
 

@@ -89,40 +89,6 @@ def test_cancel_stops_a_running_sync_and_shutdown_joins_the_worker(make_sandbox,
     assert not runner.busy
 
 
-def test_shutdown_drops_a_waiting_job_and_reports_it_cancelled(tmp_path, monkeypatch):
-    """A sync waiting behind the running one must not start once shutdown began (it would get a fresh cancel
-    token and run to the end, or be killed mid-write at exit): it is reported cancelled without running."""
-    ran: list[str] = []
-    first_started = threading.Event()
-
-    def fake_run_sync(paths, settings, secrets, *, streams, trigger, dry_run, cancel, progress):
-        ran.append(trigger)
-        if len(ran) == 1:  # the running sync: busy until cancelled, as a real one stops at a safe point
-            first_started.set()
-            deadline = time.monotonic() + 10
-            while not cancel.cancelled and time.monotonic() < deadline:
-                time.sleep(0.005)
-        return []
-
-    monkeypatch.setattr(runner_module, "run_sync", fake_run_sync)
-    ctx = context(profile_env(tmp_path / "home", {}))
-    listener = Recorder()
-    runner = SyncRunner(ctx.paths, ctx.settings, listener)
-    running = runner.submit(trigger="manual", credentials={})
-    assert running is not None and first_started.wait(10)
-    waiting = runner.submit(trigger="schedule", credentials={})
-    assert waiting is not None
-
-    assert runner.shutdown(10)
-    assert ran == ["manual"], "the waiting sync ran after shutdown cancelled the running one"
-    assert listener.started == [running.id]
-    assert [o.job.id for o in listener.finished] == [running.id, waiting.id]
-    dropped = listener.finished[1]
-    assert dropped.failure_kind == "cancelled" and not dropped.results and not dropped.needs_attention
-    assert not runner.busy
-    assert runner.submit(trigger="manual", credentials={}) is None, "a stopping runner accepted a new job"
-
-
 def _one_running_one_waiting(tmp_path, monkeypatch):
     """A runner whose first sync keeps running until cancelled, and a second sync waiting behind it."""
     ran: list[str] = []
@@ -146,6 +112,22 @@ def _one_running_one_waiting(tmp_path, monkeypatch):
     waiting = runner.submit(trigger="retry", credentials={})
     assert waiting is not None
     return ctx, runner, listener, ran, waiting
+
+
+def test_shutdown_drops_a_waiting_job_and_reports_it_cancelled(tmp_path, monkeypatch):
+    """A sync waiting behind the running one must not start once shutdown began (it would get a fresh cancel
+    token and run to the end, or be killed mid-write at exit): it is reported cancelled without running."""
+    _, runner, listener, ran, waiting = _one_running_one_waiting(tmp_path, monkeypatch)
+    running_id = listener.started[0]
+
+    assert runner.shutdown(10)
+    assert ran == ["manual"], "the waiting sync ran after shutdown cancelled the running one"
+    assert listener.started == [running_id]
+    assert [o.job.id for o in listener.finished] == [running_id, waiting.id]
+    dropped = listener.finished[1]
+    assert dropped.failure_kind == "cancelled" and not dropped.results and not dropped.needs_attention
+    assert not runner.busy
+    assert runner.submit(trigger="manual", credentials={}) is None, "a stopping runner accepted a new job"
 
 
 def _wait_for_finished(listener: Recorder, count: int) -> None:
