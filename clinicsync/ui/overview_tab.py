@@ -377,6 +377,8 @@ def finished_text(outcome: JobOutcome) -> str:
     """One line about the sync that just ended."""
     if outcome.failure_kind == "locked":
         return "Another sync (for example from the command line) is running for this clinic; try again shortly."
+    if outcome.failure_kind == "cancelled":  # the runner's own words: "Not started: syncing is paused." etc.
+        return outcome.message
     if outcome.failure_kind is not None:
         return f"The sync did not run: {outcome.message}"
     parts = []

@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QTextDocument
 
 from clinicsync.store import queries
-from clinicsync.ui.overview_tab import OverviewTab, counts_text, stream_view
+from clinicsync.ui.overview_tab import OverviewTab, counts_text, finished_text, stream_view
 from clinicsync.ui.status import (
     LIVE,
     SANDBOX,
@@ -73,6 +73,16 @@ def test_stream_card_words() -> None:
     assert busy.errors == "4 records failed in the last run"
     assert stream_view(STREAM, row(last_outcome="needs_approval"), None, NOW).state == "Waiting for your approval"
     assert counts_text({}) == "no changes"
+
+
+def test_a_sync_that_never_started_says_why_in_plain_words() -> None:
+    from clinicsync.sync.runner import PAUSED_MESSAGE, Job, JobOutcome
+
+    assert finished_text(JobOutcome(Job(1, "manual"), failure_kind="cancelled", message=PAUSED_MESSAGE)) == (
+        "Not started: syncing is paused."
+    )
+    unreachable = JobOutcome(Job(2, "manual"), failure_kind="unreachable", message="Stripe could not be reached.")
+    assert finished_text(unreachable) == "The sync did not run: Stripe could not be reached."
 
 
 def test_mode_label() -> None:
