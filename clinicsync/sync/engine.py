@@ -45,7 +45,7 @@ from clinicsync.sync.matching import (
     refresh_index,
     refresh_since,
 )
-from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review
+from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review, revisit_later
 from clinicsync.sync.pool import WritePool
 from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sync.scope import ScopeFilter
@@ -389,7 +389,7 @@ class StreamRun:
         link = self._remember(mapped, hashed)
         if self._has_pending_write(sid):
             # The cursor will move past this version: read the record again once Stripe has confirmed.
-            self._revisit_later(sid, "an earlier write is waiting for Stripe's confirmation")
+            revisit_later(self.pair, self.stream.name, sid, "an earlier write is waiting for Stripe's confirmation")
             self.recorder.record(
                 "skipped",
                 sid,
@@ -580,14 +580,6 @@ class StreamRun:
                 email_hash=hashed, display_name=mapped.display_name, archived=mapped.archived, updated_at=utcnow()
             ).where(RecordLink.id == link.id).execute()
         return link
-
-    def _revisit_later(self, source_id: str, reason: str) -> None:
-        RetryRecord.insert(
-            pair=self.pair, stream=self.stream.name, source_id=source_id, reason=reason, created_at=utcnow()
-        ).on_conflict(
-            conflict_target=[RetryRecord.pair, RetryRecord.stream, RetryRecord.source_id],
-            update={RetryRecord.created_at: utcnow(), RetryRecord.reason: reason},
-        ).execute()
 
     def _has_pending_write(self, source_id: str) -> bool:
         return (

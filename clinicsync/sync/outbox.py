@@ -19,7 +19,15 @@ from peewee import IntegrityError
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.store.db import database_proxy
-from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, utcnow
+from clinicsync.store.models import (
+    AccountPair,
+    OutboxEntry,
+    RecordLink,
+    RetryRecord,
+    ReviewItem,
+    StripeIndexEntry,
+    utcnow,
+)
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway, retry_decision
 from clinicsync.sync.crash import crashpoint
 from clinicsync.sync.retry import RetryPolicy, call_with_retries
@@ -265,9 +273,39 @@ class OutboxWriter:
         ).execute()
 
     def _object_gone(self, row: OutboxEntry) -> None:
-        """The linked Stripe object was deleted: a person decides whether to re-create it, never us silently."""
+        """The Stripe object was deleted. Linked before, or chosen by a person: a person decides whether to
+        re-create it, never us silently. Only matched automatically (by email or cross-reference, from an index
+        listed before the deletion): nobody chose it, so it is forgotten and the next sync decides again."""
+        if row.op == "link" and not self._decision_for(row):
+            detail = (
+                f"The Stripe {row.stripe_object} {row.stripe_id} it matched was deleted in Stripe; the next sync "
+                "decides again."
+            )
+            with database_proxy.atomic():
+                self._mark_failed(row, detail)
+                StripeIndexEntry.delete().where(
+                    (StripeIndexEntry.pair == self.pair)
+                    & (StripeIndexEntry.stripe_object == row.stripe_object)
+                    & (StripeIndexEntry.stripe_id == row.stripe_id)
+                ).execute()
+                revisit_later(self.pair, row.stream, row.source_id, detail)
+                self.recorder.record("skipped", row.source_id, row.display_name, row.stripe_id, detail)
+            return
         detail = f"The Stripe {row.stripe_object} {row.stripe_id} linked to this record no longer exists."
         self._back_to_review(row, "stripe_object_deleted", detail)
+
+    def _decision_for(self, row: OutboxEntry) -> bool:
+        """Whether a person's decision (a resolved review) led to this write."""
+        return (
+            ReviewItem.select()
+            .where(
+                (ReviewItem.pair == self.pair)
+                & (ReviewItem.stream == row.stream)
+                & (ReviewItem.source_id == row.source_id)
+                & (ReviewItem.status == "resolved")
+            )
+            .exists()
+        )
 
     def _link_taken(self, row: OutboxEntry, stripe_id: str) -> None:
         """Stripe took the write, but its object is linked to another record here (two decisions chose one
@@ -295,6 +333,14 @@ class OutboxWriter:
         OutboxEntry.update(attempts=OutboxEntry.attempts + 1, last_error=message[:2000]).where(
             OutboxEntry.id == row.id
         ).execute()
+
+
+def revisit_later(pair: AccountPair, stream: str, source_id: str, reason: str) -> None:
+    """Read this source record again by id at the start of the next run (its change must not be lost)."""
+    RetryRecord.insert(pair=pair, stream=stream, source_id=source_id, reason=reason, created_at=utcnow()).on_conflict(
+        conflict_target=[RetryRecord.pair, RetryRecord.stream, RetryRecord.source_id],
+        update={RetryRecord.created_at: utcnow(), RetryRecord.reason: reason},
+    ).execute()
 
 
 def open_review(

@@ -215,3 +215,26 @@ def test_a_write_whose_customer_turns_out_linked_elsewhere_goes_to_review_and_th
     assert (review.status, review.reason) == ("open", "link_taken") and "already linked to A" in review.detail
     assert RecordLink.get(RecordLink.source_id == "A").payload_hash is None, "A's data is sent to cus_X again"
     assert recorded == [("review", "B")]
+
+
+def test_an_automatic_match_to_a_customer_deleted_since_the_listing_is_decided_again_without_asking(
+    make_sandbox, env_for
+):
+    """Nobody chose that customer, so nobody needs asking: it is dropped from the index and the next sync
+    decides again (here: a new customer). A customer a person chose, or one linked before, still goes to review."""
+    sandbox = make_sandbox(profile="clean", patients=3)
+    env = env_for(sandbox)
+    (gone,) = admin(sandbox.stripe_url, "seed", customers=[{"email": "ada.new@example.org", "name": "Ada"}])["ids"]
+    sync_once(env)  # the index now lists `gone`
+    (newcomer,) = admin(sandbox.cliniko_url, "seed", profile="clean", patients=1, seed=91, replace=False)["ids"]
+    admin(sandbox.cliniko_url, "edit", ids=[newcomer], fields={"email": "Ada.New@example.org"})
+    admin(sandbox.stripe_url, "delete", ids=[gone])
+
+    matched = sync_once(env)
+    assert matched.counts["review"] == 0 and matched.counts["skipped"] == 1, matched.counts
+    context(env)
+    assert ReviewItem.select().where(ReviewItem.status == "open").count() == 0
+    again = sync_once(env)
+    assert again.counts["created"] == 1, again.counts
+    (customer,) = naming(sandbox, newcomer)
+    assert customer["id"] != gone
