@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import QEventLoop, Qt, QTimer
 from PySide6.QtWidgets import QApplication, QPushButton
 
+from clinicsync.sandbox.launcher import spawn
+
 TICK_MS = 5
 TARGET_MS = 50.0
 AFTER_FINISH_MS = 1_000
@@ -40,21 +41,9 @@ UNTHROTTLED = {
 
 
 def start_sandbox_process(patients: int, work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    port_file = work / "sandbox.json"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "clinicsync.sandbox.launcher", "--profile", "clean"),
-            *("--patients", str(patients), "--port-file", str(port_file)),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the sandbox did not start")
-        time.sleep(0.05)
-    return process, json.loads(port_file.read_text())["env"]
+    args = ["--profile", "clean", "--patients", str(patients)]
+    process, info = spawn(args, work / "sandbox.json", stdout=subprocess.DEVNULL)
+    return process, info["env"]
 
 
 def profile_env(home: Path, sandbox_env: dict[str, str], realistic: bool) -> dict[str, str]:

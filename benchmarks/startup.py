@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from clinicsync.sandbox.launcher import spawn
+
 CHILD = r"""
 import json, sys, time
 from PySide6.QtCore import QEvent, QObject, QTimer
@@ -54,18 +56,8 @@ sys.exit(run_gui(["clinicsync"]))
 
 
 def start_sandbox(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    port_file = work / "sandbox.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "clinicsync.sandbox.launcher", "--patients", "20", "--port-file", str(port_file)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the sandbox did not start")
-        time.sleep(0.05)
-    return process, json.loads(port_file.read_text())["env"]
+    process, info = spawn(["--patients", "20"], work / "sandbox.json", stdout=subprocess.DEVNULL)
+    return process, info["env"]
 
 
 def one_start(work: Path, run: int, sandbox_env: dict[str, str]) -> dict[str, float]:

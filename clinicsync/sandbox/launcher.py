@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,31 @@ def _admin_body(response: Any) -> dict[str, Any]:
         body = getattr(response, "body", None)
         raise RuntimeError(f"sandbox admin call failed: {body!r}")
     return dict(response.body)
+
+
+# -- in its own process ---------------------------------------------------------------------------------
+
+
+class SandboxStartError(RuntimeError):
+    pass
+
+
+def spawn(
+    args: list[str], port_file: Path, *, timeout_s: float = 60.0, **popen: Any
+) -> tuple[subprocess.Popen[Any], dict[str, Any]]:
+    """Start `python -m clinicsync.sandbox.launcher ARGS --port-file PORT_FILE` in its own process and wait
+    until it serves: the process, and what it wrote to the port file (URLs, keys, `env`). `popen` goes to
+    subprocess.Popen (stdout, env, ...). Raises SandboxStartError if it exits or is not serving in time."""
+    command = [sys.executable, "-m", "clinicsync.sandbox.launcher", *args, "--port-file", str(port_file)]
+    process = subprocess.Popen(command, **popen)
+    deadline = time.monotonic() + timeout_s
+    while not port_file.exists():  # written atomically once both emulators serve
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(timeout=5)
+            raise SandboxStartError("the sandbox did not start")
+        time.sleep(0.02)
+    return process, json.loads(port_file.read_text(encoding="utf-8"))
 
 
 # -- command line --------------------------------------------------------------------------------------

@@ -4,18 +4,17 @@ that Stripe mirrors Cliniko exactly (no duplicates, nothing missing, no orphans,
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clinicsync.sandbox.launcher import SandboxStartError, spawn
 from tests import support
 from tests.support import admin
 
@@ -169,33 +168,18 @@ def start_sandbox_process(
     workdir: Path, *, profile: str = "clean", patients: int = 50, seed: int = 1, faults: str = "", timeout_s: float = 30
 ) -> SandboxProcess:
     workdir.mkdir(parents=True, exist_ok=True)
-    port_file = workdir / "sandbox.json"
     output = workdir / "sandbox.out"
-    command = [
-        sys.executable,
-        "-m",
-        "clinicsync.sandbox.launcher",
-        "--profile",
-        profile,
-        "--patients",
-        str(patients),
-        "--seed",
-        str(seed),
-        "--port-file",
-        str(port_file),
-    ]
+    args = ["--profile", profile, "--patients", str(patients), "--seed", str(seed)]
     if faults:
-        command += ["--faults", faults]
-    with output.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout_s
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(timeout=5)
-            raise RuntimeError(f"the sandbox did not start: {output.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.02)
-    return SandboxProcess(process=process, info=json.loads(port_file.read_text(encoding="utf-8")), output=output)
+        args += ["--faults", faults]
+    try:
+        with output.open("wb") as sink:
+            process, info = spawn(
+                args, workdir / "sandbox.json", timeout_s=timeout_s, stdout=sink, stderr=subprocess.STDOUT
+            )
+    except SandboxStartError as exc:
+        raise SandboxStartError(f"{exc}: {output.read_text(errors='replace')[-2000:]}") from None
+    return SandboxProcess(process=process, info=info, output=output)
 
 
 def sync_command() -> list[str]:

@@ -7,19 +7,16 @@ Every app built is shut down after its test, and the test fails if the sync work
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from PySide6.QtWidgets import QWidget
 
-from clinicsync.sandbox.launcher import Sandbox
+from clinicsync.sandbox.launcher import Sandbox, SandboxStartError, spawn
 from clinicsync.ui.main import GuiApp, build_app
 from tests.support import profile_env
 
@@ -92,21 +89,22 @@ def sandbox_process(tmp_path: Path) -> Iterator[Callable[..., dict]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> dict:
-        port_file = tmp_path / f"sandbox-{len(procs)}.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "clinicsync.sandbox.launcher", *args, "--port-file", str(port_file)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        error_log = tmp_path / f"sandbox-{len(procs)}.err"
+        with error_log.open("wb") as errors:
+            try:
+                proc, info = spawn(
+                    list(args),
+                    tmp_path / f"sandbox-{len(procs)}.json",
+                    timeout_s=30,
+                    cwd=REPO,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                )
+            except SandboxStartError as exc:
+                pytest.fail(f"{exc}: {error_log.read_text(errors='replace')[-2000:]}")
         procs.append(proc)
-        deadline = time.monotonic() + 30
-        while not port_file.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert port_file.exists(), f"sandbox did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
-        return json.loads(port_file.read_text())
+        return info
 
     yield start
     for proc in procs:
