@@ -266,10 +266,7 @@ class OutboxWriter:
     def _close_decisions(self, row: OutboxEntry) -> None:
         """A person's decision about this record is settled (carried out, or it led to a failure)."""
         ReviewItem.update(status="done").where(
-            (ReviewItem.pair == self.pair)
-            & (ReviewItem.stream == row.stream)
-            & (ReviewItem.source_id == row.source_id)
-            & (ReviewItem.status == "resolved")
+            record_reviews(self.pair, row.stream, row.source_id, "resolved")
         ).execute()
 
     def _object_gone(self, row: OutboxEntry) -> None:
@@ -296,16 +293,7 @@ class OutboxWriter:
 
     def _decision_for(self, row: OutboxEntry) -> bool:
         """Whether a person's decision (a resolved review) led to this write."""
-        return (
-            ReviewItem.select()
-            .where(
-                (ReviewItem.pair == self.pair)
-                & (ReviewItem.stream == row.stream)
-                & (ReviewItem.source_id == row.source_id)
-                & (ReviewItem.status == "resolved")
-            )
-            .exists()
-        )
+        return ReviewItem.select().where(record_reviews(self.pair, row.stream, row.source_id, "resolved")).exists()
 
     def _link_taken(self, row: OutboxEntry, stripe_id: str) -> None:
         """Stripe took the write, but its object is linked to another record here (two decisions chose one
@@ -335,6 +323,16 @@ class OutboxWriter:
         ).execute()
 
 
+def record_reviews(pair: AccountPair, stream: str, source_id: str, *statuses: str) -> Any:
+    """The condition selecting one source record's review items in the given statuses."""
+    return (
+        (ReviewItem.pair == pair)
+        & (ReviewItem.stream == stream)
+        & (ReviewItem.source_id == source_id)
+        & ReviewItem.status.in_(statuses)
+    )
+
+
 def revisit_later(pair: AccountPair, stream: str, source_id: str, reason: str) -> None:
     """Read this source record again by id at the start of the next run (its change must not be lost)."""
     RetryRecord.insert(pair=pair, stream=stream, source_id=source_id, reason=reason, created_at=utcnow()).on_conflict(
@@ -352,12 +350,7 @@ def open_review(
     detail: str,
     candidates: list[str],
 ) -> ReviewItem:
-    existing = ReviewItem.get_or_none(
-        (ReviewItem.pair == pair)
-        & (ReviewItem.stream == stream)
-        & (ReviewItem.source_id == source_id)
-        & (ReviewItem.status.in_(("open", "resolved")))
-    )
+    existing = ReviewItem.get_or_none(record_reviews(pair, stream, source_id, "open", "resolved"))
     if existing is not None:
         return existing
     return ReviewItem.create(
