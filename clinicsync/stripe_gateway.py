@@ -75,8 +75,9 @@ def livemode_of_key(api_key: str) -> bool:
     return api_key.startswith(("sk_live_", "rk_live_"))
 
 
-def validate_params(params: dict[str, Any]) -> None:
-    """Refuse parameters Stripe would refuse, before sending them (raises StripeFailure kind=invalid)."""
+def validate_params(params: dict[str, Any], stripe_object: str = "customer") -> None:
+    """Refuse parameters Stripe would refuse for this kind of object, before sending them (raises StripeFailure
+    kind=invalid)."""
     metadata = params.get("metadata")
     if isinstance(metadata, dict):
         if len(metadata) > stripe_limits.METADATA_MAX_KEYS:
@@ -88,7 +89,7 @@ def validate_params(params: dict[str, Any]) -> None:
                 raise StripeFailure("invalid", f"metadata key {key!r} is not allowed", param=f"metadata[{key}]")
             if len(str(value)) > stripe_limits.METADATA_VALUE_MAX_CHARS:
                 raise StripeFailure("invalid", f"metadata {key} is too long", param=f"metadata[{key}]")
-    for dotted, limit in stripe_limits.CUSTOMER_FIELD_MAX_CHARS.items():
+    for dotted, limit in stripe_limits.FIELD_MAX_CHARS.get(stripe_object, {}).items():
         head, _, rest = dotted.partition(".")
         value = params.get(head)
         if rest:
@@ -201,10 +202,13 @@ class StripeGateway:
         name = profile.get("name") or dashboard.get("display_name") or account.get("email") or account["id"]
         return StripeAccount(id=account["id"], livemode=self.livemode, name=str(name))
 
-    def iter_objects(self, stripe_object: str, created_since: int | None = None) -> Iterator[dict[str, Any]]:
-        """Every object of one kind (or those `created` at or after `created_since`), newest first, by 100."""
+    def iter_objects(
+        self, stripe_object: str, created_since: int | None = None, filters: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every object of one kind (or those `created` at or after `created_since`, and matching the listing's
+        own `filters`, e.g. a price's `product`), newest first, by 100."""
         service = self._service(stripe_object)
-        base: dict[str, Any] = {"limit": stripe_limits.LIST_MAX_LIMIT}
+        base: dict[str, Any] = {"limit": stripe_limits.LIST_MAX_LIMIT, **(filters or {})}
         if created_since is not None:
             base["created"] = {"gte": created_since}
         params = base
@@ -241,7 +245,7 @@ class StripeGateway:
     def write(
         self, op: str, stripe_object: str, stripe_id: str | None, params: dict[str, Any], idempotency_key: str
     ) -> WriteResult:
-        validate_params(params)
+        validate_params(params, stripe_object)
         service = self._service(stripe_object)
         options = {"idempotency_key": idempotency_key}
         if op == "create":
@@ -254,7 +258,11 @@ class StripeGateway:
         return WriteResult(object=obj.to_dict(), replayed=replayed == "true")
 
     def _service(self, stripe_object: str) -> Any:
-        services = {"customer": self._client.v1.customers}
+        services = {
+            "customer": self._client.v1.customers,
+            "product": self._client.v1.products,
+            "price": self._client.v1.prices,
+        }
         try:
             return services[stripe_object]
         except KeyError:

@@ -55,9 +55,12 @@ def profile_env(home: Path, sandbox_env: Mapping[str, str], **overrides: str) ->
     return env
 
 
-def sync_once(env: Mapping[str, str], *, dry_run: bool = False, trigger: str = "test") -> RunResult:
+def sync_once(
+    env: Mapping[str, str], *, dry_run: bool = False, trigger: str = "test", stream: str = "cliniko.patients"
+) -> RunResult:
+    """One run of one stream (the patients stream unless another is named)."""
     ctx = bootstrap(env)
-    (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger=trigger, dry_run=dry_run)
+    (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[stream], trigger=trigger, dry_run=dry_run)
     return result
 
 

@@ -196,7 +196,8 @@ def _check_match_key(mapping: StreamMapping, payload: Payload) -> None:
             f"{mapping.match_target} is {len(value)} characters long, over Stripe's limit of {limit}; "
             "correct it in the source record"
         )
-    if not _EMAIL.match(value):
+    spec = target_spec(mapping.stripe_object, mapping.match_target)
+    if spec is not None and spec.kind == "email" and not _EMAIL.match(value):
         shown = value if len(value) <= 60 else value[:57] + "..."
         raise MappingError(f"{mapping.match_target} {shown!r} is not a valid email address; correct it in the source")
 

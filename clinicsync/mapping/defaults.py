@@ -30,6 +30,25 @@ CLINIKO_PATIENTS = StreamMapping(
     archived_marker="cliniko_archived",
 )
 
+# A product's selling price is not a mapped field: it becomes a Stripe Price of its own (streams/
+# cliniko_products.py), from the price the setting `cliniko.products.price_basis` names.
+CLINIKO_PRODUCTS = StreamMapping(
+    stream="cliniko.products",
+    source_system="cliniko",
+    source_type="product",
+    stripe_object="product",
+    rules=(
+        # Matched to a product made by hand in Stripe by its exact name (compared case-insensitively).
+        rule("name", "name", role="match_key"),
+        rule("metadata.cliniko_product_id", "id", role="cross_ref"),
+        rule("metadata.cliniko_item_code", "item_code", overflow="truncate"),
+        rule("metadata.cliniko_supplier", "product_supplier_name", overflow="truncate"),
+        rule("metadata.cliniko_stock_level", "stock_level"),
+    ),
+    display_target="name",
+    archived_marker="cliniko_archived",
+)
+
 # The invoices stream to come, in the same declarative form (not yet run: the Stripe gateway does not write
 # invoices). It exercises what that stream needs: a cross-reference, status through a lookup table, a pure date
 # that must not shift, a date-time shown as the clinic-local date, and a decimal amount as integer cents.
@@ -56,5 +75,7 @@ CLINIKO_INVOICES_DRAFT = StreamMapping(
     archived_marker="cliniko_archived",
 )
 
-DEFAULT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_PATIENTS.stream: CLINIKO_PATIENTS}
+DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
+    mapping.stream: mapping for mapping in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS)
+}
 DRAFT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_INVOICES_DRAFT.stream: CLINIKO_INVOICES_DRAFT}

@@ -16,8 +16,9 @@ from clinicsync import stripe_limits
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX
 
 IDENTITY, CONTACT, BILLING, CLINICAL, SYSTEM = "identity", "contact", "billing", "clinical", "system"
-CLASSES = (IDENTITY, CONTACT, BILLING, CLINICAL, SYSTEM)
-NEEDS_ALLOWANCE = frozenset({CLINICAL})
+INTERNAL = "internal"  # the clinic's own business data (a product's cost price): not for Stripe without a decision
+CLASSES = (IDENTITY, CONTACT, BILLING, CLINICAL, SYSTEM, INTERNAL)
+NEEDS_ALLOWANCE = frozenset({CLINICAL, INTERNAL})
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,37 @@ CLINIKO_INVOICE_FIELDS: tuple[SourceField, ...] = (
     ),
 )
 
+# Cliniko products (§5.4). Cost prices and notes are the clinic's own business, not the customer's: they leave
+# only with a person's recorded allowance, like clinical fields.
+CLINIKO_PRODUCT_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cliniko product id"),
+        ("created_at", "Created at", "datetime"),
+        ("updated_at", "Updated at", "datetime"),
+        ("archived_at", "Archived at", "datetime"),
+        ("tax", "Tax", "link"),
+        ("product_supplier", "Supplier", "link"),
+    ),
+    *_fields(
+        IDENTITY,
+        ("name", "Product name"),
+        ("item_code", "Item code"),
+        ("serial_number", "Serial number"),
+        ("product_supplier_name", "Supplier name"),
+    ),
+    *_fields(
+        BILLING,
+        ("price_including_tax", "Price including tax", "decimal"),
+        ("price_ex_tax", "Price excluding tax", "decimal"),
+        ("stock_level", "Stock level", "decimal"),
+    ),
+    *_fields(INTERNAL, ("cost_price", "Cost price", "decimal"), ("notes", "Notes")),
+)
+
 SOURCE_FIELDS: dict[tuple[str, str], tuple[SourceField, ...]] = {
     ("cliniko", "patient"): CLINIKO_PATIENT_FIELDS,
+    ("cliniko", "product"): CLINIKO_PRODUCT_FIELDS,
     ("cliniko", "invoice"): CLINIKO_INVOICE_FIELDS,
 }
 
@@ -226,13 +256,8 @@ STRIPE_TARGETS: dict[str, dict[str, TargetSpec]] = {
             for part in ("line1", "line2", "city", "state", "postal_code", "country")
         },
     },
-    # For the product and invoice streams to come; the gateway does not write these objects yet.
-    "product": {
-        "name": TargetSpec(250),
-        "description": TargetSpec(40000),
-        "statement_descriptor": TargetSpec(22),
-        "unit_label": TargetSpec(12),
-    },
+    "product": {name: TargetSpec(limit) for name, limit in stripe_limits.FIELD_MAX_CHARS["product"].items()},
+    # For the invoice stream to come; the gateway does not write these objects yet.
     "invoice": {
         "description": TargetSpec(1500),
         "footer": TargetSpec(5000),
@@ -249,7 +274,7 @@ STRIPE_TARGETS: dict[str, dict[str, TargetSpec]] = {
 
 
 # The Stripe field records are matched on, per object; objects without one are matched by cross-reference only.
-MATCH_KEY_TARGETS: dict[str, str] = {"customer": "email"}
+MATCH_KEY_TARGETS: dict[str, str] = {"customer": "email", "product": "name"}
 
 
 def target_spec(stripe_object: str, target: str) -> TargetSpec | None:

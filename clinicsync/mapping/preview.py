@@ -135,7 +135,7 @@ class Connection:
     source: Any
     gateway: Any | None
     pair: Any | None
-    stream: Any  # sync.streams.StreamDef
+    stream: Any  # streams.base.Stream
 
     def close(self) -> None:
         close = getattr(self.source, "close", None)
@@ -147,9 +147,9 @@ def connect(settings: Any, secrets: Any, stream_name: str) -> Connection:
     """Clients from the profile's settings and keys. Stripe is optional (no key: no diff). Looks up the account
     pair without creating one: a preview leaves no trace."""
     from clinicsync.store.models import AccountPair
+    from clinicsync.streams import STREAMS
     from clinicsync.sync.retry import CancelToken
     from clinicsync.sync.service import ConfigProblem, cliniko_client, stripe_gateway
-    from clinicsync.sync.streams import STREAMS
 
     stream = STREAMS[stream_name]
     source = cliniko_client(settings, secrets, CancelToken())

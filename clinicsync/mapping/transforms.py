@@ -15,9 +15,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from clinicsync import money
 
 Value = str | int | None
 
@@ -222,22 +223,14 @@ def local_date(values: Sequence[Any], options: Mapping[str, Any], ctx: Transform
 
 # --- money -----------------------------------------------------------------------------------------------
 def to_minor_units(value: Any, exponent: int = 2) -> int | None:
-    """A decimal amount ("81.818", "2367.18", 50.0) → integer minor units (8182, 236718, 5000).
-
-    Decimal arithmetic throughout: binary floats cannot hold 2367.18 exactly. Rounded half up, as Australian
-    invoices round cents. A JSON number is read through its shortest repr, never through float arithmetic.
-    """
+    """A decimal amount ("81.818", "2367.18", 50.0) → integer minor units (8182, 236718, 5000), by the one money
+    rule (clinicsync/money.py: Decimal throughout, half away from zero); empty → None."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, bool):
-        raise TransformError(f"{value!r} is not an amount")
     try:
-        amount = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
-    except InvalidOperation:
-        raise TransformError(f"{value!r} is not a decimal amount") from None
-    if not amount.is_finite():
-        raise TransformError(f"{value!r} is not a finite amount")
-    return int((amount.scaleb(exponent)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return money.scaled_minor_units(repr(value) if isinstance(value, float) else value, exponent)
+    except money.MoneyError as exc:
+        raise TransformError(str(exc)) from None
 
 
 def minor_units(values: Sequence[Any], options: Mapping[str, Any], ctx: TransformContext = DEFAULT_CONTEXT) -> Value:

@@ -278,9 +278,23 @@ class ClinikoClient(ClosingClient):
 
     def get_patient(self, patient_id: str) -> dict[str, Any] | None:
         """One patient, archived or not; None when Cliniko says 404 (unknown or deleted)."""
-        path = f"/patients/{_checked_id(patient_id)}"
+        return self.get_record("/patients", patient_id, "patient")
+
+    def iter_changed(self, path: str, cursor: datetime | None, *, archived: bool = False) -> Iterator[dict[str, Any]]:
+        """Records of a listing updated at or after `cursor`; `archived` is the pass that includes archived ones
+        (`q[]=archived_at:*`; callers look at each record's `archived_at`)."""
+        yield from self._changed_records(path, [("q[]", "archived_at:*")] if archived else [], cursor)
+
+    def iter_created_since(self, path: str, cursor: datetime) -> Iterator[dict[str, Any]]:
+        """Records created at or after `cursor` (for append-only listings such as stock adjustments)."""
+        yield from self._records(path, [("q[]", f"created_at:>={format_cursor(cursor)}"), ("sort", "created_at:asc")])
+
+    def get_record(self, path: str, record_id: str, what: str) -> dict[str, Any] | None:
+        """One record of a listing, archived or not; None when Cliniko says 404 (unknown or deleted)."""
         try:
-            response = self._request("GET", path, params=[("q[]", "archived_at:*")], what=f"patient {patient_id}")
+            response = self._request(
+                "GET", f"{path}/{_checked_id(record_id)}", params=[("q[]", "archived_at:*")], what=f"{what} {record_id}"
+            )
         except SourceNotFound:
             return None
         return self._record(response)

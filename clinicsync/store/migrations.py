@@ -45,11 +45,40 @@ def _v4_index_high_water(db: SqliteDatabase) -> None:
         db.execute_sql("ALTER TABLE stream_state ADD COLUMN stripe_index_high_water INTEGER")
 
 
+_V5_OUTBOX_COLUMNS = {
+    "plan_key": "VARCHAR(255)",
+    "step": "INTEGER NOT NULL DEFAULT 0",
+    "last_step": "INTEGER NOT NULL DEFAULT 1",
+    "role": "VARCHAR(255) NOT NULL DEFAULT ''",
+    "refs": "TEXT",
+    "effects": "TEXT",
+    "plan_action": "VARCHAR(255)",
+}
+
+
+def _v5_write_plans(db: SqliteDatabase) -> None:
+    """Outbox rows become steps of a plan, and records own Stripe objects per role. Rows already queued become
+    one-step plans of the stream's primary object, so a profile upgraded with writes pending replays them as they
+    were. Idempotent (step 1 builds tables from the current models)."""
+    db.create_tables(models.PLAN_MODELS, safe=True)
+    present = {column.name for column in db.get_columns("outbox_entry")}
+    for name, ddl in _V5_OUTBOX_COLUMNS.items():
+        if name not in present:
+            db.execute_sql(f"ALTER TABLE outbox_entry ADD COLUMN {name} {ddl}")
+    # One pending row per record became one pending row per step of a record's plan.
+    db.execute_sql("DROP INDEX IF EXISTS outbox_one_pending_per_record")
+    db.execute_sql(
+        "CREATE UNIQUE INDEX IF NOT EXISTS outbox_one_pending_per_step ON outbox_entry "
+        "(pair_id, stream, source_id, step) WHERE status = 'pending'"
+    )
+
+
 MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v1_initial,
     _v2_mapping,
     _v3_history_index,
     _v4_index_high_water,
+    _v5_write_plans,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -183,10 +183,44 @@ class OutboxEntry(BaseModel):
     idempotency_key = CharField(null=True, unique=True)
     status = CharField(default="pending")  # pending, done, failed, superseded
     mapping_version = IntegerField(null=True)  # the mapping revision the params were built with (schema v2)
+    # A row is one step of a record's write plan (schema v5): steps share `plan_key`, run in `step` order, and a
+    # step waits for the one before it. `refs` names request parameters ("" = the object to update) that take an
+    # earlier step's Stripe id; `effects` says what a finished step means for the record's role links. Only the
+    # last step writes the record's history row, with `plan_action`.
+    plan_key = CharField(null=True)
+    step = IntegerField(default=0)
+    last_step = BooleanField(default=True)
+    role = CharField(default="")  # "" (a row from before v5): the stream's primary object
+    refs = JSONField(null=True)
+    effects = JSONField(null=True)
+    plan_action = CharField(null=True)  # created, linked, updated; None: from `op` (rows from before v5)
     attempts = IntegerField(default=0)
     last_error = TextField(default="")
     created_at = DateTimeField(default=utcnow)
     finished_at = DateTimeField(null=True)
+
+
+class RoleLink(BaseModel):
+    """A Stripe object of a secondary role that a source record owns (schema v5): e.g. every price ClinicSync made
+    for a product, with the one in use marked current. The record's primary object stays in RecordLink."""
+
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    source_id = CharField()
+    role = CharField()  # "price"
+    stripe_object = CharField()
+    stripe_id = CharField()
+    fingerprint = CharField(null=True)  # what the immutable object holds (a price: amount, currency, tax behaviour)
+    current = BooleanField(default=False)
+    active = BooleanField(default=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = (
+            (("pair", "stream", "role", "stripe_id"), True),
+            (("pair", "stream", "source_id"), False),
+        )
 
 
 class ReviewItem(BaseModel):
@@ -290,6 +324,8 @@ class WritebackMark(BaseModel):
 
 # Tables added by schema v2 (migrations._v2_mapping); kept out of ALL_MODELS, which step 1 creates.
 MAPPING_MODELS: tuple[type[BaseModel], ...] = (StreamMappingRow, MappingRevision, FieldAllowance, WritebackMark)
+# Added by schema v5 (migrations._v5_write_plans).
+PLAN_MODELS: tuple[type[BaseModel], ...] = (RoleLink,)
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (

@@ -270,11 +270,11 @@ def _search_terms(search: str) -> tuple[str, list[str], list[str]]:
     source_ids: list[str] = []
     stripe_ids: list[str] = []
     if "@" in text:
+        from clinicsync.matchkey import match_hash  # the engine's own hash, so the two always agree
         from clinicsync.store.models import StripeIndexEntry
-        from clinicsync.sync.matching import email_hash  # the engine's own hash, so the two always agree
 
         for pair in AccountPair.select():
-            hashed = email_hash(pair, text)
+            hashed = match_hash(pair.uuid, text)
             source_ids += [
                 row.source_id
                 for row in RecordLink.select(RecordLink.source_id).where(

@@ -48,6 +48,10 @@ def _shard(value: str) -> str | None:
     return None if _SHARD.match(value) else f"{value!r} is not a Cliniko shard (such as au1, au2, uk1)"
 
 
+def _currency(value: str) -> str | None:
+    return None if value == "" or re.fullmatch(r"[a-z]{3}", value) else f"{value!r} is not a currency code like aud"
+
+
 def _base_url(value: str) -> str | None:
     if value == "":
         return None
@@ -96,6 +100,17 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("retry.max_attempts", int, 6, "Attempts per request before giving up for this run", minimum=1),
     SettingSpec("retry.base_delay_seconds", float, 0.5, "First retry delay (seconds)", minimum=0),
     SettingSpec("retry.max_delay_seconds", float, 60.0, "Longest retry delay (seconds)", minimum=0),
+    SettingSpec(
+        "currency", str, "", "Currency of the clinic's prices (blank: from Cliniko's country)", check=_currency
+    ),
+    SettingSpec(
+        "cliniko.products.price_basis",
+        str,
+        "including_tax",
+        "Which Cliniko product price becomes the Stripe price",
+        choices=("including_tax", "ex_tax"),
+    ),
+    SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
     SettingSpec(
         "stripe.search_settle_seconds",
         float,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from clinicsync import money
 from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
@@ -29,18 +30,20 @@ from clinicsync.store.models import (
     RecordLink,
     RetryRecord,
     ReviewItem,
+    RoleLink,
     StreamState,
     SyncEvent,
     SyncPlan,
     SyncRun,
     utcnow,
 )
+from clinicsync.streams.base import PlanRequest, Record, RoleLinkInfo, Stream, StreamNotReady, StreamSettings
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.matching import (
     build_index,
     candidates_by_email,
     candidates_by_reference,
-    email_hash,
+    match_hash,
     records_sharing_email,
     refresh_index,
     refresh_since,
@@ -49,7 +52,6 @@ from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, op
 from clinicsync.sync.pool import WritePool
 from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sync.scope import ScopeFilter
-from clinicsync.sync.streams import Record, StreamDef, StreamNotReady
 from clinicsync.sync.writeback import BackfillResult, backfill, without_writeback_field
 from clinicsync.sync.writeback import progress as writeback_progress
 
@@ -69,6 +71,8 @@ class RunOptions:
     search_settle_s: float = 90.0
     workers: int = 8  # at ~80 ms a request, 8 in flight reach Stripe's live limit of 100/s
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    currency: str = ""  # blank: from the source's country
+    stream_values: Mapping[str, Any] = field(default_factory=dict)  # settings stream declarations read
 
 
 @dataclass
@@ -114,7 +118,7 @@ class RunRecorder:
 class StreamRun:
     def __init__(
         self,
-        stream: StreamDef,
+        stream: Stream,
         pair: AccountPair,
         source: Any,
         gateway: StripeGateway,
@@ -127,6 +131,7 @@ class StreamRun:
         # The stored mapping (or the default, with the pair's default scope), read once per run.
         self.mapping, self.scope_is_default = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)
         self.context = TransformContext()
+        self.stream_settings = StreamSettings(time_zone=DEFAULT_TIME_ZONE, currency=options.currency or "aud")
         self.pair = pair
         self.source = source
         self.gateway = gateway
@@ -225,6 +230,7 @@ class StreamRun:
             gateway=self.gateway,
             pair=self.pair,
             mapping=self.mapping,
+            stream=self.stream,
             policy=self.options.policy,
             recorder=self.recorder,
             sleep=self.cancel.sleep,
@@ -236,8 +242,11 @@ class StreamRun:
         pool = WritePool(self.options.workers)
         try:
             self._progress(self.stream.name, 0, None, "Sending queued changes")
+            queued: dict[str, list[OutboxEntry]] = {}
             for row in writer.pending():
-                pool.submit(row.source_id, lambda row=row: writer.deliver(row))
+                queued.setdefault(row.source_id, []).append(row)
+            for source_id, rows in queued.items():  # each record's steps in order, records in parallel
+                pool.submit(source_id, lambda rows=rows: writer.deliver_plan(rows))
             pool.drain()
             self._read_and_decide(pool=pool, writer=writer)
         finally:
@@ -264,6 +273,14 @@ class StreamRun:
             )
         zone = mapping.time_zone or (self.stream.time_zone(self.source) if _needs_zone(mapping) else None)
         self.context = TransformContext(time_zone=zone or DEFAULT_TIME_ZONE)
+        currency = self.options.currency
+        if not currency and self.stream.enrich is not None:
+            currency = money.currency_for_country(self.stream.country(self.source))
+        self.stream_settings = StreamSettings(
+            time_zone=self.context.time_zone,
+            currency=currency or money.DEFAULT_CURRENCY,
+            values=self.options.stream_values,
+        )
         self._scope = ScopeFilter.for_run(mapping.scope, self.stream, self.source, self.context.time_zone)
 
     def _target_changes(self, written_with: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -312,7 +329,7 @@ class StreamRun:
         state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
         stripe_object = self.mapping.stripe_object
         if state.stripe_index_built_at is None:
-            self._progress(self.stream.name, 0, None, "Reading existing Stripe customers")
+            self._progress(self.stream.name, 0, None, f"Reading existing Stripe {stripe_object}s")
             build_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object))
         else:
             since = refresh_since(state)
@@ -375,6 +392,8 @@ class StreamRun:
             return
         archived_value = self.stream.archived_value(record)
         mapped = map_record(self.mapping, record, archived_value=archived_value, context=self.context)
+        if mapped.error is None and self.stream.enrich is not None:
+            self.stream.enrich(mapped, record, self.stream_settings)
         sid = mapped.source_id
         if self._seen.get(sid) == mapped.payload_hash:
             return  # the same version again (second pass or a page that shifted): already handled
@@ -384,7 +403,7 @@ class StreamRun:
         if mapped.error:
             self.recorder.record("failed", sid or "?", mapped.display_name, None, mapped.error)
             return
-        hashed = email_hash(self.pair, mapped.match_value)
+        hashed = match_hash(self.pair, mapped.match_value)
         pool.wait_for(sid)
         link = self._remember(mapped, hashed)
         if self._has_pending_write(sid):
@@ -537,13 +556,29 @@ class StreamRun:
         params = create_params(mapped.payload) if op == "create" else update_params(mapped.payload, retired)
         if stripe_id and op == "link":
             self._claimed.add(stripe_id)
+        request = PlanRequest(
+            op=op,
+            mapped=mapped,
+            stripe_id=stripe_id,
+            params=params,
+            cross_ref_key=self.mapping.cross_ref_key,
+            roles=self._role_links(mapped.source_id) if op != "create" else (),
+        )
+        steps = self.stream.plan(request)
+        action = ACTION_OF_OP[op]
         if writer is None:  # dry run: the plan records what would be sent
-            action = ACTION_OF_OP[op]
-            self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, "\n".join(mapped.notes))
+            message = "\n".join([*mapped.notes, *(step.note for step in steps if step.note)])
+            self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, message)
             return
-        pool.wait_for(mapped.source_id)  # one write in flight per record: the queue allows one pending row
-        row = writer.enqueue(mapped, op, params, stripe_id, hashed)
-        pool.submit(mapped.source_id, lambda: writer.deliver(row))
+        pool.wait_for(mapped.source_id)  # one plan in flight per record: the queue allows one pending row a step
+        rows = writer.enqueue_plan(mapped, action, steps, hashed)
+        pool.submit(mapped.source_id, lambda: writer.deliver_plan(rows))
+
+    def _role_links(self, source_id: str) -> tuple[RoleLinkInfo, ...]:
+        rows = RoleLink.select().where(
+            (RoleLink.pair == self.pair) & (RoleLink.stream == self.stream.name) & (RoleLink.source_id == source_id)
+        )
+        return tuple(RoleLinkInfo(row.role, row.stripe_id, row.fingerprint, row.current, row.active) for row in rows)
 
     def _review(
         self,

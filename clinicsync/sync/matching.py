@@ -7,14 +7,13 @@ Emails are kept only as keyed hashes, so the local database holds no contact det
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable
 from datetime import UTC
 from typing import Any
 
 from peewee import chunked
 
+from clinicsync import matchkey
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.store.models import AccountPair, RecordLink, StreamState, StripeIndexEntry, utcnow
 
@@ -23,11 +22,9 @@ CLOCK_MARGIN_S = 600  # how far this PC's clock may be ahead of Stripe's without
 REFRESH_OVERLAP_S = 60
 
 
-def email_hash(pair: AccountPair, email: str | None) -> str | None:
-    if not email:
-        return None
-    digest = hmac.new(pair.uuid.encode(), email.strip().casefold().encode("utf-8"), hashlib.sha256)
-    return digest.hexdigest()[:40]
+def match_hash(pair: AccountPair, value: str | None) -> str | None:
+    """A keyed hash of a match key (an email, a product name): see clinicsync/matchkey.py."""
+    return matchkey.match_hash(pair.uuid, value)
 
 
 def build_index(
@@ -87,7 +84,7 @@ def _add_to_index(
                 "pair": pair.id,
                 "stripe_object": mapping.stripe_object,
                 "stripe_id": obj["id"],
-                "email_hash": email_hash(pair, obj.get("email")),
+                "email_hash": match_hash(pair, _match_value(mapping, obj)),
                 "source_ref": metadata.get(mapping.cross_ref_key),
                 "display_name": (obj.get("name") or obj.get("email") or "")[:120],
             }
@@ -95,6 +92,14 @@ def _add_to_index(
     for batch in chunked(rows(), 200):
         StripeIndexEntry.insert_many(batch).on_conflict_ignore().execute()
     return count, newest
+
+
+def _match_value(mapping: StreamMapping, obj: dict[str, Any]) -> str | None:
+    """The Stripe object's value of the mapping's match key (a customer's email, a product's name)."""
+    if not any(rule.role == "match_key" for rule in mapping.rules):
+        return None
+    value = obj.get(mapping.match_target)
+    return value if isinstance(value, str) else None
 
 
 def _unlinked(pair: AccountPair, mapping: StreamMapping, query: Any) -> list[str]:

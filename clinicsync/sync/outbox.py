@@ -1,6 +1,10 @@
 """The outbox: every Stripe write is stored with its exact request and an idempotency key naming that row before
 it is sent, then marked done together with the link in one transaction.
 
+A record's change is a plan of one or more steps (streams/base.py WriteStep), all stored before the first is
+sent. A step waits for the one before it and takes earlier steps' Stripe ids where its request names them; a crash
+resumes at the first step not done, and a done step is never sent again.
+
 So a crash at any point replays exactly the request Stripe may already have executed (same key, same params),
 an edit after a crash becomes a new row (a new key), and an A→B→A edit is never mistaken for a replay.
 """
@@ -11,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from peewee import IntegrityError
@@ -25,9 +29,11 @@ from clinicsync.store.models import (
     RecordLink,
     RetryRecord,
     ReviewItem,
+    RoleLink,
     StripeIndexEntry,
     utcnow,
 )
+from clinicsync.streams.base import FindRequest, Stream, WriteStep
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway, retry_decision
 from clinicsync.sync.crash import crashpoint
 from clinicsync.sync.retry import RetryPolicy, call_with_retries
@@ -38,6 +44,7 @@ ACTION_OF_OP = {"create": "created", "link": "linked", "update": "updated"}
 # Stripe prunes idempotency keys after 24 hours; older creates look for their object before being replayed.
 IDEMPOTENCY_WINDOW = timedelta(hours=23)
 MAX_SUPERSEDES = 3
+CLOCK_MARGIN_S = 600
 
 
 class StripeStopped(Exception):
@@ -58,6 +65,15 @@ def idempotency_key(pair: AccountPair, stream: str, source_id: str, op: str, row
     return f"cs:{pair.uuid[:12]}:{stream}:{source_id}:{op}:{row_id}"
 
 
+def _key_op(row: OutboxEntry, primary_role: str) -> str:
+    """The write's name in its key: as before plans existed for the primary object, role-qualified otherwise."""
+    return row.op if row.role in ("", primary_role) else f"{row.role}-{row.op}"
+
+
+def _resolved(params: dict[str, Any] | None, refs: dict[str, str]) -> dict[str, Any]:
+    return {**(params or {}), **{name: value for name, value in refs.items() if name}}
+
+
 def _normalised(params: dict[str, Any]) -> dict[str, Any]:
     # What is sent is exactly what a replay will send: both come from the same JSON text.
     loaded: dict[str, Any] = json.loads(json.dumps(params, sort_keys=True, ensure_ascii=False))
@@ -69,6 +85,7 @@ class OutboxWriter:
     gateway: StripeGateway
     pair: AccountPair
     mapping: StreamMapping
+    stream: Stream
     policy: RetryPolicy
     recorder: Recorder
     sleep: Callable[[float], object]
@@ -76,29 +93,42 @@ class OutboxWriter:
     now: Callable[[], datetime] = utcnow
 
     # --- queueing -------------------------------------------------------------------------------------
-    def enqueue(
-        self, mapped: MappedRecord, op: str, params: dict[str, Any], stripe_id: str | None, email_hash: str | None
-    ) -> OutboxEntry:
+    def enqueue_plan(
+        self, mapped: MappedRecord, action: str, steps: list[WriteStep], email_hash: str | None
+    ) -> list[OutboxEntry]:
+        """Store every step of a record's plan (one transaction), each with a key naming its own row."""
+        rows: list[OutboxEntry] = []
         with database_proxy.atomic():
-            row = OutboxEntry.create(
-                pair=self.pair,
-                stream=self.mapping.stream,
-                source_id=mapped.source_id,
-                op=op,
-                stripe_object=self.mapping.stripe_object,
-                stripe_id=stripe_id,
-                params=_normalised(params),
-                payload_hash=mapped.payload_hash,
-                email_hash=email_hash,
-                display_name=mapped.display_name,
-                archived=mapped.archived,
-                notes="\n".join(mapped.notes),
-                mapping_version=self.mapping.version,
-            )
-            row.idempotency_key = idempotency_key(self.pair, self.mapping.stream, mapped.source_id, op, row.id)
-            row.save()
+            for number, step in enumerate(steps):
+                row = OutboxEntry.create(
+                    pair=self.pair,
+                    stream=self.mapping.stream,
+                    source_id=mapped.source_id,
+                    op=step.op,
+                    stripe_object=step.stripe_object,
+                    stripe_id=step.stripe_id,
+                    params=_normalised(dict(step.params)),
+                    payload_hash=mapped.payload_hash,
+                    email_hash=email_hash,
+                    display_name=mapped.display_name,
+                    archived=mapped.archived,
+                    notes="\n".join([*mapped.notes, *(s.note for s in steps if s.note)]),
+                    mapping_version=self.mapping.version,
+                    step=number,
+                    last_step=number == len(steps) - 1,
+                    role=step.role,
+                    refs=dict(step.refs) or None,
+                    effects=[vars(record) for record in step.records] or None,
+                    plan_action=action,
+                )
+                row.plan_key = f"{self.mapping.stream}:{mapped.source_id}:{rows[0].id if rows else row.id}"
+                row.idempotency_key = idempotency_key(
+                    self.pair, self.mapping.stream, mapped.source_id, _key_op(row, self.stream.primary_role), row.id
+                )
+                row.save()
+                rows.append(row)
         crashpoint("after_outbox_insert")
-        return row
+        return rows
 
     def pending(self) -> list[OutboxEntry]:
         return list(
@@ -112,16 +142,64 @@ class OutboxWriter:
         )
 
     # --- delivery -------------------------------------------------------------------------------------
+    def deliver_plan(self, rows: list[OutboxEntry]) -> None:
+        """Send a record's steps in order; stop at a step that did not finish (it is retried next run)."""
+        for row in rows:
+            current = OutboxEntry.get_by_id(row.id)
+            if current.status == "done":
+                continue  # a replay of a finished step is a no-op
+            if current.status != "pending":
+                return
+            self.deliver(current)
+            if OutboxEntry.get_by_id(current.id).status != "done" and not self._superseded_done(current):
+                return
+
+    def _superseded_done(self, row: OutboxEntry) -> bool:
+        """A step replaced by a fresh row (after a saved 500) that has finished."""
+        return self._step_row(row, row.step, status="done") is not None
+
+    def _step_row(self, row: OutboxEntry, step: int, *, status: str | None = None) -> OutboxEntry | None:
+        if row.plan_key is None:
+            return None
+        query = OutboxEntry.select().where((OutboxEntry.plan_key == row.plan_key) & (OutboxEntry.step == step))
+        if status is not None:
+            query = query.where(OutboxEntry.status == status)
+        return query.order_by(OutboxEntry.id.desc()).first()
+
+    def _earlier_ids(self, row: OutboxEntry) -> dict[str, str] | None:
+        """The Stripe ids the step's request takes from earlier steps; None while one of them is not done."""
+        ids: dict[str, str] = {}
+        for name, step in (row.refs or {}).items():
+            earlier = self._step_row(row, int(step), status="done")
+            if earlier is None or not earlier.stripe_id:
+                return None
+            ids[name] = earlier.stripe_id
+        return ids
+
+    def _parent_failed(self, row: OutboxEntry) -> bool:
+        if row.step == 0:
+            return False
+        parent = self._step_row(row, row.step - 1)
+        return parent is not None and parent.status == "failed"
+
     def deliver(self, row: OutboxEntry, supersedes: int = 0) -> None:
-        """Send one queued write and settle it. Raises StripeStopped when the run must stop."""
+        """Send one queued step and settle it. Raises StripeStopped when the run must stop."""
+        if self._parent_failed(row):
+            self._mark_failed(row, "not sent: an earlier step of this change failed")
+            return
+        earlier = self._earlier_ids(row)
+        if earlier is None:
+            return  # its parent is not done yet: it waits (the plan is replayed in order next run)
+        target = earlier.get("", row.stripe_id)
+        params = _resolved(row.params, earlier)
         if row.op == "create" and self.now() - row.created_at > IDEMPOTENCY_WINDOW:
-            found = self._find_created(row)
+            found = self._find_created(row, params)
             if found is not None:
                 self._complete(row, found, replayed=True)
                 return
         try:
             result = call_with_retries(
-                lambda: self.gateway.write(row.op, row.stripe_object, row.stripe_id, row.params, row.idempotency_key),
+                lambda: self.gateway.write(row.op, row.stripe_object, target, params, row.idempotency_key),
                 policy=self.policy,
                 classify=retry_decision,
                 sleep=self.sleep,
@@ -135,13 +213,15 @@ class OutboxWriter:
                 ),
             )
         except StripeFailure as failure:
-            self._settle_failure(row, failure, supersedes)
+            self._settle_failure(row, failure, supersedes, params)
             return
         crashpoint("after_stripe_ok")
         self._complete(row, result.object, replayed=result.replayed)
         crashpoint("after_link_saved")
 
-    def _settle_failure(self, row: OutboxEntry, failure: StripeFailure, supersedes: int) -> None:
+    def _settle_failure(
+        self, row: OutboxEntry, failure: StripeFailure, supersedes: int, params: dict[str, Any]
+    ) -> None:
         if failure.kind == "transient":
             self._note_attempt(row, failure.message)
             raise StripeStopped(
@@ -153,43 +233,44 @@ class OutboxWriter:
             self._note_attempt(row, failure.message)
             raise StripeStopped(failure.kind, failure.message)
         if failure.kind == "unknown_outcome":
-            self._resolve_unknown(row, failure, supersedes)
-        elif failure.kind == "not_found" and row.op in ("update", "link"):
+            self._resolve_unknown(row, failure, supersedes, params)
+        elif failure.kind == "not_found" and row.op in ("update", "link") and self._is_primary(row):
             self._object_gone(row)
         else:
             self._fail(row, failure.message)
 
-    def _resolve_unknown(self, row: OutboxEntry, failure: StripeFailure, supersedes: int) -> None:
+    def _resolve_unknown(
+        self, row: OutboxEntry, failure: StripeFailure, supersedes: int, params: dict[str, Any]
+    ) -> None:
         """Stripe saved a 500 under this key, so replaying it can never succeed: find out what happened."""
         if row.op == "create":
-            found = self._find_created(row)
+            found = self._find_created(row, params)
             if found is not None:
                 self._complete(row, found, replayed=True)
                 return
-            if not self._absence_is_certain(row):
-                self._note_attempt(row, "waiting to confirm whether Stripe created this customer")
+            if not self._absence_is_certain(row, params):
+                self._note_attempt(row, f"waiting to confirm whether Stripe created this {row.stripe_object}")
                 return
         if supersedes >= MAX_SUPERSEDES:
             self._fail(row, f"Stripe kept failing this write: {failure.message}")
             return
         self.deliver(self._supersede(row), supersedes + 1)
 
-    def _find_created(self, row: OutboxEntry) -> dict[str, Any] | None:
-        """The object an earlier attempt of this create made, if any: by exact email (read-after-write safe),
-        else by Search on the cross-reference (only trusted once its index has caught up)."""
-        key = self.mapping.cross_ref_key
-        email = (row.params or {}).get("email")
-        if email:
-            found = self.gateway.list_by_email(row.stripe_object, email)
-        else:
-            found = self.gateway.search(row.stripe_object, f"metadata['{key}']:'{row.source_id}'")
-        matches = [obj for obj in found if (obj.get("metadata") or {}).get(key) == row.source_id]
-        return min(matches, key=lambda obj: obj.get("created", 0)) if matches else None
+    def _find_request(self, row: OutboxEntry, params: dict[str, Any]) -> FindRequest:
+        # Stripe's `created` is on Stripe's clock; this PC's may be ahead of it.
+        created = int(row.created_at.replace(tzinfo=UTC).timestamp()) - CLOCK_MARGIN_S
+        return FindRequest(row.stripe_object, row.source_id, params, self.mapping.cross_ref_key, created)
 
-    def _absence_is_certain(self, row: OutboxEntry) -> bool:
-        if (row.params or {}).get("email"):
-            return True
-        return (self.now() - row.created_at).total_seconds() >= self.search_settle_s
+    def _find_created(self, row: OutboxEntry, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The object an earlier attempt of this create made, if any, as the stream knows how to find it."""
+        return self.stream.find_created(self.gateway, self._find_request(row, params))
+
+    def _absence_is_certain(self, row: OutboxEntry, params: dict[str, Any]) -> bool:
+        age_s = (self.now() - row.created_at).total_seconds()
+        return self.stream.absence_certain(self._find_request(row, params), age_s, self.search_settle_s)
+
+    def _is_primary(self, row: OutboxEntry) -> bool:
+        return row.role in ("", self.stream.primary_role)
 
     def _supersede(self, row: OutboxEntry) -> OutboxEntry:
         with database_proxy.atomic():
@@ -197,21 +278,17 @@ class OutboxWriter:
             row.finished_at = self.now()
             row.save()
             fresh = OutboxEntry.create(
-                pair=row.pair_id,
-                stream=row.stream,
-                source_id=row.source_id,
-                op=row.op,
-                stripe_object=row.stripe_object,
+                **{
+                    name: getattr(row, name)
+                    for name in OutboxEntry._meta.fields
+                    if name not in ("id", "idempotency_key", "status", "attempts", "last_error", "created_at")
+                    and name not in ("finished_at", "stripe_id")
+                },
                 stripe_id=row.stripe_id,
-                params=row.params,
-                payload_hash=row.payload_hash,
-                email_hash=row.email_hash,
-                display_name=row.display_name,
-                archived=row.archived,
-                notes=row.notes,
-                mapping_version=row.mapping_version,
             )
-            fresh.idempotency_key = idempotency_key(self.pair, row.stream, row.source_id, row.op, fresh.id)
+            fresh.idempotency_key = idempotency_key(
+                self.pair, row.stream, row.source_id, _key_op(fresh, self.stream.primary_role), fresh.id
+            )
             fresh.save()
             row.params = None
             row.save()
@@ -221,11 +298,12 @@ class OutboxWriter:
     def _complete(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
         stripe_id = str(obj["id"])
         try:
-            self._save_link(row, stripe_id, replayed=replayed)
+            self._save_link(row, obj, replayed=replayed)
         except IntegrityError:  # another record is linked to this object: never a crash that blocks the queue
             self._link_taken(row, stripe_id)
 
-    def _save_link(self, row: OutboxEntry, stripe_id: str, *, replayed: bool) -> None:
+    def _save_link(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
+        stripe_id = str(obj["id"])
         with database_proxy.atomic():
             row.status = "done"
             row.stripe_id = stripe_id
@@ -233,13 +311,24 @@ class OutboxWriter:
             row.finished_at = self.now()
             row.attempts += 1
             row.save()
+            self._apply_effects(row, obj)
+            if self._is_primary(row):
+                link, _ = RecordLink.get_or_create(
+                    pair=self.pair,
+                    stream=row.stream,
+                    source_id=row.source_id,
+                    defaults={"stripe_object": row.stripe_object},
+                )
+                link.stripe_id = stripe_id
+                link.save()
+            if not row.last_step:
+                return
             link, _ = RecordLink.get_or_create(
                 pair=self.pair,
                 stream=row.stream,
                 source_id=row.source_id,
                 defaults={"stripe_object": row.stripe_object},
             )
-            link.stripe_id = stripe_id
             link.payload_hash = row.payload_hash
             link.email_hash = row.email_hash
             link.display_name = row.display_name
@@ -249,7 +338,36 @@ class OutboxWriter:
             link.save()
             self._close_decisions(row)  # carried out
             message = row.notes + ("\n(replayed after an interruption)" if replayed else "")
-            self.recorder.record(ACTION_OF_OP[row.op], row.source_id, row.display_name, stripe_id, message.strip())
+            action = row.plan_action or ACTION_OF_OP[row.op]
+            self.recorder.record(action, row.source_id, row.display_name, link.stripe_id, message.strip())
+
+    def _apply_effects(self, row: OutboxEntry, obj: dict[str, Any]) -> None:
+        """Record what a finished step made or changed among the record's objects of other roles."""
+        for effect in row.effects or []:
+            stripe_id = obj.get(effect["field"])
+            if isinstance(stripe_id, dict):  # an expanded object
+                stripe_id = stripe_id.get("id")
+            if not stripe_id:
+                continue
+            role = effect["role"]
+            mine = (RoleLink.pair == self.pair) & (RoleLink.stream == row.stream) & (RoleLink.role == role)
+            if effect.get("current"):
+                RoleLink.update(current=False).where(mine & (RoleLink.source_id == row.source_id)).execute()
+            values: dict[str, Any] = {"updated_at": self.now()}
+            for name in ("fingerprint", "current", "active"):
+                if effect.get(name) is not None:
+                    values[name] = effect[name]
+            updated = RoleLink.update(**values).where(mine & (RoleLink.stripe_id == str(stripe_id))).execute()
+            if not updated:
+                RoleLink.create(
+                    pair=self.pair,
+                    stream=row.stream,
+                    source_id=row.source_id,
+                    role=role,
+                    stripe_object=role,
+                    stripe_id=str(stripe_id),
+                    **{name: value for name, value in values.items() if name != "updated_at"},
+                )
 
     def _fail(self, row: OutboxEntry, message: str) -> None:
         with database_proxy.atomic():
@@ -262,6 +380,14 @@ class OutboxWriter:
         row.last_error = message
         row.finished_at = self.now()
         row.save()
+        if row.plan_key is not None:  # the steps after it will not be sent: their change starts again next sync
+            OutboxEntry.update(
+                status="failed", params=None, last_error="not sent: an earlier step failed", finished_at=self.now()
+            ).where(
+                (OutboxEntry.plan_key == row.plan_key)
+                & (OutboxEntry.step > row.step)
+                & (OutboxEntry.status == "pending")
+            ).execute()
 
     def _close_decisions(self, row: OutboxEntry) -> None:
         """A person's decision about this record is settled (carried out, or it led to a failure)."""

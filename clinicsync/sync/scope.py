@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from clinicsync.mapping.spec import SyncScope
-from clinicsync.sync.streams import Record, StreamDef, StreamNotReady
+from clinicsync.streams.base import Record, Stream, StreamNotReady
 
 
 @dataclass
@@ -23,7 +23,7 @@ class ScopeFilter:
     left_out: set[str] = field(default_factory=set)  # ids, as the archived pass reads live records a second time
 
     @classmethod
-    def for_run(cls, scope: SyncScope, stream: StreamDef, source: Any, time_zone: str) -> ScopeFilter:
+    def for_run(cls, scope: SyncScope, stream: Stream, source: Any, time_zone: str) -> ScopeFilter:
         """Work out the scope for this run; "recent activity" asks the source which records had any."""
         if scope.kind == "since" and scope.since is not None:
             local_midnight = datetime.combine(scope.since, time(), tzinfo=ZoneInfo(time_zone))

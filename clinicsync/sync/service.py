@@ -21,11 +21,11 @@ from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
 from clinicsync.store.models import AccountPair, SyncPlan, SyncRun, utcnow
 from clinicsync.store.settings import Settings
+from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
 from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
 from clinicsync.sync.lock import ProfileLock
 from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
-from clinicsync.sync.streams import STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,14 @@ def resolve_pair(cliniko: ClinikoClient, gateway: StripeGateway) -> AccountPair:
     return pair
 
 
+# Settings that stream declarations read (through StreamSettings), resolved once per run.
+STREAM_SETTING_KEYS = ("cliniko.products.price_basis",)
+
+
 def run_options(settings: Settings, *, trigger: str, dry_run: bool) -> RunOptions:
     return RunOptions(
+        currency=settings.get("currency"),
+        stream_values={key: settings.get(key) for key in STREAM_SETTING_KEYS},
         trigger=trigger,
         dry_run=dry_run,
         overlap_s=settings.get("sync.cursor_overlap_seconds"),
@@ -142,15 +148,17 @@ def run_sync(
 ) -> list[RunResult]:
     """Run the given streams once, holding the profile's sync lock (raises SyncLocked if another sync runs)."""
     cancel = cancel or CancelToken()
-    names = list(streams or STREAMS)
-    unknown = [name for name in names if name not in STREAMS]
+    unknown = [name for name in streams or () if name not in STREAMS]
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
+    names = dependency_order(STREAMS, list(streams) if streams else enabled_streams(settings))
     with ProfileLock(paths.lock_file):
         cliniko = cliniko_client(settings, secrets, cancel)
         try:
             gateway = stripe_gateway(settings, secrets, cancel)
             pair = resolve_pair(cliniko, gateway)
+            if streams:  # a stream asked for alone still needs what it stands on
+                check_dependencies(pair, names)
             results = []
             for name in names:
                 # Live Stripe is nobody's staging area: a stream's first live sync only plans until approved.
@@ -169,6 +177,42 @@ def run_sync(
             return results
         finally:
             cliniko.close()
+
+
+def enabled_streams(settings: Settings) -> list[str]:
+    """Every stream not switched off (`streams.<name>.enabled`; a stream without that setting is always on)."""
+    from clinicsync.store.settings import SPECS_BY_KEY
+
+    return [
+        name
+        for name in STREAMS
+        if f"streams.{name}.enabled" not in SPECS_BY_KEY or settings.get(f"streams.{name}.enabled")
+    ]
+
+
+CONNECTED_SOURCES = ("cliniko",)  # the sources a sync connects to today; a dependency on another counts as met
+
+
+def check_dependencies(pair: AccountPair, names: Sequence[str]) -> None:
+    """Refuse a stream whose dependencies never completed for these accounts (their links are not there yet)."""
+    missing = []
+    for name in names:
+        for dependency in STREAMS[name].depends_on:
+            if dependency in names or STREAMS[dependency].source_system not in CONNECTED_SOURCES:
+                continue
+            completed = SyncRun.select().where(
+                (SyncRun.pair == pair)
+                & (SyncRun.stream == dependency)
+                & (SyncRun.dry_run == False)  # noqa: E712 (peewee expression)
+                & SyncRun.outcome.in_(("ok", "attention"))
+            )
+            if not completed.exists():
+                missing.append((name, dependency))
+    if missing:
+        raise ConfigProblem(
+            "; ".join(f"{name} needs {dependency} to have synced at least once" for name, dependency in missing)
+            + ". Sync every stream once first (run the sync without choosing a stream), then this one alone."
+        )
 
 
 APPROVAL_MESSAGE = (

@@ -28,8 +28,8 @@ from PySide6.QtWidgets import (
 )
 
 from clinicsync.store import queries
+from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import Job, JobOutcome
-from clinicsync.sync.streams import STREAMS
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import clean_text, escape_html
 from clinicsync.ui.status import (

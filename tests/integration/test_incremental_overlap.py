@@ -27,9 +27,9 @@ from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.store.db import open_database
 from clinicsync.store.models import AccountPair, StreamState
 from clinicsync.store.settings import Settings
+from clinicsync.streams import CLINIKO_PATIENTS as CLINIKO_PATIENTS_STREAM
 from clinicsync.sync.engine import StreamRun
 from clinicsync.sync.service import run_options
-from clinicsync.sync.streams import CLINIKO_PATIENTS_STREAM
 from tests.support import (
     actual_customer_fields,
     admin,

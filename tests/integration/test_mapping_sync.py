@@ -273,10 +273,10 @@ def test_scope_recent_activity_syncs_exactly_the_patients_with_an_invoice_or_app
 def test_scope_recent_activity_engine_side_with_a_source_that_knows_activity(make_sandbox, env_for):
     """The engine half of the activity scope, with the activity lookup replaced: only active patients are created,
     and a patient who becomes active without being edited is picked up by the next incremental run."""
+    from clinicsync.streams import CLINIKO_PATIENTS as CLINIKO_PATIENTS_STREAM
     from clinicsync.sync import service
     from clinicsync.sync.engine import StreamRun
     from clinicsync.sync.retry import CancelToken
-    from clinicsync.sync.streams import CLINIKO_PATIENTS_STREAM
 
     sandbox = make_sandbox(profile="clean", patients=20)
     env = env_for(sandbox)

@@ -14,8 +14,8 @@ import pytest
 
 from clinicsync.store.models import OutboxEntry, RecordLink, ReviewItem
 from clinicsync.store.queries import ReviewError, resolve_review
+from clinicsync.streams import STREAMS
 from clinicsync.sync import engine, service
-from clinicsync.sync.streams import STREAMS
 from tests.integration.test_patients_stream import customers
 from tests.support import admin, context, sync_once
 
@@ -203,6 +203,7 @@ def test_a_write_whose_customer_turns_out_linked_elsewhere_goes_to_review_and_th
         gateway=None,  # type: ignore[arg-type]  # nothing is sent: Stripe already answered
         pair=pair,
         mapping=CLINIKO_PATIENTS,
+        stream=STREAMS[STREAM],
         policy=RetryPolicy(),
         recorder=Recorder(),
         sleep=lambda s: None,

@@ -14,7 +14,7 @@ from clinicsync.app import bootstrap
 from clinicsync.store import queries
 from clinicsync.store.models import AccountPair, RecordLink, RetryRecord, SyncEvent, SyncRun
 from clinicsync.store.queries import EventQuery, EventRow
-from clinicsync.sync.matching import email_hash
+from clinicsync.sync.matching import match_hash as email_hash
 from clinicsync.ui.models import (
     ACTION_ROLE,
     EventsModel,

@@ -6,8 +6,8 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from clinicsync.mapping.spec import SyncScope
+from clinicsync.streams import CLINIKO_PATIENTS as STREAM
 from clinicsync.sync.scope import ScopeFilter
-from clinicsync.sync.streams import CLINIKO_PATIENTS_STREAM as STREAM
 
 
 def test_since_starts_at_local_midnight_and_leaves_older_records_out() -> None:

@@ -73,7 +73,7 @@ def test_a_new_database_is_migrated_once_to_the_latest_version(db: SqliteDatabas
     tables = set(db.get_tables())
     assert {model._meta.table_name for model in ALL_MODELS} <= tables
     indexes = {row[0] for row in db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"outbox_one_pending_per_record", "review_one_open_per_record"} <= indexes
+    assert {"outbox_one_pending_per_step", "review_one_open_per_record"} <= indexes
 
 
 def test_reopening_is_a_no_op(db: SqliteDatabase, db_file: Path) -> None:

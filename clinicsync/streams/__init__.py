@@ -1,0 +1,30 @@
+"""The declared streams, one module each; the engine runs whichever are enabled, in dependency order."""
+
+from __future__ import annotations
+
+from clinicsync.streams.base import (
+    PlanRequest,
+    Record,
+    Stream,
+    StreamNotReady,
+    StreamSettings,
+    WriteStep,
+    dependency_order,
+)
+from clinicsync.streams.cliniko_patients import CLINIKO_PATIENTS
+from clinicsync.streams.cliniko_products import CLINIKO_PRODUCTS
+
+STREAMS: dict[str, Stream] = {stream.name: stream for stream in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS)}
+
+__all__ = [
+    "CLINIKO_PATIENTS",
+    "CLINIKO_PRODUCTS",
+    "STREAMS",
+    "PlanRequest",
+    "Record",
+    "Stream",
+    "StreamNotReady",
+    "StreamSettings",
+    "WriteStep",
+    "dependency_order",
+]

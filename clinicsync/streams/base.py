@@ -1,0 +1,182 @@
+"""What a stream is: a declaration of what it reads, how its records match Stripe objects, and the Stripe writes
+that make Stripe agree with one record. The engine (clinicsync/sync/) runs any stream declared this way.
+
+Plain, Qt-free, database-free: a stream module says *what*; the engine owns cursors, paging, the outbox, retries,
+history, dry runs, progress and cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from types import MappingProxyType
+from typing import Any
+
+from clinicsync.mapping.apply import MappedRecord
+
+Record = Mapping[str, Any]
+
+
+class StreamNotReady(Exception):
+    """The stream cannot run with its current settings (e.g. a scope the source cannot serve); says why."""
+
+
+@dataclass(frozen=True)
+class RoleRecord:
+    """What a finished write step means for the record's links of one role.
+
+    `field`: where the linked object's id is in Stripe's answer ("id", or e.g. "default_price" of a product).
+    `fingerprint`: what identifies an immutable object's content (a price's amount, currency and tax behaviour),
+    so an earlier one can be reused; None leaves the stored one. `current`/`active`: the new state, None = as is.
+    """
+
+    role: str
+    field: str = "id"
+    fingerprint: str | None = None
+    current: bool | None = None
+    active: bool | None = None
+
+
+@dataclass(frozen=True)
+class WriteStep:
+    """One Stripe write of a record's plan. Steps run in order; each is stored before it is sent.
+
+    `stripe_id`: the object to update, when known at planning time. `refs`: request parameters (top level, or
+    "" for the object to update) that take the Stripe id of an earlier step of the same plan, by its index.
+    """
+
+    role: str
+    op: str  # create | update | link (an update that adopts an existing object)
+    stripe_object: str
+    params: Mapping[str, Any]
+    stripe_id: str | None = None
+    refs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    records: tuple[RoleRecord, ...] = ()
+    note: str = ""  # what the step does, in words, for history and plans
+
+
+@dataclass(frozen=True)
+class RoleLinkInfo:
+    """A Stripe object of a secondary role the record owns (e.g. one of the prices ClinicSync made)."""
+
+    role: str
+    stripe_id: str
+    fingerprint: str | None
+    current: bool
+    active: bool
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the engine decided for one record, and what a stream needs to say which writes carry it out."""
+
+    op: str  # create | link | update
+    mapped: MappedRecord
+    stripe_id: str | None  # the linked (update) or chosen (link) object of the primary role
+    params: Mapping[str, Any]  # the mapped payload as Stripe create/update parameters
+    cross_ref_key: str  # the metadata key that names the source record on its Stripe objects
+    roles: tuple[RoleLinkInfo, ...] = ()
+
+
+Plan = Callable[[PlanRequest], list[WriteStep]]
+
+
+def single_write(request: PlanRequest, stripe_object: str, role: str) -> list[WriteStep]:
+    """The plan of a stream whose record is one Stripe object: one create, link or update."""
+    return [
+        WriteStep(
+            role=role,
+            op=request.op,
+            stripe_object=stripe_object,
+            params=request.params,
+            stripe_id=request.stripe_id if request.op != "create" else None,
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    """A create whose outcome is unknown (a saved 500, or a replay past Stripe's 24 h idempotency window)."""
+
+    stripe_object: str
+    source_id: str
+    params: Mapping[str, Any]
+    cross_ref_key: str
+    created_after: int  # Stripe `created` (epoch s) before which the object cannot have been made
+
+
+def oldest_naming(found: Sequence[Mapping[str, Any]], request: FindRequest) -> dict[str, Any] | None:
+    """The oldest of `found` whose metadata names the record (a retried create that went through twice would
+    have made two; the first is the one to keep)."""
+    key, source_id = request.cross_ref_key, request.source_id
+    matches = [dict(obj) for obj in found if (obj.get("metadata") or {}).get(key) == source_id]
+    return min(matches, key=lambda obj: obj.get("created", 0)) if matches else None
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A declared stream. `primary_role` names the Stripe object the record *is* (its customer, its product)."""
+
+    name: str
+    source_system: str
+    primary_role: str
+    stripe_object: str
+    read_changed: Callable[[Any, datetime | None], Iterator[Record]]  # (source client, cursor)
+    read_one: Callable[[Any, str], Record | None]
+    archived_value: Callable[[Record], str | None]  # why the record counts as archived, or None
+    changed_at: Callable[[Record], str | None]  # the record's last-change time (UTC ISO), for the "since" scope
+    plan: Plan
+    # (gateway, request) → the object a lost create made, or None; and whether None is certain yet, given the
+    # write's age and how long Stripe Search takes to catch up (only streams that must search care).
+    find_created: Callable[[Any, FindRequest], dict[str, Any] | None]
+    absence_certain: Callable[[FindRequest, float, float], bool] = lambda request, age_s, settle_s: True
+    depends_on: tuple[str, ...] = ()
+    # Values beyond the field mapping that decide the writes (a product's price), added to the mapped payload
+    # as "<role>.<field>" entries so a change to them is a change to the record. None: nothing to add.
+    enrich: Callable[[MappedRecord, Record, StreamSettings], None] | None = None
+    # Source ids with activity on or after a date, for the "recent_activity" scope (None: not supported).
+    active_ids: Callable[[Any, date, str], set[str]] | None = None  # (client, since, clinic time zone)
+    source_settings: Callable[[Any], Mapping[str, Any] | None] = lambda client: None  # custom field definitions
+    time_zone: Callable[[Any], str | None] = lambda client: None  # the clinic's IANA zone, when the source says
+    country: Callable[[Any], str | None] = lambda client: None  # the clinic's country code, when the source says
+    # Reconciliation's comparison of one source record with its Stripe objects (the reconciliation engine).
+    compare: Callable[..., list[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The settings a stream's declarations read, resolved once per run."""
+
+    time_zone: str
+    currency: str
+    values: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+def dependency_order(streams: Mapping[str, Stream], names: Sequence[str]) -> list[str]:
+    """`names` with every stream after the streams it depends on (among `names`); stable otherwise.
+
+    Raises ValueError on a cycle: a declaration bug, not something a user can cause.
+    """
+    chosen = list(dict.fromkeys(names))
+    ordered: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        if name in visiting:
+            raise ValueError(f"streams depend on each other in a cycle through {name}")
+        visiting.add(name)
+        for dependency in streams[name].depends_on:
+            if dependency in chosen:
+                visit(dependency)
+        visiting.discard(name)
+        ordered.append(name)
+
+    for name in chosen:
+        visit(name)
+    return ordered

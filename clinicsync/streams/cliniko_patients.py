@@ -1,0 +1,102 @@
+"""`cliniko.patients` → Stripe customers: one patient is one customer, written by one create, link or update."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import date, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from clinicsync.streams import cliniko_common
+from clinicsync.streams.base import (
+    FindRequest,
+    PlanRequest,
+    Record,
+    Stream,
+    StreamNotReady,
+    WriteStep,
+    oldest_naming,
+    single_write,
+)
+
+
+def _patients_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
+    # Cliniko hides archived (and merged) patients from the ordinary list, so they need a pass of their own.
+    return itertools.chain(
+        client.iter_patients_changed_since(cursor),
+        client.iter_archived_patients_changed_since(cursor),
+    )
+
+
+def _patient_archived(record: Record) -> str | None:
+    for field in ("deleted_at", "merged_at", "archived_at"):
+        if record.get(field):
+            return f"{field.removesuffix('_at')} {record[field]}"
+    return None
+
+
+def _patients_with_recent_activity(client: Any, since: date, time_zone: str) -> set[str]:
+    """Patients with an invoice issued, or an individual appointment starting, on or after `since` (clinic-local).
+
+    Read from `/invoices` (issue_date is a pure date) and `/individual_appointments` (starts_at is UTC, so the
+    clinic's local midnight is converted), taking the patient id from each record's `patient` link.
+    """
+    from clinicsync.sources.cliniko import link_id
+    from clinicsync.sources.errors import SourceNotFound
+
+    start = datetime.combine(since, time(), tzinfo=ZoneInfo(time_zone)).astimezone(ZoneInfo("UTC"))
+    queries = (
+        ("/invoices", [("q[]", f"issue_date:>={since.isoformat()}")]),
+        ("/individual_appointments", [("q[]", f"starts_at:>={start.strftime('%Y-%m-%dT%H:%M:%SZ')}")]),
+    )
+    ids: set[str] = set()
+    try:
+        for path, query in queries:
+            for page in client.iter_pages(path, query):
+                ids.update(pid for record in page.records if (pid := link_id(record.get("patient"))))
+    except SourceNotFound:
+        raise StreamNotReady(
+            "The sync scope 'patients with recent activity' reads Cliniko's invoices and appointments, and this "
+            "Cliniko does not serve them. Choose the scope 'all' or 'since a date' in the field mapping."
+        ) from None
+    return ids
+
+
+def _plan(request: PlanRequest) -> list[WriteStep]:
+    return single_write(request, "customer", "customer")
+
+
+def _find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
+    """The customer an earlier attempt made, if any: by exact email (read-after-write safe), else by Search on the
+    cross-reference (only trusted once its index has caught up: see `_absence_certain`)."""
+    email = request.params.get("email")
+    if email:
+        found = gateway.list_by_email(request.stripe_object, email)
+    else:
+        found = gateway.search(request.stripe_object, f"metadata['{request.cross_ref_key}']:'{request.source_id}'")
+    return oldest_naming(found, request)
+
+
+def _absence_certain(request: FindRequest, age_s: float, settle_s: float) -> bool:
+    # Listing by email is read-after-write safe; Search only once it has had time to index the object.
+    return bool(request.params.get("email")) or age_s >= settle_s
+
+
+CLINIKO_PATIENTS = Stream(
+    name="cliniko.patients",
+    source_system="cliniko",
+    primary_role="customer",
+    stripe_object="customer",
+    read_changed=_patients_changed,
+    read_one=lambda client, source_id: client.get_patient(source_id),
+    archived_value=_patient_archived,
+    changed_at=lambda record: record.get("updated_at"),
+    plan=_plan,
+    find_created=_find_created,
+    absence_certain=_absence_certain,
+    active_ids=_patients_with_recent_activity,
+    source_settings=cliniko_common.settings,
+    time_zone=cliniko_common.time_zone,
+    country=cliniko_common.country,
+)
