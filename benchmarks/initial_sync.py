@@ -26,23 +26,26 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 
+import floors  # benchmarks/floors.py: the one floor function
 import httpx
 
-from clinicsync import stripe_limits
+from clinicsync import rate_limits
 from clinicsync.app import bootstrap
 from clinicsync.logging_setup import teardown_logging
 from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.fields import FieldCatalogue
 from clinicsync.mapping.spec import SyncScope
-from clinicsync.sandbox.cliniko_emu import RATE_LIMIT_PER_MINUTE as CLINIKO_LIMIT_PER_MINUTE
 from clinicsync.sandbox.launcher import start_sandbox
 from clinicsync.sources.cliniko import PER_PAGE as CLINIKO_PER_PAGE
 from clinicsync.store import queries
 from clinicsync.store.settings import spec_for
-from clinicsync.sync.service import STRIPE_BUDGET_FRACTION, run_sync
+from clinicsync.sync.service import run_sync
 
-STRIPE_LIMIT_PER_SECOND = stripe_limits.RATE_LIMIT_PER_SECOND["live"]
-CLINIKO_BUDGET_PER_MINUTE = spec_for("cliniko.requests_per_minute").default  # 150
+STRIPE_LIMIT_PER_SECOND = rate_limits.STRIPE_PER_SECOND["live"]
+CLINIKO_LIMIT_PER_MINUTE = rate_limits.CLINIKO_PER_MINUTE
+CLINIKO_BUDGET_PER_MINUTE = rate_limits.CLINIKO_BUDGET_PER_MINUTE
+STRIPE_BUDGET_FRACTION = rate_limits.STRIPE_BUDGET_FRACTION
+STREAMS = ["cliniko.patients"]
 
 
 @dataclass
@@ -61,55 +64,16 @@ class Measured:
     rate_limited: int
 
 
-@dataclass
-class Floor:
-    cliniko_requests: int
-    stripe_requests: int
-    cliniko_rate_s: float
-    cliniko_latency_s: float
-    stripe_rate_s: float
-    stripe_latency_s: float
-
-    @property
-    def cliniko_s(self) -> float:
-        return max(self.cliniko_rate_s, self.cliniko_latency_s)
-
-    @property
-    def stripe_s(self) -> float:
-        return max(self.stripe_rate_s, self.stripe_latency_s)
-
-    @property
-    def total_s(self) -> float:
-        # The app writes to Stripe while it is still reading Cliniko pages, so the two services' times overlap:
-        # the floor is the longer of the two, not their sum.
-        return max(self.cliniko_s, self.stripe_s)
-
-
-def window_time(requests: int, limit: int, window_s: float, latency_s: float) -> float:
-    """Fixed windows of `limit` requests per `window_s`: the last request can go out when its window opens,
-    (ceil(n / limit) - 1) windows after the first one, and is answered `latency_s` later."""
-    return (math.ceil(requests / limit) - 1) * window_s + latency_s
-
-
-def floor_for(patients: int, latency_s: float, workers: int) -> Floor:
-    # Cliniko: ceil(N / 100) pages (100 a page is the maximum) + 1 request for the account and the server's clock
-    # (GET /settings/public). A listing with q[]=archived_at:* returns live and archived patients in one pass.
-    # Pages are read one after another (each page's `next` link comes from the previous one).
-    pages = math.ceil(patients / CLINIKO_PER_PAGE)
-    cliniko_requests = pages + 1
-    # Stripe: the account, one listing page (the account is empty, so one request), one create per patient.
-    stripe_requests = patients + 2
-    # The account and the listing come one after another before the first create; then `workers` creates are in
-    # flight at a time, each taking at least one latency.
-    stripe_latency = 2 * latency_s + math.ceil(patients / workers) * latency_s
-    return Floor(
-        cliniko_requests=cliniko_requests,
-        stripe_requests=stripe_requests,
-        cliniko_rate_s=window_time(cliniko_requests, CLINIKO_LIMIT_PER_MINUTE, 60.0, latency_s),
-        cliniko_latency_s=cliniko_requests * latency_s,
-        stripe_rate_s=window_time(stripe_requests, STRIPE_LIMIT_PER_SECOND, 1.0, latency_s),
-        stripe_latency_s=stripe_latency,
-    )
+def minimal_loads(patients: int, workers: int) -> list[floors.Load]:
+    """The fewest requests a first sync of `patients` needs. Cliniko: ceil(N / 100) pages (100 a page is the
+    maximum) + 1 request for the account and the server's clock, each page waiting for the one before (its `next`
+    link); a listing with q[]=archived_at:* returns live and archived patients in one pass. Stripe: the account
+    and one listing page (the account is empty), one after the other, then one create per patient, `workers` at a
+    time (with one worker, every create waits for the one before)."""
+    pages = math.ceil(patients / CLINIKO_PER_PAGE) + 1
+    stripe = patients + 2
+    waiting = 2 + (math.ceil(patients / workers) if workers == 1 else 0)
+    return [floors.Load("cliniko", pages, dependent=pages), floors.Load("stripe_live", stripe, dependent=waiting)]
 
 
 def _stats(url: str) -> dict:
@@ -160,13 +124,13 @@ def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measur
                 # A first sync to a LIVE account only plans until a person approves the plan: do that first
                 # (it reads everything but writes nothing), outside the measurement.
                 started = time.perf_counter()
-                (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="benchmark")
+                (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
                 planning = time.perf_counter() - started
                 if planned.outcome == "needs_approval":
                     queries.approve_latest_plan(planned.stream)
                 before = _stats(sandbox.cliniko_url), _stats(sandbox.stripe_url)
                 started = time.perf_counter()
-                (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="benchmark")
+                (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
                 wall = time.perf_counter() - started
             finally:
                 ctx.db.close()
@@ -190,7 +154,7 @@ def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measur
     )
 
 
-def report(run: Measured, floor: Floor) -> None:
+def report(run: Measured) -> None:
     ms = run.latency_s * 1000
     print(f"Initial sync: {run.patients} patients, {ms:.0f} ms latency per request, stripe.workers = {run.workers}")
     print(
@@ -209,22 +173,8 @@ def report(run: Measured, floor: Floor) -> None:
         f"  requests sent: Cliniko {run.cliniko_requests} ({run.cliniko_pages} patient pages), "
         f"Stripe {run.stripe_requests}; answered 429: {run.rate_limited}"
     )
-    print(
-        f"  minimal requests: Cliniko {floor.cliniko_requests} "
-        f"(ceil({run.patients}/{CLINIKO_PER_PAGE}) = {floor.cliniko_requests - 1} pages + 1 account/clock read), "
-        f"Stripe {floor.stripe_requests} (1 account + 1 listing page + {run.patients} creates)"
-    )
-    print(
-        f"  Cliniko floor: {floor.cliniko_s:.2f} s = max(rate {floor.cliniko_rate_s:.2f} s, "
-        f"sequential pages {floor.cliniko_requests} x {ms:.0f} ms = {floor.cliniko_latency_s:.2f} s)"
-    )
-    print(
-        f"  Stripe floor:  {floor.stripe_s:.2f} s = max(rate {floor.stripe_requests} at "
-        f"{STRIPE_LIMIT_PER_SECOND}/s = {floor.stripe_rate_s:.2f} s, latency 2 x {ms:.0f} ms + "
-        f"ceil({run.patients}/{run.workers}) x {ms:.0f} ms = {floor.stripe_latency_s:.2f} s)"
-    )
-    print(f"  floor: {floor.total_s:.2f} s = max(Cliniko, Stripe) - the app writes while it reads, so the two overlap")
-    print(f"  wall / floor: {run.wall_s / floor.total_s:.2f}")
+    print("  floors (benchmarks/floors.py) from the minimal requests:")
+    floors.report(run.wall_s, minimal_loads(run.patients, run.workers), run.latency_s, indent="    ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run = measure(args.patients, args.latency_ms, args.workers, args.seed)
-    report(run, floor_for(args.patients, run.latency_s, args.workers))
+    report(run)
     if args.baseline and args.workers != 1:
         print()
         base = measure(args.patients, args.latency_ms, 1, args.seed)
         print(f"Baseline, sequential writes (stripe.workers = 1): {base.wall_s:.2f} s, {base.stripe_writes} writes")
-        print(f"  floor with 1 worker: {floor_for(args.patients, base.latency_s, 1).total_s:.2f} s")
+        floors.report(base.wall_s, minimal_loads(args.patients, 1), base.latency_s, indent="    ")
         print(f"  speed-up of stripe.workers = {args.workers} over sequential: {base.wall_s / run.wall_s:.2f}x")
     return 0 if run.outcome == "ok" else 1
 

@@ -129,15 +129,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from clinicsync.store import queries
 
     bootstrap()
-    stream = args.stream or "cliniko.patients"
-    if args.action == "approve":
-        try:
-            plan = queries.approve_latest_plan(stream)
-        except queries.PlanError as exc:
-            err(str(exc))
-            return EXIT_CONFIG
-        out(f"Plan #{plan.id} for {stream} approved; the next sync writes to Stripe.")
+    streams = [args.stream] if args.stream else queries.streams_with_plans()
+    if not streams:
+        out("No plan yet; run `clinicsync sync --once --dry-run`.")
         return EXIT_OK
+    for stream in streams:
+        code = _approve_plan(stream) if args.action == "approve" else _show_plan(stream)
+        if code != EXIT_OK:
+            return code
+    return EXIT_OK
+
+
+def _approve_plan(stream: str) -> int:
+    from clinicsync.store import queries
+
+    try:
+        plan = queries.approve_latest_plan(stream)
+    except queries.PlanError as exc:
+        err(str(exc))
+        return EXIT_CONFIG
+    out(f"Plan #{plan.id} for {stream} approved; the next sync writes to Stripe.")
+    return EXIT_OK
+
+
+def _show_plan(stream: str) -> int:
+    from clinicsync.store import queries
+
     plan = queries.latest_plan(stream)
     if plan is None:
         out(f"No plan for {stream} yet; run `clinicsync sync --once --dry-run`.")
@@ -293,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="the saved plan of the last dry run; approve it before a first live sync")
     plan.add_argument("action", choices=("show", "approve"))
-    plan.add_argument("--stream", help="default: cliniko.patients")
+    plan.add_argument("--stream", help="only this stream's plan (default: every stream that has one)")
 
     sub.add_parser("status", help="per stream: last run, counts, cursor, queue, review items")
 

@@ -58,14 +58,15 @@ def parse_amount(value: object) -> Decimal:
 
 def to_minor_units(value: object, currency: str) -> int:
     """An amount in the currency's minor units, rounded half away from zero: ("81.818", "aud") → 8182."""
-    places = exponent(currency)
-    scaled = parse_amount(value).scaleb(places)
-    return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return scaled_minor_units(value, exponent(currency))
 
 
 def scaled_minor_units(value: object, places: int) -> int:
     """The same rule with an explicit exponent (for mapping rules that name one rather than a currency)."""
-    return int(parse_amount(value).scaleb(places).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    try:
+        return int(parse_amount(value).scaleb(places).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    except ArithmeticError:  # an exponent beyond what Decimal holds: no real amount
+        raise MoneyError(f"{str(value)[:40]!r} is not an amount") from None
 
 
 def from_minor_units(units: int, currency: str) -> Decimal:

@@ -32,6 +32,9 @@ PRODUCT_FIELD_MAX_CHARS: dict[str, int] = {
 }
 PRICE_FIELD_MAX_CHARS: dict[str, int] = {"nickname": 250, "lookup_key": 200}
 
+# The largest `unit_amount` Stripe takes for a price (8 digits of minor units).
+PRICE_MAX_UNIT_AMOUNT = 99_999_999
+
 # Every object the gateway writes, with its own caps: the gateway checks a request against its object's.
 FIELD_MAX_CHARS: dict[str, dict[str, int]] = {
     "customer": CUSTOMER_FIELD_MAX_CHARS,

@@ -19,13 +19,14 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlencode
 
+from clinicsync import rate_limits
 from clinicsync.sandbox import seed as seedmod
 from clinicsync.sandbox.http import RateLimit, Request, Response
 
 API_PREFIX = "/v1"
 DEFAULT_API_KEY = "cliniko_sandbox_key-au1"
 DEFAULT_LIMITED_KEY = "cliniko_sandbox_key_limited-au1"
-RATE_LIMIT_PER_MINUTE = 200
+RATE_LIMIT_PER_MINUTE = rate_limits.CLINIKO_PER_MINUTE
 MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 50
 

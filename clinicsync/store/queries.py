@@ -146,6 +146,15 @@ def latest_plan(stream: str) -> SyncPlan | None:
     )
 
 
+def streams_with_plans() -> list[str]:
+    """Streams with a saved plan on the account pair used most recently, oldest plan first."""
+    pair = AccountPair.select().order_by(AccountPair.last_used_at.desc()).first()
+    if pair is None:
+        return []
+    rows = SyncPlan.select(SyncPlan.stream).where(SyncPlan.pair == pair).order_by(SyncPlan.id)
+    return list(dict.fromkeys(row.stream for row in rows))
+
+
 def approve_latest_plan(stream: str) -> SyncPlan:
     plan = latest_plan(stream)
     if plan is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from clinicsync import rate_limits
 from clinicsync.store.models import Setting
 
 ENV_PREFIX = "CLINICSYNC_"
@@ -72,10 +73,10 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "cliniko.requests_per_minute",
         int,
-        150,
+        rate_limits.CLINIKO_BUDGET_PER_MINUTE,
         "Cliniko requests per minute (0: no client-side limit, for the sandbox)",
         minimum=0,
-        maximum=200,
+        maximum=rate_limits.CLINIKO_PER_MINUTE,
     ),
     SettingSpec("stripe.base_url", str, "", "Stripe API origin (blank: https://api.stripe.com)", check=_base_url),
     SettingSpec(

@@ -172,11 +172,11 @@ def dependency_order(streams: Mapping[str, Stream], names: Sequence[str]) -> lis
             raise ValueError(f"streams depend on each other in a cycle through {name}")
         visiting.add(name)
         for dependency in streams[name].depends_on:
-            if dependency in chosen:
+            if dependency in streams:  # a stream of a source this build does not have is not waited for
                 visit(dependency)
         visiting.discard(name)
         ordered.append(name)
 
     for name in chosen:
         visit(name)
-    return ordered
+    return [name for name in ordered if name in chosen]

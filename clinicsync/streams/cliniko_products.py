@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from clinicsync import money
+from clinicsync import money, stripe_limits
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
@@ -96,6 +96,9 @@ def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> N
         return
     if units < 0:
         mapped.error = f"price: {amount} is negative; Stripe prices cannot be"
+        return
+    if units > stripe_limits.PRICE_MAX_UNIT_AMOUNT:
+        mapped.error = f"price: {amount} is more than Stripe takes for one price"
         return
     mapped.payload["price.unit_amount"] = units
     mapped.payload["price.currency"] = settings.currency

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clinicsync import rate_limits
 from clinicsync import secrets as secret_names
-from clinicsync import stripe_limits
 from clinicsync.paths import AppPaths
 from clinicsync.secrets import SecretStore
 from clinicsync.sources.cliniko import ClinikoClient
@@ -28,8 +28,6 @@ from clinicsync.sync.lock import ProfileLock
 from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
 
 log = logging.getLogger(__name__)
-
-STRIPE_BUDGET_FRACTION = 0.9  # leave Stripe headroom for the clinic's other integrations and the dashboard
 
 
 class ConfigProblem(Exception):
@@ -85,7 +83,7 @@ def stripe_gateway(settings: Settings, secrets: SecretStore, cancel: CancelToken
         except SourceConfigError as exc:
             raise ConfigProblem(str(exc)) from None
     per_second = settings.get("stripe.requests_per_second") or (
-        stripe_limits.RATE_LIMIT_PER_SECOND["live" if livemode_of_key(key) else "test"] * STRIPE_BUDGET_FRACTION
+        rate_limits.budget_per_second("stripe_live" if livemode_of_key(key) else "stripe_test")
     )
     budget = RequestBudget(limit=per_second, per_seconds=1.0, burst=max(1, int(per_second / 5)))
     return StripeGateway(

@@ -1,0 +1,265 @@
+"""The shared pieces later streams reuse: the money rule, dependency order, a product's write plan, and the
+outbox carrying out a plan step by step (parents first, their ids passed on, a crash resuming at the first step
+not done, links kept per role)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clinicsync import money
+from clinicsync.mapping.apply import MappedRecord
+from clinicsync.mapping.defaults import CLINIKO_PRODUCTS
+from clinicsync.store.db import open_database
+from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, RoleLink
+from clinicsync.streams import CLINIKO_PRODUCTS as PRODUCTS_STREAM
+from clinicsync.streams import STREAMS, Stream, dependency_order
+from clinicsync.streams.base import PlanRequest, RoleLinkInfo
+from clinicsync.streams.cliniko_products import fingerprint
+from clinicsync.stripe_gateway import StripeFailure, WriteResult
+from clinicsync.sync.outbox import OutboxWriter
+from clinicsync.sync.retry import RetryPolicy
+
+
+# --- money -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("amount", "currency", "units"),
+    [
+        ("81.818", "aud", 8182),
+        ("2367.18", "aud", 236718),
+        ("0.005", "aud", 1),  # half away from zero, as a till rounds
+        ("-0.005", "aud", -1),
+        ("0", "aud", 0),
+        (50, "aud", 5000),
+        ("1000", "jpy", 1000),  # zero-decimal: yen have no cents
+        ("999.5", "JPY", 1000),
+        ("1.2345", "kwd", 1235),  # three-decimal
+        (Decimal("12.10"), "nzd", 1210),
+    ],
+)
+def test_amounts_become_minor_units_of_their_currency(amount: Any, currency: str, units: int) -> None:
+    assert money.to_minor_units(amount, currency) == units
+
+
+@pytest.mark.parametrize("bad", ["", "12,50", "NaN", "Infinity", None, True, "1e9999999999"])
+def test_what_is_not_an_amount_is_refused_with_a_message(bad: Any) -> None:
+    with pytest.raises(money.MoneyError):
+        money.to_minor_units(bad, "aud")
+
+
+def test_a_currency_code_is_checked_and_shown_to_people_with_its_own_places() -> None:
+    with pytest.raises(money.MoneyError):
+        money.exponent("dollars")
+    assert money.display(1250, "aud") == "12.50 AUD"
+    assert money.display(1250, "jpy") == "1250 JPY"
+    assert money.currency_for_country("au") == "aud" and money.currency_for_country(None) == "aud"
+    assert money.currency_for_country("NZ") == "nzd"
+
+
+# --- dependency order --------------------------------------------------------------------------------------
+def _stream(name: str, *depends_on: str) -> Stream:
+    base = STREAMS["cliniko.patients"]
+    return Stream(**{**vars(base), "name": name, "depends_on": depends_on})
+
+
+def test_streams_run_after_what_they_depend_on_and_a_cycle_is_refused() -> None:
+    streams = {
+        "invoices": _stream("invoices", "patients", "products"),
+        "patients": _stream("patients"),
+        "products": _stream("products"),
+        "bookings": _stream("bookings", "invoices"),
+    }
+    order = dependency_order(streams, ["bookings", "invoices", "patients", "products"])
+    assert order.index("patients") < order.index("invoices") < order.index("bookings")
+    assert order.index("products") < order.index("invoices")
+    assert dependency_order(streams, ["invoices"]) == ["invoices"], "a stream asked for alone runs alone"
+    streams["patients"] = _stream("patients", "bookings")
+    with pytest.raises(ValueError, match="cycle"):
+        dependency_order(streams, ["bookings", "patients"])
+
+
+def test_the_declared_streams_are_in_a_valid_order() -> None:
+    assert dependency_order(STREAMS, list(STREAMS)) == ["cliniko.patients", "cliniko.products"]
+
+
+# --- a product's plan --------------------------------------------------------------------------------------
+def _request(op: str, unit_amount: int, roles: tuple[RoleLinkInfo, ...] = (), archived: bool = False) -> PlanRequest:
+    mapped = MappedRecord(source_id="77", payload={}, display_name="Foam roller", match_value=None, archived=archived)
+    params = {
+        "name": "Foam roller",
+        "metadata": {"cliniko_product_id": "77"},
+        "price": {"unit_amount": unit_amount, "currency": "aud", "tax_behavior": "inclusive"},
+    }
+    stripe_id = None if op == "create" else "prod_1"
+    return PlanRequest(op, mapped, stripe_id, params, cross_ref_key="cliniko_product_id", roles=roles)
+
+
+def _price(stripe_id: str, amount: int, *, current: bool, active: bool = True) -> RoleLinkInfo:
+    return RoleLinkInfo("price", stripe_id, fingerprint(amount, "aud", "inclusive"), current, active)
+
+
+def test_a_new_product_and_its_price_are_one_request() -> None:
+    (step,) = PRODUCTS_STREAM.plan(_request("create", 4500))
+    assert (step.op, step.stripe_object) == ("create", "product")
+    assert step.params["default_price_data"] == {"unit_amount": 4500, "currency": "aud", "tax_behavior": "inclusive"}
+    assert step.params["active"] is True and "price" not in step.params
+    (made,) = step.records
+    assert (made.role, made.field, made.current) == ("price", "default_price", True)
+
+
+def test_an_unchanged_price_updates_only_the_product() -> None:
+    (step,) = PRODUCTS_STREAM.plan(_request("update", 4500, (_price("price_a", 4500, current=True),)))
+    assert (step.op, step.stripe_object, step.stripe_id) == ("update", "product", "prod_1")
+    assert "default_price" not in step.params
+
+
+def test_a_price_change_is_a_new_price_made_default_then_the_old_one_deactivated() -> None:
+    steps = PRODUCTS_STREAM.plan(_request("update", 5000, (_price("price_a", 4500, current=True),)))
+    assert [(s.stripe_object, s.op) for s in steps] == [("price", "create"), ("product", "update"), ("price", "update")]
+    new_price, product, old_price = steps
+    assert new_price.params["product"] == "prod_1" and new_price.params["unit_amount"] == 5000
+    assert new_price.params["metadata"] == {"cliniko_product_id": "77"}
+    assert dict(product.refs) == {"default_price": 0}, "the product takes the id of the price step 0 made"
+    assert (old_price.stripe_id, dict(old_price.params)) == ("price_a", {"active": False})
+
+
+def test_going_back_to_an_earlier_amount_reactivates_that_price() -> None:
+    roles = (_price("price_a", 4500, current=False, active=False), _price("price_b", 5000, current=True))
+    steps = PRODUCTS_STREAM.plan(_request("update", 4500, roles))
+    assert [(s.stripe_object, s.stripe_id, dict(s.params).get("active")) for s in steps] == [
+        ("price", "price_a", True),
+        ("product", "prod_1", True),
+        ("price", "price_b", False),
+    ]
+    assert steps[1].params["default_price"] == "price_a" and not steps[1].refs
+
+
+def test_a_hand_made_product_gets_a_price_of_ours_and_keeps_its_own() -> None:
+    steps = PRODUCTS_STREAM.plan(_request("link", 4500))
+    assert [(s.stripe_object, s.op) for s in steps] == [("price", "create"), ("product", "link")]
+    assert all(s.params != {"active": False} for s in steps), "a price ClinicSync did not make is never touched"
+
+
+def test_an_archived_product_is_made_inactive() -> None:
+    (step,) = PRODUCTS_STREAM.plan(_request("update", 4500, (_price("price_a", 4500, current=True),), archived=True))
+    assert step.params["active"] is False
+
+
+# --- the outbox carrying out a plan ------------------------------------------------------------------------
+class RecordingGateway:
+    """Answers writes as Stripe would (a product create with default_price_data names its new price)."""
+
+    def __init__(self, fail_on: tuple[str, str] | None = None) -> None:
+        self.sent: list[tuple[str, str, str | None, dict[str, Any], str]] = []
+        self.fail_on = fail_on
+        self._counter = 0
+
+    def write(self, op: str, obj: str, stripe_id: str | None, params: dict[str, Any], key: str) -> WriteResult:
+        self.sent.append((op, obj, stripe_id, params, key))
+        if self.fail_on == (obj, op):
+            raise StripeFailure("invalid", "refused by the test")
+        self._counter += 1
+        made = stripe_id or f"{'prod' if obj == 'product' else 'price'}_{self._counter}"
+        answer: dict[str, Any] = {"id": made, **params}
+        if "default_price_data" in params:
+            answer["default_price"] = f"price_d{self._counter}"
+        return WriteResult(object=answer, replayed=False)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+
+    def record(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str = "") -> None:
+        self.rows.append((action, source_id))
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> AccountPair:
+    open_database(tmp_path / "db.sqlite3")
+    return AccountPair.create(
+        uuid="u" * 12, source_system="cliniko", source_account="1", stripe_account="acct_1", stripe_livemode=False
+    )
+
+
+def _writer(pair: AccountPair, gateway: Any, recorder: Recorder) -> OutboxWriter:
+    return OutboxWriter(
+        gateway=gateway,
+        pair=pair,
+        mapping=CLINIKO_PRODUCTS,
+        stream=PRODUCTS_STREAM,
+        policy=RetryPolicy(max_attempts=1),
+        recorder=recorder,
+        sleep=lambda s: None,
+        search_settle_s=0,
+    )
+
+
+def _enqueue_reprice(writer: OutboxWriter, pair: AccountPair) -> list[OutboxEntry]:
+    RecordLink.create(pair=pair, stream="cliniko.products", source_id="77", stripe_object="product", stripe_id="prod_1")
+    RoleLink.create(
+        pair=pair,
+        stream="cliniko.products",
+        source_id="77",
+        role="price",
+        stripe_object="price",
+        stripe_id="price_old",
+        fingerprint=fingerprint(4500, "aud", "inclusive"),
+        current=True,
+    )
+    roles = (_price("price_old", 4500, current=True),)
+    request = _request("update", 5000, roles)
+    return writer.enqueue_plan(request.mapped, "updated", PRODUCTS_STREAM.plan(request), None)
+
+
+def test_steps_are_stored_first_then_sent_in_order_each_taking_its_parents_id(pair: AccountPair) -> None:
+    gateway, recorder = RecordingGateway(), Recorder()
+    writer = _writer(pair, gateway, recorder)
+    rows = _enqueue_reprice(writer, pair)
+    assert [row.step for row in rows] == [0, 1, 2] and len({row.plan_key for row in rows}) == 1
+    assert len({row.idempotency_key for row in rows}) == 3, "every step has a key naming its own row"
+    assert all(str(row.id) in row.idempotency_key for row in rows)
+    assert OutboxEntry.select().where(OutboxEntry.status == "pending").count() == 3, "stored before sending"
+
+    writer.deliver_plan(rows)
+    (op1, obj1, _, _, _), (op2, obj2, target2, params2, _), (_, obj3, target3, params3, _) = gateway.sent
+    assert (obj1, op1) == ("price", "create")
+    assert (obj2, op2, target2) == ("product", "update", "prod_1")
+    assert params2["default_price"] == "price_1", "the product step took the new price's id"
+    assert (obj3, target3, params3) == ("price", "price_old", {"active": False})
+    assert recorder.rows == [("updated", "77")], "one history row for the record, from its last step"
+    prices = {row.stripe_id: (row.current, row.active) for row in RoleLink.select()}
+    assert prices == {"price_1": (True, True), "price_old": (False, False)}, "links per role follow each step"
+
+
+def test_a_crash_between_steps_resumes_at_the_first_step_not_done(pair: AccountPair) -> None:
+    first = RecordingGateway()
+    writer = _writer(pair, first, Recorder())
+    rows = _enqueue_reprice(writer, pair)
+    writer.deliver(rows[0])  # the process dies after the new price
+    assert len(first.sent) == 1
+
+    again = RecordingGateway()
+    resumed = _writer(pair, again, Recorder())
+    pending = resumed.pending()
+    assert [row.step for row in pending] == [1, 2]
+    resumed.deliver_plan(pending)
+    assert [(obj, op) for op, obj, *_ in again.sent] == [("product", "update"), ("price", "update")]
+    assert again.sent[0][3]["default_price"] == "price_1", "the parent's id, from the step done before the crash"
+    resumed.deliver_plan(rows)  # a replay of done steps sends nothing
+    assert len(again.sent) == 2
+
+
+def test_a_refused_step_fails_the_rest_of_its_plan(pair: AccountPair) -> None:
+    gateway, recorder = RecordingGateway(fail_on=("price", "create")), Recorder()
+    writer = _writer(pair, gateway, recorder)
+    rows = _enqueue_reprice(writer, pair)
+    writer.deliver_plan(rows)
+    assert len(gateway.sent) == 1, "nothing after the refused step is sent"
+    statuses = [OutboxEntry.get_by_id(row.id).status for row in rows]
+    assert statuses == ["failed", "failed", "failed"]
+    assert recorder.rows == [("failed", "77")]
+    assert RoleLink.get(RoleLink.stripe_id == "price_old").current, "the old price is still the one in use"
