@@ -242,6 +242,27 @@ class StripeGateway:
         data = obj.to_dict()
         return None if data.get("deleted") else data
 
+    def delete(self, stripe_object: str, stripe_id: str) -> bool:
+        """Delete an object; True if it was deleted now, False if it was gone already (a repeat is harmless)."""
+        try:
+            self._call(self._service(stripe_object).delete, stripe_id)
+        except StripeFailure as failure:
+            if failure.kind == "not_found":
+                return False
+            raise
+        return True
+
+    def any_of(self, stripe_object: str, filters: dict[str, Any]) -> bool:
+        """Whether a listing with these filters has anything (e.g. a customer's payments); a listing this
+        Stripe does not serve counts as empty."""
+        try:
+            page = self._read(self._service(stripe_object).list, params={"limit": 1, **filters})
+        except StripeFailure as failure:
+            if failure.kind == "not_found":
+                return False
+            raise
+        return bool(page.data)
+
     def write(
         self, op: str, stripe_object: str, stripe_id: str | None, params: dict[str, Any], idempotency_key: str
     ) -> WriteResult:
@@ -262,6 +283,9 @@ class StripeGateway:
             "customer": self._client.v1.customers,
             "product": self._client.v1.products,
             "price": self._client.v1.prices,
+            "payment_intent": self._client.v1.payment_intents,
+            "charge": self._client.v1.charges,
+            "invoice": self._client.v1.invoices,
         }
         try:
             return services[stripe_object]

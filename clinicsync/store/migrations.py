@@ -65,6 +65,12 @@ def _v5_write_plans(db: SqliteDatabase) -> None:
     for name, ddl in _V5_OUTBOX_COLUMNS.items():
         if name not in present:
             db.execute_sql(f"ALTER TABLE outbox_entry ADD COLUMN {name} {ddl}")
+    for table, column, ddl in (
+        ("stripe_index_entry", "created", "INTEGER"),
+        ("account_pair", "other_installation_at", "DATETIME"),
+    ):
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
     # One pending row per record became one pending row per step of a record's plan.
     db.execute_sql("DROP INDEX IF EXISTS outbox_one_pending_per_record")
     db.execute_sql(

@@ -65,6 +65,8 @@ class AccountPair(BaseModel):
     stripe_name = CharField(default="")
     created_at = DateTimeField(default=utcnow)
     last_used_at = DateTimeField(default=utcnow)
+    # When ClinicSync first saw that another installation syncs these same accounts (schema v5): told once.
+    other_installation_at = DateTimeField(null=True)
 
     class Meta:
         indexes = ((("source_system", "source_account", "source_region", "stripe_account", "stripe_livemode"), True),)
@@ -123,6 +125,7 @@ class StripeIndexEntry(BaseModel):
     email_hash = CharField(null=True)
     source_ref = CharField(null=True)  # the cross-reference metadata, if an earlier install set it
     display_name = CharField(default="")
+    created = IntegerField(null=True)  # Stripe's `created` (schema v5): of two twins, the older one stays
 
     class Meta:
         indexes = (

@@ -114,6 +114,9 @@ def oldest_naming(found: Sequence[Mapping[str, Any]], request: FindRequest) -> d
     return min(matches, key=lambda obj: obj.get("created", 0)) if matches else None
 
 
+DUPLICATE_OF_KEY = "clinicsync_duplicate_of"  # metadata on a twin that could not be deleted: which one stays
+
+
 @dataclass(frozen=True)
 class Stream:
     """A declared stream. `primary_role` names the Stripe object the record *is* (its customer, its product)."""
@@ -140,6 +143,9 @@ class Stream:
     source_settings: Callable[[Any], Mapping[str, Any] | None] = lambda client: None  # custom field definitions
     time_zone: Callable[[Any], str | None] = lambda client: None  # the clinic's IANA zone, when the source says
     country: Callable[[Any], str | None] = lambda client: None  # the clinic's country code, when the source says
+    # (gateway, twin id, survivor id) → what was done, in words: the newer of two objects that name one record,
+    # made by two installations racing, is deleted when nothing refers to it, else marked. None: left alone.
+    retire_twin: Callable[[Any, str, str], str] | None = None
     # Reconciliation's comparison of one source record with its Stripe objects (the reconciliation engine).
     compare: Callable[..., list[Any]] | None = None
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
+    DUPLICATE_OF_KEY,
     FindRequest,
     PlanRequest,
     Record,
@@ -83,6 +84,16 @@ def _absence_certain(request: FindRequest, age_s: float, settle_s: float) -> boo
     return bool(request.params.get("email")) or age_s >= settle_s
 
 
+def _retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
+    """Delete the twin customer unless something already refers to it (a payment, an invoice): then mark it."""
+    referenced = any(gateway.any_of(kind, {"customer": twin_id}) for kind in ("payment_intent", "charge", "invoice"))
+    if referenced:
+        gateway.write("update", "customer", twin_id, {"metadata": {DUPLICATE_OF_KEY: survivor_id}}, f"twin:{twin_id}")
+        return f"marked as a duplicate of {survivor_id} (it has payments or invoices, so it was kept)"
+    gateway.delete("customer", twin_id)
+    return f"deleted: a duplicate of {survivor_id} that nothing referred to"
+
+
 CLINIKO_PATIENTS = Stream(
     name="cliniko.patients",
     source_system="cliniko",
@@ -95,6 +106,7 @@ CLINIKO_PATIENTS = Stream(
     plan=_plan,
     find_created=_find_created,
     absence_certain=_absence_certain,
+    retire_twin=_retire_twin,
     active_ids=_patients_with_recent_activity,
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,

@@ -18,6 +18,7 @@ from clinicsync import money, stripe_limits
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
+    DUPLICATE_OF_KEY,
     FindRequest,
     PlanRequest,
     Record,
@@ -221,6 +222,13 @@ def _find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
     return oldest_naming(list(gateway.iter_objects(request.stripe_object, request.created_after)), request)
 
 
+def _retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
+    """A product with prices cannot be deleted: the twin is made inactive and marked."""
+    params = {"active": False, "metadata": {DUPLICATE_OF_KEY: survivor_id}}
+    gateway.write("update", "product", twin_id, params, f"twin:{twin_id}")
+    return f"made inactive and marked as a duplicate of {survivor_id}"
+
+
 CLINIKO_PRODUCTS = Stream(
     name="cliniko.products",
     source_system="cliniko",
@@ -232,6 +240,7 @@ CLINIKO_PRODUCTS = Stream(
     changed_at=lambda record: record.get("updated_at"),
     plan=_plan,
     find_created=_find_created,
+    retire_twin=_retire_twin,
     enrich=_enrich,
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,

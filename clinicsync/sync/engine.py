@@ -39,6 +39,7 @@ from clinicsync.store.models import (
 )
 from clinicsync.streams.base import PlanRequest, Record, RoleLinkInfo, Stream, StreamNotReady, StreamSettings
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
+from clinicsync.sync import twins
 from clinicsync.sync.matching import (
     build_index,
     candidates_by_email,
@@ -88,6 +89,19 @@ class RunResult:
 
 class RunRecorder:
     """Counts outcomes and writes history rows; safe to call from write threads."""
+
+    def note(self, source_id: str, display_name: str, stripe_id: str | None, message: str) -> None:
+        """A history row that is not one of the record's counted outcomes (e.g. a duplicate removed)."""
+        if not self._dry_run:
+            SyncEvent.create(
+                run=self._run,
+                stream=self._run.stream,
+                source_id=source_id,
+                display_name=display_name,
+                stripe_id=stripe_id,
+                action="note",
+                message=message,
+            )
 
     def __init__(self, run: SyncRun, *, dry_run: bool) -> None:
         self._run = run
@@ -148,6 +162,7 @@ class StreamRun:
         self._scope = ScopeFilter()  # set by _prepare from the mapping's scope
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
+        self._topup = twins.Topup(lambda: None)
 
     # --- the run --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -163,6 +178,8 @@ class StreamRun:
             else:
                 self._execute()
                 result.message = self._writeback_summary()
+                if twins.newly_detected(self.pair, run.started_at):
+                    result.message = "\n".join(filter(None, [twins.OTHER_INSTALLATION_MESSAGE, result.message]))
         except StreamNotReady as exc:
             result.outcome, result.stop_kind, result.message = "failed", "mapping", str(exc)
         except StripeStopped as stop:
@@ -334,6 +351,12 @@ class StreamRun:
         else:
             since = refresh_since(state)
             refresh_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, since))
+        self._topup = twins.Topup(
+            lambda: refresh_index(
+                self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state))
+            )
+        )
+        twins.repair(self.pair, self.stream, self.mapping, self.gateway, self.recorder.note, dry_run=writer is None)
         self._reviews = _latest_reviews(self.pair, self.stream.name)
         server_now = self.source.probe()
         next_cursor = server_now - timedelta(seconds=self.options.overlap_s)
@@ -552,6 +575,13 @@ class StreamRun:
         *,
         retired: tuple[str, ...] = (),
     ) -> None:
+        if op == "create" and writer is not None and self._topup.before_create():
+            # Another installation may have created this record's object since the index was last topped up.
+            found = [
+                c for c in candidates_by_reference(self.pair, self.mapping, mapped.source_id) if c not in self._claimed
+            ]
+            if len(found) == 1:
+                op, stripe_id = "link", found[0]
         # `retired`: fields an earlier mapping wrote to this object and the current one no longer maps: unset.
         params = create_params(mapped.payload) if op == "create" else update_params(mapped.payload, retired)
         if stripe_id and op == "link":

@@ -87,6 +87,7 @@ def _add_to_index(
                 "email_hash": match_hash(pair, _match_value(mapping, obj)),
                 "source_ref": metadata.get(mapping.cross_ref_key),
                 "display_name": (obj.get("name") or obj.get("email") or "")[:120],
+                "created": created if isinstance(created, int) else None,
             }
 
     for batch in chunked(rows(), 200):

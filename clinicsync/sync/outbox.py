@@ -235,7 +235,7 @@ class OutboxWriter:
         if failure.kind == "unknown_outcome":
             self._resolve_unknown(row, failure, supersedes, params)
         elif failure.kind == "not_found" and row.op in ("update", "link") and self._is_primary(row):
-            self._object_gone(row)
+            self._object_gone(row, params, supersedes)
         else:
             self._fail(row, failure.message)
 
@@ -395,10 +395,24 @@ class OutboxWriter:
             record_reviews(self.pair, row.stream, row.source_id, "resolved")
         ).execute()
 
-    def _object_gone(self, row: OutboxEntry) -> None:
-        """The Stripe object was deleted. Linked before, or chosen by a person: a person decides whether to
-        re-create it, never us silently. Only matched automatically (by email or cross-reference, from an index
-        listed before the deletion): nobody chose it, so it is forgotten and the next sync decides again."""
+    def _object_gone(self, row: OutboxEntry, params: dict[str, Any], supersedes: int) -> None:
+        """The Stripe object was deleted. Another installation removing the twin of a race: carry on with the object
+        that stayed. Linked before, or chosen by a person: a person decides whether to re-create it, never us
+        silently. Only matched automatically (by email or cross-reference, from an index listed before the
+        deletion): nobody chose it, so it is forgotten and the next sync decides again."""
+        survivor = self._surviving_twin(row, params)
+        if survivor is not None and supersedes < MAX_SUPERSEDES:
+            with database_proxy.atomic():
+                RecordLink.update(stripe_id=survivor, payload_hash=None).where(
+                    (RecordLink.pair == self.pair)
+                    & (RecordLink.stream == row.stream)
+                    & (RecordLink.source_id == row.source_id)
+                ).execute()
+                fresh = self._supersede(row)
+                fresh.stripe_id = survivor
+                fresh.save()
+            self.deliver(fresh, supersedes + 1)
+            return
         if row.op == "link" and not self._decision_for(row):
             detail = (
                 f"The Stripe {row.stripe_object} {row.stripe_id} it matched was deleted in Stripe; the next sync "
@@ -416,6 +430,15 @@ class OutboxWriter:
             return
         detail = f"The Stripe {row.stripe_object} {row.stripe_id} linked to this record no longer exists."
         self._back_to_review(row, "stripe_object_deleted", detail)
+
+    def _surviving_twin(self, row: OutboxEntry, params: dict[str, Any]) -> str | None:
+        """Another object naming this record, made since these accounts were first synced here (a race's twin)."""
+        since = int(self.pair.created_at.replace(tzinfo=UTC).timestamp()) - CLOCK_MARGIN_S
+        request = FindRequest(row.stripe_object, row.source_id, params, self.mapping.cross_ref_key, since)
+        found = self.stream.find_created(self.gateway, request)
+        if found is None or found.get("id") == row.stripe_id or found.get("created", 0) < since:
+            return None
+        return str(found["id"])
 
     def _decision_for(self, row: OutboxEntry) -> bool:
         """Whether a person's decision (a resolved review) led to this write."""

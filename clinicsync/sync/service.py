@@ -115,6 +115,11 @@ def resolve_pair(cliniko: ClinikoClient, gateway: StripeGateway) -> AccountPair:
     return pair
 
 
+# Why a stream stopped that every later stream would stop for too (a service unreachable, a key refused, the disk).
+STOPS_EVERY_STREAM = frozenset(
+    {"unavailable", "auth", "permission", "storage", "source_auth", "source_permission", "source_unavailable"}
+)
+
 # Settings that stream declarations read (through StreamSettings), resolved once per run.
 STREAM_SETTING_KEYS = ("cliniko.products.price_basis",)
 
@@ -172,6 +177,8 @@ def run_sync(
                         SyncRun.id == result.run_id
                     ).execute()
                 results.append(result)
+                if result.outcome == "cancelled" or result.stop_kind in STOPS_EVERY_STREAM:
+                    break  # the next streams would meet the same wall; they run on the next sync
             return results
         finally:
             cliniko.close()

@@ -23,6 +23,8 @@ from clinicsync import app, logging_setup
 from clinicsync.sync.service import run_sync
 from tests.support import admin, profile_env, stats, sync_once
 
+PATIENTS = "cliniko.patients"
+
 REPO = Path(__file__).resolve().parents[2]
 # Transient faults on both services, so retries (and the errors behind them) get logged. A sync makes only a few
 # Cliniko requests, so Cliniko's rate is higher (and its first request fails with this seed).
@@ -124,7 +126,7 @@ def exercise_profile(make_sandbox, tmp_path: Path, profile: str, outputs: list[t
     admin(sandbox.cliniko_url, "edit", count=8)
     ctx = app.bootstrap(env)
     progress = revoke_when_reading(sandbox.stripe_url, "revoke", key=sandbox.stripe_key)
-    (revoked,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", progress=progress)
+    (revoked,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[PATIENTS], trigger="test", progress=progress)
     assert (revoked.outcome, revoked.stop_kind) == ("failed", "auth"), revoked
     assert cli("sync", "--once") == 3
     assert cli("sync", "--once", CLINICSYNC_STRIPE_API_KEY=WRONG_STRIPE_KEY) == 3
@@ -133,7 +135,7 @@ def exercise_profile(make_sandbox, tmp_path: Path, profile: str, outputs: list[t
     other = env | {"CLINICSYNC_STRIPE_API_KEY": OTHER_STRIPE_KEY}
     ctx = app.bootstrap(other)
     progress = revoke_when_reading(sandbox.cliniko_url, "revoke_key")
-    (cut_off,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", progress=progress)
+    (cut_off,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[PATIENTS], trigger="test", progress=progress)
     assert (cut_off.outcome, cut_off.stop_kind) == ("failed", "source_auth"), cut_off
     assert cli("sync", "--once", CLINICSYNC_STRIPE_API_KEY=OTHER_STRIPE_KEY) == 3
     admin(sandbox.cliniko_url, "restore_key")

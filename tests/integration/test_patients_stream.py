@@ -25,6 +25,8 @@ from tests.support import (
     sync_once,
 )
 
+STREAM = "cliniko.patients"
+
 
 def customers(sandbox, *, livemode: bool = False, account: str | None = None) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"livemode": livemode}
@@ -300,7 +302,7 @@ def test_a_dry_run_leaves_the_database_free_for_other_writers_and_no_copy_behind
             writer.start()
             writer.join()
 
-    (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, dry_run=True, progress=on_progress)
+    (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], dry_run=True, progress=on_progress)
     assert planned.outcome in ("ok", "attention") and planned.plan is not None, planned.message
     assert len(outcomes) >= 20 and set(outcomes) == {"written"}, outcomes[:3]
     assert sorted(p.name for p in db_path.parent.iterdir() if "snapshot" in p.name) == []
@@ -379,7 +381,9 @@ def test_a_first_live_sync_cancelled_while_planning_is_cancelled_not_waiting_for
     env = env_for(sandbox)
     ctx = context(env)
     token = CancelToken()
-    (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, cancel=token, progress=lambda *_: token.cancel())
+    (result,) = run_sync(
+        ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], cancel=token, progress=lambda *_: token.cancel()
+    )
     assert result.outcome == "cancelled", (result.outcome, result.message)
     assert "plan approve" not in result.message
     assert executed_writes(sandbox.stripe_url) == 0

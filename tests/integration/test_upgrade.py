@@ -22,6 +22,8 @@ def downgrade_to_v4(db_path: Path) -> None:
         for column in V5_OUTBOX_COLUMNS:
             conn.execute(f"ALTER TABLE outbox_entry DROP COLUMN {column}")
         conn.execute("DROP TABLE role_link")
+        conn.execute("ALTER TABLE stripe_index_entry DROP COLUMN created")
+        conn.execute("ALTER TABLE account_pair DROP COLUMN other_installation_at")
         conn.execute(
             "CREATE UNIQUE INDEX outbox_one_pending_per_record ON outbox_entry (pair_id, stream, source_id) "
             "WHERE status = 'pending'"
