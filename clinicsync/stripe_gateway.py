@@ -135,6 +135,14 @@ def _classify(exc: stripe.StripeError) -> StripeFailure:
         )
     if isinstance(exc, stripe.PermissionError):
         return StripeFailure("permission", "The Stripe key lacks a permission ClinicSync needs: " + message)
+    if 200 <= (exc.http_status or 0) < 300:
+        # A success whose body is not Stripe's (a proxy or captive portal answered, or the body was cut): the
+        # write may well have happened. Unknown, not refused: it is sent again with the same idempotency key.
+        return StripeFailure(
+            "transient",
+            "Stripe's answer could not be read (something between this computer and Stripe answered instead); "
+            "the change is sent again",
+        )
     if _header(headers, "Idempotent-Replayed") == "true" and (exc.http_status or 0) >= 500:
         return StripeFailure("unknown_outcome", "Stripe saved an error for this request: " + message)
     if should_retry == "false":

@@ -15,6 +15,8 @@ Spec grammar (comma-separated tokens, whitespace ignored, empty spec = no faults
              | "before:timeout"  hold the connection silently for timeout_s, then close it
              | "before:reset"    drop the connection (TCP RST) without executing
              | "after:reset"     execute the request (its change is kept), then drop the connection
+             | "after:html"      execute the request, then answer 200 with an HTML page (a proxy or captive
+                                 portal answering for the service: the outcome is unknown to the client)
              | "stored500"       Stripe emulator only: store a 500 under the idempotency key
 
 Example: ``before:5xx=0.10,before:429=0.05,after:reset=0.02,stored500=0.01,seed=42,max=20``.
@@ -40,7 +42,7 @@ BEFORE_KINDS: tuple[str, ...] = (
     "before:timeout",
     "before:reset",
 )
-AFTER_KINDS: tuple[str, ...] = ("after:reset",)
+AFTER_KINDS: tuple[str, ...] = ("after:reset", "after:html")
 EMULATOR_KINDS: tuple[str, ...] = ("stored500",)
 KINDS: frozenset[str] = frozenset(BEFORE_KINDS + AFTER_KINDS + EMULATOR_KINDS)
 

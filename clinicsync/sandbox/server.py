@@ -293,10 +293,16 @@ def process(srv: RunningServer, request: Request) -> Response:
         srv.stats.record_error()
         return Response(500, {"error": {"message": "sandbox emulator error (see the server log)"}})
     srv.stats.record_response(endpoint, response)
-    if eligible and srv.faults.choose(AFTER_KINDS):
-        srv.stats.record_fault("after:reset")
+    after = srv.faults.choose(AFTER_KINDS) if eligible else None
+    if after is not None:
+        srv.stats.record_fault(after)
+        if after == "after:html":
+            return Response(200, CAPTIVE_PORTAL_PAGE, {"Content-Type": "text/html; charset=utf-8"})
         raise _Drop()
     return response
+
+
+CAPTIVE_PORTAL_PAGE = b"<!DOCTYPE html><html><body><h1>Welcome to the clinic Wi-Fi</h1><p>Sign in</p></body></html>"
 
 
 class _Answer(Exception):
