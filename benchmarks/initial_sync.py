@@ -32,11 +32,11 @@ import httpx
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
 from clinicsync.logging_setup import teardown_logging
-from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.fields import FieldCatalogue
 from clinicsync.mapping.spec import SyncScope
 from clinicsync.sandbox.launcher import start_sandbox
 from clinicsync.sources.cliniko import PER_PAGE as CLINIKO_PER_PAGE
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store import queries
 from clinicsync.store.settings import spec_for
 from clinicsync.sync.service import run_sync

@@ -237,7 +237,7 @@ def _set_secret(ctx: Any, name: str, known: Sequence[str]) -> int:
 
 # --- mapping ---------------------------------------------------------------------------------------------
 def cmd_mapping(args: argparse.Namespace) -> int:
-    from clinicsync.mapping.commands import run
+    from clinicsync.cli_mapping import run
 
     return run(args, out, err)
 
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the folder, database, keyring, keys and connections (reads only)")
     doctor.add_argument("--offline", action="store_true", help="skip the connection tests")
 
-    from clinicsync.mapping.commands import add_parser as add_mapping_parser
+    from clinicsync.cli_mapping import add_parser as add_mapping_parser
 
     add_mapping_parser(sub)
     return parser

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from clinicsync.logging_setup import register_secret
+from clinicsync.retry import RetryPolicy
 from clinicsync.secrets import SECRET_NAMES, SecretStore, SecretStoreError
 from clinicsync.sources import calcom as calcom_source
 from clinicsync.sources import cliniko as cliniko_source
@@ -33,7 +34,6 @@ from clinicsync.sources.errors import (
 )
 from clinicsync.sources.urls import is_loopback_host, validate_base_url
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway, livemode_of_key
-from clinicsync.sync.retry import RetryPolicy
 
 CLINIKO = "Cliniko"
 STRIPE = "Stripe"

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import stripe
 
 from clinicsync import stripe_limits
-from clinicsync.sync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
+from clinicsync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 

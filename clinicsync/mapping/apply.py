@@ -34,6 +34,7 @@ __all__ = [
     "map_record",
     "source_value",
     "update_params",
+    "without_writeback_field",
 ]
 
 # Plausible address: something@something.tld with no spaces; Stripe refuses anything less.
@@ -263,3 +264,18 @@ def _put(params: dict[str, Any], target: str, value: Value) -> None:
             child = node[part] = {}
         node = child
     node[leaf] = value
+
+
+def without_writeback_field(record: Mapping[str, Any], token: str) -> Mapping[str, Any]:
+    """The record with the write-back custom field removed, so what ClinicSync wrote into the source never flows
+    back into a payload (and never changes a payload hash)."""
+    if not token or custom_field_value(record, token) is None:
+        return record
+    cleaned = dict(record)
+    sections = []
+    for section in (record.get("custom_fields") or {}).get("sections") or []:
+        fields = [f for f in (section.get("fields") or []) if not (isinstance(f, Mapping) and f.get("token") == token)]
+        if fields:
+            sections.append({**section, "fields": fields})
+    cleaned["custom_fields"] = {"sections": sections} if sections else None
+    return cleaned

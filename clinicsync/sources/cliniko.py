@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from clinicsync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
 from clinicsync.sources.errors import (
     EXCERPT_LIMIT,
     FIELD_ERROR_LIMIT,
@@ -45,7 +46,6 @@ from clinicsync.sources.errors import (
 from clinicsync.sources.http import ClosingClient, api_client
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import same_origin, validate_base_url
-from clinicsync.sync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 

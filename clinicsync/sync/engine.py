@@ -16,13 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clinicsync import money
-from clinicsync.mapping import store as mapping_store
-from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params
+from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params, without_writeback_field
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
 from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE, TransformContext
+from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sources import errors
 from clinicsync.sources.errors import SourceError
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store.db import database_proxy, storage_problem
 from clinicsync.store.models import (
     AccountPair,
@@ -51,9 +52,8 @@ from clinicsync.sync.matching import (
 )
 from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review, revisit_later
 from clinicsync.sync.pool import WritePool
-from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sync.scope import ScopeFilter
-from clinicsync.sync.writeback import BackfillResult, backfill, without_writeback_field
+from clinicsync.sync.writeback import BackfillResult, backfill
 from clinicsync.sync.writeback import progress as writeback_progress
 
 log = logging.getLogger(__name__)

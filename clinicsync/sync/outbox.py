@@ -22,6 +22,7 @@ from peewee import IntegrityError
 
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.spec import StreamMapping
+from clinicsync.retry import RetryPolicy, call_with_retries
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import (
     AccountPair,
@@ -36,7 +37,6 @@ from clinicsync.store.models import (
 from clinicsync.streams.base import FindRequest, Stream, WriteStep
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway, retry_decision
 from clinicsync.sync.crash import crashpoint
-from clinicsync.sync.retry import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from clinicsync.paths import AppPaths
+from clinicsync.retry import CancelToken
 from clinicsync.secrets import MemorySecretStore, SecretStore
 from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import RunResult
-from clinicsync.sync.retry import CancelToken
 from clinicsync.sync.service import failure_of, run_sync
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from typing import Any
 from clinicsync import rate_limits
 from clinicsync import secrets as secret_names
 from clinicsync.paths import AppPaths
+from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.secrets import SecretStore
 from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.sources.errors import SourceConfigError
@@ -25,7 +26,6 @@ from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
 from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
 from clinicsync.sync.lock import ProfileLock
-from clinicsync.sync.retry import Cancelled, CancelToken, RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -51,21 +51,6 @@ class BackfillResult:
 
 
 # --- the echo rule ---------------------------------------------------------------------------------------
-def without_writeback_field(record: Mapping[str, Any], token: str) -> Mapping[str, Any]:
-    """The record with the write-back custom field removed, so what ClinicSync wrote into the source never flows
-    back into a payload (and never changes a payload hash)."""
-    if not token or custom_field_value(record, token) is None:
-        return record
-    cleaned = dict(record)
-    sections = []
-    for section in (record.get("custom_fields") or {}).get("sections") or []:
-        fields = [f for f in (section.get("fields") or []) if not (isinstance(f, Mapping) and f.get("token") == token)]
-        if fields:
-            sections.append({**section, "fields": fields})
-    cleaned["custom_fields"] = {"sections": sections} if sections else None
-    return cleaned
-
-
 # --- the custom fields body ------------------------------------------------------------------------------
 def section_token_for(settings: Mapping[str, Any], field_token: str) -> str | None:
     """The section a custom field belongs to, from `/settings` patient_custom_fields_definition."""

@@ -1,6 +1,6 @@
 """Field mapping: per stream, the rules that turn a source record into a Stripe object, with a live preview.
 
-Everything the tab saves goes through mapping/store.py — the same validation and clinical allow-list as
+Everything the tab saves goes through store/mappings.py — the same validation and clinical allow-list as
 `clinicsync mapping import` — so the tab cannot save what the command line would refuse. Invalid rows are marked
 inline with the reason. The preview reads one real record (and the linked Stripe object) off the GUI thread and
 shows the exact Stripe request and what would change; it writes nothing. Keys are read on the GUI thread.
@@ -40,10 +40,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
 from clinicsync.mapping.fields import STRIPE_TARGETS, FieldCatalogue, custom_field_entries
-from clinicsync.mapping.preview import Preview, connect, fetch_preview, sample_records, source_settings
+from clinicsync.mapping.preview import Preview
 from clinicsync.mapping.spec import (
     OVERFLOWS,
     ROLES,
@@ -57,6 +56,8 @@ from clinicsync.mapping.spec import (
 from clinicsync.mapping.transforms import TRANSFORMS, template_fields
 from clinicsync.mapping.validate import Problem, validate_mapping
 from clinicsync.secrets import MemorySecretStore
+from clinicsync.store import mappings as mapping_store
+from clinicsync.sync.preview import connect, fetch_preview, sample_records, source_settings
 from clinicsync.sync.runner import read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import SYNC_SECRETS, UiContext

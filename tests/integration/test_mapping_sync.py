@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.apply import TRUNCATION_MARKER
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
@@ -21,6 +20,7 @@ from clinicsync.mapping.spec import FieldRule, StreamMapping, SyncScope, rule
 from clinicsync.mapping.validate import MappingInvalid
 from clinicsync.sandbox import seed
 from clinicsync.sandbox.cliniko_emu import CUSTOM_FIELD_DEFINITIONS
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store.models import AccountPair, FieldAllowance, StreamState
 from tests.integration.test_patients_stream import by_patient_id, customers, events, patients
 from tests.support import admin, context, executed_writes, stats, sync_once
@@ -273,10 +273,10 @@ def test_scope_recent_activity_syncs_exactly_the_patients_with_an_invoice_or_app
 def test_scope_recent_activity_engine_side_with_a_source_that_knows_activity(make_sandbox, env_for):
     """The engine half of the activity scope, with the activity lookup replaced: only active patients are created,
     and a patient who becomes active without being edited is picked up by the next incremental run."""
+    from clinicsync.retry import CancelToken
     from clinicsync.streams import CLINIKO_PATIENTS as CLINIKO_PATIENTS_STREAM
     from clinicsync.sync import service
     from clinicsync.sync.engine import StreamRun
-    from clinicsync.sync.retry import CancelToken
 
     sandbox = make_sandbox(profile="clean", patients=20)
     env = env_for(sandbox)
@@ -330,7 +330,7 @@ def test_an_invalid_stored_mapping_stops_the_stream_before_anything_is_sent(make
 
 
 def test_preview_shows_the_exact_request_and_the_diff_and_writes_nothing(make_sandbox, env_for):
-    from clinicsync.mapping.preview import connect, fetch_preview
+    from clinicsync.sync.preview import connect, fetch_preview
 
     sandbox = make_sandbox(profile="clean", patients=5)
     env = env_for(sandbox)

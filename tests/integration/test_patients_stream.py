@@ -375,7 +375,7 @@ def test_first_live_sync_stops_at_a_plan_and_writes_exactly_it_once_approved(mak
 
 def test_a_first_live_sync_cancelled_while_planning_is_cancelled_not_waiting_for_approval(make_sandbox, env_for):
     """No plan was saved, so "approve the plan" would send the person looking for one that is not there."""
-    from clinicsync.sync.retry import CancelToken
+    from clinicsync.retry import CancelToken
 
     sandbox = make_sandbox(profile="clean", patients=20, stripe_mode="live")
     env = env_for(sandbox)
@@ -398,9 +398,9 @@ def test_test_mode_needs_no_approval_and_keeps_every_patient_in_scope(make_sandb
 
 def test_a_live_connection_keeps_the_scope_a_person_saved(make_sandbox, env_for):
     """Choosing "all" for the live connection (saving the mapping, even unchanged) replaces the default."""
-    from clinicsync.mapping import store as mapping_store
     from clinicsync.mapping.defaults import CLINIKO_PATIENTS
     from clinicsync.mapping.fields import FieldCatalogue
+    from clinicsync.store import mappings as mapping_store
 
     sandbox = make_sandbox(profile="clean", patients=12, stripe_mode="live")
     env = env_for(sandbox)

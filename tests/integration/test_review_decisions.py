@@ -171,10 +171,10 @@ def test_a_write_whose_customer_turns_out_linked_elsewhere_goes_to_review_and_th
     """The backstop under the engine's own check: the link is refused by the one-record-per-customer rule at
     the moment it is saved. Before, that IntegrityError left the row pending and replayed first in every run."""
     from clinicsync.mapping.defaults import CLINIKO_PATIENTS
+    from clinicsync.retry import RetryPolicy
     from clinicsync.store.db import open_database
     from clinicsync.store.models import AccountPair
     from clinicsync.sync.outbox import OutboxWriter
-    from clinicsync.sync.retry import RetryPolicy
 
     open_database(tmp_path / "db.sqlite3")
     pair = AccountPair.create(

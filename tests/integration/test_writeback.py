@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.mapping.spec import WritebackConfig, rule
 from clinicsync.mapping.validate import MappingInvalid
+from clinicsync.retry import CancelToken
 from clinicsync.sandbox import seed
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store.models import AccountPair
 from clinicsync.sync import service, writeback
-from clinicsync.sync.retry import CancelToken
 from tests.integration.test_mapping_sync import CATALOGUE, allow, save
 from tests.integration.test_patients_stream import by_patient_id, customers, patients
 from tests.support import admin, context, executed_writes, stats, sync_once

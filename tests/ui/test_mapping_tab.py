@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QComboBox, QLineEdit
 
-from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.mapping.preview import Preview
 from clinicsync.sandbox import seed
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store.models import FieldAllowance
 from clinicsync.ui.mapping_tab import COL_OPTIONS, COL_SOURCES, COL_TARGET, COL_TRANSFORM, MappingTab
 from tests.integration.test_patients_stream import patients

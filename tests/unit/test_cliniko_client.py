@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from clinicsync.retry import RetryPolicy
 from clinicsync.sources.cliniko import ClinikoAccount, ClinikoClient, link_id, shard_for_key
 from clinicsync.sources.errors import (
     SourceAuthError,
@@ -23,7 +24,6 @@ from clinicsync.sources.errors import (
 )
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
-from clinicsync.sync.retry import RetryPolicy
 
 KEY = "fake_cliniko_key_for_tests-au2"
 EMAIL = "manager@clinic.example"

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from peewee import SqliteDatabase
 
-from clinicsync.mapping import store as mapping_store
-from clinicsync.mapping.apply import map_record, update_params
+from clinicsync.mapping.apply import map_record, update_params, without_writeback_field
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.mapping.fields import FieldCatalogue
 from clinicsync.mapping.spec import DocumentError, SyncScope, WritebackConfig, from_document, rule, to_document
 from clinicsync.mapping.validate import MappingInvalid
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store import migrations
 from clinicsync.store.db import open_database
 from clinicsync.store.models import AccountPair, FieldAllowance, MappingRevision, StreamState
-from clinicsync.sync.writeback import custom_fields_with, section_token_for, without_writeback_field
+from clinicsync.sync.writeback import custom_fields_with, section_token_for
 
 CATALOGUE = FieldCatalogue.for_source("cliniko", "patient")
 STREAM = "cliniko.patients"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from clinicsync.sync.retry import (
+from clinicsync.retry import (
     PERMANENT,
     Cancelled,
     CancelToken,

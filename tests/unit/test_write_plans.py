@@ -13,6 +13,7 @@ import pytest
 from clinicsync import money
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.defaults import CLINIKO_PRODUCTS
+from clinicsync.retry import RetryPolicy
 from clinicsync.store.db import open_database
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, RoleLink
 from clinicsync.streams import CLINIKO_PRODUCTS as PRODUCTS_STREAM
@@ -21,7 +22,6 @@ from clinicsync.streams.base import PlanRequest, RoleLinkInfo
 from clinicsync.streams.cliniko_products import fingerprint
 from clinicsync.stripe_gateway import StripeFailure, WriteResult
 from clinicsync.sync.outbox import OutboxWriter
-from clinicsync.sync.retry import RetryPolicy
 
 
 # --- money -------------------------------------------------------------------------------------------------

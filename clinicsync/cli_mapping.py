@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
 from clinicsync.mapping.fields import FieldCatalogue
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, DocumentError, StreamMapping, to_document
 from clinicsync.mapping.validate import MappingInvalid
+from clinicsync.store import mappings as mapping_store
 
 DEFAULT_STREAM = "cliniko.patients"
 Printer = Callable[[str], None]
@@ -87,7 +87,8 @@ def run(args: argparse.Namespace, out: Printer, err: Printer) -> int:
 # --- catalogue -------------------------------------------------------------------------------------------
 def _catalogue(ctx: Any, mapping: StreamMapping, err: Printer) -> FieldCatalogue:
     """The source's fields; with the clinic's custom fields when the mapping uses any and Cliniko can be asked."""
-    from clinicsync.mapping.preview import catalogue_for, connect, source_settings
+    from clinicsync.mapping.preview import catalogue_for
+    from clinicsync.sync.preview import connect, source_settings
 
     needs = mapping.writeback.enabled or any(s.startswith(CUSTOM_FIELD_PREFIX) for s in mapping.source_fields)
     if not needs:
@@ -172,7 +173,7 @@ def _import(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> i
 
 
 def _preview(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int:
-    from clinicsync.mapping.preview import connect, fetch_preview
+    from clinicsync.sync.preview import connect, fetch_preview
 
     mapping = mapping_store.load(args.stream)
     connection = connect(ctx.settings, ctx.secrets, args.stream)
