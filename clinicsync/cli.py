@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from clinicsync.outcomes import Outcome, StopKind
+
 EXIT_OK = 0
 EXIT_ATTENTION = 1
 EXIT_CONFIG = 2
@@ -22,14 +24,14 @@ EXIT_LOCKED = 4
 EXIT_UNREACHABLE = 5
 
 _EXIT_OF_STOP = {
-    "auth": EXIT_AUTH,
-    "permission": EXIT_AUTH,
-    "source_auth": EXIT_AUTH,
-    "source_permission": EXIT_AUTH,
-    "unavailable": EXIT_UNREACHABLE,
-    "source_unavailable": EXIT_UNREACHABLE,
-    "mapping": EXIT_CONFIG,  # the stream's stored field mapping cannot be used (the message says which row)
-    "storage": EXIT_CONFIG,  # the database could not be written or read: something to fix on this machine
+    StopKind.AUTH: EXIT_AUTH,
+    StopKind.PERMISSION: EXIT_AUTH,
+    StopKind.SOURCE_AUTH: EXIT_AUTH,
+    StopKind.SOURCE_PERMISSION: EXIT_AUTH,
+    StopKind.UNAVAILABLE: EXIT_UNREACHABLE,
+    StopKind.SOURCE_UNAVAILABLE: EXIT_UNREACHABLE,
+    StopKind.MAPPING: EXIT_CONFIG,  # the stream's stored field mapping cannot be used (the message says which row)
+    StopKind.STORAGE: EXIT_CONFIG,  # the database could not be written or read: something to fix on this machine
 }
 
 
@@ -74,7 +76,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _exit_for(outcome: str, stop_kind: str | None) -> int:
     if stop_kind in _EXIT_OF_STOP:
         return _EXIT_OF_STOP[stop_kind]
-    return EXIT_OK if outcome == "ok" else EXIT_ATTENTION
+    return EXIT_OK if outcome == Outcome.OK else EXIT_ATTENTION
 
 
 # --- status ----------------------------------------------------------------------------------------------

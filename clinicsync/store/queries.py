@@ -8,6 +8,7 @@ from typing import Any
 
 from peewee import fn
 
+from clinicsync.outcomes import ACTIONS
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import (
     AccountPair,
@@ -22,7 +23,7 @@ from clinicsync.store.models import (
     utcnow,
 )
 
-COUNT_FIELDS = ("created", "linked", "updated", "unchanged", "skipped", "failed", "review")
+COUNT_FIELDS = ACTIONS
 
 
 class ReviewError(ValueError):

@@ -20,6 +20,7 @@ from clinicsync.mapping.apply import MappedRecord, create_params, map_record, up
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
 from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE, TransformContext
+from clinicsync.outcomes import ACTIONS, NOTE, Outcome, StopKind
 from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sources import errors
 from clinicsync.sources.errors import SourceError
@@ -58,7 +59,6 @@ from clinicsync.sync.writeback import progress as writeback_progress
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("created", "linked", "updated", "unchanged", "skipped", "failed", "review")
 PLAN_SAMPLE_SIZE = 20
 Progress = Callable[[str, int, int | None, str], None]  # (stream, records done, total or None, step)
 
@@ -99,7 +99,7 @@ class RunRecorder:
                 source_id=source_id,
                 display_name=display_name,
                 stripe_id=stripe_id,
-                action="note",
+                action=NOTE,
                 message=message,
             )
 
@@ -181,23 +181,29 @@ class StreamRun:
                 if twins.newly_detected(self.pair, run.started_at):
                     result.message = "\n".join(filter(None, [twins.OTHER_INSTALLATION_MESSAGE, result.message]))
         except StreamNotReady as exc:
-            result.outcome, result.stop_kind, result.message = "failed", "mapping", str(exc)
+            result.outcome, result.stop_kind, result.message = Outcome.FAILED, StopKind.MAPPING, str(exc)
         except StripeStopped as stop:
-            result.outcome, result.stop_kind, result.message = "failed", stop.kind, str(stop)
+            result.outcome, result.stop_kind, result.message = Outcome.FAILED, stop.kind, str(stop)
         except StripeFailure as failure:  # a read that kept failing, or a key rejected mid-run
-            kind = {"transient": "unavailable", "auth": "auth", "permission": "permission"}.get(failure.kind)
-            result.outcome, result.stop_kind, result.message = "failed", kind or "stripe_error", failure.message
+            kind = {"transient": StopKind.UNAVAILABLE, "auth": StopKind.AUTH, "permission": StopKind.PERMISSION}.get(
+                failure.kind
+            )
+            result.outcome, result.stop_kind, result.message = (
+                Outcome.FAILED,
+                kind or StopKind.STRIPE_ERROR,
+                failure.message,
+            )
         except Cancelled:
-            result.outcome, result.message = "cancelled", "The sync was cancelled; nothing queued is lost."
+            result.outcome, result.message = Outcome.CANCELLED, "The sync was cancelled; nothing queued is lost."
         except SourceError as exc:
-            result.outcome, result.stop_kind, result.message = "failed", _source_kind(exc), str(exc)
+            result.outcome, result.stop_kind, result.message = Outcome.FAILED, _source_kind(exc), str(exc)
         except Exception as exc:
             if (storage := storage_problem(exc)) is not None:
                 log.error("sync of %s stopped: %s", self.stream.name, exc)
-                result.outcome, result.stop_kind, result.message = "failed", "storage", storage
+                result.outcome, result.stop_kind, result.message = Outcome.FAILED, StopKind.STORAGE, storage
             else:
                 log.exception("sync of %s failed", self.stream.name)
-                result.outcome, result.stop_kind = "failed", "internal"
+                result.outcome, result.stop_kind = Outcome.FAILED, StopKind.INTERNAL
                 result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
         if result.outcome == "ok" and (result.counts["failed"] or result.counts["review"]):
             result.outcome = "attention"
@@ -682,10 +688,10 @@ def _parse_cursor(value: str | None) -> datetime | None:
 
 def _source_kind(exc: SourceError) -> str:
     if isinstance(exc, errors.SourceAuthError):
-        return "source_auth"
+        return StopKind.SOURCE_AUTH
     if isinstance(exc, errors.SourcePermissionError):
-        return "source_permission"
+        return StopKind.SOURCE_PERMISSION
     # A 429 that outlasts the retries is as transient as an outage: the next sync carries on, nobody must act.
     if isinstance(exc, errors.SourceUnavailable | errors.SourceRateLimited):
-        return "source_unavailable"
-    return "source_error"
+        return StopKind.SOURCE_UNAVAILABLE
+    return StopKind.SOURCE_ERROR

@@ -13,6 +13,7 @@ from typing import Any
 
 from clinicsync import rate_limits
 from clinicsync import secrets as secret_names
+from clinicsync.outcomes import STOPS_EVERY_STREAM, Outcome
 from clinicsync.paths import AppPaths
 from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.secrets import SecretStore
@@ -115,11 +116,6 @@ def resolve_pair(cliniko: ClinikoClient, gateway: StripeGateway) -> AccountPair:
     return pair
 
 
-# Why a stream stopped that every later stream would stop for too (a service unreachable, a key refused, the disk).
-STOPS_EVERY_STREAM = frozenset(
-    {"unavailable", "auth", "permission", "storage", "source_auth", "source_permission", "source_unavailable"}
-)
-
 # Settings that stream declarations read (through StreamSettings), resolved once per run.
 STREAM_SETTING_KEYS = ("cliniko.products.price_basis",)
 
@@ -171,7 +167,7 @@ def run_sync(
                     STREAMS[name], pair, cliniko, gateway, options, cancel=cancel, progress=progress
                 ).run()
                 if plan_only and not dry_run and result.outcome not in ("failed", "cancelled"):
-                    result.outcome = "needs_approval"
+                    result.outcome = Outcome.NEEDS_APPROVAL
                     result.message = APPROVAL_MESSAGE
                     SyncRun.update(outcome=result.outcome, message=result.message).where(
                         SyncRun.id == result.run_id
