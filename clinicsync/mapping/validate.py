@@ -123,10 +123,11 @@ def _check_rule(
                 "writeback-echo",
                 f"{source} holds the Stripe id ClinicSync writes back; mapping it would send Stripe its own id",
             )
-        if entry.cls == CLINICAL and source not in allowed:
+        if entry.needs_allowance and source not in allowed:
+            kind = "clinical" if entry.cls == CLINICAL else "the clinic's own business information"
             bad(
                 "clinical-field",
-                f"{source} ({entry.label}) is clinical and is not allowed for this stream; allow it explicitly "
+                f"{source} ({entry.label}) is {kind} and is not allowed for this stream; allow it explicitly "
                 f"first (`clinicsync mapping allow {source} --stream {mapping.stream}`) after reading the warning",
             )
     return problems

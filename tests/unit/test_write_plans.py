@@ -263,3 +263,16 @@ def test_a_refused_step_fails_the_rest_of_its_plan(pair: AccountPair) -> None:
     assert statuses == ["failed", "failed", "failed"]
     assert recorder.rows == [("failed", "77")]
     assert RoleLink.get(RoleLink.stripe_id == "price_old").current, "the old price is still the one in use"
+
+
+def test_a_products_cost_price_or_notes_needs_a_persons_allowance_before_it_is_sent() -> None:
+    from clinicsync.mapping.fields import FieldCatalogue
+    from clinicsync.mapping.spec import rule
+    from clinicsync.mapping.validate import validate_mapping
+
+    catalogue = FieldCatalogue.for_source("cliniko", "product")
+    mapping = CLINIKO_PRODUCTS.with_rules((*CLINIKO_PRODUCTS.rules, rule("metadata.cost", "cost_price")))
+    (problem,) = validate_mapping(mapping, catalogue, set())
+    assert problem.rule == "clinical-field" and "cost_price" in str(problem)
+    assert validate_mapping(mapping, catalogue, {"cost_price"}) == []
+    assert validate_mapping(CLINIKO_PRODUCTS, catalogue, set()) == [], "the default sends neither"
