@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +39,15 @@ from clinicsync.store.models import (
     SyncRun,
     utcnow,
 )
-from clinicsync.streams.base import PlanRequest, Record, RoleLinkInfo, Stream, StreamNotReady, StreamSettings
+from clinicsync.streams.base import (
+    PlanRequest,
+    Record,
+    RoleLinkInfo,
+    Stream,
+    StreamNotReady,
+    StreamSettings,
+    WriteStep,
+)
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync import twins
 from clinicsync.sync.matching import (
@@ -60,6 +68,7 @@ from clinicsync.sync.writeback import progress as writeback_progress
 log = logging.getLogger(__name__)
 
 PLAN_SAMPLE_SIZE = 20
+WRITE_BATCH = 50  # plans stored per transaction (each stored before any of them is sent)
 Progress = Callable[[str, int, int | None, str], None]  # (stream, records done, total or None, step)
 
 
@@ -163,6 +172,11 @@ class StreamRun:
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
         self._topup = twins.Topup(lambda: None)
+        # Plans decided but not stored yet (stored WRITE_BATCH at a time, each batch before any of it is sent), and
+        # records met for the first time whose link is stored with them.
+        self._batch: list[tuple[MappedRecord, str, list[WriteStep], str | None]] = []
+        self._new_links: dict[str, RecordLink] = {}
+        self._current_links: dict[str, RecordLink] = {}  # unsaved links of records being decided now
 
     # --- the run --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -270,10 +284,11 @@ class StreamRun:
                 queued.setdefault(row.source_id, []).append(row)
             for source_id, rows in queued.items():  # each record's steps in order, records in parallel
                 pool.submit(source_id, lambda rows=rows: writer.deliver_plan(rows))
-            pool.drain()
+            self._drain(pool, writer)
             self._read_and_decide(pool=pool, writer=writer)
         finally:
             pool.close()
+            writer.flush()  # what Stripe took before a stop is recorded, not replayed
         if self.mapping.writeback.enabled:
             self._write_back()
 
@@ -376,9 +391,9 @@ class StreamRun:
         for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
             self._handle(record, pool, writer)
-        pool.drain()
+        self._drain(pool, writer)
         self._resolve_deferred(pool, writer)
-        pool.drain()
+        self._drain(pool, writer)
         state.cursor = next_cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         state.last_run_at = utcnow()
         state.save()
@@ -433,8 +448,25 @@ class StreamRun:
             self.recorder.record("failed", sid or "?", mapped.display_name, None, mapped.error)
             return
         hashed = match_hash(self.pair, mapped.match_value)
+        if self._batched(sid):  # read again (edited mid-sync) before its first change was even stored
+            self._flush_batch(pool, writer)
         pool.wait_for(sid)
+        if writer is not None and writer.settler.holds(sid):
+            writer.flush()
         link = self._remember(mapped, hashed)
+        if link.id is None:
+            self._current_links[sid] = link
+        try:
+            self._decide(mapped, hashed, link, pool, writer)
+        finally:
+            self._current_links.pop(sid, None)
+            if link.id is None and sid not in self._new_links:
+                link.save(force_insert=True)  # met for the first time and no write planned: remembered now
+
+    def _decide(
+        self, mapped: MappedRecord, hashed: str | None, link: RecordLink, pool: WritePool, writer: OutboxWriter | None
+    ) -> None:
+        sid = mapped.source_id
         if self._has_pending_write(sid):
             # The cursor will move past this version: read the record again once Stripe has confirmed.
             revisit_later(self.pair, self.stream.name, sid, "an earlier write is waiting for Stripe's confirmation")
@@ -606,9 +638,32 @@ class StreamRun:
             message = "\n".join([*mapped.notes, *(step.note for step in steps if step.note)])
             self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, message)
             return
-        pool.wait_for(mapped.source_id)  # one plan in flight per record: the queue allows one pending row a step
-        rows = writer.enqueue_plan(mapped, action, steps, hashed)
-        pool.submit(mapped.source_id, lambda: writer.deliver_plan(rows))
+        link = self._unsaved_link(mapped.source_id)
+        if link is not None:
+            self._new_links[mapped.source_id] = link
+        self._batch.append((mapped, action, steps, hashed))
+        if len(self._batch) >= WRITE_BATCH:
+            self._flush_batch(pool, writer)
+
+    def _flush_batch(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """Store the batch's plans (and its new records' links) in one transaction, then send them."""
+        batch, self._batch = self._batch, []
+        if writer is None or not batch:
+            return
+        new_links, self._new_links = self._new_links, {}
+        stored = writer.enqueue_plans(batch, before=lambda: _insert_links(new_links.values()))
+        for (mapped, *_), rows in zip(batch, stored, strict=True):
+            pool.submit(mapped.source_id, lambda rows=rows: writer.deliver_plan(rows))
+
+    def _drain(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """Send what is batched, wait for every write in flight, and record what Stripe took."""
+        self._flush_batch(pool, writer)
+        pool.drain()
+        if writer is not None:
+            writer.flush()
+
+    def _batched(self, source_id: str) -> bool:
+        return any(mapped.source_id == source_id for mapped, *_ in self._batch)
 
     def _role_links(self, source_id: str) -> tuple[RoleLinkInfo, ...]:
         rows = RoleLink.select().where(
@@ -630,27 +685,32 @@ class StreamRun:
         self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
 
     def _remember(self, mapped: MappedRecord, hashed: str | None) -> RecordLink:
-        """Keep the record's id, email hash, name and archived state (never its other fields)."""
-        link, created = RecordLink.get_or_create(
-            pair=self.pair,
-            stream=self.stream.name,
-            source_id=mapped.source_id,
-            defaults={
-                "stripe_object": self.mapping.stripe_object,
-                "email_hash": hashed,
-                "display_name": mapped.display_name,
-                "archived": mapped.archived,
-            },
+        """Keep the record's id, email hash, name and archived state (never its other fields). A record met for
+        the first time gets an unsaved link: it is stored with the record's first write, or at once if none."""
+        link = RecordLink.get_or_none(
+            (RecordLink.pair == self.pair)
+            & (RecordLink.stream == self.stream.name)
+            & (RecordLink.source_id == mapped.source_id)
         )
-        if not created and (link.email_hash, link.display_name, link.archived) != (
-            hashed,
-            mapped.display_name,
-            mapped.archived,
-        ):
+        if link is None:
+            return RecordLink(
+                pair=self.pair,
+                stream=self.stream.name,
+                source_id=mapped.source_id,
+                stripe_object=self.mapping.stripe_object,
+                email_hash=hashed,
+                display_name=mapped.display_name,
+                archived=mapped.archived,
+            )
+        if (link.email_hash, link.display_name, link.archived) != (hashed, mapped.display_name, mapped.archived):
             RecordLink.update(
                 email_hash=hashed, display_name=mapped.display_name, archived=mapped.archived, updated_at=utcnow()
             ).where(RecordLink.id == link.id).execute()
         return link
+
+    def _unsaved_link(self, source_id: str) -> RecordLink | None:
+        link = self._current_links.get(source_id)
+        return link if link is not None and link.id is None else None
 
     def _has_pending_write(self, source_id: str) -> bool:
         return (
@@ -663,6 +723,12 @@ class StreamRun:
             )
             .exists()
         )
+
+
+def _insert_links(links: Iterable[RecordLink]) -> None:
+    for link in links:
+        if link.id is None:
+            link.save(force_insert=True)
 
 
 def _latest_reviews(pair: AccountPair, stream: str) -> dict[str, ReviewItem]:

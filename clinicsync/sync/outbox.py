@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -70,6 +71,11 @@ def _key_op(row: OutboxEntry, primary_role: str) -> str:
     return row.op if row.role in ("", primary_role) else f"{row.role}-{row.op}"
 
 
+def _step_key(row: OutboxEntry) -> tuple[str, int]:
+    """A step's place in its plan; a row queued before plans existed is a plan of its own."""
+    return (row.plan_key or f"row:{row.id}", row.step)
+
+
 def _resolved(params: dict[str, Any] | None, refs: dict[str, str]) -> dict[str, Any]:
     return {**(params or {}), **{name: value for name, value in refs.items() if name}}
 
@@ -78,6 +84,47 @@ def _normalised(params: dict[str, Any]) -> dict[str, Any]:
     # What is sent is exactly what a replay will send: both come from the same JSON text.
     loaded: dict[str, Any] = json.loads(json.dumps(params, sort_keys=True, ensure_ascii=False))
     return loaded
+
+
+SETTLE_BATCH = 50  # finished writes recorded per transaction
+
+
+class Settler:
+    """Records finished writes (done mark, links, history) in batches, one transaction for many records.
+
+    Only the outbox row must be durable before its request is sent; what Stripe's answer changes locally may wait
+    for the next batch: a crash before it commits replays those writes with their own keys, and Stripe answers
+    each replay with the object it made. Batching keeps the bytes written per record small (each transaction
+    rewrites every page it touches)."""
+
+    def __init__(self, batch: int = SETTLE_BATCH) -> None:
+        self._batch = batch
+        self._items: list[tuple[str, Callable[[], None]]] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+
+    def add(self, source_id: str, settle: Callable[[], None]) -> None:
+        with self._lock:
+            self._items.append((source_id, settle))
+            full = len(self._items) >= self._batch
+        if full:
+            self.flush()
+
+    def holds(self, source_id: str) -> bool:
+        with self._lock:
+            return any(sid == source_id for sid, _ in self._items)
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            with self._lock:
+                items, self._items = self._items, []
+            if not items:
+                return
+            with database_proxy.atomic():
+                for _, settle in items:
+                    settle()
+            for _ in items:  # counted per record, as the crash-safety tests name them
+                crashpoint("after_link_saved")
 
 
 @dataclass
@@ -91,43 +138,70 @@ class OutboxWriter:
     sleep: Callable[[float], object]
     search_settle_s: float
     now: Callable[[], datetime] = utcnow
+    settler: Settler = field(default_factory=Settler)
+    # Stripe ids of steps done but not yet recorded (the settler's next batch), for the steps after them.
+    _fresh_ids: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def flush(self) -> None:
+        """Record every finished write now (at the end of a run, or before a record is looked at again)."""
+        self.settler.flush()
 
     # --- queueing -------------------------------------------------------------------------------------
     def enqueue_plan(
         self, mapped: MappedRecord, action: str, steps: list[WriteStep], email_hash: str | None
     ) -> list[OutboxEntry]:
-        """Store every step of a record's plan (one transaction), each with a key naming its own row."""
-        rows: list[OutboxEntry] = []
+        """Store every step of one record's plan (see enqueue_plans)."""
+        return self.enqueue_plans([(mapped, action, steps, email_hash)])[0]
+
+    def enqueue_plans(
+        self,
+        plans: list[tuple[MappedRecord, str, list[WriteStep], str | None]],
+        before: Callable[[], None] = lambda: None,
+    ) -> list[list[OutboxEntry]]:
+        """Store the plans of several records in one transaction (after `before`, in it), each step with a key
+        naming its own row. Nothing is sent before this returns: the rows are durable first."""
+        stored: list[list[OutboxEntry]] = []
         with database_proxy.atomic():
-            for number, step in enumerate(steps):
-                row = OutboxEntry.create(
-                    pair=self.pair,
-                    stream=self.mapping.stream,
-                    source_id=mapped.source_id,
-                    op=step.op,
-                    stripe_object=step.stripe_object,
-                    stripe_id=step.stripe_id,
-                    params=_normalised(dict(step.params)),
-                    payload_hash=mapped.payload_hash,
-                    email_hash=email_hash,
-                    display_name=mapped.display_name,
-                    archived=mapped.archived,
-                    notes="\n".join([*mapped.notes, *(s.note for s in steps if s.note)]),
-                    mapping_version=self.mapping.version,
-                    step=number,
-                    last_step=number == len(steps) - 1,
-                    role=step.role,
-                    refs=dict(step.refs) or None,
-                    effects=[vars(record) for record in step.records] or None,
-                    plan_action=action,
-                )
-                row.plan_key = f"{self.mapping.stream}:{mapped.source_id}:{rows[0].id if rows else row.id}"
-                row.idempotency_key = idempotency_key(
-                    self.pair, self.mapping.stream, mapped.source_id, _key_op(row, self.stream.primary_role), row.id
-                )
-                row.save()
-                rows.append(row)
-        crashpoint("after_outbox_insert")
+            before()
+            for mapped, action, steps, email_hash in plans:
+                stored.append(self._store_plan(mapped, action, steps, email_hash))
+        for _ in stored:  # counted per record, as the crash-safety tests name them
+            crashpoint("after_outbox_insert")
+        return stored
+
+    def _store_plan(
+        self, mapped: MappedRecord, action: str, steps: list[WriteStep], email_hash: str | None
+    ) -> list[OutboxEntry]:
+        rows: list[OutboxEntry] = []
+        notes = "\n".join([*mapped.notes, *(step.note for step in steps if step.note)])
+        for number, step in enumerate(steps):
+            row = OutboxEntry.create(
+                pair=self.pair,
+                stream=self.mapping.stream,
+                source_id=mapped.source_id,
+                op=step.op,
+                stripe_object=step.stripe_object,
+                stripe_id=step.stripe_id,
+                params=_normalised(dict(step.params)),
+                payload_hash=mapped.payload_hash,
+                email_hash=email_hash,
+                display_name=mapped.display_name,
+                archived=mapped.archived,
+                notes=notes,
+                mapping_version=self.mapping.version,
+                step=number,
+                last_step=number == len(steps) - 1,
+                role=step.role,
+                refs=dict(step.refs) or None,
+                effects=[vars(record) for record in step.records] or None,
+                plan_action=action,
+            )
+            row.plan_key = f"{self.mapping.stream}:{mapped.source_id}:{rows[0].id if rows else row.id}"
+            row.idempotency_key = idempotency_key(
+                self.pair, self.mapping.stream, mapped.source_id, _key_op(row, self.stream.primary_role), row.id
+            )
+            row.save()
+            rows.append(row)
         return rows
 
     def pending(self) -> list[OutboxEntry]:
@@ -146,12 +220,9 @@ class OutboxWriter:
         """Send a record's steps in order; stop at a step that did not finish (it is retried next run)."""
         for row in rows:
             current = OutboxEntry.get_by_id(row.id)
-            if current.status == "done":
+            if current.status == "done" or _step_key(current) in self._fresh_ids:
                 continue  # a replay of a finished step is a no-op
-            if current.status != "pending":
-                return
-            self.deliver(current)
-            if OutboxEntry.get_by_id(current.id).status != "done" and not self._superseded_done(current):
+            if current.status != "pending" or not self.deliver(current):
                 return
 
     def _superseded_done(self, row: OutboxEntry) -> bool:
@@ -170,6 +241,10 @@ class OutboxWriter:
         """The Stripe ids the step's request takes from earlier steps; None while one of them is not done."""
         ids: dict[str, str] = {}
         for name, step in (row.refs or {}).items():
+            fresh = self._fresh_ids.get((row.plan_key, int(step))) if row.plan_key else None
+            if fresh is not None:
+                ids[name] = fresh
+                continue
             earlier = self._step_row(row, int(step), status="done")
             if earlier is None or not earlier.stripe_id:
                 return None
@@ -182,21 +257,21 @@ class OutboxWriter:
         parent = self._step_row(row, row.step - 1)
         return parent is not None and parent.status == "failed"
 
-    def deliver(self, row: OutboxEntry, supersedes: int = 0) -> None:
-        """Send one queued step and settle it. Raises StripeStopped when the run must stop."""
+    def deliver(self, row: OutboxEntry, supersedes: int = 0) -> bool:
+        """Send one queued step and settle it; True when it is done. Raises StripeStopped when the run must stop."""
         if self._parent_failed(row):
             self._mark_failed(row, "not sent: an earlier step of this change failed")
-            return
+            return False
         earlier = self._earlier_ids(row)
         if earlier is None:
-            return  # its parent is not done yet: it waits (the plan is replayed in order next run)
+            return False  # its parent is not done yet: it waits (the plan is replayed in order next run)
         target = earlier.get("", row.stripe_id)
         params = _resolved(row.params, earlier)
         if row.op == "create" and self.now() - row.created_at > IDEMPOTENCY_WINDOW:
             found = self._find_created(row, params)
             if found is not None:
                 self._complete(row, found, replayed=True)
-                return
+                return True
         try:
             result = call_with_retries(
                 lambda: self.gateway.write(row.op, row.stripe_object, target, params, row.idempotency_key),
@@ -213,15 +288,15 @@ class OutboxWriter:
                 ),
             )
         except StripeFailure as failure:
-            self._settle_failure(row, failure, supersedes, params)
-            return
+            return self._settle_failure(row, failure, supersedes, params)
         crashpoint("after_stripe_ok")
         self._complete(row, result.object, replayed=result.replayed)
-        crashpoint("after_link_saved")
+        return True
 
     def _settle_failure(
         self, row: OutboxEntry, failure: StripeFailure, supersedes: int, params: dict[str, Any]
-    ) -> None:
+    ) -> bool:
+        """Settle a step Stripe did not take; True if it turned out done after all (found, or replayed fresh)."""
         if failure.kind == "transient":
             self._note_attempt(row, failure.message)
             raise StripeStopped(
@@ -233,28 +308,28 @@ class OutboxWriter:
             self._note_attempt(row, failure.message)
             raise StripeStopped(failure.kind, failure.message)
         if failure.kind == "unknown_outcome":
-            self._resolve_unknown(row, failure, supersedes, params)
-        elif failure.kind == "not_found" and row.op in ("update", "link") and self._is_primary(row):
-            self._object_gone(row, params, supersedes)
-        else:
-            self._fail(row, failure.message)
+            return self._resolve_unknown(row, failure, supersedes, params)
+        if failure.kind == "not_found" and row.op in ("update", "link") and self._is_primary(row):
+            return self._object_gone(row, params, supersedes)
+        self._fail(row, failure.message)
+        return False
 
     def _resolve_unknown(
         self, row: OutboxEntry, failure: StripeFailure, supersedes: int, params: dict[str, Any]
-    ) -> None:
+    ) -> bool:
         """Stripe saved a 500 under this key, so replaying it can never succeed: find out what happened."""
         if row.op == "create":
             found = self._find_created(row, params)
             if found is not None:
                 self._complete(row, found, replayed=True)
-                return
+                return True
             if not self._absence_is_certain(row, params):
                 self._note_attempt(row, f"waiting to confirm whether Stripe created this {row.stripe_object}")
-                return
+                return False
         if supersedes >= MAX_SUPERSEDES:
             self._fail(row, f"Stripe kept failing this write: {failure.message}")
-            return
-        self.deliver(self._supersede(row), supersedes + 1)
+            return False
+        return self.deliver(self._supersede(row), supersedes + 1)
 
     def _find_request(self, row: OutboxEntry, params: dict[str, Any]) -> FindRequest:
         # Stripe's `created` is on Stripe's clock; this PC's may be ahead of it.
@@ -296,11 +371,18 @@ class OutboxWriter:
 
     # --- settling -------------------------------------------------------------------------------------
     def _complete(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
+        """Stripe took the step: record it with the settler's next batch; later steps may use its id now."""
+        self._fresh_ids[_step_key(row)] = str(obj["id"])
+        self.settler.add(row.source_id, lambda: self._settle_done(row, obj, replayed=replayed))
+
+    def _settle_done(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
         stripe_id = str(obj["id"])
         try:
-            self._save_link(row, obj, replayed=replayed)
+            with database_proxy.atomic():  # a savepoint inside the settler's batch
+                self._save_link(row, obj, replayed=replayed)
         except IntegrityError:  # another record is linked to this object: never a crash that blocks the queue
             self._link_taken(row, stripe_id)
+        self._fresh_ids.pop(_step_key(row), None)
 
     def _save_link(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
         stripe_id = str(obj["id"])
@@ -395,7 +477,7 @@ class OutboxWriter:
             record_reviews(self.pair, row.stream, row.source_id, "resolved")
         ).execute()
 
-    def _object_gone(self, row: OutboxEntry, params: dict[str, Any], supersedes: int) -> None:
+    def _object_gone(self, row: OutboxEntry, params: dict[str, Any], supersedes: int) -> bool:
         """The Stripe object was deleted. Another installation removing the twin of a race: carry on with the object
         that stayed. Linked before, or chosen by a person: a person decides whether to re-create it, never us
         silently. Only matched automatically (by email or cross-reference, from an index listed before the
@@ -411,8 +493,7 @@ class OutboxWriter:
                 fresh = self._supersede(row)
                 fresh.stripe_id = survivor
                 fresh.save()
-            self.deliver(fresh, supersedes + 1)
-            return
+            return self.deliver(fresh, supersedes + 1)
         if row.op == "link" and not self._decision_for(row):
             detail = (
                 f"The Stripe {row.stripe_object} {row.stripe_id} it matched was deleted in Stripe; the next sync "
@@ -427,9 +508,10 @@ class OutboxWriter:
                 ).execute()
                 revisit_later(self.pair, row.stream, row.source_id, detail)
                 self.recorder.record("skipped", row.source_id, row.display_name, row.stripe_id, detail)
-            return
+            return False
         detail = f"The Stripe {row.stripe_object} {row.stripe_id} linked to this record no longer exists."
         self._back_to_review(row, "stripe_object_deleted", detail)
+        return False
 
     def _surviving_twin(self, row: OutboxEntry, params: dict[str, Any]) -> str | None:
         """Another object naming this record, made since these accounts were first synced here (a race's twin)."""

@@ -210,6 +210,7 @@ def test_a_write_whose_customer_turns_out_linked_elsewhere_goes_to_review_and_th
         search_settle_s=0,
     )
     writer._complete(row, {"id": "cus_X"}, replayed=False)
+    writer.flush()
 
     assert OutboxEntry.get_by_id(row.id).status == "failed"
     (review,) = ReviewItem.select().where(ReviewItem.source_id == "B")

@@ -225,6 +225,8 @@ def test_steps_are_stored_first_then_sent_in_order_each_taking_its_parents_id(pa
     assert OutboxEntry.select().where(OutboxEntry.status == "pending").count() == 3, "stored before sending"
 
     writer.deliver_plan(rows)
+    assert recorder.rows == [], "what Stripe took is recorded in the settler's next batch"
+    writer.flush()
     (op1, obj1, _, _, _), (op2, obj2, target2, params2, _), (_, obj3, target3, params3, _) = gateway.sent
     assert (obj1, op1) == ("price", "create")
     assert (obj2, op2, target2) == ("product", "update", "prod_1")
@@ -239,7 +241,8 @@ def test_a_crash_between_steps_resumes_at_the_first_step_not_done(pair: AccountP
     first = RecordingGateway()
     writer = _writer(pair, first, Recorder())
     rows = _enqueue_reprice(writer, pair)
-    writer.deliver(rows[0])  # the process dies after the new price
+    writer.deliver(rows[0])
+    writer.flush()  # the process dies after the new price was recorded
     assert len(first.sent) == 1
 
     again = RecordingGateway()
@@ -253,11 +256,25 @@ def test_a_crash_between_steps_resumes_at_the_first_step_not_done(pair: AccountP
     assert len(again.sent) == 2
 
 
+def test_a_crash_before_the_settler_recorded_a_step_replays_it_with_its_own_key(pair: AccountPair) -> None:
+    first = RecordingGateway()
+    writer = _writer(pair, first, Recorder())
+    rows = _enqueue_reprice(writer, pair)
+    writer.deliver_plan(rows)  # Stripe took all three, and the process dies before the batch is recorded
+    again = RecordingGateway()
+    resumed = _writer(pair, again, Recorder())
+    resumed.deliver_plan(resumed.pending())
+    resumed.flush()
+    assert [key for *_, key in again.sent] == [key for *_, key in first.sent], "the same keys: Stripe replays"
+    assert OutboxEntry.select().where(OutboxEntry.status == "pending").count() == 0
+
+
 def test_a_refused_step_fails_the_rest_of_its_plan(pair: AccountPair) -> None:
     gateway, recorder = RecordingGateway(fail_on=("price", "create")), Recorder()
     writer = _writer(pair, gateway, recorder)
     rows = _enqueue_reprice(writer, pair)
     writer.deliver_plan(rows)
+    writer.flush()
     assert len(gateway.sent) == 1, "nothing after the refused step is sent"
     statuses = [OutboxEntry.get_by_id(row.id).status for row in rows]
     assert statuses == ["failed", "failed", "failed"]
