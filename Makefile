@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sandbox bench screenshots package clean
+.PHONY: run test lint specs sandbox bench screenshots package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check clinicsync tests benchmarks
 	$(BIN)/ruff format --check clinicsync tests benchmarks
+
+# Re-derives the trimmed API facts the tests read (tests/specs/) from the upstream documents, by default in
+# ../shared/specs: `make specs SPECS_SOURCE=/some/folder` for another copy. See tests/specs/README.md.
+SPECS_SOURCE ?= ../shared/specs
+specs: $(STAMP)
+	$(BIN)/python tests/specs/derive.py $(SPECS_SOURCE)
 
 sandbox: $(STAMP)
 	$(BIN)/clinicsync sandbox
