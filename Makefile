@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint specs sandbox bench screenshots package clean
+.PHONY: run system-libs test lint specs sandbox bench screenshots package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# On Debian/Ubuntu, first (before the two-minute install) make sure Qt's xcb libraries are there: stops with
+# the apt-get command that installs them or, as root, installs them. See packaging/check-system-libs.sh.
+run: system-libs $(STAMP)
 	$(BIN)/clinicsync
+
+system-libs:
+	sh packaging/check-system-libs.sh
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
