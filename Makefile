@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint sandbox bench screenshots package clean
+.PHONY: run system-libs test lint specs sandbox bench screenshots package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# On Debian/Ubuntu, first (before the two-minute install) make sure Qt's xcb libraries are there: stops with
+# the apt-get command that installs them or, as root, installs them. See packaging/check-system-libs.sh.
+run: system-libs $(STAMP)
 	$(BIN)/clinicsync
+
+system-libs:
+	sh packaging/check-system-libs.sh
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -21,6 +26,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check clinicsync tests benchmarks
 	$(BIN)/ruff format --check clinicsync tests benchmarks
+
+# Re-derives the trimmed API facts the tests read (tests/specs/) from the upstream documents, by default in
+# ../shared/specs: `make specs SPECS_SOURCE=/some/folder` for another copy. See tests/specs/README.md.
+SPECS_SOURCE ?= ../shared/specs
+specs: $(STAMP)
+	$(BIN)/python tests/specs/derive.py $(SPECS_SOURCE)
 
 sandbox: $(STAMP)
 	$(BIN)/clinicsync sandbox

@@ -9,22 +9,30 @@ As a process (what `clinicsync sandbox` runs)::
 
     python -m clinicsync.sandbox.launcher --profile hard --patients 30 --port-file /tmp/sandbox.json
 
-The keys printed are sandbox-only and mean nothing to the real Cliniko or Stripe.
+The keys printed are sandbox-only and mean nothing to the real Cliniko or Stripe. `clinicsync sandbox` also
+prints a `CLINICSYNC_HOME` for a demo profile of its own (a fresh folder under the system temp dir, deleted when
+the sandbox stops), so pasting its `export` lines never points a real clinic's profile at invented data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clinicsync.paths import HOME_ENV_VAR
 from clinicsync.sandbox.cliniko_emu import API_PREFIX, DEFAULT_API_KEY, ClinikoEmulator
 from clinicsync.sandbox.faults import FaultPlan
 from clinicsync.sandbox.server import RunningServer, serve
@@ -216,25 +224,40 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with sandbox:
-        info = sandbox.describe()
-        _print_banner(info)
-        if args.port_file:
-            _write_atomically(args.port_file, json.dumps(info, indent=2))
-        while not stop.wait(0.5):
-            pass
+    # Its own profile: the sandbox's accounts would otherwise land in the user's real one, and a profile from
+    # an earlier run would hold links to customers these fresh emulators never had.
+    demo_home = Path(tempfile.mkdtemp(prefix="clinicsync-sandbox-"))
+    try:
+        with sandbox:
+            info = sandbox.describe()
+            _print_banner(info, {HOME_ENV_VAR: str(demo_home), **info["env"]})
+            if args.port_file:
+                _write_atomically(args.port_file, json.dumps(info, indent=2))
+            while not stop.wait(0.5):
+                pass
+    finally:
+        shutil.rmtree(demo_home, ignore_errors=True)  # invented data only, useless once the emulators stop
     return 0
 
 
-def _print_banner(info: dict[str, Any]) -> None:
+def env_lines(env: Mapping[str, str], *, powershell: bool = os.name == "nt") -> list[str]:
+    """Lines that set `env` when pasted into a shell: POSIX `export`, or PowerShell on Windows."""
+    if powershell:
+        return [f"$env:{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in env.items()]
+    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+
+
+def _print_banner(info: dict[str, Any], env: Mapping[str, str]) -> None:
     print(f"Cliniko sandbox: {info['cliniko_url']}  key: {info['cliniko_key']}")
     if info["stripe_url"]:
         print(f"Stripe sandbox:  {info['stripe_url']}  key: {info['stripe_key']}")
     else:
         print("Stripe sandbox:  not available (clinicsync.sandbox.stripe_emu missing)")
-    print("Environment for a headless run:")
-    for name, value in info["env"].items():
-        print(f"  {name}={value}")
+    print("For a headless run in a separate demo profile (deleted when the sandbox stops), paste into a shell:")
+    print()
+    for line in env_lines(env):
+        print(line)
+    print()
     print("Ctrl+C to stop.", flush=True)
 
 

@@ -2,7 +2,7 @@
 
 It speaks what the official `stripe` SDK sends (form-encoded bodies, `Authorization: Bearer`, an
 `Idempotency-Key` on every POST) and answers with objects shaped like Stripe's own examples
-(`../specs/stripe-fixtures3.json`). The behaviour the app's reliability rests on is reproduced on purpose:
+(`tests/specs/stripe.json`). The behaviour the app's reliability rests on is reproduced on purpose:
 idempotent replay (including a saved 500), 400/409 idempotency errors, a Search index that lags behind
 writes, restricted keys, revoked keys, and per-(account, mode) data separation. See docs/sandbox-stripe.md.
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -740,3 +743,50 @@ def test_a_reader_that_stops_early_ends_the_output_quietly(make_sandbox, cli_env
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+@pytest.mark.skipif(os.name == "nt", reason="checks the POSIX `export` lines; Windows gets PowerShell ones")
+def test_the_sandbox_prints_export_lines_that_work_in_one_paste(tmp_path):
+    """`clinicsync sandbox` as the README shows it: its export lines, pasted into a shell as they are, point a
+    sync at the sandbox in a demo profile of its own (not the user's real one), which goes when it stops."""
+    port_file, output = tmp_path / "sandbox.json", tmp_path / "sandbox.out"
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("CLINICSYNC_")}
+    with output.open("w") as sink:
+        sandbox = subprocess.Popen(
+            [sys.executable, "-m", "clinicsync", "sandbox", "--patients", "4", "--port-file", str(port_file)],
+            env=clean,
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():  # written after the banner is printed and flushed
+            assert sandbox.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
+        info = json.loads(port_file.read_text())
+        exports = [line for line in output.read_text().splitlines() if line.startswith("export ")]
+        names = [line.split(" ", 1)[1].split("=", 1)[0] for line in exports]
+        assert names == ["CLINICSYNC_HOME", *info["env"]]
+        home = Path(exports[0].split("=", 1)[1])
+        assert home.is_dir() and home.parent.resolve() == Path(tempfile.gettempdir()).resolve()
+        assert home.name.startswith("clinicsync-sandbox-")
+
+        pasted = "\n".join([*exports, f"exec {shlex.quote(sys.executable)} -m clinicsync sync --once"])
+        synced = subprocess.run(
+            ["sh", "-c", pasted],
+            env={**clean, "PYTHON_KEYRING_BACKEND": FAIL_KEYRING},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        assert executed_writes(info["stripe_url"]) == 4
+        assert AppPaths.under(home).db_path.is_file()  # the demo profile was used, not the default one
+    finally:
+        sandbox.send_signal(signal.SIGTERM)
+        sandbox.wait(timeout=20)
+    assert sandbox.returncode == 0, output.read_text()
+    assert not home.exists(), "the demo profile is removed with the sandbox"

@@ -1,5 +1,9 @@
 """The Cliniko emulator's responses validate against Cliniko's official OpenAPI document.
 
+The document is read from tests/specs/cliniko.json, a trimmed copy derived from the upstream YAML by
+tests/specs/derive.py (paths, parameters, response and component schemas with every validation keyword; no
+prose), so this runs in any clone and never skips.
+
 Every integration test trusts the emulator, so the emulator must agree with the spec: list envelopes, Patient,
 PublicSettings, Settings, User, Business, Invoice, IndividualAppointment and the 422 ValidationError body, for
 the clean and hard profiles.
@@ -8,6 +12,7 @@ the clean and hard profiles.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -17,13 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from clinicsync.sandbox.cliniko_emu import DEFAULT_API_KEY, ClinikoEmulator
 from clinicsync.sandbox.server import RunningServer, serve
 
-SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "specs" / "cliniko-openapi.yaml"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "cliniko.json"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 # Belongs-to links the emulator leaves out when there is nothing to point at (see docs/sandbox.md).
 OPTIONAL_PATIENT_LINKS = {"concession_type", "referring_doctor", "latest_booking", "merged_with_patient"}
@@ -31,9 +35,7 @@ OPTIONAL_PATIENT_LINKS = {"concession_type", "referring_doctor", "latest_booking
 
 @cache
 def spec() -> dict[str, Any]:
-    if not SPEC_PATH.exists():
-        pytest.skip(f"Cliniko spec not found at {SPEC_PATH}")
-    document = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+    document = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
     _case_insensitive_email_patterns(document)
     _nullable_enums_allow_null(document)
     return document

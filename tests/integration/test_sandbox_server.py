@@ -442,6 +442,22 @@ def test_launcher_process_writes_port_file_and_stops_on_sigterm(tmp_path: Path) 
     assert info["cliniko_url"] in out
 
 
+def test_env_lines_paste_as_they_are_in_a_posix_shell_and_in_powershell() -> None:
+    from clinicsync.sandbox.launcher import env_lines
+
+    env = {"CLINICSYNC_HOME": "/tmp/clinic's sandbox", "CLINICSYNC_CONTACT_EMAIL": "sandbox@example.com"}
+    posix = env_lines(env, powershell=False)
+    assert posix[1] == "export CLINICSYNC_CONTACT_EMAIL=sandbox@example.com"
+    shown = subprocess.run(
+        ["sh", "-c", "\n".join([*posix, 'printf %s "$CLINICSYNC_HOME"'])], capture_output=True, text=True, check=True
+    )
+    assert shown.stdout == "/tmp/clinic's sandbox"
+    assert env_lines(env, powershell=True) == [
+        "$env:CLINICSYNC_HOME = '/tmp/clinic''s sandbox'",
+        "$env:CLINICSYNC_CONTACT_EMAIL = 'sandbox@example.com'",
+    ]
+
+
 def test_launcher_rejects_a_bad_fault_spec() -> None:
     from clinicsync.sandbox.launcher import main
 

@@ -19,7 +19,8 @@ from clinicsync.sandbox.faults import FaultPlan
 from clinicsync.sandbox.http import Request, Response
 from clinicsync.sandbox.stripe_emu import ACCOUNT_A, ACCOUNT_B, StripeEmulator, mask_key, parse_search_query
 
-SPECS = Path(__file__).resolve().parents[2].parent / "shared" / "specs"
+# Stripe's example objects, trimmed to the types the emulator serves (tests/specs/derive.py writes it).
+STRIPE_EXAMPLES = Path(__file__).resolve().parents[1] / "specs" / "stripe.json"
 KEY_A = "sk_test_sandbox_clinic_a"
 KEY_B = "sk_test_sandbox_clinic_b"
 LIVE_A = "sk_live_sandbox_clinic_a"
@@ -83,7 +84,7 @@ def error_of(response: Response, status: int) -> dict[str, Any]:
 
 
 def _fixture(name: str) -> dict[str, Any]:
-    return json.loads((SPECS / "stripe-fixtures3.json").read_text())["resources"][name]
+    return json.loads(STRIPE_EXAMPLES.read_text(encoding="utf-8"))["resources"][name]
 
 
 def _json_type(value: Any) -> str:
