@@ -86,7 +86,7 @@ def _normalised(params: dict[str, Any]) -> dict[str, Any]:
     return loaded
 
 
-SETTLE_BATCH = 50  # finished writes recorded per transaction
+SETTLE_BACKLOG = 500  # finished writes a write thread lets wait before it records them itself
 
 
 class Settler:
@@ -94,11 +94,12 @@ class Settler:
 
     Only the outbox row must be durable before its request is sent; what Stripe's answer changes locally may wait
     for the next batch: a crash before it commits replays those writes with their own keys, and Stripe answers
-    each replay with the object it made. Batching keeps the bytes written per record small (each transaction
-    rewrites every page it touches)."""
+    each replay with the object it made. The reading thread records them in the same transaction that stores the
+    next batch of plans, so one thread writes the database and the write threads never wait for it; each
+    transaction rewrites every page it touches, so fewer of them write far fewer bytes."""
 
-    def __init__(self, batch: int = SETTLE_BATCH) -> None:
-        self._batch = batch
+    def __init__(self, backlog: int = SETTLE_BACKLOG) -> None:
+        self._backlog = backlog
         self._items: list[tuple[str, Callable[[], None]]] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -106,25 +107,38 @@ class Settler:
     def add(self, source_id: str, settle: Callable[[], None]) -> None:
         with self._lock:
             self._items.append((source_id, settle))
-            full = len(self._items) >= self._batch
-        if full:
+            full = len(self._items) >= self._backlog
+        if full:  # the reading thread is held up (a slow source): do not let the backlog grow
             self.flush()
 
     def holds(self, source_id: str) -> bool:
         with self._lock:
             return any(sid == source_id for sid, _ in self._items)
 
+    def take(self) -> list[tuple[str, Callable[[], None]]]:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    @staticmethod
+    def apply(items: list[tuple[str, Callable[[], None]]]) -> None:
+        """Record `items` inside the caller's transaction."""
+        for _, settle in items:
+            settle()
+
+    @staticmethod
+    def committed(items: list[tuple[str, Callable[[], None]]]) -> None:
+        for _ in items:  # counted per record, as the crash-safety tests name them
+            crashpoint("after_link_saved")
+
     def flush(self) -> None:
         with self._flush_lock:
-            with self._lock:
-                items, self._items = self._items, []
+            items = self.take()
             if not items:
                 return
             with database_proxy.atomic():
-                for _, settle in items:
-                    settle()
-            for _ in items:  # counted per record, as the crash-safety tests name them
-                crashpoint("after_link_saved")
+                self.apply(items)
+            self.committed(items)
 
 
 @dataclass
