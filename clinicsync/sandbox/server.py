@@ -142,7 +142,7 @@ class RateLimiter:
             start, used, blocked_until = self._windows.get(bucket.key, (now, 0, 0.0))
             if now < blocked_until:
                 return Admission(False, bucket.limit, 0, blocked_until)
-            if now >= start + bucket.per_seconds:
+            if blocked_until or now >= start + bucket.per_seconds:  # a block's end also starts a fresh window
                 start, used = now, 0
             if used >= bucket.limit:
                 if bucket.block_seconds > 0:

@@ -40,6 +40,6 @@ def test_going_over_blocks_the_bucket_for_the_block_duration():
     clock.now = 1030.0  # the window has turned, but the block has not ended
     still = limiter.check(bucket)
     assert not still.admitted and still.reset_epoch == pytest.approx(1060.0)  # refusals do not extend it
-    clock.now = 1060.0
+    clock.now = 1060.0  # the block's end starts a fresh window
     admitted = limiter.check(bucket)
-    assert admitted.admitted and admitted.remaining == 1
+    assert admitted.admitted and admitted.remaining == 1 and admitted.reset_epoch == pytest.approx(1065.0)
