@@ -74,6 +74,7 @@ _NUMERIC_ID = re.compile(r"^\d{1,18}$")
 _RL_REMAINING = "x-ratelimit-remaining"
 _RL_RESET = "x-ratelimit-reset"
 _ONE_MS = timedelta(milliseconds=1)
+_GENERIC_MESSAGE = re.compile(r"^([A-Za-z]+ )*[A-Za-z]*Exception$")
 
 
 def api_version_for(path: str) -> str | None:
@@ -497,7 +498,9 @@ class CalcomClient(SourceClient):
             body = self._json(response)
         except SourceBadResponse:
             return ""
-        _, message, details = _error_parts(body)
+        code, message, details = _error_parts(body)
+        if details and _GENERIC_MESSAGE.match(message or code):
+            message = ""  # NestJS's ValidationPipe says only "Bad Request Exception"; the details say what
         extra = [d for d in details if d and d != message]
         text = "; ".join(part for part in (message, *extra) if part)
         return self._excerpt(text, limit) if text else ""

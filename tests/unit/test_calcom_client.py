@@ -435,6 +435,17 @@ def test_the_error_envelope_becomes_a_clear_message():
     assert raised.value.status == 400 and len(rec.requests) == 1
 
 
+def test_a_validation_failure_says_what_failed_not_bad_request_exception():
+    details = ["take must not be greater than 250", "sortUpdatedAt must be one of the following values: asc, desc"]
+    rec = Recorder(envelope_error(400, "BadRequestException", "Bad Request Exception", details))
+    with pytest.raises(SourceRequestRejected) as raised:
+        list(make_client(rec).iter_booking_pages())
+    assert str(raised.value) == (
+        "Cal.com rejected the request (HTTP 400, BadRequestException): take must not be greater than 250; "
+        "sortUpdatedAt must be one of the following values: asc, desc"
+    )
+
+
 def test_a_bare_nestjs_error_body_is_read_too():
     body = {"statusCode": 400, "message": ["sortUpdatedAt must be one of: asc, desc"], "error": "Bad Request"}
     with pytest.raises(SourceRequestRejected, match="sortUpdatedAt must be one of"):
