@@ -501,7 +501,14 @@ def test_calcom(
     if not key:
         return _failed(CALCOM, "config", "Enter the Cal.com API key first (Cal.com: Settings → Security → API keys).")
     try:
-        client = calcom_source.CalcomClient(key, base_url=base_url or None, timeout_s=timeout_s, transport=transport)
+        client = calcom_source.CalcomClient(
+            key,
+            base_url=base_url or None,
+            requests_per_minute=None,
+            retry=_TEST_RETRY,
+            timeout_s=timeout_s,
+            transport=transport,
+        )
     except SourceConfigError as exc:
         return _failed(CALCOM, "config", exc.message)
     with client:

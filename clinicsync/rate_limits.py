@@ -7,6 +7,7 @@ from clinicsync.stripe_limits import RATE_LIMIT_PER_SECOND as STRIPE_PER_SECOND
 
 CLINIKO_PER_MINUTE = 200  # per user (docs/cliniko-api.md)
 CALCOM_PER_MINUTE = 120  # per API key; a burst over it blocks the key for 60 s (docs/calcom-api.md)
+CALCOM_BLOCK_SECONDS = 60  # how long that block lasts
 
 # What ClinicSync allows itself: headroom for the clinic's other integrations, the dashboards and clock skew.
 STRIPE_BUDGET_FRACTION = 0.9

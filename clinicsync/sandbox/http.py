@@ -51,11 +51,25 @@ class Emulator(Protocol):
 
 @dataclass(frozen=True)
 class RateLimit:
-    """One request's budget: `limit` requests per `per_seconds` in the bucket `key`."""
+    """One request's budget: `limit` requests per `per_seconds` in the bucket `key`.
+
+    `block_seconds` > 0: going over blocks the bucket for that long from the refused request, whatever the window
+    (Cal.com blocks a key for 60 s); 0: requests are refused only until the window turns (Cliniko, Stripe)."""
 
     key: str
     limit: int
     per_seconds: float
+    block_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the limiter decided for one request: its bucket's allowance after it, and when that resets."""
+
+    admitted: bool
+    limit: int
+    remaining: int
+    reset_epoch: float  # when the window turns (admitted) or the refusal ends (refused)
 
 
 class AdminCapable(Protocol):
@@ -64,6 +78,8 @@ class AdminCapable(Protocol):
     def rate_limit(self, request: Request) -> RateLimit | None: ...
 
     def rate_limited_response(self, request: Request, reset_epoch: float) -> Response: ...
+
+    def rate_limit_headers(self, request: Request, admission: Admission) -> dict[str, str]: ...
 
     def fault_response(self, request: Request, status: int) -> Response: ...
 

@@ -1,4 +1,5 @@
-"""Start the sandbox: a seeded Cliniko emulator and (when available) the Stripe emulator on 127.0.0.1.
+"""Start the sandbox: a seeded Cliniko emulator, (when available) the Stripe emulator and, on request, a seeded
+Cal.com emulator, all on 127.0.0.1.
 
 In-process::
 
@@ -7,11 +8,11 @@ In-process::
 
 As a process (what `clinicsync sandbox` runs)::
 
-    python -m clinicsync.sandbox.launcher --profile hard --patients 30 --port-file /tmp/sandbox.json
+    python -m clinicsync.sandbox.launcher --profile hard --patients 30 --calcom --port-file /tmp/sandbox.json
 
-The keys printed are sandbox-only and mean nothing to the real Cliniko or Stripe. `clinicsync sandbox` also
-prints a `CLINICSYNC_HOME` for a demo profile of its own (a fresh folder under the system temp dir, deleted when
-the sandbox stops), so pasting its `export` lines never points a real clinic's profile at invented data.
+The keys printed are sandbox-only and mean nothing to the real Cliniko, Stripe or Cal.com. `clinicsync sandbox`
+also prints a `CLINICSYNC_HOME` for a demo profile of its own (a fresh folder under the system temp dir, deleted
+when the sandbox stops), so pasting its `export` lines never points a real clinic's profile at invented data.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from clinicsync.paths import HOME_ENV_VAR
+from clinicsync.sandbox import calcom_emu
 from clinicsync.sandbox.cliniko_emu import API_PREFIX, DEFAULT_API_KEY, ClinikoEmulator
 from clinicsync.sandbox.faults import FaultPlan
 from clinicsync.sandbox.server import RunningServer, serve
@@ -48,6 +50,10 @@ class Sandbox:
     cliniko_key: str
     stripe_key: str | None
     seeded: dict[str, Any] = field(default_factory=dict)  # the Cliniko seed result: ids, cases, stripe_customers
+    calcom: RunningServer | None = None
+    calcom_key: str | None = None
+    # The Cal.com seed result: uids, cases, identities, and the Stripe objects Cal.com's Stripe app created.
+    calcom_seeded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cliniko_url(self) -> str:
@@ -56,6 +62,10 @@ class Sandbox:
     @property
     def stripe_url(self) -> str | None:
         return self.stripe.url if self.stripe else None
+
+    @property
+    def calcom_url(self) -> str | None:
+        return self.calcom.url + calcom_emu.API_PREFIX if self.calcom else None
 
     def env(self) -> dict[str, str]:
         """Environment variables that point a headless ClinicSync run at this sandbox."""
@@ -67,6 +77,9 @@ class Sandbox:
         if self.stripe is not None and self.stripe_key is not None:
             env["CLINICSYNC_STRIPE_BASE_URL"] = self.stripe.url
             env["CLINICSYNC_STRIPE_API_KEY"] = self.stripe_key
+        if self.calcom is not None and self.calcom_key is not None:
+            env["CLINICSYNC_CALCOM_BASE_URL"] = self.calcom.url + calcom_emu.API_PREFIX
+            env["CLINICSYNC_CALCOM_API_KEY"] = self.calcom_key
         return env
 
     def describe(self) -> dict[str, Any]:
@@ -77,6 +90,9 @@ class Sandbox:
             "stripe_url": self.stripe_url,
             "stripe_admin_url": self.stripe.url + "/_sandbox/" if self.stripe else None,
             "stripe_key": self.stripe_key,
+            "calcom_url": self.calcom_url,
+            "calcom_admin_url": self.calcom.url + "/_sandbox/" if self.calcom else None,
+            "calcom_key": self.calcom_key,
             "env": self.env(),
         }
 
@@ -84,6 +100,8 @@ class Sandbox:
         self.cliniko.stop()
         if self.stripe is not None:
             self.stripe.stop()
+        if self.calcom is not None:
+            self.calcom.stop()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -104,8 +122,14 @@ def start_sandbox(
     cliniko_port: int = 0,
     stripe_port: int = 0,
     search_delay_s: float | None = None,
+    calcom: bool = False,
+    calcom_port: int = 0,
+    calcom_bookings: int = 60,
 ) -> Sandbox:
-    """Start both emulators; `faults` (a plan or spec string) applies to each server with its own RNG."""
+    """Start the emulators; `faults` (a plan or spec string) applies to each server with its own RNG.
+
+    `calcom=True` also starts the Cal.com emulator, seeded from the same profile, patient count and seed as
+    Cliniko, so about a third of its attendees are Cliniko's patients (their emails in other letter case)."""
     if stripe_mode not in STRIPE_MODES:
         raise ValueError(f"stripe_mode must be one of {', '.join(STRIPE_MODES)}")
     spec = faults.spec if isinstance(faults, FaultPlan) else (faults or "")
@@ -118,6 +142,8 @@ def start_sandbox(
     sandbox = Sandbox(cliniko=cliniko, stripe=None, cliniko_key=DEFAULT_API_KEY, stripe_key=None, seeded=seeded)
     try:
         _start_stripe(sandbox, stripe_mode, stripe_port, latency_ms, rate_limits, spec, search_delay_s)
+        if calcom:
+            _start_calcom(sandbox, profile, patients, seed, calcom_bookings, calcom_port, latency_ms, rate_limits, spec)
     except BaseException:
         sandbox.stop()
         raise
@@ -150,6 +176,26 @@ def _start_stripe(
     # Keys look like "sk_test_sandbox_clinic_a": underscores break the part after the prefix, so the key is
     # never a 16+ character alphanumeric run that secret scanners would take for a real Stripe key.
     sandbox.stripe_key = getattr(emulator, "default_key", f"sk_{mode}_sandbox_clinic_a")
+
+
+def _start_calcom(
+    sandbox: Sandbox,
+    profile: str,
+    patients: int,
+    seed: int,
+    bookings: int,
+    port: int,
+    latency_ms: float,
+    rate_limits: bool,
+    spec: str,
+) -> None:
+    emulator = calcom_emu.CalcomEmulator(seed=seed)
+    params = {"profile": profile, "patients": patients, "seed": seed, "bookings": bookings}
+    sandbox.calcom_seeded = _admin_body(emulator.admin("seed", params))
+    sandbox.calcom = serve(
+        emulator, port=port, latency_ms=latency_ms, rate_limits=rate_limits, faults=FaultPlan.parse(spec)
+    )
+    sandbox.calcom_key = emulator.api_key
 
 
 def _admin_body(response: Any) -> dict[str, Any]:
@@ -189,17 +235,22 @@ def spawn(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clinicsync sandbox", description="Run loopback Cliniko and Stripe emulators."
+        prog="clinicsync sandbox", description="Run loopback Cliniko, Stripe and (with --calcom) Cal.com emulators."
     )
     parser.add_argument("--profile", choices=("clean", "hard", "hostile"), default="clean")
     parser.add_argument("--patients", type=int, default=50)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--stripe-mode", choices=STRIPE_MODES, default="test")
     parser.add_argument("--faults", default="", help="fault spec, e.g. before:5xx=0.1,after:reset=0.02,seed=1")
-    parser.add_argument("--rate-limits", action="store_true", help="enforce Cliniko's 200/min and Stripe's limits")
+    parser.add_argument(
+        "--rate-limits", action="store_true", help="enforce Cliniko's 200/min, Stripe's and Cal.com's 120/min limits"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cliniko-port", type=int, default=0)
     parser.add_argument("--stripe-port", type=int, default=0)
+    parser.add_argument("--calcom", action="store_true", help="also run the Cal.com emulator")
+    parser.add_argument("--calcom-port", type=int, default=0)
+    parser.add_argument("--calcom-bookings", type=int, default=60, help="about this many seeded Cal.com bookings")
     parser.add_argument("--port-file", type=Path, help="write the URLs and keys here as JSON once serving")
     return parser
 
@@ -217,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             cliniko_port=args.cliniko_port,
             stripe_port=args.stripe_port,
+            calcom=args.calcom,
+            calcom_port=args.calcom_port,
+            calcom_bookings=args.calcom_bookings,
         )
     except ValueError as exc:
         print(f"clinicsync sandbox: {exc}", file=sys.stderr)
@@ -253,6 +307,8 @@ def _print_banner(info: dict[str, Any], env: Mapping[str, str]) -> None:
         print(f"Stripe sandbox:  {info['stripe_url']}  key: {info['stripe_key']}")
     else:
         print("Stripe sandbox:  not available (clinicsync.sandbox.stripe_emu missing)")
+    if info["calcom_url"]:
+        print(f"Cal.com sandbox: {info['calcom_url']}  key: {info['calcom_key']}")
     print("For a headless run in a separate demo profile (deleted when the sandbox stops), paste into a shell:")
     print()
     for line in env_lines(env):

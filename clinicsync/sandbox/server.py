@@ -9,8 +9,8 @@ Per request, in order: `/_sandbox/...` admin routes (never delayed, faulted or r
 rate limit (if enabled) → before-execution fault → `emulator.handle` → after-commit fault → response.
 
 Optional emulator hooks (duck-typed, see `http.AdminCapable`): `rate_limit`, `rate_limited_response`,
-`fault_response`, `admin`, `fault_eligible(request) -> bool`, `endpoint_name(request) -> str`, and a
-`faults` attribute that the server sets to the live `FaultPlan` (the Stripe emulator rolls `stored500`).
+`rate_limit_headers`, `fault_response`, `admin`, `fault_eligible(request) -> bool`, `endpoint_name(request) -> str`,
+and a `faults` attribute that the server sets to the live `FaultPlan` (the Stripe emulator rolls `stored500`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from clinicsync.sandbox.faults import AFTER_KINDS, BEFORE_KINDS, FaultPlan
-from clinicsync.sandbox.http import Request, Response
+from clinicsync.sandbox.http import Admission, RateLimit, Request, Response
 
 log = logging.getLogger("clinicsync.sandbox")
 
@@ -118,11 +119,13 @@ class ServerStats:
 
 
 class RateLimiter:
-    """A fixed window per bucket key: the window opens at the bucket's first request."""
+    """A fixed window per bucket key: the window opens at the bucket's first request. With a block duration, the
+    first refused request blocks the bucket for that long (refused requests do not extend it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[str, tuple[float, int]] = {}
+        self._windows: dict[str, tuple[float, int, float]] = {}  # key -> (window start, used, blocked until)
 
     def reset(self) -> None:
         with self._lock:
@@ -130,15 +133,26 @@ class RateLimiter:
 
     def admit(self, key: str, limit: int, per_seconds: float) -> float | None:
         """None if admitted, else the epoch second at which the window resets."""
-        now = time.time()
+        admission = self.check(RateLimit(key, limit, per_seconds))
+        return None if admission.admitted else admission.reset_epoch
+
+    def check(self, bucket: RateLimit) -> Admission:
+        now = self._clock()
         with self._lock:
-            start, used = self._windows.get(key, (now, 0))
-            if now >= start + per_seconds:
+            start, used, blocked_until = self._windows.get(bucket.key, (now, 0, 0.0))
+            if now < blocked_until:
+                return Admission(False, bucket.limit, 0, blocked_until)
+            if blocked_until or now >= start + bucket.per_seconds:  # a block's end also starts a fresh window
                 start, used = now, 0
-            if used >= limit:
-                return float(int(start + per_seconds) + 1)  # whole seconds, rounded up like Cliniko's header
-            self._windows[key] = (start, used + 1)
-            return None
+            if used >= bucket.limit:
+                if bucket.block_seconds > 0:
+                    blocked_until = now + bucket.block_seconds
+                    self._windows[bucket.key] = (start, used, blocked_until)
+                    return Admission(False, bucket.limit, 0, blocked_until)
+                # whole seconds, rounded up like Cliniko's header
+                return Admission(False, bucket.limit, 0, float(int(start + bucket.per_seconds) + 1))
+            self._windows[bucket.key] = (start, used + 1, 0.0)
+            return Admission(True, bucket.limit, bucket.limit - used - 1, start + bucket.per_seconds)
 
 
 # -- the running server --------------------------------------------------------------------------------
@@ -280,7 +294,7 @@ def process(srv: RunningServer, request: Request) -> Response:
     srv.stats.record_request(endpoint)
     if srv.latency_ms > 0:
         time.sleep(srv.latency_ms / 1000.0)
-    limited = _check_rate_limit(srv, request)
+    limited, limit_headers = _check_rate_limit(srv, request)
     if limited is not None:
         return limited
     eligible = _fault_eligible(emulator, request)
@@ -293,6 +307,8 @@ def process(srv: RunningServer, request: Request) -> Response:
         srv.stats.record_error()
         return Response(500, {"error": {"message": "sandbox emulator error (see the server log)"}})
     srv.stats.record_response(endpoint, response)
+    for name, value in limit_headers.items():  # the allowance left, on every admitted answer (Cal.com)
+        response.headers.setdefault(name, value)
     after = srv.faults.choose(AFTER_KINDS) if eligible else None
     if after is not None:
         srv.stats.record_fault(after)
@@ -313,21 +329,24 @@ class _Answer(Exception):
         self.response = response
 
 
-def _check_rate_limit(srv: RunningServer, request: Request) -> Response | None:
+def _check_rate_limit(srv: RunningServer, request: Request) -> tuple[Response | None, dict[str, str]]:
+    """(the 429 to send, or None) and the headers an admitted answer carries (`rate_limit_headers` hook)."""
     if not srv.rate_limits:
-        return None
+        return None, {}
     hook = getattr(srv.emulator, "rate_limit", None)
     bucket = hook(request) if hook is not None else None
     if bucket is None:
-        return None
-    reset_epoch = srv.limiter.admit(bucket.key, bucket.limit, bucket.per_seconds)
-    if reset_epoch is None:
-        return None
+        return None, {}
+    admission = srv.limiter.check(bucket)
+    if admission.admitted:
+        headers_hook = getattr(srv.emulator, "rate_limit_headers", None)
+        return None, (dict(headers_hook(request, admission)) if headers_hook is not None else {})
     srv.stats.record_rate_limited()
     limited_hook = getattr(srv.emulator, "rate_limited_response", None)
     if limited_hook is not None:
-        return limited_hook(request, reset_epoch)
-    return Response(429, {"error": {"message": "rate limited"}}, {"X-RateLimit-Reset": str(int(reset_epoch))})
+        return limited_hook(request, admission.reset_epoch), {}
+    headers = {"X-RateLimit-Reset": str(int(admission.reset_epoch))}
+    return Response(429, {"error": {"message": "rate limited"}}, headers), {}
 
 
 def _before_fault(srv: RunningServer, request: Request) -> None:

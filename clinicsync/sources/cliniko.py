@@ -5,45 +5,46 @@ User-Agent naming the app and a contact email, `https://api.{shard}.cliniko.com/
 per user (429 + X-RateLimit-Reset as UNIX seconds), `links.next` pagination, `q[]` filters, and archived
 records hidden unless asked for with `q[]=archived_at:*`.
 
-The client is thread-safe (one keep-alive httpx.Client, one shared RequestBudget) and never lets the API key
-reach a log, an exception message or another host.
+Sending, retries, error mapping and JSON come from `sources/base.py` (shared with the Cal.com client); this
+module adds Cliniko's auth and User-Agent, its 4xx bodies, its X-RateLimit-Reset, shards and paging. The client
+is thread-safe (one keep-alive httpx.Client, one shared RequestBudget) and never lets the API key reach a log,
+an exception message or another host.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from clinicsync.retry import PERMANENT, RetryDecision, RetryPolicy, call_with_retries
+from clinicsync.retry import RetryPolicy
+from clinicsync.sources.base import (
+    MAX_PLAUSIBLE_WAIT_S,
+    Params,
+    SourceClient,
+    float_header,
+    host_of,
+    parse_http_date,
+    query_pairs,
+    retry_after,
+)
 from clinicsync.sources.errors import (
-    EXCERPT_LIMIT,
     FIELD_ERROR_LIMIT,
     REJECTION_LIMIT,
-    SourceAuthError,
     SourceBadResponse,
     SourceConfigError,
-    SourceError,
     SourceNotFound,
-    SourcePermissionError,
-    SourceRateLimited,
     SourceRequestRejected,
-    SourceUnavailable,
     describe_validation_errors,
-    redact,
-    scrubbed_excerpt,
 )
-from clinicsync.sources.http import ClosingClient, api_client
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import same_origin, validate_base_url
 
@@ -58,10 +59,8 @@ _KEY_SHARD = re.compile(r"-([a-z]{2}\d{1,2})$", re.IGNORECASE)
 _SHARD = re.compile(r"^[a-z]{2}\d{1,2}$")
 _EMAIL = re.compile(r"^[^@\s()<>,;:\"\[\]]+@[^@\s()<>,;:\"\[\]]+\.[a-z]{2,}$", re.IGNORECASE)
 _ID = re.compile(r"^\d{1,20}$")
-# A rate-limit reset further away than this is treated as garbage (e.g. milliseconds instead of seconds).
-_MAX_PLAUSIBLE_RESET_S = 3600.0
 
-Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+__all__ = ["ClinikoAccount", "ClinikoClient", "PageOf", "format_cursor", "link_id", "parse_http_date", "shard_for_key"]
 
 
 @dataclass(frozen=True)
@@ -123,34 +122,10 @@ def format_cursor(cursor: datetime) -> str:
     return cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_http_date(value: str | None) -> datetime | None:
-    """An HTTP Date header as an aware UTC datetime, or None when missing or unreadable."""
-    if not value:
-        return None
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _float_header(value: str | None) -> float | None:
-    """A numeric header value, or None when missing, unreadable, NaN or infinite."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-class ClinikoClient(ClosingClient):
+class ClinikoClient(SourceClient):
     """A Cliniko API client for one API key. Close it (or use `with`) to release its connections."""
+
+    service = SERVICE
 
     def __init__(
         self,
@@ -181,32 +156,27 @@ class ClinikoClient(ClosingClient):
                 "Enter a valid email address for this clinic in Connections.",
                 service=SERVICE,
             )
-        self._api_key = api_key
         self.shard = shard_for_key(api_key, shard)
-        self.base_url = validate_base_url(base_url, SERVICE) if base_url else f"https://api.{self.shard}.cliniko.com/v1"
-        self.retry = retry
-        self._sleep = sleep
-        self._wall_clock = wall_clock
-        if budget is None:
-            budget = RequestBudget(requests_per_minute or None, clock=clock, sleep=sleep, wall_clock=wall_clock)
-        self.budget = budget
-        self.last_response_date: datetime | None = None
-        self.last_total_entries: int | None = None
-        self._http = api_client(
+        super().__init__(
+            api_key,
+            base_url=validate_base_url(base_url, SERVICE) if base_url else f"https://api.{self.shard}.cliniko.com/v1",
             auth=httpx.BasicAuth(api_key, ""),
             headers={"User-Agent": f"{APP_NAME} ({contact_email})", "Accept": "application/json"},
+            requests_per_minute=requests_per_minute,
+            retry=retry,
             timeout_s=timeout_s,
             transport=transport,
+            clock=clock,
+            wall_clock=wall_clock,
+            sleep=sleep,
+            budget=budget,
         )
+        self.last_total_entries: int | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"ClinikoClient(shard={self.shard!r}, base_url={self.base_url!r})"
 
     # -- public API ------------------------------------------------------------------------------------------
-
-    def server_date(self) -> datetime | None:
-        """The `Date` header of the most recent response (aware UTC), or None before the first one."""
-        return self.last_response_date
 
     def probe(self) -> datetime:
         """One cheap request; returns Cliniko's clock, which a run uses as the base of its next cursor.
@@ -250,7 +220,7 @@ class ClinikoClient(ClosingClient):
         any other scheme, host or port is refused: following it would send the API key there.
         """
         key = records_key or path.strip("/").split("/", 1)[0]
-        query = _query_pairs(params)
+        query = query_pairs(params)
         if not any(name == "per_page" for name, _ in query):
             query.append(("per_page", str(PER_PAGE)))
         url: str | None = self._url(path)
@@ -305,102 +275,16 @@ class ClinikoClient(ClosingClient):
         response = self._request("PATCH", path, json_body=dict(fields), what=f"patient {patient_id}")
         return self._record(response)
 
-    # -- requests --------------------------------------------------------------------------------------------
+    # -- errors --------------------------------------------------------------------------------------------
 
-    def _url(self, path: str) -> str:
-        return self.base_url + "/" + path.lstrip("/")
-
-    def _request(
-        self,
-        method: str,
-        path_or_url: str,
-        *,
-        params: Sequence[tuple[str, str]] | None = None,
-        json_body: Any = None,
-        what: str = "the request",
-    ) -> httpx.Response:
-        """Send one API request with the budget, retries and error mapping; return a 2xx response."""
-        url = path_or_url if "://" in path_or_url else self._url(path_or_url)
-
-        def attempt() -> httpx.Response:
-            return self._send_once(method, url, params, json_body, what)
-
-        def on_retry(attempt_no: int, exc: BaseException, delay: float) -> None:
-            log.warning(
-                "Cliniko %s %s failed (%s); retry %d of %d in %.1f s",
-                method,
-                urlsplit(url).path,
-                exc,
-                attempt_no,
-                self.retry.max_attempts - 1,
-                delay,
-            )
-
-        final: SourceError
-        try:
-            return call_with_retries(
-                attempt, policy=self.retry, classify=_classify, sleep=self._sleep, on_retry=on_retry
-            )
-        except SourceUnavailable as exc:
-            final = SourceUnavailable(
-                f"{exc.message} ClinicSync tried {self.retry.max_attempts} times.", service=SERVICE, status=exc.status
-            )
-        except SourceRateLimited:
-            final = SourceRateLimited.gave_up(SERVICE, self.retry.max_attempts)
-        raise final  # outside the except block, so no chained exception (holding the request) comes along
-
-    def _send_once(
-        self, method: str, url: str, params: Sequence[tuple[str, str]] | None, json_body: Any, what: str
-    ) -> httpx.Response:
-        self.budget.acquire()
-        headers = {"Content-Type": "application/json"} if json_body is not None else None
-        content = json.dumps(json_body).encode("utf-8") if json_body is not None else None
-        failure: SourceUnavailable | None = None
-        try:
-            response = self._http.request(method, url, params=params or None, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            failure = SourceUnavailable.unreachable(SERVICE, _timeout_reason(exc))
-        except httpx.TransportError as exc:
-            failure = SourceUnavailable.unreachable(SERVICE, _transport_reason(exc))
-        if failure is not None:
-            raise failure  # raised here, not in the except block: the httpx error holds the auth header
-        date = parse_http_date(response.headers.get("Date"))
-        if date is not None:
-            self.last_response_date = date
-        if response.is_success:
-            return response
-        raise self._error_for(response, what)
-
-    def _error_for(self, response: httpx.Response, what: str) -> SourceError:
-        """Map a non-2xx response to the error a practice manager should see (or a retryable one)."""
-        status = response.status_code
-        if status == 401:
-            return SourceAuthError.rejected_key(SERVICE, status)
-        if status == 403:
-            return SourcePermissionError.refused(SERVICE, what, status)
-        if status == 404:
-            return SourceNotFound.missing(SERVICE, what, status)
-        if status == 429:
-            hint = self._rate_limit_wait(response)
-            if hint is not None:
-                self.budget.pause_for(hint)  # every thread sharing the budget waits, not just this one
-            return SourceRateLimited.limited(SERVICE, retry_after_s=hint)
-        if status >= 500:
-            return SourceUnavailable.unreachable(
-                SERVICE,
-                f"the Cliniko server had a problem (HTTP {status}).",
-                status=status,
-                retry_after_s=_retry_after(response, self._wall_clock),
-            )
-        if 300 <= status < 400:
-            return SourceConfigError(
-                f"Cliniko redirected the request (HTTP {status}) instead of answering. This usually means the "
-                "API key's region (the shard at the end of the key) is wrong or the account has moved; check "
-                "the key in Connections.",
-                service=SERVICE,
-                status=status,
-            )
-        return self._rejection(response)
+    def _redirect_error(self, status: int) -> SourceConfigError:
+        return SourceConfigError(
+            f"Cliniko redirected the request (HTTP {status}) instead of answering. This usually means the "
+            "API key's region (the shard at the end of the key) is wrong or the account has moved; check "
+            "the key in Connections.",
+            service=SERVICE,
+            status=status,
+        )
 
     def _rejection(self, response: httpx.Response) -> SourceRequestRejected:
         """Cliniko's own words for a 4xx: `message` plus the per-field `errors` (422), or the plain text."""
@@ -430,24 +314,16 @@ class ClinikoClient(ClosingClient):
     def _rate_limit_wait(self, response: httpx.Response) -> float | None:
         """Seconds until Cliniko's X-RateLimit-Reset (UNIX seconds), measured against the response's own Date
         so a wrong PC clock does not matter; falls back to Retry-After; None when neither is usable."""
-        reset = _float_header(response.headers.get("X-RateLimit-Reset"))
+        reset = float_header(response.headers.get("X-RateLimit-Reset"))
         if reset is not None:
             date = parse_http_date(response.headers.get("Date"))
             now = date.timestamp() if date is not None else self._wall_clock()
             wait = reset - now
-            if -_MAX_PLAUSIBLE_RESET_S < wait <= _MAX_PLAUSIBLE_RESET_S:
+            if -MAX_PLAUSIBLE_WAIT_S < wait <= MAX_PLAUSIBLE_WAIT_S:
                 return max(0.0, wait)
-        return _retry_after(response, self._wall_clock)
+        return retry_after(response, self._wall_clock)
 
     # -- responses -------------------------------------------------------------------------------------------
-
-    def _json(self, response: httpx.Response) -> Any:
-        try:
-            return json.loads(response.content)
-        except ValueError:
-            raise SourceBadResponse.malformed(
-                SERVICE, "it was not valid JSON.", self._excerpt(response.text), status=response.status_code
-            ) from None
 
     def _record(self, response: httpx.Response) -> dict[str, Any]:
         body = self._json(response)
@@ -490,7 +366,7 @@ class ClinikoClient(ClosingClient):
         if not same_origin(next_url, self.base_url):
             raise SourceBadResponse.malformed(
                 SERVICE,
-                f"a page linked to the next page on another server ({_host_of(next_url)}). ClinicSync stopped "
+                f"a page linked to the next page on another server ({host_of(next_url)}). ClinicSync stopped "
                 "rather than send the API key there.",
             )
         if str(httpx.URL(next_url)) in seen:
@@ -538,63 +414,8 @@ class ClinikoClient(ClosingClient):
                 return
             since = restart_at
 
-    def _excerpt(self, text: str, limit: int = EXCERPT_LIMIT) -> str:
-        return scrubbed_excerpt(text, self._api_key, limit=limit)
-
-    def _scrub(self, text: str) -> str:
-        return redact(text, self._api_key)
-
 
 # -- module helpers ------------------------------------------------------------------------------------------
-
-
-def _classify(exc: BaseException) -> RetryDecision:
-    """429, 5xx, timeouts and connection failures are worth retrying; everything else is permanent."""
-    if isinstance(exc, SourceRateLimited | SourceUnavailable):
-        return RetryDecision(retry=True, hint_s=exc.retry_after_s)
-    return PERMANENT
-
-
-def _retry_after(response: httpx.Response, wall_clock: Callable[[], float]) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date); None when missing or unreadable."""
-    value = response.headers.get("Retry-After")
-    seconds = _float_header(value)
-    if seconds is None:
-        when = parse_http_date(value)
-        if when is None:
-            return None
-        seconds = when.timestamp() - wall_clock()
-    if seconds > _MAX_PLAUSIBLE_RESET_S:
-        return None
-    return max(0.0, seconds)
-
-
-def _timeout_reason(exc: httpx.TimeoutException) -> str:
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return "connecting timed out. Check this computer's internet connection."
-    return "Cliniko took too long to answer."
-
-
-def _transport_reason(exc: httpx.TransportError) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "could not connect. Check this computer's internet connection."
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return "the connection was interrupted."
-    return "a network error occurred."
-
-
-def _query_pairs(params: Params) -> list[tuple[str, str]]:
-    """Params as ordered pairs; list values become repeated keys (how Cliniko's `q[]` filters are sent)."""
-    if params is None:
-        return []
-    items = params.items() if isinstance(params, Mapping) else params
-    pairs: list[tuple[str, str]] = []
-    for name, value in items:
-        if isinstance(value, list | tuple):
-            pairs.extend((name, str(v)) for v in value)
-        else:
-            pairs.append((name, str(value)))
-    return pairs
 
 
 def _checked_id(record_id: str) -> str:
@@ -614,7 +435,3 @@ def _normalise_id(record: dict[str, Any]) -> dict[str, Any]:
     if isinstance(record.get("id"), int) and not isinstance(record.get("id"), bool):
         record["id"] = str(record["id"])
     return record
-
-
-def _host_of(url: str) -> str:
-    return urlsplit(url).hostname or "an unknown address"
