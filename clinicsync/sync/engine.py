@@ -642,7 +642,9 @@ class StreamRun:
         if link is not None:
             self._new_links[mapped.source_id] = link
         self._batch.append((mapped, action, steps, hashed))
-        if len(self._batch) >= WRITE_BATCH:
+        # A full batch is stored at once; so is a smaller one while the write threads run out of work (a
+        # transaction per record then still records the writes finished meanwhile).
+        if len(self._batch) >= WRITE_BATCH or pool.starving():
             self._flush_batch(pool, writer)
 
     def _flush_batch(self, pool: WritePool, writer: OutboxWriter | None) -> None:

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 class WritePool:
     def __init__(self, workers: int, *, max_in_flight: int | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-write") if workers else None
+        self._workers = workers
         self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * 2)
         self._in_flight: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
@@ -31,6 +32,11 @@ class WritePool:
         with self._lock:
             self._in_flight[key] = future
         future.add_done_callback(lambda done, key=key: self._finished(key, done))
+
+    def starving(self) -> bool:
+        """Fewer writes in flight than half the workers: more work should be handed over now, not batched."""
+        with self._lock:
+            return len(self._in_flight) < max(1, self._workers // 2)
 
     def wait_for(self, key: str) -> None:
         with self._lock:
