@@ -30,6 +30,27 @@ from typing import Any
 
 from clinicsync import stripe_limits as limits
 from clinicsync.sandbox.http import RateLimit, Request, Response
+from clinicsync.sandbox.stripe_forms import (
+    FieldParser,
+    StripeApiError,
+    apply_metadata,
+    as_integer,
+    as_list,
+    as_string,
+    created_filter,
+    expand_fields,
+    form_value,
+    invalid,
+    list_limit,
+    metadata_update,
+    no_such,
+    one_of,
+    optional_string,
+    parse_fields,
+    parse_form,
+    reject_unknown,
+    unknown_param,
+)
 
 ACCOUNT_A = "acct_sandbox_clinic_a"
 ACCOUNT_B = "acct_sandbox_clinic_b"
@@ -99,180 +120,21 @@ def mask_key(key: str) -> str:
     return prefix + "*" * (len(rest) - 4) + rest[-4:]
 
 
-# -- errors -------------------------------------------------------------------------------------------
-
-
-class StripeApiError(Exception):
-    """An error answer; raised anywhere inside a request and turned into Stripe's error body by `handle`."""
-
-    def __init__(
-        self,
-        status: int,
-        type_: str,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-    def body(self, request_id: str, livemode: bool | None) -> dict[str, Any]:
-        error: dict[str, Any] = {"type": self.type}
-        if self.code:
-            error["code"] = self.code
-            error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
-        error["message"] = self.message
-        if self.param:
-            error["param"] = self.param
-        if livemode is not None:  # only once a key told us which dashboard the request belongs to
-            error["request_log_url"] = _log_url(request_id, livemode)
-        return {"error": error}
-
-
-def _log_url(request_id: str, livemode: bool) -> str:
-    return f"https://dashboard.stripe.com/{'' if livemode else 'test/'}logs/{request_id}"
-
-
-def invalid(message: str, param: str | None = None, code: str | None = None) -> StripeApiError:
-    return StripeApiError(400, "invalid_request_error", message, param=param, code=code)
-
-
-def unknown_param(name: str) -> StripeApiError:
-    return invalid(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
-
-
-def no_such_customer(customer_id: str, param: str = "id", status: int = 404) -> StripeApiError:
-    return StripeApiError(
-        status,
-        "invalid_request_error",
-        f"No such customer: '{customer_id}'",
-        param=param,
-        code="resource_missing",
-    )
-
-
-# -- form decoding ------------------------------------------------------------------------------------
-
-_BRACKETS = re.compile(r"(?:\[[^\[\]]*\])*")
-_SEGMENT = re.compile(r"\[([^\[\]]*)\]")
-
-
-def parse_form(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Turn Stripe's form pairs (`address[line1]`, `expand[0]`, `metadata[k]`) into nested dicts/lists.
-
-    Indexed arrays stay dicts keyed "0", "1", ... here; `as_list` turns them into lists where a list is
-    expected, so a metadata key that happens to be "0" is never mistaken for an array index.
-    """
-    params: dict[str, Any] = {}
-    for raw_key, value in pairs:
-        _reject_nul(raw_key, raw_key)
-        _reject_nul(value, raw_key)
-        name, segments = _split_key(raw_key)
-        _assign(params, raw_key, name, segments, value)
-    return params
-
-
-def _split_key(raw_key: str) -> tuple[str, list[str]]:
-    name, bracket, rest = raw_key.partition("[")
-    if not bracket:
-        return raw_key, []
-    rest = "[" + rest
-    if name == "metadata":
-        # A metadata key may itself contain brackets (which Stripe then rejects with a clear message), so the
-        # key is everything between the first "[" and the last "]" rather than a parsed path.
-        if not rest.endswith("]"):
-            raise unknown_param(raw_key)
-        return name, [rest[1:-1]]
-    if not _BRACKETS.fullmatch(rest):
-        raise unknown_param(raw_key)
-    return name, _SEGMENT.findall(rest)
-
-
-def _assign(params: dict[str, Any], raw_key: str, name: str, segments: list[str], value: str) -> None:
-    node: dict[str, Any] = params
-    key = name
-    for position, segment in enumerate(segments):
-        if segment == "" and name != "metadata":  # "expand[]=x" appends to a list
-            if position != len(segments) - 1:
-                raise invalid(f"Invalid array: {raw_key}", param=raw_key)
-            existing = node.setdefault(key, [])
-            if not isinstance(existing, list):
-                raise invalid(f"Invalid array: {raw_key}", param=raw_key)
-            existing.append(value)
-            return
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise invalid(f"Invalid hash: {raw_key} conflicts with {key}", param=raw_key)
-        node, key = child, segment
-    if isinstance(node.get(key), dict | list):
-        raise invalid(f"Invalid value for {raw_key}: a hash was also given", param=raw_key)
-    node[key] = value
-
-
-def as_list(value: Any, param: str) -> list[Any]:
-    """A list parameter: `x[]=a`, `x[0]=a&x[1]=b`, or `x=""` (empty list)."""
-    if value == "":
-        return []
-    if isinstance(value, list):
-        return value
-    if isinstance(value, dict) and all(k.isdigit() for k in value):
-        return [value[k] for k in sorted(value, key=int)]
-    raise invalid(f"Invalid array: {param}", param=param)
-
-
-def _reject_nul(text: str, param: str) -> None:
-    if "\x00" in text:
-        raise invalid(f"Invalid string: {_preview(text)}; must not contain null bytes", param=param)
-
-
-def _preview(text: str) -> str:
-    shown = text.replace("\x00", "\\u0000")
-    return shown if len(shown) <= 10 else shown[:10] + "..."
-
-
-# -- field validation ---------------------------------------------------------------------------------
+# -- customer parameters ------------------------------------------------------------------------------
 
 _EMAIL = re.compile(r"^[^\s@]+@[^\s@.]+(?:\.[^\s@.]+)+$")
 
 
-def _string(value: Any, param: str, cap_name: str | None = None) -> str:
-    if not isinstance(value, str):
-        raise invalid(f"Invalid string: {json.dumps(value)}", param=param)
-    cap = limits.CUSTOMER_FIELD_MAX_CHARS.get(cap_name or param)
-    if cap is not None and len(value) > cap:
-        raise invalid(f"Invalid string: {_preview(value)}; must be at most {cap} characters", param=param)
-    return value
+def _text(value: Any, param: str, cap_name: str | None = None) -> str | None:
+    """A customer string: "" unsets it; the cap is the customer's, by field name (dotted for address parts)."""
+    return optional_string(value, param, limits.CUSTOMER_FIELD_MAX_CHARS.get(cap_name or param))
 
 
-def _optional_string(value: Any, param: str, cap_name: str | None = None) -> str | None:
-    """Stripe's convention: an empty string unsets the field."""
-    text = _string(value, param, cap_name)
-    return text or None
-
-
-def _email(value: Any) -> str | None:
-    email = _optional_string(value, "email")
+def _email(value: Any, param: str) -> str | None:
+    email = _text(value, param)
     if email is not None and not _EMAIL.match(email):
-        raise invalid(f"Invalid email address: {email}", param="email", code="email_invalid")
+        raise invalid(f"Invalid email address: {email}", param=param, code="email_invalid")
     return email
-
-
-def _integer(value: Any, param: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if not isinstance(value, str) or not re.fullmatch(r"-?\d+", value):
-        raise invalid(f"Invalid integer: {value if isinstance(value, str) else json.dumps(value)}", param=param)
-    number = int(value)
-    if minimum is not None and number < minimum:
-        raise invalid(f"This value must be greater than or equal to {minimum}.", param=param)
-    if maximum is not None and number > maximum:
-        raise invalid(f"This value must be less than or equal to {maximum}.", param=param)
-    return number
 
 
 def _address(value: Any, param: str) -> dict[str, str | None] | None:
@@ -285,130 +147,57 @@ def _address(value: Any, param: str) -> dict[str, str | None] | None:
             raise unknown_param(f"{param}[{sub}]")
     # The whole address is replaced (unsent subfields become null) — the conservative reading of Stripe.
     return {
-        sub: _optional_string(value[sub], f"{param}[{sub}]", f"address.{sub}") if sub in value else None
-        for sub in _ADDRESS_FIELDS
+        sub: _text(value[sub], f"{param}[{sub}]", f"address.{sub}") if sub in value else None for sub in _ADDRESS_FIELDS
     }
 
 
-def _shipping(value: Any) -> dict[str, Any] | None:
+def _shipping(value: Any, param: str) -> dict[str, Any] | None:
     if value == "":
         return None
     if not isinstance(value, dict):
-        raise invalid("Invalid hash: shipping", param="shipping")
+        raise invalid(f"Invalid hash: {param}", param=param)
     for sub in value:
         if sub not in ("name", "phone", "address"):
-            raise unknown_param(f"shipping[{sub}]")
+            raise unknown_param(f"{param}[{sub}]")
     for required in ("name", "address"):
         if not value.get(required):
-            raise invalid(f"Missing required param: shipping[{required}].", param=f"shipping[{required}]")
+            raise invalid(f"Missing required param: {param}[{required}].", param=f"{param}[{required}]")
     return {
-        "address": _address(value["address"], "shipping[address]"),
-        "name": _string(value["name"], "shipping[name]", "name"),
-        "phone": _optional_string(value["phone"], "shipping[phone]", "phone") if "phone" in value else None,
+        "address": _address(value["address"], f"{param}[address]"),
+        "name": as_string(value["name"], f"{param}[name]", limits.CUSTOMER_FIELD_MAX_CHARS["name"]),
+        "phone": _text(value["phone"], f"{param}[phone]", "phone") if "phone" in value else None,
     }
 
 
-def _metadata_update(value: Any) -> dict[str, str | None] | None:
-    """Parsed `metadata` param: None = clear all; else key -> new value, or None to delete that key."""
-    if value == "":
-        return None
-    if not isinstance(value, dict):
-        raise invalid("Invalid hash: metadata", param="metadata")
-    update: dict[str, str | None] = {}
-    for key, item in value.items():
-        param = f"metadata[{key}]"
-        if not key:
-            raise invalid("Metadata keys must not be empty.", param=param)
-        if any(ch in key for ch in limits.METADATA_KEY_FORBIDDEN_CHARS):
-            raise invalid(f"Metadata keys can't contain square brackets ('[' or ']'): {key}", param=param)
-        if len(key) > limits.METADATA_KEY_MAX_CHARS:
-            raise invalid(
-                f"Metadata keys can have up to {limits.METADATA_KEY_MAX_CHARS} characters, "
-                f"but you passed in a key with {len(key)} characters.",
-                param=param,
-            )
-        if not isinstance(item, str):
-            raise invalid(f"Invalid string: {json.dumps(item)}; metadata values must be strings", param=param)
-        if len(item) > limits.METADATA_VALUE_MAX_CHARS:
-            raise invalid(
-                f"Metadata values can have up to {limits.METADATA_VALUE_MAX_CHARS} characters, "
-                f"but you passed in a value with {len(item)} characters.",
-                param=param,
-            )
-        update[key] = item or None
-    return update
-
-
-def apply_metadata(current: dict[str, str], update: dict[str, str | None] | None) -> dict[str, str]:
-    if update is None:
-        return {}
-    merged = dict(current)
-    for key, item in update.items():
-        if item is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = item
-    if len(merged) > limits.METADATA_MAX_KEYS:
-        raise invalid(
-            f"Metadata can have up to {limits.METADATA_MAX_KEYS} keys, but this request would leave {len(merged)}.",
-            param="metadata",
-        )
-    return merged
-
-
-def _expand(params: dict[str, Any], allowed: frozenset[str]) -> list[str]:
-    if "expand" not in params:
-        return []
-    fields = as_list(params["expand"], "expand")
-    for item in fields:
-        if not isinstance(item, str) or item not in allowed:
-            raise invalid(f"This property cannot be expanded ({item}).", param="expand")
-    return fields
-
-
-def _reject_unknown(params: dict[str, Any], allowed: Iterable[str]) -> None:
-    allowed_set = set(allowed)
-    for name in params:
-        if name not in allowed_set:
-            raise unknown_param(name)
-
-
-# Each writable customer parameter -> a parser giving the field's new value ("" already means unset).
-_CUSTOMER_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "address": lambda v: _address(v, "address"),
-    "balance": lambda v: _integer(v, "balance"),
-    "description": lambda v: _optional_string(v, "description"),
-    "email": _email,
-    "invoice_prefix": lambda v: _invoice_prefix(v),
-    "metadata": _metadata_update,
-    "name": lambda v: _optional_string(v, "name"),
-    "next_invoice_sequence": lambda v: _integer(v, "next_invoice_sequence", minimum=1),
-    "phone": lambda v: _optional_string(v, "phone"),
-    "preferred_locales": lambda v: [_string(x, "preferred_locales") for x in as_list(v, "preferred_locales")],
-    "shipping": _shipping,
-    "tax_exempt": lambda v: _tax_exempt(v),
-}
-
-
-def _invoice_prefix(value: Any) -> str:
-    prefix = _string(value, "invoice_prefix")
+def _invoice_prefix(value: Any, param: str) -> str:
+    prefix = as_string(value, param)
     if not re.fullmatch(r"[A-Z0-9]{3,12}", prefix):
-        raise invalid("Invoice prefix must be 3 to 12 uppercase letters or numbers.", param="invoice_prefix")
+        raise invalid("Invoice prefix must be 3 to 12 uppercase letters or numbers.", param=param)
     return prefix
 
 
-def _tax_exempt(value: Any) -> str:
-    text = _string(value, "tax_exempt")
-    if text not in _TAX_EXEMPT:
-        raise invalid(f"Invalid tax_exempt: must be one of {', '.join(_TAX_EXEMPT)}", param="tax_exempt")
-    return text
+# Each writable customer parameter -> a parser giving the field's new value ("" already means unset).
+_CUSTOMER_FIELDS: dict[str, FieldParser] = {
+    "address": _address,
+    "balance": as_integer,
+    "description": _text,
+    "email": _email,
+    "invoice_prefix": _invoice_prefix,
+    "metadata": metadata_update,
+    "name": _text,
+    "next_invoice_sequence": lambda v, p: as_integer(v, p, minimum=1),
+    "phone": _text,
+    "preferred_locales": lambda v, p: [as_string(x, p) for x in as_list(v, p)],
+    "shipping": _shipping,
+    "tax_exempt": lambda v, p: one_of(v, p, _TAX_EXEMPT),
+}
 
 
 def customer_changes(params: dict[str, Any]) -> dict[str, Any]:
     """Validate create/update params; the result maps customer fields to new values (metadata as an update)."""
-    _reject_unknown(params, [*_CUSTOMER_FIELDS, "expand"])
-    _expand(params, _EXPANDABLE)
-    return {name: parse(params[name]) for name, parse in _CUSTOMER_FIELDS.items() if name in params}
+    reject_unknown(params, [*_CUSTOMER_FIELDS, "expand"])
+    expand_fields(params, _EXPANDABLE)
+    return parse_fields(params, _CUSTOMER_FIELDS)
 
 
 # -- the data -----------------------------------------------------------------------------------------
@@ -915,8 +704,8 @@ class StripeEmulator:
     # -- account -------------------------------------------------------------------------------------
 
     def _get_account(self, call: _Call) -> Response:
-        _reject_unknown(call.params, ["expand"])
-        _expand(call.params, frozenset())
+        reject_unknown(call.params, ["expand"])
+        expand_fields(call.params, frozenset())
         return Response(200, account_object(call.key.account))
 
     # -- customers -----------------------------------------------------------------------------------
@@ -927,8 +716,8 @@ class StripeEmulator:
         return Response(200, customer.render(), mutated=True)
 
     def _retrieve_customer(self, call: _Call) -> Response:
-        _reject_unknown(call.params, ["expand"])
-        _expand(call.params, _EXPANDABLE)
+        reject_unknown(call.params, ["expand"])
+        expand_fields(call.params, _EXPANDABLE)
         customer = self._find(call.scope, call.ident or "")
         return Response(200, customer.render_deleted() if customer.deleted else customer.render())
 
@@ -936,15 +725,15 @@ class StripeEmulator:
         changes = customer_changes(call.params)
         customer = self._find(call.scope, call.ident or "")
         if customer.deleted:
-            raise no_such_customer(customer.id)
+            raise no_such("customer", customer.id)
         updated = self._change(call.scope, customer, changes, self.clock())
         return Response(200, updated.render(), mutated=True)
 
     def _delete_customer(self, call: _Call) -> Response:
-        _reject_unknown(call.params, [])
+        reject_unknown(call.params, [])
         customer = self._find(call.scope, call.ident or "")
         if customer.deleted:
-            raise no_such_customer(customer.id)
+            raise no_such("customer", customer.id)
         self._remove(call.scope, customer, self.clock())
         return Response(200, customer.render_deleted(), mutated=True)
 
@@ -963,7 +752,7 @@ class StripeEmulator:
                 param="id",
                 code="resource_missing",
             )
-        raise no_such_customer(customer_id)
+        raise no_such("customer", customer_id)
 
     def _insert(self, scope: _Scope, changes: dict[str, Any], changed_at: float, created: int | None) -> Customer:
         metadata = apply_metadata({}, changes.pop("metadata", {}))
@@ -1003,17 +792,17 @@ class StripeEmulator:
 
     def _list_customers(self, call: _Call) -> Response:
         params = call.params
-        _reject_unknown(params, ["limit", "starting_after", "ending_before", "email", "created", "expand"])
-        _expand(params, frozenset(f"data.{name}" for name in _EXPANDABLE))
-        limit = _limit(params)
-        created = _created_filter(params.get("created"))
+        reject_unknown(params, ["limit", "starting_after", "ending_before", "email", "created", "expand"])
+        expand_fields(params, frozenset(f"data.{name}" for name in _EXPANDABLE))
+        limit = list_limit(params)
+        created = created_filter(params.get("created"))
         scope = call.scope
         if "starting_after" in params and "ending_before" in params:
             raise invalid(
                 "You may only specify one of these parameters: ending_before, starting_after.", param="ending_before"
             )
         if "email" in params:
-            email = _string(params["email"], "email")
+            email = as_string(params["email"], "email")
             candidates = scope.by_email.get(email, [])
         else:
             candidates = scope.order
@@ -1038,23 +827,23 @@ class StripeEmulator:
         return Response(200, {"object": "list", "data": data, "has_more": has_more, "url": "/v1/customers"})
 
     def _cursor(self, scope: _Scope, value: Any, param: str) -> int:
-        customer_id = _string(value, param)
+        customer_id = as_string(value, param)
         record = scope.records.get(customer_id)
         if record is None:
-            raise no_such_customer(customer_id, param=param, status=400)
+            raise no_such("customer", customer_id, param=param, status=400)
         return record.seq
 
     # -- search --------------------------------------------------------------------------------------
 
     def _search_customers(self, call: _Call) -> Response:
         params = call.params
-        _reject_unknown(params, ["query", "limit", "page", "expand"])
-        expand = _expand(params, frozenset({"total_count", *(f"data.{name}" for name in _EXPANDABLE)}))
+        reject_unknown(params, ["query", "limit", "page", "expand"])
+        expand = expand_fields(params, frozenset({"total_count", *(f"data.{name}" for name in _EXPANDABLE)}))
         if "query" not in params:
             raise invalid("Missing required param: query.", param="query", code="parameter_missing")
-        join, clauses = parse_search_query(_string(params["query"], "query"))
-        limit = _limit(params)
-        offset = _page_offset(_string(params["page"], "page")) if "page" in params else 0
+        join, clauses = parse_search_query(as_string(params["query"], "query"))
+        limit = list_limit(params)
+        offset = _page_offset(as_string(params["page"], "page")) if "page" in params else 0
         test = all if join == "AND" else any
         # The index lags: a version is searchable only once it is older than the delay.
         horizon = self.clock() - self.search_delay_s
@@ -1164,7 +953,7 @@ class StripeEmulator:
                 raise invalid(f"customers[{position}] must be an object")
             # Seed files annotate entries (e.g. "expected"); only customer fields are sent, the rest reported.
             ignored.update(k for k in entry if k not in _CUSTOMER_FIELDS and k != "created")
-            fields = {k: _form_value(v) for k, v in entry.items() if v is not None and k in _CUSTOMER_FIELDS}
+            fields = {k: form_value(v) for k, v in entry.items() if v is not None and k in _CUSTOMER_FIELDS}
             created = int(entry["created"]) if entry.get("created") is not None else None
             # Seeded customers model data that already existed, so Search sees them at once.
             customer = self._insert(scope, customer_changes(fields), float("-inf"), created)
@@ -1347,30 +1136,6 @@ def _fingerprint(method: str, path: str, pairs: list[tuple[str, str]]) -> str:
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-def _limit(params: dict[str, Any]) -> int:
-    if "limit" not in params:
-        return 10
-    return _integer(params["limit"], "limit", minimum=1, maximum=limits.LIST_MAX_LIMIT)
-
-
-def _created_filter(value: Any) -> Callable[[int], bool]:
-    """`created=N` or `created[gt|gte|lt|lte]=N` as a predicate on a customer's `created`."""
-    if value is None:
-        return lambda _created: True
-    if isinstance(value, str):
-        exact = _integer(value, "created")
-        return lambda created: created == exact
-    if not isinstance(value, dict):
-        raise invalid("Invalid created filter", param="created")
-    bounds: list[tuple[str, int]] = []
-    for op, raw in value.items():
-        if op not in ("gt", "gte", "lt", "lte"):
-            raise unknown_param(f"created[{op}]")
-        bounds.append((op, _integer(raw, f"created[{op}]")))
-    tests = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
-    return lambda created: all(tests[op](created, bound) for op, bound in bounds)
-
-
 def _take(ids: list[str], positions: Iterable[int], keep: Callable[[str], bool], count: int) -> list[str]:
     found: list[str] = []
     for position in positions:
@@ -1379,16 +1144,3 @@ def _take(ids: list[str], positions: Iterable[int], keep: Callable[[str], bool],
             if len(found) == count:
                 break
     return found
-
-
-def _form_value(value: Any) -> Any:
-    """Admin seed JSON -> the strings a form request would carry, so one validator serves both."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _form_value(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_form_value(v) for v in value]
-    return value
