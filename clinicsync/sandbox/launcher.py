@@ -27,6 +27,7 @@ from typing import Any
 
 from clinicsync.sandbox.cliniko_emu import API_PREFIX, DEFAULT_API_KEY, ClinikoEmulator
 from clinicsync.sandbox.faults import FaultPlan
+from clinicsync.sandbox.seed import DEFAULT_PRODUCTS
 from clinicsync.sandbox.server import RunningServer, serve
 
 CONTACT_EMAIL = "sandbox@example.com"
@@ -39,7 +40,8 @@ class Sandbox:
     stripe: RunningServer | None
     cliniko_key: str
     stripe_key: str | None
-    seeded: dict[str, Any] = field(default_factory=dict)  # the Cliniko seed result: ids, cases, stripe_customers
+    # The Cliniko seed result: ids, cases, stripe_customers, product_ids, product_cases, stripe_products, ...
+    seeded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cliniko_url(self) -> str:
@@ -96,8 +98,10 @@ def start_sandbox(
     cliniko_port: int = 0,
     stripe_port: int = 0,
     search_delay_s: float | None = None,
+    products: int = DEFAULT_PRODUCTS,
 ) -> Sandbox:
-    """Start both emulators; `faults` (a plan or spec string) applies to each server with its own RNG."""
+    """Start both emulators; `faults` (a plan or spec string) applies to each server with its own RNG. Cliniko gets
+    `products` products (the hard profile also pre-creates hand-made products in Stripe)."""
     if stripe_mode not in STRIPE_MODES:
         raise ValueError(f"stripe_mode must be one of {', '.join(STRIPE_MODES)}")
     spec = faults.spec if isinstance(faults, FaultPlan) else (faults or "")
@@ -106,7 +110,9 @@ def start_sandbox(
     cliniko = serve(
         emulator, port=cliniko_port, latency_ms=latency_ms, rate_limits=rate_limits, faults=FaultPlan.parse(spec)
     )
-    seeded = _admin_body(emulator.admin("seed", {"profile": profile, "patients": patients, "seed": seed}))
+    seeded = _admin_body(
+        emulator.admin("seed", {"profile": profile, "patients": patients, "seed": seed, "products": products})
+    )
     sandbox = Sandbox(cliniko=cliniko, stripe=None, cliniko_key=DEFAULT_API_KEY, stripe_key=None, seeded=seeded)
     try:
         _start_stripe(sandbox, stripe_mode, stripe_port, latency_ms, rate_limits, spec, search_delay_s)
@@ -134,8 +140,9 @@ def _start_stripe(
         kwargs["search_delay_s"] = search_delay_s
     emulator = StripeEmulator(**kwargs)
     customers = sandbox.seeded.get("stripe_customers") or []
-    if customers:
-        _admin_body(emulator.admin("seed", {"customers": customers, "livemode": mode == "live"}))
+    products = sandbox.seeded.get("stripe_products") or []
+    if customers or products:
+        _admin_body(emulator.admin("seed", {"customers": customers, "products": products, "livemode": mode == "live"}))
     sandbox.stripe = serve(
         emulator, port=port, latency_ms=latency_ms, rate_limits=rate_limits, faults=FaultPlan.parse(spec)
     )
@@ -185,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile", choices=("clean", "hard", "hostile"), default="clean")
     parser.add_argument("--patients", type=int, default=50)
+    parser.add_argument("--products", type=int, default=DEFAULT_PRODUCTS, help="Cliniko products to seed (0: none)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--stripe-mode", choices=STRIPE_MODES, default="test")
     parser.add_argument("--faults", default="", help="fault spec, e.g. before:5xx=0.1,after:reset=0.02,seed=1")
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox = start_sandbox(
             profile=args.profile,
             patients=args.patients,
+            products=args.products,
             latency_ms=args.latency_ms,
             stripe_mode=args.stripe_mode,
             faults=args.faults,
