@@ -1,4 +1,4 @@
-"""A loopback emulator of the slice of Stripe's v1 API that ClinicSync uses: the account and customers.
+"""A loopback emulator of the slice of Stripe's v1 API that ClinicSync uses: the account, customers, products, prices.
 
 It speaks what the official `stripe` SDK sends (form-encoded bodies, `Authorization: Bearer`, an
 `Idempotency-Key` on every POST) and answers with objects shaped like Stripe's own examples
