@@ -40,8 +40,7 @@ class Sandbox:
     stripe: RunningServer | None
     cliniko_key: str
     stripe_key: str | None
-    # The Cliniko seed result: ids, cases, stripe_customers, product_ids, product_cases, stripe_products, ...
-    seeded: dict[str, Any] = field(default_factory=dict)
+    seeded: dict[str, Any] = field(default_factory=dict)  # the Cliniko seed result: ids, cases, stripe_customers
 
     @property
     def cliniko_url(self) -> str:
@@ -97,11 +96,10 @@ def start_sandbox(
     *,
     cliniko_port: int = 0,
     stripe_port: int = 0,
+    products: int = DEFAULT_PRODUCTS,  # Cliniko products; the hard profile also pre-creates some in Stripe
     search_delay_s: float | None = None,
-    products: int = DEFAULT_PRODUCTS,
 ) -> Sandbox:
-    """Start both emulators; `faults` (a plan or spec string) applies to each server with its own RNG. Cliniko gets
-    `products` products (the hard profile also pre-creates hand-made products in Stripe)."""
+    """Start both emulators; `faults` (a plan or spec string) applies to each server with its own RNG."""
     if stripe_mode not in STRIPE_MODES:
         raise ValueError(f"stripe_mode must be one of {', '.join(STRIPE_MODES)}")
     spec = faults.spec if isinstance(faults, FaultPlan) else (faults or "")
