@@ -727,7 +727,7 @@ def ordinary_product(gen: _Gen, name: str, taxes: dict[str, str], suppliers: lis
     """An everyday retail product: mostly GST, prices entered either way, a supplier and a stock level. `taxes`
     maps tax names (GST, GST_FREE) to ids; a missing one means no tax."""
     rng = gen.rng
-    price = rng.choice(PRODUCT_PRICES)
+    price = decimal_text(Decimal(rng.choice(PRODUCT_PRICES)))  # as Cliniko stores it, so a PATCH of it is no change
     created, updated = gen.timestamps()
     record = blank_product()
     record.update(
@@ -789,7 +789,8 @@ def _named_products(gen: _Gen, taxes: dict[str, str], suppliers: list[str]) -> l
 
     def add(case: str, name: str, price: str, **fields: Any) -> None:
         record = ordinary_product(gen, name, taxes, suppliers)
-        record.update(price=price, price_includes_tax=True, cost_price=_cost_of(price), stock_level="10.0")
+        entered = decimal_text(Decimal(price))
+        record.update(price=entered, price_includes_tax=True, cost_price=_cost_of(price), stock_level="10.0")
         record.update(tax_id=taxes[GST], product_supplier_id=suppliers[0])
         record.update(fields)
         named.append((case, record))

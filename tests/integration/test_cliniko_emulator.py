@@ -548,8 +548,11 @@ def test_product_writes(client: httpx.Client, catalogue: dict[str, Any]) -> None
     assert (body["price_ex_tax"], body["price_including_tax"]) == ("20.0", "22.0")
     assert body["created_at"] == body["updated_at"]
     pid = body["id"]
-    same = client.patch(f"/products/{pid}", json={"name": "Spiky ball"}).json()
-    assert same["updated_at"] == body["updated_at"]
+    same = client.patch(f"/products/{pid}", json={"name": "Spiky ball", "price": "22.00"}).json()
+    assert same["updated_at"] == body["updated_at"]  # no real change: updated_at stays
+    seeded = product_case(catalogue, "gst_inclusive_3dp")
+    unchanged = client.get(f"/products/{seeded}").json()
+    assert client.patch(f"/products/{seeded}", json={"price": 90}).json()["updated_at"] == unchanged["updated_at"]
     ignored = client.patch(f"/products/{pid}", json={"stock_level": "99"}).json()  # an update cannot set stock
     assert ignored["stock_level"] is None
     repriced = client.patch(f"/products/{pid}", json={"price": "25.30"}).json()
