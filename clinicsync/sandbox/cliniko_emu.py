@@ -1,5 +1,5 @@
-"""An in-memory emulator of Cliniko's API v1 (patients, invoices, individual appointments, settings, user,
-businesses) behind `server.serve`.
+"""An in-memory emulator of Cliniko's API v1 (patients, invoices, individual appointments, products, product
+suppliers, taxes, stock adjustments, settings, user, businesses) behind `server.serve`.
 
 It agrees with Cliniko's OpenAPI document (tests/integration/test_cliniko_emulator_spec.py checks it) and, where
 Cliniko documents nothing (error bodies, edge cases), makes the choices listed in docs/sandbox.md.
@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlencode
@@ -108,8 +109,42 @@ APPOINTMENT_FILTERS: dict[str, str] = {
     "starts_at": "datetime",
     "updated_at": "datetime",
 }
+# The spec's q[] tables for the product catalogue.
+PRODUCT_FILTERS: dict[str, str] = {
+    "archived_at": "datetime",
+    "created_at": "datetime",
+    "id": "int",
+    "name": "string",
+    "tax_id": "int",
+    "updated_at": "datetime",
+}
+PRODUCT_SUPPLIER_FILTERS: dict[str, str] = {
+    "created_at": "datetime",
+    "id": "int",
+    "name": "string",
+    "updated_at": "datetime",
+}
+TAX_FILTERS: dict[str, str] = {"created_at": "datetime", "id": "int", "updated_at": "datetime"}
+STOCK_ADJUSTMENT_FILTERS: dict[str, str] = {
+    "archived_at": "datetime",
+    "created_at": "datetime",
+    "id": "int",
+    "product_id": "int",
+    "updated_at": "datetime",
+}
+STOCK_ADJUSTMENT_TYPES = ("Correction", "Damaged", "Item Sold", "Other", "Out of Date", "Returned", "Stock Purchase")
+CATALOGUE_FILTERS: dict[str, dict[str, str]] = {
+    "products": PRODUCT_FILTERS,
+    "product_suppliers": PRODUCT_SUPPLIER_FILTERS,
+    "taxes": TAX_FILTERS,
+    "stock_adjustments": STOCK_ADJUSTMENT_FILTERS,
+}
 # Ids of related records are digit strings, sorted as numbers.
-_ID_COLUMNS = frozenset(c for c in (*INVOICE_FILTERS, *APPOINTMENT_FILTERS) if c.endswith("_id"))
+_ID_COLUMNS = frozenset(
+    c
+    for c in (*INVOICE_FILTERS, *APPOINTMENT_FILTERS, *PRODUCT_FILTERS, *STOCK_ADJUSTMENT_FILTERS)
+    if c.endswith("_id")
+)
 INVOICE_STATUSES = {10: "Open", 20: "Paid", 30: "Closed", 40: "Open credit"}
 CALCULATION_METHODS = {1: "Legacy", 2: "Tax exclusive", 3: "Tax inclusive"}
 
@@ -199,10 +234,15 @@ class ClinikoEmulator:
         api_key: str = DEFAULT_API_KEY,
         limited_key: str | None = DEFAULT_LIMITED_KEY,
         seed: int = 1,
+        stock_adjustment_touches_product: bool = True,
     ) -> None:
         self.api_key = api_key
         self.limited_key = limited_key
         self._seed = seed
+        # Cliniko does not document whether a stock adjustment moves its product's updated_at; the default
+        # models that it does (stock_level is the product's own column), and the switch models that it does not,
+        # so a client is tested against both (docs/sandbox.md).
+        self._stock_touch_default = stock_adjustment_touches_product
         self._lock = threading.RLock()
         self.reset()
 
@@ -213,6 +253,11 @@ class ClinikoEmulator:
             self.patients: dict[str, dict[str, Any]] = {}
             self.invoices: dict[str, dict[str, Any]] = {}
             self.appointments: dict[str, dict[str, Any]] = {}
+            self.products: dict[str, dict[str, Any]] = {}
+            self.product_suppliers: dict[str, dict[str, Any]] = {}
+            self.taxes: dict[str, dict[str, Any]] = {}
+            self.stock_adjustments: dict[str, dict[str, Any]] = {}
+            self.stock_touches_product = self._stock_touch_default
             self.revoked: set[str] = set()
             self.clock_offset = timedelta(0)
             self.rng = random.Random(self._seed)
@@ -242,6 +287,19 @@ class ClinikoEmulator:
             for appointment in appointments:
                 self.appointments[appointment["id"]] = {"business_id": BUSINESS_ID, **appointment}
                 self._gen._ids.add(appointment["id"])
+
+    def load_catalogue(self, catalogue: seedmod.ProductSeed) -> None:
+        """Products, suppliers, taxes and stock adjustments in seed.py's internal form."""
+        with self._lock:
+            for table, records in (
+                (self.products, catalogue.products),
+                (self.product_suppliers, catalogue.suppliers),
+                (self.taxes, catalogue.taxes),
+                (self.stock_adjustments, catalogue.stock_adjustments),
+            ):
+                for record in records:
+                    table[record["id"]] = dict(record)
+                    self._gen._ids.add(record["id"])
 
     # -- server hooks --------------------------------------------------------------------------------
 
@@ -327,6 +385,8 @@ class ClinikoEmulator:
             return self._resolve_patients(method, rest)
         if head in ("invoices", "individual_appointments") and method == "GET" and len(rest) <= 1:
             return self._resolve_activity(head, rest)
+        if head in CATALOGUE_FILTERS:
+            return self._resolve_catalogue(method, head, rest)
         if method == "GET" and parts == ["settings", "public"]:
             return lambda r: Response(200, self._public_settings())
         if method == "GET" and parts == ["settings"]:
@@ -352,10 +412,38 @@ class ClinikoEmulator:
             if method == "PATCH":
                 return lambda r: self._update_patient(r, pid)
             if method == "DELETE":  # deprecated; the spec summarises it as "Archive patient"
-                return lambda r: self._archive(r, pid)
+                return lambda r: self._archive(self._find(pid))
         elif len(rest) == 2 and method == "POST" and rest[1] in ("archive", "unarchive"):
             pid, action = rest
-            return (lambda r: self._archive(r, pid)) if action == "archive" else (lambda r: self._unarchive(r, pid))
+            if action == "archive":
+                return lambda r: self._archive(self._find(pid))
+            return lambda r: self._unarchive(r, pid)
+        raise _message(404, MSG_NOT_FOUND)
+
+    def _resolve_catalogue(self, method: str, head: str, rest: list[str]) -> Callable[[Request], Response]:
+        """Reads of every catalogue resource; writes as the spec has them for products (POST, PATCH, POST
+        archive, deprecated DELETE = archive) and stock adjustments (POST). Supplier and tax writes are not
+        emulated (404)."""
+        columns = CATALOGUE_FILTERS[head]
+        table, render = {
+            "products": (self.products, self.render_product),
+            "product_suppliers": (self.product_suppliers, self.render_supplier),
+            "taxes": (self.taxes, self.render_tax),
+            "stock_adjustments": (self.stock_adjustments, self.render_stock_adjustment),
+        }[head]
+        if method == "GET" and not rest:
+            return lambda r: self._list_table(r, head, table, columns, render)
+        if method == "GET" and len(rest) == 1:
+            return lambda r: Response(200, render(r, self._visible(r, _find_in(table, rest[0]))))
+        if head == "stock_adjustments" and method == "POST" and not rest:
+            return self._create_stock_adjustment
+        if head == "products":
+            if method == "POST" and not rest:
+                return self._create_product
+            if method == "PATCH" and len(rest) == 1:
+                return lambda r: self._update_product(r, rest[0])
+            if (method == "DELETE" and len(rest) == 1) or (method == "POST" and rest[1:] == ["archive"]):
+                return lambda r: self._archive(_find_in(self.products, rest[0]))
         raise _message(404, MSG_NOT_FOUND)
 
     def _resolve_activity(self, head: str, rest: list[str]) -> Callable[[Request], Response]:
@@ -365,7 +453,7 @@ class ClinikoEmulator:
             else (self.appointments, APPOINTMENT_FILTERS, self.render_appointment)
         )
         if not rest:
-            return lambda r: self._list_activity(r, head, table, columns, render)
+            return lambda r: self._list_table(r, head, table, columns, render)
         rid = rest[0]
 
         def get_one(request: Request) -> Response:
@@ -378,7 +466,7 @@ class ClinikoEmulator:
 
     # -- invoices and individual appointments: reads -----------------------------------------------------
 
-    def _list_activity(
+    def _list_table(
         self,
         request: Request,
         name: str,
@@ -386,14 +474,15 @@ class ClinikoEmulator:
         columns: dict[str, str],
         render: Callable[[Request, dict[str, Any]], dict[str, Any]],
     ) -> Response:
-        """Like /patients: archived and deleted records are hidden unless a filter names that column."""
+        """Like /patients: archived and deleted records are hidden unless a filter names that column (the catalogue
+        has no deleted_at; taxes and suppliers are never archived)."""
         filters = [parse_filter(text, allowed=columns) for text in request.query_values("q[]")]
         named = {f.column for f in filters}
         rows = [
             row
             for row in table.values()
-            if ("deleted_at" in named or row["deleted_at"] is None)
-            and ("archived_at" in named or row["archived_at"] is None)
+            if ("deleted_at" in named or row.get("deleted_at") is None)
+            and ("archived_at" in named or row.get("archived_at") is None)
             and all(f.matches(row) for f in filters)
         ]
         rows = sort_records(rows, request.query_value("sort"), request.query_value("order"), frozenset(columns))
@@ -514,15 +603,19 @@ class ClinikoEmulator:
         return {name: [render(request, row) for row in chunk], "total_entries": len(rows), "links": links}
 
     def _get_patient(self, request: Request, pid: str) -> Response:
-        record = self._find(pid)
-        # Archived records are hidden unless the request filters on archived_at (e.g. q[]=archived_at:*),
-        # the reading of the spec that lists archived_at as a filter on GET /patients/{id}.
+        return Response(200, self.render_patient(request, self._visible(request, self._find(pid))))
+
+    @staticmethod
+    def _visible(request: Request, record: dict[str, Any]) -> dict[str, Any]:
+        """An archived record is hidden unless the request filters on archived_at (e.g. q[]=archived_at:*), the
+        reading of the spec that lists archived_at as a filter on single-record GETs (/patients/{id},
+        /products/{id}, /stock_adjustments/{id})."""
         filters = [parse_filter(text, allowed={"archived_at": "datetime"}) for text in request.query_values("q[]")]
-        if record["archived_at"] is not None and not filters:
+        if record.get("archived_at") is not None and not filters:
             raise _message(404, MSG_NOT_FOUND)
         if not all(f.matches(record) for f in filters):
             raise _message(404, MSG_NOT_FOUND)
-        return Response(200, self.render_patient(request, record))
+        return record
 
     def _find(self, pid: str) -> dict[str, Any]:
         record = self.patients.get(pid)
@@ -562,8 +655,7 @@ class ClinikoEmulator:
         record["updated_at"] = max(self.now_text(), record["updated_at"])
         return True
 
-    def _archive(self, request: Request, pid: str) -> Response:
-        record = self._find(pid)
+    def _archive(self, record: dict[str, Any]) -> Response:
         changed = record["archived_at"] is None
         if changed:
             now = self.now_text()
@@ -576,6 +668,50 @@ class ClinikoEmulator:
             raise _validation({"base": "A merged patient cannot be unarchived"})
         changed = self._apply(record, {"archived_at": None})
         return Response(200, self.render_patient(request, record), mutated=changed)
+
+    # -- products and stock: writes --------------------------------------------------------------------
+
+    def _create_product(self, request: Request) -> Response:
+        record = self._insert_product(self._product_changes(_json_body(request, "product"), creating=True))
+        rendered = self.render_product(request, record)
+        return Response(201, rendered, {"Location": rendered["links"]["self"]}, mutated=True)
+
+    def _update_product(self, request: Request, pid: str) -> Response:
+        record = _find_in(self.products, pid)
+        changed = self._apply(record, self._product_changes(_json_body(request, "product"), creating=False))
+        return Response(200, self.render_product(request, record), mutated=changed)
+
+    def _product_changes(self, body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+        return validate_product_body(
+            body, creating=creating, tax_ids=set(self.taxes), supplier_ids=set(self.product_suppliers)
+        )
+
+    def _insert_product(self, fields: dict[str, Any]) -> dict[str, Any]:
+        record = seedmod.blank_product()
+        record.update(fields)
+        record["id"] = self._gen.new_id()
+        record["created_at"] = record["updated_at"] = self.now_text()
+        self.products[record["id"]] = record
+        return record
+
+    def _create_stock_adjustment(self, request: Request) -> Response:
+        body = _json_body(request, "stock_adjustment")
+        adjustment = self._adjust_stock(validate_stock_adjustment_body(body, set(self.products)))
+        rendered = self.render_stock_adjustment(request, adjustment)
+        return Response(201, rendered, {"Location": rendered["links"]["self"]}, mutated=True)
+
+    def _adjust_stock(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Record an adjustment and move its product's stock level; the product's updated_at moves only while
+        `stock_touches_product` is on (Cliniko does not document which it does)."""
+        now = self.now_text()
+        adjustment = {"id": self._gen.new_id(), **changes, "created_at": now, "updated_at": now, "archived_at": None}
+        self.stock_adjustments[adjustment["id"]] = adjustment
+        product = self.products[adjustment["product_id"]]
+        level = Decimal(product["stock_level"] or "0") + Decimal(adjustment["quantity"])
+        product["stock_level"] = seedmod.decimal_text(level)
+        if self.stock_touches_product:
+            product["updated_at"] = max(now, product["updated_at"])
+        return adjustment
 
     # -- rendering -----------------------------------------------------------------------------------
 
@@ -594,6 +730,62 @@ class ClinikoEmulator:
         if p.get("merged_with_patient_id"):
             out["merged_with_patient"] = {"links": {"self": f"{base}/patients/{p['merged_with_patient_id']}"}}
         out["links"] = {"self": own}
+        return out
+
+    def render_product(self, request: Request, p: dict[str, Any]) -> dict[str, Any]:
+        """A Product exactly as the spec's schema has it. Both prices come from the one price staff entered and
+        the tax's rate; the supplier and tax links (and product_supplier_id) appear only when there is one."""
+        base = f"{request.base_url}{API_PREFIX}"
+        own = f"{base}/products/{p['id']}"
+        tax = self.taxes.get(p["tax_id"] or "")
+        supplier = self.product_suppliers.get(p["product_supplier_id"] or "")
+        price_ex_tax, price_including_tax = seedmod.product_prices(
+            p["price"], p["price_includes_tax"], tax["rate"] if tax else None
+        )
+        out: dict[str, Any] = {
+            key: p[key]
+            for key in (
+                "id",
+                "name",
+                "item_code",
+                "serial_number",
+                "notes",
+                "cost_price",
+                "stock_level",
+                "archived_at",
+                "created_at",
+                "updated_at",
+            )
+        }
+        out["price_ex_tax"], out["price_including_tax"] = price_ex_tax, price_including_tax
+        out["product_supplier_name"] = supplier["name"] if supplier else None  # deprecated, still served
+        if supplier:
+            out["product_supplier"] = _link(f"{base}/product_suppliers/{supplier['id']}")
+            out["product_supplier_id"] = supplier["id"]
+        if tax:
+            out["tax"] = _link(f"{base}/taxes/{tax['id']}")
+        out["stock_adjustments"] = _link(f"{base}/stock_adjustments?q%5B%5D=product_id%3A%3D{p['id']}")
+        out["links"] = {"self": own}
+        return out
+
+    def render_supplier(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        own = f"{request.base_url}{API_PREFIX}/product_suppliers/{row['id']}"
+        return {**{k: row[k] for k in ("id", "name", "created_at", "updated_at")}, "links": {"self": own}}
+
+    def render_tax(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        own = f"{request.base_url}{API_PREFIX}/taxes/{row['id']}"
+        # `amount` is the deprecated name of the rate, still in the schema.
+        fields = {k: row[k] for k in ("id", "name", "rate", "created_at", "updated_at")}
+        return {**fields, "amount": row["rate"], "links": {"self": own}}
+
+    def render_stock_adjustment(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        base = f"{request.base_url}{API_PREFIX}"
+        fields = ("id", "adjustment_type", "quantity", "notes", "archived_at", "created_at", "updated_at")
+        out: dict[str, Any] = {k: row[k] for k in fields}
+        out["comment"] = row["notes"]  # deprecated: "Use notes attribute instead"
+        out["product"] = _link(f"{base}/products/{row['product_id']}")
+        out["user"] = _link(f"{base}/users/{row.get('user_id') or USER_ID}")
+        out["links"] = {"self": f"{base}/stock_adjustments/{row['id']}"}
         return out
 
     def _public_settings(self) -> dict[str, Any]:
@@ -691,6 +883,8 @@ class ClinikoEmulator:
         with self._lock:
             try:
                 return Response(200, handler(self, params))
+            except ApiError as exc:  # e.g. `fields` that fail the API's validation: the API's own 422
+                return exc.response
             except (ValueError, KeyError, TypeError) as exc:
                 return Response(400, {"error": f"{action}: {exc}"})
 
@@ -704,13 +898,15 @@ class ClinikoEmulator:
             int(params.get("patients", 50)),
             int(params.get("seed", 1)),
             now=self.now(),
+            products=int(params.get("products", seedmod.DEFAULT_PRODUCTS)),
         )
         if params.get("replace", True):
-            self.patients.clear()
-            self.invoices.clear()
-            self.appointments.clear()
+            for table in self._tables():
+                table.clear()
         self.load(result.patients)
         self.load_activity(result.invoices, result.appointments)
+        catalogue = result.catalogue
+        self.load_catalogue(catalogue)
         return {
             "ids": [p["id"] for p in result.patients],
             "cases": result.cases,
@@ -718,7 +914,24 @@ class ClinikoEmulator:
             "inactive_ids": result.inactive_ids,
             "invoices": len(result.invoices),
             "appointments": len(result.appointments),
+            "product_ids": [p["id"] for p in catalogue.products],
+            "product_cases": catalogue.cases,
+            "stripe_products": result.stripe_products,
+            "taxes": {tax["name"]: tax["id"] for tax in catalogue.taxes},
+            "supplier_ids": [supplier["id"] for supplier in catalogue.suppliers],
+            "stock_adjustments": len(catalogue.stock_adjustments),
         }
+
+    def _tables(self) -> tuple[dict[str, dict[str, Any]], ...]:
+        return (
+            self.patients,
+            self.invoices,
+            self.appointments,
+            self.products,
+            self.product_suppliers,
+            self.taxes,
+            self.stock_adjustments,
+        )
 
     def _admin_book(self, params: dict[str, Any]) -> dict[str, Any]:
         """A new individual appointment for `patient_id`, starting `starts_at` (default: an hour from now).
@@ -743,13 +956,15 @@ class ClinikoEmulator:
             changes[pid] = change
         return {"ids": ids, "changes": changes}
 
-    def _pick_live(self, params: dict[str, Any]) -> list[str]:
+    def _pick_live(self, params: dict[str, Any], kind: str = "patient") -> list[str]:
+        """`ids` (each must exist), or `count` live records of `kind` ("patient" or "product") picked at random."""
+        table = self.products if kind == "product" else self.patients
         if params.get("ids"):
             ids = [str(i) for i in params["ids"]]
-            for pid in ids:
-                self._find_any(pid)
+            for rid in ids:
+                self._find_any(rid, kind)
             return ids
-        live = sorted(pid for pid, p in self.patients.items() if p["archived_at"] is None and p["deleted_at"] is None)
+        live = sorted(rid for rid, r in table.items() if r["archived_at"] is None and r.get("deleted_at") is None)
         return self.rng.sample(live, min(int(params.get("count", 1)), len(live)))
 
     def _random_edit(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -767,10 +982,11 @@ class ClinikoEmulator:
             return {"address_1": street, "city": suburb, "state": state, "post_code": post_code}
         return {"email": self._gen.unique_email(record["first_name"] or "patient", f"{record['last_name']}.new")}
 
-    def _find_any(self, pid: str) -> dict[str, Any]:
-        if pid not in self.patients:
-            raise KeyError(f"no patient {pid}")
-        return self.patients[pid]
+    def _find_any(self, rid: str, kind: str = "patient") -> dict[str, Any]:
+        table = self.products if kind == "product" else self.patients
+        if rid not in table:
+            raise KeyError(f"no {kind} {rid}")
+        return table[rid]
 
     def _admin_archive(self, params: dict[str, Any]) -> dict[str, Any]:
         ids = [str(i) for i in params.get("ids", [])]
@@ -833,8 +1049,110 @@ class ClinikoEmulator:
             "patients": [dict(p) for p in self.patients.values()],
             "invoices": [dict(i) for i in self.invoices.values()],
             "appointments": [dict(a) for a in self.appointments.values()],
+            "products": [dict(p) for p in self.products.values()],
+            "product_suppliers": [dict(s) for s in self.product_suppliers.values()],
+            "taxes": [dict(t) for t in self.taxes.values()],
+            "stock_adjustments": [dict(a) for a in self.stock_adjustments.values()],
+            "stock_touches_product": self.stock_touches_product,
             "now": self.now_text(),
         }
+
+    # -- admin: products -----------------------------------------------------------------------------
+
+    def _admin_add_products(self, params: dict[str, Any]) -> dict[str, Any]:
+        """New products made now: each of `products` (bodies validated like POST /products), and `count` ordinary
+        ones (default 1 when no bodies are given)."""
+        records = [
+            self._insert_product(self._product_changes(body, creating=True)) for body in params.get("products") or []
+        ]
+        count = int(params.get("count", 0 if records else 1))
+        taxes = {tax["name"]: tax["id"] for tax in self.taxes.values()}
+        taken = {p["name"] for p in self.products.values()}
+        for name in seedmod.product_names(self.rng, count, taken):
+            fields = seedmod.ordinary_product(self._gen, name, taxes, sorted(self.product_suppliers))
+            records.append(
+                self._insert_product({k: v for k, v in fields.items() if k not in ("id", "created_at", "updated_at")})
+            )
+        return {"ids": [r["id"] for r in records]}
+
+    def _admin_set_product_price(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Staff change product `id`'s price to `price`, entered including tax if `includes_tax` (default: as the
+        product's price was entered); both prices follow from it and the product's tax rate."""
+        record = self._find_any(str(params["id"]), "product")
+        body = {"price": params["price"]}
+        if "includes_tax" in params:
+            body["price_includes_tax"] = params["includes_tax"]
+        self._apply(record, self._product_changes(body, creating=False))
+        tax = self.taxes.get(record["tax_id"] or "")
+        ex_tax, including_tax = seedmod.product_prices(
+            record["price"], record["price_includes_tax"], tax and tax["rate"]
+        )
+        return {
+            "id": record["id"],
+            "price_ex_tax": ex_tax,
+            "price_including_tax": including_tax,
+            "updated_at": record["updated_at"],
+        }
+
+    def _admin_edit_products(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Like `edit` for patients: `fields` (validated like a PATCH) on `ids`/`count` products, or one random
+        staff change each (a new name or a new price)."""
+        ids = self._pick_live(params, "product")
+        fields = params.get("fields")
+        changes: dict[str, dict[str, Any]] = {}
+        for pid in ids:
+            record = self.products[pid]
+            if fields:
+                change = self._product_changes(fields, creating=False)
+            elif self.rng.random() < 0.5:
+                taken = {p["name"] for p in self.products.values()}
+                change = {"name": seedmod.product_names(self.rng, 1, taken)[0]}
+            else:
+                current = seedmod.decimal_text(Decimal(record["price"]))
+                change = {"price": seedmod.decimal_text(Decimal(self.rng.choice(seedmod.PRODUCT_PRICES)))}
+                if change["price"] == current:
+                    change["price"] = seedmod.decimal_text(Decimal(current) + 1)
+            self._apply(record, change)
+            changes[pid] = change
+        return {"ids": ids, "changes": changes}
+
+    def _admin_archive_products(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in params.get("ids", [])]
+        for pid in ids:
+            record = self._find_any(pid, "product")
+            if record["archived_at"] is None:
+                self._apply(record, {"archived_at": self.now_text()})
+        return {"ids": ids}
+
+    def _admin_unarchive_products(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in params.get("ids", [])]
+        for pid in ids:
+            self._apply(self._find_any(pid, "product"), {"archived_at": None})
+        return {"ids": ids}
+
+    def _admin_adjust_stock(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A stock adjustment as staff make one: `product_id`, a signed `quantity`, and optionally
+        `adjustment_type` (default Stock Purchase when adding, Item Sold when removing) and `notes`."""
+        body = dict(params)
+        if "adjustment_type" not in body:
+            body["adjustment_type"] = "Item Sold" if Decimal(str(params["quantity"])) < 0 else "Stock Purchase"
+        adjustment = self._adjust_stock(validate_stock_adjustment_body(body, set(self.products)))
+        product = self.products[adjustment["product_id"]]
+        return {
+            "id": adjustment["id"],
+            "stock_level": product["stock_level"],
+            "product_updated_at": product["updated_at"],
+        }
+
+    def _admin_stock_touches_product(self, params: dict[str, Any]) -> dict[str, Any]:
+        """`{"enabled": false}`: stock adjustments stop moving their product's updated_at (`true`: they move it, the
+        default). Without `enabled`, just says which is on."""
+        if "enabled" in params:
+            enabled = params["enabled"]
+            if not isinstance(enabled, bool):
+                raise ValueError("enabled must be true or false")
+            self.stock_touches_product = enabled
+        return {"stock_touches_product": self.stock_touches_product}
 
 
 _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, Any]]] = {
@@ -850,6 +1168,13 @@ _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, 
     "restore_key": ClinikoEmulator._admin_restore_key,
     "clock": ClinikoEmulator._admin_clock,
     "dump": ClinikoEmulator._admin_dump,
+    "add_products": ClinikoEmulator._admin_add_products,
+    "set_product_price": ClinikoEmulator._admin_set_product_price,
+    "edit_products": ClinikoEmulator._admin_edit_products,
+    "archive_products": ClinikoEmulator._admin_archive_products,
+    "unarchive_products": ClinikoEmulator._admin_unarchive_products,
+    "adjust_stock": ClinikoEmulator._admin_adjust_stock,
+    "stock_touches_product": ClinikoEmulator._admin_stock_touches_product,
 }
 
 _RENDERED_SCALARS = tuple(
@@ -899,7 +1224,14 @@ def _page_url(request: Request, page: int, per_page: int) -> str:
     return f"{request.base_url}{request.path}?{query}"
 
 
-def _json_body(request: Request) -> dict[str, Any]:
+def _find_in(table: dict[str, dict[str, Any]], record_id: str) -> dict[str, Any]:
+    record = table.get(record_id)
+    if record is None or record.get("deleted_at") is not None:
+        raise _message(404, MSG_NOT_FOUND)
+    return record
+
+
+def _json_body(request: Request, wrapper: str = "patient") -> dict[str, Any]:
     # Cliniko (Rails) reads a body only as JSON when it says so; otherwise the change would be silently lost.
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.body and media_type != "application/json":
@@ -910,9 +1242,9 @@ def _json_body(request: Request) -> dict[str, Any]:
         raise _message(400, "The request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise _message(400, "The request body must be a JSON object")
-    # Rails' wrap_parameters also accepts {"patient": {...}}.
-    if set(body) == {"patient"} and isinstance(body["patient"], dict):
-        return body["patient"]
+    # Rails' wrap_parameters also accepts the body wrapped in the resource's name: {"patient": {...}}.
+    if set(body) == {wrapper} and isinstance(body[wrapper], dict):
+        return dict(body[wrapper])
     return body
 
 
@@ -995,6 +1327,102 @@ def validate_patient_body(body: dict[str, Any], *, creating: bool) -> dict[str, 
     return changes
 
 
+def validate_product_body(
+    body: dict[str, Any], *, creating: bool, tax_ids: set[str], supplier_ids: set[str]
+) -> dict[str, Any]:
+    """Check a product POST/PATCH body (the spec's Product request body) like Cliniko would; return internal
+    changes or raise a 422. `price` is kept as entered, with `price_includes_tax` saying which side it is.
+    `stock_level` counts only on create: Cliniko's docs say an update cannot change it (use a stock adjustment)."""
+    errors: dict[str, str] = {}
+    changes: dict[str, Any] = {}
+    if "name" in body or creating:
+        value = body.get("name")
+        if not isinstance(value, str) or not value.strip():
+            errors["name"] = "can't be blank"
+        elif len(value) > 255:
+            errors["name"] = "is too long (maximum is 255 characters)"
+        else:
+            changes["name"] = value
+    for name, check in _PRODUCT_TEXT_CHECKS.items():
+        if name in body:
+            _record(errors, changes, name, check(body[name]), body[name])
+    amounts = {"price": False, "cost_price": True, **({"stock_level": True} if creating else {})}
+    for name, nullable in amounts.items():
+        if name in body:
+            problem, value = _check_amount(body[name], nullable=nullable, minimum=None if name == "stock_level" else 0)
+            _record(errors, changes, name, problem, value)
+    if "price_includes_tax" in body:
+        _record(
+            errors,
+            changes,
+            "price_includes_tax",
+            _check_bool(body["price_includes_tax"]),
+            bool(body["price_includes_tax"]),
+        )
+    for field, relation, known in (
+        ("tax_id", "tax", tax_ids),
+        ("product_supplier_id", "product_supplier", supplier_ids),
+    ):
+        if field in body:
+            value = body[field]
+            if value in (None, ""):
+                changes[field] = None
+            elif str(value) not in known:
+                errors[relation] = "must exist"
+            else:
+                changes[field] = str(value)
+    if errors:
+        raise _validation(errors)
+    return changes
+
+
+def validate_stock_adjustment_body(body: dict[str, Any], product_ids: set[str]) -> dict[str, Any]:
+    """Check a POST /stock_adjustments body: an existing product, a known type, and a non-zero quantity whose sign
+    fits the type (increase: Stock Purchase, Returned, Other; decrease: Damaged, Out of Date, Item Sold, Other,
+    Correction). `comment` is the deprecated name of `notes`."""
+    errors: dict[str, str] = {}
+    product_id = body.get("product_id")
+    if product_id is None or str(product_id) not in product_ids:
+        errors["product"] = "must exist"
+    kind = body.get("adjustment_type")
+    if kind not in STOCK_ADJUSTMENT_TYPES:
+        errors["adjustment_type"] = "is not included in the list"
+    problem, quantity = _check_amount(body.get("quantity"), nullable=False, minimum=None)
+    if problem is None and quantity is not None:
+        amount = Decimal(quantity)
+        if amount == 0:
+            problem = "must not be zero"
+        elif amount > 0 and kind in STOCK_ADJUSTMENT_TYPES and kind not in seedmod.INCREASE_TYPES:
+            problem = "must be negative for a decreasing adjustment type"
+        elif amount < 0 and kind in STOCK_ADJUSTMENT_TYPES and kind not in seedmod.DECREASE_TYPES:
+            problem = "must be positive for an increasing adjustment type"
+    if problem:
+        errors["quantity"] = problem
+    notes = body.get("notes", body.get("comment"))
+    if _check_str(None)(notes):
+        errors["notes"] = "must be a string"
+    if errors:
+        raise _validation(errors)
+    return {"product_id": str(product_id), "adjustment_type": kind, "quantity": quantity, "notes": notes or None}
+
+
+def _check_amount(value: Any, *, nullable: bool, minimum: int | None) -> tuple[str | None, str | None]:
+    """A decimal sent as a JSON number or numeric string (Rails casts both); the value as Cliniko renders it."""
+    if value is None or value == "":
+        return (None, None) if nullable else ("is not a number", None)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return "is not a number", None
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return "is not a number", None
+    if not amount.is_finite():
+        return "is not a number", None
+    if minimum is not None and amount < minimum:
+        return f"must be greater than or equal to {minimum}", None
+    return None, seedmod.decimal_text(amount)
+
+
 def _record(errors: dict[str, str], changes: dict[str, Any], name: str, problem: str | None, value: Any) -> None:
     if problem:
         errors[name] = problem
@@ -1052,6 +1480,12 @@ def _check_pronouns(value: Any) -> str | None:
         return "values must be strings of at most 50 characters"
     return None
 
+
+_PRODUCT_TEXT_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "item_code": _check_str(100),
+    "serial_number": _check_str(255),
+    "notes": _check_str(None),
+}
 
 _FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     **{name: _check_str(255) for name in _STR_255},

@@ -37,6 +37,7 @@ from clinicsync.paths import HOME_ENV_VAR
 from clinicsync.sandbox import calcom_emu
 from clinicsync.sandbox.cliniko_emu import API_PREFIX, DEFAULT_API_KEY, ClinikoEmulator
 from clinicsync.sandbox.faults import FaultPlan
+from clinicsync.sandbox.seed import DEFAULT_PRODUCTS
 from clinicsync.sandbox.server import RunningServer, serve
 
 CONTACT_EMAIL = "sandbox@example.com"
@@ -121,6 +122,7 @@ def start_sandbox(
     *,
     cliniko_port: int = 0,
     stripe_port: int = 0,
+    products: int = DEFAULT_PRODUCTS,  # Cliniko products; the hard profile also pre-creates some in Stripe
     search_delay_s: float | None = None,
     calcom: bool = False,
     calcom_port: int = 0,
@@ -138,7 +140,9 @@ def start_sandbox(
     cliniko = serve(
         emulator, port=cliniko_port, latency_ms=latency_ms, rate_limits=rate_limits, faults=FaultPlan.parse(spec)
     )
-    seeded = _admin_body(emulator.admin("seed", {"profile": profile, "patients": patients, "seed": seed}))
+    seeded = _admin_body(
+        emulator.admin("seed", {"profile": profile, "patients": patients, "seed": seed, "products": products})
+    )
     sandbox = Sandbox(cliniko=cliniko, stripe=None, cliniko_key=DEFAULT_API_KEY, stripe_key=None, seeded=seeded)
     try:
         _start_stripe(sandbox, stripe_mode, stripe_port, latency_ms, rate_limits, spec, search_delay_s)
@@ -168,8 +172,9 @@ def _start_stripe(
         kwargs["search_delay_s"] = search_delay_s
     emulator = StripeEmulator(**kwargs)
     customers = sandbox.seeded.get("stripe_customers") or []
-    if customers:
-        _admin_body(emulator.admin("seed", {"customers": customers, "livemode": mode == "live"}))
+    products = sandbox.seeded.get("stripe_products") or []
+    if customers or products:
+        _admin_body(emulator.admin("seed", {"customers": customers, "products": products, "livemode": mode == "live"}))
     sandbox.stripe = serve(
         emulator, port=port, latency_ms=latency_ms, rate_limits=rate_limits, faults=FaultPlan.parse(spec)
     )
@@ -239,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile", choices=("clean", "hard", "hostile"), default="clean")
     parser.add_argument("--patients", type=int, default=50)
+    parser.add_argument("--products", type=int, default=DEFAULT_PRODUCTS, help="Cliniko products to seed (0: none)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--stripe-mode", choices=STRIPE_MODES, default="test")
     parser.add_argument("--faults", default="", help="fault spec, e.g. before:5xx=0.1,after:reset=0.02,seed=1")
@@ -261,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox = start_sandbox(
             profile=args.profile,
             patients=args.patients,
+            products=args.products,
             latency_ms=args.latency_ms,
             stripe_mode=args.stripe_mode,
             faults=args.faults,

@@ -8,6 +8,9 @@ Profiles:
               bytes, nulls everywhere) interleaved with ordinary records; the app must neither crash nor
               send anything Stripe would reject (see `HOSTILE_CASES`).
 
+Every profile also has a product catalogue (`seed_products`: products, suppliers, taxes, stock adjustments, with
+the named cases in `PRODUCT_CASES`); the hard profile adds Stripe products made "by hand" (`stripe_products`).
+
 Patients come out in the emulator's internal form: the Patient schema's scalar fields (timestamps as
 `YYYY-MM-DDTHH:MM:SSZ` strings), `patient_phone_numbers` as [{number, phone_type}], `custom_fields` as
 {field_token: value}, and `merged_with_patient_id` for merged records. Phone numbers come from the 0491 57x
@@ -21,10 +24,12 @@ import random
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 PROFILES = ("clean", "hard", "hostile")
+DEFAULT_PRODUCTS = 200
 _MELBOURNE = ZoneInfo("Australia/Melbourne")
 
 # Seeded records are dated inside this window, so anything the emulator stamps "now" is strictly newer.
@@ -109,6 +114,17 @@ HOSTILE_CASES: dict[str, str] = {
 
 
 @dataclass
+class ProductSeed:
+    """A clinic's product catalogue in the emulator's internal form (see `seed_products`)."""
+
+    products: list[dict[str, Any]] = field(default_factory=list)
+    suppliers: list[dict[str, Any]] = field(default_factory=list)
+    taxes: list[dict[str, Any]] = field(default_factory=list)
+    stock_adjustments: list[dict[str, Any]] = field(default_factory=list)
+    cases: dict[str, str] = field(default_factory=dict)  # product id -> case name (PRODUCT_CASES)
+
+
+@dataclass
 class SeedResult:
     patients: list[dict[str, Any]]
     cases: dict[str, str] = field(default_factory=dict)  # patient id -> case name
@@ -117,11 +133,17 @@ class SeedResult:
     invoices: list[dict[str, Any]] = field(default_factory=list)
     appointments: list[dict[str, Any]] = field(default_factory=list)
     inactive_ids: list[str] = field(default_factory=list)  # no invoice or appointment in the last 24 months
+    catalogue: ProductSeed = field(default_factory=ProductSeed)
+    # Hard profile: products (with prices) to pre-create in Stripe, as the Stripe emulator's admin `seed` takes them.
+    stripe_products: list[dict[str, Any]] = field(default_factory=list)
 
 
-def seed_profile(profile: str, n: int = 50, seed: int = 1, now: datetime | None = None) -> SeedResult:
+def seed_profile(
+    profile: str, n: int = 50, seed: int = 1, now: datetime | None = None, products: int = DEFAULT_PRODUCTS
+) -> SeedResult:
     """Build the named profile with at least `n` patients (hard/hostile may need a few more for their cases), and
-    their invoices and appointments over the ~4 years before `now` (default: the real clock)."""
+    their invoices and appointments over the ~4 years before `now` (default: the real clock); plus a catalogue of
+    `products` products (at least the named product cases, unless 0)."""
     builders: dict[str, Callable[[_Gen, int], SeedResult]] = {
         "clean": _clean,
         "hard": _hard,
@@ -135,6 +157,12 @@ def seed_profile(profile: str, n: int = 50, seed: int = 1, now: datetime | None 
     activity = seed_activity(result.patients, now or datetime.now(UTC), seed, keep_active=set(result.cases))
     result.invoices, result.appointments = activity.invoices, activity.appointments
     result.inactive_ids = activity.inactive_ids
+    if products < 0:
+        raise ValueError("product count must not be negative")
+    if products:
+        result.catalogue = seed_products(products, seed)
+        if profile == "hard":
+            result.stripe_products = hand_made_stripe_products(result.catalogue)
     return result
 
 
@@ -561,3 +589,293 @@ def _invoice(
         "archived_at": None,
         "deleted_at": None,
     }
+
+
+# -- products: a clinic's retail catalogue -------------------------------------------------------------
+
+# Each named product case and what the products stream should do with it. Every profile has them; the
+# `stripe_*` and `same_name_*` cases meet Stripe products only in the hard profile (`hand_made_stripe_products`).
+PRODUCT_CASES: dict[str, str] = {
+    "gst_inclusive_3dp": "entered as 90.00 including 10% GST: price_ex_tax is 81.818 (three decimals), "
+    "price_including_tax 90.0; converted to cents without a float error",
+    "gst_exclusive": "entered as 40.00 excluding 10% GST: price_including_tax 44.0",
+    "gst_free": "the GST Free tax (rate 0.0): both prices equal",
+    "no_tax": "no tax at all (no tax link): both prices equal",
+    "zero_price": "a free item (0.0): a Stripe price of 0, which Stripe allows",
+    "name_255": "a 255-character name (Cliniko's maximum), within Stripe's product name limit",
+    "unicode_accents": "accented name kept exactly (NFC)",
+    "unicode_cjk": "CJK name kept exactly",
+    "unicode_emoji": "emoji in the name kept exactly",
+    "same_name_1": "two Cliniko products share one name: never linked to one Stripe product; in the hard profile two"
+    " hand-made Stripe products have that name too, so matching goes to review and nothing is created",
+    "same_name_2": "see same_name_1",
+    "archived": "archived before the first sync: hidden from default lists, listed with q[]=archived_at:*",
+    "no_supplier": "no supplier: no product_supplier link or product_supplier_id, product_supplier_name null",
+    "untracked_stock": "stock_level null (stock not tracked)",
+    "stock_adjusted": "four stock adjustments (purchase, sale, damage, return) that sum to its stock_level",
+    "stripe_name_match": "hard profile: the only Stripe product with exactly this name was made by hand, with its own"
+    " two prices (75.00 default, 69.95 'Staff price'): never duplicated, and those prices are never edited or"
+    " deactivated",
+    "stripe_linked_earlier": "hard profile: a Stripe product already carries metadata.cliniko_product_id = this id (an"
+    " earlier install), with a price equal to Cliniko's: linked, nothing created",
+}
+
+SUPPLIER_NAMES = (
+    "Harbourside Rehab Supplies",
+    "Coastal Physio Wholesale",
+    "Southern Cross Orthotics",
+    "Kinetic Health Distributors",
+)
+GST, GST_FREE = "GST", "GST Free"
+_TAX_RATES = {GST: "10.0", GST_FREE: "0.0"}
+# Retail items a physio or allied-health clinic sells, and their variants (invented catalogue).
+_ITEMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Resistance band", ("light", "medium", "heavy", "extra heavy")),
+    ("Foam roller", ("30 cm", "45 cm", "90 cm")),
+    ("Kinesiology tape", ("5 cm × 5 m beige", "5 cm × 5 m black", "5 cm × 5 m blue")),
+    ("Hot/cold pack", ("small", "large")),
+    ("Massage ball", ("spiky", "smooth", "peanut")),
+    ("Knee brace", ("S", "M", "L", "XL")),
+    ("Ankle support", ("S", "M", "L")),
+    ("Wrist splint", ("left", "right")),
+    ("Lumbar roll", ("standard", "firm")),
+    ("Heel cups", ("small", "medium", "large")),
+    ("Orthotic insoles", ("EU 36–38", "EU 39–41", "EU 42–44", "EU 45–47")),
+    ("Arnica gel", ("100 g", "250 g")),
+    ("Magnesium cream", ("125 ml", "250 ml")),
+    ("Exercise mat", ("blue", "grey")),
+    ("Hand grip trainer", ("light", "heavy")),
+    ("Wobble board", ("round", "rocker")),
+    ("Compression sleeve", ("calf S", "calf M", "calf L", "knee S", "knee M", "knee L")),
+    ("Tubular bandage", ("size B", "size C", "size D", "size E", "size F")),
+    ("Sports tape", ("25 mm", "38 mm", "50 mm")),
+    ("Balance disc", ("33 cm",)),
+)
+_PACKS = ("", " (pack of 3)", " (pack of 5)", " (pack of 10)")
+PRODUCT_PRICES = (
+    "9.95",
+    "12.50",
+    "14.95",
+    "19.95",
+    "24.00",
+    "29.95",
+    "34.50",
+    "39.95",
+    "49.00",
+    "59.95",
+    "89.00",
+    "120.00",
+)
+_NOTES = (None, None, None, "Reorder when below 5.", "Display stock only.", "Supplier lead time 2 weeks.")
+# Cliniko's adjustment types: a positive quantity needs an increase type, a negative one a decrease type.
+INCREASE_TYPES = ("Stock Purchase", "Returned", "Other")
+DECREASE_TYPES = ("Damaged", "Out of Date", "Item Sold", "Other", "Correction")
+_THOUSANDTH = Decimal("0.001")
+
+
+def decimal_text(value: Decimal) -> str:
+    """A decimal as Cliniko's JSON has it (Rails' BigDecimal): no exponent, at least one decimal ("90.0",
+    "81.818")."""
+    text = format(value.normalize(), "f")
+    return text if "." in text else f"{text}.0"
+
+
+def product_prices(price: str, includes_tax: bool, rate: str | None) -> tuple[str, str]:
+    """(price_ex_tax, price_including_tax) from the one price staff entered and the tax rate (percent). The side
+    that was not entered is computed and kept to three decimals, half up, as Cliniko's "81.818" shows."""
+    entered = Decimal(price)
+    factor = 1 + Decimal(rate or "0") / 100
+    if includes_tax:
+        return decimal_text((entered / factor).quantize(_THOUSANDTH, ROUND_HALF_UP)), decimal_text(entered)
+    return decimal_text(entered), decimal_text((entered * factor).quantize(_THOUSANDTH, ROUND_HALF_UP))
+
+
+def blank_product() -> dict[str, Any]:
+    """Every internal product field. The price is kept as staff entered it (`price`, `price_includes_tax`); the
+    emulator renders price_ex_tax and price_including_tax from it and the tax's rate."""
+    return {
+        "id": "",
+        "name": "",
+        "item_code": None,
+        "serial_number": None,
+        "notes": None,
+        "price": "0.0",
+        "price_includes_tax": False,
+        "cost_price": None,
+        "stock_level": None,
+        "tax_id": None,
+        "product_supplier_id": None,
+        "created_at": "",
+        "updated_at": "",
+        "archived_at": None,
+    }
+
+
+def product_names(rng: random.Random, count: int, taken: Collection[str] = ()) -> list[str]:
+    """`count` distinct catalogue names, none of them in `taken`, in a seeded order."""
+    names = [f"{item} {variant}{pack}" for pack in _PACKS for item, variants in _ITEMS for variant in variants]
+    rng.shuffle(names)
+    chosen = [name for name in names if name not in taken][:count]
+    extra = 2
+    while len(chosen) < count:  # more than the catalogue has: numbered repeats, still distinct
+        chosen += [f"{name} #{extra}" for name in names if f"{name} #{extra}" not in taken][: count - len(chosen)]
+        extra += 1
+    return chosen
+
+
+def ordinary_product(gen: _Gen, name: str, taxes: dict[str, str], suppliers: list[str]) -> dict[str, Any]:
+    """An everyday retail product: mostly GST, prices entered either way, a supplier and a stock level. `taxes`
+    maps tax names (GST, GST_FREE) to ids; a missing one means no tax."""
+    rng = gen.rng
+    price = decimal_text(Decimal(rng.choice(PRODUCT_PRICES)))  # as Cliniko stores it, so a PATCH of it is no change
+    created, updated = gen.timestamps()
+    record = blank_product()
+    record.update(
+        id=gen.new_id(),
+        name=name,
+        item_code=f"SKU-{rng.randrange(10000, 99999)}" if rng.random() < 0.9 else None,
+        serial_number=f"SN{rng.randrange(10**7):07d}" if rng.random() < 0.1 else None,
+        notes=rng.choice(_NOTES),
+        price=price,
+        price_includes_tax=rng.random() < 0.6,
+        cost_price=_cost_of(price) if rng.random() < 0.8 else None,
+        stock_level=decimal_text(Decimal(rng.randrange(0, 60))) if rng.random() < 0.9 else None,
+        tax_id=rng.choices((taxes.get(GST), taxes.get(GST_FREE), None), weights=(7, 2, 1))[0],
+        product_supplier_id=rng.choice(suppliers) if suppliers and rng.random() < 0.9 else None,
+        created_at=created,
+        updated_at=updated,
+    )
+    return record
+
+
+def _cost_of(price: str) -> str:
+    return decimal_text((Decimal(price) * Decimal("0.45")).quantize(Decimal("0.01")))
+
+
+def seed_products(n: int = DEFAULT_PRODUCTS, seed: int = 1) -> ProductSeed:
+    """At least `n` products (the named PRODUCT_CASES among ordinary ones, in creation order), four suppliers,
+    the taxes GST (10.0) and GST Free (0.0), and stock adjustments that add up to each stocked product's level.
+    Deterministic by `seed`, from its own random stream (the patients of a profile do not change)."""
+    gen = _Gen(seed * 15_485_863 + 101)
+    suppliers = [_catalogue_entry(gen, name=name) for name in SUPPLIER_NAMES]
+    taxes = [_catalogue_entry(gen, name=name, rate=rate) for name, rate in _TAX_RATES.items()]
+    tax_ids = {tax["name"]: tax["id"] for tax in taxes}
+    supplier_ids = [supplier["id"] for supplier in suppliers]
+    named = _named_products(gen, tax_ids, supplier_ids)
+    taken = {record["name"] for _, record in named}
+    ordinary = [
+        ordinary_product(gen, name, tax_ids, supplier_ids)
+        for name in product_names(gen.rng, max(n - len(named), 3), taken)
+    ]
+    for record in ordinary:
+        if gen.rng.random() < 0.03:
+            record["archived_at"] = record["updated_at"]  # restamped to the record's last update below
+    products, cases = _interleave(gen, named, ordinary)
+    adjustments = [
+        adjustment
+        for product in products
+        for adjustment in _stock_history(gen, product, heavy=cases.get(product["id"]) == "stock_adjusted")
+    ]
+    return ProductSeed(products, suppliers, taxes, adjustments, cases)
+
+
+def _catalogue_entry(gen: _Gen, **fields: Any) -> dict[str, Any]:
+    created, updated = gen.timestamps()
+    return {"id": gen.new_id(), **fields, "created_at": created, "updated_at": updated}
+
+
+def _named_products(gen: _Gen, taxes: dict[str, str], suppliers: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    named: list[tuple[str, dict[str, Any]]] = []
+
+    def add(case: str, name: str, price: str, **fields: Any) -> None:
+        record = ordinary_product(gen, name, taxes, suppliers)
+        entered = decimal_text(Decimal(price))
+        record.update(price=entered, price_includes_tax=True, cost_price=_cost_of(price), stock_level="10.0")
+        record.update(tax_id=taxes[GST], product_supplier_id=suppliers[0])
+        record.update(fields)
+        named.append((case, record))
+
+    long_name = "Custom-moulded full-length orthotic insoles with metatarsal dome, medial arch post and heel cup"
+    # Exactly 255 characters, ending in a full stop rather than a space a client might trim.
+    long_name = (long_name + "; casting, fitting and one review included" * 5)[:254].rstrip().ljust(254, ".") + "."
+    add("gst_inclusive_3dp", "Premium foam roller 90 cm", "90.00")
+    add("gst_exclusive", "Lumbar support cushion", "40.00", price_includes_tax=False)
+    add("gst_free", "Adjustable walking stick", "35.00", tax_id=taxes[GST_FREE])
+    add("no_tax", "Gift voucher $50", "50.00", tax_id=None, stock_level=None, cost_price=None)
+    add("zero_price", "Printed home exercise program", "0.00", cost_price="0.0")
+    add("name_255", long_name, "249.00")
+    add("unicode_accents", "Crème de massage à l'arnica — 250 ml", "24.95")
+    add("unicode_cjk", "指圧マッサージボール（大）", "18.00")
+    add("unicode_emoji", "Reusable ice pack ❄️ 🧊", "16.50")
+    add("same_name_1", "Therapy putty – medium", "12.95", product_supplier_id=suppliers[1])
+    add("same_name_2", "Therapy putty – medium", "14.50", product_supplier_id=suppliers[2], item_code="TP-MED-2")
+    # Archive times are placeholders; _restamp_in_order moves them to the record's last update.
+    add("archived", "TENS unit (discontinued model)", "129.00", archived_at="2024-01-01T00:00:00Z")
+    add("no_supplier", "Clinic water bottle", "15.00", product_supplier_id=None)
+    add("untracked_stock", "Exercise band roll, cut to length (per metre)", "6.50", stock_level=None)
+    add("stock_adjusted", "Kinesiology tape 5 cm × 5 m pink", "19.95", stock_level="19.0")
+    add("stripe_name_match", "Cervical contour pillow", "79.95")
+    add("stripe_linked_earlier", "Posture corrector brace", "45.00")
+    return named
+
+
+def _stock_history(gen: _Gen, product: dict[str, Any], *, heavy: bool) -> list[dict[str, Any]]:
+    """Adjustments dated within the product's life, summing to its stock level (none for untracked stock)."""
+    if product["stock_level"] is None:
+        return []
+    level = Decimal(product["stock_level"])
+    if heavy:  # the stock_adjusted case: 24 bought, 5 sold, 1 damaged, 1 returned = 19
+        moves = [("Stock Purchase", 24), ("Item Sold", -5), ("Damaged", -1), ("Returned", 1)]
+    else:
+        sold = gen.rng.randrange(0, 6)
+        moves = [("Stock Purchase", int(level) + sold)] + ([("Item Sold", -sold)] if sold else [])
+    start = datetime.fromisoformat(product["created_at"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(product["updated_at"].replace("Z", "+00:00"))
+    span = max(int((end - start).total_seconds()), len(moves))
+    offsets = sorted(gen.rng.sample(range(span), len(moves)))
+    history = []
+    for (kind, quantity), offset in zip(moves, offsets, strict=True):
+        stamp = fmt_time(start + timedelta(seconds=offset))
+        history.append(
+            {
+                "id": gen.new_id(),
+                "product_id": product["id"],
+                "adjustment_type": kind,
+                "quantity": decimal_text(Decimal(quantity)),
+                "notes": None if kind != "Damaged" else "Dropped in the clinic.",
+                "created_at": stamp,
+                "updated_at": stamp,
+                "archived_at": None,
+            }
+        )
+    return history
+
+
+def hand_made_stripe_products(catalogue: ProductSeed) -> list[dict[str, Any]]:
+    """Stripe products a clinic made by hand before ClinicSync (no ClinicSync metadata), for the Stripe emulator's
+    admin `seed` (`products`); `sandbox_case` and `expected` annotate them and are not sent."""
+    by_case = {case: next(p for p in catalogue.products if p["id"] == pid) for pid, case in catalogue.cases.items()}
+    same_name = by_case["same_name_1"]["name"]
+    match, linked = by_case["stripe_name_match"], by_case["stripe_linked_earlier"]
+
+    def price(cents: int, **extra: Any) -> dict[str, Any]:
+        return {"currency": "aud", "unit_amount": cents, "tax_behavior": "inclusive", **extra}
+
+    review = "review: two Cliniko products and two Stripe products share this name; nothing linked or created"
+    return [
+        {"name": same_name, "prices": [price(1295, default=True)], "sandbox_case": "same_name", "expected": review},
+        {"name": same_name, "prices": [price(1450, default=True)], "sandbox_case": "same_name", "expected": review},
+        {
+            "name": match["name"],
+            "prices": [price(7500, default=True), price(6995, nickname="Staff price")],
+            "sandbox_case": "stripe_name_match",
+            "expected": PRODUCT_CASES["stripe_name_match"],
+        },
+        {
+            "name": linked["name"],
+            "metadata": {"cliniko_product_id": linked["id"]},
+            "prices": [price(4500, default=True)],
+            "sandbox_case": "stripe_linked_earlier",
+            "expected": PRODUCT_CASES["stripe_linked_earlier"],
+        },
+    ]

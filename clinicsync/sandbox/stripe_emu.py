@@ -1,4 +1,4 @@
-"""A loopback emulator of the slice of Stripe's v1 API that ClinicSync uses: the account and customers.
+"""A loopback emulator of the slice of Stripe's v1 API that ClinicSync uses: the account, customers, products, prices.
 
 It speaks what the official `stripe` SDK sends (form-encoded bodies, `Authorization: Bearer`, an
 `Idempotency-Key` on every POST) and answers with objects shaped like Stripe's own examples
@@ -30,6 +30,38 @@ from typing import Any
 
 from clinicsync import stripe_limits as limits
 from clinicsync.sandbox.http import RateLimit, Request, Response
+from clinicsync.sandbox.stripe_catalog import (
+    PRICE_ENTRY_FIELDS,
+    PRICE_EXPANDABLE,
+    PRODUCT_ENTRY_FIELDS,
+    PRODUCT_EXPANDABLE,
+    Price,
+    Product,
+    price_changes,
+    product_changes,
+)
+from clinicsync.sandbox.stripe_forms import (
+    FieldParser,
+    StripeApiError,
+    apply_metadata,
+    as_boolean,
+    as_integer,
+    as_list,
+    as_string,
+    created_filter,
+    expand_fields,
+    form_value,
+    invalid,
+    list_limit,
+    metadata_update,
+    no_such,
+    one_of,
+    optional_string,
+    parse_fields,
+    parse_form,
+    reject_unknown,
+    unknown_param,
+)
 
 ACCOUNT_A = "acct_sandbox_clinic_a"
 ACCOUNT_B = "acct_sandbox_clinic_b"
@@ -41,6 +73,9 @@ _TAX_EXEMPT = ("none", "exempt", "reverse")
 _IDEMPOTENT_METHODS = frozenset({"POST"})
 # Expansions that name fields the emulator always renders as null: accepted and harmless, as on Stripe.
 _EXPANDABLE = frozenset({"default_source", "test_clock", "invoice_settings.default_payment_method", "discount"})
+_LIST_PARAMS = ("limit", "starting_after", "ending_before", "expand")
+# Seeded objects model data that existed long before: Search sees them at once.
+_LONG_AGO = float("-inf")
 _SUPPORT = "Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
 _GENERIC_500 = (
     "Sorry, something went wrong. We've already been notified of the problem, but if you need any help, "
@@ -99,180 +134,21 @@ def mask_key(key: str) -> str:
     return prefix + "*" * (len(rest) - 4) + rest[-4:]
 
 
-# -- errors -------------------------------------------------------------------------------------------
-
-
-class StripeApiError(Exception):
-    """An error answer; raised anywhere inside a request and turned into Stripe's error body by `handle`."""
-
-    def __init__(
-        self,
-        status: int,
-        type_: str,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-    def body(self, request_id: str, livemode: bool | None) -> dict[str, Any]:
-        error: dict[str, Any] = {"type": self.type}
-        if self.code:
-            error["code"] = self.code
-            error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
-        error["message"] = self.message
-        if self.param:
-            error["param"] = self.param
-        if livemode is not None:  # only once a key told us which dashboard the request belongs to
-            error["request_log_url"] = _log_url(request_id, livemode)
-        return {"error": error}
-
-
-def _log_url(request_id: str, livemode: bool) -> str:
-    return f"https://dashboard.stripe.com/{'' if livemode else 'test/'}logs/{request_id}"
-
-
-def invalid(message: str, param: str | None = None, code: str | None = None) -> StripeApiError:
-    return StripeApiError(400, "invalid_request_error", message, param=param, code=code)
-
-
-def unknown_param(name: str) -> StripeApiError:
-    return invalid(f"Received unknown parameter: {name}", param=name, code="parameter_unknown")
-
-
-def no_such_customer(customer_id: str, param: str = "id", status: int = 404) -> StripeApiError:
-    return StripeApiError(
-        status,
-        "invalid_request_error",
-        f"No such customer: '{customer_id}'",
-        param=param,
-        code="resource_missing",
-    )
-
-
-# -- form decoding ------------------------------------------------------------------------------------
-
-_BRACKETS = re.compile(r"(?:\[[^\[\]]*\])*")
-_SEGMENT = re.compile(r"\[([^\[\]]*)\]")
-
-
-def parse_form(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Turn Stripe's form pairs (`address[line1]`, `expand[0]`, `metadata[k]`) into nested dicts/lists.
-
-    Indexed arrays stay dicts keyed "0", "1", ... here; `as_list` turns them into lists where a list is
-    expected, so a metadata key that happens to be "0" is never mistaken for an array index.
-    """
-    params: dict[str, Any] = {}
-    for raw_key, value in pairs:
-        _reject_nul(raw_key, raw_key)
-        _reject_nul(value, raw_key)
-        name, segments = _split_key(raw_key)
-        _assign(params, raw_key, name, segments, value)
-    return params
-
-
-def _split_key(raw_key: str) -> tuple[str, list[str]]:
-    name, bracket, rest = raw_key.partition("[")
-    if not bracket:
-        return raw_key, []
-    rest = "[" + rest
-    if name == "metadata":
-        # A metadata key may itself contain brackets (which Stripe then rejects with a clear message), so the
-        # key is everything between the first "[" and the last "]" rather than a parsed path.
-        if not rest.endswith("]"):
-            raise unknown_param(raw_key)
-        return name, [rest[1:-1]]
-    if not _BRACKETS.fullmatch(rest):
-        raise unknown_param(raw_key)
-    return name, _SEGMENT.findall(rest)
-
-
-def _assign(params: dict[str, Any], raw_key: str, name: str, segments: list[str], value: str) -> None:
-    node: dict[str, Any] = params
-    key = name
-    for position, segment in enumerate(segments):
-        if segment == "" and name != "metadata":  # "expand[]=x" appends to a list
-            if position != len(segments) - 1:
-                raise invalid(f"Invalid array: {raw_key}", param=raw_key)
-            existing = node.setdefault(key, [])
-            if not isinstance(existing, list):
-                raise invalid(f"Invalid array: {raw_key}", param=raw_key)
-            existing.append(value)
-            return
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise invalid(f"Invalid hash: {raw_key} conflicts with {key}", param=raw_key)
-        node, key = child, segment
-    if isinstance(node.get(key), dict | list):
-        raise invalid(f"Invalid value for {raw_key}: a hash was also given", param=raw_key)
-    node[key] = value
-
-
-def as_list(value: Any, param: str) -> list[Any]:
-    """A list parameter: `x[]=a`, `x[0]=a&x[1]=b`, or `x=""` (empty list)."""
-    if value == "":
-        return []
-    if isinstance(value, list):
-        return value
-    if isinstance(value, dict) and all(k.isdigit() for k in value):
-        return [value[k] for k in sorted(value, key=int)]
-    raise invalid(f"Invalid array: {param}", param=param)
-
-
-def _reject_nul(text: str, param: str) -> None:
-    if "\x00" in text:
-        raise invalid(f"Invalid string: {_preview(text)}; must not contain null bytes", param=param)
-
-
-def _preview(text: str) -> str:
-    shown = text.replace("\x00", "\\u0000")
-    return shown if len(shown) <= 10 else shown[:10] + "..."
-
-
-# -- field validation ---------------------------------------------------------------------------------
+# -- customer parameters ------------------------------------------------------------------------------
 
 _EMAIL = re.compile(r"^[^\s@]+@[^\s@.]+(?:\.[^\s@.]+)+$")
 
 
-def _string(value: Any, param: str, cap_name: str | None = None) -> str:
-    if not isinstance(value, str):
-        raise invalid(f"Invalid string: {json.dumps(value)}", param=param)
-    cap = limits.CUSTOMER_FIELD_MAX_CHARS.get(cap_name or param)
-    if cap is not None and len(value) > cap:
-        raise invalid(f"Invalid string: {_preview(value)}; must be at most {cap} characters", param=param)
-    return value
+def _text(value: Any, param: str, cap_name: str | None = None) -> str | None:
+    """A customer string: "" unsets it; the cap is the customer's, by field name (dotted for address parts)."""
+    return optional_string(value, param, limits.CUSTOMER_FIELD_MAX_CHARS.get(cap_name or param))
 
 
-def _optional_string(value: Any, param: str, cap_name: str | None = None) -> str | None:
-    """Stripe's convention: an empty string unsets the field."""
-    text = _string(value, param, cap_name)
-    return text or None
-
-
-def _email(value: Any) -> str | None:
-    email = _optional_string(value, "email")
+def _email(value: Any, param: str) -> str | None:
+    email = _text(value, param)
     if email is not None and not _EMAIL.match(email):
-        raise invalid(f"Invalid email address: {email}", param="email", code="email_invalid")
+        raise invalid(f"Invalid email address: {email}", param=param, code="email_invalid")
     return email
-
-
-def _integer(value: Any, param: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if not isinstance(value, str) or not re.fullmatch(r"-?\d+", value):
-        raise invalid(f"Invalid integer: {value if isinstance(value, str) else json.dumps(value)}", param=param)
-    number = int(value)
-    if minimum is not None and number < minimum:
-        raise invalid(f"This value must be greater than or equal to {minimum}.", param=param)
-    if maximum is not None and number > maximum:
-        raise invalid(f"This value must be less than or equal to {maximum}.", param=param)
-    return number
 
 
 def _address(value: Any, param: str) -> dict[str, str | None] | None:
@@ -285,130 +161,57 @@ def _address(value: Any, param: str) -> dict[str, str | None] | None:
             raise unknown_param(f"{param}[{sub}]")
     # The whole address is replaced (unsent subfields become null) — the conservative reading of Stripe.
     return {
-        sub: _optional_string(value[sub], f"{param}[{sub}]", f"address.{sub}") if sub in value else None
-        for sub in _ADDRESS_FIELDS
+        sub: _text(value[sub], f"{param}[{sub}]", f"address.{sub}") if sub in value else None for sub in _ADDRESS_FIELDS
     }
 
 
-def _shipping(value: Any) -> dict[str, Any] | None:
+def _shipping(value: Any, param: str) -> dict[str, Any] | None:
     if value == "":
         return None
     if not isinstance(value, dict):
-        raise invalid("Invalid hash: shipping", param="shipping")
+        raise invalid(f"Invalid hash: {param}", param=param)
     for sub in value:
         if sub not in ("name", "phone", "address"):
-            raise unknown_param(f"shipping[{sub}]")
+            raise unknown_param(f"{param}[{sub}]")
     for required in ("name", "address"):
         if not value.get(required):
-            raise invalid(f"Missing required param: shipping[{required}].", param=f"shipping[{required}]")
+            raise invalid(f"Missing required param: {param}[{required}].", param=f"{param}[{required}]")
     return {
-        "address": _address(value["address"], "shipping[address]"),
-        "name": _string(value["name"], "shipping[name]", "name"),
-        "phone": _optional_string(value["phone"], "shipping[phone]", "phone") if "phone" in value else None,
+        "address": _address(value["address"], f"{param}[address]"),
+        "name": as_string(value["name"], f"{param}[name]", limits.CUSTOMER_FIELD_MAX_CHARS["name"]),
+        "phone": _text(value["phone"], f"{param}[phone]", "phone") if "phone" in value else None,
     }
 
 
-def _metadata_update(value: Any) -> dict[str, str | None] | None:
-    """Parsed `metadata` param: None = clear all; else key -> new value, or None to delete that key."""
-    if value == "":
-        return None
-    if not isinstance(value, dict):
-        raise invalid("Invalid hash: metadata", param="metadata")
-    update: dict[str, str | None] = {}
-    for key, item in value.items():
-        param = f"metadata[{key}]"
-        if not key:
-            raise invalid("Metadata keys must not be empty.", param=param)
-        if any(ch in key for ch in limits.METADATA_KEY_FORBIDDEN_CHARS):
-            raise invalid(f"Metadata keys can't contain square brackets ('[' or ']'): {key}", param=param)
-        if len(key) > limits.METADATA_KEY_MAX_CHARS:
-            raise invalid(
-                f"Metadata keys can have up to {limits.METADATA_KEY_MAX_CHARS} characters, "
-                f"but you passed in a key with {len(key)} characters.",
-                param=param,
-            )
-        if not isinstance(item, str):
-            raise invalid(f"Invalid string: {json.dumps(item)}; metadata values must be strings", param=param)
-        if len(item) > limits.METADATA_VALUE_MAX_CHARS:
-            raise invalid(
-                f"Metadata values can have up to {limits.METADATA_VALUE_MAX_CHARS} characters, "
-                f"but you passed in a value with {len(item)} characters.",
-                param=param,
-            )
-        update[key] = item or None
-    return update
-
-
-def apply_metadata(current: dict[str, str], update: dict[str, str | None] | None) -> dict[str, str]:
-    if update is None:
-        return {}
-    merged = dict(current)
-    for key, item in update.items():
-        if item is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = item
-    if len(merged) > limits.METADATA_MAX_KEYS:
-        raise invalid(
-            f"Metadata can have up to {limits.METADATA_MAX_KEYS} keys, but this request would leave {len(merged)}.",
-            param="metadata",
-        )
-    return merged
-
-
-def _expand(params: dict[str, Any], allowed: frozenset[str]) -> list[str]:
-    if "expand" not in params:
-        return []
-    fields = as_list(params["expand"], "expand")
-    for item in fields:
-        if not isinstance(item, str) or item not in allowed:
-            raise invalid(f"This property cannot be expanded ({item}).", param="expand")
-    return fields
-
-
-def _reject_unknown(params: dict[str, Any], allowed: Iterable[str]) -> None:
-    allowed_set = set(allowed)
-    for name in params:
-        if name not in allowed_set:
-            raise unknown_param(name)
-
-
-# Each writable customer parameter -> a parser giving the field's new value ("" already means unset).
-_CUSTOMER_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "address": lambda v: _address(v, "address"),
-    "balance": lambda v: _integer(v, "balance"),
-    "description": lambda v: _optional_string(v, "description"),
-    "email": _email,
-    "invoice_prefix": lambda v: _invoice_prefix(v),
-    "metadata": _metadata_update,
-    "name": lambda v: _optional_string(v, "name"),
-    "next_invoice_sequence": lambda v: _integer(v, "next_invoice_sequence", minimum=1),
-    "phone": lambda v: _optional_string(v, "phone"),
-    "preferred_locales": lambda v: [_string(x, "preferred_locales") for x in as_list(v, "preferred_locales")],
-    "shipping": _shipping,
-    "tax_exempt": lambda v: _tax_exempt(v),
-}
-
-
-def _invoice_prefix(value: Any) -> str:
-    prefix = _string(value, "invoice_prefix")
+def _invoice_prefix(value: Any, param: str) -> str:
+    prefix = as_string(value, param)
     if not re.fullmatch(r"[A-Z0-9]{3,12}", prefix):
-        raise invalid("Invoice prefix must be 3 to 12 uppercase letters or numbers.", param="invoice_prefix")
+        raise invalid("Invoice prefix must be 3 to 12 uppercase letters or numbers.", param=param)
     return prefix
 
 
-def _tax_exempt(value: Any) -> str:
-    text = _string(value, "tax_exempt")
-    if text not in _TAX_EXEMPT:
-        raise invalid(f"Invalid tax_exempt: must be one of {', '.join(_TAX_EXEMPT)}", param="tax_exempt")
-    return text
+# Each writable customer parameter -> a parser giving the field's new value ("" already means unset).
+_CUSTOMER_FIELDS: dict[str, FieldParser] = {
+    "address": _address,
+    "balance": as_integer,
+    "description": _text,
+    "email": _email,
+    "invoice_prefix": _invoice_prefix,
+    "metadata": metadata_update,
+    "name": _text,
+    "next_invoice_sequence": lambda v, p: as_integer(v, p, minimum=1),
+    "phone": _text,
+    "preferred_locales": lambda v, p: [as_string(x, p) for x in as_list(v, p)],
+    "shipping": _shipping,
+    "tax_exempt": lambda v, p: one_of(v, p, _TAX_EXEMPT),
+}
 
 
 def customer_changes(params: dict[str, Any]) -> dict[str, Any]:
     """Validate create/update params; the result maps customer fields to new values (metadata as an update)."""
-    _reject_unknown(params, [*_CUSTOMER_FIELDS, "expand"])
-    _expand(params, _EXPANDABLE)
-    return {name: parse(params[name]) for name, parse in _CUSTOMER_FIELDS.items() if name in params}
+    reject_unknown(params, [*_CUSTOMER_FIELDS, "expand"])
+    expand_fields(params, _EXPANDABLE)
+    return parse_fields(params, _CUSTOMER_FIELDS)
 
 
 # -- the data -----------------------------------------------------------------------------------------
@@ -479,30 +282,54 @@ def _copy_shipping(shipping: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**shipping, "address": dict(address) if address is not None else None}
 
 
+# Every object the emulator keeps: immutable versions with an id, a `changed_at` and a `deleted` flag.
+StripeObject = Customer | Product | Price
+
+
 class _Record:
-    """A customer's versions (oldest first, pruned as Search catches up) and its creation position."""
+    """An object's versions (oldest first, pruned as Search catches up) and its creation position."""
 
     __slots__ = ("seq", "versions")
 
-    def __init__(self, seq: int, first: Customer) -> None:
+    def __init__(self, seq: int, first: StripeObject) -> None:
         self.seq = seq
-        self.versions = [first]
+        self.versions: list[StripeObject] = [first]
 
     @property
-    def current(self) -> Customer:
+    def current(self) -> Any:
         return self.versions[-1]
 
-    def push(self, version: Customer, index_horizon: float) -> None:
+    def push(self, version: StripeObject, index_horizon: float) -> None:
         self.versions.append(version)
         # Keep only what Search can still see: the newest version at/before the horizon and anything newer.
         while len(self.versions) > 1 and self.versions[1].changed_at <= index_horizon:
             self.versions.pop(0)
 
-    def visible_at(self, horizon: float) -> Customer | None:
+    def visible_at(self, horizon: float) -> Any:
         for version in reversed(self.versions):
             if version.changed_at <= horizon:
                 return None if version.deleted else version
         return None
+
+
+@dataclass
+class _Table:
+    """One kind of object in a scope, by id and in creation order (`order[record.seq] == id`)."""
+
+    kind: str  # as Stripe names it in messages: "customer", "product", "price"
+    records: dict[str, _Record] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+    def seq_of(self, object_id: str) -> int:
+        return self.records[object_id].seq
+
+    def current(self, object_id: str) -> Any:
+        record = self.records.get(object_id)
+        return None if record is None else record.current
+
+    def insert(self, obj: StripeObject) -> None:
+        self.records[obj.id] = _Record(len(self.order), obj)
+        self.order.append(obj.id)
 
 
 @dataclass
@@ -520,19 +347,22 @@ class _Scope:
 
     account: str
     livemode: bool
-    records: dict[str, _Record] = field(default_factory=dict)
-    order: list[str] = field(default_factory=list)  # ids in creation order; order[record.seq] == id
-    by_email: dict[str, list[str]] = field(default_factory=dict)  # exact email -> live ids by creation
+    customers: _Table = field(default_factory=lambda: _Table("customer"))
+    products: _Table = field(default_factory=lambda: _Table("product"))
+    prices: _Table = field(default_factory=lambda: _Table("price"))
+    by_email: dict[str, list[str]] = field(default_factory=dict)  # exact email -> live customer ids by creation
+    prices_by_product: dict[str, list[str]] = field(default_factory=dict)  # product id -> price ids by creation
+    lookup_keys: dict[str, str] = field(default_factory=dict)  # lookup key -> the one price holding it
     prefixes: set[str] = field(default_factory=set)
     saved: OrderedDict[str, _Saved] = field(default_factory=OrderedDict)  # idempotency key -> response
     in_flight: set[str] = field(default_factory=set)
 
-    def seq_of(self, customer_id: str) -> int:
-        return self.records[customer_id].seq
+    def table(self, kind: str) -> _Table:
+        return {"customer": self.customers, "product": self.products, "price": self.prices}[kind]
 
     def index_email(self, customer_id: str, email: str | None) -> None:
         if email is not None:
-            bisect.insort(self.by_email.setdefault(email, []), customer_id, key=self.seq_of)
+            bisect.insort(self.by_email.setdefault(email, []), customer_id, key=self.customers.seq_of)
 
     def unindex_email(self, customer_id: str, email: str | None) -> None:
         ids = self.by_email.get(email or "")
@@ -544,7 +374,12 @@ class _Scope:
 
 # -- search query language ----------------------------------------------------------------------------
 
-_STRING_FIELDS = frozenset({"email", "name", "phone"})
+# The fields Search takes for each resource (besides `created` and `metadata['key']`), and their kind.
+SEARCH_FIELDS: dict[str, dict[str, str]] = {
+    "customer": {"email": "string", "name": "string", "phone": "string"},
+    "product": {"active": "boolean", "description": "string", "name": "string", "url": "string"},
+    "price": {"active": "boolean", "currency": "string", "lookup_key": "string", "product": "string", "type": "string"},
+}
 _SEARCH_MAX_CLAUSES = 10
 _CLAUSE = re.compile(
     r"""(?P<neg>-)?
@@ -558,23 +393,25 @@ _CONJUNCTION = re.compile(r"\s+(?:(AND|OR)\s+)?", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Clause:
-    field: str  # "email", "name", "phone", "created" or "metadata"
+    field: str  # one of the resource's SEARCH_FIELDS, "created" or "metadata"
     op: str
     value: str
     negate: bool = False
     metadata_key: str | None = None
 
-    def matches(self, customer: Customer) -> bool:
-        return self._test(customer) != self.negate
+    def matches(self, obj: StripeObject) -> bool:
+        return self._test(obj) != self.negate
 
-    def _test(self, customer: Customer) -> bool:
+    def _test(self, obj: StripeObject) -> bool:
         if self.field == "created":
-            return _compare(customer.created, self.op, int(self.value))
+            return _compare(obj.created, self.op, int(self.value))
         if self.field == "metadata":
-            return customer.metadata.get(self.metadata_key or "") == self.value
-        actual = getattr(customer, self.field)
+            return obj.metadata.get(self.metadata_key or "") == self.value
+        actual = getattr(obj, self.field)
         if actual is None:
             return False
+        if isinstance(actual, bool):
+            return self.value == ("true" if actual else "false")
         # Stripe's string fields match case-insensitively; `~` is a substring match.
         if self.op == "~":
             return self.value.casefold() in actual.casefold()
@@ -595,8 +432,8 @@ def _query_error(detail: str) -> StripeApiError:
     return invalid(f"Invalid search query: {detail}", param="query")
 
 
-def parse_search_query(query: str) -> tuple[str, list[Clause]]:
-    """Parse Stripe's Search query language (the customer subset); returns ("AND"|"OR", clauses)."""
+def parse_search_query(query: str, kind: str = "customer") -> tuple[str, list[Clause]]:
+    """Parse Stripe's Search query language (the subset for `kind`'s SEARCH_FIELDS); returns ("AND"|"OR", clauses)."""
     text = query.strip()
     if not text:
         raise _query_error("the query is empty.")
@@ -607,7 +444,7 @@ def parse_search_query(query: str) -> tuple[str, list[Clause]]:
         match = _CLAUSE.match(text, pos)
         if match is None:
             raise _query_error(f"could not parse the query at position {pos}: {text[pos : pos + 30]!r}.")
-        clauses.append(_clause(match))
+        clauses.append(_clause(match, kind))
         pos = match.end()
         if pos == len(text):
             break
@@ -623,7 +460,7 @@ def parse_search_query(query: str) -> tuple[str, list[Clause]]:
     return (joins.pop() if joins else "AND"), clauses
 
 
-def _clause(match: re.Match[str]) -> Clause:
+def _clause(match: re.Match[str], kind: str) -> Clause:
     op = match.group("op")
     negate = bool(match.group("neg"))
     string_value = match.group("sval")
@@ -638,8 +475,13 @@ def _clause(match: re.Match[str]) -> Clause:
         if op == "~" or match.group("num") is None:
             raise _query_error("created takes a number with ':', '>', '<', '>=' or '<='.")
         return Clause(name, op, match.group("num"), negate)
-    if name not in _STRING_FIELDS:
-        raise _query_error(f"field `{name}` is an unsupported search field for resource `customers`.")
+    field_kind = SEARCH_FIELDS[kind].get(name)
+    if field_kind is None:
+        raise _query_error(f"field `{name}` is an unsupported search field for resource `{kind}s`.")
+    if field_kind == "boolean":
+        if op != ":" or string_value not in ("true", "false"):
+            raise _query_error(f"{name} takes 'true' or 'false' with ':'.")
+        return Clause(name, op, string_value, negate)
     if op not in (":", "~") or string_value is None:
         raise _query_error(f"{name} takes a quoted string with ':' or '~'.")
     if op == "~" and len(string_value) < 3:
@@ -794,22 +636,12 @@ class StripeEmulator:
 
     def _route(self, request: Request) -> tuple[Handler, str | None]:
         method, path = request.method.upper(), request.path
-        fixed: dict[tuple[str, str], Handler] = {
-            ("GET", "/v1/account"): StripeEmulator._get_account,
-            ("GET", "/v1/customers"): StripeEmulator._list_customers,
-            ("POST", "/v1/customers"): StripeEmulator._create_customer,
-            ("GET", "/v1/customers/search"): StripeEmulator._search_customers,
-        }
-        if (method, path) in fixed:
-            return fixed[(method, path)], None
-        match = re.fullmatch(r"/v1/customers/([^/]+)", path)
-        per_id: dict[str, Handler] = {
-            "GET": StripeEmulator._retrieve_customer,
-            "POST": StripeEmulator._update_customer,
-            "DELETE": StripeEmulator._delete_customer,
-        }
+        if (method, path) in _ROUTES:
+            return _ROUTES[(method, path)], None
+        match = _OBJECT_PATH.fullmatch(path)
+        per_id = _OBJECT_ROUTES.get(match.group(1), {}) if match else {}
         if match and method in per_id:
-            return per_id[method], match.group(1)
+            return per_id[method], match.group(2)
         raise StripeApiError(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}). {_SUPPORT}")
 
     def _authorize(self, key: ApiKey, request: Request, handler: Handler) -> None:
@@ -817,7 +649,8 @@ class StripeEmulator:
         if handler is StripeEmulator._get_account:
             needed = None if key.can_read_account else "rak_account_read"
         elif request.method.upper() != "GET":
-            needed = None if key.can_write else "rak_customer_write"
+            resource = request.path.split("/")[2]  # "customers", "products", "prices"
+            needed = None if key.can_write else f"rak_{resource.removesuffix('s')}_write"
         else:
             needed = None
         if needed is not None:
@@ -915,9 +748,76 @@ class StripeEmulator:
     # -- account -------------------------------------------------------------------------------------
 
     def _get_account(self, call: _Call) -> Response:
-        _reject_unknown(call.params, ["expand"])
-        _expand(call.params, frozenset())
+        reject_unknown(call.params, ["expand"])
+        expand_fields(call.params, frozenset())
         return Response(200, account_object(call.key.account))
+
+    # -- objects of every kind ----------------------------------------------------------------------
+
+    def _find(self, scope: _Scope, kind: str, object_id: str, param: str = "id", status: int = 404) -> Any:
+        """The current version of an object (possibly a deleted one), or Stripe's "No such ..." error, with its
+        hint when the id exists in the other mode of the same account."""
+        found = scope.table(kind).current(object_id)
+        if found is not None:
+            return found
+        other = self._scopes.get((scope.account, not scope.livemode))
+        if other is not None and object_id in other.table(kind).records:
+            used, exists = ("live", "test") if scope.livemode else ("test", "live")
+            raise StripeApiError(
+                status,
+                "invalid_request_error",
+                f"No such {kind}: '{object_id}'; a similar object exists in {exists} mode, "
+                f"but a {used} mode key was used to make this request.",
+                param=param,
+                code="resource_missing",
+            )
+        raise no_such(kind, object_id, param=param, status=status)
+
+    def _live(self, scope: _Scope, kind: str, object_id: str, param: str = "id", status: int = 404) -> Any:
+        found = self._find(scope, kind, object_id, param, status)
+        if found.deleted:
+            raise no_such(kind, object_id, param=param, status=status)
+        return found
+
+    def _change(self, scope: _Scope, kind: str, obj: Any, changes: dict[str, Any], changed_at: float) -> Any:
+        """A new current version of `obj`; Search keeps seeing the old one until the delay has passed."""
+        if "metadata" in changes:
+            changes["metadata"] = apply_metadata(obj.metadata, changes["metadata"])
+        updated = dataclasses.replace(obj, changed_at=changed_at, **changes)
+        scope.table(kind).records[obj.id].push(updated, changed_at - self.search_delay_s)
+        return updated
+
+    def _remove(self, scope: _Scope, kind: str, obj: Any, now: float) -> None:
+        gone = dataclasses.replace(obj, changed_at=now, deleted=True)
+        scope.table(kind).records[obj.id].push(gone, now - self.search_delay_s)
+        if kind == "customer":
+            scope.unindex_email(obj.id, obj.email)
+
+    def _render(self, scope: _Scope, obj: Any, expand: Iterable[str] = ()) -> dict[str, Any]:
+        """An object as the API returns it, with its expandable ids replaced by the objects they name."""
+        wanted = {name.removeprefix("data.") for name in expand}
+        body: dict[str, Any] = obj.render()
+        if isinstance(obj, Product) and "default_price" in wanted and obj.default_price:
+            body["default_price"] = scope.prices.records[obj.default_price].current.render()
+        if isinstance(obj, Price) and "product" in wanted:
+            body["product"] = scope.products.records[obj.product].current.render()
+        return body
+
+    def _retrieve(self, call: _Call, kind: str, expandable: frozenset[str]) -> Response:
+        reject_unknown(call.params, ["expand"])
+        expand = expand_fields(call.params, expandable)
+        return Response(200, self._render(call.scope, self._live(call.scope, kind, call.ident or ""), expand))
+
+    def _written(self, call: _Call, obj: Any, expandable: frozenset[str]) -> Response:
+        """The answer to a create or update that changed `obj`, expanded as the request asked."""
+        expand = expand_fields(call.params, expandable)
+        return Response(200, self._render(call.scope, obj, expand), mutated=True)
+
+    def _new_id(self, table: _Table, prefix: str, length: int = 14) -> str:
+        while True:
+            object_id = prefix + self._random(length)
+            if object_id not in table.records:
+                return object_id
 
     # -- customers -----------------------------------------------------------------------------------
 
@@ -927,50 +827,28 @@ class StripeEmulator:
         return Response(200, customer.render(), mutated=True)
 
     def _retrieve_customer(self, call: _Call) -> Response:
-        _reject_unknown(call.params, ["expand"])
-        _expand(call.params, _EXPANDABLE)
-        customer = self._find(call.scope, call.ident or "")
+        reject_unknown(call.params, ["expand"])
+        expand_fields(call.params, _EXPANDABLE)
+        customer = self._find(call.scope, "customer", call.ident or "")
         return Response(200, customer.render_deleted() if customer.deleted else customer.render())
 
     def _update_customer(self, call: _Call) -> Response:
         changes = customer_changes(call.params)
-        customer = self._find(call.scope, call.ident or "")
-        if customer.deleted:
-            raise no_such_customer(customer.id)
-        updated = self._change(call.scope, customer, changes, self.clock())
+        customer = self._live(call.scope, "customer", call.ident or "")
+        updated = self._change_customer(call.scope, customer, changes, self.clock())
         return Response(200, updated.render(), mutated=True)
 
     def _delete_customer(self, call: _Call) -> Response:
-        _reject_unknown(call.params, [])
-        customer = self._find(call.scope, call.ident or "")
-        if customer.deleted:
-            raise no_such_customer(customer.id)
-        self._remove(call.scope, customer, self.clock())
+        reject_unknown(call.params, [])
+        customer = self._live(call.scope, "customer", call.ident or "")
+        self._remove(call.scope, "customer", customer, self.clock())
         return Response(200, customer.render_deleted(), mutated=True)
-
-    def _find(self, scope: _Scope, customer_id: str) -> Customer:
-        record = scope.records.get(customer_id)
-        if record is not None:
-            return record.current
-        other = self._scopes.get((scope.account, not scope.livemode))
-        if other is not None and customer_id in other.records:
-            used, exists = ("live", "test") if scope.livemode else ("test", "live")
-            raise StripeApiError(
-                404,
-                "invalid_request_error",
-                f"No such customer: '{customer_id}'; a similar object exists in {exists} mode, "
-                f"but a {used} mode key was used to make this request.",
-                param="id",
-                code="resource_missing",
-            )
-        raise no_such_customer(customer_id)
 
     def _insert(self, scope: _Scope, changes: dict[str, Any], changed_at: float, created: int | None) -> Customer:
         metadata = apply_metadata({}, changes.pop("metadata", {}))
         prefix = changes.pop("invoice_prefix", None) or self._new_prefix(scope)
-        customer_id = self._new_customer_id(scope)
         customer = Customer(
-            id=customer_id,
+            id=self._new_id(scope.customers, "cus_"),
             livemode=scope.livemode,
             created=int(self.clock()) if created is None else created,
             invoice_prefix=prefix,
@@ -979,98 +857,297 @@ class StripeEmulator:
             **changes,
         )
         scope.prefixes.add(prefix)
-        scope.records[customer_id] = _Record(len(scope.order), customer)
-        scope.order.append(customer_id)
-        scope.index_email(customer_id, customer.email)
+        scope.customers.insert(customer)
+        scope.index_email(customer.id, customer.email)
         return customer
 
-    def _change(self, scope: _Scope, customer: Customer, changes: dict[str, Any], now: float) -> Customer:
-        if "metadata" in changes:
-            changes["metadata"] = apply_metadata(customer.metadata, changes["metadata"])
-        updated = dataclasses.replace(customer, changed_at=now, **changes)
-        scope.records[customer.id].push(updated, now - self.search_delay_s)
+    def _change_customer(self, scope: _Scope, customer: Customer, changes: dict[str, Any], now: float) -> Customer:
+        updated: Customer = self._change(scope, "customer", customer, changes, now)
         if updated.email != customer.email:
             scope.unindex_email(customer.id, customer.email)
             scope.index_email(customer.id, updated.email)
         return updated
 
-    def _remove(self, scope: _Scope, customer: Customer, now: float) -> None:
-        gone = dataclasses.replace(customer, changed_at=now, deleted=True)
-        scope.records[customer.id].push(gone, now - self.search_delay_s)
-        scope.unindex_email(customer.id, customer.email)
-
-    # -- listing -------------------------------------------------------------------------------------
-
     def _list_customers(self, call: _Call) -> Response:
         params = call.params
-        _reject_unknown(params, ["limit", "starting_after", "ending_before", "email", "created", "expand"])
-        _expand(params, frozenset(f"data.{name}" for name in _EXPANDABLE))
-        limit = _limit(params)
-        created = _created_filter(params.get("created"))
+        reject_unknown(params, [*_LIST_PARAMS, "email", "created"])
+        expand = expand_fields(params, frozenset(f"data.{name}" for name in _EXPANDABLE))
+        created = created_filter(params.get("created"))
         scope = call.scope
+        if "email" in params:
+            candidates = scope.by_email.get(as_string(params["email"], "email"), [])
+        else:
+            candidates = scope.customers.order
+        return self._list(call, scope.customers, candidates, lambda c: created(c.created), expand, "/v1/customers")
+
+    def _search_customers(self, call: _Call) -> Response:
+        return self._search(call, "customer", _EXPANDABLE)
+
+    # -- products ------------------------------------------------------------------------------------
+
+    def _create_product(self, call: _Call) -> Response:
+        changes = product_changes(call.params, creating=True)
+        price_data = changes.pop("default_price_data", None)
+        prices = [(price_data, True)] if price_data is not None else []
+        product = self._new_product(call.scope, changes, prices, self.clock())
+        return self._written(call, product, PRODUCT_EXPANDABLE)
+
+    def _retrieve_product(self, call: _Call) -> Response:
+        return self._retrieve(call, "product", PRODUCT_EXPANDABLE)
+
+    def _update_product(self, call: _Call) -> Response:
+        changes = product_changes(call.params, creating=False)
+        product = self._live(call.scope, "product", call.ident or "")
+        return self._written(call, self._change_product(call.scope, product, changes, self.clock()), PRODUCT_EXPANDABLE)
+
+    def _delete_product(self, call: _Call) -> Response:
+        reject_unknown(call.params, [])
+        product = self._live(call.scope, "product", call.ident or "")
+        if call.scope.prices_by_product.get(product.id):
+            raise invalid("This product cannot be deleted because it has one or more user-created prices.")
+        self._remove(call.scope, "product", product, self.clock())
+        return Response(200, product.render_deleted(), mutated=True)
+
+    def _new_product(
+        self,
+        scope: _Scope,
+        changes: dict[str, Any],
+        prices: list[tuple[dict[str, Any], bool]],
+        changed_at: float,
+        created: int | None = None,
+    ) -> Product:
+        """A product and its `prices` ((validated price changes, is the default?), made with it in one step)."""
+        product_id = changes.pop("id", None) or self._new_id(scope.products, "prod_")
+        if product_id in scope.products.records:
+            raise invalid("Product already exists.", param="id", code="resource_already_exists")
+        stamp = int(self.clock()) if created is None else created
+        default = None
+        for price_fields, is_default in prices:
+            price = self._new_price(scope, {**price_fields, "product": product_id}, changed_at, created)
+            default = price.id if is_default else default
+        metadata = apply_metadata({}, changes.pop("metadata", {}))
+        product = Product(
+            id=product_id,
+            livemode=scope.livemode,
+            created=stamp,
+            updated=stamp,
+            changed_at=changed_at,
+            default_price=default,
+            metadata=metadata,
+            **changes,
+        )
+        scope.products.insert(product)
+        return product
+
+    def _change_product(self, scope: _Scope, product: Product, changes: dict[str, Any], changed_at: float) -> Product:
+        default = changes.get("default_price")
+        if default is not None and default != product.default_price:
+            price = self._find(scope, "price", default, param="default_price", status=400)
+            if price.product != product.id:
+                # Our wording: Stripe's exact message for a price of another product is not in our notes.
+                raise invalid(
+                    f"The price {default} belongs to another product ({price.product}); a product's default price "
+                    "must be one of its own prices.",
+                    param="default_price",
+                )
+            if not price.active:
+                raise invalid(
+                    "The price specified is inactive. This field only accepts active prices.", param="default_price"
+                )
+        result: Product = self._change(scope, "product", product, {**changes, "updated": int(self.clock())}, changed_at)
+        return result
+
+    def _list_products(self, call: _Call) -> Response:
+        params = call.params
+        reject_unknown(params, [*_LIST_PARAMS, "active", "created", "ids"])
+        expand = expand_fields(params, frozenset(f"data.{name}" for name in PRODUCT_EXPANDABLE))
+        created = created_filter(params.get("created"))
+        active = as_boolean(params["active"], "active") if "active" in params else None
+        table = call.scope.products
+        candidates = table.order
+        if "ids" in params:
+            wanted = {as_string(item, "ids") for item in as_list(params["ids"], "ids")}
+            candidates = sorted((pid for pid in wanted if pid in table.records), key=table.seq_of)
+
+        def keep(product: Product) -> bool:
+            return created(product.created) and active in (None, product.active)
+
+        return self._list(call, table, candidates, keep, expand, "/v1/products")
+
+    def _search_products(self, call: _Call) -> Response:
+        return self._search(call, "product", PRODUCT_EXPANDABLE)
+
+    # -- prices --------------------------------------------------------------------------------------
+
+    def _create_price(self, call: _Call) -> Response:
+        changes = price_changes(call.params, creating=True)
+        self._live(call.scope, "product", changes["product"], param="product", status=400)
+        return self._written(call, self._new_price(call.scope, changes, self.clock()), PRICE_EXPANDABLE)
+
+    def _retrieve_price(self, call: _Call) -> Response:
+        return self._retrieve(call, "price", PRICE_EXPANDABLE)
+
+    def _update_price(self, call: _Call) -> Response:
+        changes = price_changes(call.params, creating=False)
+        price = self._live(call.scope, "price", call.ident or "")
+        return self._written(call, self._change_price(call.scope, price, changes, self.clock()), PRICE_EXPANDABLE)
+
+    def _new_price(
+        self, scope: _Scope, changes: dict[str, Any], changed_at: float, created: int | None = None
+    ) -> Price:
+        fields = dict(changes)
+        transfer = fields.pop("transfer_lookup_key", False)
+        metadata = apply_metadata({}, fields.pop("metadata", {}))
+        price_id = self._new_id(scope.prices, "price_", 24)
+        if fields.get("lookup_key") is not None:
+            self._claim_lookup_key(scope, fields["lookup_key"], price_id, transfer, changed_at)
+        price = Price(
+            id=price_id,
+            livemode=scope.livemode,
+            created=int(self.clock()) if created is None else created,
+            changed_at=changed_at,
+            metadata=metadata,
+            **fields,
+        )
+        scope.prices.insert(price)
+        scope.prices_by_product.setdefault(price.product, []).append(price.id)
+        return price
+
+    def _change_price(self, scope: _Scope, price: Price, changes: dict[str, Any], changed_at: float) -> Price:
+        """Only what Stripe lets change on a price: the amount, currency and product never reach here."""
+        fields = dict(changes)
+        transfer = fields.pop("transfer_lookup_key", False)
+        behavior = fields.get("tax_behavior", price.tax_behavior)
+        if behavior != price.tax_behavior and price.tax_behavior != "unspecified":
+            # Our wording; Stripe documents the rule ("Once specified as either inclusive or exclusive, it cannot
+            # be changed"), not its message.
+            raise invalid(
+                f"tax_behavior is {price.tax_behavior} and cannot be changed once it is inclusive or exclusive.",
+                param="tax_behavior",
+            )
+        if fields.get("active") is False:
+            product = scope.products.current(price.product)
+            if product is not None and product.default_price == price.id:
+                raise invalid("This price cannot be archived because it is the default price of its product.")
+        new_key = fields.get("lookup_key")
+        if new_key is not None and new_key != price.lookup_key:
+            self._claim_lookup_key(scope, new_key, price.id, transfer, changed_at)
+            if price.lookup_key is not None:
+                scope.lookup_keys.pop(price.lookup_key, None)
+        result: Price = self._change(scope, "price", price, fields, changed_at)
+        return result
+
+    def _claim_lookup_key(self, scope: _Scope, key: str, price_id: str, transfer: bool, changed_at: float) -> None:
+        """A lookup key belongs to one price of the account, active or not; `transfer_lookup_key` moves it."""
+        holder_id = scope.lookup_keys.get(key)
+        if holder_id is not None and holder_id != price_id:
+            if not transfer:
+                raise invalid(f"A price (`{holder_id}`) already uses that lookup key.", param="lookup_key")
+            self._change(scope, "price", scope.prices.records[holder_id].current, {"lookup_key": None}, changed_at)
+        scope.lookup_keys[key] = price_id
+
+    def _list_prices(self, call: _Call) -> Response:
+        params = call.params
+        reject_unknown(params, [*_LIST_PARAMS, "active", "created", "currency", "lookup_keys", "product", "type"])
+        expand = expand_fields(params, frozenset(f"data.{name}" for name in PRICE_EXPANDABLE))
+        created = created_filter(params.get("created"))
+        active = as_boolean(params["active"], "active") if "active" in params else None
+        currency = as_string(params["currency"], "currency").lower() if "currency" in params else None
+        kind = one_of(params["type"], "type", ("one_time", "recurring")) if "type" in params else None
+        scope, table = call.scope, call.scope.prices
+        candidates = table.order
+        if "product" in params:
+            candidates = scope.prices_by_product.get(as_string(params["product"], "product"), [])
+        if "lookup_keys" in params:
+            keys = [as_string(item, "lookup_keys") for item in as_list(params["lookup_keys"], "lookup_keys")]
+            held = {scope.lookup_keys[key] for key in keys if key in scope.lookup_keys}
+            candidates = [pid for pid in candidates if pid in held]
+
+        def keep(price: Price) -> bool:
+            return (
+                created(price.created)
+                and active in (None, price.active)
+                and currency in (None, price.currency)
+                and kind in (None, price.type)
+            )
+
+        return self._list(call, table, candidates, keep, expand, "/v1/prices")
+
+    def _search_prices(self, call: _Call) -> Response:
+        return self._search(call, "price", PRICE_EXPANDABLE)
+
+    # -- listing and search ---------------------------------------------------------------------------
+
+    def _list(
+        self,
+        call: _Call,
+        table: _Table,
+        candidates: list[str],
+        keep: Callable[[Any], bool],
+        expand: list[str],
+        url: str,
+    ) -> Response:
+        """One page, newest first, of the live objects among `candidates` (ids in creation order) that `keep`
+        accepts, with Stripe's `starting_after` / `ending_before` cursors."""
+        params = call.params
+        limit = list_limit(params)
         if "starting_after" in params and "ending_before" in params:
             raise invalid(
                 "You may only specify one of these parameters: ending_before, starting_after.", param="ending_before"
             )
-        if "email" in params:
-            email = _string(params["email"], "email")
-            candidates = scope.by_email.get(email, [])
-        else:
-            candidates = scope.order
 
-        def keep(customer_id: str) -> bool:
-            customer = scope.records[customer_id].current
-            return not customer.deleted and created(customer.created)
+        def wanted(object_id: str) -> bool:
+            obj = table.records[object_id].current
+            return not obj.deleted and keep(obj)
 
         if "ending_before" in params:
-            cursor = self._cursor(scope, params["ending_before"], "ending_before")
-            start = bisect.bisect_right(candidates, cursor, key=scope.seq_of)
-            found = _take(candidates, range(start, len(candidates)), keep, limit + 1)
+            cursor = self._cursor(call.scope, table, params["ending_before"], "ending_before")
+            start = bisect.bisect_right(candidates, cursor, key=table.seq_of)
+            found = _take(candidates, range(start, len(candidates)), wanted, limit + 1)
             page, has_more = list(reversed(found[:limit])), len(found) > limit
         else:
             end = len(candidates)
             if "starting_after" in params:
-                cursor = self._cursor(scope, params["starting_after"], "starting_after")
-                end = bisect.bisect_left(candidates, cursor, key=scope.seq_of)
-            found = _take(candidates, range(end - 1, -1, -1), keep, limit + 1)
+                cursor = self._cursor(call.scope, table, params["starting_after"], "starting_after")
+                end = bisect.bisect_left(candidates, cursor, key=table.seq_of)
+            found = _take(candidates, range(end - 1, -1, -1), wanted, limit + 1)
             page, has_more = found[:limit], len(found) > limit
-        data = [scope.records[customer_id].current.render() for customer_id in page]
-        return Response(200, {"object": "list", "data": data, "has_more": has_more, "url": "/v1/customers"})
+        data = [self._render(call.scope, table.records[object_id].current, expand) for object_id in page]
+        return Response(200, {"object": "list", "data": data, "has_more": has_more, "url": url})
 
-    def _cursor(self, scope: _Scope, value: Any, param: str) -> int:
-        customer_id = _string(value, param)
-        record = scope.records.get(customer_id)
+    def _cursor(self, scope: _Scope, table: _Table, value: Any, param: str) -> int:
+        object_id = as_string(value, param)
+        record = table.records.get(object_id)
         if record is None:
-            raise no_such_customer(customer_id, param=param, status=400)
+            raise no_such(table.kind, object_id, param=param, status=400)
         return record.seq
 
-    # -- search --------------------------------------------------------------------------------------
-
-    def _search_customers(self, call: _Call) -> Response:
+    def _search(self, call: _Call, kind: str, expandable: frozenset[str]) -> Response:
         params = call.params
-        _reject_unknown(params, ["query", "limit", "page", "expand"])
-        expand = _expand(params, frozenset({"total_count", *(f"data.{name}" for name in _EXPANDABLE)}))
+        reject_unknown(params, ["query", "limit", "page", "expand"])
+        expand = expand_fields(params, frozenset({"total_count", *(f"data.{name}" for name in expandable)}))
         if "query" not in params:
             raise invalid("Missing required param: query.", param="query", code="parameter_missing")
-        join, clauses = parse_search_query(_string(params["query"], "query"))
-        limit = _limit(params)
-        offset = _page_offset(_string(params["page"], "page")) if "page" in params else 0
+        join, clauses = parse_search_query(as_string(params["query"], "query"), kind)
+        limit = list_limit(params)
+        offset = _page_offset(as_string(params["page"], "page")) if "page" in params else 0
         test = all if join == "AND" else any
         # The index lags: a version is searchable only once it is older than the delay.
         horizon = self.clock() - self.search_delay_s
-        hits: list[Customer] = []
-        for customer_id in reversed(call.scope.order):
-            version = call.scope.records[customer_id].visible_at(horizon)
+        table = call.scope.table(kind)
+        hits: list[Any] = []
+        for object_id in reversed(table.order):
+            version = table.records[object_id].visible_at(horizon)
             if version is not None and test(clause.matches(version) for clause in clauses):
                 hits.append(version)
         page = hits[offset : offset + limit]
         has_more = offset + limit < len(hits)
         body: dict[str, Any] = {
             "object": "search_result",
-            "data": [customer.render() for customer in page],
+            "data": [self._render(call.scope, obj, expand) for obj in page],
             "has_more": has_more,
             "next_page": _page_token(offset + limit) if has_more else None,
-            "url": "/v1/customers/search",
+            "url": f"/v1/{kind}s/search",
         }
         if "total_count" in expand:
             body["total_count"] = len(hits)
@@ -1085,7 +1162,7 @@ class StripeEmulator:
         key = KEYS.get(_bearer_or_basic(request.headers.get("authorization", "")) or "")
         if key is None:
             return RateLimit("anonymous", limits.RATE_LIMIT_PER_SECOND[self.mode], 1)
-        if request.path == "/v1/customers/search":
+        if request.path.startswith("/v1/") and request.path.endswith("/search"):
             return RateLimit(f"{key.account}:{key.mode}:search", limits.SEARCH_RATE_LIMIT_PER_SECOND, 1)
         return RateLimit(f"{key.account}:{key.mode}", limits.RATE_LIMIT_PER_SECOND[key.mode], 1)
 
@@ -1120,8 +1197,9 @@ class StripeEmulator:
 
     def endpoint_name(self, request: Request) -> str:
         path = request.path
-        if path.startswith("/v1/customers/") and path != "/v1/customers/search":
-            path = "/v1/customers/{id}"
+        match = _OBJECT_PATH.fullmatch(path)
+        if match and match.group(2) != "search":
+            path = f"/v1/{match.group(1)}/{{id}}"
         return f"{request.method.upper()} {path}"
 
     # -- admin ---------------------------------------------------------------------------------------
@@ -1137,6 +1215,10 @@ class StripeEmulator:
             "delete": self._admin_delete,
             "keys": self._admin_keys,
             "request_log": self._admin_request_log,
+            "add_product": self._admin_add_product,
+            "add_price": self._admin_add_price,
+            "edit_product": self._admin_edit_product,
+            "edit_price": self._admin_edit_price,
         }
         run = actions.get(action)
         if run is None:
@@ -1164,20 +1246,104 @@ class StripeEmulator:
                 raise invalid(f"customers[{position}] must be an object")
             # Seed files annotate entries (e.g. "expected"); only customer fields are sent, the rest reported.
             ignored.update(k for k in entry if k not in _CUSTOMER_FIELDS and k != "created")
-            fields = {k: _form_value(v) for k, v in entry.items() if v is not None and k in _CUSTOMER_FIELDS}
+            fields = {k: form_value(v) for k, v in entry.items() if v is not None and k in _CUSTOMER_FIELDS}
             created = int(entry["created"]) if entry.get("created") is not None else None
             # Seeded customers model data that already existed, so Search sees them at once.
-            customer = self._insert(scope, customer_changes(fields), float("-inf"), created)
+            customer = self._insert(scope, customer_changes(fields), _LONG_AGO, created)
             ids.append(customer.id)
-        return {"ids": ids, "ignored_fields": sorted(ignored)}
+        products = [
+            self._admin_product(scope, entry, f"products[{position}]", _LONG_AGO, ignored)
+            for position, entry in enumerate(params.get("products") or [])
+        ]
+        return {"ids": ids, "products": products, "ignored_fields": sorted(ignored)}
+
+    def _admin_add_product(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A product (with `prices`) made by hand in the Dashboard just now: Search sees it after the delay."""
+        ignored: set[str] = set()
+        entry = {k: v for k, v in params.items() if k not in ("account", "livemode")}
+        made = self._admin_product(self._admin_scope(params), entry, "product", self.clock(), ignored)
+        return {**made, "ignored_fields": sorted(ignored)}
+
+    def _admin_product(
+        self, scope: _Scope, entry: Any, where: str, changed_at: float, ignored: set[str]
+    ) -> dict[str, Any]:
+        """One product entry of `seed`/`add_product`: product fields, `created`, and `prices` (price fields,
+        `created`, `default: true` for the product's default price), validated as the API would."""
+        if not isinstance(entry, dict):
+            raise invalid(f"{where} must be an object")
+        # Seed files annotate entries (e.g. "expected", "sandbox_case"): only API fields are sent, the rest reported.
+        ignored.update(k for k in entry if k not in PRODUCT_ENTRY_FIELDS and k not in ("created", "prices"))
+        fields = {k: form_value(v) for k, v in entry.items() if v is not None and k in PRODUCT_ENTRY_FIELDS}
+        changes = product_changes(fields, creating=True)
+        changes["id"] = changes.get("id") or self._new_id(scope.products, "prod_")
+        prices = []
+        for position, price_entry in enumerate(entry.get("prices") or []):
+            if not isinstance(price_entry, dict):
+                raise invalid(f"{where}.prices[{position}] must be an object")
+            price_fields = self._admin_price_fields(price_entry, changes["id"], ignored)
+            prices.append((price_changes(price_fields, creating=True), bool(price_entry.get("default"))))
+        created = int(entry["created"]) if entry.get("created") is not None else None
+        product = self._new_product(scope, changes, prices, changed_at, created)
+        return {
+            "id": product.id,
+            "prices": list(scope.prices_by_product.get(product.id, [])),
+            "default_price": product.default_price,
+        }
+
+    @staticmethod
+    def _admin_price_fields(entry: dict[str, Any], product_id: str, ignored: set[str]) -> dict[str, Any]:
+        ignored.update(k for k in entry if k not in PRICE_ENTRY_FIELDS and k != "default")
+        fields = {k: form_value(v) for k, v in entry.items() if v is not None and k in PRICE_ENTRY_FIELDS}
+        return {**fields, "product": product_id}
+
+    def _admin_add_price(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A price made by hand on an existing product (`product`), its default if `default` is true."""
+        scope = self._admin_scope(params)
+        product = self._live(scope, "product", str(params["product"]), param="product", status=400)
+        ignored: set[str] = set()
+        entry = {k: v for k, v in params.items() if k not in ("account", "livemode", "product")}
+        now = self.clock()
+        price = self._new_price(
+            scope, price_changes(self._admin_price_fields(entry, product.id, ignored), creating=True), now
+        )
+        if params.get("default"):
+            self._change_product(scope, product, {"default_price": price.id}, now)
+        return {"id": price.id, "ignored_fields": sorted(ignored)}
+
+    def _admin_edit_product(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A Dashboard edit of product `id`: any product update parameter (e.g. `active`, `name`, `default_price`)."""
+        scope = self._admin_scope(params)
+        product = self._live(scope, "product", str(params["id"]))
+        fields = {k: form_value(v) for k, v in params.items() if k not in ("account", "livemode", "id")}
+        updated = self._change_product(scope, product, product_changes(fields, creating=False), self.clock())
+        return updated.render()
+
+    def _admin_edit_price(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A Dashboard edit of price `id`, held to the same rules as the API (e.g. `active: false`)."""
+        scope = self._admin_scope(params)
+        price = self._find(scope, "price", str(params["id"]))
+        fields = {k: form_value(v) for k, v in params.items() if k not in ("account", "livemode", "id")}
+        return self._change_price(scope, price, price_changes(fields, creating=False), self.clock()).render()
 
     def _admin_dump(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every object of the scope, oldest first, deleted ones included: customers (as `data`), products and
+        prices."""
         scope = self._admin_scope(params)
-        data = []
-        for customer_id in scope.order:
-            customer = scope.records[customer_id].current
-            data.append({**customer.render(), "deleted": customer.deleted})
-        return {"object": "list", "account": scope.account, "livemode": scope.livemode, "data": data}
+
+        def every(table: _Table) -> list[dict[str, Any]]:
+            return [
+                {**table.records[oid].current.render(), "deleted": table.records[oid].current.deleted}
+                for oid in table.order
+            ]
+
+        return {
+            "object": "list",
+            "account": scope.account,
+            "livemode": scope.livemode,
+            "data": every(scope.customers),
+            "products": every(scope.products),
+            "prices": every(scope.prices),
+        }
 
     def _admin_set_search_delay(self, params: dict[str, Any]) -> dict[str, Any]:
         seconds = float(params["seconds"])
@@ -1203,12 +1369,12 @@ class StripeEmulator:
         deleted, missing = [], []
         now = self.clock()
         for customer_id in ids:
-            scope = next((s for s in self._scopes.values() if customer_id in s.records), None)
-            customer = scope.records[customer_id].current if scope is not None else None
+            scope = next((s for s in self._scopes.values() if customer_id in s.customers.records), None)
+            customer = scope.customers.current(customer_id) if scope is not None else None
             if scope is None or customer is None or customer.deleted:
                 missing.append(customer_id)
                 continue
-            self._remove(scope, customer, now)
+            self._remove(scope, "customer", customer, now)
             deleted.append(customer_id)
         return {"deleted": deleted, "missing": missing}
 
@@ -1258,17 +1424,39 @@ class StripeEmulator:
         with self._lock:
             return "".join(self._rng.choices(alphabet, k=length))
 
-    def _new_customer_id(self, scope: _Scope) -> str:
-        while True:
-            customer_id = "cus_" + self._random(14)
-            if customer_id not in scope.records:
-                return customer_id
-
     def _new_prefix(self, scope: _Scope) -> str:
         while True:
             prefix = self._random(8, "0123456789ABCDEF")
             if prefix not in scope.prefixes:
                 return prefix
+
+
+_ROUTES: dict[tuple[str, str], Handler] = {
+    ("GET", "/v1/account"): StripeEmulator._get_account,
+    ("GET", "/v1/customers"): StripeEmulator._list_customers,
+    ("POST", "/v1/customers"): StripeEmulator._create_customer,
+    ("GET", "/v1/customers/search"): StripeEmulator._search_customers,
+    ("GET", "/v1/products"): StripeEmulator._list_products,
+    ("POST", "/v1/products"): StripeEmulator._create_product,
+    ("GET", "/v1/products/search"): StripeEmulator._search_products,
+    ("GET", "/v1/prices"): StripeEmulator._list_prices,
+    ("POST", "/v1/prices"): StripeEmulator._create_price,
+    ("GET", "/v1/prices/search"): StripeEmulator._search_prices,
+}
+_OBJECT_PATH = re.compile(r"/v1/(customers|products|prices)/([^/]+)")
+_OBJECT_ROUTES: dict[str, dict[str, Handler]] = {
+    "customers": {
+        "GET": StripeEmulator._retrieve_customer,
+        "POST": StripeEmulator._update_customer,
+        "DELETE": StripeEmulator._delete_customer,
+    },
+    "products": {
+        "GET": StripeEmulator._retrieve_product,
+        "POST": StripeEmulator._update_product,
+        "DELETE": StripeEmulator._delete_product,
+    },
+    "prices": {"GET": StripeEmulator._retrieve_price, "POST": StripeEmulator._update_price},  # prices are never deleted
+}
 
 
 # -- small pure helpers -------------------------------------------------------------------------------
@@ -1347,30 +1535,6 @@ def _fingerprint(method: str, path: str, pairs: list[tuple[str, str]]) -> str:
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-def _limit(params: dict[str, Any]) -> int:
-    if "limit" not in params:
-        return 10
-    return _integer(params["limit"], "limit", minimum=1, maximum=limits.LIST_MAX_LIMIT)
-
-
-def _created_filter(value: Any) -> Callable[[int], bool]:
-    """`created=N` or `created[gt|gte|lt|lte]=N` as a predicate on a customer's `created`."""
-    if value is None:
-        return lambda _created: True
-    if isinstance(value, str):
-        exact = _integer(value, "created")
-        return lambda created: created == exact
-    if not isinstance(value, dict):
-        raise invalid("Invalid created filter", param="created")
-    bounds: list[tuple[str, int]] = []
-    for op, raw in value.items():
-        if op not in ("gt", "gte", "lt", "lte"):
-            raise unknown_param(f"created[{op}]")
-        bounds.append((op, _integer(raw, f"created[{op}]")))
-    tests = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
-    return lambda created: all(tests[op](created, bound) for op, bound in bounds)
-
-
 def _take(ids: list[str], positions: Iterable[int], keep: Callable[[str], bool], count: int) -> list[str]:
     found: list[str] = []
     for position in positions:
@@ -1379,16 +1543,3 @@ def _take(ids: list[str], positions: Iterable[int], keep: Callable[[str], bool],
             if len(found) == count:
                 break
     return found
-
-
-def _form_value(value: Any) -> Any:
-    """Admin seed JSON -> the strings a form request would carry, so one validator serves both."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _form_value(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_form_value(v) for v in value]
-    return value

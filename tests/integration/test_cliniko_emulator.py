@@ -51,14 +51,14 @@ def case_id(seeded: dict[str, Any], case: str) -> str:
     return next(pid for pid, name in seeded["cases"].items() if name == case)
 
 
-def all_pages(client: httpx.Client, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def all_pages(client: httpx.Client, params: list[tuple[str, str]], path: str = "/patients") -> list[dict[str, Any]]:
     """Follow links.next like the real client does."""
-    response = client.get("/patients", params=params)
+    response = client.get(path, params=params)
     rows: list[dict[str, Any]] = []
     while True:
         assert response.status_code == 200, response.text
         body = response.json()
-        rows.extend(body["patients"])
+        rows.extend(body[path.strip("/")])
         if "next" not in body["links"]:
             return rows
         response = client.get(body["links"]["next"])
@@ -445,3 +445,259 @@ def test_emulator_class_can_be_used_directly() -> None:
     assert emulator.admin("unknown", {}) is None
     assert emulator.admin("seed", {"profile": "clean", "patients": 3}).status == 200
     assert len(emulator.patients) == 3
+
+
+# -- products, suppliers, taxes, stock adjustments -----------------------------------------------------
+
+
+@pytest.fixture
+def catalogue(server: RunningServer) -> dict[str, Any]:
+    response = httpx.post(
+        f"{server.url}/_sandbox/seed", json={"profile": "hard", "patients": 5, "products": 40, "seed": 3}
+    )
+    assert response.status_code == 200
+    return response.json()
+
+
+def product_case(seeded: dict[str, Any], case: str) -> str:
+    return next(pid for pid, name in seeded["product_cases"].items() if name == case)
+
+
+def products(client: httpx.Client, *params: tuple[str, str]) -> list[dict[str, Any]]:
+    return all_pages(client, [("per_page", "100"), *params], "/products")
+
+
+def test_products_render_prices_from_the_entered_price_and_the_tax_rate(
+    client: httpx.Client, catalogue: dict[str, Any]
+) -> None:
+    def get(case: str) -> dict[str, Any]:
+        response = client.get(f"/products/{product_case(catalogue, case)}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    inclusive = get("gst_inclusive_3dp")
+    assert (inclusive["price_ex_tax"], inclusive["price_including_tax"]) == ("81.818", "90.0")
+    assert inclusive["tax"]["links"]["self"].endswith(f"/taxes/{catalogue['taxes']['GST']}")
+    exclusive = get("gst_exclusive")
+    assert (exclusive["price_ex_tax"], exclusive["price_including_tax"]) == ("40.0", "44.0")
+    free = get("gst_free")
+    assert free["price_ex_tax"] == free["price_including_tax"] == "35.0"
+    untaxed = get("no_tax")
+    assert "tax" not in untaxed and untaxed["price_ex_tax"] == untaxed["price_including_tax"] == "50.0"
+    assert get("zero_price")["price_including_tax"] == "0.0"
+    no_supplier = get("no_supplier")
+    assert no_supplier["product_supplier_name"] is None
+    assert "product_supplier" not in no_supplier and "product_supplier_id" not in no_supplier
+    supplied = get("same_name_1")
+    assert supplied["product_supplier"]["links"]["self"].endswith(
+        f"/product_suppliers/{supplied['product_supplier_id']}"
+    )
+    assert supplied["product_supplier_name"] == seedmod.SUPPLIER_NAMES[1]
+    assert get("untracked_stock")["stock_level"] is None and get("stock_adjusted")["stock_level"] == "19.0"
+    assert len(get("name_255")["name"]) == 255
+    assert get("unicode_cjk")["name"] == "指圧マッサージボール（大）"
+    assert get("same_name_1")["name"] == get("same_name_2")["name"]
+    adjustments = client.get(get("stock_adjusted")["stock_adjustments"]["links"]["self"]).json()
+    assert sum(float(a["quantity"]) for a in adjustments["stock_adjustments"]) == 19.0
+
+
+def test_product_lists_page_filter_sort_and_hide_archived_like_patients(
+    client: httpx.Client, catalogue: dict[str, Any]
+) -> None:
+    live = products(client)
+    everything = products(client, ("q[]", "archived_at:*"))
+    archived = products(client, ("q[]", "archived_at:?"))
+    assert {p["id"] for p in everything} == set(catalogue["product_ids"])
+    assert {p["id"] for p in live} == {p["id"] for p in everything} - {p["id"] for p in archived}
+    assert product_case(catalogue, "archived") in {p["id"] for p in archived}
+    paged = all_pages(client, [("per_page", "7")], "/products")
+    assert [p["id"] for p in paged] == [p["id"] for p in live]  # default order: created_at, then id
+    keyset = products(client, ("sort", "updated_at,id"), ("q[]", "archived_at:*"))
+    assert [(p["updated_at"], int(p["id"])) for p in keyset] == sorted((p["updated_at"], int(p["id"])) for p in keyset)
+    same = products(client, ("q[]", "name:=Therapy putty – medium"))
+    assert len(same) == 2
+    gst = products(client, ("q[]", f"tax_id:={catalogue['taxes']['GST']}"))
+    assert gst and all(p["tax"]["links"]["self"].endswith(catalogue["taxes"]["GST"]) for p in gst)
+    untaxed = products(client, ("q[]", "tax_id:!?"))
+    assert product_case(catalogue, "no_tax") in {p["id"] for p in untaxed}
+    watermark = max(p["updated_at"] for p in everything)
+    assert products(client, ("q[]", f"updated_at:>{watermark}")) == []
+    for bad in ("price_ex_tax:=1", "deleted_at:*", "stock_level:>1"):
+        assert client.get("/products", params=[("q[]", bad)]).status_code == 400
+    assert client.get("/products", params={"sort": "price_ex_tax"}).status_code == 400
+    assert client.get("/products/archived").status_code == 404  # not in the spec: the pass is q[]=archived_at:*
+
+
+def test_an_archived_product_is_read_by_id_only_with_the_archived_filter(
+    client: httpx.Client, catalogue: dict[str, Any]
+) -> None:
+    pid = product_case(catalogue, "archived")
+    assert client.get(f"/products/{pid}").status_code == 404
+    archived = client.get(f"/products/{pid}", params={"q[]": "archived_at:*"})
+    assert archived.status_code == 200 and archived.json()["archived_at"] is not None
+    assert client.get("/products/123").status_code == 404
+
+
+def test_product_writes(client: httpx.Client, catalogue: dict[str, Any]) -> None:
+    gst = catalogue["taxes"]["GST"]
+    created = client.post(
+        "/products", json={"product": {"name": "Spiky ball", "price": 22, "price_includes_tax": True, "tax_id": gst}}
+    )
+    assert created.status_code == 201 and created.headers["location"] == created.json()["links"]["self"]
+    body = created.json()
+    assert (body["price_ex_tax"], body["price_including_tax"]) == ("20.0", "22.0")
+    assert body["created_at"] == body["updated_at"]
+    pid = body["id"]
+    same = client.patch(f"/products/{pid}", json={"name": "Spiky ball", "price": "22.00"}).json()
+    assert same["updated_at"] == body["updated_at"]  # no real change: updated_at stays
+    seeded = product_case(catalogue, "gst_inclusive_3dp")
+    unchanged = client.get(f"/products/{seeded}").json()
+    assert client.patch(f"/products/{seeded}", json={"price": 90}).json()["updated_at"] == unchanged["updated_at"]
+    ignored = client.patch(f"/products/{pid}", json={"stock_level": "99"}).json()  # an update cannot set stock
+    assert ignored["stock_level"] is None
+    repriced = client.patch(f"/products/{pid}", json={"price": "25.30"}).json()
+    assert (repriced["price_ex_tax"], repriced["price_including_tax"]) == ("23.0", "25.3")
+    untaxed = client.patch(f"/products/{pid}", json={"tax_id": None}).json()
+    assert "tax" not in untaxed and untaxed["price_ex_tax"] == "25.3"
+    invalid = client.patch(f"/products/{pid}", json={"name": "", "price": -1, "tax_id": "1", "item_code": "x" * 101})
+    assert invalid.status_code == 422
+    assert invalid.json()["errors"] == {
+        "name": "can't be blank",
+        "price": "must be greater than or equal to 0",
+        "tax": "must exist",
+        "item_code": "is too long (maximum is 100 characters)",
+    }
+    assert client.post("/products", json={"price": 5}).status_code == 422
+    assert client.post(f"/products/{pid}/archive").status_code == 204
+    assert pid not in {p["id"] for p in products(client)}
+    assert client.post(f"/products/{pid}/unarchive").status_code == 404  # the API has no product unarchive
+    other = client.post("/products", json={"name": "Old stock"}).json()["id"]
+    assert client.delete(f"/products/{other}").status_code == 204  # deprecated: archives
+    assert client.get(f"/products/{other}", params={"q[]": "archived_at:?"}).status_code == 200
+    assert client.post("/taxes", json={"name": "VAT", "rate": "20"}).status_code == 404  # not emulated
+
+
+def test_a_stock_adjustment_moves_stock_and_updated_at_only_while_the_switch_is_on(
+    server: RunningServer, client: httpx.Client, catalogue: dict[str, Any]
+) -> None:
+    pid = product_case(catalogue, "stock_adjusted")
+    before = client.get(f"/products/{pid}").json()
+    sold = client.post("/stock_adjustments", json={"product_id": pid, "quantity": -2, "adjustment_type": "Item Sold"})
+    assert sold.status_code == 201 and sold.headers["location"] == sold.json()["links"]["self"]
+    assert sold.json()["quantity"] == "-2.0" and sold.json()["product"]["links"]["self"].endswith(f"/products/{pid}")
+    after = client.get(f"/products/{pid}").json()
+    assert after["stock_level"] == "17.0" and after["updated_at"] > before["updated_at"]  # the default
+
+    assert admin(server, "stock_touches_product", enabled=False) == {"stock_touches_product": False}
+    client.post("/stock_adjustments", json={"product_id": pid, "quantity": "5", "adjustment_type": "Stock Purchase"})
+    quiet = client.get(f"/products/{pid}").json()
+    assert quiet["stock_level"] == "22.0" and quiet["updated_at"] == after["updated_at"]
+    # The adjustment itself is always new, so a client can find moved stock through the adjustments.
+    since = client.get(
+        "/stock_adjustments", params=[("q[]", f"created_at:>={after['updated_at']}"), ("sort", "created_at")]
+    )
+    assert [a["quantity"] for a in since.json()["stock_adjustments"]] == ["-2.0", "5.0"]
+    assert admin(server, "stock_touches_product") == {"stock_touches_product": False}
+    response = httpx.post(f"{server.url}/_sandbox/stock_touches_product", json={"enabled": "no"})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        (
+            {"quantity": 3, "adjustment_type": "Item Sold"},
+            {"quantity": "must be negative for a decreasing adjustment type"},
+        ),
+        (
+            {"quantity": -3, "adjustment_type": "Returned"},
+            {"quantity": "must be positive for an increasing adjustment type"},
+        ),
+        ({"quantity": 0, "adjustment_type": "Other"}, {"quantity": "must not be zero"}),
+        ({"quantity": 1, "adjustment_type": "Gift"}, {"adjustment_type": "is not included in the list"}),
+        ({"quantity": "lots", "adjustment_type": "Other"}, {"quantity": "is not a number"}),
+    ],
+)
+def test_stock_adjustment_validation(
+    client: httpx.Client, catalogue: dict[str, Any], body: dict[str, Any], errors: dict[str, str]
+) -> None:
+    pid = product_case(catalogue, "stock_adjusted")
+    response = client.post("/stock_adjustments", json={"product_id": pid, **body})
+    assert response.status_code == 422 and response.json() == {"message": "Validation Failed", "errors": errors}
+    assert (
+        client.post("/stock_adjustments", json={"product_id": "1", **body}).json()["errors"]["product"] == "must exist"
+    )
+
+
+def test_taxes_suppliers_and_adjustment_lists(client: httpx.Client, catalogue: dict[str, Any]) -> None:
+    taxes = {t["name"]: t for t in client.get("/taxes").json()["taxes"]}
+    assert (taxes["GST"]["rate"], taxes["GST Free"]["rate"]) == ("10.0", "0.0")
+    assert client.get(f"/taxes/{catalogue['taxes']['GST']}").json()["name"] == "GST"
+    suppliers = all_pages(client, [("per_page", "2")], "/product_suppliers")
+    assert {s["id"] for s in suppliers} == set(catalogue["supplier_ids"])
+    assert [s["created_at"] for s in suppliers] == sorted(s["created_at"] for s in suppliers)
+    assert {s["name"] for s in suppliers} == set(seedmod.SUPPLIER_NAMES)
+    named = client.get("/product_suppliers", params={"q[]": "name:~orthotics"}).json()["product_suppliers"]
+    assert [s["name"] for s in named] == ["Southern Cross Orthotics"]
+    adjustments = all_pages(client, [("per_page", "100")], "/stock_adjustments")
+    assert len(adjustments) == catalogue["stock_adjustments"]
+    assert client.get("/taxes", params={"q[]": "name:=GST"}).status_code == 400  # not a tax filter in the spec
+
+
+def test_admin_product_actions(server: RunningServer, client: httpx.Client, catalogue: dict[str, Any]) -> None:
+    pid = product_case(catalogue, "gst_exclusive")
+    before = client.get(f"/products/{pid}").json()
+    priced = admin(server, "set_product_price", id=pid, price=99, includes_tax=True)
+    assert (priced["price_ex_tax"], priced["price_including_tax"]) == ("90.0", "99.0")
+    after = client.get(f"/products/{pid}").json()
+    assert after["price_including_tax"] == "99.0" and after["updated_at"] == priced["updated_at"] > before["updated_at"]
+    assert admin(server, "set_product_price", id=pid, price="81.82")["price_including_tax"] == "81.82"
+
+    admin(server, "archive_products", ids=[pid])
+    assert client.get(f"/products/{pid}").status_code == 404
+    admin(server, "unarchive_products", ids=[pid])
+    assert client.get(f"/products/{pid}").json()["archived_at"] is None
+
+    added = admin(server, "add_products", count=3)["ids"]
+    made = admin(server, "add_products", products=[{"name": "Clinic tote bag", "price": 12}])["ids"]
+    assert len(added) == 3 and len(made) == 1
+    fresh = products(client, ("q[]", f"updated_at:>={after['updated_at']}"))
+    assert set(added + made) <= {p["id"] for p in fresh}
+    assert client.get(f"/products/{made[0]}").json()["price_ex_tax"] == "12.0"
+
+    adjusted = admin(server, "adjust_stock", product_id=pid, quantity=-1)
+    assert adjusted["stock_level"] == "9.0"
+    listed = client.get("/stock_adjustments", params={"q[]": f"product_id:={pid}"}).json()["stock_adjustments"]
+    assert [a["adjustment_type"] for a in listed][-1] == "Item Sold"
+
+    edited = admin(server, "edit_products", count=4)
+    assert len(edited["ids"]) == 4 and all(
+        set(change) in ({"name"}, {"price"}) for change in edited["changes"].values()
+    )
+    renamed = admin(server, "edit_products", ids=[pid], fields={"name": "Lumbar cushion (new)"})
+    assert renamed["changes"] == {pid: {"name": "Lumbar cushion (new)"}}
+    bad = httpx.post(f"{server.url}/_sandbox/set_product_price", json={"id": pid, "price": "free"})
+    assert bad.status_code == 422 and bad.json()["errors"] == {"price": "is not a number"}
+    dump = admin(server, "dump")
+    assert {"products", "product_suppliers", "taxes", "stock_adjustments"} <= set(dump)
+    assert next(p for p in dump["products"] if p["id"] == pid)["name"] == "Lumbar cushion (new)"
+
+
+def test_product_seed_is_deterministic_and_leaves_patients_alone() -> None:
+    a, b = seedmod.seed_products(60, seed=4), seedmod.seed_products(60, seed=4)
+    assert a == b and a != seedmod.seed_products(60, seed=5)
+    assert len(a.products) == 60 and set(a.cases.values()) == set(seedmod.PRODUCT_CASES)
+    assert len(seedmod.seed_products(1, seed=4).products) == len(seedmod.PRODUCT_CASES) + 3
+    now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+    with_products = seedmod.seed_profile("hard", 10, 4, now=now)
+    without = seedmod.seed_profile("hard", 10, 4, now=now, products=0)
+    assert with_products.patients == without.patients and without.catalogue.products == []
+    assert without.stripe_products == [] and seedmod.seed_profile("clean", 5, 4, now=now).stripe_products == []
+    hand_made = with_products.stripe_products
+    names = [p["name"] for p in hand_made]
+    by_case = {case: pid for pid, case in with_products.catalogue.cases.items()}
+    same_name = next(p["name"] for p in with_products.catalogue.products if p["id"] == by_case["same_name_1"])
+    assert names.count(same_name) == 2
+    linked = next(p for p in hand_made if "metadata" in p)
+    assert linked["metadata"] == {"cliniko_product_id": by_case["stripe_linked_earlier"]}
+    assert all("metadata" not in p for p in hand_made if p is not linked)  # made by hand: no ClinicSync metadata

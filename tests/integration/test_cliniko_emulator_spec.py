@@ -92,7 +92,8 @@ def component(name: str) -> dict[str, Any]:
 @pytest.fixture(params=["clean", "hard"])
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     with serve(ClinikoEmulator()) as srv:
-        response = httpx.post(f"{srv.url}/_sandbox/seed", json={"profile": request.param, "patients": 25, "seed": 5})
+        seed = {"profile": request.param, "patients": 25, "products": 60, "seed": 5}
+        response = httpx.post(f"{srv.url}/_sandbox/seed", json=seed)
         assert response.status_code == 200
         srv.seeded = response.json()  # type: ignore[attr-defined]
         yield srv
@@ -193,8 +194,19 @@ ACTIVITY = {
 }
 
 
+def check_record(record: dict[str, Any], name: str, optional: set[str], path: str) -> None:
+    """`record` validates as the spec's schema `name` and has each of its properties (but the `optional` ones)
+    and nothing else; its id is a digit string and its own link points at `path`."""
+    validate(component(name), record)
+    properties = set(component(name)["properties"])
+    keys = set(record)
+    assert keys <= properties, f"fields the spec lacks: {keys - properties}"
+    assert properties - optional <= keys, f"missing: {properties - optional - keys}"
+    assert record["id"].isdigit() and record["links"]["self"].endswith(f"/v1{path}/{record['id']}")
+
+
 def every_record(client: httpx.Client, path: str, query: str = "") -> list[dict[str, Any]]:
-    key, _, _ = ACTIVITY[path]
+    key, _, _ = {**ACTIVITY, **CATALOGUE}[path]
     schema = response_schema(path, "get", "200")
     url: str | None = f"{path}?per_page=100{query}"
     records: list[dict[str, Any]] = []
@@ -211,14 +223,9 @@ def test_activity_lists_match_the_spec_with_every_field(client: httpx.Client, se
     key, name, optional = ACTIVITY[path]
     records = every_record(client, path)
     assert len(records) == server.seeded[key.removeprefix("individual_")]  # type: ignore[attr-defined]
-    properties = set(component(name)["properties"])
     patient_ids = set(server.seeded["ids"])  # type: ignore[attr-defined]
     for record in records:
-        validate(component(name), record)
-        keys = set(record)
-        assert keys <= properties, f"fields the spec lacks: {keys - properties}"
-        assert properties - optional <= keys, f"missing: {properties - optional - keys}"
-        assert record["id"].isdigit() and record["links"]["self"].endswith(f"/v1{path}/{record['id']}")
+        check_record(record, name, optional, path)
         assert record["patient"]["links"]["self"].rsplit("/", 1)[1] in patient_ids
         for field in ("created_at", "updated_at", "archived_at", "deleted_at"):
             assert record[field] is None or TIMESTAMP.match(record[field]), (field, record[field])
@@ -261,3 +268,76 @@ def test_seeded_activity_leaves_some_patients_without_recent_activity(server: Ru
     recent |= {a["patient_id"] for a in dump["appointments"] if a["starts_at"][:10] >= edge.isoformat()}
     assert recent == set(seeded["ids"]) - inactive
     assert set(seeded["cases"]).isdisjoint(inactive), "named cases are always active"
+
+
+# The product catalogue: belongs-to links (and product_supplier_id) appear only when there is something to point at.
+CATALOGUE = {
+    "/products": ("products", "Product", {"product_supplier", "product_supplier_id", "tax"}),
+    "/product_suppliers": ("product_suppliers", "ProductSupplier", set()),
+    "/taxes": ("taxes", "Tax", set()),
+    "/stock_adjustments": ("stock_adjustments", "StockAdjustment", set()),
+}
+ARCHIVABLE = {"/products", "/stock_adjustments"}  # the lists whose q[] table has archived_at
+# `format: decimal` is not a format the validator knows, so the decimal strings are checked here: Rails' BigDecimal
+# text, e.g. "81.818", "90.0", "-2.0".
+DECIMAL = re.compile(r"^-?\d+\.\d+$")
+DECIMAL_FIELDS = {
+    "Product": ("price_ex_tax", "price_including_tax", "cost_price", "stock_level"),
+    "Tax": ("rate", "amount"),
+    "StockAdjustment": ("quantity",),
+    "ProductSupplier": (),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CATALOGUE))
+def test_catalogue_lists_match_the_spec_with_every_field(
+    client: httpx.Client, server: RunningServer, path: str
+) -> None:
+    _, name, optional = CATALOGUE[path]
+    records = every_record(client, path, "&q%5B%5D=archived_at:*" if path in ARCHIVABLE else "")
+    if path == "/products":
+        assert {r["id"] for r in records} == set(server.seeded["product_ids"])  # type: ignore[attr-defined]
+    assert records
+    for record in records:
+        check_record(record, name, optional, path)
+        for field in ("created_at", "updated_at", "archived_at"):
+            assert record.get(field) is None or TIMESTAMP.match(record[field]), (field, record[field])
+        for field in DECIMAL_FIELDS[name]:
+            assert record[field] is None or DECIMAL.match(record[field]), (field, record[field])
+    first = next(r for r in records if not r.get("archived_at"))
+    one = client.get(f"{path}/{first['id']}")
+    assert one.status_code == 200
+    validate(response_schema(f"{path}/{{id}}", "get", "200"), one.json())
+
+
+def test_products_reach_every_optional_link_and_both_tax_shapes(client: httpx.Client) -> None:
+    """The seed covers each optional part of Product: with and without a tax, a supplier, a stock level."""
+    products = every_record(client, "/products", "&q%5B%5D=archived_at:*")
+    assert any("tax" in p for p in products) and any("tax" not in p for p in products)
+    assert any("product_supplier" in p for p in products) and any("product_supplier" not in p for p in products)
+    assert any(p["stock_level"] is None for p in products) and any(p["archived_at"] for p in products)
+
+
+def test_product_and_stock_adjustment_writes_match_the_spec(client: httpx.Client, server: RunningServer) -> None:
+    gst = server.seeded["taxes"]["GST"]  # type: ignore[attr-defined]
+    created = client.post(
+        "/products", json={"name": "Spec roller", "price": 90, "price_includes_tax": True, "tax_id": gst}
+    )
+    assert created.status_code == 201
+    validate(response_schema("/products", "post", "201"), created.json())
+    pid = created.json()["id"]
+    patched = client.patch(f"/products/{pid}", json={"item_code": "SPEC-1", "cost_price": "30.5"})
+    validate(response_schema("/products/{id}", "patch", "200"), patched.json())
+    refused = client.patch(f"/products/{pid}", json={"name": ""})
+    assert refused.status_code == 422
+    validate(response_schema("/products/{id}", "patch", "422"), refused.json())
+    adjusted = client.post(
+        "/stock_adjustments", json={"product_id": pid, "quantity": "4", "adjustment_type": "Stock Purchase"}
+    )
+    assert adjusted.status_code == 201
+    validate(response_schema("/stock_adjustments", "post", "201"), adjusted.json())
+    wrong = client.post("/stock_adjustments", json={"product_id": pid, "quantity": "4", "adjustment_type": "Damaged"})
+    validate(response_schema("/stock_adjustments", "post", "422"), wrong.json())
+    assert client.post(f"/products/{pid}/archive").status_code == 204
+    archived = client.get(f"/products/{pid}", params={"q[]": "archived_at:*"})
+    validate(response_schema("/products/{id}", "get", "200"), archived.json())

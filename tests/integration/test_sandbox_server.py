@@ -409,6 +409,16 @@ def test_start_sandbox_serves_seeded_cliniko_and_stripe(mode: str) -> None:
         customers = httpx.get(f"{env['CLINICSYNC_STRIPE_BASE_URL']}/v1/customers", auth=(key, ""))
         assert customers.status_code == 200
         assert len(customers.json()["data"]) == len(sb.seeded["stripe_customers"]) == 4
+        products = httpx.get(f"{env['CLINICSYNC_STRIPE_BASE_URL']}/v1/products", auth=(key, "")).json()["data"]
+        assert sorted(p["name"] for p in products) == sorted(p["name"] for p in sb.seeded["stripe_products"])
+        assert len(products) == 4 and {p["livemode"] for p in products} == {mode == "live"}
+        catalogue = httpx.get(
+            f"{sb.cliniko_url}/products",
+            params={"q[]": "archived_at:*"},
+            auth=(env["CLINICSYNC_CLINIKO_API_KEY"], ""),
+            headers={"User-Agent": "ClinicSync tests (dev@example.com)"},
+        )
+        assert catalogue.json()["total_entries"] == len(sb.seeded["product_ids"]) == 200
 
 
 def test_launcher_process_writes_port_file_and_stops_on_sigterm(tmp_path: Path) -> None:

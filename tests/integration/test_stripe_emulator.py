@@ -260,3 +260,84 @@ def test_a_client_dying_mid_body_creates_nothing(server: RunningServer) -> None:
         sock.sendall(head + body[:10])  # then the process "dies": the socket closes
     time.sleep(0.3)
     assert admin(server, "dump")["data"] == []
+
+
+# -- products and prices through the SDK --------------------------------------------------------------
+
+
+def test_product_with_default_price_then_a_new_price_replaces_it(server: RunningServer) -> None:
+    """The price-change sequence Stripe allows: a new price, made the default, then the old one deactivated."""
+    sdk = client(server)
+    product = sdk.v1.products.create(
+        params={
+            "name": "Foam roller 90 cm",
+            "metadata": {"cliniko_product_id": "700"},
+            "default_price_data": {"currency": "aud", "unit_amount": 4500, "tax_behavior": "inclusive"},
+        }
+    )
+    assert product.id.startswith("prod_") and isinstance(product.default_price, str)
+    old = sdk.v1.prices.retrieve(product.default_price)
+    assert (old.unit_amount, old.currency, old.tax_behavior, old.product) == (4500, "aud", "inclusive", product.id)
+
+    with pytest.raises(stripe.InvalidRequestError) as archived_default:
+        sdk.v1.prices.update(old.id, params={"active": False})
+    assert archived_default.value.http_status == 400
+    assert "default price of its product" in str(archived_default.value)
+
+    new = sdk.v1.prices.create(
+        params={"product": product.id, "currency": "aud", "unit_amount": 4950, "tax_behavior": "inclusive"}
+    )
+    switched = sdk.v1.products.update(product.id, params={"default_price": new.id})
+    assert switched.default_price == new.id
+    retired = sdk.v1.prices.update(old.id, params={"active": False})
+    assert retired.active is False
+    active = sdk.v1.prices.list(params={"product": product.id, "active": True})
+    assert [p.id for p in active.data] == [new.id]
+    expanded = sdk.v1.products.retrieve(product.id, params={"expand": ["default_price"]})
+    assert expanded.default_price is not None and expanded.default_price.unit_amount == 4950  # type: ignore[union-attr]
+    found = sdk.v1.products.search(params={"query": "metadata['cliniko_product_id']:'700'"})
+    assert [p.id for p in found.data] == [product.id]
+
+
+def test_a_price_amount_change_is_refused_with_the_param_named(server: RunningServer) -> None:
+    sdk = client(server)
+    product = sdk.v1.products.create(
+        params={"name": "Heat pack", "default_price_data": {"currency": "aud", "unit_amount": 1995}}
+    )
+    assert isinstance(product.default_price, str)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        sdk.v1.prices.update(product.default_price, params={"unit_amount": 2500})  # type: ignore[typeddict-unknown-key]
+    exc = refused.value
+    assert exc.http_status == 400 and exc.code == "parameter_unknown" and exc.param == "unit_amount"
+    assert exc.error is not None and exc.error.type == "invalid_request_error"
+    assert sdk.v1.prices.retrieve(product.default_price).unit_amount == 1995
+    assert stats(server)["rejected"] == {"POST /v1/prices/{id}": 1}
+
+
+def test_product_create_replays_under_its_idempotency_key(server: RunningServer) -> None:
+    sdk = client(server)
+    params: dict[str, Any] = {"name": "Once only", "default_price_data": {"currency": "aud", "unit_amount": 800}}
+    first = sdk.v1.products.create(params=params, options={"idempotency_key": "product-row-1"})
+    second = sdk.v1.products.create(params=params, options={"idempotency_key": "product-row-1"})
+    assert first.id == second.id and first.default_price == second.default_price
+    assert second.last_response is not None and second.last_response.headers["Idempotent-Replayed"] == "true"
+    with pytest.raises(stripe.IdempotencyError):
+        sdk.v1.products.create(params={**params, "name": "Other"}, options={"idempotency_key": "product-row-1"})
+    dump = admin(server, "dump")
+    assert len(dump["products"]) == 1 and len(dump["prices"]) == 1
+    snapshot = stats(server)
+    assert snapshot["mutations"] == {"POST /v1/products": 1} and snapshot["replays"] == {"POST /v1/products": 1}
+
+
+def test_hand_made_products_page_through_the_sdk(server: RunningServer) -> None:
+    entries = [
+        {"name": f"Brace size {i}", "prices": [{"currency": "aud", "unit_amount": 1000 + i, "default": True}]}
+        for i in range(120)
+    ]
+    seeded = admin(server, "seed", {"products": entries})["products"]
+    sdk = client(server)
+    listed = [p.id for p in sdk.v1.products.list(params={"limit": 50}).auto_paging_iter()]
+    assert listed == [made["id"] for made in reversed(seeded)]
+    prices = list(sdk.v1.prices.list(params={"limit": 100}).auto_paging_iter())
+    assert len(prices) == 120 and {p.unit_amount for p in prices} == set(range(1000, 1120))
+    assert stats(server)["mutations_total"] == 0

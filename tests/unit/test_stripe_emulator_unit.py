@@ -727,3 +727,373 @@ def test_a_truncated_body_is_never_executed(emu: StripeEmulator) -> None:
     assert emu.admin("dump", {}).body["data"] == []
     whole = Request("POST", full.path, [], {**full.headers, "content-length": str(len(full.body))}, full.body)
     assert emu.handle(whole).status == 200  # the key was not burnt by the truncated attempt
+
+
+# -- products and prices ------------------------------------------------------------------------------
+
+AUD_45 = {"default_price_data[currency]": "aud", "default_price_data[unit_amount]": "4500"}
+
+
+def create_product(emu: StripeEmulator, params: Params = (), **kw: Any) -> dict[str, Any]:
+    pairs = list(params.items()) if isinstance(params, dict) else list(params)
+    response = emu.handle(req("POST", "/v1/products", [("name", "Foam roller"), *pairs], **kw))
+    assert response.status == 200, response.body
+    return response.body
+
+
+def create_price(emu: StripeEmulator, product: str, amount: int = 5000, **extra: str) -> dict[str, Any]:
+    params = {"product": product, "currency": "aud", "unit_amount": str(amount), **extra}
+    response = emu.handle(req("POST", "/v1/prices", params))
+    assert response.status == 200, response.body
+    return response.body
+
+
+def update(emu: StripeEmulator, path: str, params: Params) -> Response:
+    return emu.handle(req("POST", path, params))
+
+
+def test_product_price_and_deleted_product_have_every_fixture_key(emu: StripeEmulator) -> None:
+    product = create_product(emu, {**AUD_45, "description": "90 cm", "metadata[cliniko_product_id]": "77"})
+    _assert_same_shape(_fixture("product"), product)
+    assert re.fullmatch(r"prod_[A-Za-z0-9]{14,}", product["id"]) and product["object"] == "product"
+    assert product["created"] == product["updated"] and product["livemode"] is False
+    price = emu.handle(req("GET", f"/v1/prices/{product['default_price']}")).body
+    recurring = create_price(emu, product["id"], **{"recurring[interval]": "month"})
+    for body in (price, recurring):  # the fixture's price is recurring; a one-time price has recurring null
+        _assert_same_shape(_fixture("price"), body)
+        assert re.fullmatch(r"price_[A-Za-z0-9]{24}", body["id"])
+    assert recurring["recurring"]["interval_count"] == 1 and recurring["type"] == "recurring"
+    bare = create_product(emu, {"name": "Unpriced"})
+    deleted = emu.handle(req("DELETE", f"/v1/products/{bare['id']}")).body
+    _assert_same_shape(_fixture("deleted_product"), deleted)
+
+
+def test_create_with_default_price_data_makes_the_price_its_default(emu: StripeEmulator) -> None:
+    product = create_product(
+        emu,
+        {
+            "default_price_data[currency]": "AUD",  # Stripe keeps currencies lower-case
+            "default_price_data[unit_amount]": "4500",
+            "default_price_data[tax_behavior]": "inclusive",
+            "default_price_data[metadata][cliniko_product_id]": "77",
+        },
+    )
+    prices = emu.handle(req("GET", "/v1/prices", {"product": product["id"]})).body["data"]
+    assert [p["id"] for p in prices] == [product["default_price"]]
+    price = prices[0]
+    assert (price["unit_amount"], price["unit_amount_decimal"], price["currency"]) == (4500, "4500", "aud")
+    assert (
+        price["tax_behavior"] == "inclusive" and price["type"] == "one_time" and price["billing_scheme"] == "per_unit"
+    )
+    assert price["metadata"] == {"cliniko_product_id": "77"} and price["active"] is True
+    assert price["product"] == product["id"]
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"default_price_data[unit_amount]": "100"}, "default_price_data[currency]"),
+        ({"default_price_data[currency]": "aud"}, "default_price_data[unit_amount]"),
+        ({**AUD_45, "default_price_data[nickname]": "n"}, "default_price_data[nickname]"),
+        ({**AUD_45, "default_price_data[unit_amount_decimal]": "1"}, "default_price_data[unit_amount]"),
+        (
+            {"default_price_data[currency]": "xyz", "default_price_data[unit_amount]": "1"},
+            "default_price_data[currency]",
+        ),
+    ],
+)
+def test_bad_default_price_data_names_the_nested_param(emu: StripeEmulator, params: dict[str, str], param: str) -> None:
+    error = error_of(emu.handle(req("POST", "/v1/products", {"name": "X", **params})), 400)
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert emu.admin("dump", {}).body["products"] == [] and emu.admin("dump", {}).body["prices"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"unit_amount": "5000"}, "Received unknown parameter: unit_amount"),
+        ({"currency": "usd"}, "Received unknown parameter: currency"),
+        ({"product": "prod_Other"}, "Received unknown parameter: product"),
+        ({"unit_amount": "1", "currency": "usd"}, "Received unknown parameters: currency, unit_amount"),
+    ],
+)
+def test_a_price_s_amount_currency_and_product_never_change(
+    emu: StripeEmulator, params: dict[str, str], message: str
+) -> None:
+    product = create_product(emu, AUD_45)
+    path = f"/v1/prices/{product['default_price']}"
+    error = error_of(update(emu, path, params), 400)
+    assert error["message"] == message and error["code"] == "parameter_unknown"
+    assert error["param"] == sorted(params)[0]
+    assert emu.handle(req("GET", path)).body["unit_amount"] == 4500
+
+
+def test_what_a_price_update_may_change(emu: StripeEmulator) -> None:
+    product = create_product(emu)
+    price = create_price(emu, product["id"], **{"metadata[a]": "1", "metadata[b]": "2"})
+    path = f"/v1/prices/{price['id']}"
+    body = update(emu, path, {"nickname": "Retail", "lookup_key": "roller", "metadata[b]": ""}).body
+    assert (body["nickname"], body["lookup_key"], body["metadata"]) == ("Retail", "roller", {"a": "1"})
+    assert update(emu, path, {"tax_behavior": "exclusive"}).body["tax_behavior"] == "exclusive"
+    assert update(emu, path, {"tax_behavior": "exclusive"}).status == 200  # the same value again is no change
+    error = error_of(update(emu, path, {"tax_behavior": "inclusive"}), 400)
+    assert error["param"] == "tax_behavior"
+    assert error_of(update(emu, path, {"nickname": ""}), 400)["message"].startswith("You passed an empty string")
+    off = update(emu, path, {"active": "false"})
+    assert off.status == 200 and off.body["active"] is False and off.mutated
+    assert update(emu, path, {"active": "true"}).body["active"] is True
+
+
+def test_a_default_price_cannot_be_archived_until_another_is_the_default(emu: StripeEmulator) -> None:
+    product = create_product(emu, AUD_45)
+    old = product["default_price"]
+    error = error_of(update(emu, f"/v1/prices/{old}", {"active": "false"}), 400)
+    assert error["message"] == "This price cannot be archived because it is the default price of its product."
+    assert error["type"] == "invalid_request_error"
+    new = create_price(emu, product["id"], 5000)
+    switched = update(emu, f"/v1/products/{product['id']}", {"default_price": new["id"]}).body
+    assert switched["default_price"] == new["id"]
+    assert update(emu, f"/v1/prices/{old}", {"active": "false"}).body["active"] is False
+    listed = emu.handle(req("GET", "/v1/prices", {"product": product["id"], "active": "true"})).body["data"]
+    assert [p["id"] for p in listed] == [new["id"]]
+
+
+def test_a_default_price_must_be_an_active_price_of_the_product(emu: StripeEmulator) -> None:
+    product = create_product(emu, AUD_45)
+    other = create_product(emu, {"name": "Other", **AUD_45})
+    path = f"/v1/products/{product['id']}"
+    assert error_of(update(emu, path, {"default_price": other["default_price"]}), 400)["param"] == "default_price"
+    missing = error_of(update(emu, path, {"default_price": "price_missing"}), 400)
+    assert missing["code"] == "resource_missing" and missing["param"] == "default_price"
+    retired = create_price(emu, product["id"], 4000)
+    update(emu, f"/v1/prices/{retired['id']}", {"active": "false"})
+    inactive = error_of(update(emu, path, {"default_price": retired["id"]}), 400)
+    assert "inactive" in inactive["message"] and inactive["param"] == "default_price"
+    assert error_of(update(emu, path, {"default_price": ""}), 400)["param"] == "default_price"  # cannot be unset
+    assert emu.handle(req("GET", path)).body["default_price"] == product["default_price"]
+
+
+def test_a_lookup_key_belongs_to_one_price_until_transferred(emu: StripeEmulator) -> None:
+    product = create_product(emu)
+    first = create_price(emu, product["id"], 100, lookup_key="standard")
+    update(emu, f"/v1/prices/{first['id']}", {"active": "false"})  # an inactive holder still holds it
+    params = {"product": product["id"], "currency": "aud", "unit_amount": "200", "lookup_key": "standard"}
+    error = error_of(emu.handle(req("POST", "/v1/prices", params)), 400)
+    assert (
+        error["message"] == f"A price (`{first['id']}`) already uses that lookup key."
+        and error["param"] == "lookup_key"
+    )
+    second = create_price(emu, product["id"], 200, lookup_key="standard", transfer_lookup_key="true")
+    assert emu.handle(req("GET", f"/v1/prices/{first['id']}")).body["lookup_key"] is None
+    found = emu.handle(req("GET", "/v1/prices", [("lookup_keys[0]", "standard"), ("lookup_keys[1]", "none")]))
+    assert [p["id"] for p in found.body["data"]] == [second["id"]]
+
+
+def test_product_validation_and_limits(emu: StripeEmulator) -> None:
+    missing = error_of(emu.handle(req("POST", "/v1/products", {"description": "no name"})), 400)
+    assert missing["param"] == "name" and missing["code"] == "parameter_missing"
+    cap = limits.PRODUCT_FIELD_MAX_CHARS["name"]
+    too_long = error_of(emu.handle(req("POST", "/v1/products", {"name": "n" * (cap + 1)})), 400)
+    assert too_long["param"] == "name" and f"at most {cap} characters" in too_long["message"]
+    assert create_product(emu, {"name": "n" * cap})["name"] == "n" * cap
+    too_many = [("name", "M"), *((f"metadata[k{i}]", "v") for i in range(limits.METADATA_MAX_KEYS + 1))]
+    assert error_of(emu.handle(req("POST", "/v1/products", too_many)), 400)["param"] == "metadata"
+    product = create_product(emu, {"description": "d", "metadata[a]": "1"})
+    path = f"/v1/products/{product['id']}"
+    assert error_of(update(emu, path, {"name": ""}), 400)["message"].startswith("You passed an empty string for 'name'")
+    body = update(emu, path, {"description": "", "metadata[b]": "2", "active": "false"}).body
+    assert body["description"] is None and body["metadata"] == {"a": "1", "b": "2"} and body["active"] is False
+    assert error_of(update(emu, path, {"active": "maybe"}), 400)["param"] == "active"
+    big = {"product": product["id"], "currency": "aud", "unit_amount": str(limits.PRICE_MAX_UNIT_AMOUNT + 1)}
+    assert error_of(emu.handle(req("POST", "/v1/prices", big)), 400)["param"] == "unit_amount"
+    long_nickname = "n" * (limits.PRICE_FIELD_MAX_CHARS["nickname"] + 1)
+    nick = {"product": product["id"], "currency": "aud", "unit_amount": "1", "nickname": long_nickname}
+    assert error_of(emu.handle(req("POST", "/v1/prices", nick)), 400)["param"] == "nickname"
+    no_product = {"product": "prod_missing", "currency": "aud", "unit_amount": "1"}
+    assert error_of(emu.handle(req("POST", "/v1/prices", no_product)), 400)["param"] == "product"
+
+
+def test_a_sub_cent_price_exists_only_as_its_decimal(emu: StripeEmulator) -> None:
+    product = create_product(emu)
+    price = emu.handle(
+        req("POST", "/v1/prices", {"product": product["id"], "currency": "aud", "unit_amount_decimal": "8181.8"})
+    ).body
+    assert price["unit_amount"] is None and price["unit_amount_decimal"] == "8181.8"
+    assert (
+        error_of(
+            emu.handle(
+                req("POST", "/v1/prices", {"product": product["id"], "currency": "aud", "unit_amount_decimal": "1e3"})
+            ),
+            400,
+        )["param"]
+        == "unit_amount_decimal"
+    )
+
+
+def test_a_chosen_product_id_is_unique(emu: StripeEmulator) -> None:
+    assert create_product(emu, {"id": "prod_cliniko_42"})["id"] == "prod_cliniko_42"
+    error = error_of(emu.handle(req("POST", "/v1/products", {"name": "Again", "id": "prod_cliniko_42"})), 400)
+    assert error["code"] == "resource_already_exists" and error["param"] == "id"
+
+
+def test_a_product_with_prices_cannot_be_deleted(emu: StripeEmulator) -> None:
+    priced = create_product(emu, AUD_45)
+    error = error_of(emu.handle(req("DELETE", f"/v1/products/{priced['id']}")), 400)
+    assert "cannot be deleted because it has one or more user-created prices" in error["message"]
+    bare = create_product(emu, {"name": "Bare"})
+    assert emu.handle(req("DELETE", f"/v1/products/{bare['id']}")).mutated
+    assert error_of(emu.handle(req("GET", f"/v1/products/{bare['id']}")), 404)["code"] == "resource_missing"
+    assert [p["id"] for p in emu.handle(req("GET", "/v1/products")).body["data"]] == [priced["id"]]
+
+
+def test_expand_default_price_and_product(emu: StripeEmulator) -> None:
+    product = create_product(emu, {**AUD_45, "expand[0]": "default_price"})
+    assert product["default_price"]["unit_amount"] == 4500
+    listed = emu.handle(req("GET", "/v1/products", {"expand[0]": "data.default_price"})).body["data"]
+    assert listed[0]["default_price"]["object"] == "price"
+    price_id = product["default_price"]["id"]
+    price = emu.handle(req("GET", f"/v1/prices/{price_id}", {"expand[0]": "product"})).body
+    assert price["product"]["id"] == product["id"]
+    assert error_of(emu.handle(req("GET", f"/v1/prices/{price_id}", {"expand[0]": "default_price"})), 400)
+
+
+def test_product_and_price_lists_filter_and_page_like_customers(emu: StripeEmulator, clock: FakeClock) -> None:
+    ids = []
+    for i in range(7):
+        ids.append(create_product(emu, {"name": f"P{i}", **AUD_45})["id"])
+        clock.advance(10)
+    update(emu, f"/v1/products/{ids[2]}", {"active": "false"})
+    newest_first = list(reversed(ids))
+    page = emu.handle(req("GET", "/v1/products", {"limit": "3"})).body
+    assert [p["id"] for p in page["data"]] == newest_first[:3] and page["has_more"] is True
+    after = emu.handle(req("GET", "/v1/products", {"limit": "3", "starting_after": newest_first[2]})).body
+    assert [p["id"] for p in after["data"]] == newest_first[3:6]
+    active = emu.handle(req("GET", "/v1/products", {"active": "false"})).body["data"]
+    assert [p["id"] for p in active] == [ids[2]]
+    chosen = emu.handle(req("GET", "/v1/products", [("ids[0]", ids[1]), ("ids[1]", ids[4]), ("ids[2]", "prod_none")]))
+    assert [p["id"] for p in chosen.body["data"]] == [ids[4], ids[1]]
+    since = emu.admin("dump", {}).body["products"][5]["created"]
+    assert [p["id"] for p in emu.handle(req("GET", "/v1/products", {"created[gte]": str(since)})).body["data"]] == [
+        ids[6],
+        ids[5],
+    ]
+    missing = error_of(emu.handle(req("GET", "/v1/products", {"starting_after": "prod_gone"})), 400)
+    assert missing["param"] == "starting_after" and missing["message"] == "No such product: 'prod_gone'"
+    create_price(emu, ids[0], 100, currency="usd", **{"recurring[interval]": "year"})
+    usd = emu.handle(req("GET", "/v1/prices", {"currency": "usd"})).body["data"]
+    assert len(usd) == 1 and usd[0]["type"] == "recurring"
+    one_time = emu.handle(req("GET", "/v1/prices", {"product": ids[0], "type": "one_time"})).body["data"]
+    assert [p["unit_amount"] for p in one_time] == [4500]
+    assert error_of(emu.handle(req("GET", "/v1/prices", {"unit_amount": "4500"})), 400)["param"] == "unit_amount"
+
+
+def test_product_search_lags_and_reads_metadata_name_and_active(emu: StripeEmulator, clock: FakeClock) -> None:
+    product = create_product(emu, {"name": "Heat pack", "metadata[cliniko_product_id]": "9"})
+
+    def found(query: str) -> list[str]:
+        body = emu.handle(req("GET", "/v1/products/search", {"query": query})).body
+        assert body["url"] == "/v1/products/search", body
+        return [p["name"] for p in body["data"]]
+
+    assert found("metadata['cliniko_product_id']:'9'") == []  # not indexed yet
+    clock.advance(60)
+    assert found("metadata['cliniko_product_id']:'9'") == ["Heat pack"]
+    assert found("name:'heat pack' AND active:'true'") == ["Heat pack"]
+    update(emu, f"/v1/products/{product['id']}", {"name": "Wheat pack", "active": "false"})
+    assert found("name:'Heat pack'") == ["Heat pack"]  # the index still has the old version
+    assert found("name:'Wheat pack'") == []
+    clock.advance(61)
+    assert found("name:'Wheat pack' AND active:'false'") == ["Wheat pack"]
+    assert error_of(emu.handle(req("GET", "/v1/products/search", {"query": "email:'a@b.co'"})), 400)["param"] == "query"
+    assert error_of(emu.handle(req("GET", "/v1/products/search", {"query": "active:'yes'"})), 400)["param"] == "query"
+
+
+def test_price_search(emu: StripeEmulator) -> None:
+    emu.admin("set_search_delay", {"seconds": 0})
+    product = create_product(emu, AUD_45)
+    create_price(emu, product["id"], 900, currency="usd", lookup_key="usd_price")
+    body = emu.handle(req("GET", "/v1/prices/search", {"query": f"product:'{product['id']}' AND currency:'aud'"})).body
+    assert [p["id"] for p in body["data"]] == [product["default_price"]] and body["url"] == "/v1/prices/search"
+    hits = emu.handle(req("GET", "/v1/prices/search", {"query": "lookup_key:'usd_price'"})).body["data"]
+    assert [p["unit_amount"] for p in hits] == [900]
+
+
+def test_product_create_is_idempotent_and_replays_with_its_price(emu: StripeEmulator) -> None:
+    params = {"name": "Once", **AUD_45}
+    first = emu.handle(req("POST", "/v1/products", params, idem="prod-1"))
+    again = emu.handle(req("POST", "/v1/products", params, idem="prod-1"))
+    assert again.replayed and not again.mutated and again.body == first.body
+    dump = emu.admin("dump", {}).body
+    assert len(dump["products"]) == 1 and len(dump["prices"]) == 1
+    error = error_of(emu.handle(req("POST", "/v1/products", {"name": "Twice", **AUD_45}, idem="prod-1")), 400)
+    assert error["type"] == "idempotency_error"
+    price = first.body["default_price"]
+    refused = emu.handle(req("POST", f"/v1/prices/{price}", {"unit_amount": "1"}, idem="price-1"))
+    assert refused.status == 400
+    ok = emu.handle(req("POST", f"/v1/prices/{price}", {"nickname": "x"}, idem="price-1"))
+    assert ok.status == 200 and not ok.replayed  # a refused request is not saved under its key
+
+
+def test_stored_500_on_a_product_create_keeps_the_product_and_its_price(emu: StripeEmulator) -> None:
+    emu.faults = FaultPlan.parse("stored500=1,max=1")
+    params = {"name": "Kept", **AUD_45}
+    assert emu.handle(req("POST", "/v1/products", params, idem="p500")).status == 500
+    replay = emu.handle(req("POST", "/v1/products", params, idem="p500"))
+    assert replay.status == 500 and replay.replayed
+    dump = emu.admin("dump", {}).body
+    assert [p["name"] for p in dump["products"]] == ["Kept"] and len(dump["prices"]) == 1
+
+
+def test_products_and_prices_need_write_permissions_and_have_endpoint_names(emu: StripeEmulator) -> None:
+    product = create_product(emu, AUD_45)
+    for path, permission in (("/v1/products", "rak_product_write"), ("/v1/prices", "rak_price_write")):
+        error = error_of(emu.handle(req("POST", path, {"name": "x"}, key=READONLY)), 403)
+        assert f"Having the '{permission}' permission" in error["message"]
+    assert emu.handle(req("GET", f"/v1/products/{product['id']}", key=READONLY)).status == 200
+    assert emu.endpoint_name(req("POST", f"/v1/products/{product['id']}")) == "POST /v1/products/{id}"
+    assert emu.endpoint_name(req("GET", "/v1/prices/price_Abc123")) == "GET /v1/prices/{id}"
+    assert emu.endpoint_name(req("GET", "/v1/products/search")) == "GET /v1/products/search"
+    search = emu.rate_limit(req("GET", "/v1/products/search", {"query": "x"}))
+    assert search is not None and search.limit == limits.SEARCH_RATE_LIMIT_PER_SECOND
+    assert error_of(emu.handle(req("DELETE", f"/v1/prices/{product['default_price']}")), 404)
+    live = error_of(emu.handle(req("GET", f"/v1/products/{product['id']}", key=LIVE_A)), 404)
+    assert "exists in test mode, but a live mode key was used" in live["message"]
+
+
+def test_admin_products_by_hand(emu: StripeEmulator, clock: FakeClock) -> None:
+    seeded = emu.admin(
+        "seed",
+        {
+            "products": [
+                {
+                    "name": "Made by hand",
+                    "created": 1_600_000_000,
+                    "sandbox_case": "note",
+                    "prices": [
+                        {"currency": "aud", "unit_amount": 4500, "tax_behavior": "inclusive", "default": True},
+                        {"currency": "aud", "unit_amount": 4000, "nickname": "Members"},
+                    ],
+                }
+            ]
+        },
+    )
+    assert seeded.status == 200 and not seeded.mutated and seeded.body["ignored_fields"] == ["sandbox_case"]
+    made = seeded.body["products"][0]
+    assert made["default_price"] == made["prices"][0] and len(made["prices"]) == 2
+    # Seeded data existed long before: Search sees it at once, whatever the delay.
+    hits = emu.handle(req("GET", "/v1/products/search", {"query": "name:'Made by hand'"})).body["data"]
+    assert [p["id"] for p in hits] == [made["id"]] and hits[0]["created"] == 1_600_000_000
+
+    added = emu.admin("add_product", {"name": "Just now", "metadata": {"k": "v"}}).body
+    assert emu.handle(req("GET", "/v1/products/search", {"query": "name:'Just now'"})).body["data"] == []
+    price = emu.admin("add_price", {"product": added["id"], "currency": "aud", "unit_amount": 100, "default": True})
+    assert emu.handle(req("GET", f"/v1/products/{added['id']}")).body["default_price"] == price.body["id"]
+    refused = emu.admin("edit_price", {"id": price.body["id"], "active": False})
+    assert refused is not None and refused.status == 400  # the Dashboard keeps Stripe's rules too
+    assert emu.admin("edit_product", {"id": added["id"], "active": False}).body["active"] is False
+    assert emu.admin("edit_price", {"id": price.body["id"], "nickname": "Hand"}).body["nickname"] == "Hand"
+    dump = emu.admin("dump", {}).body
+    assert [p["name"] for p in dump["products"]] == ["Made by hand", "Just now"]
+    assert len(dump["prices"]) == 3 and all(p["deleted"] is False for p in dump["prices"])
+    bad = emu.admin("add_product", {"name": "Bad", "prices": [{"currency": "aud"}]})
+    assert bad is not None and bad.status == 400 and len(emu.admin("dump", {}).body["products"]) == 2
