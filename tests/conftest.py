@@ -15,6 +15,7 @@ def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
     started: list[Sandbox] = []
 
     def make(**kwargs: object) -> Sandbox:
+        kwargs.setdefault("products", 0)  # a product catalogue only where a test is about products
         sandbox = start_sandbox(**kwargs)  # type: ignore[arg-type]
         started.append(sandbox)
         return sandbox

@@ -165,11 +165,18 @@ class SandboxProcess:
 
 
 def start_sandbox_process(
-    workdir: Path, *, profile: str = "clean", patients: int = 50, seed: int = 1, faults: str = "", timeout_s: float = 30
+    workdir: Path,
+    *,
+    profile: str = "clean",
+    patients: int = 50,
+    products: int = 0,
+    seed: int = 1,
+    faults: str = "",
+    timeout_s: float = 30,
 ) -> SandboxProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     output = workdir / "sandbox.out"
-    args = ["--profile", profile, "--patients", str(patients), "--seed", str(seed)]
+    args = ["--profile", profile, "--patients", str(patients), "--products", str(products), "--seed", str(seed)]
     if faults:
         args += ["--faults", faults]
     try:
