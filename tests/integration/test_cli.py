@@ -205,8 +205,9 @@ def test_clean_sync_exits_0_and_a_second_run_writes_nothing(make_sandbox, cli_en
 
     second = expect(cli(env, "sync", "--once", "--json"), 0)
     assert "0 created" in second.out and "0 updated" in second.out
-    row = json.loads(second.out.strip().splitlines()[-1])
-    assert row["stream"] == "cliniko.patients" and row["outcome"] == "ok" and row["created"] == 0
+    rows = [json.loads(line) for line in second.out.splitlines() if line.startswith("{")]
+    assert [row["stream"] for row in rows] == ["cliniko.patients", "cliniko.products"]
+    assert rows[0]["outcome"] == "ok" and rows[0]["created"] == 0
     assert executed_writes(sandbox.stripe_url) == 25
 
 
@@ -270,7 +271,7 @@ def test_dry_run_writes_nothing_and_prints_the_plan(make_sandbox, cli_env):
     assert stats(sandbox.stripe_url)["mutations_total"] == 0
     assert customers(sandbox) == []
     assert "cliniko.patients: ok — 12 created" in planned.out
-    plan_text = planned.out.split("plan:", 1)[1]
+    plan_text = planned.out.split("plan:", 1)[1].split("\ncliniko.products:", 1)[0]
     plan = json.loads(plan_text)
     assert plan["counts"]["created"] == 12 and plan["stream"] == "cliniko.patients"
     assert plan["stripe_mode"] == "test" and plan["queued_writes"] == 0
@@ -753,7 +754,10 @@ def test_the_sandbox_prints_export_lines_that_work_in_one_paste(tmp_path):
     clean = {name: value for name, value in os.environ.items() if not name.startswith("CLINICSYNC_")}
     with output.open("w") as sink:
         sandbox = subprocess.Popen(
-            [sys.executable, "-m", "clinicsync", "sandbox", "--patients", "4", "--port-file", str(port_file)],
+            [
+                *(sys.executable, "-m", "clinicsync", "sandbox", "--patients", "4", "--products", "3"),
+                *("--port-file", str(port_file)),
+            ],
             env=clean,
             cwd=REPO,
             stdout=sink,
@@ -783,7 +787,7 @@ def test_the_sandbox_prints_export_lines_that_work_in_one_paste(tmp_path):
             timeout=120,
         )
         assert synced.returncode == 0, synced.stdout + synced.stderr
-        assert executed_writes(info["stripe_url"]) == 4
+        assert stats(info["stripe_url"])["mutations"].get("POST /v1/customers") == 4
         assert AppPaths.under(home).db_path.is_file()  # the demo profile was used, not the default one
     finally:
         sandbox.send_signal(signal.SIGTERM)
