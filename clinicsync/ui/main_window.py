@@ -21,6 +21,7 @@ from clinicsync.sync.runner import JobOutcome
 from clinicsync.ui import icons
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.status import request_sync, stream_label
+from clinicsync.ui.wheel import guard_wheel
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class MainWindow(QMainWindow):
             self.tab_errors[spec.name] = f"{type(exc).__name__}: {exc}"
             widget = PlaceholderTab(f"The {spec.title} screen could not be opened ({type(exc).__name__}). See the log.")
         widget.setObjectName(f"tab-{spec.name}")
+        guard_wheel(widget)
         self.tabs[spec.name] = widget
         self.tab_widget.addTab(widget, spec.title)
 

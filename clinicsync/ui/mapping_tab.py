@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDateEdit,
     QFileDialog,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
     QTableWidget,
@@ -60,6 +62,8 @@ from clinicsync.secrets import MemorySecretStore
 from clinicsync.sync.runner import read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import SYNC_SECRETS, UiContext
+from clinicsync.ui.layout import fit_header_titles
+from clinicsync.ui.wheel import guard_wheel
 
 COLUMNS = ("Source field(s)", "Stripe field", "Transform", "Options (JSON)", "Role", "If too long", "Check")
 COL_SOURCES, COL_TARGET, COL_TRANSFORM, COL_OPTIONS, COL_ROLE, COL_OVERFLOW, COL_STATUS = range(len(COLUMNS))
@@ -153,6 +157,7 @@ class MappingTab(QWidget):
         for column in range(len(COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(COL_STATUS, QHeaderView.ResizeMode.Stretch)
+        fit_header_titles(header)
         widths = {COL_SOURCES: 165, COL_TARGET: 165, COL_TRANSFORM: 105, COL_OPTIONS: 130, COL_ROLE: 85}
         for column, width in {**widths, COL_OVERFLOW: 75}.items():
             self.table.setColumnWidth(column, width)
@@ -219,6 +224,7 @@ class MappingTab(QWidget):
         self.diff_table = QTableWidget(0, 3)
         self.diff_table.setHorizontalHeaderLabels(["Stripe field", "In Stripe now", "After the next sync"])
         self.diff_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        fit_header_titles(self.diff_table.horizontalHeader())
         self.diff_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         preview = QWidget()
         preview_layout = QVBoxLayout(preview)
@@ -240,8 +246,14 @@ class MappingTab(QWidget):
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
         splitter.setSizes([820, 440])
+        # A window narrower than the editor scrolls it instead of squeezing its buttons and columns.
+        page = QScrollArea()
+        page.setWidgetResizable(True)
+        page.setFrameShape(QFrame.Shape.NoFrame)
+        page.setWidget(splitter)
         layout = QVBoxLayout(self)
-        layout.addWidget(splitter)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(page)
 
     # --- the model ------------------------------------------------------------------------------------
     def _make_catalogue(self) -> FieldCatalogue:
@@ -501,6 +513,9 @@ class MappingTab(QWidget):
         self.table.setRowCount(len(self._rules))
         for row, rule in enumerate(self._rules):
             self._fill_row(row, rule)
+        for column in range(COL_STATUS):
+            self.table.resizeColumnToContents(column)  # each editor shows its whole choice
+        guard_wheel(self.table)
         if 0 <= current < len(self._rules):
             self.table.selectRow(current)
 

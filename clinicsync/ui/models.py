@@ -180,7 +180,14 @@ class RowsTableModel(QAbstractTableModel, Generic[RowT]):
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         row = self.row_for(index)
-        return None if row is None else self.cell(row, index.column(), role)
+        if row is None:
+            return None
+        value = self.cell(row, index.column(), role)
+        if value is None and role == Qt.ItemDataRole.ToolTipRole:
+            # A cell too narrow for its text is elided; its tooltip then still has the whole of it.
+            text = self.cell(row, index.column(), Qt.ItemDataRole.DisplayRole)
+            return text if isinstance(text, str) and text else None
+        return value
 
     def cell(self, row: RowT, column: int, role: int) -> Any:
         raise NotImplementedError
@@ -304,7 +311,7 @@ class RunsModel(PagedTableModel[RunRow, int]):
         if role == Qt.ItemDataRole.ForegroundRole:
             return self._colour(run, column)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(run)
+            return self._tooltip(run, column)
         return None
 
     def _display(self, run: RunRow, column: int) -> str:
@@ -328,9 +335,11 @@ class RunsModel(PagedTableModel[RunRow, int]):
             return severity_color("review")
         return None
 
-    def _tooltip(self, run: RunRow) -> str:
+    def _tooltip(self, run: RunRow, column: int) -> str:
         started = local_time(run.started_at)
         lines = [f"Run #{run.id} · started {started:%Y-%m-%d %H:%M:%S}" if started else f"Run #{run.id}"]
+        if column not in self.COUNT_COLUMNS and column != 0:
+            lines.insert(0, self._display(run, column))  # the cell's own words first: it may be elided
         if run.message:
             lines.append(clean_text(run.message, TOOLTIP_LIMIT))
         return "\n".join(lines)

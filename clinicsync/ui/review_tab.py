@@ -112,13 +112,13 @@ class ReviewModel(RowsTableModel[ReviewRow]):
         if role == Qt.ItemDataRole.DisplayRole:
             values = (str(row.id), row.title, row.reason_text, str(len(row.candidates)))
             return values[column]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return clean(row.detail) or None
+        if role == Qt.ItemDataRole.ToolTipRole and column == 2:
+            return "\n".join(part for part in (row.reason_text, clean(row.detail)) if part)
         return None
 
 
 class CandidateModel(RowsTableModel[Candidate]):
-    columns = ("Stripe customer", "Name", "Email", "Phone", "Created", f"Cliniko id ({CROSS_REF_KEY})")
+    columns = ("Stripe customer", "Name", "Email", "Phone", "Created", "Cliniko id")
 
     def cell(self, candidate: Candidate, column: int, role: int) -> Any:
         if role != Qt.ItemDataRole.DisplayRole:
