@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHeaderView,
     QLabel,
+    QScrollArea,
     QStyle,
     QStyleOptionComboBox,
     QTabBar,
@@ -97,6 +98,8 @@ def _widget_problems(widget: QWidget) -> list[str]:
         return _tab_problems(widget)
     if isinstance(widget, QAbstractItemView):
         out += _cell_problems(widget)
+    if isinstance(widget, QScrollArea):
+        out += _scroll_problems(widget)
     if isinstance(widget, QComboBox) and not widget.isEditable():
         out += _combo_problems(widget)
     needed = widget.minimumSizeHint()
@@ -153,6 +156,20 @@ def _tab_problems(bar: QTabBar) -> list[str]:
         needed = metrics.horizontalAdvance(text) + space
         if bar.isTabVisible(index) and bar.tabRect(index).width() < needed:
             out.append(f"{describe(bar)}: tab {text!r} is {bar.tabRect(index).width()} px, needs {needed}")
+    return out
+
+
+def _scroll_problems(area: QScrollArea) -> list[str]:
+    """Content wider (or taller) than a scroll area that may not scroll that way is clipped, not scrolled."""
+    inner, viewport = area.widget(), area.viewport()
+    if inner is None:
+        return []
+    off = Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    out = []
+    if area.horizontalScrollBarPolicy() == off and inner.width() > viewport.width() + 1:
+        out.append(f"{describe(area)}: its content is {inner.width()} px wide in {viewport.width()} px, unscrollable")
+    if area.verticalScrollBarPolicy() == off and inner.height() > viewport.height() + 1:
+        out.append(f"{describe(area)}: its content is {inner.height()} px high in {viewport.height()}, unscrollable")
     return out
 
 

@@ -24,6 +24,13 @@ def font(qapp):
         yield font
 
 
+def settle(qtbot) -> None:
+    """Let queued layout requests and background results land before measuring."""
+    for _ in range(3):
+        QApplication.processEvents()
+        qtbot.wait(20)
+
+
 def every_tab_problems(qtbot, gui, size: tuple[int, int]) -> list[str]:
     window = gui.window
     window.resize(*size)
@@ -32,7 +39,7 @@ def every_tab_problems(qtbot, gui, size: tuple[int, int]) -> list[str]:
     problems = []
     for spec in TABS:
         tab = window.show_tab(spec.name)
-        QApplication.processEvents()
+        settle(qtbot)
         assert (window.width(), window.height()) == size, f"the window cannot be {size[0]}×{size[1]}"
         problems += fit_problems(tab)
     problems += fit_problems(window.tab_widget.tabBar())
@@ -116,3 +123,22 @@ def test_the_window_guards_every_box_of_every_tab(build_gui, offline_env) -> Non
     gui.window.show_tab("mapping")
     boxes = [box for tab in gui.window.tabs.values() for box in tab.findChildren(QComboBox)]
     assert boxes and all(box.focusPolicy() == Qt.FocusPolicy.StrongFocus for box in boxes)
+
+
+def test_the_mapping_form_of_every_transform_fits(qtbot, font, build_gui, offline_env) -> None:
+    from clinicsync.mapping.spec import rule
+    from clinicsync.mapping.transforms import TRANSFORMS
+
+    gui = build_gui(offline_env)
+    gui.window.resize(1024, 700)
+    gui.window.show()
+    tab = gui.window.show_tab("mapping")
+    problems = []
+    for transform in TRANSFORMS:
+        sources = {"template": (), "constant": (), "join": ("address_1", "city", "state")}.get(transform, ("city",))
+        options = {"template": {"template": "{title} {first_name}"}, "lookup": {"table": {"A": "b"}, "default": "c"}}
+        row = tab.add_row(rule(f"metadata.{transform}", *sources, transform=transform, **options.get(transform, {})))
+        tab.select_row(row)
+        settle(qtbot)
+        problems += [f"{transform}: {problem}" for problem in fit_problems(tab)]
+    assert problems == [], "\n".join(problems)
