@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync import labels
 from clinicsync.app import AppContext, bootstrap
 from clinicsync.connections import has_any_key
 from clinicsync.paths import HOME_ENV_VAR, AppPaths
@@ -175,14 +176,17 @@ def needs_first_run(app: AppContext) -> bool:
 
 def outcome_summary(outcome: JobOutcome) -> str:
     if outcome.failure_kind:
-        return f"The first sync did not finish: {outcome.message}"
+        return f"The first sync did not finish: {labels.for_gui(outcome.message)}"
     totals: dict[str, int] = {}
     for result in outcome.results:
         for action, count in result.counts.items():
             totals[action] = totals.get(action, 0) + count
-    parts = [f"{totals.get('created', 0)} customers created", f"{totals.get('linked', 0)} linked to existing ones"]
+    parts = [
+        f"{labels.plural(totals.get('created', 0), 'customer')} created",
+        f"{totals.get('linked', 0):,} linked to existing ones",
+    ]
     if totals.get("review"):
-        parts.append(f"{totals['review']} left for you to review")
+        parts.append(f"{totals['review']:,} left for you to review")
     if totals.get("failed"):
         parts.append(f"{totals['failed']} failed")
     return "First sync finished: " + ", ".join(parts) + "."
@@ -289,7 +293,7 @@ class FirstRunDialog(QDialog):
             self.action = None
             self._set_choices_enabled(True)
             self.progress.hide()
-            self.status_label.setText(f"The sandbox could not start: {outcome.error}")
+            self.status_label.setText(f"The sandbox could not start: {labels.for_gui(outcome.error)}")
             return
         trial: SandboxTrial = outcome.value
         self.sandbox, self.sandbox_env = trial.sandbox, trial.env

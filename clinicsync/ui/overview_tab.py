@@ -27,6 +27,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync import labels
+from clinicsync.labels import plural
 from clinicsync.store import queries
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.sync.streams import STREAMS
@@ -44,7 +46,6 @@ from clinicsync.ui.status import (
     stream_label,
 )
 
-STREAM_TITLES = {"cliniko.patients": "Cliniko patients → Stripe customers"}
 STATE_WORDS = {
     "ok": "Up to date",
     "attention": "Needs attention",
@@ -81,12 +82,11 @@ class StreamView:
     errors: str
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+COUNT_WORDS = {"review": "sent to review"}
 
 
 def counts_text(counts: dict[str, int]) -> str:
-    parts = [f"{counts[name]} {name}" for name in COUNT_ORDER if counts.get(name)]
+    parts = [f"{counts[name]:,} {COUNT_WORDS.get(name, name)}" for name in COUNT_ORDER if counts.get(name)]
     return ", ".join(parts) if parts else "no changes"
 
 
@@ -98,7 +98,7 @@ def stream_view(
     *,
     awaiting_approval: bool = False,
 ) -> StreamView:
-    title = STREAM_TITLES.get(stream, stream)
+    title = labels.stream_title(stream)
     if progress is not None and progress.stream == stream:
         state = "Syncing…"
     elif awaiting_approval:
@@ -119,11 +119,9 @@ def stream_view(
         last_run=when,
         counts=counts_text(row["last_counts"]),
         next_run="manual (press Sync now)",
-        queued=f"{row['queued']} write{'s' if row['queued'] != 1 else ''} waiting for Stripe"
-        if row["queued"]
-        else "none",
-        review=f"{row['review']} record{'s' if row['review'] != 1 else ''} to review" if row["review"] else "none",
-        errors=f"{failed} record{'s' if failed != 1 else ''} failed in the last run" if failed else "none",
+        queued=f"{plural(row['queued'], 'change')} waiting to be sent to Stripe" if row["queued"] else "none",
+        review=f"{plural(row['review'], 'record needs', 'records need')} your decision" if row["review"] else "none",
+        errors=f"{plural(failed, 'record')} failed in the last run" if failed else "none",
     )
 
 
@@ -317,7 +315,7 @@ class OverviewTab(QWidget):
                 "unreachable": "Cliniko or Stripe could not be reached.",
                 "storage": "ClinicSync can't save its records.",
             }.get(problem.kind, "A connection is broken.")
-            self.banner_text.setText(f"<b>{lead}</b> {escape_html(problem.message)}")
+            self.banner_text.setText(f"<b>{lead}</b> {escape_html(labels.for_gui(problem.message))}")
 
     def _show_syncing(self, syncing: bool) -> None:
         self.sync_button.setEnabled(not syncing and not self.tracker.paused())
@@ -378,9 +376,9 @@ def finished_text(outcome: JobOutcome) -> str:
     if outcome.failure_kind == "locked":
         return "Another sync (for example from the command line) is running for this clinic; try again shortly."
     if outcome.failure_kind == "cancelled":  # the runner's own words: "Not started: syncing is paused." etc.
-        return outcome.message
+        return labels.for_gui(outcome.message)
     if outcome.failure_kind is not None:
-        return f"The sync did not run: {outcome.message}"
+        return f"The sync did not run: {labels.for_gui(outcome.message)}"
     parts = []
     for result in outcome.results:
         word = {"cancelled": "cancelled", "needs_approval": "waiting for approval", "failed": "failed"}.get(

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync import labels
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.sources.errors import SourceConfigError
@@ -262,7 +263,7 @@ class ReviewTab(QWidget):
             return
         name = clean(item.display_name) or "(no name)"
         self.record_label.setText(
-            f"{name} — {item.stream} record {clean(item.source_id)}\n{item.reason_text}"
+            f"{name} — {labels.record_words(item.stream)} {clean(item.source_id)}\n{item.reason_text}"
             + (f"\n{clean(item.detail)}" if item.detail else "")
         )
         self._show_candidates(item)
@@ -287,7 +288,7 @@ class ReviewTab(QWidget):
             if base_url:
                 base_url = validate_base_url(base_url, "Stripe")
         except (SecretStoreError, SourceConfigError) as exc:
-            self.status_label.setText(f"Could not load the candidates from Stripe: {exc}")
+            self.status_label.setText(f"Could not load the candidates from Stripe: {labels.for_gui(exc)}")
             return
         if not key:
             self.status_label.setText("No Stripe key is set, so the candidates' details can't be shown.")
@@ -304,7 +305,7 @@ class ReviewTab(QWidget):
         if not outcome.ok:
             error = outcome.error
             text = error.message if isinstance(error, StripeFailure) else f"{type(error).__name__}: {error}"
-            self.status_label.setText(f"Could not load the candidates from Stripe: {text}")
+            self.status_label.setText(f"Could not load the candidates from Stripe: {labels.for_gui(text)}")
             return
         self._customers.update(outcome.value)
         current = self.current_item()
@@ -333,7 +334,7 @@ class ReviewTab(QWidget):
         try:
             queries.resolve_review(item.id, action, stripe_id)
         except queries.ReviewError as exc:
-            self.status_label.setText(str(exc))
+            self.status_label.setText(labels.for_gui(exc))
             return
         what = {"link": f"link to {stripe_id}", "create": "create a new customer", "ignore": "ignore"}[action]
         self.status_label.setText(f"#{item.id} {item.title}: {what}. The next sync carries it out.")

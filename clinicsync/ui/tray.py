@@ -14,6 +14,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from clinicsync.labels import plural
 from clinicsync.ui import icons
 from clinicsync.ui.status import StatusSnapshot, StatusTracker, stream_label
 
@@ -50,10 +51,9 @@ def status_line(snapshot: StatusSnapshot, now: datetime | None = None) -> str:
     if snapshot.problem is not None:
         return f"Needs attention: {_PROBLEM_WORDS.get(snapshot.problem.kind, snapshot.problem.kind)}"
     if snapshot.review_items:
-        return f"Needs attention: {snapshot.review_items} record{'s' if snapshot.review_items != 1 else ''} to review"
+        return f"Needs attention: {plural(snapshot.review_items, 'record')} to review"
     if snapshot.failed_records:
-        count = snapshot.failed_records
-        return f"Needs attention: {count} record{'s' if count != 1 else ''} failed"
+        return f"Needs attention: {plural(snapshot.failed_records, 'record')} failed"
     if snapshot.last_sync is None:
         return "Not synced yet"
     now = now or datetime.now(snapshot.last_sync.tzinfo)

@@ -68,8 +68,8 @@ def test_stream_card_words() -> None:
         NOW,
     )
     assert busy.state == "Syncing…"
-    assert busy.queued == "2 writes waiting for Stripe"
-    assert busy.review == "1 record to review"
+    assert busy.queued == "2 changes waiting to be sent to Stripe"
+    assert busy.review == "1 record needs your decision"
     assert busy.errors == "4 records failed in the last run"
     assert stream_view(STREAM, row(last_outcome="needs_approval"), None, NOW).state == "Waiting for your approval"
     assert counts_text({}) == "no changes"

@@ -165,7 +165,7 @@ def test_the_record_and_status_labels_show_source_data_as_written(qtbot, build_g
     name = "Smith <Allied> & Sons <h1>Physio</h1>"
     review._show_item(ReviewRow(7, "cliniko.patients", "42", name, "email_match", "", ()))
     assert review.record_label.textFormat() == Qt.TextFormat.PlainText
-    assert review.record_label.text().startswith(name + " — cliniko.patients record 42")
+    assert review.record_label.text().startswith(name + " — Cliniko patient 42")
     assert review.status_label.textFormat() == Qt.TextFormat.PlainText  # it repeats the name after a decision
 
 
