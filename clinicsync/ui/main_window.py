@@ -251,7 +251,7 @@ class MainWindow(QMainWindow):
             return
         self.state.setValue("geometry", self.saveGeometry())
         if self.ui.tray_available:
-            # Keep running (and syncing) in the tray; say so the first time only, ever.
+            # Stay in the tray (a sync already running carries on); say so the first time only, ever.
             event.ignore()
             self.hide()
             first_time = not self.state.value("tray_hint_shown", False, type=bool)

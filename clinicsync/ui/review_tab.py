@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from clinicsync import labels
+from clinicsync.labels import plural
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.sources.errors import SourceConfigError
@@ -148,6 +149,46 @@ def _date(epoch: object) -> str:
     return datetime.fromtimestamp(epoch, UTC).astimezone().strftime("%Y-%m-%d")
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A decision a person made that a sync carries out (as the tab remembers it before the sync)."""
+
+    id: int
+    title: str
+    action: str  # link, create
+    stripe_id: str | None
+
+    @classmethod
+    def of(cls, item: ReviewItem) -> Decision:
+        title = clean(item.display_name) or clean(item.source_id)
+        return cls(item.id, title, item.resolution or "", item.resolution_stripe_id)
+
+
+def carried_out_text(results: list[tuple[Decision, str, str | None]]) -> str:
+    """What the last sync did with the decisions waiting for it: (decision, its status now, the Stripe id its record
+    is linked to now) each."""
+    done, failed, waiting = [], [], []
+    for decision, status, linked in results:
+        if status == "resolved":
+            waiting.append(decision.title)
+        elif decision.action == "link" and linked == decision.stripe_id:
+            done.append(f"{decision.title} is now linked to Stripe customer {decision.stripe_id}")
+        elif decision.action == "create" and linked:
+            done.append(f"{decision.title} now has a new Stripe customer, {linked}")
+        else:
+            failed.append(decision.title)
+    parts = []
+    if done:
+        decisions = "decision" if len(done) == 1 else "decisions"
+        parts.append(f"The last sync carried out your {decisions}: " + "; ".join(done))
+    if failed:
+        parts.append(f"It could not carry out your decision about {', '.join(failed)}; Sync history says why")
+    if waiting:
+        still = plural(len(waiting), "decision waits", "decisions wait")
+        parts.append(f"{still} for the next sync: {', '.join(waiting)}")
+    return ". ".join(parts) + "." if parts else ""
+
+
 def fetch_customers(key: str, base_url: str | None, stripe_ids: tuple[str, ...]) -> dict[str, dict[str, Any] | None]:
     """The candidates' current Stripe records (None for a deleted one); runs on a worker thread."""
     gateway = StripeGateway(key, base_url=base_url, timeout_s=15.0)
@@ -165,6 +206,7 @@ class ReviewTab(QWidget):
         self.ui = ui
         self.tracker = ui.status or StatusTracker(ui.runner, ui.bridge, ui.app.settings, self)
         self._customers: dict[str, dict[str, Any] | None] = {}  # fetched this session; refreshed on each sync
+        self._waiting: dict[int, Decision] = {}  # decisions the next sync carries out
         self._loading: set[str] = set()
         self.model = ReviewModel(self)
         self.candidate_model = CandidateModel(self)
@@ -231,6 +273,7 @@ class ReviewTab(QWidget):
         """Re-read the open items (a few rows) and keep the selection on the same item when it is still open."""
         selected = self.current_item()
         self.model.set_rows([ReviewRow.of(item) for item in queries.open_reviews()])
+        self._waiting = {item.id: Decision.of(item) for item in queries.decided_reviews()}
         self.empty_label.setVisible(not self.model.rows)
         row = next((i for i, r in enumerate(self.model.rows) if selected and r.id == selected.id), 0)
         if self.model.rows:
@@ -336,8 +379,12 @@ class ReviewTab(QWidget):
         except queries.ReviewError as exc:
             self.status_label.setText(labels.for_gui(exc))
             return
-        what = {"link": f"link to {stripe_id}", "create": "create a new customer", "ignore": "ignore"}[action]
-        self.status_label.setText(f"#{item.id} {item.title}: {what}. The next sync carries it out.")
+        what = {
+            "link": f"will be linked to Stripe customer {stripe_id} by the next sync",
+            "create": "will get a new Stripe customer at the next sync",
+            "ignore": "will not be synced",
+        }[action]
+        self.status_label.setText(f"{item.title} {what}.")
         self.reload()
         self.resolved.emit(item.id, action)
 
@@ -358,8 +405,13 @@ class ReviewTab(QWidget):
 
     def _sync_finished(self, outcome: JobOutcome) -> None:
         # A sync may open or close items and change the customers in Stripe: read both afresh.
+        waiting = dict(self._waiting)
         self._customers.clear()
         self.reload()
+        if waiting and outcome.failure_kind != "locked":
+            results = queries.decision_results(list(waiting))
+            now = [(waiting[item.id], item.status, linked) for item, linked in results]
+            self.status_label.setText(carried_out_text(now))
 
     def showEvent(self, event: QShowEvent) -> None:
         self.reload()

@@ -179,3 +179,37 @@ def test_a_record_without_a_name_shows_its_id_cleaned_and_shortened(qtbot, build
     review = build_gui(offline_env).window.tab("review")
     review._show_item(item)
     assert "\u202e" not in review.record_label.text() and len(review.record_label.text()) < 500
+
+
+def test_after_the_sync_the_tab_says_it_carried_out_the_decisions(qtbot, review_setup):
+    _sandbox, ui = review_setup
+    sync(qtbot, ui)
+    tab = ReviewTab(ui)
+    qtbot.addWidget(tab)
+    select(qtbot, tab, "Ethan Brooks")
+    chosen = tab.current_item().candidates[0]
+    tab.candidates_view.selectRow(0)
+    tab.link_button.click()
+    assert tab.status_label.text() == f"Ethan Brooks will be linked to Stripe customer {chosen} by the next sync."
+    select(qtbot, tab, "Olivia Nguyen")
+    tab.create_button.click()
+    assert tab.status_label.text() == "Olivia Nguyen will get a new Stripe customer at the next sync."
+
+    sync(qtbot, ui)  # the tab hears the sync finish
+    olivia = RecordLink.get(RecordLink.display_name == "Olivia Nguyen").stripe_id
+    said = tab.status_label.text()
+    assert said.startswith("The last sync carried out your decisions: ") and said.endswith(".")
+    assert f"Ethan Brooks is now linked to Stripe customer {chosen}" in said
+    assert f"Olivia Nguyen now has a new Stripe customer, {olivia}" in said
+
+
+def test_words_for_decisions_a_sync_did_not_carry_out() -> None:
+    from clinicsync.ui.review_tab import Decision, carried_out_text
+
+    link = Decision(1, "Ethan Brooks", "link", "cus_A")
+    create = Decision(2, "Olivia Nguyen", "create", None)
+    assert carried_out_text([(link, "resolved", None)]) == "1 decision waits for the next sync: Ethan Brooks."
+    assert carried_out_text([(link, "done", "cus_B"), (create, "resolved", None)]) == (
+        "It could not carry out your decision about Ethan Brooks; Sync history says why. "
+        "1 decision waits for the next sync: Olivia Nguyen."
+    )
