@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QVBoxLayout,
@@ -45,6 +46,22 @@ BADGE_COLOURS = {"TEST": ("#f59e0b", "#1f2937"), "LIVE": ("#15803d", "#ffffff")}
 OK_STYLE = "color: #15803d; font-weight: bold;"
 ERROR_STYLE = "color: #b91c1c; font-weight: bold;"
 CALCOM_REGION_LABELS = (("cloud", "Cal.com (cloud)"), ("eu", "Cal.com EU (cal.eu)"), ("self_hosted", "Self-hosted"))
+
+
+ConfirmRemove = Callable[[QWidget, str], bool]  # (parent, service) → the person said yes
+
+
+def confirm_remove_dialog(parent: QWidget, service: str) -> bool:
+    """A key removed by a slip of the mouse stops every sync, and pasting it back means finding it again."""
+    answer = QMessageBox.question(
+        parent,
+        f"Remove the {service} key?",
+        f"Remove the {service} API key from this computer's keyring?\n\nClinicSync can't sync with {service} until "
+        "a key is saved here again.",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,7 @@ class ServiceBox(QGroupBox):
     def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
         super().__init__(self.title_text, parent)
         self.ui = ui
+        self.confirm_remove: ConfirmRemove = confirm_remove_dialog  # injectable: tests answer without a dialog
         self._key_state = KeyState(None)
         self._stored_key: str | None = None
         self.form = QFormLayout()
@@ -212,6 +230,9 @@ class ServiceBox(QGroupBox):
         self.saved.emit(self.secret_name)
 
     def remove_key(self) -> None:
+        """Remove the saved key, once the person has said yes."""
+        if not self.confirm_remove(self, self.title_text):
+            return
         try:
             self.ui.app.secrets.delete(self.secret_name)
         except SecretStoreError as exc:

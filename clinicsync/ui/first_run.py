@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QDialog,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -260,6 +261,8 @@ class FirstRunDialog(QDialog):
         self.done_button.clicked.connect(self.accept)
 
         layout = QVBoxLayout(self)
+        # Never smaller than the content: the words and the progress bar below the buttons come and go.
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         layout.addWidget(title)
         layout.addWidget(intro)
         layout.addLayout(choices)
@@ -294,6 +297,7 @@ class FirstRunDialog(QDialog):
             self._set_choices_enabled(True)
             self.progress.hide()
             self.status_label.setText(f"The sandbox could not start: {labels.for_gui(outcome.error)}")
+            self._fit()
             return
         trial: SandboxTrial = outcome.value
         self.sandbox, self.sandbox_env = trial.sandbox, trial.env
@@ -312,6 +316,7 @@ class FirstRunDialog(QDialog):
         if self._job is None:
             self.status_label.setText("The first sync could not start (syncing is paused, or one is waiting).")
             self.done_button.show()
+            self._fit()
             return
         self._show_busy("Syncing the sandbox clinic's patients to its sandbox Stripe account…")
 
@@ -322,8 +327,9 @@ class FirstRunDialog(QDialog):
         if total:
             self.progress.setRange(0, total)
             self.progress.setValue(min(done, total))
-        if step:
+        if step and self.status_label.text() != f"{step}…":
             self.status_label.setText(f"{step}…")
+            self._fit()
 
     def _on_finished(self, outcome: JobOutcome) -> None:
         if self._job is None or outcome.job.id != self._job.id:
@@ -334,6 +340,7 @@ class FirstRunDialog(QDialog):
         self.status_label.setText(f"{outcome_summary(outcome)} ({seconds:.0f} s)")
         self.done_button.show()
         self.done_button.setDefault(True)
+        self._fit()
         self.first_sync_finished.emit(outcome)
 
     # --- helpers ------------------------------------------------------------------------------------------------
@@ -345,6 +352,18 @@ class FirstRunDialog(QDialog):
         self.status_label.setText(text)
         self.progress.setRange(0, 0)  # busy until a total is known
         self.progress.show()
+        self._fit()
+
+    def _fit(self) -> None:
+        """Take the height the content needs at this width, growing or shrinking, so a longer message, the
+        progress bar or the Open button is never cut off (a word-wrapped label's height depends on its width)."""
+        layout = self.layout()
+        layout.invalidate()
+        layout.activate()
+        needed = self.heightForWidth(self.width()) if layout.hasHeightForWidth() else self.sizeHint().height()
+        height = max(needed, layout.minimumSize().height())
+        if height != self.height():
+            self.resize(self.width(), height)
 
     def reject(self) -> None:
         self._closed = True

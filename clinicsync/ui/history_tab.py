@@ -158,7 +158,11 @@ class HistoryTab(QWidget):
         elif query.search:
             scope = "every run" if query.run_id is None else f"run #{query.run_id}"
             more = " — scroll for more" if self.events_model.canFetchMore() else ""
-            text = f"{plural(loaded, 'record matches', 'records match')} “{query.search}” in {scope}{more}"
+            text = (
+                f"{plural(loaded, 'record matches', 'records match')} “{query.search}” in {scope}{more}"
+                if loaded
+                else f"No records match “{query.search}” in {scope}."
+            )
         else:
             total = queries.history_event_count(query.run_id) if query.run_id is not None else loaded
             text = (

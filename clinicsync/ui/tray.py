@@ -1,5 +1,5 @@
-"""The tray icon: idle / syncing / needs attention, and a menu rebuilt each time it opens (so its status line is
-never stale): status, Sync now (Cancel sync while one runs), Pause syncing, Open ClinicSync, Quit.
+"""The tray icon: idle / syncing / needs attention / paused, and a menu rebuilt each time it opens (so its status
+line is never stale): status, Sync now (Cancel sync while one runs), Pause syncing, Open ClinicSync, Quit.
 
 The words come from `status_line(snapshot)`, a pure function; `TrayController` only wires Qt objects to it.
 """
@@ -18,8 +18,13 @@ from clinicsync.labels import plural
 from clinicsync.ui import icons
 from clinicsync.ui.status import StatusSnapshot, StatusTracker, stream_label
 
-IDLE, SYNCING, ATTENTION = "idle", "syncing", "attention"
-ICON_OF_STATE = {IDLE: icons.TRAY_IDLE, SYNCING: icons.TRAY_SYNCING, ATTENTION: icons.TRAY_ATTENTION}
+IDLE, SYNCING, ATTENTION, PAUSED = "idle", "syncing", "attention", "paused"
+ICON_OF_STATE = {
+    IDLE: icons.TRAY_IDLE,
+    SYNCING: icons.TRAY_SYNCING,
+    ATTENTION: icons.TRAY_ATTENTION,
+    PAUSED: icons.TRAY_PAUSED,
+}
 _PROBLEM_WORDS = {
     "auth": "a key was refused",
     "config": "check Connections",
@@ -64,8 +69,12 @@ def status_line(snapshot: StatusSnapshot, now: datetime | None = None) -> str:
 
 
 def icon_state(snapshot: StatusSnapshot) -> str:
+    """The icon says what the status line says: a running sync first, then pause (a person chose it, and nothing
+    syncs until they resume, whatever else waits), then attention."""
     if snapshot.syncing:
         return SYNCING
+    if snapshot.paused:
+        return PAUSED
     return ATTENTION if snapshot.needs_attention else IDLE
 
 

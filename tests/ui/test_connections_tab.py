@@ -320,3 +320,22 @@ def test_a_key_given_at_start_outside_the_sandbox_names_no_environment_variable(
     assert text.startswith("Given to ClinicSync when it was started: ") and "can't be changed here" in text
     assert "CLINICSYNC_" not in text and "CLINICSYNC_" not in tab.cliniko.email_edit.toolTip()
     assert tab.cliniko.email_edit.toolTip().startswith("Given to ClinicSync when it was started")
+
+
+def test_remove_key_asks_first_and_no_keeps_it(qtbot, offline_env, keyring_backend, open_ui):
+    env = {name: value for name, value in offline_env.items() if name != "CLINICSYNC_STRIPE_API_KEY"}
+    ui = open_ui(env)
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    box = tab.stripe
+    box.key_edit.setText("sk_test_sandbox_" + "k" * 24)
+    box.save()
+    assert box.remove_button.isEnabled()
+    asked: list[str] = []
+    box.confirm_remove = lambda _parent, service: asked.append(service) or False
+    box.remove_button.click()
+    assert asked == ["Stripe"] and ui.app.secrets.get(STRIPE_API_KEY), "No keeps the key"
+    box.confirm_remove = lambda _parent, service: asked.append(service) or True
+    box.remove_button.click()
+    assert asked == ["Stripe", "Stripe"] and ui.app.secrets.get(STRIPE_API_KEY) is None
+    assert "removed" in box.result_label.text()

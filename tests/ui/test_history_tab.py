@@ -181,6 +181,10 @@ def test_search_filters_the_selected_run_and_optionally_every_run(qtbot, make_sa
     tab.search.setText(created.stripe_id)
     qtbot.waitUntil(lambda: shown(tab, EventsModel.STRIPE) == [created.stripe_id])
 
+    tab.search.setText("Nobody Byte-This-Name")  # nothing matches: it says so, rather than an empty table
+    qtbot.waitUntil(lambda: shown(tab, EventsModel.NAME) == [])
+    assert tab.events_status.text() == "No records match “Nobody Byte-This-Name” in every run."
+
     tab.search.clear()
     tab.all_runs.setChecked(False)
     qtbot.waitUntil(lambda: len(shown(tab, EventsModel.SOURCE)) == failures)

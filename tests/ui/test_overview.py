@@ -130,6 +130,7 @@ def test_saving_or_removing_the_stripe_key_updates_the_badge_at_once(build_gui, 
         gui.window.tab("connections").cliniko.save()  # another service's settings: the Stripe mode stands
         assert overview.mode_badge.text() == LIVE
 
+        stripe.confirm_remove = lambda _parent, _service: True
         stripe.remove_key()
         assert gui.tracker.key_livemode is None  # no key: the stored pair says
         assert overview.mode_badge.text() == TEST_MODE
