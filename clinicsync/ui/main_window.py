@@ -25,6 +25,8 @@ from clinicsync.ui.wheel import guard_wheel
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SIZE = (1100, 720)  # the first window; every tab is tested to fit it, and 1024×700 (tests/ui/test_fits.py)
+
 # Syncs a person started and is watching: an approval they need is asked for at once (scheduled ones notify).
 INTERACTIVE_TRIGGERS = ("manual", "first_run")
 
@@ -124,7 +126,7 @@ class MainWindow(QMainWindow):
         self.approval_dialog: QDialog | None = None
         self._quitting = False
         if not self.restoreGeometry(self.state.value("geometry", b"")):
-            self.resize(1100, 720)
+            self.resize(*DEFAULT_SIZE)
 
     # --- tabs -----------------------------------------------------------------------------------------
     def _add_tab(self, spec: TabSpec) -> None:
