@@ -83,6 +83,25 @@ def open_reviews(pair: AccountPair | None = None) -> list[ReviewItem]:
     return list(query.order_by(ReviewItem.id))
 
 
+def decided_reviews() -> list[ReviewItem]:
+    """Decisions a person has made (link, create) that the next sync carries out."""
+    return list(ReviewItem.select().where(ReviewItem.status == "resolved").order_by(ReviewItem.id))
+
+
+def decision_results(item_ids: list[int]) -> list[tuple[ReviewItem, str | None]]:
+    """These review items as they are now, each with the Stripe id its record is linked to (None: not linked):
+    what a screen needs to say whether a sync carried a decision out."""
+    results = []
+    for item in ReviewItem.select().where(ReviewItem.id.in_(item_ids)).order_by(ReviewItem.id):
+        link = RecordLink.get_or_none(
+            (RecordLink.pair == item.pair_id)
+            & (RecordLink.stream == item.stream)
+            & (RecordLink.source_id == item.source_id)
+        )
+        results.append((item, link.stripe_id if link is not None else None))
+    return results
+
+
 def resolve_review(item_id: int, action: str, stripe_id: str | None = None) -> ReviewItem:
     """Record a person's decision; the next sync carries it out (link, create) or leaves the record alone."""
     item = ReviewItem.get_or_none(ReviewItem.id == item_id)

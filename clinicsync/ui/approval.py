@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync import labels
+from clinicsync.labels import plural
 from clinicsync.secrets import SecretStoreError
 from clinicsync.store import queries
 from clinicsync.store.models import SyncPlan
@@ -71,7 +73,7 @@ def plan_model(summary: dict[str, Any]) -> QStandardItemModel:
                     _cell(sample.get("name") or "(no name)"),
                     _cell(sample.get("source_id")),
                     _cell(sample.get("stripe_id")),
-                    _cell(sample.get("message")),
+                    _cell(labels.for_gui(sample.get("message") or "")),
                 ]
             )
         if count > len(rows):
@@ -95,9 +97,10 @@ def scope_text(summary: dict[str, Any]) -> str:
     if not scope:
         return ""
     left_out = int(summary.get("out_of_scope", 0) or 0)
-    text = f"Records synced: {scope}; {left_out} other record(s) are left out and nothing of them is sent."
+    others = plural(left_out, "other record is", "other records are")
+    text = f"Records synced: {scope}; {others} left out, and nothing of them is sent."
     if summary.get("scope_note"):
-        text += f" This is {summary['scope_note']}."
+        text += f" This is {labels.for_gui(summary['scope_note'])}."
     return text
 
 
@@ -124,7 +127,8 @@ class ApprovalDialog(QDialog):
         pair = self.plan.pair
         mode = str(self.summary.get("stripe_mode", "live")).upper()
         self.heading = heading = QLabel(
-            f"<h3>First sync of {escape_html(self.plan.stream)} to a {escape_html(mode)} Stripe account</h3>"
+            f"<h3>First sync of {escape_html(labels.stream_source(self.plan.stream))} to a {escape_html(mode)} Stripe "
+            "account</h3>"
             f"<p>{escape_html(clean_text(pair.source_name)) or 'Cliniko'} → "
             f"{escape_html(clean_text(pair.stripe_name)) or escape_html(pair.stripe_account)} "
             f"({escape_html(mode)} mode). <b>Nothing has been written yet.</b> This is what the sync will do:</p>"
@@ -143,7 +147,7 @@ class ApprovalDialog(QDialog):
         for row in range(self.model.rowCount()):  # an action's line reads across the whole width
             self.tree.setFirstColumnSpanned(row, QModelIndex(), True)
         self.tree.expandToDepth(0)
-        fields = ", ".join(self.summary.get("fields", [])) or "none"
+        fields = ", ".join(labels.target_label(field) for field in self.summary.get("fields", [])) or "none"
         self.fields_label = QLabel(f"Fields sent to Stripe: {fields}. Nothing else leaves the clinic.")
         self.fields_label.setWordWrap(True)
         self.scope_label = QLabel(scope_text(self.summary))
@@ -153,7 +157,8 @@ class ApprovalDialog(QDialog):
             label.setTextFormat(Qt.TextFormat.PlainText)
         self.scope_label.setVisible(bool(self.summary.get("scope")))
         queued = int(self.summary.get("queued_writes", 0) or 0)
-        self.queued_label = QLabel(f"{queued} earlier change(s) are also waiting to be sent." if queued else "")
+        waiting = plural(queued, "earlier change is", "earlier changes are")
+        self.queued_label = QLabel(f"{waiting} also waiting to be sent." if queued else "")
         self.queued_label.setVisible(bool(queued))
         self.message_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.message_label.setStyleSheet("color: #b91c1c; font-weight: bold;")
@@ -188,7 +193,7 @@ class ApprovalDialog(QDialog):
         try:
             self.job = self.ui.sync_now()
         except SecretStoreError as exc:
-            self._show_problem(f"Approved, but the sync could not start: {exc}")
+            self._show_problem(f"Approved, but the sync could not start: {labels.for_gui(exc)}")
             return
         if self.job is None:
             reason = "syncing is paused" if self.ui.runner.paused() else "a sync is already waiting to start"

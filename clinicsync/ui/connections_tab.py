@@ -21,30 +21,47 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QVBoxLayout,
     QWidget,
 )
 
-from clinicsync import connections
+from clinicsync import connections, labels
 from clinicsync.connections import ConnectionReport
 from clinicsync.secrets import (
     CALCOM_API_KEY,
     CLINIKO_API_KEY,
-    ENV_VARS,
     STRIPE_API_KEY,
     SecretStoreError,
 )
 from clinicsync.store.settings import SettingError
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import UiContext
+from clinicsync.ui.status import is_loopback
 
 # Explicit (background, text) pairs: readable in the light and the dark Fusion palette alike.
 BADGE_COLOURS = {"TEST": ("#f59e0b", "#1f2937"), "LIVE": ("#15803d", "#ffffff")}
 OK_STYLE = "color: #15803d; font-weight: bold;"
 ERROR_STYLE = "color: #b91c1c; font-weight: bold;"
 CALCOM_REGION_LABELS = (("cloud", "Cal.com (cloud)"), ("eu", "Cal.com EU (cal.eu)"), ("self_hosted", "Self-hosted"))
+
+
+ConfirmRemove = Callable[[QWidget, str], bool]  # (parent, service) → the person said yes
+
+
+def confirm_remove_dialog(parent: QWidget, service: str) -> bool:
+    """A key removed by a slip of the mouse stops every sync, and pasting it back means finding it again."""
+    answer = QMessageBox.question(
+        parent,
+        f"Remove the {service} key?",
+        f"Remove the {service} API key from this computer's keyring?\n\nClinicSync can't sync with {service} until "
+        "a key is saved here again.",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 @dataclass(frozen=True)
@@ -55,13 +72,15 @@ class KeyState:
     masked: str = ""
     error: str = ""
 
-    def describe(self, name: str) -> str:
+    def describe(self, *, sandbox: bool = False) -> str:
+        """In words; a key the process was given (not saved by ClinicSync) says where it came from: the sandbox
+        clinic, or whoever started ClinicSync (never an environment variable's name)."""
         if self.error:
             return self.error
+        if self.source == "environment" and sandbox:
+            return f"Provided by the sandbox clinic: {self.masked}. It can't be changed here."
         if self.source == "environment":
-            return (
-                f"Set by the environment ({ENV_VARS[name]}): {self.masked}. Change it there; it can't be edited here."
-            )
+            return f"Given to ClinicSync when it was started: {self.masked}. It can't be changed here."
         if self.source == "keyring":
             return f"Saved in the OS keyring: {self.masked}"
         return "No key saved yet."
@@ -73,7 +92,7 @@ def read_key_state(ui: UiContext, name: str) -> tuple[KeyState, str | None]:
         source = ui.app.secrets.source(name)
         value = ui.app.secrets.get(name) if source else None
     except SecretStoreError as exc:
-        return KeyState(None, error=str(exc)), None
+        return KeyState(None, error=labels.for_gui(exc)), None
     return KeyState(source, connections.mask_key(value)), value
 
 
@@ -92,10 +111,12 @@ class ServiceBox(QGroupBox):
     secret_name: str = ""
     title_text: str = ""
     key_hint: str = ""
+    base_url_setting: str = ""  # the service's address setting: a loopback one is the sandbox's
 
     def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
         super().__init__(self.title_text, parent)
         self.ui = ui
+        self.confirm_remove: ConfirmRemove = confirm_remove_dialog  # injectable: tests answer without a dialog
         self._key_state = KeyState(None)
         self._stored_key: str | None = None
         self.form = QFormLayout()
@@ -156,11 +177,11 @@ class ServiceBox(QGroupBox):
         """Show the key's state; with `fields`, also reload the settings (discarding unsaved edits)."""
         self._key_state, self._stored_key = read_key_state(self.ui, self.secret_name)
         from_env = self._key_state.source == "environment"
-        self.key_state_label.setText(self._key_state.describe(self.secret_name))
+        self.key_state_label.setText(self._key_state.describe(sandbox=self.is_sandbox()))
         self.key_state_label.setStyleSheet(ERROR_STYLE if self._key_state.error else "")
         self.key_edit.setEnabled(not from_env)
         self.key_edit.setPlaceholderText(
-            "Set by the environment"
+            labels.configured_outside(self.is_sandbox())
             if from_env
             else ("Paste a new key to replace the saved one" if self._stored_key else self.key_hint)
         )
@@ -168,11 +189,18 @@ class ServiceBox(QGroupBox):
         if fields:
             self.load_fields()
 
+    def is_sandbox(self) -> bool:
+        """Whether this service is the sandbox clinic's (the first-run trial, or a loopback address)."""
+        address = self.ui.app.settings.get(self.base_url_setting) if self.base_url_setting else ""
+        return self.ui.sandbox is not None or is_loopback(address or "")
+
     def setting_editable(self, key: str, widget: QWidget) -> bool:
         """Settings given in the environment win over stored ones, so editing them here would do nothing."""
         from_env = self.ui.app.settings.lookup(key).source == "environment"
         widget.setEnabled(not from_env)
-        widget.setToolTip(f"Set by the environment ({_env_name(key)})" if from_env else "")
+        widget.setToolTip(
+            f"{labels.configured_outside(self.is_sandbox())}; it can't be changed here" if from_env else ""
+        )
         return not from_env
 
     def typed_key(self) -> str:
@@ -184,16 +212,16 @@ class ServiceBox(QGroupBox):
         try:
             self.save_fields()
         except SettingError as exc:
-            self.show_error(str(exc))
+            self.show_error(labels.for_gui(exc))
             return
         key = self.typed_key()
         if key:
             try:
                 self.ui.app.secrets.set(self.secret_name, key)
             except (SecretStoreError, ValueError) as exc:
-                # Shown as it is: it names the backend and what to install; the typed key stays in the field
-                # so the person can try again after fixing the keyring.
-                self.show_error(str(exc))
+                # It names the backend and what to install; the typed key stays in the field so the person can
+                # try again after fixing the keyring.
+                self.show_error(labels.for_gui(exc))
                 return
             self.key_edit.clear()
         self.refresh()
@@ -202,10 +230,13 @@ class ServiceBox(QGroupBox):
         self.saved.emit(self.secret_name)
 
     def remove_key(self) -> None:
+        """Remove the saved key, once the person has said yes."""
+        if not self.confirm_remove(self, self.title_text):
+            return
         try:
             self.ui.app.secrets.delete(self.secret_name)
         except SecretStoreError as exc:
-            self.show_error(str(exc))
+            self.show_error(labels.for_gui(exc))
             return
         self.refresh()
         self.show_result("The key was removed from the OS keyring.", ok=True)
@@ -238,7 +269,7 @@ class ServiceBox(QGroupBox):
     def _tested(self, outcome: Outcome) -> None:
         self.test_button.setEnabled(True)
         if not outcome.ok:  # a bug, not a connection problem: those come back as reports
-            self.show_error(f"The test could not run: {type(outcome.error).__name__}: {outcome.error}")
+            self.show_error(f"The test could not run: {type(outcome.error).__name__}: {labels.for_gui(outcome.error)}")
             return
         report: ConnectionReport = outcome.value
         self.show_report(report)
@@ -271,6 +302,7 @@ class ServiceBox(QGroupBox):
 class ClinikoBox(ServiceBox):
     secret_name = CLINIKO_API_KEY
     title_text = "Cliniko"
+    base_url_setting = "cliniko.base_url"
     key_hint = "Cliniko: My Info → Manage API keys"
 
     def add_fields(self) -> None:
@@ -326,6 +358,7 @@ class ClinikoBox(ServiceBox):
 class StripeBox(ServiceBox):
     secret_name = STRIPE_API_KEY
     title_text = "Stripe"
+    base_url_setting = "stripe.base_url"
     key_hint = "Secret key (sk_…) or restricted key (rk_…): Stripe Dashboard → Developers → API keys"
 
     def add_fields(self) -> None:
@@ -355,6 +388,7 @@ class StripeBox(ServiceBox):
 class CalcomBox(ServiceBox):
     secret_name = CALCOM_API_KEY
     title_text = "Cal.com"
+    base_url_setting = "calcom.base_url"
     key_hint = "Cal.com: Settings → Security → API keys (starts with cal_)"
 
     def add_fields(self) -> None:
@@ -450,7 +484,3 @@ class ConnectionsTab(QWidget):
         for box in self.boxes():
             box.refresh(fields=False)
         super().showEvent(event)
-
-
-def _env_name(setting_key: str) -> str:
-    return "CLINICSYNC_" + setting_key.upper().replace(".", "_")

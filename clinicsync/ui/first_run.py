@@ -30,12 +30,14 @@ from PySide6.QtWidgets import (
     QDialog,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
+from clinicsync import labels
 from clinicsync.app import AppContext, bootstrap
 from clinicsync.connections import has_any_key
 from clinicsync.paths import HOME_ENV_VAR, AppPaths
@@ -175,14 +177,17 @@ def needs_first_run(app: AppContext) -> bool:
 
 def outcome_summary(outcome: JobOutcome) -> str:
     if outcome.failure_kind:
-        return f"The first sync did not finish: {outcome.message}"
+        return f"The first sync did not finish: {labels.for_gui(outcome.message)}"
     totals: dict[str, int] = {}
     for result in outcome.results:
         for action, count in result.counts.items():
             totals[action] = totals.get(action, 0) + count
-    parts = [f"{totals.get('created', 0)} customers created", f"{totals.get('linked', 0)} linked to existing ones"]
+    parts = [
+        f"{labels.plural(totals.get('created', 0), 'customer')} created",
+        f"{totals.get('linked', 0):,} linked to existing ones",
+    ]
     if totals.get("review"):
-        parts.append(f"{totals['review']} left for you to review")
+        parts.append(f"{totals['review']:,} left for you to review")
     if totals.get("failed"):
         parts.append(f"{totals['failed']} failed")
     return "First sync finished: " + ", ".join(parts) + "."
@@ -256,6 +261,8 @@ class FirstRunDialog(QDialog):
         self.done_button.clicked.connect(self.accept)
 
         layout = QVBoxLayout(self)
+        # Never smaller than the content: the words and the progress bar below the buttons come and go.
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         layout.addWidget(title)
         layout.addWidget(intro)
         layout.addLayout(choices)
@@ -289,7 +296,8 @@ class FirstRunDialog(QDialog):
             self.action = None
             self._set_choices_enabled(True)
             self.progress.hide()
-            self.status_label.setText(f"The sandbox could not start: {outcome.error}")
+            self.status_label.setText(f"The sandbox could not start: {labels.for_gui(outcome.error)}")
+            self._fit()
             return
         trial: SandboxTrial = outcome.value
         self.sandbox, self.sandbox_env = trial.sandbox, trial.env
@@ -308,6 +316,7 @@ class FirstRunDialog(QDialog):
         if self._job is None:
             self.status_label.setText("The first sync could not start (syncing is paused, or one is waiting).")
             self.done_button.show()
+            self._fit()
             return
         self._show_busy("Syncing the sandbox clinic's patients to its sandbox Stripe account…")
 
@@ -318,8 +327,9 @@ class FirstRunDialog(QDialog):
         if total:
             self.progress.setRange(0, total)
             self.progress.setValue(min(done, total))
-        if step:
+        if step and self.status_label.text() != f"{step}…":
             self.status_label.setText(f"{step}…")
+            self._fit()
 
     def _on_finished(self, outcome: JobOutcome) -> None:
         if self._job is None or outcome.job.id != self._job.id:
@@ -330,6 +340,7 @@ class FirstRunDialog(QDialog):
         self.status_label.setText(f"{outcome_summary(outcome)} ({seconds:.0f} s)")
         self.done_button.show()
         self.done_button.setDefault(True)
+        self._fit()
         self.first_sync_finished.emit(outcome)
 
     # --- helpers ------------------------------------------------------------------------------------------------
@@ -341,6 +352,18 @@ class FirstRunDialog(QDialog):
         self.status_label.setText(text)
         self.progress.setRange(0, 0)  # busy until a total is known
         self.progress.show()
+        self._fit()
+
+    def _fit(self) -> None:
+        """Take the height the content needs at this width, growing or shrinking, so a longer message, the
+        progress bar or the Open button is never cut off (a word-wrapped label's height depends on its width)."""
+        layout = self.layout()
+        layout.invalidate()
+        layout.activate()
+        needed = self.heightForWidth(self.width()) if layout.hasHeightForWidth() else self.sizeHint().height()
+        height = max(needed, layout.minimumSize().height())
+        if height != self.height():
+            self.resize(self.width(), height)
 
     def reject(self) -> None:
         self._closed = True

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync.labels import plural
 from clinicsync.store import queries
 from clinicsync.store.queries import EventQuery, RunRow
 from clinicsync.sync.runner import JobOutcome
@@ -157,13 +158,17 @@ class HistoryTab(QWidget):
         elif query.search:
             scope = "every run" if query.run_id is None else f"run #{query.run_id}"
             more = " — scroll for more" if self.events_model.canFetchMore() else ""
-            text = f"{loaded:,} record(s) matching “{query.search}” in {scope}{more}"
+            text = (
+                f"{plural(loaded, 'record matches', 'records match')} “{query.search}” in {scope}{more}"
+                if loaded
+                else f"No records match “{query.search}” in {scope}."
+            )
         else:
             total = queries.history_event_count(query.run_id) if query.run_id is not None else loaded
             text = (
                 f"{loaded:,} of {total:,} records shown — scroll for more"
                 if loaded < total
-                else f"{total:,} record(s) changed, failed or sent to review in this run"
+                else f"{plural(total, 'record')} changed, failed or sent to review in this run"
             )
         self.events_status.setText(text)
 
@@ -202,12 +207,13 @@ class HistoryTab(QWidget):
             return 0
         job = self._ui.sync_now(trigger="retry")
         if job is not None:
-            message = f"Retrying {count:,} record(s)…"
+            message = f"Retrying {plural(count, 'record')}…"
             self._follow_latest = True  # show the retry's run when it lands
         elif self._ui.runner.paused():
-            message = f"Syncing is paused: {count:,} record(s) will be retried at the next sync once it resumes."
+            message = f"Syncing is paused: {plural(count, 'record')} will be retried at the next sync once it resumes."
         else:
-            message = f"A sync is already waiting: it will retry these {count:,} record(s)."
+            these = "this record" if count == 1 else f"these {count:,} records"
+            message = f"A sync is already waiting: it will retry {these}."
         self.events_status.setText(message)
         self.retry_button.setEnabled(False)
         self.retry_requested.emit(run.id, count)

@@ -16,7 +16,8 @@ APP = "app"
 TRAY_IDLE = "tray-idle"
 TRAY_SYNCING = "tray-syncing"
 TRAY_ATTENTION = "tray-attention"
-ICON_NAMES = (APP, TRAY_IDLE, TRAY_SYNCING, TRAY_ATTENTION)
+TRAY_PAUSED = "tray-paused"
+ICON_NAMES = (APP, TRAY_IDLE, TRAY_SYNCING, TRAY_ATTENTION, TRAY_PAUSED)
 
 
 def resources_dir() -> Path:

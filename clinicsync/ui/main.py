@@ -39,7 +39,12 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 30.0
 BACKGROUND_WAIT_S = 5.0  # connection tests and previews time out on their own; don't hold Quit for long
-TRAY_HINT = "ClinicSync keeps running here and keeps syncing. Quit it from this icon's menu."
+# There is no schedule yet: the window closing changes nothing about when a sync runs, so the hint must not
+# promise background syncing. When scheduled syncs come, this says when the next one is.
+TRAY_HINT = (
+    "ClinicSync is still here, in the tray. It syncs when you press Sync now (in this icon's menu or in its "
+    "window). Quit it from this icon's menu."
+)
 
 
 @dataclass(eq=False)

@@ -21,8 +21,11 @@ from clinicsync.sync.runner import JobOutcome
 from clinicsync.ui import icons
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.status import request_sync, stream_label
+from clinicsync.ui.wheel import guard_wheel
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = (1100, 720)  # the first window; every tab is tested to fit it, and 1024×700 (tests/ui/test_fits.py)
 
 # Syncs a person started and is watching: an approval they need is asked for at once (scheduled ones notify).
 INTERACTIVE_TRIGGERS = ("manual", "first_run")
@@ -123,7 +126,7 @@ class MainWindow(QMainWindow):
         self.approval_dialog: QDialog | None = None
         self._quitting = False
         if not self.restoreGeometry(self.state.value("geometry", b"")):
-            self.resize(1100, 720)
+            self.resize(*DEFAULT_SIZE)
 
     # --- tabs -----------------------------------------------------------------------------------------
     def _add_tab(self, spec: TabSpec) -> None:
@@ -137,6 +140,7 @@ class MainWindow(QMainWindow):
             self.tab_errors[spec.name] = f"{type(exc).__name__}: {exc}"
             widget = PlaceholderTab(f"The {spec.title} screen could not be opened ({type(exc).__name__}). See the log.")
         widget.setObjectName(f"tab-{spec.name}")
+        guard_wheel(widget)
         self.tabs[spec.name] = widget
         self.tab_widget.addTab(widget, spec.title)
 
@@ -249,7 +253,7 @@ class MainWindow(QMainWindow):
             return
         self.state.setValue("geometry", self.saveGeometry())
         if self.ui.tray_available:
-            # Keep running (and syncing) in the tray; say so the first time only, ever.
+            # Stay in the tray (a sync already running carries on); say so the first time only, ever.
             event.ignore()
             self.hide()
             first_time = not self.state.value("tray_hint_shown", False, type=bool)

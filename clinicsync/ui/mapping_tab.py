@@ -1,9 +1,11 @@
-"""Field mapping: per stream, the rules that turn a source record into a Stripe object, with a live preview.
+"""Field mapping: per stream, what each Stripe field gets ("First name + last name → Name"), edited row by row in
+a small form (clinicsync.ui.rule_form), which records are synced at all, and a live preview on a real record.
 
-Everything the tab saves goes through store/mappings.py — the same validation and clinical allow-list as
-`clinicsync mapping import` — so the tab cannot save what the command line would refuse. Invalid rows are marked
-inline with the reason. The preview reads one real record (and the linked Stripe object) off the GUI thread and
-shows the exact Stripe request and what would change; it writes nothing. Keys are read on the GUI thread.
+Everything the tab saves goes through store/mappings.py — the same validation and clinical allow-list as the
+command line's import — so the tab cannot save what the command line would refuse. Problems are shown in plain
+words (clinicsync.labels.problem_text) on their row. The mapping as JSON, and the exact Stripe request of the
+preview, stay available under "Advanced". The preview reads one real record (and the linked Stripe object) off
+the GUI thread; it writes nothing. Keys are read on the GUI thread.
 """
 
 from __future__ import annotations
@@ -13,39 +15,42 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from PySide6.QtCore import QDate, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QShowEvent
+from PySide6.QtGui import QAction, QBrush, QColor, QFont, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDateEdit,
     QFileDialog,
+    QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from clinicsync import labels
+from clinicsync.labels import plural
 from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
-from clinicsync.mapping.fields import STRIPE_TARGETS, FieldCatalogue, custom_field_entries
+from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
 from clinicsync.mapping.preview import Preview
 from clinicsync.mapping.spec import (
-    OVERFLOWS,
-    ROLES,
     DocumentError,
     FieldRule,
     StreamMapping,
@@ -53,7 +58,7 @@ from clinicsync.mapping.spec import (
     WritebackConfig,
     to_document,
 )
-from clinicsync.mapping.transforms import TRANSFORMS, template_fields
+from clinicsync.mapping.transforms import template_fields
 from clinicsync.mapping.validate import Problem, validate_mapping
 from clinicsync.secrets import MemorySecretStore
 from clinicsync.store import mappings as mapping_store
@@ -61,30 +66,47 @@ from clinicsync.sync.preview import connect, fetch_preview, sample_records, sour
 from clinicsync.sync.runner import read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import SYNC_SECRETS, UiContext
+from clinicsync.ui.layout import fit_header_titles
+from clinicsync.ui.models import clean_text
+from clinicsync.ui.rule_form import RuleForm
+from clinicsync.ui.wheel import guard_wheel
 
-COLUMNS = ("Source field(s)", "Stripe field", "Transform", "Options (JSON)", "Role", "If too long", "Check")
-COL_SOURCES, COL_TARGET, COL_TRANSFORM, COL_OPTIONS, COL_ROLE, COL_OVERFLOW, COL_STATUS = range(len(COLUMNS))
-SCOPES = (("all", "All records"), ("since", "Created or updated since"), ("recent_activity", "Recent activity"))
+COLUMNS = ("Stripe field", "Comes from", "")
+COL_TARGET, COL_SOURCES, COL_STATUS = range(len(COLUMNS))
+SCOPES = (
+    ("all", "All records"),
+    ("since", "Records created or changed since"),
+    ("recent_activity", "Patients seen in the last"),
+)
 INVALID = QColor(220, 50, 47, 60)  # translucent, so it reads in light and dark palettes alike
 INVALID_TEXT = QColor(200, 40, 40)
+TARGET_ROLE = Qt.ItemDataRole.UserRole + 1  # the preview table's rows: the Stripe field they show
+CHANGED_ROLE = Qt.ItemDataRole.UserRole + 2
 
 ConfirmAllow = Callable[[QWidget, str, str], bool]  # (parent, field, warning) → the person said yes
 
 
 def confirm_allow_dialog(parent: QWidget, field: str, warning: str) -> bool:
-    box = QMessageBox(QMessageBox.Icon.Warning, f"Allow {field}?", warning, parent=parent)
+    box = QMessageBox(QMessageBox.Icon.Warning, f"Send {field} to Stripe?", warning, parent=parent)
     box.setInformativeText("Allow this field to be sent to Stripe?")
     box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
     box.setDefaultButton(QMessageBox.StandardButton.No)
     return box.exec() == QMessageBox.StandardButton.Yes
 
 
-def _sources_text(sources: tuple[str, ...]) -> str:
-    return ", ".join(sources)
+def _scroll(widget: QWidget) -> QScrollArea:
+    """A column that scrolls when the window is shorter than its content, instead of squeezing it."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(widget)
+    return area
 
 
-def _parse_sources(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+def _text(value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    return clean_text(value)
 
 
 class MappingTab(QWidget):
@@ -99,10 +121,10 @@ class MappingTab(QWidget):
         self.stream = next(iter(DEFAULT_MAPPINGS))
         self._base: StreamMapping = mapping_store.load(self.stream)
         self._rules: list[FieldRule] = list(self._base.rules)
-        self._option_errors: dict[int, str] = {}  # row → why its options text is not usable
         self._settings: dict[str, Any] | None = None  # the source's settings (custom fields), once read
         self._catalogue = self._make_catalogue()
         self.problems: list[Problem] = []
+        self.row_problems: dict[int, list[str]] = {}  # 0-based row → its problems in words
         self.dirty = False
         self.last_preview: Preview | None = None
         self._loading = False
@@ -113,136 +135,184 @@ class MappingTab(QWidget):
     # --- layout ---------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.stream_box = QComboBox()
-        self.stream_box.addItems(list(DEFAULT_MAPPINGS))
-        self.stream_box.currentTextChanged.connect(self._stream_changed)
-        self.version_label = QLabel()
-        self.add_button = QPushButton("Add row")
+        for stream in DEFAULT_MAPPINGS:
+            self.stream_box.addItem(labels.stream_title(stream), stream)
+        self.stream_box.currentIndexChanged.connect(lambda _i: self._stream_changed(self.stream_box.currentData()))
+        self.version_label = QLabel(wordWrap=True)
+        self.revert_button = QPushButton("Revert")
+        self.revert_button.setToolTip("Show the saved mapping again, dropping unsaved changes")
+        self.save_button = QPushButton("Save")
+        self.save_button.setDefault(True)
+        self.more_button = QToolButton(text="More", popupMode=QToolButton.ToolButtonPopupMode.InstantPopup)
+        more = QMenu(self.more_button)
+        self.reset_action = QAction("Reset to ClinicSync's defaults", more)
+        self.import_action = QAction("Import from a file…", more)
+        self.export_action = QAction("Export to a file…", more)
+        for action in (self.reset_action, self.import_action, self.export_action):
+            more.addAction(action)
+        self.more_button.setMenu(more)
+        self.reset_action.triggered.connect(lambda: self.reset_to_defaults())
+        self.import_action.triggered.connect(self._import_clicked)
+        self.export_action.triggered.connect(self._export_clicked)
+        self.revert_button.clicked.connect(lambda: self.reload(force=True))
+        self.save_button.clicked.connect(lambda: self.save())
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Sync:"))
+        top.addWidget(self.stream_box)
+        top.addWidget(self.version_label, 1)
+        top.addWidget(self.more_button)
+        top.addWidget(self.revert_button)
+        top.addWidget(self.save_button)
+
+        # The rows, in words; the selected one is edited in the form below.
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setMinimumHeight(180)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(COL_TARGET, QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(COL_SOURCES, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(COL_STATUS, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setColumnWidth(COL_TARGET, 170)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+
+        self.add_button = QPushButton("Add a field")
         self.remove_button = QPushButton("Remove")
         self.up_button = QPushButton("Move up")
         self.down_button = QPushButton("Move down")
         self.allow_button = QPushButton("Allow clinical field…")
-        self.reset_button = QPushButton("Reset to defaults")
-        self.import_button = QPushButton("Import…")
-        self.export_button = QPushButton("Export…")
-        self.revert_button = QPushButton("Revert")
-        self.save_button = QPushButton("Save")
-        self.save_button.setDefault(True)
+        self.allow_button.setToolTip("Read what sending this clinical field to Stripe would mean, and allow it")
         self.add_button.clicked.connect(lambda: self.add_row())
         self.remove_button.clicked.connect(lambda: self.remove_row(self.table.currentRow()))
         self.up_button.clicked.connect(lambda: self.move_row(self.table.currentRow(), -1))
         self.down_button.clicked.connect(lambda: self.move_row(self.table.currentRow(), +1))
         self.allow_button.clicked.connect(lambda: self.allow_selected())
-        self.reset_button.clicked.connect(lambda: self.reset_to_defaults())
-        self.import_button.clicked.connect(self._import_clicked)
-        self.export_button.clicked.connect(self._export_clicked)
-        self.revert_button.clicked.connect(lambda: self.reload(force=True))
-        self.save_button.clicked.connect(lambda: self.save())
-
-        top = QHBoxLayout()
-        top.addWidget(QLabel("Stream:"))
-        top.addWidget(self.stream_box)
-        top.addWidget(self.version_label, 1)
-        top.addWidget(self.revert_button)
-        top.addWidget(self.save_button)
-
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.verticalHeader().setVisible(True)
-        header = self.table.horizontalHeader()
-        for column in range(len(COLUMNS)):
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
-        header.setSectionResizeMode(COL_STATUS, QHeaderView.ResizeMode.Stretch)
-        widths = {COL_SOURCES: 165, COL_TARGET: 165, COL_TRANSFORM: 105, COL_OPTIONS: 130, COL_ROLE: 85}
-        for column, width in {**widths, COL_OVERFLOW: 75}.items():
-            self.table.setColumnWidth(column, width)
-        self.table.setWordWrap(False)
-        self.table.itemSelectionChanged.connect(self._update_buttons)
-
         rows = QHBoxLayout()
-        for button in (self.add_button, self.remove_button, self.up_button, self.down_button, self.allow_button):
+        for button in (self.add_button, self.remove_button, self.up_button, self.down_button):
             rows.addWidget(button)
         rows.addStretch(1)
-        for button in (self.reset_button, self.import_button, self.export_button):
-            rows.addWidget(button)
+        rows.addWidget(self.allow_button)
 
-        # Scope and write-back.
-        self.scope_box = QComboBox()
-        for key, label in SCOPES:
-            self.scope_box.addItem(label, key)
-        self.since_edit = QDateEdit(calendarPopup=True)
-        self.since_edit.setDisplayFormat("yyyy-MM-dd")
-        self.months_spin = QSpinBox(minimum=1, maximum=120, suffix=" months")
-        self.scope_box.currentIndexChanged.connect(self._settings_edited)
-        self.since_edit.dateChanged.connect(self._settings_edited)
-        self.months_spin.valueChanged.connect(self._settings_edited)
-        self.writeback_check = QCheckBox("Write the Stripe id back into the Cliniko custom field")
-        self.writeback_field = QComboBox()
-        self.writeback_field.setEditable(True)
-        self.writeback_check.toggled.connect(self._settings_edited)
-        self.writeback_field.currentTextChanged.connect(self._settings_edited)
-        options = QGroupBox("Which records, and the link back")
-        options_layout = QHBoxLayout(options)
-        options_layout.addWidget(QLabel("Sync:"))
-        for widget in (self.scope_box, self.since_edit, self.months_spin):
-            options_layout.addWidget(widget)
-        options_layout.addSpacing(16)
-        options_layout.addWidget(self.writeback_check)
-        options_layout.addWidget(self.writeback_field, 1)
-
-        self.scope_hint = QLabel(wordWrap=True)
+        self.form = RuleForm()
+        self.form.edited.connect(self._form_edited)
         self.message = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         editor = QWidget()
         editor_layout = QVBoxLayout(editor)
-        editor_layout.setContentsMargins(0, 0, 0, 0)
-        editor_layout.addLayout(top)
+        editor_layout.addWidget(QLabel("<b>What each Stripe field gets</b>"))
         editor_layout.addWidget(self.table, 1)
         editor_layout.addLayout(rows)
-        editor_layout.addWidget(options)
-        editor_layout.addWidget(self.scope_hint)
+        editor_layout.addWidget(self.form)
         editor_layout.addWidget(self.message)
+
+        # Which records, and the link back.
+        self.scope_box = QComboBox()
+        for key, label in SCOPES:
+            self.scope_box.addItem(label, key)
+        recent = self.scope_box.findData("recent_activity")
+        self.scope_box.setItemData(
+            recent, "Patients with an invoice or an appointment in that time", Qt.ItemDataRole.ToolTipRole
+        )
+        self.since_edit = QDateEdit(calendarPopup=True)
+        self.since_edit.setDisplayFormat("d MMM yyyy")
+        self.months_spin = QSpinBox(minimum=1, maximum=120, suffix=" months")
+        self.scope_box.currentIndexChanged.connect(self._settings_edited)
+        self.since_edit.dateChanged.connect(self._settings_edited)
+        self.months_spin.valueChanged.connect(self._settings_edited)
+        self.writeback_check = QCheckBox("Write each Stripe id back into Cliniko, in:")
+        self.writeback_field = QComboBox()
+        self.writeback_field.setEditable(True)
+        self.writeback_check.toggled.connect(self._settings_edited)
+        self.writeback_field.currentTextChanged.connect(self._settings_edited)
+        records = QGroupBox("Which records are synced")
+        records_form = QFormLayout(records)
+        records_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        scope_row = QHBoxLayout()
+        scope_row.addWidget(self.since_edit)
+        scope_row.addWidget(self.months_spin)
+        scope_row.addStretch(1)
+        records_form.addRow(self.scope_box)
+        records_form.addRow(scope_row)
+        self.scope_hint = QLabel(wordWrap=True)
+        records_form.addRow(self.scope_hint)
+        records_form.addRow(self.writeback_check)
+        records_form.addRow(self.writeback_field)
 
         # Preview.
         self.record_box = QComboBox()
         self.record_box.setEditable(True)
-        self.record_box.lineEdit().setPlaceholderText("Cliniko patient id")
+        self.record_box.lineEdit().setPlaceholderText("a Cliniko record's id")
         self.preview_button = QPushButton("Preview")
         self.preview_button.clicked.connect(lambda: self.preview(self.record_id()))
         # Plain text: the preview names the record (the clinic's data) and quotes errors.
         self.preview_status = QLabel(
-            "Dry run on a real record: nothing is written.", wordWrap=True, textFormat=Qt.TextFormat.PlainText
+            "Try the mapping on a real record: nothing is written.", wordWrap=True, textFormat=Qt.TextFormat.PlainText
         )
-        self.payload_view = QPlainTextEdit(readOnly=True)
-        self.payload_view.setPlaceholderText("The exact Stripe request appears here.")
+        self.diff_label = QLabel(wordWrap=True)
         self.diff_table = QTableWidget(0, 3)
-        self.diff_table.setHorizontalHeaderLabels(["Stripe field", "In Stripe now", "After the next sync"])
+        self.diff_table.setHorizontalHeaderLabels(["Stripe field", "In Stripe now", "Next sync"])
         self.diff_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        fit_header_titles(self.diff_table.horizontalHeader())
         self.diff_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        preview = QWidget()
+        self.diff_table.verticalHeader().hide()
+        self.diff_table.setMinimumHeight(160)
+        preview = QGroupBox("Preview")
         preview_layout = QVBoxLayout(preview)
-        preview_layout.setContentsMargins(0, 0, 0, 0)
         picker = QHBoxLayout()
         picker.addWidget(self.record_box, 1)
         picker.addWidget(self.preview_button)
-        preview_layout.addWidget(QLabel("<b>Preview</b>"))
         preview_layout.addLayout(picker)
         preview_layout.addWidget(self.preview_status)
-        preview_layout.addWidget(self.payload_view, 3)
-        self.diff_label = QLabel("Differences from the linked Stripe customer:")
         preview_layout.addWidget(self.diff_label)
-        preview_layout.addWidget(self.diff_table, 2)
+        preview_layout.addWidget(self.diff_table, 1)
+
+        # Advanced: the mapping as JSON (the format of Export and Import), and the preview's exact request.
+        self.advanced_button = QToolButton(text="Advanced", checkable=True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.toggled.connect(self._advanced_toggled)
+        self.json_edit = QPlainTextEdit()
+        self.json_edit.setMinimumHeight(160)
+        self.apply_json_button = QPushButton("Use this text")
+        self.apply_json_button.clicked.connect(lambda: self.apply_json(self.json_edit.toPlainText()))
+        self.payload_view = QPlainTextEdit(readOnly=True)
+        self.payload_view.setPlaceholderText("The exact Stripe request of the preview appears here.")
+        self.payload_view.setMinimumHeight(120)
+        self.advanced = QWidget()
+        self.advanced.setProperty("shows_raw_mapping", True)  # identifiers and JSON are the point here
+        advanced_layout = QVBoxLayout(self.advanced)
+        advanced_layout.setContentsMargins(0, 0, 0, 0)
+        advanced_layout.addWidget(QLabel("The whole mapping, as Export writes it:", wordWrap=True))
+        advanced_layout.addWidget(self.json_edit)
+        advanced_layout.addWidget(self.apply_json_button, 0, Qt.AlignmentFlag.AlignRight)
+        advanced_layout.addWidget(QLabel("The exact request the preview would send to Stripe:", wordWrap=True))
+        advanced_layout.addWidget(self.payload_view)
+        self.advanced.hide()
+
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(records)
+        side_layout.addWidget(preview, 1)
+        side_layout.addWidget(self.advanced_button, 0, Qt.AlignmentFlag.AlignLeft)
+        side_layout.addWidget(self.advanced)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(editor)
-        splitter.addWidget(preview)
+        splitter.addWidget(_scroll(editor))
+        splitter.addWidget(_scroll(side))
+        splitter.setChildrenCollapsible(False)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
-        splitter.setSizes([820, 440])
+        splitter.setSizes([600, 400])
         layout = QVBoxLayout(self)
-        layout.addWidget(splitter)
+        layout.addLayout(top)
+        layout.addWidget(splitter, 1)
+        guard_wheel(self)
 
     # --- the model ------------------------------------------------------------------------------------
     def _make_catalogue(self) -> FieldCatalogue:
@@ -267,45 +337,43 @@ class MappingTab(QWidget):
         return tuple(self._rules)
 
     def validate(self) -> list[Problem]:
-        """Check the edited mapping and mark every invalid row inline with its reason."""
+        """Check the edited mapping and mark every invalid row with its problems, in words."""
         mapping = self.current_mapping()
         self.problems = validate_mapping(mapping, self._catalogue, mapping_store.allowed_fields(self.stream))
-        self.problems += [Problem(row + 1, "options-json", text) for row, text in self._option_errors.items()]
-        by_row: dict[int, list[str]] = {}
+        self.row_problems = {}
+        whole: list[str] = []
         for problem in self.problems:
-            by_row.setdefault(problem.row, []).append(f"{problem.message} [{problem.rule}]")
+            text = labels.problem_text(problem, mapping, self._catalogue)
+            if problem.row:
+                self.row_problems.setdefault(problem.row - 1, []).append(text)
+            else:
+                whole.append(text)
         for row in range(self.table.rowCount()):
-            reasons = by_row.get(row + 1, [])
-            item = QTableWidgetItem("⚠ " + "; ".join(reasons) if reasons else "✓")
-            item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-            item.setToolTip("\n".join(reasons))
-            item.setForeground(QBrush(INVALID_TEXT) if reasons else QBrush())
-            item.setBackground(QBrush(INVALID) if reasons else QBrush())
-            self.table.setItem(row, COL_STATUS, item)
-            # The other cells are editors that cover their item, so the row number carries the mark too.
-            header = QTableWidgetItem(f"{row + 1} ⚠" if reasons else str(row + 1))
-            header.setForeground(QBrush(INVALID_TEXT) if reasons else QBrush())
-            header.setToolTip("\n".join(reasons))
-            self.table.setVerticalHeaderItem(row, header)
+            self._show_row_status(row)
+        self.form.show_problems(self.row_problems.get(self.table.currentRow(), []))
         if self.problems:
-            shown = [str(p) for p in self.problems[:4]]
-            more = f"\n…and {len(self.problems) - 4} more" if len(self.problems) > 4 else ""
-            self._say(f"{len(self.problems)} problem(s); fix them to save:\n" + "\n".join(shown) + more, True)
+            lines = [f"Row {row + 1}: {text}" for row, texts in sorted(self.row_problems.items()) for text in texts]
+            lines = whole + lines
+            more = f"\n…and {len(lines) - 4} more" if len(lines) > 4 else ""
+            head = f"{plural(len(self.problems), 'problem')} to fix before saving:\n"
+            self._say(head + "\n".join(lines[:4]) + more, True)
         else:
             self._say("No problems." + (" Unsaved changes." if self.dirty else ""), False)
+        if self.advanced.isVisible() and not self.json_edit.hasFocus():
+            self._show_json()
         self._update_buttons()
         return self.problems
 
     def row_status(self, row: int) -> str:
-        item = self.table.item(row, COL_STATUS)
-        return item.text() if item is not None else ""
+        """ "✓", or "⚠ " and the row's problems in words."""
+        problems = self.row_problems.get(row, [])
+        return "⚠ " + "; ".join(problems) if problems else "✓"
 
     # --- editing --------------------------------------------------------------------------------------
-    def editor(self, row: int, column: int) -> QWidget:
-        """The widget editing one cell (for the tests and for keyboard focus)."""
-        widget = self.table.cellWidget(row, column)
-        assert widget is not None
-        return widget
+    def select_row(self, row: int) -> RuleForm:
+        """Select a row; its form (the tests and the keyboard reach the editors there)."""
+        self.table.selectRow(row)
+        return self.form
 
     def add_row(self, rule: FieldRule | None = None) -> int:
         self._rules.append(rule or FieldRule(target="metadata.", sources=()))
@@ -344,7 +412,7 @@ class MappingTab(QWidget):
             document = json.loads(Path(path).read_text(encoding="utf-8"))
             mapping = mapping_store.parse(self.stream, document)
         except (OSError, ValueError, DocumentError) as exc:
-            self._say(f"Could not import {Path(path).name}: {exc}", True)
+            self._say(f"Could not import {Path(path).name}: {labels.for_gui(exc)}", True)
             return False
         self._apply_mapping(replace(mapping, version=self._base.version))
         self.dirty = True
@@ -360,21 +428,38 @@ class MappingTab(QWidget):
             return
         self._say(f"Exported to {Path(path).name}.", False)
 
+    def apply_json(self, text: str) -> bool:
+        """Advanced: take the mapping from JSON text (the Export format). Refused, with the reason, when malformed."""
+        try:
+            mapping = mapping_store.parse(self.stream, json.loads(text))
+        except json.JSONDecodeError as exc:
+            self._say(f"That text is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}.", True)
+            return False
+        except (ValueError, DocumentError) as exc:
+            self._say(f"That text is not a mapping ClinicSync can read: {labels.for_gui(exc)}.", True)
+            return False
+        self._apply_mapping(replace(mapping, version=self._base.version))
+        self.dirty = True
+        self.validate()
+        return True
+
     def save(self) -> bool:
         if self.validate():
             return False
         try:
             result = mapping_store.save(self.current_mapping(), self._catalogue)
         except mapping_store.MappingInvalid as exc:  # allowances changed meanwhile
-            self._say(str(exc), True)
+            mapping = self.current_mapping()
+            texts = [labels.problem_text(problem, mapping, self._catalogue) for problem in exc.problems]
+            self._say("Not saved:\n" + "\n".join(texts), True)
             return False
         self._base = result.mapping
         self.dirty = False
         self._update_version()
         if not result.changed:
-            self._say("Nothing to save: this is the current mapping.", False)
+            self._say("Nothing to save: this is the saved mapping.", False)
         else:
-            reread = " The next sync re-reads every record and updates those whose Stripe fields change."
+            reread = " The next sync reads every record again and updates those whose Stripe fields change."
             self._say(f"Saved as version {result.mapping.version}." + (reread if result.cursor_reset else ""), False)
             self.saved.emit(result.mapping.version)
         return True
@@ -401,9 +486,10 @@ class MappingTab(QWidget):
             return False
         mapping = self.current_mapping()
         for field in fields:
+            label = labels.source_label(field, self._catalogue)
             warning = mapping_store.warning_for(self.stream, field, self._catalogue, mapping)
-            if not self.confirm_allow(self, field, warning):
-                self._say(f"{field} was not allowed.", False)
+            if not self.confirm_allow(self, label, warning):
+                self._say(f"{label} was not allowed.", False)
                 return False
             mapping_store.allow(self.stream, field, warning=warning, via="gui")
         self.validate()
@@ -422,7 +508,6 @@ class MappingTab(QWidget):
     def _apply_mapping(self, mapping: StreamMapping) -> None:
         self._base = mapping
         self._rules = list(mapping.rules)
-        self._option_errors.clear()
         self._loading = True
         try:
             index = next(i for i, (key, _) in enumerate(SCOPES) if key == mapping.scope.kind)
@@ -440,6 +525,8 @@ class MappingTab(QWidget):
 
     def _load_into_widgets(self) -> None:
         self._apply_mapping(self._base)
+        if self._rules:
+            self.table.selectRow(0)
         self.validate()
 
     def _stream_changed(self, stream: str) -> None:
@@ -472,7 +559,11 @@ class MappingTab(QWidget):
         self.writeback_field.setEnabled(self.writeback_check.isChecked())
 
     def _update_version(self) -> None:
-        origin = f"version {self._base.version}" if self._base.version else "built-in default"
+        origin = (
+            f"Saved version {self._base.version}."
+            if self._base.version
+            else "ClinicSync's built-in mapping (not saved yet)."
+        )
         # Not saved yet: a live Stripe connection syncs a narrower set (see default_scope_for_pair).
         live_scope = mapping_store.default_scope_for_pair(self.stream, livemode=True)
         unsaved_live_default = not self._base.version and live_scope != self._base.scope
@@ -482,7 +573,7 @@ class MappingTab(QWidget):
             else ""
         )
         self.scope_hint.setVisible(unsaved_live_default)
-        self.version_label.setText(f"→ Stripe {self._base.stripe_object}s · {origin}")
+        self.version_label.setText(origin)
 
     def _update_buttons(self) -> None:
         row = self.table.currentRow()
@@ -495,101 +586,59 @@ class MappingTab(QWidget):
         self.message.setText(text)
         self.message.setStyleSheet(f"color: {INVALID_TEXT.name()};" if problem else "")
 
-    # --- the table's cell editors -------------------------------------------------------------------------
+    # --- the table and the form -------------------------------------------------------------------------------
     def _rebuild_table(self) -> None:
         current = self.table.currentRow()
-        self.table.setRowCount(0)
         self.table.setRowCount(len(self._rules))
-        for row, rule in enumerate(self._rules):
-            self._fill_row(row, rule)
+        for row in range(len(self._rules)):
+            self._show_row_text(row)
+            self._show_row_status(row)
         if 0 <= current < len(self._rules):
             self.table.selectRow(current)
+        elif self._rules:
+            self.table.selectRow(min(max(current, 0), len(self._rules) - 1))
+        self._selection_changed()
 
-    def _fill_row(self, row: int, rule: FieldRule) -> None:
-        sources = QComboBox()
-        sources.setEditable(True)
-        for entry in self._catalogue.fields:
-            sources.addItem(f"{entry.name}  ({entry.cls})", entry.name)
-        sources.setCurrentIndex(-1)
-        sources.setEditText(_sources_text(rule.sources))
-        sources.setToolTip("A source field; several are separated by commas (join, template)")
-        # Picking from the list gives "name  (class)": keep the name only.
-        sources.activated.connect(lambda index, box=sources: box.setEditText(str(box.itemData(index))))
-        sources.editTextChanged.connect(lambda text, r=row: self._edit(r, sources=_parse_sources(text)))
-
-        target = QComboBox()
-        target.setEditable(True)
-        target.addItems([*STRIPE_TARGETS.get(self._base.stripe_object, {}), "metadata."])
-        target.setEditText(rule.target)
-        target.editTextChanged.connect(lambda text, r=row: self._edit(r, target=text.strip()))
-
-        transform = QComboBox()
-        transform.addItems(list(TRANSFORMS))
-        if rule.transform not in TRANSFORMS:
-            transform.addItem(rule.transform)
-        transform.setCurrentText(rule.transform)
-        transform.currentTextChanged.connect(lambda text, r=row: self._edit(r, transform=text))
-
-        options = QLineEdit(json.dumps(dict(rule.options), ensure_ascii=False) if rule.options else "")
-        options.setToolTip('The transform\'s options as JSON, e.g. {"separator": ", "} or {"template": "{first_name}"}')
-        options.textChanged.connect(lambda text, r=row: self._edit_options(r, text))
-
-        role = QComboBox()
-        role.addItems([r or "—" for r in ROLES])
-        role.setCurrentText(rule.role or "—")
-        role.currentTextChanged.connect(lambda text, r=row: self._edit(r, role="" if text == "—" else text))
-
-        overflow = QComboBox()
-        overflow.addItems(list(OVERFLOWS))
-        overflow.setCurrentText(rule.overflow)
-        overflow.currentTextChanged.connect(lambda text, r=row: self._edit(r, overflow=text))
-
-        # Show the start of long names ("patient_phone_numbers", "metadata.cliniko_patient_id"), not their end.
-        for line in (sources.lineEdit(), target.lineEdit(), options):
-            line.setCursorPosition(0)
-        for column, widget in (
-            (COL_SOURCES, sources),
-            (COL_TARGET, target),
-            (COL_TRANSFORM, transform),
-            (COL_OPTIONS, options),
-            (COL_ROLE, role),
-            (COL_OVERFLOW, overflow),
+    def _show_row_text(self, row: int) -> None:
+        rule = self._rules[row]
+        for column, text in (
+            (COL_TARGET, labels.target_label(rule.target)),
+            (COL_SOURCES, labels.sources_phrase(rule, self._catalogue)),
         ):
-            self.table.setCellWidget(row, column, widget)
+            item = QTableWidgetItem(text)
+            item.setToolTip(f"{labels.rule_summary(rule, self._catalogue)}\n{labels.transform_label(rule.transform)}")
+            self.table.setItem(row, column, item)
 
-    def _edit(self, row: int, **changes: Any) -> None:
+    def _show_row_status(self, row: int) -> None:
+        reasons = self.row_problems.get(row, [])
+        item = QTableWidgetItem("⚠" if reasons else "✓")
+        item.setToolTip("\n".join(reasons) if reasons else "No problems")
+        item.setForeground(QBrush(INVALID_TEXT) if reasons else QBrush())
+        item.setBackground(QBrush(INVALID) if reasons else QBrush())
+        item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.table.setItem(row, COL_STATUS, item)
+        header = QTableWidgetItem(f"{row + 1} ⚠" if reasons else str(row + 1))
+        header.setForeground(QBrush(INVALID_TEXT) if reasons else QBrush())
+        header.setToolTip("\n".join(reasons))
+        self.table.setVerticalHeaderItem(row, header)
+
+    def _selection_changed(self) -> None:
+        row = self.table.currentRow()
+        rule = self._rules[row] if 0 <= row < len(self._rules) else None
+        self.form.load(rule, row, self._catalogue, self._base.stripe_object)
+        self.form.show_problems(self.row_problems.get(row, []))
+        self._update_buttons()
+
+    def _form_edited(self, rule: FieldRule) -> None:
+        row = self.table.currentRow()
         if self._loading or not 0 <= row < len(self._rules):
             return
-        rule = replace(self._rules[row], **changes)
         # A template's placeholders are its sources: keep them in step, so the row never disagrees with itself.
-        if rule.transform == "template" and isinstance(rule.options.get("template"), str) and "sources" not in changes:
+        if rule.transform == "template" and isinstance(rule.options.get("template"), str):
             rule = replace(rule, sources=tuple(template_fields(rule.options["template"])))
-            self._set_sources_text(row, rule.sources)
         self._rules[row] = rule
+        self._show_row_text(row)
         self._changed()
-
-    def _edit_options(self, row: int, text: str) -> None:
-        if self._loading or not 0 <= row < len(self._rules):
-            return
-        try:
-            options = json.loads(text) if text.strip() else {}
-            if not isinstance(options, dict):
-                raise ValueError('options must be a JSON object, e.g. {"separator": ", "}')
-        except ValueError as exc:
-            self._option_errors[row] = f"options are not valid JSON: {exc}"
-            self._changed()
-            return
-        self._option_errors.pop(row, None)
-        self._edit(row, options=MappingProxyType(options))
-
-    def _set_sources_text(self, row: int, sources: tuple[str, ...]) -> None:
-        box = self.table.cellWidget(row, COL_SOURCES)
-        if isinstance(box, QComboBox) and _parse_sources(box.currentText()) != sources:
-            self._loading = True
-            try:
-                box.setEditText(_sources_text(sources))
-            finally:
-                self._loading = False
 
     def _fill_writeback_fields(self, token: str) -> None:
         self.writeback_field.clear()
@@ -600,17 +649,29 @@ class MappingTab(QWidget):
         if index >= 0:
             self.writeback_field.setCurrentIndex(index)
         else:
+            self.writeback_field.setCurrentIndex(-1)
             self.writeback_field.setEditText(token)
+
+    # --- advanced -------------------------------------------------------------------------------------------
+    def _advanced_toggled(self, shown: bool) -> None:
+        self.advanced.setVisible(shown)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        if shown:
+            self._show_json()
+
+    def _show_json(self) -> None:
+        document = to_document(self.current_mapping())
+        self.json_edit.setPlainText(json.dumps(document, ensure_ascii=False, indent=2))
 
     # --- files ----------------------------------------------------------------------------------------
     def _import_clicked(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import mapping", "", "Mapping (*.json)")
+        path, _ = QFileDialog.getOpenFileName(self, "Import a mapping", "", "Mapping (*.json)")
         if path:
             self.import_file(Path(path))
 
     def _export_clicked(self) -> None:
-        name = f"{self.stream}-mapping.json"
-        path, _ = QFileDialog.getSaveFileName(self, "Export mapping", name, "Mapping (*.json)")
+        name = f"{labels.stream_source(self.stream).lower().replace(' ', '-')}-mapping.json"
+        path, _ = QFileDialog.getSaveFileName(self, "Export the mapping", name, "Mapping (*.json)")
         if path:
             self.export_file(Path(path))
 
@@ -641,7 +702,9 @@ class MappingTab(QWidget):
 
     def _fields_done(self, outcome: Outcome) -> None:
         if not outcome.ok:
-            self.preview_status.setText(f"Cliniko could not be read for field names and records: {outcome.error}")
+            self.preview_status.setText(
+                f"Cliniko could not be read for its fields and records: {labels.for_gui(outcome.error)}"
+            )
             self.fields_loaded.emit()
             return
         self._settings, samples = outcome.value
@@ -649,7 +712,7 @@ class MappingTab(QWidget):
         keep = self.record_box.currentText()
         self.record_box.clear()
         for record_id, name in samples:
-            self.record_box.addItem(f"{name} — {record_id}", record_id)
+            self.record_box.addItem(f"{clean_text(name)} — {record_id}", record_id)
         if keep:
             self.record_box.setEditText(keep)
         self.record_box.lineEdit().setCursorPosition(0)
@@ -675,7 +738,7 @@ class MappingTab(QWidget):
     def preview(self, record_id: str) -> None:
         """Fetch one record (and its Stripe customer) off the GUI thread and show what a sync would send."""
         if not record_id:
-            self.preview_status.setText("Choose or type a record id first.")
+            self.preview_status.setText("Choose a record, or type its Cliniko id, first.")
             return
         mapping, settings, secrets = self.current_mapping(), self.ui.app.settings, self._secrets()
         self.preview_button.setEnabled(False)
@@ -694,7 +757,7 @@ class MappingTab(QWidget):
         self.preview_button.setEnabled(True)
         if not outcome.ok:
             self.last_preview = None
-            self.preview_status.setText(f"Preview failed: {outcome.error}")
+            self.preview_status.setText(f"The preview could not be made: {labels.for_gui(outcome.error)}")
             self.preview_ready.emit(outcome.error)
             return
         preview: Preview = outcome.value
@@ -704,27 +767,52 @@ class MappingTab(QWidget):
 
     def _show_preview(self, preview: Preview) -> None:
         if not preview.found:
-            self.preview_status.setText(preview.error or "Not found.")
+            self.preview_status.setText(labels.sentence(labels.for_gui(preview.error or "not found")) + ".")
             self.payload_view.clear()
             self.diff_table.setRowCount(0)
             return
-        linked = f"linked to {preview.stripe_id}" if preview.stripe_id else "not in Stripe yet"
-        verb = {"update": "update", "create": "create (or link by email)"}.get(preview.op, "nothing: it would fail")
-        lines = [f"{preview.display_name} — {linked}. Dry run: nothing written. Stripe request: {verb}."]
+        objects = labels.stripe_object_words(self._base.stripe_object)
+        name = clean_text(preview.display_name) or "This record"
+        if preview.op == "update":
+            action = f"is linked to Stripe {objects} {preview.stripe_id}; the next sync would update it"
+        elif preview.op == "create":
+            action = f"has no Stripe {objects} yet; the next sync would create one (or link one with its email)"
+        else:
+            action = "could not be sent"
+        lines = [f"{name} {action}. Nothing was written: this is a preview."]
         if preview.error:
-            lines.append(f"Would fail: {preview.error}")
-        lines += [f"Note: {note}" for note in preview.notes]
+            lines.append(f"It would not be sent: {labels.for_gui(preview.error)}")
+        lines += [labels.for_gui(note) for note in preview.notes]
         if preview.skipped_rows:
-            lines.append(f"Rows left out (they have problems): {', '.join(map(str, preview.skipped_rows))}")
+            rows = ", ".join(map(str, preview.skipped_rows))
+            lines.append(f"{plural(len(preview.skipped_rows), 'row')} with problems left out: {rows}.")
         self.preview_status.setText("\n".join(lines))
         self.payload_view.setPlainText(json.dumps(preview.params, ensure_ascii=False, indent=2))
-        changed = [d for d in preview.diff if d.changed] if preview.stripe_id else []
+        changed = [d for d in preview.diff if d.changed]
         if not preview.stripe_id:
-            self.diff_label.setText("Not linked to a Stripe customer yet: the sync would create (or link) one.")
+            self.diff_label.setText("What the new Stripe record would hold:")
         else:
-            count = f"{len(changed)} field(s) would change" if changed else "nothing would change"
-            self.diff_label.setText(f"Differences from the linked Stripe customer: {count}.")
-        self.diff_table.setRowCount(len(changed))
-        for row, diff in enumerate(changed):
-            for column, value in enumerate((diff.target, diff.current, diff.new)):
-                self.diff_table.setItem(row, column, QTableWidgetItem("" if value is None else str(value)))
+            count = plural(len(changed), "field would change", "fields would change") if changed else "nothing"
+            self.diff_label.setText(f"Compared with the linked Stripe record: {count}.")
+        shown = [d for d in preview.diff if d.new is not None or d.current is not None]
+        self.diff_table.setRowCount(len(shown))
+        bold = QFont(self.diff_table.font())
+        bold.setBold(True)
+        for row, diff in enumerate(shown):
+            for column, value in enumerate((labels.target_label(diff.target), _text(diff.current), _text(diff.new))):
+                item = QTableWidgetItem(value)
+                item.setToolTip(value)
+                item.setData(TARGET_ROLE, diff.target)
+                item.setData(CHANGED_ROLE, diff.changed)
+                if diff.changed and preview.stripe_id:
+                    item.setFont(bold)  # what the next sync would change stands out
+                self.diff_table.setItem(row, column, item)
+
+    def preview_changes(self) -> dict[str, str]:
+        """The previewed Stripe fields that would change, with their new value (as the table shows them)."""
+        changes = {}
+        for row in range(self.diff_table.rowCount()):
+            item = self.diff_table.item(row, 0)
+            if item is not None and item.data(CHANGED_ROLE):
+                changes[str(item.data(TARGET_ROLE))] = self.diff_table.item(row, 2).text()
+        return changes

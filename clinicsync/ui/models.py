@@ -21,6 +21,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 
+from clinicsync import labels
 from clinicsync.store import queries
 from clinicsync.store.queries import EventCursor, EventQuery, EventRow, RunRow
 
@@ -115,7 +116,8 @@ ACTIONS = {
 
 
 def stream_label(stream: str) -> str:
-    return stream.replace("cliniko.", "Cliniko ").replace("calcom.", "Cal.com ").replace("_", " ")
+    """'cliniko.patients' → 'Cliniko patients'."""
+    return labels.stream_source(stream)
 
 
 def outcome_label(run: RunRow) -> str:
@@ -180,7 +182,14 @@ class RowsTableModel(QAbstractTableModel, Generic[RowT]):
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         row = self.row_for(index)
-        return None if row is None else self.cell(row, index.column(), role)
+        if row is None:
+            return None
+        value = self.cell(row, index.column(), role)
+        if value is None and role == Qt.ItemDataRole.ToolTipRole:
+            # A cell too narrow for its text is elided; its tooltip then still has the whole of it.
+            text = self.cell(row, index.column(), Qt.ItemDataRole.DisplayRole)
+            return text if isinstance(text, str) and text else None
+        return value
 
     def cell(self, row: RowT, column: int, role: int) -> Any:
         raise NotImplementedError
@@ -304,7 +313,7 @@ class RunsModel(PagedTableModel[RunRow, int]):
         if role == Qt.ItemDataRole.ForegroundRole:
             return self._colour(run, column)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(run)
+            return self._tooltip(run, column)
         return None
 
     def _display(self, run: RunRow, column: int) -> str:
@@ -328,11 +337,13 @@ class RunsModel(PagedTableModel[RunRow, int]):
             return severity_color("review")
         return None
 
-    def _tooltip(self, run: RunRow) -> str:
+    def _tooltip(self, run: RunRow, column: int) -> str:
         started = local_time(run.started_at)
         lines = [f"Run #{run.id} · started {started:%Y-%m-%d %H:%M:%S}" if started else f"Run #{run.id}"]
+        if column not in self.COUNT_COLUMNS and column != 0:
+            lines.insert(0, self._display(run, column))  # the cell's own words first: it may be elided
         if run.message:
-            lines.append(clean_text(run.message, TOOLTIP_LIMIT))
+            lines.append(clean_text(labels.for_gui(run.message), TOOLTIP_LIMIT))
         return "\n".join(lines)
 
 
@@ -381,7 +392,8 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
         if role == ACTION_ROLE:
             return event.action
         if role == Qt.ItemDataRole.ToolTipRole and column in (self.NAME, self.MESSAGE, self.SOURCE):
-            text = {self.NAME: event.display_name, self.MESSAGE: event.message, self.SOURCE: event.source_id}[column]
+            message = labels.for_gui(event.message)
+            text = {self.NAME: event.display_name, self.MESSAGE: message, self.SOURCE: event.source_id}[column]
             return clean_text(text, TOOLTIP_LIMIT) or None
         if role == Qt.ItemDataRole.ForegroundRole and column == self.ACTION:
             return severity_color(event.action)
@@ -397,7 +409,7 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
             self.NAME: lambda: clean_text(event.display_name) or "(no name)",
             self.STRIPE: lambda: clean_text(event.stripe_id),
             self.ACTION: lambda: ACTIONS.get(event.action, event.action),
-            self.MESSAGE: lambda: clean_text(event.message),
+            self.MESSAGE: lambda: clean_text(labels.for_gui(event.message)),
         }
         return values[column]()
 

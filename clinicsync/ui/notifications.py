@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QObject
 
+from clinicsync.labels import for_gui, plural
 from clinicsync.sync.runner import JobOutcome
 from clinicsync.ui.bridge import RunnerBridge
 from clinicsync.ui.status import BROKEN_STOPS, stream_label
@@ -28,10 +29,6 @@ class Notice:
     message: str
     tab: str  # where clicking the notice leads (MainWindow.show_tab)
     critical: bool = False
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _per_stream(outcome: JobOutcome | None, field: str) -> dict[str, int]:
@@ -52,19 +49,24 @@ def decide(previous: JobOutcome | None, new: JobOutcome) -> Notice | None:
         return Notice(
             f"broken:{new.failure_kind}",
             "ClinicSync can't sync",
-            new.message or "A connection needs attention.",
+            for_gui(new.message) or "A connection needs attention.",
             "connections",
             critical=True,
         )
     storage = next((r.message for r in new.results if r.stop_kind == "storage"), None)
     if new.failure_kind == "storage" or storage:
-        return Notice("storage", "ClinicSync can't save its records", new.message or storage or "", "overview", True)
+        message = for_gui(new.message or storage or "")
+        return Notice("storage", "ClinicSync can't save its records", message, "overview", True)
     if new.failure_kind == "internal":
-        return Notice("internal", "ClinicSync hit a problem", new.message, "overview", critical=True)
+        return Notice("internal", "ClinicSync hit a problem", for_gui(new.message), "overview", critical=True)
     for result in new.results:
         if result.stop_kind in BROKEN_STOPS:
             return Notice(
-                "broken:auth", "ClinicSync can't sync", result.message or "A key was refused.", "connections", True
+                "broken:auth",
+                "ClinicSync can't sync",
+                for_gui(result.message) or "A key was refused.",
+                "connections",
+                True,
             )
     approval = [r.stream for r in new.results if r.outcome == "needs_approval"]
     if approval:
@@ -81,7 +83,8 @@ def decide(previous: JobOutcome | None, new: JobOutcome) -> Notice | None:
         return Notice(
             f"review:{sum(now_review.values())}",
             "Records need your decision",
-            f"{_plural(new_reviews, 'record')} could not be matched safely and wait for review.",
+            f"{plural(new_reviews, 'record')} could not be matched safely and "
+            f"{'waits' if new_reviews == 1 else 'wait'} for your decision in Review.",
             "review",
         )
     before_failed, now_failed = _per_stream(previous, "failed"), _per_stream(new, "failed")
@@ -90,12 +93,12 @@ def decide(previous: JobOutcome | None, new: JobOutcome) -> Notice | None:
         return Notice(
             f"failed:{sum(now_failed.values())}",
             "Some records could not be sent",
-            f"{_plural(new_failed, 'record')} failed; Sync history lists them with the reason.",
+            f"{plural(new_failed, 'record')} failed; Sync history lists them with the reason.",
             "history",
         )
     # Repeated failure: one failed sync can be a blip (Wi-Fi, an outage); two in a row deserve a word.
     if new.failure_kind in TRANSIENT_KINDS and previous is not None and previous.failure_kind in TRANSIENT_KINDS:
-        return Notice("failing:sync", "Syncing keeps failing", new.message, "overview", critical=True)
+        return Notice("failing:sync", "Syncing keeps failing", for_gui(new.message), "overview", critical=True)
     repeated = _failed_streams(new) & _failed_streams(previous)
     if repeated:
         names = ", ".join(stream_label(s) for s in sorted(repeated))
@@ -103,7 +106,7 @@ def decide(previous: JobOutcome | None, new: JobOutcome) -> Notice | None:
         return Notice(
             "failing:" + ",".join(sorted(repeated)),
             f"Syncing {names} keeps failing",
-            message or "It failed twice in a row.",
+            for_gui(message) or "It failed twice in a row.",
             "history",
             critical=True,
         )

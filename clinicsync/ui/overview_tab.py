@@ -27,6 +27,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync import labels
+from clinicsync.labels import plural
 from clinicsync.store import queries
 from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import Job, JobOutcome
@@ -44,7 +46,6 @@ from clinicsync.ui.status import (
     stream_label,
 )
 
-STREAM_TITLES = {"cliniko.patients": "Cliniko patients → Stripe customers"}
 STATE_WORDS = {
     "ok": "Up to date",
     "attention": "Needs attention",
@@ -81,12 +82,11 @@ class StreamView:
     errors: str
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+COUNT_WORDS = {"review": "sent to review"}
 
 
 def counts_text(counts: dict[str, int]) -> str:
-    parts = [f"{counts[name]} {name}" for name in COUNT_ORDER if counts.get(name)]
+    parts = [f"{counts[name]:,} {COUNT_WORDS.get(name, name)}" for name in COUNT_ORDER if counts.get(name)]
     return ", ".join(parts) if parts else "no changes"
 
 
@@ -98,33 +98,49 @@ def stream_view(
     *,
     awaiting_approval: bool = False,
 ) -> StreamView:
-    title = STREAM_TITLES.get(stream, stream)
-    if progress is not None and progress.stream == stream:
+    title = labels.stream_title(stream)
+    syncing = progress is not None and progress.stream == stream
+    if syncing:
         state = "Syncing…"
     elif awaiting_approval:
         state = STATE_WORDS["needs_approval"]
     elif row is None or row.get("last_outcome") is None:
         state = "Never synced"
     else:
-        state = STATE_WORDS.get(row["last_outcome"], row["last_outcome"])
+        state = settled_state(row)
     if row is None or row.get("last_run_at") is None:
         return StreamView(title, state, "never", "—", "manual (press Sync now)", "none", "none", "none")
     started = local_time(row["last_run_at"])
     assert started is not None
     when = started.strftime("%H:%M today") if started.date() == now.date() else f"{started.day} {started:%b %Y %H:%M}"
     failed = row["last_counts"].get("failed", 0)
+    running = syncing and row.get("last_outcome") == "running"  # the row is the run in progress, not a result
     return StreamView(
         title=title,
         state=state,
-        last_run=when,
-        counts=counts_text(row["last_counts"]),
+        last_run=f"{when} (in progress)" if running else when,
+        counts="in progress…" if running else counts_text(row["last_counts"]),
         next_run="manual (press Sync now)",
-        queued=f"{row['queued']} write{'s' if row['queued'] != 1 else ''} waiting for Stripe"
-        if row["queued"]
-        else "none",
-        review=f"{row['review']} record{'s' if row['review'] != 1 else ''} to review" if row["review"] else "none",
-        errors=f"{failed} record{'s' if failed != 1 else ''} failed in the last run" if failed else "none",
+        queued=f"{plural(row['queued'], 'change')} waiting to be sent to Stripe" if row["queued"] else "none",
+        review=f"{plural(row['review'], 'record needs', 'records need')} your decision" if row["review"] else "none",
+        errors=f"{plural(failed, 'record')} failed in the last run" if failed else "none",
     )
+
+
+def settled_state(row: dict[str, Any]) -> str:
+    """The state of a stream that is not syncing, from its last run and what is still open: "Up to date" only when
+    nothing waits for a person or for Stripe."""
+    outcome = row["last_outcome"]
+    if outcome in ("failed", "cancelled", "running", "needs_approval"):
+        return STATE_WORDS[outcome]
+    if row.get("review"):
+        return f"{plural(row['review'], 'record needs', 'records need')} your decision"
+    failed = row["last_counts"].get("failed", 0)
+    if failed:
+        return f"{plural(failed, 'record')} could not be sent"
+    if row.get("queued"):
+        return f"{plural(row['queued'], 'change')} waiting to be sent"
+    return STATE_WORDS.get(outcome, outcome)
 
 
 class StreamCard(QGroupBox):
@@ -170,6 +186,7 @@ class OverviewTab(QWidget):
         self.tracker = ui.status or StatusTracker(ui.runner, ui.bridge, ui.app.settings, self)
         self.cards: dict[str, StreamCard] = {}
         self._progress_stream = ""
+        self._cancelling = False  # Cancel was pressed: its words stay until the sync has stopped
         self._build()
         self.tracker.changed.connect(self.refresh)
         # Bound methods of this widget: Qt delivers the worker's signals here on the GUI thread.
@@ -229,18 +246,17 @@ class OverviewTab(QWidget):
         progress_column = QVBoxLayout()
         self.progress_bar = QProgressBar()
         self.progress_bar.setTextVisible(True)
-        self.step_label = QLabel(textFormat=Qt.TextFormat.PlainText)
-        self.step_label.setWordWrap(True)
+        # One status line, replaced, never stacked: the sync's progress while it runs, then how it went, or why a
+        # click did nothing. Plain text: its messages quote the services.
+        self.status_line = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+        self.step_label = self.message_label = self.status_line  # the names the rest of the app knows it by
         progress_column.addWidget(self.progress_bar)
-        progress_column.addWidget(self.step_label)
-        controls.addWidget(self.sync_button)
-        controls.addWidget(self.cancel_button)
+        progress_column.addWidget(self.status_line)
+        progress_column.addStretch(1)
+        controls.addWidget(self.sync_button, 0, Qt.AlignmentFlag.AlignTop)
+        controls.addWidget(self.cancel_button, 0, Qt.AlignmentFlag.AlignTop)
         controls.addLayout(progress_column, 1)
         outer.addLayout(controls)
-
-        # Why a click did nothing, or how the last sync went (its messages quote the services): plain text.
-        self.message_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
-        outer.addWidget(self.message_label)
 
         self.cards_holder = QWidget()
         self.cards_layout = QVBoxLayout(self.cards_holder)
@@ -255,15 +271,17 @@ class OverviewTab(QWidget):
     # --- actions --------------------------------------------------------------------------------------
     def sync_now(self) -> None:
         job, why_not = request_sync(self.ui, "manual")
-        self.message_label.setText(why_not)
         if job is not None:
             self._show_syncing(True)
-            self.step_label.setText("Waiting to start…")
+            self.status_line.setText("Waiting to start…")
+        else:
+            self.status_line.setText(why_not)
 
     def cancel(self) -> None:
         self.ui.runner.cancel()
+        self._cancelling = True
         self.cancel_button.setEnabled(False)
-        self.step_label.setText("Cancelling at the next safe point…")
+        self.status_line.setText("Cancelling at the next safe point…")
 
     # --- state ----------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -317,23 +335,21 @@ class OverviewTab(QWidget):
                 "unreachable": "Cliniko or Stripe could not be reached.",
                 "storage": "ClinicSync can't save its records.",
             }.get(problem.kind, "A connection is broken.")
-            self.banner_text.setText(f"<b>{lead}</b> {escape_html(problem.message)}")
+            self.banner_text.setText(f"<b>{lead}</b> {escape_html(labels.for_gui(problem.message))}")
 
     def _show_syncing(self, syncing: bool) -> None:
         self.sync_button.setEnabled(not syncing and not self.tracker.paused())
         # The words change too, so the state reads the same in any palette (disabled colours vary by theme).
         self.sync_button.setText("Syncing…" if syncing else "Sync now")
+        self.cancel_button.setEnabled(syncing and not self._cancelling)
         self.cancel_button.setVisible(syncing)
-        self.cancel_button.setEnabled(syncing)
         self.progress_bar.setVisible(syncing)
-        if not syncing:
-            self.step_label.setText("")
 
     def _on_started(self, job: Job) -> None:
         self._progress_stream = ""
-        self.message_label.setText("")
+        self._cancelling = False
         self.progress_bar.setRange(0, 0)  # busy until the first count arrives
-        self.step_label.setText("Starting…")
+        self.status_line.setText("Starting…")  # replaces the last sync's result
         self._show_syncing(True)
 
     def _on_progress(self, job: Job, stream: str, done: int, total: int | None, step: str) -> None:
@@ -345,16 +361,19 @@ class OverviewTab(QWidget):
             self.progress_bar.setValue(min(done, total))
         else:
             self.progress_bar.setRange(0, 0)
+        if self._cancelling:
+            return  # "Cancelling at the next safe point…" stays until the sync has stopped
         what = stream_label(stream).capitalize()
         if step:
-            self.step_label.setText(f"{what}: {step}")
+            self.status_line.setText(f"{what}: {step}")
         elif total:
-            self.step_label.setText(f"{what}: {done} of {total}")
+            self.status_line.setText(f"{what}: {done:,} of {total:,}")
         else:
-            self.step_label.setText(f"{what}: {done} done")
+            self.status_line.setText(f"{what}: {done:,} done")
 
     def _on_finished(self, outcome: JobOutcome) -> None:
-        self.message_label.setText(finished_text(outcome))
+        self._cancelling = False
+        self.status_line.setText(finished_text(outcome))
         # The tracker's `changed` refreshes the cards; this only resets the controls if it has not yet.
         self._show_syncing(self.tracker.syncing)
 
@@ -378,9 +397,9 @@ def finished_text(outcome: JobOutcome) -> str:
     if outcome.failure_kind == "locked":
         return "Another sync (for example from the command line) is running for this clinic; try again shortly."
     if outcome.failure_kind == "cancelled":  # the runner's own words: "Not started: syncing is paused." etc.
-        return outcome.message
+        return labels.for_gui(outcome.message)
     if outcome.failure_kind is not None:
-        return f"The sync did not run: {outcome.message}"
+        return f"The sync did not run: {labels.for_gui(outcome.message)}"
     parts = []
     for result in outcome.results:
         word = {"cancelled": "cancelled", "needs_approval": "waiting for approval", "failed": "failed"}.get(

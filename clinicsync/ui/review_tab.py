@@ -1,13 +1,19 @@
 """Review: records ClinicSync would not guess about (two Stripe customers with one email, an email match the
-clinic wants confirmed, a customer deleted in Stripe), with the candidate customers side by side.
+clinic wants confirmed, a customer deleted in Stripe), with the record and its candidate Stripe customers in one
+table: the record's own name, email, phone and address on the first row, each candidate's right under it, so a
+person can see which is the same person without scrolling sideways.
 
-Link / Create new / Ignore call `queries.resolve_review`, the same operation as `clinicsync review link|create|
-ignore`; the next sync carries the decision out. The local database holds no emails, so the candidates' names and
-emails are fetched from Stripe (the gateway's `retrieve`) off the GUI thread, with the key read on the GUI thread.
+Link / Create new / Ignore call `queries.resolve_review`, the same operation as the command line's; the next sync
+carries the decision out, and the tab then says it did. The local database holds no emails, so the details are
+fetched off the GUI thread: the candidates from Stripe (the gateway's `retrieve`), the record from Cliniko (the
+stream's `read_one`, through the stored mapping, so it shows what ClinicSync would send). Keys are read on the GUI
+thread.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +26,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QShowEvent
+from PySide6.QtGui import QColor, QFont, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -33,16 +39,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync import labels
+from clinicsync.labels import plural
+from clinicsync.mapping import store as mapping_store
+from clinicsync.mapping.apply import map_record
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
-from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
+from clinicsync.mapping.spec import StreamMapping
+from clinicsync.secrets import STRIPE_API_KEY, MemorySecretStore, SecretStoreError
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.urls import validate_base_url
 from clinicsync.store import queries
 from clinicsync.store.models import ReviewItem
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
-from clinicsync.sync.runner import JobOutcome
+from clinicsync.sync.runner import JobOutcome, read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
-from clinicsync.ui.context import UiContext
+from clinicsync.ui.context import SYNC_SECRETS, UiContext
+from clinicsync.ui.layout import ColumnShares, fit_header_titles
 from clinicsync.ui.models import RowsTableModel
 from clinicsync.ui.models import clean_text as clean
 from clinicsync.ui.status import StatusTracker, request_sync
@@ -54,6 +66,7 @@ REASONS = {
     "email_match": "One Stripe customer has this email: link it?",
     "ambiguous_reference": "Several Stripe customers already name this record in their metadata",
     "stripe_object_deleted": "Its Stripe customer was deleted in Stripe",
+    "link_taken": "The customer chosen for it is now linked to another record: choose again",
 }
 CROSS_REF_KEY = CLINIKO_PATIENTS.cross_ref_key  # the metadata key naming the patient on a customer
 
@@ -89,7 +102,71 @@ class ReviewRow:
 
     @property
     def reason_text(self) -> str:
-        return REASONS.get(self.reason, self.reason.replace("_", " "))
+        return REASONS.get(self.reason, self.reason.replace("_", " ").capitalize())
+
+
+class ReviewModel(RowsTableModel[ReviewRow]):
+    columns = ("Record", "Why it waits for you")
+
+    def cell(self, row: ReviewRow, column: int, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return (row.title, row.reason_text)[column]
+        if role == Qt.ItemDataRole.ToolTipRole and column == 1:
+            return "\n".join(part for part in (row.reason_text, labels.for_gui(clean(row.detail))) if part)
+        return None
+
+
+def address_text(address: Mapping[str, Any] | None) -> str:
+    """A postal address on one line: "1 Main St, Unit 2, Carlton VIC 3053, AU"."""
+    if not isinstance(address, Mapping):
+        return ""
+    town = " ".join(str(address.get(key) or "").strip() for key in ("city", "state", "postal_code")).strip()
+    parts = (address.get("line1"), address.get("line2"), " ".join(town.split()), address.get("country"))
+    return ", ".join(str(part).strip() for part in parts if part and str(part).strip())
+
+
+def _date(epoch: object) -> str:
+    if not isinstance(epoch, int | float):
+        return ""
+    return datetime.fromtimestamp(epoch, UTC).astimezone().strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Details:
+    """One line of the comparison: the record as ClinicSync would send it to Stripe, or a Stripe customer."""
+
+    name: str = ""
+    email: str = ""
+    phone: str = ""
+    address: str = ""
+    created: str = ""
+    stripe_id: str = ""
+    note: str = ""  # e.g. which Cliniko record a customer already names
+
+    @classmethod
+    def of_customer(cls, stripe_id: str, customer: Mapping[str, Any]) -> Details:
+        metadata = customer.get("metadata") or {}
+        names = metadata.get(CROSS_REF_KEY)
+        return cls(
+            name=clean(customer.get("name")),
+            email=clean(customer.get("email")),
+            phone=clean(customer.get("phone")),
+            address=clean(address_text(customer.get("address"))),
+            created=_date(customer.get("created")),
+            stripe_id=clean(stripe_id),
+            note=f"Its metadata names Cliniko record {clean(names)}" if names else "",
+        )
+
+    @classmethod
+    def of_payload(cls, payload: Mapping[str, Any]) -> Details:
+        """From a mapped record (dotted Stripe fields): the values it would have in Stripe."""
+        address = {key.removeprefix("address."): value for key, value in payload.items() if key.startswith("address.")}
+        return cls(
+            name=clean(payload.get("name")),
+            email=clean(payload.get("email")),
+            phone=clean(payload.get("phone")),
+            address=clean(address_text(address)),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,46 +182,170 @@ class Candidate:
         return self.customer is not None
 
 
-class ReviewModel(RowsTableModel[ReviewRow]):
-    columns = ("#", "Record", "Why", "Candidates")
+@dataclass(frozen=True)
+class RecordSide:
+    """The record under review, for the comparison's first row."""
 
-    def cell(self, row: ReviewRow, column: int, role: int) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole:
-            values = (str(row.id), row.title, row.reason_text, str(len(row.candidates)))
-            return values[column]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return clean(row.detail) or None
+    who: str  # "This patient"
+    name: str  # its display name, until its details arrive
+    details: Details | None = None  # None while loading, or when Cliniko could not be read
+    loaded: bool = False
+    problem: str = ""
+
+
+def _same(left: str, right: str, field: str) -> bool:
+    if not left or not right:
+        return False
+    if field == "phone":  # "0491 570 156" and "+61491570156" are one number
+        return re.sub(r"\D", "", left)[-9:] == re.sub(r"\D", "", right)[-9:]
+    return left.casefold() == right.casefold()
+
+
+class ComparisonModel(QAbstractTableModel):
+    """The record on the first row, its candidate Stripe customers under it, the same columns for both, so each
+    candidate's email, phone and address sit right under the record's (its row is tinted). Values equal to the
+    record's are bold."""
+
+    columns = ("", "Name", "Email", "Phone", "Address", "Created", "Stripe id")
+    FIELDS = ("name", "email", "phone", "address", "created", "stripe_id")
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.record: RecordSide | None = None
+        self.rows: list[Candidate] = []
+
+    def set_rows(self, record: RecordSide | None, rows: list[Candidate]) -> None:
+        self.beginResetModel()
+        self.record, self.rows = record, list(rows)
+        self.endResetModel()
+
+    def set_record(self, record: RecordSide) -> None:
+        self.record = record
+        if self.rowCount():
+            self.dataChanged.emit(self.index(0, 0), self.index(self.rowCount() - 1, len(self.columns) - 1))
+
+    def row_for(self, index: Index) -> Candidate | None:
+        """The candidate on this row; None for the record's own row."""
+        if not index.isValid() or index.row() == 0 or index.row() > len(self.rows):
+            return None
+        return self.rows[index.row() - 1]
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008 - Qt's own default
+        return 0 if parent.isValid() or self.record is None else 1 + len(self.rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.columns)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.columns[section]
         return None
 
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        if index.isValid() and index.row() == 0:
+            return Qt.ItemFlag.ItemIsEnabled  # the record itself cannot be chosen to link to
+        return super().flags(index)
 
-class CandidateModel(RowsTableModel[Candidate]):
-    columns = ("Stripe customer", "Name", "Email", "Phone", "Created", f"Cliniko id ({CROSS_REF_KEY})")
-
-    def cell(self, candidate: Candidate, column: int, role: int) -> Any:
-        if role != Qt.ItemDataRole.DisplayRole:
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or self.record is None:
             return None
+        row, column = index.row(), index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(row, column)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(row, column)
+        if role == Qt.ItemDataRole.FontRole and self._matches(row, column):
+            font = QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.ItemDataRole.BackgroundRole and row == 0:
+            return QColor(127, 127, 127, 40)  # translucent: the record's row stands apart in any palette
+        return None
+
+    def details_at(self, row: int) -> Details | None:
+        if row == 0:
+            return self.record.details if self.record is not None else None
+        candidate = self.rows[row - 1]
+        return Details.of_customer(candidate.stripe_id, candidate.customer) if candidate.customer else None
+
+    def _text(self, row: int, column: int) -> str:
+        assert self.record is not None
+        if row == 0:
+            if column == 0:
+                return self.record.who
+            if self.record.details is None:
+                return ("loading…" if not self.record.loaded else self.record.name) if column == 1 else ""
+            return str(getattr(self.record.details, self.FIELDS[column - 1]))
+        candidate = self.rows[row - 1]
         if column == 0:
+            return f"Customer {row}"
+        if column == len(self.columns) - 1:
             return clean(candidate.stripe_id)
         if not candidate.loaded:
             return "loading…" if column == 1 else ""
         if candidate.customer is None:
             return "(deleted in Stripe)" if column == 1 else ""
-        customer = candidate.customer
-        metadata = customer.get("metadata") or {}
-        values = (
-            clean(customer.get("name")),
-            clean(customer.get("email")),
-            clean(customer.get("phone")),
-            _date(customer.get("created")),
-            clean(metadata.get(CROSS_REF_KEY)),
-        )
-        return values[column - 1]
+        details = self.details_at(row)
+        return str(getattr(details, self.FIELDS[column - 1])) if details is not None else ""
+
+    def _tooltip(self, row: int, column: int) -> str | None:
+        text = self._text(row, column)
+        lines = [text] if text else []
+        details = self.details_at(row)
+        if column == 0 and row == 0 and self.record is not None and self.record.problem:
+            lines.append(self.record.problem)
+        if column == 0 and details is not None and details.note:
+            lines.append(details.note)
+        if self._matches(row, column):
+            lines.append("The same as the record's")
+        return "\n".join(lines) or None
+
+    def _matches(self, row: int, column: int) -> bool:
+        if row == 0 or column not in (1, 2, 3, 4) or self.record is None or self.record.details is None:
+            return False
+        theirs = self.details_at(row)
+        field = self.FIELDS[column - 1]
+        return theirs is not None and _same(getattr(self.record.details, field), getattr(theirs, field), field)
 
 
-def _date(epoch: object) -> str:
-    if not isinstance(epoch, int | float):
-        return ""
-    return datetime.fromtimestamp(epoch, UTC).astimezone().strftime("%Y-%m-%d")
+@dataclass(frozen=True)
+class Decision:
+    """A decision a person made that a sync carries out (as the tab remembers it before the sync)."""
+
+    id: int
+    title: str
+    action: str  # link, create
+    stripe_id: str | None
+
+    @classmethod
+    def of(cls, item: ReviewItem) -> Decision:
+        title = clean(item.display_name) or clean(item.source_id)
+        return cls(item.id, title, item.resolution or "", item.resolution_stripe_id)
+
+
+def carried_out_text(results: list[tuple[Decision, str, str | None]]) -> str:
+    """What the last sync did with the decisions waiting for it: (decision, its status now, the Stripe id its record
+    is linked to now) each."""
+    done, failed, waiting = [], [], []
+    for decision, status, linked in results:
+        if status == "resolved":
+            waiting.append(decision.title)
+        elif decision.action == "link" and linked == decision.stripe_id:
+            done.append(f"{decision.title} is now linked to Stripe customer {decision.stripe_id}")
+        elif decision.action == "create" and linked:
+            done.append(f"{decision.title} now has a new Stripe customer, {linked}")
+        else:
+            failed.append(decision.title)
+    parts = []
+    if done:
+        decisions = "decision" if len(done) == 1 else "decisions"
+        parts.append(f"The last sync carried out your {decisions}: " + "; ".join(done))
+    if failed:
+        parts.append(f"It could not carry out your decision about {', '.join(failed)}; Sync history says why")
+    if waiting:
+        still = plural(len(waiting), "decision waits", "decisions wait")
+        parts.append(f"{still} for the next sync: {', '.join(waiting)}")
+    return ". ".join(parts) + "." if parts else ""
 
 
 def fetch_customers(key: str, base_url: str | None, stripe_ids: tuple[str, ...]) -> dict[str, dict[str, Any] | None]:
@@ -153,20 +354,38 @@ def fetch_customers(key: str, base_url: str | None, stripe_ids: tuple[str, ...])
     return {stripe_id: gateway.retrieve("customer", stripe_id) for stripe_id in stripe_ids}
 
 
+def fetch_record(settings: Any, secrets: MemorySecretStore, mapping: StreamMapping, source_id: str) -> Details | None:
+    """The record's own details as ClinicSync would send them to Stripe (None: Cliniko has no such record any
+    more); runs on a worker thread."""
+    from clinicsync.sync.retry import CancelToken
+    from clinicsync.sync.service import cliniko_client
+    from clinicsync.sync.streams import STREAMS
+
+    client = cliniko_client(settings, secrets, CancelToken())
+    try:
+        record = STREAMS[mapping.stream].read_one(client, source_id)
+    finally:
+        client.close()
+    return None if record is None else Details.of_payload(map_record(mapping, record).payload)
+
+
 class ReviewTab(QWidget):
-    """Open review items on the left, the selected one's candidates on the right, and the three decisions."""
+    """Open review items on top; below, the selected one's record and candidates compared, and the decisions."""
 
     resolved = Signal(int, str)  # review item id, action
     candidates_loaded = Signal(int)  # review item id
+    record_loaded = Signal(int)  # review item id
 
     def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ui = ui
         self.tracker = ui.status or StatusTracker(ui.runner, ui.bridge, ui.app.settings, self)
         self._customers: dict[str, dict[str, Any] | None] = {}  # fetched this session; refreshed on each sync
+        self._records: dict[tuple[str, str], RecordSide] = {}  # (stream, source id) → what Cliniko said
+        self._waiting: dict[int, Decision] = {}  # decisions the next sync carries out
         self._loading: set[str] = set()
         self.model = ReviewModel(self)
-        self.candidate_model = CandidateModel(self)
+        self.candidate_model = ComparisonModel(self)
         self._build()
         ui.bridge.job_finished.connect(self._sync_finished)
         # Sync now is offered exactly when the Overview's is: not while syncing, not while paused.
@@ -177,22 +396,32 @@ class ReviewTab(QWidget):
     # --- layout -------------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.items_view = _table(self.model)
+        self.items_view.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.items_view.setColumnWidth(0, 240)
         self.items_view.selectionModel().selectionChanged.connect(self._selection_changed)
         self.empty_label = QLabel("Nothing needs review.")
-        left = QWidget()
-        left_layout = QVBoxLayout(left)
-        left_layout.addWidget(QLabel("<b>Records waiting for a decision</b>"))
-        left_layout.addWidget(self.items_view, 1)
-        left_layout.addWidget(self.empty_label)
+        top = QWidget()
+        top_layout = QVBoxLayout(top)
+        top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.addWidget(QLabel("<b>Records waiting for a decision</b>"))
+        top_layout.addWidget(self.items_view, 1)
+        top_layout.addWidget(self.empty_label)
 
         # Plain text: the record's name and id come from the clinic's data and are shown as written.
         self.record_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.record_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.candidates_view = _table(self.candidate_model)
+        self.candidates_view.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.candidates_view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        header = self.candidates_view.horizontalHeader()
+        header.setStretchLastSection(False)
+        fit_header_titles(header)
+        # Widths follow the view: emails and addresses get the room, nothing needs a sideways scroll.
+        self._columns = ColumnShares(self.candidates_view, {0: 2, 1: 3, 2: 5, 3: 3, 4: 5, 5: 2, 6: 3})
         self.candidates_view.selectionModel().selectionChanged.connect(self._update_buttons)
-        self.link_button = QPushButton("Link to selected customer")
-        self.create_button = QPushButton("Create new customer")
-        self.ignore_button = QPushButton("Ignore this record")
+        self.link_button = QPushButton("Link to the selected customer")
+        self.create_button = QPushButton("Create a new customer")
+        self.ignore_button = QPushButton("Don't sync this record")
         self.link_button.clicked.connect(self.link_selected)
         self.create_button.clicked.connect(lambda: self.resolve("create"))
         self.ignore_button.clicked.connect(lambda: self.resolve("ignore"))
@@ -200,19 +429,21 @@ class ReviewTab(QWidget):
         for button in (self.link_button, self.create_button, self.ignore_button):
             actions.addWidget(button)
         actions.addStretch(1)
-        right = QWidget()
-        right_layout = QVBoxLayout(right)
-        right_layout.addWidget(QLabel("<b>The record</b>"))
-        right_layout.addWidget(self.record_label)
-        right_layout.addWidget(QLabel("<b>Candidate Stripe customers</b>"))
-        right_layout.addWidget(self.candidates_view, 1)
-        right_layout.addLayout(actions)
+        bottom = QWidget()
+        bottom_layout = QVBoxLayout(bottom)
+        bottom_layout.setContentsMargins(0, 0, 0, 0)
+        bottom_layout.addWidget(self.record_label)
+        bottom_layout.addWidget(QLabel("<b>The record, and the Stripe customers it could be</b>"))
+        bottom_layout.addWidget(self.candidates_view, 1)
+        bottom_layout.addLayout(actions)
 
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(left)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 2)
-        splitter.setSizes([420, 680])  # the list's reasons are read too, not only the names
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(top)
+        splitter.addWidget(bottom)
+        splitter.setChildrenCollapsible(False)
+        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(1, 3)
+        splitter.setSizes([220, 380])
 
         self.status_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -220,7 +451,7 @@ class ReviewTab(QWidget):
         self.sync_button.clicked.connect(self._sync_now)
         footer = QHBoxLayout()
         footer.addWidget(self.status_label, 1)
-        footer.addWidget(self.sync_button)
+        footer.addWidget(self.sync_button, 0, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
         layout.addWidget(splitter, 1)
         layout.addLayout(footer)
@@ -230,6 +461,7 @@ class ReviewTab(QWidget):
         """Re-read the open items (a few rows) and keep the selection on the same item when it is still open."""
         selected = self.current_item()
         self.model.set_rows([ReviewRow.of(item) for item in queries.open_reviews()])
+        self._waiting = {item.id: Decision.of(item) for item in queries.decided_reviews()}
         self.empty_label.setVisible(not self.model.rows)
         row = next((i for i, r in enumerate(self.model.rows) if selected and r.id == selected.id), 0)
         if self.model.rows:
@@ -239,8 +471,9 @@ class ReviewTab(QWidget):
 
     def refresh(self) -> None:
         """What the window calls when the tab is shown or the profile changed: re-read the items and fetch the
-        candidates afresh (after a profile switch they belong to another Stripe account)."""
+        details afresh (after a profile switch they belong to other accounts)."""
         self._customers.clear()
+        self._records.clear()
         self.reload()
 
     def current_item(self) -> ReviewRow | None:
@@ -251,33 +484,76 @@ class ReviewTab(QWidget):
         indexes = self.candidates_view.selectionModel().selectedRows()
         return self.candidate_model.row_for(indexes[0]) if indexes else None
 
+    def select_candidate(self, position: int) -> None:
+        """Select the candidate at `position` (0: the first candidate; the record's own row is above them)."""
+        self.candidates_view.selectRow(position + 1)
+
     def _selection_changed(self, selected: QItemSelection, deselected: QItemSelection) -> None:
         self._show_item(self.current_item())
 
     def _show_item(self, item: ReviewRow | None) -> None:
         if item is None:
             self.record_label.setText("")
-            self.candidate_model.set_rows([])
+            self.candidate_model.set_rows(None, [])
             self._update_buttons()
             return
         name = clean(item.display_name) or "(no name)"
         self.record_label.setText(
-            f"{name} — {item.stream} record {clean(item.source_id)}\n{item.reason_text}"
-            + (f"\n{clean(item.detail)}" if item.detail else "")
+            f"{name} — {labels.record_words(item.stream)} {clean(item.source_id)}\n{item.reason_text}"
+            + (f"\n{labels.sentence(labels.for_gui(clean(item.detail)))}" if item.detail else "")
         )
         self._show_candidates(item)
+        if (item.stream, item.source_id) not in self._records:
+            self._fetch_record(item)
         missing = tuple(c for c in item.candidates if c not in self._customers and c not in self._loading)
         if missing:
             self._fetch(item.id, missing)
         elif not item.candidates or all(c in self._customers for c in item.candidates):
             self.candidates_loaded.emit(item.id)
 
+    def _record_side(self, item: ReviewRow) -> RecordSide:
+        who = f"This {labels.stream_noun(item.stream).removesuffix('s')}"
+        return self._records.get((item.stream, item.source_id)) or RecordSide(who, item.title)
+
     def _show_candidates(self, item: ReviewRow) -> None:
         rows = [Candidate(c, self._customers.get(c), loaded=c in self._customers) for c in item.candidates]
-        self.candidate_model.set_rows(rows)
+        self.candidate_model.set_rows(self._record_side(item), rows)
         if rows:
-            self.candidates_view.selectRow(0)
+            self.select_candidate(0)
         self._update_buttons()
+
+    def _fetch_record(self, item: ReviewRow) -> None:
+        """Read the keys and the mapping here (GUI thread), the record from Cliniko on a worker."""
+        side = self._record_side(item)
+        try:
+            secrets = MemorySecretStore(read_credentials(self.ui.app.secrets, SYNC_SECRETS))
+            mapping = mapping_store.load(item.stream)
+        except (SecretStoreError, KeyError, ValueError) as exc:
+            self._record_read(item, side, Outcome(error=exc))
+            return
+        self._records[(item.stream, item.source_id)] = side  # asked once; a sync or a refresh asks again
+        settings, source_id = self.ui.app.settings, item.source_id
+        run_in_background(
+            lambda: fetch_record(settings, secrets, mapping, source_id),
+            lambda outcome: self._record_read(item, side, outcome),
+            owner=self,
+        )
+
+    def _record_read(self, item: ReviewRow, side: RecordSide, outcome: Outcome) -> None:
+        if outcome.ok and outcome.value is not None:
+            read = RecordSide(side.who, side.name, outcome.value, loaded=True)
+        elif outcome.ok:
+            read = RecordSide(side.who, side.name, loaded=True, problem="Cliniko no longer has this record.")
+        else:
+            problem = f"Its details could not be read from Cliniko: {labels.for_gui(outcome.error)}"
+            read = RecordSide(side.who, side.name, loaded=True, problem=problem)
+        self._records[(item.stream, item.source_id)] = read
+        current = self.current_item()
+        if current is not None and current.id == item.id:
+            self.candidate_model.set_record(read)
+            if read.problem:
+                self.record_label.setText(self.record_label.text() + "\n" + read.problem)
+        self.record_loaded.emit(item.id)
 
     def _fetch(self, item_id: int, stripe_ids: tuple[str, ...]) -> None:
         """Read the key here (GUI thread), fetch the customers on a worker."""
@@ -287,7 +563,7 @@ class ReviewTab(QWidget):
             if base_url:
                 base_url = validate_base_url(base_url, "Stripe")
         except (SecretStoreError, SourceConfigError) as exc:
-            self.status_label.setText(f"Could not load the candidates from Stripe: {exc}")
+            self.status_label.setText(f"Could not load the candidates from Stripe: {labels.for_gui(exc)}")
             return
         if not key:
             self.status_label.setText("No Stripe key is set, so the candidates' details can't be shown.")
@@ -304,7 +580,7 @@ class ReviewTab(QWidget):
         if not outcome.ok:
             error = outcome.error
             text = error.message if isinstance(error, StripeFailure) else f"{type(error).__name__}: {error}"
-            self.status_label.setText(f"Could not load the candidates from Stripe: {text}")
+            self.status_label.setText(f"Could not load the candidates from Stripe: {labels.for_gui(text)}")
             return
         self._customers.update(outcome.value)
         current = self.current_item()
@@ -326,17 +602,21 @@ class ReviewTab(QWidget):
             self.resolve("link", candidate.stripe_id)
 
     def resolve(self, action: str, stripe_id: str | None = None) -> None:
-        """Record the decision (as `clinicsync review ACTION`); the next sync carries it out."""
+        """Record the decision (as the command line's review command does); the next sync carries it out."""
         item = self.current_item()
         if item is None:
             return
         try:
             queries.resolve_review(item.id, action, stripe_id)
         except queries.ReviewError as exc:
-            self.status_label.setText(str(exc))
+            self.status_label.setText(labels.for_gui(exc))
             return
-        what = {"link": f"link to {stripe_id}", "create": "create a new customer", "ignore": "ignore"}[action]
-        self.status_label.setText(f"#{item.id} {item.title}: {what}. The next sync carries it out.")
+        what = {
+            "link": f"will be linked to Stripe customer {stripe_id} by the next sync",
+            "create": "will get a new Stripe customer at the next sync",
+            "ignore": "will not be synced",
+        }[action]
+        self.status_label.setText(f"{item.title} {what}.")
         self.reload()
         self.resolved.emit(item.id, action)
 
@@ -357,8 +637,14 @@ class ReviewTab(QWidget):
 
     def _sync_finished(self, outcome: JobOutcome) -> None:
         # A sync may open or close items and change the customers in Stripe: read both afresh.
+        waiting = dict(self._waiting)
         self._customers.clear()
+        self._records.clear()
         self.reload()
+        if waiting and outcome.failure_kind != "locked":
+            results = queries.decision_results(list(waiting))
+            now = [(waiting[item.id], item.status, linked) for item, linked in results]
+            self.status_label.setText(carried_out_text(now))
 
     def showEvent(self, event: QShowEvent) -> None:
         self.reload()

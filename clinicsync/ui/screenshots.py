@@ -11,7 +11,9 @@ so each app is shut down before the next is built):
 3. live mode: the first sync stops at its plan, and the approval dialog it opens.
 
 Each screen is saved in the normal palette (`<name>-light.png`) and in a forced dark Fusion palette
-(`<name>-dark.png`), at 1280×800. Dialogs are drawn centred over their dimmed window, as a person sees them.
+(`<name>-dark.png`), at 1280×800, and again at the window's default size (`<name>-light-1100x720.png`, …).
+Dialogs are drawn centred over their dimmed window, as a person sees them. The text is DejaVu Sans, the font the
+layout tests use (resources/fonts), so the pictures look the same whichever machine renders them.
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ from PySide6.QtCore import (
     QtMsgType,
     qInstallMessageHandler,
 )
-from PySide6.QtGui import QColor, QImage, QPainter, QPalette
+from PySide6.QtGui import QColor, QFont, QFontDatabase, QImage, QPainter, QPalette
 from PySide6.QtWidgets import QApplication, QStyleFactory, QWidget
 
 from clinicsync.sandbox.launcher import Sandbox, start_sandbox
+from clinicsync.ui import icons
+from clinicsync.ui.main_window import DEFAULT_SIZE
 
 SIZE = QSize(1280, 800)
+DEFAULT = QSize(*DEFAULT_SIZE)  # also rendered, with the size in the file name
+SIZES = (SIZE, DEFAULT)
 PALETTES = ("light", "dark")
 SYNC_TIMEOUT_S = 120.0
 SETTLE_MS = 250  # long enough for queued signals, layouts and background reads to land before a grab
@@ -61,7 +67,7 @@ FAST_SETTINGS = {
 @dataclass
 class Shots:
     out_dir: Path
-    size: QSize = field(default_factory=lambda: QSize(SIZE))
+    sizes: tuple[QSize, ...] = SIZES
     palettes: tuple[str, ...] = PALETTES
     log: Callable[[str], None] = print
     saved: list[Path] = field(default_factory=list)
@@ -164,12 +170,16 @@ def over_window(window: QImage, dialog: QImage) -> QImage:
     return canvas
 
 
-def save(shots: Shots, image: QImage, name: str, palette: str) -> None:
-    if image.size() != shots.size:
-        image = image.scaled(
-            shots.size, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
-        )
-    path = shots.out_dir / f"{name}-{palette}.png"
+def file_name(name: str, palette: str, size: QSize) -> str:
+    """`overview-light.png` at 1280×800 (the README's pictures), `overview-light-1100x720.png` at other sizes."""
+    suffix = "" if size == SIZE else f"-{size.width()}x{size.height()}"
+    return f"{name}-{palette}{suffix}.png"
+
+
+def save(shots: Shots, image: QImage, name: str, palette: str, size: QSize) -> None:
+    if image.size() != size:
+        image = image.scaled(size, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation)
+    path = shots.out_dir / file_name(name, palette, size)
     if not image.save(str(path), "PNG"):
         raise OSError(f"could not write {path}")
     shots.saved.append(path)
@@ -232,16 +242,18 @@ def first_run_phase(shots: Shots, app: QApplication, work: Path) -> None:
     except ModuleNotFoundError:
         shots.log("  skipped first-run: clinicsync.ui.first_run is not in this build")
         return
-    gui = build(profile_env(work / "first-run", None), None, shots.size)
+    gui = build(profile_env(work / "first-run", None), None, shots.sizes[0])
     try:
-        for palette in shots.palettes:
-            with palette_of(app, palette):
-                dialog = FirstRunDialog(gui.ui, gui.window)
-                dialog.adjustSize()
-                dialog.show()
-                save(shots, over_window(grab(gui.window), grab(dialog)), "first-run", palette)
-                dialog.done(0)
-                dialog.deleteLater()
+        for size in shots.sizes:
+            gui.window.resize(size)
+            for palette in shots.palettes:
+                with palette_of(app, palette):
+                    dialog = FirstRunDialog(gui.ui, gui.window)
+                    dialog.adjustSize()
+                    dialog.show()
+                    save(shots, over_window(grab(gui.window), grab(dialog)), "first-run", palette, size)
+                    dialog.done(0)
+                    dialog.deleteLater()
     finally:
         gui.shutdown(30)
 
@@ -250,18 +262,20 @@ def tabs_phase(shots: Shots, app: QApplication, work: Path, patients: int) -> No
     from clinicsync.ui.main_window import TABS
 
     with start_sandbox(profile="hard", patients=patients) as sandbox:
-        gui = build(profile_env(work / "test-mode", sandbox), sandbox, shots.size)
+        gui = build(profile_env(work / "test-mode", sandbox), sandbox, shots.sizes[0])
         try:
             first = sync(gui)
             shots.log(f"  first sync: {_counts(first)}")
             staff_edits(sandbox)
             second = sync(gui)
             shots.log(f"  second sync: {_counts(second)}")
-            for palette in shots.palettes:
-                with palette_of(app, palette):
-                    for spec in TABS:
-                        stage(gui.window.show_tab(spec.name))
-                        save(shots, grab(gui.window), spec.name, palette)
+            for size in shots.sizes:
+                gui.window.resize(size)
+                for palette in shots.palettes:
+                    with palette_of(app, palette):
+                        for spec in TABS:
+                            stage(gui.window.show_tab(spec.name))
+                            save(shots, grab(gui.window), spec.name, palette, size)
             gui.window.show_tab("overview")
         finally:
             gui.shutdown(30)
@@ -269,17 +283,19 @@ def tabs_phase(shots: Shots, app: QApplication, work: Path, patients: int) -> No
 
 def approval_phase(shots: Shots, app: QApplication, work: Path, patients: int) -> None:
     with start_sandbox(profile="hard", patients=patients, stripe_mode="live") as sandbox:
-        gui = build(profile_env(work / "live-mode", sandbox), sandbox, shots.size)
+        gui = build(profile_env(work / "live-mode", sandbox), sandbox, shots.sizes[0])
         try:
             outcome = sync(gui)  # the first live sync only plans; the window opens the approval dialog
             dialog = gui.window.approval_dialog
             if dialog is None:
                 shots.log(f"  skipped approval: no approval dialog opened ({_counts(outcome)})")
                 return
-            for palette in shots.palettes:
-                with palette_of(app, palette):
-                    dialog.resize(dialog.sizeHint().expandedTo(dialog.minimumSize()))
-                    save(shots, over_window(grab(gui.window), grab(dialog)), "approval", palette)
+            for size in shots.sizes:
+                gui.window.resize(size)
+                for palette in shots.palettes:
+                    with palette_of(app, palette):
+                        dialog.resize(dialog.sizeHint().expandedTo(dialog.minimumSize()).boundedTo(size))
+                        save(shots, over_window(grab(gui.window), grab(dialog)), "approval", palette, size)
             dialog.reject()
         finally:
             gui.shutdown(30)
@@ -296,7 +312,7 @@ def _counts(outcome: Any) -> str:
 def render_all(
     out_dir: Path,
     *,
-    size: QSize = SIZE,
+    sizes: tuple[QSize, ...] = SIZES,
     palettes: tuple[str, ...] = PALETTES,
     patients: int = PATIENTS,
     log: Callable[[str], None] = print,
@@ -306,7 +322,7 @@ def render_all(
     if not isinstance(app, QApplication):
         raise RuntimeError("render_all needs a QApplication")
     out_dir.mkdir(parents=True, exist_ok=True)
-    shots = Shots(out_dir=out_dir, size=QSize(size), palettes=palettes, log=log)
+    shots = Shots(out_dir=out_dir, sizes=tuple(QSize(size) for size in sizes), palettes=palettes, log=log)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="clinicsync-screenshots-") as tmp:
         work = Path(tmp)
@@ -319,6 +335,14 @@ def render_all(
             phase()
     log(f"{len(shots.saved)} screenshots in {out_dir} ({time.monotonic() - started:.1f} s)")
     return shots.saved
+
+
+def use_shipped_font(app: QApplication) -> None:
+    """DejaVu Sans from resources/fonts as the app font, so the pictures do not depend on this machine's fonts."""
+    fonts = icons.resources_dir() / "fonts"
+    for path in sorted(fonts.glob("*.ttf")):
+        QFontDatabase.addApplicationFont(str(path))
+    app.setFont(QFont("DejaVu Sans", 10))
 
 
 def _quiet_offscreen(kind: QtMsgType, _context: QMessageLogContext, message: str) -> None:
@@ -336,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     qInstallMessageHandler(_quiet_offscreen)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
+    use_shipped_font(app)
     for stale in args.out.glob("*.png") if args.out.is_dir() else ():
         stale.unlink()  # a screen that no longer exists must not leave an old picture behind
     render_all(args.out, patients=args.patients)

@@ -55,7 +55,10 @@ class SettingsTab(QWidget):
         from_env = item.source == "environment"
         self.pause_box.setEnabled(not from_env)
         self.env_note.setVisible(from_env)
-        self.env_note.setText("Set by the environment variable CLINICSYNC_SYNC_PAUSED; change it there.")
+        self.env_note.setText(
+            "Pausing was set when ClinicSync was started, so it can't be changed here; start it without that setting "
+            "to change it."
+        )
 
     def _pause_toggled(self, checked: bool) -> None:
         self.tracker.set_paused(checked)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from PySide6.QtCore import QObject, Signal
 
+from clinicsync import labels
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store import queries
 from clinicsync.store.settings import Settings
@@ -67,8 +68,8 @@ class StatusSnapshot:
 
 
 def stream_label(stream: str) -> str:
-    """'cliniko.patients' → 'patients' (the short word people say)."""
-    return stream.rsplit(".", 1)[-1].replace("_", " ")
+    """'cliniko.patients' → 'patients' (the short word people say; clinicsync.labels has the table)."""
+    return labels.stream_noun(stream)
 
 
 def local_time(naive_utc: datetime | None) -> datetime | None:
@@ -218,7 +219,7 @@ def request_sync(ui: UiContext, trigger: str = "manual") -> tuple[Job | None, st
     try:
         job = ui.sync_now(trigger)
     except SecretStoreError as exc:  # the keyring is locked or missing: say so instead of failing the click
-        return None, str(exc)
+        return None, labels.for_gui(exc)
     return (job, "") if job is not None else (None, QUEUED_MESSAGE)
 
 

@@ -1,5 +1,5 @@
-"""The tray icon: idle / syncing / needs attention, and a menu rebuilt each time it opens (so its status line is
-never stale): status, Sync now (Cancel sync while one runs), Pause syncing, Open ClinicSync, Quit.
+"""The tray icon: idle / syncing / needs attention / paused, and a menu rebuilt each time it opens (so its status
+line is never stale): status, Sync now (Cancel sync while one runs), Pause syncing, Open ClinicSync, Quit.
 
 The words come from `status_line(snapshot)`, a pure function; `TrayController` only wires Qt objects to it.
 """
@@ -14,11 +14,17 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from clinicsync.labels import plural
 from clinicsync.ui import icons
 from clinicsync.ui.status import StatusSnapshot, StatusTracker, stream_label
 
-IDLE, SYNCING, ATTENTION = "idle", "syncing", "attention"
-ICON_OF_STATE = {IDLE: icons.TRAY_IDLE, SYNCING: icons.TRAY_SYNCING, ATTENTION: icons.TRAY_ATTENTION}
+IDLE, SYNCING, ATTENTION, PAUSED = "idle", "syncing", "attention", "paused"
+ICON_OF_STATE = {
+    IDLE: icons.TRAY_IDLE,
+    SYNCING: icons.TRAY_SYNCING,
+    ATTENTION: icons.TRAY_ATTENTION,
+    PAUSED: icons.TRAY_PAUSED,
+}
 _PROBLEM_WORDS = {
     "auth": "a key was refused",
     "config": "check Connections",
@@ -50,10 +56,9 @@ def status_line(snapshot: StatusSnapshot, now: datetime | None = None) -> str:
     if snapshot.problem is not None:
         return f"Needs attention: {_PROBLEM_WORDS.get(snapshot.problem.kind, snapshot.problem.kind)}"
     if snapshot.review_items:
-        return f"Needs attention: {snapshot.review_items} record{'s' if snapshot.review_items != 1 else ''} to review"
+        return f"Needs attention: {plural(snapshot.review_items, 'record')} to review"
     if snapshot.failed_records:
-        count = snapshot.failed_records
-        return f"Needs attention: {count} record{'s' if count != 1 else ''} failed"
+        return f"Needs attention: {plural(snapshot.failed_records, 'record')} failed"
     if snapshot.last_sync is None:
         return "Not synced yet"
     now = now or datetime.now(snapshot.last_sync.tzinfo)
@@ -64,8 +69,12 @@ def status_line(snapshot: StatusSnapshot, now: datetime | None = None) -> str:
 
 
 def icon_state(snapshot: StatusSnapshot) -> str:
+    """The icon says what the status line says: a running sync first, then pause (a person chose it, and nothing
+    syncs until they resume, whatever else waits), then attention."""
     if snapshot.syncing:
         return SYNCING
+    if snapshot.paused:
+        return PAUSED
     return ATTENTION if snapshot.needs_attention else IDLE
 
 

@@ -68,7 +68,7 @@ def test_a_live_sync_stops_at_the_plan_and_approving_writes_exactly_it(qtbot, li
     linked_record = rows["linked"][1][0]
     assert linked_record[2].startswith("cus_"), "a link shows the existing customer it links to"
     assert any("more" in name for name, _, _ in rows["created"][1]), "records beyond the samples are counted"
-    for target in ("name", "email", "metadata.cliniko_patient_id"):
+    for target in ("Name", "Email", "Metadata: cliniko_patient_id"):
         assert target in dialog.fields_label.text()
     assert "LIVE" in dialog.heading.text() and "Nothing has been written yet" in dialog.heading.text()
     assert dialog.cancel_button.isDefault(), "Enter must not approve a live write"

@@ -198,7 +198,8 @@ def test_keys_from_the_environment_are_shown_but_not_editable(qtbot, make_sandbo
     tab = ConnectionsTab(ui)
     qtbot.addWidget(tab)
     text = tab.stripe.key_state_label.text()
-    assert "Set by the environment (CLINICSYNC_STRIPE_API_KEY)" in text and sandbox.stripe_key not in text
+    assert text.startswith("Provided by the sandbox clinic: ") and sandbox.stripe_key not in text
+    assert "CLINICSYNC_" not in text and "environment" not in text
     assert not tab.stripe.key_edit.isEnabled() and not tab.stripe.remove_button.isEnabled()
     assert not tab.cliniko.key_edit.isEnabled()
     assert "The key's ending sets the shard: au1" in tab.cliniko.shard_note.text()
@@ -309,3 +310,32 @@ def test_unsaved_edits_survive_a_tab_switch_and_a_profile_switch_reloads_them(
     assert tab.cliniko.email_edit.text() == sandbox.env()["CLINICSYNC_CONTACT_EMAIL"]
     assert tab.cliniko.address_label.text() == f"Address: {sandbox.cliniko_url}"
     assert tab.calcom.region_combo.currentData() == "cloud" and tab.calcom.url_edit.text() == ""
+
+
+def test_a_key_given_at_start_outside_the_sandbox_names_no_environment_variable(qtbot, offline_env, open_ui):
+    ui = open_ui(offline_env)
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    text = tab.stripe.key_state_label.text()
+    assert text.startswith("Given to ClinicSync when it was started: ") and "can't be changed here" in text
+    assert "CLINICSYNC_" not in text and "CLINICSYNC_" not in tab.cliniko.email_edit.toolTip()
+    assert tab.cliniko.email_edit.toolTip().startswith("Given to ClinicSync when it was started")
+
+
+def test_remove_key_asks_first_and_no_keeps_it(qtbot, offline_env, keyring_backend, open_ui):
+    env = {name: value for name, value in offline_env.items() if name != "CLINICSYNC_STRIPE_API_KEY"}
+    ui = open_ui(env)
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    box = tab.stripe
+    box.key_edit.setText("sk_test_sandbox_" + "k" * 24)
+    box.save()
+    assert box.remove_button.isEnabled()
+    asked: list[str] = []
+    box.confirm_remove = lambda _parent, service: asked.append(service) or False
+    box.remove_button.click()
+    assert asked == ["Stripe"] and ui.app.secrets.get(STRIPE_API_KEY), "No keeps the key"
+    box.confirm_remove = lambda _parent, service: asked.append(service) or True
+    box.remove_button.click()
+    assert asked == ["Stripe", "Stripe"] and ui.app.secrets.get(STRIPE_API_KEY) is None
+    assert "removed" in box.result_label.text()

@@ -157,3 +157,35 @@ def test_the_app_core_hands_a_new_user_to_the_welcome_and_the_trial_syncs(qtbot,
         gui.shutdown()
         if dialog.sandbox is not None:
             dialog.sandbox.stop()
+
+
+def test_the_welcome_grows_to_show_its_progress_and_its_result(qtbot, real_profile):
+    from PySide6.QtWidgets import QApplication
+
+    from clinicsync.sync.engine import RunResult
+    from clinicsync.sync.runner import Job, JobOutcome
+    from tests.ui.layout_support import fit_problems, shipped_font
+
+    with shipped_font(QApplication.instance()):
+        dialog = FirstRunDialog(real_profile)
+        qtbot.addWidget(dialog)
+        dialog.show()
+        qtbot.waitExposed(dialog)
+        start = dialog.height()
+
+        def fits() -> list[str]:
+            for _ in range(3):
+                QApplication.processEvents()
+            return fit_problems(dialog)
+
+        assert fits() == []
+        long_step = "Reading existing Stripe customers, then the clinic's patients, a page at a time " * 3
+        dialog._show_busy(long_step)  # what choosing the sandbox shows while it starts
+        assert dialog.progress.isVisibleTo(dialog) and fits() == []
+        assert dialog.height() > start, "it grew for the progress bar and the longer words"
+        job = Job(1, "first_run")
+        dialog._job = job
+        result = RunResult(1, "cliniko.patients", "attention", {"created": 180, "linked": 12, "review": 3, "failed": 2})
+        dialog._on_finished(JobOutcome(job, results=(result,)))
+        assert "180 customers created" in dialog.status_label.text() and dialog.done_button.isVisibleTo(dialog)
+        assert not dialog.progress.isVisibleTo(dialog) and fits() == []

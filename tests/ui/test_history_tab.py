@@ -9,6 +9,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from clinicsync.app import bootstrap
+from clinicsync.labels import plural
 from clinicsync.store.models import RetryRecord, SyncEvent, SyncRun
 from clinicsync.sync.runner import SyncRunner
 from clinicsync.ui.bridge import BridgeListener, RunnerBridge
@@ -123,7 +124,7 @@ def test_clicking_retry_starts_a_sync_that_the_tab_then_shows(qtbot, make_sandbo
     failures = tab.selected_run().failed
     with qtbot.waitSignal(ui.bridge.job_finished, timeout=WAIT_MS):
         qtbot.mouseClick(tab.retry_button, Qt.MouseButton.LeftButton)
-        assert f"Retrying {failures} record(s)" in tab.events_status.text()
+        assert f"Retrying {plural(failures, 'record')}…" in tab.events_status.text()
     assert tab.runs_model.rowCount() == 2
     assert tab.selected_run().trigger == "retry" and tab.selected_run().failed == failures
 
@@ -171,7 +172,7 @@ def test_search_filters_the_selected_run_and_optionally_every_run(qtbot, make_sa
     qtbot.keyClicks(tab.search, first.source_id)
     qtbot.waitUntil(lambda: shown(tab, EventsModel.SOURCE) == [first.source_id])
     assert tab.events_view.isColumnHidden(EventsModel.RUN)
-    assert "matching" in tab.events_status.text()
+    assert tab.events_status.text() == f"1 record matches “{first.source_id}” in run #{tab.selected_run().id}"
 
     tab.all_runs.setChecked(True)
     qtbot.waitUntil(lambda: len(shown(tab, EventsModel.SOURCE)) == 2)  # the first run's row and the retry's
@@ -179,6 +180,10 @@ def test_search_filters_the_selected_run_and_optionally_every_run(qtbot, make_sa
 
     tab.search.setText(created.stripe_id)
     qtbot.waitUntil(lambda: shown(tab, EventsModel.STRIPE) == [created.stripe_id])
+
+    tab.search.setText("Nobody Byte-This-Name")  # nothing matches: it says so, rather than an empty table
+    qtbot.waitUntil(lambda: shown(tab, EventsModel.NAME) == [])
+    assert tab.events_status.text() == "No records match “Nobody Byte-This-Name” in every run."
 
     tab.search.clear()
     tab.all_runs.setChecked(False)
@@ -194,7 +199,7 @@ def test_the_tab_pages_through_a_long_run(qtbot, make_sandbox, env_for, make_ui)
     tab.events_view.scrollToBottom()
     qtbot.waitUntil(lambda: tab.events_model.loaded > 50)
     assert f"{tab.events_model.loaded} of 130 records shown" in tab.events_status.text() or (
-        tab.events_model.loaded == 130 and "130 record(s)" in tab.events_status.text()
+        tab.events_model.loaded == 130 and "130 records" in tab.events_status.text()
     )
 
 

@@ -74,6 +74,17 @@ def test_closing_keeps_running_in_the_tray_and_says_so_once_ever(qtbot, build_gu
     assert third.args == [False]
 
 
+def test_closing_to_the_tray_says_it_syncs_when_asked_not_that_it_keeps_syncing(qtbot, build_gui, offline_env):
+    gui = build_gui(offline_env, tray=True)
+    said: list[str] = []
+    gui.tray.show_message = lambda title, message, critical=False: said.append(message)
+    gui.window.show()
+    gui.window.close()
+    (message,) = said
+    assert "when you press Sync now" in message and "tray" in message
+    assert "keeps syncing" not in message and "keep syncing" not in message
+
+
 def test_without_a_tray_closing_asks_and_quits_only_when_confirmed(qtbot, build_gui, offline_env) -> None:
     answers = [False, True]
     asked: list[bool] = []

@@ -12,6 +12,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QTextDocument
 
 from clinicsync.store import queries
+from clinicsync.ui import status
 from clinicsync.ui.overview_tab import OverviewTab, counts_text, finished_text, stream_view
 from clinicsync.ui.status import (
     LIVE,
@@ -68,8 +69,8 @@ def test_stream_card_words() -> None:
         NOW,
     )
     assert busy.state == "Syncing…"
-    assert busy.queued == "2 writes waiting for Stripe"
-    assert busy.review == "1 record to review"
+    assert busy.queued == "2 changes waiting to be sent to Stripe"
+    assert busy.review == "1 record needs your decision"
     assert busy.errors == "4 records failed in the last run"
     assert stream_view(STREAM, row(last_outcome="needs_approval"), None, NOW).state == "Waiting for your approval"
     assert counts_text({}) == "no changes"
@@ -129,6 +130,7 @@ def test_saving_or_removing_the_stripe_key_updates_the_badge_at_once(build_gui, 
         gui.window.tab("connections").cliniko.save()  # another service's settings: the Stripe mode stands
         assert overview.mode_badge.text() == LIVE
 
+        stripe.confirm_remove = lambda _parent, _service: True
         stripe.remove_key()
         assert gui.tracker.key_livemode is None  # no key: the stored pair says
         assert overview.mode_badge.text() == TEST_MODE
@@ -226,3 +228,68 @@ def test_a_refused_key_shows_the_banner_which_opens_connections(qtbot, sandbox_g
     assert executed_writes(sandbox.stripe_url) == 0
     qtbot.mouseClick(overview.connections_button, Qt.MouseButton.LeftButton)
     assert gui.window.current_tab_name() == "connections"
+
+
+# --- state that tells the truth ------------------------------------------------------------------------------
+def test_up_to_date_only_when_nothing_waits_for_a_person_or_for_stripe() -> None:
+    assert stream_view(STREAM, row(), None, NOW).state == "Up to date"
+    assert stream_view(STREAM, row(review=2), None, NOW).state == "2 records need your decision"
+    assert stream_view(STREAM, row(review=1), None, NOW).state == "1 record needs your decision"
+    assert stream_view(STREAM, row(queued=3), None, NOW).state == "3 changes waiting to be sent"
+    failed = row(last_outcome="attention", last_counts={"failed": 1})
+    assert stream_view(STREAM, failed, None, NOW).state == "1 record could not be sent"
+    assert stream_view(STREAM, row(last_outcome="failed", review=2), None, NOW).state == "Failed"
+
+
+def test_the_card_of_a_running_sync_shows_no_result_yet() -> None:
+    running = row(last_outcome="running", last_counts={"created": 0})
+    view = stream_view(STREAM, running, Progress(STREAM, 5, 10, ""), NOW)
+    assert view.state == "Syncing…" and view.counts == "in progress…" and view.last_run.endswith("(in progress)")
+
+
+def test_one_status_line_is_replaced_while_a_sync_runs(build_gui, offline_env) -> None:
+    from PySide6.QtWidgets import QLabel
+
+    from clinicsync.sync.engine import RunResult
+    from clinicsync.sync.runner import Job, JobOutcome
+
+    gui = build_gui(offline_env)
+    overview: OverviewTab = gui.window.show_tab("overview")
+
+    def lines() -> list[str]:
+        """The visible words between the Sync now button and the stream cards."""
+        cards = set(overview.cards.values())
+        shown = []
+        for label in overview.findChildren(QLabel):
+            inside_card = any(card.isAncestorOf(label) for card in cards)
+            strips = (overview.banner, overview.paused_strip)
+            in_header = label in (overview.accounts_label, overview.mode_badge) or any(
+                strip.isAncestorOf(label) for strip in strips
+            )
+            if label.isVisible() and label.text() and not inside_card and not in_header:
+                shown.append(label.text())
+        return shown
+
+    gui.tracker.set_paused(True)
+    overview.sync_now()
+    assert lines() == [status.PAUSED_MESSAGE]
+    gui.tracker.set_paused(False)
+    bridge, job = gui.ui.bridge, Job(1, "manual")
+    bridge.job_started.emit(job)
+    assert lines() == ["Starting…"], "the new sync's words replace the old message"
+    bridge.job_progress.emit(job, STREAM, 10, 100, "")
+    assert lines() == ["Patients: 10 of 100"]
+    overview.cancel()
+    bridge.job_progress.emit(job, STREAM, 11, 100, "")
+    assert lines() == ["Cancelling at the next safe point…"], "a later progress step does not hide that it stops"
+    assert not overview.cancel_button.isEnabled()
+    overview.refresh()  # the tracker refreshes the cards on any change: Cancel stays pressed
+    assert not overview.cancel_button.isEnabled()
+    bridge.job_finished.emit(JobOutcome(job, results=(RunResult(1, STREAM, "cancelled", {"created": 11}),)))
+    assert lines() == ["Patients cancelled: 11 created"]
+    second = Job(2, "manual")
+    bridge.job_started.emit(second)
+    bridge.job_progress.emit(second, STREAM, 1, 100, "Reading patient records")
+    assert lines() == ["Patients: Reading patient records"]
+    assert overview.cancel_button.isEnabled(), "a new sync can be cancelled again"
+    bridge.job_finished.emit(JobOutcome(second))

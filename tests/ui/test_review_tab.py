@@ -65,11 +65,11 @@ def test_link_create_and_ignore_resolve_review_items(qtbot, review_setup):
     select(qtbot, tab, "Ethan Brooks")
     ethan = tab.current_item()
     assert ethan is not None and len(ethan.candidates) == 2
-    emails = {cell(tab.candidates_view, row, 2).casefold() for row in range(2)}
+    emails = {cell(tab.candidates_view, row, 2).casefold() for row in (1, 2)}  # row 0: Ethan himself
     assert len(emails) == 1 and "@" in emails.pop(), "both candidates carry the shared email"
-    assert all(cell(tab.candidates_view, row, 1) for row in range(2)), "each candidate's name is shown"
+    assert all(cell(tab.candidates_view, row, 1) for row in (1, 2)), "each candidate's name is shown"
     chosen = ethan.candidates[1]
-    tab.candidates_view.selectRow(1)
+    tab.select_candidate(1)
     with qtbot.waitSignal(tab.resolved, timeout=1000) as resolved:
         tab.link_button.click()
     assert resolved.args == [ethan.id, "link"]
@@ -116,7 +116,7 @@ def test_a_deleted_candidate_cannot_be_linked(qtbot, review_setup):
     tab = ReviewTab(ui)
     qtbot.addWidget(tab)
     select(qtbot, tab, "Olivia Nguyen")
-    assert cell(tab.candidates_view, 0, 1) == "(deleted in Stripe)"
+    assert cell(tab.candidates_view, 1, 1) == "(deleted in Stripe)"
     assert not tab.link_button.isEnabled() and tab.create_button.isEnabled()
 
 
@@ -165,7 +165,7 @@ def test_the_record_and_status_labels_show_source_data_as_written(qtbot, build_g
     name = "Smith <Allied> & Sons <h1>Physio</h1>"
     review._show_item(ReviewRow(7, "cliniko.patients", "42", name, "email_match", "", ()))
     assert review.record_label.textFormat() == Qt.TextFormat.PlainText
-    assert review.record_label.text().startswith(name + " — cliniko.patients record 42")
+    assert review.record_label.text().startswith(name + " — Cliniko patient 42")
     assert review.status_label.textFormat() == Qt.TextFormat.PlainText  # it repeats the name after a decision
 
 
@@ -174,8 +174,71 @@ def test_a_record_without_a_name_shows_its_id_cleaned_and_shortened(qtbot, build
     item = ReviewRow(3, "cliniko.patients", source_id, "", "email_match", "", ())
     model = ReviewModel()
     model.set_rows([item])
-    shown = model.index(0, 1).data()
+    shown = model.index(0, 0).data()
     assert "\u202e" not in shown and shown.startswith("999") and len(shown) <= 160
     review = build_gui(offline_env).window.tab("review")
     review._show_item(item)
     assert "\u202e" not in review.record_label.text() and len(review.record_label.text()) < 500
+
+
+def test_after_the_sync_the_tab_says_it_carried_out_the_decisions(qtbot, review_setup):
+    _sandbox, ui = review_setup
+    sync(qtbot, ui)
+    tab = ReviewTab(ui)
+    qtbot.addWidget(tab)
+    select(qtbot, tab, "Ethan Brooks")
+    chosen = tab.current_item().candidates[0]
+    tab.select_candidate(0)
+    tab.link_button.click()
+    assert tab.status_label.text() == f"Ethan Brooks will be linked to Stripe customer {chosen} by the next sync."
+    select(qtbot, tab, "Olivia Nguyen")
+    tab.create_button.click()
+    assert tab.status_label.text() == "Olivia Nguyen will get a new Stripe customer at the next sync."
+
+    sync(qtbot, ui)  # the tab hears the sync finish
+    olivia = RecordLink.get(RecordLink.display_name == "Olivia Nguyen").stripe_id
+    said = tab.status_label.text()
+    assert said.startswith("The last sync carried out your decisions: ") and said.endswith(".")
+    assert f"Ethan Brooks is now linked to Stripe customer {chosen}" in said
+    assert f"Olivia Nguyen now has a new Stripe customer, {olivia}" in said
+
+
+def test_words_for_decisions_a_sync_did_not_carry_out() -> None:
+    from clinicsync.ui.review_tab import Decision, carried_out_text
+
+    link = Decision(1, "Ethan Brooks", "link", "cus_A")
+    create = Decision(2, "Olivia Nguyen", "create", None)
+    assert carried_out_text([(link, "resolved", None)]) == "1 decision waits for the next sync: Ethan Brooks."
+    assert carried_out_text([(link, "done", "cus_B"), (create, "resolved", None)]) == (
+        "It could not carry out your decision about Ethan Brooks; Sync history says why. "
+        "1 decision waits for the next sync: Olivia Nguyen."
+    )
+
+
+def test_the_records_own_details_sit_above_its_candidates_without_scrolling_sideways(qtbot, sandbox_gui):
+    from tests.integration.test_patients_stream import patients
+    from tests.support import expected_customer_fields
+
+    gui, sandbox = sandbox_gui(env={"CLINICSYNC_SYNC_EMAIL_MATCH": "review"}, profile="hard", patients=20)
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=TIMEOUT_MS):
+        gui.sync_now()
+    gui.window.show()
+    tab = gui.window.show_tab("review")
+    assert (gui.window.width(), gui.window.height()) == (1100, 720), "the default size"
+    row = next(i for i, r in enumerate(tab.model.rows) if r.display_name == "Ethan Brooks")
+    tab.items_view.selectRow(row)
+    wait_for_candidates(qtbot, tab)
+    qtbot.waitUntil(lambda: tab.candidate_model.record.loaded, timeout=TIMEOUT_MS)  # read from Cliniko
+    ethan = tab.current_item()
+    patient = expected_customer_fields(patients(sandbox)[ethan.source_id])
+    view = tab.candidates_view
+    assert cell(view, 0, 0) == "This patient" and cell(view, 0, 1) == patient["name"]
+    assert cell(view, 0, 2) == patient["email"] and cell(view, 0, 3) == (patient["phone"] or "")
+    assert patient["line1"] and cell(view, 0, 4).startswith(patient["line1"])
+    assert [cell(view, r, 0) for r in (1, 2)] == ["Customer 1", "Customer 2"]
+    assert view.model().index(1, 2).data(Qt.ItemDataRole.ToolTipRole).endswith("The same as the record's")
+    view.selectRow(0)  # the record's own row is not a customer to link to
+    assert tab.current_candidate() is None and not tab.link_button.isEnabled()
+    header = view.horizontalHeader()
+    assert header.length() <= view.viewport().width(), "every column fits: no sideways scrolling"
+    assert not view.horizontalScrollBar().isVisible()

@@ -9,10 +9,11 @@ import pytest
 
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.runner import Job, JobOutcome
+from clinicsync.ui import icons
 from clinicsync.ui.background import wait_for_background
 from clinicsync.ui.notifications import Notifier, decide
 from clinicsync.ui.status import ConnectionProblem, Progress, StatusSnapshot
-from clinicsync.ui.tray import ATTENTION, IDLE, SYNCING, icon_state, status_line
+from clinicsync.ui.tray import ATTENTION, ICON_OF_STATE, IDLE, PAUSED, SYNCING, icon_state, status_line
 from tests.ui.conftest import WAIT_MS
 
 AEST = timezone(timedelta(hours=10))
@@ -51,8 +52,8 @@ STREAM = "cliniko.patients"
             "Syncing patients 1/2",
             SYNCING,
         ),
-        (StatusSnapshot(paused=True), "Sync paused", IDLE),
-        (StatusSnapshot(paused=True, review_items=2), "Sync paused", ATTENTION),
+        (StatusSnapshot(paused=True), "Sync paused", PAUSED),
+        (StatusSnapshot(paused=True, review_items=2), "Sync paused", PAUSED),
         (StatusSnapshot(review_items=2), "Needs attention: 2 records to review", ATTENTION),
         (StatusSnapshot(review_items=1), "Needs attention: 1 record to review", ATTENTION),
         (StatusSnapshot(failed_records=3), "Needs attention: 3 records failed", ATTENTION),
@@ -83,6 +84,7 @@ def test_menu_is_rebuilt_when_it_opens_and_pause_from_the_menu_persists(build_gu
     assert gui.ui.app.settings.get("sync.paused") is True
     tray.menu.aboutToShow.emit()  # what Qt does each time the menu opens
     assert tray.menu_texts()[0] == "Sync paused"
+    assert tray.state == PAUSED and tray.icon.icon().cacheKey() == icons.icon(icons.TRAY_PAUSED).cacheKey()
     assert tray.action("Pause syncing").isChecked()
     assert not tray.action("Sync now").isEnabled()
     # Every trigger honours it: the runner refuses the job too.
@@ -90,7 +92,13 @@ def test_menu_is_rebuilt_when_it_opens_and_pause_from_the_menu_persists(build_gu
 
     tray.action("Pause syncing").trigger()
     tray.menu.aboutToShow.emit()
-    assert tray.action("Sync now").isEnabled()
+    assert tray.action("Sync now").isEnabled() and tray.state == IDLE
+
+
+def test_every_tray_state_has_an_icon_of_its_own() -> None:
+    assert len(set(ICON_OF_STATE.values())) == len(ICON_OF_STATE) == 4
+    for name in ICON_OF_STATE.values():
+        assert not icons.icon(name).isNull()
 
 
 def test_menu_while_syncing_offers_cancel_and_shows_progress(build_gui, offline_env) -> None:
