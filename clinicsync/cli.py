@@ -55,6 +55,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import describe, run_sync
 
     ctx = bootstrap()
+    if not args.ignore_pause and (why := _paused(ctx)) is not None:
+        err(why)
+        return EXIT_CONFIG
     streams = [args.stream] if args.stream else None
     results = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=streams, trigger="cli", dry_run=args.dry_run)
     code = EXIT_OK
@@ -69,6 +72,24 @@ def cmd_sync(args: argparse.Namespace) -> int:
             out(json.dumps(describe(result)))
         code = max(code, _exit_for(result.outcome, result.stop_kind))
     return code
+
+
+def _paused(ctx: Any) -> str | None:
+    """Why `sync --once` must not start (the pause every trigger honours, in the runner's words), or None."""
+    from clinicsync.store.settings import spec_for
+    from clinicsync.sync.runner import PAUSED_MESSAGE
+
+    item = ctx.settings.lookup("sync.paused")
+    if not item.value:
+        return None
+    if item.source == "environment":
+        resume = f"unset {spec_for('sync.paused').env_name} (or set it to false)"
+    else:
+        resume = "run `clinicsync config set sync.paused false` (or untick Pause syncing in the app)"
+    return (
+        f"{PAUSED_MESSAGE} Nothing was read or sent. To resume, {resume}; to sync once while paused, run "
+        "`clinicsync sync --once --ignore-pause`."
+    )
 
 
 def _exit_for(outcome: str, stop_kind: str | None) -> int:
@@ -290,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--stream", help="only this stream, e.g. cliniko.patients")
     sync.add_argument("--dry-run", action="store_true", help="compute and save the plan; change nothing")
     sync.add_argument("--json", action="store_true", help="also print each run's counts as JSON")
+    sync.add_argument("--ignore-pause", action="store_true", help="sync even though syncing is paused")
 
     plan = sub.add_parser("plan", help="the saved plan of the last dry run; approve it before a first live sync")
     plan.add_argument("action", choices=("show", "approve"))
