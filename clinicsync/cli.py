@@ -270,13 +270,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     from clinicsync import doctor
     from clinicsync.logging_setup import register_secret, setup_logging
-    from clinicsync.paths import AppPaths
+    from clinicsync.paths import AppPaths, ProfileFolderError
     from clinicsync.secrets import open_secrets
     from clinicsync.store.settings import Settings
 
     env = dict(os.environ)
-    paths = AppPaths.resolve(env).ensure()
-    setup_logging(paths, level=logging.INFO)
+    try:
+        paths = AppPaths.resolve(env)
+    except ProfileFolderError as exc:  # a folder name ClinicSync cannot use: nothing else can be checked
+        out(doctor.Check("Data folder", "problem", str(exc)).line())
+        return EXIT_CONFIG
+    try:
+        paths.ensure()
+    except ProfileFolderError:
+        pass  # the folder check says why; the checks that need no folder still run
+    else:
+        setup_logging(paths, level=logging.INFO)
     secrets = open_secrets(paths, env, on_secret=register_secret)
     checks = []
     for check in doctor.run_checks(paths, secrets, Settings(env), offline=args.offline):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from clinicsync import __version__
-from clinicsync.paths import AppPaths
+from clinicsync.paths import AppPaths, ProfileFolderError
 from clinicsync.secrets import CALCOM_API_KEY, CLINIKO_API_KEY, STRIPE_API_KEY, LayeredSecrets, SecretStoreError
 from clinicsync.store.settings import Settings
 
@@ -46,6 +46,7 @@ class Check:
     status: Status
     detail: str
     exit_code: int = 0  # for a problem: the CLI exit code it stands for (1 when no more specific one fits)
+    blocking: bool = False  # the checks that need what this one checked are not run
 
     def line(self) -> str:
         return f"{MARK[self.status]} {self.name}: {self.detail}"
@@ -59,11 +60,13 @@ def worst_exit_code(checks: list[Check]) -> int:
 def check_folder(paths: AppPaths, *, disk_usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage) -> Check:
     folder = paths.data_dir
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        paths.ensure()
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
             pass
+    except ProfileFolderError as exc:
+        return Check("Data folder", "problem", str(exc), 2, blocking=True)
     except OSError as exc:
-        return Check("Data folder", "problem", f"{folder} cannot be written: {exc.strerror or exc}", 2)
+        return Check("Data folder", "problem", paths.folder_problem(folder, exc), 2, blocking=True)
     free = disk_usage(folder)[2]
     detail = f"{folder} ({_size(free)} free)"
     if free < TOO_LITTLE_SPACE_BYTES:
@@ -185,9 +188,12 @@ def check_work_waiting() -> Iterator[Check]:
 def run_checks(paths: AppPaths, secrets: LayeredSecrets, settings: Settings, *, offline: bool) -> Iterator[Check]:
     """Every check, in dependency order; later ones that need the database are skipped if it cannot open."""
     yield Check("ClinicSync", "ok", f"{__version__} on Python {platform.python_version()} ({platform.system()})")
-    yield check_folder(paths)
-    database = check_database(paths)
-    yield database
+    folder = check_folder(paths)
+    yield folder
+    # No database to open in a folder that cannot be used; the checks that need neither still run.
+    database = folder if folder.blocking else check_database(paths)
+    if database is not folder:
+        yield database
     env_only = all(_from_environment(secrets, name) for name in (CLINIKO_API_KEY, STRIPE_API_KEY))
     yield check_keyring(secrets, keys_all_from_environment=env_only)
     yield from check_keys(secrets)

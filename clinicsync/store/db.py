@@ -14,6 +14,8 @@ from pathlib import Path
 
 from peewee import DatabaseError, DatabaseProxy, SqliteDatabase
 
+from clinicsync.paths import ProfileFolderError
+
 database_proxy = DatabaseProxy()
 
 SNAPSHOT_NAME = "dry-run-snapshot.sqlite3"
@@ -94,6 +96,8 @@ def storage_problem(exc: BaseException, *, consequence: str = NOTHING_LOST) -> s
         cause = cause.__cause__ or cause.__context__
     if cause is None or not _is_storage_error(cause):
         return None
+    if isinstance(cause, ProfileFolderError):  # its message already names the folder and what to do
+        return str(cause)
     text = str(cause).casefold()
     file = Path(database_proxy.database) if database_proxy.obj is not None else None
     if any(words in text for words in _DAMAGED):
@@ -113,6 +117,8 @@ def storage_problem(exc: BaseException, *, consequence: str = NOTHING_LOST) -> s
 
 
 def _is_storage_error(exc: BaseException) -> bool:
+    if isinstance(exc, ProfileFolderError):
+        return True
     text = str(exc).casefold()
     return isinstance(exc, sqlite3.Error | DatabaseError) and any(e in text for e in _STORAGE_ERRORS)
 

@@ -7,9 +7,30 @@ Runs the command as a user does (a subprocess), with the helpers and keyring bac
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from clinicsync.sync.runner import PAUSED_MESSAGE
-from tests.integration.test_cli import cli, cli_env, expect  # noqa: F401 - cli_env is a fixture
+from tests.integration.test_cli import FILE_KEYRING, REPO, TEST_KEYRING_FILE, Ran, cli, expect
 from tests.support import executed_writes, stats
+
+
+@pytest.fixture
+def cli_env(env_for, tmp_path):
+    """A profile for the CLI, as in test_cli.py: the sandbox's keys in the environment, an empty test keyring."""
+
+    def make(sandbox, name: str = "profile", **overrides: str) -> dict[str, str]:
+        env = env_for(sandbox, name)
+        env["PYTHON_KEYRING_BACKEND"] = FILE_KEYRING
+        env[TEST_KEYRING_FILE] = str(tmp_path / f"{name}-keyring.json")
+        return env | overrides
+
+    return make
 
 
 def _no_traceback(ran) -> None:
@@ -39,3 +60,100 @@ def test_a_paused_profile_makes_cli_sync_exit_2_writing_nothing_unless_told_to_i
     forced = expect(cli(env, "sync", "--once", "--ignore-pause"), 0)
     assert "3 created" in forced.out
     assert executed_writes(sandbox.stripe_url) == 3
+
+
+# --- 2. a profile folder that cannot be used -------------------------------------------------------------------
+
+EVERY_COMMAND = (("status",), ("config", "list"), ("sync", "--once"), ("mapping", "show"), ("review", "list"))
+
+
+def _unusable_home(env, home: str, *, says: str, commands=EVERY_COMMAND, doctor_goes_on: bool = True) -> None:
+    env = env | {"CLINICSYNC_HOME": home}
+    for command in commands:
+        failed = expect(cli(env, *command), 2)
+        assert says in failed.err, failed
+        _no_traceback(failed)
+    doctor = expect(cli(env, "doctor", "--offline"), 2)
+    assert "✗ Data folder:" in doctor.out and says in doctor.out, doctor
+    if doctor_goes_on:
+        assert "✓ Stripe key: set (from the environment)" in doctor.out, "the checks that need no folder still run"
+    _no_traceback(doctor)
+
+
+def test_a_home_that_is_a_file_exits_2_saying_so(make_sandbox, cli_env, tmp_path):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("hello")
+    _unusable_home(cli_env(sandbox), str(a_file), says="is a file, not a folder")
+    _unusable_home(cli_env(sandbox), str(a_file / "below"), says="is a file, not a folder", commands=(("status",),))
+    assert a_file.read_text() == "hello"
+    assert stats(sandbox.cliniko_url)["requests"] == 0
+
+
+def test_dev_null_as_home_exits_2_saying_it_is_not_a_folder(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    _unusable_home(cli_env(sandbox), "/dev/null", says="/dev/null is a file, not a folder")
+
+
+def test_a_home_whose_name_is_not_utf8_exits_2_saying_so(make_sandbox, cli_env, tmp_path):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    home = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")  # Latin-1 bytes: what a legacy shell may pass
+    # Not even the keyring's name can be made from it, so the doctor stops at the folder.
+    _unusable_home(cli_env(sandbox), home, says="is not UTF-8", doctor_goes_on=False)
+    assert not os.path.exists(os.fsencode(home)), "nothing was created under a name ClinicSync cannot use"
+
+
+def _read_only_runner(folder: Path) -> list[str] | None:
+    """A command prefix that runs the CLI with `folder` read-only, or None when this machine cannot make one.
+
+    As root, permissions do not stop a write, so the folder is bind-mounted read-only in a private mount
+    namespace (as a read-only disk or share would be); otherwise the folder's write permission is removed."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("unshare") is None:
+        return None
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    prefix = ["unshare", "-rm", "sh", "-c", script, str(folder)]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        return None
+    return prefix
+
+
+def test_a_read_only_home_exits_2_for_every_command_including_doctor(make_sandbox, cli_env, tmp_path):
+    sandbox = make_sandbox(profile="clean", patients=2)
+    env = cli_env(sandbox)
+    home = Path(env["CLINICSYNC_HOME"])
+    expect(cli(env, "sync", "--once"), 0)  # an existing profile…
+    fresh = tmp_path / "fresh"  # …and one that does not exist yet, inside a read-only folder
+    fresh.mkdir()
+    for folder, profile in ((home, home), (fresh, fresh / "profile")):
+        prefix = _read_only_runner(folder)
+        if prefix is None:
+            pytest.skip("cannot make a folder read-only here (root without unshare)")
+        if not prefix:
+            for path in (folder, *folder.rglob("*")):
+                if path.is_dir():
+                    path.chmod(0o500)
+        try:
+            for command in (*EVERY_COMMAND, ("doctor", "--offline")):
+                ran = _run(prefix, env | {"CLINICSYNC_HOME": str(profile)}, *command)
+                assert ran.code == 2, ran
+                assert "read-only" in ran.text or "may not write" in ran.text, ran
+                _no_traceback(ran)
+        finally:
+            for path in (folder, *folder.rglob("*")):
+                if path.is_dir():
+                    path.chmod(0o700)
+    assert stats(sandbox.stripe_url)["mutations_total"] == 2, "only the first sync wrote"
+
+
+def _run(prefix: list[str], env, *args: str) -> Ran:
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "clinicsync", *args],
+        env=dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return Ran(args, proc)
