@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from clinicsync.paths import AppPaths
 from clinicsync.sync.runner import PAUSED_MESSAGE
-from tests.integration.test_cli import FILE_KEYRING, REPO, TEST_KEYRING_FILE, Ran, cli, expect
+from tests.integration.test_cli import FILE_KEYRING, REPO, TEST_KEYRING_FILE, Ran, cli, expect, popen_cli
 from tests.support import executed_writes, stats
 
 
@@ -157,3 +159,38 @@ def _run(prefix: list[str], env, *args: str) -> Ran:
         timeout=120,
     )
     return Ran(args, proc)
+
+
+# --- 2. a database this version must not touch, and two first starts at once ---------------------------------
+
+
+def test_a_database_from_a_newer_clinicsync_is_refused_untouched_with_exit_2(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox)
+    expect(cli(env, "status"), 0)
+    db_file = AppPaths.resolve(env).db_path
+    with sqlite3.connect(db_file) as con:
+        con.execute("INSERT INTO schema_version (version) VALUES (99)")
+    con.close()
+    before = _database_files(db_file)
+    for command in (("status",), ("sync", "--once"), ("config", "list"), ("doctor", "--offline")):
+        refused = expect(cli(env, *command), 2)
+        assert "made by a newer ClinicSync" in refused.text and "schema 99" in refused.text, refused
+        _no_traceback(refused)
+    assert _database_files(db_file) == before, "the newer database was changed"
+    assert stats(sandbox.cliniko_url)["requests"] == 0
+
+
+def _database_files(db_file: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in db_file.parent.glob(db_file.name + "*") if p.stat().st_size}
+
+
+def test_commands_started_together_on_a_new_profile_all_work(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    for attempt in range(4):  # the race is narrow: give it several chances to show
+        env = cli_env(sandbox, name=f"together-{attempt}")
+        started = [popen_cli(env, *command) for command in (("status",), ("config", "list"), ("review", "list")) * 2]
+        for process in started:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, (process.args, out, err)
+            assert "Traceback" not in err, err
