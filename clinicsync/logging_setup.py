@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import logging.handlers
 import re
@@ -257,16 +258,48 @@ def setup_logging(
         _remove(root, file_handler)
         file_handler = None
     if file_handler is None:
-        handler = logging.handlers.RotatingFileHandler(
-            paths.log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
-        )
-        _install(root, handler, _FILE_ROLE, formatter)
+        try:
+            handler = LogFileHandler(paths.log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        except OSError as exc:  # a folder in its place, no permission: the app works on, without a log file
+            _say_log_file_failed(paths.log_file, exc)
+        else:
+            _install(root, handler, _FILE_ROLE, formatter)
 
     console_handler = _find_handler(root, _CONSOLE_ROLE)
     if console and console_handler is None:
         _install(root, logging.StreamHandler(sys.stderr), _CONSOLE_ROLE, formatter)
     elif not console and console_handler is not None:
         _remove(root, console_handler)
+
+
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """The rotating log file. When it cannot be written (a full disk, a vanished folder) it says so once, in one
+    line, and stops trying for the rest of the run: logging's default is a traceback on stderr per record, which
+    buried the one message that mattered under hundreds of lines."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        _say_log_file_failed(self.baseFilename, error)
+        with contextlib.suppress(OSError):  # closing flushes, which fails the same way
+            self.close()
+
+
+def _say_log_file_failed(path: object, error: BaseException | None) -> None:
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else (str(error) or "unknown error")
+    with contextlib.suppress(OSError, ValueError):  # no usable stderr either (a closed pipe): nothing more to do
+        print(
+            f"ClinicSync could not write its log file {path} ({reason}); it carries on without a log file.",
+            file=sys.stderr,
+        )
 
 
 def teardown_logging() -> None:

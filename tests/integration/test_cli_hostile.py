@@ -194,3 +194,29 @@ def test_commands_started_together_on_a_new_profile_all_work(make_sandbox, cli_e
             out, err = process.communicate(timeout=120)
             assert process.returncode == 0, (process.args, out, err)
             assert "Traceback" not in err, err
+
+
+# --- 2. a log file that cannot be written ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a disk that is always full)")
+def test_a_log_file_on_a_full_disk_costs_one_line_on_stderr_and_the_sync_carries_on(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=20)
+    env = cli_env(sandbox)
+    log_dir = Path(env["CLINICSYNC_HOME"]) / "logs"
+    log_dir.mkdir(parents=True)
+    (log_dir / "clinicsync.log").symlink_to("/dev/full")  # every write fails with "No space left on device"
+    synced = expect(cli(env, "sync", "--once"), 0)
+    assert "20 created" in synced.out
+    (line,) = synced.err.splitlines()
+    assert "log file" in line and "No space left on device" in line and "without" in line, synced
+
+
+def test_a_log_file_that_cannot_be_opened_costs_one_line_on_stderr(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=2)
+    env = cli_env(sandbox)
+    (Path(env["CLINICSYNC_HOME"]) / "logs" / "clinicsync.log").mkdir(parents=True)  # a folder where the file goes
+    synced = expect(cli(env, "sync", "--once"), 0)
+    assert "2 created" in synced.out
+    (line,) = synced.err.splitlines()
+    assert "log file" in line and "without" in line, synced
