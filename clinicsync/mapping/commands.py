@@ -106,11 +106,16 @@ def _catalogue(ctx: Any, mapping: StreamMapping, err: Printer) -> FieldCatalogue
 # --- actions ---------------------------------------------------------------------------------------------
 def _show(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int:
     mapping = mapping_store.load(args.stream)
+    if mapping.unreadable and args.json:
+        err(mapping.unreadable)
+        return 2
     if args.json:
         out(json.dumps({**to_document(mapping), "version": mapping.version}, ensure_ascii=False, indent=2))
         return 0
     catalogue = FieldCatalogue.for_source(mapping.source_system, mapping.source_type)
     origin = f"version {mapping.version}" if mapping.version else "built-in default"
+    if mapping.unreadable:
+        origin = "stored version unreadable; the built-in default is shown, and nothing is sent"
     out(f"{mapping.stream} → Stripe {mapping.stripe_object}s ({origin})")
     out(f"  scope: {mapping.scope.describe()}")
     zone = mapping.time_zone or "the clinic's (from Cliniko; Australia/Melbourne until known)"
@@ -137,6 +142,9 @@ def _show(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int
 
 def _export(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int:
     mapping = mapping_store.load(args.stream)
+    if mapping.unreadable:  # exporting the stand-in default would pass it off as the clinic's mapping
+        err(mapping.unreadable)
+        return 2
     text = json.dumps({**to_document(mapping), "version": mapping.version}, ensure_ascii=False, indent=2) + "\n"
     if args.file == "-":
         sys.stdout.write(text)
@@ -175,6 +183,9 @@ def _preview(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> 
     from clinicsync.mapping.preview import connect, fetch_preview
 
     mapping = mapping_store.load(args.stream)
+    if mapping.unreadable:  # a sync sends nothing with it, so there is nothing to preview
+        err(mapping.unreadable)
+        return 2
     connection = connect(ctx.settings, ctx.secrets, args.stream)
     try:
         preview = fetch_preview(connection, mapping, args.record)

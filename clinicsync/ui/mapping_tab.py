@@ -290,6 +290,8 @@ class MappingTab(QWidget):
             shown = [str(p) for p in self.problems[:4]]
             more = f"\n…and {len(self.problems) - 4} more" if len(self.problems) > 4 else ""
             self._say(f"{len(self.problems)} problem(s); fix them to save:\n" + "\n".join(shown) + more, True)
+        elif self._base.unreadable and not self.dirty:  # not blocking: saving is how it is replaced
+            self._say(self._base.unreadable, True)
         else:
             self._say("No problems." + (" Unsaved changes." if self.dirty else ""), False)
         self._update_buttons()

@@ -220,3 +220,44 @@ def test_a_log_file_that_cannot_be_opened_costs_one_line_on_stderr(make_sandbox,
     assert "2 created" in synced.out
     (line,) = synced.err.splitlines()
     assert "log file" in line and "without" in line, synced
+
+
+# --- 2. a stored mapping row that cannot be read ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["{not json", "[1, 2]", '{"rules": 5}', '{"rules": [{"target": 3}]}', '"just a string"', ""],
+    ids=["not-json", "a-list", "rules-not-a-list", "bad-rule", "a-string", "empty"],
+)
+def test_a_damaged_stored_mapping_is_reported_by_name_and_the_rest_keeps_working(make_sandbox, cli_env, body):
+    sandbox = make_sandbox(profile="clean", patients=3)
+    env = cli_env(sandbox)
+    expect(cli(env, "status"), 0)
+    with sqlite3.connect(AppPaths.resolve(env).db_path) as con:
+        con.execute(
+            "INSERT INTO stream_mapping (stream, version, body, saved_at, saved_by) "
+            "VALUES ('cliniko.patients', 3, ?, '2025-01-01 00:00:00', 'someone')",
+            (body,),
+        )
+    con.close()
+
+    synced = expect(cli(env, "sync", "--once"), 2)
+    assert "cliniko.patients: failed" in synced.out, synced
+    assert "stored field mapping of cliniko.patients (version 3) cannot be read" in synced.out, synced
+    assert "clinicsync mapping reset" in synced.out and "clinicsync mapping import" in synced.out, synced
+    _no_traceback(synced)
+    assert stats(sandbox.stripe_url)["mutations_total"] == 0, "nothing is sent without a usable mapping"
+
+    shown = expect(cli(env, "mapping", "show"), 2)
+    assert "stored field mapping of cliniko.patients (version 3) cannot be read" in shown.err, shown
+    exported = expect(cli(env, "mapping", "export", "-"), 2)
+    assert "cannot be read" in exported.err, exported
+    for ran in (shown, exported):
+        _no_traceback(ran)
+    expect(cli(env, "status"), 0)
+    expect(cli(env, "config", "list"), 0)
+    expect(cli(env, "review", "list"), 0)
+
+    expect(cli(env, "mapping", "reset"), 0)  # the way out the message names
+    assert "3 created" in expect(cli(env, "sync", "--once"), 0).out

@@ -173,3 +173,20 @@ def test_reset_import_export_and_scope(qtbot, tmp_path: Path, offline_env, build
     assert tab.save()
     stored = mapping_store.load("cliniko.patients")
     assert stored.scope.kind == "since" and stored.version == 1
+
+
+def test_a_damaged_stored_mapping_is_named_in_the_tab_and_saving_replaces_it(qtbot, offline_env, build_gui):
+    from clinicsync.store.db import database_proxy
+
+    gui = build_gui(offline_env)
+    database_proxy.execute_sql(
+        "INSERT INTO stream_mapping (stream, version, body, saved_at, saved_by) "
+        "VALUES ('cliniko.patients', 4, '{not json', '2025-01-01 00:00:00', 'someone')"
+    )
+    tab = mapping_tab(gui)
+    tab.reload(force=True)
+    assert "stored field mapping of cliniko.patients (version 4) cannot be read" in tab.message.text()
+    assert tab.rules() == CLINIKO_PATIENTS.rules, "the built-in default stands in, for editing"
+    assert tab.save(), "saving is how a person replaces the damaged row"
+    saved = mapping_store.load("cliniko.patients")
+    assert not saved.unreadable and saved.rules == CLINIKO_PATIENTS.rules
