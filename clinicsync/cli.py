@@ -33,6 +33,9 @@ _EXIT_OF_STOP = {
 }
 
 
+MAX_SECRET_CHARS = 4096  # real API keys are a few hundred characters at most
+
+
 class UsageError(Exception):
     pass
 
@@ -230,7 +233,14 @@ def _set_secret(ctx: Any, name: str, known: Sequence[str]) -> int:
     if name not in known:
         err(f"Unknown secret {name!r}; known: {', '.join(known)}")
         return EXIT_CONFIG
-    value = getpass.getpass(f"{name} (input hidden): ").strip() if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"{name} (input hidden): ").strip()
+    else:
+        line = sys.stdin.readline(MAX_SECRET_CHARS + 1)  # bounded: a pipe from /dev/zero has no line end
+        if len(line.rstrip("\r\n")) > MAX_SECRET_CHARS:
+            err(f"The input is longer than any API key ({MAX_SECRET_CHARS:,} characters); the secret was not changed.")
+            return EXIT_CONFIG
+        value = line.strip()
     if not value:
         err("Nothing entered; the secret was not changed.")
         return EXIT_CONFIG

@@ -583,6 +583,11 @@ def _query_pairs(params: Params) -> list[tuple[str, str]]:
     return pairs
 
 
+def is_record_id(text: str) -> bool:
+    """True for a Cliniko record id (digits only, as Cliniko issues them)."""
+    return bool(_ID.match(str(text).strip()))
+
+
 def _checked_id(record_id: str) -> str:
     """Ids go into URL paths, so only digits are accepted."""
     text = str(record_id).strip()

@@ -261,3 +261,45 @@ def test_a_damaged_stored_mapping_is_reported_by_name_and_the_rest_keeps_working
 
     expect(cli(env, "mapping", "reset"), 0)  # the way out the message names
     assert "3 created" in expect(cli(env, "sync", "--once"), 0).out
+
+
+# --- 2. inputs that are not what they should be ----------------------------------------------------------------
+
+
+def test_a_preview_of_a_record_id_that_is_not_a_number_is_a_usage_error(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox)
+    for record in ("not-a-number", "12 34", "-5", ""):
+        refused = expect(cli(env, "mapping", "preview", "--record", record), 2)
+        assert "is not a Cliniko patient id" in refused.err and "usage:" in refused.err, refused
+        _no_traceback(refused)
+    assert stats(sandbox.cliniko_url)["requests"] == 0
+
+
+def test_a_mapping_file_that_never_ends_is_refused_at_1_mb(make_sandbox, cli_env, tmp_path):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox)
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"rules": []' + " " * 1_100_000 + "}")
+    for source, stdin in (("/dev/zero", None), (str(huge), None), ("-", huge.read_text())):
+        refused = expect(cli(env, "mapping", "import", source, stdin=stdin, timeout=30), 2)
+        assert "larger than 1 MB" in refused.err, refused
+        _no_traceback(refused)
+    assert "built-in default" in expect(cli(env, "mapping", "show"), 0).out, "nothing was imported"
+
+
+def test_a_secret_from_an_input_that_never_ends_is_refused(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox)
+    with open(os.devnull if not os.path.exists("/dev/zero") else "/dev/zero", "rb") as endless:
+        proc = subprocess.run(
+            [sys.executable, "-m", "clinicsync", "config", "set-secret", "stripe_api_key"],
+            env=env,
+            cwd=REPO,
+            stdin=endless,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 2, proc
+    assert "Traceback" not in proc.stderr, proc.stderr
