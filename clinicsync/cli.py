@@ -195,13 +195,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     ctx = bootstrap()
     try:
         if args.action == "list":
+            unusable = []
             for item in ctx.settings.all():
-                out(f"{item.key} = {json.dumps(item.value)}  ({item.source})")
+                if item.problem:  # never shown as the default: that is not what a sync would do
+                    unusable.append(item)
+                    out(f"{item.key} = (unusable, see below)  ({item.source})")
+                else:
+                    out(f"{item.key} = {json.dumps(item.value)}  ({item.source})")
             for name in SECRET_NAMES:
                 source = _secret_source(ctx, name)
                 out(f"secret {name}: {'set in the ' + source if source else 'not set'}")
+            for item in unusable:
+                err(item.problem)
+            return EXIT_CONFIG if unusable else EXIT_OK
         elif args.action == "get":
             item = ctx.settings.lookup(args.key)
+            if item.problem:
+                err(item.problem)
+                return EXIT_CONFIG
             out(f"{json.dumps(item.value)}  ({item.source})")
         elif args.action == "set":
             value = ctx.settings.set(args.key, args.value)

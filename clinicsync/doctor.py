@@ -126,11 +126,24 @@ def check_keys(secrets: LayeredSecrets) -> Iterator[Check]:
             yield Check(label, "ok", "not set (optional until a Cal.com stream is on)")
 
 
+def check_settings(settings: Settings) -> Iterator[Check]:
+    """Every setting a sync would refuse to use (a hand-edited row, NaN, a bad environment value), by name."""
+    problems = settings.problems()
+    if not problems:
+        stored = sum(item.source == "stored" for item in settings.all())
+        yield Check("Settings", "ok", f"{stored} stored, all usable" if stored else "all defaults")
+        return
+    for item in problems:
+        yield Check("Settings", "problem", item.problem, 2)
+
+
 def check_connections(secrets: LayeredSecrets, settings: Settings) -> Iterator[Check]:
     """Each configured service's own test-connection (the one the Connections tab runs): reads only."""
     from clinicsync import connections
 
-    get = settings.get
+    def get(key: str) -> object:  # an unusable value is reported by the Settings check; test with the default
+        return settings.lookup(key).value
+
     tests: list[tuple[str, str, Callable[[str], connections.ConnectionReport]]] = [
         (
             "Cliniko",
@@ -199,6 +212,7 @@ def run_checks(paths: AppPaths, secrets: LayeredSecrets, settings: Settings, *, 
     yield from check_keys(secrets)
     if database.status == "problem":
         return
+    yield from check_settings(settings)
     if not offline:
         yield from check_connections(secrets, settings)
     yield check_sync_lock(paths)

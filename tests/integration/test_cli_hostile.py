@@ -303,3 +303,56 @@ def test_a_secret_from_an_input_that_never_ends_is_refused(make_sandbox, cli_env
         )
     assert proc.returncode == 2, proc
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+# --- 3. setting values that cannot work ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("nan", "must be a finite number"),
+        ("inf", "must be a finite number"),
+        ("-inf", "must be a finite number"),
+        ("-1", "must be at least 1"),
+        ("1e9", "must be at most 120"),
+    ],
+)
+def test_config_set_refuses_a_timeout_that_cannot_work(make_sandbox, cli_env, value, says):
+    env = cli_env(make_sandbox(profile="clean", patients=1))
+    refused = expect(cli(env, "config", "set", "stripe.timeout_seconds", "--", value), 2)  # "--": "-inf" is no option
+    assert f"stripe.timeout_seconds {says}" in refused.err, refused
+    assert "(stored)" not in expect(cli(env, "config", "list"), 0).out, "nothing was stored"
+
+
+def test_a_hand_edited_setting_is_reported_by_list_get_doctor_and_sync(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=2)
+    env = cli_env(sandbox)
+    expect(cli(env, "config", "set", "sync.email_match", "review"), 0)
+    with sqlite3.connect(AppPaths.resolve(env).db_path) as con:
+        con.executemany(
+            "INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)",
+            [("stripe.timeout_seconds", "NaN"), ("stripe.workers", '"lots"'), ("retry.max_attempts", "{oops")],
+        )
+    con.close()
+    env = {key: value for key, value in env.items() if not key.startswith("CLINICSYNC_RETRY_")}
+    env = {key: value for key, value in env.items() if key != "CLINICSYNC_STRIPE_TIMEOUT_SECONDS"}
+
+    listed = expect(cli(env, "config", "list"), 2)
+    assert 'sync.email_match = "review"  (stored)' in listed.out, "the usable ones are listed as ever"
+    for key in ("stripe.timeout_seconds", "stripe.workers", "retry.max_attempts"):
+        assert f"The stored setting {key} cannot be used" in listed.err, listed
+        assert f"{key} = " not in listed.out.replace(f"{key} = (unusable", ""), "never shown as the default"
+    got = expect(cli(env, "config", "get", "stripe.timeout_seconds"), 2)
+    assert "The stored setting stripe.timeout_seconds cannot be used" in got.err
+    doctor = expect(cli(env, "doctor", "--offline"), 2)
+    assert "✗ Settings:" in doctor.out and "stripe.timeout_seconds" in doctor.out, doctor
+    synced = expect(cli(env, "sync", "--once"), 2)
+    assert "The stored setting" in synced.err, synced
+    assert stats(sandbox.stripe_url)["requests"] == 0
+    for ran in (listed, got, doctor, synced):
+        _no_traceback(ran)
+
+    for key in ("stripe.timeout_seconds", "stripe.workers", "retry.max_attempts"):
+        expect(cli(env, "config", "unset", key), 0)
+    assert "2 created" in expect(cli(env, "sync", "--once"), 0).out
