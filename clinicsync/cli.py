@@ -106,7 +106,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from clinicsync.app import bootstrap
     from clinicsync.store import queries
 
-    bootstrap()
+    ctx = bootstrap()
+    queries.close_interrupted_runs_if_idle(ctx.paths)  # a run whose process died is not "running"
     rows = queries.stream_status()
     if not rows:
         out("No sync has run yet. Run `clinicsync sync --once`, or try the sandbox: `clinicsync sandbox`.")
@@ -120,6 +121,51 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(f"  queued:     {row['queued']} write(s) waiting for Stripe")
         out(f"  review:     {row['review']} record(s) need a decision")
     return EXIT_OK
+
+
+# --- history ---------------------------------------------------------------------------------------------
+def cmd_history(args: argparse.Namespace) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.store import queries
+
+    ctx = bootstrap()
+    queries.close_interrupted_runs_if_idle(ctx.paths)
+    runs = queries.history_runs(limit=args.limit)
+    if args.stream:
+        runs = [run for run in runs if run.stream == args.stream]
+    if args.failed:
+        runs = [run for run in runs if run.failed or run.outcome in ("failed", "interrupted")]
+    if not runs:
+        out("No failed records in the recent runs." if args.failed else "No sync has run yet.")
+        return EXIT_OK
+    for run in runs:
+        outcome = queries.OUTCOME_WORDS.get(run.outcome, run.outcome)
+        if run.dry_run:
+            outcome += " (plan only, nothing written)"
+        took = f", {(run.finished_at - run.started_at).total_seconds():.1f} s" if run.finished_at else ""
+        trigger = _TRIGGER_WORDS.get(run.trigger, run.trigger)
+        out(f"#{run.id}  {run.started_at:%Y-%m-%d %H:%M:%S} UTC  {run.stream}  {trigger}: {outcome}{took}")
+        out("    " + ", ".join(f"{getattr(run, name)} {name}" for name in queries.COUNT_FIELDS))
+        if run.message:
+            out("    " + run.message.replace("\n", "\n    "))
+        if args.failed:
+            for event in queries.failed_events(run.id):
+                name = f" {event.display_name}" if event.display_name else ""
+                out(f"      {event.source_id}{name}: {event.message or 'no reason recorded'}")
+    return EXIT_OK
+
+
+_TRIGGER_WORDS = {"manual": "Sync now", "schedule": "Scheduled", "cli": "Command line", "retry": "Retry failed"}
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs (1 or more)")
+    return number
 
 
 # --- review ----------------------------------------------------------------------------------------------
@@ -349,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="per stream: last run, counts, cursor, queue, review items")
 
+    history = sub.add_parser("history", help="recent runs, newest first; --failed: the failed records and why")
+    history.add_argument("--failed", action="store_true", help="only runs with failed records, and those records")
+    history.add_argument("--limit", type=_positive, default=20, help="how many recent runs to look at (default 20)")
+    history.add_argument("--stream", help="only this stream, e.g. cliniko.patients")
+
     review = sub.add_parser("review", help="records waiting for a person's decision")
     review_sub = review.add_subparsers(dest="action", required=True)
     review_sub.add_parser("list")
@@ -416,6 +467,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import failure_of
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
+    handlers["history"] = cmd_history
     handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor}
     try:
         return handlers.get(args.command, cmd_gui)(args)

@@ -173,10 +173,13 @@ def check_connections(secrets: LayeredSecrets, settings: Settings) -> Iterator[C
 
 
 def check_sync_lock(paths: AppPaths) -> Check:
+    from clinicsync.store import queries
     from clinicsync.sync.lock import ProfileLock, SyncLocked
 
     try:
         with ProfileLock(paths.lock_file):
+            # Nobody syncs: a run still marked running died with its process; say so rather than "running".
+            queries.close_interrupted_runs()
             return Check("Sync lock", "ok", "free (no sync is running for this profile)")
     except SyncLocked:
         return Check("Sync lock", "ok", "held: a sync is running for this profile right now")

@@ -19,6 +19,7 @@ from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
+from clinicsync.store import queries
 from clinicsync.store.models import AccountPair, SyncPlan, SyncRun, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
@@ -147,6 +148,7 @@ def run_sync(
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
     with ProfileLock(paths.lock_file):
+        queries.close_interrupted_runs()  # under the lock: a run still "running" now is one whose process died
         cliniko = cliniko_client(settings, secrets, cancel)
         try:
             gateway = stripe_gateway(settings, secrets, cancel)

@@ -8,6 +8,7 @@ Runs the command as a user does (a subprocess), with the helpers and keyring bac
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -356,3 +357,67 @@ def test_a_hand_edited_setting_is_reported_by_list_get_doctor_and_sync(make_sand
     for key in ("stripe.timeout_seconds", "stripe.workers", "retry.max_attempts"):
         expect(cli(env, "config", "unset", key), 0)
     assert "2 created" in expect(cli(env, "sync", "--once"), 0).out
+
+
+# --- 4. history stays true after kills -------------------------------------------------------------------------
+
+
+def test_a_killed_sync_shows_as_interrupted_in_status_doctor_and_history(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=12)
+    env = cli_env(sandbox, CLINICSYNC_STRIPE_WORKERS="1")
+    killed = cli(env | {"CLINICSYNC_CRASH_AT": "after_stripe_ok:5"}, "sync", "--once")  # as a power cut would
+    assert killed.code == -9, killed
+
+    status = expect(cli(env, "status"), 0)
+    assert "interrupted" in status.out and "running" not in status.out, status
+    doctor = expect(cli(env, "doctor", "--offline"), 0)
+    assert "(interrupted)" in doctor.out and "free (no sync is running" in doctor.out, doctor
+    history = expect(cli(env, "history"), 0)
+    assert "Interrupted" in history.out and "stopped before it finished" in history.out, history
+    counts = _history_counts(history.out)
+    assert 0 < sum(counts) <= 12, history
+
+    synced = expect(cli(env, "sync", "--once"), 0)
+    assert "ok" in synced.out
+    assert "OK" in expect(cli(env, "history"), 0).out.split("\n#")[0]
+    assert len(customers_of(sandbox)) == 12
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the engine counts a write replayed from the outbox and the re-read of its record both (RunRecorder in "
+    "sync/engine.py and OutboxWriter.deliver in sync/outbox.py, which this branch may not edit)",
+)
+def test_the_run_after_a_kill_counts_no_more_than_the_records_it_read(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=12)
+    env = cli_env(sandbox, CLINICSYNC_STRIPE_WORKERS="1")
+    assert cli(env | {"CLINICSYNC_CRASH_AT": "after_stripe_ok:5"}, "sync", "--once").code == -9
+    expect(cli(env, "sync", "--once"), 0)
+    newest = expect(cli(env, "history"), 0).out.split("\n#")[0]
+    assert sum(_history_counts(newest)) <= 12, newest
+
+
+def _history_counts(text: str) -> list[int]:
+    first_run = text.split("\n#")[0]
+    return [int(n) for n in re.findall(r"(\d+) (?:created|linked|updated|unchanged|skipped|failed|review)", first_run)]
+
+
+def customers_of(sandbox) -> list[dict]:
+    from tests.support import admin
+
+    return [c for c in admin(sandbox.stripe_url, "dump")["data"] if not c["deleted"]]
+
+
+def test_history_failed_lists_each_failed_record_with_its_reason(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="hostile", patients=30)
+    env = cli_env(sandbox)
+    synced = expect(cli(env, "sync", "--once"), 1)
+    failed_count = int(re.search(r"(\d+) failed", synced.out).group(1))
+    assert failed_count > 0, synced
+    listed = expect(cli(env, "history", "--failed"), 0)
+    rows = [line for line in listed.out.splitlines() if line.startswith("      ")]
+    assert len(rows) == failed_count, listed
+    assert all(": " in row for row in rows), "each failed record says why"
+    everything = expect(cli(env, "history"), 0)
+    assert "Command line" in everything.out and "Needs attention" in everything.out, everything
+    expect(cli(env, "history", "--limit", "0"), 2)

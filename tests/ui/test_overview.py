@@ -226,3 +226,14 @@ def test_a_refused_key_shows_the_banner_which_opens_connections(qtbot, sandbox_g
     assert executed_writes(sandbox.stripe_url) == 0
     qtbot.mouseClick(overview.connections_button, Qt.MouseButton.LeftButton)
     assert gui.window.current_tab_name() == "connections"
+
+
+def test_an_interrupted_run_is_told_in_plain_words_in_overview_and_history() -> None:
+    from clinicsync.store.queries import RunRow
+    from clinicsync.ui.models import outcome_label, severity_color
+
+    card = stream_view(STREAM, row(last_outcome="interrupted"), None, NOW)
+    assert card.state == "Interrupted (resumes on the next sync)"
+    run = RunRow(1, STREAM, "cli", False, utc_naive(NOW), utc_naive(NOW), "interrupted", 3, 0, 0, 0, 0, 0, 0, "", 1)
+    assert outcome_label(run) == "Interrupted"
+    assert severity_color("interrupted") == severity_color("cancelled"), "nobody must act: the next sync resumes"
