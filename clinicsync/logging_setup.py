@@ -204,14 +204,35 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Libraries whose log lines carry patient data at any level below WARNING: httpx and httpcore log request lines
+# with their query (`GET /v1/customers?email=…`), the Stripe SDK logs every request's URL and body, peewee every
+# SQL statement with its parameters (names, the plan's samples). They stay at WARNING whatever the app's level.
+QUIET_LIBRARIES = ("httpx", "httpcore", "stripe", "peewee", "urllib3", "hpack", "h11", "h2")
+
+# Second line of defence, for log lines only: a URL's query values and anything shaped like an email address.
+_URL_QUERY = re.compile(r"(?P<url>\b(?:https?://|/v\d+/)[^\s?#\"'<>]*)\?(?P<query>[^\s#\"'<>]+)")
+_QUERY_PAIR = re.compile(r"(?P<name>[^=&]+)=(?P<value>[^&]*)")
+_EMAIL = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+\.[A-Za-z]{2,}")
+
+
+def _sub_query(match: re.Match[str]) -> str:
+    query = _QUERY_PAIR.sub(lambda pair: f"{pair['name']}={REDACTED}" if pair["value"] else pair[0], match["query"])
+    return f"{match['url']}?{query}"
+
+
+def scrub_patient_data(text: str) -> str:
+    """Query values of URLs and email addresses out of a log line: they are how patient data would get in."""
+    return _EMAIL.sub("[email]", _URL_QUERY.sub(_sub_query, text))
+
+
 def redact_record(record: logging.LogRecord, redactor: Redactor) -> None:
-    record.msg = redactor.redact(_message_of(record))
+    record.msg = scrub_patient_data(redactor.redact(_message_of(record)))
     record.args = None
     if record.exc_info and not record.exc_text:
         record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
     record.exc_info = None
     if record.exc_text:
-        record.exc_text = redactor.redact(record.exc_text)
+        record.exc_text = scrub_patient_data(redactor.redact(record.exc_text))
     if record.stack_info:
         record.stack_info = redactor.redact(record.stack_info)
 
@@ -246,6 +267,8 @@ def setup_logging(
     paths.ensure()
     root = logging.getLogger()
     root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     formatter = logging.Formatter(LOG_FORMAT)
 
     file_handler = _find_handler(root, _FILE_ROLE)
