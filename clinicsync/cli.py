@@ -287,6 +287,9 @@ def _secret_source(ctx: Any, name: str) -> str | None:
 
 
 def _set_secret(ctx: Any, name: str, known: Sequence[str]) -> int:
+    from clinicsync.connections import stripe_key_problem
+    from clinicsync.secrets import STRIPE_API_KEY
+
     if name not in known:
         err(f"Unknown secret {name!r}; known: {', '.join(known)}")
         return EXIT_CONFIG
@@ -300,6 +303,9 @@ def _set_secret(ctx: Any, name: str, known: Sequence[str]) -> int:
         value = line.strip()
     if not value:
         err("Nothing entered; the secret was not changed.")
+        return EXIT_CONFIG
+    if name == STRIPE_API_KEY and (problem := stripe_key_problem(value)) is not None:
+        err(f"{problem} The secret was not changed.")
         return EXIT_CONFIG
     ctx.secrets.set(name, value)
     out(f"{name} saved in the system keyring ({ctx.secrets.backend_name}).")
@@ -465,12 +471,17 @@ _EXIT_OF_FAILURE = {
 
 def _dispatch(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import failure_of
+    from clinicsync.wording import use_cli_wording
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
     handlers["history"] = cmd_history
     handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor}
+    handler = handlers.get(args.command, cmd_gui)
     try:
-        return handlers.get(args.command, cmd_gui)(args)
+        if handler is cmd_gui:
+            return handler(args)
+        with use_cli_wording():  # messages name `clinicsync` commands, not the window's tabs
+            return handler(args)
     except Exception as exc:
         failure = failure_of(exc)
         if failure is None:

@@ -118,7 +118,10 @@ def check_keys(secrets: LayeredSecrets) -> Iterator[Check]:
             source = secrets.source(name)
         except SecretStoreError:
             source = None  # the keyring check above says why
-        if source is not None:
+        problem = _key_problem(secrets, name) if source is not None else None
+        if problem is not None:
+            yield Check(label, "problem", f"set (from the {source}), but unusable: {problem}", 2)
+        elif source is not None:
             yield Check(label, "ok", f"set (from the {source})")
         elif required:
             yield Check(label, "problem", f"not set: `clinicsync config set-secret {name}` or Connections", 2)
@@ -135,6 +138,18 @@ def check_settings(settings: Settings) -> Iterator[Check]:
         return
     for item in problems:
         yield Check("Settings", "problem", item.problem, 2)
+
+
+def _key_problem(secrets: LayeredSecrets, name: str) -> str | None:
+    """What is wrong with a key's shape (a publishable Stripe key), without any request; None when fine."""
+    if name != STRIPE_API_KEY:
+        return None
+    from clinicsync.connections import stripe_key_problem
+
+    try:
+        return stripe_key_problem(secrets.get(name) or "")
+    except SecretStoreError:
+        return None
 
 
 def check_connections(secrets: LayeredSecrets, settings: Settings) -> Iterator[Check]:

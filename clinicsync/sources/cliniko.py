@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from clinicsync import wording
 from clinicsync.sources.errors import (
     EXCERPT_LIMIT,
     FIELD_ERROR_LIMIT,
@@ -53,6 +55,8 @@ SERVICE = "Cliniko"
 APP_NAME = "ClinicSync"
 DEFAULT_SHARD = "au1"
 PER_PAGE = 100
+# Documented Cliniko shards (docs/cliniko-api.md §1); a host for anything else will not exist.
+KNOWN_SHARDS: tuple[str, ...] = ("au1", "au2", "au3", "au4", "ca1", "uk1", "uk2", "eu1")
 
 _KEY_SHARD = re.compile(r"-([a-z]{2}\d{1,2})$", re.IGNORECASE)
 _SHARD = re.compile(r"^[a-z]{2}\d{1,2}$")
@@ -86,6 +90,10 @@ class PageOf:
     # The page's last `updated_at` as sent, even if that record was unusable and left out of `records`:
     # keyset paging restarts from it.
     last_updated_at: str | None = None
+
+
+class NoSuchShard(SourceConfigError):
+    """The shard's API host does not exist: a wrong key ending or shard setting, not a network problem."""
 
 
 def shard_for_key(api_key: str, shard: str | None = None) -> str:
@@ -176,11 +184,7 @@ class ClinikoClient(ClosingClient):
             raise SourceConfigError("No Cliniko API key is set. Add it in Connections.", service=SERVICE)
         contact_email = (contact_email or "").strip()
         if not _EMAIL.match(contact_email):
-            raise SourceConfigError(
-                "Cliniko requires every app to give a contact email address, and blocks requests without one. "
-                "Enter a valid email address for this clinic in Connections.",
-                service=SERVICE,
-            )
+            raise SourceConfigError(wording.contact_email_missing(), service=SERVICE)
         self._api_key = api_key
         self.shard = shard_for_key(api_key, shard)
         self.base_url = validate_base_url(base_url, SERVICE) if base_url else f"https://api.{self.shard}.cliniko.com/v1"
@@ -328,9 +332,8 @@ class ClinikoClient(ClosingClient):
                 attempt, policy=self.retry, classify=_classify, sleep=self._sleep, on_retry=on_retry
             )
         except SourceUnavailable as exc:
-            final = SourceUnavailable(
-                f"{exc.message} ClinicSync tried {self.retry.max_attempts} times.", service=SERVICE, status=exc.status
-            )
+            tries = "once" if self.retry.max_attempts == 1 else f"{self.retry.max_attempts} times"
+            final = SourceUnavailable(f"{exc.message} ClinicSync tried {tries}.", service=SERVICE, status=exc.status)
         except SourceRateLimited:
             final = SourceRateLimited.gave_up(SERVICE, self.retry.max_attempts)
         raise final  # outside the except block, so no chained exception (holding the request) comes along
@@ -341,13 +344,13 @@ class ClinikoClient(ClosingClient):
         self.budget.acquire()
         headers = {"Content-Type": "application/json"} if json_body is not None else None
         content = json.dumps(json_body).encode("utf-8") if json_body is not None else None
-        failure: SourceUnavailable | None = None
+        failure: SourceError | None = None
         try:
             response = self._http.request(method, url, params=params or None, content=content, headers=headers)
         except httpx.TimeoutException as exc:
             failure = SourceUnavailable.unreachable(SERVICE, _timeout_reason(exc))
         except httpx.TransportError as exc:
-            failure = SourceUnavailable.unreachable(SERVICE, _transport_reason(exc))
+            failure = self._transport_failure(exc)
         if failure is not None:
             raise failure  # raised here, not in the except block: the httpx error holds the auth header
         date = parse_http_date(response.headers.get("Date"))
@@ -356,6 +359,27 @@ class ClinikoClient(ClosingClient):
         if response.is_success:
             return response
         raise self._error_for(response, what)
+
+    def _transport_failure(self, exc: httpx.TransportError) -> SourceError:
+        """No answer. A name that does not resolve says which host; for a shard Cliniko does not have, that is the
+        key's ending or the shard setting, not the internet (and retrying cannot help)."""
+        lookup = _name_lookup_failure(exc)
+        if lookup is None:
+            return SourceUnavailable.unreachable(SERVICE, _transport_reason(exc))
+        host = urlsplit(self.base_url).hostname or self.base_url
+        own_host = self.base_url == f"https://api.{self.shard}.cliniko.com/v1"
+        if lookup == "no_such_host" and own_host and self.shard not in KNOWN_SHARDS:
+            return NoSuchShard(
+                f"There is no Cliniko server for the shard '{self.shard}' ({host} does not exist). Check the shard: "
+                "it is the ending of the API key (such as -au2), or the Cliniko shard setting for a key without one; "
+                f"Cliniko's regions are {', '.join(KNOWN_SHARDS)}. (Or this computer is offline.)",
+                service=SERVICE,
+            )
+        where = "the shard and " if own_host else "the Cliniko address setting and "
+        return SourceUnavailable.unreachable(
+            SERVICE,
+            f"the server {host} could not be found. Check {where}this computer's internet connection.",
+        )
 
     def _error_for(self, response: httpx.Response, what: str) -> SourceError:
         """Map a non-2xx response to the error a practice manager should see (or a retryable one)."""
@@ -559,6 +583,30 @@ def _timeout_reason(exc: httpx.TimeoutException) -> str:
     if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
         return "connecting timed out. Check this computer's internet connection."
     return "Cliniko took too long to answer."
+
+
+# The resolver's "no such name" (Linux/macOS EAI_NONAME, EAI_NODATA; Windows WSAHOST_NOT_FOUND, WSANO_DATA) versus
+# "could not ask" (EAI_AGAIN: no DNS server, i.e. most likely offline).
+_NO_SUCH_HOST = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)} | {
+    11001,
+    11004,
+}
+_NO_SUCH_HOST_WORDS = ("name or service not known", "nodename nor servname", "no address associated", "getaddrinfo")
+
+
+def _name_lookup_failure(exc: BaseException) -> str | None:
+    """ "no_such_host" or "lookup_failed" when a connection failed because the host name did not resolve."""
+    cause: BaseException | None = exc
+    for _ in range(5):  # httpx → httpcore → socket.gaierror
+        if cause is None:
+            break
+        if isinstance(cause, socket.gaierror):
+            return "no_such_host" if cause.errno in _NO_SUCH_HOST else "lookup_failed"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).casefold()
+    if isinstance(exc, httpx.ConnectError) and any(words in text for words in _NO_SUCH_HOST_WORDS):
+        return "no_such_host"
+    return None
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

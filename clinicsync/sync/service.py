@@ -13,6 +13,7 @@ from typing import Any
 
 from clinicsync import secrets as secret_names
 from clinicsync import stripe_limits
+from clinicsync.connections import stripe_key_problem
 from clinicsync.paths import AppPaths
 from clinicsync.secrets import SecretStore
 from clinicsync.sources.cliniko import ClinikoClient
@@ -79,6 +80,8 @@ def cliniko_client(settings: Settings, secrets: SecretStore, cancel: CancelToken
 
 def stripe_gateway(settings: Settings, secrets: SecretStore, cancel: CancelToken | None = None) -> StripeGateway:
     key = _require(secrets, secret_names.STRIPE_API_KEY, "Stripe")
+    if (problem := stripe_key_problem(key)) is not None:  # e.g. a publishable key: say so before any request
+        raise ConfigProblem(problem)
     base_url = settings.get("stripe.base_url") or None
     if base_url:
         try:

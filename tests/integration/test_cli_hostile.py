@@ -421,3 +421,45 @@ def test_history_failed_lists_each_failed_record_with_its_reason(make_sandbox, c
     everything = expect(cli(env, "history"), 0)
     assert "Command line" in everything.out and "Needs attention" in everything.out, everything
     expect(cli(env, "history", "--limit", "0"), 2)
+
+
+# --- 6. messages in ClinicSync's own words ---------------------------------------------------------------------
+
+PUBLISHABLE = "pk_test_sandbox_publishable_a"
+
+
+def test_a_publishable_stripe_key_is_named_as_such_everywhere_before_any_request(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = cli_env(sandbox, CLINICSYNC_STRIPE_API_KEY=PUBLISHABLE)
+    synced = expect(cli(env, "sync", "--once"), 2)
+    doctor = expect(cli(env, "doctor", "--offline"), 2)
+    assert "✗ Stripe key:" in doctor.out
+    stored = expect(cli(cli_env(sandbox), "config", "set-secret", "stripe_api_key", stdin=PUBLISHABLE + "\n"), 2)
+    for ran in (synced, doctor, stored):
+        assert "publishable key (pk_" in ran.text and "secret key (sk_" in ran.text and "(rk_" in ran.text, ran
+        assert PUBLISHABLE not in ran.text, "never the key itself"
+        _no_traceback(ran)
+    assert stats(sandbox.stripe_url)["requests"] == 0
+
+
+def test_the_cli_says_which_command_sets_the_contact_email(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = {key: value for key, value in cli_env(sandbox).items() if key != "CLINICSYNC_CONTACT_EMAIL"}
+    failed = expect(cli(env, "sync", "--once"), 2)
+    assert "clinicsync config set contact_email" in failed.err, failed
+    assert "Connections" not in failed.err, "no tab to point at on the command line"
+    doctor = expect(cli(env, "doctor"), 2)
+    assert "clinicsync config set contact_email" in doctor.out, doctor
+
+
+def test_a_cliniko_shard_that_does_not_exist_is_named_as_a_setting_problem(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = {key: value for key, value in cli_env(sandbox).items() if key != "CLINICSYNC_CLINIKO_BASE_URL"}
+    env["CLINICSYNC_CLINIKO_API_KEY"] = "fake_cliniko_key_for_tests-zz9"
+    failed = cli(env, "sync", "--once")
+    if "zz9" not in failed.text:
+        pytest.skip(f"this machine resolves api.zz9.cliniko.com: {failed.text[-300:]}")
+    assert failed.code == 2, failed
+    assert "There is no Cliniko server for the shard 'zz9'" in failed.err, failed
+    assert "api.zz9.cliniko.com" in failed.err and "Check the shard" in failed.err, failed
+    _no_traceback(failed)
