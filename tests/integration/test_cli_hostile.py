@@ -463,3 +463,25 @@ def test_a_cliniko_shard_that_does_not_exist_is_named_as_a_setting_problem(make_
     assert "There is no Cliniko server for the shard 'zz9'" in failed.err, failed
     assert "api.zz9.cliniko.com" in failed.err and "Check the shard" in failed.err, failed
     _no_traceback(failed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="StripeFailure messages are built from the SDK's own text in stripe_gateway._classify (`exc.user_message "
+    "or str(exc)`), which this branch may not edit; see the change recommended with this branch",
+)
+def test_an_unreachable_stripe_is_told_in_clinicsyncs_own_words(make_sandbox, cli_env):
+    sandbox = make_sandbox(profile="clean", patients=1)
+    nowhere = f"http://127.0.0.1:{_closed_port()}"
+    failed = expect(cli(cli_env(sandbox, CLINICSYNC_STRIPE_BASE_URL=nowhere), "sync", "--once"), 5)
+    assert "Stripe could not be reached" in failed.err, failed
+    for raw in ("support@stripe.com", "ConnectError", "Network error", "Unexpected error communicating"):
+        assert raw not in failed.err, failed
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
