@@ -256,7 +256,8 @@ def test_a_damaged_stored_mapping_is_reported_by_name_and_the_rest_keeps_working
     assert "cannot be read" in exported.err, exported
     for ran in (shown, exported):
         _no_traceback(ran)
-    expect(cli(env, "status"), 0)
+    assert "clinicsync history" in expect(cli(env, "status"), 0).out, 'not "no sync has run"'
+    assert "cannot be read" in expect(cli(env, "history"), 0).out
     expect(cli(env, "config", "list"), 0)
     expect(cli(env, "review", "list"), 0)
 
