@@ -109,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ctx = bootstrap()
     queries.close_interrupted_runs_if_idle(ctx.paths)  # a run whose process died is not "running"
     rows = queries.stream_status()
-    if not rows and queries.history_runs(limit=1):  # runs that stopped before reading anything
+    if not rows and queries.real_runs_exist():  # runs that stopped before reading anything
         out("No sync has got as far as reading records yet; `clinicsync history` shows each attempt and why.")
         return EXIT_OK
     if not rows:

@@ -306,6 +306,11 @@ def history_runs(
     return [_run_row(run) for run in query.order_by(SyncRun.id.desc()).limit(limit)]
 
 
+def real_runs_exist() -> bool:
+    """Whether any sync other than a dry run has started (whatever became of it)."""
+    return SyncRun.select().where(SyncRun.dry_run == False).exists()  # noqa: E712 - peewee builds SQL from ==
+
+
 def history_run(run_id: int) -> RunRow | None:
     run = SyncRun.get_or_none(SyncRun.id == run_id)
     return None if run is None else _run_row(run)

@@ -202,7 +202,7 @@ def test_commands_started_together_on_a_new_profile_all_work(make_sandbox, cli_e
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a disk that is always full)")
 def test_a_log_file_on_a_full_disk_costs_one_line_on_stderr_and_the_sync_carries_on(make_sandbox, cli_env):
-    sandbox = make_sandbox(profile="clean", patients=20)
+    sandbox = make_sandbox(profile="clean", patients=20, faults="before:5xx=0.3,seed=3")  # retries get logged
     env = cli_env(sandbox)
     log_dir = Path(env["CLINICSYNC_HOME"]) / "logs"
     log_dir.mkdir(parents=True)
