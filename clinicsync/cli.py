@@ -35,6 +35,9 @@ _EXIT_OF_STOP = {
 }
 
 
+MAX_SECRET_CHARS = 4096  # real API keys are a few hundred characters at most
+
+
 class UsageError(Exception):
     pass
 
@@ -57,6 +60,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import describe, run_sync
 
     ctx = bootstrap()
+    if not args.ignore_pause and (why := _paused(ctx)) is not None:
+        err(why)
+        return EXIT_CONFIG
     streams = [args.stream] if args.stream else None
     results = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=streams, trigger="cli", dry_run=args.dry_run)
     code = EXIT_OK
@@ -73,6 +79,24 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return code
 
 
+def _paused(ctx: Any) -> str | None:
+    """Why `sync --once` must not start (the pause every trigger honours, in the runner's words), or None."""
+    from clinicsync.store.settings import spec_for
+    from clinicsync.sync.runner import PAUSED_MESSAGE
+
+    item = ctx.settings.lookup("sync.paused")
+    if not item.value:
+        return None
+    if item.source == "environment":
+        resume = f"unset {spec_for('sync.paused').env_name} (or set it to false)"
+    else:
+        resume = "run `clinicsync config set sync.paused false` (or untick Pause syncing in the app)"
+    return (
+        f"{PAUSED_MESSAGE} Nothing was read or sent. To resume, {resume}; to sync once while paused, run "
+        "`clinicsync sync --once --ignore-pause`."
+    )
+
+
 def _exit_for(outcome: str, stop_kind: str | None) -> int:
     if stop_kind in _EXIT_OF_STOP:
         return _EXIT_OF_STOP[stop_kind]
@@ -84,8 +108,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from clinicsync.app import bootstrap
     from clinicsync.store import queries
 
-    bootstrap()
+    ctx = bootstrap()
+    queries.close_interrupted_runs_if_idle(ctx.paths)  # a run whose process died is not "running"
     rows = queries.stream_status()
+    if not rows and queries.real_runs_exist():  # runs that stopped before reading anything
+        out("No sync has got as far as reading records yet; `clinicsync history` shows each attempt and why.")
+        return EXIT_OK
     if not rows:
         out("No sync has run yet. Run `clinicsync sync --once`, or try the sandbox: `clinicsync sandbox`.")
         return EXIT_OK
@@ -98,6 +126,51 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(f"  queued:     {row['queued']} write(s) waiting for Stripe")
         out(f"  review:     {row['review']} record(s) need a decision")
     return EXIT_OK
+
+
+# --- history ---------------------------------------------------------------------------------------------
+def cmd_history(args: argparse.Namespace) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.store import queries
+
+    ctx = bootstrap()
+    queries.close_interrupted_runs_if_idle(ctx.paths)
+    runs = queries.history_runs(limit=args.limit)
+    if args.stream:
+        runs = [run for run in runs if run.stream == args.stream]
+    if args.failed:
+        runs = [run for run in runs if run.failed or run.outcome in ("failed", "interrupted")]
+    if not runs:
+        out("No failed records in the recent runs." if args.failed else "No sync has run yet.")
+        return EXIT_OK
+    for run in runs:
+        outcome = queries.OUTCOME_WORDS.get(run.outcome, run.outcome)
+        if run.dry_run:
+            outcome += " (plan only, nothing written)"
+        took = f", {(run.finished_at - run.started_at).total_seconds():.1f} s" if run.finished_at else ""
+        trigger = _TRIGGER_WORDS.get(run.trigger, run.trigger)
+        out(f"#{run.id}  {run.started_at:%Y-%m-%d %H:%M:%S} UTC  {run.stream}  {trigger}: {outcome}{took}")
+        out("    " + ", ".join(f"{getattr(run, name)} {name}" for name in queries.COUNT_FIELDS))
+        if run.message:
+            out("    " + run.message.replace("\n", "\n    "))
+        if args.failed:
+            for event in queries.failed_events(run.id):
+                name = f" {event.display_name}" if event.display_name else ""
+                out(f"      {event.source_id}{name}: {event.message or 'no reason recorded'}")
+    return EXIT_OK
+
+
+_TRIGGER_WORDS = {"manual": "Sync now", "schedule": "Scheduled", "cli": "Command line", "retry": "Retry failed"}
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs (1 or more)")
+    return number
 
 
 # --- review ----------------------------------------------------------------------------------------------
@@ -190,13 +263,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     ctx = bootstrap()
     try:
         if args.action == "list":
+            unusable = []
             for item in ctx.settings.all():
-                out(f"{item.key} = {json.dumps(item.value)}  ({item.source})")
+                if item.problem:  # never shown as the default: that is not what a sync would do
+                    unusable.append(item)
+                    out(f"{item.key} = (unusable, see below)  ({item.source})")
+                else:
+                    out(f"{item.key} = {json.dumps(item.value)}  ({item.source})")
             for name in SECRET_NAMES:
                 source = _secret_source(ctx, name)
                 out(f"secret {name}: {'set in the ' + source if source else 'not set'}")
+            for item in unusable:
+                err(item.problem)
+            return EXIT_CONFIG if unusable else EXIT_OK
         elif args.action == "get":
             item = ctx.settings.lookup(args.key)
+            if item.problem:
+                err(item.problem)
+                return EXIT_CONFIG
             out(f"{json.dumps(item.value)}  ({item.source})")
         elif args.action == "set":
             value = ctx.settings.set(args.key, args.value)
@@ -225,12 +309,25 @@ def _secret_source(ctx: Any, name: str) -> str | None:
 
 
 def _set_secret(ctx: Any, name: str, known: Sequence[str]) -> int:
+    from clinicsync.connections import stripe_key_problem
+    from clinicsync.secrets import STRIPE_API_KEY
+
     if name not in known:
         err(f"Unknown secret {name!r}; known: {', '.join(known)}")
         return EXIT_CONFIG
-    value = getpass.getpass(f"{name} (input hidden): ").strip() if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"{name} (input hidden): ").strip()
+    else:
+        line = sys.stdin.readline(MAX_SECRET_CHARS + 1)  # bounded: a pipe from /dev/zero has no line end
+        if len(line.rstrip("\r\n")) > MAX_SECRET_CHARS:
+            err(f"The input is longer than any API key ({MAX_SECRET_CHARS:,} characters); the secret was not changed.")
+            return EXIT_CONFIG
+        value = line.strip()
     if not value:
         err("Nothing entered; the secret was not changed.")
+        return EXIT_CONFIG
+    if name == STRIPE_API_KEY and (problem := stripe_key_problem(value)) is not None:
+        err(f"{problem} The secret was not changed.")
         return EXIT_CONFIG
     ctx.secrets.set(name, value)
     out(f"{name} saved in the system keyring ({ctx.secrets.backend_name}).")
@@ -268,13 +365,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     from clinicsync import doctor
     from clinicsync.logging_setup import register_secret, setup_logging
-    from clinicsync.paths import AppPaths
+    from clinicsync.paths import AppPaths, ProfileFolderError
     from clinicsync.secrets import open_secrets
     from clinicsync.store.settings import Settings
 
     env = dict(os.environ)
-    paths = AppPaths.resolve(env).ensure()
-    setup_logging(paths, level=logging.INFO)
+    try:
+        paths = AppPaths.resolve(env)
+    except ProfileFolderError as exc:  # a folder name ClinicSync cannot use: nothing else can be checked
+        out(doctor.Check("Data folder", "problem", str(exc)).line())
+        return EXIT_CONFIG
+    try:
+        paths.ensure()
+    except ProfileFolderError:
+        pass  # the folder check says why; the checks that need no folder still run
+    else:
+        setup_logging(paths, level=logging.INFO)
     secrets = open_secrets(paths, env, on_secret=register_secret)
     checks = []
     for check in doctor.run_checks(paths, secrets, Settings(env), offline=args.offline):
@@ -309,12 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--stream", help="only this stream, e.g. cliniko.patients")
     sync.add_argument("--dry-run", action="store_true", help="compute and save the plan; change nothing")
     sync.add_argument("--json", action="store_true", help="also print each run's counts as JSON")
+    sync.add_argument("--ignore-pause", action="store_true", help="sync even though syncing is paused")
 
     plan = sub.add_parser("plan", help="the saved plan of the last dry run; approve it before a first live sync")
     plan.add_argument("action", choices=("show", "approve"))
     plan.add_argument("--stream", help="only this stream's plan (default: every stream that has one)")
 
     sub.add_parser("status", help="per stream: last run, counts, cursor, queue, review items")
+
+    history = sub.add_parser("history", help="recent runs, newest first; --failed: the failed records and why")
+    history.add_argument("--failed", action="store_true", help="only runs with failed records, and those records")
+    history.add_argument("--limit", type=_positive, default=20, help="how many recent runs to look at (default 20)")
+    history.add_argument("--stream", help="only this stream, e.g. cliniko.patients")
 
     review = sub.add_parser("review", help="records waiting for a person's decision")
     review_sub = review.add_subparsers(dest="action", required=True)
@@ -381,11 +493,17 @@ _EXIT_OF_FAILURE = {
 
 def _dispatch(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import failure_of
+    from clinicsync.wording import use_cli_wording
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
+    handlers["history"] = cmd_history
     handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor}
+    handler = handlers.get(args.command, cmd_gui)
     try:
-        return handlers.get(args.command, cmd_gui)(args)
+        if handler is cmd_gui:
+            return handler(args)
+        with use_cli_wording():  # messages name `clinicsync` commands, not the window's tabs
+            return handler(args)
     except Exception as exc:
         failure = failure_of(exc)
         if failure is None:

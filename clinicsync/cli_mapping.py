@@ -21,6 +21,39 @@ from clinicsync.store import mappings as mapping_store
 
 DEFAULT_STREAM = "cliniko.patients"
 Printer = Callable[[str], None]
+# A mapping document is a few KB; a bound keeps `mapping import /dev/zero` (or a wrong, huge file) from reading
+# until memory runs out.
+MAX_MAPPING_FILE_BYTES = 1_000_000
+
+
+class InputTooLarge(ValueError):
+    pass
+
+
+def _record_id(text: str) -> str:
+    from clinicsync.sources.cliniko import is_record_id
+
+    if not is_record_id(text):  # every stream reads Cliniko today, whose ids are numbers
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Cliniko patient id: it is a number, such as 836447129235883061 (the last part of "
+            "the patient's address in Cliniko)"
+        )
+    return text.strip()
+
+
+def read_limited(name: str, limit: int = MAX_MAPPING_FILE_BYTES) -> str:
+    """The text of a file (or of standard input for "-"), refused when it is larger than `limit` bytes."""
+    if name == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        with open(name, "rb") as source:
+            data = source.read(limit + 1)
+    if len(data) > limit:
+        raise InputTooLarge(
+            f"{'The input' if name == '-' else name} is larger than {limit // 1_000_000} MB, so it is not a mapping "
+            "file (one is a few KB); nothing was imported. Check the file name."
+        )
+    return data.decode("utf-8")
 
 
 def add_parser(sub: Any) -> None:
@@ -40,7 +73,9 @@ def add_parser(sub: Any) -> None:
     )
     command("import", "validate a JSON mapping and make it current").add_argument("file", help="file, or - for stdin")
     preview = command("preview", "print the Stripe request a sync would send for one record (writes nothing)")
-    preview.add_argument("--record", required=True, help="the source record id, e.g. a Cliniko patient id")
+    preview.add_argument(
+        "--record", required=True, type=_record_id, help="the source record id, e.g. a Cliniko patient id"
+    )
     preview.add_argument("--json", action="store_true")
     command("fields", "the source fields that can be mapped, with their privacy class")
     allow = command("allow", "allow one clinical field to be mapped, after reading what that sends to Stripe")
@@ -107,11 +142,16 @@ def _catalogue(ctx: Any, mapping: StreamMapping, err: Printer) -> FieldCatalogue
 # --- actions ---------------------------------------------------------------------------------------------
 def _show(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int:
     mapping = mapping_store.load(args.stream)
+    if mapping.unreadable and args.json:
+        err(mapping.unreadable)
+        return 2
     if args.json:
         out(json.dumps({**to_document(mapping), "version": mapping.version}, ensure_ascii=False, indent=2))
         return 0
     catalogue = FieldCatalogue.for_source(mapping.source_system, mapping.source_type)
     origin = f"version {mapping.version}" if mapping.version else "built-in default"
+    if mapping.unreadable:
+        origin = "stored version unreadable; the built-in default is shown, and nothing is sent"
     out(f"{mapping.stream} → Stripe {mapping.stripe_object}s ({origin})")
     out(f"  scope: {mapping.scope.describe()}")
     zone = mapping.time_zone or "the clinic's (from Cliniko; Australia/Melbourne until known)"
@@ -138,6 +178,9 @@ def _show(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int
 
 def _export(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int:
     mapping = mapping_store.load(args.stream)
+    if mapping.unreadable:  # exporting the stand-in default would pass it off as the clinic's mapping
+        err(mapping.unreadable)
+        return 2
     text = json.dumps({**to_document(mapping), "version": mapping.version}, ensure_ascii=False, indent=2) + "\n"
     if args.file == "-":
         sys.stdout.write(text)
@@ -153,7 +196,10 @@ def _export(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> i
 
 def _import(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> int:
     try:
-        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        raw = read_limited(args.file)
+    except InputTooLarge as exc:
+        err(str(exc))
+        return 2
     except (OSError, UnicodeDecodeError) as exc:
         err(f"Could not read {args.file}: {getattr(exc, 'strerror', None) or exc}")
         return 2
@@ -176,6 +222,9 @@ def _preview(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -> 
     from clinicsync.sync.preview import connect, fetch_preview
 
     mapping = mapping_store.load(args.stream)
+    if mapping.unreadable:  # a sync sends nothing with it, so there is nothing to preview
+        err(mapping.unreadable)
+        return 2
     connection = connect(ctx.settings, ctx.secrets, args.stream)
     try:
         preview = fetch_preview(connection, mapping, args.record)

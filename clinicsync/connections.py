@@ -39,8 +39,7 @@ CLINIKO = "Cliniko"
 STRIPE = "Stripe"
 CALCOM = "Cal.com"
 
-# Documented Cliniko shards (docs/cliniko-api.md §1); a host for anything else will not exist.
-KNOWN_SHARDS: tuple[str, ...] = ("au1", "au2", "au3", "au4", "ca1", "uk1", "uk2", "eu1")
+KNOWN_SHARDS = cliniko_source.KNOWN_SHARDS
 
 # Cal.com regions offered in Connections; anything else is a self-hosted API v2 address.
 CALCOM_REGIONS: dict[str, str] = {"cloud": calcom_source.CLOUD_BASE_URL, "eu": calcom_source.EU_BASE_URL}
@@ -257,6 +256,8 @@ def _cliniko_failure(
             f"region. {hint[0].upper()}{hint[1:]}.",
             shard=shard,
         )
+    if isinstance(exc, cliniko_source.NoSuchShard):
+        return _failed(CLINIKO, "wrong_shard", exc.message, shard=shard)
     if isinstance(exc, SourceConfigError) and exc.status is not None and 300 <= exc.status < 400:
         return _failed(CLINIKO, "wrong_shard", exc.message, shard=shard)
     if isinstance(exc, SourceUnavailable):
@@ -337,7 +338,7 @@ def test_stripe(
     """
     key = (key or "").strip()
     register_secret(key)
-    problem = _stripe_key_problem(key)
+    problem = stripe_key_problem(key)
     if problem:
         return _failed(STRIPE, "config", problem)
     livemode = livemode_of_key(key)
@@ -380,7 +381,9 @@ def test_stripe(
     )
 
 
-def _stripe_key_problem(key: str) -> str | None:
+def stripe_key_problem(key: str) -> str | None:
+    """Why `key` cannot be a key ClinicSync syncs with (empty, a publishable key, not a Stripe key), else None.
+    Checked before any request: the sync, `config set-secret` and `doctor` use it too."""
     if not key:
         return (
             "Enter the Stripe secret key (sk_…) or restricted key (rk_…) first "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from clinicsync import __version__
-from clinicsync.paths import AppPaths
+from clinicsync.paths import AppPaths, ProfileFolderError
 from clinicsync.secrets import CALCOM_API_KEY, CLINIKO_API_KEY, STRIPE_API_KEY, LayeredSecrets, SecretStoreError
 from clinicsync.store.settings import Settings
 
@@ -46,6 +46,7 @@ class Check:
     status: Status
     detail: str
     exit_code: int = 0  # for a problem: the CLI exit code it stands for (1 when no more specific one fits)
+    blocking: bool = False  # the checks that need what this one checked are not run
 
     def line(self) -> str:
         return f"{MARK[self.status]} {self.name}: {self.detail}"
@@ -59,11 +60,13 @@ def worst_exit_code(checks: list[Check]) -> int:
 def check_folder(paths: AppPaths, *, disk_usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage) -> Check:
     folder = paths.data_dir
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        paths.ensure()
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
             pass
+    except ProfileFolderError as exc:
+        return Check("Data folder", "problem", str(exc), 2, blocking=True)
     except OSError as exc:
-        return Check("Data folder", "problem", f"{folder} cannot be written: {exc.strerror or exc}", 2)
+        return Check("Data folder", "problem", paths.folder_problem(folder, exc), 2, blocking=True)
     free = disk_usage(folder)[2]
     detail = f"{folder} ({_size(free)} free)"
     if free < TOO_LITTLE_SPACE_BYTES:
@@ -115,7 +118,10 @@ def check_keys(secrets: LayeredSecrets) -> Iterator[Check]:
             source = secrets.source(name)
         except SecretStoreError:
             source = None  # the keyring check above says why
-        if source is not None:
+        problem = _key_problem(secrets, name) if source is not None else None
+        if problem is not None:
+            yield Check(label, "problem", f"set (from the {source}), but unusable: {problem}", 2)
+        elif source is not None:
             yield Check(label, "ok", f"set (from the {source})")
         elif required:
             yield Check(label, "problem", f"not set: `clinicsync config set-secret {name}` or Connections", 2)
@@ -123,11 +129,36 @@ def check_keys(secrets: LayeredSecrets) -> Iterator[Check]:
             yield Check(label, "ok", "not set (optional until a Cal.com stream is on)")
 
 
+def check_settings(settings: Settings) -> Iterator[Check]:
+    """Every setting a sync would refuse to use (a hand-edited row, NaN, a bad environment value), by name."""
+    problems = settings.problems()
+    if not problems:
+        stored = sum(item.source == "stored" for item in settings.all())
+        yield Check("Settings", "ok", f"{stored} stored, all usable" if stored else "all defaults")
+        return
+    for item in problems:
+        yield Check("Settings", "problem", item.problem, 2)
+
+
+def _key_problem(secrets: LayeredSecrets, name: str) -> str | None:
+    """What is wrong with a key's shape (a publishable Stripe key), without any request; None when fine."""
+    if name != STRIPE_API_KEY:
+        return None
+    from clinicsync.connections import stripe_key_problem
+
+    try:
+        return stripe_key_problem(secrets.get(name) or "")
+    except SecretStoreError:
+        return None
+
+
 def check_connections(secrets: LayeredSecrets, settings: Settings) -> Iterator[Check]:
     """Each configured service's own test-connection (the one the Connections tab runs): reads only."""
     from clinicsync import connections
 
-    get = settings.get
+    def get(key: str) -> object:  # an unusable value is reported by the Settings check; test with the default
+        return settings.lookup(key).value
+
     tests: list[tuple[str, str, Callable[[str], connections.ConnectionReport]]] = [
         (
             "Cliniko",
@@ -157,10 +188,13 @@ def check_connections(secrets: LayeredSecrets, settings: Settings) -> Iterator[C
 
 
 def check_sync_lock(paths: AppPaths) -> Check:
+    from clinicsync.store import queries
     from clinicsync.sync.lock import ProfileLock, SyncLocked
 
     try:
         with ProfileLock(paths.lock_file):
+            # Nobody syncs: a run still marked running died with its process; say so rather than "running".
+            queries.close_interrupted_runs()
             return Check("Sync lock", "ok", "free (no sync is running for this profile)")
     except SyncLocked:
         return Check("Sync lock", "ok", "held: a sync is running for this profile right now")
@@ -185,14 +219,18 @@ def check_work_waiting() -> Iterator[Check]:
 def run_checks(paths: AppPaths, secrets: LayeredSecrets, settings: Settings, *, offline: bool) -> Iterator[Check]:
     """Every check, in dependency order; later ones that need the database are skipped if it cannot open."""
     yield Check("ClinicSync", "ok", f"{__version__} on Python {platform.python_version()} ({platform.system()})")
-    yield check_folder(paths)
-    database = check_database(paths)
-    yield database
+    folder = check_folder(paths)
+    yield folder
+    # No database to open in a folder that cannot be used; the checks that need neither still run.
+    database = folder if folder.blocking else check_database(paths)
+    if database is not folder:
+        yield database
     env_only = all(_from_environment(secrets, name) for name in (CLINIKO_API_KEY, STRIPE_API_KEY))
     yield check_keyring(secrets, keys_all_from_environment=env_only)
     yield from check_keys(secrets)
     if database.status == "problem":
         return
+    yield from check_settings(settings)
     if not offline:
         yield from check_connections(secrets, settings)
     yield check_sync_lock(paths)

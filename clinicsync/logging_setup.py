@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import logging.handlers
 import re
@@ -203,14 +204,35 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Libraries whose log lines carry patient data at any level below WARNING: httpx and httpcore log request lines
+# with their query (`GET /v1/customers?email=…`), the Stripe SDK logs every request's URL and body, peewee every
+# SQL statement with its parameters (names, the plan's samples). They stay at WARNING whatever the app's level.
+QUIET_LIBRARIES = ("httpx", "httpcore", "stripe", "peewee", "urllib3", "hpack", "h11", "h2")
+
+# Second line of defence, for log lines only: a URL's query values and anything shaped like an email address.
+_URL_QUERY = re.compile(r"(?P<url>\b(?:https?://|/v\d+/)[^\s?#\"'<>]*)\?(?P<query>[^\s#\"'<>]+)")
+_QUERY_PAIR = re.compile(r"(?P<name>[^=&]+)=(?P<value>[^&]*)")
+_EMAIL = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+\.[A-Za-z]{2,}")
+
+
+def _sub_query(match: re.Match[str]) -> str:
+    query = _QUERY_PAIR.sub(lambda pair: f"{pair['name']}={REDACTED}" if pair["value"] else pair[0], match["query"])
+    return f"{match['url']}?{query}"
+
+
+def scrub_patient_data(text: str) -> str:
+    """Query values of URLs and email addresses out of a log line: they are how patient data would get in."""
+    return _EMAIL.sub("[email]", _URL_QUERY.sub(_sub_query, text))
+
+
 def redact_record(record: logging.LogRecord, redactor: Redactor) -> None:
-    record.msg = redactor.redact(_message_of(record))
+    record.msg = scrub_patient_data(redactor.redact(_message_of(record)))
     record.args = None
     if record.exc_info and not record.exc_text:
         record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
     record.exc_info = None
     if record.exc_text:
-        record.exc_text = redactor.redact(record.exc_text)
+        record.exc_text = scrub_patient_data(redactor.redact(record.exc_text))
     if record.stack_info:
         record.stack_info = redactor.redact(record.stack_info)
 
@@ -245,6 +267,8 @@ def setup_logging(
     paths.ensure()
     root = logging.getLogger()
     root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     formatter = logging.Formatter(LOG_FORMAT)
 
     file_handler = _find_handler(root, _FILE_ROLE)
@@ -257,16 +281,48 @@ def setup_logging(
         _remove(root, file_handler)
         file_handler = None
     if file_handler is None:
-        handler = logging.handlers.RotatingFileHandler(
-            paths.log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
-        )
-        _install(root, handler, _FILE_ROLE, formatter)
+        try:
+            handler = LogFileHandler(paths.log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        except OSError as exc:  # a folder in its place, no permission: the app works on, without a log file
+            _say_log_file_failed(paths.log_file, exc)
+        else:
+            _install(root, handler, _FILE_ROLE, formatter)
 
     console_handler = _find_handler(root, _CONSOLE_ROLE)
     if console and console_handler is None:
         _install(root, logging.StreamHandler(sys.stderr), _CONSOLE_ROLE, formatter)
     elif not console and console_handler is not None:
         _remove(root, console_handler)
+
+
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """The rotating log file. When it cannot be written (a full disk, a vanished folder) it says so once, in one
+    line, and stops trying for the rest of the run: logging's default is a traceback on stderr per record, which
+    buried the one message that mattered under hundreds of lines."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        _say_log_file_failed(self.baseFilename, error)
+        with contextlib.suppress(OSError):  # closing flushes, which fails the same way
+            self.close()
+
+
+def _say_log_file_failed(path: object, error: BaseException | None) -> None:
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else (str(error) or "unknown error")
+    with contextlib.suppress(OSError, ValueError):  # no usable stderr either (a closed pipe): nothing more to do
+        print(
+            f"ClinicSync could not write its log file {path} ({reason}); it carries on without a log file.",
+            file=sys.stderr,
+        )
 
 
 def teardown_logging() -> None:

@@ -7,6 +7,7 @@ clinic's data. Nothing here is computed at import time: callers resolve an :clas
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Mapping
@@ -22,6 +23,11 @@ DEFAULT_PROFILE_ID = "default"
 
 # Private to the user: the folders hold the clinic's sync state, history and logs (patient names, emails).
 _DIR_MODE = 0o700
+
+
+class ProfileFolderError(Exception):
+    """The profile's folders cannot be used (a file is in the way, a read-only disk, no permission, a name that is
+    not UTF-8). The message says which folder, why, and what to do; nothing was created or changed."""
 
 
 @dataclass(frozen=True)
@@ -40,14 +46,16 @@ class AppPaths:
         """Platform locations, or everything under ``CLINICSYNC_HOME`` when it is set (and not empty)."""
         raw_home = env.get(HOME_ENV_VAR, "").strip()
         if raw_home:
-            return cls.under(Path(raw_home))
-        return cls(
-            home=None,
-            data_dir=platformdirs.user_data_path(APP_NAME, APP_AUTHOR),
-            config_dir=platformdirs.user_config_path(APP_NAME, APP_AUTHOR),
-            log_dir=platformdirs.user_log_path(APP_NAME, APP_AUTHOR),
-            cache_dir=platformdirs.user_cache_path(APP_NAME, APP_AUTHOR),
-            state_dir=platformdirs.user_state_path(APP_NAME, APP_AUTHOR),
+            return _checked_names(cls.under(Path(raw_home)))
+        return _checked_names(
+            cls(
+                home=None,
+                data_dir=platformdirs.user_data_path(APP_NAME, APP_AUTHOR),
+                config_dir=platformdirs.user_config_path(APP_NAME, APP_AUTHOR),
+                log_dir=platformdirs.user_log_path(APP_NAME, APP_AUTHOR),
+                cache_dir=platformdirs.user_cache_path(APP_NAME, APP_AUTHOR),
+                state_dir=platformdirs.user_state_path(APP_NAME, APP_AUTHOR),
+            )
         )
 
     @classmethod
@@ -100,12 +108,18 @@ class AppPaths:
         return tuple(dict.fromkeys((self.data_dir, self.config_dir, self.log_dir, self.cache_dir, self.state_dir)))
 
     def ensure(self) -> AppPaths:
-        """Create the folders (private to the user on POSIX) and return ``self`` for chaining."""
+        """Create the folders (private to the user on POSIX) and return ``self`` for chaining.
+
+        Raises ProfileFolderError, saying which folder and why, when one cannot be created or written."""
         if self.home is not None:
-            _make_private_dir(self.home, chmod_existing=False)
+            _make_private_dir(self.home, chmod_existing=False, home=self.home)
         for directory in self.directories():
-            _make_private_dir(directory, chmod_existing=True)
+            _make_private_dir(directory, chmod_existing=True, home=self.home)
         return self
+
+    def folder_problem(self, path: Path, exc: OSError) -> str:
+        """The words for a folder of this profile that could not be created or written (`exc` says why)."""
+        return folder_problem(path, exc, home=self.home)
 
 
 def _short_hash(text: str) -> str:
@@ -113,11 +127,78 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(os.path.normcase(text).encode("utf-8")).hexdigest()[:12]
 
 
-def _make_private_dir(path: Path, *, chmod_existing: bool) -> None:
-    existed = path.is_dir()
-    # mode applies to the leaf only; parents (e.g. ~/.local/share) get the usual umask defaults.
-    path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    # mkdir's mode is filtered by the umask and ignored for folders that already exist, so set it explicitly.
-    # An existing CLINICSYNC_HOME is the user's own folder: leave its permissions alone.
-    if os.name == "posix" and (chmod_existing or not existed):
-        path.chmod(_DIR_MODE)
+def _checked_names(paths: AppPaths) -> AppPaths:
+    """Refuse folder names that are not UTF-8 (a legacy shell's Latin-1 bytes): SQLite, the log and the keyring
+    name all need them as text, and a half-created profile under a mangled name helps nobody."""
+    for path in (paths.home, *paths.directories()):
+        if path is None:
+            continue
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            where = f"{HOME_ENV_VAR} ({shown})" if paths.home is not None else f"The folder {shown}"
+            raise ProfileFolderError(
+                f"{where} is not UTF-8 text, so ClinicSync cannot keep its files there. "
+                + (
+                    f"Set {HOME_ENV_VAR} to a folder whose name is plain text (for example, only letters, "
+                    "digits and dashes)."
+                    if paths.home is not None
+                    else "Set CLINICSYNC_HOME to a folder whose name is plain text."
+                )
+            ) from None
+    return paths
+
+
+def folder_problem(path: Path, exc: OSError, *, home: Path | None = None) -> str:
+    """A message a person can act on for a profile folder that could not be created or written."""
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        reason = f"{blocker} is a file, not a folder"
+    elif exc.errno == errno.EROFS:
+        reason = f"{path} is on a read-only disk"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = f"ClinicSync may not write to {path} (permission denied)"
+    elif exc.errno == errno.ENOSPC:
+        reason = f"the disk holding {path} is full"
+    else:
+        reason = f"{path}: {exc.strerror or exc}"
+    fix = (
+        f"Set {HOME_ENV_VAR} to a folder you can write to, or fix that one"
+        if home is not None
+        else "Check that folder's permissions and the disk, or set CLINICSYNC_HOME to a folder you can write to"
+    )
+    return f"ClinicSync cannot use its folder: {reason}. {fix}; nothing was changed."
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The path itself or the nearest parent that exists but is not a folder (a file, /dev/null), if any."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _make_private_dir(path: Path, *, chmod_existing: bool, home: Path | None) -> None:
+    try:
+        existed = path.is_dir()
+        # mode applies to the leaf only; parents (e.g. ~/.local/share) get the usual umask defaults.
+        path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        # mkdir's mode is filtered by the umask and ignored for folders that already exist, so set it explicitly.
+        # An existing CLINICSYNC_HOME is the user's own folder: leave its permissions alone. Only when it differs:
+        # a chmod on a read-only disk fails even when there is nothing to change.
+        if os.name == "posix" and (chmod_existing or not existed) and path.stat().st_mode & 0o777 != _DIR_MODE:
+            path.chmod(_DIR_MODE)
+        # Fail here, with the folder's name, rather than later in SQLite or the log with a vaguer message.
+        if os.name == "posix" and not os.access(path, os.W_OK | os.X_OK):
+            code = errno.EROFS if _read_only_disk(path) else errno.EACCES
+            raise OSError(code, os.strerror(code), str(path))
+    except OSError as exc:
+        raise ProfileFolderError(folder_problem(path, exc, home=home)) from None
+
+
+def _read_only_disk(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False

@@ -80,6 +80,9 @@ class StreamMapping:
     writeback: WritebackConfig = field(default_factory=WritebackConfig)
     time_zone: str = ""  # blank: the clinic's zone from the source (Australia/Melbourne until known)
     version: int = 0  # the stored revision this mapping came from (0: the built-in default)
+    # Why the stored mapping this stands in for cannot be read (a damaged row): then this holds the built-in rules,
+    # and validation reports the reason, so nothing is sent until a person saves a mapping again.
+    unreadable: str = ""
 
     def rule_with_role(self, role: str) -> FieldRule:
         return next(rule for rule in self.rules if rule.role == role)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -128,10 +129,9 @@ class SourceClient(ClosingClient):
                 attempt, policy=self.retry, classify=classify, sleep=self._sleep, on_retry=on_retry
             )
         except SourceUnavailable as exc:
+            tries = "once" if self.retry.max_attempts == 1 else f"{self.retry.max_attempts} times"
             final = SourceUnavailable(
-                f"{exc.message} ClinicSync tried {self.retry.max_attempts} times.",
-                service=self.service,
-                status=exc.status,
+                f"{exc.message} ClinicSync tried {tries}.", service=self.service, status=exc.status
             )
         except SourceRateLimited:
             final = SourceRateLimited.gave_up(self.service, self.retry.max_attempts)
@@ -151,7 +151,7 @@ class SourceClient(ClosingClient):
         if json_body is not None:
             sent_headers["Content-Type"] = "application/json"
         content = json.dumps(json_body).encode("utf-8") if json_body is not None else None
-        failure: SourceUnavailable | None = None
+        failure: SourceError | None = None
         try:
             response = self._http.request(
                 method, url, params=params or None, content=content, headers=sent_headers or None
@@ -159,7 +159,7 @@ class SourceClient(ClosingClient):
         except httpx.TimeoutException as exc:
             failure = SourceUnavailable.unreachable(self.service, self._timeout_reason(exc))
         except httpx.TransportError as exc:
-            failure = SourceUnavailable.unreachable(self.service, self._transport_reason(exc))
+            failure = self._transport_failure(exc)
         if failure is not None:
             raise failure  # raised here, not in the except block: the httpx error holds the auth header
         self._observe(response)
@@ -226,6 +226,16 @@ class SourceClient(ClosingClient):
             return "connecting timed out. Check this computer's internet connection."
         return f"{self.service} took too long to answer."
 
+    def _transport_failure(self, exc: httpx.TransportError) -> SourceError:
+        """No answer at all. A host name that does not resolve is named; a subclass may know better (a Cliniko
+        shard that does not exist is a setting, not the internet)."""
+        if name_lookup_failure(exc) is not None:
+            host = urlsplit(self.base_url).hostname or self.base_url
+            return SourceUnavailable.unreachable(
+                self.service, f"the server {host} could not be found. {self.connect_hint}"
+            )
+        return SourceUnavailable.unreachable(self.service, self._transport_reason(exc))
+
     def _transport_reason(self, exc: httpx.TransportError) -> str:
         if isinstance(exc, httpx.ConnectError):
             return f"could not connect. {self.connect_hint}"
@@ -251,6 +261,30 @@ class SourceClient(ClosingClient):
 
 
 # -- helpers shared by the clients ---------------------------------------------------------------------------
+
+
+# The resolver's "no such name" (Linux/macOS EAI_NONAME, EAI_NODATA; Windows WSAHOST_NOT_FOUND, WSANO_DATA) versus
+# "could not ask" (EAI_AGAIN: no DNS server, i.e. most likely offline).
+_NO_SUCH_HOST = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)} | {
+    11001,
+    11004,
+}
+_NO_SUCH_HOST_WORDS = ("name or service not known", "nodename nor servname", "no address associated", "getaddrinfo")
+
+
+def name_lookup_failure(exc: BaseException) -> str | None:
+    """ "no_such_host" or "lookup_failed" when a connection failed because the host name did not resolve."""
+    cause: BaseException | None = exc
+    for _ in range(5):  # httpx → httpcore → socket.gaierror
+        if cause is None:
+            break
+        if isinstance(cause, socket.gaierror):
+            return "no_such_host" if cause.errno in _NO_SUCH_HOST else "lookup_failed"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).casefold()
+    if isinstance(exc, httpx.ConnectError) and any(words in text for words in _NO_SUCH_HOST_WORDS):
+        return "no_such_host"
+    return None
 
 
 def classify(exc: BaseException) -> RetryDecision:

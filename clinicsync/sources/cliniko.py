@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from clinicsync import wording
 from clinicsync.retry import RetryPolicy
 from clinicsync.sources.base import (
     MAX_PLAUSIBLE_WAIT_S,
@@ -32,6 +33,7 @@ from clinicsync.sources.base import (
     SourceClient,
     float_header,
     host_of,
+    name_lookup_failure,
     parse_http_date,
     query_pairs,
     retry_after,
@@ -41,8 +43,10 @@ from clinicsync.sources.errors import (
     REJECTION_LIMIT,
     SourceBadResponse,
     SourceConfigError,
+    SourceError,
     SourceNotFound,
     SourceRequestRejected,
+    SourceUnavailable,
     describe_validation_errors,
 )
 from clinicsync.sources.ratelimit import RequestBudget
@@ -53,6 +57,8 @@ log = logging.getLogger(__name__)
 SERVICE = "Cliniko"
 APP_NAME = "ClinicSync"
 DEFAULT_SHARD = "au1"
+# Documented Cliniko shards (docs/cliniko-api.md §1); a host for anything else will not exist.
+KNOWN_SHARDS: tuple[str, ...] = ("au1", "au2", "au3", "au4", "ca1", "uk1", "uk2", "eu1")
 PER_PAGE = 100
 
 _KEY_SHARD = re.compile(r"-([a-z]{2}\d{1,2})$", re.IGNORECASE)
@@ -85,6 +91,10 @@ class PageOf:
     # The page's last `updated_at` as sent, even if that record was unusable and left out of `records`:
     # keyset paging restarts from it.
     last_updated_at: str | None = None
+
+
+class NoSuchShard(SourceConfigError):
+    """The shard's API host does not exist: a wrong key ending or shard setting, not a network problem."""
 
 
 def shard_for_key(api_key: str, shard: str | None = None) -> str:
@@ -151,11 +161,7 @@ class ClinikoClient(SourceClient):
             raise SourceConfigError("No Cliniko API key is set. Add it in Connections.", service=SERVICE)
         contact_email = (contact_email or "").strip()
         if not _EMAIL.match(contact_email):
-            raise SourceConfigError(
-                "Cliniko requires every app to give a contact email address, and blocks requests without one. "
-                "Enter a valid email address for this clinic in Connections.",
-                service=SERVICE,
-            )
+            raise SourceConfigError(wording.contact_email_missing(), service=SERVICE)
         self.shard = shard_for_key(api_key, shard)
         super().__init__(
             api_key,
@@ -276,6 +282,25 @@ class ClinikoClient(SourceClient):
         return self._record(response)
 
     # -- errors --------------------------------------------------------------------------------------------
+
+    def _transport_failure(self, exc: httpx.TransportError) -> SourceError:
+        """For a shard Cliniko does not have, the host cannot exist: that is the key's ending or the shard
+        setting, not the internet (and retrying cannot help)."""
+        host = urlsplit(self.base_url).hostname or self.base_url
+        own_host = self.base_url == f"https://api.{self.shard}.cliniko.com/v1"
+        if name_lookup_failure(exc) == "no_such_host" and own_host and self.shard not in KNOWN_SHARDS:
+            return NoSuchShard(
+                f"There is no Cliniko server for the shard '{self.shard}' ({host} does not exist). Check the shard: "
+                "it is the ending of the API key (such as -au2), or the Cliniko shard setting for a key without one; "
+                f"Cliniko's regions are {', '.join(KNOWN_SHARDS)}. (Or this computer is offline.)",
+                service=SERVICE,
+            )
+        if name_lookup_failure(exc) is not None:
+            where = "the shard and " if own_host else "the Cliniko address setting and "
+            return SourceUnavailable.unreachable(
+                SERVICE, f"the server {host} could not be found. Check {where}this computer's internet connection."
+            )
+        return super()._transport_failure(exc)
 
     def _redirect_error(self, status: int) -> SourceConfigError:
         return SourceConfigError(
@@ -416,6 +441,11 @@ class ClinikoClient(SourceClient):
 
 
 # -- module helpers ------------------------------------------------------------------------------------------
+
+
+def is_record_id(text: str) -> bool:
+    """True for a Cliniko record id (digits only, as Cliniko issues them)."""
+    return bool(_ID.match(str(text).strip()))
 
 
 def _checked_id(record_id: str) -> str:

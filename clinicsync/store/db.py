@@ -14,15 +14,18 @@ from pathlib import Path
 
 from peewee import DatabaseError, DatabaseProxy, SqliteDatabase
 
+from clinicsync.paths import ProfileFolderError
+
 database_proxy = DatabaseProxy()
 
 SNAPSHOT_NAME = "dry-run-snapshot.sqlite3"
 
 PRAGMAS = (
+    # Writers wait for each other instead of failing with "database is locked". First: switching a new file to
+    # WAL takes a lock too, and a second ClinicSync starting at the same moment must wait for it as well.
+    ("busy_timeout", 10_000),
     ("journal_mode", "wal"),
     ("foreign_keys", 1),
-    # Writers wait for each other instead of failing with "database is locked".
-    ("busy_timeout", 10_000),
     ("synchronous", "normal"),
 )
 
@@ -68,6 +71,11 @@ class ProfileDatabase(SqliteDatabase):
             _remove_database_files(target)
 
 
+class DatabaseRefused(Exception):
+    """The profile's database exists but this ClinicSync must not use it (e.g. a newer version made it). The
+    message names the file, says why and what to do; the file was not changed."""
+
+
 # SQLite's words for "ClinicSync's own file would not take a write or cannot be read" (SQLITE_FULL; SQLITE_IOERR,
 # SQLITE_READONLY, SQLITE_CANTOPEN; SQLITE_NOTADB, SQLITE_CORRUPT).
 _DISK_FULL = ("database or disk is full",)
@@ -94,6 +102,8 @@ def storage_problem(exc: BaseException, *, consequence: str = NOTHING_LOST) -> s
         cause = cause.__cause__ or cause.__context__
     if cause is None or not _is_storage_error(cause):
         return None
+    if isinstance(cause, ProfileFolderError | DatabaseRefused):  # their messages already say what to do
+        return str(cause)
     text = str(cause).casefold()
     file = Path(database_proxy.database) if database_proxy.obj is not None else None
     if any(words in text for words in _DAMAGED):
@@ -113,6 +123,8 @@ def storage_problem(exc: BaseException, *, consequence: str = NOTHING_LOST) -> s
 
 
 def _is_storage_error(exc: BaseException) -> bool:
+    if isinstance(exc, ProfileFolderError | DatabaseRefused):
+        return True
     text = str(exc).casefold()
     return isinstance(exc, sqlite3.Error | DatabaseError) and any(e in text for e in _STORAGE_ERRORS)
 

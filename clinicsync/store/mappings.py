@@ -7,6 +7,7 @@ through it, so validation and the allow-list cannot be skipped by any of them.
 from __future__ import annotations
 
 import getpass
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,12 +40,50 @@ def default_mapping(stream: str) -> StreamMapping:
 
 
 def load(stream: str) -> StreamMapping:
-    """The stream's current mapping: the saved one, else the built-in default (version 0)."""
+    """The stream's current mapping: the saved one, else the built-in default (version 0).
+
+    A stored row that cannot be read (not JSON, or not a mapping) does not raise: the result is the built-in
+    default marked `unreadable`, which `check` reports, so every caller can still show it and the sync of this
+    stream stops with that reason while everything else keeps working."""
     base = default_mapping(stream)
-    row = StreamMappingRow.get_or_none(StreamMappingRow.stream == stream)
+    row = database_proxy.execute_sql(
+        "SELECT version, body FROM stream_mapping WHERE stream = ?", (stream,)
+    ).fetchone()  # raw: the model's JSON field would raise on a damaged body before anything could say which
     if row is None:
         return base
-    return replace(from_document(row.body, base), version=row.version)
+    version, body = row
+    try:
+        if not _is_version(version):
+            raise DocumentError("its version is not a number")
+        mapping = _from_stored(body, base)
+    except DocumentError as exc:
+        kept = version if _is_version(version) else 0
+        return replace(base, version=kept, unreadable=unreadable(stream, version, exc))
+    return replace(mapping, version=version)
+
+
+def unreadable(stream: str, version: object, why: Exception) -> str:
+    """What to say about a stored mapping that cannot be read, and how to get out of it."""
+    return (
+        f"The stored field mapping of {stream} (version {version}) cannot be read ({why}), so nothing is sent for "
+        "this stream. Save a mapping again: `clinicsync mapping reset` (the built-in default), "
+        "`clinicsync mapping import FILE`, or Field mapping in the app."
+    )
+
+
+def _from_stored(body: object, base: StreamMapping) -> StreamMapping:
+    """A stored JSON body read onto `base`; raises DocumentError for anything but a well-formed mapping."""
+    if not isinstance(body, str | bytes) or not body.strip():
+        raise DocumentError("it is empty")
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise DocumentError(f"not JSON: {exc}") from None
+    return from_document(document, base)
+
+
+def _is_version(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 # The scope a new LIVE connection starts with (data minimisation): patients seen in the last two years.
@@ -89,11 +128,13 @@ def revision(stream: str, version: int | None) -> StreamMapping:
     base = default_mapping(stream)
     if not version:
         return base
-    row = MappingRevision.get_or_none((MappingRevision.stream == stream) & (MappingRevision.version == version))
+    row = database_proxy.execute_sql(
+        "SELECT body FROM mapping_revision WHERE stream = ? AND version = ?", (stream, version)
+    ).fetchone()
     if row is None:
         return base
     try:
-        return replace(from_document(row.body, base), version=row.version)
+        return replace(_from_stored(row[0], base), version=version)
     except DocumentError:
         return base
 
@@ -179,7 +220,10 @@ class SaveResult:
 
 def check(mapping: StreamMapping, catalogue: FieldCatalogue) -> list[Problem]:
     """Validation with this stream's recorded allowances: what save() and the engine both run."""
-    return validate_mapping(mapping, catalogue, allowed_fields(mapping.stream))
+    problems = validate_mapping(mapping, catalogue, allowed_fields(mapping.stream))
+    if mapping.unreadable:
+        problems.insert(0, Problem(0, "stored-mapping", mapping.unreadable))
+    return problems
 
 
 def parse(stream: str, document: Any) -> StreamMapping:
@@ -196,6 +240,8 @@ def save(mapping: StreamMapping, catalogue: FieldCatalogue, *, who: str | None =
     the next sync re-reads the whole source — ClinicSync caches no source data — and updates exactly the records
     whose payload changed.
     """
+    # Saving writes a new, readable row: whatever made the stored one unreadable no longer applies to this one.
+    mapping = replace(mapping, unreadable="")
     problems = check(mapping, catalogue)
     if problems:
         raise MappingInvalid(problems)
@@ -203,7 +249,7 @@ def save(mapping: StreamMapping, catalogue: FieldCatalogue, *, who: str | None =
     document = to_document(mapping)
     # Saving over the built-in default is kept even when equal: it records a person's choice (e.g. scope "all"
     # for a live connection, whose unsaved default is recent activity; see default_scope_for_pair).
-    if document == to_document(current) and current.version:
+    if document == to_document(current) and current.version and not current.unreadable:
         return SaveResult(current, changed=False, cursor_reset=False)
     who = who or current_user()
     with database_proxy.atomic():
@@ -218,7 +264,8 @@ def save(mapping: StreamMapping, catalogue: FieldCatalogue, *, who: str | None =
         StreamMappingRow.insert(
             stream=mapping.stream, version=version, body=document, saved_at=utcnow(), saved_by=who
         ).on_conflict_replace().execute()
-        reset = _affects_records(current, mapping) or not current.version  # a live pair's default scope may differ
+        # A live pair's default scope may differ; what an unreadable mapping sent is not known.
+        reset = _affects_records(current, mapping) or not current.version or bool(current.unreadable)
         if reset:
             StreamState.update(cursor=None).where(StreamState.stream == mapping.stream).execute()
     return SaveResult(replace(mapping, version=version), changed=True, cursor_reset=reset)

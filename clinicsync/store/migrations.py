@@ -1,4 +1,9 @@
-"""Numbered schema migrations. Each step runs once, inside a transaction, and records the new version."""
+"""Numbered schema migrations. Each step runs once, inside a transaction, and records the new version.
+
+Only one process migrates at a time: the steps run under SQLite's write lock (`BEGIN IMMEDIATE`), and the version
+is read again once the lock is held, so a second ClinicSync started at the same moment waits and then finds the
+work done.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,11 @@ from pathlib import Path
 from peewee import SqliteDatabase
 
 from clinicsync.store import models
-from clinicsync.store.db import backup_before_migration
+from clinicsync.store.db import DatabaseRefused, backup_before_migration
+
+
+class NewerDatabase(DatabaseRefused):
+    """The database was made by a newer ClinicSync: opening it with this one could lose what it added."""
 
 
 def _v1_initial(db: SqliteDatabase) -> None:
@@ -97,17 +106,27 @@ def current_version(db: SqliteDatabase) -> int:
 
 
 def migrate(db: SqliteDatabase, backup_dir: Path | None = None) -> int:
-    """Bring the schema to LATEST_VERSION; refuse a database written by a newer ClinicSync."""
+    """Bring the schema to LATEST_VERSION; refuse a database made by a newer ClinicSync, leaving it untouched."""
     version = current_version(db)
-    if version > LATEST_VERSION:
-        raise RuntimeError(
-            f"This database was written by a newer ClinicSync (schema {version}, this version knows "
-            f"{LATEST_VERSION}). Update ClinicSync instead of opening it with an older one."
-        )
-    if version and version < LATEST_VERSION and backup_dir is not None:
-        backup_before_migration(Path(db.database), version)
-    for number in range(version + 1, LATEST_VERSION + 1):
-        with db.atomic():
-            MIGRATIONS[number - 1](db)
-            models.SchemaVersion.create(version=number)
+    _refuse_newer(db, version)
+    if version == LATEST_VERSION:
+        return version
+    with db.atomic():  # BEGIN IMMEDIATE (the database's lock type): one migrating process at a time
+        version = current_version(db)  # another process may have done it while this one waited for the lock
+        _refuse_newer(db, version)
+        if version and version < LATEST_VERSION and backup_dir is not None:
+            backup_before_migration(Path(db.database), version)
+        for number in range(version + 1, LATEST_VERSION + 1):
+            with db.atomic():  # a savepoint per step
+                MIGRATIONS[number - 1](db)
+                models.SchemaVersion.create(version=number)
     return LATEST_VERSION
+
+
+def _refuse_newer(db: SqliteDatabase, version: int) -> None:
+    if version > LATEST_VERSION:
+        raise NewerDatabase(
+            f"ClinicSync's database ({db.database}) was made by a newer ClinicSync (schema {version}; this version "
+            f"knows up to schema {LATEST_VERSION}), so this version will not use it and has not changed it. Update "
+            "ClinicSync to the version that made it, or newer."
+        )

@@ -143,7 +143,8 @@ class SyncRun(BaseModel):
     dry_run = BooleanField(default=False)
     started_at = DateTimeField(default=utcnow)
     finished_at = DateTimeField(null=True)
-    outcome = CharField(default="running")  # running, ok, attention, failed, cancelled
+    # running, ok, attention, failed, cancelled, needs_approval; interrupted: its process died while running
+    outcome = CharField(default="running")
     created = IntegerField(default=0)
     linked = IntegerField(default=0)
     updated = IntegerField(default=0)

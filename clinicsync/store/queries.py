@@ -9,6 +9,7 @@ from typing import Any
 from peewee import fn
 
 from clinicsync.outcomes import ACTIONS
+from clinicsync.paths import AppPaths
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import (
     AccountPair,
@@ -24,6 +25,21 @@ from clinicsync.store.models import (
 )
 
 COUNT_FIELDS = ACTIONS
+
+# A run's outcome in plain words (the CLI's history and the window's Sync history both use these).
+OUTCOME_WORDS = {
+    "ok": "OK",
+    "attention": "Needs attention",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+    "running": "Running",
+    "interrupted": "Interrupted",
+    "needs_approval": "Waiting for approval",
+}
+INTERRUPTED_MESSAGE = (
+    "ClinicSync stopped before it finished (it was closed or killed, or the computer shut down). Nothing queued is "
+    "lost: the next sync carries on where this one stopped."
+)
 
 
 class ReviewError(ValueError):
@@ -74,6 +90,50 @@ def stream_status() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def close_interrupted_runs() -> int:
+    """Close every run still marked running as "interrupted"; returns how many. Call only while holding the
+    profile lock: then no sync is running, so a run still marked running is one whose process died.
+
+    Its counts come from its own history rows, one per record (the last thing that happened to it), so they never
+    exceed the records it read: a record replayed from the outbox and then read again counts once. Records that
+    were unchanged leave no row and are not counted."""
+    closed = 0
+    for run in SyncRun.select().where(SyncRun.outcome == "running"):
+        last_action: dict[str, str] = {}
+        last_at = run.started_at
+        for source_id, action, created_at in (
+            SyncEvent.select(SyncEvent.source_id, SyncEvent.action, SyncEvent.created_at)
+            .where(SyncEvent.run == run.id)
+            .order_by(SyncEvent.id)
+            .tuples()
+        ):
+            last_at = max(last_at, created_at)
+            if action in COUNT_FIELDS:  # "note" rows are remarks, not outcomes
+                last_action[source_id] = action
+        counts = dict.fromkeys(COUNT_FIELDS, 0)
+        for action in last_action.values():
+            counts[action] += 1
+        closed += (
+            SyncRun.update(outcome="interrupted", message=INTERRUPTED_MESSAGE, finished_at=last_at, **counts)
+            .where((SyncRun.id == run.id) & (SyncRun.outcome == "running"))
+            .execute()
+        )
+    return closed
+
+
+def close_interrupted_runs_if_idle(paths: AppPaths) -> int:
+    """close_interrupted_runs() if no sync holds the profile lock now (for `status`, `doctor` and the like)."""
+    from clinicsync.sync.lock import ProfileLock, SyncLocked
+
+    if not SyncRun.select().where(SyncRun.outcome == "running").exists():
+        return 0  # the common case: no lock file touched
+    try:
+        with ProfileLock(paths.lock_file):
+            return close_interrupted_runs()
+    except SyncLocked:
+        return 0
 
 
 def open_reviews(pair: AccountPair | None = None) -> list[ReviewItem]:
@@ -275,6 +335,11 @@ def history_runs(
     return [_run_row(run) for run in query.order_by(SyncRun.id.desc()).limit(limit)]
 
 
+def real_runs_exist() -> bool:
+    """Whether any sync other than a dry run has started (whatever became of it)."""
+    return SyncRun.select().where(SyncRun.dry_run == False).exists()  # noqa: E712 - peewee builds SQL from ==
+
+
 def history_run(run_id: int) -> RunRow | None:
     run = SyncRun.get_or_none(SyncRun.id == run_id)
     return None if run is None else _run_row(run)
@@ -411,6 +476,15 @@ def _event_row(values: tuple[Any, ...]) -> EventRow:
         message=message,
         created_at=SyncEvent.created_at.python_value(created_at),
     )
+
+
+def failed_events(run_id: int) -> list[EventRow]:
+    """A run's failed records, oldest first, with their reasons."""
+    query = SyncEvent.select().where((SyncEvent.run == run_id) & (SyncEvent.action == "failed")).order_by(SyncEvent.id)
+    return [
+        EventRow(e.id, run_id, e.stream, e.source_id, e.display_name, e.stripe_id, e.action, e.message, e.created_at)
+        for e in query
+    ]
 
 
 def history_event_count(run_id: int) -> int:

@@ -6,12 +6,15 @@ one and is never written to the database, so a headless run can be configured en
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from clinicsync import rate_limits
+from clinicsync.store.db import database_proxy
 from clinicsync.store.models import Setting
 
 ENV_PREFIX = "CLINICSYNC_"
@@ -85,6 +88,7 @@ SPECS: tuple[SettingSpec, ...] = (
         0.0,
         "Stripe requests per second (0: 90% of Stripe's limit for the key's mode)",
         minimum=0,
+        maximum=100_000,
     ),
     SettingSpec("stripe.workers", int, 8, "Stripe writes sent in parallel", minimum=1, maximum=16),
     SettingSpec("stripe.timeout_seconds", float, 30.0, "Stripe request timeout (seconds)", minimum=1, maximum=120),
@@ -96,11 +100,15 @@ SPECS: tuple[SettingSpec, ...] = (
         "What to do with a single unambiguous email match",
         choices=("auto_link", "review"),
     ),
-    SettingSpec("sync.cursor_overlap_seconds", int, 120, "Overlap of incremental reads (seconds)", minimum=0),
+    SettingSpec(
+        "sync.cursor_overlap_seconds", int, 120, "Overlap of incremental reads (seconds)", minimum=0, maximum=86_400
+    ),
     SettingSpec("sync.paused", bool, False, "Pause all syncing"),
-    SettingSpec("retry.max_attempts", int, 6, "Attempts per request before giving up for this run", minimum=1),
-    SettingSpec("retry.base_delay_seconds", float, 0.5, "First retry delay (seconds)", minimum=0),
-    SettingSpec("retry.max_delay_seconds", float, 60.0, "Longest retry delay (seconds)", minimum=0),
+    SettingSpec(
+        "retry.max_attempts", int, 6, "Attempts per request before giving up for this run", minimum=1, maximum=100
+    ),
+    SettingSpec("retry.base_delay_seconds", float, 0.5, "First retry delay (seconds)", minimum=0, maximum=600),
+    SettingSpec("retry.max_delay_seconds", float, 60.0, "Longest retry delay (seconds)", minimum=0, maximum=3600),
     SettingSpec(
         "currency", str, "", "Currency of the clinic's prices (blank: from Cliniko's country)", check=_currency
     ),
@@ -118,6 +126,7 @@ SPECS: tuple[SettingSpec, ...] = (
         90.0,
         "How long Stripe's search index may lag behind a write (seconds)",
         minimum=0,
+        maximum=3600,
     ),
 )
 SPECS_BY_KEY: dict[str, SettingSpec] = {spec.key: spec for spec in SPECS}
@@ -153,6 +162,8 @@ _KIND_WORDS = {int: "a whole number", float: "a number"}  # what a person calls 
 
 
 def _coerce(spec: SettingSpec, raw: Any) -> Any:
+    """Text from the command line or environment, or a JSON value from the database, as the spec's type. Strict:
+    a stored 2.5 is not quietly a whole number 2, True is not 1, 5 is not text."""
     if spec.type is bool:
         if isinstance(raw, bool):
             return raw
@@ -162,22 +173,41 @@ def _coerce(spec: SettingSpec, raw: Any) -> Any:
         if text in _FALSE:
             return False
         raise SettingError(f"{spec.key} must be true or false, not {raw!r}")
+    if spec.type is str:
+        if not isinstance(raw, str):
+            raise SettingError(f"{spec.key} must be text, not {raw!r}")
+        return raw.strip()
+    kind = _KIND_WORDS.get(spec.type, spec.type.__name__)
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise SettingError(f"{spec.key} must be {kind}, not {raw!r}")
     try:
-        return spec.type(raw.strip() if isinstance(raw, str) else raw)
-    except (TypeError, ValueError):
-        kind = _KIND_WORDS.get(spec.type, spec.type.__name__)
+        if spec.type is int:
+            if isinstance(raw, float) and not (math.isfinite(raw) and raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw.strip() if isinstance(raw, str) else raw)
+        number = float(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError, OverflowError):
         raise SettingError(f"{spec.key} must be {kind}, not {raw!r}") from None
+    # NaN passes every < and > check, and infinity every minimum: refused before the range check sees them.
+    if not math.isfinite(number):
+        raise SettingError(f"{spec.key} must be a finite number, not {raw!r}")
+    return number
 
 
 @dataclass(frozen=True)
 class SettingValue:
     key: str
-    value: Any
+    value: Any  # the default when there is a problem
     source: str  # "environment", "stored", "default"
+    problem: str = ""  # why the environment's or the stored value cannot be used; it is then never used
 
 
 class Settings:
-    """Typed access to settings: environment first, then the database, then the default."""
+    """Typed access to settings: environment first, then the database, then the default.
+
+    A value that is set but unusable (a hand-edited row, NaN, text that is not JSON, a bad environment value) is
+    not replaced by the default behind anyone's back: `lookup` reports it in `problem`, and `get`, which is what
+    using a setting means, refuses with that message."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
@@ -185,17 +215,27 @@ class Settings:
     def lookup(self, key: str) -> SettingValue:
         spec = spec_for(key)
         if spec.env_name in self._env:
-            return SettingValue(key, parse_value(spec, self._env[spec.env_name]), "environment")
-        row = Setting.get_or_none(Setting.key == key)
-        if row is not None:
+            raw = self._env[spec.env_name]
             try:
-                return SettingValue(key, parse_value(spec, row.value), "stored")
-            except SettingError:
-                pass  # a stored value that no longer validates falls back to the default
-        return SettingValue(key, spec.default, "default")
+                return SettingValue(key, parse_value(spec, raw), "environment")
+            except SettingError as exc:
+                problem = f"{exc} (from the environment variable {spec.env_name}); fix or unset that variable."
+                return SettingValue(key, spec.default, "environment", problem)
+        # Raw SQL: the model's JSON field would raise on a damaged row before anything could say which one.
+        row = database_proxy.execute_sql("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return SettingValue(key, spec.default, "default")
+        try:
+            value = parse_value(spec, _stored_json(spec, row[0]))
+        except SettingError as exc:
+            return SettingValue(key, spec.default, "stored", _stored_problem(spec, exc))
+        return SettingValue(key, value, "stored")
 
     def get(self, key: str) -> Any:
-        return self.lookup(key).value
+        item = self.lookup(key)
+        if item.problem:
+            raise SettingError(item.problem)
+        return item.value
 
     def set(self, key: str, raw: Any) -> Any:
         spec = spec_for(key)
@@ -209,3 +249,25 @@ class Settings:
 
     def all(self) -> list[SettingValue]:
         return [self.lookup(spec.key) for spec in SPECS]
+
+    def problems(self) -> list[SettingValue]:
+        """Every setting whose environment or stored value cannot be used, in declaration order."""
+        return [item for item in self.all() if item.problem]
+
+
+def _stored_json(spec: SettingSpec, text: Any) -> Any:
+    if not isinstance(text, str) or not text.strip():
+        raise SettingError(f"{spec.key} is empty")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SettingError(f"{spec.key} is not readable ({text[:40]!r} is not a JSON value)") from None
+
+
+def _stored_problem(spec: SettingSpec, exc: SettingError) -> str:
+    default = json.dumps(spec.default)
+    return (
+        f"The stored setting {spec.key} cannot be used: {exc}. ClinicSync will not guess: set it again with "
+        f"`clinicsync config set {spec.key} VALUE`, or `clinicsync config unset {spec.key}` for the default "
+        f"({default})."
+    )

@@ -69,6 +69,13 @@ CANCELLED_MESSAGE = "Not started: the sync before it was cancelled."
 PAUSED_MESSAGE = "Not started: syncing is paused."
 
 
+def is_paused(settings: Settings) -> bool:
+    """Whether syncing is paused. A pause setting that cannot be read counts as paused: "nothing is sent" must
+    hold until a person sets it again (the CLI and `doctor` say which value is unusable)."""
+    item = settings.lookup("sync.paused")
+    return bool(item.problem) or bool(item.value)
+
+
 class SyncRunner:
     def __init__(self, paths: AppPaths, settings: Settings, listener: RunnerListener) -> None:
         self._paths = paths
@@ -98,7 +105,7 @@ class SyncRunner:
             return self._current
 
     def paused(self) -> bool:
-        return bool(self._settings.get("sync.paused"))
+        return is_paused(self._settings)
 
     def submit(
         self,

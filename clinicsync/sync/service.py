@@ -13,6 +13,7 @@ from typing import Any
 
 from clinicsync import rate_limits
 from clinicsync import secrets as secret_names
+from clinicsync.connections import stripe_key_problem
 from clinicsync.outcomes import STOPS_EVERY_STREAM, Outcome
 from clinicsync.paths import AppPaths
 from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
@@ -21,6 +22,7 @@ from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
+from clinicsync.store import queries
 from clinicsync.store.models import AccountPair, SyncPlan, SyncRun, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, dependency_order
@@ -77,6 +79,8 @@ def cliniko_client(settings: Settings, secrets: SecretStore, cancel: CancelToken
 
 def stripe_gateway(settings: Settings, secrets: SecretStore, cancel: CancelToken | None = None) -> StripeGateway:
     key = _require(secrets, secret_names.STRIPE_API_KEY, "Stripe")
+    if (problem := stripe_key_problem(key)) is not None:  # e.g. a publishable key: say so before any request
+        raise ConfigProblem(problem)
     base_url = settings.get("stripe.base_url") or None
     if base_url:
         try:
@@ -152,6 +156,7 @@ def run_sync(
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
     names = dependency_order(STREAMS, list(streams) if streams else enabled_streams(settings))
     with ProfileLock(paths.lock_file):
+        queries.close_interrupted_runs()  # under the lock: a run still "running" now is one whose process died
         cliniko = cliniko_client(settings, secrets, cancel)
         try:
             gateway = stripe_gateway(settings, secrets, cancel)

@@ -322,10 +322,11 @@ class ClinikoBox(ServiceBox):
 
     def load_fields(self) -> None:
         settings = self.ui.app.settings
-        self.shard_combo.setCurrentText(settings.get("cliniko.shard"))
-        self.email_edit.setText(settings.get("contact_email"))
+        # lookup().value: an unusable stored value shows as the default here; a sync refuses it, naming it.
+        self.shard_combo.setCurrentText(settings.lookup("cliniko.shard").value)
+        self.email_edit.setText(settings.lookup("contact_email").value)
         self.setting_editable("contact_email", self.email_edit)
-        base_url = settings.get("cliniko.base_url")
+        base_url = settings.lookup("cliniko.base_url").value
         self.address_label.setText(f"Address: {base_url}" if base_url else "")
         self.address_label.setVisible(bool(base_url))
         self._show_shard_source()
@@ -351,7 +352,7 @@ class ClinikoBox(ServiceBox):
     def make_test(self, key: str) -> Callable[[], ConnectionReport]:
         shard = self.shard_combo.currentText().strip().lower() or None
         email = self.email_edit.text().strip()
-        base_url = self.ui.app.settings.get("cliniko.base_url") or None
+        base_url = self.ui.app.settings.lookup("cliniko.base_url").value or None
         return lambda: connections.test_cliniko(key, shard=shard, contact_email=email, base_url=base_url)
 
 
@@ -369,12 +370,12 @@ class StripeBox(ServiceBox):
         self.form.addRow("", self.address_label)
 
     def load_fields(self) -> None:
-        base_url = self.ui.app.settings.get("stripe.base_url")
+        base_url = self.ui.app.settings.lookup("stripe.base_url").value
         self.address_label.setText(f"Address: {base_url}" if base_url else "")
         self.address_label.setVisible(bool(base_url))
 
     def make_test(self, key: str) -> Callable[[], ConnectionReport]:
-        base_url = self.ui.app.settings.get("stripe.base_url") or None
+        base_url = self.ui.app.settings.lookup("stripe.base_url").value or None
         return lambda: connections.test_stripe(key, base_url=base_url)
 
     def tell_status(self) -> None:
@@ -402,7 +403,7 @@ class CalcomBox(ServiceBox):
         self.region_combo.currentIndexChanged.connect(self._region_changed)
 
     def load_fields(self) -> None:
-        base_url = self.ui.app.settings.get("calcom.base_url")
+        base_url = self.ui.app.settings.lookup("calcom.base_url").value
         region = connections.calcom_region(base_url)
         self.region_combo.setCurrentIndex(self.region_combo.findData(region))
         self.url_edit.setText(base_url if region == "self_hosted" else "")

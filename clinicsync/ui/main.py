@@ -21,7 +21,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon, QWidget
 
 from clinicsync.app import bootstrap
-from clinicsync.paths import APP_NAME, AppPaths
+from clinicsync.paths import APP_NAME, AppPaths, ProfileFolderError
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store.db import CHANGE_NOT_SAVED, storage_problem
 from clinicsync.sync.runner import SyncRunner
@@ -242,7 +242,11 @@ def run_gui(argv: Sequence[str] | None = None) -> int:
     app.setWindowIcon(icons.icon(icons.APP))
 
     env = dict(os.environ)
-    paths = AppPaths.resolve(env).ensure()
+    try:
+        paths = AppPaths.resolve(env).ensure()
+    except ProfileFolderError as exc:  # nowhere to keep the clinic's data: say which folder and why
+        show_startup_problem(str(exc))
+        return 2
     instance = claim_instance(paths.instance_socket_name, paths.state_dir / "instance.lock")
     if instance is None:
         print("ClinicSync is already running for this profile; its window has been brought forward.")

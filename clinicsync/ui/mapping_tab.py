@@ -357,6 +357,8 @@ class MappingTab(QWidget):
             more = f"\n…and {len(lines) - 4} more" if len(lines) > 4 else ""
             head = f"{plural(len(self.problems), 'problem')} to fix before saving:\n"
             self._say(head + "\n".join(lines[:4]) + more, True)
+        elif self._base.unreadable and not self.dirty:  # not blocking: saving is how it is replaced
+            self._say(labels.for_gui(self._base.unreadable), True)
         else:
             self._say("No problems." + (" Unsaved changes." if self.dirty else ""), False)
         if self.advanced.isVisible() and not self.json_edit.hasFocus():

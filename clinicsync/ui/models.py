@@ -95,14 +95,7 @@ TRIGGERS = {
     "retry": "Retry failed",
     "first_run": "First run",
 }
-OUTCOMES = {
-    "ok": "OK",
-    "attention": "Needs attention",
-    "failed": "Failed",
-    "cancelled": "Cancelled",
-    "running": "Running",
-    "needs_approval": "Waiting for approval",
-}
+OUTCOMES = queries.OUTCOME_WORDS  # one set of words for the window and `clinicsync history`
 ACTIONS = {
     "created": "Created",
     "linked": "Linked",
@@ -138,7 +131,7 @@ def severity_color(kind: str) -> QColor | None:
         return QColor("#ff6b6b") if dark else QColor("#b3261e")
     if kind in ("attention", "review", "needs_approval"):
         return QColor("#f0b429") if dark else QColor("#8a5a00")
-    if kind == "cancelled":
+    if kind in ("cancelled", "interrupted"):  # nobody must act: the next sync carries on
         return QColor("#9aa0a6") if dark else QColor("#5f6368")
     return None
 

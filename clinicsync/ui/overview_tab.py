@@ -52,7 +52,8 @@ STATE_WORDS = {
     "failed": "Failed",
     "cancelled": "Cancelled",
     "needs_approval": "Waiting for your approval",
-    "running": "Interrupted (resumes on the next sync)",
+    "running": "Interrupted (resumes on the next sync)",  # until the next start closes it as interrupted
+    "interrupted": "Interrupted (resumes on the next sync)",
 }
 COUNT_ORDER = ("created", "linked", "updated", "unchanged", "skipped", "failed", "review")
 

@@ -50,6 +50,7 @@ from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.urls import validate_base_url
 from clinicsync.store import queries
 from clinicsync.store.models import ReviewItem
+from clinicsync.store.settings import SettingError
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.runner import JobOutcome, read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
@@ -562,7 +563,7 @@ class ReviewTab(QWidget):
             base_url = self.ui.app.settings.get("stripe.base_url") or None
             if base_url:
                 base_url = validate_base_url(base_url, "Stripe")
-        except (SecretStoreError, SourceConfigError) as exc:
+        except (SecretStoreError, SourceConfigError, SettingError) as exc:
             self.status_label.setText(f"Could not load the candidates from Stripe: {labels.for_gui(exc)}")
             return
         if not key:

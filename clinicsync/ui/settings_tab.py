@@ -7,6 +7,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
+from clinicsync.sync.runner import is_paused
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.status import StatusTracker
 
@@ -50,7 +51,7 @@ class SettingsTab(QWidget):
         self.path_labels["Logs"].setText(str(paths.log_file))
         item = self.ui.app.settings.lookup("sync.paused")
         self.pause_box.blockSignals(True)
-        self.pause_box.setChecked(bool(item.value))
+        self.pause_box.setChecked(is_paused(self.ui.app.settings))
         self.pause_box.blockSignals(False)
         from_env = item.source == "environment"
         self.pause_box.setEnabled(not from_env)

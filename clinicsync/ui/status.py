@@ -21,7 +21,7 @@ from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store import queries
 from clinicsync.store.settings import Settings
 from clinicsync.stripe_gateway import livemode_of_key
-from clinicsync.sync.runner import Job, JobOutcome, SyncRunner
+from clinicsync.sync.runner import Job, JobOutcome, SyncRunner, is_paused
 from clinicsync.ui.bridge import RunnerBridge
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class StatusTracker(QObject):
 
     # --- pause (persisted; the runner refuses jobs while it is set) -----------------------------------
     def paused(self) -> bool:
-        return bool(self._settings.get("sync.paused"))
+        return is_paused(self._settings)
 
     def set_paused(self, paused: bool) -> bool:
         """Store the choice; returns the effective value (an environment variable can override it)."""
@@ -247,7 +247,7 @@ def mode_label(*, sandbox: bool, livemode: bool | None) -> str | None:
 def current_mode(ui: UiContext, rows: list[dict[str, Any]]) -> str | None:
     settings = ui.app.settings
     sandbox = ui.sandbox is not None or any(
-        is_loopback(settings.get(key)) for key in ("stripe.base_url", "cliniko.base_url")
+        is_loopback(settings.lookup(key).value) for key in ("stripe.base_url", "cliniko.base_url")
     )
     livemode = ui.status.key_livemode if ui.status is not None else None
     if livemode is None and rows:

@@ -319,3 +319,20 @@ def test_advanced_shows_the_mapping_as_json_and_takes_it_back(qtbot, offline_env
     assert tab.apply_json(json.dumps(document))
     assert tab.rules()[0].options["separator"] == "-" and tab.dirty
     assert tab.select_row(0).options["separator"].currentData() == OTHER
+
+
+def test_a_damaged_stored_mapping_is_named_in_the_tab_and_saving_replaces_it(qtbot, offline_env, build_gui):
+    from clinicsync.store.db import database_proxy
+
+    gui = build_gui(offline_env)
+    database_proxy.execute_sql(
+        "INSERT INTO stream_mapping (stream, version, body, saved_at, saved_by) "
+        "VALUES ('cliniko.patients', 4, '{not json', '2025-01-01 00:00:00', 'someone')"
+    )
+    tab = mapping_tab(gui)
+    tab.reload(force=True)
+    assert "(version 4) cannot be read" in tab.message.text()
+    assert tab.rules() == CLINIKO_PATIENTS.rules, "the built-in default stands in, for editing"
+    assert tab.save(), "saving is how a person replaces the damaged row"
+    saved = mapping_store.load("cliniko.patients")
+    assert not saved.unreadable and saved.rules == CLINIKO_PATIENTS.rules

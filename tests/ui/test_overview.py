@@ -293,3 +293,14 @@ def test_one_status_line_is_replaced_while_a_sync_runs(build_gui, offline_env) -
     assert lines() == ["Patients: Reading patient records"]
     assert overview.cancel_button.isEnabled(), "a new sync can be cancelled again"
     bridge.job_finished.emit(JobOutcome(second))
+
+
+def test_an_interrupted_run_is_told_in_plain_words_in_overview_and_history() -> None:
+    from clinicsync.store.queries import RunRow
+    from clinicsync.ui.models import outcome_label, severity_color
+
+    card = stream_view(STREAM, row(last_outcome="interrupted"), None, NOW)
+    assert card.state == "Interrupted (resumes on the next sync)"
+    run = RunRow(1, STREAM, "cli", False, utc_naive(NOW), utc_naive(NOW), "interrupted", 3, 0, 0, 0, 0, 0, 0, "", 1)
+    assert outcome_label(run) == "Interrupted"
+    assert severity_color("interrupted") == severity_color("cancelled"), "nobody must act: the next sync resumes"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -578,3 +579,61 @@ def test_records_without_a_usable_id_are_skipped_and_paging_goes_on():
     ids = [record["id"] for record in make_client(rec).iter_patients_changed_since(None)]
     assert ids == ["1", "2"], "the unusable records are left out; the next page is still read"
     assert "updated_at%3A%3E%3D2024-05-06T07%3A00%3A00Z" in str(rec.requests[1].url), "keyset resumes after them"
+
+
+# -- a host that does not exist: say which, and do not blame the internet for a wrong shard -------------------------
+
+
+def _no_such_host(code: int = socket.EAI_NONAME, text: str = "Name or service not known"):
+    def handler(request: httpx.Request) -> httpx.Response:
+        try:
+            raise socket.gaierror(code, text)  # what the resolver says, chained as httpx chains it
+        except socket.gaierror as exc:
+            raise httpx.ConnectError(f"[Errno {code}] {text}", request=request) from exc
+
+    return handler
+
+
+def test_a_shard_whose_host_does_not_exist_is_named_once_as_a_setting_not_the_internet():
+    recorder = Recorder(_no_such_host())
+    client = make_client(recorder, key="fake_cliniko_key_for_tests-zz9")
+    with pytest.raises(SourceConfigError) as raised:
+        client.get_account()
+    message = str(raised.value)
+    assert "shard 'zz9'" in message and "api.zz9.cliniko.com" in message and "Check the shard" in message, message
+    assert not message.startswith("Cliniko could not be reached"), message
+    assert len(recorder.requests) == 1, "a host that does not exist is not retried"
+
+
+def test_a_known_shard_whose_host_cannot_be_found_names_the_host():
+    client = make_client(Recorder(_no_such_host()))  # au2: a real shard, so most likely this computer is offline
+    with pytest.raises(SourceUnavailable) as raised:
+        client.get_account()
+    message = str(raised.value)
+    assert "api.au2.cliniko.com could not be found" in message and "internet connection" in message, message
+
+
+def test_a_custom_address_that_cannot_be_found_names_its_host():
+    client = make_client(Recorder(_no_such_host()), base_url="https://cliniko-proxy.clinic.example/v1")
+    with pytest.raises(SourceUnavailable) as raised:
+        client.get_account()
+    assert "cliniko-proxy.clinic.example could not be found" in str(raised.value)
+
+
+def test_one_attempt_is_not_called_times():
+    client = make_client(Recorder(httpx.ConnectError("refused")), retry=RetryPolicy(max_attempts=1))
+    with pytest.raises(SourceUnavailable) as raised:
+        client.get_account()
+    assert "tried 1 times" not in str(raised.value) and "tried once" in str(raised.value)
+
+
+def test_the_contact_email_message_names_the_tab_in_the_app_and_the_command_on_the_command_line():
+    from clinicsync.wording import use_cli_wording
+
+    with pytest.raises(SourceConfigError) as in_app:
+        ClinikoClient(KEY, contact_email="")
+    assert "in Connections" in str(in_app.value) and "clinicsync" not in str(in_app.value)
+    with use_cli_wording(), pytest.raises(SourceConfigError) as on_cli:
+        ClinikoClient(KEY, contact_email="not an email")
+    assert "`clinicsync config set contact_email " in str(on_cli.value) and "Connections" not in str(on_cli.value)
+    assert str(in_app.value).split(".")[0] == str(on_cli.value).split(".")[0], "the same problem, in the same words"

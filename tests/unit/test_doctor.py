@@ -31,7 +31,7 @@ def test_a_folder_that_cannot_be_written_is_a_problem(paths: AppPaths) -> None:
     paths.data_dir.rmdir()
     paths.data_dir.write_text("a file where the folder should be")  # unwritable even for root
     check = check_folder(paths)
-    assert (check.status, check.exit_code) == ("problem", 2) and "cannot be written" in check.detail
+    assert (check.status, check.exit_code) == ("problem", 2) and "is a file, not a folder" in check.detail
 
 
 def test_the_first_problem_decides_the_exit_code_and_warnings_do_not_count() -> None:

@@ -276,3 +276,27 @@ def test_a_registered_cliniko_key_is_redacted_without_its_shard_suffix_in_every_
     redactor.register_secret(key)
     for form in (bare, b64(bare + ":"), b64(bare + ":").rstrip("="), quote(bare, safe="")):
         assert redactor.redact(f"key={form}&x=1") == f"key={REDACTED}&x=1", form
+
+
+# --- patient data: library loggers stay quiet, query values and emails are scrubbed --------------------------
+
+
+def test_http_and_sql_libraries_never_log_below_warning_whatever_the_apps_level(paths: AppPaths) -> None:
+    setup_logging(paths, level=logging.DEBUG)
+    for name in ("httpx", "httpcore.http11", "stripe", "peewee"):
+        logging.getLogger(name).info("HTTP Request: GET https://api.stripe.com/v1/customers?email=ann%40example.org")
+    logging.getLogger("clinicsync.test").debug("a line of our own")
+    text = paths.log_file.read_text(encoding="utf-8")
+    assert "ann%40example.org" not in text and "a line of our own" in text
+
+
+def test_a_log_line_loses_query_values_and_email_addresses(paths: AppPaths) -> None:
+    setup_logging(paths)
+    log = logging.getLogger("clinicsync.test.privacy")
+    log.warning("GET https://api.stripe.com/v1/customers?email=ann%40example.org&limit=100 failed")
+    log.warning("GET /v1/patients?q[]=email:=bob@example.com failed")
+    log.warning("Stripe refused: Invalid email address: carol.smith+spam@example.com.au")
+    text = paths.log_file.read_text(encoding="utf-8")
+    for value in ("ann%40example.org", "bob@example.com", "carol.smith+spam@example.com.au"):
+        assert value not in text
+    assert "/v1/customers?email=[redacted]&limit=[redacted]" in text and "Invalid email address: [email]" in text

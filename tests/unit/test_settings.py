@@ -332,18 +332,81 @@ def test_an_invalid_environment_value_is_an_error_not_a_silent_default(db: Sqlit
     [
         ("stripe.workers", 99),
         ("stripe.workers", "many"),
+        ("stripe.workers", 2.5),
+        ("stripe.workers", True),
         ("sync.email_match", "maybe"),
+        ("sync.email_match", 5),
         ("sync.paused", "perhaps"),
         ("cliniko.base_url", "http://example.com"),
         ("cliniko.shard", "zz999"),
         ("retry.max_attempts", 0),
         ("stripe.timeout_seconds", [1, 2]),
+        ("stripe.timeout_seconds", float("nan")),
     ],
 )
-def test_a_stored_value_that_no_longer_validates_falls_back_to_the_default(
+def test_a_stored_value_that_does_not_validate_is_reported_not_silently_defaulted(
     db: SqliteDatabase, key: str, bad: object
 ) -> None:
-    Setting.insert(key=key, value=bad).on_conflict_replace().execute()  # as an older version might have stored
+    Setting.insert(key=key, value=bad).on_conflict_replace().execute()  # as a hand edit or an older version left it
     item = Settings({}).lookup(key)
-    assert (item.value, item.source) == (spec_for(key).default, "default")
-    assert stored(key) == bad, "looking up must not rewrite what is stored"
+    assert item.source == "stored" and item.problem, item
+    assert f"The stored setting {key}" in item.problem and f"clinicsync config unset {key}" in item.problem
+    with pytest.raises(SettingError, match=re.escape(f"The stored setting {key}")):
+        Settings({}).get(key)  # used: refused, never quietly replaced by the default
+    assert stored(key) == bad or bad != bad, "looking up must not rewrite what is stored"
+
+
+@pytest.mark.parametrize("text", ["{not json", "", "NaN", "Infinity", "nope", "null"])
+def test_a_stored_row_that_is_not_json_or_not_finite_is_reported(db: SqliteDatabase, text: str) -> None:
+    db.execute_sql("INSERT OR REPLACE INTO setting (key, value) VALUES ('stripe.timeout_seconds', ?)", (text,))
+    settings = Settings({})
+    item = settings.lookup("stripe.timeout_seconds")
+    assert item.problem.startswith("The stored setting stripe.timeout_seconds"), item
+    listed = {entry.key: entry for entry in settings.all()}
+    assert listed["stripe.timeout_seconds"].problem and not listed["stripe.workers"].problem, "the rest still lists"
+    with pytest.raises(SettingError):
+        settings.get("stripe.timeout_seconds")
+
+
+def test_problems_lists_every_unusable_value_from_the_database_and_the_environment(db: SqliteDatabase) -> None:
+    db.execute_sql("INSERT INTO setting (key, value) VALUES ('stripe.timeout_seconds', 'NaN')")
+    settings = Settings({"CLINICSYNC_STRIPE_WORKERS": "lots"})
+    keys = [item.key for item in settings.problems()]
+    assert keys == ["stripe.workers", "stripe.timeout_seconds"]
+    assert "CLINICSYNC_STRIPE_WORKERS" in settings.lookup("stripe.workers").problem
+
+
+NUMBER_SPECS = tuple(spec for spec in SPECS if spec.type in (int, float))
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", float("nan"), float("inf")])
+def test_numbers_must_be_finite(raw: object) -> None:
+    for spec in (s for s in NUMBER_SPECS if s.type is float):
+        with pytest.raises(SettingError, match=re.escape(f"{spec.key} must be a finite number")):
+            parse_value(spec, raw)
+    with pytest.raises(SettingError, match=re.escape("stripe.workers must be a whole number")):
+        parse_value(spec_for("stripe.workers"), raw)
+
+
+def test_a_timeout_must_be_in_range() -> None:
+    spec = spec_for("stripe.timeout_seconds")
+    for raw in ("-1", "0", "0.5", "121", "1e9"):
+        with pytest.raises(SettingError, match=r"stripe.timeout_seconds must be at (least 1|most 120)"):
+            parse_value(spec, raw)
+
+
+@pytest.mark.parametrize("spec", NUMBER_SPECS, ids=spec_ids(NUMBER_SPECS))
+def test_every_number_setting_has_a_floor_and_a_finite_ceiling(spec: SettingSpec) -> None:
+    assert spec.minimum is not None, "a negative count, delay or rate means nothing"
+    with pytest.raises(SettingError):
+        parse_value(spec, "1e300" if spec.type is float else str(10**300))
+
+
+def test_whole_numbers_from_json_must_be_whole() -> None:
+    spec = spec_for("stripe.workers")
+    assert parse_value(spec, 4.0) == 4
+    for raw in (2.5, True, "4.0"):
+        with pytest.raises(SettingError, match=re.escape("stripe.workers must be a whole number")):
+            parse_value(spec, raw)
+    with pytest.raises(SettingError, match=re.escape("sync.email_match must be text")):
+        parse_value(spec_for("sync.email_match"), 5)

@@ -95,11 +95,11 @@ def test_a_database_from_a_newer_version_is_refused_with_a_clear_message(db: Sql
     SchemaVersion.create(version=99)
     db.close()
 
-    with pytest.raises(RuntimeError) as raised:
+    with pytest.raises(migrations.NewerDatabase) as raised:
         open_database(db_file)
     message = str(raised.value)
-    assert "newer ClinicSync" in message
-    assert "schema 99" in message and f"knows {migrations.LATEST_VERSION}" in message
+    assert "made by a newer ClinicSync" in message and str(db_file) in message
+    assert "schema 99" in message and f"up to schema {migrations.LATEST_VERSION}" in message
     assert "Update ClinicSync" in message
     # Refusing must not have changed the file: the newer version's rows are all still there.
     with sqlite3.connect(db_file) as raw:
