@@ -332,7 +332,7 @@ def _writeback(ctx: Any, args: argparse.Namespace, out: Printer, err: Printer) -
             done, total = writeback.progress(pair, args.stream, config.field_token)
             out(f"{pair.label}: {done} of {total} linked records carry their Stripe id")
         return 0
-    from clinicsync.sync.lock import ProfileLock
+    from clinicsync.profile_lock import ProfileLock
 
     with ProfileLock(ctx.paths.lock_file):
         connection = connect(ctx.settings, ctx.secrets, args.stream)

@@ -188,8 +188,8 @@ def check_connections(secrets: LayeredSecrets, settings: Settings) -> Iterator[C
 
 
 def check_sync_lock(paths: AppPaths) -> Check:
+    from clinicsync.profile_lock import ProfileLock, SyncLocked
     from clinicsync.store import queries
-    from clinicsync.sync.lock import ProfileLock, SyncLocked
 
     try:
         with ProfileLock(paths.lock_file):

@@ -125,7 +125,7 @@ def close_interrupted_runs() -> int:
 
 def close_interrupted_runs_if_idle(paths: AppPaths) -> int:
     """close_interrupted_runs() if no sync holds the profile lock now (for `status`, `doctor` and the like)."""
-    from clinicsync.sync.lock import ProfileLock, SyncLocked
+    from clinicsync.profile_lock import ProfileLock, SyncLocked
 
     if not SyncRun.select().where(SyncRun.outcome == "running").exists():
         return 0  # the common case: no lock file touched

@@ -16,6 +16,7 @@ from clinicsync import secrets as secret_names
 from clinicsync.connections import stripe_key_problem
 from clinicsync.outcomes import STOPS_EVERY_STREAM, Outcome
 from clinicsync.paths import AppPaths
+from clinicsync.profile_lock import ProfileLock
 from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.secrets import SecretStore
 from clinicsync.sources.cliniko import ClinikoClient
@@ -28,7 +29,6 @@ from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
 from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
-from clinicsync.sync.lock import ProfileLock
 
 log = logging.getLogger(__name__)
 
@@ -249,12 +249,12 @@ def failure_of(exc: BaseException) -> tuple[str, str] | None:
     storage (ClinicSync's own database could not be written or read: a full disk, a damaged file),
     cancelled (a person stopped it before the streams ran).
     """
+    from clinicsync.profile_lock import SyncLocked
     from clinicsync.secrets import SecretStoreError
     from clinicsync.sources import errors
     from clinicsync.store.db import storage_problem
     from clinicsync.store.settings import SettingError
     from clinicsync.stripe_gateway import StripeFailure
-    from clinicsync.sync.lock import SyncLocked
 
     if (storage := storage_problem(exc)) is not None:
         return "storage", storage

@@ -41,13 +41,13 @@ from PySide6.QtWidgets import (
 
 from clinicsync import labels
 from clinicsync.labels import plural
-from clinicsync.mapping import store as mapping_store
 from clinicsync.mapping.apply import map_record
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.secrets import STRIPE_API_KEY, MemorySecretStore, SecretStoreError
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.urls import validate_base_url
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store import queries
 from clinicsync.store.models import ReviewItem
 from clinicsync.store.settings import SettingError
@@ -358,9 +358,9 @@ def fetch_customers(key: str, base_url: str | None, stripe_ids: tuple[str, ...])
 def fetch_record(settings: Any, secrets: MemorySecretStore, mapping: StreamMapping, source_id: str) -> Details | None:
     """The record's own details as ClinicSync would send them to Stripe (None: Cliniko has no such record any
     more); runs on a worker thread."""
-    from clinicsync.sync.retry import CancelToken
+    from clinicsync.retry import CancelToken
+    from clinicsync.streams import STREAMS
     from clinicsync.sync.service import cliniko_client
-    from clinicsync.sync.streams import STREAMS
 
     client = cliniko_client(settings, secrets, CancelToken())
     try:

@@ -28,10 +28,10 @@ import keyring.backend
 import pytest
 
 from clinicsync.paths import AppPaths
+from clinicsync.profile_lock import ProfileLock
 from clinicsync.sandbox.faults import FaultPlan
 from clinicsync.secrets import SECRET_NAMES
 from clinicsync.store.settings import SPECS
-from clinicsync.sync.lock import ProfileLock
 from tests.support import admin, executed_writes, stats
 
 REPO = Path(__file__).resolve().parents[2]

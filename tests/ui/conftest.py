@@ -114,3 +114,14 @@ def sandbox_process(tmp_path: Path) -> Iterator[Callable[..., dict]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def env_for(env_for: Callable[..., dict[str, str]]) -> Callable[..., dict[str, str]]:
+    """The window's tests are about the window: they sync the patients stream (the products stream has its own
+    tests, and would add a run row and a status line to every screen checked here)."""
+
+    def make(sandbox: Sandbox, name: str = "profile", **overrides: str) -> dict[str, str]:
+        return env_for(sandbox, name, **{"CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false", **overrides})
+
+    return make

@@ -37,8 +37,8 @@ def test_every_tab_builds_and_show_tab_reaches_each(build_gui, offline_env) -> N
 
 
 def test_sync_now_against_a_sandbox_in_another_process(qtbot, build_gui, home, sandbox_process) -> None:
-    info = sandbox_process("--profile", "clean", "--patients", "60")
-    gui = build_gui(profile_env(home, info["env"]))
+    info = sandbox_process("--profile", "clean", "--patients", "60", "--products", "0")
+    gui = build_gui(profile_env(home, info["env"], CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false"))
     overview = gui.window.show_tab("overview")
     with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as finished:
         qtbot.mouseClick(overview.sync_button, Qt.MouseButton.LeftButton)
@@ -47,7 +47,7 @@ def test_sync_now_against_a_sandbox_in_another_process(qtbot, build_gui, home, s
     assert overview.cards[STREAM].labels["state"].text() == "Up to date"
     assert overview.mode_badge.text() == SANDBOX
     assert executed_writes(info["stripe_url"]) == 60
-    (run,) = queries.recent_runs()
+    (run,) = [r for r in queries.recent_runs() if r.stream == STREAM]
     assert (run.trigger, run.created) == ("manual", 60)
     history = gui.window.show_tab("history")
     qtbot.waitUntil(lambda: history.selected_run() is not None and history.selected_run().created == 60)

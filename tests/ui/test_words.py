@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from clinicsync.sync.retry import CancelToken
 from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtGui import QTextDocument
 from PySide6.QtWidgets import (
@@ -26,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from clinicsync.labels import for_gui, plural, stream_title
 from clinicsync.mapping.transforms import TRANSFORMS
+from clinicsync.retry import CancelToken
 from clinicsync.secrets import MemorySecretStore
 from clinicsync.sync import service
 from clinicsync.sync.engine import RunResult

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from clinicsync.profile_lock import SyncLocked
 from clinicsync.retry import Cancelled
-from clinicsync.sync.lock import SyncLocked
 from clinicsync.sync.service import failure_of
 
 

@@ -11,10 +11,10 @@ import pytest
 from peewee import SqliteDatabase
 
 from clinicsync.paths import AppPaths
+from clinicsync.profile_lock import ProfileLock
 from clinicsync.store import queries
 from clinicsync.store.db import open_database
 from clinicsync.store.models import AccountPair, SyncEvent, SyncRun, utcnow
-from clinicsync.sync.lock import ProfileLock
 
 
 @pytest.fixture
