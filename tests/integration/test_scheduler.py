@@ -347,3 +347,82 @@ def test_a_missed_reconciliation_runs_once_at_start_and_calls_the_registered_rec
     assert called == [RECONCILE, RECONCILE]
     day, time = _local(h.asked(RECONCILE)[-1][0])
     assert day == "Fri" and "02:30" <= time < "03:30", "the next one at Friday's slot (within this test's hour step)"
+
+
+def test_a_refused_key_raises_one_alert_and_a_working_one_clears_it(make_sandbox, harness) -> None:
+    from clinicsync.secrets import STRIPE_API_KEY
+    from clinicsync.sync import alerts
+
+    sandbox = make_sandbox(profile="clean", patients=3)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    good = h.host.credentials
+    wrong = {**good(), STRIPE_API_KEY: "sk_test_sandbox_revoked"}
+    h.host.scheduler.credentials = lambda: wrong
+    h.step()
+    for _ in range(5):
+        h.step(60)
+    assert [a.key for a in alerts.active_alerts()] == ["auth:stripe"]
+    assert len(alerts.take_due_notices(h.clock.now())) == 1 and alerts.take_due_notices(h.clock.now()) == []
+    assert len(runs(PATIENTS, outcome=Outcome.FAILED)) == 6, "every refused run is in the history"
+
+    h.host.scheduler.credentials = good  # the key was fixed in Connections
+    h.step(60)
+    assert alerts.active_alerts() == []
+
+
+def test_requests_from_a_window_reach_the_host_through_the_database(make_sandbox, harness) -> None:
+    from clinicsync.sync import attach, requests
+
+    sandbox = make_sandbox(profile="clean", patients=3)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    request_id = attach.sync_now(origin="test window")
+    h.step()  # the service's next tick (a second or so later) carries it out
+    state = attach.request_state(request_id)
+    assert state is not None and state.status == requests.DONE and state.job_id is not None
+    assert "cliniko.patients: ok" in state.result
+    assert runs(PATIENTS, trigger="manual")
+
+    paused = attach.pause()
+    h.step()
+    assert attach.request_state(paused).status == requests.DONE and h.ctx.settings.get("sync.paused") is True
+    refused = attach.sync_now()
+    h.step()
+    state = attach.request_state(refused)
+    assert state.status == requests.REFUSED and "paused" in state.result
+    assert runs(PATIENTS, outcome=Outcome.SKIPPED, trigger="manual"), "the refusal is in the history too"
+    attach.resume()
+    h.step()
+    assert h.ctx.settings.get("sync.paused") is False
+
+
+def test_a_request_nobody_answered_in_time_is_not_carried_out_later(make_sandbox, harness) -> None:
+    from clinicsync.store.models import ServiceRequest
+    from clinicsync.sync import attach, requests
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    stale = attach.sync_now()
+    row = ServiceRequest.get_by_id(stale)
+    ServiceRequest.update(created_at=row.created_at - timedelta(minutes=10)).where(ServiceRequest.id == stale).execute()
+    h.step()
+    state = attach.request_state(stale)
+    assert state.status == requests.REFUSED and state.result == requests.STALE_MESSAGE
+    assert runs(PATIENTS, trigger="manual") == []
+
+
+def test_an_idle_poll_costs_no_more_requests_than_the_budget_check_assumes(make_sandbox, harness) -> None:
+    from clinicsync.sync.scheduler import poll_cost
+    from tests.support import stats
+
+    sandbox = make_sandbox(profile="clean", patients=20)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    before = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
+    for _ in range(3):
+        h.step(60)
+    after = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
+    cliniko, stripe = ((b - a) / 3 for a, b in zip(before, after, strict=True))
+    assert cliniko <= poll_cost("cliniko", 1), f"{cliniko} Cliniko requests per idle poll"
+    assert stripe <= poll_cost("stripe", 1), f"{stripe} Stripe requests per idle poll"
