@@ -200,6 +200,9 @@ class ClockedScheduler(BaseScheduler):
 class RunRequester(Protocol):
     """The runner, as the scheduler sees it (clinicsync.sync.runner.SyncRunner)."""
 
+    @property
+    def busy(self) -> bool: ...
+
     def request(
         self,
         *,
@@ -236,6 +239,8 @@ class SyncScheduler:
         credentials: Credentials,
         zone: tzinfo | None = None,
     ) -> None:
+        # APScheduler logs every job it runs at INFO: twice a minute per stream. This module logs what matters.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self.runner = runner
         self.settings = settings
         self.clock = clock
@@ -251,6 +256,8 @@ class SyncScheduler:
         self._finished_lock = threading.Lock()
         self._last_done: dict[str, datetime] = {}  # stream → when its last run finished (by this clock)
         self._settle_until: datetime | None = None
+        self._reconcile_job: int | None = None  # the runner job of the reconciliation in flight
+        self._reconcile_owed = False  # due, but a sync was running: asked for as soon as it ends
         self._approval_checked = clock.monotonic()
         # What was asked of the runner, newest last: (at, trigger, streams, "queued" or why not). For tests and
         # support; bounded, as a service runs for months.
@@ -356,9 +363,19 @@ class SyncScheduler:
     def _first_reconcile(self, trigger: CronTrigger, now: datetime) -> datetime | None:
         """The first slot after the last reconciliation asked for: in the past (missed while closed or asleep)
         means once, now. Never asked for: the next slot."""
+        from clinicsync.outcomes import Outcome
         from clinicsync.store.models import SyncRun
+        from clinicsync.sync.reconcile_hook import NOT_AVAILABLE
 
-        last = SyncRun.select(SyncRun.started_at).where(SyncRun.stream == RECONCILE).order_by(SyncRun.id.desc()).first()
+        # A run counts as done if it ran, or was answered "not available yet"; one skipped because a sync was
+        # running (or paused) is still owed.
+        done = (SyncRun.outcome != Outcome.SKIPPED) | (SyncRun.message == NOT_AVAILABLE)
+        last = (
+            SyncRun.select(SyncRun.started_at)
+            .where((SyncRun.stream == RECONCILE) & done)
+            .order_by(SyncRun.id.desc())
+            .first()
+        )
         since = aware_utc(last.started_at) if last is not None else now
         slot = trigger.get_next_fire_time(None, since + timedelta(microseconds=1))
         return None if slot is None else max(now, slot)
@@ -404,9 +421,18 @@ class SyncScheduler:
             self._rearm(name, now + timedelta(seconds=config.interval_s))
 
     def _ask_reconcile(self) -> None:
+        if self._in_flight:  # a poll was just queued: the reconciliation goes right after it, not against it
+            self._owe_reconcile()
+            return
         job, why_not = self._request(RECONCILE, ())
-        if job is None and why_not == BUSY_MESSAGE:  # never dropped: asked again shortly
-            self._rearm(RECONCILE, self.clock.now() + RECONCILE_RETRY)
+        if job is not None:
+            self._reconcile_job = job.id
+        elif why_not == BUSY_MESSAGE:  # never dropped: asked again when the running sync ends
+            self._owe_reconcile()
+
+    def _owe_reconcile(self) -> None:
+        self._reconcile_owed = True
+        self._rearm(RECONCILE, self.clock.now() + RECONCILE_RETRY)  # at the latest
 
     def _request(self, trigger: str, streams: tuple[str, ...]) -> tuple[Job | None, str]:
         try:
@@ -435,12 +461,19 @@ class SyncScheduler:
         now = self.clock.now()
         interval = timedelta(seconds=self.config.interval_s)
         for outcome in finished:
+            if outcome.job.id == self._reconcile_job:
+                self._reconcile_job = None
+                if outcome.failure_kind == "locked":  # another process was syncing: still owed
+                    self._owe_reconcile()
             streams = self._in_flight.pop(outcome.job.id, ())
             ran = {result.stream for result in outcome.results if result.stream in STREAMS} | set(streams)
             for stream in ran:
                 self._last_done[stream] = now
                 if stream not in self._held:
                     self._rearm(stream, now + interval)
+        if self._reconcile_owed and not self._in_flight and not self.runner.busy:
+            self._reconcile_owed = False
+            self._rearm(RECONCILE, now)
 
     def _recheck_approvals(self) -> None:
         self._approval_checked = self.clock.monotonic()

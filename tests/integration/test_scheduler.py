@@ -426,3 +426,31 @@ def test_an_idle_poll_costs_no_more_requests_than_the_budget_check_assumes(make_
     cliniko, stripe = ((b - a) / 3 for a, b in zip(before, after, strict=True))
     assert cliniko <= poll_cost("cliniko", 1), f"{cliniko} Cliniko requests per idle poll"
     assert stripe <= poll_cost("stripe", 1), f"{stripe} Stripe requests per idle poll"
+
+
+def test_a_reconciliation_that_meets_a_running_sync_is_asked_again_shortly_not_dropped(make_sandbox, harness) -> None:
+    from clinicsync.sync.scheduler import RECONCILE_RETRY
+
+    sandbox = make_sandbox(profile="clean", patients=2)
+    gate = Gate()
+    h = harness(
+        sandbox,
+        clock=ManualClock(datetime(2026, 3, 2, 1, 59, tzinfo=UTC)),
+        listener=gate,
+        CLINICSYNC_SCHEDULE_RECONCILE_TIME="02:00",
+        **ONLY_PATIENTS,
+    )
+    h.step()
+    gate.armed = True
+    assert h.host.runner.submit(trigger="manual", credentials=h.host.credentials()) is not None
+    assert gate.entered.wait(30)
+    h.clock.advance(60)
+    h.host.tick()  # 02:00: the reconciliation comes due while a sync runs
+    gate.armed = False
+    gate.open.set()
+    assert h.host.wait_idle(60)
+    h.step(RECONCILE_RETRY.total_seconds())
+    assert [(r.outcome, r.message) for r in runs(RECONCILE)] == [
+        (Outcome.SKIPPED, BUSY_MESSAGE),
+        (Outcome.SKIPPED, NOT_AVAILABLE),
+    ]
