@@ -56,9 +56,9 @@ class SystemClock:
 
 
 class ManualClock:
-    """A clock that moves only when told: `advance` (time passes while the machine is awake) or `sleep_for`
-    (the machine is suspended: the wall clock jumps, the monotonic clock does not). `wait` never blocks; the
-    caller's loop is driven step by step instead."""
+    """A clock that moves only when told: `advance` (time passes while the machine is awake), `sleep_for` (the
+    machine is suspended: the wall clock jumps, the monotonic clock does not) or `set` (someone changes the
+    time). `wait` never blocks; the caller's loop is driven step by step instead."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = aware_utc(start) if start is not None else datetime.now(UTC).replace(microsecond=0)
@@ -89,11 +89,9 @@ class ManualClock:
             return self._now
 
     def set(self, moment: datetime) -> None:
-        """Jump the wall clock (and the monotonic clock by as much): a test starting at a chosen time."""
+        """Someone changes the computer's clock: the wall clock jumps, the monotonic clock does not follow."""
         with self._lock:
-            moment = aware_utc(moment)
-            self._monotonic += max(0.0, (moment - self._now).total_seconds())
-            self._now = moment
+            self._now = aware_utc(moment)
 
 
 class WakeDetector:
@@ -109,12 +107,14 @@ class WakeDetector:
         self._threshold = threshold_s
         self._last_wall = clock.now()
         self._last_mono = clock.monotonic()
+        self.went_back_s = 0.0  # set by `check` when the wall clock was turned back (by a person, or NTP)
 
     def check(self) -> float | None:
         wall, mono = self._clock.now(), self._clock.monotonic()
         wall_gap = (wall - self._last_wall).total_seconds()
         skew = wall_gap - (mono - self._last_mono)  # time the wall clock saw pass that this process did not
         self._last_wall, self._last_mono = wall, mono
+        self.went_back_s = -skew if skew < -self._threshold else 0.0
         return wall_gap if skew > self._threshold else None
 
     def overslept(self, asked_s: float, waited_s: float) -> float | None:

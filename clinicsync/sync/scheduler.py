@@ -284,6 +284,8 @@ class SyncScheduler:
         away = self.wake.check()
         if away is not None:
             self.woke(away)
+        elif self.wake.went_back_s:
+            self._clock_went_back()
         self._apply(ScheduleConfig.from_settings(self.settings))
         self._take_finished()
         if self._held and self.clock.monotonic() - self._approval_checked >= APPROVAL_RECHECK_S:
@@ -301,6 +303,25 @@ class SyncScheduler:
         """The machine was asleep (or this process frozen) for about `away_s`: catch up once, shortly."""
         log.info("the computer was away for about %s; catching up once in %.0f s", _duration(away_s), WAKE_SETTLE_S)
         self._settle_until = self.clock.now() + timedelta(seconds=WAKE_SETTLE_S)
+
+    def _clock_went_back(self) -> None:
+        """Next run times are wall-clock times: after the clock is turned back, none may lie further ahead than
+        its own interval (or the reconciliation's next slot), or polling would stop for as long."""
+        log.info("the clock was turned back by %s; moving the next checks to match", _duration(self.wake.went_back_s))
+        now = self.clock.now()
+        config = self.config
+        if config is None:
+            return
+        latest = now + timedelta(seconds=config.interval_s)
+        for job in self.aps.get_jobs():
+            if job.next_run_time is None:
+                continue
+            if job.id == RECONCILE:
+                slot = job.trigger.get_next_fire_time(None, now)
+                if slot is not None and slot < job.next_run_time:
+                    self._rearm(RECONCILE, slot)
+            elif job.next_run_time > latest:
+                self._rearm(job.id, latest)
 
     # --- what the window and `status` show ------------------------------------------------------------------
     def next_runs(self) -> dict[str, datetime | None]:

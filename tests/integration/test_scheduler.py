@@ -454,3 +454,13 @@ def test_a_reconciliation_that_meets_a_running_sync_is_asked_again_shortly_not_d
         (Outcome.SKIPPED, BUSY_MESSAGE),
         (Outcome.SKIPPED, NOT_AVAILABLE),
     ]
+
+
+def test_a_clock_turned_back_does_not_stop_the_polls(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=2)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    h.clock.set(h.clock.now() - timedelta(hours=1))  # someone sets the computer's clock back an hour
+    h.step()
+    h.step(60)
+    assert len(h.asked()) == 2, "the next poll came an interval later, not an hour and an interval later"

@@ -60,6 +60,15 @@ def test_a_suspend_shows_as_the_wall_clock_outrunning_the_monotonic_one() -> Non
     assert wake.overslept(1.0, 600.0) == 600.0, "where the monotonic clock counts a suspend, the wait tells"
 
 
+def test_a_clock_turned_back_is_noticed_too() -> None:
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    wake = WakeDetector(clock, threshold_s=30)
+    clock.set(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))  # a person sets the clock back an hour
+    assert wake.check() is None and wake.went_back_s == pytest.approx(3600)
+    clock.advance(1)
+    assert wake.check() is None and wake.went_back_s == 0.0
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[SqliteDatabase]:
     database = open_database(tmp_path / "db.sqlite3")
