@@ -254,7 +254,7 @@ class SyncRunner:
 
 
 def _service_of(exc: BaseException) -> str | None:
-    """ "stripe" or the source ("cliniko") an error came from, for alerts that name the unreachable service."""
+    """Which service an error came from ("stripe", or the source: "cliniko"), for alerts that name it."""
     from clinicsync.sources.errors import SourceError
     from clinicsync.stripe_gateway import StripeFailure
 
