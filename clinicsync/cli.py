@@ -110,6 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     ctx = bootstrap()
     queries.close_interrupted_runs_if_idle(ctx.paths)  # a run whose process died is not "running"
+    _print_attention(ctx.paths)
     rows = queries.stream_status()
     if not rows and queries.real_runs_exist():  # runs that stopped before reading anything
         out("No sync has got as far as reading records yet; `clinicsync history` shows each attempt and why.")
@@ -171,6 +172,28 @@ def _positive(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs (1 or more)")
     return number
+
+
+def _print_attention(paths: Any) -> None:
+    """Active alerts first (what a person must do), then who runs the schedule."""
+    from clinicsync.sync import attach
+
+    alerts = attach.active_alerts()
+    if alerts:
+        out("Needs your attention:")
+        for alert in alerts:
+            out(f"  ! {alert.title} (since {alert.since:%Y-%m-%d %H:%M} UTC)")
+            out(f"    {alert.message}")
+        out()
+    holder = attach.scheduler_holder(paths)
+    if holder is None:
+        out("Schedule: not running (start the app, or `clinicsync serve`).")
+    else:
+        who = "the ClinicSync window" if holder.kind == "window" else "`clinicsync serve`"
+        nexts = sorted(t for t in holder.next_runs.values() if t)
+        when = f", next check {nexts[0].replace('T', ' ')} UTC" if nexts else ""
+        out(f"Schedule: run by {who} (pid {holder.pid}), {holder.state}{when}.")
+    out()
 
 
 # --- review ----------------------------------------------------------------------------------------------
@@ -349,13 +372,45 @@ def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    if getattr(args, "home", None):  # what a start-at-login entry passes for a profile other than the default
+        from clinicsync.paths import HOME_ENV_VAR
+
+        os.environ[HOME_ENV_VAR] = args.home
     try:
         from clinicsync.ui.main import run_gui
     except ImportError as exc:  # a broken install or bundle: say so, and fail, rather than exit as if all is well
         err(f"The desktop window cannot start: {exc}. Reinstall ClinicSync (`make run` from a checkout does it).")
         err("Headless use still works: `clinicsync sync --once`, `clinicsync status`, `clinicsync doctor`.")
         return EXIT_CONFIG
-    return run_gui()
+    return run_gui(minimized=bool(getattr(args, "minimized", False)))
+
+
+# --- serve and start at login ------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from clinicsync.cli_serve import run
+
+    return run(args, out, err)
+
+
+def cmd_autostart(args: argparse.Namespace) -> int:
+    from clinicsync import autostart
+    from clinicsync.paths import AppPaths
+
+    paths = AppPaths.resolve(os.environ)
+    try:
+        if args.action == "on":
+            where = autostart.enable(paths)
+            out(f"ClinicSync will start in the tray when you log in ({where}).")
+        elif args.action == "off":
+            removed = autostart.disable(paths)
+            out("ClinicSync will no longer start when you log in." if removed else "It was not set to start at login.")
+        else:
+            enabled = autostart.is_enabled(paths)
+            out("Starts at login: " + ("yes" if enabled else "no"))
+    except autostart.AutostartError as exc:
+        err(str(exc))
+        return EXIT_CONFIG
+    return EXIT_OK
 
 
 # --- doctor ----------------------------------------------------------------------------------------------
@@ -408,7 +463,9 @@ def _review_id(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinicsync", description="Keep Cliniko and Stripe in agreement.")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("gui", help="open the desktop app (the default)")
+    gui = sub.add_parser("gui", help="open the desktop app (the default)")
+    gui.add_argument("--minimized", action="store_true", help="start in the tray, without showing the window")
+    gui.add_argument("--home", help="use the profile in this folder (as CLINICSYNC_HOME does)")
 
     sync = sub.add_parser("sync", help="run a sync")
     sync.add_argument("--once", action="store_true", help="run each stream once and exit")
@@ -454,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the folder, database, keyring, keys and connections (reads only)")
     doctor.add_argument("--offline", action="store_true", help="skip the connection tests")
 
+    from clinicsync.cli_serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
+    autostart = sub.add_parser("autostart", help="start ClinicSync in the tray when you log in")
+    autostart.add_argument("action", choices=("on", "off", "status"))
+
     from clinicsync.cli_mapping import add_parser as add_mapping_parser
 
     add_mapping_parser(sub)
@@ -470,7 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_CONFIG if exc.code else EXIT_OK
     if args.command == "sync" and not args.once:
-        err("Scheduled syncing runs in the desktop app; use `clinicsync sync --once` for a single headless run.")
+        err(
+            "Scheduled syncing runs in the desktop app, or headless with `clinicsync serve`; use "
+            "`clinicsync sync --once` for a single run."
+        )
         return EXIT_CONFIG
     try:
         return _dispatch(args)
@@ -497,7 +563,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
     handlers["history"] = cmd_history
-    handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor}
+    handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor, "serve": cmd_serve, "autostart": cmd_autostart}
     handler = handlers.get(args.command, cmd_gui)
     try:
         if handler is cmd_gui:

@@ -31,6 +31,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NEEDS_APPROVAL = "needs_approval"  # a first live sync planned and waits for a person
+    SKIPPED = "skipped"  # asked for (by the schedule or a window) but not started; the message says why
 
 
 class StopKind(StrEnum):

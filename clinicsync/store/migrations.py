@@ -88,12 +88,30 @@ def _v5_write_plans(db: SqliteDatabase) -> None:
     )
 
 
+def _v6_scheduling(db: SqliteDatabase) -> None:
+    """Background syncs: service requests from an attached window, the scheduler's state, alerts, and folded
+    idle polls. Idempotent (step 1 builds tables from the current models)."""
+    db.create_tables(models.SCHEDULING_MODELS, safe=True)
+    present = {column.name for column in db.get_columns("sync_run")}
+    for column, ddl in (("checks", "INTEGER NOT NULL DEFAULT 1"), ("checks_since", "DATETIME")):
+        if column not in present:
+            db.execute_sql(f"ALTER TABLE sync_run ADD COLUMN {column} {ddl}")
+    # At most one open occurrence per situation: raised once, not once per run that sees it.
+    db.execute_sql(
+        "CREATE UNIQUE INDEX IF NOT EXISTS alert_one_open_per_key ON alert (key) WHERE state IN ('pending', 'active')"
+    )
+    # The scheduler reads each stream's latest run at start and after every poll (next run, folding).
+    db.execute_sql("CREATE INDEX IF NOT EXISTS sync_run_stream ON sync_run (stream, id)")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS service_request_status ON service_request (status, id)")
+
+
 MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v1_initial,
     _v2_mapping,
     _v3_history_index,
     _v4_index_high_water,
     _v5_write_plans,
+    _v6_scheduling,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -153,6 +153,11 @@ class SyncRun(BaseModel):
     failed = IntegerField(default=0)
     review = IntegerField(default=0)
     message = TextField(default="")
+    # Scheduled polls that found nothing to do, folded into one row (schema v6): an idle hour is one row ("60
+    # checks, nothing changed"), not sixty. The row is the latest check (its times, its id); `checks_since` is
+    # when the first of them started. Every other run has its own row, 1 check and no `checks_since`.
+    checks = IntegerField(default=1)
+    checks_since = DateTimeField(null=True)
 
 
 class SyncEvent(BaseModel):
@@ -326,10 +331,59 @@ class WritebackMark(BaseModel):
         indexes = ((("pair", "stream", "source_id"), True),)
 
 
+class ServiceRequest(BaseModel):
+    """Something a window asks of the process that runs this profile's scheduler (schema v6): `clinicsync serve`
+    polls this table, so a window attached to it never starts a second scheduler."""
+
+    id = AutoField()
+    kind = CharField()  # sync, cancel, pause, resume
+    streams = JSONField(null=True)  # for sync: the streams asked for; None: every enabled stream
+    origin = CharField(default="")  # who asked, for the log ("window pid 4242")
+    status = CharField(default="pending")  # pending, accepted, refused, done
+    result = TextField(default="")  # what came of it, in words
+    job_id = IntegerField(null=True)  # the runner's job, once accepted
+    created_at = DateTimeField(default=utcnow)
+    handled_at = DateTimeField(null=True)
+
+
+class SchedulerState(BaseModel):
+    """What the process running this profile's scheduler is doing (one row, id 1; schema v6). The scheduler lock
+    file says whether one runs at all; this row says which one, since when, and when each job runs next."""
+
+    id = IntegerField(primary_key=True)
+    holder = CharField()  # serve, window
+    pid = IntegerField()
+    host = CharField(default="")
+    started_at = DateTimeField(default=utcnow)
+    heartbeat_at = DateTimeField(default=utcnow)
+    state = CharField(default="idle")  # idle, syncing, paused, stopped
+    next_runs = JSONField(default=dict)  # job id ("cliniko.patients", "reconcile") → naive UTC ISO time
+
+
+class Alert(BaseModel):
+    """A situation a person must act on (schema v6). One row per occurrence: `pending` while it is seen but not
+    yet worth anyone's time (an outage shorter than the threshold), `active` once raised, `cleared` when over."""
+
+    id = AutoField()
+    key = CharField()  # identifies the situation: "auth", "unreachable:stripe", "failing:cliniko.patients"
+    kind = CharField()  # auth, unreachable, review, failing, reconcile
+    state = CharField(default="pending")
+    title = CharField(default="")
+    message = TextField(default="")
+    since = DateTimeField(default=utcnow)  # when the situation was first seen
+    raised_at = DateTimeField(null=True)
+    notified_at = DateTimeField(null=True)  # last time a person was told (at most once a day)
+    notified_count = IntegerField(default=0)
+    cleared_at = DateTimeField(null=True)
+    detail = JSONField(default=dict)
+
+
 # Tables added by schema v2 (migrations._v2_mapping); kept out of ALL_MODELS, which step 1 creates.
 MAPPING_MODELS: tuple[type[BaseModel], ...] = (StreamMappingRow, MappingRevision, FieldAllowance, WritebackMark)
 # Added by schema v5 (migrations._v5_write_plans).
 PLAN_MODELS: tuple[type[BaseModel], ...] = (RoleLink,)
+# Added by schema v6 (migrations._v6_scheduling).
+SCHEDULING_MODELS: tuple[type[BaseModel], ...] = (ServiceRequest, SchedulerState, Alert)
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (

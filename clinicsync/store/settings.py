@@ -69,6 +69,19 @@ def _base_url(value: str) -> str | None:
     return None
 
 
+def _clock_time(value: str) -> str | None:
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value)
+    if match and int(match[1]) < 24 and int(match[2]) < 60:
+        return None
+    return f"{value!r} is not a time of day like 02:00 or 13:30"
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# The scheduler checks the interval against each source's request budget too (clinicsync/sync/scheduler.py):
+# with more streams to poll, it may wait a little longer than this.
+MIN_INTERVAL_SECONDS = 15
+
+
 SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("contact_email", str, "", "Contact email sent to Cliniko in the User-Agent", check=_contact_email),
     SettingSpec("cliniko.shard", str, "au1", "Cliniko shard for API keys without a suffix", check=_shard),
@@ -120,6 +133,41 @@ SPECS: tuple[SettingSpec, ...] = (
         choices=("including_tax", "ex_tax"),
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
+    SettingSpec(
+        "schedule.interval_seconds",
+        int,
+        60,
+        "Check Cliniko for changes every (seconds)",
+        minimum=MIN_INTERVAL_SECONDS,
+        maximum=24 * 3600,
+    ),
+    SettingSpec("schedule.cliniko.patients.enabled", bool, True, "Check Cliniko patients for changes on that schedule"),
+    SettingSpec("schedule.cliniko.products.enabled", bool, True, "Check Cliniko products for changes on that schedule"),
+    SettingSpec(
+        "schedule.reconcile.frequency",
+        str,
+        "daily",
+        "How often to compare Stripe with Cliniko in full",
+        choices=("daily", "weekly", "off"),
+    ),
+    SettingSpec(
+        "schedule.reconcile.time",
+        str,
+        "02:00",
+        "Time of day for the full comparison (24-hour, this computer's clock; run at start if missed)",
+        check=_clock_time,
+    ),
+    SettingSpec(
+        "schedule.reconcile.day", str, "monday", "Day of the week for a weekly full comparison", choices=WEEKDAYS
+    ),
+    SettingSpec(
+        "alerts.outage_minutes",
+        int,
+        30,
+        "Tell me when Cliniko or Stripe cannot be reached for longer than (minutes)",
+        minimum=1,
+        maximum=7 * 24 * 60,
+    ),
     SettingSpec(
         "stripe.search_settle_seconds",
         float,

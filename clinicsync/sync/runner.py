@@ -20,7 +20,9 @@ from clinicsync.retry import CancelToken
 from clinicsync.secrets import MemorySecretStore, SecretStore
 from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import RunResult
-from clinicsync.sync.service import failure_of, run_sync
+from clinicsync.sync.history import SCHEDULE, awaiting_approval, record_skipped
+from clinicsync.sync.reconcile_hook import RECONCILE, run_reconciliation
+from clinicsync.sync.service import enabled_streams, failure_of, run_sync
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Job:
     id: int
-    trigger: str  # manual, schedule, retry, first_run
+    trigger: str  # manual, schedule, retry, first_run; reconcile: a reconciliation instead of a sync
     streams: tuple[str, ...] | None = None
     dry_run: bool = False
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -41,6 +43,7 @@ class JobOutcome:
     # config, auth, locked, unreachable, error, storage, internal; cancelled: dropped unrun at shutdown
     failure_kind: str | None = None
     message: str = ""
+    service: str | None = None  # which service a failure before the streams concerns: "stripe", "cliniko"
 
     @property
     def needs_attention(self) -> bool:
@@ -67,6 +70,11 @@ _STOP = object()
 SHUTDOWN_MESSAGE = "Not started: ClinicSync was shutting down."
 CANCELLED_MESSAGE = "Not started: the sync before it was cancelled."
 PAUSED_MESSAGE = "Not started: syncing is paused."
+BUSY_MESSAGE = "Not started: another sync was already running."
+APPROVAL_MESSAGE = (
+    "Not started: the first sync to the LIVE Stripe account waits for a person to approve its plan "
+    "(Overview, or `clinicsync plan show`)."
+)
 
 
 def is_paused(settings: Settings) -> bool:
@@ -129,6 +137,49 @@ class SyncRunner:
             self._queue.put(job)
         return job
 
+    def request(
+        self,
+        *,
+        trigger: str,
+        credentials: Mapping[str, str],
+        streams: Sequence[str] | None = None,
+        when_busy: str = "skip",
+    ) -> tuple[Job | None, str]:
+        """Ask for a run on behalf of the schedule or a window's request; the runner decides. Returns (job, "")
+        when queued, else (None, why not), and then records the refusal as a skipped run of each stream asked
+        for, so the history shows every run that was asked for.
+
+        Refused: while paused or shutting down; while another sync runs or waits (`when_busy="skip"`, the
+        schedule's choice; "queue" lets it wait behind the running one, as Sync now does); and, for scheduled
+        runs, while a first live sync's plan waits for approval (another run would only plan again).
+        """
+        names = [RECONCILE] if trigger == RECONCILE else list(streams or enabled_streams(self._settings))
+        why_not = self._why_refused(trigger, names, when_busy)
+        if why_not is None:
+            job = self.submit(trigger=trigger, credentials=credentials, streams=streams)
+            if job is not None:
+                return job, ""
+            why_not = self._why_refused(trigger, names, "skip") or BUSY_MESSAGE
+        try:
+            record_skipped(names, trigger, why_not)
+        except Exception:  # a full disk must not turn a refusal into a crash of the caller's loop
+            log.exception("could not record a skipped run")
+        return None, why_not
+
+    def _why_refused(self, trigger: str, names: Sequence[str], when_busy: str) -> str | None:
+        if self.paused():
+            return PAUSED_MESSAGE
+        with self._lock:
+            if self._stopping:
+                return SHUTDOWN_MESSAGE
+            busy = self._current is not None or self._queued > 0
+            queued = self._queued > 0
+        if (busy and when_busy == "skip") or queued:
+            return BUSY_MESSAGE
+        if trigger == SCHEDULE and awaiting_approval(names):
+            return APPROVAL_MESSAGE
+        return None
+
     def cancel(self) -> None:
         """Stop the running sync at its next safe point, and the one waiting behind it (reported cancelled,
         never started): Cancel means "stop syncing now". Queued Stripe writes stay queued."""
@@ -185,21 +236,37 @@ class SyncRunner:
         def progress(stream: str, done: int, total: int | None, step: str) -> None:
             self._listener.job_progress(job, stream, done, total, step)
 
+        secrets = MemorySecretStore(job.credentials)
         try:
-            results = run_sync(
-                self._paths,
-                self._settings,
-                MemorySecretStore(job.credentials),
-                streams=job.streams,
-                trigger=job.trigger,
-                dry_run=job.dry_run,
-                cancel=cancel,
-                progress=progress,
-            )
+            if job.trigger == RECONCILE:
+                results = run_reconciliation(self._paths, self._settings, secrets, cancel=cancel, progress=progress)
+            else:
+                results = run_sync(
+                    self._paths,
+                    self._settings,
+                    secrets,
+                    streams=job.streams,
+                    trigger=job.trigger,
+                    dry_run=job.dry_run,
+                    cancel=cancel,
+                    progress=progress,
+                )
         except Exception as exc:
             failure = failure_of(exc)
             if failure is None:
                 log.exception("sync job %s failed unexpectedly", job.id)
                 return JobOutcome(job, failure_kind="internal", message=f"Unexpected problem: {type(exc).__name__}")
-            return JobOutcome(job, failure_kind=failure[0], message=failure[1])
+            return JobOutcome(job, failure_kind=failure[0], message=failure[1], service=_service_of(exc))
         return JobOutcome(job, results=tuple(results))
+
+
+def _service_of(exc: BaseException) -> str | None:
+    """Which service an error came from ("stripe", or the source: "cliniko"), for alerts that name it."""
+    from clinicsync.sources.errors import SourceError
+    from clinicsync.stripe_gateway import StripeFailure
+
+    if isinstance(exc, StripeFailure):
+        return "stripe"
+    if isinstance(exc, SourceError):
+        return exc.service.casefold()
+    return None

@@ -232,7 +232,7 @@ def _start_first_run(gui: GuiApp) -> None:
         gui.first_run_dialog = start(gui.ui, gui.window, on_switch_profile=gui.switch_profile)
 
 
-def run_gui(argv: Sequence[str] | None = None) -> int:
+def run_gui(argv: Sequence[str] | None = None, *, minimized: bool = False) -> int:
     argv = list(sys.argv[:1] if argv is None else argv) or ["clinicsync"]
     QApplication.setApplicationName(APP_NAME)
     QApplication.setOrganizationName(APP_NAME)
@@ -270,7 +270,8 @@ def run_gui(argv: Sequence[str] | None = None) -> int:
     app.aboutToQuit.connect(gui.shutdown)
     sys.excepthook = _log_uncaught
     keepalive = _install_signal_handlers(gui.quit)
-    gui.window.show()
+    if not (minimized and gui.tray is not None):  # started at login: the tray icon only, until opened
+        gui.window.show()
     log.info("ClinicSync window shown (profile %s, tray %s)", paths.profile_id, gui.ui.tray_available)
     QTimer.singleShot(0, lambda: _read_key_mode(gui))
     QTimer.singleShot(0, lambda: _start_first_run(gui))

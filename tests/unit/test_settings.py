@@ -36,6 +36,13 @@ EXPECTED_DEFAULTS = {
     "retry.base_delay_seconds": 0.5,
     "retry.max_delay_seconds": 60.0,
     "stripe.search_settle_seconds": 90.0,
+    "schedule.interval_seconds": 60,
+    "schedule.cliniko.patients.enabled": True,
+    "schedule.cliniko.products.enabled": True,
+    "schedule.reconcile.frequency": "daily",
+    "schedule.reconcile.time": "02:00",
+    "schedule.reconcile.day": "monday",
+    "alerts.outage_minutes": 30,
 }
 
 

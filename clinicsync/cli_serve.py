@@ -1,0 +1,83 @@
+"""`clinicsync serve`: the scheduler, runner and history of the desktop app, without a window.
+
+Keys come from the keyring or the environment (read on this, the main, thread); logs go to the usual log file.
+SIGTERM or SIGINT (Ctrl+C) stops it cleanly: the write being sent finishes, queued writes stay queued for the
+next start. One scheduler per profile: while a window or another `serve` runs the schedule, this one refuses
+(exit 4) and says who does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 120.0  # a write in flight has its own timeout (stripe.timeout_seconds); this is the backstop
+
+
+def add_parser(sub: Any) -> None:
+    sub.add_parser(
+        "serve",
+        help="sync on schedule without a window, until stopped (Ctrl+C, SIGTERM, or the service manager)",
+        description="Run ClinicSync's schedule headless: the same syncs, history and alerts as the desktop app.",
+    )
+
+
+def run(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str], None]) -> int:
+    from clinicsync.app import bootstrap
+    from clinicsync.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
+    from clinicsync.sync.host import SYNC_SECRETS, SchedulerHost
+    from clinicsync.sync.instance import SERVE, SchedulerLock, SchedulerTaken
+    from clinicsync.sync.runner import read_credentials
+
+    ctx = bootstrap()
+    missing = [name for name in SYNC_SECRETS if name not in read_credentials(ctx.secrets, SYNC_SECRETS)]
+    if missing:
+        err(
+            "ClinicSync cannot sync without " + " and ".join(missing) + ". Store them with `clinicsync config "
+            "set-secret <name>` (the keyring), or set CLINICSYNC_CLINIKO_API_KEY and CLINICSYNC_STRIPE_API_KEY "
+            "in the service's environment."
+        )
+        return EXIT_CONFIG
+    lock = SchedulerLock(ctx.paths)
+    try:
+        lock.acquire(SERVE)
+    except SchedulerTaken as taken:
+        err(str(taken))
+        return EXIT_LOCKED
+    stop = threading.Event()
+    host = SchedulerHost(ctx.paths, ctx.settings, credentials=lambda: read_credentials(ctx.secrets, SYNC_SECRETS))
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping after the write in flight", signum)
+        stop.set()
+        host.wake()
+
+    previous = {sig: signal.signal(sig, handle) for sig in _stop_signals()}
+    try:
+        host.start()
+        config = host.scheduler.config
+        every = f"every {config.interval_s} s" if config is not None else "on schedule"
+        out(f"ClinicSync is syncing {every} for {ctx.paths.data_dir} (log: {ctx.paths.log_file}). Stop: Ctrl+C.")
+        log.info("clinicsync serve started")
+        host.run_forever(stop)
+    finally:
+        joined = host.stop(STOP_TIMEOUT_S)
+        lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("clinicsync serve stopped (worker joined: %s)", joined)
+    out("ClinicSync stopped; anything not yet sent waits for the next start.")
+    return EXIT_OK
+
+
+def _stop_signals() -> list[int]:
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGBREAK"):  # Ctrl+Break in a Windows console
+        signals.append(signal.SIGBREAK)
+    return signals

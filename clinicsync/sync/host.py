@@ -1,0 +1,286 @@
+"""The process side of background syncing: the runner, the scheduler, service requests, history, alerts and the
+heartbeat, put together once for `clinicsync serve` and for a window that runs the schedule itself.
+
+Only one process per profile may host them (clinicsync.sync.instance.SchedulerLock). A window that finds the
+lock taken attaches instead (clinicsync.sync.attach): it sends requests and reads the database.
+
+Threads: `tick()` runs on one thread — the service's main thread, or the window's GUI thread through a timer —
+and that is where keys are read (`credentials`), as some keyrings must not be used from worker threads. The
+runner's worker thread reports finished jobs to `_HostListener`, which records history and alerts and hands the
+rest to the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, tzinfo
+
+from clinicsync.outcomes import Outcome
+from clinicsync.paths import AppPaths
+from clinicsync.secrets import CLINIKO_API_KEY, STRIPE_API_KEY
+from clinicsync.store.models import SchedulerState, utcnow
+from clinicsync.store.settings import Settings
+from clinicsync.sync import requests
+from clinicsync.sync.alerts import AlertBook
+from clinicsync.sync.clock import Clock, SystemClock, naive_utc
+from clinicsync.sync.history import SCHEDULE, fold_quiet, record_not_run
+from clinicsync.sync.reconcile_hook import RECONCILE
+from clinicsync.sync.runner import Job, JobOutcome, RunnerListener, SyncRunner
+from clinicsync.sync.scheduler import SyncScheduler
+from clinicsync.sync.service import enabled_streams
+
+log = logging.getLogger(__name__)
+
+SYNC_SECRETS = (CLINIKO_API_KEY, STRIPE_API_KEY)
+HEARTBEAT_S = 5.0
+ALERT_REFRESH_S = 30.0
+LOCKED_MESSAGE = "Not started: another sync (`clinicsync sync`, or another ClinicSync) was running for this profile."
+
+
+class FanOutListener:
+    """Passes the runner's callbacks to several listeners; one failing never keeps the others from hearing."""
+
+    def __init__(self, *listeners: RunnerListener | None) -> None:
+        self._listeners = [listener for listener in listeners if listener is not None]
+
+    def job_started(self, job: Job) -> None:
+        for listener in self._listeners:
+            _safely(listener.job_started, job)
+
+    def job_progress(self, job: Job, stream: str, done: int, total: int | None, step: str) -> None:
+        for listener in self._listeners:
+            _safely(listener.job_progress, job, stream, done, total, step)
+
+    def job_finished(self, outcome: JobOutcome) -> None:
+        for listener in self._listeners:
+            _safely(listener.job_finished, outcome)
+
+
+def _safely(call: Callable[..., None], *args: object) -> None:
+    try:
+        call(*args)
+    except Exception:
+        log.exception("a runner listener failed")
+
+
+def describe_outcome(outcome: JobOutcome) -> str:
+    """A finished job in one line of plain words (the log, a request's answer)."""
+    if outcome.failure_kind is not None and not outcome.results:
+        return outcome.message or outcome.failure_kind
+    parts = []
+    for result in outcome.results:
+        counts = ", ".join(f"{n} {action}" for action, n in result.counts.items() if n)
+        line = f"{result.stream}: {result.outcome}" + (f" ({counts})" if counts else "")
+        parts.append(line + (f" — {result.message}" if result.message and result.outcome != Outcome.OK else ""))
+    return "; ".join(parts) or "nothing to do"
+
+
+class SchedulerHost:
+    def __init__(
+        self,
+        paths: AppPaths,
+        settings: Settings,
+        *,
+        credentials: Callable[[], Mapping[str, str]],
+        listener: RunnerListener | None = None,
+        clock: Clock | None = None,
+        zone: tzinfo | None = None,
+    ) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.credentials = credentials
+        self.alerts = AlertBook(settings)
+        self.runner = SyncRunner(paths, settings, FanOutListener(_HostListener(self), listener))
+        self.scheduler = SyncScheduler(self.runner, settings, self.clock, credentials=credentials, zone=zone)
+        self._asked: dict[int, int] = {}  # runner job id → the service request it carries out
+        self._answers: list[JobOutcome] = []
+        self._answers_lock = threading.Lock()
+        self._reporting: set[int] = set()  # jobs started whose report is not fully taken in yet
+        self._last_heartbeat = -HEARTBEAT_S
+        self._last_alert_refresh = -ALERT_REFRESH_S
+
+    # --- life -------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.scheduler.start()
+        self._heartbeat(force=True)
+
+    def tick(self) -> float:
+        """One step: the schedule, the window's requests, finished requests, alerts, the heartbeat. Returns how
+        long the caller may wait before the next step (it may be woken earlier by `wake`)."""
+        wait = self.scheduler.tick()
+        self._serve_requests()
+        self._answer_finished()
+        mono = self.clock.monotonic()
+        if mono - self._last_alert_refresh >= ALERT_REFRESH_S:
+            self._last_alert_refresh = mono
+            self.alerts.refresh(self.clock.now())  # a person may have settled review items meanwhile
+        self._heartbeat()
+        return wait
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set (call `wake` after setting it, to cut the wait short)."""
+        woken = self.scheduler.aps.woken
+        while not stop.is_set():
+            wait = self.tick()
+            started = self.clock.monotonic()
+            self.clock.wait(woken, wait)
+            woken.clear()
+            away = self.scheduler.wake.overslept(wait, self.clock.monotonic() - started)
+            if away is not None:
+                self.scheduler.woke(away)
+
+    def wake(self) -> None:
+        self.scheduler.aps.wakeup()
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop scheduling, let the sync in flight stop at its next safe point (the write being sent finishes;
+        queued writes stay queued), and join the worker. True if it ended within `timeout`."""
+        self.scheduler.shutdown()
+        joined = self.runner.shutdown(timeout)
+        self._answer_finished()
+        try:
+            SchedulerState.update(state="stopped", heartbeat_at=utcnow()).where(
+                (SchedulerState.id == 1) & (SchedulerState.pid == os.getpid())
+            ).execute()
+        except Exception:
+            log.exception("could not record that the scheduler stopped")
+        return joined
+
+    # --- the window's requests -------------------------------------------------------------------------------
+    def _serve_requests(self) -> None:
+        for row in requests.take_pending(utcnow()):
+            log.info("request #%s from %s: %s", row.id, row.origin, row.kind)
+            if row.kind == requests.SYNC:
+                self._request_sync(row.id, row.streams)
+            elif row.kind == requests.CANCEL:
+                self.runner.cancel()
+                requests.answer(row.id, requests.DONE, "Cancelled; queued changes stay queued.")
+            elif row.kind in (requests.PAUSE, requests.RESUME):
+                paused = row.kind == requests.PAUSE
+                self.settings.set("sync.paused", paused)
+                if paused:
+                    self.runner.cancel()  # Pause means stop now, as in the window
+                effective = bool(self.settings.get("sync.paused"))
+                note = "" if effective == paused else " (the environment variable CLINICSYNC_SYNC_PAUSED overrides it)"
+                requests.answer(row.id, requests.DONE, ("Paused." if paused else "Resumed.") + note)
+            self.wake()
+
+    def _request_sync(self, request_id: int, streams: list[str] | None) -> None:
+        try:
+            credentials = self.credentials()
+        except Exception as exc:
+            requests.answer(request_id, requests.REFUSED, f"Not started: the keys could not be read ({exc}).")
+            return
+        job, why_not = self.runner.request(
+            trigger="manual", credentials=credentials, streams=streams, when_busy="queue"
+        )
+        if job is None:
+            requests.answer(request_id, requests.REFUSED, why_not)
+            return
+        self._asked[job.id] = request_id
+        requests.answer(request_id, requests.ACCEPTED, "Started." if not self.runner.busy else "Queued.", job_id=job.id)
+
+    def _answer_finished(self) -> None:
+        with self._answers_lock:
+            finished, self._answers = self._answers, []
+        for outcome in finished:
+            request_id = self._asked.pop(outcome.job.id, None)
+            if request_id is not None:
+                requests.answer(request_id, requests.DONE, describe_outcome(outcome))
+
+    # --- the heartbeat ------------------------------------------------------------------------------------------
+    def _heartbeat(self, *, force: bool = False) -> None:
+        mono = self.clock.monotonic()
+        if not force and mono - self._last_heartbeat < HEARTBEAT_S:
+            return
+        self._last_heartbeat = mono
+        if self._reporting or self.runner.busy:
+            state = "syncing"
+        elif self.scheduler.config is not None and self.scheduler.config.paused:
+            state = "paused"
+        else:
+            state = "idle"
+        next_runs = {key: _iso(value) for key, value in self.scheduler.next_runs().items()}
+        SchedulerState.update(heartbeat_at=utcnow(), state=state, next_runs=next_runs).where(
+            (SchedulerState.id == 1) & (SchedulerState.pid == os.getpid())
+        ).execute()
+
+    # --- the runner's reports (worker thread) ---------------------------------------------------------------
+    def _finished(self, outcome: JobOutcome) -> None:
+        log.info("%s job %s finished: %s", outcome.job.trigger, outcome.job.id, describe_outcome(outcome))
+        try:
+            self._record(outcome)
+        except Exception:
+            log.exception("could not record the end of job %s", outcome.job.id)
+        try:
+            self.alerts.observe(outcome, self.clock.now())
+        except Exception:
+            log.exception("could not update the alerts after job %s", outcome.job.id)
+        self.scheduler.job_finished(outcome)
+        with self._answers_lock:
+            self._answers.append(outcome)
+            self._reporting.discard(outcome.job.id)
+        self.wake()
+
+    def busy(self) -> bool:
+        """True while a job runs or waits, or the report of one is still being taken in."""
+        with self._answers_lock:
+            reporting = bool(self._reporting)
+        return reporting or self.runner.busy
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until every queued job has run and been reported, then take the reports in with a tick. For tests
+        and the benchmark (the service never waits like this). False if `timeout` (real seconds) ran out."""
+        deadline = time.monotonic() + timeout
+        while self.busy():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        self.tick()
+        return True
+
+    def _record(self, outcome: JobOutcome) -> None:
+        """Every run is a history row: fold idle scheduled polls; write rows for jobs that never reached a
+        stream (the engine writes the others)."""
+        job = outcome.job
+        if outcome.results:
+            if job.trigger == SCHEDULE:
+                for result in outcome.results:
+                    fold_quiet(result.run_id)
+            return
+        if outcome.failure_kind is None:
+            return
+        streams = [RECONCILE] if job.trigger == RECONCILE else list(job.streams or enabled_streams(self.settings))
+        if outcome.failure_kind == "locked":
+            record_not_run(streams, job.trigger, Outcome.SKIPPED, LOCKED_MESSAGE)
+        elif outcome.failure_kind == "cancelled":
+            never_started = outcome.message.startswith("Not started")
+            record_not_run(
+                streams, job.trigger, Outcome.SKIPPED if never_started else Outcome.CANCELLED, outcome.message
+            )
+        else:
+            record_not_run(streams, job.trigger, Outcome.FAILED, outcome.message)
+
+
+class _HostListener:
+    def __init__(self, host: SchedulerHost) -> None:
+        self._host = host
+
+    def job_started(self, job: Job) -> None:
+        with self._host._answers_lock:
+            self._host._reporting.add(job.id)
+
+    def job_progress(self, job: Job, stream: str, done: int, total: int | None, step: str) -> None:
+        pass
+
+    def job_finished(self, outcome: JobOutcome) -> None:
+        self._host._finished(outcome)
+
+
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else naive_utc(moment).isoformat(timespec="seconds")

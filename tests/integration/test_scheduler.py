@@ -1,0 +1,466 @@
+"""The scheduler with the real runner, the real database and the sandbox, on a clock the test moves: jobs fire at
+their intervals, a long sleep catches up once, pause and per-stream schedules survive a restart, streams of one
+source never overlap, a collision is recorded as skipped, idle polls fold, reconciliation fires as configured.
+
+Nothing here waits on the wall clock to prove an order: the test moves the clock and ticks; it only waits for the
+runner's worker thread to finish what it was given (`wait_idle`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from clinicsync.app import bootstrap
+from clinicsync.outcomes import Outcome
+from clinicsync.store import queries
+from clinicsync.store.models import SyncRun
+from clinicsync.sync import reconcile_hook
+from clinicsync.sync.clock import ManualClock, naive_utc
+from clinicsync.sync.history import SCHEDULE
+from clinicsync.sync.host import SYNC_SECRETS, SchedulerHost
+from clinicsync.sync.reconcile_hook import NOT_AVAILABLE, RECONCILE, ReconcileReport
+from clinicsync.sync.runner import APPROVAL_MESSAGE, BUSY_MESSAGE, read_credentials
+from clinicsync.sync.scheduler import WAKE_SETTLE_S
+from tests.support import admin, profile_env
+
+PATIENTS, PRODUCTS = "cliniko.patients", "cliniko.products"
+ONLY_PATIENTS = {"CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false"}
+
+
+class Harness:
+    """A profile's SchedulerHost on a ManualClock; `restart()` builds a new one on the same database."""
+
+    def __init__(self, env: dict[str, str], clock: ManualClock, zone: object = UTC, listener: object = None) -> None:
+        self.env = env
+        self.clock = clock
+        self.zone = zone
+        self.listener = listener
+        self.host = self._build()
+
+    def _build(self) -> SchedulerHost:
+        self.ctx = bootstrap(self.env)
+        ctx = self.ctx
+        host = SchedulerHost(
+            ctx.paths,
+            ctx.settings,
+            credentials=lambda: read_credentials(ctx.secrets, SYNC_SECRETS),
+            clock=self.clock,
+            zone=self.zone,  # type: ignore[arg-type]
+            listener=self.listener,  # type: ignore[arg-type]
+        )
+        host.start()
+        return host
+
+    def step(self, seconds: float = 0.0) -> None:
+        """Move the clock, tick, and let whatever was asked for run to its end."""
+        if seconds:
+            self.clock.advance(seconds)
+        self.host.tick()
+        assert self.host.wait_idle(60), "the runner did not finish"
+
+    def asked(self, trigger: str = SCHEDULE) -> list[tuple[datetime, tuple[str, ...], str]]:
+        return [(at, streams, answer) for at, kind, streams, answer in self.host.scheduler.fired if kind == trigger]
+
+    def restart(self, clock: ManualClock | None = None) -> None:
+        self.stop()
+        self.clock = clock or self.clock
+        self.host = self._build()
+
+    def stop(self) -> None:
+        assert self.host.stop(30)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(sandbox: object | None = None, *, clock: ManualClock | None = None, **kwargs: object) -> Harness:
+        overrides = {key: str(value) for key, value in kwargs.items() if key.startswith("CLINICSYNC_")}
+        options = {key: value for key, value in kwargs.items() if not key.startswith("CLINICSYNC_")}
+        sandbox_env = sandbox.env() if sandbox is not None else {}  # type: ignore[attr-defined]
+        env = profile_env(tmp_path / "profile", sandbox_env, **overrides)
+        made.append(Harness(env, clock or ManualClock(), **options))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for made_one in made:
+        made_one.host.stop(30)
+    reconcile_hook.register_reconciler(None)
+
+
+def runs(stream: str, **where: object) -> list[SyncRun]:
+    query = SyncRun.select().where(SyncRun.stream == stream)
+    for name, value in where.items():
+        query = query.where(getattr(SyncRun, name) == value)
+    return list(query.order_by(SyncRun.id))
+
+
+def test_jobs_fire_at_their_interval_and_a_new_interval_applies_at_once(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=12)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    start = h.clock.now()
+    h.step()  # never synced: the first run is due at start
+    assert [streams for _, streams, _ in h.asked()] == [(PATIENTS,)]
+    assert runs(PATIENTS)[0].created == 12
+
+    for _ in range(3):
+        h.step(30)  # half an interval: nothing
+        h.step(30)  # the interval: one poll
+    times = [at for at, _, _ in h.asked()]
+    assert times == [start + timedelta(seconds=60 * n) for n in range(4)]
+
+    h.ctx.settings.set("schedule.interval_seconds", 120)  # the jobs are rebuilt from the settings
+    h.step(60)
+    assert len(h.asked()) == 4, "the new interval counts from the last run"
+    h.step(60)
+    assert len(h.asked()) == 5
+    assert all(answer == "queued" for _, _, answer in h.asked())
+
+
+def test_a_three_hour_sleep_gives_exactly_one_catch_up_run_per_stream(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=5)
+    h = harness(sandbox)  # both Cliniko streams (products fail against the sandbox, but run and are recorded)
+    h.step()
+    before = {stream: sum(run.checks for run in runs(stream)) for stream in (PATIENTS, PRODUCTS)}
+    assert len(h.asked()) == 1
+
+    h.clock.sleep_for(3 * 3600)  # the laptop is closed: the wall clock jumps, the monotonic clock does not
+    h.step()
+    assert len(h.asked()) == 1, "right after waking, the network gets a moment before catching up"
+    h.step(WAKE_SETTLE_S)
+    for _ in range(5):
+        h.step(1)
+    caught_up = h.asked()[1:]
+    assert [streams for _, streams, _ in caught_up] == [(PATIENTS, PRODUCTS)], "180 missed polls, one run"
+    after = {stream: sum(run.checks for run in runs(stream)) for stream in before}
+    assert {stream: after[stream] - before[stream] for stream in before} == {PATIENTS: 1, PRODUCTS: 1}
+
+
+def test_an_app_closed_for_hours_catches_up_once_at_start(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=5)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    h.step(60)
+
+    def polls() -> int:  # idle polls fold into one row; each still counts as a check
+        return sum(run.checks for run in runs(PATIENTS))
+
+    assert polls() == 2
+    later = ManualClock(h.clock.now() + timedelta(hours=3))  # closed for three hours, then started again
+    h.restart(later)
+    for _ in range(5):
+        h.step(1)
+    assert len(h.asked()) == 1 and polls() == 3
+    h.step(60)
+    assert len(h.asked()) == 2
+
+
+def test_pause_and_per_stream_schedules_survive_a_restart(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=5)
+    h = harness(sandbox)
+    h.ctx.settings.set("schedule.cliniko.products.enabled", False)
+    h.ctx.settings.set("sync.paused", True)
+    h.step()
+    assert h.asked() == [] and runs(PATIENTS) == []
+
+    h.restart(ManualClock(h.clock.now() + timedelta(hours=1)))
+    assert h.host.scheduler.config is not None
+    assert h.host.scheduler.config.paused and h.host.scheduler.config.streams == (PATIENTS,)
+    h.step(600)
+    assert h.asked() == [], "paused is remembered: nothing runs, nothing is recorded as skipped every minute"
+
+    h.ctx.settings.set("sync.paused", False)
+    h.step()
+    assert [streams for _, streams, _ in h.asked()] == [(PATIENTS,)], "what came due while paused runs once"
+    assert runs(PRODUCTS) == []
+
+
+def test_two_streams_of_one_source_run_one_after_another_in_dependency_order(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=5)
+    h = harness(sandbox)
+    h.ctx.settings.set("schedule.cliniko.products.enabled", False)
+    h.step()  # patients alone first: the two streams are now out of step
+    h.step(35)
+    h.ctx.settings.set("schedule.cliniko.products.enabled", True)
+    h.step()  # products has never run: due now; patients is due 25 s later (within half an interval): it joins
+    for _ in range(6):
+        h.step(30)
+    together = [streams for _, streams, _ in h.asked()][1:]
+    assert together and all(streams == (PATIENTS, PRODUCTS) for streams in together), together
+    spans = sorted(
+        (run.started_at, run.finished_at, run.stream) for run in SyncRun.select() if run.finished_at is not None
+    )
+    for (_, finished, stream), (started, _, other) in itertools.pairwise(spans):
+        assert finished <= started, f"{stream} and {other} overlapped"
+
+
+class Gate:
+    """A runner listener that holds the worker inside a job until the test opens it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.open = threading.Event()
+        self.armed = False
+
+    def job_started(self, job) -> None:
+        if self.armed:
+            self.entered.set()
+            assert self.open.wait(30)
+
+    def job_progress(self, *args) -> None:
+        pass
+
+    def job_finished(self, outcome) -> None:
+        pass
+
+
+def test_a_scheduled_run_that_would_collide_with_a_running_one_is_recorded_as_skipped(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=5)
+    gate = Gate()
+    h = harness(sandbox, listener=gate, **ONLY_PATIENTS)
+    h.step()
+    gate.armed = True
+    assert h.host.runner.submit(trigger="manual", credentials=h.host.credentials()) is not None
+    assert gate.entered.wait(30)  # a manual sync is running now
+    h.clock.advance(60)
+    h.host.tick()  # the poll comes due while it runs
+    gate.armed = False
+    gate.open.set()
+    assert h.host.wait_idle(60)
+
+    skipped = runs(PATIENTS, outcome=Outcome.SKIPPED)
+    assert [(run.trigger, run.message) for run in skipped] == [(SCHEDULE, BUSY_MESSAGE)]
+    h.step(60)
+    assert h.asked()[-1][2] == "queued", "the next poll runs as usual"
+
+
+def test_sixty_polls_that_change_nothing_fold_into_one_history_row(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=8)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    for _ in range(60):
+        h.step(60)
+    rows = runs(PATIENTS)
+    assert len(rows) == 2, [(r.outcome, r.checks, r.message) for r in rows]
+    first, idle = rows
+    assert first.created == 8 and first.checks == 1
+    assert idle.checks == 60 and idle.message == "60 checks, nothing changed"
+    assert idle.checks_since is not None and idle.checks_since <= idle.started_at
+
+    admin(sandbox.cliniko_url, "edit", count=2)  # a change: its own row, then the next idle stretch starts afresh
+    h.step(60)
+    h.step(60)
+    h.step(60)
+    rows = runs(PATIENTS)
+    assert [(r.updated, r.checks) for r in rows[2:]] == [(2, 1), (0, 2)]
+
+
+def test_a_first_live_sync_waiting_for_approval_is_skipped_once_then_waits(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=4, stripe_mode="live")
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    assert runs(PATIENTS)[-1].outcome == Outcome.NEEDS_APPROVAL
+    for _ in range(10):
+        h.step(60)
+    skipped = runs(PATIENTS, outcome=Outcome.SKIPPED)
+    assert [run.message for run in skipped] == [APPROVAL_MESSAGE], "one row, not one a minute"
+
+    plan = queries.approve_latest_plan(PATIENTS)
+    h.step(60)
+    last = runs(PATIENTS)[-1]
+    assert last.outcome == Outcome.OK and last.created == plan.summary["counts"]["created"] > 0
+
+
+MELBOURNE = ZoneInfo("Australia/Melbourne")
+
+
+def _reconcile_harness(harness, frequency: str, *, start: datetime, day: str = "monday") -> Harness:
+    h = harness(
+        clock=ManualClock(start),
+        zone=MELBOURNE,
+        CLINICSYNC_SCHEDULE_CLINIKO_PATIENTS_ENABLED="false",
+        CLINICSYNC_SCHEDULE_CLINIKO_PRODUCTS_ENABLED="false",
+        CLINICSYNC_SCHEDULE_RECONCILE_FREQUENCY=frequency,
+        CLINICSYNC_SCHEDULE_RECONCILE_TIME="02:30",
+        CLINICSYNC_SCHEDULE_RECONCILE_DAY=day,
+        # Keys a reconciliation would be given (it never connects here): fakes, read from the environment.
+        CLINICSYNC_CLINIKO_API_KEY="sandbox-reconcile-au1",
+        CLINICSYNC_STRIPE_API_KEY="sk_test_sandbox_reconcile",
+    )
+    return h
+
+
+def _local(moment: datetime) -> tuple[str, str]:
+    local = moment.astimezone(MELBOURNE)
+    return local.strftime("%a"), local.strftime("%H:%M")
+
+
+def test_the_reconciliation_job_fires_daily_at_the_chosen_time(harness) -> None:
+    start = datetime(2026, 3, 2, 0, 0, tzinfo=MELBOURNE)  # a Monday, midnight in Melbourne
+    h = _reconcile_harness(harness, "daily", start=start)
+    for _ in range(3 * 24 * 4):  # three days in quarter hours
+        h.step(900)
+    fired = [_local(at) for at, _, _ in h.asked(RECONCILE)]
+    assert fired == [("Mon", "02:30"), ("Tue", "02:30"), ("Wed", "02:30")]
+    rows = runs(RECONCILE)
+    assert [(r.outcome, r.message) for r in rows] == [(Outcome.SKIPPED, NOT_AVAILABLE)] * 3
+
+
+def test_the_reconciliation_job_fires_weekly_on_the_chosen_day(harness) -> None:
+    start = datetime(2026, 3, 2, 0, 30, tzinfo=MELBOURNE)  # hourly steps land on the half hour
+    h = _reconcile_harness(harness, "weekly", start=start, day="wednesday")
+    for _ in range(15 * 24):  # fifteen days in hours
+        h.step(3600)
+    fired = [(_local(at), at.astimezone(MELBOURNE).day) for at, _, _ in h.asked(RECONCILE)]
+    assert fired == [(("Wed", "02:30"), 4), (("Wed", "02:30"), 11)]
+
+
+def test_a_missed_reconciliation_runs_once_at_start_and_calls_the_registered_reconciler(harness) -> None:
+    called: list[str] = []
+
+    def reconciler(request: reconcile_hook.ReconcileRequest) -> ReconcileReport:
+        called.append(request.trigger)
+        run = SyncRun.create(stream=RECONCILE, trigger=request.trigger, outcome=Outcome.OK, finished_at=None)
+        return ReconcileReport(run_id=run.id, outcome=Outcome.OK, findings=0)
+
+    reconcile_hook.register_reconciler(reconciler)
+    start = datetime(2026, 3, 5, 9, 0, tzinfo=MELBOURNE)  # Thursday morning
+    h = _reconcile_harness(harness, "daily", start=start)
+    h.host.stop(30)
+    # The last reconciliation ran on Monday night; the app was closed since: Tuesday's and Wednesday's are missed.
+    SyncRun.create(
+        stream=RECONCILE, trigger=RECONCILE, outcome=Outcome.OK, started_at=naive_utc(start - timedelta(days=3))
+    )
+    h.restart()
+    for _ in range(8):
+        h.step(60)
+    assert called == [RECONCILE], "two missed slots, one run"
+    for _ in range(24):
+        h.step(3600)
+    assert called == [RECONCILE, RECONCILE]
+    day, time = _local(h.asked(RECONCILE)[-1][0])
+    assert day == "Fri" and "02:30" <= time < "03:30", "the next one at Friday's slot (within this test's hour step)"
+
+
+def test_a_refused_key_raises_one_alert_and_a_working_one_clears_it(make_sandbox, harness) -> None:
+    from clinicsync.secrets import STRIPE_API_KEY
+    from clinicsync.sync import alerts
+
+    sandbox = make_sandbox(profile="clean", patients=3)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    good = h.host.credentials
+    wrong = {**good(), STRIPE_API_KEY: "sk_test_sandbox_revoked"}
+    h.host.scheduler.credentials = lambda: wrong
+    h.step()
+    for _ in range(5):
+        h.step(60)
+    assert [a.key for a in alerts.active_alerts()] == ["auth:stripe"]
+    assert len(alerts.take_due_notices(h.clock.now())) == 1 and alerts.take_due_notices(h.clock.now()) == []
+    assert len(runs(PATIENTS, outcome=Outcome.FAILED)) == 6, "every refused run is in the history"
+
+    h.host.scheduler.credentials = good  # the key was fixed in Connections
+    h.step(60)
+    assert alerts.active_alerts() == []
+
+
+def test_requests_from_a_window_reach_the_host_through_the_database(make_sandbox, harness) -> None:
+    from clinicsync.sync import attach, requests
+
+    sandbox = make_sandbox(profile="clean", patients=3)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    request_id = attach.sync_now(origin="test window")
+    h.step()  # the service's next tick (a second or so later) carries it out
+    state = attach.request_state(request_id)
+    assert state is not None and state.status == requests.DONE and state.job_id is not None
+    assert "cliniko.patients: ok" in state.result
+    assert runs(PATIENTS, trigger="manual")
+
+    paused = attach.pause()
+    h.step()
+    assert attach.request_state(paused).status == requests.DONE and h.ctx.settings.get("sync.paused") is True
+    refused = attach.sync_now()
+    h.step()
+    state = attach.request_state(refused)
+    assert state.status == requests.REFUSED and "paused" in state.result
+    assert runs(PATIENTS, outcome=Outcome.SKIPPED, trigger="manual"), "the refusal is in the history too"
+    attach.resume()
+    h.step()
+    assert h.ctx.settings.get("sync.paused") is False
+
+
+def test_a_request_nobody_answered_in_time_is_not_carried_out_later(make_sandbox, harness) -> None:
+    from clinicsync.store.models import ServiceRequest
+    from clinicsync.sync import attach, requests
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    stale = attach.sync_now()
+    row = ServiceRequest.get_by_id(stale)
+    ServiceRequest.update(created_at=row.created_at - timedelta(minutes=10)).where(ServiceRequest.id == stale).execute()
+    h.step()
+    state = attach.request_state(stale)
+    assert state.status == requests.REFUSED and state.result == requests.STALE_MESSAGE
+    assert runs(PATIENTS, trigger="manual") == []
+
+
+def test_an_idle_poll_costs_no_more_requests_than_the_budget_check_assumes(make_sandbox, harness) -> None:
+    from clinicsync.sync.scheduler import poll_cost
+    from tests.support import stats
+
+    sandbox = make_sandbox(profile="clean", patients=20)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    before = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
+    for _ in range(3):
+        h.step(60)
+    after = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
+    cliniko, stripe = ((b - a) / 3 for a, b in zip(before, after, strict=True))
+    assert cliniko <= poll_cost("cliniko", 1), f"{cliniko} Cliniko requests per idle poll"
+    assert stripe <= poll_cost("stripe", 1), f"{stripe} Stripe requests per idle poll"
+
+
+def test_a_reconciliation_that_meets_a_running_sync_is_asked_again_shortly_not_dropped(make_sandbox, harness) -> None:
+    from clinicsync.sync.scheduler import RECONCILE_RETRY
+
+    sandbox = make_sandbox(profile="clean", patients=2)
+    gate = Gate()
+    h = harness(
+        sandbox,
+        clock=ManualClock(datetime(2026, 3, 2, 1, 59, tzinfo=UTC)),
+        listener=gate,
+        CLINICSYNC_SCHEDULE_RECONCILE_TIME="02:00",
+        **ONLY_PATIENTS,
+    )
+    h.step()
+    gate.armed = True
+    assert h.host.runner.submit(trigger="manual", credentials=h.host.credentials()) is not None
+    assert gate.entered.wait(30)
+    h.clock.advance(60)
+    h.host.tick()  # 02:00: the reconciliation comes due while a sync runs
+    gate.armed = False
+    gate.open.set()
+    assert h.host.wait_idle(60)
+    h.step(RECONCILE_RETRY.total_seconds())
+    assert [(r.outcome, r.message) for r in runs(RECONCILE)] == [
+        (Outcome.SKIPPED, BUSY_MESSAGE),
+        (Outcome.SKIPPED, NOT_AVAILABLE),
+    ]
+
+
+def test_a_clock_turned_back_does_not_stop_the_polls(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=2)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()
+    h.clock.set(h.clock.now() - timedelta(hours=1))  # someone sets the computer's clock back an hour
+    h.step()
+    h.step(60)
+    assert len(h.asked()) == 2, "the next poll came an interval later, not an hour and an interval later"
