@@ -79,12 +79,19 @@ def _v5_write_plans(db: SqliteDatabase) -> None:
     )
 
 
+def _v6_reconciliation(db: SqliteDatabase) -> None:
+    """Reconciliation reports, their findings, and the findings people marked as intended. Idempotent: tables
+    and indexes are created only when missing."""
+    db.create_tables(models.RECONCILE_MODELS, safe=True)
+
+
 MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v1_initial,
     _v2_mapping,
     _v3_history_index,
     _v4_index_high_water,
     _v5_write_plans,
+    _v6_reconciliation,
 )
 LATEST_VERSION = len(MIGRATIONS)
 
