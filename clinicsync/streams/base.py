@@ -118,6 +118,9 @@ def oldest_naming(found: Sequence[Mapping[str, Any]], request: FindRequest) -> d
 
 
 DUPLICATE_OF_KEY = "clinicsync_duplicate_of"  # metadata on a twin that could not be deleted: which one stays
+# The role of a write to a Stripe object the record does not own (a duplicate or an orphan a person retires from
+# reconciliation): once done it is history only, and leaves the record's links and decisions as they are.
+DETACHED_ROLE = "detached"
 
 
 @dataclass(frozen=True)
