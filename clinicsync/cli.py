@@ -244,6 +244,13 @@ def cmd_mapping(args: argparse.Namespace) -> int:
     return run(args, out, err)
 
 
+# --- reconcile -------------------------------------------------------------------------------------------
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from clinicsync.cli_reconcile import run
+
+    return run(args, out, err)
+
+
 # --- sandbox and GUI -------------------------------------------------------------------------------------
 def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
     from clinicsync.sandbox.launcher import main as sandbox_main
@@ -345,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clinicsync.cli_mapping import add_parser as add_mapping_parser
 
     add_mapping_parser(sub)
+    from clinicsync.cli_reconcile import add_parser as add_reconcile_parser
+
+    add_reconcile_parser(sub)
     return parser
 
 
@@ -383,7 +393,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clinicsync.sync.service import failure_of
 
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
-    handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor}
+    handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor, "reconcile": cmd_reconcile}
     try:
         return handlers.get(args.command, cmd_gui)(args)
     except Exception as exc:
