@@ -24,6 +24,7 @@ from clinicsync.reconcile.findings import Counts, Finding, FindingStatus, Report
 from clinicsync.reconcile.judge import Decision, SourceSide, StripeSide, judge_match_group, judge_record
 from clinicsync.retry import Cancelled, CancelToken
 from clinicsync.secrets import SecretStore
+from clinicsync.sources.errors import SourceError
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store import reconciliation as report_store
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, RoleLink
@@ -323,7 +324,7 @@ class _StreamReconciler:
         options = run_options(self.settings, trigger="reconcile", dry_run=True)
         prepared = prepare_stream(self.stream, self.mapping, self.source, options)
         if not self.report.time_zone:  # the clinic's zone, for showing the report's times
-            self.report.time_zone = prepared.context.time_zone
+            self.report.time_zone = self.mapping.time_zone or self._clinic_zone() or prepared.context.time_zone
             self.report.save()
         self.intents = report_store.intents(self.pair, self.stream.name)
         self.decisions = self._decisions()
@@ -339,6 +340,13 @@ class _StreamReconciler:
             self._flush()
         finally:
             scratch.close()
+
+    def _clinic_zone(self) -> str | None:
+        try:
+            return self.stream.time_zone(self.source)
+        except SourceError as exc:  # only the report's clock depends on it
+            log.info("the clinic's time zone was not read (%s); the report shows the default", exc)
+            return None
 
     # --- Stripe ---------------------------------------------------------------------------------------------
     def _read_stripe(self, scratch: Scratch) -> int:

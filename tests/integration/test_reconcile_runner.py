@@ -7,11 +7,12 @@ import json
 
 from clinicsync.reconcile.findings import FindingStatus, FindingType, FixKind
 from clinicsync.store import reconciliation
-from clinicsync.sync.reconcile_fix import FixRequest
-from clinicsync.sync.reconcile_run import Scratch
+from clinicsync.stripe_gateway import StripeGateway
+from clinicsync.sync.reconcile_fix import FixRequest, apply_fixes
+from clinicsync.sync.reconcile_run import Scratch, run_reconcile
 from tests.integration.test_reconcile import stripe_call
 from tests.integration.test_runner import start
-from tests.support import admin
+from tests.support import admin, context, sync_once
 
 
 def wait_for(listener, count: int) -> None:
@@ -80,3 +81,28 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
         assert sorted(o["id"] for _, o in scratch.objects_for(["a"], ["cus_4"])) == ["cus_1", "cus_2", "cus_4"]
     finally:
         scratch.close()
+
+
+def test_a_duplicate_with_payments_is_never_deleted(make_sandbox, env_for, monkeypatch):
+    sandbox = make_sandbox(profile="clean", patients=5)
+    env = env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+    sync_once(env)
+    for name in ("Walk In", "Walk-in"):
+        stripe_call(sandbox, "POST", "customers", {"name": name, "email": "walk.in@example.org"})
+    ctx = context(env)
+    report = run_reconcile(ctx.paths, ctx.settings, ctx.secrets, streams=["cliniko.patients"])
+    (duplicate,) = reconciliation.findings(report.report_id)
+    assert duplicate.type == FindingType.DUPLICATE and FixKind.DELETE in duplicate.fixes
+
+    def paid(self, stripe_object, filters):
+        return stripe_object == "payment_intent"
+
+    monkeypatch.setattr(StripeGateway, "any_of", paid)
+    request = FixRequest(duplicate.id or 0, FixKind.DELETE)
+    (kept,) = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [request], confirmed=True)
+    assert kept.status is None and "payment intents" in kept.message
+    assert any(c["id"] == duplicate.stripe_id and not c["deleted"] for c in admin(sandbox.stripe_url, "dump")["data"])
+    monkeypatch.undo()
+    (deleted,) = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [request], confirmed=True)
+    assert deleted.status == FindingStatus.FIXED
+    assert any(c["id"] == duplicate.stripe_id and c["deleted"] for c in admin(sandbox.stripe_url, "dump")["data"])
