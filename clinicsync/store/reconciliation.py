@@ -6,6 +6,7 @@ Findings are read back as reconcile.findings.Finding, so screens and exports nev
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -351,6 +352,16 @@ def export(report_id: int, *, csv_path: Path | None = None, html_path: Path | No
         with html_path.open("w", encoding="utf-8") as out:
             written = write_html(info, findings(report_id, reported_only=True), out)
     return written
+
+
+def report_html(report_id: int) -> str:
+    """The report as one self-contained HTML page (what the window shows, prints or writes to PDF)."""
+    info = report(report_id)
+    if info is None:
+        raise ReconcileError(f"No reconciliation report {report_id}.")
+    page = io.StringIO()
+    write_html(info, findings(report_id, reported_only=True), page)
+    return page.getvalue()
 
 
 def last_finished(pair: AccountPair | int | None = None) -> datetime | None:

@@ -143,6 +143,7 @@ def test_export_writes_csv_and_html_files(pair: AccountPair, tmp_path: Path):
     rows = list(csv.reader((tmp_path / "r.csv").open(encoding="utf-8", newline="")))
     assert rows[0] == list(CSV_HEADER) and len(rows) == 2  # accepted findings are not reported
     assert "Sandy Bay Physio &amp; Co &lt;Clinic&gt;" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert store.report_html(report.id) == (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
 # --- the exports on their own --------------------------------------------------------------------------------
