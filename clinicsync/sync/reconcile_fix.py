@@ -456,7 +456,11 @@ class _Fixer:
             raise Refused(f"Deleting {target} cannot be undone; confirm it (the CLI's --yes).")
         stripe_object = finding.stripe_object
         owner = RecordLink.get_or_none((RecordLink.pair == connection.pair) & (RecordLink.stripe_id == target))
-        if owner is not None:
+        # Only the object of a record the source no longer has may go with its link; never a live record's.
+        gone_with = (
+            owner is not None and finding.reason == Reason.SOURCE_ABSENT and owner.source_id == finding.source_id
+        )
+        if owner is not None and not gone_with:
             raise Refused(f"{target} is linked to {owner.display_name or owner.source_id}; it is not deleted.")
         gateway = connection.gateway
         used = [kind for kind in PAYMENT_KINDS if gateway.any_of(kind, {stripe_object: target})]
@@ -466,6 +470,10 @@ class _Fixer:
                 f"mark it instead ({FixKind.ARCHIVE.value})."
             )
         deleted = gateway.delete(stripe_object, target)
+        if gone_with and owner is not None:
+            RecordLink.update(stripe_id=None, payload_hash=None, updated_at=utcnow()).where(
+                RecordLink.id == owner.id
+            ).execute()
         StripeIndexEntry.delete().where(
             (StripeIndexEntry.pair == connection.pair) & (StripeIndexEntry.stripe_id == target)
         ).execute()

@@ -192,13 +192,21 @@ def test_planted_discrepancies_are_found_exactly_fixed_and_accepted(clinic):
         [FixRequest(f.id, FixKind.MARK_INTENDED, note="agreed with the clinic") for f in intended],
     )
     assert all(outcome.status == FindingStatus.ACCEPTED for outcome in marked)
-    rest = [f for f in by_key.values() if f not in intended]
+    # The customer of a patient deleted in Cliniko is deleted too (confirmed; it has no payments).
+    unwanted = next(f for f in by_key.values() if f.reason == Reason.SOURCE_ABSENT and f.source_id == gone[0])
+    (deleted,) = apply_fixes(
+        ctx.paths, ctx.settings, ctx.secrets, [FixRequest(unwanted.id, FixKind.DELETE)], confirmed=True
+    )
+    assert deleted.status == FindingStatus.FIXED, deleted
+    assert unwanted.stripe_id not in {c["id"] for c in admin(sandbox.stripe_url, "dump")["data"] if not c["deleted"]}
+    rest = [f for f in by_key.values() if f not in intended and f is not unwanted]
     outcomes = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [FixRequest(f.id) for f in rest])
     assert all(outcome.done for outcome in outcomes), [o for o in outcomes if not o.done]
     # What was written to Stripe is history, in a run of its own.
-    (fix_run,) = SyncRun.select().where(SyncRun.trigger == "reconcile_fix")
-    fixed = [o for o in outcomes if o.status == FindingStatus.FIXED]
-    assert fix_run.outcome == "ok" and len(queries.run_events(fix_run.id)) == len(fixed)
+    fix_runs = list(SyncRun.select().where(SyncRun.trigger == "reconcile_fix"))
+    fixed = [o for o in [*outcomes, deleted] if o.status == FindingStatus.FIXED]
+    assert len(fix_runs) == 2 and {run.outcome for run in fix_runs} == {"ok"}
+    assert sum(len(queries.run_events(run.id)) for run in fix_runs) == len(fixed)
     after_sync = sync_once(env)
     assert after_sync.outcome == "ok", after_sync.message
 
