@@ -364,6 +364,13 @@ def cmd_mapping(args: argparse.Namespace) -> int:
     return run(args, out, err)
 
 
+# --- reconcile -------------------------------------------------------------------------------------------
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from clinicsync.cli_reconcile import run
+
+    return run(args, out, err)
+
+
 # --- sandbox and GUI -------------------------------------------------------------------------------------
 def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
     from clinicsync.sandbox.launcher import main as sandbox_main
@@ -520,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clinicsync.cli_mapping import add_parser as add_mapping_parser
 
     add_mapping_parser(sub)
+    from clinicsync.cli_reconcile import add_parser as add_reconcile_parser
+
+    add_reconcile_parser(sub)
     return parser
 
 
@@ -564,6 +574,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"sync": cmd_sync, "plan": cmd_plan, "status": cmd_status, "review": cmd_review, "config": cmd_config}
     handlers["history"] = cmd_history
     handlers |= {"mapping": cmd_mapping, "doctor": cmd_doctor, "serve": cmd_serve, "autostart": cmd_autostart}
+    handlers["reconcile"] = cmd_reconcile
     handler = handlers.get(args.command, cmd_gui)
     try:
         if handler is cmd_gui:

@@ -105,6 +105,12 @@ def _v6_scheduling(db: SqliteDatabase) -> None:
     db.execute_sql("CREATE INDEX IF NOT EXISTS service_request_status ON service_request (status, id)")
 
 
+def _v7_reconciliation(db: SqliteDatabase) -> None:
+    """Reconciliation reports, their findings, and the findings people marked as intended. Idempotent: tables
+    and indexes are created only when missing."""
+    db.create_tables(models.RECONCILE_MODELS, safe=True)
+
+
 MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v1_initial,
     _v2_mapping,
@@ -112,6 +118,7 @@ MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v4_index_high_water,
     _v5_write_plans,
     _v6_scheduling,
+    _v7_reconciliation,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

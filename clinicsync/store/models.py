@@ -378,12 +378,76 @@ class Alert(BaseModel):
     detail = JSONField(default=dict)
 
 
+class ReconcileReport(BaseModel):
+    """One reconciliation: both sides of the chosen streams read in full and compared (schema v7)."""
+
+    id = AutoField()
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    streams = JSONField()  # the stream names compared
+    trigger = CharField(default="cli")  # cli, manual, schedule
+    started_at = DateTimeField(default=utcnow)
+    finished_at = DateTimeField(null=True)
+    outcome = CharField(default="running")  # reconcile.findings.ReportOutcome
+    counts = JSONField(null=True)  # reconcile.findings.Counts: reported by stream and type, and accepted
+    compared = JSONField(null=True)  # stream → {"source": records read, "stripe": objects read}
+    time_zone = CharField(default="")  # the clinic's, for showing the report's times
+    message = TextField(default="")
+
+
+class ReconcileFinding(BaseModel):
+    """One finding of a report. Field drift keeps both values: the report must show them (kept reports are few)."""
+
+    id = AutoField()
+    report = ForeignKeyField(ReconcileReport, backref="findings", on_delete="CASCADE")
+    stream = CharField()
+    type = CharField()  # reconcile.findings.FindingType
+    severity = CharField()
+    reason = CharField()
+    stripe_object = CharField()
+    source_id = CharField(null=True, index=True)
+    stripe_id = CharField(null=True, index=True)
+    field = CharField(default="")
+    source_value = TextField(null=True)
+    stripe_value = TextField(null=True)
+    display_name = CharField(default="")
+    explanation = TextField(default="")
+    suggested_fix = CharField(null=True)
+    fixes = JSONField(default=list)
+    related = JSONField(default=list)
+    fingerprint = CharField(default="")
+    status = CharField(default="open")  # reconcile.findings.FindingStatus
+    note = TextField(default="")
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("report", "type", "stream"), False),)
+
+
+class ReconcileIntent(BaseModel):
+    """A finding a person marked as intended: not reported again while its compared values hash the same."""
+
+    pair = ForeignKeyField(AccountPair, on_delete="CASCADE")
+    stream = CharField()
+    key = CharField()  # reconcile.findings.finding_key: type, source id, Stripe id and field
+    fingerprint = CharField()
+    note = TextField(default="")
+    marked_by = CharField(default="")
+    marked_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("pair", "stream", "key"), True),)
+
+
 # Tables added by schema v2 (migrations._v2_mapping); kept out of ALL_MODELS, which step 1 creates.
 MAPPING_MODELS: tuple[type[BaseModel], ...] = (StreamMappingRow, MappingRevision, FieldAllowance, WritebackMark)
 # Added by schema v5 (migrations._v5_write_plans).
 PLAN_MODELS: tuple[type[BaseModel], ...] = (RoleLink,)
 # Added by schema v6 (migrations._v6_scheduling).
 SCHEDULING_MODELS: tuple[type[BaseModel], ...] = (ServiceRequest, SchedulerState, Alert)
+
+
+# Added by schema v6 (migrations._v6_reconciliation).
+RECONCILE_MODELS: tuple[type[BaseModel], ...] = (ReconcileReport, ReconcileFinding, ReconcileIntent)
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (

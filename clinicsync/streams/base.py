@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clinicsync.mapping.apply import MappedRecord
+
+if TYPE_CHECKING:
+    from clinicsync.reconcile.compare import Comparison
 
 Record = Mapping[str, Any]
 
@@ -115,6 +118,9 @@ def oldest_naming(found: Sequence[Mapping[str, Any]], request: FindRequest) -> d
 
 
 DUPLICATE_OF_KEY = "clinicsync_duplicate_of"  # metadata on a twin that could not be deleted: which one stays
+# The role of a write to a Stripe object the record does not own (a duplicate or an orphan a person retires from
+# reconciliation): once done it is history only, and leaves the record's links and decisions as they are.
+DETACHED_ROLE = "detached"
 
 
 @dataclass(frozen=True)
@@ -146,8 +152,9 @@ class Stream:
     # (gateway, twin id, survivor id) → what was done, in words: the newer of two objects that name one record,
     # made by two installations racing, is deleted when nothing refers to it, else marked. None: left alone.
     retire_twin: Callable[[Any, str, str], str] | None = None
-    # Reconciliation's comparison of one source record with its Stripe objects (the reconciliation engine).
-    compare: Callable[..., list[Any]] | None = None
+    # What reconciliation compares between a record and its Stripe objects, and how its objects are retired.
+    # None: the stream is not reconciled.
+    compare: Comparison | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from clinicsync.reconcile.compare import Comparison, compare_fields
+from clinicsync.reconcile.findings import FixKind
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
     DUPLICATE_OF_KEY,
@@ -111,4 +113,7 @@ CLINIKO_PATIENTS = Stream(
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,
     country=cliniko_common.country,
+    # Every mapped field; a customer is retired by marking it, and one nobody paid may be deleted. Customers
+    # without a cross-reference sharing an email are duplicates (family members each carry their own reference).
+    compare=Comparison(compare=compare_fields, archive_fix=FixKind.ARCHIVE, can_delete=True, duplicate_match_key=True),
 )

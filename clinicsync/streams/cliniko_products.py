@@ -16,6 +16,8 @@ from typing import Any
 
 from clinicsync import money, stripe_limits
 from clinicsync.mapping.apply import MappedRecord
+from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, Related, compare_fields, same
+from clinicsync.reconcile.findings import FixKind, Severity
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
     DUPLICATE_OF_KEY,
@@ -229,6 +231,46 @@ def _retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
     return f"made inactive and marked as a duplicate of {survivor_id}"
 
 
+# --- reconciliation ----------------------------------------------------------------------------------------
+PRICE_FIELDS = ("unit_amount", "currency", "tax_behavior")
+
+
+def _compare(request: CompareRequest) -> list[Drift]:
+    """The mapped fields; whether the product is active as the record says; its default price against the one the
+    record's price makes; and no other price of ours left active (an old one the plan did not deactivate)."""
+    drifts = compare_fields(request)
+    product = request.obj
+    archived = request.mapped.archived
+    active = product.get("active", True) is not False
+    marked = bool((product.get("metadata") or {}).get(request.mapping.archived_marker))
+    # An archived product not marked at all is reported once, as not saying it is archived (judge.py).
+    if active == archived and (not archived or marked):
+        fix = FixKind.DEACTIVATE if archived else FixKind.REPUSH
+        drifts.append(Drift("active", not archived, active, fix=fix))
+    default = product.get("default_price")
+    default_id = default.get("id") if isinstance(default, dict) else default
+    wanted = {key: request.mapped.payload.get(f"price.{key}") for key in PRICE_FIELDS}
+    prices = {str(price["id"]): price for price in request.related}
+    if wanted["unit_amount"] is not None:
+        price = prices.get(str(default_id)) if default_id else None
+        if price is None:
+            shown = f"{wanted['unit_amount']} {wanted['currency']} ({wanted['tax_behavior']})"
+            drifts.append(Drift("default_price", shown, default_id, severity=Severity.HIGH))
+        else:
+            drifts += [
+                Drift(f"price.{key}", value, price.get(key), "price", str(price["id"]), Severity.HIGH)
+                for key, value in wanted.items()
+                if not same(value, price.get(key))
+            ]
+            if price.get("active") is False and not archived:
+                drifts.append(Drift("price.active", True, False, "price", str(price["id"]), Severity.HIGH))
+    ours = {owned.stripe_id for owned in request.owned if owned.role == PRICE_ROLE}
+    for price_id, price in prices.items():
+        if price_id in ours and price_id != default_id and price.get("active") is True:
+            drifts.append(Drift("active", False, True, "price", price_id, Severity.LOW, FixKind.DEACTIVATE))
+    return drifts
+
+
 CLINIKO_PRODUCTS = Stream(
     name="cliniko.products",
     source_system="cliniko",
@@ -245,4 +287,11 @@ CLINIKO_PRODUCTS = Stream(
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,
     country=cliniko_common.country,
+    # A product is retired by making it inactive (Stripe keeps products that have prices, so never deleted).
+    compare=Comparison(
+        compare=_compare,
+        archive_fix=FixKind.DEACTIVATE,
+        related=(Related("price", "product"),),
+        retired=lambda product: product.get("active") is False,
+    ),
 )

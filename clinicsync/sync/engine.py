@@ -178,6 +178,8 @@ class StreamRun:
         self._new_links: dict[str, RecordLink] = {}
         self._current_links: dict[str, RecordLink] = {}  # unsaved links of records being decided now
 
+        self._prepared = PreparedStream(stream, self.mapping, self.context, self.stream_settings, self._scope)
+
     # --- the run --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         run = SyncRun.create(
@@ -294,32 +296,9 @@ class StreamRun:
 
     # --- the mapping, the scope and write-back ---------------------------------------------------------
     def _prepare(self) -> None:
-        """Check the stored mapping (validation and the clinical allow-list) and learn what its transforms and
-        scope need from the source, before anything is read or sent."""
-        mapping = self.mapping
-        custom = any(name.startswith(CUSTOM_FIELD_PREFIX) for name in mapping.source_fields)
-        settings = self.stream.source_settings(self.source) if custom or mapping.writeback.enabled else None
-        catalogue = FieldCatalogue.for_source(
-            mapping.source_system, mapping.source_type, custom_field_entries(settings)
-        )
-        problems = mapping_store.check(mapping, catalogue)
-        if problems:
-            raise StreamNotReady(
-                f"The field mapping of {mapping.stream} cannot be used, so nothing was sent:\n"
-                + "\n".join(f"  {problem}" for problem in problems)
-                + "\nFix it in Field mapping, or with `clinicsync mapping`."
-            )
-        zone = mapping.time_zone or (self.stream.time_zone(self.source) if _needs_zone(mapping) else None)
-        self.context = TransformContext(time_zone=zone or DEFAULT_TIME_ZONE)
-        currency = self.options.currency
-        if not currency and self.stream.enrich is not None:
-            currency = money.currency_for_country(self.stream.country(self.source))
-        self.stream_settings = StreamSettings(
-            time_zone=self.context.time_zone,
-            currency=currency or money.DEFAULT_CURRENCY,
-            values=self.options.stream_values,
-        )
-        self._scope = ScopeFilter.for_run(mapping.scope, self.stream, self.source, self.context.time_zone)
+        self._prepared = prepare_stream(self.stream, self.mapping, self.source, self.options)
+        self.context, self.stream_settings = self._prepared.context, self._prepared.settings
+        self._scope = self._prepared.scope
 
     def _target_changes(self, written_with: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(retired, added) targets between the mapping a Stripe object was written with and the current one."""
@@ -430,14 +409,9 @@ class StreamRun:
 
     # --- one record -----------------------------------------------------------------------------------
     def _handle(self, record: Record, pool: WritePool, writer: OutboxWriter | None) -> None:
-        if self.mapping.writeback.enabled:  # the echo rule: what we wrote into the source never flows back
-            record = without_writeback_field(record, self.mapping.writeback.field_token)
         if not self._scope.admits(record):
             return
-        archived_value = self.stream.archived_value(record)
-        mapped = map_record(self.mapping, record, archived_value=archived_value, context=self.context)
-        if mapped.error is None and self.stream.enrich is not None:
-            self.stream.enrich(mapped, record, self.stream_settings)
+        mapped = self._prepared.map(record)
         sid = mapped.source_id
         if self._seen.get(sid) == mapped.payload_hash:
             return  # the same version again (second pass or a page that shifted): already handled
@@ -731,6 +705,57 @@ def _insert_links(links: Iterable[RecordLink]) -> None:
     for link in links:
         if link.id is None:
             link.save(force_insert=True)
+
+
+@dataclass
+class PreparedStream:
+    """A stream ready to map records exactly as a run sends them: its checked mapping, the clinic's zone and
+    currency, and its scope. Reconciliation compares Stripe with what this produces, so the two never differ."""
+
+    stream: Stream
+    mapping: StreamMapping
+    context: TransformContext
+    settings: StreamSettings
+    scope: ScopeFilter
+
+    def map(self, record: Record) -> MappedRecord:
+        """The record as the mapping (and the stream's enrichment) turns it into a Stripe payload."""
+        if self.mapping.writeback.enabled:  # the echo rule: what we wrote into the source never flows back
+            record = without_writeback_field(record, self.mapping.writeback.field_token)
+        archived_value = self.stream.archived_value(record)
+        mapped = map_record(self.mapping, record, archived_value=archived_value, context=self.context)
+        if mapped.error is None and self.stream.enrich is not None:
+            self.stream.enrich(mapped, record, self.settings)
+        return mapped
+
+
+def prepare_stream(stream: Stream, mapping: StreamMapping, source: Any, options: RunOptions) -> PreparedStream:
+    """Check the stored mapping (validation and the clinical allow-list) and learn what its transforms and
+    scope need from the source, before anything is read or sent. Raises StreamNotReady."""
+    custom = any(name.startswith(CUSTOM_FIELD_PREFIX) for name in mapping.source_fields)
+    source_settings = stream.source_settings(source) if custom or mapping.writeback.enabled else None
+    catalogue = FieldCatalogue.for_source(
+        mapping.source_system, mapping.source_type, custom_field_entries(source_settings)
+    )
+    problems = mapping_store.check(mapping, catalogue)
+    if problems:
+        raise StreamNotReady(
+            f"The field mapping of {mapping.stream} cannot be used, so nothing was sent:\n"
+            + "\n".join(f"  {problem}" for problem in problems)
+            + "\nFix it in Field mapping, or with `clinicsync mapping`."
+        )
+    zone = mapping.time_zone or (stream.time_zone(source) if _needs_zone(mapping) else None)
+    context = TransformContext(time_zone=zone or DEFAULT_TIME_ZONE)
+    currency = options.currency
+    if not currency and stream.enrich is not None:
+        currency = money.currency_for_country(stream.country(source))
+    settings = StreamSettings(
+        time_zone=context.time_zone,
+        currency=currency or money.DEFAULT_CURRENCY,
+        values=options.stream_values,
+    )
+    scope = ScopeFilter.for_run(mapping.scope, stream, source, context.time_zone)
+    return PreparedStream(stream, mapping, context, settings, scope)
 
 
 def _latest_reviews(pair: AccountPair, stream: str) -> dict[str, ReviewItem]:

@@ -35,7 +35,7 @@ from clinicsync.store.models import (
     StripeIndexEntry,
     utcnow,
 )
-from clinicsync.streams.base import FindRequest, Stream, WriteStep
+from clinicsync.streams.base import DETACHED_ROLE, FindRequest, Stream, WriteStep
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway, retry_decision
 from clinicsync.sync.crash import crashpoint
 
@@ -407,6 +407,11 @@ class OutboxWriter:
             row.finished_at = self.now()
             row.attempts += 1
             row.save()
+            if row.role == DETACHED_ROLE:  # not the record's object: its links and decisions stay as they are
+                self.recorder.record(
+                    row.plan_action or ACTION_OF_OP[row.op], row.source_id, row.display_name, stripe_id, row.notes
+                )
+                return
             self._apply_effects(row, obj)
             if self._is_primary(row):
                 link, _ = RecordLink.get_or_create(

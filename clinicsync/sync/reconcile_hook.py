@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from clinicsync.outcomes import Outcome
 from clinicsync.paths import AppPaths
+from clinicsync.profile_lock import ProfileLock
 from clinicsync.retry import CancelToken
 from clinicsync.secrets import SecretStore
 from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import Progress, RunResult
 from clinicsync.sync.history import record_not_run
-from clinicsync.sync.lock import ProfileLock
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,15 @@ from clinicsync.secrets import MemorySecretStore, SecretStore
 from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.history import SCHEDULE, awaiting_approval, record_skipped
+from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest, apply_fixes
 from clinicsync.sync.reconcile_hook import RECONCILE, run_reconciliation
+from clinicsync.sync.reconcile_run import ReconcileResult, run_reconcile
 from clinicsync.sync.service import enabled_streams, failure_of, run_sync
 
 log = logging.getLogger(__name__)
+
+
+JOB_KINDS = ("sync", "reconcile", "reconcile_fix")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,11 @@ class Job:
     streams: tuple[str, ...] | None = None
     dry_run: bool = False
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # sync; reconcile (reads both sides, stores a report); reconcile_fix (carries out `fixes`; `confirmed`: the
+    # person confirmed deletions). All hold the profile's lock, so none overlaps another's work on the profile.
+    kind: str = "sync"
+    fixes: tuple[FixRequest, ...] = ()
+    confirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,8 @@ class JobOutcome:
     failure_kind: str | None = None
     message: str = ""
     service: str | None = None  # which service a failure before the streams concerns: "stripe", "cliniko"
+    reconcile: ReconcileResult | None = None  # a reconcile job's report
+    fixes: tuple[FixOutcome, ...] = ()  # a reconcile_fix job's outcomes, one per request
 
     @property
     def needs_attention(self) -> bool:
@@ -122,16 +134,31 @@ class SyncRunner:
         credentials: Mapping[str, str],
         streams: Sequence[str] | None = None,
         dry_run: bool = False,
+        kind: str = "sync",
+        fixes: Sequence[FixRequest] = (),
+        confirmed: bool = False,
     ) -> Job | None:
-        """Queue a sync. Returns None (and queues nothing) while syncing is paused, a sync is already waiting
-        (two waiting syncs would do the same work twice) or the runner is shutting down."""
-        if self.paused():
+        """Queue a sync (or a reconciliation, or fixes chosen in one). Returns None (and queues nothing) while
+        syncing is paused (a reconciliation only reads, so it still runs), a job is already waiting (two waiting
+        syncs would do the same work twice) or the runner is shutting down."""
+        if kind not in JOB_KINDS:
+            raise ValueError(f"unknown job kind {kind!r}")
+        if self.paused() and kind != "reconcile":
             return None
         with self._lock:
             if self._stopping or self._queued:
                 return None
             self._queued += 1
-            job = Job(next(self._ids), trigger, tuple(streams) if streams else None, dry_run, dict(credentials))
+            job = Job(
+                next(self._ids),
+                trigger,
+                tuple(streams) if streams else None,
+                dry_run,
+                dict(credentials),
+                kind,
+                tuple(fixes),
+                confirmed,
+            )
             self._last_id = job.id
             # Queued under the lock, so a job accepted before shutdown() is always ahead of its stop marker.
             self._queue.put(job)
@@ -228,7 +255,7 @@ class SyncRunner:
             return SHUTDOWN_MESSAGE
         if job.id <= self._cancelled_through:
             return CANCELLED_MESSAGE
-        if self.paused():  # paused after it was queued: "nothing is sent to Stripe" must hold
+        if self.paused() and job.kind != "reconcile":  # paused after it was queued: "nothing is sent to Stripe"
             return PAUSED_MESSAGE
         return None
 
@@ -238,7 +265,23 @@ class SyncRunner:
 
         secrets = MemorySecretStore(job.credentials)
         try:
-            if job.trigger == RECONCILE:
+            if job.kind == "reconcile":
+                report = run_reconcile(
+                    self._paths,
+                    self._settings,
+                    secrets,
+                    streams=job.streams,
+                    trigger=job.trigger,
+                    cancel=cancel,
+                    progress=progress,
+                )
+                return JobOutcome(job, reconcile=report)
+            if job.kind == "reconcile_fix":
+                outcomes = apply_fixes(
+                    self._paths, self._settings, secrets, job.fixes, confirmed=job.confirmed, cancel=cancel
+                )
+                return JobOutcome(job, fixes=tuple(outcomes))
+            if job.trigger == RECONCILE:  # the scheduler's reconciliation, through the registered hook
                 results = run_reconciliation(self._paths, self._settings, secrets, cancel=cancel, progress=progress)
             else:
                 results = run_sync(

@@ -1,0 +1,492 @@
+"""Run a reconciliation: read both sides of each stream in full, page by page, ask the stream's comparison and
+the shared rules (clinicsync/reconcile/) about every record, and store the report and its findings.
+
+Memory stays flat however large the clinic: Stripe's objects go page by page into a temporary SQLite file
+(private to this run, deleted when it ends), source records are judged a page at a time against it, and findings
+are stored in batches as they are made. Both sides are read through the same clients, with the same rate budgets,
+as a sync; and under the profile's lock, so a reconciliation never overlaps a sync of the same profile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from clinicsync.mapping.preview import stripe_value
+from clinicsync.mapping.spec import StreamMapping
+from clinicsync.paths import AppPaths
+from clinicsync.profile_lock import ProfileLock
+from clinicsync.reconcile.compare import Comparison, Owned
+from clinicsync.reconcile.findings import Counts, Finding, FindingStatus, ReportOutcome
+from clinicsync.reconcile.judge import Decision, SourceSide, StripeSide, judge_match_group, judge_record
+from clinicsync.retry import Cancelled, CancelToken
+from clinicsync.secrets import SecretStore
+from clinicsync.sources.errors import SourceError
+from clinicsync.store import mappings as mapping_store
+from clinicsync.store import reconciliation as report_store
+from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, RoleLink
+from clinicsync.store.settings import Settings
+from clinicsync.streams import STREAMS, Record, Stream, StreamNotReady, dependency_order
+from clinicsync.stripe_gateway import StripeGateway
+from clinicsync.sync.engine import PreparedStream, Progress, prepare_stream
+from clinicsync.sync.matching import match_hash
+from clinicsync.sync.service import (
+    ConfigProblem,
+    cliniko_client,
+    enabled_streams,
+    failure_of,
+    resolve_pair,
+    run_options,
+    stripe_gateway,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH = 200  # source records judged together: one query per side per batch
+SCRATCH_CACHE_KIB = 4096  # the temporary file's page cache; the rest stays on disk
+
+
+@dataclass
+class StreamReport:
+    stream: str
+    source_records: int = 0
+    stripe_objects: int = 0
+    failure_kind: str | None = None  # failure_of's kinds: config, auth, unreachable, error, storage, internal
+    message: str = ""
+
+
+@dataclass
+class ReconcileResult:
+    report_id: int
+    outcome: ReportOutcome
+    counts: Counts
+    streams: list[StreamReport] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def failed(self) -> list[StreamReport]:
+        return [stream for stream in self.streams if stream.failure_kind]
+
+
+def reconcilable(settings: Settings, streams: Sequence[str] | None = None) -> list[str]:
+    """The streams to compare: those asked for, else every enabled one that declares a comparison."""
+    unknown = [name for name in streams or () if name not in STREAMS]
+    if unknown:
+        raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
+    names = list(streams) if streams else enabled_streams(settings)
+    not_compared = [name for name in names if STREAMS[name].compare is None]
+    if streams and not_compared:
+        raise ConfigProblem(f"{', '.join(not_compared)} cannot be reconciled yet.")
+    return dependency_order(STREAMS, [name for name in names if STREAMS[name].compare is not None])
+
+
+def run_reconcile(
+    paths: AppPaths,
+    settings: Settings,
+    secrets: SecretStore,
+    *,
+    streams: Sequence[str] | None = None,
+    trigger: str = "cli",
+    cancel: CancelToken | None = None,
+    progress: Progress | None = None,
+) -> ReconcileResult:
+    """Compare the given streams (default: every enabled one) and store the report. Holds the profile's lock
+    (raises SyncLocked while a sync runs). A stream that fails is named in the result; a failure every stream would
+    meet (a key refused, a service unreachable, a full disk) or a cancellation stops the report and is raised."""
+    cancel = cancel or CancelToken()
+    names = reconcilable(settings, streams)
+    with ProfileLock(paths.lock_file):
+        cliniko = cliniko_client(settings, secrets, cancel)
+        try:
+            gateway = stripe_gateway(settings, secrets, cancel)
+            pair = resolve_pair(cliniko, gateway)
+            report = report_store.start_report(pair, names, trigger=trigger)
+            counts = Counts()
+            result = ReconcileResult(report.id, ReportOutcome.RUNNING, counts)
+            try:
+                for name in names:
+                    stream_report = StreamReport(name)
+                    result.streams.append(stream_report)
+                    try:
+                        _StreamReconciler(
+                            STREAMS[name], pair, cliniko, gateway, settings, report, counts, cancel, progress
+                        ).run(stream_report)
+                    except Exception as exc:
+                        if isinstance(exc, StreamNotReady):
+                            exc = ConfigProblem(str(exc))
+                        failure = failure_of(exc)
+                        if failure is None or failure[0] in _STOPS_EVERYTHING:
+                            raise exc from None
+                        stream_report.failure_kind, stream_report.message = failure
+                        log.warning("reconciliation of %s stopped: %s", name, failure[1])
+            except BaseException as exc:
+                cancelled = isinstance(exc, Cancelled)
+                outcome = ReportOutcome.CANCELLED if cancelled else ReportOutcome.FAILED
+                message = "Cancelled." if cancelled else (failure_of(exc) or ("", type(exc).__name__))[1]
+                _finish(report, result, outcome, message)
+                raise
+            if result.failed:
+                message = "; ".join(f"{s.stream}: {s.message}" for s in result.failed)
+                _finish(report, result, ReportOutcome.FAILED, message)
+            else:
+                _finish(report, result, ReportOutcome.FINDINGS if counts.total else ReportOutcome.CLEAN, "")
+            return result
+        finally:
+            cliniko.close()
+
+
+# A failure every later stream would meet too (failure_of's kinds): the report stops there, as a sync does.
+_STOPS_EVERYTHING = frozenset({"auth", "unreachable", "storage", "cancelled", "locked"})
+
+
+def _finish(report: Any, result: ReconcileResult, outcome: ReportOutcome, message: str) -> None:
+    result.outcome, result.message = outcome, message
+    compared = {s.stream: {"source": s.source_records, "stripe": s.stripe_objects} for s in result.streams}
+    try:
+        report_store.finish_report(report, outcome, result.counts, compared, message)
+    except Exception:  # the report's own row may not fit on a full disk either; the cause is what matters
+        log.exception("could not record the end of reconciliation report %s", report.id)
+
+
+# --- the temporary store of one stream's Stripe side ----------------------------------------------------------
+class Scratch:
+    """Stripe objects of one stream, in a private temporary SQLite file that SQLite deletes when it is closed.
+
+    Keeps per object: its id, the cross-reference it carries, the hash of its match key, its `created`, whether a
+    local link points to it, and the object itself (JSON) for the comparison; related objects (a product's prices)
+    by parent id; and which source ids have been seen.
+    """
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", isolation_level=None)  # "": a temporary file, removed on close
+        self.db.execute(f"PRAGMA cache_size = -{SCRATCH_CACHE_KIB}")
+        self.db.executescript(
+            """
+            CREATE TABLE obj (id TEXT PRIMARY KEY, ref TEXT, match TEXT, created INTEGER, linked INTEGER DEFAULT 0,
+                              body TEXT NOT NULL);
+            CREATE INDEX obj_ref ON obj (ref);
+            CREATE INDEX obj_match ON obj (match) WHERE ref IS NULL;
+            CREATE TABLE rel (id TEXT PRIMARY KEY, parent TEXT, body TEXT NOT NULL);
+            CREATE INDEX rel_parent ON rel (parent);
+            CREATE TABLE seen (source_id TEXT PRIMARY KEY);
+            """
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def load(self, objects: Iterable[Mapping[str, Any]], row: Callable[[Mapping[str, Any]], tuple[Any, ...]]) -> int:
+        count = 0
+        for batch in _chunks(objects, 500):
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO obj VALUES (?, ?, ?, ?, 0, ?)", [row(obj) for obj in batch])
+            self.db.execute("COMMIT")
+            count += len(batch)
+        return count
+
+    def load_related(self, objects: Iterable[Mapping[str, Any]], parent_field: str) -> int:
+        count = 0
+        for batch in _chunks(objects, 500):
+            rows = [(str(obj["id"]), _id_of(obj.get(parent_field)), _dump(obj)) for obj in batch]
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO rel VALUES (?, ?, ?)", rows)
+            self.db.execute("COMMIT")
+            count += len(batch)
+        return count
+
+    def mark_linked(self, stripe_ids: Iterable[str]) -> None:
+        for batch in _chunks(stripe_ids, 500):
+            marks = ",".join("?" * len(batch))
+            self.db.execute(f"UPDATE obj SET linked = 1 WHERE id IN ({marks})", batch)
+
+    def first_time(self, source_id: str) -> bool:
+        """Record that the source has this record; False if it was seen already (read twice in one pass)."""
+        return self.db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (source_id,)).rowcount == 1
+
+    def objects_for(self, refs: Sequence[str], ids: Sequence[str]) -> list[tuple[str | None, dict[str, Any]]]:
+        """(cross-reference, object) for objects naming one of `refs` or having one of `ids`."""
+        if not refs and not ids:
+            return []
+        rows = self.db.execute(
+            f"SELECT ref, body FROM obj WHERE ref IN ({','.join('?' * len(refs)) or 'NULL'}) "
+            f"OR id IN ({','.join('?' * len(ids)) or 'NULL'})",
+            [*refs, *ids],
+        )
+        return [(ref, json.loads(body)) for ref, body in rows]
+
+    def related_for(self, parents: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        if not parents:
+            return found
+        rows = self.db.execute(
+            f"SELECT parent, body FROM rel WHERE parent IN ({','.join('?' * len(parents))})", parents
+        )
+        for parent, body in rows:
+            found.setdefault(parent, []).append(json.loads(body))
+        return found
+
+    def candidates(self, match: str | None) -> tuple[str, ...]:
+        """Objects without a cross-reference and without a link that share this match key."""
+        if match is None:
+            return ()
+        rows = self.db.execute(
+            "SELECT id FROM obj WHERE ref IS NULL AND match = ? AND linked = 0 ORDER BY created, id", (match,)
+        )
+        return tuple(row[0] for row in rows)
+
+    def unseen_references(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """Groups of objects naming a source id the source did not return, one group at a time."""
+        rows = self.db.execute(
+            "SELECT ref, body FROM obj WHERE ref IS NOT NULL AND ref NOT IN (SELECT source_id FROM seen) ORDER BY ref"
+        )
+        yield from _grouped(rows)
+
+    def match_groups(self) -> Iterator[list[dict[str, Any]]]:
+        """Groups of unreferenced, unlinked objects sharing a match key, one group at a time."""
+        rows = self.db.execute(
+            "SELECT match, body FROM obj WHERE ref IS NULL AND linked = 0 AND match IN "
+            "(SELECT match FROM obj WHERE ref IS NULL AND linked = 0 AND match IS NOT NULL "
+            "GROUP BY match HAVING COUNT(*) > 1) ORDER BY match"
+        )
+        for _, objects in _grouped(rows):
+            yield objects
+
+
+def _grouped(rows: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    key: str | None = None
+    group: list[dict[str, Any]] = []
+    for value, body in rows:
+        if value != key and group:
+            yield key, group  # type: ignore[misc]
+            group = []
+        key = value
+        group.append(json.loads(body))
+    if group:
+        yield key, group  # type: ignore[misc]
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _dump(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _id_of(value: Any) -> str | None:
+    if isinstance(value, Mapping):  # an expanded object
+        value = value.get("id")
+    return str(value) if value else None
+
+
+# --- one stream ------------------------------------------------------------------------------------------------
+class _StreamReconciler:
+    def __init__(
+        self,
+        stream: Stream,
+        pair: AccountPair,
+        source: Any,
+        gateway: StripeGateway,
+        settings: Settings,
+        report: Any,
+        counts: Counts,
+        cancel: CancelToken,
+        progress: Progress | None,
+    ) -> None:
+        assert stream.compare is not None
+        self.stream = stream
+        self.comparison: Comparison = stream.compare
+        self.pair = pair
+        self.source = source
+        self.gateway = gateway
+        self.settings = settings
+        self.report = report
+        self.counts = counts
+        self.cancel = cancel
+        self._progress = progress or (lambda *_: None)
+        self.mapping: StreamMapping = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)[0]
+        self.intents: dict[str, tuple[str, str]] = {}
+        self.decisions: dict[str, str] = {}
+        self.pending: list[Finding] = []
+
+    def run(self, stream_report: StreamReport) -> None:
+        options = run_options(self.settings, trigger="reconcile", dry_run=True)
+        prepared = prepare_stream(self.stream, self.mapping, self.source, options)
+        if not self.report.time_zone:  # the clinic's zone, for showing the report's times
+            self.report.time_zone = self.mapping.time_zone or self._clinic_zone() or prepared.context.time_zone
+            self.report.save()
+        self.intents = report_store.intents(self.pair, self.stream.name)
+        self.decisions = self._decisions()
+        scratch = Scratch()
+        try:
+            stream_report.stripe_objects = self._read_stripe(scratch)
+            stream_report.source_records = self._read_source(scratch, prepared)
+            self._progress(self.stream.name, stream_report.source_records, None, "Looking for orphans and duplicates")
+            self._judge_unseen(scratch)
+            for objects in scratch.match_groups() if self.comparison.duplicate_match_key else ():
+                self.cancel.raise_if_cancelled()
+                self._found(judge_match_group(self.comparison, self.mapping, objects))
+            self._flush()
+        finally:
+            scratch.close()
+
+    def _clinic_zone(self) -> str | None:
+        try:
+            return self.stream.time_zone(self.source)
+        except SourceError as exc:  # only the report's clock depends on it
+            log.info("the clinic's time zone was not read (%s); the report shows the default", exc)
+            return None
+
+    # --- Stripe ---------------------------------------------------------------------------------------------
+    def _read_stripe(self, scratch: Scratch) -> int:
+        kind = self.mapping.stripe_object
+        self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s")
+        ref_key = self.mapping.cross_ref_key
+        has_match = any(rule.role == "match_key" for rule in self.mapping.rules)
+
+        def index_row(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+            self.cancel.raise_if_cancelled()
+            ref = (obj.get("metadata") or {}).get(ref_key) or None
+            value = stripe_value(obj, self.mapping.match_target) if has_match else None
+            match = match_hash(self.pair, value) if isinstance(value, str) else None
+            return (str(obj["id"]), ref, match, obj.get("created"), _dump(obj))
+
+        count = scratch.load(self.gateway.iter_objects(kind), index_row)
+        for related in self.comparison.related:
+            self._progress(self.stream.name, 0, None, f"Reading Stripe {related.stripe_object}s")
+            scratch.load_related(
+                _checked(self.gateway.iter_objects(related.stripe_object), self.cancel), related.parent_field
+            )
+        linked = (
+            row.stripe_id
+            for row in RecordLink.select(RecordLink.stripe_id)
+            .where(self._links() & RecordLink.stripe_id.is_null(False))
+            .iterator()
+        )
+        scratch.mark_linked(linked)
+        return count
+
+    # --- the source -----------------------------------------------------------------------------------------
+    def _read_source(self, scratch: Scratch, prepared: PreparedStream) -> int:
+        self._progress(self.stream.name, 0, None, f"Reading {self.mapping.source_type} records")
+        read = 0
+        for batch in _chunks(self.stream.read_changed(self.source, None), BATCH):
+            self.cancel.raise_if_cancelled()
+            fresh = [record for record in batch if scratch.first_time(str(record.get("id") or ""))]
+            read += len(fresh)
+            self._judge_batch(scratch, prepared, fresh)
+            prepared.scope.left_out.clear()  # ids only, but a full read must not grow with the clinic
+            self._progress(self.stream.name, read, getattr(self.source, "last_total_entries", None), "")
+        return read
+
+    def _judge_batch(self, scratch: Scratch, prepared: PreparedStream, records: list[Record]) -> None:
+        ids = [str(record.get("id") or "") for record in records]
+        links = {row.source_id: row for row in RecordLink.select().where(self._links() & RecordLink.source_id.in_(ids))}
+        owned = self._owned(ids) if self.comparison.related else {}
+        linked_ids = [link.stripe_id for link in links.values() if link.stripe_id]
+        by_ref: dict[str, list[dict[str, Any]]] = {}
+        by_id: dict[str, dict[str, Any]] = {}
+        for ref, obj in scratch.objects_for(ids, linked_ids):
+            by_id[str(obj["id"])] = obj
+            if ref:
+                by_ref.setdefault(ref, []).append(obj)
+        related = scratch.related_for(list(by_id)) if self.comparison.related else {}
+        for record, sid in zip(records, ids, strict=True):
+            link = links.get(sid)
+            in_scope = prepared.scope.admits(record)
+            mapped = prepared.map(record)
+            objects = {str(obj["id"]): obj for obj in by_ref.get(sid, [])}
+            if link is not None and link.stripe_id in by_id:
+                objects[link.stripe_id] = by_id[link.stripe_id]
+            candidates = () if objects else scratch.candidates(match_hash(self.pair, mapped.match_value))
+            side = SourceSide(
+                source_id=sid,
+                mapped=mapped,
+                in_scope=in_scope,
+                linked_id=link.stripe_id if link is not None else None,
+                synced_hash=link.payload_hash if link is not None else None,
+                decision=self.decisions.get(sid, Decision.NONE),
+                owned=owned.get(sid, ()),
+            )
+            stripe = StripeSide(
+                tuple(objects.values()), {oid: tuple(related.get(oid, ())) for oid in objects}, candidates
+            )
+            self._found(judge_record(self.comparison, self.mapping, side, stripe))
+
+    def _judge_unseen(self, scratch: Scratch) -> None:
+        """Objects naming records the source does not have (deleted, or from another account)."""
+        for group in _chunks(scratch.unseen_references(), BATCH):
+            self.cancel.raise_if_cancelled()
+            ids = [source_id for source_id, _ in group]
+            links = {
+                row.source_id: row.stripe_id
+                for row in RecordLink.select().where(self._links() & RecordLink.source_id.in_(ids))
+            }
+            for source_id, objects in group:
+                side = SourceSide(source_id=source_id, mapped=None, linked_id=links.get(source_id))
+                self._found(judge_record(self.comparison, self.mapping, side, StripeSide(tuple(objects))))
+
+    # --- what the local database says ----------------------------------------------------------------------
+    def _links(self) -> Any:
+        return (RecordLink.pair == self.pair) & (RecordLink.stream == self.stream.name)
+
+    def _decisions(self) -> dict[str, str]:
+        """Records a person must decide about or chose to ignore, and those with a write waiting to be sent."""
+        decisions = {}
+        reviews = ReviewItem.select(ReviewItem.source_id, ReviewItem.status).where(
+            (ReviewItem.pair == self.pair)
+            & (ReviewItem.stream == self.stream.name)
+            & ReviewItem.status.in_(("open", "ignored"))
+        )
+        for row in reviews.iterator():
+            decisions[row.source_id] = Decision.REVIEW if row.status == "open" else Decision.IGNORED
+        queued = OutboxEntry.select(OutboxEntry.source_id).where(
+            (OutboxEntry.pair == self.pair)
+            & (OutboxEntry.stream == self.stream.name)
+            & (OutboxEntry.status == "pending")
+        )
+        for row in queued.iterator():
+            decisions[row.source_id] = Decision.QUEUED
+        return decisions
+
+    def _owned(self, ids: Sequence[str]) -> dict[str, tuple[Owned, ...]]:
+        owned: dict[str, list[Owned]] = {}
+        rows = RoleLink.select().where(
+            (RoleLink.pair == self.pair) & (RoleLink.stream == self.stream.name) & RoleLink.source_id.in_(list(ids))
+        )
+        for row in rows:
+            owned.setdefault(row.source_id, []).append(Owned(row.role, row.stripe_id, row.current, row.active))
+        return {source_id: tuple(items) for source_id, items in owned.items()}
+
+    # --- findings -------------------------------------------------------------------------------------------
+    def _found(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            intent = self.intents.get(finding.key)
+            if intent is not None and intent[0] == finding.fingerprint:
+                finding = replace(finding, status=FindingStatus.ACCEPTED, note=intent[1])
+            self.counts.add(finding)
+            self.pending.append(finding)
+        if len(self.pending) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            report_store.add_findings(self.report, self.pending)
+            self.pending = []
+
+
+def _checked(objects: Iterable[Mapping[str, Any]], cancel: CancelToken) -> Iterator[Mapping[str, Any]]:
+    for obj in objects:
+        cancel.raise_if_cancelled()
+        yield obj

@@ -1,0 +1,108 @@
+"""Reconciliations and their fixes as jobs of the Qt-free runner (what the Reconciliation tab submits): one at a
+time with syncs, on the worker thread, with progress; a reconciliation only reads, so Pause does not hold it."""
+
+from __future__ import annotations
+
+import json
+
+from clinicsync.reconcile.findings import FindingStatus, FindingType, FixKind
+from clinicsync.store import reconciliation
+from clinicsync.stripe_gateway import StripeGateway
+from clinicsync.sync.reconcile_fix import FixRequest, apply_fixes
+from clinicsync.sync.reconcile_run import Scratch, run_reconcile
+from tests.integration.test_reconcile import stripe_call
+from tests.integration.test_runner import start
+from tests.support import admin, context, sync_once
+
+
+def wait_for(listener, count: int) -> None:
+    for _ in range(count):
+        assert listener.done.wait(60)
+        listener.done.clear()
+
+
+def test_reconcile_and_fix_jobs_run_on_the_worker_and_report(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=40)
+    ctx, runner, listener, credentials = start(env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false"))
+    try:
+        assert runner.submit(trigger="manual", credentials=credentials) is not None
+        wait_for(listener, 1)
+        customer = next(c for c in admin(sandbox.stripe_url, "dump")["data"] if not c["deleted"])
+        stripe_call(sandbox, "POST", f"customers/{customer['id']}", {"phone": "0400 123 456"})
+
+        ctx.settings.set("sync.paused", True)  # reading both sides sends nothing: it still runs
+        job = runner.submit(trigger="manual", credentials=credentials, kind="reconcile")
+        assert job is not None and job.kind == "reconcile"
+        assert runner.submit(trigger="manual", credentials=credentials, kind="reconcile_fix") is None  # paused
+        wait_for(listener, 1)
+        outcome = listener.finished[-1]
+        assert outcome.failure_kind is None and outcome.reconcile is not None
+        assert outcome.reconcile.counts.by_type()[FindingType.FIELD_DRIFT] == 1
+        assert any(step.startswith("Reading Stripe") for _, _, _, step in listener.progress)
+        assert listener.threads == {"sync-runner"}
+
+        ctx.settings.set("sync.paused", False)
+        (finding,) = reconciliation.findings(outcome.reconcile.report_id)
+        fix = FixRequest(finding.id or 0, FixKind.MARK_INTENDED, note="the patient asked for it")
+        assert runner.submit(trigger="manual", credentials=credentials, kind="reconcile_fix", fixes=[fix])
+        wait_for(listener, 1)
+        (done,) = listener.finished[-1].fixes
+        assert done.status == FindingStatus.ACCEPTED
+    finally:
+        assert runner.shutdown(10)
+
+
+def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
+    scratch = Scratch()
+    try:
+        objects = [
+            {"id": "cus_1", "created": 1, "metadata": {"ref": "a"}},
+            {"id": "cus_2", "created": 2, "metadata": {"ref": "a"}},
+            {"id": "cus_3", "created": 3, "metadata": {}},
+            {"id": "cus_4", "created": 4, "metadata": {}},
+            {"id": "cus_5", "created": 5, "metadata": {}},
+        ]
+        match = {"cus_3": "m", "cus_4": "m", "cus_5": "m"}
+        scratch.load(
+            objects,
+            lambda o: (
+                o["id"],
+                o["metadata"].get("ref"),
+                match.get(o["id"]),
+                o["created"],
+                json.dumps({"id": o["id"]}),
+            ),
+        )
+        scratch.mark_linked(["cus_5"])
+        assert scratch.first_time("b") and not scratch.first_time("b")
+        assert [ref for ref, _ in scratch.unseen_references()] == ["a"]
+        assert [[o["id"] for o in group] for group in scratch.match_groups()] == [["cus_3", "cus_4"]]
+        assert scratch.candidates("m") == ("cus_3", "cus_4")
+        assert sorted(o["id"] for _, o in scratch.objects_for(["a"], ["cus_4"])) == ["cus_1", "cus_2", "cus_4"]
+    finally:
+        scratch.close()
+
+
+def test_a_duplicate_with_payments_is_never_deleted(make_sandbox, env_for, monkeypatch):
+    sandbox = make_sandbox(profile="clean", patients=5)
+    env = env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+    sync_once(env)
+    for name in ("Walk In", "Walk-in"):
+        stripe_call(sandbox, "POST", "customers", {"name": name, "email": "walk.in@example.org"})
+    ctx = context(env)
+    report = run_reconcile(ctx.paths, ctx.settings, ctx.secrets, streams=["cliniko.patients"])
+    (duplicate,) = reconciliation.findings(report.report_id)
+    assert duplicate.type == FindingType.DUPLICATE and FixKind.DELETE in duplicate.fixes
+
+    def paid(self, stripe_object, filters):
+        return stripe_object == "payment_intent"
+
+    monkeypatch.setattr(StripeGateway, "any_of", paid)
+    request = FixRequest(duplicate.id or 0, FixKind.DELETE)
+    (kept,) = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [request], confirmed=True)
+    assert kept.status is None and "payment intents" in kept.message
+    assert any(c["id"] == duplicate.stripe_id and not c["deleted"] for c in admin(sandbox.stripe_url, "dump")["data"])
+    monkeypatch.undo()
+    (deleted,) = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [request], confirmed=True)
+    assert deleted.status == FindingStatus.FIXED
+    assert any(c["id"] == duplicate.stripe_id and c["deleted"] for c in admin(sandbox.stripe_url, "dump")["data"])
