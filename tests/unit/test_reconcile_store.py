@@ -1,4 +1,4 @@
-"""Reconciliation reports in the store (schema v6), marks as intended, and the CSV and HTML exports."""
+"""Reconciliation reports in the store (schema v7), marks as intended, and the CSV and HTML exports."""
 
 from __future__ import annotations
 
@@ -71,13 +71,13 @@ def finding(kind: FindingType = FindingType.FIELD_DRIFT, n: int = 1, **values: o
     return Finding(**base)  # type: ignore[arg-type]
 
 
-def test_v6_creates_the_tables_and_running_it_again_changes_nothing(db: SqliteDatabase):
-    assert migrations.current_version(db) == migrations.LATEST_VERSION == 6
+def test_v7_creates_the_tables_and_running_it_again_changes_nothing(db: SqliteDatabase):
+    assert migrations.current_version(db) == migrations.LATEST_VERSION == 7
     tables = set(db.get_tables())
     assert {"reconcile_report", "reconcile_finding", "reconcile_intent"} <= tables
-    migrations._v6_reconciliation(db)  # idempotent: as a re-run after a crash between the step and its version row
-    SchemaVersion.delete().where(SchemaVersion.version == 6).execute()
-    assert migrations.migrate(db) == 6 and set(db.get_tables()) == tables
+    migrations._v7_reconciliation(db)  # idempotent: as a re-run after a crash between the step and its version row
+    SchemaVersion.delete().where(SchemaVersion.version == 7).execute()
+    assert migrations.migrate(db) == 7 and set(db.get_tables()) == tables
 
 
 def test_findings_are_stored_filtered_and_read_back(pair: AccountPair):
