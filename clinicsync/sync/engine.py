@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 
 PLAN_SAMPLE_SIZE = 20
 WRITE_BATCH = 50  # plans stored per transaction (each stored before any of them is sent)
+# Which outcome a record counts as when several happen to it in one run (the most telling one).
+COUNT_RANK = {"unchanged": 0, "skipped": 1, "updated": 2, "linked": 3, "created": 4, "review": 5, "failed": 6}
 Progress = Callable[[str, int, int | None, str], None]  # (stream, records done, total or None, step)
 
 
@@ -117,12 +119,26 @@ class RunRecorder:
         self._dry_run = dry_run
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(ACTIONS, 0)
+        self._by_record: dict[str, str] = {}
         self.samples: dict[str, list[dict[str, Any]]] = {action: [] for action in ACTIONS}
 
     def record(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str = "") -> None:
         with self._lock:
-            self.counts[action] += 1
-            if len(self.samples[action]) < PLAN_SAMPLE_SIZE:
+            # One count per record: a write replayed at the start of a run and its record read again later is one
+            # record, not two. It counts as what matters most of what happened to it (failed before created
+            # before updated before unchanged).
+            known = source_id not in ("", "?")
+            previous = self._by_record.get(source_id) if known else None
+            if previous is not None and COUNT_RANK[action] <= COUNT_RANK[previous]:
+                counted = False
+            else:
+                if previous is not None:
+                    self.counts[previous] -= 1
+                if known:
+                    self._by_record[source_id] = action
+                self.counts[action] += 1
+                counted = True
+            if counted and len(self.samples[action]) < PLAN_SAMPLE_SIZE:
                 self.samples[action].append(
                     {"source_id": source_id, "name": display_name, "stripe_id": stripe_id, "message": message}
                 )

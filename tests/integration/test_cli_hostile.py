@@ -25,10 +25,11 @@ from tests.support import executed_writes, stats
 
 @pytest.fixture
 def cli_env(env_for, tmp_path):
-    """A profile for the CLI, as in test_cli.py: the sandbox's keys in the environment, an empty test keyring."""
+    """A profile for the CLI, as in test_cli.py: the sandbox's keys in the environment, an empty test keyring. These
+    tests break the patients stream's profile on purpose; the products stream is off so what they read is its."""
 
     def make(sandbox, name: str = "profile", **overrides: str) -> dict[str, str]:
-        env = env_for(sandbox, name)
+        env = env_for(sandbox, name, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
         env["PYTHON_KEYRING_BACKEND"] = FILE_KEYRING
         env[TEST_KEYRING_FILE] = str(tmp_path / f"{name}-keyring.json")
         return env | overrides
@@ -370,13 +371,16 @@ def test_a_killed_sync_shows_as_interrupted_in_status_doctor_and_history(make_sa
     assert killed.code == -9, killed
 
     status = expect(cli(env, "status"), 0)
-    assert "interrupted" in status.out and "running" not in status.out, status
+    last_run = next(line for line in status.out.splitlines() if "last run:" in line)
+    assert "interrupted" in last_run and "running" not in last_run, status
     doctor = expect(cli(env, "doctor", "--offline"), 0)
     assert "(interrupted)" in doctor.out and "free (no sync is running" in doctor.out, doctor
     history = expect(cli(env, "history"), 0)
     assert "Interrupted" in history.out and "stopped before it finished" in history.out, history
     counts = _history_counts(history.out)
-    assert 0 < sum(counts) <= 12, history
+    # Finished writes are recorded in batches, so a run killed early may have recorded none of them yet; the next
+    # run replays those writes with their own keys and records them (the 12 customers below).
+    assert sum(counts) <= 12, history
 
     synced = expect(cli(env, "sync", "--once"), 0)
     assert "ok" in synced.out
@@ -384,11 +388,6 @@ def test_a_killed_sync_shows_as_interrupted_in_status_doctor_and_history(make_sa
     assert len(customers_of(sandbox)) == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine counts a write replayed from the outbox and the re-read of its record both (RunRecorder in "
-    "sync/engine.py and OutboxWriter.deliver in sync/outbox.py, which this branch may not edit)",
-)
 def test_the_run_after_a_kill_counts_no_more_than_the_records_it_read(make_sandbox, cli_env):
     sandbox = make_sandbox(profile="clean", patients=12)
     env = cli_env(sandbox, CLINICSYNC_STRIPE_WORKERS="1")
