@@ -103,6 +103,9 @@ class RunRecorder:
 
     def note(self, source_id: str, display_name: str, stripe_id: str | None, message: str) -> None:
         """A history row that is not one of the record's counted outcomes (e.g. a duplicate removed)."""
+        self._event(NOTE, source_id, display_name, stripe_id, message)
+
+    def _event(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str) -> None:
         if not self._dry_run:
             SyncEvent.create(
                 run=self._run,
@@ -110,7 +113,7 @@ class RunRecorder:
                 source_id=source_id,
                 display_name=display_name,
                 stripe_id=stripe_id,
-                action=NOTE,
+                action=action,
                 message=message,
             )
 
@@ -142,16 +145,8 @@ class RunRecorder:
                 self.samples[action].append(
                     {"source_id": source_id, "name": display_name, "stripe_id": stripe_id, "message": message}
                 )
-        if action != "unchanged" and not self._dry_run:
-            SyncEvent.create(
-                run=self._run,
-                stream=self._run.stream,
-                source_id=source_id,
-                display_name=display_name,
-                stripe_id=stripe_id,
-                action=action,
-                message=message,
-            )
+        if action != "unchanged":
+            self._event(action, source_id, display_name, stripe_id, message)
 
 
 class StreamRun:
