@@ -239,10 +239,6 @@ class OutboxWriter:
             if current.status != "pending" or not self.deliver(current):
                 return
 
-    def _superseded_done(self, row: OutboxEntry) -> bool:
-        """A step replaced by a fresh row (after a saved 500) that has finished."""
-        return self._step_row(row, row.step, status="done") is not None
-
     def _step_row(self, row: OutboxEntry, step: int, *, status: str | None = None) -> OutboxEntry | None:
         if row.plan_key is None:
             return None
