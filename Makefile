@@ -27,10 +27,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check clinicsync tests benchmarks
 	$(BIN)/ruff format --check clinicsync tests benchmarks
 
-# Re-derives the trimmed API facts the tests read (tests/specs/) from the upstream documents, by default in
-# ../shared/specs: `make specs SPECS_SOURCE=/some/folder` for another copy. See tests/specs/README.md.
-SPECS_SOURCE ?= ../shared/specs
+# Re-derives the trimmed API facts the tests read (tests/specs/) from the official documents, kept outside the
+# repository: `make specs SPECS_SOURCE=<folder holding them>`. Nothing else reads that folder; see
+# tests/specs/README.md.
 specs: $(STAMP)
+	@test -n "$(SPECS_SOURCE)" || { echo "make specs SPECS_SOURCE=<folder with the official API documents>"; exit 2; }
 	$(BIN)/python tests/specs/derive.py $(SPECS_SOURCE)
 
 sandbox: $(STAMP)

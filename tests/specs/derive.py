@@ -1,8 +1,8 @@
 """Derives the trimmed API facts in tests/specs/ from the upstream documents (`make specs`).
 
-    python tests/specs/derive.py [SOURCE_DIR] [--out OUT_DIR]
+    python tests/specs/derive.py SOURCE_DIR [--out OUT_DIR]
 
-SOURCE_DIR (default: ../shared/specs beside the repository) holds the upstream copies: cliniko-openapi.yaml,
+SOURCE_DIR (outside the repository; tests never read it) holds the upstream copies: cliniko-openapi.yaml,
 calcom-v2-openapi.json and stripe-fixtures3.json. OUT_DIR (default: this folder) receives cliniko.json,
 calcom.json, stripe.json and README.md.
 
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SOURCE = HERE.parents[2] / "shared" / "specs"
 
 CLINIKO_SOURCE = "cliniko-openapi.yaml"
 CALCOM_SOURCE = "calcom-v2-openapi.json"
@@ -284,10 +283,11 @@ README = """\
 # Trimmed API facts for the tests (generated — do not edit)
 
 The `.json` files in this folder and this README are written by `derive.py` from upstream documents kept
-outside the repository (by default `../shared/specs/`). Do not hand-edit them: change `derive.py` and re-run
+outside the repository (the workplace's folder of official API documents). Do not hand-edit them: change
+`derive.py` and re-run
 
-    make specs                                        # reads ../shared/specs
-    .venv/bin/python tests/specs/derive.py SOME/DIR   # or another folder holding the same three files
+    make specs SPECS_SOURCE=SOME/DIR                  # the folder holding the three documents
+    .venv/bin/python tests/specs/derive.py SOME/DIR   # the same, without make
 
 The tests read only these files, so `make test` works in a clone with nothing beside it.
 
@@ -375,7 +375,7 @@ def derive(source: Path, out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", nargs="?", type=Path, default=DEFAULT_SOURCE, help="folder with the upstream files")
+    parser.add_argument("source", type=Path, help="folder with the upstream files")
     parser.add_argument("--out", type=Path, default=HERE, help="where to write the trimmed files")
     args = parser.parse_args(argv)
     missing = [n for n in (CLINIKO_SOURCE, CALCOM_SOURCE, STRIPE_SOURCE) if not (args.source / n).is_file()]

@@ -1,7 +1,7 @@
 """Write tests/specs/calcom-emulator-facts.json: the facts of Cal.com's API v2 OpenAPI document that the Cal.com
 emulator's spec test needs, and nothing else.
 
-    .venv/bin/python tests/specs/derive_calcom_emulator_facts.py ../shared/specs/calcom-v2-openapi.json
+    .venv/bin/python tests/specs/derive_calcom_emulator_facts.py SOME/DIR/calcom-v2-openapi.json
 
 Kept: the paths and methods the emulator serves; each parameter's name, location, requiredness and schema; each
 request body's and response's schema; the component schemas those reach by `$ref`; and, in schemas, only the
