@@ -164,8 +164,6 @@ class StreamRun:
         self.stream = stream
         # The stored mapping (or the default, with the pair's default scope), read once per run.
         self.mapping, self.scope_is_default = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)
-        self.context = TransformContext()
-        self.stream_settings = StreamSettings(time_zone=DEFAULT_TIME_ZONE, currency=options.currency or "aud")
         self.pair = pair
         self.source = source
         self.gateway = gateway
@@ -179,7 +177,6 @@ class StreamRun:
         self._claimed: set[str] = set()  # Stripe ids this run is linking, not yet committed
         self._reviews: dict[str, ReviewItem] = {}
         self._done = 0
-        self._scope = ScopeFilter()  # set by _prepare from the mapping's scope
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
         self._topup = twins.Topup(lambda: None)
@@ -188,8 +185,18 @@ class StreamRun:
         self._batch: list[tuple[MappedRecord, str, list[WriteStep], str | None]] = []
         self._new_links: dict[str, RecordLink] = {}
         self._current_links: dict[str, RecordLink] = {}  # unsaved links of records being decided now
+        # Until _prepare has checked the mapping and asked the source: the default zone, no scope filter.
+        self._prepared = PreparedStream(
+            stream,
+            self.mapping,
+            TransformContext(),
+            StreamSettings(time_zone=DEFAULT_TIME_ZONE, currency=options.currency or money.DEFAULT_CURRENCY),
+            ScopeFilter(),
+        )
 
-        self._prepared = PreparedStream(stream, self.mapping, self.context, self.stream_settings, self._scope)
+    @property
+    def _scope(self) -> ScopeFilter:
+        return self._prepared.scope
 
     # --- the run --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -308,8 +315,6 @@ class StreamRun:
     # --- the mapping, the scope and write-back ---------------------------------------------------------
     def _prepare(self) -> None:
         self._prepared = prepare_stream(self.stream, self.mapping, self.source, self.options)
-        self.context, self.stream_settings = self._prepared.context, self._prepared.settings
-        self._scope = self._prepared.scope
 
     def _target_changes(self, written_with: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(retired, added) targets between the mapping a Stripe object was written with and the current one."""

@@ -1,5 +1,6 @@
 """The trimmed API facts in tests/specs/ are complete enough for the checks that read them, and derive.py (which
-writes them) keeps validation facts and drops prose. Nothing here reads the upstream documents outside the repository."""
+writes them) keeps validation facts and drops prose. Nothing here reads the upstream documents outside the
+repository."""
 
 from __future__ import annotations
 
