@@ -129,6 +129,7 @@ class MappingTab(QWidget):
         self.last_preview: Preview | None = None
         self._loading = False
         self._fields_requested = False
+        self.reading_fields = False  # a background read of the source's fields is under way
         self._build()
         self._load_into_widgets()
 
@@ -690,6 +691,7 @@ class MappingTab(QWidget):
     def load_source_fields(self) -> None:
         """Read the source's real field list (custom fields) and a few records to preview on."""
         self._fields_requested = True
+        self.reading_fields = True
         settings, secrets, stream, base = self.ui.app.settings, self._secrets(), self.stream, self._base
         probe = replace(base, writeback=WritebackConfig(enabled=True))  # makes source_settings read custom fields
 
@@ -703,6 +705,7 @@ class MappingTab(QWidget):
         run_in_background(work, self._fields_done, owner=self)
 
     def _fields_done(self, outcome: Outcome) -> None:
+        self.reading_fields = False
         if not outcome.ok:
             self.preview_status.setText(
                 f"Cliniko could not be read for its fields and records: {labels.for_gui(outcome.error)}"

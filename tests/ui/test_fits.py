@@ -24,8 +24,11 @@ def font(qapp):
         yield font
 
 
-def settle(qtbot) -> None:
-    """Let queued layout requests and background results land before measuring."""
+def settle(qtbot, tab: QWidget | None = None) -> None:
+    """Let background results land, then the layout requests they queue, before measuring (a result landing in
+    the last moment would be measured before its text reflowed)."""
+    if tab is not None and hasattr(tab, "reading_fields"):
+        qtbot.waitUntil(lambda: not tab.reading_fields, timeout=WAIT_MS)
     for _ in range(3):
         QApplication.processEvents()
         qtbot.wait(20)
@@ -39,7 +42,7 @@ def every_tab_problems(qtbot, gui, size: tuple[int, int]) -> list[str]:
     problems = []
     for spec in TABS:
         tab = window.show_tab(spec.name)
-        settle(qtbot)
+        settle(qtbot, tab)
         assert (window.width(), window.height()) == size, f"the window cannot be {size[0]}×{size[1]}"
         problems += fit_problems(tab)
     problems += fit_problems(window.tab_widget.tabBar())
@@ -133,6 +136,7 @@ def test_the_mapping_form_of_every_transform_fits(qtbot, font, build_gui, offlin
     gui.window.resize(1024, 700)
     gui.window.show()
     tab = gui.window.show_tab("mapping")
+    settle(qtbot, tab)
     problems = []
     for transform in TRANSFORMS:
         sources = {"template": (), "constant": (), "join": ("address_1", "city", "state")}.get(transform, ("city",))
