@@ -36,6 +36,7 @@ from PySide6.QtCore import QCoreApplication, Qt, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLayout,
@@ -109,6 +110,11 @@ def trial_is_active(base_env: Mapping[str, str]) -> bool:
     except (OSError, ValueError):
         return False  # no readable record: the welcome then offers to continue
     return isinstance(state, dict) and state.get("active") is True
+
+
+def is_trial_profile(app: AppContext) -> bool:
+    """Whether `app` runs on the sandbox trial's profile (its folder carries the marker)."""
+    return (app.paths.home / SANDBOX_MARKER).is_file()
 
 
 def set_trial_active(base_env: Mapping[str, str], active: bool) -> None:
@@ -249,6 +255,36 @@ def outcome_summary(outcome: JobOutcome) -> str:
     if totals.get("failed"):
         parts.append(f"{totals['failed']} failed")
     return "First sync finished: " + ", ".join(parts) + "."
+
+
+# --- leaving the trial ----------------------------------------------------------------------------------------
+
+
+class TrialBox(QFrame):
+    """Shown (on the Connections tab) while the app runs the sandbox trial: the way back to connecting one's own
+    accounts. Leaving keeps the trial, so choosing the sandbox clinic later offers to continue it."""
+
+    leave_requested = Signal()
+
+    def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ui = ui
+        self.setObjectName("trialBox")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        text = QLabel(
+            "You are trying ClinicSync on an invented sandbox clinic, and it stays as you leave it. When you are "
+            "ready, connect your own accounts; you can come back to the sandbox clinic from the welcome."
+        )
+        text.setWordWrap(True)
+        self.leave_button = QPushButton("Connect your own accounts")
+        self.leave_button.clicked.connect(self.leave_requested)
+        row = QHBoxLayout(self)
+        row.addWidget(text, 1)
+        row.addWidget(self.leave_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.setVisible(is_trial_profile(self.ui.app))
 
 
 # --- the dialog -----------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class GuiApp:
     # shutdown. A sandbox handed to build_app by its caller stays the caller's to stop.
     trial_sandbox: object | None = None
     trial_problem: str | None = None  # why the trial in use could not continue at start (the welcome says it)
+    base_env: dict[str, str] = field(default_factory=dict)  # the person's own profile, to return to from the trial
     shut_down: bool = field(default=False, init=False)
     on_quit: Callable[[], None] | None = field(default=None, init=False, repr=False)  # leaves the event loop
 
@@ -104,6 +105,24 @@ class GuiApp:
         self.tracker.rebind(ui.runner, ui.app.settings)
         self.window.refresh_all()
         return ui
+
+    def leave_trial(self) -> None:
+        """ "Connect your own accounts" from the sandbox trial: back to the person's own profile, on Connections.
+        The trial is kept (and saved) but no longer where the app starts; the welcome offers to continue it."""
+        from clinicsync.ui.first_run import set_trial_active
+
+        set_trial_active(self.base_env, False)
+        self.ui.runner.shutdown()
+        self.ui.app = bootstrap(dict(self.base_env))
+        self.ui.runner = SyncRunner(self.ui.app.paths, self.ui.app.settings, BridgeListener(self.ui.bridge))
+        self.ui.sandbox = None
+        stop_sandbox = getattr(self.trial_sandbox, "stop", None)
+        self.trial_sandbox = None
+        if callable(stop_sandbox):
+            stop_sandbox()
+        self.tracker.rebind(self.ui.runner, self.ui.app.settings)
+        self.window.refresh_all()
+        self.window.show_tab("connections")
 
     def quit(self) -> None:
         """Quit from the tray or a confirmed close: stop everything, then leave the event loop."""
@@ -163,6 +182,10 @@ def build_app(
     window = MainWindow(ui, confirm_quit=confirm_quit)
     gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(bridge, None, bridge), instance=instance)
     gui.trial_sandbox, gui.trial_problem = trial_sandbox, trial_problem
+    gui.base_env = dict(os.environ if env is None else env)
+    leave_trial = getattr(window.tabs.get("connections"), "leave_trial_requested", None)
+    if leave_trial is not None:
+        leave_trial.connect(gui.leave_trial)
     gui.notifier.sink = gui.notify
     if tray_available:
         gui.tray = TrayController(

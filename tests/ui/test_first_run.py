@@ -339,3 +339,32 @@ def test_a_trial_whose_saved_sandbox_is_damaged_says_so_and_offers_a_fresh_start
     with qtbot.waitSignal(dialog.first_sync_finished, timeout=60_000) as finished:
         dialog.start_over_button.click()
     assert finished.args[0].failure_kind is None and gui.ui.app.paths.home.name == SANDBOX_DIR_NAME
+
+
+def test_connect_your_own_accounts_leaves_the_trial_and_keeps_it_for_later(qtbot, tmp_path, keyring_backend, build_gui):
+    from clinicsync.ui.first_run import start_if_needed, start_trial, trial_exists, trial_is_active
+
+    base = profile_env(tmp_path / "clinic", {})
+    start_trial(base, patients=3).sandbox.stop()  # a trial the person was using when the app last quit
+    gui = build_gui(base)
+    assert gui.ui.app.paths.home.name == SANDBOX_DIR_NAME
+    connections = gui.window.show_tab("connections")
+    assert connections.trial_box.isVisibleTo(connections)
+    sandbox = gui.ui.sandbox
+
+    connections.trial_box.leave_button.click()
+
+    assert gui.ui.sandbox is None and gui.ui.app.paths.home == (tmp_path / "clinic").resolve()
+    assert gui.window.current_tab_name() == "connections" and not connections.trial_box.isVisibleTo(connections)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(sandbox.stripe_url + "/v1/customers", timeout=2)
+    assert trial_exists(base) and not trial_is_active(base), "kept, but no longer where the app starts"
+    assert gui.shutdown(15)
+
+    again = build_gui(base)
+    assert again.ui.sandbox is None and again.ui.app.paths.home.name != SANDBOX_DIR_NAME
+    dialog = start_if_needed(again.ui, again.window, on_switch_profile=again.switch_profile)
+    assert dialog is not None
+    qtbot.addWidget(dialog)
+    dialog.sandbox_button.click()
+    assert dialog.continue_button.isVisibleTo(dialog), "the welcome offers to continue the kept trial"
