@@ -11,8 +11,9 @@ emulator has, so a resource added later (an invoice table, payment intents) is s
 - `SnapshotKeeper` saves a moment after the emulator changes (debounced: a sync's burst of writes is one save)
   and once more when it closes.
 
-Snapshots are pickles read back by an unpickler that only builds the sandbox's own classes and plain data types,
-so a tampered file cannot run code. They hold invented clinic data only; sandbox keys are constants in the code.
+Snapshots are pickles read back by an unpickler that only builds ClinicSync's own classes and plain data types,
+so a tampered file cannot run arbitrary code. They hold invented clinic data only; sandbox keys are constants in
+the code.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ _SAFE_GLOBALS = {
     "datetime": {"date", "datetime", "time", "timedelta", "timezone"},
     "decimal": {"Decimal"},
     "random": {"Random"},
+    "uuid": {"UUID", "SafeUUID"},
     "zoneinfo": {"ZoneInfo", "ZoneInfo._unpickle"},
 }
-_SANDBOX_PACKAGE = "clinicsync.sandbox."
+# ClinicSync's own classes (the emulators' records, and any value type of the app a resource may hold).
+_OWN_PACKAGE = "clinicsync."
 
 
 class SnapshotError(Exception):
@@ -191,7 +194,7 @@ class _SandboxUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if name in _SAFE_GLOBALS.get(module, ()):
             return super().find_class(module, name)
-        if module.startswith(_SANDBOX_PACKAGE) and "." not in name:
+        if module.startswith(_OWN_PACKAGE) and "." not in name:
             found = super().find_class(module, name)
             if isinstance(found, type):  # a class, built with its saved state; never a function called on data
                 return found
