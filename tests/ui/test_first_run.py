@@ -232,6 +232,12 @@ def test_relaunch_after_quitting_a_sandbox_trial_returns_to_it_with_history_inta
     patients = next(result for result in first.results if result.stream == "cliniko.patients")
     assert customers >= patients.counts["created"]
     dialog.done_button.click()
+    review = gui.window.show_tab("review")  # a review decision made before quitting
+    qtbot.waitUntil(lambda: len(review.model.rows) >= 2, timeout=30_000)
+    waiting = len(review.model.rows)
+    review.items_view.selectRow(0)
+    decided = review.current_item()
+    review.ignore_button.click()
     assert gui.shutdown(15)
     with pytest.raises(httpx.TransportError):  # quitting stopped (and saved) the sandbox
         httpx.get(trial_env["CLINICSYNC_STRIPE_BASE_URL"] + "/v1/customers", timeout=2)
@@ -248,6 +254,9 @@ def test_relaunch_after_quitting_a_sandbox_trial_returns_to_it_with_history_inta
     assert history.runs_model.rowCount() == len(first.results), "one row per stream the first sync ran"
     assert history.selected_run().trigger == "first_run"
     assert stripe_customer_count(env) == customers, "the sandbox's Stripe kept its customers"
+    review = again.window.show_tab("review")
+    qtbot.waitUntil(lambda: len(review.model.rows) == waiting - 1, timeout=30_000)
+    assert decided.id not in {row.id for row in review.model.rows}, "the decision was kept"
 
     with qtbot.waitSignal(again.ui.bridge.job_finished, timeout=60_000) as second:
         again.sync_now()
