@@ -82,8 +82,8 @@ def sandbox_home(env: Mapping[str, str]) -> Path:
 
 
 def reset_sandbox_home(home: Path) -> None:
-    """Start every trial from an empty profile: the emulators start fresh too, and links from an earlier trial
-    would point at customers that no longer exist."""
+    """Start a trial (over) from an empty profile: the emulators' saved data goes too, and links from an earlier
+    trial would point at customers that no longer exist."""
     if home.exists():
         if not (home / SANDBOX_MARKER).is_file():
             raise RuntimeError(
