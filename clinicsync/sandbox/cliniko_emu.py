@@ -227,6 +227,8 @@ class ClinikoEmulator:
     """Cliniko API v1 for one invented clinic; thread-safe; state lives in memory."""
 
     name = "cliniko"
+    # Runtime-only (keys are never written to disk): the trial's snapshot (sandbox/persist.py) keeps the rest.
+    SNAPSHOT_TRANSIENT = ("api_key", "limited_key")
 
     def __init__(
         self,
