@@ -99,6 +99,47 @@ def test_ids_not_of_clinikos_form_are_rejected_one_by_one_and_never_become_custo
     assert again.counts["created"] == 0 and len(live_customers(sandbox)) == 5
 
 
+def test_a_record_listed_twice_is_handled_once_and_later_syncs_write_nothing(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=12)
+    env = env_for(sandbox)
+    ids = sorted(p["id"] for p in admin(sandbox.cliniko_url, "dump")["patients"])
+    # One listed twice with another name at the same change time (what a broken page does), one identical twice.
+    admin(sandbox.cliniko_url, "list_twice", ids=[ids[3], ids[7]], fields={})
+    admin(sandbox.cliniko_url, "list_twice", ids=[ids[3]], fields={"first_name": "Twin"})
+
+    first = sync_once(env)
+    assert first.counts["created"] == 12, first.counts
+    assert executed_writes(sandbox.stripe_url) == 12, "one create per patient, no update after it"
+    notes = [e for e in queries.run_events(first.run_id) if e.source_id == ids[3] and e.action == "note"]
+    assert len(notes) == 1 and "listed this record twice" in notes[0].message
+
+    # Read again on every sync it changes (and within the read overlap): one update each time, never two.
+    admin(sandbox.cliniko_url, "edit", ids=[ids[3]], fields={"last_name": "Edited"})
+    edited = sync_once(env)
+    assert edited.counts["updated"] == 1, edited.counts
+    assert executed_writes(sandbox.stripe_url) == 13, "the same id twice on a page must not write twice"
+    later = sync_once(env)
+    assert later.counts["updated"] == 0 and later.counts["created"] == 0, later.counts
+    assert executed_writes(sandbox.stripe_url) == 13
+    names = [c["name"] for c in live_customers(sandbox)]
+    assert len(names) == 12 and not any(name.startswith("Twin ") for name in names), "the first version was used"
+
+
+def test_a_product_listed_twice_is_handled_once_too(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="clean", patients=1, products=6)
+    env = env_for(sandbox)
+    products = sorted(p["id"] for p in admin(sandbox.cliniko_url, "dump")["products"])
+    admin(sandbox.cliniko_url, "list_twice", ids=[products[2]], fields={"name": "Twin product"})
+
+    first = sync_once(env, stream="cliniko.products")
+    created = first.counts["created"]
+    assert created >= 6 and executed_writes(sandbox.stripe_url) == created, "each product and its price in one"
+    admin(sandbox.cliniko_url, "edit_products", ids=[products[2]], fields={"item_code": "TWIN-1"})
+    edited = sync_once(env, stream="cliniko.products")
+    assert edited.counts["updated"] == 1, edited.counts
+    assert executed_writes(sandbox.stripe_url) == created + 1
+
+
 def test_control_characters_between_words_become_one_space(make_sandbox, env_for):
     sandbox = make_sandbox(profile="clean", patients=2)
     pid = "1000000000000000042"
