@@ -98,6 +98,10 @@ td.value { font-family: "Consolas", "Menlo", monospace; word-break: break-all; }
 """
 
 
+# The attributes draw the grid where CSS is not read (Qt's own layout, for the PDF); browsers use the style.
+_TABLE = '<table border="1" cellspacing="0" cellpadding="3">'
+
+
 def _local(moment: datetime | None, zone: str) -> str:
     if moment is None:
         return "…"
@@ -134,7 +138,7 @@ def write_html(report: ReportInfo, findings: Iterable[Finding], out: TextIO) -> 
             current = finding.type
             out.write(f"<h2>{e(TYPE_WORDS[current])}</h2>")
             out.write(
-                "<table><thead><tr><th>Severity</th><th>Stream</th><th>Record</th><th>Stripe</th><th>Field</th>"
+                f"{_TABLE}<thead><tr><th>Severity</th><th>Stream</th><th>Record</th><th>Stripe</th><th>Field</th>"
                 "<th>In the source</th><th>In Stripe</th><th>What it means</th><th>Suggested fix</th></tr></thead>"
                 "<tbody>"
             )
@@ -162,7 +166,7 @@ def _summary(report: ReportInfo, out: TextIO) -> None:
         out.write(f"<p><b>This report is incomplete ({e(report.outcome)}).</b> {e(report.message)}</p>")
     elif counts.total == 0:
         out.write('<p class="clean">Both sides agree: nothing to report.</p>')
-    out.write("<table><thead><tr><th>Stream</th><th>Source records</th><th>Stripe objects</th>")
+    out.write(f"{_TABLE}<thead><tr><th>Stream</th><th>Source records</th><th>Stripe objects</th>")
     out.write("".join(f"<th>{e(TYPE_WORDS[kind])}</th>" for kind in FINDING_TYPES) + "</tr></thead><tbody>")
     for stream in report.streams:
         per_type = counts.reported.get(stream, {})
