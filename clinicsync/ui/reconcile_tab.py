@@ -274,8 +274,9 @@ def save_dialog(parent: QWidget, title: str, suggested: str, file_filter: str) -
     return path
 
 
-def write_pdf(html: str, path: Path, title: str = "Reconciliation report") -> int:
-    """Lay the report's HTML out on A4 (landscape, as its print style asks) and write it as PDF; how many pages."""
+def write_pdf(html: str, path: Path, title: str = "Reconciliation report") -> None:
+    """Lay the report's HTML out on A4 (landscape, as its print style asks) and write it as PDF. Qt paints on the
+    GUI thread only; the HTML is made off it."""
     writer = QPdfWriter(str(path))
     writer.setTitle(title)
     writer.setCreator("ClinicSync")
@@ -290,7 +291,6 @@ def write_pdf(html: str, path: Path, title: str = "Reconciliation report") -> in
     document = QTextDocument()
     document.setHtml(html)
     document.print_(writer)
-    return document.pageCount()
 
 
 # --- the tab ---------------------------------------------------------------------------------------------------
@@ -312,6 +312,7 @@ class ReconcileTab(QWidget):
         self.reports: list[ReportInfo] = []
         self.run_job: Job | None = None
         self.fix_job: Job | None = None
+        self._step = ""  # the running reconciliation's current step, in words
         self.model = FindingsModel(page_size, self)
         self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
         self._search_timer.timeout.connect(self.apply_filters)
@@ -650,19 +651,18 @@ class ReconcileTab(QWidget):
 
     def _on_job_started(self, job: Job) -> None:
         if self.run_job is not None and job.id == self.run_job.id:
+            self._step = ""
             self.progress.setText("Reconciling…")
             self.cancel_button.setEnabled(True)
 
     def _on_job_progress(self, job: Job, stream: str, done: int, total: object, step: str) -> None:
         if self.run_job is None or job.id != self.run_job.id:
             return
+        if step:  # a named step ("Reading Stripe customers"); per-record ticks keep it and update the count
+            self._step = step
         words = labels.stream_source(stream) if stream else ""
         count = f"{done:,} of {total:,}" if isinstance(total, int) and total else (f"{done:,}" if done else "")
-        text = " — ".join(part for part in (step, words, count) if part)
-        if step or not self.progress.text().startswith("Reading"):
-            self.progress.setText(text or "Reconciling…")
-        elif count:  # a per-record tick: keep the named step, update the count
-            self.progress.setText(f"{self.progress.text().split(' — ')[0]} — {words} — {count}")
+        self.progress.setText(" — ".join(part for part in (self._step, words, count) if part) or "Reconciling…")
 
     def _on_job_finished(self, outcome: JobOutcome) -> None:
         job = outcome.job
@@ -706,11 +706,12 @@ class ReconcileTab(QWidget):
     def _refresh_findings(self) -> None:
         """After a fix: the same report, its statuses and counts read again, the same row selected."""
         row = self.view.selectionModel().currentIndex().row()
-        current = self.current_report()
-        self.reports = report_store.reports(limit=REPORTS_LISTED)
-        fresh = next((r for r in self.reports if current is not None and r.id == current.id), None)
-        if fresh is not None:
+        current, position = self.current_report(), self.report_picker.currentIndex()
+        fresh = report_store.report(current.id) if current is not None else None
+        if fresh is not None:  # a mark as intended changes the counts
+            self.reports[position] = fresh
             self.summary.setText(report_summary(fresh))
+            self.report_picker.setItemText(position, report_choice_text(fresh))
         self.model.show(self.model.filter)
         if self.model.rowCount():
             self.view.selectRow(min(max(row, 0), self.model.rowCount() - 1))
@@ -719,7 +720,11 @@ class ReconcileTab(QWidget):
 
     def refresh(self) -> None:
         """Reports made elsewhere (the command line, the schedule) show up when the tab comes to the front."""
-        if self._ui.app is not self._loaded_app:  # another profile (the first-run sandbox trial)
+        if self._ui.app is not self._loaded_app:  # another profile (the first-run sandbox trial): a new runner
+            self.run_job = self.fix_job = None
+            self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+            self.progress.setText("")
             self.reload()
             return
         newest = report_store.reports(limit=1)
@@ -762,8 +767,7 @@ class ReconcileTab(QWidget):
     def _print_pdf(self, outcome: Outcome, path: Path, report: ReportInfo) -> None:
         if outcome.ok:
             try:
-                pages = write_pdf(str(outcome.value), path, f"Reconciliation report — {report.clinic_name}")
-                outcome = Outcome(value=pages)
+                write_pdf(str(outcome.value), path, f"Reconciliation report — {report.clinic_name}")
             except OSError as exc:
                 outcome = Outcome(error=exc)
         self._exported("pdf", path, outcome)

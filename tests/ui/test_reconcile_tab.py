@@ -172,10 +172,13 @@ def test_drift_made_in_stripe_is_found_filtered_fixed_and_gone(qtbot, sandbox_gu
 
     tab: ReconcileTab = gui.window.show_tab("reconciliation")
     assert "No reconciliation yet" in tab.summary.text()
+    shown: list[str] = []  # the progress line as each step arrived (the tab's slot runs first)
+    gui.ui.bridge.job_progress.connect(lambda *_: shown.append(tab.progress.text()))
     with qtbot.waitSignal(tab.report_shown, timeout=WAIT_MS, check_params_cb=bool):
         tab.run_button.click()
         assert not tab.run_button.isEnabled(), "one reconciliation at a time"
     assert tab.run_button.isEnabled() and "1 finding" in tab.progress.text()
+    assert "Reading Stripe customers — Cliniko patients" in shown, shown
     (finding,) = tab.model.rows
     assert (finding.type, finding.source_id, finding.stripe_id) == (FindingType.FIELD_DRIFT, patient_id, customer["id"])
     cells = [tab.model.index(0, column).data() for column in range(len(FindingsModel.columns))]
