@@ -205,9 +205,11 @@ def report_summary(report: ReportInfo | None) -> str:
     )
     outcome = labels.REPORT_OUTCOME_LABELS.get(report.outcome, report.outcome)
     parts = [f"{outcome}."]
-    by_type = {kind: n for kind, n in report.counts.by_type().items() if n}
-    if by_type:
-        parts.append(", ".join(f"{labels.finding_type_label(kind)}: {n:,}" for kind, n in by_type.items()) + ".")
+    for stream in report.streams:  # counts per stream and type, in the order reports list types
+        per_type = report.counts.reported.get(stream, {})
+        found = [f"{labels.finding_type_label(k)}: {per_type[k]:,}" for k in FINDING_TYPES if per_type.get(k)]
+        if found:
+            parts.append(f"{labels.stream_source(stream)} — {', '.join(found)}.")
     if report.counts.accepted:
         parts.append(f"{plural(report.counts.accepted, 'finding')} marked as intended earlier.")
     if compared:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import random
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from clinicsync.reconcile.findings import (
 )
 from clinicsync.store import reconciliation as report_store
 from clinicsync.store.models import AccountPair
+from clinicsync.sync import reconcile_run
 from clinicsync.ui.reconcile_tab import FindingsModel, ReconcileTab, confirm_text
 from tests.support import admin
 from tests.ui.conftest import WAIT_MS
@@ -293,3 +295,28 @@ def test_a_report_with_findings_fits(qtbot, qapp, build_gui, offline_env, size) 
         qtbot.wait(50)
         assert tab.detail.text() and tab.fix_button.isEnabled()
         assert fit_problems(tab) == []
+
+
+def test_cancel_stops_the_reconciliation_and_its_report_says_incomplete(qtbot, sandbox_gui, monkeypatch) -> None:
+    gui, _ = sandbox_gui(profile="clean", patients=8)
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        gui.sync_now()
+    # The worker waits at its first step until the test has pressed Cancel: no race with a fast sandbox.
+    go = threading.Event()
+    read_stripe = reconcile_run._StreamReconciler._read_stripe
+
+    def held(self, scratch):
+        assert go.wait(WAIT_MS / 1000)
+        return read_stripe(self, scratch)
+
+    monkeypatch.setattr(reconcile_run._StreamReconciler, "_read_stripe", held)
+    tab: ReconcileTab = gui.window.show_tab("reconciliation")
+    assert not tab.cancel_button.isEnabled()
+    tab.run_now()
+    qtbot.waitUntil(tab.cancel_button.isEnabled, timeout=WAIT_MS)
+    with qtbot.waitSignal(tab.report_shown, timeout=WAIT_MS, check_params_cb=bool):
+        tab.cancel_button.click()
+        go.set()
+    assert "cancelled" in tab.progress.text() and tab.run_button.isEnabled()
+    assert tab.current_report().outcome == ReportOutcome.CANCELLED
+    assert "Incomplete (cancelled)" in tab.summary.text()
