@@ -49,6 +49,7 @@ from clinicsync.reconcile.findings import (
 )
 from clinicsync.secrets import SecretStoreError
 from clinicsync.store import reconciliation as report_store
+from clinicsync.store.reconciliation import FindingCursor
 from clinicsync.streams import STREAMS
 from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest
 from clinicsync.sync.runner import Job, JobOutcome, read_credentials
@@ -103,8 +104,8 @@ def status_text(finding: Finding) -> str:
     return labels.FINDING_STATUS_LABELS.get(finding.status.value, finding.status.value)
 
 
-class FindingsModel(PagedTableModel[Finding, int]):
-    """One report's findings, filtered, a page at a time (the cursor is the offset of the next page)."""
+class FindingsModel(PagedTableModel[Finding, FindingCursor]):
+    """One report's findings, filtered, a page at a time (each page seeks past the last one's final row)."""
 
     columns = (
         "Severity",
@@ -170,13 +171,11 @@ class FindingsModel(PagedTableModel[Finding, int]):
         return "\n".join(lines) or None
 
 
-def _finding_loader(finding_filter: FindingFilter) -> Callable[[int | None, int], tuple[list[Finding], int | None]]:
-    def load(cursor: int | None, limit: int) -> tuple[list[Finding], int | None]:
-        offset = cursor or 0
-        rows = list(
-            report_store.findings(finding_filter.report_id, limit=limit, offset=offset, **finding_filter.store_args())
-        )
-        return rows, (offset + len(rows) if len(rows) == limit else None)
+def _finding_loader(
+    finding_filter: FindingFilter,
+) -> Callable[[FindingCursor | None, int], tuple[list[Finding], FindingCursor | None]]:
+    def load(cursor: FindingCursor | None, limit: int) -> tuple[list[Finding], FindingCursor | None]:
+        return report_store.findings_page(finding_filter.report_id, cursor, limit, **finding_filter.store_args())
 
     return load
 
@@ -315,6 +314,7 @@ class ReconcileTab(QWidget):
         self.run_job: Job | None = None
         self.fix_job: Job | None = None
         self._step = ""  # the running reconciliation's current step, in words
+        self._counted: tuple[FindingFilter, int] | None = None  # the shown filter's total, while it is shown
         self.model = FindingsModel(page_size, self)
         self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
         self._search_timer.timeout.connect(self.apply_filters)
@@ -482,6 +482,7 @@ class ReconcileTab(QWidget):
 
     def apply_filters(self) -> None:
         self._search_timer.stop()
+        self._counted = None
         self.model.show(self.current_filter())
         if self.model.rowCount():
             self.view.selectRow(0)
@@ -507,7 +508,9 @@ class ReconcileTab(QWidget):
                 self.status.setText("No findings in this report.")
             return
         if self.model.canFetchMore():
-            total = report_store.finding_count(current.report_id, **current.store_args())
+            if self._counted is None or self._counted[0] != current:  # counted once per filter, not per page
+                self._counted = (current, report_store.finding_count(current.report_id, **current.store_args()))
+            total = self._counted[1]
             self.status.setText(f"{loaded:,} of {plural(total, 'finding')} shown — scroll for more")
         else:
             self.status.setText(f"{plural(loaded, 'finding')}" + (" match" if self.filtering() else ""))
@@ -708,6 +711,7 @@ class ReconcileTab(QWidget):
     def _refresh_findings(self) -> None:
         """After a fix: the same report, its statuses and counts read again, the same row selected."""
         row = self.view.selectionModel().currentIndex().row()
+        self._counted = None  # a mark as intended takes a finding out of the count
         current, position = self.current_report(), self.report_picker.currentIndex()
         fresh = report_store.report(current.id) if current is not None else None
         if fresh is not None:  # a mark as intended changes the counts
