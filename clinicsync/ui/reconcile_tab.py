@@ -63,6 +63,7 @@ PAGE_SIZE = 200
 # How the table's width is shared (by weight): the values compared get the room.
 COLUMN_SHARES = {0: 5, 1: 14, 2: 13, 3: 14, 4: 10, 5: 8, 6: 13, 7: 13, 8: 9}
 REPORTS_LISTED = 20  # the store keeps the newest 20 reports of a pair
+LONG_PDF_FINDINGS = 5_000  # Qt lays a PDF out on the GUI thread: beyond this, ask first
 
 # Runner failures, in the window's words (the message says the rest).
 BUSY_TEXT = "A sync or a reconciliation is already waiting to start; try again when it has started."
@@ -744,6 +745,13 @@ class ReconcileTab(QWidget):
             return
         titles = {"csv": "Export findings as CSV", "html": "Export the report", "pdf": "Export the report as PDF"}
         filters = {"csv": "CSV files (*.csv)", "html": "Web pages (*.html)", "pdf": "PDF files (*.pdf)"}
+        if kind == "pdf" and report.counts.total > LONG_PDF_FINDINGS:
+            text = (
+                f"The report has {plural(report.counts.total, 'finding')}: its PDF runs to many pages, and laying "
+                "them out keeps the window busy for a while. The CSV or the report to open in a browser is quicker."
+            )
+            if not self.confirm(self, "A long PDF", text, "Make the PDF"):
+                return
         suggested = str(Path.home() / f"reconciliation-{report.id}.{kind}")
         path = self.choose_file(self, titles[kind], suggested, filters[kind])
         if path:

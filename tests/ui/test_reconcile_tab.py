@@ -26,6 +26,7 @@ from clinicsync.reconcile.findings import (
 from clinicsync.store import reconciliation as report_store
 from clinicsync.store.models import AccountPair
 from clinicsync.sync import reconcile_run
+from clinicsync.ui import reconcile_tab
 from clinicsync.ui.reconcile_tab import FindingsModel, ReconcileTab, confirm_text
 from tests.support import admin
 from tests.ui.conftest import WAIT_MS
@@ -118,7 +119,9 @@ def test_thousands_of_findings_load_a_page_at_a_time_and_filter(qtbot, build_gui
     assert bad_words(widget_texts(tab)) == []
 
 
-def test_exports_every_finding_to_csv_and_the_report_to_a4_pdf(qtbot, build_gui, offline_env, tmp_path) -> None:
+def test_exports_every_finding_to_csv_and_the_report_to_a4_pdf(
+    qtbot, build_gui, offline_env, tmp_path, monkeypatch
+) -> None:
     gui = build_gui(offline_env)
     report_id = planted_report(250, seed=3)
     tab: ReconcileTab = gui.window.show_tab("reconciliation")
@@ -143,6 +146,12 @@ def test_exports_every_finding_to_csv_and_the_report_to_a4_pdf(qtbot, build_gui,
     drift = next(r for r in rows if r["source_id"] == "1000")
     assert (drift["source_value"], drift["stripe_value"]) == ("+61 400 000000", "0400 000 000")
 
+    monkeypatch.setattr(reconcile_tab, "LONG_PDF_FINDINGS", 100)  # a long PDF keeps the window busy: asked first
+    asked: list[str] = []
+    tab.confirm = lambda _parent, _title, text, _action: asked.append(text) and False
+    tab.export_buttons["pdf"].click()
+    assert "250 findings" in asked[0] and len(chosen) == 1, "declined: no file is even asked for"
+    tab.confirm = lambda *_: True
     with qtbot.waitSignal(tab.exported, timeout=WAIT_MS) as saved:
         tab.export_buttons["pdf"].click()
     pdf = Path(saved.args[1]).read_bytes()
@@ -199,6 +208,9 @@ def test_drift_made_in_stripe_is_found_filtered_fixed_and_gone(qtbot, sandbox_gu
 
     # The suggested fix, confirmed in plain words, runs as a runner job.
     tab.select_finding(0)
+    tab.fix_menu.aboutToShow.emit()
+    assert next(a.text() for a in tab.fix_menu.actions()).endswith("(suggested)")
+    assert bad_words([("fix menu", a.text()) for a in tab.fix_menu.actions()]) == []
     words, kind, _ = tab.fix_choices()[0]
     assert kind == finding.suggested_fix and words.endswith("(suggested)")
     asked: list[str] = []
