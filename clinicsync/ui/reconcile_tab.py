@@ -352,7 +352,7 @@ class ReconcileTab(QWidget):
 
         self.stream_filter = QComboBox(self, objectName="streamFilter")
         self.type_filter = QComboBox(self, objectName="typeFilter")
-        self.type_filter.addItem("Every kind of finding", "")
+        self.type_filter.addItem("All kinds of finding", "")
         for kind in FINDING_TYPES:
             self.type_filter.addItem(labels.finding_type_label(kind), kind)
         self.severity_filter = QComboBox(self, objectName="severityFilter")
@@ -418,10 +418,12 @@ class ReconcileTab(QWidget):
 
     # --- reports ----------------------------------------------------------------------------------------------
     def reload(self, select_id: int | None = None) -> None:
-        """Read the reports again and show the newest one (or `select_id`)."""
+        """Read the reports again and show `select_id`; else the one shown, if a person picked an earlier report;
+        else the newest."""
         self._loaded_app = self._ui.app
         current = self.current_report()
-        wanted = select_id or (current.id if current is not None and select_id is None else None)
+        picked_earlier = current is not None and bool(self.reports) and current.id != self.reports[0].id
+        wanted = select_id or (current.id if picked_earlier and current is not None else None)
         self.reports = report_store.reports(limit=REPORTS_LISTED)
         self.report_picker.blockSignals(True)
         self.report_picker.clear()
@@ -435,7 +437,7 @@ class ReconcileTab(QWidget):
         self._show_report()
 
     def current_report(self) -> ReportInfo | None:
-        index = self.report_picker.currentIndex() if hasattr(self, "report_picker") else -1
+        index = self.report_picker.currentIndex()
         return self.reports[index] if 0 <= index < len(self.reports) else None
 
     def show_report(self, report_id: int) -> None:
@@ -458,7 +460,7 @@ class ReconcileTab(QWidget):
         chosen = self.stream_filter.currentData()
         self.stream_filter.blockSignals(True)
         self.stream_filter.clear()
-        self.stream_filter.addItem("Every stream", "")
+        self.stream_filter.addItem("All records", "")
         for stream in report.streams if report is not None else ():
             self.stream_filter.addItem(labels.stream_source(stream), stream)
         found = self.stream_filter.findData(chosen) if chosen else 0
@@ -514,7 +516,8 @@ class ReconcileTab(QWidget):
             total = self._counted[1]
             self.status.setText(f"{loaded:,} of {plural(total, 'finding')} shown — scroll for more")
         else:
-            self.status.setText(f"{plural(loaded, 'finding')}" + (" match" if self.filtering() else ""))
+            matching = plural(loaded, "finding matches", "findings match")
+            self.status.setText(matching if self.filtering() else plural(loaded, "finding"))
 
     def current_finding(self) -> Finding | None:
         index = self.view.selectionModel().currentIndex()

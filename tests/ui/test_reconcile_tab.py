@@ -110,6 +110,7 @@ def test_thousands_of_findings_load_a_page_at_a_time_and_filter(qtbot, build_gui
     tab.search.setText("Patient 00015")
     tab.apply_filters()  # at once, not after the typing pause
     assert [f.display_name for f in tab.model.rows] == ["Patient 00015"]
+    assert tab.status.text() == "1 finding matches"
     row = tab.model.rows[0]
     texts = [tab.model.index(0, c).data() for c in range(len(FindingsModel.columns))]
     assert texts[1:7] == ["Field drift", "Cliniko products", "Patient 00015", row.stripe_id, "Phone", "+61 400 000015"]
