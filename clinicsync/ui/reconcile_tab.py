@@ -247,13 +247,14 @@ def _fix_label(finding: Finding, kind: FixKind, target: str | None = None) -> st
 
 
 def fix_outcome_text(outcome: FixOutcome) -> str:
-    message = labels.sentence(labels.for_gui(outcome.message))
+    """What became of a fix, in words (the message is not capitalised: it may start with a Stripe id)."""
+    message = labels.for_gui(outcome.message).rstrip(".")
     if outcome.status is None:
-        return f"Not done: {message}"
+        return f"Not done: {message}."
     if outcome.status == FindingStatus.FAILED:
-        return f"The fix failed: {message}"
-    if outcome.status == FindingStatus.SCHEDULED:
-        return f"Done: {message} (the next sync carries it out)."
+        return f"The fix failed: {message}."
+    if outcome.status == FindingStatus.SCHEDULED:  # "the next sync sends it again", "queued: …"
+        return f"Scheduled: {message.removeprefix('queued: ')}."
     return f"Done: {message}."
 
 

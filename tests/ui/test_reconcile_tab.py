@@ -333,3 +333,15 @@ def test_cancel_stops_the_reconciliation_and_its_report_says_incomplete(qtbot, s
     assert "cancelled" in tab.progress.text() and tab.run_button.isEnabled()
     assert tab.current_report().outcome == ReportOutcome.CANCELLED
     assert "Incomplete (cancelled)" in tab.summary.text()
+
+
+def test_fix_outcomes_in_words() -> None:
+    from clinicsync.sync.reconcile_fix import FixOutcome
+    from clinicsync.ui.reconcile_tab import fix_outcome_text
+
+    scheduled = FixOutcome(1, FixKind.REPUSH, FindingStatus.SCHEDULED, "the next sync sends it again")
+    assert fix_outcome_text(scheduled) == "Scheduled: the next sync sends it again."
+    queued = FixOutcome(1, FixKind.ARCHIVE, FindingStatus.SCHEDULED, "queued: the next sync sends the rest")
+    assert fix_outcome_text(queued) == "Scheduled: the next sync sends the rest."
+    refused = FixOutcome(1, FixKind.LINK, None, "cus_1 is linked to Ada Lovelace; each belongs to one record.")
+    assert fix_outcome_text(refused) == "Not done: cus_1 is linked to Ada Lovelace; each belongs to one record."
