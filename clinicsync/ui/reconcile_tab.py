@@ -236,7 +236,7 @@ def confirm_text(finding: Finding, kind: FixKind, target: str | None = None) -> 
     elif kind == FixKind.REPUSH:
         lines += ["", "Nothing changes in Stripe until the next sync."]
     elif kind in (FixKind.LINK, FixKind.ARCHIVE, FixKind.DEACTIVATE):
-        lines += ["", "Stripe is changed now."]
+        lines += ["", "Stripe is changed right away (what cannot be finished now, the next sync finishes)."]
     return "\n".join(lines)
 
 
