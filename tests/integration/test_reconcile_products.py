@@ -12,6 +12,7 @@ import stripe
 
 from clinicsync.reconcile.findings import FindingStatus, FindingType, FixKind, Reason
 from clinicsync.store import reconciliation
+from clinicsync.store.models import OutboxEntry, SyncRun
 from clinicsync.sync.reconcile_fix import FixRequest, apply_fixes
 from clinicsync.sync.reconcile_run import run_reconcile
 from tests.integration.test_products_stream import by_cross_ref, check_exact, cliniko_products, stripe_catalogue
@@ -73,7 +74,13 @@ def test_a_renamed_product_and_one_archived_in_cliniko_are_found_fixed_and_gone(
 
     ctx = context(env)
     outcomes = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [FixRequest(f.id or 0) for f in found.values()])
-    assert all(o.status in (FindingStatus.FIXED, FindingStatus.SCHEDULED) for o in outcomes), outcomes
+    status = {o.finding_id: o.status for o in outcomes}
+    assert status[drift.id] == FindingStatus.SCHEDULED, outcomes  # a re-push: the next sync sends it
+    assert status[orphan.id] == FindingStatus.FIXED, outcomes  # made inactive now, and recorded as done
+    assert by_cross_ref(stripe_catalogue(sandbox)[0])[archived][0]["active"] is False
+    (fix_run,) = SyncRun.select().where(SyncRun.trigger == "reconcile_fix")
+    assert (fix_run.stream, fix_run.updated) == (STREAM, 1)
+    assert not OutboxEntry.select().where(OutboxEntry.status == "pending").exists(), "nothing left unrecorded"
     sync_once(env, stream=STREAM)  # carries out the fixes that wait for it
     again = reconcile(env)
     assert again.counts.total == 0, list(reconciliation.findings(again.report_id))
