@@ -345,3 +345,31 @@ def test_fix_outcomes_in_words() -> None:
     assert fix_outcome_text(queued) == "Scheduled: the next sync sends the rest."
     refused = FixOutcome(1, FixKind.LINK, None, "cus_1 is linked to Ada Lovelace; each belongs to one record.")
     assert fix_outcome_text(refused) == "Not done: cus_1 is linked to Ada Lovelace; each belongs to one record."
+
+
+def test_a_fix_that_writes_to_stripe_is_done_at_once(qtbot, sandbox_gui) -> None:
+    gui, sandbox = sandbox_gui(profile="clean", patients=4)
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        gui.sync_now()
+    sdk = stripe.StripeClient(sandbox.stripe_key, base_addresses={"api": sandbox.stripe_url}, max_network_retries=0)
+    for name in ("Walk In", "Walk-in"):  # one person entered twice at the front desk, by hand
+        sdk.v1.customers.create(params={"name": name, "email": "walk.in@example.org"})
+    tab: ReconcileTab = gui.window.show_tab("reconciliation")
+    with qtbot.waitSignal(tab.report_shown, timeout=WAIT_MS, check_params_cb=bool):
+        tab.run_now()
+    (duplicate,) = tab.model.rows
+    assert duplicate.type == FindingType.DUPLICATE and duplicate.suggested_fix == FixKind.ARCHIVE
+    tab.select_finding(0)
+    tab.confirm = lambda _parent, _title, text, _action: "right away" in text
+    with qtbot.waitSignal(tab.fixes_done, timeout=WAIT_MS) as fixed:
+        tab.request_fix(FixKind.ARCHIVE)
+    (done,) = fixed.args[0]
+    assert done.status == FindingStatus.FIXED, done.message
+    assert tab.progress.text().startswith("Done: ") and tab.model.rows[0].status == FindingStatus.FIXED
+    assert not tab.fix_button.isEnabled(), "fixed: nothing left to do here"
+    marked = sdk.v1.customers.retrieve(duplicate.stripe_id)
+    assert marked.metadata.to_dict().get("clinicsync_duplicate_of") == duplicate.kept_id
+    first_id = tab.reports[0].id
+    with qtbot.waitSignal(tab.report_shown, timeout=WAIT_MS, check_params_cb=lambda rid: rid != first_id):
+        tab.run_now()
+    assert tab.model.rowCount() == 0 and "Both sides agree" in tab.summary.text()
