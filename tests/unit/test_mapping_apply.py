@@ -208,3 +208,13 @@ def test_a_custom_field_holding_an_object_is_rejected_not_sent_as_python_text():
     record = patient(custom_fields={"sections": [{"fields": [{"token": token, "value": {"evil": "object"}}]}]})
     mapped = map_record(mapping, record)
     assert mapped.error is not None and "an object where text was expected" in mapped.error
+
+
+def test_an_archive_time_that_is_not_text_marks_the_record_without_spelling_the_value():
+    from clinicsync.streams.cliniko_patients import CLINIKO_PATIENTS as PATIENT_STREAM
+    from clinicsync.streams.cliniko_products import CLINIKO_PRODUCTS as PRODUCT_STREAM
+
+    assert PATIENT_STREAM.archived_value({"archived_at": "2024-01-02T03:04:05Z"}) == "archived 2024-01-02T03:04:05Z"
+    assert PATIENT_STREAM.archived_value({"archived_at": {"evil": "object"}}) == "archived"
+    assert PRODUCT_STREAM.archived_value({"deleted_at": True}) == "deleted"
+    assert PATIENT_STREAM.archived_value({"archived_at": None, "merged_at": ""}) is None
