@@ -8,7 +8,7 @@ history, dry runs, progress and cancellation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -61,7 +61,8 @@ class WriteStep:
 
 @dataclass(frozen=True)
 class RoleLinkInfo:
-    """A Stripe object of a secondary role the record owns (e.g. one of the prices ClinicSync made)."""
+    """A Stripe object of a secondary role the record owns (e.g. one of the prices ClinicSync made), or, in a
+    request's `observed`, one its linked Stripe object holds now (`current`: the one in use, e.g. the default)."""
 
     role: str
     stripe_id: str
@@ -80,6 +81,9 @@ class PlanRequest:
     params: Mapping[str, Any]  # the mapped payload as Stripe create/update parameters
     cross_ref_key: str  # the metadata key that names the source record on its Stripe objects
     roles: tuple[RoleLinkInfo, ...] = ()
+    # What the linked Stripe object holds now of other roles, when the stream looked (Stream.observe): e.g. the
+    # default price of a product being linked, which the record adopts when it is already the price wanted.
+    observed: tuple[RoleLinkInfo, ...] | None = None
 
 
 Plan = Callable[[PlanRequest], list[WriteStep]]
@@ -155,6 +159,17 @@ class Stream:
     # What reconciliation compares between a record and its Stripe objects, and how its objects are retired.
     # None: the stream is not reconciled.
     compare: Comparison | None = None
+    # (gateway, request) → what the linked Stripe object holds now of other roles, read only when the plan
+    # depends on it (a link that may adopt an existing price, a change of an immutable object); None: not read.
+    observe: Callable[[Any, PlanRequest], tuple[RoleLinkInfo, ...] | None] = lambda gateway, request: None
+
+
+def observed_request(stream: Stream, gateway: Any, request: PlanRequest) -> PlanRequest:
+    """The request with what its linked Stripe object holds now, when the stream's plan depends on it."""
+    if request.op == "create" or request.stripe_id is None:
+        return request
+    observed = stream.observe(gateway, request)
+    return request if observed is None else replace(request, observed=observed)
 
 
 @dataclass(frozen=True)

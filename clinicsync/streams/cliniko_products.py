@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -133,9 +133,56 @@ def _plan(request: PlanRequest) -> list[WriteStep]:
         return [WriteStep("product", "create", "product", params, records=(made,), note=note)]
     prices = [role for role in request.roles if role.role == PRICE_ROLE]
     current = next((price for price in prices if price.current), None)
+    in_use = next((price for price in request.observed or () if price.current), None)
+    if in_use is not None and in_use.fingerprint == wanted and in_use.active:
+        return _adopt(request, params, spec, in_use, prices)
     if current is not None and current.fingerprint == wanted and current.active:
         return [WriteStep("product", request.op, "product", params, stripe_id=request.stripe_id)]
-    return _reprice(request, params, spec, wanted, prices, current)
+    return _reprice(request, params, spec, wanted, prices, [price for price in (current, in_use) if price])
+
+
+def _adopt(
+    request: PlanRequest, params: dict[str, Any], spec: dict[str, Any], in_use: RoleLinkInfo, prices: list[RoleLinkInfo]
+) -> list[WriteStep]:
+    """The product's default price is already the one wanted (another installation made it, or the product a lost
+    create made, found by its cross-reference): it becomes the record's price instead of a new one; any other price
+    of ours still active is deactivated after it."""
+    params["default_price"] = in_use.stripe_id  # pins the price the record below describes
+    adopted = RoleRecord(PRICE_ROLE, field="default_price", fingerprint=in_use.fingerprint, current=True, active=True)
+    steps = [
+        WriteStep(
+            "product",
+            request.op,
+            "product",
+            params,
+            stripe_id=request.stripe_id,
+            records=(adopted,),
+            note=f"price {_describe(spec)} already on the product, kept",
+        )
+    ]
+    return steps + _deactivations(price for price in prices if price.stripe_id != in_use.stripe_id)
+
+
+def _deactivations(prices: Iterable[RoleLinkInfo]) -> list[WriteStep]:
+    """Deactivate each active price of ours among `prices` (once each), after the new default is set."""
+    seen: set[str] = set()
+    steps = []
+    for price in prices:
+        if not price.active or price.stripe_id in seen:
+            continue
+        seen.add(price.stripe_id)
+        steps.append(
+            WriteStep(
+                PRICE_ROLE,
+                "update",
+                "price",
+                {"active": False},
+                stripe_id=price.stripe_id,
+                records=(RoleRecord(PRICE_ROLE, fingerprint=price.fingerprint, current=False, active=False),),
+                note="previous price deactivated",
+            )
+        )
+    return steps
 
 
 def _reprice(
@@ -144,11 +191,11 @@ def _reprice(
     spec: dict[str, Any],
     wanted: str,
     prices: list[RoleLinkInfo],
-    current: RoleLinkInfo | None,
+    previous: list[RoleLinkInfo],
 ) -> list[WriteStep]:
-    """New default price (an earlier one of ours with the same amount, reactivated, or a new one), then the old
-    one of ours deactivated: in that order, as Stripe refuses to archive a product's default price."""
-    earlier = next((price for price in prices if price.fingerprint == wanted and price is not current), None)
+    """New default price (an earlier one of ours with the same amount, reactivated, or a new one), then the
+    previous ones of ours deactivated: in that order, as Stripe refuses to archive a product's default price."""
+    earlier = next((price for price in prices if price.fingerprint == wanted and not price.current), None)
     steps: list[WriteStep] = []
     refs: dict[str, int] = {}
     if earlier is not None:
@@ -192,19 +239,33 @@ def _reprice(
             records=(RoleRecord(PRICE_ROLE, field="default_price", current=True),),
         )
     )
-    if current is not None and current.active and current.fingerprint != wanted:
-        steps.append(
-            WriteStep(
-                PRICE_ROLE,
-                "update",
-                "price",
-                {"active": False},
-                stripe_id=current.stripe_id,
-                records=(RoleRecord(PRICE_ROLE, current=False, active=False),),
-                note="previous price deactivated",
-            )
-        )
-    return steps
+    return steps + _deactivations(price for price in previous if price.fingerprint != wanted)
+
+
+def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
+    """The default price of the product being linked or repriced, when the product names this record (made by a
+    ClinicSync create, or linked by ClinicSync before: its default price is then ClinicSync's too): a link may
+    adopt it, and a price change replaces it. One listing request; nothing is read for other updates, nor for a
+    product that does not name the record (a hand-made one keeps its own prices, untouched)."""
+    if request.op == "update" and not _reprices(request):
+        return None
+    listing = gateway.iter_objects("product", None, {"ids": [request.stripe_id], "expand": ["data.default_price"]})
+    product = next(iter(listing), None)
+    if product is None or (product.get("metadata") or {}).get(request.cross_ref_key) != request.mapped.source_id:
+        return ()
+    price = product.get("default_price")
+    if not isinstance(price, dict) or price.get("product") not in (None, request.stripe_id):
+        return ()
+    held = fingerprint(price["unit_amount"], price["currency"], price.get("tax_behavior") or "unspecified")
+    return (RoleLinkInfo(PRICE_ROLE, str(price["id"]), held, current=True, active=price.get("active") is not False),)
+
+
+def _reprices(request: PlanRequest) -> bool:
+    """Whether the record's price of ours in use is not the one its payload wants (a new price is due)."""
+    price = request.params.get("price") or {}
+    wanted = fingerprint(price.get("unit_amount"), price.get("currency"), price.get("tax_behavior"))
+    current = next((role for role in request.roles if role.role == PRICE_ROLE and role.current), None)
+    return current is None or not current.active or current.fingerprint != wanted
 
 
 def _find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
@@ -280,6 +341,7 @@ CLINIKO_PRODUCTS = Stream(
     plan=_plan,
     find_created=_find_created,
     retire_twin=_retire_twin,
+    observe=_observe,
     enrich=_enrich,
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,

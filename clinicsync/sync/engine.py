@@ -47,6 +47,7 @@ from clinicsync.streams.base import (
     StreamNotReady,
     StreamSettings,
     WriteStep,
+    observed_request,
 )
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync import twins
@@ -651,7 +652,7 @@ class StreamRun:
             cross_ref_key=self.mapping.cross_ref_key,
             roles=self._role_links(mapped.source_id) if op != "create" else (),
         )
-        steps = self.stream.plan(request)
+        steps = self.stream.plan(observed_request(self.stream, self.gateway, request))
         action = ACTION_OF_OP[op]
         if writer is None:  # dry run: the plan records what would be sent
             message = "\n".join([*mapped.notes, *(step.note for step in steps if step.note)])

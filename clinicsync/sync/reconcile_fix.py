@@ -56,7 +56,7 @@ from clinicsync.store.models import (
 )
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, PlanRequest, Stream, WriteStep
-from clinicsync.streams.base import DETACHED_ROLE, DUPLICATE_OF_KEY, RoleLinkInfo
+from clinicsync.streams.base import DETACHED_ROLE, DUPLICATE_OF_KEY, RoleLinkInfo, observed_request
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.engine import PreparedStream, RunRecorder, prepare_stream
 from clinicsync.sync.matching import match_hash
@@ -372,9 +372,8 @@ class _Fixer:
         )
         writer, _ = self._writer(name)
         action = "linked" if op == "link" else "updated"
-        rows = writer.enqueue_plan(
-            mapped, action, prepared.stream.plan(request), match_hash(connection.pair, mapped.match_value)
-        )
+        steps = prepared.stream.plan(observed_request(prepared.stream, connection.gateway, request))
+        rows = writer.enqueue_plan(mapped, action, steps, match_hash(connection.pair, mapped.match_value))
         return self._deliver(writer, rows, f"{action} {target}")
 
     def _deliver(self, writer: OutboxWriter, rows: list[OutboxEntry], done: str) -> tuple[FindingStatus, str]:

@@ -187,3 +187,35 @@ def test_the_cli_runs_products_alone_and_its_dry_run_prints_the_products_plan(ma
     assert "cliniko.patients" not in alone.stdout
     assert Counter(stats(sandbox.stripe_url)["mutations"])["POST /v1/customers"] == 0
     check_exact(sandbox)
+
+
+def test_a_product_linked_by_its_cross_reference_adopts_its_equal_default_price(make_sandbox, env_for):
+    """A second profile (a reinstall, another computer) meets products ClinicSync made: each is linked by its
+    cross-reference and keeps the default price it has, as its own, with no new price; a price change it then
+    syncs replaces that price, and the first profile adopts the new one rather than making another."""
+    from clinicsync.store.models import RoleLink
+
+    sandbox = make_sandbox(profile="clean", patients=1, products=12)
+    first, second = env_for(sandbox, "first"), env_for(sandbox, "second")
+    assert sync_once(first, stream=STREAM).counts["created"] > 0
+    _, prices_before = stripe_catalogue(sandbox)
+
+    linked = sync_once(second, stream=STREAM)
+    assert linked.counts["linked"] > 0 and linked.counts["created"] == 0, linked.counts
+    assert stripe_catalogue(sandbox)[1] == prices_before, "no price made, none changed"
+    check_exact(sandbox)
+    ctx = context(second)
+    adopted = {row.stripe_id for row in RoleLink.select().where(RoleLink.current == True)}  # noqa: E712
+    ctx.db.close()
+    assert adopted == {price["id"] for price in prices_before if price["active"]}, "each default price is now its own"
+
+    pid = sorted(p for p, v in cliniko_products(sandbox).items() if not v.get("archived_at"))[0]
+    admin(sandbox.cliniko_url, "set_product_price", id=pid, price="77.70", includes_tax=True)
+    assert sync_once(second, stream=STREAM).counts["updated"] == 1
+    check_exact(sandbox)
+    prices_now = stripe_catalogue(sandbox)[1]
+    assert len(prices_now) == len(prices_before) + 1, "one new price; the adopted one deactivated, not deleted"
+    followed = sync_once(first, stream=STREAM)
+    assert followed.counts["updated"] == 1, followed.counts
+    assert stripe_catalogue(sandbox)[1] == prices_now, "the first profile adopts the new price: nothing made"
+    check_exact(sandbox)

@@ -4,6 +4,7 @@ not done, links kept per role)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,88 @@ def test_a_hand_made_product_gets_a_price_of_ours_and_keeps_its_own() -> None:
     steps = PRODUCTS_STREAM.plan(_request("link", 4500))
     assert [(s.stripe_object, s.op) for s in steps] == [("price", "create"), ("product", "link")]
     assert all(s.params != {"active": False} for s in steps), "a price ClinicSync did not make is never touched"
+
+
+def _observed(request: PlanRequest, *prices: RoleLinkInfo) -> PlanRequest:
+    return replace(request, observed=prices)
+
+
+def test_a_link_adopts_the_default_price_already_wanted_instead_of_making_another() -> None:
+    request = _observed(_request("link", 4500), _price("price_theirs", 4500, current=True))
+    (step,) = PRODUCTS_STREAM.plan(request)
+    assert (step.stripe_object, step.op, step.params["default_price"]) == ("product", "link", "price_theirs")
+    (adopted,) = step.records
+    assert (adopted.role, adopted.field, adopted.current, adopted.active) == ("price", "default_price", True, True)
+    assert adopted.fingerprint == fingerprint(4500, "aud", "inclusive")
+
+
+def test_a_link_to_a_default_price_of_another_amount_replaces_it() -> None:
+    request = _observed(_request("link", 5000), _price("price_old", 4500, current=True))
+    steps = PRODUCTS_STREAM.plan(request)
+    assert [(s.stripe_object, s.op, s.stripe_id) for s in steps] == [
+        ("price", "create", None),
+        ("product", "link", "prod_1"),
+        ("price", "update", "price_old"),
+    ]
+    assert steps[2].params == {"active": False}
+
+
+def test_a_price_change_another_installation_made_already_is_adopted_and_ours_deactivated() -> None:
+    ours = _price("price_ours", 4500, current=True)
+    request = _observed(_request("update", 5000, (ours,)), _price("price_other", 5000, current=True))
+    steps = PRODUCTS_STREAM.plan(request)
+    assert [(s.stripe_object, s.stripe_id, dict(s.params).get("active")) for s in steps] == [
+        ("product", "prod_1", True),
+        ("price", "price_ours", False),
+    ]
+    assert steps[0].params["default_price"] == "price_other"
+
+
+def test_a_price_change_replaces_the_price_in_use_and_ours_each_once() -> None:
+    ours = _price("price_ours", 4500, current=True)
+    request = _observed(_request("update", 6000, (ours,)), _price("price_other", 5000, current=True))
+    steps = PRODUCTS_STREAM.plan(request)
+    assert [(s.stripe_object, s.op, s.stripe_id) for s in steps] == [
+        ("price", "create", None),
+        ("product", "update", "prod_1"),
+        ("price", "update", "price_ours"),
+        ("price", "update", "price_other"),
+    ]
+
+
+class ListingGateway:
+    """Answers the one listing a product's observation sends."""
+
+    def __init__(self, product: dict[str, Any] | None) -> None:
+        self.product = product
+        self.listed: list[tuple[str, dict[str, Any] | None]] = []
+
+    def iter_objects(self, stripe_object: str, created_since: Any = None, filters: dict[str, Any] | None = None):
+        self.listed.append((stripe_object, filters))
+        return iter([self.product] if self.product else [])
+
+
+def _stripe_product(ref: str, amount: int) -> dict[str, Any]:
+    price = {"id": "price_x", "product": "prod_1", "unit_amount": amount, "currency": "aud"}
+    price |= {"tax_behavior": "inclusive", "active": True}
+    return {"id": "prod_1", "metadata": {"cliniko_product_id": ref}, "default_price": price}
+
+
+def test_observation_reads_the_default_price_of_a_product_naming_the_record_only() -> None:
+    gateway = ListingGateway(_stripe_product("77", 4500))
+    (seen,) = PRODUCTS_STREAM.observe(gateway, _request("link", 4500))
+    assert (seen.stripe_id, seen.fingerprint, seen.current) == ("price_x", fingerprint(4500, "aud", "inclusive"), True)
+    assert gateway.listed == [("product", {"ids": ["prod_1"], "expand": ["data.default_price"]})]
+    hand_made = ListingGateway(_stripe_product("someone else", 4500))
+    assert PRODUCTS_STREAM.observe(hand_made, _request("link", 4500)) == (), "a price it did not make is not ours"
+
+
+def test_observation_reads_nothing_for_an_update_that_keeps_the_price() -> None:
+    gateway = ListingGateway(_stripe_product("77", 4500))
+    roles = (_price("price_a", 4500, current=True),)
+    assert PRODUCTS_STREAM.observe(gateway, _request("update", 4500, roles)) is None
+    assert gateway.listed == []
+    assert PRODUCTS_STREAM.observe(gateway, _request("update", 5000, roles)) is not None
 
 
 def test_an_archived_product_is_made_inactive() -> None:
