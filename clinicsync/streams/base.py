@@ -162,6 +162,9 @@ class Stream:
     # (gateway, request) → what the linked Stripe object holds now of other roles, read only when the plan
     # depends on it (a link that may adopt an existing price, a change of an immutable object); None: not read.
     observe: Callable[[Any, PlanRequest], tuple[RoleLinkInfo, ...] | None] = lambda gateway, request: None
+    # Create parameters Stripe keeps unique in an account (a price's lookup_key): a create refused over one made
+    # its object already (two installations racing), which find_created finds, rather than failing.
+    unique_params: tuple[str, ...] = ()
 
 
 def observed_request(stream: Stream, gateway: Any, request: PlanRequest) -> PlanRequest:

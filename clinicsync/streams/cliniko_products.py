@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -116,6 +117,11 @@ def _price_of(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return spec, fingerprint(spec["unit_amount"], spec["currency"], spec["tax_behavior"])
 
 
+def lookup_key(product_id: str, fingerprint: str) -> str:
+    """The lookup key of a price ClinicSync makes: one per product and content."""
+    return f"clinicsync:{product_id}:{fingerprint}"
+
+
 def _describe(spec: dict[str, Any]) -> str:
     tax = "incl. tax" if spec["tax_behavior"] == "inclusive" else "excl. tax"
     return f"{money.display(spec['unit_amount'], spec['currency'])} {tax}"
@@ -131,71 +137,69 @@ def _plan(request: PlanRequest) -> list[WriteStep]:
         made = RoleRecord(PRICE_ROLE, field="default_price", fingerprint=wanted, current=True, active=True)
         note = f"price {_describe(spec)}"
         return [WriteStep("product", "create", "product", params, records=(made,), note=note)]
-    prices = [role for role in request.roles if role.role == PRICE_ROLE]
-    current = next((price for price in prices if price.current), None)
-    in_use = next((price for price in request.observed or () if price.current), None)
+    ours = _our_prices(request)
+    in_use = next((price for price in ours if price.current), None)
     if in_use is not None and in_use.fingerprint == wanted and in_use.active:
-        return _adopt(request, params, spec, in_use, prices)
-    if current is not None and current.fingerprint == wanted and current.active:
-        return [WriteStep("product", request.op, "product", params, stripe_id=request.stripe_id)]
-    return _reprice(request, params, spec, wanted, prices, [price for price in (current, in_use) if price])
+        if request.observed is None:  # as the record's links say, not looked at: nothing to change
+            return [WriteStep("product", request.op, "product", params, stripe_id=request.stripe_id)]
+        return _adopt(request, params, spec, in_use, ours)
+    return _reprice(request, params, spec, wanted, ours)
+
+
+def _our_prices(request: PlanRequest) -> list[RoleLinkInfo]:
+    """The record's prices: its links, and, when the product was looked at, what Stripe says of them now and of
+    the prices of ours another installation made (which one is in use among them is Stripe's word then)."""
+    linked = {role.stripe_id: role for role in request.roles if role.role == PRICE_ROLE}
+    if request.observed is None:
+        return list(linked.values())
+    seen = {price.stripe_id: price for price in request.observed}
+    stale = [replace(role, current=False) for sid, role in linked.items() if sid not in seen]
+    return [*request.observed, *stale]
 
 
 def _adopt(
-    request: PlanRequest, params: dict[str, Any], spec: dict[str, Any], in_use: RoleLinkInfo, prices: list[RoleLinkInfo]
+    request: PlanRequest, params: dict[str, Any], spec: dict[str, Any], in_use: RoleLinkInfo, ours: list[RoleLinkInfo]
 ) -> list[WriteStep]:
     """The product's default price is already the one wanted (another installation made it, or the product a lost
     create made, found by its cross-reference): it becomes the record's price instead of a new one; any other price
     of ours still active is deactivated after it."""
     params["default_price"] = in_use.stripe_id  # pins the price the record below describes
     adopted = RoleRecord(PRICE_ROLE, field="default_price", fingerprint=in_use.fingerprint, current=True, active=True)
-    steps = [
-        WriteStep(
-            "product",
-            request.op,
-            "product",
-            params,
-            stripe_id=request.stripe_id,
-            records=(adopted,),
-            note=f"price {_describe(spec)} already on the product, kept",
-        )
-    ]
-    return steps + _deactivations(price for price in prices if price.stripe_id != in_use.stripe_id)
+    step = WriteStep(
+        "product",
+        request.op,
+        "product",
+        params,
+        stripe_id=request.stripe_id,
+        records=(adopted,),
+        note=f"price {_describe(spec)} already on the product, kept",
+    )
+    return [step, *_deactivations(price for price in ours if price.stripe_id != in_use.stripe_id)]
 
 
 def _deactivations(prices: Iterable[RoleLinkInfo]) -> list[WriteStep]:
-    """Deactivate each active price of ours among `prices` (once each), after the new default is set."""
-    seen: set[str] = set()
-    steps = []
-    for price in prices:
-        if not price.active or price.stripe_id in seen:
-            continue
-        seen.add(price.stripe_id)
-        steps.append(
-            WriteStep(
-                PRICE_ROLE,
-                "update",
-                "price",
-                {"active": False},
-                stripe_id=price.stripe_id,
-                records=(RoleRecord(PRICE_ROLE, fingerprint=price.fingerprint, current=False, active=False),),
-                note="previous price deactivated",
-            )
+    """Deactivate each active price of ours among `prices`, after the new default is set."""
+    return [
+        WriteStep(
+            PRICE_ROLE,
+            "update",
+            "price",
+            {"active": False},
+            stripe_id=price.stripe_id,
+            records=(RoleRecord(PRICE_ROLE, fingerprint=price.fingerprint, current=False, active=False),),
+            note="previous price deactivated",
         )
-    return steps
+        for price in prices
+        if price.active
+    ]
 
 
 def _reprice(
-    request: PlanRequest,
-    params: dict[str, Any],
-    spec: dict[str, Any],
-    wanted: str,
-    prices: list[RoleLinkInfo],
-    previous: list[RoleLinkInfo],
+    request: PlanRequest, params: dict[str, Any], spec: dict[str, Any], wanted: str, ours: list[RoleLinkInfo]
 ) -> list[WriteStep]:
     """New default price (an earlier one of ours with the same amount, reactivated, or a new one), then the
-    previous ones of ours deactivated: in that order, as Stripe refuses to archive a product's default price."""
-    earlier = next((price for price in prices if price.fingerprint == wanted and not price.current), None)
+    other prices of ours deactivated: in that order, as Stripe refuses to archive a product's default price."""
+    earlier = next((price for price in ours if price.fingerprint == wanted and not price.current), None)
     steps: list[WriteStep] = []
     refs: dict[str, int] = {}
     if earlier is not None:
@@ -206,7 +210,7 @@ def _reprice(
                 "price",
                 {"active": True},
                 stripe_id=earlier.stripe_id,
-                records=(RoleRecord(PRICE_ROLE, active=True),),
+                records=(RoleRecord(PRICE_ROLE, fingerprint=wanted, active=True),),
                 note=f"earlier price {_describe(spec)} used again",
             )
         )
@@ -216,6 +220,9 @@ def _reprice(
             **spec,
             "product": request.stripe_id,
             "metadata": {request.cross_ref_key: request.mapped.source_id},
+            # Unique in the account: a second installation making the same price at the same moment is refused,
+            # and takes the first one's (outbox: unique_params), so a product never holds two of one price.
+            "lookup_key": lookup_key(str(request.stripe_id), wanted),
         }
         steps.append(
             WriteStep(
@@ -239,25 +246,34 @@ def _reprice(
             records=(RoleRecord(PRICE_ROLE, field="default_price", current=True),),
         )
     )
-    return steps + _deactivations(price for price in previous if price.fingerprint != wanted)
+    kept = earlier.stripe_id if earlier is not None else None
+    return steps + _deactivations(price for price in ours if price.stripe_id != kept)
 
 
 def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
     """The default price of the product being linked or repriced, when the product names this record (made by a
     ClinicSync create, or linked by ClinicSync before: its default price is then ClinicSync's too): a link may
-    adopt it, and a price change replaces it. One listing request; nothing is read for other updates, nor for a
-    product that does not name the record (a hand-made one keeps its own prices, untouched)."""
+    adopt it, and a price change replaces it; and the product's prices that name the record (another installation
+    made them). Two listing requests; nothing is read for other updates, nor for a product that does not name the
+    record (a hand-made one keeps its own prices, untouched)."""
     if request.op == "update" and not _reprices(request):
         return None
-    listing = gateway.iter_objects("product", None, {"ids": [request.stripe_id], "expand": ["data.default_price"]})
-    product = next(iter(listing), None)
+    product = next(iter(gateway.iter_objects("product", None, {"ids": [request.stripe_id]})), None)
     if product is None or (product.get("metadata") or {}).get(request.cross_ref_key) != request.mapped.source_id:
         return ()
-    price = product.get("default_price")
-    if not isinstance(price, dict) or price.get("product") not in (None, request.stripe_id):
-        return ()
-    held = fingerprint(price["unit_amount"], price["currency"], price.get("tax_behavior") or "unspecified")
-    return (RoleLinkInfo(PRICE_ROLE, str(price["id"]), held, current=True, active=price.get("active") is not False),)
+    default = product.get("default_price")
+    in_use = default.get("id") if isinstance(default, dict) else default
+    # The default price, and the prices of ours another installation made (they name the record): an earlier one
+    # with the price wanted is used again rather than made twice.
+    return tuple(
+        RoleLinkInfo(PRICE_ROLE, str(price["id"]), _held(price), current=price["id"] == in_use, active=price["active"])
+        for price in gateway.iter_objects("price", None, {"product": request.stripe_id})
+        if price["id"] == in_use or (price.get("metadata") or {}).get(request.cross_ref_key) == request.mapped.source_id
+    )
+
+
+def _held(price: Mapping[str, Any]) -> str:
+    return fingerprint(price["unit_amount"], price["currency"], price.get("tax_behavior") or "unspecified")
 
 
 def _reprices(request: PlanRequest) -> bool:
@@ -342,6 +358,7 @@ CLINIKO_PRODUCTS = Stream(
     find_created=_find_created,
     retire_twin=_retire_twin,
     observe=_observe,
+    unique_params=("lookup_key",),
     enrich=_enrich,
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,

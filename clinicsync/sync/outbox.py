@@ -321,6 +321,13 @@ class OutboxWriter:
             return self._resolve_unknown(row, failure, supersedes, params)
         if failure.kind == "not_found" and row.op in ("update", "link") and self._is_primary(row):
             return self._object_gone(row, params, supersedes)
+        if failure.kind == "invalid" and row.op == "create" and failure.param in self.stream.unique_params:
+            # Stripe keeps this parameter unique: the object the create would make exists already (another
+            # installation made it a moment ago). It is this step's object, not a failure.
+            found = self._find_created(row, params)
+            if found is not None:
+                self._complete(row, found, replayed=True)
+                return True
         self._fail(row, failure.message)
         return False
 

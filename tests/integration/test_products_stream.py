@@ -219,3 +219,30 @@ def test_a_product_linked_by_its_cross_reference_adopts_its_equal_default_price(
     assert followed.counts["updated"] == 1, followed.counts
     assert stripe_catalogue(sandbox)[1] == prices_now, "the first profile adopts the new price: nothing made"
     check_exact(sandbox)
+
+
+def test_two_installations_making_one_new_price_at_once_leave_one(make_sandbox, env_for):
+    """Installation B stores its plan for a price change and stops before sending it (killed); A makes the new
+    price meanwhile. B's create is then refused over the price's lookup key, and B takes A's price as its own:
+    one active price, no second one of the same amount."""
+    import signal
+    import subprocess
+    import sys
+
+    sandbox = make_sandbox(profile="clean", patients=1, products=6)
+    first, second = env_for(sandbox, "first"), env_for(sandbox, "second")
+    sync_once(first, stream=STREAM)
+    sync_once(second, stream=STREAM)
+    pid = sorted(p for p, v in cliniko_products(sandbox).items() if not v.get("archived_at"))[0]
+    admin(sandbox.cliniko_url, "set_product_price", id=pid, price="64.20", includes_tax=True)
+    command = [sys.executable, "-m", "clinicsync", "sync", "--once", "--stream", STREAM]
+    stopped = subprocess.run(
+        command, env={**second, "CLINICSYNC_CRASH_AT": "after_outbox_insert:1"}, capture_output=True, timeout=120
+    )
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr
+    assert sync_once(first, stream=STREAM).counts["updated"] == 1
+    prices = len(stripe_catalogue(sandbox)[1])
+    finished = sync_once(second, stream=STREAM)
+    assert finished.counts["updated"] == 1 and finished.counts["failed"] == 0, (finished.counts, finished.message)
+    assert len(stripe_catalogue(sandbox)[1]) == prices, "B made no price of its own"
+    check_exact(sandbox)

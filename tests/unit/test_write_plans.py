@@ -186,44 +186,78 @@ def test_a_price_change_replaces_the_price_in_use_and_ours_each_once() -> None:
     assert [(s.stripe_object, s.op, s.stripe_id) for s in steps] == [
         ("price", "create", None),
         ("product", "update", "prod_1"),
-        ("price", "update", "price_ours"),
         ("price", "update", "price_other"),
+        ("price", "update", "price_ours"),
     ]
 
 
 class ListingGateway:
-    """Answers the one listing a product's observation sends."""
+    """Answers the two listings a product's observation sends: the product, then its prices."""
 
-    def __init__(self, product: dict[str, Any] | None) -> None:
-        self.product = product
+    def __init__(self, product: dict[str, Any], prices: list[dict[str, Any]]) -> None:
+        self.objects = {"product": [product], "price": prices}
         self.listed: list[tuple[str, dict[str, Any] | None]] = []
 
     def iter_objects(self, stripe_object: str, created_since: Any = None, filters: dict[str, Any] | None = None):
         self.listed.append((stripe_object, filters))
-        return iter([self.product] if self.product else [])
+        return iter(self.objects[stripe_object])
 
 
-def _stripe_product(ref: str, amount: int) -> dict[str, Any]:
-    price = {"id": "price_x", "product": "prod_1", "unit_amount": amount, "currency": "aud"}
-    price |= {"tax_behavior": "inclusive", "active": True}
-    return {"id": "prod_1", "metadata": {"cliniko_product_id": ref}, "default_price": price}
+def _stripe_price(stripe_id: str, amount: int, ref: str | None, active: bool = True) -> dict[str, Any]:
+    return {
+        "id": stripe_id,
+        "product": "prod_1",
+        "unit_amount": amount,
+        "currency": "aud",
+        "tax_behavior": "inclusive",
+        "active": active,
+        "metadata": {"cliniko_product_id": ref} if ref else {},
+    }
 
 
-def test_observation_reads_the_default_price_of_a_product_naming_the_record_only() -> None:
-    gateway = ListingGateway(_stripe_product("77", 4500))
-    (seen,) = PRODUCTS_STREAM.observe(gateway, _request("link", 4500))
-    assert (seen.stripe_id, seen.fingerprint, seen.current) == ("price_x", fingerprint(4500, "aud", "inclusive"), True)
-    assert gateway.listed == [("product", {"ids": ["prod_1"], "expand": ["data.default_price"]})]
-    hand_made = ListingGateway(_stripe_product("someone else", 4500))
-    assert PRODUCTS_STREAM.observe(hand_made, _request("link", 4500)) == (), "a price it did not make is not ours"
+def _catalogue(ref: str) -> ListingGateway:
+    product = {"id": "prod_1", "metadata": {"cliniko_product_id": ref}, "default_price": "price_x"}
+    prices = [
+        _stripe_price("price_x", 4500, None),  # made with the product (default_price_data carries no metadata)
+        _stripe_price("price_y", 3000, "77", active=False),  # an earlier one of ours, from another installation
+        _stripe_price("price_z", 2000, None),  # a person's own price on the product: never ours
+    ]
+    return ListingGateway(product, prices)
+
+
+def test_observation_reads_the_prices_of_a_product_naming_the_record_only() -> None:
+    gateway = _catalogue("77")
+    seen = PRODUCTS_STREAM.observe(gateway, _request("link", 4500))
+    assert [(p.stripe_id, p.fingerprint, p.current, p.active) for p in seen] == [
+        ("price_x", fingerprint(4500, "aud", "inclusive"), True, True),
+        ("price_y", fingerprint(3000, "aud", "inclusive"), False, False),
+    ]
+    assert gateway.listed == [("product", {"ids": ["prod_1"]}), ("price", {"product": "prod_1"})]
+    assert PRODUCTS_STREAM.observe(_catalogue("someone else"), _request("link", 4500)) == (), "not ours: untouched"
+
+
+def test_going_back_to_a_price_another_installation_made_reactivates_it() -> None:
+    request = _request("update", 3000, (_price("price_x", 4500, current=True),))
+    steps = PRODUCTS_STREAM.plan(replace(request, observed=PRODUCTS_STREAM.observe(_catalogue("77"), request)))
+    assert [(s.stripe_object, s.stripe_id, dict(s.params).get("active")) for s in steps] == [
+        ("price", "price_y", True),
+        ("product", "prod_1", True),
+        ("price", "price_x", False),
+    ]
 
 
 def test_observation_reads_nothing_for_an_update_that_keeps_the_price() -> None:
-    gateway = ListingGateway(_stripe_product("77", 4500))
+    gateway = _catalogue("77")
     roles = (_price("price_a", 4500, current=True),)
     assert PRODUCTS_STREAM.observe(gateway, _request("update", 4500, roles)) is None
     assert gateway.listed == []
     assert PRODUCTS_STREAM.observe(gateway, _request("update", 5000, roles)) is not None
+
+
+def test_a_new_price_carries_a_lookup_key_of_its_product_and_content() -> None:
+    (new_price, *_) = PRODUCTS_STREAM.plan(_request("update", 5000, (_price("price_a", 4500, current=True),)))
+    assert new_price.params["lookup_key"] == "clinicsync:prod_1:5000:aud:inclusive"
+    assert PRODUCTS_STREAM.unique_params == ("lookup_key",)
 
 
 def test_an_archived_product_is_made_inactive() -> None:
