@@ -103,6 +103,121 @@ def mirror_report(cliniko_url: str, stripe_url: str) -> MirrorReport:
     return report
 
 
+# --- products: Cliniko's catalogue against Stripe's products and prices ---------------------------------------
+PRODUCT_REF = "cliniko_product_id"
+DUPLICATE_OF = "clinicsync_duplicate_of"  # a twin of a race that could not be deleted: retired, not a duplicate
+
+
+def cliniko_products(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Every product as Cliniko's API renders it (the archived pass lists live and archived ones), by id."""
+    from clinicsync.sources.cliniko import ClinikoClient
+
+    client = ClinikoClient(
+        sandbox_env["CLINICSYNC_CLINIKO_API_KEY"],
+        contact_email="tests@example.com",
+        base_url=sandbox_env["CLINICSYNC_CLINIKO_BASE_URL"],
+    )
+    try:
+        return {p["id"]: p for p in client.iter_changed("/products", None, archived=True)}
+    finally:
+        client.close()
+
+
+@dataclass
+class ProductReport:
+    duplicated: dict[str, list[str]] = field(default_factory=dict)  # product id → its Stripe products
+    duplicate_prices: dict[str, list[str]] = field(default_factory=dict)  # Stripe product → prices of one content
+    missing: list[str] = field(default_factory=list)  # live products without a Stripe product
+    orphans: list[str] = field(default_factory=list)  # Stripe products naming no known product
+    stale: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # pid → field → (want, have)
+    products: int = 0
+    live_products: int = 0
+    retired_twins: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicated or self.duplicate_prices or self.missing or self.orphans or self.stale)
+
+    def describe(self, limit: int = 5) -> str:
+        def head(items: Any) -> str:
+            items = list(items.items()) if isinstance(items, dict) else list(items)
+            return f"{items[:limit]}{f' … and {len(items) - limit} more' if len(items) > limit else ''}"
+
+        return (
+            f"{self.live_products} live products, {self.products} Stripe products ({self.retired_twins} retired "
+            f"twins); duplicated: {head(self.duplicated)}; duplicate prices: {head(self.duplicate_prices)}; "
+            f"missing: {head(self.missing)}; orphans: {head(self.orphans)}; stale: {head(self.stale)}"
+        )
+
+
+def product_report(sandbox_env: Mapping[str, str], stripe_url: str, currency: str = "aud") -> ProductReport:
+    """Every live Cliniko product is one active Stripe product with its name and stock level, whose one active price
+    is its default and equals Cliniko's price including tax; an archived one synced before is inactive; no Stripe
+    product holds two prices of one amount, currency and tax behaviour (a price made twice)."""
+    from clinicsync import money
+
+    products = cliniko_products(sandbox_env)
+    dump = admin(stripe_url, "dump")
+    prices: dict[str, list[dict[str, Any]]] = {}
+    for price in dump["prices"]:
+        prices.setdefault(price["product"], []).append(price)
+    report = ProductReport(live_products=sum(1 for p in products.values() if not p.get("archived_at")))
+    named: dict[str, list[dict[str, Any]]] = {}
+    for stripe in dump["products"]:
+        metadata = stripe.get("metadata") or {}
+        if stripe.get("deleted") or (metadata.get(DUPLICATE_OF) and stripe["active"] is False):
+            report.retired_twins += not stripe.get("deleted")
+            continue
+        report.products += 1
+        ref = metadata.get(PRODUCT_REF)
+        if ref not in products:
+            report.orphans.append(stripe["id"])
+            continue
+        named.setdefault(ref, []).append(stripe)
+        contents = Counter((p["unit_amount"], p["currency"], p["tax_behavior"]) for p in prices.get(stripe["id"], []))
+        if any(count > 1 for count in contents.values()):
+            report.duplicate_prices[stripe["id"]] = [p["id"] for p in prices[stripe["id"]]]
+    for pid, product in products.items():
+        found = named.get(pid, [])
+        live = not product.get("archived_at")
+        if len(found) > 1:
+            report.duplicated[pid] = [p["id"] for p in found]
+        if not found:
+            if live:
+                report.missing.append(pid)
+            continue
+        stripe = found[0]
+        active = [p for p in prices.get(stripe["id"], []) if p["active"]]
+        want = {
+            "active": live,
+            "name": product["name"],
+            "stock": product.get("stock_level") or None,
+            "prices": [(money.to_minor_units(product["price_including_tax"], currency), currency, "inclusive")],
+            "default is the active price": True,
+        }
+        have = {
+            "active": stripe["active"],
+            "name": stripe["name"],
+            "stock": (stripe.get("metadata") or {}).get("cliniko_stock_level") or None,
+            "prices": [(p["unit_amount"], p["currency"], p["tax_behavior"]) for p in active],
+            "default is the active price": [p["id"] for p in active] == [stripe.get("default_price")],
+        }
+        diff = {key: (want[key], have[key]) for key in want if want[key] != have[key]}
+        if diff:
+            report.stale[pid] = diff
+    return report
+
+
+def events_by_record(home: Path, stream: str) -> set[str]:
+    """Records of `stream` whose Stripe object this installation's history says it created, linked or updated."""
+    with sqlite3.connect(db_path(home), timeout=10) as con:
+        rows = con.execute(
+            "SELECT DISTINCT source_id FROM sync_event WHERE stream = ? AND action IN ('created', 'linked', 'updated')",
+            (stream,),
+        )
+        return {row[0] for row in rows.fetchall()}
+
+
 # --- the profile's own database (read directly, so the test process never binds the app's models) ---------
 def db_path(home: Path) -> Path:
     return home / "data" / "clinicsync.sqlite3"
