@@ -1,4 +1,5 @@
-"""Faults on both sides: the sync may need more than one run, but it ends exactly right and never duplicates.
+"""Faults on both sides: the sync may need more than one run, but it ends exactly right and never duplicates, for
+every stream that exists (patients, and products with their prices).
 
 In-process sandboxes (tests/conftest.py) with faults set through each server's admin API, so Stripe and Cliniko
 get different fault plans. "writes" are executed mutations in the Stripe sandbox's stats.
@@ -14,12 +15,24 @@ from pathlib import Path
 
 import pytest
 
+from clinicsync.app import bootstrap
 from clinicsync.stripe_gateway import StripeFailure
-from tests.reliability.helpers import all_patients, live_customers, mirror_report, outbox_status, pending_source_ids
+from clinicsync.sync.engine import RunResult
+from clinicsync.sync.service import run_sync
+from tests.reliability.helpers import (
+    all_patients,
+    cliniko_products,
+    live_customers,
+    mirror_report,
+    outbox_status,
+    pending_source_ids,
+    product_report,
+)
 from tests.support import admin, stats, sync_once
 
 STRIPE_FAULTS = "before:5xx=0.10,before:429=0.05,after:reset=0.02,stored500=0.01,max:stored500=4"
 CLINIKO_FAULTS = "before:5xx=0.04,before:429=0.04,before:reset=0.04"
+EVERY_STREAM = ["cliniko.patients", "cliniko.products"]
 
 
 def _seed() -> int:
@@ -32,14 +45,22 @@ def _set_faults(url: str, spec: str) -> None:
     admin(url, "faults", spec=spec)
 
 
-def _describe_run(number: int, result) -> str:
-    return f"run {number}: {result.outcome} stop={result.stop_kind} {result.counts} {result.message[:200]}"
+def _describe_run(number: int, results: list[RunResult]) -> str:
+    return f"run {number}: " + "; ".join(
+        f"{r.stream} {r.outcome} stop={r.stop_kind} {r.counts} {r.message[:200]}" for r in results
+    )
+
+
+def _sync_every_stream(env: dict[str, str]) -> list[RunResult]:
+    """One `sync --once` of every stream, in dependency order, as the CLI runs it."""
+    ctx = bootstrap(env)
+    return run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=EVERY_STREAM, trigger="test")
 
 
 def test_faults_on_stripe_and_cliniko_converge_to_an_exact_mirror_without_duplicates(make_sandbox, env_for):
     seed = _seed()
     rng = random.Random(seed)
-    sandbox = make_sandbox(profile="clean", patients=250, seed=seed % 10_000 + 1)
+    sandbox = make_sandbox(profile="clean", patients=250, products=40, seed=seed % 10_000 + 1)
     # Three attempts per request (tests elsewhere use 8): with these rates a write now and then exhausts its
     # retries, so the run stops with "Stripe unreachable" and the next run must pick up where it stopped.
     env = env_for(sandbox, CLINICSYNC_RETRY_MAX_ATTEMPTS="3")
@@ -50,28 +71,37 @@ def test_faults_on_stripe_and_cliniko_converge_to_an_exact_mirror_without_duplic
     history: list[str] = []
     edited: set[str] = set()
     archived: list[str] = []
+    edited_products: set[str] = set()
+    archived_products: list[str] = []
     max_runs = 10
     unretried_reads = 0  # runs ended because a Stripe read still failed after its retries
     for number in range(1, max_runs + 1):
         try:
-            result = sync_once(env)
+            results = _sync_every_stream(env)
         except StripeFailure as exc:  # GET /v1/account in resolve_pair failed on every retry
             assert exc.kind == "transient", f"run {number}: {exc.kind}: {exc.message}"
-            history.append(f"run {number}: raised StripeFailure({exc.kind}) before the stream ran")
+            history.append(f"run {number}: raised StripeFailure({exc.kind}) before the streams ran")
             unretried_reads += 1
             converged = False
         else:
-            history.append(_describe_run(number, result))
-            assert result.outcome in ("ok", "failed"), "\n".join(history)
-            if result.outcome == "failed":
-                # Otherwise only a service that stayed unreachable may stop a run.
-                assert result.stop_kind in ("unavailable", "source_unavailable"), "\n".join(history)
-            converged = result.outcome == "ok" and not pending_source_ids(home)
+            history.append(_describe_run(number, results))
+            for result in results:
+                assert result.outcome in ("ok", "failed"), "\n".join(history)
+                if result.outcome == "failed":
+                    # Otherwise only a service that stayed unreachable may stop a run.
+                    assert result.stop_kind in ("unavailable", "source_unavailable"), "\n".join(history)
+            # A run Stripe stopped does not go on to the next stream: converged once every stream ran and ended ok.
+            ran_ok = [r.stream for r in results if r.outcome == "ok"]
+            converged = ran_ok == EVERY_STREAM and not pending_source_ids(home)
         if number == 1 or (number == 2 and not converged):
             # Staff keep working between runs, while the faults go on: these changes must arrive too.
             edited.update(admin(sandbox.cliniko_url, "edit", count=rng.randint(15, 30))["ids"])
             live = sorted(pid for pid, p in all_patients(sandbox.cliniko_url).items() if not p["archived_at"])
             archived += admin(sandbox.cliniko_url, "archive", ids=rng.sample(live, 2))["ids"]
+            # New names and prices (a new Stripe price each, the old one deactivated) and an archived product.
+            edited_products.update(admin(sandbox.cliniko_url, "edit_products", count=rng.randint(4, 8))["ids"])
+            shelf = sorted(pid for pid, p in cliniko_products(sandbox.env()).items() if not p.get("archived_at"))
+            archived_products += admin(sandbox.cliniko_url, "archive_products", ids=rng.sample(shelf, 1))["ids"]
             continue
         if converged:
             break
@@ -88,6 +118,10 @@ def test_faults_on_stripe_and_cliniko_converge_to_an_exact_mirror_without_duplic
     assert not report.duplicated, f"DUPLICATES {report.duplicated}\n{context}"
     assert report.ok, f"{report.describe()}\n{context}"
     assert report.live_patients == 250 - len(archived)
+    catalogue = product_report(sandbox.env(), sandbox.stripe_url)
+    assert not (catalogue.duplicated or catalogue.duplicate_prices), f"DUPLICATES {catalogue.describe()}\n{context}"
+    assert catalogue.ok, f"{catalogue.describe()}\n{context}"
+    assert catalogue.retired_twins == 0, context
     assert outbox_status(home).get("failed", 0) == 0, context
     assert stripe_stats["faulted"].get("after:reset", 0) > 0, context  # executed-then-dropped writes happened
     assert stripe_stats["rejected_total"] == 0, f"Stripe refused requests: {stripe_stats['rejected']}\n{context}"
@@ -95,15 +129,17 @@ def test_faults_on_stripe_and_cliniko_converge_to_an_exact_mirror_without_duplic
     # With the faults gone, one more run finds nothing left to do: no change was lost or left queued.
     _set_faults(sandbox.stripe_url, "")
     _set_faults(sandbox.cliniko_url, "")
-    calm = sync_once(env)
-    assert calm.outcome == "ok" and calm.counts["created"] == calm.counts["updated"] == 0, context
+    for calm in _sync_every_stream(env):
+        assert calm.outcome == "ok" and calm.counts["created"] == calm.counts["updated"] == 0, (calm.stream, context)
     assert stats(sandbox.stripe_url)["mutations_total"] == stripe_stats["mutations_total"], context
     print(
         f"seed={seed}: converged after {runs_needed} run(s); "
         + "; ".join(history)
         + f"\nStripe faults {stripe_stats['faults']['fired']}, replays {stripe_stats['replays_total']}, writes "
         f"{stripe_stats['mutations']}; Cliniko faults {cliniko_stats['faults']['fired']}; "
-        f"{len(edited)} edited, {len(archived)} archived; {unretried_reads} run(s) ended by a read failing every retry"
+        f"{len(edited)} edited, {len(archived)} archived; {len(edited_products)} products edited, "
+        f"{len(archived_products)} archived, {catalogue.products} in Stripe; "
+        f"{unretried_reads} run(s) ended by a read failing every retry"
     )
 
 
