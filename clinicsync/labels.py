@@ -97,12 +97,52 @@ def stripe_object_words(kind: str, count: int | None = None) -> str:
     return one if count is None else plural(count, one, many)
 
 
+def stripe_objects_words(kind: str) -> str:
+    """'customer' → 'customers': the plural alone, as in "existing Stripe customers"."""
+    return STRIPE_OBJECTS.get(kind, (kind, kind + "s"))[1]
+
+
 # The part a mapping row plays, and (for the streams to come) what a link between two records is.
 RULE_ROLES = {
     "": "—",
     "match_key": "Finds existing Stripe customers (by email)",
     "cross_ref": "Holds the Cliniko id (links the two records)",
 }
+
+
+def matched_by(stripe_object: str) -> str | None:
+    """'customer' → 'email': the field an existing Stripe object of this kind is found by, in words."""
+    from clinicsync.mapping.fields import MATCH_KEY_TARGETS
+
+    target = MATCH_KEY_TARGETS.get(stripe_object)
+    return target_label(target).lower() if target else None
+
+
+def rule_role_label(role: str, stripe_object: str = "customer") -> str:
+    """A row's special use, in the words of the Stripe object the mapping writes."""
+    if role == "match_key":
+        by = matched_by(stripe_object)
+        return f"Finds existing Stripe {stripe_objects_words(stripe_object)}" + (f" (by {by})" if by else "")
+    return RULE_ROLES.get(role, role)
+
+
+def plan_action_label(action: str, stripe_object: str = "customer") -> str:
+    """A line of the plan shown for approval: what happens to the records counted on it, in Stripe's words."""
+    many = stripe_objects_words(stripe_object)
+    product = stripe_object == "product"
+    return {
+        "created": f"New Stripe {many} will be created" + (", each with its price" if product else ""),
+        "linked": f"Linked to existing Stripe {many}",
+        "updated": f"Linked {many} will be updated" + (" (name, price, stock, on sale or archived)" if product else ""),
+        "review": "Left for you to review (nothing sent)",
+        "failed": "Can't be sent (reported, nothing sent)",
+        "skipped": "Skipped: archived, merged or not syncable"
+        if stripe_object == "customer"
+        else "Skipped: archived or not syncable",
+        "unchanged": "Already up to date",
+    }.get(action, action)
+
+
 LINK_ROLES = {
     "customer": "customer",
     "product": "product",
@@ -353,7 +393,8 @@ def _problem_words(
     if code == "cross-ref-target":
         return "The Cliniko id must go into a metadata field: Stripe has no other place for it."
     if code == "match-key-target":
-        return "Only the Email field can be used to find existing Stripe customers."
+        field = sentence(matched_by(mapping.stripe_object) or "email")
+        return f"Only the {field} field can be used to find existing Stripe {objects}."
     if code == "overflow":
         return "This row identifies the record, so it cannot be shortened: choose “Don't send the record”."
     if code == "writeback-echo":
@@ -370,9 +411,12 @@ def _problem_words(
         )
     if code == "match-key":
         found = int(re.search(r"found (\d+)", message).group(1)) if re.search(r"found (\d+)", message) else 0
+        kind = mapping.stripe_object
+        role = rule_role_label("match_key", kind).split(" (")[0]
         return (
-            "Exactly one row, the email, must find existing Stripe customers (the special use “Finds existing "
-            f"Stripe customers”); {'none does' if not found else plural(found, 'row does', 'rows do')}."
+            f"Exactly one row, the {matched_by(kind) or 'match key'}, must find existing Stripe "
+            f"{stripe_objects_words(kind)} (the special use “{role}”); "
+            f"{'none does' if not found else plural(found, 'row does', 'rows do')}."
         )
     if code == "scope":
         if "needs a date" in message:

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from clinicsync import labels
 from clinicsync.labels import plural
+from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
 from clinicsync.secrets import SecretStoreError
 from clinicsync.store import queries
 from clinicsync.store.models import SyncPlan
@@ -31,18 +32,22 @@ from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import TOOLTIP_LIMIT, clean_text, escape_html
 
-# In the order a person reads the plan: what changes in Stripe first, then what is left alone.
-ACTIONS: tuple[tuple[str, str], ...] = (
-    ("created", "New Stripe customers will be created"),
-    ("linked", "Linked to existing Stripe customers"),
-    ("updated", "Linked customers will be updated"),
-    ("review", "Left for you to review (nothing sent)"),
-    ("failed", "Can't be sent (reported, nothing sent)"),
-    ("skipped", "Skipped: archived, merged or not syncable"),
-    ("unchanged", "Already up to date"),
-)
-COLUMNS = ("What", "Cliniko id", "Stripe customer", "Note")
+# In the order a person reads the plan: what changes in Stripe first, then what is left alone. Each line's words
+# are the stream's (labels.plan_action_label): customers for patients, products and prices for products.
+ACTIONS = ("created", "linked", "updated", "review", "failed", "skipped", "unchanged")
 ACTION_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+def stripe_object_of(summary: dict[str, Any]) -> str:
+    """The Stripe object the plan's stream writes (a customer when the plan does not say which stream)."""
+    mapping = DEFAULT_MAPPINGS.get(str(summary.get("stream") or ""))
+    return mapping.stripe_object if mapping is not None else "customer"
+
+
+def columns(summary: dict[str, Any]) -> tuple[str, ...]:
+    stream = str(summary.get("stream") or "cliniko.")
+    source = labels.SOURCE_SYSTEMS.get(stream.split(".", 1)[0], "Cliniko")
+    return ("What", f"{source} id", f"Stripe {labels.stripe_object_words(stripe_object_of(summary))}", "Note")
 
 
 def streams_needing_approval(outcome: JobOutcome) -> list[str]:
@@ -53,19 +58,21 @@ def streams_needing_approval(outcome: JobOutcome) -> list[str]:
 def plan_model(summary: dict[str, Any]) -> QStandardItemModel:
     """One row per action with its count; under it, the records behind the number (the plan's samples)."""
     model = QStandardItemModel()
-    model.setHorizontalHeaderLabels(list(COLUMNS))
+    headers = columns(summary)
+    model.setHorizontalHeaderLabels(list(headers))
     counts: dict[str, int] = summary.get("counts", {})
     samples: dict[str, list[dict[str, Any]]] = summary.get("samples", {})
-    for action, label in ACTIONS:
+    stripe_object = stripe_object_of(summary)
+    for action in ACTIONS:
         count = int(counts.get(action, 0))
         if count == 0 and action in ("failed", "skipped", "unchanged", "updated"):
             continue  # rows about nothing only add noise; the four that shape the decision always show
-        parent = QStandardItem(f"{count}  {label}")
+        parent = QStandardItem(f"{count}  {labels.plan_action_label(action, stripe_object)}")
         parent.setData(action, ACTION_ROLE)
         font = parent.font()
         font.setBold(True)
         parent.setFont(font)
-        row = [parent, *(_cell("") for _ in COLUMNS[1:])]
+        row = [parent, *(_cell("") for _ in headers[1:])]
         rows = samples.get(action, [])
         for sample in rows:
             parent.appendRow(
@@ -77,7 +84,7 @@ def plan_model(summary: dict[str, Any]) -> QStandardItemModel:
                 ]
             )
         if count > len(rows):
-            parent.appendRow([_cell(f"… and {count - len(rows)} more"), *(_cell("") for _ in COLUMNS[1:])])
+            parent.appendRow([_cell(f"… and {count - len(rows)} more"), *(_cell("") for _ in headers[1:])])
         model.appendRow(row)
     return model
 

@@ -781,7 +781,8 @@ class MappingTab(QWidget):
         if preview.op == "update":
             action = f"is linked to Stripe {objects} {preview.stripe_id}; the next sync would update it"
         elif preview.op == "create":
-            action = f"has no Stripe {objects} yet; the next sync would create one (or link one with its email)"
+            by = labels.matched_by(self._base.stripe_object) or "Cliniko id"
+            action = f"has no Stripe {objects} yet; the next sync would create one (or link one with its {by})"
         else:
             action = "could not be sent"
         lines = [f"{name} {action}. Nothing was written: this is a preview."]

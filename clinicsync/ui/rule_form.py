@@ -143,6 +143,8 @@ class RuleForm(QGroupBox):
                 return
             self.setTitle(f"Row {row + 1}: {labels.target_label(rule.target)}")
             self._fill_targets(rule.target)
+            for index in range(self.role_box.count()):  # "Finds existing Stripe products (by name)", per mapping
+                self.role_box.setItemText(index, labels.rule_role_label(self.role_box.itemData(index), stripe_object))
             self._select(self.transform_box, rule.transform, labels.transform_label(rule.transform))
             self._select(self.role_box, rule.role, rule.role)
             self._select(self.overflow_box, rule.overflow, rule.overflow)

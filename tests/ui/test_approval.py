@@ -112,3 +112,24 @@ def test_the_plans_records_are_cleaned_like_every_other_table(qtbot):
     name, source_id, _, message = (created.child(0, column).text() for column in range(4))
     assert (name, source_id) == ("Ann · Lee", "42")
     assert len(message) <= 1_000 and message.endswith("…")
+
+
+def test_a_products_plan_speaks_of_products_and_prices(qtbot):
+    summary = {
+        "stream": "cliniko.products",
+        "counts": {"created": 3, "linked": 1, "updated": 2, "skipped": 1},
+        "samples": {"created": [{"name": "Foam roller", "source_id": "77", "stripe_id": None, "message": ""}]},
+    }
+    model = plan_model(summary)
+    headers = [model.horizontalHeaderItem(column).text() for column in range(model.columnCount())]
+    assert headers == ["What", "Cliniko id", "Stripe product", "Note"]
+    lines = {model.item(r, 0).data(ACTION_ROLE): model.item(r, 0).text() for r in range(model.rowCount())}
+    assert lines["created"] == "3  New Stripe products will be created, each with its price"
+    assert lines["linked"] == "1  Linked to existing Stripe products"
+    assert lines["updated"].startswith("2  Linked products will be updated (")
+    assert lines["skipped"] == "1  Skipped: archived or not syncable"
+    text = " ".join([*headers, *lines.values()])
+    assert "customer" not in text and "cliniko.products" not in text and "merged" not in text
+    patients = plan_model({"stream": "cliniko.patients", "counts": {"created": 1}})
+    assert patients.horizontalHeaderItem(2).text() == "Stripe customer"
+    assert patients.item(0, 0).text() == "1  New Stripe customers will be created"

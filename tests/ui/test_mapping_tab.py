@@ -336,3 +336,18 @@ def test_a_damaged_stored_mapping_is_named_in_the_tab_and_saving_replaces_it(qtb
     assert tab.save(), "saving is how a person replaces the damaged row"
     saved = mapping_store.load("cliniko.patients")
     assert not saved.unreadable and saved.rules == CLINIKO_PATIENTS.rules
+
+
+def test_the_products_mapping_is_worded_for_products(qtbot, offline_env, build_gui):
+    gui = build_gui(offline_env)
+    tab = mapping_tab(gui)
+    choose(tab.stream_box, "cliniko.products")
+    assert tab.stream_box.currentText() == "Cliniko products → Stripe products and prices"
+    row = next(n for n, r in enumerate(tab.rules()) if r.role == "match_key")
+    form = tab.select_row(row)
+    assert form.role_box.currentText() == "Finds existing Stripe products (by name)"
+    offered = [form.role_box.itemText(i) for i in range(form.role_box.count())]
+    assert not any("customer" in text or "match_key" in text or "cross_ref" in text for text in offered), offered
+    choose(tab.stream_box, "cliniko.patients")  # and back: the patients' words again
+    row = next(n for n, r in enumerate(tab.rules()) if r.role == "match_key")
+    assert tab.select_row(row).role_box.currentText() == "Finds existing Stripe customers (by email)"
