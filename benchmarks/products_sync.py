@@ -1,16 +1,18 @@
 """How long does a clinic's first products sync take, and how close is that to what the APIs allow?
 
 One `sync --once --stream cliniko.products` (in-process, through the same service the CLI calls) of N Cliniko
-products (default 2,000) into an empty Stripe account. The sandboxes run in their own process
-(clinicsync.sandbox.launcher.spawn) with latency on every request (default 80 ms) and the services' rate limits
-enforced: Stripe LIVE mode (100 requests/s) and Cliniko (200 requests/min). The app runs with its real defaults
-(retry policy, Stripe budget = 90% of the live limit, `stripe.workers`); the Cliniko budget is set explicitly to
-its default, 150/min. A first sync to a live account only plans until a person approves the plan: that plan-only
-run and the approval come first, outside the measurement.
+products (default 2,000) into an empty Stripe account. The sandboxes run in their own process (see
+benchmarks/app_figures.py: the app's CPU, disk and memory figures are its own), with latency on every request
+(default 80 ms) and the services' rate limits enforced: Stripe LIVE mode (100 requests/s) and Cliniko (200
+requests/min). The app runs with its real defaults (retry policy, Stripe budget = 90% of the live limit,
+`stripe.workers`); the Cliniko budget is set explicitly to its default, 150/min. A first sync to a live account
+only plans until a person approves the plan: that plan-only run and the approval come first, outside the
+measurement.
 
-Printed: the wall time, the requests each service received (Cliniko product pages, Stripe writes), both floors
-of benchmarks/floors.py (at the published limits and at the app's budgets) from the minimal request count, and
-wall / floor against each. The target is wall <= 1.15 x the floor at the app's budgets.
+Printed: the wall time and the app's own figures, the requests each service received (Cliniko product pages,
+Stripe writes), both floors of benchmarks/floors.py (at the published limits and at the app's budgets) from the
+minimal request count, and wall / floor against each. The target is wall <= 1.15 x the floor at the app's
+budgets.
 
     .venv/bin/python benchmarks/products_sync.py [--products 2000] [--latency-ms 80] [--workers 8]
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,11 +32,11 @@ from typing import Any
 
 import floors  # benchmarks/floors.py: the one floor function
 import httpx
+from app_figures import Figures, sandbox_process
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
 from clinicsync.logging_setup import teardown_logging
-from clinicsync.sandbox.launcher import spawn
 from clinicsync.sources.cliniko import PER_PAGE as CLINIKO_PER_PAGE
 from clinicsync.store import queries
 from clinicsync.store.settings import spec_for
@@ -61,6 +62,7 @@ class Measured:
     stripe_writes: int
     stripe_by_endpoint: dict[str, int]
     rate_limited: int
+    app: Figures  # what the app itself cost: CPU, disk, memory
 
 
 def _origin(url: str) -> str:
@@ -105,39 +107,36 @@ def minimal_loads(products: int, live: int, workers: int) -> list[floors.Load]:
 def measure(products: int, latency_ms: float, workers: int, seed: int) -> Measured:
     args = ["--profile", "clean", "--patients", "1", "--products", str(products), "--latency-ms", str(latency_ms)]
     args += ["--stripe-mode", "live", "--rate-limits", "--seed", str(seed)]
-    with tempfile.TemporaryDirectory(prefix="clinicsync-bench-") as workdir:
-        process, info = spawn(args, Path(workdir) / "sandbox.json", timeout_s=300, stdout=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory(prefix="clinicsync-bench-") as work, sandbox_process(args, Path(work)) as info:
+        catalogue = httpx.post(f"{_origin(info['cliniko_url'])}/_sandbox/dump", json={}, timeout=60).json()
+        live = sum(1 for p in catalogue["products"] if not (p.get("archived_at") or p.get("deleted_at")))
+        # The app's real defaults: only the sandbox's addresses and keys, a fresh profile, and the settings this
+        # benchmark is about. Nothing from the caller's CLINICSYNC_* environment is used.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CLINICSYNC_")}
+        env.update(info["env"])
+        env["CLINICSYNC_HOME"] = str(Path(work) / "profile")
+        env["CLINICSYNC_CLINIKO_REQUESTS_PER_MINUTE"] = str(rate_limits.CLINIKO_BUDGET_PER_MINUTE)
+        env["CLINICSYNC_STRIPE_WORKERS"] = str(workers)
+        ctx = bootstrap(env)
         try:
-            catalogue = httpx.post(f"{_origin(info['cliniko_url'])}/_sandbox/dump", json={}, timeout=60).json()
-            live = sum(1 for p in catalogue["products"] if not (p.get("archived_at") or p.get("deleted_at")))
-            # The app's real defaults: only the sandbox's addresses and keys, a fresh profile, and the settings
-            # this benchmark is about. Nothing from the caller's CLINICSYNC_* environment is used.
-            env = {key: value for key, value in os.environ.items() if not key.startswith("CLINICSYNC_")}
-            env.update(info["env"])
-            env["CLINICSYNC_HOME"] = str(Path(workdir) / "home")
-            env["CLINICSYNC_CLINIKO_REQUESTS_PER_MINUTE"] = str(rate_limits.CLINIKO_BUDGET_PER_MINUTE)
-            env["CLINICSYNC_STRIPE_WORKERS"] = str(workers)
-            ctx = bootstrap(env)
-            try:
-                # A first sync to a LIVE account only plans until a person approves the plan: that run reads
-                # everything but writes nothing, and is not measured.
-                started = time.perf_counter()
-                (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], trigger="benchmark")
-                planning = time.perf_counter() - started
-                if planned.outcome == "needs_approval":
-                    queries.approve_latest_plan(STREAM)
-                urls = (info["cliniko_url"], info["stripe_url"])
-                before = [_stats(url) for url in urls]
-                started = time.perf_counter()
-                (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], trigger="benchmark")
-                wall = time.perf_counter() - started
-                cliniko, stripe = (_minus(_stats(url), earlier) for url, earlier in zip(urls, before, strict=True))
-            finally:
-                ctx.db.close()
-                teardown_logging()
+            # A first sync to a LIVE account only plans until a person approves the plan: that run reads
+            # everything but writes nothing, and is not measured.
+            started = time.perf_counter()
+            (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], trigger="benchmark")
+            planning = time.perf_counter() - started
+            if planned.outcome == "needs_approval":
+                queries.approve_latest_plan(STREAM)
+            urls = (info["cliniko_url"], info["stripe_url"])
+            before = [_stats(url) for url in urls]
+            app_before = Figures.now()
+            started = time.perf_counter()
+            (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], trigger="benchmark")
+            wall = time.perf_counter() - started
+            app = Figures.now().since(app_before)
+            cliniko, stripe = (_minus(_stats(url), earlier) for url, earlier in zip(urls, before, strict=True))
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            ctx.db.close()
+            teardown_logging()
     return Measured(
         products=products,
         live=live,
@@ -153,6 +152,7 @@ def measure(products: int, latency_ms: float, workers: int, seed: int) -> Measur
         stripe_writes=stripe["mutations_total"],
         stripe_by_endpoint=stripe["by_endpoint"],
         rate_limited=cliniko["rate_limited"] + stripe["rate_limited"],
+        app=app,
     )
 
 
@@ -170,7 +170,7 @@ def report(run: Measured) -> float:
     )
     print(f"  outcome: {run.outcome}, {run.counts}")
     print(f"  (before it, the plan-only first run a live account requires took {run.planning_s:.2f} s; not counted)")
-    print(f"  wall time: {run.wall_s:.2f} s")
+    print(f"  wall time: {run.wall_s:.2f} s; {run.app.describe(run.live)}")
     print(
         f"  requests: Cliniko {run.cliniko_requests} ({run.cliniko_pages} product pages), Stripe {run.stripe_requests}"
         f" ({run.stripe_writes} writes); answered 429: {run.rate_limited}"
