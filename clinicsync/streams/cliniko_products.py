@@ -36,6 +36,8 @@ from clinicsync.streams.base import (
 log = logging.getLogger(__name__)
 
 PRICE_ROLE = "price"
+# A product and the price of its `default_price_data` are made by one request: their `created` agree to the second.
+MADE_WITH_PRODUCT_S = 1
 # The setting `cliniko.products.price_basis`: which Cliniko price becomes the Stripe price, and how Stripe is told
 # whether tax is in it.
 PRICE_BASIS = {"including_tax": ("price_including_tax", "inclusive"), "ex_tax": ("price_ex_tax", "exclusive")}
@@ -251,11 +253,12 @@ def _reprice(
 
 
 def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
-    """The default price of the product being linked or repriced, when the product names this record (made by a
-    ClinicSync create, or linked by ClinicSync before: its default price is then ClinicSync's too): a link may
-    adopt it, and a price change replaces it; and the product's prices that name the record (another installation
-    made them). Two listing requests; nothing is read for other updates, nor for a product that does not name the
-    record (a hand-made one keeps its own prices, untouched)."""
+    """The prices of ours on the product being linked or repriced, as Stripe holds them now (which one is its
+    default, which are active): those that name the record (a price change made them, here or in another
+    installation) and the one made with the product (`default_price_data` carries no metadata), when the product
+    names the record. A link may adopt its default; a price change reuses an earlier one and replaces the rest.
+    A price a person made (or set as the default by hand) is never among them: it is not ours to deactivate.
+    Two listing requests; nothing is read for other updates."""
     if request.op == "update" and not _reprices(request):
         return None
     product = next(iter(gateway.iter_objects("product", None, {"ids": [request.stripe_id]})), None)
@@ -263,13 +266,18 @@ def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | N
         return ()
     default = product.get("default_price")
     in_use = default.get("id") if isinstance(default, dict) else default
-    # The default price, and the prices of ours another installation made (they name the record): an earlier one
-    # with the price wanted is used again rather than made twice.
     return tuple(
         RoleLinkInfo(PRICE_ROLE, str(price["id"]), _held(price), current=price["id"] == in_use, active=price["active"])
         for price in gateway.iter_objects("price", None, {"product": request.stripe_id})
-        if price["id"] == in_use or (price.get("metadata") or {}).get(request.cross_ref_key) == request.mapped.source_id
+        if (price.get("metadata") or {}).get(request.cross_ref_key) == request.mapped.source_id
+        or _made_with(price, product)
     )
+
+
+def _made_with(price: Mapping[str, Any], product: Mapping[str, Any]) -> bool:
+    """Whether the price was made in the request that made the product (its `default_price_data`)."""
+    created, made = price.get("created"), product.get("created")
+    return isinstance(created, int) and isinstance(made, int) and abs(created - made) <= MADE_WITH_PRODUCT_S
 
 
 def _held(price: Mapping[str, Any]) -> str:

@@ -203,9 +203,12 @@ class ListingGateway:
         return iter(self.objects[stripe_object])
 
 
-def _stripe_price(stripe_id: str, amount: int, ref: str | None, active: bool = True) -> dict[str, Any]:
+def _stripe_price(
+    stripe_id: str, amount: int, ref: str | None, active: bool = True, created: int = 1_700_000_000
+) -> dict[str, Any]:
     return {
         "id": stripe_id,
+        "created": created,
         "product": "prod_1",
         "unit_amount": amount,
         "currency": "aud",
@@ -215,14 +218,14 @@ def _stripe_price(stripe_id: str, amount: int, ref: str | None, active: bool = T
     }
 
 
-def _catalogue(ref: str) -> ListingGateway:
-    product = {"id": "prod_1", "metadata": {"cliniko_product_id": ref}, "default_price": "price_x"}
+def _catalogue(ref: str, default: str = "price_x") -> ListingGateway:
+    product = {"id": "prod_1", "created": 1_700_000_000, "metadata": {"cliniko_product_id": ref}}
     prices = [
         _stripe_price("price_x", 4500, None),  # made with the product (default_price_data carries no metadata)
-        _stripe_price("price_y", 3000, "77", active=False),  # an earlier one of ours, from another installation
-        _stripe_price("price_z", 2000, None),  # a person's own price on the product: never ours
+        _stripe_price("price_y", 3000, "77", active=False, created=1_700_000_900),  # another installation's
+        _stripe_price("price_z", 2000, None, created=1_700_000_500),  # a person's own price: never ours
     ]
-    return ListingGateway(product, prices)
+    return ListingGateway({**product, "default_price": default}, prices)
 
 
 def test_observation_reads_the_prices_of_a_product_naming_the_record_only() -> None:
@@ -244,6 +247,18 @@ def test_going_back_to_a_price_another_installation_made_reactivates_it() -> Non
         ("product", "prod_1", True),
         ("price", "price_x", False),
     ]
+
+
+def test_a_default_price_a_person_set_is_not_ours_and_a_price_change_leaves_it_alone() -> None:
+    request = _request("update", 5000, (_price("price_x", 4500, current=True),))
+    seen = PRODUCTS_STREAM.observe(_catalogue("77", default="price_z"), request)
+    assert "price_z" not in {price.stripe_id for price in seen}
+    steps = PRODUCTS_STREAM.plan(replace(request, observed=seen))
+    assert [(s.stripe_object, s.op, s.stripe_id) for s in steps] == [
+        ("price", "create", None),
+        ("product", "update", "prod_1"),
+        ("price", "update", "price_x"),
+    ], "ours replaced and deactivated; the person's price untouched"
 
 
 def test_observation_reads_nothing_for_an_update_that_keeps_the_price() -> None:
