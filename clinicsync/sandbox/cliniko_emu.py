@@ -1372,6 +1372,48 @@ class ClinikoEmulator:
             self.invoice_items[item["id"]] = item
         return invoice
 
+    def _admin_seed_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The invoices ↔ payments scenario (sandbox/invoice_seed.py): `invoices` invoices (default 1000) for
+        `customers` live patients with usable emails (default 300), replacing every invoice and item unless
+        `replace` is false; a second business in Brisbane takes some. Returns the cases and, under `stripe`, the
+        customers and payments for the Stripe emulator's admin `seed`."""
+        from clinicsync.sandbox.invoice_seed import seed_invoice_scenario
+
+        wanted = int(params.get("customers", 300))
+        usable = [
+            p
+            for p in sorted(self.patients.values(), key=lambda p: (p["created_at"], p["id"]))
+            if p["archived_at"] is None
+            and p["deleted_at"] is None
+            and isinstance(p.get("email"), str)
+            and EMAIL_PATTERN.match(p["email"])
+            and len(p["email"]) <= 255
+        ][:wanted]
+        if params.get("replace", True):
+            self.invoices.clear()
+            self.invoice_items.clear()
+        brisbane = next(
+            (b["id"] for b in self.businesses.values() if b["time_zone_identifier"] == "Australia/Brisbane"), None
+        )
+        if brisbane is None:
+            brisbane = self._admin_add_business(
+                {"time_zone_identifier": "Australia/Brisbane", "business_name": "Sandbox Allied Health Brisbane"}
+            )["id"]
+        zones = [(BUSINESS_ID, self.businesses[BUSINESS_ID]["time_zone_identifier"]), (brisbane, "Australia/Brisbane")]
+        scenario = seed_invoice_scenario(
+            usable,
+            invoices=int(params.get("invoices", 1000)),
+            seed=int(params.get("seed", self._seed)),
+            now=self.now(),
+            businesses=zones,
+            product_ids=sorted(pid for pid, p in self.products.items() if p["archived_at"] is None),
+        )
+        offset = self._next_invoice_number() - min((i["number"] for i in scenario.invoices), default=0)
+        for record in scenario.invoices:
+            record["number"] += max(offset, 0)
+        self.load_activity(scenario.invoices, [], scenario.items)
+        return {**scenario.as_dict(), "business_ids": {zone: bid for bid, zone in zones}}
+
     def _next_invoice_number(self) -> int:
         return max((i["number"] for i in self.invoices.values()), default=1000) + 1
 
@@ -1509,6 +1551,7 @@ _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, 
     "stock_touches_product": ClinikoEmulator._admin_stock_touches_product,
     "add_business": ClinikoEmulator._admin_add_business,
     "add_invoices": ClinikoEmulator._admin_add_invoices,
+    "seed_invoices": ClinikoEmulator._admin_seed_invoices,
     "pay_invoices": ClinikoEmulator._admin_pay_invoices,
     "close_invoices": ClinikoEmulator._admin_close_invoices,
     "reverse_invoices": ClinikoEmulator._admin_reverse_invoices,
