@@ -171,7 +171,12 @@ class _Builder:
     # -- invoices ---------------------------------------------------------------------------------------
 
     def invoice(
-        self, case: str, status: int, patient: dict[str, Any] | None = None, lines: list[dict[str, Any]] | None = None
+        self,
+        case: str,
+        status: int,
+        patient: dict[str, Any] | None = None,
+        lines: list[dict[str, Any]] | None = None,
+        method: int | None = None,
     ) -> dict[str, Any]:
         """A new invoice whose total no other amount of its patient shares (unless `lines` are given)."""
         patient = patient or self.rng.choice(self.patients)
@@ -189,7 +194,7 @@ class _Builder:
             "issue_date": issue.isoformat(),
             "status": status,
             "invoice_to": " ".join(p for p in (patient.get("first_name"), patient.get("last_name")) if p) or None,
-            "calculation_method": inv.TAX_EXCLUSIVE if self.rng.random() < 0.3 else inv.TAX_INCLUSIVE,
+            "calculation_method": method or (inv.TAX_EXCLUSIVE if self.rng.random() < 0.3 else inv.TAX_INCLUSIVE),
             "created_at": fmt_time(created),
             "updated_at": fmt_time(created),
         }
@@ -367,15 +372,25 @@ class _Builder:
             original = self.invoice(case, inv.PAID if paid else inv.CLOSED)
             originals = [i for i in self.out.items if i["invoice_id"] == original["id"]]
             patient = next(p for p in self.patients if p["id"] == original["patient_id"])
-            reversal = self.invoice(
-                "reversal", inv.OPEN if paid else inv.CLOSED, patient, [inv.negated_line(i) for i in originals]
-            )
+            lines = [inv.negated_line(i) for i in originals]
+            status = inv.OPEN if paid else inv.CLOSED
+            reversal = self.invoice("reversal", status, patient, lines, original["calculation_method"])
+            # Staff reverse it a day or two after raising it, at the same location.
+            made = datetime.fromisoformat(original["created_at"].replace("Z", "+00:00"))
+            made = min(made + timedelta(days=self.rng.randint(1, 2)), self.now - timedelta(hours=1))
+            stamp = fmt_time(made)
+            zone = self._zone(original)
             reversal.update(
                 original_invoice_id=original["id"],
                 business_id=original["business_id"],
-                calculation_method=original["calculation_method"],
-                issue_date=max(reversal["issue_date"], original["issue_date"]),
+                issue_date=made.astimezone(ZoneInfo(zone)).date().isoformat(),
+                created_at=stamp,
+                updated_at=stamp,
+                closed_at=None if paid else stamp,
             )
+            for item in self.out.items:
+                if item["invoice_id"] == reversal["id"]:
+                    item["created_at"] = item["updated_at"] = stamp
             if paid:
                 reversal["status"] = inv.OPEN_CREDIT
             original["updated_at"] = max(original["updated_at"], reversal["created_at"])
