@@ -260,3 +260,13 @@ def test_the_scenario_seeds_every_case_with_payments_that_make_it_so(scenario_sa
     for original, reversal in scenario["reversals"].items():
         assert invoices[reversal]["original_invoice"]["links"]["self"].endswith(original)
         assert cents(invoices[reversal]["total_amount"]) == -cents(invoices[original]["total_amount"])
+
+
+def test_invoice_endpoints_share_the_rate_limit_and_the_fault_knobs() -> None:
+    from clinicsync.sandbox.faults import FaultPlan
+
+    with serve(ClinikoEmulator(), rate_limits=True, faults=FaultPlan.parse("before:503=1,max=1")) as srv:
+        with httpx.Client(base_url=f"{srv.url}/v1", auth=(DEFAULT_API_KEY, ""), headers=HEADERS, timeout=5) as c:
+            assert c.get("/invoice_items").status_code == 503
+            statuses = [c.get("/invoice_items").status_code for _ in range(205)]
+        assert statuses.count(429) >= 1 and statuses[0] == 200

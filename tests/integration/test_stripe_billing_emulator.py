@@ -373,3 +373,51 @@ def test_invoice_items_take_a_price_or_a_decimal_unit_amount(sdk: stripe.StripeC
         sdk.v1.invoice_items.create(params={"customer": other, "invoice": invoice.id, "amount": 5, "currency": "aud"})
     listed_invoices = sdk.v1.invoices.list(params={"customer": cid, "status": "draft"})
     assert [i.id for i in listed_invoices.data] == [invoice.id]
+
+
+# -- the knobs every resource has -----------------------------------------------------------------------
+
+
+def test_a_dropped_connection_after_finalize_or_pay_replays_instead_of_repeating(server: RunningServer) -> None:
+    from clinicsync.sandbox.faults import FaultPlan
+
+    retrying = stripe.StripeClient(KEY, base_addresses={"api": server.url}, max_network_retries=2)
+    cid = customer(retrying)
+    invoice = mirror_invoice(retrying, cid, [4000])
+    server.set_faults(FaultPlan.parse("after:reset=1,max=1"))
+    item = retrying.v1.invoice_items.create(
+        params={"customer": cid, "invoice": invoice.id, "amount": 500, "currency": "aud"}
+    )
+    assert item.last_response is not None and item.last_response.headers["Idempotent-Replayed"] == "true"
+    server.set_faults(FaultPlan.parse("after:reset=1,max=1"))
+    finalized = retrying.v1.invoices.finalize_invoice(invoice.id)
+    assert finalized.status == "open" and finalized.total == 4500  # once, not "already finalized"
+    server.set_faults(FaultPlan.parse("after:reset=1,max=1"))
+    intent = paid_intent(retrying, amount=7000, customer=cid)
+    server.set_faults(FaultPlan())
+    assert len(retrying.v1.payment_intents.list(params={"customer": cid}).data) == 1
+    assert intent.status == "succeeded"
+    dump = admin(server, "dump")
+    assert len(dump["invoiceitems"]) == 2 and len(dump["charges"]) == 1
+
+
+def test_payment_endpoints_are_rate_limited_and_search_has_its_own_bucket() -> None:
+    with serve(StripeEmulator(search_delay_s=0), rate_limits=True) as srv:
+        sdk = stripe.StripeClient(KEY, base_addresses={"api": srv.url}, max_network_retries=0)
+        with pytest.raises(stripe.RateLimitError) as limited:
+            for _ in range(200):
+                sdk.v1.payment_intents.list()
+        assert limited.value.headers is not None and limited.value.headers["Stripe-Should-Retry"] == "true"
+        # Search is counted apart from the listing that just ran out.
+        assert sdk.v1.charges.search(params={"query": "amount>0"}).data == []
+
+
+def test_restricted_keys_and_live_mode_keep_payments_apart(server: RunningServer, sdk: stripe.StripeClient) -> None:
+    paid_intent(sdk)
+    readonly = stripe.StripeClient("rk_test_sandbox_readonly_a", base_addresses={"api": server.url})
+    assert len(readonly.v1.payment_intents.list().data) == 1
+    with pytest.raises(stripe.PermissionError) as denied:
+        readonly.v1.invoices.create(params={"customer": "cus_x"})
+    assert "rak_invoice_write" in str(denied.value)
+    live = stripe.StripeClient("sk_live_sandbox_clinic_a", base_addresses={"api": server.url})
+    assert live.v1.payment_intents.list().data == []
