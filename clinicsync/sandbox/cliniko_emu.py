@@ -13,6 +13,7 @@ import json
 import random
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -344,6 +345,10 @@ class ClinikoEmulator:
             self.stock_touches_product = self._stock_touch_default
             self.revoked: set[str] = set()
             self.clock_offset = timedelta(0)
+            # Filtered, sorted rows of recent list queries, so paging through thousands of invoices or items
+            # filters and sorts once, not once a page (emptied by every write: see `touch`).
+            self._version = 0
+            self._list_cache: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
             self.rng = random.Random(self._seed)
             self._gen = seedmod._Gen(self._seed + 7919)  # ids and people for POSTs and edits
 
@@ -356,6 +361,7 @@ class ClinikoEmulator:
 
     def load(self, patients: list[dict[str, Any]]) -> None:
         with self._lock:
+            self.touch()
             for record in patients:
                 full = seedmod.blank_patient()
                 full.update(record)
@@ -371,6 +377,7 @@ class ClinikoEmulator:
         """Invoices, their items and individual appointments in seed.py's internal form (ids of related records as
         `*_id`)."""
         with self._lock:
+            self.touch()
             for invoice in invoices:
                 self.invoices[invoice["id"]] = {**inv.blank_invoice(), "business_id": BUSINESS_ID, **invoice}
                 self._gen._ids.add(invoice["id"])
@@ -384,6 +391,7 @@ class ClinikoEmulator:
     def load_catalogue(self, catalogue: seedmod.ProductSeed) -> None:
         """Products, suppliers, taxes and stock adjustments in seed.py's internal form."""
         with self._lock:
+            self.touch()
             for table, records in (
                 (self.products, catalogue.products),
                 (self.product_suppliers, catalogue.suppliers),
@@ -402,7 +410,15 @@ class ClinikoEmulator:
                 response = self._route(request)
             except ApiError as exc:
                 response = exc.response
+            finally:
+                if request.method != "GET":
+                    self.touch()
             return self._finish(response)
+
+    def touch(self) -> None:
+        """Forget cached list results: call after changing records other than through `handle` or `admin`."""
+        self._version += 1
+        self._list_cache.clear()
 
     def _finish(self, response: Response) -> Response:
         # The Date header comes from the same clock as updated_at, so an edit made after a response is
@@ -597,16 +613,25 @@ class ClinikoEmulator:
     ) -> Response:
         """Like /patients: archived and deleted records are hidden unless a filter names that column (the catalogue
         has no deleted_at; taxes and suppliers are never archived)."""
-        filters = [parse_filter(text, allowed=columns) for text in request.query_values("q[]")]
-        named = {f.column for f in filters}
-        rows = [
-            row
-            for row in table.values()
-            if ("deleted_at" in named or row.get("deleted_at") is None)
-            and ("archived_at" in named or row.get("archived_at") is None)
-            and all(f.matches(row) for f in filters)
-        ]
-        rows = sort_records(rows, request.query_value("sort"), request.query_value("order"), frozenset(columns))
+        terms = tuple(request.query_values("q[]"))
+        sort, order = request.query_value("sort"), request.query_value("order")
+        key = (self._version, name, id(table), len(table), terms, sort, order)
+        rows = self._list_cache.get(key)
+        if rows is None:
+            filters = [parse_filter(text, allowed=columns) for text in terms]
+            named = {f.column for f in filters}
+            tests = [f.matches for f in filters]
+            rows = [
+                row
+                for row in table.values()
+                if ("deleted_at" in named or row.get("deleted_at") is None)
+                and ("archived_at" in named or row.get("archived_at") is None)
+                and all(test(row) for test in tests)
+            ]
+            rows = sort_records(rows, sort, order, frozenset(columns))
+            self._list_cache[key] = rows
+            while len(self._list_cache) > 16:
+                self._list_cache.popitem(last=False)
         return Response(200, self._page(request, name, rows, render))
 
     def render_invoice(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
@@ -1017,6 +1042,8 @@ class ClinikoEmulator:
                 return exc.response
             except (ValueError, KeyError, TypeError) as exc:
                 return Response(400, {"error": f"{action}: {exc}"})
+            finally:
+                self.touch()
 
     def _admin_reset(self, params: dict[str, Any]) -> dict[str, Any]:
         self.reset()
@@ -1033,6 +1060,7 @@ class ClinikoEmulator:
         if params.get("replace", True):
             for table in self._tables():
                 table.clear()
+            self.businesses[BUSINESS_ID] = dict(DEFAULT_BUSINESS)  # the main clinic is always there
         self.load(result.patients)
         self.load_activity(result.invoices, result.appointments, result.invoice_items)
         catalogue = result.catalogue
@@ -1057,6 +1085,7 @@ class ClinikoEmulator:
             self.patients,
             self.invoices,
             self.invoice_items,
+            self.businesses,
             self.appointments,
             self.products,
             self.product_suppliers,
@@ -1964,6 +1993,13 @@ def _build_test(kind: str, op: str, raw: str) -> Callable[[Any], bool]:
         return lambda v: v is not None and parse(v) in wanted
     target = parse(raw)
     compare = _COMPARISONS[op]
+    if kind == "datetime":
+        # Stored times are all canonical UTC text ("2024-01-31T09:30:00Z"), which sorts as the time does: compare the
+        # text and parse only what is not canonical (a listing of thousands of records parses none).
+        text = seedmod.fmt_time(target)
+        return lambda v: (
+            v is not None and (compare(v, text) if len(v) == 20 and v.endswith("Z") else compare(parse(v), target))
+        )
     return lambda v: v is not None and compare(parse(v), target)
 
 

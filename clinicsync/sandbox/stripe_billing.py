@@ -37,7 +37,6 @@ from clinicsync.sandbox.stripe_forms import (
     invalid,
     metadata_update,
     missing_param,
-    no_such,
     one_of,
     optional_string,
     parse_fields,
@@ -775,8 +774,8 @@ class BillingRoutes:
         return self._answer(call, intent, PAYMENT_INTENT_EXPANDABLE)
 
     def _attach_payment_method(self, name: str) -> str:
-        """A test payment method such as pm_card_visa becomes a new PaymentMethod id, as on Stripe; the test
-        name is kept after a colon-free marker so a confirm knows the card."""
+        """A test payment method such as pm_card_visa. Stripe would clone it into a new `pm_…` id; the sandbox keeps
+        the test name as the intent's and charge's `payment_method`, so a confirm knows the card."""
         if name in TEST_PAYMENT_METHODS:
             return name
         raise invalid(f"No such PaymentMethod: '{name}'", param="payment_method", code="resource_missing")
@@ -1659,7 +1658,3 @@ def _equals(name: str) -> Callable[[Any, str], Callable[[BillingObject], bool]]:
 
 def _strings(values: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in values.items() if v is not None}
-
-
-def is_missing(kind: str, object_id: str) -> StripeApiError:
-    return no_such(kind, object_id)
