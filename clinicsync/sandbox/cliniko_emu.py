@@ -1993,7 +1993,7 @@ def _build_test(kind: str, op: str, raw: str) -> Callable[[Any], bool]:
         return lambda v: v is not None and parse(v) in wanted
     target = parse(raw)
     compare = _COMPARISONS[op]
-    if kind == "datetime":
+    if kind == "datetime" and target.microsecond == 0:
         # Stored times are all canonical UTC text ("2024-01-31T09:30:00Z"), which sorts as the time does: compare the
         # text and parse only what is not canonical (a listing of thousands of records parses none).
         text = seedmod.fmt_time(target)
