@@ -525,6 +525,8 @@ class ClinikoEmulator:
                 return lambda r: self._update_patient(r, pid)
             if method == "DELETE":  # deprecated; the spec summarises it as "Archive patient"
                 return lambda r: self._archive(self._find(pid))
+        elif len(rest) == 2 and method == "GET" and rest[1] == "invoices":
+            return lambda r: self._invoices_of_patient(r, rest[0])
         elif len(rest) == 2 and method == "POST" and rest[1] in ("archive", "unarchive"):
             pid, action = rest
             if action == "archive":
@@ -595,6 +597,12 @@ class ClinikoEmulator:
             raise _message(404, MSG_NOT_FOUND)
         return record
 
+    def _invoices_of_patient(self, request: Request, patient_id: str) -> Response:
+        """GET /patients/{id}/invoices: /invoices narrowed to one patient (its filters apply too)."""
+        self._find(patient_id)
+        own = {k: v for k, v in self.invoices.items() if v["patient_id"] == patient_id}
+        return self._list_table(request, "invoices", own, INVOICE_FILTERS, self.render_invoice, f"patient {patient_id}")
+
     def _invoice_items_of(self, request: Request, invoice_id: str) -> Response:
         self._hidden_unless_asked(request, self.invoices.get(invoice_id))
         rows = [i for i in self.invoice_items.values() if i["invoice_id"] == invoice_id and i["deleted_at"] is None]
@@ -610,12 +618,14 @@ class ClinikoEmulator:
         table: dict[str, dict[str, Any]],
         columns: dict[str, str],
         render: Callable[[Request, dict[str, Any]], dict[str, Any]],
+        narrowed_to: str = "",
     ) -> Response:
         """Like /patients: archived and deleted records are hidden unless a filter names that column (the catalogue
         has no deleted_at; taxes and suppliers are never archived)."""
         terms = tuple(request.query_values("q[]"))
         sort, order = request.query_value("sort"), request.query_value("order")
-        key = (self._version, name, id(table), len(table), terms, sort, order)
+        # `narrowed_to` tells apart the throwaway tables a nested list makes (their ids can be reused).
+        key = (self._version, name, narrowed_to, id(table), len(table), terms, sort, order)
         rows = self._list_cache.get(key)
         if rows is None:
             filters = [parse_filter(text, allowed=columns) for text in terms]

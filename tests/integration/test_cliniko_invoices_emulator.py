@@ -270,3 +270,16 @@ def test_invoice_endpoints_share_the_rate_limit_and_the_fault_knobs() -> None:
             assert c.get("/invoice_items").status_code == 503
             statuses = [c.get("/invoice_items").status_code for _ in range(205)]
         assert statuses.count(429) >= 1 and statuses[0] == 200
+
+
+def test_a_patients_invoices_are_listed_under_the_patient(server: RunningServer, client: httpx.Client) -> None:
+    mine = add(server, lines=[{"name": "A", "unit_price": "10"}])
+    other = server.patient_ids[1]  # type: ignore[attr-defined]
+    add(server, patient_id=other, lines=[{"name": "B", "unit_price": "10"}])
+    pid = server.patient_ids[0]  # type: ignore[attr-defined]
+    listed = client.get(f"/patients/{pid}/invoices", params={"q[]": "total_amount:>1"})
+    assert listed.status_code == 400  # not a searchable column, as on /invoices
+    own = client.get(f"/patients/{pid}/invoices", params={"per_page": 100}).json()["invoices"]
+    assert mine["id"] in {i["id"] for i in own}
+    assert {i["patient"]["links"]["self"].rsplit("/", 1)[1] for i in own} == {pid}
+    assert client.get("/patients/1/invoices").status_code == 404
