@@ -127,7 +127,7 @@ class BillingObject:
 
 
 def money(cents: int, currency: str) -> str:
-    """An amount as Stripe's messages write it: "$12.50" (A$ for Australian dollars)."""
+    """An amount in a two-decimal currency as Stripe's messages write it: "A$12.50" for Australian dollars."""
     symbol = {"aud": "A$", "usd": "$", "nzd": "NZ$", "eur": "€", "gbp": "£"}.get(currency, "")
     sign = "-" if cents < 0 else ""
     return f"{sign}{symbol}{abs(cents) // 100}.{abs(cents) % 100:02d}" + ("" if symbol else f" {currency}")
