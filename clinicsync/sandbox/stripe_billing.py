@@ -1141,6 +1141,7 @@ class BillingRoutes:
                 f"Invoice {invoice.id} is no longer editable: invoice items can only be added to, changed on or "
                 f"removed from a draft invoice, and this one is {invoice.get('status')}.",
                 param="invoice",
+                code="invoice_not_editable",
             )
 
     def _retrieve_invoiceitem(self, call: Any) -> Response:
@@ -1342,14 +1343,13 @@ class BillingRoutes:
         out_of_band = "paid_out_of_band" in params and as_boolean(params["paid_out_of_band"], "paid_out_of_band")
         status = invoice.get("status")
         if status == "paid":
-            raise invalid("Invoice is already paid", code="invoice_already_paid")
+            raise invalid("Invoice is already paid")
         if status == "void":
             raise invalid("This invoice can no longer be paid because it is void.")  # our wording
         if not out_of_band:
             raise invalid(
                 "This customer has no attached payment source or default payment method. Please consider adding a"
-                " default payment method.",
-                code="invoice_no_customer_line_items" if not invoice.get("items") else None,
+                " default payment method."
             )
         if status == "draft":
             invoice = self._finalize(scope, invoice)

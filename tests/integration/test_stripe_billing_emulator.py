@@ -281,8 +281,9 @@ def test_a_mirrored_invoice_is_finalized_paid_out_of_band_and_credited_without_e
     with pytest.raises(stripe.InvalidRequestError) as twice:
         sdk.v1.invoices.finalize_invoice(invoice.id)
     assert "already finalized" in str(twice.value)
-    with pytest.raises(stripe.InvalidRequestError):
+    with pytest.raises(stripe.InvalidRequestError) as locked:
         sdk.v1.invoice_items.create(params={"customer": cid, "invoice": invoice.id, "amount": 5, "currency": "aud"})
+    assert locked.value.code == "invoice_not_editable"
     with pytest.raises(stripe.InvalidRequestError):
         sdk.v1.invoices.delete(invoice.id)
     paid = sdk.v1.invoices.pay(invoice.id, params={"paid_out_of_band": True})
@@ -291,7 +292,7 @@ def test_a_mirrored_invoice_is_finalized_paid_out_of_band_and_credited_without_e
         sdk.v1.invoices.void_invoice(invoice.id)
     with pytest.raises(stripe.InvalidRequestError) as repaid:
         sdk.v1.invoices.pay(invoice.id, params={"paid_out_of_band": True})
-    assert repaid.value.code == "invoice_already_paid"
+    assert "already paid" in str(repaid.value)
     with pytest.raises(stripe.InvalidRequestError):  # a post-payment credit must say where the money went
         sdk.v1.credit_notes.create(params={"invoice": invoice.id, "amount": 9817, "email_type": "none"})
     note = sdk.v1.credit_notes.create(
