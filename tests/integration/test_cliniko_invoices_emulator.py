@@ -283,3 +283,18 @@ def test_a_patients_invoices_are_listed_under_the_patient(server: RunningServer,
     assert mine["id"] in {i["id"] for i in own}
     assert {i["patient"]["links"]["self"].rsplit("/", 1)[1] for i in own} == {pid}
     assert client.get("/patients/1/invoices").status_code == 404
+
+
+def test_issue_dates_follow_each_business_zone_across_the_october_switch(server: RunningServer) -> None:
+    brisbane = admin(server, "add_business", {"time_zone_identifier": "Australia/Brisbane"})["id"]
+    pid = server.patient_ids[0]  # type: ignore[attr-defined]
+    moments = ("2026-10-03T13:30:00Z", "2026-10-04T13:30:00Z")  # Melbourne moves to AEDT at 16:00Z on 3 October
+    specs = [
+        {"patient_id": pid, "created_at": moment, **({"business_id": business} if business else {})}
+        for moment in moments
+        for business in (None, brisbane)
+    ]
+    made = admin(server, "add_invoices", {"invoices": specs})["invoices"]
+    assert [i["issue_date"] for i in made] == ["2026-10-03", "2026-10-03", "2026-10-05", "2026-10-04"]
+    given = admin(server, "add_invoices", {"invoices": [{"patient_id": pid, "issue_date": "2026-10-04"}]})
+    assert given["invoices"][0]["issue_date"] == "2026-10-04"  # a given issue date is never shifted

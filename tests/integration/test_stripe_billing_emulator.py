@@ -422,3 +422,20 @@ def test_restricted_keys_and_live_mode_keep_payments_apart(server: RunningServer
     assert "rak_invoice_write" in str(denied.value)
     live = stripe.StripeClient("sk_live_sandbox_clinic_a", base_addresses={"api": server.url})
     assert live.v1.payment_intents.list().data == []
+
+
+def test_a_payment_taken_now_is_listed_at_once_and_searchable_after_the_delay(
+    server: RunningServer, sdk: stripe.StripeClient
+) -> None:
+    admin(server, "set_search_delay", {"seconds": 600})
+    cid = customer(sdk)
+    made = admin(
+        server,
+        "add_payment",
+        {"customer": cid, "amount": 6550, "created": 1_775_309_400, "metadata": {"terminal": "front desk"}},
+    )
+    listed = sdk.v1.payment_intents.list(params={"customer": cid, "created": {"gte": 1_775_309_400}})
+    assert [p.id for p in listed.data] == [made["payment_intent"]] and listed.data[0].created == 1_775_309_400
+    assert sdk.v1.payment_intents.search(params={"query": "metadata['terminal']:'front desk'"}).data == []
+    admin(server, "set_search_delay", {"seconds": 0})
+    assert len(sdk.v1.payment_intents.search(params={"query": "metadata['terminal']:'front desk'"}).data) == 1
