@@ -1469,11 +1469,12 @@ class ClinikoEmulator:
         return ids
 
     def _admin_pay_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Staff record payment of open invoices `ids` (in Cliniko, not through Stripe): status Paid, closed now."""
+        """Staff record payment of open invoices `ids` (in Cliniko, not through Stripe): status Paid, closed now. An
+        Open credit (a reversal of a paid invoice) is settled by closing it, not paying it."""
         ids = self._invoice_ids(params)
         for invoice_id in ids:
             record = self.invoices[invoice_id]
-            if record["status"] not in (inv.OPEN, inv.OPEN_CREDIT):
+            if record["status"] != inv.OPEN:
                 raise ValueError(f"invoice {invoice_id} is {inv.STATUSES[record['status']]}, not open")
             self._apply(record, {"status": inv.PAID, "closed_at": self.now_text()})
         return {"ids": ids}

@@ -761,6 +761,13 @@ class BillingRoutes:
         payment_method = changes.pop("payment_method", None)
         if payment_method is not None:
             payment_method = self._attach_payment_method(payment_method)
+        elif confirm:  # refused before anything is made, so a retry cannot leave a stray intent
+            raise _unexpected(
+                "You cannot confirm this PaymentIntent because it's missing a payment method. You can either update"
+                " the PaymentIntent with a payment method and then confirm it again, or confirm it again directly"
+                " with a payment method.",
+                param="payment_method",
+            )
         fields = {
             **changes,
             "customer": customer.id if customer else None,

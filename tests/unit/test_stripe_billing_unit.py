@@ -136,3 +136,9 @@ def test_the_email_record_is_per_account_and_mode(emu: StripeEmulator) -> None:
 
 def test_money_is_written_as_stripe_writes_it() -> None:
     assert money(1250, "aud") == "A$12.50" and money(-5, "usd") == "-$0.05"
+
+
+def test_confirming_at_create_without_a_payment_method_makes_nothing(emu: StripeEmulator) -> None:
+    refused = call(emu, "POST", "/v1/payment_intents", {"amount": "1000", "currency": "aud", "confirm": "true"})
+    assert refused.status == 400 and refused.body["error"]["code"] == "payment_intent_unexpected_state"
+    assert ok(call(emu, "GET", "/v1/payment_intents"))["data"] == []
