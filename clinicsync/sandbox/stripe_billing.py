@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from clinicsync.sandbox.http import Response
@@ -342,8 +343,8 @@ def _render_invoiceitem(obj: BillingObject, _: list[dict[str, Any]]) -> dict[str
         "period": {"end": obj.created, "start": obj.created},
         "pricing": _pricing(f),
         "proration": False,
-        "quantity": f["quantity"],
-        "quantity_decimal": str(f["quantity"]),
+        "quantity": int(f["quantity"]),  # Stripe truncates a decimal quantity here
+        "quantity_decimal": _quantity_text(f["quantity"]),
         "tax_rates": [],
         "test_clock": None,
     }
@@ -377,8 +378,8 @@ def render_line(item: BillingObject) -> dict[str, Any]:
         "period": {"end": item.created, "start": item.created},
         "pretax_credit_amounts": [],
         "pricing": _pricing(f),
-        "quantity": f["quantity"],
-        "quantity_decimal": None,
+        "quantity": int(f["quantity"]),
+        "quantity_decimal": _quantity_text(f["quantity"]),
         "subscription": None,
         "subtotal": f["amount"],
         "taxes": [],
@@ -615,7 +616,8 @@ _ITEM_FIELDS: dict[str, FieldParser] = {
     "currency": _currency,
     "description": _text(5000),
     "metadata": metadata_update,
-    "quantity": lambda v, p: as_integer(v, p, minimum=1),
+    "quantity": lambda v, p: Decimal(as_integer(v, p, minimum=1)),
+    "quantity_decimal": lambda v, p: _positive_decimal(v, p),
     "unit_amount_decimal": lambda v, p: as_string(v, p),
 }
 
@@ -1107,7 +1109,11 @@ class BillingRoutes:
             raise invalid(
                 "You must specify either `amount`, `pricing[price]` or `unit_amount_decimal`.", param="amount"
             )
-        quantity = fields.get("quantity", current.get("quantity") if current else 1)
+        if "quantity" in fields and "quantity_decimal" in fields:
+            raise invalid("You may only specify one of these parameters: quantity, quantity_decimal.", "quantity")
+        quantity = fields.pop("quantity_decimal", fields.get("quantity"))
+        if quantity is None:
+            quantity = current.get("quantity") if current else Decimal(1)
         out = {k: v for k, v in fields.items() if k != "unit_amount_decimal"}
         out["quantity"] = quantity
         if price_id:
@@ -1117,8 +1123,6 @@ class BillingRoutes:
             unit = price.amount
             out.update(price=price.id, product=price.product, currency=price.currency)
         elif "unit_amount_decimal" in fields:
-            from decimal import Decimal, InvalidOperation
-
             try:
                 unit = Decimal(fields["unit_amount_decimal"])
             except InvalidOperation:
@@ -1127,15 +1131,14 @@ class BillingRoutes:
         elif "amount" in fields:
             # `amount` is the line's total (it may be negative: a discount or rounding line); quantity is then 1.
             unit = None
-            out.update(price=None, product=None, quantity=1, unit_amount_decimal=str(fields["amount"]))
+            out.update(price=None, product=None, quantity=Decimal(1), unit_amount_decimal=str(fields["amount"]))
         else:
             unit = None
         if unit is not None:
             total = unit * quantity
             if total != total.to_integral_value():
-                from decimal import ROUND_HALF_EVEN
-
-                total = total.quantize(1, ROUND_HALF_EVEN)  # Stripe rounds a fractional line to the minor unit
+                # A fractional line is rounded to the minor unit; Stripe does not document how, so half to even.
+                total = total.quantize(1, ROUND_HALF_EVEN)
             out["amount"] = int(total)
             out["unit_amount_decimal"] = format(unit.normalize(), "f")
         if current is None and "currency" not in out:
@@ -1653,6 +1656,21 @@ class BillingRoutes:
         if refunded:
             self._refund(scope, charge, min(refunded, amount), "requested_by_customer", None, changed_at=changed_at)
         return {"payment_intent": intent.id if intent else None, "charge": charge.id}
+
+
+def _positive_decimal(value: Any, param: str) -> Decimal:
+    text = as_string(value, param)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise invalid(f"Invalid decimal: {text}", param=param) from None
+    if not number.is_finite() or number <= 0 or -number.as_tuple().exponent > 12:  # type: ignore[operator]
+        raise invalid(f"Invalid decimal: {text}; it must be positive, with at most 12 decimal places", param=param)
+    return number
+
+
+def _quantity_text(quantity: Decimal) -> str:
+    return format(Decimal(quantity).normalize(), "f")
 
 
 def _equals(name: str) -> Callable[[Any, str], Callable[[BillingObject], bool]]:

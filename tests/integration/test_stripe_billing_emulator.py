@@ -439,3 +439,22 @@ def test_a_payment_taken_now_is_listed_at_once_and_searchable_after_the_delay(
     assert sdk.v1.payment_intents.search(params={"query": "metadata['terminal']:'front desk'"}).data == []
     admin(server, "set_search_delay", {"seconds": 0})
     assert len(sdk.v1.payment_intents.search(params={"query": "metadata['terminal']:'front desk'"}).data) == 1
+
+
+def test_a_decimal_quantity_multiplies_the_price(sdk: stripe.StripeClient) -> None:
+    cid = customer(sdk)
+    invoice = mirror_invoice(sdk, cid, [])
+    item = sdk.v1.invoice_items.create(
+        params={
+            "customer": cid,
+            "invoice": invoice.id,
+            "unit_amount_decimal": "1818.18",
+            "quantity_decimal": "1.5",
+            "currency": "aud",
+        }
+    )
+    assert item.amount == 2727 and item.quantity == 1 and str(item.quantity_decimal) == "1.5"
+    with pytest.raises(stripe.InvalidRequestError):
+        sdk.v1.invoice_items.create(
+            params={"customer": cid, "unit_amount_decimal": "1", "quantity_decimal": "-2", "currency": "aud"}
+        )
