@@ -310,6 +310,9 @@ class ClinikoEmulator:
     """Cliniko API v1 for one invented clinic; thread-safe; state lives in memory."""
 
     name = "cliniko"
+    # Runtime-only (keys are never written to disk; the list cache is rebuilt): the trial's snapshot
+    # (sandbox/persist.py) keeps the rest.
+    SNAPSHOT_TRANSIENT = ("api_key", "limited_key", "_version", "_list_cache")
 
     def __init__(
         self,
@@ -414,6 +417,10 @@ class ClinikoEmulator:
                 if request.method != "GET":
                     self.touch()
             return self._finish(response)
+
+    def restored(self) -> None:
+        """After persist.load: cached list rows belong to the process that saved them."""
+        self.touch()
 
     def touch(self) -> None:
         """Forget cached list results: call after changing records other than through `handle` or `admin`."""

@@ -298,3 +298,24 @@ def test_issue_dates_follow_each_business_zone_across_the_october_switch(server:
     assert [i["issue_date"] for i in made] == ["2026-10-03", "2026-10-03", "2026-10-05", "2026-10-04"]
     given = admin(server, "add_invoices", {"invoices": [{"patient_id": pid, "issue_date": "2026-10-04"}]})
     assert given["invoices"][0]["issue_date"] == "2026-10-04"  # a given issue date is never shifted
+
+
+def test_invoices_items_and_businesses_survive_a_saved_sandbox(tmp_path: Any) -> None:
+    from clinicsync.sandbox import persist
+
+    emulator = ClinikoEmulator(seed=3)
+    emulator.admin("seed", {"patients": 40, "products": 5})
+    assert emulator.admin("seed_invoices", {"invoices": 60, "customers": 30}).status == 200  # type: ignore[union-attr]
+    path = persist.snapshot_path(tmp_path, emulator)
+    persist.save(emulator, path)
+    restored = ClinikoEmulator(seed=3)
+    assert persist.load(restored, path)
+    before, after = (e.admin("dump", {}).body for e in (emulator, restored))  # type: ignore[union-attr]
+    for table in ("invoices", "invoice_items", "businesses"):
+        assert after[table] == before[table] and after[table]
+    with (
+        serve(restored) as srv,
+        httpx.Client(base_url=f"{srv.url}/v1", auth=(DEFAULT_API_KEY, ""), headers=HEADERS, timeout=5) as client,
+    ):
+        listed = client.get("/invoice_items", params={"per_page": 100}).json()
+        assert listed["total_entries"] == sum(1 for i in before["invoice_items"] if i["deleted_at"] is None)

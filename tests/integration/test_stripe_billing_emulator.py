@@ -458,3 +458,24 @@ def test_a_decimal_quantity_multiplies_the_price(sdk: stripe.StripeClient) -> No
         sdk.v1.invoice_items.create(
             params={"customer": cid, "unit_amount_decimal": "1", "quantity_decimal": "-2", "currency": "aud"}
         )
+
+
+def test_payments_invoices_and_the_email_record_survive_a_saved_sandbox(tmp_path: Path) -> None:
+    from clinicsync.sandbox import persist
+
+    emulator = StripeEmulator(search_delay_s=0)
+    with serve(emulator) as srv:
+        sdk = stripe.StripeClient(KEY, base_addresses={"api": srv.url}, max_network_retries=0)
+        cid = customer(sdk)
+        paid_intent(sdk, customer=cid, receipt_email="pat@example.com")
+        invoice = mirror_invoice(sdk, cid, [1200])
+        sdk.v1.invoices.finalize_invoice(invoice.id)
+    path = persist.snapshot_path(tmp_path, emulator)
+    persist.save(emulator, path)
+    restored = StripeEmulator(search_delay_s=0)
+    assert persist.load(restored, path)
+    for name in ("emails", "ledger", "dump"):
+        assert restored.admin(name, {}).body == emulator.admin(name, {}).body  # type: ignore[union-attr]
+    with serve(restored) as srv:
+        sdk = stripe.StripeClient(KEY, base_addresses={"api": srv.url}, max_network_retries=0)
+        assert sdk.v1.invoices.pay(invoice.id, params={"paid_out_of_band": True}).status == "paid"
