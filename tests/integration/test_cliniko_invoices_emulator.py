@@ -319,3 +319,10 @@ def test_invoices_items_and_businesses_survive_a_saved_sandbox(tmp_path: Any) ->
     ):
         listed = client.get("/invoice_items", params={"per_page": 100}).json()
         assert listed["total_entries"] == sum(1 for i in before["invoice_items"] if i["deleted_at"] is None)
+
+
+def test_the_sandbox_command_takes_an_invoice_count() -> None:
+    from clinicsync.sandbox.launcher import build_parser
+
+    assert build_parser().parse_args(["--invoices", "1000"]).invoices == 1000
+    assert build_parser().parse_args([]).invoices == 0  # off unless asked
