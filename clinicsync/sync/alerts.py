@@ -183,6 +183,8 @@ class AlertBook:
         row.save()
 
     def _observe_streams(self, outcome: JobOutcome, at: datetime, changes: list[Transition]) -> None:
+        if outcome.job.kind != "sync":  # a reconciliation that failed says nothing about the syncs
+            return
         failed: dict[str, str] = {}
         succeeded: set[str] = set()
         if not outcome.results and outcome.failure_kind in ("config", "error", "internal", "storage"):
