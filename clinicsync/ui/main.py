@@ -24,13 +24,14 @@ from clinicsync.app import bootstrap
 from clinicsync.paths import APP_NAME, AppPaths, ProfileFolderError
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store.db import CHANGE_NOT_SAVED, storage_problem
-from clinicsync.sync.runner import SyncRunner
+from clinicsync.sync.clock import Clock
 from clinicsync.ui import icons
 from clinicsync.ui.background import wait_for_background
-from clinicsync.ui.bridge import BridgeListener, RunnerBridge
+from clinicsync.ui.bridge import RunnerBridge
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.main_window import MainWindow, confirm_quit_dialog
 from clinicsync.ui.notifications import Notice, Notifier
+from clinicsync.ui.schedule import WindowSchedule
 from clinicsync.ui.single_instance import InstanceServer, claim_instance
 from clinicsync.ui.status import StatusTracker, request_sync
 from clinicsync.ui.tray import TrayActions, TrayController
@@ -95,6 +96,9 @@ class GuiApp:
         from clinicsync.ui.first_run import switch_in_place
 
         ui = switch_in_place(self.ui, env, sandbox)  # type: ignore[arg-type]
+        if ui.schedule is not None:  # the schedule follows the profile: stopped for the old, started for the new
+            ui.runner.shutdown()
+            ui.runner = ui.schedule.rebind(ui.app)
         self.tracker.rebind(ui.runner, ui.app.settings)
         self.window.refresh_all()
         return ui
@@ -116,7 +120,9 @@ class GuiApp:
             self.tray.hide()
         if self.instance is not None:
             self.instance.close()
-        joined = self.ui.runner.shutdown(timeout)
+        # The schedule's stop also stops the runner and lets go of the profile's schedule.
+        schedule = self.ui.schedule
+        joined = schedule.stop(timeout) if schedule is not None else self.ui.runner.shutdown(timeout)
         if not joined:  # a request stuck past its timeout; the outbox makes an abandoned write safe to replay
             log.warning("the sync worker did not stop within %.0f s; exiting anyway", timeout)
         # Background calls (a connection test, a preview, starting the sandbox) must not outlive the app.
@@ -134,19 +140,30 @@ def build_app(
     sandbox: object | None = None,
     instance: InstanceServer | None = None,
     confirm_quit: Callable[[QWidget, bool], bool] = confirm_quit_dialog,
+    schedule: bool = False,
+    clock: Clock | None = None,
 ) -> GuiApp:
     """Build the whole app on the profile `env` names (default: this process's environment). A QApplication
-    must exist. `tray_available` None asks the desktop; tests pass True or False."""
+    must exist. `tray_available` None asks the desktop; tests pass True or False.
+
+    `schedule`: run the profile's schedule in this window (the app does; tests and screenshots ask for it when
+    they are about it). Either way, when `clinicsync serve` runs the schedule the window attaches to it. `clock`:
+    the schedule's clock (tests pass a clinicsync.sync.clock.ManualClock)."""
     if QApplication.instance() is None:
         raise RuntimeError("build_app needs a QApplication (run_gui creates one; tests get pytest-qt's)")
     ctx = bootstrap(env)
     bridge = RunnerBridge()
-    runner = SyncRunner(ctx.paths, ctx.settings, BridgeListener(bridge))
+    # The schedule's runner (its own when hosting, else a plain one) is the app's runner: one worker either way.
+    window_schedule = WindowSchedule(ctx, bridge, host=schedule, clock=clock, parent=bridge)
+    runner = window_schedule.runner
     if tray_available is None:
         tray_available = QSystemTrayIcon.isSystemTrayAvailable()
     ui = UiContext(app=ctx, runner=runner, bridge=bridge, tray_available=tray_available, sandbox=sandbox)
+    ui.schedule = window_schedule
     # The bridge and the tracker live as long as the app; parent them to the bridge so Qt owns them together.
     ui.status = StatusTracker(runner, bridge, ctx.settings, bridge)
+    ui.status.schedule = window_schedule
+    window_schedule.changed.connect(ui.status.stored_changed)
     window = MainWindow(ui, confirm_quit=confirm_quit)
     gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(bridge, None, bridge), instance=instance)
     gui.notifier.sink = gui.notify
@@ -155,7 +172,7 @@ def build_app(
             ui.status,
             TrayActions(
                 sync_now=gui.sync_now,
-                cancel=lambda: ui.runner.cancel(),  # through ui: the runner changes on a profile switch
+                cancel=ui.cancel,  # through ui: the runner changes on a profile switch, the service when attached
                 set_paused=ui.status.set_paused,
                 open_window=gui.open_window,
                 quit=gui.quit,
@@ -253,7 +270,7 @@ def run_gui(argv: Sequence[str] | None = None, *, minimized: bool = False) -> in
         return 0
 
     try:
-        gui = build_app(env, instance=instance)
+        gui = build_app(env, instance=instance, schedule=True)
     except Exception as exc:
         message = startup_problem(exc)
         if message is None:

@@ -34,6 +34,7 @@ from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import clean_text, escape_html
+from clinicsync.ui.schedule import MANUAL, next_run_text, schedule_words
 from clinicsync.ui.status import (
     LIVE,
     SANDBOX,
@@ -84,6 +85,7 @@ class StreamView:
 
 
 COUNT_WORDS = {"review": "sent to review"}
+MANUAL_NEXT = "manual (press Sync now)"
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -98,8 +100,11 @@ def stream_view(
     now: datetime,
     *,
     awaiting_approval: bool = False,
+    next_run: str | None = None,
 ) -> StreamView:
+    """The words of one card. `next_run`: when the schedule runs it next (None: syncs only on a click)."""
     title = labels.stream_title(stream)
+    next_words = next_run or MANUAL_NEXT
     syncing = progress is not None and progress.stream == stream
     if syncing:
         state = "Syncing…"
@@ -110,7 +115,7 @@ def stream_view(
     else:
         state = settled_state(row)
     if row is None or row.get("last_run_at") is None:
-        return StreamView(title, state, "never", "—", "manual (press Sync now)", "none", "none", "none")
+        return StreamView(title, state, "never", "—", next_words, "none", "none", "none")
     started = local_time(row["last_run_at"])
     assert started is not None
     when = started.strftime("%H:%M today") if started.date() == now.date() else f"{started.day} {started:%b %Y %H:%M}"
@@ -121,7 +126,7 @@ def stream_view(
         state=state,
         last_run=f"{when} (in progress)" if running else when,
         counts="in progress…" if running else counts_text(row["last_counts"]),
-        next_run="manual (press Sync now)",
+        next_run=next_words,
         queued=f"{plural(row['queued'], 'change')} waiting to be sent to Stripe" if row["queued"] else "none",
         review=f"{plural(row['review'], 'record needs', 'records need')} your decision" if row["review"] else "none",
         errors=f"{plural(failed, 'record')} failed in the last run" if failed else "none",
@@ -208,6 +213,10 @@ class OverviewTab(QWidget):
         header.addWidget(self.accounts_label, 1)
         header.addWidget(self.mode_badge)
         outer.addLayout(header)
+        # Who runs the schedule: this window, or the background service it is attached to.
+        self.schedule_line = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+        self.schedule_line.setObjectName("schedule-line")
+        outer.addWidget(self.schedule_line)
 
         self.banner = QFrame(objectName="banner")
         self.banner.setStyleSheet(BANNER_STYLE)
@@ -279,7 +288,7 @@ class OverviewTab(QWidget):
             self.status_line.setText(why_not)
 
     def cancel(self) -> None:
-        self.ui.runner.cancel()
+        self.ui.cancel()
         self._cancelling = True
         self.cancel_button.setEnabled(False)
         self.status_line.setText("Cancelling at the next safe point…")
@@ -291,16 +300,33 @@ class OverviewTab(QWidget):
         now = datetime.now().astimezone()
         syncing = self.tracker.syncing
         progress = self.tracker.progress if syncing else None
+        paused = self.tracker.paused()
+        schedule = self.ui.schedule
+        next_runs = schedule.next_runs() if schedule is not None and schedule.mode != MANUAL else None
         for stream in list(STREAMS) + [s for s in by_stream if s not in STREAMS]:
             card = self.cards.get(stream)
             if card is None:
                 card = self.cards[stream] = StreamCard(stream, self.cards_holder)
                 self.cards_layout.insertWidget(self.cards_layout.count() - 1, card)
             waiting = awaiting_approval(stream, by_stream.get(stream))
-            card.show_view(stream_view(stream, by_stream.get(stream), progress, now, awaiting_approval=waiting))
+            next_run = None
+            if next_runs is not None:
+                running = progress is not None and progress.stream == stream
+                next_run = next_run_text(
+                    stream,
+                    next_runs,
+                    schedule.clock.now(),
+                    paused=paused,
+                    waiting_for_approval=waiting,
+                    syncing=running or syncing,
+                )
+            row = by_stream.get(stream)
+            card.show_view(stream_view(stream, row, progress, now, awaiting_approval=waiting, next_run=next_run))
+        words = schedule_words(schedule)
+        self.schedule_line.setText(words)
+        self.schedule_line.setVisible(bool(words))
         self._show_accounts(rows)
         self._show_problem()
-        paused = self.tracker.paused()
         self.paused_strip.setVisible(paused)
         self.sync_button.setToolTip("Syncing is paused" if paused else "Send changes to Stripe now")
         self._show_syncing(syncing)
@@ -401,6 +427,10 @@ def finished_text(outcome: JobOutcome) -> str:
         return labels.for_gui(outcome.message)
     if outcome.failure_kind is not None:
         return f"The sync did not run: {labels.for_gui(outcome.message)}"
+    if outcome.reconcile is not None:  # a full comparison (on schedule, or from its tab)
+        total = outcome.reconcile.counts.total
+        found = f"{plural(total, 'difference')} found (see Reconciliation)." if total else "nothing disagrees."
+        return f"Full comparison finished: {found}"
     parts = []
     for result in outcome.results:
         word = {"cancelled": "cancelled", "needs_approval": "waiting for approval", "failed": "failed"}.get(

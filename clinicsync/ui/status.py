@@ -26,6 +26,7 @@ from clinicsync.ui.bridge import RunnerBridge
 
 if TYPE_CHECKING:
     from clinicsync.ui.context import UiContext
+    from clinicsync.ui.schedule import WindowSchedule
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class StatusTracker(QObject):
         # Stripe mode of the key the latest sync used (None until one ran): fresher than the stored pair when
         # someone has just swapped a test key for a live one.
         self.key_livemode: bool | None = None
+        # Set by build_app: while attached, pausing reaches the service and its syncing shows here.
+        self.schedule: WindowSchedule | None = None
         bridge.job_started.connect(self._started)
         bridge.job_progress.connect(self._progress)
         bridge.job_finished.connect(self._finished)
@@ -124,6 +127,8 @@ class StatusTracker(QObject):
     def set_paused(self, paused: bool) -> bool:
         """Store the choice; returns the effective value (an environment variable can override it)."""
         self._settings.set("sync.paused", paused)
+        if self.schedule is not None and self.schedule.attached:
+            self.schedule.set_paused(paused)  # the service also stops its running sync at a safe point
         self.changed.emit()
         return self.paused()
 
@@ -184,6 +189,8 @@ class StatusTracker(QObject):
     # --- reading ---------------------------------------------------------------------------------------
     @property
     def syncing(self) -> bool:
+        if self.schedule is not None and self.schedule.service_syncing:
+            return True
         return self.current_job is not None or self._runner.busy
 
     def snapshot(self) -> StatusSnapshot:
@@ -216,6 +223,8 @@ def request_sync(ui: UiContext, trigger: str = "manual") -> tuple[Job | None, st
     """Queue a sync for a button or menu item: (job, "") or (None, why not), never an exception."""
     if ui.runner.paused():
         return None, PAUSED_MESSAGE
+    if ui.schedule is not None and ui.schedule.attached:  # the background service syncs, not this window
+        return None, ui.schedule.sync_now()
     try:
         job = ui.sync_now(trigger)
     except SecretStoreError as exc:  # the keyring is locked or missing: say so instead of failing the click

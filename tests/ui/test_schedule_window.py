@@ -1,0 +1,136 @@
+"""The window and the schedule: it attaches to a running `clinicsync serve` (no second scheduler; its Sync now and
+Pause reach the service), and without one it runs the schedule itself, through the app's runner and bridge.
+
+The service runs in its own process; these wait for it with deadlines (polling the database or the sandbox),
+never sleeping to prove an order. The window's own schedule is driven by a ManualClock.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from PySide6.QtCore import Qt
+
+from clinicsync.sync import requests
+from clinicsync.sync.clock import ManualClock
+from clinicsync.sync.instance import scheduler_running
+from clinicsync.ui.schedule import ATTACHED, HOSTING, MANUAL, next_run_text
+from tests.integration.test_serve import ONLY_PATIENTS, rows, wait_until
+from tests.reliability.helpers import live_customers
+from tests.support import profile_env
+from tests.ui.conftest import WAIT_MS
+
+STREAM = "cliniko.patients"
+NO_SCHEDULED_PATIENTS = {"CLINICSYNC_SCHEDULE_CLINIKO_PATIENTS_ENABLED": "false"}
+
+if os.name == "nt":  # pragma: no cover - the service is stopped with SIGTERM
+    pytestmark = pytest.mark.skip("SIGTERM is a POSIX signal")
+
+
+def test_a_window_opened_while_serve_runs_attaches_and_its_sync_now_makes_the_service_sync(
+    qtbot, make_sandbox, build_gui, tmp_path
+) -> None:
+    from tests.integration.test_serve import Service
+
+    sandbox = make_sandbox(profile="clean", patients=10)
+    home = tmp_path / "profile"
+    # Nothing on schedule: whatever reaches Stripe was asked for by the window.
+    env = profile_env(home, sandbox.env(), **ONLY_PATIENTS, **NO_SCHEDULED_PATIENTS)
+    service = Service(env, tmp_path)
+    try:
+        wait_until(
+            lambda: rows(home, "SELECT holder FROM scheduler_state WHERE state != 'stopped'") == [("serve",)],
+            60,
+            "the service taking the schedule",
+            home,
+        )
+        gui = build_gui(env, schedule=True)
+        assert gui.ui.schedule.mode == ATTACHED
+        overview = gui.window.show_tab("overview")
+        assert overview.schedule_line.isVisible()
+        assert overview.schedule_line.text().startswith("Attached to ClinicSync's background service")
+        assert live_customers(sandbox.stripe_url) == []
+
+        qtbot.mouseClick(overview.sync_button, Qt.MouseButton.LeftButton)
+        assert overview.status_line.text() == "Asked the background service to sync now."
+        qtbot.waitUntil(lambda: len(live_customers(sandbox.stripe_url)) == 10, timeout=WAIT_MS)
+        # The service answered, and the window shows its answer in words.
+        qtbot.waitUntil(lambda: "answered" in overview.schedule_line.text(), timeout=WAIT_MS)
+        assert "Cliniko patients: ok" in overview.schedule_line.text()
+        assert "cliniko.patients" not in overview.schedule_line.text()
+        # The service synced, not the window: one manual run, and the window's runner was never given a job.
+        assert rows(home, "SELECT COUNT(*) FROM sync_run WHERE trigger = 'manual'") == [(1,)]
+        assert gui.ui.runner._last_id == 0
+
+        # Pause from the window reaches the service (stored, and answered by it).
+        gui.tracker.set_paused(True)
+        paused = "SELECT result FROM service_request WHERE kind = 'pause' AND status = 'done'"
+        assert wait_until(lambda: rows(home, paused), 30, "the service pausing", home) == [("Paused.",)]
+        assert gui.tracker.paused()
+        assert overview.sync_button.isEnabled() is False
+    finally:
+        assert service.stop() == 0, service.errors.read_text()
+    # The service is gone: the window stops claiming to be attached, and syncs on a click again.
+    qtbot.waitUntil(lambda: gui.ui.schedule.mode == MANUAL, timeout=WAIT_MS)
+    assert "stopped" in overview.schedule_line.text()
+
+
+def test_without_a_service_the_window_runs_the_schedule_through_its_own_runner(
+    qtbot, make_sandbox, env_for, build_gui
+) -> None:
+    sandbox = make_sandbox(profile="clean", patients=5)
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    gui = build_gui(env_for(sandbox, CLINICSYNC_SCHEDULE_INTERVAL_SECONDS="60"), schedule=True, clock=clock)
+    schedule = gui.ui.schedule
+    assert schedule.mode == HOSTING and scheduler_running(gui.ui.app.paths)
+    assert schedule.runner is gui.ui.runner  # one worker: the schedule's runs report through the app's bridge
+
+    # Never synced: the first scheduled run is due at once; it reaches the window through the bridge.
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as first:
+        schedule.tick()
+    assert first.args[0].job.trigger == "schedule"
+    assert len(live_customers(sandbox.stripe_url)) == 5
+    qtbot.waitUntil(lambda: not schedule.host.busy(), timeout=WAIT_MS)
+    schedule.tick()
+    overview = gui.window.show_tab("overview")
+    overview.refresh()
+    # The next run is an interval after the last one ended, by the schedule's clock.
+    assert schedule.next_runs()[STREAM] == clock.now() + timedelta(seconds=60)
+    assert overview.cards[STREAM].labels["next_run"].text() == "next sync in 60 s"
+    assert overview.schedule_line.text() == "Syncing on schedule from this window."
+
+    # Nothing is due before the interval has passed; then exactly one run.
+    clock.advance(30)
+    schedule.tick()
+    assert not schedule.host.busy()
+    clock.advance(31)
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as second:
+        schedule.tick()
+    assert second.args[0].job.trigger == "schedule"
+    assert [f[1] for f in schedule.host.scheduler.fired] == ["schedule", "schedule"]
+
+
+def test_pausing_in_the_window_holds_the_schedule(qtbot, build_gui, offline_env) -> None:
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    gui = build_gui(offline_env, schedule=True, clock=clock)
+    gui.tracker.set_paused(True)
+    gui.ui.schedule.tick()
+    overview = gui.window.show_tab("overview")
+    overview.refresh()
+    assert overview.cards[STREAM].labels["next_run"].text() == "paused"
+    assert requests.ServiceRequest.select().count() == 0  # hosting: nothing is asked of a service
+
+
+def test_next_run_words() -> None:
+    now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    runs = {STREAM: now + timedelta(seconds=40), "cliniko.products": None}
+    assert next_run_text(STREAM, runs, now) == "next sync in 40 s"
+    assert next_run_text(STREAM, {STREAM: now + timedelta(minutes=5)}, now) == "next sync in 5 min"
+    assert next_run_text(STREAM, runs, now, paused=True) == "paused"
+    assert next_run_text(STREAM, runs, now, waiting_for_approval=True) == "waiting for approval"
+    assert next_run_text("cliniko.products", runs, now, syncing=True) == "syncing now"
+    assert next_run_text("cliniko.products", runs, now) == "waiting for approval"
+    assert next_run_text("cliniko.invoices", runs, now) == "not on a schedule (Settings)"
+    assert next_run_text(STREAM, None, now) == "when you press Sync now"
