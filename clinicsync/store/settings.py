@@ -168,6 +168,7 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=1,
         maximum=7 * 24 * 60,
     ),
+    SettingSpec("alerts.notify", bool, True, "Show a desktop notification when something needs a person"),
     SettingSpec(
         "stripe.search_settle_seconds",
         float,

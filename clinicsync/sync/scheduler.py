@@ -33,7 +33,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from clinicsync import rate_limits
-from clinicsync.store.settings import WEEKDAYS, Settings
+from clinicsync.store.settings import MIN_INTERVAL_SECONDS, WEEKDAYS, Settings
 from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.sync.clock import Clock, WakeDetector, aware_utc
 from clinicsync.sync.history import SCHEDULE, awaiting_approval, last_ran_at
@@ -80,6 +80,22 @@ def minimum_interval(streams: Sequence[str]) -> float:
     return needed
 
 
+def shortest_interval(streams: Sequence[str]) -> int:
+    """The shortest interval (whole seconds) a person may choose for polling these streams: the setting's own
+    minimum, or longer when the services' request budgets need it. The Settings tab offers no less."""
+    return max(MIN_INTERVAL_SECONDS, math.ceil(minimum_interval(streams)))
+
+
+def scheduled_streams(settings: Settings) -> list[str]:
+    """The streams polled on schedule, in dependency order: enabled, of a connected source, schedule on."""
+    streams = [
+        name
+        for name in enabled_streams(settings)
+        if STREAMS[name].source_system in CONNECTED_SOURCES and _scheduled(settings, name)
+    ]
+    return dependency_order(STREAMS, streams)
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Everything the jobs are built from; a change to any of it rebuilds them."""
@@ -93,15 +109,10 @@ class ScheduleConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScheduleConfig:
-        streams = [
-            name
-            for name in enabled_streams(settings)
-            if STREAMS[name].source_system in CONNECTED_SOURCES and _scheduled(settings, name)
-        ]
-        streams = dependency_order(STREAMS, streams)
+        streams = scheduled_streams(settings)
         wanted = settings.get("schedule.interval_seconds")
         return cls(
-            interval_s=max(wanted, math.ceil(minimum_interval(streams))),
+            interval_s=max(wanted, shortest_interval(streams)),
             streams=tuple(streams),
             reconcile=settings.get("schedule.reconcile.frequency"),
             reconcile_time=settings.get("schedule.reconcile.time"),

@@ -43,6 +43,7 @@ EXPECTED_DEFAULTS = {
     "schedule.reconcile.time": "02:00",
     "schedule.reconcile.day": "monday",
     "alerts.outage_minutes": 30,
+    "alerts.notify": True,
 }
 
 
