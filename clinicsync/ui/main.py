@@ -40,12 +40,20 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 30.0
 BACKGROUND_WAIT_S = 5.0  # connection tests and previews time out on their own; don't hold Quit for long
-# There is no schedule yet: the window closing changes nothing about when a sync runs, so the hint must not
-# promise background syncing. When scheduled syncs come, this says when the next one is.
+# Closing the window changes nothing about when a sync runs, so the hint promises background syncing only when a
+# schedule is on (this window's, or the background service's it is attached to).
 TRAY_HINT = (
     "ClinicSync is still here, in the tray. It syncs when you press Sync now (in this icon's menu or in its "
     "window). Quit it from this icon's menu."
 )
+TRAY_HINT_SCHEDULED = (
+    "ClinicSync is still here, in the tray, and keeps syncing on schedule; the icon's menu says when it last "
+    "synced. Quit it from this icon's menu."
+)
+
+
+def tray_hint(schedule_on: bool) -> str:
+    return TRAY_HINT_SCHEDULED if schedule_on else TRAY_HINT
 
 
 @dataclass(eq=False)
@@ -85,7 +93,8 @@ class GuiApp:
 
     def went_to_tray(self, first_time: bool) -> None:
         if first_time and self.tray is not None:
-            self.tray.show_message(APP_NAME, TRAY_HINT)
+            schedule = self.ui.schedule
+            self.tray.show_message(APP_NAME, tray_hint(schedule is not None and schedule.schedule_on()))
 
     def notice_clicked(self) -> None:
         self.window.show_tab(self.last_notice.tab if self.last_notice is not None else "overview")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QShowEvent
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -86,6 +86,7 @@ class StreamView:
 
 COUNT_WORDS = {"review": "sent to review"}
 MANUAL_NEXT = "manual (press Sync now)"
+COUNTDOWN_MS = 5000
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -195,6 +196,11 @@ class OverviewTab(QWidget):
         self._cancelling = False  # Cancel was pressed: its words stay until the sync has stopped
         self._build()
         self.tracker.changed.connect(self.refresh)
+        # "next sync in 40 s" counts down: re-read now and then while shown and a schedule runs.
+        self._countdown = QTimer(self)
+        self._countdown.setInterval(COUNTDOWN_MS)
+        self._countdown.timeout.connect(self._count_down)
+        self._countdown.start()
         # Bound methods of this widget: Qt delivers the worker's signals here on the GUI thread.
         ui.bridge.job_started.connect(self._on_started)
         ui.bridge.job_progress.connect(self._on_progress)
@@ -403,6 +409,11 @@ class OverviewTab(QWidget):
         self.status_line.setText(finished_text(outcome))
         # The tracker's `changed` refreshes the cards; this only resets the controls if it has not yet.
         self._show_syncing(self.tracker.syncing)
+
+    def _count_down(self) -> None:
+        schedule = self.ui.schedule
+        if self.isVisible() and schedule is not None and schedule.mode != MANUAL:
+            self.refresh()
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)

@@ -20,6 +20,7 @@ from clinicsync import labels
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store import queries
 from clinicsync.store.settings import Settings
+from clinicsync.streams import STREAMS
 from clinicsync.stripe_gateway import livemode_of_key
 from clinicsync.sync.runner import Job, JobOutcome, SyncRunner, is_paused
 from clinicsync.ui.bridge import RunnerBridge
@@ -59,8 +60,8 @@ class StatusSnapshot:
     review_items: int = 0
     failed_records: int = 0
     problem: ConnectionProblem | None = None
-    last_sync: datetime | None = None  # aware, local time
-    next_sync: datetime | None = None  # None: manual only (scheduling comes later)
+    last_sync: datetime | None = None  # when the last good sync finished; aware, local time
+    next_sync: datetime | None = None  # the next scheduled check; None: none (manual only, or paused)
     never_synced: bool = True
 
     @property
@@ -208,10 +209,25 @@ class StatusTracker(QObject):
             review_items=sum(row["review"] for row in rows),
             failed_records=sum(row["last_counts"].get("failed", 0) for row in rows),
             problem=self.problem,
-            last_sync=local_time(max(finished)) if finished else None,
+            last_sync=self._last_good_sync(),
+            next_sync=self._next_sync(),
             never_synced=not finished,
         )
         return replace(snapshot, progress=self.progress if snapshot.syncing else None)
+
+    def _last_good_sync(self) -> datetime | None:
+        try:
+            return local_time(queries.last_good_sync_at())
+        except Exception:  # the database is busy or broken: say nothing rather than something wrong
+            log.exception("could not read the last sync")
+            return None
+
+    def _next_sync(self) -> datetime | None:
+        """The next scheduled check of any stream, local time; None without a schedule or while paused."""
+        if self.schedule is None or self.paused():
+            return None
+        times = [at for key, at in self.schedule.next_runs().items() if key in STREAMS and at is not None]
+        return min(times).astimezone() if times else None
 
 
 # --- starting a sync from any button ------------------------------------------------------------------------

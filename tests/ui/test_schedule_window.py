@@ -13,14 +13,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from PySide6.QtCore import Qt
 
+from clinicsync.store import queries
 from clinicsync.sync import requests
 from clinicsync.sync.clock import ManualClock
 from clinicsync.sync.instance import scheduler_running
+from clinicsync.ui.main import TRAY_HINT, TRAY_HINT_SCHEDULED, tray_hint
 from clinicsync.ui.schedule import ATTACHED, HOSTING, MANUAL, next_run_text
+from clinicsync.ui.status import local_time
+from clinicsync.ui.tray import status_line
 from tests.integration.test_serve import ONLY_PATIENTS, rows, wait_until
 from tests.reliability.helpers import live_customers
 from tests.support import profile_env
-from tests.ui.conftest import WAIT_MS
+from tests.ui.conftest import DUMMY_KEYS, WAIT_MS
 
 STREAM = "cliniko.patients"
 NO_SCHEDULED_PATIENTS = {"CLINICSYNC_SCHEDULE_CLINIKO_PATIENTS_ENABLED": "false"}
@@ -110,6 +114,37 @@ def test_without_a_service_the_window_runs_the_schedule_through_its_own_runner(
         schedule.tick()
     assert second.args[0].job.trigger == "schedule"
     assert [f[1] for f in schedule.host.scheduler.fired] == ["schedule", "schedule"]
+
+    # The tray says when the last good sync finished, and when the next check is.
+    qtbot.waitUntil(lambda: not schedule.host.busy(), timeout=WAIT_MS)
+    schedule.tick()
+    snapshot = gui.tracker.snapshot()
+    assert snapshot.next_sync == clock.now() + timedelta(seconds=60)
+    finished = queries.last_good_sync_at()
+    assert finished is not None and snapshot.last_sync == local_time(finished)
+    # (The runs' own times are the real clock's; the schedule's are the test's: compare each with its own.)
+    line = status_line(snapshot, snapshot.last_sync)
+    assert line.startswith(f"Last good sync finished {snapshot.last_sync:%H:%M}, next check ")
+    assert status_line(snapshot, snapshot.next_sync).endswith(f", next check {snapshot.next_sync:%H:%M}")
+
+
+def test_closing_to_the_tray_says_it_keeps_syncing_only_when_a_schedule_is_on(qtbot, build_gui, home) -> None:
+    # Paused from the start: the schedule is on (its jobs exist) but asks for no run (the keys are dummies).
+    env = profile_env(home, DUMMY_KEYS, CLINICSYNC_SYNC_PAUSED="true")
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    gui = build_gui(env, tray=True, schedule=True, clock=clock)
+    said: list[str] = []
+    gui.tray.show_message = lambda title, message, critical=False: said.append(message)
+    assert gui.ui.schedule.schedule_on()
+    gui.window.show()
+    gui.window.close()
+    assert said == [TRAY_HINT_SCHEDULED] and "keeps syncing on schedule" in said[0]
+
+    # Nothing on a schedule any more: the hint (shown once ever) would say it syncs when asked.
+    gui.ui.app.settings.set("schedule.cliniko.patients.enabled", False)
+    gui.ui.app.settings.set("schedule.cliniko.products.enabled", False)
+    assert not gui.ui.schedule.schedule_on()
+    assert tray_hint(gui.ui.schedule.schedule_on()) == TRAY_HINT
 
 
 def test_pausing_in_the_window_holds_the_schedule(qtbot, build_gui, offline_env) -> None:

@@ -27,21 +27,23 @@ STREAM = "cliniko.patients"
         (StatusSnapshot(), "Not synced yet", IDLE),
         (
             StatusSnapshot(last_sync=NOW.replace(hour=10, minute=42), never_synced=False),
-            "Last sync 10:42",
+            "Last good sync finished 10:42",
             IDLE,
         ),
         (
             StatusSnapshot(last_sync=datetime(2026, 3, 3, 9, 5, tzinfo=AEST), never_synced=False),
-            "Last sync 3 Mar 09:05",
+            "Last good sync finished 3 Mar 09:05",
             IDLE,
         ),
         (
             StatusSnapshot(
                 last_sync=NOW.replace(hour=10, minute=42), next_sync=NOW.replace(hour=10, minute=57), never_synced=False
             ),
-            "Last sync 10:42, next 10:57",
+            "Last good sync finished 10:42, next check 10:57",
             IDLE,
         ),
+        (StatusSnapshot(next_sync=NOW.replace(hour=10, minute=57)), "Not synced yet, next check 10:57", IDLE),
+        (StatusSnapshot(never_synced=False), "No sync has finished well yet", IDLE),
         (StatusSnapshot(syncing=True, progress=Progress(STREAM, 140, 500, "")), "Syncing patients 140/500", SYNCING),
         (StatusSnapshot(syncing=True, progress=Progress(STREAM, 140, None, "")), "Syncing patients 140", SYNCING),
         (StatusSnapshot(syncing=True, progress=Progress(STREAM, 0, None, "Reading")), "Syncing patients…", SYNCING),
@@ -137,7 +139,7 @@ def test_the_tray_stops_asking_for_attention_once_every_review_item_is_resolved(
             review.resolve("ignore")
         # No sync ran since: the decisions alone must clear the tray (icon and tooltip), not the next sync.
         assert gui.tray.state == IDLE
-        assert gui.tray.icon.toolTip().startswith("ClinicSync — Last sync ")
+        assert gui.tray.icon.toolTip().startswith("ClinicSync — Last good sync finished ")
     finally:
         assert wait_for_background(), "a candidate look-up outlived the test"
 

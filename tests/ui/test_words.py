@@ -31,7 +31,7 @@ from clinicsync.sync import service
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.first_run import FirstRunDialog
-from clinicsync.ui.main import TRAY_HINT
+from clinicsync.ui.main import TRAY_HINT, TRAY_HINT_SCHEDULED
 from clinicsync.ui.notifications import decide
 from tests.ui.conftest import WAIT_MS
 
@@ -167,7 +167,7 @@ def test_every_string_the_window_shows_is_in_words(qtbot, sandbox_gui) -> None:
         seen += [("notification", notice.title), ("notification", notice.message)]
         seen += [("overview", gui.window.tab("overview").message_label.text())]
         seen += [("overview", plain(gui.window.tab("overview").banner_text))]
-    seen += [("tray hint", TRAY_HINT)]
+    seen += [("tray hint", TRAY_HINT), ("tray hint", TRAY_HINT_SCHEDULED)]
 
     for name in gui.window.tabs:
         tab = gui.window.show_tab(name)
