@@ -131,7 +131,9 @@ class GuiApp:
             self.instance.close()
         # The schedule's stop also stops the runner and lets go of the profile's schedule.
         schedule = self.ui.schedule
-        joined = schedule.stop(timeout) if schedule is not None else self.ui.runner.shutdown(timeout)
+        joined = schedule.stop(timeout) if schedule is not None else True
+        if schedule is None or self.ui.runner is not schedule.runner:  # replaced by a profile switch's own runner
+            joined = self.ui.runner.shutdown(timeout) and joined
         if not joined:  # a request stuck past its timeout; the outbox makes an abandoned write safe to replay
             log.warning("the sync worker did not stop within %.0f s; exiting anyway", timeout)
         # Background calls (a connection test, a preview, starting the sandbox) must not outlive the app.
@@ -174,7 +176,7 @@ def build_app(
     ui.status.schedule = window_schedule
     window_schedule.changed.connect(ui.status.stored_changed)
     window = MainWindow(ui, confirm_quit=confirm_quit)
-    gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(bridge, None, bridge), instance=instance)
+    gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(ui, None, bridge), instance=instance)
     gui.notifier.sink = gui.notify
     if tray_available:
         gui.tray = TrayController(

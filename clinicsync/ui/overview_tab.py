@@ -34,6 +34,7 @@ from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import clean_text, escape_html
+from clinicsync.ui.notifications import active_notices
 from clinicsync.ui.schedule import MANUAL, next_run_text, schedule_words
 from clinicsync.ui.status import (
     LIVE,
@@ -68,6 +69,10 @@ BANNER_STYLE = "QFrame#banner { background: #fee2e2; border: 1px solid #b91c1c; 
 BANNER_TEXT = "color: #7f1d1d;"
 PAUSED_STYLE = "QFrame#paused { background: #fef3c7; border: 1px solid #b45309; border-radius: 6px; }"
 PAUSED_TEXT = "color: #78350f;"
+ALERTS_STYLE = (
+    "QLabel#alerts { background: #fef3c7; color: #78350f; border: 1px solid #b45309; border-radius: 6px;"
+    " padding: 6px; }"
+)
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,13 @@ class OverviewTab(QWidget):
         banner_row.addWidget(self.connections_button)
         outer.addWidget(self.banner)
 
+        # What needs a person, as the alerts say (recorded by this window's schedule or the background service).
+        self.alerts_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+        self.alerts_label.setObjectName("alerts")
+        self.alerts_label.setStyleSheet(ALERTS_STYLE)
+        self.alerts_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        outer.addWidget(self.alerts_label)
+
         self.paused_strip = QFrame(objectName="paused")
         self.paused_strip.setStyleSheet(PAUSED_STYLE)
         paused_row = QHBoxLayout(self.paused_strip)
@@ -328,6 +340,7 @@ class OverviewTab(QWidget):
                 )
             row = by_stream.get(stream)
             card.show_view(stream_view(stream, row, progress, now, awaiting_approval=waiting, next_run=next_run))
+        self._show_alerts()
         words = schedule_words(schedule)
         self.schedule_line.setText(words)
         self.schedule_line.setVisible(bool(words))
@@ -336,6 +349,15 @@ class OverviewTab(QWidget):
         self.paused_strip.setVisible(paused)
         self.sync_button.setToolTip("Syncing is paused" if paused else "Send changes to Stripe now")
         self._show_syncing(syncing)
+
+    def _show_alerts(self) -> None:
+        try:
+            notices = active_notices()
+        except Exception:  # the database is busy: the next refresh shows them
+            notices = []
+        lines = [f"• {notice.title}: {notice.message}" for notice in notices]
+        self.alerts_label.setText("Needs your attention:\n" + "\n".join(lines) if lines else "")
+        self.alerts_label.setVisible(bool(lines))
 
     def _show_accounts(self, rows: list[dict[str, Any]]) -> None:
         if rows:

@@ -22,6 +22,7 @@ from clinicsync.store import queries
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS
 from clinicsync.stripe_gateway import livemode_of_key
+from clinicsync.sync import alerts
 from clinicsync.sync.runner import Job, JobOutcome, SyncRunner, is_paused
 from clinicsync.ui.bridge import RunnerBridge
 
@@ -63,10 +64,13 @@ class StatusSnapshot:
     last_sync: datetime | None = None  # when the last good sync finished; aware, local time
     next_sync: datetime | None = None  # the next scheduled check; None: none (manual only, or paused)
     never_synced: bool = True
+    # Titles of the lasting alerts other than records to review (counted above), oldest first: recorded by whoever
+    # runs the syncs, this window or the background service it is attached to.
+    alerts: tuple[str, ...] = ()
 
     @property
     def needs_attention(self) -> bool:
-        return self.problem is not None or self.review_items > 0 or self.failed_records > 0
+        return self.problem is not None or self.review_items > 0 or self.failed_records > 0 or bool(self.alerts)
 
 
 def stream_label(stream: str) -> str:
@@ -211,6 +215,7 @@ class StatusTracker(QObject):
             problem=self.problem,
             last_sync=self._last_good_sync(),
             next_sync=self._next_sync(),
+            alerts=self._alert_titles(),
             never_synced=not finished,
         )
         return replace(snapshot, progress=self.progress if snapshot.syncing else None)
@@ -221,6 +226,13 @@ class StatusTracker(QObject):
         except Exception:  # the database is busy or broken: say nothing rather than something wrong
             log.exception("could not read the last sync")
             return None
+
+    def _alert_titles(self) -> tuple[str, ...]:
+        try:
+            return tuple(alert.title for alert in alerts.active_alerts() if alert.kind != "review")
+        except Exception:
+            log.exception("could not read the alerts")
+            return ()
 
     def _next_sync(self) -> datetime | None:
         """The next scheduled check of any stream, local time; None without a schedule or while paused."""

@@ -59,6 +59,8 @@ def status_line(snapshot: StatusSnapshot, now: datetime | None = None) -> str:
         return f"Needs attention: {plural(snapshot.review_items, 'record')} to review"
     if snapshot.failed_records:
         return f"Needs attention: {plural(snapshot.failed_records, 'record')} failed"
+    if snapshot.alerts:
+        return f"Needs attention: {snapshot.alerts[0]}"
     if snapshot.last_sync is None:
         line = "Not synced yet" if snapshot.never_synced else "No sync has finished well yet"
     else:

@@ -14,7 +14,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from clinicsync.store import queries
-from clinicsync.sync import requests
+from clinicsync.sync import alerts, requests
 from clinicsync.sync.clock import ManualClock
 from clinicsync.sync.instance import scheduler_running
 from clinicsync.ui.main import TRAY_HINT, TRAY_HINT_SCHEDULED, tray_hint
@@ -67,6 +67,14 @@ def test_a_window_opened_while_serve_runs_attaches_and_its_sync_now_makes_the_se
         # The service synced, not the window: one manual run, and the window's runner was never given a job.
         assert rows(home, "SELECT COUNT(*) FROM sync_run WHERE trigger = 'manual'") == [(1,)]
         assert gui.ui.runner._last_id == 0
+
+        # The service's alerts are rows of the same database: the attached window lists and announces them.
+        assert not gui.notifier._records_alerts_itself(), "the service records the alerts, not the window"
+        alerts.report_reconciliation(gui.ui.app.settings, 1, "1 customer is missing in Stripe.", datetime.now(UTC))
+        qtbot.waitUntil(overview.alerts_label.isVisible, timeout=WAIT_MS)  # at the service's next heartbeat
+        assert "Stripe and Cliniko disagree" in overview.alerts_label.text()
+        gui.notifier.announce()
+        assert [notice.title for notice in gui.notifier.shown] == ["Stripe and Cliniko disagree"]
 
         # Pause from the window reaches the service (stored, and answered by it).
         gui.tracker.set_paused(True)
