@@ -43,6 +43,11 @@ class UiContext:
             self.runner.cancel()
 
     def sync_now(self, trigger: str = "manual", *, dry_run: bool = False) -> Job | None:
-        """Read the keys here, on the GUI thread, then queue the sync."""
+        """Read the keys here, on the GUI thread, then queue the sync. Attached to the background service, the
+        service is asked to sync instead (its keys, its history) and None comes back: no job runs here."""
+        if self.attached and not dry_run:
+            assert self.schedule is not None
+            self.schedule.sync_now()
+            return None
         credentials = read_credentials(self.app.secrets, SYNC_SECRETS)
         return self.runner.submit(trigger=trigger, credentials=credentials, dry_run=dry_run)

@@ -176,6 +176,10 @@ def build_app(
     ui.status.schedule = window_schedule
     window_schedule.changed.connect(ui.status.stored_changed)
     window = MainWindow(ui, confirm_quit=confirm_quit)
+    for name, method in (("history", "refresh"), ("review", "reload")):  # attached: the service's syncs show too
+        reread = getattr(window.tabs.get(name), method, None)  # None: a placeholder stands in for the tab
+        if callable(reread):
+            window_schedule.service_finished.connect(reread)
     gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(ui, None, bridge), instance=instance)
     gui.notifier.sink = gui.notify
     if tray_available:

@@ -42,6 +42,9 @@ class WindowSchedule(QObject):
     click; what tests and screenshots build unless they ask for a schedule)."""
 
     changed = Signal()  # the mode, the service's state, or an answer to a request changed
+    # Attached: the service finished a sync (one this window asked for, or its own): screens that list what syncs
+    # did (history, review) re-read the database, as they do when this window's own runner finishes a job.
+    service_finished = Signal()
 
     def __init__(
         self,
@@ -177,13 +180,17 @@ class WindowSchedule(QObject):
             self.last_answer = SERVICE_GONE
             self.changed.emit()
             return
+        finished = self.holder is not None and self.holder.state == "syncing" and holder.state != "syncing"
         self.holder = holder
         for request_id in list(self._pending):
             state = attach.request_state(request_id)
             if state is None or state.finished:
+                finished = True
                 self._pending.remove(request_id)
                 if state is not None and state.result:
                     self.last_answer = f"The background service answered: {labels.for_gui(state.result)}"
+        if finished:
+            self.service_finished.emit()
         if (self.holder, self.last_answer, tuple(self._pending)) != before:
             self.changed.emit()
         self._timer.start(ATTACHED_POLL_MS)

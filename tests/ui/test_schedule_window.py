@@ -89,6 +89,39 @@ def test_a_window_opened_while_serve_runs_attaches_and_its_sync_now_makes_the_se
     assert "stopped" in overview.schedule_line.text()
 
 
+def test_review_decisions_in_an_attached_window_are_carried_out_by_the_service(
+    qtbot, make_sandbox, build_gui, tmp_path
+) -> None:
+    from tests.integration.test_serve import Service
+
+    sandbox = make_sandbox(profile="hard", patients=20)
+    home = tmp_path / "profile"
+    env = profile_env(
+        home, sandbox.env(), CLINICSYNC_SYNC_EMAIL_MATCH="review", **ONLY_PATIENTS, **NO_SCHEDULED_PATIENTS
+    )
+    service = Service(env, tmp_path)
+    try:
+        serving = "SELECT holder FROM scheduler_state WHERE state != 'stopped'"
+        wait_until(lambda: rows(home, serving) == [("serve",)], 60, "the service taking the schedule", home)
+        gui = build_gui(env, schedule=True)
+        assert gui.ui.attached
+        review = gui.window.show_tab("review")
+        assert review.model.rows == []
+        review.sync_button.click()  # the service syncs; the tab re-reads when it has finished
+        qtbot.waitUntil(lambda: len(review.model.rows) == 2, timeout=WAIT_MS)
+        olivia = next(row for row in review.model.rows if row.display_name == "Olivia Nguyen")
+        review.items_view.selectRow(review.model.rows.index(olivia))
+        review.create_button.click()  # stored now; carried out by the sync it asks the service for
+        review.sync_button.click()
+        created = "SELECT COUNT(*) FROM record_link WHERE source_id = ? AND stripe_id IS NOT NULL"
+        wait_until(lambda: rows(home, created, olivia.source_id) == [(1,)], 60, "the service creating Olivia", home)
+        assert gui.ui.runner._last_id == 0, "the window synced nothing itself"
+        manual = "SELECT COUNT(*) FROM sync_run WHERE trigger = 'manual' AND stream = 'cliniko.patients'"
+        assert rows(home, manual) == [(2,)]
+    finally:
+        assert service.stop() == 0, service.errors.read_text()
+
+
 def test_without_a_service_the_window_runs_the_schedule_through_its_own_runner(
     qtbot, make_sandbox, env_for, build_gui
 ) -> None:
