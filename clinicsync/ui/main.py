@@ -25,6 +25,7 @@ from clinicsync.paths import APP_NAME, AppPaths, ProfileFolderError
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store.db import CHANGE_NOT_SAVED, storage_problem
 from clinicsync.sync.clock import Clock
+from clinicsync.sync.runner import SyncRunner
 from clinicsync.ui import icons
 from clinicsync.ui.background import wait_for_background
 from clinicsync.ui.bridge import RunnerBridge
@@ -175,6 +176,13 @@ def build_app(
     ui.status = StatusTracker(runner, bridge, ctx.settings, bridge)
     ui.status.schedule = window_schedule
     window_schedule.changed.connect(ui.status.stored_changed)
+
+    def took_over(runner: SyncRunner) -> None:  # the service stopped; this window now runs the schedule
+        ui.runner = runner
+        if ui.status is not None:
+            ui.status.rebind(runner, ui.app.settings)
+
+    window_schedule.runner_changed.connect(took_over)
     window = MainWindow(ui, confirm_quit=confirm_quit)
     for name, method in (("history", "refresh"), ("review", "reload")):  # attached: the service's syncs show too
         reread = getattr(window.tabs.get(name), method, None)  # None: a placeholder stands in for the tab

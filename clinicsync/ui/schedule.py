@@ -45,6 +45,8 @@ class WindowSchedule(QObject):
     # Attached: the service finished a sync (one this window asked for, or its own): screens that list what syncs
     # did (history, review) re-read the database, as they do when this window's own runner finishes a job.
     service_finished = Signal()
+    # The service stopped and this window took the schedule over: its runner is now the app's runner.
+    runner_changed = Signal(object)  # SyncRunner
 
     def __init__(
         self,
@@ -103,6 +105,18 @@ class WindowSchedule(QObject):
                 self._timer.start(0)
                 return self.host.runner
         return SyncRunner(paths, settings, BridgeListener(self.bridge))
+
+    def _take_over(self) -> None:
+        previous = self.runner
+        self.runner = self._start(True)
+        if self.mode == HOSTING:
+            self.last_answer = ""
+            log.info("this window now runs the schedule")
+            self.runner_changed.emit(self.runner)
+            previous.shutdown(5.0)  # idle: an attached window's runner syncs nothing
+        elif self.runner is not previous:  # another process took the schedule first: attached to it instead
+            self.runner.shutdown(5.0)
+            self.runner = previous
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop scheduling and the runner (the write in flight finishes); release the lock. True if joined."""
@@ -174,10 +188,12 @@ class WindowSchedule(QObject):
     def _poll_service(self) -> None:
         before = (self.holder, self.last_answer, tuple(self._pending))
         holder = attach.scheduler_holder(self.app.paths)
-        if holder is None:  # the service stopped: the window syncs on a click until it starts again
+        if holder is None:  # the service stopped: this window runs the schedule from now on (or syncs on a click)
             log.info("the background service stopped; this window no longer attached")
-            self.mode, self.holder = MANUAL, None
+            self.mode, self.holder, self._pending = MANUAL, None, []
             self.last_answer = SERVICE_GONE
+            if self.wants_host:
+                self._take_over()
             self.changed.emit()
             return
         finished = self.holder is not None and self.holder.state == "syncing" and holder.state != "syncing"

@@ -18,7 +18,7 @@ from clinicsync.sync import alerts, requests
 from clinicsync.sync.clock import ManualClock
 from clinicsync.sync.instance import scheduler_running
 from clinicsync.ui.main import TRAY_HINT, TRAY_HINT_SCHEDULED, tray_hint
-from clinicsync.ui.schedule import ATTACHED, HOSTING, MANUAL, next_run_text
+from clinicsync.ui.schedule import ATTACHED, HOSTING, next_run_text
 from clinicsync.ui.status import local_time
 from clinicsync.ui.tray import status_line
 from tests.integration.test_serve import ONLY_PATIENTS, rows, wait_until
@@ -84,9 +84,12 @@ def test_a_window_opened_while_serve_runs_attaches_and_its_sync_now_makes_the_se
         assert overview.sync_button.isEnabled() is False
     finally:
         assert service.stop() == 0, service.errors.read_text()
-    # The service is gone: the window stops claiming to be attached, and syncs on a click again.
-    qtbot.waitUntil(lambda: gui.ui.schedule.mode == MANUAL, timeout=WAIT_MS)
-    assert "stopped" in overview.schedule_line.text()
+    # The service is gone: the window takes the schedule over, with its own runner as the app's.
+    qtbot.waitUntil(lambda: gui.ui.schedule.mode == HOSTING, timeout=WAIT_MS)
+    assert gui.ui.runner is gui.ui.schedule.host.runner and scheduler_running(gui.ui.app.paths)
+    assert rows(home, "SELECT holder FROM scheduler_state WHERE state != 'stopped'") == [("window",)]
+    overview.refresh()
+    assert not overview.schedule_line.isVisibleTo(overview), "no longer attached; nothing is on a schedule here"
 
 
 def test_review_decisions_in_an_attached_window_are_carried_out_by_the_service(
