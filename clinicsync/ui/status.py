@@ -159,6 +159,8 @@ class StatusTracker(QObject):
         """Call after keys or addresses change: forget the broken-connection state. The Stripe key's mode is
         not guessed here: whoever changes that key tells its new mode (`note_stripe_key`)."""
         self.problem = None
+        if self.schedule is not None:
+            self.schedule.keys_changed()  # a schedule waiting for its keys looks again now
         self.changed.emit()
 
     def stored_changed(self) -> None:

@@ -213,3 +213,29 @@ def test_next_run_words() -> None:
     assert next_run_text("cliniko.products", runs, now) == "waiting for approval"
     assert next_run_text("cliniko.invoices", runs, now) == "not on a schedule (Settings)"
     assert next_run_text(STREAM, None, now) == "when you press Sync now"
+
+
+def test_a_three_hour_sleep_gives_the_window_one_catch_up_run(qtbot, make_sandbox, env_for, build_gui) -> None:
+    from clinicsync.sync.scheduler import WAKE_SETTLE_S
+
+    sandbox = make_sandbox(profile="clean", patients=2)
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    gui = build_gui(env_for(sandbox), schedule=True, clock=clock)
+    schedule = gui.ui.schedule
+
+    def step(seconds: float = 0) -> None:
+        clock.advance(seconds)
+        schedule.tick()
+        qtbot.waitUntil(lambda: not schedule.host.busy(), timeout=WAIT_MS)
+        schedule.tick()
+
+    step()
+    assert len(schedule.host.scheduler.fired) == 1
+    clock.sleep_for(3 * 3600)  # the laptop's lid is closed: the wall clock jumps, the monotonic clock does not
+    step()
+    assert len(schedule.host.scheduler.fired) == 1, "the network gets a moment to come back first"
+    step(WAKE_SETTLE_S)
+    for _ in range(5):
+        step(1)
+    fired = schedule.host.scheduler.fired
+    assert [(kind, streams) for _, kind, streams, _ in fired] == [("schedule", (STREAM,))] * 2, "one catch-up run"
