@@ -125,6 +125,28 @@ def test_jobs_fire_at_their_interval_and_a_new_interval_applies_at_once(make_san
     assert all(answer == "queued" for _, _, answer in h.asked())
 
 
+def test_a_stream_with_its_own_interval_is_checked_at_it_and_joins_its_source_when_both_are_due(
+    make_sandbox, harness
+) -> None:
+    sandbox = make_sandbox(profile="clean", patients=4)
+    h = harness(sandbox, CLINICSYNC_SCHEDULE_CLINIKO_PRODUCTS_INTERVAL_SECONDS="180")
+    start = h.clock.now()
+    h.step()
+    for _ in range(10):
+        h.step(30)
+    asked = [(int((at - start).total_seconds()), streams) for at, streams, _ in h.asked()]
+    assert asked == [
+        (0, (PATIENTS, PRODUCTS)),
+        (60, (PATIENTS,)),
+        (120, (PATIENTS,)),
+        (180, (PATIENTS, PRODUCTS)),  # one run, in dependency order, never one on top of the other
+        (240, (PATIENTS,)),
+        (300, (PATIENTS,)),
+    ]
+    next_runs = h.host.scheduler.next_runs()
+    assert next_runs[PRODUCTS] == next_runs[PATIENTS] == start + timedelta(seconds=360)
+
+
 def test_a_three_hour_sleep_gives_exactly_one_catch_up_run_per_stream(make_sandbox, harness) -> None:
     sandbox = make_sandbox(profile="clean", patients=5)
     h = harness(sandbox)  # both Cliniko streams (products fail against the sandbox, but run and are recorded)
