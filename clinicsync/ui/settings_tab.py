@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FREQUENCIES = (("daily", "Every day"), ("weekly", "Once a week"), ("off", "Never (only when I start one)"))
 EMAIL_MATCH = (("auto_link", "Link them automatically"), ("review", "Ask me first (Review)"))
+USUAL_INTERVAL = "the usual interval"
 FROM_START = "Given to ClinicSync when it was started, so it can't be changed here."
 
 
@@ -105,19 +106,31 @@ class SettingsTab(QWidget):
         box = QGroupBox("Checking for changes")
         form = QFormLayout(box)
         self.stream_boxes: dict[str, QCheckBox] = {}
+        self.stream_intervals: dict[str, QSpinBox] = {}
         for stream in schedulable_streams():
             check = QCheckBox(f"Check {labels.stream_source(stream)} for changes on a schedule")
             check.toggled.connect(lambda on, key=f"schedule.{stream}.enabled": self._store(key, on))
             self.stream_boxes[stream] = check
             self._controls[f"schedule.{stream}.enabled"] = check
             form.addRow(check)
+            key = f"schedule.{stream}.interval_seconds"
+            if key in SPECS_BY_KEY:
+                own = QSpinBox()
+                own.setSuffix(" seconds")
+                own.setSpecialValueText(USUAL_INTERVAL)  # shown at the minimum: 0, the shared interval
+                own.setMaximum(int(SPECS_BY_KEY[key].maximum or 86_400))
+                own.setKeyboardTracking(False)
+                own.valueChanged.connect(lambda value, k=key, box=own: self._store(k, _own_value(box, value)))
+                self.stream_intervals[stream] = own
+                self._controls[key] = own
+                form.addRow(f"  {labels.stream_noun(stream).capitalize()} every:", own)
         self.interval_box = QSpinBox()
         self.interval_box.setSuffix(" seconds")
         self.interval_box.setMaximum(int(SPECS_BY_KEY["schedule.interval_seconds"].maximum or 86_400))
         self.interval_box.setKeyboardTracking(False)  # store the number typed, not every digit of it
         self.interval_box.valueChanged.connect(lambda value: self._store("schedule.interval_seconds", value))
         self._controls["schedule.interval_seconds"] = self.interval_box
-        form.addRow("Check every:", self.interval_box)
+        form.addRow("Usually every:", self.interval_box)
         self.interval_note = QLabel(wordWrap=True)
         form.addRow(self.interval_note)
         return box
@@ -146,7 +159,7 @@ class SettingsTab(QWidget):
         self.time_box.setKeyboardTracking(False)
         self.time_box.timeChanged.connect(lambda t: self._store("schedule.reconcile.time", t.toString("HH:mm")))
         self._controls["schedule.reconcile.time"] = self.time_box
-        form.addRow("At:", self.time_box)
+        form.addRow("At (this computer's clock):", self.time_box)
         form.addRow(
             QLabel(
                 "It reads both sides in full and lists what disagrees; nothing is changed until you choose a fix. "
@@ -257,6 +270,15 @@ class SettingsTab(QWidget):
         except SettingError:
             streams = []
         floor = shortest_interval(streams)
+        for stream, own in self.stream_intervals.items():
+            key = f"schedule.{stream}.interval_seconds"
+            seconds = int(settings.lookup(key).value)
+            own.blockSignals(True)
+            own.setMinimum(floor - 1)  # the minimum shows as "the usual interval"
+            own.setValue(max(floor, seconds) if seconds else floor - 1)
+            own.blockSignals(False)
+            scheduled = stream in streams and settings.lookup(key).source != "environment"
+            own.setEnabled(scheduled)
         value = settings.lookup("schedule.interval_seconds").value
         self.interval_box.blockSignals(True)
         self.interval_box.setMinimum(floor)
@@ -326,6 +348,11 @@ def _quietly(widget: QWidget, change: Callable[[], None]) -> None:
         change()
     finally:
         widget.blockSignals(False)
+
+
+def _own_value(box: QSpinBox, value: int) -> int:
+    """A stream's own interval as stored: its box at the minimum (shown as the usual interval) is 0."""
+    return 0 if value == box.minimum() else value
 
 
 def _select(combo: QComboBox, value: object) -> None:

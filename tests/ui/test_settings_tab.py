@@ -39,7 +39,19 @@ def test_schedule_changes_apply_at_once_without_a_restart(qtbot, make_sandbox, e
     overview = gui.window.show_tab("overview")
     assert overview.cards[STREAM].labels["next_run"].text() == "next sync in 5 min"
 
+    # A stream's own interval: stored, and the job follows; at the box's minimum it is the usual one again.
     gui.window.show_tab("settings")
+    own = tab.stream_intervals[STREAM]
+    assert own.text() == "the usual interval"
+    own.setValue(120)
+    assert gui.ui.app.settings.get(f"schedule.{STREAM}.interval_seconds") == 120
+    schedule.tick()
+    assert schedule.next_runs()[STREAM] == clock.now() + timedelta(seconds=120)
+    own.setValue(own.minimum())
+    assert gui.ui.app.settings.get(f"schedule.{STREAM}.interval_seconds") == 0
+    schedule.tick()
+    assert schedule.next_runs()[STREAM] == clock.now() + timedelta(seconds=300)
+
     tab.stream_boxes[STREAM].setChecked(False)
     assert gui.ui.app.settings.get(f"schedule.{STREAM}.enabled") is False
     schedule.tick()
