@@ -227,3 +227,11 @@ def test_alerts_recorded_elsewhere_are_announced_and_listed_and_turning_notifica
     assert "Stripe and Cliniko disagree: 2 customers are missing in Stripe." in overview.alerts_label.text()
     gui.tray.menu.aboutToShow.emit()
     assert gui.tray.menu_texts()[0] == "Needs attention: Stripe and Cliniko disagree"
+
+
+def test_a_reconciliation_in_between_does_not_make_a_lasting_alert_news_again(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    refused = outcome(failure="auth", message="401")
+    assert len(finish(gui, refused)) == 1
+    for kind in ("reconcile", "reconcile_fix"):  # jobs of the Reconciliation tab: no sync results
+        assert finish(gui, JobOutcome(Job(2, "manual", kind=kind)), refused) == []
