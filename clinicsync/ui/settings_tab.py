@@ -30,6 +30,8 @@ from PySide6.QtWidgets import (
 )
 
 from clinicsync import autostart, labels
+from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE
+from clinicsync.store import reconciliation
 from clinicsync.store.settings import SPECS_BY_KEY, WEEKDAYS, SettingError
 from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import is_paused
@@ -212,6 +214,9 @@ class SettingsTab(QWidget):
         )
         self._controls["sync.email_match"] = self.email_box
         form.addRow("When a patient's email matches one Stripe customer:", self.email_box)
+        self.zone_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+        self.zone_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("The clinic's time zone:", self.zone_label)
         return box
 
     # --- showing ----------------------------------------------------------------------------------------------
@@ -262,6 +267,7 @@ class SettingsTab(QWidget):
             log.warning("could not read the start-at-login entry: %s", exc)
             enabled = False
         _quietly(self.login_box, lambda: self.login_box.setChecked(enabled))
+        self.zone_label.setText(clinic_zone_words())
 
     def _show_interval(self) -> None:
         settings = self.ui.app.settings
@@ -348,6 +354,18 @@ def _quietly(widget: QWidget, change: Callable[[], None]) -> None:
         change()
     finally:
         widget.blockSignals(False)
+
+
+def clinic_zone_words() -> str:
+    """The clinic's time zone as ClinicSync last read it from Cliniko (the latest full comparison records it);
+    Cliniko's default market's until then. Shown, not set here: Cliniko's own setting is the one source."""
+    try:
+        latest = reconciliation.reports(limit=1)
+    except Exception:  # the database is busy: say what is certain
+        latest = []
+    if latest and latest[0].time_zone:
+        return f"{latest[0].time_zone} (as ClinicSync last read it from Cliniko)"
+    return f"{DEFAULT_TIME_ZONE} until ClinicSync has read the clinic's own from Cliniko"
 
 
 def _own_value(box: QSpinBox, value: int) -> int:

@@ -123,3 +123,18 @@ def test_start_at_login_writes_and_removes_the_desktop_entry(build_gui, offline_
     assert tab.login_box.isChecked()
     tab.login_box.setChecked(False)
     assert not entry.exists()
+
+
+def test_the_clinics_time_zone_is_shown_as_last_read_from_cliniko(build_gui, offline_env) -> None:
+    from clinicsync.store import reconciliation
+    from clinicsync.store.models import AccountPair
+
+    gui = build_gui(offline_env)
+    tab = gui.window.show_tab("settings")
+    assert tab.zone_label.text() == "Australia/Melbourne until ClinicSync has read the clinic's own from Cliniko"
+    pair = AccountPair.create(
+        uuid="pair-1", source_system="cliniko", source_account="1", stripe_account="acct_1", stripe_livemode=False
+    )
+    reconciliation.start_report(pair, [STREAM], trigger="manual", time_zone="Australia/Perth")
+    tab.refresh()
+    assert tab.zone_label.text() == "Australia/Perth (as ClinicSync last read it from Cliniko)"
