@@ -152,6 +152,7 @@ class GuiApp:
         if self.shut_down:
             return True
         self.shut_down = True
+        self.notifier.stop()
         self.window.prepare_quit()
         self.window.hide()
         if self.tray is not None:

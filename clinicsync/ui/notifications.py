@@ -73,6 +73,12 @@ class Notifier(QObject):
         self._timer.setInterval(ANNOUNCE_MS)
         self._timer.timeout.connect(self.announce)
         self._timer.start()
+        self._stopped = False
+
+    def stop(self) -> None:
+        """The app is shutting down: announce nothing more (the window and the tray are going)."""
+        self._stopped = True
+        self._timer.stop()
 
     def _records_alerts_itself(self) -> bool:
         """Without a schedule in this window or a service to attach to, nobody else turns runs into alerts."""
@@ -84,6 +90,8 @@ class Notifier(QObject):
         return schedule.clock.now() if schedule is not None else datetime.now(UTC)
 
     def on_finished(self, outcome: JobOutcome) -> None:
+        if self._stopped:
+            return
         if self._records_alerts_itself():
             try:
                 AlertBook(self.ui.app.settings).observe(outcome, self.now())
@@ -94,6 +102,8 @@ class Notifier(QObject):
     def announce(self) -> None:
         """Pass every alert due now to the sink (new ones once, lasting ones at most once a day). With
         notifications turned off nothing is taken, so they are still due when turned on again."""
+        if self._stopped:
+            return
         try:
             if self._records_alerts_itself():
                 AlertBook(self.ui.app.settings).refresh(self.now())  # review items settled meanwhile

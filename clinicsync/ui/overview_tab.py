@@ -317,6 +317,8 @@ class OverviewTab(QWidget):
         by_stream = {row["stream"]: row for row in rows}
         now = datetime.now().astimezone()
         syncing = self.tracker.syncing
+        if not syncing:  # a sync cancelled in the background service reports no end here: its stop is the end
+            self._cancelling = False
         progress = self.tracker.progress if syncing else None
         paused = self.tracker.paused()
         schedule = self.ui.schedule

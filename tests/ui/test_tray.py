@@ -235,3 +235,14 @@ def test_a_reconciliation_in_between_does_not_make_a_lasting_alert_news_again(bu
     assert len(finish(gui, refused)) == 1
     for kind in ("reconcile", "reconcile_fix"):  # jobs of the Reconciliation tab: no sync results
         assert finish(gui, JobOutcome(Job(2, "manual", kind=kind)), refused) == []
+
+
+def test_after_shutdown_nothing_is_announced(build_gui, offline_env) -> None:
+    from clinicsync.sync import alerts
+
+    gui = build_gui(offline_env)
+    assert gui.shutdown(15)
+    alerts.report_reconciliation(gui.ui.app.settings, 1, "1 difference.", datetime.now(AEST))
+    gui.notifier.announce()  # as its timer would, after the window is gone
+    gui.ui.bridge.job_finished.emit(outcome(failure="auth", message="401"))
+    assert gui.notifier.shown == []
