@@ -239,3 +239,11 @@ def test_a_three_hour_sleep_gives_the_window_one_catch_up_run(qtbot, make_sandbo
         step(1)
     fired = schedule.host.scheduler.fired
     assert [(kind, streams) for _, kind, streams, _ in fired] == [("schedule", (STREAM,))] * 2, "one catch-up run"
+
+
+def test_a_scheduled_reconciliations_history_row_is_named_in_words() -> None:
+    from clinicsync.sync.reconcile_hook import RECONCILE
+    from clinicsync.ui.models import stream_label
+
+    assert stream_label(RECONCILE) == "Full comparison"  # not "Reconcile reconcile"
+    assert stream_label(STREAM) == "Cliniko patients"
