@@ -76,6 +76,12 @@ def _clock_time(value: str) -> str | None:
     return f"{value!r} is not a time of day like 02:00 or 13:30"
 
 
+def _own_interval(value: int) -> str | None:
+    if value == 0 or value >= MIN_INTERVAL_SECONDS:
+        return None
+    return f"{value} is neither 0 (as every stream) nor at least {MIN_INTERVAL_SECONDS} seconds"
+
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # The scheduler checks the interval against each source's request budget too (clinicsync/sync/scheduler.py):
 # with more streams to poll, it may wait a little longer than this.
@@ -142,7 +148,25 @@ SPECS: tuple[SettingSpec, ...] = (
         maximum=24 * 3600,
     ),
     SettingSpec("schedule.cliniko.patients.enabled", bool, True, "Check Cliniko patients for changes on that schedule"),
+    SettingSpec(
+        "schedule.cliniko.patients.interval_seconds",
+        int,
+        0,
+        "Check Cliniko patients every (seconds; 0: as every stream)",
+        minimum=0,
+        maximum=24 * 3600,
+        check=_own_interval,
+    ),
     SettingSpec("schedule.cliniko.products.enabled", bool, True, "Check Cliniko products for changes on that schedule"),
+    SettingSpec(
+        "schedule.cliniko.products.interval_seconds",
+        int,
+        0,
+        "Check Cliniko products every (seconds; 0: as every stream)",
+        minimum=0,
+        maximum=24 * 3600,
+        check=_own_interval,
+    ),
     SettingSpec(
         "schedule.reconcile.frequency",
         str,
@@ -168,6 +192,7 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=1,
         maximum=7 * 24 * 60,
     ),
+    SettingSpec("alerts.notify", bool, True, "Show a desktop notification when something needs a person"),
     SettingSpec(
         "stripe.search_settle_seconds",
         float,

@@ -22,7 +22,7 @@ from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.history import SCHEDULE, awaiting_approval, record_skipped
 from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest, apply_fixes
-from clinicsync.sync.reconcile_hook import RECONCILE, run_reconciliation
+from clinicsync.sync.reconcile_hook import RECONCILE, reconciler_registered, run_reconciliation
 from clinicsync.sync.reconcile_run import ReconcileResult, run_reconcile
 from clinicsync.sync.service import enabled_streams, failure_of, run_sync
 
@@ -183,7 +183,9 @@ class SyncRunner:
         names = [RECONCILE] if trigger == RECONCILE else list(streams or enabled_streams(self._settings))
         why_not = self._why_refused(trigger, names, when_busy)
         if why_not is None:
-            job = self.submit(trigger=trigger, credentials=credentials, streams=streams)
+            # The schedule's reconciliation is a reconciliation job, like one started from its tab.
+            kind = "reconcile" if trigger == RECONCILE else "sync"
+            job = self.submit(trigger=trigger, credentials=credentials, streams=streams, kind=kind)
             if job is not None:
                 return job, ""
             why_not = self._why_refused(trigger, names, "skip") or BUSY_MESSAGE
@@ -265,6 +267,10 @@ class SyncRunner:
 
         secrets = MemorySecretStore(job.credentials)
         try:
+            if job.kind == "reconcile" and job.trigger == RECONCILE and reconciler_registered():
+                # Something registered its own reconciler for the schedule's job (tests, an embedding app).
+                results = run_reconciliation(self._paths, self._settings, secrets, cancel=cancel, progress=progress)
+                return JobOutcome(job, results=tuple(results))
             if job.kind == "reconcile":
                 report = run_reconcile(
                     self._paths,
@@ -281,19 +287,16 @@ class SyncRunner:
                     self._paths, self._settings, secrets, job.fixes, confirmed=job.confirmed, cancel=cancel
                 )
                 return JobOutcome(job, fixes=tuple(outcomes))
-            if job.trigger == RECONCILE:  # the scheduler's reconciliation, through the registered hook
-                results = run_reconciliation(self._paths, self._settings, secrets, cancel=cancel, progress=progress)
-            else:
-                results = run_sync(
-                    self._paths,
-                    self._settings,
-                    secrets,
-                    streams=job.streams,
-                    trigger=job.trigger,
-                    dry_run=job.dry_run,
-                    cancel=cancel,
-                    progress=progress,
-                )
+            results = run_sync(
+                self._paths,
+                self._settings,
+                secrets,
+                streams=job.streams,
+                trigger=job.trigger,
+                dry_run=job.dry_run,
+                cancel=cancel,
+                progress=progress,
+            )
         except Exception as exc:
             failure = failure_of(exc)
             if failure is None:

@@ -33,7 +33,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from clinicsync import rate_limits
-from clinicsync.store.settings import WEEKDAYS, Settings
+from clinicsync.store.settings import MIN_INTERVAL_SECONDS, WEEKDAYS, Settings
 from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.sync.clock import Clock, WakeDetector, aware_utc
 from clinicsync.sync.history import SCHEDULE, awaiting_approval, last_ran_at
@@ -80,28 +80,46 @@ def minimum_interval(streams: Sequence[str]) -> float:
     return needed
 
 
+def shortest_interval(streams: Sequence[str]) -> int:
+    """The shortest interval (whole seconds) a person may choose for polling these streams: the setting's own
+    minimum, or longer when the services' request budgets need it. The Settings tab offers no less."""
+    return max(MIN_INTERVAL_SECONDS, math.ceil(minimum_interval(streams)))
+
+
+def scheduled_streams(settings: Settings) -> list[str]:
+    """The streams polled on schedule, in dependency order: enabled, of a connected source, schedule on."""
+    streams = [
+        name
+        for name in enabled_streams(settings)
+        if STREAMS[name].source_system in CONNECTED_SOURCES and _scheduled(settings, name)
+    ]
+    return dependency_order(STREAMS, streams)
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Everything the jobs are built from; a change to any of it rebuilds them."""
 
-    interval_s: int
+    interval_s: int  # every stream's, unless it has its own
     streams: tuple[str, ...]  # scheduled, in dependency order
     reconcile: str  # daily, weekly, off
     reconcile_time: str  # "HH:MM"
     reconcile_day: str  # monday … sunday
     paused: bool
+    own_intervals: tuple[tuple[str, int], ...] = ()  # streams polled at their own interval (seconds)
+
+    def interval_of(self, stream: str) -> int:
+        return dict(self.own_intervals).get(stream, self.interval_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScheduleConfig:
-        streams = [
-            name
-            for name in enabled_streams(settings)
-            if STREAMS[name].source_system in CONNECTED_SOURCES and _scheduled(settings, name)
-        ]
-        streams = dependency_order(STREAMS, streams)
+        streams = scheduled_streams(settings)
         wanted = settings.get("schedule.interval_seconds")
+        floor = shortest_interval(streams)  # every interval at least this: then all of them together are safe too
+        own = tuple((name, max(seconds, floor)) for name in streams if (seconds := _own_interval(settings, name)))
         return cls(
-            interval_s=max(wanted, math.ceil(minimum_interval(streams))),
+            own_intervals=own,
+            interval_s=max(wanted, floor),
             streams=tuple(streams),
             reconcile=settings.get("schedule.reconcile.frequency"),
             reconcile_time=settings.get("schedule.reconcile.time"),
@@ -111,7 +129,22 @@ class ScheduleConfig:
 
     def jobs_part(self) -> tuple[Any, ...]:
         """What the jobs themselves depend on (pausing does not rebuild them)."""
-        return (self.interval_s, self.streams, self.reconcile, self.reconcile_time, self.reconcile_day)
+        return (
+            self.interval_s,
+            self.own_intervals,
+            self.streams,
+            self.reconcile,
+            self.reconcile_time,
+            self.reconcile_day,
+        )
+
+
+def _own_interval(settings: Settings, stream: str) -> int:
+    """The stream's own interval (0: it follows schedule.interval_seconds)."""
+    from clinicsync.store.settings import SPECS_BY_KEY
+
+    key = f"schedule.{stream}.interval_seconds"
+    return int(settings.get(key)) if key in SPECS_BY_KEY else 0
 
 
 def _scheduled(settings: Settings, stream: str) -> bool:
@@ -312,7 +345,6 @@ class SyncScheduler:
         config = self.config
         if config is None:
             return
-        latest = now + timedelta(seconds=config.interval_s)
         for job in self.aps.get_jobs():
             if job.next_run_time is None:
                 continue
@@ -320,7 +352,9 @@ class SyncScheduler:
                 slot = job.trigger.get_next_fire_time(None, now)
                 if slot is not None and slot < job.next_run_time:
                     self._rearm(RECONCILE, slot)
-            elif job.next_run_time > latest:
+                continue
+            latest = now + timedelta(seconds=config.interval_of(job.id))
+            if job.next_run_time > latest:
                 self._rearm(job.id, latest)
 
     # --- what the window and `status` show ------------------------------------------------------------------
@@ -345,13 +379,14 @@ class SyncScheduler:
     def _build(self, config: ScheduleConfig, *, rebuilt: bool) -> None:
         self.aps.remove_all_jobs()
         now = self.clock.now()
-        interval = timedelta(seconds=config.interval_s)
         in_flight = set(self.in_flight())
         for stream in config.streams:
             held = stream in in_flight or stream in self._held
+            seconds = config.interval_of(stream)
+            interval = timedelta(seconds=seconds)
             self.aps.add_job(
                 self._stream_due,
-                trigger=IntervalTrigger(seconds=config.interval_s, start_date=now, timezone=UTC_ZONE),
+                trigger=IntervalTrigger(seconds=seconds, start_date=now, timezone=UTC_ZONE),
                 args=(stream,),
                 id=stream,
                 name=f"sync {stream}",
@@ -367,10 +402,11 @@ class SyncScheduler:
                 next_run_time=self._first_reconcile(trigger, now),
             )
         log.info(
-            "%s the schedule: %s every %d s; reconciliation %s",
+            "%s the schedule: %s every %d s%s; reconciliation %s",
             "rebuilt" if rebuilt else "built",
             ", ".join(config.streams) or "no streams",
             config.interval_s,
+            "".join(f" ({name} every {seconds} s)" for name, seconds in config.own_intervals),
             "off" if trigger is None else f"{config.reconcile} at {config.reconcile_time}",
         )
 
@@ -419,7 +455,7 @@ class SyncScheduler:
         config = self.config
         assert config is not None
         now = self.clock.now()
-        soon = now + timedelta(seconds=config.interval_s / 2)
+        soon = now + timedelta(seconds=min(config.interval_of(name) for name in due) / 2)
         sources = {STREAMS[name].source_system for name in due}
         # Streams of the same source due within half an interval join in: one run, in dependency order.
         for job in self.aps.get_jobs():
@@ -439,7 +475,7 @@ class SyncScheduler:
                 self._hold(name)
             return
         for name in streams:  # refused (paused a moment ago, another sync running): the next poll comes as usual
-            self._rearm(name, now + timedelta(seconds=config.interval_s))
+            self._rearm(name, now + timedelta(seconds=config.interval_of(name)))
 
     def _ask_reconcile(self) -> None:
         if self._in_flight:  # a poll was just queued: the reconciliation goes right after it, not against it
@@ -480,7 +516,7 @@ class SyncScheduler:
         if not finished or self.config is None:
             return
         now = self.clock.now()
-        interval = timedelta(seconds=self.config.interval_s)
+        config = self.config
         for outcome in finished:
             if outcome.job.id == self._reconcile_job:
                 self._reconcile_job = None
@@ -491,7 +527,7 @@ class SyncScheduler:
             for stream in ran:
                 self._last_done[stream] = now
                 if stream not in self._held:
-                    self._rearm(stream, now + interval)
+                    self._rearm(stream, now + timedelta(seconds=config.interval_of(stream)))
         if self._reconcile_owed and not self._in_flight and not self.runner.busy:
             self._reconcile_owed = False
             self._rearm(RECONCILE, now)

@@ -39,10 +39,13 @@ EXPECTED_DEFAULTS = {
     "schedule.interval_seconds": 60,
     "schedule.cliniko.patients.enabled": True,
     "schedule.cliniko.products.enabled": True,
+    "schedule.cliniko.patients.interval_seconds": 0,
+    "schedule.cliniko.products.interval_seconds": 0,
     "schedule.reconcile.frequency": "daily",
     "schedule.reconcile.time": "02:00",
     "schedule.reconcile.day": "monday",
     "alerts.outage_minutes": 30,
+    "alerts.notify": True,
 }
 
 
