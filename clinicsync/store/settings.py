@@ -134,6 +134,13 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
     SettingSpec(
+        "identity.primary_source",
+        str,
+        "cliniko",
+        "Which source's name, email, phone and address a shared Stripe customer keeps",
+        choices=("cliniko", "calcom"),
+    ),
+    SettingSpec(
         "schedule.interval_seconds",
         int,
         60,

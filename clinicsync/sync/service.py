@@ -121,7 +121,7 @@ def resolve_pair(cliniko: ClinikoClient, gateway: StripeGateway) -> AccountPair:
 
 
 # Settings that stream declarations read (through StreamSettings), resolved once per run.
-STREAM_SETTING_KEYS = ("cliniko.products.price_basis",)
+STREAM_SETTING_KEYS = ("cliniko.products.price_basis", "identity.primary_source")
 
 
 def run_options(settings: Settings, *, trigger: str, dry_run: bool) -> RunOptions:
