@@ -19,7 +19,7 @@ from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, RoleLi
 from clinicsync.streams import CLINIKO_PRODUCTS as PRODUCTS_STREAM
 from clinicsync.streams import STREAMS, Stream, dependency_order
 from clinicsync.streams.base import PlanRequest, RoleLinkInfo
-from clinicsync.streams.cliniko_products import fingerprint
+from clinicsync.streams.priced_products import fingerprint
 from clinicsync.stripe_gateway import StripeFailure, WriteResult
 from clinicsync.sync.outbox import OutboxWriter
 
