@@ -179,7 +179,38 @@ CLINIKO_PRODUCT_FIELDS: tuple[SourceField, ...] = (
     *_fields(INTERNAL, ("cost_price", "Cost price", "decimal"), ("notes", "Notes")),
 )
 
+# Cal.com event types (docs/calcom-api.md §3, EventTypeOutput_2024_06_14), with what the stream adds from the
+# key's user and the event type's team. The price is not a mapped field: it becomes a Stripe Price of its own.
+CALCOM_EVENT_TYPE_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cal.com event type id"),
+        ("slug", "Link name (slug)"),
+        ("lengthInMinutes", "Length (minutes)", "integer"),
+        ("hidden", "Hidden", "boolean"),
+        ("schedulingType", "Scheduling type"),
+    ),
+    *_fields(IDENTITY, ("title", "Event type name"), ("description", "Description"), ("team_name", "Team")),
+    *_fields(CONTACT, ("owner_email", "Owner's email")),
+)
+
+# A Cal.com person: the attendee of a booking, summed up over every booking with their email (streams/
+# calcom_bookings.py). Cal.com has no id for an attendee: `id` is a key derived from the email.
+CALCOM_ATTENDEE_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cal.com attendee reference"),
+        ("last_booking_uid", "Last booking (Cal.com id)"),
+        ("last_booking_start", "Last booking start", "datetime"),
+        ("booking_count", "Number of bookings", "integer"),
+    ),
+    *_fields(IDENTITY, ("name", "Name"), ("timeZone", "Time zone"), ("language", "Language")),
+    *_fields(CONTACT, ("email", "Email"), ("phoneNumber", "Phone")),
+)
+
 SOURCE_FIELDS: dict[tuple[str, str], tuple[SourceField, ...]] = {
+    ("calcom", "event_type"): CALCOM_EVENT_TYPE_FIELDS,
+    ("calcom", "attendee"): CALCOM_ATTENDEE_FIELDS,
     ("cliniko", "patient"): CLINIKO_PATIENT_FIELDS,
     ("cliniko", "product"): CLINIKO_PRODUCT_FIELDS,
     ("cliniko", "invoice"): CLINIKO_INVOICE_FIELDS,

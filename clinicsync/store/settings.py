@@ -94,6 +94,14 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=0,
         maximum=rate_limits.CLINIKO_PER_MINUTE,
     ),
+    SettingSpec(
+        "calcom.requests_per_minute",
+        int,
+        rate_limits.CALCOM_BUDGET_PER_MINUTE,
+        "Cal.com requests per minute (0: no client-side limit, for the sandbox)",
+        minimum=0,
+        maximum=rate_limits.CALCOM_PER_MINUTE,
+    ),
     SettingSpec("stripe.base_url", str, "", "Stripe API origin (blank: https://api.stripe.com)", check=_base_url),
     SettingSpec(
         "stripe.requests_per_second",
@@ -150,6 +158,10 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("schedule.cliniko.patients.enabled", bool, True, "Check Cliniko patients for changes on that schedule"),
     SettingSpec("schedule.cliniko.products.enabled", bool, True, "Check Cliniko products for changes on that schedule"),
+    SettingSpec(
+        "schedule.calcom.event_types.enabled", bool, True, "Check Cal.com event types for changes on that schedule"
+    ),
+    SettingSpec("schedule.calcom.bookings.enabled", bool, True, "Check Cal.com bookings for changes on that schedule"),
     SettingSpec(
         "schedule.reconcile.frequency",
         str,

@@ -391,6 +391,12 @@ class StreamRun:
         for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
             self._handle(record, pool, writer)
+        if self.stream.complete_listing:
+            for source_id in self._linked_not_listed():
+                self.cancel.raise_if_cancelled()
+                record = self.stream.read_one(self.source, source_id)
+                if record is not None:
+                    self._handle(record, pool, writer)
         self._drain(pool, writer)
         self._resolve_deferred(pool, writer)
         self._drain(pool, writer)
@@ -403,6 +409,15 @@ class StreamRun:
             & (RetryRecord.stream == self.stream.name)
             & (RetryRecord.created_at < started)
         ).execute()
+
+    def _linked_not_listed(self) -> list[str]:
+        """Linked records a complete listing left out this run (deleted at the source, or out of its reach)."""
+        rows = RecordLink.select(RecordLink.source_id).where(
+            (RecordLink.pair == self.pair)
+            & (RecordLink.stream == self.stream.name)
+            & RecordLink.stripe_id.is_null(False)
+        )
+        return sorted(row.source_id for row in rows if row.source_id not in self._seen)
 
     def _revisit_ids(self, *, full_read: bool = False) -> list[str]:
         """Records to read by id first: a person decided about them, or asked for a retry; with the
@@ -790,7 +805,7 @@ def prepare_stream(stream: Stream, mapping: StreamMapping, source: Any, options:
             + "\n".join(f"  {problem}" for problem in problems)
             + "\nFix it in Field mapping, or with `clinicsync mapping`."
         )
-    zone = mapping.time_zone or (stream.time_zone(source) if _needs_zone(mapping) else None)
+    zone = mapping.time_zone or (stream.time_zone(source) if stream.needs_time_zone or _needs_zone(mapping) else None)
     context = TransformContext(time_zone=zone or DEFAULT_TIME_ZONE)
     currency = options.currency
     if not currency and stream.enrich is not None:

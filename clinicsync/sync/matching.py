@@ -104,9 +104,20 @@ def _match_value(mapping: StreamMapping, obj: dict[str, Any]) -> str | None:
 
 
 def _unlinked(pair: AccountPair, mapping: StreamMapping, query: Any) -> list[str]:
+    """The query's objects no record of this stream is linked to. An object that is not a person and that another
+    stream or source is linked to (a Cliniko product, for Cal.com's event type of the same name) is not free
+    either: two streams writing one product would undo each other's writes. People are shared on purpose."""
     linked = RecordLink.select(RecordLink.stripe_id).where(
         (RecordLink.pair == pair) & (RecordLink.stream == mapping.stream) & RecordLink.stripe_id.is_null(False)
     )
+    if mapping.stripe_object not in PERSON_OBJECTS:
+        linked = RecordLink.select(RecordLink.stripe_id).where(
+            (
+                ((RecordLink.pair == pair) & (RecordLink.stream == mapping.stream))
+                | (RecordLink.pair.in_(_same_account(pair)) & (RecordLink.stripe_object == mapping.stripe_object))
+            )
+            & RecordLink.stripe_id.is_null(False)
+        )
     rows = query.where(StripeIndexEntry.stripe_id.not_in(linked)).order_by(StripeIndexEntry.stripe_id)
     return [row.stripe_id for row in rows]
 
