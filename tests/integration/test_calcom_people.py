@@ -48,7 +48,7 @@ def start(make_sandbox: Any) -> Any:
         if c["sandbox"]["account"] == calcom_seed.CLINIC_ACCOUNT
     ]
     assert made, "the seed has customers made by Cal.com's Stripe app"
-    admin(sandbox.stripe_url, "seed", customers=made)
+    sandbox.app_customer_ids = admin(sandbox.stripe_url, "seed", customers=made)["ids"]
     return sandbox
 
 
@@ -184,7 +184,43 @@ def test_a_cal_com_only_clinic_syncs_without_a_cliniko_connection(make_sandbox, 
             by_ref[ref] = by_ref.get(ref, 0) + 1
     assert set(by_ref) == {attendee_ref(email) for email in people(sandbox)}
     assert set(by_ref.values()) == {1}, "each person is one customer"
-    adopted = [c for c in customers(sandbox) if c["id"] and (c.get("metadata") or {}).get("calcom_attendee_ref")]
-    emails = [normalized(c["email"]) for c in customers(sandbox) if c.get("email")]
-    assert len(emails) == len(set(emails)), "the customers Cal.com's Stripe app made were adopted, not duplicated"
-    assert adopted
+    adopted = {c["id"] for c in customers(sandbox) if (c.get("metadata") or {}).get("calcom_attendee_ref")}
+    assert set(sandbox.app_customer_ids) <= adopted, "the customers Cal.com's Stripe app made were adopted"
+    assert len(customers(sandbox)) == len(people(sandbox)), "and not duplicated: one customer per person"
+
+
+def test_cal_com_never_overwrites_the_patients_details_and_keeps_its_summary_current(make_sandbox, env_for):
+    sandbox = start(make_sandbox)
+    env = env_for(sandbox)
+    sync_all(env)
+    patients = patients_by_email(sandbox)
+    shared = sorted(email for email in people(sandbox) if len(patients.get(email, [])) == 1)
+    email = shared[0]
+    (patient,) = patients[email]
+    latest = max(people(sandbox)[email], key=lambda b: (b["startTime"], b["uid"]))
+    admin(sandbox.calcom_url, "edit", uid=latest["uid"], fields={"attendee_name": "Renamed When Booking"})
+    added = admin(sandbox.calcom_url, "add", event_type_id=4003, email=email.upper(), name="Another Name")
+    admin(sandbox.calcom_url, "clock", advance_s=60)
+
+    results = sync_all(env)
+    assert results["calcom.bookings"].counts["updated"] >= 1, results["calcom.bookings"].counts
+    (customer,) = [c for c in customers(sandbox) if c["metadata"].get("calcom_attendee_ref") == attendee_ref(email)]
+    assert customer["metadata"]["cliniko_patient_id"] == patient["id"], "the patient's reference is not cleared"
+    assert actual_customer_fields(customer) == expected_customer_fields(patient), "Cliniko's details stay"
+    bookings = people(sandbox)[email]
+    counted = {b["uid"] for b in bookings if b["status"] not in ("CANCELLED", "REJECTED")}
+    assert customer["metadata"]["calcom_booking_count"] == str(len(counted))
+    assert added["uids"][0] in counted
+    check_one_customer_per_person(sandbox)
+
+
+def test_an_attendee_whose_email_two_patients_share_goes_to_review(make_sandbox, env_for):
+    sandbox = make_sandbox(profile="hard", patients=PATIENTS, calcom=True, calcom_bookings=BOOKINGS)
+    env = env_for(sandbox)
+    results = sync_all(env)
+    patients = patients_by_email(sandbox)
+    family = [email for email in people(sandbox) if len(patients.get(email, [])) > 1]
+    assert family, "the hard profile's family shares an email and books on Cal.com"
+    assert results["calcom.bookings"].counts["review"] >= len(family), results["calcom.bookings"].counts
+    refs = {(c.get("metadata") or {}).get("calcom_attendee_ref") for c in customers(sandbox)}
+    assert not {attendee_ref(email) for email in family} & refs, "no guess: neither patient's customer is joined"
