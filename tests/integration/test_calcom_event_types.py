@@ -110,3 +110,21 @@ def test_a_price_change_hiding_and_deleting(make_sandbox, env_for):
     shown = sync_once(env, stream=STREAM)
     assert shown.counts["updated"] == 1, shown.counts
     check_exact(sandbox)
+
+
+def test_a_dry_run_of_both_cal_com_streams_plans_and_writes_nothing(make_sandbox, env_for):
+    from clinicsync.sync.service import run_sync
+    from tests.support import context
+
+    sandbox = make_sandbox(patients=5, calcom=True, calcom_bookings=20)
+    env = {k: v for k, v in env_for(sandbox).items() if k != "CLINICSYNC_CLINIKO_API_KEY"}
+    ctx = context(env)
+    before = executed_writes(sandbox.stripe_url)
+    results = run_sync(ctx.paths, ctx.settings, ctx.secrets, dry_run=True)
+    assert [r.stream for r in results] == ["calcom.event_types", "calcom.bookings"]
+    assert executed_writes(sandbox.stripe_url) == before, "a dry run writes nothing"
+    event_types, bookings = results
+    assert event_types.plan is not None and event_types.plan["counts"]["created"] >= 6, event_types.plan
+    assert bookings.plan is not None and bookings.plan["counts"]["created"] >= 5, bookings.plan
+    named, _ = stripe_state(sandbox)
+    assert not named, "nothing was created"
