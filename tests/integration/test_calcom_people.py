@@ -224,3 +224,23 @@ def test_an_attendee_whose_email_two_patients_share_goes_to_review(make_sandbox,
     assert results["calcom.bookings"].counts["review"] >= len(family), results["calcom.bookings"].counts
     refs = {(c.get("metadata") or {}).get("calcom_attendee_ref") for c in customers(sandbox)}
     assert not {attendee_ref(email) for email in family} & refs, "no guess: neither patient's customer is joined"
+
+
+def test_with_cal_com_as_the_primary_source_the_attendees_details_win(make_sandbox, env_for):
+    sandbox = start(make_sandbox)
+    env = env_for(sandbox, CLINICSYNC_IDENTITY_PRIMARY_SOURCE="calcom")
+    sync_all(env)
+    sync_all(env)  # Cliniko's next run must not take the fields back
+    patients = patients_by_email(sandbox)
+    by_ref = {(c.get("metadata") or {}).get("calcom_attendee_ref"): c for c in customers(sandbox)}
+    checked = 0
+    for email, bookings in people(sandbox).items():
+        if len(patients.get(email, [])) != 1:
+            continue
+        customer = by_ref[attendee_ref(email)]
+        latest = max(bookings, key=lambda b: (b["startTime"], b["uid"]))
+        (attendee,) = [a for a in latest["attendees"] if normalized(a["email"]) == email]
+        assert (customer["name"], customer["email"]) == (attendee["name"], attendee["email"])
+        assert customer["metadata"]["cliniko_patient_id"] == patients[email][0]["id"], "both references"
+        checked += 1
+    assert checked >= 5
