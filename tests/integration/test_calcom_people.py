@@ -17,6 +17,7 @@ from typing import Any
 from clinicsync.matchkey import normalized
 from clinicsync.sandbox import calcom_seed
 from clinicsync.streams.calcom_bookings import attendee_ref
+from tests.integration.test_calcom_event_types import check_exact as check_exact_catalogue
 from tests.support import (
     actual_customer_fields,
     admin,
@@ -38,10 +39,10 @@ def sync_all(env: Mapping[str, str]) -> dict[str, Any]:
     return {result.stream: result for result in results}
 
 
-def start(make_sandbox: Any) -> Any:
+def start(make_sandbox: Any, patients: int = PATIENTS, bookings: int = BOOKINGS) -> Any:
     """Cliniko, Stripe and Cal.com; the customers Cal.com's Stripe app made on the clinic's account loaded into
     the Stripe sandbox, as they would be there before ClinicSync is connected."""
-    sandbox = make_sandbox(profile="clean", patients=PATIENTS, calcom=True, calcom_bookings=BOOKINGS)
+    sandbox = make_sandbox(profile="clean", patients=patients, calcom=True, calcom_bookings=bookings)
     made = [
         {"email": c["email"], "name": c["name"]}
         for c in sandbox.calcom_seeded["customers"]
@@ -99,7 +100,7 @@ def state(sandbox: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return linked
 
 
-def check_one_customer_per_person(sandbox: Any) -> None:
+def check_one_customer_per_person(sandbox: Any) -> int:
     by_ref: dict[str, list[dict[str, Any]]] = {}
     for customer in customers(sandbox):
         ref = (customer.get("metadata") or {}).get("calcom_attendee_ref")
@@ -131,6 +132,7 @@ def check_one_customer_per_person(sandbox: Any) -> None:
     assert len(refs) == len(set(refs)), "each patient is one customer"
     emails = [normalized(c["email"]) for c in customers(sandbox) if c.get("email")]
     assert len(emails) == len(set(emails)), "no person has two customers (Cal.com's own were adopted)"
+    return joined
 
 
 def test_both_at_once_each_person_is_one_customer_with_both_references_and_a_rerun_writes_nothing(
@@ -244,3 +246,18 @@ def test_with_cal_com_as_the_primary_source_the_attendees_details_win(make_sandb
         assert customer["metadata"]["cliniko_patient_id"] == patients[email][0]["id"], "both references"
         checked += 1
     assert checked >= 5
+
+
+def test_three_hundred_bookings_and_three_hundred_patients_each_person_once(make_sandbox, env_for):
+    sandbox = start(make_sandbox, patients=300, bookings=300)
+    env = env_for(sandbox)
+    results = sync_all(env)
+    assert all(r.outcome == "ok" for r in results.values()), {n: (r.counts, r.message) for n, r in results.items()}
+    assert len(admin(sandbox.calcom_url, "dump")["bookings"]) >= 300
+    joined = check_one_customer_per_person(sandbox)
+    assert joined >= 50, f"{joined} attendees are Cliniko patients sharing their customer"
+    check_exact_catalogue(sandbox)
+    before = executed_writes(sandbox.stripe_url)
+    again = sync_all(env)
+    assert all(r.counts["created"] == r.counts["updated"] == 0 for r in again.values())
+    assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"
