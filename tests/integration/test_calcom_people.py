@@ -261,3 +261,26 @@ def test_three_hundred_bookings_and_three_hundred_patients_each_person_once(make
     again = sync_all(env)
     assert all(r.counts["created"] == r.counts["updated"] == 0 for r in again.values())
     assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"
+
+
+def test_a_cal_com_only_clinic_from_the_command_line_sync_status_and_doctor(make_sandbox, env_for):
+    import subprocess
+    import sys
+
+    sandbox = make_sandbox(patients=5, calcom=True, calcom_bookings=10)
+    env = {**without_cliniko(env_for(sandbox)), "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "clinicsync", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    synced = cli("sync", "--once")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "calcom.event_types: ok" in synced.stdout and "calcom.bookings: ok" in synced.stdout
+    assert "cliniko" not in synced.stdout
+    status = cli("status")
+    assert status.returncode == 0 and "calcom.bookings" in status.stdout, status.stdout + status.stderr
+    doctor = cli("doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "✓ Cliniko key: not set (this clinic syncs from Cal.com only)" in doctor.stdout
+    assert "✓ Cal.com connection:" in doctor.stdout
