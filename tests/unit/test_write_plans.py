@@ -296,3 +296,13 @@ def test_a_products_cost_price_or_notes_needs_a_persons_allowance_before_it_is_s
     assert problem.rule == "clinical-field" and "cost_price" in str(problem)
     assert validate_mapping(mapping, catalogue, {"cost_price"}) == []
     assert validate_mapping(CLINIKO_PRODUCTS, catalogue, set()) == [], "the default sends neither"
+
+
+def test_cal_com_streams_are_refused_by_reconciliation_with_a_clear_message() -> None:
+    from clinicsync.store.settings import Settings
+    from clinicsync.sync.reconcile_run import reconcilable
+    from clinicsync.sync.service import ConfigProblem
+
+    settings = Settings.__new__(Settings)  # reconcilable reads no setting when streams are named
+    with pytest.raises(ConfigProblem, match=r"calcom\.event_types cannot be reconciled yet"):
+        reconcilable(settings, ["calcom.event_types"])
