@@ -37,8 +37,14 @@ specs: $(STAMP)
 sandbox: $(STAMP)
 	$(BIN)/clinicsync sandbox
 
+# The whole set, one after another (about an hour; each script prints its figures and ratios). One alone:
+# `.venv/bin/python benchmarks/<name>.py --help`. BENCH=initial_sync,table_scroll picks some.
+BENCH ?= initial_sync,products_sync,reconcile,freshness,gui_stall,table_scroll,startup
 bench: $(STAMP)
-	$(BIN)/python benchmarks/initial_sync.py
+	@for name in $$(echo "$(BENCH)" | tr ',' ' '); do \
+	  echo "== benchmarks/$$name.py"; \
+	  QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} $(BIN)/python benchmarks/$$name.py || exit 1; \
+	done
 
 # Renders every tab and the first-run and approval dialogs on sandbox data to docs/screenshots/ (light + dark).
 # Without a desktop session there is no keyring, and Connections would show that error instead of the usual

@@ -1,8 +1,9 @@
 """How long does a clinic's first sync take, and how close is that to what the APIs allow?
 
 One `sync --once` (in-process, through the same service the CLI calls) of N patients (default 2,000) into an
-empty Stripe account, against the loopback sandboxes with emulated latency on every request (default 80 ms)
-and the services' rate limits enforced: Stripe LIVE mode (100 requests/s) and Cliniko (200 requests/min).
+empty Stripe account, against the loopback sandboxes — in their own process, so the CPU, memory and disk figures
+printed are the app's alone — with emulated latency on every request (default 80 ms) and the services' rate
+limits enforced: Stripe LIVE mode (100 requests/s) and Cliniko (200 requests/min).
 The app runs with its real defaults (retry policy, Stripe budget = 90% of the live limit, `stripe.workers`);
 the Cliniko budget is set explicitly to its default, 150/min. The sync scope is set explicitly to "all" (saved
 as a person would): a new live connection's default, recent activity, would leave a fifth of the sandbox's
@@ -25,16 +26,17 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import floors  # benchmarks/floors.py: the one floor function
 import httpx
+from app_figures import Figures, sandbox_process
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
 from clinicsync.logging_setup import teardown_logging
 from clinicsync.mapping.fields import FieldCatalogue
 from clinicsync.mapping.spec import SyncScope
-from clinicsync.sandbox.launcher import start_sandbox
 from clinicsync.sources.cliniko import PER_PAGE as CLINIKO_PER_PAGE
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store import queries
@@ -62,6 +64,7 @@ class Measured:
     stripe_requests: int
     stripe_writes: int
     rate_limited: int
+    app: Figures
 
 
 def minimal_loads(patients: int, workers: int) -> list[floors.Load]:
@@ -83,10 +86,6 @@ def _stats(url: str) -> dict:
     return response.json()
 
 
-def urls(sandbox: object) -> tuple[str, str]:
-    return sandbox.cliniko_url, sandbox.stripe_url  # type: ignore[attr-defined]
-
-
 def _minus(after: dict, before: dict) -> dict:
     """The counters of the measured run alone."""
     return {
@@ -100,44 +99,41 @@ def _minus(after: dict, before: dict) -> dict:
 
 
 def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measured:
-    sandbox = start_sandbox(
-        profile="clean",
-        patients=patients,
-        latency_ms=latency_ms,
-        stripe_mode="live",
-        rate_limits=True,
-        seed=seed,
-    )
-    try:
-        with tempfile.TemporaryDirectory(prefix="clinicsync-bench-") as home:
-            # The app's real defaults: only the sandbox's addresses and keys, a fresh profile, and the two settings
-            # this benchmark is about. Nothing from the caller's CLINICSYNC_* environment is used.
-            env = {key: value for key, value in os.environ.items() if not key.startswith("CLINICSYNC_")}
-            env.update(sandbox.env())
-            env["CLINICSYNC_HOME"] = home
-            env["CLINICSYNC_CLINIKO_REQUESTS_PER_MINUTE"] = str(CLINIKO_BUDGET_PER_MINUTE)
-            env["CLINICSYNC_STRIPE_WORKERS"] = str(workers)
-            ctx = bootstrap(env)
-            try:
-                every_patient = replace(mapping_store.default_mapping("cliniko.patients"), scope=SyncScope(kind="all"))
-                mapping_store.save(every_patient, FieldCatalogue.for_source("cliniko", "patient"), who="benchmark")
-                # A first sync to a LIVE account only plans until a person approves the plan: do that first
-                # (it reads everything but writes nothing), outside the measurement.
-                started = time.perf_counter()
-                (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
-                planning = time.perf_counter() - started
-                if planned.outcome == "needs_approval":
-                    queries.approve_latest_plan(planned.stream)
-                before = _stats(sandbox.cliniko_url), _stats(sandbox.stripe_url)
-                started = time.perf_counter()
-                (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
-                wall = time.perf_counter() - started
-            finally:
-                ctx.db.close()
-                teardown_logging()
-        cliniko, stripe = (_minus(_stats(url), earlier) for url, earlier in zip(urls(sandbox), before, strict=True))
-    finally:
-        sandbox.stop()
+    args = ["--profile", "clean", "--patients", str(patients), "--products", "0", "--latency-ms", str(latency_ms)]
+    args += ["--stripe-mode", "live", "--rate-limits", "--seed", str(seed)]
+    with tempfile.TemporaryDirectory(prefix="clinicsync-bench-") as work, sandbox_process(args, Path(work)) as info:
+        home = str(Path(work) / "profile")
+        # The app's real defaults: only the sandbox's addresses and keys, a fresh profile, and the two settings
+        # this benchmark is about. Nothing from the caller's CLINICSYNC_* environment is used.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CLINICSYNC_")}
+        env.update(info["env"])
+        env["CLINICSYNC_HOME"] = home
+        env["CLINICSYNC_CLINIKO_REQUESTS_PER_MINUTE"] = str(CLINIKO_BUDGET_PER_MINUTE)
+        env["CLINICSYNC_STRIPE_WORKERS"] = str(workers)
+        ctx = bootstrap(env)
+        try:
+            every_patient = replace(mapping_store.default_mapping("cliniko.patients"), scope=SyncScope(kind="all"))
+            mapping_store.save(every_patient, FieldCatalogue.for_source("cliniko", "patient"), who="benchmark")
+            # A first sync to a LIVE account only plans until a person approves the plan: do that first
+            # (it reads everything but writes nothing), outside the measurement.
+            started = time.perf_counter()
+            (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
+            planning = time.perf_counter() - started
+            if planned.outcome == "needs_approval":
+                queries.approve_latest_plan(planned.stream)
+            before = _stats(info["cliniko_url"]), _stats(info["stripe_url"])
+            app_before = Figures.now()
+            started = time.perf_counter()
+            (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
+            wall = time.perf_counter() - started
+            app = Figures.now().since(app_before)
+        finally:
+            ctx.db.close()
+            teardown_logging()
+        cliniko, stripe = (
+            _minus(_stats(url), earlier)
+            for url, earlier in zip((info["cliniko_url"], info["stripe_url"]), before, strict=True)
+        )
     return Measured(
         patients=patients,
         latency_s=latency_ms / 1000,
@@ -151,6 +147,7 @@ def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measur
         stripe_requests=stripe["requests"],
         stripe_writes=stripe["mutations_total"],
         rate_limited=cliniko["rate_limited"] + stripe["rate_limited"],
+        app=app,
     )
 
 
@@ -169,6 +166,7 @@ def report(run: Measured) -> None:
     print(f"  (before it, the plan-only first run a live account requires took {run.planning_s:.2f} s; not counted)")
     print(f"  wall time: {run.wall_s:.2f} s")
     print(f"  Stripe writes executed: {run.stripe_writes}")
+    print(f"  {run.app.describe(run.patients)}")
     print(
         f"  requests sent: Cliniko {run.cliniko_requests} ({run.cliniko_pages} patient pages), "
         f"Stripe {run.stripe_requests}; answered 429: {run.rate_limited}"

@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,8 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import floors  # benchmarks/floors.py: the one floor function
+import floors
 import httpx
+from app_figures import peak_rss_kib  # benchmarks/floors.py: the one floor function
 
 from clinicsync import rate_limits
 from clinicsync.sandbox.launcher import spawn
@@ -109,18 +109,6 @@ def child(home: str) -> None:
             }
         )
     )
-
-
-def peak_rss_kib() -> int:
-    """This process's peak resident set. Linux's ru_maxrss keeps the high-water mark of the process it was forked
-    from across exec (here: the benchmark holding thousands of customers it seeded), so VmHWM is read instead."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
 
 
 def minimal_loads(patients: int, customers: int, latency_s: float) -> list[floors.Load]:

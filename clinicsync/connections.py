@@ -467,7 +467,7 @@ def _permission_failure(
     if permission is None:
         message = (
             "This restricted key lacks a permission ClinicSync needs (HTTP 403). In the Stripe Dashboard "
-            f"(Developers → API keys), give it Customers: Write access. Stripe said: {failure.message}"
+            "(Developers → API keys), give it Customers: Write access."
         )
     else:
         purpose, dashboard_name = _STRIPE_PERMISSIONS.get(permission, ("sync", permission))

@@ -219,6 +219,41 @@ def separator_label(separator: str) -> str:
     return next((label for value, label in SEPARATORS if value == separator), f"“{separator}”")
 
 
+# --- reconciliation ---------------------------------------------------------------------------------------------
+# Keyed by the values of clinicsync.reconcile.findings' enums (the CSV and the database keep those identifiers).
+FINDING_TYPE_LABELS = {
+    "missing_in_stripe": "Missing in Stripe",
+    "orphaned_in_stripe": "Orphaned in Stripe",
+    "field_drift": "Field drift",
+    "duplicate": "Duplicate",
+    "payment_mismatch": "Payment mismatch",
+    "booking_payment_mismatch": "Booking payment mismatch",
+}
+SEVERITY_LABELS = {"high": "High", "medium": "Medium", "low": "Low"}
+FINDING_STATUS_LABELS = {
+    "open": "To do",
+    "accepted": "Marked as intended",
+    "scheduled": "Fix waits for the next sync",
+    "fixed": "Fixed",
+    "failed": "Fix failed",
+}
+REPORT_OUTCOME_LABELS = {
+    "running": "Running",
+    "clean": "Both sides agree",
+    "findings": "Differences found",
+    "failed": "Incomplete (stopped by a problem)",
+    "cancelled": "Incomplete (cancelled)",
+}
+
+
+def finding_type_label(kind: str) -> str:
+    return FINDING_TYPE_LABELS.get(str(kind)) or str(kind).replace("_", " ").capitalize()
+
+
+def severity_label(level: str) -> str:
+    return SEVERITY_LABELS.get(str(level)) or str(level).capitalize()
+
+
 # --- the source's fields --------------------------------------------------------------------------------------
 def source_label(name: str, catalogue: FieldCatalogue | None = None) -> str:
     """'first_name' → 'First name' (the catalogue's label); an unknown field as written."""

@@ -8,6 +8,7 @@ against Stripe's limits before they are sent.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -124,37 +125,92 @@ def classify(exc: stripe.StripeError) -> StripeFailure:
     return failure
 
 
+# Stripe names a restricted key's missing permission like 'rak_customer_write'; the name is kept (connections.py
+# turns it into the Dashboard's wording), nothing else of Stripe's text about the key is.
+_PERMISSION = re.compile(r"'(rak_[a-z0-9_]+)'")
+_ANSWER_LIMIT = 300
+
+KEY_REFUSED = (
+    "Stripe rejected the API key (HTTP 401): it is wrong, or it was revoked or has expired. Check that the whole "
+    "key was copied, or create a new one in the Stripe Dashboard (Developers → API keys)."
+)
+KEY_EXPIRED = (
+    "Stripe rejected the API key (HTTP 401): it has been revoked or has expired. Create a new key in the Stripe "
+    "Dashboard (Developers → API keys) and save it in ClinicSync."
+)
+UNREACHABLE = (
+    "Stripe could not be reached: the connection failed or timed out before Stripe answered. Check this "
+    "computer's internet connection; nothing is lost, and ClinicSync tries again."
+)
+UNREADABLE = (
+    "Stripe's answer could not be read (something between this computer and Stripe answered instead); "
+    "the change is sent again"
+)
+SAVED_ERROR = (
+    "Stripe answered this change with a server error and keeps that answer for it, so whether the change was made "
+    "is not known; ClinicSync looks for it in Stripe and, if it is not there, sends it again"
+)
+
+
 def _classify(exc: stripe.StripeError) -> StripeFailure:
+    """ClinicSync's own words for each kind of failure: the SDK's text ("Unexpected error communicating with
+    Stripe… let us know at support@stripe.com", "A ConnectError was raised") never reaches a person. Only what
+    Stripe's answer says about a refused request (which field, what is wrong with it) is quoted."""
     headers = exc.headers
     should_retry = _header(headers, "Stripe-Should-Retry")
-    message = exc.user_message or str(exc)
     param = getattr(exc.error, "param", None) if exc.error else None
+    status = exc.http_status or 0
     if isinstance(exc, stripe.AuthenticationError):
-        return StripeFailure(
-            "auth", "Stripe rejected the API key (HTTP 401): it is wrong, expired or revoked. " + message
-        )
+        expired = (getattr(exc.error, "code", None) if exc.error else None) == "api_key_expired"
+        return StripeFailure("auth", KEY_EXPIRED if expired else KEY_REFUSED)
     if isinstance(exc, stripe.PermissionError):
-        return StripeFailure("permission", "The Stripe key lacks a permission ClinicSync needs: " + message)
-    if 200 <= (exc.http_status or 0) < 300:
+        return StripeFailure("permission", _permission_message(exc))
+    if 200 <= status < 300:
         # A success whose body is not Stripe's (a proxy or captive portal answered, or the body was cut): the
         # write may well have happened. Unknown, not refused: it is sent again with the same idempotency key.
+        return StripeFailure("transient", UNREADABLE)
+    if _header(headers, "Idempotent-Replayed") == "true" and status >= 500:
+        return StripeFailure("unknown_outcome", SAVED_ERROR)
+    if should_retry == "false":
+        return StripeFailure("invalid", _refusal(exc, status), param=param)
+    if isinstance(exc, stripe.APIConnectionError):
+        return StripeFailure("transient", UNREACHABLE)
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
         return StripeFailure(
             "transient",
-            "Stripe's answer could not be read (something between this computer and Stripe answered instead); "
-            "the change is sent again",
+            "Stripe asked ClinicSync to slow down (HTTP 429); it waits and tries again.",
+            retry_after_s=_retry_after(headers),
         )
-    if _header(headers, "Idempotent-Replayed") == "true" and (exc.http_status or 0) >= 500:
-        return StripeFailure("unknown_outcome", "Stripe saved an error for this request: " + message)
-    if should_retry == "false":
-        return StripeFailure("invalid", message, param=param)
-    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or should_retry == "true":
-        return StripeFailure("transient", message, retry_after_s=_retry_after(headers))
-    status = exc.http_status or 0
-    if status == 409 or status >= 500:
-        return StripeFailure("transient", message, retry_after_s=_retry_after(headers))
+    if should_retry == "true" or status == 409 or status >= 500:
+        return StripeFailure(
+            "transient",
+            f"Stripe could not answer just now (HTTP {status or 'with no status'}); this is usually brief, and "
+            "ClinicSync tries again.",
+            retry_after_s=_retry_after(headers),
+        )
     if status == 404:
-        return StripeFailure("not_found", message, param=param)
-    return StripeFailure("invalid", message, param=param)
+        return StripeFailure("not_found", _refusal(exc, status), param=param)
+    return StripeFailure("invalid", _refusal(exc, status), param=param)
+
+
+def _permission_message(exc: stripe.StripeError) -> str:
+    said = (getattr(exc.error, "message", None) if exc.error else None) or ""
+    match = _PERMISSION.search(str(said))
+    needed = f" ('{match.group(1)}')" if match else ""
+    return (
+        f"The Stripe key lacks a permission ClinicSync needs{needed} (HTTP 403). In the Stripe Dashboard "
+        "(Developers → API keys), edit this restricted key to allow it, or use a key that has it."
+    )
+
+
+def _refusal(exc: stripe.StripeError, status: int) -> str:
+    """Stripe refused this one request: what its answer says about it (the field and the problem), which is
+    what a person needs to correct the record; never the SDK's own wording around it."""
+    said = (getattr(exc.error, "message", None) if exc.error else None) or ""
+    said = " ".join(str(said).split())
+    if len(said) > _ANSWER_LIMIT:
+        said = said[: _ANSWER_LIMIT - 1] + "…"
+    return said or f"Stripe refused the request (HTTP {status or 'with no status'}) without saying why"
 
 
 class StripeGateway:

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clinicsync.mapping.fields import target_limit, target_spec
+from clinicsync.labels import SOURCE_SYSTEMS
+from clinicsync.mapping.fields import id_problem, target_limit, target_spec
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
 from clinicsync.mapping.transforms import (
     DEFAULT_CONTEXT,
@@ -23,6 +24,8 @@ from clinicsync.mapping.transforms import (
     TransformContext,
     TransformError,
     Value,
+    input_problem,
+    text_problem,
     truncate_text,
 )
 
@@ -39,6 +42,11 @@ __all__ = [
 
 # Plausible address: something@something.tld with no spaces; Stripe refuses anything less.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+
+# The control characters that separate words (tab, line breaks, form feed, the information separators: those
+# str.isspace() counts), and a run of them with the spaces around it.
+_SEPARATORS = "".join(chr(code) for code in (*range(0x20), *range(0x7F, 0xA0)) if chr(code).isspace())
+_SEPARATING_CONTROLS = re.compile(f" *[{re.escape(_SEPARATORS)}][{re.escape(_SEPARATORS)} ]*")
 
 Payload = dict[str, Value]  # flat: dotted target → str | int | None
 
@@ -74,22 +82,28 @@ class MappingError(ValueError):
     """The record cannot be sent to Stripe; the message says which field and why."""
 
 
-def custom_field_value(record: Mapping[str, Any], token: str) -> str | None:
+def custom_field_value(record: Mapping[str, Any], token: str) -> Any:
     """A Cliniko custom field's value by token: `value` for text/date fields, the selected options' names for
     checkboxes and radio buttons (", "-joined), with an enabled "other" answer after them."""
-    sections = (record.get("custom_fields") or {}).get("sections") if isinstance(record, Mapping) else None
-    for section in sections or []:
-        for item in (section or {}).get("fields") or []:
+    custom = record.get("custom_fields") if isinstance(record, Mapping) else None
+    sections = custom.get("sections") if isinstance(custom, Mapping) else None
+    for section in sections if isinstance(sections, list) else []:
+        items = section.get("fields") if isinstance(section, Mapping) else None
+        for item in items if isinstance(items, list) else []:
             if not isinstance(item, Mapping) or item.get("token") != token:
                 continue
             if "options" in item:
-                chosen = [str(o.get("name")) for o in item.get("options") or [] if o.get("selected")]
-                other = item.get("other") or {}
+                options = [o for o in item.get("options") or [] if isinstance(o, Mapping) and o.get("selected")]
+                other = item.get("other") if isinstance(item.get("other"), Mapping) else {}
+                chosen = [o.get("name") for o in options]
                 if other.get("enabled") and other.get("selected") and other.get("value"):
-                    chosen.append(str(other["value"]))
-                return ", ".join(chosen) or None
+                    chosen.append(other["value"])
+                if any(text_problem(name) for name in chosen):
+                    return chosen  # not text: the record is rejected naming the field, not sent as Python text
+                return ", ".join(str(name) for name in chosen if name not in (None, "")) or None
             value = item.get("value")
-            return None if value in (None, "") else str(value)
+            # Text as it is; anything else is returned as it came, so the mapping rejects it naming the field.
+            return None if value in (None, "") else value
     return None
 
 
@@ -110,13 +124,20 @@ def map_record(
     context: TransformContext = DEFAULT_CONTEXT,
 ) -> MappedRecord:
     """Map one source record. `archived_value` (e.g. the archive date) marks a linked object as archived."""
-    source_id = str(record.get("id") or "")
+    raw_id = record.get("id")
+    bad_id = id_problem(mapping.source_system, raw_id)
+    # A bad id is kept as text only to name the record in history; nothing is sent or linked under it.
+    source_id = "" if raw_id is None or text_problem(raw_id) else str(raw_id)
     payload: Payload = {}
     notes: list[str] = []
     result = MappedRecord(source_id=source_id, payload=payload, display_name="", match_value=None, archived=False)
     try:
         for field_rule in mapping.rules:
             values = [source_value(record, name) for name in field_rule.sources]
+            for name, value in zip(field_rule.sources, values, strict=True):
+                if (problem := input_problem(field_rule.transform, value)) is not None:
+                    source = SOURCE_SYSTEMS.get(mapping.source_system, mapping.source_system)
+                    raise MappingError(f"{name}: {source} sent {problem}; the record was not sent")
             try:
                 value = TRANSFORMS[field_rule.transform](values, field_rule.options, context)
             except TransformError as exc:
@@ -124,13 +145,13 @@ def map_record(
             payload[field_rule.target] = _as_stripe_value(mapping, field_rule.target, value)
     except MappingError as exc:
         result.error = str(exc)
+    if bad_id is not None:  # said first: without a usable id nothing else about the record matters
+        result.error = bad_id
     payload[f"metadata.{mapping.archived_marker}"] = archived_value
     result.archived = archived_value is not None
     result.notes = notes
     if result.error is None:
         try:
-            if not source_id:
-                raise MappingError("the record has no id")
             _clean_control_characters(payload, notes)
             _fit_truncatable(mapping, payload, notes)
             _check_match_key(mapping, payload)
@@ -160,14 +181,24 @@ def _display_name(mapping: StreamMapping, payload: Payload, source_id: str) -> s
     return str(name)[:120] if name not in (None, "") else f"(no name, id {source_id})"
 
 
+def clean_text(value: str) -> str:
+    """`value` without control characters (Stripe refuses them): a tab, line break or other separating one
+    becomes a space, with the spaces around it collapsed into one; any other (NUL, BEL, ESC) is removed, as it
+    sat inside a word. Ends are trimmed."""
+    kept = "".join(ch for ch in value if unicodedata.category(ch) != "Cc" or ch in _SEPARATORS)
+    return _SEPARATING_CONTROLS.sub(" ", kept).strip()
+
+
 def _clean_control_characters(payload: Payload, notes: list[str]) -> None:
     for target, value in payload.items():
         if not isinstance(value, str):
             continue
-        kept = "".join(ch for ch in value if unicodedata.category(ch) != "Cc")
-        if kept != value:
-            notes.append(f"{target}: removed {len(value) - len(kept)} control character(s) Stripe would refuse")
-        payload[target] = kept.strip() or None
+        found = sum(1 for ch in value if unicodedata.category(ch) == "Cc")
+        if found:
+            notes.append(
+                f"{target}: cleaned {found} control character(s) Stripe would refuse (one between words became a space)"
+            )
+        payload[target] = clean_text(value) or None
 
 
 def _fit_truncatable(mapping: StreamMapping, payload: Payload, notes: list[str]) -> None:
@@ -273,8 +304,10 @@ def without_writeback_field(record: Mapping[str, Any], token: str) -> Mapping[st
         return record
     cleaned = dict(record)
     sections = []
-    for section in (record.get("custom_fields") or {}).get("sections") or []:
-        fields = [f for f in (section.get("fields") or []) if not (isinstance(f, Mapping) and f.get("token") == token)]
+    for section in record["custom_fields"]["sections"]:  # well formed along the way to the token, just read
+        if not isinstance(section, Mapping) or not isinstance(section.get("fields"), list):
+            continue  # nothing readable in it: nothing of it can reach a payload either
+        fields = [f for f in section["fields"] if not (isinstance(f, Mapping) and f.get("token") == token)]
         if fields:
             sections.append({**section, "fields": fields})
     cleaned["custom_fields"] = {"sections": sections} if sections else None

@@ -8,12 +8,15 @@ cannot know what a clinic keeps in one) and anything not listed need an explicit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from clinicsync import stripe_limits
+from clinicsync.labels import SOURCE_SYSTEMS
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX
+from clinicsync.mapping.transforms import kind_of
 
 IDENTITY, CONTACT, BILLING, CLINICAL, SYSTEM = "identity", "contact", "billing", "clinical", "system"
 INTERNAL = "internal"  # the clinic's own business data (a product's cost price): not for Stripe without a decision
@@ -234,6 +237,31 @@ def custom_field_entries(settings: Mapping[str, Any] | None) -> list[SourceField
                 kind = "date" if item.get("type") == "date" else "text"
                 entries.append(SourceField(CUSTOM_FIELD_PREFIX + str(item["token"]), CLINICAL, label, kind))
     return entries
+
+
+# What a record id looks like at each source. Ids go into URL paths, Stripe metadata and the local index, so a
+# record whose id has another form is rejected, never synced. Cliniko: a positive int64 held in a string
+# (docs/cliniko-api.md §5). Cal.com: a positive whole number too.
+_POSITIVE_INT64 = re.compile(r"^[1-9][0-9]{0,18}$")
+INT64_MAX = 2**63 - 1
+ID_FORMS: dict[str, str] = {"cliniko": "a positive whole number", "calcom": "a positive whole number"}
+
+
+def id_problem(source_system: str, value: Any) -> str | None:
+    """Why `value` cannot be a record id of `source_system` (in words, without repeating a value that is not
+    text), or None when it can."""
+    form = ID_FORMS.get(source_system, "a positive whole number")
+    source = SOURCE_SYSTEMS.get(source_system, source_system)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is None or value == "":
+        return "the record has no id"
+    if not isinstance(value, str):
+        return f"the record's id is {kind_of(value)}, not a {source} id ({form})"
+    if not (_POSITIVE_INT64.match(value) and int(value) <= INT64_MAX):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the record's id {shown!r} is not a {source} id ({form})"
+    return None
 
 
 @dataclass(frozen=True)

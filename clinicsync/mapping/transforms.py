@@ -11,10 +11,12 @@ instead of sending something wrong to Stripe.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -41,10 +43,42 @@ DEFAULT_CONTEXT = TransformContext()
 Transform = Callable[[Sequence[Any], Mapping[str, Any], TransformContext], Value]
 
 
+def kind_of(value: Any) -> str:
+    """What a source value is, in words, for a message ("an object", "a list", "true/false")."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number that is not finite"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    return "a value of an unknown kind"
+
+
+def text_problem(value: Any) -> str | None:
+    """Why a source value cannot be read as text, or None when it can: text, a number (its digits are its text;
+    nothing else is unambiguous) or empty. A true/false, an object or a list is never turned into Python's
+    spelling of it ("True", "{'a': 1}") for Stripe."""
+    if value is None or isinstance(value, str | Decimal):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value):
+        return None
+    return f"{kind_of(value)} where text was expected"
+
+
 def _text(value: Any) -> str | None:
+    if (problem := text_problem(value)) is not None:
+        raise TransformError(problem)
     if value is None:
         return None
-    text = str(value).strip()
+    text = (repr(value) if isinstance(value, float) else str(value)).strip()
     return text or None
 
 
@@ -245,11 +279,10 @@ def lookup(values: Sequence[Any], options: Mapping[str, Any], ctx: TransformCont
     Without a `default` an unknown value is an error rather than a guess: a new Cliniko status must not be sent
     to Stripe as something it is not.
     """
-    raw = _first(values)
-    if raw is None:
+    key = _text(_first(values))
+    if key is None:
         return _text(options.get("default"))
     table = {str(key): item for key, item in dict(options.get("table") or {}).items()}
-    key = str(raw).strip()
     if key in table:
         return _text(table[key])
     if "default" in options:
@@ -265,6 +298,23 @@ def link_id(values: Sequence[Any], options: Mapping[str, Any], ctx: TransformCon
     if not isinstance(url, str) or not url.strip("/"):
         return None
     return _text(url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+
+
+# What each transform reads from its source fields when it is not text (text or a number): a list (of phone
+# numbers) or an object (a link). A source value of another kind fails the record with a message naming the field.
+TRANSFORM_INPUT: dict[str, str] = {"preferred_phone": "list", "link_id": "object"}
+
+
+def input_problem(transform: str, value: Any) -> str | None:
+    """Why `value` cannot be what `transform` reads, or None when it can (empty always can)."""
+    expected = TRANSFORM_INPUT.get(transform, "text")
+    if value is None:
+        return None
+    if expected == "list":
+        return None if isinstance(value, list) else f"{kind_of(value)} where a list was expected"
+    if expected == "object":
+        return None if isinstance(value, Mapping) else f"{kind_of(value)} where a link was expected"
+    return text_problem(value)
 
 
 TRANSFORMS: dict[str, Transform] = {

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
+from clinicsync.labels import severity_label, stream_source, stream_title, target_label
 from clinicsync.reconcile.findings import (
     FINDING_TYPES,
     TYPE_WORDS,
@@ -97,6 +98,10 @@ td.value { font-family: "Consolas", "Menlo", monospace; word-break: break-all; }
 """
 
 
+# The attributes draw the grid where CSS is not read (Qt's own layout, for the PDF); browsers use the style.
+_TABLE = '<table border="1" cellspacing="0" cellpadding="3">'
+
+
 def _local(moment: datetime | None, zone: str) -> str:
     if moment is None:
         return "…"
@@ -121,7 +126,7 @@ def write_html(report: ReportInfo, findings: Iterable[Finding], out: TextIO) -> 
     out.write(f"<h1>Reconciliation report — {e(report.clinic_name)}{mode}</h1>")
     out.write(
         f'<p class="meta">Cliniko and Stripe ({e(report.stripe_name)}) compared {e(time_span(report))}. '
-        f"Report #{report.id}, streams: {e(', '.join(report.streams))}.</p>"
+        f"Report #{report.id}: {e('; '.join(stream_title(stream) for stream in report.streams))}.</p>"
     )
     _summary(report, out)
     written = 0
@@ -133,16 +138,16 @@ def write_html(report: ReportInfo, findings: Iterable[Finding], out: TextIO) -> 
             current = finding.type
             out.write(f"<h2>{e(TYPE_WORDS[current])}</h2>")
             out.write(
-                "<table><thead><tr><th>Severity</th><th>Stream</th><th>Record</th><th>Stripe</th><th>Field</th>"
+                f"{_TABLE}<thead><tr><th>Severity</th><th>Stream</th><th>Record</th><th>Stripe</th><th>Field</th>"
                 "<th>In the source</th><th>In Stripe</th><th>What it means</th><th>Suggested fix</th></tr></thead>"
                 "<tbody>"
             )
         record = f"{e(finding.source_id)}<br>{e(finding.display_name)}" if finding.source_id else ""
         suggested = fix_words(finding.suggested_fix, finding) if finding.suggested_fix else ""
         out.write(
-            f'<tr><td class="sev-{finding.severity.value}">{e(finding.severity.value)}</td>'
-            f"<td>{e(finding.stream)}</td><td>{record}</td><td>{e(finding.stripe_id or '')}</td>"
-            f"<td>{e(finding.field)}</td>"
+            f'<tr><td class="sev-{finding.severity.value}">{e(severity_label(finding.severity))}</td>'
+            f"<td>{e(stream_source(finding.stream))}</td><td>{record}</td><td>{e(finding.stripe_id or '')}</td>"
+            f"<td>{e(target_label(finding.field) if finding.field else '')}</td>"
             f'<td class="value">{e(finding.source_value or "")}</td>'
             f'<td class="value">{e(finding.stripe_value or "")}</td>'
             f"<td>{e(finding.explanation)}</td><td>{e(suggested)}</td></tr>"
@@ -161,13 +166,13 @@ def _summary(report: ReportInfo, out: TextIO) -> None:
         out.write(f"<p><b>This report is incomplete ({e(report.outcome)}).</b> {e(report.message)}</p>")
     elif counts.total == 0:
         out.write('<p class="clean">Both sides agree: nothing to report.</p>')
-    out.write("<table><thead><tr><th>Stream</th><th>Source records</th><th>Stripe objects</th>")
+    out.write(f"{_TABLE}<thead><tr><th>Stream</th><th>Source records</th><th>Stripe objects</th>")
     out.write("".join(f"<th>{e(TYPE_WORDS[kind])}</th>" for kind in FINDING_TYPES) + "</tr></thead><tbody>")
     for stream in report.streams:
         per_type = counts.reported.get(stream, {})
         compared = report.compared.get(stream, {})
         out.write(
-            f'<tr><td>{e(stream)}</td><td class="n">{compared.get("source", "")}</td>'
+            f'<tr><td>{e(stream_source(stream))}</td><td class="n">{compared.get("source", "")}</td>'
             f'<td class="n">{compared.get("stripe", "")}</td>'
             + "".join(f'<td class="n">{per_type.get(kind, 0)}</td>' for kind in FINDING_TYPES)
             + "</tr>"

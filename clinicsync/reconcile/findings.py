@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from clinicsync.labels import FINDING_TYPE_LABELS
+
 
 class FindingType(StrEnum):
     MISSING_IN_STRIPE = "missing_in_stripe"  # a source record in scope with no Stripe object
@@ -26,14 +28,7 @@ class FindingType(StrEnum):
 
 FINDING_TYPES: tuple[str, ...] = tuple(kind.value for kind in FindingType)  # in the order reports show them
 
-TYPE_WORDS: dict[str, str] = {
-    FindingType.MISSING_IN_STRIPE: "Missing in Stripe",
-    FindingType.ORPHANED_IN_STRIPE: "Orphaned in Stripe",
-    FindingType.FIELD_DRIFT: "Field drift",
-    FindingType.DUPLICATE: "Duplicate",
-    FindingType.PAYMENT_MISMATCH: "Payment mismatch",
-    FindingType.BOOKING_PAYMENT_MISMATCH: "Booking payment mismatch",
-}
+TYPE_WORDS: dict[str, str] = FINDING_TYPE_LABELS  # the words people see: clinicsync/labels.py
 
 
 class Severity(StrEnum):

@@ -85,6 +85,8 @@ class CalcomEmulator:
     """Cal.com API v2 for one invented clinic; thread-safe; state lives in memory."""
 
     name = "calcom"
+    # Runtime-only (keys are never written to disk): the trial's snapshot (sandbox/persist.py) keeps the rest.
+    SNAPSHOT_TRANSIENT = ("api_key",)
 
     def __init__(self, *, api_key: str = DEFAULT_API_KEY, seed: int = 1) -> None:
         self.api_key = api_key

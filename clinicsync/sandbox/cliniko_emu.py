@@ -227,6 +227,8 @@ class ClinikoEmulator:
     """Cliniko API v1 for one invented clinic; thread-safe; state lives in memory."""
 
     name = "cliniko"
+    # Runtime-only (keys are never written to disk): the trial's snapshot (sandbox/persist.py) keeps the rest.
+    SNAPSHOT_TRANSIENT = ("api_key", "limited_key")
 
     def __init__(
         self,
@@ -259,6 +261,8 @@ class ClinikoEmulator:
             self.stock_adjustments: dict[str, dict[str, Any]] = {}
             self.stock_touches_product = self._stock_touch_default
             self.revoked: set[str] = set()
+            # Hostile knob (admin `list_twice`): record id → fields of a second copy listed right after it.
+            self.listed_twice: dict[str, dict[str, Any]] = {}
             self.clock_offset = timedelta(0)
             self.rng = random.Random(self._seed)
             self._gen = seedmod._Gen(self._seed + 7919)  # ids and people for POSTs and edits
@@ -600,7 +604,13 @@ class ClinikoEmulator:
             links["next"] = _page_url(request, page + 1, per_page)
         if page > 1:
             links["previous"] = _page_url(request, page - 1, per_page)
-        return {name: [render(request, row) for row in chunk], "total_entries": len(rows), "links": links}
+        rendered: list[dict[str, Any]] = []
+        for row in chunk:
+            rendered.append(render(request, row))
+            twice = self.listed_twice.get(str(row.get("id")))
+            if twice is not None:  # the hostile knob: the same record twice on one page
+                rendered.append({**rendered[-1], **twice})
+        return {name: rendered, "total_entries": len(rows), "links": links}
 
     def _get_patient(self, request: Request, pid: str) -> Response:
         return Response(200, self.render_patient(request, self._visible(request, self._find(pid))))
@@ -720,7 +730,9 @@ class ClinikoEmulator:
         base = f"{request.base_url}{API_PREFIX}"
         own = f"{base}/patients/{p['id']}"
         out: dict[str, Any] = {k: p[k] for k in _RENDERED_SCALARS}
-        out["label"] = " ".join(part for part in (p["first_name"], p["last_name"]) if part) or None
+        # (Only text parts: `put_raw_patients` may have stored anything in a name.)
+        out["label"] = " ".join(part for part in (p["first_name"], p["last_name"]) if isinstance(part, str) and part)
+        out["label"] = out["label"] or None
         out["gender"] = p.get("gender")
         out["patient_phone_numbers"] = _render_phones(p["patient_phone_numbers"], p["country_code"])
         out["custom_fields"] = _render_custom_fields(p["custom_fields"])
@@ -1044,6 +1056,21 @@ class ClinikoEmulator:
         self.clock_offset += timedelta(seconds=float(params.get("advance_s", 0)))
         return {"now": self.now_text(), "offset_s": self.clock_offset.total_seconds()}
 
+    def _admin_put_raw_patients(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Hostile knob: store `patients` (partial internal records, each with an `id` and `updated_at`) as given,
+        with no validation — ids and values a real Cliniko would never hold (`-1`, an object for a name)."""
+        records = list(params["patients"])
+        self.load(records)
+        return {"ids": [str(record["id"]) for record in records]}
+
+    def _admin_list_twice(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Hostile knob: list each of `ids` twice on its page, the second copy with `fields` put over it (none:
+        an identical copy). `ids: []` stops it."""
+        fields = dict(params.get("fields") or {})
+        ids = [str(rid) for rid in params["ids"]]
+        self.listed_twice = {rid: dict(fields) for rid in ids}
+        return {"ids": ids}
+
     def _admin_dump(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "patients": [dict(p) for p in self.patients.values()],
@@ -1167,6 +1194,8 @@ _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, 
     "revoke_key": ClinikoEmulator._admin_revoke_key,
     "restore_key": ClinikoEmulator._admin_restore_key,
     "clock": ClinikoEmulator._admin_clock,
+    "put_raw_patients": ClinikoEmulator._admin_put_raw_patients,
+    "list_twice": ClinikoEmulator._admin_list_twice,
     "dump": ClinikoEmulator._admin_dump,
     "add_products": ClinikoEmulator._admin_add_products,
     "set_product_price": ClinikoEmulator._admin_set_product_price,
@@ -1265,15 +1294,17 @@ def normalize_phone(number: str, country_code: str | None) -> str:
     return f"+{digits}" if digits else ""
 
 
-def _render_phones(phones: list[dict[str, Any]] | None, country_code: str | None) -> list[dict[str, Any]] | None:
-    if phones is None:
-        return None
+def _render_phones(phones: Any, country_code: str | None) -> Any:
+    if not isinstance(phones, list):
+        return phones  # None, or whatever `put_raw_patients` stored: served as it is
     return [
         {
             "number": ph["number"],
             "phone_type": ph["phone_type"],
-            "normalized_number": normalize_phone(ph["number"], country_code),
+            "normalized_number": normalize_phone(ph["number"], country_code) if isinstance(ph["number"], str) else None,
         }
+        if isinstance(ph, dict)
+        else ph
         for ph in phones
     ]
 
@@ -1656,10 +1687,16 @@ def sort_records(
         if column not in sortable:
             raise _message(400, MSG_NOT_SORTABLE)
         keys.append((column, direction.lower() == "desc" if direction else default_desc))
-    ordered = sorted(rows, key=lambda p: int(p["id"]))
+    ordered = sorted(rows, key=_id_order)
     for column, desc in reversed(keys):
         ordered.sort(key=lambda p, c=column: _sort_key(p, c), reverse=desc)
     return ordered
+
+
+def _id_order(record: dict[str, Any]) -> tuple[int, str]:
+    """Ids in numeric order; an id of another form (stored by `put_raw_patients`) after them, by its text."""
+    text = str(record["id"])
+    return (int(text), "") if text.isdigit() else (2**63, text)
 
 
 def _sort_key(record: dict[str, Any], column: str) -> tuple[bool, Any]:

@@ -7,6 +7,7 @@ Spec grammar (comma-separated tokens, whitespace ignored, empty spec = no faults
              | "max" "=" INT          at most INT faults in total (all kinds together)
              | "max:" KIND "=" INT    at most INT faults of this kind
              | "seed" "=" INT         RNG seed (default 0), so a run is reproducible
+             | "skip" "=" INT         the first INT requests pass untouched, so an outage can start mid-run
              | "timeout_s" "=" FLOAT  how long a `before:timeout` holds the connection (default 2.0)
 
     KIND    := "before:5xx"      answer 500, 502 or 503 (picked by the RNG) without executing
@@ -59,6 +60,7 @@ class FaultPlan:
     max_total: int | None = None
     max_per_kind: dict[str, int] = field(default_factory=dict)
     spec: str = ""
+    skip: int = 0  # requests (draws of the before-kinds, one per request) that pass untouched first
 
     def __post_init__(self) -> None:
         for kind, rate in self.rates.items():
@@ -68,6 +70,7 @@ class FaultPlan:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self.fired: dict[str, int] = {}
+        self._requests = 0
 
     # -- parsing ---------------------------------------------------------------------------------------
 
@@ -116,9 +119,11 @@ class FaultPlan:
     def choose(self, kinds: Iterable[str] = BEFORE_KINDS) -> str | None:
         """Pick at most one of `kinds` with a single draw (stacked rates); None = no fault."""
         candidates = [(k, self.rates.get(k, 0.0)) for k in kinds]
-        if not any(rate > 0 for _, rate in candidates):
-            return None
         with self._lock:
+            if any(k in BEFORE_KINDS for k, _ in candidates):  # the server draws the before-kinds once a request
+                self._requests += 1
+            if self._requests <= self.skip or not any(rate > 0 for _, rate in candidates):
+                return None
             draw = self._rng.random()
             upper = 0.0
             for kind, rate in candidates:
@@ -148,6 +153,7 @@ class FaultPlan:
                 "timeout_s": self.timeout_seconds,
                 "max": self.max_total,
                 "max_per_kind": dict(self.max_per_kind),
+                "skip": self.skip,
                 "fired": dict(self.fired),
             }
 
@@ -176,6 +182,8 @@ def _apply_token(token: str, plan_args: dict[str, Any]) -> None:
             plan_args["seed"] = int(value)
         elif name == "timeout_s":
             plan_args["timeout_seconds"] = _non_negative(float(value), token)
+        elif name == "skip":
+            plan_args["skip"] = int(_non_negative(int(value), token))
         elif name == "max":
             plan_args["max_total"] = int(_non_negative(int(value), token))
         elif name.startswith("max:"):

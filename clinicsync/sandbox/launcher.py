@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from clinicsync.paths import HOME_ENV_VAR
-from clinicsync.sandbox import calcom_emu
+from clinicsync.sandbox import calcom_emu, persist
 from clinicsync.sandbox.cliniko_emu import API_PREFIX, DEFAULT_API_KEY, ClinikoEmulator
 from clinicsync.sandbox.faults import FaultPlan
 from clinicsync.sandbox.seed import DEFAULT_PRODUCTS
@@ -42,6 +42,10 @@ from clinicsync.sandbox.server import RunningServer, serve
 
 CONTACT_EMAIL = "sandbox@example.com"
 STRIPE_MODES = ("test", "live")
+# In a state folder: which emulators ran and what their seed made. Written last, once every snapshot exists, so
+# its presence means "continue from here". No keys: they are constants in the emulators.
+STATE_FILE = "sandbox.json"
+STATE_FORMAT = 1
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Sandbox:
     calcom_key: str | None = None
     # The Cal.com seed result: uids, cases, identities, and the Stripe objects Cal.com's Stripe app created.
     calcom_seeded: dict[str, Any] = field(default_factory=dict)
+    # With a state folder: what saves each emulator's data there (sandbox/persist.py).
+    keepers: list[persist.SnapshotKeeper] = field(default_factory=list)
 
     @property
     def cliniko_url(self) -> str:
@@ -97,12 +103,15 @@ class Sandbox:
             "env": self.env(),
         }
 
+    def servers(self) -> list[RunningServer]:
+        return [server for server in (self.cliniko, self.stripe, self.calcom) if server is not None]
+
     def stop(self) -> None:
-        self.cliniko.stop()
-        if self.stripe is not None:
-            self.stripe.stop()
-        if self.calcom is not None:
-            self.calcom.stop()
+        """Stop serving, then (with a state folder) save each emulator's data a last time. Idempotent."""
+        for server in self.servers():
+            server.stop()
+        for keeper in self.keepers:
+            keeper.close()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -127,15 +136,23 @@ def start_sandbox(
     calcom: bool = False,
     calcom_port: int = 0,
     calcom_bookings: int = 60,
+    state_dir: Path | None = None,
 ) -> Sandbox:
     """Start the emulators; `faults` (a plan or spec string) applies to each server with its own RNG.
 
     `calcom=True` also starts the Cal.com emulator, seeded from the same profile, patient count and seed as
-    Cliniko, so about a third of its attendees are Cliniko's patients (their emails in other letter case)."""
+    Cliniko, so about a third of its attendees are Cliniko's patients (their emails in other letter case).
+
+    `state_dir`: the emulators keep their data in that folder. When it holds a sandbox saved earlier, that
+    sandbox comes back as it was (on new ports unless given; the seeding options are then ignored), else a new
+    one is seeded and saved there. A saved sandbox that can't be read raises `persist.SnapshotError`."""
     if stripe_mode not in STRIPE_MODES:
         raise ValueError(f"stripe_mode must be one of {', '.join(STRIPE_MODES)}")
     spec = faults.spec if isinstance(faults, FaultPlan) else (faults or "")
     FaultPlan.parse(spec)  # fail before anything starts
+    if state_dir is not None and has_saved_sandbox(state_dir):
+        ports = {"cliniko": cliniko_port, "stripe": stripe_port, "calcom": calcom_port}
+        return _resume(Path(state_dir), ports, latency_ms=latency_ms, rate_limits=rate_limits, spec=spec)
     emulator = ClinikoEmulator(seed=seed)
     cliniko = serve(
         emulator, port=cliniko_port, latency_ms=latency_ms, rate_limits=rate_limits, faults=FaultPlan.parse(spec)
@@ -148,9 +165,98 @@ def start_sandbox(
         _start_stripe(sandbox, stripe_mode, stripe_port, latency_ms, rate_limits, spec, search_delay_s)
         if calcom:
             _start_calcom(sandbox, profile, patients, seed, calcom_bookings, calcom_port, latency_ms, rate_limits, spec)
+        if state_dir is not None:
+            _keep_state(sandbox, Path(state_dir), seed=seed, stripe_mode=stripe_mode)
     except BaseException:
         sandbox.stop()
         raise
+    return sandbox
+
+
+def has_saved_sandbox(state_dir: Path) -> bool:
+    return (Path(state_dir) / STATE_FILE).is_file()
+
+
+def _emulators(sandbox: Sandbox) -> list[Any]:
+    return [server.emulator for server in sandbox.servers()]
+
+
+def _keep_state(sandbox: Sandbox, state_dir: Path, *, seed: int, stripe_mode: str) -> None:
+    """Save a freshly seeded sandbox in `state_dir` and keep saving it as it changes."""
+    (state_dir / STATE_FILE).unlink(missing_ok=True)  # until every snapshot below is written
+    for emulator in _emulators(sandbox):
+        persist.save(emulator, persist.snapshot_path(state_dir, emulator))
+    state = {
+        "format": STATE_FORMAT,
+        "emulators": [emulator.name for emulator in _emulators(sandbox)],
+        "seed": seed,
+        "stripe_mode": stripe_mode,
+        "seeded": sandbox.seeded,
+        "calcom_seeded": sandbox.calcom_seeded,
+    }
+    persist.write_atomically(state_dir / STATE_FILE, json.dumps(state, indent=1).encode("utf-8"))
+    _attach_keepers(sandbox, state_dir)
+
+
+def _attach_keepers(sandbox: Sandbox, state_dir: Path) -> None:
+    for server in sandbox.servers():
+        keeper = persist.SnapshotKeeper(server.emulator, persist.snapshot_path(state_dir, server.emulator))
+        server.on_change = keeper.changed
+        sandbox.keepers.append(keeper)
+
+
+def _read_state(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise persist.SnapshotError(f"The sandbox clinic's saved data ({path}) can't be read: {exc}.") from exc
+    emulators = state.get("emulators") if isinstance(state, dict) else None
+    if not isinstance(emulators, list) or "cliniko" not in emulators or state.get("format") != STATE_FORMAT:
+        raise persist.SnapshotError(f"The sandbox clinic's saved data ({path}) is not a sandbox ClinicSync can use.")
+    return state
+
+
+def _resume(state_dir: Path, ports: Mapping[str, int], *, latency_ms: float, rate_limits: bool, spec: str) -> Sandbox:
+    """Bring back the sandbox saved in `state_dir`: every snapshot is read before any server starts."""
+    state = _read_state(state_dir)
+    seed = int(state.get("seed", 1))
+    emulators: dict[str, Any] = {"cliniko": ClinikoEmulator(seed=seed)}
+    if "stripe" in state["emulators"]:
+        from clinicsync.sandbox.stripe_emu import StripeEmulator
+
+        emulators["stripe"] = StripeEmulator(mode=str(state.get("stripe_mode", "test")))
+    if "calcom" in state["emulators"]:
+        emulators["calcom"] = calcom_emu.CalcomEmulator(seed=seed)
+    for emulator in emulators.values():
+        path = persist.snapshot_path(state_dir, emulator)
+        if not persist.load(emulator, path):
+            raise persist.SnapshotError(f"The sandbox clinic's saved data is incomplete: {path} is missing.")
+
+    def start(name: str) -> RunningServer:
+        port, plan = ports.get(name, 0), FaultPlan.parse(spec)
+        return serve(emulators[name], port=port, latency_ms=latency_ms, rate_limits=rate_limits, faults=plan)
+
+    cliniko = emulators["cliniko"]
+    sandbox = Sandbox(
+        cliniko=start("cliniko"),
+        stripe=None,
+        cliniko_key=cliniko.api_key,
+        stripe_key=None,
+        seeded=dict(state.get("seeded") or {}),
+        calcom_seeded=dict(state.get("calcom_seeded") or {}),
+    )
+    try:
+        if "stripe" in emulators:
+            sandbox.stripe = start("stripe")
+            sandbox.stripe_key = emulators["stripe"].default_key
+        if "calcom" in emulators:
+            sandbox.calcom = start("calcom")
+            sandbox.calcom_key = emulators["calcom"].api_key
+    except BaseException:
+        sandbox.stop()
+        raise
+    _attach_keepers(sandbox, state_dir)
     return sandbox
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger("clinicsync.sandbox")
 HOST = "127.0.0.1"
 ADMIN_PREFIX = "/_sandbox/"
 
+_READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DIGITS = re.compile(r"^\d+$")
 # Stripe-style ids ("cus_NffrFeUfNV2Hib", "pi_3Mtw...") have a short prefix and a suffix with a digit or capital;
 # resource names such as "payment_intents" or "tax_ids" have neither, so they stay literal.
@@ -187,6 +188,8 @@ class RunningServer:
         self.rate_limits = rate_limits
         self.stats = ServerStats()
         self.limiter = RateLimiter()
+        # Called after every request that may have changed the emulator's data (sandbox/persist.py saves then).
+        self.on_change: Callable[[], None] | None = None
         self._stopping = threading.Event()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
@@ -452,6 +455,9 @@ class _Handler(BaseHTTPRequestHandler):
         except _Drop as drop:
             self._drop(drop.hold_seconds)
             return
+        finally:
+            if srv.on_change is not None and request.method.upper() not in _READ_ONLY_METHODS:
+                srv.on_change()
         self._send(response)
 
     def _read_request(self) -> Request:

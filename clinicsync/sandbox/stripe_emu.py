@@ -526,6 +526,9 @@ class StripeEmulator:
     """Stripe customers + account, in memory, thread-safe. See the module docstring and docs/sandbox-stripe.md."""
 
     name = "stripe"
+    # Runtime-only: the trial's saved snapshot (sandbox/persist.py) keeps every other attribute.
+    # `_revoked` holds key strings, and keys are never written to disk.
+    SNAPSHOT_TRANSIENT = ("clock", "_request_log", "_revoked")
 
     def __init__(
         self,
@@ -548,6 +551,11 @@ class StripeEmulator:
         self._revoked: set[str] = set()
         # Opt-in (admin `request_log`): every request exactly as received, so a test can prove what never left.
         self._request_log: list[dict[str, Any]] | None = None
+
+    def restored(self) -> None:
+        """After persist.load: requests in flight when the snapshot was taken ended with their process."""
+        for scope in self._scopes.values():
+            scope.in_flight.clear()
 
     @property
     def default_key(self) -> str:

@@ -88,8 +88,7 @@ class PageOf:
     total_entries: int | None
     url: str
     next_url: str | None
-    # The page's last `updated_at` as sent, even if that record was unusable and left out of `records`:
-    # keyset paging restarts from it.
+    # The page's last `updated_at` as sent: keyset paging restarts from it.
     last_updated_at: str | None = None
 
 
@@ -369,16 +368,10 @@ class ClinikoClient(SourceClient):
             raise SourceBadResponse.malformed(SERVICE, "a page's 'next' link was not a web address.")
         total = body.get("total_entries")
         last = records[-1].get("updated_at") if records else None
-        usable = [_normalise_id(r) for r in records if _usable_id(r.get("id"))]
-        if len(usable) < len(records):  # nothing can be matched or linked without an id: skip it, keep the rest
-            log.warning(
-                "Cliniko sent %d %s record(s) without a usable id on %s; they were skipped",
-                len(records) - len(usable),
-                key,
-                response.request.url.path,
-            )
         return PageOf(
-            records=usable,
+            # Every record, even one without a usable id: the sync rejects that one by itself, with a message in
+            # its history, rather than it vanishing here.
+            records=[_normalise_id(r) for r in records],
             total_entries=total if isinstance(total, int) and not isinstance(total, bool) else None,
             url=str(response.request.url),
             next_url=next_url or None,
@@ -414,7 +407,7 @@ class ClinikoClient(SourceClient):
         whole page shares one timestamp (a bulk import) does it follow `links.next` as offset paging.
         """
         since = format_cursor(cursor) if cursor is not None else None
-        boundary: set[str] = set()  # ids already yielded whose updated_at equals `since`
+        boundary: set[Any] = set()  # ids already yielded whose updated_at equals `since`
         pass_total: int | None = None
         while True:
             query = [*filters]
@@ -426,15 +419,15 @@ class ClinikoClient(SourceClient):
                 # Progress counts against the whole pass, not the rest of it that a restarted listing reports.
                 pass_total = page.total_entries if pass_total is None else pass_total
                 self.last_total_entries = pass_total
-                yield from (record for record in page.records if record["id"] not in boundary)
+                yield from (record for record in page.records if _boundary_key(record) not in boundary)
                 last = page.last_updated_at
                 if page.next_url is None or last is None:
                     return
                 if last != since:
                     restart_at = last
-                    boundary = {r["id"] for r in page.records if r.get("updated_at") == last}
+                    boundary = {_boundary_key(r) for r in page.records if r.get("updated_at") == last}
                     break
-                boundary.update(record["id"] for record in page.records)  # a page all at one timestamp
+                boundary.update(_boundary_key(record) for record in page.records)  # a page all at one timestamp
             if restart_at is None:
                 return
             since = restart_at
@@ -456,8 +449,10 @@ def _checked_id(record_id: str) -> str:
     return text
 
 
-def _usable_id(value: object) -> bool:
-    return (isinstance(value, str) and value.strip() != "") or (isinstance(value, int) and not isinstance(value, bool))
+def _boundary_key(record: Mapping[str, Any]) -> str | None:
+    """A record's id for the keyset boundary: any id that is not text (a source may send anything) is None."""
+    value = record.get("id")
+    return value if isinstance(value, str) else None
 
 
 def _normalise_id(record: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ peewee keeps one connection per thread (thread_safe=True), so worker threads and
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -146,10 +145,18 @@ def open_database(path: Path) -> SqliteDatabase:
     return db
 
 
-def backup_before_migration(db_file: Path, version: int) -> Path | None:
-    """Copy the database aside before a schema change, so a failed migration can be undone by hand."""
+def backup_before_migration(db: SqliteDatabase, version: int) -> Path | None:
+    """Copy the database aside before a schema change, so a failed migration can be undone by hand.
+
+    SQLite's backup API, not a file copy: recent commits may still be in the -wal file beside it, and a copy of
+    the main file alone would miss them."""
+    db_file = Path(db.database)
     if not db_file.exists() or db_file.stat().st_size == 0:
         return None
     target = db_file.with_name(f"{db_file.name}.before-v{version}.bak")
-    shutil.copy2(db_file, target)
+    copy = sqlite3.connect(target)
+    try:
+        db.connection().backup(copy)
+    finally:
+        copy.close()
     return target

@@ -151,11 +151,13 @@ def migrate(db: SqliteDatabase, backup_dir: Path | None = None) -> int:
     _refuse_newer(db, version)
     if version == LATEST_VERSION:
         return version
+    if version and backup_dir is not None:
+        # Before taking the write lock: SQLite's backup cannot read through a connection that is writing. The
+        # backup is one consistent snapshot even if another process migrates meanwhile.
+        backup_before_migration(db, version)
     with db.atomic():  # BEGIN IMMEDIATE (the database's lock type): one migrating process at a time
         version = current_version(db)  # another process may have done it while this one waited for the lock
         _refuse_newer(db, version)
-        if version and version < LATEST_VERSION and backup_dir is not None:
-            backup_before_migration(Path(db.database), version)
         for number in range(version + 1, LATEST_VERSION + 1):
             with db.atomic():  # a savepoint per step
                 MIGRATIONS[number - 1](db)

@@ -143,6 +143,15 @@ def open_reviews(pair: AccountPair | None = None) -> list[ReviewItem]:
     return list(query.order_by(ReviewItem.id))
 
 
+def open_reviews_page(after_id: int | None = None, limit: int = 200) -> list[ReviewItem]:
+    """One page of open items, oldest first, for a table that loads as it scrolls (a big first sync can leave
+    tens of thousands waiting)."""
+    query = ReviewItem.select().where(ReviewItem.status == "open")
+    if after_id is not None:
+        query = query.where(ReviewItem.id > after_id)
+    return list(query.order_by(ReviewItem.id).limit(limit))
+
+
 def decided_reviews() -> list[ReviewItem]:
     """Decisions a person has made (link, create) that the next sync carries out."""
     return list(ReviewItem.select().where(ReviewItem.status == "resolved").order_by(ReviewItem.id))

@@ -6,6 +6,17 @@ from collections.abc import Mapping
 from typing import Any
 
 
+def archived_value(record: Mapping[str, Any], fields: tuple[str, ...]) -> str | None:
+    """Why the record counts as archived ("archived 2026-04-04T13:30:00Z"), from the first of `fields` that is
+    set; None when none is. A value that is not text says only which it is, never its Python spelling."""
+    for field in fields:
+        value = record.get(field)
+        if value:
+            what = field.removesuffix("_at")
+            return f"{what} {value}" if isinstance(value, str) else what
+    return None
+
+
 def settings(client: Any) -> Mapping[str, Any] | None:
     """`GET /settings` for the custom field definitions; None when the key's role may not read settings."""
     from clinicsync.sources.errors import SourcePermissionError

@@ -30,10 +30,7 @@ def _patients_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
 
 
 def _patient_archived(record: Record) -> str | None:
-    for field in ("deleted_at", "merged_at", "archived_at"):
-        if record.get(field):
-            return f"{field.removesuffix('_at')} {record[field]}"
-    return None
+    return cliniko_common.archived_value(record, ("deleted_at", "merged_at", "archived_at"))
 
 
 def _patients_with_recent_activity(client: Any, since: date, time_zone: str) -> set[str]:

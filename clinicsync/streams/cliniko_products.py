@@ -63,10 +63,7 @@ def _product_id(adjustment: Record) -> str | None:
 
 
 def _product_archived(record: Record) -> str | None:
-    for field in ("deleted_at", "archived_at"):
-        if record.get(field):
-            return f"{field.removesuffix('_at')} {record[field]}"
-    return None
+    return cliniko_common.archived_value(record, ("deleted_at", "archived_at"))
 
 
 # --- the price ---------------------------------------------------------------------------------------------

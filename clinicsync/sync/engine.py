@@ -66,7 +66,7 @@ from clinicsync.sync.matching import (
 )
 from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review, revisit_later
 from clinicsync.sync.pool import WritePool
-from clinicsync.sync.scope import ScopeFilter
+from clinicsync.sync.scope import ScopeFilter, parse_time
 from clinicsync.sync.writeback import BackfillResult, backfill
 from clinicsync.sync.writeback import progress as writeback_progress
 
@@ -175,7 +175,9 @@ class StreamRun:
         self.options = options
         self.cancel = cancel or CancelToken()
         self._progress = progress or (lambda *_: None)
-        self._seen: dict[str, str] = {}  # source id → payload hash handled this run (ids only)
+        # source id → (payload hash, change time) of the version handled this run (ids only)
+        self._seen: dict[str, tuple[str, datetime | None]] = {}
+        self._twice_noted: set[str] = set()
         # Records whose email matches an unlinked Stripe object, decided once every record is known. Keyed by
         # source id: a record read twice in one run (edited mid-sync) must be decided once, by its last version.
         self._deferred: dict[str, tuple[MappedRecord, str, str | None]] = {}
@@ -449,9 +451,8 @@ class StreamRun:
             return
         mapped = self._prepared.map(record)
         sid = mapped.source_id
-        if self._seen.get(sid) == mapped.payload_hash:
-            return  # the same version again (second pass or a page that shifted): already handled
-        self._seen[sid] = mapped.payload_hash
+        if self._met_before(record, mapped):
+            return
         self._done += 1
         self._progress(self.stream.name, self._done, getattr(self.source, "last_total_entries", None), "")
         if mapped.error:
@@ -473,6 +474,34 @@ class StreamRun:
             self._current_links.pop(sid, None)
             if link.id is None and sid not in self._new_links:
                 link.save(force_insert=True)  # met for the first time and no write planned: remembered now
+
+    def _met_before(self, record: Record, mapped: MappedRecord) -> bool:
+        """Whether this run has handled the record already. The same version again (the archived pass, a page
+        that shifted) is; so is another version whose change time is not later than the one handled (a source
+        listing one record twice, on a page or across pages): handling both would write twice on every sync for
+        ever. Only a later version, edited mid-sync, is handled again; one changed within the same second waits
+        for the next sync, whose read overlaps this one."""
+        # A record without an id is known by its contents only (the archived pass lists it a second time).
+        sid = mapped.source_id or f"(no id) {mapped.payload_hash}"
+        changed = parse_time(self.stream.changed_at(record))
+        seen = self._seen.get(sid)
+        if seen is not None:
+            handled_hash, handled_at = seen
+            if handled_hash == mapped.payload_hash:
+                return True
+            if handled_at is not None and (changed is None or changed <= handled_at):
+                if sid not in self._twice_noted:
+                    self._twice_noted.add(sid)
+                    self.recorder.note(
+                        sid,
+                        mapped.display_name,
+                        None,
+                        "the source listed this record twice in one sync, with different values and no later change "
+                        "time; the first was used",
+                    )
+                return True
+        self._seen[sid] = (mapped.payload_hash, changed)
+        return False
 
     def _decide(
         self,

@@ -311,8 +311,8 @@ class OutboxWriter:
             self._note_attempt(row, failure.message)
             raise StripeStopped(
                 "unavailable",
-                f"Stripe could not be reached or kept failing ({failure.message}). The change is queued and "
-                "will be sent on the next sync.",
+                "Stripe could not be reached or kept failing, so the sync stopped; the change is queued and will be "
+                f"sent on the next sync. {failure.message}",
             )
         if failure.kind in ("auth", "permission"):
             self._note_attempt(row, failure.message)

@@ -267,6 +267,8 @@ class _Fixer:
         for work in self.work.values():
             if work.run is None or work.recorder is None:
                 continue
+            if work.writer is not None:
+                work.writer.flush()  # nothing finished may stay unrecorded (a cancel between two fixes)
             counts = work.recorder.counts
             for action in ACTIONS:
                 setattr(work.run, action, counts[action])
@@ -379,7 +381,9 @@ class _Fixer:
         try:
             writer.deliver_plan(rows)
         except StripeStopped as stop:
+            writer.flush()  # the steps that did finish are recorded; the rest waits for the next sync
             return FindingStatus.SCHEDULED, f"queued: {stop}"
+        writer.flush()  # the writer records finished steps in batches: record them before reading their status
         statuses = [OutboxEntry.get_by_id(row.id) for row in rows]
         failed = next((row for row in statuses if row.status == "failed"), None)
         if failed is not None:

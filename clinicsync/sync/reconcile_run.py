@@ -14,6 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 from clinicsync.mapping.preview import stripe_value
@@ -282,7 +283,14 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _dump(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_decimal_text)
+
+
+def _decimal_text(value: Any) -> str:
+    """The SDK gives decimal fields (a price's unit_amount_decimal) as Decimal: kept exactly, as Stripe sends them."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _id_of(value: Any) -> str | None:

@@ -61,8 +61,8 @@ def months_before(day: date, months: int) -> date:
     return date(year, month0 + 1, min(day.day, calendar.monthrange(year, month0 + 1)[1]))
 
 
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:  # a source may send anything; what is not a time is not one
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))

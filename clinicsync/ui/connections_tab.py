@@ -39,6 +39,7 @@ from clinicsync.secrets import (
 from clinicsync.store.settings import SettingError
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import UiContext
+from clinicsync.ui.first_run import TrialBox
 from clinicsync.ui.status import is_loopback
 
 # Explicit (background, text) pairs: readable in the light and the dark Fusion palette alike.
@@ -454,6 +455,9 @@ class ConnectionsTab(QWidget):
             "Test connection checks a key without changing anything."
         )
         intro.setWordWrap(True)
+        self.trial_box = TrialBox(ui)  # only while the app runs the sandbox trial
+        self.leave_trial_requested = self.trial_box.leave_requested
+        column.addWidget(self.trial_box)
         column.addWidget(intro)
         for box in self.boxes():
             column.addWidget(box)
@@ -477,6 +481,7 @@ class ConnectionsTab(QWidget):
         sandbox trial) the fields are reloaded too: they belong to the other profile."""
         switched = self.ui.app is not self._loaded_app
         self._loaded_app = self.ui.app
+        self.trial_box.refresh()
         for box in self.boxes():
             box.refresh(fields=switched)
 

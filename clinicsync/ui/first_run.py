@@ -14,10 +14,18 @@ does the context part. The dialog then starts the first sync on the returned con
 Without a hook the dialog just returns the choice (`action == "sandbox"`, `sandbox_env`, `sandbox`) and the
 core applies it and starts the sync itself. `start_if_needed(ui, window, on_switch_profile=...)` is the one call
 the core makes at start; without a hook it falls back to `switch_in_place`.
+
+The trial stays: the emulators keep their data in the trial's folder (`sandbox-clinic/`, see sandbox/persist.py)
+and a small `trial.json` says whether the trial is the profile the person is using. While it is (and the real
+profile has no keys), starting the app goes straight back to it (`resume_active_trial`, called by the core), on
+new ports: the sandbox's addresses live only in the trial's environment mapping, rebuilt from the running
+sandbox each time. Choosing the sandbox again when a trial exists offers Continue or Start over (today's wipe).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +36,7 @@ from PySide6.QtCore import QCoreApplication, Qt, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLayout,
@@ -41,13 +50,18 @@ from clinicsync import labels
 from clinicsync.app import AppContext, bootstrap
 from clinicsync.connections import has_any_key
 from clinicsync.paths import HOME_ENV_VAR, AppPaths
-from clinicsync.sandbox.launcher import Sandbox, start_sandbox
+from clinicsync.sandbox.launcher import Sandbox, has_saved_sandbox, start_sandbox
+from clinicsync.sandbox.persist import SnapshotError, write_atomically
 from clinicsync.sync.runner import Job, JobOutcome, SyncRunner
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.bridge import BridgeListener, RunnerBridge
 from clinicsync.ui.context import UiContext
 
+log = logging.getLogger(__name__)
+
 SANDBOX_DIR_NAME = "sandbox-profile"
+SANDBOX_DATA_DIR = "sandbox-clinic"  # inside the trial's folder: the emulators' saved data
+TRIAL_FILE = "trial.json"  # inside the trial's folder: whether the person is using the trial (no keys in it)
 # Only a folder carrying this marker is ever emptied: a CLINICSYNC_HOME typo must not delete someone's files.
 SANDBOX_MARKER = ".clinicsync-sandbox-profile"
 DEFAULT_PROFILE = "hard"  # the interesting cases: shared emails, existing customers to link, a review item
@@ -68,8 +82,8 @@ def sandbox_home(env: Mapping[str, str]) -> Path:
 
 
 def reset_sandbox_home(home: Path) -> None:
-    """Start every trial from an empty profile: the emulators start fresh too, and links from an earlier trial
-    would point at customers that no longer exist."""
+    """Start a trial (over) from an empty profile: the emulators' saved data goes too, and links from an earlier
+    trial would point at customers that no longer exist."""
     if home.exists():
         if not (home / SANDBOX_MARKER).is_file():
             raise RuntimeError(
@@ -78,7 +92,35 @@ def reset_sandbox_home(home: Path) -> None:
             )
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    (home / SANDBOX_MARKER).write_text("ClinicSync sandbox trial profile; deleted and recreated on each trial.\n")
+    (home / SANDBOX_MARKER).write_text("ClinicSync sandbox trial profile; deleted when the trial starts over.\n")
+
+
+def trial_exists(base_env: Mapping[str, str]) -> bool:
+    """Whether an earlier trial left a sandbox clinic to continue with."""
+    home = sandbox_home(base_env)
+    return (home / SANDBOX_MARKER).is_file() and has_saved_sandbox(home / SANDBOX_DATA_DIR)
+
+
+def trial_is_active(base_env: Mapping[str, str]) -> bool:
+    """Whether the person was using the trial when the app last ran (until they leave it or connect accounts)."""
+    if not trial_exists(base_env):
+        return False
+    try:
+        state = json.loads((sandbox_home(base_env) / TRIAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # no readable record: the welcome then offers to continue
+    return isinstance(state, dict) and state.get("active") is True
+
+
+def is_trial_profile(app: AppContext) -> bool:
+    """Whether `app` runs on the sandbox trial's profile (its folder carries the marker)."""
+    return (app.paths.home / SANDBOX_MARKER).is_file()
+
+
+def set_trial_active(base_env: Mapping[str, str], active: bool) -> None:
+    home = sandbox_home(base_env)
+    if (home / SANDBOX_MARKER).is_file():
+        write_atomically(home / TRIAL_FILE, json.dumps({"active": active}).encode("utf-8"))
 
 
 def sandbox_env(
@@ -97,6 +139,7 @@ def sandbox_env(
 class SandboxTrial:
     sandbox: Sandbox
     env: dict[str, str]
+    resumed: bool = False  # True: an earlier trial continued, its first sync long done
 
 
 def start_trial(
@@ -105,12 +148,26 @@ def start_trial(
     profile: str = DEFAULT_PROFILE,
     patients: int = DEFAULT_PATIENTS,
     extra_env: Mapping[str, str] | None = None,
+    start_over: bool = True,
 ) -> SandboxTrial:
-    """Empty the sandbox profile and start the emulators (on a worker thread: seeding takes a moment)."""
+    """Start the trial's emulators (on a worker thread: seeding takes a moment). `start_over` empties the sandbox
+    profile first; otherwise the earlier trial continues with its saved sandbox data (SnapshotError when that
+    can't be read: offer to start over)."""
     home = sandbox_home(base_env)
-    reset_sandbox_home(home)
-    sandbox = start_sandbox(profile=profile, patients=patients)
-    return SandboxTrial(sandbox, sandbox_env(base_env, sandbox, home, extra_env))
+    resume = not start_over and trial_exists(base_env)
+    if not resume:
+        reset_sandbox_home(home)
+    sandbox = start_sandbox(profile=profile, patients=patients, state_dir=home / SANDBOX_DATA_DIR)
+    set_trial_active(base_env, True)
+    return SandboxTrial(sandbox, sandbox_env(base_env, sandbox, home, extra_env), resumed=resume)
+
+
+def resume_active_trial(app: AppContext, extra_env: Mapping[str, str] | None = None) -> SandboxTrial | None:
+    """At start: the trial the person was using, running again, or None (no active trial, or the real profile
+    has keys now). SnapshotError when its saved data can't be read."""
+    if not needs_first_run(app) or not trial_is_active(app.env):
+        return None
+    return start_trial(app.env, extra_env=extra_env, start_over=False)
 
 
 def build_sandbox_ui(previous: UiContext | None, env: Mapping[str, str], sandbox: Sandbox) -> UiContext:
@@ -145,13 +202,18 @@ def switch_in_place(ui: UiContext, env: Mapping[str, str], sandbox: Sandbox) -> 
 
 
 def start_if_needed(
-    ui: UiContext, window: QWidget | None = None, *, on_switch_profile: SwitchProfile | None = None
+    ui: UiContext,
+    window: QWidget | None = None,
+    *,
+    on_switch_profile: SwitchProfile | None = None,
+    trial_problem: str | None = None,
 ) -> FirstRunDialog | None:
     """What the UI core calls once the window shows: the welcome, when no key is set (else None).
 
     "Connect your accounts" opens the window's Connections tab; the sandbox trial switches profiles through
     `on_switch_profile` (default: `switch_in_place`) and runs its first sync while the dialog shows progress.
-    The dialog is window-modal but does not block, so the bridge keeps delivering meanwhile.
+    The dialog is window-modal but does not block, so the bridge keeps delivering meanwhile. `trial_problem`:
+    why the trial in use could not continue at start; the welcome says it and offers to start over.
     """
     if not needs_first_run(ui.app):
         return None
@@ -166,6 +228,8 @@ def start_if_needed(
     if callable(show_tab):
         dialog.connect_requested.connect(lambda: show_tab("connections"))
         dialog.first_sync_finished.connect(lambda _outcome: show_tab("overview"))
+    if trial_problem:
+        dialog.show_trial_problem(trial_problem)
     dialog.open()
     return dialog
 
@@ -193,11 +257,49 @@ def outcome_summary(outcome: JobOutcome) -> str:
     return "First sync finished: " + ", ".join(parts) + "."
 
 
+# --- leaving the trial ----------------------------------------------------------------------------------------
+
+
+class TrialBox(QFrame):
+    """Shown (on the Connections tab) while the app runs the sandbox trial: the way back to connecting one's own
+    accounts. Leaving keeps the trial, so choosing the sandbox clinic later offers to continue it."""
+
+    leave_requested = Signal()
+
+    def __init__(self, ui: UiContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ui = ui
+        self.setObjectName("trialBox")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        text = QLabel(
+            "You are trying ClinicSync on an invented sandbox clinic, and it stays as you leave it. When you are "
+            "ready, connect your own accounts; you can come back to the sandbox clinic from the welcome."
+        )
+        text.setWordWrap(True)
+        self.leave_button = QPushButton("Connect your own accounts")
+        self.leave_button.clicked.connect(self.leave_requested)
+        row = QHBoxLayout(self)
+        row.addWidget(text, 1)
+        row.addWidget(self.leave_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.setVisible(is_trial_profile(self.ui.app))
+
+
 # --- the dialog -----------------------------------------------------------------------------------------------
 
 
+TRIAL_CHOICE_TEXT = (
+    "You have tried ClinicSync on the sandbox clinic before. Continue where you left off, or start over with a "
+    "fresh sandbox clinic (what you did in the earlier trial is then deleted)."
+)
+START_OVER_HINT = "Start over to try ClinicSync on a fresh sandbox clinic."
+
+
 class FirstRunDialog(QDialog):
-    """The welcome. `action` says what the person chose: "connect", "sandbox" or None (closed)."""
+    """The welcome. `action` says what the person chose: "connect", "sandbox" or None (closed); with "sandbox",
+    `resumed` says whether an earlier trial continued (its first sync long done: none is started)."""
 
     connect_requested = Signal()
     sandbox_ready = Signal(object)  # SandboxTrial, once the emulators run (before any profile switch)
@@ -224,6 +326,7 @@ class FirstRunDialog(QDialog):
         self.sandbox_env: dict[str, str] | None = None
         self.sandbox_ui: UiContext | None = None
         self.last_outcome: JobOutcome | None = None
+        self.resumed = False
         self._job: Job | None = None
         self._started_at = 0.0
         self._closed = False
@@ -252,6 +355,19 @@ class FirstRunDialog(QDialog):
         choices.addStretch(1)
         choices.addWidget(self.later_button)
 
+        # Shown when an earlier trial exists: continue it, or wipe it and start a new one.
+        self.continue_button = QPushButton("Continue the trial")
+        self.start_over_button = QPushButton("Start over")
+        self.continue_button.clicked.connect(self.choose_continue)
+        self.start_over_button.clicked.connect(self.choose_start_over)
+        self.trial_choices = QWidget()
+        trial_row = QHBoxLayout(self.trial_choices)
+        trial_row.setContentsMargins(0, 0, 0, 0)
+        trial_row.addStretch(1)
+        trial_row.addWidget(self.continue_button)
+        trial_row.addWidget(self.start_over_button)
+        self.trial_choices.hide()
+
         self.status_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress = QProgressBar()
@@ -267,6 +383,7 @@ class FirstRunDialog(QDialog):
         layout.addWidget(intro)
         layout.addLayout(choices)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.trial_choices)
         layout.addWidget(self.progress)
         layout.addWidget(self.done_button, 0, Qt.AlignmentFlag.AlignRight)
 
@@ -277,12 +394,41 @@ class FirstRunDialog(QDialog):
         self.accept()
 
     def choose_sandbox(self) -> None:
+        """A new trial, or (when an earlier one exists) the choice to continue it or start over."""
+        if trial_exists(self._app.env):
+            self.status_label.setText(TRIAL_CHOICE_TEXT)
+            self.continue_button.show()
+            self.trial_choices.show()
+            self.continue_button.setDefault(True)
+            self._fit()
+            return
+        self._start_trial(start_over=True)
+
+    def choose_continue(self) -> None:
+        self._start_trial(start_over=False)
+
+    def choose_start_over(self) -> None:
+        self._start_trial(start_over=True)
+
+    def show_trial_problem(self, message: str) -> None:
+        """The earlier trial can't continue (its saved sandbox data is damaged): say why, offer a fresh one."""
+        self.status_label.setText(f"{labels.for_gui(message)} {START_OVER_HINT}")
+        self.continue_button.hide()
+        self.trial_choices.show()
+        self.start_over_button.setDefault(True)
+        self._fit()
+
+    def _start_trial(self, *, start_over: bool) -> None:
         self.action = "sandbox"
         self._set_choices_enabled(False)
-        self._show_busy(f"Starting the sandbox clinic ({self._patients} invented patients)…")
+        self.trial_choices.hide()
+        if start_over:
+            self._show_busy(f"Starting the sandbox clinic ({self._patients} invented patients)…")
+        else:
+            self._show_busy("Opening the sandbox clinic where you left off…")
         base_env, profile, patients, extra = dict(self._app.env), self._profile, self._patients, self._extra_env
         run_in_background(
-            lambda: start_trial(base_env, profile=profile, patients=patients, extra_env=extra),
+            lambda: start_trial(base_env, profile=profile, patients=patients, extra_env=extra, start_over=start_over),
             self._trial_started,
             owner=self,
         )
@@ -296,16 +442,22 @@ class FirstRunDialog(QDialog):
             self.action = None
             self._set_choices_enabled(True)
             self.progress.hide()
+            if isinstance(outcome.error, SnapshotError):
+                self.show_trial_problem(str(outcome.error))
+                return
             self.status_label.setText(f"The sandbox could not start: {labels.for_gui(outcome.error)}")
             self._fit()
             return
         trial: SandboxTrial = outcome.value
-        self.sandbox, self.sandbox_env = trial.sandbox, trial.env
+        self.sandbox, self.sandbox_env, self.resumed = trial.sandbox, trial.env, trial.resumed
         self.sandbox_ready.emit(trial)
         if self._switch is None:
-            self.accept()  # the core switches profiles and starts the first sync itself
+            self.accept()  # the core switches profiles (and, for a new trial, starts the first sync) itself
             return
         self.sandbox_ui = self._switch(trial.env, trial.sandbox)
+        if trial.resumed:
+            self.accept()  # back where they left off: the window shows the trial as it was
+            return
         self._start_first_sync(self.sandbox_ui)
 
     def _start_first_sync(self, ui: UiContext) -> None:
@@ -345,7 +497,7 @@ class FirstRunDialog(QDialog):
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def _set_choices_enabled(self, enabled: bool) -> None:
-        for button in (self.connect_button, self.sandbox_button):
+        for button in (self.connect_button, self.sandbox_button, self.continue_button, self.start_over_button):
             button.setEnabled(enabled)
 
     def _show_busy(self, text: str) -> None:

@@ -44,9 +44,20 @@ class ColumnShares(QObject):
 
     def apply(self) -> None:
         available = self._view.viewport().width()
-        total = sum(self._shares.values()) or 1
         floor = self._header.minimumSectionSize()
-        widths = {column: max(floor, available * share // total) for column, share in self._shares.items()}
+        # A column whose share is below its title's width keeps the title's width, and the others share what is
+        # left (found in rounds: giving one its floor can push another below its own).
+        floored: set[int] = set()
+        while True:
+            shared = {column: share for column, share in self._shares.items() if column not in floored}
+            room = available - floor * len(floored)
+            total = sum(shared.values()) or 1
+            below = {column for column, share in shared.items() if room * share // total < floor}
+            if not below or len(floored | below) == len(self._shares):
+                break
+            floored |= below
+        widths = {column: max(floor, room * share // total) for column, share in shared.items()}
+        widths.update(dict.fromkeys(floored, floor))
         widest = max(self._shares, key=lambda column: self._shares[column])
         widths[widest] += max(0, available - sum(widths.values()))  # the rounding's few pixels
         for column, width in widths.items():

@@ -20,8 +20,9 @@ from types import TracebackType
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon, QWidget
 
-from clinicsync.app import bootstrap
+from clinicsync.app import AppContext, bootstrap
 from clinicsync.paths import APP_NAME, AppPaths, ProfileFolderError
+from clinicsync.sandbox.persist import SnapshotError
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store.db import CHANGE_NOT_SAVED, storage_problem
 from clinicsync.sync.runner import SyncRunner
@@ -58,6 +59,11 @@ class GuiApp:
     instance: InstanceServer | None = None
     last_notice: Notice | None = None
     first_run_dialog: QWidget | None = None
+    # The sandbox trial this app runs (resumed at start, or started from the welcome): stopped, and so saved, at
+    # shutdown. A sandbox handed to build_app by its caller stays the caller's to stop.
+    trial_sandbox: object | None = None
+    trial_problem: str | None = None  # why the trial in use could not continue at start (the welcome says it)
+    base_env: dict[str, str] = field(default_factory=dict)  # the person's own profile, to return to from the trial
     shut_down: bool = field(default=False, init=False)
     on_quit: Callable[[], None] | None = field(default=None, init=False, repr=False)  # leaves the event loop
 
@@ -95,9 +101,28 @@ class GuiApp:
         from clinicsync.ui.first_run import switch_in_place
 
         ui = switch_in_place(self.ui, env, sandbox)  # type: ignore[arg-type]
+        self.trial_sandbox = sandbox
         self.tracker.rebind(ui.runner, ui.app.settings)
         self.window.refresh_all()
         return ui
+
+    def leave_trial(self) -> None:
+        """ "Connect your own accounts" from the sandbox trial: back to the person's own profile, on Connections.
+        The trial is kept (and saved) but no longer where the app starts; the welcome offers to continue it."""
+        from clinicsync.ui.first_run import set_trial_active
+
+        set_trial_active(self.base_env, False)
+        self.ui.runner.shutdown()
+        self.ui.app = bootstrap(dict(self.base_env))
+        self.ui.runner = SyncRunner(self.ui.app.paths, self.ui.app.settings, BridgeListener(self.ui.bridge))
+        self.ui.sandbox = None
+        stop_sandbox = getattr(self.trial_sandbox, "stop", None)
+        self.trial_sandbox = None
+        if callable(stop_sandbox):
+            stop_sandbox()
+        self.tracker.rebind(self.ui.runner, self.ui.app.settings)
+        self.window.refresh_all()
+        self.window.show_tab("connections")
 
     def quit(self) -> None:
         """Quit from the tray or a confirmed close: stop everything, then leave the event loop."""
@@ -122,6 +147,9 @@ class GuiApp:
         # Background calls (a connection test, a preview, starting the sandbox) must not outlive the app.
         if not wait_for_background(int(BACKGROUND_WAIT_S * 1000)):
             log.warning("a background call was still running after %.0f s; exiting anyway", BACKGROUND_WAIT_S)
+        stop_sandbox = getattr(self.trial_sandbox, "stop", None)
+        if callable(stop_sandbox):  # after the worker: the sandbox saves its data as the last sync left it
+            stop_sandbox()
         self.window.close()
         log.info("ClinicSync stopped (worker joined: %s)", joined)
         return joined
@@ -140,6 +168,10 @@ def build_app(
     if QApplication.instance() is None:
         raise RuntimeError("build_app needs a QApplication (run_gui creates one; tests get pytest-qt's)")
     ctx = bootstrap(env)
+    trial_sandbox, trial_problem = None, None
+    if sandbox is None:
+        ctx, trial_sandbox, trial_problem = _resume_trial(ctx)
+        sandbox = trial_sandbox
     bridge = RunnerBridge()
     runner = SyncRunner(ctx.paths, ctx.settings, BridgeListener(bridge))
     if tray_available is None:
@@ -149,6 +181,11 @@ def build_app(
     ui.status = StatusTracker(runner, bridge, ctx.settings, bridge)
     window = MainWindow(ui, confirm_quit=confirm_quit)
     gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(bridge, None, bridge), instance=instance)
+    gui.trial_sandbox, gui.trial_problem = trial_sandbox, trial_problem
+    gui.base_env = dict(os.environ if env is None else env)
+    leave_trial = getattr(window.tabs.get("connections"), "leave_trial_requested", None)
+    if leave_trial is not None:
+        leave_trial.connect(gui.leave_trial)
     gui.notifier.sink = gui.notify
     if tray_available:
         gui.tray = TrayController(
@@ -169,6 +206,27 @@ def build_app(
     if instance is not None:
         instance.show_requested.connect(gui.open_window)
     return gui
+
+
+def _resume_trial(ctx: AppContext) -> tuple[AppContext, object | None, str | None]:
+    """A person who was trying the sandbox clinic when they quit comes back to it (until they connect their own
+    accounts or leave the trial): the trial's context and running sandbox, or the given context and, when the
+    trial's saved data can't be read, why (the welcome then offers a fresh start)."""
+    from clinicsync.ui.first_run import resume_active_trial
+
+    try:
+        trial = resume_active_trial(ctx)
+    except SnapshotError as exc:
+        log.warning("the sandbox trial could not continue: %s", exc)
+        return ctx, None, str(exc)
+    if trial is None:
+        return ctx, None, None
+    log.info("continuing the sandbox trial the app was on when it quit")
+    try:
+        return bootstrap(trial.env), trial.sandbox, None
+    except BaseException:
+        trial.sandbox.stop()
+        raise
 
 
 # --- the process ----------------------------------------------------------------------------------------------
@@ -229,7 +287,9 @@ def _start_first_run(gui: GuiApp) -> None:
         return
     start = getattr(first_run, "start_if_needed", None)
     if callable(start):
-        gui.first_run_dialog = start(gui.ui, gui.window, on_switch_profile=gui.switch_profile)
+        gui.first_run_dialog = start(
+            gui.ui, gui.window, on_switch_profile=gui.switch_profile, trial_problem=gui.trial_problem
+        )
 
 
 def run_gui(argv: Sequence[str] | None = None, *, minimized: bool = False) -> int:

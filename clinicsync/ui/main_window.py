@@ -46,13 +46,7 @@ TABS: tuple[TabSpec, ...] = (
     TabSpec("mapping", "Field mapping", "clinicsync.ui.mapping_tab", "MappingTab"),
     TabSpec("history", "Sync history", "clinicsync.ui.history_tab", "HistoryTab"),
     TabSpec("review", "Review", "clinicsync.ui.review_tab", "ReviewTab"),
-    TabSpec(
-        "reconciliation",
-        "Reconciliation",
-        None,
-        placeholder="A full comparison of Cliniko and Stripe (missing, orphaned, drifted, duplicated records) "
-        "with a fix for each. Coming soon.",
-    ),
+    TabSpec("reconciliation", "Reconciliation", "clinicsync.ui.reconcile_tab", "ReconcileTab"),
     TabSpec("settings", "Settings", "clinicsync.ui.settings_tab", "SettingsTab"),
 )
 TAB_NAMES = tuple(spec.name for spec in TABS)

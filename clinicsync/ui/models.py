@@ -94,6 +94,8 @@ TRIGGERS = {
     "cli": "Command line",
     "retry": "Retry failed",
     "first_run": "First run",
+    "reconcile": "Reconciliation",
+    "reconcile_fix": "Reconciliation fix",
 }
 OUTCOMES = queries.OUTCOME_WORDS  # one set of words for the window and `clinicsync history`
 ACTIONS = {

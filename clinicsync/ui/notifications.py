@@ -130,6 +130,10 @@ class Notifier(QObject):
     def on_finished(self, outcome: JobOutcome) -> None:
         if outcome.failure_kind == "locked":
             return  # another sync had the profile; nothing happened that changes the picture
+        if outcome.job.kind != "sync":
+            # A reconciliation or its fixes (the Reconciliation tab says how they went): no sync results, so as
+            # "the sync before" it would make every review item and failed record of the next sync news again.
+            return
         notice = decide(self._previous, outcome)
         self._previous = outcome
         if notice is None:

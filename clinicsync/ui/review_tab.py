@@ -56,7 +56,7 @@ from clinicsync.sync.runner import JobOutcome, read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import SYNC_SECRETS, UiContext
 from clinicsync.ui.layout import ColumnShares, fit_header_titles
-from clinicsync.ui.models import RowsTableModel
+from clinicsync.ui.models import PagedTableModel
 from clinicsync.ui.models import clean_text as clean
 from clinicsync.ui.status import StatusTracker, request_sync
 
@@ -106,8 +106,19 @@ class ReviewRow:
         return REASONS.get(self.reason, self.reason.replace("_", " ").capitalize())
 
 
-class ReviewModel(RowsTableModel[ReviewRow]):
+class ReviewModel(PagedTableModel[ReviewRow, int]):
+    """The open items, a page at a time as the view scrolls."""
+
     columns = ("Record", "Why it waits for you")
+
+    def __init__(self, parent: Any = None, page_size: int = 200) -> None:
+        super().__init__(_load_reviews, page_size, parent)
+
+    def load_until(self, item_id: int) -> int | None:
+        """Load pages until the item with this id is in the table (ids ascend); its row, or None if not open."""
+        while self.rows and self.rows[-1].id < item_id and self.canFetchMore():
+            self.fetchMore()
+        return next((i for i, r in enumerate(self.rows) if r.id == item_id), None)
 
     def cell(self, row: ReviewRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
@@ -115,6 +126,11 @@ class ReviewModel(RowsTableModel[ReviewRow]):
         if role == Qt.ItemDataRole.ToolTipRole and column == 1:
             return "\n".join(part for part in (row.reason_text, labels.for_gui(clean(row.detail))) if part)
         return None
+
+
+def _load_reviews(cursor: int | None, limit: int) -> tuple[list[ReviewRow], int | None]:
+    rows = [ReviewRow.of(item) for item in queries.open_reviews_page(cursor, limit)]
+    return rows, (rows[-1].id if len(rows) == limit else None)
 
 
 def address_text(address: Mapping[str, Any] | None) -> str:
@@ -459,14 +475,15 @@ class ReviewTab(QWidget):
 
     # --- data ---------------------------------------------------------------------------------------------
     def reload(self) -> None:
-        """Re-read the open items (a few rows) and keep the selection on the same item when it is still open."""
+        """Re-read the open items (the first page; more as the list scrolls) and keep the selection on the same item
+        when it is still open."""
         selected = self.current_item()
-        self.model.set_rows([ReviewRow.of(item) for item in queries.open_reviews()])
+        self.model.reload()
         self._waiting = {item.id: Decision.of(item) for item in queries.decided_reviews()}
         self.empty_label.setVisible(not self.model.rows)
-        row = next((i for i, r in enumerate(self.model.rows) if selected and r.id == selected.id), 0)
+        row = self.model.load_until(selected.id) if selected else None
         if self.model.rows:
-            self.items_view.selectRow(row)
+            self.items_view.selectRow(row or 0)
         else:
             self._show_item(None)
 

@@ -6,8 +6,9 @@ Three throwaway profiles, each on its own in-process sandbox, in this order (one
 so each app is shut down before the next is built):
 
 1. first run: no keys yet, so the welcome dialog over an empty window;
-2. test mode, hard profile: two real syncs (the second after staff edits in the sandbox Cliniko), then every
-   tab;
+2. test mode, hard profile: two real syncs (the second after staff edits in the sandbox Cliniko), a
+   reconciliation from its tab (after staff edits in the sandbox Stripe), then every tab, and the printable
+   reconciliation report as Qt lays it out for the PDF (`reconciliation-report-print.png`, white paper);
 3. live mode: the first sync stops at its plan, and the approval dialog it opens.
 
 Each screen is saved in the normal palette (`<name>-light.png`) and in a forced dark Fusion palette
@@ -233,6 +234,47 @@ def stage(tab: QWidget) -> None:
         tab.runs_view.selectRow(telling)
 
 
+def stripe_edits(sandbox: Sandbox, count: int = 3) -> None:
+    """Staff rename a few customers in Stripe, so the reconciliation has field drift to show."""
+    import stripe
+
+    assert sandbox.stripe_url and sandbox.stripe_key
+    client = stripe.StripeClient(sandbox.stripe_key, base_addresses={"api": sandbox.stripe_url})
+    customers = [c for c in client.v1.customers.list(params={"limit": 100}).data if c.metadata]
+    for n, customer in enumerate(customers[:count]):
+        client.v1.customers.update(customer.id, params={"name": f"{customer.name} (edited in Stripe {n + 1})"})
+
+
+def reconcile(gui: Any, sandbox: Sandbox) -> int | None:
+    """A reconciliation from the Reconciliation tab, after some edits in Stripe; the report's id."""
+    tab = gui.window.tabs.get("reconciliation")
+    if not hasattr(tab, "run_now"):
+        return None
+    stripe_edits(sandbox)
+    tab.run_now()
+    (outcome,) = wait_for(gui.ui.bridge.job_finished)
+    settle()
+    return outcome.reconcile.report_id if outcome.reconcile is not None else None
+
+
+def printed_report(report_id: int, size: QSize) -> QImage:
+    """The printable report's first screenful as Qt lays it out for the PDF, on white paper."""
+    from PySide6.QtGui import QTextDocument
+
+    from clinicsync.store.reconciliation import report_html
+
+    document = QTextDocument()
+    document.setHtml(report_html(report_id))
+    document.setTextWidth(size.width() - 40)
+    image = QImage(size, QImage.Format.Format_RGB32)
+    image.fill(QColor("white"))
+    painter = QPainter(image)
+    painter.translate(20, 20)
+    document.drawContents(painter)
+    painter.end()
+    return image
+
+
 # --- the three phases ---------------------------------------------------------------------------------------------
 
 
@@ -269,6 +311,8 @@ def tabs_phase(shots: Shots, app: QApplication, work: Path, patients: int) -> No
             staff_edits(sandbox)
             second = sync(gui)
             shots.log(f"  second sync: {_counts(second)}")
+            report_id = reconcile(gui, sandbox)
+            shots.log(f"  reconciliation: report #{report_id}")
             for size in shots.sizes:
                 gui.window.resize(size)
                 for palette in shots.palettes:
@@ -276,6 +320,8 @@ def tabs_phase(shots: Shots, app: QApplication, work: Path, patients: int) -> No
                         for spec in TABS:
                             stage(gui.window.show_tab(spec.name))
                             save(shots, grab(gui.window), spec.name, palette, size)
+                if report_id is not None:  # paper is white in either palette
+                    save(shots, printed_report(report_id, size), "reconciliation-report", "print", size)
             gui.window.show_tab("overview")
         finally:
             gui.shutdown(30)

@@ -465,11 +465,6 @@ def test_a_cliniko_shard_that_does_not_exist_is_named_as_a_setting_problem(make_
     _no_traceback(failed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StripeFailure messages are built from the SDK's own text in stripe_gateway._classify (`exc.user_message "
-    "or str(exc)`), which this branch may not edit; see the change recommended with this branch",
-)
 def test_an_unreachable_stripe_is_told_in_clinicsyncs_own_words(make_sandbox, cli_env):
     sandbox = make_sandbox(profile="clean", patients=1)
     nowhere = f"http://127.0.0.1:{_closed_port()}"

@@ -10,7 +10,6 @@ intended stay accepted until a value changes.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,7 +93,6 @@ def reconcile(env: dict[str, str]) -> Any:
 
 def test_planted_discrepancies_are_found_exactly_fixed_and_accepted(clinic):
     sandbox, env, ids = clinic
-    started = time.monotonic()
     clean = reconcile(env)
     assert clean.counts.total == 0, list(reconciliation.findings(clean.report_id))
     assert clean.streams[0].source_records == PATIENTS and clean.streams[0].stripe_objects == PATIENTS
@@ -223,4 +221,3 @@ def test_planted_discrepancies_are_found_exactly_fixed_and_accepted(clinic):
         (FindingType.FIELD_DRIFT, STREAM, drift.source_id, drift.stripe_id, "name")
     }
     assert changed.counts.accepted == len(intended) - 1
-    assert time.monotonic() - started < 120  # planting, three reconciliations, the fixes and a sync

@@ -201,6 +201,16 @@ def test_before_status_faults_execute_nothing(
     assert stats["mutations_total"] == 0
 
 
+def test_skip_lets_the_first_requests_through_so_an_outage_can_start_mid_run(
+    server: RunningServer, emulator: CounterEmulator, client: httpx.Client
+) -> None:
+    set_faults(client, server, "before:503=1,skip=3")
+    codes = [create(client, server, f"n{i}").status_code for i in range(6)]
+    assert codes == [200, 200, 200, 503, 503, 503]
+    assert len(emulator.items) == 3 and server.stats.snapshot()["faulted"] == {"before:503": 3}
+    assert FaultPlan.parse("skip=2").snapshot()["skip"] == 2
+
+
 def test_before_timeout_holds_then_closes_and_executes_nothing(
     server: RunningServer, emulator: CounterEmulator, client: httpx.Client
 ) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,10 +183,9 @@ def test_a_slow_host_does_not_freeze_the_window(qtbot, make_sandbox, env_for, ke
     ui = open_ui(env_for(sandbox))
     tab = ConnectionsTab(ui)
     qtbot.addWidget(tab)
-    started = time.monotonic()
     with qtbot.waitSignal(tab.stripe.tested, timeout=TEST_TIMEOUT_MS):
         tab.stripe.test_button.click()
-        assert time.monotonic() - started < 0.3, "the click returned at once; the requests run elsewhere"
+        # Had the click waited for the 700 ms answers, the result would be showing by now.
         assert "Testing" in tab.stripe.result_label.text() and not tab.stripe.test_button.isEnabled()
     assert tab.stripe.test_button.isEnabled()
 

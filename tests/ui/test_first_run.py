@@ -6,7 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import httpx
 import pytest
+import stripe
 from PySide6.QtWidgets import QDialog
 
 from clinicsync.paths import AppPaths
@@ -189,3 +191,189 @@ def test_the_welcome_grows_to_show_its_progress_and_its_result(qtbot, real_profi
         dialog._on_finished(JobOutcome(job, results=(result,)))
         assert "180 customers created" in dialog.status_label.text() and dialog.done_button.isVisibleTo(dialog)
         assert not dialog.progress.isVisibleTo(dialog) and fits() == []
+
+
+# --- the trial stays --------------------------------------------------------------------------------------------
+
+
+def stripe_customer_count(env) -> int:
+    """Counted the way anyone would: the stripe SDK against the sandbox's Stripe, at the address the profile uses."""
+    client = stripe.StripeClient(
+        env["CLINICSYNC_STRIPE_API_KEY"], base_addresses={"api": env["CLINICSYNC_STRIPE_BASE_URL"]}
+    )
+    return sum(1 for _ in client.v1.customers.list({"limit": 100}).auto_paging_iter())
+
+
+def created(outcome) -> int:
+    return sum(result.counts.get("created", 0) for result in outcome.results)
+
+
+def sync_runs(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT COUNT(*) FROM sync_run").fetchone()[0]
+
+
+def test_relaunch_after_quitting_a_sandbox_trial_returns_to_it_with_history_intact(
+    qtbot, tmp_path, keyring_backend, build_gui
+):
+    from clinicsync.ui.first_run import start_if_needed
+
+    base = profile_env(tmp_path / "clinic", {})
+    gui = build_gui(base)
+    dialog = start_if_needed(gui.ui, gui.window, on_switch_profile=gui.switch_profile)
+    assert dialog is not None
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(dialog.first_sync_finished, timeout=60_000) as finished:
+        dialog.sandbox_button.click()
+    first = finished.args[0]
+    assert first.failure_kind is None and created(first) > 40, first.message
+    trial_env = dict(gui.ui.app.env)
+    customers = stripe_customer_count(trial_env)
+    patients = next(result for result in first.results if result.stream == "cliniko.patients")
+    assert customers >= patients.counts["created"]
+    dialog.done_button.click()
+    review = gui.window.show_tab("review")  # a review decision made before quitting
+    qtbot.waitUntil(lambda: len(review.model.rows) >= 2, timeout=30_000)
+    waiting = len(review.model.rows)
+    review.items_view.selectRow(0)
+    decided = review.current_item()
+    review.ignore_button.click()
+    assert gui.shutdown(15)
+    with pytest.raises(httpx.TransportError):  # quitting stopped (and saved) the sandbox
+        httpx.get(trial_env["CLINICSYNC_STRIPE_BASE_URL"] + "/v1/customers", timeout=2)
+
+    again = build_gui(base)  # the app started again, from the same place
+    assert again.ui.app.paths.home.name == SANDBOX_DIR_NAME and again.ui.sandbox is not None
+    assert again.trial_problem is None
+    assert start_if_needed(again.ui, again.window, on_switch_profile=again.switch_profile) is None, "no welcome"
+    env = again.ui.app.env
+    assert env["CLINICSYNC_STRIPE_BASE_URL"] == again.ui.sandbox.stripe_url, "the profile follows the new ports"
+    assert env["CLINICSYNC_CLINIKO_BASE_URL"] == again.ui.sandbox.cliniko_url
+    assert env["CLINICSYNC_STRIPE_API_KEY"].startswith("sk_test_sandbox")
+    history = again.window.show_tab("history")
+    assert history.runs_model.rowCount() == len(first.results), "one row per stream the first sync ran"
+    assert history.selected_run().trigger == "first_run"
+    assert stripe_customer_count(env) == customers, "the sandbox's Stripe kept its customers"
+    review = again.window.show_tab("review")
+    qtbot.waitUntil(lambda: len(review.model.rows) == waiting - 1, timeout=30_000)
+    assert decided.id not in {row.id for row in review.model.rows}, "the decision was kept"
+
+    with qtbot.waitSignal(again.ui.bridge.job_finished, timeout=60_000) as second:
+        again.sync_now()
+    assert second.args[0].failure_kind is None, second.args[0].message
+    assert created(second.args[0]) == 0 and stripe_customer_count(env) == customers, "nothing new was created"
+    assert keyring_backend.passwords == {}, "sandbox keys are never stored"
+
+
+def finish_a_trial(qtbot, ui, switch, **options) -> FirstRunDialog:
+    dialog = FirstRunDialog(ui, on_switch_profile=switch, sandbox_patients=6, **options)
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(dialog.first_sync_finished, timeout=30_000) as finished:
+        dialog.sandbox_button.click()
+    assert finished.args[0].failure_kind is None, finished.args[0].message
+    return dialog
+
+
+def test_choosing_the_sandbox_again_offers_to_continue_or_start_over(qtbot, real_profile):
+    from tests.ui.test_words import offences
+
+    contexts = []
+
+    def switch(env, sandbox):
+        contexts.append(build_sandbox_ui(None, env, sandbox))
+        return contexts[-1]
+
+    sandboxes = []
+    try:
+        first = finish_a_trial(qtbot, real_profile, switch)
+        sandboxes.append(first.sandbox)
+        trial_db = contexts[-1].app.paths.db_path
+        runs, customers = sync_runs(trial_db), stripe_customer_count(first.sandbox_env)
+        first.sandbox.stop()
+        assert runs >= 1 and customers >= 6
+
+        again = FirstRunDialog(real_profile, on_switch_profile=switch, sandbox_patients=6)
+        qtbot.addWidget(again)
+        again.sandbox_button.click()
+        assert again.sandbox is None, "nothing starts before the person chooses"
+        assert again.continue_button.isVisibleTo(again) and again.start_over_button.isVisibleTo(again)
+        words = again.status_label.text()
+        assert "Continue where you left off" in words and "start over" in words and offences(words) == []
+        with qtbot.waitSignal(again.accepted, timeout=30_000):
+            again.continue_button.click()
+        sandboxes.append(again.sandbox)
+        assert again.resumed and again.action == "sandbox" and again._job is None, "no second first sync"
+        assert contexts[-1].app.paths.db_path == trial_db and sync_runs(trial_db) == runs, "its history is kept"
+        assert stripe_customer_count(again.sandbox_env) == customers, "and its sandbox's data"
+        again.sandbox.stop()
+
+        over = FirstRunDialog(real_profile, on_switch_profile=switch, sandbox_patients=6)
+        qtbot.addWidget(over)
+        over.sandbox_button.click()
+        with qtbot.waitSignal(over.first_sync_finished, timeout=30_000):
+            over.start_over_button.click()
+        sandboxes.append(over.sandbox)
+        assert not over.resumed and sync_runs(trial_db) == runs, "started over: only the new trial's first sync"
+        with sqlite3.connect(trial_db) as db:
+            assert {row[0] for row in db.execute("SELECT trigger FROM sync_run")} == {"first_run"}
+    finally:
+        for context in contexts:
+            close_ui(context)
+        for sandbox in sandboxes:
+            if sandbox is not None:
+                sandbox.stop()
+
+
+def test_a_trial_whose_saved_sandbox_is_damaged_says_so_and_offers_a_fresh_start(
+    qtbot, tmp_path, keyring_backend, build_gui
+):
+    from clinicsync.ui.first_run import SANDBOX_DATA_DIR, set_trial_active, start_if_needed, start_trial
+    from tests.ui.test_words import offences
+
+    base = profile_env(tmp_path / "clinic", {})
+    trial = start_trial(base, patients=3)
+    trial.sandbox.stop()
+    set_trial_active(base, True)
+    (sandbox_home(base) / SANDBOX_DATA_DIR / "cliniko.snapshot").write_bytes(b"\x80\x05not really")
+
+    gui = build_gui(base)
+    assert gui.ui.sandbox is None and gui.ui.app.paths.home.name != SANDBOX_DIR_NAME, "stayed on the real profile"
+    assert gui.trial_problem and "damaged" in gui.trial_problem
+    dialog = start_if_needed(gui.ui, gui.window, on_switch_profile=gui.switch_profile, trial_problem=gui.trial_problem)
+    assert dialog is not None
+    qtbot.addWidget(dialog)
+    words = dialog.status_label.text()
+    assert "Cliniko data" in words and "Start over" in words and offences(words) == []
+    assert dialog.start_over_button.isVisibleTo(dialog) and not dialog.continue_button.isVisibleTo(dialog)
+    with qtbot.waitSignal(dialog.first_sync_finished, timeout=60_000) as finished:
+        dialog.start_over_button.click()
+    assert finished.args[0].failure_kind is None and gui.ui.app.paths.home.name == SANDBOX_DIR_NAME
+
+
+def test_connect_your_own_accounts_leaves_the_trial_and_keeps_it_for_later(qtbot, tmp_path, keyring_backend, build_gui):
+    from clinicsync.ui.first_run import start_if_needed, start_trial, trial_exists, trial_is_active
+
+    base = profile_env(tmp_path / "clinic", {})
+    start_trial(base, patients=3).sandbox.stop()  # a trial the person was using when the app last quit
+    gui = build_gui(base)
+    assert gui.ui.app.paths.home.name == SANDBOX_DIR_NAME
+    connections = gui.window.show_tab("connections")
+    assert connections.trial_box.isVisibleTo(connections)
+    sandbox = gui.ui.sandbox
+
+    connections.trial_box.leave_button.click()
+
+    assert gui.ui.sandbox is None and gui.ui.app.paths.home == (tmp_path / "clinic").resolve()
+    assert gui.window.current_tab_name() == "connections" and not connections.trial_box.isVisibleTo(connections)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(sandbox.stripe_url + "/v1/customers", timeout=2)
+    assert trial_exists(base) and not trial_is_active(base), "kept, but no longer where the app starts"
+    assert gui.shutdown(15)
+
+    again = build_gui(base)
+    assert again.ui.sandbox is None and again.ui.app.paths.home.name != SANDBOX_DIR_NAME
+    dialog = start_if_needed(again.ui, again.window, on_switch_profile=again.switch_profile)
+    assert dialog is not None
+    qtbot.addWidget(dialog)
+    dialog.sandbox_button.click()
+    assert dialog.continue_button.isVisibleTo(dialog), "the welcome offers to continue the kept trial"

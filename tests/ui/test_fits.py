@@ -66,6 +66,29 @@ def test_every_tab_fits_with_history_and_records_to_review(qtbot, font, sandbox_
     assert every_tab_problems(qtbot, gui, size) == []
 
 
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_the_connections_tab_fits_on_the_sandbox_trial(qtbot, font, build_gui, tmp_path, size) -> None:
+    """The trial adds its own words to the Connections tab (the way back to one's own accounts); the other tabs
+    are the same as on any sandbox profile."""
+    from clinicsync.ui.first_run import start_trial
+    from tests.support import profile_env
+    from tests.ui.connections_support import memory_keyring
+
+    base = profile_env(tmp_path / "clinic", {})
+    with memory_keyring():
+        start_trial(base, patients=3).sandbox.stop()
+        gui = build_gui(base)  # goes back to the trial
+    window = gui.window
+    window.resize(*size)
+    window.show()
+    qtbot.waitExposed(window)
+    connections = window.show_tab("connections")
+    settle(qtbot, connections)
+    assert gui.ui.sandbox is not None and connections.trial_box.isVisibleTo(connections)
+    assert (window.width(), window.height()) == size, f"the window cannot be {size[0]}×{size[1]}"
+    assert fit_problems(connections) == []
+
+
 def test_the_default_size_is_the_tested_one(build_gui, offline_env) -> None:
     gui = build_gui(offline_env)
     assert (gui.window.width(), gui.window.height()) == DEFAULT_SIZE

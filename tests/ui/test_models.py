@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -262,35 +261,32 @@ def test_retry_of_failed_queues_each_failed_record_once(qtbot, db, pair):
     assert queries.queue_retry_of_failed(make_run(None).id) == 0  # a run that never reached an account
 
 
-def test_history_stays_fast_with_100000_records(qtbot, db, pair):
+def test_history_reads_a_page_at_a_time_with_100000_records(qtbot, db, pair, monkeypatch):
+    """No full load: the rows built from the database stay within the pages asked for (timing belongs to
+    benchmarks/table_scroll.py, not to a test)."""
     run = make_run(pair, failed=5)
     actions = ["updated"] * 100_000
     for position in (10, 25_000, 50_000, 75_000, 99_990):
         actions[position] = "failed"
     add_events(run, actions)
+    built = []
+    event_row = queries._event_row
+    monkeypatch.setattr(queries, "_event_row", lambda values: built.append(1) or event_row(values))
     model = EventsModel(page_size=200)
     proxy = PinnedProblemsProxy()
     proxy.setSourceModel(model)
 
-    started = time.perf_counter()
     model.show(EventQuery(run.id))
-    first_page = time.perf_counter() - started
     assert proxy_column(proxy, EventsModel.ACTION)[:6] == ["Failed"] * 5 + ["Updated"]
+    assert len(built) == 200
 
-    started = time.perf_counter()
     for _ in range(20):
         model.fetchMore()
-    twenty_pages = time.perf_counter() - started
-    assert proxy.rowCount() == 4_200
+    assert proxy.rowCount() == 4_200 and len(built) == 4_200
 
-    started = time.perf_counter()
+    built.clear()
     rows, _ = queries.history_events(EventQuery(run.id, "Patient 99999"))
-    search = time.perf_counter() - started
-    assert [r.display_name for r in rows] == ["Patient 99999"]
-    # Loose bounds (CI machines vary); the point is no full load: 100,000 rows would take seconds.
-    assert first_page < 0.1, first_page
-    assert twenty_pages < 1.0, twenty_pages
-    assert search < 0.5, search
+    assert [r.display_name for r in rows] == ["Patient 99999"] and len(built) == 1
 
 
 def test_helpers_format_for_people():

@@ -242,3 +242,25 @@ def test_the_records_own_details_sit_above_its_candidates_without_scrolling_side
     header = view.horizontalHeader()
     assert header.length() <= view.viewport().width(), "every column fits: no sideways scrolling"
     assert not view.horizontalScrollBar().isVisible()
+
+
+def test_thousands_of_waiting_records_load_a_page_at_a_time_and_keep_the_selection(qtbot, build_gui, offline_env):
+    from clinicsync.store.models import AccountPair
+
+    gui = build_gui(offline_env)
+    pair = AccountPair.create(
+        uuid="pair-many", source_system="cliniko", source_account="1", stripe_account="acct_x", stripe_livemode=False
+    )
+    ReviewItem.insert_many(
+        {"pair": pair.id, "stream": "cliniko.patients", "source_id": str(1000 + i), "reason": "email_match"}
+        for i in range(2_500)
+    ).execute()
+    review = gui.window.tab("review")
+    review.reload()
+    assert 0 < review.model.rowCount() < 2_500, "only the first page is read when the tab opens"
+    deep = review.model.load_until(ReviewItem.select().order_by(ReviewItem.id.desc()).first().id)
+    assert deep == 2_499 and review.model.rowCount() == 2_500 and not review.model.canFetchMore()
+    review.items_view.selectRow(2_000)
+    chosen = review.current_item().source_id
+    review.reload()
+    assert review.current_item().source_id == chosen, "a reload keeps the item chosen far down the list"

@@ -228,3 +228,15 @@ def test_the_notifier_shows_each_situation_once(qtbot, build_gui, offline_env) -
     notifier.on_finished(outcome(run()))  # fixed
     notifier.on_finished(auth)  # broken again: news again
     assert [n.key for n in shown] == ["broken:auth", "broken:auth"]
+
+
+def test_a_reconciliation_in_between_does_not_make_old_review_items_news_again(qtbot, build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    shown = []
+    notifier = Notifier(gui.ui.bridge, shown.append)
+    waiting = outcome(run("attention", review=2))
+    notifier.on_finished(waiting)
+    for kind in ("reconcile", "reconcile_fix"):  # jobs of the Reconciliation tab: no sync results to compare
+        notifier.on_finished(JobOutcome(Job(2, "manual", kind=kind)))
+        notifier.on_finished(waiting)  # the same two items after it: not news
+    assert [n.key for n in shown] == ["review:2"]

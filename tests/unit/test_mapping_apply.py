@@ -150,3 +150,71 @@ def test_nulls_everywhere_do_not_crash():
 def test_a_record_without_id_is_rejected():
     mapped = map_record(CLINIKO_PATIENTS, patient(id=None))
     assert mapped.error == "the record has no id"
+
+
+def test_control_characters_between_words_become_one_space_and_others_are_removed():
+    mapped = map_record(
+        CLINIKO_PATIENTS,
+        patient(first_name="Ann\x07e", last_name="\ttab\rreturn", address_1=" 3 Line \n\x0b Break St\x0b"),
+    )
+    assert mapped.payload["name"] == "Anne tab return"
+    assert mapped.payload["address.line1"] == "3 Line Break St"
+    assert any("control character" in note for note in mapped.notes)
+
+
+def test_a_value_of_the_wrong_type_rejects_the_record_naming_the_source_field():
+    for fields, field in (
+        ({"first_name": {"evil": "object"}}, "first_name"),
+        ({"first_name": True, "last_name": 12.5}, "first_name"),
+        ({"city": ["Fitzroy"]}, "city"),
+        ({"patient_phone_numbers": "0412 345 678"}, "patient_phone_numbers"),
+    ):
+        mapped = map_record(CLINIKO_PATIENTS, patient(**fields))
+        assert mapped.error is not None and mapped.error.startswith(f"{field}: Cliniko sent "), mapped.error
+        assert "{'" not in mapped.error and "True" not in mapped.error
+
+
+def test_numbers_where_text_is_expected_are_read_as_their_digits():
+    mapped = map_record(CLINIKO_PATIENTS, patient(post_code=3065, last_name=12.5))
+    assert mapped.error is None
+    assert mapped.payload["address.postal_code"] == "3065"
+    assert mapped.payload["name"] == "Ada 12.5"
+
+
+def test_ids_not_of_clinikos_form_are_rejected():
+    for bad in ("../../v1/customers", "-1", "0", "", "1e5", " 12", "9223372036854775808", True, {"id": 1}):
+        mapped = map_record(CLINIKO_PATIENTS, patient(id=bad))
+        assert mapped.error is not None and ("not a Cliniko id" in mapped.error or "no id" in mapped.error), bad
+    assert map_record(CLINIKO_PATIENTS, patient(id=9223372036854775807)).error is None
+    assert map_record(CLINIKO_PATIENTS, patient(id="1")).source_id == "1"
+
+
+def test_a_custom_field_holding_an_object_is_rejected_not_sent_as_python_text():
+    from clinicsync.mapping.spec import StreamMapping, rule
+
+    token = "tok-1"
+    mapping = StreamMapping(
+        stream="cliniko.patients",
+        source_system="cliniko",
+        source_type="patient",
+        stripe_object="customer",
+        rules=(
+            rule("metadata.fund", f"custom_fields.{token}"),
+            rule("metadata.cliniko_patient_id", "id", role="cross_ref"),
+        ),
+        display_target="metadata.fund",
+        archived_marker="cliniko_archived",
+    )
+    record = patient(custom_fields={"sections": [{"fields": [{"token": token, "value": {"evil": "object"}}]}]})
+    mapped = map_record(mapping, record)
+    assert mapped.error is not None and "an object where text was expected" in mapped.error
+
+
+def test_an_archive_time_that_is_not_text_marks_the_record_without_spelling_the_value():
+    from clinicsync.streams.cliniko_patients import CLINIKO_PATIENTS as PATIENT_STREAM
+    from clinicsync.streams.cliniko_products import CLINIKO_PRODUCTS as PRODUCT_STREAM
+
+    assert PATIENT_STREAM.archived_value({"archived_at": "2024-01-02T03:04:05Z"}) == "archived 2024-01-02T03:04:05Z"
+    assert PATIENT_STREAM.archived_value({"archived_at": {"evil": "object"}}) == "archived"
+    assert PRODUCT_STREAM.archived_value({"deleted_at": True}) == "deleted"
+    assert PATIENT_STREAM.archived_value({"archived_at": None, "merged_at": ""}) is None

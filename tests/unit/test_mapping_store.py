@@ -143,6 +143,33 @@ def test_a_v1_database_is_upgraded_in_place(tmp_path: Path):
     assert any(p.name.endswith(".before-v1.bak") for p in tmp_path.iterdir()), "backed up before migrating"
 
 
+def test_the_backup_before_a_migration_holds_what_was_still_in_the_wal_file(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "wal_autocheckpoint": 0})
+    from clinicsync.store.db import database_proxy
+
+    database_proxy.initialize(old)
+    migrations._v1_initial(old)
+    old.execute_sql("ALTER TABLE record_link DROP COLUMN mapping_version")
+    old.execute_sql("ALTER TABLE outbox_entry DROP COLUMN mapping_version")
+    old.execute_sql("ALTER TABLE stream_state DROP COLUMN stripe_index_high_water")
+    old.execute_sql("INSERT INTO schema_version (version) VALUES (1)")
+    reader = sqlite3.connect(path)  # an open reader keeps the closing connection from checkpointing the WAL
+    reader.execute("SELECT 1 FROM schema_version").fetchall()
+    old.close()
+    assert (tmp_path / "old.sqlite3-wal").stat().st_size > 0, "the commits are still in the WAL file"
+    db = open_database(path)
+    db.close()
+    reader.close()
+    backup = sqlite3.connect(tmp_path / "old.sqlite3.before-v1.bak")
+    try:
+        assert backup.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    finally:
+        backup.close()
+
+
 def test_load_gives_the_default_until_a_mapping_is_saved(db):
     assert mapping_store.load(STREAM) == CLINIKO_PATIENTS and mapping_store.load(STREAM).version == 0
     with pytest.raises(mapping_store.UnknownStream):

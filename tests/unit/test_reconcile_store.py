@@ -103,6 +103,27 @@ def test_findings_are_stored_filtered_and_read_back(pair: AccountPair):
     assert info.compared == {"cliniko.patients": {"source": 3, "stripe": 4}}
 
 
+def test_pages_seek_past_the_last_row_and_together_are_the_whole_filtered_list(pair: AccountPair):
+    report = store.start_report(pair, ["cliniko.patients", "cliniko.products"], trigger="cli")
+    kinds = (FindingType.DUPLICATE, FindingType.FIELD_DRIFT, FindingType.MISSING_IN_STRIPE)
+    levels = tuple(Severity)
+    streams = ("cliniko.products", "cliniko.patients")
+    store.add_findings(
+        report,
+        [finding(kinds[n % 3], n=n, severity=levels[n % 2 + n % 3 // 2], stream=streams[n % 2]) for n in range(47)],
+    )
+    for filters in ({}, {"streams": ["cliniko.products"]}, {"types": ["field_drift"], "search": "cus_1"}):
+        pages, cursor = [], None
+        while True:
+            page, cursor = store.findings_page(report.id, cursor, 5, **filters)
+            pages.append(page)
+            if cursor is None:
+                break
+        paged = [f.id for page in pages for f in page]
+        assert paged == [f.id for f in store.findings(report.id, **filters)], filters
+        assert all(len(page) == 5 for page in pages[:-1]) and len(pages[-1]) <= 5
+
+
 def test_marking_as_intended_remembers_the_fingerprint_and_recounts(pair: AccountPair):
     report = store.start_report(pair, ["cliniko.patients"], trigger="cli")
     store.add_findings(report, [finding(n=1), finding(n=2)])

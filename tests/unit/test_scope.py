@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 from clinicsync.mapping.spec import SyncScope
 from clinicsync.streams import CLINIKO_PATIENTS as STREAM
-from clinicsync.sync.scope import ScopeFilter
+from clinicsync.sync.scope import ScopeFilter, parse_time
 
 
 def test_since_starts_at_local_midnight_and_leaves_older_records_out() -> None:
@@ -42,3 +42,8 @@ def test_recent_activity_admits_exactly_the_ids_the_source_names() -> None:
 def test_all_admits_everything() -> None:
     scope = ScopeFilter.for_run(SyncScope(kind="all"), STREAM, None, "Australia/Melbourne")
     assert scope.admits({"id": "1", "updated_at": "2001-01-01T00:00:00Z"}) and not scope.left_out
+
+
+def test_a_change_time_that_is_not_text_is_no_time_rather_than_a_crash():
+    assert parse_time({"evil": "object"}) is None and parse_time(True) is None and parse_time(12.5) is None
+    assert parse_time("2024-01-02T03:04:05Z") is not None

@@ -64,3 +64,52 @@ def test_limits_are_checked_before_sending():
 def test_key_prefix_tells_live_from_test():
     assert livemode_of_key("sk_live_sandbox_clinic_a") and livemode_of_key("rk_live_sandbox_x")
     assert not livemode_of_key("sk_test_sandbox_clinic_a")
+
+
+SDK_WORDS = ("support@stripe.com", "ConnectError", "Network error", "Unexpected error communicating", "Request req_")
+
+
+def test_messages_are_clinicsyncs_own_words_never_the_sdks():
+    sdk_text = (
+        "Unexpected error communicating with Stripe. If this problem persists,\nlet us know at support@stripe.com."
+        "\n\n(Network error: A ConnectError was raised)"
+    )
+    unreachable = classify(stripe.APIConnectionError(sdk_text))
+    assert (
+        unreachable.message.startswith("Stripe could not be reached") and "internet connection" in unreachable.message
+    )
+    key_text = {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****wxyz"}}
+    refused = classify(error(stripe.AuthenticationError, 401, body=key_text))
+    assert "Stripe rejected the API key (HTTP 401)" in refused.message and "Developers → API keys" in refused.message
+    expired_body = {"error": {"type": "invalid_request_error", "code": "api_key_expired", "message": "Expired API Key"}}
+    expired = classify(error(stripe.AuthenticationError, 401, body=expired_body))
+    assert "revoked" in expired.message and "Expired API Key" not in expired.message
+    saved = classify(error(stripe.APIError, 500, {"Idempotent-Replayed": "true"}))
+    assert "not known" in saved.message and "boom" not in saved.message
+    busy = classify(error(stripe.APIError, 503))
+    assert "HTTP 503" in busy.message and "boom" not in busy.message
+    for failure in (unreachable, refused, expired, saved, busy):
+        assert not any(word in failure.message for word in SDK_WORDS), failure.message
+        assert "sk_test" not in failure.message
+
+
+def test_a_missing_permission_is_named_in_our_words_without_the_key():
+    from clinicsync.connections import _PERMISSION_NAME
+
+    said = (
+        "The provided key 'rk_test_****abcd' does not have the required permissions for this endpoint on account "
+        "'acct_1'. Having the 'rak_customer_write' permission would allow this request to continue."
+    )
+    failure = classify(
+        error(stripe.PermissionError, 403, body={"error": {"type": "invalid_request_error", "message": said}})
+    )
+    assert failure.kind == "permission" and "lacks a permission ClinicSync needs" in failure.message
+    match = _PERMISSION_NAME.search(failure.message)
+    assert match is not None and match.group(1) == "rak_customer_write"
+    assert "rk_test" not in failure.message and "acct_1" not in failure.message
+
+
+def test_a_refused_request_quotes_what_stripe_said_about_it_not_the_sdk_wrapping():
+    body = {"error": {"type": "invalid_request_error", "message": "Invalid email address: x@@y", "param": "email"}}
+    failure = classify(error(stripe.InvalidRequestError, 400, body=body))
+    assert failure.message == "Invalid email address: x@@y"

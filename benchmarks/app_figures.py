@@ -1,0 +1,78 @@
+"""What the app itself cost during a measured run: CPU seconds, bytes written to disk and peak memory.
+
+The sandboxes run in their own process (clinicsync.sandbox.launcher.spawn), so these figures of the benchmark's
+own process are the app's alone. Linux reads /proc; elsewhere the figures that cannot be read are None.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clinicsync.sandbox.launcher import spawn
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set. Linux's ru_maxrss keeps the high-water mark of the process it was forked
+    from across exec (a benchmark parent holding thousands of seeded records), so VmHWM is read instead."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+
+
+def written_bytes() -> int | None:
+    """Bytes this process caused to be written to storage (/proc/self/io write_bytes), or None."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class Figures:
+    cpu_s: float
+    written: int | None
+
+    @classmethod
+    def now(cls) -> Figures:
+        return cls(cpu_seconds(), written_bytes())
+
+    def since(self, earlier: Figures) -> Figures:
+        written = None if self.written is None or earlier.written is None else self.written - earlier.written
+        return Figures(self.cpu_s - earlier.cpu_s, written)
+
+    def describe(self, records: int) -> str:
+        disk = (
+            "n/a"
+            if self.written is None
+            else f"{self.written / 1e6:.1f} MB ({self.written / max(records, 1) / 1024:.1f} KB per record)"
+        )
+        return f"app CPU {self.cpu_s:.1f} s, written to disk {disk}, peak RSS {peak_rss_kib() / 1024:.0f} MiB"
+
+
+@contextmanager
+def sandbox_process(args: list[str], workdir: Path, *, timeout_s: float = 300.0) -> Iterator[dict[str, Any]]:
+    """The sandboxes in their own process for the duration: what the launcher wrote (URLs, keys, `env`)."""
+    process, info = spawn(args, workdir / "sandbox.json", timeout_s=timeout_s, stdout=subprocess.DEVNULL)
+    try:
+        yield info
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
