@@ -245,12 +245,18 @@ def custom_field_entries(settings: Mapping[str, Any] | None) -> list[SourceField
 _POSITIVE_INT64 = re.compile(r"^[1-9][0-9]{0,18}$")
 INT64_MAX = 2**63 - 1
 ID_FORMS: dict[str, str] = {"cliniko": "a positive whole number", "calcom": "a positive whole number"}
+# Records whose id is not the source's own: a Cal.com attendee has none, so ClinicSync's reference to the person is
+# "att_" and 24 hex digits of their email's digest (streams/calcom_bookings.py).
+OWN_ID_FORMS: dict[tuple[str, str], tuple[re.Pattern[str], str]] = {
+    ("calcom", "attendee"): (re.compile(r"^att_[0-9a-f]{24}$"), "a ClinicSync attendee reference"),
+}
 
 
-def id_problem(source_system: str, value: Any) -> str | None:
-    """Why `value` cannot be a record id of `source_system` (in words, without repeating a value that is not
-    text), or None when it can."""
-    form = ID_FORMS.get(source_system, "a positive whole number")
+def id_problem(source_system: str, value: Any, source_type: str = "") -> str | None:
+    """Why `value` cannot be a record id of `source_system`'s `source_type` records (in words, without repeating a
+    value that is not text), or None when it can."""
+    own = OWN_ID_FORMS.get((source_system, source_type))
+    form = own[1] if own else ID_FORMS.get(source_system, "a positive whole number")
     source = SOURCE_SYSTEMS.get(source_system, source_system)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -258,6 +264,8 @@ def id_problem(source_system: str, value: Any) -> str | None:
         return "the record has no id"
     if not isinstance(value, str):
         return f"the record's id is {kind_of(value)}, not a {source} id ({form})"
+    if own is not None:
+        return None if own[0].match(value) else f"the record's id is not a {source} id ({form})"
     if not (_POSITIVE_INT64.match(value) and int(value) <= INT64_MAX):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the record's id {shown!r} is not a {source} id ({form})"
