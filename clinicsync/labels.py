@@ -103,8 +103,8 @@ def stripe_object_words(kind: str, count: int | None = None) -> str:
 # The part a mapping row plays, and (for the streams to come) what a link between two records is.
 RULE_ROLES = {
     "": "—",
-    "match_key": "Finds existing Stripe customers (by email)",
-    "cross_ref": "Holds the Cliniko id (links the two records)",
+    "match_key": "Finds the existing Stripe record (a customer by email, a product by name)",
+    "cross_ref": "Holds the Cliniko or Cal.com id (links the two records)",
 }
 LINK_ROLES = {
     "customer": "customer",

@@ -347,6 +347,10 @@ class LayeredSecrets:
         self._notify(value)
         return value
 
+    def from_environment(self, name: str) -> str | None:
+        """The environment's value only: the keyring is not opened."""
+        return self._env.get(name)
+
     def source(self, name: str) -> SecretSource | None:
         if self._env.get(name) is not None:
             return "environment"

@@ -82,6 +82,29 @@ def _own_interval(value: int) -> str | None:
     return f"{value} is neither 0 (as every stream) nor at least {MIN_INTERVAL_SECONDS} seconds"
 
 
+def _stream_schedules() -> tuple[SettingSpec, ...]:
+    """Each stream's own schedule, for every stream there is: on or off, and its interval (0: the shared one)."""
+    from clinicsync.labels import stream_source
+    from clinicsync.streams import STREAMS  # plain declarations; nothing there reads the database
+
+    specs: list[SettingSpec] = []
+    for name in STREAMS:
+        words = stream_source(name)
+        specs.append(SettingSpec(f"schedule.{name}.enabled", bool, True, f"Check {words} for changes on that schedule"))
+        specs.append(
+            SettingSpec(
+                f"schedule.{name}.interval_seconds",
+                int,
+                0,
+                f"Check {words} every (seconds; 0: as every stream)",
+                minimum=0,
+                maximum=24 * 3600,
+                check=_own_interval,
+            )
+        )
+    return tuple(specs)
+
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # The scheduler checks the interval against each source's request budget too (clinicsync/sync/scheduler.py):
 # with more streams to poll, it may wait a little longer than this.
@@ -99,6 +122,14 @@ SPECS: tuple[SettingSpec, ...] = (
         "Cliniko requests per minute (0: no client-side limit, for the sandbox)",
         minimum=0,
         maximum=rate_limits.CLINIKO_PER_MINUTE,
+    ),
+    SettingSpec(
+        "calcom.requests_per_minute",
+        int,
+        rate_limits.CALCOM_BUDGET_PER_MINUTE,
+        "Cal.com requests per minute (0: no client-side limit, for the sandbox)",
+        minimum=0,
+        maximum=rate_limits.CALCOM_PER_MINUTE,
     ),
     SettingSpec("stripe.base_url", str, "", "Stripe API origin (blank: https://api.stripe.com)", check=_base_url),
     SettingSpec(
@@ -140,6 +171,13 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
     SettingSpec(
+        "identity.primary_source",
+        str,
+        "cliniko",
+        "Which source's name, email, phone and address a shared Stripe customer keeps",
+        choices=("cliniko", "calcom"),
+    ),
+    SettingSpec(
         "schedule.interval_seconds",
         int,
         60,
@@ -147,26 +185,7 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=MIN_INTERVAL_SECONDS,
         maximum=24 * 3600,
     ),
-    SettingSpec("schedule.cliniko.patients.enabled", bool, True, "Check Cliniko patients for changes on that schedule"),
-    SettingSpec(
-        "schedule.cliniko.patients.interval_seconds",
-        int,
-        0,
-        "Check Cliniko patients every (seconds; 0: as every stream)",
-        minimum=0,
-        maximum=24 * 3600,
-        check=_own_interval,
-    ),
-    SettingSpec("schedule.cliniko.products.enabled", bool, True, "Check Cliniko products for changes on that schedule"),
-    SettingSpec(
-        "schedule.cliniko.products.interval_seconds",
-        int,
-        0,
-        "Check Cliniko products every (seconds; 0: as every stream)",
-        minimum=0,
-        maximum=24 * 3600,
-        check=_own_interval,
-    ),
+    *_stream_schedules(),
     SettingSpec(
         "schedule.reconcile.frequency",
         str,
