@@ -22,7 +22,6 @@ from datetime import datetime, tzinfo
 from clinicsync.outcomes import Outcome
 from clinicsync.paths import AppPaths
 from clinicsync.reconcile.findings import ReportOutcome
-from clinicsync.secrets import CLINIKO_API_KEY, STRIPE_API_KEY
 from clinicsync.store.models import SchedulerState, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.sync import requests
@@ -37,7 +36,6 @@ from clinicsync.sync.service import enabled_streams
 
 log = logging.getLogger(__name__)
 
-SYNC_SECRETS = (CLINIKO_API_KEY, STRIPE_API_KEY)
 HEARTBEAT_S = 5.0
 ALERT_REFRESH_S = 30.0
 LOCKED_MESSAGE = "Not started: another sync (`clinicsync sync`, or another ClinicSync) was running for this profile."

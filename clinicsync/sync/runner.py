@@ -74,8 +74,14 @@ class RunnerListener(Protocol):
 
 
 def read_credentials(secrets: SecretStore, names: Sequence[str]) -> dict[str, str]:
-    """Read the keys a sync needs, on the calling thread."""
-    return {name: value for name in names if (value := secrets.get(name))}
+    """Read the keys a sync needs, on the calling thread; a key not set is left out. When Stripe's key comes
+    from the environment (a headless run), the others are looked for there only: a server without a keyring
+    must not fail over a key it never meant to set (Cal.com's, for a clinic on Cliniko alone)."""
+    from clinicsync.secrets import STRIPE_API_KEY
+
+    from_environment = getattr(secrets, "from_environment", None)
+    read = from_environment if from_environment is not None and from_environment(STRIPE_API_KEY) else secrets.get
+    return {name: value for name in names if (value := read(name))}
 
 
 _STOP = object()

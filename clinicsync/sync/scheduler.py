@@ -16,6 +16,7 @@ interval join it, so their polls stay together and never overlap (the runner run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -39,7 +40,7 @@ from clinicsync.sync.clock import Clock, WakeDetector, aware_utc
 from clinicsync.sync.history import SCHEDULE, awaiting_approval, last_ran_at
 from clinicsync.sync.reconcile_hook import RECONCILE
 from clinicsync.sync.runner import APPROVAL_MESSAGE, BUSY_MESSAGE, Job, JobOutcome
-from clinicsync.sync.service import CONNECTED_SOURCES, enabled_streams
+from clinicsync.sync.service import CONNECTED_SOURCES, enabled_streams, sources_with_keys
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,12 @@ def shortest_interval(streams: Sequence[str]) -> int:
     return max(MIN_INTERVAL_SECONDS, math.ceil(minimum_interval(streams)))
 
 
-def scheduled_streams(settings: Settings) -> list[str]:
+def scheduled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:
     """The streams polled on schedule, in dependency order: enabled, of a connected source, schedule on."""
     streams = [
         name
-        for name in enabled_streams(settings)
-        if STREAMS[name].source_system in CONNECTED_SOURCES and _scheduled(settings, name)
+        for name in enabled_streams(settings, connected)
+        if STREAMS[name].source_system in connected and _scheduled(settings, name)
     ]
     return dependency_order(STREAMS, streams)
 
@@ -112,8 +113,8 @@ class ScheduleConfig:
         return dict(self.own_intervals).get(stream, self.interval_s)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ScheduleConfig:
-        streams = scheduled_streams(settings)
+    def from_settings(cls, settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> ScheduleConfig:
+        streams = scheduled_streams(settings, connected)
         wanted = settings.get("schedule.interval_seconds")
         floor = shortest_interval(streams)  # every interval at least this: then all of them together are safe too
         own = tuple((name, max(seconds, floor)) for name in streams if (seconds := _own_interval(settings, name)))
@@ -282,6 +283,7 @@ class SyncScheduler:
         self.aps = ClockedScheduler(clock)
         self.wake = WakeDetector(clock)
         self.config: ScheduleConfig | None = None
+        self._connected: tuple[str, ...] = CONNECTED_SOURCES  # the sources whose key was there at the last read
         self._batch = _Batch()
         self._in_flight: dict[int, tuple[str, ...]] = {}  # runner job id → the streams it runs for the schedule
         self._held: set[str] = set()  # streams whose first live sync waits for approval
@@ -299,7 +301,9 @@ class SyncScheduler:
     # --- life -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.aps.start(paused=True)
-        self._apply(ScheduleConfig.from_settings(self.settings))
+        with contextlib.suppress(Exception):  # no keys yet: the first request says so in the history
+            self._note_connected(self.credentials())
+        self._apply(ScheduleConfig.from_settings(self.settings, self._connected))
 
     def shutdown(self) -> None:
         if self.aps.state != STATE_STOPPED:
@@ -319,7 +323,7 @@ class SyncScheduler:
             self.woke(away)
         elif self.wake.went_back_s:
             self._clock_went_back()
-        self._apply(ScheduleConfig.from_settings(self.settings))
+        self._apply(ScheduleConfig.from_settings(self.settings, self._connected))
         self._take_finished()
         if self._held and self.clock.monotonic() - self._approval_checked >= APPROVAL_RECHECK_S:
             self._recheck_approvals()
@@ -487,6 +491,11 @@ class SyncScheduler:
         elif why_not == BUSY_MESSAGE:  # never dropped: asked again when the running sync ends
             self._owe_reconcile()
 
+    def _note_connected(self, credentials: Mapping[str, str]) -> None:
+        """Which sources have a key: their streams are scheduled (a Cal.com key added later joins on the next tick
+        after a request reads the keys)."""
+        self._connected = sources_with_keys(credentials)
+
     def _owe_reconcile(self) -> None:
         self._reconcile_owed = True
         self._rearm(RECONCILE, self.clock.now() + RECONCILE_RETRY)  # at the latest
@@ -501,6 +510,7 @@ class SyncScheduler:
             record_skipped(streams or (RECONCILE,), trigger, why)
             self.fired.append((self.clock.now(), trigger, streams, why))
             return None, why
+        self._note_connected(credentials)
         job, why_not = self.runner.request(
             trigger=trigger, credentials=credentials, streams=list(streams) or None, when_busy="skip"
         )

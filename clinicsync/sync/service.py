@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,8 +265,14 @@ def _has_key(secrets: SecretStore, name: str) -> bool:
         return False
 
 
-# The sources whose streams the callers that know no keys (schedule, alerts, reconciliation) run.
+# The sources whose streams the callers that know no keys (alerts, reconciliation) run.
 CONNECTED_SOURCES = ("cliniko",)
+
+
+def sources_with_keys(keys: Mapping[str, str]) -> tuple[str, ...]:
+    """The sources whose key is among `keys` (credentials read for a run); Cliniko when none is."""
+    found = tuple(name for name, kind in SOURCES.items() if keys.get(kind.secret))
+    return found or CONNECTED_SOURCES
 
 
 def enabled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:

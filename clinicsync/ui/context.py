@@ -7,15 +7,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clinicsync.app import AppContext
-from clinicsync.secrets import CLINIKO_API_KEY, STRIPE_API_KEY
+from clinicsync.secrets import SYNC_SECRETS
 from clinicsync.sync.runner import Job, SyncRunner, read_credentials
 from clinicsync.ui.bridge import RunnerBridge
 
 if TYPE_CHECKING:
     from clinicsync.ui.schedule import WindowSchedule
     from clinicsync.ui.status import StatusTracker
-
-SYNC_SECRETS = (CLINIKO_API_KEY, STRIPE_API_KEY)
 
 
 @dataclass

@@ -44,7 +44,7 @@ from clinicsync.labels import plural
 from clinicsync.mapping.apply import map_record
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.mapping.spec import StreamMapping
-from clinicsync.secrets import STRIPE_API_KEY, MemorySecretStore, SecretStoreError
+from clinicsync.secrets import STRIPE_API_KEY, SYNC_SECRETS, MemorySecretStore, SecretStoreError
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.urls import validate_base_url
 from clinicsync.store import mappings as mapping_store
@@ -54,7 +54,7 @@ from clinicsync.store.settings import SettingError
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.runner import JobOutcome, read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
-from clinicsync.ui.context import SYNC_SECRETS, UiContext
+from clinicsync.ui.context import UiContext
 from clinicsync.ui.layout import ColumnShares, fit_header_titles
 from clinicsync.ui.models import PagedTableModel
 from clinicsync.ui.models import clean_text as clean

@@ -20,9 +20,10 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from clinicsync import labels
 from clinicsync.app import AppContext
+from clinicsync.secrets import SYNC_SECRETS, missing_for_sync
 from clinicsync.sync import attach
 from clinicsync.sync.clock import Clock, SystemClock, aware_utc
-from clinicsync.sync.host import SYNC_SECRETS, SchedulerHost
+from clinicsync.sync.host import SchedulerHost
 from clinicsync.sync.instance import SERVE, WINDOW, Holder, SchedulerLock, SchedulerTaken
 from clinicsync.sync.runner import SyncRunner, read_credentials
 from clinicsync.sync.scheduler import ScheduleConfig
@@ -175,7 +176,7 @@ class WindowSchedule(QObject):
             found = read_credentials(self.app.secrets, SYNC_SECRETS)
         except Exception:
             return False
-        self._keys_ready = all(name in found for name in SYNC_SECRETS)
+        self._keys_ready = not missing_for_sync(found)
         return self._keys_ready
 
     def keys_changed(self) -> None:

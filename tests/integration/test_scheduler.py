@@ -19,12 +19,13 @@ import pytest
 
 from clinicsync.app import bootstrap
 from clinicsync.outcomes import Outcome
+from clinicsync.secrets import SYNC_SECRETS
 from clinicsync.store import queries
 from clinicsync.store.models import SyncRun
 from clinicsync.sync import reconcile_hook
 from clinicsync.sync.clock import ManualClock, naive_utc
 from clinicsync.sync.history import SCHEDULE
-from clinicsync.sync.host import SYNC_SECRETS, SchedulerHost
+from clinicsync.sync.host import SchedulerHost
 from clinicsync.sync.reconcile_hook import RECONCILE, ReconcileReport
 from clinicsync.sync.runner import APPROVAL_MESSAGE, BUSY_MESSAGE, read_credentials
 from clinicsync.sync.scheduler import WAKE_SETTLE_S
@@ -83,10 +84,13 @@ def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(sandbox: object | None = None, *, clock: ManualClock | None = None, **kwargs: object) -> Harness:
-        overrides = {key: str(value) for key, value in kwargs.items() if key.startswith("CLINICSYNC_")}
+        settings = {key: value for key, value in kwargs.items() if key.startswith("CLINICSYNC_")}
         options = {key: value for key, value in kwargs.items() if not key.startswith("CLINICSYNC_")}
         sandbox_env = sandbox.env() if sandbox is not None else {}  # type: ignore[attr-defined]
+        overrides = {key: str(value) for key, value in settings.items() if value is not None}
         env = profile_env(tmp_path / "profile", sandbox_env, **overrides)
+        for key in (key for key, value in settings.items() if value is None):  # None: not set at all
+            env.pop(key, None)
         made.append(Harness(env, clock or ManualClock(), **options))  # type: ignore[arg-type]
         return made[-1]
 
@@ -109,7 +113,7 @@ def test_jobs_fire_at_their_interval_and_a_new_interval_applies_at_once(make_san
     start = h.clock.now()
     h.step()  # never synced: the first run is due at start
     assert [streams for _, streams, _ in h.asked()] == [(PATIENTS,)]
-    assert runs(PATIENTS)[0].created == 12
+    assert runs(PATIENTS)[0].created == 12, (runs(PATIENTS)[0].outcome, runs(PATIENTS)[0].message)
 
     for _ in range(3):
         h.step(30)  # half an interval: nothing
@@ -534,3 +538,13 @@ def test_a_clock_turned_back_does_not_stop_the_polls(make_sandbox, harness) -> N
     h.step()
     h.step(60)
     assert len(h.asked()) == 2, "the next poll came an interval later, not an hour and an interval later"
+
+
+def test_a_clinic_on_cal_com_alone_has_its_streams_on_the_schedule(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=3, calcom=True, calcom_bookings=12)
+    h = harness(sandbox, CLINICSYNC_CLINIKO_API_KEY=None)  # no Cliniko key: Cal.com is the only source
+    h.step()
+    assert [streams for _, streams, _ in h.asked()] == [("calcom.event_types", "calcom.bookings")]
+    assert runs("calcom.bookings")[0].outcome == "ok" and not runs(PATIENTS)
+    h.step(60)
+    assert len(h.asked()) == 2, "polled again at the interval"
