@@ -1,10 +1,11 @@
-"""Do the history and review tables stay smooth with 100,000 rows? Prints the longest GUI stall per table.
+"""Do the history, review and reconciliation tables stay smooth with 100,000 rows? Prints the longest GUI stall.
 
-A profile is filled directly in its database with N sync runs, one run holding N per-record rows, and N records
-waiting for review (invented names; no sandbox is needed: nothing is synced). The real window is built on it and
-each table is scrolled from the top to the very end, a page at a time, the way a person drags the scroll bar or
-holds Page Down. A precise QTimer ticks every 5 ms on the GUI thread; the longest gap between ticks is the longest
-time the window could not answer. Opening each table (the first page, the tab switch) is measured too.
+A profile is filled directly in its database with N sync runs, one run holding N per-record rows, N records
+waiting for review and a reconciliation report of N findings (invented names; no sandbox is needed: nothing is
+synced). The real window is built on it and each table is scrolled from the top to the very end, a page at a time,
+the way a person drags the scroll bar or holds Page Down. A precise QTimer ticks every 5 ms on the GUI thread; the
+longest gap between ticks is the longest time the window could not answer. Opening each table (the first page,
+the tab switch) is measured too.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/table_scroll.py [--rows 100000]
 
@@ -115,8 +116,52 @@ def fill(env: dict[str, str], rows: int) -> None:
                 }
                 for i in range(first, min(rows, first + CHUNK))
             ).execute()
+    fill_findings(pair, rows)
     db.close()
     del ctx
+
+
+def fill_findings(pair: object, rows: int) -> None:
+    """One finished reconciliation report with N findings of three kinds (invented records)."""
+    from clinicsync.store import models
+
+    kinds = (("field_drift", "value_changed", "phone"), ("missing_in_stripe", "never_synced", ""))
+    kinds += (("duplicate", "same_reference", ""),)
+    levels = ("high", "medium", "low")
+    report = models.ReconcileReport.create(
+        pair=pair,
+        streams=["cliniko.patients"],
+        trigger="manual",
+        outcome="findings",
+        finished_at=datetime(2026, 1, 2, tzinfo=UTC),
+        counts={"reported": {"cliniko.patients": {"field_drift": rows}}, "accepted": 0},
+        compared={"cliniko.patients": {"source": rows, "stripe": rows}},
+    )
+    db = models.ReconcileFinding._meta.database
+    for first in range(0, rows, CHUNK):
+        with db.atomic():
+            models.ReconcileFinding.insert_many(
+                {
+                    "report": report.id,
+                    "stream": "cliniko.patients",
+                    "type": kinds[i % 3][0],
+                    "severity": levels[i % 5 % 3],
+                    "reason": kinds[i % 3][1],
+                    "stripe_object": "customer",
+                    "source_id": str(700_000 + i),
+                    "stripe_id": f"cus_sandboxfind{i:07d}",
+                    "field": kinds[i % 3][2],
+                    "source_value": "+61 491 570 156" if i % 3 == 0 else None,
+                    "stripe_value": "0491 570 110" if i % 3 == 0 else None,
+                    "display_name": f"Invented Finding {i}",
+                    "explanation": "An invented finding for the benchmark.",
+                    "suggested_fix": "repush",
+                    "fixes": ["repush", "mark_intended"],
+                    "related": [],
+                    "fingerprint": f"fp{i}",
+                }
+                for i in range(first, min(rows, first + CHUNK))
+            ).execute()
 
 
 class Heartbeat:
@@ -217,6 +262,12 @@ def main() -> int:
             review = gui.window.tab("review")
             results["review"] = measure(
                 "review", lambda: (gui.window.show_tab("review"), review.items_view)[1], args.rows
+            )
+            findings = gui.window.tab("reconciliation")
+            results["reconciliation: findings"] = measure(
+                "reconciliation: findings",
+                lambda: (gui.window.show_tab("reconciliation"), findings.view)[1],
+                args.rows,
             )
         finally:
             gui.shutdown(30)

@@ -31,17 +31,19 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str], None]) -> int:
     from clinicsync.app import bootstrap
     from clinicsync.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
-    from clinicsync.sync.host import SYNC_SECRETS, SchedulerHost
+    from clinicsync.secrets import SYNC_SECRETS, missing_for_sync
+    from clinicsync.sync.host import SchedulerHost
     from clinicsync.sync.instance import SERVE, SchedulerLock, SchedulerTaken
     from clinicsync.sync.runner import read_credentials
 
     ctx = bootstrap()
-    missing = [name for name in SYNC_SECRETS if name not in read_credentials(ctx.secrets, SYNC_SECRETS)]
+    missing = missing_for_sync(read_credentials(ctx.secrets, SYNC_SECRETS))
     if missing:
         err(
-            "ClinicSync cannot sync without " + " and ".join(missing) + ". Store them with `clinicsync config "
-            "set-secret <name>` (the keyring), or set CLINICSYNC_CLINIKO_API_KEY and CLINICSYNC_STRIPE_API_KEY "
-            "in the service's environment."
+            "ClinicSync cannot sync without " + " and ".join(missing) + " (a Cal.com key, calcom_api_key, serves "
+            "instead of Cliniko's for a clinic on Cal.com alone). Store them with `clinicsync config set-secret "
+            "<name>` (the keyring), or set CLINICSYNC_CLINIKO_API_KEY (or CLINICSYNC_CALCOM_API_KEY) and "
+            "CLINICSYNC_STRIPE_API_KEY in the service's environment."
         )
         return EXIT_CONFIG
     lock = SchedulerLock(ctx.paths)

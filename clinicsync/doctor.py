@@ -109,8 +109,10 @@ def check_keyring(secrets: LayeredSecrets, *, keys_all_from_environment: bool) -
 
 
 def check_keys(secrets: LayeredSecrets) -> Iterator[Check]:
+    # A clinic syncs from Cliniko, Cal.com or both: the Cliniko key is needed unless the Cal.com key is set.
+    calcom_only = _is_set(secrets, CALCOM_API_KEY) and not _is_set(secrets, CLINIKO_API_KEY)
     for name, label, required in (
-        (CLINIKO_API_KEY, "Cliniko key", True),
+        (CLINIKO_API_KEY, "Cliniko key", not calcom_only),
         (STRIPE_API_KEY, "Stripe key", True),
         (CALCOM_API_KEY, "Cal.com key", False),
     ):
@@ -125,8 +127,17 @@ def check_keys(secrets: LayeredSecrets) -> Iterator[Check]:
             yield Check(label, "ok", f"set (from the {source})")
         elif required:
             yield Check(label, "problem", f"not set: `clinicsync config set-secret {name}` or Connections", 2)
+        elif name == CLINIKO_API_KEY:
+            yield Check(label, "ok", "not set (this clinic syncs from Cal.com only)")
         else:
             yield Check(label, "ok", "not set (optional until a Cal.com stream is on)")
+
+
+def _is_set(secrets: LayeredSecrets, name: str) -> bool:
+    try:
+        return secrets.source(name) is not None
+    except SecretStoreError:
+        return False
 
 
 def check_settings(settings: Settings) -> Iterator[Check]:
@@ -225,7 +236,9 @@ def run_checks(paths: AppPaths, secrets: LayeredSecrets, settings: Settings, *, 
     database = folder if folder.blocking else check_database(paths)
     if database is not folder:
         yield database
-    env_only = all(_from_environment(secrets, name) for name in (CLINIKO_API_KEY, STRIPE_API_KEY))
+    env_only = _from_environment(secrets, STRIPE_API_KEY) and any(
+        _from_environment(secrets, name) for name in (CLINIKO_API_KEY, CALCOM_API_KEY)
+    )
     yield check_keyring(secrets, keys_all_from_environment=env_only)
     yield from check_keys(secrets)
     if database.status == "problem":

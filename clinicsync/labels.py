@@ -51,6 +51,7 @@ STREAM_NOUNS = {
     "calcom.event_types": "event types",
     "calcom.bookings": "bookings",
     "calcom.reference": "Cal.com details",
+    "reconcile": "full comparison",  # the history rows of reconciliations (clinicsync.sync.reconcile_hook)
 }
 _STREAM_ID = re.compile(r"\b(cliniko|calcom)\.([a-z][a-z_]*)\b")
 
@@ -64,6 +65,8 @@ def stream_source(stream: str) -> str:
     """'cliniko.patients' → 'Cliniko patients': the records, with the system they come from."""
     system = stream.split(".", 1)[0]
     noun = stream_noun(stream)
+    if "." not in stream:  # not a source's records ("reconcile"): the words alone
+        return sentence(noun)
     if noun.startswith(SOURCE_SYSTEMS.get(system, "\0")):
         return noun
     return f"{SOURCE_SYSTEMS.get(system, system.capitalize())} {noun}"
@@ -105,8 +108,8 @@ def stripe_objects_words(kind: str) -> str:
 # The part a mapping row plays, and (for the streams to come) what a link between two records is.
 RULE_ROLES = {
     "": "—",
-    "match_key": "Finds existing Stripe customers (by email)",
-    "cross_ref": "Holds the Cliniko id (links the two records)",
+    "match_key": "Finds the existing Stripe record (a customer by email, a product by name)",
+    "cross_ref": "Holds the Cliniko or Cal.com id (links the two records)",
 }
 
 

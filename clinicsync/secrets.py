@@ -28,6 +28,19 @@ CLINIKO_API_KEY = "cliniko_api_key"
 STRIPE_API_KEY = "stripe_api_key"
 CALCOM_API_KEY = "calcom_api_key"
 SECRET_NAMES: tuple[str, ...] = (CLINIKO_API_KEY, STRIPE_API_KEY, CALCOM_API_KEY)
+SOURCE_KEYS: tuple[str, ...] = (CLINIKO_API_KEY, CALCOM_API_KEY)
+# What a sync reads: every key (a source without one is simply not connected).
+SYNC_SECRETS = SECRET_NAMES
+
+
+def missing_for_sync(found: Mapping[str, str]) -> list[str]:
+    """The keys a sync still lacks: Stripe's, and one source's at least (Cliniko's is named when neither is set,
+    as most clinics use Cliniko)."""
+    missing = [] if found.get(STRIPE_API_KEY) else [STRIPE_API_KEY]
+    if not any(found.get(name) for name in SOURCE_KEYS):
+        missing.insert(0, CLINIKO_API_KEY)
+    return missing
+
 
 # Headless runs (servers, CI, the sandbox) may supply keys through these instead of a keyring.
 ENV_VARS: Mapping[str, str] = {
@@ -346,6 +359,10 @@ class LayeredSecrets:
             value = self.keyring().get(name)
         self._notify(value)
         return value
+
+    def from_environment(self, name: str) -> str | None:
+        """The environment's value only: the keyring is not opened."""
+        return self._env.get(name)
 
     def source(self, name: str) -> SecretSource | None:
         if self._env.get(name) is not None:

@@ -125,7 +125,7 @@ def map_record(
 ) -> MappedRecord:
     """Map one source record. `archived_value` (e.g. the archive date) marks a linked object as archived."""
     raw_id = record.get("id")
-    bad_id = id_problem(mapping.source_system, raw_id)
+    bad_id = id_problem(mapping.source_system, raw_id, mapping.source_type)
     # A bad id is kept as text only to name the record in history; nothing is sent or linked under it.
     source_id = "" if raw_id is None or text_problem(raw_id) else str(raw_id)
     payload: Payload = {}

@@ -75,7 +75,45 @@ CLINIKO_INVOICES_DRAFT = StreamMapping(
     archived_marker="cliniko_archived",
 )
 
+# A priced Cal.com event type is a Stripe product whose price comes from `metadata.apps.stripe` (streams/
+# calcom_event_types.py). Matched by name only to a product no other stream or source is linked to.
+CALCOM_EVENT_TYPES = StreamMapping(
+    stream="calcom.event_types",
+    source_system="calcom",
+    source_type="event_type",
+    stripe_object="product",
+    rules=(
+        rule("name", "title", role="match_key"),
+        rule("metadata.calcom_event_type_id", "id", role="cross_ref"),
+        rule("metadata.calcom_slug", "slug", overflow="truncate"),
+        rule("metadata.calcom_length_minutes", "lengthInMinutes"),
+        rule("metadata.calcom_owner_email", "owner_email", overflow="truncate"),
+        rule("metadata.calcom_team", "team_name", overflow="truncate"),
+    ),
+    display_target="name",
+    archived_marker="calcom_archived",
+)
+
+# A Cal.com attendee is the person's Stripe customer (one per person, shared with their Cliniko patient record:
+# streams.md §3). The booking summary (last booking, its clinic-local start, how many) is added by the stream.
+CALCOM_ATTENDEES = StreamMapping(
+    stream="calcom.bookings",
+    source_system="calcom",
+    source_type="attendee",
+    stripe_object="customer",
+    rules=(
+        rule("name", "name", overflow="truncate"),
+        rule("email", "email", transform="email", role="match_key"),
+        rule("phone", "phoneNumber"),
+        rule("metadata.calcom_attendee_ref", "id", role="cross_ref"),
+        rule("metadata.calcom_last_booking_uid", "last_booking_uid"),
+        rule("metadata.calcom_booking_count", "booking_count"),
+    ),
+    display_target="name",
+    archived_marker="calcom_archived",
+)
+
 DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
-    mapping.stream: mapping for mapping in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS)
+    mapping.stream: mapping for mapping in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS, CALCOM_EVENT_TYPES, CALCOM_ATTENDEES)
 }
 DRAFT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_INVOICES_DRAFT.stream: CLINIKO_INVOICES_DRAFT}

@@ -182,7 +182,38 @@ CLINIKO_PRODUCT_FIELDS: tuple[SourceField, ...] = (
     *_fields(INTERNAL, ("cost_price", "Cost price", "decimal"), ("notes", "Notes")),
 )
 
+# Cal.com event types (docs/calcom-api.md §3, EventTypeOutput_2024_06_14), with what the stream adds from the
+# key's user and the event type's team. The price is not a mapped field: it becomes a Stripe Price of its own.
+CALCOM_EVENT_TYPE_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cal.com event type id"),
+        ("slug", "Link name (slug)"),
+        ("lengthInMinutes", "Length (minutes)", "integer"),
+        ("hidden", "Hidden", "boolean"),
+        ("schedulingType", "Scheduling type"),
+    ),
+    *_fields(IDENTITY, ("title", "Event type name"), ("description", "Description"), ("team_name", "Team")),
+    *_fields(CONTACT, ("owner_email", "Owner's email")),
+)
+
+# A Cal.com person: the attendee of a booking, summed up over every booking with their email (streams/
+# calcom_bookings.py). Cal.com has no id for an attendee: `id` is a key derived from the email.
+CALCOM_ATTENDEE_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cal.com attendee reference"),
+        ("last_booking_uid", "Last booking (Cal.com id)"),
+        ("last_booking_start", "Last booking start", "datetime"),
+        ("booking_count", "Number of bookings", "integer"),
+    ),
+    *_fields(IDENTITY, ("name", "Name"), ("timeZone", "Time zone"), ("language", "Language")),
+    *_fields(CONTACT, ("email", "Email"), ("phoneNumber", "Phone")),
+)
+
 SOURCE_FIELDS: dict[tuple[str, str], tuple[SourceField, ...]] = {
+    ("calcom", "event_type"): CALCOM_EVENT_TYPE_FIELDS,
+    ("calcom", "attendee"): CALCOM_ATTENDEE_FIELDS,
     ("cliniko", "patient"): CLINIKO_PATIENT_FIELDS,
     ("cliniko", "product"): CLINIKO_PRODUCT_FIELDS,
     ("cliniko", "invoice"): CLINIKO_INVOICE_FIELDS,
@@ -214,12 +245,18 @@ def custom_field_entries(settings: Mapping[str, Any] | None) -> list[SourceField
 _POSITIVE_INT64 = re.compile(r"^[1-9][0-9]{0,18}$")
 INT64_MAX = 2**63 - 1
 ID_FORMS: dict[str, str] = {"cliniko": "a positive whole number", "calcom": "a positive whole number"}
+# Records whose id is not the source's own: a Cal.com attendee has none, so ClinicSync's reference to the person is
+# "att_" and 24 hex digits of their email's digest (streams/calcom_bookings.py).
+OWN_ID_FORMS: dict[tuple[str, str], tuple[re.Pattern[str], str]] = {
+    ("calcom", "attendee"): (re.compile(r"^att_[0-9a-f]{24}$"), "a ClinicSync attendee reference"),
+}
 
 
-def id_problem(source_system: str, value: Any) -> str | None:
-    """Why `value` cannot be a record id of `source_system` (in words, without repeating a value that is not
-    text), or None when it can."""
-    form = ID_FORMS.get(source_system, "a positive whole number")
+def id_problem(source_system: str, value: Any, source_type: str = "") -> str | None:
+    """Why `value` cannot be a record id of `source_system`'s `source_type` records (in words, without repeating a
+    value that is not text), or None when it can."""
+    own = OWN_ID_FORMS.get((source_system, source_type))
+    form = own[1] if own else ID_FORMS.get(source_system, "a positive whole number")
     source = SOURCE_SYSTEMS.get(source_system, source_system)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -227,6 +264,8 @@ def id_problem(source_system: str, value: Any) -> str | None:
         return "the record has no id"
     if not isinstance(value, str):
         return f"the record's id is {kind_of(value)}, not a {source} id ({form})"
+    if own is not None:
+        return None if own[0].match(value) else f"the record's id is not a {source} id ({form})"
     if not (_POSITIVE_INT64.match(value) and int(value) <= INT64_MAX):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the record's id {shown!r} is not a {source} id ({form})"

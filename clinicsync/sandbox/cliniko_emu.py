@@ -13,6 +13,7 @@ import json
 import random
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from clinicsync import rate_limits
+from clinicsync.sandbox import cliniko_invoices as inv
 from clinicsync.sandbox import seed as seedmod
 from clinicsync.sandbox.http import RateLimit, Request, Response
 
@@ -93,6 +95,23 @@ INVOICE_FILTERS: dict[str, str] = {
     "status": "int",
     "updated_at": "datetime",
 }
+INVOICE_ITEM_FILTERS: dict[str, str] = {
+    "archived_at": "datetime",
+    "created_at": "datetime",
+    "deleted_at": "datetime",
+    "id": "int",
+    "invoice_id": "int",
+    "source_item_id": "int",  # the product or billable item the line was made from
+    "updated_at": "datetime",
+}
+BUSINESS_FILTERS: dict[str, str] = {
+    "archived_at": "datetime",
+    "created_at": "datetime",
+    "deleted_at": "datetime",
+    "id": "int",
+    "show_in_online_bookings": "boolean",
+    "updated_at": "datetime",
+}
 APPOINTMENT_FILTERS: dict[str, str] = {
     "appointment_type_id": "int",
     "archived_at": "datetime",
@@ -142,11 +161,75 @@ CATALOGUE_FILTERS: dict[str, dict[str, str]] = {
 # Ids of related records are digit strings, sorted as numbers.
 _ID_COLUMNS = frozenset(
     c
-    for c in (*INVOICE_FILTERS, *APPOINTMENT_FILTERS, *PRODUCT_FILTERS, *STOCK_ADJUSTMENT_FILTERS)
+    for c in (
+        *INVOICE_FILTERS,
+        *INVOICE_ITEM_FILTERS,
+        *APPOINTMENT_FILTERS,
+        *PRODUCT_FILTERS,
+        *STOCK_ADJUSTMENT_FILTERS,
+    )
     if c.endswith("_id")
 )
-INVOICE_STATUSES = {10: "Open", 20: "Paid", 30: "Closed", 40: "Open credit"}
+INVOICE_STATUSES = inv.STATUSES
 CALCULATION_METHODS = {1: "Legacy", 2: "Tax exclusive", 3: "Tax inclusive"}
+# A business's scalar fields as the spec's Business schema has them (links are added when rendering).
+BUSINESS_FIELDS = (
+    "id",
+    "business_name",
+    "display_name",
+    "label",
+    "address_1",
+    "address_2",
+    "city",
+    "state",
+    "post_code",
+    "country",
+    "country_code",
+    "time_zone",
+    "time_zone_identifier",
+    "email_reply_to",
+    "website_address",
+    "contact_information",
+    "additional_information",
+    "additional_invoice_information",
+    "business_registration_name",
+    "business_registration_value",
+    "show_in_online_bookings",
+    "appointment_reminders_enabled",
+    "archived_at",
+    "deleted_at",
+    "created_at",
+    "updated_at",
+)
+DEFAULT_BUSINESS: dict[str, Any] = {
+    "id": BUSINESS_ID,
+    "business_name": "Sandbox Allied Health Fitzroy",
+    "display_name": "Sandbox Allied Health",
+    "label": "Sandbox Allied Health Fitzroy",
+    "address_1": "100 Smith Street",
+    "address_2": None,
+    "city": "Fitzroy",
+    "state": "VIC",
+    "post_code": "3065",
+    "country": "Australia",
+    "country_code": "AU",
+    "time_zone": "Melbourne",
+    "time_zone_identifier": "Australia/Melbourne",
+    "email_reply_to": "reception@example.com",
+    "website_address": None,
+    "contact_information": None,
+    "additional_information": None,
+    "additional_invoice_information": None,
+    "business_registration_name": "ABN",
+    "business_registration_value": "00 000 000 000",
+    "show_in_online_bookings": True,
+    "appointment_reminders_enabled": True,
+    "appointment_type_ids": [],
+    "archived_at": None,
+    "deleted_at": None,
+    "created_at": "2020-06-01T00:00:00Z",
+    "updated_at": "2020-06-01T00:00:00Z",
+}
 
 # Fields a POST/PATCH may set (the spec's Patient request body), grouped by how they are validated.
 _STR_255 = (
@@ -227,8 +310,9 @@ class ClinikoEmulator:
     """Cliniko API v1 for one invented clinic; thread-safe; state lives in memory."""
 
     name = "cliniko"
-    # Runtime-only (keys are never written to disk): the trial's snapshot (sandbox/persist.py) keeps the rest.
-    SNAPSHOT_TRANSIENT = ("api_key", "limited_key")
+    # Runtime-only (keys are never written to disk; the list cache is rebuilt): the trial's snapshot
+    # (sandbox/persist.py) keeps the rest.
+    SNAPSHOT_TRANSIENT = ("api_key", "limited_key", "_version", "_list_cache")
 
     def __init__(
         self,
@@ -254,6 +338,8 @@ class ClinikoEmulator:
         with self._lock:
             self.patients: dict[str, dict[str, Any]] = {}
             self.invoices: dict[str, dict[str, Any]] = {}
+            self.invoice_items: dict[str, dict[str, Any]] = {}
+            self.businesses: dict[str, dict[str, Any]] = {BUSINESS_ID: dict(DEFAULT_BUSINESS)}
             self.appointments: dict[str, dict[str, Any]] = {}
             self.products: dict[str, dict[str, Any]] = {}
             self.product_suppliers: dict[str, dict[str, Any]] = {}
@@ -264,6 +350,10 @@ class ClinikoEmulator:
             # Hostile knob (admin `list_twice`): record id → fields of a second copy listed right after it.
             self.listed_twice: dict[str, dict[str, Any]] = {}
             self.clock_offset = timedelta(0)
+            # Filtered, sorted rows of recent list queries, so paging through thousands of invoices or items
+            # filters and sorts once, not once a page (emptied by every write: see `touch`).
+            self._version = 0
+            self._list_cache: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
             self.rng = random.Random(self._seed)
             self._gen = seedmod._Gen(self._seed + 7919)  # ids and people for POSTs and edits
 
@@ -276,18 +366,29 @@ class ClinikoEmulator:
 
     def load(self, patients: list[dict[str, Any]]) -> None:
         with self._lock:
+            self.touch()
             for record in patients:
                 full = seedmod.blank_patient()
                 full.update(record)
                 self.patients[full["id"]] = full
                 self._gen._ids.add(full["id"])
 
-    def load_activity(self, invoices: list[dict[str, Any]], appointments: list[dict[str, Any]]) -> None:
-        """Invoices and individual appointments in seed.py's internal form (ids of related records as `*_id`)."""
+    def load_activity(
+        self,
+        invoices: list[dict[str, Any]],
+        appointments: list[dict[str, Any]],
+        invoice_items: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Invoices, their items and individual appointments in seed.py's internal form (ids of related records as
+        `*_id`)."""
         with self._lock:
+            self.touch()
             for invoice in invoices:
-                self.invoices[invoice["id"]] = {"business_id": BUSINESS_ID, **invoice}
+                self.invoices[invoice["id"]] = {**inv.blank_invoice(), "business_id": BUSINESS_ID, **invoice}
                 self._gen._ids.add(invoice["id"])
+            for item in invoice_items:
+                self.invoice_items[item["id"]] = dict(item)
+                self._gen._ids.add(item["id"])
             for appointment in appointments:
                 self.appointments[appointment["id"]] = {"business_id": BUSINESS_ID, **appointment}
                 self._gen._ids.add(appointment["id"])
@@ -295,6 +396,7 @@ class ClinikoEmulator:
     def load_catalogue(self, catalogue: seedmod.ProductSeed) -> None:
         """Products, suppliers, taxes and stock adjustments in seed.py's internal form."""
         with self._lock:
+            self.touch()
             for table, records in (
                 (self.products, catalogue.products),
                 (self.product_suppliers, catalogue.suppliers),
@@ -313,7 +415,19 @@ class ClinikoEmulator:
                 response = self._route(request)
             except ApiError as exc:
                 response = exc.response
+            finally:
+                if request.method != "GET":
+                    self.touch()
             return self._finish(response)
+
+    def restored(self) -> None:
+        """After persist.load: cached list rows belong to the process that saved them."""
+        self.touch()
+
+    def touch(self) -> None:
+        """Forget cached list results: call after changing records other than through `handle` or `admin`."""
+        self._version += 1
+        self._list_cache.clear()
 
     def _finish(self, response: Response) -> Response:
         # The Date header comes from the same clock as updated_at, so an edit made after a response is
@@ -389,6 +503,11 @@ class ClinikoEmulator:
             return self._resolve_patients(method, rest)
         if head in ("invoices", "individual_appointments") and method == "GET" and len(rest) <= 1:
             return self._resolve_activity(head, rest)
+        if head == "invoices" and method == "GET" and len(rest) == 2 and rest[1] == "invoice_items":
+            # Deprecated in the spec, still served: the items of one invoice.
+            return lambda r: self._invoice_items_of(r, rest[0])
+        if head in ("invoice_items", "businesses") and method == "GET" and len(rest) <= 1:
+            return self._resolve_billing(head, rest)
         if head in CATALOGUE_FILTERS:
             return self._resolve_catalogue(method, head, rest)
         if method == "GET" and parts == ["settings", "public"]:
@@ -399,8 +518,6 @@ class ClinikoEmulator:
             return lambda r: Response(200, self._settings())
         if method == "GET" and parts == ["user"]:
             return lambda r: Response(200, self._user(r, user))
-        if method == "GET" and parts == ["businesses"]:
-            return self._list_businesses
         raise _message(404, MSG_NOT_FOUND)
 
     def _resolve_patients(self, method: str, rest: list[str]) -> Callable[[Request], Response]:
@@ -417,6 +534,8 @@ class ClinikoEmulator:
                 return lambda r: self._update_patient(r, pid)
             if method == "DELETE":  # deprecated; the spec summarises it as "Archive patient"
                 return lambda r: self._archive(self._find(pid))
+        elif len(rest) == 2 and method == "GET" and rest[1] == "invoices":
+            return lambda r: self._invoices_of_patient(r, rest[0])
         elif len(rest) == 2 and method == "POST" and rest[1] in ("archive", "unarchive"):
             pid, action = rest
             if action == "archive":
@@ -459,14 +578,45 @@ class ClinikoEmulator:
         if not rest:
             return lambda r: self._list_table(r, head, table, columns, render)
         rid = rest[0]
+        return lambda r: Response(200, render(r, self._hidden_unless_asked(r, table.get(rid))))
 
-        def get_one(request: Request) -> Response:
-            record = table.get(rid)
-            if record is None or record["deleted_at"] is not None or record["archived_at"] is not None:
+    def _resolve_billing(self, head: str, rest: list[str]) -> Callable[[Request], Response]:
+        table, columns, render = (
+            (self.invoice_items, INVOICE_ITEM_FILTERS, self.render_invoice_item)
+            if head == "invoice_items"
+            else (self.businesses, BUSINESS_FILTERS, self.render_business)
+        )
+        if not rest:
+            return lambda r: self._list_table(r, head, table, columns, render)
+        return lambda r: Response(200, render(r, self._hidden_unless_asked(r, table.get(rest[0]))))
+
+    @staticmethod
+    def _hidden_unless_asked(request: Request, record: dict[str, Any] | None) -> dict[str, Any]:
+        """One record by id: an archived or deleted one only when the request filters on that column (the spec lists
+        archived_at and deleted_at as filters on /invoices/{id}), e.g. q[]=deleted_at:*."""
+        allowed = {"archived_at": "datetime", "deleted_at": "datetime"}
+        filters = [parse_filter(text, allowed=allowed) for text in request.query_values("q[]")]
+        named = {f.column for f in filters}
+        if record is None:
+            raise _message(404, MSG_NOT_FOUND)
+        for column in ("archived_at", "deleted_at"):
+            if record.get(column) is not None and column not in named:
                 raise _message(404, MSG_NOT_FOUND)
-            return Response(200, render(request, record))
+        if not all(f.matches(record) for f in filters):
+            raise _message(404, MSG_NOT_FOUND)
+        return record
 
-        return get_one
+    def _invoices_of_patient(self, request: Request, patient_id: str) -> Response:
+        """GET /patients/{id}/invoices: /invoices narrowed to one patient (its filters apply too)."""
+        self._find(patient_id)
+        own = {k: v for k, v in self.invoices.items() if v["patient_id"] == patient_id}
+        return self._list_table(request, "invoices", own, INVOICE_FILTERS, self.render_invoice, f"patient {patient_id}")
+
+    def _invoice_items_of(self, request: Request, invoice_id: str) -> Response:
+        self._hidden_unless_asked(request, self.invoices.get(invoice_id))
+        rows = [i for i in self.invoice_items.values() if i["invoice_id"] == invoice_id and i["deleted_at"] is None]
+        rows = sort_records(rows, None, None, frozenset(INVOICE_ITEM_FILTERS))
+        return Response(200, self._page(request, "invoice_items", rows, self.render_invoice_item))
 
     # -- invoices and individual appointments: reads -----------------------------------------------------
 
@@ -477,19 +627,30 @@ class ClinikoEmulator:
         table: dict[str, dict[str, Any]],
         columns: dict[str, str],
         render: Callable[[Request, dict[str, Any]], dict[str, Any]],
+        narrowed_to: str = "",
     ) -> Response:
         """Like /patients: archived and deleted records are hidden unless a filter names that column (the catalogue
         has no deleted_at; taxes and suppliers are never archived)."""
-        filters = [parse_filter(text, allowed=columns) for text in request.query_values("q[]")]
-        named = {f.column for f in filters}
-        rows = [
-            row
-            for row in table.values()
-            if ("deleted_at" in named or row.get("deleted_at") is None)
-            and ("archived_at" in named or row.get("archived_at") is None)
-            and all(f.matches(row) for f in filters)
-        ]
-        rows = sort_records(rows, request.query_value("sort"), request.query_value("order"), frozenset(columns))
+        terms = tuple(request.query_values("q[]"))
+        sort, order = request.query_value("sort"), request.query_value("order")
+        # `narrowed_to` tells apart the throwaway tables a nested list makes (their ids can be reused).
+        key = (self._version, name, narrowed_to, id(table), len(table), terms, sort, order)
+        rows = self._list_cache.get(key)
+        if rows is None:
+            filters = [parse_filter(text, allowed=columns) for text in terms]
+            named = {f.column for f in filters}
+            tests = [f.matches for f in filters]
+            rows = [
+                row
+                for row in table.values()
+                if ("deleted_at" in named or row.get("deleted_at") is None)
+                and ("archived_at" in named or row.get("archived_at") is None)
+                and all(test(row) for test in tests)
+            ]
+            rows = sort_records(rows, sort, order, frozenset(columns))
+            self._list_cache[key] = rows
+            while len(self._list_cache) > 16:
+                self._list_cache.popitem(last=False)
         return Response(200, self._page(request, name, rows, render))
 
     def render_invoice(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
@@ -525,8 +686,10 @@ class ClinikoEmulator:
         out["practitioner"] = _link(f"{base}/practitioners/{row['practitioner_id']}")
         out["business"] = _link(f"{base}/businesses/{row['business_id']}")
         if row.get("appointment_id"):
-            out["appointment"] = _link(f"{base}/appointments/{row['appointment_id']}")
-        out["invoice_items"] = _link(f"{own}/invoice_items")
+            out["appointment"] = _link(f"{base}/individual_appointments/{row['appointment_id']}")
+        if row.get("original_invoice_id"):
+            out["original_invoice"] = _link(f"{base}/invoices/{row['original_invoice_id']}")
+        out["invoice_items"] = _link(f"{base}/invoice_items?q%5B%5D=invoice_id%3A%3D{row['id']}")
         out["reversed_invoices"] = _link(f"{base}/invoices?q%5B%5D=original_invoice_id%3A%3D{row['id']}")
         out["links"] = {"self": own}
         return out
@@ -847,40 +1010,47 @@ class ClinikoEmulator:
             "links": {"self": f"{request.base_url}{API_PREFIX}/users/{uid}"},
         }
 
-    def _list_businesses(self, request: Request) -> Response:
-        business = {"id": BUSINESS_ID}
-        return Response(200, self._page(request, "businesses", [business], self._render_business))
+    def render_invoice_item(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        """An InvoiceItem as the spec's schema has it: a product or billable item link (whichever it was made
+        from), `total_including_tax` a JSON number as the spec types it."""
+        base = f"{request.base_url}{API_PREFIX}"
+        out: dict[str, Any] = {
+            key: row.get(key)
+            for key in (
+                "id",
+                "name",
+                "code",
+                "quantity",
+                "unit_price",
+                "discount_percentage",
+                "discounted_amount",
+                "is_monetary_discount",
+                "net_price",
+                "tax_name",
+                "tax_rate",
+                "tax_amount",
+                "concession_type_name",
+                "created_at",
+                "updated_at",
+                "archived_at",
+                "deleted_at",
+            )
+        }
+        total = row.get("total_including_tax")
+        out["total_including_tax"] = float(total) if total is not None else None
+        out["invoice"] = _link(f"{base}/invoices/{row['invoice_id']}")
+        if row.get("product_id"):
+            out["product"] = _link(f"{base}/products/{row['product_id']}")
+        if row.get("billable_item_id"):
+            out["billable_item"] = _link(f"{base}/billable_items/{row['billable_item_id']}")
+        out["links"] = {"self": f"{base}/invoice_items/{row['id']}"}
+        return out
 
-    def _render_business(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+    def render_business(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
         own = f"{request.base_url}{API_PREFIX}/businesses/{row['id']}"
         return {
-            "id": row["id"],
-            "business_name": "Sandbox Allied Health Fitzroy",
-            "display_name": "Sandbox Allied Health",
-            "label": "Sandbox Allied Health Fitzroy",
-            "address_1": "100 Smith Street",
-            "address_2": None,
-            "city": "Fitzroy",
-            "state": "VIC",
-            "post_code": "3065",
-            "country": "Australia",
-            "country_code": "AU",
-            "time_zone": "Melbourne",
-            "time_zone_identifier": "Australia/Melbourne",
-            "email_reply_to": "reception@example.com",
-            "website_address": None,
-            "contact_information": None,
-            "additional_information": None,
-            "additional_invoice_information": None,
-            "business_registration_name": "ABN",
-            "business_registration_value": "00 000 000 000",
-            "show_in_online_bookings": True,
-            "appointment_reminders_enabled": True,
-            "appointment_type_ids": [],
-            "archived_at": None,
-            "deleted_at": None,
-            "created_at": "2020-06-01T00:00:00Z",
-            "updated_at": "2020-06-01T00:00:00Z",
+            **{k: row.get(k) for k in BUSINESS_FIELDS},
+            "appointment_type_ids": list(row.get("appointment_type_ids") or []),
             "appointments": {"links": {"self": f"{own}/appointments"}},
             "practitioners": {"links": {"self": f"{own}/practitioners"}},
             "links": {"self": own},
@@ -899,6 +1069,8 @@ class ClinikoEmulator:
                 return exc.response
             except (ValueError, KeyError, TypeError) as exc:
                 return Response(400, {"error": f"{action}: {exc}"})
+            finally:
+                self.touch()
 
     def _admin_reset(self, params: dict[str, Any]) -> dict[str, Any]:
         self.reset()
@@ -915,8 +1087,9 @@ class ClinikoEmulator:
         if params.get("replace", True):
             for table in self._tables():
                 table.clear()
+            self.businesses[BUSINESS_ID] = dict(DEFAULT_BUSINESS)  # the main clinic is always there
         self.load(result.patients)
-        self.load_activity(result.invoices, result.appointments)
+        self.load_activity(result.invoices, result.appointments, result.invoice_items)
         catalogue = result.catalogue
         self.load_catalogue(catalogue)
         return {
@@ -938,6 +1111,8 @@ class ClinikoEmulator:
         return (
             self.patients,
             self.invoices,
+            self.invoice_items,
+            self.businesses,
             self.appointments,
             self.products,
             self.product_suppliers,
@@ -1075,6 +1250,8 @@ class ClinikoEmulator:
         return {
             "patients": [dict(p) for p in self.patients.values()],
             "invoices": [dict(i) for i in self.invoices.values()],
+            "invoice_items": [dict(i) for i in self.invoice_items.values()],
+            "businesses": [dict(b) for b in self.businesses.values()],
             "appointments": [dict(a) for a in self.appointments.values()],
             "products": [dict(p) for p in self.products.values()],
             "product_suppliers": [dict(s) for s in self.product_suppliers.values()],
@@ -1181,6 +1358,248 @@ class ClinikoEmulator:
             self.stock_touches_product = enabled
         return {"stock_touches_product": self.stock_touches_product}
 
+    # -- admin: invoices and businesses -----------------------------------------------------------------
+
+    def _admin_add_business(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A business (clinic location) with its own `time_zone_identifier` (IANA, e.g. Australia/Brisbane); other
+        Business fields may be given too."""
+        zone = str(params.get("time_zone_identifier") or "Australia/Melbourne")
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(zone)  # an unknown zone is a bad request
+        unknown = sorted(set(params) - set(BUSINESS_FIELDS) - {"appointment_type_ids"})
+        if unknown:
+            raise ValueError(f"unknown business fields: {', '.join(unknown)}")
+        name = str(params.get("business_name") or f"Sandbox Allied Health {zone.rsplit('/', 1)[-1]}")
+        now = self.now_text()
+        record = {
+            **DEFAULT_BUSINESS,
+            "label": name,
+            "display_name": name,
+            "time_zone": zone.rsplit("/", 1)[-1].replace("_", " "),
+            **params,
+            "id": self._gen.new_id(),
+            "business_name": name,
+            "time_zone_identifier": zone,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self.businesses[record["id"]] = record
+        return {"id": record["id"], "time_zone_identifier": zone}
+
+    def _admin_add_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Invoices as staff raise them: each of `invoices` has `patient_id`, `lines` (see
+        cliniko_invoices.make_item; none makes a $0 invoice) and optionally `status` (10, 20 or 30; paid and closed
+        ones get `closed_at`, default now), `issue_date` (default: today in the business's zone), `business_id`,
+        `practitioner_id`, `appointment_id`, `calculation_method` (2 tax exclusive, 3 inclusive), `invoice_to`,
+        `notes`, `patient_extra_information`, and `created_at`/`closed_at` (UTC) to date it in the past."""
+        made = [self._insert_invoice(spec) for spec in params.get("invoices") or []]
+        return {
+            "ids": [i["id"] for i in made],
+            "invoices": [
+                {k: i[k] for k in ("id", "number", "status", "issue_date", "total_amount", "updated_at")} for i in made
+            ],
+        }
+
+    def _insert_invoice(self, spec: dict[str, Any]) -> dict[str, Any]:
+        patient = self._find_any(str(spec["patient_id"]))
+        business_id = str(spec.get("business_id") or BUSINESS_ID)
+        if business_id not in self.businesses:
+            raise KeyError(f"no business {business_id}")
+        status = int(spec.get("status", inv.OPEN))
+        if status not in (inv.OPEN, inv.PAID, inv.CLOSED):
+            raise ValueError("status must be 10, 20 or 30 (40 comes from reversing a paid invoice)")
+        stamp = str(spec.get("created_at") or self.now_text())
+        _parse_datetime(stamp)
+        zone = self.businesses[business_id]["time_zone_identifier"]
+        from zoneinfo import ZoneInfo
+
+        local_today = _parse_datetime(stamp).astimezone(ZoneInfo(zone)).date().isoformat()
+        name = " ".join(part for part in (patient.get("first_name"), patient.get("last_name")) if part) or None
+        invoice = {
+            **inv.blank_invoice(),
+            **inv.check_invoice_fields({k: v for k, v in spec.items() if k in inv.EDITABLE_FIELDS}),
+            "id": self._gen.new_id(),
+            "number": self._next_invoice_number(),
+            "patient_id": patient["id"],
+            "business_id": business_id,
+            "practitioner_id": str(spec.get("practitioner_id") or seedmod.PRACTITIONER_IDS[0]),
+            "issue_date": str(spec.get("issue_date") or local_today),
+            "status": status,
+            "invoice_to": spec.get("invoice_to", name),
+            "calculation_method": int(spec.get("calculation_method", inv.TAX_INCLUSIVE)),
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        if invoice["calculation_method"] not in CALCULATION_METHODS:
+            raise ValueError(f"calculation_method must be one of {sorted(CALCULATION_METHODS)}")
+        if status != inv.OPEN:
+            invoice["closed_at"] = str(spec.get("closed_at") or stamp)
+            invoice["updated_at"] = max(invoice["updated_at"], invoice["closed_at"])
+        items = [inv.make_item(self._gen.new_id(), invoice, line, stamp) for line in spec.get("lines") or []]
+        invoice.update(inv.invoice_totals(items))
+        self.invoices[invoice["id"]] = invoice
+        for item in items:
+            self.invoice_items[item["id"]] = item
+        return invoice
+
+    def _admin_seed_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The invoices ↔ payments scenario (sandbox/invoice_seed.py): `invoices` invoices (default 1000) for
+        `customers` live patients with usable emails (default 300), replacing every invoice and item unless
+        `replace` is false; a second business in Brisbane takes some. Returns the cases and, under `stripe`, the
+        customers and payments for the Stripe emulator's admin `seed`."""
+        from clinicsync.sandbox.invoice_seed import seed_invoice_scenario
+
+        wanted = int(params.get("customers", 300))
+        usable = [
+            p
+            for p in sorted(self.patients.values(), key=lambda p: (p["created_at"], p["id"]))
+            if p["archived_at"] is None
+            and p["deleted_at"] is None
+            and isinstance(p.get("email"), str)
+            and EMAIL_PATTERN.match(p["email"])
+            and len(p["email"]) <= 255
+        ][:wanted]
+        if params.get("replace", True):
+            self.invoices.clear()
+            self.invoice_items.clear()
+        brisbane = next(
+            (b["id"] for b in self.businesses.values() if b["time_zone_identifier"] == "Australia/Brisbane"), None
+        )
+        if brisbane is None:
+            brisbane = self._admin_add_business(
+                {"time_zone_identifier": "Australia/Brisbane", "business_name": "Sandbox Allied Health Brisbane"}
+            )["id"]
+        zones = [(BUSINESS_ID, self.businesses[BUSINESS_ID]["time_zone_identifier"]), (brisbane, "Australia/Brisbane")]
+        scenario = seed_invoice_scenario(
+            usable,
+            invoices=int(params.get("invoices", 1000)),
+            seed=int(params.get("seed", self._seed)),
+            now=self.now(),
+            businesses=zones,
+            product_ids=sorted(pid for pid, p in self.products.items() if p["archived_at"] is None),
+        )
+        offset = self._next_invoice_number() - min((i["number"] for i in scenario.invoices), default=0)
+        for record in scenario.invoices:
+            record["number"] += max(offset, 0)
+        self.load_activity(scenario.invoices, [], scenario.items)
+        return {**scenario.as_dict(), "business_ids": {zone: bid for bid, zone in zones}}
+
+    def _next_invoice_number(self) -> int:
+        return max((i["number"] for i in self.invoices.values()), default=1000) + 1
+
+    def _find_invoice(self, invoice_id: Any) -> dict[str, Any]:
+        record = self.invoices.get(str(invoice_id))
+        if record is None or record["deleted_at"] is not None:
+            raise KeyError(f"no invoice {invoice_id}")
+        return record
+
+    def _invoice_ids(self, params: dict[str, Any]) -> list[str]:
+        ids = [str(i) for i in params.get("ids") or []]
+        for invoice_id in ids:
+            self._find_invoice(invoice_id)
+        return ids
+
+    def _admin_pay_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Staff record payment of open invoices `ids` (in Cliniko, not through Stripe): status Paid, closed now. An
+        Open credit (a reversal of a paid invoice) is settled by closing it, not paying it."""
+        ids = self._invoice_ids(params)
+        for invoice_id in ids:
+            record = self.invoices[invoice_id]
+            if record["status"] != inv.OPEN:
+                raise ValueError(f"invoice {invoice_id} is {inv.STATUSES[record['status']]}, not open")
+            self._apply(record, {"status": inv.PAID, "closed_at": self.now_text()})
+        return {"ids": ids}
+
+    def _admin_close_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Staff close invoices `ids` without payment (written off): status Closed, closed now."""
+        ids = self._invoice_ids(params)
+        for invoice_id in ids:
+            record = self.invoices[invoice_id]
+            if record["status"] == inv.CLOSED:
+                raise ValueError(f"invoice {invoice_id} is already closed")
+            self._apply(record, {"status": inv.CLOSED, "closed_at": self.now_text()})
+        return {"ids": ids}
+
+    def _admin_reverse_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Staff reverse invoices `ids`: each gets a reversal invoice with its lines negated (see
+        cliniko_invoices for the statuses). Returns original id -> reversal id."""
+        reversals: dict[str, str] = {}
+        for invoice_id in self._invoice_ids(params):
+            original = self.invoices[invoice_id]
+            if original["original_invoice_id"] is not None:
+                raise ValueError(f"invoice {invoice_id} is itself a reversal")
+            if any(i["original_invoice_id"] == invoice_id and i["deleted_at"] is None for i in self.invoices.values()):
+                raise ValueError(f"invoice {invoice_id} is already reversed")
+            was_paid = original["status"] == inv.PAID
+            lines = [
+                inv.negated_line(item)
+                for item in self.invoice_items.values()
+                if item["invoice_id"] == invoice_id and item["deleted_at"] is None
+            ]
+            now = self.now_text()
+            reversal = self._insert_invoice(
+                {
+                    "patient_id": original["patient_id"],
+                    "business_id": original["business_id"],
+                    "practitioner_id": original["practitioner_id"],
+                    "appointment_id": original["appointment_id"],
+                    "calculation_method": original["calculation_method"],
+                    "invoice_to": original["invoice_to"],
+                    "status": inv.OPEN if was_paid else inv.CLOSED,
+                    "lines": lines,
+                }
+            )
+            reversal["original_invoice_id"] = invoice_id
+            if was_paid:
+                reversal.update(status=inv.OPEN_CREDIT, closed_at=None)
+            else:
+                self._apply(original, {"status": inv.CLOSED, "closed_at": now})
+            original["updated_at"] = max(now, original["updated_at"])  # its reversed_invoices changed
+            reversals[invoice_id] = reversal["id"]
+        return {"reversals": reversals}
+
+    def _admin_delete_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = self._invoice_ids(params)
+        for invoice_id in ids:
+            now = self.now_text()
+            self._apply(self.invoices[invoice_id], {"deleted_at": now})
+            for item in self.invoice_items.values():
+                if item["invoice_id"] == invoice_id and item["deleted_at"] is None:
+                    self._apply(item, {"deleted_at": now})
+        return {"ids": ids}
+
+    def _admin_archive_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        ids = self._invoice_ids(params)
+        for invoice_id in ids:
+            if self.invoices[invoice_id]["archived_at"] is None:
+                self._apply(self.invoices[invoice_id], {"archived_at": self.now_text()})
+        return {"ids": ids}
+
+    def _admin_edit_invoices(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Staff edit invoices `ids`: `fields` (cliniko_invoices.EDITABLE_FIELDS; a status of 20 or 30 closes the
+        invoice now, 10 reopens it) and/or `lines` (replace every line; the totals follow)."""
+        ids = self._invoice_ids(params)
+        changes = inv.check_invoice_fields(params.get("fields") or {})
+        for invoice_id in ids:
+            record = self.invoices[invoice_id]
+            change = dict(changes)
+            if "status" in change:
+                change["closed_at"] = None if change["status"] == inv.OPEN else record["closed_at"] or self.now_text()
+            if "lines" in params:
+                now = self.now_text()
+                for item in self.invoice_items.values():
+                    if item["invoice_id"] == invoice_id and item["deleted_at"] is None:
+                        self._apply(item, {"deleted_at": now})
+                new_items = [inv.make_item(self._gen.new_id(), record, line, now) for line in params["lines"] or []]
+                for item in new_items:
+                    self.invoice_items[item["id"]] = item
+                change.update(
+                    inv.invoice_totals(i for i in self.invoice_items.values() if i["invoice_id"] == invoice_id)
+                )
+            self._apply(record, change)
+        return {"ids": ids, "invoices": {i: self.invoices[i]["total_amount"] for i in ids}}
+
 
 _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, Any]]] = {
     "reset": ClinikoEmulator._admin_reset,
@@ -1204,6 +1623,15 @@ _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, 
     "unarchive_products": ClinikoEmulator._admin_unarchive_products,
     "adjust_stock": ClinikoEmulator._admin_adjust_stock,
     "stock_touches_product": ClinikoEmulator._admin_stock_touches_product,
+    "add_business": ClinikoEmulator._admin_add_business,
+    "add_invoices": ClinikoEmulator._admin_add_invoices,
+    "seed_invoices": ClinikoEmulator._admin_seed_invoices,
+    "pay_invoices": ClinikoEmulator._admin_pay_invoices,
+    "close_invoices": ClinikoEmulator._admin_close_invoices,
+    "reverse_invoices": ClinikoEmulator._admin_reverse_invoices,
+    "delete_invoices": ClinikoEmulator._admin_delete_invoices,
+    "archive_invoices": ClinikoEmulator._admin_archive_invoices,
+    "edit_invoices": ClinikoEmulator._admin_edit_invoices,
 }
 
 _RENDERED_SCALARS = tuple(
@@ -1612,6 +2040,16 @@ def _build_test(kind: str, op: str, raw: str) -> Callable[[Any], bool]:
         return lambda v: v is not None and parse(v) in wanted
     target = parse(raw)
     compare = _COMPARISONS[op]
+    if kind == "datetime" and target.microsecond == 0:
+        # Stored times are all canonical UTC text ("2024-01-31T09:30:00Z"), which sorts as the time does: compare the
+        # text and parse only what is not canonical (a listing of thousands of records parses none).
+        text = seedmod.fmt_time(target)
+        return lambda v: (
+            v is not None
+            and (
+                compare(v, text) if isinstance(v, str) and len(v) == 20 and v[-1] == "Z" else compare(parse(v), target)
+            )
+        )
     return lambda v: v is not None and compare(parse(v), target)
 
 

@@ -136,12 +136,18 @@ def start_sandbox(
     calcom: bool = False,
     calcom_port: int = 0,
     calcom_bookings: int = 60,
+    invoices: int = 0,  # the invoices ↔ payments scenario (sandbox/invoice_seed.py); 0: none
+    invoice_customers: int = 300,
     state_dir: Path | None = None,
 ) -> Sandbox:
     """Start the emulators; `faults` (a plan or spec string) applies to each server with its own RNG.
 
     `calcom=True` also starts the Cal.com emulator, seeded from the same profile, patient count and seed as
     Cliniko, so about a third of its attendees are Cliniko's patients (their emails in other letter case).
+
+    `invoices=N` replaces the profile's invoices with the invoices ↔ payments scenario for `invoice_customers`
+    patients, and seeds Stripe with their customers and payments; `seeded["invoice_scenario"]` then holds its cases,
+    and `payments` maps each payment's ref to its PaymentIntent and charge ids.
 
     `state_dir`: the emulators keep their data in that folder. When it holds a sandbox saved earlier, that
     sandbox comes back as it was (on new ports unless given; the seeding options are then ignored), else a new
@@ -160,6 +166,9 @@ def start_sandbox(
     seeded = _admin_body(
         emulator.admin("seed", {"profile": profile, "patients": patients, "seed": seed, "products": products})
     )
+    if invoices:
+        params = {"invoices": invoices, "customers": invoice_customers, "seed": seed}
+        seeded["invoice_scenario"] = _admin_body(emulator.admin("seed_invoices", params))
     sandbox = Sandbox(cliniko=cliniko, stripe=None, cliniko_key=DEFAULT_API_KEY, stripe_key=None, seeded=seeded)
     try:
         _start_stripe(sandbox, stripe_mode, stripe_port, latency_ms, rate_limits, spec, search_delay_s)
@@ -277,10 +286,18 @@ def _start_stripe(
     if search_delay_s is not None:
         kwargs["search_delay_s"] = search_delay_s
     emulator = StripeEmulator(**kwargs)
-    customers = sandbox.seeded.get("stripe_customers") or []
+    customers = list(sandbox.seeded.get("stripe_customers") or [])
     products = sandbox.seeded.get("stripe_products") or []
+    scenario = sandbox.seeded.get("invoice_scenario")
+    payments = scenario["stripe"]["payments"] if scenario else []
+    if scenario:
+        customers += scenario["stripe"]["customers"]
     if customers or products:
-        _admin_body(emulator.admin("seed", {"customers": customers, "products": products, "livemode": mode == "live"}))
+        body = {"customers": customers, "products": products, "payments": payments, "livemode": mode == "live"}
+        made = _admin_body(emulator.admin("seed", body))
+        if scenario:
+            scenario["customer_ids"] = made["refs"]  # patient id -> Stripe customer id
+            scenario["payments"] = {p["ref"]: {k: p[k] for k in ("payment_intent", "charge")} for p in made["payments"]}
     sandbox.stripe = serve(
         emulator, port=port, latency_ms=latency_ms, rate_limits=rate_limits, faults=FaultPlan.parse(spec)
     )
@@ -363,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calcom", action="store_true", help="also run the Cal.com emulator")
     parser.add_argument("--calcom-port", type=int, default=0)
     parser.add_argument("--calcom-bookings", type=int, default=60, help="about this many seeded Cal.com bookings")
+    parser.add_argument("--invoices", type=int, default=0, help="seed the invoices/payments scenario (0: none)")
     parser.add_argument("--port-file", type=Path, help="write the URLs and keys here as JSON once serving")
     return parser
 
@@ -384,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             calcom=args.calcom,
             calcom_port=args.calcom_port,
             calcom_bookings=args.calcom_bookings,
+            invoices=args.invoices,
         )
     except ValueError as exc:
         print(f"clinicsync sandbox: {exc}", file=sys.stderr)

@@ -131,6 +131,7 @@ class SeedResult:
     stripe_customers: list[dict[str, Any]] = field(default_factory=list)
     # Activity, dated relative to the `now` given to seed_profile (see seed_activity).
     invoices: list[dict[str, Any]] = field(default_factory=list)
+    invoice_items: list[dict[str, Any]] = field(default_factory=list)
     appointments: list[dict[str, Any]] = field(default_factory=list)
     inactive_ids: list[str] = field(default_factory=list)  # no invoice or appointment in the last 24 months
     catalogue: ProductSeed = field(default_factory=ProductSeed)
@@ -156,6 +157,7 @@ def seed_profile(
     result = builders[profile](_Gen(seed), n)
     activity = seed_activity(result.patients, now or datetime.now(UTC), seed, keep_active=set(result.cases))
     result.invoices, result.appointments = activity.invoices, activity.appointments
+    result.invoice_items = activity.invoice_items
     result.inactive_ids = activity.inactive_ids
     if products < 0:
         raise ValueError("product count must not be negative")
@@ -466,11 +468,15 @@ _OLD_DAYS = (770, 1450)  # old activity: clearly outside 24 months, within ~4 ye
 _FEES = ("85.00", "95.00", "120.00", "65.50", "150.00", "81.818")
 
 
+CONSULTATION_BILLABLE_ITEM_ID = "700000000000000501"
+
+
 @dataclass
 class Activity:
     invoices: list[dict[str, Any]]
     appointments: list[dict[str, Any]]
     inactive_ids: list[str]  # patients with no invoice or appointment in the last ACTIVITY_MONTHS months
+    invoice_items: list[dict[str, Any]] = field(default_factory=list)  # one consultation line per invoice
 
 
 def seed_activity(
@@ -516,7 +522,18 @@ def seed_activity(
                 if rng.random() < 0.1 and kind == "recent":  # a product sale: an invoice without a visit
                     appointments.pop()
                     invoices[-1]["appointment_id"] = None
-    return Activity(invoices=invoices, appointments=appointments, inactive_ids=inactive)
+    # Each visit's invoice has one consultation line; its ids come from their own stream so nothing above changes.
+    from clinicsync.sandbox.cliniko_invoices import make_item
+
+    item_ids = _Gen(seed * 1_000_003 + 17)
+    line = {"name": "Standard consultation", "code": "CONSULT", "billable_item_id": CONSULTATION_BILLABLE_ITEM_ID}
+    items = [
+        make_item(item_ids.new_id(), invoice, {**line, "unit_price": invoice["unit_price"]}, invoice["created_at"])
+        for invoice in invoices
+    ]
+    for invoice in invoices:
+        del invoice["unit_price"]
+    return Activity(invoices=invoices, appointments=appointments, inactive_ids=inactive, invoice_items=items)
 
 
 def _appointment(
@@ -563,7 +580,8 @@ def _invoice(
 
     start = datetime.fromisoformat(appointment["starts_at"].replace("Z", "+00:00"))
     local_day = start.astimezone(_MELBOURNE).date()  # issue_date is the clinic's local date of the visit
-    total = Decimal(rng.choice(_FEES)).quantize(Decimal("0.01"))
+    fee = rng.choice(_FEES)
+    total = Decimal(fee).quantize(Decimal("0.01"))
     paid = rng.random() < 0.85
     stamp = fmt_time(min(start + timedelta(hours=1), now))
     name = " ".join(part for part in (patient.get("first_name"), patient.get("last_name")) if part) or None
@@ -583,6 +601,8 @@ def _invoice(
         "tax_amount": "0.00",
         "discounted_amount": "0.00",
         "total_amount": str(total),
+        "unit_price": fee,  # the consultation line's price (seed_activity makes the line, then drops this)
+        "original_invoice_id": None,
         "closed_at": stamp if paid else None,
         "created_at": stamp,
         "updated_at": stamp,

@@ -30,6 +30,7 @@ from typing import Any
 
 from clinicsync import stripe_limits as limits
 from clinicsync.sandbox.http import RateLimit, Request, Response
+from clinicsync.sandbox.stripe_billing import BILLING_SEARCH_FIELDS, BillingObject, BillingRoutes
 from clinicsync.sandbox.stripe_catalog import (
     PRICE_ENTRY_FIELDS,
     PRICE_EXPANDABLE,
@@ -283,7 +284,7 @@ def _copy_shipping(shipping: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # Every object the emulator keeps: immutable versions with an id, a `changed_at` and a `deleted` flag.
-StripeObject = Customer | Product | Price
+StripeObject = Customer | Product | Price | BillingObject
 
 
 class _Record:
@@ -350,6 +351,15 @@ class _Scope:
     customers: _Table = field(default_factory=lambda: _Table("customer"))
     products: _Table = field(default_factory=lambda: _Table("product"))
     prices: _Table = field(default_factory=lambda: _Table("price"))
+    payment_intents: _Table = field(default_factory=lambda: _Table("payment_intent"))
+    charges: _Table = field(default_factory=lambda: _Table("charge"))
+    refunds: _Table = field(default_factory=lambda: _Table("refund"))
+    invoiceitems: _Table = field(default_factory=lambda: _Table("invoiceitem"))
+    invoices: _Table = field(default_factory=lambda: _Table("invoice"))
+    credit_notes: _Table = field(default_factory=lambda: _Table("credit_note"))
+    # What Stripe would have emailed the scope's customers, and the customer balance credits made (stripe_billing).
+    emails: list[dict[str, Any]] = field(default_factory=list)
+    balance_transactions: list[dict[str, Any]] = field(default_factory=list)
     by_email: dict[str, list[str]] = field(default_factory=dict)  # exact email -> live customer ids by creation
     prices_by_product: dict[str, list[str]] = field(default_factory=dict)  # product id -> price ids by creation
     lookup_keys: dict[str, str] = field(default_factory=dict)  # lookup key -> the one price holding it
@@ -358,7 +368,18 @@ class _Scope:
     in_flight: set[str] = field(default_factory=set)
 
     def table(self, kind: str) -> _Table:
-        return {"customer": self.customers, "product": self.products, "price": self.prices}[kind]
+        tables = {
+            "customer": self.customers,
+            "product": self.products,
+            "price": self.prices,
+            "payment_intent": self.payment_intents,
+            "charge": self.charges,
+            "refund": self.refunds,
+            "invoiceitem": self.invoiceitems,
+            "invoice": self.invoices,
+            "credit_note": self.credit_notes,
+        }
+        return tables[kind]
 
     def index_email(self, customer_id: str, email: str | None) -> None:
         if email is not None:
@@ -379,6 +400,7 @@ SEARCH_FIELDS: dict[str, dict[str, str]] = {
     "customer": {"email": "string", "name": "string", "phone": "string"},
     "product": {"active": "boolean", "description": "string", "name": "string", "url": "string"},
     "price": {"active": "boolean", "currency": "string", "lookup_key": "string", "product": "string", "type": "string"},
+    **BILLING_SEARCH_FIELDS,
 }
 _SEARCH_MAX_CLAUSES = 10
 _CLAUSE = re.compile(
@@ -398,6 +420,7 @@ class Clause:
     value: str
     negate: bool = False
     metadata_key: str | None = None
+    kind: str = "string"  # the field's kind in SEARCH_FIELDS
 
     def matches(self, obj: StripeObject) -> bool:
         return self._test(obj) != self.negate
@@ -407,9 +430,11 @@ class Clause:
             return _compare(obj.created, self.op, int(self.value))
         if self.field == "metadata":
             return obj.metadata.get(self.metadata_key or "") == self.value
-        actual = getattr(obj, self.field)
+        actual = obj.search_value(self.field) if isinstance(obj, BillingObject) else getattr(obj, self.field)
         if actual is None:
             return False
+        if self.kind == "number":
+            return _compare(int(actual), self.op, int(self.value))
         if isinstance(actual, bool):
             return self.value == ("true" if actual else "false")
         # Stripe's string fields match case-insensitively; `~` is a substring match.
@@ -482,6 +507,11 @@ def _clause(match: re.Match[str], kind: str) -> Clause:
         if op != ":" or string_value not in ("true", "false"):
             raise _query_error(f"{name} takes 'true' or 'false' with ':'.")
         return Clause(name, op, string_value, negate)
+    if field_kind == "number":
+        number = match.group("num") if match.group("num") is not None else string_value
+        if op == "~" or number is None or not re.fullmatch(r"-?\d+", number):
+            raise _query_error(f"{name} takes a number with ':', '>', '<', '>=' or '<='.")
+        return Clause(name, op, number, negate, kind="number")
     if op not in (":", "~") or string_value is None:
         raise _query_error(f"{name} takes a quoted string with ':' or '~'.")
     if op == "~" and len(string_value) < 3:
@@ -522,8 +552,9 @@ class _Call:
 Handler = Callable[["StripeEmulator", _Call], Response]
 
 
-class StripeEmulator:
-    """Stripe customers + account, in memory, thread-safe. See the module docstring and docs/sandbox-stripe.md."""
+class StripeEmulator(BillingRoutes):
+    """Stripe customers, products, prices, payments and invoicing + account, in memory, thread-safe. See the module
+    docstring and docs/sandbox-stripe.md."""
 
     name = "stripe"
     # Runtime-only: the trial's saved snapshot (sandbox/persist.py) keeps every other attribute.
@@ -647,7 +678,11 @@ class StripeEmulator:
         if (method, path) in _ROUTES:
             return _ROUTES[(method, path)], None
         match = _OBJECT_PATH.fullmatch(path)
-        per_id = _OBJECT_ROUTES.get(match.group(1), {}) if match else {}
+        if match and match.group(3):
+            action = _ACTION_ROUTES.get((method, match.group(1), match.group(3)))
+            if action is not None:
+                return action, match.group(2)
+        per_id = _OBJECT_ROUTES.get(match.group(1), {}) if match and not match.group(3) else {}
         if match and method in per_id:
             return per_id[method], match.group(2)
         raise StripeApiError(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}). {_SUPPORT}")
@@ -706,13 +741,19 @@ class StripeEmulator:
                 )
             scope.in_flight.add(idem_key)
         try:
-            response = self._execute(handler, call)
+            try:
+                response = self._execute(handler, call)
+            except StripeApiError as exc:
+                if not exc.committed:
+                    raise
+                response = self._error_response(exc, headers, request_id, call.key)
+                response.mutated = True
             response.headers.update(headers)
-            if response.mutated and self._roll_stored500():
+            if 200 <= response.status < 300 and response.mutated and self._roll_stored500():
                 # The change stays committed, but the saved answer is a 500 that every replay repeats.
                 body = StripeApiError(500, "api_error", _GENERIC_500).body(request_id, call.key.livemode)
                 response = Response(500, body, dict(headers), mutated=True)
-            if 200 <= response.status < 300 or response.status >= 500:
+            if 200 <= response.status < 300 or response.status >= 500 or response.mutated:
                 with self._lock:
                     self._save(scope, idem_key, fingerprint, response)
             return response
@@ -809,6 +850,8 @@ class StripeEmulator:
             body["default_price"] = scope.prices.records[obj.default_price].current.render()
         if isinstance(obj, Price) and "product" in wanted:
             body["product"] = scope.products.records[obj.product].current.render()
+        if isinstance(obj, BillingObject):
+            return self.render_billing(scope, obj, expand)
         return body
 
     def _retrieve(self, call: _Call, kind: str, expandable: frozenset[str]) -> Response:
@@ -1207,7 +1250,7 @@ class StripeEmulator:
         path = request.path
         match = _OBJECT_PATH.fullmatch(path)
         if match and match.group(2) != "search":
-            path = f"/v1/{match.group(1)}/{{id}}"
+            path = f"/v1/{match.group(1)}/{{id}}" + (f"/{match.group(3)}" if match.group(3) else "")
         return f"{request.method.upper()} {path}"
 
     # -- admin ---------------------------------------------------------------------------------------
@@ -1227,6 +1270,9 @@ class StripeEmulator:
             "add_price": self._admin_add_price,
             "edit_product": self._admin_edit_product,
             "edit_price": self._admin_edit_price,
+            "add_payment": self._admin_add_payment,
+            "emails": self._admin_emails,
+            "ledger": self._admin_ledger,
         }
         run = actions.get(action)
         if run is None:
@@ -1263,7 +1309,50 @@ class StripeEmulator:
             self._admin_product(scope, entry, f"products[{position}]", _LONG_AGO, ignored)
             for position, entry in enumerate(params.get("products") or [])
         ]
-        return {"ids": ids, "products": products, "ignored_fields": sorted(ignored)}
+        # Customers may carry a `ref` (any string) that payments name as `customer_ref`.
+        refs = {
+            str(entry["ref"]): ids[position]
+            for position, entry in enumerate(params.get("customers") or [])
+            if isinstance(entry, dict) and entry.get("ref") is not None
+        }
+        ignored.discard("ref")
+        payments = [self._admin_payment(scope, entry, refs, _LONG_AGO) for entry in params.get("payments") or []]
+        return {
+            "ids": ids,
+            "refs": refs,
+            "products": products,
+            "payments": payments,
+            "ignored_fields": sorted(ignored),
+        }
+
+    def _admin_payment(self, scope: _Scope, entry: Any, refs: dict[str, str], changed_at: float) -> dict[str, Any]:
+        if not isinstance(entry, dict):
+            raise invalid("each payment must be an object")
+        customer = entry.get("customer")
+        if entry.get("customer_ref") is not None:
+            customer = refs.get(str(entry["customer_ref"]))
+            if customer is None:
+                raise invalid(f"customer_ref {entry['customer_ref']!r} names no seeded customer")
+        made = self.seed_payment(scope, entry, customer, changed_at)
+        return {**made, **({"ref": entry["ref"]} if entry.get("ref") is not None else {})}
+
+    def _admin_add_payment(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A card payment taken just now outside ClinicSync (see `seed_payment` for the fields): Search sees it
+        after the delay."""
+        scope = self._admin_scope(params)
+        entry = {k: v for k, v in params.items() if k not in ("account", "livemode")}
+        return self._admin_payment(scope, entry, {}, self.clock())
+
+    def _admin_emails(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every email Stripe would have sent the scope's customers (see stripe_billing), oldest first."""
+        scope = self._admin_scope(params)
+        return {"emails": [dict(e) for e in scope.emails], "count": len(scope.emails)}
+
+    def _admin_ledger(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Money that moved back to customers: every refund and every customer balance credit of the scope."""
+        scope = self._admin_scope(params)
+        refunds = [self.render_billing(scope, scope.refunds.records[r].current) for r in scope.refunds.order]
+        return {"refunds": refunds, "balance_transactions": [dict(t) for t in scope.balance_transactions]}
 
     def _admin_add_product(self, params: dict[str, Any]) -> dict[str, Any]:
         """A product (with `prices`) made by hand in the Dashboard just now: Search sees it after the delay."""
@@ -1351,6 +1440,20 @@ class StripeEmulator:
             "data": every(scope.customers),
             "products": every(scope.products),
             "prices": every(scope.prices),
+            **{
+                name: [
+                    {**self.render_billing(scope, obj), "deleted": obj.deleted}
+                    for obj in (table.records[oid].current for oid in table.order)
+                ]
+                for name, table in (
+                    ("payment_intents", scope.payment_intents),
+                    ("charges", scope.charges),
+                    ("refunds", scope.refunds),
+                    ("invoiceitems", scope.invoiceitems),
+                    ("invoices", scope.invoices),
+                    ("credit_notes", scope.credit_notes),
+                )
+            },
         }
 
     def _admin_set_search_delay(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1450,8 +1553,37 @@ _ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/v1/prices"): StripeEmulator._list_prices,
     ("POST", "/v1/prices"): StripeEmulator._create_price,
     ("GET", "/v1/prices/search"): StripeEmulator._search_prices,
+    ("GET", "/v1/payment_intents"): StripeEmulator._list_payment_intents,
+    ("POST", "/v1/payment_intents"): StripeEmulator._create_payment_intent,
+    ("GET", "/v1/payment_intents/search"): StripeEmulator._search_payment_intents,
+    ("GET", "/v1/charges"): StripeEmulator._list_charges,
+    ("GET", "/v1/charges/search"): StripeEmulator._search_charges,
+    ("GET", "/v1/refunds"): StripeEmulator._list_refunds,
+    ("POST", "/v1/refunds"): StripeEmulator._create_refund,
+    ("GET", "/v1/invoiceitems"): StripeEmulator._list_invoiceitems,
+    ("POST", "/v1/invoiceitems"): StripeEmulator._create_invoiceitem,
+    ("GET", "/v1/invoices"): StripeEmulator._list_invoices,
+    ("POST", "/v1/invoices"): StripeEmulator._create_invoice,
+    ("GET", "/v1/invoices/search"): StripeEmulator._search_invoices,
+    ("GET", "/v1/credit_notes"): StripeEmulator._list_credit_notes,
+    ("POST", "/v1/credit_notes"): StripeEmulator._create_credit_note,
 }
-_OBJECT_PATH = re.compile(r"/v1/(customers|products|prices)/([^/]+)")
+_OBJECT_PATH = re.compile(
+    r"/v1/(customers|products|prices|payment_intents|charges|refunds|invoiceitems|invoices|credit_notes)"
+    r"/([^/]+)(?:/([a-z_]+))?"
+)
+# POST /v1/<resource>/{id}/<action> (and GET /v1/invoices/{id}/lines).
+_ACTION_ROUTES: dict[tuple[str, str, str], Handler] = {
+    ("POST", "payment_intents", "confirm"): StripeEmulator._confirm_payment_intent,
+    ("POST", "payment_intents", "cancel"): StripeEmulator._cancel_payment_intent,
+    ("POST", "invoices", "finalize"): StripeEmulator._finalize_invoice,
+    ("POST", "invoices", "pay"): StripeEmulator._pay_invoice,
+    ("POST", "invoices", "void"): StripeEmulator._void_invoice,
+    ("POST", "invoices", "mark_uncollectible"): StripeEmulator._mark_uncollectible,
+    ("POST", "invoices", "send"): StripeEmulator._send_invoice,
+    ("GET", "invoices", "lines"): StripeEmulator._list_invoice_lines,
+    ("POST", "credit_notes", "void"): StripeEmulator._void_credit_note,
+}
 _OBJECT_ROUTES: dict[str, dict[str, Handler]] = {
     "customers": {
         "GET": StripeEmulator._retrieve_customer,
@@ -1464,6 +1596,20 @@ _OBJECT_ROUTES: dict[str, dict[str, Handler]] = {
         "DELETE": StripeEmulator._delete_product,
     },
     "prices": {"GET": StripeEmulator._retrieve_price, "POST": StripeEmulator._update_price},  # prices are never deleted
+    "payment_intents": {"GET": StripeEmulator._retrieve_payment_intent, "POST": StripeEmulator._update_payment_intent},
+    "charges": {"GET": StripeEmulator._retrieve_charge, "POST": StripeEmulator._update_charge},
+    "refunds": {"GET": StripeEmulator._retrieve_refund, "POST": StripeEmulator._update_refund},
+    "invoiceitems": {
+        "GET": StripeEmulator._retrieve_invoiceitem,
+        "POST": StripeEmulator._update_invoiceitem,
+        "DELETE": StripeEmulator._delete_invoiceitem,
+    },
+    "invoices": {
+        "GET": StripeEmulator._retrieve_invoice,
+        "POST": StripeEmulator._update_invoice,
+        "DELETE": StripeEmulator._delete_invoice,
+    },
+    "credit_notes": {"GET": StripeEmulator._retrieve_credit_note, "POST": StripeEmulator._update_credit_note},
 }
 
 

@@ -29,6 +29,8 @@ class StripeApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+        committed: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -37,6 +39,10 @@ class StripeApiError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        self.extra = extra or {}  # more fields of the error object (a card error's charge, decline_code...)
+        # The request changed state before failing (a declined card leaves a failed charge): an idempotent
+        # retry must replay this answer, not run again.
+        self.committed = committed
 
     def body(self, request_id: str, livemode: bool | None) -> dict[str, Any]:
         error: dict[str, Any] = {"type": self.type}
@@ -46,6 +52,7 @@ class StripeApiError(Exception):
         error["message"] = self.message
         if self.param:
             error["param"] = self.param
+        error.update(self.extra)
         if livemode is not None:  # only once a key told us which dashboard the request belongs to
             error["request_log_url"] = _log_url(request_id, livemode)
         return {"error": error}

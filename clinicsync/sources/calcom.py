@@ -199,6 +199,12 @@ class CalcomClient(SourceClient):
             organization_name=str(org_name) if org_name else None,
         )
 
+    def probe(self) -> datetime:
+        """One cheap request (`/me`); Cal.com's clock from its Date header, which a run uses as the base of its next
+        cursor (this PC's clock when the header is missing: the cursor's overlap absorbs a small difference)."""
+        response = self._get("GET", "/me", what="your Cal.com profile")
+        return parse_http_date(response.headers.get("Date")) or datetime.now(UTC)
+
     # -- bookings --------------------------------------------------------------------------------------------
 
     def iter_booking_pages(

@@ -111,6 +111,20 @@ def _v7_reconciliation(db: SqliteDatabase) -> None:
     db.create_tables(models.RECONCILE_MODELS, safe=True)
 
 
+def _v8_people(db: SqliteDatabase) -> None:
+    """One person, one customer across sources: each link keeps its email's key within the Stripe account
+    (`record_link.person_key`). Old links have none, and ClinicSync keeps no emails to compute it from, so the
+    cursors of streams that link customers are reset: their next run reads every record again (writing nothing
+    that did not change) and fills the keys in. Idempotent."""
+    if "person_key" not in {column.name for column in db.get_columns("record_link")}:
+        db.execute_sql("ALTER TABLE record_link ADD COLUMN person_key VARCHAR(255)")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS record_link_person ON record_link (person_key, stripe_object)")
+    db.execute_sql(
+        "UPDATE stream_state SET cursor = NULL WHERE stream IN "
+        "(SELECT DISTINCT stream FROM record_link WHERE stripe_object = 'customer' AND person_key IS NULL)"
+    )
+
+
 MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v1_initial,
     _v2_mapping,
@@ -119,6 +133,7 @@ MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v5_write_plans,
     _v6_scheduling,
     _v7_reconciliation,
+    _v8_people,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -101,6 +101,9 @@ class RecordLink(BaseModel):
     stripe_id = CharField(null=True)
     payload_hash = CharField(null=True)  # of the last payload Stripe accepted for this record
     email_hash = CharField(null=True, index=True)
+    # The email's key within the Stripe account (matchkey.person_hash; schema v8): the same from every source's
+    # pair, so a person a Cliniko patient's link made is found by a Cal.com attendee with that email, and back.
+    person_key = CharField(null=True)
     display_name = CharField(default="")
     archived = BooleanField(default=False)
     created_at = DateTimeField(default=utcnow)

@@ -46,6 +46,23 @@ class ReviewError(ValueError):
     pass
 
 
+def last_good_sync_at() -> datetime | None:
+    """When the latest sync that finished well (nothing failed: ok, or waiting only for a person) ended, naive
+    UTC; None when none has. Dry runs and full comparisons are not syncs."""
+    row = (
+        SyncRun.select(SyncRun.finished_at)
+        .where(
+            SyncRun.outcome.in_(("ok", "attention"))
+            & (SyncRun.dry_run == False)  # noqa: E712
+            & SyncRun.finished_at.is_null(False)
+            & (SyncRun.stream != "reconcile")
+        )
+        .order_by(SyncRun.finished_at.desc())
+        .first()
+    )
+    return None if row is None else row.finished_at
+
+
 def stream_status() -> list[dict[str, Any]]:
     rows = []
     for state in (

@@ -76,6 +76,35 @@ def _clock_time(value: str) -> str | None:
     return f"{value!r} is not a time of day like 02:00 or 13:30"
 
 
+def _own_interval(value: int) -> str | None:
+    if value == 0 or value >= MIN_INTERVAL_SECONDS:
+        return None
+    return f"{value} is neither 0 (as every stream) nor at least {MIN_INTERVAL_SECONDS} seconds"
+
+
+def _stream_schedules() -> tuple[SettingSpec, ...]:
+    """Each stream's own schedule, for every stream there is: on or off, and its interval (0: the shared one)."""
+    from clinicsync.labels import stream_source
+    from clinicsync.streams import STREAMS  # plain declarations; nothing there reads the database
+
+    specs: list[SettingSpec] = []
+    for name in STREAMS:
+        words = stream_source(name)
+        specs.append(SettingSpec(f"schedule.{name}.enabled", bool, True, f"Check {words} for changes on that schedule"))
+        specs.append(
+            SettingSpec(
+                f"schedule.{name}.interval_seconds",
+                int,
+                0,
+                f"Check {words} every (seconds; 0: as every stream)",
+                minimum=0,
+                maximum=24 * 3600,
+                check=_own_interval,
+            )
+        )
+    return tuple(specs)
+
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # The scheduler checks the interval against each source's request budget too (clinicsync/sync/scheduler.py):
 # with more streams to poll, it may wait a little longer than this.
@@ -93,6 +122,14 @@ SPECS: tuple[SettingSpec, ...] = (
         "Cliniko requests per minute (0: no client-side limit, for the sandbox)",
         minimum=0,
         maximum=rate_limits.CLINIKO_PER_MINUTE,
+    ),
+    SettingSpec(
+        "calcom.requests_per_minute",
+        int,
+        rate_limits.CALCOM_BUDGET_PER_MINUTE,
+        "Cal.com requests per minute (0: no client-side limit, for the sandbox)",
+        minimum=0,
+        maximum=rate_limits.CALCOM_PER_MINUTE,
     ),
     SettingSpec("stripe.base_url", str, "", "Stripe API origin (blank: https://api.stripe.com)", check=_base_url),
     SettingSpec(
@@ -134,6 +171,13 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
     SettingSpec(
+        "identity.primary_source",
+        str,
+        "cliniko",
+        "Which source's name, email, phone and address a shared Stripe customer keeps",
+        choices=("cliniko", "calcom"),
+    ),
+    SettingSpec(
         "schedule.interval_seconds",
         int,
         60,
@@ -141,8 +185,7 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=MIN_INTERVAL_SECONDS,
         maximum=24 * 3600,
     ),
-    SettingSpec("schedule.cliniko.patients.enabled", bool, True, "Check Cliniko patients for changes on that schedule"),
-    SettingSpec("schedule.cliniko.products.enabled", bool, True, "Check Cliniko products for changes on that schedule"),
+    *_stream_schedules(),
     SettingSpec(
         "schedule.reconcile.frequency",
         str,
@@ -168,6 +211,7 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=1,
         maximum=7 * 24 * 60,
     ),
+    SettingSpec("alerts.notify", bool, True, "Show a desktop notification when something needs a person"),
     SettingSpec(
         "stripe.search_settle_seconds",
         float,

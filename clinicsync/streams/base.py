@@ -159,6 +159,11 @@ class Stream:
     # What reconciliation compares between a record and its Stripe objects, and how its objects are retired.
     # None: the stream is not reconciled.
     compare: Comparison | None = None
+    # read_changed lists every record every time (a source with no change cursor, like Cal.com's event types): a
+    # linked record missing from it is read by id (read_one), which says whether it was deleted.
+    complete_listing: bool = False
+    # The stream's own declarations (enrich) need the clinic's time zone even when no mapping rule does.
+    needs_time_zone: bool = False
     # (gateway, request) → what the linked Stripe object holds now of other roles, read only when the plan
     # depends on it (a link that may adopt an existing price, a change of an immutable object); None: not read.
     observe: Callable[[Any, PlanRequest], tuple[RoleLinkInfo, ...] | None] = lambda gateway, request: None

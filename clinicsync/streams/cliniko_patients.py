@@ -10,16 +10,13 @@ from zoneinfo import ZoneInfo
 
 from clinicsync.reconcile.compare import Comparison, compare_fields
 from clinicsync.reconcile.findings import FixKind
-from clinicsync.streams import cliniko_common
+from clinicsync.streams import cliniko_common, customers
 from clinicsync.streams.base import (
-    DUPLICATE_OF_KEY,
-    FindRequest,
     PlanRequest,
     Record,
     Stream,
     StreamNotReady,
     WriteStep,
-    oldest_naming,
     single_write,
 )
 
@@ -67,32 +64,6 @@ def _plan(request: PlanRequest) -> list[WriteStep]:
     return single_write(request, "customer", "customer")
 
 
-def _find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
-    """The customer an earlier attempt made, if any: by exact email (read-after-write safe), else by Search on the
-    cross-reference (only trusted once its index has caught up: see `_absence_certain`)."""
-    email = request.params.get("email")
-    if email:
-        found = gateway.list_by_email(request.stripe_object, email)
-    else:
-        found = gateway.search(request.stripe_object, f"metadata['{request.cross_ref_key}']:'{request.source_id}'")
-    return oldest_naming(found, request)
-
-
-def _absence_certain(request: FindRequest, age_s: float, settle_s: float) -> bool:
-    # Listing by email is read-after-write safe; Search only once it has had time to index the object.
-    return bool(request.params.get("email")) or age_s >= settle_s
-
-
-def _retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
-    """Delete the twin customer unless something already refers to it (a payment, an invoice): then mark it."""
-    referenced = any(gateway.any_of(kind, {"customer": twin_id}) for kind in ("payment_intent", "charge", "invoice"))
-    if referenced:
-        gateway.write("update", "customer", twin_id, {"metadata": {DUPLICATE_OF_KEY: survivor_id}}, f"twin:{twin_id}")
-        return f"marked as a duplicate of {survivor_id} (it has payments or invoices, so it was kept)"
-    gateway.delete("customer", twin_id)
-    return f"deleted: a duplicate of {survivor_id} that nothing referred to"
-
-
 CLINIKO_PATIENTS = Stream(
     name="cliniko.patients",
     source_system="cliniko",
@@ -103,9 +74,9 @@ CLINIKO_PATIENTS = Stream(
     archived_value=_patient_archived,
     changed_at=lambda record: record.get("updated_at"),
     plan=_plan,
-    find_created=_find_created,
-    absence_certain=_absence_certain,
-    retire_twin=_retire_twin,
+    find_created=customers.find_created,
+    absence_certain=customers.absence_certain,
+    retire_twin=customers.retire_twin,
     active_ids=_patients_with_recent_activity,
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,

@@ -7,7 +7,10 @@ What raises one:
   never alerts);
 - records waiting for a review decision (raised when there are some, cleared when none are left);
 - a stream failing on every run for an hour (one failure followed by a success never alerts);
-- reconciliation findings (the reconciliation job calls `report_reconciliation`).
+- reconciliation findings (the reconciliation job calls `report_reconciliation`);
+- a first sync to a live Stripe account waiting for a person to approve its plan;
+- a key or setting missing, or ClinicSync unable to save its own records (a full disk): at once, as no later run
+  fixes them.
 
 Each situation is one row per occurrence: `pending` while seen but below its threshold, `active` once raised,
 `cleared` when over. Whoever shows alerts to a person calls `take_due_notices`: a new alert once, then at most
@@ -118,7 +121,9 @@ class AlertBook:
         changes: list[Transition] = []
         with database_proxy.atomic():
             self._observe_connections(outcome, at, changes)
+            self._observe_setup(outcome, at, changes)
             self._observe_streams(outcome, at, changes)
+            self._observe_approvals(outcome, at, changes)
             self._observe_reviews(at, changes)
         for change in changes:
             level = logging.WARNING if change.change == "raised" else logging.INFO
@@ -166,6 +171,37 @@ class AlertBook:
             if not unreachable:
                 self._clear("unreachable:", at, changes)
 
+    def _observe_setup(self, outcome: JobOutcome, at: datetime, changes: list[Transition]) -> None:
+        """What no later run fixes on its own: a key or setting missing, or ClinicSync unable to keep its own
+        records (a full disk, a damaged database). Raised at once; cleared by a sync that gets through."""
+        if outcome.job.kind != "sync":
+            return
+        storage = next((r.message for r in outcome.results if r.stop_kind == StopKind.STORAGE), None)
+        if outcome.failure_kind == "storage" or storage:
+            message = outcome.message or storage or ""
+            self._raise("storage", "storage", "ClinicSync can't save its records", message, at, changes)
+        elif outcome.results:
+            self._clear("storage", at, changes)
+        if outcome.failure_kind == "config":
+            self._raise("config", "config", "ClinicSync needs a key or a setting", outcome.message, at, changes)
+        elif outcome.results:
+            self._clear("config", at, changes)
+
+    def _observe_approvals(self, outcome: JobOutcome, at: datetime, changes: list[Transition]) -> None:
+        """A first sync to a live Stripe account stops at a plan: nothing syncs until a person approves it."""
+        for result in outcome.results:
+            if result.stream not in STREAMS:
+                continue
+            key = f"approval:{result.stream}"
+            if result.outcome == Outcome.NEEDS_APPROVAL:
+                label = result.stream.rsplit(".", 1)[-1].replace("_", " ")
+                message = (
+                    f"Nothing was written to your live Stripe account yet: check and approve the plan for {label}."
+                )
+                self._raise(key, "approval", "Approve the first live sync", message, at, changes)
+            elif result.outcome in (Outcome.OK, Outcome.ATTENTION):
+                self._clear(key, at, changes)
+
     def _outage(self, service: str, message: str, at: datetime, outage: timedelta, changes: list[Transition]) -> None:
         name = _service_name(service)
         row = self._open(f"unreachable:{service}")
@@ -183,13 +219,16 @@ class AlertBook:
         row.save()
 
     def _observe_streams(self, outcome: JobOutcome, at: datetime, changes: list[Transition]) -> None:
+        if outcome.job.kind != "sync":  # a reconciliation that failed says nothing about the syncs
+            return
         failed: dict[str, str] = {}
         succeeded: set[str] = set()
-        if not outcome.results and outcome.failure_kind in ("config", "error", "internal", "storage"):
+        # A missing setting or a full disk is its own alert (at once): not also "keeps failing" an hour later.
+        if not outcome.results and outcome.failure_kind in ("error", "internal"):
             for stream in outcome.job.streams or enabled_streams(self._settings):
                 failed[stream] = outcome.message
         for result in outcome.results:
-            if result.outcome == Outcome.FAILED and result.stop_kind not in _CONNECTION_STOPS:
+            if result.outcome == Outcome.FAILED and result.stop_kind not in (*_CONNECTION_STOPS, StopKind.STORAGE):
                 failed[result.stream] = result.message
             elif result.outcome in (Outcome.OK, Outcome.ATTENTION, Outcome.NEEDS_APPROVAL):
                 succeeded.add(result.stream)

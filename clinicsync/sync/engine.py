@@ -39,6 +39,7 @@ from clinicsync.store.models import (
     SyncRun,
     utcnow,
 )
+from clinicsync.streams import identity
 from clinicsync.streams.base import (
     PlanRequest,
     Record,
@@ -52,13 +53,17 @@ from clinicsync.streams.base import (
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync import twins
 from clinicsync.sync.matching import (
+    PERSON_OBJECTS,
     build_index,
     candidates_by_email,
     candidates_by_reference,
     match_hash,
+    person_candidates,
+    person_key,
     records_sharing_email,
     refresh_index,
     refresh_since,
+    sources_linking,
 )
 from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review, revisit_later
 from clinicsync.sync.pool import WritePool
@@ -176,7 +181,7 @@ class StreamRun:
         self._twice_noted: set[str] = set()
         # Records whose email matches an unlinked Stripe object, decided once every record is known. Keyed by
         # source id: a record read twice in one run (edited mid-sync) must be decided once, by its last version.
-        self._deferred: dict[str, tuple[MappedRecord, str]] = {}
+        self._deferred: dict[str, tuple[MappedRecord, str, str | None]] = {}
         self._claimed: set[str] = set()  # Stripe ids this run is linking, not yet committed
         self._reviews: dict[str, ReviewItem] = {}
         self._done = 0
@@ -389,6 +394,12 @@ class StreamRun:
         for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
             self._handle(record, pool, writer)
+        if self.stream.complete_listing:
+            for source_id in self._linked_not_listed():
+                self.cancel.raise_if_cancelled()
+                record = self.stream.read_one(self.source, source_id)
+                if record is not None:
+                    self._handle(record, pool, writer)
         self._drain(pool, writer)
         self._resolve_deferred(pool, writer)
         self._drain(pool, writer)
@@ -401,6 +412,15 @@ class StreamRun:
             & (RetryRecord.stream == self.stream.name)
             & (RetryRecord.created_at < started)
         ).execute()
+
+    def _linked_not_listed(self) -> list[str]:
+        """Linked records a complete listing left out this run (deleted at the source, or out of its reach)."""
+        rows = RecordLink.select(RecordLink.source_id).where(
+            (RecordLink.pair == self.pair)
+            & (RecordLink.stream == self.stream.name)
+            & RecordLink.stripe_id.is_null(False)
+        )
+        return sorted(row.source_id for row in rows if row.source_id not in self._seen)
 
     def _revisit_ids(self, *, full_read: bool = False) -> list[str]:
         """Records to read by id first: a person decided about them, or asked for a retry; with the
@@ -440,16 +460,17 @@ class StreamRun:
             self.recorder.record("failed", sid or "?", mapped.display_name, None, mapped.error)
             return
         hashed = match_hash(self.pair, mapped.match_value)
+        person = person_key(self.pair, self.mapping.stripe_object, mapped.match_value)
         if self._batched(sid):  # read again (edited mid-sync) before its first change was even stored
             self._flush_batch(pool, writer)
         pool.wait_for(sid)
         if writer is not None and writer.settler.holds(sid):
             writer.flush()
-        link = self._remember(mapped, hashed)
+        link = self._remember(mapped, hashed, person)
         if link.id is None:
             self._current_links[sid] = link
         try:
-            self._decide(mapped, hashed, link, pool, writer)
+            self._decide(mapped, hashed, person, link, pool, writer)
         finally:
             self._current_links.pop(sid, None)
             if link.id is None and sid not in self._new_links:
@@ -484,7 +505,13 @@ class StreamRun:
         return False
 
     def _decide(
-        self, mapped: MappedRecord, hashed: str | None, link: RecordLink, pool: WritePool, writer: OutboxWriter | None
+        self,
+        mapped: MappedRecord,
+        hashed: str | None,
+        person: str | None,
+        link: RecordLink,
+        pool: WritePool,
+        writer: OutboxWriter | None,
     ) -> None:
         sid = mapped.source_id
         if self._has_pending_write(sid):
@@ -532,8 +559,10 @@ class StreamRun:
                 writer,
                 f"{len(by_reference)} Stripe customers already name this record in their metadata",
             )
-        elif hashed and candidates_by_email(self.pair, self.mapping, hashed):
-            self._deferred[sid] = (mapped, hashed)
+        elif hashed and (
+            candidates_by_email(self.pair, self.mapping, hashed) or person_candidates(self.pair, self.mapping, person)
+        ):
+            self._deferred[sid] = (mapped, hashed, person)
         else:
             self._submit("create", mapped, None, hashed, pool, writer)
 
@@ -594,8 +623,13 @@ class StreamRun:
         self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
 
     def _resolve_deferred(self, pool: WritePool, writer: OutboxWriter | None) -> None:
-        for mapped, hashed in self._deferred.values():
-            candidates = [c for c in candidates_by_email(self.pair, self.mapping, hashed) if c not in self._claimed]
+        for mapped, hashed, person in self._deferred.values():
+            # The person's customer, linked by another source's record of them, comes first: joining it keeps one
+            # customer per person even where Stripe has other customers with this email (streams.md §3).
+            people = [c for c in person_candidates(self.pair, self.mapping, person) if c not in self._claimed]
+            candidates = people or [
+                c for c in candidates_by_email(self.pair, self.mapping, hashed) if c not in self._claimed
+            ]
             sharing = records_sharing_email(self.pair, self.mapping, hashed)
             if not candidates:
                 self._submit("create", mapped, None, hashed, pool, writer)
@@ -642,6 +676,11 @@ class StreamRun:
                 op, stripe_id = "link", found[0]
         # `retired`: fields an earlier mapping wrote to this object and the current one no longer maps: unset.
         params = create_params(mapped.payload) if op == "create" else update_params(mapped.payload, retired)
+        if stripe_id and op != "create" and self.mapping.stripe_object in PERSON_OBJECTS:
+            # A person's customer other sources share: the primary source's fields are not ours to write.
+            primary = self.options.stream_values.get(identity.PRIMARY_SOURCE_SETTING) or identity.DEFAULT_PRIMARY_SOURCE
+            linked_by = sources_linking(self.pair, self.mapping.stripe_object, stripe_id)
+            params = identity.owned_params(params, self.stream.source_system, primary, linked_by)
         if stripe_id and op == "link":
             self._claimed.add(stripe_id)
         request = PlanRequest(
@@ -706,7 +745,7 @@ class StreamRun:
             open_review(self.pair, self.stream.name, mapped.source_id, mapped.display_name, reason, detail, candidates)
         self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
 
-    def _remember(self, mapped: MappedRecord, hashed: str | None) -> RecordLink:
+    def _remember(self, mapped: MappedRecord, hashed: str | None, person: str | None) -> RecordLink:
         """Keep the record's id, email hash, name and archived state (never its other fields). A record met for
         the first time gets an unsaved link: it is stored with the record's first write, or at once if none."""
         link = RecordLink.get_or_none(
@@ -721,12 +760,18 @@ class StreamRun:
                 source_id=mapped.source_id,
                 stripe_object=self.mapping.stripe_object,
                 email_hash=hashed,
+                person_key=person,
                 display_name=mapped.display_name,
                 archived=mapped.archived,
             )
-        if (link.email_hash, link.display_name, link.archived) != (hashed, mapped.display_name, mapped.archived):
+        known = (link.email_hash, link.person_key, link.display_name, link.archived)
+        if known != (hashed, person, mapped.display_name, mapped.archived):
             RecordLink.update(
-                email_hash=hashed, display_name=mapped.display_name, archived=mapped.archived, updated_at=utcnow()
+                email_hash=hashed,
+                person_key=person,
+                display_name=mapped.display_name,
+                archived=mapped.archived,
+                updated_at=utcnow(),
             ).where(RecordLink.id == link.id).execute()
         return link
 
@@ -790,7 +835,7 @@ def prepare_stream(stream: Stream, mapping: StreamMapping, source: Any, options:
             + "\n".join(f"  {problem}" for problem in problems)
             + "\nFix it in Field mapping, or with `clinicsync mapping`."
         )
-    zone = mapping.time_zone or (stream.time_zone(source) if _needs_zone(mapping) else None)
+    zone = mapping.time_zone or (stream.time_zone(source) if stream.needs_time_zone or _needs_zone(mapping) else None)
     context = TransformContext(time_zone=zone or DEFAULT_TIME_ZONE)
     currency = options.currency
     if not currency and stream.enrich is not None:

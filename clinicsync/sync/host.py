@@ -21,7 +21,7 @@ from datetime import datetime, tzinfo
 
 from clinicsync.outcomes import Outcome
 from clinicsync.paths import AppPaths
-from clinicsync.secrets import CLINIKO_API_KEY, STRIPE_API_KEY
+from clinicsync.reconcile.findings import ReportOutcome
 from clinicsync.store.models import SchedulerState, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.sync import requests
@@ -29,13 +29,13 @@ from clinicsync.sync.alerts import AlertBook
 from clinicsync.sync.clock import Clock, SystemClock, naive_utc
 from clinicsync.sync.history import SCHEDULE, fold_quiet, record_not_run
 from clinicsync.sync.reconcile_hook import RECONCILE
+from clinicsync.sync.reconcile_run import ReconcileResult
 from clinicsync.sync.runner import Job, JobOutcome, RunnerListener, SyncRunner
 from clinicsync.sync.scheduler import SyncScheduler
 from clinicsync.sync.service import enabled_streams
 
 log = logging.getLogger(__name__)
 
-SYNC_SECRETS = (CLINIKO_API_KEY, STRIPE_API_KEY)
 HEARTBEAT_S = 5.0
 ALERT_REFRESH_S = 30.0
 LOCKED_MESSAGE = "Not started: another sync (`clinicsync sync`, or another ClinicSync) was running for this profile."
@@ -71,6 +71,8 @@ def describe_outcome(outcome: JobOutcome) -> str:
     """A finished job in one line of plain words (the log, a request's answer)."""
     if outcome.failure_kind is not None and not outcome.results:
         return outcome.message or outcome.failure_kind
+    if outcome.reconcile is not None:
+        return _reconcile_row(outcome.reconcile)[1]
     parts = []
     for result in outcome.results:
         counts = ", ".join(f"{n} {action}" for action, n in result.counts.items() if n)
@@ -219,6 +221,7 @@ class SchedulerHost:
             log.exception("could not record the end of job %s", outcome.job.id)
         try:
             self.alerts.observe(outcome, self.clock.now())
+            self._report_findings(outcome)
         except Exception:
             log.exception("could not update the alerts after job %s", outcome.job.id)
         self.scheduler.job_finished(outcome)
@@ -248,6 +251,9 @@ class SchedulerHost:
         """Every run is a history row: fold idle scheduled polls; write rows for jobs that never reached a
         stream (the engine writes the others)."""
         job = outcome.job
+        if outcome.reconcile is not None:  # the reconciliation's own report is stored; this row is its history line
+            record_not_run([RECONCILE], job.trigger, *_reconcile_row(outcome.reconcile))
+            return
         if outcome.results:
             if job.trigger == SCHEDULE:
                 for result in outcome.results:
@@ -255,7 +261,10 @@ class SchedulerHost:
             return
         if outcome.failure_kind is None:
             return
-        streams = [RECONCILE] if job.trigger == RECONCILE else list(job.streams or enabled_streams(self.settings))
+        if job.kind == "reconcile" or job.trigger == RECONCILE:
+            streams = [RECONCILE]
+        else:
+            streams = list(job.streams or enabled_streams(self.settings))
         if outcome.failure_kind == "locked":
             record_not_run(streams, job.trigger, Outcome.SKIPPED, LOCKED_MESSAGE)
         elif outcome.failure_kind == "cancelled":
@@ -265,6 +274,31 @@ class SchedulerHost:
             )
         else:
             record_not_run(streams, job.trigger, Outcome.FAILED, outcome.message)
+
+    def _report_findings(self, outcome: JobOutcome) -> None:
+        """A finished reconciliation raises (or updates) the findings alert, or clears it when nothing was found.
+        One that stopped part-way says nothing either way: its findings are incomplete."""
+        report = outcome.reconcile
+        if report is None or report.outcome not in (ReportOutcome.CLEAN, ReportOutcome.FINDINGS):
+            return
+        total = report.counts.total
+        summary = "" if not total else f"The full comparison found {_differences(total)}; see Reconciliation."
+        self.alerts.report_reconciliation(total, summary, self.clock.now())
+
+
+def _differences(count: int) -> str:
+    return f"{count} difference{'s' if count != 1 else ''}"
+
+
+def _reconcile_row(report: ReconcileResult) -> tuple[str, str]:
+    """A reconciliation's history line: its outcome and a few words."""
+    if report.outcome == ReportOutcome.CANCELLED:
+        return Outcome.CANCELLED, "Full comparison cancelled."
+    if report.outcome == ReportOutcome.FAILED:
+        return Outcome.FAILED, f"Full comparison stopped: {report.message}"
+    if report.counts.total:
+        return Outcome.ATTENTION, f"Full comparison: {_differences(report.counts.total)} found."
+    return Outcome.OK, "Full comparison: Stripe and the source agree."
 
 
 class _HostListener:

@@ -104,9 +104,20 @@ def _match_value(mapping: StreamMapping, obj: dict[str, Any]) -> str | None:
 
 
 def _unlinked(pair: AccountPair, mapping: StreamMapping, query: Any) -> list[str]:
+    """The query's objects no record of this stream is linked to. An object that is not a person and that another
+    stream or source is linked to (a Cliniko product, for Cal.com's event type of the same name) is not free
+    either: two streams writing one product would undo each other's writes. People are shared on purpose."""
     linked = RecordLink.select(RecordLink.stripe_id).where(
         (RecordLink.pair == pair) & (RecordLink.stream == mapping.stream) & RecordLink.stripe_id.is_null(False)
     )
+    if mapping.stripe_object not in PERSON_OBJECTS:
+        linked = RecordLink.select(RecordLink.stripe_id).where(
+            (
+                ((RecordLink.pair == pair) & (RecordLink.stream == mapping.stream))
+                | (RecordLink.pair.in_(_same_account(pair)) & (RecordLink.stripe_object == mapping.stripe_object))
+            )
+            & RecordLink.stripe_id.is_null(False)
+        )
     rows = query.where(StripeIndexEntry.stripe_id.not_in(linked)).order_by(StripeIndexEntry.stripe_id)
     return [row.stripe_id for row in rows]
 
@@ -145,3 +156,62 @@ def records_sharing_email(pair: AccountPair, mapping: StreamMapping, hashed_emai
         )
         .count()
     )
+
+
+# --- people across sources (streams.md §3) -------------------------------------------------------------------
+# Stripe objects that are people: a record of any source whose email is a person's finds the customer another
+# source's record of that person is linked to, in the same Stripe account.
+PERSON_OBJECTS = ("customer",)
+
+
+def person_key(pair: AccountPair, stripe_object: str, value: str | None) -> str | None:
+    """The record's person key within the pair's Stripe account (None for objects that are not people)."""
+    if stripe_object not in PERSON_OBJECTS:
+        return None
+    return matchkey.person_hash(pair.stripe_account, pair.stripe_livemode, value)
+
+
+def _same_account(pair: AccountPair) -> Any:
+    return AccountPair.select(AccountPair.id).where(
+        (AccountPair.stripe_account == pair.stripe_account) & (AccountPair.stripe_livemode == pair.stripe_livemode)
+    )
+
+
+def person_candidates(pair: AccountPair, mapping: StreamMapping, key: str | None) -> list[str]:
+    """Stripe objects that records of this person in *other* streams or sources are linked to (same Stripe account
+    and mode), and that no record of this stream and pair is linked to yet: the person's customer to join."""
+    if key is None:
+        return []
+    own = RecordLink.select(RecordLink.stripe_id).where(
+        (RecordLink.pair == pair) & (RecordLink.stream == mapping.stream) & RecordLink.stripe_id.is_null(False)
+    )
+    rows = (
+        RecordLink.select(RecordLink.stripe_id)
+        .distinct()
+        .where(
+            (RecordLink.person_key == key)
+            & (RecordLink.stripe_object == mapping.stripe_object)
+            & RecordLink.stripe_id.is_null(False)
+            & RecordLink.pair.in_(_same_account(pair))
+            & ~((RecordLink.pair == pair) & (RecordLink.stream == mapping.stream))
+            & RecordLink.stripe_id.not_in(own)
+        )
+        .order_by(RecordLink.stripe_id)
+    )
+    return [row.stripe_id for row in rows]
+
+
+def sources_linking(pair: AccountPair, stripe_object: str, stripe_id: str) -> set[str]:
+    """The source systems ("cliniko", "calcom") whose records are linked to this Stripe object, in the pair's
+    Stripe account and mode: who else owns a part of it."""
+    rows = (
+        AccountPair.select(AccountPair.source_system)
+        .join(RecordLink, on=(RecordLink.pair == AccountPair.id))
+        .where(
+            (RecordLink.stripe_object == stripe_object)
+            & (RecordLink.stripe_id == stripe_id)
+            & AccountPair.id.in_(_same_account(pair))
+        )
+        .distinct()
+    )
+    return {row.source_system for row in rows}

@@ -19,7 +19,7 @@ from clinicsync.retry import CancelToken
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store.models import AccountPair, RecordLink
 from clinicsync.streams import STREAMS
-from clinicsync.sync.service import ConfigProblem, cliniko_client, stripe_gateway
+from clinicsync.sync.service import SOURCES, ConfigProblem, stripe_gateway
 
 
 @dataclass
@@ -42,19 +42,20 @@ def connect(settings: Any, secrets: Any, stream_name: str) -> Connection:
     pair without creating one: a preview leaves no trace."""
 
     stream = STREAMS[stream_name]
-    source = cliniko_client(settings, secrets, CancelToken())
+    kind = SOURCES[stream.source_system]
+    source = kind.client(settings, secrets, CancelToken())
     try:
         gateway = stripe_gateway(settings, secrets)
     except ConfigProblem:
         gateway = None
     pair = None
     if gateway is not None:
-        clinic = source.get_account()
+        source_account, region, _ = kind.identity(source)
         account = gateway.account()
         pair = AccountPair.get_or_none(
-            (AccountPair.source_system == "cliniko")
-            & (AccountPair.source_account == clinic.id)
-            & (AccountPair.source_region == source.shard)
+            (AccountPair.source_system == stream.source_system)
+            & (AccountPair.source_account == source_account)
+            & (AccountPair.source_region == region)
             & (AccountPair.stripe_account == account.id)
             & (AccountPair.stripe_livemode == account.livemode)
         )

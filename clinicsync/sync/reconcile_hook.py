@@ -1,9 +1,10 @@
 """Where the scheduled reconciliation meets the reconciliation engine.
 
-The scheduler's reconciliation job asks the runner for a job with trigger "reconcile"; the runner calls
-`run_reconciliation`, which calls whatever the reconciliation engine registered with `register_reconciler`.
-Until something is registered, the run is recorded as skipped ("Reconciliation is not available yet.") so the
-history still shows that the schedule asked for it.
+The scheduler's reconciliation job asks the runner for a job with trigger "reconcile"; the runner runs it as a job
+of kind "reconcile": the real reconciliation (clinicsync.sync.reconcile_run.run_reconcile), the same as one started
+from the Reconciliation tab or `clinicsync reconcile`. Whatever registers a reconciler with `register_reconciler`
+replaces it for the schedule's job (tests that count calls; an embedding app): the runner then calls
+`run_reconciliation`. Rows answered "not available yet" come from versions before the real one was wired in.
 
 A reconciler receives a `ReconcileRequest` (paths, settings, keys, cancel token, progress) on the runner's worker
 thread, while this process holds the profile's sync lock, and returns a `ReconcileReport`. To tell a person about
@@ -58,6 +59,10 @@ def register_reconciler(reconciler: Reconciler | None) -> None:
     _registered.clear()
     if reconciler is not None:
         _registered.append(reconciler)
+
+
+def reconciler_registered() -> bool:
+    return bool(_registered)
 
 
 def run_reconciliation(

@@ -79,10 +79,11 @@ def reconcilable(settings: Settings, streams: Sequence[str] | None = None) -> li
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
     names = list(streams) if streams else enabled_streams(settings)
-    not_compared = [name for name in names if STREAMS[name].compare is None]
+    # A report compares one source account's records (Cliniko's, for now) with Stripe.
+    not_compared = [name for name in names if STREAMS[name].compare is None or STREAMS[name].source_system != "cliniko"]
     if streams and not_compared:
         raise ConfigProblem(f"{', '.join(not_compared)} cannot be reconciled yet.")
-    return dependency_order(STREAMS, [name for name in names if STREAMS[name].compare is not None])
+    return dependency_order(STREAMS, [name for name in names if name not in not_compared])
 
 
 def run_reconcile(

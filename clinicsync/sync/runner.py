@@ -22,7 +22,7 @@ from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.history import SCHEDULE, awaiting_approval, record_skipped
 from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest, apply_fixes
-from clinicsync.sync.reconcile_hook import RECONCILE, run_reconciliation
+from clinicsync.sync.reconcile_hook import RECONCILE, reconciler_registered, run_reconciliation
 from clinicsync.sync.reconcile_run import ReconcileResult, run_reconcile
 from clinicsync.sync.service import enabled_streams, failure_of, run_sync
 
@@ -74,8 +74,14 @@ class RunnerListener(Protocol):
 
 
 def read_credentials(secrets: SecretStore, names: Sequence[str]) -> dict[str, str]:
-    """Read the keys a sync needs, on the calling thread."""
-    return {name: value for name in names if (value := secrets.get(name))}
+    """Read the keys a sync needs, on the calling thread; a key not set is left out. When Stripe's key comes
+    from the environment (a headless run), the others are looked for there only: a server without a keyring
+    must not fail over a key it never meant to set (Cal.com's, for a clinic on Cliniko alone)."""
+    from clinicsync.secrets import STRIPE_API_KEY
+
+    from_environment = getattr(secrets, "from_environment", None)
+    read = from_environment if from_environment is not None and from_environment(STRIPE_API_KEY) else secrets.get
+    return {name: value for name in names if (value := read(name))}
 
 
 _STOP = object()
@@ -183,7 +189,9 @@ class SyncRunner:
         names = [RECONCILE] if trigger == RECONCILE else list(streams or enabled_streams(self._settings))
         why_not = self._why_refused(trigger, names, when_busy)
         if why_not is None:
-            job = self.submit(trigger=trigger, credentials=credentials, streams=streams)
+            # The schedule's reconciliation is a reconciliation job, like one started from its tab.
+            kind = "reconcile" if trigger == RECONCILE else "sync"
+            job = self.submit(trigger=trigger, credentials=credentials, streams=streams, kind=kind)
             if job is not None:
                 return job, ""
             why_not = self._why_refused(trigger, names, "skip") or BUSY_MESSAGE
@@ -265,6 +273,10 @@ class SyncRunner:
 
         secrets = MemorySecretStore(job.credentials)
         try:
+            if job.kind == "reconcile" and job.trigger == RECONCILE and reconciler_registered():
+                # Something registered its own reconciler for the schedule's job (tests, an embedding app).
+                results = run_reconciliation(self._paths, self._settings, secrets, cancel=cancel, progress=progress)
+                return JobOutcome(job, results=tuple(results))
             if job.kind == "reconcile":
                 report = run_reconcile(
                     self._paths,
@@ -281,19 +293,16 @@ class SyncRunner:
                     self._paths, self._settings, secrets, job.fixes, confirmed=job.confirmed, cancel=cancel
                 )
                 return JobOutcome(job, fixes=tuple(outcomes))
-            if job.trigger == RECONCILE:  # the scheduler's reconciliation, through the registered hook
-                results = run_reconciliation(self._paths, self._settings, secrets, cancel=cancel, progress=progress)
-            else:
-                results = run_sync(
-                    self._paths,
-                    self._settings,
-                    secrets,
-                    streams=job.streams,
-                    trigger=job.trigger,
-                    dry_run=job.dry_run,
-                    cancel=cancel,
-                    progress=progress,
-                )
+            results = run_sync(
+                self._paths,
+                self._settings,
+                secrets,
+                streams=job.streams,
+                trigger=job.trigger,
+                dry_run=job.dry_run,
+                cancel=cancel,
+                progress=progress,
+            )
         except Exception as exc:
             failure = failure_of(exc)
             if failure is None:

@@ -16,6 +16,7 @@ interval join it, so their polls stay together and never overlap (the runner run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -33,13 +34,13 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from clinicsync import rate_limits
-from clinicsync.store.settings import WEEKDAYS, Settings
+from clinicsync.store.settings import MIN_INTERVAL_SECONDS, WEEKDAYS, Settings
 from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.sync.clock import Clock, WakeDetector, aware_utc
 from clinicsync.sync.history import SCHEDULE, awaiting_approval, last_ran_at
 from clinicsync.sync.reconcile_hook import RECONCILE
 from clinicsync.sync.runner import APPROVAL_MESSAGE, BUSY_MESSAGE, Job, JobOutcome
-from clinicsync.sync.service import CONNECTED_SOURCES, enabled_streams
+from clinicsync.sync.service import CONNECTED_SOURCES, enabled_streams, sources_with_keys
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +81,46 @@ def minimum_interval(streams: Sequence[str]) -> float:
     return needed
 
 
+def shortest_interval(streams: Sequence[str]) -> int:
+    """The shortest interval (whole seconds) a person may choose for polling these streams: the setting's own
+    minimum, or longer when the services' request budgets need it. The Settings tab offers no less."""
+    return max(MIN_INTERVAL_SECONDS, math.ceil(minimum_interval(streams)))
+
+
+def scheduled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:
+    """The streams polled on schedule, in dependency order: enabled, of a connected source, schedule on."""
+    streams = [
+        name
+        for name in enabled_streams(settings, connected)
+        if STREAMS[name].source_system in connected and _scheduled(settings, name)
+    ]
+    return dependency_order(STREAMS, streams)
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Everything the jobs are built from; a change to any of it rebuilds them."""
 
-    interval_s: int
+    interval_s: int  # every stream's, unless it has its own
     streams: tuple[str, ...]  # scheduled, in dependency order
     reconcile: str  # daily, weekly, off
     reconcile_time: str  # "HH:MM"
     reconcile_day: str  # monday … sunday
     paused: bool
+    own_intervals: tuple[tuple[str, int], ...] = ()  # streams polled at their own interval (seconds)
+
+    def interval_of(self, stream: str) -> int:
+        return dict(self.own_intervals).get(stream, self.interval_s)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ScheduleConfig:
-        streams = [
-            name
-            for name in enabled_streams(settings)
-            if STREAMS[name].source_system in CONNECTED_SOURCES and _scheduled(settings, name)
-        ]
-        streams = dependency_order(STREAMS, streams)
+    def from_settings(cls, settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> ScheduleConfig:
+        streams = scheduled_streams(settings, connected)
         wanted = settings.get("schedule.interval_seconds")
+        floor = shortest_interval(streams)  # every interval at least this: then all of them together are safe too
+        own = tuple((name, max(seconds, floor)) for name in streams if (seconds := _own_interval(settings, name)))
         return cls(
-            interval_s=max(wanted, math.ceil(minimum_interval(streams))),
+            own_intervals=own,
+            interval_s=max(wanted, floor),
             streams=tuple(streams),
             reconcile=settings.get("schedule.reconcile.frequency"),
             reconcile_time=settings.get("schedule.reconcile.time"),
@@ -111,7 +130,22 @@ class ScheduleConfig:
 
     def jobs_part(self) -> tuple[Any, ...]:
         """What the jobs themselves depend on (pausing does not rebuild them)."""
-        return (self.interval_s, self.streams, self.reconcile, self.reconcile_time, self.reconcile_day)
+        return (
+            self.interval_s,
+            self.own_intervals,
+            self.streams,
+            self.reconcile,
+            self.reconcile_time,
+            self.reconcile_day,
+        )
+
+
+def _own_interval(settings: Settings, stream: str) -> int:
+    """The stream's own interval (0: it follows schedule.interval_seconds)."""
+    from clinicsync.store.settings import SPECS_BY_KEY
+
+    key = f"schedule.{stream}.interval_seconds"
+    return int(settings.get(key)) if key in SPECS_BY_KEY else 0
 
 
 def _scheduled(settings: Settings, stream: str) -> bool:
@@ -249,6 +283,7 @@ class SyncScheduler:
         self.aps = ClockedScheduler(clock)
         self.wake = WakeDetector(clock)
         self.config: ScheduleConfig | None = None
+        self._connected: tuple[str, ...] = CONNECTED_SOURCES  # the sources whose key was there at the last read
         self._batch = _Batch()
         self._in_flight: dict[int, tuple[str, ...]] = {}  # runner job id → the streams it runs for the schedule
         self._held: set[str] = set()  # streams whose first live sync waits for approval
@@ -266,7 +301,9 @@ class SyncScheduler:
     # --- life -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.aps.start(paused=True)
-        self._apply(ScheduleConfig.from_settings(self.settings))
+        with contextlib.suppress(Exception):  # no keys yet: the first request says so in the history
+            self._note_connected(self.credentials())
+        self._apply(ScheduleConfig.from_settings(self.settings, self._connected))
 
     def shutdown(self) -> None:
         if self.aps.state != STATE_STOPPED:
@@ -286,7 +323,7 @@ class SyncScheduler:
             self.woke(away)
         elif self.wake.went_back_s:
             self._clock_went_back()
-        self._apply(ScheduleConfig.from_settings(self.settings))
+        self._apply(ScheduleConfig.from_settings(self.settings, self._connected))
         self._take_finished()
         if self._held and self.clock.monotonic() - self._approval_checked >= APPROVAL_RECHECK_S:
             self._recheck_approvals()
@@ -312,7 +349,6 @@ class SyncScheduler:
         config = self.config
         if config is None:
             return
-        latest = now + timedelta(seconds=config.interval_s)
         for job in self.aps.get_jobs():
             if job.next_run_time is None:
                 continue
@@ -320,7 +356,9 @@ class SyncScheduler:
                 slot = job.trigger.get_next_fire_time(None, now)
                 if slot is not None and slot < job.next_run_time:
                     self._rearm(RECONCILE, slot)
-            elif job.next_run_time > latest:
+                continue
+            latest = now + timedelta(seconds=config.interval_of(job.id))
+            if job.next_run_time > latest:
                 self._rearm(job.id, latest)
 
     # --- what the window and `status` show ------------------------------------------------------------------
@@ -345,13 +383,14 @@ class SyncScheduler:
     def _build(self, config: ScheduleConfig, *, rebuilt: bool) -> None:
         self.aps.remove_all_jobs()
         now = self.clock.now()
-        interval = timedelta(seconds=config.interval_s)
         in_flight = set(self.in_flight())
         for stream in config.streams:
             held = stream in in_flight or stream in self._held
+            seconds = config.interval_of(stream)
+            interval = timedelta(seconds=seconds)
             self.aps.add_job(
                 self._stream_due,
-                trigger=IntervalTrigger(seconds=config.interval_s, start_date=now, timezone=UTC_ZONE),
+                trigger=IntervalTrigger(seconds=seconds, start_date=now, timezone=UTC_ZONE),
                 args=(stream,),
                 id=stream,
                 name=f"sync {stream}",
@@ -367,10 +406,11 @@ class SyncScheduler:
                 next_run_time=self._first_reconcile(trigger, now),
             )
         log.info(
-            "%s the schedule: %s every %d s; reconciliation %s",
+            "%s the schedule: %s every %d s%s; reconciliation %s",
             "rebuilt" if rebuilt else "built",
             ", ".join(config.streams) or "no streams",
             config.interval_s,
+            "".join(f" ({name} every {seconds} s)" for name, seconds in config.own_intervals),
             "off" if trigger is None else f"{config.reconcile} at {config.reconcile_time}",
         )
 
@@ -419,7 +459,7 @@ class SyncScheduler:
         config = self.config
         assert config is not None
         now = self.clock.now()
-        soon = now + timedelta(seconds=config.interval_s / 2)
+        soon = now + timedelta(seconds=min(config.interval_of(name) for name in due) / 2)
         sources = {STREAMS[name].source_system for name in due}
         # Streams of the same source due within half an interval join in: one run, in dependency order.
         for job in self.aps.get_jobs():
@@ -439,7 +479,7 @@ class SyncScheduler:
                 self._hold(name)
             return
         for name in streams:  # refused (paused a moment ago, another sync running): the next poll comes as usual
-            self._rearm(name, now + timedelta(seconds=config.interval_s))
+            self._rearm(name, now + timedelta(seconds=config.interval_of(name)))
 
     def _ask_reconcile(self) -> None:
         if self._in_flight:  # a poll was just queued: the reconciliation goes right after it, not against it
@@ -450,6 +490,11 @@ class SyncScheduler:
             self._reconcile_job = job.id
         elif why_not == BUSY_MESSAGE:  # never dropped: asked again when the running sync ends
             self._owe_reconcile()
+
+    def _note_connected(self, credentials: Mapping[str, str]) -> None:
+        """Which sources have a key: their streams are scheduled (a Cal.com key added later joins on the next tick
+        after a request reads the keys)."""
+        self._connected = sources_with_keys(credentials)
 
     def _owe_reconcile(self) -> None:
         self._reconcile_owed = True
@@ -465,6 +510,7 @@ class SyncScheduler:
             record_skipped(streams or (RECONCILE,), trigger, why)
             self.fired.append((self.clock.now(), trigger, streams, why))
             return None, why
+        self._note_connected(credentials)
         job, why_not = self.runner.request(
             trigger=trigger, credentials=credentials, streams=list(streams) or None, when_busy="skip"
         )
@@ -480,7 +526,7 @@ class SyncScheduler:
         if not finished or self.config is None:
             return
         now = self.clock.now()
-        interval = timedelta(seconds=self.config.interval_s)
+        config = self.config
         for outcome in finished:
             if outcome.job.id == self._reconcile_job:
                 self._reconcile_job = None
@@ -491,7 +537,7 @@ class SyncScheduler:
             for stream in ran:
                 self._last_done[stream] = now
                 if stream not in self._held:
-                    self._rearm(stream, now + interval)
+                    self._rearm(stream, now + timedelta(seconds=config.interval_of(stream)))
         if self._reconcile_owed and not self._in_flight and not self.runner.busy:
             self._reconcile_owed = False
             self._rearm(RECONCILE, now)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,8 @@ from clinicsync.paths import AppPaths
 from clinicsync.profile_lock import ProfileLock
 from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.secrets import SecretStore
+from clinicsync.sources.base import host_of
+from clinicsync.sources.calcom import CalcomClient
 from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.ratelimit import RequestBudget
@@ -77,6 +79,19 @@ def cliniko_client(settings: Settings, secrets: SecretStore, cancel: CancelToken
         raise ConfigProblem(str(exc)) from None
 
 
+def calcom_client(settings: Settings, secrets: SecretStore, cancel: CancelToken) -> CalcomClient:
+    try:
+        return CalcomClient(
+            _require(secrets, secret_names.CALCOM_API_KEY, "Cal.com"),
+            base_url=settings.get("calcom.base_url") or None,
+            requests_per_minute=settings.get("calcom.requests_per_minute") or None,
+            retry=retry_policy(settings),
+            sleep=cancel.sleep,
+        )
+    except SourceConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
 def stripe_gateway(settings: Settings, secrets: SecretStore, cancel: CancelToken | None = None) -> StripeGateway:
     key = _require(secrets, secret_names.STRIPE_API_KEY, "Stripe")
     if (problem := stripe_key_problem(key)) is not None:  # e.g. a publishable key: say so before any request
@@ -103,25 +118,61 @@ def stripe_gateway(settings: Settings, secrets: SecretStore, cancel: CancelToken
 
 def resolve_pair(cliniko: ClinikoClient, gateway: StripeGateway) -> AccountPair:
     """The state scope for these two accounts; a new pair (another clinic, or Stripe test vs live) starts clean."""
+    return _pair("cliniko", *cliniko_identity(cliniko), gateway)
+
+
+def cliniko_identity(cliniko: ClinikoClient) -> tuple[str, str, str]:
+    """(account, region, name) of the Cliniko account the key belongs to."""
     clinic = cliniko.get_account()
+    return clinic.id, cliniko.shard, clinic.name
+
+
+def calcom_identity(calcom: CalcomClient) -> tuple[str, str, str]:
+    """(account, region, name) of the Cal.com user the key belongs to; the region is the API's host."""
+    user = calcom.get_me()
+    return user.id, host_of(calcom.base_url), user.display_name
+
+
+def resolve_calcom_pair(calcom: CalcomClient, gateway: StripeGateway) -> AccountPair:
+    """The state scope of a Cal.com user (the API key's) and the Stripe account, as for Cliniko."""
+    return _pair("calcom", *calcom_identity(calcom), gateway)
+
+
+def _pair(system: str, account: str, region: str, name: str, gateway: StripeGateway) -> AccountPair:
     stripe_account = gateway.account()
     pair, created = AccountPair.get_or_create(
-        source_system="cliniko",
-        source_account=clinic.id,
-        source_region=cliniko.shard,
+        source_system=system,
+        source_account=account,
+        source_region=region,
         stripe_account=stripe_account.id,
         stripe_livemode=stripe_account.livemode,
-        defaults={"uuid": uuid.uuid4().hex, "source_name": clinic.name, "stripe_name": stripe_account.name},
+        defaults={"uuid": uuid.uuid4().hex, "source_name": name, "stripe_name": stripe_account.name},
     )
     if not created:
-        AccountPair.update(last_used_at=utcnow(), source_name=clinic.name, stripe_name=stripe_account.name).where(
+        AccountPair.update(last_used_at=utcnow(), source_name=name, stripe_name=stripe_account.name).where(
             AccountPair.id == pair.id
         ).execute()
     return pair
 
 
+@dataclass(frozen=True)
+class SourceKind:
+    """How a sync connects to one source: its key, its client, and the account pair its state belongs to."""
+
+    secret: str
+    client: Callable[[Settings, SecretStore, CancelToken], Any]
+    resolve_pair: Callable[[Any, StripeGateway], AccountPair]
+    identity: Callable[[Any], tuple[str, str, str]]  # (account, region, name), as the pair records them
+
+
+SOURCES: dict[str, SourceKind] = {
+    "cliniko": SourceKind(secret_names.CLINIKO_API_KEY, cliniko_client, resolve_pair, cliniko_identity),
+    "calcom": SourceKind(secret_names.CALCOM_API_KEY, calcom_client, resolve_calcom_pair, calcom_identity),
+}
+
+
 # Settings that stream declarations read (through StreamSettings), resolved once per run.
-STREAM_SETTING_KEYS = ("cliniko.products.price_basis",)
+STREAM_SETTING_KEYS = ("cliniko.products.price_basis", "identity.primary_source")
 
 
 def run_options(settings: Settings, *, trigger: str, dry_run: bool) -> RunOptions:
@@ -154,22 +205,27 @@ def run_sync(
     unknown = [name for name in streams or () if name not in STREAMS]
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
-    names = dependency_order(STREAMS, list(streams) if streams else enabled_streams(settings))
+    connected = connected_sources(secrets)
+    names = dependency_order(STREAMS, list(streams) if streams else enabled_streams(settings, connected))
     with ProfileLock(paths.lock_file):
         queries.close_interrupted_runs()  # under the lock: a run still "running" now is one whose process died
-        cliniko = cliniko_client(settings, secrets, cancel)
+        clients: dict[str, Any] = {}
         try:
+            for system in dict.fromkeys(STREAMS[name].source_system for name in names):
+                clients[system] = SOURCES[system].client(settings, secrets, cancel)
             gateway = stripe_gateway(settings, secrets, cancel)
-            pair = resolve_pair(cliniko, gateway)
+            pairs = {system: SOURCES[system].resolve_pair(client, gateway) for system, client in clients.items()}
             if streams:  # a stream asked for alone still needs what it stands on
-                check_dependencies(pair, names)
+                check_dependencies(pairs, names, connected)
             results = []
             for name in names:
+                system = STREAMS[name].source_system
+                pair, source = pairs[system], clients[system]
                 # Live Stripe is nobody's staging area: a stream's first live sync only plans until approved.
                 plan_only = dry_run or needs_approval(pair, name)
                 options = run_options(settings, trigger=trigger, dry_run=plan_only)
                 result = StreamRun(
-                    STREAMS[name], pair, cliniko, gateway, options, cancel=cancel, progress=progress
+                    STREAMS[name], pair, source, gateway, options, cancel=cancel, progress=progress
                 ).run()
                 if plan_only and not dry_run and result.outcome not in ("failed", "cancelled"):
                     result.outcome = Outcome.NEEDS_APPROVAL
@@ -182,29 +238,70 @@ def run_sync(
                     break  # the next streams would meet the same wall; they run on the next sync
             return results
         finally:
-            cliniko.close()
+            for client in clients.values():
+                client.close()
 
 
-def enabled_streams(settings: Settings) -> list[str]:
-    """Every stream not switched off (`streams.<name>.enabled`; a stream without that setting is always on)."""
+def connected_sources(secrets: SecretStore) -> tuple[str, ...]:
+    """The sources whose API key is set: a source without one is not connected, and its streams do not run, so a
+    clinic with only Cal.com syncs without a Cliniko connection. With no source key at all, Cliniko (whose missing
+    key the sync then names, as before)."""
+    keyed = tuple(name for name, kind in SOURCES.items() if _has_key(secrets, kind.secret))
+    return keyed if keyed else ("cliniko",)
+
+
+def _has_key(secrets: SecretStore, name: str) -> bool:
+    """Whether the key is set. A headless run with its Stripe key in the environment has its sources' keys there
+    too: the keyring is not opened to look for others. No usable keyring counts as not set (a missing key a sync
+    needs is said when it is read)."""
+    from clinicsync.secrets import SecretStoreError
+
+    from_environment = getattr(secrets, "from_environment", None)
+    if from_environment is not None and from_environment(secret_names.STRIPE_API_KEY):
+        return bool(from_environment(name))
+    try:
+        return bool(secrets.get(name))
+    except SecretStoreError:
+        return False
+
+
+# The sources whose streams the callers that know no keys (alerts, reconciliation) run.
+CONNECTED_SOURCES = ("cliniko",)
+
+
+def sources_with_keys(keys: Mapping[str, str]) -> tuple[str, ...]:
+    """The sources whose key is among `keys` (credentials read for a run); Cliniko when none is."""
+    found = tuple(name for name, kind in SOURCES.items() if keys.get(kind.secret))
+    return found or CONNECTED_SOURCES
+
+
+def enabled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:
+    """Every stream of a connected source not switched off (`streams.<name>.enabled`; a stream without that
+    setting is on whenever its source is connected)."""
     from clinicsync.store.settings import SPECS_BY_KEY
 
     return [
         name
         for name in STREAMS
-        if f"streams.{name}.enabled" not in SPECS_BY_KEY or settings.get(f"streams.{name}.enabled")
+        if STREAMS[name].source_system in connected
+        and (f"streams.{name}.enabled" not in SPECS_BY_KEY or settings.get(f"streams.{name}.enabled"))
     ]
 
 
-CONNECTED_SOURCES = ("cliniko",)  # the sources a sync connects to today; a dependency on another counts as met
-
-
-def check_dependencies(pair: AccountPair, names: Sequence[str]) -> None:
-    """Refuse a stream whose dependencies never completed for these accounts (their links are not there yet)."""
+def check_dependencies(
+    pairs: dict[str, AccountPair], names: Sequence[str], connected: Sequence[str] = CONNECTED_SOURCES
+) -> None:
+    """Refuse a stream whose dependencies never completed for these accounts (their links are not there yet). A
+    dependency on a source that is not connected counts as met: a Cal.com-only clinic has no patients to wait for."""
     missing = []
     for name in names:
         for dependency in STREAMS[name].depends_on:
-            if dependency in names or STREAMS[dependency].source_system not in CONNECTED_SOURCES:
+            system = STREAMS[dependency].source_system
+            if dependency in names or system not in connected:
+                continue
+            pair = pairs.get(system)
+            if pair is None:
+                missing.append((name, dependency))
                 continue
             completed = SyncRun.select().where(
                 (SyncRun.pair == pair)

@@ -202,7 +202,7 @@ class ApprovalDialog(QDialog):
         except SecretStoreError as exc:
             self._show_problem(f"Approved, but the sync could not start: {labels.for_gui(exc)}")
             return
-        if self.job is None:
+        if self.job is None and not self.ui.attached:  # attached: the background service syncs it
             reason = "syncing is paused" if self.ui.runner.paused() else "a sync is already waiting to start"
             self._show_problem(f"Approved. The sync did not start now because {reason}; it will write the plan then.")
             self.approve_button.setEnabled(False)

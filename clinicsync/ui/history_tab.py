@@ -211,6 +211,8 @@ class HistoryTab(QWidget):
             self._follow_latest = True  # show the retry's run when it lands
         elif self._ui.runner.paused():
             message = f"Syncing is paused: {plural(count, 'record')} will be retried at the next sync once it resumes."
+        elif self._ui.attached:
+            message = f"Asked the background service to sync: it will retry {plural(count, 'record')}."
         else:
             these = "this record" if count == 1 else f"these {count:,} records"
             message = f"A sync is already waiting: it will retry {these}."

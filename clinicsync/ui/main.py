@@ -25,6 +25,7 @@ from clinicsync.paths import APP_NAME, AppPaths, ProfileFolderError
 from clinicsync.sandbox.persist import SnapshotError
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store.db import CHANGE_NOT_SAVED, storage_problem
+from clinicsync.sync.clock import Clock
 from clinicsync.sync.runner import SyncRunner
 from clinicsync.ui import icons
 from clinicsync.ui.background import wait_for_background
@@ -32,6 +33,7 @@ from clinicsync.ui.bridge import BridgeListener, RunnerBridge
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.main_window import MainWindow, confirm_quit_dialog
 from clinicsync.ui.notifications import Notice, Notifier
+from clinicsync.ui.schedule import WindowSchedule
 from clinicsync.ui.single_instance import InstanceServer, claim_instance
 from clinicsync.ui.status import StatusTracker, request_sync
 from clinicsync.ui.tray import TrayActions, TrayController
@@ -40,12 +42,20 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 30.0
 BACKGROUND_WAIT_S = 5.0  # connection tests and previews time out on their own; don't hold Quit for long
-# There is no schedule yet: the window closing changes nothing about when a sync runs, so the hint must not
-# promise background syncing. When scheduled syncs come, this says when the next one is.
+# Closing the window changes nothing about when a sync runs, so the hint promises background syncing only when a
+# schedule is on (this window's, or the background service's it is attached to).
 TRAY_HINT = (
     "ClinicSync is still here, in the tray. It syncs when you press Sync now (in this icon's menu or in its "
     "window). Quit it from this icon's menu."
 )
+TRAY_HINT_SCHEDULED = (
+    "ClinicSync is still here, in the tray, and keeps syncing on schedule; the icon's menu says when it last "
+    "synced. Quit it from this icon's menu."
+)
+
+
+def tray_hint(schedule_on: bool) -> str:
+    return TRAY_HINT_SCHEDULED if schedule_on else TRAY_HINT
 
 
 @dataclass(eq=False)
@@ -90,7 +100,8 @@ class GuiApp:
 
     def went_to_tray(self, first_time: bool) -> None:
         if first_time and self.tray is not None:
-            self.tray.show_message(APP_NAME, TRAY_HINT)
+            schedule = self.ui.schedule
+            self.tray.show_message(APP_NAME, tray_hint(schedule is not None and schedule.schedule_on()))
 
     def notice_clicked(self) -> None:
         self.window.show_tab(self.last_notice.tab if self.last_notice is not None else "overview")
@@ -102,6 +113,9 @@ class GuiApp:
 
         ui = switch_in_place(self.ui, env, sandbox)  # type: ignore[arg-type]
         self.trial_sandbox = sandbox
+        if ui.schedule is not None:  # the schedule follows the profile: stopped for the old, started for the new
+            ui.runner.shutdown()
+            ui.runner = ui.schedule.rebind(ui.app)
         self.tracker.rebind(ui.runner, ui.app.settings)
         self.window.refresh_all()
         return ui
@@ -114,7 +128,10 @@ class GuiApp:
         set_trial_active(self.base_env, False)
         self.ui.runner.shutdown()
         self.ui.app = bootstrap(dict(self.base_env))
-        self.ui.runner = SyncRunner(self.ui.app.paths, self.ui.app.settings, BridgeListener(self.ui.bridge))
+        if self.ui.schedule is not None:  # the schedule follows the profile: stopped for the trial's, started here
+            self.ui.runner = self.ui.schedule.rebind(self.ui.app)
+        else:
+            self.ui.runner = SyncRunner(self.ui.app.paths, self.ui.app.settings, BridgeListener(self.ui.bridge))
         self.ui.sandbox = None
         stop_sandbox = getattr(self.trial_sandbox, "stop", None)
         self.trial_sandbox = None
@@ -135,13 +152,18 @@ class GuiApp:
         if self.shut_down:
             return True
         self.shut_down = True
+        self.notifier.stop()
         self.window.prepare_quit()
         self.window.hide()
         if self.tray is not None:
             self.tray.hide()
         if self.instance is not None:
             self.instance.close()
-        joined = self.ui.runner.shutdown(timeout)
+        # The schedule's stop also stops the runner and lets go of the profile's schedule.
+        schedule = self.ui.schedule
+        joined = schedule.stop(timeout) if schedule is not None else True
+        if schedule is None or self.ui.runner is not schedule.runner:  # replaced by a profile switch's own runner
+            joined = self.ui.runner.shutdown(timeout) and joined
         if not joined:  # a request stuck past its timeout; the outbox makes an abandoned write safe to replay
             log.warning("the sync worker did not stop within %.0f s; exiting anyway", timeout)
         # Background calls (a connection test, a preview, starting the sandbox) must not outlive the app.
@@ -162,9 +184,15 @@ def build_app(
     sandbox: object | None = None,
     instance: InstanceServer | None = None,
     confirm_quit: Callable[[QWidget, bool], bool] = confirm_quit_dialog,
+    schedule: bool = False,
+    clock: Clock | None = None,
 ) -> GuiApp:
     """Build the whole app on the profile `env` names (default: this process's environment). A QApplication
-    must exist. `tray_available` None asks the desktop; tests pass True or False."""
+    must exist. `tray_available` None asks the desktop; tests pass True or False.
+
+    `schedule`: run the profile's schedule in this window (the app does; tests and screenshots ask for it when
+    they are about it). Either way, when `clinicsync serve` runs the schedule the window attaches to it. `clock`:
+    the schedule's clock (tests pass a clinicsync.sync.clock.ManualClock)."""
     if QApplication.instance() is None:
         raise RuntimeError("build_app needs a QApplication (run_gui creates one; tests get pytest-qt's)")
     ctx = bootstrap(env)
@@ -173,14 +201,30 @@ def build_app(
         ctx, trial_sandbox, trial_problem = _resume_trial(ctx)
         sandbox = trial_sandbox
     bridge = RunnerBridge()
-    runner = SyncRunner(ctx.paths, ctx.settings, BridgeListener(bridge))
+    # The schedule's runner (its own when hosting, else a plain one) is the app's runner: one worker either way.
+    window_schedule = WindowSchedule(ctx, bridge, host=schedule, clock=clock, parent=bridge)
+    runner = window_schedule.runner
     if tray_available is None:
         tray_available = QSystemTrayIcon.isSystemTrayAvailable()
     ui = UiContext(app=ctx, runner=runner, bridge=bridge, tray_available=tray_available, sandbox=sandbox)
+    ui.schedule = window_schedule
     # The bridge and the tracker live as long as the app; parent them to the bridge so Qt owns them together.
     ui.status = StatusTracker(runner, bridge, ctx.settings, bridge)
+    ui.status.schedule = window_schedule
+    window_schedule.changed.connect(ui.status.stored_changed)
+
+    def took_over(runner: SyncRunner) -> None:  # the service stopped; this window now runs the schedule
+        ui.runner = runner
+        if ui.status is not None:
+            ui.status.rebind(runner, ui.app.settings)
+
+    window_schedule.runner_changed.connect(took_over)
     window = MainWindow(ui, confirm_quit=confirm_quit)
-    gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(bridge, None, bridge), instance=instance)
+    for name, method in (("history", "refresh"), ("review", "reload")):  # attached: the service's syncs show too
+        reread = getattr(window.tabs.get(name), method, None)  # None: a placeholder stands in for the tab
+        if callable(reread):
+            window_schedule.service_finished.connect(reread)
+    gui = GuiApp(ui=ui, window=window, tray=None, notifier=Notifier(ui, None, bridge), instance=instance)
     gui.trial_sandbox, gui.trial_problem = trial_sandbox, trial_problem
     gui.base_env = dict(os.environ if env is None else env)
     leave_trial = getattr(window.tabs.get("connections"), "leave_trial_requested", None)
@@ -192,7 +236,7 @@ def build_app(
             ui.status,
             TrayActions(
                 sync_now=gui.sync_now,
-                cancel=lambda: ui.runner.cancel(),  # through ui: the runner changes on a profile switch
+                cancel=ui.cancel,  # through ui: the runner changes on a profile switch, the service when attached
                 set_paused=ui.status.set_paused,
                 open_window=gui.open_window,
                 quit=gui.quit,
@@ -313,7 +357,7 @@ def run_gui(argv: Sequence[str] | None = None, *, minimized: bool = False) -> in
         return 0
 
     try:
-        gui = build_app(env, instance=instance)
+        gui = build_app(env, instance=instance, schedule=True)
     except Exception as exc:
         message = startup_problem(exc)
         if message is None:

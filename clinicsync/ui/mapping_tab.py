@@ -60,12 +60,12 @@ from clinicsync.mapping.spec import (
 )
 from clinicsync.mapping.transforms import template_fields
 from clinicsync.mapping.validate import Problem, validate_mapping
-from clinicsync.secrets import MemorySecretStore
+from clinicsync.secrets import SYNC_SECRETS, MemorySecretStore
 from clinicsync.store import mappings as mapping_store
 from clinicsync.sync.preview import connect, fetch_preview, sample_records, source_settings
 from clinicsync.sync.runner import read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
-from clinicsync.ui.context import SYNC_SECRETS, UiContext
+from clinicsync.ui.context import UiContext
 from clinicsync.ui.layout import fit_header_titles
 from clinicsync.ui.models import clean_text
 from clinicsync.ui.rule_form import RuleForm

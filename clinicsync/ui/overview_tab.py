@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QShowEvent
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -34,6 +34,8 @@ from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import clean_text, escape_html
+from clinicsync.ui.notifications import active_notices
+from clinicsync.ui.schedule import MANUAL, next_run_text, schedule_words
 from clinicsync.ui.status import (
     LIVE,
     SANDBOX,
@@ -67,6 +69,10 @@ BANNER_STYLE = "QFrame#banner { background: #fee2e2; border: 1px solid #b91c1c; 
 BANNER_TEXT = "color: #7f1d1d;"
 PAUSED_STYLE = "QFrame#paused { background: #fef3c7; border: 1px solid #b45309; border-radius: 6px; }"
 PAUSED_TEXT = "color: #78350f;"
+ALERTS_STYLE = (
+    "QLabel#alerts { background: #fef3c7; color: #78350f; border: 1px solid #b45309; border-radius: 6px;"
+    " padding: 6px; }"
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class StreamView:
 
 
 COUNT_WORDS = {"review": "sent to review"}
+MANUAL_NEXT = "manual (press Sync now)"
+COUNTDOWN_MS = 5000
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -98,8 +106,11 @@ def stream_view(
     now: datetime,
     *,
     awaiting_approval: bool = False,
+    next_run: str | None = None,
 ) -> StreamView:
+    """The words of one card. `next_run`: when the schedule runs it next (None: syncs only on a click)."""
     title = labels.stream_title(stream)
+    next_words = next_run or MANUAL_NEXT
     syncing = progress is not None and progress.stream == stream
     if syncing:
         state = "Syncing…"
@@ -110,7 +121,7 @@ def stream_view(
     else:
         state = settled_state(row)
     if row is None or row.get("last_run_at") is None:
-        return StreamView(title, state, "never", "—", "manual (press Sync now)", "none", "none", "none")
+        return StreamView(title, state, "never", "—", next_words, "none", "none", "none")
     started = local_time(row["last_run_at"])
     assert started is not None
     when = started.strftime("%H:%M today") if started.date() == now.date() else f"{started.day} {started:%b %Y %H:%M}"
@@ -121,7 +132,7 @@ def stream_view(
         state=state,
         last_run=f"{when} (in progress)" if running else when,
         counts="in progress…" if running else counts_text(row["last_counts"]),
-        next_run="manual (press Sync now)",
+        next_run=next_words,
         queued=f"{plural(row['queued'], 'change')} waiting to be sent to Stripe" if row["queued"] else "none",
         review=f"{plural(row['review'], 'record needs', 'records need')} your decision" if row["review"] else "none",
         errors=f"{plural(failed, 'record')} failed in the last run" if failed else "none",
@@ -190,6 +201,11 @@ class OverviewTab(QWidget):
         self._cancelling = False  # Cancel was pressed: its words stay until the sync has stopped
         self._build()
         self.tracker.changed.connect(self.refresh)
+        # "next sync in 40 s" counts down: re-read now and then while shown and a schedule runs.
+        self._countdown = QTimer(self)
+        self._countdown.setInterval(COUNTDOWN_MS)
+        self._countdown.timeout.connect(self._count_down)
+        self._countdown.start()
         # Bound methods of this widget: Qt delivers the worker's signals here on the GUI thread.
         ui.bridge.job_started.connect(self._on_started)
         ui.bridge.job_progress.connect(self._on_progress)
@@ -208,6 +224,10 @@ class OverviewTab(QWidget):
         header.addWidget(self.accounts_label, 1)
         header.addWidget(self.mode_badge)
         outer.addLayout(header)
+        # Who runs the schedule: this window, or the background service it is attached to.
+        self.schedule_line = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+        self.schedule_line.setObjectName("schedule-line")
+        outer.addWidget(self.schedule_line)
 
         self.banner = QFrame(objectName="banner")
         self.banner.setStyleSheet(BANNER_STYLE)
@@ -220,6 +240,13 @@ class OverviewTab(QWidget):
         banner_row.addWidget(self.banner_text, 1)
         banner_row.addWidget(self.connections_button)
         outer.addWidget(self.banner)
+
+        # What needs a person, as the alerts say (recorded by this window's schedule or the background service).
+        self.alerts_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+        self.alerts_label.setObjectName("alerts")
+        self.alerts_label.setStyleSheet(ALERTS_STYLE)
+        self.alerts_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        outer.addWidget(self.alerts_label)
 
         self.paused_strip = QFrame(objectName="paused")
         self.paused_strip.setStyleSheet(PAUSED_STYLE)
@@ -279,7 +306,7 @@ class OverviewTab(QWidget):
             self.status_line.setText(why_not)
 
     def cancel(self) -> None:
-        self.ui.runner.cancel()
+        self.ui.cancel()
         self._cancelling = True
         self.cancel_button.setEnabled(False)
         self.status_line.setText("Cancelling at the next safe point…")
@@ -290,20 +317,49 @@ class OverviewTab(QWidget):
         by_stream = {row["stream"]: row for row in rows}
         now = datetime.now().astimezone()
         syncing = self.tracker.syncing
+        if not syncing:  # a sync cancelled in the background service reports no end here: its stop is the end
+            self._cancelling = False
         progress = self.tracker.progress if syncing else None
+        paused = self.tracker.paused()
+        schedule = self.ui.schedule
+        next_runs = schedule.next_runs() if schedule is not None and schedule.mode != MANUAL else None
         for stream in list(STREAMS) + [s for s in by_stream if s not in STREAMS]:
             card = self.cards.get(stream)
             if card is None:
                 card = self.cards[stream] = StreamCard(stream, self.cards_holder)
                 self.cards_layout.insertWidget(self.cards_layout.count() - 1, card)
             waiting = awaiting_approval(stream, by_stream.get(stream))
-            card.show_view(stream_view(stream, by_stream.get(stream), progress, now, awaiting_approval=waiting))
+            next_run = None
+            if next_runs is not None:
+                running = progress is not None and progress.stream == stream
+                next_run = next_run_text(
+                    stream,
+                    next_runs,
+                    schedule.clock.now(),
+                    paused=paused,
+                    waiting_for_approval=waiting,
+                    syncing=running or syncing,
+                )
+            row = by_stream.get(stream)
+            card.show_view(stream_view(stream, row, progress, now, awaiting_approval=waiting, next_run=next_run))
+        self._show_alerts()
+        words = schedule_words(schedule)
+        self.schedule_line.setText(words)
+        self.schedule_line.setVisible(bool(words))
         self._show_accounts(rows)
         self._show_problem()
-        paused = self.tracker.paused()
         self.paused_strip.setVisible(paused)
         self.sync_button.setToolTip("Syncing is paused" if paused else "Send changes to Stripe now")
         self._show_syncing(syncing)
+
+    def _show_alerts(self) -> None:
+        try:
+            notices = active_notices()
+        except Exception:  # the database is busy: the next refresh shows them
+            notices = []
+        lines = [f"• {notice.title}: {notice.message}" for notice in notices]
+        self.alerts_label.setText("Needs your attention:\n" + "\n".join(lines) if lines else "")
+        self.alerts_label.setVisible(bool(lines))
 
     def _show_accounts(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -378,6 +434,11 @@ class OverviewTab(QWidget):
         # The tracker's `changed` refreshes the cards; this only resets the controls if it has not yet.
         self._show_syncing(self.tracker.syncing)
 
+    def _count_down(self) -> None:
+        schedule = self.ui.schedule
+        if self.isVisible() and schedule is not None and schedule.mode != MANUAL:
+            self.refresh()
+
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         self.refresh()
@@ -401,6 +462,10 @@ def finished_text(outcome: JobOutcome) -> str:
         return labels.for_gui(outcome.message)
     if outcome.failure_kind is not None:
         return f"The sync did not run: {labels.for_gui(outcome.message)}"
+    if outcome.reconcile is not None:  # a full comparison (on schedule, or from its tab)
+        total = outcome.reconcile.counts.total
+        found = f"{plural(total, 'difference')} found (see Reconciliation)." if total else "nothing disagrees."
+        return f"Full comparison finished: {found}"
     parts = []
     for result in outcome.results:
         word = {"cancelled": "cancelled", "needs_approval": "waiting for approval", "failed": "failed"}.get(

@@ -47,14 +47,14 @@ from clinicsync.reconcile.findings import (
     ReportOutcome,
     fix_words,
 )
-from clinicsync.secrets import SecretStoreError
+from clinicsync.secrets import SYNC_SECRETS, SecretStoreError
 from clinicsync.store import reconciliation as report_store
 from clinicsync.store.reconciliation import FindingCursor
 from clinicsync.streams import STREAMS
 from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest
 from clinicsync.sync.runner import Job, JobOutcome, read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
-from clinicsync.ui.context import SYNC_SECRETS, UiContext
+from clinicsync.ui.context import UiContext
 from clinicsync.ui.layout import ColumnShares, fit_header_titles
 from clinicsync.ui.models import PagedTableModel, clean_text, local_time, severity_color
 

@@ -44,7 +44,7 @@ from clinicsync.labels import plural
 from clinicsync.mapping.apply import map_record
 from clinicsync.mapping.defaults import CLINIKO_PATIENTS
 from clinicsync.mapping.spec import StreamMapping
-from clinicsync.secrets import STRIPE_API_KEY, MemorySecretStore, SecretStoreError
+from clinicsync.secrets import STRIPE_API_KEY, SYNC_SECRETS, MemorySecretStore, SecretStoreError
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.urls import validate_base_url
 from clinicsync.store import mappings as mapping_store
@@ -54,7 +54,7 @@ from clinicsync.store.settings import SettingError
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.runner import JobOutcome, read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
-from clinicsync.ui.context import SYNC_SECRETS, UiContext
+from clinicsync.ui.context import UiContext
 from clinicsync.ui.layout import ColumnShares, fit_header_titles
 from clinicsync.ui.models import PagedTableModel
 from clinicsync.ui.models import clean_text as clean
@@ -372,15 +372,16 @@ def fetch_customers(key: str, base_url: str | None, stripe_ids: tuple[str, ...])
 
 
 def fetch_record(settings: Any, secrets: MemorySecretStore, mapping: StreamMapping, source_id: str) -> Details | None:
-    """The record's own details as ClinicSync would send them to Stripe (None: Cliniko has no such record any
-    more); runs on a worker thread."""
+    """The record's own details as ClinicSync would send them to Stripe (None: its source has no such record any
+    more); runs on a worker thread. Read through the stream's own source (Cliniko or Cal.com)."""
     from clinicsync.retry import CancelToken
     from clinicsync.streams import STREAMS
-    from clinicsync.sync.service import cliniko_client
+    from clinicsync.sync.service import SOURCES
 
-    client = cliniko_client(settings, secrets, CancelToken())
+    stream = STREAMS[mapping.stream]
+    client = SOURCES[stream.source_system].client(settings, secrets, CancelToken())
     try:
-        record = STREAMS[mapping.stream].read_one(client, source_id)
+        record = stream.read_one(client, source_id)
     finally:
         client.close()
     return None if record is None else Details.of_payload(map_record(mapping, record).payload)
@@ -558,12 +559,13 @@ class ReviewTab(QWidget):
         )
 
     def _record_read(self, item: ReviewRow, side: RecordSide, outcome: Outcome) -> None:
+        source = labels.SOURCE_SYSTEMS.get(item.stream.split(".", 1)[0], "Its source")
         if outcome.ok and outcome.value is not None:
             read = RecordSide(side.who, side.name, outcome.value, loaded=True)
         elif outcome.ok:
-            read = RecordSide(side.who, side.name, loaded=True, problem="Cliniko no longer has this record.")
+            read = RecordSide(side.who, side.name, loaded=True, problem=f"{source} no longer has this record.")
         else:
-            problem = f"Its details could not be read from Cliniko: {labels.for_gui(outcome.error)}"
+            problem = f"Its details could not be read from {source}: {labels.for_gui(outcome.error)}"
             read = RecordSide(side.who, side.name, loaded=True, problem=problem)
         self._records[(item.stream, item.source_id)] = read
         current = self.current_item()

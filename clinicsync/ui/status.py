@@ -20,12 +20,15 @@ from clinicsync import labels
 from clinicsync.secrets import STRIPE_API_KEY, SecretStoreError
 from clinicsync.store import queries
 from clinicsync.store.settings import Settings
+from clinicsync.streams import STREAMS
 from clinicsync.stripe_gateway import livemode_of_key
+from clinicsync.sync import alerts
 from clinicsync.sync.runner import Job, JobOutcome, SyncRunner, is_paused
 from clinicsync.ui.bridge import RunnerBridge
 
 if TYPE_CHECKING:
     from clinicsync.ui.context import UiContext
+    from clinicsync.ui.schedule import WindowSchedule
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +61,16 @@ class StatusSnapshot:
     review_items: int = 0
     failed_records: int = 0
     problem: ConnectionProblem | None = None
-    last_sync: datetime | None = None  # aware, local time
-    next_sync: datetime | None = None  # None: manual only (scheduling comes later)
+    last_sync: datetime | None = None  # when the last good sync finished; aware, local time
+    next_sync: datetime | None = None  # the next scheduled check; None: none (manual only, or paused)
     never_synced: bool = True
+    # Titles of the lasting alerts other than records to review (counted above), oldest first: recorded by whoever
+    # runs the syncs, this window or the background service it is attached to.
+    alerts: tuple[str, ...] = ()
 
     @property
     def needs_attention(self) -> bool:
-        return self.problem is not None or self.review_items > 0 or self.failed_records > 0
+        return self.problem is not None or self.review_items > 0 or self.failed_records > 0 or bool(self.alerts)
 
 
 def stream_label(stream: str) -> str:
@@ -113,6 +119,8 @@ class StatusTracker(QObject):
         # Stripe mode of the key the latest sync used (None until one ran): fresher than the stored pair when
         # someone has just swapped a test key for a live one.
         self.key_livemode: bool | None = None
+        # Set by build_app: while attached, pausing reaches the service and its syncing shows here.
+        self.schedule: WindowSchedule | None = None
         bridge.job_started.connect(self._started)
         bridge.job_progress.connect(self._progress)
         bridge.job_finished.connect(self._finished)
@@ -124,6 +132,8 @@ class StatusTracker(QObject):
     def set_paused(self, paused: bool) -> bool:
         """Store the choice; returns the effective value (an environment variable can override it)."""
         self._settings.set("sync.paused", paused)
+        if self.schedule is not None and self.schedule.attached:
+            self.schedule.set_paused(paused)  # the service also stops its running sync at a safe point
         self.changed.emit()
         return self.paused()
 
@@ -149,6 +159,8 @@ class StatusTracker(QObject):
         """Call after keys or addresses change: forget the broken-connection state. The Stripe key's mode is
         not guessed here: whoever changes that key tells its new mode (`note_stripe_key`)."""
         self.problem = None
+        if self.schedule is not None:
+            self.schedule.keys_changed()  # a schedule waiting for its keys looks again now
         self.changed.emit()
 
     def stored_changed(self) -> None:
@@ -184,6 +196,8 @@ class StatusTracker(QObject):
     # --- reading ---------------------------------------------------------------------------------------
     @property
     def syncing(self) -> bool:
+        if self.schedule is not None and self.schedule.service_syncing:
+            return True
         return self.current_job is not None or self._runner.busy
 
     def snapshot(self) -> StatusSnapshot:
@@ -201,10 +215,33 @@ class StatusTracker(QObject):
             review_items=sum(row["review"] for row in rows),
             failed_records=sum(row["last_counts"].get("failed", 0) for row in rows),
             problem=self.problem,
-            last_sync=local_time(max(finished)) if finished else None,
+            last_sync=self._last_good_sync(),
+            next_sync=self._next_sync(),
+            alerts=self._alert_titles(),
             never_synced=not finished,
         )
         return replace(snapshot, progress=self.progress if snapshot.syncing else None)
+
+    def _last_good_sync(self) -> datetime | None:
+        try:
+            return local_time(queries.last_good_sync_at())
+        except Exception:  # the database is busy or broken: say nothing rather than something wrong
+            log.exception("could not read the last sync")
+            return None
+
+    def _alert_titles(self) -> tuple[str, ...]:
+        try:
+            return tuple(alert.title for alert in alerts.active_alerts() if alert.kind != "review")
+        except Exception:
+            log.exception("could not read the alerts")
+            return ()
+
+    def _next_sync(self) -> datetime | None:
+        """The next scheduled check of any stream, local time; None without a schedule or while paused."""
+        if self.schedule is None or self.paused():
+            return None
+        times = [at for key, at in self.schedule.next_runs().items() if key in STREAMS and at is not None]
+        return min(times).astimezone() if times else None
 
 
 # --- starting a sync from any button ------------------------------------------------------------------------
@@ -216,6 +253,8 @@ def request_sync(ui: UiContext, trigger: str = "manual") -> tuple[Job | None, st
     """Queue a sync for a button or menu item: (job, "") or (None, why not), never an exception."""
     if ui.runner.paused():
         return None, PAUSED_MESSAGE
+    if ui.schedule is not None and ui.schedule.attached:  # the background service syncs, not this window
+        return None, ui.schedule.sync_now()
     try:
         job = ui.sync_now(trigger)
     except SecretStoreError as exc:  # the keyring is locked or missing: say so instead of failing the click

@@ -59,12 +59,16 @@ def status_line(snapshot: StatusSnapshot, now: datetime | None = None) -> str:
         return f"Needs attention: {plural(snapshot.review_items, 'record')} to review"
     if snapshot.failed_records:
         return f"Needs attention: {plural(snapshot.failed_records, 'record')} failed"
+    if snapshot.alerts:
+        return f"Needs attention: {snapshot.alerts[0]}"
     if snapshot.last_sync is None:
-        return "Not synced yet"
-    now = now or datetime.now(snapshot.last_sync.tzinfo)
-    line = f"Last sync {_clock(snapshot.last_sync, now)}"
+        line = "Not synced yet" if snapshot.never_synced else "No sync has finished well yet"
+    else:
+        now = now or datetime.now(snapshot.last_sync.tzinfo)
+        line = f"Last good sync finished {_clock(snapshot.last_sync, now)}"
     if snapshot.next_sync is not None:
-        line += f", next {_clock(snapshot.next_sync, now)}"
+        now = now or datetime.now(snapshot.next_sync.tzinfo)
+        line += f", next check {_clock(snapshot.next_sync, now)}"
     return line
 
 

@@ -341,3 +341,122 @@ def test_product_and_stock_adjustment_writes_match_the_spec(client: httpx.Client
     assert client.post(f"/products/{pid}/archive").status_code == 204
     archived = client.get(f"/products/{pid}", params={"q[]": "archived_at:*"})
     validate(response_schema("/products/{id}", "get", "200"), archived.json())
+
+
+# -- invoices, invoice items and businesses against the spec's field facts (tests/specs/cliniko.json x-field-facts) --
+
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+# Belongs-to links a record has only when there is something to point at (see docs/sandbox.md).
+OPTIONAL_FIELDS = {
+    "Invoice": OPTIONAL_INVOICE_LINKS,
+    "InvoiceItem": {"product", "billable_item"},
+    "Business": set(),
+}
+
+
+def field_facts(name: str) -> dict[str, dict[str, Any]]:
+    return spec()["x-field-facts"][name]
+
+
+def check_facts(record: dict[str, Any], name: str) -> None:
+    """Every field the spec names (but the optional links) is present with the spec's type and enum; no other."""
+    facts = field_facts(name)
+    assert set(record) <= set(facts), f"{name} fields the spec lacks: {set(record) - set(facts)}"
+    missing = set(facts) - OPTIONAL_FIELDS[name] - set(record)
+    assert not missing, f"{name} lacks {missing}"
+    for field, fact in facts.items():
+        if field not in record:
+            continue
+        value = record[field]
+        if value is None:
+            assert fact["nullable"] or fact["type"] == "object", f"{name}.{field} is null but not nullable"
+            continue
+        wanted = JSON_TYPES[fact["type"]]
+        assert isinstance(value, wanted) and not (bool in (type(value),) and bool not in wanted), (
+            f"{name}.{field}: {value!r} is not {fact['type']}"
+        )
+        if "enum" in fact:
+            assert value in fact["enum"], f"{name}.{field}: {value!r} not in {fact['enum']}"
+
+
+@pytest.fixture(scope="module")
+def invoice_server() -> Iterator[RunningServer]:
+    with serve(ClinikoEmulator()) as srv:
+        seed = {"profile": "clean", "patients": 60, "products": 20, "seed": 3}
+        assert httpx.post(f"{srv.url}/_sandbox/seed", json=seed).status_code == 200
+        scenario = httpx.post(f"{srv.url}/_sandbox/seed_invoices", json={"invoices": 90, "customers": 50})
+        assert scenario.status_code == 200
+        srv.scenario = scenario.json()  # type: ignore[attr-defined]
+        yield srv
+
+
+@pytest.fixture
+def invoice_client(invoice_server: RunningServer) -> Iterator[httpx.Client]:
+    headers = {"User-Agent": "ClinicSync spec tests (dev@example.com)", "Accept": "application/json"}
+    with httpx.Client(base_url=f"{invoice_server.url}/v1", auth=(DEFAULT_API_KEY, ""), headers=headers, timeout=5) as c:
+        yield c
+
+
+def every_page(client: httpx.Client, path: str, key: str, query: str = "") -> list[dict[str, Any]]:
+    schema = response_schema(path, "get", "200")
+    url: str | None = f"{path}?per_page=100{query}"
+    records: list[dict[str, Any]] = []
+    while url:
+        body = client.get(url).json()
+        validate(schema, body)
+        records.extend(body[key])
+        url = body["links"].get("next")
+    return records
+
+
+def test_the_field_facts_were_derived() -> None:
+    assert [e for e in field_facts("Invoice")["status"]["enum"] if e is not None] == [10, 20, 30, 40]
+    assert field_facts("InvoiceItem")["total_including_tax"]["type"] == "number"
+    assert field_facts("Business")["time_zone_identifier"]["type"] == "string"
+
+
+def test_invoices_of_every_status_match_the_spec_facts(
+    invoice_client: httpx.Client, invoice_server: RunningServer
+) -> None:
+    invoices = every_page(invoice_client, "/invoices", "invoices", "&q%5B%5D=archived_at:*&q%5B%5D=deleted_at:*")
+    assert len(invoices) == 90
+    for record in invoices:
+        check_record(record, "Invoice", OPTIONAL_INVOICE_LINKS, "/invoices")
+        check_facts(record, "Invoice")
+        for name in ("total_amount", "net_amount", "tax_amount", "discounted_amount"):
+            assert DECIMAL.match(record[name]), (name, record[name])
+    assert {i["status"] for i in invoices} == {10, 20, 30, 40}
+    assert any(i.get("original_invoice") for i in invoices) and any(i["total_amount"] == "0.0" for i in invoices)
+    one = invoice_client.get(f"/invoices/{invoices[0]['id']}", params={"q[]": ["archived_at:*", "deleted_at:*"]})
+    validate(response_schema("/invoices/{id}", "get", "200"), one.json())
+
+
+def test_invoice_items_and_businesses_match_the_spec_facts(invoice_client: httpx.Client) -> None:
+    items = every_page(invoice_client, "/invoice_items", "invoice_items")
+    assert items
+    for record in items:
+        check_record(record, "InvoiceItem", OPTIONAL_FIELDS["InvoiceItem"], "/invoice_items")
+        check_facts(record, "InvoiceItem")
+        assert ("product" in record) != ("billable_item" in record)
+        for name in ("quantity", "unit_price", "net_price", "tax_amount", "discounted_amount"):
+            assert DECIMAL.match(record[name]), (name, record[name])
+    assert any("product" in r for r in items) and any(r["is_monetary_discount"] for r in items)
+    assert any(r["discount_percentage"] not in (None, "0.0") for r in items)
+    one = invoice_client.get(f"/invoice_items/{items[0]['id']}")
+    validate(response_schema("/invoice_items/{id}", "get", "200"), one.json())
+    businesses = every_page(invoice_client, "/businesses", "businesses")
+    assert {b["time_zone_identifier"] for b in businesses} == {"Australia/Melbourne", "Australia/Brisbane"}
+    for record in businesses:
+        check_record(record, "Business", set(), "/businesses")
+        check_facts(record, "Business")
+    validate(
+        response_schema("/businesses/{id}", "get", "200"),
+        invoice_client.get(f"/businesses/{businesses[1]['id']}").json(),
+    )

@@ -19,15 +19,17 @@ import pytest
 
 from clinicsync.app import bootstrap
 from clinicsync.outcomes import Outcome
+from clinicsync.secrets import SYNC_SECRETS
 from clinicsync.store import queries
 from clinicsync.store.models import SyncRun
 from clinicsync.sync import reconcile_hook
 from clinicsync.sync.clock import ManualClock, naive_utc
 from clinicsync.sync.history import SCHEDULE
-from clinicsync.sync.host import SYNC_SECRETS, SchedulerHost
-from clinicsync.sync.reconcile_hook import NOT_AVAILABLE, RECONCILE, ReconcileReport
+from clinicsync.sync.host import SchedulerHost
+from clinicsync.sync.reconcile_hook import RECONCILE, ReconcileReport
 from clinicsync.sync.runner import APPROVAL_MESSAGE, BUSY_MESSAGE, read_credentials
 from clinicsync.sync.scheduler import WAKE_SETTLE_S
+from tests.integration.test_reconcile import stripe_call
 from tests.support import admin, profile_env
 
 PATIENTS, PRODUCTS = "cliniko.patients", "cliniko.products"
@@ -82,10 +84,13 @@ def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(sandbox: object | None = None, *, clock: ManualClock | None = None, **kwargs: object) -> Harness:
-        overrides = {key: str(value) for key, value in kwargs.items() if key.startswith("CLINICSYNC_")}
+        settings = {key: value for key, value in kwargs.items() if key.startswith("CLINICSYNC_")}
         options = {key: value for key, value in kwargs.items() if not key.startswith("CLINICSYNC_")}
         sandbox_env = sandbox.env() if sandbox is not None else {}  # type: ignore[attr-defined]
+        overrides = {key: str(value) for key, value in settings.items() if value is not None}
         env = profile_env(tmp_path / "profile", sandbox_env, **overrides)
+        for key in (key for key, value in settings.items() if value is None):  # None: not set at all
+            env.pop(key, None)
         made.append(Harness(env, clock or ManualClock(), **options))  # type: ignore[arg-type]
         return made[-1]
 
@@ -108,7 +113,7 @@ def test_jobs_fire_at_their_interval_and_a_new_interval_applies_at_once(make_san
     start = h.clock.now()
     h.step()  # never synced: the first run is due at start
     assert [streams for _, streams, _ in h.asked()] == [(PATIENTS,)]
-    assert runs(PATIENTS)[0].created == 12
+    assert runs(PATIENTS)[0].created == 12, (runs(PATIENTS)[0].outcome, runs(PATIENTS)[0].message)
 
     for _ in range(3):
         h.step(30)  # half an interval: nothing
@@ -122,6 +127,28 @@ def test_jobs_fire_at_their_interval_and_a_new_interval_applies_at_once(make_san
     h.step(60)
     assert len(h.asked()) == 5
     assert all(answer == "queued" for _, _, answer in h.asked())
+
+
+def test_a_stream_with_its_own_interval_is_checked_at_it_and_joins_its_source_when_both_are_due(
+    make_sandbox, harness
+) -> None:
+    sandbox = make_sandbox(profile="clean", patients=4)
+    h = harness(sandbox, CLINICSYNC_SCHEDULE_CLINIKO_PRODUCTS_INTERVAL_SECONDS="180")
+    start = h.clock.now()
+    h.step()
+    for _ in range(10):
+        h.step(30)
+    asked = [(int((at - start).total_seconds()), streams) for at, streams, _ in h.asked()]
+    assert asked == [
+        (0, (PATIENTS, PRODUCTS)),
+        (60, (PATIENTS,)),
+        (120, (PATIENTS,)),
+        (180, (PATIENTS, PRODUCTS)),  # one run, in dependency order, never one on top of the other
+        (240, (PATIENTS,)),
+        (300, (PATIENTS,)),
+    ]
+    next_runs = h.host.scheduler.next_runs()
+    assert next_runs[PRODUCTS] == next_runs[PATIENTS] == start + timedelta(seconds=360)
 
 
 def test_a_three_hour_sleep_gives_exactly_one_catch_up_run_per_stream(make_sandbox, harness) -> None:
@@ -281,8 +308,18 @@ def test_a_first_live_sync_waiting_for_approval_is_skipped_once_then_waits(make_
 MELBOURNE = ZoneInfo("Australia/Melbourne")
 
 
-def _reconcile_harness(harness, frequency: str, *, start: datetime, day: str = "monday") -> Harness:
+def _reconcile_harness(
+    harness, frequency: str, *, start: datetime, day: str = "monday", sandbox: object | None = None
+) -> Harness:
+    """Only the reconciliation on schedule. With a sandbox it really reconciles (the patients); without one a test
+    registers its own reconciler, so nothing ever connects."""
+    keys = {
+        # Keys a reconciliation would be given (it never connects here): fakes, read from the environment.
+        "CLINICSYNC_CLINIKO_API_KEY": "sandbox-reconcile-au1",
+        "CLINICSYNC_STRIPE_API_KEY": "sk_test_sandbox_reconcile",
+    }
     h = harness(
+        sandbox,
         clock=ManualClock(start),
         zone=MELBOURNE,
         CLINICSYNC_SCHEDULE_CLINIKO_PATIENTS_ENABLED="false",
@@ -290,11 +327,23 @@ def _reconcile_harness(harness, frequency: str, *, start: datetime, day: str = "
         CLINICSYNC_SCHEDULE_RECONCILE_FREQUENCY=frequency,
         CLINICSYNC_SCHEDULE_RECONCILE_TIME="02:30",
         CLINICSYNC_SCHEDULE_RECONCILE_DAY=day,
-        # Keys a reconciliation would be given (it never connects here): fakes, read from the environment.
-        CLINICSYNC_CLINIKO_API_KEY="sandbox-reconcile-au1",
-        CLINICSYNC_STRIPE_API_KEY="sk_test_sandbox_reconcile",
+        **ONLY_PATIENTS,
+        **({} if sandbox is not None else keys),
     )
     return h
+
+
+def _counting_reconciler() -> list[str]:
+    """Register a reconciler that only records that it was called (and a history row, as the real one does)."""
+    called: list[str] = []
+
+    def reconciler(request: reconcile_hook.ReconcileRequest) -> ReconcileReport:
+        called.append(request.trigger)
+        run = SyncRun.create(stream=RECONCILE, trigger=request.trigger, outcome=Outcome.OK, finished_at=None)
+        return ReconcileReport(run_id=run.id, outcome=Outcome.OK, findings=0)
+
+    reconcile_hook.register_reconciler(reconciler)
+    return called
 
 
 def _local(moment: datetime) -> tuple[str, str]:
@@ -303,17 +352,49 @@ def _local(moment: datetime) -> tuple[str, str]:
 
 
 def test_the_reconciliation_job_fires_daily_at_the_chosen_time(harness) -> None:
+    called = _counting_reconciler()
     start = datetime(2026, 3, 2, 0, 0, tzinfo=MELBOURNE)  # a Monday, midnight in Melbourne
     h = _reconcile_harness(harness, "daily", start=start)
     for _ in range(3 * 24 * 4):  # three days in quarter hours
         h.step(900)
     fired = [_local(at) for at, _, _ in h.asked(RECONCILE)]
     assert fired == [("Mon", "02:30"), ("Tue", "02:30"), ("Wed", "02:30")]
-    rows = runs(RECONCILE)
-    assert [(r.outcome, r.message) for r in rows] == [(Outcome.SKIPPED, NOT_AVAILABLE)] * 3
+    assert called == [RECONCILE] * 3
+
+
+def test_the_scheduled_reconciliation_really_reconciles_and_reports_what_it_found(make_sandbox, harness) -> None:
+    from clinicsync.store import reconciliation
+    from clinicsync.sync import alerts
+
+    sandbox = make_sandbox(profile="clean", patients=6)
+    start = datetime(2026, 3, 2, 2, 0, tzinfo=MELBOURNE)
+    h = _reconcile_harness(harness, "daily", start=start, sandbox=sandbox)
+    assert h.host.runner.submit(trigger="manual", credentials=h.host.credentials()) is not None
+    assert h.host.wait_idle(60)
+    customer = next(c for c in admin(sandbox.stripe_url, "dump")["data"] if not c["deleted"])
+    stripe_call(sandbox, "POST", f"customers/{customer['id']}", {"phone": "0400 123 456"})  # drift, made in Stripe
+
+    for _ in range(2):
+        h.step(900)  # 02:15, 02:30: the reconciliation's slot
+    assert [_local(at) for at, _, _ in h.asked(RECONCILE)] == [("Mon", "02:30")]
+    (report,) = reconciliation.reports()
+    assert report.outcome == "findings" and report.counts.total == 1
+    (row,) = runs(RECONCILE)
+    assert (row.outcome, row.message) == (Outcome.ATTENTION, "Full comparison: 1 difference found.")
+    (alert,) = alerts.active_alerts()
+    assert alert.kind == "reconcile" and "1 difference" in alert.message
+
+    # Put right in Stripe: the next day's comparison is clean, and the alert clears.
+    stripe_call(sandbox, "POST", f"customers/{customer['id']}", {"phone": customer["phone"] or ""})
+    for _ in range(24 * 4):
+        h.step(900)
+    assert [_local(at) for at, _, _ in h.asked(RECONCILE)] == [("Mon", "02:30"), ("Tue", "02:30")]
+    assert [r.outcome for r in runs(RECONCILE)] == [Outcome.ATTENTION, Outcome.OK]
+    assert alerts.active_alerts() == []
 
 
 def test_the_reconciliation_job_fires_weekly_on_the_chosen_day(harness) -> None:
+    _counting_reconciler()
     start = datetime(2026, 3, 2, 0, 30, tzinfo=MELBOURNE)  # hourly steps land on the half hour
     h = _reconcile_harness(harness, "weekly", start=start, day="wednesday")
     for _ in range(15 * 24):  # fifteen days in hours
@@ -323,14 +404,7 @@ def test_the_reconciliation_job_fires_weekly_on_the_chosen_day(harness) -> None:
 
 
 def test_a_missed_reconciliation_runs_once_at_start_and_calls_the_registered_reconciler(harness) -> None:
-    called: list[str] = []
-
-    def reconciler(request: reconcile_hook.ReconcileRequest) -> ReconcileReport:
-        called.append(request.trigger)
-        run = SyncRun.create(stream=RECONCILE, trigger=request.trigger, outcome=Outcome.OK, finished_at=None)
-        return ReconcileReport(run_id=run.id, outcome=Outcome.OK, findings=0)
-
-    reconcile_hook.register_reconciler(reconciler)
+    called = _counting_reconciler()
     start = datetime(2026, 3, 5, 9, 0, tzinfo=MELBOURNE)  # Thursday morning
     h = _reconcile_harness(harness, "daily", start=start)
     h.host.stop(30)
@@ -452,7 +526,7 @@ def test_a_reconciliation_that_meets_a_running_sync_is_asked_again_shortly_not_d
     h.step(RECONCILE_RETRY.total_seconds())
     assert [(r.outcome, r.message) for r in runs(RECONCILE)] == [
         (Outcome.SKIPPED, BUSY_MESSAGE),
-        (Outcome.SKIPPED, NOT_AVAILABLE),
+        (Outcome.OK, "Full comparison: Stripe and the source agree."),
     ]
 
 
@@ -464,3 +538,13 @@ def test_a_clock_turned_back_does_not_stop_the_polls(make_sandbox, harness) -> N
     h.step()
     h.step(60)
     assert len(h.asked()) == 2, "the next poll came an interval later, not an hour and an interval later"
+
+
+def test_a_clinic_on_cal_com_alone_has_its_streams_on_the_schedule(make_sandbox, harness) -> None:
+    sandbox = make_sandbox(profile="clean", patients=3, calcom=True, calcom_bookings=12)
+    h = harness(sandbox, CLINICSYNC_CLINIKO_API_KEY=None)  # no Cliniko key: Cal.com is the only source
+    h.step()
+    assert [streams for _, streams, _ in h.asked()] == [("calcom.event_types", "calcom.bookings")]
+    assert runs("calcom.bookings")[0].outcome == "ok" and not runs(PATIENTS)
+    h.step(60)
+    assert len(h.asked()) == 2, "polled again at the interval"

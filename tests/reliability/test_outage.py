@@ -20,10 +20,11 @@ from urllib.parse import parse_qsl
 import pytest
 
 from clinicsync.app import bootstrap
+from clinicsync.secrets import SYNC_SECRETS
 from clinicsync.store.models import Alert
 from clinicsync.sync import alerts
 from clinicsync.sync.clock import ManualClock
-from clinicsync.sync.host import SYNC_SECRETS, SchedulerHost
+from clinicsync.sync.host import SchedulerHost
 from clinicsync.sync.runner import read_credentials
 from tests.reliability.helpers import mirror_report, outbox_status
 from tests.support import admin, profile_env, stats

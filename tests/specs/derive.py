@@ -54,6 +54,10 @@ CLINIKO_RESOURCES = frozenset(
 # Trailing segments that act on a resource rather than name another one (`/settings/public` is settings).
 CLINIKO_ACTIONS = frozenset({"archive", "unarchive", "cancel", "conflicts", "inactive", "active", "public"})
 
+# Cliniko schemas whose field facts (name -> type, nullable, enum) are also written compactly under
+# `x-field-facts`, for the tests that check every field of the emulator's invoices, invoice items and businesses.
+CLINIKO_FIELD_FACTS = ("Invoice", "InvoiceItem", "Business")
+
 # Cal.com v2 top-level resources; everything under them is kept (`/v2/bookings/{bookingUid}/cancel`, ...).
 # `slots` because the Cal.com client pins a cal-api-version for it (clinicsync.sources.calcom.CAL_API_VERSIONS).
 CALCOM_RESOURCES = frozenset({"bookings", "event-types", "schedules", "slots", "teams", "webhooks", "me"})
@@ -244,6 +248,31 @@ def trim_document(document: dict[str, Any], keep_path: Callable[[str], bool]) ->
     }
 
 
+def field_facts(document: dict[str, Any], names: tuple[str, ...]) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each named component schema: each property's JSON type, whether it may be null, and its enum (if any);
+    a `$ref` is followed. Nothing else (no formats, bounds or prose)."""
+    schemas = document["components"]["schemas"]
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            node = schemas[node["$ref"].rsplit("/", 1)[1]]
+        return node
+
+    facts: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in (n for n in names if n in schemas):  # test_cliniko_emulator_spec checks the real ones are there
+        fields: dict[str, dict[str, Any]] = {}
+        for prop, raw in sorted(resolve(schemas[name]).get("properties", {}).items()):
+            node = resolve(raw)
+            fact: dict[str, Any] = {"type": node.get("type", "object"), "nullable": bool(node.get("nullable", False))}
+            if "enum" in node:
+                fact["enum"] = node["enum"]
+            if node.get("type") == "array" and isinstance(node.get("items"), dict):
+                fact["items"] = resolve(node["items"]).get("type")
+            fields[prop] = fact
+        facts[name] = fields
+    return facts
+
+
 def cliniko_keeps(path: str) -> bool:
     segments = [s for s in path.strip("/").split("/") if s and not s.startswith("{")]
     while segments and segments[-1] in CLINIKO_ACTIONS:
@@ -308,7 +337,9 @@ there is none, from the description's "Must be set to ...".
 - Kept: {cliniko_paths} paths and {cliniko_schemas} schemas — the paths addressing one of these resources, with
   their `{{id}}`, archive/unarchive/cancel/conflicts, `settings/public` and nested variants such as
   `/patients/{{patient_id}}/invoices`: {cliniko_resources}.
-- Used by: `tests/integration/test_cliniko_emulator_spec.py` (validates the emulator's responses).
+- Also, under `x-field-facts`: for {cliniko_facts}, each field's JSON type, whether it may be null, and its enum.
+- Used by: `tests/integration/test_cliniko_emulator_spec.py` (validates the emulator's responses) and
+  `tests/integration/test_cliniko_invoices_emulator.py` (every invoice, invoice item and business field).
 
 ## calcom.json
 
@@ -335,6 +366,7 @@ def derive(source: Path, out: Path) -> list[Path]:
     cliniko_path, calcom_path, stripe_path = (source / n for n in (CLINIKO_SOURCE, CALCOM_SOURCE, STRIPE_SOURCE))
     cliniko_doc, calcom_doc, stripe_doc = (_load(p) for p in (cliniko_path, calcom_path, stripe_path))
     cliniko = trim_document(cliniko_doc, cliniko_keeps)
+    cliniko["x-field-facts"] = field_facts(cliniko_doc, CLINIKO_FIELD_FACTS)
     calcom = trim_document(calcom_doc, calcom_keeps)
     stripe = derive_stripe(stripe_doc)
     cliniko["x-derived-from"] = _provenance(cliniko_path)
@@ -353,6 +385,7 @@ def derive(source: Path, out: Path) -> list[Path]:
         cliniko=about(cliniko, cliniko_doc),
         calcom=about(calcom, calcom_doc),
         stripe=stripe["x-derived-from"],
+        cliniko_facts=", ".join(f"`{n}`" for n in CLINIKO_FIELD_FACTS),
         cliniko_resources=", ".join(f"`{r}`" for r in sorted(CLINIKO_RESOURCES)),
         calcom_resources=", ".join(f"`{r}`" for r in sorted(CALCOM_RESOURCES)),
         stripe_objects=", ".join(f"`{n}`" for n in stripe["resources"]),

@@ -189,7 +189,7 @@ def test_switching_to_the_sandbox_profile_moves_the_whole_app(qtbot, build_gui, 
     qtbot.waitUntil(lambda: overview.cards[STREAM].labels["counts"].text() == "12 created")
     assert overview.mode_badge.text() == SANDBOX
     gui.tray.menu.aboutToShow.emit()
-    assert gui.tray.menu_texts()[0].startswith("Last sync ")
+    assert gui.tray.menu_texts()[0].startswith("Last good sync finished ")
 
 
 # --- a profile the app cannot open -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The tray: the status line and icon in every state (pure functions), the menu rebuilt when it opens, pause from
-the menu, and the notification policy (a message only when a person must act, never twice for one situation)."""
+the menu, and the notifications (the alerts: a message only when a person must act, never twice for one
+situation)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from clinicsync.sync.engine import RunResult
 from clinicsync.sync.runner import Job, JobOutcome
 from clinicsync.ui import icons
 from clinicsync.ui.background import wait_for_background
-from clinicsync.ui.notifications import Notifier, decide
+from clinicsync.ui.notifications import Notice
 from clinicsync.ui.status import ConnectionProblem, Progress, StatusSnapshot
 from clinicsync.ui.tray import ATTENTION, ICON_OF_STATE, IDLE, PAUSED, SYNCING, icon_state, status_line
 from tests.ui.conftest import WAIT_MS
@@ -27,21 +28,23 @@ STREAM = "cliniko.patients"
         (StatusSnapshot(), "Not synced yet", IDLE),
         (
             StatusSnapshot(last_sync=NOW.replace(hour=10, minute=42), never_synced=False),
-            "Last sync 10:42",
+            "Last good sync finished 10:42",
             IDLE,
         ),
         (
             StatusSnapshot(last_sync=datetime(2026, 3, 3, 9, 5, tzinfo=AEST), never_synced=False),
-            "Last sync 3 Mar 09:05",
+            "Last good sync finished 3 Mar 09:05",
             IDLE,
         ),
         (
             StatusSnapshot(
                 last_sync=NOW.replace(hour=10, minute=42), next_sync=NOW.replace(hour=10, minute=57), never_synced=False
             ),
-            "Last sync 10:42, next 10:57",
+            "Last good sync finished 10:42, next check 10:57",
             IDLE,
         ),
+        (StatusSnapshot(next_sync=NOW.replace(hour=10, minute=57)), "Not synced yet, next check 10:57", IDLE),
+        (StatusSnapshot(never_synced=False), "No sync has finished well yet", IDLE),
         (StatusSnapshot(syncing=True, progress=Progress(STREAM, 140, 500, "")), "Syncing patients 140/500", SYNCING),
         (StatusSnapshot(syncing=True, progress=Progress(STREAM, 140, None, "")), "Syncing patients 140", SYNCING),
         (StatusSnapshot(syncing=True, progress=Progress(STREAM, 0, None, "Reading")), "Syncing patients…", SYNCING),
@@ -137,7 +140,7 @@ def test_the_tray_stops_asking_for_attention_once_every_review_item_is_resolved(
             review.resolve("ignore")
         # No sync ran since: the decisions alone must clear the tray (icon and tooltip), not the next sync.
         assert gui.tray.state == IDLE
-        assert gui.tray.icon.toolTip().startswith("ClinicSync — Last sync ")
+        assert gui.tray.icon.toolTip().startswith("ClinicSync — Last good sync finished ")
     finally:
         assert wait_for_background(), "a candidate look-up outlived the test"
 
@@ -148,7 +151,7 @@ def test_retry_failed_in_history_refreshes_the_status(qtbot, build_gui, offline_
         gui.window.tab("history").retry_requested.emit(1, 3)  # as HistoryTab.retry_failed does after queueing
 
 
-# --- notifications -------------------------------------------------------------------------------------------
+# --- notifications: the alerts, announced -----------------------------------------------------------------------
 def outcome(*results: RunResult, failure: str | None = None, message: str = "", trigger: str = "manual"):
     return JobOutcome(Job(1, trigger), results=results, failure_kind=failure, message=message)
 
@@ -157,86 +160,89 @@ def run(outcome_: str = "ok", stop: str | None = None, message: str = "", **coun
     return RunResult(1, STREAM, outcome_, counts, message=message, stop_kind=stop)
 
 
-def test_routine_success_is_never_announced() -> None:
-    assert decide(None, outcome(run(created=500))) is None
-    assert decide(outcome(run(created=500)), outcome(run(unchanged=500))) is None
-    assert decide(None, outcome(run("cancelled", created=3))) is None
-    assert decide(None, outcome(failure="locked", message="another sync")) is None
+def finish(gui, *outcomes: JobOutcome) -> list[Notice]:
+    """Report these jobs as finished (as the runner's bridge does); returns what was announced meanwhile."""
+    before = len(gui.notifier.shown)
+    for finished in outcomes:
+        gui.ui.bridge.job_finished.emit(finished)
+    return gui.notifier.shown[before:]
 
 
-def test_broken_keys_and_settings_are_announced_and_lead_to_connections() -> None:
-    notice = decide(None, outcome(failure="auth", message="Stripe refused the key (401)"))
-    assert notice is not None and notice.tab == "connections" and notice.critical
-    assert "401" in notice.message
-    assert decide(None, outcome(failure="config", message="No Stripe API key")).tab == "connections"
-    assert decide(None, outcome(run("failed", stop="permission", message="needs customers write"))).key == "broken:auth"
-
-
-def test_new_review_items_are_announced_but_the_same_ones_again_are_not() -> None:
-    first = decide(None, outcome(run("attention", created=10, review=2)))
-    assert first is not None and first.tab == "review" and "2 records" in first.message
-    assert decide(outcome(run("attention", review=2)), outcome(run("attention", review=2))) is None
-    more = decide(outcome(run("attention", review=2)), outcome(run("attention", review=3)))
-    assert more is not None and "1 record " in more.message
-
-
-def test_a_live_sync_waiting_for_approval_is_announced() -> None:
-    notice = decide(None, outcome(run("needs_approval", created=40)))
-    assert notice is not None and "approve" in notice.message
-
-
-def test_one_failure_is_a_blip_two_in_a_row_are_announced() -> None:
+def test_routine_success_and_a_blip_are_never_announced(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    assert finish(gui, outcome(run(created=500)), outcome(run(unchanged=500))) == []
+    assert finish(gui, outcome(run("cancelled", created=3)), outcome(failure="locked", message="another")) == []
     down = outcome(failure="unreachable", message="Cliniko could not be reached")
-    assert decide(None, down) is None
-    assert decide(outcome(run(created=1)), down) is None
-    repeated = decide(down, down)
-    assert repeated is not None and repeated.critical
+    assert finish(gui, down, down, outcome(run())) == [], "an outage shorter than the threshold is not news"
     failed = outcome(run("failed", message="Stripe 500s"))
-    assert decide(outcome(run()), failed) is None
-    assert decide(failed, failed).title == "Syncing patients keeps failing"
+    assert finish(gui, failed, failed, outcome(run())) == [], "a stream failing twice is not an hour of failures"
+
+
+def test_a_refused_key_is_announced_once_and_again_only_after_it_was_fixed(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    refused = outcome(failure="auth", message="Stripe refused the key (401)")
+    (notice,) = finish(gui, refused, refused, refused)  # a key that stays broken: once, not on every run
+    assert notice.tab == "connections" and notice.critical and "401" in notice.message
+    assert finish(gui, outcome(run())) == []  # fixed: the alert clears, silently
+    assert [n.key for n in finish(gui, refused)] == [notice.key], "broken again: news again"
+
+
+def test_a_live_sync_waiting_for_approval_is_announced(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    (notice,) = finish(gui, outcome(run("needs_approval", created=40)))
+    assert notice.title == "Approve the first live sync" and "approve" in notice.message
 
 
 def test_a_full_disk_is_announced_at_once_and_shown_in_the_tray(qtbot, build_gui, offline_env) -> None:
     message = "ClinicSync could not save its records (/home/pm/data): the disk is full. Free some space…"
-    for finished in (
-        outcome(failure="storage", message=message),
-        outcome(run("failed", stop="storage", message=message)),
-    ):
-        notice = decide(None, finished)
-        assert notice is not None and notice.critical and notice.key == "storage"
-        assert notice.tab == "overview" and "disk is full" in notice.message
     gui = build_gui(offline_env, tray=True)
-    gui.ui.bridge.job_finished.emit(outcome(run("failed", stop="storage", message=message)))
+    (notice,) = finish(gui, outcome(run("failed", stop="storage", message=message)))
+    assert notice.critical and notice.key == "storage" and notice.tab == "overview"
+    assert "disk is full" in notice.message
     gui.tray.menu.aboutToShow.emit()
     assert gui.tray.menu_texts()[0] == "Needs attention: can't save its records"
     assert gui.tray.state == ATTENTION
 
 
-def test_new_failed_records_are_announced() -> None:
-    notice = decide(outcome(run(failed=1)), outcome(run("attention", failed=3)))
-    assert notice is not None and notice.tab == "history" and "2 records" in notice.message
+def test_alerts_recorded_elsewhere_are_announced_and_listed_and_turning_notifications_off_holds_them(
+    build_gui, offline_env
+) -> None:
+    from clinicsync.sync import alerts
+
+    gui = build_gui(offline_env, tray=True)
+    # As the background service records them: straight into the database, no job finishing in this window.
+    gui.ui.app.settings.set("alerts.notify", False)
+    alerts.report_reconciliation(gui.ui.app.settings, 2, "2 customers are missing in Stripe.", datetime.now(AEST))
+    gui.notifier.announce()
+    assert gui.notifier.shown == []
+    gui.ui.app.settings.set("alerts.notify", True)
+    gui.notifier.announce()
+    (notice,) = gui.notifier.shown
+    assert (notice.title, notice.tab) == ("Stripe and Cliniko disagree", "reconciliation")
+    gui.notifier.announce()
+    assert len(gui.notifier.shown) == 1, "at most once a day while it lasts"
+    overview = gui.window.show_tab("overview")
+    overview.refresh()
+    assert overview.alerts_label.isVisible()
+    assert "Stripe and Cliniko disagree: 2 customers are missing in Stripe." in overview.alerts_label.text()
+    gui.tray.menu.aboutToShow.emit()
+    assert gui.tray.menu_texts()[0] == "Needs attention: Stripe and Cliniko disagree"
 
 
-def test_the_notifier_shows_each_situation_once(qtbot, build_gui, offline_env) -> None:
+def test_a_reconciliation_in_between_does_not_make_a_lasting_alert_news_again(build_gui, offline_env) -> None:
     gui = build_gui(offline_env)
-    shown = []
-    notifier = Notifier(gui.ui.bridge, shown.append)
-    auth = outcome(failure="auth", message="401")
-    for _ in range(3):
-        notifier.on_finished(auth)  # a key that stays broken: once, not on every run
-    assert [n.key for n in shown] == ["broken:auth"]
-    notifier.on_finished(outcome(run()))  # fixed
-    notifier.on_finished(auth)  # broken again: news again
-    assert [n.key for n in shown] == ["broken:auth", "broken:auth"]
+    refused = outcome(failure="auth", message="401")
+    assert len(finish(gui, refused)) == 1
+    for kind in ("reconcile", "reconcile_fix"):  # jobs of the Reconciliation tab: no sync results
+        assert finish(gui, JobOutcome(Job(2, "manual", kind=kind)), refused) == []
 
 
-def test_a_reconciliation_in_between_does_not_make_old_review_items_news_again(qtbot, build_gui, offline_env) -> None:
+def test_after_shutdown_nothing_is_announced(build_gui, offline_env) -> None:
+    from clinicsync.sync import alerts
+
     gui = build_gui(offline_env)
-    shown = []
-    notifier = Notifier(gui.ui.bridge, shown.append)
-    waiting = outcome(run("attention", review=2))
-    notifier.on_finished(waiting)
-    for kind in ("reconcile", "reconcile_fix"):  # jobs of the Reconciliation tab: no sync results to compare
-        notifier.on_finished(JobOutcome(Job(2, "manual", kind=kind)))
-        notifier.on_finished(waiting)  # the same two items after it: not news
-    assert [n.key for n in shown] == ["review:2"]
+    assert gui.shutdown(15)
+    alerts.report_reconciliation(gui.ui.app.settings, 1, "1 difference.", datetime.now(AEST))
+    gui.notifier.announce()  # as its timer would, after the window is gone
+    gui.ui.bridge.job_finished.emit(outcome(failure="auth", message="401"))
+    assert gui.notifier.shown == []

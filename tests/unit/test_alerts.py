@@ -182,3 +182,27 @@ def test_a_locked_profile_or_a_cancelled_sync_says_nothing_about_anyone(book, cl
     for kind in ("locked", "cancelled"):
         assert book.observe(job_outcome(failure=kind), clock.now()) == []
     assert [a.key for a in alerts.active_alerts()] == ["auth:stripe"]
+
+
+def test_a_missing_key_or_a_full_disk_is_raised_at_once_and_cleared_by_a_sync_that_gets_through(book, clock) -> None:
+    missing = job_outcome(failure="config")
+    full = job_outcome(result(Outcome.FAILED, StopKind.STORAGE, message="the disk is full"))
+    assert raised(book.observe(missing, clock.now())) == ["config"]
+    assert raised(book.observe(missing, clock.now())) == [], "raised once, not on every run"
+    changes = book.observe(full, clock.now())  # the key is there now (it got as far as a stream); the disk is full
+    assert sorted((c.change, c.alert.key) for c in changes) == [("cleared", "config"), ("raised", "storage")]
+    for _ in range(70):  # still failing after an hour: the same alert, not a second "keeps failing" one
+        clock.advance(60)
+        assert book.observe(full, clock.now()) == []
+    assert [a.key for a in alerts.active_alerts()] == ["storage"]
+    assert [(c.change, c.alert.key) for c in book.observe(OK, clock.now())] == [("cleared", "storage")]
+
+
+def test_a_live_sync_waiting_for_approval_is_raised_once_and_cleared_when_it_syncs(book, clock) -> None:
+    waiting = job_outcome(result(Outcome.NEEDS_APPROVAL))
+    assert raised(book.observe(waiting, clock.now())) == [f"approval:{PATIENTS}"]
+    assert raised(book.observe(waiting, clock.now())) == []
+    (alert,) = alerts.active_alerts()
+    assert alert.kind == "approval" and "approve the plan for patients" in alert.message
+    changes = book.observe(OK, clock.now())
+    assert [(c.change, c.alert.key) for c in changes] == [("cleared", f"approval:{PATIENTS}")]

@@ -189,6 +189,19 @@ def test_ids_not_of_clinikos_form_are_rejected():
     assert map_record(CLINIKO_PATIENTS, patient(id="1")).source_id == "1"
 
 
+def test_a_cal_com_attendee_is_known_by_clinicsyncs_reference_and_nothing_else():
+    from clinicsync.mapping.defaults import CALCOM_ATTENDEES
+    from clinicsync.streams.calcom_bookings import attendee_ref
+
+    person = {"name": "Ann Lee", "email": "Ann.Lee@example.org", "booking_count": 2}
+    ref = attendee_ref("ann.lee@EXAMPLE.org")
+    mapped = map_record(CALCOM_ATTENDEES, {**person, "id": ref})
+    assert mapped.error is None and mapped.source_id == ref
+    for bad in ("12", "att_../../customers", ref.upper(), ref + "0", 7):
+        mapped = map_record(CALCOM_ATTENDEES, {**person, "id": bad})
+        assert mapped.error is not None and "not a Cal.com id (a ClinicSync attendee reference)" in mapped.error, bad
+
+
 def test_a_custom_field_holding_an_object_is_rejected_not_sent_as_python_text():
     from clinicsync.mapping.spec import StreamMapping, rule
 

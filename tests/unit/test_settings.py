@@ -21,6 +21,8 @@ EXPECTED_DEFAULTS = {
     "cliniko.shard": "au1",
     "cliniko.base_url": "",
     "cliniko.requests_per_minute": 150,
+    "calcom.requests_per_minute": 100,
+    "identity.primary_source": "cliniko",
     "stripe.base_url": "",
     "stripe.requests_per_second": 0.0,
     "stripe.workers": 8,
@@ -39,10 +41,17 @@ EXPECTED_DEFAULTS = {
     "schedule.interval_seconds": 60,
     "schedule.cliniko.patients.enabled": True,
     "schedule.cliniko.products.enabled": True,
+    "schedule.cliniko.patients.interval_seconds": 0,
+    "schedule.cliniko.products.interval_seconds": 0,
+    "schedule.calcom.event_types.enabled": True,
+    "schedule.calcom.bookings.enabled": True,
+    "schedule.calcom.event_types.interval_seconds": 0,
+    "schedule.calcom.bookings.interval_seconds": 0,
     "schedule.reconcile.frequency": "daily",
     "schedule.reconcile.time": "02:00",
     "schedule.reconcile.day": "monday",
     "alerts.outage_minutes": 30,
+    "alerts.notify": True,
 }
 
 

@@ -191,6 +191,15 @@ SYNTHETIC_CLINIKO = {
             "Phone": {"type": "object", "properties": {"number": {"type": "string", "maxLength": 20}}},
             "Alert": {"type": "object"},
             "Unused": {"type": "object"},
+            "Invoice": {
+                "type": "object",
+                "description": "prose",
+                "properties": {
+                    "status": {"type": "integer", "nullable": True, "enum": [10, 20], "description": "x"},
+                    "issue_date": {"type": "string", "format": "date"},
+                    "patient": {"$ref": "#/components/schemas/Alert"},
+                },
+            },
         },
     },
 }
@@ -298,6 +307,14 @@ def test_derive_keeps_types_and_enums_and_drops_prose(derived: Path) -> None:
         "content": {"application/json": {"schema": {"type": "object"}}}
     }
     assert cliniko["paths"]["/patients/{id}/archive"]["post"]["responses"] == {"204": {}}
+    # Field facts: names, JSON types, nullability and enums of the named schemas present, nothing else.
+    assert cliniko["x-field-facts"] == {
+        "Invoice": {
+            "issue_date": {"type": "string", "nullable": False},
+            "patient": {"type": "object", "nullable": False},
+            "status": {"type": "integer", "nullable": True, "enum": [10, 20]},
+        }
+    }
     assert _annotation_keys(cliniko["paths"]) == _annotation_keys(cliniko["components"]) == set()
 
 

@@ -388,7 +388,7 @@ def test_unknown_customer_and_unknown_url(emu: StripeEmulator) -> None:
     error = error_of(emu.handle(req("GET", "/v1/customers/cus_doesnotexist1")), 404)
     assert error["message"] == "No such customer: 'cus_doesnotexist1'" and error["param"] == "id"
     assert error_of(emu.handle(req("POST", "/v1/customers/cus_doesnotexist1", {"name": "x"})), 404)["param"] == "id"
-    assert error_of(emu.handle(req("GET", "/v1/charges")), 404)["message"].startswith("Unrecognized request URL")
+    assert error_of(emu.handle(req("GET", "/v1/subscriptions")), 404)["message"].startswith("Unrecognized request URL")
 
 
 def test_update_changes_only_what_was_sent(emu: StripeEmulator) -> None:

@@ -20,7 +20,7 @@ from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, RoleLi
 from clinicsync.streams import CLINIKO_PRODUCTS as PRODUCTS_STREAM
 from clinicsync.streams import STREAMS, Stream, dependency_order
 from clinicsync.streams.base import PlanRequest, RoleLinkInfo
-from clinicsync.streams.cliniko_products import fingerprint
+from clinicsync.streams.priced_products import fingerprint
 from clinicsync.stripe_gateway import StripeFailure, WriteResult
 from clinicsync.sync.outbox import OutboxWriter
 
@@ -83,7 +83,10 @@ def test_streams_run_after_what_they_depend_on_and_a_cycle_is_refused() -> None:
 
 
 def test_the_declared_streams_are_in_a_valid_order() -> None:
-    assert dependency_order(STREAMS, list(STREAMS)) == ["cliniko.patients", "cliniko.products"]
+    order = dependency_order(STREAMS, list(STREAMS))
+    assert sorted(order) == sorted(STREAMS) and order[:2] == ["cliniko.patients", "cliniko.products"]
+    for position, name in enumerate(order):
+        assert all(order.index(dependency) < position for dependency in STREAMS[name].depends_on), name
 
 
 # --- a product's plan --------------------------------------------------------------------------------------
@@ -425,3 +428,13 @@ def test_a_products_cost_price_or_notes_needs_a_persons_allowance_before_it_is_s
     assert problem.rule == "clinical-field" and "cost_price" in str(problem)
     assert validate_mapping(mapping, catalogue, {"cost_price"}) == []
     assert validate_mapping(CLINIKO_PRODUCTS, catalogue, set()) == [], "the default sends neither"
+
+
+def test_cal_com_streams_are_refused_by_reconciliation_with_a_clear_message() -> None:
+    from clinicsync.store.settings import Settings
+    from clinicsync.sync.reconcile_run import reconcilable
+    from clinicsync.sync.service import ConfigProblem
+
+    settings = Settings.__new__(Settings)  # reconcilable reads no setting when streams are named
+    with pytest.raises(ConfigProblem, match=r"calcom\.event_types cannot be reconciled yet"):
+        reconcilable(settings, ["calcom.event_types"])

@@ -1,0 +1,34 @@
+"""What every stream whose record is a person's Stripe customer shares (Cliniko patients, Cal.com attendees):
+finding the customer a lost create made, and retiring a twin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clinicsync.streams.base import DUPLICATE_OF_KEY, FindRequest, oldest_naming
+
+
+def find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
+    """The customer an earlier attempt made, if any: by exact email (read-after-write safe), else by Search on the
+    cross-reference (only trusted once its index has caught up: see `absence_certain`)."""
+    email = request.params.get("email")
+    if email:
+        found = gateway.list_by_email(request.stripe_object, email)
+    else:
+        found = gateway.search(request.stripe_object, f"metadata['{request.cross_ref_key}']:'{request.source_id}'")
+    return oldest_naming(found, request)
+
+
+def absence_certain(request: FindRequest, age_s: float, settle_s: float) -> bool:
+    # Listing by email is read-after-write safe; Search only once it has had time to index the object.
+    return bool(request.params.get("email")) or age_s >= settle_s
+
+
+def retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
+    """Delete the twin customer unless something already refers to it (a payment, an invoice): then mark it."""
+    referenced = any(gateway.any_of(kind, {"customer": twin_id}) for kind in ("payment_intent", "charge", "invoice"))
+    if referenced:
+        gateway.write("update", "customer", twin_id, {"metadata": {DUPLICATE_OF_KEY: survivor_id}}, f"twin:{twin_id}")
+        return f"marked as a duplicate of {survivor_id} (it has payments or invoices, so it was kept)"
+    gateway.delete("customer", twin_id)
+    return f"deleted: a duplicate of {survivor_id} that nothing referred to"

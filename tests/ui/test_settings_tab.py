@@ -1,0 +1,140 @@
+"""The Settings tab: every change is stored at once and the window's schedule follows it without a restart (on a
+ManualClock); the shortest interval offered is the scheduler's own rule; start at login writes and removes the
+desktop's entry (in a redirected folder); a setting given at start cannot be changed here."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QTime
+
+from clinicsync import autostart
+from clinicsync.sync.clock import ManualClock
+from clinicsync.sync.scheduler import scheduled_streams, shortest_interval
+from tests.support import profile_env
+from tests.ui.conftest import DUMMY_KEYS, WAIT_MS
+
+STREAM = "cliniko.patients"
+
+
+def test_schedule_changes_apply_at_once_without_a_restart(qtbot, make_sandbox, env_for, build_gui) -> None:
+    sandbox = make_sandbox(profile="clean", patients=3)
+    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    gui = build_gui(env_for(sandbox), schedule=True, clock=clock)
+    schedule = gui.ui.schedule
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        schedule.tick()  # never synced: the first run is due at once
+    qtbot.waitUntil(lambda: not schedule.host.busy(), timeout=WAIT_MS)
+    schedule.tick()
+    assert schedule.next_runs()[STREAM] == clock.now() + timedelta(seconds=60)
+
+    tab = gui.window.show_tab("settings")
+    tab.interval_box.setValue(300)
+    assert gui.ui.app.settings.get("schedule.interval_seconds") == 300
+    schedule.tick()  # the jobs are rebuilt from the settings: the next check counts from the last run
+    assert schedule.next_runs()[STREAM] == clock.now() + timedelta(seconds=300)
+    overview = gui.window.show_tab("overview")
+    assert overview.cards[STREAM].labels["next_run"].text() == "next sync in 5 min"
+
+    # A stream's own interval: stored, and the job follows; at the box's minimum it is the usual one again.
+    gui.window.show_tab("settings")
+    own = tab.stream_intervals[STREAM]
+    assert own.text() == "the usual interval"
+    own.setValue(120)
+    assert gui.ui.app.settings.get(f"schedule.{STREAM}.interval_seconds") == 120
+    schedule.tick()
+    assert schedule.next_runs()[STREAM] == clock.now() + timedelta(seconds=120)
+    own.setValue(own.minimum())
+    assert gui.ui.app.settings.get(f"schedule.{STREAM}.interval_seconds") == 0
+    schedule.tick()
+    assert schedule.next_runs()[STREAM] == clock.now() + timedelta(seconds=300)
+
+    tab.stream_boxes[STREAM].setChecked(False)
+    assert gui.ui.app.settings.get(f"schedule.{STREAM}.enabled") is False
+    schedule.tick()
+    assert STREAM not in schedule.next_runs()
+    assert gui.ui.schedule.schedule_on() is False
+    assert not tab.interval_box.isEnabled()
+    assert tab.interval_note.text().startswith("Nothing is checked on a schedule")
+
+    tab.frequency_box.setCurrentIndex(tab.frequency_box.findData("weekly"))
+    tab.day_box.setCurrentIndex(tab.day_box.findData("wednesday"))
+    tab.time_box.setTime(QTime(3, 15))
+    settings = gui.ui.app.settings
+    assert [settings.get(f"schedule.reconcile.{k}") for k in ("frequency", "day", "time")] == [
+        "weekly",
+        "wednesday",
+        "03:15",
+    ]
+    schedule.tick()
+    config = schedule.host.scheduler.config
+    assert (config.reconcile, config.reconcile_day, config.reconcile_time) == ("weekly", "wednesday", "03:15")
+    following = schedule.next_runs()["reconcile"].astimezone(schedule.host.scheduler.zone)
+    assert (following.strftime("%A %H:%M"), following > clock.now()) == ("Wednesday 03:15", True)
+
+
+def test_the_shortest_interval_offered_is_the_schedulers_rule(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    tab = gui.window.show_tab("settings")
+    settings = gui.ui.app.settings
+    floor = shortest_interval(scheduled_streams(settings))
+    assert tab.interval_box.minimum() == floor
+    assert f"At least {floor} seconds" in tab.interval_note.text()
+    tab.interval_box.setValue(1)  # below the rule: the box holds the floor, and that is what is stored
+    assert settings.get("schedule.interval_seconds") == floor
+
+
+def test_notifications_and_email_matching_are_stored(build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    tab = gui.window.show_tab("settings")
+    settings = gui.ui.app.settings
+    tab.notify_box.setChecked(False)
+    tab.outage_box.setValue(90)
+    tab.email_box.setCurrentIndex(tab.email_box.findData("review"))
+    assert (settings.get("alerts.notify"), settings.get("alerts.outage_minutes")) == (False, 90)
+    assert settings.get("sync.email_match") == "review"
+    tab.refresh()
+    assert tab.email_box.currentText() == "Ask me first (Review)" and not tab.notify_box.isChecked()
+
+
+def test_a_setting_given_at_start_cannot_be_changed_here(build_gui, home) -> None:
+    env = profile_env(home, DUMMY_KEYS, CLINICSYNC_SCHEDULE_INTERVAL_SECONDS="120")
+    gui = build_gui(env)
+    tab = gui.window.show_tab("settings")
+    assert tab.interval_box.value() == 120 and not tab.interval_box.isEnabled()
+    assert "when it was started" in tab.interval_box.toolTip()
+    assert tab.email_box.isEnabled()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG autostart entry is Linux's")
+def test_start_at_login_writes_and_removes_the_desktop_entry(build_gui, offline_env, tmp_path, monkeypatch) -> None:
+    config_home = tmp_path / "xdg-config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    gui = build_gui(offline_env)
+    tab = gui.window.show_tab("settings")
+    assert not tab.login_box.isChecked()
+    entry = Path(config_home / "autostart" / f"{autostart.entry_name(gui.ui.app.paths).lower()}.desktop")
+    tab.login_box.setChecked(True)
+    assert entry.exists() and "--minimized" in entry.read_text()
+    tab.refresh()
+    assert tab.login_box.isChecked()
+    tab.login_box.setChecked(False)
+    assert not entry.exists()
+
+
+def test_the_clinics_time_zone_is_shown_as_last_read_from_cliniko(build_gui, offline_env) -> None:
+    from clinicsync.store import reconciliation
+    from clinicsync.store.models import AccountPair
+
+    gui = build_gui(offline_env)
+    tab = gui.window.show_tab("settings")
+    assert tab.zone_label.text() == "Australia/Melbourne until ClinicSync has read the clinic's own from Cliniko"
+    pair = AccountPair.create(
+        uuid="pair-1", source_system="cliniko", source_account="1", stripe_account="acct_1", stripe_livemode=False
+    )
+    reconciliation.start_report(pair, [STREAM], trigger="manual", time_zone="Australia/Perth")
+    tab.refresh()
+    assert tab.zone_label.text() == "Australia/Perth (as ClinicSync last read it from Cliniko)"
