@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clinicsync import money
+from clinicsync import labels, money
+from clinicsync.labels import plural
 from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params, without_writeback_field
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
@@ -631,6 +632,12 @@ class StreamRun:
                 c for c in candidates_by_email(self.pair, self.mapping, hashed) if c not in self._claimed
             ]
             sharing = records_sharing_email(self.pair, self.mapping, hashed)
+            kind = self.mapping.stripe_object  # a customer found by email, a product by name: say which
+            one, many, key = (
+                labels.stripe_object_words(kind),
+                labels.stripe_objects_words(kind),
+                labels.matched_by(kind),
+            )
             if not candidates:
                 self._submit("create", mapped, None, hashed, pool, writer)
             elif len(candidates) == 1 and sharing == 1 and self.options.email_match == "auto_link":
@@ -642,7 +649,7 @@ class StreamRun:
                     candidates,
                     pool,
                     writer,
-                    "one Stripe customer has this email; linking is set to need a person's approval",
+                    f"one Stripe {one} has this {key}; linking is set to need a person's approval",
                 )
             else:
                 self._review(
@@ -651,8 +658,8 @@ class StreamRun:
                     candidates,
                     pool,
                     writer,
-                    f"{len(candidates)} unlinked Stripe customer(s) and {sharing} record(s) share this "
-                    "email; choose which customer this record is",
+                    f"{plural(len(candidates), f'unlinked Stripe {one}', f'unlinked Stripe {many}')} and "
+                    f"{plural(sharing, 'record')} share this {key}; choose which {one} this record is",
                 )
 
     # --- effects --------------------------------------------------------------------------------------

@@ -62,12 +62,14 @@ from clinicsync.ui.status import StatusTracker, request_sync
 
 Index = QModelIndex | QPersistentModelIndex
 
+# Why an item waits, in the words of the Stripe object its stream writes (a customer found by email, a product by
+# name).
 REASONS = {
-    "ambiguous_email": "More than one Stripe customer has this email",
-    "email_match": "One Stripe customer has this email: link it?",
-    "ambiguous_reference": "Several Stripe customers already name this record in their metadata",
-    "stripe_object_deleted": "Its Stripe customer was deleted in Stripe",
-    "link_taken": "The customer chosen for it is now linked to another record: choose again",
+    "ambiguous_email": "More than one Stripe {one} has this {key}",
+    "email_match": "One Stripe {one} has this {key}: link it?",
+    "ambiguous_reference": "Several Stripe {many} already name this record in their metadata",
+    "stripe_object_deleted": "Its Stripe {one} was deleted in Stripe",
+    "link_taken": "The {one} chosen for it is now linked to another record: choose again",
 }
 CROSS_REF_KEY = CLINIKO_PATIENTS.cross_ref_key  # the metadata key naming the patient on a customer
 
@@ -103,7 +105,15 @@ class ReviewRow:
 
     @property
     def reason_text(self) -> str:
-        return REASONS.get(self.reason, self.reason.replace("_", " ").capitalize())
+        from clinicsync.streams import STREAMS
+
+        template = REASONS.get(self.reason)
+        if template is None:
+            return self.reason.replace("_", " ").capitalize()
+        stream = STREAMS.get(self.stream)
+        kind = stream.stripe_object if stream is not None else "customer"
+        one, many = labels.stripe_object_words(kind), labels.stripe_objects_words(kind)
+        return template.format(one=one, many=many, key=labels.matched_by(kind) or "email")
 
 
 class ReviewModel(PagedTableModel[ReviewRow, int]):
