@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import keyring
 import keyring.backends.chainer
@@ -31,6 +31,13 @@ SECRET_NAMES: tuple[str, ...] = (CLINIKO_API_KEY, STRIPE_API_KEY, CALCOM_API_KEY
 SOURCE_KEYS: tuple[str, ...] = (CLINIKO_API_KEY, CALCOM_API_KEY)
 # What a sync reads: every key (a source without one is simply not connected).
 SYNC_SECRETS = SECRET_NAMES
+
+
+def environment_only(secrets: Any) -> Callable[[str], str | None] | None:
+    """How a headless run reads its keys: with Stripe's key in the environment, the others are looked for there
+    only (a server without a keyring must not fail over a key it never meant to set). None otherwise."""
+    from_environment = getattr(secrets, "from_environment", None)
+    return from_environment if from_environment is not None and from_environment(STRIPE_API_KEY) else None
 
 
 def missing_for_sync(found: Mapping[str, str]) -> list[str]:

@@ -24,9 +24,11 @@ import io
 import logging
 import os
 import pickle
+import socketserver
 import tempfile
 import threading
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,8 @@ _SAFE_GLOBALS = {
 }
 # ClinicSync's own classes (the emulators' records, and any value type of the app a resource may hold).
 _OWN_PACKAGE = "clinicsync."
+# ... but never one whose building acts on the machine (a server binding a socket, a thread), even if ours.
+_NEVER_BUILT: tuple[type, ...] = (socketserver.BaseServer, BaseHTTPRequestHandler, threading.Thread)
 
 
 class SnapshotError(Exception):
@@ -196,7 +200,13 @@ class _SandboxUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module.startswith(_OWN_PACKAGE) and "." not in name:
             found = super().find_class(module, name)
-            if isinstance(found, type):  # a class, built with its saved state; never a function called on data
+            # A class DEFINED in ClinicSync (not one a module merely imports, like an HTTP server), built with its
+            # saved state; never a function called on data.
+            if (
+                isinstance(found, type)
+                and getattr(found, "__module__", "").startswith(_OWN_PACKAGE)
+                and not issubclass(found, _NEVER_BUILT)
+            ):
                 return found
         raise pickle.UnpicklingError(f"unexpected {module}.{name}")
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from clinicsync import labels
 from clinicsync.outcomes import Outcome, StopKind
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import Alert, ReviewItem
@@ -194,7 +195,7 @@ class AlertBook:
                 continue
             key = f"approval:{result.stream}"
             if result.outcome == Outcome.NEEDS_APPROVAL:
-                label = result.stream.rsplit(".", 1)[-1].replace("_", " ")
+                label = labels.stream_source(result.stream)
                 message = (
                     f"Nothing was written to your live Stripe account yet: check and approve the plan for {label}."
                 )
@@ -235,7 +236,7 @@ class AlertBook:
         for stream in succeeded:
             self._clear(f"failing:{stream}", at, changes)
         for stream, message in failed.items():
-            label = stream.rsplit(".", 1)[-1].replace("_", " ")
+            label = labels.stream_source(stream)
             row = self._open(f"failing:{stream}")
             if row is None:
                 title = f"Syncing {label} keeps failing"

@@ -59,12 +59,12 @@ from clinicsync.sync.matching import (
     candidates_by_email,
     candidates_by_reference,
     match_hash,
+    owned_update,
     person_candidates,
     person_key,
     records_sharing_email,
     refresh_index,
     refresh_since,
-    sources_linking,
 )
 from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review, revisit_later
 from clinicsync.sync.pool import WritePool
@@ -415,11 +415,13 @@ class StreamRun:
         ).execute()
 
     def _linked_not_listed(self) -> list[str]:
-        """Linked records a complete listing left out this run (deleted at the source, or out of its reach)."""
+        """Linked records a complete listing left out this run (deleted at the source, or out of its reach). One
+        already archived is not asked about again every run: were it back, the listing would show it."""
         rows = RecordLink.select(RecordLink.source_id).where(
             (RecordLink.pair == self.pair)
             & (RecordLink.stream == self.stream.name)
             & RecordLink.stripe_id.is_null(False)
+            & (RecordLink.archived == False)  # noqa: E712 - peewee builds SQL from ==
         )
         return sorted(row.source_id for row in rows if row.source_id not in self._seen)
 
@@ -686,8 +688,9 @@ class StreamRun:
         if stripe_id and op != "create" and self.mapping.stripe_object in PERSON_OBJECTS:
             # A person's customer other sources share: the primary source's fields are not ours to write.
             primary = self.options.stream_values.get(identity.PRIMARY_SOURCE_SETTING) or identity.DEFAULT_PRIMARY_SOURCE
-            linked_by = sources_linking(self.pair, self.mapping.stripe_object, stripe_id)
-            params = identity.owned_params(params, self.stream.source_system, primary, linked_by)
+            params = owned_update(
+                params, self.pair, self.mapping.stripe_object, stripe_id, self.stream.source_system, primary
+            )
         if stripe_id and op == "link":
             self._claimed.add(stripe_id)
         request = PlanRequest(

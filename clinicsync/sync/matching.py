@@ -215,3 +215,15 @@ def sources_linking(pair: AccountPair, stripe_object: str, stripe_id: str) -> se
         .distinct()
     )
     return {row.source_system for row in rows}
+
+
+def owned_update(
+    params: dict[str, Any], pair: AccountPair, stripe_object: str, stripe_id: str, source_system: str, primary: str
+) -> dict[str, Any]:
+    """An update's params less what another source owns on a person's object they share (the primary source keeps
+    name, email, phone and address): the one rule for every path that updates a linked object."""
+    from clinicsync.streams import identity
+
+    if stripe_object not in PERSON_OBJECTS:
+        return params
+    return identity.owned_params(params, source_system, primary, sources_linking(pair, stripe_object, stripe_id))

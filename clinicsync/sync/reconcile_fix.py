@@ -55,11 +55,11 @@ from clinicsync.store.models import (
     utcnow,
 )
 from clinicsync.store.settings import Settings
-from clinicsync.streams import STREAMS, PlanRequest, Stream, WriteStep
+from clinicsync.streams import STREAMS, PlanRequest, Stream, WriteStep, identity
 from clinicsync.streams.base import DETACHED_ROLE, DUPLICATE_OF_KEY, RoleLinkInfo, observed_request
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.engine import PreparedStream, RunRecorder, prepare_stream
-from clinicsync.sync.matching import match_hash
+from clinicsync.sync.matching import match_hash, owned_update
 from clinicsync.sync.outbox import OutboxWriter, StripeStopped, record_reviews, revisit_later
 from clinicsync.sync.service import cliniko_client, resolve_pair, retry_policy, run_options, stripe_gateway
 
@@ -362,11 +362,20 @@ class _Fixer:
         roles = RoleLink.select().where(
             (RoleLink.pair == connection.pair) & (RoleLink.stream == name) & (RoleLink.source_id == sid)
         )
+        primary = self.settings.get(identity.PRIMARY_SOURCE_SETTING) or identity.DEFAULT_PRIMARY_SOURCE
+        params = owned_update(
+            update_params(mapped.payload),
+            connection.pair,
+            prepared.mapping.stripe_object,
+            target,
+            prepared.stream.source_system,
+            primary,
+        )
         request = PlanRequest(
             op=op,
             mapped=mapped,
             stripe_id=target,
-            params=update_params(mapped.payload),
+            params=params,
             cross_ref_key=prepared.mapping.cross_ref_key,
             roles=tuple(RoleLinkInfo(r.role, r.stripe_id, r.fingerprint, r.current, r.active) for r in roles),
         )

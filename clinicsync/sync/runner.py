@@ -77,10 +77,9 @@ def read_credentials(secrets: SecretStore, names: Sequence[str]) -> dict[str, st
     """Read the keys a sync needs, on the calling thread; a key not set is left out. When Stripe's key comes
     from the environment (a headless run), the others are looked for there only: a server without a keyring
     must not fail over a key it never meant to set (Cal.com's, for a clinic on Cliniko alone)."""
-    from clinicsync.secrets import STRIPE_API_KEY
+    from clinicsync.secrets import environment_only
 
-    from_environment = getattr(secrets, "from_environment", None)
-    read = from_environment if from_environment is not None and from_environment(STRIPE_API_KEY) else secrets.get
+    read = environment_only(secrets) or secrets.get
     return {name: value for name in names if (value := read(name))}
 
 

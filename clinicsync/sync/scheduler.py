@@ -511,6 +511,10 @@ class SyncScheduler:
             self.fired.append((self.clock.now(), trigger, streams, why))
             return None, why
         self._note_connected(credentials)
+        if streams:  # a source whose key is gone since the jobs were built: not asked for (rebuilt on the next tick)
+            streams = tuple(name for name in streams if STREAMS[name].source_system in self._connected)
+            if not streams:
+                return None, "no source of these streams is connected"
         job, why_not = self.runner.request(
             trigger=trigger, credentials=credentials, streams=list(streams) or None, when_busy="skip"
         )

@@ -242,31 +242,31 @@ def run_sync(
                 client.close()
 
 
+# The sources whose streams the callers that know no keys (alerts, reconciliation) run.
+CONNECTED_SOURCES = ("cliniko",)
+
+
 def connected_sources(secrets: SecretStore) -> tuple[str, ...]:
     """The sources whose API key is set: a source without one is not connected, and its streams do not run, so a
     clinic with only Cal.com syncs without a Cliniko connection. With no source key at all, Cliniko (whose missing
     key the sync then names, as before)."""
     keyed = tuple(name for name, kind in SOURCES.items() if _has_key(secrets, kind.secret))
-    return keyed if keyed else ("cliniko",)
+    return keyed or CONNECTED_SOURCES
 
 
 def _has_key(secrets: SecretStore, name: str) -> bool:
     """Whether the key is set. A headless run with its Stripe key in the environment has its sources' keys there
     too: the keyring is not opened to look for others. No usable keyring counts as not set (a missing key a sync
     needs is said when it is read)."""
-    from clinicsync.secrets import SecretStoreError
+    from clinicsync.secrets import SecretStoreError, environment_only
 
-    from_environment = getattr(secrets, "from_environment", None)
-    if from_environment is not None and from_environment(secret_names.STRIPE_API_KEY):
-        return bool(from_environment(name))
+    reader = environment_only(secrets)
+    if reader is not None:
+        return bool(reader(name))
     try:
         return bool(secrets.get(name))
     except SecretStoreError:
         return False
-
-
-# The sources whose streams the callers that know no keys (alerts, reconciliation) run.
-CONNECTED_SOURCES = ("cliniko",)
 
 
 def sources_with_keys(keys: Mapping[str, str]) -> tuple[str, ...]:
@@ -300,11 +300,17 @@ def check_dependencies(
             if dependency in names or system not in connected:
                 continue
             pair = pairs.get(system)
-            if pair is None:
-                missing.append((name, dependency))
-                continue
+            if pair is not None:
+                same_accounts = SyncRun.pair == pair
+            else:  # a run of one source's streams (the schedule polls each source apart): its pairs, same Stripe
+                stripe_accounts = {other.stripe_account for other in pairs.values()}
+                same_accounts = SyncRun.pair.in_(
+                    AccountPair.select(AccountPair.id).where(
+                        (AccountPair.source_system == system) & AccountPair.stripe_account.in_(stripe_accounts)
+                    )
+                )
             completed = SyncRun.select().where(
-                (SyncRun.pair == pair)
+                same_accounts
                 & (SyncRun.stream == dependency)
                 & (SyncRun.dry_run == False)  # noqa: E712 (peewee expression)
                 & SyncRun.outcome.in_(("ok", "attention"))

@@ -27,6 +27,7 @@ from clinicsync.sync.host import SchedulerHost
 from clinicsync.sync.instance import SERVE, WINDOW, Holder, SchedulerLock, SchedulerTaken
 from clinicsync.sync.runner import SyncRunner, read_credentials
 from clinicsync.sync.scheduler import ScheduleConfig
+from clinicsync.sync.service import connected_sources
 from clinicsync.ui.bridge import BridgeListener, RunnerBridge
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class WindowSchedule(QObject):
         if self.mode == MANUAL:
             return False
         try:
-            return bool(ScheduleConfig.from_settings(self.app.settings).streams)
+            return bool(ScheduleConfig.from_settings(self.app.settings, connected_sources(self.app.secrets)).streams)
         except Exception:  # an unusable setting: Settings says which; nothing promises background syncs
             return False
 

@@ -36,6 +36,7 @@ from clinicsync.store.settings import SPECS_BY_KEY, WEEKDAYS, SettingError
 from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import is_paused
 from clinicsync.sync.scheduler import scheduled_streams, shortest_interval
+from clinicsync.sync.service import connected_sources
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.status import StatusTracker
 
@@ -272,7 +273,7 @@ class SettingsTab(QWidget):
     def _show_interval(self) -> None:
         settings = self.ui.app.settings
         try:
-            streams = scheduled_streams(settings)
+            streams = scheduled_streams(settings, connected_sources(self.ui.app.secrets))
         except SettingError:
             streams = []
         floor = shortest_interval(streams)

@@ -252,3 +252,34 @@ def test_a_damaged_saved_sandbox_starts_nothing_and_says_why(tmp_path, started):
     fresh = start_sandbox(profile="clean", patients=3, products=0, state_dir=tmp_path)  # no saved sandbox: seeds
     started.append(fresh)
     assert cliniko_patient_count(fresh) == 3 and has_saved_sandbox(tmp_path)
+
+
+def test_a_snapshot_cannot_build_a_class_clinicsync_only_imports(tmp_path):
+    import pickle
+
+    from clinicsync.sandbox import persist
+
+    class Evil:
+        def __reduce__(self):
+            from clinicsync.sandbox import server
+
+            return (server.ThreadingHTTPServer, (("127.0.0.1", 0), server.BaseHTTPRequestHandler))
+
+    data = pickle.dumps({"format": persist.FORMAT, "emulator": "stripe", "state": {"x": Evil()}})
+    with pytest.raises(pickle.UnpicklingError):
+        persist._SandboxUnpickler(__import__("io").BytesIO(data)).load()
+
+
+def test_a_snapshot_cannot_build_a_server_even_one_clinicsync_defines(tmp_path):
+    import io
+    import pickle
+
+    from clinicsync.sandbox import persist, server
+
+    class Evil:
+        def __reduce__(self):
+            return (server._Server, (("127.0.0.1", 0), server.BaseHTTPRequestHandler))
+
+    data = pickle.dumps({"format": persist.FORMAT, "emulator": "stripe", "state": {"x": Evil()}})
+    with pytest.raises(pickle.UnpicklingError):
+        persist._SandboxUnpickler(io.BytesIO(data)).load()

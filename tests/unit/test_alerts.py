@@ -142,7 +142,7 @@ def test_a_stream_failing_every_run_for_an_hour_alerts_once(book, clock) -> None
         seen += raised(book.observe(broken, clock.now()))
         clock.advance(60)
     assert seen == [f"failing:{PATIENTS}"]
-    assert alerts.active_alerts()[0].title == "Syncing patients keeps failing"
+    assert alerts.active_alerts()[0].title == "Syncing Cliniko patients keeps failing"
     book.observe(OK, clock.now())
     assert states(f"failing:{PATIENTS}") == ["cleared"]
 
@@ -203,6 +203,6 @@ def test_a_live_sync_waiting_for_approval_is_raised_once_and_cleared_when_it_syn
     assert raised(book.observe(waiting, clock.now())) == [f"approval:{PATIENTS}"]
     assert raised(book.observe(waiting, clock.now())) == []
     (alert,) = alerts.active_alerts()
-    assert alert.kind == "approval" and "approve the plan for patients" in alert.message
+    assert alert.kind == "approval" and "approve the plan for Cliniko patients" in alert.message
     changes = book.observe(OK, clock.now())
     assert [(c.change, c.alert.key) for c in changes] == [("cleared", f"approval:{PATIENTS}")]
