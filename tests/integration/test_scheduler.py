@@ -548,3 +548,29 @@ def test_a_clinic_on_cal_com_alone_has_its_streams_on_the_schedule(make_sandbox,
     assert runs("calcom.bookings")[0].outcome == "ok" and not runs(PATIENTS)
     h.step(60)
     assert len(h.asked()) == 2, "polled again at the interval"
+
+
+def test_ten_edits_at_random_moments_each_reach_stripe_within_one_interval(make_sandbox, harness) -> None:
+    import random
+
+    seed = random.randrange(1_000_000)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    sandbox = make_sandbox(profile="clean", patients=15)
+    h = harness(sandbox, **ONLY_PATIENTS)
+    h.step()  # the first sync
+    ids = sorted(p["id"] for p in admin(sandbox.cliniko_url, "dump")["patients"])
+    for n in range(10):
+        patient = rng.choice(ids)
+        admin(sandbox.cliniko_url, "edit", ids=[patient], fields={"last_name": f"Edited{n}"})
+        before = h.clock.now()
+        h.step(rng.uniform(1, 59))  # the edit lands anywhere in the poll cycle
+        while not _customer_named(sandbox, patient, f"Edited{n}"):
+            assert h.clock.now() - before <= timedelta(seconds=60), f"edit {n} not in Stripe after one interval"
+            h.step(5)
+
+
+def _customer_named(sandbox: object, patient: str, last_name: str) -> bool:
+    dump = admin(sandbox.stripe_url, "dump")["data"]  # type: ignore[attr-defined]
+    found = [c for c in dump if not c["deleted"] and c["metadata"].get("cliniko_patient_id") == patient]
+    return len(found) == 1 and found[0]["name"].endswith(last_name)
