@@ -28,6 +28,9 @@ from clinicsync.stripe_gateway import StripeFailure
 log = logging.getLogger(__name__)
 
 TOPUP_INTERVAL_S = 2.0  # at most one "what is new in Stripe" listing this often while creating
+# ... and spaced so the listings take at most this share of the time: during a first sync each one re-lists the
+# last minute's creates (its overlap), so a fixed 2 s made a third of the reading thread's time listing.
+TOPUP_TIME_SHARE = 0.1
 RACE_MARGIN_S = 600  # the other installation may have started a little earlier, and clocks differ
 OTHER_INSTALLATION_MESSAGE = (
     "Another computer is syncing this Cliniko account into this Stripe account. ClinicSync removed the duplicates "
@@ -144,12 +147,16 @@ class Topup:
         self._refresh = refresh
         self._clock = clock
         self._last = clock()
+        self._interval = TOPUP_INTERVAL_S
 
     def before_create(self) -> bool:
-        """Refresh if the last refresh is older than TOPUP_INTERVAL_S; True if it refreshed."""
+        """Refresh if the last refresh is older than the interval (TOPUP_INTERVAL_S, or longer when a refresh
+        costs more than TOPUP_TIME_SHARE of it); True if it refreshed. A twin a longer wait lets through is
+        repaired by the next run."""
         now = self._clock()
-        if now - self._last < TOPUP_INTERVAL_S:
+        if now - self._last < self._interval:
             return False
         self._refresh()
         self._last = self._clock()
+        self._interval = max(TOPUP_INTERVAL_S, (self._last - now) / TOPUP_TIME_SHARE)
         return True

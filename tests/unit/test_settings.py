@@ -25,7 +25,7 @@ EXPECTED_DEFAULTS = {
     "identity.primary_source": "cliniko",
     "stripe.base_url": "",
     "stripe.requests_per_second": 0.0,
-    "stripe.workers": 8,
+    "stripe.workers": 12,
     "stripe.timeout_seconds": 30.0,
     "calcom.base_url": "",
     "sync.email_match": "auto_link",

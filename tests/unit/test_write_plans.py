@@ -438,3 +438,26 @@ def test_cal_com_streams_are_refused_by_reconciliation_with_a_clear_message() ->
     settings = Settings.__new__(Settings)  # reconcilable reads no setting when streams are named
     with pytest.raises(ConfigProblem, match=r"calcom\.event_types cannot be reconciled yet"):
         reconcilable(settings, ["calcom.event_types"])
+
+
+def test_index_top_ups_are_spaced_so_they_take_a_tenth_of_the_time_at_most() -> None:
+    from clinicsync.sync import twins
+
+    now = [0.0]
+    cost = [0.0]
+
+    def refresh() -> None:
+        now[0] += cost[0]
+
+    topup = twins.Topup(refresh, clock=lambda: now[0])
+    now[0] = 2.0
+    assert topup.before_create(), "cheap: every 2 s"
+    now[0] += 2.0
+    assert topup.before_create()
+    cost[0] = 3.0  # a first sync's minute of creates to re-list
+    now[0] += 2.0
+    assert topup.before_create()
+    now[0] += 29.0
+    assert not topup.before_create(), "the next waits ten times what this one cost"
+    now[0] += 1.0
+    assert topup.before_create()
