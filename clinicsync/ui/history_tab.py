@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import QAbstractItemModel, QItemSelectionModel, QModelIndex, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -26,6 +24,7 @@ from clinicsync.store import queries
 from clinicsync.store.queries import EventQuery, RunRow
 from clinicsync.sync.runner import JobOutcome
 from clinicsync.ui.context import UiContext
+from clinicsync.ui.layout import long_table
 from clinicsync.ui.models import (
     EventsModel,
     PinnedProblemsProxy,
@@ -250,23 +249,8 @@ class HistoryTab(QWidget):
 
 
 def _table(parent: QWidget, name: str, model: QAbstractItemModel, widths: tuple[int, ...]) -> QTableView:
-    """A read-only, row-selecting table that stays cheap with 100,000 rows: fixed row heights and column widths
-    (sizing to contents would measure every row)."""
-    view = QTableView(parent, objectName=name)
-    view.setModel(model)
-    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-    view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    view.setAlternatingRowColors(True)
-    view.setWordWrap(False)
-    view.setTextElideMode(Qt.TextElideMode.ElideRight)
-    view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
-    vertical = view.verticalHeader()
-    vertical.setVisible(False)
-    vertical.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
-    vertical.setDefaultSectionSize(view.fontMetrics().height() + 8)
+    view = long_table(parent, name, model)
     header = view.horizontalHeader()
-    header.setHighlightSections(False)
     header.setStretchLastSection(True)
     for column, width in enumerate(widths):
         header.resizeSection(column, width)

@@ -17,12 +17,10 @@ from typing import Any
 from PySide6.QtCore import QMarginsF, QModelIndex, QPersistentModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QPageLayout, QPageSize, QPdfWriter, QTextDocument
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
@@ -55,7 +53,7 @@ from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest
 from clinicsync.sync.runner import Job, JobOutcome, read_credentials
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import UiContext
-from clinicsync.ui.layout import ColumnShares, fit_header_titles
+from clinicsync.ui.layout import ColumnShares, fit_header_titles, long_table
 from clinicsync.ui.models import PagedTableModel, clean_text, local_time, severity_color
 
 SEARCH_DELAY_MS = 300  # a pause in typing: each search is a query over the report's findings
@@ -801,22 +799,7 @@ class ReconcileTab(QWidget):
 
 
 def _table(parent: QWidget, model: FindingsModel) -> QTableView:
-    """Read-only, row-selecting, cheap with 100,000 rows: fixed row heights and column widths."""
-    view = QTableView(parent, objectName="findingsView")
-    view.setModel(model)
-    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-    view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    view.setAlternatingRowColors(True)
-    view.setWordWrap(False)
-    view.setTextElideMode(Qt.TextElideMode.ElideRight)
-    view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
-    vertical = view.verticalHeader()
-    vertical.setVisible(False)
-    vertical.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
-    vertical.setDefaultSectionSize(view.fontMetrics().height() + 8)
-    header = view.horizontalHeader()
-    header.setHighlightSections(False)
-    fit_header_titles(header)
+    view = long_table(parent, "findingsView", model)
+    fit_header_titles(view.horizontalHeader())
     ColumnShares(view, COLUMN_SHARES)
     return view
