@@ -299,7 +299,7 @@ def test_config_list_shows_every_setting_its_source_and_which_secrets_are_set(ma
         source = "environment" if spec.env_name in env else ("stored" if spec.key == "sync.email_match" else "default")
         assert line.endswith(f"({source})"), line
     assert 'sync.email_match = "review"  (stored)' in lines
-    assert "stripe.workers = 8  (default)" in lines
+    assert "stripe.workers = 12  (default)" in lines
     assert "retry.max_attempts = 8  (environment)" in lines
     assert "secret cliniko_api_key: set in the environment" in lines
     assert "secret stripe_api_key: set in the environment" in lines
