@@ -7,6 +7,7 @@ Reads are small queries on the GUI thread (a handful of rows); the sync itself r
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ from clinicsync.labels import plural
 from clinicsync.store import queries
 from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import Job, JobOutcome
+from clinicsync.sync.service import connected_sources
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import clean_text, escape_html
 from clinicsync.ui.notifications import active_notices
@@ -92,6 +94,7 @@ class StreamView:
 COUNT_WORDS = {"review": "sent to review"}
 MANUAL_NEXT = "manual (press Sync now)"
 COUNTDOWN_MS = 5000
+CONNECTED_RECHECK_S = 30.0  # a key saved in Connections shows its source's cards within this
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -197,6 +200,7 @@ class OverviewTab(QWidget):
         self.ui = ui
         self.tracker = ui.status or StatusTracker(ui.runner, ui.bridge, ui.app.settings, self)
         self.cards: dict[str, StreamCard] = {}
+        self._connected: tuple[tuple[str, ...], float] | None = None  # (sources with a key, when read)
         self._progress_stream = ""
         self._cancelling = False  # Cancel was pressed: its words stay until the sync has stopped
         self._build()
@@ -323,7 +327,11 @@ class OverviewTab(QWidget):
         paused = self.tracker.paused()
         schedule = self.ui.schedule
         next_runs = schedule.next_runs() if schedule is not None and schedule.mode != MANUAL else None
-        for stream in list(STREAMS) + [s for s in by_stream if s not in STREAMS]:
+        connected = self._connected_sources()
+        shown = [s for s in STREAMS if STREAMS[s].source_system in connected or s in by_stream]
+        for stream, card in self.cards.items():  # a source no longer connected: its cards go (history stays)
+            card.setVisible(stream in shown or stream not in STREAMS)
+        for stream in shown + [s for s in by_stream if s not in STREAMS]:
             card = self.cards.get(stream)
             if card is None:
                 card = self.cards[stream] = StreamCard(stream, self.cards_holder)
@@ -439,8 +447,17 @@ class OverviewTab(QWidget):
         if self.isVisible() and schedule is not None and schedule.mode != MANUAL:
             self.refresh()
 
+    def _connected_sources(self) -> tuple[str, ...]:
+        """The sources with a key, read at most every CONNECTED_RECHECK_S (a keyring read is not free, and this
+        runs with every countdown tick): a clinic on Cliniko alone sees no Cal.com cards."""
+        now = time.monotonic()
+        if self._connected is None or now - self._connected[1] >= CONNECTED_RECHECK_S:
+            self._connected = (connected_sources(self.ui.app.secrets), now)
+        return self._connected[0]
+
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
+        self._connected = None  # back from Connections, say: a key saved there shows its cards at once
         self.refresh()
 
 

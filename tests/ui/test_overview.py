@@ -304,3 +304,13 @@ def test_an_interrupted_run_is_told_in_plain_words_in_overview_and_history() -> 
     run = RunRow(1, STREAM, "cli", False, utc_naive(NOW), utc_naive(NOW), "interrupted", 3, 0, 0, 0, 0, 0, 0, "", 1)
     assert outcome_label(run) == "Interrupted"
     assert severity_color("interrupted") == severity_color("cancelled"), "nobody must act: the next sync resumes"
+
+
+def test_a_clinic_without_cal_com_sees_no_cal_com_cards(build_gui, offline_env) -> None:
+    def shown(env: dict[str, str]) -> set[str]:
+        overview = build_gui(env).window.show_tab("overview")
+        return {stream for stream, card in overview.cards.items() if not card.isHidden()}
+
+    assert shown(offline_env) == {"cliniko.patients", "cliniko.products"}
+    with_calcom = {**offline_env, "CLINICSYNC_CALCOM_API_KEY": "cal_sandbox_not_a_real_key"}
+    assert shown(with_calcom) == {"cliniko.patients", "cliniko.products", "calcom.event_types", "calcom.bookings"}
