@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from clinicsync.sandbox.launcher import spawn
 
 
@@ -76,3 +78,25 @@ def sandbox_process(args: list[str], workdir: Path, *, timeout_s: float = 300.0)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def sandbox_stats(url: str) -> dict[str, Any]:
+    """A sandbox's request counters (its admin API, which costs no API request)."""
+    origin = httpx.URL(url)
+    response = httpx.get(f"{origin.scheme}://{origin.host}:{origin.port}/_sandbox/stats", timeout=30)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def stats_since(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """The counters of the measured run alone (endpoints it did not call left out)."""
+    return {
+        "requests": after["requests"] - before["requests"],
+        "mutations_total": after["mutations_total"] - before["mutations_total"],
+        "rate_limited": after["rate_limited"] - before["rate_limited"],
+        "by_endpoint": {
+            name: count - before["by_endpoint"].get(name, 0)
+            for name, count in after["by_endpoint"].items()
+            if count - before["by_endpoint"].get(name, 0)
+        },
+    }

@@ -29,8 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import floors  # benchmarks/floors.py: the one floor function
-import httpx
-from app_figures import Figures, sandbox_process
+from app_figures import Figures, sandbox_process, sandbox_stats, stats_since
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
@@ -79,25 +78,6 @@ def minimal_loads(patients: int, workers: int) -> list[floors.Load]:
     return [floors.Load("cliniko", pages, dependent=pages), floors.Load("stripe_live", stripe, dependent=waiting)]
 
 
-def _stats(url: str) -> dict:
-    origin = httpx.URL(url)
-    response = httpx.get(f"{origin.scheme}://{origin.host}:{origin.port}/_sandbox/stats", timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def _minus(after: dict, before: dict) -> dict:
-    """The counters of the measured run alone."""
-    return {
-        "requests": after["requests"] - before["requests"],
-        "mutations_total": after["mutations_total"] - before["mutations_total"],
-        "rate_limited": after["rate_limited"] - before["rate_limited"],
-        "by_endpoint": {
-            name: count - before["by_endpoint"].get(name, 0) for name, count in after["by_endpoint"].items()
-        },
-    }
-
-
 def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measured:
     args = ["--profile", "clean", "--patients", str(patients), "--products", "0", "--latency-ms", str(latency_ms)]
     args += ["--stripe-mode", "live", "--rate-limits", "--seed", str(seed)]
@@ -121,7 +101,7 @@ def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measur
             planning = time.perf_counter() - started
             if planned.outcome == "needs_approval":
                 queries.approve_latest_plan(planned.stream)
-            before = _stats(info["cliniko_url"]), _stats(info["stripe_url"])
+            before = sandbox_stats(info["cliniko_url"]), sandbox_stats(info["stripe_url"])
             app_before = Figures.now()
             started = time.perf_counter()
             (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
@@ -131,7 +111,7 @@ def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measur
             ctx.db.close()
             teardown_logging()
         cliniko, stripe = (
-            _minus(_stats(url), earlier)
+            stats_since(sandbox_stats(url), earlier)
             for url, earlier in zip((info["cliniko_url"], info["stripe_url"]), before, strict=True)
         )
     return Measured(

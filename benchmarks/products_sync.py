@@ -28,11 +28,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import floors  # benchmarks/floors.py: the one floor function
 import httpx
-from app_figures import Figures, sandbox_process
+from app_figures import Figures, sandbox_process, sandbox_stats, stats_since
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
@@ -68,26 +67,6 @@ class Measured:
 def _origin(url: str) -> str:
     parsed = httpx.URL(url)
     return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
-
-
-def _stats(url: str) -> dict[str, Any]:
-    response = httpx.get(f"{_origin(url)}/_sandbox/stats", timeout=30)
-    response.raise_for_status()
-    return dict(response.json())
-
-
-def _minus(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """The counters of the measured run alone."""
-    return {
-        "requests": after["requests"] - before["requests"],
-        "mutations_total": after["mutations_total"] - before["mutations_total"],
-        "rate_limited": after["rate_limited"] - before["rate_limited"],
-        "by_endpoint": {
-            name: count - before["by_endpoint"].get(name, 0)
-            for name, count in after["by_endpoint"].items()
-            if count - before["by_endpoint"].get(name, 0)
-        },
-    }
 
 
 def minimal_loads(products: int, live: int, workers: int) -> list[floors.Load]:
@@ -127,13 +106,15 @@ def measure(products: int, latency_ms: float, workers: int, seed: int) -> Measur
             if planned.outcome == "needs_approval":
                 queries.approve_latest_plan(STREAM)
             urls = (info["cliniko_url"], info["stripe_url"])
-            before = [_stats(url) for url in urls]
+            before = [sandbox_stats(url) for url in urls]
             app_before = Figures.now()
             started = time.perf_counter()
             (result,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], trigger="benchmark")
             wall = time.perf_counter() - started
             app = Figures.now().since(app_before)
-            cliniko, stripe = (_minus(_stats(url), earlier) for url, earlier in zip(urls, before, strict=True))
+            cliniko, stripe = (
+                stats_since(sandbox_stats(url), earlier) for url, earlier in zip(urls, before, strict=True)
+            )
         finally:
             ctx.db.close()
             teardown_logging()

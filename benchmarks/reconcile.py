@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import floors
+import floors  # benchmarks/floors.py: the one floor function
 import httpx
-from app_figures import peak_rss_kib  # benchmarks/floors.py: the one floor function
+from app_figures import peak_rss_kib, sandbox_stats
 
 from clinicsync import rate_limits
 from clinicsync.sandbox.launcher import spawn
@@ -51,12 +51,6 @@ def _admin(url: str, action: str, **params: Any) -> Any:
     response = httpx.post(f"{_origin(url)}/_sandbox/{action}", json=params, timeout=300)
     response.raise_for_status()
     return response.json()
-
-
-def _stats(url: str) -> dict[str, Any]:
-    response = httpx.get(f"{_origin(url)}/_sandbox/stats", timeout=30)
-    response.raise_for_status()
-    return dict(response.json())
 
 
 def seed_customers(info: dict[str, Any]) -> int:
@@ -126,7 +120,7 @@ def measure(patients: int, latency_ms: float, workdir: Path) -> dict[str, Any]:
     process, info = spawn(args, workdir / f"sandbox-{patients}.json", timeout_s=300, stdout=subprocess.DEVNULL)
     try:
         customers = seed_customers(info)
-        before = _stats(info["cliniko_url"]), _stats(info["stripe_url"])
+        before = sandbox_stats(info["cliniko_url"]), sandbox_stats(info["stripe_url"])
         with tempfile.TemporaryDirectory(prefix="clinicsync-bench-") as home:
             env = {key: value for key, value in os.environ.items() if not key.startswith("CLINICSYNC_")}
             env.update(info["env"])
@@ -139,7 +133,7 @@ def measure(patients: int, latency_ms: float, workdir: Path) -> dict[str, Any]:
         if done.returncode != 0:
             raise RuntimeError(f"the reconciliation failed:\n{done.stderr[-3000:]}")
         measured = json.loads(done.stdout.strip().splitlines()[-1])
-        after = _stats(info["cliniko_url"]), _stats(info["stripe_url"])
+        after = sandbox_stats(info["cliniko_url"]), sandbox_stats(info["stripe_url"])
     finally:
         process.terminate()
         process.wait(timeout=30)
