@@ -21,15 +21,20 @@ from urllib.parse import parse_qsl
 import pytest
 import stripe
 
+from clinicsync import cli
 from clinicsync.cli_serve import SANDBOX_CLOCK_VAR
 from clinicsync.sync.scheduler import WAKE_SETTLE_S
-from tests.integration.test_serve import ONLY_PATIENTS, Service, rows, run_cli
+from tests.integration.test_serve import ONLY_PATIENTS, Service, rows
 from tests.reliability.helpers import log_tail, mirror_report, outbox_status
 from tests.support import admin, profile_env
 
 PATIENTS, PRODUCTS = "cliniko.patients", "cliniko.products"
-POLL_S = 60  # the default interval
-OUTAGE_MINUTES = 2
+POLL_S = 15  # the shortest interval allowed: fewer simulated seconds for the service to step through
+OUTAGE_MINUTES = 1
+QUIET = {  # the poll interval, and no full comparison coming due in the simulated hours
+    "CLINICSYNC_SCHEDULE_INTERVAL_SECONDS": str(POLL_S),
+    "CLINICSYNC_SCHEDULE_RECONCILE_FREQUENCY": "off",
+}
 
 if os.name == "nt":  # pragma: no cover - the service is stopped with SIGTERM
     pytestmark = pytest.mark.skip("SIGTERM is a POSIX signal")
@@ -85,7 +90,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, SimulatedCloc
     def start(sandbox: object, **settings: str) -> tuple[Service, SimulatedClock, Path]:
         home = tmp_path / "profile"
         clock = SimulatedClock(tmp_path / "clock.json", home)
-        env = profile_env(home, sandbox.env(), **{SANDBOX_CLOCK_VAR: str(clock.path)}, **settings)  # type: ignore[attr-defined]
+        env = profile_env(home, sandbox.env(), **{SANDBOX_CLOCK_VAR: str(clock.path)}, **QUIET, **settings)  # type: ignore[attr-defined]
         started.append(Service(env, tmp_path))
         clock.settle("the first sync at start")  # never synced: due at once
         return started[-1], clock, home
@@ -114,9 +119,9 @@ def test_serve_catches_up_once_per_stream_after_a_three_hour_sleep(make_sandbox,
     clock.advance(WAKE_SETTLE_S - 5)
     assert scheduled_checks(home) == {PATIENTS: 2, PRODUCTS: 2}, "the network gets a moment after waking"
     clock.advance(5)
-    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3}, "180 missed polls, one catch-up run per stream"
+    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3}, "720 missed polls, one catch-up run per stream"
     clock.advance(POLL_S - 1)
-    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3}
+    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3}, "and no second one"
     clock.advance(1)
     assert scheduled_checks(home) == {PATIENTS: 4, PRODUCTS: 4}, "then on the interval again, counted from the wake"
     assert rows(home, "SELECT COUNT(*) FROM sync_run WHERE outcome = 'skipped'") == [(0,)]
@@ -144,7 +149,7 @@ def _failed_polls(home: Path) -> int:
 
 
 def test_serve_survives_stripe_outages_loses_nothing_and_alerts_once_only_past_the_threshold(
-    make_sandbox, serve
+    make_sandbox, serve, monkeypatch, capsys
 ) -> None:
     sandbox = make_sandbox(profile="clean", patients=20, seed=3)
     service, clock, home = serve(
@@ -174,24 +179,30 @@ def test_serve_survives_stripe_outages_loses_nothing_and_alerts_once_only_past_t
     assert outbox_status(home)["pending"] >= 1, "the changes Stripe did not take wait in the queue"
     assert _unreachable_alerts(home) == [("pending", None)], "seen, not yet worth anyone's time"
     edit(patients[6:9], "During")  # the clinic works on
-    clock.advance(POLL_S)  # down for one minute since the first failure: under the threshold
+    clock.advance(POLL_S)  # down for 15 s since the first failure: under the threshold
     assert _failed_polls(home) == 2
     admin(sandbox.stripe_url, "faults", spec="")
     clock.advance(POLL_S)
     assert _unreachable_alerts(home) == [], "over before anyone needed to hear of it: no alert, not even a cleared one"
 
-    # A long outage: down from the start of a poll, for three minutes after the first failure.
+    # A long outage: down from the start of a poll, for over a minute after the first failure.
     edit(patients[9:12], "Long")
     admin(sandbox.stripe_url, "faults", spec="before:503=1")
-    for _ in range(3):
+    for _ in range(4):
         clock.advance(POLL_S)
-    assert _failed_polls(home) == 5
-    assert [state for state, _ in _unreachable_alerts(home)] == ["active"], "raised once the threshold passed"
-    status = run_cli(service.env, "status")
-    assert status.returncode == 0, status.stderr
-    assert status.stdout.startswith("Needs your attention:\n  ! Can't reach Stripe (since "), status.stdout
-    clock.advance(POLL_S)  # still down: the same alert, not a second one
     assert _failed_polls(home) == 6
+    assert _unreachable_alerts(home) == [("pending", None)], "45 s: still under the threshold"
+    clock.advance(POLL_S)
+    assert _failed_polls(home) == 7
+    assert [state for state, _ in _unreachable_alerts(home)] == ["active"], "raised once the threshold passed"
+    for name, value in service.env.items():  # `clinicsync status` for this profile, in this process (quicker)
+        if name.startswith("CLINICSYNC_"):
+            monkeypatch.setenv(name, value)
+    assert cli.main(["status"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("Needs your attention:\n  ! Can't reach Stripe (since "), shown
+    clock.advance(POLL_S)  # still down: the same alert, not a second one
+    assert _failed_polls(home) == 8
     assert [state for state, _ in _unreachable_alerts(home)] == ["active"]
 
     admin(sandbox.stripe_url, "faults", spec="")
