@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str
     return EXIT_OK
 
 
-def sandbox_clock(env: Any, settings: Settings, err: Callable[[str], None]) -> FileClock | None:
+def sandbox_clock(env: Mapping[str, str], settings: Settings, err: Callable[[str], None]) -> FileClock | None:
     """The simulated clock a test gave (SANDBOX_CLOCK_VAR), or None: the real one. Ignored, with a warning,
     unless Stripe's address is on this computer (the sandbox)."""
     path = env.get(SANDBOX_CLOCK_VAR)
