@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clinicsync.store.settings import Settings
+    from clinicsync.sync.clock import FileClock
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 120.0  # a write in flight has its own timeout (stripe.timeout_seconds); this is the backstop
+# Tests of `serve` move its clock through this file (clinicsync.sync.clock.FileClock); honoured only while Stripe
+# is the sandbox on this computer, so a real account's schedule can never run on simulated time.
+SANDBOX_CLOCK_VAR = "CLINICSYNC_SANDBOX_CLOCK_FILE"
 
 
 def add_parser(sub: Any) -> None:
@@ -32,6 +41,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str
     from clinicsync.app import bootstrap
     from clinicsync.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK
     from clinicsync.secrets import SYNC_SECRETS, missing_for_sync
+    from clinicsync.sync.clock import FileClock
     from clinicsync.sync.host import SchedulerHost
     from clinicsync.sync.instance import SERVE, SchedulerLock, SchedulerTaken
     from clinicsync.sync.runner import read_credentials
@@ -46,6 +56,11 @@ def run(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str
             "CLINICSYNC_STRIPE_API_KEY in the service's environment."
         )
         return EXIT_CONFIG
+    try:
+        clock = sandbox_clock(os.environ, ctx.settings, err)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        err(f"The sandbox clock file in {SANDBOX_CLOCK_VAR} cannot be read: {exc}")
+        return EXIT_CONFIG
     lock = SchedulerLock(ctx.paths)
     try:
         lock.acquire(SERVE)
@@ -53,13 +68,17 @@ def run(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str
         err(str(taken))
         return EXIT_LOCKED
     stop = threading.Event()
-    host = SchedulerHost(ctx.paths, ctx.settings, credentials=lambda: read_credentials(ctx.secrets, SYNC_SECRETS))
+    host = SchedulerHost(
+        ctx.paths, ctx.settings, credentials=lambda: read_credentials(ctx.secrets, SYNC_SECRETS), clock=clock
+    )
 
     def handle(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping after the write in flight", signum)
         stop.set()
         host.wake()
 
+    if isinstance(clock, FileClock):
+        clock.watch(host.busy)
     previous = {sig: signal.signal(sig, handle) for sig in _stop_signals()}
     try:
         host.start()
@@ -76,6 +95,24 @@ def run(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str
         log.info("clinicsync serve stopped (worker joined: %s)", joined)
     out("ClinicSync stopped; anything not yet sent waits for the next start.")
     return EXIT_OK
+
+
+def sandbox_clock(env: Mapping[str, str], settings: Settings, err: Callable[[str], None]) -> FileClock | None:
+    """The simulated clock a test gave (SANDBOX_CLOCK_VAR), or None: the real one. Ignored, with a warning,
+    unless Stripe's address is on this computer (the sandbox)."""
+    path = env.get(SANDBOX_CLOCK_VAR)
+    if not path:
+        return None
+    from urllib.parse import urlsplit
+
+    from clinicsync.sources.urls import is_loopback_host
+    from clinicsync.sync.clock import FileClock
+
+    if not is_loopback_host(urlsplit(settings.get("stripe.base_url") or "").hostname):
+        err(f"{SANDBOX_CLOCK_VAR} is ignored: it is for tests against the sandbox only. Syncing on the real clock.")
+        return None
+    log.warning("running on the simulated clock in %s (a sandbox test)", path)
+    return FileClock(Path(path))
 
 
 def _stop_signals() -> list[int]:

@@ -12,9 +12,13 @@ without Qt or the OS's power events.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 
@@ -92,6 +96,81 @@ class ManualClock:
         """Someone changes the computer's clock: the wall clock jumps, the monotonic clock does not follow."""
         with self._lock:
             self._now = aware_utc(moment)
+
+
+class FileClock:
+    """Simulated time for a `clinicsync serve` in another process, moved by a test through a small JSON file:
+    `{"start": ISO time, "awake": seconds, "asleep": seconds, "seq": n}`. Only `serve` against the sandbox uses
+    it (clinicsync/cli_serve.py); every other run has the SystemClock.
+
+    Time moves only while the service's loop waits, by at most what each wait asked for, and only once a whole
+    tick went by with nothing running or waiting to be reported (`watch`), as the in-process tests do with a
+    ManualClock and `wait_idle`: so the loop sees every step a real one would, a run never straddles a step, and
+    a finished run is re-armed at the moment it ended. `awake` is how far the test lets it go; `asleep` moves the
+    wall clock alone (a suspend). Caught up and settled, the clock writes `{"seq", "awake", "asleep"}` to
+    `<file>.reached`: everything due up to then has run and been recorded.
+    """
+
+    POLL_S = 0.05  # while caught up or busy: how often the file (and the service's requests) are looked at
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        self._reached = self._path.with_name(self._path.name + ".reached")
+        self._lock = threading.Lock()
+        data = json.loads(self._path.read_text(encoding="utf-8"))
+        self._start = aware_utc(datetime.fromisoformat(data["start"]))
+        self._target = (float(data.get("awake", 0)), float(data.get("asleep", 0)), int(data.get("seq", 0)))
+        self._passed = 0.0
+        self._busy: Callable[[], bool] = lambda: False
+        self._quiet = False  # the previous wait found nothing running
+        self._reported: tuple[float, float, int] | None = None
+
+    def watch(self, busy: Callable[[], bool]) -> None:
+        """Hold time still while `busy()` (a run in flight, or its report not yet taken in)."""
+        self._busy = busy
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._start + timedelta(seconds=self._passed + self._target[1])
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return 1000.0 + self._passed
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        if event.is_set():
+            return True
+        self._read()
+        busy = self._busy()
+        settled, self._quiet = self._quiet and not busy, not busy  # a whole tick ran with nothing in flight
+        with self._lock:
+            awake, asleep, seq = self._target
+            step = min(max(0.0, seconds), max(0.0, awake - self._passed)) if settled else 0.0
+            self._passed += step
+            reached = (self._passed, asleep, seq) if settled and not step and self._passed >= awake else None
+        if reached is not None:
+            self._report(reached)
+        if step:
+            return event.is_set()
+        return event.wait(min(max(0.0, seconds), self.POLL_S))
+
+    def _read(self) -> None:
+        try:
+            data = json.loads(self._path.read_text(encoding="utf-8"))
+            target = (float(data.get("awake", 0)), float(data.get("asleep", 0)), int(data.get("seq", 0)))
+        except (OSError, ValueError, TypeError):
+            return  # being replaced this instant: the next wait reads it
+        with self._lock:
+            self._target = target
+
+    def _report(self, reached: tuple[float, float, int]) -> None:
+        if reached == self._reported:
+            return
+        partial = self._reached.with_name(self._reached.name + ".part")
+        awake, asleep, seq = reached
+        partial.write_text(json.dumps({"seq": seq, "awake": awake, "asleep": asleep}), encoding="utf-8")
+        os.replace(partial, self._reached)
+        self._reported = reached
 
 
 class WakeDetector:
