@@ -569,8 +569,26 @@ class StreamRun:
             candidates_by_email(self.pair, self.mapping, hashed) or person_candidates(self.pair, self.mapping, person)
         ):
             self._deferred[sid] = (mapped, hashed, person)
+        elif self.stream.unmatched is not None:
+            self._leave_unmatched(mapped, link, self.stream.unmatched(mapped))
         else:
             self._submit("create", mapped, None, hashed, pool, writer)
+
+    def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str) -> None:
+        """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to
+        link to: said once in history, then again only when the record changes (its link keeps the hash of the
+        version reported), never looked for on every run."""
+        sid = mapped.source_id
+        if link.payload_hash == mapped.payload_hash:
+            self.recorder.record("unchanged", sid, mapped.display_name, None)
+            return
+        self.recorder.record("skipped", sid, mapped.display_name, None, why)
+        if link.id is None:  # stored by _handle with the record
+            link.payload_hash = mapped.payload_hash
+        else:
+            RecordLink.update(payload_hash=mapped.payload_hash, updated_at=utcnow()).where(
+                RecordLink.id == link.id
+            ).execute()
 
     def _follow_review(
         self,

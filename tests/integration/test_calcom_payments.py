@@ -1,0 +1,155 @@
+"""calcom.booking_payments → the PaymentIntents Cal.com's own Stripe app made, cross-referenced, against the Cal.com
+and Stripe sandboxes over real HTTP. The PaymentIntents the Cal.com seed made on the clinic's Stripe account are
+loaded into the Stripe sandbox first (with Cal.com's metadata: `identifier`, numeric `bookingId`, booker email), as
+they would be there before ClinicSync is connected; those on the massage therapist's own account are not there.
+
+- every paid booking's payment carries the chain's latest booking, also after one and two reschedules, while
+  Cal.com's `bookingId` still names the first booking;
+- a reschedule and a cancellation made later are carried to the payment;
+- a payment on another Stripe account is reported once as out of reach, not again;
+- a re-run writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from clinicsync.sandbox import calcom_seed
+from clinicsync.store import queries
+from tests.integration.test_calcom_people import sync_all, without_cliniko
+from tests.support import admin, executed_writes
+
+STREAM = "calcom.booking_payments"
+BOOKINGS = 40
+KEYS = ("calcom_booking_uid", "calcom_event_type", "calcom_start_local", "calcom_status", "calcom_owner_email")
+
+
+def start(make_sandbox: Any) -> Any:
+    sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=BOOKINGS)
+    load_payments(sandbox, sandbox.calcom_seeded["payment_intents"])
+    return sandbox
+
+
+def load_payments(sandbox: Any, intents: list[dict[str, Any]]) -> None:
+    """The paid PaymentIntents Cal.com's Stripe app made on the clinic's account, as the Stripe sandbox's own."""
+    payments = [
+        {
+            "amount": intent["amount"],
+            "currency": intent["currency"],
+            "metadata": intent["metadata"],
+            "description": intent["description"],
+            "created": intent["created"],
+            "refunded": intent["amount"] if intent["sandbox"].get("refunded") else 0,
+        }
+        for intent in intents
+        if intent["sandbox"]["account"] == calcom_seed.CLINIC_ACCOUNT and intent["status"] == "succeeded"
+    ]
+    assert payments, "the seed has payments on the clinic's account"
+    admin(sandbox.stripe_url, "seed", payments=payments)
+
+
+def bookings(sandbox: Any) -> dict[str, dict[str, Any]]:
+    return {b["uid"]: b for b in admin(sandbox.calcom_url, "dump")["bookings"]}
+
+
+def chain_from(uid: str, by_uid: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reschedule chain from booking `uid` on (the emulator's `fromReschedule` points back)."""
+    following = {b["fromReschedule"]: b for b in by_uid.values() if b.get("fromReschedule")}
+    chain = [by_uid[uid]]
+    while chain[-1]["uid"] in following:
+        chain.append(following[chain[-1]["uid"]])
+    return chain
+
+
+def latest_of(uid: str, by_uid: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    return chain_from(uid, by_uid)[-1]
+
+
+def payments(sandbox: Any) -> list[dict[str, Any]]:
+    return admin(sandbox.stripe_url, "dump")["payment_intents"]
+
+
+def check_cross_referenced(sandbox: Any) -> int:
+    """Every Cal.com payment on the clinic's account names its chain's latest booking; seated ones stay as made."""
+    by_uid = bookings(sandbox)
+    by_id = {str(b["id"]): b for b in by_uid.values()}
+    users = {u["id"]: u for u in admin(sandbox.calcom_url, "dump")["users"]}
+    checked = 0
+    for intent in payments(sandbox):
+        metadata = intent["metadata"]
+        if metadata.get("identifier") != "cal.com":
+            continue
+        first = by_id[metadata["bookingId"]]
+        if any(a.get("seat") for a in first["attendees"]):
+            assert not any(key in metadata for key in KEYS), "a seat's payment is left as Cal.com made it"
+            continue
+        latest = latest_of(first["uid"], by_uid)
+        assert metadata["calcom_booking_uid"] == latest["uid"], "the payment follows the reschedules"
+        assert metadata["calcom_status"] == latest["status"].lower()
+        assert metadata["calcom_start_local"].endswith(("+10:00", "+11:00")), "in the clinic's zone"
+        assert metadata["calcom_owner_email"] == users[latest["userId"]]["email"], "the booking's host"
+        assert metadata["calcom_event_type"]
+        checked += 1
+    return checked
+
+
+def out_of_reach_events(run_id: int) -> list[str]:
+    return [e.source_id for e in queries.run_events(run_id) if e.action == "skipped" and "out of reach" in e.message]
+
+
+def test_paid_bookings_payments_cross_referenced_through_reschedules_once_and_a_rerun_writes_nothing(
+    make_sandbox, env_for
+):
+    sandbox = start(make_sandbox)
+    cases = sandbox.calcom_seeded["cases"]
+    env = without_cliniko(env_for(sandbox))
+    results = sync_all(env)
+    assert list(results) == ["calcom.event_types", "calcom.bookings", STREAM]
+    result = results[STREAM]
+    assert result.outcome == "ok", (result.counts, result.message)
+    assert result.counts["created"] == 0, "a payment is never created"
+    assert check_cross_referenced(sandbox) == result.counts["linked"] >= 10
+
+    by_uid = bookings(sandbox)
+    chains = [uid for uid, case in cases.items() if case == "reschedule_chain" and not by_uid[uid]["fromReschedule"]]
+    reschedules = set()
+    for uid in chains:
+        (intent,) = [p for p in payments(sandbox) if p["metadata"].get("bookingId") == str(by_uid[uid]["id"])]
+        chain = chain_from(uid, by_uid)
+        reschedules.add(len(chain) - 1)
+        assert intent["metadata"]["calcom_booking_uid"] == chain[-1]["uid"], "Cal.com's bookingId names the first"
+    assert reschedules == {1, 2}, "chains of one and of two reschedules"
+
+    other = {str(by_uid[uid]["id"]) for uid, case in cases.items() if case == "paid_other_account"}
+    reported = out_of_reach_events(result.run_id)
+    assert other <= set(reported), "a payment on the therapist's own account is reported as out of reach"
+    assert len(reported) == len(set(reported)), "once"
+
+    before = executed_writes(sandbox.stripe_url)
+    again = sync_all(env)[STREAM]
+    assert again.counts["linked"] == again.counts["updated"] == again.counts["created"] == 0, again.counts
+    assert not out_of_reach_events(again.run_id), "out of reach is reported once, not on every run"
+    assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"
+
+
+def test_a_later_reschedule_twice_and_a_cancellation_reach_the_payment(make_sandbox, env_for):
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    added = admin(sandbox.calcom_url, "add", event_type_id=4001, count=2)
+    load_payments(sandbox, added["payment_intents"])
+    sync_all(env)
+    moved_uid, cancelled_uid = added["uids"]
+    first = admin(sandbox.calcom_url, "reschedule", uid=moved_uid)
+    second = admin(sandbox.calcom_url, "reschedule", uid=first["new_uid"])
+    admin(sandbox.calcom_url, "cancel", uid=cancelled_uid)
+    admin(sandbox.calcom_url, "clock", advance_s=60)
+
+    result = sync_all(env)[STREAM]
+    assert result.counts["updated"] == 2 and result.counts["created"] == 0, result.counts
+    by_booking = {p["metadata"].get("bookingId"): p["metadata"] for p in payments(sandbox)}
+    moved, cancelled = (by_booking[str(booking_id)] for booking_id in added["ids"])
+    assert moved["calcom_booking_uid"] == second["new_uid"], "after two reschedules, the latest booking"
+    assert moved["calcom_status"] == "accepted"
+    assert cancelled["calcom_booking_uid"] == cancelled_uid and cancelled["calcom_status"] == "cancelled"
+    assert check_cross_referenced(sandbox) >= 10
