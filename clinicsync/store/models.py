@@ -99,8 +99,8 @@ class RecordLink(BaseModel):
     source_id = CharField()
     stripe_object = CharField()
     stripe_id = CharField(null=True)
-    # Of the last payload Stripe accepted for this record; with no Stripe object, of the version last reported as
-    # having nothing to link to (a stream that never creates: Stream.unmatched).
+    # Of the last payload Stripe accepted for this record; with no Stripe object, of the reason last reported for
+    # leaving it alone (a stream that never creates, with nothing to link to: Stream.unmatched).
     payload_hash = CharField(null=True)
     email_hash = CharField(null=True, index=True)
     # The email's key within the Stripe account (matchkey.person_hash; schema v8): the same from every source's

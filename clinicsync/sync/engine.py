@@ -17,7 +17,14 @@ from typing import Any
 
 from clinicsync import labels, money
 from clinicsync.labels import plural
-from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params, without_writeback_field
+from clinicsync.mapping.apply import (
+    MappedRecord,
+    create_params,
+    map_record,
+    payload_hash,
+    update_params,
+    without_writeback_field,
+)
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
 from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE, TransformContext
@@ -576,19 +583,18 @@ class StreamRun:
 
     def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str) -> None:
         """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to
-        link to: said once in history, then again only when the record changes (its link keeps the hash of the
-        version reported), never looked for on every run."""
+        link to: why is said once in history, and again only if the reason changes (its link keeps a hash of the
+        reason given). The record is matched again, locally, only when the source changes it."""
         sid = mapped.source_id
-        if link.payload_hash == mapped.payload_hash:
+        reported = payload_hash({"unmatched": why})
+        if link.payload_hash == reported:
             self.recorder.record("unchanged", sid, mapped.display_name, None)
             return
         self.recorder.record("skipped", sid, mapped.display_name, None, why)
         if link.id is None:  # stored by _handle with the record
-            link.payload_hash = mapped.payload_hash
+            link.payload_hash = reported
         else:
-            RecordLink.update(payload_hash=mapped.payload_hash, updated_at=utcnow()).where(
-                RecordLink.id == link.id
-            ).execute()
+            RecordLink.update(payload_hash=reported, updated_at=utcnow()).where(RecordLink.id == link.id).execute()
 
     def _follow_review(
         self,

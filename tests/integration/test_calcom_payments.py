@@ -133,23 +133,36 @@ def test_paid_bookings_payments_cross_referenced_through_reschedules_once_and_a_
     assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"
 
 
-def test_a_later_reschedule_twice_and_a_cancellation_reach_the_payment(make_sandbox, env_for):
+def test_later_reschedules_cancellations_and_payments_reach_stripe_and_out_of_reach_stays_said_once(
+    make_sandbox, env_for
+):
     sandbox = start(make_sandbox)
     env = without_cliniko(env_for(sandbox))
     added = admin(sandbox.calcom_url, "add", event_type_id=4001, count=2)
     load_payments(sandbox, added["payment_intents"])
-    sync_all(env)
+    unpaid = admin(sandbox.calcom_url, "add", event_type_id=4001, status="pending")
+    elsewhere = admin(sandbox.calcom_url, "add", event_type_id=4101)  # paid on the therapist's own account
+    first_run = sync_all(env)[STREAM]
+    skipped = {e.source_id: e.message for e in queries.run_events(first_run.run_id) if e.action == "skipped"}
+    assert "not paid yet" in skipped[str(unpaid["ids"][0])]
+    assert "out of reach" in skipped[str(elsewhere["ids"][0])]
+
     moved_uid, cancelled_uid = added["uids"]
     first = admin(sandbox.calcom_url, "reschedule", uid=moved_uid)
     second = admin(sandbox.calcom_url, "reschedule", uid=first["new_uid"])
     admin(sandbox.calcom_url, "cancel", uid=cancelled_uid)
+    admin(sandbox.calcom_url, "cancel", uid=elsewhere["uids"][0])
+    admin(sandbox.calcom_url, "edit", uid=unpaid["uids"][0], fields={"status": "accepted"})  # the booker paid
+    load_payments(sandbox, [{**intent, "status": "succeeded"} for intent in unpaid["payment_intents"]])
     admin(sandbox.calcom_url, "clock", advance_s=60)
 
     result = sync_all(env)[STREAM]
-    assert result.counts["updated"] == 2 and result.counts["created"] == 0, result.counts
+    assert result.counts["updated"] == 2 and result.counts["linked"] == 1, result.counts
+    assert result.counts["created"] == result.counts["skipped"] == 0, "the out-of-reach one is not said again"
     by_booking = {p["metadata"].get("bookingId"): p["metadata"] for p in payments(sandbox)}
-    moved, cancelled = (by_booking[str(booking_id)] for booking_id in added["ids"])
+    moved, cancelled, paid = (by_booking[str(booking_id)] for booking_id in [*added["ids"], *unpaid["ids"]])
     assert moved["calcom_booking_uid"] == second["new_uid"], "after two reschedules, the latest booking"
     assert moved["calcom_status"] == "accepted"
     assert cancelled["calcom_booking_uid"] == cancelled_uid and cancelled["calcom_status"] == "cancelled"
+    assert paid["calcom_status"] == "accepted", "paid later: cross-referenced then"
     assert check_cross_referenced(sandbox) >= 10
