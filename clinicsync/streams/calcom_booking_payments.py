@@ -20,6 +20,8 @@ the booking id alone cannot say which payment is whose.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -131,15 +133,28 @@ def _chains_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
     yield from _records(changed, known, client, event_types)
 
 
+# Chains read by id at the start of a run (retries, review decisions) share one listing of every booking.
+_LISTINGS: weakref.WeakKeyDictionary[Any, tuple[float, list[Record], dict[str, Mapping[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+LISTING_REUSE_S = 60.0
+
+
 def _read_chain(client: Any, source_id: str) -> Record | None:
-    """A chain by its first booking's id, for a retry or a review decision: Cal.com reads bookings by uid only, so
-    every booking is read to find it (rare: only records a person decided about or that must be read again)."""
-    bookings = list(client.iter_bookings_changed_since(None))
+    """A chain by its first booking's id, for a retry or a review decision. Cal.com reads bookings by uid only, so
+    every booking is listed to find it; several such reads within a minute (one run's retries) share the listing."""
+    kept = _LISTINGS.get(client)
+    if kept is None or time.monotonic() - kept[0] > LISTING_REUSE_S:
+        kept = (time.monotonic(), list(client.iter_bookings_changed_since(None)), _event_types(client))
+        _LISTINGS[client] = kept
+    _, bookings, event_types = kept
     first = next((b for b in bookings if str(b.get("id")) == source_id), None)
     if first is None:
         return None
     known = {str(b["uid"]): b for b in bookings}
-    return next(_records([first], known, client, _event_types(client)), None)
+    record = next(_records([first], known, client, event_types), None)
+    # A rescheduled booking's id names no chain: its chain is known by the first booking's.
+    return record if record is not None and str(record["id"]) == source_id else None
 
 
 def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from clinicsync.mapping.apply import map_record
 from clinicsync.mapping.defaults import CALCOM_BOOKING_PAYMENTS as MAPPING
-from clinicsync.streams.calcom_booking_payments import _chain, _unmatched, chain_record
+from clinicsync.streams.calcom_booking_payments import _chain, _read_chain, _unmatched, chain_record
 
 PAID = {
     "id": 4001,
@@ -97,3 +97,33 @@ def test_why_a_paid_booking_has_no_payment_to_link_is_said_in_words() -> None:
     assert "not paid yet" in why("pending")
     assert "declined" in why("rejected")
     assert "out of reach" in why("accepted") and "10001" in why("cancelled")
+
+
+class ListingClient:
+    """Cal.com's listings as the stream reads them, counting how often every booking is listed."""
+
+    def __init__(self, bookings: list[dict[str, Any]]) -> None:
+        self.bookings = bookings
+        self.listings = 0
+
+    def iter_bookings_changed_since(self, cursor: Any) -> list[dict[str, Any]]:
+        self.listings += 1
+        return list(self.bookings)
+
+    def list_event_types(self) -> list[dict[str, Any]]:
+        return [PAID, FREE]
+
+    def list_teams(self) -> list[dict[str, Any]]:
+        return []
+
+    def get_booking(self, uid: str) -> list[dict[str, Any]]:
+        return [b for b in self.bookings if b["uid"] == uid]
+
+
+def test_chains_read_by_id_for_one_run_s_retries_share_one_listing() -> None:
+    client = ListingClient([booking(1, before=2), booking(2, after=1), booking(3)])
+    first, other = _read_chain(client, "10001"), _read_chain(client, "10003")
+    assert first is not None and first["booking_uid"] == "uid2"
+    assert other is not None and other["booking_uid"] == "uid3"
+    assert _read_chain(client, "10002") is None, "a later booking's id is not a chain's"
+    assert client.listings == 1
