@@ -26,26 +26,16 @@ KEYS = ("calcom_booking_uid", "calcom_event_type", "calcom_start_local", "calcom
 
 
 def start(make_sandbox: Any) -> Any:
-    sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=BOOKINGS)
-    load_payments(sandbox, sandbox.calcom_seeded["payment_intents"])
+    """The sandboxes, with the payments Cal.com's Stripe app took on the clinic's account in its Stripe."""
+    sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=BOOKINGS, calcom_payments=True)
+    assert sandbox.calcom_seeded["stripe_payments"], "the seed has payments on the clinic's account"
     return sandbox
 
 
 def load_payments(sandbox: Any, intents: list[dict[str, Any]]) -> None:
-    """The paid PaymentIntents Cal.com's Stripe app made on the clinic's account, as the Stripe sandbox's own."""
-    payments = [
-        {
-            "amount": intent["amount"],
-            "currency": intent["currency"],
-            "metadata": intent["metadata"],
-            "description": intent["description"],
-            "created": intent["created"],
-            "refunded": intent["amount"] if intent["sandbox"].get("refunded") else 0,
-        }
-        for intent in intents
-        if intent["sandbox"]["account"] == calcom_seed.CLINIC_ACCOUNT and intent["status"] == "succeeded"
-    ]
-    assert payments, "the seed has payments on the clinic's account"
+    """Put the paid PaymentIntents Cal.com's Stripe app made on the clinic's account into the Stripe sandbox."""
+    payments = calcom_seed.clinic_payments(intents)
+    assert payments, "payments on the clinic's account"
     admin(sandbox.stripe_url, "seed", payments=payments)
 
 
