@@ -10,9 +10,10 @@ payment by it; the write sends the same value back, which changes nothing.
 
 ClinicSync never creates a payment: the record links to the PaymentIntent Cal.com made (a metadata update) and
 updates that metadata when the booking changes — its latest uid, event type, clinic-local start, status (a
-cancellation included) and owner's email. A chain with no PaymentIntent on this Stripe account naming it was paid
-on another one (a practitioner's own connected account) or not at all: reported once (Stream.unmatched), and not
-looked for again until the booking changes.
+cancellation included) and owner's email. A cancelled booking whose charge was not refunded says so in the history
+row of that write, for the manager to decide about a refund. A chain with no PaymentIntent on this Stripe account
+naming it was paid on another one (a practitioner's own connected account) or not at all: reported once
+(Stream.unmatched), and again only if the reason changes.
 
 Seated bookings are left out: every seat's booker pays separately, so several PaymentIntents name one booking and
 the booking id alone cannot say which payment is whose.
@@ -23,18 +24,33 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import calcom_common
-from clinicsync.streams.base import FindRequest, PlanRequest, Record, Stream, StreamSettings, WriteStep, single_write
+from clinicsync.streams.base import (
+    FindRequest,
+    PlanRequest,
+    Record,
+    RoleLinkInfo,
+    Stream,
+    StreamSettings,
+    WriteStep,
+    single_write,
+)
 from clinicsync.streams.calcom_bookings import local_start
 from clinicsync.streams.calcom_event_types import stripe_app
 
 MAX_CHAIN = 50  # reschedules followed from one booking; a longer chain (or a loop in bad data) stops there
 NOT_PAID_YET = "pending"  # a paid event type's booking is pending until the booker pays (docs/calcom-api.md §8)
 DECLINED = "rejected"
+CANCELLED = "cancelled"
+CHARGE_ROLE, REFUNDED, NOT_REFUNDED = "charge", "refunded", "not_refunded"
+CANCELLED_NOT_REFUNDED = (
+    "Cancelled in Cal.com after paying, and the payment was not refunded: check whether a refund is due"
+)
 
 
 def _event_types(client: Any) -> dict[str, Mapping[str, Any]]:
@@ -161,8 +177,30 @@ def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> N
     mapped.payload["metadata.calcom_start_local"] = local_start(record.get("start"), settings.time_zone)
 
 
+def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
+    """For a cancelled booking only: its payment's charges, and whether any of the money went back (one listing).
+    Cal.com refunds only when a refund policy fires (docs/calcom-api.md pitfall 5), so a cancelled booking's
+    charge often stands."""
+    if request.mapped.payload.get("metadata.calcom_status") != CANCELLED or request.stripe_id is None:
+        return None
+    return tuple(
+        RoleLinkInfo(
+            CHARGE_ROLE,
+            str(charge["id"]),
+            REFUNDED if charge.get("amount_refunded") else NOT_REFUNDED,
+            current=True,
+            active=charge.get("status") == "succeeded",
+        )
+        for charge in gateway.iter_objects("charge", None, {"payment_intent": request.stripe_id})
+    )
+
+
 def _plan(request: PlanRequest) -> list[WriteStep]:
-    return single_write(request, "payment_intent", "payment")
+    (step,) = single_write(request, "payment_intent", "payment")
+    standing = [c.stripe_id for c in request.observed or () if c.active and c.fingerprint == NOT_REFUNDED]
+    if standing:  # said in the history row of this write, for the manager to decide about a refund
+        step = replace(step, note=f"{CANCELLED_NOT_REFUNDED} ({', '.join(standing)})")
+    return [step]
 
 
 def _never_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
@@ -194,6 +232,7 @@ CALCOM_BOOKING_PAYMENTS = Stream(
     changed_at=lambda record: None,
     plan=_plan,
     find_created=_never_created,
+    observe=_observe,
     unmatched=_unmatched,
     enrich=_enrich,
     time_zone=calcom_common.time_zone,

@@ -5,7 +5,8 @@ they would be there before ClinicSync is connected; those on the massage therapi
 
 - every paid booking's payment carries the chain's latest booking, also after one and two reschedules, while
   Cal.com's `bookingId` still names the first booking;
-- a reschedule and a cancellation made later are carried to the payment;
+- a reschedule and a cancellation made later are carried to the payment; a cancelled booking whose charge was
+  not refunded says so in history, for the manager;
 - a payment on another Stripe account is reported once as out of reach, not again;
 - a re-run writes nothing.
 """
@@ -111,6 +112,13 @@ def test_paid_bookings_payments_cross_referenced_through_reschedules_once_and_a_
         assert intent["metadata"]["calcom_booking_uid"] == chain[-1]["uid"], "Cal.com's bookingId names the first"
     assert reschedules == {1, 2}, "chains of one and of two reschedules"
 
+    # A booking cancelled after paying: the manager reads in history whether its charge still stands.
+    linked = {e.source_id: e.message for e in queries.run_events(result.run_id) if e.action == "linked"}
+    standing = [str(by_uid[u]["id"]) for u, case in cases.items() if case == "cancelled_paid_not_refunded"]
+    refunded = [str(by_uid[u]["id"]) for u, case in cases.items() if case == "cancelled_refunded"]
+    assert standing and all("not refunded" in linked[booking_id] for booking_id in standing)
+    assert refunded and not any("not refunded" in linked[booking_id] for booking_id in refunded)
+
     other = {str(by_uid[uid]["id"]) for uid, case in cases.items() if case == "paid_other_account"}
     reported = out_of_reach_events(result.run_id)
     assert other <= set(reported), "a payment on the therapist's own account is reported as out of reach"
@@ -148,6 +156,9 @@ def test_later_reschedules_cancellations_and_payments_reach_stripe_and_out_of_re
 
     result = sync_all(env)[STREAM]
     assert result.counts["updated"] == 2 and result.counts["linked"] == 1, result.counts
+    updated = {e.source_id: e.message for e in queries.run_events(result.run_id) if e.action == "updated"}
+    assert "not refunded" in updated[str(added["ids"][1])], "the cancellation's charge stands"
+    assert "not refunded" not in updated[str(added["ids"][0])]
     assert result.counts["created"] == result.counts["skipped"] == 0, "the out-of-reach one is not said again"
     by_booking = {p["metadata"].get("bookingId"): p["metadata"] for p in payments(sandbox)}
     moved, cancelled, paid = (by_booking[str(booking_id)] for booking_id in [*added["ids"], *unpaid["ids"]])
