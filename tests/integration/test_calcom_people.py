@@ -41,9 +41,11 @@ def sync_all(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def start(make_sandbox: Any, patients: int = PATIENTS, bookings: int = BOOKINGS) -> Any:
-    """Cliniko, Stripe and Cal.com; the customers Cal.com's Stripe app made on the clinic's account loaded into
-    the Stripe sandbox, as they would be there before ClinicSync is connected."""
-    sandbox = make_sandbox(profile="clean", patients=patients, calcom=True, calcom_bookings=bookings)
+    """Cliniko, Stripe and Cal.com; the customers and payments Cal.com's Stripe app made on the clinic's account
+    loaded into the Stripe sandbox, as they would be there before ClinicSync is connected."""
+    sandbox = make_sandbox(
+        profile="clean", patients=patients, calcom=True, calcom_bookings=bookings, calcom_payments=True
+    )
     made = [
         {"email": c["email"], "name": c["name"]}
         for c in sandbox.calcom_seeded["customers"]
@@ -152,6 +154,9 @@ def test_both_at_once_each_person_is_one_customer_with_both_references_and_a_rer
     assert all(r.outcome == "ok" for r in results.values()), {n: (r.counts, r.message) for n, r in results.items()}
     assert results["calcom.bookings"].counts["linked"] >= 5, results["calcom.bookings"].counts
     check_one_customer_per_person(sandbox)
+    from tests.integration.test_calcom_payments import check_cross_referenced
+
+    assert check_cross_referenced(sandbox) == results["calcom.booking_payments"].counts["linked"] >= 20
     before = executed_writes(sandbox.stripe_url)
     again = sync_all(env)
     assert all(r.counts["created"] == r.counts["updated"] == 0 for r in again.values())

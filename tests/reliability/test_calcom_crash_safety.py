@@ -26,7 +26,6 @@ def test_kills_at_every_crash_point_leave_one_customer_per_person_and_an_exact_c
     print(f"Cal.com crash safety: seed {seed} (CLINICSYNC_TEST_SEED={seed} reproduces it)")
     rng = random.Random(seed)
     sandbox = start(make_sandbox)
-    load_payments(sandbox, sandbox.calcom_seeded["payment_intents"])
     env = env_for(sandbox, CLINICSYNC_STRIPE_WORKERS="2")
     emails = sorted({a["email"] for b in admin(sandbox.calcom_url, "dump")["bookings"] for a in b["attendees"]})
     kills = 0

@@ -12,7 +12,7 @@ import pytest
 
 from clinicsync.stripe_gateway import StripeFailure
 from tests.integration.test_calcom_event_types import check_exact
-from tests.integration.test_calcom_payments import check_cross_referenced, load_payments
+from tests.integration.test_calcom_payments import check_cross_referenced
 from tests.integration.test_calcom_people import check_one_customer_per_person, start, sync_all
 from tests.support import admin, stats
 
@@ -24,7 +24,6 @@ def test_faults_on_stripe_and_cal_com_converge_without_duplicates(make_sandbox, 
     seed = int(os.environ.get("CLINICSYNC_TEST_SEED") or random.SystemRandom().randrange(1, 1_000_000))
     print(f"seed={seed}")
     sandbox = start(make_sandbox)
-    load_payments(sandbox, sandbox.calcom_seeded["payment_intents"])
     env = env_for(sandbox, CLINICSYNC_RETRY_MAX_ATTEMPTS="3")
     admin(sandbox.stripe_url, "faults", spec=f"{STRIPE_FAULTS},seed={seed}")
     admin(sandbox.calcom_url, "faults", spec=f"{CALCOM_FAULTS},seed={seed + 1}")
