@@ -570,7 +570,8 @@ class StreamRun:
                 by_reference,
                 pool,
                 writer,
-                f"{len(by_reference)} Stripe customers already name this record in their metadata",
+                f"{len(by_reference)} Stripe {labels.stripe_objects_words(self.mapping.stripe_object)} already name "
+                "this record in their metadata",
             )
         elif hashed and (
             candidates_by_email(self.pair, self.mapping, hashed) or person_candidates(self.pair, self.mapping, person)
