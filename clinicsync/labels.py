@@ -41,7 +41,8 @@ STREAM_TITLES = {
     "cliniko.products": "Cliniko products → Stripe products and prices",
     "cliniko.invoices": "Cliniko invoices → Stripe payments",
     "calcom.event_types": "Cal.com event types → Stripe products and prices",
-    "calcom.bookings": "Cal.com bookings → Stripe customers and payments",
+    "calcom.bookings": "Cal.com bookings → Stripe customers",
+    "calcom.booking_payments": "Cal.com paid bookings → Stripe payments",
     "calcom.reference": "Cal.com details → Stripe notes on linked records",
 }
 STREAM_NOUNS = {
@@ -50,6 +51,7 @@ STREAM_NOUNS = {
     "cliniko.invoices": "invoices",
     "calcom.event_types": "event types",
     "calcom.bookings": "bookings",
+    "calcom.booking_payments": "paid bookings",
     "calcom.reference": "Cal.com details",
     "reconcile": "full comparison",  # the history rows of reconciliations (clinicsync.sync.reconcile_hook)
 }
@@ -91,6 +93,7 @@ STRIPE_OBJECTS = {
     "invoice": ("invoice", "invoices"),
     "invoiceitem": ("invoice line", "invoice lines"),
     "payment": ("payment", "payments"),
+    "payment_intent": ("payment", "payments"),
 }
 
 

@@ -113,7 +113,33 @@ CALCOM_ATTENDEES = StreamMapping(
     archived_marker="calcom_archived",
 )
 
+# A paid Cal.com booking (followed through its reschedules) is the PaymentIntent Cal.com's own Stripe app made for
+# it (streams/calcom_booking_payments.py): never created, only cross-referenced. The app wrote the chain's first
+# booking id into the PaymentIntent's `bookingId`, so that is the cross-reference, found there and sent back as is.
+CALCOM_BOOKING_PAYMENTS = StreamMapping(
+    stream="calcom.booking_payments",
+    source_system="calcom",
+    source_type="paid_booking",
+    stripe_object="payment_intent",
+    rules=(
+        rule("metadata.bookingId", "id", role="cross_ref"),
+        rule("metadata.calcom_booking_uid", "booking_uid"),
+        rule("metadata.calcom_event_type", "event_type", overflow="truncate"),
+        rule("metadata.calcom_status", "status"),
+        rule("metadata.calcom_owner_email", "owner_email", overflow="truncate"),
+    ),
+    display_target="metadata.calcom_event_type",
+    archived_marker="calcom_archived",
+)
+
 DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
-    mapping.stream: mapping for mapping in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS, CALCOM_EVENT_TYPES, CALCOM_ATTENDEES)
+    mapping.stream: mapping
+    for mapping in (
+        CLINIKO_PATIENTS,
+        CLINIKO_PRODUCTS,
+        CALCOM_EVENT_TYPES,
+        CALCOM_ATTENDEES,
+        CALCOM_BOOKING_PAYMENTS,
+    )
 }
 DRAFT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_INVOICES_DRAFT.stream: CLINIKO_INVOICES_DRAFT}

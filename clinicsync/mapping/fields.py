@@ -211,9 +211,25 @@ CALCOM_ATTENDEE_FIELDS: tuple[SourceField, ...] = (
     *_fields(CONTACT, ("email", "Email"), ("phoneNumber", "Phone")),
 )
 
+# A paid Cal.com booking followed through its reschedules (streams/calcom_booking_payments.py): `id` is the first
+# booking's, the rest are the latest booking's.
+CALCOM_PAID_BOOKING_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cal.com booking id (the first, before any reschedule)"),
+        ("booking_uid", "Booking (Cal.com uid of the latest)"),
+        ("event_type", "Event type"),
+        ("start", "Start", "datetime"),
+        ("status", "Status"),
+        ("reschedules", "Times rescheduled", "integer"),
+    ),
+    *_fields(CONTACT, ("owner_email", "Owner's email")),
+)
+
 SOURCE_FIELDS: dict[tuple[str, str], tuple[SourceField, ...]] = {
     ("calcom", "event_type"): CALCOM_EVENT_TYPE_FIELDS,
     ("calcom", "attendee"): CALCOM_ATTENDEE_FIELDS,
+    ("calcom", "paid_booking"): CALCOM_PAID_BOOKING_FIELDS,
     ("cliniko", "patient"): CLINIKO_PATIENT_FIELDS,
     ("cliniko", "product"): CLINIKO_PRODUCT_FIELDS,
     ("cliniko", "invoice"): CLINIKO_INVOICE_FIELDS,

@@ -882,6 +882,24 @@ class CalcomWorld:
 # -- records ---------------------------------------------------------------------------------------------------
 
 
+def clinic_payments(intents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paid PaymentIntents among `intents` that Cal.com's Stripe app made on the clinic's own account, as
+    payments for the Stripe sandbox's admin `seed` (which gives them its own ids): the same amount, currency,
+    metadata, creation time and refund. Unpaid ones and those on another account are not in the clinic's Stripe."""
+    return [
+        {
+            "amount": intent["amount"],
+            "currency": intent["currency"],
+            "metadata": intent["metadata"],
+            "description": intent["description"],
+            "created": intent["created"],
+            "refunded": intent["amount"] if intent["sandbox"].get("refunded") else 0,
+        }
+        for intent in intents
+        if intent["sandbox"]["account"] == CLINIC_ACCOUNT and intent["status"] == "succeeded"
+    ]
+
+
 def _attendee(person: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": person["name"],

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from clinicsync.paths import HOME_ENV_VAR
-from clinicsync.sandbox import calcom_emu, persist
+from clinicsync.sandbox import calcom_emu, calcom_seed, persist
 from clinicsync.sandbox.cliniko_emu import API_PREFIX, DEFAULT_API_KEY, ClinikoEmulator
 from clinicsync.sandbox.faults import FaultPlan
 from clinicsync.sandbox.seed import DEFAULT_PRODUCTS
@@ -136,6 +136,7 @@ def start_sandbox(
     calcom: bool = False,
     calcom_port: int = 0,
     calcom_bookings: int = 60,
+    calcom_payments: bool = False,
     invoices: int = 0,  # the invoices ↔ payments scenario (sandbox/invoice_seed.py); 0: none
     invoice_customers: int = 300,
     state_dir: Path | None = None,
@@ -144,6 +145,8 @@ def start_sandbox(
 
     `calcom=True` also starts the Cal.com emulator, seeded from the same profile, patient count and seed as
     Cliniko, so about a third of its attendees are Cliniko's patients (their emails in other letter case).
+    `calcom_payments=True` also puts in the clinic's Stripe account the payments Cal.com's Stripe app took there, as
+    they would be before ClinicSync is connected (the ones on a practitioner's own account stay out of reach).
 
     `invoices=N` replaces the profile's invoices with the invoices ↔ payments scenario for `invoice_customers`
     patients, and seeds Stripe with their customers and payments; `seeded["invoice_scenario"]` then holds its cases,
@@ -174,6 +177,8 @@ def start_sandbox(
         _start_stripe(sandbox, stripe_mode, stripe_port, latency_ms, rate_limits, spec, search_delay_s)
         if calcom:
             _start_calcom(sandbox, profile, patients, seed, calcom_bookings, calcom_port, latency_ms, rate_limits, spec)
+            if calcom_payments:
+                _load_calcom_payments(sandbox, stripe_mode)
         if state_dir is not None:
             _keep_state(sandbox, Path(state_dir), seed=seed, stripe_mode=stripe_mode)
     except BaseException:
@@ -326,6 +331,13 @@ def _start_calcom(
     sandbox.calcom_key = emulator.api_key
 
 
+def _load_calcom_payments(sandbox: Sandbox, stripe_mode: str) -> None:
+    assert sandbox.stripe is not None
+    payments = calcom_seed.clinic_payments(sandbox.calcom_seeded["payment_intents"])
+    params = {"payments": payments, "livemode": stripe_mode == "live"}
+    sandbox.calcom_seeded["stripe_payments"] = _admin_body(sandbox.stripe.emulator.admin("seed", params))["payments"]
+
+
 def _admin_body(response: Any) -> dict[str, Any]:
     if response is None or response.status != 200:
         body = getattr(response, "body", None)
@@ -380,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calcom", action="store_true", help="also run the Cal.com emulator")
     parser.add_argument("--calcom-port", type=int, default=0)
     parser.add_argument("--calcom-bookings", type=int, default=60, help="about this many seeded Cal.com bookings")
+    parser.add_argument(
+        "--calcom-payments", action="store_true", help="put the payments Cal.com's Stripe app took into Stripe"
+    )
     parser.add_argument("--invoices", type=int, default=0, help="seed the invoices/payments scenario (0: none)")
     parser.add_argument("--port-file", type=Path, help="write the URLs and keys here as JSON once serving")
     return parser
@@ -402,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             calcom=args.calcom,
             calcom_port=args.calcom_port,
             calcom_bookings=args.calcom_bookings,
+            calcom_payments=args.calcom_payments,
             invoices=args.invoices,
         )
     except ValueError as exc:

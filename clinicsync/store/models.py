@@ -99,7 +99,9 @@ class RecordLink(BaseModel):
     source_id = CharField()
     stripe_object = CharField()
     stripe_id = CharField(null=True)
-    payload_hash = CharField(null=True)  # of the last payload Stripe accepted for this record
+    # Of the last payload Stripe accepted for this record; with no Stripe object, of the reason last reported for
+    # leaving it alone (a stream that never creates, with nothing to link to: Stream.unmatched).
+    payload_hash = CharField(null=True)
     email_hash = CharField(null=True, index=True)
     # The email's key within the Stripe account (matchkey.person_hash; schema v8): the same from every source's
     # pair, so a person a Cliniko patient's link made is found by a Cal.com attendee with that email, and back.

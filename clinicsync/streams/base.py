@@ -184,6 +184,11 @@ class Stream:
     # Create parameters Stripe keeps unique in an account (a price's lookup_key): a create refused over one made
     # its object already (two installations racing), which find_created finds, rather than failing.
     unique_params: tuple[str, ...] = ()
+    # A stream that never creates its primary object, only links to one made elsewhere (a payment Cal.com's Stripe
+    # app took): why a record nothing in Stripe matches is left alone, in words. Reported once (again only if the
+    # reason changes), not every run.
+    # None: such a record gets a new object.
+    unmatched: Callable[[MappedRecord], str] | None = None
 
 
 def observed_request(stream: Stream, gateway: Any, request: PlanRequest) -> PlanRequest:

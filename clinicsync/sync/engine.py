@@ -17,7 +17,14 @@ from typing import Any
 
 from clinicsync import labels, money
 from clinicsync.labels import plural
-from clinicsync.mapping.apply import MappedRecord, create_params, map_record, update_params, without_writeback_field
+from clinicsync.mapping.apply import (
+    MappedRecord,
+    create_params,
+    map_record,
+    payload_hash,
+    update_params,
+    without_writeback_field,
+)
 from clinicsync.mapping.fields import FieldCatalogue, custom_field_entries
 from clinicsync.mapping.spec import CUSTOM_FIELD_PREFIX, StreamMapping
 from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE, TransformContext
@@ -563,14 +570,32 @@ class StreamRun:
                 by_reference,
                 pool,
                 writer,
-                f"{len(by_reference)} Stripe customers already name this record in their metadata",
+                f"{len(by_reference)} Stripe {labels.stripe_objects_words(self.mapping.stripe_object)} already name "
+                "this record in their metadata",
             )
         elif hashed and (
             candidates_by_email(self.pair, self.mapping, hashed) or person_candidates(self.pair, self.mapping, person)
         ):
             self._deferred[sid] = (mapped, hashed, person)
+        elif self.stream.unmatched is not None:
+            self._leave_unmatched(mapped, link, self.stream.unmatched(mapped))
         else:
             self._submit("create", mapped, None, hashed, pool, writer)
+
+    def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str) -> None:
+        """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to
+        link to: why is said once in history, and again only if the reason changes (its link keeps a hash of the
+        reason given). The record is matched again, locally, only when the source changes it."""
+        sid = mapped.source_id
+        reported = payload_hash({"unmatched": why})
+        if link.payload_hash == reported:
+            self.recorder.record("unchanged", sid, mapped.display_name, None)
+            return
+        self.recorder.record("skipped", sid, mapped.display_name, None, why)
+        if link.id is None:  # stored by _handle with the record
+            link.payload_hash = reported
+        else:
+            RecordLink.update(payload_hash=reported, updated_at=utcnow()).where(RecordLink.id == link.id).execute()
 
     def _follow_review(
         self,

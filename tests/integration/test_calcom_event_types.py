@@ -112,7 +112,7 @@ def test_a_price_change_hiding_and_deleting(make_sandbox, env_for):
     check_exact(sandbox)
 
 
-def test_a_dry_run_of_both_cal_com_streams_plans_and_writes_nothing(make_sandbox, env_for):
+def test_a_dry_run_of_the_cal_com_streams_plans_and_writes_nothing(make_sandbox, env_for):
     from clinicsync.sync.service import run_sync
     from tests.support import context
 
@@ -121,9 +121,10 @@ def test_a_dry_run_of_both_cal_com_streams_plans_and_writes_nothing(make_sandbox
     ctx = context(env)
     before = executed_writes(sandbox.stripe_url)
     results = run_sync(ctx.paths, ctx.settings, ctx.secrets, dry_run=True)
-    assert [r.stream for r in results] == ["calcom.event_types", "calcom.bookings"]
+    assert [r.stream for r in results] == ["calcom.event_types", "calcom.bookings", "calcom.booking_payments"]
     assert executed_writes(sandbox.stripe_url) == before, "a dry run writes nothing"
-    event_types, bookings = results
+    event_types, bookings, payments = results
+    assert payments.plan is not None and payments.plan["counts"]["created"] == 0, "no payment is ever made"
     assert event_types.plan is not None and event_types.plan["counts"]["created"] >= 6, event_types.plan
     assert bookings.plan is not None and bookings.plan["counts"]["created"] >= 5, bookings.plan
     named, _ = stripe_state(sandbox)

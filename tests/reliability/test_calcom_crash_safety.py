@@ -1,6 +1,7 @@
-"""Crash safety across Cliniko's patients and both Cal.com streams: SIGKILL at named points (counted per write)
-and at random moments, with bookings and prices changing between runs. The end state is exact: every priced event
-type one product with its price, every person one customer with both references, no duplicate. Reproduce with
+"""Crash safety across Cliniko's patients and the Cal.com streams: SIGKILL at named points (counted per write)
+and at random moments, with bookings (paid ones with their payments), reschedules and prices changing between
+runs. The end state is exact: every priced event type one product with its price, every person one customer with
+both references, every paid booking's payment naming its latest booking, no duplicate. Reproduce with
 CLINICSYNC_TEST_SEED=<printed seed>."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 
 from tests.integration.test_calcom_event_types import check_exact
+from tests.integration.test_calcom_payments import check_cross_referenced, load_payments
 from tests.integration.test_calcom_people import check_one_customer_per_person, start
 from tests.support import admin
 
@@ -27,10 +29,17 @@ def test_kills_at_every_crash_point_leave_one_customer_per_person_and_an_exact_c
     env = env_for(sandbox, CLINICSYNC_STRIPE_WORKERS="2")
     emails = sorted({a["email"] for b in admin(sandbox.calcom_url, "dump")["bookings"] for a in b["attendees"]})
     kills = 0
+    paid: list[str] = []  # uids of paid bookings made during the test, rescheduled in later rounds
     points = [f"after_stripe_ok:{n}" for n in (1, 3, 7, 20, 45)] + ["after_link_saved:2", "after_outbox_insert:1"]
     for number, point in enumerate(points + ["random"] * 4):
-        # Between runs people book (some again, some for the first time) and a price changes.
-        admin(sandbox.calcom_url, "add", event_type_id=4001, email=rng.choice(emails).upper())
+        # Between runs people book (some again, some for the first time, paying), one moves a paid booking, and a
+        # price changes.
+        added = admin(sandbox.calcom_url, "add", event_type_id=4001, email=rng.choice(emails).upper())
+        load_payments(sandbox, added["payment_intents"])
+        if paid:
+            moved = paid.pop(rng.randrange(len(paid)))
+            paid.append(admin(sandbox.calcom_url, "reschedule", uid=moved)["new_uid"])
+        paid.extend(added["uids"])
         admin(sandbox.calcom_url, "add", event_type_id=4003, email=f"new.person.{number}@example.org", name="New One")
         admin(sandbox.calcom_url, "price", id=rng.choice((4001, 4002, 4008)), price=rng.choice((5000, 7500, 9900)))
         if point == "random":
@@ -49,3 +58,4 @@ def test_kills_at_every_crash_point_leave_one_customer_per_person_and_an_exact_c
         assert final.returncode == 0, final.stdout + final.stderr
     check_exact(sandbox)
     check_one_customer_per_person(sandbox)
+    assert check_cross_referenced(sandbox) >= 20

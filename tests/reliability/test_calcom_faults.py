@@ -1,6 +1,7 @@
-"""Faults on Stripe and Cal.com while both Cal.com streams and Cliniko's patients sync: the sync may need more
+"""Faults on Stripe and Cal.com while the Cal.com streams and Cliniko's patients sync: the sync may need more
 than one run, but it ends exactly right (every priced event type one product with its price, every person one
-customer with both references) and never duplicates. Reproduce a run with CLINICSYNC_TEST_SEED=<the seed>."""
+customer with both references, every paid booking's payment naming its latest booking) and never duplicates.
+Reproduce a run with CLINICSYNC_TEST_SEED=<the seed>."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from clinicsync.stripe_gateway import StripeFailure
 from tests.integration.test_calcom_event_types import check_exact
+from tests.integration.test_calcom_payments import check_cross_referenced
 from tests.integration.test_calcom_people import check_one_customer_per_person, start, sync_all
 from tests.support import admin, stats
 
@@ -37,7 +39,7 @@ def test_faults_on_stripe_and_cal_com_converge_without_duplicates(make_sandbox, 
             assert result.outcome in ("ok", "failed"), history
             if result.outcome == "failed":
                 assert result.stop_kind in ("unavailable", "source_unavailable"), (history, result.message)
-        if len(results) == 4 and all(r.outcome == "ok" for r in results.values()):
+        if len(results) == 5 and all(r.outcome == "ok" for r in results.values()):
             break
     else:
         pytest.fail(f"no convergence in 10 runs (seed={seed}):\n" + "\n".join(history))
@@ -50,5 +52,6 @@ def test_faults_on_stripe_and_cal_com_converge_without_duplicates(make_sandbox, 
     assert stats(sandbox.stripe_url)["mutations_total"] == writes, "nothing was left to do"
     check_exact(sandbox)
     check_one_customer_per_person(sandbox)
+    assert check_cross_referenced(sandbox) >= 20
     assert fired, "faults fired"
     print(f"seed={seed}: " + "; ".join(history) + f"; Stripe faults {fired}")

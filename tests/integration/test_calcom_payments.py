@@ -1,0 +1,175 @@
+"""calcom.booking_payments → the PaymentIntents Cal.com's own Stripe app made, cross-referenced, against the Cal.com
+and Stripe sandboxes over real HTTP. The PaymentIntents the Cal.com seed made on the clinic's Stripe account are
+loaded into the Stripe sandbox first (with Cal.com's metadata: `identifier`, numeric `bookingId`, booker email), as
+they would be there before ClinicSync is connected; those on the massage therapist's own account are not there.
+
+- every paid booking's payment carries the chain's latest booking, also after one and two reschedules, while
+  Cal.com's `bookingId` still names the first booking;
+- a reschedule and a cancellation made later are carried to the payment; a cancelled booking whose charge was
+  not refunded says so in history, for the manager;
+- a payment on another Stripe account is reported once as out of reach, not again;
+- a re-run writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from clinicsync.sandbox import calcom_seed
+from clinicsync.store import queries
+from tests.integration.test_calcom_people import sync_all, without_cliniko
+from tests.support import admin, executed_writes
+
+STREAM = "calcom.booking_payments"
+BOOKINGS = 40
+KEYS = ("calcom_booking_uid", "calcom_event_type", "calcom_start_local", "calcom_status", "calcom_owner_email")
+
+
+def start(make_sandbox: Any) -> Any:
+    """The sandboxes, with the payments Cal.com's Stripe app took on the clinic's account in its Stripe."""
+    sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=BOOKINGS, calcom_payments=True)
+    assert sandbox.calcom_seeded["stripe_payments"], "the seed has payments on the clinic's account"
+    return sandbox
+
+
+def load_payments(sandbox: Any, intents: list[dict[str, Any]]) -> None:
+    """Put the paid PaymentIntents Cal.com's Stripe app made on the clinic's account into the Stripe sandbox."""
+    payments = calcom_seed.clinic_payments(intents)
+    assert payments, "payments on the clinic's account"
+    admin(sandbox.stripe_url, "seed", payments=payments)
+
+
+def bookings(sandbox: Any) -> dict[str, dict[str, Any]]:
+    return {b["uid"]: b for b in admin(sandbox.calcom_url, "dump")["bookings"]}
+
+
+def chain_from(uid: str, by_uid: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reschedule chain from booking `uid` on (the emulator's `fromReschedule` points back)."""
+    following = {b["fromReschedule"]: b for b in by_uid.values() if b.get("fromReschedule")}
+    chain = [by_uid[uid]]
+    while chain[-1]["uid"] in following:
+        chain.append(following[chain[-1]["uid"]])
+    return chain
+
+
+def latest_of(uid: str, by_uid: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    return chain_from(uid, by_uid)[-1]
+
+
+def payments(sandbox: Any) -> list[dict[str, Any]]:
+    return admin(sandbox.stripe_url, "dump")["payment_intents"]
+
+
+def check_cross_referenced(sandbox: Any, waiting: Collection[str] = ()) -> int:
+    """Every Cal.com payment on the clinic's account names its chain's latest booking; seated ones stay as made, and
+    so do those of the bookings in `waiting` (ids of bookings waiting for a person in Review)."""
+    by_uid = bookings(sandbox)
+    by_id = {str(b["id"]): b for b in by_uid.values()}
+    users = {u["id"]: u for u in admin(sandbox.calcom_url, "dump")["users"]}
+    checked = 0
+    for intent in payments(sandbox):
+        metadata = intent["metadata"]
+        if metadata.get("identifier") != "cal.com":
+            continue
+        first = by_id[metadata["bookingId"]]
+        if any(a.get("seat") for a in first["attendees"]) or metadata["bookingId"] in waiting:
+            assert not any(key in metadata for key in KEYS), "a seat's payment is left as Cal.com made it"
+            continue
+        latest = latest_of(first["uid"], by_uid)
+        assert metadata["calcom_booking_uid"] == latest["uid"], "the payment follows the reschedules"
+        assert metadata["calcom_status"] == latest["status"].lower()
+        assert metadata["calcom_start_local"].endswith(("+10:00", "+11:00")), "in the clinic's zone"
+        assert metadata["calcom_owner_email"] == users[latest["userId"]]["email"], "the booking's host"
+        assert metadata["calcom_event_type"]
+        checked += 1
+    return checked
+
+
+def out_of_reach_events(run_id: int) -> list[str]:
+    return [e.source_id for e in queries.run_events(run_id) if e.action == "skipped" and "out of reach" in e.message]
+
+
+def test_paid_bookings_payments_cross_referenced_through_reschedules_once_and_a_rerun_writes_nothing(
+    make_sandbox, env_for
+):
+    sandbox = start(make_sandbox)
+    cases = sandbox.calcom_seeded["cases"]
+    env = without_cliniko(env_for(sandbox))
+    results = sync_all(env)
+    assert list(results) == ["calcom.event_types", "calcom.bookings", STREAM]
+    result = results[STREAM]
+    assert result.outcome == "ok", (result.counts, result.message)
+    assert result.counts["created"] == 0, "a payment is never created"
+    assert check_cross_referenced(sandbox) == result.counts["linked"] >= 10
+
+    by_uid = bookings(sandbox)
+    chains = [uid for uid, case in cases.items() if case == "reschedule_chain" and not by_uid[uid]["fromReschedule"]]
+    reschedules = set()
+    for uid in chains:
+        (intent,) = [p for p in payments(sandbox) if p["metadata"].get("bookingId") == str(by_uid[uid]["id"])]
+        chain = chain_from(uid, by_uid)
+        reschedules.add(len(chain) - 1)
+        assert intent["metadata"]["calcom_booking_uid"] == chain[-1]["uid"], "Cal.com's bookingId names the first"
+    assert reschedules == {1, 2}, "chains of one and of two reschedules"
+
+    # A booking cancelled after paying: the manager reads in history whether its charge still stands.
+    linked = {e.source_id: e.message for e in queries.run_events(result.run_id) if e.action == "linked"}
+    standing = [str(by_uid[u]["id"]) for u, case in cases.items() if case == "cancelled_paid_not_refunded"]
+    refunded = [str(by_uid[u]["id"]) for u, case in cases.items() if case == "cancelled_refunded"]
+    assert standing and all("not refunded" in linked[booking_id] for booking_id in standing)
+    assert refunded and not any("not refunded" in linked[booking_id] for booking_id in refunded)
+
+    other = {str(by_uid[uid]["id"]) for uid, case in cases.items() if case == "paid_other_account"}
+    reported = out_of_reach_events(result.run_id)
+    assert other <= set(reported), "a payment on the therapist's own account is reported as out of reach"
+    assert len(reported) == len(set(reported)), "once"
+
+    before = executed_writes(sandbox.stripe_url)
+    again = sync_all(env)[STREAM]
+    assert again.counts["linked"] == again.counts["updated"] == again.counts["created"] == 0, again.counts
+    assert not out_of_reach_events(again.run_id), "out of reach is reported once, not on every run"
+    assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"
+
+
+def test_later_reschedules_cancellations_and_payments_reach_stripe_and_out_of_reach_stays_said_once(
+    make_sandbox, env_for
+):
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    added = admin(sandbox.calcom_url, "add", event_type_id=4001, count=2)
+    load_payments(sandbox, added["payment_intents"])
+    unpaid = admin(sandbox.calcom_url, "add", event_type_id=4001, status="pending")
+    elsewhere = admin(sandbox.calcom_url, "add", event_type_id=4101)  # paid on the therapist's own account
+    twice = admin(sandbox.calcom_url, "add", event_type_id=4002)
+    load_payments(sandbox, twice["payment_intents"] * 2)  # two payments name one booking: a person chooses
+    first_run = sync_all(env)[STREAM]
+    events = queries.run_events(first_run.run_id)
+    skipped = {e.source_id: e.message for e in events if e.action == "skipped"}
+    assert "not paid yet" in skipped[str(unpaid["ids"][0])]
+    assert "out of reach" in skipped[str(elsewhere["ids"][0])]
+    reviews = {e.source_id: e.message for e in events if e.action == "review"}
+    assert "2 Stripe payments already name this record" in reviews[str(twice["ids"][0])]
+
+    moved_uid, cancelled_uid = added["uids"]
+    first = admin(sandbox.calcom_url, "reschedule", uid=moved_uid)
+    second = admin(sandbox.calcom_url, "reschedule", uid=first["new_uid"])
+    admin(sandbox.calcom_url, "cancel", uid=cancelled_uid)
+    admin(sandbox.calcom_url, "cancel", uid=elsewhere["uids"][0])
+    admin(sandbox.calcom_url, "edit", uid=unpaid["uids"][0], fields={"status": "accepted"})  # the booker paid
+    load_payments(sandbox, [{**intent, "status": "succeeded"} for intent in unpaid["payment_intents"]])
+    admin(sandbox.calcom_url, "clock", advance_s=60)
+
+    result = sync_all(env)[STREAM]
+    assert result.counts["updated"] == 2 and result.counts["linked"] == 1, result.counts
+    updated = {e.source_id: e.message for e in queries.run_events(result.run_id) if e.action == "updated"}
+    assert "not refunded" in updated[str(added["ids"][1])], "the cancellation's charge stands"
+    assert "not refunded" not in updated[str(added["ids"][0])]
+    assert result.counts["created"] == result.counts["skipped"] == 0, "the out-of-reach one is not said again"
+    by_booking = {p["metadata"].get("bookingId"): p["metadata"] for p in payments(sandbox)}
+    moved, cancelled, paid = (by_booking[str(booking_id)] for booking_id in [*added["ids"], *unpaid["ids"]])
+    assert moved["calcom_booking_uid"] == second["new_uid"], "after two reschedules, the latest booking"
+    assert moved["calcom_status"] == "accepted"
+    assert cancelled["calcom_booking_uid"] == cancelled_uid and cancelled["calcom_status"] == "cancelled"
+    assert paid["calcom_status"] == "accepted", "paid later: cross-referenced then"
+    assert check_cross_referenced(sandbox, waiting=[str(twice["ids"][0])]) >= 10
