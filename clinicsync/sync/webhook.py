@@ -362,11 +362,17 @@ def send_test(address: str, port: int, secret: str, *, timeout: float = 5.0) -> 
         message = ""
     if response.status_code == 200 and message.startswith("Test received"):
         return True, "ClinicSync received the signed test notice."
+    if response.status_code in (401, 403) and response.headers.get("server", "").startswith("ClinicSync"):
+        return False, (
+            "ClinicSync answered, but with another secret: a new secret is taken up within half a minute. "
+            "Test again then."
+        )
     return False, f"Something else answered at this port ({response.status_code}). Choose another port."
 
 
 # --- keeping the listener in step with the settings ---------------------------------------------------------
-SECRET_RECHECK_S = 30.0  # the secret (and a port that was taken) is looked at again this often
+SECRET_RECHECK_S = 30.0  # while listening, the secret is read again this often (a new one made meanwhile)
+RETRY_S = 5.0  # while on but not listening (no secret yet, the port taken), tried again this often
 
 
 class WebhookSwitch:
@@ -399,7 +405,8 @@ class WebhookSwitch:
             return
         where = (str(self._settings.get("calcom.webhook.address")), int(self._settings.get("calcom.webhook.port")))
         now = self._monotonic()
-        recent = self._checked_at is not None and now - self._checked_at < SECRET_RECHECK_S
+        every = SECRET_RECHECK_S if self.listener is not None else RETRY_S  # not listening: try again sooner
+        recent = self._checked_at is not None and now - self._checked_at < every
         if where == self._where and recent and not force:
             return
         self._checked_at, self._where = now, where
