@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clinicsync.mapping.apply import MappedRecord
 
@@ -23,6 +23,18 @@ Record = Mapping[str, Any]
 
 class StreamNotReady(Exception):
     """The stream cannot run with its current settings (e.g. a scope the source cannot serve); says why."""
+
+
+class NotYet(Exception):
+    """A record's plan needs what another stream has not synced yet (an invoice's patient has no customer yet):
+    nothing is written now, and the record is read again on the next run. The message says what it waits for."""
+
+
+class LinkLookup(Protocol):
+    """What other streams' records are linked to in this Stripe account (sync/references.py): a stream that
+    points at a customer or a price resolves it here, never by looking it up in Stripe."""
+
+    def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,8 @@ class PlanRequest:
     # What the linked Stripe object holds now of other roles, when the stream looked (Stream.observe): e.g. the
     # default price of a product being linked, which the record adopts when it is already the price wanted.
     observed: tuple[RoleLinkInfo, ...] | None = None
+    # Other streams' links (an invoice's customer, a line's price); the engine always sets it.
+    links: LinkLookup | None = None
 
 
 Plan = Callable[[PlanRequest], list[WriteStep]]

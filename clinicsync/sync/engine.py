@@ -42,6 +42,7 @@ from clinicsync.store.models import (
 )
 from clinicsync.streams import identity
 from clinicsync.streams.base import (
+    NotYet,
     PlanRequest,
     Record,
     RoleLinkInfo,
@@ -68,6 +69,7 @@ from clinicsync.sync.matching import (
 )
 from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, open_review, revisit_later
 from clinicsync.sync.pool import WritePool
+from clinicsync.sync.references import AccountLinks
 from clinicsync.sync.scope import ScopeFilter, parse_time
 from clinicsync.sync.writeback import BackfillResult, backfill
 from clinicsync.sync.writeback import progress as writeback_progress
@@ -189,6 +191,7 @@ class StreamRun:
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
         self._topup = twins.Topup(lambda: None)
+        self._links = AccountLinks(pair)
         # Plans decided but not stored yet (stored WRITE_BATCH at a time, each batch before any of it is sent), and
         # records met for the first time whose link is stored with them.
         self._batch: list[tuple[MappedRecord, str, list[WriteStep], str | None]] = []
@@ -700,8 +703,17 @@ class StreamRun:
             params=params,
             cross_ref_key=self.mapping.cross_ref_key,
             roles=self._role_links(mapped.source_id) if op != "create" else (),
+            links=self._links,
         )
-        steps = self.stream.plan(observed_request(self.stream, self.gateway, request))
+        try:
+            steps = self.stream.plan(observed_request(self.stream, self.gateway, request))
+        except NotYet as waiting:
+            if stripe_id and op == "link":
+                self._claimed.discard(stripe_id)
+            if writer is not None:
+                revisit_later(self.pair, self.stream.name, mapped.source_id, str(waiting))
+            self.recorder.record("skipped", mapped.source_id, mapped.display_name, stripe_id, str(waiting))
+            return
         action = ACTION_OF_OP[op]
         if writer is None:  # dry run: the plan records what would be sent
             message = "\n".join([*mapped.notes, *(step.note for step in steps if step.note)])

@@ -114,7 +114,7 @@ def _unlinked(pair: AccountPair, mapping: StreamMapping, query: Any) -> list[str
         linked = RecordLink.select(RecordLink.stripe_id).where(
             (
                 ((RecordLink.pair == pair) & (RecordLink.stream == mapping.stream))
-                | (RecordLink.pair.in_(_same_account(pair)) & (RecordLink.stripe_object == mapping.stripe_object))
+                | (RecordLink.pair.in_(same_account(pair)) & (RecordLink.stripe_object == mapping.stripe_object))
             )
             & RecordLink.stripe_id.is_null(False)
         )
@@ -171,7 +171,8 @@ def person_key(pair: AccountPair, stripe_object: str, value: str | None) -> str 
     return matchkey.person_hash(pair.stripe_account, pair.stripe_livemode, value)
 
 
-def _same_account(pair: AccountPair) -> Any:
+def same_account(pair: AccountPair) -> Any:
+    """The account pairs syncing into the pair's Stripe account and mode (a subquery of their ids)."""
     return AccountPair.select(AccountPair.id).where(
         (AccountPair.stripe_account == pair.stripe_account) & (AccountPair.stripe_livemode == pair.stripe_livemode)
     )
@@ -192,7 +193,7 @@ def person_candidates(pair: AccountPair, mapping: StreamMapping, key: str | None
             (RecordLink.person_key == key)
             & (RecordLink.stripe_object == mapping.stripe_object)
             & RecordLink.stripe_id.is_null(False)
-            & RecordLink.pair.in_(_same_account(pair))
+            & RecordLink.pair.in_(same_account(pair))
             & ~((RecordLink.pair == pair) & (RecordLink.stream == mapping.stream))
             & RecordLink.stripe_id.not_in(own)
         )
@@ -210,7 +211,7 @@ def sources_linking(pair: AccountPair, stripe_object: str, stripe_id: str) -> se
         .where(
             (RecordLink.stripe_object == stripe_object)
             & (RecordLink.stripe_id == stripe_id)
-            & AccountPair.id.in_(_same_account(pair))
+            & AccountPair.id.in_(same_account(pair))
         )
         .distinct()
     )

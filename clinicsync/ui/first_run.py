@@ -52,6 +52,7 @@ from clinicsync.connections import has_any_key
 from clinicsync.paths import HOME_ENV_VAR, AppPaths
 from clinicsync.sandbox.launcher import Sandbox, has_saved_sandbox, start_sandbox
 from clinicsync.sandbox.persist import SnapshotError, write_atomically
+from clinicsync.sandbox.seed import DEFAULT_PRODUCTS
 from clinicsync.sync.runner import Job, JobOutcome, SyncRunner
 from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.bridge import BridgeListener, RunnerBridge
@@ -147,6 +148,7 @@ def start_trial(
     *,
     profile: str = DEFAULT_PROFILE,
     patients: int = DEFAULT_PATIENTS,
+    products: int = DEFAULT_PRODUCTS,
     extra_env: Mapping[str, str] | None = None,
     start_over: bool = True,
 ) -> SandboxTrial:
@@ -157,7 +159,7 @@ def start_trial(
     resume = not start_over and trial_exists(base_env)
     if not resume:
         reset_sandbox_home(home)
-    sandbox = start_sandbox(profile=profile, patients=patients, state_dir=home / SANDBOX_DATA_DIR)
+    sandbox = start_sandbox(profile=profile, patients=patients, products=products, state_dir=home / SANDBOX_DATA_DIR)
     set_trial_active(base_env, True)
     return SandboxTrial(sandbox, sandbox_env(base_env, sandbox, home, extra_env), resumed=resume)
 
@@ -207,6 +209,7 @@ def start_if_needed(
     *,
     on_switch_profile: SwitchProfile | None = None,
     trial_problem: str | None = None,
+    sandbox_products: int = DEFAULT_PRODUCTS,
 ) -> FirstRunDialog | None:
     """What the UI core calls once the window shows: the welcome, when no key is set (else None).
 
@@ -223,7 +226,7 @@ def start_if_needed(
             return on_switch_profile(env, sandbox)
         return switch_in_place(ui, env, sandbox)
 
-    dialog = FirstRunDialog(ui, window, on_switch_profile=switch)
+    dialog = FirstRunDialog(ui, window, on_switch_profile=switch, sandbox_products=sandbox_products)
     show_tab = getattr(window, "show_tab", None)
     if callable(show_tab):
         dialog.connect_requested.connect(lambda: show_tab("connections"))
@@ -313,6 +316,7 @@ class FirstRunDialog(QDialog):
         on_switch_profile: SwitchProfile | None = None,
         sandbox_profile: str = DEFAULT_PROFILE,
         sandbox_patients: int = DEFAULT_PATIENTS,
+        sandbox_products: int = DEFAULT_PRODUCTS,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(parent)
@@ -320,6 +324,7 @@ class FirstRunDialog(QDialog):
         self._switch = on_switch_profile
         self._profile = sandbox_profile
         self._patients = sandbox_patients
+        self._products = sandbox_products
         self._extra_env = dict(extra_env or {})
         self.action: str | None = None
         self.sandbox: Sandbox | None = None
@@ -426,9 +431,12 @@ class FirstRunDialog(QDialog):
             self._show_busy(f"Starting the sandbox clinic ({self._patients} invented patients)…")
         else:
             self._show_busy("Opening the sandbox clinic where you left off…")
-        base_env, profile, patients, extra = dict(self._app.env), self._profile, self._patients, self._extra_env
+        base_env, profile, extra = dict(self._app.env), self._profile, self._extra_env
+        patients, products = self._patients, self._products
         run_in_background(
-            lambda: start_trial(base_env, profile=profile, patients=patients, extra_env=extra, start_over=start_over),
+            lambda: start_trial(
+                base_env, profile=profile, patients=patients, products=products, extra_env=extra, start_over=start_over
+            ),
             self._trial_started,
             owner=self,
         )

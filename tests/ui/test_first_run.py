@@ -68,7 +68,13 @@ def test_sandbox_trial_runs_in_its_own_profile_and_reaches_a_completed_first_syn
         contexts.append(new)
         return new
 
-    dialog = FirstRunDialog(real_profile, on_switch_profile=switch, extra_env={"CLINICSYNC_RETRY_MAX_ATTEMPTS": "8"})
+    dialog = FirstRunDialog(
+        real_profile,
+        on_switch_profile=switch,
+        sandbox_patients=60,  # enough for the hard profile's variety; few products keep the test quick
+        sandbox_products=4,
+        extra_env={"CLINICSYNC_RETRY_MAX_ATTEMPTS": "8"},
+    )
     qtbot.addWidget(dialog)
     try:
         with qtbot.waitSignal(dialog.first_sync_finished, timeout=30_000) as finished:
@@ -100,7 +106,7 @@ def test_sandbox_trial_runs_in_its_own_profile_and_reaches_a_completed_first_syn
 def test_without_a_hook_the_dialog_returns_the_sandbox_env_for_the_core(qtbot, tmp_path, keyring_backend):
     base = profile_env(tmp_path / "clinic", {}, CLINICSYNC_SYNC_EMAIL_MATCH="review")
     ui = build_ui(base)
-    dialog = FirstRunDialog(ui.app, sandbox_patients=5)
+    dialog = FirstRunDialog(ui.app, sandbox_patients=5, sandbox_products=2)
     qtbot.addWidget(dialog)
     try:
         with qtbot.waitSignal(dialog.accepted, timeout=20_000):
@@ -146,7 +152,7 @@ def test_the_app_core_hands_a_new_user_to_the_welcome_and_the_trial_syncs(qtbot,
     gui = build_app(profile_env(tmp_path / "clinic", {}), tray_available=False)
     qtbot.addWidget(gui.window)
     real_db = gui.ui.app.paths.db_path
-    dialog = start_if_needed(gui.ui, gui.window)
+    dialog = start_if_needed(gui.ui, gui.window, sandbox_products=4)
     assert dialog is not None and dialog.isVisible()
     try:
         with qtbot.waitSignal(dialog.first_sync_finished, timeout=30_000) as finished:
@@ -220,7 +226,7 @@ def test_relaunch_after_quitting_a_sandbox_trial_returns_to_it_with_history_inta
 
     base = profile_env(tmp_path / "clinic", {})
     gui = build_gui(base)
-    dialog = start_if_needed(gui.ui, gui.window, on_switch_profile=gui.switch_profile)
+    dialog = start_if_needed(gui.ui, gui.window, on_switch_profile=gui.switch_profile, sandbox_products=4)
     assert dialog is not None
     qtbot.addWidget(dialog)
     with qtbot.waitSignal(dialog.first_sync_finished, timeout=60_000) as finished:
@@ -266,7 +272,7 @@ def test_relaunch_after_quitting_a_sandbox_trial_returns_to_it_with_history_inta
 
 
 def finish_a_trial(qtbot, ui, switch, **options) -> FirstRunDialog:
-    dialog = FirstRunDialog(ui, on_switch_profile=switch, sandbox_patients=6, **options)
+    dialog = FirstRunDialog(ui, on_switch_profile=switch, sandbox_patients=6, sandbox_products=3, **options)
     qtbot.addWidget(dialog)
     with qtbot.waitSignal(dialog.first_sync_finished, timeout=30_000) as finished:
         dialog.sandbox_button.click()
@@ -292,7 +298,7 @@ def test_choosing_the_sandbox_again_offers_to_continue_or_start_over(qtbot, real
         first.sandbox.stop()
         assert runs >= 1 and customers >= 6
 
-        again = FirstRunDialog(real_profile, on_switch_profile=switch, sandbox_patients=6)
+        again = FirstRunDialog(real_profile, on_switch_profile=switch, sandbox_patients=6, sandbox_products=3)
         qtbot.addWidget(again)
         again.sandbox_button.click()
         assert again.sandbox is None, "nothing starts before the person chooses"
@@ -307,7 +313,7 @@ def test_choosing_the_sandbox_again_offers_to_continue_or_start_over(qtbot, real
         assert stripe_customer_count(again.sandbox_env) == customers, "and its sandbox's data"
         again.sandbox.stop()
 
-        over = FirstRunDialog(real_profile, on_switch_profile=switch, sandbox_patients=6)
+        over = FirstRunDialog(real_profile, on_switch_profile=switch, sandbox_patients=6, sandbox_products=3)
         qtbot.addWidget(over)
         over.sandbox_button.click()
         with qtbot.waitSignal(over.first_sync_finished, timeout=30_000):
@@ -331,7 +337,7 @@ def test_a_trial_whose_saved_sandbox_is_damaged_says_so_and_offers_a_fresh_start
     from tests.ui.test_words import offences
 
     base = profile_env(tmp_path / "clinic", {})
-    trial = start_trial(base, patients=3)
+    trial = start_trial(base, patients=3, products=2)
     trial.sandbox.stop()
     set_trial_active(base, True)
     (sandbox_home(base) / SANDBOX_DATA_DIR / "cliniko.snapshot").write_bytes(b"\x80\x05not really")
@@ -339,7 +345,13 @@ def test_a_trial_whose_saved_sandbox_is_damaged_says_so_and_offers_a_fresh_start
     gui = build_gui(base)
     assert gui.ui.sandbox is None and gui.ui.app.paths.home.name != SANDBOX_DIR_NAME, "stayed on the real profile"
     assert gui.trial_problem and "damaged" in gui.trial_problem
-    dialog = start_if_needed(gui.ui, gui.window, on_switch_profile=gui.switch_profile, trial_problem=gui.trial_problem)
+    dialog = start_if_needed(
+        gui.ui,
+        gui.window,
+        on_switch_profile=gui.switch_profile,
+        trial_problem=gui.trial_problem,
+        sandbox_products=2,
+    )
     assert dialog is not None
     qtbot.addWidget(dialog)
     words = dialog.status_label.text()
@@ -354,7 +366,7 @@ def test_connect_your_own_accounts_leaves_the_trial_and_keeps_it_for_later(qtbot
     from clinicsync.ui.first_run import start_if_needed, start_trial, trial_exists, trial_is_active
 
     base = profile_env(tmp_path / "clinic", {})
-    start_trial(base, patients=3).sandbox.stop()  # a trial the person was using when the app last quit
+    start_trial(base, patients=3, products=2).sandbox.stop()  # a trial the person was using when the app last quit
     gui = build_gui(base)
     assert gui.ui.app.paths.home.name == SANDBOX_DIR_NAME
     connections = gui.window.show_tab("connections")

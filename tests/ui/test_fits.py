@@ -76,7 +76,7 @@ def test_the_connections_tab_fits_on_the_sandbox_trial(qtbot, font, build_gui, t
 
     base = profile_env(tmp_path / "clinic", {})
     with memory_keyring():
-        start_trial(base, patients=3).sandbox.stop()
+        start_trial(base, patients=3, products=2).sandbox.stop()
         gui = build_gui(base)  # goes back to the trial
     window = gui.window
     window.resize(*size)

@@ -1,0 +1,49 @@
+"""What other streams' records are linked to, for streams that point at them (an invoice at its patient's customer
+and its products' prices, a booking at its event type's product): streams.md §3, "resolve them through the links
+other streams made; never look a customer up by email themselves".
+
+Links of people belong to the Stripe account, so the lookup spans every account pair syncing into the same Stripe
+account and mode (a Cal.com attendee's customer may have been made by a Cliniko patient's link).
+"""
+
+from __future__ import annotations
+
+from clinicsync.store.models import AccountPair, RecordLink, RoleLink
+from clinicsync.sync.matching import same_account
+
+
+class AccountLinks:
+    """The `LinkLookup` of streams/base.py over this profile's database, for one account pair's run."""
+
+    def __init__(self, pair: AccountPair) -> None:
+        self._pair = pair
+
+    def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None:
+        """The Stripe id the record of `stream` is linked to: its primary object, or the current one of `role`
+        (e.g. a product's price). None while that record has not been synced (or was never linked)."""
+        if role is None:
+            row = (
+                RecordLink.select(RecordLink.stripe_id)
+                .where(
+                    (RecordLink.stream == stream)
+                    & (RecordLink.source_id == source_id)
+                    & RecordLink.stripe_id.is_null(False)
+                    & RecordLink.pair.in_(same_account(self._pair))
+                )
+                .order_by(RecordLink.pair != self._pair.id)  # this pair's own link first
+                .first()
+            )
+        else:
+            row = (
+                RoleLink.select(RoleLink.stripe_id)
+                .where(
+                    (RoleLink.stream == stream)
+                    & (RoleLink.source_id == source_id)
+                    & (RoleLink.role == role)
+                    & (RoleLink.current == True)  # noqa: E712 - peewee builds SQL from ==
+                    & RoleLink.pair.in_(same_account(self._pair))
+                )
+                .order_by(RoleLink.pair != self._pair.id)
+                .first()
+            )
+        return row.stripe_id if row is not None else None
