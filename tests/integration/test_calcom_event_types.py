@@ -121,9 +121,9 @@ def test_a_dry_run_of_both_cal_com_streams_plans_and_writes_nothing(make_sandbox
     ctx = context(env)
     before = executed_writes(sandbox.stripe_url)
     results = run_sync(ctx.paths, ctx.settings, ctx.secrets, dry_run=True)
-    assert [r.stream for r in results] == ["calcom.event_types", "calcom.bookings"]
+    assert [r.stream for r in results] == ["calcom.event_types", "calcom.bookings", "calcom.reference"]
     assert executed_writes(sandbox.stripe_url) == before, "a dry run writes nothing"
-    event_types, bookings = results
+    event_types, bookings, _ = results
     assert event_types.plan is not None and event_types.plan["counts"]["created"] >= 6, event_types.plan
     assert bookings.plan is not None and bookings.plan["counts"]["created"] >= 5, bookings.plan
     named, _ = stripe_state(sandbox)

@@ -27,6 +27,7 @@ from tests.support import (
     stats,
 )
 
+CALCOM_STREAMS = ["calcom.event_types", "calcom.bookings", "calcom.reference"]
 PATIENTS = 40
 BOOKINGS = 80
 
@@ -141,7 +142,13 @@ def test_both_at_once_each_person_is_one_customer_with_both_references_and_a_rer
     sandbox = start(make_sandbox)
     env = env_for(sandbox)
     results = sync_all(env)
-    assert list(results) == ["cliniko.patients", "cliniko.products", "calcom.event_types", "calcom.bookings"]
+    assert list(results) == [
+        "cliniko.patients",
+        "cliniko.products",
+        "calcom.event_types",
+        "calcom.bookings",
+        "calcom.reference",
+    ]
     assert all(r.outcome == "ok" for r in results.values()), {n: (r.counts, r.message) for n, r in results.items()}
     assert results["calcom.bookings"].counts["linked"] >= 5, results["calcom.bookings"].counts
     check_one_customer_per_person(sandbox)
@@ -158,7 +165,7 @@ def test_cal_com_first_and_cliniko_a_week_later_ends_as_both_at_once(make_sandbo
     staged = start(make_sandbox)
     env = env_for(staged, "staged")
     first = sync_all(without_cliniko(env))
-    assert list(first) == ["calcom.event_types", "calcom.bookings"], "Cal.com alone: no Cliniko stream runs"
+    assert list(first) == CALCOM_STREAMS, "Cal.com alone: no Cliniko stream runs"
     counts = first["calcom.bookings"].counts
     assert counts["created"] >= 1 and counts["linked"] >= 10, "new people, and customers Cal.com's app made, adopted"
     admin(staged.calcom_url, "clock", advance_s=7 * 86400)  # a week later, Cliniko is connected too
@@ -176,7 +183,7 @@ def test_a_cal_com_only_clinic_syncs_without_a_cliniko_connection(make_sandbox, 
     env = without_cliniko(env_for(sandbox))
     cliniko_requests = stats(sandbox.cliniko_url)
     results = sync_all(env)
-    assert list(results) == ["calcom.event_types", "calcom.bookings"]
+    assert list(results) == CALCOM_STREAMS
     assert all(r.outcome == "ok" for r in results.values()), {n: (r.counts, r.message) for n, r in results.items()}
     assert stats(sandbox.cliniko_url)["requests"] == cliniko_requests["requests"], "Cliniko was not asked anything"
     by_ref: dict[str, int] = {}

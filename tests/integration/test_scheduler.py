@@ -544,7 +544,7 @@ def test_a_clinic_on_cal_com_alone_has_its_streams_on_the_schedule(make_sandbox,
     sandbox = make_sandbox(profile="clean", patients=3, calcom=True, calcom_bookings=12)
     h = harness(sandbox, CLINICSYNC_CLINIKO_API_KEY=None)  # no Cliniko key: Cal.com is the only source
     h.step()
-    assert [streams for _, streams, _ in h.asked()] == [("calcom.event_types", "calcom.bookings")]
+    assert [streams for _, streams, _ in h.asked()] == [("calcom.event_types", "calcom.bookings", "calcom.reference")]
     assert runs("calcom.bookings")[0].outcome == "ok" and not runs(PATIENTS)
     h.step(60)
     assert len(h.asked()) == 2, "polled again at the interval"

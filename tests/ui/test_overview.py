@@ -313,4 +313,10 @@ def test_a_clinic_without_cal_com_sees_no_cal_com_cards(build_gui, offline_env) 
 
     assert shown(offline_env) == {"cliniko.patients", "cliniko.products"}
     with_calcom = {**offline_env, "CLINICSYNC_CALCOM_API_KEY": "cal_sandbox_not_a_real_key"}
-    assert shown(with_calcom) == {"cliniko.patients", "cliniko.products", "calcom.event_types", "calcom.bookings"}
+    assert shown(with_calcom) == {
+        "cliniko.patients",
+        "cliniko.products",
+        "calcom.event_types",
+        "calcom.bookings",
+        "calcom.reference",
+    }

@@ -50,6 +50,8 @@ EXPECTED_DEFAULTS = {
     "schedule.calcom.bookings.enabled": True,
     "schedule.calcom.event_types.interval_seconds": 0,
     "schedule.calcom.bookings.interval_seconds": 0,
+    "schedule.calcom.reference.enabled": True,
+    "schedule.calcom.reference.interval_seconds": 0,
     "schedule.reconcile.frequency": "daily",
     "schedule.reconcile.time": "02:00",
     "schedule.reconcile.day": "monday",
