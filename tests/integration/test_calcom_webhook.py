@@ -155,3 +155,7 @@ def test_a_valid_delivery_syncs_its_booking_within_five_seconds_and_a_repeat_tri
     assert again.status_code == 200 and again.json()["message"] == "Already received.", again.text
     assert host.webhook_notices == 1
     assert host.wait_idle(30) and len(webhook_runs()) == 1, "a repeat asks for no second sync"
+
+    files = [path for folder in host.paths.directories() for path in folder.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".sqlite3" for path in files)
+    assert not [path for path in files if SECRET.encode() in path.read_bytes()], "the secret is never stored"
