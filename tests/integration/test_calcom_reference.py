@@ -69,6 +69,17 @@ def test_schedules_teams_and_owners_are_noted_on_the_event_types_products_and_no
     assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"
     assert sync_once(env, stream=EVENT_TYPES).counts["updated"] == 0, "the event types see nothing of theirs changed"
 
+    # The clinic renames its hours: the products that use them say so; nothing else is written.
+    admin(sandbox.calcom_url, "schedule", id=default["id"], name="Clinic hours (winter)")
+    renamed = sync_once(env, stream=REFERENCE)
+    using = [
+        eid for eid, products in named.items() if products[0]["metadata"].get("calcom_schedule") == default["name"]
+    ]
+    assert renamed.counts["updated"] == len(using) >= 5 and renamed.counts["created"] == 0, renamed.counts
+    after, _ = stripe_state(sandbox)
+    assert {after[eid][0]["metadata"]["calcom_schedule"] for eid in using} == {"Clinic hours (winter)"}
+    assert after["4001"][0]["metadata"]["bookkeeper_code"] == "CONS-1"
+
     context(env)
     links = list(RecordLink.select().where(RecordLink.stream == REFERENCE, RecordLink.stripe_id.is_null(False)))
     assert len(links) == written and all(link.created_at <= link.updated_at for link in links)
