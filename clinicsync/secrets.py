@@ -27,9 +27,13 @@ if TYPE_CHECKING:
 CLINIKO_API_KEY = "cliniko_api_key"
 STRIPE_API_KEY = "stripe_api_key"
 CALCOM_API_KEY = "calcom_api_key"
-SECRET_NAMES: tuple[str, ...] = (CLINIKO_API_KEY, STRIPE_API_KEY, CALCOM_API_KEY)
+# What signs Cal.com's webhook deliveries (clinicsync.sync.webhook): ClinicSync makes it, the manager pastes it
+# into Cal.com. A secret like the keys, so it lives where they do and is redacted from logs the same way.
+CALCOM_WEBHOOK_SECRET = "calcom_webhook_secret"
+SECRET_NAMES: tuple[str, ...] = (CLINIKO_API_KEY, STRIPE_API_KEY, CALCOM_API_KEY, CALCOM_WEBHOOK_SECRET)
 SOURCE_KEYS: tuple[str, ...] = (CLINIKO_API_KEY, CALCOM_API_KEY)
-# What a sync reads: every key (a source without one is simply not connected).
+# What a sync (and the scheduler's host, which runs the webhook receiver) reads: every secret (a source without
+# a key is simply not connected; no webhook secret, no receiver).
 SYNC_SECRETS = SECRET_NAMES
 
 
@@ -54,6 +58,7 @@ ENV_VARS: Mapping[str, str] = {
     CLINIKO_API_KEY: "CLINICSYNC_CLINIKO_API_KEY",
     STRIPE_API_KEY: "CLINICSYNC_STRIPE_API_KEY",
     CALCOM_API_KEY: "CLINICSYNC_CALCOM_API_KEY",
+    CALCOM_WEBHOOK_SECRET: "CLINICSYNC_CALCOM_WEBHOOK_SECRET",
 }
 
 DEFAULT_SERVICE = "ClinicSync"

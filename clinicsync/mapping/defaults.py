@@ -132,6 +132,29 @@ CALCOM_BOOKING_PAYMENTS = StreamMapping(
     archived_marker="calcom_archived",
 )
 
+# Schedules, teams and owners as notes on the event types' products (streams/calcom_reference.py), which writes
+# only its own metadata keys to the product calcom.event_types linked. Its name rule is never sent: it names the
+# record in history, and keeps the shared index of the account's products matching by name as the event types
+# stream built it (both streams index the same products).
+CALCOM_REFERENCE = StreamMapping(
+    stream="calcom.reference",
+    source_system="calcom",
+    source_type="event_type_details",
+    stripe_object="product",
+    rules=(
+        rule("name", "title", role="match_key"),
+        rule("metadata.calcom_event_type_id", "id", role="cross_ref"),
+        rule("metadata.calcom_schedule", "schedule_name", overflow="truncate"),
+        rule("metadata.calcom_schedule_time_zone", "schedule_time_zone"),
+        rule("metadata.calcom_team_id", "team_id"),
+        rule("metadata.calcom_team_slug", "team_slug", overflow="truncate"),
+        rule("metadata.calcom_owner_name", "owner_name", overflow="truncate"),
+        rule("metadata.calcom_owner_time_zone", "owner_time_zone"),
+    ),
+    display_target="name",
+    archived_marker="calcom_reference_archived",
+)
+
 DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
     mapping.stream: mapping
     for mapping in (
@@ -140,6 +163,7 @@ DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
         CALCOM_EVENT_TYPES,
         CALCOM_ATTENDEES,
         CALCOM_BOOKING_PAYMENTS,
+        CALCOM_REFERENCE,
     )
 }
 DRAFT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_INVOICES_DRAFT.stream: CLINIKO_INVOICES_DRAFT}

@@ -226,8 +226,24 @@ CALCOM_PAID_BOOKING_FIELDS: tuple[SourceField, ...] = (
     *_fields(CONTACT, ("owner_email", "Owner's email")),
 )
 
+# An event type with where it is offered from (streams/calcom_reference.py): its schedule, its team, its owner.
+CALCOM_EVENT_TYPE_DETAIL_FIELDS: tuple[SourceField, ...] = (
+    *_fields(
+        SYSTEM,
+        ("id", "Cal.com event type id"),
+        ("title", "Title"),
+        ("schedule_name", "Schedule"),
+        ("schedule_time_zone", "Schedule time zone"),
+        ("team_id", "Team (Cal.com id)"),
+        ("team_slug", "Team's web address name"),
+        ("owner_name", "Owner"),
+        ("owner_time_zone", "Owner's time zone"),
+    ),
+)
+
 SOURCE_FIELDS: dict[tuple[str, str], tuple[SourceField, ...]] = {
     ("calcom", "event_type"): CALCOM_EVENT_TYPE_FIELDS,
+    ("calcom", "event_type_details"): CALCOM_EVENT_TYPE_DETAIL_FIELDS,
     ("calcom", "attendee"): CALCOM_ATTENDEE_FIELDS,
     ("calcom", "paid_booking"): CALCOM_PAID_BOOKING_FIELDS,
     ("cliniko", "patient"): CLINIKO_PATIENT_FIELDS,

@@ -770,6 +770,17 @@ class CalcomEmulator:
         event_type["deleted"] = True
         return {"id": event_type["id"], "deleted": True}
 
+    def _admin_schedule(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Rename a schedule or move it to another time zone (`id`, `name`, `time_zone`), as its owner would."""
+        schedule = next((s for s in self.world.schedules if s["id"] == int(params["id"])), None)
+        if schedule is None:
+            raise KeyError(f"no schedule {params['id']}")
+        if "name" in params:
+            schedule["name"] = str(params["name"])
+        if "time_zone" in params:
+            schedule["timeZone"] = str(params["time_zone"])
+        return {"id": schedule["id"], "name": schedule["name"], "timeZone": schedule["timeZone"]}
+
     def _event_type_for_admin(self, params: dict[str, Any]) -> dict[str, Any]:
         raw = int(params["id"] if "id" in params else params["event_type_id"])
         event_type = self.world.event_types.get(raw)
@@ -832,6 +843,7 @@ _ADMIN_ACTIONS: dict[str, Callable[[CalcomEmulator, dict[str, Any]], dict[str, A
     "price": CalcomEmulator._admin_price,
     "hide": CalcomEmulator._admin_hide,
     "delete_event_type": CalcomEmulator._admin_delete_event_type,
+    "schedule": CalcomEmulator._admin_schedule,
     "revoke_key": CalcomEmulator._admin_revoke_key,
     "restore_key": CalcomEmulator._admin_restore_key,
     "clock": CalcomEmulator._admin_clock,

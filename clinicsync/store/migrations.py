@@ -125,6 +125,11 @@ def _v8_people(db: SqliteDatabase) -> None:
     )
 
 
+def _v9_webhook_deliveries(db: SqliteDatabase) -> None:
+    """The Cal.com webhook deliveries already received, so a repeat is not acted on twice. Idempotent."""
+    db.create_tables(models.WEBHOOK_MODELS, safe=True)
+
+
 MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v1_initial,
     _v2_mapping,
@@ -134,6 +139,7 @@ MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v6_scheduling,
     _v7_reconciliation,
     _v8_people,
+    _v9_webhook_deliveries,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -443,6 +443,16 @@ class ReconcileIntent(BaseModel):
         indexes = ((("pair", "stream", "key"), True),)
 
 
+class WebhookDelivery(BaseModel):
+    """A Cal.com webhook delivery already received (schema v9): Cal.com sends no delivery id and its signature has
+    no timestamp, so a repeat is known by its trigger, booking uid and `createdAt` (hashed into `key`). Rows whose
+    `created_at` is older than the receiver's freshness window are pruned: such a delivery is refused as stale."""
+
+    key = CharField(primary_key=True)
+    created_at = DateTimeField(index=True)  # the delivery's own `createdAt` (UTC)
+    received_at = DateTimeField(default=utcnow)
+
+
 # Tables added by schema v2 (migrations._v2_mapping); kept out of ALL_MODELS, which step 1 creates.
 MAPPING_MODELS: tuple[type[BaseModel], ...] = (StreamMappingRow, MappingRevision, FieldAllowance, WritebackMark)
 # Added by schema v5 (migrations._v5_write_plans).
@@ -453,6 +463,8 @@ SCHEDULING_MODELS: tuple[type[BaseModel], ...] = (ServiceRequest, SchedulerState
 
 # Added by schema v6 (migrations._v6_reconciliation).
 RECONCILE_MODELS: tuple[type[BaseModel], ...] = (ReconcileReport, ReconcileFinding, ReconcileIntent)
+# Added by schema v9 (migrations._v9_webhook_deliveries).
+WEBHOOK_MODELS: tuple[type[BaseModel], ...] = (WebhookDelivery,)
 
 
 ALL_MODELS: tuple[type[BaseModel], ...] = (

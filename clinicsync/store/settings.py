@@ -69,6 +69,16 @@ def _base_url(value: str) -> str | None:
     return None
 
 
+def _listen_address(value: str) -> str | None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address of this computer, such as 127.0.0.1 or 192.168.1.20"
+    return None
+
+
 def _clock_time(value: str) -> str | None:
     match = re.fullmatch(r"(\d{1,2}):(\d{2})", value)
     if match and int(match[1]) < 24 and int(match[2]) < 60:
@@ -145,6 +155,15 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("stripe.workers", int, 12, "Stripe writes sent in parallel", minimum=1, maximum=16),
     SettingSpec("stripe.timeout_seconds", float, 30.0, "Stripe request timeout (seconds)", minimum=1, maximum=120),
     SettingSpec("calcom.base_url", str, "", "Cal.com API base URL (blank: https://api.cal.com/v2)", check=_base_url),
+    SettingSpec("calcom.webhook.enabled", bool, False, "Receive Cal.com booking notices as they happen"),
+    SettingSpec(
+        "calcom.webhook.address",
+        str,
+        "127.0.0.1",
+        "Address of this computer that receives Cal.com's notices (127.0.0.1: only this computer)",
+        check=_listen_address,
+    ),
+    SettingSpec("calcom.webhook.port", int, 8788, "Port that receives Cal.com's notices", minimum=1024, maximum=65535),
     SettingSpec(
         "sync.email_match",
         str,

@@ -14,18 +14,27 @@ from clinicsync.streams.base import (
 from clinicsync.streams.calcom_booking_payments import CALCOM_BOOKING_PAYMENTS
 from clinicsync.streams.calcom_bookings import CALCOM_BOOKINGS
 from clinicsync.streams.calcom_event_types import CALCOM_EVENT_TYPES
+from clinicsync.streams.calcom_reference import CALCOM_REFERENCE
 from clinicsync.streams.cliniko_patients import CLINIKO_PATIENTS
 from clinicsync.streams.cliniko_products import CLINIKO_PRODUCTS
 
 STREAMS: dict[str, Stream] = {
     stream.name: stream
-    for stream in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS, CALCOM_EVENT_TYPES, CALCOM_BOOKINGS, CALCOM_BOOKING_PAYMENTS)
+    for stream in (
+        CLINIKO_PATIENTS,
+        CLINIKO_PRODUCTS,
+        CALCOM_EVENT_TYPES,
+        CALCOM_BOOKINGS,
+        CALCOM_BOOKING_PAYMENTS,
+        CALCOM_REFERENCE,
+    )
 }
 
 __all__ = [
     "CALCOM_BOOKINGS",
     "CALCOM_BOOKING_PAYMENTS",
     "CALCOM_EVENT_TYPES",
+    "CALCOM_REFERENCE",
     "CLINIKO_PATIENTS",
     "CLINIKO_PRODUCTS",
     "STREAMS",

@@ -19,6 +19,7 @@ from clinicsync.store.models import AccountPair, SyncEvent, SyncPlan, SyncRun, u
 log = logging.getLogger(__name__)
 
 SCHEDULE = "schedule"  # the trigger of runs the scheduler asked for
+WEBHOOK = "webhook"  # the trigger of runs a Cal.com webhook delivery asked for (clinicsync.sync.webhook)
 FOLD_SPAN = timedelta(hours=1)  # one folded row covers at most an hour of idle checks
 _QUIET_COUNTS = tuple(action for action in ACTIONS if action != Action.UNCHANGED)
 

@@ -27,17 +27,19 @@ from clinicsync.store.settings import Settings
 from clinicsync.sync import requests
 from clinicsync.sync.alerts import AlertBook
 from clinicsync.sync.clock import Clock, SystemClock, naive_utc
-from clinicsync.sync.history import SCHEDULE, fold_quiet, record_not_run
+from clinicsync.sync.history import SCHEDULE, WEBHOOK, fold_quiet, record_not_run
 from clinicsync.sync.reconcile_hook import RECONCILE
 from clinicsync.sync.reconcile_run import ReconcileResult
 from clinicsync.sync.runner import Job, JobOutcome, RunnerListener, SyncRunner
 from clinicsync.sync.scheduler import SyncScheduler
-from clinicsync.sync.service import enabled_streams
+from clinicsync.sync.service import enabled_streams, sources_with_keys
+from clinicsync.sync.webhook import WebhookSwitch
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 ALERT_REFRESH_S = 30.0
+WEBHOOK_STREAM = "calcom.bookings"
 LOCKED_MESSAGE = "Not started: another sync (`clinicsync sync`, or another ClinicSync) was running for this profile."
 
 
@@ -105,6 +107,11 @@ class SchedulerHost:
         self._reporting: set[int] = set()  # jobs started whose report is not fully taken in yet
         self._last_heartbeat = -HEARTBEAT_S
         self._last_alert_refresh = -ALERT_REFRESH_S
+        # Cal.com's webhook deliveries (off unless turned on in Connections): the listener's thread notes a booking
+        # here; the next tick asks the runner for its sync.
+        self.webhook = WebhookSwitch(settings, self._booking_noticed, self.clock.monotonic)
+        self._bookings_noticed = threading.Event()
+        self.webhook_notices = 0  # accepted booking deliveries, for tests and support
 
     # --- life -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +122,8 @@ class SchedulerHost:
         """One step: the schedule, the window's requests, finished requests, alerts, the heartbeat. Returns how
         long the caller may wait before the next step (it may be woken earlier by `wake`)."""
         wait = self.scheduler.tick()
+        self.webhook.update(self.credentials)
+        self._sync_noticed_bookings()
         self._serve_requests()
         self._answer_finished()
         mono = self.clock.monotonic()
@@ -142,6 +151,7 @@ class SchedulerHost:
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop scheduling, let the sync in flight stop at its next safe point (the write being sent finishes;
         queued writes stay queued), and join the worker. True if it ended within `timeout`."""
+        self.webhook.stop()
         self.scheduler.shutdown()
         joined = self.runner.shutdown(timeout)
         self._answer_finished()
@@ -152,6 +162,33 @@ class SchedulerHost:
         except Exception:
             log.exception("could not record that the scheduler stopped")
         return joined
+
+    # --- Cal.com's webhook deliveries ------------------------------------------------------------------------
+    def _booking_noticed(self, uid: str, trigger: str) -> None:
+        """The listener's thread: an accepted delivery about a booking. Only noted; several before the next tick
+        make one run (the bookings stream reads every booking changed since its last run)."""
+        log.info("Cal.com webhook: %s", trigger)
+        self.webhook_notices += 1
+        self._bookings_noticed.set()
+        self.wake()
+
+    def _sync_noticed_bookings(self) -> None:
+        if not self._bookings_noticed.is_set() or self.runner.waiting:
+            return  # nothing noticed, or a job waits already: asked once it has started
+        self._bookings_noticed.clear()
+        try:
+            credentials = self.credentials()
+        except Exception as exc:  # a locked keyring: the next poll brings the booking
+            log.warning("a Cal.com booking notice could not start a sync: the keys could not be read (%s)", exc)
+            return
+        if WEBHOOK_STREAM not in enabled_streams(self.settings, sources_with_keys(credentials)):
+            log.info("a Cal.com booking notice arrived, but Cal.com bookings are not synced (no key, or turned off)")
+            return
+        job, why_not = self.runner.request(
+            trigger=WEBHOOK, credentials=credentials, streams=[WEBHOOK_STREAM], when_busy="queue"
+        )
+        if job is None:
+            log.info("a Cal.com booking notice did not start a sync: %s", why_not)
 
     # --- the window's requests -------------------------------------------------------------------------------
     def _serve_requests(self) -> None:

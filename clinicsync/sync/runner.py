@@ -20,7 +20,7 @@ from clinicsync.retry import CancelToken
 from clinicsync.secrets import MemorySecretStore, SecretStore
 from clinicsync.store.settings import Settings
 from clinicsync.sync.engine import RunResult
-from clinicsync.sync.history import SCHEDULE, awaiting_approval, record_skipped
+from clinicsync.sync.history import SCHEDULE, WEBHOOK, awaiting_approval, record_skipped
 from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest, apply_fixes
 from clinicsync.sync.reconcile_hook import RECONCILE, reconciler_registered, run_reconciliation
 from clinicsync.sync.reconcile_run import ReconcileResult, run_reconcile
@@ -125,6 +125,12 @@ class SyncRunner:
             return self._current is not None or self._queued > 0
 
     @property
+    def waiting(self) -> bool:
+        """True while a job waits behind the running one (another request would be refused as busy)."""
+        with self._lock:
+            return self._queued > 0
+
+    @property
     def current(self) -> Job | None:
         with self._lock:
             return self._current
@@ -182,8 +188,9 @@ class SyncRunner:
         for, so the history shows every run that was asked for.
 
         Refused: while paused or shutting down; while another sync runs or waits (`when_busy="skip"`, the
-        schedule's choice; "queue" lets it wait behind the running one, as Sync now does); and, for scheduled
-        runs, while a first live sync's plan waits for approval (another run would only plan again).
+        schedule's choice; "queue" lets it wait behind the running one, as Sync now does); and, for scheduled runs
+        and webhook deliveries' runs, while a first live sync's plan waits for approval (another run would only
+        plan again).
         """
         names = [RECONCILE] if trigger == RECONCILE else list(streams or enabled_streams(self._settings))
         why_not = self._why_refused(trigger, names, when_busy)
@@ -210,7 +217,7 @@ class SyncRunner:
             queued = self._queued > 0
         if (busy and when_busy == "skip") or queued:
             return BUSY_MESSAGE
-        if trigger == SCHEDULE and awaiting_approval(names):
+        if trigger in (SCHEDULE, WEBHOOK) and awaiting_approval(names):
             return APPROVAL_MESSAGE
         return None
 

@@ -41,6 +41,7 @@ from clinicsync.ui.background import Outcome, run_in_background
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.first_run import TrialBox
 from clinicsync.ui.status import is_loopback
+from clinicsync.ui.webhook_box import WebhookBox
 
 # Explicit (background, text) pairs: readable in the light and the dark Fusion palette alike.
 BADGE_COLOURS = {"TEST": ("#f59e0b", "#1f2937"), "LIVE": ("#15803d", "#ffffff")}
@@ -436,7 +437,7 @@ class CalcomBox(ServiceBox):
 
 
 class ConnectionsTab(QWidget):
-    """The Connections tab: Cliniko, Cal.com and Stripe."""
+    """The Connections tab: Cliniko, Cal.com and Stripe, and Cal.com's booking notices."""
 
     keys_changed = Signal(str)  # a key was saved or removed (the secret name)
     connection_tested = Signal(object)  # ConnectionReport of any service
@@ -448,6 +449,7 @@ class ConnectionsTab(QWidget):
         self.cliniko = ClinikoBox(ui)
         self.calcom = CalcomBox(ui)
         self.stripe = StripeBox(ui)
+        self.webhook = WebhookBox(ui)
         holder = QWidget()
         column = QVBoxLayout(holder)
         intro = QLabel(
@@ -463,6 +465,7 @@ class ConnectionsTab(QWidget):
             column.addWidget(box)
             box.saved.connect(self.keys_changed)
             box.tested.connect(self.connection_tested)
+        column.addWidget(self.webhook)
         column.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -484,9 +487,11 @@ class ConnectionsTab(QWidget):
         self.trial_box.refresh()
         for box in self.boxes():
             box.refresh(fields=switched)
+        self.webhook.refresh(fields=switched)
 
     def showEvent(self, event: QShowEvent) -> None:
         # A key may have changed from the CLI meanwhile; settings being edited here are left alone.
         for box in self.boxes():
             box.refresh(fields=False)
+        self.webhook.refresh(fields=False)
         super().showEvent(event)

@@ -96,6 +96,7 @@ TRIGGERS = {
     "first_run": "First run",
     "reconcile": "Reconciliation",
     "reconcile_fix": "Reconciliation fix",
+    "webhook": "Cal.com notice",
 }
 OUTCOMES = queries.OUTCOME_WORDS  # one set of words for the window and `clinicsync history`
 ACTIONS = {

@@ -121,9 +121,14 @@ def test_a_dry_run_of_the_cal_com_streams_plans_and_writes_nothing(make_sandbox,
     ctx = context(env)
     before = executed_writes(sandbox.stripe_url)
     results = run_sync(ctx.paths, ctx.settings, ctx.secrets, dry_run=True)
-    assert [r.stream for r in results] == ["calcom.event_types", "calcom.bookings", "calcom.booking_payments"]
+    assert [r.stream for r in results] == [
+        "calcom.event_types",
+        "calcom.bookings",
+        "calcom.booking_payments",
+        "calcom.reference",
+    ]
     assert executed_writes(sandbox.stripe_url) == before, "a dry run writes nothing"
-    event_types, bookings, payments = results
+    event_types, bookings, payments, _ = results
     assert payments.plan is not None and payments.plan["counts"]["created"] == 0, "no payment is ever made"
     assert event_types.plan is not None and event_types.plan["counts"]["created"] >= 6, event_types.plan
     assert bookings.plan is not None and bookings.plan["counts"]["created"] >= 5, bookings.plan

@@ -28,7 +28,7 @@ from tests.support import (
 )
 
 PATIENTS = 40
-CALCOM_STREAMS = ["calcom.event_types", "calcom.bookings", "calcom.booking_payments"]
+CALCOM_STREAMS = ["calcom.event_types", "calcom.bookings", "calcom.booking_payments", "calcom.reference"]
 BOOKINGS = 80
 
 
@@ -150,6 +150,7 @@ def test_both_at_once_each_person_is_one_customer_with_both_references_and_a_rer
         "calcom.event_types",
         "calcom.bookings",
         "calcom.booking_payments",
+        "calcom.reference",
     ]
     assert all(r.outcome == "ok" for r in results.values()), {n: (r.counts, r.message) for n, r in results.items()}
     assert results["calcom.bookings"].counts["linked"] >= 5, results["calcom.bookings"].counts

@@ -545,7 +545,7 @@ def test_a_clinic_on_cal_com_alone_has_its_streams_on_the_schedule(make_sandbox,
     h = harness(sandbox, CLINICSYNC_CLINIKO_API_KEY=None)  # no Cliniko key: Cal.com is the only source
     h.step()
     assert [streams for _, streams, _ in h.asked()] == [
-        ("calcom.event_types", "calcom.bookings", "calcom.booking_payments")
+        ("calcom.event_types", "calcom.bookings", "calcom.booking_payments", "calcom.reference")
     ]
     assert runs("calcom.bookings")[0].outcome == "ok" and not runs(PATIENTS)
     h.step(60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from clinicsync.sync.webhook import send_test
 from tests.integration.test_cli import FILE_KEYRING, TEST_KEYRING_FILE
 from tests.reliability.helpers import live_customers, log_tail, mirror_report, outbox_status
 from tests.support import admin, profile_env
@@ -95,11 +97,26 @@ def test_serve_syncs_on_schedule_answers_a_window_request_refuses_a_twin_and_sto
 ) -> None:
     sandbox = make_sandbox(profile="clean", patients=10)
     home = tmp_path / "profile"
-    env = profile_env(home, sandbox.env(), CLINICSYNC_SCHEDULE_INTERVAL_SECONDS="15", **ONLY_PATIENTS)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    webhook_secret = "sandbox-webhook-secret-not-real-0003"
+    env = profile_env(
+        home,
+        sandbox.env(),
+        CLINICSYNC_SCHEDULE_INTERVAL_SECONDS="15",
+        CLINICSYNC_CALCOM_WEBHOOK_ENABLED="true",
+        CLINICSYNC_CALCOM_WEBHOOK_PORT=str(port),
+        CLINICSYNC_CALCOM_WEBHOOK_SECRET=webhook_secret,
+        **ONLY_PATIENTS,
+    )
     service = services(env)
 
     # At start: the profile never synced, so the first run is due at once.
     wait_until(lambda: len(live_customers(sandbox.stripe_url)) == 10, 60, "the first sync", home)
+    # Receiving Cal.com's notices is turned on: the service listens, and checks the signature.
+    assert send_test("127.0.0.1", port, webhook_secret) == (True, "ClinicSync received the signed test notice.")
+    assert not send_test("127.0.0.1", port, "another-secret")[0]
 
     # One scheduler per profile: a second `serve` refuses and says who runs the schedule.
     twin = run_cli(env, "serve")

@@ -337,3 +337,46 @@ def test_remove_key_asks_first_and_no_keeps_it(qtbot, offline_env, keyring_backe
     box.remove_button.click()
     assert asked == ["Stripe", "Stripe"] and ui.app.secrets.get(STRIPE_API_KEY) is None
     assert "removed" in box.result_label.text()
+
+
+def test_booking_notices_make_a_secret_show_the_address_and_a_signed_test_reaches_the_listener(
+    qtbot, offline_env, keyring_backend, open_ui
+):
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QLineEdit
+
+    from clinicsync.secrets import CALCOM_WEBHOOK_SECRET
+    from clinicsync.sync.webhook import WebhookListener
+
+    port = closed_port()
+    ui = open_ui(offline_env)
+    tab = ConnectionsTab(ui)
+    qtbot.addWidget(tab)
+    box = tab.webhook
+    assert not box.enabled_box.isChecked() and box.address_combo.currentData() == "127.0.0.1"
+    assert "this computer only" in box.address_combo.currentText()
+
+    box.enabled_box.setChecked(True)
+    box.port_box.setValue(port)
+    box.save()
+    secret = keyring_backend.passwords[(service_for(ui.app.paths), CALCOM_WEBHOOK_SECRET)]
+    assert len(secret) == 64 and ui.app.settings.get("calcom.webhook.enabled") is True
+    assert box.url_edit.text() == f"http://127.0.0.1:{port}/calcom/webhook"
+    assert box.secret_edit.echoMode() == QLineEdit.EchoMode.Password, "shown only when asked"
+    box.copy_secret_button.click()
+    assert QGuiApplication.clipboard().text() == secret
+
+    def click_webhook_test() -> str:
+        box.test_button.click()
+        qtbot.waitUntil(box.test_button.isEnabled, timeout=TEST_TIMEOUT_MS)
+        return box.result_label.text()
+
+    assert click_webhook_test().startswith("✗ Nothing answered")  # this window runs no schedule: nothing listens
+    listener = WebhookListener("127.0.0.1", port, secret, lambda uid, trigger: None)
+    listener.start()
+    try:
+        assert click_webhook_test() == "✓ ClinicSync received the signed test notice."
+        listener.secret = "another-secret"
+        assert "another secret" in click_webhook_test()
+    finally:
+        listener.stop()

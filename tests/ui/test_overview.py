@@ -319,4 +319,5 @@ def test_a_clinic_without_cal_com_sees_no_cal_com_cards(build_gui, offline_env) 
         "calcom.event_types",
         "calcom.bookings",
         "calcom.booking_payments",
+        "calcom.reference",
     }

@@ -202,6 +202,30 @@ def test_pausing_in_the_window_holds_the_schedule(qtbot, build_gui, offline_env)
     assert requests.ServiceRequest.select().count() == 0  # hosting: nothing is asked of a service
 
 
+def test_the_window_running_the_schedule_receives_cal_com_notices(qtbot, build_gui, offline_env) -> None:
+    from tests.integration.test_calcom_webhook import free_port
+
+    port, secret = free_port(), "sandbox-webhook-secret-not-real-0004"
+    env = {
+        **offline_env,
+        "CLINICSYNC_CALCOM_WEBHOOK_ENABLED": "true",
+        "CLINICSYNC_CALCOM_WEBHOOK_PORT": str(port),
+        "CLINICSYNC_CALCOM_WEBHOOK_SECRET": secret,
+    }
+    gui = build_gui(env, schedule=True, clock=ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC)))
+    gui.tracker.set_paused(True)  # no sync with the dummy keys; the listener runs regardless
+    gui.ui.schedule.tick()
+    listener = gui.ui.schedule.host.webhook.listener
+    assert listener is not None and listener.url == f"http://127.0.0.1:{port}/calcom/webhook"
+    box = gui.window.show_tab("connections").webhook
+    box.refresh()
+    assert box.state_label.text().startswith(f"Listening at {listener.url}")
+    assert box.secret_edit.text() == secret and not box.new_secret_button.isEnabled(), "given at start: kept"
+    box.test_button.click()
+    qtbot.waitUntil(box.test_button.isEnabled, timeout=WAIT_MS)
+    assert box.result_label.text() == "✓ ClinicSync received the signed test notice."
+
+
 def test_next_run_words() -> None:
     now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     runs = {STREAM: now + timedelta(seconds=40), "cliniko.products": None}

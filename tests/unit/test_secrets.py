@@ -301,6 +301,7 @@ def test_environment_secrets_never_touch_the_keyring() -> None:
         "CLINICSYNC_CLINIKO_API_KEY": FAKE_CLINIKO,
         "CLINICSYNC_STRIPE_API_KEY": FAKE_STRIPE,
         "CLINICSYNC_CALCOM_API_KEY": FAKE_CALCOM,
+        "CLINICSYNC_CALCOM_WEBHOOK_SECRET": "sandbox-webhook-secret",
     }
     secrets = LayeredSecrets(EnvSecretStore(env), _keyring_must_not_be_touched)
     assert secrets.get(CLINIKO_API_KEY) == FAKE_CLINIKO
@@ -321,9 +322,11 @@ def test_open_secrets_with_all_keys_in_env_works_without_any_keyring(
         "CLINICSYNC_CLINIKO_API_KEY": FAKE_CLINIKO,
         "CLINICSYNC_STRIPE_API_KEY": FAKE_STRIPE,
         "CLINICSYNC_CALCOM_API_KEY": FAKE_CALCOM,
+        "CLINICSYNC_CALCOM_WEBHOOK_SECRET": "sandbox-webhook-secret",
     }
     secrets = open_secrets(AppPaths.under(tmp_path), env)
-    assert [secrets.get(name) for name in SECRET_NAMES] == [FAKE_CLINIKO, FAKE_STRIPE, FAKE_CALCOM]
+    expected = [FAKE_CLINIKO, FAKE_STRIPE, FAKE_CALCOM, "sandbox-webhook-secret"]
+    assert [secrets.get(name) for name in SECRET_NAMES] == expected
 
 
 def test_keyring_is_created_lazily_once_when_env_lacks_a_secret() -> None:
