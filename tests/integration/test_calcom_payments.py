@@ -97,7 +97,7 @@ def test_paid_bookings_payments_cross_referenced_through_reschedules_once_and_a_
     cases = sandbox.calcom_seeded["cases"]
     env = without_cliniko(env_for(sandbox))
     results = sync_all(env)
-    assert list(results) == ["calcom.event_types", "calcom.bookings", STREAM]
+    assert list(results) == ["calcom.event_types", "calcom.bookings", STREAM, "calcom.reference"]
     result = results[STREAM]
     assert result.outcome == "ok", (result.counts, result.message)
     assert result.counts["created"] == 0, "a payment is never created"
