@@ -1,6 +1,7 @@
 """Carry out a person's choice about reconciliation findings.
 
-- re-push: the next sync sends the record again (its pushed hash is forgotten and it is read by id); a record
+- re-push: the next sync sends the record again (its pushed hash is forgotten, its other objects are looked at
+  in Stripe rather than taken from the links, and it is read by id); a record
   whose object was deleted in Stripe gets a new one — a person asked, so it is no longer "never silently".
 - link: the record is linked to the chosen Stripe object now, through the outbox (the stream's own link plan).
 - archive / deactivate: the record's own object gets the record's payload now (which carries the archived
@@ -303,6 +304,11 @@ class _Fixer:
             else:
                 if link is not None:
                     RecordLink.update(payload_hash=None, updated_at=utcnow()).where(links).execute()
+                    # Nor is what the links say is in use trusted: the stream's plan looks at Stripe first (a
+                    # default price a person changed is set back only once seen).
+                    RoleLink.update(current=False).where(
+                        (RoleLink.pair == pair) & (RoleLink.stream == finding.stream) & (RoleLink.source_id == sid)
+                    ).execute()
                 message = "the next sync sends it again"
             revisit_later(pair, finding.stream, sid, "reconciliation: send again")
         return FindingStatus.SCHEDULED, message

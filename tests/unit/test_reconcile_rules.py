@@ -300,6 +300,13 @@ def test_an_old_price_of_ours_left_active_is_drift_to_deactivate():
     assert judge_product(product_side(), product(), price(), price("price_hand", unit_amount=3000)) == []
 
 
+def test_our_price_is_not_deactivated_when_a_person_made_another_the_default():
+    owned = (Owned("price", "price_1", True, True),)
+    hand_set = product(default_price="price_hand")
+    (finding,) = judge_product(product_side(owned=owned), hand_set, price(), price("price_hand", unit_amount=123))
+    assert (finding.field, finding.stripe_id, finding.suggested_fix) == ("price.unit_amount", "price_hand", "repush")
+
+
 def test_an_archived_product_is_reported_once_and_retired_products_never():
     archived = {**PRODUCT, "archived_at": "2025-02-03T04:05:06Z"}
     (finding,) = judge_product(product_side(archived), product(), price())
