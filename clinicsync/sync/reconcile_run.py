@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
 from clinicsync.mapping.preview import stripe_value
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.paths import AppPaths
@@ -31,16 +32,17 @@ from clinicsync.store import mappings as mapping_store
 from clinicsync.store import reconciliation as report_store
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, RoleLink
 from clinicsync.store.settings import Settings
-from clinicsync.streams import STREAMS, Record, Stream, StreamNotReady, dependency_order
+from clinicsync.streams import STREAMS, Record, Stream, StreamNotReady, dependency_order, identity
 from clinicsync.stripe_gateway import StripeGateway
 from clinicsync.sync.engine import PreparedStream, Progress, prepare_stream
-from clinicsync.sync.matching import match_hash
+from clinicsync.sync.matching import PERSON_OBJECTS, match_hash
 from clinicsync.sync.service import (
+    CONNECTED_SOURCES,
+    SOURCES,
     ConfigProblem,
-    cliniko_client,
+    connected_sources,
     enabled_streams,
     failure_of,
-    resolve_pair,
     run_options,
     stripe_gateway,
 )
@@ -73,14 +75,16 @@ class ReconcileResult:
         return [stream for stream in self.streams if stream.failure_kind]
 
 
-def reconcilable(settings: Settings, streams: Sequence[str] | None = None) -> list[str]:
-    """The streams to compare: those asked for, else every enabled one that declares a comparison."""
+def reconcilable(
+    settings: Settings, streams: Sequence[str] | None = None, connected: Sequence[str] | None = None
+) -> list[str]:
+    """The streams to compare: those asked for, else every enabled one of the connected sources (`connected`;
+    default: Cliniko's) that declares a comparison."""
     unknown = [name for name in streams or () if name not in STREAMS]
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
-    names = list(streams) if streams else enabled_streams(settings)
-    # A report compares one source account's records (Cliniko's, for now) with Stripe.
-    not_compared = [name for name in names if STREAMS[name].compare is None or STREAMS[name].source_system != "cliniko"]
+    names = list(streams) if streams else enabled_streams(settings, connected or CONNECTED_SOURCES)
+    not_compared = [name for name in names if STREAMS[name].compare is None]
     if streams and not_compared:
         raise ConfigProblem(f"{', '.join(not_compared)} cannot be reconciled yet.")
     return dependency_order(STREAMS, [name for name in names if name not in not_compared])
@@ -100,22 +104,36 @@ def run_reconcile(
     (raises SyncLocked while a sync runs). A stream that fails is named in the result; a failure every stream would
     meet (a key refused, a service unreachable, a full disk) or a cancellation stops the report and is raised."""
     cancel = cancel or CancelToken()
-    names = reconcilable(settings, streams)
+    names = reconcilable(settings, streams, connected_sources(secrets))
     with ProfileLock(paths.lock_file):
-        cliniko = cliniko_client(settings, secrets, cancel)
+        clients: dict[str, Any] = {}
         try:
+            # Each source's streams are compared with its own client and pair of accounts (as a sync does); the
+            # report is filed under the first source's pair (Cliniko's when it is compared).
+            systems = sorted({STREAMS[name].source_system for name in names}, key=lambda s: s != "cliniko")
+            for system in systems:
+                clients[system] = SOURCES[system].client(settings, secrets, cancel)
             gateway = stripe_gateway(settings, secrets, cancel)
-            pair = resolve_pair(cliniko, gateway)
-            report = report_store.start_report(pair, names, trigger=trigger)
+            pairs = {system: SOURCES[system].resolve_pair(clients[system], gateway) for system in systems}
+            report = report_store.start_report(pairs[systems[0]], names, trigger=trigger)
             counts = Counts()
             result = ReconcileResult(report.id, ReportOutcome.RUNNING, counts)
             try:
                 for name in names:
                     stream_report = StreamReport(name)
                     result.streams.append(stream_report)
+                    system = STREAMS[name].source_system
                     try:
                         _StreamReconciler(
-                            STREAMS[name], pair, cliniko, gateway, settings, report, counts, cancel, progress
+                            STREAMS[name],
+                            pairs[system],
+                            clients[system],
+                            gateway,
+                            settings,
+                            report,
+                            counts,
+                            cancel,
+                            progress,
                         ).run(stream_report)
                     except Exception as exc:
                         if isinstance(exc, StreamNotReady):
@@ -138,7 +156,8 @@ def run_reconcile(
                 _finish(report, result, ReportOutcome.FINDINGS if counts.total else ReportOutcome.CLEAN, "")
             return result
         finally:
-            cliniko.close()
+            for client in clients.values():
+                client.close()
 
 
 # A failure every later stream would meet too (failure_of's kinds): the report stops there, as a sync does.
@@ -169,7 +188,7 @@ class Scratch:
         self.db.executescript(
             """
             CREATE TABLE obj (id TEXT PRIMARY KEY, ref TEXT, match TEXT, created INTEGER, linked INTEGER DEFAULT 0,
-                              body TEXT NOT NULL);
+                              other INTEGER DEFAULT 0, body TEXT NOT NULL);
             CREATE INDEX obj_ref ON obj (ref);
             CREATE INDEX obj_match ON obj (match) WHERE ref IS NULL;
             CREATE TABLE rel (id TEXT PRIMARY KEY, parent TEXT, body TEXT NOT NULL);
@@ -185,7 +204,7 @@ class Scratch:
         count = 0
         for batch in _chunks(objects, 500):
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO obj VALUES (?, ?, ?, ?, 0, ?)", [row(obj) for obj in batch])
+            self.db.executemany("INSERT OR REPLACE INTO obj VALUES (?, ?, ?, ?, 0, ?, ?)", [row(obj) for obj in batch])
             self.db.execute("COMMIT")
             count += len(batch)
         return count
@@ -248,10 +267,11 @@ class Scratch:
         yield from _grouped(rows)
 
     def match_groups(self) -> Iterator[list[dict[str, Any]]]:
-        """Groups of unreferenced, unlinked objects sharing a match key, one group at a time."""
+        """Groups of unreferenced, unlinked objects sharing a match key, one group at a time; an object another
+        stream's cross-reference names (a Cal.com attendee's customer, to the patients stream) is that stream's."""
         rows = self.db.execute(
-            "SELECT match, body FROM obj WHERE ref IS NULL AND linked = 0 AND match IN "
-            "(SELECT match FROM obj WHERE ref IS NULL AND linked = 0 AND match IS NOT NULL "
+            "SELECT match, body FROM obj WHERE ref IS NULL AND linked = 0 AND other = 0 AND match IN "
+            "(SELECT match FROM obj WHERE ref IS NULL AND linked = 0 AND other = 0 AND match IS NOT NULL "
             "GROUP BY match HAVING COUNT(*) > 1) ORDER BY match"
         )
         for _, objects in _grouped(rows):
@@ -363,13 +383,16 @@ class _StreamReconciler:
         self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s")
         ref_key = self.mapping.cross_ref_key
         has_match = any(rule.role == "match_key" for rule in self.mapping.rules)
+        other_keys = _other_cross_refs(self.stream)
 
         def index_row(obj: Mapping[str, Any]) -> tuple[Any, ...]:
             self.cancel.raise_if_cancelled()
-            ref = (obj.get("metadata") or {}).get(ref_key) or None
+            metadata = obj.get("metadata") or {}
+            ref = metadata.get(ref_key) or None
             value = stripe_value(obj, self.mapping.match_target) if has_match else None
             match = match_hash(self.pair, value) if isinstance(value, str) else None
-            return (str(obj["id"]), ref, match, obj.get("created"), _dump(obj))
+            other = int(any(metadata.get(key) for key in other_keys))
+            return (str(obj["id"]), ref, match, obj.get("created"), other, _dump(obj))
 
         count = scratch.load(self.gateway.iter_objects(kind), index_row)
         for related in self.comparison.related:
@@ -411,6 +434,7 @@ class _StreamReconciler:
             if ref:
                 by_ref.setdefault(ref, []).append(obj)
         related = scratch.related_for(list(by_id)) if self.comparison.related else {}
+        shared = self._identity_elsewhere(list(by_id))
         for record, sid in zip(records, ids, strict=True):
             link = links.get(sid)
             in_scope = prepared.scope.admits(record)
@@ -429,7 +453,10 @@ class _StreamReconciler:
                 owned=owned.get(sid, ()),
             )
             stripe = StripeSide(
-                tuple(objects.values()), {oid: tuple(related.get(oid, ())) for oid in objects}, candidates
+                tuple(objects.values()),
+                {oid: tuple(related.get(oid, ())) for oid in objects},
+                candidates,
+                identity_elsewhere=shared & objects.keys(),
             )
             self._found(judge_record(self.comparison, self.mapping, side, stripe))
 
@@ -469,6 +496,26 @@ class _StreamReconciler:
             decisions[row.source_id] = Decision.QUEUED
         return decisions
 
+    def _identity_elsewhere(self, stripe_ids: Sequence[str]) -> frozenset[str]:
+        """The people's objects among `stripe_ids` whose details another source owns (streams/identity.py): this
+        stream's source is not the primary one, and a record of the primary source is linked to them (in the same
+        Stripe account and mode). Only this stream's metadata is compared on those."""
+        primary = self.settings.get(identity.PRIMARY_SOURCE_SETTING) or identity.DEFAULT_PRIMARY_SOURCE
+        kind = self.mapping.stripe_object
+        if not stripe_ids or kind not in PERSON_OBJECTS or self.stream.source_system == primary:
+            return frozenset()
+        primary_pairs = AccountPair.select(AccountPair.id).where(
+            (AccountPair.source_system == primary)
+            & (AccountPair.stripe_account == self.pair.stripe_account)
+            & (AccountPair.stripe_livemode == self.pair.stripe_livemode)
+        )
+        rows = RecordLink.select(RecordLink.stripe_id).where(
+            RecordLink.pair.in_(primary_pairs)
+            & (RecordLink.stripe_object == kind)
+            & RecordLink.stripe_id.in_(stripe_ids)
+        )
+        return frozenset(row.stripe_id for row in rows)
+
     def _owned(self, ids: Sequence[str]) -> dict[str, tuple[Owned, ...]]:
         owned: dict[str, list[Owned]] = {}
         rows = RoleLink.select().where(
@@ -493,6 +540,15 @@ class _StreamReconciler:
         if self.pending:
             report_store.add_findings(self.report, self.pending)
             self.pending = []
+
+
+def _other_cross_refs(stream: Stream) -> tuple[str, ...]:
+    """The cross-reference keys of the other streams that write the same kind of Stripe object."""
+    return tuple(
+        mapping.cross_ref_key
+        for mapping in DEFAULT_MAPPINGS.values()
+        if mapping.stripe_object == stream.stripe_object and mapping.stream != stream.name
+    )
 
 
 def _checked(objects: Iterable[Mapping[str, Any]], cancel: CancelToken) -> Iterator[Mapping[str, Any]]:

@@ -61,8 +61,9 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
             {"id": "cus_3", "created": 3, "metadata": {}},
             {"id": "cus_4", "created": 4, "metadata": {}},
             {"id": "cus_5", "created": 5, "metadata": {}},
+            {"id": "cus_6", "created": 6, "metadata": {"other_ref": "x"}},  # another stream's: not in groups
         ]
-        match = {"cus_3": "m", "cus_4": "m", "cus_5": "m"}
+        match = {"cus_3": "m", "cus_4": "m", "cus_5": "m", "cus_6": "m"}
         scratch.load(
             objects,
             lambda o: (
@@ -70,6 +71,7 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
                 o["metadata"].get("ref"),
                 match.get(o["id"]),
                 o["created"],
+                int("other_ref" in o["metadata"]),
                 json.dumps({"id": o["id"]}),
             ),
         )
@@ -77,7 +79,7 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
         assert scratch.first_time("b") and not scratch.first_time("b")
         assert [ref for ref, _ in scratch.unseen_references()] == ["a"]
         assert [[o["id"] for o in group] for group in scratch.match_groups()] == [["cus_3", "cus_4"]]
-        assert scratch.candidates("m") == ("cus_3", "cus_4")
+        assert scratch.candidates("m") == ("cus_3", "cus_4", "cus_6")
         assert sorted(o["id"] for _, o in scratch.objects_for(["a"], ["cus_4"])) == ["cus_1", "cus_2", "cus_4"]
     finally:
         scratch.close()
