@@ -7,7 +7,8 @@
   a second product naming an event type) and attendees (a Cal.com key edited on a shared customer, a customer of
   a Cal.com-only person deleted in Stripe, one naming nobody, a second one naming a person; a name edited on a
   shared customer is the patients stream's drift only);
-- the suggested fixes, then a sync, leave a clean report; `clinicsync reconcile --stream calcom.bookings` exits 0.
+- the suggested fixes, then a sync, leave a clean report, and a finding marked as intended stays accepted;
+  `clinicsync reconcile --stream calcom.bookings` exits 0.
 
 Not compared yet: bookings ↔ payments (the bookings stream has no payment part yet).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import stripe
 
-from clinicsync.reconcile.findings import FindingStatus, FindingType, FixKind, Reason
+from clinicsync.reconcile.findings import FindingType, FixKind, Reason
 from clinicsync.store import reconciliation
 from clinicsync.streams.calcom_bookings import attendee_ref
 from clinicsync.sync.reconcile_fix import FixRequest, apply_fixes
@@ -117,10 +118,18 @@ def test_cal_com_streams_reconcile_clean_then_every_planted_finding_is_found_and
     assert orphan.suggested_fix == FixKind.DEACTIVATE and FixKind.DELETE not in orphan.fixes
 
     ctx = context(env)
-    outcomes = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [FixRequest(f.id or 0) for f in found.values()])
-    assert all(o.status in (FindingStatus.FIXED, FindingStatus.SCHEDULED) for o in outcomes), outcomes
+    kept_name = found[(EVENT_TYPES, FindingType.FIELD_DRIFT, "4001", renamed["id"], "name")]
+    requests = [
+        FixRequest(f.id or 0, FixKind.MARK_INTENDED, note="named so on purpose")
+        if f is kept_name
+        else FixRequest(f.id or 0)
+        for f in found.values()
+    ]
+    outcomes = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, requests)
+    assert all(o.done for o in outcomes), outcomes
     sync_all(env)
     again = reconcile(env)
+    assert again.counts.accepted == 1, "marked as intended: accepted in the next report (the stream's own pair)"
     assert again.counts.total == 0, [
         (f.stream, f.type, f.field, f.stripe_value) for f in reconciliation.findings(again.report_id)
     ]
