@@ -5,6 +5,9 @@ Memory stays flat however large the clinic: Stripe's objects go page by page int
 (private to this run, deleted when it ends), source records are judged a page at a time against it, and findings
 are stored in batches as they are made. Both sides are read through the same clients, with the same rate budgets,
 as a sync; and under the profile's lock, so a reconciliation never overlaps a sync of the same profile.
+
+The two sides are read at the same time (Stripe in a thread of its own, each within its own budget): the source's
+records wait in a second temporary file until Stripe's side is complete, then are judged a batch at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -183,7 +187,9 @@ class Scratch:
     """
 
     def __init__(self) -> None:
-        self.db = sqlite3.connect("", isolation_level=None)  # "": a temporary file, removed on close
+        # "": a temporary file, removed on close. Filled by the Stripe thread, then read by the judging one (never
+        # both at once).
+        self.db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
         self.db.execute(f"PRAGMA cache_size = -{SCRATCH_CACHE_KIB}")
         self.db.executescript(
             """
@@ -278,6 +284,35 @@ class Scratch:
             yield objects
 
 
+class Spool:
+    """Source records read while Stripe's side is still being read, in a private temporary SQLite file (deleted
+    when closed), in the order read."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", isolation_level=None)
+        self.db.execute(f"PRAGMA cache_size = -{SCRATCH_CACHE_KIB // 4}")
+        self.db.execute("CREATE TABLE rec (n INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        self.count = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, records: Sequence[Record]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT INTO rec (body) VALUES (?)", [(_dump(record),) for record in records])
+        self.db.execute("COMMIT")
+        self.count += len(records)
+
+    def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
+        rows = self.db.execute("SELECT body FROM rec ORDER BY n")
+        while batch := rows.fetchmany(size):
+            yield [json.loads(body) for (body,) in batch]
+
+
+class _StripeStopped(Exception):
+    """The source side failed or was cancelled: the Stripe thread stops reading."""
+
+
 def _grouped(rows: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     key: str | None = None
     group: list[dict[str, Any]] = []
@@ -357,10 +392,10 @@ class _StreamReconciler:
             self.report.save()
         self.intents = report_store.intents(self.pair, self.stream.name)
         self.decisions = self._decisions()
-        scratch = Scratch()
+        scratch, spool = Scratch(), Spool()
         try:
-            stream_report.stripe_objects = self._read_stripe(scratch)
-            stream_report.source_records = self._read_source(scratch, prepared)
+            stream_report.stripe_objects = self._read_both(scratch, spool)
+            stream_report.source_records = self._judge_source(scratch, spool, prepared)
             self._progress(self.stream.name, stream_report.source_records, None, "Looking for orphans and duplicates")
             self._judge_unseen(scratch)
             for objects in scratch.match_groups() if self.comparison.duplicate_match_key else ():
@@ -369,6 +404,41 @@ class _StreamReconciler:
             self._flush()
         finally:
             scratch.close()
+            spool.close()
+
+    def _read_both(self, scratch: Scratch, spool: Spool) -> int:
+        """Stripe's side into `scratch` (in a thread) while the source's records go into `spool`; then the local
+        links are marked. Returns how many Stripe objects were read. A failure of either side stops both."""
+        outcome: dict[str, Any] = {}
+        stop = threading.Event()
+
+        def read_stripe() -> None:
+            try:
+                outcome["count"] = self._read_stripe(scratch, stop)
+            except BaseException as exc:  # handed to the reconciling thread, which raises it
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=read_stripe, name=f"reconcile-stripe-{self.stream.name}", daemon=True)
+        thread.start()
+        try:
+            self._spool_source(spool, outcome)
+        except BaseException:
+            stop.set()
+            thread.join()
+            if isinstance(outcome.get("error"), Exception) and not isinstance(outcome["error"], _StripeStopped):
+                raise outcome["error"] from None  # Stripe failed first: the source stopped because of it
+            raise
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        linked = (
+            row.stripe_id
+            for row in RecordLink.select(RecordLink.stripe_id)
+            .where(self._links() & RecordLink.stripe_id.is_null(False))
+            .iterator()
+        )
+        scratch.mark_linked(linked)
+        return int(outcome["count"])
 
     def _clinic_zone(self) -> str | None:
         try:
@@ -378,15 +448,17 @@ class _StreamReconciler:
             return None
 
     # --- Stripe ---------------------------------------------------------------------------------------------
-    def _read_stripe(self, scratch: Scratch) -> int:
+    def _read_stripe(self, scratch: Scratch, stop: threading.Event) -> int:
+        """Runs in a thread of its own: touches only Stripe and `scratch` (no progress, no database)."""
         kind = self.mapping.stripe_object
-        self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s")
         ref_key = self.mapping.cross_ref_key
         has_match = any(rule.role == "match_key" for rule in self.mapping.rules)
         other_keys = _other_cross_refs(self.stream)
 
         def index_row(obj: Mapping[str, Any]) -> tuple[Any, ...]:
             self.cancel.raise_if_cancelled()
+            if stop.is_set():
+                raise _StripeStopped()
             metadata = obj.get("metadata") or {}
             ref = metadata.get(ref_key) or None
             value = stripe_value(obj, self.mapping.match_target) if has_match else None
@@ -396,31 +468,37 @@ class _StreamReconciler:
 
         count = scratch.load(self.gateway.iter_objects(kind), index_row)
         for related in self.comparison.related:
-            self._progress(self.stream.name, 0, None, f"Reading Stripe {related.stripe_object}s")
             scratch.load_related(
-                _checked(self.gateway.iter_objects(related.stripe_object), self.cancel), related.parent_field
+                _checked(self.gateway.iter_objects(related.stripe_object), self.cancel, stop), related.parent_field
             )
-        linked = (
-            row.stripe_id
-            for row in RecordLink.select(RecordLink.stripe_id)
-            .where(self._links() & RecordLink.stripe_id.is_null(False))
-            .iterator()
-        )
-        scratch.mark_linked(linked)
         return count
 
     # --- the source -----------------------------------------------------------------------------------------
-    def _read_source(self, scratch: Scratch, prepared: PreparedStream) -> int:
-        self._progress(self.stream.name, 0, None, f"Reading {self.mapping.source_type} records")
+    def _spool_source(self, spool: Spool, stripe: Mapping[str, Any]) -> None:
+        """Every source record into the spool, a page at a time; stops when the Stripe thread failed."""
+        kind = self.mapping.stripe_object
+        self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s and {self.mapping.source_type} records")
         read = 0
         for batch in _chunks(self.stream.read_changed(self.source, None), BATCH):
             self.cancel.raise_if_cancelled()
+            if "error" in stripe:
+                raise _StripeStopped()
+            spool.add(batch)
+            read += len(batch)
+            self._progress(self.stream.name, read, getattr(self.source, "last_total_entries", None), "")
+
+    def _judge_source(self, scratch: Scratch, spool: Spool, prepared: PreparedStream) -> int:
+        """The spooled records judged a batch at a time (a record listed twice, once)."""
+        self._progress(self.stream.name, 0, spool.count, "Comparing")
+        judged = done = 0
+        for batch in spool.batches(BATCH):
+            self.cancel.raise_if_cancelled()
             fresh = [record for record in batch if scratch.first_time(str(record.get("id") or ""))]
-            read += len(fresh)
+            judged, done = judged + len(fresh), done + len(batch)
             self._judge_batch(scratch, prepared, fresh)
             prepared.scope.left_out.clear()  # ids only, but a full read must not grow with the clinic
-            self._progress(self.stream.name, read, getattr(self.source, "last_total_entries", None), "")
-        return read
+            self._progress(self.stream.name, done, spool.count, "")
+        return judged
 
     def _judge_batch(self, scratch: Scratch, prepared: PreparedStream, records: list[Record]) -> None:
         ids = [str(record.get("id") or "") for record in records]
@@ -551,7 +629,11 @@ def _other_cross_refs(stream: Stream) -> tuple[str, ...]:
     )
 
 
-def _checked(objects: Iterable[Mapping[str, Any]], cancel: CancelToken) -> Iterator[Mapping[str, Any]]:
+def _checked(
+    objects: Iterable[Mapping[str, Any]], cancel: CancelToken, stop: threading.Event
+) -> Iterator[Mapping[str, Any]]:
     for obj in objects:
         cancel.raise_if_cancelled()
+        if stop.is_set():
+            raise _StripeStopped()
         yield obj
