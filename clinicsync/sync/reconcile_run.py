@@ -7,7 +7,8 @@ are stored in batches as they are made. Both sides are read through the same cli
 as a sync; and under the profile's lock, so a reconciliation never overlaps a sync of the same profile.
 
 The two sides are read at the same time (Stripe in a thread of its own, each within its own budget): the source's
-records wait in a second temporary file until Stripe's side is complete, then are judged a batch at a time.
+records read before Stripe's side is complete wait in a second temporary file, and are judged once it is; later
+ones are judged as they come, while the source's rate budget would have the reader wait anyway.
 """
 
 from __future__ import annotations
@@ -292,7 +293,6 @@ class Spool:
         self.db = sqlite3.connect("", isolation_level=None)
         self.db.execute(f"PRAGMA cache_size = -{SCRATCH_CACHE_KIB // 4}")
         self.db.execute("CREATE TABLE rec (n INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-        self.count = 0
 
     def close(self) -> None:
         self.db.close()
@@ -301,7 +301,6 @@ class Spool:
         self.db.execute("BEGIN")
         self.db.executemany("INSERT INTO rec (body) VALUES (?)", [(_dump(record),) for record in records])
         self.db.execute("COMMIT")
-        self.count += len(records)
 
     def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
         rows = self.db.execute("SELECT body FROM rec ORDER BY n")
@@ -394,8 +393,7 @@ class _StreamReconciler:
         self.decisions = self._decisions()
         scratch, spool = Scratch(), Spool()
         try:
-            stream_report.stripe_objects = self._read_both(scratch, spool)
-            stream_report.source_records = self._judge_source(scratch, spool, prepared)
+            stream_report.stripe_objects, stream_report.source_records = self._read_and_judge(scratch, spool, prepared)
             self._progress(self.stream.name, stream_report.source_records, None, "Looking for orphans and duplicates")
             self._judge_unseen(scratch)
             for objects in scratch.match_groups() if self.comparison.duplicate_match_key else ():
@@ -406,9 +404,11 @@ class _StreamReconciler:
             scratch.close()
             spool.close()
 
-    def _read_both(self, scratch: Scratch, spool: Spool) -> int:
-        """Stripe's side into `scratch` (in a thread) while the source's records go into `spool`; then the local
-        links are marked. Returns how many Stripe objects were read. A failure of either side stops both."""
+    def _read_and_judge(self, scratch: Scratch, spool: Spool, prepared: PreparedStream) -> tuple[int, int]:
+        """Stripe's side into `scratch` (in a thread) while the source is read: the source's records wait in `spool`
+        until Stripe's side is complete, and are judged then; the rest a page at a time as they come (while the
+        source's rate budget would have the reader wait anyway). A failure of either side stops both. Returns how
+        many Stripe objects and source records were read."""
         outcome: dict[str, Any] = {}
         stop = threading.Event()
 
@@ -421,13 +421,17 @@ class _StreamReconciler:
         thread = threading.Thread(target=read_stripe, name=f"reconcile-stripe-{self.stream.name}", daemon=True)
         thread.start()
         try:
-            self._spool_source(spool, outcome)
+            judged = self._read_source(scratch, spool, prepared, thread, outcome)
         except BaseException:
             stop.set()
             thread.join()
             if isinstance(outcome.get("error"), Exception) and not isinstance(outcome["error"], _StripeStopped):
                 raise outcome["error"] from None  # Stripe failed first: the source stopped because of it
             raise
+        return int(outcome["count"]), judged
+
+    def _stripe_ready(self, thread: threading.Thread, outcome: Mapping[str, Any], scratch: Scratch) -> None:
+        """Wait for Stripe's side (raising its failure), then mark the objects the local links point to."""
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
@@ -438,7 +442,6 @@ class _StreamReconciler:
             .iterator()
         )
         scratch.mark_linked(linked)
-        return int(outcome["count"])
 
     def _clinic_zone(self) -> str | None:
         try:
@@ -474,31 +477,51 @@ class _StreamReconciler:
         return count
 
     # --- the source -----------------------------------------------------------------------------------------
-    def _spool_source(self, spool: Spool, stripe: Mapping[str, Any]) -> None:
-        """Every source record into the spool, a page at a time; stops when the Stripe thread failed."""
+    def _read_source(
+        self,
+        scratch: Scratch,
+        spool: Spool,
+        prepared: PreparedStream,
+        stripe: threading.Thread,
+        outcome: Mapping[str, Any],
+    ) -> int:
+        """Every source record, a page at a time: into the spool while Stripe is being read, judged once it is."""
         kind = self.mapping.stripe_object
         self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s and {self.mapping.source_type} records")
-        read = 0
+        read = judged = 0
+        ready = False
         for batch in _chunks(self.stream.read_changed(self.source, None), BATCH):
             self.cancel.raise_if_cancelled()
-            if "error" in stripe:
+            if "error" in outcome:
                 raise _StripeStopped()
-            spool.add(batch)
             read += len(batch)
+            if not ready and not stripe.is_alive():
+                ready = True
+                self._stripe_ready(stripe, outcome, scratch)
+                judged += self._judge_spooled(scratch, spool, prepared)
+            if ready:
+                judged += self._judge_records(scratch, prepared, batch)
+            else:
+                spool.add(batch)
             self._progress(self.stream.name, read, getattr(self.source, "last_total_entries", None), "")
+        if not ready:
+            self._stripe_ready(stripe, outcome, scratch)
+            judged += self._judge_spooled(scratch, spool, prepared)
+        return judged
 
-    def _judge_source(self, scratch: Scratch, spool: Spool, prepared: PreparedStream) -> int:
-        """The spooled records judged a batch at a time (a record listed twice, once)."""
-        self._progress(self.stream.name, 0, spool.count, "Comparing")
-        judged = done = 0
+    def _judge_spooled(self, scratch: Scratch, spool: Spool, prepared: PreparedStream) -> int:
+        judged = 0
         for batch in spool.batches(BATCH):
             self.cancel.raise_if_cancelled()
-            fresh = [record for record in batch if scratch.first_time(str(record.get("id") or ""))]
-            judged, done = judged + len(fresh), done + len(batch)
-            self._judge_batch(scratch, prepared, fresh)
-            prepared.scope.left_out.clear()  # ids only, but a full read must not grow with the clinic
-            self._progress(self.stream.name, done, spool.count, "")
+            judged += self._judge_records(scratch, prepared, batch)
         return judged
+
+    def _judge_records(self, scratch: Scratch, prepared: PreparedStream, records: Sequence[Record]) -> int:
+        """Judge a batch (a record listed twice, once); returns how many were new."""
+        fresh = [record for record in records if scratch.first_time(str(record.get("id") or ""))]
+        self._judge_batch(scratch, prepared, fresh)
+        prepared.scope.left_out.clear()  # ids only, but a full read must not grow with the clinic
+        return len(fresh)
 
     def _judge_batch(self, scratch: Scratch, prepared: PreparedStream, records: list[Record]) -> None:
         ids = [str(record.get("id") or "") for record in records]
