@@ -1,4 +1,4 @@
-"""`clinicsync reconcile …`: compare Cliniko and Stripe in full, list what differs, fix it or accept it.
+"""`clinicsync reconcile …`: compare Cliniko and Cal.com with Stripe in full, list what differs, fix it or accept it.
 
 clinicsync reconcile [--stream S] [--csv FILE] [--html FILE]   compare; exit 0 when nothing to report, 1 if any
 clinicsync reconcile list [--report N] [--type T] [--stream S] [--all]
@@ -29,9 +29,12 @@ Printer = Callable[[str], None]
 
 def add_parser(sub: Any) -> None:
     reconcile = sub.add_parser(
-        "reconcile", help="compare Cliniko and Stripe in full and report what differs (exit 1 when anything does)"
+        "reconcile",
+        help="compare Cliniko and Cal.com with Stripe in full; report what differs (exit 1 if anything does)",
     )
-    reconcile.add_argument("--stream", help="only this stream, e.g. cliniko.patients (default: every enabled one)")
+    reconcile.add_argument(
+        "--stream", help="only this stream, e.g. calcom.bookings (default: every enabled one of the connected sources)"
+    )
     reconcile.add_argument("--csv", type=Path, help="also write the findings to this CSV file")
     reconcile.add_argument("--html", type=Path, help="also write the report to this HTML file (styled for print)")
     actions = reconcile.add_subparsers(dest="reconcile_action")

@@ -38,6 +38,9 @@ class CompareRequest:
     obj: StripeObject
     related: tuple[StripeObject, ...] = ()  # the object's related objects (a product's prices)
     owned: tuple[Owned, ...] = ()
+    # Another source owns the object's other fields (a person's customer its primary source is linked to): only
+    # the metadata this stream writes is compared (streams/identity.py).
+    metadata_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,14 @@ def same(expected: Any, actual: Any) -> bool:
 
 
 def compare_fields(request: CompareRequest, *, skip: tuple[str, ...] = ()) -> list[Drift]:
-    """Every mapped target (the archived marker apart: judge.py owns it) against the object's value."""
+    """Every mapped target (the archived marker apart: judge.py owns it) against the object's value; only its
+    metadata when another source owns the rest."""
     mapping = request.mapping
     marker = f"metadata.{mapping.archived_marker}"
     cross_ref = f"metadata.{mapping.cross_ref_key}"
     drifts = []
     for target in mapping.targets:
-        if target == marker or target in skip:
+        if target == marker or target in skip or (request.metadata_only and not target.startswith("metadata.")):
             continue
         expected = request.mapped.payload.get(target)
         actual = stripe_value(request.obj, target)

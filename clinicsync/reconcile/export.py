@@ -20,6 +20,7 @@ from clinicsync.reconcile.findings import (
     ReportInfo,
     ReportOutcome,
     fix_words,
+    source_name,
 )
 
 CSV_HEADER = (
@@ -121,11 +122,13 @@ def write_html(report: ReportInfo, findings: Iterable[Finding], out: TextIO) -> 
     (the store yields them ordered by type). Returns how many findings were written."""
     e = html.escape
     mode = "" if report.livemode else ' <span class="badge">TEST MODE</span>'
+    sources = list(dict.fromkeys(source_name(stream) for stream in report.streams)) or ["Cliniko"]
     out.write('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">')
     out.write(f"<title>Reconciliation report — {e(report.clinic_name)}</title><style>{_STYLE}</style></head><body>")
     out.write(f"<h1>Reconciliation report — {e(report.clinic_name)}{mode}</h1>")
     out.write(
-        f'<p class="meta">Cliniko and Stripe ({e(report.stripe_name)}) compared {e(time_span(report))}. '
+        f'<p class="meta">{e(" and ".join(sources))} and Stripe ({e(report.stripe_name)}) compared '
+        f"{e(time_span(report))}. "
         f"Report #{report.id}: {e('; '.join(stream_title(stream) for stream in report.streams))}.</p>"
     )
     _summary(report, out)

@@ -204,8 +204,13 @@ class ReportInfo:
 SOURCE_NAMES = {"cliniko": "Cliniko", "calcom": "Cal.com"}
 
 
+def source_system(stream: str) -> str:
+    """The source system of a stream's name ("calcom" of "calcom.bookings")."""
+    return stream.split(".", 1)[0]
+
+
 def source_name(stream: str) -> str:
-    system = stream.split(".", 1)[0]
+    system = source_system(stream)
     return SOURCE_NAMES.get(system, system)
 
 

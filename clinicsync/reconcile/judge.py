@@ -70,6 +70,9 @@ class StripeSide:
     objects: tuple[StripeObject, ...] = ()
     related: Mapping[str, tuple[StripeObject, ...]] = field(default_factory=dict)  # by parent object id
     candidates: tuple[str, ...] = ()  # unreferenced objects with the record's match key (to link it to)
+    # Objects whose person's details (name, email, phone, address) another source owns: the primary source's
+    # record is linked to them too (streams/identity.py). Only this stream's metadata is compared on them.
+    identity_elsewhere: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,12 @@ class _Judge:
             )
         drifts = self.comparison.compare(
             CompareRequest(
-                self.mapping, mapped, obj, tuple(stripe.related.get(str(obj["id"]), ())), tuple(source.owned)
+                self.mapping,
+                mapped,
+                obj,
+                tuple(stripe.related.get(str(obj["id"]), ())),
+                tuple(source.owned),
+                metadata_only=str(obj["id"]) in stripe.identity_elsewhere,
             )
         )
         if not mapped.archived and marked:

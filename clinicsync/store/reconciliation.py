@@ -27,6 +27,7 @@ from clinicsync.reconcile.findings import (
     ReportInfo,
     ReportOutcome,
     Severity,
+    source_system,
 )
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import (
@@ -320,6 +321,25 @@ def pair_of_report(report_id: int) -> AccountPair:
     return ReconcileReport.get_by_id(report_id).pair
 
 
+def stream_pair(report_pair: AccountPair, stream: str) -> AccountPair:
+    """The pair of accounts a stream's findings belong to: a report is filed under one source's pair, and a stream
+    of another source (Cal.com's, in a report with Cliniko's) has its own pair with the same Stripe account."""
+    system = source_system(stream)
+    if system == report_pair.source_system:
+        return report_pair
+    found = (
+        AccountPair.select()
+        .where(
+            (AccountPair.source_system == system)
+            & (AccountPair.stripe_account == report_pair.stripe_account)
+            & (AccountPair.stripe_livemode == report_pair.stripe_livemode)
+        )
+        .order_by(AccountPair.last_used_at.desc())
+        .first()
+    )
+    return found or report_pair
+
+
 def report_id_of(finding_id: int) -> int:
     return int(ReconcileFinding.get_by_id(finding_id).report_id)
 
@@ -336,7 +356,7 @@ def mark_intended(finding_ids: Sequence[int], note: str, *, who: str) -> list[Fi
     chosen = dict(zip(finding_ids, get_findings(finding_ids), strict=True))
     with database_proxy.atomic():
         for finding_id, finding in chosen.items():
-            pair = ReconcileFinding.get_by_id(finding_id).report.pair
+            pair = stream_pair(ReconcileFinding.get_by_id(finding_id).report.pair, finding.stream)
             ReconcileIntent.insert(
                 pair=pair,
                 stream=finding.stream,

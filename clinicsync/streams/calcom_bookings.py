@@ -13,6 +13,10 @@ are written (streams/identity.py).
 The booking summary in the customer's metadata depends on the bookings only, never on today's date, so it does
 not go stale: the latest-starting booking that is not cancelled or rejected, its start in the clinic's zone, and
 how many such bookings the person has. (The bookings' payments are the payment part of this stream, to come.)
+
+Reconciliation compares the person's customer with what a sync would send; on a customer the primary source is
+linked to as well, only this stream's metadata (the rest is the primary source's). Duplicates by email are the
+patients stream's to report: a customer without a Cal.com reference is usually a Cliniko patient's.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from clinicsync.mapping.apply import MappedRecord
+from clinicsync.mapping.preview import stripe_value
 from clinicsync.matchkey import normalized
+from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, blank, compare_fields, same
+from clinicsync.reconcile.findings import FixKind
 from clinicsync.streams import calcom_common, customers
 from clinicsync.streams.base import PlanRequest, Record, Stream, StreamSettings, WriteStep, single_write
 
 REF_PREFIX = "att_"
+LAST_START_KEY = "metadata.calcom_last_booking_start"  # added by `_enrich`, not by a mapping rule
 NOT_COUNTED = frozenset({"cancelled", "rejected"})  # a booking that did not or will not happen
 
 
@@ -111,9 +119,16 @@ def local_start(value: str | None, time_zone: str) -> str | None:
 
 
 def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> None:
-    mapped.payload["metadata.calcom_last_booking_start"] = local_start(
-        record.get("last_booking_start"), settings.time_zone
-    )
+    mapped.payload[LAST_START_KEY] = local_start(record.get("last_booking_start"), settings.time_zone)
+
+
+def _compare(request: CompareRequest) -> list[Drift]:
+    """The mapped fields (only the metadata on a customer the primary source owns) and the last booking's start."""
+    drifts = compare_fields(request)
+    expected, actual = request.mapped.payload.get(LAST_START_KEY), stripe_value(request.obj, LAST_START_KEY)
+    if not same(expected, actual):
+        drifts.append(Drift(LAST_START_KEY, blank(expected), blank(actual)))
+    return drifts
 
 
 def _plan(request: PlanRequest) -> list[WriteStep]:
@@ -135,6 +150,7 @@ CALCOM_BOOKINGS = Stream(
     retire_twin=customers.retire_twin,
     enrich=_enrich,
     time_zone=calcom_common.time_zone,
+    compare=Comparison(compare=_compare, archive_fix=FixKind.ARCHIVE, can_delete=True),
     # The people Cliniko knows are joined, not duplicated, so Cliniko's patients go first when both are synced.
     depends_on=("cliniko.patients", "calcom.event_types"),
     needs_time_zone=True,

@@ -10,11 +10,13 @@ archive a product's default price); one that never was priced is not created.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.defaults import CALCOM_EVENT_TYPES as CALCOM_EVENT_TYPES_MAPPING
+from clinicsync.reconcile.compare import CompareRequest, Drift
 from clinicsync.streams import calcom_common, priced_products
 from clinicsync.streams.base import PlanRequest, Record, Stream, StreamSettings, WriteStep
 
@@ -73,6 +75,15 @@ def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> N
     priced_products.set_price(mapped, int(price), currency, TAX_BEHAVIOR, price)
 
 
+def _compare(request: CompareRequest) -> list[Drift]:
+    """The products rule; of an archived event type's product, only whether it is active (as `_plan` changes
+    nothing else on it)."""
+    drifts = priced_products.compare(request)
+    if request.mapped.archived:
+        return [drift for drift in drifts if drift.stripe_object or drift.field == "active"]
+    return drifts
+
+
 def _plan(request: PlanRequest) -> list[WriteStep]:
     """The products rule; an archived event type's product is only made inactive and marked (a deleted one's name
     and details are no longer known, and are not unset)."""
@@ -99,6 +110,6 @@ CALCOM_EVENT_TYPES = Stream(
     unique_params=priced_products.UNIQUE_PARAMS,
     enrich=_enrich,
     time_zone=calcom_common.time_zone,
-    compare=priced_products.COMPARISON,
+    compare=replace(priced_products.COMPARISON, compare=_compare),
     complete_listing=True,
 )

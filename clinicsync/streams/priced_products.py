@@ -259,7 +259,9 @@ PRICE_FIELDS = ("unit_amount", "currency", "tax_behavior")
 
 def compare(request: CompareRequest) -> list[Drift]:
     """The mapped fields; whether the product is active as the record says; its default price against the one the
-    record's price makes; and no other price of ours left active (an old one the plan did not deactivate)."""
+    record's price makes; and no other price of ours left active (an old one the plan did not deactivate; the
+    price of ours the record wants is never among them: when a person made another price the default, it is the
+    one a re-push makes the default again)."""
     drifts = compare_fields(request)
     product = request.obj
     archived = request.mapped.archived
@@ -288,9 +290,13 @@ def compare(request: CompareRequest) -> list[Drift]:
                 drifts.append(Drift("price.active", True, False, "price", str(price["id"]), Severity.HIGH))
     ours = {owned.stripe_id for owned in request.owned if owned.role == PRICE_ROLE}
     for price_id, price in prices.items():
-        if price_id in ours and price_id != default_id and price.get("active") is True:
+        if price_id in ours and price_id != default_id and price.get("active") is True and not _wanted(price, wanted):
             drifts.append(Drift("active", False, True, "price", price_id, Severity.LOW, FixKind.DEACTIVATE))
     return drifts
+
+
+def _wanted(price: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    return wanted["unit_amount"] is not None and all(same(value, price.get(key)) for key, value in wanted.items())
 
 
 # A product is retired by making it inactive (Stripe keeps products that have prices, so never deleted).

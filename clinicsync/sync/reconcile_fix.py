@@ -1,6 +1,7 @@
 """Carry out a person's choice about reconciliation findings.
 
-- re-push: the next sync sends the record again (its pushed hash is forgotten and it is read by id); a record
+- re-push: the next sync sends the record again (its pushed hash is forgotten, its other objects are looked at
+  in Stripe rather than taken from the links, and it is read by id); a record
   whose object was deleted in Stripe gets a new one — a person asked, so it is no longer "never silently".
 - link: the record is linked to the chosen Stripe object now, through the outbox (the stream's own link plan).
 - archive / deactivate: the record's own object gets the record's payload now (which carries the archived
@@ -38,7 +39,6 @@ from clinicsync.reconcile.findings import (
 )
 from clinicsync.retry import CancelToken
 from clinicsync.secrets import SecretStore
-from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.sources.errors import SourceError
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store import queries
@@ -61,7 +61,7 @@ from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.engine import PreparedStream, RunRecorder, prepare_stream
 from clinicsync.sync.matching import match_hash, owned_update
 from clinicsync.sync.outbox import OutboxWriter, StripeStopped, record_reviews, revisit_later
-from clinicsync.sync.service import cliniko_client, resolve_pair, retry_policy, run_options, stripe_gateway
+from clinicsync.sync.service import SOURCES, retry_policy, run_options, stripe_gateway
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class _NotConnected(Exception):
 
 @dataclass
 class _Connection:
-    cliniko: ClinikoClient
+    source: Any  # the client of the finding's source (Cliniko's, Cal.com's)
     gateway: StripeGateway
     pair: AccountPair
 
@@ -150,7 +150,9 @@ class _Fixer:
         self.confirmed = confirmed
         self.cancel = cancel or CancelToken()
         self.who = who or mapping_store.current_user()
-        self.connection: _Connection | None = None
+        self.connection: _Connection | None = None  # the current finding's source and accounts
+        self.connections: dict[str, _Connection] = {}  # by source system
+        self.gateway: StripeGateway | None = None
         self.work: dict[str, _StreamWork] = {}
 
     def apply(self, requests: Sequence[FixRequest]) -> list[FixOutcome]:
@@ -165,8 +167,8 @@ class _Fixer:
                 raise failure.cause from None
             finally:
                 self._finish_runs()
-                if self.connection is not None:
-                    self.connection.cliniko.close()
+                for connection in self.connections.values():
+                    connection.source.close()
         return outcomes
 
     def _one(self, request: FixRequest, finding: Finding) -> FixOutcome:
@@ -197,7 +199,8 @@ class _Fixer:
             return FindingStatus.ACCEPTED, f"marked as intended: {request.note.strip()}"
         if kind == FixKind.CORRECT_SOURCE:
             raise Refused(f"ClinicSync cannot fix this: {fix_words(kind, finding)}.")
-        pair = report_store.pair_of_report(report_store.report_id_of(finding.id or 0))
+        report_pair = report_store.pair_of_report(report_store.report_id_of(finding.id or 0))
+        pair = report_store.stream_pair(report_pair, finding.stream)
         if kind == FixKind.REPUSH:
             return self._repush(pair, finding)
         self._connect(pair)
@@ -211,17 +214,21 @@ class _Fixer:
 
     # --- connecting, once, to the accounts the finding belongs to ------------------------------------------
     def _connect(self, pair: AccountPair) -> _Connection:
-        if self.connection is None:
+        system = pair.source_system
+        if system not in self.connections:
+            kind = SOURCES[system]
             try:
-                cliniko = cliniko_client(self.settings, self.secrets, self.cancel)
+                source = kind.client(self.settings, self.secrets, self.cancel)
             except Exception as exc:
                 raise _NotConnected(exc) from None
             try:
-                gateway = stripe_gateway(self.settings, self.secrets, self.cancel)
-                self.connection = _Connection(cliniko, gateway, resolve_pair(cliniko, gateway))
+                if self.gateway is None:
+                    self.gateway = stripe_gateway(self.settings, self.secrets, self.cancel)
+                self.connections[system] = _Connection(source, self.gateway, kind.resolve_pair(source, self.gateway))
             except Exception as exc:
-                cliniko.close()
+                source.close()
                 raise _NotConnected(exc) from None
+        self.connection = self.connections[system]
         if self.connection.pair.id != pair.id:
             raise Refused(
                 "This finding is about other accounts than the ones connected now; reconcile again with these."
@@ -260,7 +267,7 @@ class _Fixer:
             assert self.connection is not None
             mapping, _ = mapping_store.load_for_pair(name, livemode=self.connection.pair.stripe_livemode)
             options = run_options(self.settings, trigger=FIX_TRIGGER, dry_run=False)
-            work.prepared = prepare_stream(work.stream, mapping, self.connection.cliniko, options)
+            work.prepared = prepare_stream(work.stream, mapping, self.connection.source, options)
         return work.prepared
 
     def _finish_runs(self) -> None:
@@ -303,6 +310,11 @@ class _Fixer:
             else:
                 if link is not None:
                     RecordLink.update(payload_hash=None, updated_at=utcnow()).where(links).execute()
+                    # Nor is what the links say is in use trusted: the stream's plan looks at Stripe first (a
+                    # default price a person changed is set back only once seen).
+                    RoleLink.update(current=False).where(
+                        (RoleLink.pair == pair) & (RoleLink.stream == finding.stream) & (RoleLink.source_id == sid)
+                    ).execute()
                 message = "the next sync sends it again"
             revisit_later(pair, finding.stream, sid, "reconciliation: send again")
         return FindingStatus.SCHEDULED, message
@@ -353,7 +365,7 @@ class _Fixer:
         name, sid = finding.stream, finding.source_id
         self._no_queued_write(name, sid)
         prepared = self._prepared(name)
-        record = prepared.stream.read_one(connection.cliniko, sid)
+        record = prepared.stream.read_one(connection.source, sid)
         if record is None:
             raise Refused(f"{source_name(name)} has no record {sid} any more; reconcile again.")
         mapped = prepared.map(record)
@@ -467,13 +479,20 @@ class _Fixer:
         if not self.confirmed:
             raise Refused(f"Deleting {target} cannot be undone; confirm it (the CLI's --yes).")
         stripe_object = finding.stripe_object
-        owner = RecordLink.get_or_none((RecordLink.pair == connection.pair) & (RecordLink.stripe_id == target))
-        # Only the object of a record the source no longer has may go with its link; never a live record's.
-        gone_with = (
-            owner is not None and finding.reason == Reason.SOURCE_ABSENT and owner.source_id == finding.source_id
+        # Any record linked to it, of any source in this Stripe account (a customer Cliniko and Cal.com share).
+        same_account = AccountPair.select(AccountPair.id).where(
+            (AccountPair.stripe_account == connection.pair.stripe_account)
+            & (AccountPair.stripe_livemode == connection.pair.stripe_livemode)
         )
-        if owner is not None and not gone_with:
-            raise Refused(f"{target} is linked to {owner.display_name or owner.source_id}; it is not deleted.")
+        owners = list(RecordLink.select().where(RecordLink.pair.in_(same_account) & (RecordLink.stripe_id == target)))
+        # Only the object of a record the source no longer has may go with its link; never a live record's.
+        own = (connection.pair.id, finding.stream, finding.source_id)
+        others = [row for row in owners if (row.pair_id, row.stream, row.source_id) != own]
+        owner = next((row for row in owners if row not in others), None)
+        gone_with = owner is not None and finding.reason == Reason.SOURCE_ABSENT
+        if others or (owner is not None and not gone_with):
+            linked = (others or [owner])[0]
+            raise Refused(f"{target} is linked to {linked.display_name or linked.source_id}; it is not deleted.")
         gateway = connection.gateway
         used = [kind for kind in PAYMENT_KINDS if gateway.any_of(kind, {stripe_object: target})]
         if used:

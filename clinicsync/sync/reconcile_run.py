@@ -5,6 +5,10 @@ Memory stays flat however large the clinic: Stripe's objects go page by page int
 (private to this run, deleted when it ends), source records are judged a page at a time against it, and findings
 are stored in batches as they are made. Both sides are read through the same clients, with the same rate budgets,
 as a sync; and under the profile's lock, so a reconciliation never overlaps a sync of the same profile.
+
+The two sides are read at the same time (Stripe in a thread of its own, each within its own budget): the source's
+records read before Stripe's side is complete wait in a second temporary file, and are judged once it is; later
+ones are judged as they come, while the source's rate budget would have the reader wait anyway.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
 from clinicsync.mapping.preview import stripe_value
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.paths import AppPaths
@@ -31,16 +37,17 @@ from clinicsync.store import mappings as mapping_store
 from clinicsync.store import reconciliation as report_store
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, RoleLink
 from clinicsync.store.settings import Settings
-from clinicsync.streams import STREAMS, Record, Stream, StreamNotReady, dependency_order
+from clinicsync.streams import STREAMS, Record, Stream, StreamNotReady, dependency_order, identity
 from clinicsync.stripe_gateway import StripeGateway
 from clinicsync.sync.engine import PreparedStream, Progress, prepare_stream
-from clinicsync.sync.matching import match_hash
+from clinicsync.sync.matching import PERSON_OBJECTS, match_hash
 from clinicsync.sync.service import (
+    CONNECTED_SOURCES,
+    SOURCES,
     ConfigProblem,
-    cliniko_client,
+    connected_sources,
     enabled_streams,
     failure_of,
-    resolve_pair,
     run_options,
     stripe_gateway,
 )
@@ -73,14 +80,16 @@ class ReconcileResult:
         return [stream for stream in self.streams if stream.failure_kind]
 
 
-def reconcilable(settings: Settings, streams: Sequence[str] | None = None) -> list[str]:
-    """The streams to compare: those asked for, else every enabled one that declares a comparison."""
+def reconcilable(
+    settings: Settings, streams: Sequence[str] | None = None, connected: Sequence[str] | None = None
+) -> list[str]:
+    """The streams to compare: those asked for, else every enabled one of the connected sources (`connected`;
+    default: Cliniko's) that declares a comparison."""
     unknown = [name for name in streams or () if name not in STREAMS]
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
-    names = list(streams) if streams else enabled_streams(settings)
-    # A report compares one source account's records (Cliniko's, for now) with Stripe.
-    not_compared = [name for name in names if STREAMS[name].compare is None or STREAMS[name].source_system != "cliniko"]
+    names = list(streams) if streams else enabled_streams(settings, connected or CONNECTED_SOURCES)
+    not_compared = [name for name in names if STREAMS[name].compare is None]
     if streams and not_compared:
         raise ConfigProblem(f"{', '.join(not_compared)} cannot be reconciled yet.")
     return dependency_order(STREAMS, [name for name in names if name not in not_compared])
@@ -100,22 +109,36 @@ def run_reconcile(
     (raises SyncLocked while a sync runs). A stream that fails is named in the result; a failure every stream would
     meet (a key refused, a service unreachable, a full disk) or a cancellation stops the report and is raised."""
     cancel = cancel or CancelToken()
-    names = reconcilable(settings, streams)
+    names = reconcilable(settings, streams, connected_sources(secrets))
     with ProfileLock(paths.lock_file):
-        cliniko = cliniko_client(settings, secrets, cancel)
+        clients: dict[str, Any] = {}
         try:
+            # Each source's streams are compared with its own client and pair of accounts (as a sync does); the
+            # report is filed under the first source's pair (Cliniko's when it is compared).
+            systems = sorted({STREAMS[name].source_system for name in names}, key=lambda s: s != "cliniko")
+            for system in systems:
+                clients[system] = SOURCES[system].client(settings, secrets, cancel)
             gateway = stripe_gateway(settings, secrets, cancel)
-            pair = resolve_pair(cliniko, gateway)
-            report = report_store.start_report(pair, names, trigger=trigger)
+            pairs = {system: SOURCES[system].resolve_pair(clients[system], gateway) for system in systems}
+            report = report_store.start_report(pairs[systems[0]], names, trigger=trigger)
             counts = Counts()
             result = ReconcileResult(report.id, ReportOutcome.RUNNING, counts)
             try:
                 for name in names:
                     stream_report = StreamReport(name)
                     result.streams.append(stream_report)
+                    system = STREAMS[name].source_system
                     try:
                         _StreamReconciler(
-                            STREAMS[name], pair, cliniko, gateway, settings, report, counts, cancel, progress
+                            STREAMS[name],
+                            pairs[system],
+                            clients[system],
+                            gateway,
+                            settings,
+                            report,
+                            counts,
+                            cancel,
+                            progress,
                         ).run(stream_report)
                     except Exception as exc:
                         if isinstance(exc, StreamNotReady):
@@ -138,7 +161,8 @@ def run_reconcile(
                 _finish(report, result, ReportOutcome.FINDINGS if counts.total else ReportOutcome.CLEAN, "")
             return result
         finally:
-            cliniko.close()
+            for client in clients.values():
+                client.close()
 
 
 # A failure every later stream would meet too (failure_of's kinds): the report stops there, as a sync does.
@@ -164,12 +188,14 @@ class Scratch:
     """
 
     def __init__(self) -> None:
-        self.db = sqlite3.connect("", isolation_level=None)  # "": a temporary file, removed on close
+        # "": a temporary file, removed on close. Filled by the Stripe thread, then read by the judging one (never
+        # both at once).
+        self.db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
         self.db.execute(f"PRAGMA cache_size = -{SCRATCH_CACHE_KIB}")
         self.db.executescript(
             """
             CREATE TABLE obj (id TEXT PRIMARY KEY, ref TEXT, match TEXT, created INTEGER, linked INTEGER DEFAULT 0,
-                              body TEXT NOT NULL);
+                              other INTEGER DEFAULT 0, body TEXT NOT NULL);
             CREATE INDEX obj_ref ON obj (ref);
             CREATE INDEX obj_match ON obj (match) WHERE ref IS NULL;
             CREATE TABLE rel (id TEXT PRIMARY KEY, parent TEXT, body TEXT NOT NULL);
@@ -185,7 +211,7 @@ class Scratch:
         count = 0
         for batch in _chunks(objects, 500):
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO obj VALUES (?, ?, ?, ?, 0, ?)", [row(obj) for obj in batch])
+            self.db.executemany("INSERT OR REPLACE INTO obj VALUES (?, ?, ?, ?, 0, ?, ?)", [row(obj) for obj in batch])
             self.db.execute("COMMIT")
             count += len(batch)
         return count
@@ -248,14 +274,42 @@ class Scratch:
         yield from _grouped(rows)
 
     def match_groups(self) -> Iterator[list[dict[str, Any]]]:
-        """Groups of unreferenced, unlinked objects sharing a match key, one group at a time."""
+        """Groups of unreferenced, unlinked objects sharing a match key, one group at a time; an object another
+        stream's cross-reference names (a Cal.com attendee's customer, to the patients stream) is that stream's."""
         rows = self.db.execute(
-            "SELECT match, body FROM obj WHERE ref IS NULL AND linked = 0 AND match IN "
-            "(SELECT match FROM obj WHERE ref IS NULL AND linked = 0 AND match IS NOT NULL "
+            "SELECT match, body FROM obj WHERE ref IS NULL AND linked = 0 AND other = 0 AND match IN "
+            "(SELECT match FROM obj WHERE ref IS NULL AND linked = 0 AND other = 0 AND match IS NOT NULL "
             "GROUP BY match HAVING COUNT(*) > 1) ORDER BY match"
         )
         for _, objects in _grouped(rows):
             yield objects
+
+
+class Spool:
+    """Source records read while Stripe's side is still being read, in a private temporary SQLite file (deleted
+    when closed), in the order read."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", isolation_level=None)
+        self.db.execute(f"PRAGMA cache_size = -{SCRATCH_CACHE_KIB // 4}")
+        self.db.execute("CREATE TABLE rec (n INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, records: Sequence[Record]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT INTO rec (body) VALUES (?)", [(_dump(record),) for record in records])
+        self.db.execute("COMMIT")
+
+    def batches(self, size: int) -> Iterator[list[dict[str, Any]]]:
+        rows = self.db.execute("SELECT body FROM rec ORDER BY n")
+        while batch := rows.fetchmany(size):
+            yield [json.loads(body) for (body,) in batch]
+
+
+class _StripeStopped(Exception):
+    """The source side failed or was cancelled: the Stripe thread stops reading."""
 
 
 def _grouped(rows: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
@@ -337,10 +391,9 @@ class _StreamReconciler:
             self.report.save()
         self.intents = report_store.intents(self.pair, self.stream.name)
         self.decisions = self._decisions()
-        scratch = Scratch()
+        scratch, spool = Scratch(), Spool()
         try:
-            stream_report.stripe_objects = self._read_stripe(scratch)
-            stream_report.source_records = self._read_source(scratch, prepared)
+            stream_report.stripe_objects, stream_report.source_records = self._read_and_judge(scratch, spool, prepared)
             self._progress(self.stream.name, stream_report.source_records, None, "Looking for orphans and duplicates")
             self._judge_unseen(scratch)
             for objects in scratch.match_groups() if self.comparison.duplicate_match_key else ():
@@ -349,6 +402,46 @@ class _StreamReconciler:
             self._flush()
         finally:
             scratch.close()
+            spool.close()
+
+    def _read_and_judge(self, scratch: Scratch, spool: Spool, prepared: PreparedStream) -> tuple[int, int]:
+        """Stripe's side into `scratch` (in a thread) while the source is read: the source's records wait in `spool`
+        until Stripe's side is complete, and are judged then; the rest a page at a time as they come (while the
+        source's rate budget would have the reader wait anyway). A failure of either side stops both. Returns how
+        many Stripe objects and source records were read."""
+        outcome: dict[str, Any] = {}
+        stop = threading.Event()
+
+        def read_stripe() -> None:
+            try:
+                outcome["count"] = self._read_stripe(scratch, stop)
+            except BaseException as exc:  # handed to the reconciling thread, which raises it
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=read_stripe, name=f"reconcile-stripe-{self.stream.name}", daemon=True)
+        thread.start()
+        try:
+            judged = self._read_source(scratch, spool, prepared, thread, outcome)
+        except BaseException:
+            stop.set()
+            thread.join()
+            if isinstance(outcome.get("error"), Exception) and not isinstance(outcome["error"], _StripeStopped):
+                raise outcome["error"] from None  # Stripe failed first: the source stopped because of it
+            raise
+        return int(outcome["count"]), judged
+
+    def _stripe_ready(self, thread: threading.Thread, outcome: Mapping[str, Any], scratch: Scratch) -> None:
+        """Wait for Stripe's side (raising its failure), then mark the objects the local links point to."""
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        linked = (
+            row.stripe_id
+            for row in RecordLink.select(RecordLink.stripe_id)
+            .where(self._links() & RecordLink.stripe_id.is_null(False))
+            .iterator()
+        )
+        scratch.mark_linked(linked)
 
     def _clinic_zone(self) -> str | None:
         try:
@@ -358,46 +451,77 @@ class _StreamReconciler:
             return None
 
     # --- Stripe ---------------------------------------------------------------------------------------------
-    def _read_stripe(self, scratch: Scratch) -> int:
+    def _read_stripe(self, scratch: Scratch, stop: threading.Event) -> int:
+        """Runs in a thread of its own: touches only Stripe and `scratch` (no progress, no database)."""
         kind = self.mapping.stripe_object
-        self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s")
         ref_key = self.mapping.cross_ref_key
         has_match = any(rule.role == "match_key" for rule in self.mapping.rules)
+        other_keys = _other_cross_refs(self.stream)
 
         def index_row(obj: Mapping[str, Any]) -> tuple[Any, ...]:
             self.cancel.raise_if_cancelled()
-            ref = (obj.get("metadata") or {}).get(ref_key) or None
+            if stop.is_set():
+                raise _StripeStopped()
+            metadata = obj.get("metadata") or {}
+            ref = metadata.get(ref_key) or None
             value = stripe_value(obj, self.mapping.match_target) if has_match else None
             match = match_hash(self.pair, value) if isinstance(value, str) else None
-            return (str(obj["id"]), ref, match, obj.get("created"), _dump(obj))
+            other = int(any(metadata.get(key) for key in other_keys))
+            return (str(obj["id"]), ref, match, obj.get("created"), other, _dump(obj))
 
         count = scratch.load(self.gateway.iter_objects(kind), index_row)
         for related in self.comparison.related:
-            self._progress(self.stream.name, 0, None, f"Reading Stripe {related.stripe_object}s")
             scratch.load_related(
-                _checked(self.gateway.iter_objects(related.stripe_object), self.cancel), related.parent_field
+                _checked(self.gateway.iter_objects(related.stripe_object), self.cancel, stop), related.parent_field
             )
-        linked = (
-            row.stripe_id
-            for row in RecordLink.select(RecordLink.stripe_id)
-            .where(self._links() & RecordLink.stripe_id.is_null(False))
-            .iterator()
-        )
-        scratch.mark_linked(linked)
         return count
 
     # --- the source -----------------------------------------------------------------------------------------
-    def _read_source(self, scratch: Scratch, prepared: PreparedStream) -> int:
-        self._progress(self.stream.name, 0, None, f"Reading {self.mapping.source_type} records")
-        read = 0
+    def _read_source(
+        self,
+        scratch: Scratch,
+        spool: Spool,
+        prepared: PreparedStream,
+        stripe: threading.Thread,
+        outcome: Mapping[str, Any],
+    ) -> int:
+        """Every source record, a page at a time: into the spool while Stripe is being read, judged once it is."""
+        kind = self.mapping.stripe_object
+        self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s and {self.mapping.source_type} records")
+        read = judged = 0
+        ready = False
         for batch in _chunks(self.stream.read_changed(self.source, None), BATCH):
             self.cancel.raise_if_cancelled()
-            fresh = [record for record in batch if scratch.first_time(str(record.get("id") or ""))]
-            read += len(fresh)
-            self._judge_batch(scratch, prepared, fresh)
-            prepared.scope.left_out.clear()  # ids only, but a full read must not grow with the clinic
+            if "error" in outcome:
+                raise _StripeStopped()
+            read += len(batch)
+            if not ready and not stripe.is_alive():
+                ready = True
+                self._stripe_ready(stripe, outcome, scratch)
+                judged += self._judge_spooled(scratch, spool, prepared)
+            if ready:
+                judged += self._judge_records(scratch, prepared, batch)
+            else:
+                spool.add(batch)
             self._progress(self.stream.name, read, getattr(self.source, "last_total_entries", None), "")
-        return read
+        if not ready:
+            self._stripe_ready(stripe, outcome, scratch)
+            judged += self._judge_spooled(scratch, spool, prepared)
+        return judged
+
+    def _judge_spooled(self, scratch: Scratch, spool: Spool, prepared: PreparedStream) -> int:
+        judged = 0
+        for batch in spool.batches(BATCH):
+            self.cancel.raise_if_cancelled()
+            judged += self._judge_records(scratch, prepared, batch)
+        return judged
+
+    def _judge_records(self, scratch: Scratch, prepared: PreparedStream, records: Sequence[Record]) -> int:
+        """Judge a batch (a record listed twice, once); returns how many were new."""
+        fresh = [record for record in records if scratch.first_time(str(record.get("id") or ""))]
+        self._judge_batch(scratch, prepared, fresh)
+        prepared.scope.left_out.clear()  # ids only, but a full read must not grow with the clinic
+        return len(fresh)
 
     def _judge_batch(self, scratch: Scratch, prepared: PreparedStream, records: list[Record]) -> None:
         ids = [str(record.get("id") or "") for record in records]
@@ -411,6 +535,7 @@ class _StreamReconciler:
             if ref:
                 by_ref.setdefault(ref, []).append(obj)
         related = scratch.related_for(list(by_id)) if self.comparison.related else {}
+        shared = self._identity_elsewhere(list(by_id))
         for record, sid in zip(records, ids, strict=True):
             link = links.get(sid)
             in_scope = prepared.scope.admits(record)
@@ -429,7 +554,10 @@ class _StreamReconciler:
                 owned=owned.get(sid, ()),
             )
             stripe = StripeSide(
-                tuple(objects.values()), {oid: tuple(related.get(oid, ())) for oid in objects}, candidates
+                tuple(objects.values()),
+                {oid: tuple(related.get(oid, ())) for oid in objects},
+                candidates,
+                identity_elsewhere=shared & objects.keys(),
             )
             self._found(judge_record(self.comparison, self.mapping, side, stripe))
 
@@ -469,6 +597,26 @@ class _StreamReconciler:
             decisions[row.source_id] = Decision.QUEUED
         return decisions
 
+    def _identity_elsewhere(self, stripe_ids: Sequence[str]) -> frozenset[str]:
+        """The people's objects among `stripe_ids` whose details another source owns (streams/identity.py): this
+        stream's source is not the primary one, and a record of the primary source is linked to them (in the same
+        Stripe account and mode). Only this stream's metadata is compared on those."""
+        primary = self.settings.get(identity.PRIMARY_SOURCE_SETTING) or identity.DEFAULT_PRIMARY_SOURCE
+        kind = self.mapping.stripe_object
+        if not stripe_ids or kind not in PERSON_OBJECTS or self.stream.source_system == primary:
+            return frozenset()
+        primary_pairs = AccountPair.select(AccountPair.id).where(
+            (AccountPair.source_system == primary)
+            & (AccountPair.stripe_account == self.pair.stripe_account)
+            & (AccountPair.stripe_livemode == self.pair.stripe_livemode)
+        )
+        rows = RecordLink.select(RecordLink.stripe_id).where(
+            RecordLink.pair.in_(primary_pairs)
+            & (RecordLink.stripe_object == kind)
+            & RecordLink.stripe_id.in_(stripe_ids)
+        )
+        return frozenset(row.stripe_id for row in rows)
+
     def _owned(self, ids: Sequence[str]) -> dict[str, tuple[Owned, ...]]:
         owned: dict[str, list[Owned]] = {}
         rows = RoleLink.select().where(
@@ -495,7 +643,20 @@ class _StreamReconciler:
             self.pending = []
 
 
-def _checked(objects: Iterable[Mapping[str, Any]], cancel: CancelToken) -> Iterator[Mapping[str, Any]]:
+def _other_cross_refs(stream: Stream) -> tuple[str, ...]:
+    """The cross-reference keys of the other streams that write the same kind of Stripe object."""
+    return tuple(
+        mapping.cross_ref_key
+        for mapping in DEFAULT_MAPPINGS.values()
+        if mapping.stripe_object == stream.stripe_object and mapping.stream != stream.name
+    )
+
+
+def _checked(
+    objects: Iterable[Mapping[str, Any]], cancel: CancelToken, stop: threading.Event
+) -> Iterator[Mapping[str, Any]]:
     for obj in objects:
         cancel.raise_if_cancelled()
+        if stop.is_set():
+            raise _StripeStopped()
         yield obj

@@ -327,7 +327,9 @@ class ReconcileTab(QWidget):
     # --- layout -----------------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.run_button = QPushButton("Run reconciliation now", self, objectName="runReconciliation")
-        self.run_button.setToolTip("Read Cliniko and Stripe in full and list every difference (nothing is changed)")
+        self.run_button.setToolTip(
+            "Read the clinic's records and Stripe in full and list every difference (nothing is changed)"
+        )
         self.run_button.clicked.connect(self.run_now)
         self.cancel_button = QPushButton("Cancel", self, objectName="cancelReconciliation", enabled=False)
         self.cancel_button.clicked.connect(self.cancel)

@@ -1,13 +1,13 @@
 """Reconciliation covers the products stream, over real HTTP to the sandboxes: a synced catalogue reconciles
 clean; a product renamed in Stripe is field drift (naming the field and both values); a product archived in
 Cliniko with no sync since is orphaned in Stripe (its Stripe product still active); a default price set by hand in
-Stripe is price drift. The suggested fixes, and the sync for those that wait for it, leave a clean report."""
+Stripe is price drift (and our own price, still active, is left alone). The suggested fixes, and the sync for
+those that wait for it, leave a clean report: a re-push sets our price back as the default."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import stripe
 
 from clinicsync.reconcile.findings import FindingStatus, FindingType, FixKind, Reason
@@ -107,25 +107,18 @@ def test_a_default_price_set_by_hand_in_stripe_is_price_drift(make_sandbox, env_
     hand_made = hand_set_default_price(sandbox, product)
 
     found = found_by_key(reconcile(env).report_id)
-    assert set(found) == {
-        (FindingType.FIELD_DRIFT, repriced, hand_made, "price.unit_amount"),
-        # Ours is no longer the default, yet still active: "one active price of ours" reports it too.
-        (FindingType.FIELD_DRIFT, repriced, ours, "active"),
-    }, sorted(found)
+    # Ours, no longer the default yet still active, is the price the record wants: not one to deactivate.
+    assert set(found) == {(FindingType.FIELD_DRIFT, repriced, hand_made, "price.unit_amount")}, sorted(found)
     amount = found[(FindingType.FIELD_DRIFT, repriced, hand_made, "price.unit_amount")]
     (ours_price,) = [p for p in stripe_catalogue(sandbox)[1] if p["id"] == ours]
     assert (amount.source_value, amount.stripe_value) == (str(ours_price["unit_amount"]), "123")
+    assert amount.suggested_fix == FixKind.REPUSH
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known gap (engine, streams/cliniko_products.py): the suggested fixes are re-push (the next sync does "
-    "not set the default price back: its price role still looks current) and deactivate our own price, so the "
-    "hand-made price stays the default and the drift stays.",
-)
 def test_the_suggested_fixes_for_a_hand_set_default_price_leave_a_clean_report(make_sandbox, env_for):
     sandbox, env, live = synced_catalogue(make_sandbox, env_for)
     (product,) = by_cross_ref(stripe_catalogue(sandbox)[0])[live[0]]
+    ours = product["default_price"]
     hand_set_default_price(sandbox, product)
     found = found_by_key(reconcile(env).report_id)
     ctx = context(env)
@@ -133,3 +126,6 @@ def test_the_suggested_fixes_for_a_hand_set_default_price_leave_a_clean_report(m
     sync_once(env, stream=STREAM)
     again = reconcile(env)
     assert again.counts.total == 0, [(f.field, f.stripe_value) for f in reconciliation.findings(again.report_id)]
+    (fixed,) = by_cross_ref(stripe_catalogue(sandbox)[0])[live[0]]
+    prices = {p["id"]: p for p in stripe_catalogue(sandbox)[1]}
+    assert fixed["default_price"] == ours and prices[ours]["active"] is True

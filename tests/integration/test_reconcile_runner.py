@@ -4,12 +4,16 @@ time with syncs, on the worker thread, with progress; a reconciliation only read
 from __future__ import annotations
 
 import json
+import threading
 
-from clinicsync.reconcile.findings import FindingStatus, FindingType, FixKind
+import pytest
+
+from clinicsync.reconcile.findings import FindingStatus, FindingType, FixKind, ReportOutcome
 from clinicsync.store import reconciliation
 from clinicsync.stripe_gateway import StripeGateway
 from clinicsync.sync.reconcile_fix import FixRequest, apply_fixes
 from clinicsync.sync.reconcile_run import Scratch, run_reconcile
+from clinicsync.sync.service import failure_of
 from tests.integration.test_reconcile import stripe_call
 from tests.integration.test_runner import start
 from tests.support import admin, context, sync_once
@@ -61,8 +65,9 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
             {"id": "cus_3", "created": 3, "metadata": {}},
             {"id": "cus_4", "created": 4, "metadata": {}},
             {"id": "cus_5", "created": 5, "metadata": {}},
+            {"id": "cus_6", "created": 6, "metadata": {"other_ref": "x"}},  # another stream's: not in groups
         ]
-        match = {"cus_3": "m", "cus_4": "m", "cus_5": "m"}
+        match = {"cus_3": "m", "cus_4": "m", "cus_5": "m", "cus_6": "m"}
         scratch.load(
             objects,
             lambda o: (
@@ -70,6 +75,7 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
                 o["metadata"].get("ref"),
                 match.get(o["id"]),
                 o["created"],
+                int("other_ref" in o["metadata"]),
                 json.dumps({"id": o["id"]}),
             ),
         )
@@ -77,7 +83,7 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
         assert scratch.first_time("b") and not scratch.first_time("b")
         assert [ref for ref, _ in scratch.unseen_references()] == ["a"]
         assert [[o["id"] for o in group] for group in scratch.match_groups()] == [["cus_3", "cus_4"]]
-        assert scratch.candidates("m") == ("cus_3", "cus_4")
+        assert scratch.candidates("m") == ("cus_3", "cus_4", "cus_6")
         assert sorted(o["id"] for _, o in scratch.objects_for(["a"], ["cus_4"])) == ["cus_1", "cus_2", "cus_4"]
     finally:
         scratch.close()
@@ -106,3 +112,22 @@ def test_a_duplicate_with_payments_is_never_deleted(make_sandbox, env_for, monke
     (deleted,) = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, [request], confirmed=True)
     assert deleted.status == FindingStatus.FIXED
     assert any(c["id"] == duplicate.stripe_id and c["deleted"] for c in admin(sandbox.stripe_url, "dump")["data"])
+
+
+def test_a_side_that_fails_stops_the_other_and_the_report_says_failed(make_sandbox, env_for):
+    """Stripe and the source are read at the same time: when one fails, the other stops reading, the failure is
+    the one raised (as a sync's would be), and the report says it failed."""
+    sandbox = make_sandbox(profile="clean", patients=250)
+    env = env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+    ctx = context(env)
+    for url, spec in ((sandbox.stripe_url, "before:500=1,skip=1"), (sandbox.cliniko_url, "before:500=1,skip=2")):
+        admin(url, "faults", spec=spec)  # the account reads pass; the listings fail from then on
+        with pytest.raises(Exception) as raised:
+            run_reconcile(ctx.paths, ctx.settings, ctx.secrets, trigger="test")
+        assert failure_of(raised.value) is not None, repr(raised.value)
+        latest = reconciliation.report()
+        assert latest is not None and latest.outcome == ReportOutcome.FAILED, latest
+        assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-stripe")], (
+            "Stripe's reader stopped"
+        )
+        admin(url, "faults", spec="")

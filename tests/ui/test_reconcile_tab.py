@@ -190,7 +190,7 @@ def test_drift_made_in_stripe_is_found_filtered_fixed_and_gone(qtbot, sandbox_gu
         tab.run_button.click()
         assert not tab.run_button.isEnabled(), "one reconciliation at a time"
     assert tab.run_button.isEnabled() and "1 finding" in tab.progress.text()
-    assert "Reading Stripe customers — Cliniko patients" in shown, shown
+    assert "Reading Stripe customers and patient records — Cliniko patients" in shown, shown
     (finding,) = tab.model.rows
     assert (finding.type, finding.source_id, finding.stripe_id) == (FindingType.FIELD_DRIFT, patient_id, customer["id"])
     cells = [tab.model.index(0, column).data() for column in range(len(FindingsModel.columns))]
@@ -318,9 +318,9 @@ def test_cancel_stops_the_reconciliation_and_its_report_says_incomplete(qtbot, s
     go = threading.Event()
     read_stripe = reconcile_run._StreamReconciler._read_stripe
 
-    def held(self, scratch):
+    def held(self, scratch, stop):
         assert go.wait(WAIT_MS / 1000)
-        return read_stripe(self, scratch)
+        return read_stripe(self, scratch, stop)
 
     monkeypatch.setattr(reconcile_run._StreamReconciler, "_read_stripe", held)
     tab: ReconcileTab = gui.window.show_tab("reconciliation")

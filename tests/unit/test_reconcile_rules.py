@@ -300,6 +300,13 @@ def test_an_old_price_of_ours_left_active_is_drift_to_deactivate():
     assert judge_product(product_side(), product(), price(), price("price_hand", unit_amount=3000)) == []
 
 
+def test_our_price_is_not_deactivated_when_a_person_made_another_the_default():
+    owned = (Owned("price", "price_1", True, True),)
+    hand_set = product(default_price="price_hand")
+    (finding,) = judge_product(product_side(owned=owned), hand_set, price(), price("price_hand", unit_amount=123))
+    assert (finding.field, finding.stripe_id, finding.suggested_fix) == ("price.unit_amount", "price_hand", "repush")
+
+
 def test_an_archived_product_is_reported_once_and_retired_products_never():
     archived = {**PRODUCT, "archived_at": "2025-02-03T04:05:06Z"}
     (finding,) = judge_product(product_side(archived), product(), price())
@@ -314,6 +321,34 @@ def test_an_archived_product_is_reported_once_and_retired_products_never():
     assert judge_product(gone, product(active=False)) == []
     assert [f.suggested_fix for f in judge_product(gone, product())] == [FixKind.DEACTIVATE]
     assert FixKind.DELETE not in judge_product(gone, product())[0].fixes  # Stripe keeps products with prices
+
+
+# --- Cal.com attendees: a customer shared with a Cliniko patient -------------------------------------------------
+def test_an_attendee_compares_only_its_metadata_on_a_customer_cliniko_owns():
+    from clinicsync.mapping.defaults import CALCOM_ATTENDEES
+    from clinicsync.streams import CALCOM_BOOKINGS
+    from clinicsync.streams.calcom_bookings import attendee_ref
+
+    ref = attendee_ref("ann@example.org")
+    record = {"id": ref, "email": "ann@example.org", "name": "Ann (as booked)", "phoneNumber": None,
+              "last_booking_uid": "b1", "last_booking_start": "2026-03-04T00:30:00Z", "booking_count": 2}  # fmt: skip
+    mapped = map_record(CALCOM_ATTENDEES, record)
+    assert CALCOM_BOOKINGS.enrich is not None and CALCOM_BOOKINGS.compare is not None
+    CALCOM_BOOKINGS.enrich(mapped, record, StreamSettings(time_zone="Australia/Melbourne", currency="aud"))
+    metadata = {"calcom_attendee_ref": ref, "calcom_last_booking_uid": "b1", "calcom_booking_count": "3",
+                "calcom_last_booking_start": "2026-03-04T11:30+11:00", "cliniko_patient_id": "7"}  # fmt: skip
+    obj = {"id": "cus_A", "created": 1, "email": "ann@example.org", "name": "Ann Patient", "metadata": metadata}
+    assert mapped.error is None, mapped.error
+    side = SourceSide(source_id=ref, mapped=mapped, linked_id="cus_A")
+
+    def judged(shared: frozenset[str]) -> list[tuple[str, str | None]]:
+        stripe = StripeSide((obj,), identity_elsewhere=shared)
+        return [
+            (f.field, f.stripe_value) for f in judge_record(CALCOM_BOOKINGS.compare, CALCOM_ATTENDEES, side, stripe)
+        ]
+
+    assert judged(frozenset({"cus_A"})) == [("metadata.calcom_booking_count", "3")], "the name is Cliniko's"
+    assert judged(frozenset()) == [("name", "Ann Patient"), ("metadata.calcom_booking_count", "3")]
 
 
 def test_reconcile_imports_no_database_network_or_qt():

@@ -430,14 +430,18 @@ def test_a_products_cost_price_or_notes_needs_a_persons_allowance_before_it_is_s
     assert validate_mapping(CLINIKO_PRODUCTS, catalogue, set()) == [], "the default sends neither"
 
 
-def test_cal_com_streams_are_refused_by_reconciliation_with_a_clear_message() -> None:
+def test_cal_com_streams_are_reconciled_and_an_unknown_stream_is_named() -> None:
     from clinicsync.store.settings import Settings
     from clinicsync.sync.reconcile_run import reconcilable
     from clinicsync.sync.service import ConfigProblem
 
     settings = Settings.__new__(Settings)  # reconcilable reads no setting when streams are named
-    with pytest.raises(ConfigProblem, match=r"calcom\.event_types cannot be reconciled yet"):
-        reconcilable(settings, ["calcom.event_types"])
+    assert reconcilable(settings, ["calcom.bookings", "calcom.event_types"]) == [
+        "calcom.event_types",
+        "calcom.bookings",
+    ]
+    with pytest.raises(ConfigProblem, match=r"Unknown stream calcom\.nothing"):
+        reconcilable(settings, ["calcom.nothing"])
 
 
 def test_index_top_ups_are_spaced_so_they_take_a_tenth_of_the_time_at_most() -> None:
