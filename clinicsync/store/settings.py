@@ -173,6 +173,22 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
     SettingSpec(
+        "cliniko.invoices.match_days_before",
+        int,
+        7,
+        "Link an invoice to a payment made up to this many days before its issue date",
+        minimum=0,
+        maximum=90,
+    ),
+    SettingSpec(
+        "cliniko.invoices.match_days_after",
+        int,
+        30,
+        "Link an invoice to a payment made up to this many days after its issue date",
+        minimum=0,
+        maximum=365,
+    ),
+    SettingSpec(
         "identity.primary_source",
         str,
         "cliniko",
