@@ -98,8 +98,8 @@ class InvoiceMatcher:
     def __init__(self, setup: MatchSetup) -> None:
         self.setup = setup
         self.settings = setup.settings
-        self.before = int(setup.settings.get(DAYS_BEFORE_SETTING) or pm.DEFAULT_DAYS_BEFORE)
-        self.after = int(setup.settings.get(DAYS_AFTER_SETTING) or pm.DEFAULT_DAYS_AFTER)
+        self.before = _days(setup.settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE)
+        self.after = _days(setup.settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
         self.bills: list[pm.Bill] = []
         self._zones: dict[str, str] | None = None
         self._customers: dict[str, str | None] = {}
@@ -151,6 +151,11 @@ class InvoiceMatcher:
         index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key)
         links = self.setup.links
         return pm.decide_bills(self.bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
+
+
+def _days(settings: StreamSettings, key: str, default: int) -> int:
+    value = settings.get(key)
+    return default if value is None else int(value)  # 0 is a window edge on the issue date itself
 
 
 def _business_zones(client: Any) -> dict[str, str]:

@@ -1,0 +1,98 @@
+"""The payment window and local dates of streams/payment_matching.py: pure, no HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from clinicsync.streams import payment_matching as pm
+
+
+def epoch(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+
+def test_the_window_runs_from_days_before_to_days_after_the_issue_date_inclusive() -> None:
+    window = pm.payment_window(date(2026, 4, 5), 7, 30)
+    assert (window.first, window.last) == (date(2026, 3, 29), date(2026, 5, 5))
+    assert window.holds(date(2026, 3, 29)) and window.holds(date(2026, 5, 5))
+    assert not window.holds(date(2026, 3, 28)) and not window.holds(date(2026, 5, 6))
+    assert pm.payment_window(date(2026, 4, 5), 0, 0).holds(date(2026, 4, 5))
+
+
+def test_a_payment_time_is_the_local_date_in_the_zone_dst_correct() -> None:
+    april = epoch("2026-04-04T13:30:00")
+    assert pm.local_date(april, "Australia/Melbourne") == date(2026, 4, 5)  # AEDT, +11
+    assert pm.local_date(april, "Australia/Brisbane") == date(2026, 4, 4)  # AEST all year, +10
+    assert pm.local_date(epoch("2026-04-04T16:30:00"), "Australia/Melbourne") == date(2026, 4, 5)  # AEST again
+    assert pm.local_date(epoch("2026-10-03T13:30:00"), "Australia/Melbourne") == date(2026, 10, 3)  # before switch
+    assert pm.local_date(epoch("2026-10-04T13:30:00"), "Australia/Melbourne") == date(2026, 10, 5)  # after it
+    assert pm.local_date(epoch("2026-10-04T13:30:00"), "Australia/Brisbane") == date(2026, 10, 4)
+
+
+def test_the_listing_covers_every_window_with_slack_for_the_zone() -> None:
+    windows = [pm.payment_window(date(2026, 4, 5), 7, 30), pm.payment_window(date(2026, 1, 10), 7, 30)]
+    start, end = pm.listing_range(windows) or (0, 0)
+    assert start <= epoch("2026-01-03T00:00:00") - 13 * 3600
+    assert end >= epoch("2026-05-05T23:59:59") + 14 * 3600
+    assert pm.listing_range([]) is None
+
+
+def payment(pid: str, amount: int, customer: str | None, created: str, **extra: object) -> pm.Payment:
+    fields: dict = {"refunded": False, "billing_email": None, "billing_name": None, "metadata": {}} | extra
+    return pm.Payment(pid, "payment_intent", amount, "aud", customer, epoch(created), **fields)
+
+
+def bill(sid: str, amount: int, customer: str | None = "cus_1", issued: date = date(2026, 4, 5)) -> pm.Bill:
+    return pm.Bill(
+        sid, sid, amount, "aud", issued, "Australia/Melbourne", customer, "p1", "Ann Lee", True,
+        window=pm.payment_window(issued, 7, 30),
+    )  # fmt: skip
+
+
+def decide(bills: list[pm.Bill], payments: list[pm.Payment], linked: frozenset[str] = frozenset()) -> dict:
+    index = pm.PaymentIndex(payments, linked, "cliniko_invoice_id")
+    return pm.decide_bills(bills, index, lambda person, email: email == "ann@example.com")
+
+
+def test_certain_only_when_one_unlinked_unrefunded_exact_payment_fits() -> None:
+    one = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")])
+    assert one["i1"].kind == "link" and one["i1"].stripe_id == "pi_1"
+    two = decide(
+        [bill("i1", 9550)],
+        [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00"), payment("pi_2", 9550, "cus_1", "2026-04-07T01:00:00")],
+    )
+    assert two["i1"].kind == "review" and set(two["i1"].candidates) == {"pi_1", "pi_2"}
+    taken = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")], frozenset({"pi_1"}))
+    assert taken["i1"].kind == "none"
+    refunded = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00", refunded=True)])
+    assert refunded["i1"].kind == "none" and "refunded" in refunded["i1"].message
+    shared = decide([bill("i1", 9550), bill("i2", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")])
+    assert shared["i1"].kind == shared["i2"].kind == "review"
+
+
+def test_plausible_payments_go_to_review_with_their_candidates() -> None:
+    other = decide(
+        [bill("i1", 9550)],
+        [payment("pi_9", 9550, None, "2026-04-06T01:00:00", billing_email="ann@example.com")],
+    )
+    assert other["i1"].kind == "review" and other["i1"].candidates == ("pi_9",)
+    by_name = decide(
+        [bill("i1", 9550)], [payment("pi_9", 9550, "cus_x", "2026-04-06T01:00:00", billing_name="ann  LEE")]
+    )
+    assert by_name["i1"].candidates == ("pi_9",)
+    split = decide(
+        [bill("i1", 9550)],
+        [payment("pi_a", 6000, "cus_1", "2026-04-06T01:00:00"), payment("pi_b", 3550, "cus_1", "2026-04-06T02:00:00")],
+    )
+    assert split["i1"].kind == "review" and set(split["i1"].candidates) == {"pi_a", "pi_b"}
+    both = decide([bill("i1", 9550), bill("i2", 4000)], [payment("pi_s", 13550, "cus_1", "2026-04-06T01:00:00")])
+    assert both["i1"].candidates == both["i2"].candidates == ("pi_s",)
+
+
+def test_metadata_naming_the_invoice_links_it_and_a_payment_naming_another_is_never_a_candidate() -> None:
+    named = decide(
+        [bill("i1", 9550), bill("i2", 9550)],
+        [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00", metadata={"cliniko_invoice_id": "i2"})],
+    )
+    assert named["i2"].kind == "link" and named["i2"].stripe_id == "pi_1"
+    assert named["i1"].kind == "none"
