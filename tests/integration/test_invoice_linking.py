@@ -158,11 +158,15 @@ DATE_CASES = (
     ("brisbane", "2026-10-05", "2026-10-04T13:30:00Z", False),
 )
 
+BARE_CHARGE = ("melbourne", "2026-06-10", "2026-06-11T02:00:00Z", True)  # an old Charges API payment
+
 
 def test_payment_times_are_local_dates_in_each_business_zone_across_dst(make_sandbox, env_for) -> None:
+    """Also: a dry run plans the links and writes nothing; history names the object written; a charge made
+    without a PaymentIntent carries the cross-reference itself."""
     from datetime import datetime
 
-    sandbox = make_sandbox(profile="clean", patients=len(DATE_CASES))
+    sandbox = make_sandbox(profile="clean", patients=len(DATE_CASES) + 1)
     env = env_for(sandbox, CLINICSYNC_CLINIKO_INVOICES_MATCH_DAYS_BEFORE="0")
     sync_once(env)
     context(env)
@@ -175,7 +179,7 @@ def test_payment_times_are_local_dates_in_each_business_zone_across_dst(make_san
         "brisbane": admin(sandbox.cliniko_url, "add_business", time_zone_identifier="Australia/Brisbane")["id"],
     }
     specs = []
-    for n, (business, issue, _, _) in enumerate(DATE_CASES):
+    for n, (business, issue, _, _) in enumerate((*DATE_CASES, BARE_CHARGE)):
         spec = {
             "patient_id": patients[n],
             "status": 20,
@@ -186,19 +190,31 @@ def test_payment_times_are_local_dates_in_each_business_zone_across_dst(make_san
             spec["business_id"] = zones[business]
         specs.append(spec)
     made = admin(sandbox.cliniko_url, "add_invoices", invoices=specs)["invoices"]
-    assert [i["issue_date"] for i in made] == [case[1] for case in DATE_CASES], "issue dates are kept as given"
-    for n, (_, _, paid_at, _) in enumerate(DATE_CASES):
+    assert [i["issue_date"] for i in made] == [c[1] for c in (*DATE_CASES, BARE_CHARGE)], "issue dates kept as given"
+    bare = ""
+    for n, (_, _, paid_at, _) in enumerate((*DATE_CASES, BARE_CHARGE)):
         created = int(datetime.fromisoformat(paid_at.replace("Z", "+00:00")).timestamp())
-        admin(
+        paid = admin(
             sandbox.stripe_url,
             "add_payment",
             amount=(90 + n) * 100 + 50,
             currency="aud",
             customer=customers[patients[n]],
             created=created,
+            without_intent=n == len(DATE_CASES),
         )
+        bare = paid["charge"]
+    before = writes(sandbox)
+    plan = sync_once(env, stream=STREAM, dry_run=True)
+    assert plan.counts["linked"] == 4 and writes(sandbox) == before, plan.counts
     result = sync_once(env, stream=STREAM)
     context(env)
-    linked = {row.source_id for row in RecordLink.select().where(RecordLink.stream == STREAM) if row.stripe_id}
-    got = [invoice["id"] in linked for invoice in made]
+    linked = {row.source_id: row.stripe_id for row in RecordLink.select().where(RecordLink.stream == STREAM)}
+    got = [bool(linked.get(invoice["id"])) for invoice in made[:-1]]
     assert got == [case[3] for case in DATE_CASES], (result.counts, result.message)
+    assert linked[made[-1]["id"]] == bare
+    sdk = stripe.StripeClient(sandbox.stripe_key or "", base_addresses={"api": sandbox.stripe_url})
+    assert sdk.v1.charges.retrieve(bare).metadata["cliniko_invoice_id"] == made[-1]["id"]
+    notes = {e.source_id: e.message for e in SyncEvent.select().where(SyncEvent.action == "linked")}
+    assert f"charge (made without a PaymentIntent) {bare}" in notes[made[-1]["id"]]
+    assert "PaymentIntent pi_" in notes[made[0]["id"]]
