@@ -96,3 +96,35 @@ def test_metadata_naming_the_invoice_links_it_and_a_payment_naming_another_is_ne
     )
     assert named["i2"].kind == "link" and named["i2"].stripe_id == "pi_1"
     assert named["i1"].kind == "none"
+
+
+def test_the_invoice_mapping_sends_id_number_and_status_only_and_refuses_clinical_fields() -> None:
+    from dataclasses import replace
+
+    from clinicsync.mapping.apply import map_record
+    from clinicsync.mapping.defaults import CLINIKO_INVOICES
+    from clinicsync.mapping.fields import FieldCatalogue
+    from clinicsync.mapping.spec import rule
+    from clinicsync.mapping.validate import validate_mapping
+
+    invoice = {
+        "id": "7001",
+        "number": 5001,
+        "status": 40,
+        "notes": "Left knee, follow-up in 2 weeks",
+        "patient_extra_information": "Private health: invented fund",
+        "total_amount": "-95.5",
+        "issue_date": "2026-04-05",
+    }
+    mapped = map_record(CLINIKO_INVOICES, invoice)
+    sent = {target: value for target, value in mapped.payload.items() if value is not None}  # None: the marker unset
+    assert sent == {
+        "metadata.cliniko_invoice_id": "7001",
+        "metadata.cliniko_invoice_number": "5001",
+        "metadata.cliniko_invoice_status": "open_credit",
+    }
+    catalogue = FieldCatalogue.for_source("cliniko", "invoice")
+    assert validate_mapping(CLINIKO_INVOICES, catalogue, set()) == []
+    for field in ("notes", "patient_extra_information"):
+        leaking = replace(CLINIKO_INVOICES, rules=(*CLINIKO_INVOICES.rules, rule("metadata.x", field)))
+        assert [p.rule for p in validate_mapping(leaking, catalogue, set())] == ["clinical-field"], field
