@@ -100,7 +100,7 @@ class InvoiceMatcher:
         self.settings = setup.settings
         self.before = _days(setup.settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE)
         self.after = _days(setup.settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
-        self.bills: list[pm.Bill] = []
+        self.bills: dict[str, pm.Bill] = {}  # by invoice id: one read twice in a run (edited mid-sync) counts once
         self._zones: dict[str, str] | None = None
         self._customers: dict[str, str | None] = {}
 
@@ -143,14 +143,15 @@ class InvoiceMatcher:
             status_words=STATUS_WORDS.get(status, "not paid") if isinstance(status, int) else "not paid",
             window=pm.payment_window(issued, self.before, self.after) if issued else None,
         )
-        self.bills.append(bill)
+        self.bills[bill.source_id] = bill
 
     def decide(self) -> dict[str, MatchDecision]:
-        span = pm.listing_range(b.window for b in self.bills if b.window is not None)
+        bills = list(self.bills.values())
+        span = pm.listing_range(b.window for b in bills if b.window is not None)
         payments = list(pm.list_payments(self.setup.gateway, span)) if span is not None else []
         index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key)
         links = self.setup.links
-        return pm.decide_bills(self.bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
+        return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
 
 
 def _days(settings: StreamSettings, key: str, default: int) -> int:

@@ -128,3 +128,67 @@ def test_the_invoice_mapping_sends_id_number_and_status_only_and_refuses_clinica
     for field in ("notes", "patient_extra_information"):
         leaking = replace(CLINIKO_INVOICES, rules=(*CLINIKO_INVOICES.rules, rule("metadata.x", field)))
         assert [p.rule for p in validate_mapping(leaking, catalogue, set())] == ["clinical-field"], field
+
+
+class FakeGateway:
+    def __init__(self, charges: list[dict]) -> None:
+        self.charges = charges
+        self.listings: list[dict] = []
+
+    def iter_objects(self, stripe_object: str, created_since=None, filters=None):
+        self.listings.append({"object": stripe_object, **(filters or {})})
+        return iter(self.charges)
+
+
+class FakeLinks:
+    def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None:
+        return {"p1": "cus_1"}.get(source_id)
+
+    def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
+        return False
+
+
+class FakeCliniko:
+    def iter_pages(self, path: str, params=None):
+        from types import SimpleNamespace
+
+        yield SimpleNamespace(records=[{"id": "b1", "time_zone_identifier": "Australia/Brisbane"}])
+
+
+def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> None:
+    from clinicsync.mapping.apply import map_record
+    from clinicsync.mapping.defaults import CLINIKO_INVOICES
+    from clinicsync.streams.base import MatchSetup, StreamSettings
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+
+    charge = {
+        "id": "ch_1",
+        "status": "succeeded",
+        "amount": 9550,
+        "currency": "aud",
+        "customer": "cus_1",
+        "created": epoch("2026-04-04T13:30:00"),  # 23:30 on the 4th in Brisbane: inside a window from the 4th
+        "payment_intent": {"id": "pi_1", "amount": 9550, "currency": "aud", "created": epoch("2026-04-04T13:30:00")},
+    }
+    gateway = FakeGateway([charge])
+    setup = MatchSetup(
+        gateway, FakeCliniko(), FakeLinks(), StreamSettings("Australia/Melbourne", "aud", {
+            "cliniko.invoices.match_days_before": 0}), frozenset(), "cliniko_invoice_id",
+    )  # fmt: skip
+    matcher = InvoiceMatcher(setup)
+    invoice = {
+        "id": "7001",
+        "number": 5001,
+        "status": 20,
+        "total_amount": "95.5",
+        "issue_date": "2026-04-04",
+        "patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/p1"}},
+        "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b1"}},
+    }
+    for _ in range(2):
+        matcher.offer(map_record(CLINIKO_INVOICES, invoice), invoice)
+    decisions = matcher.decide()
+    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
+    assert decisions["7001"].stripe_object == "payment_intent"
+    (listing,) = gateway.listings
+    assert listing["object"] == "charge" and listing["expand"] == ["data.payment_intent"]
