@@ -18,7 +18,7 @@ TIMEOUT_MS = 30_000
 
 def test_an_invoice_and_its_candidate_payments_side_by_side(qtbot, make_sandbox, env_for):
     sandbox = make_sandbox(profile="clean", patients=40, invoices=120, invoice_customers=40, seed=3)
-    ui = build_ui(env_for(sandbox))
+    ui = build_ui(env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="true"))
     try:
         sync(qtbot, ui)
         scenario = sandbox.seeded["invoice_scenario"]

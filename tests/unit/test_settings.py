@@ -34,6 +34,7 @@ EXPECTED_DEFAULTS = {
     "currency": "",
     "cliniko.products.price_basis": "including_tax",
     "streams.cliniko.products.enabled": True,
+    "streams.cliniko.invoices.enabled": False,
     "cliniko.invoices.match_days_before": 7,
     "cliniko.invoices.match_days_after": 30,
     "retry.max_attempts": 6,
