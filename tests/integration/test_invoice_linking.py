@@ -8,6 +8,8 @@ time is a local date in the invoice's business's zone, across DST, and the issue
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -142,6 +144,15 @@ def test_fifteen_status_changes_are_fifteen_metadata_updates(seeded: Seeded) -> 
     for invoice_id in changed:
         (ref,) = seeded.payment_refs(invoice_id)
         assert payments[seeded.payment_id(ref)]["metadata"]["cliniko_invoice_status"] == "closed"
+    context(seeded.env)
+    notes = [
+        e.message for e in SyncEvent.select().where((SyncEvent.stream == STREAM) & (SyncEvent.action == "updated"))
+    ]
+    assert len(notes) == 15 and all("status updated on PaymentIntent pi_" in note for note in notes), notes[:2]
+    shown = subprocess.run(
+        [sys.executable, "-m", "clinicsync", "status"], env=seeded.env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0 and "cliniko.invoices" in shown.stdout and "15 updated" in shown.stdout, shown.stdout
 
 
 # -- dates: local dates in each business's zone, across DST; issue dates never shifted ------------------------------
