@@ -110,16 +110,19 @@ Plan = Callable[[PlanRequest], list[WriteStep]]
 class MatchSetup:
     """What a stream's matcher may use, made once per run when the first unlinked record is offered.
 
-    `linked`: the Stripe ids records of this stream are linked to already (never a candidate for another).
-    `gateway`/`source`: for the matcher's own reads (one paged listing per run, never one lookup per record).
+    `linked`: the Stripe ids records of this stream are linked to already (never a candidate for another), with
+    the source id of each. `gateway`/`source`: for the matcher's own reads (one paged listing per run, never one
+    lookup per record). `since`: Stripe time (epoch s) from which to look for what happened to linked objects
+    (the previous run, less the read overlap); None on the first run.
     """
 
     gateway: Any
     source: Any
     links: LinkLookup
     settings: StreamSettings
-    linked: frozenset[str]
+    linked: Mapping[str, str]
     cross_ref_key: str
+    since: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,10 @@ class Matcher(Protocol):
     def offer(self, mapped: MappedRecord, record: Record) -> None: ...
 
     def decide(self) -> Mapping[str, MatchDecision]: ...  # source id → decision, for every record offered
+
+    # What happened in Stripe since `since` to objects records are linked to (a payment refunded), for history:
+    # (source id, Stripe id, message); each message names the Stripe event's own id, so it is recorded once.
+    def linked_news(self) -> Sequence[tuple[str, str, str]]: ...
 
 
 def single_write(request: PlanRequest, stripe_object: str, role: str) -> list[WriteStep]:

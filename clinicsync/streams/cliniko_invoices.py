@@ -153,6 +153,21 @@ class InvoiceMatcher:
         links = self.setup.links
         return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
 
+    def linked_news(self) -> list[tuple[str, str, str]]:
+        """Refunds since the last run of payments linked to invoices (one listing of refunds), for history."""
+        linked, since = self.setup.linked, self.setup.since
+        if not linked or since is None:
+            return []
+        news = []
+        for refund in self.setup.gateway.iter_objects("refund", filters={"created": {"gte": since}}):
+            payment = refund.get("payment_intent") if refund.get("payment_intent") in linked else refund.get("charge")
+            if payment in linked:
+                amount = pm.amount_text(int(refund.get("amount") or 0), str(refund.get("currency") or ""))
+                news.append(
+                    (linked[payment], payment, f"the linked payment {payment} was refunded: {amount} ({refund['id']})")
+                )
+        return news
+
 
 def _days(settings: StreamSettings, key: str, default: int) -> int:
     value = settings.get(key)

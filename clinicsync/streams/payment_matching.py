@@ -82,7 +82,15 @@ class Payment:
 
     @property
     def label(self) -> str:
-        return f"{self.id} ({self.amount / 100:.2f} {self.currency.upper()})"
+        return f"{self.id} ({amount_text(self.amount, self.currency)})"
+
+
+def amount_text(units: int, currency: str) -> str:
+    """Minor units as money for messages, e.g. "95.50 AUD"."""
+    from clinicsync import money
+
+    code = currency or money.DEFAULT_CURRENCY
+    return f"{money.from_minor_units(units, code):.{money.exponent(code)}f} {code.upper()}"
 
 
 def payment_of_charge(charge: Mapping[str, Any]) -> Payment | None:
@@ -163,7 +171,7 @@ def _same_name(a: str | None, b: str | None) -> bool:
 class PaymentIndex:
     """The payments of one listing, by customer, with the ones already linked or naming another bill set aside."""
 
-    def __init__(self, payments: Iterable[Payment], linked: frozenset[str], cross_ref_key: str) -> None:
+    def __init__(self, payments: Iterable[Payment], linked: Mapping[str, str], cross_ref_key: str) -> None:
         self.cross_ref_key = cross_ref_key
         self.by_id: dict[str, Payment] = {}
         for payment in payments:

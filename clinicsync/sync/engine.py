@@ -379,8 +379,8 @@ class StreamRun:
         started = utcnow()
         state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
         stripe_object = self.mapping.stripe_object
-        if self.stream.matcher is not None:
-            pass  # a stream that matches for itself lists what it needs itself; the index would go unused
+        if self.stream.matcher is not None:  # it lists what it needs itself; the index would go unused
+            self._start_matcher(state)
         elif state.stripe_index_built_at is None:
             self._progress(self.stream.name, 0, None, f"Reading existing Stripe {stripe_object}s")
             build_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object))
@@ -644,23 +644,32 @@ class StreamRun:
                 )
         self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
 
+    def _start_matcher(self, state: StreamState) -> None:
+        """The stream's matcher for this run, with what is linked already (read once, before any record)."""
+        assert self.stream.matcher is not None
+        linked = RecordLink.select(RecordLink.stripe_id, RecordLink.source_id).where(
+            (RecordLink.pair == self.pair)
+            & (RecordLink.stream == self.stream.name)
+            & RecordLink.stripe_id.is_null(False)
+        )
+        since = (
+            state.last_run_at.replace(tzinfo=UTC) - timedelta(seconds=self.options.overlap_s)
+            if state.last_run_at
+            else None
+        )
+        setup = MatchSetup(
+            gateway=self.gateway,
+            source=self.source,
+            links=self._links,
+            settings=self._prepared.settings,
+            linked={row.stripe_id: row.source_id for row in linked},
+            cross_ref_key=self.mapping.cross_ref_key,
+            since=int(since.timestamp()) if since is not None else None,
+        )
+        self._matcher = self.stream.matcher(setup)
+
     def _offer(self, mapped: MappedRecord, hashed: str | None, record: Record) -> None:
-        if self._matcher is None:
-            assert self.stream.matcher is not None
-            linked = RecordLink.select(RecordLink.stripe_id).where(
-                (RecordLink.pair == self.pair)
-                & (RecordLink.stream == self.stream.name)
-                & RecordLink.stripe_id.is_null(False)
-            )
-            setup = MatchSetup(
-                gateway=self.gateway,
-                source=self.source,
-                links=self._links,
-                settings=self._prepared.settings,
-                linked=frozenset(row.stripe_id for row in linked),
-                cross_ref_key=self.mapping.cross_ref_key,
-            )
-            self._matcher = self.stream.matcher(setup)
+        assert self._matcher is not None
         self._offered[mapped.source_id] = (mapped, hashed)
         self._matcher.offer(mapped, record)
 
@@ -690,6 +699,17 @@ class StreamRun:
                 if decision.revisit and writer is not None:
                     revisit_later(self.pair, self.stream.name, sid, decision.message)
                 self.recorder.record("skipped", sid, mapped.display_name, None, decision.message)
+        for sid, stripe_id, message in self._matcher.linked_news():
+            told = SyncEvent.select().where(
+                (SyncEvent.stream == self.stream.name) & (SyncEvent.source_id == sid) & (SyncEvent.message == message)
+            )
+            if not told.exists():
+                link = RecordLink.get_or_none(
+                    (RecordLink.pair == self.pair)
+                    & (RecordLink.stream == self.stream.name)
+                    & (RecordLink.source_id == sid)
+                )
+                self.recorder.note(sid, link.display_name if link else sid, stripe_id, message)
         self._matcher, self._offered = None, {}
 
     def _resolve_deferred(self, pool: WritePool, writer: OutboxWriter | None) -> None:

@@ -155,6 +155,23 @@ def test_fifteen_status_changes_are_fifteen_metadata_updates(seeded: Seeded) -> 
     assert shown.returncode == 0 and "cliniko.invoices" in shown.stdout and "15 updated" in shown.stdout, shown.stdout
 
 
+def test_a_refund_of_a_linked_payment_is_recorded_once(seeded: Seeded) -> None:
+    invoice_id = seeded.invoices_of("certain")[20]
+    (ref,) = seeded.payment_refs(invoice_id)
+    payment = seeded.payment_id(ref)
+    refund = seeded.sdk().v1.refunds.create(params={"payment_intent": payment, "amount": 500})
+    before = writes(seeded.sandbox)
+    for _ in range(2):
+        result = sync_once(seeded.env, stream=STREAM)
+        assert result.counts["updated"] == result.counts["linked"] == 0, result.counts
+    assert writes(seeded.sandbox) == before, "a refund is recorded, nothing is written"
+    context(seeded.env)
+    notes = [
+        e.message for e in SyncEvent.select().where((SyncEvent.stream == STREAM) & (SyncEvent.source_id == invoice_id))
+    ]
+    assert notes.count(f"the linked payment {payment} was refunded: 5.00 AUD ({refund.id})") == 1, notes
+
+
 # -- dates: local dates in each business's zone, across DST; issue dates never shifted ------------------------------
 # 13:30Z on 4 April 2026 is 00:30 on the 5th in Melbourne (AEDT until 16:00Z) and 23:30 on the 4th in Brisbane.
 # 13:30Z on 3 October is 23:30 on the 3rd in Melbourne (AEST); 13:30Z on 4 October, after the switch, is 00:30 on

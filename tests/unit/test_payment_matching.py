@@ -49,8 +49,8 @@ def bill(sid: str, amount: int, customer: str | None = "cus_1", issued: date = d
     )  # fmt: skip
 
 
-def decide(bills: list[pm.Bill], payments: list[pm.Payment], linked: frozenset[str] = frozenset()) -> dict:
-    index = pm.PaymentIndex(payments, linked, "cliniko_invoice_id")
+def decide(bills: list[pm.Bill], payments: list[pm.Payment], linked: dict[str, str] | None = None) -> dict:
+    index = pm.PaymentIndex(payments, linked or {}, "cliniko_invoice_id")
     return pm.decide_bills(bills, index, lambda person, email: email == "ann@example.com")
 
 
@@ -62,7 +62,7 @@ def test_certain_only_when_one_unlinked_unrefunded_exact_payment_fits() -> None:
         [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00"), payment("pi_2", 9550, "cus_1", "2026-04-07T01:00:00")],
     )
     assert two["i1"].kind == "review" and set(two["i1"].candidates) == {"pi_1", "pi_2"}
-    taken = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")], frozenset({"pi_1"}))
+    taken = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")], {"pi_1": "i0"})
     assert taken["i1"].kind == "none"
     refunded = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00", refunded=True)])
     assert refunded["i1"].kind == "none" and "refunded" in refunded["i1"].message
@@ -173,7 +173,7 @@ def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> No
     gateway = FakeGateway([charge])
     setup = MatchSetup(
         gateway, FakeCliniko(), FakeLinks(), StreamSettings("Australia/Melbourne", "aud", {
-            "cliniko.invoices.match_days_before": 0}), frozenset(), "cliniko_invoice_id",
+            "cliniko.invoices.match_days_before": 0}), {}, "cliniko_invoice_id",
     )  # fmt: skip
     matcher = InvoiceMatcher(setup)
     invoice = {
