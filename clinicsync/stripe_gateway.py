@@ -349,6 +349,7 @@ class StripeGateway:
             "price": self._client.v1.prices,
             "payment_intent": self._client.v1.payment_intents,
             "charge": self._client.v1.charges,
+            "refund": self._client.v1.refunds,  # read only: refunds of linked payments are recorded, never made
             "invoice": self._client.v1.invoices,
         }
         try:

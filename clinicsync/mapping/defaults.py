@@ -49,6 +49,9 @@ CLINIKO_PRODUCTS = StreamMapping(
     archived_marker="cliniko_archived",
 )
 
+# Cliniko invoice status (cliniko-api.md §5.2) → the value Stripe metadata holds.
+INVOICE_STATUS_TABLE = {"10": "open", "20": "paid", "30": "closed", "40": "open_credit"}
+
 # The invoices stream to come, in the same declarative form (not yet run: the Stripe gateway does not write
 # invoices). It exercises what that stream needs: a cross-reference, status through a lookup table, a pure date
 # that must not shift, a date-time shown as the clinic-local date, and a decimal amount as integer cents.
@@ -64,7 +67,7 @@ CLINIKO_INVOICES_DRAFT = StreamMapping(
             "metadata.cliniko_status",
             "status",
             transform="lookup",
-            table={"10": "open", "20": "paid", "30": "closed", "40": "open_credit"},
+            table=INVOICE_STATUS_TABLE,
         ),
         rule("metadata.issue_date", "issue_date", transform="local_date"),
         rule("metadata.closed_on", "closed_at", transform="local_date"),
@@ -155,11 +158,29 @@ CALCOM_REFERENCE = StreamMapping(
     archived_marker="calcom_reference_archived",
 )
 
+# A Cliniko invoice is linked to the Stripe payment that paid it (streams/cliniko_invoices.py): only these three
+# metadata keys are written to that payment, never its amount or description, and nothing clinical (the invoice's
+# notes and patient extra information stay in the clinic: the clinical allow-list).
+CLINIKO_INVOICES = StreamMapping(
+    stream="cliniko.invoices",
+    source_system="cliniko",
+    source_type="invoice",
+    stripe_object="payment_intent",
+    rules=(
+        rule("metadata.cliniko_invoice_id", "id", role="cross_ref"),
+        rule("metadata.cliniko_invoice_number", "number"),
+        rule("metadata.cliniko_invoice_status", "status", transform="lookup", table=INVOICE_STATUS_TABLE),
+    ),
+    display_target="metadata.cliniko_invoice_number",
+    archived_marker="cliniko_archived",
+)
+
 DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
     mapping.stream: mapping
     for mapping in (
         CLINIKO_PATIENTS,
         CLINIKO_PRODUCTS,
+        CLINIKO_INVOICES,
         CALCOM_EVENT_TYPES,
         CALCOM_ATTENDEES,
         CALCOM_BOOKING_PAYMENTS,

@@ -356,6 +356,9 @@ STRIPE_TARGETS: dict[str, dict[str, TargetSpec]] = {
         },
     },
     "product": {name: TargetSpec(limit) for name, limit in stripe_limits.FIELD_MAX_CHARS["product"].items()},
+    # A payment's own fields are never ours (streams/cliniko_invoices.py writes metadata only).
+    "payment_intent": {},
+    "charge": {},
     # For the invoice stream to come; the gateway does not write these objects yet.
     "invoice": {
         "description": TargetSpec(1500),

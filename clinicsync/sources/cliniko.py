@@ -255,10 +255,16 @@ class ClinikoClient(SourceClient):
         """One patient, archived or not; None when Cliniko says 404 (unknown or deleted)."""
         return self.get_record("/patients", patient_id, "patient")
 
-    def iter_changed(self, path: str, cursor: datetime | None, *, archived: bool = False) -> Iterator[dict[str, Any]]:
+    def iter_changed(
+        self, path: str, cursor: datetime | None, *, archived: bool = False, deleted: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Records of a listing updated at or after `cursor`; `archived` is the pass that includes archived ones
-        (`q[]=archived_at:*`; callers look at each record's `archived_at`)."""
-        yield from self._changed_records(path, [("q[]", "archived_at:*")] if archived else [], cursor)
+        (`q[]=archived_at:*`; callers look at each record's `archived_at`); `deleted` lists only deleted ones, for
+        listings that keep them (`q[]=deleted_at:?`, e.g. invoices)."""
+        filters = [("q[]", "archived_at:*")] if archived else []
+        if deleted:
+            filters.append(("q[]", "deleted_at:?"))
+        yield from self._changed_records(path, filters, cursor)
 
     def iter_created_since(self, path: str, cursor: datetime) -> Iterator[dict[str, Any]]:
         """Records created at or after `cursor` (for append-only listings such as stock adjustments)."""

@@ -191,6 +191,27 @@ SPECS: tuple[SettingSpec, ...] = (
         choices=("including_tax", "ex_tax"),
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
+    # Off until the poll budget and the schedule's expectations include a third Cliniko stream (see the report of
+    # the invoices branch); `clinicsync sync --stream cliniko.invoices` runs it regardless.
+    SettingSpec(
+        "streams.cliniko.invoices.enabled", bool, False, "Link Cliniko invoices to the Stripe payments that paid them"
+    ),
+    SettingSpec(
+        "cliniko.invoices.match_days_before",
+        int,
+        7,
+        "Link an invoice to a payment made up to this many days before its issue date",
+        minimum=0,
+        maximum=90,
+    ),
+    SettingSpec(
+        "cliniko.invoices.match_days_after",
+        int,
+        30,
+        "Link an invoice to a payment made up to this many days after its issue date",
+        minimum=0,
+        maximum=365,
+    ),
     SettingSpec(
         "identity.primary_source",
         str,

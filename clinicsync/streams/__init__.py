@@ -15,6 +15,7 @@ from clinicsync.streams.calcom_booking_payments import CALCOM_BOOKING_PAYMENTS
 from clinicsync.streams.calcom_bookings import CALCOM_BOOKINGS
 from clinicsync.streams.calcom_event_types import CALCOM_EVENT_TYPES
 from clinicsync.streams.calcom_reference import CALCOM_REFERENCE
+from clinicsync.streams.cliniko_invoices import CLINIKO_INVOICES
 from clinicsync.streams.cliniko_patients import CLINIKO_PATIENTS
 from clinicsync.streams.cliniko_products import CLINIKO_PRODUCTS
 
@@ -23,6 +24,7 @@ STREAMS: dict[str, Stream] = {
     for stream in (
         CLINIKO_PATIENTS,
         CLINIKO_PRODUCTS,
+        CLINIKO_INVOICES,
         CALCOM_EVENT_TYPES,
         CALCOM_BOOKINGS,
         CALCOM_BOOKING_PAYMENTS,
@@ -35,6 +37,7 @@ __all__ = [
     "CALCOM_BOOKING_PAYMENTS",
     "CALCOM_EVENT_TYPES",
     "CALCOM_REFERENCE",
+    "CLINIKO_INVOICES",
     "CLINIKO_PATIENTS",
     "CLINIKO_PRODUCTS",
     "STREAMS",

@@ -36,6 +36,8 @@ class LinkLookup(Protocol):
 
     def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None: ...
 
+    def same_person(self, stream: str, source_id: str, email: str | None) -> bool: ...
+
 
 @dataclass(frozen=True)
 class RoleRecord:
@@ -101,6 +103,66 @@ class PlanRequest:
 
 
 Plan = Callable[[PlanRequest], list[WriteStep]]
+
+
+# --- a stream's own matching (streams.md §1: "match(record, ctx)") ------------------------------------------
+@dataclass(frozen=True)
+class MatchSetup:
+    """What a stream's matcher may use, made once per run when the first unlinked record is offered.
+
+    `linked`: the Stripe ids records of this stream are linked to already (never a candidate for another), with
+    the source id of each. `gateway`/`source`: for the matcher's own reads (one paged listing per run, never one
+    lookup per record). `since`: Stripe time (epoch s) from which to look for what happened to linked objects
+    (the previous run, less the read overlap); None on the first run.
+    """
+
+    gateway: Any
+    source: Any
+    links: LinkLookup
+    settings: StreamSettings
+    linked: Mapping[str, str]
+    cross_ref_key: str
+    since: int | None = None
+
+
+@dataclass(frozen=True)
+class MatchDecision:
+    """What a matcher decided for one record: `link` (stripe_id, stripe_object), `review` (candidates, reason,
+    detail) or `none` (message: why nothing is written). `revisit`: read the record again next run (a payment may
+    still come)."""
+
+    kind: str  # link | review | none
+    stripe_id: str | None = None
+    stripe_object: str | None = None
+    candidates: tuple[str, ...] = ()
+    reason: str = ""
+    message: str = ""
+    revisit: bool = False
+
+    @staticmethod
+    def link(stripe_id: str, stripe_object: str, message: str = "") -> MatchDecision:
+        return MatchDecision("link", stripe_id=stripe_id, stripe_object=stripe_object, message=message)
+
+    @staticmethod
+    def review(candidates: Sequence[str], reason: str, detail: str) -> MatchDecision:
+        return MatchDecision("review", candidates=tuple(candidates), reason=reason, message=detail)
+
+    @staticmethod
+    def none(message: str, *, revisit: bool = False) -> MatchDecision:
+        return MatchDecision("none", message=message, revisit=revisit)
+
+
+class Matcher(Protocol):
+    """A stream's matcher for one run: offered every unlinked, live record during the read; decides them all
+    after it, when every record is known (one payment covering two invoices needs both)."""
+
+    def offer(self, mapped: MappedRecord, record: Record) -> None: ...
+
+    def decide(self) -> Mapping[str, MatchDecision]: ...  # source id → decision, for every record offered
+
+    # What happened in Stripe since `since` to objects records are linked to (a payment refunded), for history:
+    # (source id, Stripe id, message); each message names the Stripe event's own id, so it is recorded once.
+    def linked_news(self) -> Sequence[tuple[str, str, str]]: ...
 
 
 def single_write(request: PlanRequest, stripe_object: str, role: str) -> list[WriteStep]:
@@ -189,6 +251,10 @@ class Stream:
     # reason changes), not every run.
     # None: such a record gets a new object.
     unmatched: Callable[[MappedRecord], str] | None = None
+    # The stream's own matching (payments by amount, customer and local date window) instead of the engine's
+    # (cross-reference in an index of the Stripe account, then email). Such a stream never creates: its records
+    # are linked to objects that exist, go to review, or get nothing. None: the engine's matching.
+    matcher: Callable[[MatchSetup], Matcher] | None = None
 
 
 def observed_request(stream: Stream, gateway: Any, request: PlanRequest) -> PlanRequest:

@@ -49,6 +49,8 @@ from clinicsync.store.models import (
 )
 from clinicsync.streams import identity
 from clinicsync.streams.base import (
+    Matcher,
+    MatchSetup,
     NotYet,
     PlanRequest,
     Record,
@@ -194,6 +196,10 @@ class StreamRun:
         self._deferred: dict[str, tuple[MappedRecord, str, str | None]] = {}
         self._claimed: set[str] = set()  # Stripe ids this run is linking, not yet committed
         self._reviews: dict[str, ReviewItem] = {}
+        # The stream's own matcher (Stream.matcher), made when the first unlinked record is offered to it; the
+        # records offered, by source id, to apply its decisions to.
+        self._matcher: Matcher | None = None
+        self._offered: dict[str, tuple[MappedRecord, str | None]] = {}
         self._done = 0
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
@@ -380,7 +386,9 @@ class StreamRun:
         started = utcnow()
         state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
         stripe_object = self.mapping.stripe_object
-        if state.stripe_index_built_at is None:
+        if self.stream.matcher is not None:  # it lists what it needs itself; the index would go unused
+            self._start_matcher(state)
+        elif state.stripe_index_built_at is None:
             self._progress(self.stream.name, 0, None, f"Reading existing Stripe {stripe_object}s")
             build_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object))
         else:
@@ -391,7 +399,8 @@ class StreamRun:
                 self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state))
             )
         )
-        twins.repair(self.pair, self.stream, self.mapping, self.gateway, self.recorder.note, dry_run=writer is None)
+        if self.stream.matcher is None:  # nothing is created by a stream that matches for itself: no twins
+            twins.repair(self.pair, self.stream, self.mapping, self.gateway, self.recorder.note, dry_run=writer is None)
         self._reviews = _latest_reviews(self.pair, self.stream.name)
         server_now = self.source.probe()
         next_cursor = server_now - timedelta(seconds=self.options.overlap_s)
@@ -483,7 +492,7 @@ class StreamRun:
         if link.id is None:
             self._current_links[sid] = link
         try:
-            self._decide(mapped, hashed, person, link, pool, writer)
+            self._decide(mapped, hashed, person, link, pool, writer, record)
         finally:
             self._current_links.pop(sid, None)
             if link.id is None and sid not in self._new_links:
@@ -525,6 +534,7 @@ class StreamRun:
         link: RecordLink,
         pool: WritePool,
         writer: OutboxWriter | None,
+        record: Record | None = None,
     ) -> None:
         sid = mapped.source_id
         if self._has_pending_write(sid):
@@ -559,6 +569,9 @@ class StreamRun:
                 None,
                 f"not created in Stripe: {reason} at the source and never synced before",
             )
+            return
+        if self.stream.matcher is not None:  # decided with every record known, after the read
+            self._offer(mapped, hashed, record if record is not None else {})
             return
         by_reference = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
         if len(by_reference) == 1:
@@ -625,6 +638,9 @@ class StreamRun:
                 return True
             self._submit("link", mapped, target, hashed, pool, writer)
             return True
+        if review.resolution == "create" and self.stream.matcher is not None:  # such a stream never creates
+            self.recorder.record("skipped", sid, mapped.display_name, None, "a person decided nothing is linked")
+            return True
         if review.resolution == "create":
             self._submit("create", mapped, None, hashed, pool, writer)
             return True
@@ -653,7 +669,76 @@ class StreamRun:
                 )
         self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
 
+    def _start_matcher(self, state: StreamState) -> None:
+        """The stream's matcher for this run, with what is linked already (read once, before any record)."""
+        assert self.stream.matcher is not None
+        linked = RecordLink.select(RecordLink.stripe_id, RecordLink.source_id).where(
+            (RecordLink.pair == self.pair)
+            & (RecordLink.stream == self.stream.name)
+            & RecordLink.stripe_id.is_null(False)
+        )
+        since = (
+            state.last_run_at.replace(tzinfo=UTC) - timedelta(seconds=self.options.overlap_s)
+            if state.last_run_at
+            else None
+        )
+        setup = MatchSetup(
+            gateway=self.gateway,
+            source=self.source,
+            links=self._links,
+            settings=self._prepared.settings,
+            linked={row.stripe_id: row.source_id for row in linked},
+            cross_ref_key=self.mapping.cross_ref_key,
+            since=int(since.timestamp()) if since is not None else None,
+        )
+        self._matcher = self.stream.matcher(setup)
+
+    def _offer(self, mapped: MappedRecord, hashed: str | None, record: Record) -> None:
+        assert self._matcher is not None
+        self._offered[mapped.source_id] = (mapped, hashed)
+        self._matcher.offer(mapped, record)
+
+    def _resolve_matched(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """Apply the stream's matcher's decisions: a link through the outbox (a metadata update of the existing
+        object), a review, or nothing written (skipped, with the matcher's reason)."""
+        if self._matcher is None:
+            return
+        decisions = self._matcher.decide()
+        for sid, (mapped, hashed) in self._offered.items():
+            decision = decisions.get(sid)
+            if decision is None:
+                continue
+            target = decision.stripe_id
+            if decision.kind == "link" and target:
+                # Links made before the read are the matcher's `linked`; one made twice by racing runs is refused by
+                # the link table and goes to review (outbox._link_taken).
+                if target in self._claimed:
+                    self._review(
+                        mapped, "link_taken", [target], pool, writer, f"{target} is linked to another record already"
+                    )
+                else:
+                    self._submit("link", mapped, target, hashed, pool, writer)
+            elif decision.kind == "review":
+                self._review(mapped, decision.reason, list(decision.candidates), pool, writer, decision.message)
+            else:
+                if decision.revisit and writer is not None:
+                    revisit_later(self.pair, self.stream.name, sid, decision.message)
+                self.recorder.record("skipped", sid, mapped.display_name, None, decision.message)
+        for sid, stripe_id, message in self._matcher.linked_news():
+            told = SyncEvent.select().where(
+                (SyncEvent.stream == self.stream.name) & (SyncEvent.source_id == sid) & (SyncEvent.message == message)
+            )
+            if not told.exists():
+                link = RecordLink.get_or_none(
+                    (RecordLink.pair == self.pair)
+                    & (RecordLink.stream == self.stream.name)
+                    & (RecordLink.source_id == sid)
+                )
+                self.recorder.note(sid, link.display_name if link else sid, stripe_id, message)
+        self._matcher, self._offered = None, {}
+
     def _resolve_deferred(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        self._resolve_matched(pool, writer)
         for mapped, hashed, person in self._deferred.values():
             # The person's customer, linked by another source's record of them, comes first: joining it keeps one
             # customer per person even where Stripe has other customers with this email (streams.md §3).

@@ -8,6 +8,7 @@ account and mode (a Cal.com attendee's customer may have been made by a Cliniko 
 
 from __future__ import annotations
 
+from clinicsync import matchkey
 from clinicsync.store.models import AccountPair, RecordLink, RoleLink
 from clinicsync.sync.matching import same_account
 
@@ -47,3 +48,20 @@ class AccountLinks:
                 .first()
             )
         return row.stripe_id if row is not None else None
+
+    def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
+        """Whether `email` is the email of the record of `stream` (e.g. a payment's billing email and an invoice's
+        patient), compared as the person keys the records keep (no email is stored or looked up in Stripe)."""
+        key = matchkey.person_hash(self._pair.stripe_account, self._pair.stripe_livemode, email)
+        if key is None:
+            return False
+        return (
+            RecordLink.select()
+            .where(
+                (RecordLink.stream == stream)
+                & (RecordLink.source_id == source_id)
+                & (RecordLink.person_key == key)
+                & RecordLink.pair.in_(same_account(self._pair))
+            )
+            .exists()
+        )

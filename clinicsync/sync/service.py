@@ -172,7 +172,12 @@ SOURCES: dict[str, SourceKind] = {
 
 
 # Settings that stream declarations read (through StreamSettings), resolved once per run.
-STREAM_SETTING_KEYS = ("cliniko.products.price_basis", "identity.primary_source")
+STREAM_SETTING_KEYS = (
+    "cliniko.products.price_basis",
+    "identity.primary_source",
+    "cliniko.invoices.match_days_before",
+    "cliniko.invoices.match_days_after",
+)
 
 
 def run_options(settings: Settings, *, trigger: str, dry_run: bool) -> RunOptions:

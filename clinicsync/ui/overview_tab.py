@@ -33,7 +33,7 @@ from clinicsync.labels import plural
 from clinicsync.store import queries
 from clinicsync.streams import STREAMS
 from clinicsync.sync.runner import Job, JobOutcome
-from clinicsync.sync.service import connected_sources
+from clinicsync.sync.service import connected_sources, enabled_streams
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.models import clean_text, escape_html
 from clinicsync.ui.notifications import active_notices
@@ -328,7 +328,9 @@ class OverviewTab(QWidget):
         schedule = self.ui.schedule
         next_runs = schedule.next_runs() if schedule is not None and schedule.mode != MANUAL else None
         connected = self._connected_sources()
-        shown = [s for s in STREAMS if STREAMS[s].source_system in connected or s in by_stream]
+        # A connected source's streams that are on (a stream switched off shows only once it has history).
+        enabled = set(enabled_streams(self.ui.app.settings, connected))
+        shown = [s for s in STREAMS if s in enabled or s in by_stream]
         for stream, card in self.cards.items():  # a source no longer connected: its cards go (history stays)
             card.setVisible(stream in shown or stream not in STREAMS)
         for stream in shown + [s for s in by_stream if s not in STREAMS]:

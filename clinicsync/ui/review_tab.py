@@ -152,6 +152,34 @@ def address_text(address: Mapping[str, Any] | None) -> str:
     return ", ".join(str(part).strip() for part in parts if part and str(part).strip())
 
 
+# Streams whose records are linked to payments show payment columns in the comparison.
+PAYMENT_OBJECTS = ("payment_intent", "charge")
+INVOICE_REF_KEY = "cliniko_invoice_id"
+
+
+def stripe_object_of(stripe_id: str) -> str:
+    """Which Stripe object a candidate id names (its prefix)."""
+    if stripe_id.startswith("pi_"):
+        return "payment_intent"
+    if stripe_id.startswith(("ch_", "py_")):
+        return "charge"
+    return "customer"
+
+
+def _amount(value: object, currency: object) -> str:
+    """A Stripe amount in minor units (an int) or a Cliniko decimal string, as money."""
+    from decimal import Decimal, InvalidOperation
+
+    from clinicsync import money
+
+    code = str(currency or money.DEFAULT_CURRENCY)
+    try:
+        amount = money.from_minor_units(value, code) if isinstance(value, int) else Decimal(str(value))
+    except (InvalidOperation, ValueError, TypeError):
+        return ""
+    return f"{amount:,.2f} {code.upper()}"
+
+
 def _date(epoch: object) -> str:
     if not isinstance(epoch, int | float):
         return ""
@@ -182,6 +210,37 @@ class Details:
             created=_date(customer.get("created")),
             stripe_id=clean(stripe_id),
             note=f"Its metadata names Cliniko record {clean(names)}" if names else "",
+        )
+
+    @classmethod
+    def of_stripe(cls, stripe_id: str, obj: Mapping[str, Any]) -> Details:
+        """A candidate: a customer, or a payment (an invoice's candidates)."""
+        if obj.get("object") in PAYMENT_OBJECTS:
+            return cls.of_payment(stripe_id, obj)
+        return cls.of_customer(stripe_id, obj)
+
+    @classmethod
+    def of_payment(cls, stripe_id: str, payment: Mapping[str, Any]) -> Details:
+        """A payment side by side with an invoice: who paid (its billing details), how much, whose customer."""
+        billing = payment.get("billing_details") or {}
+        names = (payment.get("metadata") or {}).get(INVOICE_REF_KEY)
+        return cls(
+            name=clean(billing.get("name") or payment.get("description")),
+            email=clean(billing.get("email") or payment.get("receipt_email")),
+            phone=_amount(payment.get("amount"), payment.get("currency")),
+            address=clean(payment.get("customer") or "no customer"),
+            created=_date(payment.get("created")),
+            stripe_id=clean(stripe_id),
+            note=f"Its metadata names Cliniko invoice {clean(names)}" if names else "",
+        )
+
+    @classmethod
+    def of_invoice(cls, record: Mapping[str, Any]) -> Details:
+        """The invoice under review, in the payment columns (never its notes)."""
+        return cls(
+            name=clean(record.get("invoice_to")),
+            phone=_amount(record.get("total_amount"), None),
+            created=clean(record.get("issue_date")),  # a pure date: shown as Cliniko has it
         )
 
     @classmethod
@@ -233,7 +292,10 @@ class ComparisonModel(QAbstractTableModel):
     candidate's email, phone and address sit right under the record's (its row is tinted). Values equal to the
     record's are bold."""
 
-    columns = ("", "Name", "Email", "Phone", "Address", "Created", "Stripe id")
+    CUSTOMER_COLUMNS = ("", "Name", "Email", "Phone", "Address", "Created", "Stripe id")
+    # An invoice and its candidate payments: the same Details fields under payment headings.
+    PAYMENT_COLUMNS = ("", "Paid by", "Email", "Amount", "Customer", "Date", "Stripe id")
+    columns = CUSTOMER_COLUMNS
     FIELDS = ("name", "email", "phone", "address", "created", "stripe_id")
 
     def __init__(self, parent: Any = None) -> None:
@@ -241,9 +303,10 @@ class ComparisonModel(QAbstractTableModel):
         self.record: RecordSide | None = None
         self.rows: list[Candidate] = []
 
-    def set_rows(self, record: RecordSide | None, rows: list[Candidate]) -> None:
+    def set_rows(self, record: RecordSide | None, rows: list[Candidate], *, payments: bool = False) -> None:
         self.beginResetModel()
         self.record, self.rows = record, list(rows)
+        self.columns = self.PAYMENT_COLUMNS if payments else self.CUSTOMER_COLUMNS
         self.endResetModel()
 
     def set_record(self, record: RecordSide) -> None:
@@ -293,7 +356,7 @@ class ComparisonModel(QAbstractTableModel):
         if row == 0:
             return self.record.details if self.record is not None else None
         candidate = self.rows[row - 1]
-        return Details.of_customer(candidate.stripe_id, candidate.customer) if candidate.customer else None
+        return Details.of_stripe(candidate.stripe_id, candidate.customer) if candidate.customer else None
 
     def _text(self, row: int, column: int) -> str:
         assert self.record is not None
@@ -305,7 +368,7 @@ class ComparisonModel(QAbstractTableModel):
             return str(getattr(self.record.details, self.FIELDS[column - 1]))
         candidate = self.rows[row - 1]
         if column == 0:
-            return f"Customer {row}"
+            return f"{'Payment' if self.columns == self.PAYMENT_COLUMNS else 'Customer'} {row}"
         if column == len(self.columns) - 1:
             return clean(candidate.stripe_id)
         if not candidate.loaded:
@@ -376,9 +439,15 @@ def carried_out_text(results: list[tuple[Decision, str, str | None]]) -> str:
 
 
 def fetch_customers(key: str, base_url: str | None, stripe_ids: tuple[str, ...]) -> dict[str, dict[str, Any] | None]:
-    """The candidates' current Stripe records (None for a deleted one); runs on a worker thread."""
+    """The candidates' current Stripe records (None for a deleted one): customers, or payments with their
+    charge's billing details; runs on a worker thread."""
     gateway = StripeGateway(key, base_url=base_url, timeout_s=15.0)
-    return {stripe_id: gateway.retrieve("customer", stripe_id) for stripe_id in stripe_ids}
+    found = {stripe_id: gateway.retrieve(stripe_object_of(stripe_id), stripe_id) for stripe_id in stripe_ids}
+    for payment in found.values():
+        charge = payment.get("latest_charge") if payment and payment.get("object") == "payment_intent" else None
+        if isinstance(charge, str) and (paid := gateway.retrieve("charge", charge)) is not None:
+            payment["billing_details"] = paid.get("billing_details")
+    return found
 
 
 def fetch_record(settings: Any, secrets: MemorySecretStore, mapping: StreamMapping, source_id: str) -> Details | None:
@@ -394,7 +463,18 @@ def fetch_record(settings: Any, secrets: MemorySecretStore, mapping: StreamMappi
         record = stream.read_one(client, source_id)
     finally:
         client.close()
-    return None if record is None else Details.of_payload(map_record(mapping, record).payload)
+    if record is None:
+        return None
+    if mapping.stripe_object in PAYMENT_OBJECTS:
+        return Details.of_invoice(record)
+    return Details.of_payload(map_record(mapping, record).payload)
+
+
+def _is_payment_stream(stream: str) -> bool:
+    from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
+
+    mapping = DEFAULT_MAPPINGS.get(stream)
+    return mapping is not None and mapping.stripe_object in PAYMENT_OBJECTS
 
 
 class ReviewTab(QWidget):
@@ -546,7 +626,7 @@ class ReviewTab(QWidget):
 
     def _show_candidates(self, item: ReviewRow) -> None:
         rows = [Candidate(c, self._customers.get(c), loaded=c in self._customers) for c in item.candidates]
-        self.candidate_model.set_rows(self._record_side(item), rows)
+        self.candidate_model.set_rows(self._record_side(item), rows, payments=_is_payment_stream(item.stream))
         if rows:
             self.select_candidate(0)
         self._update_buttons()
@@ -622,7 +702,8 @@ class ReviewTab(QWidget):
         item = self.current_item()
         candidate = self.current_candidate()
         self.link_button.setEnabled(item is not None and candidate is not None and candidate.exists)
-        self.create_button.setEnabled(item is not None)
+        # An invoice is linked to a payment that exists or to none: nothing is created for it.
+        self.create_button.setEnabled(item is not None and not _is_payment_stream(item.stream))
         self.ignore_button.setEnabled(item is not None)
 
     # --- decisions ----------------------------------------------------------------------------------------

@@ -1,0 +1,211 @@
+"""`cliniko.invoices` → the Stripe payment that paid each invoice (issue 11, linking and status).
+
+Cliniko has no payments API, so an invoice is linked to a payment found in Stripe (streams/payment_matching.py):
+(1) the local link, (2) a payment whose metadata names the invoice, (3) exactly one succeeded, unrefunded payment of
+exactly the total by the patient's customer (through the patients stream's links) within the window around the
+issue date, in the clinic's zone. Plausible but uncertain ones go to review; none writes nothing. A link writes the
+invoice's id, number and status into the payment's metadata (the PaymentIntent's, or a bare charge's); a status
+change updates it. Nothing is ever created, and the invoice's notes never leave the clinic (the mapping's
+clinical allow-list).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime
+from typing import Any
+
+from clinicsync import money
+from clinicsync.mapping.apply import MappedRecord
+from clinicsync.streams import cliniko_common
+from clinicsync.streams import payment_matching as pm
+from clinicsync.streams.base import (
+    MatchDecision,
+    MatchSetup,
+    NotYet,
+    PlanRequest,
+    Record,
+    Stream,
+    StreamSettings,
+    WriteStep,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "cliniko.invoices"
+PATIENTS = "cliniko.patients"
+DAYS_BEFORE_SETTING = "cliniko.invoices.match_days_before"
+DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
+PAID = 20
+STATUS_WORDS = {10: "open", 20: "paid", 30: "closed", 40: "open credit"}
+
+
+def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
+    # Default lists hide archived and deleted invoices: each has a pass of its own (cliniko-api.md §3).
+    return itertools.chain(
+        client.iter_changed("/invoices", cursor),
+        client.iter_changed("/invoices", cursor, archived=True),
+        client.iter_changed("/invoices", cursor, deleted=True),
+    )
+
+
+def _invoice_archived(record: Record) -> str | None:
+    return cliniko_common.archived_value(record, ("deleted_at", "archived_at"))
+
+
+def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> None:
+    """The invoice is shown by its number (the payment's own description is never ours to change)."""
+    number = record.get("number")
+    mapped.display_name = f"Invoice {number}" if number not in (None, "") else mapped.display_name
+
+
+def object_of(stripe_id: str) -> str:
+    """Which Stripe object a linked payment is: a bare charge keeps its own metadata (Stripe copies none between a
+    PaymentIntent and its charge)."""
+    return "charge" if stripe_id.startswith(("ch_", "py_")) else "payment_intent"
+
+
+def plan(request: PlanRequest) -> list[WriteStep]:
+    if request.op == "create" or request.stripe_id is None:
+        raise NotYet("an invoice is only ever linked to a payment that exists; nothing is created")
+    kind = object_of(request.stripe_id)
+    words = "PaymentIntent" if kind == "payment_intent" else "charge (made without a PaymentIntent)"
+    verb = "cross-reference written to" if request.op == "link" else "status updated on"
+    return [
+        WriteStep(
+            role="payment",
+            op=request.op,
+            stripe_object=kind,
+            params=request.params,
+            stripe_id=request.stripe_id,
+            note=f"{verb} {words} {request.stripe_id}",
+        )
+    ]
+
+
+# --- matching ------------------------------------------------------------------------------------------------
+def _link(value: Any) -> str | None:
+    from clinicsync.sources.cliniko import link_id
+
+    return link_id(value) if isinstance(value, Mapping) else None
+
+
+class InvoiceMatcher:
+    """The invoices offered in one run, decided together after the read (streams/payment_matching.py)."""
+
+    def __init__(self, setup: MatchSetup) -> None:
+        self.setup = setup
+        self.settings = setup.settings
+        self.before = _days(setup.settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE)
+        self.after = _days(setup.settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
+        self.bills: dict[str, pm.Bill] = {}  # by invoice id: one read twice in a run (edited mid-sync) counts once
+        self._zones: dict[str, str] | None = None
+        self._customers: dict[str, str | None] = {}
+
+    def _zone(self, business_id: str | None) -> str:
+        if self._zones is None:
+            self._zones = _business_zones(self.setup.source)
+        return self._zones.get(business_id or "", self.settings.time_zone)
+
+    def _customer(self, patient: str | None) -> str | None:
+        """The patient's customer, through the patients stream's links (a patient has many invoices: asked once)."""
+        if patient is None:
+            return None
+        if patient not in self._customers:
+            self._customers[patient] = self.setup.links.stripe_id(PATIENTS, patient)
+        return self._customers[patient]
+
+    def offer(self, mapped: MappedRecord, record: Record) -> None:
+        currency = self.settings.currency
+        try:
+            amount: int | None = money.to_minor_units(record.get("total_amount"), currency)
+        except money.MoneyError:
+            amount = None
+        try:
+            issued: date | None = date.fromisoformat(str(record.get("issue_date")))
+        except ValueError:
+            issued = None
+        patient = _link(record.get("patient")) or (str(record["patient_id"]) if record.get("patient_id") else None)
+        status = record.get("status")
+        bill = pm.Bill(
+            source_id=mapped.source_id,
+            number=str(record.get("number") or ""),
+            amount=amount,
+            currency=currency,
+            issue_date=issued,  # a pure date: never shifted
+            zone=self._zone(_link(record.get("business")) or record.get("business_id")),
+            customer=self._customer(patient),
+            person=patient,
+            name=record.get("invoice_to"),
+            paid=status == PAID,
+            status_words=STATUS_WORDS.get(status, "not paid") if isinstance(status, int) else "not paid",
+            window=pm.payment_window(issued, self.before, self.after) if issued else None,
+        )
+        self.bills[bill.source_id] = bill
+
+    def decide(self) -> dict[str, MatchDecision]:
+        bills = list(self.bills.values())
+        span = pm.listing_range(b.window for b in bills if b.window is not None)
+        payments = list(pm.list_payments(self.setup.gateway, span)) if span is not None else []
+        index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key)
+        links = self.setup.links
+        return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
+
+    def linked_news(self) -> list[tuple[str, str, str]]:
+        """Refunds since the last run of payments linked to invoices (one listing of refunds), for history."""
+        linked, since = self.setup.linked, self.setup.since
+        if not linked or since is None:
+            return []
+        news = []
+        for refund in self.setup.gateway.iter_objects("refund", filters={"created": {"gte": since}}):
+            payment = refund.get("payment_intent") if refund.get("payment_intent") in linked else refund.get("charge")
+            if payment in linked:
+                amount = pm.amount_text(int(refund.get("amount") or 0), str(refund.get("currency") or ""))
+                news.append(
+                    (linked[payment], payment, f"the linked payment {payment} was refunded: {amount} ({refund['id']})")
+                )
+        return news
+
+
+def _days(settings: StreamSettings, key: str, default: int) -> int:
+    value = settings.get(key)
+    return default if value is None else int(value)  # 0 is a window edge on the issue date itself
+
+
+def _business_zones(client: Any) -> dict[str, str]:
+    """Each business's IANA zone (one listing); invoices take their business's zone, else the clinic's."""
+    from clinicsync.sources.errors import SourceNotFound, SourcePermissionError
+
+    zones: dict[str, str] = {}
+    try:
+        for page in client.iter_pages("/businesses", [("per_page", "100")]):
+            for business in page.records:
+                zone = business.get("time_zone_identifier")
+                if isinstance(zone, str) and zone:
+                    zones[str(business.get("id"))] = zone
+    except (SourceNotFound, SourcePermissionError):
+        log.info("businesses not readable: invoices use the clinic's zone")
+    return zones
+
+
+CLINIKO_INVOICES = Stream(
+    name=NAME,
+    source_system="cliniko",
+    primary_role="payment",
+    stripe_object="payment_intent",
+    read_changed=_invoices_changed,
+    read_one=lambda client, source_id: client.get_record("/invoices", source_id, "invoice"),
+    archived_value=_invoice_archived,
+    changed_at=lambda record: record.get("updated_at"),
+    plan=plan,
+    find_created=lambda gateway, request: None,  # nothing is ever created
+    depends_on=(PATIENTS,),
+    enrich=_enrich,
+    source_settings=cliniko_common.settings,
+    time_zone=cliniko_common.time_zone,
+    country=cliniko_common.country,
+    needs_time_zone=True,
+    matcher=InvoiceMatcher,
+)

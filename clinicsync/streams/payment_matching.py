@@ -1,0 +1,303 @@
+"""Matching a bill to the Stripe payment that paid it, by amount + customer + local date window (streams.md §1, a
+shared matching strategy): certain only when exactly one payment fits; everything plausible goes to review with
+its candidates; none means nothing is written.
+
+Pure: the payments come from one paged listing per run (`list_payments`), the bills from the stream's read. Dates
+are compared in the clinic's zone: a payment's `created` becomes a local date there (zoneinfo, DST-correct) and the
+bill's issue date, a pure date, is never shifted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from clinicsync.streams.base import MatchDecision
+
+DEFAULT_DAYS_BEFORE = 7
+DEFAULT_DAYS_AFTER = 30
+SLACK_DAYS = 2  # the UTC listing reaches past the local window on both sides (zones are at most ±14 h off UTC)
+
+# Review reasons (ReviewItem.reason) and the words shown with them.
+SEVERAL_EQUAL = "several_payments"
+OTHER_CUSTOMER = "payment_other_customer"
+SPLIT = "split_payment"
+SEVERAL_BILLS = "payment_covers_several"
+NAMED_TWICE = "ambiguous_reference"
+SHARED_CERTAIN = "payment_fits_several"
+NOT_PAID_THROUGH_STRIPE = "not paid through Stripe"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Local dates a payment may fall on: `days_before` the issue date to `days_after` it, both included."""
+
+    first: date
+    last: date
+
+    def holds(self, day: date) -> bool:
+        return self.first <= day <= self.last
+
+
+def payment_window(issue_date: date, days_before: int, days_after: int) -> Window:
+    return Window(issue_date - timedelta(days=days_before), issue_date + timedelta(days=days_after))
+
+
+def local_date(created: int, zone: str) -> date:
+    """The date in `zone` of a Stripe `created` (epoch seconds, UTC)."""
+    return datetime.fromtimestamp(created, UTC).astimezone(ZoneInfo(zone)).date()
+
+
+def listing_range(windows: Iterable[Window]) -> tuple[int, int] | None:
+    """The `created` range (epoch s, inclusive) one listing must cover for every window, with a day's slack for
+    the zone; None for no windows."""
+    spans = list(windows)
+    if not spans:
+        return None
+    first = min(w.first for w in spans) - timedelta(days=SLACK_DAYS)
+    last = max(w.last for w in spans) + timedelta(days=SLACK_DAYS)
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(last, datetime.max.time(), tzinfo=UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A succeeded card payment: its PaymentIntent, or the charge itself when it was made without one."""
+
+    id: str
+    stripe_object: str  # payment_intent | charge
+    amount: int
+    currency: str
+    customer: str | None
+    created: int
+    refunded: bool  # refunded in full or in part: never "unrefunded"
+    billing_email: str | None
+    billing_name: str | None
+    metadata: Mapping[str, str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} ({amount_text(self.amount, self.currency)})"
+
+
+def amount_text(units: int, currency: str) -> str:
+    """Minor units as money for messages, e.g. "95.50 AUD"."""
+    from clinicsync import money
+
+    code = currency or money.DEFAULT_CURRENCY
+    return f"{money.from_minor_units(units, code):.{money.exponent(code)}f} {code.upper()}"
+
+
+def payment_of_charge(charge: Mapping[str, Any]) -> Payment | None:
+    """The payment a listed charge (with `payment_intent` expanded) stands for; None unless it succeeded."""
+    if charge.get("status") != "succeeded":
+        return None
+    intent = charge.get("payment_intent")
+    billing = charge.get("billing_details") or {}
+    customer = charge.get("customer")
+    if isinstance(customer, Mapping):
+        customer = customer.get("id")
+    refunded = bool(charge.get("refunded")) or int(charge.get("amount_refunded") or 0) > 0
+    if isinstance(intent, Mapping):
+        return Payment(
+            id=str(intent["id"]),
+            stripe_object="payment_intent",
+            amount=int(intent.get("amount") or charge.get("amount") or 0),
+            currency=str(intent.get("currency") or charge.get("currency") or ""),
+            customer=customer,
+            created=int(intent.get("created") or charge.get("created") or 0),
+            refunded=refunded,
+            billing_email=billing.get("email"),
+            billing_name=billing.get("name"),
+            metadata=dict(intent.get("metadata") or {}),
+        )
+    if isinstance(intent, str):  # not expanded: the charge's own fields, the intent's id
+        return Payment(
+            str(intent), "payment_intent", int(charge.get("amount") or 0), str(charge.get("currency") or ""), customer,
+            int(charge.get("created") or 0), refunded, billing.get("email"), billing.get("name"), {},
+        )  # fmt: skip
+    return Payment(
+        id=str(charge["id"]),
+        stripe_object="charge",
+        amount=int(charge.get("amount") or 0),
+        currency=str(charge.get("currency") or ""),
+        customer=customer,
+        created=int(charge.get("created") or 0),
+        refunded=refunded,
+        billing_email=billing.get("email"),
+        billing_name=billing.get("name"),
+        metadata=dict(charge.get("metadata") or {}),
+    )
+
+
+def list_payments(gateway: Any, created: tuple[int, int]) -> Iterator[Payment]:
+    """Every succeeded payment made in `created` (epoch s range): one paged listing of charges, 100 a page, with
+    each charge's PaymentIntent expanded (its metadata and id), never one lookup per bill."""
+    filters = {"created": {"gte": created[0], "lte": created[1]}, "expand": ["data.payment_intent"]}
+    for charge in gateway.iter_objects("charge", filters=filters):
+        payment = payment_of_charge(charge)
+        if payment is not None:
+            yield payment
+
+
+@dataclass
+class Bill:
+    """What matching needs of one bill (a Cliniko invoice)."""
+
+    source_id: str
+    number: str
+    amount: int | None  # minor units; None when unreadable
+    currency: str
+    issue_date: date | None
+    zone: str
+    customer: str | None  # the patient's customer, through the patients stream's links
+    person: str | None  # the patient's source id, to compare a billing email with
+    name: str | None  # who the bill is to, to compare a billing name with
+    paid: bool  # the source says it is paid
+    status_words: str = ""
+    window: Window | None = None
+    candidates: list[str] = field(default_factory=list)
+
+
+def _same_name(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and " ".join(str(a).casefold().split()) == " ".join(str(b).casefold().split())
+
+
+class PaymentIndex:
+    """The payments of one listing, by customer, with the ones already linked or naming another bill set aside."""
+
+    def __init__(self, payments: Iterable[Payment], linked: Mapping[str, str], cross_ref_key: str) -> None:
+        self.cross_ref_key = cross_ref_key
+        self.by_id: dict[str, Payment] = {}
+        for payment in payments:
+            self.by_id.setdefault(payment.id, payment)
+        self.linked = linked
+        self.by_customer: dict[str | None, list[Payment]] = {}
+        self.named: dict[str, list[Payment]] = {}
+        for payment in self.by_id.values():
+            self.by_customer.setdefault(payment.customer, []).append(payment)
+            ref = payment.metadata.get(cross_ref_key)
+            if ref:
+                self.named.setdefault(ref, []).append(payment)
+
+    def free(self, payment: Payment, bill: Bill) -> bool:
+        """Not linked to a bill already, not naming another bill, and a payment (not a refund) in the bill's
+        currency made on a local date inside the bill's window."""
+        ref = payment.metadata.get(self.cross_ref_key)
+        return (
+            payment.id not in self.linked
+            and (not ref or ref == bill.source_id)
+            and payment.currency == bill.currency
+            and bill.window is not None
+            and bill.window.holds(local_date(payment.created, bill.zone))
+        )
+
+
+def decide_bills(bills: Sequence[Bill], index: PaymentIndex, same_person: Any) -> dict[str, MatchDecision]:
+    """Every bill's decision, judged with every bill known: `same_person(person, email)` says whether a billing
+    email is the bill's person's."""
+    decisions: dict[str, MatchDecision] = {}
+    certain: dict[str, str] = {}  # bill → its one exact payment
+    for bill in bills:
+        decision, exact = _decide_one(bill, bills, index, same_person)
+        if exact is not None:
+            certain[bill.source_id] = exact
+        elif decision is not None:
+            decisions[bill.source_id] = decision
+    fits: dict[str, list[str]] = {}
+    for source_id, payment_id in certain.items():
+        fits.setdefault(payment_id, []).append(source_id)
+    for source_id, payment_id in certain.items():
+        payment = index.by_id[payment_id]
+        sharing = fits[payment_id]
+        if len(sharing) > 1:
+            decisions[source_id] = MatchDecision.review(
+                [payment_id],
+                SHARED_CERTAIN,
+                f"payment {payment.label} fits {len(sharing)} invoices exactly; choose which one it paid",
+            )
+        else:
+            decisions[source_id] = MatchDecision.link(
+                payment_id, payment.stripe_object, "the payment of exactly the total by the patient's customer"
+            )
+    return decisions
+
+
+def _decide_one(
+    bill: Bill, bills: Sequence[Bill], index: PaymentIndex, same_person: Any
+) -> tuple[MatchDecision | None, str | None]:
+    named = [p for p in index.named.get(bill.source_id, []) if p.id not in index.linked]
+    if len(named) == 1:
+        return MatchDecision.link(named[0].id, named[0].stripe_object, "its metadata names this invoice"), None
+    if len(named) > 1:
+        ids = [p.id for p in named]
+        return MatchDecision.review(ids, NAMED_TWICE, f"{len(ids)} payments name this invoice in their metadata"), None
+    if bill.amount is None or bill.amount <= 0:
+        return MatchDecision.none("nothing to pay: no payment to link"), None
+    if not bill.paid:
+        return MatchDecision.none(f"{bill.status_words or 'not paid'} in Cliniko: no payment to link"), None
+    if bill.window is None:
+        return MatchDecision.none("the invoice has no issue date: no payment can be matched"), None
+    own = [p for p in index.by_customer.get(bill.customer, []) if bill.customer and index.free(p, bill)]
+    exact = [p for p in own if p.amount == bill.amount and not p.refunded]
+    if len(exact) == 1:
+        return None, exact[0].id
+    if len(exact) > 1:
+        ids = [p.id for p in exact]
+        detail = f"{len(ids)} payments of exactly the total by the patient's customer; choose the one that paid it"
+        return MatchDecision.review(ids, SEVERAL_EQUAL, detail), None
+    found: list[tuple[str, list[str], str]] = []
+    others = [
+        p
+        for customer, payments in index.by_customer.items()
+        if customer != bill.customer or not bill.customer
+        for p in payments
+        if p.amount == bill.amount
+        and not p.refunded
+        and index.free(p, bill)
+        and ((bill.person and same_person(bill.person, p.billing_email)) or _same_name(p.billing_name, bill.name))
+    ]
+    if others:
+        detail = "a payment of exactly the total whose billing email or name is the patient's, without their customer"
+        found.append((OTHER_CUSTOMER, [p.id for p in others], detail))
+    unrefunded = [p for p in own if not p.refunded and p.amount < bill.amount]
+    for first, second in itertools.combinations(unrefunded, 2):
+        if first.amount + second.amount == bill.amount:
+            found.append((SPLIT, [first.id, second.id], "two payments by the patient's customer make the total"))
+    partners = [
+        b
+        for b in bills
+        if b is not bill and b.paid and b.customer == bill.customer and b.amount and b.amount > 0 and b.window
+    ]
+    for payment in (p for p in own if not p.refunded and p.amount > bill.amount):
+        if any(payment.amount == bill.amount + other.amount for other in partners):
+            detail = "one payment by the patient's customer equals this invoice and another of theirs together"
+            found.append((SEVERAL_BILLS, [payment.id], detail))
+    if found:
+        candidates = list(dict.fromkeys(c for _, ids, _ in found for c in ids))
+        detail = "; ".join(dict.fromkeys(text for _, _, text in found)) + ": choose the payment, or none"
+        return MatchDecision.review(candidates, found[0][0], detail), None
+    return _why_none(bill, own, index), None
+
+
+def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex) -> MatchDecision:
+    still_open = bill.window is not None and bill.window.last >= datetime.now(UTC).date()
+    if bill.customer is None:
+        return MatchDecision.none(
+            f"{NOT_PAID_THROUGH_STRIPE}: the patient has no Stripe customer yet", revisit=still_open
+        )
+    if any(p.amount == bill.amount and p.refunded for p in own):
+        return MatchDecision.none(f"{NOT_PAID_THROUGH_STRIPE}: the only payment of this amount was refunded")
+    outside = [
+        p
+        for p in index.by_customer.get(bill.customer, [])
+        if p.amount == bill.amount and not p.refunded and p.id not in index.linked and p not in own
+    ]
+    if outside:
+        return MatchDecision.none(f"{NOT_PAID_THROUGH_STRIPE}: a payment of this amount was made outside the window")
+    return MatchDecision.none(NOT_PAID_THROUGH_STRIPE, revisit=still_open)

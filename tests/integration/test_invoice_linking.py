@@ -1,0 +1,248 @@
+"""cliniko.invoices → the Stripe payments that paid them (issue 11, linking and status), over real HTTP.
+
+The seeded 1,000-invoice mix (sandbox/invoice_seed.py): every certain invoice linked with its cross-reference,
+every plausible one in review with exactly its candidates and nothing guessed, nothing linked outside the window or
+twice, a re-run writes nothing, and 15 status changes are exactly 15 metadata updates. Then the dates: a payment's
+time is a local date in the invoice's business's zone, across DST, and the issue date is never shifted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import stripe
+
+from clinicsync.sandbox.launcher import Sandbox, start_sandbox
+from clinicsync.store.models import RecordLink, ReviewItem, SyncEvent
+from tests.support import admin, context, profile_env, stats, sync_once
+
+STREAM = "cliniko.invoices"
+CERTAIN = ("certain", "linked_metadata")
+PLAUSIBLE = ("ambiguous", "split", "multi_invoice", "no_customer")
+NEVER = ("refunded", "outside_window", "paid_no_payment")
+
+
+class Seeded:
+    def __init__(self, sandbox: Sandbox, env: dict[str, str]) -> None:
+        self.sandbox = sandbox
+        self.env = env
+        self.scenario: dict[str, Any] = sandbox.seeded["invoice_scenario"]
+        self.first: Any = None
+
+    def sdk(self) -> stripe.StripeClient:
+        return stripe.StripeClient(self.sandbox.stripe_key or "", base_addresses={"api": self.sandbox.stripe_url})
+
+    def payments(self) -> dict[str, dict[str, Any]]:
+        """Every PaymentIntent and charge, by id."""
+        sdk = self.sdk()
+        found = {p.id: p.to_dict() for p in sdk.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter()}
+        found |= {c.id: c.to_dict() for c in sdk.v1.charges.list(params={"limit": 100}).auto_paging_iter()}
+        return found
+
+    def payment_id(self, ref: str) -> str:
+        made = self.scenario["payments"][ref]
+        return made["payment_intent"] or made["charge"]
+
+    def invoices_of(self, case: str) -> list[str]:
+        return sorted(i for i, c in self.scenario["cases"].items() if c == case)
+
+    def payment_refs(self, invoice_id: str) -> list[str]:
+        return sorted(ref for ref, ids in self.scenario["payment_invoices"].items() if invoice_id in ids)
+
+
+def writes(sandbox: Sandbox) -> Counter[str]:
+    return Counter(stats(sandbox.stripe_url)["mutations"])
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    sandbox = start_sandbox(profile="clean", patients=300, invoices=1000, products=0)
+    try:
+        env = profile_env(tmp_path_factory.mktemp("invoices"), sandbox.env())
+        patients = sync_once(env)
+        assert patients.counts["linked"] == 300, patients.counts
+        state = Seeded(sandbox, env)
+        state.first = sync_once(env, stream=STREAM)
+        yield state
+    finally:
+        sandbox.stop()
+
+
+def test_certain_invoices_are_linked_plausible_ones_reviewed_and_nothing_guessed(seeded: Seeded) -> None:
+    first = seeded.first
+    assert first.counts["linked"] == 500 and first.counts["review"] == 80, (first.counts, first.message)
+    assert first.counts["created"] == first.counts["failed"] == 0, first.counts
+    payments = seeded.payments()
+    numbers = {}
+    context(seeded.env)
+    links = {
+        row.source_id: row.stripe_id
+        for row in RecordLink.select().where((RecordLink.stream == STREAM) & RecordLink.stripe_id.is_null(False))
+    }
+    reviews = {row.source_id: row for row in ReviewItem.select().where(ReviewItem.stream == STREAM)}
+    for case in CERTAIN:
+        for invoice_id in seeded.invoices_of(case):
+            (ref,) = seeded.payment_refs(invoice_id)
+            pid = seeded.payment_id(ref)
+            metadata = payments[pid]["metadata"]
+            assert metadata["cliniko_invoice_id"] == invoice_id, (case, ref)
+            assert metadata["cliniko_invoice_status"] == "paid"
+            numbers[invoice_id] = metadata["cliniko_invoice_number"]
+            assert links[invoice_id] == pid
+    assert len(set(numbers.values())) == len(numbers) == 500
+    for case in PLAUSIBLE:
+        for invoice_id in seeded.invoices_of(case):
+            expected = {seeded.payment_id(ref) for ref in seeded.payment_refs(invoice_id)}
+            review = reviews[invoice_id]
+            assert review.status == "open" and set(review.candidates) == expected, (case, review.detail)
+            assert invoice_id not in links
+            for pid in expected:
+                assert "cliniko_invoice_id" not in payments[pid]["metadata"], (case, pid)
+    for case in NEVER:
+        for invoice_id in seeded.invoices_of(case):
+            assert invoice_id not in links and invoice_id not in reviews, case
+            for ref in seeded.payment_refs(invoice_id):
+                assert "cliniko_invoice_id" not in payments[seeded.payment_id(ref)]["metadata"], case
+    named = Counter(
+        p["metadata"].get("cliniko_invoice_id") for p in payments.values() if p["object"] == "payment_intent"
+    )
+    named.pop(None, None)
+    assert set(named.values()) == {1}, "no invoice named by two payments"
+    assert len(set(links.values())) == len(links) == 500, "no payment linked twice"
+    unpaid = {
+        e.source_id
+        for e in SyncEvent.select().where(
+            (SyncEvent.stream == STREAM) & SyncEvent.message.contains("not paid through Stripe")
+        )
+    }
+    assert set(seeded.invoices_of("paid_no_payment")) <= unpaid
+    assert set(seeded.invoices_of("outside_window")) <= unpaid
+    assert writes(seeded.sandbox)["POST /v1/payment_intents/{id}"] == 500
+
+
+def test_a_rerun_writes_nothing(seeded: Seeded) -> None:
+    before = writes(seeded.sandbox)
+    again = sync_once(seeded.env, stream=STREAM)
+    assert again.counts["linked"] == again.counts["updated"] == again.counts["created"] == 0, again.counts
+    assert writes(seeded.sandbox) == before
+
+
+def test_fifteen_status_changes_are_fifteen_metadata_updates(seeded: Seeded) -> None:
+    changed = seeded.invoices_of("certain")[:15]
+    admin(seeded.sandbox.cliniko_url, "edit_invoices", ids=changed, fields={"status": 30})
+    before = writes(seeded.sandbox)
+    result = sync_once(seeded.env, stream=STREAM)
+    assert result.counts["updated"] == 15 and result.counts["linked"] == 0, result.counts
+    delta = writes(seeded.sandbox) - before
+    assert sum(delta.values()) == 15 and delta["POST /v1/payment_intents/{id}"] == 15, delta
+    payments = seeded.payments()
+    for invoice_id in changed:
+        (ref,) = seeded.payment_refs(invoice_id)
+        assert payments[seeded.payment_id(ref)]["metadata"]["cliniko_invoice_status"] == "closed"
+    context(seeded.env)
+    notes = [
+        e.message for e in SyncEvent.select().where((SyncEvent.stream == STREAM) & (SyncEvent.action == "updated"))
+    ]
+    assert len(notes) == 15 and all("status updated on PaymentIntent pi_" in note for note in notes), notes[:2]
+    shown = subprocess.run(
+        [sys.executable, "-m", "clinicsync", "status"], env=seeded.env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0 and "cliniko.invoices" in shown.stdout and "15 updated" in shown.stdout, shown.stdout
+
+
+def test_a_refund_of_a_linked_payment_is_recorded_once(seeded: Seeded) -> None:
+    invoice_id = seeded.invoices_of("certain")[20]
+    (ref,) = seeded.payment_refs(invoice_id)
+    payment = seeded.payment_id(ref)
+    refund = seeded.sdk().v1.refunds.create(params={"payment_intent": payment, "amount": 500})
+    before = writes(seeded.sandbox)
+    for _ in range(2):
+        result = sync_once(seeded.env, stream=STREAM)
+        assert result.counts["updated"] == result.counts["linked"] == 0, result.counts
+    assert writes(seeded.sandbox) == before, "a refund is recorded, nothing is written"
+    context(seeded.env)
+    notes = [
+        e.message for e in SyncEvent.select().where((SyncEvent.stream == STREAM) & (SyncEvent.source_id == invoice_id))
+    ]
+    assert notes.count(f"the linked payment {payment} was refunded: 5.00 AUD ({refund.id})") == 1, notes
+
+
+# -- dates: local dates in each business's zone, across DST; issue dates never shifted ------------------------------
+# 13:30Z on 4 April 2026 is 00:30 on the 5th in Melbourne (AEDT until 16:00Z) and 23:30 on the 4th in Brisbane.
+# 13:30Z on 3 October is 23:30 on the 3rd in Melbourne (AEST); 13:30Z on 4 October, after the switch, is 00:30 on
+# the 5th there (AEDT) and 23:30 on the 4th in Brisbane (no DST).
+DATE_CASES = (
+    # (business, issue date, payment time, linked with the window starting on the issue date)
+    ("melbourne", "2026-04-05", "2026-04-04T13:30:00Z", True),
+    ("brisbane", "2026-04-05", "2026-04-04T13:30:00Z", False),
+    ("brisbane", "2026-04-04", "2026-04-04T13:30:00Z", True),
+    ("melbourne", "2026-10-04", "2026-10-03T13:30:00Z", False),
+    ("melbourne", "2026-10-05", "2026-10-04T13:30:00Z", True),
+    ("brisbane", "2026-10-05", "2026-10-04T13:30:00Z", False),
+)
+
+BARE_CHARGE = ("melbourne", "2026-06-10", "2026-06-11T02:00:00Z", True)  # an old Charges API payment
+
+
+def test_payment_times_are_local_dates_in_each_business_zone_across_dst(make_sandbox, env_for) -> None:
+    """Also: a dry run plans the links and writes nothing; history names the object written; a charge made
+    without a PaymentIntent carries the cross-reference itself."""
+    from datetime import datetime
+
+    sandbox = make_sandbox(profile="clean", patients=len(DATE_CASES) + 1)
+    env = env_for(sandbox, CLINICSYNC_CLINIKO_INVOICES_MATCH_DAYS_BEFORE="0")
+    sync_once(env)
+    context(env)
+    customers = {
+        row.source_id: row.stripe_id for row in RecordLink.select().where(RecordLink.stream == "cliniko.patients")
+    }
+    patients = sorted(customers)
+    zones = {
+        "melbourne": None,  # the main business (the sandbox's default zone, Australia/Melbourne)
+        "brisbane": admin(sandbox.cliniko_url, "add_business", time_zone_identifier="Australia/Brisbane")["id"],
+    }
+    specs = []
+    for n, (business, issue, _, _) in enumerate((*DATE_CASES, BARE_CHARGE)):
+        spec = {
+            "patient_id": patients[n],
+            "status": 20,
+            "issue_date": issue,
+            "lines": [{"name": "Standard consultation", "unit_price": f"{90 + n}.5"}],
+        }
+        if zones[business]:
+            spec["business_id"] = zones[business]
+        specs.append(spec)
+    made = admin(sandbox.cliniko_url, "add_invoices", invoices=specs)["invoices"]
+    assert [i["issue_date"] for i in made] == [c[1] for c in (*DATE_CASES, BARE_CHARGE)], "issue dates kept as given"
+    bare = ""
+    for n, (_, _, paid_at, _) in enumerate((*DATE_CASES, BARE_CHARGE)):
+        created = int(datetime.fromisoformat(paid_at.replace("Z", "+00:00")).timestamp())
+        paid = admin(
+            sandbox.stripe_url,
+            "add_payment",
+            amount=(90 + n) * 100 + 50,
+            currency="aud",
+            customer=customers[patients[n]],
+            created=created,
+            without_intent=n == len(DATE_CASES),
+        )
+        bare = paid["charge"]
+    before = writes(sandbox)
+    plan = sync_once(env, stream=STREAM, dry_run=True)
+    assert plan.counts["linked"] == 4 and writes(sandbox) == before, plan.counts
+    result = sync_once(env, stream=STREAM)
+    context(env)
+    linked = {row.source_id: row.stripe_id for row in RecordLink.select().where(RecordLink.stream == STREAM)}
+    got = [bool(linked.get(invoice["id"])) for invoice in made[:-1]]
+    assert got == [case[3] for case in DATE_CASES], (result.counts, result.message)
+    assert linked[made[-1]["id"]] == bare
+    sdk = stripe.StripeClient(sandbox.stripe_key or "", base_addresses={"api": sandbox.stripe_url})
+    assert sdk.v1.charges.retrieve(bare).metadata["cliniko_invoice_id"] == made[-1]["id"]
+    notes = {e.source_id: e.message for e in SyncEvent.select().where(SyncEvent.action == "linked")}
+    assert f"charge (made without a PaymentIntent) {bare}" in notes[made[-1]["id"]]
+    assert "PaymentIntent pi_" in notes[made[0]["id"]]

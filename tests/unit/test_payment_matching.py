@@ -1,0 +1,194 @@
+"""The payment window and local dates of streams/payment_matching.py: pure, no HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from clinicsync.streams import payment_matching as pm
+
+
+def epoch(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+
+def test_the_window_runs_from_days_before_to_days_after_the_issue_date_inclusive() -> None:
+    window = pm.payment_window(date(2026, 4, 5), 7, 30)
+    assert (window.first, window.last) == (date(2026, 3, 29), date(2026, 5, 5))
+    assert window.holds(date(2026, 3, 29)) and window.holds(date(2026, 5, 5))
+    assert not window.holds(date(2026, 3, 28)) and not window.holds(date(2026, 5, 6))
+    assert pm.payment_window(date(2026, 4, 5), 0, 0).holds(date(2026, 4, 5))
+
+
+def test_a_payment_time_is_the_local_date_in_the_zone_dst_correct() -> None:
+    april = epoch("2026-04-04T13:30:00")
+    assert pm.local_date(april, "Australia/Melbourne") == date(2026, 4, 5)  # AEDT, +11
+    assert pm.local_date(april, "Australia/Brisbane") == date(2026, 4, 4)  # AEST all year, +10
+    assert pm.local_date(epoch("2026-04-04T16:30:00"), "Australia/Melbourne") == date(2026, 4, 5)  # AEST again
+    assert pm.local_date(epoch("2026-10-03T13:30:00"), "Australia/Melbourne") == date(2026, 10, 3)  # before switch
+    assert pm.local_date(epoch("2026-10-04T13:30:00"), "Australia/Melbourne") == date(2026, 10, 5)  # after it
+    assert pm.local_date(epoch("2026-10-04T13:30:00"), "Australia/Brisbane") == date(2026, 10, 4)
+
+
+def test_the_listing_covers_every_window_with_slack_for_the_zone() -> None:
+    windows = [pm.payment_window(date(2026, 4, 5), 7, 30), pm.payment_window(date(2026, 1, 10), 7, 30)]
+    start, end = pm.listing_range(windows) or (0, 0)
+    assert start <= epoch("2026-01-03T00:00:00") - 13 * 3600
+    assert end >= epoch("2026-05-05T23:59:59") + 14 * 3600
+    assert pm.listing_range([]) is None
+
+
+def payment(pid: str, amount: int, customer: str | None, created: str, **extra: object) -> pm.Payment:
+    fields: dict = {"refunded": False, "billing_email": None, "billing_name": None, "metadata": {}} | extra
+    return pm.Payment(pid, "payment_intent", amount, "aud", customer, epoch(created), **fields)
+
+
+def bill(sid: str, amount: int, customer: str | None = "cus_1", issued: date = date(2026, 4, 5)) -> pm.Bill:
+    return pm.Bill(
+        sid, sid, amount, "aud", issued, "Australia/Melbourne", customer, "p1", "Ann Lee", True,
+        window=pm.payment_window(issued, 7, 30),
+    )  # fmt: skip
+
+
+def decide(bills: list[pm.Bill], payments: list[pm.Payment], linked: dict[str, str] | None = None) -> dict:
+    index = pm.PaymentIndex(payments, linked or {}, "cliniko_invoice_id")
+    return pm.decide_bills(bills, index, lambda person, email: email == "ann@example.com")
+
+
+def test_certain_only_when_one_unlinked_unrefunded_exact_payment_fits() -> None:
+    one = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")])
+    assert one["i1"].kind == "link" and one["i1"].stripe_id == "pi_1"
+    two = decide(
+        [bill("i1", 9550)],
+        [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00"), payment("pi_2", 9550, "cus_1", "2026-04-07T01:00:00")],
+    )
+    assert two["i1"].kind == "review" and set(two["i1"].candidates) == {"pi_1", "pi_2"}
+    taken = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")], {"pi_1": "i0"})
+    assert taken["i1"].kind == "none"
+    refunded = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00", refunded=True)])
+    assert refunded["i1"].kind == "none" and "refunded" in refunded["i1"].message
+    shared = decide([bill("i1", 9550), bill("i2", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00")])
+    assert shared["i1"].kind == shared["i2"].kind == "review"
+
+
+def test_plausible_payments_go_to_review_with_their_candidates() -> None:
+    other = decide(
+        [bill("i1", 9550)],
+        [payment("pi_9", 9550, None, "2026-04-06T01:00:00", billing_email="ann@example.com")],
+    )
+    assert other["i1"].kind == "review" and other["i1"].candidates == ("pi_9",)
+    by_name = decide(
+        [bill("i1", 9550)], [payment("pi_9", 9550, "cus_x", "2026-04-06T01:00:00", billing_name="ann  LEE")]
+    )
+    assert by_name["i1"].candidates == ("pi_9",)
+    split = decide(
+        [bill("i1", 9550)],
+        [payment("pi_a", 6000, "cus_1", "2026-04-06T01:00:00"), payment("pi_b", 3550, "cus_1", "2026-04-06T02:00:00")],
+    )
+    assert split["i1"].kind == "review" and set(split["i1"].candidates) == {"pi_a", "pi_b"}
+    both = decide([bill("i1", 9550), bill("i2", 4000)], [payment("pi_s", 13550, "cus_1", "2026-04-06T01:00:00")])
+    assert both["i1"].candidates == both["i2"].candidates == ("pi_s",)
+
+
+def test_metadata_naming_the_invoice_links_it_and_a_payment_naming_another_is_never_a_candidate() -> None:
+    named = decide(
+        [bill("i1", 9550), bill("i2", 9550)],
+        [payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00", metadata={"cliniko_invoice_id": "i2"})],
+    )
+    assert named["i2"].kind == "link" and named["i2"].stripe_id == "pi_1"
+    assert named["i1"].kind == "none"
+
+
+def test_the_invoice_mapping_sends_id_number_and_status_only_and_refuses_clinical_fields() -> None:
+    from dataclasses import replace
+
+    from clinicsync.mapping.apply import map_record
+    from clinicsync.mapping.defaults import CLINIKO_INVOICES
+    from clinicsync.mapping.fields import FieldCatalogue
+    from clinicsync.mapping.spec import rule
+    from clinicsync.mapping.validate import validate_mapping
+
+    invoice = {
+        "id": "7001",
+        "number": 5001,
+        "status": 40,
+        "notes": "Left knee, follow-up in 2 weeks",
+        "patient_extra_information": "Private health: invented fund",
+        "total_amount": "-95.5",
+        "issue_date": "2026-04-05",
+    }
+    mapped = map_record(CLINIKO_INVOICES, invoice)
+    sent = {target: value for target, value in mapped.payload.items() if value is not None}  # None: the marker unset
+    assert sent == {
+        "metadata.cliniko_invoice_id": "7001",
+        "metadata.cliniko_invoice_number": "5001",
+        "metadata.cliniko_invoice_status": "open_credit",
+    }
+    catalogue = FieldCatalogue.for_source("cliniko", "invoice")
+    assert validate_mapping(CLINIKO_INVOICES, catalogue, set()) == []
+    for field in ("notes", "patient_extra_information"):
+        leaking = replace(CLINIKO_INVOICES, rules=(*CLINIKO_INVOICES.rules, rule("metadata.x", field)))
+        assert [p.rule for p in validate_mapping(leaking, catalogue, set())] == ["clinical-field"], field
+
+
+class FakeGateway:
+    def __init__(self, charges: list[dict]) -> None:
+        self.charges = charges
+        self.listings: list[dict] = []
+
+    def iter_objects(self, stripe_object: str, created_since=None, filters=None):
+        self.listings.append({"object": stripe_object, **(filters or {})})
+        return iter(self.charges)
+
+
+class FakeLinks:
+    def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None:
+        return {"p1": "cus_1"}.get(source_id)
+
+    def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
+        return False
+
+
+class FakeCliniko:
+    def iter_pages(self, path: str, params=None):
+        from types import SimpleNamespace
+
+        yield SimpleNamespace(records=[{"id": "b1", "time_zone_identifier": "Australia/Brisbane"}])
+
+
+def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> None:
+    from clinicsync.mapping.apply import map_record
+    from clinicsync.mapping.defaults import CLINIKO_INVOICES
+    from clinicsync.streams.base import MatchSetup, StreamSettings
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+
+    charge = {
+        "id": "ch_1",
+        "status": "succeeded",
+        "amount": 9550,
+        "currency": "aud",
+        "customer": "cus_1",
+        "created": epoch("2026-04-04T13:30:00"),  # 23:30 on the 4th in Brisbane: inside a window from the 4th
+        "payment_intent": {"id": "pi_1", "amount": 9550, "currency": "aud", "created": epoch("2026-04-04T13:30:00")},
+    }
+    gateway = FakeGateway([charge])
+    setup = MatchSetup(
+        gateway, FakeCliniko(), FakeLinks(), StreamSettings("Australia/Melbourne", "aud", {
+            "cliniko.invoices.match_days_before": 0}), {}, "cliniko_invoice_id",
+    )  # fmt: skip
+    matcher = InvoiceMatcher(setup)
+    invoice = {
+        "id": "7001",
+        "number": 5001,
+        "status": 20,
+        "total_amount": "95.5",
+        "issue_date": "2026-04-04",
+        "patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/p1"}},
+        "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b1"}},
+    }
+    for _ in range(2):
+        matcher.offer(map_record(CLINIKO_INVOICES, invoice), invoice)
+    decisions = matcher.decide()
+    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
+    assert decisions["7001"].stripe_object == "payment_intent"
+    (listing,) = gateway.listings
+    assert listing["object"] == "charge" and listing["expand"] == ["data.payment_intent"]
