@@ -173,6 +173,12 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
     SettingSpec(
+        "cliniko.invoices.mirror",
+        bool,
+        False,
+        "Mirror Cliniko invoices as Stripe invoices (never emailed; paid, voided or credited as in Cliniko)",
+    ),
+    SettingSpec(
         "identity.primary_source",
         str,
         "cliniko",

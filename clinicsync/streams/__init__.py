@@ -13,16 +13,19 @@ from clinicsync.streams.base import (
 )
 from clinicsync.streams.calcom_bookings import CALCOM_BOOKINGS
 from clinicsync.streams.calcom_event_types import CALCOM_EVENT_TYPES
+from clinicsync.streams.cliniko_invoice_mirror import CLINIKO_INVOICE_MIRROR
 from clinicsync.streams.cliniko_patients import CLINIKO_PATIENTS
 from clinicsync.streams.cliniko_products import CLINIKO_PRODUCTS
 
 STREAMS: dict[str, Stream] = {
-    stream.name: stream for stream in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS, CALCOM_EVENT_TYPES, CALCOM_BOOKINGS)
+    stream.name: stream
+    for stream in (CLINIKO_PATIENTS, CLINIKO_PRODUCTS, CLINIKO_INVOICE_MIRROR, CALCOM_EVENT_TYPES, CALCOM_BOOKINGS)
 }
 
 __all__ = [
     "CALCOM_BOOKINGS",
     "CALCOM_EVENT_TYPES",
+    "CLINIKO_INVOICE_MIRROR",
     "CLINIKO_PATIENTS",
     "CLINIKO_PRODUCTS",
     "STREAMS",

@@ -36,6 +36,8 @@ class LinkLookup(Protocol):
 
     def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None: ...
 
+    def fingerprint(self, stream: str, source_id: str, role: str) -> str | None: ...
+
 
 @dataclass(frozen=True)
 class RoleRecord:
@@ -184,6 +186,11 @@ class Stream:
     # Create parameters Stripe keeps unique in an account (a price's lookup_key): a create refused over one made
     # its object already (two installations racing), which find_created finds, rather than failing.
     unique_params: tuple[str, ...] = ()
+    # The setting (a bool, off by default) that switches an optional stream on, e.g. mirroring invoices; None: the
+    # stream runs whenever its source is connected (unless `streams.<name>.enabled` is off).
+    enabled_by: str | None = None
+    # What the stream makes in Stripe, in words, shown with its dry-run and approval plans before anything is sent.
+    plan_note: str = ""
 
 
 def observed_request(stream: Stream, gateway: Any, request: PlanRequest) -> PlanRequest:

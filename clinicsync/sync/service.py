@@ -276,16 +276,15 @@ def sources_with_keys(keys: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def enabled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:
-    """Every stream of a connected source not switched off (`streams.<name>.enabled`; a stream without that
-    setting is on whenever its source is connected)."""
+    """Every stream of a connected source not switched off (`streams.<name>.enabled`, or the setting an optional
+    stream names in `enabled_by`; a stream without such a setting is on whenever its source is connected)."""
     from clinicsync.store.settings import SPECS_BY_KEY
 
-    return [
-        name
-        for name in STREAMS
-        if STREAMS[name].source_system in connected
-        and (f"streams.{name}.enabled" not in SPECS_BY_KEY or settings.get(f"streams.{name}.enabled"))
-    ]
+    def switched_on(name: str) -> bool:
+        key = STREAMS[name].enabled_by or f"streams.{name}.enabled"
+        return key not in SPECS_BY_KEY or bool(settings.get(key))
+
+    return [name for name in STREAMS if STREAMS[name].source_system in connected and switched_on(name)]
 
 
 def check_dependencies(
