@@ -328,7 +328,9 @@ class OverviewTab(QWidget):
         schedule = self.ui.schedule
         next_runs = schedule.next_runs() if schedule is not None and schedule.mode != MANUAL else None
         connected = self._connected_sources()
-        shown = [s for s in STREAMS if STREAMS[s].source_system in connected or s in by_stream]
+        shown = [
+            s for s in STREAMS if (STREAMS[s].source_system in connected and self._switched_on(s)) or s in by_stream
+        ]
         for stream, card in self.cards.items():  # a source no longer connected: its cards go (history stays)
             card.setVisible(stream in shown or stream not in STREAMS)
         for stream in shown + [s for s in by_stream if s not in STREAMS]:
@@ -446,6 +448,11 @@ class OverviewTab(QWidget):
         schedule = self.ui.schedule
         if self.isVisible() and schedule is not None and schedule.mode != MANUAL:
             self.refresh()
+
+    def _switched_on(self, stream: str) -> bool:
+        """An optional stream (the invoice mirror) has its card once a person turns it on."""
+        setting = STREAMS[stream].enabled_by
+        return setting is None or bool(self.ui.app.settings.get(setting))
 
     def _connected_sources(self) -> tuple[str, ...]:
         """The sources with a key, read at most every CONNECTED_RECHECK_S (a keyring read is not free, and this

@@ -34,6 +34,7 @@ EXPECTED_DEFAULTS = {
     "currency": "",
     "cliniko.products.price_basis": "including_tax",
     "streams.cliniko.products.enabled": True,
+    "cliniko.invoices.mirror": False,  # an optional stream, off unless a person turns it on
     "retry.max_attempts": 6,
     "retry.base_delay_seconds": 0.5,
     "retry.max_delay_seconds": 60.0,
@@ -43,6 +44,8 @@ EXPECTED_DEFAULTS = {
     "schedule.cliniko.products.enabled": True,
     "schedule.cliniko.patients.interval_seconds": 0,
     "schedule.cliniko.products.interval_seconds": 0,
+    "schedule.cliniko.invoice_mirror.enabled": True,
+    "schedule.cliniko.invoice_mirror.interval_seconds": 0,
     "schedule.calcom.event_types.enabled": True,
     "schedule.calcom.bookings.enabled": True,
     "schedule.calcom.event_types.interval_seconds": 0,
