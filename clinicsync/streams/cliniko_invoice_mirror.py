@@ -16,7 +16,9 @@ so a status change plans only the transitions still due; a replay of a finished 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +43,7 @@ NAME = "cliniko.invoice_mirror"
 MIRROR_SETTING = "cliniko.invoices.mirror"
 DAYS_UNTIL_DUE = 30  # send_invoice needs one; the invoice is never sent, so it only shows in the Dashboard
 STATE_ROLE = "mirror_state"
+LINES_ROLE = "mirror_lines"  # what the Stripe invoice's lines are (a hash), to notice lines changed in Cliniko
 CREDIT_ROLE = "credit_note"
 ITEM_ROLE = "invoice_item"
 ITEM_KEY = "cliniko_invoice_item_id"
@@ -238,12 +241,17 @@ def _transitions(current: str, wanted: str) -> list[str]:
     return actions
 
 
-def _state_of(request: PlanRequest) -> str | None:
+def _state_of(request: PlanRequest, role_name: str = STATE_ROLE) -> str | None:
     known = request.observed if request.observed is not None else request.roles
     return next(
-        (role.fingerprint for role in known if role.role == STATE_ROLE and role.stripe_id == request.stripe_id),
+        (role.fingerprint for role in known if role.role == role_name and role.stripe_id == request.stripe_id),
         None,
     )
+
+
+def _lines_fingerprint(mirror: Mapping[str, Any]) -> str:
+    text = f"{mirror['currency']}:{mirror['total']}:{mirror['lines']}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
 def _item_params(line: MirrorLine, customer: str, currency: str, invoice_id: str, links: Any) -> dict[str, Any]:
@@ -312,6 +320,16 @@ def plan(request: PlanRequest) -> list[WriteStep]:
     if request.op == "create":
         return _create(request, params, mirror, invoice_id, total, currency, wanted)
     current = _state_of(request) or "open"
+    held_lines = _state_of(request, LINES_ROLE)
+    if held_lines not in (None, _lines_fingerprint(mirror)) and current in ("draft", "open") and wanted != "void":
+        # Lines edited in Cliniko after the mirror was finalized: Stripe cannot change a finalized invoice's lines,
+        # so the mirror is voided and replaced (its successor takes the record's link).
+        retire = [
+            _action_step(action, total, invoice_id, ref=None, stripe_id=request.stripe_id)
+            for action in _transitions(current, "void")
+        ]
+        retire[-1] = replace(retire[-1], note="voided: its lines changed in Cliniko, replaced by a new invoice")
+        return retire + _create(request, params, mirror, invoice_id, total, currency, wanted, base=len(retire))
     steps = [
         _action_step(action, total, invoice_id, ref=None, stripe_id=request.stripe_id)
         for action in _transitions(current, wanted)
@@ -332,6 +350,7 @@ def _create(
     total: int,
     currency: str,
     wanted: str,
+    base: int = 0,  # steps before these in the plan (their refs count from the plan's first step)
 ) -> list[WriteStep]:
     patient = str(mirror["patient"])
     customer = request.links.stripe_id("cliniko.patients", patient) if request.links is not None else None
@@ -352,7 +371,10 @@ def _create(
             "create",
             "invoice",
             invoice_params,
-            records=(RoleRecord(STATE_ROLE, fingerprint="draft", current=True),),
+            records=(
+                RoleRecord(STATE_ROLE, fingerprint="draft", current=True),
+                RoleRecord(LINES_ROLE, fingerprint=_lines_fingerprint(mirror), current=True),
+            ),
             note=f"Stripe invoice of {money.display(total, currency)} with {len(lines)} line(s), "
             f"{STATE_WORDS.get(wanted, wanted)}",
         )
@@ -363,12 +385,12 @@ def _create(
             "create",
             "invoiceitem",
             _item_params(line, customer, currency, invoice_id, request.links),
-            refs={"invoice": 0},
+            refs={"invoice": base},
         )
         for line in lines
     ]
     steps += [
-        _action_step(action, total, invoice_id, ref=0, stripe_id=None) for action in _transitions("draft", wanted)
+        _action_step(action, total, invoice_id, ref=base, stripe_id=None) for action in _transitions("draft", wanted)
     ]
     return steps
 
@@ -392,8 +414,9 @@ def find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
     invoice; the invoice's items naming the Cliniko line; the invoice's credit notes naming the Cliniko invoice."""
     params = request.params
     if request.stripe_object == "invoice":
+        # A void one is never a lost create's (voiding comes later in a plan): it is a mirror replaced since.
         found = gateway.iter_objects("invoice", request.created_after, {"customer": params["customer"]})
-        return oldest_naming(list(found), request)
+        return oldest_naming([invoice for invoice in found if invoice.get("status") != "void"], request)
     if request.stripe_object == "invoiceitem":
         line = (params.get("metadata") or {}).get(ITEM_KEY)
         items = [
