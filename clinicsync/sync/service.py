@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clinicsync import rate_limits
+from clinicsync import labels, rate_limits
 from clinicsync import secrets as secret_names
 from clinicsync.connections import stripe_key_problem
 from clinicsync.outcomes import STOPS_EVERY_STREAM, Outcome
@@ -205,6 +205,12 @@ def run_sync(
     unknown = [name for name in streams or () if name not in STREAMS]
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
+    switched_off = [name for name in streams or () if (key := STREAMS[name].enabled_by) and not settings.get(key)]
+    if switched_off:  # an optional stream writes nothing until a person turns it on, even when asked by name
+        raise ConfigProblem(
+            f"{', '.join(labels.stream_source(name) for name in switched_off)}: turned off; turn it on first "
+            f"(setting {', '.join(str(STREAMS[name].enabled_by) for name in switched_off)})."
+        )
     connected = connected_sources(secrets)
     names = dependency_order(STREAMS, list(streams) if streams else enabled_streams(settings, connected))
     with ProfileLock(paths.lock_file):

@@ -14,9 +14,11 @@ from collections import Counter
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import pytest
+
 from clinicsync.sources.cliniko import ClinikoClient, link_id
 from clinicsync.streams.invoice_lines import ROUNDING_DESCRIPTION
-from clinicsync.sync.service import enabled_streams, run_sync
+from clinicsync.sync.service import ConfigProblem, enabled_streams, run_sync
 from tests.support import admin, context, stats, sync_once
 
 STREAM = "cliniko.invoice_mirror"
@@ -116,6 +118,8 @@ def check_exact(sandbox: Any, replaced: set[str] = frozenset()) -> dict[str, Any
 def test_mirroring_is_off_unless_the_setting_turns_it_on(make_sandbox, env_for) -> None:
     sandbox = make_sandbox(patients=5)
     assert STREAM not in enabled_streams(context(env_for(sandbox)).settings)
+    with pytest.raises(ConfigProblem, match="turned off"):  # not even when asked for by name
+        sync_once(env_for(sandbox), stream=STREAM)
     assert STREAM in enabled_streams(context(env_for(sandbox, "on", **ON)).settings)
 
 
