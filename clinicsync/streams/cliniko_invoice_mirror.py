@@ -98,7 +98,8 @@ def _with_items(client: Any, invoices: list[dict[str, Any]]) -> Iterator[dict[st
     for item in _listed(client, "/invoice_items", [("q[]", f"invoice_id:={ids}")]):
         items.setdefault(str(_link_id(item.get("invoice")) or item.get("invoice_id")), []).append(item)
     reversals: dict[str, list[dict[str, Any]]] = {}
-    paid = ",".join(str(invoice["id"]) for invoice in invoices if invoice.get("status") != CLOSED)
+    # Only a paid invoice's reversal matters (reversing an unpaid one closes it: its status says it all).
+    paid = ",".join(str(invoice["id"]) for invoice in invoices if invoice.get("status") in (PAID, OPEN_CREDIT))
     if paid:
         for reversal in _listed(client, "/invoices", [("q[]", f"original_invoice_id:={paid}")]):
             original = _link_id(reversal.get("original_invoice"))
