@@ -265,6 +265,8 @@ def _show_plan(stream: str) -> int:
     )
     out("  " + ", ".join(f"{count} {action}" for action, count in summary["counts"].items()))
     out("  fields sent to Stripe: " + ", ".join(summary.get("fields", [])))
+    if summary.get("stream_note"):
+        out(f"  in Stripe: {summary['stream_note']}")
     if summary.get("scope"):
         out(f"  records synced: {summary['scope']} ({summary.get('out_of_scope', 0)} left out)")
         if summary.get("scope_note"):

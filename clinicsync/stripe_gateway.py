@@ -59,6 +59,23 @@ class StripeAccount:
     name: str
 
 
+# Writes that name an action on an existing object (POST /v1/<objects>/<id>/<action>): the outbox's op → the SDK
+# method, and the statuses in which the object has had the action done (Stripe refuses to finalize a finalized
+# invoice: a replay of a finished action then finds it done rather than failing).
+ACTIONS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
+    "invoice": {
+        "finalize": ("finalize_invoice", frozenset({"open", "paid", "uncollectible", "void"})),
+        "pay": ("pay", frozenset({"paid"})),
+        "void": ("void_invoice", frozenset({"void"})),
+    },
+}
+
+
+def is_action(stripe_object: str, op: str) -> bool:
+    """Whether `op` is an action on a `stripe_object` (rather than create, update or link)."""
+    return op in ACTIONS.get(stripe_object, {})
+
+
 @dataclass(frozen=True)
 class WriteResult:
     object: dict[str, Any]
@@ -337,10 +354,18 @@ class StripeGateway:
             obj = self._call(service.create, params=params, options=options)
         elif op in ("update", "link") and stripe_id:
             obj = self._call(service.update, stripe_id, params=params, options=options)
+        elif is_action(stripe_object, op) and stripe_id:
+            method = getattr(service, ACTIONS[stripe_object][op][0])
+            obj = self._call(method, stripe_id, params=params, options=options)
         else:
             raise ValueError(f"unsupported Stripe write {op!r} on {stripe_object}")
         replayed = _header(obj.last_response.headers if obj.last_response else None, "Idempotent-Replayed")
         return WriteResult(object=obj.to_dict(), replayed=replayed == "true")
+
+    def action_done(self, stripe_object: str, op: str, stripe_id: str) -> dict[str, Any] | None:
+        """The object when it is already in a state the action leads to (the action was done before), else None."""
+        obj = self.retrieve(stripe_object, stripe_id)
+        return obj if obj is not None and obj.get("status") in ACTIONS[stripe_object][op][1] else None
 
     def _service(self, stripe_object: str) -> Any:
         services = {
@@ -351,6 +376,8 @@ class StripeGateway:
             "charge": self._client.v1.charges,
             "refund": self._client.v1.refunds,  # read only: refunds of linked payments are recorded, never made
             "invoice": self._client.v1.invoices,
+            "invoiceitem": self._client.v1.invoice_items,
+            "credit_note": self._client.v1.credit_notes,
         }
         try:
             return services[stripe_object]

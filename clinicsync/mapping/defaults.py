@@ -78,6 +78,29 @@ CLINIKO_INVOICES_DRAFT = StreamMapping(
     archived_marker="cliniko_archived",
 )
 
+# A Cliniko invoice mirrored as a Stripe invoice (streams/cliniko_invoice_mirror.py adds its lines, total and
+# state). The issue date is a pure date, copied as it is (never shifted); notes never leave the clinic.
+CLINIKO_INVOICE_MIRROR = StreamMapping(
+    stream="cliniko.invoice_mirror",
+    source_system="cliniko",
+    source_type="invoice",
+    stripe_object="invoice",
+    rules=(
+        rule("metadata.cliniko_invoice_id", "id", role="cross_ref"),
+        rule("description", transform="template", template="Cliniko invoice {number}"),
+        rule("metadata.cliniko_invoice_number", "number"),
+        rule("metadata.cliniko_issue_date", "issue_date"),
+        rule(
+            "metadata.cliniko_invoice_status",
+            "status",
+            transform="lookup",
+            table=INVOICE_STATUS_TABLE,
+        ),
+    ),
+    display_target="description",
+    archived_marker="cliniko_archived",
+)
+
 # A priced Cal.com event type is a Stripe product whose price comes from `metadata.apps.stripe` (streams/
 # calcom_event_types.py). Matched by name only to a product no other stream or source is linked to.
 CALCOM_EVENT_TYPES = StreamMapping(
@@ -181,6 +204,7 @@ DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
         CLINIKO_PATIENTS,
         CLINIKO_PRODUCTS,
         CLINIKO_INVOICES,
+        CLINIKO_INVOICE_MIRROR,
         CALCOM_EVENT_TYPES,
         CALCOM_ATTENDEES,
         CALCOM_BOOKING_PAYMENTS,

@@ -213,6 +213,12 @@ SPECS: tuple[SettingSpec, ...] = (
         maximum=365,
     ),
     SettingSpec(
+        "cliniko.invoices.mirror",
+        bool,
+        False,
+        "Mirror Cliniko invoices as Stripe invoices (never emailed; paid, voided or credited as in Cliniko)",
+    ),
+    SettingSpec(
         "identity.primary_source",
         str,
         "cliniko",

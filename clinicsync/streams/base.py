@@ -37,6 +37,7 @@ class LinkLookup(Protocol):
     def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None: ...
 
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool: ...
+    def fingerprint(self, stream: str, source_id: str, role: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,11 @@ class Stream:
     # (cross-reference in an index of the Stripe account, then email). Such a stream never creates: its records
     # are linked to objects that exist, go to review, or get nothing. None: the engine's matching.
     matcher: Callable[[MatchSetup], Matcher] | None = None
+    # The setting (a bool, off by default) that switches an optional stream on, e.g. mirroring invoices; None: the
+    # stream runs whenever its source is connected (unless `streams.<name>.enabled` is off).
+    enabled_by: str | None = None
+    # What the stream makes in Stripe, in words, shown with its dry-run and approval plans before anything is sent.
+    plan_note: str = ""
 
 
 def observed_request(stream: Stream, gateway: Any, request: PlanRequest) -> PlanRequest:

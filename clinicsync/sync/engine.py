@@ -297,6 +297,7 @@ class StreamRun:
             "sent": [{"target": rule.target, "sources": list(rule.sources)} for rule in self.mapping.rules],
             "scope": self.mapping.scope.describe(),
             "scope_note": mapping_store.LIVE_DEFAULT_NOTE if self.scope_is_default else "",
+            "stream_note": self.stream.plan_note,  # what the stream makes in Stripe, before approval
             "out_of_scope": len(self._scope.left_out),
             "mapping_version": self.mapping.version,
             "writeback": self._writeback_plan(),

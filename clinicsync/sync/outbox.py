@@ -36,7 +36,7 @@ from clinicsync.store.models import (
     utcnow,
 )
 from clinicsync.streams.base import DETACHED_ROLE, FindRequest, Stream, WriteStep
-from clinicsync.stripe_gateway import StripeFailure, StripeGateway, retry_decision
+from clinicsync.stripe_gateway import StripeFailure, StripeGateway, is_action, retry_decision
 from clinicsync.sync.crash import crashpoint
 
 log = logging.getLogger(__name__)
@@ -298,13 +298,13 @@ class OutboxWriter:
                 ),
             )
         except StripeFailure as failure:
-            return self._settle_failure(row, failure, supersedes, params)
+            return self._settle_failure(row, failure, supersedes, params, target)
         crashpoint("after_stripe_ok")
         self._complete(row, result.object, replayed=result.replayed)
         return True
 
     def _settle_failure(
-        self, row: OutboxEntry, failure: StripeFailure, supersedes: int, params: dict[str, Any]
+        self, row: OutboxEntry, failure: StripeFailure, supersedes: int, params: dict[str, Any], target: str | None
     ) -> bool:
         """Settle a step Stripe did not take; True if it turned out done after all (found, or replayed fresh)."""
         if failure.kind == "transient":
@@ -327,6 +327,12 @@ class OutboxWriter:
             found = self._find_created(row, params)
             if found is not None:
                 self._complete(row, found, replayed=True)
+                return True
+        if failure.kind == "invalid" and target and is_action(row.stripe_object, row.op):
+            # Refused because it was done already (a replay under a new key, or past Stripe's 24 h): done.
+            done = self.gateway.action_done(row.stripe_object, row.op, target)
+            if done is not None:
+                self._complete(row, done, replayed=True)
                 return True
         self._fail(row, failure.message)
         return False

@@ -19,6 +19,27 @@ class AccountLinks:
     def __init__(self, pair: AccountPair) -> None:
         self._pair = pair
 
+    def fingerprint(self, stream: str, source_id: str, role: str) -> str | None:
+        """What the record's current object of `role` holds (a price's amount, currency and tax behaviour), as its
+        stream recorded it; None when there is none."""
+        row = self._current_role(stream, source_id, role)
+        return row.fingerprint if row is not None else None
+
+    def _current_role(self, stream: str, source_id: str, role: str) -> RoleLink | None:
+        row: RoleLink | None = (
+            RoleLink.select(RoleLink.stripe_id, RoleLink.fingerprint)
+            .where(
+                (RoleLink.stream == stream)
+                & (RoleLink.source_id == source_id)
+                & (RoleLink.role == role)
+                & (RoleLink.current == True)  # noqa: E712 - peewee builds SQL from ==
+                & RoleLink.pair.in_(same_account(self._pair))
+            )
+            .order_by(RoleLink.pair != self._pair.id)
+            .first()
+        )
+        return row
+
     def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None:
         """The Stripe id the record of `stream` is linked to: its primary object, or the current one of `role`
         (e.g. a product's price). None while that record has not been synced (or was never linked)."""
@@ -35,18 +56,7 @@ class AccountLinks:
                 .first()
             )
         else:
-            row = (
-                RoleLink.select(RoleLink.stripe_id)
-                .where(
-                    (RoleLink.stream == stream)
-                    & (RoleLink.source_id == source_id)
-                    & (RoleLink.role == role)
-                    & (RoleLink.current == True)  # noqa: E712 - peewee builds SQL from ==
-                    & RoleLink.pair.in_(same_account(self._pair))
-                )
-                .order_by(RoleLink.pair != self._pair.id)
-                .first()
-            )
+            row = self._current_role(stream, source_id, role)
         return row.stripe_id if row is not None else None
 
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clinicsync import rate_limits
+from clinicsync import labels, rate_limits
 from clinicsync import secrets as secret_names
 from clinicsync.connections import stripe_key_problem
 from clinicsync.outcomes import STOPS_EVERY_STREAM, Outcome
@@ -210,6 +210,12 @@ def run_sync(
     unknown = [name for name in streams or () if name not in STREAMS]
     if unknown:
         raise ConfigProblem(f"Unknown stream {', '.join(unknown)}; known streams: {', '.join(STREAMS)}")
+    switched_off = [name for name in streams or () if (key := STREAMS[name].enabled_by) and not settings.get(key)]
+    if switched_off:  # an optional stream writes nothing until a person turns it on, even when asked by name
+        raise ConfigProblem(
+            f"{', '.join(labels.stream_source(name) for name in switched_off)}: turned off; turn it on first "
+            f"(setting {', '.join(str(STREAMS[name].enabled_by) for name in switched_off)})."
+        )
     connected = connected_sources(secrets)
     names = dependency_order(STREAMS, list(streams) if streams else enabled_streams(settings, connected))
     with ProfileLock(paths.lock_file):
@@ -281,16 +287,15 @@ def sources_with_keys(keys: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def enabled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:
-    """Every stream of a connected source not switched off (`streams.<name>.enabled`; a stream without that
-    setting is on whenever its source is connected)."""
+    """Every stream of a connected source not switched off (`streams.<name>.enabled`, or the setting an optional
+    stream names in `enabled_by`; a stream without such a setting is on whenever its source is connected)."""
     from clinicsync.store.settings import SPECS_BY_KEY
 
-    return [
-        name
-        for name in STREAMS
-        if STREAMS[name].source_system in connected
-        and (f"streams.{name}.enabled" not in SPECS_BY_KEY or settings.get(f"streams.{name}.enabled"))
-    ]
+    def switched_on(name: str) -> bool:
+        key = STREAMS[name].enabled_by or f"streams.{name}.enabled"
+        return key not in SPECS_BY_KEY or bool(settings.get(key))
+
+    return [name for name in STREAMS if STREAMS[name].source_system in connected and switched_on(name)]
 
 
 def check_dependencies(

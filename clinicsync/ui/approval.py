@@ -163,6 +163,13 @@ class ApprovalDialog(QDialog):
         for label in (self.fields_label, self.scope_label):
             label.setTextFormat(Qt.TextFormat.PlainText)
         self.scope_label.setVisible(bool(self.summary.get("scope")))
+        # What an optional stream makes in Stripe (mirrored invoices), and what to check first, before approval.
+        self.stream_note_label = QLabel(
+            labels.for_gui(str(self.summary.get("stream_note") or "")),
+            wordWrap=True,
+            textFormat=Qt.TextFormat.PlainText,
+        )
+        self.stream_note_label.setVisible(bool(self.summary.get("stream_note")))
         queued = int(self.summary.get("queued_writes", 0) or 0)
         waiting = plural(queued, "earlier change is", "earlier changes are")
         self.queued_label = QLabel(f"{waiting} also waiting to be sent." if queued else "")
@@ -180,6 +187,7 @@ class ApprovalDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(heading)
         layout.addWidget(self.tree, 1)
+        layout.addWidget(self.stream_note_label)
         layout.addWidget(self.scope_label)
         layout.addWidget(self.fields_label)
         layout.addWidget(self.queued_label)

@@ -89,6 +89,7 @@ class SettingsTab(QWidget):
         layout.addWidget(self._start_box())
         layout.addWidget(self._notify_box())
         layout.addWidget(self._matching_box())
+        layout.addWidget(self._invoices_box())
 
         where = QGroupBox("Where ClinicSync keeps its files")
         where_form = QFormLayout(where)
@@ -220,6 +221,24 @@ class SettingsTab(QWidget):
         form.addRow("The clinic's time zone:", self.zone_label)
         return box
 
+    def _invoices_box(self) -> QGroupBox:
+        box = QGroupBox("Cliniko invoices in Stripe")
+        form = QFormLayout(box)
+        self.mirror_box = QCheckBox("Copy Cliniko invoices into Stripe as Stripe invoices")
+        self.mirror_box.toggled.connect(lambda on: self._store("cliniko.invoices.mirror", on))
+        self._controls["cliniko.invoices.mirror"] = self.mirror_box
+        form.addRow(self.mirror_box)
+        form.addRow(
+            QLabel(
+                "Each invoice's lines, total and status are copied (never its notes); Stripe is told never to email "
+                "patients about them. Before turning this on, check the customer email settings in the Stripe "
+                "Dashboard (Settings → Customer emails). On a live Stripe account, the first sync shows what it "
+                "will make for your approval before anything is written.",
+                wordWrap=True,
+            )
+        )
+        return box
+
     # --- showing ----------------------------------------------------------------------------------------------
     def refresh(self) -> None:
         self._loading = True
@@ -252,6 +271,7 @@ class SettingsTab(QWidget):
         _quietly(self.notify_box, lambda: self.notify_box.setChecked(bool(values["alerts.notify"].value)))
         _quietly(self.outage_box, lambda: self.outage_box.setValue(int(values["alerts.outage_minutes"].value)))
         _quietly(self.email_box, lambda: _select(self.email_box, values["sync.email_match"].value))
+        _quietly(self.mirror_box, lambda: self.mirror_box.setChecked(bool(values["cliniko.invoices.mirror"].value)))
         for key, control in self._controls.items():
             given = values[key].source == "environment"
             if key != "schedule.reconcile.day" and key != "schedule.reconcile.time":

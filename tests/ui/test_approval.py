@@ -133,3 +133,19 @@ def test_a_products_plan_speaks_of_products_and_prices(qtbot):
     patients = plan_model({"stream": "cliniko.patients", "counts": {"created": 1}})
     assert patients.horizontalHeaderItem(2).text() == "Stripe customer"
     assert patients.item(0, 0).text() == "1  New Stripe customers will be created"
+
+
+def test_turning_the_invoice_mirror_on_shows_what_stripe_will_hold_and_the_email_settings_reminder(qtbot):
+    from clinicsync.store.models import AccountPair, SyncPlan
+    from clinicsync.streams.cliniko_invoice_mirror import PLAN_NOTE
+
+    pair = AccountPair(source_name="Sandbox Clinic", stripe_name="Sandbox Stripe", stripe_account="acct_sandbox")
+    summary = {"stream": "cliniko.invoice_mirror", "counts": {"created": 12}, "stream_note": PLAN_NOTE}
+    dialog = ApprovalDialog(None, SyncPlan(stream="cliniko.invoice_mirror", summary=summary, pair=pair))  # type: ignore[arg-type]
+    qtbot.addWidget(dialog)
+    assert "customer email settings in the Stripe Dashboard" in dialog.stream_note_label.text()
+    assert not dialog.stream_note_label.isHidden()
+    assert action_rows(dialog)["created"][0] == "12  New Stripe invoices will be created"
+    patients = ApprovalDialog(None, SyncPlan(stream=STREAM, summary={"counts": {}}, pair=pair))  # type: ignore[arg-type]
+    qtbot.addWidget(patients)
+    assert patients.stream_note_label.isHidden()

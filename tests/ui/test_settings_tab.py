@@ -138,3 +138,21 @@ def test_the_clinics_time_zone_is_shown_as_last_read_from_cliniko(build_gui, off
     reconciliation.start_report(pair, [STREAM], trigger="manual", time_zone="Australia/Perth")
     tab.refresh()
     assert tab.zone_label.text() == "Australia/Perth (as ClinicSync last read it from Cliniko)"
+
+
+def test_mirroring_invoices_is_off_until_ticked_and_then_polled_and_shown(qtbot, make_sandbox, env_for, build_gui):
+    sandbox = make_sandbox(profile="clean", patients=3)
+    gui = build_gui(env_for(sandbox))
+    mirror = "cliniko.invoice_mirror"
+    tab = gui.window.show_tab("settings")
+    assert not tab.mirror_box.isChecked() and mirror not in scheduled_streams(gui.ui.app.settings)
+    assert mirror not in {
+        s for s, card in gui.window.show_tab("overview").cards.items() if card.isVisibleTo(gui.window)
+    }
+    gui.window.show_tab("settings")
+    tab.mirror_box.setChecked(True)
+    assert gui.ui.app.settings.get("cliniko.invoices.mirror") is True
+    assert mirror in scheduled_streams(gui.ui.app.settings)
+    overview = gui.window.show_tab("overview")
+    overview.refresh()
+    assert overview.cards[mirror].isVisibleTo(gui.window)

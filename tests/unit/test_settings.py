@@ -40,6 +40,7 @@ EXPECTED_DEFAULTS = {
     "streams.cliniko.invoices.enabled": False,
     "cliniko.invoices.match_days_before": 7,
     "cliniko.invoices.match_days_after": 30,
+    "cliniko.invoices.mirror": False,  # an optional stream, off unless a person turns it on
     "retry.max_attempts": 6,
     "retry.base_delay_seconds": 0.5,
     "retry.max_delay_seconds": 60.0,
@@ -51,6 +52,8 @@ EXPECTED_DEFAULTS = {
     "schedule.cliniko.products.interval_seconds": 0,
     "schedule.cliniko.invoices.enabled": True,
     "schedule.cliniko.invoices.interval_seconds": 0,
+    "schedule.cliniko.invoice_mirror.enabled": True,
+    "schedule.cliniko.invoice_mirror.interval_seconds": 0,
     "schedule.calcom.event_types.enabled": True,
     "schedule.calcom.bookings.enabled": True,
     "schedule.calcom.event_types.interval_seconds": 0,

@@ -1,0 +1,92 @@
+"""How the invoice mirror reads Cliniko: items and reversals by one listing per hundred invoices (never a request per
+invoice); an invoice whose items changed is a changed record though the invoice itself did not; a new reversal
+brings its original; $0 invoices and reversals are never records. And what each Cliniko state asks of Stripe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from clinicsync.sources.cliniko import PageOf
+from clinicsync.streams import cliniko_invoice_mirror as mirror
+
+BASE = "https://api.au1.cliniko.com/v1"
+
+
+def link(path: str) -> dict[str, Any]:
+    return {"links": {"self": f"{BASE}/{path}"}}
+
+
+def invoice(iid: int, total: str = "95.0", status: int = 10, original: int | None = None) -> dict[str, Any]:
+    record = {"id": str(iid), "total_amount": total, "status": status, "updated_at": "2026-05-01T00:00:00Z"}
+    if original is not None:
+        record["original_invoice"] = link(f"invoices/{original}")
+    return record
+
+
+class FakeCliniko:
+    """Listings by the filters the mirror sends; every request is counted."""
+
+    def __init__(self, invoices: list[dict[str, Any]], changed: list[str], changed_items: list[str]) -> None:
+        self.invoices = {i["id"]: i for i in invoices}
+        self.changed = changed  # ids the invoice listing returns
+        self.changed_items = changed_items  # invoice ids of the items changed since the cursor
+        self.requests: list[str] = []
+
+    def iter_changed(self, path: str, cursor: datetime | None, *, archived: bool = False) -> Iterator[dict[str, Any]]:
+        self.requests.append(f"{path} changed archived={archived}")
+        yield from (self.invoices[i] for i in self.changed)
+
+    def iter_pages(self, path: str, query: list[tuple[str, str]]) -> Iterator[PageOf]:
+        filters = dict(q.split(":", 1) for name, q in query if name == "q[]" and ":=" in q)
+        self.requests.append(f"{path} {sorted(filters)}")
+        if path == "/invoice_items" and "invoice_id" in filters:
+            ids = filters["invoice_id"].removeprefix("=").split(",")
+            records = [{"id": f"{i}01", "invoice": link(f"invoices/{i}"), "name": "Consult"} for i in ids]
+        elif path == "/invoice_items":
+            records = [{"id": f"{i}02", "invoice": link(f"invoices/{i}")} for i in self.changed_items]
+        elif "original_invoice_id" in filters:
+            wanted = set(filters["original_invoice_id"].removeprefix("=").split(","))
+            records = [
+                i
+                for i in self.invoices.values()
+                if i.get("original_invoice", {}).get("links", {}).get("self", "/x").rsplit("/", 1)[1] in wanted
+            ]
+        else:  # by id
+            ids = filters["id"].removeprefix("=").split(",")
+            records = [self.invoices[i] for i in ids if i in self.invoices]
+        yield PageOf(records=records, total_entries=len(records), url=path, next_url=None)
+
+
+def test_items_and_reversals_are_read_once_per_hundred_invoices() -> None:
+    invoices = [invoice(n) for n in range(1, 251)]
+    client = FakeCliniko(invoices, [i["id"] for i in invoices], [])
+    records = list(mirror._read_changed(client, None))
+    assert len(records) == 250 and all(r["items"][0]["name"] == "Consult" for r in records)
+    item_listings = [r for r in client.requests if r.startswith("/invoice_items")]
+    assert len(item_listings) == 3, client.requests  # 100 + 100 + 50
+
+
+def test_changed_items_and_new_reversals_bring_their_invoices_and_zero_or_negative_ones_are_never_records() -> None:
+    invoices = [
+        invoice(1),
+        invoice(2, status=20),  # its items changed; the invoice itself did not
+        invoice(3, status=20),  # paid, reversed after payment: its reversal is new
+        invoice(4, total="-95.0", status=40, original=3),
+        invoice(5, total="0.0", status=20),
+    ]
+    client = FakeCliniko(invoices, ["1", "4", "5"], ["2"])
+    records = {r["id"]: r for r in mirror._read_changed(client, datetime(2026, 5, 1, tzinfo=UTC))}
+    assert set(records) == {"1", "2", "3"}
+    assert records["3"]["reversals"][0]["id"] == "4"
+    assert [mirror.wanted_state(records[i]) for i in ("1", "2", "3")] == ["open", "paid", "credited"]
+
+
+def test_each_cliniko_state_asks_for_the_transitions_stripe_allows() -> None:
+    assert mirror.wanted_state({"status": 30, "reversals": [{"id": "9"}]}) == "void"  # reversed before payment
+    assert mirror._transitions("draft", "credited") == ["finalize", "pay", "credit"]
+    assert mirror._transitions("open", "void") == ["void"]
+    assert mirror._transitions("paid", "credited") == ["credit"]
+    assert mirror._transitions("paid", "void") == []  # Stripe cannot void a paid invoice: left as it is
+    assert mirror._transitions("void", "paid") == []
