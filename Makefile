@@ -20,8 +20,9 @@ run: system-libs $(STAMP)
 system-libs:
 	sh packaging/check-system-libs.sh
 
+# Two workers at most (CI has two cores), each running whole test files; PYTEST_ARGS="-n 0" runs in one process.
 test: $(STAMP)
-	QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} $(BIN)/python -m pytest -q -n auto --maxprocesses 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check clinicsync tests benchmarks
