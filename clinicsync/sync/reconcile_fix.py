@@ -56,11 +56,12 @@ from clinicsync.store.models import (
 )
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, PlanRequest, Stream, WriteStep, identity
-from clinicsync.streams.base import DETACHED_ROLE, DUPLICATE_OF_KEY, RoleLinkInfo, observed_request
+from clinicsync.streams.base import DETACHED_ROLE, DUPLICATE_OF_KEY, NotYet, RoleLinkInfo, observed_request
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
 from clinicsync.sync.engine import PreparedStream, RunRecorder, prepare_stream
 from clinicsync.sync.matching import match_hash, owned_update
 from clinicsync.sync.outbox import OutboxWriter, StripeStopped, record_reviews, revisit_later
+from clinicsync.sync.references import AccountLinks
 from clinicsync.sync.service import SOURCES, retry_policy, run_options, stripe_gateway
 
 log = logging.getLogger(__name__)
@@ -390,10 +391,14 @@ class _Fixer:
             params=params,
             cross_ref_key=prepared.mapping.cross_ref_key,
             roles=tuple(RoleLinkInfo(r.role, r.stripe_id, r.fingerprint, r.current, r.active) for r in roles),
+            links=AccountLinks(connection.pair),
         )
         writer, _ = self._writer(name)
         action = "linked" if op == "link" else "updated"
-        steps = prepared.stream.plan(observed_request(prepared.stream, connection.gateway, request))
+        try:
+            steps = prepared.stream.plan(observed_request(prepared.stream, connection.gateway, request))
+        except NotYet as waiting:  # e.g. the record's patient has no customer yet: the next sync sends it
+            raise Refused(f"Not sent yet: {waiting}") from None
         rows = writer.enqueue_plan(mapped, action, steps, match_hash(connection.pair, mapped.match_value))
         return self._deliver(writer, rows, f"{action} {target}")
 
