@@ -212,6 +212,20 @@ def cmd_review(args: argparse.Namespace) -> int:
             out(f"     {item.reason}: {item.detail}")
             out(f"     candidates: {candidates}")
         return EXIT_OK
+    if args.action == "create":
+        from clinicsync.labels import stripe_object_words
+        from clinicsync.store.models import ReviewItem
+        from clinicsync.streams import STREAMS
+
+        item = ReviewItem.get_or_none(ReviewItem.id == args.id)
+        stream = STREAMS.get(item.stream) if item is not None else None
+        if stream is not None and not stream.creates:
+            kind = stripe_object_words(stream.stripe_object)
+            err(
+                f"Review #{args.id}: ClinicSync never creates a Stripe {kind} for this kind of record; link one of "
+                "the candidates, or ignore it."
+            )
+            return EXIT_CONFIG
     try:
         item = queries.resolve_review(args.id, args.action, getattr(args, "stripe_id", None))
     except queries.ReviewError as exc:

@@ -262,6 +262,12 @@ class Stream:
     # What the stream makes in Stripe, in words, shown with its dry-run and approval plans before anything is sent.
     plan_note: str = ""
 
+    @property
+    def creates(self) -> bool:
+        """Whether the stream ever makes its primary object: one that links to objects made elsewhere (payments)
+        never does, so "create a new one" is no decision a person can take for its records."""
+        return self.matcher is None and self.unmatched is None
+
 
 def observed_request(stream: Stream, gateway: Any, request: PlanRequest) -> PlanRequest:
     """The request with what its linked Stripe object holds now, when the stream's plan depends on it."""

@@ -639,7 +639,11 @@ class StreamRun:
                 return True
             self._submit("link", mapped, target, hashed, pool, writer)
             return True
-        if review.resolution == "create" and self.stream.matcher is not None:  # such a stream never creates
+        if review.resolution == "create" and not self.stream.creates:
+            # Such a stream never makes its object: the decision means "nothing to link", kept like an ignore so
+            # the record is neither read again every run nor asked about again.
+            if writer is not None:
+                ReviewItem.update(status="ignored").where(ReviewItem.id == review.id).execute()
             self.recorder.record("skipped", sid, mapped.display_name, None, "a person decided nothing is linked")
             return True
         if review.resolution == "create":

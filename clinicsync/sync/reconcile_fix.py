@@ -304,6 +304,9 @@ class _Fixer:
                 ).execute()
                 message = "the next sync makes a new one (or links one that names the record)"
             elif finding.reason == Reason.WAITING_FOR_REVIEW:
+                stream = STREAMS.get(finding.stream)
+                if stream is not None and not stream.creates:
+                    raise Refused("ClinicSync never makes this kind of Stripe object; decide the record in Review.")
                 review = ReviewItem.get_or_none(record_reviews(pair, finding.stream, sid, "open"))
                 if review is not None:
                     queries.resolve_review(review.id, "create")

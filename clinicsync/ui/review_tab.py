@@ -470,11 +470,12 @@ def fetch_record(settings: Any, secrets: MemorySecretStore, mapping: StreamMappi
     return Details.of_payload(map_record(mapping, record).payload)
 
 
-def _is_payment_stream(stream: str) -> bool:
-    from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
+def _creates(stream: str) -> bool:
+    """Whether "create a new one" is a decision for this stream's records (payments are only ever linked)."""
+    from clinicsync.streams import STREAMS
 
-    mapping = DEFAULT_MAPPINGS.get(stream)
-    return mapping is not None and mapping.stripe_object in PAYMENT_OBJECTS
+    declared = STREAMS.get(stream)
+    return declared is None or declared.creates
 
 
 class ReviewTab(QWidget):
@@ -626,7 +627,7 @@ class ReviewTab(QWidget):
 
     def _show_candidates(self, item: ReviewRow) -> None:
         rows = [Candidate(c, self._customers.get(c), loaded=c in self._customers) for c in item.candidates]
-        self.candidate_model.set_rows(self._record_side(item), rows, payments=_is_payment_stream(item.stream))
+        self.candidate_model.set_rows(self._record_side(item), rows, payments=not _creates(item.stream))
         if rows:
             self.select_candidate(0)
         self._update_buttons()
@@ -703,7 +704,7 @@ class ReviewTab(QWidget):
         candidate = self.current_candidate()
         self.link_button.setEnabled(item is not None and candidate is not None and candidate.exists)
         # An invoice is linked to a payment that exists or to none: nothing is created for it.
-        self.create_button.setEnabled(item is not None and not _is_payment_stream(item.stream))
+        self.create_button.setEnabled(item is not None and _creates(item.stream))
         self.ignore_button.setEnabled(item is not None)
 
     # --- decisions ----------------------------------------------------------------------------------------

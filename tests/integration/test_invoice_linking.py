@@ -172,6 +172,31 @@ def test_a_refund_of_a_linked_payment_is_recorded_once(seeded: Seeded) -> None:
     assert notes.count(f"the linked payment {payment} was refunded: 5.00 AUD ({refund.id})") == 1, notes
 
 
+def test_create_is_no_decision_for_an_invoice_and_a_stored_one_means_nothing_is_linked(seeded: Seeded) -> None:
+    """Payments are only ever linked: the CLI refuses "create"; one stored anyway (an older version, a script) is
+    taken as "nothing to link", closed like an ignore, and never sends a write or comes back each run."""
+    context(seeded.env)
+    review = ReviewItem.select().where((ReviewItem.stream == STREAM) & (ReviewItem.status == "open")).first()
+    assert review is not None
+    refused = subprocess.run(
+        [sys.executable, "-m", "clinicsync", "review", "create", str(review.id)],
+        env=seeded.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "never creates a Stripe payment for" in refused.stderr, refused.stderr
+    assert ReviewItem.get_by_id(review.id).status == "open"
+    ReviewItem.update(status="resolved", resolution="create").where(ReviewItem.id == review.id).execute()
+    before = writes(seeded.sandbox)
+    for _ in range(2):
+        result = sync_once(seeded.env, stream=STREAM)
+        assert result.counts["linked"] == result.counts["created"] == 0, result.counts
+    assert writes(seeded.sandbox) == before
+    context(seeded.env)
+    assert ReviewItem.get_by_id(review.id).status == "ignored"
+
+
 # -- dates: local dates in each business's zone, across DST; issue dates never shifted ------------------------------
 # 13:30Z on 4 April 2026 is 00:30 on the 5th in Melbourne (AEDT until 16:00Z) and 23:30 on the 4th in Brisbane.
 # 13:30Z on 3 October is 23:30 on the 3rd in Melbourne (AEST); 13:30Z on 4 October, after the switch, is 00:30 on
