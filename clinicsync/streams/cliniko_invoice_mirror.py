@@ -331,6 +331,10 @@ def plan(request: PlanRequest) -> list[WriteStep]:
         ]
         retire[-1] = replace(retire[-1], note="voided: its lines changed in Cliniko, replaced by a new invoice")
         return retire + _create(request, params, mirror, invoice_id, total, currency, wanted, base=len(retire))
+    if held_lines not in (None, _lines_fingerprint(mirror)) and current == "void" and wanted != "void":
+        # A replacement whose old mirror was voided but whose new one was never made (Stripe refused the create,
+        # e.g. the customer was deleted): the record still wants an invoice, so it gets a fresh one.
+        return _create(request, params, mirror, invoice_id, total, currency, wanted)
     steps = [
         _action_step(action, total, invoice_id, ref=None, stripe_id=request.stripe_id)
         for action in _transitions(current, wanted)

@@ -90,3 +90,41 @@ def test_each_cliniko_state_asks_for_the_transitions_stripe_allows() -> None:
     assert mirror._transitions("paid", "credited") == ["credit"]
     assert mirror._transitions("paid", "void") == []  # Stripe cannot void a paid invoice: left as it is
     assert mirror._transitions("void", "paid") == []
+
+
+def _plan_request(held_state: str, held_lines: str) -> Any:
+    from clinicsync.mapping.apply import MappedRecord
+    from clinicsync.streams.base import PlanRequest, RoleLinkInfo
+
+    class Links:
+        def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None:
+            return "cus_1" if stream == "cliniko.patients" else None
+
+        def fingerprint(self, stream: str, source_id: str, role: str) -> str | None:
+            return None
+
+    lines = '[{"amount":9500,"description":"Consult","item_id":"101","product_id":null,"quantity":null}]'
+    mirror_entry = {"patient": "7", "currency": "aud", "total": 9500, "lines": lines, "state": "open"}
+    roles = (
+        RoleLinkInfo(mirror.STATE_ROLE, "in_old", held_state, current=True, active=True),
+        RoleLinkInfo(mirror.LINES_ROLE, "in_old", held_lines, current=True, active=True),
+    )
+    mapped = MappedRecord("1", {}, "Invoice 1", None, False)
+    params = {"mirror": mirror_entry, "metadata": {"cliniko_invoice_id": "1"}}
+    return PlanRequest("update", mapped, "in_old", params, "cliniko_invoice_id", roles=roles, links=Links())
+
+
+def test_a_mirror_voided_for_new_lines_whose_replacement_was_refused_gets_a_fresh_invoice() -> None:
+    # The void went through, the create was refused: the link still names the void invoice, with the old lines.
+    steps = mirror.plan(_plan_request("void", "stale-lines-hash"))
+    assert [(s.role, s.op) for s in steps] == [
+        ("invoice", "create"),
+        (mirror.ITEM_ROLE, "create"),
+        ("invoice", "finalize"),
+    ]
+    assert steps[1].refs == {"invoice": 0} and steps[2].refs == {"": 0}
+    # A void mirror whose lines are current (closed in Cliniko, say) is left as it is.
+    request = _plan_request("void", "x")
+    current = mirror._lines_fingerprint(request.params["mirror"])
+    (update,) = mirror.plan(_plan_request("void", current))
+    assert update.op == "update" and "cannot make" in update.note
