@@ -189,3 +189,18 @@ def test_a_closing_mirror_is_read_once_for_its_state_and_total() -> None:
     assert observed is not None
     assert {(r.role, r.fingerprint) for r in observed} == {(mirror.STATE_ROLE, "paid"), (mirror.TOTAL_ROLE, "9500")}
     assert mirror.observe(Gateway(), _closing_request("void", None, looked=False)) is None
+
+
+def test_lines_that_miss_the_total_fail_that_record_with_a_clear_message() -> None:
+    from clinicsync.mapping.apply import MappedRecord
+    from clinicsync.streams.base import StreamSettings
+
+    record = {
+        **invoice(9, total="90.0"),
+        "patient": link("patients/7"),
+        "items": [{"id": "901", "name": "Review", "unit_price": "95.0"}],  # its $5 discount was not read
+    }
+    mapped = MappedRecord("9", {}, "Invoice 9", None, False)
+    mirror._enrich(mapped, record, StreamSettings("Australia/Sydney", "aud"))
+    assert mapped.error is not None and mapped.error.startswith("invoice lines: the lines add up to 95.00 AUD")
+    assert "mirror.lines" not in mapped.payload
