@@ -8,7 +8,8 @@ agree; the total is Cliniko's to the cent). Stripe must never write to the patie
 status: finalized (open); paid in Cliniko → paid out of band; closed unpaid (or reversed before payment, which
 closes it) → void; reversed after payment → a credit note for the whole amount, out of band (never a refund, never
 a customer balance credit). $0 invoices and reversals (negative) are never mirrored; a reversal is reflected on
-its original's mirror. Invoice notes and patient extra information never leave the clinic.
+its original's mirror. An invoice deleted, archived or brought to $0 after it was mirrored closes its mirror (void,
+or credited if paid). Invoice notes and patient extra information never leave the clinic.
 
 What the mirror holds is kept as role links: `mirror_state` (draft, open, paid, void, credited) on the invoice,
 so a status change plans only the transitions still due; a replay of a finished action is a no-op (outbox).
@@ -44,6 +45,7 @@ MIRROR_SETTING = "cliniko.invoices.mirror"
 DAYS_UNTIL_DUE = 30  # send_invoice needs one; the invoice is never sent, so it only shows in the Dashboard
 STATE_ROLE = "mirror_state"
 LINES_ROLE = "mirror_lines"  # what the Stripe invoice's lines are (a hash), to notice lines changed in Cliniko
+TOTAL_ROLE = "mirror_total"  # observed only: the Stripe invoice's total, what a closing mirror's credit note is for
 CREDIT_ROLE = "credit_note"
 ITEM_ROLE = "invoice_item"
 ITEM_KEY = "cliniko_invoice_item_id"
@@ -74,13 +76,16 @@ def _link_id(value: Any) -> str | None:
 
 
 def _mirrored(invoice: Record) -> bool:
-    """A positive invoice that is not itself a reversal."""
-    if _link_id(invoice.get("original_invoice")):
-        return False
+    """An invoice that is not itself a reversal. One with a total of $0 or less is read too (it counts as archived,
+    so it is never created, but a mirror made before it fell to $0 is closed)."""
+    return not _link_id(invoice.get("original_invoice"))
+
+
+def _not_positive(record: Record) -> bool:
     try:
-        return money.parse_amount(invoice.get("total_amount") or 0) > 0
+        return money.parse_amount(record.get("total_amount") or 0) <= 0
     except money.MoneyError:
-        return True  # read, so its record says what is wrong with it
+        return False  # its record says what is wrong with it
 
 
 def _listed(client: Any, path: str, query: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
@@ -155,6 +160,8 @@ def _read_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
     listing = (
         *_chunks(wanted(client.iter_changed("/invoices", cursor))),
         *_chunks(wanted(client.iter_changed("/invoices", cursor, archived=True))),
+        # Default lists hide deleted invoices: a pass of their own, so a deleted invoice's mirror is closed.
+        *_chunks(wanted(client.iter_changed("/invoices", cursor, deleted=True))),
     )
     for chunk in listing:
         yield from _with_items(client, chunk)
@@ -181,13 +188,21 @@ def _changed_at(record: Record) -> str | None:
 
 
 def _archived(record: Record) -> str | None:
-    return cliniko_common.archived_value(record, ("deleted_at", "archived_at"))
+    """Deleted, archived, or a total of $0 or less: never created, and a mirror made before is closed."""
+    gone = cliniko_common.archived_value(record, ("deleted_at", "archived_at"))
+    if gone is None and _not_positive(record):
+        return f"a total of {record.get('total_amount') or 0}"
+    return gone
 
 
 # --- what Stripe should hold -------------------------------------------------------------------------------
 def wanted_state(record: Record) -> str:
-    """open, paid, void or credited, from Cliniko's status and the invoice's reversals."""
+    """open, paid, void or credited, from Cliniko's status and the invoice's reversals. An invoice deleted,
+    archived or brought to $0 closes its mirror: credited if it was paid, else void (never a refund, no email)."""
     status = record.get("status")
+    if _archived(record) is not None:
+        paid = status in (PAID, OPEN_CREDIT) and not _not_positive(record)
+        return "credited" if paid else "void"
     if status == CLOSED:
         return "void"  # closed unpaid, or reversed before payment (which closes the original)
     if status in (PAID, OPEN_CREDIT):
@@ -197,7 +212,13 @@ def wanted_state(record: Record) -> str:
 
 def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> None:
     """The mirror's lines, total, currency, patient and wanted state as `mirror.*` payload entries (so a change to
-    any of them is a change to the record)."""
+    any of them is a change to the record). A closing invoice (deleted, archived, $0) needs only its state: its
+    lines may be gone and its mirror is never made again."""
+    if (closing := _archived(record)) is not None:
+        mapped.payload["mirror.currency"] = settings.currency
+        mapped.payload["mirror.state"] = wanted_state(record)
+        mapped.payload["mirror.closing"] = closing
+        return
     product_of = {
         str(item.get("id")): product
         for item in record.get("items") or []
@@ -317,6 +338,8 @@ def plan(request: PlanRequest) -> list[WriteStep]:
     params = dict(request.params)
     mirror = params.pop("mirror")
     invoice_id = request.mapped.source_id
+    if mirror.get("closing") and request.op != "create":
+        return _close(request, params, invoice_id, _state_of(request) or "open", str(mirror["state"]))
     total, currency, wanted = int(mirror["total"]), str(mirror["currency"]), str(mirror["state"])
     if request.op == "create":
         return _create(request, params, mirror, invoice_id, total, currency, wanted)
@@ -331,12 +354,36 @@ def plan(request: PlanRequest) -> list[WriteStep]:
         ]
         retire[-1] = replace(retire[-1], note="voided: its lines changed in Cliniko, replaced by a new invoice")
         return retire + _create(request, params, mirror, invoice_id, total, currency, wanted, base=len(retire))
+    if held_lines not in (None, _lines_fingerprint(mirror)) and current == "void" and wanted != "void":
+        # A replacement whose old mirror was voided but whose new one was never made (Stripe refused the create,
+        # e.g. the customer was deleted): the record still wants an invoice, so it gets a fresh one.
+        return _create(request, params, mirror, invoice_id, total, currency, wanted)
     steps = [
         _action_step(action, total, invoice_id, ref=None, stripe_id=request.stripe_id)
         for action in _transitions(current, wanted)
     ]
     note = ""
     if not steps and current != wanted and current != "draft":
+        note = f"the Stripe invoice is {current}, which Stripe cannot make {STATE_WORDS.get(wanted, wanted)}"
+    update = {"metadata": params.get("metadata") or {}}
+    steps.append(WriteStep("invoice", request.op, "invoice", update, stripe_id=request.stripe_id, note=note))
+    return steps
+
+
+def _close(request: PlanRequest, params: dict[str, Any], invoice_id: str, current: str, wanted: str) -> list[WriteStep]:
+    """The mirror of an invoice deleted, archived or brought to $0 in Cliniko: voided, or (paid) credited in full
+    outside Stripe for the Stripe invoice's own total; never replaced, never refunded, never emailed."""
+    if current == "paid":
+        wanted = "credited"  # a paid invoice cannot be voided
+    held_total = _state_of(request, TOTAL_ROLE)
+    total = int(held_total) if held_total and held_total.isdigit() else 0
+    actions = _transitions(current, wanted)
+    note = ""
+    if "credit" in actions and total <= 0:
+        actions = [a for a in actions if a != "credit"]
+        note = "the Stripe invoice's total could not be read, so it is not credited yet"
+    steps = [_action_step(a, total, invoice_id, ref=None, stripe_id=request.stripe_id) for a in actions]
+    if not steps and current not in (wanted, "draft", "void", "credited") and not note:
         note = f"the Stripe invoice is {current}, which Stripe cannot make {STATE_WORDS.get(wanted, wanted)}"
     update = {"metadata": params.get("metadata") or {}}
     steps.append(WriteStep("invoice", request.op, "invoice", update, stripe_id=request.stripe_id, note=note))
@@ -397,8 +444,11 @@ def _create(
 
 
 def observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
-    """A Stripe invoice linked without a known state (found by its cross-reference): its state, read once."""
-    if _state_of(request) is not None:
+    """A Stripe invoice linked without a known state (found by its cross-reference), or one still to be closed
+    (a credit note is for its own total): its state and total, read once."""
+    held = _state_of(request)
+    closing = bool((request.params.get("mirror") or {}).get("closing")) and held not in ("void", "credited")
+    if held is not None and not closing:
         return None
     invoice = gateway.retrieve("invoice", request.stripe_id)
     if invoice is None:
@@ -407,7 +457,10 @@ def observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | No
     credited = invoice.get("post_payment_credit_notes_amount") or 0
     if status == "paid" and credited and credited >= (invoice.get("total") or 0):
         status = "credited"
-    return (RoleLinkInfo(STATE_ROLE, str(request.stripe_id), status, current=True, active=True),)
+    return (
+        RoleLinkInfo(STATE_ROLE, str(request.stripe_id), status, current=True, active=True),
+        RoleLinkInfo(TOTAL_ROLE, str(request.stripe_id), str(invoice.get("total") or 0), current=True, active=True),
+    )
 
 
 def find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:

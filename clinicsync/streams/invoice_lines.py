@@ -34,7 +34,8 @@ class MirrorLine:
 
 
 class LineError(ValueError):
-    """A Cliniko line whose amounts cannot be read; the message says which line and why."""
+    """A Cliniko line whose amounts cannot be read, or lines that do not add up to the total; the message says
+    which and why."""
 
 
 def line_total(item: Mapping[str, Any], calculation_method: int) -> Decimal:
@@ -79,7 +80,8 @@ def mirror_lines(
 ) -> list[MirrorLine]:
     """The Stripe lines of a Cliniko invoice: one per live item (in the order given), then a rounding line when
     the rounded lines do not add up to `total_amount`. `product_of`: item id → Cliniko product id, for product
-    lines. Raises LineError (money.MoneyError) on an amount that is not a number."""
+    lines. Raises LineError on an amount that is not a number, or when the lines miss the total by more than
+    rounding each line to the minor unit can (half a minor unit per line, rounded up)."""
     lines: list[MirrorLine] = []
     for item in items:
         if item.get("deleted_at") or item.get("archived_at"):
@@ -97,6 +99,14 @@ def mirror_lines(
     except money.MoneyError as exc:
         raise LineError(f"the invoice total: {exc}") from None
     difference = wanted - sum(line.amount for line in lines)
+    # Each rounded line is off by at most half a minor unit: anything more is a misread line or discount, never a
+    # silent "rounding" line (streams.md §4).
+    if abs(difference) > (len(lines) + 1) // 2:
+        raise LineError(
+            f"the lines add up to {money.display(wanted - difference, currency)} but the invoice total is "
+            f"{money.display(wanted, currency)}: a difference of {money.display(abs(difference), currency)} is more "
+            "than rounding each line can explain (a line or discount that was not read as Cliniko counts it?)"
+        )
     if difference:
         lines.append(MirrorLine(ROUNDING_ID, ROUNDING_DESCRIPTION, difference))
     return lines

@@ -222,3 +222,40 @@ def test_five_hundred_invoices_mirrored_exactly_with_no_email_refund_or_credit(m
     assert after["statuses"]["credited"] == checked["statuses"]["credited"] + 4
     assert admin(sandbox.stripe_url, "emails")["count"] == 0
     assert admin(sandbox.stripe_url, "ledger")["balance_transactions"] == []
+
+
+def test_a_mirrored_invoice_deleted_archived_or_brought_to_zero_closes_its_mirror(make_sandbox, env_for) -> None:
+    sandbox = make_sandbox(patients=40, invoices=60, invoice_customers=30, seed=7)
+    env = env_for(sandbox, **ON)
+    ctx = context(env)
+    run_sync(ctx.paths, ctx.settings, ctx.secrets)  # patients, products, then the mirror
+    checked = check_exact(sandbox)
+    reversed_ids = {link_id(v["original_invoice"]) for v in checked["invoices"].values() if v.get("original_invoice")}
+    mirrored = [
+        (iid, v)
+        for iid, v in sorted(checked["invoices"].items())
+        if cents(v["total_amount"]) > 0 and not v.get("original_invoice") and not v.get("archived_at")
+    ]
+    deleted, zeroed = [iid for iid, v in mirrored if v["status"] == 10][:2]
+    archived = next(iid for iid, v in mirrored if v["status"] == 20 and iid not in reversed_ids)
+    ledger_before = admin(sandbox.stripe_url, "ledger")
+    admin(sandbox.cliniko_url, "clock", advance_s=5)
+    admin(sandbox.cliniko_url, "delete_invoices", ids=[deleted])
+    admin(sandbox.cliniko_url, "archive_invoices", ids=[archived])
+    admin(sandbox.cliniko_url, "edit_invoices", ids=[zeroed], lines=[{"name": "Waived", "unit_price": "0"}])
+
+    later = sync_once(env, stream=STREAM)
+    assert later.counts["failed"] == 0 and later.counts["created"] == 0, (later.counts, later.message)
+    dump = admin(sandbox.stripe_url, "dump")
+    found = mirrors(dump)
+    assert all(len(found[iid]) == 1 for iid in (deleted, zeroed, archived)), "closed, never replaced"
+    assert found[deleted][0]["status"] == found[zeroed][0]["status"] == "void"
+    paid = found[archived][0]
+    (note,) = [n for n in dump["credit_notes"] if n["invoice"] == paid["id"]]
+    assert (note["amount"], note["out_of_band_amount"]) == (paid["total"],) * 2
+    assert note["customer_balance_transaction"] is None and note["refunds"] == []
+    assert admin(sandbox.stripe_url, "emails")["count"] == 0
+    ledger = admin(sandbox.stripe_url, "ledger")
+    assert len(ledger["refunds"]) == len(ledger_before["refunds"]) and ledger["balance_transactions"] == []
+    again = sync_once(env, stream=STREAM)
+    assert again.counts["created"] == again.counts["updated"] == 0, again.counts

@@ -20,6 +20,7 @@ from tests.support import admin
 
 ARCHIVED_MARKER = "cliniko_archived"
 CROSS_REF = "cliniko_patient_id"
+ATTENDEE_REF = "calcom_attendee_ref"  # a customer only Cal.com knows is the Cal.com report's, not an orphan here
 
 
 # --- Cliniko and Stripe state, read through the sandbox admin API ------------------------------------------
@@ -83,6 +84,8 @@ def mirror_report(cliniko_url: str, stripe_url: str) -> MirrorReport:
     by_pid: dict[str, list[dict[str, Any]]] = {}
     for customer in customers:
         pid = (customer.get("metadata") or {}).get(CROSS_REF)
+        if not pid and (customer.get("metadata") or {}).get(ATTENDEE_REF):
+            continue  # a Cal.com-only person's customer: calcom_people_report accounts for it
         if not pid or pid not in patients or patients[pid].get("deleted_at"):
             report.orphans.append({key: customer.get(key) for key in ("id", "name", "email", "metadata", "created")})
             continue
@@ -105,6 +108,7 @@ def mirror_report(cliniko_url: str, stripe_url: str) -> MirrorReport:
 
 # --- products: Cliniko's catalogue against Stripe's products and prices ---------------------------------------
 PRODUCT_REF = "cliniko_product_id"
+EVENT_TYPE_REF = "calcom_event_type_id"  # a Cal.com event type's product: event_type_report's, not an orphan here
 DUPLICATE_OF = "clinicsync_duplicate_of"  # a twin of a race that could not be deleted: retired, not a duplicate
 
 
@@ -168,6 +172,8 @@ def product_report(sandbox_env: Mapping[str, str], stripe_url: str, currency: st
         if stripe.get("deleted") or (metadata.get(DUPLICATE_OF) and stripe["active"] is False):
             report.retired_twins += not stripe.get("deleted")
             continue
+        if metadata.get(EVENT_TYPE_REF) and not metadata.get(PRODUCT_REF):
+            continue
         report.products += 1
         ref = metadata.get(PRODUCT_REF)
         if ref not in products:
@@ -205,6 +211,204 @@ def product_report(sandbox_env: Mapping[str, str], stripe_url: str, currency: st
         diff = {key: (want[key], have[key]) for key in want if want[key] != have[key]}
         if diff:
             report.stale[pid] = diff
+    return report
+
+
+# --- Cal.com: event types against products and prices, attendees against customers --------------------------
+@dataclass
+class EventTypeReport:
+    duplicated: dict[str, list[str]] = field(default_factory=dict)  # event type id → its Stripe products
+    duplicate_prices: dict[str, list[str]] = field(default_factory=dict)  # Stripe product → prices of one content
+    missing: list[str] = field(default_factory=list)  # priced, visible event types without a product
+    orphans: list[str] = field(default_factory=list)  # products naming no event type Cal.com has
+    stale: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # id → field → (want, have)
+    products: int = 0
+    priced: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicated or self.duplicate_prices or self.missing or self.orphans or self.stale)
+
+    def describe(self, limit: int = 5) -> str:
+        def head(items: Any) -> str:
+            items = list(items.items()) if isinstance(items, dict) else list(items)
+            return f"{items[:limit]}{f' … and {len(items) - limit} more' if len(items) > limit else ''}"
+
+        return (
+            f"{self.priced} priced visible event types, {self.products} products; duplicated: {head(self.duplicated)}; "
+            f"duplicate prices: {head(self.duplicate_prices)}; missing: {head(self.missing)}; "
+            f"orphans: {head(self.orphans)}; stale: {head(self.stale)}"
+        )
+
+
+def calcom_app_price(event_type: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The enabled Stripe app settings of an event type with a price, else None (a free event type)."""
+    app = ((event_type.get("metadata") or {}).get("apps") or {}).get("stripe")
+    return app if app and app.get("enabled") and app.get("price") else None
+
+
+def calcom_live_event_types(calcom_url: str) -> dict[str, dict[str, Any]]:
+    """Priced event types that are neither hidden nor deleted (each should be one active product), by id."""
+    return {
+        str(et["id"]): et
+        for et in admin(calcom_url, "dump")["event_types"]
+        if calcom_app_price(et) and not et["hidden"] and not et["deleted"]
+    }
+
+
+def event_type_report(calcom_url: str, stripe_url: str) -> EventTypeReport:
+    """Every priced, visible event type is one active Stripe product with its title, whose one active price is its
+    default and equals the Stripe app's price; a hidden or deleted one synced before is inactive with its one price
+    still the default; no product holds two prices of one amount, currency and tax behaviour."""
+    event_types = {str(et["id"]): et for et in admin(calcom_url, "dump")["event_types"]}
+    dump = admin(stripe_url, "dump")
+    prices: dict[str, list[dict[str, Any]]] = {}
+    for price in dump["prices"]:
+        prices.setdefault(price["product"], []).append(price)
+    report = EventTypeReport()
+    named: dict[str, list[dict[str, Any]]] = {}
+    for stripe in dump["products"]:
+        metadata = stripe.get("metadata") or {}
+        ref = metadata.get(EVENT_TYPE_REF)
+        if not ref or stripe.get("deleted") or (metadata.get(DUPLICATE_OF) and stripe["active"] is False):
+            continue
+        report.products += 1
+        if ref not in event_types:
+            report.orphans.append(stripe["id"])
+            continue
+        named.setdefault(ref, []).append(stripe)
+        contents = Counter((p["unit_amount"], p["currency"], p["tax_behavior"]) for p in prices.get(stripe["id"], []))
+        if any(count > 1 for count in contents.values()):
+            report.duplicate_prices[stripe["id"]] = [p["id"] for p in prices[stripe["id"]]]
+    for eid, event_type in event_types.items():
+        app = calcom_app_price(event_type)
+        live = app is not None and not event_type["hidden"] and not event_type["deleted"]
+        report.priced += live
+        found = named.get(eid, [])
+        if len(found) > 1:
+            report.duplicated[eid] = [p["id"] for p in found]
+        if not found:
+            if live:
+                report.missing.append(eid)
+            continue
+        stripe = found[0]
+        active = [p for p in prices.get(stripe["id"], []) if p["active"]]
+        want: dict[str, Any] = {"active": live, "default is the one active price": True}
+        have: dict[str, Any] = {
+            "active": stripe["active"],
+            "default is the one active price": [p["id"] for p in active] == [stripe.get("default_price")],
+        }
+        if live:
+            want |= {"name": event_type["title"], "prices": [(app["price"], app["currency"])]}
+            have |= {"name": stripe["name"], "prices": [(p["unit_amount"], p["currency"]) for p in active]}
+        diff = {key: (want[key], have[key]) for key in want if want[key] != have[key]}
+        if diff:
+            report.stale[eid] = diff
+    return report
+
+
+@dataclass
+class PeopleReport:
+    duplicated: dict[str, list[str]] = field(default_factory=dict)  # attendee ref → its customers
+    missing: list[str] = field(default_factory=list)  # people without a customer
+    orphans: list[str] = field(default_factory=list)  # customers naming a person no booking has
+    unjoined: dict[str, tuple[str, Any]] = field(default_factory=dict)  # ref → (patient id, customer's patient id)
+    stale: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # ref → field → (want, have)
+    shared_emails: list[str] = field(default_factory=list)  # customers of one email (a person twice)
+    people: int = 0
+    joined: int = 0  # people whose customer is a Cliniko patient's
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.duplicated or self.missing or self.orphans or self.unjoined or self.stale or self.shared_emails
+        )
+
+    def describe(self, limit: int = 5) -> str:
+        def head(items: Any) -> str:
+            items = list(items.items()) if isinstance(items, dict) else list(items)
+            return f"{items[:limit]}{f' … and {len(items) - limit} more' if len(items) > limit else ''}"
+
+        return (
+            f"{self.people} people ({self.joined} also patients); duplicated: {head(self.duplicated)}; "
+            f"missing: {head(self.missing)}; orphans: {head(self.orphans)}; unjoined: {head(self.unjoined)}; "
+            f"stale: {head(self.stale)}; emails on two customers: {head(self.shared_emails)}"
+        )
+
+
+def calcom_people(calcom_url: str) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Every attendee, by casefolded email → (booking, attendee entry) pairs, in start order."""
+    from clinicsync.matchkey import normalized
+
+    found: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    bookings = sorted(admin(calcom_url, "dump")["bookings"], key=lambda b: (b["startTime"], b["uid"]))
+    for booking in bookings:
+        for attendee in booking.get("attendees") or []:
+            if attendee.get("email") and normalized(attendee["email"]):
+                found.setdefault(normalized(attendee["email"]), []).append((booking, attendee))
+    return found
+
+
+def calcom_people_report(cliniko_url: str, calcom_url: str, stripe_url: str) -> PeopleReport:
+    """Each person who booked is exactly one customer carrying their attendee ref and booking summary: the Cliniko
+    patient's of the same email (in any letter case), or one joined to a patient earlier (whose email changed
+    since: Cliniko's details are then mirror_report's to check), else one with Cal.com's name, email and phone."""
+    from clinicsync.matchkey import normalized
+    from clinicsync.streams.calcom_bookings import attendee_ref
+
+    people = calcom_people(calcom_url)
+    patients = all_patients(cliniko_url)
+    patient_by_email: dict[str, list[str]] = {}
+    for pid, patient in patients.items():
+        if is_live(patient) and patient.get("email"):
+            patient_by_email.setdefault(normalized(patient["email"]), []).append(pid)
+    customers = [c for c in live_customers(stripe_url) if not (c.get("metadata") or {}).get(DUPLICATE_OF)]
+    by_ref: dict[str, list[dict[str, Any]]] = {}
+    for customer in customers:
+        ref = (customer.get("metadata") or {}).get(ATTENDEE_REF)
+        if ref:
+            by_ref.setdefault(ref, []).append(customer)
+    report = PeopleReport(people=len(people))
+    refs = {attendee_ref(email): email for email in people}
+    report.orphans = [c["id"] for ref, found in by_ref.items() if ref not in refs for c in found]
+    for ref, email in refs.items():
+        found = by_ref.get(ref, [])
+        if len(found) > 1:
+            report.duplicated[ref] = [c["id"] for c in found]
+        if not found:
+            report.missing.append(ref)
+            continue
+        customer, entries = found[0], people[email]
+        metadata = customer.get("metadata") or {}
+        counted = [b for b, _ in entries if b["status"] not in ("CANCELLED", "REJECTED")]
+        want: dict[str, Any] = {
+            "booking count": str(len({b["uid"] for b in counted})),
+            "last booking": counted[-1]["uid"] if counted else None,
+        }
+        have: dict[str, Any] = {
+            "booking count": metadata.get("calcom_booking_count"),
+            "last booking": metadata.get("calcom_last_booking_uid") or None,
+        }
+        matching = patient_by_email.get(email, [])
+        joined = metadata.get(CROSS_REF)
+        if len(matching) == 1 and joined != matching[0]:
+            report.unjoined[ref] = (matching[0], joined)
+        if joined:
+            report.joined += 1
+        else:  # Cal.com's own details, as given in the person's latest booking (a phone from the latest with one)
+            _, latest = entries[-1]
+            phone = next((a.get("phoneNumber") for _, a in reversed(entries) if a.get("phoneNumber")), None)
+            want |= {"email": email, "name": latest.get("name") or None, "phone": phone}
+            have |= {
+                "email": normalized(customer.get("email") or ""),
+                "name": customer.get("name") or None,
+                "phone": customer.get("phone") or None,
+            }
+        diff = {key: (want[key], have[key]) for key in want if want[key] != have[key]}
+        if diff:
+            report.stale[ref] = diff
+    emails = Counter(normalized(c["email"]) for c in customers if c.get("email"))
+    report.shared_emails = sorted(email for email, count in emails.items() if count > 1)
     return report
 
 
@@ -264,6 +468,12 @@ class SandboxProcess:
         return str(self.info["stripe_url"])
 
     @property
+    def calcom_url(self) -> str:
+        if not self.info.get("calcom_url"):
+            raise AssertionError("this sandbox was started without Cal.com (calcom_bookings=0)")
+        return str(self.info["calcom_url"])
+
+    @property
     def env(self) -> dict[str, str]:
         return dict(self.info["env"])
 
@@ -287,11 +497,16 @@ def start_sandbox_process(
     products: int = 0,
     seed: int = 1,
     faults: str = "",
+    calcom_bookings: int = 0,
     timeout_s: float = 30,
 ) -> SandboxProcess:
+    """`calcom_bookings` > 0 also runs the Cal.com emulator with about that many bookings (a third of their
+    attendees Cliniko's patients, seeded from the same profile, patient count and seed)."""
     workdir.mkdir(parents=True, exist_ok=True)
     output = workdir / "sandbox.out"
     args = ["--profile", profile, "--patients", str(patients), "--products", str(products), "--seed", str(seed)]
+    if calcom_bookings:
+        args += ["--calcom", "--calcom-bookings", str(calcom_bookings)]
     if faults:
         args += ["--faults", faults]
     try:

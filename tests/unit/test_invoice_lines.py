@@ -104,3 +104,17 @@ def test_a_fractional_quantity_is_never_a_price_quantity_and_bad_amounts_say_whi
 def test_lines_survive_the_payload_text() -> None:
     lines = [MirrorLine("1", "Consult", 9500), MirrorLine("2", "Tape × 2", 2991, "5", 2)]
     assert from_text(to_text(lines)) == lines
+
+
+def test_a_difference_rounding_cannot_explain_is_an_error_never_a_rounding_line() -> None:
+    # A discount not applied (or a line missing): 95.00 of lines against a 90.00 total.
+    items = [{"id": "1", "name": "Review", "unit_price": "95.0", "discounted_amount": "5"}]
+    with pytest.raises(LineError, match=r"add up to 95\.00 AUD but the invoice total is 90\.00 AUD"):
+        mirror_lines(items, calculation_method=INCLUSIVE, total_amount="90.0", currency="aud")
+    with pytest.raises(LineError, match=r"difference of 95\.00 AUD"):  # no lines read at all
+        mirror_lines([], calculation_method=INCLUSIVE, total_amount="95.0", currency="aud")
+    # Three lines can be off by at most 1.5 cents together (2, rounded up): 3 cents is too many, 1 is rounding.
+    three = [{"id": str(n), "name": "Consult", "unit_price": "18.1818"} for n in range(3)]
+    with pytest.raises(LineError):
+        mirror_lines(three, calculation_method=INCLUSIVE, total_amount="54.57", currency="aud")
+    assert mirror_lines(three, calculation_method=INCLUSIVE, total_amount="54.55", currency="aud")[-1].amount == 1
