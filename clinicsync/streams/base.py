@@ -7,7 +7,7 @@ history, dry runs, progress and cancellation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
@@ -38,6 +38,9 @@ class LinkLookup(Protocol):
 
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool: ...
     def fingerprint(self, stream: str, source_id: str, role: str) -> str | None: ...
+
+    # Which of `stripe_ids` records of `stream` are linked to (a payment a Cal.com booking's record owns).
+    def linked_by(self, stream: str, stripe_ids: Collection[str]) -> set[str]: ...
 
 
 @dataclass(frozen=True)

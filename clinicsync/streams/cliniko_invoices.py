@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 NAME = "cliniko.invoices"
 PATIENTS = "cliniko.patients"
+BOOKING_PAYMENTS = "calcom.booking_payments"  # its payments paid Cal.com bookings: never an invoice's by guess
 DAYS_BEFORE_SETTING = "cliniko.invoices.match_days_before"
 DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
 PAID = 20
@@ -149,8 +150,9 @@ class InvoiceMatcher:
         bills = list(self.bills.values())
         span = pm.listing_range(b.window for b in bills if b.window is not None)
         payments = list(pm.list_payments(self.setup.gateway, span)) if span is not None else []
-        index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key)
         links = self.setup.links
+        bookings = links.linked_by(BOOKING_PAYMENTS, [p.id for p in payments]) if payments else set()
+        index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key, bookings)
         return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
 
     def linked_news(self) -> list[tuple[str, str, str]]:

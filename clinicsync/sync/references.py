@@ -8,6 +8,8 @@ account and mode (a Cal.com attendee's customer may have been made by a Cliniko 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from clinicsync import matchkey
 from clinicsync.store.models import AccountPair, RecordLink, RoleLink
 from clinicsync.sync.matching import same_account
@@ -58,6 +60,19 @@ class AccountLinks:
         else:
             row = self._current_role(stream, source_id, role)
         return row.stripe_id if row is not None else None
+
+    def linked_by(self, stream: str, stripe_ids: Collection[str]) -> set[str]:
+        """Which of `stripe_ids` records of `stream` are linked to, in this Stripe account (a page of ids per query:
+        SQLite caps the parameters of one statement)."""
+        wanted, found = sorted(set(stripe_ids)), set()
+        for start in range(0, len(wanted), 500):
+            rows = RecordLink.select(RecordLink.stripe_id).where(
+                (RecordLink.stream == stream)
+                & RecordLink.stripe_id.in_(wanted[start : start + 500])
+                & RecordLink.pair.in_(same_account(self._pair))
+            )
+            found.update(row.stripe_id for row in rows)
+        return found
 
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         """Whether `email` is the email of the record of `stream` (e.g. a payment's billing email and an invoice's

@@ -49,8 +49,10 @@ def bill(sid: str, amount: int, customer: str | None = "cus_1", issued: date = d
     )  # fmt: skip
 
 
-def decide(bills: list[pm.Bill], payments: list[pm.Payment], linked: dict[str, str] | None = None) -> dict:
-    index = pm.PaymentIndex(payments, linked or {}, "cliniko_invoice_id")
+def decide(
+    bills: list[pm.Bill], payments: list[pm.Payment], linked: dict[str, str] | None = None, bookings: tuple = ()
+) -> dict:
+    index = pm.PaymentIndex(payments, linked or {}, "cliniko_invoice_id", set(bookings))
     return pm.decide_bills(bills, index, lambda person, email: email == "ann@example.com")
 
 
@@ -130,6 +132,25 @@ def test_the_invoice_mapping_sends_id_number_and_status_only_and_refuses_clinica
         assert [p.rule for p in validate_mapping(leaking, catalogue, set())] == ["clinical-field"], field
 
 
+def test_a_calcom_booking_payment_is_never_linked_to_an_invoice_only_offered_in_review() -> None:
+    paid_at = "2026-04-06T01:00:00"
+    by_metadata = [
+        payment("pi_c", 9550, "cus_1", paid_at, metadata={"identifier": "cal.com", "bookingId": "812"}),
+        payment("pi_c", 9550, "cus_1", paid_at, metadata={"identifier": "cal.com"}),
+        payment("pi_c", 9550, "cus_1", paid_at, metadata={"bookingId": "812"}),
+    ]
+    for booking in by_metadata:
+        decided = decide([bill("i1", 9550)], [booking])["i1"]
+        assert decided.kind == "review" and decided.candidates == ("pi_c",), decided
+        assert decided.reason == pm.BOOKING_PAYMENT and "Cal.com" in decided.message
+    linked = decide([bill("i1", 9550)], [payment("pi_c", 9550, "cus_1", paid_at)], bookings=("pi_c",))["i1"]
+    assert linked.kind == "review" and "Cal.com booking" in linked.message
+    named = payment("pi_c", 9550, "cus_1", paid_at, metadata={"bookingId": "812", "cliniko_invoice_id": "i1"})
+    assert decide([bill("i1", 9550)], [named])["i1"].kind == "review"  # named by an earlier wrong link
+    beside = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-07T01:00:00"), by_metadata[0]])["i1"]
+    assert beside.kind == "link" and beside.stripe_id == "pi_1"  # the booking's payment is not a rival
+
+
 class FakeGateway:
     def __init__(self, charges: list[dict]) -> None:
         self.charges = charges
@@ -147,6 +168,12 @@ class FakeLinks:
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         return False
 
+    def linked_by(self, stream: str, stripe_ids) -> set[str]:
+        self.asked = (stream, set(stripe_ids))
+        return {"pi_1"} & set(stripe_ids) if stream == "calcom.booking_payments" and self.booked else set()
+
+    booked = False
+
 
 class FakeCliniko:
     def iter_pages(self, path: str, params=None):
@@ -156,6 +183,22 @@ class FakeCliniko:
 
 
 def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> None:
+    decisions, gateway = _match_one_invoice(FakeLinks())
+    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
+    assert decisions["7001"].stripe_object == "payment_intent"
+    (listing,) = gateway.listings
+    assert listing["object"] == "charge" and listing["expand"] == ["data.payment_intent"]
+
+
+def test_a_payment_the_calcom_payments_stream_links_is_never_linked_to_an_invoice() -> None:
+    links = FakeLinks()
+    links.booked = True
+    decisions, _ = _match_one_invoice(links)
+    assert links.asked == ("calcom.booking_payments", {"pi_1"})
+    assert decisions["7001"].kind == "review" and decisions["7001"].candidates == ("pi_1",)
+
+
+def _match_one_invoice(links: FakeLinks) -> tuple[dict, FakeGateway]:
     from clinicsync.mapping.apply import map_record
     from clinicsync.mapping.defaults import CLINIKO_INVOICES
     from clinicsync.streams.base import MatchSetup, StreamSettings
@@ -172,7 +215,7 @@ def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> No
     }
     gateway = FakeGateway([charge])
     setup = MatchSetup(
-        gateway, FakeCliniko(), FakeLinks(), StreamSettings("Australia/Melbourne", "aud", {
+        gateway, FakeCliniko(), links, StreamSettings("Australia/Melbourne", "aud", {
             "cliniko.invoices.match_days_before": 0}), {}, "cliniko_invoice_id",
     )  # fmt: skip
     matcher = InvoiceMatcher(setup)
@@ -187,8 +230,4 @@ def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> No
     }
     for _ in range(2):
         matcher.offer(map_record(CLINIKO_INVOICES, invoice), invoice)
-    decisions = matcher.decide()
-    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
-    assert decisions["7001"].stripe_object == "payment_intent"
-    (listing,) = gateway.listings
-    assert listing["object"] == "charge" and listing["expand"] == ["data.payment_intent"]
+    return dict(matcher.decide()), gateway
