@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clinicsync import money
 from clinicsync.mapping.apply import MappedRecord
@@ -105,10 +106,10 @@ class InvoiceMatcher:
         self._zones: dict[str, str] | None = None
         self._customers: dict[str, str | None] = {}
 
-    def _zone(self, business_id: str | None) -> str:
+    def _zone(self, business_id: str | int | None) -> str:
         if self._zones is None:
             self._zones = _business_zones(self.setup.source)
-        return self._zones.get(business_id or "", self.settings.time_zone)
+        return self._zones.get(str(business_id) if business_id is not None else "", self.settings.time_zone)
 
     def _customer(self, patient: str | None) -> str | None:
         """The patient's customer, through the patients stream's links (a patient has many invoices: asked once)."""
@@ -177,7 +178,8 @@ def _days(settings: StreamSettings, key: str, default: int) -> int:
 
 
 def _business_zones(client: Any) -> dict[str, str]:
-    """Each business's IANA zone (one listing); invoices take their business's zone, else the clinic's."""
+    """Each business's IANA zone (one listing); invoices take their business's zone, else the clinic's. A zone
+    this computer does not know is left out (its invoices take the clinic's), never a stop for the whole run."""
     from clinicsync.sources.errors import SourceNotFound, SourcePermissionError
 
     zones: dict[str, str] = {}
@@ -185,11 +187,23 @@ def _business_zones(client: Any) -> dict[str, str]:
         for page in client.iter_pages("/businesses", [("per_page", "100")]):
             for business in page.records:
                 zone = business.get("time_zone_identifier")
-                if isinstance(zone, str) and zone:
+                if _known_zone(zone):
                     zones[str(business.get("id"))] = zone
+                elif zone:
+                    log.warning("business %s: unknown time zone %r, the clinic's is used", business.get("id"), zone)
     except (SourceNotFound, SourcePermissionError):
         log.info("businesses not readable: invoices use the clinic's zone")
     return zones
+
+
+def _known_zone(zone: Any) -> bool:
+    if not isinstance(zone, str) or not zone:
+        return False
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):  # ValueError: not even shaped like a zone key
+        return False
+    return True
 
 
 CLINIKO_INVOICES = Stream(

@@ -176,10 +176,13 @@ class FakeLinks:
 
 
 class FakeCliniko:
+    def __init__(self, businesses: list[dict] | None = None) -> None:
+        self.businesses = businesses or [{"id": "b1", "time_zone_identifier": "Australia/Brisbane"}]
+
     def iter_pages(self, path: str, params=None):
         from types import SimpleNamespace
 
-        yield SimpleNamespace(records=[{"id": "b1", "time_zone_identifier": "Australia/Brisbane"}])
+        yield SimpleNamespace(records=self.businesses)
 
 
 def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> None:
@@ -198,7 +201,43 @@ def test_a_payment_the_calcom_payments_stream_links_is_never_linked_to_an_invoic
     assert decisions["7001"].kind == "review" and decisions["7001"].candidates == ("pi_1",)
 
 
+def test_a_bad_business_zone_falls_back_to_the_clinics_and_a_numeric_business_id_finds_its_zone() -> None:
+    businesses = [
+        {"id": 1, "time_zone_identifier": "Mars/Olympus_Mons"},
+        {"id": 2, "time_zone_identifier": "Australia/Brisbane"},
+        {"id": "b3", "time_zone_identifier": "not a zone"},
+    ]
+    # 13:30 UTC on the 4th: the 4th in Brisbane, the 5th in Melbourne (the clinic's zone); the window is the 4th only.
+    values = {"cliniko.invoices.match_days_before": 0, "cliniko.invoices.match_days_after": 0}
+    invoices = [
+        {"id": "7001", "business_id": 1, "number": 1, **_PAID_4TH},
+        {"id": "7002", "business_id": 2, "number": 2, **_PAID_4TH},
+        {"id": "7003", "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b3"}}, **_PAID_4TH},
+    ]
+    decisions, _ = _match_invoices(FakeLinks(), invoices, FakeCliniko(businesses), values)
+    assert decisions["7001"].kind == decisions["7003"].kind == "none"  # in Melbourne: paid on the 5th there
+    assert decisions["7002"].kind == "link" and decisions["7002"].stripe_id == "pi_1"
+
+
+_PAID_4TH = {"status": 20, "total_amount": "95.5", "issue_date": "2026-04-04", "patient_id": "p1"}
+
+
 def _match_one_invoice(links: FakeLinks) -> tuple[dict, FakeGateway]:
+    invoice = {
+        "id": "7001",
+        "number": 5001,
+        "status": 20,
+        "total_amount": "95.5",
+        "issue_date": "2026-04-04",
+        "patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/p1"}},
+        "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b1"}},
+    }
+    return _match_invoices(links, [invoice, invoice], FakeCliniko(), {"cliniko.invoices.match_days_before": 0})
+
+
+def _match_invoices(
+    links: FakeLinks, invoices: list[dict], cliniko: FakeCliniko, values: dict
+) -> tuple[dict, FakeGateway]:
     from clinicsync.mapping.apply import map_record
     from clinicsync.mapping.defaults import CLINIKO_INVOICES
     from clinicsync.streams.base import MatchSetup, StreamSettings
@@ -214,20 +253,8 @@ def _match_one_invoice(links: FakeLinks) -> tuple[dict, FakeGateway]:
         "payment_intent": {"id": "pi_1", "amount": 9550, "currency": "aud", "created": epoch("2026-04-04T13:30:00")},
     }
     gateway = FakeGateway([charge])
-    setup = MatchSetup(
-        gateway, FakeCliniko(), links, StreamSettings("Australia/Melbourne", "aud", {
-            "cliniko.invoices.match_days_before": 0}), {}, "cliniko_invoice_id",
-    )  # fmt: skip
-    matcher = InvoiceMatcher(setup)
-    invoice = {
-        "id": "7001",
-        "number": 5001,
-        "status": 20,
-        "total_amount": "95.5",
-        "issue_date": "2026-04-04",
-        "patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/p1"}},
-        "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b1"}},
-    }
-    for _ in range(2):
+    settings = StreamSettings("Australia/Melbourne", "aud", values)
+    matcher = InvoiceMatcher(MatchSetup(gateway, cliniko, links, settings, {}, "cliniko_invoice_id"))
+    for invoice in invoices:
         matcher.offer(map_record(CLINIKO_INVOICES, invoice), invoice)
     return dict(matcher.decide()), gateway
