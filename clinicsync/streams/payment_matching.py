@@ -226,13 +226,16 @@ class PaymentIndex:
         )
 
 
-def decide_bills(bills: Sequence[Bill], index: PaymentIndex, same_person: Any) -> dict[str, MatchDecision]:
+def decide_bills(
+    bills: Sequence[Bill], index: PaymentIndex, same_person: Any, now: datetime | None = None
+) -> dict[str, MatchDecision]:
     """Every bill's decision, judged with every bill known: `same_person(person, email)` says whether a billing
-    email is the bill's person's."""
+    email is the bill's person's. `now` (UTC; the clock when None) says whether a window is still open."""
     decisions: dict[str, MatchDecision] = {}
     certain: dict[str, str] = {}  # bill → its one exact payment
+    now = now or datetime.now(UTC)
     for bill in bills:
-        decision, exact = _decide_one(bill, bills, index, same_person)
+        decision, exact = _decide_one(bill, bills, index, same_person, now)
         if exact is not None:
             certain[bill.source_id] = exact
         elif decision is not None:
@@ -257,7 +260,7 @@ def decide_bills(bills: Sequence[Bill], index: PaymentIndex, same_person: Any) -
 
 
 def _decide_one(
-    bill: Bill, bills: Sequence[Bill], index: PaymentIndex, same_person: Any
+    bill: Bill, bills: Sequence[Bill], index: PaymentIndex, same_person: Any, now: datetime
 ) -> tuple[MatchDecision | None, str | None]:
     named = [p for p in index.named.get(bill.source_id, []) if p.id not in index.linked]
     booked_named = [p for p in named if index.booking_words(p) is not None]
@@ -328,22 +331,29 @@ def _decide_one(
         candidates = list(dict.fromkeys(c for _, ids, _ in found for c in ids))
         detail = "; ".join(dict.fromkeys(text for _, _, text in found)) + ": choose the payment, or none"
         return MatchDecision.review(candidates, found[0][0], detail), None
-    return _why_none(bill, own, index), None
+    return _why_none(bill, own, index, now), None
 
 
-def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex) -> MatchDecision:
-    still_open = bill.window is not None and bill.window.last >= datetime.now(UTC).date()
+def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex, now: datetime) -> MatchDecision:
+    # Every "not paid through Stripe" is judged again while a payment may still come: until the window's last
+    # day has passed in the clinic's zone (the window is of local dates).
+    today = now.astimezone(ZoneInfo(bill.zone)).date()
+    still_open = bill.window is not None and bill.window.last >= today
     if bill.customer is None:
         return MatchDecision.none(
             f"{NOT_PAID_THROUGH_STRIPE}: the patient has no Stripe customer yet", revisit=still_open
         )
     if any(p.amount == bill.amount and p.refunded for p in own):
-        return MatchDecision.none(f"{NOT_PAID_THROUGH_STRIPE}: the only payment of this amount was refunded")
+        return MatchDecision.none(
+            f"{NOT_PAID_THROUGH_STRIPE}: the only payment of this amount was refunded", revisit=still_open
+        )
     outside = [
         p
         for p in index.by_customer.get(bill.customer, [])
         if p.amount == bill.amount and not p.refunded and p.id not in index.linked and p not in own
     ]
     if outside:
-        return MatchDecision.none(f"{NOT_PAID_THROUGH_STRIPE}: a payment of this amount was made outside the window")
+        return MatchDecision.none(
+            f"{NOT_PAID_THROUGH_STRIPE}: a payment of this amount was made outside the window", revisit=still_open
+        )
     return MatchDecision.none(NOT_PAID_THROUGH_STRIPE, revisit=still_open)

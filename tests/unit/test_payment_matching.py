@@ -151,6 +151,25 @@ def test_a_calcom_booking_payment_is_never_linked_to_an_invoice_only_offered_in_
     assert beside.kind == "link" and beside.stripe_id == "pi_1"  # the booking's payment is not a rival
 
 
+def test_every_not_paid_through_stripe_is_revisited_while_the_window_is_open_by_the_clinics_date() -> None:
+    refunded = [payment("pi_r", 9550, "cus_1", "2026-04-06T01:00:00", refunded=True)]
+    outside = [payment("pi_o", 9550, "cus_1", "2026-03-01T01:00:00")]
+    last_day = date(2026, 5, 5)  # issued on the 5th of April, 30 days after
+    # 13:30 UTC on the 5th of May is 23:30 there in Melbourne (+10): still the window's last day; an hour later not.
+    still, past = datetime(2026, 5, 5, 13, 30, tzinfo=UTC), datetime(2026, 5, 5, 14, 30, tzinfo=UTC)
+    for payments in (refunded, outside, []):
+        index = pm.PaymentIndex(payments, {}, "cliniko_invoice_id")
+        one = bill("i1", 9550)
+        assert one.window is not None and one.window.last == last_day
+        open_ = pm.decide_bills([one], index, lambda *_: False, now=still)["i1"]
+        assert open_.kind == "none" and open_.message.startswith(pm.NOT_PAID_THROUGH_STRIPE) and open_.revisit
+        assert not pm.decide_bills([one], index, lambda *_: False, now=past)["i1"].revisit
+    # Late evening UTC is already the next day in Melbourne: the window closed there, though not in UTC.
+    index = pm.PaymentIndex([], {}, "cliniko_invoice_id")
+    late = datetime(2026, 5, 5, 23, 0, tzinfo=UTC)
+    assert not pm.decide_bills([bill("i1", 9550)], index, lambda *_: False, now=late)["i1"].revisit
+
+
 class FakeGateway:
     def __init__(self, charges: list[dict]) -> None:
         self.charges = charges
