@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -152,9 +152,33 @@ class InvoiceMatcher:
         span = pm.listing_range(b.window for b in bills if b.window is not None)
         payments = list(pm.list_payments(self.setup.gateway, span)) if span is not None else []
         links = self.setup.links
-        bookings = links.linked_by(BOOKING_PAYMENTS, [p.id for p in payments]) if payments else set()
+        bookings = set(links.linked_by(BOOKING_PAYMENTS, [p.id for p in payments])) if payments else set()
         index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key, bookings)
         return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
+
+    def recheck(self) -> Iterator[Record]:
+        """The invoices still in their window of the patients whose customer has a payment made since the last
+        run (one listing of those payments, one invoice listing per such patient): an invoice not paid through
+        Stripe is judged again only then, never read by id on every run while it waits."""
+        since = self.setup.since
+        if since is None:  # the first run reads every invoice anyway
+            return
+        filters = {"created": {"gte": since}}
+        customers = {
+            str(charge["customer"])
+            for charge in self.setup.gateway.iter_objects("charge", filters=filters)
+            if charge.get("status") == "succeeded" and isinstance(charge.get("customer"), str)
+        }
+        if not customers:
+            return
+        patients = sorted({p for ids in self.setup.links.linked_by(PATIENTS, customers).values() for p in ids})
+        # A window still open ends on or after today (local; a business's zone may be a day behind the clinic's).
+        today = datetime.now(ZoneInfo(self.settings.time_zone)).date()
+        issued_from = today - timedelta(days=self.after + 1)
+        for patient in patients:
+            query = [("q[]", f"patient_id:={patient}"), ("q[]", f"issue_date:>={issued_from.isoformat()}")]
+            for page in self.setup.source.iter_pages("/invoices", query):
+                yield from page.records
 
     def linked_news(self) -> list[tuple[str, str, str]]:
         """Refunds since the last run of payments linked to invoices (one listing of refunds), for history."""

@@ -336,7 +336,8 @@ def _decide_one(
 
 def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex, now: datetime) -> MatchDecision:
     # Every "not paid through Stripe" is judged again while a payment may still come: until the window's last
-    # day has passed in the clinic's zone (the window is of local dates).
+    # day has passed in the clinic's zone (the window is of local dates). With a customer, only once a payment
+    # of theirs is new (the matcher's recheck); without one, next run (the patients stream may link one).
     today = now.astimezone(ZoneInfo(bill.zone)).date()
     still_open = bill.window is not None and bill.window.last >= today
     if bill.customer is None:
@@ -345,7 +346,9 @@ def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex, now: date
         )
     if any(p.amount == bill.amount and p.refunded for p in own):
         return MatchDecision.none(
-            f"{NOT_PAID_THROUGH_STRIPE}: the only payment of this amount was refunded", revisit=still_open
+            f"{NOT_PAID_THROUGH_STRIPE}: the only payment of this amount was refunded",
+            revisit=still_open,
+            when_paid=True,
         )
     outside = [
         p
@@ -354,6 +357,8 @@ def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex, now: date
     ]
     if outside:
         return MatchDecision.none(
-            f"{NOT_PAID_THROUGH_STRIPE}: a payment of this amount was made outside the window", revisit=still_open
+            f"{NOT_PAID_THROUGH_STRIPE}: a payment of this amount was made outside the window",
+            revisit=still_open,
+            when_paid=True,
         )
-    return MatchDecision.none(NOT_PAID_THROUGH_STRIPE, revisit=still_open)
+    return MatchDecision.none(NOT_PAID_THROUGH_STRIPE, revisit=still_open, when_paid=True)

@@ -61,17 +61,19 @@ class AccountLinks:
             row = self._current_role(stream, source_id, role)
         return row.stripe_id if row is not None else None
 
-    def linked_by(self, stream: str, stripe_ids: Collection[str]) -> set[str]:
-        """Which of `stripe_ids` records of `stream` are linked to, in this Stripe account (a page of ids per query:
-        SQLite caps the parameters of one statement)."""
-        wanted, found = sorted(set(stripe_ids)), set()
+    def linked_by(self, stream: str, stripe_ids: Collection[str]) -> dict[str, list[str]]:
+        """Which of `stripe_ids` records of `stream` are linked to in this Stripe account, with those records'
+        source ids (a page of ids per query: SQLite caps the parameters of one statement)."""
+        wanted: list[str] = sorted(set(stripe_ids))
+        found: dict[str, list[str]] = {}
         for start in range(0, len(wanted), 500):
-            rows = RecordLink.select(RecordLink.stripe_id).where(
+            rows = RecordLink.select(RecordLink.stripe_id, RecordLink.source_id).where(
                 (RecordLink.stream == stream)
                 & RecordLink.stripe_id.in_(wanted[start : start + 500])
                 & RecordLink.pair.in_(same_account(self._pair))
             )
-            found.update(row.stripe_id for row in rows)
+            for row in rows:
+                found.setdefault(row.stripe_id, []).append(row.source_id)
         return found
 
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:

@@ -187,9 +187,11 @@ class FakeLinks:
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         return False
 
-    def linked_by(self, stream: str, stripe_ids) -> set[str]:
+    def linked_by(self, stream: str, stripe_ids) -> dict[str, list[str]]:
         self.asked = (stream, set(stripe_ids))
-        return {"pi_1"} & set(stripe_ids) if stream == "calcom.booking_payments" and self.booked else set()
+        if stream == "calcom.booking_payments":
+            return {"pi_1": ["b1"]} if self.booked and "pi_1" in stripe_ids else {}
+        return {"cus_1": ["p1"]} if "cus_1" in stripe_ids else {}
 
     booked = False
 
@@ -197,11 +199,36 @@ class FakeLinks:
 class FakeCliniko:
     def __init__(self, businesses: list[dict] | None = None) -> None:
         self.businesses = businesses or [{"id": "b1", "time_zone_identifier": "Australia/Brisbane"}]
+        self.asked: list[tuple[str, list]] = []
 
     def iter_pages(self, path: str, params=None):
         from types import SimpleNamespace
 
-        yield SimpleNamespace(records=self.businesses)
+        self.asked.append((path, list(params or [])))
+        yield SimpleNamespace(records=self.businesses if path == "/businesses" else [{"id": "7001"}])
+
+
+def test_invoices_are_judged_again_only_for_customers_with_a_payment_since_the_last_run() -> None:
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from clinicsync.streams.base import MatchSetup, StreamSettings
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+
+    charges = [
+        {"id": "ch_1", "status": "succeeded", "customer": "cus_1"},
+        {"id": "ch_2", "status": "failed", "customer": "cus_2"},
+        {"id": "ch_3", "status": "succeeded", "customer": "cus_unknown"},
+    ]
+    settings = StreamSettings("Australia/Melbourne", "aud")
+    for since, expected in ((None, []), (1_700_000_000, [{"id": "7001"}])):
+        gateway, cliniko = FakeGateway(charges), FakeCliniko()
+        matcher = InvoiceMatcher(MatchSetup(gateway, cliniko, FakeLinks(), settings, {}, "cliniko_invoice_id", since))
+        assert list(matcher.recheck()) == expected
+    assert gateway.listings == [{"object": "charge", "created": {"gte": 1_700_000_000}}]
+    today = datetime.now(ZoneInfo("Australia/Melbourne")).date()
+    first = (today - timedelta(days=pm.DEFAULT_DAYS_AFTER + 1)).isoformat()
+    assert cliniko.asked == [("/invoices", [("q[]", "patient_id:=p1"), ("q[]", f"issue_date:>={first}")])]
 
 
 def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> None:
