@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from clinicsync import money
+from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
@@ -48,7 +49,6 @@ CREDIT_ROLE = "credit_note"
 ITEM_ROLE = "invoice_item"
 ITEM_KEY = "cliniko_invoice_item_id"
 CHUNK = 100  # invoices whose items (and reversals) are read with one listing
-OPEN, PAID, CLOSED, OPEN_CREDIT = 10, 20, 30, 40
 # What Stripe should hold for each state, in words for plans and history.
 STATE_WORDS = {
     "open": "open (finalized, never sent)",
@@ -99,7 +99,7 @@ def _with_items(client: Any, invoices: list[dict[str, Any]]) -> Iterator[dict[st
         items.setdefault(str(_link_id(item.get("invoice")) or item.get("invoice_id")), []).append(item)
     reversals: dict[str, list[dict[str, Any]]] = {}
     # Only a paid invoice's reversal matters (reversing an unpaid one closes it: its status says it all).
-    paid = ",".join(str(invoice["id"]) for invoice in invoices if invoice.get("status") in (PAID, OPEN_CREDIT))
+    paid = ",".join(str(invoice["id"]) for invoice in invoices if invoice_status.is_paid(invoice.get("status")))
     if paid:
         for reversal in _listed(client, "/invoices", [("q[]", f"original_invoice_id:={paid}")]):
             original = _link_id(reversal.get("original_invoice"))
@@ -188,9 +188,9 @@ def _archived(record: Record) -> str | None:
 def wanted_state(record: Record) -> str:
     """open, paid, void or credited, from Cliniko's status and the invoice's reversals."""
     status = record.get("status")
-    if status == CLOSED:
+    if status == invoice_status.CLOSED:
         return "void"  # closed unpaid, or reversed before payment (which closes the original)
-    if status in (PAID, OPEN_CREDIT):
+    if invoice_status.is_paid(status):
         return "credited" if record.get("reversals") else "paid"
     return "open"
 

@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clinicsync import money
+from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams import payment_matching as pm
@@ -40,8 +41,6 @@ PATIENTS = "cliniko.patients"
 BOOKING_PAYMENTS = "calcom.booking_payments"  # its payments paid Cal.com bookings: never an invoice's by guess
 DAYS_BEFORE_SETTING = "cliniko.invoices.match_days_before"
 DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
-PAID = 20
-STATUS_WORDS = {10: "open", 20: "paid", 30: "closed", 40: "open credit"}
 
 
 def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
@@ -141,8 +140,8 @@ class InvoiceMatcher:
             customer=self._customer(patient),
             person=patient,
             name=record.get("invoice_to"),
-            paid=status == PAID,
-            status_words=STATUS_WORDS.get(status, "not paid") if isinstance(status, int) else "not paid",
+            paid=invoice_status.is_paid(status),  # open credit too: paid beyond the total (invoice_status.py)
+            status_words=invoice_status.words(status),
             window=pm.payment_window(issued, self.before, self.after) if issued else None,
         )
         self.bills[bill.source_id] = bill

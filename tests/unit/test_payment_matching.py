@@ -268,6 +268,21 @@ def test_a_bad_business_zone_falls_back_to_the_clinics_and_a_numeric_business_id
 _PAID_4TH = {"status": 20, "total_amount": "95.5", "issue_date": "2026-04-04", "patient_id": "p1"}
 
 
+def test_open_credit_is_paid_for_the_linker_as_for_the_mirror_from_one_status_definition() -> None:
+    from clinicsync.mapping import invoice_status
+    from clinicsync.mapping.defaults import INVOICE_STATUS_TABLE
+    from clinicsync.streams.cliniko_invoice_mirror import wanted_state
+
+    values = {"cliniko.invoices.match_days_before": 0}
+    overpaid = {"id": "7001", "number": 1, **_PAID_4TH, "status": invoice_status.OPEN_CREDIT}  # a credit left over
+    decisions, _ = _match_invoices(FakeLinks(), [overpaid], FakeCliniko(), values)
+    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
+    for code in invoice_status.NAMES:
+        assert invoice_status.is_paid(code) == (wanted_state({"status": code}) == "paid"), code
+    assert INVOICE_STATUS_TABLE == {"10": "open", "20": "paid", "30": "closed", "40": "open_credit"}
+    assert invoice_status.words(40) == "open credit" and invoice_status.words(99) == "not paid"
+
+
 def _match_one_invoice(links: FakeLinks) -> tuple[dict, FakeGateway]:
     invoice = {
         "id": "7001",
