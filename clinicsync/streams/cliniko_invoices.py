@@ -156,25 +156,30 @@ class InvoiceMatcher:
         return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
 
     def recheck(self) -> Iterator[Record]:
-        """The invoices still in their window of the patients whose customer has a payment made since the last
-        run (one listing of those payments, one invoice listing per such patient): an invoice not paid through
-        Stripe is judged again only then, never read by id on every run while it waits."""
+        """The invoices still in their window of the patients with a payment made since the last run (by their
+        customer, or with their email as its billing email): one listing of those payments, one invoice listing
+        per such patient. An invoice not paid through Stripe is judged again only then, never read by id on every
+        run while it waits. (A payment matching only by billing name is not looked for: names are not stored.)"""
         since = self.setup.since
         if since is None:  # the first run reads every invoice anyway
             return
-        filters = {"created": {"gte": since}}
-        customers = {
-            str(charge["customer"])
-            for charge in self.setup.gateway.iter_objects("charge", filters=filters)
-            if charge.get("status") == "succeeded" and isinstance(charge.get("customer"), str)
-        }
-        if not customers:
-            return
-        patients = sorted({p for ids in self.setup.links.linked_by(PATIENTS, customers).values() for p in ids})
+        links = self.setup.links
+        customers: set[str] = set()
+        emails: set[str] = set()  # a payment without the patient's customer may still be theirs by billing email
+        for charge in self.setup.gateway.iter_objects("charge", filters={"created": {"gte": since}}):
+            if charge.get("status") != "succeeded":
+                continue
+            if isinstance(charge.get("customer"), str):
+                customers.add(charge["customer"])
+            email = (charge.get("billing_details") or {}).get("email")
+            if isinstance(email, str) and email:
+                emails.add(email)
+        patients = {p for ids in links.linked_by(PATIENTS, customers).values() for p in ids} if customers else set()
+        patients.update(p for email in sorted(emails) for p in links.people(PATIENTS, email))
         # A window still open ends on or after today (local; a business's zone may be a day behind the clinic's).
         today = datetime.now(ZoneInfo(self.settings.time_zone)).date()
         issued_from = today - timedelta(days=self.after + 1)
-        for patient in patients:
+        for patient in sorted(patients):
             query = [("q[]", f"patient_id:={patient}"), ("q[]", f"issue_date:>={issued_from.isoformat()}")]
             for page in self.setup.source.iter_pages("/invoices", query):
                 yield from page.records

@@ -76,6 +76,19 @@ class AccountLinks:
                 found.setdefault(row.stripe_id, []).append(row.source_id)
         return found
 
+    def people(self, stream: str, email: str | None) -> list[str]:
+        """The records of `stream` whose email is `email` (a payment's billing email), by the person keys the
+        records keep (no email is stored or looked up in Stripe)."""
+        key = matchkey.person_hash(self._pair.stripe_account, self._pair.stripe_livemode, email)
+        if key is None:
+            return []
+        rows = RecordLink.select(RecordLink.source_id).where(
+            (RecordLink.stream == stream)
+            & (RecordLink.person_key == key)
+            & RecordLink.pair.in_(same_account(self._pair))
+        )
+        return sorted({row.source_id for row in rows})
+
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         """Whether `email` is the email of the record of `stream` (e.g. a payment's billing email and an invoice's
         patient), compared as the person keys the records keep (no email is stored or looked up in Stripe)."""

@@ -193,6 +193,9 @@ class FakeLinks:
             return {"pi_1": ["b1"]} if self.booked and "pi_1" in stripe_ids else {}
         return {"cus_1": ["p1"]} if "cus_1" in stripe_ids else {}
 
+    def people(self, stream: str, email: str | None) -> list[str]:
+        return ["p2"] if email == "ann@example.com" else []
+
     booked = False
 
 
@@ -219,16 +222,19 @@ def test_invoices_are_judged_again_only_for_customers_with_a_payment_since_the_l
         {"id": "ch_1", "status": "succeeded", "customer": "cus_1"},
         {"id": "ch_2", "status": "failed", "customer": "cus_2"},
         {"id": "ch_3", "status": "succeeded", "customer": "cus_unknown"},
+        {"id": "ch_4", "status": "succeeded", "customer": None, "billing_details": {"email": "ann@example.com"}},
     ]
     settings = StreamSettings("Australia/Melbourne", "aud")
-    for since, expected in ((None, []), (1_700_000_000, [{"id": "7001"}])):
+    for since, expected in ((None, []), (1_700_000_000, [{"id": "7001"}] * 2)):
         gateway, cliniko = FakeGateway(charges), FakeCliniko()
         matcher = InvoiceMatcher(MatchSetup(gateway, cliniko, FakeLinks(), settings, {}, "cliniko_invoice_id", since))
         assert list(matcher.recheck()) == expected
     assert gateway.listings == [{"object": "charge", "created": {"gte": 1_700_000_000}}]
     today = datetime.now(ZoneInfo("Australia/Melbourne")).date()
     first = (today - timedelta(days=pm.DEFAULT_DAYS_AFTER + 1)).isoformat()
-    assert cliniko.asked == [("/invoices", [("q[]", "patient_id:=p1"), ("q[]", f"issue_date:>={first}")])]
+    assert cliniko.asked == [
+        ("/invoices", [("q[]", f"patient_id:={patient}"), ("q[]", f"issue_date:>={first}")]) for patient in ("p1", "p2")
+    ]
 
 
 def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> None:
