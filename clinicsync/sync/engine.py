@@ -603,7 +603,8 @@ class StreamRun:
     def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str, *, store: bool = True) -> None:
         """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to
         link to: why is said once in history, and again only if the reason changes (its link keeps a hash of the
-        reason given). The record is matched again, locally, only when the source changes it."""
+        reason given). The record is matched again, locally, only when the source changes it (or, for a stream with
+        its own matcher, when the matcher's recheck brings it back). A dry run (`store` False) stores nothing."""
         sid = mapped.source_id
         reported = payload_hash({"unmatched": why})
         if link.payload_hash == reported:
