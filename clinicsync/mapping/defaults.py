@@ -6,6 +6,7 @@ A stream's mapping lives in the database once a person saves one (mapping/store.
 
 from __future__ import annotations
 
+from clinicsync.mapping import invoice_status
 from clinicsync.mapping.spec import StreamMapping, rule
 
 CLINIKO_PATIENTS = StreamMapping(
@@ -50,7 +51,7 @@ CLINIKO_PRODUCTS = StreamMapping(
 )
 
 # Cliniko invoice status (cliniko-api.md §5.2) → the value Stripe metadata holds.
-INVOICE_STATUS_TABLE = {"10": "open", "20": "paid", "30": "closed", "40": "open_credit"}
+INVOICE_STATUS_TABLE = {str(code): name for code, name in invoice_status.NAMES.items()}
 
 # The invoices stream to come, in the same declarative form (not yet run: the Stripe gateway does not write
 # invoices). It exercises what that stream needs: a cross-reference, status through a lookup table, a pure date

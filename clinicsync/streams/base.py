@@ -7,7 +7,7 @@ history, dry runs, progress and cancellation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
@@ -37,7 +37,12 @@ class LinkLookup(Protocol):
     def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None: ...
 
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool: ...
+    def people(self, stream: str, email: str | None) -> list[str]: ...  # the source ids of records with this email
     def fingerprint(self, stream: str, source_id: str, role: str) -> str | None: ...
+
+    # Which of `stripe_ids` records of `stream` are linked to (a payment a Cal.com booking's record owns), with
+    # those records' source ids (the patients of a customer).
+    def linked_by(self, stream: str, stripe_ids: Collection[str]) -> dict[str, list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,9 @@ class MatchSetup:
 @dataclass(frozen=True)
 class MatchDecision:
     """What a matcher decided for one record: `link` (stripe_id, stripe_object), `review` (candidates, reason,
-    detail) or `none` (message: why nothing is written). `revisit`: read the record again next run (a payment may
-    still come)."""
+    detail) or `none` (message: why nothing is written). `revisit`: judge it again later (a payment may still
+    come): read by id next run, or, with `when_paid`, only on a run where the matcher's `recheck` finds a new
+    payment of its customer (reading every waiting record by id on every run costs one source read each)."""
 
     kind: str  # link | review | none
     stripe_id: str | None = None
@@ -139,6 +145,7 @@ class MatchDecision:
     reason: str = ""
     message: str = ""
     revisit: bool = False
+    when_paid: bool = False
 
     @staticmethod
     def link(stripe_id: str, stripe_object: str, message: str = "") -> MatchDecision:
@@ -149,8 +156,8 @@ class MatchDecision:
         return MatchDecision("review", candidates=tuple(candidates), reason=reason, message=detail)
 
     @staticmethod
-    def none(message: str, *, revisit: bool = False) -> MatchDecision:
-        return MatchDecision("none", message=message, revisit=revisit)
+    def none(message: str, *, revisit: bool = False, when_paid: bool = False) -> MatchDecision:
+        return MatchDecision("none", message=message, revisit=revisit, when_paid=when_paid)
 
 
 class Matcher(Protocol):
@@ -160,6 +167,10 @@ class Matcher(Protocol):
     def offer(self, mapped: MappedRecord, record: Record) -> None: ...
 
     def decide(self) -> Mapping[str, MatchDecision]: ...  # source id → decision, for every record offered
+
+    # Records to judge again this run though they did not change (read before the changed ones): e.g. the
+    # invoices, still in their window, of a customer with a payment since the last run.
+    def recheck(self) -> Iterator[Record]: ...
 
     # What happened in Stripe since `since` to objects records are linked to (a payment refunded), for history:
     # (source id, Stripe id, message); each message names the Stripe event's own id, so it is recorded once.

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from clinicsync import money
+from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
@@ -50,7 +51,6 @@ CREDIT_ROLE = "credit_note"
 ITEM_ROLE = "invoice_item"
 ITEM_KEY = "cliniko_invoice_item_id"
 CHUNK = 100  # invoices whose items (and reversals) are read with one listing
-OPEN, PAID, CLOSED, OPEN_CREDIT = 10, 20, 30, 40
 # What Stripe should hold for each state, in words for plans and history.
 STATE_WORDS = {
     "open": "open (finalized, never sent)",
@@ -104,7 +104,7 @@ def _with_items(client: Any, invoices: list[dict[str, Any]]) -> Iterator[dict[st
         items.setdefault(str(_link_id(item.get("invoice")) or item.get("invoice_id")), []).append(item)
     reversals: dict[str, list[dict[str, Any]]] = {}
     # Only a paid invoice's reversal matters (reversing an unpaid one closes it: its status says it all).
-    paid = ",".join(str(invoice["id"]) for invoice in invoices if invoice.get("status") in (PAID, OPEN_CREDIT))
+    paid = ",".join(str(invoice["id"]) for invoice in invoices if invoice_status.is_paid(invoice.get("status")))
     if paid:
         for reversal in _listed(client, "/invoices", [("q[]", f"original_invoice_id:={paid}")]):
             original = _link_id(reversal.get("original_invoice"))
@@ -201,11 +201,11 @@ def wanted_state(record: Record) -> str:
     archived or brought to $0 closes its mirror: credited if it was paid, else void (never a refund, no email)."""
     status = record.get("status")
     if _archived(record) is not None:
-        paid = status in (PAID, OPEN_CREDIT) and not _not_positive(record)
+        paid = invoice_status.is_paid(status) and not _not_positive(record)
         return "credited" if paid else "void"
-    if status == CLOSED:
+    if status == invoice_status.CLOSED:
         return "void"  # closed unpaid, or reversed before payment (which closes the original)
-    if status in (PAID, OPEN_CREDIT):
+    if invoice_status.is_paid(status):
         return "credited" if record.get("reversals") else "paid"
     return "open"
 

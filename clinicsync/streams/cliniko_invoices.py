@@ -14,10 +14,12 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clinicsync import money
+from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams import payment_matching as pm
@@ -36,10 +38,9 @@ log = logging.getLogger(__name__)
 
 NAME = "cliniko.invoices"
 PATIENTS = "cliniko.patients"
+BOOKING_PAYMENTS = "calcom.booking_payments"  # its payments paid Cal.com bookings: never an invoice's by guess
 DAYS_BEFORE_SETTING = "cliniko.invoices.match_days_before"
 DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
-PAID = 20
-STATUS_WORDS = {10: "open", 20: "paid", 30: "closed", 40: "open credit"}
 
 
 def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
@@ -104,10 +105,10 @@ class InvoiceMatcher:
         self._zones: dict[str, str] | None = None
         self._customers: dict[str, str | None] = {}
 
-    def _zone(self, business_id: str | None) -> str:
+    def _zone(self, business_id: str | int | None) -> str:
         if self._zones is None:
             self._zones = _business_zones(self.setup.source)
-        return self._zones.get(business_id or "", self.settings.time_zone)
+        return self._zones.get(str(business_id) if business_id is not None else "", self.settings.time_zone)
 
     def _customer(self, patient: str | None) -> str | None:
         """The patient's customer, through the patients stream's links (a patient has many invoices: asked once)."""
@@ -139,8 +140,8 @@ class InvoiceMatcher:
             customer=self._customer(patient),
             person=patient,
             name=record.get("invoice_to"),
-            paid=status == PAID,
-            status_words=STATUS_WORDS.get(status, "not paid") if isinstance(status, int) else "not paid",
+            paid=invoice_status.is_paid(status),  # open credit too: paid beyond the total (invoice_status.py)
+            status_words=invoice_status.words(status),
             window=pm.payment_window(issued, self.before, self.after) if issued else None,
         )
         self.bills[bill.source_id] = bill
@@ -149,9 +150,39 @@ class InvoiceMatcher:
         bills = list(self.bills.values())
         span = pm.listing_range(b.window for b in bills if b.window is not None)
         payments = list(pm.list_payments(self.setup.gateway, span)) if span is not None else []
-        index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key)
         links = self.setup.links
+        bookings = set(links.linked_by(BOOKING_PAYMENTS, [p.id for p in payments])) if payments else set()
+        index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key, bookings)
         return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
+
+    def recheck(self) -> Iterator[Record]:
+        """The invoices still in their window of the patients with a payment made since the last run (by their
+        customer, or with their email as its billing email): one listing of those payments, one invoice listing
+        per such patient. An invoice not paid through Stripe is judged again only then, never read by id on every
+        run while it waits. (A payment matching only by billing name is not looked for: names are not stored.)"""
+        since = self.setup.since
+        if since is None:  # the first run reads every invoice anyway
+            return
+        links = self.setup.links
+        customers: set[str] = set()
+        emails: set[str] = set()  # a payment without the patient's customer may still be theirs by billing email
+        for charge in self.setup.gateway.iter_objects("charge", filters={"created": {"gte": since}}):
+            if charge.get("status") != "succeeded":
+                continue
+            if isinstance(charge.get("customer"), str):
+                customers.add(charge["customer"])
+            email = (charge.get("billing_details") or {}).get("email")
+            if isinstance(email, str) and email:
+                emails.add(email)
+        patients = {p for ids in links.linked_by(PATIENTS, customers).values() for p in ids} if customers else set()
+        patients.update(p for email in sorted(emails) for p in links.people(PATIENTS, email))
+        # A window still open ends on or after today (local; a business's zone may be a day behind the clinic's).
+        today = datetime.now(ZoneInfo(self.settings.time_zone)).date()
+        issued_from = today - timedelta(days=self.after + 1)
+        for patient in sorted(patients):
+            query = [("q[]", f"patient_id:={patient}"), ("q[]", f"issue_date:>={issued_from.isoformat()}")]
+            for page in self.setup.source.iter_pages("/invoices", query):
+                yield from page.records
 
     def linked_news(self) -> list[tuple[str, str, str]]:
         """Refunds since the last run of payments linked to invoices (one listing of refunds), for history."""
@@ -175,7 +206,8 @@ def _days(settings: StreamSettings, key: str, default: int) -> int:
 
 
 def _business_zones(client: Any) -> dict[str, str]:
-    """Each business's IANA zone (one listing); invoices take their business's zone, else the clinic's."""
+    """Each business's IANA zone (one listing); invoices take their business's zone, else the clinic's. A zone
+    this computer does not know is left out (its invoices take the clinic's), never a stop for the whole run."""
     from clinicsync.sources.errors import SourceNotFound, SourcePermissionError
 
     zones: dict[str, str] = {}
@@ -183,11 +215,23 @@ def _business_zones(client: Any) -> dict[str, str]:
         for page in client.iter_pages("/businesses", [("per_page", "100")]):
             for business in page.records:
                 zone = business.get("time_zone_identifier")
-                if isinstance(zone, str) and zone:
+                if _known_zone(zone):
                     zones[str(business.get("id"))] = zone
+                elif zone:
+                    log.warning("business %s: unknown time zone %r, the clinic's is used", business.get("id"), zone)
     except (SourceNotFound, SourcePermissionError):
         log.info("businesses not readable: invoices use the clinic's zone")
     return zones
+
+
+def _known_zone(zone: Any) -> bool:
+    if not isinstance(zone, str) or not zone:
+        return False
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):  # ValueError: not even shaped like a zone key
+        return False
+    return True
 
 
 CLINIKO_INVOICES = Stream(

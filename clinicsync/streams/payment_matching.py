@@ -10,7 +10,7 @@ bill's issue date, a pure date, is never shifted.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -29,6 +29,7 @@ SPLIT = "split_payment"
 SEVERAL_BILLS = "payment_covers_several"
 NAMED_TWICE = "ambiguous_reference"
 SHARED_CERTAIN = "payment_fits_several"
+BOOKING_PAYMENT = "calcom_booking_payment"
 NOT_PAID_THROUGH_STRIPE = "not paid through Stripe"
 
 
@@ -168,11 +169,28 @@ def _same_name(a: str | None, b: str | None) -> bool:
     return bool(a and b) and " ".join(str(a).casefold().split()) == " ".join(str(b).casefold().split())
 
 
-class PaymentIndex:
-    """The payments of one listing, by customer, with the ones already linked or naming another bill set aside."""
+def made_by_calcom(payment: Payment) -> bool:
+    """Cal.com's Stripe app took it for a booking: its PaymentIntent's metadata says so (calcom-api.md)."""
+    return payment.metadata.get("identifier") == "cal.com" or "bookingId" in payment.metadata
 
-    def __init__(self, payments: Iterable[Payment], linked: Mapping[str, str], cross_ref_key: str) -> None:
+
+class PaymentIndex:
+    """The payments of one listing, by customer, with the ones already linked or naming another bill set aside.
+
+    `bookings`: payments the Cal.com paid-bookings stream links to a booking. Those, and any Cal.com made, paid a
+    booking: Cal.com finds the patient's customer by email, so one of the same price as a cash-paid invoice would
+    otherwise look like that invoice's payment. They are never linked automatically, at most offered in review.
+    """
+
+    def __init__(
+        self,
+        payments: Iterable[Payment],
+        linked: Mapping[str, str],
+        cross_ref_key: str,
+        bookings: Collection[str] = frozenset(),
+    ) -> None:
         self.cross_ref_key = cross_ref_key
+        self.bookings = bookings
         self.by_id: dict[str, Payment] = {}
         for payment in payments:
             self.by_id.setdefault(payment.id, payment)
@@ -185,12 +203,22 @@ class PaymentIndex:
             if ref:
                 self.named.setdefault(ref, []).append(payment)
 
-    def free(self, payment: Payment, bill: Bill) -> bool:
-        """Not linked to a bill already, not naming another bill, and a payment (not a refund) in the bill's
-        currency made on a local date inside the bill's window."""
+    def booking_words(self, payment: Payment) -> str | None:
+        """Why the payment paid a Cal.com booking, in words; None when nothing says it did."""
+        if payment.id in self.bookings:
+            return f"{payment.label} is linked to a Cal.com booking by the paid-bookings sync"
+        if made_by_calcom(payment):
+            booking = payment.metadata.get("bookingId")
+            return f"{payment.label} was taken by Cal.com for " + (f"booking {booking}" if booking else "a booking")
+        return None
+
+    def free(self, payment: Payment, bill: Bill, *, bookings_too: bool = False) -> bool:
+        """Not linked to a bill already, not naming another bill, not a Cal.com booking's (unless `bookings_too`),
+        and a payment (not a refund) in the bill's currency made on a local date inside the bill's window."""
         ref = payment.metadata.get(self.cross_ref_key)
         return (
             payment.id not in self.linked
+            and (bookings_too or self.booking_words(payment) is None)
             and (not ref or ref == bill.source_id)
             and payment.currency == bill.currency
             and bill.window is not None
@@ -198,13 +226,16 @@ class PaymentIndex:
         )
 
 
-def decide_bills(bills: Sequence[Bill], index: PaymentIndex, same_person: Any) -> dict[str, MatchDecision]:
+def decide_bills(
+    bills: Sequence[Bill], index: PaymentIndex, same_person: Any, now: datetime | None = None
+) -> dict[str, MatchDecision]:
     """Every bill's decision, judged with every bill known: `same_person(person, email)` says whether a billing
-    email is the bill's person's."""
+    email is the bill's person's. `now` (UTC; the clock when None) says whether a window is still open."""
     decisions: dict[str, MatchDecision] = {}
     certain: dict[str, str] = {}  # bill → its one exact payment
+    now = now or datetime.now(UTC)
     for bill in bills:
-        decision, exact = _decide_one(bill, bills, index, same_person)
+        decision, exact = _decide_one(bill, bills, index, same_person, now)
         if exact is not None:
             certain[bill.source_id] = exact
         elif decision is not None:
@@ -229,9 +260,14 @@ def decide_bills(bills: Sequence[Bill], index: PaymentIndex, same_person: Any) -
 
 
 def _decide_one(
-    bill: Bill, bills: Sequence[Bill], index: PaymentIndex, same_person: Any
+    bill: Bill, bills: Sequence[Bill], index: PaymentIndex, same_person: Any, now: datetime
 ) -> tuple[MatchDecision | None, str | None]:
     named = [p for p in index.named.get(bill.source_id, []) if p.id not in index.linked]
+    booked_named = [p for p in named if index.booking_words(p) is not None]
+    if booked_named:  # e.g. written on it by an earlier version that took it for the invoice's payment
+        words = "; ".join(str(index.booking_words(p)) for p in booked_named)
+        detail = f"its metadata names this invoice, but {words}: choose it only if it also paid this invoice"
+        return MatchDecision.review([p.id for p in named], BOOKING_PAYMENT, detail), None
     if len(named) == 1:
         return MatchDecision.link(named[0].id, named[0].stripe_object, "its metadata names this invoice"), None
     if len(named) > 1:
@@ -278,26 +314,51 @@ def _decide_one(
         if any(payment.amount == bill.amount + other.amount for other in partners):
             detail = "one payment by the patient's customer equals this invoice and another of theirs together"
             found.append((SEVERAL_BILLS, [payment.id], detail))
+    booked = [
+        p
+        for p in index.by_customer.get(bill.customer, [])
+        if bill.customer
+        and p.amount == bill.amount
+        and not p.refunded
+        and index.booking_words(p) is not None
+        and index.free(p, bill, bookings_too=True)
+    ]
+    if booked:
+        words = "; ".join(str(index.booking_words(p)) for p in booked)
+        detail = f"a payment of exactly the total by the patient's customer paid a Cal.com booking ({words})"
+        found.append((BOOKING_PAYMENT, [p.id for p in booked], detail))
     if found:
         candidates = list(dict.fromkeys(c for _, ids, _ in found for c in ids))
         detail = "; ".join(dict.fromkeys(text for _, _, text in found)) + ": choose the payment, or none"
         return MatchDecision.review(candidates, found[0][0], detail), None
-    return _why_none(bill, own, index), None
+    return _why_none(bill, own, index, now), None
 
 
-def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex) -> MatchDecision:
-    still_open = bill.window is not None and bill.window.last >= datetime.now(UTC).date()
+def _why_none(bill: Bill, own: Sequence[Payment], index: PaymentIndex, now: datetime) -> MatchDecision:
+    # Every "not paid through Stripe" is judged again while a payment may still come: until the window's last
+    # day has passed in the clinic's zone (the window is of local dates). With a customer, only once a payment
+    # of theirs is new (the matcher's recheck); without one, next run (the patients stream may link one).
+    today = now.astimezone(ZoneInfo(bill.zone)).date()
+    still_open = bill.window is not None and bill.window.last >= today
     if bill.customer is None:
         return MatchDecision.none(
             f"{NOT_PAID_THROUGH_STRIPE}: the patient has no Stripe customer yet", revisit=still_open
         )
     if any(p.amount == bill.amount and p.refunded for p in own):
-        return MatchDecision.none(f"{NOT_PAID_THROUGH_STRIPE}: the only payment of this amount was refunded")
+        return MatchDecision.none(
+            f"{NOT_PAID_THROUGH_STRIPE}: the only payment of this amount was refunded",
+            revisit=still_open,
+            when_paid=True,
+        )
     outside = [
         p
         for p in index.by_customer.get(bill.customer, [])
         if p.amount == bill.amount and not p.refunded and p.id not in index.linked and p not in own
     ]
     if outside:
-        return MatchDecision.none(f"{NOT_PAID_THROUGH_STRIPE}: a payment of this amount was made outside the window")
-    return MatchDecision.none(NOT_PAID_THROUGH_STRIPE, revisit=still_open)
+        return MatchDecision.none(
+            f"{NOT_PAID_THROUGH_STRIPE}: a payment of this amount was made outside the window",
+            revisit=still_open,
+            when_paid=True,
+        )
+    return MatchDecision.none(NOT_PAID_THROUGH_STRIPE, revisit=still_open, when_paid=True)

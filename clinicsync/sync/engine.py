@@ -199,7 +199,7 @@ class StreamRun:
         # The stream's own matcher (Stream.matcher), made when the first unlinked record is offered to it; the
         # records offered, by source id, to apply its decisions to.
         self._matcher: Matcher | None = None
-        self._offered: dict[str, tuple[MappedRecord, str | None]] = {}
+        self._offered: dict[str, tuple[MappedRecord, str | None, RecordLink]] = {}
         self._done = 0
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
@@ -411,6 +411,10 @@ class StreamRun:
             record = self.stream.read_one(self.source, source_id)
             if record is not None:
                 self._handle(record, pool, writer)
+        if self._matcher is not None:  # unchanged records its matcher judges again (a payment came since)
+            for record in self._matcher.recheck():
+                self.cancel.raise_if_cancelled()
+                self._handle(record, pool, writer)
         cursor = self._scope.first_cursor(cursor)
         for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
@@ -572,7 +576,7 @@ class StreamRun:
             )
             return
         if self.stream.matcher is not None:  # decided with every record known, after the read
-            self._offer(mapped, hashed, record if record is not None else {})
+            self._offer(mapped, hashed, link, record if record is not None else {})
             return
         by_reference = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
         if len(by_reference) == 1:
@@ -596,16 +600,19 @@ class StreamRun:
         else:
             self._submit("create", mapped, None, hashed, pool, writer)
 
-    def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str) -> None:
+    def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str, *, store: bool = True) -> None:
         """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to
         link to: why is said once in history, and again only if the reason changes (its link keeps a hash of the
-        reason given). The record is matched again, locally, only when the source changes it."""
+        reason given). The record is matched again, locally, only when the source changes it (or, for a stream with
+        its own matcher, when the matcher's recheck brings it back). A dry run (`store` False) stores nothing."""
         sid = mapped.source_id
         reported = payload_hash({"unmatched": why})
         if link.payload_hash == reported:
             self.recorder.record("unchanged", sid, mapped.display_name, None)
             return
         self.recorder.record("skipped", sid, mapped.display_name, None, why)
+        if not store:  # a dry run: the real run says it too
+            return
         if link.id is None:  # stored by _handle with the record
             link.payload_hash = reported
         else:
@@ -698,9 +705,9 @@ class StreamRun:
         )
         self._matcher = self.stream.matcher(setup)
 
-    def _offer(self, mapped: MappedRecord, hashed: str | None, record: Record) -> None:
+    def _offer(self, mapped: MappedRecord, hashed: str | None, link: RecordLink, record: Record) -> None:
         assert self._matcher is not None
-        self._offered[mapped.source_id] = (mapped, hashed)
+        self._offered[mapped.source_id] = (mapped, hashed, link)
         self._matcher.offer(mapped, record)
 
     def _resolve_matched(self, pool: WritePool, writer: OutboxWriter | None) -> None:
@@ -709,7 +716,7 @@ class StreamRun:
         if self._matcher is None:
             return
         decisions = self._matcher.decide()
-        for sid, (mapped, hashed) in self._offered.items():
+        for sid, (mapped, hashed, link) in self._offered.items():
             decision = decisions.get(sid)
             if decision is None:
                 continue
@@ -726,9 +733,10 @@ class StreamRun:
             elif decision.kind == "review":
                 self._review(mapped, decision.reason, list(decision.candidates), pool, writer, decision.message)
             else:
-                if decision.revisit and writer is not None:
+                if decision.revisit and not decision.when_paid and writer is not None:
                     revisit_later(self.pair, self.stream.name, sid, decision.message)
-                self.recorder.record("skipped", sid, mapped.display_name, None, decision.message)
+                # Said once, again only if the reason changes: not a history row per waiting invoice per run.
+                self._leave_unmatched(mapped, link, decision.message, store=writer is not None)
         for sid, stripe_id, message in self._matcher.linked_news():
             told = SyncEvent.select().where(
                 (SyncEvent.stream == self.stream.name) & (SyncEvent.source_id == sid) & (SyncEvent.message == message)

@@ -8,6 +8,8 @@ account and mode (a Cal.com attendee's customer may have been made by a Cliniko 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from clinicsync import matchkey
 from clinicsync.store.models import AccountPair, RecordLink, RoleLink
 from clinicsync.sync.matching import same_account
@@ -58,6 +60,34 @@ class AccountLinks:
         else:
             row = self._current_role(stream, source_id, role)
         return row.stripe_id if row is not None else None
+
+    def linked_by(self, stream: str, stripe_ids: Collection[str]) -> dict[str, list[str]]:
+        """Which of `stripe_ids` records of `stream` are linked to in this Stripe account, with those records'
+        source ids (a page of ids per query: SQLite caps the parameters of one statement)."""
+        wanted: list[str] = sorted(set(stripe_ids))
+        found: dict[str, list[str]] = {}
+        for start in range(0, len(wanted), 500):
+            rows = RecordLink.select(RecordLink.stripe_id, RecordLink.source_id).where(
+                (RecordLink.stream == stream)
+                & RecordLink.stripe_id.in_(wanted[start : start + 500])
+                & RecordLink.pair.in_(same_account(self._pair))
+            )
+            for row in rows:
+                found.setdefault(row.stripe_id, []).append(row.source_id)
+        return found
+
+    def people(self, stream: str, email: str | None) -> list[str]:
+        """The records of `stream` whose email is `email` (a payment's billing email), by the person keys the
+        records keep (no email is stored or looked up in Stripe)."""
+        key = matchkey.person_hash(self._pair.stripe_account, self._pair.stripe_livemode, email)
+        if key is None:
+            return []
+        rows = RecordLink.select(RecordLink.source_id).where(
+            (RecordLink.stream == stream)
+            & (RecordLink.person_key == key)
+            & RecordLink.pair.in_(same_account(self._pair))
+        )
+        return sorted({row.source_id for row in rows})
 
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         """Whether `email` is the email of the record of `stream` (e.g. a payment's billing email and an invoice's

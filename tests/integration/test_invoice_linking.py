@@ -126,10 +126,18 @@ def test_certain_invoices_are_linked_plausible_ones_reviewed_and_nothing_guessed
 
 
 def test_a_rerun_writes_nothing(seeded: Seeded) -> None:
+    """Nor reads each invoice waiting for a payment by id again, nor says again why it waits (no new payment)."""
     before = writes(seeded.sandbox)
+    reads = Counter(stats(seeded.sandbox.cliniko_url)["by_endpoint"])
+    context(seeded.env)
+    told = SyncEvent.select().where(SyncEvent.stream == STREAM).count()
     again = sync_once(seeded.env, stream=STREAM)
     assert again.counts["linked"] == again.counts["updated"] == again.counts["created"] == 0, again.counts
     assert writes(seeded.sandbox) == before
+    by_id = {k: n for k, n in (Counter(stats(seeded.sandbox.cliniko_url)["by_endpoint"]) - reads).items() if "{" in k}
+    assert not by_id, by_id
+    context(seeded.env)
+    assert SyncEvent.select().where(SyncEvent.stream == STREAM).count() == told
 
 
 def test_fifteen_status_changes_are_fifteen_metadata_updates(seeded: Seeded) -> None:
@@ -271,3 +279,40 @@ def test_payment_times_are_local_dates_in_each_business_zone_across_dst(make_san
     notes = {e.source_id: e.message for e in SyncEvent.select().where(SyncEvent.action == "linked")}
     assert f"charge (made without a PaymentIntent) {bare}" in notes[made[-1]["id"]]
     assert "PaymentIntent pi_" in notes[made[0]["id"]]
+
+
+def test_an_invoice_waiting_for_a_payment_is_judged_again_only_when_its_customer_pays(make_sandbox, env_for) -> None:
+    """Said once, not read by id on every run while it waits; linked on the run after its patient pays."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = env_for(sandbox)
+    sync_once(env)
+    context(env)
+    patient, customer = next(
+        (row.source_id, row.stripe_id) for row in RecordLink.select().where(RecordLink.stream == "cliniko.patients")
+    )
+    issued = (datetime.now(ZoneInfo("Australia/Melbourne")) - timedelta(days=1)).date().isoformat()
+    spec = {
+        "patient_id": patient,
+        "status": 20,
+        "issue_date": issued,
+        "lines": [{"name": "Consult", "unit_price": "95.5"}],
+    }
+    (invoice,) = admin(sandbox.cliniko_url, "add_invoices", invoices=[spec])["invoices"]
+    first = sync_once(env, stream=STREAM)
+    assert first.counts["skipped"] == 1, first.counts
+    reads = Counter(stats(sandbox.cliniko_url)["by_endpoint"])
+    second = sync_once(env, stream=STREAM)
+    assert second.counts["skipped"] == 0 and second.counts["linked"] == 0, second.counts
+    assert not (Counter(stats(sandbox.cliniko_url)["by_endpoint"]) - reads)["GET /v1/invoices/{id}"]
+    context(env)
+    told = [e.message for e in SyncEvent.select().where(SyncEvent.source_id == invoice["id"])]
+    assert told == ["not paid through Stripe"], told
+    paid = admin(sandbox.stripe_url, "add_payment", amount=9550, currency="aud", customer=customer)
+    third = sync_once(env, stream=STREAM)
+    assert third.counts["linked"] == 1, (third.counts, third.message)
+    context(env)
+    link = RecordLink.get((RecordLink.stream == STREAM) & (RecordLink.source_id == invoice["id"]))
+    assert link.stripe_id == paid["payment_intent"]

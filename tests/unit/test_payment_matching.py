@@ -49,8 +49,10 @@ def bill(sid: str, amount: int, customer: str | None = "cus_1", issued: date = d
     )  # fmt: skip
 
 
-def decide(bills: list[pm.Bill], payments: list[pm.Payment], linked: dict[str, str] | None = None) -> dict:
-    index = pm.PaymentIndex(payments, linked or {}, "cliniko_invoice_id")
+def decide(
+    bills: list[pm.Bill], payments: list[pm.Payment], linked: dict[str, str] | None = None, bookings: tuple = ()
+) -> dict:
+    index = pm.PaymentIndex(payments, linked or {}, "cliniko_invoice_id", set(bookings))
     return pm.decide_bills(bills, index, lambda person, email: email == "ann@example.com")
 
 
@@ -130,6 +132,44 @@ def test_the_invoice_mapping_sends_id_number_and_status_only_and_refuses_clinica
         assert [p.rule for p in validate_mapping(leaking, catalogue, set())] == ["clinical-field"], field
 
 
+def test_a_calcom_booking_payment_is_never_linked_to_an_invoice_only_offered_in_review() -> None:
+    paid_at = "2026-04-06T01:00:00"
+    by_metadata = [
+        payment("pi_c", 9550, "cus_1", paid_at, metadata={"identifier": "cal.com", "bookingId": "812"}),
+        payment("pi_c", 9550, "cus_1", paid_at, metadata={"identifier": "cal.com"}),
+        payment("pi_c", 9550, "cus_1", paid_at, metadata={"bookingId": "812"}),
+    ]
+    for booking in by_metadata:
+        decided = decide([bill("i1", 9550)], [booking])["i1"]
+        assert decided.kind == "review" and decided.candidates == ("pi_c",), decided
+        assert decided.reason == pm.BOOKING_PAYMENT and "Cal.com" in decided.message
+    linked = decide([bill("i1", 9550)], [payment("pi_c", 9550, "cus_1", paid_at)], bookings=("pi_c",))["i1"]
+    assert linked.kind == "review" and "Cal.com booking" in linked.message
+    named = payment("pi_c", 9550, "cus_1", paid_at, metadata={"bookingId": "812", "cliniko_invoice_id": "i1"})
+    assert decide([bill("i1", 9550)], [named])["i1"].kind == "review"  # named by an earlier wrong link
+    beside = decide([bill("i1", 9550)], [payment("pi_1", 9550, "cus_1", "2026-04-07T01:00:00"), by_metadata[0]])["i1"]
+    assert beside.kind == "link" and beside.stripe_id == "pi_1"  # the booking's payment is not a rival
+
+
+def test_every_not_paid_through_stripe_is_revisited_while_the_window_is_open_by_the_clinics_date() -> None:
+    refunded = [payment("pi_r", 9550, "cus_1", "2026-04-06T01:00:00", refunded=True)]
+    outside = [payment("pi_o", 9550, "cus_1", "2026-03-01T01:00:00")]
+    last_day = date(2026, 5, 5)  # issued on the 5th of April, 30 days after
+    # 13:30 UTC on the 5th of May is 23:30 there in Melbourne (+10): still the window's last day; an hour later not.
+    still, past = datetime(2026, 5, 5, 13, 30, tzinfo=UTC), datetime(2026, 5, 5, 14, 30, tzinfo=UTC)
+    for payments in (refunded, outside, []):
+        index = pm.PaymentIndex(payments, {}, "cliniko_invoice_id")
+        one = bill("i1", 9550)
+        assert one.window is not None and one.window.last == last_day
+        open_ = pm.decide_bills([one], index, lambda *_: False, now=still)["i1"]
+        assert open_.kind == "none" and open_.message.startswith(pm.NOT_PAID_THROUGH_STRIPE) and open_.revisit
+        assert not pm.decide_bills([one], index, lambda *_: False, now=past)["i1"].revisit
+    # Late evening UTC is already the next day in Melbourne: the window closed there, though not in UTC.
+    index = pm.PaymentIndex([], {}, "cliniko_invoice_id")
+    late = datetime(2026, 5, 5, 23, 0, tzinfo=UTC)
+    assert not pm.decide_bills([bill("i1", 9550)], index, lambda *_: False, now=late)["i1"].revisit
+
+
 class FakeGateway:
     def __init__(self, charges: list[dict]) -> None:
         self.charges = charges
@@ -147,15 +187,124 @@ class FakeLinks:
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         return False
 
+    def linked_by(self, stream: str, stripe_ids) -> dict[str, list[str]]:
+        self.asked = (stream, set(stripe_ids))
+        if stream == "calcom.booking_payments":
+            return {"pi_1": ["b1"]} if self.booked and "pi_1" in stripe_ids else {}
+        return {"cus_1": ["p1"]} if "cus_1" in stripe_ids else {}
+
+    def people(self, stream: str, email: str | None) -> list[str]:
+        return ["p2"] if email == "ann@example.com" else []
+
+    booked = False
+
 
 class FakeCliniko:
+    def __init__(self, businesses: list[dict] | None = None) -> None:
+        self.businesses = businesses or [{"id": "b1", "time_zone_identifier": "Australia/Brisbane"}]
+        self.asked: list[tuple[str, list]] = []
+
     def iter_pages(self, path: str, params=None):
         from types import SimpleNamespace
 
-        yield SimpleNamespace(records=[{"id": "b1", "time_zone_identifier": "Australia/Brisbane"}])
+        self.asked.append((path, list(params or [])))
+        yield SimpleNamespace(records=self.businesses if path == "/businesses" else [{"id": "7001"}])
+
+
+def test_invoices_are_judged_again_only_for_customers_with_a_payment_since_the_last_run() -> None:
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from clinicsync.streams.base import MatchSetup, StreamSettings
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+
+    charges = [
+        {"id": "ch_1", "status": "succeeded", "customer": "cus_1"},
+        {"id": "ch_2", "status": "failed", "customer": "cus_2"},
+        {"id": "ch_3", "status": "succeeded", "customer": "cus_unknown"},
+        {"id": "ch_4", "status": "succeeded", "customer": None, "billing_details": {"email": "ann@example.com"}},
+    ]
+    settings = StreamSettings("Australia/Melbourne", "aud")
+    for since, expected in ((None, []), (1_700_000_000, [{"id": "7001"}] * 2)):
+        gateway, cliniko = FakeGateway(charges), FakeCliniko()
+        matcher = InvoiceMatcher(MatchSetup(gateway, cliniko, FakeLinks(), settings, {}, "cliniko_invoice_id", since))
+        assert list(matcher.recheck()) == expected
+    assert gateway.listings == [{"object": "charge", "created": {"gte": 1_700_000_000}}]
+    today = datetime.now(ZoneInfo("Australia/Melbourne")).date()
+    first = (today - timedelta(days=pm.DEFAULT_DAYS_AFTER + 1)).isoformat()
+    assert cliniko.asked == [
+        ("/invoices", [("q[]", f"patient_id:={patient}"), ("q[]", f"issue_date:>={first}")]) for patient in ("p1", "p2")
+    ]
 
 
 def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> None:
+    decisions, gateway = _match_one_invoice(FakeLinks())
+    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
+    assert decisions["7001"].stripe_object == "payment_intent"
+    (listing,) = gateway.listings
+    assert listing["object"] == "charge" and listing["expand"] == ["data.payment_intent"]
+
+
+def test_a_payment_the_calcom_payments_stream_links_is_never_linked_to_an_invoice() -> None:
+    links = FakeLinks()
+    links.booked = True
+    decisions, _ = _match_one_invoice(links)
+    assert links.asked == ("calcom.booking_payments", {"pi_1"})
+    assert decisions["7001"].kind == "review" and decisions["7001"].candidates == ("pi_1",)
+
+
+def test_a_bad_business_zone_falls_back_to_the_clinics_and_a_numeric_business_id_finds_its_zone() -> None:
+    businesses = [
+        {"id": 1, "time_zone_identifier": "Mars/Olympus_Mons"},
+        {"id": 2, "time_zone_identifier": "Australia/Brisbane"},
+        {"id": "b3", "time_zone_identifier": "not a zone"},
+    ]
+    # 13:30 UTC on the 4th: the 4th in Brisbane, the 5th in Melbourne (the clinic's zone); the window is the 4th only.
+    values = {"cliniko.invoices.match_days_before": 0, "cliniko.invoices.match_days_after": 0}
+    invoices = [
+        {"id": "7001", "business_id": 1, "number": 1, **_PAID_4TH},
+        {"id": "7002", "business_id": 2, "number": 2, **_PAID_4TH},
+        {"id": "7003", "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b3"}}, **_PAID_4TH},
+    ]
+    decisions, _ = _match_invoices(FakeLinks(), invoices, FakeCliniko(businesses), values)
+    assert decisions["7001"].kind == decisions["7003"].kind == "none"  # in Melbourne: paid on the 5th there
+    assert decisions["7002"].kind == "link" and decisions["7002"].stripe_id == "pi_1"
+
+
+_PAID_4TH = {"status": 20, "total_amount": "95.5", "issue_date": "2026-04-04", "patient_id": "p1"}
+
+
+def test_open_credit_is_paid_for_the_linker_as_for_the_mirror_from_one_status_definition() -> None:
+    from clinicsync.mapping import invoice_status
+    from clinicsync.mapping.defaults import INVOICE_STATUS_TABLE
+    from clinicsync.streams.cliniko_invoice_mirror import wanted_state
+
+    values = {"cliniko.invoices.match_days_before": 0}
+    overpaid = {"id": "7001", "number": 1, **_PAID_4TH, "status": invoice_status.OPEN_CREDIT}  # a credit left over
+    decisions, _ = _match_invoices(FakeLinks(), [overpaid], FakeCliniko(), values)
+    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
+    for code in invoice_status.NAMES:
+        assert invoice_status.is_paid(code) == (wanted_state({"status": code}) == "paid"), code
+    assert INVOICE_STATUS_TABLE == {"10": "open", "20": "paid", "30": "closed", "40": "open_credit"}
+    assert invoice_status.words(40) == "open credit" and invoice_status.words(99) == "not paid"
+
+
+def _match_one_invoice(links: FakeLinks) -> tuple[dict, FakeGateway]:
+    invoice = {
+        "id": "7001",
+        "number": 5001,
+        "status": 20,
+        "total_amount": "95.5",
+        "issue_date": "2026-04-04",
+        "patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/p1"}},
+        "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b1"}},
+    }
+    return _match_invoices(links, [invoice, invoice], FakeCliniko(), {"cliniko.invoices.match_days_before": 0})
+
+
+def _match_invoices(
+    links: FakeLinks, invoices: list[dict], cliniko: FakeCliniko, values: dict
+) -> tuple[dict, FakeGateway]:
     from clinicsync.mapping.apply import map_record
     from clinicsync.mapping.defaults import CLINIKO_INVOICES
     from clinicsync.streams.base import MatchSetup, StreamSettings
@@ -171,24 +320,8 @@ def test_an_invoice_read_twice_in_a_run_is_decided_once_from_one_listing() -> No
         "payment_intent": {"id": "pi_1", "amount": 9550, "currency": "aud", "created": epoch("2026-04-04T13:30:00")},
     }
     gateway = FakeGateway([charge])
-    setup = MatchSetup(
-        gateway, FakeCliniko(), FakeLinks(), StreamSettings("Australia/Melbourne", "aud", {
-            "cliniko.invoices.match_days_before": 0}), {}, "cliniko_invoice_id",
-    )  # fmt: skip
-    matcher = InvoiceMatcher(setup)
-    invoice = {
-        "id": "7001",
-        "number": 5001,
-        "status": 20,
-        "total_amount": "95.5",
-        "issue_date": "2026-04-04",
-        "patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/p1"}},
-        "business": {"links": {"self": "https://api.au1.cliniko.com/v1/businesses/b1"}},
-    }
-    for _ in range(2):
+    settings = StreamSettings("Australia/Melbourne", "aud", values)
+    matcher = InvoiceMatcher(MatchSetup(gateway, cliniko, links, settings, {}, "cliniko_invoice_id"))
+    for invoice in invoices:
         matcher.offer(map_record(CLINIKO_INVOICES, invoice), invoice)
-    decisions = matcher.decide()
-    assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
-    assert decisions["7001"].stripe_object == "payment_intent"
-    (listing,) = gateway.listings
-    assert listing["object"] == "charge" and listing["expand"] == ["data.payment_intent"]
+    return dict(matcher.decide()), gateway
