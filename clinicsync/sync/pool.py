@@ -15,9 +15,10 @@ class WritePool:
     def __init__(self, workers: int, *, max_in_flight: int | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-write") if workers else None
         self._workers = workers
-        # Up to 8 writes a worker queued ahead: the reading thread stops now and then (an index top-up lists several
-        # pages), and 2 a worker (24 writes, a quarter of a second at 90/s) ran out before it came back.
-        self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * 8)
+        # Up to 16 writes a worker queued ahead: the reading thread stops now and then (an index top-up lists
+        # several pages, up to a second or two), and 2 a worker (24 writes, a quarter of a second at 90/s) ran
+        # out long before it came back.
+        self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * 16)
         self._in_flight: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._error: BaseException | None = None
