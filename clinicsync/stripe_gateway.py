@@ -288,18 +288,20 @@ class StripeGateway:
     ) -> Iterator[dict[str, Any]]:
         """Every object of one kind (or those `created` at or after `created_since`, and matching the listing's
         own `filters`, e.g. a price's `product`), newest first, by 100."""
-        service = self._service(stripe_object)
+        self._service(stripe_object)  # refuses a kind ClinicSync does not handle
+        path = f"/v1/{stripe_object}s"
         base: dict[str, Any] = {"limit": stripe_limits.LIST_MAX_LIMIT, **(filters or {})}
         if created_since is not None:
             base["created"] = {"gte": created_since}
         params = base
         while True:
-            page = self._read(service.list, params=params)
-            for item in page.data:
-                yield item.to_dict()
-            if not page.has_more or not page.data:
+            # The same GET the SDK's `list` sends, its JSON taken as it is: building the SDK's objects for a page
+            # of 100, then turning each back into a dict, cost more CPU than the rest of a listing.
+            page = self._read(self._client.raw_request, "get", path, **params).data
+            yield from page["data"]
+            if not page.get("has_more") or not page["data"]:
                 return
-            params = base | {"starting_after": page.data[-1].id}
+            params = base | {"starting_after": page["data"][-1]["id"]}
 
     def list_by_email(self, stripe_object: str, email: str) -> list[dict[str, Any]]:
         """Objects whose email is exactly `email` (Stripe compares case-sensitively); read-after-write safe."""

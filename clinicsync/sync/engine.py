@@ -32,6 +32,7 @@ from clinicsync.outcomes import ACTIONS, NOTE, Outcome, StopKind
 from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.sources import errors
 from clinicsync.sources.errors import SourceError
+from clinicsync.store import lookup
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store.db import database_proxy, storage_problem
 from clinicsync.store.models import (
@@ -125,14 +126,16 @@ class RunRecorder:
 
     def _event(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str) -> None:
         if not self._dry_run:
-            SyncEvent.create(
-                run=self._run,
-                stream=self._run.stream,
-                source_id=source_id,
-                display_name=display_name,
-                stripe_id=stripe_id,
-                action=action,
-                message=message,
+            lookup.insert(
+                SyncEvent(
+                    run=self._run,
+                    stream=self._run.stream,
+                    source_id=source_id,
+                    display_name=display_name,
+                    stripe_id=stripe_id,
+                    action=action,
+                    message=message,
+                )
             )
 
     def __init__(self, run: SyncRun, *, dry_run: bool) -> None:
@@ -893,11 +896,7 @@ class StreamRun:
     def _remember(self, mapped: MappedRecord, hashed: str | None, person: str | None) -> RecordLink:
         """Keep the record's id, email hash, name and archived state (never its other fields). A record met for
         the first time gets an unsaved link: it is stored with the record's first write, or at once if none."""
-        link = RecordLink.get_or_none(
-            (RecordLink.pair == self.pair)
-            & (RecordLink.stream == self.stream.name)
-            & (RecordLink.source_id == mapped.source_id)
-        )
+        link = lookup.get_or_none(RecordLink, pair=self.pair, stream=self.stream.name, source_id=mapped.source_id)
         if link is None:
             return RecordLink(
                 pair=self.pair,
@@ -925,22 +924,15 @@ class StreamRun:
         return link if link is not None and link.id is None else None
 
     def _has_pending_write(self, source_id: str) -> bool:
-        return (
-            OutboxEntry.select()
-            .where(
-                (OutboxEntry.pair == self.pair)
-                & (OutboxEntry.stream == self.stream.name)
-                & (OutboxEntry.source_id == source_id)
-                & (OutboxEntry.status == "pending")
-            )
-            .exists()
+        return lookup.exists(
+            OutboxEntry, pair=self.pair, stream=self.stream.name, source_id=source_id, status="pending"
         )
 
 
 def _insert_links(links: Iterable[RecordLink]) -> None:
     for link in links:
         if link.id is None:
-            link.save(force_insert=True)
+            lookup.insert(link)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from peewee import chunked
 
 from clinicsync import matchkey
 from clinicsync.mapping.spec import StreamMapping
+from clinicsync.store import lookup
 from clinicsync.store.models import AccountPair, RecordLink, StreamState, StripeIndexEntry, utcnow
 
 CLOCK_MARGIN_S = 600  # how far this PC's clock may be ahead of Stripe's without a refresh missing an object
@@ -103,45 +104,37 @@ def _match_value(mapping: StreamMapping, obj: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _unlinked(pair: AccountPair, mapping: StreamMapping, query: Any) -> list[str]:
-    """The query's objects no record of this stream is linked to. An object that is not a person and that another
+def _unlinked(pair: AccountPair, mapping: StreamMapping, found: list[str]) -> list[str]:
+    """The objects of `found` no record of this stream is linked to. An object that is not a person and that another
     stream or source is linked to (a Cliniko product, for Cal.com's event type of the same name) is not free
     either: two streams writing one product would undo each other's writes. People are shared on purpose."""
-    linked = RecordLink.select(RecordLink.stripe_id).where(
-        (RecordLink.pair == pair) & (RecordLink.stream == mapping.stream) & RecordLink.stripe_id.is_null(False)
-    )
+    if not found:  # asked for every record of a sync, and nearly always nothing to compare with the links
+        return []
+    mine = (RecordLink.pair == pair) & (RecordLink.stream == mapping.stream)
     if mapping.stripe_object not in PERSON_OBJECTS:
-        linked = RecordLink.select(RecordLink.stripe_id).where(
-            (
-                ((RecordLink.pair == pair) & (RecordLink.stream == mapping.stream))
-                | (RecordLink.pair.in_(same_account(pair)) & (RecordLink.stripe_object == mapping.stripe_object))
-            )
-            & RecordLink.stripe_id.is_null(False)
-        )
-    rows = query.where(StripeIndexEntry.stripe_id.not_in(linked)).order_by(StripeIndexEntry.stripe_id)
-    return [row.stripe_id for row in rows]
+        mine = mine | (RecordLink.pair.in_(same_account(pair)) & (RecordLink.stripe_object == mapping.stripe_object))
+    linked = {
+        row.stripe_id for row in RecordLink.select(RecordLink.stripe_id).where(mine & RecordLink.stripe_id.in_(found))
+    }
+    return [stripe_id for stripe_id in found if stripe_id not in linked]
 
 
 def candidates_by_reference(pair: AccountPair, mapping: StreamMapping, source_id: str) -> list[str]:
     """Unlinked Stripe objects whose metadata already names this source record (e.g. made by an earlier install)."""
-    query = StripeIndexEntry.select(StripeIndexEntry.stripe_id).where(
-        (StripeIndexEntry.pair == pair)
-        & (StripeIndexEntry.stripe_object == mapping.stripe_object)
-        & (StripeIndexEntry.source_ref == source_id)
+    found = lookup.column(
+        StripeIndexEntry, "stripe_id", pair=pair, stripe_object=mapping.stripe_object, source_ref=source_id
     )
-    return _unlinked(pair, mapping, query)
+    return _unlinked(pair, mapping, found)
 
 
 def candidates_by_email(pair: AccountPair, mapping: StreamMapping, hashed_email: str | None) -> list[str]:
     """Unlinked Stripe objects with the same casefolded email. A linked one is never a candidate."""
     if hashed_email is None:
         return []
-    query = StripeIndexEntry.select(StripeIndexEntry.stripe_id).where(
-        (StripeIndexEntry.pair == pair)
-        & (StripeIndexEntry.stripe_object == mapping.stripe_object)
-        & (StripeIndexEntry.email_hash == hashed_email)
+    found = lookup.column(
+        StripeIndexEntry, "stripe_id", pair=pair, stripe_object=mapping.stripe_object, email_hash=hashed_email
     )
-    return _unlinked(pair, mapping, query)
+    return _unlinked(pair, mapping, found)
 
 
 def records_sharing_email(pair: AccountPair, mapping: StreamMapping, hashed_email: str) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from peewee import IntegrityError
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.retry import RetryPolicy, call_with_retries
+from clinicsync.store import lookup
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import (
     AccountPair,
@@ -86,6 +88,23 @@ def _normalised(params: dict[str, Any]) -> dict[str, Any]:
     return loaded
 
 
+# What settling a step changes in its outbox row (saved alone: the row's other columns are as stored).
+SETTLED_FIELDS = [
+    OutboxEntry.status,
+    OutboxEntry.stripe_id,
+    OutboxEntry.params,
+    OutboxEntry.finished_at,
+    OutboxEntry.attempts,
+]
+SETTLED_LINK_FIELDS = [
+    RecordLink.stripe_id,
+    RecordLink.payload_hash,
+    RecordLink.email_hash,
+    RecordLink.display_name,
+    RecordLink.archived,
+    RecordLink.mapping_version,
+    RecordLink.updated_at,
+]
 SETTLE_BACKLOG = 500  # finished writes a write thread lets wait before it records them itself
 
 
@@ -101,23 +120,26 @@ class Settler:
     def __init__(self, backlog: int = SETTLE_BACKLOG) -> None:
         self._backlog = backlog
         self._items: list[tuple[str, Callable[[], None]]] = []
+        self._held: Counter[str] = Counter()  # source ids of _items: asked for every record read
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
     def add(self, source_id: str, settle: Callable[[], None]) -> None:
         with self._lock:
             self._items.append((source_id, settle))
+            self._held[source_id] += 1
             full = len(self._items) >= self._backlog
         if full:  # the reading thread is held up (a slow source): do not let the backlog grow
             self.flush()
 
     def holds(self, source_id: str) -> bool:
         with self._lock:
-            return any(sid == source_id for sid, _ in self._items)
+            return self._held[source_id] > 0
 
     def take(self) -> list[tuple[str, Callable[[], None]]]:
         with self._lock:
             items, self._items = self._items, []
+            self._held.clear()
         return items
 
     @staticmethod
@@ -189,7 +211,7 @@ class OutboxWriter:
         rows: list[OutboxEntry] = []
         notes = "\n".join([*mapped.notes, *(step.note for step in steps if step.note)])
         for number, step in enumerate(steps):
-            row = OutboxEntry.create(
+            row = OutboxEntry(
                 pair=self.pair,
                 stream=self.mapping.stream,
                 source_id=mapped.source_id,
@@ -210,11 +232,12 @@ class OutboxWriter:
                 effects=[vars(record) for record in step.records] or None,
                 plan_action=action,
             )
+            lookup.insert(row)
             row.plan_key = f"{self.mapping.stream}:{mapped.source_id}:{rows[0].id if rows else row.id}"
             row.idempotency_key = idempotency_key(
                 self.pair, self.mapping.stream, mapped.source_id, _key_op(row, self.stream.primary_role), row.id
             )
-            row.save()
+            lookup.save(row, [OutboxEntry.plan_key, OutboxEntry.idempotency_key])  # the rest was just inserted
             rows.append(row)
         return rows
 
@@ -233,7 +256,7 @@ class OutboxWriter:
     def deliver_plan(self, rows: list[OutboxEntry]) -> None:
         """Send a record's steps in order; stop at a step that did not finish (it is retried next run)."""
         for row in rows:
-            current = OutboxEntry.get_by_id(row.id)
+            current = lookup.get_or_none(OutboxEntry, id=row.id) or OutboxEntry.get_by_id(row.id)
             if current.status == "done" or _step_key(current) in self._fresh_ids:
                 continue  # a replay of a finished step is a no-op
             if current.status != "pending" or not self.deliver(current):
@@ -415,37 +438,36 @@ class OutboxWriter:
             row.params = None
             row.finished_at = self.now()
             row.attempts += 1
-            row.save()
+            lookup.save(row, SETTLED_FIELDS)  # the rest of the row is as stored: rewriting it costs CPU for nothing
             if row.role == DETACHED_ROLE:  # not the record's object: its links and decisions stay as they are
                 self.recorder.record(
                     row.plan_action or ACTION_OF_OP[row.op], row.source_id, row.display_name, stripe_id, row.notes
                 )
                 return
             self._apply_effects(row, obj)
-            if self._is_primary(row):
+            primary = self._is_primary(row)
+            if not (primary or row.last_step):
+                return
+            link = lookup.get_or_none(RecordLink, pair=self.pair, stream=row.stream, source_id=row.source_id)
+            if link is None:
                 link, _ = RecordLink.get_or_create(
                     pair=self.pair,
                     stream=row.stream,
                     source_id=row.source_id,
                     defaults={"stripe_object": row.stripe_object},
                 )
+            if primary:
                 link.stripe_id = stripe_id
-                link.save()
             if not row.last_step:
+                link.save()
                 return
-            link, _ = RecordLink.get_or_create(
-                pair=self.pair,
-                stream=row.stream,
-                source_id=row.source_id,
-                defaults={"stripe_object": row.stripe_object},
-            )
             link.payload_hash = row.payload_hash
             link.email_hash = row.email_hash
             link.display_name = row.display_name
             link.archived = row.archived
             link.mapping_version = row.mapping_version  # which fields Stripe now holds from us
             link.updated_at = self.now()
-            link.save()
+            lookup.save(link, SETTLED_LINK_FIELDS)
             self._close_decisions(row)  # carried out
             message = row.notes + ("\n(replayed after an interruption)" if replayed else "")
             action = row.plan_action or ACTION_OF_OP[row.op]
@@ -459,24 +481,22 @@ class OutboxWriter:
                 stripe_id = stripe_id.get("id")
             if not stripe_id:
                 continue
-            role = effect["role"]
-            mine = (RoleLink.pair == self.pair) & (RoleLink.stream == row.stream) & (RoleLink.role == role)
+            mine = {"pair": self.pair, "stream": row.stream, "role": effect["role"]}
             if effect.get("current"):
-                RoleLink.update(current=False).where(mine & (RoleLink.source_id == row.source_id)).execute()
+                lookup.update(RoleLink, {"current": False}, **mine, source_id=row.source_id)
             values: dict[str, Any] = {"updated_at": self.now()}
             for name in ("fingerprint", "current", "active"):
                 if effect.get(name) is not None:
                     values[name] = effect[name]
-            updated = RoleLink.update(**values).where(mine & (RoleLink.stripe_id == str(stripe_id))).execute()
-            if not updated:
-                RoleLink.create(
-                    pair=self.pair,
-                    stream=row.stream,
-                    source_id=row.source_id,
-                    role=role,
-                    stripe_object=role,
-                    stripe_id=str(stripe_id),
-                    **{name: value for name, value in values.items() if name != "updated_at"},
+            if not lookup.update(RoleLink, values, **mine, stripe_id=str(stripe_id)):
+                lookup.insert(
+                    RoleLink(
+                        **mine,
+                        source_id=row.source_id,
+                        stripe_object=effect["role"],
+                        stripe_id=str(stripe_id),
+                        **{name: value for name, value in values.items() if name != "updated_at"},
+                    )
                 )
 
     def _fail(self, row: OutboxEntry, message: str) -> None:
@@ -501,9 +521,9 @@ class OutboxWriter:
 
     def _close_decisions(self, row: OutboxEntry) -> None:
         """A person's decision about this record is settled (carried out, or it led to a failure)."""
-        ReviewItem.update(status="done").where(
-            record_reviews(self.pair, row.stream, row.source_id, "resolved")
-        ).execute()
+        # record_reviews(pair, stream, source_id, "resolved"), asked for every write
+        resolved = {"pair": self.pair, "stream": row.stream, "source_id": row.source_id, "status": "resolved"}
+        lookup.update(ReviewItem, {"status": "done"}, **resolved)
 
     def _object_gone(self, row: OutboxEntry, params: dict[str, Any], supersedes: int) -> bool:
         """The Stripe object was deleted. Another installation removing the twin of a race: carry on with the object

@@ -15,7 +15,10 @@ class WritePool:
     def __init__(self, workers: int, *, max_in_flight: int | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-write") if workers else None
         self._workers = workers
-        self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * 2)
+        # Up to 16 writes a worker queued ahead: the reading thread stops now and then (an index top-up lists
+        # several pages, up to a second or two), and 2 a worker (24 writes, a quarter of a second at 90/s) ran
+        # out long before it came back.
+        self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * 16)
         self._in_flight: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -28,7 +31,7 @@ class WritePool:
             work()
             return
         self._slots.acquire()
-        future = self._executor.submit(work)
+        future = self._executor.submit(self._unless_failed, work)
         with self._lock:
             self._in_flight[key] = future
         future.add_done_callback(lambda done, key=key: self._finished(key, done))
@@ -56,14 +59,24 @@ class WritePool:
         self._raise_if_failed()
 
     def close(self) -> None:
+        """Wait for the writes under way. After a drain nothing is queued; after a stop (an error, a cancel) the
+        writes not started yet are not sent: their outbox rows stay pending for the next run."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _unless_failed(self, work: Callable[[], None]) -> None:
+        """A write queued behind one that failed is not sent: the run stops, and its outbox rows stay pending for
+        the next run (with writes queued ahead, sending them could mean dozens of retries against an outage)."""
+        with self._lock:
+            failed = self._error is not None
+        if not failed:
+            work()
 
     def _finished(self, key: str, future: Future[None]) -> None:
         with self._lock:
             if self._in_flight.get(key) is future:
                 del self._in_flight[key]
-            error = future.exception()
+            error = None if future.cancelled() else future.exception()
             if error is not None and self._error is None:
                 self._error = error
         self._slots.release()

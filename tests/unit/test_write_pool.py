@@ -71,3 +71,21 @@ def test_inline_pool_runs_on_the_callers_thread():
     seen: list[str] = []
     pool.submit("a", lambda: seen.append(threading.current_thread().name))
     assert seen == [threading.current_thread().name]
+
+
+def test_writes_queued_behind_a_failed_one_are_not_sent():
+    pool = WritePool(1)
+    release = threading.Event()
+    sent: list[str] = []
+
+    def boom():
+        release.wait(5)
+        raise RuntimeError("stripe is down")
+
+    pool.submit("a", boom)
+    pool.submit("b", lambda: sent.append("b"))  # queued behind "a" on the one worker
+    release.set()
+    with pytest.raises(RuntimeError, match="stripe is down"):
+        pool.drain()
+    pool.close()
+    assert sent == []
