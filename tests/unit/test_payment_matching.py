@@ -284,7 +284,7 @@ def test_open_credit_is_paid_for_the_linker_as_for_the_mirror_from_one_status_de
     decisions, _ = _match_invoices(FakeLinks(), [overpaid], FakeCliniko(), values)
     assert decisions["7001"].kind == "link" and decisions["7001"].stripe_id == "pi_1"
     for code in invoice_status.NAMES:
-        assert invoice_status.is_paid(code) == (wanted_state({"status": code}) == "paid"), code
+        assert invoice_status.is_paid(code) == (wanted_state({"status": code, "total_amount": "10.00"}) == "paid"), code
     assert INVOICE_STATUS_TABLE == {"10": "open", "20": "paid", "30": "closed", "40": "open_credit"}
     assert invoice_status.words(40) == "open credit" and invoice_status.words(99) == "not paid"
 
