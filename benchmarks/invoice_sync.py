@@ -123,9 +123,10 @@ class PhaseClock:
         def when(column: int, reached: int) -> float:
             return next(s[0] for s in self.samples if s[column] >= reached)
 
-        out = {"Cliniko read ended": when(1, last[1])}
+        out = {"Cliniko read ended": when(1, last[1])}  # its last request (the clock, businesses, invoice pages)
         if last[2] > first[2]:
             out["Stripe listing began"] = when(2, first[2] + 1)
+            out["Stripe listing ended"] = when(2, last[2])
         if last[3] > first[3]:
             out["Stripe writes began"] = when(3, first[3] + 1)
             out["Stripe writes ended"] = when(3, last[3])
