@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calcom-payments", action="store_true", help="put the payments Cal.com's Stripe app took into Stripe"
     )
     parser.add_argument("--invoices", type=int, default=0, help="seed the invoices/payments scenario (0: none)")
+    parser.add_argument("--invoice-customers", type=int, default=300, help="patients the invoice scenario bills")
     parser.add_argument("--port-file", type=Path, help="write the URLs and keys here as JSON once serving")
     return parser
 
@@ -419,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             calcom_bookings=args.calcom_bookings,
             calcom_payments=args.calcom_payments,
             invoices=args.invoices,
+            invoice_customers=args.invoice_customers,
         )
     except ValueError as exc:
         print(f"clinicsync sandbox: {exc}", file=sys.stderr)

@@ -326,3 +326,5 @@ def test_the_sandbox_command_takes_an_invoice_count() -> None:
 
     assert build_parser().parse_args(["--invoices", "1000"]).invoices == 1000
     assert build_parser().parse_args([]).invoices == 0  # off unless asked
+    assert build_parser().parse_args(["--invoice-customers", "1500"]).invoice_customers == 1500
+    assert build_parser().parse_args([]).invoice_customers == 300  # the acceptance mix's 300 patients
