@@ -40,7 +40,7 @@ sandbox: $(STAMP)
 
 # The whole set, one after another (about an hour; each script prints its figures and ratios). One alone:
 # `.venv/bin/python benchmarks/<name>.py --help`. BENCH=initial_sync,table_scroll picks some.
-BENCH ?= initial_sync,products_sync,reconcile,freshness,gui_stall,table_scroll,startup
+BENCH ?= initial_sync,products_sync,calcom_sync,reconcile,freshness,gui_stall,table_scroll,startup
 bench: $(STAMP)
 	@for name in $$(echo "$(BENCH)" | tr ',' ' '); do \
 	  echo "== benchmarks/$$name.py"; \
