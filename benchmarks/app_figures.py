@@ -6,6 +6,7 @@ own process are the app's alone. Linux reads /proc; elsewhere the figures that c
 
 from __future__ import annotations
 
+import argparse
 import resource
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 from clinicsync.sandbox.launcher import spawn
+from clinicsync.store.settings import spec_for
 
 
 def peak_rss_kib() -> int:
@@ -100,3 +102,18 @@ def stats_since(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]
             if count - before["by_endpoint"].get(name, 0)
         },
     }
+
+
+def first_sync_arguments(doc: str | None, count_flag: str, default: int, count_help: str) -> argparse.ArgumentParser:
+    """The arguments every first-sync benchmark takes: how many records, the latency, the write workers, the seed."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument(count_flag, type=int, default=default, help=count_help)
+    parser.add_argument("--latency-ms", type=float, default=80.0)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=spec_for("stripe.workers").default,
+        help="stripe.workers (default: the app's default)",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    return parser

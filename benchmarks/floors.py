@@ -60,3 +60,14 @@ def report(wall_s: float, loads: Sequence[Load], latency_s: float, indent: str =
     for name, floor_s in (("the published limits", result.published_s), ("the app's budgets", result.budget_s)):
         print(f"{indent}floor at {name}: {floor_s:.2f} s → wall / floor {wall_s / floor_s:.2f}")
     return result
+
+
+TARGET_RATIO = 1.15  # the issues' target for a first sync: wall <= 1.15 x the floor at the app's budgets
+
+
+def print_target(wall_s: float, result: Floors, indent: str = "  ") -> float:
+    """Print whether wall meets TARGET_RATIO x the floor at the app's budgets; return wall / that floor."""
+    ratio = wall_s / result.budget_s
+    verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+    print(f"{indent}target wall <= {TARGET_RATIO} x the floor at the app's budgets: {ratio:.2f} ({verdict} it)")
+    return ratio
