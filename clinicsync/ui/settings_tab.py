@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 FREQUENCIES = (("daily", "Every day"), ("weekly", "Once a week"), ("off", "Never (only when I start one)"))
 EMAIL_MATCH = (("auto_link", "Link them automatically"), ("review", "Ask me first (Review)"))
 USUAL_INTERVAL = "the usual interval"
+LINKING = "streams.cliniko.invoices.enabled"  # invoices ↔ payments (off until a person turns it on)
 FROM_START = "Given to ClinicSync when it was started, so it can't be changed here."
 
 
@@ -224,6 +225,17 @@ class SettingsTab(QWidget):
     def _invoices_box(self) -> QGroupBox:
         box = QGroupBox("Cliniko invoices in Stripe")
         form = QFormLayout(box)
+        self.linking_box = QCheckBox("Link each paid Cliniko invoice to the Stripe payment that paid it")
+        self.linking_box.toggled.connect(lambda on: self._store(LINKING, on))
+        self._controls[LINKING] = self.linking_box
+        form.addRow(self.linking_box)
+        form.addRow(
+            QLabel(
+                "The payment gets the invoice's number and status in Stripe; only payments that are certainly the "
+                "invoice's are linked, the others wait for your decision in Review. Nothing else is changed.",
+                wordWrap=True,
+            )
+        )
         self.mirror_box = QCheckBox("Copy Cliniko invoices into Stripe as Stripe invoices")
         self.mirror_box.toggled.connect(lambda on: self._store("cliniko.invoices.mirror", on))
         self._controls["cliniko.invoices.mirror"] = self.mirror_box
@@ -272,6 +284,7 @@ class SettingsTab(QWidget):
         _quietly(self.outage_box, lambda: self.outage_box.setValue(int(values["alerts.outage_minutes"].value)))
         _quietly(self.email_box, lambda: _select(self.email_box, values["sync.email_match"].value))
         _quietly(self.mirror_box, lambda: self.mirror_box.setChecked(bool(values["cliniko.invoices.mirror"].value)))
+        _quietly(self.linking_box, lambda: self.linking_box.setChecked(bool(values[LINKING].value)))
         for key, control in self._controls.items():
             given = values[key].source == "environment"
             if key != "schedule.reconcile.day" and key != "schedule.reconcile.time":

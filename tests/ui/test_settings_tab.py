@@ -156,3 +156,16 @@ def test_mirroring_invoices_is_off_until_ticked_and_then_polled_and_shown(qtbot,
     overview = gui.window.show_tab("overview")
     overview.refresh()
     assert overview.cards[mirror].isVisibleTo(gui.window)
+
+
+def test_linking_invoices_to_payments_is_switched_on_here_and_then_polled(qtbot, make_sandbox, env_for, build_gui):
+    sandbox = make_sandbox(profile="clean", patients=3)
+    gui = build_gui(env_for(sandbox))
+    tab = gui.window.show_tab("settings")
+    assert not tab.linking_box.isChecked()
+    assert "cliniko.invoices" not in scheduled_streams(gui.ui.app.settings)
+    tab.linking_box.setChecked(True)
+    assert gui.ui.app.settings.get("streams.cliniko.invoices.enabled") is True
+    assert "cliniko.invoices" in scheduled_streams(gui.ui.app.settings)
+    tab.refresh()
+    assert tab.linking_box.isChecked(), "shown as stored"
