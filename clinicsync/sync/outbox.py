@@ -40,6 +40,7 @@ from clinicsync.store.models import (
 from clinicsync.streams.base import DETACHED_ROLE, FindRequest, Stream, WriteStep
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway, is_action, retry_decision
 from clinicsync.sync.crash import crashpoint
+from clinicsync.sync.matching import same_account
 
 log = logging.getLogger(__name__)
 
@@ -555,11 +556,32 @@ class OutboxWriter:
                     & (StripeIndexEntry.stripe_id == row.stripe_id)
                 ).execute()
                 revisit_later(self.pair, row.stream, row.source_id, detail)
+                self._recheck_links_to(row.stripe_object, row.stripe_id)
                 self.recorder.record("skipped", row.source_id, row.display_name, row.stripe_id, detail)
             return False
         detail = f"The Stripe {row.stripe_object} {row.stripe_id} linked to this record no longer exists."
         self._back_to_review(row, "stripe_object_deleted", detail)
         return False
+
+    def _recheck_links_to(self, stripe_object: str, stripe_id: str | None) -> None:
+        """Records of other streams (or sources) linked to an object found deleted: the person's customer this
+        record was joining, which another installation removed as a race's twin. Each is read again and written
+        next run, which finds the twin that stayed (or asks a person); until then they would offer the deleted
+        customer to this record on every run."""
+        if stripe_id is None:
+            return
+        rows = RecordLink.select(RecordLink.pair, RecordLink.stream, RecordLink.source_id).where(
+            (RecordLink.stripe_object == stripe_object)
+            & (RecordLink.stripe_id == stripe_id)
+            & RecordLink.pair.in_(same_account(self.pair))
+        )
+        for link in list(rows):
+            RecordLink.update(payload_hash=None).where(
+                (RecordLink.pair == link.pair)
+                & (RecordLink.stream == link.stream)
+                & (RecordLink.source_id == link.source_id)
+            ).execute()
+            revisit_later(link.pair, link.stream, link.source_id, "its Stripe object was deleted in Stripe")
 
     def _surviving_twin(self, row: OutboxEntry, params: dict[str, Any]) -> str | None:
         """Another object naming this record, made since these accounts were first synced here (a race's twin)."""

@@ -240,3 +240,63 @@ def test_an_automatic_match_to_a_customer_deleted_since_the_listing_is_decided_a
     assert again.counts["created"] == 1, again.counts
     (customer,) = naming(sandbox, newcomer)
     assert customer["id"] != gone
+
+
+def test_a_persons_customer_found_deleted_makes_the_records_linked_to_it_read_and_written_again(tmp_path):
+    """A Cal.com attendee joining the customer a patient is linked to, which the other installation had deleted as
+    a race's twin: the patient's link is read and sent again next run (which finds the twin that stayed), instead
+    of offering the deleted customer to the attendee on every run (a soak seed lost track of such people)."""
+    from clinicsync.mapping.defaults import CALCOM_ATTENDEES
+    from clinicsync.retry import RetryPolicy
+    from clinicsync.store.db import open_database
+    from clinicsync.store.models import AccountPair, RetryRecord
+    from clinicsync.sync.outbox import OutboxWriter
+
+    open_database(tmp_path / "db.sqlite3")
+    cliniko = AccountPair.create(
+        uuid="p", source_system="cliniko", source_account="1", stripe_account="acct_1", stripe_livemode=False
+    )
+    calcom = AccountPair.create(
+        uuid="c", source_system="calcom", source_account="9", stripe_account="acct_1", stripe_livemode=False
+    )
+    RecordLink.create(
+        pair=cliniko, stream=STREAM, source_id="7", stripe_object="customer", stripe_id="cus_gone", payload_hash="h"
+    )
+    row = OutboxEntry.create(
+        pair=calcom,
+        stream="calcom.bookings",
+        source_id="att_1",
+        op="link",
+        stripe_object="customer",
+        stripe_id="cus_gone",
+        params={},
+        payload_hash="b1",
+    )
+
+    class Gateway:  # Stripe has nothing naming the attendee: no twin of its own to carry on with
+        def search(self, *_args):
+            return []
+
+        def list_by_email(self, *_args):
+            return []
+
+    class Recorder:
+        def record(self, *_args, **_kwargs):
+            pass
+
+    writer = OutboxWriter(
+        gateway=Gateway(),  # type: ignore[arg-type]
+        pair=calcom,
+        mapping=CALCOM_ATTENDEES,
+        stream=STREAMS["calcom.bookings"],
+        policy=RetryPolicy(),
+        recorder=Recorder(),
+        sleep=lambda s: None,
+        search_settle_s=0,
+    )
+    assert writer._object_gone(row, {}, 0) is False
+    assert OutboxEntry.get_by_id(row.id).status == "failed"
+    assert RecordLink.get(RecordLink.source_id == "7").payload_hash is None, "the patient is sent again"
+    revisits = {(r.pair_id, r.stream, r.source_id) for r in RetryRecord.select()}
+    assert (cliniko.id, STREAM, "7") in revisits, "and read again, though it did not change in Cliniko"
+    assert (calcom.id, "calcom.bookings", "att_1") in revisits
