@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import floors  # benchmarks/floors.py: the one floor function
-from app_figures import Figures, sandbox_process, sandbox_stats, stats_since
+from app_figures import Figures, first_sync_arguments, sandbox_process, sandbox_stats, stats_since
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
@@ -39,7 +39,6 @@ from clinicsync.mapping.spec import SyncScope
 from clinicsync.sources.cliniko import PER_PAGE as CLINIKO_PER_PAGE
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store import queries
-from clinicsync.store.settings import spec_for
 from clinicsync.sync.service import run_sync
 
 STRIPE_LIMIT_PER_SECOND = rate_limits.STRIPE_PER_SECOND["live"]
@@ -156,16 +155,7 @@ def report(run: Measured) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=2000)
-    parser.add_argument("--latency-ms", type=float, default=80.0)
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=spec_for("stripe.workers").default,
-        help="stripe.workers (default: the app's default)",
-    )
-    parser.add_argument("--seed", type=int, default=1)
+    parser = first_sync_arguments(__doc__, "--patients", 2000, "Cliniko patients")
     parser.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,13 @@ def actual_customer_fields(customer: Mapping[str, Any]) -> dict[str, Any]:
     return {**support.actual_customer_fields(customer), "archived": archived}
 
 
+def shown_head(items: Any, limit: int) -> str:
+    """The first `limit` of a report's entries (a dict's items, or a list), and how many more there are."""
+    items = list(items.items()) if isinstance(items, dict) else list(items)
+    more = f" … and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{items[:limit]}{more}"
+
+
 @dataclass
 class MirrorReport:
     duplicated: dict[str, list[str]] = field(default_factory=dict)  # patient id → its customer ids
@@ -61,10 +69,7 @@ class MirrorReport:
         return not (self.duplicated or self.missing or self.orphans or self.stale)
 
     def describe(self, limit: int = 10) -> str:
-        def head(items: Any) -> str:
-            items = list(items.items()) if isinstance(items, dict) else list(items)
-            more = f" … and {len(items) - limit} more" if len(items) > limit else ""
-            return f"{items[:limit]}{more}"
+        head = partial(shown_head, limit=limit)
 
         return (
             f"{self.live_patients} live patients, {self.customers} customers; "
@@ -128,24 +133,28 @@ def cliniko_products(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]
 
 
 @dataclass
-class ProductReport:
-    duplicated: dict[str, list[str]] = field(default_factory=dict)  # product id → its Stripe products
+class CatalogueReport:
+    """A source's priced records (Cliniko products, Cal.com event types) against Stripe products and prices."""
+
+    duplicated: dict[str, list[str]] = field(default_factory=dict)  # record id → its Stripe products
     duplicate_prices: dict[str, list[str]] = field(default_factory=dict)  # Stripe product → prices of one content
-    missing: list[str] = field(default_factory=list)  # live products without a Stripe product
-    orphans: list[str] = field(default_factory=list)  # Stripe products naming no known product
-    stale: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # pid → field → (want, have)
+    missing: list[str] = field(default_factory=list)  # live (priced, visible) records without a Stripe product
+    orphans: list[str] = field(default_factory=list)  # Stripe products naming no record the source has
+    stale: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # id → field → (want, have)
     products: int = 0
-    live_products: int = 0
-    retired_twins: int = 0
 
     @property
     def ok(self) -> bool:
         return not (self.duplicated or self.duplicate_prices or self.missing or self.orphans or self.stale)
 
+
+@dataclass
+class ProductReport(CatalogueReport):
+    live_products: int = 0
+    retired_twins: int = 0
+
     def describe(self, limit: int = 5) -> str:
-        def head(items: Any) -> str:
-            items = list(items.items()) if isinstance(items, dict) else list(items)
-            return f"{items[:limit]}{f' … and {len(items) - limit} more' if len(items) > limit else ''}"
+        head = partial(shown_head, limit=limit)
 
         return (
             f"{self.live_products} live products, {self.products} Stripe products ({self.retired_twins} retired "
@@ -216,23 +225,11 @@ def product_report(sandbox_env: Mapping[str, str], stripe_url: str, currency: st
 
 # --- Cal.com: event types against products and prices, attendees against customers --------------------------
 @dataclass
-class EventTypeReport:
-    duplicated: dict[str, list[str]] = field(default_factory=dict)  # event type id → its Stripe products
-    duplicate_prices: dict[str, list[str]] = field(default_factory=dict)  # Stripe product → prices of one content
-    missing: list[str] = field(default_factory=list)  # priced, visible event types without a product
-    orphans: list[str] = field(default_factory=list)  # products naming no event type Cal.com has
-    stale: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)  # id → field → (want, have)
-    products: int = 0
+class EventTypeReport(CatalogueReport):
     priced: int = 0
 
-    @property
-    def ok(self) -> bool:
-        return not (self.duplicated or self.duplicate_prices or self.missing or self.orphans or self.stale)
-
     def describe(self, limit: int = 5) -> str:
-        def head(items: Any) -> str:
-            items = list(items.items()) if isinstance(items, dict) else list(items)
-            return f"{items[:limit]}{f' … and {len(items) - limit} more' if len(items) > limit else ''}"
+        head = partial(shown_head, limit=limit)
 
         return (
             f"{self.priced} priced visible event types, {self.products} products; duplicated: {head(self.duplicated)}; "
@@ -325,9 +322,7 @@ class PeopleReport:
         )
 
     def describe(self, limit: int = 5) -> str:
-        def head(items: Any) -> str:
-            items = list(items.items()) if isinstance(items, dict) else list(items)
-            return f"{items[:limit]}{f' … and {len(items) - limit} more' if len(items) > limit else ''}"
+        head = partial(shown_head, limit=limit)
 
         return (
             f"{self.people} people ({self.joined} also patients); duplicated: {head(self.duplicated)}; "
