@@ -259,3 +259,43 @@ def test_a_mirrored_invoice_deleted_archived_or_brought_to_zero_closes_its_mirro
     assert len(ledger["refunds"]) == len(ledger_before["refunds"]) and ledger["balance_transactions"] == []
     again = sync_once(env, stream=STREAM)
     assert again.counts["created"] == again.counts["updated"] == 0, again.counts
+
+
+def test_an_invoice_whose_patient_has_no_customer_yet_waits_and_is_mirrored_once_it_has(make_sandbox, env_for) -> None:
+    """The engine's NotYet path: the plan needs the patient's customer, which the patients stream has not linked;
+    nothing is written for that invoice, it is read again next run (though unchanged in Cliniko), and sent then."""
+    from clinicsync.store.models import RecordLink, RetryRecord
+
+    sandbox = make_sandbox(patients=20, invoices=40, invoice_customers=10, seed=11)
+    env = env_for(sandbox, **ON)
+    for stream in ("cliniko.patients", "cliniko.products"):
+        assert sync_once(env, stream=stream).outcome in ("ok", "attention")
+    invoices = cliniko_invoices(sandbox)
+    patient = next(
+        link_id(v["patient"])
+        for v in invoices.values()
+        if cents(v["total_amount"]) > 0 and not v.get("original_invoice") and not v.get("archived_at")
+    )
+    waiting = {
+        iid
+        for iid, v in invoices.items()
+        if link_id(v["patient"]) == patient and cents(v["total_amount"]) > 0 and not v.get("original_invoice")
+    }
+    context(env)
+    RecordLink.delete().where((RecordLink.stream == "cliniko.patients") & (RecordLink.source_id == patient)).execute()
+
+    first = sync_once(env, stream=STREAM)
+    assert first.counts["failed"] == 0, (first.counts, first.message)
+    assert not waiting & set(mirrors(admin(sandbox.stripe_url, "dump"))), "nothing written for the waiting invoices"
+    context(env)
+    assert {r.source_id for r in RetryRecord.select().where(RetryRecord.stream == STREAM)} >= waiting
+
+    admin(sandbox.cliniko_url, "clock", advance_s=5)
+    admin(sandbox.cliniko_url, "edit", ids=[patient], fields={"first_name": "Ada"})  # read again, and relinked:
+    sync_once(env, stream="cliniko.patients")  # its customer names the patient
+    context(env)
+    assert RecordLink.get((RecordLink.stream == "cliniko.patients") & (RecordLink.source_id == patient)).stripe_id
+    second = sync_once(env, stream=STREAM)
+    assert second.counts["failed"] == 0, (second.counts, second.message)
+    made = mirrors(admin(sandbox.stripe_url, "dump"))
+    assert all(len(made.get(iid, [])) == 1 for iid in waiting), {iid: len(made.get(iid, [])) for iid in waiting}
