@@ -321,6 +321,7 @@ class ClinikoEmulator:
         limited_key: str | None = DEFAULT_LIMITED_KEY,
         seed: int = 1,
         stock_adjustment_touches_product: bool = True,
+        archived_filter_lists_live: bool = True,
     ) -> None:
         self.api_key = api_key
         self.limited_key = limited_key
@@ -329,6 +330,9 @@ class ClinikoEmulator:
         # models that it does (stock_level is the product's own column), and the switch models that it does not,
         # so a client is tested against both (docs/sandbox.md).
         self._stock_touch_default = stock_adjustment_touches_product
+        # Nor whether a listing with `q[]=archived_at:*` ("any value") lists live records beside the archived ones
+        # (the default) or archived ones only (the switch): the client must lose nothing in either (docs/sandbox.md).
+        self._archived_lists_live_default = archived_filter_lists_live
         self._lock = threading.RLock()
         self.reset()
 
@@ -346,6 +350,7 @@ class ClinikoEmulator:
             self.taxes: dict[str, dict[str, Any]] = {}
             self.stock_adjustments: dict[str, dict[str, Any]] = {}
             self.stock_touches_product = self._stock_touch_default
+            self.archived_lists_live = self._archived_lists_live_default
             self.revoked: set[str] = set()
             # Hostile knob (admin `list_twice`): record id → fields of a second copy listed right after it.
             self.listed_twice: dict[str, dict[str, Any]] = {}
@@ -646,6 +651,7 @@ class ClinikoEmulator:
                 if ("deleted_at" in named or row.get("deleted_at") is None)
                 and ("archived_at" in named or row.get("archived_at") is None)
                 and all(test(row) for test in tests)
+                and self._listed_with_archived(filters, row)
             ]
             rows = sort_records(rows, sort, order, frozenset(columns))
             self._list_cache[key] = rows
@@ -748,6 +754,7 @@ class ClinikoEmulator:
             if p["deleted_at"] is None
             and (touches_archived or p["archived_at"] is None)
             and all(f.matches(p) for f in filters)
+            and self._listed_with_archived(filters, p)
         ]
         rows = sort_records(rows, request.query_value("sort"), request.query_value("order"), SORTABLE)
         return Response(200, self._page(request, "patients", rows, self.render_patient))
@@ -774,6 +781,12 @@ class ClinikoEmulator:
             if twice is not None:  # the hostile knob: the same record twice on one page
                 rendered.append({**rendered[-1], **twice})
         return {name: rendered, "total_entries": len(rows), "links": links}
+
+    def _listed_with_archived(self, filters: list[PatientFilter], row: dict[str, Any]) -> bool:
+        """With `archived_lists_live` off, a listing filtered on `archived_at:*` lists archived records only."""
+        if self.archived_lists_live or row.get("archived_at") is not None:
+            return True
+        return not any(f.column == "archived_at" and f.op == "*" for f in filters)
 
     def _get_patient(self, request: Request, pid: str) -> Response:
         return Response(200, self.render_patient(request, self._visible(request, self._find(pid))))
@@ -1258,6 +1271,7 @@ class ClinikoEmulator:
             "taxes": [dict(t) for t in self.taxes.values()],
             "stock_adjustments": [dict(a) for a in self.stock_adjustments.values()],
             "stock_touches_product": self.stock_touches_product,
+            "archived_lists_live": self.archived_lists_live,
             "now": self.now_text(),
         }
 
@@ -1357,6 +1371,16 @@ class ClinikoEmulator:
                 raise ValueError("enabled must be true or false")
             self.stock_touches_product = enabled
         return {"stock_touches_product": self.stock_touches_product}
+
+    def _admin_archived_lists_live(self, params: dict[str, Any]) -> dict[str, Any]:
+        """`{"enabled": false}`: listings filtered on `archived_at:*` list archived records only (`true`: live ones
+        too, the default). Only listings: a record read by id is as before. Without `enabled`, just says which."""
+        if "enabled" in params:
+            enabled = params["enabled"]
+            if not isinstance(enabled, bool):
+                raise ValueError("enabled must be true or false")
+            self.archived_lists_live = enabled
+        return {"archived_lists_live": self.archived_lists_live}
 
     # -- admin: invoices and businesses -----------------------------------------------------------------
 
@@ -1623,6 +1647,7 @@ _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, 
     "unarchive_products": ClinikoEmulator._admin_unarchive_products,
     "adjust_stock": ClinikoEmulator._admin_adjust_stock,
     "stock_touches_product": ClinikoEmulator._admin_stock_touches_product,
+    "archived_lists_live": ClinikoEmulator._admin_archived_lists_live,
     "add_business": ClinikoEmulator._admin_add_business,
     "add_invoices": ClinikoEmulator._admin_add_invoices,
     "seed_invoices": ClinikoEmulator._admin_seed_invoices,

@@ -602,6 +602,34 @@ def test_a_stock_adjustment_moves_stock_and_updated_at_only_while_the_switch_is_
     assert response.status_code == 400
 
 
+def test_the_archived_lists_live_switch_decides_what_an_archived_at_star_listing_holds(
+    server: RunningServer, client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    star = [("q[]", "archived_at:*")]
+    patients = {p["id"]: p for p in all_pages(client, star)}
+    products = {p["id"]: p for p in all_pages(client, star, "/products")}
+    archived = {pid for pid, p in patients.items() if p["archived_at"]}
+    archived_products = {pid for pid, p in products.items() if p["archived_at"]}
+    assert archived and len(archived) < len(patients), "the default: live and archived patients"
+    assert archived_products and len(archived_products) < len(products)
+    live = {p["id"] for p in all_pages(client, [])}
+    assert live == set(patients) - archived
+
+    assert admin(server, "archived_lists_live", enabled=False) == {"archived_lists_live": False}
+    assert {p["id"] for p in all_pages(client, star)} == archived
+    assert {p["id"] for p in all_pages(client, star, "/products")} == archived_products
+    assert {p["id"] for p in all_pages(client, [])} == live, "the default listing is as before"
+    assert {p["id"] for p in all_pages(client, [("q[]", "archived_at:!?")])} == live
+    one_live = sorted(live)[0]
+    assert client.get(f"/patients/{one_live}", params=star).status_code == 200, "a record by id is as before"
+    assert admin(server, "archived_lists_live") == {"archived_lists_live": False}
+    assert admin(server, "dump")["archived_lists_live"] is False
+    response = httpx.post(f"{server.url}/_sandbox/archived_lists_live", json={"enabled": "no"})
+    assert response.status_code == 400
+    admin(server, "reset")
+    assert admin(server, "archived_lists_live") == {"archived_lists_live": True}
+
+
 @pytest.mark.parametrize(
     ("body", "errors"),
     [
