@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from clinicsync.sandbox.launcher import Sandbox, start_sandbox
-from tests.support import profile_env
+from tests.support import ARCHIVED_LISTINGS, profile_env
 
 
 @pytest.fixture
@@ -23,6 +23,14 @@ def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
     yield make
     for sandbox in started:
         sandbox.stop()
+
+
+@pytest.fixture(params=ARCHIVED_LISTINGS)
+def archived_listing(request: pytest.FixtureRequest) -> str:
+    """What a Cliniko listing with `q[]=archived_at:*` holds, which Cliniko does not document: the test runs once
+    with live and archived records in it ("lists_live") and once with archived records only ("archived_only"). Pass
+    the value to `set_archived_listing` once the sandbox is made."""
+    return str(request.param)
 
 
 @pytest.fixture

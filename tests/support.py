@@ -37,6 +37,17 @@ def admin(url: str, action: str, **params: Any) -> Any:
     return response.json() if response.content else None
 
 
+ARCHIVED_LISTINGS = ("lists_live", "archived_only")
+
+
+def set_archived_listing(sandbox: Any, listing: str) -> None:
+    """Make the Cliniko sandbox's `q[]=archived_at:*` listings hold live and archived records ("lists_live", its
+    default) or archived ones only ("archived_only"): Cliniko does not say which (docs/sandbox.md)."""
+    assert listing in ARCHIVED_LISTINGS, listing
+    answer = admin(sandbox.cliniko_url, "archived_lists_live", enabled=listing == "lists_live")
+    assert answer == {"archived_lists_live": listing == "lists_live"}
+
+
 def stats(url: str) -> dict[str, Any]:
     response = httpx.get(f"{origin(url)}/_sandbox/stats", timeout=30)
     response.raise_for_status()

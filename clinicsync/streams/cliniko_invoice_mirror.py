@@ -158,8 +158,7 @@ def _read_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
                 yield invoice
 
     listing = (
-        *_chunks(wanted(client.iter_changed("/invoices", cursor))),
-        *_chunks(wanted(client.iter_changed("/invoices", cursor, archived=True))),
+        *_chunks(wanted(client.iter_live_and_archived("/invoices", cursor))),
         # Default lists hide deleted invoices: a pass of their own, so a deleted invoice's mirror is closed.
         *_chunks(wanted(client.iter_changed("/invoices", cursor, deleted=True))),
     )
@@ -169,7 +168,7 @@ def _read_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
         also.clear()
         for start in range(0, len(rest), CHUNK):
             ids = ",".join(rest[start : start + CHUNK])
-            found = _listed(client, "/invoices", [("q[]", f"id:={ids}"), ("q[]", "archived_at:*")])
+            found = client.iter_live_and_archived("/invoices", None, filters=[("q[]", f"id:={ids}")])
             for chunk in _chunks(wanted(found)):
                 yield from _with_items(client, chunk)
         yielded.update(rest)

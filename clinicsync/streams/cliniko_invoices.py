@@ -44,10 +44,10 @@ DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
 
 
 def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
-    # Default lists hide archived and deleted invoices: each has a pass of its own (cliniko-api.md §3).
+    # Default lists hide archived and deleted invoices: the client reads live and archived ones, deleted ones have a
+    # pass of their own (cliniko-api.md §3).
     return itertools.chain(
-        client.iter_changed("/invoices", cursor),
-        client.iter_changed("/invoices", cursor, archived=True),
+        client.iter_live_and_archived("/invoices", cursor),
         client.iter_changed("/invoices", cursor, deleted=True),
     )
 

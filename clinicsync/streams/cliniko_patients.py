@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from datetime import date, datetime, time
 from typing import Any
@@ -22,11 +21,8 @@ from clinicsync.streams.base import (
 
 
 def _patients_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
-    # Cliniko hides archived (and merged) patients from the ordinary list, so they need a pass of their own.
-    return itertools.chain(
-        client.iter_patients_changed_since(cursor),
-        client.iter_archived_patients_changed_since(cursor),
-    )
+    # Cliniko hides archived (and merged) patients from the ordinary list: the client reads both (one pass or two).
+    return client.iter_live_and_archived("/patients", cursor)
 
 
 def _patient_archived(record: Record) -> str | None:

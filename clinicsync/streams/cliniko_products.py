@@ -26,10 +26,10 @@ PRICE_BASIS = {"including_tax": ("price_including_tax", "inclusive"), "ex_tax": 
 
 
 def _products_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
-    # The archived pass, as for patients; and products whose stock moved, which Cliniko may not mark as updated.
+    # Live and archived products, as for patients; and products whose stock moved, which Cliniko may not mark as
+    # updated.
     return itertools.chain(
-        client.iter_changed("/products", cursor),
-        client.iter_changed("/products", cursor, archived=True),
+        client.iter_live_and_archived("/products", cursor),
         _products_with_stock_adjustments(client, cursor),
     )
 

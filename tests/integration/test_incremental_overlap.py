@@ -36,6 +36,7 @@ from tests.support import (
     context,
     executed_writes,
     expected_customer_fields,
+    set_archived_listing,
     stats,
     sync_once,
 )
@@ -47,7 +48,10 @@ PATIENTS = 400
 
 
 class PageGate:
-    """Pauses a sync after chosen pages (("active" | "archived", page number)) until the test lets it go on."""
+    """Pauses a sync after chosen pages (("active" | "archived", page number)) until the test lets it go on.
+
+    "archived" is the `q[]=archived_at:*` pass, read first; "active" the live pass, read only when that one listed
+    no live patient (sources/cliniko.py `iter_live_and_archived`)."""
 
     def __init__(self, stops: list[tuple[str, int]]) -> None:
         self.stops = stops
@@ -107,6 +111,13 @@ def gate_pages(monkeypatch) -> Iterator[Any]:
         gate.release_all()
 
 
+def live_pass(sandbox: Any, listing: str) -> str:
+    """The pass that lists the live patients of the clean profile (none archived): the `archived_at:*` pass when it
+    lists live records too, else the live pass after it."""
+    set_archived_listing(sandbox, listing)
+    return "archived" if listing == "lists_live" else "active"
+
+
 def listing_order(sandbox: Any, *, include_archived: bool) -> list[str]:
     """Patient ids in the order Cliniko lists them right now: updated_at, then id."""
     patients = admin(sandbox.cliniko_url, "dump")["patients"]
@@ -163,30 +174,27 @@ def edit(sandbox: Any, ids: list[str]) -> list[str]:
 
 
 def test_edits_while_a_sync_pages_lose_nothing_and_the_next_run_writes_only_what_changed(
-    make_sandbox, env_for, gate_pages
+    make_sandbox, env_for, gate_pages, archived_listing
 ):
     sandbox = make_sandbox(profile="clean", patients=PATIENTS)
     admin(sandbox.cliniko_url, "config", latency_ms=5)
     env = env_for(sandbox)
+    main = live_pass(sandbox, archived_listing)
     edited: list[str] = []
 
-    def edits_after_active_page_2() -> None:
+    def edits_after_page_2() -> None:
         order = listing_order(sandbox, include_archived=False)
         already_read, unread = order[:200], order[200:]
         edited.extend(edit(sandbox, already_read[10::24][:8] + unread[5::28][:7]))
 
-    def edits_after_archived_page_1() -> None:
+    def edits_after_page_3() -> None:
+        # The listing now: the 385 unedited, of which about 290 are read, then the 15 edited.
         order = [pid for pid in listing_order(sandbox, include_archived=True) if pid not in edited]
-        already_read, unread = order[:100], order[100:]
-        edited.extend(edit(sandbox, already_read[3::13][:8] + unread[20::37][:7]))
+        already_read, unread = order[:280], order[300:]
+        edited.extend(edit(sandbox, already_read[3::13][:8] + unread[5::11][:7]))
 
-    gate = gate_pages([("active", 2), ("archived", 1)])
-    first = sync_with_edits(
-        sandbox,
-        env,
-        gate,
-        {("active", 2): edits_after_active_page_2, ("archived", 1): edits_after_archived_page_1},
-    )
+    gate = gate_pages([(main, 2), (main, 3)])
+    first = sync_with_edits(sandbox, env, gate, {(main, 2): edits_after_page_2, (main, 3): edits_after_page_3})
     assert len(edited) == len(set(edited)) == 30
     assert first.outcome == "ok", first.message
     assert first.counts["created"] == PATIENTS and first.counts["failed"] == 0
@@ -213,17 +221,20 @@ def test_edits_while_a_sync_pages_lose_nothing_and_the_next_run_writes_only_what
     assert executed_writes(sandbox.stripe_url) - writes_before == len(stale)
 
 
-def test_a_bulk_edit_larger_than_a_page_during_a_sync_loses_nothing(make_sandbox, env_for, gate_pages):
+def test_a_bulk_edit_larger_than_a_page_during_a_sync_loses_nothing(
+    make_sandbox, env_for, gate_pages, archived_listing
+):
     """Staff (or an import) change a page's worth of patients while the first sync pages.
 
-    15 already-read patients are edited after the second page of the active pass: the 15 patients at the head of
-    the third page slide onto page two and are skipped. The archived pass (which lists every patient again) would
-    find them, but 100 more edits after its first page slide them out of its reach too. Their `updated_at` is old,
-    so no incremental run reads them again: they are never created in Stripe.
+    15 already-read patients are edited after the second page of the pass that lists them: with offset paging the
+    15 patients at the head of the third page would slide onto page two and be skipped, and 100 more edits after
+    the third page would slide more out of reach. Their `updated_at` is old, so no incremental run would read them
+    again: they would never be created in Stripe. Keyset paging loses none.
     """
     sandbox = make_sandbox(profile="clean", patients=PATIENTS)
     admin(sandbox.cliniko_url, "config", latency_ms=5)
     env = env_for(sandbox)
+    main = live_pass(sandbox, archived_listing)
     edited: list[str] = []
 
     def small_edit() -> None:
@@ -232,8 +243,8 @@ def test_a_bulk_edit_larger_than_a_page_during_a_sync_loses_nothing(make_sandbox
     def bulk_edit() -> None:
         edited.extend(edit(sandbox, listing_order(sandbox, include_archived=True)[:100]))
 
-    gate = gate_pages([("active", 2), ("archived", 1)])
-    first = sync_with_edits(sandbox, env, gate, {("active", 2): small_edit, ("archived", 1): bulk_edit})
+    gate = gate_pages([(main, 2), (main, 3)])
+    first = sync_with_edits(sandbox, env, gate, {(main, 2): small_edit, (main, 3): bulk_edit})
     assert first.outcome == "ok", first.message
     second = sync_once(env)
     assert second.outcome == "ok", second.message
@@ -267,13 +278,8 @@ class FakeClinic:
         self._tick()
         return date
 
-    def iter_patients_changed_since(self, cursor: datetime | None) -> Iterator[dict[str, Any]]:
-        self.calls.append(("active", cursor))
-        self._tick()
-        return iter(())
-
-    def iter_archived_patients_changed_since(self, cursor: datetime | None) -> Iterator[dict[str, Any]]:
-        self.calls.append(("archived", cursor))
+    def iter_live_and_archived(self, path: str, cursor: datetime | None) -> Iterator[dict[str, Any]]:
+        self.calls.append((path, cursor))
         self._tick()
         return iter(())
 
@@ -307,13 +313,13 @@ def test_next_cursor_is_the_servers_date_at_the_start_of_the_run_minus_the_overl
         state = StreamState.get(StreamState.pair == pair)
         assert state.cursor == expected.strftime("%Y-%m-%dT%H:%M:%SZ")
         # The server was asked for its time once, before anything was read; the first run read everything.
-        assert [name for name, _ in clinic.calls] == ["probe", "active", "archived"]
-        assert clinic.calls[1][1] is None and clinic.calls[2][1] is None
+        assert [name for name, _ in clinic.calls] == ["probe", "/patients"]
+        assert clinic.calls[1][1] is None
 
         clinic.calls.clear()
         second_start = clinic.now
         StreamRun(CLINIKO_PATIENTS_STREAM, pair, clinic, EmptyStripe(), options).run()
-        assert clinic.calls[1:] == [("active", expected), ("archived", expected)], "reads start at the cursor"
+        assert clinic.calls[1:] == [("/patients", expected)], "reads start at the cursor"
         state = StreamState.get(StreamState.pair == pair)
         assert state.cursor == (second_start - timedelta(seconds=overlap_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
     finally:
@@ -327,9 +333,9 @@ def test_the_cursor_follows_clinikos_clock_not_this_computers(make_sandbox, env_
     start = datetime.strptime(admin(sandbox.cliniko_url, "clock", advance_s=-7200)["now"], "%Y-%m-%dT%H:%M:%SZ")
     start = start.replace(tzinfo=UTC)
 
-    gate = gate_pages([("active", 1)])
+    gate = gate_pages([("archived", 1)])  # the archived_at:* pass, always read first
     result = sync_with_edits(
-        sandbox, env, gate, {("active", 1): lambda: admin(sandbox.cliniko_url, "clock", advance_s=86400)}
+        sandbox, env, gate, {("archived", 1): lambda: admin(sandbox.cliniko_url, "clock", advance_s=86400)}
     )
     assert result.outcome == "ok", result.message
 

@@ -44,7 +44,7 @@ def cliniko_list(sandbox: Any, path: str) -> dict[str, dict[str, Any]]:
         base_url=env["CLINICSYNC_CLINIKO_BASE_URL"],
     )
     try:
-        return {i["id"]: i for i in client.iter_changed(path, None, archived=True)}
+        return {i["id"]: i for i in client.iter_live_and_archived(path, None)}
     finally:
         client.close()
 

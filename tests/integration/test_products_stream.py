@@ -18,7 +18,7 @@ STREAM = "cliniko.products"
 
 
 def cliniko_products(sandbox: Any) -> dict[str, dict[str, Any]]:
-    """Every product as Cliniko's API renders it (the archived pass lists live and archived ones)."""
+    """Every product as Cliniko's API renders it, live and archived."""
     from clinicsync.sources.cliniko import ClinikoClient
 
     env = sandbox.env()
@@ -28,7 +28,7 @@ def cliniko_products(sandbox: Any) -> dict[str, dict[str, Any]]:
         base_url=env["CLINICSYNC_CLINIKO_BASE_URL"],
     )
     try:
-        return {p["id"]: p for p in client.iter_changed("/products", None, archived=True)}
+        return {p["id"]: p for p in client.iter_live_and_archived("/products", None)}
     finally:
         client.close()
 

@@ -127,7 +127,7 @@ def cliniko_products(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]
         base_url=sandbox_env["CLINICSYNC_CLINIKO_BASE_URL"],
     )
     try:
-        return {p["id"]: p for p in client.iter_changed("/products", None, archived=True)}
+        return {p["id"]: p for p in client.iter_live_and_archived("/products", None)}
     finally:
         client.close()
 

@@ -290,6 +290,41 @@ def test_archived_pass_sends_two_repeated_q_params():
     assert url.query.count(b"q%5B%5D=") == 2
 
 
+ARCHIVED = {"archived_at": "2024-01-03T00:00:00Z"}
+LIVE = {"archived_at": None}
+
+
+def test_live_and_archived_reads_the_archived_pass_first_and_skips_the_live_pass_when_it_listed_live_records():
+    rec = Recorder(page([{"id": "9", **ARCHIVED}, {"id": "10", **LIVE}]), page([{"id": "99", **LIVE}]))
+    records = list(make_client(rec).iter_live_and_archived("/patients", NOW))
+    assert [r["id"] for r in records] == ["9", "10"]
+    assert len(rec.requests) == 1, "the archived_at:* pass listed a live patient: it stands for the live pass"
+    assert rec.requests[0].url.params.get_list("q[]") == ["archived_at:*", "updated_at:>=2024-05-06T07:08:09Z"]
+
+
+@pytest.mark.parametrize(
+    "first_pass",
+    [
+        [{"id": "9", **ARCHIVED}],  # archived records only: `*` may list nothing else
+        [],  # nothing changed: no evidence either way
+        [{"id": "9"}],  # no archived_at at all: proves nothing
+    ],
+)
+def test_live_and_archived_reads_the_live_pass_too_unless_a_live_record_was_listed(first_pass):
+    rec = Recorder(page(first_pass), page([{"id": "10", **LIVE}]))
+    records = list(make_client(rec).iter_live_and_archived("/patients", None))
+    assert [r["id"] for r in records] == [*(r["id"] for r in first_pass), "10"]
+    assert [r.url.params.get_list("q[]") for r in rec.requests] == [["archived_at:*"], []]
+    assert all(r.url.params["sort"] == "updated_at:asc" for r in rec.requests)
+
+
+def test_live_and_archived_keeps_the_callers_filters_in_both_passes():
+    rec = Recorder(page([{"id": "9", **ARCHIVED}]), page([{"id": "10", **LIVE}]))
+    records = list(make_client(rec).iter_live_and_archived("/patients", None, filters=[("q[]", "id:=9,10")]))
+    assert [r["id"] for r in records] == ["9", "10"]
+    assert [r.url.params.get_list("q[]") for r in rec.requests] == [["id:=9,10", "archived_at:*"], ["id:=9,10"]]
+
+
 def test_naive_cursor_is_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
         list(make_client(Recorder(page([]))).iter_patients_changed_since(datetime(2024, 1, 1)))
