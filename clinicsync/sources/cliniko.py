@@ -247,8 +247,9 @@ class ClinikoClient(SourceClient):
         yield from self._changed_records("/patients", [], cursor)
 
     def iter_archived_patients_changed_since(self, cursor: datetime | None) -> Iterator[dict[str, Any]]:
-        """The archived pass: `q[]=archived_at:*` makes Cliniko include archived patients, which the normal
-        list hides. Callers should look at each record's `archived_at` (the filter means "any value")."""
+        """The archived pass alone: `q[]=archived_at:*` makes Cliniko include archived patients, which the normal
+        list hides. Callers should look at each record's `archived_at` (the filter means "any value"). A caller that
+        needs live and archived patients reads `iter_live_and_archived("/patients", cursor)` instead."""
         yield from self._changed_records("/patients", [("q[]", "archived_at:*")], cursor)
 
     def get_patient(self, patient_id: str) -> dict[str, Any] | None:
@@ -260,7 +261,8 @@ class ClinikoClient(SourceClient):
     ) -> Iterator[dict[str, Any]]:
         """Records of a listing updated at or after `cursor`; `archived` is the pass that includes archived ones
         (`q[]=archived_at:*`; callers look at each record's `archived_at`); `deleted` lists only deleted ones, for
-        listings that keep them (`q[]=deleted_at:?`, e.g. invoices)."""
+        listings that keep them (`q[]=deleted_at:?`, e.g. invoices). A caller that needs live and archived records
+        reads `iter_live_and_archived`, which decides whether the live pass is needed, not both passes itself."""
         filters = [("q[]", "archived_at:*")] if archived else []
         if deleted:
             filters.append(("q[]", "deleted_at:?"))
