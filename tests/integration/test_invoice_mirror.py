@@ -19,7 +19,7 @@ import pytest
 from clinicsync.sources.cliniko import ClinikoClient, link_id
 from clinicsync.streams.invoice_lines import ROUNDING_DESCRIPTION
 from clinicsync.sync.service import ConfigProblem, enabled_streams, run_sync
-from tests.support import admin, context, stats, sync_once
+from tests.support import admin, context, set_archived_listing, stats, sync_once
 
 STREAM = "cliniko.invoice_mirror"
 ON = {"CLINICSYNC_CLINIKO_INVOICES_MIRROR": "true"}
@@ -36,7 +36,7 @@ def cliniko_invoices(sandbox: Any) -> dict[str, dict[str, Any]]:
 
 
 def cliniko_list(sandbox: Any, path: str) -> dict[str, dict[str, Any]]:
-    """Every record of a listing as Cliniko's API renders it (the archived pass lists live and archived ones)."""
+    """Every record of a listing as Cliniko's API renders it, live and archived."""
     env = sandbox.env()
     client = ClinikoClient(
         env["CLINICSYNC_CLINIKO_API_KEY"],
@@ -224,8 +224,11 @@ def test_five_hundred_invoices_mirrored_exactly_with_no_email_refund_or_credit(m
     assert admin(sandbox.stripe_url, "ledger")["balance_transactions"] == []
 
 
-def test_a_mirrored_invoice_deleted_archived_or_brought_to_zero_closes_its_mirror(make_sandbox, env_for) -> None:
+def test_a_mirrored_invoice_deleted_archived_or_brought_to_zero_closes_its_mirror(
+    make_sandbox, env_for, archived_listing
+) -> None:
     sandbox = make_sandbox(patients=40, invoices=60, invoice_customers=30, seed=7)
+    set_archived_listing(sandbox, archived_listing)  # in both worlds: archived_at:* lists live invoices too, or not
     env = env_for(sandbox, **ON)
     ctx = context(env)
     run_sync(ctx.paths, ctx.settings, ctx.secrets)  # patients, products, then the mirror
