@@ -118,7 +118,7 @@ DUPLICATE_OF = "clinicsync_duplicate_of"  # a twin of a race that could not be d
 
 
 def cliniko_products(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """Every product as Cliniko's API renders it (the archived pass lists live and archived ones), by id."""
+    """Every product as Cliniko's API renders it, live and archived, by id."""
     from clinicsync.sources.cliniko import ClinikoClient
 
     client = ClinikoClient(
