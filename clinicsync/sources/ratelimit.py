@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from clinicsync.rate_limits import window_burst
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], object]
 
@@ -24,7 +26,7 @@ class RequestBudget:
 
     Build it as `RequestBudget(150)` (150 a minute) or `RequestBudget(limit=25, per_seconds=1)`.
     `None` or 0 means unlimited (pauses from `pause_until` still apply). The bucket starts full and holds
-    `burst` tokens (default 10% of `limit`, at least 1), so over any window of `per_seconds` up to
+    `burst` tokens (default `rate_limits.window_burst(limit)`, a tenth), so over any window of `per_seconds` up to
     `limit + burst` requests can go out: keep `limit` a little under the server's own limit.
     """
 
@@ -60,7 +62,7 @@ class RequestBudget:
             self.capacity = math.inf
         else:
             self._rate = self.limit / self.per_seconds
-            self.capacity = float(burst) if burst is not None else float(max(1, int(self.limit * 0.1)))
+            self.capacity = float(burst) if burst is not None else float(window_burst(self.limit))
             if self.capacity < 1:
                 raise ValueError("burst must be at least 1")
         self._tokens = self.capacity

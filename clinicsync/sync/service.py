@@ -105,11 +105,7 @@ def stripe_gateway(settings: Settings, secrets: SecretStore, cancel: CancelToken
     per_second = settings.get("stripe.requests_per_second") or (
         rate_limits.budget_per_second("stripe_live" if livemode_of_key(key) else "stripe_test")
     )
-    # In any second the bucket lets out its rate plus its burst, and requests sent just before a second may arrive
-    # in it. A burst of a twentieth of the rate keeps that under Stripe's own limit (live 90 + 4 < 100, test 22.5 +
-    # 1 < 25) with room for such late arrivals; a fifth (18) let 108 out in some seconds, and a tenth (9) still
-    # met the odd 429.
-    budget = RequestBudget(limit=per_second, per_seconds=1.0, burst=max(1, int(per_second / 20)))
+    budget = RequestBudget(limit=per_second, per_seconds=1.0, burst=rate_limits.per_second_burst(per_second))
     return StripeGateway(
         key,
         base_url=base_url,
