@@ -212,3 +212,127 @@ def test_invoices_and_their_mirrors_reconcile_every_planted_payment_mismatch_the
     context(env)  # the profile's database, for the links
     relinked = {r.source_id: r.stripe_id for r in RecordLink.select().where(RecordLink.stream == INVOICES)}
     assert all(relinked[i] not in (None, failed_payments[i]) for i in failed), "matched again to the real payment"
+
+
+# --- Cal.com -------------------------------------------------------------------------------------------------
+PAID_BOOKINGS, NOTES = "calcom.booking_payments", "calcom.reference"
+CALCOM_STREAMS = [PAID_BOOKINGS, NOTES]
+OTHER_ACCOUNT_EVENT_TYPE = 4101  # its Stripe app is the massage therapist's own account (sandbox/calcom_seed.py)
+
+
+def calcom_sync(env: dict[str, str]) -> None:
+    ctx = context(env)
+    for result in run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test"):
+        assert result.outcome in ("ok", "attention"), (result.stream, result.outcome, result.message)
+
+
+def chains(sandbox: Any) -> dict[str, dict[str, Any]]:
+    """Each reschedule chain's first booking id → its latest booking."""
+    bookings = admin(sandbox.calcom_url, "dump")["bookings"]
+    following = {b["fromReschedule"]: b for b in bookings if b.get("fromReschedule")}
+    latest = {}
+    for booking in bookings:
+        if booking.get("fromReschedule"):
+            continue
+        last = booking
+        while last["uid"] in following:
+            last = following[last["uid"]]
+        latest[str(booking["id"])] = last
+    return latest
+
+
+def test_paid_bookings_and_event_type_notes_reconcile_every_planted_finding_then_clean(make_sandbox, env_for):
+    from tests.integration.test_calcom_payments import load_payments
+    from tests.integration.test_calcom_people import without_cliniko
+
+    sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=40, calcom_payments=True)
+    env = without_cliniko(env_for(sandbox))
+    calcom_sync(env)
+    cases: dict[str, str] = sandbox.calcom_seeded["cases"]
+
+    first = reconcile(env, CALCOM_STREAMS)
+    latest = chains(sandbox)
+    other_account = {
+        first_id
+        for first_id, last in latest.items()
+        if last["eventTypeId"] == OTHER_ACCOUNT_EVENT_TYPE and last["status"] == "ACCEPTED"
+    }
+    not_refunded = {
+        first_id for first_id, last in latest.items() if cases.get(last["uid"]) == "cancelled_paid_not_refunded"
+    }
+    baseline = found(first)
+    assert {(k[1], k[2], k[4]) for k in baseline} == {(BOOKING, i, "") for i in other_account} | {
+        (BOOKING, i, "amount_refunded") for i in not_refunded
+    }, sorted(baseline)
+    assert len(other_account) >= 2 and len(not_refunded) == 1
+
+    # Twenty paid bookings made since: ten whose payments reach this Stripe account, five whose payments do not
+    # (yet), five whose payment was declined (Cal.com's app left the PaymentIntent unpaid).
+    added = admin(sandbox.calcom_url, "add", count=20, event_type_id=4001)
+    ids = [str(i) for i in added["ids"]]
+    loaded, unloaded, declined = ids[:10], ids[10:15], ids[15:20]
+    intents = {p["metadata"]["bookingId"]: p for p in added["payment_intents"]}
+    load_payments(sandbox, [intents[i] for i in loaded])
+    sdk = sdk_for(sandbox)
+    for booking_id in declined:
+        intent = sdk.v1.payment_intents.create(
+            params={
+                "amount": 12000,
+                "currency": "aud",
+                "payment_method": "pm_card_chargeDeclined",
+                "metadata": {"identifier": "cal.com", "bookingId": booking_id},
+            }
+        )
+        with contextlib.suppress(stripe.CardError):  # declined, as planted
+            sdk.v1.payment_intents.confirm(intent.id)
+    calcom_sync(env)
+    context(env)  # the profile's database, for the links
+    links = {r.source_id: r.stripe_id for r in RecordLink.select().where(RecordLink.stream == PAID_BOOKINGS)}
+    products = {r.source_id: r.stripe_id for r in RecordLink.select().where(RecordLink.stream == NOTES) if r.stripe_id}
+    assert all(links.get(i) for i in loaded + declined), "cross-referenced by Cal.com's bookingId"
+
+    # Five cancelled in Cal.com (the sync carries it to the payment), none refunded.
+    by_id = {str(b["id"]): b for b in admin(sandbox.calcom_url, "dump")["bookings"]}
+    cancelled = loaded[:5]
+    admin(sandbox.calcom_url, "cancel", uids=[by_id[i]["uid"] for i in cancelled])
+    calcom_sync(env)
+    # Five payments' booking status edited in Stripe, and five event types' notes on their products.
+    edited = loaded[5:10]
+    for booking_id in edited:
+        sdk.v1.payment_intents.update(links[booking_id], params={"metadata": {"calcom_status": "no_show"}})
+    noted = sorted(products)[:5]
+    assert len(noted) == 5, products
+    for event_type_id in noted:
+        sdk.v1.products.update(products[event_type_id], params={"metadata": {"calcom_schedule": "Edited in Stripe"}})
+
+    second = reconcile(env, CALCOM_STREAMS)
+    got = found(second)
+    expected: set[Key] = set(baseline)
+    expected |= {(PAID_BOOKINGS, BOOKING, i, None, "") for i in unloaded}
+    expected |= {(PAID_BOOKINGS, BOOKING, i, links[i], "amount_refunded") for i in cancelled}
+    expected |= {(PAID_BOOKINGS, BOOKING, i, links[i], "status") for i in declined}
+    expected |= {(PAID_BOOKINGS, DRIFT, i, links[i], "metadata.calcom_status") for i in edited}
+    expected |= {(NOTES, DRIFT, i, products[i], "metadata.calcom_schedule") for i in noted}
+    assert set(got) == expected, (sorted(set(got) - expected), sorted(expected - set(got)))
+    failed = got[(PAID_BOOKINGS, BOOKING, declined[0], links[declined[0]], "status")]
+    assert failed.stripe_value == "requires_payment_method" and failed.suggested_fix == FixKind.CORRECT_SOURCE
+    refund = got[(PAID_BOOKINGS, BOOKING, cancelled[0], links[cancelled[0]], "amount_refunded")]
+    assert refund.reason == Reason.NOT_REFUNDED and refund.source_value == "120.00 AUD"
+    assert refund.suggested_fix == FixKind.MARK_INTENDED
+    note = got[(NOTES, DRIFT, noted[0], products[noted[0]], "metadata.calcom_schedule")]
+    assert note.stripe_value == "Edited in Stripe" and note.suggested_fix == FixKind.REPUSH
+
+    # The fixes: the late payments reach Stripe and are looked for again; the declined bookings are cancelled in
+    # Cal.com (the source corrected); the edited ones sent again, but one note kept as it is; the rest (kept fees,
+    # the therapist's own account) marked as intended.
+    load_payments(sandbox, [intents[i] for i in unloaded])
+    admin(sandbox.calcom_url, "cancel", uids=[by_id[i]["uid"] for i in declined])
+    fixing = {key: finding for key, finding in got.items() if key[2] not in declined}
+    kept_note = (NOTES, DRIFT, noted[0], products[noted[0]], "metadata.calcom_schedule")
+    chosen = {key: FixKind.MARK_INTENDED for key in got if key[2] in other_account} | {kept_note: FixKind.MARK_INTENDED}
+    fix_all(env, fixing, chosen)
+    calcom_sync(env)
+    third = reconcile(env, CALCOM_STREAMS)
+    assert third.counts.total == 0, sorted(found(third))
+    marked = [f for key, f in fixing.items() if key in chosen or f.suggested_fix == FixKind.MARK_INTENDED]
+    assert third.counts.accepted == len(marked) == len(other_account) + len(not_refunded) + len(cancelled) + 1
