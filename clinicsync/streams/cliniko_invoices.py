@@ -281,8 +281,8 @@ def reconcile_unmatched(mapped: MappedRecord, facts: Mapping[str, Any]) -> Drift
         reason=Reason.NO_PAYMENT,
         severity=Severity.MEDIUM,
         explanation=(
-            f"Cliniko invoice {{record}} is {facts.get('status_words')} ({total}), but no Stripe payment is linked "
-            "to it: it was paid another way (cash, a terminal outside Stripe), or its payment was not found."
+            f"{{record}} is {facts.get('status_words')} in Cliniko ({total}), but no Stripe payment is linked to "
+            "it: it was paid another way (cash, a terminal outside Stripe), or its payment was not found."
         ),
         fixes=(FixKind.REPUSH, FixKind.MARK_INTENDED),
     )
@@ -299,7 +299,7 @@ def reconcile_compare(request: CompareRequest) -> list[Drift]:
     currency = str(facts.get("currency"))
     amount, paid_amount = facts.get("amount"), int(payment.get("amount") or 0)
     paid_currency = str(payment.get("currency") or currency)
-    what = f"Cliniko invoice {{record}} is {facts.get('status_words')}, but its linked Stripe payment {pid}"
+    what = f"{{record}} is {facts.get('status_words')} in Cliniko, but its linked Stripe payment {pid}"
     if status != "succeeded":
         drifts.append(
             _mismatch(

@@ -10,7 +10,7 @@
 - the suggested fixes, then a sync, leave a clean report, and a finding marked as intended stays accepted;
   `clinicsync reconcile --stream calcom.bookings` exits 0.
 
-Not compared yet: bookings ↔ payments (the bookings stream has no payment part yet).
+Paid bookings ↔ payments and the event types' notes: tests/integration/test_reconcile_payments.py.
 """
 
 from __future__ import annotations
