@@ -26,7 +26,7 @@ from typing import Any
 from clinicsync import money
 from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
-from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, compare_fields, same
+from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, StripeScope, compare_fields, same
 from clinicsync.reconcile.findings import FixKind, Severity
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
@@ -514,9 +514,17 @@ def reconcile_compare(request: CompareRequest) -> list[Drift]:
     return drifts
 
 
+def reconcile_listing(gateway: Any, scope: StripeScope) -> Iterator[dict[str, Any]]:
+    """The Stripe invoices made from the sync's window on (every one when the scope is every invoice); a linked
+    mirror made before it is read by id (Comparison.fetch)."""
+    return gateway.iter_objects("invoice", scope.since)
+
+
 COMPARISON = Comparison(
     compare=reconcile_compare,
     archive_fix=FixKind.ARCHIVE,
+    listing=reconcile_listing,
+    fetch=lambda gateway, stripe_id: gateway.retrieve("invoice", stripe_id),
     # A mirror voided to be replaced (its lines changed in Cliniko) still names the invoice: it is retired.
     retired=lambda invoice: invoice.get("status") == "void",
 )

@@ -28,7 +28,7 @@ from clinicsync.mapping.spec import StreamMapping
 from clinicsync.paths import AppPaths
 from clinicsync.profile_lock import ProfileLock
 from clinicsync.reconcile.compare import Comparison, Owned, StripeScope
-from clinicsync.reconcile.findings import Counts, Finding, FindingStatus, ReportOutcome
+from clinicsync.reconcile.findings import Counts, Finding, FindingStatus, FindingType, ReportOutcome
 from clinicsync.reconcile.judge import Decision, SourceSide, StripeSide, judge_match_group, judge_record
 from clinicsync.retry import Cancelled, CancelToken
 from clinicsync.secrets import SecretStore
@@ -587,8 +587,18 @@ class _StreamReconciler:
                 for row in RecordLink.select().where(self._links() & RecordLink.source_id.in_(ids))
             }
             for source_id, objects in group:
+                if self._outside_window(source_id):
+                    continue
                 side = SourceSide(source_id=source_id, mapped=None, linked_id=links.get(source_id))
                 self._found(judge_record(self.comparison, self.mapping, side, StripeSide(tuple(objects))))
+
+    def _outside_window(self, source_id: str) -> bool:
+        """A stream read within the sync's window (its own Stripe listing) did not see every record: one its objects
+        name is read by id before they are called orphans (it may only be older than the window)."""
+        if self.comparison.listing is None or FindingType.ORPHANED_IN_STRIPE not in self.comparison.reports:
+            return False
+        self.cancel.raise_if_cancelled()
+        return self.stream.read_one(self.source, source_id) is not None
 
     # --- what the local database says ----------------------------------------------------------------------
     def _links(self) -> Any:

@@ -214,6 +214,55 @@ def test_invoices_and_their_mirrors_reconcile_every_planted_payment_mismatch_the
     assert all(relinked[i] not in (None, failed_payments[i]) for i in failed), "matched again to the real payment"
 
 
+def test_invoices_and_payments_are_read_within_the_sync_window_not_all_time(make_sandbox, env_for):
+    from dataclasses import replace
+
+    from clinicsync.mapping.defaults import CLINIKO_INVOICE_MIRROR, CLINIKO_INVOICES
+    from clinicsync.mapping.fields import FieldCatalogue
+    from clinicsync.mapping.spec import SyncScope
+    from clinicsync.store import mappings as mapping_store
+
+    sandbox = make_sandbox(patients=60, invoices=200, invoice_customers=60, seed=5)
+    env = env_for(sandbox, **ON)
+    sync(env, [PATIENTS, "cliniko.products", INVOICES, MIRROR])
+    cases: dict[str, str] = sandbox.seeded["invoice_scenario"]["cases"]
+    unpaid = sorted(i for i, case in cases.items() if case == "paid_no_payment")
+    context(env)  # the profile's database, for the links
+    links = {r.source_id: r.stripe_id for r in RecordLink.select().where(RecordLink.stream == INVOICES) if r.stripe_id}
+    invoices = {i["id"]: i for i in admin(sandbox.cliniko_url, "dump")["invoices"]}
+    long_ago = (datetime.now(UTC) - timedelta(days=20)).date().isoformat()
+    # A paid invoice linked to a payment made before the window: its payment is read by id, and agrees.
+    old_link = next(i for i in sorted(links) if cases[i] == "certain" and invoices[i]["issue_date"] < long_ago)
+    touched = [*unpaid[:2], old_link]
+    assert len(unpaid) > 2, "the others stay outside the window"
+    # Cliniko's clock moves three days on, then two invoices are edited: the window starts the day after tomorrow,
+    # after every other invoice's last change whatever the time of day.
+    admin(sandbox.cliniko_url, "clock", advance_s=3 * 86_400)
+    admin(sandbox.cliniko_url, "edit_invoices", ids=touched, fields={"notes": "Checked today"})
+    window_start = datetime.now(ZoneInfo("Australia/Sydney")).date() + timedelta(days=2)
+    context(env)  # the profile's database, for the mappings
+    catalogue = FieldCatalogue.for_source("cliniko", "invoice")
+    for mapping in (CLINIKO_INVOICES, CLINIKO_INVOICE_MIRROR):
+        mapping_store.save(replace(mapping, scope=SyncScope(kind="since", since=window_start)), catalogue, who="test")
+    admin(sandbox.stripe_url, "request_log", enabled=True)
+
+    result = reconcile(env, [INVOICES, MIRROR])
+    assert set(found(result)) == {(INVOICES, PAYMENT, i, None, "") for i in unpaid[:2]}, sorted(found(result))
+    read = {s.stream: s.source_records for s in result.streams}
+    assert read == {INVOICES: len(touched), MIRROR: len(touched)}, "only the invoices changed in the window"
+    requests = admin(sandbox.stripe_url, "request_log")["requests"]
+    listings = [
+        e
+        for e in requests
+        if e["method"] == "GET"
+        and e["path"] in ("/v1/charges", "/v1/invoices")
+        and not any(key == "payment_intent" for key, _ in e["query"])  # the charges of the payment read by id
+    ]
+    assert any(e["path"] == f"/v1/payment_intents/{links[old_link]}" for e in requests), "read by id"
+    assert {entry["path"] for entry in listings} == {"/v1/charges", "/v1/invoices"}
+    assert all(any(key.startswith("created") for key, _ in entry["query"]) for entry in listings), listings
+
+
 # --- Cal.com -------------------------------------------------------------------------------------------------
 PAID_BOOKINGS, NOTES = "calcom.booking_payments", "calcom.reference"
 CALCOM_STREAMS = [PAID_BOOKINGS, NOTES]
