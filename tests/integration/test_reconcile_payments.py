@@ -7,6 +7,9 @@ sandboxes (issue 12's invoice ↔ payment and booking findings, and the streams 
   with no payment; a mirror paid in Stripe while Cliniko says open, a mirror whose total changed in Cliniko — are
   found with the right type, stream, record and field, and nothing else; the suggested fixes (or "mark as
   intended", with a note) and a sync leave a clean report, the marked ones accepted;
+- within the sync's window (a scope from a date): only the invoices changed since are read, the payments and
+  mirrors listed from then (a linked payment made earlier read by id); `clinicsync reconcile --stream
+  cliniko.invoices --csv` writes one row per finding and exits 1;
 - calcom.booking_payments and calcom.reference, on the seeded Cal.com world: paid bookings with no payment on this
   account (the seed's, and five booked since), payments of cancelled bookings not refunded (the seed's, and five
   cancelled since), payments that failed, and notes edited on the event types' products in Stripe; fixed the same
@@ -16,18 +19,27 @@ sandboxes (issue 12's invoice ↔ payment and booking findings, and the streams 
 from __future__ import annotations
 
 import contextlib
+import csv
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import stripe
 
+from clinicsync.mapping.defaults import CLINIKO_INVOICE_MIRROR, CLINIKO_INVOICES
+from clinicsync.mapping.fields import FieldCatalogue
+from clinicsync.mapping.spec import SyncScope
 from clinicsync.reconcile.findings import FindingType, FixKind, Reason
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store import reconciliation
 from clinicsync.store.models import RecordLink
 from clinicsync.sync.reconcile_fix import FixRequest, apply_fixes
 from clinicsync.sync.reconcile_run import run_reconcile
 from clinicsync.sync.service import run_sync
+from tests.integration.test_calcom_payments import load_payments
+from tests.integration.test_calcom_people import without_cliniko
+from tests.integration.test_cli import cli, expect
 from tests.support import admin, context
 
 INVOICES, MIRROR, PATIENTS = "cliniko.invoices", "cliniko.invoice_mirror", "cliniko.patients"
@@ -214,14 +226,7 @@ def test_invoices_and_their_mirrors_reconcile_every_planted_payment_mismatch_the
     assert all(relinked[i] not in (None, failed_payments[i]) for i in failed), "matched again to the real payment"
 
 
-def test_invoices_and_payments_are_read_within_the_sync_window_not_all_time(make_sandbox, env_for):
-    from dataclasses import replace
-
-    from clinicsync.mapping.defaults import CLINIKO_INVOICE_MIRROR, CLINIKO_INVOICES
-    from clinicsync.mapping.fields import FieldCatalogue
-    from clinicsync.mapping.spec import SyncScope
-    from clinicsync.store import mappings as mapping_store
-
+def test_invoices_and_payments_are_read_within_the_sync_window_not_all_time(make_sandbox, env_for, tmp_path):
     sandbox = make_sandbox(patients=60, invoices=200, invoice_customers=60, seed=5)
     env = env_for(sandbox, **ON)
     sync(env, [PATIENTS, "cliniko.products", INVOICES, MIRROR])
@@ -262,6 +267,17 @@ def test_invoices_and_payments_are_read_within_the_sync_window_not_all_time(make
     assert {entry["path"] for entry in listings} == {"/v1/charges", "/v1/invoices"}
     assert all(any(key.startswith("created") for key, _ in entry["query"]) for entry in listings), listings
 
+    # The CLI: one CSV row per finding, in the issue's words; findings exit 1.
+    path = tmp_path / "invoices.csv"
+    expect(cli(env, "reconcile", "--stream", INVOICES, "--csv", str(path)), 1)
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["type"], r["stream"], r["source_id"], r["stripe_id"]) for r in rows) == [
+        ("payment_mismatch", INVOICES, i, "") for i in unpaid[:2]
+    ]
+    assert all(r["suggested_fix"] == "Look for its payment again (the next sync does it)" for r in rows), rows
+    assert all("is paid in Cliniko" in r["explanation"] and r["source_value"].endswith(" AUD") for r in rows), rows
+
 
 # --- Cal.com -------------------------------------------------------------------------------------------------
 PAID_BOOKINGS, NOTES = "calcom.booking_payments", "calcom.reference"
@@ -291,9 +307,6 @@ def chains(sandbox: Any) -> dict[str, dict[str, Any]]:
 
 
 def test_paid_bookings_and_event_type_notes_reconcile_every_planted_finding_then_clean(make_sandbox, env_for):
-    from tests.integration.test_calcom_payments import load_payments
-    from tests.integration.test_calcom_people import without_cliniko
-
     sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=40, calcom_payments=True)
     env = without_cliniko(env_for(sandbox))
     calcom_sync(env)
