@@ -162,7 +162,7 @@ class _Judge:
             primary = None  # a stream that only links (payments): what is not linked is not the record's yet
         if primary is None:
             if self.comparison.unmatched is not None:
-                return self.unmatched(source)
+                return self.unmatched(source, tuple(stripe.candidates))
             return [] if mapped.archived else [self.missing(source, stripe)]
         findings = [
             self.extra(source, obj, primary, linked) for obj in naming if obj is not primary and not self.retired(obj)
@@ -242,7 +242,7 @@ class _Judge:
             fingerprint=fingerprint(FindingType.MISSING_IN_STRIPE, reason, mapped.payload_hash, candidates),
         )
 
-    def unmatched(self, source: SourceSide) -> list[Finding]:
+    def unmatched(self, source: SourceSide, candidates: tuple[str, ...] = ()) -> list[Finding]:
         """A record no Stripe object names, of a stream that never makes its objects: the stream says what that
         means (a paid invoice with no payment), or that nothing is owed."""
         assert source.mapped is not None and self.comparison.unmatched is not None
@@ -251,6 +251,13 @@ class _Judge:
             return []
         if source.decision == Decision.REVIEW:
             drift = replace(drift, explanation=f"{drift.explanation} It waits in Review for a person to choose.")
+        if candidates:  # the payments Review offers: link to one of them (suggested when there is only one)
+            fixes = [fix for fix in drift.fixes or (drift.fix,) if fix != FixKind.LINK]
+            fixes.insert(0 if len(candidates) == 1 else 1, FixKind.LINK)
+            words = ", ".join(candidates)
+            drift = replace(
+                drift, related=candidates, fixes=tuple(fixes), explanation=f"{drift.explanation} Candidates: {words}."
+            )
         return [self.drift(source, None, drift, pending=False)]
 
     def extra(

@@ -30,6 +30,7 @@ from clinicsync.outcomes import ACTIONS, Outcome
 from clinicsync.paths import AppPaths
 from clinicsync.profile_lock import ProfileLock
 from clinicsync.reconcile.findings import (
+    PAYMENT_TYPES,
     Finding,
     FindingStatus,
     FindingType,
@@ -333,7 +334,7 @@ class _Fixer:
     def _link_target(self, request: FixRequest, finding: Finding) -> str:
         if request.target:
             allowed = {finding.stripe_id, *finding.related} - {None}
-            if finding.type == FindingType.MISSING_IN_STRIPE and request.target not in allowed:
+            if finding.type in (FindingType.MISSING_IN_STRIPE, *PAYMENT_TYPES) and request.target not in allowed:
                 raise Refused(
                     f"{request.target} is not one of this finding's candidates ({', '.join(sorted(allowed))})."
                 )

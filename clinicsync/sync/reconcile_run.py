@@ -383,6 +383,9 @@ class _StreamReconciler:
         self.decisions: dict[str, str] = {}
         self.pending: list[Finding] = []
         self.stripe_scope = StripeScope(None, None)
+        # The Stripe objects a person may choose from in Review, by source id: what a stream that only links (payments)
+        # offers to link a record to.
+        self.review_candidates: dict[str, tuple[str, ...]] = {}
 
     def run(self, stream_report: StreamReport) -> None:
         options = run_options(self.settings, trigger="reconcile", dry_run=True)
@@ -558,7 +561,10 @@ class _StreamReconciler:
             objects = {str(obj["id"]): obj for obj in by_ref.get(sid, [])}
             if link is not None and link.stripe_id in by_id:
                 objects[link.stripe_id] = by_id[link.stripe_id]
-            candidates = () if objects else scratch.candidates(match_hash(self.pair, mapped.match_value))
+            if self.comparison.unmatched is not None:
+                candidates = self.review_candidates.get(sid, ())
+            else:
+                candidates = () if objects else scratch.candidates(match_hash(self.pair, mapped.match_value))
             side = SourceSide(
                 source_id=sid,
                 mapped=mapped,
@@ -607,13 +613,15 @@ class _StreamReconciler:
     def _decisions(self) -> dict[str, str]:
         """Records a person must decide about or chose to ignore, and those with a write waiting to be sent."""
         decisions = {}
-        reviews = ReviewItem.select(ReviewItem.source_id, ReviewItem.status).where(
+        reviews = ReviewItem.select(ReviewItem.source_id, ReviewItem.status, ReviewItem.candidates).where(
             (ReviewItem.pair == self.pair)
             & (ReviewItem.stream == self.stream.name)
             & ReviewItem.status.in_(("open", "ignored"))
         )
         for row in reviews.iterator():
             decisions[row.source_id] = Decision.REVIEW if row.status == "open" else Decision.IGNORED
+            if row.status == "open" and row.candidates:
+                self.review_candidates[row.source_id] = tuple(str(c) for c in row.candidates)
         queued = OutboxEntry.select(OutboxEntry.source_id).where(
             (OutboxEntry.pair == self.pair)
             & (OutboxEntry.stream == self.stream.name)

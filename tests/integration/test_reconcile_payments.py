@@ -83,9 +83,16 @@ def sdk_for(sandbox: Any) -> stripe.StripeClient:
     return stripe.StripeClient(sandbox.stripe_key, base_addresses={"api": sandbox.stripe_url}, max_network_retries=0)
 
 
-def fix_all(env: dict[str, str], findings: dict[Key, Any], chosen: dict[Key, FixKind]) -> None:
-    """Each finding's suggested fix, or the one `chosen` for it; a note for every mark as intended."""
-    requests = [FixRequest(f.id or 0, chosen.get(key), note="checked with the clinic") for key, f in findings.items()]
+def fix_all(
+    env: dict[str, str], findings: dict[Key, Any], chosen: dict[Key, FixKind], targets: dict[Key, str] | None = None
+) -> None:
+    """Each finding's suggested fix, or the one `chosen` for it (a link to its `targets` entry); a note for every
+    mark as intended."""
+    targets = targets or {}
+    requests = [
+        FixRequest(f.id or 0, chosen.get(key), target=targets.get(key), note="checked with the clinic")
+        for key, f in findings.items()
+    ]
     ctx = context(env)
     outcomes = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, requests)
     assert all(o.done for o in outcomes), [o for o in outcomes if not o.done]
@@ -215,15 +222,24 @@ def test_invoices_and_their_mirrors_reconcile_every_planted_payment_mismatch_the
     # The fixes: the failed links forgotten and matched again, the mirrors sent again; the rest marked as intended
     # (paid another way, refunded or paid late on purpose).
     chosen = {key: FixKind.MARK_INTENDED for key in got if key[0] == INVOICES and key[4] != "status"}
-    fix_all(env, got, chosen)
+    # Two invoices waiting in Review with two payments of their total each: a person links each to the first.
+    targets = {}
+    for invoice_id in sorted(i for i, case in cases.items() if case == "ambiguous")[:2]:
+        key = (INVOICES, PAYMENT, invoice_id, None, "")
+        waiting = got[key]
+        assert len(waiting.related) == 2 and waiting.fixes[:2] == (FixKind.REPUSH, FixKind.LINK), waiting
+        assert "waits in Review" in waiting.explanation and waiting.related[0] in waiting.explanation
+        chosen[key], targets[key] = FixKind.LINK, waiting.related[0]
+    fix_all(env, got, chosen, targets)
     sync(env, [INVOICES, MIRROR])
     third = reconcile(env, CLINIKO_STREAMS)
     assert third.counts.total == 0, sorted(found(third))
-    marked = len(chosen) + len(paid_in_stripe)
+    marked = len(chosen) - len(targets) + len(paid_in_stripe)
     assert third.counts.accepted == marked, (third.counts.accepted, marked)
     context(env)  # the profile's database, for the links
     relinked = {r.source_id: r.stripe_id for r in RecordLink.select().where(RecordLink.stream == INVOICES)}
     assert all(relinked[i] not in (None, failed_payments[i]) for i in failed), "matched again to the real payment"
+    assert all(relinked[key[2]] == target for key, target in targets.items()), "linked as the person chose"
 
 
 def test_invoices_and_payments_are_read_within_the_sync_window_not_all_time(make_sandbox, env_for, tmp_path):

@@ -33,14 +33,16 @@ def payment(pid: str = "pi_A", **changes: Any) -> dict[str, Any]:
     )
 
 
-def judge_invoice(record: dict[str, Any], *objects: dict[str, Any], **values: Any) -> list[Finding]:
+def judge_invoice(
+    record: dict[str, Any], *objects: dict[str, Any], candidates: tuple[str, ...] = (), **values: Any
+) -> list[Finding]:
     comparison = CLINIKO_INVOICES.compare
     assert comparison is not None and comparison.facts is not None
     mapped = map_record(INVOICE_MAPPING, record, archived_value=CLINIKO_INVOICES.archived_value(record))
     assert CLINIKO_INVOICES.enrich is not None
     CLINIKO_INVOICES.enrich(mapped, record, SETTINGS)
     source = SourceSide(record["id"], mapped, facts=comparison.facts(record, SETTINGS), **values)
-    return judge_record(comparison, INVOICE_MAPPING, source, StripeSide(objects))
+    return judge_record(comparison, INVOICE_MAPPING, source, StripeSide(objects, candidates=candidates))
 
 
 def kinds(findings: list[Finding]) -> list[tuple[str, str, str | None, str]]:
@@ -75,6 +77,15 @@ def test_a_payment_naming_the_invoice_but_not_linked_is_not_its_payment_yet():
     findings = judge_invoice(INVOICE, payment(), decision=Decision.REVIEW)
     assert kinds(findings) == [("payment_mismatch", "no_payment", None, "")]
     assert "waits in Review" in findings[0].explanation
+
+
+def test_a_paid_invoice_waiting_in_review_offers_its_candidates_to_link():
+    (one,) = judge_invoice(INVOICE, decision=Decision.REVIEW, candidates=("pi_A",))
+    assert one.fixes == (FixKind.LINK, FixKind.REPUSH, FixKind.MARK_INTENDED) and one.related == ("pi_A",)
+    assert "Candidates: pi_A." in one.explanation
+    (two,) = judge_invoice(INVOICE, decision=Decision.REVIEW, candidates=("pi_A", "pi_B"))
+    assert two.suggested_fix == FixKind.REPUSH and two.fixes[1] == FixKind.LINK, "a person chooses which"
+    assert one.fingerprint == two.fingerprint, "a mark as intended holds whatever Review offers"
 
 
 @pytest.mark.parametrize(
