@@ -56,8 +56,9 @@ class Drift:
     stripe_id: str = ""
     severity: Severity = Severity.MEDIUM
     fix: FixKind = FixKind.REPUSH
-    # A finding of another type than field drift (a payment that does not agree with its invoice): its own words,
-    # why (the Reason) and fixes (the first suggested), and the Stripe objects a LINK fix may take.
+    # A finding of another type than field drift (a payment that does not agree with its invoice): its own words
+    # ("{record}" in them becomes the record's name as reports show it), why (the Reason) and fixes (the first
+    # suggested), and the Stripe objects a LINK fix may take.
     kind: FindingType = FindingType.FIELD_DRIFT
     reason: Reason = Reason.VALUE_CHANGED
     explanation: str = ""
