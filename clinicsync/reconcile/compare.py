@@ -7,14 +7,14 @@ rules that turn comparisons into findings (missing, orphaned, duplicate) are the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.preview import stripe_value
 from clinicsync.mapping.spec import StreamMapping
-from clinicsync.reconcile.findings import FixKind, Severity
+from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
 
 StripeObject = Mapping[str, Any]
 
@@ -41,6 +41,8 @@ class CompareRequest:
     # Another source owns the object's other fields (a person's customer its primary source is linked to): only
     # the metadata this stream writes is compared (streams/identity.py).
     metadata_only: bool = False
+    # What the stream's `facts` said of the source record beyond its payload (an invoice's total and status).
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ class Drift:
     stripe_id: str = ""
     severity: Severity = Severity.MEDIUM
     fix: FixKind = FixKind.REPUSH
+    # A finding of another type than field drift (a payment that does not agree with its invoice): its own words
+    # ("{record}" in them becomes the record's name as reports show it), why (the Reason) and fixes (the first
+    # suggested), and the Stripe objects a LINK fix may take.
+    kind: FindingType = FindingType.FIELD_DRIFT
+    reason: Reason = Reason.VALUE_CHANGED
+    explanation: str = ""
+    fixes: tuple[FixKind, ...] = ()
+    related: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,32 @@ class Comparison:
     related: tuple[Related, ...] = ()
     # Whether an object was retired by the stream's own means (an inactive product), besides the markers.
     retired: Callable[[StripeObject], bool] = lambda obj: False
+    # The shared rules' finding types the stream reports; the others are another stream's to report (the products
+    # a notes stream writes to are the event types stream's: missing, orphaned or duplicated, it says so).
+    reports: frozenset[FindingType] = frozenset(FindingType)
+    # What the source record says beyond the mapped payload that the comparison needs (an invoice's total, status
+    # and dates): (record, StreamSettings) → facts, handed to `compare` and `unmatched`. Read only here, so the
+    # payload a sync sends (and its hash) stays as it is.
+    facts: Callable[[Mapping[str, Any], Any], Mapping[str, Any]] | None = None
+    # A record in scope that no Stripe object names, for a stream that never creates its objects (payments):
+    # (mapped, facts) → the finding to report as a Drift of its own kind (paid at the source, no payment), or None
+    # (nothing is owed: an unpaid invoice). None: the shared "missing in Stripe".
+    unmatched: Callable[[MappedRecord, Mapping[str, Any]], Drift | None] | None = None
+    # The stream's own reading of its Stripe side instead of every object of its kind (payments over the sync's
+    # window, as charges with their PaymentIntents): (gateway, StripeScope) → objects.
+    listing: Callable[[Any, StripeScope], Iterable[StripeObject]] | None = None
+    # A linked object the listing did not bring (made outside the window), read by id: (gateway, id) → object, or
+    # None when Stripe has no such object.
+    fetch: Callable[[Any, str], StripeObject | None] | None = None
+
+
+@dataclass(frozen=True)
+class StripeScope:
+    """What a stream's own Stripe listing covers: objects made from `since` (UTC epoch s; None: all time), with
+    the stream's settings (StreamSettings) for windows around it."""
+
+    since: int | None
+    settings: Any
 
 
 def blank(value: Any) -> Any:

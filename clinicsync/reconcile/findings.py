@@ -22,11 +22,13 @@ class FindingType(StrEnum):
     ORPHANED_IN_STRIPE = "orphaned_in_stripe"  # names a source record that is gone, archived, or linked elsewhere
     FIELD_DRIFT = "field_drift"  # a mapped field differs from what the mapping produces (edited in Stripe)
     DUPLICATE = "duplicate"  # one cross-reference on several objects, or one email on unreferenced customers
-    PAYMENT_MISMATCH = "payment_mismatch"  # invoices ↔ payments (cliniko.invoices, to come)
-    BOOKING_PAYMENT_MISMATCH = "booking_payment_mismatch"  # paid bookings ↔ payments (calcom.bookings, to come)
+    PAYMENT_MISMATCH = "payment_mismatch"  # invoices ↔ payments (cliniko.invoices)
+    BOOKING_PAYMENT_MISMATCH = "booking_payment_mismatch"  # paid bookings ↔ payments (calcom.booking_payments)
 
 
 FINDING_TYPES: tuple[str, ...] = tuple(kind.value for kind in FindingType)  # in the order reports show them
+# Findings about money between two records (an invoice and its payment): a LINK fix takes one of `related`.
+PAYMENT_TYPES = (FindingType.PAYMENT_MISMATCH, FindingType.BOOKING_PAYMENT_MISMATCH)
 
 TYPE_WORDS: dict[str, str] = FINDING_TYPE_LABELS  # the words people see: clinicsync/labels.py
 
@@ -68,6 +70,9 @@ class Reason(StrEnum):
     VALUE_CHANGED = "value_changed"  # field drift
     SAME_REFERENCE = "same_reference"  # duplicate: several objects name one record
     SAME_EMAIL = "same_email"  # duplicate: several unreferenced customers share one email
+    NO_PAYMENT = "no_payment"  # paid at the source, and no Stripe payment is linked or names it
+    PAYMENT_DIFFERS = "payment_differs"  # the linked payment failed, was refunded, or differs in amount or date
+    NOT_REFUNDED = "not_refunded"  # a cancelled booking's payment still stands
 
 
 class FindingStatus(StrEnum):
@@ -219,11 +224,15 @@ def fix_words(kind: FixKind, finding: Finding) -> str:
     source, obj, sid = source_name(finding.stream), finding.stripe_object, finding.stripe_id
     duplicate = finding.type == FindingType.DUPLICATE
     if kind == FixKind.REPUSH:
+        if finding.reason == Reason.NO_PAYMENT:
+            return "Look for its payment again (the next sync does it)"
+        if finding.reason == Reason.PAYMENT_DIFFERS:
+            return f"Forget the link to {sid} and look for its payment again (the next sync does it)"
         if finding.reason == Reason.DELETED_IN_STRIPE:
             return f"Make a new {obj} for it in Stripe (the next sync does it)"
         return f"Send it again from {source} (the next sync does it)"
     if kind == FixKind.LINK:
-        if finding.type == FindingType.MISSING_IN_STRIPE:
+        if finding.type == FindingType.MISSING_IN_STRIPE or (finding.type in PAYMENT_TYPES and finding.related):
             target = finding.related[0] if len(finding.related) == 1 else "one of " + ", ".join(finding.related)
         else:
             target = sid or "?"

@@ -15,7 +15,7 @@ an email each carry their own cross-reference, so they are never duplicates).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clinicsync.mapping.apply import MappedRecord
@@ -61,6 +61,7 @@ class SourceSide:
     synced_hash: str | None = None  # the payload Stripe last accepted for it (RecordLink.payload_hash)
     decision: str = Decision.NONE
     owned: tuple[Owned, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=dict)  # the stream's Comparison.facts of the record
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,11 @@ class _Judge:
             return []  # the sync leaves it alone on purpose, or has not finished with it yet
         mapped = source.mapped
         primary = linked or next((obj for obj in naming if not self.retired(obj)), None)
+        if self.comparison.unmatched is not None and linked is None:
+            primary = None  # a stream that only links (payments): what is not linked is not the record's yet
         if primary is None:
+            if self.comparison.unmatched is not None:
+                return self.unmatched(source, tuple(stripe.candidates))
             return [] if mapped.archived else [self.missing(source, stripe)]
         findings = [
             self.extra(source, obj, primary, linked) for obj in naming if obj is not primary and not self.retired(obj)
@@ -236,6 +241,24 @@ class _Judge:
             related=candidates,
             fingerprint=fingerprint(FindingType.MISSING_IN_STRIPE, reason, mapped.payload_hash, candidates),
         )
+
+    def unmatched(self, source: SourceSide, candidates: tuple[str, ...] = ()) -> list[Finding]:
+        """A record no Stripe object names, of a stream that never makes its objects: the stream says what that
+        means (a paid invoice with no payment), or that nothing is owed."""
+        assert source.mapped is not None and self.comparison.unmatched is not None
+        drift = self.comparison.unmatched(source.mapped, source.facts)
+        if drift is None:
+            return []
+        if source.decision == Decision.REVIEW:
+            drift = replace(drift, explanation=f"{drift.explanation} It waits in Review for a person to choose.")
+        if candidates:  # the payments Review offers: link to one of them (suggested when there is only one)
+            fixes = [fix for fix in drift.fixes or (drift.fix,) if fix != FixKind.LINK]
+            fixes.insert(0 if len(candidates) == 1 else 1, FixKind.LINK)
+            words = ", ".join(candidates)
+            drift = replace(
+                drift, related=candidates, fixes=tuple(fixes), explanation=f"{drift.explanation} Candidates: {words}."
+            )
+        return [self.drift(source, None, drift, pending=False)]
 
     def extra(
         self, source: SourceSide, obj: StripeObject, primary: StripeObject, linked: StripeObject | None
@@ -329,6 +352,7 @@ class _Judge:
                 tuple(stripe.related.get(str(obj["id"]), ())),
                 tuple(source.owned),
                 metadata_only=str(obj["id"]) in stripe.identity_elsewhere,
+                facts=source.facts,
             )
         )
         if not mapped.archived and marked:
@@ -338,11 +362,28 @@ class _Judge:
         findings += [self.drift(source, obj, drift, pending=pending) for drift in drifts]
         return findings
 
-    def drift(self, source: SourceSide, obj: StripeObject, drift: Drift, *, pending: bool) -> Finding:
+    def drift(self, source: SourceSide, obj: StripeObject | None, drift: Drift, *, pending: bool) -> Finding:
         terms = self.terms
         stripe_object = drift.stripe_object or terms.stripe_object
-        stripe_id = drift.stripe_id or str(obj["id"])
+        stripe_id = drift.stripe_id or (str(obj["id"]) if obj is not None else None)
         expected, actual = shown(drift.expected), shown(drift.actual)
+        if drift.kind != FindingType.FIELD_DRIFT:  # the stream's own finding, in its own words
+            return self.finding(
+                drift.kind,
+                drift.reason,
+                drift.severity,
+                source_id=source.source_id,
+                stripe_id=stripe_id,
+                stripe_object=stripe_object,
+                display_name=source.mapped.display_name if source.mapped else "",
+                explanation=drift.explanation.replace("{record}", self.name_of(source)),
+                fixes=drift.fixes or (drift.fix,),
+                field=drift.field,
+                source_value=expected,
+                stripe_value=actual,
+                related=drift.related,
+                fingerprint=fingerprint(drift.kind, drift.field, expected, actual),
+            )
         why = (
             f"{terms.source} changed since the last sync, which sends it next time"
             if pending
@@ -403,7 +444,8 @@ def judge_record(
 ) -> list[Finding]:
     """Findings about one source record (or, with `source.mapped` None, about objects naming a record the source
     does not have) and the Stripe objects that name it or that its link points to."""
-    return _Judge(comparison, mapping).record(source, stripe)
+    findings = _Judge(comparison, mapping).record(source, stripe)
+    return [finding for finding in findings if finding.type in comparison.reports]
 
 
 def judge_match_group(comparison: Comparison, mapping: StreamMapping, objects: Sequence[StripeObject]) -> list[Finding]:
@@ -411,7 +453,7 @@ def judge_match_group(comparison: Comparison, mapping: StreamMapping, objects: S
     (casefolded): every one but the oldest. Empty unless the stream declares such duplicates."""
     if not comparison.duplicate_match_key:
         return []
-    return _Judge(comparison, mapping).same_match_key(objects)
+    return [f for f in _Judge(comparison, mapping).same_match_key(objects) if f.type in comparison.reports]
 
 
 def _quoted(value: str | None) -> str:

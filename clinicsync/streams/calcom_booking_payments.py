@@ -29,6 +29,9 @@ from datetime import datetime
 from typing import Any
 
 from clinicsync.mapping.apply import MappedRecord
+from clinicsync.mapping.preview import stripe_value
+from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, Related, blank, compare_fields, same
+from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
 from clinicsync.streams import calcom_common
 from clinicsync.streams.base import (
     FindRequest,
@@ -122,6 +125,7 @@ def chain_record(chain: list[Record], event_types: Mapping[str, Mapping[str, Any
         "status": str(latest.get("status") or "").lower(),
         "owner_email": owner or "",
         "reschedules": len(chain) - 1,
+        "payment_option": (stripe_app(event_type) or {}).get("paymentOption"),  # for reconciliation (HOLD)
     }
 
 
@@ -221,6 +225,101 @@ def _unmatched(mapped: MappedRecord) -> str:
     )
 
 
+# --- reconciliation (issue 12): each paid booking against its payment ------------------------------------------
+HOLD = "HOLD"  # the Stripe app's option that only saves the card (for a no-show fee): nothing is paid on booking
+START_KEY = "metadata.calcom_start_local"
+
+
+def reconcile_facts(record: Record, settings: Any) -> dict[str, Any]:
+    return {"payment_option": record.get("payment_option")}
+
+
+def _amount(units: int, currency: str) -> str:
+    from clinicsync.streams.payment_matching import amount_text
+
+    return amount_text(units, currency)
+
+
+def reconcile_unmatched(mapped: MappedRecord, facts: Mapping[str, Any]) -> Drift | None:
+    """A booking Cal.com says is paid (accepted, or rescheduled on) with no payment on this account naming it.
+    Not paid yet, declined, cancelled before paying, or a card only saved for a no-show fee: nothing is owed."""
+    status = mapped.payload.get("metadata.calcom_status")
+    if status in (NOT_PAID_YET, DECLINED, CANCELLED) or facts.get("payment_option") == HOLD:
+        return None
+    return Drift(
+        "",
+        status,
+        None,
+        kind=FindingType.BOOKING_PAYMENT_MISMATCH,
+        reason=Reason.NO_PAYMENT,
+        severity=Severity.MEDIUM,
+        explanation=(
+            f"Cal.com booking {{record}} is paid ({status}), but no payment on this Stripe account names it: it was "
+            "taken on another Stripe account (a practitioner's own, connected to Cal.com), or never taken."
+        ),
+        fixes=(FixKind.REPUSH, FixKind.MARK_INTENDED),
+    )
+
+
+def reconcile_compare(request: CompareRequest) -> list[Drift]:
+    """The metadata the sync writes (and the clinic-local start), then the money: a booking Cal.com counts as paid
+    whose payment did not go through, and a cancelled one whose payment was not refunded at all."""
+    drifts = compare_fields(request)
+    expected, actual = request.mapped.payload.get(START_KEY), stripe_value(request.obj, START_KEY)
+    if not same(expected, actual):
+        drifts.append(Drift(START_KEY, blank(expected), blank(actual)))
+    intent = request.obj
+    status, paid = request.mapped.payload.get("metadata.calcom_status"), str(intent.get("status") or "")
+    held = request.facts.get("payment_option") == HOLD
+    pid, amount = intent.get("id"), _amount(int(intent.get("amount") or 0), str(intent.get("currency") or ""))
+    if status == CANCELLED and paid == "succeeded":
+        if not any(int(charge.get("amount_refunded") or 0) > 0 for charge in request.related):
+            drifts.append(
+                Drift(
+                    "amount_refunded",
+                    amount,
+                    None,
+                    kind=FindingType.BOOKING_PAYMENT_MISMATCH,
+                    reason=Reason.NOT_REFUNDED,
+                    severity=Severity.MEDIUM,
+                    explanation=(
+                        f"Cal.com booking {{record}} was cancelled, but its payment {pid} ({amount}) was not refunded: "
+                        "refund it in Stripe if it is due, or mark it as intended (a late-cancellation fee)."
+                    ),
+                    fixes=(FixKind.MARK_INTENDED,),
+                )
+            )
+    elif status not in (NOT_PAID_YET, DECLINED, CANCELLED) and paid != "succeeded" and not held:
+        drifts.append(
+            Drift(
+                "status",
+                "succeeded",
+                paid,
+                kind=FindingType.BOOKING_PAYMENT_MISMATCH,
+                reason=Reason.PAYMENT_DIFFERS,
+                severity=Severity.HIGH,
+                explanation=(
+                    f"Cal.com booking {{record}} is {status}, but its payment {pid} ({amount}) is "
+                    f"{paid.replace('_', ' ')}: it was not paid."
+                ),
+                fixes=(FixKind.CORRECT_SOURCE, FixKind.MARK_INTENDED),
+            )
+        )
+    return drifts
+
+
+COMPARISON = Comparison(
+    compare=reconcile_compare,
+    archive_fix=FixKind.ARCHIVE,
+    # The payments are Cal.com's: ClinicSync never retires one, and a payment naming a booking it does not compare
+    # (a seat's, one made on another Cal.com account) is not its to report.
+    reports=frozenset({FindingType.BOOKING_PAYMENT_MISMATCH, FindingType.FIELD_DRIFT}),
+    related=(Related("charge", "payment_intent"),),
+    facts=reconcile_facts,
+    unmatched=reconcile_unmatched,
+)
+
+
 CALCOM_BOOKING_PAYMENTS = Stream(
     name="calcom.booking_payments",
     source_system="calcom",
@@ -237,5 +336,6 @@ CALCOM_BOOKING_PAYMENTS = Stream(
     enrich=_enrich,
     time_zone=calcom_common.time_zone,
     depends_on=("calcom.bookings",),
+    compare=COMPARISON,
     needs_time_zone=True,
 )

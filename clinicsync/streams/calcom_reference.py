@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, compare_fields
+from clinicsync.reconcile.findings import FindingType, FixKind
 from clinicsync.streams import calcom_common
 from clinicsync.streams.base import NotYet, PlanRequest, Record, Stream, WriteStep
 from clinicsync.streams.calcom_event_types import CALCOM_EVENT_TYPES, _archived
@@ -89,6 +91,25 @@ def _plan(request: PlanRequest) -> list[WriteStep]:
     ]
 
 
+# --- reconciliation (issue 12): only the notes this stream writes --------------------------------------------
+def reconcile_compare(request: CompareRequest) -> list[Drift]:
+    """This stream's metadata keys on the event type's product (OWN_KEYS), as `_plan` writes them; its name, cross-
+    reference and everything else are the event types stream's to compare, and an archived event type's product
+    is only made inactive by that stream (nothing of ours is written to it)."""
+    if request.mapped.archived:
+        return []
+    own = tuple(f"metadata.{key}" for key in OWN_KEYS)
+    return compare_fields(request, skip=tuple(t for t in request.mapping.targets if t not in own))
+
+
+COMPARISON = Comparison(
+    compare=reconcile_compare,
+    archive_fix=FixKind.DEACTIVATE,
+    # The products are the event types stream's: missing, orphaned or duplicated, that stream reports them.
+    reports=frozenset({FindingType.FIELD_DRIFT}),
+)
+
+
 CALCOM_REFERENCE = Stream(
     name="calcom.reference",
     source_system="calcom",
@@ -102,5 +123,6 @@ CALCOM_REFERENCE = Stream(
     find_created=lambda gateway, request: None,  # it never creates: every write is an update of a known product
     time_zone=calcom_common.time_zone,
     depends_on=(CALCOM_EVENT_TYPES.name,),
+    compare=COMPARISON,
     complete_listing=True,
 )

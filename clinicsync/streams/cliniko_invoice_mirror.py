@@ -26,6 +26,8 @@ from typing import Any
 from clinicsync import money
 from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
+from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, StripeScope, compare_fields, same
+from clinicsync.reconcile.findings import FixKind, Severity
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
     FindRequest,
@@ -483,6 +485,50 @@ def find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
     return None
 
 
+# --- reconciliation (issue 12): the mirror's total and status against what Cliniko says ------------------------
+def stripe_state(invoice: Mapping[str, Any]) -> str:
+    """A Stripe invoice's state in the mirror's words: its status, or "credited" when paid and then credited in
+    full (as `observe` reads it)."""
+    status = str(invoice.get("status") or "")
+    credited = invoice.get("post_payment_credit_notes_amount") or 0
+    if status == "paid" and credited and credited >= (invoice.get("total") or 0):
+        return "credited"
+    return status
+
+
+def reconcile_compare(request: CompareRequest) -> list[Drift]:
+    """The mapped fields, then the mirror's own: its total (Cliniko's to the cent) and its state (open, paid,
+    void, credited). A state Stripe can still be taken to is re-sent; one it cannot leave (a paid or void invoice
+    back to open) can only be accepted, or corrected in Cliniko."""
+    drifts = compare_fields(request)
+    mirror = request.mapped.payload
+    invoice = request.obj
+    total = mirror.get("mirror.total")
+    if total is not None and not same(total, invoice.get("total")):
+        drifts.append(Drift("total", total, invoice.get("total"), severity=Severity.HIGH))
+    wanted, held = mirror.get("mirror.state"), stripe_state(invoice)
+    if wanted is not None and wanted != held and not (wanted == "void" and held == "credited"):
+        fix = FixKind.REPUSH if _transitions(held, str(wanted)) else FixKind.MARK_INTENDED
+        drifts.append(Drift("status", wanted, held, severity=Severity.HIGH, fix=fix))
+    return drifts
+
+
+def reconcile_listing(gateway: Any, scope: StripeScope) -> Iterator[dict[str, Any]]:
+    """The Stripe invoices made from the sync's window on (every one when the scope is every invoice); a linked
+    mirror made before it is read by id (Comparison.fetch)."""
+    return gateway.iter_objects("invoice", scope.since)
+
+
+COMPARISON = Comparison(
+    compare=reconcile_compare,
+    archive_fix=FixKind.ARCHIVE,
+    listing=reconcile_listing,
+    fetch=lambda gateway, stripe_id: gateway.retrieve("invoice", stripe_id),
+    # A mirror voided to be replaced (its lines changed in Cliniko) still names the invoice: it is retired.
+    retired=lambda invoice: invoice.get("status") == "void",
+)
+
+
 CLINIKO_INVOICE_MIRROR = Stream(
     name=NAME,
     source_system="cliniko",
@@ -496,6 +542,7 @@ CLINIKO_INVOICE_MIRROR = Stream(
     find_created=find_created,
     observe=observe,
     depends_on=("cliniko.patients", "cliniko.products"),
+    compare=COMPARISON,
     enrich=_enrich,
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,

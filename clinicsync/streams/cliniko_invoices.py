@@ -21,7 +21,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from clinicsync import money
 from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
-from clinicsync.streams import cliniko_common
+from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, StripeScope, compare_fields
+from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
+from clinicsync.streams import cliniko_common, payment_side
 from clinicsync.streams import payment_matching as pm
 from clinicsync.streams.base import (
     MatchDecision,
@@ -234,6 +236,163 @@ def _known_zone(zone: Any) -> bool:
     return True
 
 
+# --- reconciliation (issue 12): each invoice against the payment linked to it ---------------------------------
+def reconcile_facts(record: Record, settings: StreamSettings) -> dict[str, Any]:
+    """What reconciliation compares of an invoice beyond the metadata the sync writes: its total (minor units),
+    whether Cliniko says it is paid, and the local dates its payment may fall on (the matching window, in the
+    clinic's zone; the matcher uses the business's, which differs by hours at most)."""
+    try:
+        amount: int | None = money.to_minor_units(record.get("total_amount"), settings.currency)
+    except money.MoneyError:
+        amount = None
+    try:
+        issued: date | None = date.fromisoformat(str(record.get("issue_date")))
+    except ValueError:
+        issued = None
+    before = _days(settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE)
+    after = _days(settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
+    window = pm.payment_window(issued, before, after) if issued else None
+    return {
+        "amount": amount,
+        "currency": settings.currency,
+        "paid": invoice_status.is_paid(record.get("status")) and _invoice_archived(record) is None,
+        "status_words": invoice_status.words(record.get("status")),
+        "first_day": window.first.isoformat() if window else None,
+        "last_day": window.last.isoformat() if window else None,
+        "zone": settings.time_zone,
+    }
+
+
+def _money(units: int | None, currency: str) -> str | None:
+    return None if units is None else pm.amount_text(units, currency)
+
+
+def reconcile_unmatched(mapped: MappedRecord, facts: Mapping[str, Any]) -> Drift | None:
+    """A paid invoice no payment is linked to; an unpaid, $0, archived or deleted one owes nothing."""
+    amount = facts.get("amount")
+    if not facts.get("paid") or amount is None or amount <= 0:
+        return None
+    total = _money(amount, str(facts.get("currency")))
+    return Drift(
+        "",
+        total,
+        None,
+        kind=FindingType.PAYMENT_MISMATCH,
+        reason=Reason.NO_PAYMENT,
+        severity=Severity.MEDIUM,
+        explanation=(
+            f"{{record}} is {facts.get('status_words')} in Cliniko ({total}), but no Stripe payment is linked to "
+            "it: it was paid another way (cash, a terminal outside Stripe), or its payment was not found."
+        ),
+        fixes=(FixKind.REPUSH, FixKind.MARK_INTENDED),
+    )
+
+
+def reconcile_compare(request: CompareRequest) -> list[Drift]:
+    """The metadata the sync writes on the payment, and, for an invoice Cliniko says is paid, the payment itself:
+    that it went through, was not refunded, is of the invoice's total, and was made on a date of its window."""
+    drifts = compare_fields(request)
+    facts, payment = request.facts, request.obj
+    if not facts.get("paid"):
+        return drifts
+    pid, status = payment.get("id"), str(payment.get("status") or "")
+    currency = str(facts.get("currency"))
+    amount, paid_amount = facts.get("amount"), int(payment.get("amount") or 0)
+    paid_currency = str(payment.get("currency") or currency)
+    what = f"{{record}} is {facts.get('status_words')} in Cliniko, but its linked Stripe payment {pid}"
+    if status != "succeeded":
+        drifts.append(
+            _mismatch(
+                "status",
+                "succeeded",
+                status,
+                f"{what} is {status.replace('_', ' ')}: it did not go through.",
+                (FixKind.REPUSH, FixKind.MARK_INTENDED),
+            )
+        )
+        return drifts
+    if payment.get("refunded"):
+        refunded = _money(int(payment.get("amount_refunded") or 0), paid_currency)
+        drifts.append(
+            _mismatch(
+                "amount_refunded",
+                None,
+                refunded,
+                f"{what} was refunded ({refunded}).",
+                (FixKind.CORRECT_SOURCE, FixKind.MARK_INTENDED),
+            )
+        )
+    if amount is not None and (paid_amount, paid_currency) != (amount, currency):
+        expected, actual = _money(amount, currency), _money(paid_amount, paid_currency)
+        drifts.append(
+            _mismatch(
+                "amount",
+                expected,
+                actual,
+                f"{what} is of {actual}, not the invoice's {expected}.",
+                (FixKind.CORRECT_SOURCE, FixKind.MARK_INTENDED),
+            )
+        )
+    first, last = facts.get("first_day"), facts.get("last_day")
+    if first and last and payment.get("created"):
+        day = pm.local_date(int(payment["created"]), str(facts.get("zone"))).isoformat()
+        if not first <= day <= last:
+            window = f"{first} to {last}"
+            drifts.append(
+                _mismatch(
+                    "created",
+                    window,
+                    day,
+                    f"{what} was made on {day}, outside the invoice's dates ({window}).",
+                    (FixKind.MARK_INTENDED, FixKind.REPUSH),
+                    severity=Severity.LOW,
+                )
+            )
+    return drifts
+
+
+def _mismatch(
+    field: str,
+    expected: Any,
+    actual: Any,
+    explanation: str,
+    fixes: tuple[FixKind, ...],
+    severity: Severity = Severity.HIGH,
+) -> Drift:
+    return Drift(
+        field,
+        expected,
+        actual,
+        kind=FindingType.PAYMENT_MISMATCH,
+        reason=Reason.PAYMENT_DIFFERS,
+        severity=severity,
+        explanation=explanation,
+        fixes=fixes,
+    )
+
+
+def reconcile_listing(gateway: Any, scope: StripeScope) -> Iterator[dict[str, Any]]:
+    """The payments that can belong to the invoices in the sync's scope: made from the scope's date less the
+    days a payment may come before its invoice (all time when the scope is every invoice)."""
+    created_from = None
+    if scope.since is not None:
+        before = _days(scope.settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE) + pm.SLACK_DAYS
+        created_from = scope.since - before * 86_400
+    return payment_side.list_payments(gateway, created_from)
+
+
+COMPARISON = Comparison(
+    compare=reconcile_compare,
+    archive_fix=FixKind.ARCHIVE,
+    # A payment is never the invoices stream's to retire or delete: what is owed is the invoice's matter.
+    reports=frozenset({FindingType.PAYMENT_MISMATCH, FindingType.FIELD_DRIFT}),
+    facts=reconcile_facts,
+    unmatched=reconcile_unmatched,
+    listing=reconcile_listing,
+    fetch=payment_side.payment_by_id,
+)
+
+
 CLINIKO_INVOICES = Stream(
     name=NAME,
     source_system="cliniko",
@@ -246,6 +405,7 @@ CLINIKO_INVOICES = Stream(
     plan=plan,
     find_created=lambda gateway, request: None,  # nothing is ever created
     depends_on=(PATIENTS,),
+    compare=COMPARISON,
     enrich=_enrich,
     source_settings=cliniko_common.settings,
     time_zone=cliniko_common.time_zone,

@@ -2,7 +2,8 @@
 
 - re-push: the next sync sends the record again (its pushed hash is forgotten, its other objects are looked at
   in Stripe rather than taken from the links, and it is read by id); a record
-  whose object was deleted in Stripe gets a new one — a person asked, so it is no longer "never silently".
+  whose object was deleted in Stripe gets a new one — a person asked, so it is no longer "never silently"; a
+  record whose linked payment does not agree with it (failed) forgets that link and is matched again.
 - link: the record is linked to the chosen Stripe object now, through the outbox (the stream's own link plan).
 - archive / deactivate: the record's own object gets the record's payload now (which carries the archived
   marker); an object the record does not own (a duplicate, an orphan) is marked — as a duplicate of the one kept,
@@ -29,6 +30,7 @@ from clinicsync.outcomes import ACTIONS, Outcome
 from clinicsync.paths import AppPaths
 from clinicsync.profile_lock import ProfileLock
 from clinicsync.reconcile.findings import (
+    PAYMENT_TYPES,
     Finding,
     FindingStatus,
     FindingType,
@@ -303,6 +305,11 @@ class _Fixer:
                     record_reviews(pair, finding.stream, sid, "open", "resolved")
                 ).execute()
                 message = "the next sync makes a new one (or links one that names the record)"
+            elif finding.reason == Reason.PAYMENT_DIFFERS and link is not None and link.stripe_id:
+                # The linked payment failed or is not the record's: forget it, so the stream's matching looks for
+                # the payment again (a failed one is never matched again; one naming the record is).
+                RecordLink.update(stripe_id=None, payload_hash=None, updated_at=utcnow()).where(links).execute()
+                message = f"the link to {link.stripe_id} is forgotten; the next sync looks for the payment again"
             elif finding.reason == Reason.WAITING_FOR_REVIEW:
                 stream = STREAMS.get(finding.stream)
                 if stream is not None and not stream.creates:
@@ -327,7 +334,7 @@ class _Fixer:
     def _link_target(self, request: FixRequest, finding: Finding) -> str:
         if request.target:
             allowed = {finding.stripe_id, *finding.related} - {None}
-            if finding.type == FindingType.MISSING_IN_STRIPE and request.target not in allowed:
+            if finding.type in (FindingType.MISSING_IN_STRIPE, *PAYMENT_TYPES) and request.target not in allowed:
                 raise Refused(
                     f"{request.target} is not one of this finding's candidates ({', '.join(sorted(allowed))})."
                 )

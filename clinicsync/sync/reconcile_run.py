@@ -27,8 +27,8 @@ from clinicsync.mapping.preview import stripe_value
 from clinicsync.mapping.spec import StreamMapping
 from clinicsync.paths import AppPaths
 from clinicsync.profile_lock import ProfileLock
-from clinicsync.reconcile.compare import Comparison, Owned
-from clinicsync.reconcile.findings import Counts, Finding, FindingStatus, ReportOutcome
+from clinicsync.reconcile.compare import Comparison, Owned, StripeScope
+from clinicsync.reconcile.findings import Counts, Finding, FindingStatus, FindingType, ReportOutcome
 from clinicsync.reconcile.judge import Decision, SourceSide, StripeSide, judge_match_group, judge_record
 from clinicsync.retry import Cancelled, CancelToken
 from clinicsync.secrets import SecretStore
@@ -382,6 +382,10 @@ class _StreamReconciler:
         self.intents: dict[str, tuple[str, str]] = {}
         self.decisions: dict[str, str] = {}
         self.pending: list[Finding] = []
+        self.stripe_scope = StripeScope(None, None)
+        # The Stripe objects a person may choose from in Review, by source id: what a stream that only links (payments)
+        # offers to link a record to.
+        self.review_candidates: dict[str, tuple[str, ...]] = {}
 
     def run(self, stream_report: StreamReport) -> None:
         options = run_options(self.settings, trigger="reconcile", dry_run=True)
@@ -391,6 +395,8 @@ class _StreamReconciler:
             self.report.save()
         self.intents = report_store.intents(self.pair, self.stream.name)
         self.decisions = self._decisions()
+        since = prepared.scope.since
+        self.stripe_scope = StripeScope(int(since.timestamp()) if since else None, prepared.settings)
         scratch, spool = Scratch(), Spool()
         try:
             stream_report.stripe_objects, stream_report.source_records = self._read_and_judge(scratch, spool, prepared)
@@ -469,7 +475,9 @@ class _StreamReconciler:
             other = int(any(metadata.get(key) for key in other_keys))
             return (str(obj["id"]), ref, match, obj.get("created"), other, _dump(obj))
 
-        count = scratch.load(self.gateway.iter_objects(kind), index_row)
+        listing = self.comparison.listing
+        objects = listing(self.gateway, self.stripe_scope) if listing else self.gateway.iter_objects(kind)
+        count = scratch.load(objects, index_row)
         for related in self.comparison.related:
             scratch.load_related(
                 _checked(self.gateway.iter_objects(related.stripe_object), self.cancel, stop), related.parent_field
@@ -490,7 +498,10 @@ class _StreamReconciler:
         self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s and {self.mapping.source_type} records")
         read = judged = 0
         ready = False
-        for batch in _chunks(self.stream.read_changed(self.source, None), BATCH):
+        # A stream with its own, windowed Stripe listing (payments) is read within the sync's scope on both sides
+        # (invoices changed since the scope's date), not all time; it reports no orphans (streams' `reports`).
+        cursor = prepared.scope.first_cursor(None) if self.comparison.listing else None
+        for batch in _chunks(self.stream.read_changed(self.source, cursor), BATCH):
             self.cancel.raise_if_cancelled()
             if "error" in outcome:
                 raise _StripeStopped()
@@ -534,16 +545,26 @@ class _StreamReconciler:
             by_id[str(obj["id"])] = obj
             if ref:
                 by_ref.setdefault(ref, []).append(obj)
+        if self.comparison.fetch is not None:  # linked objects made outside the stream's listing, read by id
+            for stripe_id in (i for i in linked_ids if i not in by_id):
+                self.cancel.raise_if_cancelled()
+                fetched = self.comparison.fetch(self.gateway, stripe_id)
+                if fetched is not None:
+                    by_id[stripe_id] = dict(fetched)
         related = scratch.related_for(list(by_id)) if self.comparison.related else {}
         shared = self._identity_elsewhere(list(by_id))
         for record, sid in zip(records, ids, strict=True):
             link = links.get(sid)
             in_scope = prepared.scope.admits(record)
             mapped = prepared.map(record)
+            facts = self.comparison.facts(record, prepared.settings) if self.comparison.facts else {}
             objects = {str(obj["id"]): obj for obj in by_ref.get(sid, [])}
             if link is not None and link.stripe_id in by_id:
                 objects[link.stripe_id] = by_id[link.stripe_id]
-            candidates = () if objects else scratch.candidates(match_hash(self.pair, mapped.match_value))
+            if self.comparison.unmatched is not None:
+                candidates = self.review_candidates.get(sid, ())
+            else:
+                candidates = () if objects else scratch.candidates(match_hash(self.pair, mapped.match_value))
             side = SourceSide(
                 source_id=sid,
                 mapped=mapped,
@@ -552,6 +573,7 @@ class _StreamReconciler:
                 synced_hash=link.payload_hash if link is not None else None,
                 decision=self.decisions.get(sid, Decision.NONE),
                 owned=owned.get(sid, ()),
+                facts=facts,
             )
             stripe = StripeSide(
                 tuple(objects.values()),
@@ -571,8 +593,18 @@ class _StreamReconciler:
                 for row in RecordLink.select().where(self._links() & RecordLink.source_id.in_(ids))
             }
             for source_id, objects in group:
+                if self._outside_window(source_id):
+                    continue
                 side = SourceSide(source_id=source_id, mapped=None, linked_id=links.get(source_id))
                 self._found(judge_record(self.comparison, self.mapping, side, StripeSide(tuple(objects))))
+
+    def _outside_window(self, source_id: str) -> bool:
+        """A stream read within the sync's window (its own Stripe listing) did not see every record: one its objects
+        name is read by id before they are called orphans (it may only be older than the window)."""
+        if self.comparison.listing is None or FindingType.ORPHANED_IN_STRIPE not in self.comparison.reports:
+            return False
+        self.cancel.raise_if_cancelled()
+        return self.stream.read_one(self.source, source_id) is not None
 
     # --- what the local database says ----------------------------------------------------------------------
     def _links(self) -> Any:
@@ -581,13 +613,15 @@ class _StreamReconciler:
     def _decisions(self) -> dict[str, str]:
         """Records a person must decide about or chose to ignore, and those with a write waiting to be sent."""
         decisions = {}
-        reviews = ReviewItem.select(ReviewItem.source_id, ReviewItem.status).where(
+        reviews = ReviewItem.select(ReviewItem.source_id, ReviewItem.status, ReviewItem.candidates).where(
             (ReviewItem.pair == self.pair)
             & (ReviewItem.stream == self.stream.name)
             & ReviewItem.status.in_(("open", "ignored"))
         )
         for row in reviews.iterator():
             decisions[row.source_id] = Decision.REVIEW if row.status == "open" else Decision.IGNORED
+            if row.status == "open" and row.candidates:
+                self.review_candidates[row.source_id] = tuple(str(c) for c in row.candidates)
         queued = OutboxEntry.select(OutboxEntry.source_id).where(
             (OutboxEntry.pair == self.pair)
             & (OutboxEntry.stream == self.stream.name)

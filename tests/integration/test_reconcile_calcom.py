@@ -10,7 +10,7 @@
 - the suggested fixes, then a sync, leave a clean report, and a finding marked as intended stays accepted;
   `clinicsync reconcile --stream calcom.bookings` exits 0.
 
-Not compared yet: bookings ↔ payments (the bookings stream has no payment part yet).
+Paid bookings ↔ payments and the event types' notes: tests/integration/test_reconcile_payments.py.
 """
 
 from __future__ import annotations
@@ -31,11 +31,14 @@ from tests.support import admin, context
 
 EVENT_TYPES, BOOKINGS, PATIENTS = "calcom.event_types", "calcom.bookings", "cliniko.patients"
 NOBODY = "att_" + "0" * 24
+# The seed's paid bookings include real discrepancies (a cancelled one not refunded, payments on another account):
+# the payments stream is tested on its own (tests/integration/test_reconcile_payments.py); here the others are.
+COMPARED = [PATIENTS, "cliniko.products", EVENT_TYPES, BOOKINGS, "calcom.reference"]
 
 
-def reconcile(env: dict[str, str]) -> Any:
+def reconcile(env: dict[str, str], streams: list[str] | None = None) -> Any:
     ctx = context(env)
-    return run_reconcile(ctx.paths, ctx.settings, ctx.secrets)
+    return run_reconcile(ctx.paths, ctx.settings, ctx.secrets, streams=streams)
 
 
 def found_by_key(report_id: int) -> dict[tuple[str, str, str | None, str | None, str], Any]:
@@ -50,8 +53,8 @@ def test_cal_com_streams_reconcile_clean_then_every_planted_finding_is_found_and
     sandbox = start(make_sandbox, patients=20, bookings=30)
     env = env_for(sandbox)
     sync_all(env)
-    clean = reconcile(env)
-    assert [s.stream for s in clean.streams] == [PATIENTS, "cliniko.products", EVENT_TYPES, BOOKINGS]
+    clean = reconcile(env, COMPARED)
+    assert [s.stream for s in clean.streams] == COMPARED
     assert clean.counts.total == 0, [
         (f.stream, f.field, f.stripe_value) for f in reconciliation.findings(clean.report_id)
     ]
@@ -85,7 +88,7 @@ def test_cal_com_streams_reconcile_clean_then_every_planted_finding_is_found_and
     copy_ref = copy_of["metadata"]["calcom_attendee_ref"]
     copy = sdk.v1.customers.create(params={"email": copy_of["email"], "metadata": {"calcom_attendee_ref": copy_ref}})
 
-    found = found_by_key(reconcile(env).report_id)
+    found = found_by_key(reconcile(env, COMPARED).report_id)
     shared_ref, deleted_ref = (
         edited_shared["metadata"]["calcom_attendee_ref"],
         deleted["metadata"]["calcom_attendee_ref"],
@@ -128,7 +131,7 @@ def test_cal_com_streams_reconcile_clean_then_every_planted_finding_is_found_and
     outcomes = apply_fixes(ctx.paths, ctx.settings, ctx.secrets, requests)
     assert all(o.done for o in outcomes), outcomes
     sync_all(env)
-    again = reconcile(env)
+    again = reconcile(env, COMPARED)
     assert again.counts.accepted == 1, "marked as intended: accepted in the next report (the stream's own pair)"
     assert again.counts.total == 0, [
         (f.stream, f.type, f.field, f.stripe_value) for f in reconciliation.findings(again.report_id)
