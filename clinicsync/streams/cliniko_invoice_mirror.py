@@ -18,6 +18,7 @@ so a status change plans only the transitions still due; a replay of a finished 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -159,10 +160,10 @@ def _read_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
                 yielded.add(sid)
                 yield invoice
 
-    listing = (
-        *_chunks(wanted(client.iter_live_and_archived("/invoices", cursor))),
+    listing = itertools.chain(  # lazily: each hundred is handled as it is read, not after every page
+        _chunks(wanted(client.iter_live_and_archived("/invoices", cursor))),
         # Default lists hide deleted invoices: a pass of their own, so a deleted invoice's mirror is closed.
-        *_chunks(wanted(client.iter_changed("/invoices", cursor, deleted=True))),
+        _chunks(wanted(client.iter_changed("/invoices", cursor, deleted=True))),
     )
     for chunk in listing:
         yield from _with_items(client, chunk)

@@ -44,6 +44,15 @@ class FakeCliniko:
         self.requests.append(f"{path} changed archived={archived} deleted={deleted}")
         yield from (self.invoices[i] for i in (self.deleted if deleted else self.changed))
 
+    def iter_live_and_archived(
+        self, path: str, cursor: datetime | None, *, filters: list[tuple[str, str]] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        if filters:  # the mirror's reads by id
+            yield from (r for page in self.iter_pages(path, filters) for r in page.records)
+            return
+        self.requests.append(f"{path} changed, live and archived")
+        yield from (self.invoices[i] for i in self.changed)
+
     def iter_pages(self, path: str, query: list[tuple[str, str]]) -> Iterator[PageOf]:
         filters = dict(q.split(":", 1) for name, q in query if name == "q[]" and ":=" in q)
         self.requests.append(f"{path} {sorted(filters)}")
