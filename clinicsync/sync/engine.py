@@ -50,6 +50,7 @@ from clinicsync.store.models import (
 )
 from clinicsync.streams import identity
 from clinicsync.streams.base import (
+    DUPLICATE_OF_KEY,
     FindRequest,
     Matcher,
     MatchSetup,
@@ -906,8 +907,8 @@ class StreamRun:
         if not self.stream.absence_certain(request, 0.0, self.options.search_settle_s):
             return None  # only by email: Search lags, and would miss what was made a moment ago
         found_object = self.stream.find_created(self.gateway, request)
-        if found_object is None:
-            return None
+        if found_object is None or (found_object.get("metadata") or {}).get(DUPLICATE_OF_KEY):
+            return None  # nothing, or a twin kept as a duplicate (it has payments): not the record's to adopt
         stripe_id = str(found_object["id"])
         if stripe_id in self._claimed or not is_unlinked(self.pair, self.mapping, stripe_id):
             return None
