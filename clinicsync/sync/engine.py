@@ -892,7 +892,9 @@ class StreamRun:
         That costs a request per create, so it is asked only when it can matter: another installation syncs these
         accounts (twins were repaired here, or the index holds objects naming records this installation never met).
         One installation alone, on an empty Stripe account or not, makes every object naming its records itself
-        and never asks; a first sync stays at one request per new customer."""
+        and never asks; a first sync stays at one request per new customer. Not seen: another installation that
+        only adopted (made nothing this one has not met) before the record's email changed; reconciliation reports
+        such a duplicate."""
         if self._topup.before_create():
             found = [
                 c for c in candidates_by_reference(self.pair, self.mapping, mapped.source_id) if c not in self._claimed

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from clinicsync.labels import plural
 from clinicsync.store.db import database_proxy
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, RoleLink, StripeIndexEntry, utcnow
 from clinicsync.streams.base import Stream
@@ -109,8 +110,8 @@ def join(
                 _move(link, plan.survivor)
             note(
                 other,
-                f"Joined {len(moved)} record(s) of this person from another source to this record's customer (same "
-                f"email); the customer made for them before was {done}",
+                f"Joined {plural(len(moved), 'record')} of this person from another source to this record's customer "
+                f"(same email); the customer made for them before was {done}",
             )
             StripeIndexEntry.delete().where(
                 StripeIndexEntry.pair.in_(same_account(pair))
