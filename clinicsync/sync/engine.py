@@ -50,6 +50,8 @@ from clinicsync.store.models import (
 )
 from clinicsync.streams import identity
 from clinicsync.streams.base import (
+    DUPLICATE_OF_KEY,
+    FindRequest,
     Matcher,
     MatchSetup,
     NotYet,
@@ -63,12 +65,13 @@ from clinicsync.streams.base import (
     observed_request,
 )
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
-from clinicsync.sync import twins
+from clinicsync.sync import people, twins
 from clinicsync.sync.matching import (
     PERSON_OBJECTS,
     build_index,
     candidates_by_email,
     candidates_by_reference,
+    is_unlinked,
     match_hash,
     owned_update,
     person_candidates,
@@ -207,6 +210,8 @@ class StreamRun:
         self._target_diffs: dict[int | None, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self.writeback_result: BackfillResult | None = None
         self._topup = twins.Topup(lambda: None)
+        # Whether to ask Stripe for a person's customer by email before creating one (see _made_elsewhere).
+        self._look_before_create = False
         self._links = AccountLinks(pair)
         # Plans decided but not stored yet (stored WRITE_BATCH at a time, each batch before any of it is sent), and
         # records met for the first time whose link is stored with them.
@@ -398,13 +403,10 @@ class StreamRun:
         else:
             since = refresh_since(state)
             refresh_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, since))
-        self._topup = twins.Topup(
-            lambda: refresh_index(
-                self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state))
-            )
-        )
+        self._topup = twins.Topup(lambda: self._top_up(state))
         if self.stream.matcher is None:  # nothing is created by a stream that matches for itself: no twins
             twins.repair(self.pair, self.stream, self.mapping, self.gateway, self.recorder.note, dry_run=writer is None)
+            self._look_before_create = twins.another_installation_evident(self.pair, self.mapping)
         self._reviews = _latest_reviews(self.pair, self.stream.name)
         server_now = self.source.probe()
         next_cursor = server_now - timedelta(seconds=self.options.overlap_s)
@@ -440,6 +442,13 @@ class StreamRun:
             & (RetryRecord.stream == self.stream.name)
             & (RetryRecord.created_at < started)
         ).execute()
+
+    def _top_up(self, state: StreamState) -> None:
+        """Add what is new in Stripe to the index (while creating); what it adds may show another installation."""
+        since = refresh_since(state)
+        refresh_index(self.pair, self.mapping, state, self.gateway.iter_objects(self.mapping.stripe_object, since))
+        if not self._look_before_create:
+            self._look_before_create = twins.another_installation_evident(self.pair, self.mapping)
 
     def _linked_not_listed(self) -> list[str]:
         """Linked records a complete listing left out this run (deleted at the source, or out of its reach). One
@@ -560,6 +569,7 @@ class StreamRun:
         if review is not None and self._follow_review(review, mapped, hashed, pool, writer):
             return
         if link.stripe_id:
+            self._join_person(mapped, person, link.stripe_id, writer)
             retired, added = self._target_changes(link.mapping_version)
             if link.payload_hash == mapped.payload_hash and not added:
                 self.recorder.record("unchanged", sid, mapped.display_name, link.stripe_id)
@@ -805,13 +815,10 @@ class StreamRun:
         *,
         retired: tuple[str, ...] = (),
     ) -> None:
-        if op == "create" and writer is not None and self._topup.before_create():
-            # Another installation may have created this record's object since the index was last topped up.
-            found = [
-                c for c in candidates_by_reference(self.pair, self.mapping, mapped.source_id) if c not in self._claimed
-            ]
-            if len(found) == 1:
-                op, stripe_id = "link", found[0]
+        if op == "create" and writer is not None:
+            made = self._made_elsewhere(mapped)
+            if made is not None:
+                op, stripe_id = "link", made
         # `retired`: fields an earlier mapping wrote to this object and the current one no longer maps: unset.
         params = create_params(mapped.payload) if op == "create" else update_params(mapped.payload, retired)
         if stripe_id and op != "create" and self.mapping.stripe_object in PERSON_OBJECTS:
@@ -822,6 +829,9 @@ class StreamRun:
             )
         if stripe_id and op == "link":
             self._claimed.add(stripe_id)
+            self._join_person(
+                mapped, person_key(self.pair, self.mapping.stripe_object, mapped.match_value), stripe_id, writer
+            )
         request = PlanRequest(
             op=op,
             mapped=mapped,
@@ -853,6 +863,58 @@ class StreamRun:
         # transaction per record then still records the writes finished meanwhile).
         if len(self._batch) >= WRITE_BATCH or pool.starving():
             self._flush_batch(pool, writer)
+
+    def _join_person(
+        self, mapped: MappedRecord, person: str | None, stripe_id: str, writer: OutboxWriter | None
+    ) -> None:
+        """Join the person's customers on this record's (sync/people.py) when this is the primary source's record
+        of a person whose other sources' records another customer was made for."""
+        if writer is None or person is None:
+            return
+        primary = self.options.stream_values.get(identity.PRIMARY_SOURCE_SETTING) or identity.DEFAULT_PRIMARY_SOURCE
+        plan = people.to_join(self.pair, self.stream, mapped.source_id, person, stripe_id, primary)
+        done = people.join(
+            self.pair,
+            self.stream,
+            self.gateway,
+            plan,
+            lambda other, message: self.recorder.note(mapped.source_id, mapped.display_name, other, message),
+        )
+        if plan.later or not done:  # read again next run, which tries again
+            revisit_later(self.pair, self.stream.name, mapped.source_id, "its person has a second customer to join")
+
+    def _made_elsewhere(self, mapped: MappedRecord) -> str | None:
+        """The record's object, if another installation made or adopted it since the index was read: one it made
+        shows in a top-up of the index (a listing of objects created since); one it adopted does not (an old
+        customer it gave this record's reference and, later, the record's new email), so a person's customer is
+        also asked for by email, which does not lag as Search does.
+
+        That costs a request per create, so it is asked only when it can matter: another installation syncs these
+        accounts (twins were repaired here, or the index holds objects naming records this installation never met).
+        One installation alone, on an empty Stripe account or not, makes every object naming its records itself
+        and never asks; a first sync stays at one request per new customer. Not seen: another installation that
+        only adopted (made nothing this one has not met) before the record's email changed; reconciliation reports
+        such a duplicate."""
+        if self._topup.before_create():
+            found = [
+                c for c in candidates_by_reference(self.pair, self.mapping, mapped.source_id) if c not in self._claimed
+            ]
+            if len(found) == 1:
+                return found[0]
+        if not self._look_before_create or self.mapping.stripe_object not in PERSON_OBJECTS:
+            return None
+        request = FindRequest(
+            self.mapping.stripe_object, mapped.source_id, create_params(mapped.payload), self.mapping.cross_ref_key, 0
+        )
+        if not self.stream.absence_certain(request, 0.0, self.options.search_settle_s):
+            return None  # only by email: Search lags, and would miss what was made a moment ago
+        found_object = self.stream.find_created(self.gateway, request)
+        if found_object is None or (found_object.get("metadata") or {}).get(DUPLICATE_OF_KEY):
+            return None  # nothing, or a twin kept as a duplicate (it has payments): not the record's to adopt
+        stripe_id = str(found_object["id"])
+        if stripe_id in self._claimed or not is_unlinked(self.pair, self.mapping, stripe_id):
+            return None
+        return stripe_id
 
     def _flush_batch(self, pool: WritePool, writer: OutboxWriter | None) -> None:
         """Store the batch's plans (and its new records' links) in one transaction, then send them."""

@@ -119,6 +119,11 @@ def _unlinked(pair: AccountPair, mapping: StreamMapping, found: list[str]) -> li
     return [stripe_id for stripe_id in found if stripe_id not in linked]
 
 
+def is_unlinked(pair: AccountPair, mapping: StreamMapping, stripe_id: str) -> bool:
+    """Whether a record of this stream may be linked to this Stripe object (see _unlinked)."""
+    return bool(_unlinked(pair, mapping, [stripe_id]))
+
+
 def candidates_by_reference(pair: AccountPair, mapping: StreamMapping, source_id: str) -> list[str]:
     """Unlinked Stripe objects whose metadata already names this source record (e.g. made by an earlier install)."""
     found = lookup.column(

@@ -134,6 +134,32 @@ def _remember_other_installation(pair: AccountPair) -> None:
     ).execute()
 
 
+def another_installation_evident(pair: AccountPair, mapping: StreamMapping) -> bool:
+    """Whether another installation syncs these accounts: twins were found before, or the index holds objects
+    naming records of this stream, made since these accounts were first synced here, for records this installation
+    has never met. This one made none of those: every record it writes for is remembered (its link stored) in the
+    transaction that stores its first write, before anything is sent."""
+    if AccountPair.get_by_id(pair.id).other_installation_at is not None:
+        return True
+    since = int(pair.created_at.replace(tzinfo=UTC).timestamp()) - RACE_MARGIN_S
+    met = RecordLink.select(RecordLink.id).where(
+        (RecordLink.pair == pair)
+        & (RecordLink.stream == mapping.stream)
+        & (RecordLink.source_id == StripeIndexEntry.source_ref)
+    )
+    return (
+        StripeIndexEntry.select(StripeIndexEntry.id)
+        .where(
+            (StripeIndexEntry.pair == pair)
+            & (StripeIndexEntry.stripe_object == mapping.stripe_object)
+            & StripeIndexEntry.source_ref.is_null(False)
+            & (StripeIndexEntry.created >= since)
+            & ~fn.EXISTS(met)
+        )
+        .exists()
+    )
+
+
 def newly_detected(pair: AccountPair, since_started: object) -> bool:
     """Whether this run was the first to see another installation (the person is told once)."""
     fresh = AccountPair.get_by_id(pair.id)

@@ -3,16 +3,15 @@
 adopted it, meets the patient for the first time. B's index still has that customer without a reference and under
 the old email, and its top-up lists only objects created since, so B creates a second customer for the patient;
 no twin repair sees it (the adopted customer is older than the race window and has no reference in either index).
-Found by the soak (seed 649213 with kills 0.05-0.6 s after start). Marked xfail until the engine looks for the
-record's object by a means that does not lag (the email listing) before creating a customer."""
+Found by the soak (seed 649213 with kills 0.05-0.6 s after start). Fixed: an installation that sees another one's
+customers in its index asks Stripe for the person's customer by email (which does not lag) before creating one,
+and links the customer that names the patient."""
 
 from __future__ import annotations
 
 import sqlite3
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from clinicsync.matchkey import normalized
 from tests.reliability.helpers import all_patients, db_path, live_customers, sync_command
@@ -28,7 +27,6 @@ def _touched(home: Path) -> set[str]:
         return queued | {row[0] for row in con.execute("SELECT source_id FROM record_link")}
 
 
-@pytest.mark.xfail(strict=True, reason="a duplicate customer: see the module docstring")
 def test_a_customer_adopted_by_one_installation_is_not_duplicated_by_the_other_after_an_email_change(
     make_sandbox, env_for
 ):

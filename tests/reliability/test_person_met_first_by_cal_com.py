@@ -3,12 +3,10 @@ seen their patient's new email: here installation B's booking sync runs while th
 on the patient's customer (installation A sent it) but not yet in B's own view of Cliniko (its patients run comes
 later, or failed this time). B then makes a second customer for the attendee, and nothing joins the two later:
 a person with one email ends as two customers. Found by the soak (seed 5005: `unjoined` and an email on two
-customers). Marked xfail until the engine finds the patient's customer by the email listing before creating a
-person's customer, or joins the two when the patients stream meets the attendee's email."""
+customers). Fixed: when the patients stream meets the patient's new email it joins the two (sync/people.py): the
+attendee's customer is retired and the attendee is linked to the patient's customer, sent to it on its next run."""
 
 from __future__ import annotations
-
-import pytest
 
 from clinicsync.matchkey import normalized
 from tests.integration.test_calcom_people import customers, start, sync_all
@@ -18,7 +16,6 @@ from tests.support import admin, sync_once
 NEW_EMAIL = "charlotte.new@example.net"
 
 
-@pytest.mark.xfail(strict=True, reason="two customers for one person: see the module docstring")
 def test_an_attendee_met_before_this_installation_saw_the_patients_new_email_joins_the_patients_customer(
     make_sandbox, env_for
 ):

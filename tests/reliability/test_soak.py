@@ -54,12 +54,6 @@ PRODUCTS = 36
 BOOKINGS = 40
 PRICED = (4001, 4002, 4008)  # the clinic's own paid event types (4008 in another currency)
 PRICES = (6500, 8000, 9900, 12000)  # few, so that a price goes back to an earlier amount now and then
-# Two ways to a person with two customers the soak found, each reproduced by an xfail test; the soak spares them
-# until the engine is fixed (then drop the two exclusions that name these files).
-KNOWN_DUPLICATES = (
-    "tests/reliability/test_adopted_then_moved.py",
-    "tests/reliability/test_person_met_first_by_cal_com.py",
-)
 
 
 def _seed() -> int:
@@ -152,21 +146,14 @@ def _live_patients(sandbox: SandboxProcess) -> dict[str, dict[str, Any]]:
     return {pid: p for pid, p in all_patients(sandbox.cliniko_url).items() if is_live(p)}
 
 
-def _booking_app_patients(sandbox: SandboxProcess, app_emails: set[str]) -> set[str]:
-    """Patients with a customer in Stripe from before ClinicSync (Cal.com's app made it): their email is not edited
-    (KNOWN_DUPLICATES: tests/reliability/test_adopted_then_moved.py)."""
-    return {pid for pid, p in _live_patients(sandbox).items() if p["email"] and normalized(p["email"]) in app_emails}
-
-
-def _edit_calcom(sandbox: SandboxProcess, rng: random.Random, scale: int, number: int, edited: set[str]) -> None:
-    """People book (again, in other letter case; Cliniko patients for the first time; new people), cancel and
-    reschedule; an event type's price changes. Patients whose details were edited in this soak do not book for
-    the first time (KNOWN_DUPLICATES: tests/reliability/test_person_met_first_by_cal_com.py)."""
+def _edit_calcom(sandbox: SandboxProcess, rng: random.Random, scale: int, number: int) -> None:
+    """People book (again, in other letter case; Cliniko patients for the first time, some with an email staff
+    just changed; new people), cancel and reschedule; an event type's price changes."""
     from clinicsync.sandbox.calcom_seed import other_case
 
     dump = admin(sandbox.calcom_url, "dump")
     known = sorted({a["email"] for b in dump["bookings"] for a in b["attendees"]})
-    patients = sorted(p["email"] for pid, p in _live_patients(sandbox).items() if p["email"] and pid not in edited)
+    patients = sorted(p["email"] for p in _live_patients(sandbox).values() if p["email"])
     for n in range(rng.randint(2, 4) * scale):
         email = rng.choice((other_case(rng.choice(known), rng), other_case(rng.choice(patients), rng), None))
         email = email or f"soak.person.{number}.{n}@example.org"
@@ -197,14 +184,13 @@ def test_soak_every_stream_faults_two_installations_and_kills_end_exact(tmp_path
     )
     services = {"stripe": sandbox.stripe_url, "cliniko": sandbox.cliniko_url, "calcom": sandbox.calcom_url}
     try:
-        app_emails = _load_calcom_app_customers(sandbox)
+        _load_calcom_app_customers(sandbox)
         admin(sandbox.stripe_url, "faults", spec=f"{STRIPE_FAULTS},seed={seed}")
         admin(sandbox.cliniko_url, "faults", spec=f"{FAULTS},seed={seed + 1}")
         admin(sandbox.calcom_url, "faults", spec=f"{CALCOM_FAULTS},seed={seed + 2}")
         envs = [profile_env(tmp_path / name, sandbox.env, CLINICSYNC_RETRY_MAX_ATTEMPTS="4") for name in ("a", "b")]
         kills = 0
         killed_in: list[str] = []
-        ever_edited: set[str] = set()
         for round_number in range(ROUNDS + SPARE_ROUNDS):
             if round_number >= ROUNDS and kills >= KILLS:
                 break
@@ -218,15 +204,13 @@ def test_soak_every_stream_faults_two_installations_and_kills_end_exact(tmp_path
                     killed_in.append(stream)
             for process in running:
                 process.wait(timeout=300)
-            # Staff edit patients (name, phone, address or email), sparing the two cases known to leave a person
-            # with two customers until the engine is fixed (see the xfail tests named at KNOWN_DUPLICATES).
-            editable = sorted(set(_live_patients(sandbox)) - _booking_app_patients(sandbox, app_emails))
+            # Staff edit patients (name, phone, address or email), those whose customer Cal.com's app made included.
+            editable = sorted(_live_patients(sandbox))
             edited = admin(sandbox.cliniko_url, "edit", ids=rng.sample(editable, rng.randint(5, 15) * scale))["ids"]
             assert edited
-            ever_edited.update(edited)
             # A new name or a new price (a new Stripe price, the old one deactivated) on a few products.
             assert admin(sandbox.cliniko_url, "edit_products", count=rng.randint(1, 4) * scale)["ids"]
-            _edit_calcom(sandbox, rng, scale, round_number, ever_edited)
+            _edit_calcom(sandbox, rng, scale, round_number)
             if round_number == 3:
                 live = sorted(pid for pid, p in all_patients(sandbox.cliniko_url).items() if not p["archived_at"])
                 admin(sandbox.cliniko_url, "archive", ids=rng.sample(live, 3))
