@@ -21,7 +21,6 @@ the booking id alone cannot say which payment is whose.
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -149,26 +148,16 @@ def _chains_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
     yield from _records(changed, known, client, event_types)
 
 
-# Chains read by id at the start of a run (retries, review decisions) share one listing of every booking.
-_LISTINGS: weakref.WeakKeyDictionary[Any, tuple[float, list[Record], dict[str, Mapping[str, Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
-LISTING_REUSE_S = 60.0
-
-
 def _read_chain(client: Any, source_id: str) -> Record | None:
     """A chain by its first booking's id, for a retry or a review decision. Cal.com reads bookings by uid only, so
-    every booking is listed to find it; several such reads within a minute (one run's retries) share the listing."""
-    kept = _LISTINGS.get(client)
-    if kept is None or time.monotonic() - kept[0] > LISTING_REUSE_S:
-        kept = (time.monotonic(), list(client.iter_bookings_changed_since(None)), _event_types(client))
-        _LISTINGS[client] = kept
-    _, bookings, event_types = kept
+    every booking is listed to find it; the client keeps that listing for the rest of its run, so one run's reads by
+    id (and its streams) share it."""
+    bookings = list(client.iter_bookings_changed_since(None))
     first = next((b for b in bookings if str(b.get("id")) == source_id), None)
     if first is None:
         return None
     known = {str(b["uid"]): b for b in bookings}
-    record = next(_records([first], known, client, event_types), None)
+    record = next(_records([first], known, client, _event_types(client)), None)
     # A rescheduled booking's id names no chain: its chain is known by the first booking's.
     return record if record is not None and str(record["id"]) == source_id else None
 
@@ -177,12 +166,42 @@ def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> N
     mapped.payload["metadata.calcom_start_local"] = local_start(record.get("start"), settings.time_zone)
 
 
+class _Charges:
+    """The charges of the payments a run asks about. The first few are listed one payment at a time; when a run has
+    more cancelled paid bookings than that (a first sync), the account's charges are listed once instead and
+    indexed by payment, rather than one listing per booking while planning."""
+
+    ONE_BY_ONE = 10
+
+    def __init__(self, gateway: Any) -> None:
+        self._gateway = gateway
+        self._asked = 0
+        self._by_intent: dict[str, list[dict[str, Any]]] | None = None
+
+    def of(self, intent_id: str) -> list[dict[str, Any]]:
+        if self._by_intent is None and self._asked < self.ONE_BY_ONE:
+            self._asked += 1
+            return list(self._gateway.iter_objects("charge", None, {"payment_intent": intent_id}))
+        if self._by_intent is None:
+            self._by_intent = {}
+            for charge in self._gateway.iter_objects("charge"):
+                if charge.get("payment_intent"):
+                    self._by_intent.setdefault(str(charge["payment_intent"]), []).append(charge)
+        return self._by_intent.get(intent_id, [])
+
+
+# One per Stripe gateway: the sync service makes a gateway per run, so the index lives as long as the run.
+_CHARGES: weakref.WeakKeyDictionary[Any, _Charges] = weakref.WeakKeyDictionary()
+
+
 def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
-    """For a cancelled booking only: its payment's charges, and whether any of the money went back (one listing).
-    Cal.com refunds only when a refund policy fires (docs/calcom-api.md pitfall 5), so a cancelled booking's
-    charge often stands."""
+    """For a cancelled booking only: its payment's charges, and whether any of the money went back. Cal.com refunds
+    only when a refund policy fires (docs/calcom-api.md pitfall 5), so a cancelled booking's charge often stands."""
     if request.mapped.payload.get("metadata.calcom_status") != CANCELLED or request.stripe_id is None:
         return None
+    charges = _CHARGES.get(gateway)
+    if charges is None:
+        charges = _CHARGES[gateway] = _Charges(gateway)
     return tuple(
         RoleLinkInfo(
             CHARGE_ROLE,
@@ -191,7 +210,7 @@ def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | N
             current=True,
             active=charge.get("status") == "succeeded",
         )
-        for charge in gateway.iter_objects("charge", None, {"payment_intent": request.stripe_id})
+        for charge in charges.of(request.stripe_id)
     )
 
 

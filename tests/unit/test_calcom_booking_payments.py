@@ -100,14 +100,12 @@ def test_why_a_paid_booking_has_no_payment_to_link_is_said_in_words() -> None:
 
 
 class ListingClient:
-    """Cal.com's listings as the stream reads them, counting how often every booking is listed."""
+    """Cal.com's listings as the stream reads them."""
 
     def __init__(self, bookings: list[dict[str, Any]]) -> None:
         self.bookings = bookings
-        self.listings = 0
 
     def iter_bookings_changed_since(self, cursor: Any) -> list[dict[str, Any]]:
-        self.listings += 1
         return list(self.bookings)
 
     def list_event_types(self) -> list[dict[str, Any]]:
@@ -120,10 +118,48 @@ class ListingClient:
         return [b for b in self.bookings if b["uid"] == uid]
 
 
-def test_chains_read_by_id_for_one_run_s_retries_share_one_listing() -> None:
+def test_a_chain_is_read_by_its_first_booking_s_id() -> None:
+    """(One run's reads by id share one listing of every booking: the client keeps it, test_calcom_client.py.)"""
     client = ListingClient([booking(1, before=2), booking(2, after=1), booking(3)])
     first, other = _read_chain(client, "10001"), _read_chain(client, "10003")
     assert first is not None and first["booking_uid"] == "uid2"
     assert other is not None and other["booking_uid"] == "uid3"
     assert _read_chain(client, "10002") is None, "a later booking's id is not a chain's"
-    assert client.listings == 1
+
+
+class ChargeListings:
+    """A Stripe gateway's charge listings, counted: one payment's, or the account's."""
+
+    def __init__(self, charges: list[dict[str, Any]]) -> None:
+        self.charges = charges
+        self.by_payment = 0
+        self.whole = 0
+
+    def iter_objects(self, stripe_object: str, created_since: Any = None, filters: Any = None) -> list[dict[str, Any]]:
+        assert stripe_object == "charge"
+        if filters:
+            self.by_payment += 1
+            return [c for c in self.charges if c["payment_intent"] == filters["payment_intent"]]
+        self.whole += 1
+        return list(self.charges)
+
+
+def test_cancelled_bookings_charges_are_listed_one_by_one_for_a_few_then_once_for_the_whole_run() -> None:
+    from clinicsync.streams.base import PlanRequest
+    from clinicsync.streams.calcom_booking_payments import NOT_REFUNDED, REFUNDED, _Charges, _observe
+
+    charges = [
+        {"id": f"ch_{n}", "payment_intent": f"pi_{n}", "status": "succeeded", "amount_refunded": 500 * (n % 2)}
+        for n in range(30)
+    ]
+    gateway = ChargeListings(charges)
+    mapped = map_record(MAPPING, chain_record([booking(1, status="cancelled")], EVENT_TYPES) or {})
+    seen = []
+    for n in range(30):
+        request = PlanRequest("update", mapped, f"pi_{n}", {}, "metadata.bookingId")
+        ((role,),) = [_observe(gateway, request)]
+        seen.append((role.stripe_id, role.fingerprint))
+    assert seen == [(f"ch_{n}", REFUNDED if n % 2 else NOT_REFUNDED) for n in range(30)]
+    assert (gateway.by_payment, gateway.whole) == (_Charges.ONE_BY_ONE, 1), "not one listing per booking"
+    accepted = map_record(MAPPING, chain_record([booking(2)], EVENT_TYPES) or {})
+    assert _observe(gateway, PlanRequest("update", accepted, "pi_1", {}, "metadata.bookingId")) is None
