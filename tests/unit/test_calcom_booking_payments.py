@@ -15,6 +15,21 @@ PAID = {
 }
 FREE = {"id": 4003, "title": "Free discovery call", "metadata": {}}
 EVENT_TYPES = {"4001": PAID, "4003": FREE}
+# What Cal.com's Stripe app writes into a PaymentIntent's metadata (docs/calcom-api.md §8): read, never written.
+CALCOM_KEYS = tuple(
+    f"metadata.{key}"
+    for key in (
+        "identifier",
+        "bookingId",
+        "calAccountId",
+        "calUsername",
+        "bookerName",
+        "bookerEmail",
+        "bookerPhoneNumber",
+        "eventTitle",
+        "bookingTitle",
+    )
+)
 
 
 def booking(number: int, *, after: int | None = None, before: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -78,12 +93,13 @@ def test_free_and_seated_bookings_are_not_paid_booking_records() -> None:
     assert chain_record([seated], EVENT_TYPES) is None
 
 
-def test_the_mapping_writes_cal_com_s_own_booking_id_and_the_latest_booking_s_details() -> None:
+def test_the_mapping_writes_its_own_cross_reference_and_the_latest_booking_s_details_never_cal_com_s_keys() -> None:
     record = chain_record([booking(1, before=2), booking(2, after=1)], EVENT_TYPES)
     assert record is not None
     mapped = map_record(MAPPING, record)
     assert mapped.error is None
-    assert mapped.payload["metadata.bookingId"] == "10001", "Cal.com's key, with the value it holds already"
+    assert mapped.payload["metadata.calcom_booking_id"] == "10001", "ClinicSync's own key names the first booking"
+    assert not any(key in mapped.payload for key in CALCOM_KEYS), "Cal.com's own keys are never written"
     assert mapped.payload["metadata.calcom_booking_uid"] == "uid2"
     assert mapped.payload["metadata.calcom_status"] == "accepted"
 
@@ -163,3 +179,89 @@ def test_cancelled_bookings_charges_are_listed_one_by_one_for_a_few_then_once_fo
     assert (gateway.by_payment, gateway.whole) == (_Charges.ONE_BY_ONE, 1), "not one listing per booking"
     accepted = map_record(MAPPING, chain_record([booking(2)], EVENT_TYPES) or {})
     assert _observe(gateway, PlanRequest("update", accepted, "pi_1", {}, "metadata.bookingId")) is None
+
+
+class IntentListings:
+    """The account's PaymentIntents, listed by `created` as the matcher asks; each listing counted."""
+
+    def __init__(self, intents: list[dict[str, Any]]) -> None:
+        self.intents = intents
+        self.listings: list[Any] = []
+
+    def iter_objects(self, stripe_object: str, created_since: Any = None, filters: Any = None) -> list[dict[str, Any]]:
+        assert stripe_object == "payment_intent"
+        self.listings.append(filters)
+        bounds = (filters or {}).get("created", {})
+        return [
+            i
+            for i in self.intents
+            if i["created"] >= bounds.get("gte", 0) and i["created"] < bounds.get("lt", float("inf"))
+        ]
+
+
+class NoLinks:
+    def stripe_id(self, stream: str, source_id: str, role: str | None = None) -> str | None:
+        return None
+
+
+def intent(number: int, booking_id: int, email: str, created: int = 1_000) -> dict[str, Any]:
+    metadata = {"identifier": "cal.com", "bookingId": str(booking_id), "bookerEmail": email}
+    return {"id": f"pi_{number}", "created": created, "metadata": metadata}
+
+
+def test_each_seat_is_matched_to_its_booker_s_payment_and_a_booker_s_several_seats_share_theirs_out() -> None:
+    from clinicsync.streams.base import MatchSetup, StreamSettings
+    from clinicsync.streams.calcom_booking_payments import PaymentMatcher, seat_records
+
+    seats = [
+        {"name": "Ann", "email": "ann@example.org", "seatUid": "s1"},
+        {"name": "Bo", "email": "BO@example.org", "seatUid": "s2"},
+        {"name": "Bo's child", "email": "bo@example.org", "seatUid": "s3"},
+        {"name": "Cy", "email": "cy@example.org", "seatUid": "s4"},
+    ]
+    seated = booking(1, attendees=seats, createdAt="2026-01-01T00:00:00.000Z")
+    records = seat_records(seated, EVENT_TYPES)
+    assert [r["id"] for r in records] == ["10001-s1", "10001-s2", "10001-s3", "10001-s4"]
+    assert chain_record([seated], EVENT_TYPES) is None, "a seated booking is its seats"
+    gateway = IntentListings(
+        [
+            intent(1, 10001, "ann@example.org"),
+            intent(2, 10001, "bo@example.org"),
+            intent(3, 10001, "bo@example.org"),
+            intent(4, 10002, "cy@example.org"),  # another booking's
+        ]
+    )
+    setup = MatchSetup(gateway, None, NoLinks(), StreamSettings("UTC", "aud"), {}, "metadata.calcom_booking_id")
+    matcher = PaymentMatcher(setup)
+    for record in records:
+        matcher.offer(map_record(MAPPING, record), record)
+    decisions = matcher.decide()
+    assert decisions["10001-s1"].stripe_id == "pi_1"
+    assert {decisions["10001-s2"].stripe_id, decisions["10001-s3"].stripe_id} == {"pi_2", "pi_3"}, "one each"
+    assert decisions["10001-s4"].kind == "none" and decisions["10001-s4"].when_paid, "waits for its payment"
+    assert len(gateway.listings) == 1
+
+
+def test_a_waiting_booking_is_brought_back_when_a_cal_com_payment_for_it_appears_one_listing_per_run() -> None:
+    from clinicsync.streams.base import MatchSetup, StreamSettings
+    from clinicsync.streams.calcom_booking_payments import PaymentMatcher
+
+    class Source(ListingClient):
+        def __init__(self, bookings: list[dict[str, Any]]) -> None:
+            super().__init__(bookings)
+            self.by_email: list[str] = []
+
+        def iter_booking_pages(self, params: Any) -> list[Any]:
+            ((_, email),) = params
+            self.by_email.append(email)
+            found = [b for b in self.bookings if any(a["email"] == email for a in b["attendees"])]
+            return [type("Page", (), {"bookings": found})()]
+
+    source = Source([booking(1), booking(2)])
+    gateway = IntentListings([intent(1, 10001, "ann@example.org", created=5_000), intent(2, 10002, "x@y.z", 10)])
+    setup = MatchSetup(
+        gateway, source, NoLinks(), StreamSettings("UTC", "aud"), {}, "metadata.calcom_booking_id", 4_000
+    )
+    matcher = PaymentMatcher(setup)
+    assert [r["id"] for r in matcher.recheck()] == [10001], "only the booking with a payment made since"
+    assert gateway.listings == [{"created": {"gte": 4_000}}] and source.by_email == ["ann@example.org"]
