@@ -223,18 +223,25 @@ def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> N
 
 
 class _Charges:
-    """The charges of the payments a run asks about. The first few are listed one payment at a time; when a run has
-    more cancelled paid bookings than that (a first sync), the account's charges are listed once instead and
-    indexed by payment, rather than one listing per booking while planning."""
+    """The charges of the payments a run asks about, and whether money went back. A payment the run's matcher listed
+    (a first sync lists them all) names its charge (`latest_charge`) and says whether it succeeded, and one listing
+    of the account's refunds says which were refunded. Those of other payments (linked on an earlier run) are listed
+    one payment at a time for the first few; past that, the account's charges are listed once and indexed, rather
+    than one listing per booking while planning."""
 
     ONE_BY_ONE = 10
 
     def __init__(self, gateway: Any) -> None:
         self._gateway = gateway
+        self.listed: dict[str, Mapping[str, Any]] = {}  # PaymentIntents the matcher listed, by id
+        self._refunded: set[str] | None = None  # ids of payments and charges with money back
         self._asked = 0
         self._by_intent: dict[str, list[dict[str, Any]]] | None = None
 
     def of(self, intent_id: str) -> list[dict[str, Any]]:
+        intent = self.listed.get(intent_id)
+        if intent is not None:
+            return self._from_listing(intent_id, intent)
         if self._by_intent is None and self._asked < self.ONE_BY_ONE:
             self._asked += 1
             return list(self._gateway.iter_objects("charge", None, {"payment_intent": intent_id}))
@@ -245,9 +252,32 @@ class _Charges:
                     self._by_intent.setdefault(str(charge["payment_intent"]), []).append(charge)
         return self._by_intent.get(intent_id, [])
 
+    def _from_listing(self, intent_id: str, intent: Mapping[str, Any]) -> list[dict[str, Any]]:
+        charge = intent.get("latest_charge")
+        charge = charge.get("id") if isinstance(charge, Mapping) else charge
+        if not charge:  # never paid: no money to give back
+            return []
+        if self._refunded is None:
+            self._refunded = set()
+            for refund in self._gateway.iter_objects("refund"):
+                if refund.get("status") in ("succeeded", "pending"):
+                    self._refunded.update(
+                        str(ref) for ref in (refund.get("payment_intent"), refund.get("charge")) if ref
+                    )
+        refunded = intent_id in self._refunded or str(charge) in self._refunded
+        status = "succeeded" if intent.get("status") == "succeeded" else str(intent.get("status") or "")
+        return [{"id": str(charge), "status": status, "amount_refunded": 1 if refunded else 0}]
+
 
 # One per Stripe gateway: the sync service makes a gateway per run, so the index lives as long as the run.
 _CHARGES: weakref.WeakKeyDictionary[Any, _Charges] = weakref.WeakKeyDictionary()
+
+
+def _charges_of_run(gateway: Any) -> _Charges:
+    charges = _CHARGES.get(gateway)
+    if charges is None:
+        charges = _CHARGES[gateway] = _Charges(gateway)
+    return charges
 
 
 def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
@@ -255,9 +285,7 @@ def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | N
     only when a refund policy fires (docs/calcom-api.md pitfall 5), so a cancelled booking's charge often stands."""
     if request.mapped.payload.get("metadata.calcom_status") != CANCELLED or request.stripe_id is None:
         return None
-    charges = _CHARGES.get(gateway)
-    if charges is None:
-        charges = _CHARGES[gateway] = _Charges(gateway)
+    charges = _charges_of_run(gateway)
     return tuple(
         RoleLinkInfo(
             CHARGE_ROLE,
@@ -338,8 +366,9 @@ class PaymentMatcher:
         if self._listed_from is not None:
             created["lt"] = self._listed_from
         filters = {"created": created} if created else None
+        listed = _charges_of_run(self.setup.gateway).listed  # planning a cancelled booking's write reads them
         for intent in self.setup.gateway.iter_objects("payment_intent", None, filters):
-            self._intents[str(intent["id"])] = intent
+            self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
         self._listed_from, self._listed_all = since, since is None
 
     def recheck(self) -> Iterator[Record]:
