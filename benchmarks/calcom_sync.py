@@ -20,8 +20,8 @@ The fewest requests a first sync needs (the floor, benchmarks/floors.py), counte
   is not used), each page waiting for the one before; then one create per priced, visible event type (a product
   and its price are one request, `default_price_data`; its reference notes could ride on the same create, so
   they cost nothing more), one create per person with no customer yet, one update per customer the app made
-  (the cross-reference), and one update per paid booking chain whose PaymentIntent is on the clinic's account
-  (its metadata), `workers` at a time.
+  (the cross-reference), and one update per paid booking chain (or seat of a seated booking) whose PaymentIntent
+  is on the clinic's account (its metadata), `workers` at a time.
 
 Printed: the wall time and the app's own figures, each stream's outcome and counts, the requests each service
 received (by endpoint), both floors (at the published limits and at the app's budgets) and wall / floor against
@@ -70,7 +70,7 @@ class Minimal:
     products: int  # priced, visible event types
     teams: int
     payment_intents: int  # on the clinic's account, listed to be matched
-    paid_chains: int  # paid, unseated booking chains whose PaymentIntent is on the clinic's account
+    paid_chains: int  # paid booking chains (and seats) whose PaymentIntent is on the clinic's account
 
     def loads(self, workers: int) -> list[floors.Load]:
         calcom = 4 + self.teams + math.ceil(self.bookings / CALCOM_TAKE)  # me, event types, teams, schedules
@@ -135,8 +135,8 @@ def _minimal(world: dict[str, Any], adopted: int) -> Minimal:
         uid = intent["sandbox"].get("booking_uid")
         while uid in by_uid and by_uid[uid].get("fromReschedule") in by_uid:  # back to the chain's first booking
             uid = by_uid[uid]["fromReschedule"]
-        if uid is not None and uid not in seated:
-            chains.add(uid)
+        if uid is not None:
+            chains.add(intent["id"] if uid in seated else uid)  # each seat's own payment, or the chain's one
     return Minimal(
         bookings=len(bookings),
         people=len(people),

@@ -140,16 +140,17 @@ CALCOM_ATTENDEES = StreamMapping(
     archived_marker="calcom_archived",
 )
 
-# A paid Cal.com booking (followed through its reschedules) is the PaymentIntent Cal.com's own Stripe app made for
-# it (streams/calcom_booking_payments.py): never created, only cross-referenced. The app wrote the chain's first
-# booking id into the PaymentIntent's `bookingId`, so that is the cross-reference, found there and sent back as is.
+# A paid Cal.com booking (followed through its reschedules), or one seat of a seated one, is the PaymentIntent
+# Cal.com's own Stripe app made for it (streams/calcom_booking_payments.py): never created, only cross-referenced.
+# It is found by the `bookingId` the app wrote; ClinicSync's cross-reference is its own key, so Cal.com's keys are
+# never written.
 CALCOM_BOOKING_PAYMENTS = StreamMapping(
     stream="calcom.booking_payments",
     source_system="calcom",
     source_type="paid_booking",
     stripe_object="payment_intent",
     rules=(
-        rule("metadata.bookingId", "id", role="cross_ref"),
+        rule("metadata.calcom_booking_id", "id", role="cross_ref"),
         rule("metadata.calcom_booking_uid", "booking_uid"),
         rule("metadata.calcom_event_type", "event_type", overflow="truncate"),
         rule("metadata.calcom_status", "status"),

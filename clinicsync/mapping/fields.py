@@ -216,7 +216,7 @@ CALCOM_ATTENDEE_FIELDS: tuple[SourceField, ...] = (
 CALCOM_PAID_BOOKING_FIELDS: tuple[SourceField, ...] = (
     *_fields(
         SYSTEM,
-        ("id", "Cal.com booking id (the first, before any reschedule)"),
+        ("id", "Cal.com booking id (the first, before any reschedule; with the seat's uid for one seat)"),
         ("booking_uid", "Booking (Cal.com uid of the latest)"),
         ("event_type", "Event type"),
         ("start", "Start", "datetime"),
@@ -281,6 +281,11 @@ ID_FORMS: dict[str, str] = {"cliniko": "a positive whole number", "calcom": "a p
 # "att_" and 24 hex digits of their email's digest (streams/calcom_bookings.py).
 OWN_ID_FORMS: dict[tuple[str, str], tuple[re.Pattern[str], str]] = {
     ("calcom", "attendee"): (re.compile(r"^att_[0-9a-f]{24}$"), "a ClinicSync attendee reference"),
+    # A paid booking is its first booking's id; one seat of a seated booking adds the seat's uid.
+    ("calcom", "paid_booking"): (
+        re.compile(r"^[1-9][0-9]{0,18}(-[A-Za-z0-9_-]{1,100})?$"),
+        "a booking id, or a booking id and a seat's uid",
+    ),
 }
 
 

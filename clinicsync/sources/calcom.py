@@ -177,6 +177,12 @@ class CalcomClient(SourceClient):
             budget=budget,
         )
         self.last_total_entries: int | None = None  # the current bookings pass's size, for progress
+        # What one sync run reads more than once, kept for the client's life: a client serves one run (the sync
+        # service makes one per run), whose streams all ask for the key's user (the clinic's zone, the cursor's
+        # clock), the event types, and every booking. Each is read once; see `iter_bookings_changed_since`.
+        self._me: httpx.Response | None = None
+        self._lists: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
+        self._bookings: dict[tuple[datetime | None, int], list[dict[str, Any]]] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"CalcomClient(base_url={self.base_url!r})"
@@ -184,8 +190,8 @@ class CalcomClient(SourceClient):
     # -- the key's user --------------------------------------------------------------------------------------
 
     def get_me(self) -> CalcomUser:
-        """The user the key belongs to: the cheapest authenticated read Cal.com offers."""
-        data = self._data("GET", "/me", what="your Cal.com profile")
+        """The user the key belongs to: the cheapest authenticated read Cal.com offers (read once per client)."""
+        data = self._envelope(self._me_response(), "your Cal.com profile")["data"]
         if not isinstance(data, dict) or data.get("id") in (None, ""):
             raise SourceBadResponse.malformed(SERVICE, "the profile had no user id.")
         organization = data.get("organization")
@@ -200,10 +206,17 @@ class CalcomClient(SourceClient):
         )
 
     def probe(self) -> datetime:
-        """One cheap request (`/me`); Cal.com's clock from its Date header, which a run uses as the base of its next
-        cursor (this PC's clock when the header is missing: the cursor's overlap absorbs a small difference)."""
-        response = self._get("GET", "/me", what="your Cal.com profile")
+        """Cal.com's clock from the Date header of this client's `/me` (this PC's clock when the header is missing:
+        the cursor's overlap absorbs a small difference), which a run uses as the base of its next cursor. The
+        client's first `/me` came before any of its listings, so every stream of the run gets a cursor from before
+        what it read (bookings changed since are read again next run, which is harmless)."""
+        response = self._me_response()
         return parse_http_date(response.headers.get("Date")) or datetime.now(UTC)
+
+    def _me_response(self) -> httpx.Response:
+        if self._me is None:
+            self._me = self._get("GET", "/me", what="your Cal.com profile")
+        return self._me
 
     # -- bookings --------------------------------------------------------------------------------------------
 
@@ -230,8 +243,23 @@ class CalcomClient(SourceClient):
         since (`afterCreatedAt` + `sortCreated=asc`), because a booking's `updatedAt` may be empty and such a
         booking would never appear in the first pass. Pass a cursor a little before the previous run's start
         (an overlap): Cal.com's clock and this PC's differ, and re-reading a booking is harmless.
+
+        A listing read to its end is kept for the client's run: the same cursor again (the run's next stream, or a
+        read by id that needs every booking) gets it without a request. The bookings are shared: do not change them.
         """
         take = _checked_take(take)
+        key = (cursor, take)
+        if key in self._bookings:  # this run listed them already (another stream, or a read by id)
+            self.last_total_entries = len(self._bookings[key])
+            yield from self._bookings[key]
+            return
+        listed: list[dict[str, Any]] = []
+        for booking in self._changed_since(cursor, take):
+            listed.append(booking)
+            yield booking
+        self._bookings[key] = listed  # only a listing read to its end is kept
+
+    def _changed_since(self, cursor: datetime | None, take: int) -> Iterator[dict[str, Any]]:
         if cursor is None:
             yield from self._keyset("createdAt", "afterCreatedAt", "sortCreated", None, take)
             return
@@ -264,7 +292,7 @@ class CalcomClient(SourceClient):
 
         Read a paid event type's price from `metadata.apps.stripe` (`price` in minor units, `currency`,
         `paymentOption`), not from the deprecated top-level `price`/`currency`."""
-        return self._list("/event-types", what="the event types")
+        return self._list("/event-types", what="the event types", once=True)
 
     def get_event_type(self, event_type_id: int | str) -> dict[str, Any] | None:
         """One event type; None when Cal.com says 404 (deleted, or not the key's user's)."""
@@ -272,7 +300,9 @@ class CalcomClient(SourceClient):
 
     def list_team_event_types(self, team_id: int | str) -> list[dict[str, Any]]:
         """A team's event types (round robin, collective, managed), each with `teamId`, `hosts`, `schedulingType`."""
-        return self._list(f"/teams/{_checked_number(team_id)}/event-types", what=f"team {team_id}'s event types")
+        return self._list(
+            f"/teams/{_checked_number(team_id)}/event-types", what=f"team {team_id}'s event types", once=True
+        )
 
     def list_schedules(self) -> list[dict[str, Any]]:
         """The key's user's availability schedules (times are wall-clock in each schedule's `timeZone`)."""
@@ -286,7 +316,7 @@ class CalcomClient(SourceClient):
         return self._one("/schedules/default", what="the default schedule")
 
     def list_teams(self) -> list[dict[str, Any]]:
-        return self._list("/teams", what="the teams")
+        return self._list("/teams", what="the teams", once=True)
 
     def get_team(self, team_id: int | str) -> dict[str, Any] | None:
         return self._one(f"/teams/{_checked_number(team_id)}", what=f"team {team_id}")
@@ -340,11 +370,18 @@ class CalcomClient(SourceClient):
             )
         return body
 
-    def _list(self, path: str, *, params: Sequence[tuple[str, str]] | None = None, what: str) -> list[dict[str, Any]]:
-        data = self._data("GET", path, params=params, what=what)
-        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-            raise SourceBadResponse.malformed(SERVICE, f"{what} were not a list of records.")
-        return data
+    def _list(
+        self, path: str, *, params: Sequence[tuple[str, str]] | None = None, what: str, once: bool = False
+    ) -> list[dict[str, Any]]:
+        """A list endpoint's records; with `once`, read once per client (a run's streams share the event types and
+        the teams)."""
+        key = (path, tuple(params or ()))
+        if not once or key not in self._lists:
+            data = self._data("GET", path, params=params, what=what)
+            if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+                raise SourceBadResponse.malformed(SERVICE, f"{what} were not a list of records.")
+            self._lists[key] = data
+        return self._lists[key]
 
     def _one(self, path: str, *, what: str) -> dict[str, Any] | None:
         try:

@@ -272,6 +272,10 @@ class Stream:
     enabled_by: str | None = None
     # What the stream makes in Stripe, in words, shown with its dry-run and approval plans before anything is sent.
     plan_note: str = ""
+    # The stream whose record of the same id owns the object this stream writes to (notes on an event type's
+    # product): when that stream links its record to another object, this record is written again, to the new
+    # one, though its own fields did not change. None: the stream's own link decides.
+    follows: str | None = None
 
     @property
     def creates(self) -> bool:

@@ -4,25 +4,26 @@ A record of this stream is a *paid booking chain*: a booking of an event type th
 Stripe app, followed through its reschedules (`rescheduledToUid`) to the latest booking. Its id is the numeric id
 of the chain's first booking, because that is what Cal.com's Stripe app wrote into the PaymentIntent's metadata
 (`bookingId`) when the booker paid, and what it still says after the payment moved to a rescheduled booking
-(docs/calcom-api.md §8 and pitfall 4). So the mapping's cross-reference is Cal.com's own key, and the engine's
-shared matching (an index of the account's PaymentIntents, listed page by page, never Stripe Search) finds the
-payment by it; the write sends the same value back, which changes nothing.
+(docs/calcom-api.md §8 and pitfall 4). A seated booking is one record per seat: every seat's booker pays for their
+own seat, so several PaymentIntents name one booking, each with its seat's booker's email (`bookerEmail`).
+
+The stream's own matcher (`PaymentMatcher`) finds the payment by Cal.com's `bookingId` (and `bookerEmail` for a
+seat) in the account's PaymentIntents, listed page by page (never Stripe Search). The cross-reference ClinicSync
+writes is its own key, `calcom_booking_id`: Cal.com's keys (`bookingId`, `identifier`, ...) are read, never written,
+so a wrong link chosen in review cannot overwrite what Cal.com's app recorded.
 
 ClinicSync never creates a payment: the record links to the PaymentIntent Cal.com made (a metadata update) and
 updates that metadata when the booking changes — its latest uid, event type, clinic-local start, status (a
 cancellation included) and owner's email. A cancelled booking whose charge was not refunded says so in the history
-row of that write, for the manager to decide about a refund. A chain with no PaymentIntent on this Stripe account
-naming it was paid on another one (a practitioner's own connected account) or not at all: reported once
-(Stream.unmatched), and again only if the reason changes.
-
-Seated bookings are left out: every seat's booker pays separately, so several PaymentIntents name one booking and
-the booking id alone cannot say which payment is whose.
+row of that write, for the manager to decide about a refund. A record with no PaymentIntent on this Stripe account
+naming it was paid on another one (a practitioner's own connected account) or not at all: reported once, and again
+only if the reason changes; it is looked for again when the booking changes or a new Cal.com payment appears.
 """
 
 from __future__ import annotations
 
-import time
 import weakref
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -30,11 +31,14 @@ from typing import Any
 
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.preview import stripe_value
+from clinicsync.matchkey import normalized
 from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, Related, blank, compare_fields, same
 from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
 from clinicsync.streams import calcom_common
 from clinicsync.streams.base import (
     FindRequest,
+    MatchDecision,
+    MatchSetup,
     PlanRequest,
     Record,
     RoleLinkInfo,
@@ -51,6 +55,12 @@ NOT_PAID_YET = "pending"  # a paid event type's booking is pending until the boo
 DECLINED = "rejected"
 CANCELLED = "cancelled"
 CHARGE_ROLE, REFUNDED, NOT_REFUNDED = "charge", "refunded", "not_refunded"
+STREAM_NAME = "calcom.booking_payments"
+CALCOM_BOOKING_ID = "calcom_booking_id"  # ClinicSync's own cross-reference key on the payment (the mapping's)
+SEAT_SEPARATOR = "-"  # a seat's id: its booking's numeric id, this, the seat's uid
+RECHECK_BY_EMAIL = 10  # new payments' bookers read by email; more, and every booking is read once
+CREATED_SLACK_S = 3600  # a payment made "before" its booking by clocks that differ
+NAMED_TWICE, SEVERAL_SEATS = "ambiguous_reference", "calcom_seats_one_payment"
 CANCELLED_NOT_REFUNDED = (
     "Cancelled in Cal.com after paying, and the payment was not refunded: check whether a refund is due"
 )
@@ -108,25 +118,68 @@ def _chain(booking: Record, known: dict[str, Record], fetch: Any) -> list[Record
     return chain
 
 
-def chain_record(chain: list[Record], event_types: Mapping[str, Mapping[str, Any]]) -> Record | None:
-    """The record of a reschedule chain, or None when it takes no payment through Cal.com's Stripe app."""
-    first, latest = chain[0], chain[-1]
-    event_type = event_types.get(_event_type_id(latest)) or event_types.get(_event_type_id(first))
-    if not _takes_payment(event_type) or any(_seated(b) for b in chain):
-        return None
-    assert event_type is not None
-    hosts = latest.get("hosts") or []
+def _owner_email(booking: Record) -> str:
+    hosts = booking.get("hosts") or []
     owner = hosts[0].get("email") if hosts and isinstance(hosts[0], dict) else None
+    return owner or ""
+
+
+def _event_type_of(chain: list[Record], event_types: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The chain's event type when it takes payment through Cal.com's Stripe app, else None."""
+    event_type = event_types.get(_event_type_id(chain[-1])) or event_types.get(_event_type_id(chain[0]))
+    return event_type if _takes_payment(event_type) else None
+
+
+def _details(booking: Record, event_type: Mapping[str, Any]) -> Record:
+    """What a payment's metadata says of the booking it paid for (the latest one of a reschedule chain)."""
+    return {
+        "booking_uid": booking.get("uid"),
+        "event_type": event_type.get("title") or event_type.get("slug") or "",
+        "start": booking.get("start"),
+        "status": str(booking.get("status") or "").lower(),
+        "owner_email": _owner_email(booking),
+    }
+
+
+def chain_record(chain: list[Record], event_types: Mapping[str, Mapping[str, Any]]) -> Record | None:
+    """The record of an unseated reschedule chain, or None when it takes no payment through Cal.com's Stripe app
+    (or is seated: see `seat_records`)."""
+    first, latest = chain[0], chain[-1]
+    event_type = _event_type_of(chain, event_types)
+    if event_type is None or any(_seated(b) for b in chain):
+        return None
     return {
         "id": first.get("id"),
-        "booking_uid": latest.get("uid"),
-        "event_type": event_type.get("title") or event_type.get("slug") or "",
-        "start": latest.get("start"),
-        "status": str(latest.get("status") or "").lower(),
-        "owner_email": owner or "",
+        "booking_id": str(first.get("id")),
+        "booker_email": None,
+        "created": first.get("createdAt"),
+        **_details(latest, event_type),
         "reschedules": len(chain) - 1,
         "payment_option": (stripe_app(event_type) or {}).get("paymentOption"),  # for reconciliation (HOLD)
     }
+
+
+def seat_records(booking: Record, event_types: Mapping[str, Mapping[str, Any]]) -> list[Record]:
+    """One record per seat of a paid seated booking: every seat's booker paid for their own seat, so Cal.com's
+    Stripe app made one PaymentIntent per seat, each naming the booking's id (`bookingId`) and that seat's booker
+    (`bookerEmail`). A seat's id is the booking's id and the seat's uid."""
+    event_type = _event_type_of([booking], event_types)
+    if event_type is None:
+        return []
+    seats = [a for a in booking.get("attendees") or [] if isinstance(a, dict) and a.get("seatUid") and a.get("email")]
+    return [
+        {
+            "id": f"{booking.get('id')}{SEAT_SEPARATOR}{seat['seatUid']}",
+            "booking_id": str(booking.get("id")),
+            "booker_email": seat["email"],
+            "seat_uid": seat["seatUid"],
+            "created": booking.get("createdAt"),
+            **_details(booking, event_type),
+            "reschedules": 0,
+            "payment_option": (stripe_app(event_type) or {}).get("paymentOption"),
+        }
+        for seat in seats
+    ]
 
 
 def _records(
@@ -134,6 +187,9 @@ def _records(
 ) -> Iterator[Record]:
     done: set[str] = set()
     for booking in bookings:
+        if _seated(booking):  # a seat is rescheduled seat by seat: each seat stays with the booking it paid for
+            yield from seat_records(booking, event_types)
+            continue
         chain = _chain(booking, known, client.get_booking)
         if str(chain[0].get("uid")) in done:
             continue
@@ -153,40 +209,88 @@ def _chains_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
     yield from _records(changed, known, client, event_types)
 
 
-# Chains read by id at the start of a run (retries, review decisions) share one listing of every booking.
-_LISTINGS: weakref.WeakKeyDictionary[Any, tuple[float, list[Record], dict[str, Mapping[str, Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
-LISTING_REUSE_S = 60.0
-
-
 def _read_chain(client: Any, source_id: str) -> Record | None:
-    """A chain by its first booking's id, for a retry or a review decision. Cal.com reads bookings by uid only, so
-    every booking is listed to find it; several such reads within a minute (one run's retries) share the listing."""
-    kept = _LISTINGS.get(client)
-    if kept is None or time.monotonic() - kept[0] > LISTING_REUSE_S:
-        kept = (time.monotonic(), list(client.iter_bookings_changed_since(None)), _event_types(client))
-        _LISTINGS[client] = kept
-    _, bookings, event_types = kept
-    first = next((b for b in bookings if str(b.get("id")) == source_id), None)
+    """A chain by its first booking's id (a seat by its booking's id and its seat's uid), for a retry or a review
+    decision. Cal.com reads bookings by uid only, so every booking is listed to find it; the client keeps that
+    listing for the rest of its run, so one run's reads by id (and its streams) share it."""
+    booking_id = source_id.partition(SEAT_SEPARATOR)[0]
+    bookings = list(client.iter_bookings_changed_since(None))
+    first = next((b for b in bookings if str(b.get("id")) == booking_id), None)
     if first is None:
         return None
     known = {str(b["uid"]): b for b in bookings}
-    record = next(_records([first], known, client, event_types), None)
     # A rescheduled booking's id names no chain: its chain is known by the first booking's.
-    return record if record is not None and str(record["id"]) == source_id else None
+    return next((r for r in _records([first], known, client, _event_types(client)) if str(r["id"]) == source_id), None)
 
 
 def _enrich(mapped: MappedRecord, record: Record, settings: StreamSettings) -> None:
     mapped.payload["metadata.calcom_start_local"] = local_start(record.get("start"), settings.time_zone)
 
 
+class _Charges:
+    """The charges of the payments a run asks about, and whether money went back. A payment the run's matcher listed
+    (a first sync lists them all) names its charge (`latest_charge`) and says whether it succeeded, and one listing
+    of the account's refunds says which were refunded. Those of other payments (linked on an earlier run) are listed
+    one payment at a time for the first few; past that, the account's charges are listed once and indexed, rather
+    than one listing per booking while planning."""
+
+    ONE_BY_ONE = 10
+
+    def __init__(self, gateway: Any) -> None:
+        self._gateway = gateway
+        self.listed: dict[str, Mapping[str, Any]] = {}  # PaymentIntents the matcher listed, by id
+        self._refunded: set[str] | None = None  # ids of payments and charges with money back
+        self._asked = 0
+        self._by_intent: dict[str, list[dict[str, Any]]] | None = None
+
+    def of(self, intent_id: str) -> list[dict[str, Any]]:
+        intent = self.listed.get(intent_id)
+        if intent is not None:
+            return self._from_listing(intent_id, intent)
+        if self._by_intent is None and self._asked < self.ONE_BY_ONE:
+            self._asked += 1
+            return list(self._gateway.iter_objects("charge", None, {"payment_intent": intent_id}))
+        if self._by_intent is None:
+            self._by_intent = {}
+            for charge in self._gateway.iter_objects("charge"):
+                if charge.get("payment_intent"):
+                    self._by_intent.setdefault(str(charge["payment_intent"]), []).append(charge)
+        return self._by_intent.get(intent_id, [])
+
+    def _from_listing(self, intent_id: str, intent: Mapping[str, Any]) -> list[dict[str, Any]]:
+        charge = intent.get("latest_charge")
+        charge = charge.get("id") if isinstance(charge, Mapping) else charge
+        if not charge:  # never paid: no money to give back
+            return []
+        if self._refunded is None:
+            self._refunded = set()
+            for refund in self._gateway.iter_objects("refund"):
+                if refund.get("status") in ("succeeded", "pending"):
+                    self._refunded.update(
+                        str(ref) for ref in (refund.get("payment_intent"), refund.get("charge")) if ref
+                    )
+        refunded = intent_id in self._refunded or str(charge) in self._refunded
+        status = "succeeded" if intent.get("status") == "succeeded" else str(intent.get("status") or "")
+        return [{"id": str(charge), "status": status, "amount_refunded": 1 if refunded else 0}]
+
+
+# One per Stripe gateway: the sync service makes a gateway per run, so the index lives as long as the run.
+_CHARGES: weakref.WeakKeyDictionary[Any, _Charges] = weakref.WeakKeyDictionary()
+
+
+def _charges_of_run(gateway: Any) -> _Charges:
+    charges = _CHARGES.get(gateway)
+    if charges is None:
+        charges = _CHARGES[gateway] = _Charges(gateway)
+    return charges
+
+
 def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | None:
-    """For a cancelled booking only: its payment's charges, and whether any of the money went back (one listing).
-    Cal.com refunds only when a refund policy fires (docs/calcom-api.md pitfall 5), so a cancelled booking's
-    charge often stands."""
+    """For a cancelled booking only: its payment's charges, and whether any of the money went back. Cal.com refunds
+    only when a refund policy fires (docs/calcom-api.md pitfall 5), so a cancelled booking's charge often stands."""
     if request.mapped.payload.get("metadata.calcom_status") != CANCELLED or request.stripe_id is None:
         return None
+    charges = _charges_of_run(gateway)
     return tuple(
         RoleLinkInfo(
             CHARGE_ROLE,
@@ -195,7 +299,7 @@ def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | N
             current=True,
             active=charge.get("status") == "succeeded",
         )
-        for charge in gateway.iter_objects("charge", None, {"payment_intent": request.stripe_id})
+        for charge in charges.of(request.stripe_id)
     )
 
 
@@ -212,8 +316,9 @@ def _never_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
 
 
 def _unmatched(mapped: MappedRecord) -> str:
-    """Why a paid booking has no payment to cross-reference, in words."""
-    booking, status = mapped.source_id, mapped.payload.get("metadata.calcom_status")
+    """Why a paid booking (or one seat of it) has no payment to cross-reference, in words."""
+    booking_id, _, seat = mapped.source_id.partition(SEAT_SEPARATOR)
+    booking, status = booking_id + (", one seat," if seat else ""), mapped.payload.get("metadata.calcom_status")
     if status == NOT_PAID_YET:
         return f"Cal.com booking {booking} is not paid yet; its payment is cross-referenced once the booker pays"
     if status == DECLINED:
@@ -221,8 +326,165 @@ def _unmatched(mapped: MappedRecord) -> str:
     return (
         f"No payment on this Stripe account names Cal.com booking {booking}: it is out of reach, taken on another "
         "Stripe account (a practitioner's own, connected to Cal.com), or never taken (a card only saved for a "
-        "no-show fee). It is not looked for again unless the booking changes."
+        "no-show fee). It is looked for again when the booking changes or a new Cal.com payment appears in Stripe."
     )
+
+
+def _is_calcom(intent: Mapping[str, Any]) -> bool:
+    metadata = intent.get("metadata") or {}
+    return metadata.get("identifier") == "cal.com" or bool(metadata.get(CALCOM_BOOKING_ID))
+
+
+def _created(record: Record) -> int | None:
+    from clinicsync.sources.calcom import parse_instant
+
+    moment = parse_instant(record.get("created"))
+    return int(moment.timestamp()) if moment is not None else None
+
+
+class PaymentMatcher:
+    """The paid bookings (and seats) offered in one run, each matched to the PaymentIntent Cal.com's Stripe app made
+    for it: one naming this record in ClinicSync's own key (`calcom_booking_id`, linked before, e.g. by an earlier
+    installation), else one whose Cal.com `bookingId` names the chain's first booking (and, for a seat, whose
+    `bookerEmail` is the seat's booker's). Exactly one links; several go to review; none leaves the record waiting:
+    it is judged again when a new Cal.com payment appears (`recheck`), not read by id on every run.
+
+    The PaymentIntents come from the account's listing: all of them on the first run; on later runs those made since
+    the previous run (for `recheck`), and those made since the oldest offered booking was created (a payment is
+    made with its booking or after it), each part listed once."""
+
+    def __init__(self, setup: MatchSetup) -> None:
+        self.setup = setup
+        self.offered: dict[str, tuple[MappedRecord, Record]] = {}
+        self._intents: dict[str, Mapping[str, Any]] = {}
+        self._listed_from: int | None = None  # `created` from which every PaymentIntent is listed
+        self._listed_all = False
+
+    def offer(self, mapped: MappedRecord, record: Record) -> None:
+        self.offered[mapped.source_id] = (mapped, record)
+
+    def _list_from(self, since: int | None) -> None:
+        """List the PaymentIntents made at or after `since` (None: all) that are not listed yet."""
+        if self._listed_all or (since is not None and self._listed_from is not None and since >= self._listed_from):
+            return
+        created: dict[str, int] = {} if since is None else {"gte": since}
+        if self._listed_from is not None:
+            created["lt"] = self._listed_from
+        filters = {"created": created} if created else None
+        listed = _charges_of_run(self.setup.gateway).listed  # planning a cancelled booking's write reads them
+        for intent in self.setup.gateway.iter_objects("payment_intent", None, filters):
+            self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
+        self._listed_from, self._listed_all = since, since is None
+
+    def recheck(self) -> Iterator[Record]:
+        """The waiting paid bookings with a Cal.com payment made since the last run: one listing of those payments;
+        the bookings of each such payment's booker read by email (at most a few; more and every booking is read,
+        once for the run). A record already linked comes back unchanged and writes nothing."""
+        since = self.setup.since
+        if since is None:  # the first run reads every booking anyway
+            return
+        self._list_from(since)
+        wanted: dict[str, set[str]] = {}  # Cal.com booking id -> bookers' emails
+        for intent in self._intents.values():
+            metadata = intent.get("metadata") or {}
+            booking_id = str(metadata.get("bookingId") or "")
+            if intent["id"] in self.setup.linked or not _is_calcom(intent) or not booking_id:
+                continue
+            if self.setup.links.stripe_id(STREAM_NAME, booking_id) is not None:
+                continue  # an unseated booking linked already (to another payment: a second one is no news here)
+            wanted.setdefault(booking_id, set()).add(normalized(str(metadata.get("bookerEmail") or "")))
+        if not wanted:
+            return
+        client = self.setup.source
+        emails = {email for found in wanted.values() for email in found if email}
+        if len(emails) > RECHECK_BY_EMAIL or any(not (found - {""}) for found in wanted.values()):
+            bookings = list(client.iter_bookings_changed_since(None))
+        else:
+            bookings = [
+                b
+                for email in sorted(emails)
+                for page in client.iter_booking_pages([("attendeeEmail", email)])
+                for b in page.bookings
+            ]
+        known = {str(b["uid"]): b for b in bookings}
+        firsts = [b for b in {str(b["uid"]): b for b in bookings}.values() if str(b.get("id")) in wanted]
+        yield from _records(firsts, known, client, _event_types(client))
+
+    def decide(self) -> dict[str, MatchDecision]:
+        if not self.offered:
+            return {}
+        created = [_created(record) for _, record in self.offered.values()]
+        if self.setup.since is None or any(c is None for c in created):
+            self._list_from(None)
+        else:
+            self._list_from(min(min(c for c in created if c is not None) - CREATED_SLACK_S, self.setup.since))
+        by_own: dict[str, list[str]] = {}
+        by_booking: dict[str, list[str]] = {}
+        for intent in self._intents.values():
+            if intent["id"] in self.setup.linked or not _is_calcom(intent):
+                continue
+            metadata = intent.get("metadata") or {}
+            if metadata.get(CALCOM_BOOKING_ID):
+                by_own.setdefault(str(metadata[CALCOM_BOOKING_ID]), []).append(str(intent["id"]))
+            if metadata.get("bookingId"):
+                by_booking.setdefault(str(metadata["bookingId"]), []).append(str(intent["id"]))
+        found = {sid: self._candidates(sid, record, by_own, by_booking) for sid, (_, record) in self.offered.items()}
+        self._pair_seats(found, by_own)
+        wanted = Counter(ids[0] for ids in found.values() if len(ids) == 1)
+        decisions: dict[str, MatchDecision] = {}
+        for sid, ids in found.items():
+            mapped, _ = self.offered[sid]
+            if len(ids) == 1 and wanted[ids[0]] == 1:
+                decisions[sid] = MatchDecision.link(ids[0], "payment_intent")
+            elif len(ids) == 1:
+                decisions[sid] = MatchDecision.review(
+                    ids, SEVERAL_SEATS, f"{ids[0]} is the only payment for several seats of this booking's booker"
+                )
+            elif ids and SEAT_SEPARATOR in sid:
+                decisions[sid] = MatchDecision.review(
+                    ids, NAMED_TWICE, f"{len(ids)} Stripe payments are this seat's booker's for this booking"
+                )
+            elif ids:
+                decisions[sid] = MatchDecision.review(
+                    ids, NAMED_TWICE, f"{len(ids)} Stripe payments already name this record in their metadata"
+                )
+            else:
+                decisions[sid] = MatchDecision.none(_unmatched(mapped), revisit=True, when_paid=True)
+        return decisions
+
+    def _pair_seats(self, found: dict[str, list[str]], by_own: Mapping[str, list[str]]) -> None:
+        """Several seats one booker booked (a parent for their children), and as many payments of theirs for that
+        booking: each seat gets one, in a fixed order (seat uid, payment time). The payments are alike (one
+        booker, one booking, one price), so which seat is whose matters to nobody, and asking would be noise."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for sid, (_, record) in self.offered.items():
+            if record.get("seat_uid") and not by_own.get(sid):
+                key = (str(record.get("booking_id")), normalized(str(record.get("booker_email") or "")))
+                groups.setdefault(key, []).append(sid)
+        for sids in groups.values():
+            pool = sorted(found[sids[0]], key=lambda i: (self._intents[i].get("created") or 0, i))
+            if len(sids) > 1 and len(pool) == len(sids):
+                for sid, intent_id in zip(sorted(sids), pool, strict=True):
+                    found[sid] = [intent_id]
+
+    def _candidates(
+        self, sid: str, record: Record, by_own: Mapping[str, list[str]], by_booking: Mapping[str, list[str]]
+    ) -> list[str]:
+        if by_own.get(sid):
+            return list(by_own[sid])
+        ids = by_booking.get(str(record.get("booking_id")), [])
+        if record.get("seat_uid"):  # a seat's payment is its booker's
+            email = normalized(str(record.get("booker_email") or ""))
+            ids = [
+                i
+                for i in ids
+                if normalized(str((self._intents[i].get("metadata") or {}).get("bookerEmail") or "")) == email
+            ]
+        # One naming another record in ClinicSync's own key is that record's (found by its own key), not this one's.
+        return [i for i in ids if not (self._intents[i].get("metadata") or {}).get(CALCOM_BOOKING_ID)]
+
+    def linked_news(self) -> list[tuple[str, str, str]]:
+        return []
 
 
 # --- reconciliation (issue 12): each paid booking against its payment ------------------------------------------
@@ -321,7 +583,7 @@ COMPARISON = Comparison(
 
 
 CALCOM_BOOKING_PAYMENTS = Stream(
-    name="calcom.booking_payments",
+    name=STREAM_NAME,
     source_system="calcom",
     primary_role="payment",
     stripe_object="payment_intent",
@@ -332,7 +594,7 @@ CALCOM_BOOKING_PAYMENTS = Stream(
     plan=_plan,
     find_created=_never_created,
     observe=_observe,
-    unmatched=_unmatched,
+    matcher=PaymentMatcher,
     enrich=_enrich,
     time_zone=calcom_common.time_zone,
     depends_on=("calcom.bookings",),

@@ -7,6 +7,8 @@ linked (resolved through the links, PlanRequest.links: never looked up in Stripe
 stream owns (OWN_KEYS), so the event type's own keys, name, price and status stay the event types stream's; Stripe
 merges metadata keys, so sending only ours never clears another's. An event type whose product is not synced yet
 waits (NotYet) and is read again on the next run; a free one never gets a product, so it is never written here.
+When the event type's product changes (the old one was deleted in Stripe and a new one made, or a person linked
+another), the notes follow it on the next run though the event type did not change (Stream.follows).
 
 Audit: each cross-reference is a RecordLink (and each price a RoleLink), which keeps when it was made
 (`created_at`) and when Stripe last confirmed a write through it (`updated_at`).
@@ -125,4 +127,5 @@ CALCOM_REFERENCE = Stream(
     depends_on=(CALCOM_EVENT_TYPES.name,),
     compare=COMPARISON,
     complete_listing=True,
+    follows=CALCOM_EVENT_TYPES.name,  # a new product for the event type gets these notes too
 )

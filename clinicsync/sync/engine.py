@@ -571,7 +571,7 @@ class StreamRun:
         if link.stripe_id:
             self._join_person(mapped, person, link.stripe_id, writer)
             retired, added = self._target_changes(link.mapping_version)
-            if link.payload_hash == mapped.payload_hash and not added:
+            if link.payload_hash == mapped.payload_hash and not added and not self._target_moved(sid, link):
                 self.recorder.record("unchanged", sid, mapped.display_name, link.stripe_id)
                 if link.mapping_version != self.mapping.version:  # nothing to unset: now current
                     RecordLink.update(mapping_version=self.mapping.version).where(RecordLink.id == link.id).execute()
@@ -612,6 +612,14 @@ class StreamRun:
             self._leave_unmatched(mapped, link, self.stream.unmatched(mapped))
         else:
             self._submit("create", mapped, None, hashed, pool, writer)
+
+    def _target_moved(self, sid: str, link: RecordLink) -> bool:
+        """Whether the object this record writes to, another stream's (Stream.follows), is no longer the one it last
+        wrote: that stream linked its record to another object since, which gets this record's fields now."""
+        if self.stream.follows is None:
+            return False
+        target = self._links.stripe_id(self.stream.follows, sid)
+        return target is not None and target != link.stripe_id
 
     def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str, *, store: bool = True) -> None:
         """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to

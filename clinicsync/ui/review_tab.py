@@ -70,6 +70,7 @@ REASONS = {
     "ambiguous_reference": "Several Stripe {many} already name this record in their metadata",
     "stripe_object_deleted": "Its Stripe {one} was deleted in Stripe",
     "link_taken": "The {one} chosen for it is now linked to another record: choose again",
+    "calcom_seats_one_payment": "One Stripe {one} for several seats of one booker: choose which seat it paid for",
 }
 CROSS_REF_KEY = CLINIKO_PATIENTS.cross_ref_key  # the metadata key naming the patient on a customer
 

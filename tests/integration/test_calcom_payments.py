@@ -4,7 +4,8 @@ loaded into the Stripe sandbox first (with Cal.com's metadata: `identifier`, num
 they would be there before ClinicSync is connected; those on the massage therapist's own account are not there.
 
 - every paid booking's payment carries the chain's latest booking, also after one and two reschedules, while
-  Cal.com's `bookingId` still names the first booking;
+  Cal.com's `bookingId` still names the first booking; every seat's payment its seat; Cal.com's keys are never
+  written;
 - a reschedule and a cancellation made later are carried to the payment; a cancelled booking whose charge was
   not refunded says so in history, for the manager;
 - a payment on another Stripe account is reported once as out of reach, not again;
@@ -62,20 +63,33 @@ def payments(sandbox: Any) -> list[dict[str, Any]]:
 
 
 def check_cross_referenced(sandbox: Any, waiting: Collection[str] = ()) -> int:
-    """Every Cal.com payment on the clinic's account names its chain's latest booking; seated ones stay as made, and
-    so do those of the bookings in `waiting` (ids of bookings waiting for a person in Review)."""
+    """Every Cal.com payment on the clinic's account names its chain's latest booking in ClinicSync's own keys, and a
+    seat's payment names its seat, one whose booker paid it; those of the bookings in `waiting` (ids of bookings
+    waiting for a person in Review) stay as made."""
     by_uid = bookings(sandbox)
     by_id = {str(b["id"]): b for b in by_uid.values()}
     users = {u["id"]: u for u in admin(sandbox.calcom_url, "dump")["users"]}
     checked = 0
+    seats_taken: list[str] = []
     for intent in payments(sandbox):
         metadata = intent["metadata"]
         if metadata.get("identifier") != "cal.com":
             continue
         first = by_id[metadata["bookingId"]]
-        if any(a.get("seat") for a in first["attendees"]) or metadata["bookingId"] in waiting:
-            assert not any(key in metadata for key in KEYS), "a seat's payment is left as Cal.com made it"
+        if metadata["bookingId"] in waiting:
+            assert not any(key in metadata for key in KEYS), "a payment waiting for review is left as Cal.com made it"
             continue
+        seats = {
+            a["seat"]["referenceUid"]: a["email"]
+            for a in first["attendees"]
+            if a.get("seat") and a["email"].casefold() == metadata["bookerEmail"].casefold()
+        }
+        if any(a.get("seat") for a in first["attendees"]):
+            booking_id, _, seat = metadata["calcom_booking_id"].partition("-")
+            assert booking_id == metadata["bookingId"] and seat in seats, "a seat's payment names a seat its booker has"
+            seats_taken.append(seat)
+        else:
+            assert metadata["calcom_booking_id"] == metadata["bookingId"], "the chain's first booking, in our own key"
         latest = latest_of(first["uid"], by_uid)
         assert metadata["calcom_booking_uid"] == latest["uid"], "the payment follows the reschedules"
         assert metadata["calcom_status"] == latest["status"].lower()
@@ -83,7 +97,13 @@ def check_cross_referenced(sandbox: Any, waiting: Collection[str] = ()) -> int:
         assert metadata["calcom_owner_email"] == users[latest["userId"]]["email"], "the booking's host"
         assert metadata["calcom_event_type"]
         checked += 1
+    assert len(seats_taken) == len(set(seats_taken)), "each seat has one payment"
     return checked
+
+
+def calcom_keys(sandbox: Any) -> dict[str, dict[str, str]]:
+    """What Cal.com's Stripe app wrote into each payment's metadata (every key but ClinicSync's own)."""
+    return {p["id"]: {k: v for k, v in p["metadata"].items() if not k.startswith("calcom_")} for p in payments(sandbox)}
 
 
 def out_of_reach_events(run_id: int) -> list[str]:
@@ -96,12 +116,21 @@ def test_paid_bookings_payments_cross_referenced_through_reschedules_once_and_a_
     sandbox = start(make_sandbox)
     cases = sandbox.calcom_seeded["cases"]
     env = without_cliniko(env_for(sandbox))
+    as_made = calcom_keys(sandbox)
     results = sync_all(env)
     assert list(results) == ["calcom.event_types", "calcom.bookings", STREAM, "calcom.reference"]
     result = results[STREAM]
     assert result.outcome == "ok", (result.counts, result.message)
     assert result.counts["created"] == 0, "a payment is never created"
     assert check_cross_referenced(sandbox) == result.counts["linked"] >= 10
+    assert calcom_keys(sandbox) == as_made, "Cal.com's own keys are never written"
+    seated = [uid for uid, case in cases.items() if case == "seated"]
+    seat_payments = [
+        p for p in payments(sandbox) if p["metadata"]["bookingId"] in {str(bookings(sandbox)[u]["id"]) for u in seated}
+    ]
+    assert seated and seat_payments and all("calcom_booking_id" in p["metadata"] for p in seat_payments), (
+        "every seat's payment is cross-referenced"
+    )
 
     by_uid = bookings(sandbox)
     chains = [uid for uid, case in cases.items() if case == "reschedule_chain" and not by_uid[uid]["fromReschedule"]]
@@ -173,3 +202,36 @@ def test_later_reschedules_cancellations_and_payments_reach_stripe_and_out_of_re
     assert cancelled["calcom_booking_uid"] == cancelled_uid and cancelled["calcom_status"] == "cancelled"
     assert paid["calcom_status"] == "accepted", "paid later: cross-referenced then"
     assert check_cross_referenced(sandbox, waiting=[str(twice["ids"][0])]) >= 10
+
+
+def test_a_payment_appearing_later_is_linked_though_its_booking_did_not_change_and_a_wrong_review_link_never_writes_cal_com_s_keys(  # noqa: E501
+    make_sandbox, env_for
+):
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    late, chosen_wrongly = (admin(sandbox.calcom_url, "add", event_type_id=4001) for _ in range(2))
+    twice = admin(sandbox.calcom_url, "add", event_type_id=4002)
+    load_payments(sandbox, twice["payment_intents"] * 2)  # two payments name one booking: a person chooses
+    admin(sandbox.calcom_url, "clock", advance_s=600)  # past the read's overlap: the next run does not list them
+    first_run = sync_all(env)[STREAM]
+    skipped = {e.source_id: e.message for e in queries.run_events(first_run.run_id) if e.action == "skipped"}
+    assert all("out of reach" in skipped[str(b["ids"][0])] for b in (late, chosen_wrongly)), "not in Stripe yet"
+
+    # Their payments reach the clinic's Stripe only now (made now); the bookings themselves do not change.
+    arriving = calcom_seed.clinic_payments(late["payment_intents"] + chosen_wrongly["payment_intents"])
+    admin(sandbox.stripe_url, "seed", payments=[{k: v for k, v in p.items() if k != "created"} for p in arriving])
+    by_booking = {p["metadata"]["bookingId"]: p["id"] for p in payments(sandbox)}
+    # A person links the twice-paid booking to another booking's payment: a wrong choice, but theirs to make.
+    (item,) = [i for i in queries.open_reviews() if i.stream == STREAM and i.source_id == str(twice["ids"][0])]
+    wrong = by_booking[str(chosen_wrongly["ids"][0])]
+    queries.resolve_review(item.id, "link", wrong)
+    as_made = calcom_keys(sandbox)
+
+    result = sync_all(env)[STREAM]
+    linked = {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
+    assert linked[str(late["ids"][0])] == by_booking[str(late["ids"][0])], "re-checked when its payment appeared"
+    assert linked[str(twice["ids"][0])] == wrong, "the person's choice is carried out"
+    assert calcom_keys(sandbox) == as_made, "Cal.com's bookingId on the chosen payment still names its own booking"
+    metadata = {p["id"]: p["metadata"] for p in payments(sandbox)}
+    assert metadata[wrong]["calcom_booking_id"] == str(twice["ids"][0]), "the link is in ClinicSync's own key"
+    assert str(chosen_wrongly["ids"][0]) not in linked, "its payment is taken: not linked twice"

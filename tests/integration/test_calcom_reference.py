@@ -92,3 +92,33 @@ def test_schedules_teams_and_owners_are_noted_on_the_event_types_products_and_no
 
 def _keys_written(named: dict[str, list[dict[str, Any]]]) -> set[str]:
     return {key for products in named.values() for product in products for key in product["metadata"]}
+
+
+def test_the_notes_follow_the_event_type_to_its_new_product_though_the_event_type_did_not_change(
+    make_sandbox, env_for
+) -> None:
+    sandbox = make_sandbox(patients=3, calcom=True, calcom_bookings=3)
+    env = env_for(sandbox)
+    sync_once(env, stream=EVENT_TYPES)
+    sync_once(env, stream=REFERENCE)
+    named, _ = stripe_state(sandbox)
+    old = named["4001"][0]
+    assert old["metadata"]["calcom_schedule"], "noted on the event type's product"
+
+    # The event type's product is another one now (as when a person, in Review, links the event type to another
+    # product): the event types stream's link says so; nothing about the event type changed in Cal.com.
+    new = stripe_call(sandbox, "POST", "products", {"name": "Initial consultation (clinic's own)"})
+    context(env)
+    RecordLink.update(stripe_id=new["id"]).where(
+        (RecordLink.stream == EVENT_TYPES) & (RecordLink.source_id == "4001")
+    ).execute()
+
+    moved = sync_once(env, stream=REFERENCE)
+    assert moved.counts["updated"] == 1 and moved.counts["created"] == 0, moved.counts
+    products = {p["id"]: p for p in admin(sandbox.stripe_url, "dump")["products"]}
+    assert {key: products[new["id"]]["metadata"].get(key) for key in OWN_KEYS if key in old["metadata"]} == {
+        key: old["metadata"][key] for key in OWN_KEYS if key in old["metadata"]
+    }, "the notes are on the event type's product now"
+    before = executed_writes(sandbox.stripe_url)
+    assert sync_once(env, stream=REFERENCE).counts["updated"] == 0
+    assert executed_writes(sandbox.stripe_url) == before, "then a re-run writes nothing"

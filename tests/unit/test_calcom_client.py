@@ -290,6 +290,41 @@ def test_backfill_lists_every_booking_by_creation_with_keyset_restarts():
     assert client.last_total_entries == 7
 
 
+def test_one_run_s_client_reads_its_user_event_types_and_every_booking_once():
+    """A client serves one sync run, whose four streams all ask for the key's user (zone, cursor clock), the event
+    types and teams, and every booking: each is read once. A listing stopped half way is not kept."""
+    rows = [booking(n, created=n, updated=n) for n in range(5)]
+    fake = FakeBookings(rows)
+    me = ok({"id": 7, "username": "ava", "email": "ava@clinic.example", "name": "Ava", "timeZone": "UTC"})
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/me":
+            return me
+        if request.url.path == "/v2/bookings":
+            return fake(request)
+        return ok([{"id": 1}])
+
+    paths: list[str] = []
+    client = make_client(lambda request: paths.append(request.url.path) or route(request))
+    half = client.iter_bookings_changed_since(None, take=2)
+    next(half)
+    half.close()  # a listing stopped half way (a cancelled run) is not kept
+    assert paths == ["/v2/bookings"]
+    listings: list[int] = []
+    for _ in range(3):
+        assert client.get_me().time_zone == "UTC"
+        assert client.probe() == NOW
+        assert [b["uid"] for b in client.iter_bookings_changed_since(None, take=2)] == [b["uid"] for b in rows]
+        client.list_event_types(), client.list_teams(), client.list_team_event_types(1)
+        listings.append(paths.count("/v2/bookings"))
+    assert client.last_total_entries == 5
+    assert paths.count("/v2/me") == 1
+    assert listings[0] > 2 and listings == [listings[0]] * 3, "the stopped listing was read again, then kept"
+    assert paths.count("/v2/event-types") == paths.count("/v2/teams") == paths.count("/v2/teams/1/event-types") == 1
+    list(client.iter_bookings_changed_since(NOW, take=2))
+    assert paths.count("/v2/bookings") > listings[0], "another cursor is another listing"
+
+
 @pytest.mark.parametrize("strict_after", [False, True])
 def test_an_edit_during_the_listing_loses_nothing(strict_after):
     rows = [booking(n, created=-600 + n, updated=n) for n in range(8)]  # all created before the cursor
@@ -392,11 +427,11 @@ def test_a_used_up_allowance_pauses_before_the_request_that_would_block_the_key(
     last = ok([], **{"X-RateLimit-Remaining-Default": "0", "X-RateLimit-Reset-Default": "12"})
     rec = Recorder(ok([], **{"X-RateLimit-Remaining-Default": "1", "X-RateLimit-Reset-Default": "13"}), last, ok([]))
     client = make_client(rec, fake=fake, budget=budget)
-    client.list_teams()
+    client.list_schedules()
     assert budget.paused_for() == 0
-    client.list_teams()
+    client.list_schedules()
     assert budget.paused_for() == pytest.approx(12, abs=0.05)
-    client.list_teams()
+    client.list_schedules()
     assert sum(fake.sleeps) == pytest.approx(12, abs=0.05) and len(rec.requests) == 3
 
 
