@@ -135,7 +135,13 @@ def test_a_payment_intent_is_one_payment_whatever_its_declined_attempts():
 
 
 # --- Cal.com paid bookings -----------------------------------------------------------------------------------
-CHAIN = {"id": 10001, "booking_uid": "uid1", "event_type": "Initial consultation", "start": "2026-03-04T00:00:00Z"}
+CHAIN = {
+    "id": 10001,
+    "booking_id": "10001",
+    "booking_uid": "uid1",
+    "event_type": "Initial consultation",
+    "start": "2026-03-04T00:00:00Z",
+}
 
 
 def chain(status: str = "accepted", option: str = "ON_BOOKING") -> dict[str, Any]:
@@ -144,7 +150,8 @@ def chain(status: str = "accepted", option: str = "ON_BOOKING") -> dict[str, Any
 
 def intent(status: str = "succeeded", **metadata: str) -> dict[str, Any]:
     base = {
-        "bookingId": "10001",
+        "bookingId": "10001",  # Cal.com's own key
+        "calcom_booking_id": "10001",  # ClinicSync's cross-reference
         "calcom_booking_uid": "uid1",
         "calcom_event_type": "Initial consultation",
         "calcom_status": "accepted",
