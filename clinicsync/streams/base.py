@@ -231,6 +231,11 @@ class Stream:
     # (gateway, request) → the object a lost create made, or None; and whether None is certain yet, given the
     # write's age and how long Stripe Search takes to catch up (only streams that must search care).
     find_created: Callable[[Any, FindRequest], dict[str, Any] | None]
+    # Requests one poll of the stream sends to each service when nothing changed (its listings and reads, beyond
+    # connecting: scheduler.CONNECT_REQUESTS), e.g. {"cliniko": 6, "stripe": 2}. The scheduler's poll budget sums
+    # the streams that run; tests/integration/test_scheduler.py measures each against the sandbox and fails when a
+    # declaration is lower than what a poll sends.
+    idle_poll: Mapping[str, int]
     absence_certain: Callable[[FindRequest, float, float], bool] = lambda request, age_s, settle_s: True
     depends_on: tuple[str, ...] = ()
     # Values beyond the field mapping that decide the writes (a product's price), added to the mapped payload

@@ -245,6 +245,7 @@ CLINIKO_INVOICES = Stream(
     changed_at=lambda record: record.get("updated_at"),
     plan=plan,
     find_created=lambda gateway, request: None,  # nothing is ever created
+    idle_poll={"cliniko": 6, "stripe": 2},
     depends_on=(PATIENTS,),
     enrich=_enrich,
     source_settings=cliniko_common.settings,

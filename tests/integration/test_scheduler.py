@@ -486,20 +486,42 @@ def test_a_request_nobody_answered_in_time_is_not_carried_out_later(make_sandbox
     assert runs(PATIENTS, trigger="manual") == []
 
 
-def test_an_idle_poll_costs_no_more_requests_than_the_budget_check_assumes(make_sandbox, harness) -> None:
+def test_an_idle_poll_of_each_stream_costs_no_more_requests_than_it_declares(make_sandbox, harness) -> None:
+    # Every stream on (the invoice mirror too), both sources, invoices with payments: after the first sync, each
+    # stream polled alone, and then all of them on schedule, send no more requests to any service than the
+    # scheduler's budget check counts (connecting plus each stream's Stream.idle_poll).
+    from clinicsync.streams import STREAMS
     from clinicsync.sync.scheduler import poll_cost
     from tests.support import stats
 
-    sandbox = make_sandbox(profile="clean", patients=20)
-    h = harness(sandbox, **ONLY_PATIENTS)
-    h.step()
-    before = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
-    for _ in range(3):
-        h.step(60)
-    after = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
-    cliniko, stripe = ((b - a) / 3 for a, b in zip(before, after, strict=True))
-    assert cliniko <= poll_cost("cliniko", 1), f"{cliniko} Cliniko requests per idle poll"
-    assert stripe <= poll_cost("stripe", 1), f"{stripe} Stripe requests per idle poll"
+    sandbox = make_sandbox(
+        profile="clean", patients=20, products=5, invoices=40, invoice_customers=20, calcom=True, calcom_payments=True
+    )
+    urls = {"cliniko": sandbox.cliniko_url, "calcom": sandbox.calcom_url, "stripe": sandbox.stripe_url}
+
+    def sent() -> dict[str, int]:
+        return {service: stats(url)["requests"] for service, url in urls.items()}
+
+    h = harness(sandbox, CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="true", CLINICSYNC_CLINIKO_INVOICES_MIRROR="true")
+    h.step()  # the first sync of everything
+    streams = list(h.host.scheduler.config.streams)
+    assert streams == list(STREAMS), "every stream is scheduled"
+    assert all(run.outcome in (Outcome.OK, Outcome.ATTENTION) for name in streams for run in runs(name))
+    for name in streams:
+        before = sent()
+        assert h.host.runner.submit(trigger="manual", credentials=h.host.credentials(), streams=[name]) is not None
+        assert h.host.wait_idle(60)
+        after = sent()
+        for service in urls:
+            measured, declared = after[service] - before[service], poll_cost(service, [name])
+            print(f"{name}: {measured} {service} requests per idle poll, {declared} counted")
+            assert measured <= declared, f"{name} sends {measured} {service} requests per idle poll, {declared} counted"
+    before = sent()
+    h.step(600)  # every stream due: one scheduled poll of them all
+    after = sent()
+    for service in urls:
+        measured = after[service] - before[service]
+        assert measured <= poll_cost(service, streams), f"{measured} {service} requests per idle poll of every stream"
 
 
 def test_a_reconciliation_that_meets_a_running_sync_is_asked_again_shortly_not_dropped(make_sandbox, harness) -> None:
