@@ -165,8 +165,13 @@ class Bill:
     candidates: list[str] = field(default_factory=list)
 
 
+def name_key(name: Any) -> str:
+    """A name as compared with another: letter case and spacing do not count ("" for none)."""
+    return " ".join(str(name).casefold().split()) if name else ""
+
+
 def _same_name(a: str | None, b: str | None) -> bool:
-    return bool(a and b) and " ".join(str(a).casefold().split()) == " ".join(str(b).casefold().split())
+    return bool(a and b) and name_key(a) == name_key(b)
 
 
 def made_by_calcom(payment: Payment) -> bool:
