@@ -206,7 +206,7 @@ def test_clean_sync_exits_0_and_a_second_run_writes_nothing(make_sandbox, cli_en
     second = expect(cli(env, "sync", "--once", "--json"), 0)
     assert "0 created" in second.out and "0 updated" in second.out
     rows = [json.loads(line) for line in second.out.splitlines() if line.startswith("{")]
-    assert [row["stream"] for row in rows] == ["cliniko.patients", "cliniko.products"]
+    assert [row["stream"] for row in rows] == ["cliniko.patients", "cliniko.products", "cliniko.invoices"]
     assert rows[0]["outcome"] == "ok" and rows[0]["created"] == 0
     assert executed_writes(sandbox.stripe_url) == 25
 

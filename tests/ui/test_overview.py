@@ -311,11 +311,12 @@ def test_a_clinic_without_cal_com_sees_no_cal_com_cards(build_gui, offline_env) 
         overview = build_gui(env).window.show_tab("overview")
         return {stream for stream, card in overview.cards.items() if not card.isHidden()}
 
-    assert shown(offline_env) == {"cliniko.patients", "cliniko.products"}
+    assert shown(offline_env) == {"cliniko.patients", "cliniko.products", "cliniko.invoices"}
     with_calcom = {**offline_env, "CLINICSYNC_CALCOM_API_KEY": "cal_sandbox_not_a_real_key"}
     assert shown(with_calcom) == {
         "cliniko.patients",
         "cliniko.products",
+        "cliniko.invoices",
         "calcom.event_types",
         "calcom.bookings",
         "calcom.booking_payments",

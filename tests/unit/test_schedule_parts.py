@@ -29,6 +29,7 @@ def test_polling_the_default_cliniko_streams_at_the_shortest_interval_stays_well
     cliniko = [
         name for name in every if (switch[name] is None or switch[name].default) and STREAMS[name].enabled_by is None
     ]
+    assert cliniko == ["cliniko.patients", "cliniko.products", "cliniko.invoices"]
     shortest = scheduler.shortest_interval(cliniko)
     assert shortest <= SPECS_BY_KEY["schedule.interval_seconds"].default
     per_minute = scheduler.poll_cost("cliniko", cliniko) * 60 / shortest
