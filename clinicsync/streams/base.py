@@ -136,7 +136,8 @@ class MatchDecision:
     """What a matcher decided for one record: `link` (stripe_id, stripe_object), `review` (candidates, reason,
     detail) or `none` (message: why nothing is written). `revisit`: judge it again later (a payment may still
     come): read by id next run, or, with `when_paid`, only on a run where the matcher's `recheck` finds a new
-    payment of its customer (reading every waiting record by id on every run costs one source read each)."""
+    payment that may be its (by customer, billing email or name; reading every waiting record by id on every run
+    costs one source read each)."""
 
     kind: str  # link | review | none
     stripe_id: str | None = None
