@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from clinicsync import labels
 from clinicsync.outcomes import Outcome, StopKind
 
 EXIT_OK = 0
@@ -67,8 +68,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     results = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=streams, trigger="cli", dry_run=args.dry_run)
     code = EXIT_OK
     for result in results:
-        counts = ", ".join(f"{count} {action}" for action, count in result.counts.items())
-        out(f"{result.stream}: {result.outcome} — {counts}")
+        out(f"{result.stream}: {result.outcome} — {labels.counts_words(result.counts, result.stream)}")
         if result.message:
             out(f"  {result.message}")
         if result.plan is not None:
@@ -122,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(f"{row['stream']}  [{row['pair']}]")
         out(f"  last run:   {row['last_run'] or 'never'}  {row['last_outcome'] or ''}")
         if row["last_counts"]:
-            out("  counts:     " + ", ".join(f"{n} {a}" for a, n in row["last_counts"].items()))
+            out("  counts:     " + labels.counts_words(row["last_counts"], row["stream"]))
         out(f"  cursor:     {row['cursor'] or '(full read next time)'}")
         out(f"  queued:     {row['queued']} write(s) waiting for Stripe")
         out(f"  review:     {row['review']} record(s) need a decision")
@@ -151,7 +151,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         took = f", {(run.finished_at - run.started_at).total_seconds():.1f} s" if run.finished_at else ""
         trigger = _TRIGGER_WORDS.get(run.trigger, run.trigger)
         out(f"#{run.id}  {run.started_at:%Y-%m-%d %H:%M:%S} UTC  {run.stream}  {trigger}: {outcome}{took}")
-        out("    " + ", ".join(f"{getattr(run, name)} {name}" for name in queries.COUNT_FIELDS))
+        out("    " + labels.counts_words({name: getattr(run, name) for name in queries.COUNT_FIELDS}, run.stream))
         if run.message:
             out("    " + run.message.replace("\n", "\n    "))
         if args.failed:
@@ -277,7 +277,7 @@ def _show_plan(stream: str) -> int:
         f"Plan #{plan.id} for {stream} ({summary.get('stripe_mode', '?')} mode), made "
         f"{plan.created_at:%Y-%m-%d %H:%M} UTC, {state}"
     )
-    out("  " + ", ".join(f"{count} {action}" for action, count in summary["counts"].items()))
+    out("  " + labels.counts_words(summary["counts"], stream))
     out("  fields sent to Stripe: " + ", ".join(summary.get("fields", [])))
     if summary.get("stream_note"):
         out(f"  in Stripe: {summary['stream_note']}")

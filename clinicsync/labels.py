@@ -10,6 +10,7 @@ environment variables; `for_gui()` gives the window its own wording of them with
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,6 +31,29 @@ def plural(count: int, one: str, many: str | None = None) -> str:
 def sentence(text: str) -> str:
     """The first letter capitalised, the rest left alone ("there is no record 5" → "There is no record 5")."""
     return text[:1].upper() + text[1:]
+
+
+# --- a run's counts -----------------------------------------------------------------------------------------
+NOT_PAID_THROUGH_STRIPE = "not paid through Stripe"
+# A run's counter named for what it means in one stream, where the engine's word would mislead: an invoice that no
+# Stripe payment paid (nothing found to link, or nothing to pay) is "skipped" to the engine.
+STREAM_COUNT_NAMES = {("cliniko.invoices", "skipped"): NOT_PAID_THROUGH_STRIPE}
+COUNT_WORDS = {"review": "sent to review"}  # the window's words where the command line names the counter
+
+
+def count_name(action: str, stream: str = "", *, gui: bool = False) -> str:
+    """What a run's counter is called after its number ("12 created", "3 not paid through Stripe"): the stream's
+    own name for it, else the action; `gui`: in the window's words ("sent to review")."""
+    named = STREAM_COUNT_NAMES.get((stream, action))
+    if named is not None:
+        return named
+    return COUNT_WORDS.get(action, action) if gui else action
+
+
+def counts_words(counts: Mapping[str, int], stream: str = "") -> str:
+    """Every counter of a run with its number, for the command line: "0 created, 4 linked, 3 not paid through
+    Stripe"."""
+    return ", ".join(f"{count} {count_name(action, stream)}" for action, count in counts.items())
 
 
 # --- streams ----------------------------------------------------------------------------------------------------
@@ -134,8 +158,12 @@ def rule_role_label(role: str, stripe_object: str = "customer") -> str:
     return RULE_ROLES.get(role, role)
 
 
-def plan_action_label(action: str, stripe_object: str = "customer") -> str:
-    """A line of the plan shown for approval: what happens to the records counted on it, in Stripe's words."""
+def plan_action_label(action: str, stripe_object: str = "customer", stream: str = "") -> str:
+    """A line of the plan shown for approval: what happens to the records counted on it, in Stripe's words (or
+    the stream's own name for the counter: invoices not paid through Stripe)."""
+    named = STREAM_COUNT_NAMES.get((stream, action))
+    if named is not None:
+        return f"{sentence(named)} (nothing sent)"
     many = stripe_objects_words(stripe_object)
     product = stripe_object == "product"
     return {

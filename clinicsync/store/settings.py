@@ -191,10 +191,8 @@ SPECS: tuple[SettingSpec, ...] = (
         choices=("including_tax", "ex_tax"),
     ),
     SettingSpec("streams.cliniko.products.enabled", bool, True, "Sync Cliniko products to Stripe products"),
-    # Off until the poll budget and the schedule's expectations include a third Cliniko stream (see the report of
-    # the invoices branch); `clinicsync sync --stream cliniko.invoices` runs it regardless.
     SettingSpec(
-        "streams.cliniko.invoices.enabled", bool, False, "Link Cliniko invoices to the Stripe payments that paid them"
+        "streams.cliniko.invoices.enabled", bool, True, "Link Cliniko invoices to the Stripe payments that paid them"
     ),
     SettingSpec(
         "cliniko.invoices.match_days_before",

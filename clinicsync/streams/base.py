@@ -136,7 +136,8 @@ class MatchDecision:
     """What a matcher decided for one record: `link` (stripe_id, stripe_object), `review` (candidates, reason,
     detail) or `none` (message: why nothing is written). `revisit`: judge it again later (a payment may still
     come): read by id next run, or, with `when_paid`, only on a run where the matcher's `recheck` finds a new
-    payment of its customer (reading every waiting record by id on every run costs one source read each)."""
+    payment that may be its (by customer, billing email or name; reading every waiting record by id on every run
+    costs one source read each)."""
 
     kind: str  # link | review | none
     stripe_id: str | None = None
@@ -231,6 +232,11 @@ class Stream:
     # (gateway, request) → the object a lost create made, or None; and whether None is certain yet, given the
     # write's age and how long Stripe Search takes to catch up (only streams that must search care).
     find_created: Callable[[Any, FindRequest], dict[str, Any] | None]
+    # Requests one poll of the stream sends to each service when nothing changed (its listings and reads, beyond
+    # connecting: scheduler.CONNECT_REQUESTS), e.g. {"cliniko": 6, "stripe": 2}. The scheduler's poll budget sums
+    # the streams that run; tests/integration/test_scheduler.py measures each against the sandbox and fails when a
+    # declaration is lower than what a poll sends.
+    idle_poll: Mapping[str, int]
     absence_certain: Callable[[FindRequest, float, float], bool] = lambda request, age_s, settle_s: True
     depends_on: tuple[str, ...] = ()
     # Values beyond the field mapping that decide the writes (a product's price), added to the mapped payload

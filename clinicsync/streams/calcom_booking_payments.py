@@ -593,6 +593,7 @@ CALCOM_BOOKING_PAYMENTS = Stream(
     changed_at=lambda record: None,
     plan=_plan,
     find_created=_never_created,
+    idle_poll={"calcom": 7, "stripe": 1},
     observe=_observe,
     matcher=PaymentMatcher,
     enrich=_enrich,

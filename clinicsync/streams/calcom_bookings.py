@@ -146,6 +146,7 @@ CALCOM_BOOKINGS = Stream(
     changed_at=lambda record: None,
     plan=_plan,
     find_created=customers.find_created,
+    idle_poll={"calcom": 4, "stripe": 1},
     absence_certain=customers.absence_certain,
     retire_twin=customers.retire_twin,
     enrich=_enrich,

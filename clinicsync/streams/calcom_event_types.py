@@ -105,6 +105,7 @@ CALCOM_EVENT_TYPES = Stream(
     changed_at=lambda record: None,  # event types carry no change time
     plan=_plan,
     find_created=priced_products.find_created,
+    idle_poll={"calcom": 5, "stripe": 1},
     retire_twin=priced_products.retire_twin,
     observe=priced_products.observe,
     unique_params=priced_products.UNIQUE_PARAMS,

@@ -123,6 +123,7 @@ CALCOM_REFERENCE = Stream(
     changed_at=lambda record: None,  # event types carry no change time
     plan=_plan,
     find_created=lambda gateway, request: None,  # it never creates: every write is an update of a known product
+    idle_poll={"calcom": 6, "stripe": 1},
     time_zone=calcom_common.time_zone,
     depends_on=(CALCOM_EVENT_TYPES.name,),
     compare=COMPARISON,

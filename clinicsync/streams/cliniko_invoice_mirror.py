@@ -541,6 +541,7 @@ CLINIKO_INVOICE_MIRROR = Stream(
     changed_at=_changed_at,
     plan=plan,
     find_created=find_created,
+    idle_poll={"cliniko": 6, "stripe": 1},
     observe=observe,
     depends_on=("cliniko.patients", "cliniko.products"),
     compare=COMPARISON,

@@ -130,7 +130,7 @@ class InvoiceMatcher:
             issued: date | None = date.fromisoformat(str(record.get("issue_date")))
         except ValueError:
             issued = None
-        patient = _link(record.get("patient")) or (str(record["patient_id"]) if record.get("patient_id") else None)
+        patient = _patient_of(record)
         status = record.get("status")
         bill = pm.Bill(
             source_id=mapped.source_id,
@@ -161,29 +161,44 @@ class InvoiceMatcher:
         """The invoices still in their window of the patients with a payment made since the last run (by their
         customer, or with their email as its billing email): one listing of those payments, one invoice listing
         per such patient. An invoice not paid through Stripe is judged again only then, never read by id on every
-        run while it waits. (A payment matching only by billing name is not looked for: names are not stored.)"""
+        run while it waits. A payment that reaches no patient by customer or email but has a billing name may be
+        theirs by name (matching offers it in review): names are not stored, so then one listing of every invoice
+        still in its window brings back those made out to that name, and the patients' invoices with them."""
         since = self.setup.since
         if since is None:  # the first run reads every invoice anyway
             return
         links = self.setup.links
-        customers: set[str] = set()
-        emails: set[str] = set()  # a payment without the patient's customer may still be theirs by billing email
+        paid: list[tuple[str | None, str | None, str]] = []  # (customer, billing email, billing name) of each
         for charge in self.setup.gateway.iter_objects("charge", filters={"created": {"gte": since}}):
             if charge.get("status") != "succeeded":
                 continue
-            if isinstance(charge.get("customer"), str):
-                customers.add(charge["customer"])
-            email = (charge.get("billing_details") or {}).get("email")
-            if isinstance(email, str) and email:
-                emails.add(email)
-        patients = {p for ids in links.linked_by(PATIENTS, customers).values() for p in ids} if customers else set()
-        patients.update(p for email in sorted(emails) for p in links.people(PATIENTS, email))
+            billing = charge.get("billing_details") or {}
+            customer, email = charge.get("customer"), billing.get("email")
+            paid.append(
+                (
+                    customer if isinstance(customer, str) else None,
+                    email if isinstance(email, str) and email else None,
+                    pm.name_key(billing.get("name")),
+                )
+            )
+        customers = {customer for customer, _, _ in paid if customer}
+        by_customer = links.linked_by(PATIENTS, customers) if customers else {}
+        by_email = {email: links.people(PATIENTS, email) for email in sorted({e for _, e, _ in paid if e})}
+        patients = {p for ids in (*by_customer.values(), *by_email.values()) for p in ids}
+        names = {
+            name for customer, email, name in paid if name and customer not in by_customer and not by_email.get(email)
+        }
         # A window still open ends on or after today (local; a business's zone may be a day behind the clinic's).
         today = datetime.now(ZoneInfo(self.settings.time_zone)).date()
-        issued_from = today - timedelta(days=self.after + 1)
+        issued_from = ("q[]", f"issue_date:>={(today - timedelta(days=self.after + 1)).isoformat()}")
+        if names:
+            for page in self.setup.source.iter_pages("/invoices", [issued_from]):
+                yield from (
+                    r for r in page.records if _patient_of(r) in patients or pm.name_key(r.get("invoice_to")) in names
+                )
+            return
         for patient in sorted(patients):
-            query = [("q[]", f"patient_id:={patient}"), ("q[]", f"issue_date:>={issued_from.isoformat()}")]
-            for page in self.setup.source.iter_pages("/invoices", query):
+            for page in self.setup.source.iter_pages("/invoices", [("q[]", f"patient_id:={patient}"), issued_from]):
                 yield from page.records
 
     def linked_news(self) -> list[tuple[str, str, str]]:
@@ -200,6 +215,10 @@ class InvoiceMatcher:
                     (linked[payment], payment, f"the linked payment {payment} was refunded: {amount} ({refund['id']})")
                 )
         return news
+
+
+def _patient_of(record: Record) -> str | None:
+    return _link(record.get("patient")) or (str(record["patient_id"]) if record.get("patient_id") else None)
 
 
 def _days(settings: StreamSettings, key: str, default: int) -> int:
@@ -404,6 +423,7 @@ CLINIKO_INVOICES = Stream(
     changed_at=lambda record: record.get("updated_at"),
     plan=plan,
     find_created=lambda gateway, request: None,  # nothing is ever created
+    idle_poll={"cliniko": 6, "stripe": 2},
     depends_on=(PATIENTS,),
     compare=COMPARISON,
     enrich=_enrich,

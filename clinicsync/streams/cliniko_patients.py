@@ -71,6 +71,7 @@ CLINIKO_PATIENTS = Stream(
     changed_at=lambda record: record.get("updated_at"),
     plan=_plan,
     find_created=customers.find_created,
+    idle_poll={"cliniko": 3, "stripe": 1},
     absence_certain=customers.absence_certain,
     retire_twin=customers.retire_twin,
     active_ids=_patients_with_recent_activity,

@@ -93,6 +93,7 @@ CLINIKO_PRODUCTS = Stream(
     changed_at=lambda record: record.get("updated_at"),
     plan=priced_products.plan,
     find_created=priced_products.find_created,
+    idle_poll={"cliniko": 5, "stripe": 1},
     retire_twin=priced_products.retire_twin,
     observe=priced_products.observe,
     unique_params=priced_products.UNIQUE_PARAMS,

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from clinicsync import labels
 from clinicsync.streams.base import MatchDecision
 
 DEFAULT_DAYS_BEFORE = 7
@@ -30,7 +31,7 @@ SEVERAL_BILLS = "payment_covers_several"
 NAMED_TWICE = "ambiguous_reference"
 SHARED_CERTAIN = "payment_fits_several"
 BOOKING_PAYMENT = "calcom_booking_payment"
-NOT_PAID_THROUGH_STRIPE = "not paid through Stripe"
+NOT_PAID_THROUGH_STRIPE = labels.NOT_PAID_THROUGH_STRIPE  # the words a practice manager sees
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,13 @@ class Bill:
     candidates: list[str] = field(default_factory=list)
 
 
+def name_key(name: Any) -> str:
+    """A name as compared with another: letter case and spacing do not count ("" for none)."""
+    return " ".join(str(name).casefold().split()) if name else ""
+
+
 def _same_name(a: str | None, b: str | None) -> bool:
-    return bool(a and b) and " ".join(str(a).casefold().split()) == " ".join(str(b).casefold().split())
+    return bool(a and b) and name_key(a) == name_key(b)
 
 
 def made_by_calcom(payment: Payment) -> bool:

@@ -50,33 +50,31 @@ WAKE_SETTLE_S = 15.0  # after a wake, let the network come back before catching 
 RECONCILE_RETRY = timedelta(minutes=5)  # a reconciliation refused because a sync was running is asked again
 APPROVAL_RECHECK_S = 30.0
 
-# What one idle poll costs when nothing changed, in requests to each service: connecting (the account pair is
-# resolved on every sync) plus each stream's incremental read (changed, archived and settings reads). Measured
-# against the sandbox by tests/integration/test_scheduler_service.py; rounded up.
+# What connecting costs on every poll, in requests to each service: each source's account pair is resolved on every
+# sync (with Stripe too, once per source polled). Each stream declares what its own idle poll adds
+# (Stream.idle_poll); tests/integration/test_scheduler.py measures both against the sandbox.
 CONNECT_REQUESTS = {"cliniko": 1, "calcom": 1, "stripe": 1}
-STREAM_POLL_REQUESTS = {"cliniko": 4, "calcom": 4, "stripe": 1}
 # Idle polling may use at most this share of a service's request budget: the rest is for syncs that find
 # changes, the clinic's other integrations, and people using the dashboards.
 POLL_SHARE = 0.25
 
 
-def poll_cost(service: str, streams: int) -> int:
-    """Requests one idle poll of `streams` streams sends to `service`."""
-    return CONNECT_REQUESTS.get(service, 1) + STREAM_POLL_REQUESTS.get(service, 4) * streams
+def poll_cost(service: str, streams: Sequence[str]) -> int:
+    """Requests one idle poll of `streams` sends to `service`: connecting, plus what each stream declares."""
+    sources = {STREAMS[name].source_system for name in streams}
+    connects = len(sources) if service == "stripe" else int(service in sources)
+    declared = sum(STREAMS[name].idle_poll.get(service, 0) for name in streams)
+    return CONNECT_REQUESTS.get(service, 1) * connects + declared
 
 
 def minimum_interval(streams: Sequence[str]) -> float:
     """The shortest poll interval (seconds) at which polling these streams stays within POLL_SHARE of every
     service's budget (each source's, and Stripe's in live mode, the tighter one)."""
-    per_source: dict[str, int] = {}
-    for name in streams:
-        source = STREAMS[name].source_system
-        per_source[source] = per_source.get(source, 0) + 1
     needed = 0.0
-    for source, count in per_source.items():
-        needed = max(needed, poll_cost(source, count) / (POLL_SHARE * rate_limits.budget_per_second(source)))
+    for source in {STREAMS[name].source_system for name in streams}:
+        needed = max(needed, poll_cost(source, streams) / (POLL_SHARE * rate_limits.budget_per_second(source)))
     if streams:
-        stripe = poll_cost("stripe", len(streams)) / (POLL_SHARE * rate_limits.budget_per_second("stripe_live"))
+        stripe = poll_cost("stripe", streams) / (POLL_SHARE * rate_limits.budget_per_second("stripe_live"))
         needed = max(needed, stripe)
     return needed
 

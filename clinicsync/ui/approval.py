@@ -63,11 +63,12 @@ def plan_model(summary: dict[str, Any]) -> QStandardItemModel:
     counts: dict[str, int] = summary.get("counts", {})
     samples: dict[str, list[dict[str, Any]]] = summary.get("samples", {})
     stripe_object = stripe_object_of(summary)
+    stream = str(summary.get("stream") or "")
     for action in ACTIONS:
         count = int(counts.get(action, 0))
         if count == 0 and action in ("failed", "skipped", "unchanged", "updated"):
             continue  # rows about nothing only add noise; the four that shape the decision always show
-        parent = QStandardItem(f"{count}  {labels.plan_action_label(action, stripe_object)}")
+        parent = QStandardItem(f"{count}  {labels.plan_action_label(action, stripe_object, stream)}")
         parent.setData(action, ACTION_ROLE)
         font = parent.font()
         font.setBold(True)

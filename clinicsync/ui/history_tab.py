@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from clinicsync import labels
 from clinicsync.labels import plural
 from clinicsync.store import queries
 from clinicsync.store.queries import EventQuery, RunRow
@@ -183,9 +184,12 @@ class HistoryTab(QWidget):
         if latest is None:
             self.summary.setText("No syncs yet. Press Sync now on the Overview tab to run the first one.")
             return
+        # What was written, failed or waits, and what the stream names in its own words (an invoice linking run's
+        # invoices not paid through Stripe).
+        named = [name for name in ("skipped",) if labels.count_name(name, latest.stream) != name]
         counts = ", ".join(
-            f"{getattr(latest, name):,} {name}"
-            for name in ("created", "linked", "updated", "failed", "review")
+            f"{getattr(latest, name):,} {labels.count_name(name, latest.stream)}"
+            for name in ("created", "linked", "updated", *named, "failed", "review")
             if getattr(latest, name)
         )
         text = f"Latest: {stream_label(latest.stream)} at {format_when(latest.started_at)} — {outcome_label(latest)}"

@@ -111,6 +111,13 @@ ACTIONS = {
 }
 
 
+def action_label(action: str, stream: str = "") -> str:
+    """What happened to a record, as its stream counts it ("Not paid through Stripe" for an invoice no payment
+    is linked to, where the engine says skipped)."""
+    named = labels.count_name(action, stream)
+    return labels.sentence(named) if named != action else ACTIONS.get(action, action)
+
+
 def stream_label(stream: str) -> str:
     """'cliniko.patients' → 'Cliniko patients'."""
     return labels.stream_source(stream)
@@ -338,6 +345,9 @@ class RunsModel(PagedTableModel[RunRow, int]):
         lines = [f"Run #{run.id} · started {started:%Y-%m-%d %H:%M:%S}" if started else f"Run #{run.id}"]
         if column not in self.COUNT_COLUMNS and column != 0:
             lines.insert(0, self._display(run, column))  # the cell's own words first: it may be elided
+        elif column in self.COUNT_COLUMNS:  # what the number counts, as the run's stream names it
+            action = self.COUNT_COLUMNS[column]
+            lines.insert(0, f"{getattr(run, action):,} {labels.count_name(action, run.stream, gui=True)}")
         if run.message:
             lines.append(clean_text(labels.for_gui(run.message), TOOLTIP_LIMIT))
         return "\n".join(lines)
@@ -404,7 +414,7 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
             self.SOURCE: lambda: clean_text(event.source_id, 40),
             self.NAME: lambda: clean_text(event.display_name) or "(no name)",
             self.STRIPE: lambda: clean_text(event.stripe_id),
-            self.ACTION: lambda: ACTIONS.get(event.action, event.action),
+            self.ACTION: lambda: action_label(event.action, event.stream),
             self.MESSAGE: lambda: clean_text(labels.for_gui(event.message)),
         }
         return values[column]()

@@ -91,14 +91,15 @@ class StreamView:
     errors: str
 
 
-COUNT_WORDS = {"review": "sent to review"}
 MANUAL_NEXT = "manual (press Sync now)"
 COUNTDOWN_MS = 5000
 CONNECTED_RECHECK_S = 30.0  # a key saved in Connections shows its source's cards within this
 
 
-def counts_text(counts: dict[str, int]) -> str:
-    parts = [f"{counts[name]:,} {COUNT_WORDS.get(name, name)}" for name in COUNT_ORDER if counts.get(name)]
+def counts_text(counts: dict[str, int], stream: str = "") -> str:
+    parts = [
+        f"{counts[name]:,} {labels.count_name(name, stream, gui=True)}" for name in COUNT_ORDER if counts.get(name)
+    ]
     return ", ".join(parts) if parts else "no changes"
 
 
@@ -134,7 +135,7 @@ def stream_view(
         title=title,
         state=state,
         last_run=f"{when} (in progress)" if running else when,
-        counts="in progress…" if running else counts_text(row["last_counts"]),
+        counts="in progress…" if running else counts_text(row["last_counts"], stream),
         next_run=next_words,
         queued=f"{plural(row['queued'], 'change')} waiting to be sent to Stripe" if row["queued"] else "none",
         review=f"{plural(row['review'], 'record needs', 'records need')} your decision" if row["review"] else "none",
@@ -490,5 +491,5 @@ def finished_text(outcome: JobOutcome) -> str:
         word = {"cancelled": "cancelled", "needs_approval": "waiting for approval", "failed": "failed"}.get(
             result.outcome, "done"
         )
-        parts.append(f"{stream_label(result.stream).capitalize()} {word}: {counts_text(result.counts)}")
+        parts.append(f"{stream_label(result.stream).capitalize()} {word}: {counts_text(result.counts, result.stream)}")
     return "; ".join(parts) or "Nothing to sync."

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 FREQUENCIES = (("daily", "Every day"), ("weekly", "Once a week"), ("off", "Never (only when I start one)"))
 EMAIL_MATCH = (("auto_link", "Link them automatically"), ("review", "Ask me first (Review)"))
 USUAL_INTERVAL = "the usual interval"
-LINKING = "streams.cliniko.invoices.enabled"  # invoices ↔ payments (off until a person turns it on)
+LINKING = "streams.cliniko.invoices.enabled"  # invoices ↔ payments (on by default; a person may turn it off)
 FROM_START = "Given to ClinicSync when it was started, so it can't be changed here."
 
 

@@ -147,6 +147,7 @@ def test_both_at_once_each_person_is_one_customer_with_both_references_and_a_rer
     assert list(results) == [
         "cliniko.patients",
         "cliniko.products",
+        "cliniko.invoices",
         "calcom.event_types",
         "calcom.bookings",
         "calcom.booking_payments",

@@ -202,11 +202,17 @@ def test_clean_sync_exits_0_and_a_second_run_writes_nothing(make_sandbox, cli_en
     first = expect(cli(env, "sync", "--once"), 0)
     assert "cliniko.patients: ok — 25 created" in first.out
     assert executed_writes(sandbox.stripe_url) == 25
+    # Invoice linking is on by default: the sandbox's invoices have no Stripe payment, and the summary says so.
+    invoices = len(admin(sandbox.cliniko_url, "dump")["invoices"])
+    summary = f"cliniko.invoices: ok — 0 created, 0 linked, 0 updated, 0 unchanged, {invoices} not paid through Stripe"
+    assert summary in first.out
 
     second = expect(cli(env, "sync", "--once", "--json"), 0)
     assert "0 created" in second.out and "0 updated" in second.out
     rows = [json.loads(line) for line in second.out.splitlines() if line.startswith("{")]
-    assert [row["stream"] for row in rows] == ["cliniko.patients", "cliniko.products"]
+    assert [row["stream"] for row in rows] == ["cliniko.patients", "cliniko.products", "cliniko.invoices"]
+    history = expect(cli(env, "history", "--stream", "cliniko.invoices"), 0)
+    assert f"{invoices} not paid through Stripe" in history.out, "the first run's, in the history's words too"
     assert rows[0]["outcome"] == "ok" and rows[0]["created"] == 0
     assert executed_writes(sandbox.stripe_url) == 25
 

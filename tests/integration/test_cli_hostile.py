@@ -26,10 +26,15 @@ from tests.support import executed_writes, stats
 @pytest.fixture
 def cli_env(env_for, tmp_path):
     """A profile for the CLI, as in test_cli.py: the sandbox's keys in the environment, an empty test keyring. These
-    tests break the patients stream's profile on purpose; the products stream is off so what they read is its."""
+    tests break the patients stream's profile on purpose; the products and invoice linking streams are off so what
+    they read is its."""
 
     def make(sandbox, name: str = "profile", **overrides: str) -> dict[str, str]:
-        env = env_for(sandbox, name, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+        off = {
+            "CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false",
+            "CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED": "false",
+        }
+        env = env_for(sandbox, name, **off)
         env["PYTHON_KEYRING_BACKEND"] = FILE_KEYRING
         env[TEST_KEYRING_FILE] = str(tmp_path / f"{name}-keyring.json")
         return env | overrides

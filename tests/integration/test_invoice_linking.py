@@ -316,3 +316,54 @@ def test_an_invoice_waiting_for_a_payment_is_judged_again_only_when_its_customer
     context(env)
     link = RecordLink.get((RecordLink.stream == STREAM) & (RecordLink.source_id == invoice["id"]))
     assert link.stripe_id == paid["payment_intent"]
+
+
+def test_a_payment_that_fits_a_waiting_invoice_by_billing_name_or_email_brings_it_back(make_sandbox, env_for) -> None:
+    """Payments without the patient's customer: one with only the invoice's billing name, one with only the
+    patient's email. Each invoice, reported not paid through Stripe, is judged again on the next run and goes to
+    review with that payment; a payment whose name fits no invoice brings nothing back."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    sandbox = make_sandbox(profile="clean", patients=3)
+    env = env_for(sandbox)
+    sync_once(env)
+    people = {p["id"]: p for p in admin(sandbox.cliniko_url, "dump")["patients"]}
+    by_name, by_email, untouched = sorted(people)
+    issued = (datetime.now(ZoneInfo("Australia/Melbourne")) - timedelta(days=1)).date().isoformat()
+    specs = [
+        {"patient_id": patient, "status": 20, "issue_date": issued, "lines": [{"name": "Consult", "unit_price": price}]}
+        for patient, price in ((by_name, "95.5"), (by_email, "120"), (untouched, "95.5"))
+    ]
+    made = admin(sandbox.cliniko_url, "add_invoices", invoices=specs)["invoices"]
+    invoices = dict(zip((by_name, by_email, untouched), made, strict=True))
+    admin(sandbox.cliniko_url, "clock", advance_s=60)  # past the read overlap: the next run's listing leaves them out
+    sync_once(env, stream=STREAM)
+    context(env)
+    for invoice in made:
+        told = [e.message for e in SyncEvent.select().where(SyncEvent.source_id == invoice["id"])]
+        assert told == ["not paid through Stripe"], told
+    named = admin(
+        sandbox.stripe_url,
+        "add_payment",
+        amount=9550,
+        currency="aud",
+        # The invoice is made out to the patient (Cliniko's default); letter case and spacing differ.
+        billing_details={"name": f"  {people[by_name]['first_name'].upper()}   {people[by_name]['last_name']} "},
+    )
+    emailed = admin(
+        sandbox.stripe_url,
+        "add_payment",
+        amount=12000,
+        currency="aud",
+        billing_details={"email": people[by_email]["email"]},
+    )
+    admin(sandbox.stripe_url, "add_payment", amount=9550, currency="aud", billing_details={"name": "Nobody Known"})
+    second = sync_once(env, stream=STREAM)
+    assert second.counts["review"] == 2, (second.counts, second.message)
+    context(env)
+    reviews = {r.source_id: r for r in ReviewItem.select().where(ReviewItem.stream == STREAM)}
+    assert set(reviews) == {invoices[by_name]["id"], invoices[by_email]["id"]}
+    assert named["payment_intent"] in reviews[invoices[by_name]["id"]].candidates
+    assert emailed["payment_intent"] in reviews[invoices[by_email]["id"]].candidates
+    assert invoices[untouched]["id"] not in reviews, "the same amount, but neither its name nor its patient's email"

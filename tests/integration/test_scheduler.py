@@ -32,8 +32,11 @@ from clinicsync.sync.scheduler import WAKE_SETTLE_S
 from tests.integration.test_reconcile import stripe_call
 from tests.support import admin, profile_env
 
-PATIENTS, PRODUCTS = "cliniko.patients", "cliniko.products"
-ONLY_PATIENTS = {"CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false"}
+PATIENTS, PRODUCTS, INVOICES = "cliniko.patients", "cliniko.products", "cliniko.invoices"
+ONLY_PATIENTS = {
+    "CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false",
+    "CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED": "false",
+}
 
 
 class Harness:
@@ -139,23 +142,23 @@ def test_a_stream_with_its_own_interval_is_checked_at_it_and_joins_its_source_wh
     for _ in range(10):
         h.step(30)
     asked = [(int((at - start).total_seconds()), streams) for at, streams, _ in h.asked()]
-    assert asked == [
-        (0, (PATIENTS, PRODUCTS)),
-        (60, (PATIENTS,)),
-        (120, (PATIENTS,)),
-        (180, (PATIENTS, PRODUCTS)),  # one run, in dependency order, never one on top of the other
-        (240, (PATIENTS,)),
-        (300, (PATIENTS,)),
+    assert asked == [  # the Cliniko streams on by default: invoice linking follows the usual interval too
+        (0, (PATIENTS, PRODUCTS, INVOICES)),
+        (60, (PATIENTS, INVOICES)),
+        (120, (PATIENTS, INVOICES)),
+        (180, (PATIENTS, PRODUCTS, INVOICES)),  # one run, in dependency order, never one on top of the other
+        (240, (PATIENTS, INVOICES)),
+        (300, (PATIENTS, INVOICES)),
     ]
     next_runs = h.host.scheduler.next_runs()
-    assert next_runs[PRODUCTS] == next_runs[PATIENTS] == start + timedelta(seconds=360)
+    assert next_runs[PRODUCTS] == next_runs[PATIENTS] == next_runs[INVOICES] == start + timedelta(seconds=360)
 
 
 def test_a_three_hour_sleep_gives_exactly_one_catch_up_run_per_stream(make_sandbox, harness) -> None:
     sandbox = make_sandbox(profile="clean", patients=5)
-    h = harness(sandbox)  # both Cliniko streams (products fail against the sandbox, but run and are recorded)
+    h = harness(sandbox)  # the three Cliniko streams on by default
     h.step()
-    before = {stream: sum(run.checks for run in runs(stream)) for stream in (PATIENTS, PRODUCTS)}
+    before = {stream: sum(run.checks for run in runs(stream)) for stream in (PATIENTS, PRODUCTS, INVOICES)}
     assert len(h.asked()) == 1
 
     h.clock.sleep_for(3 * 3600)  # the laptop is closed: the wall clock jumps, the monotonic clock does not
@@ -165,9 +168,9 @@ def test_a_three_hour_sleep_gives_exactly_one_catch_up_run_per_stream(make_sandb
     for _ in range(5):
         h.step(1)
     caught_up = h.asked()[1:]
-    assert [streams for _, streams, _ in caught_up] == [(PATIENTS, PRODUCTS)], "180 missed polls, one run"
+    assert [streams for _, streams, _ in caught_up] == [(PATIENTS, PRODUCTS, INVOICES)], "180 missed polls, one run"
     after = {stream: sum(run.checks for run in runs(stream)) for stream in before}
-    assert {stream: after[stream] - before[stream] for stream in before} == {PATIENTS: 1, PRODUCTS: 1}
+    assert {stream: after[stream] - before[stream] for stream in before} == {PATIENTS: 1, PRODUCTS: 1, INVOICES: 1}
 
 
 def test_an_app_closed_for_hours_catches_up_once_at_start(make_sandbox, harness) -> None:
@@ -199,13 +202,13 @@ def test_pause_and_per_stream_schedules_survive_a_restart(make_sandbox, harness)
 
     h.restart(ManualClock(h.clock.now() + timedelta(hours=1)))
     assert h.host.scheduler.config is not None
-    assert h.host.scheduler.config.paused and h.host.scheduler.config.streams == (PATIENTS,)
+    assert h.host.scheduler.config.paused and h.host.scheduler.config.streams == (PATIENTS, INVOICES)
     h.step(600)
     assert h.asked() == [], "paused is remembered: nothing runs, nothing is recorded as skipped every minute"
 
     h.ctx.settings.set("sync.paused", False)
     h.step()
-    assert [streams for _, streams, _ in h.asked()] == [(PATIENTS,)], "what came due while paused runs once"
+    assert [streams for _, streams, _ in h.asked()] == [(PATIENTS, INVOICES)], "what came due while paused runs once"
     assert runs(PRODUCTS) == []
 
 
@@ -213,14 +216,14 @@ def test_two_streams_of_one_source_run_one_after_another_in_dependency_order(mak
     sandbox = make_sandbox(profile="clean", patients=5)
     h = harness(sandbox)
     h.ctx.settings.set("schedule.cliniko.products.enabled", False)
-    h.step()  # patients alone first: the two streams are now out of step
+    h.step()  # patients (and invoice linking) first: products is now out of step
     h.step(35)
     h.ctx.settings.set("schedule.cliniko.products.enabled", True)
-    h.step()  # products has never run: due now; patients is due 25 s later (within half an interval): it joins
+    h.step()  # products has never run: due now; the others are due 25 s later (within half an interval): they join
     for _ in range(6):
         h.step(30)
     together = [streams for _, streams, _ in h.asked()][1:]
-    assert together and all(streams == (PATIENTS, PRODUCTS) for streams in together), together
+    assert together and all(streams == (PATIENTS, PRODUCTS, INVOICES) for streams in together), together
     spans = sorted(
         (run.started_at, run.finished_at, run.stream) for run in SyncRun.select() if run.finished_at is not None
     )
@@ -486,20 +489,42 @@ def test_a_request_nobody_answered_in_time_is_not_carried_out_later(make_sandbox
     assert runs(PATIENTS, trigger="manual") == []
 
 
-def test_an_idle_poll_costs_no_more_requests_than_the_budget_check_assumes(make_sandbox, harness) -> None:
+def test_an_idle_poll_of_each_stream_costs_no_more_requests_than_it_declares(make_sandbox, harness) -> None:
+    # Every stream on (the invoice mirror too), both sources, invoices with payments: after the first sync, each
+    # stream polled alone, and then all of them on schedule, send no more requests to any service than the
+    # scheduler's budget check counts (connecting plus each stream's Stream.idle_poll).
+    from clinicsync.streams import STREAMS
     from clinicsync.sync.scheduler import poll_cost
     from tests.support import stats
 
-    sandbox = make_sandbox(profile="clean", patients=20)
-    h = harness(sandbox, **ONLY_PATIENTS)
-    h.step()
-    before = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
-    for _ in range(3):
-        h.step(60)
-    after = stats(sandbox.cliniko_url)["requests"], stats(sandbox.stripe_url)["requests"]
-    cliniko, stripe = ((b - a) / 3 for a, b in zip(before, after, strict=True))
-    assert cliniko <= poll_cost("cliniko", 1), f"{cliniko} Cliniko requests per idle poll"
-    assert stripe <= poll_cost("stripe", 1), f"{stripe} Stripe requests per idle poll"
+    sandbox = make_sandbox(
+        profile="clean", patients=20, products=5, invoices=40, invoice_customers=20, calcom=True, calcom_payments=True
+    )
+    urls = {"cliniko": sandbox.cliniko_url, "calcom": sandbox.calcom_url, "stripe": sandbox.stripe_url}
+
+    def sent() -> dict[str, int]:
+        return {service: stats(url)["requests"] for service, url in urls.items()}
+
+    h = harness(sandbox, CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="true", CLINICSYNC_CLINIKO_INVOICES_MIRROR="true")
+    h.step()  # the first sync of everything
+    streams = list(h.host.scheduler.config.streams)
+    assert streams == list(STREAMS), "every stream is scheduled"
+    assert all(run.outcome in (Outcome.OK, Outcome.ATTENTION) for name in streams for run in runs(name))
+    for name in streams:
+        before = sent()
+        assert h.host.runner.submit(trigger="manual", credentials=h.host.credentials(), streams=[name]) is not None
+        assert h.host.wait_idle(60)
+        after = sent()
+        for service in urls:
+            measured, declared = after[service] - before[service], poll_cost(service, [name])
+            print(f"{name}: {measured} {service} requests per idle poll, {declared} counted")
+            assert measured <= declared, f"{name} sends {measured} {service} requests per idle poll, {declared} counted"
+    before = sent()
+    h.step(600)  # every stream due: one scheduled poll of them all
+    after = sent()
+    for service in urls:
+        measured = after[service] - before[service]
+        assert measured <= poll_cost(service, streams), f"{measured} {service} requests per idle poll of every stream"
 
 
 def test_a_reconciliation_that_meets_a_running_sync_is_asked_again_shortly_not_dropped(make_sandbox, harness) -> None:

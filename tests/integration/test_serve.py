@@ -25,7 +25,10 @@ from tests.integration.test_cli import FILE_KEYRING, TEST_KEYRING_FILE
 from tests.reliability.helpers import live_customers, log_tail, mirror_report, outbox_status
 from tests.support import admin, profile_env
 
-ONLY_PATIENTS = {"CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false"}
+ONLY_PATIENTS = {
+    "CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false",
+    "CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED": "false",
+}
 SERVE = [sys.executable, "-m", "clinicsync", "serve"]
 REPO = Path(__file__).resolve().parents[2]  # the test keyring backend is imported from tests/
 

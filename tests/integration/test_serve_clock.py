@@ -28,7 +28,7 @@ from tests.integration.test_serve import ONLY_PATIENTS, Service, rows
 from tests.reliability.helpers import log_tail, mirror_report, outbox_status
 from tests.support import admin, profile_env
 
-PATIENTS, PRODUCTS = "cliniko.patients", "cliniko.products"
+PATIENTS, PRODUCTS, INVOICES = "cliniko.patients", "cliniko.products", "cliniko.invoices"
 POLL_S = 15  # the shortest interval allowed: fewer simulated seconds for the service to step through
 OUTAGE_MINUTES = 1
 QUIET = {  # the poll interval, and no full comparison coming due in the simulated hours
@@ -90,7 +90,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[Service, SimulatedCloc
     def start(sandbox: object, **settings: str) -> tuple[Service, SimulatedClock, Path]:
         home = tmp_path / "profile"
         clock = SimulatedClock(tmp_path / "clock.json", home)
-        env = profile_env(home, sandbox.env(), **{SANDBOX_CLOCK_VAR: str(clock.path)}, **QUIET, **settings)  # type: ignore[attr-defined]
+        env = profile_env(home, sandbox.env(), **{SANDBOX_CLOCK_VAR: str(clock.path), **QUIET, **settings})  # type: ignore[attr-defined]
         started.append(Service(env, tmp_path))
         clock.settle("the first sync at start")  # never synced: due at once
         return started[-1], clock, home
@@ -109,21 +109,25 @@ def scheduled_checks(home: Path) -> dict[str, int]:
 
 
 def test_serve_catches_up_once_per_stream_after_a_three_hour_sleep(make_sandbox, serve) -> None:
+    from clinicsync.sync.scheduler import shortest_interval
+
     sandbox = make_sandbox(profile="clean", patients=5)
-    service, clock, home = serve(sandbox)  # both Cliniko streams
-    assert scheduled_checks(home) == {PATIENTS: 1, PRODUCTS: 1}
-    clock.advance(POLL_S)
-    assert scheduled_checks(home) == {PATIENTS: 2, PRODUCTS: 2}, "one poll per interval"
+    poll_s = shortest_interval([PATIENTS, PRODUCTS, INVOICES])  # the shortest the budget allows for these three
+    service, clock, home = serve(sandbox, CLINICSYNC_SCHEDULE_INTERVAL_SECONDS=str(poll_s))  # the defaults' streams
+    assert scheduled_checks(home) == {PATIENTS: 1, PRODUCTS: 1, INVOICES: 1}
+    clock.advance(poll_s)
+    assert scheduled_checks(home) == {PATIENTS: 2, PRODUCTS: 2, INVOICES: 2}, "one poll per interval"
 
     clock.sleep_for(3 * 3600)  # the lid is closed: the wall clock jumps, the monotonic clock does not
     clock.advance(WAKE_SETTLE_S - 5)
-    assert scheduled_checks(home) == {PATIENTS: 2, PRODUCTS: 2}, "the network gets a moment after waking"
+    assert scheduled_checks(home) == {PATIENTS: 2, PRODUCTS: 2, INVOICES: 2}, "the network gets a moment after waking"
     clock.advance(5)
-    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3}, "720 missed polls, one catch-up run per stream"
-    clock.advance(POLL_S - 1)
-    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3}, "and no second one"
+    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3, INVOICES: 3}, "one catch-up run per stream"
+    clock.advance(poll_s - 1)
+    assert scheduled_checks(home) == {PATIENTS: 3, PRODUCTS: 3, INVOICES: 3}, "and no second one"
     clock.advance(1)
-    assert scheduled_checks(home) == {PATIENTS: 4, PRODUCTS: 4}, "then on the interval again, counted from the wake"
+    expected = {PATIENTS: 4, PRODUCTS: 4, INVOICES: 4}
+    assert scheduled_checks(home) == expected, "then on the interval again, counted from the wake"
     assert rows(home, "SELECT COUNT(*) FROM sync_run WHERE outcome = 'skipped'") == [(0,)]
     assert "the computer was away for about 3.0 hours" in log_tail(home, 200)
     assert service.stop() == 0, service.errors.read_text()

@@ -17,7 +17,10 @@ from clinicsync.matchkey import normalized
 from tests.reliability.helpers import all_patients, db_path, live_customers, sync_command
 from tests.support import admin, sync_once
 
-ONLY_PATIENTS = {"CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false"}
+ONLY_PATIENTS = {
+    "CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false",
+    "CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED": "false",
+}
 
 
 def _touched(home: Path) -> set[str]:

@@ -66,7 +66,9 @@ def service(make_sandbox, tmp_path: Path) -> Iterator[tuple[object, Service]]:
     env = profile_env(
         tmp_path / "profile",
         sandbox.env(),
+        # The patients stream alone: the outage is set to start after its reads and a known number of its writes.
         CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false",
+        CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="false",
         CLINICSYNC_ALERTS_OUTAGE_MINUTES=str(OUTAGE_MINUTES),
         CLINICSYNC_STRIPE_WORKERS="1",  # one write at a time, so the outage starts after a known number of them
     )

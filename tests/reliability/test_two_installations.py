@@ -18,7 +18,10 @@ from clinicsync.sync.twins import OTHER_INSTALLATION_MESSAGE
 from tests.reliability.helpers import mirror_report, sync_command
 from tests.support import admin
 
-ONLY_PATIENTS = {"CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false"}
+ONLY_PATIENTS = {
+    "CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false",
+    "CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED": "false",
+}
 TOLD = OTHER_INSTALLATION_MESSAGE.split(".")[0]
 
 

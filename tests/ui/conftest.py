@@ -116,12 +116,18 @@ def sandbox_process(tmp_path: Path) -> Iterator[Callable[..., dict]]:
             proc.wait()
 
 
+ONLY_PATIENTS = {
+    "CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false",
+    "CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED": "false",
+}
+
+
 @pytest.fixture
 def env_for(env_for: Callable[..., dict[str, str]]) -> Callable[..., dict[str, str]]:
-    """The window's tests are about the window: they sync the patients stream (the products stream has its own
-    tests, and would add a run row and a status line to every screen checked here)."""
+    """The window's tests are about the window: they sync the patients stream (the products and invoice linking
+    streams have their own tests, and would add a run row and a status line to every screen checked here)."""
 
     def make(sandbox: Sandbox, name: str = "profile", **overrides: str) -> dict[str, str]:
-        return env_for(sandbox, name, **{"CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED": "false", **overrides})
+        return env_for(sandbox, name, **{**ONLY_PATIENTS, **overrides})
 
     return make

@@ -14,7 +14,7 @@ from clinicsync.store import queries
 from clinicsync.ui.main_window import TAB_NAMES, TABS, PlaceholderTab, load_tab_class
 from clinicsync.ui.status import PAUSED_MESSAGE, SANDBOX, request_sync
 from tests.support import admin, executed_writes, profile_env
-from tests.ui.conftest import WAIT_MS, wait_for_progress
+from tests.ui.conftest import ONLY_PATIENTS, WAIT_MS, wait_for_progress
 
 STREAM = "cliniko.patients"
 
@@ -38,7 +38,7 @@ def test_every_tab_builds_and_show_tab_reaches_each(build_gui, offline_env) -> N
 
 def test_sync_now_against_a_sandbox_in_another_process(qtbot, build_gui, home, sandbox_process) -> None:
     info = sandbox_process("--profile", "clean", "--patients", "60", "--products", "0")
-    gui = build_gui(profile_env(home, info["env"], CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false"))
+    gui = build_gui(profile_env(home, info["env"], **ONLY_PATIENTS))
     overview = gui.window.show_tab("overview")
     with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS) as finished:
         qtbot.mouseClick(overview.sync_button, Qt.MouseButton.LeftButton)

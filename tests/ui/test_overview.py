@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QTextDocument
 
+from clinicsync import labels
 from clinicsync.store import queries
 from clinicsync.ui import status
 from clinicsync.ui.overview_tab import OverviewTab, counts_text, finished_text, stream_view
@@ -74,6 +75,28 @@ def test_stream_card_words() -> None:
     assert busy.errors == "4 records failed in the last run"
     assert stream_view(STREAM, row(last_outcome="needs_approval"), None, NOW).state == "Waiting for your approval"
     assert counts_text({}) == "no changes"
+
+
+def test_invoices_no_payment_paid_are_counted_in_a_practice_managers_words() -> None:
+    """Invoice linking counts an invoice with no Stripe payment to link as skipped; the card, the history and the
+    command line all say "not paid through Stripe" (labels.count_name), and other streams still say skipped."""
+    from clinicsync.ui.models import RunsModel, action_label
+
+    counts = {"linked": 4, "skipped": 3, "review": 1}
+    card = stream_view("cliniko.invoices", row(last_outcome="attention", last_counts=counts), None, NOW)
+    assert card.counts == "4 linked, 3 not paid through Stripe, 1 sent to review"
+    assert counts_text({"skipped": 2}, STREAM) == "2 skipped"
+    assert labels.counts_words(counts, "cliniko.invoices") == "4 linked, 3 not paid through Stripe, 1 review"
+    assert action_label("skipped", "cliniko.invoices") == "Not paid through Stripe"
+    assert action_label("skipped", STREAM) == "Skipped" and action_label("linked", "cliniko.invoices") == "Linked"
+    assert labels.plan_action_label("skipped", "payment_intent", "cliniko.invoices") == (
+        "Not paid through Stripe (nothing sent)"
+    )
+    at = utc_naive(NOW)
+    run = queries.RunRow(7, "cliniko.invoices", "cli", False, at, at, "ok", 0, 4, 0, 0, 3, 0, 1, "", 1)
+    skipped = next(column for column, name in RunsModel.COUNT_COLUMNS.items() if name == "skipped")
+    tooltip = RunsModel().cell(run, skipped, Qt.ItemDataRole.ToolTipRole)
+    assert tooltip.splitlines()[0] == "3 not paid through Stripe"
 
 
 def test_a_sync_that_never_started_says_why_in_plain_words() -> None:
@@ -306,16 +329,35 @@ def test_an_interrupted_run_is_told_in_plain_words_in_overview_and_history() -> 
     assert severity_color("interrupted") == severity_color("cancelled"), "nobody must act: the next sync resumes"
 
 
+def test_a_sync_with_invoice_linking_says_which_invoices_were_not_paid_through_stripe(qtbot, sandbox_gui) -> None:
+    # Invoice linking is on by default; the sandbox's invoices have no Stripe payments to link.
+    invoices = "cliniko.invoices"
+    gui, sandbox = sandbox_gui(profile="clean", patients=5, env={"CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED": "true"})
+    count = len(admin(sandbox.cliniko_url, "dump")["invoices"])
+    assert count > 0
+    overview: OverviewTab = gui.window.tab("overview")
+    gui.window.show()
+    with qtbot.waitSignal(gui.ui.bridge.job_finished, timeout=WAIT_MS):
+        qtbot.mouseClick(overview.sync_button, Qt.MouseButton.LeftButton)
+    words = f"{count} not paid through Stripe"
+    qtbot.waitUntil(lambda: overview.cards[invoices].labels["counts"].text() == words)
+    assert overview.message_label.text() == f"Patients done: 5 created; Invoices done: {words}"
+    history = gui.window.show_tab("history")
+    qtbot.waitUntil(lambda: history.selected_run() is not None and history.selected_run().stream == invoices)
+    assert history.summary.text().endswith(f"({words})")
+
+
 def test_a_clinic_without_cal_com_sees_no_cal_com_cards(build_gui, offline_env) -> None:
     def shown(env: dict[str, str]) -> set[str]:
         overview = build_gui(env).window.show_tab("overview")
         return {stream for stream, card in overview.cards.items() if not card.isHidden()}
 
-    assert shown(offline_env) == {"cliniko.patients", "cliniko.products"}
+    assert shown(offline_env) == {"cliniko.patients", "cliniko.products", "cliniko.invoices"}
     with_calcom = {**offline_env, "CLINICSYNC_CALCOM_API_KEY": "cal_sandbox_not_a_real_key"}
     assert shown(with_calcom) == {
         "cliniko.patients",
         "cliniko.products",
+        "cliniko.invoices",
         "calcom.event_types",
         "calcom.bookings",
         "calcom.booking_payments",

@@ -187,6 +187,7 @@ def test_closing_to_the_tray_says_it_keeps_syncing_only_when_a_schedule_is_on(qt
     # Nothing on a schedule any more: the hint (shown once ever) would say it syncs when asked.
     gui.ui.app.settings.set("schedule.cliniko.patients.enabled", False)
     gui.ui.app.settings.set("schedule.cliniko.products.enabled", False)
+    gui.ui.app.settings.set("schedule.cliniko.invoices.enabled", False)
     assert not gui.ui.schedule.schedule_on()
     assert tray_hint(gui.ui.schedule.schedule_on()) == TRAY_HINT
 

@@ -158,14 +158,15 @@ def test_mirroring_invoices_is_off_until_ticked_and_then_polled_and_shown(qtbot,
     assert overview.cards[mirror].isVisibleTo(gui.window)
 
 
-def test_linking_invoices_to_payments_is_switched_on_here_and_then_polled(qtbot, make_sandbox, env_for, build_gui):
-    sandbox = make_sandbox(profile="clean", patients=3)
-    gui = build_gui(env_for(sandbox))
+def test_linking_invoices_to_payments_is_on_by_default_and_switched_off_here(qtbot, build_gui, offline_env):
+    gui = build_gui(offline_env)  # the settings' own defaults
     tab = gui.window.show_tab("settings")
-    assert not tab.linking_box.isChecked()
-    assert "cliniko.invoices" not in scheduled_streams(gui.ui.app.settings)
-    tab.linking_box.setChecked(True)
-    assert gui.ui.app.settings.get("streams.cliniko.invoices.enabled") is True
+    assert tab.linking_box.isChecked()
     assert "cliniko.invoices" in scheduled_streams(gui.ui.app.settings)
+    tab.linking_box.setChecked(False)
+    assert gui.ui.app.settings.get("streams.cliniko.invoices.enabled") is False
+    assert "cliniko.invoices" not in scheduled_streams(gui.ui.app.settings)
     tab.refresh()
-    assert tab.linking_box.isChecked(), "shown as stored"
+    assert not tab.linking_box.isChecked(), "shown as stored"
+    tab.linking_box.setChecked(True)
+    assert "cliniko.invoices" in scheduled_streams(gui.ui.app.settings)

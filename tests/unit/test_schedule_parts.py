@@ -20,19 +20,39 @@ from clinicsync.sync.clock import ManualClock, WakeDetector
 from clinicsync.sync.history import SCHEDULE, fold_quiet
 
 
-def test_polling_every_cliniko_stream_at_the_minimum_interval_stays_well_inside_the_budget() -> None:
-    # The streams on by default (cliniko.invoices is switched on by a person); with every one of them on, the
-    # shortest interval offered grows to keep inside the budget.
+def test_polling_the_default_cliniko_streams_at_the_shortest_interval_stays_well_inside_the_budget() -> None:
+    # The Cliniko streams on by default: patients, products and invoice linking (the mirror is switched on by a
+    # person). Their declared idle polls set the shortest interval offered; the default interval is above it.
     every = [name for name, stream in STREAMS.items() if stream.source_system == "cliniko"]
     assert scheduler.shortest_interval(every) >= scheduler.minimum_interval(every)
     switch = {name: SPECS_BY_KEY.get(f"streams.{name}.enabled") for name in every}
     cliniko = [
         name for name in every if (switch[name] is None or switch[name].default) and STREAMS[name].enabled_by is None
     ]
-    assert scheduler.minimum_interval(cliniko) <= MIN_INTERVAL_SECONDS
-    per_minute = scheduler.poll_cost("cliniko", len(cliniko)) * 60 / MIN_INTERVAL_SECONDS
+    assert cliniko == ["cliniko.patients", "cliniko.products", "cliniko.invoices"]
+    shortest = scheduler.shortest_interval(cliniko)
+    assert shortest <= SPECS_BY_KEY["schedule.interval_seconds"].default
+    per_minute = scheduler.poll_cost("cliniko", cliniko) * 60 / shortest
     assert per_minute <= scheduler.POLL_SHARE * rate_limits.CLINIKO_BUDGET_PER_MINUTE
     assert per_minute <= 0.2 * rate_limits.CLINIKO_PER_MINUTE, "a fifth of Cliniko's own limit at most"
+
+
+def test_the_poll_cost_sums_what_each_stream_declares_with_one_connect_per_service() -> None:
+    invoices, patients = STREAMS["cliniko.invoices"], STREAMS["cliniko.patients"]
+    both = ["cliniko.patients", "cliniko.invoices"]
+    expected = scheduler.CONNECT_REQUESTS["cliniko"] + patients.idle_poll["cliniko"] + invoices.idle_poll["cliniko"]
+    assert scheduler.poll_cost("cliniko", both) == expected
+    assert scheduler.poll_cost("calcom", both) == 0, "no Cal.com stream: no Cal.com request"
+    with_calcom = [*both, "calcom.bookings"]  # each source's accounts are resolved with Stripe on its own
+    stripe = 2 * scheduler.CONNECT_REQUESTS["stripe"] + sum(STREAMS[n].idle_poll["stripe"] for n in with_calcom)
+    assert scheduler.poll_cost("stripe", with_calcom) == stripe
+    assert invoices.idle_poll["cliniko"] > patients.idle_poll["cliniko"], "its own cost, not a flat rate per source"
+
+
+def test_every_stream_declares_its_idle_poll_for_its_source_and_stripe() -> None:
+    for name, stream in STREAMS.items():
+        assert set(stream.idle_poll) == {stream.source_system, "stripe"}, name
+        assert all(count >= 1 for count in stream.idle_poll.values()), name
 
 
 def test_more_streams_of_one_source_lengthen_the_interval_instead_of_overrunning_the_budget() -> None:
@@ -42,9 +62,9 @@ def test_more_streams_of_one_source_lengthen_the_interval_instead_of_overrunning
     scheduler.STREAMS = fake  # type: ignore[assignment]
     try:
         needed = scheduler.minimum_interval(many)
+        cost = scheduler.poll_cost("cliniko", many)
     finally:
         scheduler.STREAMS = original  # type: ignore[assignment]
-    cost = scheduler.poll_cost("cliniko", 12)
     assert needed > MIN_INTERVAL_SECONDS
     assert cost * 60 / needed == pytest.approx(scheduler.POLL_SHARE * rate_limits.CLINIKO_BUDGET_PER_MINUTE)
 

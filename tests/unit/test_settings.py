@@ -37,7 +37,7 @@ EXPECTED_DEFAULTS = {
     "currency": "",
     "cliniko.products.price_basis": "including_tax",
     "streams.cliniko.products.enabled": True,
-    "streams.cliniko.invoices.enabled": False,
+    "streams.cliniko.invoices.enabled": True,
     "cliniko.invoices.match_days_before": 7,
     "cliniko.invoices.match_days_after": 30,
     "cliniko.invoices.mirror": False,  # an optional stream, off unless a person turns it on
