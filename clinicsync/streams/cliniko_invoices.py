@@ -298,7 +298,7 @@ def reconcile_unmatched(mapped: MappedRecord, facts: Mapping[str, Any]) -> Drift
         None,
         kind=FindingType.PAYMENT_MISMATCH,
         reason=Reason.NO_PAYMENT,
-        severity=Severity.MEDIUM,
+        severity=Severity.LOW,  # usually paid by cash or a terminal outside Stripe: worth a look, rarely wrong
         explanation=(
             f"{{record}} is {facts.get('status_words')} in Cliniko ({total}), but no Stripe payment is linked to "
             "it: it was paid another way (cash, a terminal outside Stripe), or its payment was not found."

@@ -40,7 +40,11 @@ def live_customers(sandbox: Any) -> list[dict[str, Any]]:
 
 def test_reconcile_exit_codes_csv_fixes_and_marks(make_sandbox, cli_env, tmp_path):  # noqa: F811
     sandbox = make_sandbox(profile="clean", patients=30)
-    env = cli_env(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+    env = cli_env(
+        sandbox,
+        CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false",
+        CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="false",
+    )
     expect(cli(env, "sync", "--once"), 0)
 
     clean = expect(cli(env, "reconcile", "--csv", str(tmp_path / "clean.csv"), "--html", str(tmp_path / "r.html")), 0)

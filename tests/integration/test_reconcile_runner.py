@@ -27,7 +27,13 @@ def wait_for(listener, count: int) -> None:
 
 def test_reconcile_and_fix_jobs_run_on_the_worker_and_report(make_sandbox, env_for):
     sandbox = make_sandbox(profile="clean", patients=40)
-    ctx, runner, listener, credentials = start(env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false"))
+    ctx, runner, listener, credentials = start(
+        env_for(
+            sandbox,
+            CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false",
+            CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="false",
+        )
+    )
     try:
         assert runner.submit(trigger="manual", credentials=credentials) is not None
         wait_for(listener, 1)
@@ -91,7 +97,11 @@ def test_the_scratch_store_keeps_groups_and_candidates_out_of_memory():
 
 def test_a_duplicate_with_payments_is_never_deleted(make_sandbox, env_for, monkeypatch):
     sandbox = make_sandbox(profile="clean", patients=5)
-    env = env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+    env = env_for(
+        sandbox,
+        CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false",
+        CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="false",
+    )
     sync_once(env)
     for name in ("Walk In", "Walk-in"):
         stripe_call(sandbox, "POST", "customers", {"name": name, "email": "walk.in@example.org"})
@@ -118,7 +128,11 @@ def test_a_side_that_fails_stops_the_other_and_the_report_says_failed(make_sandb
     """Stripe and the source are read at the same time: when one fails, the other stops reading, the failure is
     the one raised (as a sync's would be), and the report says it failed."""
     sandbox = make_sandbox(profile="clean", patients=250)
-    env = env_for(sandbox, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+    env = env_for(
+        sandbox,
+        CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false",
+        CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="false",
+    )
     ctx = context(env)
     for url, spec in ((sandbox.stripe_url, "before:500=1,skip=1"), (sandbox.cliniko_url, "before:500=1,skip=2")):
         admin(url, "faults", spec=spec)  # the account reads pass; the listings fail from then on

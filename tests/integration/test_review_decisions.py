@@ -31,7 +31,8 @@ def naming(sandbox, patient_id: str) -> list[dict]:
 
 
 def edit_while_reading(monkeypatch, sandbox, patient_id: str, *, when: str, fields: dict) -> None:
-    """Staff change a patient once, right after the sync has read it (`when`: "listing" or "by id")."""
+    """Staff change a patient once, right after the sync has read it (`when`: "listing", where the run then meets
+    the edited version too, or "by id")."""
     original = STREAMS[STREAM]
     done: list[bool] = []
 
@@ -43,8 +44,11 @@ def edit_while_reading(monkeypatch, sandbox, patient_id: str, *, when: str, fiel
     def read_changed(client, cursor):
         for record in original.read_changed(client, cursor):
             yield record
-            if str(record["id"]) == patient_id:
+            if str(record["id"]) == patient_id and not done:
                 edit_once()
+                # Met again in the same run, edited: as a second pass (live, then archived_at:*) lists it when
+                # Cliniko's `*` listing does not hold live records too.
+                yield original.read_one(client, patient_id)
 
     def read_one(client, source_id):
         record = original.read_one(client, source_id)
