@@ -28,6 +28,7 @@ from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
+    DUPLICATE_OF_KEY,
     FindRequest,
     NotYet,
     PlanRequest,
@@ -484,6 +485,50 @@ def find_created(gateway: Any, request: FindRequest) -> dict[str, Any] | None:
     return None
 
 
+# --- two installations racing: one mirror kept, the other closed the mirror's way -----------------------------
+def choose_twins(gateway: Any, ids: list[str]) -> list[str]:
+    """Of the Stripe invoices naming one Cliniko invoice (oldest first), the race's twins, the one kept first: the
+    oldest finalized one not yet retired (a draft may still be getting its lines); void ones beside a finalized one
+    are mirrors replaced on purpose, not twins. Drafts only: nothing yet (each is finalized by its own plan)."""
+    found = {stripe_id: gateway.retrieve("invoice", stripe_id) for stripe_id in ids}
+    gone = [stripe_id for stripe_id, invoice in found.items() if invoice is None]
+    retired = [i for i, invoice in found.items() if invoice and (invoice.get("metadata") or {}).get(DUPLICATE_OF_KEY)]
+    others = [i for i, invoice in found.items() if invoice and i not in retired]
+    status = {stripe_id: found[stripe_id]["status"] for stripe_id in others}  # type: ignore[index]
+    finalized = [i for i in others if status[i] in ("open", "paid")]
+    if finalized:
+        return [*finalized, *(i for i in others if status[i] == "draft"), *retired, *gone]
+    voided = [i for i in others if status[i] == "void"]
+    if voided and not any(status[i] == "draft" for i in others):
+        return [*voided, *retired, *gone]
+    return []
+
+
+def retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
+    """A twin is closed as the mirror closes an invoice (void, or credited in full outside Stripe when paid: never
+    refunded, never emailed) and marked as the survivor's duplicate, so the books count the invoice once. Each step
+    is keyed by the twin, so two installations retiring it do it once."""
+    invoice = gateway.retrieve("invoice", twin_id)
+    if invoice is None or (invoice.get("metadata") or {}).get(DUPLICATE_OF_KEY):
+        return f"already retired as a duplicate of {survivor_id}"
+    status, key = invoice.get("status"), f"twin:{twin_id}"
+    if status == "draft":  # finalized to be voided, not deleted: deleting a draft would leave its lines pending
+        gateway.write("finalize", "invoice", twin_id, {"auto_advance": False}, f"{key}:finalize")
+        status = "open"
+    done = "left void"
+    if status == "open":
+        gateway.write("void", "invoice", twin_id, {}, f"{key}:void")
+        done = "voided"
+    elif status == "paid":
+        remaining = int(invoice.get("total") or 0) - int(invoice.get("post_payment_credit_notes_amount") or 0)
+        if remaining > 0:
+            params = {"invoice": twin_id, "amount": remaining, "out_of_band_amount": remaining, "email_type": "none"}
+            gateway.write("create", "credit_note", None, {**params, "metadata": {DUPLICATE_OF_KEY: survivor_id}}, key)
+        done = "credited in full outside Stripe"
+    gateway.write("update", "invoice", twin_id, {"metadata": {DUPLICATE_OF_KEY: survivor_id}}, f"{key}:mark")
+    return f"{done} and marked as a duplicate of {survivor_id}"
+
+
 CLINIKO_INVOICE_MIRROR = Stream(
     name=NAME,
     source_system="cliniko",
@@ -495,6 +540,8 @@ CLINIKO_INVOICE_MIRROR = Stream(
     changed_at=_changed_at,
     plan=plan,
     find_created=find_created,
+    retire_twin=retire_twin,
+    choose_twins=choose_twins,
     observe=observe,
     depends_on=("cliniko.patients", "cliniko.products"),
     enrich=_enrich,

@@ -90,6 +90,10 @@ def repair(
     twins = find_twins(pair, mapping)
     if not twins or stream.retire_twin is None:
         return len(twins)
+    if stream.choose_twins is not None:  # e.g. a mirror voided and replaced on purpose is no twin of its successor
+        twins = [chosen for twin in twins if (chosen := _chosen(stream, gateway, twin)) is not None]
+        if not twins:
+            return 0
     for twin in twins:
         link = RecordLink.get_or_none(
             (RecordLink.pair == pair) & (RecordLink.stream == stream.name) & (RecordLink.source_id == twin.source_id)
@@ -114,6 +118,18 @@ def repair(
             note(twin.source_id, name, extra, f"Duplicate made by another computer's sync at the same time: {done}")
     _remember_other_installation(pair)
     return len(twins)
+
+
+def _chosen(stream: Stream, gateway: object, twin: Twin) -> Twin | None:
+    """The stream's choice of which objects naming the record are twins, the one to keep first; None when there is
+    nothing to do now (or Stripe could not be read: the next run looks again)."""
+    assert stream.choose_twins is not None
+    try:
+        ids = stream.choose_twins(gateway, [twin.survivor, *twin.extras])
+    except StripeFailure as failure:
+        log.warning("could not read the duplicates of %s: %s", twin.source_id, failure.message)
+        return None
+    return Twin(twin.source_id, ids[0], ids[1:]) if len(ids) > 1 else None
 
 
 def _move_link(link: RecordLink, survivor: str) -> None:
