@@ -24,6 +24,7 @@ from clinicsync.store.db import database_proxy
 from clinicsync.store.models import AccountPair, RecordLink, RoleLink, StripeIndexEntry, utcnow
 from clinicsync.streams.base import Stream
 from clinicsync.stripe_gateway import StripeFailure
+from clinicsync.sync.outbox import revisit_later
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,9 @@ def _chosen(stream: Stream, gateway: object, twin: Twin) -> Twin | None:
 
 
 def _move_link(link: RecordLink, survivor: str) -> None:
-    """Point the record at the object that stays; its data is sent to it again on this run, and the objects of
-    other roles it owned on the twin are forgotten (the twin's, not the survivor's)."""
+    """Point the record at the object that stays; its data is sent to it again on this run (it is read by id, as
+    an unchanged record would not be read: the survivor may hold what another source or installation wrote), and
+    the objects of other roles it owned on the twin are forgotten (the twin's, not the survivor's)."""
     with database_proxy.atomic():
         RecordLink.update(stripe_id=survivor, payload_hash=None, updated_at=utcnow()).where(
             RecordLink.id == link.id
@@ -142,6 +144,7 @@ def _move_link(link: RecordLink, survivor: str) -> None:
         RoleLink.delete().where(
             (RoleLink.pair == link.pair_id) & (RoleLink.stream == link.stream) & (RoleLink.source_id == link.source_id)
         ).execute()
+        revisit_later(link.pair, link.stream, link.source_id, "its Stripe object was a twin: moved to the one kept")
 
 
 def _remember_other_installation(pair: AccountPair) -> None:

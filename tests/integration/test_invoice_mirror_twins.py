@@ -8,6 +8,7 @@ twin: it stays as it is, and nobody is told of another computer.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import stripe
@@ -73,6 +74,7 @@ def test_twins_of_a_race_are_closed_and_marked_the_links_move_to_the_one_kept_an
     # The race: another computer made its own mirror of four invoices a moment later (one still a draft); B is that
     # computer for one of them and is linked to its own.
     sdk = stripe.StripeClient(sandbox.stripe_key or "", base_addresses={"api": sandbox.stripe_url})
+    sandbox.stripe.emulator.clock = lambda: time.time() + 30  # a moment later (never the same second: one order)
     wanted = {paid[0]: "paid", still_open[0]: "open", still_open[1]: "draft", still_open[2]: "open"}
     twins = {iid: _twin(sdk, kept[iid], state) for iid, state in wanted.items()}
     context(b)
