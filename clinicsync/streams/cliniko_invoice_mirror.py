@@ -339,6 +339,10 @@ def plan(request: PlanRequest) -> list[WriteStep]:
     params = dict(request.params)
     mirror = params.pop("mirror")
     invoice_id = request.mapped.source_id
+    if request.op == "link" and _state_of(request) == "draft":
+        # Another installation's mirror, still being written: its lines may not all be there, and finalizing it now
+        # would freeze it so. Its maker finishes it (or a race's repair retires it); the record is read again.
+        raise NotYet("its Stripe invoice is a draft another computer is still writing; it is linked once finalized")
     if mirror.get("closing") and request.op != "create":
         return _close(request, params, invoice_id, _state_of(request) or "open", str(mirror["state"]))
     total, currency, wanted = int(mirror["total"]), str(mirror["currency"]), str(mirror["state"])
@@ -505,17 +509,20 @@ def choose_twins(gateway: Any, ids: list[str]) -> list[str]:
 
 
 def retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
-    """A twin is closed as the mirror closes an invoice (void, or credited in full outside Stripe when paid: never
-    refunded, never emailed) and marked as the survivor's duplicate, so the books count the invoice once. Each step
-    is keyed by the twin, so two installations retiring it do it once."""
+    """A twin is marked as the survivor's duplicate, then closed as the mirror closes an invoice (void, or credited
+    in full outside Stripe when paid: never refunded, never emailed), so the books count the invoice once. Marked
+    first: a twin closed but not marked (the mark refused, the run killed) would look like a mirror replaced on
+    purpose and never be looked at again; a marked one is finished on the next run. Each step is keyed by the twin,
+    so two installations retiring it do it once."""
     invoice = gateway.retrieve("invoice", twin_id)
-    if invoice is None or (invoice.get("metadata") or {}).get(DUPLICATE_OF_KEY):
-        return f"already retired as a duplicate of {survivor_id}"
-    status, key = invoice.get("status"), f"twin:{twin_id}"
+    if invoice is None:
+        return f"already gone (a duplicate of {survivor_id})"
+    key = f"twin:{twin_id}"
+    gateway.write("update", "invoice", twin_id, {"metadata": {DUPLICATE_OF_KEY: survivor_id}}, f"{key}:mark")
+    status, done = invoice.get("status"), "left void"
     if status == "draft":  # finalized to be voided, not deleted: deleting a draft would leave its lines pending
         gateway.write("finalize", "invoice", twin_id, {"auto_advance": False}, f"{key}:finalize")
         status = "open"
-    done = "left void"
     if status == "open":
         gateway.write("void", "invoice", twin_id, {}, f"{key}:void")
         done = "voided"
@@ -525,8 +532,7 @@ def retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
             params = {"invoice": twin_id, "amount": remaining, "out_of_band_amount": remaining, "email_type": "none"}
             gateway.write("create", "credit_note", None, {**params, "metadata": {DUPLICATE_OF_KEY: survivor_id}}, key)
         done = "credited in full outside Stripe"
-    gateway.write("update", "invoice", twin_id, {"metadata": {DUPLICATE_OF_KEY: survivor_id}}, f"{key}:mark")
-    return f"{done} and marked as a duplicate of {survivor_id}"
+    return f"marked as a duplicate of {survivor_id} and {done}"
 
 
 CLINIKO_INVOICE_MIRROR = Stream(
