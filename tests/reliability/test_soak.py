@@ -326,16 +326,18 @@ def _reschedule_paid(sandbox: SandboxProcess, rng: random.Random) -> None:
     }
     bookings = admin(sandbox.calcom_url, "dump")["bookings"]
     following = {b["fromReschedule"]: b for b in bookings if b.get("fromReschedule")}
-    movable = []
-    for booking in bookings:
-        if str(booking["id"]) not in paid or any(a.get("seat") for a in booking["attendees"]):
+    movable: dict[bool, list[str]] = {True: [], False: []}  # moved before or not → latest bookings' uids
+    for first in bookings:
+        if str(first["id"]) not in paid or any(a.get("seat") for a in first["attendees"]):
             continue
-        while booking["uid"] in following:
-            booking = following[booking["uid"]]
-        if booking["status"] == "ACCEPTED":
-            movable.append(booking["uid"])
-    assert movable, "paid bookings to move"
-    admin(sandbox.calcom_url, "reschedule", uid=rng.choice(sorted(movable)))
+        latest = first
+        while latest["uid"] in following:
+            latest = following[latest["uid"]]
+        if latest["status"] == "ACCEPTED":
+            movable[latest is not first].append(latest["uid"])
+    choices = movable[False] or movable[True]  # one not moved yet when there is one: a new chain every round
+    assert choices, "paid bookings to move"
+    admin(sandbox.calcom_url, "reschedule", uid=rng.choice(sorted(choices)))
 
 
 def test_soak_every_stream_faults_two_installations_and_kills_end_exact(tmp_path: Path) -> None:
