@@ -24,6 +24,7 @@ from clinicsync.store.db import database_proxy
 from clinicsync.store.models import AccountPair, RecordLink, RoleLink, StripeIndexEntry, utcnow
 from clinicsync.streams.base import Stream
 from clinicsync.stripe_gateway import StripeFailure
+from clinicsync.sync.matching import same_account
 from clinicsync.sync.outbox import revisit_later
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def repair(
             continue
         if link is not None and link.stripe_id in twin.extras:
             _move_link(link, twin.survivor)
+        for other in _others_linked(pair, stream, mapping.stripe_object, twin.extras):
+            _move_link(other, twin.survivor)  # e.g. a Cal.com booker joined to a patient's customer that goes
         for extra in twin.extras:
             try:
                 done = stream.retire_twin(gateway, extra, twin.survivor)
@@ -131,6 +134,19 @@ def _chosen(stream: Stream, gateway: object, twin: Twin) -> Twin | None:
         log.warning("could not read the duplicates of %s: %s", twin.source_id, failure.message)
         return None
     return Twin(twin.source_id, ids[0], ids[1:]) if len(ids) > 1 else None
+
+
+def _others_linked(pair: AccountPair, stream: Stream, stripe_object: str, twins: list[str]) -> list[RecordLink]:
+    """Records of other streams (this Stripe account's pairs) linked to the twins: they move with the record, or
+    they would stay linked to an object that is deleted or retired, and never be sent again unless they change."""
+    return list(
+        RecordLink.select().where(
+            RecordLink.pair.in_(same_account(pair))
+            & (RecordLink.stream != stream.name)
+            & (RecordLink.stripe_object == stripe_object)
+            & RecordLink.stripe_id.in_(twins)
+        )
+    )
 
 
 def _move_link(link: RecordLink, survivor: str) -> None:

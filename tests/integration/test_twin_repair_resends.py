@@ -13,6 +13,7 @@ import time
 import stripe
 
 from clinicsync.store.models import RecordLink
+from clinicsync.sync.service import run_sync
 from tests.reliability.helpers import all_patients, is_live
 from tests.support import context, sync_once
 
@@ -44,3 +45,38 @@ def test_a_link_moved_to_the_object_kept_sends_the_patients_details_to_it_in_the
     context(env)
     assert RecordLink.get_by_id(link.id).stripe_id == kept
     assert sdk.v1.customers.retrieve(twin).to_dict().get("deleted"), "the twin nothing referred to is deleted"
+
+
+def test_records_of_other_streams_linked_to_a_twin_move_with_it_and_are_sent_to_the_object_kept(make_sandbox, env_for):
+    """The soak, seed 404: a Cal.com booker had joined the patient's customer that a race's repair then deleted; the
+    booker stayed linked to the deleted customer, and the one kept never carried their bookings."""
+    sandbox = make_sandbox(patients=30, calcom=True, calcom_bookings=30)
+    env = env_for(sandbox)
+    ctx = context(env)
+    assert all(r.outcome in ("ok", "attention") for r in run_sync(ctx.paths, ctx.settings, ctx.secrets))
+    context(env)
+    patients = {row.stripe_id: row for row in RecordLink.select().where(RecordLink.stream == STREAM)}
+    person = next(
+        row
+        for row in RecordLink.select().where(RecordLink.stream == "calcom.bookings").order_by(RecordLink.source_id)
+        if row.stripe_id in patients
+    )
+    patient_link = patients[person.stripe_id]
+    kept = person.stripe_id
+    patient = all_patients(sandbox.cliniko_url)[patient_link.source_id]
+    # This installation's first sync had made the patient's customer a moment after another computer's, and the
+    # booker joined that one; the one kept has no booking details yet.
+    sdk = stripe.StripeClient(sandbox.stripe_key or "", base_addresses={"api": sandbox.stripe_url})
+    sandbox.stripe.emulator.clock = lambda: time.time() + 30
+    params = {"email": patient["email"], "name": "Same patient", "metadata": {"cliniko_patient_id": patient["id"]}}
+    twin = sdk.v1.customers.create(params=params).id
+    RecordLink.update(stripe_id=twin).where(RecordLink.id.in_([patient_link.id, person.id])).execute()
+    sdk.v1.customers.update(kept, params={"metadata": {"calcom_attendee_ref": "", "calcom_booking_count": ""}})
+
+    repaired = run_sync(ctx.paths, ctx.settings, ctx.secrets)
+    assert all(r.outcome in ("ok", "attention") for r in repaired), [(r.stream, r.message) for r in repaired]
+    metadata = sdk.v1.customers.retrieve(kept).to_dict()["metadata"]
+    assert metadata.get("calcom_attendee_ref") == person.source_id, "the booker's details reached the one kept"
+    assert metadata.get("calcom_booking_count"), metadata
+    context(env)
+    assert {RecordLink.get_by_id(row.id).stripe_id for row in (patient_link, person)} == {kept}
