@@ -250,6 +250,10 @@ class Stream:
     # (gateway, twin id, survivor id) → what was done, in words: the newer of two objects that name one record,
     # made by two installations racing, is deleted when nothing refers to it, else marked. None: left alone.
     retire_twin: Callable[[Any, str, str], str] | None = None
+    # (gateway, ids of the objects naming one record, oldest first) → those that are a race's twins, the one to keep
+    # first (fewer than two: nothing to do now), for a stream whose objects of one record are not all twins (a
+    # mirror replaced on purpose) or whose oldest is not always the one to keep. None: every one, oldest kept.
+    choose_twins: Callable[[Any, list[str]], list[str]] | None = None
     # What reconciliation compares between a record and its Stripe objects, and how its objects are retired.
     # None: the stream is not reconciled.
     compare: Comparison | None = None

@@ -31,6 +31,7 @@ from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, Stri
 from clinicsync.reconcile.findings import FixKind, Severity
 from clinicsync.streams import cliniko_common
 from clinicsync.streams.base import (
+    DUPLICATE_OF_KEY,
     FindRequest,
     NotYet,
     PlanRequest,
@@ -340,6 +341,10 @@ def plan(request: PlanRequest) -> list[WriteStep]:
     params = dict(request.params)
     mirror = params.pop("mirror")
     invoice_id = request.mapped.source_id
+    if request.op == "link" and _state_of(request) == "draft":
+        # Another installation's mirror, still being written: its lines may not all be there, and finalizing it now
+        # would freeze it so. Its maker finishes it (or a race's repair retires it); the record is read again.
+        raise NotYet("its Stripe invoice is a draft another computer is still writing; it is linked once finalized")
     if mirror.get("closing") and request.op != "create":
         return _close(request, params, invoice_id, _state_of(request) or "open", str(mirror["state"]))
     total, currency, wanted = int(mirror["total"]), str(mirror["currency"]), str(mirror["state"])
@@ -525,9 +530,56 @@ COMPARISON = Comparison(
     archive_fix=FixKind.ARCHIVE,
     listing=reconcile_listing,
     fetch=lambda gateway, stripe_id: gateway.retrieve("invoice", stripe_id),
-    # A mirror voided to be replaced (its lines changed in Cliniko) still names the invoice: it is retired.
-    retired=lambda invoice: invoice.get("status") == "void",
+    # A mirror voided to be replaced (its lines changed in Cliniko) still names the invoice, and so does a race's
+    # twin closed by the twin repair (void, or paid and credited in full, marked as a duplicate): both retired.
+    retired=lambda invoice: invoice.get("status") == "void" or DUPLICATE_OF_KEY in (invoice.get("metadata") or {}),
 )
+
+
+# --- two installations racing: one mirror kept, the other closed the mirror's way -----------------------------
+def choose_twins(gateway: Any, ids: list[str]) -> list[str]:
+    """Of the Stripe invoices naming one Cliniko invoice (oldest first), the race's twins, the one kept first: the
+    oldest finalized one not yet retired (a draft may still be getting its lines); void ones beside a finalized one
+    are mirrors replaced on purpose, not twins. Drafts only: nothing yet (each is finalized by its own plan)."""
+    found = {stripe_id: gateway.retrieve("invoice", stripe_id) for stripe_id in ids}
+    gone = [stripe_id for stripe_id, invoice in found.items() if invoice is None]
+    retired = [i for i, invoice in found.items() if invoice and (invoice.get("metadata") or {}).get(DUPLICATE_OF_KEY)]
+    others = [i for i, invoice in found.items() if invoice and i not in retired]
+    status = {stripe_id: found[stripe_id]["status"] for stripe_id in others}  # type: ignore[index]
+    finalized = [i for i in others if status[i] in ("open", "paid")]
+    if finalized:
+        return [*finalized, *(i for i in others if status[i] == "draft"), *retired, *gone]
+    voided = [i for i in others if status[i] == "void"]
+    if voided and not any(status[i] == "draft" for i in others):
+        return [*voided, *retired, *gone]
+    return []
+
+
+def retire_twin(gateway: Any, twin_id: str, survivor_id: str) -> str:
+    """A twin is marked as the survivor's duplicate, then closed as the mirror closes an invoice (void, or credited
+    in full outside Stripe when paid: never refunded, never emailed), so the books count the invoice once. Marked
+    first: a twin closed but not marked (the mark refused, the run killed) would look like a mirror replaced on
+    purpose and never be looked at again; a marked one is finished on the next run. Each step is keyed by the twin,
+    so two installations retiring it do it once."""
+    invoice = gateway.retrieve("invoice", twin_id)
+    if invoice is None:
+        return f"already gone (a duplicate of {survivor_id})"
+    key = f"twin:{twin_id}"
+    gateway.write("update", "invoice", twin_id, {"metadata": {DUPLICATE_OF_KEY: survivor_id}}, f"{key}:mark")
+    status, done = invoice.get("status"), "left void"
+    if status == "draft":  # finalized to be voided, not deleted: deleting a draft would leave its lines pending
+        gateway.write("finalize", "invoice", twin_id, {"auto_advance": False}, f"{key}:finalize")
+        status = "open"
+    if status == "open":
+        gateway.write("void", "invoice", twin_id, {}, f"{key}:void")
+        done = "voided"
+    elif status == "paid":
+        remaining = int(invoice.get("total") or 0) - int(invoice.get("post_payment_credit_notes_amount") or 0)
+        if remaining > 0:
+            params = {"invoice": twin_id, "amount": remaining, "out_of_band_amount": remaining, "email_type": "none"}
+            gateway.write("create", "credit_note", None, {**params, "metadata": {DUPLICATE_OF_KEY: survivor_id}}, key)
+        done = "credited in full outside Stripe"
+    return f"marked as a duplicate of {survivor_id} and {done}"
 
 
 CLINIKO_INVOICE_MIRROR = Stream(
@@ -542,6 +594,8 @@ CLINIKO_INVOICE_MIRROR = Stream(
     plan=plan,
     find_created=find_created,
     idle_poll={"cliniko": 6, "stripe": 1},
+    retire_twin=retire_twin,
+    choose_twins=choose_twins,
     observe=observe,
     depends_on=("cliniko.patients", "cliniko.products"),
     compare=COMPARISON,

@@ -24,6 +24,8 @@ from clinicsync.store.db import database_proxy
 from clinicsync.store.models import AccountPair, RecordLink, RoleLink, StripeIndexEntry, utcnow
 from clinicsync.streams.base import Stream
 from clinicsync.stripe_gateway import StripeFailure
+from clinicsync.sync.matching import same_account
+from clinicsync.sync.outbox import revisit_later
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ def repair(
     twins = find_twins(pair, mapping)
     if not twins or stream.retire_twin is None:
         return len(twins)
+    if stream.choose_twins is not None:  # e.g. a mirror voided and replaced on purpose is no twin of its successor
+        twins = [chosen for twin in twins if (chosen := _chosen(stream, gateway, twin)) is not None]
+        if not twins:
+            return 0
     for twin in twins:
         link = RecordLink.get_or_none(
             (RecordLink.pair == pair) & (RecordLink.stream == stream.name) & (RecordLink.source_id == twin.source_id)
@@ -100,6 +106,8 @@ def repair(
             continue
         if link is not None and link.stripe_id in twin.extras:
             _move_link(link, twin.survivor)
+        for other in _others_linked(pair, stream, mapping.stripe_object, twin.extras):
+            _move_link(other, twin.survivor)  # e.g. a Cal.com booker joined to a patient's customer that goes
         for extra in twin.extras:
             try:
                 done = stream.retire_twin(gateway, extra, twin.survivor)
@@ -116,9 +124,35 @@ def repair(
     return len(twins)
 
 
+def _chosen(stream: Stream, gateway: object, twin: Twin) -> Twin | None:
+    """The stream's choice of which objects naming the record are twins, the one to keep first; None when there is
+    nothing to do now (or Stripe could not be read: the next run looks again)."""
+    assert stream.choose_twins is not None
+    try:
+        ids = stream.choose_twins(gateway, [twin.survivor, *twin.extras])
+    except StripeFailure as failure:
+        log.warning("could not read the duplicates of %s: %s", twin.source_id, failure.message)
+        return None
+    return Twin(twin.source_id, ids[0], ids[1:]) if len(ids) > 1 else None
+
+
+def _others_linked(pair: AccountPair, stream: Stream, stripe_object: str, twins: list[str]) -> list[RecordLink]:
+    """Records of other streams (this Stripe account's pairs) linked to the twins: they move with the record, or
+    they would stay linked to an object that is deleted or retired, and never be sent again unless they change."""
+    return list(
+        RecordLink.select().where(
+            RecordLink.pair.in_(same_account(pair))
+            & (RecordLink.stream != stream.name)
+            & (RecordLink.stripe_object == stripe_object)
+            & RecordLink.stripe_id.in_(twins)
+        )
+    )
+
+
 def _move_link(link: RecordLink, survivor: str) -> None:
-    """Point the record at the object that stays; its data is sent to it again on this run, and the objects of
-    other roles it owned on the twin are forgotten (the twin's, not the survivor's)."""
+    """Point the record at the object that stays; its data is sent to it again on this run (it is read by id, as
+    an unchanged record would not be read: the survivor may hold what another source or installation wrote), and
+    the objects of other roles it owned on the twin are forgotten (the twin's, not the survivor's)."""
     with database_proxy.atomic():
         RecordLink.update(stripe_id=survivor, payload_hash=None, updated_at=utcnow()).where(
             RecordLink.id == link.id
@@ -126,6 +160,7 @@ def _move_link(link: RecordLink, survivor: str) -> None:
         RoleLink.delete().where(
             (RoleLink.pair == link.pair_id) & (RoleLink.stream == link.stream) & (RoleLink.source_id == link.source_id)
         ).execute()
+        revisit_later(link.pair, link.stream, link.source_id, "its Stripe object was a twin: moved to the one kept")
 
 
 def _remember_other_installation(pair: AccountPair) -> None:

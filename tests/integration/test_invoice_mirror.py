@@ -50,10 +50,12 @@ def cliniko_list(sandbox: Any, path: str) -> dict[str, dict[str, Any]]:
 
 
 def mirrors(dump: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The Stripe invoices naming each Cliniko invoice, but a race's twins retired as duplicates."""
     found: dict[str, list[dict[str, Any]]] = {}
     for invoice in dump["invoices"]:
-        ref = (invoice.get("metadata") or {}).get("cliniko_invoice_id")
-        if ref and not invoice.get("deleted"):
+        metadata = invoice.get("metadata") or {}
+        ref = metadata.get("cliniko_invoice_id")
+        if ref and not invoice.get("deleted") and not metadata.get("clinicsync_duplicate_of"):
             found.setdefault(ref, []).append(invoice)
     return found
 

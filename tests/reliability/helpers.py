@@ -493,15 +493,19 @@ def start_sandbox_process(
     seed: int = 1,
     faults: str = "",
     calcom_bookings: int = 0,
+    calcom_payments: bool = False,
     timeout_s: float = 30,
 ) -> SandboxProcess:
     """`calcom_bookings` > 0 also runs the Cal.com emulator with about that many bookings (a third of their
-    attendees Cliniko's patients, seeded from the same profile, patient count and seed)."""
+    attendees Cliniko's patients, seeded from the same profile, patient count and seed); `calcom_payments` also puts
+    the payments Cal.com's Stripe app took on the clinic's account into Stripe."""
     workdir.mkdir(parents=True, exist_ok=True)
     output = workdir / "sandbox.out"
     args = ["--profile", profile, "--patients", str(patients), "--products", str(products), "--seed", str(seed)]
     if calcom_bookings:
         args += ["--calcom", "--calcom-bookings", str(calcom_bookings)]
+    if calcom_payments:
+        args += ["--calcom-payments"]
     if faults:
         args += ["--faults", faults]
     try:
