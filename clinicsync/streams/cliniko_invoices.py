@@ -24,6 +24,8 @@ from clinicsync.mapping.apply import MappedRecord
 from clinicsync.streams import cliniko_common
 from clinicsync.streams import payment_matching as pm
 from clinicsync.streams.base import (
+    CANDIDATES_LISTED,
+    ListingMark,
     MatchDecision,
     MatchSetup,
     NotYet,
@@ -43,10 +45,14 @@ DAYS_BEFORE_SETTING = "cliniko.invoices.match_days_before"
 DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
 
 
-def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
-    # Default lists hide archived and deleted invoices: each has a pass of its own (cliniko-api.md §3).
+def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record | ListingMark]:
+    # Default lists hide archived and deleted invoices: each has a pass of its own (cliniko-api.md §3). Only live
+    # invoices are offered to the matcher (an archived or deleted one is never linked), so once the pass that
+    # lists every live invoice has ended no payment can find another candidate: the mark lets the invoices that
+    # waited be decided then, and their links sent while the other passes are read.
     return itertools.chain(
         client.iter_changed("/invoices", cursor),
+        (CANDIDATES_LISTED,),
         client.iter_changed("/invoices", cursor, archived=True),
         client.iter_changed("/invoices", cursor, deleted=True),
     )
@@ -94,7 +100,12 @@ def _link(value: Any) -> str | None:
 
 
 class InvoiceMatcher:
-    """The invoices offered in one run, decided together after the read (streams/payment_matching.py)."""
+    """The invoices offered in one run (streams/payment_matching.py). Stripe's payments are listed once, at the
+    first invoice that needs them: from its window's start up to now, widened back only when a later invoice's
+    window starts earlier. Each invoice is decided as it is offered, so its link goes out while Cliniko is still
+    read, unless invoices still to come could change the decision (`pm.waits_for_every_bill`: one exact payment
+    that may fit another invoice too, a larger payment that may pay two): those wait for `decide`, called once
+    every invoice that could share a payment has been offered."""
 
     def __init__(self, setup: MatchSetup) -> None:
         self.setup = setup
@@ -102,6 +113,10 @@ class InvoiceMatcher:
         self.before = _days(setup.settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE)
         self.after = _days(setup.settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
         self.bills: dict[str, pm.Bill] = {}  # by invoice id: one read twice in a run (edited mid-sync) counts once
+        self._waiting: set[str] = set()  # invoices decided by `decide`
+        self._closed = False  # every invoice that could share a payment has been offered
+        self._index = pm.PaymentIndex([], setup.linked, setup.cross_ref_key)
+        self._listed_from: int | None = None  # the listing covers payments made from then (epoch s) up to now
         self._zones: dict[str, str] | None = None
         self._customers: dict[str, str | None] = {}
 
@@ -118,7 +133,7 @@ class InvoiceMatcher:
             self._customers[patient] = self.setup.links.stripe_id(PATIENTS, patient)
         return self._customers[patient]
 
-    def offer(self, mapped: MappedRecord, record: Record) -> None:
+    def _bill(self, mapped: MappedRecord, record: Record) -> pm.Bill:
         currency = self.settings.currency
         try:
             amount: int | None = money.to_minor_units(record.get("total_amount"), currency)
@@ -130,7 +145,7 @@ class InvoiceMatcher:
             issued = None
         patient = _link(record.get("patient")) or (str(record["patient_id"]) if record.get("patient_id") else None)
         status = record.get("status")
-        bill = pm.Bill(
+        return pm.Bill(
             source_id=mapped.source_id,
             number=str(record.get("number") or ""),
             amount=amount,
@@ -144,16 +159,45 @@ class InvoiceMatcher:
             status_words=invoice_status.words(status),
             window=pm.payment_window(issued, self.before, self.after) if issued else None,
         )
+
+    def _list_payments(self, window: pm.Window | None) -> None:
+        """Make the index hold every payment the window may see: the first listing runs up to now (later windows
+        need the same payments; none is made in the future), later ones only fill in earlier days."""
+        span = pm.listing_range([window]) if window is not None else None
+        if span is None or (self._listed_from is not None and span[0] >= self._listed_from):
+            return
+        until = None if self._listed_from is None else self._listed_from - 1
+        payments = list(pm.list_payments(self.setup.gateway, (span[0], until)))
+        self._listed_from = span[0]
+        ids = [p.id for p in payments]
+        bookings = set(self.setup.links.linked_by(BOOKING_PAYMENTS, ids)) if ids else set()
+        self._index.add(payments, bookings)
+
+    def _same_person(self, person: str, email: str | None) -> bool:
+        return self.setup.links.same_person(PATIENTS, person, email)
+
+    def offer(self, mapped: MappedRecord, record: Record) -> MatchDecision | None:
+        """The invoice's decision now, or None when it waits for `decide`."""
+        bill = self._bill(mapped, record)
         self.bills[bill.source_id] = bill
+        self._waiting.discard(bill.source_id)  # read again (edited mid-sync): this version is the one decided
+        self._list_payments(bill.window)
+        if self._closed:  # offered late (made or edited during the run): judged with every invoice read
+            every = list(self.bills.values())
+            return pm.decide_bills([bill], self._index, self._same_person, every=every)[bill.source_id]
+        if pm.waits_for_every_bill(bill, self._index):
+            self._waiting.add(bill.source_id)
+            return None
+        return pm.decide_bill(bill, self._index, self._same_person)
 
     def decide(self) -> dict[str, MatchDecision]:
-        bills = list(self.bills.values())
-        span = pm.listing_range(b.window for b in bills if b.window is not None)
-        payments = list(pm.list_payments(self.setup.gateway, span)) if span is not None else []
-        links = self.setup.links
-        bookings = set(links.linked_by(BOOKING_PAYMENTS, [p.id for p in payments])) if payments else set()
-        index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key, bookings)
-        return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
+        """The waiting invoices' decisions, with every invoice that could share their payments known."""
+        self._closed = True
+        waiting = [bill for source_id, bill in self.bills.items() if source_id in self._waiting]
+        self._waiting = set()
+        if not waiting:
+            return {}
+        return pm.decide_bills(waiting, self._index, self._same_person, every=list(self.bills.values()))
 
     def recheck(self) -> Iterator[Record]:
         """The invoices still in their window of the patients with a payment made since the last run (by their

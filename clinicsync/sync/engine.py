@@ -50,6 +50,9 @@ from clinicsync.store.models import (
 )
 from clinicsync.streams import identity
 from clinicsync.streams.base import (
+    CANDIDATES_LISTED,
+    ListingMark,
+    MatchDecision,
     Matcher,
     MatchSetup,
     NotYet,
@@ -421,6 +424,10 @@ class StreamRun:
         cursor = self._scope.first_cursor(cursor)
         for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
+            if isinstance(record, ListingMark):
+                if record is CANDIDATES_LISTED:
+                    self._decide_waiting(pool, writer)
+                continue
             self._handle(record, pool, writer)
         if self.stream.complete_listing:
             for source_id in self._linked_not_listed():
@@ -432,7 +439,9 @@ class StreamRun:
         self._resolve_deferred(pool, writer)
         self._drain(pool, writer)
         state.cursor = next_cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        state.last_run_at = utcnow()
+        # When this run began: a matcher listed Stripe early in it, so the next run looks for what happened in
+        # Stripe (new payments, refunds) from then, not from when this run ended.
+        state.last_run_at = started
         state.save()
         # Revisits this run has done; ones queued during it (records it had to skip) wait for the next run.
         RetryRecord.delete().where(
@@ -578,8 +587,8 @@ class StreamRun:
                 f"not created in Stripe: {reason} at the source and never synced before",
             )
             return
-        if self.stream.matcher is not None:  # decided with every record known, after the read
-            self._offer(mapped, hashed, link, record if record is not None else {})
+        if self.stream.matcher is not None:  # decided now, or once every candidate is known
+            self._offer(mapped, hashed, link, record if record is not None else {}, pool, writer)
             return
         by_reference = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
         if len(by_reference) == 1:
@@ -708,38 +717,70 @@ class StreamRun:
         )
         self._matcher = self.stream.matcher(setup)
 
-    def _offer(self, mapped: MappedRecord, hashed: str | None, link: RecordLink, record: Record) -> None:
+    def _offer(
+        self,
+        mapped: MappedRecord,
+        hashed: str | None,
+        link: RecordLink,
+        record: Record,
+        pool: WritePool,
+        writer: OutboxWriter | None,
+    ) -> None:
         assert self._matcher is not None
-        self._offered[mapped.source_id] = (mapped, hashed, link)
-        self._matcher.offer(mapped, record)
+        decision = self._matcher.offer(mapped, record)
+        if decision is None:  # waits until every candidate is known
+            self._offered[mapped.source_id] = (mapped, hashed, link)
+            return
+        self._offered.pop(mapped.source_id, None)  # an earlier version of it waited: this one is decided
+        self._apply_match(mapped, hashed, link, decision, pool, writer)
 
-    def _resolve_matched(self, pool: WritePool, writer: OutboxWriter | None) -> None:
-        """Apply the stream's matcher's decisions: a link through the outbox (a metadata update of the existing
-        object), a review, or nothing written (skipped, with the matcher's reason)."""
+    def _decide_waiting(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """Every record that could be a candidate has been offered: apply the decisions that waited for that."""
         if self._matcher is None:
             return
         decisions = self._matcher.decide()
-        for sid, (mapped, hashed, link) in self._offered.items():
+        offered, self._offered = self._offered, {}
+        for sid, (mapped, hashed, link) in offered.items():
             decision = decisions.get(sid)
-            if decision is None:
-                continue
-            target = decision.stripe_id
-            if decision.kind == "link" and target:
-                # Links made before the read are the matcher's `linked`; one made twice by racing runs is refused by
-                # the link table and goes to review (outbox._link_taken).
-                if target in self._claimed:
-                    self._review(
-                        mapped, "link_taken", [target], pool, writer, f"{target} is linked to another record already"
-                    )
-                else:
-                    self._submit("link", mapped, target, hashed, pool, writer)
-            elif decision.kind == "review":
-                self._review(mapped, decision.reason, list(decision.candidates), pool, writer, decision.message)
+            if decision is not None:
+                self._apply_match(mapped, hashed, link, decision, pool, writer)
+
+    def _apply_match(
+        self,
+        mapped: MappedRecord,
+        hashed: str | None,
+        link: RecordLink,
+        decision: MatchDecision,
+        pool: WritePool,
+        writer: OutboxWriter | None,
+    ) -> None:
+        """Apply one of the stream's matcher's decisions: a link through the outbox (a metadata update of the
+        existing object), a review, or nothing written (skipped, with the matcher's reason)."""
+        sid = mapped.source_id
+        target = decision.stripe_id
+        if decision.kind == "link" and target:
+            # Links made before the read are the matcher's `linked`; one made twice by racing runs is refused by the
+            # link table and goes to review (outbox._link_taken).
+            if target in self._claimed:
+                self._review(
+                    mapped, "link_taken", [target], pool, writer, f"{target} is linked to another record already"
+                )
             else:
-                if decision.revisit and not decision.when_paid and writer is not None:
-                    revisit_later(self.pair, self.stream.name, sid, decision.message)
-                # Said once, again only if the reason changes: not a history row per waiting invoice per run.
-                self._leave_unmatched(mapped, link, decision.message, store=writer is not None)
+                self._submit("link", mapped, target, hashed, pool, writer)
+        elif decision.kind == "review":
+            self._review(mapped, decision.reason, list(decision.candidates), pool, writer, decision.message)
+        else:
+            if decision.revisit and not decision.when_paid and writer is not None:
+                revisit_later(self.pair, self.stream.name, sid, decision.message)
+            # Said once, again only if the reason changes: not a history row per waiting invoice per run.
+            self._leave_unmatched(mapped, link, decision.message, store=writer is not None)
+
+    def _resolve_matched(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """At the end of the read: the decisions still waiting (a listing that never marked its candidates
+        complete), then what happened in Stripe to linked objects."""
+        if self._matcher is None:
+            return
+        self._decide_waiting(pool, writer)
         for sid, stripe_id, message in self._matcher.linked_news():
             told = SyncEvent.select().where(
                 (SyncEvent.stream == self.stream.name) & (SyncEvent.source_id == sid) & (SyncEvent.message == message)

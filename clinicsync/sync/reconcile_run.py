@@ -38,6 +38,7 @@ from clinicsync.store import reconciliation as report_store
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, RoleLink
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, Record, Stream, StreamNotReady, dependency_order, identity
+from clinicsync.streams.base import records_of
 from clinicsync.stripe_gateway import StripeGateway
 from clinicsync.sync.engine import PreparedStream, Progress, prepare_stream
 from clinicsync.sync.matching import PERSON_OBJECTS, match_hash
@@ -490,7 +491,7 @@ class _StreamReconciler:
         self._progress(self.stream.name, 0, None, f"Reading Stripe {kind}s and {self.mapping.source_type} records")
         read = judged = 0
         ready = False
-        for batch in _chunks(self.stream.read_changed(self.source, None), BATCH):
+        for batch in _chunks(records_of(self.stream.read_changed(self.source, None)), BATCH):
             self.cancel.raise_if_cancelled()
             if "error" in outcome:
                 raise _StripeStopped()
