@@ -256,15 +256,16 @@ def _business_zones(client: Any) -> dict[str, str]:
 
     zones: dict[str, str] = {}
     try:
-        for page in client.iter_pages("/businesses", [("per_page", "100")]):
-            for business in page.records:
-                zone = business.get("time_zone_identifier")
-                if _known_zone(zone):
-                    zones[str(business.get("id"))] = zone
-                elif zone:
-                    log.warning("business %s: unknown time zone %r, the clinic's is used", business.get("id"), zone)
+        businesses = client.get_businesses()  # one listing per sync, shared with the clinic's zone and country
     except (SourceNotFound, SourcePermissionError):
         log.info("businesses not readable: invoices use the clinic's zone")
+        return zones
+    for business in businesses:
+        zone = business.get("time_zone_identifier")
+        if _known_zone(zone):
+            zones[str(business.get("id"))] = zone
+        elif zone:
+            log.warning("business %s: unknown time zone %r, the clinic's is used", business.get("id"), zone)
     return zones
 
 

@@ -268,6 +268,9 @@ class FakeCliniko:
         self.asked.append((path, list(params or [])))
         yield SimpleNamespace(records=self.businesses if path == "/businesses" else [{"id": "7001"}])
 
+    def get_businesses(self) -> list[dict]:
+        return list(next(self.iter_pages("/businesses")).records)
+
 
 def test_invoices_are_judged_again_only_for_customers_with_a_payment_since_the_last_run() -> None:
     from datetime import timedelta
