@@ -66,6 +66,9 @@ class LinkLookup(Protocol):
     # those records' source ids (the patients of a customer).
     def linked_by(self, stream: str, stripe_ids: Collection[str]) -> dict[str, list[str]]: ...
 
+    # Every linked record of `stream` → its primary object's Stripe id, in one read (stripe_id for each of many).
+    def all_stripe_ids(self, stream: str) -> dict[str, str]: ...
+
 
 @dataclass(frozen=True)
 class RoleRecord:

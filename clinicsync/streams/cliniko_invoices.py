@@ -118,7 +118,7 @@ class InvoiceMatcher:
         self._index = pm.PaymentIndex([], setup.linked, setup.cross_ref_key)
         self._listed_from: int | None = None  # the listing covers payments made from then (epoch s) up to now
         self._zones: dict[str, str] | None = None
-        self._customers: dict[str, str | None] = {}
+        self._customers: dict[str, str] | None = None
 
     def _zone(self, business_id: str | int | None) -> str:
         if self._zones is None:
@@ -126,12 +126,13 @@ class InvoiceMatcher:
         return self._zones.get(str(business_id) if business_id is not None else "", self.settings.time_zone)
 
     def _customer(self, patient: str | None) -> str | None:
-        """The patient's customer, through the patients stream's links (a patient has many invoices: asked once)."""
+        """The patient's customer, through the patients stream's links (read once for every patient: asked for
+        each invoice, one query each took longer than the invoice's own decision)."""
         if patient is None:
             return None
-        if patient not in self._customers:
-            self._customers[patient] = self.setup.links.stripe_id(PATIENTS, patient)
-        return self._customers[patient]
+        if self._customers is None:
+            self._customers = self.setup.links.all_stripe_ids(PATIENTS)
+        return self._customers.get(patient)
 
     def _bill(self, mapped: MappedRecord, record: Record) -> pm.Bill:
         currency = self.settings.currency

@@ -9,6 +9,7 @@ bill's issue date, a pure date, is never shifted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ def payment_window(issue_date: date, days_before: int, days_after: int) -> Windo
     return Window(issue_date - timedelta(days=days_before), issue_date + timedelta(days=days_after))
 
 
+@functools.lru_cache(maxsize=65536)  # asked for each payment in each bill's window: a few zones, many bills
 def local_date(created: int, zone: str) -> date:
     """The date in `zone` of a Stripe `created` (epoch seconds, UTC)."""
     return datetime.fromtimestamp(created, UTC).astimezone(ZoneInfo(zone)).date()
@@ -196,6 +198,7 @@ class PaymentIndex:
         self.linked = linked
         self.by_id: dict[str, Payment] = {}
         self.by_customer: dict[str | None, list[Payment]] = {}
+        self.by_amount: dict[int, list[Payment]] = {}  # in by_customer's order: customers as met, then listing order
         self.named: dict[str, list[Payment]] = {}
         self.add(payments, bookings)
 
@@ -207,9 +210,13 @@ class PaymentIndex:
                 continue
             self.by_id[payment.id] = payment
             self.by_customer.setdefault(payment.customer, []).append(payment)
+            self.by_amount.setdefault(payment.amount, []).append(payment)
             ref = payment.metadata.get(self.cross_ref_key)
             if ref:
                 self.named.setdefault(ref, []).append(payment)
+        rank = {customer: n for n, customer in enumerate(self.by_customer)}
+        for same in self.by_amount.values():
+            same.sort(key=lambda p: rank[p.customer])  # stable: listing order within a customer
 
     def booking_words(self, payment: Payment) -> str | None:
         """Why the payment paid a Cal.com booking, in words; None when nothing says it did."""
@@ -337,10 +344,8 @@ def _decide_one(
     found: list[tuple[str, list[str], str]] = []
     others = [
         p
-        for customer, payments in index.by_customer.items()
-        if customer != bill.customer or not bill.customer
-        for p in payments
-        if p.amount == bill.amount
+        for p in index.by_amount.get(bill.amount, [])
+        if (p.customer != bill.customer or not bill.customer)
         and not p.refunded
         and index.free(p, bill)
         and ((bill.person and same_person(bill.person, p.billing_email)) or _same_name(p.billing_name, bill.name))

@@ -91,6 +91,7 @@ log = logging.getLogger(__name__)
 
 PLAN_SAMPLE_SIZE = 20
 WRITE_BATCH = 50  # plans stored per transaction (each stored before any of them is sent)
+UNSTORED_PER_COMMIT = 200  # the reading thread's own writes (links, history, reviews) stored per transaction
 # Which outcome a record counts as when several happen to it in one run (the most telling one).
 COUNT_RANK = {"unchanged": 0, "skipped": 1, "updated": 2, "linked": 3, "created": 4, "review": 5, "failed": 6}
 Progress = Callable[[str, int, int | None, str], None]  # (stream, records done, total or None, step)
@@ -128,22 +129,30 @@ class RunRecorder:
         self._event(NOTE, source_id, display_name, stripe_id, message)
 
     def _event(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str) -> None:
-        if not self._dry_run:
-            lookup.insert(
-                SyncEvent(
-                    run=self._run,
-                    stream=self._run.stream,
-                    source_id=source_id,
-                    display_name=display_name,
-                    stripe_id=stripe_id,
-                    action=action,
-                    message=message,
-                )
-            )
+        if self._dry_run:
+            return
+        event = SyncEvent(
+            run=self._run,
+            stream=self._run.stream,
+            source_id=source_id,
+            display_name=display_name,
+            stripe_id=stripe_id,
+            action=action,
+            message=message,
+        )
+        if self._later is not None and threading.get_ident() == self._reader and not database_proxy.in_transaction():
+            self._later(lambda: lookup.insert(event))  # stored with the reading thread's next batch of writes
+        else:  # in the transaction that records what it says (a settled write), or a write thread's
+            lookup.insert(event)
 
-    def __init__(self, run: SyncRun, *, dry_run: bool) -> None:
+    def __init__(
+        self, run: SyncRun, *, dry_run: bool, later: Callable[[Callable[[], None]], None] | None = None
+    ) -> None:
+        """`later`: where the reading thread's history rows wait to be stored with its other writes (None: now)."""
         self._run = run
         self._dry_run = dry_run
+        self._later = later
+        self._reader = threading.get_ident()
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(ACTIONS, 0)
         self._by_record: dict[str, str] = {}
@@ -216,6 +225,12 @@ class StreamRun:
         self._batch: list[tuple[MappedRecord, str, list[WriteStep], str | None]] = []
         self._new_links: dict[str, RecordLink] = {}
         self._current_links: dict[str, RecordLink] = {}  # unsaved links of records being decided now
+        # The reading thread's own writes (a record's link met first with nothing to send, its history row, a review
+        # opened), stored UNSTORED_PER_COMMIT records at a time and before any plan is sent: each transaction
+        # rewrites every page it touches, and one per record wrote some 50 KB a record. A crash loses none that
+        # matters: the cursor moves only after they are stored, so the next run reads those records again.
+        self._unstored: list[Callable[[], None]] = []
+        self._unstored_ids: set[str] = set()  # records whose new link waits there
         # Until _prepare has checked the mapping and asked the source: the default zone, no scope filter.
         self._prepared = PreparedStream(
             stream,
@@ -234,7 +249,7 @@ class StreamRun:
         run = SyncRun.create(
             pair=self.pair, stream=self.stream.name, trigger=self.options.trigger, dry_run=self.options.dry_run
         )
-        self.recorder = RunRecorder(run, dry_run=self.options.dry_run)
+        self.recorder = RunRecorder(run, dry_run=self.options.dry_run, later=self._store_later)
         result = RunResult(run_id=run.id, stream=self.stream.name, outcome="ok", counts=self.recorder.counts)
         try:
             self._prepare()
@@ -282,6 +297,7 @@ class StreamRun:
 
     def _finish(self, run: SyncRun, result: RunResult) -> None:
         with database_proxy.atomic():
+            self._store_unstored()  # what the read decided before it stopped, if it did
             for action in ACTIONS:
                 setattr(run, action, result.counts[action])
             run.outcome = result.outcome
@@ -502,6 +518,8 @@ class StreamRun:
         person = person_key(self.pair, self.mapping.stripe_object, mapped.match_value)
         if self._batched(sid):  # read again (edited mid-sync) before its first change was even stored
             self._flush_batch(pool, writer)
+        if sid in self._unstored_ids:  # read again before its link was stored: store it, to find it
+            self._store_unstored()
         pool.wait_for(sid)
         if writer is not None and writer.settler.holds(sid):
             writer.flush()
@@ -513,7 +531,11 @@ class StreamRun:
         finally:
             self._current_links.pop(sid, None)
             if link.id is None and sid not in self._new_links:
-                link.save(force_insert=True)  # met for the first time and no write planned: remembered now
+                # Met for the first time and no write planned: remembered with the next batch of the read's writes.
+                self._unstored_ids.add(sid)
+                self._store_later(lambda: link.save(force_insert=True))
+        if len(self._unstored) >= UNSTORED_PER_COMMIT:
+            self._store_unstored()
 
     def _met_before(self, record: Record, mapped: MappedRecord) -> bool:
         """Whether this run has handled the record already. The same version again (the archived pass, a page
@@ -612,6 +634,22 @@ class StreamRun:
         else:
             self._submit("create", mapped, None, hashed, pool, writer)
 
+    # --- the reading thread's writes, stored in batches ----------------------------------------------------
+    def _store_later(self, write: Callable[[], None]) -> None:
+        if self.options.dry_run:  # on the dry run's private copy: nothing to save
+            write()
+        else:
+            self._unstored.append(write)
+
+    def _store_unstored(self) -> None:
+        """Store the reading thread's waiting writes, in one transaction (or the caller's)."""
+        writes, self._unstored = self._unstored, []
+        self._unstored_ids.clear()
+        if writes:
+            with database_proxy.atomic():
+                for write in writes:
+                    write()
+
     def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str, *, store: bool = True) -> None:
         """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to
         link to: why is said once in history, and again only if the reason changes (its link keeps a hash of the
@@ -628,7 +666,13 @@ class StreamRun:
         if link.id is None:  # stored by _handle with the record
             link.payload_hash = reported
         else:
-            RecordLink.update(payload_hash=reported, updated_at=utcnow()).where(RecordLink.id == link.id).execute()
+            self._store_later(
+                lambda: (
+                    RecordLink.update(payload_hash=reported, updated_at=utcnow())
+                    .where(RecordLink.id == link.id)
+                    .execute()
+                )
+            )
 
     def _follow_review(
         self,
@@ -901,13 +945,19 @@ class StreamRun:
         if writer is None or not batch:
             return
         new_links, self._new_links = self._new_links, {}
-        stored = writer.enqueue_plans(batch, before=lambda: _insert_links(new_links.values()))
+
+        def before() -> None:  # in the plans' transaction: every link a write's settling looks for is stored
+            self._store_unstored()
+            _insert_links(new_links.values())
+
+        stored = writer.enqueue_plans(batch, before=before)
         for (mapped, *_), rows in zip(batch, stored, strict=True):
             pool.submit(mapped.source_id, lambda rows=rows: writer.deliver_plan(rows))
 
     def _drain(self, pool: WritePool, writer: OutboxWriter | None) -> None:
         """Send what is batched, wait for every write in flight, and record what Stripe took."""
         self._flush_batch(pool, writer)
+        self._store_unstored()
         pool.drain()
         if writer is not None:
             writer.flush()
@@ -931,7 +981,11 @@ class StreamRun:
         detail: str,
     ) -> None:
         if writer is not None:
-            open_review(self.pair, self.stream.name, mapped.source_id, mapped.display_name, reason, detail, candidates)
+            self._store_later(
+                lambda: open_review(
+                    self.pair, self.stream.name, mapped.source_id, mapped.display_name, reason, detail, candidates
+                )
+            )
         self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
 
     def _remember(self, mapped: MappedRecord, hashed: str | None, person: str | None) -> RecordLink:

@@ -245,6 +245,9 @@ class FakeLinks:
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         return False
 
+    def all_stripe_ids(self, stream: str) -> dict[str, str]:
+        return {"p1": "cus_1"}
+
     def linked_by(self, stream: str, stripe_ids) -> dict[str, list[str]]:
         self.asked = (stream, set(stripe_ids))
         if stream == "calcom.booking_payments":
