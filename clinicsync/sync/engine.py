@@ -788,6 +788,7 @@ class StreamRun:
             decision = decisions.get(sid)
             if decision is not None:
                 self._apply_match(mapped, hashed, link, decision, pool, writer)
+        self._flush_batch(pool, writer)  # sent now, not when the rest of the read brings the next decision
 
     def _apply_match(
         self,
