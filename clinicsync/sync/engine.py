@@ -296,8 +296,11 @@ class StreamRun:
         return result
 
     def _finish(self, run: SyncRun, result: RunResult) -> None:
+        try:
+            self._store_unstored()  # what the read decided before it stopped, if it did (else nothing is left)
+        except Exception as exc:  # the run's own row is written all the same; those records are read again
+            log.error("run %s: the last records' links and history could not be stored: %s", run.id, exc)
         with database_proxy.atomic():
-            self._store_unstored()  # what the read decided before it stopped, if it did
             for action in ACTIONS:
                 setattr(run, action, result.counts[action])
             run.outcome = result.outcome
@@ -533,7 +536,7 @@ class StreamRun:
             if link.id is None and sid not in self._new_links:
                 # Met for the first time and no write planned: remembered with the next batch of the read's writes.
                 self._unstored_ids.add(sid)
-                self._store_later(lambda: link.save(force_insert=True))
+                self._store_later(lambda: lookup.insert(link))
         if len(self._unstored) >= UNSTORED_PER_COMMIT:
             self._store_unstored()
 
