@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -117,6 +118,9 @@ class InvoiceMatcher:
         self._closed = False  # every invoice that could share a payment has been offered
         self._index = pm.PaymentIndex([], setup.linked, setup.cross_ref_key)
         self._listed_from: int | None = None  # the listing covers payments made from then (epoch s) up to now
+        # The first listing (several seconds of pages) runs beside the Cliniko read, not in its way: the invoices
+        # offered meanwhile wait with those that wait for every invoice.
+        self._first_listing: Future[list[pm.Payment]] | None = None
         self._zones: dict[str, str] | None = None
         self._customers: dict[str, str] | None = None
 
@@ -163,16 +167,35 @@ class InvoiceMatcher:
 
     def _list_payments(self, window: pm.Window | None) -> None:
         """Make the index hold every payment the window may see: the first listing runs up to now (later windows
-        need the same payments; none is made in the future), later ones only fill in earlier days."""
+        need the same payments; none is made in the future), on a thread of its own; later ones only fill in
+        earlier days."""
         span = pm.listing_range([window]) if window is not None else None
         if span is None or (self._listed_from is not None and span[0] >= self._listed_from):
             return
-        until = None if self._listed_from is None else self._listed_from - 1
-        payments = list(pm.list_payments(self.setup.gateway, (span[0], until)))
-        self._listed_from = span[0]
+        gateway, start = self.setup.gateway, span[0]
+        if self._listed_from is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payment-listing")
+            self._first_listing = pool.submit(lambda: list(pm.list_payments(gateway, (start, None))))
+            pool.shutdown(wait=False)  # the listing goes on; the thread ends with it
+        else:
+            self._add(list(pm.list_payments(gateway, (start, self._listed_from - 1))))
+        self._listed_from = start
+
+    def _add(self, payments: list[pm.Payment]) -> None:
         ids = [p.id for p in payments]
         bookings = set(self.setup.links.linked_by(BOOKING_PAYMENTS, ids)) if ids else set()
         self._index.add(payments, bookings)
+
+    def _listed(self, *, wait: bool) -> bool:
+        """Whether the first listing's payments are in the index (waiting for them when `wait`); raises what the
+        listing raised."""
+        if self._first_listing is None:
+            return True
+        if not wait and not self._first_listing.done():
+            return False
+        payments, self._first_listing = self._first_listing.result(), None
+        self._add(payments)
+        return True
 
     def _same_person(self, person: str, email: str | None) -> bool:
         return self.setup.links.same_person(PATIENTS, person, email)
@@ -183,6 +206,9 @@ class InvoiceMatcher:
         self.bills[bill.source_id] = bill
         self._waiting.discard(bill.source_id)  # read again (edited mid-sync): this version is the one decided
         self._list_payments(bill.window)
+        if not self._listed(wait=self._closed):  # the payments are still being listed
+            self._waiting.add(bill.source_id)
+            return None
         if self._closed:  # offered late (made or edited during the run): judged with every invoice read
             every = list(self.bills.values())
             return pm.decide_bills([bill], self._index, self._same_person, every=every)[bill.source_id]
@@ -194,6 +220,7 @@ class InvoiceMatcher:
     def decide(self) -> dict[str, MatchDecision]:
         """The waiting invoices' decisions, with every invoice that could share their payments known."""
         self._closed = True
+        self._listed(wait=True)
         waiting = [bill for source_id, bill in self.bills.items() if source_id in self._waiting]
         self._waiting = set()
         if not waiting:
