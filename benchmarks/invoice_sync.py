@@ -20,7 +20,9 @@ The floor counts the fewest requests a first linking run needs:
   every one the scenario made), each waiting for the one before, then one metadata write per invoice linked
   (the scenario's certain ones, and the ones whose payment already names the invoice: that metadata lacks the
   number and status), `workers` at a time.
-- Both services' floors overlap (benchmarks/floors.py), though the stream only lists Stripe after its Cliniko read.
+- Both services' floors overlap (benchmarks/floors.py): the stream lists Stripe at its first invoice and sends
+  each link as soon as no invoice still to come can change it (the ones that may share a payment wait for the end
+  of the live pass, which lists every invoice that could), so writes drain while Cliniko is read.
 
 Printed: the wall time and the app's own figures, the requests each service received (Cliniko invoice pages per
 pass, invoice item pages; Stripe charge listing pages, metadata writes), both floors (at the published limits and

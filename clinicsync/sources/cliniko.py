@@ -45,6 +45,7 @@ from clinicsync.sources.errors import (
     SourceConfigError,
     SourceError,
     SourceNotFound,
+    SourcePermissionError,
     SourceRequestRejected,
     SourceUnavailable,
     describe_validation_errors,
@@ -131,6 +132,9 @@ def format_cursor(cursor: datetime) -> str:
     return cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+PROBE_REUSE_S = 60.0  # how old the account read's clock may be for a run to take it as its probe
+
+
 class ClinikoClient(SourceClient):
     """A Cliniko API client for one API key. Close it (or use `with`) to release its connections."""
 
@@ -177,6 +181,11 @@ class ClinikoClient(SourceClient):
             budget=budget,
         )
         self.last_total_entries: int | None = None
+        self._monotonic = clock
+        # The server's clock from the last `/settings/public` answer (the account read that starts a sync), and
+        # when it came (monotonic): the first stream's probe takes it instead of asking again.
+        self._account_clock: tuple[float, datetime] | None = None
+        self._businesses: list[dict[str, Any]] | SourceError | None = None  # read once per client (one sync)
 
     def __repr__(self) -> str:  # never show the key
         return f"ClinikoClient(shard={self.shard!r}, base_url={self.base_url!r})"
@@ -184,10 +193,17 @@ class ClinikoClient(SourceClient):
     # -- public API ------------------------------------------------------------------------------------------
 
     def probe(self) -> datetime:
-        """One cheap request; returns Cliniko's clock, which a run uses as the base of its next cursor.
+        """Cliniko's clock, which a run uses as the base of its next cursor: from the account read if it answered
+        within PROBE_REUSE_S (a sync reads the account just before its first stream), else one cheap request.
 
-        Using the server's clock rather than this PC's keeps the cursor right when the PC's clock is off.
+        Using the server's clock rather than this PC's keeps the cursor right when the PC's clock is off; a clock
+        read a few seconds before the listing only makes the next run's overlap that much longer.
         """
+        if self._account_clock is not None:
+            at, date = self._account_clock
+            self._account_clock = None  # once: a later stream of the same sync asks again
+            if self._monotonic() - at <= PROBE_REUSE_S:
+                return date
         response = self._request("GET", "/settings/public", what="the account's public settings")
         date = parse_http_date(response.headers.get("Date"))
         if date is None:
@@ -196,7 +212,10 @@ class ClinikoClient(SourceClient):
 
     def get_account(self) -> ClinikoAccount:
         """The account behind the key (`GET /settings/public`), which works for every user role."""
-        body = self._json(self._request("GET", "/settings/public", what="the account's public settings"))
+        response = self._request("GET", "/settings/public", what="the account's public settings")
+        date = parse_http_date(response.headers.get("Date"))
+        self._account_clock = (self._monotonic(), date) if date is not None else None
+        body = self._json(response)
         account = body.get("account") if isinstance(body, dict) else None
         if not isinstance(account, dict) or account.get("id") in (None, ""):
             raise SourceBadResponse.malformed(
@@ -209,6 +228,19 @@ class ClinikoClient(SourceClient):
             country_code=account.get("country_code") or None,
             currency_symbol=account.get("currency_symbol") or None,
         )
+
+    def get_businesses(self) -> list[dict[str, Any]]:
+        """Every business (`GET /businesses`, 100 a page), read once per client: a sync's streams ask for the
+        clinic's zone and country and each invoice's business zone, and a client lives for one sync. A refusal
+        (the key's role may not list businesses) is kept and raised again, not asked again."""
+        if self._businesses is None:
+            try:
+                self._businesses = [dict(b) for page in self.iter_pages("/businesses") for b in page.records]
+            except (SourcePermissionError, SourceNotFound) as refused:
+                self._businesses = refused
+        if isinstance(self._businesses, SourceError):
+            raise self._businesses
+        return list(self._businesses)
 
     def get_settings(self) -> dict[str, Any]:
         """`GET /settings` (needs a role allowed to view settings): custom field definitions and more."""

@@ -7,7 +7,7 @@ history, dry runs, progress and cancellation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
@@ -19,6 +19,28 @@ if TYPE_CHECKING:
     from clinicsync.reconcile.compare import Comparison
 
 Record = Mapping[str, Any]
+
+
+class ListingMark:
+    """Not a record: a point in a stream's `read_changed` listing that says something about the listing itself.
+    Readers that want only records skip it (`records_of`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"ListingMark({self.name!r})"
+
+
+# Every record the stream's matcher could be offered this run has been listed (e.g. the invoices' live pass has
+# ended: the archived and deleted passes after it bring none): decisions that waited for every candidate are made
+# now, and their writes go out while the rest is read. A stream whose listing never says so is decided at its end.
+CANDIDATES_LISTED = ListingMark("candidates listed")
+
+
+def records_of(listing: Iterable[Record | ListingMark]) -> Iterator[Record]:
+    """The records of a `read_changed` listing, without its marks."""
+    return (record for record in listing if not isinstance(record, ListingMark))
 
 
 class StreamNotReady(Exception):
@@ -43,6 +65,9 @@ class LinkLookup(Protocol):
     # Which of `stripe_ids` records of `stream` are linked to (a payment a Cal.com booking's record owns), with
     # those records' source ids (the patients of a customer).
     def linked_by(self, stream: str, stripe_ids: Collection[str]) -> dict[str, list[str]]: ...
+
+    # Every linked record of `stream` → its primary object's Stripe id, in one read (stripe_id for each of many).
+    def all_stripe_ids(self, stream: str) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -162,12 +187,16 @@ class MatchDecision:
 
 
 class Matcher(Protocol):
-    """A stream's matcher for one run: offered every unlinked, live record during the read; decides them all
-    after it, when every record is known (one payment covering two invoices needs both)."""
+    """A stream's matcher for one run: offered every unlinked, live record during the read. It decides a record as
+    it is offered when no record still to come can change the decision, so the write goes out while the source is
+    still read; the others wait until every candidate is known (one payment covering two invoices needs both)."""
 
-    def offer(self, mapped: MappedRecord, record: Record) -> None: ...
+    def offer(self, mapped: MappedRecord, record: Record) -> MatchDecision | None: ...  # None: decided by `decide`
 
-    def decide(self) -> Mapping[str, MatchDecision]: ...  # source id → decision, for every record offered
+    # Called once every record that could be a candidate has been offered (the listing's CANDIDATES_LISTED mark,
+    # else its end): source id → decision, for every record offered that waited. Records offered after it are
+    # decided as they are offered.
+    def decide(self) -> Mapping[str, MatchDecision]: ...
 
     # Records to judge again this run though they did not change (read before the changed ones): e.g. the
     # invoices, still in their window, of a customer with a payment since the last run.
@@ -224,7 +253,7 @@ class Stream:
     source_system: str
     primary_role: str
     stripe_object: str
-    read_changed: Callable[[Any, datetime | None], Iterator[Record]]  # (source client, cursor)
+    read_changed: Callable[[Any, datetime | None], Iterator[Record | ListingMark]]  # (source client, cursor)
     read_one: Callable[[Any, str], Record | None]
     archived_value: Callable[[Record], str | None]  # why the record counts as archived, or None
     changed_at: Callable[[Record], str | None]  # the record's last-change time (UTC ISO), for the "since" scope

@@ -32,13 +32,10 @@ def _first_business(client: Any) -> Mapping[str, Any] | None:
     from clinicsync.sources.errors import SourceNotFound, SourcePermissionError
 
     try:
-        for page in client.iter_pages("/businesses", [("per_page", "1")]):
-            for business in page.records:
-                return business  # type: ignore[no-any-return]
-            break
+        businesses = client.get_businesses()  # one listing per sync, shared with the invoices' zones
     except (SourcePermissionError, SourceNotFound):
         return None
-    return None
+    return businesses[0] if businesses else None
 
 
 def time_zone(client: Any) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,6 +27,8 @@ from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
 from clinicsync.streams import cliniko_common, payment_side
 from clinicsync.streams import payment_matching as pm
 from clinicsync.streams.base import (
+    CANDIDATES_LISTED,
+    ListingMark,
     MatchDecision,
     MatchSetup,
     NotYet,
@@ -45,11 +48,15 @@ DAYS_BEFORE_SETTING = "cliniko.invoices.match_days_before"
 DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
 
 
-def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record]:
-    # Default lists hide archived and deleted invoices: the client reads live and archived ones, deleted ones have a
-    # pass of their own (cliniko-api.md §3).
+def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record | ListingMark]:
+    # Default lists hide archived and deleted invoices: the client reads live and archived ones (one pass or two),
+    # deleted ones have a pass of their own (cliniko-api.md §3). Only live invoices are offered to the matcher (an
+    # archived or deleted one is never linked), so once every live invoice is listed no payment can find another
+    # candidate: the mark lets the invoices that waited be decided then, and their links sent while the deleted
+    # pass is read.
     return itertools.chain(
         client.iter_live_and_archived("/invoices", cursor),
+        (CANDIDATES_LISTED,),
         client.iter_changed("/invoices", cursor, deleted=True),
     )
 
@@ -96,7 +103,12 @@ def _link(value: Any) -> str | None:
 
 
 class InvoiceMatcher:
-    """The invoices offered in one run, decided together after the read (streams/payment_matching.py)."""
+    """The invoices offered in one run (streams/payment_matching.py). Stripe's payments are listed once, at the
+    first invoice that needs them: from its window's start up to now, widened back only when a later invoice's
+    window starts earlier. Each invoice is decided as it is offered, so its link goes out while Cliniko is still
+    read, unless invoices still to come could change the decision (`pm.waits_for_every_bill`: one exact payment
+    that may fit another invoice too, a larger payment that may pay two): those wait for `decide`, called once
+    every invoice that could share a payment has been offered."""
 
     def __init__(self, setup: MatchSetup) -> None:
         self.setup = setup
@@ -104,8 +116,15 @@ class InvoiceMatcher:
         self.before = _days(setup.settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE)
         self.after = _days(setup.settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
         self.bills: dict[str, pm.Bill] = {}  # by invoice id: one read twice in a run (edited mid-sync) counts once
+        self._waiting: set[str] = set()  # invoices decided by `decide`
+        self._closed = False  # every invoice that could share a payment has been offered
+        self._index = pm.PaymentIndex([], setup.linked, setup.cross_ref_key)
+        self._listed_from: int | None = None  # the listing covers payments made from then (epoch s) up to now
+        # The first listing (several seconds of pages) runs beside the Cliniko read, not in its way: the invoices
+        # offered meanwhile wait with those that wait for every invoice.
+        self._first_listing: Future[list[pm.Payment]] | None = None
         self._zones: dict[str, str] | None = None
-        self._customers: dict[str, str | None] = {}
+        self._customers: dict[str, str] | None = None
 
     def _zone(self, business_id: str | int | None) -> str:
         if self._zones is None:
@@ -113,14 +132,15 @@ class InvoiceMatcher:
         return self._zones.get(str(business_id) if business_id is not None else "", self.settings.time_zone)
 
     def _customer(self, patient: str | None) -> str | None:
-        """The patient's customer, through the patients stream's links (a patient has many invoices: asked once)."""
+        """The patient's customer, through the patients stream's links (read once for every patient: asked for
+        each invoice, one query each took longer than the invoice's own decision)."""
         if patient is None:
             return None
-        if patient not in self._customers:
-            self._customers[patient] = self.setup.links.stripe_id(PATIENTS, patient)
-        return self._customers[patient]
+        if self._customers is None:
+            self._customers = self.setup.links.all_stripe_ids(PATIENTS)
+        return self._customers.get(patient)
 
-    def offer(self, mapped: MappedRecord, record: Record) -> None:
+    def _bill(self, mapped: MappedRecord, record: Record) -> pm.Bill:
         currency = self.settings.currency
         try:
             amount: int | None = money.to_minor_units(record.get("total_amount"), currency)
@@ -132,7 +152,7 @@ class InvoiceMatcher:
             issued = None
         patient = _patient_of(record)
         status = record.get("status")
-        bill = pm.Bill(
+        return pm.Bill(
             source_id=mapped.source_id,
             number=str(record.get("number") or ""),
             amount=amount,
@@ -146,16 +166,68 @@ class InvoiceMatcher:
             status_words=invoice_status.words(status),
             window=pm.payment_window(issued, self.before, self.after) if issued else None,
         )
+
+    def _list_payments(self, window: pm.Window | None) -> None:
+        """Make the index hold every payment the window may see: the first listing runs up to now (later windows
+        need the same payments; none is made in the future), on a thread of its own; later ones only fill in
+        earlier days."""
+        span = pm.listing_range([window]) if window is not None else None
+        if span is None or (self._listed_from is not None and span[0] >= self._listed_from):
+            return
+        gateway, start = self.setup.gateway, span[0]
+        if self._listed_from is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payment-listing")
+            self._first_listing = pool.submit(lambda: list(pm.list_payments(gateway, (start, None))))
+            pool.shutdown(wait=False)  # the listing goes on; the thread ends with it
+        else:
+            self._add(list(pm.list_payments(gateway, (start, self._listed_from - 1))))
+        self._listed_from = start
+
+    def _add(self, payments: list[pm.Payment]) -> None:
+        ids = [p.id for p in payments]
+        bookings = set(self.setup.links.linked_by(BOOKING_PAYMENTS, ids)) if ids else set()
+        self._index.add(payments, bookings)
+
+    def _listed(self, *, wait: bool) -> bool:
+        """Whether the first listing's payments are in the index (waiting for them when `wait`); raises what the
+        listing raised."""
+        if self._first_listing is None:
+            return True
+        if not wait and not self._first_listing.done():
+            return False
+        payments, self._first_listing = self._first_listing.result(), None
+        self._add(payments)
+        return True
+
+    def _same_person(self, person: str, email: str | None) -> bool:
+        return self.setup.links.same_person(PATIENTS, person, email)
+
+    def offer(self, mapped: MappedRecord, record: Record) -> MatchDecision | None:
+        """The invoice's decision now, or None when it waits for `decide`."""
+        bill = self._bill(mapped, record)
         self.bills[bill.source_id] = bill
+        self._waiting.discard(bill.source_id)  # read again (edited mid-sync): this version is the one decided
+        self._list_payments(bill.window)
+        if not self._listed(wait=self._closed):  # the payments are still being listed
+            self._waiting.add(bill.source_id)
+            return None
+        if self._closed:  # offered late (made or edited during the run): judged with every invoice read
+            every = list(self.bills.values())
+            return pm.decide_bills([bill], self._index, self._same_person, every=every)[bill.source_id]
+        if pm.waits_for_every_bill(bill, self._index):
+            self._waiting.add(bill.source_id)
+            return None
+        return pm.decide_bill(bill, self._index, self._same_person)
 
     def decide(self) -> dict[str, MatchDecision]:
-        bills = list(self.bills.values())
-        span = pm.listing_range(b.window for b in bills if b.window is not None)
-        payments = list(pm.list_payments(self.setup.gateway, span)) if span is not None else []
-        links = self.setup.links
-        bookings = set(links.linked_by(BOOKING_PAYMENTS, [p.id for p in payments])) if payments else set()
-        index = pm.PaymentIndex(payments, self.setup.linked, self.setup.cross_ref_key, bookings)
-        return pm.decide_bills(bills, index, lambda person, email: links.same_person(PATIENTS, person, email))
+        """The waiting invoices' decisions, with every invoice that could share their payments known."""
+        self._closed = True
+        self._listed(wait=True)
+        waiting = [bill for source_id, bill in self.bills.items() if source_id in self._waiting]
+        self._waiting = set()
+        if not waiting:
+            return {}
+        return pm.decide_bills(waiting, self._index, self._same_person, every=list(self.bills.values()))
 
     def recheck(self) -> Iterator[Record]:
         """The invoices still in their window of the patients with a payment made since the last run (by their
@@ -233,15 +305,16 @@ def _business_zones(client: Any) -> dict[str, str]:
 
     zones: dict[str, str] = {}
     try:
-        for page in client.iter_pages("/businesses", [("per_page", "100")]):
-            for business in page.records:
-                zone = business.get("time_zone_identifier")
-                if _known_zone(zone):
-                    zones[str(business.get("id"))] = zone
-                elif zone:
-                    log.warning("business %s: unknown time zone %r, the clinic's is used", business.get("id"), zone)
+        businesses = client.get_businesses()  # one listing per sync, shared with the clinic's zone and country
     except (SourceNotFound, SourcePermissionError):
         log.info("businesses not readable: invoices use the clinic's zone")
+        return zones
+    for business in businesses:
+        zone = business.get("time_zone_identifier")
+        if _known_zone(zone):
+            zones[str(business.get("id"))] = zone
+        elif zone:
+            log.warning("business %s: unknown time zone %r, the clinic's is used", business.get("id"), zone)
     return zones
 
 

@@ -9,6 +9,7 @@ bill's issue date, a pure date, is never shifted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ def payment_window(issue_date: date, days_before: int, days_after: int) -> Windo
     return Window(issue_date - timedelta(days=days_before), issue_date + timedelta(days=days_after))
 
 
+@functools.lru_cache(maxsize=65536)  # asked for each payment in each bill's window: a few zones, many bills
 def local_date(created: int, zone: str) -> date:
     """The date in `zone` of a Stripe `created` (epoch seconds, UTC)."""
     return datetime.fromtimestamp(created, UTC).astimezone(ZoneInfo(zone)).date()
@@ -137,10 +139,12 @@ def payment_of_charge(charge: Mapping[str, Any]) -> Payment | None:
     )
 
 
-def list_payments(gateway: Any, created: tuple[int, int]) -> Iterator[Payment]:
-    """Every succeeded payment made in `created` (epoch s range): one paged listing of charges, 100 a page, with
-    each charge's PaymentIntent expanded (its metadata and id), never one lookup per bill."""
-    filters = {"created": {"gte": created[0], "lte": created[1]}, "expand": ["data.payment_intent"]}
+def list_payments(gateway: Any, created: tuple[int, int | None]) -> Iterator[Payment]:
+    """Every succeeded payment made in `created` (epoch s range, inclusive; no end: up to now): one paged listing of
+    charges, 100 a page, with each charge's PaymentIntent expanded (its metadata and id), never one lookup per
+    bill."""
+    span = {"gte": created[0]} if created[1] is None else {"gte": created[0], "lte": created[1]}
+    filters = {"created": span, "expand": ["data.payment_intent"]}
     for charge in gateway.iter_objects("charge", filters=filters):
         payment = payment_of_charge(charge)
         if payment is not None:
@@ -196,18 +200,29 @@ class PaymentIndex:
         bookings: Collection[str] = frozenset(),
     ) -> None:
         self.cross_ref_key = cross_ref_key
-        self.bookings = bookings
-        self.by_id: dict[str, Payment] = {}
-        for payment in payments:
-            self.by_id.setdefault(payment.id, payment)
+        self.bookings: set[str] = set()
         self.linked = linked
+        self.by_id: dict[str, Payment] = {}
         self.by_customer: dict[str | None, list[Payment]] = {}
+        self.by_amount: dict[int, list[Payment]] = {}  # in by_customer's order: customers as met, then listing order
         self.named: dict[str, list[Payment]] = {}
-        for payment in self.by_id.values():
+        self.add(payments, bookings)
+
+    def add(self, payments: Iterable[Payment], bookings: Collection[str] = frozenset()) -> None:
+        """More payments (a listing widened to an earlier window); one listed twice counts once."""
+        self.bookings.update(bookings)
+        for payment in payments:
+            if payment.id in self.by_id:
+                continue
+            self.by_id[payment.id] = payment
             self.by_customer.setdefault(payment.customer, []).append(payment)
-            ref = payment.metadata.get(cross_ref_key)
+            self.by_amount.setdefault(payment.amount, []).append(payment)
+            ref = payment.metadata.get(self.cross_ref_key)
             if ref:
                 self.named.setdefault(ref, []).append(payment)
+        rank = {customer: n for n, customer in enumerate(self.by_customer)}
+        for same in self.by_amount.values():
+            same.sort(key=lambda p: rank[p.customer])  # stable: listing order within a customer
 
     def booking_words(self, payment: Payment) -> str | None:
         """Why the payment paid a Cal.com booking, in words; None when nothing says it did."""
@@ -233,15 +248,23 @@ class PaymentIndex:
 
 
 def decide_bills(
-    bills: Sequence[Bill], index: PaymentIndex, same_person: Any, now: datetime | None = None
+    bills: Sequence[Bill],
+    index: PaymentIndex,
+    same_person: Any,
+    now: datetime | None = None,
+    *,
+    every: Sequence[Bill] | None = None,
 ) -> dict[str, MatchDecision]:
-    """Every bill's decision, judged with every bill known: `same_person(person, email)` says whether a billing
-    email is the bill's person's. `now` (UTC; the clock when None) says whether a window is still open."""
+    """The decisions of `bills`, judged with every bill known (`every`, when more were read than are decided
+    here: those `waits_for_every_bill` let through were decided as they came): `same_person(person, email)` says
+    whether a billing email is the bill's person's. `now` (UTC; the clock when None) says whether a window is
+    still open."""
     decisions: dict[str, MatchDecision] = {}
     certain: dict[str, str] = {}  # bill → its one exact payment
     now = now or datetime.now(UTC)
+    known = bills if every is None else every
     for bill in bills:
-        decision, exact = _decide_one(bill, bills, index, same_person, now)
+        decision, exact = _decide_one(bill, known, index, same_person, now)
         if exact is not None:
             certain[bill.source_id] = exact
         elif decision is not None:
@@ -265,10 +288,41 @@ def decide_bills(
     return decisions
 
 
+def waits_for_every_bill(bill: Bill, index: PaymentIndex) -> bool:
+    """Whether bills not read yet could change this bill's decision, so it must wait until every bill is known:
+    its one exact payment may fit another bill of the customer exactly too (then neither is linked), or a larger
+    payment of the customer may be this bill's and another's together. Every other decision (a payment naming it,
+    several exact payments, none) depends on this bill and the payments alone, and is made as it is read."""
+    if _named(bill, index):
+        return False
+    if bill.amount is None or bill.amount <= 0 or not bill.paid or bill.window is None:
+        return False
+    own = _own(bill, index)
+    exact = [p for p in own if p.amount == bill.amount and not p.refunded]
+    if exact:
+        return len(exact) == 1
+    return any(not p.refunded and p.amount > bill.amount for p in own)
+
+
+def decide_bill(bill: Bill, index: PaymentIndex, same_person: Any, now: datetime | None = None) -> MatchDecision:
+    """The decision of a bill `waits_for_every_bill` lets through (no other bill can change it)."""
+    decision, _ = _decide_one(bill, (), index, same_person, now or datetime.now(UTC))
+    assert decision is not None, "a bill with one exact payment waits for every bill"
+    return decision
+
+
+def _named(bill: Bill, index: PaymentIndex) -> list[Payment]:
+    return [p for p in index.named.get(bill.source_id, []) if p.id not in index.linked]
+
+
+def _own(bill: Bill, index: PaymentIndex) -> list[Payment]:
+    return [p for p in index.by_customer.get(bill.customer, []) if bill.customer and index.free(p, bill)]
+
+
 def _decide_one(
     bill: Bill, bills: Sequence[Bill], index: PaymentIndex, same_person: Any, now: datetime
 ) -> tuple[MatchDecision | None, str | None]:
-    named = [p for p in index.named.get(bill.source_id, []) if p.id not in index.linked]
+    named = _named(bill, index)
     booked_named = [p for p in named if index.booking_words(p) is not None]
     if booked_named:  # e.g. written on it by an earlier version that took it for the invoice's payment
         words = "; ".join(str(index.booking_words(p)) for p in booked_named)
@@ -285,7 +339,7 @@ def _decide_one(
         return MatchDecision.none(f"{bill.status_words or 'not paid'} in Cliniko: no payment to link"), None
     if bill.window is None:
         return MatchDecision.none("the invoice has no issue date: no payment can be matched"), None
-    own = [p for p in index.by_customer.get(bill.customer, []) if bill.customer and index.free(p, bill)]
+    own = _own(bill, index)
     exact = [p for p in own if p.amount == bill.amount and not p.refunded]
     if len(exact) == 1:
         return None, exact[0].id
@@ -296,10 +350,8 @@ def _decide_one(
     found: list[tuple[str, list[str], str]] = []
     others = [
         p
-        for customer, payments in index.by_customer.items()
-        if customer != bill.customer or not bill.customer
-        for p in payments
-        if p.amount == bill.amount
+        for p in index.by_amount.get(bill.amount, [])
+        if (p.customer != bill.customer or not bill.customer)
         and not p.refunded
         and index.free(p, bill)
         and ((bill.person and same_person(bill.person, p.billing_email)) or _same_name(p.billing_name, bill.name))
@@ -311,12 +363,13 @@ def _decide_one(
     for first, second in itertools.combinations(unrefunded, 2):
         if first.amount + second.amount == bill.amount:
             found.append((SPLIT, [first.id, second.id], "two payments by the patient's customer make the total"))
+    larger = [p for p in own if not p.refunded and p.amount > bill.amount]
     partners = [
         b
-        for b in bills
+        for b in (bills if larger else ())  # asked only when it matters: every bill read is a long list
         if b is not bill and b.paid and b.customer == bill.customer and b.amount and b.amount > 0 and b.window
     ]
-    for payment in (p for p in own if not p.refunded and p.amount > bill.amount):
+    for payment in larger:
         if any(payment.amount == bill.amount + other.amount for other in partners):
             detail = "one payment by the patient's customer equals this invoice and another of theirs together"
             found.append((SEVERAL_BILLS, [payment.id], detail))

@@ -50,8 +50,11 @@ from clinicsync.store.models import (
 )
 from clinicsync.streams import identity
 from clinicsync.streams.base import (
+    CANDIDATES_LISTED,
     DUPLICATE_OF_KEY,
     FindRequest,
+    ListingMark,
+    MatchDecision,
     Matcher,
     MatchSetup,
     NotYet,
@@ -91,6 +94,7 @@ log = logging.getLogger(__name__)
 
 PLAN_SAMPLE_SIZE = 20
 WRITE_BATCH = 50  # plans stored per transaction (each stored before any of them is sent)
+UNSTORED_PER_COMMIT = 200  # the reading thread's own writes (links, history, reviews) stored per transaction
 # Which outcome a record counts as when several happen to it in one run (the most telling one).
 COUNT_RANK = {"unchanged": 0, "skipped": 1, "updated": 2, "linked": 3, "created": 4, "review": 5, "failed": 6}
 Progress = Callable[[str, int, int | None, str], None]  # (stream, records done, total or None, step)
@@ -128,22 +132,30 @@ class RunRecorder:
         self._event(NOTE, source_id, display_name, stripe_id, message)
 
     def _event(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str) -> None:
-        if not self._dry_run:
-            lookup.insert(
-                SyncEvent(
-                    run=self._run,
-                    stream=self._run.stream,
-                    source_id=source_id,
-                    display_name=display_name,
-                    stripe_id=stripe_id,
-                    action=action,
-                    message=message,
-                )
-            )
+        if self._dry_run:
+            return
+        event = SyncEvent(
+            run=self._run,
+            stream=self._run.stream,
+            source_id=source_id,
+            display_name=display_name,
+            stripe_id=stripe_id,
+            action=action,
+            message=message,
+        )
+        if self._later is not None and threading.get_ident() == self._reader and not database_proxy.in_transaction():
+            self._later(lambda: lookup.insert(event))  # stored with the reading thread's next batch of writes
+        else:  # in the transaction that records what it says (a settled write), or a write thread's
+            lookup.insert(event)
 
-    def __init__(self, run: SyncRun, *, dry_run: bool) -> None:
+    def __init__(
+        self, run: SyncRun, *, dry_run: bool, later: Callable[[Callable[[], None]], None] | None = None
+    ) -> None:
+        """`later`: where the reading thread's history rows wait to be stored with its other writes (None: now)."""
         self._run = run
         self._dry_run = dry_run
+        self._later = later
+        self._reader = threading.get_ident()
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(ACTIONS, 0)
         self._by_record: dict[str, str] = {}
@@ -218,6 +230,12 @@ class StreamRun:
         self._batch: list[tuple[MappedRecord, str, list[WriteStep], str | None]] = []
         self._new_links: dict[str, RecordLink] = {}
         self._current_links: dict[str, RecordLink] = {}  # unsaved links of records being decided now
+        # The reading thread's own writes (a record's link met first with nothing to send, its history row, a review
+        # opened), stored UNSTORED_PER_COMMIT records at a time and before any plan is sent: each transaction
+        # rewrites every page it touches, and one per record wrote some 50 KB a record. A crash loses none that
+        # matters: the cursor moves only after they are stored, so the next run reads those records again.
+        self._unstored: list[Callable[[], None]] = []
+        self._unstored_ids: set[str] = set()  # records whose new link waits there
         # Until _prepare has checked the mapping and asked the source: the default zone, no scope filter.
         self._prepared = PreparedStream(
             stream,
@@ -236,7 +254,7 @@ class StreamRun:
         run = SyncRun.create(
             pair=self.pair, stream=self.stream.name, trigger=self.options.trigger, dry_run=self.options.dry_run
         )
-        self.recorder = RunRecorder(run, dry_run=self.options.dry_run)
+        self.recorder = RunRecorder(run, dry_run=self.options.dry_run, later=self._store_later)
         result = RunResult(run_id=run.id, stream=self.stream.name, outcome="ok", counts=self.recorder.counts)
         try:
             self._prepare()
@@ -283,6 +301,10 @@ class StreamRun:
         return result
 
     def _finish(self, run: SyncRun, result: RunResult) -> None:
+        try:
+            self._store_unstored()  # what the read decided before it stopped, if it did (else nothing is left)
+        except Exception as exc:  # the run's own row is written all the same; those records are read again
+            log.error("run %s: the last records' links and history could not be stored: %s", run.id, exc)
         with database_proxy.atomic():
             for action in ACTIONS:
                 setattr(run, action, result.counts[action])
@@ -423,6 +445,10 @@ class StreamRun:
         cursor = self._scope.first_cursor(cursor)
         for record in self.stream.read_changed(self.source, cursor):
             self.cancel.raise_if_cancelled()
+            if isinstance(record, ListingMark):
+                if record is CANDIDATES_LISTED:
+                    self._decide_waiting(pool, writer)
+                continue
             self._handle(record, pool, writer)
         if self.stream.complete_listing:
             for source_id in self._linked_not_listed():
@@ -434,7 +460,9 @@ class StreamRun:
         self._resolve_deferred(pool, writer)
         self._drain(pool, writer)
         state.cursor = next_cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        state.last_run_at = utcnow()
+        # When this run began: a matcher listed Stripe early in it, so the next run looks for what happened in
+        # Stripe (new payments, refunds) from then, not from when this run ended.
+        state.last_run_at = started
         state.save()
         # Revisits this run has done; ones queued during it (records it had to skip) wait for the next run.
         RetryRecord.delete().where(
@@ -502,6 +530,8 @@ class StreamRun:
         person = person_key(self.pair, self.mapping.stripe_object, mapped.match_value)
         if self._batched(sid):  # read again (edited mid-sync) before its first change was even stored
             self._flush_batch(pool, writer)
+        if sid in self._unstored_ids:  # read again before its link was stored: store it, to find it
+            self._store_unstored()
         pool.wait_for(sid)
         if writer is not None and writer.settler.holds(sid):
             writer.flush()
@@ -513,7 +543,11 @@ class StreamRun:
         finally:
             self._current_links.pop(sid, None)
             if link.id is None and sid not in self._new_links:
-                link.save(force_insert=True)  # met for the first time and no write planned: remembered now
+                # Met for the first time and no write planned: remembered with the next batch of the read's writes.
+                self._unstored_ids.add(sid)
+                self._store_later(lambda: lookup.insert(link))
+        if len(self._unstored) >= UNSTORED_PER_COMMIT:
+            self._store_unstored()
 
     def _met_before(self, record: Record, mapped: MappedRecord) -> bool:
         """Whether this run has handled the record already. The same version again (the archived pass, a page
@@ -588,8 +622,8 @@ class StreamRun:
                 f"not created in Stripe: {reason} at the source and never synced before",
             )
             return
-        if self.stream.matcher is not None:  # decided with every record known, after the read
-            self._offer(mapped, hashed, link, record if record is not None else {})
+        if self.stream.matcher is not None:  # decided now, or once every candidate is known
+            self._offer(mapped, hashed, link, record if record is not None else {}, pool, writer)
             return
         by_reference = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
         if len(by_reference) == 1:
@@ -621,6 +655,22 @@ class StreamRun:
         target = self._links.stripe_id(self.stream.follows, sid)
         return target is not None and target != link.stripe_id
 
+    # --- the reading thread's writes, stored in batches ----------------------------------------------------
+    def _store_later(self, write: Callable[[], None]) -> None:
+        if self.options.dry_run:  # on the dry run's private copy: nothing to save
+            write()
+        else:
+            self._unstored.append(write)
+
+    def _store_unstored(self) -> None:
+        """Store the reading thread's waiting writes, in one transaction (or the caller's)."""
+        writes, self._unstored = self._unstored, []
+        self._unstored_ids.clear()
+        if writes:
+            with database_proxy.atomic():
+                for write in writes:
+                    write()
+
     def _leave_unmatched(self, mapped: MappedRecord, link: RecordLink, why: str, *, store: bool = True) -> None:
         """A record of a stream that never creates (it links to objects made elsewhere) with nothing in Stripe to
         link to: why is said once in history, and again only if the reason changes (its link keeps a hash of the
@@ -637,7 +687,13 @@ class StreamRun:
         if link.id is None:  # stored by _handle with the record
             link.payload_hash = reported
         else:
-            RecordLink.update(payload_hash=reported, updated_at=utcnow()).where(RecordLink.id == link.id).execute()
+            self._store_later(
+                lambda: (
+                    RecordLink.update(payload_hash=reported, updated_at=utcnow())
+                    .where(RecordLink.id == link.id)
+                    .execute()
+                )
+            )
 
     def _follow_review(
         self,
@@ -726,38 +782,71 @@ class StreamRun:
         )
         self._matcher = self.stream.matcher(setup)
 
-    def _offer(self, mapped: MappedRecord, hashed: str | None, link: RecordLink, record: Record) -> None:
+    def _offer(
+        self,
+        mapped: MappedRecord,
+        hashed: str | None,
+        link: RecordLink,
+        record: Record,
+        pool: WritePool,
+        writer: OutboxWriter | None,
+    ) -> None:
         assert self._matcher is not None
-        self._offered[mapped.source_id] = (mapped, hashed, link)
-        self._matcher.offer(mapped, record)
+        decision = self._matcher.offer(mapped, record)
+        if decision is None:  # waits until every candidate is known
+            self._offered[mapped.source_id] = (mapped, hashed, link)
+            return
+        self._offered.pop(mapped.source_id, None)  # an earlier version of it waited: this one is decided
+        self._apply_match(mapped, hashed, link, decision, pool, writer)
 
-    def _resolve_matched(self, pool: WritePool, writer: OutboxWriter | None) -> None:
-        """Apply the stream's matcher's decisions: a link through the outbox (a metadata update of the existing
-        object), a review, or nothing written (skipped, with the matcher's reason)."""
+    def _decide_waiting(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """Every record that could be a candidate has been offered: apply the decisions that waited for that."""
         if self._matcher is None:
             return
         decisions = self._matcher.decide()
-        for sid, (mapped, hashed, link) in self._offered.items():
+        offered, self._offered = self._offered, {}
+        for sid, (mapped, hashed, link) in offered.items():
             decision = decisions.get(sid)
-            if decision is None:
-                continue
-            target = decision.stripe_id
-            if decision.kind == "link" and target:
-                # Links made before the read are the matcher's `linked`; one made twice by racing runs is refused by
-                # the link table and goes to review (outbox._link_taken).
-                if target in self._claimed:
-                    self._review(
-                        mapped, "link_taken", [target], pool, writer, f"{target} is linked to another record already"
-                    )
-                else:
-                    self._submit("link", mapped, target, hashed, pool, writer)
-            elif decision.kind == "review":
-                self._review(mapped, decision.reason, list(decision.candidates), pool, writer, decision.message)
+            if decision is not None:
+                self._apply_match(mapped, hashed, link, decision, pool, writer)
+        self._flush_batch(pool, writer)  # sent now, not when the rest of the read brings the next decision
+
+    def _apply_match(
+        self,
+        mapped: MappedRecord,
+        hashed: str | None,
+        link: RecordLink,
+        decision: MatchDecision,
+        pool: WritePool,
+        writer: OutboxWriter | None,
+    ) -> None:
+        """Apply one of the stream's matcher's decisions: a link through the outbox (a metadata update of the
+        existing object), a review, or nothing written (skipped, with the matcher's reason)."""
+        sid = mapped.source_id
+        target = decision.stripe_id
+        if decision.kind == "link" and target:
+            # Links made before the read are the matcher's `linked`; one made twice by racing runs is refused by the
+            # link table and goes to review (outbox._link_taken).
+            if target in self._claimed:
+                self._review(
+                    mapped, "link_taken", [target], pool, writer, f"{target} is linked to another record already"
+                )
             else:
-                if decision.revisit and not decision.when_paid and writer is not None:
-                    revisit_later(self.pair, self.stream.name, sid, decision.message)
-                # Said once, again only if the reason changes: not a history row per waiting invoice per run.
-                self._leave_unmatched(mapped, link, decision.message, store=writer is not None)
+                self._submit("link", mapped, target, hashed, pool, writer)
+        elif decision.kind == "review":
+            self._review(mapped, decision.reason, list(decision.candidates), pool, writer, decision.message)
+        else:
+            if decision.revisit and not decision.when_paid and writer is not None:
+                revisit_later(self.pair, self.stream.name, sid, decision.message)
+            # Said once, again only if the reason changes: not a history row per waiting invoice per run.
+            self._leave_unmatched(mapped, link, decision.message, store=writer is not None)
+
+    def _resolve_matched(self, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """At the end of the read: the decisions still waiting (a listing that never marked its candidates
+        complete), then what happened in Stripe to linked objects."""
+        if self._matcher is None:
+            return
+        self._decide_waiting(pool, writer)
         for sid, stripe_id, message in self._matcher.linked_news():
             told = SyncEvent.select().where(
                 (SyncEvent.stream == self.stream.name) & (SyncEvent.source_id == sid) & (SyncEvent.message == message)
@@ -930,13 +1019,19 @@ class StreamRun:
         if writer is None or not batch:
             return
         new_links, self._new_links = self._new_links, {}
-        stored = writer.enqueue_plans(batch, before=lambda: _insert_links(new_links.values()))
+
+        def before() -> None:  # in the plans' transaction: every link a write's settling looks for is stored
+            self._store_unstored()
+            _insert_links(new_links.values())
+
+        stored = writer.enqueue_plans(batch, before=before)
         for (mapped, *_), rows in zip(batch, stored, strict=True):
             pool.submit(mapped.source_id, lambda rows=rows: writer.deliver_plan(rows))
 
     def _drain(self, pool: WritePool, writer: OutboxWriter | None) -> None:
         """Send what is batched, wait for every write in flight, and record what Stripe took."""
         self._flush_batch(pool, writer)
+        self._store_unstored()
         pool.drain()
         if writer is not None:
             writer.flush()
@@ -960,7 +1055,11 @@ class StreamRun:
         detail: str,
     ) -> None:
         if writer is not None:
-            open_review(self.pair, self.stream.name, mapped.source_id, mapped.display_name, reason, detail, candidates)
+            self._store_later(
+                lambda: open_review(
+                    self.pair, self.stream.name, mapped.source_id, mapped.display_name, reason, detail, candidates
+                )
+            )
         self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
 
     def _remember(self, mapped: MappedRecord, hashed: str | None, person: str | None) -> RecordLink:

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -124,6 +125,7 @@ class Settler:
         self._held: Counter[str] = Counter()  # source ids of _items: asked for every record read
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._after_commit: list[Callable[[], None]] = []  # of the flush under way
 
     def add(self, source_id: str, settle: Callable[[], None]) -> None:
         with self._lock:
@@ -155,13 +157,30 @@ class Settler:
             crashpoint("after_link_saved")
 
     def flush(self) -> None:
+        with self.flushing() as items:
+            if items:
+                with database_proxy.atomic():
+                    self.apply(items)
+
+    @contextmanager
+    def flushing(self) -> Iterator[list[tuple[str, Callable[[], None]]]]:
+        """The finished writes to record in the caller's transaction, opened inside this; counted as committed
+        once it has. One flush at a time, so a record's steps are recorded in the order they finished."""
         with self._flush_lock:
             items = self.take()
-            if not items:
-                return
-            with database_proxy.atomic():
-                self.apply(items)
+            try:
+                yield items
+            except BaseException:
+                self._after_commit.clear()
+                raise
             self.committed(items)
+            actions, self._after_commit = self._after_commit, []
+            for action in actions:
+                action()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` once the flush recording it has committed (called while recording, in its transaction)."""
+        self._after_commit.append(action)
 
 
 @dataclass
@@ -198,8 +217,11 @@ class OutboxWriter:
         """Store the plans of several records in one transaction (after `before`, in it), each step with a key
         naming its own row. Nothing is sent before this returns: the rows are durable first."""
         stored: list[list[OutboxEntry]] = []
-        with database_proxy.atomic():
+        with self.settler.flushing() as settled, database_proxy.atomic():
             before()
+            # The writes finished meanwhile are recorded in the same transaction: one thread writes the database
+            # (a write thread recording a large backlog holds it for a second, and the reading thread waits).
+            Settler.apply(settled)
             for mapped, action, steps, email_hash in plans:
                 stored.append(self._store_plan(mapped, action, steps, email_hash))
         for _ in stored:  # counted per record, as the crash-safety tests name them
@@ -429,7 +451,9 @@ class OutboxWriter:
                 self._save_link(row, obj, replayed=replayed)
         except IntegrityError:  # another record is linked to this object: never a crash that blocks the queue
             self._link_taken(row, stripe_id)
-        self._fresh_ids.pop(_step_key(row), None)
+        # Forgotten only once committed: till then the write threads' own connections cannot see the done step, and
+        # the record's next step takes its id from here.
+        self.settler.after_commit(lambda: self._fresh_ids.pop(_step_key(row), None))
 
     def _save_link(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
         stripe_id = str(obj["id"])

@@ -10,15 +10,19 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+QUEUED_PER_WORKER = 256  # 3,072 for 12 workers: half a minute of writes at Stripe's live budget
+
 
 class WritePool:
     def __init__(self, workers: int, *, max_in_flight: int | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-write") if workers else None
         self._workers = workers
-        # Up to 16 writes a worker queued ahead: the reading thread stops now and then (an index top-up lists
-        # several pages, up to a second or two), and 2 a worker (24 writes, a quarter of a second at 90/s) ran
-        # out long before it came back.
-        self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * 16)
+        # Up to QUEUED_PER_WORKER writes a worker queued ahead. The reading thread stops now and then (an index
+        # top-up lists several pages, up to a second or two), and 2 a worker (24 writes, a quarter of a second at
+        # 90/s) ran out long before it came back. A matcher may also decide thousands of records at once (the
+        # invoices waiting for the live pass to end): the reading thread must go on reading meanwhile, not wait
+        # for Stripe to take them. A queued write is its outbox rows, stored already: a stop leaves them pending.
+        self._slots = threading.BoundedSemaphore(max_in_flight or max(1, workers) * QUEUED_PER_WORKER)
         self._in_flight: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._error: BaseException | None = None

@@ -19,6 +19,7 @@ from clinicsync.retry import CancelToken
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store.models import AccountPair, RecordLink
 from clinicsync.streams import STREAMS
+from clinicsync.streams.base import records_of
 from clinicsync.sync.service import SOURCES, ConfigProblem, stripe_gateway
 
 
@@ -110,7 +111,7 @@ def fetch_preview(connection: Connection, mapping: StreamMapping, record_id: str
 def sample_records(connection: Connection, mapping: StreamMapping, limit: int = 20) -> list[tuple[str, str]]:
     """A few (id, display name) pairs to preview on: the first records the stream reads (one page)."""
     samples: dict[str, str] = {}  # by id: a stream may read a record twice (Cliniko's archived pass lists all)
-    for record in connection.stream.read_changed(connection.source, None):
+    for record in records_of(connection.stream.read_changed(connection.source, None)):
         mapped = map_record(mapping, record)
         samples.setdefault(mapped.source_id, mapped.display_name)
         if len(samples) >= limit:

@@ -38,6 +38,7 @@ from clinicsync.store import reconciliation as report_store
 from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, ReviewItem, RoleLink
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, Record, Stream, StreamNotReady, dependency_order, identity
+from clinicsync.streams.base import records_of
 from clinicsync.stripe_gateway import StripeGateway
 from clinicsync.sync.engine import PreparedStream, Progress, prepare_stream
 from clinicsync.sync.matching import PERSON_OBJECTS, match_hash
@@ -501,7 +502,7 @@ class _StreamReconciler:
         # A stream with its own, windowed Stripe listing (payments) is read within the sync's scope on both sides
         # (invoices changed since the scope's date), not all time; it reports no orphans (streams' `reports`).
         cursor = prepared.scope.first_cursor(None) if self.comparison.listing else None
-        for batch in _chunks(self.stream.read_changed(self.source, cursor), BATCH):
+        for batch in _chunks(records_of(self.stream.read_changed(self.source, cursor)), BATCH):
             self.cancel.raise_if_cancelled()
             if "error" in outcome:
                 raise _StripeStopped()

@@ -61,6 +61,23 @@ class AccountLinks:
             row = self._current_role(stream, source_id, role)
         return row.stripe_id if row is not None else None
 
+    def all_stripe_ids(self, stream: str) -> dict[str, str]:
+        """Every linked record of `stream` → the Stripe id of its primary object (this pair's own link first), in
+        one query: for a stream that asks about many records of another (each invoice's patient's customer)."""
+        rows = (
+            RecordLink.select(RecordLink.source_id, RecordLink.stripe_id)
+            .where(
+                (RecordLink.stream == stream)
+                & RecordLink.stripe_id.is_null(False)
+                & RecordLink.pair.in_(same_account(self._pair))
+            )
+            .order_by(RecordLink.pair != self._pair.id)
+        )
+        found: dict[str, str] = {}
+        for row in rows:
+            found.setdefault(row.source_id, row.stripe_id)
+        return found
+
     def linked_by(self, stream: str, stripe_ids: Collection[str]) -> dict[str, list[str]]:
         """Which of `stripe_ids` records of `stream` are linked to in this Stripe account, with those records'
         source ids (a page of ids per query: SQLite caps the parameters of one statement)."""

@@ -367,3 +367,35 @@ def test_a_payment_that_fits_a_waiting_invoice_by_billing_name_or_email_brings_i
     assert named["payment_intent"] in reviews[invoices[by_name]["id"]].candidates
     assert emailed["payment_intent"] in reviews[invoices[by_email]["id"]].candidates
     assert invoices[untouched]["id"] not in reviews, "the same amount, but neither its name nor its patient's email"
+
+
+def test_links_are_stored_and_sent_before_the_deleted_pass_is_read(make_sandbox, env_for, monkeypatch) -> None:
+    """An invoice is decided as it is read when no invoice still to come can change that, and the ones that wait
+    (an exact payment another invoice may fit too) are decided when the live and archived invoices, every invoice
+    that could be offered, are listed: by then every link's write is stored and handed to the write threads,
+    before the deleted pass is asked for. (Before, nothing was decided until the last pass ended.)"""
+    import dataclasses
+
+    from clinicsync.store.models import OutboxEntry
+    from clinicsync.streams.base import CANDIDATES_LISTED
+    from clinicsync.sync import service
+
+    sandbox = make_sandbox(profile="clean", patients=30, invoices=100)
+    env = env_for(sandbox)
+    sync_once(env)
+    cases = Counter(sandbox.seeded["invoice_scenario"]["cases"].values())
+    links = sum(cases[case] for case in CERTAIN)
+    original = service.STREAMS[STREAM]
+    stored_at_mark: list[int] = []
+
+    def read_changed(client, cursor):
+        for record in original.read_changed(client, cursor):
+            yield record
+            if record is CANDIDATES_LISTED:  # the engine has acted on the mark and asks for the deleted pass
+                stored_at_mark.append(OutboxEntry.select().where(OutboxEntry.stream == STREAM).count())
+
+    monkeypatch.setitem(service.STREAMS, STREAM, dataclasses.replace(original, read_changed=read_changed))
+    result = sync_once(env, stream=STREAM)
+    assert result.counts["linked"] == links and result.counts["failed"] == 0, result.counts
+    assert stored_at_mark == [links]
+    assert writes(sandbox)["POST /v1/payment_intents/{id}"] == links  # each once (these have PaymentIntents)

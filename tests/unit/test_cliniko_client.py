@@ -511,6 +511,36 @@ def test_date_header_is_parsed_and_probe_returns_it():
     assert rec.requests[0].url.path == "/v1/settings/public"
 
 
+def test_a_sync_reads_the_account_and_its_clock_in_one_request_and_businesses_once():
+    """The account read that starts a sync gives the first stream's probe its clock (a later probe, or one long
+    after, asks again); the businesses are listed once for every stream that needs them."""
+    businesses = {"businesses": [{"id": "1", "time_zone_identifier": "Australia/Perth"}], "links": {"self": "x"}}
+    rec = Recorder(
+        lambda request: ok(businesses) if request.url.path.endswith("/businesses") else ok({"account": {"id": "1"}})
+    )
+    fake = FakeTime()
+    client = make_client(rec, fake=fake)
+    client.get_account()
+    assert client.probe() == NOW and len(rec.requests) == 1
+    client.probe()
+    assert len(rec.requests) == 2  # the account's clock is taken once
+    client.get_account()
+    fake.mono += 61
+    client.probe()
+    assert [r.url.path for r in rec.requests] == ["/v1/settings/public"] * 4  # too old to stand for the listing's
+    assert client.get_businesses() == client.get_businesses() == businesses["businesses"]
+    assert len(rec.requests) == 5
+
+
+def test_businesses_refused_are_asked_once():
+    rec = Recorder(httpx.Response(403, json={}))
+    client = make_client(rec)
+    for _ in range(2):
+        with pytest.raises(SourcePermissionError):
+            client.get_businesses()
+    assert len(rec.requests) == 1
+
+
 def test_probe_without_a_date_is_a_bad_response():
     rec = Recorder(httpx.Response(200, json={"account": {"id": "1"}}))
     with pytest.raises(SourceBadResponse, match="Date"):

@@ -100,6 +100,64 @@ def test_metadata_naming_the_invoice_links_it_and_a_payment_naming_another_is_ne
     assert named["i1"].kind == "none"
 
 
+def test_deciding_each_bill_as_it_is_read_gives_the_decisions_of_deciding_them_all_after_the_read() -> None:
+    """A bill no later bill can change is decided as it comes; the others wait for every bill. Over random mixes of
+    shared exact payments, splits, payments covering two bills and named ones, that is exactly the decision taken
+    with every bill known."""
+    import random
+
+    seed = random.randrange(1_000_000)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    for _ in range(200):
+        amounts = rng.sample([4000, 5550, 9550, 13550, 2000], 3)
+        bills = [
+            bill(f"i{n}", rng.choice(amounts), rng.choice(["cus_1", "cus_2", None]), date(2026, 4, rng.randint(1, 20)))
+            for n in range(rng.randint(1, 6))
+        ]
+        for b in bills:
+            b.paid = rng.random() < 0.8
+        payments = [
+            payment(
+                f"pi_{n}",
+                rng.choice([*amounts, amounts[0] + amounts[1]]),
+                rng.choice(["cus_1", "cus_2", None]),
+                f"2026-04-{rng.randint(1, 28):02d}T0{rng.randint(0, 9)}:00:00",
+                refunded=rng.random() < 0.1,
+                billing_email=rng.choice([None, "ann@example.com"]),
+                metadata={"cliniko_invoice_id": rng.choice([b.source_id for b in bills])} if rng.random() < 0.1 else {},
+            )
+            for n in range(rng.randint(0, 6))
+        ]
+        index = pm.PaymentIndex(payments, {}, "cliniko_invoice_id")
+        same = lambda person, email: email == "ann@example.com"  # noqa: E731
+        together = pm.decide_bills(bills, index, same, now)
+        as_read = {
+            b.source_id: pm.decide_bill(b, index, same, now) for b in bills if not pm.waits_for_every_bill(b, index)
+        }
+        waiting = [b for b in bills if b.source_id not in as_read]
+        as_read |= pm.decide_bills(waiting, index, same, now, every=bills)
+        assert as_read == together
+
+
+def test_an_exact_payment_waits_for_every_bill_and_a_named_one_does_not() -> None:
+    index = pm.PaymentIndex(
+        [
+            payment("pi_1", 9550, "cus_1", "2026-04-06T01:00:00"),
+            payment("pi_2", 4000, "cus_1", "2026-04-06T01:00:00", metadata={"cliniko_invoice_id": "i2"}),
+            payment("pi_3", 13550, "cus_2", "2026-04-06T01:00:00"),
+        ],
+        {},
+        "cliniko_invoice_id",
+    )
+    assert pm.waits_for_every_bill(bill("i1", 9550), index)  # another bill may fit pi_1 exactly too
+    assert not pm.waits_for_every_bill(bill("i2", 4000), index)  # pi_2 names it: no other bill can have it
+    assert pm.waits_for_every_bill(bill("i3", 9550, "cus_2"), index)  # pi_3 may pay it and another together
+    assert not pm.waits_for_every_bill(bill("i4", 9999), index)  # nothing free of cus_1 fits or is larger
+    assert pm.decide_bill(bill("i4", 9999), index, lambda person, email: False).kind == "none"
+
+
 def test_the_invoice_mapping_sends_id_number_and_status_only_and_refuses_clinical_fields() -> None:
     from dataclasses import replace
 
@@ -187,6 +245,9 @@ class FakeLinks:
     def same_person(self, stream: str, source_id: str, email: str | None) -> bool:
         return False
 
+    def all_stripe_ids(self, stream: str) -> dict[str, str]:
+        return {"p1": "cus_1"}
+
     def linked_by(self, stream: str, stripe_ids) -> dict[str, list[str]]:
         self.asked = (stream, set(stripe_ids))
         if stream == "calcom.booking_payments":
@@ -209,6 +270,9 @@ class FakeCliniko:
 
         self.asked.append((path, list(params or [])))
         yield SimpleNamespace(records=self.businesses if path == "/businesses" else [{"id": "7001"}])
+
+    def get_businesses(self) -> list[dict]:
+        return list(next(self.iter_pages("/businesses")).records)
 
 
 def test_invoices_are_judged_again_only_for_customers_with_a_payment_since_the_last_run() -> None:
@@ -322,6 +386,32 @@ def _match_invoices(
     gateway = FakeGateway([charge])
     settings = StreamSettings("Australia/Melbourne", "aud", values)
     matcher = InvoiceMatcher(MatchSetup(gateway, cliniko, links, settings, {}, "cliniko_invoice_id"))
+    decisions = {}
     for invoice in invoices:
+        mapped = map_record(CLINIKO_INVOICES, invoice)
+        decision = matcher.offer(mapped, invoice)  # None: it waits for every invoice to be known
+        decisions.pop(mapped.source_id, None)
+        if decision is not None:
+            decisions[mapped.source_id] = decision
+    decisions.update(matcher.decide())
+    return decisions, gateway
+
+
+def test_payments_are_listed_once_up_to_now_and_widened_back_only_for_an_earlier_window() -> None:
+    from clinicsync.mapping.apply import map_record
+    from clinicsync.mapping.defaults import CLINIKO_INVOICES
+    from clinicsync.streams.base import MatchSetup, StreamSettings
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+
+    gateway = FakeGateway([])
+    settings = StreamSettings("Australia/Melbourne", "aud")
+    matcher = InvoiceMatcher(MatchSetup(gateway, FakeCliniko(), FakeLinks(), settings, {}, "cliniko_invoice_id"))
+    for number, issued in enumerate(("2026-04-20", "2026-04-25", "2026-03-01", "2026-03-05")):
+        invoice = {"id": f"700{number}", "number": number, **_PAID_4TH, "issue_date": issued}
         matcher.offer(map_record(CLINIKO_INVOICES, invoice), invoice)
-    return dict(matcher.decide()), gateway
+    matcher.decide()
+    # The first listing runs on a thread of its own: the widening may reach the gateway before it.
+    first, earlier = sorted((listing["created"] for listing in gateway.listings), key=lambda c: -c["gte"])
+    assert "lte" not in first  # up to now: every later window needs the same payments
+    assert first["gte"] <= epoch("2026-04-13T00:00:00") - 14 * 3600
+    assert earlier["gte"] <= epoch("2026-02-22T00:00:00") - 14 * 3600 and earlier["lte"] == first["gte"] - 1
