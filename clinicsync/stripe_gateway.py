@@ -380,6 +380,10 @@ class StripeGateway:
             "invoice": self._client.v1.invoices,
             "invoiceitem": self._client.v1.invoice_items,
             "credit_note": self._client.v1.credit_notes,
+            # read only: whether a customer holds a saved card or a plan before a duplicate of it is deleted
+            "setup_intent": self._client.v1.setup_intents,
+            "payment_method": self._client.v1.payment_methods,
+            "subscription": self._client.v1.subscriptions,
         }
         try:
             return services[stripe_object]

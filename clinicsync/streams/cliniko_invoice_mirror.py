@@ -549,9 +549,8 @@ def choose_twins(gateway: Any, ids: list[str]) -> list[str]:
     finalized = [i for i in others if status[i] in ("open", "paid")]
     if finalized:
         return [*finalized, *(i for i in others if status[i] == "draft"), *retired, *gone]
-    voided = [i for i in others if status[i] == "void"]
-    if voided and not any(status[i] == "draft" for i in others):
-        return [*voided, *retired, *gone]
+    # None open or paid: void ones are mirrors replaced on purpose or closed with their invoice (deleted, archived,
+    # $0), and drafts are still being written by their maker: nothing for a repair to do.
     return []
 
 

@@ -352,7 +352,7 @@ class StreamRun:
 
     def _execute(self) -> None:
         writer = self._writer()
-        pool = WritePool(self.options.workers)
+        pool = WritePool(self.options.workers, stopped=lambda: self.cancel.cancelled)
         try:
             self._progress(self.stream.name, 0, None, "Sending queued changes")
             queued: dict[str, list[OutboxEntry]] = {}
@@ -966,10 +966,20 @@ class StreamRun:
     ) -> None:
         """Join the person's customers on this record's (sync/people.py) when this is the primary source's record
         of a person whose other sources' records another customer was made for."""
-        if writer is None or person is None:
+        if person is None:
             return
         primary = self.options.stream_values.get(identity.PRIMARY_SOURCE_SETTING) or identity.DEFAULT_PRIMARY_SOURCE
         plan = people.to_join(self.pair, self.stream, mapped.source_id, person, stripe_id, primary)
+        if writer is None:  # a dry run, or the plan shown for approval: said, not done
+            for other in plan.others:
+                self.recorder.note(
+                    mapped.source_id,
+                    mapped.display_name,
+                    other,
+                    f"This person's other customer {other} would be joined to theirs (deleted, or marked as a "
+                    "duplicate if it has payments, invoices or a saved card)",
+                )
+            return
         done = people.join(
             self.pair,
             self.stream,
@@ -1035,6 +1045,7 @@ class StreamRun:
         pool.drain()
         if writer is not None:
             writer.flush()
+        self.cancel.raise_if_cancelled()  # writes skipped by the stop are still pending: the run did not finish
 
     def _batched(self, source_id: str) -> bool:
         return any(mapped.source_id == source_id for mapped, *_ in self._batch)

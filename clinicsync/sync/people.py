@@ -15,13 +15,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from peewee import fn
+
 from clinicsync.labels import plural
 from clinicsync.store.db import database_proxy
-from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, RoleLink, StripeIndexEntry, utcnow
+from clinicsync.store.models import AccountPair, OutboxEntry, RecordLink, StripeIndexEntry
 from clinicsync.streams.base import Stream
 from clinicsync.stripe_gateway import StripeFailure
 from clinicsync.sync.matching import PERSON_OBJECTS, same_account, sources_linking
-from clinicsync.sync.outbox import revisit_later
+from clinicsync.sync.twins import move_link, survivor_taken
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def to_join(pair: AccountPair, stream: Stream, source_id: str, key: str | None, 
         )
         .exists()
     )
-    if sharing:
+    if sharing or _family_elsewhere(pair, stream, key):
         return Join(survivor)
     rows = (
         RecordLink.select(RecordLink.stripe_id)
@@ -69,17 +71,22 @@ def to_join(pair: AccountPair, stream: Stream, source_id: str, key: str | None, 
         .order_by(RecordLink.stripe_id)
     )
     others: list[str] = []
+    moving: set[tuple[int, str]] = set()  # (pair, stream) of the records this join moves onto the survivor
     later = False
     for row in rows:
         if primary in sources_linking(pair, stream.stripe_object, row.stripe_id):
             continue  # another patient's customer (a person decides, in reconciliation), not this person's twin
         movers = _links_to(pair, stream.stripe_object, row.stripe_id)
-        if any(_survivor_taken(link, survivor) for link in movers):
+        streams = [(link.pair_id, link.stream) for link in movers]
+        if moving.intersection(streams):
+            continue  # two records of one stream cannot share one customer
+        if any(survivor_taken(link, survivor) for link in movers):
             continue  # that stream has its own record on the survivor already: two records cannot share it
         if any(_pending(link) for link in movers):
             later = True  # a write to it is still on its way: joined once it has been confirmed
             continue
         others.append(row.stripe_id)
+        moving.update(streams)
     return Join(survivor, tuple(others), later)
 
 
@@ -107,7 +114,7 @@ def join(
         with database_proxy.atomic():
             moved = _links_to(pair, stream.stripe_object, other)
             for link in moved:
-                _move(link, plan.survivor)
+                move_link(link, plan.survivor, JOINED_REASON)
             note(
                 other,
                 f"Joined {plural(len(moved), 'record')} of this person from another source to this record's customer "
@@ -121,6 +128,25 @@ def join(
     return complete
 
 
+def _family_elsewhere(pair: AccountPair, stream: Stream, key: str) -> bool:
+    """Whether another stream holds several live records with this email (a family sharing one, seen from the side
+    that is not primary): which of them is this person is a person's call, so nothing is joined."""
+    counted = fn.COUNT(RecordLink.id)
+    return (
+        RecordLink.select(RecordLink.pair, RecordLink.stream, counted)
+        .where(
+            (RecordLink.person_key == key)
+            & (RecordLink.stripe_object == stream.stripe_object)
+            & RecordLink.pair.in_(same_account(pair))
+            & (RecordLink.stream != stream.name)
+            & (RecordLink.archived == False)  # noqa: E712 (peewee expression)
+        )
+        .group_by(RecordLink.pair, RecordLink.stream)
+        .having(counted > 1)
+        .exists()
+    )
+
+
 def _links_to(pair: AccountPair, stripe_object: str, stripe_id: str) -> list[RecordLink]:
     return list(
         RecordLink.select().where(
@@ -128,16 +154,6 @@ def _links_to(pair: AccountPair, stripe_object: str, stripe_id: str) -> list[Rec
             & (RecordLink.stripe_id == stripe_id)
             & RecordLink.pair.in_(same_account(pair))
         )
-    )
-
-
-def _survivor_taken(link: RecordLink, survivor: str) -> bool:
-    return (
-        RecordLink.select()
-        .where(
-            (RecordLink.pair == link.pair_id) & (RecordLink.stream == link.stream) & (RecordLink.stripe_id == survivor)
-        )
-        .exists()
     )
 
 
@@ -152,15 +168,3 @@ def _pending(link: RecordLink) -> bool:
         )
         .exists()
     )
-
-
-def _move(link: RecordLink, survivor: str) -> None:
-    """Link the record to the customer that stays; its data is sent to it on its stream's next run (read again by
-    id), and the objects of other roles it owned on the retired one are forgotten."""
-    RecordLink.update(stripe_id=survivor, payload_hash=None, updated_at=utcnow()).where(
-        RecordLink.id == link.id
-    ).execute()
-    RoleLink.delete().where(
-        (RoleLink.pair == link.pair_id) & (RoleLink.stream == link.stream) & (RoleLink.source_id == link.source_id)
-    ).execute()
-    revisit_later(link.pair, link.stream, link.source_id, JOINED_REASON)

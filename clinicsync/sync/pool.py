@@ -14,7 +14,9 @@ QUEUED_PER_WORKER = 256  # 3,072 for 12 workers: half a minute of writes at Stri
 
 
 class WritePool:
-    def __init__(self, workers: int, *, max_in_flight: int | None = None) -> None:
+    def __init__(
+        self, workers: int, *, max_in_flight: int | None = None, stopped: Callable[[], bool] | None = None
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe-write") if workers else None
         self._workers = workers
         # Up to QUEUED_PER_WORKER writes a worker queued ahead. The reading thread stops now and then (an index
@@ -26,6 +28,9 @@ class WritePool:
         self._in_flight: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        # A stop (a cancel, the service told to quit) leaves the queued writes unsent: with hundreds queued, sending
+        # them first would make a stop wait for all of them. Their outbox rows stay pending for the next run.
+        self._stopped = stopped or (lambda: False)
 
     def submit(self, key: str, work: Callable[[], None]) -> None:
         """Run `work` for record `key` after any earlier write for that record. Raises a failed write's error."""
@@ -69,11 +74,12 @@ class WritePool:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _unless_failed(self, work: Callable[[], None]) -> None:
-        """A write queued behind one that failed is not sent: the run stops, and its outbox rows stay pending for
-        the next run (with writes queued ahead, sending them could mean dozens of retries against an outage)."""
+        """A write queued behind one that failed, or still queued when the run was stopped, is not sent: the run
+        stops, and its outbox rows stay pending for the next run (with writes queued ahead, sending them could mean
+        dozens of retries against an outage, or a stop waiting for hundreds of writes)."""
         with self._lock:
             failed = self._error is not None
-        if not failed:
+        if not failed and not self._stopped():
             work()
 
     def _finished(self, key: str, future: Future[None]) -> None:

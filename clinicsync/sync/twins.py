@@ -29,6 +29,8 @@ from clinicsync.sync.outbox import revisit_later
 
 log = logging.getLogger(__name__)
 
+MOVED_REASON = "its Stripe object was a twin: moved to the one kept"
+
 TOPUP_INTERVAL_S = 2.0  # at most one "what is new in Stripe" listing this often while creating
 # ... and spaced so the listings take at most this share of the time: during a first sync each one re-lists the
 # last minute's creates (its overlap), so a fixed 2 s made a third of the reading thread's time listing.
@@ -105,9 +107,13 @@ def repair(
             note(twin.source_id, name, twin.survivor, f"{len(twin.extras)} duplicate(s) in Stripe would be removed")
             continue
         if link is not None and link.stripe_id in twin.extras:
-            _move_link(link, twin.survivor)
+            move_link(link, twin.survivor)
         for other in _others_linked(pair, stream, mapping.stripe_object, twin.extras):
-            _move_link(other, twin.survivor)  # e.g. a Cal.com booker joined to a patient's customer that goes
+            if survivor_taken(other, twin.survivor):
+                # Its stream has another record on the one kept (the twins were made under two emails): left on the
+                # twin, it is read and sent again once the twin is gone, and reconciliation shows the pair.
+                continue
+            move_link(other, twin.survivor)  # e.g. a Cal.com booker joined to a patient's customer that goes
         for extra in twin.extras:
             try:
                 done = stream.retire_twin(gateway, extra, twin.survivor)
@@ -149,10 +155,21 @@ def _others_linked(pair: AccountPair, stream: Stream, stripe_object: str, twins:
     )
 
 
-def _move_link(link: RecordLink, survivor: str) -> None:
-    """Point the record at the object that stays; its data is sent to it again on this run (it is read by id, as
-    an unchanged record would not be read: the survivor may hold what another source or installation wrote), and
-    the objects of other roles it owned on the twin are forgotten (the twin's, not the survivor's)."""
+def survivor_taken(link: RecordLink, survivor: str) -> bool:
+    """Whether the record's stream (in its pair) has a record on `survivor` already: two cannot share one object."""
+    return (
+        RecordLink.select()
+        .where(
+            (RecordLink.pair == link.pair_id) & (RecordLink.stream == link.stream) & (RecordLink.stripe_id == survivor)
+        )
+        .exists()
+    )
+
+
+def move_link(link: RecordLink, survivor: str, reason: str = MOVED_REASON) -> None:
+    """Point the record at the object that stays; its data is sent to it again (it is read by id, as an unchanged
+    record would not be read: the survivor may hold what another source or installation wrote), and the objects of
+    other roles it owned on the one retired are forgotten (that one's, not the survivor's)."""
     with database_proxy.atomic():
         RecordLink.update(stripe_id=survivor, payload_hash=None, updated_at=utcnow()).where(
             RecordLink.id == link.id
@@ -160,7 +177,7 @@ def _move_link(link: RecordLink, survivor: str) -> None:
         RoleLink.delete().where(
             (RoleLink.pair == link.pair_id) & (RoleLink.stream == link.stream) & (RoleLink.source_id == link.source_id)
         ).execute()
-        revisit_later(link.pair, link.stream, link.source_id, "its Stripe object was a twin: moved to the one kept")
+        revisit_later(link.pair, link.stream, link.source_id, reason)
 
 
 def _remember_other_installation(pair: AccountPair) -> None:

@@ -213,3 +213,20 @@ def test_lines_that_miss_the_total_fail_that_record_with_a_clear_message() -> No
     mirror._enrich(mapped, record, StreamSettings("Australia/Sydney", "aud"))
     assert mapped.error is not None and mapped.error.startswith("invoice lines: the lines add up to 95.00 AUD")
     assert "mirror.lines" not in mapped.payload
+
+
+class _Mirrors:
+    def __init__(self, statuses: dict[str, str]) -> None:
+        self.statuses = statuses
+
+    def retrieve(self, kind: str, stripe_id: str) -> dict[str, Any]:
+        return {"id": stripe_id, "status": self.statuses[stripe_id], "metadata": {}}
+
+
+def test_void_mirrors_alone_are_no_race_twins() -> None:
+    """A mirror voided and replaced, then its replacement voided with its invoice (deleted, archived, $0): both name
+    the invoice and neither is a twin. Before, the repair moved the link to the older void one, marked the other,
+    and told the user of another computer."""
+    assert mirror.choose_twins(_Mirrors({"in_1": "void", "in_2": "void"}), ["in_1", "in_2"]) == []
+    assert mirror.choose_twins(_Mirrors({"in_1": "void", "in_2": "open"}), ["in_1", "in_2"]) == ["in_2"]
+    assert mirror.choose_twins(_Mirrors({"in_1": "open", "in_2": "paid"}), ["in_1", "in_2"]) == ["in_1", "in_2"]

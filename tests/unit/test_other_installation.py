@@ -103,3 +103,64 @@ def test_another_patients_customer_is_never_joined(cliniko: AccountPair) -> None
     _met(cliniko, "9", "cus_other_patient", key="k9")  # the attendee joined another patient's customer
     _met(calcom, "att_1", "cus_other_patient", stream=CALCOM_BOOKINGS.name, key="k1")
     assert people.to_join(cliniko, CLINIKO_PATIENTS, "7", "k1", "cus_patient", primary="cliniko").others == ()
+
+
+def test_a_family_sharing_an_email_is_never_joined_onto_a_booker_s_customer_when_cal_com_is_primary(
+    cliniko: AccountPair,
+) -> None:
+    """Before: both patients' customers were retired for the booker's, then the second move broke the unique link
+    (a crash every run) and the mother stayed linked to a deleted customer."""
+    calcom = _pair("calcom")
+    _met(cliniko, "mother", "cus_mother", key="k1")
+    _met(cliniko, "child", "cus_child", key="k1")
+    _met(calcom, "att_1", "cus_attendee", stream=CALCOM_BOOKINGS.name, key="k1")
+    plan = people.to_join(calcom, CALCOM_BOOKINGS, "att_1", "k1", "cus_attendee", primary="calcom")
+    assert plan.others == () and not plan.later
+
+
+class _Customers:
+    """A Stripe that answers the retire's questions about one customer."""
+
+    def __init__(self, customer: dict, listed: set[str] = frozenset()) -> None:
+        self.customer, self.listed = customer, listed
+        self.deleted: list[str] = []
+        self.marked: list[str] = []
+
+    def retrieve(self, kind: str, stripe_id: str) -> dict:
+        return self.customer
+
+    def any_of(self, kind: str, filters: dict) -> bool:
+        return kind in self.listed
+
+    def delete(self, kind: str, stripe_id: str) -> bool:
+        self.deleted.append(stripe_id)
+        return True
+
+    def write(self, op: str, kind: str, stripe_id: str, params: dict, key: str) -> None:
+        self.marked.append(stripe_id)
+
+
+@pytest.mark.parametrize(
+    ("customer", "listed"),
+    [
+        ({"id": "cus_t"}, {"setup_intent"}),  # Cal.com's no-show fee option saved a card
+        ({"id": "cus_t"}, {"payment_method"}),
+        ({"id": "cus_t"}, {"subscription"}),
+        ({"id": "cus_t", "balance": -500}, set()),  # credit on the account
+        ({"id": "cus_t", "invoice_settings": {"default_payment_method": "pm_1"}}, set()),
+    ],
+)
+def test_a_duplicate_customer_holding_a_card_a_plan_or_credit_is_marked_never_deleted(customer, listed) -> None:
+    from clinicsync.streams.customers import retire_twin
+
+    stripe = _Customers(customer, listed)
+    assert "marked" in retire_twin(stripe, "cus_t", "cus_kept")
+    assert stripe.deleted == [] and stripe.marked == ["cus_t"]
+
+
+def test_a_duplicate_customer_that_nothing_refers_to_is_deleted() -> None:
+    from clinicsync.streams.customers import retire_twin
+
+    stripe = _Customers({"id": "cus_t", "balance": 0})
+    assert retire_twin(stripe, "cus_t", "cus_kept").startswith("deleted")
+    assert stripe.deleted == ["cus_t"]
