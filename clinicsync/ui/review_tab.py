@@ -70,6 +70,7 @@ REASONS = {
     "ambiguous_reference": "Several Stripe {many} already name this record in their metadata",
     "stripe_object_deleted": "Its Stripe {one} was deleted in Stripe",
     "link_taken": "The {one} chosen for it is now linked to another record: choose again",
+    "plan_changed": "It changed after you approved the first sync's plan: choose what to do",
 }
 CROSS_REF_KEY = CLINIKO_PATIENTS.cross_ref_key  # the metadata key naming the patient on a customer
 
