@@ -633,6 +633,18 @@ class StreamRun:
         self, entry: PlanEntry, mapped: MappedRecord, hashed: str | None, pool: WritePool, writer: OutboxWriter
     ) -> None:
         sid, detail = mapped.source_id, entry.detail
+        if entry.action == "created":
+            # Another installation may have created it since the plan (the index was topped up at the start): the
+            # object naming the record is linked, never created twice, as in any run.
+            found = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
+            if len(found) > 1:
+                many = labels.stripe_objects_words(self.mapping.stripe_object)
+                detail_text = f"{len(found)} Stripe {many} already name this record in their metadata"
+                self._review(mapped, "ambiguous_reference", found, pool, writer, detail_text)
+                return
+            if found:
+                self._submit("link", mapped, found[0], hashed, pool, writer, approved=True)
+                return
         if entry.action in ("created", "linked"):
             target = entry.stripe_id if entry.action == "linked" else None
             owner = self._owner_of(target) if target else None

@@ -262,3 +262,21 @@ def test_a_carry_out_stopped_part_way_is_finished_by_the_next_sync_without_a_dup
     assert executed_writes(sandbox.stripe_url) == 120, "every patient created once"
     context(env)
     assert queries.latest_plan(STREAM).summary[plans.KEPT]["carried_out_at"]
+
+
+def test_two_installations_carrying_out_their_plans_make_one_customer_per_patient(make_sandbox, env_for):
+    """Both computers planned before either wrote: the second carries out its plan after the first, and links
+    every customer the first made (it names the patient) instead of creating another."""
+    sandbox = make_sandbox(profile="clean", patients=30, stripe_mode="live")
+    first, second = env_for(sandbox, "first"), env_for(sandbox, "second")
+    for env in (first, second):
+        context(env)
+        mapping_store.save(CLINIKO_PATIENTS, FieldCatalogue.for_source("cliniko", "patient"), who="test")
+        assert sync_once(env).outcome == "needs_approval"
+    for env in (first, second):
+        context(env)
+        queries.approve_latest_plan(STREAM)
+        assert sync_once(env).outcome == "ok"
+    assert len(customers(sandbox)) == 30
+    assert set(customers(sandbox)) == set(patients(sandbox))
+    assert len(admin(sandbox.stripe_url, "dump", livemode=True)["data"]) == 30, "no second customer anywhere"
