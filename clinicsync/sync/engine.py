@@ -311,7 +311,7 @@ class StreamRun:
 
     def _dry_run(self, run: SyncRun) -> dict[str, Any]:
         """Compute the plan on a private copy of the database: nothing but the plan is kept. A plan a person must
-        approve also keeps, in its own file, every record's decision and the Stripe index it read (`_keep`)."""
+        approve also keeps, in its own file, every record's decision and the Stripe index it read (`_keep_index`)."""
         pending = len(self._writer().pending())
         kept: PlanFile | None = None
         if self.options.keep_plan and plans.carried_out_by_plan(self.stream):
