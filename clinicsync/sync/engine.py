@@ -206,6 +206,8 @@ class StreamRun:
         # The approved plan this run carries out instead of reading every record again (None: an ordinary run).
         self._plan = plan
         self._read_from: str | None = None  # the cursor the next read starts from, once this run's read began
+        self._met: set[str] = set()  # carrying out a plan: records with a link before this run
+        self._named: set[str] = set()  # carrying out a plan: records an object in the Stripe index names
         # The stored mapping (or the default, with the pair's default scope), read once per run.
         self.mapping, self.scope_is_default = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)
         self.pair = pair
@@ -532,12 +534,22 @@ class StreamRun:
         if state.stripe_index_built_at is None:  # else adopted by a carry-out that stopped part-way
             self._adopt_index(plan, state)
         self._progress(self.stream.name, 0, None, f"Reading Stripe {stripe_object}s made since the plan")
-        refresh_index(self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state)))
-        self._topup = twins.Topup(
-            lambda: refresh_index(
+
+        def top_up() -> None:
+            refresh_index(
                 self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state))
             )
-        )
+            self._named = self._records_named_in_index()
+
+        top_up()
+        self._topup = twins.Topup(top_up)
+        # Records already met (a carry-out that stopped part-way); the others need no look-up of their link.
+        self._met = {
+            row.source_id
+            for row in RecordLink.select(RecordLink.source_id).where(
+                (RecordLink.pair == self.pair) & (RecordLink.stream == self.stream.name)
+            )
+        }
         twins.repair(self.pair, self.stream, self.mapping, self.gateway, self.recorder.note, dry_run=False)
         self._reviews = _latest_reviews(self.pair, self.stream.name)
         server_now = self.source.probe()
@@ -592,6 +604,16 @@ class StreamRun:
             state.stripe_index_high_water = plan.meta.get("index_high_water")
             state.save()
 
+    def _records_named_in_index(self) -> set[str]:
+        """The source ids that Stripe objects in the index name (cross-reference): only these records can have an
+        object made for them elsewhere, so only they are looked up before a planned create."""
+        rows = StripeIndexEntry.select(StripeIndexEntry.source_ref).where(
+            (StripeIndexEntry.pair == self.pair)
+            & (StripeIndexEntry.stripe_object == self.mapping.stripe_object)
+            & StripeIndexEntry.source_ref.is_null(False)
+        )
+        return {row.source_ref for row in rows}
+
     def _carry_out_entry(self, entry: PlanEntry, pool: WritePool, writer: OutboxWriter, total: int) -> None:
         sid = entry.source_id
         if sid in self._seen:  # read again since the plan (changed, or a person decided about it): judged anew
@@ -614,7 +636,7 @@ class StreamRun:
         self._seen[sid] = (mapped.payload_hash, None)
         hashed = match_hash(self.pair, mapped.match_value)
         person = person_key(self.pair, self.mapping.stripe_object, mapped.match_value)
-        link = self._remember(mapped, hashed, person)
+        link = self._remember(mapped, hashed, person) if sid in self._met else self._new_link(mapped, hashed, person)
         if link.id is None:
             self._current_links[sid] = link
         try:
@@ -636,7 +658,12 @@ class StreamRun:
         if entry.action == "created":
             # Another installation may have created it since the plan (the index was topped up at the start): the
             # object naming the record is linked, never created twice, as in any run.
-            found = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
+            named = sid in self._named
+            found = (
+                [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
+                if named
+                else []
+            )
             if len(found) > 1:
                 many = labels.stripe_objects_words(self.mapping.stripe_object)
                 detail_text = f"{len(found)} Stripe {many} already name this record in their metadata"
@@ -1144,16 +1171,7 @@ class StreamRun:
         the first time gets an unsaved link: it is stored with the record's first write, or at once if none."""
         link = lookup.get_or_none(RecordLink, pair=self.pair, stream=self.stream.name, source_id=mapped.source_id)
         if link is None:
-            return RecordLink(
-                pair=self.pair,
-                stream=self.stream.name,
-                source_id=mapped.source_id,
-                stripe_object=self.mapping.stripe_object,
-                email_hash=hashed,
-                person_key=person,
-                display_name=mapped.display_name,
-                archived=mapped.archived,
-            )
+            return self._new_link(mapped, hashed, person)
         known = (link.email_hash, link.person_key, link.display_name, link.archived)
         if known != (hashed, person, mapped.display_name, mapped.archived):
             RecordLink.update(
@@ -1164,6 +1182,18 @@ class StreamRun:
                 updated_at=utcnow(),
             ).where(RecordLink.id == link.id).execute()
         return link
+
+    def _new_link(self, mapped: MappedRecord, hashed: str | None, person: str | None) -> RecordLink:
+        return RecordLink(
+            pair=self.pair,
+            stream=self.stream.name,
+            source_id=mapped.source_id,
+            stripe_object=self.mapping.stripe_object,
+            email_hash=hashed,
+            person_key=person,
+            display_name=mapped.display_name,
+            archived=mapped.archived,
+        )
 
     def _unsaved_link(self, source_id: str) -> RecordLink | None:
         link = self._current_links.get(source_id)
