@@ -79,7 +79,7 @@ def refusal(plan: SyncPlan, pair: AccountPair, mapping_version: int, now: dateti
     age = _aware(now) - _aware(plan.created_at)
     if age > PLAN_MAX_AGE:
         hours = int(PLAN_MAX_AGE.total_seconds() // 3600)
-        return f"the plan you approved was made more than {hours} hours ago, so the clinic's records may have moved on"
+        return f"the plan you approved was made more than {hours} hours ago, and the clinic's records may have changed"
     if summary.get("stripe_account", pair.stripe_account) != pair.stripe_account:
         return "the plan you approved was made for another Stripe account"
     if summary.get("mapping_version") != mapping_version:

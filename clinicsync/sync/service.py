@@ -372,7 +372,7 @@ def approved_plan(pair: AccountPair, stream: str) -> tuple[plans.ApprovedPlan | 
             log.warning("the approved plan %s could not be read: %s", row.id, exc)
             why = "the plan you approved could not be read"
     plans.refuse(row, why)
-    return None, f"Nothing was written: {why}, so a new plan was made."
+    return None, f"Nothing was written: {why}. A new plan was made instead."
 
 
 def needs_approval(pair: AccountPair, stream: str) -> bool:
