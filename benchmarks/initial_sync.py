@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import floors  # benchmarks/floors.py: the one floor function
-from app_figures import Figures, first_sync_arguments, sandbox_process, sandbox_stats, stats_since
+from app_figures import Figures, first_sync_arguments, peak_rss_kib, sandbox_process, sandbox_stats, stats_since
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
@@ -59,6 +59,7 @@ class Measured:
     plan_cliniko_pages: int
     plan_stripe_requests: int
     plan_app: Figures
+    plan_peak_rss_kib: int  # the process's peak resident set when the plan had finished
     wall_s: float
     outcome: str
     created: int
@@ -121,6 +122,7 @@ def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measur
             (planned,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=STREAMS, trigger="benchmark")
             planning = time.perf_counter() - started
             plan_app = Figures.now().since(plan_app_before)
+            plan_peak = peak_rss_kib()
             plan_cliniko, plan_stripe = (
                 stats_since(sandbox_stats(url), earlier)
                 for url, earlier in zip((info["cliniko_url"], info["stripe_url"]), plan_before, strict=True)
@@ -148,6 +150,7 @@ def measure(patients: int, latency_ms: float, workers: int, seed: int) -> Measur
         plan_cliniko_pages=plan_cliniko["by_endpoint"].get("GET /v1/patients", 0),
         plan_stripe_requests=plan_stripe["requests"],
         plan_app=plan_app,
+        plan_peak_rss_kib=plan_peak,
         wall_s=wall,
         outcome=result.outcome,
         created=result.counts["created"],
@@ -174,7 +177,8 @@ def report(run: Measured) -> None:
     print(f"  outcome: {run.outcome}, {run.created} created")
     print(f"  the plan (the first run a live account requires; reads, writes nothing): {run.planning_s:.2f} s")
     print(f"    requests sent: Cliniko {run.plan_cliniko_pages} patient pages, Stripe {run.plan_stripe_requests}")
-    print(f"    {run.plan_app.describe(run.patients)}")
+    after_plan = f"{run.plan_peak_rss_kib / 1024:.0f} MiB after the plan"
+    print(f"    {run.plan_app.describe(run.patients)} (at the end; {after_plan})")
     plan = floors.report(run.planning_s, plan_loads(run.patients), run.latency_s, indent="    ")
     print(f"  the approved sync, carrying the plan out: wall time {run.wall_s:.2f} s")
     print(f"  Stripe writes executed: {run.stripe_writes}")
