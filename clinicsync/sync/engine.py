@@ -13,7 +13,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+from peewee import chunked
 
 from clinicsync import labels, money
 from clinicsync.labels import plural
@@ -43,11 +46,13 @@ from clinicsync.store.models import (
     ReviewItem,
     RoleLink,
     StreamState,
+    StripeIndexEntry,
     SyncEvent,
     SyncPlan,
     SyncRun,
     utcnow,
 )
+from clinicsync.store.plan_file import IndexRow, PlanEntry, PlanFile, new_path, remove
 from clinicsync.streams import identity
 from clinicsync.streams.base import (
     CANDIDATES_LISTED,
@@ -68,7 +73,7 @@ from clinicsync.streams.base import (
     observed_request,
 )
 from clinicsync.stripe_gateway import StripeFailure, StripeGateway
-from clinicsync.sync import people, twins
+from clinicsync.sync import people, plans, twins
 from clinicsync.sync.matching import (
     PERSON_OBJECTS,
     build_index,
@@ -111,6 +116,8 @@ class RunOptions:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     currency: str = ""  # blank: from the source's country
     stream_values: Mapping[str, Any] = field(default_factory=dict)  # settings stream declarations read
+    # A plan a person must approve keeps every decision (store/plan_file.py), for the approved sync to carry out.
+    keep_plan: bool = False
 
 
 @dataclass
@@ -160,8 +167,18 @@ class RunRecorder:
         self.counts = dict.fromkeys(ACTIONS, 0)
         self._by_record: dict[str, str] = {}
         self.samples: dict[str, list[dict[str, Any]]] = {action: [] for action in ACTIONS}
+        # A plan that keeps its decisions: told every record's outcome, with what carrying it out needs (`detail`).
+        self.sink: Callable[[PlanEntry], None] | None = None
 
-    def record(self, action: str, source_id: str, display_name: str, stripe_id: str | None, message: str = "") -> None:
+    def record(
+        self,
+        action: str,
+        source_id: str,
+        display_name: str,
+        stripe_id: str | None,
+        message: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         with self._lock:
             # One count per record: a write replayed at the start of a run and its record read again later is one
             # record, not two. It counts as what matters most of what happened to it (failed before created
@@ -181,6 +198,8 @@ class RunRecorder:
                 self.samples[action].append(
                     {"source_id": source_id, "name": display_name, "stripe_id": stripe_id, "message": message}
                 )
+        if self.sink is not None and known:  # the record's latest decision: one read again is decided again
+            self.sink(PlanEntry(source_id, action, stripe_id, display_name, message, detail or {}))
         if action != "unchanged":
             self._event(action, source_id, display_name, stripe_id, message)
 
@@ -196,8 +215,14 @@ class StreamRun:
         *,
         cancel: CancelToken | None = None,
         progress: Progress | None = None,
+        plan: plans.ApprovedPlan | None = None,
     ) -> None:
         self.stream = stream
+        # The approved plan this run carries out instead of reading every record again (None: an ordinary run).
+        self._plan = plan
+        self._read_from: str | None = None  # the cursor the next read starts from, once this run's read began
+        self._met: set[str] = set()  # carrying out a plan: records with a link before this run
+        self._named: set[str] = set()  # carrying out a plan: records an object in the Stripe index names
         # The stored mapping (or the default, with the pair's default scope), read once per run.
         self.mapping, self.scope_is_default = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)
         self.pair = pair
@@ -314,10 +339,27 @@ class StreamRun:
             run.save()
 
     def _dry_run(self, run: SyncRun) -> dict[str, Any]:
-        """Compute the plan on a private copy of the database: nothing but the plan is kept."""
+        """Compute the plan on a private copy of the database: nothing but the plan is kept. A plan a person must
+        approve also keeps, in its own file, every record's decision and the Stripe index it read (`_keep_index`)."""
         pending = len(self._writer().pending())
-        with database_proxy.private_snapshot():
-            self._read_and_decide(pool=WritePool(0), writer=None)
+        kept: PlanFile | None = None
+        if self.options.keep_plan and plans.carried_out_by_plan(self.stream):
+            kept = PlanFile(new_path(Path(database_proxy.database)), create=True)
+            self.recorder.sink = kept.put
+        try:
+            with database_proxy.private_snapshot():
+                self._read_and_decide(pool=WritePool(0), writer=None)
+                if kept is not None:
+                    self._keep_index(kept)
+            if kept is not None:
+                kept.finish()
+        except BaseException:
+            if kept is not None:
+                kept.close()
+                remove(kept.path)
+            raise
+        finally:
+            self.recorder.sink = None
         plan = {
             "stream": self.stream.name,
             "counts": dict(self.recorder.counts),
@@ -333,10 +375,34 @@ class StreamRun:
             "writeback": self._writeback_plan(),
             "queued_writes": pending,
             "stripe_mode": "live" if self.pair.stripe_livemode else "test",
+            "stripe_account": self.pair.stripe_account,
         }
+        if kept is not None:
+            plan[plans.KEPT] = {"file": kept.path.name, "carried_out_at": None}
         SyncPlan.create(pair=self.pair, stream=self.stream.name, summary=plan)
+        plans.drop_superseded(self.pair, self.stream.name, keep=kept.path.name if kept is not None else None)
         run.message = "dry run: nothing was written"
         return plan
+
+    def _keep_index(self, kept: PlanFile) -> None:
+        """Keep the Stripe index this plan read, and where its source read began, for the approved sync: it tops
+        the index up and reads only what changed since, instead of listing and reading everything again."""
+        state = StreamState.get(pair=self.pair, stream=self.stream.name)
+        rows = (
+            StripeIndexEntry.select()
+            .where(
+                (StripeIndexEntry.pair == self.pair) & (StripeIndexEntry.stripe_object == self.mapping.stripe_object)
+            )
+            .iterator()
+        )
+        kept.put_index(IndexRow(r.stripe_id, r.email_hash, r.source_ref, r.display_name, r.created) for r in rows)
+        built = state.stripe_index_built_at
+        kept.set_meta(
+            cursor=self._read_from,
+            index_built_at=built.isoformat() if built is not None else None,
+            index_high_water=state.stripe_index_high_water,
+            mapping_version=self.mapping.version,
+        )
 
     def _writer(self) -> OutboxWriter:
         return OutboxWriter(
@@ -361,7 +427,10 @@ class StreamRun:
             for source_id, rows in queued.items():  # each record's steps in order, records in parallel
                 pool.submit(source_id, lambda rows=rows: writer.deliver_plan(rows))
             self._drain(pool, writer)
-            self._read_and_decide(pool=pool, writer=writer)
+            if self._plan is not None:
+                self._carry_out(self._plan, pool=pool, writer=writer)
+            else:
+                self._read_and_decide(pool=pool, writer=writer)
         finally:
             pool.close()
             writer.flush()  # what Stripe took before a stop is recorded, not replayed
@@ -432,6 +501,7 @@ class StreamRun:
         self._reviews = _latest_reviews(self.pair, self.stream.name)
         server_now = self.source.probe()
         next_cursor = server_now - timedelta(seconds=self.options.overlap_s)
+        self._read_from = _format_cursor(next_cursor)
         self._progress(self.stream.name, 0, None, f"Reading {self.mapping.source_type} records")
         cursor = _parse_cursor(state.cursor)
         for source_id in self._revisit_ids(full_read=cursor is None):
@@ -459,7 +529,7 @@ class StreamRun:
         self._drain(pool, writer)
         self._resolve_deferred(pool, writer)
         self._drain(pool, writer)
-        state.cursor = next_cursor.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        state.cursor = _format_cursor(next_cursor)
         # When this run began: a matcher listed Stripe early in it, so the next run looks for what happened in
         # Stripe (new payments, refunds) from then, not from when this run ended.
         state.last_run_at = started
@@ -488,6 +558,192 @@ class StreamRun:
             & (RecordLink.archived == False)  # noqa: E712 - peewee builds SQL from ==
         )
         return sorted(row.source_id for row in rows if row.source_id not in self._seen)
+
+    # --- carrying out an approved plan ---------------------------------------------------------------
+    def _carry_out(self, plan: plans.ApprovedPlan, *, pool: WritePool, writer: OutboxWriter) -> None:
+        """Carry out the plan a person approved instead of reading every record again: the plan's Stripe index,
+        topped up with what Stripe made since; the records changed at the source since the plan's read began,
+        judged again (`_unapproved`); then every other record's planned decision, read back from the plan's file
+        a page at a time."""
+        started = utcnow()
+        state, _ = StreamState.get_or_create(pair=self.pair, stream=self.stream.name)
+        stripe_object = self.mapping.stripe_object
+        if state.stripe_index_built_at is None:  # else adopted by a carry-out that stopped part-way
+            self._adopt_index(plan, state)
+        self._progress(self.stream.name, 0, None, f"Reading Stripe {stripe_object}s made since the plan")
+
+        def top_up() -> None:
+            refresh_index(
+                self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state))
+            )
+            self._named = self._records_named_in_index()
+
+        top_up()
+        self._topup = twins.Topup(top_up)
+        # Records already met (a carry-out that stopped part-way); the others need no look-up of their link.
+        self._met = {
+            row.source_id
+            for row in RecordLink.select(RecordLink.source_id).where(
+                (RecordLink.pair == self.pair) & (RecordLink.stream == self.stream.name)
+            )
+        }
+        twins.repair(self.pair, self.stream, self.mapping, self.gateway, self.recorder.note, dry_run=False)
+        self._reviews = _latest_reviews(self.pair, self.stream.name)
+        server_now = self.source.probe()
+        next_cursor = server_now - timedelta(seconds=self.options.overlap_s)
+        self._progress(self.stream.name, 0, None, f"Reading {self.mapping.source_type} records changed since the plan")
+        for source_id in self._revisit_ids(full_read=True):  # the plan read every record in scope
+            record = self.stream.read_one(self.source, source_id)
+            if record is not None:
+                self._handle(record, pool, writer)
+        for record in self.stream.read_changed(self.source, self._scope.first_cursor(_parse_cursor(plan.cursor))):
+            self.cancel.raise_if_cancelled()
+            if not isinstance(record, ListingMark):  # marks are for matchers; a stream with one is judged afresh
+                self._handle(record, pool, writer)
+        total = plan.file.count()
+        self._progress(self.stream.name, self._done, total, "Carrying out the approved plan")
+        for entry in plan.file.entries():
+            self.cancel.raise_if_cancelled()
+            self._carry_out_entry(entry, pool, writer, total)
+        self._drain(pool, writer)
+        self._resolve_deferred(pool, writer)
+        self._drain(pool, writer)
+        state.cursor = _format_cursor(next_cursor)
+        state.last_run_at = utcnow()
+        state.save()
+        RetryRecord.delete().where(
+            (RetryRecord.pair == self.pair)
+            & (RetryRecord.stream == self.stream.name)
+            & (RetryRecord.created_at < started)
+        ).execute()
+        plans.mark_carried_out(plan.row)
+
+    def _adopt_index(self, plan: plans.ApprovedPlan, state: StreamState) -> None:
+        """The index of the Stripe account as the plan listed it (one transaction: all of it, or none)."""
+        match = (StripeIndexEntry.pair == self.pair) & (StripeIndexEntry.stripe_object == self.mapping.stripe_object)
+        with database_proxy.atomic():
+            StripeIndexEntry.delete().where(match).execute()
+            rows = (
+                {
+                    "pair": self.pair.id,
+                    "stripe_object": self.mapping.stripe_object,
+                    "stripe_id": row.stripe_id,
+                    "email_hash": row.email_hash,
+                    "source_ref": row.source_ref,
+                    "display_name": row.display_name,
+                    "created": row.created,
+                }
+                for row in plan.file.index_rows()
+            )
+            for batch in chunked(rows, 200):
+                StripeIndexEntry.insert_many(batch).on_conflict_ignore().execute()
+            built = plan.meta.get("index_built_at")
+            state.stripe_index_built_at = datetime.fromisoformat(built) if built else plan.row.created_at
+            state.stripe_index_high_water = plan.meta.get("index_high_water")
+            state.save()
+
+    def _records_named_in_index(self) -> set[str]:
+        """The source ids that Stripe objects in the index name (cross-reference): only these records can have an
+        object made for them elsewhere, so only they are looked up before a planned create."""
+        rows = StripeIndexEntry.select(StripeIndexEntry.source_ref).where(
+            (StripeIndexEntry.pair == self.pair)
+            & (StripeIndexEntry.stripe_object == self.mapping.stripe_object)
+            & StripeIndexEntry.source_ref.is_null(False)
+        )
+        return {row.source_ref for row in rows}
+
+    def _carry_out_entry(self, entry: PlanEntry, pool: WritePool, writer: OutboxWriter, total: int) -> None:
+        sid = entry.source_id
+        if sid in self._seen:  # read again since the plan (changed, or a person decided about it): judged anew
+            return
+        self._done += 1
+        self._progress(self.stream.name, self._done, total, "")
+        detail = entry.detail
+        if "payload" not in detail:  # a record the mapping could not send: the same outcome, said again
+            self._seen[sid] = ("", None)
+            self.recorder.record(entry.action, sid, entry.display_name, entry.stripe_id, entry.message)
+            return
+        mapped = MappedRecord(
+            source_id=sid,
+            payload=detail["payload"],
+            display_name=entry.display_name,
+            match_value=detail.get("match_value"),
+            archived=bool(detail.get("archived")),
+            notes=list(detail.get("notes") or ()),
+        )
+        self._seen[sid] = (mapped.payload_hash, None)
+        hashed = match_hash(self.pair, mapped.match_value)
+        person = person_key(self.pair, self.mapping.stripe_object, mapped.match_value)
+        link = self._remember(mapped, hashed, person) if sid in self._met else self._new_link(mapped, hashed, person)
+        if link.id is None:
+            self._current_links[sid] = link
+        try:
+            if link.id is not None or sid in self._reviews or entry.action == "updated":
+                # Met by a carry-out that stopped part-way, or a person's decision waits: the ordinary rules, under
+                # which a create or link still needs the plan's approval.
+                self._decide(mapped, hashed, person, link, pool, writer)
+            else:
+                self._carry_out_decision(entry, mapped, hashed, pool, writer)
+        finally:
+            self._current_links.pop(sid, None)
+            if link.id is None and sid not in self._new_links:
+                link.save(force_insert=True)
+
+    def _carry_out_decision(
+        self, entry: PlanEntry, mapped: MappedRecord, hashed: str | None, pool: WritePool, writer: OutboxWriter
+    ) -> None:
+        sid, detail = mapped.source_id, entry.detail
+        if entry.action == "created":
+            # Another installation may have created it since the plan (the index was topped up at the start): the
+            # object naming the record is linked, never created twice, as in any run.
+            named = sid in self._named
+            found = (
+                [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
+                if named
+                else []
+            )
+            if len(found) > 1:
+                many = labels.stripe_objects_words(self.mapping.stripe_object)
+                detail_text = f"{len(found)} Stripe {many} already name this record in their metadata"
+                self._review(mapped, "ambiguous_reference", found, pool, writer, detail_text)
+                return
+            if found:
+                self._submit("link", mapped, found[0], hashed, pool, writer, approved=True)
+                return
+        if entry.action in ("created", "linked"):
+            target = entry.stripe_id if entry.action == "linked" else None
+            owner = self._owner_of(target) if target else None
+            if target and (target in self._claimed or owner not in (None, sid)):
+                self._review(
+                    mapped, "link_taken", [target], pool, writer, f"{target} is linked to another record already"
+                )
+                return
+            op, retired = ("link" if target else "create"), tuple(detail.get("retired") or ())
+            self._submit(op, mapped, target, hashed, pool, writer, retired=retired, approved=True)
+        elif entry.action == "review":
+            reason = str(detail.get("reason") or "plan_changed")
+            self._review(mapped, reason, list(detail.get("candidates") or ()), pool, writer, entry.message)
+        else:
+            if entry.action == "skipped" and detail.get("revisit"):
+                revisit_later(self.pair, self.stream.name, sid, entry.message)
+            self.recorder.record(entry.action, sid, mapped.display_name, entry.stripe_id, entry.message)
+
+    def _unapproved(self, op: str, mapped: MappedRecord, stripe_id: str | None) -> str | None:
+        """Why a create or link of a record judged again while carrying out a plan was not approved (the plan
+        decided otherwise, or did not know the record), in a person's words; None when the plan approved it."""
+        assert self._plan is not None
+        entry = self._plan.file.entry(mapped.source_id)
+        if entry is not None and entry.action == ACTION_OF_OP[op] and (op == "create" or entry.stripe_id == stripe_id):
+            return None
+        one = labels.stripe_object_words(self.mapping.stripe_object)
+        now = f"it would now create a new Stripe {one}" if op == "create" else f"it would now link to {stripe_id}"
+        if entry is None:
+            return f"added or brought into the sync after the plan you approved was made; {now}. Choose what to do"
+        planned = {
+            "created": f"create a new Stripe {one}",
+            "linked": f"link to {entry.stripe_id}",
+        }.get(entry.action, f"leave it as it was ({entry.action})")
+        return f"changed after the plan you approved was made, which was to {planned}; {now}. Choose what to do"
 
     def _revisit_ids(self, *, full_read: bool = False) -> list[str]:
         """Records to read by id first: a person decided about them, or asked for a retry; with the
@@ -597,6 +853,7 @@ class StreamRun:
                 mapped.display_name,
                 link.stripe_id,
                 "an earlier change to this record is still waiting to be confirmed by Stripe",
+                _kept(mapped, revisit=True),
             )
             return
         review = self._reviews.get(sid)
@@ -606,7 +863,7 @@ class StreamRun:
             self._join_person(mapped, person, link.stripe_id, writer)
             retired, added = self._target_changes(link.mapping_version)
             if link.payload_hash == mapped.payload_hash and not added and not self._target_moved(sid, link):
-                self.recorder.record("unchanged", sid, mapped.display_name, link.stripe_id)
+                self.recorder.record("unchanged", sid, mapped.display_name, link.stripe_id, detail=_kept(mapped))
                 if link.mapping_version != self.mapping.version:  # nothing to unset: now current
                     RecordLink.update(mapping_version=self.mapping.version).where(RecordLink.id == link.id).execute()
             else:
@@ -620,6 +877,7 @@ class StreamRun:
                 mapped.display_name,
                 None,
                 f"not created in Stripe: {reason} at the source and never synced before",
+                _kept(mapped),
             )
             return
         if self.stream.matcher is not None:  # decided now, or once every candidate is known
@@ -706,10 +964,13 @@ class StreamRun:
         """Carry out a person's decision; True when the record needs nothing more this run."""
         sid = mapped.source_id
         if review.status == "open":
-            self.recorder.record("review", sid, mapped.display_name, None, f"waiting for review: {review.detail}")
+            self.recorder.record(
+                "review", sid, mapped.display_name, None, f"waiting for review: {review.detail}", _kept(mapped)
+            )
             return True
         if review.status == "ignored":
-            self.recorder.record("skipped", sid, mapped.display_name, None, "ignored by a person in review")
+            ignored = "ignored by a person in review"
+            self.recorder.record("skipped", sid, mapped.display_name, None, ignored, _kept(mapped))
             return True
         if review.status != "resolved" or review.resolution not in ("link", "create"):
             return False
@@ -721,7 +982,7 @@ class StreamRun:
             if target in self._claimed or (owner is not None and owner != sid):
                 self._reopen_review(review, mapped, target, writer)
                 return True
-            self._submit("link", mapped, target, hashed, pool, writer)
+            self._submit("link", mapped, target, hashed, pool, writer, approved=True)
             return True
         if review.resolution == "create" and not self.stream.creates:
             # Such a stream never makes its object: the decision means "nothing to link", kept like an ignore so
@@ -731,7 +992,7 @@ class StreamRun:
             self.recorder.record("skipped", sid, mapped.display_name, None, "a person decided nothing is linked")
             return True
         if review.resolution == "create":
-            self._submit("create", mapped, None, hashed, pool, writer)
+            self._submit("create", mapped, None, hashed, pool, writer, approved=True)
             return True
         return False
 
@@ -911,7 +1172,16 @@ class StreamRun:
         writer: OutboxWriter | None,
         *,
         retired: tuple[str, ...] = (),
+        approved: bool = False,
     ) -> None:
+        """Plan `op` for the record and queue it (a dry run records it). While an approved plan is carried out, a
+        create or link the plan did not approve for this record (`approved`: carried out from the plan, or a
+        person's decision in review) goes to review instead: nothing is written that nobody approved."""
+        if self._plan is not None and not approved and op in ("create", "link") and writer is not None:
+            unapproved = self._unapproved(op, mapped, stripe_id)
+            if unapproved is not None:
+                self._review(mapped, "plan_changed", [stripe_id] if stripe_id else [], pool, writer, unapproved)
+                return
         if op == "create" and writer is not None:
             made = self._made_elsewhere(mapped)
             if made is not None:
@@ -945,12 +1215,15 @@ class StreamRun:
                 self._claimed.discard(stripe_id)
             if writer is not None:
                 revisit_later(self.pair, self.stream.name, mapped.source_id, str(waiting))
-            self.recorder.record("skipped", mapped.source_id, mapped.display_name, stripe_id, str(waiting))
+            self.recorder.record(
+                "skipped", mapped.source_id, mapped.display_name, stripe_id, str(waiting), _kept(mapped, revisit=True)
+            )
             return
         action = ACTION_OF_OP[op]
         if writer is None:  # dry run: the plan records what would be sent
             message = "\n".join([*mapped.notes, *(step.note for step in steps if step.note)])
-            self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, message)
+            kept = _kept(mapped, retired=list(retired))
+            self.recorder.record(action, mapped.source_id, mapped.display_name, stripe_id, message, kept)
             return
         link = self._unsaved_link(mapped.source_id)
         if link is not None:
@@ -1071,23 +1344,15 @@ class StreamRun:
                     self.pair, self.stream.name, mapped.source_id, mapped.display_name, reason, detail, candidates
                 )
             )
-        self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail)
+        kept = _kept(mapped, reason=reason, candidates=list(candidates))
+        self.recorder.record("review", mapped.source_id, mapped.display_name, None, detail, kept)
 
     def _remember(self, mapped: MappedRecord, hashed: str | None, person: str | None) -> RecordLink:
         """Keep the record's id, email hash, name and archived state (never its other fields). A record met for
         the first time gets an unsaved link: it is stored with the record's first write, or at once if none."""
         link = lookup.get_or_none(RecordLink, pair=self.pair, stream=self.stream.name, source_id=mapped.source_id)
         if link is None:
-            return RecordLink(
-                pair=self.pair,
-                stream=self.stream.name,
-                source_id=mapped.source_id,
-                stripe_object=self.mapping.stripe_object,
-                email_hash=hashed,
-                person_key=person,
-                display_name=mapped.display_name,
-                archived=mapped.archived,
-            )
+            return self._new_link(mapped, hashed, person)
         known = (link.email_hash, link.person_key, link.display_name, link.archived)
         if known != (hashed, person, mapped.display_name, mapped.archived):
             RecordLink.update(
@@ -1099,6 +1364,18 @@ class StreamRun:
             ).where(RecordLink.id == link.id).execute()
         return link
 
+    def _new_link(self, mapped: MappedRecord, hashed: str | None, person: str | None) -> RecordLink:
+        return RecordLink(
+            pair=self.pair,
+            stream=self.stream.name,
+            source_id=mapped.source_id,
+            stripe_object=self.mapping.stripe_object,
+            email_hash=hashed,
+            person_key=person,
+            display_name=mapped.display_name,
+            archived=mapped.archived,
+        )
+
     def _unsaved_link(self, source_id: str) -> RecordLink | None:
         link = self._current_links.get(source_id)
         return link if link is not None and link.id is None else None
@@ -1107,6 +1384,17 @@ class StreamRun:
         return lookup.exists(
             OutboxEntry, pair=self.pair, stream=self.stream.name, source_id=source_id, status="pending"
         )
+
+
+def _kept(mapped: MappedRecord, **extra: Any) -> dict[str, Any]:
+    """What a kept plan needs to carry out its decision about the record without reading it again."""
+    basics = {
+        "payload": mapped.payload,
+        "notes": list(mapped.notes),
+        "match_value": mapped.match_value,
+        "archived": mapped.archived,
+    }
+    return {**basics, **extra}
 
 
 def _insert_links(links: Iterable[RecordLink]) -> None:
@@ -1179,6 +1467,10 @@ def _needs_zone(mapping: StreamMapping) -> bool:
     """Whether the clinic's time zone matters: a local-date rule without its own zone, or the activity scope."""
     local = any(rule.transform == "local_date" and not rule.options.get("time_zone") for rule in mapping.rules)
     return local or mapping.scope.kind in ("recent_activity", "since")
+
+
+def _format_cursor(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_cursor(value: str | None) -> datetime | None:

@@ -6,6 +6,7 @@ Used by the CLI and (through the runner) by the desktop app; Qt-free.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ from clinicsync.sources.cliniko import ClinikoClient
 from clinicsync.sources.errors import SourceConfigError
 from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
+from clinicsync.store import mappings as mapping_store
 from clinicsync.store import queries
 from clinicsync.store.models import AccountPair, SyncPlan, SyncRun, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
+from clinicsync.sync import plans
 from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
 
 log = logging.getLogger(__name__)
@@ -180,8 +183,9 @@ STREAM_SETTING_KEYS = (
 )
 
 
-def run_options(settings: Settings, *, trigger: str, dry_run: bool) -> RunOptions:
+def run_options(settings: Settings, *, trigger: str, dry_run: bool, keep_plan: bool = False) -> RunOptions:
     return RunOptions(
+        keep_plan=keep_plan,
         currency=settings.get("currency"),
         stream_values={key: settings.get(key) for key in STREAM_SETTING_KEYS},
         trigger=trigger,
@@ -232,15 +236,24 @@ def run_sync(
             for name in names:
                 system = STREAMS[name].source_system
                 pair, source = pairs[system], clients[system]
-                # Live Stripe is nobody's staging area: a stream's first live sync only plans until approved.
+                # Live Stripe is nobody's staging area: a stream's first live sync only plans until approved, and
+                # the approved sync carries out the plan that was approved (or refuses it and plans again).
                 plan_only = dry_run or needs_approval(pair, name)
-                options = run_options(settings, trigger=trigger, dry_run=plan_only)
-                result = StreamRun(
-                    STREAMS[name], pair, source, gateway, options, cancel=cancel, progress=progress
-                ).run()
+                approved, refused = (None, "") if plan_only else approved_plan(pair, name)
+                plan_only = plan_only or bool(refused)
+                options = run_options(
+                    settings, trigger=trigger, dry_run=plan_only, keep_plan=plan_only and needs_approval(pair, name)
+                )
+                try:
+                    result = StreamRun(
+                        STREAMS[name], pair, source, gateway, options, cancel=cancel, progress=progress, plan=approved
+                    ).run()
+                finally:
+                    if approved is not None:
+                        approved.close()
                 if plan_only and not dry_run and result.outcome not in ("failed", "cancelled"):
                     result.outcome = Outcome.NEEDS_APPROVAL
-                    result.message = APPROVAL_MESSAGE
+                    result.message = " ".join(filter(None, [refused, APPROVAL_MESSAGE]))
                     SyncRun.update(outcome=result.outcome, message=result.message).where(
                         SyncRun.id == result.run_id
                     ).execute()
@@ -338,6 +351,24 @@ APPROVAL_MESSAGE = (
     "This is the first sync to a LIVE Stripe account, so nothing was written: review the plan "
     "(`clinicsync plan show`) and approve it (`clinicsync plan approve`), then sync again."
 )
+
+
+def approved_plan(pair: AccountPair, stream: str) -> tuple[plans.ApprovedPlan | None, str]:
+    """(the approved plan this stream's sync carries out, or None; why an approved plan was refused, or "").
+    A refused plan loses its approval: the run makes a new plan for a person to approve."""
+    row = plans.to_carry_out(pair, stream)
+    if row is None or not plans.carried_out_by_plan(STREAMS[stream]):
+        return None, ""
+    mapping, _ = mapping_store.load_for_pair(stream, livemode=pair.stripe_livemode)
+    why = plans.refusal(row, pair, mapping.version)
+    if why is None:
+        try:
+            return plans.open_plan(row), ""
+        except (OSError, sqlite3.Error, KeyError, ValueError) as exc:
+            log.warning("the approved plan %s could not be read: %s", row.id, exc)
+            why = "the plan you approved could not be read"
+    plans.refuse(row, why)
+    return None, f"Nothing was written: {why}. A new plan was made instead."
 
 
 def needs_approval(pair: AccountPair, stream: str) -> bool:

@@ -3,7 +3,8 @@
 The plan is the saved result of a dry run (`SyncPlan.summary`: counts, up to 20 sample records per action, the
 Stripe fields the mapping sends). Nothing has been written when this dialog shows. Approve records the approval
 (`queries.approve_latest_plan`, the same as `clinicsync plan approve`) and starts the sync (`ui.sync_now()`),
-which then writes exactly what the plan says; Cancel writes nothing.
+which then writes exactly what the plan says (a record changed since that would now be written otherwise waits in
+Review); Cancel writes nothing.
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ class ApprovalDialog(QDialog):
         self.stream_note_label.setVisible(bool(self.summary.get("stream_note")))
         queued = int(self.summary.get("queued_writes", 0) or 0)
         waiting = plural(queued, "earlier change is", "earlier changes are")
+        self.changes_label = QLabel(
+            "A record that changes before the sync runs is checked again: if it would then be created or linked "
+            "differently from this plan, it waits in Review instead.",
+            wordWrap=True,
+        )
         self.queued_label = QLabel(f"{waiting} also waiting to be sent." if queued else "")
         self.queued_label.setVisible(bool(queued))
         self.message_label = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
@@ -191,6 +197,7 @@ class ApprovalDialog(QDialog):
         layout.addWidget(self.stream_note_label)
         layout.addWidget(self.scope_label)
         layout.addWidget(self.fields_label)
+        layout.addWidget(self.changes_label)
         layout.addWidget(self.queued_label)
         layout.addWidget(self.message_label)
         layout.addWidget(self.buttons)

@@ -71,6 +71,7 @@ REASONS = {
     "stripe_object_deleted": "Its Stripe {one} was deleted in Stripe",
     "link_taken": "The {one} chosen for it is now linked to another record: choose again",
     "calcom_seats_one_payment": "One Stripe {one} for several seats of one booker: choose which seat it paid for",
+    "plan_changed": "It changed after you approved the first sync's plan: choose what to do",
 }
 CROSS_REF_KEY = CLINIKO_PATIENTS.cross_ref_key  # the metadata key naming the patient on a customer
 

@@ -1,0 +1,49 @@
+"""A plan's file: entries stream back in the order the plan met the records, a page at a time; a record decided
+again keeps its place with its latest decision; a file is only readable once finished."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clinicsync.store import plan_file
+from clinicsync.store.plan_file import IndexRow, PlanEntry, PlanFile
+
+
+def entry(sid: str, action: str = "created", **detail: object) -> PlanEntry:
+    return PlanEntry(sid, action, None, f"Patient {sid}", "", {"payload": {"name": f"Patient {sid}"}, **detail})
+
+
+def test_entries_come_back_in_order_a_page_at_a_time_with_each_records_latest_decision(tmp_path: Path) -> None:
+    path = plan_file.new_path(tmp_path / "clinicsync.sqlite3")
+    kept = PlanFile(path, create=True)
+    count = plan_file.PAGE * 2 + 7  # more than one page
+    for number in range(count):
+        kept.put(entry(str(number)))
+    kept.put(entry("3", "review", reason="ambiguous_email", candidates=["cus_a", "cus_b"]))  # read again later
+    kept.put_index([IndexRow("cus_a", "h1", None, "A", 1), IndexRow("cus_b", "h1", "3", "B", 2)])
+    kept.set_meta(cursor="2026-12-04T10:00:00Z", index_high_water=2)
+    kept.finish()
+
+    read = PlanFile(path)
+    try:
+        entries = list(read.entries())
+        assert [e.source_id for e in entries] == [str(n) for n in range(count)]
+        assert read.count() == count
+        third = read.entry("3")
+        assert third is not None and third.action == "review" and third.detail["candidates"] == ["cus_a", "cus_b"]
+        assert entries[3] == third
+        assert read.entry("missing") is None
+        assert [row.stripe_id for row in read.index_rows()] == ["cus_a", "cus_b"]
+        assert read.meta() == {"cursor": "2026-12-04T10:00:00Z", "index_high_water": 2}
+    finally:
+        read.close()
+    assert plan_file.plan_files(tmp_path) == [path]
+    plan_file.remove(path)
+    assert plan_file.plan_files(tmp_path) == []
+
+
+def test_a_plan_file_that_is_not_there_is_said_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        PlanFile(tmp_path / "plan-gone.sqlite")
