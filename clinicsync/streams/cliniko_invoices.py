@@ -61,6 +61,19 @@ def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record |
     )
 
 
+def _total_and_issue_date(record: Record, currency: str) -> tuple[int | None, date | None]:
+    """The invoice's total in minor units and its issue date; None for either that does not parse."""
+    try:
+        amount: int | None = money.to_minor_units(record.get("total_amount"), currency)
+    except money.MoneyError:
+        amount = None
+    try:
+        issued: date | None = date.fromisoformat(str(record.get("issue_date")))
+    except ValueError:
+        issued = None
+    return amount, issued
+
+
 def _invoice_archived(record: Record) -> str | None:
     return cliniko_common.archived_value(record, ("deleted_at", "archived_at"))
 
@@ -142,14 +155,7 @@ class InvoiceMatcher:
 
     def _bill(self, mapped: MappedRecord, record: Record) -> pm.Bill:
         currency = self.settings.currency
-        try:
-            amount: int | None = money.to_minor_units(record.get("total_amount"), currency)
-        except money.MoneyError:
-            amount = None
-        try:
-            issued: date | None = date.fromisoformat(str(record.get("issue_date")))
-        except ValueError:
-            issued = None
+        amount, issued = _total_and_issue_date(record, currency)
         patient = _patient_of(record)
         status = record.get("status")
         return pm.Bill(
@@ -333,14 +339,7 @@ def reconcile_facts(record: Record, settings: StreamSettings) -> dict[str, Any]:
     """What reconciliation compares of an invoice beyond the metadata the sync writes: its total (minor units),
     whether Cliniko says it is paid, and the local dates its payment may fall on (the matching window, in the
     clinic's zone; the matcher uses the business's, which differs by hours at most)."""
-    try:
-        amount: int | None = money.to_minor_units(record.get("total_amount"), settings.currency)
-    except money.MoneyError:
-        amount = None
-    try:
-        issued: date | None = date.fromisoformat(str(record.get("issue_date")))
-    except ValueError:
-        issued = None
+    amount, issued = _total_and_issue_date(record, settings.currency)
     before = _days(settings, DAYS_BEFORE_SETTING, pm.DEFAULT_DAYS_BEFORE)
     after = _days(settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
     window = pm.payment_window(issued, before, after) if issued else None

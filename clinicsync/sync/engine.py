@@ -526,6 +526,12 @@ class StreamRun:
                 record = self.stream.read_one(self.source, source_id)
                 if record is not None:
                     self._handle(record, pool, writer)
+        self._send_rest_and_move_cursor(pool, writer, state, next_cursor, started)
+
+    def _send_rest_and_move_cursor(
+        self, pool: WritePool, writer: OutboxWriter | None, state: StreamState, next_cursor: datetime, started: datetime
+    ) -> None:
+        """Send and record what is left, then move the cursor: only once every record read has been handled."""
         self._drain(pool, writer)
         self._resolve_deferred(pool, writer)
         self._drain(pool, writer)
@@ -605,17 +611,7 @@ class StreamRun:
         for entry in plan.file.entries():
             self.cancel.raise_if_cancelled()
             self._carry_out_entry(entry, pool, writer, total)
-        self._drain(pool, writer)
-        self._resolve_deferred(pool, writer)
-        self._drain(pool, writer)
-        state.cursor = _format_cursor(next_cursor)
-        state.last_run_at = utcnow()
-        state.save()
-        RetryRecord.delete().where(
-            (RetryRecord.pair == self.pair)
-            & (RetryRecord.stream == self.stream.name)
-            & (RetryRecord.created_at < started)
-        ).execute()
+        self._send_rest_and_move_cursor(pool, writer, state, next_cursor, started)
         plans.mark_carried_out(plan.row)
 
     def _adopt_index(self, plan: plans.ApprovedPlan, state: StreamState) -> None:

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from clinicsync.mapping import invoice_status
-from tests.reliability.helpers import DUPLICATE_OF, EVENT_TYPE_REF, calcom_live_event_types, db_path, shown_head
+from tests.reliability.helpers import (
+    DUPLICATE_OF,
+    EVENT_TYPE_REF,
+    calcom_live_event_types,
+    cliniko_listing,
+    db_path,
+    shown_head,
+)
 from tests.support import admin
 
 INVOICE_REF = "cliniko_invoice_id"
@@ -29,18 +36,8 @@ def cents(amount: Any) -> int:
 
 
 def cliniko_invoices(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """Every invoice as Cliniko's API renders it (the archived pass lists live and archived ones), by id."""
-    from clinicsync.sources.cliniko import ClinikoClient
-
-    client = ClinikoClient(
-        sandbox_env["CLINICSYNC_CLINIKO_API_KEY"],
-        contact_email="tests@example.com",
-        base_url=sandbox_env["CLINICSYNC_CLINIKO_BASE_URL"],
-    )
-    try:
-        return {i["id"]: i for i in client.iter_changed("/invoices", None, archived=True)}
-    finally:
-        client.close()
+    """Every invoice as Cliniko's API renders it, live and archived, by id."""
+    return cliniko_listing(sandbox_env, "/invoices")
 
 
 def _links(home: Path, stream: str) -> dict[str, str]:

@@ -117,8 +117,8 @@ EVENT_TYPE_REF = "calcom_event_type_id"  # a Cal.com event type's product: event
 DUPLICATE_OF = "clinicsync_duplicate_of"  # a twin of a race that could not be deleted: retired, not a duplicate
 
 
-def cliniko_products(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """Every product as Cliniko's API renders it, live and archived, by id."""
+def cliniko_listing(sandbox_env: Mapping[str, str], path: str) -> dict[str, dict[str, Any]]:
+    """Every record of a Cliniko listing as its API renders it, live and archived, by id."""
     from clinicsync.sources.cliniko import ClinikoClient
 
     client = ClinikoClient(
@@ -127,9 +127,14 @@ def cliniko_products(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]
         base_url=sandbox_env["CLINICSYNC_CLINIKO_BASE_URL"],
     )
     try:
-        return {p["id"]: p for p in client.iter_live_and_archived("/products", None)}
+        return {r["id"]: r for r in client.iter_live_and_archived(path, None)}
     finally:
         client.close()
+
+
+def cliniko_products(sandbox_env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Every product as Cliniko's API renders it, live and archived, by id."""
+    return cliniko_listing(sandbox_env, "/products")
 
 
 @dataclass
