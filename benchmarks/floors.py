@@ -1,14 +1,13 @@
 """The one floor function every benchmark uses: the shortest time any client could take for a given number of
 requests to each service, at the services' published limits and at ClinicSync's own budgets.
 
-Per service, a token bucket at the service's rate that starts full with the app's burst
-(`rate_limits.budget_burst`): first the requests that must wait for the answer to the one before them (a
-listing's next page, a plan's next step, the account read before the listing), each costing the longer of one
-latency and one token (the wait for the answer and the wait for the next token overlap; the first `burst` of them
-wait only for their answer), then the rest at the rate, less what the bucket still holds. Services are used at the
-same time (Stripe writes go out while Cliniko pages are read), so the floor is the longest service's, not their
-sum. (Until 2026-12-04 each dependent request was charged a latency plus a token, which overstated a paged read
-by a quarter: a reconciliation at 2,000 patients measured 0.47 of that "floor".)
+Per service, the requests sent as early as a token bucket at the service's rate allows (it starts full with the
+app's burst, `rate_limits.budget_burst`, and refills continuously): first the requests that must wait for the
+answer to the one before them (a listing's next page, a plan's next step, the account read before the listing),
+then the rest at once, as tokens come; the wait for an answer and the wait for a token overlap. Services are used
+at the same time (Stripe writes go out while Cliniko pages are read), so the floor is the longest service's, not
+their sum. (Until 2026-12-04 each dependent request was charged a latency plus a token, which overstated a paged
+read by a quarter or more: a reconciliation at 2,000 patients measured 0.47 of that "floor".)
 """
 
 from __future__ import annotations
@@ -36,12 +35,19 @@ class Floors:
 
 
 def _service_floor(load: Load, latency_s: float, per_second: float, burst: int) -> float:
-    """A chain of dependent requests, then the rest at the rate, from a bucket that starts with `burst` tokens."""
-    dependent = min(load.dependent, load.requests)
-    from_bucket = min(dependent, burst)
-    chain = from_bucket * latency_s + (dependent - from_bucket) * max(latency_s, 1 / per_second)
-    rest = max(load.requests - dependent - (burst - from_bucket), 0) / per_second
-    return chain + rest
+    """The earliest the last answer can come: the requests sent one after another, each as soon as both allow it —
+    a dependent one (the first `load.dependent`, then the first of the rest) once the answer before it is in, any
+    other at once — and a token is in the bucket (it starts full with `burst`, refills at `per_second`, never
+    holding more than `burst`). The wait for an answer and the wait for a token overlap."""
+    tokens, refilled_at, sent_at = float(burst), 0.0, 0.0
+    for number in range(load.requests):
+        ready = sent_at + latency_s if 0 < number <= load.dependent else sent_at
+        tokens = min(float(burst), tokens + (ready - refilled_at) * per_second)
+        if tokens < 1.0:
+            ready += (1.0 - tokens) / per_second
+            tokens = 1.0
+        tokens, refilled_at, sent_at = tokens - 1.0, ready, ready
+    return sent_at + latency_s if load.requests else 0.0
 
 
 def floors(loads: Sequence[Load], latency_s: float) -> Floors:
