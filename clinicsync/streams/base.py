@@ -289,6 +289,10 @@ class Stream:
     # read_changed lists every record every time (a source with no change cursor, like Cal.com's event types): a
     # linked record missing from it is read by id (read_one), which says whether it was deleted.
     complete_listing: bool = False
+    # Whether the approved first sync may carry out this stream's plan record by record (reading only what changed
+    # since the plan) instead of judging a fresh read. False for a stream whose full listing the run reads anyway
+    # for a stream after it (one read shared per run): carrying out would add a read, not save one.
+    carries_out_plan: bool = True
     # The stream's own declarations (enrich) need the clinic's time zone even when no mapping rule does.
     needs_time_zone: bool = False
     # (gateway, request) → what the linked Stripe object holds now of other roles, read only when the plan

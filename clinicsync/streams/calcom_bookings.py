@@ -155,4 +155,6 @@ CALCOM_BOOKINGS = Stream(
     # The people Cliniko knows are joined, not duplicated, so Cliniko's patients go first when both are synced.
     depends_on=("cliniko.patients", "calcom.event_types"),
     needs_time_zone=True,
+    # calcom.booking_payments reads every booking on a first run, through the same per-run listing (one read).
+    carries_out_plan=False,
 )

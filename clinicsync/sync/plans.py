@@ -45,8 +45,11 @@ class ApprovedPlan:
 
 def carried_out_by_plan(stream: Stream) -> bool:
     """Whether a stream's approved sync can carry out its plan record by record. A stream with its own matcher, one
-    that never creates, or one that lists every record every run anyway is judged afresh, as before."""
-    return stream.matcher is None and stream.unmatched is None and not stream.complete_listing
+    that never creates, one that lists every record every run anyway, or one that says so (`carries_out_plan`) is
+    judged afresh, as before."""
+    return (
+        stream.carries_out_plan and stream.matcher is None and stream.unmatched is None and not stream.complete_listing
+    )
 
 
 def folder() -> Path:

@@ -47,3 +47,15 @@ def test_entries_come_back_in_order_a_page_at_a_time_with_each_records_latest_de
 def test_a_plan_file_that_is_not_there_is_said_so(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         PlanFile(tmp_path / "plan-gone.sqlite")
+
+
+def test_which_streams_carry_out_an_approved_plan() -> None:
+    """Patients and products carry out their plans; Cal.com's bookings do not: the run reads every booking for the
+    paid bookings anyway (one listing shared per run), so carrying out would add a read (54 booking pages instead of
+    21 in the 5,000-booking benchmark); streams that match for themselves are judged afresh."""
+    from clinicsync.streams import STREAMS
+    from clinicsync.sync.plans import carried_out_by_plan
+
+    carried = {name for name, stream in STREAMS.items() if carried_out_by_plan(stream)}
+    assert {"cliniko.patients", "cliniko.products"} <= carried
+    assert not carried & {"calcom.bookings", "calcom.booking_payments", "cliniko.invoices"}
