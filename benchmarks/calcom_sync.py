@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = measure(args.bookings, args.latency_ms, args.workers, args.seed)
     ratio = report(run)
-    return 0 if all(outcome == "ok" for outcome in run.outcomes.values()) and ratio <= floors.TARGET_RATIO else 1
+    return floors.exit_status(all(outcome == "ok" for outcome in run.outcomes.values()), ratio)
 
 
 if __name__ == "__main__":

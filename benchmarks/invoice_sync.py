@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = measure(args.invoices, args.latency_ms, args.workers, args.seed)
     ratio = report(run)
-    return 0 if run.outcome == "ok" and ratio <= floors.TARGET_RATIO else 1
+    # "attention": the seeded plausible matches wait in review, as they should (before, every run counted as a miss)
+    return floors.exit_status(run.outcome in ("ok", "attention"), ratio)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = measure(args.products, args.latency_ms, args.workers, args.seed)
     ratio = report(run)
-    return 0 if run.outcome == "ok" and ratio <= floors.TARGET_RATIO else 1
+    return floors.exit_status(run.outcome == "ok", ratio)
 
 
 if __name__ == "__main__":

@@ -549,8 +549,13 @@ def choose_twins(gateway: Any, ids: list[str]) -> list[str]:
     finalized = [i for i in others if status[i] in ("open", "paid")]
     if finalized:
         return [*finalized, *(i for i in others if status[i] == "draft"), *retired, *gone]
-    # None open or paid: void ones are mirrors replaced on purpose or closed with their invoice (deleted, archived,
-    # $0), and drafts are still being written by their maker: nothing for a repair to do.
+    # None open or paid: two installations' twins voided with their invoice are still twins (one is marked, so the
+    # books and reconciliation count it once); drafts are still being written by their maker: nothing yet. (A
+    # mirror replaced on purpose whose replacement was voided too is taken for twins as well: harmless to Stripe's
+    # totals, but it says "another computer" — the soak needs the former, see issue 8's note.)
+    voided = [i for i in others if status[i] == "void"]
+    if voided and not any(status[i] == "draft" for i in others):
+        return [*voided, *retired, *gone]
     return []
 
 

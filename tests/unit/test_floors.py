@@ -41,3 +41,17 @@ def test_a_few_requests_within_the_burst_cost_only_their_latencies():
 def test_requests_that_wait_for_nothing_go_out_as_fast_as_the_tokens_come():
     result = floors.floors([floors.Load("stripe_live", 904)], latency_s=LATENCY)
     assert result.budget_s == pytest.approx(900 / rate_limits.budget_per_second("stripe_live") + LATENCY)
+
+
+def test_a_benchmark_fails_when_it_missed_its_target_or_did_not_finish_as_it_should():
+    assert floors.exit_status(True, floors.TARGET_RATIO) == 0
+    assert floors.exit_status(True, floors.TARGET_RATIO + 0.01) == 1
+    assert floors.exit_status(False, 1.0) == 1
+
+
+def test_a_floor_of_nothing_gives_no_ratio_to_divide_by():
+    """No latency and every request within the burst (a smoke run): the floor is 0, the ratio infinite, no crash."""
+    result = floors.floors([floors.Load("cliniko", 4, dependent=4)], latency_s=0.0)
+    assert result.budget_s == 0.0
+    assert floors.ratio(1.0, result.budget_s) == float("inf")
+    assert floors.exit_status(True, floors.ratio(1.0, result.budget_s)) == 1

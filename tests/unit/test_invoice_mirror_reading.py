@@ -223,10 +223,7 @@ class _Mirrors:
         return {"id": stripe_id, "status": self.statuses[stripe_id], "metadata": {}}
 
 
-def test_void_mirrors_alone_are_no_race_twins() -> None:
-    """A mirror voided and replaced, then its replacement voided with its invoice (deleted, archived, $0): both name
-    the invoice and neither is a twin. Before, the repair moved the link to the older void one, marked the other,
-    and told the user of another computer."""
-    assert mirror.choose_twins(_Mirrors({"in_1": "void", "in_2": "void"}), ["in_1", "in_2"]) == []
+def test_race_twins_are_the_finalized_mirrors_and_void_ones_beside_one_are_replacements() -> None:
+    assert mirror.choose_twins(_Mirrors({"in_1": "void", "in_2": "draft"}), ["in_1", "in_2"]) == []
     assert mirror.choose_twins(_Mirrors({"in_1": "void", "in_2": "open"}), ["in_1", "in_2"]) == ["in_2"]
     assert mirror.choose_twins(_Mirrors({"in_1": "open", "in_2": "paid"}), ["in_1", "in_2"]) == ["in_1", "in_2"]
