@@ -214,3 +214,9 @@ DEFAULT_MAPPINGS: dict[str, StreamMapping] = {
     )
 }
 DRAFT_MAPPINGS: dict[str, StreamMapping] = {CLINIKO_INVOICES_DRAFT.stream: CLINIKO_INVOICES_DRAFT}
+
+
+def stripe_object_of_stream(stream: str) -> str:
+    """The Stripe object a stream writes ('cliniko.products' → 'product'); a customer for a stream not known."""
+    mapping = DEFAULT_MAPPINGS.get(stream)
+    return mapping.stripe_object if mapping is not None else "customer"

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from clinicsync import labels
 from clinicsync.labels import plural
-from clinicsync.mapping.defaults import DEFAULT_MAPPINGS
+from clinicsync.mapping.defaults import stripe_object_of_stream
 from clinicsync.secrets import SecretStoreError
 from clinicsync.store import queries
 from clinicsync.store.models import SyncPlan
@@ -41,8 +41,7 @@ ACTION_ROLE = Qt.ItemDataRole.UserRole + 1
 
 def stripe_object_of(summary: dict[str, Any]) -> str:
     """The Stripe object the plan's stream writes (a customer when the plan does not say which stream)."""
-    mapping = DEFAULT_MAPPINGS.get(str(summary.get("stream") or ""))
-    return mapping.stripe_object if mapping is not None else "customer"
+    return stripe_object_of_stream(str(summary.get("stream") or ""))
 
 
 def columns(summary: dict[str, Any]) -> tuple[str, ...]:

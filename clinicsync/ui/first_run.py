@@ -49,6 +49,7 @@ from PySide6.QtWidgets import (
 from clinicsync import labels
 from clinicsync.app import AppContext, bootstrap
 from clinicsync.connections import has_any_key
+from clinicsync.mapping.defaults import stripe_object_of_stream
 from clinicsync.paths import HOME_ENV_VAR, AppPaths
 from clinicsync.sandbox.launcher import Sandbox, has_saved_sandbox, start_sandbox
 from clinicsync.sandbox.persist import SnapshotError, write_atomically
@@ -246,11 +247,15 @@ def outcome_summary(outcome: JobOutcome) -> str:
     if outcome.failure_kind:
         return f"The first sync did not finish: {labels.for_gui(outcome.message)}"
     totals: dict[str, int] = {}
+    created: dict[str, int] = {}  # by the Stripe object made: a products stream's creations are not customers
     for result in outcome.results:
+        kind = stripe_object_of_stream(result.stream)
+        created[kind] = created.get(kind, 0) + result.counts.get("created", 0)
         for action, count in result.counts.items():
             totals[action] = totals.get(action, 0) + count
+    made = [f"{labels.stripe_object_words(kind, count)} created" for kind, count in created.items() if count]
     parts = [
-        f"{labels.plural(totals.get('created', 0), 'customer')} created",
+        *(made or [f"{labels.stripe_object_words('customer', 0)} created"]),
         f"{totals.get('linked', 0):,} linked to existing ones",
     ]
     if totals.get("review"):

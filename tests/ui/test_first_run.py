@@ -18,6 +18,7 @@ from clinicsync.ui.first_run import (
     FirstRunDialog,
     build_sandbox_ui,
     needs_first_run,
+    outcome_summary,
     reset_sandbox_home,
     sandbox_home,
 )
@@ -121,6 +122,21 @@ def test_without_a_hook_the_dialog_returns_the_sandbox_env_for_the_core(qtbot, t
         close_ui(ui)
         if dialog.sandbox is not None:
             dialog.sandbox.stop()
+
+
+def test_the_first_sync_summary_names_what_each_stream_made():
+    from clinicsync.sync.engine import RunResult
+    from clinicsync.sync.runner import Job, JobOutcome
+
+    results = (
+        RunResult(1, "cliniko.patients", "ok", {"created": 180, "linked": 12}),
+        RunResult(2, "cliniko.products", "ok", {"created": 1, "linked": 3}),
+        RunResult(3, "cliniko.invoices", "ok", {"linked": 40, "skipped": 5}),
+    )
+    summary = outcome_summary(JobOutcome(Job(1, "first_run"), results=results))
+    assert summary.startswith("First sync finished: 180 customers created, 1 product created, 55 linked")
+    nothing = outcome_summary(JobOutcome(Job(2, "first_run"), results=(RunResult(4, "cliniko.patients", "ok", {}),)))
+    assert "0 customers created" in nothing
 
 
 def test_sandbox_home_location(tmp_path):
