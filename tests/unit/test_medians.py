@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # The benchmarks import each other as scripts do (`import floors`), from their own folder.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import medians
 
 
