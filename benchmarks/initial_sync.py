@@ -15,7 +15,13 @@ the plan, and writes). Printed for each and for the two together: the wall time,
 received, the writes Stripe executed, floors computed from the minimal request counts, and wall/floor. Then, for
 comparison, the same with sequential writes (`stripe.workers` = 1).
 
+With `--stripe-mode test` the Stripe sandbox enforces the test-mode limit (25 requests/s), the app uses its
+test-mode budget (it reads the mode from the key), and the first sync is one run: a test-mode account needs no
+approved plan. Its floor is one run reading and writing everything at that budget. Every measured run is repeated
+(`--runs`, default 3) and judged on the median (benchmarks/medians.py); the baseline runs once.
+
     .venv/bin/python benchmarks/initial_sync.py [--patients 2000] [--latency-ms 80] [--workers 4] [--no-baseline]
+        [--stripe-mode live|test] [--runs 3]
 
 Not part of the test suite.
 """
