@@ -61,3 +61,15 @@ def test_the_runs_option_defaults_to_three_and_fewer_than_one_run_is_refused():
     assert parser.parse_args(["--runs", "5"]).runs == 5
     with pytest.raises(SystemExit):
         medians.repeat(0, lambda _: figures(1.0, 1.0))
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: elsewhere the peak spans runs")
+def test_each_run_reports_its_own_peak_rss_after_a_reset():
+    import app_figures
+
+    held = bytearray(64 * 1024 * 1024)  # raises the peak by 64 MiB while held
+    held[::4096] = b"x" * len(held[::4096])  # touch every page so it is resident
+    peak_while_held = app_figures.peak_rss_mib()
+    del held
+    app_figures.reset_peak_rss()
+    assert app_figures.peak_rss_mib() < peak_while_held - 32
