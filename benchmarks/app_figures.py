@@ -10,7 +10,7 @@ import argparse
 import resource
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,17 @@ def peak_rss_kib() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident set again from now (Linux: /proc/self/clear_refs "5"), so that repeated
+    runs in one process each report their own peak; elsewhere, nothing (the peak then spans the runs)."""
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mib() -> float:
+    return peak_rss_kib() / 1024
 
 
 def written_bytes() -> int | None:
@@ -61,6 +72,9 @@ class Figures:
     def since(self, earlier: Figures) -> Figures:
         written = None if self.written is None or earlier.written is None else self.written - earlier.written
         return Figures(self.cpu_s - earlier.cpu_s, written)
+
+    def kb_per_record(self, records: int) -> float | None:
+        return None if self.written is None else self.written / max(records, 1) / 1024
 
     def describe(self, records: int) -> str:
         disk = (

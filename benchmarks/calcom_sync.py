@@ -44,7 +44,16 @@ from typing import Any
 
 import floors  # benchmarks/floors.py: the one floor function
 import httpx
-from app_figures import Figures, first_sync_arguments, sandbox_process, sandbox_stats, stats_since
+import medians
+from app_figures import (
+    Figures,
+    first_sync_arguments,
+    peak_rss_mib,
+    reset_peak_rss,
+    sandbox_process,
+    sandbox_stats,
+    stats_since,
+)
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
@@ -239,10 +248,19 @@ def report(run: Measured) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = first_sync_arguments(__doc__, "--bookings", 5000, "Cal.com bookings")
+    medians.add_runs_option(parser)
     args = parser.parse_args(argv)
-    run = measure(args.bookings, args.latency_ms, args.workers, args.seed)
-    ratio = report(run)
-    return floors.exit_status(all(outcome == "ok" for outcome in run.outcomes.values()), ratio)
+
+    def once(_: int) -> medians.RunFigures:
+        reset_peak_rss()
+        run = measure(args.bookings, args.latency_ms, args.workers, args.seed)
+        ratio = report(run)
+        finished = all(outcome == "ok" for outcome in run.outcomes.values())
+        requests = {"calcom": run.calcom["requests"], "stripe": run.stripe["requests"]}
+        kb = run.app.kb_per_record(run.minimal.people)
+        return medians.RunFigures(run.wall_s, ratio, finished, peak_rss_mib(), kb, requests)
+
+    return medians.exit_status(medians.repeat(args.runs, once))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,16 @@ from pathlib import Path
 
 import floors  # benchmarks/floors.py: the one floor function
 import httpx
-from app_figures import Figures, first_sync_arguments, sandbox_process, sandbox_stats, stats_since
+import medians
+from app_figures import (
+    Figures,
+    first_sync_arguments,
+    peak_rss_mib,
+    reset_peak_rss,
+    sandbox_process,
+    sandbox_stats,
+    stats_since,
+)
 
 from clinicsync import rate_limits
 from clinicsync.app import bootstrap
@@ -161,10 +170,19 @@ def report(run: Measured) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = first_sync_arguments(__doc__, "--products", 2000, "Cliniko products")
+    medians.add_runs_option(parser)
     args = parser.parse_args(argv)
-    run = measure(args.products, args.latency_ms, args.workers, args.seed)
-    ratio = report(run)
-    return floors.exit_status(run.outcome == "ok", ratio)
+
+    def once(_: int) -> medians.RunFigures:
+        reset_peak_rss()
+        run = measure(args.products, args.latency_ms, args.workers, args.seed)
+        ratio = report(run)
+        requests = {"cliniko": run.cliniko_requests, "stripe": run.stripe_requests}
+        return medians.RunFigures(
+            run.wall_s, ratio, run.outcome == "ok", peak_rss_mib(), run.app.kb_per_record(run.live), requests
+        )
+
+    return medians.exit_status(medians.repeat(args.runs, once))
 
 
 if __name__ == "__main__":
