@@ -473,9 +473,19 @@ class ClinikoClient(SourceClient):
         Instead each page after the first is asked for as "`order` at or after the last value seen", skipping the
         ids already yielded at exactly that value. Edits only move records later, so nothing can slide behind the
         boundary. Only when a whole page shares one value (a bulk import) does it follow `links.next` as offset
-        paging. Records without a value come last (Cliniko sorts nulls last): those are read by their own
-        `updated_at` keyset pass.
+        paging. In another order, records without a value have a pass of their own after it, by `updated_at`: a
+        restart's `>=` filter would never list them.
         """
+        if order != UPDATED_AT:
+            yield from self._keyset_records(path, [*filters, ("q[]", f"{order}:?")], cursor, order)
+            yield from self._keyset_records(path, [*filters, ("q[]", f"{order}:!?")], cursor, UPDATED_AT)
+            return
+        yield from self._keyset_records(path, filters, cursor, order)
+
+    def _keyset_records(
+        self, path: str, filters: list[tuple[str, str]], cursor: datetime | None, order: str
+    ) -> Iterator[dict[str, Any]]:
+        """`_changed_records` in one order, for records that all have a value in it."""
         by_update = order == UPDATED_AT
         narrowed = [*filters]
         if cursor is not None and not by_update:
@@ -497,15 +507,7 @@ class ClinikoClient(SourceClient):
                     _check_order(page.records, order, since)
                 yield from (record for record in page.records if _boundary_key(record) not in boundary)
                 last = _order_value(page.records[-1], order) if page.records else None
-                if page.next_url is None:
-                    return
-                if last is None:
-                    if by_update:
-                        return
-                    # The rest have no value: their own pass, without those this page has already given.
-                    given = {_boundary_key(r) for r in page.records if _order_value(r, order) is None}
-                    rest = self._changed_records(path, [*filters, ("q[]", f"{order}:!?")], cursor)
-                    yield from (record for record in rest if _boundary_key(record) not in given)
+                if page.next_url is None or last is None:
                     return
                 if last != since:
                     restart_at = last
@@ -539,12 +541,12 @@ def _order_value(record: Mapping[str, Any], order: str) -> str | None:
 
 
 def _check_order(records: list[dict[str, Any]], order: str, since: str | None) -> None:
-    """Refuse a page not in ascending `order` (nulls last), or one reaching back before the listing's restart
-    point: the caller relies on everything before a value being listed once the value is met."""
+    """Refuse a page not in ascending `order`, with a record without a value, or reaching back before the
+    listing's restart point: the caller relies on everything before a value being listed once the value is met."""
     values = [_order_value(record, order) for record in records]
     dated = [value for value in values if value is not None]
     in_order = (
-        values[: len(dated)] == dated and dated == sorted(dated) and (since is None or not dated or dated[0] >= since)
+        len(dated) == len(values) and dated == sorted(dated) and (since is None or not dated or dated[0] >= since)
     )
     if not in_order:
         raise SourceBadResponse.malformed(

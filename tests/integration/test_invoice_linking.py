@@ -399,3 +399,77 @@ def test_links_are_stored_and_sent_before_the_deleted_pass_is_read(make_sandbox,
     assert result.counts["linked"] == links and result.counts["failed"] == 0, result.counts
     assert stored_at_mark == [links]
     assert writes(sandbox)["POST /v1/payment_intents/{id}"] == links  # each once (these have PaymentIntents)
+
+
+def test_links_are_sent_while_the_invoices_are_still_read(make_sandbox, env_for, monkeypatch) -> None:
+    """The first read lists invoices by issue date, so an invoice whose one exact payment no later-issued invoice
+    could fit is decided, stored and sent while Cliniko is still read: the Stripe sandbox has carried out metadata
+    writes before the last page of the live and archived invoices is asked for. Order of events, not time: before
+    asking for each page, the read waits until Stripe has carried out every link stored so far (were links only
+    decided once the read ended, few would be stored before the last page). The decisions are the acceptance
+    mix's: every certain one linked to its own payment, every plausible one in review."""
+    import dataclasses
+    import time
+
+    from clinicsync.store.models import OutboxEntry
+    from clinicsync.sync import service
+
+    sandbox = make_sandbox(profile="clean", patients=300, invoices=1000)
+    env = env_for(sandbox)
+    assert sync_once(env).counts["linked"] == 300
+    scenario = sandbox.seeded["invoice_scenario"]
+    cases = Counter(scenario["cases"].values())
+    links = sum(cases[case] for case in CERTAIN)
+    original = service.STREAMS[STREAM]
+    asked: list[tuple[int, int]] = []  # per live invoice page asked for: (links stored, metadata writes carried out)
+
+    def metadata_writes() -> int:
+        done = writes(sandbox)
+        return done["POST /v1/payment_intents/{id}"] + done["POST /v1/charges/{id}"]
+
+    def read_changed(client, cursor):
+        pages_of = client.iter_pages
+
+        def iter_pages(path, params=None, **kwargs):
+            pages = pages_of(path, params, **kwargs)
+            live = path == "/invoices" and ("q[]", "deleted_at:?") not in list(params or [])
+            while True:
+                if live:
+                    stored = OutboxEntry.select().where(OutboxEntry.stream == STREAM).count()
+                    deadline = time.monotonic() + 30  # a bound for a failing run, not the proof
+                    while metadata_writes() < stored and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    asked.append((stored, metadata_writes()))
+                try:
+                    page = next(pages)
+                except StopIteration:
+                    return
+                yield page
+
+        client.iter_pages = iter_pages
+        yield from original.read_changed(client, cursor)
+
+    monkeypatch.setitem(service.STREAMS, STREAM, dataclasses.replace(original, read_changed=read_changed))
+    result = sync_once(env, stream=STREAM)
+    assert result.counts["linked"] == links == 500 and result.counts["review"] == 80, result.counts
+    assert result.counts["failed"] == 0, result.counts
+    assert len(asked) >= 10, asked  # the live and archived invoices' pages (and a last, empty restart if any)
+    # Stripe had carried out most links before the last invoice page was asked for (when links waited for the
+    # read's end, only the few decided alone were: 41 of 500).
+    assert asked[-1][1] >= links // 2, asked
+    assert metadata_writes() == links  # each link written once
+
+    context(env)
+    linked = {
+        r.source_id: r.stripe_id
+        for r in RecordLink.select().where((RecordLink.stream == STREAM) & RecordLink.stripe_id.is_null(False))
+    }
+    certain = {i for case in CERTAIN for i in scenario["cases"] if scenario["cases"][i] == case}
+    assert set(linked) == certain
+    for invoice_id, stripe_id in linked.items():
+        refs = [ref for ref, ids in scenario["payment_invoices"].items() if invoice_id in ids]
+        made = [scenario["payments"][ref]["payment_intent"] or scenario["payments"][ref]["charge"] for ref in refs]
+        assert stripe_id in made, (invoice_id, stripe_id, made)
+    reviewed = {r.source_id for r in ReviewItem.select().where(ReviewItem.stream == STREAM)}
+    plausible = {i for i, case in scenario["cases"].items() if case in PLAUSIBLE}
+    assert plausible <= reviewed and not reviewed & certain, (len(plausible), len(reviewed))
