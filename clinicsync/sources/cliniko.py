@@ -90,8 +90,6 @@ class PageOf:
     total_entries: int | None
     url: str
     next_url: str | None
-    # The page's last `updated_at` as sent: keyset paging restarts from it.
-    last_updated_at: str | None = None
 
 
 class NoSuchShard(SourceConfigError):
@@ -434,7 +432,6 @@ class ClinikoClient(SourceClient):
         if next_url is not None and not isinstance(next_url, str):
             raise SourceBadResponse.malformed(SERVICE, "a page's 'next' link was not a web address.")
         total = body.get("total_entries")
-        last = records[-1].get("updated_at") if records else None
         return PageOf(
             # Every record, even one without a usable id: the sync rejects that one by itself, with a message in
             # its history, rather than it vanishing here.
@@ -442,7 +439,6 @@ class ClinikoClient(SourceClient):
             total_entries=total if isinstance(total, int) and not isinstance(total, bool) else None,
             url=str(response.request.url),
             next_url=next_url or None,
-            last_updated_at=last if isinstance(last, str) else None,
         )
 
     def _checked_next(self, next_url: str | None, seen: set[str]) -> str | None:

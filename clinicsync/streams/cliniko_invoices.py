@@ -249,6 +249,7 @@ class InvoiceMatcher:
         self.bills[bill.source_id] = bill
         self._waiting.discard(bill.source_id)  # read again (edited mid-sync): this version is the one decided
         self._fits_until.pop(bill.source_id, None)
+        self._unsorted.discard(bill.source_id)
         self._list_payments(bill.window)
         if not self._listed(wait=self._closed):  # the payments are still being listed
             self._waiting.add(bill.source_id)

@@ -473,3 +473,60 @@ def test_links_are_sent_while_the_invoices_are_still_read(make_sandbox, env_for,
     reviewed = {r.source_id for r in ReviewItem.select().where(ReviewItem.stream == STREAM)}
     plausible = {i for i, case in scenario["cases"].items() if case in PLAUSIBLE}
     assert plausible <= reviewed and not reviewed & certain, (len(plausible), len(reviewed))
+
+
+def test_a_payment_two_invoices_fit_goes_to_review_though_the_read_passes_the_first(
+    make_sandbox, env_for, monkeypatch
+) -> None:
+    """Read by issue date, the first invoice an exact payment fits is not decided when the read passes it, nor
+    when it passes the payment's date: an invoice issued up to `match_days_before` (7) days after the payment can
+    still fit it, so both go to review together; one issued a day later cannot, and is not paid through Stripe. A
+    later invoice's date moves the read past them all before the live pass ends. (The payments are listed before
+    the first invoice is judged, as on a long read: else these few would all wait for the listing.)"""
+    from datetime import UTC, datetime, time, timedelta
+
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+
+    listed = InvoiceMatcher._listed
+    monkeypatch.setattr(InvoiceMatcher, "_listed", lambda self, *, wait: listed(self, wait=True))
+    decided_at_marks: list[str] = []
+    below = InvoiceMatcher.listed_below
+
+    def listed_below(self, value):
+        decisions = below(self, value)
+        decided_at_marks.extend(decisions)
+        return decisions
+
+    monkeypatch.setattr(InvoiceMatcher, "listed_below", listed_below)
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = env_for(sandbox)
+    sync_once(env)
+    context(env)
+    patient, customer = next(
+        (row.source_id, row.stripe_id) for row in RecordLink.select().where(RecordLink.stream == "cliniko.patients")
+    )
+    paid_on = datetime.now(UTC).date() - timedelta(days=60)  # 03:00Z: the same date in Melbourne, DST or not
+    specs = [
+        {
+            "patient_id": patient,
+            "status": 20,
+            "issue_date": (paid_on + timedelta(days=days)).isoformat(),
+            "lines": [{"name": "Consult", "unit_price": price}],
+        }
+        for days, price in ((-1, "95.5"), (7, "95.5"), (8, "95.5"), (20, "40"))
+    ]
+    first, last_fitting, too_late, later = admin(sandbox.cliniko_url, "add_invoices", invoices=specs)["invoices"]
+    created = int(datetime.combine(paid_on, time(3), tzinfo=UTC).timestamp())
+    paid = admin(sandbox.stripe_url, "add_payment", amount=9550, currency="aud", customer=customer, created=created)
+    result = sync_once(env, stream=STREAM)
+    assert result.counts["linked"] == 0 and result.counts["review"] == 2, (result.counts, result.message)
+    context(env)
+    reviews = {r.source_id: r for r in ReviewItem.select().where(ReviewItem.stream == STREAM)}
+    assert set(reviews) == {first["id"], last_fitting["id"]}
+    assert all(
+        r.candidates == [paid["payment_intent"]] and r.reason == "payment_fits_several" for r in reviews.values()
+    )
+    assert writes(sandbox)["POST /v1/payment_intents/{id}"] == 0
+    assert too_late["id"] not in reviews and later["id"] not in reviews
+    assert sorted(decided_at_marks) == sorted([first["id"], last_fitting["id"]]), "decided at a mark past both"
