@@ -305,8 +305,8 @@ def waits_for_every_bill(bill: Bill, index: PaymentIndex) -> bool:
 
 
 def sole_exact_payment(bill: Bill, index: PaymentIndex) -> Payment | None:
-    """The one exact payment a bill `waits_for_every_bill` holds back waits with (it is linked unless another bill
-    fits it exactly too); None when the bill waits for a larger payment's other bill instead."""
+    """The one exact payment of a bill `waits_for_every_bill` holds back (linked to it unless another bill fits it
+    exactly too); None when the bill waits instead for another bill a larger payment may cover with it."""
     own = _own(bill, index)
     exact = [p for p in own if p.amount == bill.amount and not p.refunded]
     return exact[0] if len(exact) == 1 else None
