@@ -21,8 +21,10 @@ The floor counts the fewest requests a first linking run needs:
   (the scenario's certain ones, and the ones whose payment already names the invoice: that metadata lacks the
   number and status), `workers` at a time.
 - Both services' floors overlap (benchmarks/floors.py): the stream lists Stripe at its first invoice and sends
-  each link as soon as no invoice still to come can change it (the ones that may share a payment wait for the end
-  of the live pass, which lists every invoice that could), so writes drain while Cliniko is read.
+  each link as soon as no invoice still to come can change it (the first read is in issue-date order, so one
+  whose exact payment another invoice may fit waits only until the read passes the last issue date that could;
+  one a larger payment may cover with another waits for the live pass's end), so writes drain while Cliniko is
+  read.
 
 Printed: the wall time and the app's own figures, the requests each service received (Cliniko invoice pages per
 pass, invoice item pages; Stripe charge listing pages, metadata writes), both floors (at the published limits and

@@ -184,7 +184,7 @@ def check_invoice_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"cannot edit {', '.join(unknown)} (editable: {', '.join(EDITABLE_FIELDS)})")
     changes = dict(fields)
-    if "issue_date" in changes:
+    if changes.get("issue_date") is not None:  # the spec's issue_date is nullable: None clears it
         date.fromisoformat(str(changes["issue_date"]))
     if "status" in changes and changes["status"] not in STATUSES:
         raise ValueError(f"status must be one of {sorted(STATUSES)}")

@@ -61,6 +61,7 @@ DEFAULT_SHARD = "au1"
 # Documented Cliniko shards (docs/cliniko-api.md §1); a host for anything else will not exist.
 KNOWN_SHARDS: tuple[str, ...] = ("au1", "au2", "au3", "au4", "ca1", "uk1", "uk2", "eu1")
 PER_PAGE = 100
+UPDATED_AT = "updated_at"  # the listings' default keyset order: oldest change first
 
 _KEY_SHARD = re.compile(r"-([a-z]{2}\d{1,2})$", re.IGNORECASE)
 _SHARD = re.compile(r"^[a-z]{2}\d{1,2}$")
@@ -89,8 +90,6 @@ class PageOf:
     total_entries: int | None
     url: str
     next_url: str | None
-    # The page's last `updated_at` as sent: keyset paging restarts from it.
-    last_updated_at: str | None = None
 
 
 class NoSuchShard(SourceConfigError):
@@ -301,7 +300,7 @@ class ClinikoClient(SourceClient):
         yield from self._changed_records(path, filters, cursor)
 
     def iter_live_and_archived(
-        self, path: str, cursor: datetime | None, *, filters: Params = None
+        self, path: str, cursor: datetime | None, *, filters: Params = None, order: str = UPDATED_AT
     ) -> Iterator[dict[str, Any]]:
         """Live and archived records of a listing updated at or after `cursor` (and matching `filters`, such as
         `[("q[]", "id:=1,2")]`): every caller that needs both reads them here, in one pass or two, decided afresh on
@@ -312,18 +311,19 @@ class ClinikoClient(SourceClient):
         record whose `archived_at` is null, the listing evidently includes live records, so that pass stands for the
         live one too and the live pass is skipped. Otherwise (none live among them, or no records at all) the live
         pass is read as well, so nothing is lost if `*` lists archived records only. Callers look at each record's
-        `archived_at`; a record in both passes comes twice (the later read is the newer version).
+        `archived_at`; a record in both passes comes twice (the later read is the newer version). Each pass lists
+        in ascending `order` (`_changed_records`).
         """
         narrowed = query_pairs(filters)
         live_listed = False
-        for record in self._changed_records(path, [*narrowed, ("q[]", "archived_at:*")], cursor):
+        for record in self._changed_records(path, [*narrowed, ("q[]", "archived_at:*")], cursor, order):
             # Evidence is an `archived_at` given as null; a record that leaves the field out proves nothing.
             live_listed = live_listed or ("archived_at" in record and record["archived_at"] is None)
             yield record
         if live_listed:
             log.debug("%s: the archived_at:* pass listed live records too; the live pass is not needed", path)
             return
-        yield from self._changed_records(path, narrowed, cursor)
+        yield from self._changed_records(path, narrowed, cursor, order)
 
     def iter_created_since(self, path: str, cursor: datetime) -> Iterator[dict[str, Any]]:
         """Records created at or after `cursor` (for append-only listings such as stock adjustments)."""
@@ -432,7 +432,6 @@ class ClinikoClient(SourceClient):
         if next_url is not None and not isinstance(next_url, str):
             raise SourceBadResponse.malformed(SERVICE, "a page's 'next' link was not a web address.")
         total = body.get("total_entries")
-        last = records[-1].get("updated_at") if records else None
         return PageOf(
             # Every record, even one without a usable id: the sync rejects that one by itself, with a message in
             # its history, rather than it vanishing here.
@@ -440,7 +439,6 @@ class ClinikoClient(SourceClient):
             total_entries=total if isinstance(total, int) and not isinstance(total, bool) else None,
             url=str(response.request.url),
             next_url=next_url or None,
-            last_updated_at=last if isinstance(last, str) else None,
         )
 
     def _checked_next(self, next_url: str | None, seen: set[str]) -> str | None:
@@ -461,38 +459,57 @@ class ClinikoClient(SourceClient):
             yield from page.records
 
     def _changed_records(
-        self, path: str, filters: list[tuple[str, str]], cursor: datetime | None
+        self, path: str, filters: list[tuple[str, str]], cursor: datetime | None, order: str = UPDATED_AT
     ) -> Iterator[dict[str, Any]]:
-        """Records updated at or after `cursor`, oldest change first, by keyset paging on `updated_at`.
+        """Records updated at or after `cursor`, by keyset paging on `order` ascending (oldest change first by
+        default; another field, such as an invoice's `issue_date`, lists them in that field's order).
 
         Page-offset paging over a list sorted by `updated_at` loses records: an edit moves a record to the end,
-        so the next page's first records slide onto a page already read. Instead each page after the first is
-        asked for as "updated at or after the last timestamp seen", skipping the ids already yielded at exactly
-        that timestamp. Edits only move records later, so nothing can slide behind the boundary. Only when a
-        whole page shares one timestamp (a bulk import) does it follow `links.next` as offset paging.
+        so the next page's first records slide onto a page already read (a deletion does the same in any order).
+        Instead each page after the first is asked for as "`order` at or after the last value seen", skipping the
+        ids already yielded at exactly that value. Edits only move records later, so nothing can slide behind the
+        boundary. Only when a whole page shares one value (a bulk import) does it follow `links.next` as offset
+        paging. In another order, records without a value have a pass of their own after it, by `updated_at`: a
+        restart's `>=` filter would never list them.
         """
-        since = format_cursor(cursor) if cursor is not None else None
-        boundary: set[Any] = set()  # ids already yielded whose updated_at equals `since`
+        if order != UPDATED_AT:
+            yield from self._keyset_records(path, [*filters, ("q[]", f"{order}:?")], cursor, order)
+            yield from self._keyset_records(path, [*filters, ("q[]", f"{order}:!?")], cursor, UPDATED_AT)
+            return
+        yield from self._keyset_records(path, filters, cursor, order)
+
+    def _keyset_records(
+        self, path: str, filters: list[tuple[str, str]], cursor: datetime | None, order: str
+    ) -> Iterator[dict[str, Any]]:
+        """`_changed_records` in one order, for records that all have a value in it."""
+        by_update = order == UPDATED_AT
+        narrowed = [*filters]
+        if cursor is not None and not by_update:
+            narrowed.append(("q[]", f"{UPDATED_AT}:>={format_cursor(cursor)}"))
+        since = format_cursor(cursor) if cursor is not None and by_update else None
+        boundary: set[Any] = set()  # ids already yielded whose `order` value equals `since`
         pass_total: int | None = None
         while True:
-            query = [*filters]
+            query = [*narrowed]
             if since is not None:
-                query.append(("q[]", f"updated_at:>={since}"))
-            query.append(("sort", "updated_at:asc"))
+                query.append(("q[]", f"{order}:>={since}"))
+            query.append(("sort", f"{order}:asc"))
             restart_at: str | None = None
             for page in self.iter_pages(path, query):
                 # Progress counts against the whole pass, not the rest of it that a restarted listing reports.
                 pass_total = page.total_entries if pass_total is None else pass_total
                 self.last_total_entries = pass_total
+                if not by_update:  # a wrong order would make the caller's "everything before this is listed" false
+                    _check_order(page.records, order, since)
                 yield from (record for record in page.records if _boundary_key(record) not in boundary)
-                last = page.last_updated_at
+                last = _order_value(page.records[-1], order) if page.records else None
                 if page.next_url is None or last is None:
                     return
                 if last != since:
                     restart_at = last
-                    boundary = {_boundary_key(r) for r in page.records if r.get("updated_at") == last}
+                    boundary = {_boundary_key(r) for r in page.records if _order_value(r, order) == last}
                     break
-                boundary.update(_boundary_key(record) for record in page.records)  # a page all at one timestamp
+                boundary.update(_boundary_key(record) for record in page.records)  # a page all at one value
             if restart_at is None:
                 return
             since = restart_at
@@ -512,6 +529,25 @@ def _checked_id(record_id: str) -> str:
     if not _ID.match(text):
         raise ValueError(f"not a Cliniko id: {record_id!r}")
     return text
+
+
+def _order_value(record: Mapping[str, Any], order: str) -> str | None:
+    value = record.get(order)
+    return value if isinstance(value, str) else None
+
+
+def _check_order(records: list[dict[str, Any]], order: str, since: str | None) -> None:
+    """Refuse a page not in ascending `order`, with a record without a value, or reaching back before the
+    listing's restart point: the caller relies on everything before a value being listed once the value is met."""
+    values = [_order_value(record, order) for record in records]
+    dated = [value for value in values if value is not None]
+    in_order = (
+        len(dated) == len(values) and dated == sorted(dated) and (since is None or not dated or dated[0] >= since)
+    )
+    if not in_order:
+        raise SourceBadResponse.malformed(
+            SERVICE, f"a page of the list was not in the order asked for ({order}); the sync stopped rather than guess."
+        )
 
 
 def _boundary_key(record: Mapping[str, Any]) -> str | None:

@@ -38,6 +38,16 @@ class ListingMark:
 CANDIDATES_LISTED = ListingMark("candidates listed")
 
 
+class ListedBelow(ListingMark):
+    """Every record the stream's matcher could be offered whose value in the listing's order (e.g. an invoice's
+    issue date, for a listing sorted by it) is below `value` has been listed: decisions that waited only for
+    those can be made now (the matcher's `listed_below`), and their writes go out while the rest is read."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(f"listed below {value}")
+        self.value = value
+
+
 def records_of(listing: Iterable[Record | ListingMark]) -> Iterator[Record]:
     """The records of a `read_changed` listing, without its marks."""
     return (record for record in listing if not isinstance(record, ListingMark))
@@ -197,6 +207,10 @@ class Matcher(Protocol):
     # else its end): source id → decision, for every record offered that waited. Records offered after it are
     # decided as they are offered.
     def decide(self) -> Mapping[str, MatchDecision]: ...
+
+    # The listing's ListedBelow mark: source id → decision, for the records offered that waited and that no record
+    # still to come can change now. Those it leaves wait on.
+    def listed_below(self, value: Any) -> Mapping[str, MatchDecision]: ...
 
     # Records to judge again this run though they did not change (read before the changed ones): e.g. the
     # invoices, still in their window, of a customer with a payment since the last run.

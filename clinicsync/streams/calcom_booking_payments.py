@@ -410,6 +410,9 @@ class PaymentMatcher:
         firsts = [b for b in {str(b["uid"]): b for b in bookings}.values() if str(b.get("id")) in wanted]
         yield from _records(firsts, known, client, _event_types(client))
 
+    def listed_below(self, value: Any) -> dict[str, MatchDecision]:
+        return {}  # the bookings' listing has no order a payment's candidates could be known complete by
+
     def decide(self) -> dict[str, MatchDecision]:
         if not self.offered:
             return {}

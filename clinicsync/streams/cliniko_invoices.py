@@ -11,6 +11,7 @@ clinical allow-list).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,7 @@ from clinicsync.streams import cliniko_common, payment_side
 from clinicsync.streams import payment_matching as pm
 from clinicsync.streams.base import (
     CANDIDATES_LISTED,
+    ListedBelow,
     ListingMark,
     MatchDecision,
     MatchSetup,
@@ -53,12 +55,40 @@ def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record |
     # deleted ones have a pass of their own (cliniko-api.md §3). Only live invoices are offered to the matcher (an
     # archived or deleted one is never linked), so once every live invoice is listed no payment can find another
     # candidate: the mark lets the invoices that waited be decided then, and their links sent while the deleted
-    # pass is read.
-    return itertools.chain(
-        client.iter_live_and_archived("/invoices", cursor),
-        (CANDIDATES_LISTED,),
-        client.iter_changed("/invoices", cursor, deleted=True),
-    )
+    # pass is read. The first read lists them by issue date, so a payment's candidates are all known long before
+    # that (`_issue_marks`); a later read is of the few changed since, oldest change first, decided at its end.
+    if cursor is None:
+        live: Iterator[Record | ListingMark] = _issue_marks(
+            client.iter_live_and_archived("/invoices", None, order="issue_date")
+        )
+    else:
+        live = client.iter_live_and_archived("/invoices", cursor)
+    return itertools.chain(live, (CANDIDATES_LISTED,), client.iter_changed("/invoices", cursor, deleted=True))
+
+
+def _issue_marks(listing: Iterator[Record]) -> Iterator[Record | ListingMark]:
+    """The listing, in ascending issue date, with a ListedBelow(date) mark before the first invoice of each later
+    date: every live invoice issued before it has been listed. Only in a pass known to list live invoices (one
+    listed already: the `archived_at:*` pass may list archived ones alone, the live pass then follows, from its
+    earliest date again)."""
+    live_seen, newest = False, None
+    for record in listing:
+        issued = _issue_date(record)
+        if issued is not None and newest is not None and issued < newest:  # the live pass after an archived one
+            live_seen, newest = False, None
+        live_seen = live_seen or ("archived_at" in record and record["archived_at"] is None)
+        if issued is not None and (newest is None or issued > newest):
+            if live_seen:
+                yield ListedBelow(issued)
+            newest = issued
+        yield record
+
+
+def _issue_date(record: Record) -> date | None:
+    try:
+        return date.fromisoformat(str(record.get("issue_date")))
+    except ValueError:
+        return None
 
 
 def _total_and_issue_date(record: Record, currency: str) -> tuple[int | None, date | None]:
@@ -67,11 +97,7 @@ def _total_and_issue_date(record: Record, currency: str) -> tuple[int | None, da
         amount: int | None = money.to_minor_units(record.get("total_amount"), currency)
     except money.MoneyError:
         amount = None
-    try:
-        issued: date | None = date.fromisoformat(str(record.get("issue_date")))
-    except ValueError:
-        issued = None
-    return amount, issued
+    return amount, _issue_date(record)
 
 
 def _invoice_archived(record: Record) -> str | None:
@@ -121,7 +147,9 @@ class InvoiceMatcher:
     window starts earlier. Each invoice is decided as it is offered, so its link goes out while Cliniko is still
     read, unless invoices still to come could change the decision (`pm.waits_for_every_bill`: one exact payment
     that may fit another invoice too, a larger payment that may pay two): those wait for `decide`, called once
-    every invoice that could share a payment has been offered."""
+    every invoice that could share a payment has been offered. On a read in issue-date order, one whose only wait
+    is its one exact payment is decided as soon as the read has passed every issue date whose window could hold
+    that payment (`listed_below`): no invoice still to come could fit it too."""
 
     def __init__(self, setup: MatchSetup) -> None:
         self.setup = setup
@@ -130,6 +158,13 @@ class InvoiceMatcher:
         self.after = _days(setup.settings, DAYS_AFTER_SETTING, pm.DEFAULT_DAYS_AFTER)
         self.bills: dict[str, pm.Bill] = {}  # by invoice id: one read twice in a run (edited mid-sync) counts once
         self._waiting: set[str] = set()  # invoices decided by `decide`
+        # Waiting invoices offered before the payments were listed: not yet sorted into those below and those that
+        # wait for every invoice.
+        self._unsorted: set[str] = set()
+        # A waiting invoice with one exact payment → the last issue date of an invoice that could fit it too
+        # (decided once the read is past it), and those dates in order (entries of invoices read again go stale).
+        self._fits_until: dict[str, date] = {}
+        self._by_fits_until: list[tuple[date, str]] = []
         self._closed = False  # every invoice that could share a payment has been offered
         self._index = pm.PaymentIndex([], setup.linked, setup.cross_ref_key)
         self._listed_from: int | None = None  # the listing covers payments made from then (epoch s) up to now
@@ -213,24 +248,62 @@ class InvoiceMatcher:
         bill = self._bill(mapped, record)
         self.bills[bill.source_id] = bill
         self._waiting.discard(bill.source_id)  # read again (edited mid-sync): this version is the one decided
+        self._fits_until.pop(bill.source_id, None)
+        self._unsorted.discard(bill.source_id)
         self._list_payments(bill.window)
         if not self._listed(wait=self._closed):  # the payments are still being listed
             self._waiting.add(bill.source_id)
+            self._unsorted.add(bill.source_id)
             return None
         if self._closed:  # offered late (made or edited during the run): judged with every invoice read
             every = list(self.bills.values())
             return pm.decide_bills([bill], self._index, self._same_person, every=every)[bill.source_id]
         if pm.waits_for_every_bill(bill, self._index):
-            self._waiting.add(bill.source_id)
+            self._wait(bill)
             return None
         return pm.decide_bill(bill, self._index, self._same_person)
+
+    def _wait(self, bill: pm.Bill) -> None:
+        self._waiting.add(bill.source_id)
+        payment = pm.sole_exact_payment(bill, self._index)
+        if payment is not None:  # else a larger payment may be its and another's: that waits for every invoice
+            until = pm.last_issue_date_fitting(payment, self.before)
+            self._fits_until[bill.source_id] = until
+            heapq.heappush(self._by_fits_until, (until, bill.source_id))
+
+    def listed_below(self, value: Any) -> dict[str, MatchDecision]:
+        """The read (in issue-date order) has listed every live invoice issued before `value`: the decisions of the
+        waiting invoices whose one exact payment no invoice issued from `value` on could fit, and of those offered
+        before the payments were listed that need not wait at all. Never waits for the payment listing."""
+        if self._closed or not isinstance(value, date) or not self._listed(wait=False):
+            return {}
+        ready: dict[str, pm.Bill] = {}
+        for source_id in sorted(self._unsorted & self._waiting):
+            bill = self.bills[source_id]
+            self._waiting.discard(source_id)
+            if pm.waits_for_every_bill(bill, self._index):
+                self._wait(bill)
+            else:
+                ready[source_id] = bill  # decided alone: the same decision as with every invoice known
+        self._unsorted = set()
+        while self._by_fits_until and self._by_fits_until[0][0] < value:
+            until, source_id = heapq.heappop(self._by_fits_until)
+            if source_id in self._waiting and self._fits_until.get(source_id) == until:
+                # Every invoice that could share its payment is read, and each such one waits beside it (one with
+                # that payment as its one exact payment waits for the same date): decided together.
+                self._waiting.discard(source_id)
+                del self._fits_until[source_id]
+                ready[source_id] = self.bills[source_id]
+        if not ready:
+            return {}
+        return pm.decide_bills(list(ready.values()), self._index, self._same_person, every=list(self.bills.values()))
 
     def decide(self) -> dict[str, MatchDecision]:
         """The waiting invoices' decisions, with every invoice that could share their payments known."""
         self._closed = True
         self._listed(wait=True)
         waiting = [bill for source_id, bill in self.bills.items() if source_id in self._waiting]
-        self._waiting = set()
+        self._waiting, self._unsorted, self._fits_until, self._by_fits_until = set(), set(), {}, []
         if not waiting:
             return {}
         return pm.decide_bills(waiting, self._index, self._same_person, every=list(self.bills.values()))

@@ -304,6 +304,20 @@ def waits_for_every_bill(bill: Bill, index: PaymentIndex) -> bool:
     return any(not p.refunded and p.amount > bill.amount for p in own)
 
 
+def sole_exact_payment(bill: Bill, index: PaymentIndex) -> Payment | None:
+    """The one exact payment of a bill `waits_for_every_bill` holds back (linked to it unless another bill fits it
+    exactly too); None when the bill waits instead for another bill a larger payment may cover with it."""
+    own = _own(bill, index)
+    exact = [p for p in own if p.amount == bill.amount and not p.refunded]
+    return exact[0] if len(exact) == 1 else None
+
+
+def last_issue_date_fitting(payment: Payment, days_before: int) -> date:
+    """The latest issue date of a bill whose window may hold the payment, in any zone: its local date is at most a
+    day after its UTC date (zones are at most 14 h ahead of UTC), and a window starts `days_before` that date."""
+    return datetime.fromtimestamp(payment.created, UTC).date() + timedelta(days=1 + days_before)
+
+
 def decide_bill(bill: Bill, index: PaymentIndex, same_person: Any, now: datetime | None = None) -> MatchDecision:
     """The decision of a bill `waits_for_every_bill` lets through (no other bill can change it)."""
     decision, _ = _decide_one(bill, (), index, same_person, now or datetime.now(UTC))

@@ -58,6 +58,7 @@ from clinicsync.streams.base import (
     CANDIDATES_LISTED,
     DUPLICATE_OF_KEY,
     FindRequest,
+    ListedBelow,
     ListingMark,
     MatchDecision,
     Matcher,
@@ -518,6 +519,8 @@ class StreamRun:
             if isinstance(record, ListingMark):
                 if record is CANDIDATES_LISTED:
                     self._decide_waiting(pool, writer)
+                elif isinstance(record, ListedBelow):
+                    self._decide_listed_below(record.value, pool, writer)
                 continue
             self._handle(record, pool, writer)
         if self.stream.complete_listing:
@@ -1067,6 +1070,20 @@ class StreamRun:
             if decision is not None:
                 self._apply_match(mapped, hashed, link, decision, pool, writer)
         self._flush_batch(pool, writer)  # sent now, not when the rest of the read brings the next decision
+
+    def _decide_listed_below(self, value: Any, pool: WritePool, writer: OutboxWriter | None) -> None:
+        """The listing has passed `value` in its order: apply the waiting decisions no record still to come can
+        change."""
+        if self._matcher is None:
+            return
+        decisions = self._matcher.listed_below(value)
+        for sid, decision in decisions.items():
+            waiting = self._offered.pop(sid, None)
+            if waiting is not None:
+                mapped, hashed, link = waiting
+                self._apply_match(mapped, hashed, link, decision, pool, writer)
+        if decisions:
+            self._flush_batch(pool, writer)
 
     def _apply_match(
         self,

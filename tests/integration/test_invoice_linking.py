@@ -399,3 +399,134 @@ def test_links_are_stored_and_sent_before_the_deleted_pass_is_read(make_sandbox,
     assert result.counts["linked"] == links and result.counts["failed"] == 0, result.counts
     assert stored_at_mark == [links]
     assert writes(sandbox)["POST /v1/payment_intents/{id}"] == links  # each once (these have PaymentIntents)
+
+
+def test_links_are_sent_while_the_invoices_are_still_read(make_sandbox, env_for, monkeypatch) -> None:
+    """The first read lists invoices by issue date, so an invoice whose one exact payment no later-issued invoice
+    could fit is decided, stored and sent while Cliniko is still read: the Stripe sandbox has carried out metadata
+    writes before the last page of the live and archived invoices is asked for. Order of events, not time: before
+    asking for each page, the read waits until Stripe has carried out every link stored so far (were links only
+    decided once the read ended, few would be stored before the last page). The decisions are the acceptance
+    mix's: every certain one linked to its own payment, every plausible one in review."""
+    import dataclasses
+    import time
+
+    from clinicsync.store.models import OutboxEntry
+    from clinicsync.sync import service
+
+    sandbox = make_sandbox(profile="clean", patients=300, invoices=1000)
+    env = env_for(sandbox)
+    assert sync_once(env).counts["linked"] == 300
+    scenario = sandbox.seeded["invoice_scenario"]
+    cases = Counter(scenario["cases"].values())
+    links = sum(cases[case] for case in CERTAIN)
+    original = service.STREAMS[STREAM]
+    asked: list[tuple[int, int]] = []  # per live invoice page asked for: (links stored, metadata writes carried out)
+
+    def metadata_writes() -> int:
+        done = writes(sandbox)
+        return done["POST /v1/payment_intents/{id}"] + done["POST /v1/charges/{id}"]
+
+    def read_changed(client, cursor):
+        pages_of = client.iter_pages
+
+        def iter_pages(path, params=None, **kwargs):
+            pages = pages_of(path, params, **kwargs)
+            live = path == "/invoices" and ("q[]", "deleted_at:?") not in list(params or [])
+            while True:
+                if live:
+                    stored = OutboxEntry.select().where(OutboxEntry.stream == STREAM).count()
+                    deadline = time.monotonic() + 30  # a bound for a failing run, not the proof
+                    while metadata_writes() < stored and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    asked.append((stored, metadata_writes()))
+                try:
+                    page = next(pages)
+                except StopIteration:
+                    return
+                yield page
+
+        client.iter_pages = iter_pages
+        yield from original.read_changed(client, cursor)
+
+    monkeypatch.setitem(service.STREAMS, STREAM, dataclasses.replace(original, read_changed=read_changed))
+    result = sync_once(env, stream=STREAM)
+    assert result.counts["linked"] == links == 500 and result.counts["review"] == 80, result.counts
+    assert result.counts["failed"] == 0, result.counts
+    assert len(asked) >= 10, asked  # the live and archived invoices' pages (and a last, empty restart if any)
+    # Stripe had carried out most links before the last invoice page was asked for (when links waited for the
+    # read's end, only the few decided alone were: 41 of 500).
+    assert asked[-1][1] >= links // 2, asked
+    assert metadata_writes() == links  # each link written once
+
+    context(env)
+    linked = {
+        r.source_id: r.stripe_id
+        for r in RecordLink.select().where((RecordLink.stream == STREAM) & RecordLink.stripe_id.is_null(False))
+    }
+    certain = {i for case in CERTAIN for i in scenario["cases"] if scenario["cases"][i] == case}
+    assert set(linked) == certain
+    for invoice_id, stripe_id in linked.items():
+        refs = [ref for ref, ids in scenario["payment_invoices"].items() if invoice_id in ids]
+        made = [scenario["payments"][ref]["payment_intent"] or scenario["payments"][ref]["charge"] for ref in refs]
+        assert stripe_id in made, (invoice_id, stripe_id, made)
+    reviewed = {r.source_id for r in ReviewItem.select().where(ReviewItem.stream == STREAM)}
+    plausible = {i for i, case in scenario["cases"].items() if case in PLAUSIBLE}
+    assert plausible <= reviewed and not reviewed & certain, (len(plausible), len(reviewed))
+
+
+def test_a_payment_two_invoices_fit_goes_to_review_though_the_read_passes_the_first(
+    make_sandbox, env_for, monkeypatch
+) -> None:
+    """Read by issue date, the first invoice an exact payment fits is not decided when the read passes it, nor
+    when it passes the payment's date: an invoice issued up to `match_days_before` (7) days after the payment can
+    still fit it, so both go to review together; one issued a day later cannot, and is not paid through Stripe. A
+    later invoice's date moves the read past them all before the live pass ends. (The payments are listed before
+    the first invoice is judged, as on a long read: else these few would all wait for the listing.)"""
+    from datetime import UTC, datetime, time, timedelta
+
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+
+    listed = InvoiceMatcher._listed
+    monkeypatch.setattr(InvoiceMatcher, "_listed", lambda self, *, wait: listed(self, wait=True))
+    decided_at_marks: list[str] = []
+    below = InvoiceMatcher.listed_below
+
+    def listed_below(self, value):
+        decisions = below(self, value)
+        decided_at_marks.extend(decisions)
+        return decisions
+
+    monkeypatch.setattr(InvoiceMatcher, "listed_below", listed_below)
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = env_for(sandbox)
+    sync_once(env)
+    context(env)
+    patient, customer = next(
+        (row.source_id, row.stripe_id) for row in RecordLink.select().where(RecordLink.stream == "cliniko.patients")
+    )
+    paid_on = datetime.now(UTC).date() - timedelta(days=60)  # 03:00Z: the same date in Melbourne, DST or not
+    specs = [
+        {
+            "patient_id": patient,
+            "status": 20,
+            "issue_date": (paid_on + timedelta(days=days)).isoformat(),
+            "lines": [{"name": "Consult", "unit_price": price}],
+        }
+        for days, price in ((-1, "95.5"), (7, "95.5"), (8, "95.5"), (20, "40"))
+    ]
+    first, last_fitting, too_late, later = admin(sandbox.cliniko_url, "add_invoices", invoices=specs)["invoices"]
+    created = int(datetime.combine(paid_on, time(3), tzinfo=UTC).timestamp())
+    paid = admin(sandbox.stripe_url, "add_payment", amount=9550, currency="aud", customer=customer, created=created)
+    result = sync_once(env, stream=STREAM)
+    assert result.counts["linked"] == 0 and result.counts["review"] == 2, (result.counts, result.message)
+    context(env)
+    reviews = {r.source_id: r for r in ReviewItem.select().where(ReviewItem.stream == STREAM)}
+    assert set(reviews) == {first["id"], last_fitting["id"]}
+    assert all(
+        r.candidates == [paid["payment_intent"]] and r.reason == "payment_fits_several" for r in reviews.values()
+    )
+    assert writes(sandbox)["POST /v1/payment_intents/{id}"] == 0
+    assert too_late["id"] not in reviews and later["id"] not in reviews
+    assert sorted(decided_at_marks) == sorted([first["id"], last_fitting["id"]]), "decided at a mark past both"

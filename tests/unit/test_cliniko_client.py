@@ -602,6 +602,39 @@ def test_a_page_all_at_one_timestamp_falls_back_to_following_next():
     assert rec.requests[1].url.params.get("page") == "2"
 
 
+def invoice_page(dates, next_url=None, first_id=1):
+    invoices = [
+        {"id": str(n), "issue_date": d, "updated_at": "2024-01-01T00:00:00Z"} for n, d in enumerate(dates, first_id)
+    ]
+    links = {"self": "x", **({"next": next_url} if next_url else {})}
+    return ok({"invoices": invoices, "total_entries": len(invoices), "links": links})
+
+
+def test_a_listing_in_another_order_restarts_on_its_value_and_reads_those_without_one_by_their_own_pass():
+    rec = Recorder(
+        invoice_page(["2024-01-01", "2024-01-02"], f"{BASE}/invoices?page=2"),
+        invoice_page(["2024-01-02", "2024-01-02", "2024-01-03"], first_id=2),  # 2 again: read already
+        invoice_page([]),  # none without an issue date
+    )
+    listed = list(make_client(rec)._changed_records("/invoices", [], None, "issue_date"))
+    assert [r["id"] for r in listed] == ["1", "2", "3", "4"]
+    first, second, nulls = (r.url.params for r in rec.requests)
+    assert first.get_list("q[]") == ["issue_date:?"] and first.get("sort") == "issue_date:asc"
+    assert second.get_list("q[]") == ["issue_date:?", "issue_date:>=2024-01-02"]
+    assert nulls.get_list("q[]") == ["issue_date:!?"] and nulls.get("sort") == "updated_at:asc"
+
+
+@pytest.mark.parametrize(
+    "dates", [["2024-01-03", "2024-01-02"], ["2024-01-01", None]], ids=["out_of_order", "a_null_among_dates"]
+)
+def test_a_page_not_in_the_order_asked_for_is_refused_before_any_record_is_given(dates):
+    rec = Recorder(invoice_page(dates, f"{BASE}/invoices?page=2"))
+    listed = []
+    with pytest.raises(SourceBadResponse, match="not in the order asked for"):
+        listed.extend(make_client(rec)._changed_records("/invoices", [], None, "issue_date"))
+    assert listed == []
+
+
 # -- what a server says never carries the key, and never floods a message -----------------------------------
 
 

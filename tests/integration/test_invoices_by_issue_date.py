@@ -1,0 +1,71 @@
+"""The invoices' first read in issue-date order, over real HTTP to the Cliniko sandbox: every live, archived and
+deleted invoice listed once, including the ones without an issue date (Cliniko sorts them last; they have a pass of
+their own), through keyset restarts on dates many invoices share; and each ListedBelow(d) mark comes only once
+every live invoice issued before d is listed, in both worlds of `q[]=archived_at:*` (with live invoices, or archived
+ones only, the live pass then following)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+from typing import Any
+
+import pytest
+
+from clinicsync.sources import cliniko
+from clinicsync.sources.cliniko import ClinikoClient
+from clinicsync.streams.base import CANDIDATES_LISTED, ListedBelow
+from clinicsync.streams.cliniko_invoices import _invoices_changed
+from tests.support import admin, set_archived_listing
+
+PER_PAGE = 20  # small pages: many restarts, each on a date several invoices share
+
+
+def _client(sandbox: Any) -> ClinikoClient:
+    env = sandbox.env()
+    return ClinikoClient(
+        env["CLINICSYNC_CLINIKO_API_KEY"],
+        contact_email="tests@example.com",
+        base_url=env["CLINICSYNC_CLINIKO_BASE_URL"],
+        requests_per_minute=None,
+    )
+
+
+def test_the_first_read_lists_each_invoice_once_and_marks_issue_dates_only_when_passed(
+    make_sandbox, archived_listing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cliniko, "PER_PAGE", PER_PAGE)
+    sandbox = make_sandbox(profile="clean", patients=30, invoices=200)
+    set_archived_listing(sandbox, archived_listing)
+    client = _client(sandbox)
+    try:
+        every = {r["id"]: r for r in client.iter_changed("/invoices", None, archived=True)}
+        every |= {r["id"]: r for r in client.iter_changed("/invoices", None)}
+        ids = sorted(every)
+        admin(sandbox.cliniko_url, "edit_invoices", ids=ids[:3], fields={"issue_date": None})
+        admin(sandbox.cliniko_url, "archive_invoices", ids=ids[3:9])
+        admin(sandbox.cliniko_url, "delete_invoices", ids=ids[9:12])
+        live = {r["id"]: r for r in client.iter_changed("/invoices", None)}
+        archived = {r["id"] for r in client.iter_changed("/invoices", None, archived=True) if r["archived_at"]}
+        deleted = {r["id"] for r in client.iter_changed("/invoices", None, deleted=True)}
+        assert set(ids[:3]) <= set(live) and set(ids[3:9]) <= archived and set(ids[9:12]) <= deleted
+        shared = Counter(r["issue_date"] for r in live.values())
+        assert max(shared.values()) > 1, "some dates are shared, so restarts meet them"
+
+        listing = list(_invoices_changed(client, None))
+    finally:
+        client.close()
+
+    end = listing.index(CANDIDATES_LISTED)
+    records = [r for r in listing[:end] if not isinstance(r, ListedBelow)]
+    assert Counter(r["id"] for r in records) == Counter(set(live) | archived), "each live and archived one once"
+    assert {r["id"] for r in listing[end + 1 :]} == deleted
+    dated = [r["issue_date"] for r in records if r["id"] in live and r["issue_date"]]
+    assert dated == sorted(dated) and [r["id"] for r in records if r["id"] in live][-3:] == ids[:3]
+
+    marks = [(n, m.value) for n, m in enumerate(listing[:end]) if isinstance(m, ListedBelow)]
+    assert len(marks) > 20 and [v for _, v in marks] == sorted({v for _, v in marks})
+    for position, value in marks:
+        before = {r["id"] for r in listing[:position] if not isinstance(r, ListedBelow)}
+        issued_before = {i for i, r in live.items() if r["issue_date"] and date.fromisoformat(r["issue_date"]) < value}
+        assert issued_before <= before, (value, sorted(issued_before - before))
