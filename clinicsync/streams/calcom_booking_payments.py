@@ -32,6 +32,7 @@ from typing import Any
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.preview import stripe_value
 from clinicsync.matchkey import normalized
+from clinicsync.readahead import ReadAhead
 from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, Related, blank, compare_fields, same
 from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
 from clinicsync.streams import calcom_common
@@ -359,8 +360,13 @@ class PaymentMatcher:
         self._intents: dict[str, Mapping[str, Any]] = {}
         self._listed_from: int | None = None  # `created` from which every PaymentIntent is listed
         self._listed_all = False
+        self._ahead: ReadAhead[dict[str, Any]] | None = None  # the first run's listing, read while records come
 
     def offer(self, mapped: MappedRecord, record: Record) -> None:
+        if self._ahead is None and self.setup.since is None and not self._listed_all:
+            # The first run lists every payment: from its first paid booking on, on a thread of its own, so the
+            # listing's pages overlap the reading of the rest rather than follow it.
+            self._ahead = ReadAhead(lambda: self.setup.gateway.iter_objects("payment_intent"), name="payments")
         self.offered[mapped.source_id] = (mapped, record)
 
     def _list_from(self, since: int | None) -> None:
@@ -372,7 +378,8 @@ class PaymentMatcher:
             created["lt"] = self._listed_from
         filters = {"created": created} if created else None
         listed = _charges_of_run(self.setup.gateway).listed  # planning a cancelled booking's write reads them
-        for intent in self.setup.gateway.iter_objects("payment_intent", None, filters):
+        ahead = self._ahead if since is None and self._listed_from is None else None
+        for intent in ahead if ahead is not None else self.setup.gateway.iter_objects("payment_intent", None, filters):
             self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
         self._listed_from, self._listed_all = since, since is None
 
@@ -601,4 +608,5 @@ CALCOM_BOOKING_PAYMENTS = Stream(
     depends_on=("calcom.bookings",),
     compare=COMPARISON,
     needs_time_zone=True,
+    read_ahead=lambda client: client.read_ahead_bookings(),  # the same first read as calcom.bookings'
 )
