@@ -22,7 +22,7 @@ class ReadAhead(Generic[T]):
     by the thread between items and by a waiting reader: what it raises stops the listing, and reaches readers."""
 
     def __init__(self, listing: Callable[[], Iterable[T]], *, name: str, check: Callable[[], None] = lambda: None):
-        self._listing = listing
+        self._listing: Callable[[], Iterable[T]] | None = listing
         self._check = check
         self._items: list[T] = []
         self._done = False
@@ -33,6 +33,7 @@ class ReadAhead(Generic[T]):
         self._thread.start()
 
     def _read(self) -> None:
+        assert self._listing is not None
         try:
             for item in self._listing():
                 with self._changed:
@@ -45,6 +46,7 @@ class ReadAhead(Generic[T]):
             with self._changed:
                 self._error = exc
         finally:
+            self._listing = None  # what it read from (a client, a gateway) is not kept alive by what it read
             with self._changed:
                 self._done = True
                 self._changed.notify_all()

@@ -67,6 +67,18 @@ CANCELLED_NOT_REFUNDED = (
 )
 
 
+# The first run's listing of every PaymentIntent, begun with the run (_read_ahead), by the run's Stripe gateway.
+_PAYMENTS_AHEAD: weakref.WeakKeyDictionary[Any, ReadAhead[dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _read_ahead(client: Any, gateway: Any) -> None:
+    """The first run reads every booking (as calcom.bookings does: one shared read) and lists every payment to match
+    them: both begin with the run, so they overlap the streams before this one."""
+    client.read_ahead_bookings()
+    if gateway not in _PAYMENTS_AHEAD:
+        _PAYMENTS_AHEAD[gateway] = ReadAhead(lambda: gateway.iter_objects("payment_intent"), name="Stripe payments")
+
+
 def _event_types(client: Any) -> dict[str, Mapping[str, Any]]:
     """Every event type the key sees (its user's and their teams'), by id."""
     found = {str(et.get("id")): et for et in client.list_event_types()}
@@ -360,13 +372,17 @@ class PaymentMatcher:
         self._intents: dict[str, Mapping[str, Any]] = {}
         self._listed_from: int | None = None  # `created` from which every PaymentIntent is listed
         self._listed_all = False
-        self._ahead: ReadAhead[dict[str, Any]] | None = None  # the first run's listing, read while records come
+        # The first run's listing of every payment, read on a thread of its own: from the run's start (_read_ahead),
+        # else from the first paid booking offered, so its pages overlap the reading rather than follow it.
+        self._ahead: ReadAhead[dict[str, Any]] | None = None
+        self._ahead_from_run = False
 
     def offer(self, mapped: MappedRecord, record: Record) -> None:
         if self._ahead is None and self.setup.since is None and not self._listed_all:
-            # The first run lists every payment: from its first paid booking on, on a thread of its own, so the
-            # listing's pages overlap the reading of the rest rather than follow it.
-            self._ahead = ReadAhead(lambda: self.setup.gateway.iter_objects("payment_intent"), name="payments")
+            self._ahead = _PAYMENTS_AHEAD.pop(self.setup.gateway, None)
+            self._ahead_from_run = self._ahead is not None
+            if self._ahead is None:
+                self._ahead = ReadAhead(lambda: self.setup.gateway.iter_objects("payment_intent"), name="payments")
         self.offered[mapped.source_id] = (mapped, record)
 
     def _list_from(self, since: int | None) -> None:
@@ -381,6 +397,12 @@ class PaymentMatcher:
         ahead = self._ahead if since is None and self._listed_from is None else None
         for intent in ahead if ahead is not None else self.setup.gateway.iter_objects("payment_intent", None, filters):
             self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
+        if ahead is not None and self._ahead_from_run and self._intents:
+            # Read from the run's start, before this stream's own start (from which the next run looks for new
+            # payments): those made since the listing's newest one are listed now (newest first, so it came first).
+            newest = next(iter(self._intents))
+            for intent in self.setup.gateway.iter_newer("payment_intent", newest):
+                self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
         self._listed_from, self._listed_all = since, since is None
 
     def recheck(self) -> Iterator[Record]:
@@ -608,5 +630,5 @@ CALCOM_BOOKING_PAYMENTS = Stream(
     depends_on=("calcom.bookings",),
     compare=COMPARISON,
     needs_time_zone=True,
-    read_ahead=lambda client: client.read_ahead_bookings(),  # the same first read as calcom.bookings'
+    read_ahead=_read_ahead,
 )

@@ -232,7 +232,7 @@ def run_sync(
             pairs = {system: SOURCES[system].resolve_pair(client, gateway) for system, client in clients.items()}
             if streams:  # a stream asked for alone still needs what it stands on
                 check_dependencies(pairs, names, connected)
-            start_reading_ahead(names, pairs, clients)
+            start_reading_ahead(names, pairs, clients, gateway)
             results = []
             for name in names:
                 system = STREAMS[name].source_system
@@ -267,7 +267,9 @@ def run_sync(
                 client.close()
 
 
-def start_reading_ahead(names: Sequence[str], pairs: Mapping[str, AccountPair], clients: Mapping[str, Any]) -> None:
+def start_reading_ahead(
+    names: Sequence[str], pairs: Mapping[str, AccountPair], clients: Mapping[str, Any], gateway: StripeGateway
+) -> None:
     """Let each stream whose first, full read is due start it now, on a thread of its own (Stream.read_ahead), so
     that it overlaps the streams before it. A read from a cursor, or limited by the mapping's scope, is the
     stream's own when it runs."""
@@ -279,7 +281,7 @@ def start_reading_ahead(names: Sequence[str], pairs: Mapping[str, AccountPair], 
         state = StreamState.get_or_none((StreamState.pair == pair) & (StreamState.stream == name))
         mapping, _ = mapping_store.load_for_pair(name, livemode=pair.stripe_livemode)
         if (state is None or not state.cursor) and mapping.scope.kind == "all":
-            stream.read_ahead(clients[stream.source_system])
+            stream.read_ahead(clients[stream.source_system], gateway)
 
 
 # The sources whose streams the callers that know no keys (alerts, reconciliation) run.
