@@ -303,6 +303,19 @@ class StripeGateway:
                 return
             params = base | {"starting_after": page["data"][-1]["id"]}
 
+    def iter_newer(self, stripe_object: str, than_id: str) -> Iterator[dict[str, Any]]:
+        """The objects of one kind made after the object `than_id` (Stripe's `ending_before`), by 100: what a listing
+        read earlier in the run did not see yet."""
+        self._service(stripe_object)
+        path, before = f"/v1/{stripe_object}s", than_id
+        while True:
+            params = {"limit": stripe_limits.LIST_MAX_LIMIT, "ending_before": before}
+            page = self._read(self._client.raw_request, "get", path, **params).data
+            yield from page["data"]
+            if not page.get("has_more") or not page["data"]:
+                return
+            before = page["data"][0]["id"]  # each page is newest first: the next one is newer still
+
     def list_by_email(self, stripe_object: str, email: str) -> list[dict[str, Any]]:
         """Objects whose email is exactly `email` (Stripe compares case-sensitively); read-after-write safe."""
         service = self._service(stripe_object)

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from clinicsync import rate_limits
+from clinicsync.readahead import ReadAhead
 from clinicsync.retry import RetryPolicy
 from clinicsync.sources.base import MAX_PLAUSIBLE_WAIT_S, SourceClient, float_header, parse_http_date, retry_after
 from clinicsync.sources.errors import (
@@ -183,6 +184,12 @@ class CalcomClient(SourceClient):
         self._me: httpx.Response | None = None
         self._lists: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
         self._bookings: dict[tuple[datetime | None, int], list[dict[str, Any]]] = {}
+        self._ahead: dict[tuple[datetime | None, int], ReadAhead[dict[str, Any]]] = {}
+
+    def close(self) -> None:
+        for ahead in self._ahead.values():  # a listing nobody took (its stream did not run) stops with the run
+            ahead.stop()
+        super().close()
 
     def __repr__(self) -> str:  # never show the key
         return f"CalcomClient(base_url={self.base_url!r})"
@@ -254,10 +261,21 @@ class CalcomClient(SourceClient):
             yield from self._bookings[key]
             return
         listed: list[dict[str, Any]] = []
-        for booking in self._changed_since(cursor, take):
+        ahead = self._ahead.get(key)  # being read on its own thread since the run began (`read_ahead_bookings`)
+        for booking in ahead if ahead is not None else self._changed_since(cursor, take):
             listed.append(booking)
             yield booking
         self._bookings[key] = listed  # only a listing read to its end is kept
+
+    def read_ahead_bookings(self) -> None:
+        """Start reading every booking (the first, full listing) on a thread of its own, for this run's
+        `iter_bookings_changed_since(None)` to take as it arrives: Cal.com's pages come at its rate limit's pace, a
+        few seconds for a few thousand bookings, which then overlap the Stripe work of the streams before."""
+        key = (None, MAX_TAKE)
+        if key not in self._bookings and key not in self._ahead:
+            self._ahead[key] = ReadAhead(
+                lambda: self._changed_since(None, MAX_TAKE), name="Cal.com bookings", check=lambda: self._sleep(0)
+            )
 
     def _changed_since(self, cursor: datetime | None, take: int) -> Iterator[dict[str, Any]]:
         if cursor is None:

@@ -333,6 +333,11 @@ class Stream:
     # product): when that stream links its record to another object, this record is written again, to the new
     # one, though its own fields did not change. None: the stream's own link decides.
     follows: str | None = None
+    # (source client, Stripe gateway) → None: start the stream's first, full reads (cursor None, every record; a
+    # listing of Stripe it makes whatever the records) on threads of their own when the run begins, for the stream to
+    # take when it runs: a read that waits seconds on a rate limit then overlaps the Stripe work of the streams before
+    # it. None: the stream reads when it runs.
+    read_ahead: Callable[[Any, Any], None] | None = None
 
     @property
     def creates(self) -> bool:

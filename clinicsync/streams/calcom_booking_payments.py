@@ -32,6 +32,7 @@ from typing import Any
 from clinicsync.mapping.apply import MappedRecord
 from clinicsync.mapping.preview import stripe_value
 from clinicsync.matchkey import normalized
+from clinicsync.readahead import ReadAhead
 from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, Related, blank, compare_fields, same
 from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
 from clinicsync.streams import calcom_common
@@ -64,6 +65,18 @@ NAMED_TWICE, SEVERAL_SEATS = "ambiguous_reference", "calcom_seats_one_payment"
 CANCELLED_NOT_REFUNDED = (
     "Cancelled in Cal.com after paying, and the payment was not refunded: check whether a refund is due"
 )
+
+
+# The first run's listing of every PaymentIntent, begun with the run (_read_ahead), by the run's Stripe gateway.
+_PAYMENTS_AHEAD: weakref.WeakKeyDictionary[Any, ReadAhead[dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _read_ahead(client: Any, gateway: Any) -> None:
+    """The first run reads every booking (as calcom.bookings does: one shared read) and lists every payment to match
+    them: both begin with the run, so they overlap the streams before this one."""
+    client.read_ahead_bookings()
+    if gateway not in _PAYMENTS_AHEAD:
+        _PAYMENTS_AHEAD[gateway] = ReadAhead(lambda: gateway.iter_objects("payment_intent"), name="Stripe payments")
 
 
 def _event_types(client: Any) -> dict[str, Mapping[str, Any]]:
@@ -359,8 +372,17 @@ class PaymentMatcher:
         self._intents: dict[str, Mapping[str, Any]] = {}
         self._listed_from: int | None = None  # `created` from which every PaymentIntent is listed
         self._listed_all = False
+        # The first run's listing of every payment, read on a thread of its own: from the run's start (_read_ahead),
+        # else from the first paid booking offered, so its pages overlap the reading rather than follow it.
+        self._ahead: ReadAhead[dict[str, Any]] | None = None
+        self._ahead_from_run = False
 
     def offer(self, mapped: MappedRecord, record: Record) -> None:
+        if self._ahead is None and self.setup.since is None and not self._listed_all:
+            self._ahead = _PAYMENTS_AHEAD.pop(self.setup.gateway, None)
+            self._ahead_from_run = self._ahead is not None
+            if self._ahead is None:
+                self._ahead = ReadAhead(lambda: self.setup.gateway.iter_objects("payment_intent"), name="payments")
         self.offered[mapped.source_id] = (mapped, record)
 
     def _list_from(self, since: int | None) -> None:
@@ -372,8 +394,15 @@ class PaymentMatcher:
             created["lt"] = self._listed_from
         filters = {"created": created} if created else None
         listed = _charges_of_run(self.setup.gateway).listed  # planning a cancelled booking's write reads them
-        for intent in self.setup.gateway.iter_objects("payment_intent", None, filters):
+        ahead = self._ahead if since is None and self._listed_from is None else None
+        for intent in ahead if ahead is not None else self.setup.gateway.iter_objects("payment_intent", None, filters):
             self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
+        if ahead is not None and self._ahead_from_run and self._intents:
+            # Read from the run's start, before this stream's own start (from which the next run looks for new
+            # payments): those made since the listing's newest one are listed now (newest first, so it came first).
+            newest = next(iter(self._intents))
+            for intent in self.setup.gateway.iter_newer("payment_intent", newest):
+                self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
         self._listed_from, self._listed_all = since, since is None
 
     def recheck(self) -> Iterator[Record]:
@@ -604,4 +633,5 @@ CALCOM_BOOKING_PAYMENTS = Stream(
     depends_on=("calcom.bookings",),
     compare=COMPARISON,
     needs_time_zone=True,
+    read_ahead=_read_ahead,
 )

@@ -28,7 +28,7 @@ from clinicsync.sources.ratelimit import RequestBudget
 from clinicsync.sources.urls import validate_base_url
 from clinicsync.store import mappings as mapping_store
 from clinicsync.store import queries
-from clinicsync.store.models import AccountPair, SyncPlan, SyncRun, utcnow
+from clinicsync.store.models import AccountPair, StreamState, SyncPlan, SyncRun, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, dependency_order
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
@@ -232,6 +232,7 @@ def run_sync(
             pairs = {system: SOURCES[system].resolve_pair(client, gateway) for system, client in clients.items()}
             if streams:  # a stream asked for alone still needs what it stands on
                 check_dependencies(pairs, names, connected)
+            start_reading_ahead(names, pairs, clients, gateway)
             results = []
             for name in names:
                 system = STREAMS[name].source_system
@@ -264,6 +265,23 @@ def run_sync(
         finally:
             for client in clients.values():
                 client.close()
+
+
+def start_reading_ahead(
+    names: Sequence[str], pairs: Mapping[str, AccountPair], clients: Mapping[str, Any], gateway: StripeGateway
+) -> None:
+    """Let each stream whose first, full read is due start it now, on a thread of its own (Stream.read_ahead), so
+    that it overlaps the streams before it. A read from a cursor, or limited by the mapping's scope, is the
+    stream's own when it runs."""
+    for name in names:
+        stream = STREAMS[name]
+        if stream.read_ahead is None:
+            continue
+        pair = pairs[stream.source_system]
+        state = StreamState.get_or_none((StreamState.pair == pair) & (StreamState.stream == name))
+        mapping, _ = mapping_store.load_for_pair(name, livemode=pair.stripe_livemode)
+        if (state is None or not state.cursor) and mapping.scope.kind == "all":
+            stream.read_ahead(clients[stream.source_system], gateway)
 
 
 # The sources whose streams the callers that know no keys (alerts, reconciliation) run.

@@ -235,3 +235,36 @@ def test_a_payment_appearing_later_is_linked_though_its_booking_did_not_change_a
     metadata = {p["id"]: p["metadata"] for p in payments(sandbox)}
     assert metadata[wrong]["calcom_booking_id"] == str(twice["ids"][0]), "the link is in ClinicSync's own key"
     assert str(chosen_wrongly["ids"][0]) not in linked, "its payment is taken: not linked twice"
+
+
+def test_a_payment_made_after_the_runs_early_listing_of_payments_is_still_matched_in_that_run(
+    make_sandbox, env_for, monkeypatch
+):
+    """The first run lists every payment from its start (Stream.read_ahead), before the payments stream runs; one
+    made in between (here: once that listing was answered, when the first customer is written) is matched all the
+    same, listed as newer than the listing's newest payment. Ordered by the sandbox's own handling, not by time."""
+    import threading
+
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    late = admin(sandbox.calcom_url, "add", event_type_id=4001)  # paid in Cal.com; its payment is not in Stripe yet
+    listed, arrived = threading.Event(), threading.Event()
+    stripe_handle = sandbox.stripe.emulator.handle
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and request.path.startswith("/v1/customers") and not arrived.is_set():
+            assert listed.wait(10), "the payments were listed before the first customer was written"
+            arrived.set()
+            load_payments(sandbox, late["payment_intents"])
+        response = stripe_handle(request)
+        if request.method == "GET" and request.path == "/v1/payment_intents":
+            listed.set()
+        return response
+
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    result = sync_all(env)[STREAM]
+    assert arrived.is_set(), "the payment arrived during the run"
+    linked = {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
+    made = {p["metadata"]["bookingId"]: p["id"] for p in payments(sandbox)}
+    assert linked.get(str(late["ids"][0])) == made[str(late["ids"][0])], "matched in the same run"
+    assert check_cross_referenced(sandbox) > 0

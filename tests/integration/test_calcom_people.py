@@ -298,3 +298,45 @@ def test_a_cal_com_only_clinic_from_the_command_line_sync_status_and_doctor(make
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "✓ Cliniko key: not set (this clinic syncs from Cal.com only)" in doctor.stdout
     assert "✓ Cal.com connection:" in doctor.stdout
+
+
+def test_the_first_read_of_the_bookings_overlaps_the_stripe_writes_before_it(make_sandbox, env_for, monkeypatch):
+    """The run's first, full read of the bookings begins with the run (Stream.read_ahead), so Cal.com's pages come
+    while the event types' products are written to Stripe, not after them. Shown by order, not by time: the two
+    sandboxes note what they handle in one list, and each product create is held until the bookings listing was
+    asked for (bounded only so that a run that reads after writing fails instead of hanging)."""
+    import threading
+
+    sandbox = start(make_sandbox)
+    order: list[str] = []
+    lock, bookings_asked = threading.Lock(), threading.Event()
+    calcom_handle, stripe_handle = sandbox.calcom.emulator.handle, sandbox.stripe.emulator.handle
+
+    def calcom(request: Any) -> Any:
+        if request.method == "GET" and request.path.rstrip("/").endswith("/bookings"):
+            with lock:
+                order.append("Cal.com bookings page")
+            bookings_asked.set()
+        return calcom_handle(request)
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and request.path.startswith("/v1/"):
+            if request.path == "/v1/products":
+                bookings_asked.wait(10)
+            with lock:
+                order.append(f"Stripe write {request.path}")
+        return stripe_handle(request)
+
+    monkeypatch.setattr(sandbox.calcom.emulator, "handle", calcom)
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    results = sync_all(without_cliniko(env_for(sandbox)))
+    first_write = next(i for i, event in enumerate(order) if event.startswith("Stripe write"))
+    assert order[first_write] == "Stripe write /v1/products", order[:5]
+    assert "Cal.com bookings page" in order[:first_write], "the bookings were being read before Stripe's first write"
+    assert all(r.outcome == "ok" for r in results.values()), {n: (r.counts, r.message) for n, r in results.items()}
+    assert order.count("Cal.com bookings page") == 1, "one read of the bookings, shared by the run's streams"
+    assert len(customers(sandbox)) == len(people(sandbox)), "one customer per person"
+    assert executed_writes(sandbox.stripe_url) > 0
+    before = executed_writes(sandbox.stripe_url)
+    sync_all(without_cliniko(env_for(sandbox)))
+    assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"

@@ -1,0 +1,87 @@
+"""A listing read on a thread of its own while the run does other work, taken later by whoever needs it.
+
+A first sync spends seconds waiting for a source's rate limit (Cal.com's bookings: some twenty pages at 100 a
+minute) while Stripe could be working; reading ahead lets that wait overlap the work before it. What is read is
+kept in order, so every reader gets the same items from the first, as they arrive; an error the listing met is
+raised to each reader where the listing stopped, as if it had read the listing itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+POLL_S = 0.05  # how often a waiting reader checks whether it was cancelled
+
+
+class ReadAhead(Generic[T]):
+    """`listing` read on a daemon thread from now. `check` (e.g. a cancel token's `raise_if_cancelled`) is called
+    by the thread between items and by a waiting reader: what it raises stops the listing, and reaches readers."""
+
+    def __init__(self, listing: Callable[[], Iterable[T]], *, name: str, check: Callable[[], None] = lambda: None):
+        self._listing: Callable[[], Iterable[T]] | None = listing
+        self._check = check
+        self._items: list[T] = []
+        self._done = False
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, name=f"read-ahead {name}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._listing is not None
+        try:
+            for item in self._listing():
+                with self._changed:
+                    if self._stopped:
+                        return
+                    self._items.append(item)
+                    self._changed.notify_all()
+                self._check()
+        except BaseException as exc:  # handed to the readers, who would have met it reading themselves
+            with self._changed:
+                self._error = exc
+        finally:
+            self._listing = None  # what it read from (a client, a gateway) is not kept alive by what it read
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the listing was read to its end without an error."""
+        with self._changed:
+            return self._done and self._error is None and not self._stopped
+
+    def __iter__(self) -> Iterator[T]:
+        index = 0
+        while True:
+            with self._changed:
+                if index >= len(self._items) and not self._done:
+                    self._changed.wait(POLL_S)
+                ready = index < len(self._items)
+                if ready:
+                    item = self._items[index]
+                elif self._done:
+                    if self._error is not None:
+                        raise self._error
+                    if self._stopped:
+                        raise RuntimeError("the listing read ahead was stopped before its end")
+                    return
+            if not ready:
+                self._check()  # a reader waiting for the next item still stops when the run is cancelled
+                continue
+            index += 1
+            yield item
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop reading (after the request in flight) and wait a little for the thread to end."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)

@@ -1,0 +1,78 @@
+"""clinicsync/readahead.py: a listing read on its own thread, taken whole and in order by every reader; its error
+reaches each reader where the listing stopped; a cancelled run stops a reader that waits for it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from clinicsync.readahead import ReadAhead
+from clinicsync.retry import Cancelled, CancelToken
+
+
+def test_every_reader_gets_every_item_in_order_as_it_arrives() -> None:
+    released = threading.Event()
+
+    def listing() -> Iterator[int]:
+        yield 1
+        released.wait(10)  # the reader below takes the first item while the rest is not read yet
+        yield from (2, 3)
+
+    ahead = ReadAhead(listing, name="test")
+    reader = iter(ahead)
+    assert next(reader) == 1
+    assert not ahead.complete
+    released.set()
+    assert list(reader) == [2, 3]
+    assert list(ahead) == [1, 2, 3], "a second reader gets it all again, without a second read"
+    assert ahead.complete
+
+
+def test_the_listings_error_reaches_each_reader_after_what_was_read() -> None:
+    def listing() -> Iterator[int]:
+        yield 1
+        raise ValueError("page 2 refused")
+
+    ahead = ReadAhead(listing, name="test")
+    for _ in range(2):
+        got: list[int] = []
+        with pytest.raises(ValueError, match="page 2 refused"):
+            for item in ahead:
+                got.append(item)
+        assert got == [1]
+    assert not ahead.complete
+
+
+def test_a_cancelled_run_stops_a_reader_waiting_for_the_listing() -> None:
+    token, never = CancelToken(), threading.Event()
+
+    def listing() -> Iterator[int]:
+        yield 1
+        never.wait(10)  # a page that does not come
+
+    ahead = ReadAhead(listing, name="test", check=lambda: token.sleep(0))
+    reader = iter(ahead)
+    assert next(reader) == 1
+    token.cancel()
+    with pytest.raises(Cancelled):
+        next(reader)
+    never.set()
+
+
+def test_a_stopped_listing_is_never_taken_for_a_whole_one() -> None:
+    gate = threading.Event()
+
+    def listing() -> Iterator[int]:
+        yield 1
+        gate.wait(10)
+        yield 2
+
+    ahead = ReadAhead(listing, name="test")
+    next(iter(ahead))
+    gate.set()
+    ahead.stop()
+    assert not ahead.complete
+    with pytest.raises(RuntimeError):  # a reader is told, never handed what was read as if it were all
+        list(ahead)
