@@ -59,7 +59,7 @@ class StallWatch:
         # Per tick: (time, the process's CPU seconds, the GUI thread's seconds waiting for a CPU), so a long gap
         # can say whether the machine (load) or the app (a busy thread holding the interpreter) made it.
         self.marks: list[tuple[float, float, float]] = []
-        self._schedstat = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+        self._schedstat = _open_schedstat(threading.get_native_id())
         self.stop = threading.Event()
         self.gui_where: collections.Counter[str] = collections.Counter()
         self.other_where: collections.Counter[str] = collections.Counter()
@@ -73,8 +73,10 @@ class StallWatch:
         self.marks.append((self.last_tick, time.process_time(), self._waited_for_cpu()))
 
     def _waited_for_cpu(self) -> float:
+        if self._schedstat is None:
+            return 0.0
         try:  # Linux: the thread's time on a run queue, in ns (the second field)
-            return int(self._schedstat.read_text().split()[1]) / 1e9
+            return int(os.pread(self._schedstat, 100, 0).split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             return 0.0
 
@@ -130,6 +132,9 @@ class StallWatch:
             print(f"  {count:5d}  {where}")
         gaps = sorted(itertools.pairwise(self.marks), key=lambda pair: pair[0][0] - pair[1][0])
         print("longest gaps: the app's CPU time during each, and the GUI thread's wait for a CPU (machine load)")
+        # The app can only have caused as much of a gap as it had a CPU for: with a quiet machine the two agree.
+        own = max((min(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(self.marks)), default=0.0)
+        print(f"longest gap's part the app had a CPU for: {own * 1000:.1f} ms (the rest: waiting for the machine)")
         for (t0, cpu0, wait0), (t1, cpu1, wait1) in gaps[:8]:
             gap, cpu, waited = ((b - a) * 1000 for a, b in ((t0, t1), (cpu0, cpu1), (wait0, wait1)))
             print(f"  {gap:7.1f} ms: app CPU {cpu:6.1f} ms, GUI thread waited for a CPU {waited:6.1f} ms")
@@ -141,6 +146,13 @@ class StallWatch:
         print(f"garbage collections over 5 ms: {len(slow)}")
         for ms, generation, thread, collected in slow[:8]:
             print(f"  {ms:6.1f} ms  generation {generation} on {thread}, {collected:,} collected")
+
+
+def _open_schedstat(thread_id: int) -> int | None:
+    try:
+        return os.open(f"/proc/self/task/{thread_id}/schedstat", os.O_RDONLY)
+    except OSError:  # not Linux: the gaps are still timed, without the machine's share
+        return None
 
 
 def _innermost(frame: object, depth: int) -> list[object]:
