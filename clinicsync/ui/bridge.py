@@ -2,10 +2,10 @@
 which Qt delivers to widgets on the GUI thread (queued connections across threads).
 
 Progress is coalesced: a sync reports every record (20,000 ticks for a big clinic), and each tick delivered on its
-own costs the GUI thread an event and the interpreter lock, so the worker keeps the ticks in a short queue and the
-GUI thread takes them in at most every PROGRESS_INTERVAL_MS. A tick that only moves a count replaces the count
-before it; named steps ("Reading patient records") are all delivered, in order; the last tick of a run is always
-delivered, before the run's `job_finished` (and `job_started` comes after the previous run's ticks)."""
+own costs the GUI thread an event and the interpreter lock, so the worker keeps what it reports in a short queue
+that the GUI thread empties at most every PROGRESS_INTERVAL_MS for progress, at once for a run's start and end. A
+tick that only moves a count replaces the count before it; named steps ("Reading patient records") all arrive;
+everything arrives in the order it was reported, so a run's last tick comes before its `job_finished`."""
 
 from __future__ import annotations
 
@@ -25,58 +25,64 @@ class RunnerBridge(QObject):
     job_progress = Signal(object, str, int, object, str)  # Job, stream, done, total (int | None), step
     job_finished = Signal(object)  # JobOutcome
 
-    # From the worker thread to this object's (the GUI) thread: queued, in the order they were emitted.
-    _started_posted = Signal(object)
-    _progress_posted = Signal()
-    _finished_posted = Signal(object)
+    # From the worker thread to this object's (the GUI) thread, queued: deliver what waits, now or soon.
+    _wake_now = Signal()
+    _wake_soon = Signal()
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._lock = threading.Lock()
-        self._ticks: list[Tick] = []  # not yet delivered; guarded by _lock
-        self._posted = False  # a _progress_posted is on its way or the timer runs; guarded by _lock
+        # What the worker reported and the GUI thread has not yet been told, in order: ("started", job),
+        # ("progress", tick), ("finished", outcome). Guarded by _lock, as is _posted (a wake-up is on its way).
+        self._waiting: list[tuple[str, object]] = []
+        self._posted = False
         self._timer = QTimer(self, singleShot=True, interval=PROGRESS_INTERVAL_MS)
-        self._timer.timeout.connect(self.deliver_progress)
-        self._started_posted.connect(self._deliver_started)
-        self._progress_posted.connect(self._timer.start)
-        self._finished_posted.connect(self._deliver_finished)
+        self._timer.timeout.connect(self.deliver)
+        self._wake_now.connect(self.deliver)
+        self._wake_soon.connect(self._timer.start)
 
     # RunnerListener protocol: called on the runner's worker thread; emitting is thread-safe.
     def job_started_cb(self, job: Job) -> None:
-        self._started_posted.emit(job)
+        with self._lock:
+            self._waiting.append(("started", job))
+        self._wake_now.emit()
 
     def job_progress_cb(self, job: Job, stream: str, done: int, total: int | None, step: str) -> None:
         tick: Tick = (job, stream, done, total, step)
         with self._lock:
-            last = self._ticks[-1] if self._ticks else None
-            if not step and last is not None and not last[4] and last[0] is job and last[1] == stream:
-                self._ticks[-1] = tick  # a newer count of the same stream: the older one need not be shown
+            kind, last = self._waiting[-1] if self._waiting else ("", None)
+            if kind == "progress" and not step and _same_count(last, tick):  # type: ignore[arg-type]
+                self._waiting[-1] = ("progress", tick)  # a newer count: the older one need not be shown
             else:
-                self._ticks.append(tick)
+                self._waiting.append(("progress", tick))
             if self._posted:
                 return
             self._posted = True
-        self._progress_posted.emit()
+        self._wake_soon.emit()
 
     def job_finished_cb(self, outcome: JobOutcome) -> None:
-        self._finished_posted.emit(outcome)
+        with self._lock:
+            self._waiting.append(("finished", outcome))
+        self._wake_now.emit()
 
     # GUI thread.
-    def deliver_progress(self) -> None:
-        """Emit the ticks waiting, oldest first (also called before a run's start or end is delivered)."""
+    def deliver(self) -> None:
+        """Emit what the worker reported and the GUI thread was not yet told, oldest first."""
         with self._lock:
-            ticks, self._ticks, self._posted = self._ticks, [], False
+            waiting, self._waiting, self._posted = self._waiting, [], False
         self._timer.stop()
-        for tick in ticks:
-            self.job_progress.emit(*tick)
+        for kind, what in waiting:
+            if kind == "progress":
+                self.job_progress.emit(*what)  # type: ignore[misc]
+            elif kind == "started":
+                self.job_started.emit(what)
+            else:
+                self.job_finished.emit(what)
 
-    def _deliver_started(self, job: Job) -> None:
-        self.deliver_progress()
-        self.job_started.emit(job)
 
-    def _deliver_finished(self, outcome: JobOutcome) -> None:
-        self.deliver_progress()
-        self.job_finished.emit(outcome)
+def _same_count(last: Tick, tick: Tick) -> bool:
+    """`tick` only moves on the count of `last` (same run, same stream, no step named in `last`)."""
+    return last[0] is tick[0] and last[1] == tick[1] and not last[4]
 
 
 class BridgeListener:

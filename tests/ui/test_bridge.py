@@ -19,7 +19,11 @@ def test_progress_from_the_worker_is_coalesced_but_named_steps_and_the_last_coun
     bridge.job_started.connect(lambda job: seen.append(("started", job.id)))
     bridge.job_progress.connect(lambda job, stream, done, total, step: seen.append(("progress", stream, done, step)))
     bridge.job_finished.connect(lambda outcome: seen.append(("finished", outcome.job.id)))
-    job = Job(7, "manual")
+    job, next_job = Job(7, "manual"), Job(8, "schedule")
+    events: list[tuple[str, int]] = []  # (what, job id) in the order the GUI thread was told
+    bridge.job_started.connect(lambda job: events.append(("started", job.id)))
+    bridge.job_progress.connect(lambda job, *_: events.append(("progress", job.id)))
+    bridge.job_finished.connect(lambda outcome: events.append(("finished", outcome.job.id)))
 
     def worker() -> None:  # a sync on the runner's thread: one tick per record, named steps between passes
         listener.job_started(job)
@@ -29,12 +33,19 @@ def test_progress_from_the_worker_is_coalesced_but_named_steps_and_the_last_coun
         listener.job_progress(job, "cliniko.products", 0, None, "Reading product records")
         listener.job_progress(job, "cliniko.products", 1, 1, "")
         listener.job_finished(JobOutcome(job))
+        listener.job_started(next_job)  # the next run starts at once: its ticks must not overtake its start
+        listener.job_progress(next_job, "cliniko.patients", 1, 2, "")
+        listener.job_finished(JobOutcome(next_job))
 
     thread = threading.Thread(target=worker)
-    with qtbot.waitSignal(bridge.job_finished, timeout=WAIT_MS):
-        thread.start()
-    thread.join()
+    thread.start()
+    thread.join()  # everything is reported before the GUI thread hears any of it: the hardest case for the order
+    qtbot.waitUntil(lambda: ("finished", 8) in events, timeout=WAIT_MS)
 
+    run_events = [what for what, job_id in events if job_id == 7]
+    assert run_events[0] == "started" and run_events[-1] == "finished" and "progress" in run_events
+    assert events[len(run_events) :] == [("started", 8), ("progress", 8), ("finished", 8)], "runs in order"
+    seen = seen[: len(run_events)]
     progress = [entry for entry in seen if entry[0] == "progress"]
     assert seen[0] == ("started", 7) and seen[-1] == ("finished", 7)
     assert len(progress) < TICKS // 10, f"{len(progress)} progress signals for {TICKS} ticks: not coalesced"
