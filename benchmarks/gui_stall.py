@@ -9,6 +9,12 @@ the click until shortly after the sync finished, so the screens' refresh at the 
 
 Target: longest stall <= 50 ms. By default the client-side rate limits are lifted, so the worker runs flat out and
 competes hardest with the GUI thread for the interpreter; `--realistic` keeps the app's default limits.
+The app's start-up objects are frozen out of the garbage collector after the window is built, as `run_gui` does.
+
+`--why` says what the long stalls were: a watch thread samples every thread's stack whenever the heartbeat is over
+40 ms late and counts where each was, times garbage collections over 5 ms (and on which thread), and for the
+longest gaps prints the app's CPU time during each and the GUI thread's time waiting for a CPU (Linux), so a
+stall the machine's load made (little app CPU, a long wait) is told from one the app made (CPU time ≈ the gap).
 """
 
 from __future__ import annotations
