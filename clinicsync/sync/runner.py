@@ -19,6 +19,7 @@ from clinicsync.paths import AppPaths
 from clinicsync.retry import CancelToken
 from clinicsync.secrets import MemorySecretStore, SecretStore
 from clinicsync.store.settings import Settings
+from clinicsync.sync.collector import full_collections_deferred
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.history import SCHEDULE, WEBHOOK, awaiting_approval, record_skipped
 from clinicsync.sync.reconcile_fix import FixOutcome, FixRequest, apply_fixes
@@ -257,7 +258,8 @@ class SyncRunner:
                 continue
             try:
                 self._listener.job_started(item)
-                outcome = self._run(item, cancel)
+                with full_collections_deferred():  # a full pass would hold the interpreter from the GUI thread
+                    outcome = self._run(item, cancel)
             finally:
                 with self._lock:
                     self._current = None
