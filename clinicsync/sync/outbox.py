@@ -107,7 +107,11 @@ SETTLED_LINK_FIELDS = [
     RecordLink.mapping_version,
     RecordLink.updated_at,
 ]
-SETTLE_BACKLOG = 500  # finished writes a write thread lets wait before it records them itself
+# Finished writes recorded together. Each transaction writes again every page it touches, and a batch's links,
+# done marks and history rows land on pages spread over indexes keyed by Stripe ids and hashes (no order): 50 at a
+# time touched nearly a page of each per record at 20,000 patients; a thousand share most of them.
+SETTLE_BATCH = 1000
+SETTLE_BACKLOG = 2 * SETTLE_BATCH  # finished writes a write thread lets wait before it records them itself
 
 
 class Settler:
@@ -116,10 +120,12 @@ class Settler:
     Only the outbox row must be durable before its request is sent; what Stripe's answer changes locally may wait
     for the next batch: a crash before it commits replays those writes with their own keys, and Stripe answers
     each replay with the object it made. The reading thread records them in the same transaction that stores the
-    next batch of plans, so one thread writes the database and the write threads never wait for it; each
-    transaction rewrites every page it touches, so fewer of them write far fewer bytes."""
+    next batch of plans once `batch` are waiting, so one thread writes the database and the write threads never
+    wait for it; each transaction rewrites every page it touches, so fewer of them write far fewer bytes. A waiting
+    write keeps only what recording it needs (its outbox row without the request, the answer's ids)."""
 
-    def __init__(self, backlog: int = SETTLE_BACKLOG) -> None:
+    def __init__(self, batch: int = SETTLE_BATCH, backlog: int = SETTLE_BACKLOG) -> None:
+        self.batch = batch
         self._backlog = backlog
         self._items: list[tuple[str, Callable[[], None]]] = []
         self._held: Counter[str] = Counter()  # source ids of _items: asked for every record read
@@ -139,8 +145,10 @@ class Settler:
         with self._lock:
             return self._held[source_id] > 0
 
-    def take(self) -> list[tuple[str, Callable[[], None]]]:
+    def take(self, at_least: int = 1) -> list[tuple[str, Callable[[], None]]]:
         with self._lock:
+            if len(self._items) < at_least:
+                return []
             items, self._items = self._items, []
             self._held.clear()
         return items
@@ -163,11 +171,12 @@ class Settler:
                     self.apply(items)
 
     @contextmanager
-    def flushing(self) -> Iterator[list[tuple[str, Callable[[], None]]]]:
-        """The finished writes to record in the caller's transaction, opened inside this; counted as committed
-        once it has. One flush at a time, so a record's steps are recorded in the order they finished."""
+    def flushing(self, at_least: int = 1) -> Iterator[list[tuple[str, Callable[[], None]]]]:
+        """The finished writes to record in the caller's transaction, opened inside this (none while fewer than
+        `at_least` wait); counted as committed once it has. One flush at a time, so a record's steps are recorded
+        in the order they finished."""
         with self._flush_lock:
-            items = self.take()
+            items = self.take(at_least)
             try:
                 yield items
             except BaseException:
@@ -217,10 +226,11 @@ class OutboxWriter:
         """Store the plans of several records in one transaction (after `before`, in it), each step with a key
         naming its own row. Nothing is sent before this returns: the rows are durable first."""
         stored: list[list[OutboxEntry]] = []
-        with self.settler.flushing() as settled, database_proxy.atomic():
+        with self.settler.flushing(at_least=self.settler.batch) as settled, database_proxy.atomic():
             before()
-            # The writes finished meanwhile are recorded in the same transaction: one thread writes the database
-            # (a write thread recording a large backlog holds it for a second, and the reading thread waits).
+            # The writes finished meanwhile are recorded in the same transaction once a batch of them waits: one
+            # thread writes the database (a write thread recording a large backlog holds it for a second, and the
+            # reading thread waits).
             Settler.apply(settled)
             for mapped, action, steps, email_hash in plans:
                 stored.append(self._store_plan(mapped, action, steps, email_hash))
@@ -442,7 +452,9 @@ class OutboxWriter:
     def _complete(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
         """Stripe took the step: record it with the settler's next batch; later steps may use its id now."""
         self._fresh_ids[_step_key(row)] = str(obj["id"])
-        self.settler.add(row.source_id, lambda: self._settle_done(row, obj, replayed=replayed))
+        row.params = None  # sent: its request is dropped when it is recorded done, and need not wait in memory
+        kept = {"id": obj["id"], **{e["field"]: obj.get(e["field"]) for e in row.effects or [] if e["field"] in obj}}
+        self.settler.add(row.source_id, lambda: self._settle_done(row, kept, replayed=replayed))
 
     def _settle_done(self, row: OutboxEntry, obj: dict[str, Any], *, replayed: bool) -> None:
         stripe_id = str(obj["id"])
@@ -481,18 +493,27 @@ class OutboxWriter:
                     source_id=row.source_id,
                     defaults={"stripe_object": row.stripe_object},
                 )
+            stored = dict(link.__data__)
             if primary:
                 link.stripe_id = stripe_id
             if not row.last_step:
                 link.save()
                 return
-            link.payload_hash = row.payload_hash
-            link.email_hash = row.email_hash
-            link.display_name = row.display_name
-            link.archived = row.archived
-            link.mapping_version = row.mapping_version  # which fields Stripe now holds from us
+            settled = {
+                "stripe_id": link.stripe_id,
+                "payload_hash": row.payload_hash,
+                "email_hash": row.email_hash,
+                "display_name": row.display_name,
+                "archived": row.archived,
+                "mapping_version": row.mapping_version,  # which fields Stripe now holds from us
+            }
+            # Only the columns that change: setting an indexed column (the email hash) to the value it holds still
+            # rewrites its index entry, on a page of an index in no order.
+            changed = [f for f in SETTLED_LINK_FIELDS if f.name in settled and stored.get(f.name) != settled[f.name]]
+            for name, value in settled.items():
+                setattr(link, name, value)
             link.updated_at = self.now()
-            lookup.save(link, SETTLED_LINK_FIELDS)
+            lookup.save(link, [*changed, RecordLink.updated_at])
             self._close_decisions(row)  # carried out
             message = row.notes + ("\n(replayed after an interruption)" if replayed else "")
             action = row.plan_action or ACTION_OF_OP[row.op]

@@ -50,6 +50,11 @@ class WritePool:
         with self._lock:
             return len(self._in_flight) < max(1, self._workers // 2)
 
+    def queued(self) -> int:
+        """Writes submitted and not finished (running or waiting for a worker)."""
+        with self._lock:
+            return len(self._in_flight)
+
     def wait_for(self, key: str) -> None:
         with self._lock:
             future = self._in_flight.get(key)

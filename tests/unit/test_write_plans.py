@@ -4,6 +4,7 @@ not done, links kept per role)."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +23,7 @@ from clinicsync.streams import STREAMS, Stream, dependency_order
 from clinicsync.streams.base import PlanRequest, RoleLinkInfo
 from clinicsync.streams.priced_products import fingerprint
 from clinicsync.stripe_gateway import StripeFailure, WriteResult
-from clinicsync.sync.outbox import OutboxWriter
+from clinicsync.sync.outbox import OutboxWriter, Settler
 
 
 # --- money -------------------------------------------------------------------------------------------------
@@ -402,6 +403,35 @@ def test_a_crash_before_the_settler_recorded_a_step_replays_it_with_its_own_key(
     resumed.flush()
     assert [key for *_, key in again.sent] == [key for *_, key in first.sent], "the same keys: Stripe replays"
     assert OutboxEntry.select().where(OutboxEntry.status == "pending").count() == 0
+
+
+def test_finished_writes_wait_for_a_batch_but_every_plan_is_committed_before_it_is_sent(
+    pair: AccountPair, tmp_path: Path
+) -> None:
+    """The promise the batching keeps: a plan's outbox rows are committed before its first request goes out (another
+    connection sees them), while what Stripe's answers change here waits until a batch of them is recorded at once
+    (a crash meanwhile replays them, as the test above shows)."""
+    gateway, recorder = RecordingGateway(), Recorder()
+    writer = _writer(pair, gateway, recorder)
+    writer.settler = Settler(batch=4)
+    rows = _enqueue_reprice(writer, pair)
+    other = sqlite3.connect(tmp_path / "db.sqlite3")
+    try:
+
+        def statuses() -> list[str]:
+            return [status for (status,) in other.execute("SELECT status FROM outbox_entry ORDER BY id")]
+
+        assert statuses() == ["pending"] * 3, "committed before anything is sent"
+        writer.deliver_plan(rows)
+        writer.enqueue_plans([])  # the reading thread's next batch of plans: three finished writes wait for a fourth
+        assert statuses() == ["pending"] * 3 and recorder.rows == []
+        writer.settler.batch = 3
+        writer.enqueue_plans([])
+        assert statuses() == ["done"] * 3, "recorded with the plans' transaction once a batch waits"
+        assert recorder.rows == [("updated", "77")]
+        assert len(gateway.sent) == 3, "each step sent once"
+    finally:
+        other.close()
 
 
 def test_a_refused_step_fails_the_rest_of_its_plan(pair: AccountPair) -> None:
