@@ -222,7 +222,6 @@ class StreamRun:
         self._plan = plan
         self._read_from: str | None = None  # the cursor the next read starts from, once this run's read began
         self._met: set[str] = set()  # carrying out a plan: records with a link before this run
-        self._named: set[str] = set()  # carrying out a plan: records an object in the Stripe index names
         # The stored mapping (or the default, with the pair's default scope), read once per run.
         self.mapping, self.scope_is_default = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)
         self.pair = pair
@@ -582,7 +581,6 @@ class StreamRun:
             refresh_index(
                 self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state))
             )
-            self._named = self._records_named_in_index()
 
         top_up()
         self._topup = twins.Topup(top_up)
@@ -638,16 +636,6 @@ class StreamRun:
             state.stripe_index_high_water = plan.meta.get("index_high_water")
             state.save()
 
-    def _records_named_in_index(self) -> set[str]:
-        """The source ids that Stripe objects in the index name (cross-reference): only these records can have an
-        object made for them elsewhere, so only they are looked up before a planned create."""
-        rows = StripeIndexEntry.select(StripeIndexEntry.source_ref).where(
-            (StripeIndexEntry.pair == self.pair)
-            & (StripeIndexEntry.stripe_object == self.mapping.stripe_object)
-            & StripeIndexEntry.source_ref.is_null(False)
-        )
-        return {row.source_ref for row in rows}
-
     def _carry_out_entry(self, entry: PlanEntry, pool: WritePool, writer: OutboxWriter, total: int) -> None:
         sid = entry.source_id
         if sid in self._seen:  # read again since the plan (changed, or a person decided about it): judged anew
@@ -655,8 +643,9 @@ class StreamRun:
         self._done += 1
         self._progress(self.stream.name, self._done, total, "")
         detail = entry.detail
+        # Not added to `_seen`: the plan has one entry per record, and nothing is read after them. Held for every
+        # record, it grew with the clinic (issue 14: memory flat at any size).
         if "payload" not in detail:  # a record the mapping could not send: the same outcome, said again
-            self._seen[sid] = ("", None)
             self.recorder.record(entry.action, sid, entry.display_name, entry.stripe_id, entry.message)
             return
         mapped = MappedRecord(
@@ -667,7 +656,6 @@ class StreamRun:
             archived=bool(detail.get("archived")),
             notes=list(detail.get("notes") or ()),
         )
-        self._seen[sid] = (mapped.payload_hash, None)
         hashed = match_hash(self.pair, mapped.match_value)
         person = person_key(self.pair, self.mapping.stripe_object, mapped.match_value)
         link = self._remember(mapped, hashed, person) if sid in self._met else self._new_link(mapped, hashed, person)
@@ -691,13 +679,9 @@ class StreamRun:
         sid, detail = mapped.source_id, entry.detail
         if entry.action == "created":
             # Another installation may have created it since the plan (the index was topped up at the start): the
-            # object naming the record is linked, never created twice, as in any run.
-            named = sid in self._named
-            found = (
-                [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
-                if named
-                else []
-            )
+            # object naming the record is linked, never created twice, as in any run. Asked of the index (one
+            # indexed query): a set of every reference it holds grew with each top-up to every record created.
+            found = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
             if len(found) > 1:
                 many = labels.stripe_objects_words(self.mapping.stripe_object)
                 detail_text = f"{len(found)} Stripe {many} already name this record in their metadata"
