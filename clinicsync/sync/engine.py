@@ -92,6 +92,7 @@ from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, op
 from clinicsync.sync.pool import WritePool
 from clinicsync.sync.references import AccountLinks
 from clinicsync.sync.scope import ScopeFilter, parse_time
+from clinicsync.sync.seen import SeenVersions
 from clinicsync.sync.writeback import BackfillResult, backfill
 from clinicsync.sync.writeback import progress as writeback_progress
 
@@ -230,8 +231,8 @@ class StreamRun:
         self.options = options
         self.cancel = cancel or CancelToken()
         self._progress = progress or (lambda *_: None)
-        # source id → (payload hash, change time) of the version handled this run (ids only)
-        self._seen: dict[str, tuple[str, datetime | None]] = {}
+        # source id → the version handled this run (its payload hash and change time, packed: sync/seen.py)
+        self._seen = SeenVersions()
         self._twice_noted: set[str] = set()
         # Records whose email matches an unlinked Stripe object, decided once every record is known. Keyed by
         # source id: a record read twice in one run (edited mid-sync) must be decided once, by its last version.
@@ -792,12 +793,13 @@ class StreamRun:
         ever. Only a later version, edited mid-sync, is handled again; one changed within the same second waits
         for the next sync, whose read overlaps this one."""
         # A record without an id is known by its contents only (the archived pass lists it a second time).
-        sid = mapped.source_id or f"(no id) {mapped.payload_hash}"
+        version = mapped.payload_hash
+        sid = mapped.source_id or f"(no id) {version}"
         changed = parse_time(self.stream.changed_at(record))
-        seen = self._seen.get(sid)
-        if seen is not None:
-            handled_hash, handled_at = seen
-            if handled_hash == mapped.payload_hash:
+        handled = self._seen.handled(sid)
+        if handled is not None:
+            handled_at = handled.changed
+            if handled.same_payload(version):
                 return True
             if handled_at is not None and (changed is None or changed <= handled_at):
                 if sid not in self._twice_noted:
@@ -810,7 +812,7 @@ class StreamRun:
                         "time; the first was used",
                     )
                 return True
-        self._seen[sid] = (mapped.payload_hash, changed)
+        self._seen.add(sid, version, changed)
         return False
 
     def _decide(
