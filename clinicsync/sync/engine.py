@@ -341,7 +341,7 @@ class StreamRun:
     def _dry_run(self, run: SyncRun) -> dict[str, Any]:
         """Compute the plan on a private copy of the database: nothing but the plan is kept. A plan a person must
         approve also keeps, in its own file, every record's decision and the Stripe index it read (`_keep_index`)."""
-        pending = len(self._writer().pending())
+        pending = len(self._writer().pending_steps())
         kept: PlanFile | None = None
         if self.options.keep_plan and plans.carried_out_by_plan(self.stream):
             kept = PlanFile(new_path(Path(database_proxy.database)), create=True)
@@ -421,11 +421,11 @@ class StreamRun:
         pool = WritePool(self.options.workers, stopped=lambda: self.cancel.cancelled)
         try:
             self._progress(self.stream.name, 0, None, "Sending queued changes")
-            queued: dict[str, list[OutboxEntry]] = {}
-            for row in writer.pending():
-                queued.setdefault(row.source_id, []).append(row)
-            for source_id, rows in queued.items():  # each record's steps in order, records in parallel
-                pool.submit(source_id, lambda rows=rows: writer.deliver_plan(rows))
+            queued: dict[str, list[int]] = {}
+            for source_id, row_id in writer.pending_steps():
+                queued.setdefault(source_id, []).append(row_id)
+            for source_id, ids in queued.items():  # each record's steps in order, records in parallel
+                pool.submit(source_id, lambda ids=ids: writer.deliver_steps(ids))
             self._drain(pool, writer)
             if self._plan is not None:
                 self._carry_out(self._plan, pool=pool, writer=writer)
@@ -1291,7 +1291,9 @@ class StreamRun:
 
         stored = writer.enqueue_plans(batch, before=before)
         for (mapped, *_), rows in zip(batch, stored, strict=True):
-            pool.submit(mapped.source_id, lambda rows=rows: writer.deliver_plan(rows))
+            # The rows' ids only: thousands of writes wait in the pool's queue while Stripe's budget sends them.
+            ids = tuple(row.id for row in rows)
+            pool.submit(mapped.source_id, lambda ids=ids: writer.deliver_steps(ids))
 
     def _drain(self, pool: WritePool, writer: OutboxWriter | None) -> None:
         """Send what is batched, wait for every write in flight, and record what Stripe took."""
