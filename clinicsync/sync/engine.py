@@ -739,16 +739,26 @@ class StreamRun:
         ]
         newly_active: list[str] = []
         if self._scope.active is not None and not full_read:
-            synced = {
-                row.source_id
-                for row in RecordLink.select(RecordLink.source_id).where(
+            newly_active = self._never_synced(sorted(self._scope.active))
+        return list(dict.fromkeys(resolved + retries + newly_active))
+
+    def _never_synced(self, source_ids: list[str]) -> list[str]:
+        """Those of `source_ids` no Stripe object is linked to yet, in their order. Asked a chunk at a time: a set of
+        every synced record, as before, grew with the clinic, while these are the recently active ones."""
+        synced: set[str] = set()
+        for chunk in chunked(source_ids, 500):
+            rows = (
+                RecordLink.select(RecordLink.source_id)
+                .where(
                     (RecordLink.pair == self.pair)
                     & (RecordLink.stream == self.stream.name)
                     & RecordLink.stripe_id.is_null(False)
+                    & RecordLink.source_id.in_(chunk)
                 )
-            }
-            newly_active = sorted(self._scope.active - synced)
-        return list(dict.fromkeys(resolved + retries + newly_active))
+                .tuples()
+            )
+            synced.update(source_id for (source_id,) in rows)
+        return [source_id for source_id in source_ids if source_id not in synced]
 
     # --- one record -----------------------------------------------------------------------------------
     def _handle(self, record: Record, pool: WritePool, writer: OutboxWriter | None) -> None:
