@@ -171,6 +171,11 @@ class RunRecorder:
         # A plan that keeps its decisions: told every record's outcome, with what carrying it out needs (`detail`).
         self.sink: Callable[[PlanEntry], None] | None = None
 
+    def forget_records(self) -> None:
+        """The run is over: each record's counted outcome is no longer needed (the counts are kept)."""
+        with self._lock:
+            self._by_record.clear()
+
     def record(
         self,
         action: str,
@@ -323,7 +328,16 @@ class StreamRun:
             if storage_problem(exc) is None:
                 raise
             log.error("could not record the end of run %s: %s", run.id, exc)
+        self._forget_records()
         return result
+
+    def _forget_records(self) -> None:
+        """Drop what the run kept per record. The run refers to itself (its recorder stores history through it,
+        its top-up calls it), so only the cycle collector frees it, maybe long after: a 20,000-patient plan's were
+        still held well into the approved sync that followed it."""
+        self._seen = SeenVersions()
+        self._twice_noted.clear()
+        self.recorder.forget_records()
 
     def _finish(self, run: SyncRun, result: RunResult) -> None:
         try:
