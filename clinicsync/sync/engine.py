@@ -93,6 +93,7 @@ from clinicsync.sync.outbox import ACTION_OF_OP, OutboxWriter, StripeStopped, op
 from clinicsync.sync.pool import WritePool
 from clinicsync.sync.references import AccountLinks
 from clinicsync.sync.scope import ScopeFilter, parse_time
+from clinicsync.sync.seen import SeenVersions
 from clinicsync.sync.writeback import BackfillResult, backfill
 from clinicsync.sync.writeback import progress as writeback_progress
 
@@ -176,6 +177,11 @@ class RunRecorder:
         # A plan that keeps its decisions: told every record's outcome, with what carrying it out needs (`detail`).
         self.sink: Callable[[PlanEntry], None] | None = None
 
+    def forget_records(self) -> None:
+        """The run is over: each record's counted outcome is no longer needed (the counts are kept)."""
+        with self._lock:
+            self._by_record.clear()
+
     def record(
         self,
         action: str,
@@ -228,7 +234,6 @@ class StreamRun:
         self._plan = plan
         self._read_from: str | None = None  # the cursor the next read starts from, once this run's read began
         self._met: set[str] = set()  # carrying out a plan: records with a link before this run
-        self._named: set[str] = set()  # carrying out a plan: records an object in the Stripe index names
         # The stored mapping (or the default, with the pair's default scope), read once per run.
         self.mapping, self.scope_is_default = mapping_store.load_for_pair(stream.name, livemode=pair.stripe_livemode)
         self.pair = pair
@@ -237,8 +242,8 @@ class StreamRun:
         self.options = options
         self.cancel = cancel or CancelToken()
         self._progress = progress or (lambda *_: None)
-        # source id → (payload hash, change time) of the version handled this run (ids only)
-        self._seen: dict[str, tuple[str, datetime | None]] = {}
+        # source id → the version handled this run (its payload hash and change time, packed: sync/seen.py)
+        self._seen = SeenVersions()
         self._twice_noted: set[str] = set()
         # Records whose email matches an unlinked Stripe object, decided once every record is known. Keyed by
         # source id: a record read twice in one run (edited mid-sync) must be decided once, by its last version.
@@ -329,7 +334,16 @@ class StreamRun:
             if storage_problem(exc) is None:
                 raise
             log.error("could not record the end of run %s: %s", run.id, exc)
+        self._forget_records()
         return result
+
+    def _forget_records(self) -> None:
+        """Drop what the run kept per record. The run refers to itself (its recorder stores history through it,
+        its top-up calls it), so only the cycle collector frees it, maybe long after: a 20,000-patient plan's were
+        still held well into the approved sync that followed it."""
+        self._seen = SeenVersions()
+        self._twice_noted.clear()
+        self.recorder.forget_records()
 
     def _finish(self, run: SyncRun, result: RunResult) -> None:
         try:
@@ -347,7 +361,7 @@ class StreamRun:
     def _dry_run(self, run: SyncRun) -> dict[str, Any]:
         """Compute the plan on a private copy of the database: nothing but the plan is kept. A plan a person must
         approve also keeps, in its own file, every record's decision and the Stripe index it read (`_keep_index`)."""
-        pending = len(self._writer().pending())
+        pending = len(self._writer().pending_steps())
         kept: PlanFile | None = None
         if self.options.keep_plan and plans.carried_out_by_plan(self.stream):
             kept = PlanFile(new_path(Path(database_proxy.database)), create=True)
@@ -427,11 +441,11 @@ class StreamRun:
         pool = WritePool(self.options.workers, stopped=lambda: self.cancel.cancelled)
         try:
             self._progress(self.stream.name, 0, None, "Sending queued changes")
-            queued: dict[str, list[OutboxEntry]] = {}
-            for row in writer.pending():
-                queued.setdefault(row.source_id, []).append(row)
-            for source_id, rows in queued.items():  # each record's steps in order, records in parallel
-                pool.submit(source_id, lambda rows=rows: writer.deliver_plan(rows))
+            queued: dict[str, list[int]] = {}
+            for source_id, row_id in writer.pending_steps():
+                queued.setdefault(source_id, []).append(row_id)
+            for source_id, ids in queued.items():  # each record's steps in order, records in parallel
+                pool.submit(source_id, lambda ids=ids: writer.deliver_steps(ids))
             self._drain(pool, writer)
             if self._plan is not None:
                 self._carry_out(self._plan, pool=pool, writer=writer)
@@ -590,7 +604,6 @@ class StreamRun:
             refresh_index(
                 self.pair, self.mapping, state, self.gateway.iter_objects(stripe_object, refresh_since(state))
             )
-            self._named = self._records_named_in_index()
 
         top_up()
         self._topup = twins.Topup(top_up)
@@ -646,16 +659,6 @@ class StreamRun:
             state.stripe_index_high_water = plan.meta.get("index_high_water")
             state.save()
 
-    def _records_named_in_index(self) -> set[str]:
-        """The source ids that Stripe objects in the index name (cross-reference): only these records can have an
-        object made for them elsewhere, so only they are looked up before a planned create."""
-        rows = StripeIndexEntry.select(StripeIndexEntry.source_ref).where(
-            (StripeIndexEntry.pair == self.pair)
-            & (StripeIndexEntry.stripe_object == self.mapping.stripe_object)
-            & StripeIndexEntry.source_ref.is_null(False)
-        )
-        return {row.source_ref for row in rows}
-
     def _carry_out_entry(self, entry: PlanEntry, pool: WritePool, writer: OutboxWriter, total: int) -> None:
         sid = entry.source_id
         if sid in self._seen:  # read again since the plan (changed, or a person decided about it): judged anew
@@ -663,8 +666,9 @@ class StreamRun:
         self._done += 1
         self._progress(self.stream.name, self._done, total, "")
         detail = entry.detail
+        # Not added to `_seen`: the plan has one entry per record, and nothing is read after them. Held for every
+        # record, it grew with the clinic (issue 14: memory flat at any size).
         if "payload" not in detail:  # a record the mapping could not send: the same outcome, said again
-            self._seen[sid] = ("", None)
             self.recorder.record(entry.action, sid, entry.display_name, entry.stripe_id, entry.message)
             return
         mapped = MappedRecord(
@@ -675,7 +679,6 @@ class StreamRun:
             archived=bool(detail.get("archived")),
             notes=list(detail.get("notes") or ()),
         )
-        self._seen[sid] = (mapped.payload_hash, None)
         hashed = match_hash(self.pair, mapped.match_value)
         person = person_key(self.pair, self.mapping.stripe_object, mapped.match_value)
         link = self._remember(mapped, hashed, person) if sid in self._met else self._new_link(mapped, hashed, person)
@@ -699,13 +702,9 @@ class StreamRun:
         sid, detail = mapped.source_id, entry.detail
         if entry.action == "created":
             # Another installation may have created it since the plan (the index was topped up at the start): the
-            # object naming the record is linked, never created twice, as in any run.
-            named = sid in self._named
-            found = (
-                [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
-                if named
-                else []
-            )
+            # object naming the record is linked, never created twice, as in any run. Asked of the index (one
+            # indexed query): a set of every reference it holds grew with each top-up to every record created.
+            found = [c for c in candidates_by_reference(self.pair, self.mapping, sid) if c not in self._claimed]
             if len(found) > 1:
                 many = labels.stripe_objects_words(self.mapping.stripe_object)
                 detail_text = f"{len(found)} Stripe {many} already name this record in their metadata"
@@ -762,16 +761,26 @@ class StreamRun:
         ]
         newly_active: list[str] = []
         if self._scope.active is not None and not full_read:
-            synced = {
-                row.source_id
-                for row in RecordLink.select(RecordLink.source_id).where(
+            newly_active = self._never_synced(sorted(self._scope.active))
+        return list(dict.fromkeys(resolved + retries + newly_active))
+
+    def _never_synced(self, source_ids: list[str]) -> list[str]:
+        """Those of `source_ids` no Stripe object is linked to yet, in their order. Asked a chunk at a time: a set of
+        every synced record, as before, grew with the clinic, while these are the recently active ones."""
+        synced: set[str] = set()
+        for chunk in chunked(source_ids, 500):
+            rows = (
+                RecordLink.select(RecordLink.source_id)
+                .where(
                     (RecordLink.pair == self.pair)
                     & (RecordLink.stream == self.stream.name)
                     & RecordLink.stripe_id.is_null(False)
+                    & RecordLink.source_id.in_(chunk)
                 )
-            }
-            newly_active = sorted(self._scope.active - synced)
-        return list(dict.fromkeys(resolved + retries + newly_active))
+                .tuples()
+            )
+            synced.update(source_id for (source_id,) in rows)
+        return [source_id for source_id in source_ids if source_id not in synced]
 
     # --- one record -----------------------------------------------------------------------------------
     def _handle(self, record: Record, pool: WritePool, writer: OutboxWriter | None) -> None:
@@ -816,12 +825,13 @@ class StreamRun:
         ever. Only a later version, edited mid-sync, is handled again; one changed within the same second waits
         for the next sync, whose read overlaps this one."""
         # A record without an id is known by its contents only (the archived pass lists it a second time).
-        sid = mapped.source_id or f"(no id) {mapped.payload_hash}"
+        version = mapped.payload_hash
+        sid = mapped.source_id or f"(no id) {version}"
         changed = parse_time(self.stream.changed_at(record))
-        seen = self._seen.get(sid)
-        if seen is not None:
-            handled_hash, handled_at = seen
-            if handled_hash == mapped.payload_hash:
+        handled = self._seen.handled(sid)
+        if handled is not None:
+            handled_at = handled.changed
+            if handled.same_payload(version):
                 return True
             if handled_at is not None and (changed is None or changed <= handled_at):
                 if sid not in self._twice_noted:
@@ -834,7 +844,7 @@ class StreamRun:
                         "time; the first was used",
                     )
                 return True
-        self._seen[sid] = (mapped.payload_hash, changed)
+        self._seen.add(sid, version, changed)
         return False
 
     def _decide(
@@ -1327,7 +1337,9 @@ class StreamRun:
 
         stored = writer.enqueue_plans(batch, before=before)
         for (mapped, *_), rows in zip(batch, stored, strict=True):
-            pool.submit(mapped.source_id, lambda rows=rows: writer.deliver_plan(rows))
+            # The rows' ids only: thousands of writes wait in the pool's queue while Stripe's budget sends them.
+            ids = tuple(row.id for row in rows)
+            pool.submit(mapped.source_id, lambda ids=ids: writer.deliver_steps(ids))
 
     def _drain(self, pool: WritePool, writer: OutboxWriter | None) -> None:
         """Send what is batched, wait for every write in flight, and record what Stripe took."""

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -286,10 +286,29 @@ class OutboxWriter:
         )
 
     # --- delivery -------------------------------------------------------------------------------------
+    def pending_steps(self) -> list[tuple[str, int]]:
+        """(source id, row id) of every pending step, in the order stored: what a run replays, without the rows."""
+        rows = (
+            OutboxEntry.select(OutboxEntry.source_id, OutboxEntry.id)
+            .where(
+                (OutboxEntry.pair == self.pair)
+                & (OutboxEntry.stream == self.mapping.stream)
+                & (OutboxEntry.status == "pending")
+            )
+            .order_by(OutboxEntry.id)
+            .tuples()
+        )
+        return [(str(source_id), int(row_id)) for source_id, row_id in rows]
+
     def deliver_plan(self, rows: list[OutboxEntry]) -> None:
         """Send a record's steps in order; stop at a step that did not finish (it is retried next run)."""
-        for row in rows:
-            current = lookup.get_or_none(OutboxEntry, id=row.id) or OutboxEntry.get_by_id(row.id)
+        self.deliver_steps([row.id for row in rows])
+
+    def deliver_steps(self, row_ids: Sequence[int]) -> None:
+        """`deliver_plan` by the steps' row ids: each step is read afresh before it is sent, so a write waiting in
+        the pool's queue holds its ids only (thousands wait there during a first sync), not its rows."""
+        for row_id in row_ids:
+            current = lookup.get_or_none(OutboxEntry, id=row_id) or OutboxEntry.get_by_id(row_id)
             if current.status == "done" or _step_key(current) in self._fresh_ids:
                 continue  # a replay of a finished step is a no-op
             if current.status != "pending" or not self.deliver(current):

@@ -434,6 +434,26 @@ def test_finished_writes_wait_for_a_batch_but_every_plan_is_committed_before_it_
         other.close()
 
 
+def test_a_crash_between_steps_resumes_from_the_pending_steps_ids_alone(pair: AccountPair) -> None:
+    """What a run replays, and what waits in the write pool's queue, is the steps' row ids: each row is read
+    afresh before it is sent, so thousands of queued writes hold no rows (issue 14: memory flat at any size)."""
+    first = RecordingGateway()
+    writer = _writer(pair, first, Recorder())
+    rows = _enqueue_reprice(writer, pair)
+    writer.deliver(rows[0])
+    writer.flush()  # the process dies after the new price was recorded
+
+    again = RecordingGateway()
+    resumed = _writer(pair, again, Recorder())
+    steps = resumed.pending_steps()
+    assert steps == [("77", rows[1].id), ("77", rows[2].id)], "(source id, row id), in the order stored"
+    resumed.deliver_steps([row_id for _, row_id in steps])
+    assert [(obj, op) for op, obj, *_ in again.sent] == [("product", "update"), ("price", "update")]
+    assert again.sent[0][3]["default_price"] == "price_1", "the parent's id, from the step done before the crash"
+    resumed.deliver_steps([row.id for row in rows])  # a replay of done steps sends nothing
+    assert len(again.sent) == 2
+
+
 def test_a_refused_step_fails_the_rest_of_its_plan(pair: AccountPair) -> None:
     gateway, recorder = RecordingGateway(fail_on=("price", "create")), Recorder()
     writer = _writer(pair, gateway, recorder)
