@@ -54,6 +54,7 @@ class HistoryTab(QWidget):
         self.setObjectName("historyTab")
         self._ui = ui
         self._follow_latest = True  # select each new run as it lands, until the user picks an older one
+        self._events_total = 0  # the shown run's record count: counted once per run shown, not per page fetched
         self.runs_model = RunsModel(page_size, self)
         self.events_model = EventsModel(page_size, self)
         self.events_proxy = PinnedProblemsProxy(self)
@@ -145,6 +146,8 @@ class HistoryTab(QWidget):
             query: EventQuery | None = EventQuery(None, text)
         else:
             query = EventQuery(run.id, text) if run is not None else None
+        counted = query is not None and query.run_id is not None and not query.search
+        self._events_total = queries.history_event_count(query.run_id) if counted and query else 0
         self.events_model.show(query)
         self.events_view.setColumnHidden(EventsModel.RUN, query is None or query.run_id is not None)
         self._update_retry(run)
@@ -164,7 +167,8 @@ class HistoryTab(QWidget):
                 else f"No records match “{query.search}” in {scope}."
             )
         else:
-            total = queries.history_event_count(query.run_id) if query.run_id is not None else loaded
+            # (a run still going has written more rows since it was counted: show them all the same)
+            total = max(self._events_total, loaded) if query.run_id is not None else loaded
             text = (
                 f"{loaded:,} of {total:,} records shown — scroll for more"
                 if loaded < total

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from PySide6.QtCore import (
     QAbstractTableModel,
@@ -76,9 +76,9 @@ REASONS = {
 CROSS_REF_KEY = CLINIKO_PATIENTS.cross_ref_key  # the metadata key naming the patient on a customer
 
 
-@dataclass(frozen=True)
-class ReviewRow:
-    """An open review item as plain values (no lazy peewee attributes reach the view)."""
+class ReviewRow(NamedTuple):
+    """An open review item as plain values (no lazy peewee attributes reach the view). A tuple of plain values,
+    which the garbage collector stops watching: 100,000 of them held by the table make no collection slower."""
 
     id: int
     stream: str
@@ -122,6 +122,7 @@ class ReviewModel(PagedTableModel[ReviewRow, int]):
     """The open items, a page at a time as the view scrolls."""
 
     columns = ("Record", "Why it waits for you")
+    row_type = ReviewRow
 
     def __init__(self, parent: Any = None, page_size: int = 200) -> None:
         super().__init__(_load_reviews, page_size, parent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -287,6 +288,43 @@ def test_history_reads_a_page_at_a_time_with_100000_records(qtbot, db, pair, mon
     built.clear()
     rows, _ = queries.history_events(EventQuery(run.id, "Patient 99999"))
     assert [r.display_name for r in rows] == ["Patient 99999"] and len(built) == 1
+
+
+def test_rows_past_a_deep_page_are_right_and_cost_the_garbage_collector_nothing(qtbot, db, pair):
+    """The tables hold their rows as plain tuples, which the collector stops watching (a full collection over
+    100,000 row objects froze the window while it scrolled); read back, each is the row its page loaded, in the
+    pinned order, however deep."""
+    run = make_run(pair, failed=2)
+    actions = ["updated"] * 1_500
+    actions[7] = actions[1_400] = "failed"
+    ids = add_events(run, actions)
+    model = EventsModel(page_size=100)
+    model.show(EventQuery(run.id))
+    while model.canFetchMore():
+        model.fetchMore()
+
+    rest = [event_id for position, event_id in enumerate(ids) if position not in (7, 1_400)]
+    assert [row.id for row in model.rows] == [ids[1_400], ids[7], *reversed(rest)]
+    deep = model.row_at(1_234)
+    stored = SyncEvent.get_by_id(deep.id)
+    assert isinstance(deep, EventRow) and (deep.display_name, deep.stripe_id) == (stored.display_name, stored.stripe_id)
+    assert model.index(1_234, EventsModel.NAME).data() == deep.display_name
+    assert model.index(1_234, 0).data(ACTION_ROLE) == "updated" and model.index(1, 0).data(ACTION_ROLE) == "failed"
+    gc.collect()
+    gc.collect()  # a tuple is let go once the tuples inside it have been
+    assert not any(gc.is_tracked(model.rows.values(position)) for position in range(model.rowCount()))
+
+    for _ in range(450):
+        make_run(pair)
+    runs = RunsModel(page_size=100)
+    runs.load()
+    while runs.canFetchMore():
+        runs.fetchMore()
+    assert [row.id for row in runs.rows] == sorted((r.id for r in SyncRun.select(SyncRun.id)), reverse=True)
+    assert runs.row_at(333) == queries.history_run(runs.row_at(333).id)
+    gc.collect()
+    gc.collect()  # a tuple is let go once the tuples inside it have been
+    assert not any(gc.is_tracked(runs.rows.values(position)) for position in range(runs.rowCount()))
 
 
 def test_helpers_format_for_people():
