@@ -230,7 +230,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()
-    from clinicsync.ui.main import build_app
+    from clinicsync.ui.main import build_app, freeze_startup_objects
 
     app = QApplication.instance() or QApplication(sys.argv)
     with tempfile.TemporaryDirectory(prefix="clinicsync-scroll-") as work:
@@ -245,6 +245,7 @@ def main() -> int:
         try:
             gui.window.resize(1280, 800)
             gui.window.show()
+            freeze_startup_objects()  # as the app does once its window is up (this skipped it before)
             run_loop(500)
             history = gui.window.tab("history")
             results = {

@@ -379,13 +379,18 @@ def run_gui(argv: Sequence[str] | None = None, *, minimized: bool = False) -> in
     log.info("ClinicSync window shown (profile %s, tray %s)", paths.profile_id, gui.ui.tray_available)
     QTimer.singleShot(0, lambda: _read_key_mode(gui))
     QTimer.singleShot(0, lambda: _start_first_run(gui))
-    # Everything built so far lives as long as the app: keep it out of the garbage collector's full passes,
-    # which otherwise run on a sync's worker thread and hold the interpreter lock long enough to stall the GUI.
-    gc.freeze()
+    freeze_startup_objects()
     code = app.exec()
     keepalive.stop()
     gui.shutdown()
     return code
+
+
+def freeze_startup_objects() -> None:
+    """Everything built by the time the window is up lives as long as the app: keep it out of the garbage
+    collector's full passes, which otherwise take tens of milliseconds (on the GUI thread, or on a sync's worker
+    thread holding the interpreter lock) and stall the window. (benchmarks/table_scroll.py calls this too.)"""
+    gc.freeze()
 
 
 def startup_problem(exc: BaseException) -> str | None:

@@ -1,4 +1,4 @@
-"""Qt item models for the sync history: runs, the per-record rows of a run, and the proxy that pins problems.
+"""Qt item models for the sync history: runs, and the per-record rows of a run with its problems pinned on top.
 
 Rows come from `clinicsync.store.queries` a page at a time (`canFetchMore`/`fetchMore`), so a run with 100,000
 records costs one page until someone scrolls. Presentation only: no SQL here.
@@ -16,7 +16,6 @@ from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
-    QSortFilterProxyModel,
     Qt,
 )
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
@@ -195,6 +194,11 @@ class PackedRows(MutableSequence[RowT]):
         """The row's packed values, without making the row."""
         return self._packed[position]
 
+    @property
+    def packed(self) -> Sequence[tuple[Any, ...]]:
+        """Every row's packed values, to search 100,000 rows without making each one (read only)."""
+        return self._packed
+
     def __setitem__(self, position: Any, value: Any) -> None:
         self._last = None
         if isinstance(position, slice):
@@ -370,16 +374,17 @@ class RunsModel(PagedTableModel[RunRow, int]):
             self.beginInsertRows(QModelIndex(), 0, len(newer) - 1)
             self.rows[0:0] = newer
             self.endInsertRows()
-        for position, run in enumerate(self.rows):
-            if run.finished_at is None:  # it was running: read its final counts and outcome
-                fresh = queries.history_run(run.id)
-                if fresh is not None and fresh != run:
-                    self.rows[position] = fresh
-                    self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.columns) - 1))
+        running = [position for position, values in enumerate(self.rows.packed) if values[_FINISHED_AT] is None]
+        for position in running:  # it was running: read its final counts and outcome
+            run = self.rows[position]
+            fresh = queries.history_run(run.id)
+            if fresh is not None and fresh != run:
+                self.rows[position] = fresh
+                self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.columns) - 1))
         return [row.id for row in newer]
 
     def row_of(self, run_id: int) -> int | None:
-        return next((position for position, run in enumerate(self.rows) if run.id == run_id), None)
+        return next((position for position, values in enumerate(self.rows.packed) if values[_ID] == run_id), None)
 
     def cell(self, run: RunRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
@@ -430,6 +435,9 @@ class RunsModel(PagedTableModel[RunRow, int]):
         return "\n".join(lines)
 
 
+_ID, _FINISHED_AT = RunRow._fields.index("id"), RunRow._fields.index("finished_at")
+
+
 def _load_runs(cursor: int | None, limit: int) -> tuple[list[RunRow], int | None]:
     rows = queries.history_runs(before_id=cursor, limit=limit)
     return rows, (rows[-1].id if len(rows) == limit else None)
@@ -439,7 +447,8 @@ def _load_runs(cursor: int | None, limit: int) -> tuple[list[RunRow], int | None
 
 
 class EventsModel(PagedTableModel[EventRow, EventCursor]):
-    """The per-record rows of one run (or of every run, for a search), failures first, then newest first."""
+    """The per-record rows of one run (or of every run, for a search), failures first, then newest first: the
+    order the store's pages come in, so the view shows the model as it is (no sorting proxy)."""
 
     columns = ("Run", "Time", "Record id", "Name", "Stripe id", "Action", "Message")
     RUN, TIME, SOURCE, NAME, STRIPE, ACTION, MESSAGE = range(7)
@@ -459,14 +468,10 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
         self.set_loader(None if query is None else _event_loader(query))
 
     def set_rows(self, rows: Sequence[EventRow]) -> None:
-        """Show fixed rows (tests, previews)."""
+        """Show fixed rows (tests, previews), in the pinned order the pages of a query come in."""
         self._query = None
-        self.set_loader(lambda _cursor, _limit: (list(rows), None))
-
-    def sort_key(self, row: int) -> tuple[int, int]:
-        """The pinned order: failed, then review, then everything else; newest (highest id) first in each."""
-        values = self.rows.values(row)  # the packed tuple: the proxy asks thousands of times per page
-        return pin_rank(values[_EVENT_ACTION]), -values[_EVENT_ID]
+        pinned = sorted(rows, key=lambda event: (pin_rank(event.action), -event.id))
+        self.set_loader(lambda _cursor, _limit: (pinned, None))
 
     def cell(self, event: EventRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
@@ -498,9 +503,6 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
         return values[column]()
 
 
-_EVENT_ID, _EVENT_ACTION = EventRow._fields.index("id"), EventRow._fields.index("action")
-
-
 def pin_rank(action: str) -> int:
     try:
         return queries.PINNED_ACTIONS.index(action)
@@ -513,26 +515,3 @@ def _event_loader(query: EventQuery) -> PageLoader[EventCursor, EventRow]:
         return queries.history_events(query, cursor, limit)
 
     return load
-
-
-class PinnedProblemsProxy(QSortFilterProxyModel):
-    """Failed rows above review rows above the rest, then newest first (Nextcloud's SortedActivityListModel).
-
-    The source already loads pages in this order; the proxy keeps the promise however rows arrive (a page added
-    later, rows set directly) and is what the view shows. It compares the source's precomputed keys instead of
-    going through data(), because every page inserted costs a few thousand comparisons."""
-
-    def __init__(self, parent: Any = None) -> None:
-        super().__init__(parent)
-        self.setDynamicSortFilter(True)
-
-    def setSourceModel(self, model: Any) -> None:
-        super().setSourceModel(model)
-        self.sort(0, Qt.SortOrder.AscendingOrder)
-
-    def lessThan(self, left: Index, right: Index) -> bool:
-        source = self.sourceModel()
-        if isinstance(source, EventsModel):
-            return source.sort_key(left.row()) < source.sort_key(right.row())
-        left_key = (pin_rank(str(left.data(ACTION_ROLE))), -int(left.data(ROW_ID_ROLE) or 0))
-        return left_key < (pin_rank(str(right.data(ACTION_ROLE))), -int(right.data(ROW_ID_ROLE) or 0))

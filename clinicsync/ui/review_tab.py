@@ -118,6 +118,9 @@ class ReviewRow(NamedTuple):
         return template.format(one=one, many=many, key=labels.matched_by(kind) or "email")
 
 
+_ITEM_ID = ReviewRow._fields.index("id")
+
+
 class ReviewModel(PagedTableModel[ReviewRow, int]):
     """The open items, a page at a time as the view scrolls."""
 
@@ -131,7 +134,7 @@ class ReviewModel(PagedTableModel[ReviewRow, int]):
         """Load pages until the item with this id is in the table (ids ascend); its row, or None if not open."""
         while self.rows and self.rows[-1].id < item_id and self.canFetchMore():
             self.fetchMore()
-        return next((i for i, r in enumerate(self.rows) if r.id == item_id), None)
+        return next((i for i, values in enumerate(self.rows.packed) if values[_ITEM_ID] == item_id), None)
 
     def cell(self, row: ReviewRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
