@@ -159,9 +159,9 @@ class PackedRows(MutableSequence[RowT]):
 
     CPython's garbage collector stops watching a plain tuple of plain values (str, int, datetime, None) once it
     survives a collection, but never a dataclass instance or a named tuple. A table holding 100,000 of those made
-    every full collection 50-300 ms longer, and loading them set one off every few pages: the window froze
-    while scrolling. Packed, 100,000 rows cost the collector nothing. The last row made is kept, because a view
-    asks for one row's cells a column and a role at a time."""
+    each full collection tens of milliseconds longer, and loading them set one off every few pages: the window
+    froze while scrolling. Packed, 100,000 rows cost the collector nothing. The last row made is kept, because a
+    view asks for one row's cells a column and a role at a time."""
 
     def __init__(
         self, pack: Callable[[RowT], tuple[Any, ...]], unpack: Callable[[tuple[Any, ...]], RowT], rows: Any = ()
