@@ -28,7 +28,6 @@ from clinicsync.ui.context import UiContext
 from clinicsync.ui.layout import long_table
 from clinicsync.ui.models import (
     EventsModel,
-    PinnedProblemsProxy,
     RunsModel,
     format_when,
     outcome_label,
@@ -54,10 +53,11 @@ class HistoryTab(QWidget):
         self.setObjectName("historyTab")
         self._ui = ui
         self._follow_latest = True  # select each new run as it lands, until the user picks an older one
+        self._events_total = 0  # the shown run's record count: counted once per run shown, not per page fetched
         self.runs_model = RunsModel(page_size, self)
+        # Shown as loaded: its pages come in the pinned order (failed, review, the rest). A sorting proxy on top
+        # compared a few thousand rows in Python for every page inserted, stalling the scroll at 100,000 rows.
         self.events_model = EventsModel(page_size, self)
-        self.events_proxy = PinnedProblemsProxy(self)
-        self.events_proxy.setSourceModel(self.events_model)
         self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
         self._search_timer.timeout.connect(self._show_events)
         self._build()
@@ -84,7 +84,7 @@ class HistoryTab(QWidget):
         self.retry_button.setToolTip("Read this run's failed records again at the start of a new sync")
         self.retry_button.clicked.connect(self.retry_failed)
 
-        self.events_view = _table(self, "eventsView", self.events_proxy, EVENT_WIDTHS)
+        self.events_view = _table(self, "eventsView", self.events_model, EVENT_WIDTHS)
         # Plain text: it quotes the search as typed.
         self.events_status = QLabel(self, objectName="eventsStatus", textFormat=Qt.TextFormat.PlainText)
         self.events_model.rowsInserted.connect(lambda *_: self._update_events_status())  # a page was fetched
@@ -145,6 +145,8 @@ class HistoryTab(QWidget):
             query: EventQuery | None = EventQuery(None, text)
         else:
             query = EventQuery(run.id, text) if run is not None else None
+        counted = query is not None and query.run_id is not None and not query.search
+        self._events_total = queries.history_event_count(query.run_id) if counted and query else 0
         self.events_model.show(query)
         self.events_view.setColumnHidden(EventsModel.RUN, query is None or query.run_id is not None)
         self._update_retry(run)
@@ -164,7 +166,8 @@ class HistoryTab(QWidget):
                 else f"No records match “{query.search}” in {scope}."
             )
         else:
-            total = queries.history_event_count(query.run_id) if query.run_id is not None else loaded
+            # (a run still going has written more rows since it was counted: show them all the same)
+            total = max(self._events_total, loaded) if query.run_id is not None else loaded
             text = (
                 f"{loaded:,} of {total:,} records shown — scroll for more"
                 if loaded < total

@@ -387,9 +387,10 @@ def run_gui(argv: Sequence[str] | None = None, *, minimized: bool = False) -> in
 
 
 def freeze_startup_objects() -> None:
-    """Everything built so far (modules, the window) lives as long as the app: keep it out of the garbage
-    collector's full passes, which otherwise walk it holding the interpreter lock, stalling the GUI thread.
-    Called once the app is built (benchmarks/gui_stall.py calls it too, to measure the app as it runs)."""
+    """Everything built by the time the window is up lives as long as the app: keep it out of the garbage
+    collector's full passes, which otherwise walk it holding the interpreter lock and stall the window (on the GUI
+    thread, or on a sync's worker thread). benchmarks/gui_stall.py and table_scroll.py call it too, to measure the
+    app as it runs."""
     gc.freeze()
 
 

@@ -1,4 +1,4 @@
-"""Qt item models for the sync history: runs, the per-record rows of a run, and the proxy that pins problems.
+"""Qt item models for the sync history: runs, and the per-record rows of a run with its problems pinned on top.
 
 Rows come from `clinicsync.store.queries` a page at a time (`canFetchMore`/`fetchMore`), so a run with 100,000
 records costs one page until someone scrolls. Presentation only: no SQL here.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -16,7 +16,6 @@ from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
-    QSortFilterProxyModel,
     Qt,
 )
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
@@ -155,18 +154,98 @@ def severity_tint(kind: str) -> QColor | None:
     return None
 
 
+class PackedRows(MutableSequence[RowT]):
+    """A list of rows kept as plain tuples, each made back into its row when read.
+
+    CPython's garbage collector stops watching a plain tuple of plain values (str, int, datetime, None) once it
+    survives a collection, but never a dataclass instance or a named tuple. A table holding 100,000 of those made
+    each full collection tens of milliseconds longer, and loading them set one off every few pages: the window
+    froze while scrolling. Packed, 100,000 rows cost the collector nothing. The last row made is kept, because a
+    view asks for one row's cells a column and a role at a time."""
+
+    def __init__(
+        self, pack: Callable[[RowT], tuple[Any, ...]], unpack: Callable[[tuple[Any, ...]], RowT], rows: Any = ()
+    ) -> None:
+        self._pack, self._unpack = pack, unpack
+        self._packed: list[tuple[Any, ...]] = [pack(row) for row in rows]
+        self._last: tuple[int, RowT] | None = None
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, position: Any) -> Any:
+        if isinstance(position, slice):
+            return [self._unpack(values) for values in self._packed[position]]
+        if position < 0:
+            position += len(self._packed)
+        last = self._last
+        if last is not None and last[0] == position:
+            return last[1]
+        row = self._unpack(self._packed[position])
+        self._last = (position, row)
+        return row
+
+    def __eq__(self, other: object) -> bool:  # compares as the list of rows it holds
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a list
+
+    def values(self, position: int) -> tuple[Any, ...]:
+        """The row's packed values, without making the row."""
+        return self._packed[position]
+
+    @property
+    def packed(self) -> Sequence[tuple[Any, ...]]:
+        """Every row's packed values, to search 100,000 rows without making each one (read only)."""
+        return self._packed
+
+    def __setitem__(self, position: Any, value: Any) -> None:
+        self._last = None
+        if isinstance(position, slice):
+            self._packed[position] = [self._pack(row) for row in value]
+        else:
+            self._packed[position] = self._pack(value)
+
+    def __delitem__(self, position: Any) -> None:
+        self._last = None
+        del self._packed[position]
+
+    def insert(self, position: int, value: RowT) -> None:
+        self._last = None
+        self._packed.insert(position, self._pack(value))
+
+    def extend(self, values: Iterable[RowT]) -> None:
+        self._packed.extend(self._pack(row) for row in values)
+
+
+def _as_tuple(row: Any) -> tuple[Any, ...]:
+    return tuple(row)  # a named tuple's values as a plain tuple, which the collector can stop watching
+
+
 class RowsTableModel(QAbstractTableModel, Generic[RowT]):
-    """A read-only table over a list of rows set at once; subclasses say `columns` and `cell()`."""
+    """A read-only table over a list of rows set at once; subclasses say `columns` and `cell()`, and how a row
+    packs into a plain tuple of plain values and back (`pack_row`, `unpack_row`; by default a named tuple's)."""
 
     columns: Sequence[str] = ()
+    row_type: Callable[..., RowT] | None = None  # a named tuple class: packs by default
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
-        self.rows: list[RowT] = []
+        self.rows: PackedRows[RowT] = self._packed_rows()
+
+    def _packed_rows(self, rows: Iterable[RowT] = ()) -> PackedRows[RowT]:
+        return PackedRows(self.pack_row, self.unpack_row, rows)
+
+    def pack_row(self, row: RowT) -> tuple[Any, ...]:
+        return _as_tuple(row)
+
+    def unpack_row(self, values: tuple[Any, ...]) -> RowT:
+        assert self.row_type is not None, "a model of named tuples says its row_type; others unpack themselves"
+        return self.row_type._make(values)  # type: ignore[attr-defined]
 
     def set_rows(self, rows: Sequence[RowT]) -> None:
         self.beginResetModel()
-        self.rows = list(rows)
+        self.rows = self._packed_rows(rows)
         self.endResetModel()
 
     def row_for(self, index: Index) -> RowT | None:
@@ -213,9 +292,10 @@ class PagedTableModel(RowsTableModel[RowT], Generic[RowT, CursorT]):
         """Start over with another loader (another run, another search): the first page loads at once."""
         self.beginResetModel()
         self._loader = loader
-        self.rows, self._cursor, self._more = [], None, loader is not None
+        self.rows, self._cursor, self._more = self._packed_rows(), None, loader is not None
         if loader is not None:
-            self.rows, self._cursor = loader(None, self._page_size)
+            rows, self._cursor = loader(None, self._page_size)
+            self.rows = self._packed_rows(rows)
             self._more = self._cursor is not None
         self.endResetModel()
 
@@ -276,6 +356,7 @@ class RunsModel(PagedTableModel[RunRow, int]):
         10: "review",
     }
     OUTCOME_COLUMN = 11
+    row_type = RunRow
 
     def __init__(self, page_size: int = 200, parent: Any = None) -> None:
         super().__init__(None, page_size, parent)
@@ -293,16 +374,17 @@ class RunsModel(PagedTableModel[RunRow, int]):
             self.beginInsertRows(QModelIndex(), 0, len(newer) - 1)
             self.rows[0:0] = newer
             self.endInsertRows()
-        for position, run in enumerate(self.rows):
-            if run.finished_at is None:  # it was running: read its final counts and outcome
-                fresh = queries.history_run(run.id)
-                if fresh is not None and fresh != run:
-                    self.rows[position] = fresh
-                    self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.columns) - 1))
+        running = [position for position, values in enumerate(self.rows.packed) if values[_FINISHED_AT] is None]
+        for position in running:  # it was running: read its final counts and outcome
+            run = self.rows[position]
+            fresh = queries.history_run(run.id)
+            if fresh is not None and fresh != run:
+                self.rows[position] = fresh
+                self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.columns) - 1))
         return [row.id for row in newer]
 
     def row_of(self, run_id: int) -> int | None:
-        return next((position for position, run in enumerate(self.rows) if run.id == run_id), None)
+        return next((position for position, values in enumerate(self.rows.packed) if values[_ID] == run_id), None)
 
     def cell(self, run: RunRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
@@ -353,6 +435,9 @@ class RunsModel(PagedTableModel[RunRow, int]):
         return "\n".join(lines)
 
 
+_ID, _FINISHED_AT = RunRow._fields.index("id"), RunRow._fields.index("finished_at")
+
+
 def _load_runs(cursor: int | None, limit: int) -> tuple[list[RunRow], int | None]:
     rows = queries.history_runs(before_id=cursor, limit=limit)
     return rows, (rows[-1].id if len(rows) == limit else None)
@@ -362,10 +447,12 @@ def _load_runs(cursor: int | None, limit: int) -> tuple[list[RunRow], int | None
 
 
 class EventsModel(PagedTableModel[EventRow, EventCursor]):
-    """The per-record rows of one run (or of every run, for a search), failures first, then newest first."""
+    """The per-record rows of one run (or of every run, for a search), failures first, then newest first: the
+    order the store's pages come in, so the view shows the model as it is (no sorting proxy)."""
 
     columns = ("Run", "Time", "Record id", "Name", "Stripe id", "Action", "Message")
     RUN, TIME, SOURCE, NAME, STRIPE, ACTION, MESSAGE = range(7)
+    row_type = EventRow
 
     def __init__(self, page_size: int = 200, parent: Any = None) -> None:
         super().__init__(None, page_size, parent)
@@ -381,14 +468,10 @@ class EventsModel(PagedTableModel[EventRow, EventCursor]):
         self.set_loader(None if query is None else _event_loader(query))
 
     def set_rows(self, rows: Sequence[EventRow]) -> None:
-        """Show fixed rows (tests, previews)."""
+        """Show fixed rows (tests, previews), in the pinned order the pages of a query come in."""
         self._query = None
-        self.set_loader(lambda _cursor, _limit: (list(rows), None))
-
-    def sort_key(self, row: int) -> tuple[int, int]:
-        """The pinned order: failed, then review, then everything else; newest (highest id) first in each."""
-        event = self.rows[row]
-        return pin_rank(event.action), -event.id
+        pinned = sorted(rows, key=lambda event: (pin_rank(event.action), -event.id))
+        self.set_loader(lambda _cursor, _limit: (pinned, None))
 
     def cell(self, event: EventRow, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
@@ -432,26 +515,3 @@ def _event_loader(query: EventQuery) -> PageLoader[EventCursor, EventRow]:
         return queries.history_events(query, cursor, limit)
 
     return load
-
-
-class PinnedProblemsProxy(QSortFilterProxyModel):
-    """Failed rows above review rows above the rest, then newest first (Nextcloud's SortedActivityListModel).
-
-    The source already loads pages in this order; the proxy keeps the promise however rows arrive (a page added
-    later, rows set directly) and is what the view shows. It compares the source's precomputed keys instead of
-    going through data(), because every page inserted costs a few thousand comparisons."""
-
-    def __init__(self, parent: Any = None) -> None:
-        super().__init__(parent)
-        self.setDynamicSortFilter(True)
-
-    def setSourceModel(self, model: Any) -> None:
-        super().setSourceModel(model)
-        self.sort(0, Qt.SortOrder.AscendingOrder)
-
-    def lessThan(self, left: Index, right: Index) -> bool:
-        source = self.sourceModel()
-        if isinstance(source, EventsModel):
-            return source.sort_key(left.row()) < source.sort_key(right.row())
-        left_key = (pin_rank(str(left.data(ACTION_ROLE))), -int(left.data(ROW_ID_ROLE) or 0))
-        return left_key < (pin_rank(str(right.data(ACTION_ROLE))), -int(right.data(ROW_ID_ROLE) or 0))

@@ -9,8 +9,10 @@ writer (Qt may only paint on the GUI thread). Words come from clinicsync.labels:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,10 @@ from clinicsync.reconcile.findings import (
     FindingStatus,
     FindingType,
     FixKind,
+    Reason,
     ReportInfo,
     ReportOutcome,
+    Severity,
     fix_words,
 )
 from clinicsync.secrets import SYNC_SECRETS, SecretStoreError
@@ -123,6 +127,12 @@ class FindingsModel(PagedTableModel[Finding, FindingCursor]):
         super().__init__(None, page_size, parent)
         self.filter: FindingFilter | None = None
 
+    def pack_row(self, row: Finding) -> tuple[Any, ...]:
+        return pack_finding(row)
+
+    def unpack_row(self, values: tuple[Any, ...]) -> Finding:
+        return unpack_finding(values)
+
     page_loaded = Signal()  # after each page fetched as the view scrolls (the last one may be empty)
 
     def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> None:  # noqa: B008
@@ -168,6 +178,40 @@ class FindingsModel(PagedTableModel[Finding, FindingCursor]):
         if column == self.STATUS and finding.note:
             lines.append(clean_text(labels.for_gui(finding.note), 1_000))
         return "\n".join(lines) or None
+
+
+# A finding's enum fields, held as their plain values in the table (see PackedRows: an enum member is an object
+# the garbage collector watches, and so is a tuple holding one).
+_FINDING_ENUMS: dict[str, Callable[[str], Any]] = {
+    "type": FindingType,
+    "severity": Severity,
+    "reason": Reason,
+    "suggested_fix": FixKind,
+    "status": FindingStatus,
+}
+_FINDING_FIELDS = tuple(field.name for field in dataclasses.fields(Finding))
+
+
+def pack_finding(finding: Finding) -> tuple[Any, ...]:
+    """A finding as a plain tuple of str, int, None and tuples of str (its enums by value)."""
+    values = []
+    for name in _FINDING_FIELDS:
+        value = getattr(finding, name)
+        if name == "fixes":
+            value = tuple(kind.value for kind in value)
+        elif isinstance(value, Enum):
+            value = value.value
+        values.append(value)
+    return tuple(values)
+
+
+def unpack_finding(values: tuple[Any, ...]) -> Finding:
+    fields = dict(zip(_FINDING_FIELDS, values, strict=True))
+    for name, kind in _FINDING_ENUMS.items():
+        if fields[name] is not None:
+            fields[name] = kind(fields[name])
+    fields["fixes"] = tuple(FixKind(value) for value in fields["fixes"])
+    return Finding(**fields)
 
 
 def _finding_loader(

@@ -53,8 +53,8 @@ def sync(qtbot, ui: UiContext, trigger: str = "manual") -> None:
 
 
 def shown(tab: HistoryTab, column: int) -> list[str]:
-    proxy = tab.events_proxy
-    return [proxy.index(row, column).data() for row in range(proxy.rowCount())]
+    model = tab.events_view.model()
+    return [model.index(row, column).data() for row in range(model.rowCount())]
 
 
 def test_a_finished_sync_appears_with_its_counts_and_failures_first(qtbot, make_sandbox, env_for, make_ui):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from clinicsync.sync.matching import match_hash as email_hash
 from clinicsync.ui.models import (
     ACTION_ROLE,
     EventsModel,
-    PinnedProblemsProxy,
     RunsModel,
     clean_text,
     format_duration,
@@ -66,8 +66,8 @@ def add_events(run: SyncRun, actions: list[str], name: str = "Patient {i}") -> l
     return [e.id for e in SyncEvent.select(SyncEvent.id).where(SyncEvent.run == run.id).order_by(SyncEvent.id)]
 
 
-def proxy_column(proxy: PinnedProblemsProxy, column: int, role: int = Qt.ItemDataRole.DisplayRole) -> list[object]:
-    return [proxy.index(row, column).data(role) for row in range(proxy.rowCount())]
+def shown_column(model: EventsModel, column: int, role: int = Qt.ItemDataRole.DisplayRole) -> list[object]:
+    return [model.index(row, column).data(role) for row in range(model.rowCount())]
 
 
 # --- runs -----------------------------------------------------------------------------------------------
@@ -164,18 +164,16 @@ def test_events_model_columns_and_cleaned_data(qtbot, db, pair):
     assert model.index(0, 0).data(ACTION_ROLE) == "created"
 
 
-def test_proxy_pins_failed_then_review_then_newest_first(qtbot):
+def test_events_model_pins_failed_then_review_then_newest_first(qtbot):
     when = datetime(2026, 1, 1)
     actions = ["created", "failed", "updated", "review", "linked", "failed", "review", "created"]
     rows = [EventRow(i + 1, 1, STREAM, str(i + 1), f"P{i + 1}", None, a, "", when) for i, a in enumerate(actions)]
     model = EventsModel()
-    proxy = PinnedProblemsProxy()
-    proxy.setSourceModel(model)
     model.set_rows(rows)
 
-    assert proxy_column(proxy, EventsModel.SOURCE) == ["6", "2", "7", "4", "8", "5", "3", "1"]
-    assert proxy_column(proxy, EventsModel.ACTION)[:4] == ["Failed", "Failed", "Needs review", "Needs review"]
-    assert proxy.index(0, 0).data(Qt.ItemDataRole.BackgroundRole) is not None  # failed rows are tinted
+    assert shown_column(model, EventsModel.SOURCE) == ["6", "2", "7", "4", "8", "5", "3", "1"]
+    assert shown_column(model, EventsModel.ACTION)[:4] == ["Failed", "Failed", "Needs review", "Needs review"]
+    assert model.index(0, 0).data(Qt.ItemDataRole.BackgroundRole) is not None  # failed rows are tinted
 
 
 def test_lazy_fetch_loads_page_after_page_in_the_pinned_order(qtbot, db, pair):
@@ -186,23 +184,21 @@ def test_lazy_fetch_loads_page_after_page_in_the_pinned_order(qtbot, db, pair):
     actions[200] = "review"
     ids = add_events(run, actions)
     model = EventsModel(page_size=200)
-    proxy = PinnedProblemsProxy()
-    proxy.setSourceModel(model)
     model.show(EventQuery(run.id))
     assert model.rowCount() == 200 and model.canFetchMore()
 
     view = QTableView()
     qtbot.addWidget(view)
-    view.setModel(proxy)
+    view.setModel(model)
     view.resize(400, 300)
     view.show()
-    while proxy.canFetchMore(proxy.index(-1, -1)):  # what a view does as it is scrolled to the bottom
+    while model.canFetchMore():  # what a view does as it is scrolled to the bottom
         view.scrollToBottom()
         qtbot.waitUntil(lambda: True)
-        proxy.fetchMore(proxy.index(-1, -1))
-    assert proxy.rowCount() == 450
+        model.fetchMore()
+    assert model.rowCount() == 450
     expected = [ids[p] for p in (449, 333, 120, 3)] + [ids[200]]
-    shown = proxy_column(proxy, 0, Qt.ItemDataRole.UserRole + 1)
+    shown = shown_column(model, 0, Qt.ItemDataRole.UserRole + 1)
     assert shown[:5] == expected
     assert shown[5:] == sorted(shown[5:], reverse=True)
 
@@ -273,20 +269,55 @@ def test_history_reads_a_page_at_a_time_with_100000_records(qtbot, db, pair, mon
     event_row = queries._event_row
     monkeypatch.setattr(queries, "_event_row", lambda values: built.append(1) or event_row(values))
     model = EventsModel(page_size=200)
-    proxy = PinnedProblemsProxy()
-    proxy.setSourceModel(model)
 
     model.show(EventQuery(run.id))
-    assert proxy_column(proxy, EventsModel.ACTION)[:6] == ["Failed"] * 5 + ["Updated"]
+    assert shown_column(model, EventsModel.ACTION)[:6] == ["Failed"] * 5 + ["Updated"]
     assert len(built) == 200
 
     for _ in range(20):
         model.fetchMore()
-    assert proxy.rowCount() == 4_200 and len(built) == 4_200
+    assert model.rowCount() == 4_200 and len(built) == 4_200
 
     built.clear()
     rows, _ = queries.history_events(EventQuery(run.id, "Patient 99999"))
     assert [r.display_name for r in rows] == ["Patient 99999"] and len(built) == 1
+
+
+def test_rows_past_a_deep_page_are_right_and_cost_the_garbage_collector_nothing(qtbot, db, pair):
+    """The tables hold their rows as plain tuples, which the collector stops watching (a full collection over
+    100,000 row objects froze the window while it scrolled); read back, each is the row its page loaded, in the
+    pinned order, however deep."""
+    run = make_run(pair, failed=2)
+    actions = ["updated"] * 1_500
+    actions[7] = actions[1_400] = "failed"
+    ids = add_events(run, actions)
+    model = EventsModel(page_size=100)
+    model.show(EventQuery(run.id))
+    while model.canFetchMore():
+        model.fetchMore()
+
+    rest = [event_id for position, event_id in enumerate(ids) if position not in (7, 1_400)]
+    assert [row.id for row in model.rows] == [ids[1_400], ids[7], *reversed(rest)]
+    deep = model.row_at(1_234)
+    stored = SyncEvent.get_by_id(deep.id)
+    assert isinstance(deep, EventRow) and (deep.display_name, deep.stripe_id) == (stored.display_name, stored.stripe_id)
+    assert model.index(1_234, EventsModel.NAME).data() == deep.display_name
+    assert model.index(1_234, 0).data(ACTION_ROLE) == "updated" and model.index(1, 0).data(ACTION_ROLE) == "failed"
+    gc.collect()
+    gc.collect()  # a tuple is let go once the tuples inside it have been
+    assert not any(gc.is_tracked(model.rows.values(position)) for position in range(model.rowCount()))
+
+    for _ in range(450):
+        make_run(pair)
+    runs = RunsModel(page_size=100)
+    runs.load()
+    while runs.canFetchMore():
+        runs.fetchMore()
+    assert [row.id for row in runs.rows] == sorted((r.id for r in SyncRun.select(SyncRun.id)), reverse=True)
+    assert runs.row_at(333) == queries.history_run(runs.row_at(333).id)
+    gc.collect()
+    gc.collect()  # a tuple is let go once the tuples inside it have been
+    assert not any(gc.is_tracked(runs.rows.values(position)) for position in range(runs.rowCount()))
 
 
 def test_helpers_format_for_people():

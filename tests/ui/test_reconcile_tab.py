@@ -5,9 +5,12 @@ thousands of findings, and exports CSV (every finding, round-tripped) and a PDF 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import gc
 import random
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,42 @@ def test_thousands_of_findings_load_a_page_at_a_time_and_filter(qtbot, build_gui
     tab.apply_filters()
     assert tab.model.rowCount() == 0 and tab.status.text() == "No findings match."
     assert bad_words(widget_texts(tab)) == []
+
+
+def test_a_finding_held_by_the_table_reads_back_whole_and_costs_the_garbage_collector_nothing() -> None:
+    """The findings table keeps each finding as a plain tuple (its enums by value): every field comes back with
+    its own type, and the tuple is one the collector stops watching."""
+    finding = Finding(
+        type=FindingType.DUPLICATE,
+        stream="cliniko.products",
+        severity=Severity.MEDIUM,
+        reason=Reason.SAME_REFERENCE,
+        stripe_object="product",
+        source_id="77",
+        stripe_id="prod_sandboxB",
+        explanation="Two products name the same record.",
+        suggested_fix=FixKind.ARCHIVE,
+        fixes=(FixKind.ARCHIVE, FixKind.MARK_INTENDED),
+        field="name",
+        source_value="Massage 60",
+        stripe_value="Massage",
+        display_name="Massage 60",
+        related=("prod_sandboxA", "prod_sandboxB"),
+        fingerprint="fp-77",
+        id=9,
+        status=FindingStatus.FIXED,
+        note="archived",
+    )
+    model = FindingsModel()
+    model.set_rows([finding, replace(finding, suggested_fix=None, fixes=(), id=10)])
+    gc.collect()
+    gc.collect()  # a tuple is let go once the tuples inside it have been
+    assert not any(gc.is_tracked(model.rows.values(position)) for position in range(2))
+    back = model.row_at(0)
+    assert back == finding
+    for field in dataclasses.fields(Finding):
+        assert type(getattr(back, field.name)) is type(getattr(finding, field.name)), field.name
+    assert model.row_at(1).suggested_fix is None and model.row_at(1).fixes == ()
 
 
 def test_exports_every_finding_to_csv_and_the_report_to_a4_pdf(
