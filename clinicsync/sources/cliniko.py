@@ -501,6 +501,10 @@ class ClinikoClient(SourceClient):
             self.last_total_entries = None if pass_total is None else counted + pass_total
             if not by_update:  # a wrong order would make the caller's "everything before this is listed" false
                 _check_order(page.records, order, at.since)
+            if at.past and page.records and _order_value(page.records[0], order) == at.since:
+                raise SourceBadResponse.malformed(  # listed past a value again: paging on would never end
+                    SERVICE, f"a page of the list was not in the order asked for ({order}); the sync stopped."
+                )
             yield from (record for record in page.records if _boundary_key(record) not in at.seen)
             if page.next_url is None:  # the rest is read; within one value, every record at it is
                 at = _Keyset(since=at.since, past=True) if at.tie_id is not None else None

@@ -763,3 +763,12 @@ def test_progress_counts_against_the_dated_and_undated_passes_together():
     client = make_client(Recorder(dated, undated))
     totals = [client.last_total_entries for _ in client._changed_records("/invoices", [], None, "issue_date")]
     assert totals == [5000, 5012], "not '5,001 of 12' once the undated pass begins"
+
+
+def test_a_listing_past_a_value_that_lists_that_value_again_is_refused():
+    same = "2024-01-01T00:00:00Z"
+    at_same = page([patient("1", same), patient("2", same)], f"{BASE}/patients?page=2&per_page=2")
+    rec = Recorder(at_same, page([patient("3", same)]), at_same)  # `updated_at:>same` ignored: the same page
+    with pytest.raises(SourceBadResponse, match="not in the order asked for"):
+        list(make_client(rec).iter_patients_changed_since(None))
+    assert rec.requests[-1].url.params.get_list("q[]") == [f"updated_at:>{same}"]
