@@ -2200,6 +2200,8 @@ def _sort_key(record: dict[str, Any], column: str) -> tuple[bool, Any]:
         value = record.get(column)
     if value is None:
         return (True, "")
-    if column == "id" or column in _ID_COLUMNS:
+    if column == "id":  # an id of another form (`put_raw_patients`) sorts after the others, not a crash
+        return (False, _id_order(record))
+    if column in _ID_COLUMNS:
         return (False, int(value))
     return (False, value)
