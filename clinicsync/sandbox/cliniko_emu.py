@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import random
 import re
@@ -354,6 +355,9 @@ class ClinikoEmulator:
             self.revoked: set[str] = set()
             # Hostile knob (admin `list_twice`): record id → fields of a second copy listed right after it.
             self.listed_twice: dict[str, dict[str, Any]] = {}
+            # Hostile knob (admin `shuffle_ties`): records a listing's sort leaves tied come in a fresh order on
+            # every page asked for, as PostgreSQL may give them across LIMIT/OFFSET pages.
+            self.tie_shuffler: random.Random | None = None
             self.clock_offset = timedelta(0)
             # Filtered, sorted rows of recent list queries, so paging through thousands of invoices or items
             # filters and sorts once, not once a page (emptied by every write: see `touch`).
@@ -657,7 +661,22 @@ class ClinikoEmulator:
             self._list_cache[key] = rows
             while len(self._list_cache) > 16:
                 self._list_cache.popitem(last=False)
-        return Response(200, self._page(request, name, rows, render))
+        return Response(200, self._page(request, name, self._shuffled_ties(rows, sort), render))
+
+    def _shuffled_ties(self, rows: list[dict[str, Any]], sort: str | None) -> list[dict[str, Any]]:
+        """With `shuffle_ties` on, the sorted rows with records the sort leaves tied in a fresh order (a sort that
+        names the id leaves none tied)."""
+        if self.tie_shuffler is None:
+            return rows
+        columns = [term.strip().partition(":")[0] for term in (sort or "created_at").split(",")]
+        if "id" in columns:
+            return rows
+        shuffled: list[dict[str, Any]] = []
+        for _, tied in itertools.groupby(rows, key=lambda row: [_sort_key(row, c) for c in columns]):
+            run = list(tied)
+            self.tie_shuffler.shuffle(run)
+            shuffled.extend(run)
+        return shuffled
 
     def render_invoice(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
         """An Invoice exactly as the spec's schema has it (belongs-to links only when there is a target)."""
@@ -756,7 +775,8 @@ class ClinikoEmulator:
             and all(f.matches(p) for f in filters)
             and self._listed_with_archived(filters, p)
         ]
-        rows = sort_records(rows, request.query_value("sort"), request.query_value("order"), SORTABLE)
+        sort = request.query_value("sort")
+        rows = self._shuffled_ties(sort_records(rows, sort, request.query_value("order"), SORTABLE), sort)
         return Response(200, self._page(request, "patients", rows, self.render_patient))
 
     def _page(
@@ -1259,6 +1279,16 @@ class ClinikoEmulator:
         self.listed_twice = {rid: dict(fields) for rid in ids}
         return {"ids": ids}
 
+    def _admin_shuffle_ties(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Hostile knob: `{"seed": N}` makes every listing whose sort does not name the id give the records it leaves
+        tied (one `updated_at`, one `issue_date`) in a fresh order on each page asked for, from that seed, as a real
+        server may across offset pages; `{"seed": null}` stops it (`reset` too)."""
+        seed = params.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError("seed must be a whole number or null")
+        self.tie_shuffler = None if seed is None else random.Random(seed)
+        return {"shuffle_ties": seed is not None}
+
     def _admin_dump(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "patients": [dict(p) for p in self.patients.values()],
@@ -1657,6 +1687,7 @@ _ADMIN_ACTIONS: dict[str, Callable[[ClinikoEmulator, dict[str, Any]], dict[str, 
     "delete_invoices": ClinikoEmulator._admin_delete_invoices,
     "archive_invoices": ClinikoEmulator._admin_archive_invoices,
     "edit_invoices": ClinikoEmulator._admin_edit_invoices,
+    "shuffle_ties": ClinikoEmulator._admin_shuffle_ties,
 }
 
 _RENDERED_SCALARS = tuple(
@@ -2169,6 +2200,8 @@ def _sort_key(record: dict[str, Any], column: str) -> tuple[bool, Any]:
         value = record.get(column)
     if value is None:
         return (True, "")
-    if column == "id" or column in _ID_COLUMNS:
+    if column == "id":  # an id of another form (`put_raw_patients`) sorts after the others, not a crash
+        return (False, _id_order(record))
+    if column in _ID_COLUMNS:
         return (False, int(value))
     return (False, value)

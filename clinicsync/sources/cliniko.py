@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -461,58 +461,112 @@ class ClinikoClient(SourceClient):
     def _changed_records(
         self, path: str, filters: list[tuple[str, str]], cursor: datetime | None, order: str = UPDATED_AT
     ) -> Iterator[dict[str, Any]]:
-        """Records updated at or after `cursor`, by keyset paging on `order` ascending (oldest change first by
-        default; another field, such as an invoice's `issue_date`, lists them in that field's order).
+        """Records updated at or after `cursor`, by keyset paging on `order` ascending, then id (oldest change first
+        by default; another field, such as an invoice's `issue_date`, lists them in that field's order).
 
-        Page-offset paging over a list sorted by `updated_at` loses records: an edit moves a record to the end,
-        so the next page's first records slide onto a page already read (a deletion does the same in any order).
-        Instead each page after the first is asked for as "`order` at or after the last value seen", skipping the
-        ids already yielded at exactly that value. Edits only move records later, so nothing can slide behind the
-        boundary. Only when a whole page shares one value (a bulk import) does it follow `links.next` as offset
-        paging. In another order, records without a value have a pass of their own after it, by `updated_at`: a
-        restart's `>=` filter would never list them.
+        Page-offset paging loses records: an edit moves a record to the end of a list sorted by `updated_at` (or,
+        for `issue_date`, to wherever its new date sorts), so the next page's first records slide onto a page
+        already read; a deletion does the same in any order. Instead each page after the first is asked for as
+        "`order` at or after the last value seen", skipping the ids already yielded at exactly that value. A record
+        that moves behind that boundary during the read is not listed again (an `updated_at` edit never does; an
+        invoice re-dated to a date already passed does: the invoices stream reads what changed during its first
+        read once more). Records sharing one value never come in a fixed order across pages unless the id breaks
+        the tie, so the id is always the second sort key, and a whole page at one value goes on by keyset on the id
+        within that value (`q[]=order:>=V`, `q[]=order:<=V`, `q[]=id:>LAST`), then past it (`q[]=order:>V`). In
+        another order, records without a value have a pass of their own after it, by `updated_at`: a restart's `>=`
+        filter would never list them. Progress counts against every pass's records together.
         """
         if order != UPDATED_AT:
-            yield from self._keyset_records(path, [*filters, ("q[]", f"{order}:?")], cursor, order)
-            yield from self._keyset_records(path, [*filters, ("q[]", f"{order}:!?")], cursor, UPDATED_AT)
+            dated = yield from self._keyset_records(path, [*filters, ("q[]", f"{order}:?")], cursor, order)
+            undated = [*filters, ("q[]", f"{order}:!?")]
+            yield from self._keyset_records(path, undated, cursor, UPDATED_AT, counted=dated or 0)
             return
         yield from self._keyset_records(path, filters, cursor, order)
 
     def _keyset_records(
-        self, path: str, filters: list[tuple[str, str]], cursor: datetime | None, order: str
-    ) -> Iterator[dict[str, Any]]:
-        """`_changed_records` in one order, for records that all have a value in it."""
+        self, path: str, filters: list[tuple[str, str]], cursor: datetime | None, order: str, counted: int = 0
+    ) -> Generator[dict[str, Any], None, int | None]:
+        """`_changed_records` in one order, for records that all have a value in it. Returns the pass's total;
+        `counted` is the total of the passes before it, added to the progress's."""
         by_update = order == UPDATED_AT
         narrowed = [*filters]
         if cursor is not None and not by_update:
             narrowed.append(("q[]", f"{UPDATED_AT}:>={format_cursor(cursor)}"))
-        since = format_cursor(cursor) if cursor is not None and by_update else None
-        boundary: set[Any] = set()  # ids already yielded whose `order` value equals `since`
+        at: _Keyset | None = _Keyset(since=format_cursor(cursor) if cursor is not None and by_update else None)
         pass_total: int | None = None
-        while True:
-            query = [*narrowed]
-            if since is not None:
-                query.append(("q[]", f"{order}:>={since}"))
-            query.append(("sort", f"{order}:asc"))
-            restart_at: str | None = None
-            for page in self.iter_pages(path, query):
-                # Progress counts against the whole pass, not the rest of it that a restarted listing reports.
-                pass_total = page.total_entries if pass_total is None else pass_total
-                self.last_total_entries = pass_total
-                if not by_update:  # a wrong order would make the caller's "everything before this is listed" false
-                    _check_order(page.records, order, since)
-                yield from (record for record in page.records if _boundary_key(record) not in boundary)
-                last = _order_value(page.records[-1], order) if page.records else None
-                if page.next_url is None or last is None:
-                    return
-                if last != since:
-                    restart_at = last
-                    boundary = {_boundary_key(r) for r in page.records if _order_value(r, order) == last}
-                    break
-                boundary.update(_boundary_key(record) for record in page.records)  # a page all at one value
-            if restart_at is None:
-                return
-            since = restart_at
+        while at is not None:
+            page = self._first_page(path, [*narrowed, *at.query(order)])
+            # Progress counts against the whole pass, not the rest of it that a restarted listing reports.
+            pass_total = page.total_entries if pass_total is None else pass_total
+            self.last_total_entries = None if pass_total is None else counted + pass_total
+            if not by_update:  # a wrong order would make the caller's "everything before this is listed" false
+                _check_order(page.records, order, at.since)
+            if at.past and page.records and _order_value(page.records[0], order) == at.since:
+                raise SourceBadResponse.malformed(  # listed past a value again: paging on would never end
+                    SERVICE, f"a page of the list was not in the order asked for ({order}); the sync stopped."
+                )
+            yield from (record for record in page.records if _boundary_key(record) not in at.seen)
+            if page.next_url is None:  # the rest is read; within one value, every record at it is
+                at = _Keyset(since=at.since, past=True) if at.tie_id is not None else None
+                continue
+            went_on = _next_keyset(page.records, order, at)
+            if went_on == at:
+                raise SourceBadResponse.malformed(
+                    SERVICE, "a page of the list repeated the one before it; the sync stopped rather than loop."
+                )
+            at = went_on
+        return pass_total
+
+    def _first_page(self, path: str, query: list[tuple[str, str]]) -> PageOf:
+        """One page: every page of a keyset listing is the first of its own query."""
+        pages = self.iter_pages(path, query)
+        try:
+            return next(pages)
+        finally:
+            pages.close()
+
+
+@dataclass(frozen=True)
+class _Keyset:
+    """Where a keyset listing goes on: from the value `since` (past it only, when `past`), skipping the ids `seen`
+    already at exactly that value; or, within a value too many records share for a page (`tie_id` set), the records
+    at `since` whose id is above `tie_id`."""
+
+    since: str | None = None
+    past: bool = False
+    seen: frozenset[str | None] = frozenset()
+    tie_id: int | None = None
+
+    def query(self, order: str) -> list[tuple[str, str]]:
+        query = []
+        if self.since is not None:
+            query.append(("q[]", f"{order}:{'>' if self.past else '>='}{self.since}"))
+        if self.tie_id is not None:  # Date and DateTime filters both have `<=` (DateTime has no `=`)
+            query += [("q[]", f"{order}:<={self.since}"), ("q[]", f"id:>{self.tie_id}")]
+        # The id breaks ties: without it records sharing a value may come in another order on each page.
+        query.append(("sort", f"{order}:asc,id:asc"))
+        return query
+
+
+def _next_keyset(records: list[dict[str, Any]], order: str, at: _Keyset) -> _Keyset | None:
+    """Where the listing goes on after a page that has a next one (None: it cannot, a record has no value)."""
+    last = _order_value(records[-1], order) if records else None
+    if last is None:
+        return None
+    if at.tie_id is not None or _order_value(records[0], order) == last:  # the page is all at one value
+        tie_id = _last_id(records)
+        if tie_id is None or (at.tie_id is not None and tie_id <= at.tie_id):
+            raise SourceBadResponse.malformed(
+                SERVICE, "a page of the list was not in the order asked for (id); the sync stopped rather than guess."
+            )
+        return _Keyset(since=last, tie_id=tie_id)
+    return _Keyset(since=last, seen=frozenset(_boundary_key(r) for r in records if _order_value(r, order) == last))
+
+
+def _last_id(records: list[dict[str, Any]]) -> int | None:
+    """The highest record id on a page, as a number (ids are ordered as numbers)."""
+    ids = [int(key) for record in records if (key := _boundary_key(record)) is not None and _ID.match(key)]
+    return max(ids, default=None)
 
 
 # -- module helpers ------------------------------------------------------------------------------------------

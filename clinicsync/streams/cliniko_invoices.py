@@ -48,6 +48,8 @@ PATIENTS = "cliniko.patients"
 BOOKING_PAYMENTS = "calcom.booking_payments"  # its payments paid Cal.com bookings: never an invoice's by guess
 DAYS_BEFORE_SETTING = "cliniko.invoices.match_days_before"
 DAYS_AFTER_SETTING = "cliniko.invoices.match_days_after"
+# Before Cliniko's clock as the first read began: a change stamped by another of its servers is not missed.
+CATCH_UP_OVERLAP = timedelta(minutes=1)
 
 
 def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record | ListingMark]:
@@ -58,8 +60,13 @@ def _invoices_changed(client: Any, cursor: datetime | None) -> Iterator[Record |
     # pass is read. The first read lists them by issue date, so a payment's candidates are all known long before
     # that (`_issue_marks`); a later read is of the few changed since, oldest change first, decided at its end.
     if cursor is None:
-        live: Iterator[Record | ListingMark] = _issue_marks(
-            client.iter_live_and_archived("/invoices", None, order="issue_date")
+        # An invoice made or re-dated during the read to an issue date it has passed is not listed by it: the live
+        # invoices changed since it began are read once more before every candidate is said to be listed, so one
+        # such invoice is judged beside those its payment fits (the engine skips a version it has handled).
+        began = client.probe() - CATCH_UP_OVERLAP
+        live: Iterator[Record | ListingMark] = itertools.chain(
+            _issue_marks(client.iter_live_and_archived("/invoices", None, order="issue_date")),
+            client.iter_changed("/invoices", began),
         )
     else:
         live = client.iter_live_and_archived("/invoices", cursor)

@@ -729,3 +729,21 @@ def test_product_seed_is_deterministic_and_leaves_patients_alone() -> None:
     linked = next(p for p in hand_made if "metadata" in p)
     assert linked["metadata"] == {"cliniko_product_id": by_case["stripe_linked_earlier"]}
     assert all("metadata" not in p for p in hand_made if p is not linked)  # made by hand: no ClinicSync metadata
+
+
+def test_the_shuffle_ties_knob_reorders_only_records_the_sort_leaves_tied(
+    server: RunningServer, client: httpx.Client, seeded: dict[str, Any]
+) -> None:
+    def ids(sort: str) -> list[str]:  # live patients: every archived_at is null, so all tie on it
+        response = client.get("/patients", params=[("sort", sort), ("per_page", "100")])
+        assert response.status_code == 200, response.text
+        return [p["id"] for p in response.json()["patients"]]
+
+    plain = ids("archived_at:asc")
+    assert admin(server, "shuffle_ties", seed=11) == {"shuffle_ties": True}
+    orders = {tuple(ids("archived_at:asc")) for _ in range(3)}
+    assert len(orders) > 1 and all(sorted(order) == sorted(plain) for order in orders), "a fresh order each time"
+    assert ids("archived_at:asc,id:asc") == plain == ids("archived_at:asc,id:asc"), "the id leaves no tie"
+    assert httpx.post(f"{server.url}/_sandbox/shuffle_ties", json={"seed": "x"}).status_code == 400
+    assert admin(server, "shuffle_ties", seed=None) == {"shuffle_ties": False}
+    assert ids("archived_at:asc") == plain

@@ -530,3 +530,75 @@ def test_a_payment_two_invoices_fit_goes_to_review_though_the_read_passes_the_fi
     assert writes(sandbox)["POST /v1/payment_intents/{id}"] == 0
     assert too_late["id"] not in reviews and later["id"] not in reviews
     assert sorted(decided_at_marks) == sorted([first["id"], last_fitting["id"]]), "decided at a mark past both"
+
+
+def test_an_invoice_backdated_during_the_first_read_is_judged_beside_the_one_its_payment_was_linked_to(
+    make_sandbox, env_for, monkeypatch
+) -> None:
+    """The first read lists invoices by issue date, so one raised while it runs, dated before where the read has
+    got to, is not listed by it. The live invoices changed since the read began are read once more before every
+    candidate is said to be listed: invoice X, linked to its one exact payment once the read passed every date
+    that could fit it, keeps the link, and Y (the same patient and amount, issued the payment's day, raised after
+    X was decided) goes to review as a payment linked already, not left unread until it is next edited. Order of
+    events: Y is raised once the read has handed over an invoice issued after X's decision."""
+    import dataclasses
+    from datetime import UTC, datetime, time, timedelta
+
+    from clinicsync.streams.cliniko_invoices import InvoiceMatcher
+    from clinicsync.sync import service
+
+    listed = InvoiceMatcher._listed
+    monkeypatch.setattr(InvoiceMatcher, "_listed", lambda self, *, wait: listed(self, wait=True))
+    decided_at_marks: list[str] = []
+    below = InvoiceMatcher.listed_below
+
+    def listed_below(self, value):
+        decisions = below(self, value)
+        decided_at_marks.extend(decisions)
+        return decisions
+
+    monkeypatch.setattr(InvoiceMatcher, "listed_below", listed_below)
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = env_for(sandbox)
+    sync_once(env)
+    context(env)
+    patient, customer = next(
+        (row.source_id, row.stripe_id) for row in RecordLink.select().where(RecordLink.stream == "cliniko.patients")
+    )
+    paid_on = datetime.now(UTC).date() - timedelta(days=60)  # 03:00Z: the same date in Melbourne, DST or not
+
+    def spec(days: int, price: str) -> dict[str, Any]:
+        issued = (paid_on + timedelta(days=days)).isoformat()
+        return {
+            "patient_id": patient,
+            "status": 20,
+            "issue_date": issued,
+            "lines": [{"name": "Consult", "unit_price": price}],
+        }
+
+    x, later = admin(sandbox.cliniko_url, "add_invoices", invoices=[spec(-1, "95.5"), spec(20, "40")])["invoices"]
+    created = int(datetime.combine(paid_on, time(3), tzinfo=UTC).timestamp())
+    paid = admin(sandbox.stripe_url, "add_payment", amount=9550, currency="aud", customer=customer, created=created)
+    original = service.STREAMS[STREAM]
+    raised: list[dict[str, Any]] = []
+
+    def read_changed(client, cursor):
+        for record in original.read_changed(client, cursor):
+            yield record
+            if isinstance(record, dict) and record.get("id") == later["id"] and not raised:
+                assert decided_at_marks == [x["id"]], "X was decided before Y is raised"
+                raised.extend(admin(sandbox.cliniko_url, "add_invoices", invoices=[spec(0, "95.5")])["invoices"])
+
+    monkeypatch.setitem(service.STREAMS, STREAM, dataclasses.replace(original, read_changed=read_changed))
+    result = sync_once(env, stream=STREAM)
+    assert len(raised) == 1, "the read handed over the later invoice"
+    assert result.counts["linked"] == 1 and result.counts["review"] == 1, (result.counts, result.message)
+    context(env)
+    links = {r.source_id: r.stripe_id for r in RecordLink.select().where(RecordLink.stream == STREAM)}
+    assert links.get(x["id"]) == paid["payment_intent"]
+    reviews = {r.source_id: r for r in ReviewItem.select().where(ReviewItem.stream == STREAM)}
+    assert set(reviews) == {raised[0]["id"]}, "Y, raised during the read and dated before it, was judged in it"
+    assert reviews[raised[0]["id"]].reason == "link_taken"
+    assert reviews[raised[0]["id"]].candidates == [paid["payment_intent"]]
+    assert writes(sandbox)["POST /v1/payment_intents/{id}"] == 1

@@ -269,7 +269,7 @@ def test_incremental_pass_filters_and_sorts():
     url = rec.requests[0].url
     assert records == [{"id": "7"}]
     assert url.params.get_list("q[]") == ["updated_at:>=2024-01-02T03:04:05Z"]
-    assert url.params["sort"] == "updated_at:asc"
+    assert url.params["sort"] == "updated_at:asc,id:asc"
     assert url.params["per_page"] == "100"
     assert b"q%5B%5D=updated_at%3A%3E%3D2024-01-02T03%3A04%3A05Z" in url.query
 
@@ -279,7 +279,7 @@ def test_full_read_without_a_cursor_is_still_sorted():
     assert list(make_client(rec).iter_patients_changed_since(None)) == []
     url = rec.requests[0].url
     assert url.params.get_list("q[]") == []
-    assert url.params["sort"] == "updated_at:asc"
+    assert url.params["sort"] == "updated_at:asc,id:asc"
 
 
 def test_archived_pass_sends_two_repeated_q_params():
@@ -315,7 +315,7 @@ def test_live_and_archived_reads_the_live_pass_too_unless_a_live_record_was_list
     records = list(make_client(rec).iter_live_and_archived("/patients", None))
     assert [r["id"] for r in records] == [*(r["id"] for r in first_pass), "10"]
     assert [r.url.params.get_list("q[]") for r in rec.requests] == [["archived_at:*"], []]
-    assert all(r.url.params["sort"] == "updated_at:asc" for r in rec.requests)
+    assert all(r.url.params["sort"] == "updated_at:asc,id:asc" for r in rec.requests)
 
 
 def test_live_and_archived_keeps_the_callers_filters_in_both_passes():
@@ -587,19 +587,38 @@ def test_changed_records_page_by_keyset_and_skip_the_boundary_ids_already_read()
     # Not `page=2`: the next page is asked for as "updated at or after the last timestamp seen".
     assert second.params.get("page") is None
     assert second.params.get_list("q[]")[-1] == "updated_at:>=2024-01-02T00:00:00Z"
-    assert second.params.get("sort") == "updated_at:asc"
+    assert second.params.get("sort") == "updated_at:asc,id:asc"
 
 
-def test_a_page_all_at_one_timestamp_falls_back_to_following_next():
+def test_a_page_all_at_one_timestamp_goes_on_by_id_within_it_then_past_it():
+    """Records sharing a value have no fixed order across offset pages (the server may shuffle them): a page all
+    at one value goes on by keyset on the id within that value, then lists what comes after it."""
     same = "2024-01-01T00:00:00Z"
     rec = Recorder(
         page([patient("1", same), patient("2", same)], f"{BASE}/patients?page=2&per_page=2"),
-        page([patient("3", same), patient("4", "2024-01-05T00:00:00Z")]),
+        page([patient("3", same), patient("5", same)], f"{BASE}/patients?page=2&per_page=2"),
+        page([patient("7", same)]),  # the last at that timestamp
+        page([patient("4", "2024-01-05T00:00:00Z")]),
     )
     client = make_client(rec)
     since = datetime(2024, 1, 1, tzinfo=UTC)  # the page's one timestamp is the cursor itself
-    assert [p["id"] for p in client.iter_patients_changed_since(since)] == ["1", "2", "3", "4"]
-    assert rec.requests[1].url.params.get("page") == "2"
+    assert [p["id"] for p in client.iter_patients_changed_since(since)] == ["1", "2", "3", "5", "7", "4"]
+    queries = [r.url.params for r in rec.requests]
+    assert all(q.get("page") is None and q.get("sort") == "updated_at:asc,id:asc" for q in queries)
+    assert [q.get_list("q[]") for q in queries] == [
+        [f"updated_at:>={same}"],
+        [f"updated_at:>={same}", f"updated_at:<={same}", "id:>2"],
+        [f"updated_at:>={same}", f"updated_at:<={same}", "id:>5"],
+        [f"updated_at:>{same}"],
+    ]
+
+
+def test_a_page_at_one_value_whose_ids_do_not_move_on_is_refused():
+    same = "2024-01-01T00:00:00Z"
+    rec = Recorder(page([patient("1", same), patient("2", same)], f"{BASE}/patients?page=2&per_page=2"))
+    with pytest.raises(SourceBadResponse, match=r"not in the order asked for \(id\)"):
+        list(make_client(rec).iter_patients_changed_since(None))
+    assert len(rec.requests) == 2, "the id filter was ignored: the same page again is refused, not looped on"
 
 
 def invoice_page(dates, next_url=None, first_id=1):
@@ -619,9 +638,9 @@ def test_a_listing_in_another_order_restarts_on_its_value_and_reads_those_withou
     listed = list(make_client(rec)._changed_records("/invoices", [], None, "issue_date"))
     assert [r["id"] for r in listed] == ["1", "2", "3", "4"]
     first, second, nulls = (r.url.params for r in rec.requests)
-    assert first.get_list("q[]") == ["issue_date:?"] and first.get("sort") == "issue_date:asc"
+    assert first.get_list("q[]") == ["issue_date:?"] and first.get("sort") == "issue_date:asc,id:asc"
     assert second.get_list("q[]") == ["issue_date:?", "issue_date:>=2024-01-02"]
-    assert nulls.get_list("q[]") == ["issue_date:!?"] and nulls.get("sort") == "updated_at:asc"
+    assert nulls.get_list("q[]") == ["issue_date:!?"] and nulls.get("sort") == "updated_at:asc,id:asc"
 
 
 @pytest.mark.parametrize(
@@ -736,3 +755,20 @@ def test_the_contact_email_message_names_the_tab_in_the_app_and_the_command_on_t
         ClinikoClient(KEY, contact_email="not an email")
     assert "`clinicsync config set contact_email " in str(on_cli.value) and "Connections" not in str(on_cli.value)
     assert str(in_app.value).split(".")[0] == str(on_cli.value).split(".")[0], "the same problem, in the same words"
+
+
+def test_progress_counts_against_the_dated_and_undated_passes_together():
+    dated = ok({"invoices": [{"id": "1", "issue_date": "2024-01-01"}], "total_entries": 5000, "links": {}})
+    undated = ok({"invoices": [{"id": "2", "issue_date": None}], "total_entries": 12, "links": {}})
+    client = make_client(Recorder(dated, undated))
+    totals = [client.last_total_entries for _ in client._changed_records("/invoices", [], None, "issue_date")]
+    assert totals == [5000, 5012], "not '5,001 of 12' once the undated pass begins"
+
+
+def test_a_listing_past_a_value_that_lists_that_value_again_is_refused():
+    same = "2024-01-01T00:00:00Z"
+    at_same = page([patient("1", same), patient("2", same)], f"{BASE}/patients?page=2&per_page=2")
+    rec = Recorder(at_same, page([patient("3", same)]), at_same)  # `updated_at:>same` ignored: the same page
+    with pytest.raises(SourceBadResponse, match="not in the order asked for"):
+        list(make_client(rec).iter_patients_changed_since(None))
+    assert rec.requests[-1].url.params.get_list("q[]") == [f"updated_at:>{same}"]
