@@ -20,7 +20,7 @@ from typing import Any
 from clinicsync.sandbox import calcom_seed
 from clinicsync.store import queries
 from tests.integration.test_calcom_people import sync_all, without_cliniko
-from tests.support import admin, executed_writes
+from tests.support import admin, context, executed_writes
 
 STREAM = "calcom.booking_payments"
 BOOKINGS = 40
@@ -301,3 +301,66 @@ def test_a_payment_made_after_the_runs_early_listing_found_none_is_still_matched
     linked = {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
     (made,) = [p["id"] for p in payments(sandbox) if p["metadata"].get("bookingId") == str(late["ids"][0])]
     assert linked.get(str(late["ids"][0])) == made, "matched in the same run"
+
+
+def test_a_cancelled_run_leaves_no_listing_read_ahead_going(make_sandbox, env_for, monkeypatch):
+    """The run is cancelled while its early listing of payments waits for its first page; that page says more
+    follow. No reading thread asks for them: none is left going after the run (listing every payment, holding it,
+    spending the account's allowance). The second page, if asked for, is held until the check (bounded)."""
+    import threading
+
+    from clinicsync.retry import CancelToken
+    from clinicsync.sync.service import run_sync
+
+    sandbox = start(make_sandbox)
+    ctx = context(without_cliniko(env_for(sandbox)))
+    token, cancelled, released = CancelToken(), threading.Event(), threading.Event()
+    stripe_handle = sandbox.stripe.emulator.handle
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and not cancelled.is_set():
+            token.cancel()  # the run's first write: the early listing was asked for long before
+            cancelled.set()
+        if request.method == "GET" and request.path == "/v1/payment_intents":
+            if request.query_value("starting_after"):
+                released.wait(10)
+            else:
+                assert cancelled.wait(10), "the run wrote something"
+                response = stripe_handle(request)
+                response.body["has_more"] = True  # more to come: a listing not stopped asks for the next page
+                return response
+        return stripe_handle(request)
+
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    try:
+        results = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
+        going = [t.name for t in threading.enumerate() if t.name.startswith("read-ahead")]
+    finally:
+        released.set()
+    assert cancelled.is_set() and any(r.outcome == "cancelled" for r in results), [r.outcome for r in results]
+    assert going == [], "a listing read ahead goes on after the run"
+
+
+def test_a_run_after_a_mapping_save_does_not_list_every_payment_again(make_sandbox, env_for):
+    """Saving the stream's mapping starts its records over (the cursor), not its payments: the next run lists only
+    the payments made since the previous run, as its matcher does, never every payment on the account."""
+    from clinicsync.mapping.preview import catalogue_for
+    from clinicsync.store import mappings as mapping_store
+
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    sync_all(env)
+    context(env)
+    mapping = mapping_store.default_mapping(STREAM)
+    assert mapping_store.save(mapping, catalogue_for(mapping, None), who="test").cursor_reset
+    admin(sandbox.stripe_url, "request_log", enabled=True)
+    results = sync_all(env)
+    assert results[STREAM].outcome == "ok", (results[STREAM].outcome, results[STREAM].message)
+    listings = [
+        [name for name, _ in r["query"]]
+        for r in admin(sandbox.stripe_url, "request_log")["requests"]
+        if r["method"] == "GET" and r["path"] == "/v1/payment_intents"
+    ]
+    assert listings, "the run looked for new payments"
+    every = [names for names in listings if not any(n.startswith(("created", "ending_before")) for n in names)]
+    assert every == [], f"every payment listed: {listings}"
