@@ -83,6 +83,12 @@ class ReadAhead(Generic[T]):
             yield item
 
     @property
+    def error(self) -> BaseException | None:
+        """What stopped the listing before its end (handed to its readers), if anything did."""
+        with self._changed:
+            return self._error
+
+    @property
     def stopped(self) -> bool:
         with self._changed:
             return self._stopped
