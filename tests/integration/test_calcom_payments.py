@@ -364,3 +364,49 @@ def test_a_run_after_a_mapping_save_does_not_list_every_payment_again(make_sandb
     assert listings, "the run looked for new payments"
     every = [names for names in listings if not any(n.startswith(("created", "ending_before")) for n in names)]
     assert every == [], f"every payment listed: {listings}"
+
+
+def test_a_payment_that_went_through_after_the_runs_early_listing_counts_as_paid_for_a_cancelled_booking(
+    make_sandbox, env_for, monkeypatch
+):
+    """The early listing (at the run's start) saw a cancelled booking's payment not yet paid; it went through before
+    the payments stream ran. Its write still says the cancelled booking's charge was not refunded: the run does
+    not take "never paid" from a listing minutes old."""
+    import threading
+
+    import httpx
+
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    added = admin(sandbox.calcom_url, "add", event_type_id=4001)
+    admin(sandbox.calcom_url, "cancel", uid=added["uids"][0])
+    (made,) = added["payment_intents"]
+    stripe_api = httpx.Client(base_url=sandbox.stripe_url, auth=(sandbox.stripe_key, ""), timeout=10)
+    form = {"amount": made["amount"], "currency": made["currency"]}
+    form |= {f"metadata[{k}]": v for k, v in made["metadata"].items()}
+    intent = stripe_api.post("/v1/payment_intents", data=form).json()
+    assert intent["status"] == "requires_payment_method", intent
+    listed, paid = threading.Event(), threading.Event()
+    stripe_handle = sandbox.stripe.emulator.handle
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and request.path.startswith("/v1/customers") and not paid.is_set():
+            assert listed.wait(10), "the payments were listed before the first customer was written"
+            paid.set()
+            done = stripe_api.post(
+                f"/v1/payment_intents/{intent['id']}/confirm", data={"payment_method": "pm_card_visa"}
+            )
+            assert done.json()["status"] == "succeeded", done.text
+        response = stripe_handle(request)
+        if request.method == "GET" and request.path == "/v1/payment_intents":
+            listed.set()
+        return response
+
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    result = sync_all(env)[STREAM]
+    stripe_api.close()
+    assert paid.is_set(), "paid during the run"
+    said = {e.source_id: (e.action, e.stripe_id, e.message) for e in queries.run_events(result.run_id)}
+    action, linked, message = said[str(added["ids"][0])]
+    assert (action, linked) == ("linked", intent["id"]), said[str(added["ids"][0])]
+    assert "not refunded" in message, said[str(added["ids"][0])]
