@@ -84,7 +84,6 @@ class SourceClient(ClosingClient):
             budget = RequestBudget(requests_per_minute or None, clock=clock, sleep=sleep, wall_clock=wall_clock)
         self.budget = budget
         self.last_response_date: datetime | None = None
-        self.timeout_s = timeout_s
         self._http = api_client(auth=auth, headers=headers, timeout_s=timeout_s, transport=transport)
 
     def server_date(self) -> datetime | None:

@@ -139,6 +139,9 @@ class BookingsPage:
     take: int
 
 
+CLOSE_WAIT_S = 0.2  # a listing read ahead that ends this soon lets close close the connection itself
+
+
 class CalcomClient(SourceClient):
     """A Cal.com API v2 client for one key. Close it (or use `with`) to release its connection."""
 
@@ -190,9 +193,9 @@ class CalcomClient(SourceClient):
 
     def close(self) -> None:
         """A listing nobody took (its stream did not run) stops with the run: it sends no request after the one in
-        flight, which is waited for (a request's timeout at most); one still in a wait (a rate limit's pause) closes
-        the connection itself when it ends, never under a request."""
-        lingering = [ahead for ahead in self._ahead.values() if not ahead.stop(self.timeout_s)]
+        flight or the pause it is in (a rate limit's), and closes the connection itself when it ends, never under a
+        request. Waiting for it here would only make closing slow."""
+        lingering = [ahead for ahead in self._ahead.values() if not ahead.stop(CLOSE_WAIT_S)]
         if not lingering:
             super().close()
             return

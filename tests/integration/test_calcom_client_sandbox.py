@@ -224,7 +224,7 @@ def test_closing_while_a_listing_read_ahead_waits_to_retry_never_closes_the_conn
             released.wait(10)
 
     monkeypatch.setattr(srv.emulator, "handle", calcom)
-    client = client_for(srv, sleep=sleep, timeout_s=0.2)
+    client = client_for(srv, sleep=sleep)
     ahead = client.read_ahead_bookings()
     assert ahead is not None
     assert pausing.wait(10), "the listing was refused once and waits to retry"
