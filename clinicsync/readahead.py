@@ -28,6 +28,7 @@ class ReadAhead(Generic[T]):
         self._done = False
         self._error: BaseException | None = None
         self._stopped = False
+        self._after: list[Callable[[], None]] = []  # called by the thread once it has ended (`then`)
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, name=f"read-ahead {name}", daemon=True)
         self._thread.start()
@@ -50,6 +51,9 @@ class ReadAhead(Generic[T]):
             with self._changed:
                 self._done = True
                 self._changed.notify_all()
+                after, self._after = self._after, []
+            for callback in after:
+                callback()
 
     @property
     def complete(self) -> bool:
@@ -78,10 +82,32 @@ class ReadAhead(Generic[T]):
             index += 1
             yield item
 
-    def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop reading (after the request in flight) and wait a little for the thread to end."""
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the listing before its end (handed to its readers), if anything did."""
+        with self._changed:
+            return self._error
+
+    @property
+    def stopped(self) -> bool:
+        with self._changed:
+            return self._stopped
+
+    def stop(self, timeout_s: float = 1.0) -> bool:
+        """Stop reading (no request after the one in flight), forget what was read (no reader takes a stopped listing)
+        and wait up to `timeout_s` for the thread to end. Whether it has ended."""
         with self._changed:
             self._stopped = True
+            self._items = []
             self._changed.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the thread has ended (now, if it has): e.g. close what it reads from, never under it."""
+        with self._changed:
+            if not self._done:
+                self._after.append(callback)
+                return
+        callback()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,9 @@ class BookingsPage:
     take: int
 
 
+CLOSE_WAIT_S = 0.2  # a listing read ahead that ends this soon lets close close the connection itself
+
+
 class CalcomClient(SourceClient):
     """A Cal.com API v2 client for one key. Close it (or use `with`) to release its connection."""
 
@@ -185,11 +189,28 @@ class CalcomClient(SourceClient):
         self._lists: dict[tuple[str, tuple[tuple[str, str], ...]], list[dict[str, Any]]] = {}
         self._bookings: dict[tuple[datetime | None, int], list[dict[str, Any]]] = {}
         self._ahead: dict[tuple[datetime | None, int], ReadAhead[dict[str, Any]]] = {}
+        self._ahead_totals: dict[tuple[datetime | None, int], int | None] = {}  # each read-ahead listing's size
 
     def close(self) -> None:
-        for ahead in self._ahead.values():  # a listing nobody took (its stream did not run) stops with the run
-            ahead.stop()
-        super().close()
+        """A listing nobody took (its stream did not run) stops with the run: it sends no request after the one in
+        flight or the pause it is in (a rate limit's), and closes the connection itself when it ends, never under a
+        request. Waiting for it here would only make closing slow."""
+        lingering = [ahead for ahead in self._ahead.values() if not ahead.stop(CLOSE_WAIT_S)]
+        if not lingering:
+            super().close()
+            return
+        remaining = [len(lingering)]
+        lock = threading.Lock()
+
+        def one_ended() -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                SourceClient.close(self)
+
+        for ahead in lingering:
+            ahead.then(one_ended)
 
     def __repr__(self) -> str:  # never show the key
         return f"CalcomClient(base_url={self.base_url!r})"
@@ -262,31 +283,45 @@ class CalcomClient(SourceClient):
             return
         listed: list[dict[str, Any]] = []
         ahead = self._ahead.get(key)  # being read on its own thread since the run began (`read_ahead_bookings`)
-        for booking in ahead if ahead is not None else self._changed_since(cursor, take):
+        for booking in ahead if ahead is not None else self._changed_since(cursor, take, self._show_total):
+            if ahead is not None and not listed:  # its size, for progress, once its reader takes it
+                self.last_total_entries = self._ahead_totals.get(key)
             listed.append(booking)
             yield booking
         self._bookings[key] = listed  # only a listing read to its end is kept
 
-    def read_ahead_bookings(self) -> None:
+    def read_ahead_bookings(self) -> ReadAhead[dict[str, Any]] | None:
         """Start reading every booking (the first, full listing) on a thread of its own, for this run's
         `iter_bookings_changed_since(None)` to take as it arrives: Cal.com's pages come at its rate limit's pace, a
-        few seconds for a few thousand bookings, which then overlap the Stripe work of the streams before."""
+        few seconds for a few thousand bookings, which then overlap the Stripe work of the streams before. The
+        listing started (None: it was started or read already)."""
         key = (None, MAX_TAKE)
-        if key not in self._bookings and key not in self._ahead:
-            self._ahead[key] = ReadAhead(
-                lambda: self._changed_since(None, MAX_TAKE), name="Cal.com bookings", check=lambda: self._sleep(0)
-            )
+        if key in self._bookings or key in self._ahead:
+            return None
 
-    def _changed_since(self, cursor: datetime | None, take: int) -> Iterator[dict[str, Any]]:
+        def total(size: int | None) -> None:  # kept for its reader: other streams' progress shows their own
+            self._ahead_totals[key] = size
+
+        self._ahead[key] = ReadAhead(
+            lambda: self._changed_since(None, MAX_TAKE, total), name="Cal.com bookings", check=lambda: self._sleep(0)
+        )
+        return self._ahead[key]
+
+    def _show_total(self, size: int | None) -> None:
+        self.last_total_entries = size
+
+    def _changed_since(
+        self, cursor: datetime | None, take: int, on_total: Callable[[int | None], None]
+    ) -> Iterator[dict[str, Any]]:
         if cursor is None:
-            yield from self._keyset("createdAt", "afterCreatedAt", "sortCreated", None, take)
+            yield from self._keyset("createdAt", "afterCreatedAt", "sortCreated", None, take, on_total)
             return
         since = format_cursor(cursor)
         seen: set[str] = set()
-        for booking in self._keyset("updatedAt", "afterUpdatedAt", "sortUpdatedAt", since, take):
+        for booking in self._keyset("updatedAt", "afterUpdatedAt", "sortUpdatedAt", since, take, on_total):
             seen.add(booking["uid"])
             yield booking
-        for booking in self._keyset("createdAt", "afterCreatedAt", "sortCreated", since, take):
+        for booking in self._keyset("createdAt", "afterCreatedAt", "sortCreated", since, take, on_total):
             if booking["uid"] not in seen:
                 seen.add(booking["uid"])
                 yield booking
@@ -438,7 +473,13 @@ class CalcomClient(SourceClient):
         )
 
     def _keyset(
-        self, field: str, after_param: str, sort_param: str, since: str | None, take: int
+        self,
+        field: str,
+        after_param: str,
+        sort_param: str,
+        since: str | None,
+        take: int,
+        on_total: Callable[[int | None], None],
     ) -> Iterator[dict[str, Any]]:
         """Bookings with `field` at or after `since`, oldest first, by keyset paging.
 
@@ -458,7 +499,7 @@ class CalcomClient(SourceClient):
             params += [(sort_param, "asc"), ("take", str(take)), ("skip", str(skip))]
             page = self._bookings_page(params, take, skip)
             if first:
-                self.last_total_entries = page.total
+                on_total(page.total)  # the pass's size, for progress
                 first = False
             for booking in page.bookings:
                 if booking["uid"] not in boundary:

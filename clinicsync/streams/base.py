@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clinicsync.mapping.apply import MappedRecord
+from clinicsync.readahead import ReadAhead
 
 if TYPE_CHECKING:
     from clinicsync.reconcile.compare import Comparison
@@ -144,6 +145,17 @@ class PlanRequest:
 
 
 Plan = Callable[[PlanRequest], list[WriteStep]]
+
+
+@dataclass(frozen=True)
+class ReadAheadRequest:
+    """What a stream's `read_ahead` is given when the run begins. `first_run`: the stream never ran for this pair
+    (its matcher's `since` will be None); `check`: raises when the run is cancelled, for the reading threads."""
+
+    source: Any
+    gateway: Any
+    first_run: bool
+    check: Callable[[], None]
 
 
 # --- a stream's own matching (streams.md §1: "match(record, ctx)") ------------------------------------------
@@ -333,11 +345,11 @@ class Stream:
     # product): when that stream links its record to another object, this record is written again, to the new
     # one, though its own fields did not change. None: the stream's own link decides.
     follows: str | None = None
-    # (source client, Stripe gateway) → None: start the stream's first, full reads (cursor None, every record; a
-    # listing of Stripe it makes whatever the records) on threads of their own when the run begins, for the stream to
-    # take when it runs: a read that waits seconds on a rate limit then overlaps the Stripe work of the streams before
-    # it. None: the stream reads when it runs.
-    read_ahead: Callable[[Any, Any], None] | None = None
+    # Start the stream's first, full reads (cursor None, every record; a listing of Stripe its first run makes
+    # whatever the records) on threads of their own when the run begins, for the stream to take when it runs: a read
+    # that waits seconds on a rate limit then overlaps the Stripe work of the streams before it. Returns what it
+    # started, which the run stops when it ends (taken or not). None: the stream reads when it runs.
+    read_ahead: Callable[[ReadAheadRequest], list[ReadAhead[Any]]] | None = None
 
     @property
     def creates(self) -> bool:

@@ -41,6 +41,7 @@ from clinicsync.streams.base import (
     MatchDecision,
     MatchSetup,
     PlanRequest,
+    ReadAheadRequest,
     Record,
     RoleLinkInfo,
     Stream,
@@ -67,16 +68,27 @@ CANCELLED_NOT_REFUNDED = (
 )
 
 
-# The first run's listing of every PaymentIntent, begun with the run (_read_ahead), by the run's Stripe gateway.
+# The first run's listing of every PaymentIntent, begun with the run (_read_ahead), by the run's Stripe gateway; the
+# run stops it when it ends, taken or not.
 _PAYMENTS_AHEAD: weakref.WeakKeyDictionary[Any, ReadAhead[dict[str, Any]]] = weakref.WeakKeyDictionary()
 
 
-def _read_ahead(client: Any, gateway: Any) -> None:
-    """The first run reads every booking (as calcom.bookings does: one shared read) and lists every payment to match
-    them: both begin with the run, so they overlap the streams before this one."""
-    client.read_ahead_bookings()
-    if gateway not in _PAYMENTS_AHEAD:
-        _PAYMENTS_AHEAD[gateway] = ReadAhead(lambda: gateway.iter_objects("payment_intent"), name="Stripe payments")
+def _read_ahead(request: ReadAheadRequest) -> list[ReadAhead[Any]]:
+    """The first read of every booking (as calcom.bookings does: one shared read) and, on the stream's first run
+    (when its matcher lists every payment), the listing of every payment: both begin with the run, so they overlap
+    the streams before this one. A later run, its cursor reset by a mapping's change, lists payments from the
+    previous run on, itself."""
+    started: list[ReadAhead[Any]] = []
+    bookings = request.source.read_ahead_bookings()
+    if bookings is not None:
+        started.append(bookings)
+    gateway = request.gateway
+    if request.first_run and gateway not in _PAYMENTS_AHEAD:
+        _PAYMENTS_AHEAD[gateway] = ReadAhead(
+            lambda: gateway.iter_objects("payment_intent"), name="Stripe payments", check=request.check
+        )
+        started.append(_PAYMENTS_AHEAD[gateway])
+    return started
 
 
 def _event_types(client: Any) -> dict[str, Mapping[str, Any]]:
@@ -372,17 +384,13 @@ class PaymentMatcher:
         self._intents: dict[str, Mapping[str, Any]] = {}
         self._listed_from: int | None = None  # `created` from which every PaymentIntent is listed
         self._listed_all = False
-        # The first run's listing of every payment, read on a thread of its own: from the run's start (_read_ahead),
-        # else from the first paid booking offered, so its pages overlap the reading rather than follow it.
+        # The first run's listing of every payment, read on a thread of its own from the run's start (_read_ahead).
         self._ahead: ReadAhead[dict[str, Any]] | None = None
-        self._ahead_from_run = False
 
     def offer(self, mapped: MappedRecord, record: Record) -> None:
         if self._ahead is None and self.setup.since is None and not self._listed_all:
-            self._ahead = _PAYMENTS_AHEAD.pop(self.setup.gateway, None)
-            self._ahead_from_run = self._ahead is not None
-            if self._ahead is None:
-                self._ahead = ReadAhead(lambda: self.setup.gateway.iter_objects("payment_intent"), name="payments")
+            ahead = _PAYMENTS_AHEAD.pop(self.setup.gateway, None)
+            self._ahead = ahead if ahead is not None and not ahead.stopped else None
         self.offered[mapped.source_id] = (mapped, record)
 
     def _list_from(self, since: int | None) -> None:
@@ -393,17 +401,30 @@ class PaymentMatcher:
         if self._listed_from is not None:
             created["lt"] = self._listed_from
         filters = {"created": created} if created else None
-        listed = _charges_of_run(self.setup.gateway).listed  # planning a cancelled booking's write reads them
         ahead = self._ahead if since is None and self._listed_from is None else None
-        for intent in ahead if ahead is not None else self.setup.gateway.iter_objects("payment_intent", None, filters):
-            self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
-        if ahead is not None and self._ahead_from_run and self._intents:
+        if ahead is None:
+            self._keep(self.setup.gateway.iter_objects("payment_intent", None, filters))
+        else:
+            self._keep(ahead, early=True)
             # Read from the run's start, before this stream's own start (from which the next run looks for new
-            # payments): those made since the listing's newest one are listed now (newest first, so it came first).
-            newest = next(iter(self._intents))
-            for intent in self.setup.gateway.iter_newer("payment_intent", newest):
-                self._intents[str(intent["id"])] = listed[str(intent["id"])] = intent
+            # payments): those made since are listed now, as newer than the listing's newest (newest first, so it
+            # came first); when it found none, every payment there is now was made since.
+            newest = next(iter(self._intents), None)
+            if newest is None:
+                self._keep(self.setup.gateway.iter_objects("payment_intent"))
+            else:
+                self._keep(self.setup.gateway.iter_newer("payment_intent", newest))
         self._listed_from, self._listed_all = since, since is None
+
+    def _keep(self, intents: Iterable[Mapping[str, Any]], *, early: bool = False) -> None:
+        """Keep the listed PaymentIntents for matching, and for planning a cancelled booking's write (whether its
+        payment went through and was refunded). One listed `early` (at the run's start, minutes ago maybe) that had
+        not succeeded may have since: its charges are asked of Stripe when needed, not taken from the listing."""
+        listed = _charges_of_run(self.setup.gateway).listed
+        for intent in intents:
+            self._intents[str(intent["id"])] = intent
+            if not early or intent.get("status") == "succeeded":
+                listed[str(intent["id"])] = intent
 
     def recheck(self) -> Iterator[Record]:
         """The waiting paid bookings with a Cal.com payment made since the last run: one listing of those payments;

@@ -158,5 +158,5 @@ CALCOM_BOOKINGS = Stream(
     # calcom.booking_payments reads every booking on a first run, through the same per-run listing (one read).
     carries_out_plan=False,
     # The first read lists every booking at Cal.com's pace: from the run's start, while the streams before it work.
-    read_ahead=lambda client, gateway: client.read_ahead_bookings(),
+    read_ahead=lambda request: [ahead] if (ahead := request.source.read_ahead_bookings()) else [],
 )

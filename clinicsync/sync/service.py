@@ -18,6 +18,7 @@ from clinicsync.connections import stripe_key_problem
 from clinicsync.outcomes import STOPS_EVERY_STREAM, Outcome
 from clinicsync.paths import AppPaths
 from clinicsync.profile_lock import ProfileLock
+from clinicsync.readahead import ReadAhead
 from clinicsync.retry import Cancelled, CancelToken, RetryPolicy
 from clinicsync.secrets import SecretStore
 from clinicsync.sources.base import host_of
@@ -31,6 +32,7 @@ from clinicsync.store import queries
 from clinicsync.store.models import AccountPair, StreamState, SyncPlan, SyncRun, utcnow
 from clinicsync.store.settings import Settings
 from clinicsync.streams import STREAMS, dependency_order
+from clinicsync.streams.base import ReadAheadRequest
 from clinicsync.stripe_gateway import StripeGateway, livemode_of_key
 from clinicsync.sync import plans
 from clinicsync.sync.engine import Progress, RunOptions, RunResult, StreamRun
@@ -225,6 +227,7 @@ def run_sync(
     with ProfileLock(paths.lock_file):
         queries.close_interrupted_runs()  # under the lock: a run still "running" now is one whose process died
         clients: dict[str, Any] = {}
+        reading_ahead: list[ReadAhead[Any]] = []
         try:
             for system in dict.fromkeys(STREAMS[name].source_system for name in names):
                 clients[system] = SOURCES[system].client(settings, secrets, cancel)
@@ -232,7 +235,7 @@ def run_sync(
             pairs = {system: SOURCES[system].resolve_pair(client, gateway) for system, client in clients.items()}
             if streams:  # a stream asked for alone still needs what it stands on
                 check_dependencies(pairs, names, connected)
-            start_reading_ahead(names, pairs, clients, gateway)
+            reading_ahead = start_reading_ahead(names, pairs, clients, gateway, cancel)
             results = []
             for name in names:
                 system = STREAMS[name].source_system
@@ -263,16 +266,22 @@ def run_sync(
                     break  # the next streams would meet the same wall; they run on the next sync
             return results
         finally:
+            stop_reading_ahead(reading_ahead, settings.get("stripe.timeout_seconds"))
             for client in clients.values():
                 client.close()
 
 
 def start_reading_ahead(
-    names: Sequence[str], pairs: Mapping[str, AccountPair], clients: Mapping[str, Any], gateway: StripeGateway
-) -> None:
+    names: Sequence[str],
+    pairs: Mapping[str, AccountPair],
+    clients: Mapping[str, Any],
+    gateway: StripeGateway,
+    cancel: CancelToken,
+) -> list[ReadAhead[Any]]:
     """Let each stream whose first, full read is due start it now, on a thread of its own (Stream.read_ahead), so
-    that it overlaps the streams before it. A read from a cursor, or limited by the mapping's scope, is the
-    stream's own when it runs."""
+    that it overlaps the streams before it; what was started, for the run to stop when it ends. A read from a
+    cursor, or limited by the mapping's scope, is the stream's own when it runs."""
+    started: list[ReadAhead[Any]] = []
     for name in names:
         stream = STREAMS[name]
         if stream.read_ahead is None:
@@ -281,7 +290,20 @@ def start_reading_ahead(
         state = StreamState.get_or_none((StreamState.pair == pair) & (StreamState.stream == name))
         mapping, _ = mapping_store.load_for_pair(name, livemode=pair.stripe_livemode)
         if (state is None or not state.cursor) and mapping.scope.kind == "all":
-            stream.read_ahead(clients[stream.source_system], gateway)
+            first_run = state is None or state.last_run_at is None  # as the stream's matcher will judge it
+            request = ReadAheadRequest(clients[stream.source_system], gateway, first_run, cancel.raise_if_cancelled)
+            started += stream.read_ahead(request)
+    return started
+
+
+def stop_reading_ahead(started: Sequence[ReadAhead[Any]], wait_s: float) -> None:
+    """Stop what the run read ahead and nobody took (its stream failed, was cancelled, or did not run): none goes
+    on listing (holding what it read, spending the account's allowance) after the run. Each is told first, then
+    waited for (at most a request's time; one read to its end is over already)."""
+    for ahead in started:
+        ahead.stop(0)
+    for ahead in started:
+        ahead.stop(wait_s)
 
 
 # The sources whose streams the callers that know no keys (alerts, reconciliation) run.

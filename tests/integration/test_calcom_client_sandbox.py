@@ -197,3 +197,58 @@ def test_error_envelopes_become_clear_messages(srv: RunningServer) -> None:
         admin(srv, "revoke_key")
         with pytest.raises(SourceAuthError, match="rejected the API key"):
             client.get_me()
+
+
+def test_closing_while_a_listing_read_ahead_waits_to_retry_never_closes_the_connection_under_it(
+    srv: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bookings read ahead is in a pause before retrying a refused page when the run closes the client: it sends
+    no request to a closed connection (an error nobody sees); the connection is closed once it has ended. The
+    pause is held until close returned (bounded), so the order does not depend on time."""
+    import threading
+
+    from clinicsync.sandbox.http import Response
+
+    pausing, released = threading.Event(), threading.Event()
+    handle, refused = srv.emulator.handle, []
+
+    def calcom(request: Any) -> Any:
+        if request.path.rstrip("/").endswith("/bookings") and not refused:
+            refused.append(request.path)
+            return Response(503, {"status": "error", "error": {"message": "busy"}})
+        return handle(request)
+
+    def sleep(seconds: float) -> None:
+        if seconds > 0 and threading.current_thread().name.startswith("read-ahead"):
+            pausing.set()
+            released.wait(10)
+
+    monkeypatch.setattr(srv.emulator, "handle", calcom)
+    client = client_for(srv, sleep=sleep)
+    ahead = client.read_ahead_bookings()
+    assert ahead is not None
+    assert pausing.wait(10), "the listing was refused once and waits to retry"
+    client.close()
+    released.set()
+    reader = next(t for t in threading.enumerate() if t.name == "read-ahead Cal.com bookings")
+    reader.join(10)
+    assert refused and not reader.is_alive()
+    assert ahead.stopped and ahead.error is None, f"the thread met {ahead.error!r}"
+    assert client._http.is_closed, "the connection is closed once the thread has ended"
+
+
+def test_a_listing_read_ahead_shows_its_size_only_once_its_reader_takes_it(srv: RunningServer) -> None:
+    """Progress shows the size of the listing being read: the bookings read ahead do not put theirs in place of
+    another listing's while that one is read; their reader gets it."""
+    import threading
+
+    client = client_for(srv)
+    client.last_total_entries = 7  # another listing's, being read
+    ahead = client.read_ahead_bookings()
+    assert ahead is not None
+    next(t for t in threading.enumerate() if t.name == "read-ahead Cal.com bookings").join(10)
+    assert ahead.complete
+    assert client.last_total_entries == 7, "the other listing's size stays shown"
+    listed = list(client.iter_bookings_changed_since(None))
+    assert client.last_total_entries == len(listed) > 7
+    client.close()

@@ -20,7 +20,7 @@ from typing import Any
 from clinicsync.sandbox import calcom_seed
 from clinicsync.store import queries
 from tests.integration.test_calcom_people import sync_all, without_cliniko
-from tests.support import admin, executed_writes
+from tests.support import admin, context, executed_writes
 
 STREAM = "calcom.booking_payments"
 BOOKINGS = 40
@@ -268,3 +268,145 @@ def test_a_payment_made_after_the_runs_early_listing_of_payments_is_still_matche
     made = {p["metadata"]["bookingId"]: p["id"] for p in payments(sandbox)}
     assert linked.get(str(late["ids"][0])) == made[str(late["ids"][0])], "matched in the same run"
     assert check_cross_referenced(sandbox) > 0
+
+
+def test_a_payment_made_after_the_runs_early_listing_found_none_is_still_matched_in_that_run(
+    make_sandbox, env_for, monkeypatch
+):
+    """A fresh Stripe account: the run's early listing of payments finds none, so there is no newest payment to list
+    newer ones than; one made after it (when the first customer is written) is matched in that run all the same,
+    not left for good (the next run looks for new payments only from this stream's own start)."""
+    import threading
+
+    sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=BOOKINGS)
+    assert not payments(sandbox), "no payment on the Stripe account when the run begins"
+    env = without_cliniko(env_for(sandbox))
+    late = admin(sandbox.calcom_url, "add", event_type_id=4001)
+    listed, arrived = threading.Event(), threading.Event()
+    stripe_handle = sandbox.stripe.emulator.handle
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and request.path.startswith("/v1/customers") and not arrived.is_set():
+            assert listed.wait(10), "the payments were listed before the first customer was written"
+            arrived.set()
+            load_payments(sandbox, late["payment_intents"])
+        response = stripe_handle(request)
+        if request.method == "GET" and request.path == "/v1/payment_intents":
+            listed.set()
+        return response
+
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    result = sync_all(env)[STREAM]
+    assert arrived.is_set(), "the payment arrived during the run"
+    linked = {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
+    (made,) = [p["id"] for p in payments(sandbox) if p["metadata"].get("bookingId") == str(late["ids"][0])]
+    assert linked.get(str(late["ids"][0])) == made, "matched in the same run"
+
+
+def test_a_cancelled_run_leaves_no_listing_read_ahead_going(make_sandbox, env_for, monkeypatch):
+    """The run is cancelled while its early listing of payments waits for its first page; that page says more
+    follow. No reading thread asks for them: none is left going after the run (listing every payment, holding it,
+    spending the account's allowance). The second page, if asked for, is held until the check (bounded)."""
+    import threading
+
+    from clinicsync.retry import CancelToken
+    from clinicsync.sync.service import run_sync
+
+    sandbox = start(make_sandbox)
+    ctx = context(without_cliniko(env_for(sandbox)))
+    token, cancelled, released = CancelToken(), threading.Event(), threading.Event()
+    stripe_handle = sandbox.stripe.emulator.handle
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and not cancelled.is_set():
+            token.cancel()  # the run's first write: the early listing was asked for long before
+            cancelled.set()
+        if request.method == "GET" and request.path == "/v1/payment_intents":
+            if request.query_value("starting_after"):
+                released.wait(10)
+            else:
+                assert cancelled.wait(10), "the run wrote something"
+                response = stripe_handle(request)
+                response.body["has_more"] = True  # more to come: a listing not stopped asks for the next page
+                return response
+        return stripe_handle(request)
+
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    try:
+        results = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
+        going = [t.name for t in threading.enumerate() if t.name.startswith("read-ahead")]
+    finally:
+        released.set()
+    assert cancelled.is_set() and any(r.outcome == "cancelled" for r in results), [r.outcome for r in results]
+    assert going == [], "a listing read ahead goes on after the run"
+
+
+def test_a_run_after_a_mapping_save_does_not_list_every_payment_again(make_sandbox, env_for):
+    """Saving the stream's mapping starts its records over (the cursor), not its payments: the next run lists only
+    the payments made since the previous run, as its matcher does, never every payment on the account."""
+    from clinicsync.mapping.preview import catalogue_for
+    from clinicsync.store import mappings as mapping_store
+
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    sync_all(env)
+    context(env)
+    mapping = mapping_store.default_mapping(STREAM)
+    assert mapping_store.save(mapping, catalogue_for(mapping, None), who="test").cursor_reset
+    admin(sandbox.stripe_url, "request_log", enabled=True)
+    results = sync_all(env)
+    assert results[STREAM].outcome == "ok", (results[STREAM].outcome, results[STREAM].message)
+    listings = [
+        [name for name, _ in r["query"]]
+        for r in admin(sandbox.stripe_url, "request_log")["requests"]
+        if r["method"] == "GET" and r["path"] == "/v1/payment_intents"
+    ]
+    assert listings, "the run looked for new payments"
+    every = [names for names in listings if not any(n.startswith(("created", "ending_before")) for n in names)]
+    assert every == [], f"every payment listed: {listings}"
+
+
+def test_a_payment_that_went_through_after_the_runs_early_listing_counts_as_paid_for_a_cancelled_booking(
+    make_sandbox, env_for, monkeypatch
+):
+    """The early listing (at the run's start) saw a cancelled booking's payment not yet paid; it went through before
+    the payments stream ran. Its write still says the cancelled booking's charge was not refunded: the run does
+    not take "never paid" from a listing minutes old."""
+    import threading
+
+    import httpx
+
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    added = admin(sandbox.calcom_url, "add", event_type_id=4001)
+    admin(sandbox.calcom_url, "cancel", uid=added["uids"][0])
+    (made,) = added["payment_intents"]
+    stripe_api = httpx.Client(base_url=sandbox.stripe_url, auth=(sandbox.stripe_key, ""), timeout=10)
+    form = {"amount": made["amount"], "currency": made["currency"]}
+    form |= {f"metadata[{k}]": v for k, v in made["metadata"].items()}
+    intent = stripe_api.post("/v1/payment_intents", data=form).json()
+    assert intent["status"] == "requires_payment_method", intent
+    listed, paid = threading.Event(), threading.Event()
+    stripe_handle = sandbox.stripe.emulator.handle
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and request.path.startswith("/v1/customers") and not paid.is_set():
+            assert listed.wait(10), "the payments were listed before the first customer was written"
+            paid.set()
+            done = stripe_api.post(
+                f"/v1/payment_intents/{intent['id']}/confirm", data={"payment_method": "pm_card_visa"}
+            )
+            assert done.json()["status"] == "succeeded", done.text
+        response = stripe_handle(request)
+        if request.method == "GET" and request.path == "/v1/payment_intents":
+            listed.set()
+        return response
+
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    result = sync_all(env)[STREAM]
+    stripe_api.close()
+    assert paid.is_set(), "paid during the run"
+    said = {e.source_id: (e.action, e.stripe_id, e.message) for e in queries.run_events(result.run_id)}
+    action, linked, message = said[str(added["ids"][0])]
+    assert (action, linked) == ("linked", intent["id"]), said[str(added["ids"][0])]
+    assert "not refunded" in message, said[str(added["ids"][0])]

@@ -76,3 +76,26 @@ def test_a_stopped_listing_is_never_taken_for_a_whole_one() -> None:
     assert not ahead.complete
     with pytest.raises(RuntimeError):  # a reader is told, never handed what was read as if it were all
         list(ahead)
+
+
+def test_stopping_lets_go_of_what_was_read_and_then_runs_once_the_thread_has_ended() -> None:
+    gate, ended = threading.Event(), threading.Event()
+
+    def listing() -> Iterator[int]:
+        yield 1
+        gate.wait(10)  # a request in flight when the run stops
+        yield 2
+
+    ahead = ReadAhead(listing, name="test")
+    assert next(iter(ahead)) == 1
+    assert not ahead.stop(0), "the thread is still in its request"
+    ahead.then(ended.set)
+    assert not ended.is_set(), "nothing is closed under the request"
+    gate.set()
+    assert ended.wait(10)
+    assert ahead.stopped and ahead.error is None
+    with pytest.raises(RuntimeError):
+        list(ahead)
+    called: list[bool] = []
+    ahead.then(lambda: called.append(True))
+    assert called == [True], "once ended, at once"
