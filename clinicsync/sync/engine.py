@@ -343,6 +343,7 @@ class StreamRun:
         still held well into the approved sync that followed it."""
         self._seen = SeenVersions()
         self._twice_noted.clear()
+        self._met, self._claimed, self._offered, self._reviews = set(), set(), {}, {}
         self.recorder.forget_records()
 
     def _finish(self, run: SyncRun, result: RunResult) -> None:

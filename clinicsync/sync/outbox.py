@@ -128,7 +128,7 @@ class Settler:
         self.batch = batch
         self._backlog = backlog
         self._items: list[tuple[str, Callable[[], None]]] = []
-        self._held: Counter[str] = Counter()  # source ids of _items: asked for every record read
+        self._held: Counter[str] = Counter()  # source ids waiting or being recorded: asked for every record read
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._after_commit: list[Callable[[], None]] = []  # of the flush under way
@@ -146,12 +146,18 @@ class Settler:
             return self._held[source_id] > 0
 
     def take(self, at_least: int = 1) -> list[tuple[str, Callable[[], None]]]:
+        """The waiting writes, to record now. Their records stay held until the recording commits (`release`):
+        a record read again meanwhile must still wait for it, not find its outbox row pending."""
         with self._lock:
             if len(self._items) < at_least:
                 return []
             items, self._items = self._items, []
-            self._held.clear()
         return items
+
+    def release(self, items: list[tuple[str, Callable[[], None]]]) -> None:
+        with self._lock:
+            self._held.subtract(source_id for source_id, _ in items)
+            self._held = +self._held  # drop the records no longer held
 
     @staticmethod
     def apply(items: list[tuple[str, Callable[[], None]]]) -> None:
@@ -181,7 +187,9 @@ class Settler:
                 yield items
             except BaseException:
                 self._after_commit.clear()
+                self.release(items)  # not recorded: their rows stay pending, and a later run replays them
                 raise
+            self.release(items)
             self.committed(items)
             actions, self._after_commit = self._after_commit, []
             for action in actions:

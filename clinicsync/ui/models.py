@@ -178,6 +178,8 @@ class PackedRows(MutableSequence[RowT]):
             return [self._unpack(values) for values in self._packed[position]]
         if position < 0:
             position += len(self._packed)
+            if position < 0:  # as a list does (the packed list would wrap it a second time)
+                raise IndexError("row index out of range")
         last = self._last
         if last is not None and last[0] == position:
             return last[1]

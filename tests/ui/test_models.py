@@ -350,3 +350,12 @@ def test_every_events_column_is_cleaned_including_the_stripe_id(qtbot):
                 assert len(value) <= 1_000, (model.columns[column], role)
     stripe_id = model.index(0, EventsModel.STRIPE).data()
     assert stripe_id.startswith("cus_ · 999") and len(stripe_id) <= 160
+
+
+def test_packed_rows_refuse_an_index_before_the_first_row_as_a_list_does() -> None:
+    from clinicsync.ui.models import PackedRows
+
+    rows = PackedRows(lambda row: (row,), lambda packed: packed[0], ["a", "b"])
+    assert rows[-1] == "b" and rows[-2] == "a"
+    with pytest.raises(IndexError):
+        rows[-3]
