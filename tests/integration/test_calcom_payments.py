@@ -243,28 +243,10 @@ def test_a_payment_made_after_the_runs_early_listing_of_payments_is_still_matche
     """The first run lists every payment from its start (Stream.read_ahead), before the payments stream runs; one
     made in between (here: once that listing was answered, when the first customer is written) is matched all the
     same, listed as newer than the listing's newest payment. Ordered by the sandbox's own handling, not by time."""
-    import threading
-
     sandbox = start(make_sandbox)
     env = without_cliniko(env_for(sandbox))
     late = admin(sandbox.calcom_url, "add", event_type_id=4001)  # paid in Cal.com; its payment is not in Stripe yet
-    listed, arrived = threading.Event(), threading.Event()
-    stripe_handle = sandbox.stripe.emulator.handle
-
-    def stripe(request: Any) -> Any:
-        if request.method == "POST" and request.path.startswith("/v1/customers") and not arrived.is_set():
-            assert listed.wait(10), "the payments were listed before the first customer was written"
-            arrived.set()
-            load_payments(sandbox, late["payment_intents"])
-        response = stripe_handle(request)
-        if request.method == "GET" and request.path == "/v1/payment_intents":
-            listed.set()
-        return response
-
-    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
-    result = sync_all(env)[STREAM]
-    assert arrived.is_set(), "the payment arrived during the run"
-    linked = {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
+    linked = _sync_with_a_payment_made_mid_run(sandbox, env, late, monkeypatch)
     made = {p["metadata"]["bookingId"]: p["id"] for p in payments(sandbox)}
     assert linked.get(str(late["ids"][0])) == made[str(late["ids"][0])], "matched in the same run"
     assert check_cross_referenced(sandbox) > 0
@@ -276,29 +258,11 @@ def test_a_payment_made_after_the_runs_early_listing_found_none_is_still_matched
     """A fresh Stripe account: the run's early listing of payments finds none, so there is no newest payment to list
     newer ones than; one made after it (when the first customer is written) is matched in that run all the same,
     not left for good (the next run looks for new payments only from this stream's own start)."""
-    import threading
-
     sandbox = make_sandbox(profile="clean", patients=5, calcom=True, calcom_bookings=BOOKINGS)
     assert not payments(sandbox), "no payment on the Stripe account when the run begins"
     env = without_cliniko(env_for(sandbox))
     late = admin(sandbox.calcom_url, "add", event_type_id=4001)
-    listed, arrived = threading.Event(), threading.Event()
-    stripe_handle = sandbox.stripe.emulator.handle
-
-    def stripe(request: Any) -> Any:
-        if request.method == "POST" and request.path.startswith("/v1/customers") and not arrived.is_set():
-            assert listed.wait(10), "the payments were listed before the first customer was written"
-            arrived.set()
-            load_payments(sandbox, late["payment_intents"])
-        response = stripe_handle(request)
-        if request.method == "GET" and request.path == "/v1/payment_intents":
-            listed.set()
-        return response
-
-    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
-    result = sync_all(env)[STREAM]
-    assert arrived.is_set(), "the payment arrived during the run"
-    linked = {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
+    linked = _sync_with_a_payment_made_mid_run(sandbox, env, late, monkeypatch)
     (made,) = [p["id"] for p in payments(sandbox) if p["metadata"].get("bookingId") == str(late["ids"][0])]
     assert linked.get(str(late["ids"][0])) == made, "matched in the same run"
 
@@ -410,3 +374,27 @@ def test_a_payment_that_went_through_after_the_runs_early_listing_counts_as_paid
     action, linked, message = said[str(added["ids"][0])]
     assert (action, linked) == ("linked", intent["id"]), said[str(added["ids"][0])]
     assert "not refunded" in message, said[str(added["ids"][0])]
+
+
+def _sync_with_a_payment_made_mid_run(sandbox: Any, env: dict[str, str], late: Any, monkeypatch: Any) -> dict[str, str]:
+    """Sync everything, the `late` booking's payment reaching Stripe once the run has listed payments (when its first
+    customer is written): ordered by the sandbox's own handling, not by time. The paid bookings' links made."""
+    import threading
+
+    listed, arrived = threading.Event(), threading.Event()
+    stripe_handle = sandbox.stripe.emulator.handle
+
+    def stripe(request: Any) -> Any:
+        if request.method == "POST" and request.path.startswith("/v1/customers") and not arrived.is_set():
+            assert listed.wait(10), "the payments were listed before the first customer was written"
+            arrived.set()
+            load_payments(sandbox, late["payment_intents"])
+        response = stripe_handle(request)
+        if request.method == "GET" and request.path == "/v1/payment_intents":
+            listed.set()
+        return response
+
+    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
+    result = sync_all(env)[STREAM]
+    assert arrived.is_set(), "the payment arrived during the run"
+    return {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
