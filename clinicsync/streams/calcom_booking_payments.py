@@ -261,35 +261,34 @@ class _Charges:
 
     ONE_BY_ONE = 10
 
-    def __init__(self, gateway: Any) -> None:
-        self._gateway = gateway
+    def __init__(self) -> None:
         self.listed: dict[str, Mapping[str, Any]] = {}  # PaymentIntents the matcher listed, by id
         self._refunded: set[str] | None = None  # ids of payments and charges with money back
         self._asked = 0
         self._by_intent: dict[str, list[dict[str, Any]]] | None = None
 
-    def of(self, intent_id: str) -> list[dict[str, Any]]:
+    def of(self, gateway: Any, intent_id: str) -> list[dict[str, Any]]:
         intent = self.listed.get(intent_id)
         if intent is not None:
-            return self._from_listing(intent_id, intent)
+            return self._from_listing(gateway, intent_id, intent)
         if self._by_intent is None and self._asked < self.ONE_BY_ONE:
             self._asked += 1
-            return list(self._gateway.iter_objects("charge", None, {"payment_intent": intent_id}))
+            return list(gateway.iter_objects("charge", None, {"payment_intent": intent_id}))
         if self._by_intent is None:
             self._by_intent = {}
-            for charge in self._gateway.iter_objects("charge"):
+            for charge in gateway.iter_objects("charge"):
                 if charge.get("payment_intent"):
                     self._by_intent.setdefault(str(charge["payment_intent"]), []).append(charge)
         return self._by_intent.get(intent_id, [])
 
-    def _from_listing(self, intent_id: str, intent: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _from_listing(self, gateway: Any, intent_id: str, intent: Mapping[str, Any]) -> list[dict[str, Any]]:
         charge = intent.get("latest_charge")
         charge = charge.get("id") if isinstance(charge, Mapping) else charge
         if not charge:  # never paid: no money to give back
             return []
         if self._refunded is None:
             self._refunded = set()
-            for refund in self._gateway.iter_objects("refund"):
+            for refund in gateway.iter_objects("refund"):
                 if refund.get("status") in ("succeeded", "pending"):
                     self._refunded.update(
                         str(ref) for ref in (refund.get("payment_intent"), refund.get("charge")) if ref
@@ -299,14 +298,16 @@ class _Charges:
         return [{"id": str(charge), "status": status, "amount_refunded": 1 if refunded else 0}]
 
 
-# One per Stripe gateway: the sync service makes a gateway per run, so the index lives as long as the run.
+# One per Stripe gateway: the sync service makes a gateway per run, so the index lives as long as the run. It must
+# not refer to its gateway (its key): a value holding its key keeps both for ever, a run's listing of every payment
+# with them (tests/integration/test_run_memory.py).
 _CHARGES: weakref.WeakKeyDictionary[Any, _Charges] = weakref.WeakKeyDictionary()
 
 
 def _charges_of_run(gateway: Any) -> _Charges:
     charges = _CHARGES.get(gateway)
     if charges is None:
-        charges = _CHARGES[gateway] = _Charges(gateway)
+        charges = _CHARGES[gateway] = _Charges()
     return charges
 
 
@@ -324,7 +325,7 @@ def _observe(gateway: Any, request: PlanRequest) -> tuple[RoleLinkInfo, ...] | N
             current=True,
             active=charge.get("status") == "succeeded",
         )
-        for charge in charges.of(request.stripe_id)
+        for charge in charges.of(gateway, request.stripe_id)
     )
 
 
