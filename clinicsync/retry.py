@@ -12,7 +12,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -81,13 +82,23 @@ class RetryPolicy:
 
 
 class CancelToken:
-    """A cancellable sleep: pass `token.sleep` as the `sleep` of call_with_retries or a RequestBudget."""
+    """A cancellable sleep: pass `token.sleep` as the `sleep` of call_with_retries or a RequestBudget.
+
+    A thread that works for someone who may stop it (a listing read ahead: readahead.py) names its own token with
+    `stopped_by`; every CancelToken's sleep on that thread then also ends as soon as that token is cancelled, so a
+    client shared with the run (its sleep the run's token's) stops pausing on that thread alone."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._woken: set[threading.Event] = set()  # sleeps that wait on this token and a thread's own
 
     def cancel(self) -> None:
         self._event.set()
+        with self._lock:
+            woken = list(self._woken)
+        for event in woken:
+            event.set()
 
     @property
     def cancelled(self) -> bool:
@@ -98,9 +109,44 @@ class CancelToken:
             raise Cancelled()
 
     def sleep(self, seconds: float) -> None:
-        """Wait `seconds`, or raise Cancelled as soon as the token is cancelled."""
-        if self._event.wait(max(0.0, seconds)):
-            raise Cancelled()
+        """Wait `seconds`, or raise Cancelled as soon as the token is cancelled (or this thread's own, `stopped_by`)."""
+        own = getattr(_this_thread, "stop", None)
+        if own is None or own is self:
+            if self._event.wait(max(0.0, seconds)):
+                raise Cancelled()
+            return
+        woken = threading.Event()
+        with self._waking(woken), own._waking(woken):
+            if woken.wait(max(0.0, seconds)):
+                raise Cancelled()
+
+    @contextmanager
+    def _waking(self, event: threading.Event) -> Iterator[None]:
+        """`event` is set when this token is cancelled (now, if it is), until the block ends."""
+        with self._lock:
+            self._woken.add(event)
+        if self._event.is_set():
+            event.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._woken.discard(event)
+
+
+_this_thread = threading.local()
+
+
+@contextmanager
+def stopped_by(token: CancelToken) -> Iterator[None]:
+    """Within the block, every CancelToken's sleep on this thread also ends (raising Cancelled) as soon as `token` is
+    cancelled: the thread's work stops when its owner stops it, whatever client it is pausing in."""
+    previous = getattr(_this_thread, "stop", None)
+    _this_thread.stop = token
+    try:
+        yield
+    finally:
+        _this_thread.stop = previous
 
 
 OnRetry = Callable[[int, BaseException, float], None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 
 from clinicsync.app import AppContext, bootstrap
+from clinicsync.retry import Cancelled, CancelToken
 from clinicsync.sync.engine import RunResult
 from clinicsync.sync.service import run_sync
 
@@ -106,3 +108,20 @@ def actual_customer_fields(customer: Mapping[str, Any]) -> dict[str, Any]:
         "phone": customer["phone"],
         **{key: address.get(key) for key in ("line1", "line2", "city", "state", "postal_code", "country")},
     }
+
+
+class CutPauses(CancelToken):
+    """A run's cancel token (whose sleep every client of the run waits with) that notes each wait cut short:
+    (the thread's name, the seconds it was to wait). A test shows a pause was ended, not waited out, by this record,
+    never by the time it took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut: list[tuple[str, float]] = []
+
+    def sleep(self, seconds: float) -> None:
+        try:
+            super().sleep(seconds)
+        except Cancelled:
+            self.cut.append((threading.current_thread().name, seconds))
+            raise

@@ -164,7 +164,8 @@ class CalcomClient(SourceClient):
     ) -> None:
         """`budget` lets several clients of the same key share one allowance (it overrides
         `requests_per_minute`). `sleep` is used for every wait (pass a CancelToken's sleep to make them
-        cancellable); `clock`/`wall_clock` are injectable for tests."""
+        cancellable, and the bookings read ahead's stop end them on its thread); `clock`/`wall_clock` are injectable
+        for tests."""
         api_key = (api_key or "").strip()
         if not api_key:
             raise SourceConfigError("No Cal.com API key is set. Add it in Connections.", service=SERVICE)
@@ -193,8 +194,9 @@ class CalcomClient(SourceClient):
 
     def close(self) -> None:
         """A listing nobody took (its stream did not run) stops with the run: it sends no request after the one in
-        flight or the pause it is in (a rate limit's), and closes the connection itself when it ends, never under a
-        request. Waiting for it here would only make closing slow."""
+        flight, a pause it is in (a rate limit's) ends at once when the client sleeps with a CancelToken (as a sync's
+        does), and it closes the connection itself when it ends, never under a request. Waiting for it here would
+        only make closing slow."""
         lingering = [ahead for ahead in self._ahead.values() if not ahead.stop(CLOSE_WAIT_S)]
         if not lingering:
             super().close()

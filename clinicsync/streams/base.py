@@ -166,7 +166,8 @@ class MatchSetup:
     `linked`: the Stripe ids records of this stream are linked to already (never a candidate for another), with
     the source id of each. `gateway`/`source`: for the matcher's own reads (one paged listing per run, never one
     lookup per record). `since`: Stripe time (epoch s) from which to look for what happened to linked objects
-    (the previous run, less the read overlap); None on the first run.
+    (the previous run, less the read overlap); None on the first run. `check`: raises when the run is cancelled,
+    for a listing the matcher reads on a thread of its own.
     """
 
     gateway: Any
@@ -176,6 +177,7 @@ class MatchSetup:
     linked: Mapping[str, str]
     cross_ref_key: str
     since: int | None = None
+    check: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,10 @@ class Matcher(Protocol):
     # What happened in Stripe since `since` to objects records are linked to (a payment refunded), for history:
     # (source id, Stripe id, message); each message names the Stripe event's own id, so it is recorded once.
     def linked_news(self) -> Sequence[tuple[str, str, str]]: ...
+
+    # The run ended, whatever its outcome (a failure, a cancel): stop what the matcher still reads on a thread of its
+    # own (no request after the one in flight, no pause waited out), without waiting for it.
+    def stop(self) -> None: ...
 
 
 def single_write(request: PlanRequest, stripe_object: str, role: str) -> list[WriteStep]:

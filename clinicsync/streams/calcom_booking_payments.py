@@ -540,6 +540,11 @@ class PaymentMatcher:
     def linked_news(self) -> list[tuple[str, str, str]]:
         return []
 
+    def stop(self) -> None:
+        """The run ended: the listing it took lists no more (the run stops every listing it read ahead, too)."""
+        if self._ahead is not None:
+            self._ahead.stop(0)
+
 
 # --- reconciliation (issue 12): each paid booking against its payment ------------------------------------------
 HOLD = "HOLD"  # the Stripe app's option that only saves the card (for a no-show fee): nothing is paid on booking

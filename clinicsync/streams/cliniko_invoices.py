@@ -15,7 +15,6 @@ import heapq
 import itertools
 import logging
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from clinicsync import money
 from clinicsync.mapping import invoice_status
 from clinicsync.mapping.apply import MappedRecord
+from clinicsync.readahead import ReadAhead
 from clinicsync.reconcile.compare import CompareRequest, Comparison, Drift, StripeScope, compare_fields
 from clinicsync.reconcile.findings import FindingType, FixKind, Reason, Severity
 from clinicsync.streams import cliniko_common, payment_side
@@ -176,8 +176,8 @@ class InvoiceMatcher:
         self._index = pm.PaymentIndex([], setup.linked, setup.cross_ref_key)
         self._listed_from: int | None = None  # the listing covers payments made from then (epoch s) up to now
         # The first listing (several seconds of pages) runs beside the Cliniko read, not in its way: the invoices
-        # offered meanwhile wait with those that wait for every invoice.
-        self._first_listing: Future[list[pm.Payment]] | None = None
+        # offered meanwhile wait with those that wait for every invoice. Stopped with the run (`stop`).
+        self._first_listing: ReadAhead[pm.Payment] | None = None
         self._zones: dict[str, str] | None = None
         self._customers: dict[str, str] | None = None
 
@@ -224,9 +224,11 @@ class InvoiceMatcher:
             return
         gateway, start = self.setup.gateway, span[0]
         if self._listed_from is None:
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payment-listing")
-            self._first_listing = pool.submit(lambda: list(pm.list_payments(gateway, (start, None))))
-            pool.shutdown(wait=False)  # the listing goes on; the thread ends with it
+            self._first_listing = ReadAhead(
+                lambda: pm.list_payments(gateway, (start, None)),
+                name="Stripe payments for invoices",
+                check=self.setup.check,
+            )
         else:
             self._add(list(pm.list_payments(gateway, (start, self._listed_from - 1))))
         self._listed_from = start
@@ -241,9 +243,9 @@ class InvoiceMatcher:
         listing raised."""
         if self._first_listing is None:
             return True
-        if not wait and not self._first_listing.done():
+        if not wait and not self._first_listing.ended:
             return False
-        payments, self._first_listing = self._first_listing.result(), None
+        payments, self._first_listing = list(self._first_listing), None
         self._add(payments)
         return True
 
@@ -358,6 +360,11 @@ class InvoiceMatcher:
         for patient in sorted(patients):
             for page in self.setup.source.iter_pages("/invoices", [("q[]", f"patient_id:={patient}"), issued_from]):
                 yield from page.records
+
+    def stop(self) -> None:
+        """The run ended before it took the first listing (cancelled, or stopped by a failure): it lists no more."""
+        if self._first_listing is not None:
+            self._first_listing.stop(0)
 
     def linked_news(self) -> list[tuple[str, str, str]]:
         """Refunds since the last run of payments linked to invoices (one listing of refunds), for history."""

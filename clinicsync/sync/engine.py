@@ -326,6 +326,8 @@ class StreamRun:
                 log.exception("sync of %s failed", self.stream.name)
                 result.outcome, result.stop_kind = Outcome.FAILED, StopKind.INTERNAL
                 result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
+        if self._matcher is not None:  # the run stopped before its end: what its matcher still lists stops too
+            self._matcher.stop()
         if result.outcome == "ok" and (result.counts["failed"] or result.counts["review"]):
             result.outcome = "attention"
         try:
@@ -1055,6 +1057,7 @@ class StreamRun:
             linked={row.stripe_id: row.source_id for row in linked},
             cross_ref_key=self.mapping.cross_ref_key,
             since=int(since.timestamp()) if since is not None else None,
+            check=self.cancel.raise_if_cancelled,
         )
         self._matcher = self.stream.matcher(setup)
 

@@ -30,7 +30,7 @@ from clinicsync.profile_lock import ProfileLock
 from clinicsync.reconcile.compare import Comparison, Owned, StripeScope
 from clinicsync.reconcile.findings import Counts, Finding, FindingStatus, FindingType, ReportOutcome
 from clinicsync.reconcile.judge import Decision, SourceSide, StripeSide, judge_match_group, judge_record
-from clinicsync.retry import Cancelled, CancelToken
+from clinicsync.retry import Cancelled, CancelToken, stopped_by
 from clinicsync.secrets import SecretStore
 from clinicsync.sources.errors import SourceError
 from clinicsync.store import mappings as mapping_store
@@ -418,12 +418,15 @@ class _StreamReconciler:
         many Stripe objects and source records were read."""
         outcome: dict[str, Any] = {}
         stop = threading.Event()
+        halt = CancelToken()  # cancelled with `stop`: ends a pause the Stripe thread is in (a 429's, a retry's)
 
         def read_stripe() -> None:
             try:
-                outcome["count"] = self._read_stripe(scratch, stop)
+                with stopped_by(halt):
+                    outcome["count"] = self._read_stripe(scratch, stop)
             except BaseException as exc:  # handed to the reconciling thread, which raises it
-                outcome["error"] = exc
+                cut_short = isinstance(exc, Cancelled) and halt.cancelled and not self.cancel.cancelled
+                outcome["error"] = _StripeStopped() if cut_short else exc
 
         thread = threading.Thread(target=read_stripe, name=f"reconcile-stripe-{self.stream.name}", daemon=True)
         thread.start()
@@ -431,6 +434,7 @@ class _StreamReconciler:
             judged = self._read_source(scratch, spool, prepared, thread, outcome)
         except BaseException:
             stop.set()
+            halt.cancel()
             thread.join()
             if isinstance(outcome.get("error"), Exception) and not isinstance(outcome["error"], _StripeStopped):
                 raise outcome["error"] from None  # Stripe failed first: the source stopped because of it

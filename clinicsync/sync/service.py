@@ -298,8 +298,9 @@ def start_reading_ahead(
 
 def stop_reading_ahead(started: Sequence[ReadAhead[Any]], wait_s: float) -> None:
     """Stop what the run read ahead and nobody took (its stream failed, was cancelled, or did not run): none goes
-    on listing (holding what it read, spending the account's allowance) after the run. Each is told first, then
-    waited for (at most a request's time; one read to its end is over already)."""
+    on listing (holding what it read, spending the account's allowance) after the run. Each is told first, which
+    ends a pause it is in (a rate limit's, a wait to retry), then waited for (at most a request's time, for the one
+    in flight; one read to its end is over already)."""
     for ahead in started:
         ahead.stop(0)
     for ahead in started:

@@ -305,6 +305,49 @@ def test_a_cancelled_run_leaves_no_listing_read_ahead_going(make_sandbox, env_fo
     assert going == [], "a listing read ahead goes on after the run"
 
 
+def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_early_listing_of_payments(
+    make_sandbox, env_for, monkeypatch
+):
+    """Stripe asks the run's early listing of payments to come back in a minute (a 429 with Retry-After: 60); the run
+    then fails (Cal.com revokes the key when the teams are read). The run ends with that failure, and by then no
+    listing it read ahead is left going: the pause was cut short, not waited out (nor waited for, up to Stripe's
+    timeout). Shown by the pause ending early (the sleep raised), ordered by the sandboxes' handling (bounded)."""
+    import threading
+
+    from clinicsync.sync.service import run_sync
+    from tests.support import CutPauses
+
+    sandbox = start(make_sandbox)
+    ctx = context(without_cliniko(env_for(sandbox)))
+    calcom, stripe = sandbox.calcom.emulator, sandbox.stripe.emulator
+    calcom_handle, stripe_handle, paused = calcom.handle, stripe.handle, threading.Event()
+
+    def calcom_api(request: Any) -> Any:
+        if request.method == "GET" and request.path.rstrip("/").endswith("/teams"):
+            paused.wait(10)
+            calcom.admin("revoke_key", {})
+        return calcom_handle(request)
+
+    def stripe_api(request: Any) -> Any:
+        if request.method == "GET" and request.path == "/v1/payment_intents" and not paused.is_set():
+            response = stripe.rate_limited_response(request, 0)
+            response.headers["Retry-After"] = "60"
+            paused.set()
+            return response
+        return stripe_handle(request)
+
+    monkeypatch.setattr(calcom, "handle", calcom_api)
+    monkeypatch.setattr(stripe, "handle", stripe_api)
+    token, before = CutPauses(), set(threading.enumerate())
+    (failed,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
+    going = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("read-ahead")]
+    assert paused.is_set()
+    assert (failed.outcome, failed.stop_kind) == ("failed", "source_auth"), (failed.outcome, failed.message)
+    assert going == [], "a listing read ahead goes on after the run"
+    pauses = [seconds for name, seconds in token.cut if name == "read-ahead Stripe payments"]
+    assert pauses and pauses[0] > 30, f"the listing's pause of a minute was cut short: {token.cut}"
+
+
 def test_a_run_after_a_mapping_save_does_not_list_every_payment_again(make_sandbox, env_for):
     """Saving the stream's mapping starts its records over (the cursor), not its payments: the next run lists only
     the payments made since the previous run, as its matcher does, never every payment on the account."""

@@ -340,3 +340,48 @@ def test_the_first_read_of_the_bookings_overlaps_the_stripe_writes_before_it(mak
     before = executed_writes(sandbox.stripe_url)
     sync_all(without_cliniko(env_for(sandbox)))
     assert executed_writes(sandbox.stripe_url) == before, "a re-run writes nothing"
+
+
+def test_a_run_stopped_by_a_failure_does_not_wait_out_the_bookings_read_aheads_rate_limit_pause(
+    make_sandbox, env_for, monkeypatch
+):
+    """The bookings read ahead are refused by Cal.com's rate limit (a block of 60 s) just as the run fails (the key
+    is revoked when the event types stream asks for the teams): the run ends with that failure and its own message,
+    and by then the reading thread has ended, its pause cut short, neither waited out nor waited for (up to Stripe's
+    timeout). Ordered by the sandbox's handling: the refusal is answered once the teams are asked for, and they are
+    refused once it was answered (each wait bounded)."""
+    import threading
+    import time
+
+    from clinicsync.sync.service import run_sync
+    from tests.support import CutPauses
+
+    sandbox = start(make_sandbox)
+    ctx = context(without_cliniko(env_for(sandbox)))
+    emulator, failing, refused = sandbox.calcom.emulator, threading.Event(), threading.Event()
+    handle = emulator.handle
+
+    def calcom(request: Any) -> Any:
+        path = request.path.rstrip("/")
+        if request.method == "GET" and path.endswith("/bookings") and not refused.is_set():
+            failing.wait(10)
+            refused.set()
+            return emulator.rate_limited_response(request, time.time() + 60)
+        if request.method == "GET" and path.endswith("/teams"):
+            failing.set()
+            refused.wait(10)
+            emulator.admin("revoke_key", {})
+        return handle(request)
+
+    monkeypatch.setattr(emulator, "handle", calcom)
+    token, before = CutPauses(), set(threading.enumerate())
+    results = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
+    going = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("read-ahead")]
+    assert refused.is_set() and failing.is_set()
+    (failed,) = results
+    assert (failed.stream, failed.outcome, failed.stop_kind) == ("calcom.event_types", "failed", "source_auth")
+    assert "rejected the API key" in failed.message, failed.message
+    assert going == [], "the run ended before its reading thread"
+    pauses = [seconds for name, seconds in token.cut if name == "read-ahead Cal.com bookings"]
+    assert pauses and pauses[0] > 30, f"the read ahead's pause of a minute was cut short: {token.cut}"
+    assert not token.cancelled, "the run failed: nobody cancelled it"

@@ -369,6 +369,70 @@ def test_a_payment_that_fits_a_waiting_invoice_by_billing_name_or_email_brings_i
     assert invoices[untouched]["id"] not in reviews, "the same amount, but neither its name nor its patient's email"
 
 
+def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_payment_listing(make_sandbox, env_for, monkeypatch):
+    """The first invoice offered starts the listing of Stripe's payments on a thread of its own; Stripe asks it to
+    come back in a minute (a 429 with Retry-After: 60). The run then fails (Cliniko revokes the key at the next read):
+    the listing's pause is cut short as the run ends, not waited out with nobody to take what it lists. Shown by the
+    pause ending early (the sleep raised), not by time; ordered by the sandboxes' handling (each wait bounded)."""
+    import threading
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from clinicsync.sync.service import run_sync
+    from tests.support import CutPauses
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = env_for(sandbox)
+    sync_once(env)
+    context(env)
+    patient = RecordLink.get(RecordLink.stream == "cliniko.patients").source_id
+    issued = (datetime.now(ZoneInfo("Australia/Melbourne")) - timedelta(days=1)).date().isoformat()
+    spec = {
+        "patient_id": patient,
+        "status": 20,
+        "issue_date": issued,
+        "lines": [{"name": "Consult", "unit_price": "95"}],
+    }
+    (invoice,) = admin(sandbox.cliniko_url, "add_invoices", invoices=[spec])["invoices"]
+    served, paused = threading.Event(), threading.Event()
+    cliniko, stripe_emulator = sandbox.cliniko.emulator, sandbox.stripe.emulator
+    cliniko_handle, stripe_handle = cliniko.handle, stripe_emulator.handle
+
+    def cliniko_api(request: Any) -> Any:
+        if request.method == "GET" and request.path.rstrip("/").endswith("/invoices"):
+            if served.is_set():  # the invoice was read and offered: its payments are being listed
+                paused.wait(10)
+                cliniko.admin("revoke_key", {})
+            response = cliniko_handle(request)
+            listed = response.body.get("invoices") if isinstance(response.body, dict) else None
+            if any(str(i.get("id")) == str(invoice["id"]) for i in listed or []):
+                served.set()
+            return response
+        return cliniko_handle(request)
+
+    def stripe_api(request: Any) -> Any:
+        if request.method == "GET" and request.path == "/v1/charges" and not paused.is_set():
+            response = stripe_emulator.rate_limited_response(request, 0)
+            response.headers["Retry-After"] = "60"
+            paused.set()
+            return response
+        return stripe_handle(request)
+
+    monkeypatch.setattr(cliniko, "handle", cliniko_api)
+    monkeypatch.setattr(stripe_emulator, "handle", stripe_api)
+    ctx, token = context(env), CutPauses()
+    (failed,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], trigger="test", cancel=token)
+    assert served.is_set() and paused.is_set()
+    assert (failed.outcome, failed.stop_kind) == ("failed", "source_auth"), (failed.outcome, failed.message)
+    listing = "read-ahead Stripe payments for invoices"
+    for thread in threading.enumerate():
+        if thread.name == listing:
+            thread.join(10)  # a bound for a listing that is not stopped, not the proof
+    pauses = [seconds for name, seconds in token.cut if name == listing]
+    assert pauses and pauses[0] > 30, f"the listing's pause of a minute was cut short: {token.cut}"
+    assert not token.cancelled, "the run failed: nobody cancelled it"
+
+
 def test_links_are_stored_and_sent_before_the_deleted_pass_is_read(make_sandbox, env_for, monkeypatch) -> None:
     """An invoice is decided as it is read when no invoice still to come can change that, and the ones that wait
     (an exact payment another invoice may fit too) are decided when the live and archived invoices, every invoice

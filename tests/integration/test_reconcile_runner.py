@@ -145,3 +145,47 @@ def test_a_side_that_fails_stops_the_other_and_the_report_says_failed(make_sandb
             "Stripe's reader stopped"
         )
         admin(url, "faults", spec="")
+
+
+def test_a_failing_source_cuts_short_the_pause_stripes_reader_is_in(make_sandbox, env_for, monkeypatch):
+    """Stripe asks its reader to come back in a minute (a 429 with Retry-After: 60), then the source fails (Cliniko
+    revokes the key at its listing): the reconciliation raises the source's failure at once, Stripe's reader (which it
+    waits for) having had its pause cut short, not waited out. Shown by the pause ending early (the sleep raised), not
+    by time; ordered by the sandboxes' handling (bounded)."""
+    from tests.support import CutPauses
+
+    sandbox = make_sandbox(profile="clean", patients=30)
+    env = env_for(
+        sandbox,
+        CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false",
+        CLINICSYNC_STREAMS_CLINIKO_INVOICES_ENABLED="false",
+    )
+    ctx = context(env)
+    cliniko, stripe = sandbox.cliniko.emulator, sandbox.stripe.emulator
+    cliniko_handle, stripe_handle, paused = cliniko.handle, stripe.handle, threading.Event()
+
+    def cliniko_api(request):
+        if request.method == "GET" and request.path.rstrip("/").endswith("/patients"):
+            paused.wait(10)
+            cliniko.admin("revoke_key", {})
+        return cliniko_handle(request)
+
+    def stripe_api(request):
+        if request.method == "GET" and request.path == "/v1/customers" and not paused.is_set():
+            response = stripe.rate_limited_response(request, 0)
+            response.headers["Retry-After"] = "60"
+            paused.set()
+            return response
+        return stripe_handle(request)
+
+    monkeypatch.setattr(cliniko, "handle", cliniko_api)
+    monkeypatch.setattr(stripe, "handle", stripe_api)
+    token = CutPauses()
+    with pytest.raises(Exception) as raised:
+        run_reconcile(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
+    assert paused.is_set()
+    assert (failure_of(raised.value) or ("",))[0] == "auth", repr(raised.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-stripe")], "Stripe's reader stopped"
+    pauses = [seconds for name, seconds in token.cut if name.startswith("reconcile-stripe")]
+    assert pauses and pauses[0] > 30, f"the reader's pause of a minute was cut short: {token.cut}"
+    assert not token.cancelled, "the source failed: nobody cancelled it"

@@ -99,3 +99,29 @@ def test_stopping_lets_go_of_what_was_read_and_then_runs_once_the_thread_has_end
     called: list[bool] = []
     ahead.then(lambda: called.append(True))
     assert called == [True], "once ended, at once"
+
+
+def test_stopping_ends_a_pause_of_the_listing_on_its_thread_alone() -> None:
+    """A listing waiting out a long pause (a rate limit's, with its client sleeping on the run's token, as in a sync)
+    ends as soon as it is stopped: the run that stops it does not wait the pause out. The run's token is not
+    cancelled by it: the same client's waits on the run's own thread go on. Shown by the pause being cut short (the
+    sleep raised), not by the time it took; stop's wait is only a bound for a run that does wait it out."""
+    run, pausing, cut = CancelToken(), threading.Event(), []
+
+    def listing() -> Iterator[int]:
+        yield 1
+        pausing.set()
+        try:
+            run.sleep(60)  # e.g. Cal.com's block of a key that went over its limit
+        except Cancelled:
+            cut.append(threading.current_thread().name)
+            raise
+        yield 2
+
+    ahead = ReadAhead(listing, name="test", check=lambda: run.sleep(0))
+    assert next(iter(ahead)) == 1 and pausing.wait(10)
+    assert ahead.stop(5), "the thread ended"
+    assert cut == ["read-ahead test"], "its pause was cut short"
+    assert ahead.error is None, "the stop's own doing, not an error of the listing"
+    assert not run.cancelled
+    run.sleep(0)  # a wait on another thread is not stopped by it
