@@ -113,6 +113,7 @@ class ReadAhead(Generic[T]):
         with self._changed:
             self._stopped = True
             self._items = []
+            self._error = None  # its traceback holds the frames it read in, and they what it read from (a gateway)
             self._changed.notify_all()
         self._halt.cancel()
         if self._thread is not threading.current_thread():

@@ -328,6 +328,7 @@ class StreamRun:
                 result.message = f"ClinicSync hit an unexpected problem ({type(exc).__name__}); see the log."
         if self._matcher is not None:  # the run stopped before its end: what its matcher still lists stops too
             self._matcher.stop()
+            self._matcher = None  # nor does the run keep what it listed
         if result.outcome == "ok" and (result.counts["failed"] or result.counts["review"]):
             result.outcome = "attention"
         try:

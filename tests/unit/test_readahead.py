@@ -3,7 +3,9 @@ reaches each reader where the listing stopped; a cancelled run stops a reader th
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -99,6 +101,24 @@ def test_stopping_lets_go_of_what_was_read_and_then_runs_once_the_thread_has_end
     called: list[bool] = []
     ahead.then(lambda: called.append(True))
     assert called == [True], "once ended, at once"
+
+
+def test_a_stopped_listing_that_failed_lets_go_of_what_it_read_from() -> None:
+    """The error's traceback holds the listing's frames, and they the gateway it read from: a stopped listing that
+    kept its error kept a finished run's gateway (and its listing) for as long as the listing was referred to."""
+
+    class Gateway:
+        def pages(self) -> Iterator[int]:
+            yield 1
+            raise OSError("Stripe is unreachable")
+
+    gateway = Gateway()
+    freed = weakref.ref(gateway)
+    ahead = ReadAhead(gateway.pages, name="test")
+    del gateway
+    assert ahead.stop(10) and ahead.error is None
+    gc.collect()
+    assert freed() is None, "the stopped listing still holds what it read from"
 
 
 def test_stopping_ends_a_pause_of_the_listing_on_its_thread_alone() -> None:
