@@ -35,16 +35,21 @@ def sentence(text: str) -> str:
 
 # --- a run's counts -----------------------------------------------------------------------------------------
 NOT_PAID_THROUGH_STRIPE = "not paid through Stripe"
+# A record held back for a run because an earlier change to it is still queued for Stripe: in every stream, and
+# never one of the stream's own names for what it skipped (an invoice held back is not "not paid through Stripe").
+WAITING_FOR_EARLIER_CHANGE = "waiting for an earlier change to reach Stripe"
 # A run's counter named for what it means in one stream, where the engine's word would mislead: an invoice that no
 # Stripe payment paid (nothing found to link, or nothing to pay) is "skipped" to the engine.
 STREAM_COUNT_NAMES = {("cliniko.invoices", "skipped"): NOT_PAID_THROUGH_STRIPE}
+COUNT_NAMES = {"waiting": WAITING_FOR_EARLIER_CHANGE}  # a counter's name in every stream, window and command line
 COUNT_WORDS = {"review": "sent to review"}  # the window's words where the command line names the counter
 
 
 def count_name(action: str, stream: str = "", *, gui: bool = False) -> str:
-    """What a run's counter is called after its number ("12 created", "3 not paid through Stripe"): the stream's
-    own name for it, else the action; `gui`: in the window's words ("sent to review")."""
-    named = STREAM_COUNT_NAMES.get((stream, action))
+    """What a run's counter is called after its number ("12 created", "3 not paid through Stripe", "1 waiting for
+    an earlier change to reach Stripe"): the stream's own name for it, else its name everywhere, else the action;
+    `gui`: in the window's words ("sent to review")."""
+    named = STREAM_COUNT_NAMES.get((stream, action)) or COUNT_NAMES.get(action)
     if named is not None:
         return named
     return COUNT_WORDS.get(action, action) if gui else action
@@ -161,6 +166,8 @@ def rule_role_label(role: str, stripe_object: str = "customer") -> str:
 def plan_action_label(action: str, stripe_object: str = "customer", stream: str = "") -> str:
     """A line of the plan shown for approval: what happens to the records counted on it, in Stripe's words (or
     the stream's own name for the counter: invoices not paid through Stripe)."""
+    if action == "waiting":  # its queued change is sent first when the sync runs; the record is read again after
+        return f"{sentence(WAITING_FOR_EARLIER_CHANGE)} (sent first, then checked again)"
     named = STREAM_COUNT_NAMES.get((stream, action))
     if named is not None:
         return f"{sentence(named)} (nothing sent)"

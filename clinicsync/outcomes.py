@@ -16,6 +16,9 @@ class Action(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"
     REVIEW = "review"
+    # Held back this run: an earlier change to the record is still queued for Stripe (its outbox row pending). The
+    # record is read again once that change is through; it was not skipped, and nothing about it was decided.
+    WAITING = "waiting"
 
 
 ACTIONS: tuple[str, ...] = tuple(action.value for action in Action)  # the run's counters, in the order shown

@@ -130,6 +130,14 @@ def _v9_webhook_deliveries(db: SqliteDatabase) -> None:
     db.create_tables(models.WEBHOOK_MODELS, safe=True)
 
 
+def _v10_waiting_count(db: SqliteDatabase) -> None:
+    """A run counts the records it held back while an earlier change to them was still queued for Stripe
+    (`sync_run.waiting`): they were counted as skipped before, which the invoice linker calls "not paid through
+    Stripe". Old runs keep their counts as they were. Idempotent (step 1 builds tables from the current models)."""
+    if "waiting" not in {column.name for column in db.get_columns("sync_run")}:
+        db.execute_sql("ALTER TABLE sync_run ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v1_initial,
     _v2_mapping,
@@ -140,6 +148,7 @@ MIGRATIONS: tuple[Callable[[SqliteDatabase], None], ...] = (
     _v7_reconciliation,
     _v8_people,
     _v9_webhook_deliveries,
+    _v10_waiting_count,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

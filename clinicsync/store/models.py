@@ -157,6 +157,7 @@ class SyncRun(BaseModel):
     skipped = IntegerField(default=0)
     failed = IntegerField(default=0)
     review = IntegerField(default=0)
+    waiting = IntegerField(default=0)  # held back by an earlier change still queued for Stripe (schema v10)
     message = TextField(default="")
     # Scheduled polls that found nothing to do, folded into one row (schema v6): an idle hour is one row ("60
     # checks, nothing changed"), not sixty. The row is the latest check (its times, its id); `checks_since` is
@@ -173,7 +174,7 @@ class SyncEvent(BaseModel):
     source_id = CharField(index=True)
     display_name = CharField(default="")
     stripe_id = CharField(null=True, index=True)
-    action = CharField()  # created, linked, updated, unchanged, skipped, failed, review, note
+    action = CharField()  # created, linked, updated, unchanged, skipped, waiting, failed, review, note
     message = TextField(default="")
     created_at = DateTimeField(default=utcnow)
 

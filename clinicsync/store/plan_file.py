@@ -36,7 +36,7 @@ class PlanEntry:
     """What the plan decided for one record."""
 
     source_id: str
-    action: str  # created, linked, updated, review, skipped, failed, unchanged
+    action: str  # created, linked, updated, review, skipped, waiting, failed, unchanged
     stripe_id: str | None
     display_name: str
     message: str

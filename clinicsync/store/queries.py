@@ -299,6 +299,7 @@ class RunRow(NamedTuple):
     review: int
     message: str
     pair_id: int | None
+    waiting: int = 0  # last: rows built before the counter existed (and their tests) keep their positions
 
 
 class EventRow(NamedTuple):
@@ -346,6 +347,7 @@ def _run_row(run: SyncRun) -> RunRow:
         review=run.review,
         message=run.message,
         pair_id=run.pair_id,
+        waiting=run.waiting,
     )
 
 

@@ -108,7 +108,16 @@ WRITE_BATCH = 50  # plans stored per transaction (each stored before any of them
 QUEUED_WRITE_BATCH = 200
 UNSTORED_PER_COMMIT = 200  # the reading thread's own writes (links, history, reviews) stored per transaction
 # Which outcome a record counts as when several happen to it in one run (the most telling one).
-COUNT_RANK = {"unchanged": 0, "skipped": 1, "updated": 2, "linked": 3, "created": 4, "review": 5, "failed": 6}
+COUNT_RANK = {
+    "unchanged": 0,
+    "skipped": 1,
+    "waiting": 2,
+    "updated": 3,
+    "linked": 4,
+    "created": 5,
+    "review": 6,
+    "failed": 7,
+}
 Progress = Callable[[str, int, int | None, str], None]  # (stream, records done, total or None, step)
 
 
@@ -731,7 +740,7 @@ class StreamRun:
             reason = str(detail.get("reason") or "plan_changed")
             self._review(mapped, reason, list(detail.get("candidates") or ()), pool, writer, entry.message)
         else:
-            if entry.action == "skipped" and detail.get("revisit"):
+            if entry.action in ("skipped", "waiting") and detail.get("revisit"):
                 revisit_later(self.pair, self.stream.name, sid, entry.message)
             self.recorder.record(entry.action, sid, mapped.display_name, entry.stripe_id, entry.message)
 
@@ -865,8 +874,10 @@ class StreamRun:
         if self._has_pending_write(sid):
             # The cursor will move past this version: read the record again once Stripe has confirmed.
             revisit_later(self.pair, self.stream.name, sid, "an earlier write is waiting for Stripe's confirmation")
+            # Counted as waiting, not skipped: a stream names what it skipped in its own words ("not paid through
+            # Stripe" for an invoice), which a record held back is not.
             self.recorder.record(
-                "skipped",
+                "waiting",
                 sid,
                 mapped.display_name,
                 link.stripe_id,

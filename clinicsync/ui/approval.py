@@ -35,7 +35,7 @@ from clinicsync.ui.models import TOOLTIP_LIMIT, clean_text, escape_html
 
 # In the order a person reads the plan: what changes in Stripe first, then what is left alone. Each line's words
 # are the stream's (labels.plan_action_label): customers for patients, products and prices for products.
-ACTIONS = ("created", "linked", "updated", "review", "failed", "skipped", "unchanged")
+ACTIONS = ("created", "linked", "updated", "review", "failed", "skipped", "waiting", "unchanged")
 ACTION_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
@@ -66,7 +66,7 @@ def plan_model(summary: dict[str, Any]) -> QStandardItemModel:
     stream = str(summary.get("stream") or "")
     for action in ACTIONS:
         count = int(counts.get(action, 0))
-        if count == 0 and action in ("failed", "skipped", "unchanged", "updated"):
+        if count == 0 and action in ("failed", "skipped", "waiting", "unchanged", "updated"):
             continue  # rows about nothing only add noise; the four that shape the decision always show
         parent = QStandardItem(f"{count}  {labels.plan_action_label(action, stripe_object, stream)}")
         parent.setData(action, ACTION_ROLE)

@@ -39,7 +39,7 @@ SEARCH_HINT = (
     "Search by name, Cliniko id or Stripe id. Email addresses are not stored, so a full address is matched "
     "through its keyed hash; for part of an address, search the name or the Stripe customer id."
 )
-RUN_WIDTHS = (130, 120, 100, 80, 70, 70, 70, 80, 70, 60, 60)
+RUN_WIDTHS = (130, 120, 100, 80, 70, 70, 70, 80, 70, 65, 60, 60)
 EVENT_WIDTHS = (60, 130, 170, 220, 190, 105)
 
 
@@ -187,12 +187,12 @@ class HistoryTab(QWidget):
         if latest is None:
             self.summary.setText("No syncs yet. Press Sync now on the Overview tab to run the first one.")
             return
-        # What was written, failed or waits, and what the stream names in its own words (an invoice linking run's
-        # invoices not paid through Stripe).
+        # What was written, failed or waits (records held back by an earlier change still queued for Stripe), and
+        # what the stream names in its own words (an invoice linking run's invoices not paid through Stripe).
         named = [name for name in ("skipped",) if labels.count_name(name, latest.stream) != name]
         counts = ", ".join(
             f"{getattr(latest, name):,} {labels.count_name(name, latest.stream)}"
-            for name in ("created", "linked", "updated", *named, "failed", "review")
+            for name in ("created", "linked", "updated", *named, "waiting", "failed", "review")
             if getattr(latest, name)
         )
         text = f"Latest: {stream_label(latest.stream)} at {format_when(latest.started_at)} — {outcome_label(latest)}"

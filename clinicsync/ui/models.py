@@ -344,6 +344,7 @@ class RunsModel(PagedTableModel[RunRow, int]):
         "Updated",
         "Unchanged",
         "Skipped",
+        "Waiting",
         "Failed",
         "Review",
         "Outcome",
@@ -354,10 +355,11 @@ class RunsModel(PagedTableModel[RunRow, int]):
         6: "updated",
         7: "unchanged",
         8: "skipped",
-        9: "failed",
-        10: "review",
+        9: "waiting",  # held back by an earlier change still queued for Stripe (its tooltip says so)
+        10: "failed",
+        11: "review",
     }
-    OUTCOME_COLUMN = 11
+    OUTCOME_COLUMN = 12
     row_type = RunRow
 
     def __init__(self, page_size: int = 200, parent: Any = None) -> None:
@@ -418,10 +420,9 @@ class RunsModel(PagedTableModel[RunRow, int]):
     def _colour(self, run: RunRow, column: int) -> QColor | None:
         if column == self.OUTCOME_COLUMN:
             return severity_color(run.outcome)
-        if column == 9 and run.failed:
-            return severity_color("failed")
-        if column == 10 and run.review:
-            return severity_color("review")
+        action = self.COUNT_COLUMNS.get(column)
+        if action in ("failed", "review") and getattr(run, action):
+            return severity_color(action)
         return None
 
     def _tooltip(self, run: RunRow, column: int) -> str:

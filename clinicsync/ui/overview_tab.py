@@ -59,7 +59,7 @@ STATE_WORDS = {
     "running": "Interrupted (resumes on the next sync)",  # until the next start closes it as interrupted
     "interrupted": "Interrupted (resumes on the next sync)",
 }
-COUNT_ORDER = ("created", "linked", "updated", "unchanged", "skipped", "failed", "review")
+COUNT_ORDER = ("created", "linked", "updated", "unchanged", "skipped", "waiting", "failed", "review")
 
 # Explicit colour pairs (background, text) so both the light and the dark Fusion palette stay readable.
 BADGE_STYLE = {

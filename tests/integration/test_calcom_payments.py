@@ -441,3 +441,45 @@ def _sync_with_a_payment_made_mid_run(sandbox: Any, env: dict[str, str], late: A
     result = sync_all(env)[STREAM]
     assert arrived.is_set(), "the payment arrived during the run"
     return {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
+
+
+def test_a_paid_booking_held_back_by_its_queued_change_is_waiting_not_skipped(make_sandbox, env_for):
+    """A linked booking whose cancellation was queued for Stripe and not sent yet (the sync was killed just after
+    storing it) is held back by the plan made meanwhile: counted and said as waiting for that change to reach Stripe,
+    not as skipped (which for this stream means not paid yet, or paid out of reach). The next sync sends the queued
+    change once."""
+    import subprocess
+    import sys
+
+    from clinicsync import labels
+    from clinicsync.store.models import OutboxEntry
+    from tests.support import sync_once
+
+    sandbox = start(make_sandbox)
+    env = without_cliniko(env_for(sandbox))
+    added = admin(sandbox.calcom_url, "add", event_type_id=4001)
+    load_payments(sandbox, added["payment_intents"])
+    assert sync_all(env)[STREAM].counts["linked"] >= 1
+    (booking,) = added["ids"]
+    admin(sandbox.calcom_url, "cancel", uid=added["uids"][0])
+    admin(sandbox.calcom_url, "clock", advance_s=60)
+    writes = executed_writes(sandbox.stripe_url)
+
+    command = [sys.executable, "-m", "clinicsync", "sync", "--once", "--stream", STREAM]
+    crash = {**env, "CLINICSYNC_CRASH_AT": "after_outbox_insert"}
+    killed = subprocess.run(command, env=crash, capture_output=True, timeout=180)
+    assert killed.returncode != 0, killed.stdout
+    context(env)
+    queued = OutboxEntry.select().where((OutboxEntry.stream == STREAM) & (OutboxEntry.status == "pending"))
+    assert [row.source_id for row in queued] == [str(booking)]
+
+    plan = sync_once(env, stream=STREAM, dry_run=True)
+    words = labels.counts_words(plan.counts, STREAM)
+    assert plan.counts["skipped"] == 0 and plan.counts["waiting"] == 1, words
+    assert [row["source_id"] for row in plan.plan["samples"]["waiting"]] == [str(booking)]
+
+    result = sync_once(env, stream=STREAM)
+    assert result.counts["updated"] == 1 and result.counts["waiting"] == 0, result.counts
+    assert executed_writes(sandbox.stripe_url) == writes + 1, "the queued change is sent once"
+    by_booking = {p["metadata"].get("bookingId"): p["metadata"] for p in payments(sandbox)}
+    assert by_booking[str(booking)]["calcom_status"] == "cancelled"

@@ -666,3 +666,65 @@ def test_an_invoice_backdated_during_the_first_read_is_judged_beside_the_one_its
     assert reviews[raised[0]["id"]].reason == "link_taken"
     assert reviews[raised[0]["id"]].candidates == [paid["payment_intent"]]
     assert writes(sandbox)["POST /v1/payment_intents/{id}"] == 1
+
+
+def test_a_linked_invoice_held_back_by_its_queued_change_is_waiting_not_unpaid(make_sandbox, env_for) -> None:
+    """A linked invoice whose status change was queued for Stripe and not sent yet (the sync was killed just after
+    storing it) is held back by the plan made meanwhile: it is counted, and said, as waiting for that change to
+    reach Stripe, never as "not paid through Stripe" (before, the engine counted it skipped, which this stream
+    calls not paid through Stripe). The next sync sends the queued change exactly once and loses nothing."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from clinicsync import labels
+    from clinicsync.store import queries
+    from clinicsync.store.models import OutboxEntry
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = env_for(sandbox)
+    sync_once(env)
+    context(env)
+    patient, customer = next(
+        (row.source_id, row.stripe_id) for row in RecordLink.select().where(RecordLink.stream == "cliniko.patients")
+    )
+    issued = (datetime.now(ZoneInfo("Australia/Melbourne")) - timedelta(days=1)).date().isoformat()
+    spec = {
+        "patient_id": patient,
+        "status": 20,
+        "issue_date": issued,
+        "lines": [{"name": "Consult", "unit_price": "80"}],
+    }
+    (invoice,) = admin(sandbox.cliniko_url, "add_invoices", invoices=[spec])["invoices"]
+    paid = admin(sandbox.stripe_url, "add_payment", amount=8000, currency="aud", customer=customer)
+    assert sync_once(env, stream=STREAM).counts["linked"] == 1
+    sent = writes(sandbox)["POST /v1/payment_intents/{id}"]
+
+    admin(sandbox.cliniko_url, "edit_invoices", ids=[invoice["id"]], fields={"status": 30})  # closed in Cliniko
+    command = [sys.executable, "-m", "clinicsync", "sync", "--once", "--stream", STREAM]
+    crash = {**env, "CLINICSYNC_CRASH_AT": "after_outbox_insert"}
+    killed = subprocess.run(command, env=crash, capture_output=True, timeout=180)
+    assert killed.returncode != 0, killed.stdout
+    context(env)
+    assert OutboxEntry.select().where((OutboxEntry.stream == STREAM) & (OutboxEntry.status == "pending")).count() == 1
+
+    plan = sync_once(env, stream=STREAM, dry_run=True)
+    words = labels.counts_words(plan.counts, STREAM)
+    assert plan.counts["skipped"] == 0, words
+    assert plan.counts["waiting"] == 1, words
+    assert f"0 {labels.NOT_PAID_THROUGH_STRIPE}" in words and "1 waiting for an earlier change to reach Stripe" in words
+    assert [row["source_id"] for row in plan.plan["samples"]["waiting"]] == [invoice["id"]]
+    assert labels.plan_action_label("waiting", "payment_intent", STREAM).startswith(
+        "Waiting for an earlier change to reach Stripe"
+    )
+    context(env)
+    (latest,) = queries.history_runs(limit=1)  # the plan's own row in History
+    assert (latest.dry_run, latest.skipped, latest.waiting) == (True, 0, 1), latest
+
+    again = sync_once(env, stream=STREAM)  # the queued change goes first, once; nothing is held back any more
+    assert again.counts["updated"] == 1 and again.counts["skipped"] == again.counts["waiting"] == 0, again.counts
+    assert writes(sandbox)["POST /v1/payment_intents/{id}"] == sent + 1
+    sdk = stripe.StripeClient(sandbox.stripe_key or "", base_addresses={"api": sandbox.stripe_url})
+    metadata = sdk.v1.payment_intents.retrieve(paid["payment_intent"]).metadata
+    assert metadata["cliniko_invoice_id"] == invoice["id"] and metadata["cliniko_invoice_status"] == "closed"
+    assert sync_once(env, stream=STREAM).counts["updated"] == 0
+    assert writes(sandbox)["POST /v1/payment_intents/{id}"] == sent + 1, "no duplicate"

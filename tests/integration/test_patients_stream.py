@@ -144,6 +144,7 @@ def test_hard_profile_outcomes_record_by_record(make_sandbox, env_for):
         "skipped": 2,
         "failed": 0,
         "review": 1,
+        "waiting": 0,
     }
     assert result.outcome == "attention"  # a review item needs a person
 

@@ -15,7 +15,7 @@ from clinicsync.sync.runner import SyncRunner
 from clinicsync.ui.bridge import BridgeListener, RunnerBridge
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.history_tab import HistoryTab
-from clinicsync.ui.models import EventsModel
+from clinicsync.ui.models import EventsModel, RunsModel
 from tests.support import stats, sync_once
 
 WAIT_MS = 30_000
@@ -72,7 +72,9 @@ def test_a_finished_sync_appears_with_its_counts_and_failures_first(qtbot, make_
     assert run is not None and run.failed >= 3 and run.created + run.failed == 40
     failures = run.failed
     runs = tab.runs_model
-    assert runs.index(0, 9).data() == str(failures) and runs.index(0, 11).data() == "Needs attention"
+    failed_column = RunsModel.columns.index("Failed")
+    assert runs.index(0, failed_column).data() == str(failures)
+    assert runs.index(0, RunsModel.OUTCOME_COLUMN).data() == "Needs attention"
     actions = shown(tab, EventsModel.ACTION)
     assert actions[:failures] == ["Failed"] * failures
     assert set(actions[failures:]) == {"Created"} and len(actions) == 40
@@ -217,7 +219,7 @@ def test_in_the_real_window_sync_now_updates_the_history_tab(qtbot, make_sandbox
         run = tab.selected_run()
         assert run is not None and run.trigger == "manual" and run.outcome in ("ok", "attention")
         assert tab.runs_model.index(0, 4).data() == (f"{run.created:,}" if run.created else "–")
-        written = (run.created, run.linked, run.updated, run.skipped, run.failed, run.review)
+        written = (run.created, run.linked, run.updated, run.skipped, run.waiting, run.failed, run.review)
         assert len(shown(tab, EventsModel.NAME)) == sum(written)
     finally:
         assert gui.shutdown(15)

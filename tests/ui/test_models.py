@@ -90,7 +90,7 @@ def test_runs_model_lists_runs_newest_first_with_their_counts_and_outcome(qtbot,
     model.load()
 
     assert model.rowCount() == 2
-    assert model.columnCount() == len(RunsModel.columns) == 12
+    assert model.columnCount() == len(RunsModel.columns) == 13
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
     assert headers[:4] == ["Started", "Stream", "Trigger", "Duration"]
     assert headers[-1] == "Outcome" and "Failed" in headers and "Review" in headers and "Unchanged" in headers
@@ -100,9 +100,11 @@ def test_runs_model_lists_runs_newest_first_with_their_counts_and_outcome(qtbot,
     assert newest[headers.index("Failed")] == "2"
     assert newest[headers.index("Created")] == "–"
     assert newest[-1] == "Needs attention"
-    assert model.index(0, 11).data(Qt.ItemDataRole.ForegroundRole) is not None  # attention is coloured
+    outcome = RunsModel.OUTCOME_COLUMN
+    assert model.index(0, outcome).data(Qt.ItemDataRole.ForegroundRole) is not None  # attention is coloured
+    assert model.index(0, headers.index("Failed")).data(Qt.ItemDataRole.ForegroundRole) is not None
     assert model.index(1, 3).data() == "12.5 s"
-    assert model.index(1, 11).data() == "OK"
+    assert model.index(1, outcome).data() == "OK"
 
 
 def test_runs_model_refresh_adds_new_runs_on_top_and_finishes_running_ones(qtbot, db, pair):
@@ -120,7 +122,7 @@ def test_runs_model_refresh_adds_new_runs_on_top_and_finishes_running_ones(qtbot
 
     assert new_ids == [newer.id]
     assert [model.row_at(r).id for r in range(model.rowCount())] == [newer.id, running.id]
-    assert model.index(1, 4).data() == "7" and model.index(1, 11).data() == "OK"
+    assert model.index(1, 4).data() == "7" and model.index(1, RunsModel.OUTCOME_COLUMN).data() == "OK"
 
 
 def test_runs_model_pages_lazily(qtbot, db):

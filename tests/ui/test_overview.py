@@ -100,6 +100,24 @@ def test_invoices_no_payment_paid_are_counted_in_a_practice_managers_words() -> 
     assert tooltip.splitlines()[0] == "3 not paid through Stripe"
 
 
+def test_invoices_held_back_by_a_queued_change_are_waiting_not_unpaid() -> None:
+    """An invoice held back because an earlier change to it is still queued for Stripe has its own counter: the
+    card, the History column, its tooltip and a record's row say it waits for that change, not "not paid"."""
+    from clinicsync.ui.models import RunsModel, action_label
+
+    counts = {"linked": 4, "skipped": 0, "waiting": 2}
+    card = stream_view("cliniko.invoices", row(last_outcome="ok", last_counts=counts), None, NOW)
+    assert card.counts == "4 linked, 2 waiting for an earlier change to reach Stripe"
+    assert action_label("waiting", "cliniko.invoices") == "Waiting for an earlier change to reach Stripe"
+    at = utc_naive(NOW)
+    run = queries.RunRow(8, "cliniko.invoices", "cli", False, at, at, "ok", 0, 4, 0, 0, 0, 0, 0, "", 1, waiting=2)
+    waiting = next(column for column, name in RunsModel.COUNT_COLUMNS.items() if name == "waiting")
+    model = RunsModel()
+    assert RunsModel.columns[waiting] == "Waiting" and model.cell(run, waiting, Qt.ItemDataRole.DisplayRole) == "2"
+    tooltip = model.cell(run, waiting, Qt.ItemDataRole.ToolTipRole)
+    assert tooltip.splitlines()[0] == "2 waiting for an earlier change to reach Stripe"
+
+
 def test_a_sync_that_never_started_says_why_in_plain_words() -> None:
     from clinicsync.sync.runner import PAUSED_MESSAGE, Job, JobOutcome
 
