@@ -116,6 +116,26 @@ def stream_title(stream: str) -> str:
     return STREAM_TITLES.get(stream) or stream_source(stream)
 
 
+# The settings that switch a stream on, as the Settings tab's tick boxes name them (the tab shows these words on
+# the boxes, and a schedule switch waiting for one of them names it).
+STREAM_SWITCHES = {
+    "streams.cliniko.invoices.enabled": "Link each paid Cliniko invoice to the Stripe payment that paid it",
+    "cliniko.invoices.mirror": "Copy Cliniko invoices into Stripe as Stripe invoices",
+}
+
+
+def not_running_words(source: str = "", setting: str = "", *, given_at_start: bool = False) -> str:
+    """Why a stream does not run (clinicsync.sync.service.why_not_running), in a practice manager's words: the
+    source to connect first, or the switch to turn on first."""
+    if source:
+        return f"Connect {SOURCE_SYSTEMS.get(source, source.capitalize())} first, in the Connections tab."
+    if given_at_start:
+        return "Turned off when ClinicSync was started, so it can't be turned on here."
+    if setting in STREAM_SWITCHES:
+        return f"Turn on “{STREAM_SWITCHES[setting]}” first."
+    return "Turned off in ClinicSync's settings, so it does not run."
+
+
 # --- what a stream writes -------------------------------------------------------------------------------------
 STRIPE_OBJECTS = {
     "customer": ("customer", "customers"),

@@ -340,16 +340,35 @@ def sources_with_keys(keys: Mapping[str, str]) -> tuple[str, ...]:
     return found or CONNECTED_SOURCES
 
 
-def enabled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:
-    """Every stream of a connected source not switched off (`streams.<name>.enabled`, or the setting an optional
-    stream names in `enabled_by`; a stream without such a setting is on whenever its source is connected)."""
+@dataclass(frozen=True)
+class NotRunning:
+    """Why a stream does not run in this setup: its source is not connected (`source`, the one to connect), or the
+    setting that switches it on is off (`setting`; `given_at_start` when that came with the process, so the window
+    cannot turn it on). labels.not_running_words says it in words."""
+
+    source: str = ""
+    setting: str = ""
+    given_at_start: bool = False
+
+
+def why_not_running(settings: Settings, name: str, connected: Sequence[str] = CONNECTED_SOURCES) -> NotRunning | None:
+    """None when the stream runs with these sources connected; else what it waits for. A stream is off when its
+    source is not connected, or when its switch (`streams.<name>.enabled`, or the setting an optional stream names
+    in `enabled_by`) is off; a stream without such a setting is on whenever its source is connected."""
     from clinicsync.store.settings import SPECS_BY_KEY
 
-    def switched_on(name: str) -> bool:
-        key = STREAMS[name].enabled_by or f"streams.{name}.enabled"
-        return key not in SPECS_BY_KEY or bool(settings.get(key))
+    stream = STREAMS[name]
+    if stream.source_system not in connected:
+        return NotRunning(source=stream.source_system)
+    key = stream.enabled_by or f"streams.{name}.enabled"
+    if key in SPECS_BY_KEY and not settings.get(key):  # get: a damaged value refuses, as using it would
+        return NotRunning(setting=key, given_at_start=settings.lookup(key).source == "environment")
+    return None
 
-    return [name for name in STREAMS if STREAMS[name].source_system in connected and switched_on(name)]
+
+def enabled_streams(settings: Settings, connected: Sequence[str] = CONNECTED_SOURCES) -> list[str]:
+    """Every stream that runs with these sources connected (`why_not_running` says why the others do not)."""
+    return [name for name in STREAMS if why_not_running(settings, name, connected) is None]
 
 
 def check_dependencies(

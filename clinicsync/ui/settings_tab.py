@@ -4,7 +4,9 @@ at login; notifications; what to do with an email match; where this profile keep
 Every change is stored at once and applies without a restart: the schedule reads the settings on its next tick
 and rebuilds its jobs (clinicsync.sync.scheduler). The shortest interval offered is the scheduler's own rule
 (`shortest_interval`), so the form never offers what the schedule would not do. A setting given to ClinicSync when
-it was started cannot be changed here; its control is disabled and says so.
+it was started cannot be changed here; its control is disabled and says so. A stream that cannot run in this setup
+(its source not connected, the setting that switches it on off) keeps its schedule switch, disabled, with the
+engine's reason under it (clinicsync.sync.service.why_not_running), until what it waits for is done.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QScrollArea,
     QSpinBox,
+    QStyle,
     QTimeEdit,
     QVBoxLayout,
     QWidget,
@@ -34,9 +37,10 @@ from clinicsync.mapping.transforms import DEFAULT_TIME_ZONE
 from clinicsync.store import reconciliation
 from clinicsync.store.settings import SPECS_BY_KEY, WEEKDAYS, SettingError
 from clinicsync.streams import STREAMS
+from clinicsync.streams.cliniko_invoice_mirror import MIRROR_SETTING
 from clinicsync.sync.runner import is_paused
 from clinicsync.sync.scheduler import scheduled_streams, shortest_interval
-from clinicsync.sync.service import connected_sources
+from clinicsync.sync.service import connected_sources, why_not_running
 from clinicsync.ui.context import UiContext
 from clinicsync.ui.status import StatusTracker
 
@@ -111,6 +115,7 @@ class SettingsTab(QWidget):
         box = QGroupBox("Checking for changes")
         form = QFormLayout(box)
         self.stream_boxes: dict[str, QCheckBox] = {}
+        self.stream_reasons: dict[str, QLabel] = {}  # why the stream cannot run, shown while it cannot
         self.stream_intervals: dict[str, QSpinBox] = {}
         for stream in schedulable_streams():
             check = QCheckBox(f"Check {labels.stream_source(stream)} for changes on a schedule")
@@ -118,6 +123,12 @@ class SettingsTab(QWidget):
             self.stream_boxes[stream] = check
             self._controls[f"schedule.{stream}.enabled"] = check
             form.addRow(check)
+            reason = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+            reason.setObjectName("stream-not-running")
+            reason.setIndent(_box_text_indent(check))  # under the switch's words, not its box
+            reason.setVisible(False)
+            self.stream_reasons[stream] = reason
+            form.addRow(reason)
             key = f"schedule.{stream}.interval_seconds"
             if key in SPECS_BY_KEY:
                 own = QSpinBox()
@@ -225,7 +236,7 @@ class SettingsTab(QWidget):
     def _invoices_box(self) -> QGroupBox:
         box = QGroupBox("Cliniko invoices in Stripe")
         form = QFormLayout(box)
-        self.linking_box = QCheckBox("Link each paid Cliniko invoice to the Stripe payment that paid it")
+        self.linking_box = QCheckBox(labels.STREAM_SWITCHES[LINKING])
         self.linking_box.toggled.connect(lambda on: self._store(LINKING, on))
         self._controls[LINKING] = self.linking_box
         form.addRow(self.linking_box)
@@ -236,9 +247,9 @@ class SettingsTab(QWidget):
                 wordWrap=True,
             )
         )
-        self.mirror_box = QCheckBox("Copy Cliniko invoices into Stripe as Stripe invoices")
-        self.mirror_box.toggled.connect(lambda on: self._store("cliniko.invoices.mirror", on))
-        self._controls["cliniko.invoices.mirror"] = self.mirror_box
+        self.mirror_box = QCheckBox(labels.STREAM_SWITCHES[MIRROR_SETTING])
+        self.mirror_box.toggled.connect(lambda on: self._store(MIRROR_SETTING, on))
+        self._controls[MIRROR_SETTING] = self.mirror_box
         form.addRow(self.mirror_box)
         form.addRow(
             QLabel(
@@ -283,14 +294,16 @@ class SettingsTab(QWidget):
         _quietly(self.notify_box, lambda: self.notify_box.setChecked(bool(values["alerts.notify"].value)))
         _quietly(self.outage_box, lambda: self.outage_box.setValue(int(values["alerts.outage_minutes"].value)))
         _quietly(self.email_box, lambda: _select(self.email_box, values["sync.email_match"].value))
-        _quietly(self.mirror_box, lambda: self.mirror_box.setChecked(bool(values["cliniko.invoices.mirror"].value)))
+        _quietly(self.mirror_box, lambda: self.mirror_box.setChecked(bool(values[MIRROR_SETTING].value)))
         _quietly(self.linking_box, lambda: self.linking_box.setChecked(bool(values[LINKING].value)))
         for key, control in self._controls.items():
             given = values[key].source == "environment"
             if key != "schedule.reconcile.day" and key != "schedule.reconcile.time":
                 control.setEnabled(not given)
             control.setToolTip(FROM_START if given else "")
-        self._show_interval()  # after the loop: with nothing on a schedule, the interval box is off too
+        connected = connected_sources(app.secrets)
+        self._show_not_running(connected)  # after the loop: a stream that cannot run has its switch off too
+        self._show_interval(connected)  # with nothing on a schedule, the interval box is off too
         weekly = values["schedule.reconcile.frequency"].value == "weekly"
         off = values["schedule.reconcile.frequency"].value == "off"
         self.day_box.setEnabled(weekly and values["schedule.reconcile.day"].source != "environment")
@@ -303,10 +316,27 @@ class SettingsTab(QWidget):
         _quietly(self.login_box, lambda: self.login_box.setChecked(enabled))
         self.zone_label.setText(clinic_zone_words())
 
-    def _show_interval(self) -> None:
+    def _show_not_running(self, connected: tuple[str, ...]) -> None:
+        """Each schedule switch of a stream that cannot run in this setup: disabled, with the engine's reason under
+        it (the stored choice is kept and shown, and counts again once the stream can run)."""
+        settings = self.ui.app.settings
+        for stream, check in self.stream_boxes.items():
+            try:
+                why = why_not_running(settings, stream, connected)
+            except SettingError:  # a damaged switch: the sync says so when it runs
+                why = None
+            words = ""
+            if why is not None:
+                words = labels.not_running_words(why.source, why.setting, given_at_start=why.given_at_start)
+                check.setEnabled(False)
+                check.setToolTip(words)
+            self.stream_reasons[stream].setText(words)
+            self.stream_reasons[stream].setVisible(bool(words))
+
+    def _show_interval(self, connected: tuple[str, ...]) -> None:
         settings = self.ui.app.settings
         try:
-            streams = scheduled_streams(settings, connected_sources(self.ui.app.secrets))
+            streams = scheduled_streams(settings, connected)
         except SettingError:
             streams = []
         floor = shortest_interval(streams)
@@ -400,6 +430,14 @@ def clinic_zone_words() -> str:
     if latest and latest[0].time_zone:
         return f"{latest[0].time_zone} (as ClinicSync last read it from Cliniko)"
     return f"{DEFAULT_TIME_ZONE} until ClinicSync has read the clinic's own from Cliniko"
+
+
+def _box_text_indent(check: QCheckBox) -> int:
+    """How far a tick box's words start from its left edge (its box and the gap after it), in this style."""
+    style = check.style()
+    return style.pixelMetric(QStyle.PixelMetric.PM_IndicatorWidth, None, check) + style.pixelMetric(
+        QStyle.PixelMetric.PM_CheckBoxLabelSpacing, None, check
+    )
 
 
 def _own_value(box: QSpinBox, value: int) -> int:

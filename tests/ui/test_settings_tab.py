@@ -1,6 +1,7 @@
 """The Settings tab: every change is stored at once and the window's schedule follows it without a restart (on a
 ManualClock); the shortest interval offered is the scheduler's own rule; start at login writes and removes the
-desktop's entry (in a redirected folder); a setting given at start cannot be changed here."""
+desktop's entry (in a redirected folder); a setting given at start cannot be changed here; a stream that cannot run
+in this setup keeps its schedule switch, disabled, with the engine's reason under it until it can run."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import pytest
 from PySide6.QtCore import QTime
 
 from clinicsync import autostart
+from clinicsync.secrets import CLINIKO_API_KEY
 from clinicsync.sync.clock import ManualClock
 from clinicsync.sync.scheduler import scheduled_streams, shortest_interval
+from clinicsync.sync.service import NotRunning, connected_sources, why_not_running
 from tests.support import profile_env
 from tests.ui.conftest import DUMMY_KEYS, WAIT_MS
+from tests.ui.connections_support import memory_keyring
+from tests.ui.test_words import offences
 
 STREAM = "cliniko.patients"
 
@@ -170,3 +175,60 @@ def test_linking_invoices_to_payments_is_on_by_default_and_switched_off_here(qtb
     assert not tab.linking_box.isChecked(), "shown as stored"
     tab.linking_box.setChecked(True)
     assert "cliniko.invoices" in scheduled_streams(gui.ui.app.settings)
+
+
+def shown_reason(tab, stream: str) -> str:
+    """The words under a stream's schedule switch ("" when none show)."""
+    reason = tab.stream_reasons[stream]
+    return reason.text() if reason.isVisibleTo(tab) else ""
+
+
+def test_calcom_switches_are_disabled_and_say_why_until_a_calcom_key_is_saved(qtbot, build_gui, home) -> None:
+    calcom = ("calcom.event_types", "calcom.bookings", "calcom.booking_payments", "calcom.reference")
+    with memory_keyring():  # keys from the keyring, as a clinic's are: saving one in Connections is what changes
+        gui = build_gui(profile_env(home, {"CLINICSYNC_CONTACT_EMAIL": "tests@example.com"}))
+        secrets = gui.ui.app.secrets
+        secrets.set(CLINIKO_API_KEY, "dummy-cliniko-key")
+        tab = gui.window.show_tab("settings")
+        for stream in calcom:
+            assert not tab.stream_boxes[stream].isEnabled(), f"{stream}'s switch can be ticked with no Cal.com key"
+            assert why_not_running(gui.ui.app.settings, stream, connected_sources(secrets)) == NotRunning("calcom")
+            assert shown_reason(tab, stream) == "Connect Cal.com first, in the Connections tab."
+            assert tab.stream_boxes[stream].isChecked(), "the stored choice is still shown"
+        assert offences(shown_reason(tab, "calcom.bookings")) == []
+        assert tab.stream_boxes["cliniko.patients"].isEnabled() and shown_reason(tab, "cliniko.patients") == ""
+
+        connections = gui.window.show_tab("connections")
+        connections.calcom.key_edit.setText("cal_sandbox_dummy_key")
+        connections.calcom.save_button.click()
+        # No tab switch: the save's own signal reaches the Settings tab (showing it again would refresh it anyway).
+        for stream in calcom:
+            assert tab.stream_boxes[stream].isEnabled() and shown_reason(tab, stream) == ""
+        assert tab.stream_boxes["cliniko.patients"].isEnabled()
+
+
+def test_a_switch_waiting_for_another_setting_names_it_and_follows_it(qtbot, build_gui, offline_env) -> None:
+    gui = build_gui(offline_env)
+    tab = gui.window.show_tab("settings")
+    mirror, linking = "cliniko.invoice_mirror", "cliniko.invoices"
+    assert not tab.stream_boxes[mirror].isEnabled(), "the mirror's schedule switch works while mirroring is off"
+    assert shown_reason(tab, mirror) == f"Turn on “{tab.mirror_box.text()}” first."
+    assert tab.stream_boxes[linking].isEnabled() and shown_reason(tab, linking) == ""
+
+    tab.mirror_box.setChecked(True)
+    assert tab.stream_boxes[mirror].isEnabled() and shown_reason(tab, mirror) == ""
+    tab.linking_box.setChecked(False)
+    assert not tab.stream_boxes[linking].isEnabled()
+    assert shown_reason(tab, linking) == f"Turn on “{tab.linking_box.text()}” first."
+    tab.linking_box.setChecked(True)
+    assert tab.stream_boxes[linking].isEnabled() and shown_reason(tab, linking) == ""
+
+
+def test_a_stream_turned_off_when_clinicsync_was_started_says_so(qtbot, build_gui, home) -> None:
+    env = profile_env(home, DUMMY_KEYS, CLINICSYNC_STREAMS_CLINIKO_PRODUCTS_ENABLED="false")
+    gui = build_gui(env)
+    tab = gui.window.show_tab("settings")
+    products = "cliniko.products"
+    assert not tab.stream_boxes[products].isEnabled()
+    assert shown_reason(tab, products) == "Turned off when ClinicSync was started, so it can't be turned on here."
+    assert offences(shown_reason(tab, products)) == []
