@@ -186,8 +186,8 @@ def rule_role_label(role: str, stripe_object: str = "customer") -> str:
 def plan_action_label(action: str, stripe_object: str = "customer", stream: str = "") -> str:
     """A line of the plan shown for approval: what happens to the records counted on it, in Stripe's words (or
     the stream's own name for the counter: invoices not paid through Stripe)."""
-    if action == "waiting":  # its queued change is sent first when the sync runs; the record is read again after
-        return f"{sentence(WAITING_FOR_EARLIER_CHANGE)} (sent first, then checked again)"
+    if action == "waiting":  # its change is queued or sent, not yet confirmed; the record is read again after
+        return f"{sentence(WAITING_FOR_EARLIER_CHANGE)} (checked again once it has)"
     named = STREAM_COUNT_NAMES.get((stream, action))
     if named is not None:
         return f"{sentence(named)} (nothing sent)"

@@ -21,7 +21,7 @@ def test_a_held_back_record_is_waiting_in_every_stream_never_not_paid(stream: st
     for gui in (False, True):
         assert labels.count_name("waiting", stream, gui=gui) == labels.WAITING_FOR_EARLIER_CHANGE
     assert labels.plan_action_label("waiting", "payment_intent", stream) == (
-        "Waiting for an earlier change to reach Stripe (sent first, then checked again)"
+        "Waiting for an earlier change to reach Stripe (checked again once it has)"
     )
     words = labels.counts_words({"linked": 2, "skipped": 0, "waiting": 1}, stream)
     assert words.endswith(", 1 waiting for an earlier change to reach Stripe"), words
