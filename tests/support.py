@@ -125,3 +125,20 @@ class CutPauses(CancelToken):
         except Cancelled:
             self.cut.append((threading.current_thread().name, seconds))
             raise
+
+
+def paused_once(emulator: Any, path: str, paused: threading.Event, retry_after_s: int = 60) -> Any:
+    """A handler for `emulator` (a sandbox's) that answers the first GET of `path` with a 429 asking to wait
+    `retry_after_s` seconds, sets `paused`, and answers everything else as the emulator does: a listing caught in a
+    long rate-limit pause. Install it with monkeypatch.setattr(emulator, "handle", ...)."""
+    handle = emulator.handle
+
+    def answer(request: Any) -> Any:
+        if request.method == "GET" and request.path == path and not paused.is_set():
+            response = emulator.rate_limited_response(request, 0)
+            response.headers["Retry-After"] = str(retry_after_s)
+            paused.set()
+            return response
+        return handle(request)
+
+    return answer

@@ -315,12 +315,12 @@ def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_early_listing_of
     import threading
 
     from clinicsync.sync.service import run_sync
-    from tests.support import CutPauses
+    from tests.support import CutPauses, paused_once
 
     sandbox = start(make_sandbox)
     ctx = context(without_cliniko(env_for(sandbox)))
     calcom, stripe = sandbox.calcom.emulator, sandbox.stripe.emulator
-    calcom_handle, stripe_handle, paused = calcom.handle, stripe.handle, threading.Event()
+    calcom_handle, paused = calcom.handle, threading.Event()
 
     def calcom_api(request: Any) -> Any:
         if request.method == "GET" and request.path.rstrip("/").endswith("/teams"):
@@ -328,16 +328,8 @@ def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_early_listing_of
             calcom.admin("revoke_key", {})
         return calcom_handle(request)
 
-    def stripe_api(request: Any) -> Any:
-        if request.method == "GET" and request.path == "/v1/payment_intents" and not paused.is_set():
-            response = stripe.rate_limited_response(request, 0)
-            response.headers["Retry-After"] = "60"
-            paused.set()
-            return response
-        return stripe_handle(request)
-
     monkeypatch.setattr(calcom, "handle", calcom_api)
-    monkeypatch.setattr(stripe, "handle", stripe_api)
+    monkeypatch.setattr(stripe, "handle", paused_once(stripe, "/v1/payment_intents", paused))
     token, before = CutPauses(), set(threading.enumerate())
     (failed,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
     going = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("read-ahead")]

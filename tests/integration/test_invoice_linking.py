@@ -281,13 +281,12 @@ def test_payment_times_are_local_dates_in_each_business_zone_across_dst(make_san
     assert "PaymentIntent pi_" in notes[made[0]["id"]]
 
 
-def test_an_invoice_waiting_for_a_payment_is_judged_again_only_when_its_customer_pays(make_sandbox, env_for) -> None:
-    """Said once, not read by id on every run while it waits; linked on the run after its patient pays."""
+def _synced_patient_with_an_invoice(sandbox: Any, env: dict[str, str], unit_price: str) -> tuple[str, dict[str, Any]]:
+    """The sandbox's one patient synced to a customer, then given an invoice issued yesterday (clinic time) of one
+    line at `unit_price`: (the customer's id, the invoice)."""
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    sandbox = make_sandbox(profile="clean", patients=1)
-    env = env_for(sandbox)
     sync_once(env)
     context(env)
     patient, customer = next(
@@ -298,9 +297,18 @@ def test_an_invoice_waiting_for_a_payment_is_judged_again_only_when_its_customer
         "patient_id": patient,
         "status": 20,
         "issue_date": issued,
-        "lines": [{"name": "Consult", "unit_price": "95.5"}],
+        "lines": [{"name": "Consult", "unit_price": unit_price}],
     }
     (invoice,) = admin(sandbox.cliniko_url, "add_invoices", invoices=[spec])["invoices"]
+    return customer, invoice
+
+
+def test_an_invoice_waiting_for_a_payment_is_judged_again_only_when_its_customer_pays(make_sandbox, env_for) -> None:
+    """Said once, not read by id on every run while it waits; linked on the run after its patient pays."""
+
+    sandbox = make_sandbox(profile="clean", patients=1)
+    env = env_for(sandbox)
+    customer, invoice = _synced_patient_with_an_invoice(sandbox, env, "95.5")
     first = sync_once(env, stream=STREAM)
     assert first.counts["skipped"] == 1, first.counts
     reads = Counter(stats(sandbox.cliniko_url)["by_endpoint"])
@@ -379,7 +387,7 @@ def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_payment_listing(
     from zoneinfo import ZoneInfo
 
     from clinicsync.sync.service import run_sync
-    from tests.support import CutPauses
+    from tests.support import CutPauses, paused_once
 
     sandbox = make_sandbox(profile="clean", patients=1)
     env = env_for(sandbox)
@@ -396,7 +404,7 @@ def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_payment_listing(
     (invoice,) = admin(sandbox.cliniko_url, "add_invoices", invoices=[spec])["invoices"]
     served, paused = threading.Event(), threading.Event()
     cliniko, stripe_emulator = sandbox.cliniko.emulator, sandbox.stripe.emulator
-    cliniko_handle, stripe_handle = cliniko.handle, stripe_emulator.handle
+    cliniko_handle = cliniko.handle
 
     def cliniko_api(request: Any) -> Any:
         if request.method == "GET" and request.path.rstrip("/").endswith("/invoices"):
@@ -410,16 +418,8 @@ def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_payment_listing(
             return response
         return cliniko_handle(request)
 
-    def stripe_api(request: Any) -> Any:
-        if request.method == "GET" and request.path == "/v1/charges" and not paused.is_set():
-            response = stripe_emulator.rate_limited_response(request, 0)
-            response.headers["Retry-After"] = "60"
-            paused.set()
-            return response
-        return stripe_handle(request)
-
     monkeypatch.setattr(cliniko, "handle", cliniko_api)
-    monkeypatch.setattr(stripe_emulator, "handle", stripe_api)
+    monkeypatch.setattr(stripe_emulator, "handle", paused_once(stripe_emulator, "/v1/charges", paused))
     ctx, token = context(env), CutPauses()
     (failed,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, streams=[STREAM], trigger="test", cancel=token)
     assert served.is_set() and paused.is_set()
@@ -673,8 +673,6 @@ def test_a_linked_invoice_held_back_by_its_queued_change_is_waiting_not_unpaid(m
     storing it) is held back by the plan made meanwhile: it is counted, and said, as waiting for that change to
     reach Stripe, never as "not paid through Stripe" (before, the engine counted it skipped, which this stream
     calls not paid through Stripe). The next sync sends the queued change exactly once and loses nothing."""
-    from datetime import datetime, timedelta
-    from zoneinfo import ZoneInfo
 
     from clinicsync import labels
     from clinicsync.store import queries
@@ -682,19 +680,7 @@ def test_a_linked_invoice_held_back_by_its_queued_change_is_waiting_not_unpaid(m
 
     sandbox = make_sandbox(profile="clean", patients=1)
     env = env_for(sandbox)
-    sync_once(env)
-    context(env)
-    patient, customer = next(
-        (row.source_id, row.stripe_id) for row in RecordLink.select().where(RecordLink.stream == "cliniko.patients")
-    )
-    issued = (datetime.now(ZoneInfo("Australia/Melbourne")) - timedelta(days=1)).date().isoformat()
-    spec = {
-        "patient_id": patient,
-        "status": 20,
-        "issue_date": issued,
-        "lines": [{"name": "Consult", "unit_price": "80"}],
-    }
-    (invoice,) = admin(sandbox.cliniko_url, "add_invoices", invoices=[spec])["invoices"]
+    customer, invoice = _synced_patient_with_an_invoice(sandbox, env, "80")
     paid = admin(sandbox.stripe_url, "add_payment", amount=8000, currency="aud", customer=customer)
     assert sync_once(env, stream=STREAM).counts["linked"] == 1
     sent = writes(sandbox)["POST /v1/payment_intents/{id}"]

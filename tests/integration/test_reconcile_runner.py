@@ -152,7 +152,7 @@ def test_a_failing_source_cuts_short_the_pause_stripes_reader_is_in(make_sandbox
     revokes the key at its listing): the reconciliation raises the source's failure at once, Stripe's reader (which it
     waits for) having had its pause cut short, not waited out. Shown by the pause ending early (the sleep raised), not
     by time; ordered by the sandboxes' handling (bounded)."""
-    from tests.support import CutPauses
+    from tests.support import CutPauses, paused_once
 
     sandbox = make_sandbox(profile="clean", patients=30)
     env = env_for(
@@ -162,7 +162,7 @@ def test_a_failing_source_cuts_short_the_pause_stripes_reader_is_in(make_sandbox
     )
     ctx = context(env)
     cliniko, stripe = sandbox.cliniko.emulator, sandbox.stripe.emulator
-    cliniko_handle, stripe_handle, paused = cliniko.handle, stripe.handle, threading.Event()
+    cliniko_handle, paused = cliniko.handle, threading.Event()
 
     def cliniko_api(request):
         if request.method == "GET" and request.path.rstrip("/").endswith("/patients"):
@@ -170,16 +170,8 @@ def test_a_failing_source_cuts_short_the_pause_stripes_reader_is_in(make_sandbox
             cliniko.admin("revoke_key", {})
         return cliniko_handle(request)
 
-    def stripe_api(request):
-        if request.method == "GET" and request.path == "/v1/customers" and not paused.is_set():
-            response = stripe.rate_limited_response(request, 0)
-            response.headers["Retry-After"] = "60"
-            paused.set()
-            return response
-        return stripe_handle(request)
-
     monkeypatch.setattr(cliniko, "handle", cliniko_api)
-    monkeypatch.setattr(stripe, "handle", stripe_api)
+    monkeypatch.setattr(stripe, "handle", paused_once(stripe, "/v1/customers", paused))
     token = CutPauses()
     with pytest.raises(Exception) as raised:
         run_reconcile(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
