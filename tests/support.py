@@ -142,3 +142,17 @@ def paused_once(emulator: Any, path: str, paused: threading.Event, retry_after_s
         return handle(request)
 
     return answer
+
+
+def revoked_once_paused(emulator: Any, path_end: str, paused: threading.Event) -> Any:
+    """A handler for a source's sandbox `emulator` that, when a GET of a path ending in `path_end` arrives, waits
+    for `paused` (another listing is in its pause: `paused_once`) and then revokes the key, failing the run there."""
+    handle = emulator.handle
+
+    def answer(request: Any) -> Any:
+        if request.method == "GET" and request.path.rstrip("/").endswith(path_end):
+            paused.wait(10)
+            emulator.admin("revoke_key", {})
+        return handle(request)
+
+    return answer

@@ -14,7 +14,7 @@ they would be there before ClinicSync is connected; those on the massage therapi
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from clinicsync.sandbox import calcom_seed
@@ -246,7 +246,11 @@ def test_a_payment_made_after_the_runs_early_listing_of_payments_is_still_matche
     sandbox = start(make_sandbox)
     env = without_cliniko(env_for(sandbox))
     late = admin(sandbox.calcom_url, "add", event_type_id=4001)  # paid in Cal.com; its payment is not in Stripe yet
-    linked = _sync_with_a_payment_made_mid_run(sandbox, env, late, monkeypatch)
+    linked = _links(
+        _sync_with_a_payment_made_mid_run(
+            sandbox, env, lambda: load_payments(sandbox, late["payment_intents"]), monkeypatch
+        )
+    )
     made = {p["metadata"]["bookingId"]: p["id"] for p in payments(sandbox)}
     assert linked.get(str(late["ids"][0])) == made[str(late["ids"][0])], "matched in the same run"
     assert check_cross_referenced(sandbox) > 0
@@ -262,7 +266,11 @@ def test_a_payment_made_after_the_runs_early_listing_found_none_is_still_matched
     assert not payments(sandbox), "no payment on the Stripe account when the run begins"
     env = without_cliniko(env_for(sandbox))
     late = admin(sandbox.calcom_url, "add", event_type_id=4001)
-    linked = _sync_with_a_payment_made_mid_run(sandbox, env, late, monkeypatch)
+    linked = _links(
+        _sync_with_a_payment_made_mid_run(
+            sandbox, env, lambda: load_payments(sandbox, late["payment_intents"]), monkeypatch
+        )
+    )
     (made,) = [p["id"] for p in payments(sandbox) if p["metadata"].get("bookingId") == str(late["ids"][0])]
     assert linked.get(str(late["ids"][0])) == made, "matched in the same run"
 
@@ -315,20 +323,13 @@ def test_a_run_stopped_by_a_failure_cuts_short_the_pause_of_its_early_listing_of
     import threading
 
     from clinicsync.sync.service import run_sync
-    from tests.support import CutPauses, paused_once
+    from tests.support import CutPauses, paused_once, revoked_once_paused
 
     sandbox = start(make_sandbox)
     ctx = context(without_cliniko(env_for(sandbox)))
     calcom, stripe = sandbox.calcom.emulator, sandbox.stripe.emulator
-    calcom_handle, paused = calcom.handle, threading.Event()
-
-    def calcom_api(request: Any) -> Any:
-        if request.method == "GET" and request.path.rstrip("/").endswith("/teams"):
-            paused.wait(10)
-            calcom.admin("revoke_key", {})
-        return calcom_handle(request)
-
-    monkeypatch.setattr(calcom, "handle", calcom_api)
+    paused = threading.Event()
+    monkeypatch.setattr(calcom, "handle", revoked_once_paused(calcom, "/teams", paused))
     monkeypatch.setattr(stripe, "handle", paused_once(stripe, "/v1/payment_intents", paused))
     token, before = CutPauses(), set(threading.enumerate())
     (failed,) = run_sync(ctx.paths, ctx.settings, ctx.secrets, trigger="test", cancel=token)
@@ -371,7 +372,6 @@ def test_a_payment_that_went_through_after_the_runs_early_listing_counts_as_paid
     """The early listing (at the run's start) saw a cancelled booking's payment not yet paid; it went through before
     the payments stream ran. Its write still says the cancelled booking's charge was not refunded: the run does
     not take "never paid" from a listing minutes old."""
-    import threading
 
     import httpx
 
@@ -385,35 +385,24 @@ def test_a_payment_that_went_through_after_the_runs_early_listing_counts_as_paid
     form |= {f"metadata[{k}]": v for k, v in made["metadata"].items()}
     intent = stripe_api.post("/v1/payment_intents", data=form).json()
     assert intent["status"] == "requires_payment_method", intent
-    listed, paid = threading.Event(), threading.Event()
-    stripe_handle = sandbox.stripe.emulator.handle
 
-    def stripe(request: Any) -> Any:
-        if request.method == "POST" and request.path.startswith("/v1/customers") and not paid.is_set():
-            assert listed.wait(10), "the payments were listed before the first customer was written"
-            paid.set()
-            done = stripe_api.post(
-                f"/v1/payment_intents/{intent['id']}/confirm", data={"payment_method": "pm_card_visa"}
-            )
-            assert done.json()["status"] == "succeeded", done.text
-        response = stripe_handle(request)
-        if request.method == "GET" and request.path == "/v1/payment_intents":
-            listed.set()
-        return response
+    def pay() -> None:
+        done = stripe_api.post(f"/v1/payment_intents/{intent['id']}/confirm", data={"payment_method": "pm_card_visa"})
+        assert done.json()["status"] == "succeeded", done.text
 
-    monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
-    result = sync_all(env)[STREAM]
+    said = _sync_with_a_payment_made_mid_run(sandbox, env, pay, monkeypatch)
     stripe_api.close()
-    assert paid.is_set(), "paid during the run"
-    said = {e.source_id: (e.action, e.stripe_id, e.message) for e in queries.run_events(result.run_id)}
     action, linked, message = said[str(added["ids"][0])]
     assert (action, linked) == ("linked", intent["id"]), said[str(added["ids"][0])]
     assert "not refunded" in message, said[str(added["ids"][0])]
 
 
-def _sync_with_a_payment_made_mid_run(sandbox: Any, env: dict[str, str], late: Any, monkeypatch: Any) -> dict[str, str]:
-    """Sync everything, the `late` booking's payment reaching Stripe once the run has listed payments (when its first
-    customer is written): ordered by the sandbox's own handling, not by time. The paid bookings' links made."""
+def _sync_with_a_payment_made_mid_run(
+    sandbox: Any, env: dict[str, str], pay: Callable[[], None], monkeypatch: Any
+) -> dict[str, tuple[str, str | None, str]]:
+    """Sync everything, `pay` making a payment in Stripe once the run has listed payments (when its first customer
+    is written): ordered by the sandbox's own handling, not by time. What the run said of each booking, by source
+    id: (action, Stripe id, message)."""
     import threading
 
     listed, arrived = threading.Event(), threading.Event()
@@ -423,7 +412,7 @@ def _sync_with_a_payment_made_mid_run(sandbox: Any, env: dict[str, str], late: A
         if request.method == "POST" and request.path.startswith("/v1/customers") and not arrived.is_set():
             assert listed.wait(10), "the payments were listed before the first customer was written"
             arrived.set()
-            load_payments(sandbox, late["payment_intents"])
+            pay()
         response = stripe_handle(request)
         if request.method == "GET" and request.path == "/v1/payment_intents":
             listed.set()
@@ -432,7 +421,11 @@ def _sync_with_a_payment_made_mid_run(sandbox: Any, env: dict[str, str], late: A
     monkeypatch.setattr(sandbox.stripe.emulator, "handle", stripe)
     result = sync_all(env)[STREAM]
     assert arrived.is_set(), "the payment arrived during the run"
-    return {e.source_id: e.stripe_id for e in queries.run_events(result.run_id) if e.action == "linked"}
+    return {e.source_id: (e.action, e.stripe_id, e.message) for e in queries.run_events(result.run_id)}
+
+
+def _links(said: dict[str, tuple[str, str | None, str]]) -> dict[str, str | None]:
+    return {source_id: stripe_id for source_id, (action, stripe_id, _) in said.items() if action == "linked"}
 
 
 def test_a_paid_booking_held_back_by_its_queued_change_is_waiting_not_skipped(make_sandbox, env_for):

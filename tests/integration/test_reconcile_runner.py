@@ -152,7 +152,7 @@ def test_a_failing_source_cuts_short_the_pause_stripes_reader_is_in(make_sandbox
     revokes the key at its listing): the reconciliation raises the source's failure at once, Stripe's reader (which it
     waits for) having had its pause cut short, not waited out. Shown by the pause ending early (the sleep raised), not
     by time; ordered by the sandboxes' handling (bounded)."""
-    from tests.support import CutPauses, paused_once
+    from tests.support import CutPauses, paused_once, revoked_once_paused
 
     sandbox = make_sandbox(profile="clean", patients=30)
     env = env_for(
@@ -162,15 +162,8 @@ def test_a_failing_source_cuts_short_the_pause_stripes_reader_is_in(make_sandbox
     )
     ctx = context(env)
     cliniko, stripe = sandbox.cliniko.emulator, sandbox.stripe.emulator
-    cliniko_handle, paused = cliniko.handle, threading.Event()
-
-    def cliniko_api(request):
-        if request.method == "GET" and request.path.rstrip("/").endswith("/patients"):
-            paused.wait(10)
-            cliniko.admin("revoke_key", {})
-        return cliniko_handle(request)
-
-    monkeypatch.setattr(cliniko, "handle", cliniko_api)
+    paused = threading.Event()
+    monkeypatch.setattr(cliniko, "handle", revoked_once_paused(cliniko, "/patients", paused))
     monkeypatch.setattr(stripe, "handle", paused_once(stripe, "/v1/customers", paused))
     token = CutPauses()
     with pytest.raises(Exception) as raised:
